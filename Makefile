@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine with Python 3.11 (see README.md):
+#   make demo   set up .venv and run the main job
+#   make test   set up .venv and run the whole test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test lint setup clean
+
+# torch==2.13.0 is installed first so that the `torch>=2.2` range in
+# pyproject.toml never pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/securefl simulate
+
+test: $(STAMP)
+	$(BIN)/ruff check securefl tests benchmarks examples
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check securefl tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

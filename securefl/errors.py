@@ -1,0 +1,153 @@
+"""Every exception securefl raises derives from :class:`SecureFLError`.
+
+The protocol errors follow h11's split: a :class:`LocalProtocolError` means
+*you* (the caller of a session object) used it wrongly; a
+:class:`RemoteProtocolError` means the *peer* broke the protocol.  Every
+protocol violation names the peer, the round and the rule broken, and never
+carries key material, shares or plaintext.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class SecureFLError(Exception):
+    """Root of every exception raised by securefl."""
+
+
+class ConfigurationError(SecureFLError, ValueError):
+    """A configuration value is out of range or inconsistent.  Raised up front,
+    before any key is generated or any message is sent."""
+
+
+class Rule(str, enum.Enum):
+    """The protocol rules a peer (or the caller) can break.
+
+    The value is a stable, human-readable identifier that also appears in the
+    protocol specification and the conformance reports.
+    """
+
+    WRONG_ROUND = "message-not-expected-in-this-round"
+    UNKNOWN_PEER = "sender-not-in-roster"
+    DUPLICATE_MESSAGE = "duplicate-message-from-peer"
+    WRONG_SESSION = "session-id-mismatch"
+    WRONG_CONFIG = "configuration-digest-mismatch"
+    MALFORMED = "malformed-message"
+    INVALID_PUBLIC_KEY = "invalid-public-key"
+    DUPLICATE_KEY = "duplicate-advertised-key"
+    OWN_KEY_ALTERED = "own-advertised-keys-altered"
+    BELOW_THRESHOLD = "fewer-than-threshold-peers"
+    WRONG_RECIPIENTS = "shares-not-addressed-to-exactly-the-neighbours"
+    DECRYPTION_FAILED = "share-ciphertext-failed-authentication"
+    WRONG_LENGTH = "vector-length-mismatch"
+    VALUE_OUT_OF_RANGE = "value-out-of-ring"
+    OVERLAPPING_LISTS = "survivor-and-dropped-lists-overlap"
+    LISTS_CONTRADICT_VIEW = "lists-contradict-what-the-client-saw"
+    BOTH_SHARES_REQUESTED = "both-shares-of-one-peer-requested"
+    OWN_SHARE_REQUESTED = "own-key-share-requested"
+    SECOND_UNMASK_REQUEST = "second-unmasking-request"
+    MISSING_SIGNATURE = "signature-missing"
+    INVALID_SIGNATURE = "signature-invalid"
+    NOT_ENOUGH_SIGNATURES = "fewer-than-threshold-consistency-signatures"
+    INCONSISTENT_SHARES = "shares-inconsistent"
+    SESSION_FINISHED = "session-already-finished-or-aborted"
+    MISSING_INPUT = "no-input-provided"
+
+
+def _peer_text(peer: int | str | None) -> str:
+    if peer is None:
+        return "unknown peer"
+    if isinstance(peer, int):
+        return f"client {peer}"
+    return str(peer)
+
+
+class ProtocolError(SecureFLError):
+    """A secure aggregation protocol rule was broken.
+
+    Attributes:
+        peer: the client id (int) or ``"server"`` that broke the rule, or None.
+        round: the :class:`securefl.Round` in which it happened, or None.
+        rule: the :class:`Rule` broken.
+        detail: a short human explanation without secret material.
+    """
+
+    def __init__(
+        self,
+        rule: Rule,
+        detail: str = "",
+        *,
+        peer: int | str | None = None,
+        round: Any = None,
+    ) -> None:
+        self.rule = rule
+        self.detail = detail
+        self.peer = peer
+        self.round = round
+        round_text = getattr(round, "name", None) or "no round"
+        message = f"{_peer_text(peer)} broke rule '{rule.value}' in {round_text}"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+
+
+class LocalProtocolError(ProtocolError):
+    """The local caller used a session object wrongly (e.g. fed it a message
+    it does not expect in its current state)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote peer (a client, or the server) broke the protocol.  The
+    message that caused it was refused and nothing was revealed."""
+
+
+class AbortError(SecureFLError):
+    """The round was aborted; no result (and certainly no wrong result) is
+    produced.  Typically fewer than ``threshold`` clients remained.
+
+    Attributes:
+        round: the round at which the protocol stopped.
+        needed: how many participants were needed.
+        available: how many there were.
+    """
+
+    def __init__(self, detail: str, *, round: Any = None, needed: int | None = None,
+                 available: int | None = None) -> None:
+        self.round = round
+        self.needed = needed
+        self.available = available
+        round_text = getattr(round, "name", None) or "no round"
+        super().__init__(f"aggregation aborted in {round_text}: {detail}")
+
+
+class CryptoError(SecureFLError):
+    """A cryptographic operation failed (authentication, invalid key)."""
+
+
+class DecryptionError(CryptoError):
+    """An AEAD ciphertext failed to authenticate (tampered, wrong key or
+    wrong associated data)."""
+
+
+class InvalidKeyError(CryptoError):
+    """A public key or private key is malformed (wrong length, low order)."""
+
+
+class SignatureError(CryptoError):
+    """A signature did not verify under the pinned identity key."""
+
+
+class InconsistentSharesError(CryptoError):
+    """More than ``threshold`` Shamir shares were supplied and they do not lie
+    on one polynomial of degree ``threshold - 1``."""
+
+
+class EncodingError(SecureFLError, ValueError):
+    """A model update cannot be encoded into (or decoded from) the ring:
+    NaN/inf values, wrong shape or dtype, or a bit budget that could overflow."""
+
+
+class PrivacyBudgetExceededError(SecureFLError):
+    """Taking part in a round would push a client past its privacy budget."""

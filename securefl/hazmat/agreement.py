@@ -1,0 +1,81 @@
+"""X25519 key agreement (RFC 7748)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from securefl.errors import InvalidKeyError
+from securefl.hazmat.randomness import RandomSource
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True, repr=False)
+class KeyPair:
+    """An X25519 key pair.  The private half never appears in ``repr``."""
+
+    private: X25519PrivateKey
+    public_bytes: bytes
+
+    @classmethod
+    def generate(cls, rng: RandomSource) -> KeyPair:
+        """A fresh key pair from 32 bytes of ``rng``."""
+        return cls.from_private_bytes(rng.token_bytes(KEY_BYTES))
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> KeyPair:
+        """Rebuild a key pair from its 32-byte private scalar (clamped per RFC 7748)."""
+        if len(raw) != KEY_BYTES:
+            raise InvalidKeyError("an X25519 private key is 32 bytes")
+        private = X25519PrivateKey.from_private_bytes(raw)
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return cls(private, public)
+
+    def private_bytes(self) -> bytes:
+        """The raw 32-byte private key (to be secret-shared; handle with care)."""
+        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+        return self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """The 32-byte X25519 shared secret with ``peer_public``.
+
+        Raises:
+            InvalidKeyError: the peer key is malformed or of low order (the
+                shared secret would be all zeros).
+        """
+        return exchange(self.private, peer_public)
+
+    def __repr__(self) -> str:
+        return f"KeyPair(public={self.public_bytes.hex()[:16]}…, private=<hidden>)"
+
+
+def load_public(raw: bytes) -> X25519PublicKey:
+    """Parse a 32-byte X25519 public key.
+
+    Raises:
+        InvalidKeyError: wrong length.
+    """
+    if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_BYTES:
+        raise InvalidKeyError("an X25519 public key is 32 bytes")
+    try:
+        return X25519PublicKey.from_public_bytes(bytes(raw))
+    except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - length checked
+        raise InvalidKeyError("malformed X25519 public key") from exc
+
+
+def exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """X25519(private, peer_public); refuses low-order peer keys.
+
+    Raises:
+        InvalidKeyError: malformed or low-order peer key.
+    """
+    try:
+        return private.exchange(load_public(peer_public))
+    except ValueError as exc:
+        # cryptography raises ValueError when the result is all-zero (low order).
+        raise InvalidKeyError("X25519 exchange with a low-order public key") from exc

@@ -1,0 +1,54 @@
+"""Sans-IO Bonawitz secure aggregation: sessions take messages and return
+messages.  Nothing here imports torch or opens a socket."""
+
+from securefl.protocol.client import ClientSession, ClientState
+from securefl.protocol.config import (
+    PROTOCOL_VERSION,
+    ClientStatus,
+    Round,
+    SecAggConfig,
+    SecurityMode,
+    default_threshold,
+)
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.inmemory import secure_sum
+from securefl.protocol.messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShares,
+    Envelope,
+    KeyRoster,
+    MaskedInput,
+    ShareDelivery,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
+from securefl.protocol.server import AggregationResult, ServerSession, ServerState
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AdvertiseKeys",
+    "AggregationResult",
+    "ClientSession",
+    "ClientState",
+    "ClientStatus",
+    "CompleteGraph",
+    "ConsistencyRequest",
+    "ConsistencySignature",
+    "EncryptedShares",
+    "Envelope",
+    "KeyRoster",
+    "MaskedInput",
+    "NeighbourGraph",
+    "Round",
+    "SecAggConfig",
+    "SecurityMode",
+    "ServerSession",
+    "ServerState",
+    "ShareDelivery",
+    "UnmaskingRequest",
+    "UnmaskingResponse",
+    "default_threshold",
+    "secure_sum",
+]

@@ -1,0 +1,456 @@
+"""The client side of secure aggregation, sans-IO.
+
+A :class:`ClientSession` is fed the server's messages and returns its own;
+it never touches a socket, a thread or a clock.  Its state transitions are
+the table ``_TRANSITIONS`` below.  Any protocol violation by the server
+raises :class:`~securefl.errors.RemoteProtocolError` (naming the peer, the
+round and the rule), reveals nothing, and moves the session to ``ABORTED``
+for good: an aborted client never answers again.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from securefl.errors import (
+    ConfigurationError,
+    DecryptionError,
+    InconsistentSharesError,
+    InvalidKeyError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Rule,
+    SignatureError,
+)
+from securefl.hazmat import shamir, signing
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.prg import MaskExpander
+from securefl.hazmat.randomness import RandomSource, default_random
+from securefl.protocol import derivation as d
+from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.messages import (
+    AdvertiseKeys,
+    ClientMessage,
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    ShareDelivery,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
+from securefl.protocol.validation import check_input_vector
+
+SERVER = "server"
+
+
+class ClientState(enum.Enum):
+    """Where a client session stands."""
+
+    IDLE = "IDLE"
+    ADVERTISED = "ADVERTISED"
+    SHARES_SENT = "SHARES_SENT"
+    MASKED_INPUT_SENT = "MASKED_INPUT_SENT"
+    CONSISTENCY_SIGNED = "CONSISTENCY_SIGNED"
+    DONE = "DONE"
+    ABORTED = "ABORTED"
+
+
+# state -> (expected message type, handler name, protocol round, next state)
+_TRANSITIONS: dict[ClientState, tuple[type, str, Round, ClientState]] = {
+    ClientState.ADVERTISED: (KeyRoster, "_on_roster", Round.SHARE_KEYS, ClientState.SHARES_SENT),
+    ClientState.SHARES_SENT: (ShareDelivery, "_on_delivery", Round.MASKED_INPUT_COLLECTION,
+                              ClientState.MASKED_INPUT_SENT),
+    ClientState.CONSISTENCY_SIGNED: (UnmaskingRequest, "_on_unmask", Round.UNMASKING,
+                                     ClientState.DONE),
+}
+_ACTIVE_AFTER_MASKED = (ConsistencyRequest, "_on_consistency", Round.CONSISTENCY_CHECK,
+                        ClientState.CONSISTENCY_SIGNED)
+_SEMI_HONEST_AFTER_MASKED = (UnmaskingRequest, "_on_unmask", Round.UNMASKING, ClientState.DONE)
+
+
+class ClientSession:
+    """One client's side of one secure aggregation session.
+
+    Args:
+        config: the session configuration (identical at every party).
+        client_id: this client's id (must be in ``config.client_ids``).
+        input: the vector to aggregate (1-D, ``vector_length`` unsigned ints
+            below 2^bits); may instead be given later via :meth:`provide_input`.
+        identity_key: active mode only: this client's Ed25519 identity key.
+        peer_identities: active mode only: the pinned Ed25519 public keys of
+            every client id in the configuration.
+        rng: source of secret randomness (default: the OS CSPRNG).
+
+    Raises:
+        ConfigurationError: unknown id, or missing identity keys in active mode.
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        client_id: int,
+        *,
+        input: np.ndarray | None = None,
+        identity_key: Ed25519PrivateKey | None = None,
+        peer_identities: Mapping[int, Ed25519PublicKey | bytes] | None = None,
+        rng: RandomSource | None = None,
+    ) -> None:
+        if client_id not in config.ids:
+            raise ConfigurationError(f"client id {client_id} is not in the configuration")
+        self.config = config
+        self.client_id = client_id
+        self._rng = default_random(rng)
+        self._identities: dict[int, Ed25519PublicKey] = {}
+        if config.mode is SecurityMode.ACTIVE:
+            if identity_key is None or peer_identities is None:
+                raise ConfigurationError(
+                    "active mode needs identity_key and peer_identities (pinned Ed25519 keys)"
+                )
+            missing = [c for c in config.ids if c not in peer_identities]
+            if missing:
+                raise ConfigurationError(f"no pinned identity key for clients {missing[:10]}")
+            self._identities = {c: signing.load_identity_public(peer_identities[c])
+                                for c in config.ids}
+            if signing.public_bytes(identity_key) != signing.public_bytes(
+                    self._identities[client_id]):
+                raise ConfigurationError("identity_key does not match the pinned key of this id")
+        self._identity_key = identity_key
+        self.state = ClientState.IDLE
+        self._input: np.ndarray | None = None
+        if input is not None:
+            self.provide_input(input)
+        self._digest = config.digest()
+        self.session_id: bytes | None = None
+        self._roster: dict[int, AdvertiseKeys] = {}
+        self._neighbours: frozenset[int] = frozenset()
+        self._u2_view: frozenset[int] = frozenset()
+        self._held_key_shares: dict[int, bytes] = {}
+        self._held_seed_shares: dict[int, bytes] = {}
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._revealed: dict[int, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ClientSession(client_id={self.client_id}, state={self.state.name})"
+
+    # -- public API ---------------------------------------------------------
+
+    def provide_input(self, vector: np.ndarray) -> None:
+        """Set the vector to aggregate (before the masked-input round).
+
+        Raises:
+            LocalProtocolError: wrong shape, dtype or a value outside Z_{2^bits},
+                or the masked input was already sent.
+        """
+        if self.state in (ClientState.MASKED_INPUT_SENT, ClientState.CONSISTENCY_SIGNED,
+                          ClientState.DONE, ClientState.ABORTED):
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already sent",
+                                     peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
+        self._input = check_input_vector(vector, self.config, self.client_id, local=True)
+
+    def start(self) -> AdvertiseKeys:
+        """R0: generate fresh keys and a self-mask seed; return the advertisement.
+
+        Raises:
+            LocalProtocolError: the session was already started.
+        """
+        if self.state is not ClientState.IDLE:
+            raise LocalProtocolError(Rule.WRONG_ROUND, "start() called twice",
+                                     peer=self.client_id, round=Round.ADVERTISE_KEYS)
+        self._c = KeyPair.generate(self._rng)
+        self._s = KeyPair.generate(self._rng)
+        self._seed = self._rng.token_bytes(32)
+        signature = None
+        if self.config.mode is SecurityMode.ACTIVE:
+            assert self._identity_key is not None
+            signature = signing.sign(self._identity_key, d.advertise_payload(
+                self._digest, self.client_id, self._c.public_bytes, self._s.public_bytes))
+        self._advert = AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes,
+                                     signature)
+        self.state = ClientState.ADVERTISED
+        return self._advert
+
+    def handle(self, message: Any) -> ClientMessage:
+        """Feed one server message; return this client's reply.
+
+        Raises:
+            RemoteProtocolError: the server broke a rule; the session is
+                aborted and nothing is revealed.
+            LocalProtocolError: the session is finished/aborted, or no input
+                was provided before the masked-input round (state unchanged;
+                provide it and call again).
+        """
+        if self.state in (ClientState.ABORTED,):
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
+                                     peer=self.client_id)
+        if self.state is ClientState.DONE:
+            self._refuse_after_done(message)
+        if self.state is ClientState.IDLE:
+            raise LocalProtocolError(Rule.WRONG_ROUND, "call start() first", peer=self.client_id)
+        if self.state is ClientState.MASKED_INPUT_SENT:
+            entry = (_ACTIVE_AFTER_MASKED if self.config.mode is SecurityMode.ACTIVE
+                     else _SEMI_HONEST_AFTER_MASKED)
+        else:
+            entry = _TRANSITIONS[self.state]
+        expected, handler, rnd, next_state = entry
+        if not isinstance(message, expected):
+            self._fail(Rule.WRONG_ROUND,
+                       f"expected {expected.__name__} in state {self.state.name},"
+                       f" got {type(message).__name__}", rnd)
+        if getattr(message, "recipient", self.client_id) != self.client_id:
+            self._fail(Rule.MALFORMED, f"message addressed to client {message.recipient}", rnd)
+        if handler != "_on_roster" and message.session_id != self.session_id:
+            self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
+        reply = getattr(self, handler)(message)
+        self.state = next_state
+        if next_state is ClientState.DONE:
+            self._wipe()
+        return reply
+
+    # -- rounds -------------------------------------------------------------
+
+    def _on_roster(self, msg: KeyRoster) -> EncryptedShares:
+        rnd = Round.SHARE_KEYS
+        if msg.config_digest != self._digest:
+            self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
+        ids = [e.sender for e in msg.entries]
+        if ids != sorted(set(ids)):
+            self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
+                       rnd)
+        for e in msg.entries:
+            if e.sender not in self.config.ids:
+                self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
+                           rnd, peer=e.sender)
+            if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
+                           peer=e.sender)
+        own = next((e for e in msg.entries if e.sender == self.client_id), None)
+        if own is None or (own.encryption_key, own.masking_key) != (
+                self._advert.encryption_key, self._advert.masking_key):
+            self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
+                       rnd)
+        seen: dict[bytes, int] = {}
+        for e in msg.entries:
+            for key in (e.encryption_key, e.masking_key):
+                if key in seen:
+                    self._fail(Rule.DUPLICATE_KEY,
+                               f"advertises a key already advertised by client {seen[key]}",
+                               rnd, peer=e.sender)
+                seen[key] = e.sender
+        if len(msg.entries) < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"roster has {len(msg.entries)} clients, threshold is {self.config.t}", rnd)
+        if self.config.mode is SecurityMode.ACTIVE:
+            for e in msg.entries:
+                self._verify(e.signature, d.advertise_payload(
+                    self._digest, e.sender, e.encryption_key, e.masking_key), e.sender, rnd)
+        sid = d.session_id(self._digest, msg.entries)
+        roster = {e.sender: e for e in msg.entries}
+        neighbours = frozenset(self.config.graph.neighbours(tuple(ids), sid)[self.client_id])
+        if len(neighbours) + 1 < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
+        holders = sorted(neighbours | {self.client_id})
+        shares = shamir.split([self._s.private_bytes(), self._seed], holders, self.config.t,
+                              self._rng)
+        ciphertexts: dict[int, bytes] = {}
+        for row, holder in enumerate(holders):
+            key_share = shamir.share_to_bytes(shares[row, 0])
+            seed_share = shamir.share_to_bytes(shares[row, 1])
+            if holder == self.client_id:
+                self._held_key_shares[holder] = key_share
+                self._held_seed_shares[holder] = seed_share
+                continue
+            try:
+                secret = self._c.exchange(roster[holder].encryption_key)
+            except InvalidKeyError:
+                self._fail(Rule.INVALID_PUBLIC_KEY, "encryption key is of low order", rnd,
+                           peer=holder)
+            key = d.share_encryption_key(secret, sid, self.client_id, holder)
+            ciphertexts[holder] = d.encrypt_shares(key, sid, self.client_id, holder,
+                                                   key_share, seed_share)
+        self.session_id = sid
+        self._roster = roster
+        self._neighbours = neighbours
+        return EncryptedShares(self.client_id, sid, ciphertexts)
+
+    def _on_delivery(self, msg: ShareDelivery) -> MaskedInput:
+        rnd = Round.MASKED_INPUT_COLLECTION
+        if self._input is None:
+            raise LocalProtocolError(Rule.MISSING_INPUT,
+                                     "provide_input() must be called before the masked input",
+                                     peer=self.client_id, round=rnd)
+        assert self.session_id is not None
+        senders = set(msg.ciphertexts)
+        for u in senders:
+            if u not in self._neighbours:
+                self._fail(Rule.UNKNOWN_PEER, "share delivered from a client that is not a"
+                           " neighbour (or from this client itself)", rnd, peer=u)
+        if len(senders) + 1 < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD, f"shares from {len(senders)} peers, threshold is"
+                       f" {self.config.t}", rnd)
+        key_shares: dict[int, bytes] = {}
+        seed_shares: dict[int, bytes] = {}
+        for u in sorted(senders):
+            try:
+                secret = self._c.exchange(self._roster[u].encryption_key)
+                key = d.share_encryption_key(secret, self.session_id, u, self.client_id)
+                key_share, seed_share = d.decrypt_shares(key, self.session_id, u, self.client_id,
+                                                         msg.ciphertexts[u])
+                shamir.share_from_bytes(key_share)
+                shamir.share_from_bytes(seed_share)
+            except DecryptionError:
+                self._fail(Rule.DECRYPTION_FAILED, "ciphertext does not authenticate", rnd, peer=u)
+            except (InconsistentSharesError, InvalidKeyError):
+                self._fail(Rule.MALFORMED, "decrypted shares are malformed", rnd, peer=u)
+            key_shares[u] = key_share
+            seed_shares[u] = seed_share
+        expander = MaskExpander(self.config.vector_length, self.config.bits)
+        masked = self._input.astype(expander.dtype)
+        expander.add_into(d.self_mask_key(self._seed, self.session_id, self.client_id), masked)
+        for u in sorted(senders):
+            try:
+                mask_key = d.masking_secret(self._s, self._roster[u].masking_key,
+                                            self.session_id, self.client_id, u)
+            except InvalidKeyError:
+                self._fail(Rule.INVALID_PUBLIC_KEY, "masking key is of low order", rnd, peer=u)
+            if self.client_id < u:
+                expander.add_into(mask_key, masked)
+            else:
+                expander.subtract_into(mask_key, masked)
+        expander.reduce(masked)
+        self._held_key_shares.update(key_shares)
+        self._held_seed_shares.update(seed_shares)
+        self._u2_view = frozenset(senders)
+        self._input = None
+        return MaskedInput(self.client_id, self.session_id, masked)
+
+    def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        rnd = Round.CONSISTENCY_CHECK
+        survivors = self._check_survivors(msg.survivors, rnd)
+        assert self._identity_key is not None and self.session_id is not None
+        signature = signing.sign(self._identity_key,
+                                 d.consistency_payload(self.session_id, survivors))
+        self._signed_survivors = survivors
+        return ConsistencySignature(self.client_id, self.session_id, signature)
+
+    def _on_unmask(self, msg: UnmaskingRequest) -> UnmaskingResponse:
+        rnd = Round.UNMASKING
+        assert self.session_id is not None
+        survivors = self._check_survivors(msg.survivors, rnd)
+        dropped = tuple(msg.dropped)
+        if list(dropped) != sorted(set(dropped)):
+            self._fail(Rule.MALFORMED, "dropped list must be sorted, without repeats", rnd)
+        overlap = set(survivors) & set(dropped)
+        if overlap:
+            self._fail(Rule.OVERLAPPING_LISTS,
+                       f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
+                       rnd)
+        if self.client_id in dropped:
+            self._fail(Rule.OWN_SHARE_REQUESTED, "this client is listed as dropped", rnd)
+        for u in dropped:
+            if u not in self._roster:
+                self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
+                           rnd, peer=u)
+        listed = (set(survivors) | set(dropped)) & self._neighbours
+        if listed != set(self._u2_view):
+            missing = sorted(set(self._u2_view) - listed)[:10]
+            extra = sorted(listed - set(self._u2_view))[:10]
+            self._fail(Rule.LISTS_CONTRADICT_VIEW,
+                       f"neighbours that shared but are unlisted: {missing}; listed neighbours"
+                       f" that never shared: {extra}", rnd)
+        if self.config.mode is SecurityMode.ACTIVE:
+            if survivors != self._signed_survivors:
+                self._fail(Rule.LISTS_CONTRADICT_VIEW,
+                           "survivor list differs from the one this client signed", rnd)
+            valid = 0
+            for signer, signature in msg.signatures.items():
+                if signer not in survivors:
+                    self._fail(Rule.INVALID_SIGNATURE, "signature from a client that is not a"
+                               " survivor", rnd, peer=signer)
+                self._verify(signature, d.consistency_payload(self.session_id, survivors),
+                             signer, rnd)
+                valid += 1
+            if valid < self.config.t:
+                self._fail(Rule.NOT_ENOUGH_SIGNATURES,
+                           f"{valid} valid signatures, threshold is {self.config.t}", rnd)
+        seed = {u: self._held_seed_shares[u] for u in survivors
+                if u in self._u2_view or u == self.client_id}
+        keys = {u: self._held_key_shares[u] for u in dropped if u in self._u2_view}
+        self._revealed = {**dict.fromkeys(seed, "self-mask"), **dict.fromkeys(keys, "key")}
+        return UnmaskingResponse(self.client_id, self.session_id, seed, keys)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _check_survivors(self, survivors_in: Any, rnd: Round) -> tuple[int, ...]:
+        survivors = tuple(survivors_in)
+        if list(survivors) != sorted(set(survivors)):
+            self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
+        for u in survivors:
+            if u not in self._roster:
+                self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
+                           rnd, peer=u)
+        if self.client_id not in survivors:
+            self._fail(Rule.LISTS_CONTRADICT_VIEW,
+                       "this client sent its masked input but is not listed as a survivor", rnd)
+        if len(survivors) < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"{len(survivors)} survivors, threshold is {self.config.t}", rnd)
+        in_view = [u for u in survivors if u in self._neighbours]
+        if len(in_view) + 1 < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"{len(in_view)} surviving neighbours, threshold is {self.config.t}", rnd)
+        not_shared = [u for u in in_view if u not in self._u2_view]
+        if not_shared:
+            self._fail(Rule.LISTS_CONTRADICT_VIEW,
+                       f"survivors {not_shared[:10]} never shared keys with this client", rnd)
+        return survivors
+
+    def _verify(self, signature: bytes | None, payload: bytes, signer: int, rnd: Round) -> None:
+        if signature is None:
+            self._fail(Rule.MISSING_SIGNATURE, "no signature in active mode", rnd, peer=signer)
+        identity = self._identities.get(signer)
+        if identity is None:
+            self._fail(Rule.UNKNOWN_PEER, "no pinned identity key", rnd, peer=signer)
+        try:
+            signing.verify(identity, signature, payload)  # type: ignore[arg-type]
+        except SignatureError:
+            self._fail(Rule.INVALID_SIGNATURE, "signature does not verify under the pinned key",
+                       rnd, peer=signer)
+
+    def _refuse_after_done(self, message: Any) -> NoReturn:
+        if isinstance(message, UnmaskingRequest):
+            flipped = [u for u in message.survivors if self._revealed.get(u) == "key"] + [
+                u for u in message.dropped if self._revealed.get(u) == "self-mask"]
+            if flipped:
+                raise RemoteProtocolError(
+                    Rule.BOTH_SHARES_REQUESTED,
+                    f"second request asks for the other share of clients {sorted(flipped)[:10]}",
+                    peer=SERVER, round=Round.UNMASKING)
+            raise RemoteProtocolError(Rule.SECOND_UNMASK_REQUEST,
+                                      "this client already answered an unmasking request",
+                                      peer=SERVER, round=Round.UNMASKING)
+        raise LocalProtocolError(Rule.SESSION_FINISHED, "this session is finished",
+                                 peer=self.client_id)
+
+    def _fail(self, rule: Rule, detail: str, rnd: Round, *, peer: int | str = SERVER) -> NoReturn:
+        """Abort the session for good and raise (never returns)."""
+        self.state = ClientState.ABORTED
+        self._wipe()
+        # the server relayed the offending content; name the client it came from
+        raise RemoteProtocolError(rule, detail, peer=peer, round=rnd)
+
+    def _wipe(self) -> None:
+        """Drop every secret this session holds."""
+        for name in ("_c", "_s", "_seed"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self._held_key_shares = {}
+        self._held_seed_shares = {}
+        self._input = None

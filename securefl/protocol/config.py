@@ -1,0 +1,216 @@
+"""Protocol vocabulary and the validated session configuration."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from securefl.errors import ConfigurationError
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+
+PROTOCOL_VERSION = 1
+"""Wire/derivation version mixed into every KDF, AEAD and signature."""
+
+MAX_CLIENT_ID = 2**31 - 2
+"""Client ids are Shamir evaluation points in GF(2^31 - 1), so they must be
+non-zero and below the prime."""
+
+
+class SecurityMode(str, enum.Enum):
+    """Which server the protocol defends against."""
+
+    SEMI_HONEST = "semi-honest"
+    """Honest-but-curious server: it follows the protocol but tries to learn."""
+    ACTIVE = "active"
+    """Malicious server: clients pin Ed25519 identity keys, sign their keys and
+    the survivor list, and verify ``threshold`` signatures before unmasking."""
+
+
+class Round(enum.IntEnum):
+    """The protocol rounds, in order (names follow Bonawitz et al. / fcp)."""
+
+    ADVERTISE_KEYS = 0
+    SHARE_KEYS = 1
+    MASKED_INPUT_COLLECTION = 2
+    CONSISTENCY_CHECK = 3
+    UNMASKING = 4
+
+
+class ClientStatus(str, enum.Enum):
+    """Where each client stands, as the server sees it (fcp's vocabulary)."""
+
+    READY_TO_START = "READY_TO_START"
+    DEAD_BEFORE_SENDING_ANYTHING = "DEAD_BEFORE_SENDING_ANYTHING"
+    ADVERTISE_KEYS_RECEIVED = "ADVERTISE_KEYS_RECEIVED"
+    DEAD_AFTER_ADVERTISE_KEYS_RECEIVED = "DEAD_AFTER_ADVERTISE_KEYS_RECEIVED"
+    SHARE_KEYS_RECEIVED = "SHARE_KEYS_RECEIVED"
+    DEAD_AFTER_SHARE_KEYS_RECEIVED = "DEAD_AFTER_SHARE_KEYS_RECEIVED"
+    MASKED_INPUT_RESPONSE_RECEIVED = "MASKED_INPUT_RESPONSE_RECEIVED"
+    DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED = "DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED"
+    CONSISTENCY_CHECK_RECEIVED = "CONSISTENCY_CHECK_RECEIVED"
+    DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED = "DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED"
+    UNMASKING_RESPONSE_RECEIVED = "UNMASKING_RESPONSE_RECEIVED"
+
+    @property
+    def included_in_sum(self) -> bool:
+        """True when this client's masked input entered the sum."""
+        return self in _INCLUDED
+
+
+_INCLUDED = frozenset(
+    {
+        ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED,
+        ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED,
+        ClientStatus.CONSISTENCY_CHECK_RECEIVED,
+        ClientStatus.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED,
+        ClientStatus.UNMASKING_RESPONSE_RECEIVED,
+    }
+)
+
+
+def default_threshold(num_clients: int, mode: SecurityMode) -> int:
+    """``floor(n/2)+1`` for semi-honest, ``floor(2n/3)+1`` for active mode,
+    capped at ``n``."""
+    if mode is SecurityMode.ACTIVE:
+        return min(num_clients, (2 * num_clients) // 3 + 1)
+    return min(num_clients, num_clients // 2 + 1)
+
+
+def element_bytes(bits: int) -> int:
+    """Bytes per ring element in memory and in the PRG stream: the smallest of
+    1, 2, 4, 8 that holds ``bits`` bits."""
+    for width in (1, 2, 4, 8):
+        if bits <= 8 * width:
+            return width
+    raise ConfigurationError(f"bits must be in 1..64, got {bits}")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """A validated secure aggregation configuration, shared by the server and
+    every client of one session.
+
+    Args:
+        num_clients: n, the number of clients invited (>= 2).
+        vector_length: m, entries per input vector (> 0).
+        bits: k, inputs and the sum live in Z_{2^k}; 1..64 (default 32).
+        threshold: t, the minimum number of clients that must survive every
+            round; also the Shamir threshold.  Default ``floor(n/2)+1``
+            (semi-honest) or ``floor(2n/3)+1`` (active).  In active mode
+            ``t`` must exceed ``n/2`` so that two disjoint survivor lists can
+            never both gather ``t`` signatures.
+        mode: :class:`SecurityMode`.
+        client_ids: the invited clients (distinct ints in 1..2^31-2); default
+            ``1..n``.
+        graph: who masks with whom (default complete graph, i.e. Bonawitz).
+        context: application bytes bound into the session (e.g. federation
+            name and round number), so that signed keys cannot be replayed
+            into another federation round.
+
+    Raises:
+        ConfigurationError: on any out-of-range or inconsistent value.
+    """
+
+    num_clients: int
+    vector_length: int
+    bits: int = 32
+    threshold: int | None = None
+    mode: SecurityMode = SecurityMode.SEMI_HONEST
+    client_ids: tuple[int, ...] | None = None
+    graph: NeighbourGraph = field(default_factory=CompleteGraph)
+    context: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_int("num_clients", self.num_clients, 2, MAX_CLIENT_ID)
+        _check_int("vector_length", self.vector_length, 1, 2**40)
+        _check_int("bits", self.bits, 1, 64)
+        try:
+            mode = SecurityMode(self.mode)
+        except ValueError:
+            raise ConfigurationError(
+                f"mode must be one of {[m.value for m in SecurityMode]}, got {self.mode!r}"
+            ) from None
+        object.__setattr__(self, "mode", mode)
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", default_threshold(self.num_clients, mode))
+        _check_int("threshold", self.threshold, 1, self.num_clients)
+        if mode is SecurityMode.ACTIVE and 2 * self.threshold <= self.num_clients:
+            raise ConfigurationError(
+                f"active mode needs threshold > n/2 (got t={self.threshold}, n={self.num_clients}),"
+                " otherwise a malicious server can split the clients into two groups that each"
+                f" sign a different survivor list; use t >= {self.num_clients // 2 + 1}"
+            )
+        if self.client_ids is None:
+            object.__setattr__(self, "client_ids", tuple(range(1, self.num_clients + 1)))
+        ids = tuple(self.client_ids)  # type: ignore[arg-type]
+        if len(ids) != self.num_clients:
+            raise ConfigurationError(
+                f"client_ids lists {len(ids)} ids but num_clients is {self.num_clients}"
+            )
+        for cid in ids:
+            if isinstance(cid, bool) or not isinstance(cid, int) or not 1 <= cid <= MAX_CLIENT_ID:
+                raise ConfigurationError(
+                    f"client ids must be ints in 1..{MAX_CLIENT_ID}, got {cid!r}"
+                )
+        if len(set(ids)) != len(ids):
+            raise ConfigurationError("client_ids contains duplicates")
+        object.__setattr__(self, "client_ids", tuple(sorted(ids)))
+        if not isinstance(self.context, bytes | bytearray) or len(self.context) > 1024:
+            raise ConfigurationError("context must be bytes of at most 1024 bytes")
+        object.__setattr__(self, "context", bytes(self.context))
+        if not isinstance(self.graph, NeighbourGraph):
+            raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
+        self.graph.validate(self.num_clients, self.threshold)  # type: ignore[arg-type]
+
+    @property
+    def t(self) -> int:
+        """The threshold as a plain int."""
+        assert self.threshold is not None
+        return self.threshold
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The invited client ids, sorted."""
+        assert self.client_ids is not None
+        return self.client_ids
+
+    @property
+    def modulus_mask(self) -> int:
+        """``2^bits - 1``: reduce a ring element with ``& modulus_mask``."""
+        return (1 << self.bits) - 1
+
+    @property
+    def element_bytes(self) -> int:
+        """Bytes per ring element in memory, in the PRG stream and on the wire."""
+        return element_bytes(self.bits)
+
+    def digest(self) -> bytes:
+        """SHA-256 over a canonical encoding of every field; bound into the
+        session id and every signature."""
+        h = hashlib.sha256()
+        h.update(b"securefl/secagg/config")
+        h.update(struct.pack(">IIIQB", PROTOCOL_VERSION, self.num_clients, self.t,
+                             self.vector_length, self.bits))
+        h.update(self.mode.value.encode().ljust(16, b"\0"))
+        h.update(struct.pack(">I", len(self.ids)))
+        for cid in self.ids:
+            h.update(struct.pack(">I", cid))
+        graph = self.graph.describe().encode()
+        h.update(struct.pack(">I", len(graph)) + graph)
+        h.update(struct.pack(">I", len(self.context)) + self.context)
+        return h.digest()
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be in {low}..{high}, got {value}")
+
+
+def sorted_ids(ids: Sequence[int]) -> tuple[int, ...]:
+    """Helper: a sorted tuple of distinct ids."""
+    return tuple(sorted(set(ids)))

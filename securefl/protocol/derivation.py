@@ -1,0 +1,108 @@
+"""Everything both ends must compute identically: the session id, derived
+keys, AEAD nonces and associated data, and signed payloads.  Byte layouts
+here are normative (see the protocol spec)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+from securefl.hazmat import aead
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.kdf import derive_key
+from securefl.protocol.config import PROTOCOL_VERSION
+from securefl.protocol.messages import AdvertiseKeys
+
+LABEL_PAIRWISE = b"pairwise-mask"
+LABEL_SELF = b"self-mask"
+LABEL_SHARE_ENCRYPTION = b"share-encryption"
+PREFIX = b"securefl/secagg/v1/"
+
+
+def _ids(ids: Sequence[int]) -> bytes:
+    return struct.pack(">I", len(ids)) + b"".join(struct.pack(">I", i) for i in ids)
+
+
+def session_id(config_digest: bytes, entries: Sequence[AdvertiseKeys]) -> bytes:
+    """SHA-256 over the configuration digest and every advertised key, in
+    ascending sender order (signatures excluded)."""
+    h = hashlib.sha256(PREFIX + b"session-id")
+    h.update(config_digest)
+    h.update(struct.pack(">I", len(entries)))
+    for e in sorted(entries, key=lambda e: e.sender):
+        h.update(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key)
+    return h.digest()
+
+
+def advertise_payload(config_digest: bytes, sender: int, c_pk: bytes, s_pk: bytes) -> bytes:
+    """What a client signs in R0 (active mode)."""
+    return PREFIX + b"advertise" + config_digest + struct.pack(">I", sender) + c_pk + s_pk
+
+
+def consistency_payload(sid: bytes, survivors: Sequence[int]) -> bytes:
+    """What a client signs in R3 (active mode): the session id and the sorted
+    survivor list."""
+    return PREFIX + b"consistency" + sid + _ids(sorted(survivors))
+
+
+def pair(a: int, b: int) -> tuple[int, int]:
+    """Two client ids in ascending order (KDF inputs are symmetric)."""
+    return (a, b) if a < b else (b, a)
+
+
+def pairwise_mask_key(shared_secret: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """The 32-byte PRG key of the pairwise mask between ``u`` and ``v``."""
+    return derive_key(shared_secret, LABEL_PAIRWISE, version=PROTOCOL_VERSION,
+                      session_id=sid, client_ids=pair(u, v))
+
+
+def self_mask_key(seed: bytes, sid: bytes, u: int) -> bytes:
+    """The 32-byte PRG key of ``u``'s self mask, from its 32-byte seed b_u."""
+    return derive_key(seed, LABEL_SELF, version=PROTOCOL_VERSION, session_id=sid,
+                      client_ids=(u,))
+
+
+def masking_secret(key_pair: KeyPair, peer_public: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """X25519 then :func:`pairwise_mask_key`."""
+    return pairwise_mask_key(key_pair.exchange(peer_public), sid, u, v)
+
+
+def share_encryption_key(shared_secret: bytes, sid: bytes, u: int, v: int) -> bytes:
+    """The AES-256-GCM key between ``u`` and ``v`` (both directions)."""
+    return derive_key(shared_secret, LABEL_SHARE_ENCRYPTION, version=PROTOCOL_VERSION,
+                      session_id=sid, client_ids=pair(u, v))
+
+
+def share_nonce(sender: int, recipient: int) -> bytes:
+    """12-byte nonce: 4 zero bytes, sender, recipient (big-endian).  A pair
+    key encrypts exactly one message per direction, so nonces never repeat."""
+    return b"\0\0\0\0" + struct.pack(">II", sender, recipient)
+
+
+def share_associated_data(sid: bytes, sender: int, recipient: int) -> bytes:
+    """AEAD associated data: label, version, session id, sender, recipient."""
+    return (PREFIX + b"shares" + struct.pack(">I", PROTOCOL_VERSION) + sid
+            + struct.pack(">II", sender, recipient))
+
+
+def encrypt_shares(key: bytes, sid: bytes, sender: int, recipient: int,
+                   key_share: bytes, seed_share: bytes) -> bytes:
+    """Encrypt ``key_share || seed_share`` (64 + 64 bytes) for ``recipient``."""
+    return aead.encrypt(key, share_nonce(sender, recipient), key_share + seed_share,
+                        share_associated_data(sid, sender, recipient))
+
+
+def decrypt_shares(key: bytes, sid: bytes, sender: int, recipient: int,
+                   ciphertext: bytes) -> tuple[bytes, bytes]:
+    """Inverse of :func:`encrypt_shares`.
+
+    Raises:
+        securefl.errors.DecryptionError: authentication failed.
+    """
+    plain = aead.decrypt(key, share_nonce(sender, recipient), ciphertext,
+                         share_associated_data(sid, sender, recipient))
+    return plain[:64], plain[64:]
+
+
+SHARES_CIPHERTEXT_BYTES = 128 + aead.TAG_BYTES

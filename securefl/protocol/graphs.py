@@ -1,0 +1,53 @@
+"""Who masks with whom: the neighbour graph of a session.
+
+The complete graph is Bonawitz et al. (2017): every pair of clients shares a
+pairwise mask and every client deals Shamir shares to every other.  Sparse
+graphs (SecAgg+, Bell et al. 2020) subclass :class:`NeighbourGraph`.
+
+A graph is evaluated over the *roster* (the clients that advertised keys) and
+the session id, which is public and fixed only once every key is advertised,
+so a malicious server cannot choose a victim's neighbours.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+
+class NeighbourGraph(abc.ABC):
+    """An undirected graph over the roster, without self loops."""
+
+    @abc.abstractmethod
+    def neighbours(self, roster: Sequence[int], session_id: bytes) -> Mapping[int, frozenset[int]]:
+        """Return, for every id in ``roster`` (sorted, distinct), the set of its
+        neighbours (never itself).  Must be symmetric and deterministic in
+        ``(roster, session_id)``."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A canonical text bound into the configuration digest."""
+
+    def validate(self, num_clients: int, threshold: int) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~securefl.errors.ConfigurationError` if the graph
+        cannot work with these parameters.  The default accepts everything."""
+
+
+class CompleteGraph(NeighbourGraph):
+    """Every client is a neighbour of every other (Bonawitz et al. 2017)."""
+
+    def neighbours(self, roster: Sequence[int], session_id: bytes) -> Mapping[int, frozenset[int]]:
+        everyone = frozenset(roster)
+        return {cid: everyone - {cid} for cid in roster}
+
+    def describe(self) -> str:
+        return "complete"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CompleteGraph)
+
+    def __hash__(self) -> int:
+        return hash("complete")
+
+    def __repr__(self) -> str:
+        return "CompleteGraph()"

@@ -1,0 +1,153 @@
+"""The protocol messages: frozen dataclasses, one per message kind.
+
+Client -> server messages carry ``sender``; server -> client messages carry
+``recipient``.  Every message after the key roster carries the session id, so
+nothing from one session is accepted in another.  Binary fields are raw
+bytes; vectors are numpy arrays in the ring's native dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeAlias
+
+import numpy as np
+
+
+def _frozen_map(m: Mapping[int, bytes]) -> Mapping[int, bytes]:
+    return MappingProxyType(dict(sorted(m.items())))
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """R0, client -> server: fresh X25519 public keys (and, in active mode,
+    an Ed25519 signature binding them to the configuration and sender)."""
+
+    sender: int
+    encryption_key: bytes
+    masking_key: bytes
+    signature: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (f"AdvertiseKeys(sender={self.sender},"
+                f" encryption_key={self.encryption_key.hex()[:12]}…,"
+                f" masking_key={self.masking_key.hex()[:12]}…,"
+                f" signed={self.signature is not None})")
+
+
+@dataclass(frozen=True)
+class KeyRoster:
+    """R0 -> R1, server -> every advertiser: every advertised key, sorted by
+    sender.  The session id is derived from it."""
+
+    config_digest: bytes
+    entries: tuple[AdvertiseKeys, ...]
+
+
+@dataclass(frozen=True)
+class EncryptedShares:
+    """R1, client -> server: for every neighbour, an AEAD ciphertext of the
+    sender's key share and self-mask share destined to that neighbour."""
+
+    sender: int
+    session_id: bytes
+    ciphertexts: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ciphertexts", _frozen_map(self.ciphertexts))
+
+
+@dataclass(frozen=True)
+class ShareDelivery:
+    """R1 -> R2, server -> client: the ciphertexts addressed to ``recipient``,
+    keyed by sender.  Its key set is the recipient's view of who shared."""
+
+    recipient: int
+    session_id: bytes
+    ciphertexts: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ciphertexts", _frozen_map(self.ciphertexts))
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput:
+    """R2, client -> server: the input plus self mask plus pairwise masks,
+    in Z_{2^k} (native dtype of the ring)."""
+
+    sender: int
+    session_id: bytes
+    masked: np.ndarray
+
+    def __repr__(self) -> str:
+        return (f"MaskedInput(sender={self.sender}, length={len(self.masked)},"
+                f" dtype={self.masked.dtype})")
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """R2 -> R3 (active mode), server -> client: the survivor list to sign."""
+
+    recipient: int
+    session_id: bytes
+    survivors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """R3 (active mode), client -> server: a signature over the survivor list."""
+
+    sender: int
+    session_id: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskingRequest:
+    """-> R4, server -> client: who survived (reveal their self-mask shares)
+    and who dropped after sharing (reveal their key shares); in active mode
+    with at least t signatures over ``survivors``."""
+
+    recipient: int
+    session_id: bytes
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signatures", _frozen_map(self.signatures))
+
+
+@dataclass(frozen=True)
+class UnmaskingResponse:
+    """R4, client -> server: shares held by the sender.  For every peer the
+    sender reveals at most one kind of share, never both."""
+
+    sender: int
+    session_id: bytes
+    self_mask_shares: Mapping[int, bytes] = field(default_factory=dict)
+    key_shares: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "self_mask_shares", _frozen_map(self.self_mask_shares))
+        object.__setattr__(self, "key_shares", _frozen_map(self.key_shares))
+
+    def __repr__(self) -> str:
+        return (f"UnmaskingResponse(sender={self.sender}, self_mask_shares_for="
+                f"{sorted(self.self_mask_shares)}, key_shares_for={sorted(self.key_shares)})")
+
+
+ClientMessage: TypeAlias = (
+    AdvertiseKeys | EncryptedShares | MaskedInput | ConsistencySignature | UnmaskingResponse
+)
+ServerMessage: TypeAlias = KeyRoster | ShareDelivery | ConsistencyRequest | UnmaskingRequest
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A server message and the client it goes to."""
+
+    recipient: int
+    message: ServerMessage
