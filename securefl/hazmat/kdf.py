@@ -46,9 +46,10 @@ def derive_key(
     :func:`kdf_info`.  ``client_ids`` are used in the order given: callers
     pass pairs sorted ascending so both ends derive the same key.
     """
-    return HKDF(
-        algorithm=hashes.SHA256(),
-        length=length,
-        salt=None,
-        info=kdf_info(LABEL_PREFIX + label, version, session_id, client_ids),
-    ).derive(secret)
+    return hkdf_sha256(secret, None, kdf_info(LABEL_PREFIX + label, version, session_id,
+                                              client_ids), length)
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
+    """Plain RFC 5869 HKDF-SHA256 (``cryptography``'s implementation)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)

@@ -343,6 +343,9 @@ class ClientSession:
     def _on_unmask(self, msg: UnmaskingRequest) -> UnmaskingResponse:
         rnd = Round.UNMASKING
         assert self.session_id is not None
+        if self.client_id in tuple(msg.dropped):
+            self._fail(Rule.OWN_SHARE_REQUESTED,
+                       "this client is listed as dropped: its own key share is requested", rnd)
         survivors = self._check_survivors(msg.survivors, rnd)
         dropped = tuple(msg.dropped)
         if list(dropped) != sorted(set(dropped)):
@@ -352,8 +355,6 @@ class ClientSession:
             self._fail(Rule.OVERLAPPING_LISTS,
                        f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
                        rnd)
-        if self.client_id in dropped:
-            self._fail(Rule.OWN_SHARE_REQUESTED, "this client is listed as dropped", rnd)
         for u in dropped:
             if u not in self._roster:
                 self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",

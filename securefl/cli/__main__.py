@@ -1,0 +1,7 @@
+"""``python -m securefl.cli``."""
+
+import sys
+
+from securefl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""The central promise: the unmasked sum equals the plain sum mod 2^k, exactly,
+for every dropout pattern that leaves at least t clients at every round, and
+the session aborts (never a wrong sum) otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securefl import ClientStatus, Round, SecAggConfig, SecurityMode, secure_sum
+from securefl.errors import AbortError
+
+ROUNDS = list(Round)
+
+
+def expected_outcome(config: SecAggConfig, dropouts: dict[int, Round]) -> tuple[int, ...] | None:
+    """The survivors (inputs included) if the session must succeed, else None."""
+    t = config.t
+
+    def alive(c: int, rnd: Round) -> bool:
+        return c not in dropouts or rnd < dropouts[c]
+
+    ids = config.ids
+    u1 = [c for c in ids if alive(c, Round.ADVERTISE_KEYS)]
+    u2 = [c for c in u1 if alive(c, Round.SHARE_KEYS)]
+    u3 = [c for c in u2 if alive(c, Round.MASKED_INPUT_COLLECTION)]
+    sizes = [len(u1), len(u2), len(u3)]
+    if config.mode is SecurityMode.ACTIVE:
+        u4 = [c for c in u3 if alive(c, Round.CONSISTENCY_CHECK)]
+        sizes.append(len(u4))
+        u5 = [c for c in u4 if alive(c, Round.UNMASKING)]
+    else:
+        u5 = [c for c in u3 if alive(c, Round.UNMASKING) and alive(c, Round.CONSISTENCY_CHECK)]
+    sizes.append(len(u5))
+    return tuple(u3) if min(sizes) >= t else None
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> tuple[SecAggConfig, dict[int, np.ndarray], dict[int, Round]]:
+    n = draw(st.integers(2, 40))
+    mode = draw(st.sampled_from(list(SecurityMode)))
+    low = n // 2 + 1 if mode is SecurityMode.ACTIVE else 1
+    t = draw(st.integers(low, n))
+    bits = draw(st.integers(1, 64))
+    m = draw(st.integers(1, 24))
+    ids = draw(st.lists(st.integers(1, 2**31 - 2), min_size=n, max_size=n, unique=True))
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=t, mode=mode,
+                          client_ids=tuple(ids))
+    high = (1 << bits) - 1
+    inputs = {c: np.array(draw(st.lists(st.integers(0, high), min_size=m, max_size=m)),
+                          dtype=np.uint64) for c in ids}
+    drop_rate = draw(st.sampled_from([0.0, 0.1, 0.3, 0.6]))
+    dropouts = {}
+    for c in ids:
+        if draw(st.floats(0, 1)) < drop_rate:
+            dropouts[c] = draw(st.sampled_from(ROUNDS))
+    return config, inputs, dropouts
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.data_too_large])
+@given(sessions())
+def test_sum_is_exact_whenever_defined_and_aborts_otherwise(session) -> None:  # type: ignore[no-untyped-def]
+    config, inputs, dropouts = session
+    survivors = expected_outcome(config, dropouts)
+    if survivors is None:
+        with pytest.raises(AbortError):
+            secure_sum(inputs, config, dropouts)
+        return
+    result = secure_sum(inputs, config, dropouts)
+    assert result.survivors == survivors
+    expected = np.zeros(config.vector_length, dtype=np.uint64)
+    for c in survivors:
+        expected += inputs[c]  # wraps mod 2^64, which 2^bits divides
+    if config.bits < 64:
+        expected &= np.uint64(config.modulus_mask)
+    assert result.total.dtype == np.uint64
+    assert np.array_equal(result.total, expected)
+    for c in config.ids:
+        assert result.statuses[c].included_in_sum == (c in survivors)
+
+
+@pytest.mark.parametrize("mode", list(SecurityMode))
+@pytest.mark.parametrize("stop", ROUNDS)
+def test_every_dropout_stage_is_recovered_and_named(mode: SecurityMode, stop: Round) -> None:
+    config = SecAggConfig(num_clients=6, vector_length=32, bits=32, threshold=4, mode=mode)
+    inputs = {c: np.full(32, c * 1000, dtype=np.uint64) for c in config.ids}
+    result = secure_sum(inputs, config, {3: stop})
+    included = stop > Round.MASKED_INPUT_COLLECTION
+    assert (3 in result.survivors) == included
+    assert result.total.tolist() == [sum(c * 1000 for c in result.survivors)] * 32
+    expected_status = {
+        Round.ADVERTISE_KEYS: ClientStatus.DEAD_BEFORE_SENDING_ANYTHING,
+        Round.SHARE_KEYS: ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED,
+        Round.MASKED_INPUT_COLLECTION: ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED,
+        Round.CONSISTENCY_CHECK: ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED,
+        Round.UNMASKING: (ClientStatus.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED
+                          if mode is SecurityMode.ACTIVE
+                          else ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED),
+    }[stop]
+    assert result.statuses[3] is expected_status
+    assert all(result.statuses[c] is ClientStatus.UNMASKING_RESPONSE_RECEIVED
+               for c in config.ids if c != 3)
+
+
+@pytest.mark.parametrize("stop", ROUNDS)
+def test_one_dropout_too_many_aborts_at_every_round(stop: Round) -> None:
+    config = SecAggConfig(num_clients=5, vector_length=4, threshold=4,
+                          mode=SecurityMode.ACTIVE)
+    inputs = {c: np.ones(4, dtype=np.uint64) for c in config.ids}
+    with pytest.raises(AbortError) as info:
+        secure_sum(inputs, config, {1: stop, 2: stop})
+    assert info.value.needed == 4 and info.value.available == 3
+    assert info.value.round is stop
+
+
+def test_the_sum_wraps_modulo_2_to_the_bits_exactly() -> None:
+    config = SecAggConfig(num_clients=3, vector_length=2, bits=8)
+    inputs = {c: np.array([255, 200], dtype=np.uint64) for c in config.ids}
+    assert secure_sum(inputs, config).total.tolist() == [(3 * 255) % 256, (3 * 200) % 256]
