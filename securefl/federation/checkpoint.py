@@ -1,0 +1,50 @@
+"""Atomic checkpoints of the global model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_FILENAME", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FILENAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | os.PathLike[str], *, round: int,
+                    model_state: dict[str, torch.Tensor],
+                    optimizer_state: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write ``{round, model, server_optimizer, extra}`` to a temporary file
+    in the same directory, fsync it, then atomically replace ``path``: a
+    reader always sees a complete checkpoint (the old one or the new one).
+
+    Raises:
+        OSError: when it cannot be written; ``path`` is then unchanged.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"round": int(round), "model": model_state,
+                        "server_optimizer": optimizer_state, "extra": extra or {}}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        OSError: when it cannot be read.
+    """
+    return torch.load(path, map_location="cpu", weights_only=False)

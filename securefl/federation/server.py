@@ -1,0 +1,192 @@
+"""The federation server: the global model, aggregation (secure or plain)
+and the server optimizer.
+
+A round is a transaction.  :meth:`Server.aggregate` computes the average
+update without touching any state; :meth:`Server.apply` then changes the
+global model and the optimizer state.  A round that aborts raises from
+``aggregate`` and so leaves the server exactly as it was.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from securefl.encoding import DecodedSum, EncodedUpdate, FixedPointCodec, PlainUpdate
+from securefl.errors import AbortError, ConfigurationError
+from securefl.federation.optimizers import ServerOptimizer, ServerOptimizerConfig
+from securefl.protocol import Round, SecAggConfig, default_threshold, secure_sum
+from securefl.protocol.config import SecurityMode
+
+__all__ = ["AggregateOutcome", "AggregationMode", "Server", "plain_survivors"]
+
+
+class AggregationMode(str, enum.Enum):
+    """How the server learns the sum of the clients' updates."""
+
+    SECURE = "secure"
+    """Bonawitz secure aggregation (``securefl.secure_sum``): the server
+    learns only the sum of the encoded updates."""
+    PLAIN = "plain"
+    """Plain float summation (no encoding, no masks), for comparison."""
+
+
+@dataclass(frozen=True)
+class AggregateOutcome:
+    """The result of aggregating one round.
+
+    Attributes:
+        average: the weighted average update, one float64 array per tensor.
+        survivors: ids of the clients whose update entered the sum.
+        weight_total: the total weight of those updates.
+    """
+
+    average: list[np.ndarray]
+    survivors: tuple[int, ...]
+    weight_total: int
+
+
+def plain_survivors(ids: tuple[int, ...], dropouts: Mapping[int, Round],
+                    threshold: int) -> tuple[int, ...]:
+    """The dropout semantics of secure aggregation, without cryptography.
+
+    A client answers every protocol round before the one it drops at.  The
+    round aborts when fewer than ``threshold`` clients answer some round;
+    otherwise the survivors are the clients that answered
+    ``MASKED_INPUT_COLLECTION`` (they are in the sum even if they drop later).
+
+    Raises:
+        AbortError: naming the round and the numbers.
+    """
+    for rnd in Round:
+        alive = [cid for cid in ids if dropouts.get(cid) is None or rnd < dropouts[cid]]
+        if len(alive) < threshold:
+            raise AbortError(f"{len(alive)} clients answered, {threshold} needed",
+                             round=rnd, needed=threshold, available=len(alive))
+    return tuple(cid for cid in ids if dropouts.get(cid) is None
+                 or dropouts[cid] > Round.MASKED_INPUT_COLLECTION)
+
+
+class Server:
+    """Holds the global model and applies aggregated updates to it.
+
+    Args:
+        model: the global model (the server owns it and changes it in place).
+        codec: the fixed-point codec shared with the clients.
+        optimizer: server optimizer configuration.
+        client_ids: every client of the federation (invited to every round).
+        mode: secure or plain aggregation.
+        threshold: minimum clients per protocol round (default
+            ``floor(n/2) + 1``).
+        name: federation name bound into every secure aggregation session.
+
+    Raises:
+        ConfigurationError: on a threshold out of 1..n, fewer than two
+            clients, or a codec that does not match the model.
+    """
+
+    def __init__(self, model: nn.Module, codec: FixedPointCodec,
+                 optimizer: ServerOptimizerConfig, client_ids: tuple[int, ...], *,
+                 mode: AggregationMode = AggregationMode.SECURE,
+                 threshold: int | None = None, name: str = "securefl") -> None:
+        self.model = model
+        self.codec = codec
+        self.optimizer = ServerOptimizer(optimizer)
+        self.client_ids = tuple(int(c) for c in client_ids)
+        self.mode = AggregationMode(mode)
+        self.name = name
+        n = len(self.client_ids)
+        if n < 2:
+            raise ConfigurationError(f"a federation needs at least 2 clients, got {n}")
+        self.threshold = default_threshold(n, SecurityMode.SEMI_HONEST) if threshold is None \
+            else int(threshold)
+        if not 1 <= self.threshold <= n:
+            raise ConfigurationError(f"threshold must be in 1..{n}, got {self.threshold}")
+        shapes = tuple(tuple(p.shape) for p in self.model.parameters())
+        if shapes != codec.shapes:
+            raise ConfigurationError(f"codec shapes {codec.shapes} != model shapes {shapes}")
+        if codec.num_clients < n:
+            raise ConfigurationError(
+                f"the codec's bit budget covers {codec.num_clients} clients, the federation has {n}"
+            )
+
+    def global_parameters(self) -> list[torch.Tensor]:
+        """Copies of the global parameters, in ``model.parameters()`` order."""
+        return [p.detach().clone() for p in self.model.parameters()]
+
+    def aggregate(self, round_number: int,
+                  updates: Mapping[int, EncodedUpdate | PlainUpdate | None],
+                  dropouts: Mapping[int, Round]) -> AggregateOutcome:
+        """Aggregate one round without changing any state.
+
+        Args:
+            round_number: the federation round (bound into the session context).
+            updates: client id -> its encoded update (secure mode) or plain
+                update (plain mode); None for a client that does not take part
+                (it is treated as dropped before sending anything).
+            dropouts: client id -> the first protocol round it does not answer.
+
+        Raises:
+            AbortError: fewer than ``threshold`` clients remained at some round.
+            ConfigurationError: an update of the wrong kind for the mode, or an
+                unknown client.
+        """
+        unknown = (set(updates) | set(dropouts)) - set(self.client_ids)
+        if unknown:
+            raise ConfigurationError(f"unknown client ids {sorted(unknown)}")
+        drops = dict(dropouts)
+        for cid in self.client_ids:
+            if updates.get(cid) is None:
+                drops[cid] = Round.ADVERTISE_KEYS
+        if self.mode is AggregationMode.SECURE:
+            decoded, survivors = self._secure(round_number, updates, drops)
+        else:
+            decoded, survivors = self._plain(updates, drops)
+        return AggregateOutcome(average=decoded.average(), survivors=survivors,
+                                weight_total=decoded.weight_total)
+
+    def _secure(self, round_number: int,
+                updates: Mapping[int, EncodedUpdate | PlainUpdate | None],
+                drops: dict[int, Round]) -> tuple[DecodedSum, tuple[int, ...]]:
+        zeros = np.zeros(self.codec.vector_length, dtype=np.uint64)
+        inputs: dict[int, np.ndarray] = {}
+        for cid in self.client_ids:
+            update = updates.get(cid)
+            if update is None:
+                inputs[cid] = zeros  # never sent: the client drops before ADVERTISE_KEYS
+            elif isinstance(update, EncodedUpdate):
+                inputs[cid] = update.vector
+            else:
+                raise ConfigurationError("secure aggregation needs encoded updates")
+        config = SecAggConfig(
+            num_clients=len(self.client_ids), vector_length=self.codec.vector_length,
+            bits=self.codec.bits, threshold=self.threshold, client_ids=self.client_ids,
+            context=f"{self.name} round {round_number}".encode(),
+        )
+        result = secure_sum(inputs, config, drops)
+        return self.codec.decode_sum(result.total), tuple(sorted(result.survivors))
+
+    def _plain(self, updates: Mapping[int, EncodedUpdate | PlainUpdate | None],
+               drops: dict[int, Round]) -> tuple[DecodedSum, tuple[int, ...]]:
+        survivors = plain_survivors(self.client_ids, drops, self.threshold)
+        plain = []
+        for cid in survivors:
+            update = updates[cid]
+            if not isinstance(update, PlainUpdate):
+                raise ConfigurationError("plain aggregation needs plain updates")
+            plain.append(update)
+        return self.codec.decode_plain_sum(plain), survivors
+
+    def apply(self, outcome: AggregateOutcome) -> None:
+        """Apply the server optimizer's step for ``outcome`` to the global
+        model and commit the optimizer state."""
+        step, state = self.optimizer.step(outcome.average)
+        with torch.no_grad():
+            for param, delta in zip(self.model.parameters(), step, strict=True):
+                param.add_(torch.as_tensor(delta, dtype=param.dtype))
+        self.optimizer.commit(state)

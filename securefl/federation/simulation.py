@@ -1,0 +1,545 @@
+"""An in-process federation: Opacus DP-SGD clients, fixed-point encoding,
+secure aggregation (or plain summation), a server optimizer, the privacy
+ledger, checkpoints, metrics and plots.
+
+Every round:
+
+1. each client checks its budget guard and refuses the round if it would
+   exceed its budget; the others load the global weights and train with
+   DP-SGD (their accountants record the steps);
+2. each update is encoded (secure mode) or clipped and scaled (plain mode);
+   an update the encoder refuses (NaN, shape...) does not take part;
+3. the injected dropouts (each client drops with probability ``dropout`` at a
+   protocol round drawn uniformly) are passed to secure aggregation, which
+   returns the sum of the survivors' updates or aborts;
+4. on success: the server applies the average with its optimizer, the
+   ledger gets one row per client, the checkpoint and metrics are rewritten.
+   On abort: the global model, the server optimizer, the ledger and the
+   checkpoint are left exactly as they were.  The privacy the clients spent
+   in an aborted round is recorded when the ledger is next written (at the
+   next successful round, or when the federation closes), with
+   ``entered_sum = false``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from securefl.encoding import EncodedUpdate, FixedPointCodec, PlainUpdate, max_frac_bits
+from securefl.errors import (
+    AbortError,
+    ConfigurationError,
+    EncodingError,
+    PrivacyBudgetExceededError,
+)
+from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
+from securefl.federation.data import (
+    FederatedData,
+    load_breast_cancer_federated,
+    load_digits_federated,
+)
+from securefl.federation.model import evaluate, make_mlp
+from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
+from securefl.federation.plots import plot_accuracy
+from securefl.federation.server import AggregationMode, Server
+from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
+from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
+from securefl.protocol import Round
+
+__all__ = [
+    "METRICS_FILENAME",
+    "PLOT_FILENAME",
+    "ClientRoundReport",
+    "DatasetName",
+    "RoundReport",
+    "SimulationConfig",
+    "SimulationResult",
+    "run_simulation",
+]
+
+METRICS_FILENAME = "metrics.json"
+PLOT_FILENAME = "accuracy_per_round.png"
+
+
+class DatasetName(str, enum.Enum):
+    """The embedded data sets (scikit-learn's bundled copies; no download)."""
+
+    DIGITS = "digits"
+    BREAST_CANCER = "breast_cancer"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything a simulated federation needs.  Exactly one of
+    ``noise_multiplier`` and ``target_epsilon`` is given.
+
+    Raises:
+        ConfigurationError: on out-of-range or inconsistent values (checked
+            when the simulation starts, before any training).
+    """
+
+    num_clients: int = 10
+    rounds: int = 10
+    dropout: float = 0.2
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = 7.5
+    delta: float = 1e-5
+    epsilon_budget: float | None = None
+    accountant: AccountantKind = AccountantKind.RDP
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    local_epochs: int = 1
+    lr: float = 1.0
+    weighting: Weighting = Weighting.EXAMPLES
+    server_optimizer: ServerOptimizerKind = ServerOptimizerKind.FEDAVGM
+    server_lr: float = 1.0
+    server_momentum: float = 0.5
+    bits: int = 32
+    frac_bits: int | None = None
+    clip_range: float = 4.0
+    secure: bool = True
+    threshold: int | None = None
+    alpha: float = 0.5
+    hidden: int = 64
+    dataset: DatasetName = DatasetName.DIGITS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
+                           ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                choices = ", ".join(k.value for k in kind)
+                raise ConfigurationError(
+                    f"{name} must be one of {choices}, got {getattr(self, name)!r}"
+                ) from None
+        if self.num_clients < 2:
+            raise ConfigurationError(f"need at least 2 clients, got {self.num_clients}")
+        if self.rounds < 1:
+            raise ConfigurationError(f"need at least 1 round, got {self.rounds}")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ConfigurationError(f"dropout probability must be in [0, 1], got {self.dropout}")
+        if not self.clip_range > 0:
+            raise ConfigurationError(f"clip range must be > 0, got {self.clip_range}")
+
+    def dp_config(self) -> DPConfig:
+        """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
+        fedsgd = self.server_optimizer is ServerOptimizerKind.FEDSGD
+        return DPConfig(
+            max_grad_norm=self.max_grad_norm, noise_multiplier=self.noise_multiplier,
+            target_epsilon=self.target_epsilon, delta=self.delta,
+            planned_rounds=self.rounds, batch_size=self.batch_size,
+            local_epochs=self.local_epochs, max_local_steps=1 if fedsgd else None,
+            lr=1.0 if fedsgd else self.lr, accountant=self.accountant,
+            epsilon_budget=self.epsilon_budget,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values."""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ClientRoundReport:
+    """One client's part in one round.
+
+    ``status`` is a :class:`Participation`; ``detail`` explains a refusal or
+    an encoding error; ``dropped_at`` is the injected dropout round, if any.
+    """
+
+    client_id: int
+    status: Participation
+    entered_sum: bool
+    dropped_at: Round | None
+    epsilon_rdp: float
+    epsilon_prv: float | None
+    detail: str = ""
+    clipped: int = 0
+    train_loss: float = math.nan
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What happened in one round (also one entry of ``metrics.json``)."""
+
+    round: int
+    aborted: bool
+    accuracy: float
+    loss: float
+    survivors: tuple[int, ...]
+    clients: tuple[ClientRoundReport, ...]
+    epsilon_max: float
+    epsilon_max_prv: float | None
+    delta: float
+    clipped: int
+    seconds: float
+    abort_reason: str = ""
+
+    @property
+    def dropped(self) -> dict[int, str]:
+        """Client id -> protocol round at which it dropped."""
+        return {c.client_id: c.dropped_at.name for c in self.clients if c.dropped_at is not None}
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """Client id -> why it did not take part (budget guard or encoder)."""
+        return {c.client_id: c.detail for c in self.clients
+                if c.status in (Participation.REFUSED_BUDGET, Participation.ENCODING_ERROR)}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values for ``metrics.json``."""
+        return {
+            "round": self.round,
+            "aborted": self.aborted,
+            "abort_reason": self.abort_reason,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "epsilon_max": _finite_or_none(self.epsilon_max),
+            "epsilon_max_prv": _finite_or_none(self.epsilon_max_prv),
+            "delta": self.delta,
+            "survivors": list(self.survivors),
+            "num_survivors": len(self.survivors),
+            "dropped": {str(k): v for k, v in self.dropped.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "clipped_values": self.clipped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class SimulationResult:
+    """The outcome of :func:`run_simulation`.
+
+    Attributes:
+        metrics: the content of ``metrics.json``.
+        rounds: one report per round.
+        model: the final global model.
+        output_dir: where the files were written.
+    """
+
+    metrics: dict[str, Any]
+    rounds: list[RoundReport]
+    model: torch.nn.Module
+    output_dir: Path
+    clients: list[PrivateClient] = field(repr=False, default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        """Test accuracy of the final global model."""
+        return float(self.metrics["final"]["accuracy"])
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return value if math.isfinite(value) else math.inf
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, allow_nan=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_data(config: SimulationConfig) -> FederatedData:
+    """The configured data set, split across the clients.
+
+    Raises:
+        ConfigurationError: see :func:`securefl.federation.data.dirichlet_split`.
+    """
+    if config.dataset is DatasetName.BREAST_CANCER:
+        return load_breast_cancer_federated(config.num_clients, alpha=config.alpha,
+                                            seed=config.seed)
+    return load_digits_federated(config.num_clients, alpha=config.alpha, seed=config.seed)
+
+
+def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
+    """Per round, client id -> the protocol round it drops at.  Each client
+    drops with probability ``config.dropout``, at a round drawn uniformly from
+    :class:`Round`; drawn from a generator seeded with ``config.seed`` only,
+    so a secure and a plain run see the same schedule."""
+    rng = np.random.default_rng([config.seed, 11])
+    rounds = list(Round)
+    schedule = []
+    for _ in range(config.rounds):
+        drops: dict[int, Round] = {}
+        for cid in range(1, config.num_clients + 1):
+            u = rng.random()
+            where = rounds[int(rng.integers(len(rounds)))]
+            if u < config.dropout:
+                drops[cid] = where
+        schedule.append(drops)
+    return schedule
+
+
+def run_simulation(
+    config: SimulationConfig,
+    output_dir: str | os.PathLike[str],
+    *,
+    data: FederatedData | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+    progress: bool = False,
+) -> SimulationResult:
+    """Run a whole federation and write its artefacts to ``output_dir``:
+    ``ledger.jsonl``, ``checkpoint.pt``, ``metrics.json`` and
+    ``accuracy_per_round.png``.
+
+    Sets ``torch.set_num_threads(1)`` (many tiny models train in turn; more
+    threads only add contention).
+
+    Args:
+        config: the federation.
+        output_dir: created if needed; must not hold a ledger already (a
+            ledger is append-only and belongs to one federation).
+        data: a ready-made federated data set (default: ``config.dataset``).
+        on_round: called with every round's report as soon as it is settled.
+        progress: show a tqdm progress bar over rounds.
+
+    Raises:
+        ConfigurationError: on an invalid configuration (before any training),
+            or when ``output_dir`` already holds a ledger.
+        EncodingError: when the bit budget cannot hold the sum (before any
+            training).
+    """
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(out / LEDGER_FILENAME)
+    if ledger.path.exists():
+        raise ConfigurationError(
+            f"{ledger.path} already exists; a ledger is append-only and belongs to one"
+            " federation: choose a fresh output directory"
+        )
+    data = data if data is not None else load_data(config)
+    if len(data.clients) != config.num_clients:
+        raise ConfigurationError(
+            f"the data set has {len(data.clients)} client shards, the configuration"
+            f" {config.num_clients} clients"
+        )
+    dp = config.dp_config()
+    model = make_private_compatible(
+        make_mlp(data.num_features, data.num_classes, config.hidden, seed=config.seed)
+    )
+    ids = tuple(range(1, config.num_clients + 1))
+    max_weight = max(data.client_sizes) if config.weighting is Weighting.EXAMPLES else 1
+    frac_bits = config.frac_bits
+    if frac_bits is None:
+        frac_bits = min(24, max_frac_bits(bits=config.bits, clip=config.clip_range,
+                                          num_clients=config.num_clients))
+    codec = FixedPointCodec(
+        shapes=tuple(tuple(p.shape) for p in model.parameters()), bits=config.bits,
+        frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
+        max_weight=max_weight,
+    )
+    mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
+    server = Server(
+        model, codec,
+        ServerOptimizerConfig(kind=config.server_optimizer, lr=config.server_lr,
+                              momentum=config.server_momentum),
+        ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
+    )
+    clients = [
+        PrivateClient(cid, model, x, y, dp, seed=config.seed * 1000 + cid,
+                      weighting=config.weighting)
+        for cid, (x, y) in zip(ids, data.clients, strict=True)
+    ]
+    schedule = dropout_schedule(config)
+    x_test, y_test = data.test
+    reports: list[RoundReport] = []
+    pending: list[LedgerEntry] = []
+    last_eval = evaluate(model, x_test, y_test)
+    completed = 0
+
+    iterator: Any = range(1, config.rounds + 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(iterator, desc="rounds", unit="round", leave=False, dynamic_ncols=True)
+        iterator = bar
+
+    def metrics_doc(final: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "config": {**config.to_json(), "frac_bits_used": frac_bits,
+                       "max_weight": max_weight, "threshold_used": server.threshold},
+            "data": {"name": data.name, "client_sizes": data.client_sizes,
+                     "test_size": len(y_test)},
+            "rounds": [r.to_json() for r in reports],
+            "final": final,
+        }
+
+    for round_number in iterator:
+        t0 = time.perf_counter()
+        global_params = server.global_parameters()
+        drops = schedule[round_number - 1]
+        rounding = np.random.default_rng([config.seed, 13, round_number])
+        updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
+        info: dict[int, dict[str, Any]] = {}
+        for client in clients:
+            cid = client.client_id
+            try:
+                client.check_budget()
+            except PrivacyBudgetExceededError as exc:
+                updates[cid] = None
+                info[cid] = {"status": Participation.REFUSED_BUDGET, "detail": str(exc),
+                             "steps": 0}
+                continue
+            result = client.train_round(global_params)
+            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps,
+                                     "loss": result.loss}
+            try:
+                if mode is AggregationMode.SECURE:
+                    encoded: EncodedUpdate | PlainUpdate = codec.encode(
+                        result.update, rounding, weight=result.weight)
+                else:
+                    encoded = codec.encode_plain(result.update, weight=result.weight)
+                updates[cid] = encoded
+                entry["clipped"] = encoded.num_clipped
+            except EncodingError as exc:
+                updates[cid] = None
+                entry["status"] = Participation.ENCODING_ERROR
+                entry["detail"] = f"encoding refused: {exc}"
+            info[cid] = entry
+
+        abort_reason = ""
+        try:
+            outcome = server.aggregate(round_number, updates, drops)
+        except AbortError as exc:
+            outcome = None
+            abort_reason = str(exc)
+
+        survivors = outcome.survivors if outcome is not None else ()
+        client_reports = []
+        rows = []
+        for client in clients:
+            cid = client.client_id
+            entry = info[cid]
+            status = entry["status"]
+            if status is None:
+                if outcome is None:
+                    status = Participation.ROUND_ABORTED
+                elif cid in survivors:
+                    status = Participation.INCLUDED
+                else:
+                    status = Participation.DROPPED
+            history = client.history
+            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
+            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
+            dropped_at = drops.get(cid) if updates.get(cid) is not None else None
+            client_reports.append(ClientRoundReport(
+                client_id=cid, status=status, entered_sum=cid in survivors,
+                dropped_at=dropped_at, epsilon_rdp=eps_rdp,
+                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                detail=entry["detail"], clipped=entry.get("clipped", 0),
+                train_loss=entry.get("loss", math.nan),
+            ))
+            rows.append(LedgerEntry(
+                round=round_number, client_id=cid, status=status.value,
+                entered_sum=cid in survivors, noise_multiplier=client.noise_multiplier,
+                sample_rate=client.sample_rate, local_steps=entry["steps"],
+                delta=config.delta, epsilon_rdp=eps_rdp,
+                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
+                survivors=len(survivors),
+                dropped_at=dropped_at.name if dropped_at is not None else None,
+                history=[list(r) for r in history], secure_aggregation=config.secure,
+            ))
+
+        if outcome is not None:
+            server.apply(outcome)
+            last_eval = evaluate(model, x_test, y_test)
+            ledger.append(pending + rows)
+            pending = []
+            completed += 1
+            save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
+                            model_state={k: v.clone() for k, v in model.state_dict().items()},
+                            optimizer_state=server.optimizer.state_dict(),
+                            extra={"config": config.to_json(), "survivors": list(survivors)})
+        else:
+            pending.extend(rows)
+
+        eps_values = [c.epsilon_rdp for c in client_reports]
+        prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
+        report = RoundReport(
+            round=round_number, aborted=outcome is None, accuracy=last_eval.accuracy,
+            loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
+            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
+            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            seconds=time.perf_counter() - t0, abort_reason=abort_reason,
+        )
+        reports.append(report)
+        if outcome is not None:
+            _write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+        if bar is not None:
+            bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")
+        if on_round is not None:
+            on_round(report)
+
+    if bar is not None:
+        bar.close()
+    # The federation closes: privacy spent in trailing aborted rounds is recorded.
+    ledger.append(pending)
+
+    client_summaries = []
+    for client in clients:
+        history = client.history
+        eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
+        client_summaries.append({
+            "client_id": client.client_id,
+            "num_examples": client.num_examples,
+            "noise_multiplier": client.noise_multiplier,
+            "sample_rate": client.sample_rate,
+            "steps_per_round": client.steps_per_round,
+            "total_steps": sum(r[2] for r in history),
+            "epsilon_rdp": epsilon(history, config.delta, AccountantKind.RDP),
+            "epsilon_prv": _finite_or_none(eps_prv),
+            "epsilon_dp_accounting": epsilon_dp_accounting(history, config.delta),
+            "epsilon_budget": dp.epsilon_budget,
+        })
+    final = {
+        "accuracy": last_eval.accuracy,
+        "loss": last_eval.loss,
+        "epsilon_max": max(c["epsilon_rdp"] for c in client_summaries),
+        "epsilon_max_prv": _finite_or_none(max(
+            (c["epsilon_prv"] for c in client_summaries if c["epsilon_prv"] is not None),
+            default=math.nan)),
+        "epsilon_max_dp_accounting": max(c["epsilon_dp_accounting"] for c in client_summaries),
+        "delta": config.delta,
+        "accountant": config.accountant.value,
+        "rounds_completed": completed,
+        "rounds_aborted": config.rounds - completed,
+        "survivors_per_round": [len(r.survivors) for r in reports],
+        "dropped_per_round": [len(r.dropped) for r in reports],
+        "refused_per_round": [len(r.refused) for r in reports],
+        "secure_aggregation": config.secure,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "clients": client_summaries,
+    }
+    metrics = metrics_doc(final)
+    _write_json_atomic(out / METRICS_FILENAME, metrics)
+    plot_accuracy(out / PLOT_FILENAME, [r.round for r in reports],
+                  [r.accuracy for r in reports], [r.epsilon_max for r in reports],
+                  aborted=[r.round for r in reports if r.aborted],
+                  title=f"{data.name}: {config.num_clients} clients, "
+                        f"{'secure aggregation' if config.secure else 'plain summation'}")
+    return SimulationResult(metrics=metrics, rounds=reports, model=model, output_dir=out,
+                            clients=clients)

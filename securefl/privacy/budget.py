@@ -1,0 +1,73 @@
+"""The budget guard: a client refuses a round that would push it past its
+privacy budget."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
+from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilon
+
+__all__ = ["PrivacyBudget", "compose", "projected_epsilon"]
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """A total privacy budget: at most ``epsilon`` at ``delta``, measured by
+    ``accountant``.
+
+    Raises:
+        ConfigurationError: on a non-positive epsilon or delta outside (0, 1).
+    """
+
+    epsilon: float
+    delta: float
+    accountant: AccountantKind = AccountantKind.RDP
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon > 0 and not math.isnan(self.epsilon)):
+            raise ConfigurationError(f"budget epsilon must be positive, got {self.epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigurationError(f"budget delta must be in (0, 1), got {self.delta}")
+        object.__setattr__(self, "accountant", AccountantKind(self.accountant))
+
+    def check(self, history: Sequence[HistoryRow], planned: Sequence[HistoryRow],
+              *, who: str = "client") -> float:
+        """Return the epsilon the client would have after ``planned`` steps.
+
+        Raises:
+            PrivacyBudgetExceededError: when that epsilon exceeds the budget; the
+                message names the client, the epsilon so far, the projected
+                epsilon and the budget.
+        """
+        before = epsilon(history, self.delta, self.accountant)
+        after = projected_epsilon(history, planned, self.delta, self.accountant)
+        if not after <= self.epsilon:  # also refuses NaN
+            raise PrivacyBudgetExceededError(
+                f"{who} refuses the round: it has spent epsilon {before:.3f} and this round"
+                f" would take it to {after:.3f} > its budget {self.epsilon:g}"
+                f" (delta {self.delta:g}, {self.accountant.value} accountant)"
+            )
+        return after
+
+
+def compose(history: Sequence[HistoryRow], planned: Sequence[HistoryRow]) -> list[HistoryRow]:
+    """Append ``planned`` rows to ``history`` the way Opacus's accountants do
+    (consecutive rows with the same noise multiplier and sample rate merge)."""
+    rows = [tuple(r) for r in history]
+    for sigma, q, steps in planned:
+        if steps <= 0:
+            continue
+        if rows and rows[-1][0] == sigma and rows[-1][1] == q:
+            rows[-1] = (sigma, q, rows[-1][2] + steps)
+        else:
+            rows.append((sigma, q, steps))
+    return rows  # type: ignore[return-value]
+
+
+def projected_epsilon(history: Sequence[HistoryRow], planned: Sequence[HistoryRow],
+                      delta: float, kind: AccountantKind = AccountantKind.RDP) -> float:
+    """Epsilon at ``delta`` after composing ``planned`` onto ``history``."""
+    return epsilon(compose(history, planned), delta, kind)
