@@ -181,3 +181,26 @@ def test_deterministic_randomness_is_reproducible_and_hides_its_seed() -> None:
     assert seed.hex() not in repr(a)
     with pytest.raises(SecureFLError):
         DeterministicRandom(b"short")
+
+
+@settings(max_examples=15, deadline=None)
+@given(bits=st.sampled_from([5, 8, 16, 31, 32, 64]), length=st.integers(1, 20_000),
+       workers=st.integers(2, 5), keys=st.integers(1, 4))
+def test_parallel_segments_give_the_same_masks_as_one_pass(bits: int, length: int, workers: int,
+                                                           keys: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(os.urandom(32), bool(i % 2)) for i in range(keys)]
+    start = np.arange(length, dtype=ring_dtype(bits))
+    one = MaskExpander(length, bits, chunk_bytes=256).apply(jobs, start.copy())
+    with ThreadPoolExecutor(workers) as pool:
+        many = MaskExpander(length, bits, chunk_bytes=256).apply(
+            jobs, start.copy(), executor=pool, workers=workers)
+    assert np.array_equal(one, many)
+    reference = start.astype(np.uint64)
+    for key, negate in jobs:
+        mask = MaskExpander(length, bits).expand(key).astype(np.uint64)
+        reference = reference - mask if negate else reference + mask
+    if bits < 64:
+        reference &= np.uint64((1 << bits) - 1)
+    assert np.array_equal(one.astype(np.uint64), reference)

@@ -14,6 +14,9 @@ the hot path allocates nothing per call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -23,6 +26,12 @@ ZERO_IV = b"\0" * 16
 _BLOCK = 16
 DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 DEFAULT_CHUNK_BYTES = 1 << 17  # 128 KiB: stays in L2 while it is encrypted and added
+
+
+class Executor(Protocol):
+    """What is needed of an executor (e.g. ``ThreadPoolExecutor``)."""
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]: ...
 
 
 def ring_dtype(bits: int) -> np.dtype:
@@ -39,7 +48,13 @@ class MaskExpander:
     """Expands 32-byte keys into masks of ``length`` elements of Z_{2^bits}
     and adds or subtracts them into an accumulator in place.
 
-    One expander owns its buffers; use one per thread.
+    Work is done chunk-major: for each cache-sized chunk of the accumulator,
+    every key's keystream for that chunk is generated into one reused buffer
+    and added (or subtracted) at once, so the accumulator chunk stays in cache
+    and nothing is allocated per key.  AES-CTR is seekable, so disjoint
+    segments of one accumulator can be processed by different threads
+    (:meth:`apply` with ``executor``); one expander owns its buffers, so each
+    thread uses its own.
     """
 
     def __init__(self, length: int, bits: int, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
@@ -49,46 +64,88 @@ class MaskExpander:
         self.bits = bits
         self.dtype = ring_dtype(bits)
         width = self.dtype.itemsize
-        self._chunk_elems = max(1, chunk_bytes // width)
+        # chunks are whole AES blocks so every chunk starts on a block boundary
+        self._chunk_elems = max(_BLOCK, (chunk_bytes // width) // _BLOCK * _BLOCK)
         chunk = min(self._chunk_elems, length) * width
         self._zeros = bytes(chunk)
         self._out = bytearray(chunk + _BLOCK - 1)
         self._view = np.frombuffer(self._out, dtype=self.dtype, count=chunk // width)
 
-    def _chunks(self, key: bytes):  # type: ignore[no-untyped-def]
-        """Yield ``(start, stop, keystream_view)`` over the whole mask."""
-        if len(key) != 32:
-            raise ConfigurationError("the mask PRG takes a 32-byte key")
-        enc = Cipher(algorithms.AES(key), modes.CTR(ZERO_IV)).encryptor()
+    def apply(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray, *,
+              executor: Executor | None = None, workers: int = 1) -> np.ndarray:
+        """For every ``(key, negate)`` in ``jobs``: ``acc -= PRG(key)`` if
+        ``negate`` else ``acc += PRG(key)``, modulo 2^(8w); then reduce
+        ``acc`` mod 2^bits and return it.
+
+        With an ``executor`` and ``workers > 1`` the accumulator is split into
+        ``workers`` block-aligned segments processed concurrently (AES and
+        numpy release the GIL).
+        """
+        self._check_acc(acc)
+        for key, _ in jobs:
+            if len(key) != 32:
+                raise ConfigurationError("the mask PRG takes a 32-byte key")
+        if executor is None or workers <= 1 or self.length < 4 * self._chunk_elems:
+            self._apply_segment(jobs, acc, 0, self.length)
+        else:
+            step = -(-self.length // workers)
+            step = -(-step // _BLOCK) * _BLOCK
+            bounds = [(a, min(a + step, self.length)) for a in range(0, self.length, step)]
+            chunk_bytes = self._chunk_elems * self.dtype.itemsize
+
+            def run(bound: tuple[int, int]) -> None:
+                MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
+                    jobs, acc, bound[0], bound[1])
+
+            list(executor.map(run, bounds))
+        return self.reduce(acc)
+
+    def _apply_segment(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray,
+                       start: int, stop: int) -> None:
         width = self.dtype.itemsize
+        first_block = (start * width) // _BLOCK
+        iv = first_block.to_bytes(16, "big")
+        encryptors = [(Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor(), negate)
+                      for key, negate in jobs]
         zeros = memoryview(self._zeros)
-        for start in range(0, self.length, self._chunk_elems):
-            stop = min(start + self._chunk_elems, self.length)
-            count = stop - start
-            enc.update_into(zeros[: count * width], self._out)
-            yield start, stop, self._view[:count]
+        for a in range(start, stop, self._chunk_elems):
+            b = min(a + self._chunk_elems, stop)
+            count = b - a
+            seg = acc[a:b]
+            stream = self._view[:count]
+            nbytes = count * width
+            for enc, negate in encryptors:
+                enc.update_into(zeros[:nbytes], self._out)
+                if negate:
+                    np.subtract(seg, stream, out=seg)
+                else:
+                    np.add(seg, stream, out=seg)
 
     def add_into(self, key: bytes, acc: np.ndarray) -> None:
         """``acc += PRG(key)`` modulo 2^(8w) (reduce with :meth:`reduce` at the end)."""
+        self._check_key(key)
         self._check_acc(acc)
-        for start, stop, stream in self._chunks(key):
-            seg = acc[start:stop]
-            np.add(seg, stream, out=seg)
+        self._apply_segment([(key, False)], acc, 0, self.length)
 
     def subtract_into(self, key: bytes, acc: np.ndarray) -> None:
         """``acc -= PRG(key)`` modulo 2^(8w)."""
+        self._check_key(key)
         self._check_acc(acc)
-        for start, stop, stream in self._chunks(key):
-            seg = acc[start:stop]
-            np.subtract(seg, stream, out=seg)
+        self._apply_segment([(key, True)], acc, 0, self.length)
 
     def expand(self, key: bytes, out: np.ndarray | None = None) -> np.ndarray:
         """The mask itself, reduced into [0, 2^bits), in ``out`` if given."""
         if out is None:
             out = np.empty(self.length, dtype=self.dtype)
+        self._check_key(key)
         self._check_acc(out)
-        for start, stop, stream in self._chunks(key):
-            out[start:stop] = stream
+        width = self.dtype.itemsize
+        enc = Cipher(algorithms.AES(key), modes.CTR(ZERO_IV)).encryptor()
+        zeros = memoryview(self._zeros)
+        for a in range(0, self.length, self._chunk_elems):
+            b = min(a + self._chunk_elems, self.length)
+            enc.update_into(zeros[: (b - a) * width], self._out)
+            out[a:b] = self._view[: b - a]
         return self.reduce(out)
 
     def reduce(self, acc: np.ndarray) -> np.ndarray:
@@ -100,6 +157,11 @@ class MaskExpander:
     def zeros(self) -> np.ndarray:
         """A fresh accumulator of the right dtype and length."""
         return np.zeros(self.length, dtype=self.dtype)
+
+    @staticmethod
+    def _check_key(key: bytes) -> None:
+        if len(key) != 32:
+            raise ConfigurationError("the mask PRG takes a 32-byte key")
 
     def _check_acc(self, acc: np.ndarray) -> None:
         if acc.dtype != self.dtype or acc.shape != (self.length,):

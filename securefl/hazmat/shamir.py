@@ -153,6 +153,22 @@ def share_from_bytes(raw: bytes) -> np.ndarray:
     return arr
 
 
+def check_shares(raws: Sequence[bytes]) -> None:
+    """Check many serialised shares at once (lengths and field range).
+
+    Raises:
+        InconsistentSharesError: a share of the wrong length or with an
+            element not below p.
+    """
+    for raw in raws:
+        if len(raw) != SHARE_BYTES:
+            raise InconsistentSharesError(f"a share is {SHARE_BYTES} bytes, got {len(raw)}")
+    if raws:
+        arr = np.frombuffer(b"".join(raws), dtype="<u4")
+        if int(arr.max()) >= PRIME:
+            raise InconsistentSharesError("share element is not a field element")
+
+
 class Reconstructor:
     """Reconstruction for one fixed set of holders; the Lagrange coefficients
     are computed once and reused for every secret.

@@ -11,6 +11,7 @@ for good: an aborted client never answers again.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -29,7 +30,7 @@ from securefl.errors import (
 )
 from securefl.hazmat import shamir, signing
 from securefl.hazmat.agreement import KeyPair
-from securefl.hazmat.prg import MaskExpander
+from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
@@ -87,6 +88,11 @@ class ClientSession:
         peer_identities: active mode only: the pinned Ed25519 public keys of
             every client id in the configuration.
         rng: source of secret randomness (default: the OS CSPRNG).
+        executor: optional executor (e.g. ``ThreadPoolExecutor``) to spread
+            mask expansion over ``workers`` cores; the session never creates
+            threads itself.
+        workers: segments to split the mask work into (default: the number
+            of CPUs when an executor is given).
 
     Raises:
         ConfigurationError: unknown id, or missing identity keys in active mode.
@@ -101,12 +107,16 @@ class ClientSession:
         identity_key: Ed25519PrivateKey | None = None,
         peer_identities: Mapping[int, Ed25519PublicKey | bytes] | None = None,
         rng: RandomSource | None = None,
+        executor: Executor | None = None,
+        workers: int | None = None,
     ) -> None:
         if client_id not in config.ids:
             raise ConfigurationError(f"client id {client_id} is not in the configuration")
         self.config = config
         self.client_id = client_id
         self._rng = default_random(rng)
+        self._executor = executor
+        self._workers = workers or (os.cpu_count() or 1 if executor is not None else 1)
         self._identities: dict[int, Ed25519PublicKey] = {}
         if config.mode is SecurityMode.ACTIVE:
             if identity_key is None or peer_identities is None:
@@ -260,6 +270,7 @@ class ClientSession:
         shares = shamir.split([self._s.private_bytes(), self._seed], holders, self.config.t,
                               self._rng)
         ciphertexts: dict[int, bytes] = {}
+        share_keys: dict[int, bytes] = {}
         for row, holder in enumerate(holders):
             key_share = shamir.share_to_bytes(shares[row, 0])
             seed_share = shamir.share_to_bytes(shares[row, 1])
@@ -273,9 +284,11 @@ class ClientSession:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "encryption key is of low order", rnd,
                            peer=holder)
             key = d.share_encryption_key(secret, sid, self.client_id, holder)
+            share_keys[holder] = key
             ciphertexts[holder] = d.encrypt_shares(key, sid, self.client_id, holder,
                                                    key_share, seed_share)
         self.session_id = sid
+        self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
         self._neighbours = neighbours
         return EncryptedShares(self.client_id, sid, ciphertexts)
@@ -299,36 +312,32 @@ class ClientSession:
         seed_shares: dict[int, bytes] = {}
         for u in sorted(senders):
             try:
-                secret = self._c.exchange(self._roster[u].encryption_key)
-                key = d.share_encryption_key(secret, self.session_id, u, self.client_id)
-                key_share, seed_share = d.decrypt_shares(key, self.session_id, u, self.client_id,
-                                                         msg.ciphertexts[u])
-                shamir.share_from_bytes(key_share)
-                shamir.share_from_bytes(seed_share)
+                key_share, seed_share = d.decrypt_shares(self._share_keys[u], self.session_id, u,
+                                                         self.client_id, msg.ciphertexts[u])
+                shamir.check_shares([key_share, seed_share])
             except DecryptionError:
                 self._fail(Rule.DECRYPTION_FAILED, "ciphertext does not authenticate", rnd, peer=u)
-            except (InconsistentSharesError, InvalidKeyError):
+            except InconsistentSharesError:
                 self._fail(Rule.MALFORMED, "decrypted shares are malformed", rnd, peer=u)
             key_shares[u] = key_share
             seed_shares[u] = seed_share
-        expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input.astype(expander.dtype)
-        expander.add_into(d.self_mask_key(self._seed, self.session_id, self.client_id), masked)
+        jobs = [(d.self_mask_key(self._seed, self.session_id, self.client_id), False)]
         for u in sorted(senders):
             try:
                 mask_key = d.masking_secret(self._s, self._roster[u].masking_key,
                                             self.session_id, self.client_id, u)
             except InvalidKeyError:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "masking key is of low order", rnd, peer=u)
-            if self.client_id < u:
-                expander.add_into(mask_key, masked)
-            else:
-                expander.subtract_into(mask_key, masked)
-        expander.reduce(masked)
+            # the smaller id adds the pairwise mask, the larger subtracts it
+            jobs.append((mask_key, self.client_id > u))
+        expander = MaskExpander(self.config.vector_length, self.config.bits)
+        masked = self._input.astype(expander.dtype)
+        expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._u2_view = frozenset(senders)
         self._input = None
+        self._share_keys = {}
         return MaskedInput(self.client_id, self.session_id, masked)
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
@@ -449,7 +458,7 @@ class ClientSession:
 
     def _wipe(self) -> None:
         """Drop every secret this session holds."""
-        for name in ("_c", "_s", "_seed"):
+        for name in ("_c", "_s", "_seed", "_share_keys"):
             if hasattr(self, name):
                 delattr(self, name)
         self._held_key_shares = {}

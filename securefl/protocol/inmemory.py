@@ -7,9 +7,12 @@ schedule.  It is what tests, examples and the in-process simulator use.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefl.errors import ConfigurationError
 from securefl.hazmat import signing
@@ -41,7 +44,9 @@ def secure_sum(
         rng: secret randomness for every party (default OS CSPRNG); pass a
             :class:`~securefl.hazmat.randomness.DeterministicRandom` only for
             reproducible tests.
-        executor: optional executor for the server's unmasking work.
+        executor: optional executor for mask expansion (clients and server);
+            by default a thread pool over the machine's CPUs is used for long
+            vectors (AES-CTR and numpy release the GIL).
 
     Returns:
         the :class:`AggregationResult`: ``.total`` is the exact sum mod 2^bits
@@ -66,15 +71,29 @@ def secure_sum(
     vectors = {cid: check_input_vector(np.asarray(v), config, cid, local=True)
                for cid, v in inputs.items()}
     source = default_random(rng)
-    identities = {}
+    identities: dict[int, Ed25519PrivateKey] = {}
     pinned = None
     if config.mode is SecurityMode.ACTIVE:
         identities = {cid: signing.generate_identity(source) for cid in config.ids}
         pinned = {cid: key.public_key() for cid, key in identities.items()}
+    if executor is None and (os.cpu_count() or 1) > 1 and config.vector_length >= PARALLEL_MIN:
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            return _run(config, vectors, dropouts, source, identities, pinned, pool)
+    return _run(config, vectors, dropouts, source, identities, pinned, executor)
+
+
+PARALLEL_MIN = 1 << 17
+"""Vectors at least this long are masked by several threads in ``secure_sum``."""
+
+
+def _run(config: SecAggConfig, vectors: Mapping[int, np.ndarray], dropouts: Mapping[int, Round],
+         source: RandomSource, identities: Mapping[int, Ed25519PrivateKey],
+         pinned: Mapping[int, Ed25519PublicKey] | None,
+         executor: Executor | None) -> AggregationResult:
     server = ServerSession(config, peer_identities=pinned, rng=source, executor=executor)
     clients = {
         cid: ClientSession(config, cid, input=vectors[cid], identity_key=identities.get(cid),
-                           peer_identities=pinned, rng=source)
+                           peer_identities=pinned, rng=source, executor=executor)
         for cid in config.ids
     }
 

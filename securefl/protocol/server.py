@@ -15,9 +15,10 @@ clients at any round raises :class:`AbortError`; a result is never wrong.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -33,7 +34,7 @@ from securefl.errors import (
 )
 from securefl.hazmat import shamir, signing
 from securefl.hazmat.agreement import KeyPair, load_public
-from securefl.hazmat.prg import MaskExpander, ring_dtype
+from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
@@ -50,12 +51,6 @@ from securefl.protocol.messages import (
     UnmaskingResponse,
 )
 from securefl.protocol.validation import check_input_vector
-
-
-class Executor(Protocol):
-    """What the server needs of an executor (e.g. ``ThreadPoolExecutor``)."""
-
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]: ...
 
 
 class ServerState(enum.Enum):
@@ -125,7 +120,11 @@ class ServerSession:
         peer_identities: optional pinned Ed25519 keys (active mode); when
             given, the server also refuses unsigned or forged messages early.
         rng: randomness for the share-consistency checks (default OS CSPRNG).
-        executor: optional executor used to spread mask expansion over cores.
+        executor: optional executor (e.g. a ``ThreadPoolExecutor``) used to
+            spread the unmasking work over ``workers`` cores.  The session
+            never creates threads itself.
+        workers: how many segments to split the work into (default: the
+            number of CPUs when an executor is given).
     """
 
     def __init__(
@@ -135,8 +134,10 @@ class ServerSession:
         peer_identities: Mapping[int, Ed25519PublicKey | bytes] | None = None,
         rng: RandomSource | None = None,
         executor: Executor | None = None,
+        workers: int | None = None,
     ) -> None:
         self.config = config
+        self._workers = workers or (os.cpu_count() or 1 if executor is not None else 1)
         self._rng = default_random(rng)
         self._executor = executor
         self._identities = ({c: signing.load_identity_public(k) for c, k in
@@ -323,12 +324,11 @@ class ServerSession:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
                                       peer=msg.sender, round=rnd)
-        for share in (*msg.self_mask_shares.values(), *msg.key_shares.values()):
-            try:
-                shamir.share_from_bytes(share)
-            except InconsistentSharesError:
-                raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
-                                          round=rnd) from None
+        try:
+            shamir.check_shares([*msg.self_mask_shares.values(), *msg.key_shares.values()])
+        except InconsistentSharesError:
+            raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
+                                      round=rnd) from None
         self._responses[msg.sender] = msg
         self.statuses[msg.sender] = ClientStatus.UNMASKING_RESPONSE_RECEIVED
 
@@ -475,7 +475,7 @@ class ServerSession:
         assert self.session_id is not None and self._sum is not None
         sid = self.session_id
         jobs: list[tuple[bytes, bool]] = [
-            (d.self_mask_key(seeds[u], sid, u), False) for u in self._u3]
+            (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
             pair = KeyPair.from_private_bytes(raw_key)
             if pair.public_bytes != self._adverts[u].masking_key:
@@ -489,29 +489,13 @@ class ServerSession:
                         raise AbortError(f"client {v}'s masking key is invalid",
                                          round=rnd) from exc
                     # v added +PRG when v < u, -PRG when v > u: undo it
-                    jobs.append((key, v > u))
+                    jobs.append((key, v < u))
         return self._apply_masks(self._sum.copy(), jobs)
 
     def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
-        """``total -= mask`` (or ``+=`` where flagged) for every job, then reduce."""
-        m, bits = self.config.vector_length, self.config.bits
-        if self._executor is None or len(jobs) < 4:
-            expander = MaskExpander(m, bits)
-            for key, add in jobs:
-                (expander.add_into if add else expander.subtract_into)(key, total)
-            return expander.reduce(total)
-
-        def work(batch: list[tuple[bytes, bool]]) -> np.ndarray:
-            expander = MaskExpander(m, bits)
-            acc = expander.zeros()
-            for key, add in batch:
-                (expander.add_into if add else expander.subtract_into)(key, acc)
-            return acc
-
-        batches = [jobs[i::4] for i in range(4)]
-        for partial in self._executor.map(work, batches):
-            np.add(total, partial, out=total)
-        return MaskExpander(m, bits).reduce(total)
+        """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""
+        expander = MaskExpander(self.config.vector_length, self.config.bits)
+        return expander.apply(jobs, total, executor=self._executor, workers=self._workers)
 
     # -- helpers ------------------------------------------------------------
 

@@ -1,0 +1,238 @@
+"""Micro- and round-level benchmarks of the secure aggregation core.
+
+Every figure is measured against a baseline run in the same process on the
+same machine: the mask PRG against ``openssl speed -evp aes-256-ctr`` and
+against ``cryptography``'s raw AES-CTR, a round against a plain numpy sum.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from securefl.hazmat.prg import MaskExpander
+from securefl.protocol import (
+    ClientSession,
+    Round,
+    SecAggConfig,
+    ServerSession,
+)
+from securefl.protocol.graphs import NeighbourGraph
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The fastest of ``repeat`` wall-clock timings of ``fn()`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def openssl_aes_ctr_gbps(seconds: int = 1) -> float | None:
+    """Single-core AES-256-CTR throughput from ``openssl speed`` (16 KiB
+    blocks), in GB/s; None if the openssl binary is not available."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "speed", "-evp", "aes-256-ctr", "-seconds", str(seconds),
+                          "-bytes", "16384"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"^(?:aes-256-ctr|AES-256-CTR)\s+([\d.]+)k", out, re.MULTILINE | re.I)
+    return float(match.group(1)) * 1000 / 1e9 if match else None
+
+
+def prg_throughput(total_bytes: int = 64 << 20, bits: int = 32) -> dict[str, float | None]:
+    """GB/s of: raw ``cryptography`` AES-CTR into a reused buffer, the mask
+    PRG expanding into a reused buffer (one thread), the mask PRG adding many
+    masks into an accumulator (one thread and all cores), and OpenSSL."""
+    key = os.urandom(32)
+    zeros = bytes(total_bytes)
+    out = bytearray(total_bytes + 15)
+
+    def raw() -> None:
+        Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into(zeros, out)
+
+    width = 4 if bits <= 32 else 8
+    m = total_bytes // width
+    expander = MaskExpander(m, bits)
+    buf = expander.zeros()
+    keys = [(os.urandom(32), i % 2 == 1) for i in range(8)]
+    acc = expander.zeros()
+    workers = os.cpu_count() or 1
+    result: dict[str, float | None] = {
+        "cryptography_raw_gbps": total_bytes / best_of(raw) / 1e9,
+        "prg_expand_gbps": total_bytes / best_of(lambda: expander.expand(key, buf)) / 1e9,
+        "prg_accumulate_1_thread_gbps":
+            8 * total_bytes / best_of(lambda: expander.apply(keys, acc)) / 1e9,
+    }
+    with ThreadPoolExecutor(workers) as pool:
+        result["prg_accumulate_all_cores_gbps"] = 8 * total_bytes / best_of(
+            lambda: expander.apply(keys, acc, executor=pool, workers=workers)) / 1e9
+    result["openssl_gbps"] = openssl_aes_ctr_gbps()
+    result["workers"] = float(workers)
+    return result
+
+
+@dataclass
+class RoundTimings:
+    """Per-stage timings (seconds) and traffic of one session."""
+
+    n: int
+    m: int
+    dropout: float
+    graph: str
+    server: dict[str, float] = field(default_factory=dict)
+    clients_total: dict[str, float] = field(default_factory=dict)
+    slowest_client: dict[str, float] = field(default_factory=dict)
+    bytes_up_per_client: float = 0.0
+    bytes_down_per_client: float = 0.0
+    plain_sum_seconds: float = 0.0
+    exact: bool = False
+    survivors: int = 0
+
+    @property
+    def server_total(self) -> float:
+        """All server work."""
+        return sum(self.server.values())
+
+    @property
+    def clients_sum(self) -> float:
+        """All client work, added up (clients run one after another)."""
+        return sum(self.clients_total.values())
+
+    @property
+    def slowest_client_total(self) -> float:
+        """The largest total of any one client."""
+        return sum(self.slowest_client.values())
+
+
+def _size(message: object) -> int:
+    """Approximate wire size of a message: its binary payloads, packed."""
+    total = 8
+    for value in vars(message).values():
+        if isinstance(value, bytes | bytearray):
+            total += len(value)
+        elif isinstance(value, np.ndarray):
+            total += value.nbytes
+        elif isinstance(value, Mapping):
+            total += sum(4 + len(v) for v in value.values())
+        elif isinstance(value, tuple):
+            for item in value:
+                total += _size(item) if hasattr(item, "__dict__") else 4
+    return total
+
+
+def run_round(n: int, m: int, *, dropout: float = 0.0,
+              drop_stage: Round = Round.MASKED_INPUT_COLLECTION, bits: int = 32,
+              graph: NeighbourGraph | None = None, threshold: int | None = None,
+              workers: int | None = None, inputs: Mapping[int, np.ndarray] | None = None,
+              ) -> RoundTimings:
+    """Run one semi-honest session with real sessions, timing every party.
+
+    ``round(dropout * n)`` clients (the highest ids) stop answering at
+    ``drop_stage``.  Clients run one after another; each client's work is
+    timed separately, the server's per stage.
+    """
+    kwargs: dict[str, object] = {}
+    if graph is not None:
+        kwargs["graph"] = graph
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=threshold,
+                          **kwargs)  # type: ignore[arg-type]
+    if inputs is None:
+        gen = np.random.default_rng(1)
+        inputs = {c: gen.integers(0, 1 << bits, m, dtype=np.uint64) for c in config.ids}
+    dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
+    workers = workers or os.cpu_count() or 1
+    timings = RoundTimings(n, m, dropout, config.graph.describe())
+    per_client: dict[int, dict[str, float]] = {c: {} for c in config.ids}
+    up: dict[int, int] = dict.fromkeys(config.ids, 0)
+    down: dict[int, int] = dict.fromkeys(config.ids, 0)
+    with ThreadPoolExecutor(workers) as pool:
+        server = ServerSession(config, executor=pool, workers=workers)
+        clients = {c: ClientSession(config, c, input=inputs[c], executor=pool, workers=workers)
+                   for c in config.ids}
+
+        def answers(c: int, rnd: Round) -> bool:
+            return c not in dropped or rnd < drop_stage
+
+        stage = Round.ADVERTISE_KEYS.name
+        replies = {}
+        for c, client in clients.items():
+            start = time.perf_counter()
+            msg = client.start()
+            per_client[c][stage] = time.perf_counter() - start
+            if answers(c, Round.ADVERTISE_KEYS):
+                replies[c] = msg
+        while True:
+            start = time.perf_counter()
+            for c, msg in replies.items():
+                up[c] += _size(msg)
+                server.receive(msg)
+            envelopes = server.close_round()
+            timings.server[stage] = time.perf_counter() - start
+            if server.finished:
+                break
+            rnd = server.round
+            assert rnd is not None
+            stage = rnd.name
+            replies = {}
+            for env in envelopes:
+                if not answers(env.recipient, rnd):
+                    continue
+                down[env.recipient] += _size(env.message)
+                start = time.perf_counter()
+                replies[env.recipient] = clients[env.recipient].handle(env.message)
+                per_client[env.recipient][stage] = time.perf_counter() - start
+    result = server.result
+    plain = np.zeros(m, dtype=np.uint64)
+    start = time.perf_counter()
+    for c in result.survivors:
+        np.add(plain, inputs[c], out=plain)
+    plain &= np.uint64((1 << bits) - 1)
+    timings.plain_sum_seconds = time.perf_counter() - start
+    timings.exact = bool(np.array_equal(plain, result.total))
+    timings.survivors = len(result.survivors)
+    stages = sorted({s for d in per_client.values() for s in d}, key=lambda s: Round[s])
+    for s in stages:
+        values = [d.get(s, 0.0) for d in per_client.values()]
+        timings.clients_total[s] = sum(values)
+    slowest = max(config.ids, key=lambda c: sum(per_client[c].values()))
+    timings.slowest_client = per_client[slowest]
+    timings.bytes_up_per_client = sum(up.values()) / n
+    timings.bytes_down_per_client = sum(down.values()) / n
+    return timings
+
+
+def client_masking_time(n: int, m: int, *, bits: int = 32, workers: int | None = None,
+                        repeat: int = 3) -> float:
+    """Seconds one client spends in the masked-input round (R2) with ``n - 1``
+    peers and ``m`` entries: decrypting shares, n key agreements and n mask
+    expansions.  Only that client's R2 is run (best of ``repeat``)."""
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
+    workers = workers or os.cpu_count() or 1
+    best = float("inf")
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in range(repeat):
+            server = ServerSession(config)
+            clients = {c: ClientSession(config, c, executor=pool, workers=workers)
+                       for c in config.ids}
+            for client in clients.values():
+                server.receive(client.start())
+            for env in server.close_round():
+                server.receive(clients[env.recipient].handle(env.message))
+            delivery = next(e.message for e in server.close_round() if e.recipient == 1)
+            clients[1].provide_input(np.zeros(m, dtype=np.uint64))
+            start = time.perf_counter()
+            clients[1].handle(delivery)
+            best = min(best, time.perf_counter() - start)
+    return best
