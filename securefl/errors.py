@@ -151,3 +151,23 @@ class EncodingError(SecureFLError, ValueError):
 
 class PrivacyBudgetExceededError(SecureFLError):
     """Taking part in a round would push a client past its privacy budget."""
+
+
+class WireFormatError(RemoteProtocolError):
+    """Bytes received from a peer do not decode to a valid protocol message:
+    unparseable, an unknown protocol version, a field truncated or oversized,
+    a duplicated client id, a misaligned masked vector, or a non-canonical
+    encoding.  Nothing from such bytes reaches a session.
+
+    Attributes:
+        reason: a stable identifier of what is wrong (see
+            ``securefl.wire.codec.WireIssue``), e.g. ``"unknown-version"``.
+        field: the offending field's dotted name, or None.
+    """
+
+    def __init__(self, detail: str, *, reason: str, field: str | None = None,
+                 rule: Rule = Rule.MALFORMED, peer: int | str | None = None,
+                 round: Any = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(rule, f"[{reason}] {detail}", peer=peer, round=round)
