@@ -23,11 +23,11 @@ demo: $(STAMP)
 	$(BIN)/securefl simulate
 
 test: $(STAMP)
-	$(BIN)/ruff check securefl tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check securefl tests benchmarks examples
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
