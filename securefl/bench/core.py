@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from securefl import wire
 from securefl.hazmat.prg import MaskExpander
 from securefl.protocol import (
     ClientSession,
@@ -97,6 +99,8 @@ class RoundTimings:
     bytes_up_per_client: float = 0.0
     bytes_down_per_client: float = 0.0
     plain_sum_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    transport_seconds: float = 0.0
     exact: bool = False
     survivors: int = 0
 
@@ -116,20 +120,11 @@ class RoundTimings:
         return sum(self.slowest_client.values())
 
 
-def _size(message: object) -> int:
-    """Approximate wire size of a message: its binary payloads, packed."""
-    total = 8
-    for value in vars(message).values():
-        if isinstance(value, bytes | bytearray):
-            total += len(value)
-        elif isinstance(value, np.ndarray):
-            total += value.nbytes
-        elif isinstance(value, Mapping):
-            total += sum(4 + len(v) for v in value.values())
-        elif isinstance(value, tuple):
-            for item in value:
-                total += _size(item) if hasattr(item, "__dict__") else 4
-    return total
+def _transfer(message: Any) -> tuple[Any, int]:
+    """Send ``message`` through the v1 wire format: encode, decode, and
+    return the decoded copy and the number of bytes on the wire."""
+    data = wire.encode(message)
+    return wire.decode(data), len(data)
 
 
 def run_round(n: int, m: int, *, dropout: float = 0.0,
@@ -141,7 +136,8 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
 
     ``round(dropout * n)`` clients (the highest ids) stop answering at
     ``drop_stage``.  Clients run one after another; each client's work is
-    timed separately, the server's per stage.
+    timed separately, the server's per stage.  Every message goes through
+    the v1 wire encoding (timed as transport, and counted in bytes).
     """
     kwargs: dict[str, object] = {}
     if graph is not None:
@@ -167,6 +163,7 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
 
         stage = Round.ADVERTISE_KEYS.name
         replies = {}
+        wall_start = time.perf_counter()
         for c, client in clients.items():
             start = time.perf_counter()
             msg = client.start()
@@ -174,9 +171,14 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
             if answers(c, Round.ADVERTISE_KEYS):
                 replies[c] = msg
         while True:
+            received = {}
             start = time.perf_counter()
             for c, msg in replies.items():
-                up[c] += _size(msg)
+                received[c], size = _transfer(msg)
+                up[c] += size
+            timings.transport_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            for msg in received.values():
                 server.receive(msg)
             envelopes = server.close_round()
             timings.server[stage] = time.perf_counter() - start
@@ -189,10 +191,14 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
             for env in envelopes:
                 if not answers(env.recipient, rnd):
                     continue
-                down[env.recipient] += _size(env.message)
                 start = time.perf_counter()
-                replies[env.recipient] = clients[env.recipient].handle(env.message)
+                message, size = _transfer(env.message)
+                timings.transport_seconds += time.perf_counter() - start
+                down[env.recipient] += size
+                start = time.perf_counter()
+                replies[env.recipient] = clients[env.recipient].handle(message)
                 per_client[env.recipient][stage] = time.perf_counter() - start
+        timings.wall_seconds = time.perf_counter() - wall_start
     result = server.result
     plain = np.zeros(m, dtype=np.uint64)
     start = time.perf_counter()

@@ -34,6 +34,7 @@ from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -262,7 +263,7 @@ class ClientSession:
                     self._digest, e.sender, e.encryption_key, e.masking_key), e.sender, rnd)
         sid = d.session_id(self._digest, msg.entries)
         roster = {e.sender: e for e in msg.entries}
-        neighbours = frozenset(self.config.graph.neighbours(tuple(ids), sid)[self.client_id])
+        neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)

@@ -12,6 +12,7 @@ so a malicious server cannot choose a victim's neighbours.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Mapping, Sequence
 
 
@@ -51,3 +52,12 @@ class CompleteGraph(NeighbourGraph):
 
     def __repr__(self) -> str:
         return "CompleteGraph()"
+
+
+@functools.lru_cache(maxsize=8)
+def neighbour_map(graph: NeighbourGraph, roster: tuple[int, ...],
+                  session_id: bytes) -> Mapping[int, frozenset[int]]:
+    """``graph.neighbours(roster, session_id)``, cached: every party of a
+    session computes the same public map, and in-process simulations would
+    otherwise recompute it once per client."""
+    return graph.neighbours(roster, session_id)

@@ -38,6 +38,7 @@ from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
+from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -369,8 +370,8 @@ class ServerSession:
         self._need(len(self._adverts), rnd, "clients advertised keys")
         entries = tuple(self._adverts[c] for c in sorted(self._adverts))
         self.session_id = d.session_id(self._digest, entries)
-        self._neighbours = self.config.graph.neighbours(tuple(sorted(self._adverts)),
-                                                        self.session_id)
+        self._neighbours = neighbour_map(self.config.graph, tuple(sorted(self._adverts)),
+                                         self.session_id)
         roster = KeyRoster(self._digest, entries)
         self.state = ServerState.COLLECTING_SHARE_KEYS
         return [Envelope(c, roster) for c in sorted(self._adverts)]
