@@ -369,6 +369,13 @@ def run_simulation(
     last_eval = evaluate(model, x_test, y_test)
     completed = 0
 
+    def checkpoint(round_number: int, survivors: tuple[int, ...]) -> None:
+        save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
+                        model_state={k: v.clone() for k, v in model.state_dict().items()},
+                        optimizer_state=server.optimizer.state_dict(),
+                        extra={"config": config.to_json(), "survivors": list(survivors)})
+
+    checkpoint(0, ())  # the initial global model: round 0
     iterator: Any = range(1, config.rounds + 1)
     bar = None
     if progress:
@@ -470,10 +477,7 @@ def run_simulation(
             ledger.append(pending + rows)
             pending = []
             completed += 1
-            save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
-                            model_state={k: v.clone() for k, v in model.state_dict().items()},
-                            optimizer_state=server.optimizer.state_dict(),
-                            extra={"config": config.to_json(), "survivors": list(survivors)})
+            checkpoint(round_number, survivors)
         else:
             pending.extend(rows)
 

@@ -1,0 +1,74 @@
+"""``securefl simulate`` end to end on a small setting (a few seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from securefl.cli import main
+from securefl.federation.checkpoint import load_checkpoint
+from securefl.privacy.ledger import read_ledger
+
+torch.set_num_threads(1)
+
+SMALL = ["--clients", "3", "--rounds", "2", "--noise-multiplier", "1.0", "--dropout", "0.3",
+         "--seed", "0", "--no-progress"]
+
+
+def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", *SMALL, "--epsilon-budget", "50", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "round  accuracy" in text and "final test accuracy" in text
+    assert "dp-accounting" in text and f"securefl audit {out}" in text
+    for name in ("metrics.json", "ledger.jsonl", "checkpoint.pt", "accuracy_per_round.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "accuracy_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 2
+    for row in metrics["rounds"]:
+        assert {"accuracy", "loss", "epsilon_max", "delta", "survivors", "dropped"} <= set(row)
+    final = metrics["final"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and final["delta"] == 1e-5
+    assert final["epsilon_max"] > 0 and final["epsilon_max_dp_accounting"] > 0
+    assert metrics["config"]["secure"] is True
+    assert len(read_ledger(out / "ledger.jsonl")) == 6
+    assert load_checkpoint(out / "checkpoint.pt")["round"] == 2
+    assert "3@R3-consistency" in text and "3@R0-advertise" in text
+
+    assert main(["audit", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "OK: every client stayed within its budget" in text
+    assert (out / "epsilon_per_round.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["audit", str(out), "--json", "--no-plot"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and len(report["clients"]) == 3 and len(report["rounds"]) == 2
+
+
+def test_simulate_refuses_to_reuse_a_ledger(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ledger.jsonl").write_text("")
+    assert main(["simulate", *SMALL, "-o", str(out)]) == 2
+    assert "append-only" in capsys.readouterr().err
+
+
+def test_simulate_refuses_an_overflowing_bit_budget(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", *SMALL, "--bits", "16", "--frac-bits", "20", "-o",
+                 str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bit budget exceeded" in err and "use frac_bits <=" in err
+
+
+def test_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--dropout", "1.5"])
+    with pytest.raises(SystemExit):
+        main(["simulate", "--noise-multiplier", "1", "--target-epsilon", "3"])
+    assert "not allowed with" in capsys.readouterr().err
