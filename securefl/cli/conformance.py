@@ -1,0 +1,83 @@
+"""``securefl conformance``: run the secagg v1 test vectors and scenario
+cases against a client and server implementation (securefl's own by
+default, or adapters given as ``module:factory``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from securefl.conformance.adapters import load_factory
+from securefl.conformance.cases import Target
+from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR
+from securefl.conformance.runner import all_cases, select, summarize, write_json, write_junit
+from securefl.conformance.runner import run as run_cases
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``conformance`` sub-command."""
+    parser = subparsers.add_parser(
+        "conformance",
+        help="run the secure aggregation conformance suite",
+        description="Run the protocol test vectors and the adversarial scenario cases"
+                    " (numbered by SPEC.md section) against an implementation.  Exit status"
+                    " is 1 if any case fails.",
+    )
+    parser.add_argument("--client", metavar="MODULE:FACTORY",
+                        help="client adapter factory (default: securefl's ClientSession)")
+    parser.add_argument("--server", metavar="MODULE:FACTORY",
+                        help="server adapter factory (default: securefl's ServerSession)")
+    parser.add_argument("--primitives", metavar="MODULE:FACTORY",
+                        help="primitives adapter factory for the primitive vectors"
+                             " (default: securefl's; 'none' skips them)")
+    parser.add_argument("--vectors", metavar="DIR", type=Path, default=DEFAULT_VECTOR_DIR,
+                        help="directory of vector files (default: the bundled ones)")
+    parser.add_argument("--only", choices=("vectors", "scenarios"),
+                        help="run only the vectors or only the scenarios")
+    parser.add_argument("-k", dest="patterns", action="append", default=[], metavar="PATTERN",
+                        help="run cases whose id starts with, or title contains, PATTERN"
+                             " (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the cases without running")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="write a JSON report")
+    parser.add_argument("--junit", metavar="FILE", type=Path, help="write a JUnit XML report")
+    parser.set_defaults(func=run)
+
+
+def build_target(args: argparse.Namespace) -> Target:
+    """The target named by the command-line options."""
+    target = Target()
+    described = []
+    if args.client:
+        target = Target(load_factory(args.client), target.server,  # type: ignore[arg-type]
+                        target.primitives)
+        described.append(f"client={args.client}")
+    if args.server:
+        target = Target(target.client, load_factory(args.server),  # type: ignore[arg-type]
+                        target.primitives)
+        described.append(f"server={args.server}")
+    if args.primitives:
+        prims = None if args.primitives == "none" else load_factory(args.primitives)
+        target = Target(target.client, target.server, prims)  # type: ignore[arg-type]
+        described.append(f"primitives={args.primitives}")
+    description = ", ".join(described) if described else "securefl (built-in)"
+    return Target(target.client, target.server, target.primitives, description)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or list) the selected cases; 0 if none failed, 1 otherwise."""
+    cases = select(all_cases(args.vectors, vectors=args.only != "scenarios",
+                             scenarios=args.only != "vectors"), args.patterns)
+    if args.list:
+        for case in cases:
+            print(f"{case.id} [{case.kind}] {case.title}")
+        print(f"{len(cases)} cases")
+        return 0
+    target = build_target(args)
+    print(f"secagg v1 conformance against {target.description}")
+    results = run_cases(cases, target)
+    if args.json:
+        write_json(args.json, results, target)
+    if args.junit:
+        write_junit(args.junit, results, target)
+    return 1 if summarize(results).failed else 0

@@ -1,0 +1,822 @@
+"""Scenario cases, numbered by SPEC.md section (h2spec style).
+
+For ``kind="client"`` cases the runner plays the server (with securefl's
+reference server and reference peer clients) against one client under
+test, id 1, and tampers with what it sends; for ``kind="server"`` cases the
+runner plays every client (securefl's reference clients) against the
+server under test and tampers with what they send.
+
+Every refusal is checked by :class:`~securefl.errors.Rule`.  After a client
+refuses, it must never answer again (nothing is revealed); after a server
+refuses, its client statuses must be unchanged and the round must still
+finish with the exact sum of the survivors' inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from securefl.conformance.adapters import (
+    ClientSpec,
+    ClientUnderTest,
+    SecureFLClient,
+    SecureFLServer,
+    ServerSpec,
+    ServerUnderTest,
+)
+from securefl.conformance.cases import Case, CaseFailedError, Target, expect_refusal
+from securefl.errors import AbortError, ProtocolError, Rule
+from securefl.hazmat import signing
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.randomness import DeterministicRandom
+from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.messages import (
+    KeyRoster,
+    MaskedInput,
+    ShareDelivery,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
+from securefl.wire import decode, encode
+from securefl.wire import secagg_pb2 as pb
+
+SEMI = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
+                    context=b"conformance")
+ACTIVE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
+                      mode=SecurityMode.ACTIVE, context=b"conformance")
+TWELVE = SecAggConfig(num_clients=5, vector_length=6, bits=12, threshold=3,
+                      context=b"conformance")
+UNDER_TEST = 1
+"""The id of the client under test in client scenarios."""
+
+
+def _seed(label: str) -> bytes:
+    return hashlib.sha256(f"securefl conformance/{label}".encode()).digest()
+
+
+def _inputs(config: SecAggConfig) -> dict[int, tuple[int, ...]]:
+    rng = DeterministicRandom(_seed("inputs"))
+    return {c: tuple(int.from_bytes(rng.token_bytes(8), "little") % (1 << config.bits)
+                     for _ in range(config.vector_length)) for c in config.ids}
+
+
+def _identities(config: SecAggConfig) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    if config.mode is not SecurityMode.ACTIVE:
+        return {}, {}
+    private = {c: _seed(f"identity/{c}") for c in config.ids}
+    public = {c: signing.public_bytes(Ed25519PrivateKey.from_private_bytes(k))
+              for c, k in private.items()}
+    return private, public
+
+
+class World:
+    """A server and its clients, some under test, stepped round by round on
+    wire bytes.
+
+    Args:
+        target: the implementation under test.
+        config: the session configuration.
+        server_under_test: use the target's server (else securefl's).
+        client_under_test: the id of the target's client, or None.
+        label: makes the clients' fixed randomness differ between worlds.
+    """
+
+    def __init__(self, target: Target, config: SecAggConfig, *, server_under_test: bool,
+                 client_under_test: int | None, label: str = "world") -> None:
+        self.config = config
+        self.inputs = _inputs(config)
+        self.private, self.pinned = _identities(config)
+        spec = ServerSpec(config, self.pinned, None)
+        self.server: ServerUnderTest = (target.server(spec) if server_under_test
+                                        else SecureFLServer(spec))
+        self.clients: dict[int, ClientUnderTest] = {}
+        for c in config.ids:
+            cspec = ClientSpec(config, c, self.inputs[c], self.private.get(c), self.pinned,
+                               _seed(f"{label}/client/{c}"))
+            self.clients[c] = (target.client(dataclasses.replace(cspec, random_seed=None))
+                               if c == client_under_test else SecureFLClient(cspec))
+        self.pending: dict[int, bytes] = {}
+        self.sent: dict[Round, dict[int, bytes]] = {}
+        self.round: Round | None = Round.ADVERTISE_KEYS
+        self.finished = False
+
+    # -- driving ------------------------------------------------------------
+
+    def start(self, skip: Iterable[int] = ()) -> dict[int, bytes]:
+        """Every client starts; the adverts of those not in ``skip`` are sent."""
+        adverts = {c: cl.start() for c, cl in self.clients.items()}
+        self.sent[Round.ADVERTISE_KEYS] = adverts
+        for c, data in adverts.items():
+            if c not in set(skip):
+                self.server.receive(data)
+        return adverts
+
+    def close(self) -> dict[int, bytes]:
+        """Close the server's round; remember what it sends."""
+        out = self.server.close_round()
+        self.pending = dict(out)
+        if not out:
+            self.finished = True
+            self.round = None
+        else:
+            self.round = _next_round(self.round, self.config)
+        return self.pending
+
+    def answer(self, skip: Iterable[int] = (), *, send: bool = True) -> dict[int, bytes]:
+        """Pending recipients not in ``skip`` answer; replies go to the server
+        unless ``send`` is false."""
+        skipped = set(skip)
+        replies = {c: self.clients[c].handle(m) for c, m in self.pending.items()
+                   if c not in skipped}
+        assert self.round is not None
+        self.sent[self.round] = replies
+        if send:
+            for data in replies.values():
+                self.server.receive(data)
+        return replies
+
+    def step(self, skip: Iterable[int] = ()) -> dict[int, bytes]:
+        """answer() then close()."""
+        self.answer(skip)
+        return self.close()
+
+    def run_to(self, rnd: Round, drop: dict[Round, set[int]] | None = None) -> dict[int, bytes]:
+        """From the start, run until the server sends the messages of ``rnd``
+        (or the round before it in semi-honest mode for CONSISTENCY_CHECK)."""
+        drop = drop or {}
+        self.start(drop.get(Round.ADVERTISE_KEYS, ()))
+        self.close()
+        while self.round is not None and self.round < rnd:
+            self.step(drop.get(self.round, ()))
+        return self.pending
+
+    def finish(self) -> None:
+        """Run every remaining round honestly and check the exact sum."""
+        while not self.finished:
+            self.step()
+        self.check_sum()
+
+    def check_sum(self) -> None:
+        """The server's result is the exact sum of its survivors' inputs."""
+        res = self.server.result()
+        total = [0] * self.config.vector_length
+        for c in res.survivors:
+            total = [(a + b) & self.config.modulus_mask
+                     for a, b in zip(total, self.inputs[c], strict=True)]
+        if list(res.total) != total:
+            raise CaseFailedError(f"the result is not the exact sum of survivors"
+                                  f" {list(res.survivors)}")
+
+    # -- checks -------------------------------------------------------------
+
+    def server_refuses(self, data: bytes, rule: Rule, what: str) -> None:
+        """The server under test refuses ``data`` with ``rule`` and its
+        client statuses do not change."""
+        before = self.server.statuses()
+        expect_refusal(lambda: self.server.receive(data), rule, what)
+        after = self.server.statuses()
+        if after != before:
+            changed = {c: (before.get(c), s) for c, s in after.items() if before.get(c) != s}
+            raise CaseFailedError(f"{what}: refused, but client statuses changed: {changed}")
+
+    def client_refuses(self, data: bytes, rule: Rule, what: str,
+                       cid: int = UNDER_TEST) -> None:
+        """The client under test refuses ``data`` with ``rule``, then never
+        answers again (even the honest message)."""
+        expect_refusal(lambda: self.clients[cid].handle(data), rule, what)
+        honest = self.pending.get(cid)
+        for again in (data, honest):
+            if again is None:
+                continue
+            try:
+                self.clients[cid].handle(again)
+            except ProtocolError:
+                continue
+            raise CaseFailedError(f"{what}: refused, but answered a later message (an aborted"
+                                  " client must never answer again)")
+
+
+def _next_round(rnd: Round | None, config: SecAggConfig) -> Round | None:
+    if rnd is None:
+        return None
+    nxt = Round(rnd + 1) if rnd < Round.UNMASKING else None
+    if nxt is Round.CONSISTENCY_CHECK and config.mode is SecurityMode.SEMI_HONEST:
+        nxt = Round.UNMASKING
+    return nxt
+
+
+def _edit(data: bytes, **changes: Any) -> bytes:
+    """Decode, replace dataclass fields, re-encode."""
+    message = decode(data)
+    element = changes.pop("_element_bytes", None)
+    return encode(dataclasses.replace(message, **changes), element_bytes=element)
+
+
+def _envelope(data: bytes) -> Any:
+    return pb.SecAggMessage.FromString(data)
+
+
+def _body(envelope: Any) -> Any:
+    return getattr(envelope, envelope.WhichOneof("body"))
+
+
+# -- client cases: the runner plays the server --------------------------------
+
+
+def _client_world(target: Target, config: SecAggConfig = SEMI, label: str = "c") -> World:
+    return World(target, config, server_under_test=False, client_under_test=UNDER_TEST,
+                 label=label)
+
+
+def c_honest(config: SecAggConfig) -> Callable[[Target], None]:
+    """The client under test takes part in a whole round with dropouts."""
+    def run(target: Target) -> None:
+        w = _client_world(target, config)
+        w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
+        w.finish()
+        if UNDER_TEST not in w.server.result().survivors:
+            raise CaseFailedError("the client under test is not among the survivors")
+    return run
+
+
+def c_roster(edit: Callable[[KeyRoster], KeyRoster], rule: Rule, what: str,
+             config: SecAggConfig = SEMI) -> Callable[[Target], None]:
+    """A tampered roster is refused."""
+    def run(target: Target) -> None:
+        w = _client_world(target, config)
+        w.run_to(Round.SHARE_KEYS)
+        roster = decode(w.pending[UNDER_TEST])
+        assert isinstance(roster, KeyRoster)
+        w.client_refuses(encode(edit(roster)), rule, what)
+    return run
+
+
+def _dup_key(r: KeyRoster) -> KeyRoster:
+    e = list(r.entries)
+    e[3] = dataclasses.replace(e[3], masking_key=e[2].masking_key)
+    return dataclasses.replace(r, entries=tuple(e))
+
+
+def _own_key(r: KeyRoster) -> KeyRoster:
+    e = list(r.entries)
+    e[0] = dataclasses.replace(e[0], encryption_key=KeyPair.generate(
+        DeterministicRandom(_seed("other"))).public_bytes)
+    return dataclasses.replace(r, entries=tuple(e))
+
+
+def _unsigned(r: KeyRoster) -> KeyRoster:
+    e = list(r.entries)
+    e[2] = dataclasses.replace(e[2], signature=None)
+    return dataclasses.replace(r, entries=tuple(e))
+
+
+def _forged(r: KeyRoster) -> KeyRoster:
+    e = list(r.entries)
+    e[3] = dataclasses.replace(e[3], signature=e[4].signature)
+    return dataclasses.replace(r, entries=tuple(e))
+
+
+def _substituted(r: KeyRoster) -> KeyRoster:
+    e = list(r.entries)
+    mine = KeyPair.generate(DeterministicRandom(_seed("server key"))).public_bytes
+    e[3] = dataclasses.replace(e[3], masking_key=mine)
+    return dataclasses.replace(r, entries=tuple(e))
+
+
+def c_delivery(edit: Callable[[World, ShareDelivery], bytes], rule: Rule,
+               what: str) -> Callable[[Target], None]:
+    """A tampered share delivery is refused."""
+    def run(target: Target) -> None:
+        w = _client_world(target)
+        w.run_to(Round.MASKED_INPUT_COLLECTION)
+        delivery = decode(w.pending[UNDER_TEST])
+        assert isinstance(delivery, ShareDelivery)
+        w.client_refuses(edit(w, delivery), rule, what)
+    return run
+
+
+def _tampered(_: World, d: ShareDelivery) -> bytes:
+    cts = dict(d.ciphertexts)
+    cts[3] = cts[3][:-1] + bytes([cts[3][-1] ^ 0x80])
+    return encode(dataclasses.replace(d, ciphertexts=cts))
+
+
+def _redirected(w: World, d: ShareDelivery) -> bytes:
+    cts = dict(d.ciphertexts)
+    other = decode(w.pending[2])
+    cts[3] = other.ciphertexts[3]  # type: ignore[union-attr]
+    return encode(dataclasses.replace(d, ciphertexts=cts))
+
+
+def _from_itself(_: World, d: ShareDelivery) -> bytes:
+    cts = dict(d.ciphertexts)
+    cts[UNDER_TEST] = cts[2]
+    return encode(dataclasses.replace(d, ciphertexts=cts))
+
+
+def c_replay(target: Target) -> None:
+    """A share delivery from another session is refused."""
+    a = World(target, SEMI, server_under_test=False, client_under_test=None, label="other")
+    a.run_to(Round.MASKED_INPUT_COLLECTION)
+    b = _client_world(target)
+    b.run_to(Round.MASKED_INPUT_COLLECTION)
+    b.client_refuses(a.pending[UNDER_TEST], Rule.WRONG_SESSION,
+                     "a share delivery replayed from another session")
+
+
+def c_relabelled(target: Target) -> None:
+    """Ciphertexts from another session relabelled with this session id fail."""
+    a = World(target, SEMI, server_under_test=False, client_under_test=None, label="other")
+    a.run_to(Round.MASKED_INPUT_COLLECTION)
+    b = _client_world(target)
+    b.run_to(Round.MASKED_INPUT_COLLECTION)
+    mine = decode(b.pending[UNDER_TEST])
+    b.client_refuses(_edit(a.pending[UNDER_TEST], session_id=mine.session_id),  # type: ignore[union-attr]
+                     Rule.DECRYPTION_FAILED, "ciphertexts of another session, relabelled")
+
+
+def c_out_of_order(target: Target) -> None:
+    """A share delivery where the roster is expected is refused."""
+    a = World(target, SEMI, server_under_test=False, client_under_test=None, label="other")
+    a.run_to(Round.MASKED_INPUT_COLLECTION)
+    b = _client_world(target)
+    b.run_to(Round.SHARE_KEYS)
+    b.client_refuses(a.pending[UNDER_TEST], Rule.WRONG_ROUND,
+                     "a share delivery sent before the roster")
+
+
+def c_unmask(edit: Callable[[UnmaskingRequest], UnmaskingRequest], rule: Rule, what: str,
+             config: SecAggConfig = SEMI,
+             drop: dict[Round, set[int]] | None = None) -> Callable[[Target], None]:
+    """A tampered unmasking request is refused."""
+    def run(target: Target) -> None:
+        w = _client_world(target, config)
+        default = {Round.MASKED_INPUT_COLLECTION: {5}}
+        w.run_to(Round.UNMASKING, default if drop is None else drop)
+        request = decode(w.pending[UNDER_TEST])
+        assert isinstance(request, UnmaskingRequest)
+        w.client_refuses(encode(edit(request)), rule, what)
+    return run
+
+
+def _both(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, dropped=tuple(sorted({*r.dropped, 2})))
+
+
+def _below(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, survivors=(1, 2), dropped=(3, 4, 5))
+
+
+def _self_dropped(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, survivors=(2, 3, 4), dropped=(1, 5))
+
+
+def _few_signatures(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, signatures=dict(list(r.signatures.items())[:2]))
+
+
+def _forged_signature(r: UnmaskingRequest) -> UnmaskingRequest:
+    sigs = dict(r.signatures)
+    sigs[3] = sigs[4]
+    return dataclasses.replace(r, signatures=sigs)
+
+
+def _other_list(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, survivors=(1, 2, 3), dropped=(4, 5))
+
+
+def c_never_shared(target: Target) -> None:
+    """A dropped list naming a client that never shared keys is refused."""
+    w = _client_world(target)
+    w.run_to(Round.UNMASKING, {Round.SHARE_KEYS: {4}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 4 not in request.dropped
+    w.client_refuses(encode(dataclasses.replace(request, dropped=(4,))),
+                     Rule.LISTS_CONTRADICT_VIEW, "a dropped list naming a client that never"
+                     " shared keys (asks for a key share nobody may have)")
+
+
+def c_second_request(flip: bool) -> Callable[[Target], None]:
+    """A second unmasking request is refused; the first answer stands."""
+    def run(target: Target) -> None:
+        w = _client_world(target)
+        w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
+        request = decode(w.pending[UNDER_TEST])
+        first = decode(w.clients[UNDER_TEST].handle(w.pending[UNDER_TEST]))
+        if not isinstance(first, UnmaskingResponse) or set(first.key_shares) != {5}:
+            raise CaseFailedError("the honest unmasking answer should reveal exactly client 5's"
+                                  " key share")
+        second = (dataclasses.replace(request, survivors=(1, 3, 4, 5), dropped=(2,))  # type: ignore[arg-type]
+                  if flip else request)
+        rule = Rule.BOTH_SHARES_REQUESTED if flip else Rule.SECOND_UNMASK_REQUEST
+        expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(second)), rule,
+                       "a second unmasking request" + (" asking for the other shares" if flip
+                                                       else ""))
+    return run
+
+
+def c_wire(edit: Callable[[bytes], bytes], at: Round, what: str) -> Callable[[Target], None]:
+    """Malformed bytes from the server are refused as MALFORMED."""
+    def run(target: Target) -> None:
+        w = _client_world(target)
+        w.run_to(at, {Round.MASKED_INPUT_COLLECTION: {5}})
+        w.client_refuses(edit(w.pending[UNDER_TEST]), Rule.MALFORMED, what)
+    return run
+
+
+def _version_2(data: bytes) -> bytes:
+    env = _envelope(data)
+    _body(env).version = 2
+    return env.SerializeToString()
+
+
+def _truncated_key(data: bytes) -> bytes:
+    env = _envelope(data)
+    entry = _body(env).entries[1]
+    entry.masking_key = entry.masking_key[:31]
+    return env.SerializeToString()
+
+
+def _duplicate_survivor(data: bytes) -> bytes:
+    env = _envelope(data)
+    body = _body(env)
+    body.survivors.append(body.survivors[-1])
+    return env.SerializeToString()
+
+
+def _duplicate_sender(data: bytes) -> bytes:
+    env = _envelope(data)
+    body = _body(env)
+    extra = body.ciphertexts.add()
+    extra.CopyFrom(body.ciphertexts[0])
+    return env.SerializeToString()
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+# -- server cases: the runner plays the clients -------------------------------
+
+
+def _server_world(target: Target, config: SecAggConfig = SEMI, label: str = "s") -> World:
+    return World(target, config, server_under_test=True, client_under_test=None, label=label)
+
+
+def s_honest(config: SecAggConfig, drop: dict[Round, set[int]]) -> Callable[[Target], None]:
+    """A whole round (with the given dropouts) gives the exact sum."""
+    def run(target: Target) -> None:
+        w = _server_world(target, config)
+        w.run_to(Round.UNMASKING, drop)
+        while not w.finished:
+            w.step(drop.get(w.round, ()) if w.round is not None else ())
+        w.check_sum()
+        statuses = w.server.statuses()
+        for rnd, ids in drop.items():
+            for c in ids:
+                if statuses[c] == "UNMASKING_RESPONSE_RECEIVED":
+                    raise CaseFailedError(f"client {c} dropped at {rnd.name} but is reported"
+                                          " as finished")
+    return run
+
+
+def s_abort(target: Target) -> None:
+    """Fewer than t masked inputs: the round aborts, no result."""
+    w = _server_world(target)
+    w.run_to(Round.MASKED_INPUT_COLLECTION)
+    w.answer(skip={3, 4, 5})
+    try:
+        w.server.close_round()
+    except AbortError:
+        pass
+    else:
+        raise CaseFailedError("closed the masked-input round with 2 of threshold 3 clients")
+    try:
+        res = w.server.result()
+    except Exception:
+        return
+    raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
+
+
+def s_advert(edit: Callable[[World, dict[int, bytes]], bytes], rule: Rule, what: str,
+             config: SecAggConfig = SEMI,
+             first: Iterable[int] = (2, 3)) -> Callable[[Target], None]:
+    """A bad advertisement is refused; the round still completes."""
+    def run(target: Target) -> None:
+        w = _server_world(target, config)
+        adverts = {c: cl.start() for c, cl in w.clients.items()}
+        w.sent[Round.ADVERTISE_KEYS] = adverts
+        for c in first:
+            w.server.receive(adverts[c])
+        w.server_refuses(edit(w, adverts), rule, what)
+        for c, data in adverts.items():
+            if c not in set(first):
+                w.server.receive(data)
+        w.close()
+        w.finish()
+    return run
+
+
+def _unknown_sender(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], sender=99)
+
+
+def _copied_key(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], masking_key=decode(a[2]).masking_key)  # type: ignore[union-attr]
+
+
+def _equal_keys(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], masking_key=decode(a[1]).encryption_key)  # type: ignore[union-attr]
+
+
+def _forged_advert(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], signature=decode(a[2]).signature)  # type: ignore[union-attr]
+
+
+def _unsigned_advert(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], signature=None)
+
+
+def s_round(at: Round, edit: Callable[[World, dict[int, bytes]], bytes], rule: Rule,
+            what: str, config: SecAggConfig = SEMI) -> Callable[[Target], None]:
+    """In round ``at``, a bad client message is refused after the honest
+    replies were computed (but before they are sent); the round completes."""
+    def run(target: Target) -> None:
+        w = _server_world(target, config)
+        w.run_to(at)
+        replies = w.answer(send=False)
+        w.server_refuses(edit(w, replies), rule, what)
+        for data in replies.values():
+            w.server.receive(data)
+        w.close()
+        w.finish()
+    return run
+
+
+def _wrong_recipients(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    cts = dict(msg.ciphertexts)  # type: ignore[union-attr]
+    del cts[2]
+    return encode(dataclasses.replace(msg, ciphertexts=cts))
+
+
+def _shares_to_itself(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    cts = dict(msg.ciphertexts)  # type: ignore[union-attr]
+    cts[1] = cts[2]
+    return encode(dataclasses.replace(msg, ciphertexts=cts))
+
+
+def _wrong_session(_: World, r: dict[int, bytes]) -> bytes:
+    return _edit(r[1], session_id=bytes(32))
+
+
+def _dup_ids_shares(_: World, r: dict[int, bytes]) -> bytes:
+    return _duplicate_sender(r[1])
+
+
+def _masked(config_edit: Callable[[np.ndarray], np.ndarray],
+            element: int | None = None) -> Callable[[World, dict[int, bytes]], bytes]:
+    def edit(_: World, r: dict[int, bytes]) -> bytes:
+        msg = decode(r[1])
+        return encode(dataclasses.replace(msg, masked=config_edit(msg.masked)),  # type: ignore[union-attr,arg-type]
+                      element_bytes=element)
+    return edit
+
+
+def _misaligned(_: World, r: dict[int, bytes]) -> bytes:
+    env = _envelope(r[1])
+    _body(env).masked += b"\0"
+    return env.SerializeToString()
+
+
+def _early_masked(w: World, r: dict[int, bytes]) -> bytes:
+    sid = decode(r[1]).session_id  # type: ignore[union-attr]
+    return encode(MaskedInput(1, sid, np.zeros(w.config.vector_length, dtype="<u2")))
+
+
+def _late_advert(w: World, _: dict[int, bytes]) -> bytes:
+    return w.sent[Round.ADVERTISE_KEYS][2]
+
+
+def _both_shares(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    assert isinstance(msg, UnmaskingResponse)
+    keys = dict(msg.key_shares)
+    keys[2] = msg.self_mask_shares[2]
+    return encode(dataclasses.replace(msg, key_shares=keys))
+
+
+def _missing_share(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    assert isinstance(msg, UnmaskingResponse)
+    shares = dict(msg.self_mask_shares)
+    del shares[3]
+    return encode(dataclasses.replace(msg, self_mask_shares=shares))
+
+
+def _dup_owner(_: World, r: dict[int, bytes]) -> bytes:
+    env = _envelope(r[1])
+    body = _body(env)
+    extra = body.self_mask_shares.add()
+    extra.CopyFrom(body.self_mask_shares[0])
+    return env.SerializeToString()
+
+
+def _forged_consistency(_: World, r: dict[int, bytes]) -> bytes:
+    return _edit(r[1], signature=decode(r[2]).signature)  # type: ignore[union-attr]
+
+
+def _bytes(edit: Callable[[bytes], bytes]) -> Callable[[World, dict[int, bytes]], bytes]:
+    return lambda _, r: edit(r[1])
+
+
+def s_duplicate_masked(target: Target) -> None:
+    """A second masked input from the same client is refused; the sum holds."""
+    w = _server_world(target)
+    w.run_to(Round.MASKED_INPUT_COLLECTION)
+    replies = w.answer()
+    w.server_refuses(replies[2], Rule.DUPLICATE_MESSAGE, "the same masked input twice")
+    w.close()
+    w.finish()
+
+
+def s_not_shared(target: Target) -> None:
+    """A masked input from a client that never shared keys is refused."""
+    w = _server_world(target)
+    w.run_to(Round.SHARE_KEYS)
+    w.answer(skip={4})
+    w.close()
+    other = World(target, SEMI, server_under_test=False, client_under_test=None)
+    other.run_to(Round.MASKED_INPUT_COLLECTION)
+    sid = decode(w.pending[1]).session_id  # type: ignore[union-attr]
+    forged = _edit(other.answer(send=False)[4], session_id=sid)
+    replies = w.answer(send=False)
+    w.server_refuses(forged, Rule.UNKNOWN_PEER, "a masked input from a client that never"
+                     " shared its keys")
+    for data in replies.values():
+        w.server.receive(data)
+    w.close()
+    w.finish()
+
+
+# -- the catalogue ------------------------------------------------------------
+
+
+def _c(section: str, n: int, title: str, run: Callable[[Target], None]) -> Case:
+    return Case(f"{section}/{n}", section, title, "client", run)
+
+
+def _s(section: str, n: int, title: str, run: Callable[[Target], None]) -> Case:
+    return Case(f"{section}/{n}", section, title, "server", run)
+
+
+def scenario_cases() -> list[Case]:
+    """Every scenario case, in spec order."""
+    R = Rule  # noqa: N806 - short alias keeps the table readable
+    S, A = SEMI, ACTIVE  # noqa: N806
+    MIC, UNM = Round.MASKED_INPUT_COLLECTION, Round.UNMASKING  # noqa: N806
+    cases = [
+        # 9: wire format, both directions
+        _c("9.1", 1, "client refuses bytes that are not a SecAggMessage",
+           c_wire(_cut, Round.SHARE_KEYS, "a truncated roster")),
+        _c("9.1", 2, "client refuses an unknown protocol version",
+           c_wire(_version_2, Round.SHARE_KEYS, "a roster with version 2")),
+        _c("9.2", 1, "client refuses a roster with a 31-byte key",
+           c_wire(_truncated_key, Round.SHARE_KEYS, "a roster with a truncated key")),
+        _c("9.2", 2, "client refuses a share delivery listing one sender twice",
+           c_wire(_duplicate_sender, MIC, "a delivery with a duplicated sender")),
+        _c("9.2", 3, "client refuses an unmasking request listing a survivor twice",
+           c_wire(_duplicate_survivor, UNM, "a survivor list with a duplicate")),
+        _s("9.1", 3, "server refuses bytes that are not a SecAggMessage",
+           s_round(Round.SHARE_KEYS, _bytes(_cut), R.MALFORMED, "truncated bytes")),
+        _s("9.1", 4, "server refuses an unknown protocol version",
+           s_round(Round.SHARE_KEYS, _bytes(_version_2), R.MALFORMED, "version 2")),
+        _s("9.2", 4, "server refuses an advertisement with a 33-byte key",
+           s_advert(lambda _, a: _edit(a[1], encryption_key=decode(a[1]).encryption_key  # type: ignore[union-attr]
+                                       + b"\0"), R.MALFORMED, "a 33-byte key")),
+        _s("9.2", 5, "server refuses encrypted shares listing one recipient twice",
+           s_round(Round.SHARE_KEYS, _dup_ids_shares, R.MALFORMED, "a duplicated recipient")),
+        _s("9.2", 6, "server refuses an unmasking response listing one owner twice",
+           s_round(UNM, _dup_owner, R.MALFORMED, "a duplicated share owner")),
+        _s("9.3", 1, "server refuses a masked vector of the wrong length",
+           s_round(MIC, _masked(lambda v: v[:-1]), R.WRONG_LENGTH, "a short masked vector")),
+        _s("9.3", 2, "server refuses a masked vector whose bytes are not whole elements",
+           s_round(MIC, _misaligned, R.MALFORMED, "a misaligned masked vector")),
+        _s("9.3", 3, "server refuses a masked vector at the wrong element width",
+           s_round(MIC, _masked(lambda v: v.astype("<u4")), R.MALFORMED,
+                   "4-byte elements in a 16-bit ring")),
+        # 10.1: advertise keys and the roster
+        _s("10.1", 1, "server refuses an advertisement from an uninvited client",
+           s_advert(_unknown_sender, R.UNKNOWN_PEER, "sender 99")),
+        _s("10.1", 2, "server refuses a second advertisement from one client",
+           s_advert(lambda _, a: a[2], R.DUPLICATE_MESSAGE, "a repeated advertisement")),
+        _s("10.1", 3, "server refuses a key already advertised by another client",
+           s_advert(_copied_key, R.DUPLICATE_KEY, "a copied masking key")),
+        _s("10.1", 4, "server refuses two equal keys in one advertisement",
+           s_advert(_equal_keys, R.DUPLICATE_KEY, "encryption key == masking key")),
+        _s("10.1", 5, "active: server refuses an advertisement with a forged signature",
+           s_advert(_forged_advert, R.INVALID_SIGNATURE, "another client's signature", A)),
+        _s("10.1", 6, "active: server refuses an unsigned advertisement",
+           s_advert(_unsigned_advert, R.MISSING_SIGNATURE, "no signature", A)),
+        _c("10.1", 7, "client refuses a roster with a duplicated key",
+           c_roster(_dup_key, R.DUPLICATE_KEY, "a roster repeating a key")),
+        _c("10.1", 8, "client refuses a roster below threshold",
+           c_roster(lambda r: dataclasses.replace(r, entries=r.entries[:2]),
+                    R.BELOW_THRESHOLD, "a roster of 2 with threshold 3")),
+        _c("10.1", 9, "client refuses a roster that alters its own keys",
+           c_roster(_own_key, R.OWN_KEY_ALTERED, "a roster with a substituted own key")),
+        _c("10.1", 10, "client refuses a roster made for another configuration",
+           c_roster(lambda r: dataclasses.replace(r, config_digest=bytes(32)),
+                    R.WRONG_CONFIG, "a roster with another configuration digest")),
+        _c("10.1", 11, "client refuses a roster not sorted by sender",
+           c_roster(lambda r: dataclasses.replace(r, entries=r.entries[::-1]), R.MALFORMED,
+                    "a roster in descending order")),
+        _c("10.1", 12, "active: client refuses a roster with a forged signature",
+           c_roster(_forged, R.INVALID_SIGNATURE, "a roster entry with another's signature",
+                    A)),
+        _c("10.1", 13, "active: client refuses a roster with a missing signature",
+           c_roster(_unsigned, R.MISSING_SIGNATURE, "an unsigned roster entry", A)),
+        _c("10.1", 14, "active: client refuses a roster with a substituted key",
+           c_roster(_substituted, R.INVALID_SIGNATURE, "a server-chosen masking key", A)),
+        # 10.2: share keys
+        _s("10.2", 1, "server refuses shares not addressed to exactly the neighbours",
+           s_round(Round.SHARE_KEYS, _wrong_recipients, R.WRONG_RECIPIENTS,
+                   "shares missing a recipient")),
+        _s("10.2", 2, "server refuses shares addressed to the sender itself",
+           s_round(Round.SHARE_KEYS, _shares_to_itself, R.WRONG_RECIPIENTS,
+                   "a share for the sender itself")),
+        _s("10.2", 3, "server refuses a message with another session id",
+           s_round(Round.SHARE_KEYS, _wrong_session, R.WRONG_SESSION, "a zero session id")),
+        _s("10.2", 4, "server refuses a late advertisement",
+           s_round(Round.SHARE_KEYS, _late_advert, R.WRONG_ROUND,
+                   "an advertisement during SHARE_KEYS")),
+        _s("10.2", 5, "server refuses an early masked input",
+           s_round(Round.SHARE_KEYS, _early_masked, R.WRONG_ROUND,
+                   "a masked input during SHARE_KEYS")),
+        _c("10.2", 6, "client refuses a delivery from another session",
+           c_replay),
+        _c("10.2", 7, "client refuses a delivery sent before the roster", c_out_of_order),
+        # 10.3: masked input collection
+        _c("10.3", 1, "client refuses a tampered share ciphertext",
+           c_delivery(_tampered, R.DECRYPTION_FAILED, "a flipped tag bit")),
+        _c("10.3", 2, "client refuses a ciphertext redirected from another recipient",
+           c_delivery(_redirected, R.DECRYPTION_FAILED, "client 3's shares for client 2")),
+        _c("10.3", 3, "client refuses ciphertexts of another session relabelled",
+           c_relabelled),
+        _c("10.3", 4, "client refuses a share claimed to come from itself",
+           c_delivery(_from_itself, R.UNKNOWN_PEER, "a share from the recipient itself")),
+        _s("10.3", 5, "server refuses a duplicate masked input", s_duplicate_masked),
+        _s("10.3", 6, "server refuses a masked input from a client that never shared",
+           s_not_shared),
+        _s("10.3", 7, "server refuses a masked entry outside Z_2^k",
+           s_round(MIC, _masked(lambda v: v | 4096), R.VALUE_OUT_OF_RANGE,
+                   "an entry of at least 2^12 in a 12-bit ring", TWELVE)),
+        # 10.4: consistency check (active)
+        _s("10.4", 1, "active: server refuses a forged consistency signature",
+           s_round(Round.CONSISTENCY_CHECK, _forged_consistency, R.INVALID_SIGNATURE,
+                   "another client's signature", A)),
+        # 10.5: unmasking
+        _c("10.5", 1, "client refuses a request for both shares of a peer",
+           c_unmask(_both, R.OVERLAPPING_LISTS, "client 2 listed as survivor and dropped")),
+        _c("10.5", 2, "client refuses a second request that flips a peer's share",
+           c_second_request(True)),
+        _c("10.5", 3, "client refuses any second unmasking request",
+           c_second_request(False)),
+        _c("10.5", 4, "client refuses a survivor list below threshold",
+           c_unmask(_below, R.BELOW_THRESHOLD, "2 survivors with threshold 3")),
+        _c("10.5", 5, "client refuses being listed as dropped",
+           c_unmask(_self_dropped, R.OWN_SHARE_REQUESTED, "the client's own key share")),
+        _c("10.5", 6, "client refuses lists naming a client that never shared",
+           c_never_shared),
+        _c("10.5", 7, "active: client refuses fewer than t consistency signatures",
+           c_unmask(_few_signatures, R.NOT_ENOUGH_SIGNATURES, "2 signatures, threshold 3", A,
+                    {})),
+        _c("10.5", 8, "active: client refuses a forged consistency signature",
+           c_unmask(_forged_signature, R.INVALID_SIGNATURE, "client 4's signature as 3's", A,
+                    {})),
+        _c("10.5", 9, "active: client refuses a survivor list other than the one it signed",
+           c_unmask(_other_list, R.LISTS_CONTRADICT_VIEW, "a different survivor list", A, {})),
+        _s("10.5", 10, "server refuses a response revealing both shares of a peer",
+           s_round(UNM, _both_shares, R.BOTH_SHARES_REQUESTED, "both shares of client 2")),
+        _s("10.5", 11, "server refuses a response missing a requested share",
+           s_round(UNM, _missing_share, R.MALFORMED, "no share for client 3")),
+        # 11/12: dropouts, aborts, whole rounds
+        _c("11", 1, "semi-honest: client under test completes a round with a dropout",
+           c_honest(S)),
+        _c("11", 2, "active: client under test completes a round with a dropout", c_honest(A)),
+        _s("11", 3, "semi-honest: server sums exactly with no dropout", s_honest(S, {})),
+        _s("11", 4, "semi-honest: server recovers drops at every stage",
+           s_honest(SecAggConfig(num_clients=7, vector_length=5, bits=12, threshold=3),
+                    {Round.ADVERTISE_KEYS: {7}, Round.SHARE_KEYS: {6}, MIC: {5}, UNM: {4}})),
+        _s("11", 5, "active: server recovers drops before and after the masked input",
+           s_honest(A, {MIC: {5}, Round.CONSISTENCY_CHECK: {4}})),
+        _s("12", 1, "server aborts below threshold and reports no result", s_abort),
+    ]
+    return sorted(cases, key=lambda c: [int(p) for p in c.id.replace("/", ".").split(".")])

@@ -1,0 +1,221 @@
+"""Conformance cases from the JSON test vectors (SPEC.md section 14).
+
+Primitive vectors run against the target's :class:`Primitives` (one case
+per ``tcId``); whole-round transcripts are replayed against the target's
+server (always) and clients (when the client factory declares
+``fixed_randomness``), comparing every byte and the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from securefl.conformance.adapters import ClientSpec, Primitives, ServerSpec
+from securefl.conformance.cases import Case, CaseFailedError, CaseSkippedError, Target
+from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, config_from_json, load
+from securefl.errors import AbortError, ProtocolError, Rule
+
+SECTION_OF_FILE = {"kdf_test": "4", "prg_test": "5", "shamir_test": "6", "aead_test": "7"}
+
+
+def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
+    """Every vector case found in ``directory``, primitives first."""
+    cases: list[Case] = []
+    for path in sorted(directory.glob("*_test.json"),
+                       key=lambda p: (int(SECTION_OF_FILE.get(p.stem, "99")), p.stem)):
+        data = load(path)
+        stem = path.stem
+        section = SECTION_OF_FILE.get(stem, "14")
+        for group in data["testGroups"]:
+            for test in group["tests"]:
+                title = (f"{data['algorithm']}: {group['type']} tcId {test['tcId']}"
+                         f" ({test['result']}{', ' + test['comment'] if test['comment'] else ''})")
+                cases.append(Case(f"{section}/{stem}/{test['tcId']}", section, title, "vectors",
+                                  partial(_primitive, group, test)))
+    for path in sorted(directory.glob("round_*.json")):
+        data = load(path)
+        stem = path.stem
+        cases.append(Case(f"14.3/{stem}/server", "14.3",
+                          f"server replays transcript '{data['name']}' byte for byte",
+                          "vectors", partial(_replay_server, data)))
+        cases.append(Case(f"14.3/{stem}/clients", "14.3",
+                          f"clients replay transcript '{data['name']}' byte for byte",
+                          "vectors", partial(_replay_clients, data)))
+    return cases
+
+
+# -- primitives ---------------------------------------------------------------
+
+
+def _primitive(group: dict[str, Any], test: dict[str, Any], target: Target) -> None:
+    if target.primitives is None:
+        raise CaseSkippedError("no primitives adapter given (--primitives)")
+    prims = target.primitives()
+    check = _CHECKS[group["type"]]
+    check(prims, group, test)
+
+
+def _outcome(compute: Callable[[], Any], expected: Any, valid: bool, what: str) -> None:
+    try:
+        got = compute()
+    except Exception as exc:  # a rejection, whatever its type
+        if valid:
+            raise CaseFailedError(f"{what}: rejected a valid input ({type(exc).__name__}: {exc})"
+                             ) from None
+        return
+    if valid and got != expected:
+        raise CaseFailedError(f"{what}: got {_short(got)}, expected {_short(expected)}")
+    if not valid and got == expected:
+        raise CaseFailedError(f"{what}: produced the output of the flagged mistake")
+
+
+def _short(value: Any) -> str:
+    text = value.hex() if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kdf(p: Primitives, group: dict[str, Any], t: dict[str, Any]) -> None:
+    _outcome(lambda: p.kdf(bytes.fromhex(t["secret"]), group["label"].encode(), t["version"],
+                           bytes.fromhex(t["sessionId"]), list(t["clientIds"])),
+             bytes.fromhex(t["key"]), t["result"] == "valid", "derived key")
+
+
+def _prg(p: Primitives, group: dict[str, Any], t: dict[str, Any]) -> None:
+    valid = t["result"] == "valid"
+    expected = [int(x) for x in t["mask"]]
+    if not valid and not expected:
+        try:
+            p.prg(bytes.fromhex(t["key"]), group["bits"], t["length"])
+        except Exception:
+            return
+        raise CaseFailedError(f"accepted a {len(t['key']) // 2}-byte PRG key")
+    _outcome(lambda: [int(x) for x in p.prg(bytes.fromhex(t["key"]), group["bits"],
+                                            t["length"])], expected, valid, "mask")
+
+
+def _shamir(p: Primitives, group: dict[str, Any], t: dict[str, Any]) -> None:
+    shares = [bytes.fromhex(s) for s in t["shares"]]
+    if group["type"] == "ShamirShareTest":
+        _outcome(lambda: list(p.shamir_evaluate(bytes.fromhex(t["secret"]), t["coefficients"],
+                                                t["holders"], t["threshold"])),
+                 shares, t["result"] == "valid", "shares")
+        return
+    if t["result"] == "valid":
+        _outcome(lambda: p.shamir_reconstruct(t["holders"], shares, t["threshold"]),
+                 bytes.fromhex(t["secret"]), True, "reconstructed secret")
+        return
+    try:
+        got = p.shamir_reconstruct(t["holders"], shares, t["threshold"])
+    except Exception:
+        return
+    raise CaseFailedError(f"reconstruction from invalid shares returned {_short(got)} instead of"
+                     " failing")
+
+
+def _aead(p: Primitives, _: dict[str, Any], t: dict[str, Any]) -> None:
+    args = (bytes.fromhex(t["key"]), bytes.fromhex(t["nonce"]), bytes.fromhex(t["ciphertext"]),
+            bytes.fromhex(t["aad"]))
+    if t["result"] == "valid":
+        _outcome(lambda: p.aead_open(*args), bytes.fromhex(t["plaintext"]), True, "plaintext")
+        return
+    try:
+        p.aead_open(*args)
+    except Exception:
+        return
+    raise CaseFailedError(f"opened a ciphertext that must fail ({', '.join(t['flags'])})")
+
+
+_CHECKS: dict[str, Callable[[Primitives, dict[str, Any], dict[str, Any]], None]] = {
+    "KdfTest": _kdf, "PrgTest": _prg, "ShamirShareTest": _shamir,
+    "ShamirReconstructTest": _shamir, "AeadTest": _aead,
+}
+
+
+# -- whole rounds -------------------------------------------------------------
+
+
+def _pinned(data: dict[str, Any]) -> dict[int, bytes]:
+    return {c["id"]: bytes.fromhex(c["identityPublicKey"]) for c in data["clients"]
+            if "identityPublicKey" in c}
+
+
+def _replay_server(data: dict[str, Any], target: Target) -> None:
+    config = config_from_json(data["config"])
+    server = target.server(ServerSpec(config, _pinned(data),
+                                      bytes.fromhex(data["randomness"]["serverSeed"])))
+    for index, op in enumerate(data["operations"], 1):
+        where = f"operation {index} ({op['op']})"
+        if op["op"] == "server_receive":
+            message = bytes.fromhex(op["message"])
+            try:
+                server.receive(message)
+            except ProtocolError as exc:
+                if op["success"]:
+                    raise CaseFailedError(f"{where}: refused a valid message from client"
+                                     f" {op['client']}: {exc}") from None
+                if exc.rule is not Rule(op["error"]["rule"]):
+                    raise CaseFailedError(f"{where}: refused with '{exc.rule.value}', expected"
+                                     f" '{op['error']['rule']}'") from None
+                continue
+            if not op["success"]:
+                raise CaseFailedError(f"{where}: accepted a message that must be refused with"
+                                 f" '{op['error']['rule']}'")
+        elif op["op"] == "server_close_round":
+            try:
+                out = server.close_round()
+            except AbortError as exc:
+                if op["success"]:
+                    raise CaseFailedError(f"{where}: aborted {op['round']}: {exc}") from None
+                continue
+            if not op["success"]:
+                raise CaseFailedError(f"{where}: closed {op['round']} but the round must abort")
+            expected = [(o["recipient"], o["message"]) for o in op["outputs"]]
+            got = sorted((r, m.hex()) for r, m in out)
+            if got != sorted(expected):
+                diff = [r for (r, m), (r2, m2) in zip(got, sorted(expected), strict=False)
+                        if (r, m) != (r2, m2)]
+                raise CaseFailedError(f"{where}: messages after {op['round']} differ (recipients"
+                                 f" {[r for r, _ in got]} vs {[r for r, _ in expected]};"
+                                 f" first differing recipient {diff[:1]})")
+    result = data["result"]
+    if result["aborted"]:
+        return
+    res = server.result()
+    if list(res.survivors) != result["survivors"]:
+        raise CaseFailedError(f"survivors {list(res.survivors)}, expected {result['survivors']}")
+    if [int(x) for x in res.total] != [int(x) for x in result["total"]]:
+        raise CaseFailedError("the aggregate differs from the transcript's result")
+    statuses = {str(c): s for c, s in server.statuses().items()}
+    if statuses != result["statuses"]:
+        raise CaseFailedError(f"client statuses {statuses}, expected {result['statuses']}")
+
+
+def _replay_clients(data: dict[str, Any], target: Target) -> None:
+    if not target.client_fixed_randomness:
+        raise CaseSkippedError("the client factory does not declare fixed_randomness")
+    config = config_from_json(data["config"])
+    pinned = _pinned(data)
+    clients = {}
+    for record in data["clients"]:
+        identity = record.get("identityPrivateKey")
+        clients[record["id"]] = target.client(ClientSpec(
+            config, record["id"], tuple(int(x) for x in record["input"]),
+            bytes.fromhex(identity) if identity else None, pinned,
+            bytes.fromhex(record["randomSeed"])))
+    for index, op in enumerate(data["operations"], 1):
+        where = f"operation {index} ({op['op']} client {op.get('client')})"
+        if op["op"] == "client_start":
+            got = clients[op["client"]].start()
+        elif op["op"] == "client_handle":
+            try:
+                got = clients[op["client"]].handle(bytes.fromhex(op["input"]))
+            except ProtocolError as exc:
+                raise CaseFailedError(f"{where}: refused a valid {op['round']} message: {exc}"
+                                 ) from None
+        else:
+            continue
+        if got.hex() != op["output"]:
+            raise CaseFailedError(f"{where}: output differs from the transcript")
