@@ -220,6 +220,12 @@ def test_quantiles_agree_with_scipy_tails(total, data, log2_prob):
         assert hypergeom.cdf(x - 1, total, marked, sampled) < prob * (1 + rel)
 
 
+def test_semi_malicious_explanation_flags_the_active_mode_threshold_rule():
+    params = find_graph_parameters(1000, 0.05, 0.05, SM)
+    assert "CAVEAT" in params.explanation and "t > n/2" in params.explanation
+    assert "CAVEAT" not in find_graph_parameters(1000, 0.05, 0.05, SH).explanation
+
+
 def test_model_accepts_its_string_value():
     assert find_graph_parameters(1000, 0.05, 0.05, "semi-malicious").degree == 52
     assert ServerModel.SEMI_MALICIOUS.security_mode is SecurityMode.ACTIVE

@@ -267,7 +267,9 @@ def find_graph_parameters(
     degree``, and (fcp's analysis) the sum reveals nothing beyond itself
     except with probability ``< 2^-security_bits`` while at most
     ``floor(dropout_rate * n)`` dropouts make the round fail with probability
-    ``< 2^-correctness_bits``.  The search and its result are exactly fcp's
+    ``< 2^-correctness_bits`` (unless the floor ``t >= 2``, which fcp keeps
+    because Shamir sharing needs it, is what set ``t``; that happens only for
+    tiny ``k``).  The search and its result are exactly fcp's
     for ``security_bits=40, correctness_bits=20``.  When ``complete`` is True
     the complete graph is returned with a Bonawitz threshold, and
     ``explanation`` says why and which of the requested rates that threshold
@@ -344,6 +346,13 @@ def find_graph_parameters(
             f" Use SecAggConfig(num_clients={n}, threshold={threshold},"
             f" graph=HararyGraph({degree}), mode=SecurityMode.{model.security_mode.name})."
         )
+        if model is ServerModel.SEMI_MALICIOUS and 2 * threshold <= n:
+            explanation += (
+                f" CAVEAT: SecAggConfig's ACTIVE mode currently insists on t > n/2 (its"
+                f" survivor-list signature argument for the complete graph), so it refuses"
+                f" t={threshold} for n={n}; the semi-malicious guarantee here instead comes"
+                f" from 2t > k + (corrupt neighbours), per neighbourhood."
+            )
         return GraphParameters(degree, threshold, graph, False, explanation)
     return _complete(n, delta, gamma, model,
                      f"no even degree k < n-1 = {n - 1} meets the targets (cohort too small"
