@@ -28,7 +28,7 @@ from tests.protocol_harness import Federation
         ({"num_clients": 5, "vector_length": 4, "bits": 65}, "bits"),
         ({"num_clients": 5, "vector_length": 4, "threshold": 0}, "threshold"),
         ({"num_clients": 5, "vector_length": 4, "threshold": 6}, "threshold"),
-        ({"num_clients": 6, "vector_length": 4, "threshold": 3, "mode": "active"}, "n/2"),
+        ({"num_clients": 6, "vector_length": 4, "threshold": 3, "mode": "active"}, "6/2"),
         ({"num_clients": 5, "vector_length": 4, "mode": "paranoid"}, "mode"),
         ({"num_clients": 2, "vector_length": 4, "client_ids": (1, 1)}, "duplicates"),
         ({"num_clients": 2, "vector_length": 4, "client_ids": (0, 1)}, "client ids"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -220,10 +221,22 @@ def test_quantiles_agree_with_scipy_tails(total, data, log2_prob):
         assert hypergeom.cdf(x - 1, total, marked, sampled) < prob * (1 + rel)
 
 
-def test_semi_malicious_explanation_flags_the_active_mode_threshold_rule():
+def test_semi_malicious_parameters_are_accepted_by_active_mode_and_run():
+    from securefl import secure_sum
+    from securefl.protocol import SecAggConfig
+
     params = find_graph_parameters(1000, 0.05, 0.05, SM)
-    assert "CAVEAT" in params.explanation and "t > n/2" in params.explanation
-    assert "CAVEAT" not in find_graph_parameters(1000, 0.05, 0.05, SH).explanation
+    config = SecAggConfig(num_clients=1000, vector_length=1, threshold=params.threshold,
+                          graph=params.graph, mode=SecurityMode.ACTIVE)
+    assert 2 * config.t > params.degree + 1
+    # a smaller federation with the same rule runs end to end in active mode
+    small = SecAggConfig(num_clients=40, vector_length=3, threshold=7,
+                         graph=params.graph.__class__(10), mode=SecurityMode.ACTIVE)
+    inputs = {c: np.full(3, c, dtype=np.uint64) for c in small.ids}
+    assert secure_sum(inputs, small).total.tolist() == [sum(range(1, 41))] * 3
+    with pytest.raises(ConfigurationError, match="active mode needs threshold"):
+        SecAggConfig(num_clients=40, vector_length=3, threshold=5,
+                     graph=params.graph.__class__(10), mode=SecurityMode.ACTIVE)
 
 
 def test_model_accepts_its_string_value():

@@ -100,8 +100,11 @@ class SecAggConfig:
         threshold: t, the minimum number of clients that must survive every
             round; also the Shamir threshold.  Default ``floor(n/2)+1``
             (semi-honest) or ``floor(2n/3)+1`` (active).  In active mode
-            ``t`` must exceed ``n/2`` so that two disjoint survivor lists can
-            never both gather ``t`` signatures.
+            ``t`` must exceed half the holders of a client's shares (``n/2``
+            for the complete graph, ``(k+1)/2`` for a degree-k sparse graph)
+            so two conflicting survivor lists can never both be answered by
+            ``t`` holders; with corrupt clients among the holders use the
+            semi-malicious parameter finder, which raises ``t`` further.
         mode: :class:`SecurityMode`.
         client_ids: the invited clients (distinct ints in 1..2^31-2); default
             ``1..n``.
@@ -137,12 +140,6 @@ class SecAggConfig:
         if self.threshold is None:
             object.__setattr__(self, "threshold", default_threshold(self.num_clients, mode))
         _check_int("threshold", self.threshold, 1, self.num_clients)
-        if mode is SecurityMode.ACTIVE and 2 * self.threshold <= self.num_clients:
-            raise ConfigurationError(
-                f"active mode needs threshold > n/2 (got t={self.threshold}, n={self.num_clients}),"
-                " otherwise a malicious server can split the clients into two groups that each"
-                f" sign a different survivor list; use t >= {self.num_clients // 2 + 1}"
-            )
         if self.client_ids is None:
             object.__setattr__(self, "client_ids", tuple(range(1, self.num_clients + 1)))
         ids = tuple(self.client_ids)  # type: ignore[arg-type]
@@ -164,6 +161,14 @@ class SecAggConfig:
         if not isinstance(self.graph, NeighbourGraph):
             raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
         self.graph.validate(self.num_clients, self.threshold)  # type: ignore[arg-type]
+        holders = self.graph.share_holders(self.num_clients)
+        if mode is SecurityMode.ACTIVE and 2 * self.threshold <= holders:
+            raise ConfigurationError(
+                f"active mode needs threshold > {holders}/2, half the holders of a client's"
+                f" shares (got t={self.threshold}); otherwise a malicious server can show two"
+                " groups different survivor lists and collect both shares of one client;"
+                f" use t >= {holders // 2 + 1}"
+            )
 
     @property
     def t(self) -> int:

@@ -29,6 +29,12 @@ class NeighbourGraph(abc.ABC):
     def describe(self) -> str:
         """A canonical text bound into the configuration digest."""
 
+    def share_holders(self, num_clients: int) -> int:
+        """The most clients that hold shares of one client's secrets (its
+        neighbours and itself).  Active mode needs ``2t`` above this, so two
+        conflicting survivor lists can never both reach ``t`` holders."""
+        return num_clients
+
     def validate(self, num_clients: int, threshold: int) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~securefl.errors.ConfigurationError` if the graph
         cannot work with these parameters.  The default accepts everything."""

@@ -204,6 +204,10 @@ class HararyGraph(NeighbourGraph):
         }
         return {cid: by_id[cid] for cid in ids.tolist()}
 
+    def share_holders(self, num_clients: int) -> int:
+        """A client's ``k`` neighbours and itself (fewer on a small roster)."""
+        return min(num_clients, self._degree + 1)
+
     def describe(self) -> str:
         """``"harary:k=<degree>"``, bound into the configuration digest."""
         return f"harary:k={self._degree}"

@@ -346,13 +346,6 @@ def find_graph_parameters(
             f" Use SecAggConfig(num_clients={n}, threshold={threshold},"
             f" graph=HararyGraph({degree}), mode=SecurityMode.{model.security_mode.name})."
         )
-        if model is ServerModel.SEMI_MALICIOUS and 2 * threshold <= n:
-            explanation += (
-                f" CAVEAT: SecAggConfig's ACTIVE mode currently insists on t > n/2 (its"
-                f" survivor-list signature argument for the complete graph), so it refuses"
-                f" t={threshold} for n={n}; the semi-malicious guarantee here instead comes"
-                f" from 2t > k + (corrupt neighbours), per neighbourhood."
-            )
         return GraphParameters(degree, threshold, graph, False, explanation)
     return _complete(n, delta, gamma, model,
                      f"no even degree k < n-1 = {n - 1} meets the targets (cohort too small"
