@@ -4,7 +4,7 @@ Usage: ``python scripts/gen_vectors.py [OUT_DIR]``.
 
 Everything is deterministic: test inputs come from fixed labels through
 ``DeterministicRandom``, every party of a whole round draws its secret
-randomness from its own fixed seed (SPEC.md 13.2), and Ed25519 signatures
+randomness from its own fixed seed (SPEC.md 14.2), and Ed25519 signatures
 are deterministic.  ``tests/test_vectors.py`` regenerates into a temporary
 directory and fails if any byte differs from the committed files.
 """
@@ -427,7 +427,7 @@ def round_vector(name: str, description: str, config: SecAggConfig,
         "description": description,
         "config": config_to_json(config),
         "randomness": {
-            "algorithm": "AES-256-CTR keystream of the 32-byte seed, zero IV (SPEC.md 13.2)",
+            "algorithm": "AES-256-CTR keystream of the 32-byte seed, zero IV (SPEC.md 14.2)",
             "serverSeed": server_seed.hex(),
         },
         "dropouts": {str(c): r.name for c, r in sorted(dropouts.items())},

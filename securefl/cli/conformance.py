@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from securefl.conformance.adapters import load_factory
-from securefl.conformance.cases import Target
-from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR
-from securefl.conformance.runner import all_cases, select, summarize, write_json, write_junit
-from securefl.conformance.runner import run as run_cases
+if TYPE_CHECKING:
+    from securefl.conformance.cases import Target
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +28,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--primitives", metavar="MODULE:FACTORY",
                         help="primitives adapter factory for the primitive vectors"
                              " (default: securefl's; 'none' skips them)")
-    parser.add_argument("--vectors", metavar="DIR", type=Path, default=DEFAULT_VECTOR_DIR,
+    parser.add_argument("--vectors", metavar="DIR", type=Path, default=None,
                         help="directory of vector files (default: the bundled ones)")
     parser.add_argument("--only", choices=("vectors", "scenarios"),
                         help="run only the vectors or only the scenarios")
@@ -46,6 +43,9 @@ def register(subparsers: Any) -> None:
 
 def build_target(args: argparse.Namespace) -> Target:
     """The target named by the command-line options."""
+    from securefl.conformance.adapters import load_factory
+    from securefl.conformance.cases import Target
+
     target = Target()
     described = []
     if args.client:
@@ -66,7 +66,13 @@ def build_target(args: argparse.Namespace) -> Target:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or list) the selected cases; 0 if none failed, 1 otherwise."""
-    cases = select(all_cases(args.vectors, vectors=args.only != "scenarios",
+    # imported here so that the rest of the CLI works without the wire codec's
+    # protobuf runtime installed
+    from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR
+    from securefl.conformance.runner import all_cases, select, summarize, write_json, write_junit
+    from securefl.conformance.runner import run as run_cases
+
+    cases = select(all_cases(args.vectors or DEFAULT_VECTOR_DIR, vectors=args.only != "scenarios",
                              scenarios=args.only != "vectors"), args.patterns)
     if args.list:
         for case in cases:

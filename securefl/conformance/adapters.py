@@ -19,7 +19,7 @@ section 12).  A server that cannot continue raises
 
 A factory may set the attribute ``fixed_randomness = True`` to declare that
 its sessions draw every random byte from ``spec.random_seed`` exactly as
-SPEC.md section 13.2 describes (AES-256-CTR keystream, fixed draw order);
+SPEC.md section 14.2 describes (AES-256-CTR keystream, fixed draw order);
 only then are client transcripts compared byte for byte.  Server outputs
 never depend on randomness and are always compared.
 """
@@ -71,7 +71,7 @@ class ClientSpec:
         identity_private_key: active mode: the raw 32-byte Ed25519 private key.
         peer_identities: active mode: every client's raw 32-byte Ed25519
             public key, by id.
-        random_seed: 32 bytes of fixed fake randomness (SPEC.md 13.2), or
+        random_seed: 32 bytes of fixed fake randomness (SPEC.md 14.2), or
             None for the implementation's own CSPRNG.
     """
 
@@ -135,7 +135,7 @@ class ServerUnderTest(Protocol):
         ...
 
     def statuses(self) -> dict[int, str]:
-        """Every invited client's status (SPEC.md section 10 vocabulary)."""
+        """Every invited client's status (SPEC.md section 11 vocabulary)."""
         ...
 
 
@@ -145,7 +145,7 @@ ServerFactory = Callable[[ServerSpec], ServerUnderTest]
 
 class Primitives(Protocol):
     """Optional: the primitives of the implementation under test, for the
-    primitive vectors (SPEC.md sections 4 to 8).  Every method raises any
+    primitive vectors (SPEC.md sections 4 to 7).  Every method raises any
     exception to reject its input."""
 
     def kdf(self, secret: bytes, label: bytes, version: int, session_id: bytes,
@@ -164,8 +164,9 @@ class Primitives(Protocol):
 
     def shamir_evaluate(self, secret: bytes, coefficients: list[int], holders: list[int],
                         threshold: int) -> list[bytes]:
-        """Every holder's 64-byte share, given the polynomial coefficients
-        (limb-major, see SPEC.md 6.2)."""
+        """Every holder's 64-byte share, given the polynomial coefficients:
+        ``coefficients[j*16 + l]`` is the coefficient of x^(j+1) for limb l
+        (SPEC.md 6.2)."""
         ...
 
     def aead_open(self, key: bytes, nonce: bytes, ciphertext: bytes,
