@@ -36,6 +36,7 @@ from securefl.hazmat.prg import MaskExpander
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.harary import HararyGraph, ring_order
 from securefl.wire import decode
 
 GENERATOR_VERSION = "1"
@@ -329,6 +330,60 @@ def aead_vectors() -> dict[str, Any]:
                           "tests": tests}])
 
 
+# -- neighbour graphs -----------------------------------------------------------
+
+
+def _harary_neighbours(order: list[int], degree: int) -> dict[str, list[int]]:
+    half = degree // 2
+    ext = order[-half:] + order + order[:half]
+    return {str(c): sorted(ext[p: p + half] + ext[p + half + 1: p + 2 * half + 1])
+            for p, c in sorted(enumerate(order), key=lambda pc: pc[1])}
+
+
+def graph_vectors() -> dict[str, Any]:
+    """The SecAgg+ Harary graph keyed by the session id (SPEC.md 3.5)."""
+    rng = _rng("graph")
+    groups = []
+    for degree, roster in ((2, [1, 2, 3, 4, 5]), (4, [2, 3, 5, 7, 11, 13, 17, 19, 23]),
+                           (6, list(range(1, 21)))):
+        tests = []
+        for _ in range(2):
+            sid = rng.token_bytes(32)
+            graph = HararyGraph(degree)
+            order = list(ring_order(roster, sid))
+            neighbours = {str(c): sorted(v) for c, v in graph.neighbours(roster, sid).items()}
+            assert neighbours == _harary_neighbours(order, degree)
+            tests.append({"comment": "", "flags": [], "sessionId": sid.hex(), "roster": roster,
+                          "ringOrder": order, "neighbours": neighbours, "result": "valid"})
+        sid = rng.token_bytes(32)
+        tests.append({"comment": "the ring left in ascending id order", "flags": ["SortedRing"],
+                      "sessionId": sid.hex(), "roster": roster, "ringOrder": roster,
+                      "neighbours": _harary_neighbours(roster, degree), "result": "invalid"})
+        groups.append({"type": "HararyGraphTest", "graph": f"harary:k={degree}",
+                       "tests": tests})
+    small = [4, 8, 15]
+    sid = rng.token_bytes(32)
+    groups.append({"type": "HararyGraphTest", "graph": "harary:k=4", "tests": [
+        {"comment": "a roster of at most k+1 clients is the complete graph",
+         "flags": ["SmallRoster"], "sessionId": sid.hex(), "roster": small,
+         "ringOrder": list(ring_order(small, sid)),
+         "neighbours": {str(c): [d for d in small if d != c] for c in small},
+         "result": "valid"}]})
+    notes = {
+        "SortedRing": _note("PREDICTABLE_GRAPH", "Without the session-keyed permutation the"
+                            " neighbourhoods are predictable before the keys are advertised,"
+                            " so a malicious server could place victims among its clients."),
+        "SmallRoster": _note("EDGE_CASE", "With at most k+1 clients in the roster every"
+                             " client neighbours every other."),
+    }
+    return _file("SecAgg+ Harary graph over a session-keyed ring", "graph_test.schema.json",
+                 ["ringOrder is the Fisher-Yates shuffle of the sorted roster keyed by"
+                  " HKDF-SHA256(session id, info 'securefl/secagg/v1/graph-permutation');"
+                  " each client neighbours the k/2 clients before and after it on the ring."
+                  "  invalid: the stated neighbours must not be produced."],
+                 notes, groups)
+
+
 # -- whole rounds -------------------------------------------------------------
 
 
@@ -524,13 +579,22 @@ def round_vectors() -> dict[str, dict[str, Any]]:
                          mode=SecurityMode.ACTIVE, client_ids=(2, 3, 5, 8, 13),
                          context=b"vectors: active"),
             {13: Round.MASKED_INPUT_COLLECTION, 8: Round.CONSISTENCY_CHECK}),
+        "round_semi_honest_harary": round_vector(
+            "semi-honest-harary",
+            "SecAgg+ sparse graph: eight clients on a Harary graph of degree 4 (each masks"
+            " with and shares to 4 neighbours), threshold 3, 10-bit ring.  Client 8 never"
+            " shares, client 3 sends no masked input (its key is reconstructed from its"
+            " neighbours' shares only).",
+            SecAggConfig(num_clients=8, vector_length=4, bits=10, threshold=3, mode=semi,
+                         graph=HararyGraph(4), context=b"vectors: harary"),
+            {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
     }
 
 
 def generate(out_dir: Path) -> list[Path]:
     """Write every vector file into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"kdf_test": kdf_vectors(), "prg_test": prg_vectors(),
+    files = {"graph_test": graph_vectors(), "kdf_test": kdf_vectors(), "prg_test": prg_vectors(),
              "shamir_test": shamir_vectors(), "aead_test": aead_vectors(), **round_vectors()}
     paths = []
     for stem, data in files.items():

@@ -145,7 +145,7 @@ ServerFactory = Callable[[ServerSpec], ServerUnderTest]
 
 class Primitives(Protocol):
     """Optional: the primitives of the implementation under test, for the
-    primitive vectors (SPEC.md sections 4 to 7).  Every method raises any
+    primitive vectors (SPEC.md sections 3.5 to 7).  Every method raises any
     exception to reject its input."""
 
     def kdf(self, secret: bytes, label: bytes, version: int, session_id: bytes,
@@ -172,6 +172,11 @@ class Primitives(Protocol):
     def aead_open(self, key: bytes, nonce: bytes, ciphertext: bytes,
                   associated_data: bytes) -> bytes:
         """Decrypt and authenticate; reject on failure."""
+        ...
+
+    def graph_neighbours(self, graph: str, roster: list[int],
+                         session_id: bytes) -> dict[int, list[int]]:
+        """Every roster member's neighbours, ascending (SPEC.md 3.5)."""
         ...
 
 
@@ -281,6 +286,14 @@ class SecureFLPrimitives:
                   associated_data: bytes) -> bytes:
         """AES-256-GCM open."""
         return aead.decrypt(key, nonce, ciphertext, associated_data)
+
+    def graph_neighbours(self, graph: str, roster: list[int],
+                         session_id: bytes) -> dict[int, list[int]]:
+        """The neighbour map of the named graph."""
+        from securefl.conformance.jsonio import graph_from_text
+
+        mapping = graph_from_text(graph).neighbours(tuple(roster), session_id)
+        return {c: sorted(v) for c, v in mapping.items()}
 
 
 class _Replay:

@@ -8,7 +8,8 @@ from typing import Any
 
 from securefl.errors import ConfigurationError
 from securefl.protocol.config import SecAggConfig, SecurityMode
-from securefl.protocol.graphs import CompleteGraph
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.harary import HararyGraph
 
 PROTOCOL_NAME = "securefl/secagg/v1"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -38,17 +39,30 @@ def config_from_json(data: dict[str, Any]) -> SecAggConfig:
         ConfigurationError: invalid values, an unsupported graph, or a
             digest that does not match the fields.
     """
-    if data.get("graph", "complete") != "complete":
-        raise ConfigurationError(f"unsupported graph {data['graph']!r} in a vector file")
     config = SecAggConfig(
         num_clients=data["numClients"], vector_length=data["vectorLength"], bits=data["bits"],
         threshold=data["threshold"], mode=SecurityMode(data["mode"]),
-        client_ids=tuple(data["clientIds"]), graph=CompleteGraph(),
+        client_ids=tuple(data["clientIds"]), graph=graph_from_text(data.get("graph", "complete")),
         context=bytes.fromhex(data.get("context", "")),
     )
     if "digest" in data and config.digest().hex() != data["digest"]:
         raise ConfigurationError("configuration digest in the vector file does not match")
     return config
+
+
+def graph_from_text(text: str) -> NeighbourGraph:
+    """The graph a configuration's ``graph`` text names (SPEC.md 3.5):
+    ``complete`` or ``harary:k=<even degree>``.
+
+    Raises:
+        ConfigurationError: any other text.
+    """
+    if text == "complete":
+        return CompleteGraph()
+    prefix = "harary:k="
+    if text.startswith(prefix) and text[len(prefix):].isdigit():
+        return HararyGraph(int(text[len(prefix):]))
+    raise ConfigurationError(f"unknown graph {text!r}")
 
 
 def dump(data: Any) -> str:

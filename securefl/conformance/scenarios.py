@@ -36,6 +36,7 @@ from securefl.hazmat import signing
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.harary import HararyGraph
 from securefl.protocol.messages import (
     KeyRoster,
     MaskedInput,
@@ -52,6 +53,8 @@ ACTIVE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
                       mode=SecurityMode.ACTIVE, context=b"conformance")
 TWELVE = SecAggConfig(num_clients=5, vector_length=6, bits=12, threshold=3,
                       context=b"conformance")
+HARARY = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=3,
+                      graph=HararyGraph(4), context=b"conformance")
 UNDER_TEST = 1
 """The id of the client under test in client scenarios."""
 
@@ -817,6 +820,10 @@ def scenario_cases() -> list[Case]:
                     {Round.ADVERTISE_KEYS: {7}, Round.SHARE_KEYS: {6}, MIC: {5}, UNM: {4}})),
         _s("11", 5, "active: server recovers drops before and after the masked input",
            s_honest(A, {MIC: {5}, Round.CONSISTENCY_CHECK: {4}})),
+        _c("11", 6, "SecAgg+ graph: client under test completes a round with a dropout",
+           c_honest(HARARY)),
+        _s("11", 7, "SecAgg+ graph: server recovers drops before and after sharing",
+           s_honest(HARARY, {Round.SHARE_KEYS: {7}, MIC: {5}})),
         _s("12", 1, "server aborts below threshold and reports no result", s_abort),
     ]
     return sorted(cases, key=lambda c: [int(p) for p in c.id.replace("/", ".").split(".")])

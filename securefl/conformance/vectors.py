@@ -18,14 +18,15 @@ from securefl.conformance.cases import Case, CaseFailedError, CaseSkippedError, 
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, config_from_json, load
 from securefl.errors import AbortError, ProtocolError, Rule
 
-SECTION_OF_FILE = {"kdf_test": "4", "prg_test": "5", "shamir_test": "6", "aead_test": "7"}
+SECTION_OF_FILE = {"graph_test": "3.5", "kdf_test": "4", "prg_test": "5", "shamir_test": "6",
+                   "aead_test": "7"}
 
 
 def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
     """Every vector case found in ``directory``, primitives first."""
     cases: list[Case] = []
     for path in sorted(directory.glob("*_test.json"),
-                       key=lambda p: (int(SECTION_OF_FILE.get(p.stem, "99")), p.stem)):
+                       key=lambda p: (float(SECTION_OF_FILE.get(p.stem, "99")), p.stem)):
         data = load(path)
         stem = path.stem
         section = SECTION_OF_FILE.get(stem, "14")
@@ -128,8 +129,15 @@ def _aead(p: Primitives, _: dict[str, Any], t: dict[str, Any]) -> None:
     raise CaseFailedError(f"opened a ciphertext that must fail ({', '.join(t['flags'])})")
 
 
+def _graph(p: Primitives, group: dict[str, Any], t: dict[str, Any]) -> None:
+    expected = {int(c): list(v) for c, v in t["neighbours"].items()}
+    _outcome(lambda: {int(c): sorted(v) for c, v in p.graph_neighbours(
+        group["graph"], list(t["roster"]), bytes.fromhex(t["sessionId"])).items()},
+        expected, t["result"] == "valid", "neighbours")
+
+
 _CHECKS: dict[str, Callable[[Primitives, dict[str, Any], dict[str, Any]], None]] = {
-    "KdfTest": _kdf, "PrgTest": _prg, "ShamirShareTest": _shamir,
+    "HararyGraphTest": _graph, "KdfTest": _kdf, "PrgTest": _prg, "ShamirShareTest": _shamir,
     "ShamirReconstructTest": _shamir, "AeadTest": _aead,
 }
 
