@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from securefl import ClientStatus, Round, SecAggConfig, SecurityMode, secure_sum
@@ -68,7 +68,9 @@ def test_sum_is_exact_whenever_defined_and_aborts_otherwise(session) -> None:  #
     if survivors is None:
         with pytest.raises(AbortError):
             secure_sum(inputs, config, dropouts)
+        event("aborted")
         return
+    event("summed" + (" with dropouts" if len(survivors) < config.num_clients else ""))
     result = secure_sum(inputs, config, dropouts)
     assert result.survivors == survivors
     expected = np.zeros(config.vector_length, dtype=np.uint64)
@@ -120,3 +122,120 @@ def test_the_sum_wraps_modulo_2_to_the_bits_exactly() -> None:
     config = SecAggConfig(num_clients=3, vector_length=2, bits=8)
     inputs = {c: np.array([255, 200], dtype=np.uint64) for c in config.ids}
     assert secure_sum(inputs, config).total.tolist() == [(3 * 255) % 256, (3 * 200) % 256]
+
+
+def sparse_model(config: SecAggConfig, dropouts: dict[int, Round], nmap) -> tuple[int, ...] | None:  # type: ignore[no-untyped-def]
+    """Survivors, or None for an abort, for a session whose roster is
+    ``nmap``'s keys: the global thresholds plus the per-neighbourhood rules."""
+    t = config.t
+
+    def alive(c: int, rnd: Round) -> bool:
+        return c not in dropouts or rnd < dropouts[c]
+
+    u1 = set(nmap)
+    if len(u1) < t:
+        return None
+    u2 = {c for c in u1 if alive(c, Round.SHARE_KEYS)}
+    if len(u2) < t:
+        return None
+    eligible = {v for v in u2 if len(nmap[v] & u2) + 1 >= t}
+    u3 = {c for c in eligible if alive(c, Round.MASKED_INPUT_COLLECTION)}
+    if len(u3) < t:
+        return None
+    dropped = u2 - u3
+    asked = {v for v in u3 if len(nmap[v] & u3) + 1 >= t}
+    if config.mode is SecurityMode.ACTIVE:
+        asked = {c for c in asked if alive(c, Round.CONSISTENCY_CHECK)}
+        if len(asked) < t:
+            return None
+        u5 = {c for c in asked if alive(c, Round.UNMASKING)}
+    else:
+        u5 = {c for c in asked if alive(c, Round.UNMASKING) and alive(c, Round.CONSISTENCY_CHECK)}
+    if len(u5) < t:
+        return None
+    for u in u3:
+        if len((nmap[u] | {u}) & u5) < t:
+            return None
+    for u in dropped:
+        if len(nmap[u] & u5) < t:
+            return None
+    return tuple(sorted(u3))
+
+
+@st.composite
+def sparse_sessions(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    from securefl.protocol.harary import HararyGraph
+
+    n = draw(st.integers(6, 40))
+    degree = draw(st.sampled_from([k for k in range(2, n - 1, 2)]))
+    mode = draw(st.sampled_from(list(SecurityMode)))
+    low = (degree + 1) // 2 + 1 if mode is SecurityMode.ACTIVE else 1
+    t = draw(st.integers(min(low, degree + 1), degree + 1))
+    bits = draw(st.integers(1, 64))
+    m = draw(st.integers(1, 8))
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=t, mode=mode,
+                          graph=HararyGraph(degree))
+    high = (1 << bits) - 1
+    inputs = {c: np.array(draw(st.lists(st.integers(0, high), min_size=m, max_size=m)),
+                          dtype=np.uint64) for c in config.ids}
+    rate = draw(st.sampled_from([0.0, 0.1, 0.25]))
+    dropouts = {c: draw(st.sampled_from(ROUNDS)) for c in config.ids
+                if draw(st.floats(0, 1)) < rate}
+    return config, inputs, dropouts
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.data_too_large])
+@given(sparse_sessions())
+def test_sparse_graphs_sum_exactly_or_abort_as_the_model_says(session) -> None:  # type: ignore[no-untyped-def]
+    from securefl.hazmat import signing
+    from securefl.hazmat.randomness import SystemRandom
+    from securefl.protocol import ClientSession, ServerSession
+    from securefl.protocol.graphs import neighbour_map
+
+    config, inputs, dropouts = session
+    rng = SystemRandom()
+    keys = {c: signing.generate_identity(rng) for c in config.ids}
+    pinned = ({c: k.public_key() for c, k in keys.items()}
+              if config.mode is SecurityMode.ACTIVE else None)
+    server = ServerSession(config, peer_identities=pinned)
+    clients = {c: ClientSession(config, c, input=inputs[c],
+                                identity_key=keys[c] if pinned else None,
+                                peer_identities=pinned) for c in config.ids}
+
+    def alive(c: int, rnd: Round) -> bool:
+        return c not in dropouts or rnd < dropouts[c]
+
+    for c, cl in clients.items():
+        advert = cl.start()
+        if alive(c, Round.ADVERTISE_KEYS):
+            server.receive(advert)
+    roster = tuple(c for c in config.ids if alive(c, Round.ADVERTISE_KEYS))
+    try:
+        while True:
+            envelopes = server.close_round()
+            if server.finished:
+                break
+            rnd = server.round
+            for env in envelopes:
+                if alive(env.recipient, rnd):
+                    server.receive(clients[env.recipient].handle(env.message))
+    except AbortError:
+        if len(roster) >= config.t:
+            assert server.session_id is not None
+            nmap = neighbour_map(config.graph, roster, server.session_id)
+            assert sparse_model(config, dropouts, nmap) is None
+        event("aborted")
+        return
+    nmap = neighbour_map(config.graph, roster, server.session_id)
+    survivors = sparse_model(config, dropouts, nmap)
+    assert survivors is not None
+    event("summed" + (" with dropouts" if len(survivors) < config.num_clients else ""))
+    result = server.result
+    assert result.survivors == survivors
+    expected = np.zeros(config.vector_length, dtype=np.uint64)
+    for c in survivors:
+        expected += inputs[c]
+    if config.bits < 64:
+        expected &= np.uint64(config.modulus_mask)
+    assert np.array_equal(result.total, expected)

@@ -387,7 +387,10 @@ class ServerSession:
         for v in self._u2:
             cts = {u: self._shares[u].ciphertexts[v] for u in self._u2
                    if u != v and v in self._neighbours[u]}
-            out.append(Envelope(v, ShareDelivery(v, self.session_id, cts)))
+            # a client that sees fewer than t-1 sharing neighbours would refuse
+            # (sparse graphs only): it is not asked, and counts as dropped here
+            if len(cts) + 1 >= self.config.t:
+                out.append(Envelope(v, ShareDelivery(v, self.session_id, cts)))
         self._shares = {}
         self.state = ServerState.COLLECTING_MASKED_INPUTS
         return out
@@ -400,13 +403,16 @@ class ServerSession:
         self._need(len(self._u3), rnd, "clients sent masked inputs")
         self._dropped = tuple(u for u in self._u2 if u not in self._masked_from)
         assert self.session_id is not None
+        u3 = set(self._u3)
+        # sparse graphs: a survivor with fewer than t-1 surviving neighbours
+        # would refuse to sign or unmask; its input still counts
+        asked = [v for v in self._u3 if len(self._neighbours[v] & u3) + 1 >= self.config.t]
         if self.config.mode is SecurityMode.ACTIVE:
             self.state = ServerState.COLLECTING_CONSISTENCY_CHECKS
-            return [Envelope(v, ConsistencyRequest(v, self.session_id, self._u3))
-                    for v in self._u3]
+            return [Envelope(v, ConsistencyRequest(v, self.session_id, self._u3)) for v in asked]
         self.state = ServerState.COLLECTING_UNMASKING_RESPONSES
         return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped))
-                for v in self._u3]
+                for v in asked]
 
     def _close_consistency(self) -> list[Envelope]:
         rnd = Round.CONSISTENCY_CHECK
