@@ -204,3 +204,18 @@ def test_parallel_segments_give_the_same_masks_as_one_pass(bits: int, length: in
     if bits < 64:
         reference &= np.uint64((1 << bits) - 1)
     assert np.array_equal(one.astype(np.uint64), reference)
+
+
+@pytest.mark.parametrize("small", [0, 10**9])
+def test_shamir_vectorised_and_small_lagrange_paths_agree(monkeypatch: pytest.MonkeyPatch,
+                                                          small: int) -> None:
+    monkeypatch.setattr(shamir, "_SMALL", small)
+    holders = list(range(3, 303, 2))
+    secrets = [os.urandom(32) for _ in range(3)]
+    shares = shamir.split(secrets, holders, 100, RNG)
+    order = list(range(len(holders)))[::-1]
+    rec = shamir.Reconstructor([holders[i] for i in order], 100)
+    assert rec.reconstruct(shares[order], RNG) == secrets
+    shares[order[120], 1, 5] = (int(shares[order[120], 1, 5]) + 1) % shamir.PRIME
+    with pytest.raises(InconsistentSharesError):
+        rec.reconstruct(shares[order], RNG)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from securefl.errors import SecureFLError
 
-COMMANDS = ["sum_demo", "simulate", "audit", "conformance"]
+COMMANDS = ["sum_demo", "simulate", "audit", "conformance", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,322 @@
+"""The benchmark suite behind ``securefl bench``.
+
+For every setting (n clients, m entries, dropout rate, graph) it runs, in one
+process and on identical inputs:
+
+* securefl with the complete graph and with a sparse Harary graph,
+* Flower's SecAgg+ (``flwr``, the optional ``bench`` extra) with its real
+  ``SecAggPlusWorkflow`` and ``secaggplus_mod``, clients one after another,
+* a plain numpy sum of the same inputs (the insecure baseline),
+
+and once per run the mask PRG against OpenSSL's AES-256-CTR.  Settings whose
+predicted time exceeds the budget are skipped, and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefl.bench.core import RoundTimings, prg_throughput, run_round
+from securefl.errors import AbortError, ConfigurationError
+from securefl.protocol import Round
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.harary import HararyGraph
+from securefl.protocol.params import ServerModel, find_graph_parameters
+
+# Flower's stage names for our dropout stages
+FLOWER_STAGE = {
+    Round.SHARE_KEYS: "share_keys",
+    Round.MASKED_INPUT_COLLECTION: "collect_masked_vectors",
+    Round.UNMASKING: "unmask",
+}
+BITS = 31  # Flower's quantisation is only the identity up to 31 bits
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting."""
+
+    n: int
+    m: int
+    dropout: float
+    graph: str  # "complete" or "harary"
+    degree: int  # neighbours per client (n - 1 for the complete graph)
+    threshold: int
+    drop_stage: Round = Round.MASKED_INPUT_COLLECTION
+
+    @property
+    def label(self) -> str:
+        """Human-readable name."""
+        return (f"n={self.n} m={self.m:.0e} drop={self.dropout:.0%}@{self.drop_stage.name}"
+                f" {self.graph}(k={self.degree}, t={self.threshold})")
+
+    def securefl_graph(self) -> NeighbourGraph:
+        """The securefl graph for this setting."""
+        return CompleteGraph() if self.graph == "complete" else HararyGraph(self.degree)
+
+    def work(self) -> float:
+        """A cost proxy: mask expansions times length (for predictions)."""
+        return float(self.n) * (self.degree + 1) * self.m
+
+
+@dataclass
+class Record:
+    """What one setting measured."""
+
+    setting: dict[str, Any]
+    securefl: dict[str, Any] | None = None
+    flower: dict[str, Any] | None = None
+    plain_sum_seconds: float | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def ratio(self) -> float | None:
+        """Flower's wall time over securefl's (higher: securefl faster)."""
+        if self.securefl and self.flower:
+            return self.flower["wall_seconds"] / self.securefl["wall_seconds"]
+        return None
+
+
+def grid(ns: Iterable[int], ms: Iterable[int], dropouts: Iterable[float],
+         graphs: Iterable[str], drop_stage: Round = Round.MASKED_INPUT_COLLECTION,
+         corrupt_rate: float = 0.05) -> list[Setting]:
+    """Every combination, cheapest first.  The complete graph uses the
+    Bonawitz threshold ``floor(n/2)+1``; the sparse graph uses the degree and
+    threshold of the SecAgg+ parameter finder for that n and dropout rate (a
+    setting is left out where the finder falls back to the complete graph)."""
+    out = []
+    for n in ns:
+        for m in ms:
+            for p in dropouts:
+                for g in graphs:
+                    if g == "complete":
+                        out.append(Setting(n, m, p, g, n - 1, n // 2 + 1, drop_stage))
+                        continue
+                    params = sparse_parameters(n, p, corrupt_rate)
+                    if params is not None:
+                        out.append(Setting(n, m, p, g, params[0], params[1], drop_stage))
+    return sorted(out, key=Setting.work)
+
+
+def flower_shares(setting: Setting) -> tuple[int, int]:
+    """Flower's ``num_shares`` (neighbours including itself) and threshold
+    for the same graph: Flower wants an odd share count unless it is n."""
+    shares = setting.degree + 1
+    if shares != setting.n and shares % 2 == 0:
+        shares += 1
+    return min(shares, setting.n), setting.threshold
+
+
+def run_suite(settings: list[Setting], *, with_flower: bool = True, budget_seconds: float = 180,
+              progress: Callable[[str], None] = print) -> tuple[list[Record], dict[str, Any]]:
+    """Run every setting (skipping predicted-too-slow ones); return the
+    records and the machine-level PRG measurements."""
+    flower = None
+    if with_flower:
+        try:
+            from securefl.bench import flower as flower
+        except ImportError as exc:
+            progress(f"Flower's SecAgg+ not available ({exc}); install the 'bench' extra")
+    machine = {"python": platform.python_version(), "machine": platform.machine(),
+               "prg": prg_throughput()}
+    progress(_prg_line(machine["prg"]))
+    rates: dict[str, float] = {}  # seconds per unit of work, per implementation
+    records = []
+    for s in settings:
+        rec = Record(setting={**asdict(s), "drop_stage": s.drop_stage.name, "label": s.label})
+        gen = np.random.default_rng(s.n * 7919 + s.m)
+        inputs = {c: gen.integers(0, 1 << BITS, s.m, dtype=np.uint64) for c in range(1, s.n + 1)}
+        key = f"securefl-{s.graph}"
+        predicted = rates.get(key, 0.0) * s.work()
+        if predicted > budget_seconds:
+            rec.skipped.append(f"securefl predicted {predicted:.0f} s > budget")
+        else:
+            try:
+                t = run_round(s.n, s.m, dropout=s.dropout, drop_stage=s.drop_stage, bits=BITS,
+                              graph=s.securefl_graph(), threshold=s.threshold, inputs=inputs)
+            except AbortError as exc:
+                rec.skipped.append(f"securefl aborted: {exc}")
+            else:
+                rates[key] = max(rates.get(key, 0.0), t.wall_seconds / s.work())
+                rec.securefl = _securefl_dict(t)
+                rec.plain_sum_seconds = t.plain_sum_seconds
+        if flower is not None:
+            fkey = f"flower-{s.graph}"
+            predicted = rates.get(fkey, 0.0) * s.work()
+            if predicted > budget_seconds:
+                rec.skipped.append(f"Flower predicted {predicted:.0f} s > budget")
+            else:
+                try:
+                    rec.flower = _run_flower(flower, s, inputs)
+                except flower.FlowerBaselineError as exc:
+                    rec.skipped.append(f"Flower failed: {exc}")
+                else:
+                    rates[fkey] = max(rates.get(fkey, 0.0),
+                                      rec.flower["wall_seconds"] / s.work())
+        records.append(rec)
+        progress(_record_line(rec))
+    return records, machine
+
+
+def _securefl_dict(t: RoundTimings) -> dict[str, Any]:
+    return {
+        "wall_seconds": t.wall_seconds,
+        "server_seconds": t.server_total,
+        "server_unmasking_seconds": t.server.get("UNMASKING", 0.0),
+        "slowest_client_seconds": t.slowest_client_total,
+        "all_clients_seconds": t.clients_sum,
+        "transport_seconds": t.transport_seconds,
+        "bytes_up_per_client": t.bytes_up_per_client,
+        "bytes_down_per_client": t.bytes_down_per_client,
+        "exact": t.exact,
+        "survivors": t.survivors,
+    }
+
+
+def _run_flower(flower: Any, s: Setting, inputs: dict[int, np.ndarray]) -> dict[str, Any]:
+    shares, threshold = flower_shares(s)
+    dropped = list(range(s.n - round(s.dropout * s.n) + 1, s.n + 1)) if s.dropout else []
+    stage = FLOWER_STAGE[s.drop_stage]
+    run = flower.run_flower_secaggplus(inputs, modulus_bits=BITS, num_shares=shares,
+                                       reconstruction_threshold=threshold,
+                                       dropouts=dict.fromkeys(dropped, stage))
+    expected = np.zeros(s.m, dtype=np.uint64)
+    for c in run.included:
+        expected += inputs[c]
+    expected &= np.uint64((1 << BITS) - 1)
+    n_clients = len(inputs)
+    return {
+        "wall_seconds": run.total_seconds,
+        "server_seconds": sum(run.server_seconds.values()),
+        "server_unmasking_seconds": run.server_seconds.get("unmask", 0.0),
+        "slowest_client_seconds": max(run.client_total_seconds(c) for c in inputs),
+        "all_clients_seconds": sum(run.client_total_seconds(c) for c in inputs),
+        "transport_seconds": sum(run.transport_seconds.values()),
+        "bytes_up_per_client": sum(run.total_bytes_up(c) for c in inputs) / n_clients,
+        "bytes_down_per_client": sum(run.total_bytes_down(c) for c in inputs) / n_clients,
+        "exact": bool(np.array_equal(np.asarray(run.aggregate).reshape(-1), expected)),
+        "survivors": len(run.included),
+        "num_shares": shares,
+    }
+
+
+def _prg_line(prg: dict[str, Any]) -> str:
+    ossl = prg.get("openssl_gbps")
+    ratio = f"{prg['prg_accumulate_all_cores_gbps'] / ossl:.2f}" if ossl else "n/a"
+    return (f"mask PRG: expand {prg['prg_expand_gbps']:.2f} GB/s, accumulate"
+            f" {prg['prg_accumulate_1_thread_gbps']:.2f} GB/s (1 thread),"
+            f" {prg['prg_accumulate_all_cores_gbps']:.2f} GB/s (all cores); OpenSSL"
+            f" {ossl or float('nan'):.2f} GB/s on one core; PRG/OpenSSL = {ratio}")
+
+
+def _record_line(rec: Record) -> str:
+    parts = [rec.setting["label"]]
+    if rec.securefl:
+        parts.append(f"securefl {rec.securefl['wall_seconds']:.3f} s"
+                     f" (server {rec.securefl['server_seconds']:.3f} s)")
+    if rec.flower:
+        parts.append(f"Flower {rec.flower['wall_seconds']:.3f} s")
+    if rec.ratio():
+        parts.append(f"securefl {rec.ratio():.1f}x faster")
+    parts.extend(rec.skipped)
+    return " | ".join(parts)
+
+
+def write_results(records: list[Record], machine: dict[str, Any], out: Path,
+                  command: str) -> None:
+    """Write ``results.jsonl``, ``results.md`` and ``time_vs_n.png`` to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.jsonl").open("w") as fh:
+        fh.write(json.dumps({"machine": machine, "command": command,
+                             "date": time.strftime("%Y-%m-%d")}) + "\n")
+        for rec in records:
+            fh.write(json.dumps({**asdict(rec), "flower_over_securefl": rec.ratio()}) + "\n")
+    (out / "results.md").write_text(markdown_table(records, machine, command))
+    plot(records, out / "time_vs_n.png")
+
+
+def markdown_table(records: list[Record], machine: dict[str, Any], command: str) -> str:
+    """The headline table in Markdown."""
+    prg = machine["prg"]
+    lines = [
+        f"Command: `{command}`", "",
+        _prg_line(prg), "",
+        "| n | m | dropout | graph (k, t) | securefl round s | server s | slowest client s"
+        " | up/down KB per client | Flower round s | Flower server s | Flower/securefl"
+        " | securefl/plain sum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        s = rec.setting
+        sf, fl = rec.securefl, rec.flower
+
+        def f(d: dict[str, Any] | None, key: str, fmt: str = ".3f") -> str:
+            return format(d[key], fmt) if d else "skipped"
+
+        plain = (f"{sf['wall_seconds'] / rec.plain_sum_seconds:,.0f}x"
+                 if sf and rec.plain_sum_seconds else "-")
+        updown = (f"{sf['bytes_up_per_client'] / 1e3:,.0f} /"
+                  f" {sf['bytes_down_per_client'] / 1e3:,.0f}" if sf else "-")
+        lines.append(
+            f"| {s['n']} | {s['m']:.0e} | {s['dropout']:.0%} | {s['graph']} ({s['degree']},"
+            f" {s['threshold']}) | {f(sf, 'wall_seconds')} | {f(sf, 'server_seconds')} |"
+            f" {f(sf, 'slowest_client_seconds')} | {updown} | {f(fl, 'wall_seconds')} |"
+            f" {f(fl, 'server_seconds')} | {f'{rec.ratio():.1f}x' if rec.ratio() else '-'} |"
+            f" {plain} |")
+    skipped = [r for r in records if r.skipped]
+    if skipped:
+        lines += ["", "Skipped (predicted from the measured cost per unit of work):"]
+        lines += [f"- {r.setting['label']}: {'; '.join(r.skipped)}" for r in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[Record], path: Path) -> None:
+    """Round wall time against n, one line per implementation, graph and m
+    (at the most common dropout rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for rec in records:
+        s = rec.setting
+        for name, d in (("securefl", rec.securefl), ("Flower SecAgg+", rec.flower)):
+            if d:
+                label = f"{name}, {s['graph']}, m={s['m']:.0e}, drop {s['dropout']:.0%}"
+                series.setdefault(label, []).append((s["n"], d["wall_seconds"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        style = "-" if label.startswith("securefl") else "--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("clients n")
+    ax.set_ylabel("full round, all parties in one process (s)")
+    ax.set_title("Secure aggregation round time vs n")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sparse_parameters(n: int, dropout: float, corrupt_rate: float) -> tuple[int, int] | None:
+    """``(degree, threshold)`` from the SecAgg+ parameter finder (semi-honest,
+    2^-40 security, 2^-20 correctness), or None where it finds no sparse graph."""
+    try:
+        params = find_graph_parameters(n, max(dropout, 0.01), corrupt_rate,
+                                       ServerModel.SEMI_HONEST)
+    except ConfigurationError:
+        return None
+    if params.complete or params.degree >= n - 1:
+        return None
+    return int(params.degree), int(params.threshold)
