@@ -62,8 +62,10 @@ def test_simulate_refuses_an_overflowing_bit_budget(tmp_path: Path,
     code = main(["simulate", *SMALL, "--bits", "16", "--frac-bits", "20", "-o",
                  str(tmp_path / "run")])
     assert code == 2
-    err = capsys.readouterr().err
-    assert "bit budget exceeded" in err and "use frac_bits <=" in err
+    captured = capsys.readouterr()
+    assert "bit budget exceeded" in captured.err and "use frac_bits <=" in captured.err
+    assert captured.out == ""  # refused up front: nothing ran, nothing was written
+    assert not (tmp_path / "run").exists()
 
 
 def test_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,3 +74,14 @@ def test_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["simulate", "--noise-multiplier", "1", "--target-epsilon", "3"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_building_the_parser_loads_neither_torch_nor_opacus() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, securefl.cli as c; c.build_parser();"
+            " print(sorted(m for m in ('torch', 'opacus', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

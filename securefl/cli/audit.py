@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from securefl.errors import SecureFLError
-from securefl.federation.plots import plot_epsilon
-from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, entries_by_client, read_ledger
+from securefl.privacy.options import AccountantKind
 
 PLOT_NAME = "epsilon_per_round.png"
 RECOMPUTE_TOLERANCE = 1e-6
@@ -68,6 +67,9 @@ def audit_ledger(entries: list[LedgerEntry]) -> dict[str, Any]:
     Raises:
         SecureFLError: when there are no rows.
     """
+    # imported here: Opacus and dp-accounting are heavy, the parser must not be
+    from securefl.privacy.accounting import epsilon, epsilon_dp_accounting
+
     if not entries:
         raise SecureFLError("the ledger is empty: no round has been recorded")
     rounds: dict[int, list[LedgerEntry]] = {}
@@ -195,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     entries = read_ledger(ledger)
     report = audit_ledger(entries)
     if not args.no_plot:
+        from securefl.federation.plots import plot_epsilon
+
         per_client: dict[int, list[tuple[int, float]]] = {}
         for entry in entries:
             per_client.setdefault(entry.client_id, []).append((entry.round, entry.epsilon))

@@ -15,19 +15,17 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+# Only light modules at import time: building the `securefl` parser must not
+# load torch or Opacus.  The federation itself is imported in `run`.
 from securefl.federation.optimizers import ServerOptimizerKind
-from securefl.federation.simulation import (
-    METRICS_FILENAME,
-    PLOT_FILENAME,
-    DatasetName,
-    RoundReport,
-    SimulationConfig,
-    run_simulation,
-)
-from securefl.privacy.accounting import AccountantKind
-from securefl.privacy.client import Weighting
+from securefl.federation.options import DatasetName
 from securefl.privacy.ledger import LEDGER_FILENAME, Participation
+from securefl.privacy.options import AccountantKind, Weighting
+
+if TYPE_CHECKING:
+    from securefl.federation.simulation import RoundReport, SimulationConfig
 
 DEFAULT_TARGET_EPSILON = 7.5
 
@@ -131,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     Raises:
         ConfigurationError: on inconsistent values.
     """
+    from securefl.federation.simulation import SimulationConfig
+
     target = args.target_epsilon
     if args.noise_multiplier is None and target is None:
         target = DEFAULT_TARGET_EPSILON
@@ -172,7 +172,15 @@ def format_round(report: RoundReport, num_clients: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the federation, print the per-round table and the summary."""
+    from securefl.federation.simulation import (
+        METRICS_FILENAME,
+        PLOT_FILENAME,
+        preflight,
+        run_simulation,
+    )
+
     config = config_from_args(args)
+    _, codec = preflight(config)  # refuse a bad configuration before printing anything
     output = args.output_dir or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
     privacy = (f"target epsilon {config.target_epsilon:g}" if config.target_epsilon is not None
                else f"noise multiplier {config.noise_multiplier:g}")
@@ -182,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     aggregation = "secure (Bonawitz)" if config.secure else "PLAIN (no secure aggregation)"
     print(f"  DP-SGD: {privacy} at delta {config.delta:g}, clip norm {config.max_grad_norm:g},"
           f" batch {config.batch_size}; server: {config.server_optimizer.value};"
-          f" aggregation: {aggregation} in Z_2^{config.bits}")
+          f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional bits,"
+          f" updates clipped to +/-{codec.clip:g}")
     print(f"  output: {output}")
     progress = not args.no_progress and sys.stderr.isatty()
     lines: list[str] = []

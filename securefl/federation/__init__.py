@@ -1,35 +1,42 @@
 """Federated learning: the global model and server, data sets, server
-optimizers, checkpoints and the in-process simulation."""
+optimizers, checkpoints and the in-process simulation.
 
-from securefl.federation.data import (
-    FederatedData,
-    load_breast_cancer_federated,
-    load_digits_federated,
-)
-from securefl.federation.model import evaluate, make_mlp
-from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
-from securefl.federation.server import AggregationMode, Server
-from securefl.federation.simulation import (
-    DatasetName,
-    RoundReport,
-    SimulationConfig,
-    SimulationResult,
-    run_simulation,
-)
+Names are imported lazily (PEP 562), so that importing a light submodule
+(``securefl.federation.options``, ``securefl.federation.optimizers``) does not
+load torch.
+"""
 
-__all__ = [
-    "AggregationMode",
-    "DatasetName",
-    "FederatedData",
-    "RoundReport",
-    "Server",
-    "ServerOptimizerConfig",
-    "ServerOptimizerKind",
-    "SimulationConfig",
-    "SimulationResult",
-    "evaluate",
-    "load_breast_cancer_federated",
-    "load_digits_federated",
-    "make_mlp",
-    "run_simulation",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DatasetName": "options",
+    "FederatedData": "data",
+    "load_breast_cancer_federated": "data",
+    "load_digits_federated": "data",
+    "evaluate": "model",
+    "make_mlp": "model",
+    "ServerOptimizerConfig": "optimizers",
+    "ServerOptimizerKind": "optimizers",
+    "AggregationMode": "server",
+    "Server": "server",
+    "RoundReport": "simulation",
+    "SimulationConfig": "simulation",
+    "SimulationResult": "simulation",
+    "run_simulation": "simulation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securefl.federation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"securefl.federation.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

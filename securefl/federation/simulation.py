@@ -52,6 +52,7 @@ from securefl.federation.data import (
 )
 from securefl.federation.model import evaluate, make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
+from securefl.federation.options import DatasetName
 from securefl.federation.plots import plot_accuracy
 from securefl.federation.server import AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
@@ -67,18 +68,14 @@ __all__ = [
     "RoundReport",
     "SimulationConfig",
     "SimulationResult",
+    "dropout_schedule",
+    "load_data",
+    "preflight",
     "run_simulation",
 ]
 
 METRICS_FILENAME = "metrics.json"
 PLOT_FILENAME = "accuracy_per_round.png"
-
-
-class DatasetName(str, enum.Enum):
-    """The embedded data sets (scikit-learn's bundled copies; no download)."""
-
-    DIGITS = "digits"
-    BREAST_CANCER = "breast_cancer"
 
 
 @dataclass(frozen=True)
@@ -271,6 +268,37 @@ def load_data(config: SimulationConfig) -> FederatedData:
     return load_digits_federated(config.num_clients, alpha=config.alpha, seed=config.seed)
 
 
+def preflight(config: SimulationConfig,
+              data: FederatedData | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
+    """Check everything that can be checked before training: the data split,
+    the model (made Opacus-compatible) and the encoding's bit budget.
+
+    Returns:
+        the initial global model and the codec the federation will use.
+
+    Raises:
+        ConfigurationError: on an invalid configuration, an impossible split,
+            or a model Opacus cannot train.
+        EncodingError: when the sum of the clients' updates could overflow.
+    """
+    data = data if data is not None else load_data(config)
+    config.dp_config()
+    model = make_private_compatible(
+        make_mlp(data.num_features, data.num_classes, config.hidden, seed=config.seed)
+    )
+    max_weight = max(data.client_sizes) if config.weighting is Weighting.EXAMPLES else 1
+    frac_bits = config.frac_bits
+    if frac_bits is None:
+        frac_bits = min(24, max_frac_bits(bits=config.bits, clip=config.clip_range,
+                                          num_clients=config.num_clients))
+    codec = FixedPointCodec(
+        shapes=tuple(tuple(p.shape) for p in model.parameters()), bits=config.bits,
+        frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
+        max_weight=max_weight,
+    )
+    return model, codec
+
+
 def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
     """Per round, client id -> the protocol round it drops at.  Each client
     drops with probability ``config.dropout``, at a round drawn uniformly from
@@ -336,20 +364,10 @@ def run_simulation(
             f" {config.num_clients} clients"
         )
     dp = config.dp_config()
-    model = make_private_compatible(
-        make_mlp(data.num_features, data.num_classes, config.hidden, seed=config.seed)
-    )
+    model, codec = preflight(config, data)
     ids = tuple(range(1, config.num_clients + 1))
-    max_weight = max(data.client_sizes) if config.weighting is Weighting.EXAMPLES else 1
-    frac_bits = config.frac_bits
-    if frac_bits is None:
-        frac_bits = min(24, max_frac_bits(bits=config.bits, clip=config.clip_range,
-                                          num_clients=config.num_clients))
-    codec = FixedPointCodec(
-        shapes=tuple(tuple(p.shape) for p in model.parameters()), bits=config.bits,
-        frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
-        max_weight=max_weight,
-    )
+    max_weight = codec.max_weight
+    frac_bits = codec.frac_bits
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     server = Server(
         model, codec,

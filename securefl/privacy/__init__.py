@@ -1,35 +1,42 @@
 """Differential privacy for federated clients: Opacus DP-SGD clients, the
-accountants, the budget guard and the privacy ledger."""
+accountants, the budget guard and the privacy ledger.
 
-from securefl.privacy.accounting import (
-    AccountantKind,
-    epsilon,
-    epsilon_dp_accounting,
-    noise_multiplier_for,
-)
-from securefl.privacy.budget import PrivacyBudget
-from securefl.privacy.client import (
-    DPConfig,
-    LocalResult,
-    PrivateClient,
-    Weighting,
-    make_private_compatible,
-)
-from securefl.privacy.ledger import LedgerEntry, Participation, PrivacyLedger, read_ledger
+Names are imported lazily (PEP 562), so that importing a light submodule
+(``securefl.privacy.options``, ``securefl.privacy.ledger``) does not load
+torch and Opacus.
+"""
 
-__all__ = [
-    "AccountantKind",
-    "DPConfig",
-    "LedgerEntry",
-    "LocalResult",
-    "Participation",
-    "PrivacyBudget",
-    "PrivacyLedger",
-    "PrivateClient",
-    "Weighting",
-    "epsilon",
-    "epsilon_dp_accounting",
-    "make_private_compatible",
-    "noise_multiplier_for",
-    "read_ledger",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AccountantKind": "options",
+    "Weighting": "options",
+    "epsilon": "accounting",
+    "epsilon_dp_accounting": "accounting",
+    "noise_multiplier_for": "accounting",
+    "PrivacyBudget": "budget",
+    "DPConfig": "client",
+    "LocalResult": "client",
+    "PrivateClient": "client",
+    "make_private_compatible": "client",
+    "LedgerEntry": "ledger",
+    "Participation": "ledger",
+    "PrivacyLedger": "ledger",
+    "read_ledger": "ledger",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securefl.privacy' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"securefl.privacy.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -12,7 +12,6 @@ the same question for many clients and rounds.
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import logging
 import math
@@ -25,6 +24,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
 from securefl.errors import ConfigurationError
+from securefl.privacy.options import AccountantKind
 
 __all__ = [
     "AccountantKind",
@@ -39,16 +39,6 @@ HistoryRow = tuple[float, float, int]
 """``(noise_multiplier, sample_rate, steps)``, as in Opacus."""
 
 History = tuple[HistoryRow, ...]
-
-
-class AccountantKind(str, enum.Enum):
-    """Which Opacus accountant turns a history into an epsilon."""
-
-    RDP = "rdp"
-    """Rényi DP (Mironov 2017; Opacus's ``RDPAccountant``)."""
-    PRV = "prv"
-    """Privacy random variables (Gopi et al. 2021; Opacus's ``PRVAccountant``),
-    tighter than RDP."""
 
 
 def _as_history(history: Sequence[Sequence[float]]) -> History:

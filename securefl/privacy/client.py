@@ -10,7 +10,6 @@ minus global weights.
 from __future__ import annotations
 
 import copy
-import enum
 import math
 import warnings
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from securefl.privacy.accounting import (
     noise_multiplier_for,
 )
 from securefl.privacy.budget import PrivacyBudget
+from securefl.privacy.options import Weighting
 
 __all__ = [
     "DPConfig",
@@ -39,15 +39,6 @@ __all__ = [
     "Weighting",
     "make_private_compatible",
 ]
-
-
-class Weighting(str, enum.Enum):
-    """How a client's update is weighted in the server's average."""
-
-    EXAMPLES = "examples"
-    """By its number of training examples (FedAvg)."""
-    UNIFORM = "uniform"
-    """Every client counts the same."""
 
 
 @dataclass(frozen=True)
