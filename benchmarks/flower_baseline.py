@@ -52,6 +52,20 @@ SuperNode does.  A client that replies to ``collect_masked_vectors`` and then
 drops at ``unmask`` is still in the sum; one that drops at
 ``collect_masked_vectors`` is not.
 
+Flower limits this driver works around (flwr 1.41.0 and 1.42.0, same code)
+--------------------------------------------------------------------------
+* A dropout at ``setup`` or ``share_keys`` halts the workflow: neighbours are
+  asked for an sk1 share that was never distributed (``secaggplus_mod.py:510``,
+  ``KeyError``) and the server then lacks shares (``secaggplus_workflow.py:605-610``).
+  The test suite pins this; benchmark dropouts use ``collect_masked_vectors``.
+* An even ``num_shares`` below the number of clients fails: the server sends
+  the even value to clients (``secaggplus_workflow.py:335``) and only then
+  makes its own copy odd (``:344-346``), so clients index past their shares
+  (``secaggplus_mod.py:387-396``, ``IndexError``).  The driver rejects it.
+* The server combines every share it received, not ``threshold`` of them
+  (``secaggplus_workflow.py:611``); pycryptodome's pure-Python Shamir makes
+  this the dominant server cost at large ``num_shares``.
+
 Timing
 ------
 Clients run one after another, so each client's time is its own compute time;
@@ -121,6 +135,8 @@ MAX_MODULUS_BITS = 31
 
 _RUN_ID = 1
 _FIRST_NODE_ID = SUPERLINK_NODE_ID + 1
+# The pure helper unmask_stage calls on the exact unmasked Z_M vector.
+_HOOKED = "factor_extract"
 _MAX_WEIGHT = 1000.0  # Flower's default; num_examples equals it, so ratio == 1.0
 
 
@@ -266,6 +282,7 @@ class _Ledger:
     bytes_down: dict[int, dict[str, int]] = field(default_factory=dict)
     bytes_up: dict[int, dict[str, int]] = field(default_factory=dict)
     client_errors: dict[int, str] = field(default_factory=dict)
+    uploaded: set[int] = field(default_factory=set)
 
     def client_time_in(self, stage: str) -> float:
         return sum(per.get(stage, 0.0) for per in self.client_seconds.values())
@@ -385,6 +402,8 @@ class _InProcessGrid(Grid):
             proto = ProtoMessage()
             proto.ParseFromString(wire)
             self._replies[mid] = message_from_proto(proto)
+            if stage == Stage.COLLECT_MASKED_VECTORS and error is None:
+                self._ledger.uploaded.add(cid)
         self._add_transport(stage, time.perf_counter() - t2)
         return mid
 
@@ -396,18 +415,18 @@ class _InProcessGrid(Grid):
 @contextlib.contextmanager
 def _capture_unmasked_sum() -> Iterator[list[list[npt.NDArray[np.int64]]]]:
     """Record what ``unmask_stage`` passes to ``factor_extract`` (exact Z_M values)."""
-    original: Callable[..., Any] = _workflow_module.factor_extract
+    original: Callable[..., Any] = getattr(_workflow_module, _HOOKED)
     seen: list[list[npt.NDArray[np.int64]]] = []
 
     def recording(parameters: list[npt.NDArray[np.int64]]) -> Any:
         seen.append([np.array(a, copy=True) for a in parameters])
         return original(parameters)
 
-    _workflow_module.factor_extract = recording
+    setattr(_workflow_module, _HOOKED, recording)
     try:
         yield seen
     finally:
-        _workflow_module.factor_extract = original
+        setattr(_workflow_module, _HOOKED, original)
 
 
 @contextlib.contextmanager
@@ -576,13 +595,7 @@ def run_flower_secaggplus(
     k = (-factor) % modulus  # each contributor adds T = -1 mod M
     aggregate = (np.asarray(recon[1]).astype(np.int64) & (modulus - 1)).astype(np.uint64)
     aggregate = aggregate.reshape(shape)
-    included = frozenset(
-        cid
-        for cid in cids
-        if STAGES.index(plan.get(cid, "unmask")) > STAGES.index(Stage.COLLECT_MASKED_VECTORS)
-        and cid not in ledger.client_errors
-        and "collect_masked_vectors" in ledger.bytes_up.get(cid, {})
-    )
+    included = frozenset(ledger.uploaded)
     if k != len(included):
         raise FlowerBaselineError(
             f"Flower's sum counts {k} contributors but {len(included)} uploaded"
@@ -638,7 +651,9 @@ def _plain_sum(inputs: dict[int, np.ndarray], cids: Iterable[int], bits: int) ->
 
 
 def _main() -> None:  # pragma: no cover - manual benchmark entry point
+    """Print one table row (and one JSON line to --json) per (n, dropout) run."""
     import argparse
+    import json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
@@ -646,24 +661,30 @@ def _main() -> None:  # pragma: no cover - manual benchmark entry point
     parser.add_argument("--bits", type=int, default=MAX_MODULUS_BITS)
     parser.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
     parser.add_argument("--dropout-stage", default=Stage.COLLECT_MASKED_VECTORS, choices=STAGES)
+    parser.add_argument(
+        "--shares", default="full", help="'full' (num_shares = n) or an odd integer"
+    )
+    parser.add_argument(
+        "--threshold-frac", type=float, default=2 / 3, help="threshold = floor(f*shares)+1"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="append one JSON object per run here")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    header = (
-        "n    drop  shares t   total_s  srv_setup srv_share srv_collect srv_unmask "
-        "cli_setup cli_share cli_collect cli_unmask  serde  up_KB/cli down_KB/cli ok"
+    cols = "".join(f" {s[:8]:>8}:srv {'cli_mean':>8} {'cli_max':>8}" for s in STAGES)
+    print(
+        f"{'n':>4} {'drop':>5} {'k':>4} {'t':>4} {'total_s':>8}{cols} {'serde_s':>7}"
+        f" {'upKB':>7} {'downKB':>7} ok"
     )
-    print(header)
     for n in args.clients:
         for frac in args.dropout:
             inputs = {
                 cid: rng.integers(0, 1 << args.bits, args.length, dtype=np.uint64)
                 for cid in range(n)
             }
-            shares = n if n <= 51 else 51
-            shares = shares if shares == n or shares % 2 else shares + 1
-            threshold = max(2, (2 * shares) // 3)
+            shares = n if args.shares == "full" else int(args.shares)
+            threshold = min(shares - 1, int(args.threshold_frac * shares) + 1)
             dropped = {cid: args.dropout_stage for cid in range(round(frac * n))}
             run = run_flower_secaggplus(
                 inputs,
@@ -672,19 +693,43 @@ def _main() -> None:  # pragma: no cover - manual benchmark entry point
                 reconstruction_threshold=threshold,
                 dropouts=dropped,
             )
-            ok = np.array_equal(run.aggregate, _plain_sum(inputs, run.included, args.bits))
-            up = np.mean([run.total_bytes_up(c) for c in range(n)]) / 1e3
-            down = np.mean([run.total_bytes_down(c) for c in range(n)]) / 1e3
-            srv = [run.server_seconds.get(s, 0.0) for s in STAGES]
-            cli = [run.client_stage_mean(s) for s in STAGES]
+            ok = bool(np.array_equal(run.aggregate, _plain_sum(inputs, run.included, args.bits)))
+            up = float(np.mean([run.total_bytes_up(c) for c in range(n)])) / 1e3
+            down = float(np.mean([run.total_bytes_down(c) for c in range(n)])) / 1e3
+            cells = "".join(
+                f" {run.server_seconds.get(s, 0.0):12.3f} {run.client_stage_mean(s):8.4f}"
+                f" {run.client_stage_max(s):8.4f}"
+                for s in STAGES
+            )
+            serde = sum(run.transport_seconds.values())
             print(
-                f"{n:<4} {frac:<5.2f} {shares:<6} {threshold:<3} {run.total_seconds:7.2f}  "
-                + " ".join(f"{v:9.3f}" for v in srv)
-                + " "
-                + " ".join(f"{v:9.4f}" for v in cli)
-                + f" {sum(run.transport_seconds.values()):6.2f}  {up:9.1f} {down:9.1f} {ok}",
+                f"{n:>4} {frac:>5.2f} {shares:>4} {threshold:>4} {run.total_seconds:8.2f}"
+                f"{cells} {serde:7.2f} {up:7.1f} {down:7.1f} {ok}",
                 flush=True,
             )
+            if args.json:
+                record = {
+                    "n": n,
+                    "m": args.length,
+                    "bits": args.bits,
+                    "dropout": frac,
+                    "dropout_stage": args.dropout_stage,
+                    "num_shares": shares,
+                    "threshold": threshold,
+                    "ok": ok,
+                    "total_seconds": run.total_seconds,
+                    "server_seconds": run.server_seconds,
+                    "client_seconds_sum": {
+                        s: sum(p.get(s, 0.0) for p in run.client_seconds.values()) for s in STAGES
+                    },
+                    "client_seconds_mean": {s: run.client_stage_mean(s) for s in STAGES},
+                    "client_seconds_max": {s: run.client_stage_max(s) for s in STAGES},
+                    "transport_seconds": run.transport_seconds,
+                    "bytes_up_mean": up * 1e3,
+                    "bytes_down_mean": down * 1e3,
+                }
+                with open(args.json, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

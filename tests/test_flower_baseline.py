@@ -158,7 +158,7 @@ def test_rejects_what_flower_cannot_do(kwargs: dict[str, object], match: str) ->
     }
     args.update(kwargs)
     with pytest.raises(fb.FlowerBaselineError, match=match):
-        fb.run_flower_secaggplus(_inputs(8, seed=1), **args)  # type: ignore[arg-type]
+        fb.run_flower_secaggplus(_inputs(8, seed=1), **args)
 
 
 def test_flower_mask_prg_has_a_32_bit_seed() -> None:
@@ -177,3 +177,15 @@ def test_flower_mask_prg_has_a_32_bit_seed() -> None:
     mask_a = pseudo_rand_gen(bytes(a), 1 << 31, [(16,)])[0]
     mask_b = pseudo_rand_gen(bytes(b), 1 << 31, [(16,)])[0]
     np.testing.assert_array_equal(mask_a, mask_b)
+
+
+def test_late_replies_count_as_dropouts() -> None:
+    """With a zero timeout every reply is late, so Flower halts at setup."""
+    with pytest.raises(fb.FlowerBaselineError, match="halted in stage 'setup'"):
+        fb.run_flower_secaggplus(
+            _inputs(5, seed=4),
+            modulus_bits=BITS,
+            num_shares=5,
+            reconstruction_threshold=3,
+            timeout=0.0,
+        )
