@@ -85,3 +85,18 @@ def test_building_the_parser_loads_neither_torch_nor_opacus() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_defaults_are_the_measured_configuration() -> None:
+    from securefl.cli import build_parser
+    from securefl.cli.simulate import config_from_args
+    from securefl.federation.optimizers import ServerOptimizerKind
+
+    config = config_from_args(build_parser().parse_args(["simulate"]))
+    assert (config.num_clients, config.rounds, config.dropout) == (10, 10, 0.2)
+    assert (config.target_epsilon, config.noise_multiplier, config.delta) == (7.5, None, 1e-5)
+    assert config.secure and config.server_optimizer is ServerOptimizerKind.FEDAVGM
+    assert config.server_momentum == 0.5 and config.bits == 32
+    config = config_from_args(build_parser().parse_args(
+        ["simulate", "--noise-multiplier", "1.2", "--no-secure-aggregation"]))
+    assert (config.target_epsilon, config.noise_multiplier, config.secure) == (None, 1.2, False)

@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 # seed 18: round 2 and round 4 each lose one client, and with threshold = n
 # that aborts them; rounds 1 and 3 succeed.
 CONFIG = SimulationConfig(num_clients=4, rounds=4, dropout=0.15, threshold=4,
-                          noise_multiplier=1.0, target_epsilon=None, seed=18, hidden=16)
+                          noise_multiplier=1.0, seed=18, hidden=16)
 
 
 def _read(path: Path) -> bytes | None:

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 def test_secure_and_plain_runs_agree(tmp_path: Path) -> None:
     base = dict(num_clients=5, rounds=3, dropout=0.3, noise_multiplier=1.0,
-                target_epsilon=None, seed=4, hidden=16, frac_bits=20)
+                seed=4, hidden=16, frac_bits=20)
     secure = run_simulation(SimulationConfig(**base, secure=True), tmp_path / "secure")
     plain = run_simulation(SimulationConfig(**base, secure=False), tmp_path / "plain")
     assert [r.survivors for r in secure.rounds] == [r.survivors for r in plain.rounds]

@@ -18,7 +18,7 @@ from securefl.privacy.ledger import LEDGER_FILENAME, Participation, read_ledger
 torch.set_num_threads(1)
 
 BASE = SimulationConfig(num_clients=3, rounds=4, dropout=0.0, noise_multiplier=1.0,
-                        target_epsilon=None, epsilon_budget=4.5, seed=0, hidden=16)
+                        epsilon_budget=4.5, seed=0, hidden=16)
 
 
 def test_budget_guard_in_a_federation(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 def run(tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
     out = tmp_path_factory.mktemp("ledger-run")
     config = SimulationConfig(num_clients=4, rounds=3, dropout=0.4, noise_multiplier=1.1,
-                              target_epsilon=None, seed=1, hidden=16)
+                              seed=1, hidden=16)
     return run_simulation(config, out)
 
 

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 # Only light modules at import time: building the `securefl` parser must not
 # load torch or Opacus.  The federation itself is imported in `run`.
 from securefl.federation.optimizers import ServerOptimizerKind
-from securefl.federation.options import DatasetName
+from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.privacy.ledger import LEDGER_FILENAME, Participation
 from securefl.privacy.options import AccountantKind, Weighting
 
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
 
-DEFAULT_TARGET_EPSILON = 7.5
 
 _SHORT_ROUND = {
     "ADVERTISE_KEYS": "R0-advertise",
@@ -131,12 +130,10 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """
     from securefl.federation.simulation import SimulationConfig
 
-    target = args.target_epsilon
-    if args.noise_multiplier is None and target is None:
-        target = DEFAULT_TARGET_EPSILON
     return SimulationConfig(
         num_clients=args.clients, rounds=args.rounds, dropout=args.dropout,
-        noise_multiplier=args.noise_multiplier, target_epsilon=target, delta=args.delta,
+        noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
+        delta=args.delta,
         epsilon_budget=args.epsilon_budget, accountant=AccountantKind(args.accountant),
         max_grad_norm=args.max_grad_norm, batch_size=args.batch_size,
         local_epochs=args.local_epochs, lr=args.lr, weighting=Weighting(args.weighting),

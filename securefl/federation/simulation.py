@@ -52,7 +52,7 @@ from securefl.federation.data import (
 )
 from securefl.federation.model import evaluate, make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
-from securefl.federation.options import DatasetName
+from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.federation.plots import plot_accuracy
 from securefl.federation.server import AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
@@ -61,6 +61,7 @@ from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation,
 from securefl.protocol import Round
 
 __all__ = [
+    "DEFAULT_TARGET_EPSILON",
     "METRICS_FILENAME",
     "PLOT_FILENAME",
     "ClientRoundReport",
@@ -80,8 +81,9 @@ PLOT_FILENAME = "accuracy_per_round.png"
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Everything a simulated federation needs.  Exactly one of
-    ``noise_multiplier`` and ``target_epsilon`` is given.
+    """Everything a simulated federation needs.  At most one of
+    ``noise_multiplier`` and ``target_epsilon`` is given; with neither, every
+    client targets :data:`DEFAULT_TARGET_EPSILON`.
 
     Raises:
         ConfigurationError: on out-of-range or inconsistent values (checked
@@ -92,7 +94,7 @@ class SimulationConfig:
     rounds: int = 10
     dropout: float = 0.2
     noise_multiplier: float | None = None
-    target_epsilon: float | None = 7.5
+    target_epsilon: float | None = None
     delta: float = 1e-5
     epsilon_budget: float | None = None
     accountant: AccountantKind = AccountantKind.RDP
@@ -124,6 +126,8 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"{name} must be one of {choices}, got {getattr(self, name)!r}"
                 ) from None
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
         if self.num_clients < 2:
             raise ConfigurationError(f"need at least 2 clients, got {self.num_clients}")
         if self.rounds < 1:
