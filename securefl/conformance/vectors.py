@@ -16,14 +16,22 @@ from typing import Any
 from securefl.conformance.adapters import ClientSpec, Primitives, ServerSpec
 from securefl.conformance.cases import Case, CaseFailedError, CaseSkippedError, Target
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, config_from_json, load
-from securefl.errors import AbortError, ProtocolError, Rule
+from securefl.errors import AbortError, ConfigurationError, ProtocolError, Rule
 
 SECTION_OF_FILE = {"graph_test": "3.5", "kdf_test": "4", "prg_test": "5", "shamir_test": "6",
                    "aead_test": "7"}
 
 
 def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
-    """Every vector case found in ``directory``, primitives first."""
+    """Every vector case found in ``directory``, primitives first.
+
+    Raises:
+        ConfigurationError: the directory does not exist or holds no vectors
+            (e.g. an installed copy without ``protocols/``: pass ``--vectors``).
+    """
+    if not directory.is_dir() or not any(directory.glob("*.json")):
+        raise ConfigurationError(f"no test vectors in {directory}: pass --vectors DIR (the"
+                                 " protocols/secagg/v1/vectors directory of the repository)")
     cases: list[Case] = []
     for path in sorted(directory.glob("*_test.json"),
                        key=lambda p: (float(SECTION_OF_FILE.get(p.stem, "99")), p.stem)):
