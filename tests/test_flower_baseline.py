@@ -1,34 +1,18 @@
-"""Tests for benchmarks/flower_baseline.py: Flower's real SecAgg+ run in process.
+"""Tests for securefl/bench/flower.py: Flower's real SecAgg+ run in process.
 
 Skipped unless the optional ``flwr`` package is installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 pytest.importorskip("flwr")
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "flower_baseline.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("securefl_bench_flower_baseline", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fb = _load()
+from securefl.bench import flower as fb
 
 BITS = 31
 M = 1000
