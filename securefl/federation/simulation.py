@@ -354,7 +354,6 @@ def run_simulation(
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(out / LEDGER_FILENAME)
     if ledger.path.exists():
         raise ConfigurationError(
@@ -369,6 +368,7 @@ def run_simulation(
         )
     dp = config.dp_config()
     model, codec = preflight(config, data)
+    out.mkdir(parents=True, exist_ok=True)
     ids = tuple(range(1, config.num_clients + 1))
     max_weight = codec.max_weight
     frac_bits = codec.frac_bits
