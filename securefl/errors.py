@@ -54,6 +54,7 @@ class Rule(str, enum.Enum):
     INCONSISTENT_SHARES = "shares-inconsistent"
     SESSION_FINISHED = "session-already-finished-or-aborted"
     MISSING_INPUT = "no-input-provided"
+    UNSUPPORTED_VERSION = "unsupported-protocol-version"
 
 
 def _peer_text(peer: int | str | None) -> str:

@@ -59,23 +59,33 @@ def test_every_message_of_a_whole_active_round_round_trips() -> None:
     assert len(seen) == 9
 
 
-@pytest.mark.parametrize(("bits", "width"), [(1, 1), (8, 1), (12, 2), (16, 2), (20, 4),
-                                             (32, 4), (33, 8), (64, 8)])
-def test_masked_vectors_are_packed_at_the_native_width(bits: int, width: int) -> None:
+@pytest.mark.parametrize(("bits", "width"), [(1, 1), (8, 1), (12, 2), (16, 2), (20, 3),
+                                             (24, 3), (31, 4), (32, 4), (33, 5), (41, 6),
+                                             (56, 7), (64, 8)])
+def test_masked_vectors_are_packed_at_ceil_k_over_8_bytes(bits: int, width: int) -> None:
     config = SecAggConfig(num_clients=3, vector_length=7, bits=bits)
-    vector = np.full(7, config.modulus_mask, dtype=f"<u{config.element_bytes}")
-    data = encode(MaskedInput(1, SID, vector))
+    assert config.wire_element_bytes == width
+    values = [config.modulus_mask, 0, 1, 2, config.modulus_mask // 3, 5, 6]
+    vector = np.array([v & config.modulus_mask for v in values],
+                      dtype=f"<u{config.element_bytes}")
+    data = encode(MaskedInput(1, SID, vector), element_bytes=config.wire_element_bytes)
     inner = pb.SecAggMessage.FromString(data).masked_input
     assert inner.element_bytes == width and len(inner.masked) == 7 * width
-    assert (decode(data, config=config).masked == vector).all()
+    decoded = decode(data, config=config).masked
+    assert decoded.dtype == vector.dtype and (decoded == vector).all()
+    # a sender that packs at the in-memory width where it differs is refused
+    if width != config.element_bytes:
+        refused_data = encode(MaskedInput(1, SID, vector))
+        with pytest.raises(WireFormatError):
+            decode(refused_data, config=config)
 
 
 def test_unknown_version_is_refused() -> None:
     envelope = pb.SecAggMessage.FromString(encode(AdvertiseKeys(1, b"a" * 32, b"b" * 32)))
     envelope.advertise_keys.version = 2
-    refused(envelope.SerializeToString(), WireIssue.UNKNOWN_VERSION)
+    refused(envelope.SerializeToString(), WireIssue.UNKNOWN_VERSION, Rule.UNSUPPORTED_VERSION)
     envelope.advertise_keys.version = 0
-    refused(envelope.SerializeToString(), WireIssue.UNKNOWN_VERSION)
+    refused(envelope.SerializeToString(), WireIssue.UNKNOWN_VERSION, Rule.UNSUPPORTED_VERSION)
 
 
 @pytest.mark.parametrize(("size", "reason"), [(31, WireIssue.TRUNCATED_FIELD),
@@ -116,7 +126,9 @@ def test_masked_vector_checks() -> None:
     envelope.masked_input.masked += b"\x01"
     refused(envelope.SerializeToString(), WireIssue.MISALIGNED_VECTOR)
     envelope = pb.SecAggMessage.FromString(good)
-    envelope.masked_input.element_bytes = 3
+    envelope.masked_input.element_bytes = 9
+    refused(envelope.SerializeToString(), WireIssue.BAD_ELEMENT_WIDTH)
+    envelope.masked_input.element_bytes = 0
     refused(envelope.SerializeToString(), WireIssue.BAD_ELEMENT_WIDTH)
     wide = encode(MaskedInput(1, SID, np.arange(4, dtype="<u8")))
     refused(wide, WireIssue.BAD_ELEMENT_WIDTH, config=config)

@@ -194,7 +194,7 @@ class SecureFLClient:
         self.session = ClientSession(
             spec.config, spec.client_id, input=np.asarray(spec.input, dtype=np.uint64),
             identity_key=identity, peer_identities=pinned, rng=rng)
-        self._element_bytes = spec.config.element_bytes
+        self._element_bytes = spec.config.wire_element_bytes
         self._broken = False
 
     def start(self) -> bytes:

@@ -424,12 +424,13 @@ def c_second_request(flip: bool) -> Callable[[Target], None]:
     return run
 
 
-def c_wire(edit: Callable[[bytes], bytes], at: Round, what: str) -> Callable[[Target], None]:
-    """Malformed bytes from the server are refused as MALFORMED."""
+def c_wire(edit: Callable[[bytes], bytes], at: Round, what: str,
+           rule: Rule = Rule.MALFORMED) -> Callable[[Target], None]:
+    """Malformed bytes from the server are refused (as MALFORMED unless said)."""
     def run(target: Target) -> None:
         w = _client_world(target)
         w.run_to(at, {Round.MASKED_INPUT_COLLECTION: {5}})
-        w.client_refuses(edit(w.pending[UNDER_TEST]), Rule.MALFORMED, what)
+        w.client_refuses(edit(w.pending[UNDER_TEST]), rule, what)
     return run
 
 
@@ -690,7 +691,8 @@ def scenario_cases() -> list[Case]:
         _c("9.1", 1, "client refuses bytes that are not a SecAggMessage",
            c_wire(_cut, Round.SHARE_KEYS, "a truncated roster")),
         _c("9.1", 2, "client refuses an unknown protocol version",
-           c_wire(_version_2, Round.SHARE_KEYS, "a roster with version 2")),
+           c_wire(_version_2, Round.SHARE_KEYS, "a roster with version 2",
+                  Rule.UNSUPPORTED_VERSION)),
         _c("9.2", 1, "client refuses a roster with a 31-byte key",
            c_wire(_truncated_key, Round.SHARE_KEYS, "a roster with a truncated key")),
         _c("9.2", 2, "client refuses a share delivery listing one sender twice",
@@ -700,7 +702,7 @@ def scenario_cases() -> list[Case]:
         _s("9.1", 3, "server refuses bytes that are not a SecAggMessage",
            s_round(Round.SHARE_KEYS, _bytes(_cut), R.MALFORMED, "truncated bytes")),
         _s("9.1", 4, "server refuses an unknown protocol version",
-           s_round(Round.SHARE_KEYS, _bytes(_version_2), R.MALFORMED, "version 2")),
+           s_round(Round.SHARE_KEYS, _bytes(_version_2), R.UNSUPPORTED_VERSION, "version 2")),
         _s("9.2", 4, "server refuses an advertisement with a 33-byte key",
            s_advert(lambda _, a: _edit(a[1], encryption_key=decode(a[1]).encryption_key  # type: ignore[union-attr]
                                        + b"\0"), R.MALFORMED, "a 33-byte key")),

@@ -23,6 +23,7 @@ Every round:
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import math
@@ -272,10 +273,19 @@ def load_data(config: SimulationConfig) -> FederatedData:
     return load_digits_federated(config.num_clients, alpha=config.alpha, seed=config.seed)
 
 
-def preflight(config: SimulationConfig,
-              data: FederatedData | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
+def preflight(config: SimulationConfig, data: FederatedData | None = None,
+              model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
     """Check everything that can be checked before training: the data split,
-    the model (made Opacus-compatible) and the encoding's bit budget.
+    the model (made Opacus-compatible: e.g. BatchNorm replaced by GroupNorm
+    with ``ModuleValidator.fix``, or refused with Opacus's explanation) and
+    the encoding's bit budget.
+
+    Args:
+        config: the federation.
+        data: the federated data (default: ``config.dataset``).
+        model: the initial global model (default: an MLP with
+            ``config.hidden`` units, seeded with ``config.seed``); it is not
+            modified (a fixed copy is returned when Opacus needs one).
 
     Returns:
         the initial global model and the codec the federation will use.
@@ -287,9 +297,9 @@ def preflight(config: SimulationConfig,
     """
     data = data if data is not None else load_data(config)
     config.dp_config()
-    model = make_private_compatible(
-        make_mlp(data.num_features, data.num_classes, config.hidden, seed=config.seed)
-    )
+    if model is None:
+        model = make_mlp(data.num_features, data.num_classes, config.hidden, seed=config.seed)
+    model = make_private_compatible(model)
     max_weight = max(data.client_sizes) if config.weighting is Weighting.EXAMPLES else 1
     frac_bits = config.frac_bits
     if frac_bits is None:
@@ -327,6 +337,7 @@ def run_simulation(
     output_dir: str | os.PathLike[str],
     *,
     data: FederatedData | None = None,
+    model: torch.nn.Module | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
     progress: bool = False,
 ) -> SimulationResult:
@@ -342,6 +353,9 @@ def run_simulation(
         output_dir: created if needed; must not hold a ledger already (a
             ledger is append-only and belongs to one federation).
         data: a ready-made federated data set (default: ``config.dataset``).
+        model: the initial global model (default: an MLP, see :func:`preflight`);
+            the federation trains an Opacus-compatible copy, returned in the
+            result.
         on_round: called with every round's report as soon as it is settled.
         progress: show a tqdm progress bar over rounds.
 
@@ -367,7 +381,8 @@ def run_simulation(
             f" {config.num_clients} clients"
         )
     dp = config.dp_config()
-    model, codec = preflight(config, data)
+    # the caller's model is never changed: the federation trains a copy
+    model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
     out.mkdir(parents=True, exist_ok=True)
     ids = tuple(range(1, config.num_clients + 1))
     max_weight = codec.max_weight

@@ -189,8 +189,14 @@ class SecAggConfig:
 
     @property
     def element_bytes(self) -> int:
-        """Bytes per ring element in memory, in the PRG stream and on the wire."""
+        """Bytes per ring element in memory and in the PRG stream (1, 2, 4 or 8);
+        the wire packs tighter, see :attr:`wire_element_bytes`."""
         return element_bytes(self.bits)
+
+    @property
+    def wire_element_bytes(self) -> int:
+        """Bytes per masked entry on the wire: ``ceil(bits / 8)`` (1..8)."""
+        return (self.bits + 7) // 8
 
     def digest(self) -> bytes:
         """SHA-256 over a canonical encoding of every field; bound into the

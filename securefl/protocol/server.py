@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securefl.errors import (
     AbortError,
+    ConfigurationError,
     InconsistentSharesError,
     InvalidKeyError,
     LocalProtocolError,
@@ -118,8 +119,9 @@ class ServerSession:
 
     Args:
         config: the session configuration.
-        peer_identities: optional pinned Ed25519 keys (active mode); when
-            given, the server also refuses unsigned or forged messages early.
+        peer_identities: the pinned Ed25519 keys of every client; required
+            in active mode, so that one client's unsigned or forged message is
+            refused at once instead of making honest clients abort later.
         rng: randomness for the share-consistency checks (default OS CSPRNG).
         executor: optional executor (e.g. a ``ThreadPoolExecutor``) used to
             spread the unmasking work over ``workers`` cores.  The session
@@ -143,6 +145,13 @@ class ServerSession:
         self._executor = executor
         self._identities = ({c: signing.load_identity_public(k) for c, k in
                              peer_identities.items()} if peer_identities else {})
+        if config.mode is SecurityMode.ACTIVE:
+            missing = [c for c in config.ids if c not in self._identities]
+            if missing:
+                raise ConfigurationError(
+                    "active mode: the server needs the pinned Ed25519 identity key of every"
+                    f" client, to refuse unsigned or forged messages before they can abort the"
+                    f" round (missing: {missing[:10]})")
         self._digest = config.digest()
         self.state = ServerState.COLLECTING_ADVERTISE_KEYS
         self.statuses: dict[int, ClientStatus] = dict.fromkeys(config.ids,
@@ -252,7 +261,7 @@ class ServerSession:
                     Rule.DUPLICATE_KEY,
                     f"advertised a key already advertised by client {self._keys_seen[key]}",
                     peer=msg.sender, round=rnd)
-        if self.config.mode is SecurityMode.ACTIVE and self._identities:
+        if self.config.mode is SecurityMode.ACTIVE:
             self._verify(msg.signature, d.advertise_payload(
                 self._digest, msg.sender, msg.encryption_key, msg.masking_key), msg.sender, rnd)
         self._adverts[msg.sender] = msg
@@ -300,12 +309,8 @@ class ServerSession:
     def _receive_signature(self, msg: ConsistencySignature, rnd: Round) -> None:
         self._expect_status(msg.sender, ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED, rnd)
         assert self.session_id is not None
-        if self._identities:
-            self._verify(msg.signature, d.consistency_payload(self.session_id, self._u3),
-                         msg.sender, rnd)
-        elif not isinstance(msg.signature, bytes) or len(msg.signature) != 64:
-            raise RemoteProtocolError(Rule.MALFORMED, "a signature is 64 bytes", peer=msg.sender,
-                                      round=rnd)
+        self._verify(msg.signature, d.consistency_payload(self.session_id, self._u3),
+                     msg.sender, rnd)
         self._signatures[msg.sender] = msg.signature
         self.statuses[msg.sender] = ClientStatus.CONSISTENCY_CHECK_RECEIVED
 

@@ -53,7 +53,7 @@ SESSION_ID_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 64
 CIPHERTEXT_BYTES = 144
-ELEMENT_WIDTHS = (1, 2, 4, 8)
+ELEMENT_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 Message: TypeAlias = (
     AdvertiseKeys | KeyRoster | EncryptedShares | ShareDelivery | MaskedInput
@@ -188,7 +188,7 @@ def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
         raise WireFormatError(f"masked entries do not fit in {element_bytes} bytes",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
     out.element_bytes = element_bytes
-    out.masked = vector.astype(f"<u{element_bytes}").tobytes()
+    out.masked = pack_words(vector, element_bytes)
 
 
 def _enc_consistency(m: ConsistencyRequest, out: Any, _: int | None) -> None:
@@ -273,7 +273,7 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
     if inner.version != WIRE_VERSION:
         raise WireFormatError(f"protocol version {inner.version} is not supported (only"
                               f" {WIRE_VERSION})", reason=WireIssue.UNKNOWN_VERSION.value,
-                              field=f"{body}.version")
+                              field=f"{body}.version", rule=Rule.UNSUPPORTED_VERSION)
     envelope.DiscardUnknownFields()
     if envelope.SerializeToString(deterministic=True) != raw:
         raise WireFormatError("not the canonical encoding (unknown or repeated fields, or"
@@ -385,11 +385,11 @@ def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
         raise WireFormatError(f"masked is {len(m.masked)} bytes, not a multiple of the element"
                               f" width {width}", reason=WireIssue.MISALIGNED_VECTOR.value,
                               field="masked", peer=sender)
-    vector = np.frombuffer(m.masked, dtype=f"<u{width}").astype(f"=u{width}")
+    vector = unpack_words(m.masked, width)
     if config is not None:
-        if width != config.element_bytes:
+        if width != config.wire_element_bytes:
             raise WireFormatError(f"element_bytes is {width}, the ring Z_2^{config.bits} uses"
-                                  f" {config.element_bytes}",
+                                  f" {config.wire_element_bytes}",
                                   reason=WireIssue.BAD_ELEMENT_WIDTH.value,
                                   field="element_bytes", peer=sender)
         if vector.size != config.vector_length:
@@ -400,7 +400,28 @@ def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
             raise WireFormatError(f"a masked entry is not below 2^{config.bits}",
                                   reason=WireIssue.VALUE_OUT_OF_RANGE.value, field="masked",
                                   rule=Rule.VALUE_OUT_OF_RANGE, peer=sender)
+        vector = vector.astype(f"=u{config.element_bytes}", copy=False)
     return MaskedInput(sender, sid, vector)
+
+
+def pack_words(vector: np.ndarray, width: int) -> bytes:
+    """Little-endian ``width``-byte words (1..8) of the non-negative
+    ``vector`` (entries must fit in ``width`` bytes)."""
+    if width in (1, 2, 4, 8):
+        return vector.astype(f"<u{width}").tobytes()
+    as_bytes = np.ascontiguousarray(vector.astype("<u8")).view(np.uint8).reshape(-1, 8)
+    return as_bytes[:, :width].tobytes()
+
+
+def unpack_words(raw: bytes, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_words`: native unsigned ints of the smallest
+    dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes."""
+    if width in (1, 2, 4, 8):
+        return np.frombuffer(raw, dtype=f"<u{width}").astype(f"=u{width}")
+    words = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
+    padded = np.zeros((words.shape[0], 8), dtype=np.uint8)
+    padded[:, :width] = words
+    return padded.view("<u8").reshape(-1).astype("=u8")
 
 
 def _dec_consistency(m: Any, _: SecAggConfig | None) -> ConsistencyRequest:
