@@ -18,6 +18,7 @@ ROUNDS = list(Round)
 def expected_outcome(config: SecAggConfig, dropouts: dict[int, Round]) -> tuple[int, ...] | None:
     """The survivors (inputs included) if the session must succeed, else None."""
     t = config.t
+    floor = config.floor
 
     def alive(c: int, rnd: Round) -> bool:
         return c not in dropouts or rnd < dropouts[c]
@@ -26,7 +27,9 @@ def expected_outcome(config: SecAggConfig, dropouts: dict[int, Round]) -> tuple[
     u1 = [c for c in ids if alive(c, Round.ADVERTISE_KEYS)]
     u2 = [c for c in u1 if alive(c, Round.SHARE_KEYS)]
     u3 = [c for c in u2 if alive(c, Round.MASKED_INPUT_COLLECTION)]
-    sizes = [len(u1), len(u2), len(u3)]
+    if min(len(u1), len(u2), len(u3)) < floor:
+        return None
+    sizes = [len(u3)]
     if config.mode is SecurityMode.ACTIVE:
         u4 = [c for c in u3 if alive(c, Round.CONSISTENCY_CHECK)]
         sizes.append(len(u4))
@@ -43,11 +46,12 @@ def sessions(draw: st.DrawFn) -> tuple[SecAggConfig, dict[int, np.ndarray], dict
     mode = draw(st.sampled_from(list(SecurityMode)))
     low = n // 2 + 1 if mode is SecurityMode.ACTIVE else 1
     t = draw(st.integers(low, n))
+    floor = draw(st.one_of(st.none(), st.integers(t, n)))
     bits = draw(st.integers(1, 64))
     m = draw(st.integers(1, 24))
     ids = draw(st.lists(st.integers(1, 2**31 - 2), min_size=n, max_size=n, unique=True))
     config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=t, mode=mode,
-                          client_ids=tuple(ids))
+                          client_ids=tuple(ids), min_survivors=floor)
     high = (1 << bits) - 1
     inputs = {c: np.array(draw(st.lists(st.integers(0, high), min_size=m, max_size=m)),
                           dtype=np.uint64) for c in ids}
@@ -128,19 +132,20 @@ def sparse_model(config: SecAggConfig, dropouts: dict[int, Round], nmap) -> tupl
     """Survivors, or None for an abort, for a session whose roster is
     ``nmap``'s keys: the global thresholds plus the per-neighbourhood rules."""
     t = config.t
+    floor = config.floor
 
     def alive(c: int, rnd: Round) -> bool:
         return c not in dropouts or rnd < dropouts[c]
 
     u1 = set(nmap)
-    if len(u1) < t:
+    if len(u1) < floor:
         return None
     u2 = {c for c in u1 if alive(c, Round.SHARE_KEYS)}
-    if len(u2) < t:
+    if len(u2) < floor:
         return None
     eligible = {v for v in u2 if len(nmap[v] & u2) + 1 >= t}
     u3 = {c for c in eligible if alive(c, Round.MASKED_INPUT_COLLECTION)}
-    if len(u3) < t:
+    if len(u3) < floor:
         return None
     dropped = u2 - u3
     asked = {v for v in u3 if len(nmap[v] & u3) + 1 >= t}
@@ -171,10 +176,11 @@ def sparse_sessions(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     mode = draw(st.sampled_from(list(SecurityMode)))
     low = (degree + 1) // 2 + 1 if mode is SecurityMode.ACTIVE else 1
     t = draw(st.integers(min(low, degree + 1), degree + 1))
+    floor = draw(st.one_of(st.none(), st.integers(t, n)))
     bits = draw(st.integers(1, 64))
     m = draw(st.integers(1, 8))
     config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=t, mode=mode,
-                          graph=HararyGraph(degree))
+                          graph=HararyGraph(degree), min_survivors=floor)
     high = (1 << bits) - 1
     inputs = {c: np.array(draw(st.lists(st.integers(0, high), min_size=m, max_size=m)),
                           dtype=np.uint64) for c in config.ids}
@@ -221,7 +227,7 @@ def test_sparse_graphs_sum_exactly_or_abort_as_the_model_says(session) -> None: 
                 if alive(env.recipient, rnd):
                     server.receive(clients[env.recipient].handle(env.message))
     except AbortError:
-        if len(roster) >= config.t:
+        if len(roster) >= config.floor:
             assert server.session_id is not None
             nmap = neighbour_map(config.graph, roster, server.session_id)
             assert sparse_model(config, dropouts, nmap) is None
@@ -239,3 +245,15 @@ def test_sparse_graphs_sum_exactly_or_abort_as_the_model_says(session) -> None: 
     if config.bits < 64:
         expected &= np.uint64(config.modulus_mask)
     assert np.array_equal(result.total, expected)
+
+
+def test_min_survivors_bounds_the_size_of_any_sum() -> None:
+    config = SecAggConfig(num_clients=8, vector_length=4, threshold=3, min_survivors=6)
+    inputs = {c: np.full(4, c, dtype=np.uint64) for c in config.ids}
+    result = secure_sum(inputs, config, {1: Round.MASKED_INPUT_COLLECTION,
+                                         2: Round.UNMASKING})
+    assert len(result.survivors) == 7
+    with pytest.raises(AbortError) as info:
+        secure_sum(inputs, config, {1: Round.MASKED_INPUT_COLLECTION,
+                                    2: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION})
+    assert info.value.needed == 6 and "minimum number of survivors" in str(info.value)

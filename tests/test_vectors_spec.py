@@ -91,6 +91,7 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             + struct.pack(">I", len(c["clientIds"]))
             + b"".join(struct.pack(">I", i) for i in sorted(c["clientIds"]))
             + struct.pack(">I", len(graph)) + graph + struct.pack(">I", len(context)) + context
+            + struct.pack(">I", max(c["threshold"], c["minSurvivors"]))
         ).digest()
         assert digest.hex() == c["digest"], path.name
         roster_op = next(op for op in data["operations"] if op["op"] == "server_close_round")

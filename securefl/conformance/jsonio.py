@@ -28,6 +28,7 @@ def config_to_json(config: SecAggConfig) -> dict[str, Any]:
         "clientIds": list(config.ids),
         "graph": config.graph.describe(),
         "context": config.context.hex(),
+        "minSurvivors": config.floor,
         "digest": config.digest().hex(),
     }
 
@@ -44,6 +45,7 @@ def config_from_json(data: dict[str, Any]) -> SecAggConfig:
         threshold=data["threshold"], mode=SecurityMode(data["mode"]),
         client_ids=tuple(data["clientIds"]), graph=graph_from_text(data.get("graph", "complete")),
         context=bytes.fromhex(data.get("context", "")),
+        min_survivors=data.get("minSurvivors"),
     )
     if "digest" in data and config.digest().hex() != data["digest"]:
         raise ConfigurationError("configuration digest in the vector file does not match")

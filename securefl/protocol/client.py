@@ -254,9 +254,10 @@ class ClientSession:
                                f"advertises a key already advertised by client {seen[key]}",
                                rnd, peer=e.sender)
                 seen[key] = e.sender
-        if len(msg.entries) < self.config.t:
+        if len(msg.entries) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
-                       f"roster has {len(msg.entries)} clients, threshold is {self.config.t}", rnd)
+                       f"roster has {len(msg.entries)} clients, at least {self.config.floor}"
+                       " are required", rnd)
         if self.config.mode is SecurityMode.ACTIVE:
             for e in msg.entries:
                 self._verify(e.signature, d.advertise_payload(
@@ -410,9 +411,10 @@ class ClientSession:
         if self.client_id not in survivors:
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        "this client sent its masked input but is not listed as a survivor", rnd)
-        if len(survivors) < self.config.t:
+        if len(survivors) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
-                       f"{len(survivors)} survivors, threshold is {self.config.t}", rnd)
+                       f"{len(survivors)} survivors, at least {self.config.floor} are required",
+                       rnd)
         in_view = [u for u in survivors if u in self._neighbours]
         if len(in_view) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,

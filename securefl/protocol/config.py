@@ -112,6 +112,11 @@ class SecAggConfig:
         context: application bytes bound into the session (e.g. federation
             name and round number), so that signed keys cannot be replayed
             into another federation round.
+        min_survivors: the fewest clients whose inputs may make up a sum
+            (t..n, default t).  The server aborts, and clients refuse to
+            unmask, below it.  With sparse graphs t is small (e.g. 17 of
+            1000), so set this to what your privacy argument needs (e.g.
+            ``ceil((1 - dropout) * n)`` as Google's production SecAgg does).
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value.
@@ -125,6 +130,7 @@ class SecAggConfig:
     client_ids: tuple[int, ...] | None = None
     graph: NeighbourGraph = field(default_factory=CompleteGraph)
     context: bytes = b""
+    min_survivors: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("num_clients", self.num_clients, 2, MAX_CLIENT_ID)
@@ -161,6 +167,9 @@ class SecAggConfig:
         if not isinstance(self.graph, NeighbourGraph):
             raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
         self.graph.validate(self.num_clients, self.threshold)  # type: ignore[arg-type]
+        if self.min_survivors is None:
+            object.__setattr__(self, "min_survivors", self.threshold)
+        _check_int("min_survivors", self.min_survivors, self.t, self.num_clients)
         holders = self.graph.share_holders(self.num_clients)
         if mode is SecurityMode.ACTIVE and 2 * self.threshold <= holders:
             raise ConfigurationError(
@@ -175,6 +184,13 @@ class SecAggConfig:
         """The threshold as a plain int."""
         assert self.threshold is not None
         return self.threshold
+
+    @property
+    def floor(self) -> int:
+        """The fewest clients that may remain at rounds R0..R2: ``max(t,
+        min_survivors)``."""
+        assert self.min_survivors is not None
+        return max(self.t, self.min_survivors)
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -212,6 +228,7 @@ class SecAggConfig:
         graph = self.graph.describe().encode()
         h.update(struct.pack(">I", len(graph)) + graph)
         h.update(struct.pack(">I", len(self.context)) + self.context)
+        h.update(struct.pack(">I", self.floor))
         return h.digest()
 
 

@@ -372,7 +372,7 @@ class ServerSession:
     def _close_advertise(self) -> list[Envelope]:
         rnd = Round.ADVERTISE_KEYS
         self._mark_dead(ClientStatus.READY_TO_START, ClientStatus.DEAD_BEFORE_SENDING_ANYTHING)
-        self._need(len(self._adverts), rnd, "clients advertised keys")
+        self._need(len(self._adverts), rnd, "clients advertised keys", self.config.floor)
         entries = tuple(self._adverts[c] for c in sorted(self._adverts))
         self.session_id = d.session_id(self._digest, entries)
         self._neighbours = neighbour_map(self.config.graph, tuple(sorted(self._adverts)),
@@ -386,7 +386,7 @@ class ServerSession:
         self._mark_dead(ClientStatus.ADVERTISE_KEYS_RECEIVED,
                         ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED)
         self._u2 = tuple(sorted(self._shares))
-        self._need(len(self._u2), rnd, "clients shared their keys")
+        self._need(len(self._u2), rnd, "clients shared their keys", self.config.floor)
         assert self.session_id is not None
         out = []
         for v in self._u2:
@@ -405,7 +405,7 @@ class ServerSession:
         self._mark_dead(ClientStatus.SHARE_KEYS_RECEIVED,
                         ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED)
         self._u3 = tuple(sorted(self._masked_from))
-        self._need(len(self._u3), rnd, "clients sent masked inputs")
+        self._need(len(self._u3), rnd, "clients sent masked inputs", self.config.floor)
         self._dropped = tuple(u for u in self._u2 if u not in self._masked_from)
         assert self.session_id is not None
         u3 = set(self._u3)
@@ -511,10 +511,13 @@ class ServerSession:
 
     # -- helpers ------------------------------------------------------------
 
-    def _need(self, count: int, rnd: Round, what: str) -> None:
-        if count < self.config.t:
-            raise AbortError(f"only {count} {what}, threshold is {self.config.t}",
-                             round=rnd, needed=self.config.t, available=count)
+    def _need(self, count: int, rnd: Round, what: str, needed: int | None = None) -> None:
+        needed = self.config.t if needed is None else needed
+        if count < needed:
+            what_needed = ("threshold" if needed == self.config.t
+                           else "the minimum number of survivors")
+            raise AbortError(f"only {count} {what}, {what_needed} is {needed}",
+                             round=rnd, needed=needed, available=count)
 
     def _mark_dead(self, waiting: ClientStatus, dead: ClientStatus) -> None:
         for c, status in self.statuses.items():
