@@ -4,6 +4,8 @@ hardware's AES limit, in one process, on identical inputs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -36,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--graph", default="complete,harary",
                    help="comma-separated graphs: complete, harary (default both)")
     p.add_argument("--no-flower", action="store_true", help="skip Flower's SecAgg+")
+    p.add_argument("--targets", action="store_true",
+                   help="run only the headline targets (PRG vs OpenSSL, n=100 vs Flower,"
+                        " n=500 server unmasking and client compute) and write targets.md")
     p.add_argument("--budget", type=float, default=180.0,
                    help="skip settings predicted to take longer than this (s, default 180)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
@@ -47,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
     """Run the suite, print one line per setting, write the reports."""
     from securefl.bench import suite
 
+    command = "securefl bench"
+    if sys.argv[1:2] == ["bench"]:
+        command += " " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = command.strip()
+    if args.targets:
+        targets, machine = suite.run_targets(with_flower=not args.no_flower,
+                                             progress=lambda line: print(line, flush=True))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "targets.md").write_text(suite.targets_markdown(targets, command))
+        with (args.out / "targets.json").open("w") as fh:
+            json.dump({"command": command, "machine": machine,
+                       "targets": [dataclasses.asdict(t) for t in targets]}, fh, indent=1)
+        print("\n" + suite.targets_markdown(targets, command))
+        print(f"wrote {args.out}/targets.md and targets.json")
+        return 0
     stage = {"share-keys": Round.SHARE_KEYS, "masked-input": Round.MASKED_INPUT_COLLECTION,
              "unmasking": Round.UNMASKING}[args.drop_stage]
     graphs = [g.strip() for g in args.graph.split(",") if g.strip()]
@@ -59,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
     records, machine = suite.run_suite(settings, with_flower=not args.no_flower,
                                        budget_seconds=args.budget,
                                        progress=lambda line: print(line, flush=True))
-    command = "securefl bench"
-    if sys.argv[1:2] == ["bench"]:
-        command += " " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    suite.write_results(records, machine, args.out, command.strip())
+    suite.write_results(records, machine, args.out, command)
     print(f"\nwrote {args.out}/results.jsonl, results.md, time_vs_n.png")
     bad = [r for r in records
            if (r.securefl and not r.securefl["exact"]) or (r.flower and not r.flower["exact"])]
