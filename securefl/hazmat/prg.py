@@ -142,10 +142,17 @@ class MaskExpander:
         width = self.dtype.itemsize
         enc = Cipher(algorithms.AES(key), modes.CTR(ZERO_IV)).encryptor()
         zeros = memoryview(self._zeros)
+        target = memoryview(out.view(np.uint8)) if out.flags.c_contiguous else None
+        total = self.length * width
         for a in range(0, self.length, self._chunk_elems):
             b = min(a + self._chunk_elems, self.length)
-            enc.update_into(zeros[: (b - a) * width], self._out)
-            out[a:b] = self._view[: b - a]
+            if target is not None and b * width + _BLOCK - 1 <= total:
+                # keystream straight into the caller's buffer; the slack the API
+                # demands is overwritten by the next chunk
+                enc.update_into(zeros[: (b - a) * width], target[a * width:b * width + _BLOCK - 1])
+            else:
+                enc.update_into(zeros[: (b - a) * width], self._out)
+                out[a:b] = self._view[: b - a]
         return self.reduce(out)
 
     def reduce(self, acc: np.ndarray) -> np.ndarray:
