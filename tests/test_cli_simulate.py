@@ -100,3 +100,15 @@ def test_defaults_are_the_measured_configuration() -> None:
     config = config_from_args(build_parser().parse_args(
         ["simulate", "--noise-multiplier", "1.2", "--no-secure-aggregation"]))
     assert (config.target_epsilon, config.noise_multiplier, config.secure) == (None, 1.2, False)
+
+
+def test_server_learning_rate_defaults_per_optimizer() -> None:
+    from securefl.cli import build_parser
+    from securefl.cli.simulate import config_from_args
+
+    def lr(*flags: str) -> float | None:
+        return config_from_args(build_parser().parse_args(["simulate", *flags])).server_lr
+
+    assert lr() == 1.0
+    assert lr("--server-optimizer", "fedadam") == 0.1
+    assert lr("--server-optimizer", "fedadam", "--server-lr", "0.3") == 0.3

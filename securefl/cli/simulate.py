@@ -103,8 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     srv = p.add_argument_group("server")
     srv.add_argument("--server-optimizer", choices=[k.value for k in ServerOptimizerKind],
                      default="fedavgm", help="default fedavgm (server momentum)")
-    srv.add_argument("--server-lr", type=_positive_float, default=1.0,
-                     help="server learning rate (default 1.0)")
+    srv.add_argument("--server-lr", type=_positive_float, default=None,
+                     help="server learning rate (default 0.1 for fedadam, else 1.0)")
     srv.add_argument("--server-momentum", type=float, default=0.5,
                      help="FedAvgM momentum (default 0.5)")
     srv.add_argument("--weighting", choices=[w.value for w in Weighting], default="examples",

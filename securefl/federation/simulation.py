@@ -84,7 +84,8 @@ PLOT_FILENAME = "accuracy_per_round.png"
 class SimulationConfig:
     """Everything a simulated federation needs.  At most one of
     ``noise_multiplier`` and ``target_epsilon`` is given; with neither, every
-    client targets :data:`DEFAULT_TARGET_EPSILON`.
+    client targets :data:`DEFAULT_TARGET_EPSILON`.  ``server_lr`` defaults to
+    0.1 for FedAdam and 1.0 otherwise.
 
     Raises:
         ConfigurationError: on out-of-range or inconsistent values (checked
@@ -105,7 +106,7 @@ class SimulationConfig:
     lr: float = 1.0
     weighting: Weighting = Weighting.EXAMPLES
     server_optimizer: ServerOptimizerKind = ServerOptimizerKind.FEDAVGM
-    server_lr: float = 1.0
+    server_lr: float | None = None
     server_momentum: float = 0.5
     bits: int = 32
     frac_bits: int | None = None
@@ -127,6 +128,9 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"{name} must be one of {choices}, got {getattr(self, name)!r}"
                 ) from None
+        if self.server_lr is None:
+            lr = 0.1 if self.server_optimizer is ServerOptimizerKind.FEDADAM else 1.0
+            object.__setattr__(self, "server_lr", lr)
         if self.noise_multiplier is None and self.target_epsilon is None:
             object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
         if self.num_clients < 2:
