@@ -172,3 +172,8 @@ class WireFormatError(RemoteProtocolError):
         self.reason = reason
         self.field = field
         super().__init__(rule, f"[{reason}] {detail}", peer=peer, round=round)
+
+
+class LedgerError(SecureFLError):
+    """The privacy ledger is missing, empty, malformed or not append-safe
+    (e.g. a truncated last line).  Nothing is written over it."""

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from securefl.errors import SecureFLError
+from securefl.errors import LedgerError
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, entries_by_client, read_ledger
 from securefl.privacy.options import AccountantKind
 
@@ -71,7 +71,7 @@ def audit_ledger(entries: list[LedgerEntry]) -> dict[str, Any]:
     from securefl.privacy.accounting import epsilon, epsilon_dp_accounting
 
     if not entries:
-        raise SecureFLError("the ledger is empty: no round has been recorded")
+        raise LedgerError("the ledger is empty: no round has been recorded")
     rounds: dict[int, list[LedgerEntry]] = {}
     for entry in entries:
         rounds.setdefault(entry.round, []).append(entry)
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     path: Path = args.run_dir
     ledger = path / LEDGER_FILENAME if path.is_dir() else path
     if not ledger.exists():
-        raise SecureFLError(f"no ledger at {ledger}")
+        raise LedgerError(f"no ledger at {ledger}")
     entries = read_ledger(ledger)
     report = audit_ledger(entries)
     if not args.no_plot:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securefl.errors import SecureFLError
+from securefl.errors import LedgerError, SecureFLError
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -132,7 +132,7 @@ class LedgerEntry:
             Participation(data["status"])
             return cls(**data)
         except (ValueError, TypeError, KeyError) as exc:
-            raise SecureFLError(f"not a valid ledger row: {exc}") from None
+            raise LedgerError(f"not a valid ledger row: {exc}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,7 +171,7 @@ class PrivacyLedger:
             return
         old = self.path.read_bytes() if self.path.exists() else b""
         if old and not old.endswith(b"\n"):
-            raise SecureFLError(f"{self.path} does not end with a newline; refusing to append")
+            raise LedgerError(f"{self.path} does not end with a newline; refusing to append")
         new = "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=self.path.parent)
@@ -207,7 +207,7 @@ def read_ledger(path: str | os.PathLike[str]) -> list[LedgerEntry]:
             try:
                 rows.append(LedgerEntry.from_json(line))
             except SecureFLError as exc:
-                raise SecureFLError(f"{path}, line {number}: {exc}") from None
+                raise LedgerError(f"{path}, line {number}: {exc}") from None
     return rows
 
 
