@@ -118,21 +118,13 @@ def run_suite(settings: list[Setting], *, with_flower: bool = True, budget_secon
               progress: Callable[[str], None] = print) -> tuple[list[Record], dict[str, Any]]:
     """Run every setting (skipping predicted-too-slow ones); return the
     records and the machine-level PRG measurements."""
-    flower = None
-    if with_flower:
-        try:
-            from securefl.bench import flower as flower
-        except ImportError as exc:
-            progress(f"Flower's SecAgg+ not available ({exc}); install the 'bench' extra")
-    machine = {"python": platform.python_version(), "machine": platform.machine(),
-               "prg": prg_throughput()}
-    progress(_prg_line(machine["prg"]))
+    flower = _load_flower(with_flower, progress)
+    machine = _machine(progress)
     rates: dict[str, float] = {}  # seconds per unit of work, per implementation
     records = []
     for s in settings:
         rec = Record(setting={**asdict(s), "drop_stage": s.drop_stage.name, "label": s.label})
-        gen = np.random.default_rng(s.n * 7919 + s.m)
-        inputs = {c: gen.integers(0, 1 << BITS, s.m, dtype=np.uint64) for c in range(1, s.n + 1)}
+        inputs = _inputs(s)
         key = f"securefl-{s.graph}"
         predicted = rates.get(key, 0.0) * s.work()
         if predicted > budget_seconds:
@@ -163,6 +155,32 @@ def run_suite(settings: list[Setting], *, with_flower: bool = True, budget_secon
         records.append(rec)
         progress(_record_line(rec))
     return records, machine
+
+
+def _load_flower(with_flower: bool, progress: Callable[[str], None]) -> Any:
+    """The Flower baseline module, or None (and say why)."""
+    if not with_flower:
+        return None
+    try:
+        from securefl.bench import flower
+    except ImportError as exc:
+        progress(f"Flower's SecAgg+ not available ({exc}); install the 'bench' extra")
+        return None
+    return flower
+
+
+def _machine(progress: Callable[[str], None]) -> dict[str, Any]:
+    """Machine facts and the PRG-vs-OpenSSL measurement, printed once."""
+    machine = {"python": platform.python_version(), "machine": platform.machine(),
+               "prg": prg_throughput()}
+    progress(_prg_line(machine["prg"]))
+    return machine
+
+
+def _inputs(s: Setting) -> dict[int, np.ndarray]:
+    """Deterministic inputs for a setting, identical for every implementation."""
+    gen = np.random.default_rng(s.n * 7919 + s.m)
+    return {c: gen.integers(0, 1 << BITS, s.m, dtype=np.uint64) for c in range(1, s.n + 1)}
 
 
 def _securefl_dict(t: RoundTimings) -> dict[str, Any]:
@@ -337,15 +355,9 @@ def run_targets(*, with_flower: bool = True,
                 progress: Callable[[str], None] = print) -> tuple[list[Target], dict[str, Any]]:
     """The headline comparisons: each runs securefl (and Flower's SecAgg+
     where the target names it) on identical inputs in this process."""
-    flower = None
-    if with_flower:
-        try:
-            from securefl.bench import flower as flower
-        except ImportError as exc:
-            progress(f"Flower's SecAgg+ not available ({exc}); install the 'bench' extra")
-    prg = prg_throughput()
-    machine = {"python": platform.python_version(), "machine": platform.machine(), "prg": prg}
-    progress(_prg_line(prg))
+    flower = _load_flower(with_flower, progress)
+    machine = _machine(progress)
+    prg = machine["prg"]
     targets: list[Target] = []
 
     ossl = prg.get("openssl_gbps")
@@ -362,8 +374,7 @@ def run_targets(*, with_flower: bool = True,
 
     def compare(name: str, goal: str, s: Setting, factor: float) -> None:
         target = Target(name, goal)
-        gen = np.random.default_rng(s.n * 31 + s.m)
-        inputs = {c: gen.integers(0, 1 << BITS, s.m, dtype=np.uint64) for c in range(1, s.n + 1)}
+        inputs = _inputs(s)
         timings = run_round(s.n, s.m, dropout=s.dropout, drop_stage=s.drop_stage, bits=BITS,
                             graph=s.securefl_graph(), threshold=s.threshold, inputs=inputs)
         ours = _securefl_dict(timings)
