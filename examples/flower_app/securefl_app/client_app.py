@@ -1,0 +1,20 @@
+"""ClientApp: Opacus DP-SGD training wrapped by securefl's secure aggregation mod.
+
+Compared with a Flower app that uses SecAgg+, the only change on this side is
+the mod: ``mods=[securefl_mod]`` instead of ``mods=[secaggplus_mod]``.
+"""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from securefl.flower import securefl_mod
+from securefl.flower.federation import train_private_client
+
+app = ClientApp(mods=[securefl_mod])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of DP-SGD on this node's partition; returns the local model
+    (securefl_mod encodes and masks ``local - global``)."""
+    return train_private_client(msg, context)

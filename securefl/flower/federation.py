@@ -1,0 +1,368 @@
+"""A whole private federation on the Flower runtime: the ServerApp and
+ClientApp logic behind ``examples/flower_app``.
+
+It trains the same model on the same data with the same DP-SGD clients,
+encoding, server optimizer and privacy ledger as ``securefl simulate``
+(:func:`securefl.federation.simulation.run_simulation`) and writes the same
+``metrics.json``, ``ledger.jsonl`` and ``checkpoint.pt``, but the clients are
+Flower SuperNodes and secure aggregation runs over the network with
+:class:`~securefl.flower.workflow.SecureAggregationWorkflow` and
+:func:`~securefl.flower.mod.securefl_mod`.  It also writes ``sums.npz`` (the
+exact integer sum of every completed round, for audits and tests) and
+``events.jsonl`` (one line per stage sent: progress).
+
+Differences from the simulator, all due to real networks: a client trains
+only when it reaches the masked-input stage (a node that drops earlier spends
+no privacy); the server knows a client's DP parameters only from what it
+forwards with its masked input, so a node that drops during or after training
+is recorded with its last known history; nodes are invited to every round,
+and a node that is offline is a dropout at ADVERTISE_KEYS.
+
+Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
+``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
+``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
+``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
+default), ``mode`` (``semi-honest``/``active``), ``round-timeout``
+(seconds), ``reproducible-rounding`` (bool), ``pinned-keys`` (path, active
+mode), ``output-dir`` (required: where the artefacts go).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from securefl.errors import AbortError, ConfigurationError
+from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
+from securefl.federation.model import evaluate
+from securefl.federation.optimizers import ServerOptimizerConfig
+from securefl.federation.server import AggregateOutcome, AggregationMode, Server
+from securefl.federation.simulation import (
+    METRICS_FILENAME,
+    ClientRoundReport,
+    RoundReport,
+    SimulationConfig,
+    load_data,
+    preflight,
+)
+from securefl.flower.dpstate import load_private_client_state, private_client_state
+from securefl.flower.keys import load_pinned_keys
+from securefl.flower.mod import node_client_id
+from securefl.flower.workflow import (
+    FlowerRoundResult,
+    SecureAggregationSettings,
+    SecureAggregationWorkflow,
+)
+from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.privacy.client import PrivateClient
+from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
+from securefl.protocol.config import Round, SecurityMode
+
+__all__ = [
+    "EVENTS_FILENAME",
+    "SUMS_FILENAME",
+    "run_federation",
+    "simulation_config",
+    "train_private_client",
+]
+
+SUMS_FILENAME = "sums.npz"
+EVENTS_FILENAME = "events.jsonl"
+DP_CLIENT_RECORD = "securefl.dp-client"
+"""Context state record of a node's DP client (secret: noise generator)."""
+
+
+def _opt(value: Any, cast: type) -> Any:
+    if value is None or value == "" or (isinstance(value, int | float) and value == 0):
+        return None
+    return cast(value)
+
+
+def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
+    """The :class:`SimulationConfig` a run config describes (the same
+    federation ``securefl simulate`` would run with the same values).
+
+    Raises:
+        ConfigurationError: on invalid values.
+    """
+    c = run_config
+    try:
+        return SimulationConfig(
+            num_clients=int(c.get("num-clients", 5)), rounds=int(c.get("num-rounds", 3)),
+            dropout=0.0, noise_multiplier=_opt(c.get("noise-multiplier"), float),
+            target_epsilon=_opt(c.get("target-epsilon"), float),
+            batch_size=int(c.get("batch-size", 32)), lr=float(c.get("lr", 1.0)),
+            hidden=int(c.get("hidden", 64)), alpha=float(c.get("alpha", 0.5)),
+            clip_range=float(c.get("clip-range", 4.0)), bits=int(c.get("bits", 32)),
+            server_momentum=float(c.get("server-momentum", 0.5)),
+            threshold=_opt(c.get("threshold"), int), seed=int(c.get("seed", 0)),
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError(f"bad run config: {exc}") from None
+
+
+# -- the ClientApp ---------------------------------------------------------------------
+
+
+def train_private_client(msg: Message, context: Context) -> Message:
+    """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
+    partition, continuing its accountant and random streams from the
+    previous rounds (kept in the Context).  Returns the local model and the
+    ``num-examples`` and ``dp-*`` metrics :func:`securefl_mod` expects.
+
+    Raises:
+        PrivacyBudgetExceededError: the round would exceed the budget (the
+            mod turns it into an error reply: a dropout that spent nothing).
+        ConfigurationError: a bad run or node config.
+    """
+    torch.set_num_threads(1)
+    config = simulation_config(context.run_config)
+    cid = node_client_id(context)
+    data = load_data(config)
+    if not 1 <= cid <= len(data.clients):
+        raise ConfigurationError(f"client {cid} has no partition (num-clients="
+                                 f"{config.num_clients})")
+    features, labels = data.clients[cid - 1]
+    model, _ = preflight(config, data)
+    client = PrivateClient(cid, model, features, labels, config.dp_config(),
+                           seed=config.seed * 1000 + cid, weighting=config.weighting)
+    stored = context.state.config_records.get(DP_CLIENT_RECORD)
+    load_private_client_state(client, dict(stored) if stored is not None else {})
+    client.check_budget()
+    arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    result = client.train_round([torch.as_tensor(a) for a in arrays])
+    context.state.config_records[DP_CLIENT_RECORD] = ConfigRecord(private_client_state(client))
+    local = [p.detach().cpu().numpy().copy() for p in client.parameters()]
+    history = [float(v) for row in client.history for v in row]
+    metrics = MetricRecord({
+        "num-examples": int(result.weight),
+        "dp-noise-multiplier": float(result.noise_multiplier),
+        "dp-sample-rate": float(result.sample_rate),
+        "dp-steps": int(result.steps),
+        "dp-history": history,
+        "train-loss": float(result.loss),
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}),
+                   reply_to=msg)
+
+
+# -- the ServerApp ---------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, allow_nan=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return value if math.isfinite(value) else math.inf
+
+
+def _history(metrics: Mapping[str, Any]) -> list[tuple[float, float, int]]:
+    flat = [float(v) for v in metrics.get("dp-history", [])]
+    return [(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat) - 2, 3)]
+
+
+def run_federation(grid: Grid, context: Context) -> None:
+    """The ServerApp's ``main``: run ``num-rounds`` rounds of private
+    federated training with secure aggregation over ``grid``.
+
+    Raises:
+        ConfigurationError: bad run config, or ``output-dir`` already holds
+            a ledger.
+    """
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    run_config = context.run_config
+    config = simulation_config(run_config)
+    if not run_config.get("output-dir"):
+        raise ConfigurationError("set run config output-dir")
+    out = Path(str(run_config["output-dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(out / LEDGER_FILENAME)
+    if ledger.path.exists():
+        raise ConfigurationError(f"{ledger.path} already exists: choose a fresh output-dir")
+    mode = SecurityMode(str(run_config.get("mode", SecurityMode.SEMI_HONEST.value)))
+    pinned = None
+    if mode is SecurityMode.ACTIVE:
+        if not run_config.get("pinned-keys"):
+            raise ConfigurationError("active mode: set run config pinned-keys")
+        pinned = load_pinned_keys(str(run_config["pinned-keys"]))
+    data = load_data(config)
+    dp = config.dp_config()
+    model, codec = preflight(config, data)
+    ids = tuple(range(1, config.num_clients + 1))
+    server = Server(model, codec, ServerOptimizerConfig(
+        kind=config.server_optimizer, lr=config.server_lr, momentum=config.server_momentum),
+        ids, mode=AggregationMode.SECURE, threshold=config.threshold,
+        name=f"securefl flower seed {config.seed}")
+    events = out / EVENTS_FILENAME
+
+    def on_event(fl_round: int, stage: str, detail: dict[str, Any]) -> None:
+        with open(events, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"round": fl_round, "stage": stage, "time": time.time(),
+                                     **detail}) + "\n")
+
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(
+        mode=mode, threshold=config.threshold,
+        timeout=float(run_config.get("round-timeout", 120.0)),
+        pinned_keys=pinned,
+        rounding_seed=config.seed if bool(run_config.get("reproducible-rounding", False))
+        else None, federation=server.name), codec, on_event=on_event)
+
+    x_test, y_test = data.test
+    last_eval = evaluate(model, x_test, y_test)
+    known: dict[int, dict[str, Any]] = {}  # last DP metrics each client forwarded
+    reports: list[RoundReport] = []
+    pending: list[LedgerEntry] = []
+    sums: dict[str, np.ndarray] = {}
+    completed = 0
+
+    def checkpoint(round_number: int, survivors: tuple[int, ...]) -> None:
+        save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
+                        model_state={k: v.clone() for k, v in model.state_dict().items()},
+                        optimizer_state=server.optimizer.state_dict(),
+                        extra={"config": config.to_json(), "survivors": list(survivors)})
+
+    def metrics_doc(final: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "config": {**config.to_json(), "frac_bits_used": codec.frac_bits,
+                       "max_weight": codec.max_weight, "threshold_used": server.threshold,
+                       "runtime": "flower", "security_mode": mode.value},
+            "data": {"name": data.name, "client_sizes": data.client_sizes,
+                     "test_size": len(y_test)},
+            "rounds": [r.to_json() for r in reports],
+            "final": final,
+        }
+
+    checkpoint(0, ())
+    for round_number in range(1, config.rounds + 1):
+        t0 = time.perf_counter()
+        arrays = ArrayRecord([p.detach().cpu().numpy() for p in server.global_parameters()])
+        abort_reason = ""
+        result: FlowerRoundResult | None
+        try:
+            result = workflow.run_round(grid, round_number, arrays,
+                                        ConfigRecord({"server-round": round_number}))
+        except AbortError as exc:
+            result = None
+            abort_reason = str(exc)
+        survivors = result.survivors if result is not None else ()
+        trained = dict(result.dp_metrics) if result is not None else {}
+        dropped = result.dropped_at(mode) if result is not None else {}
+        client_reports: list[ClientRoundReport] = []
+        rows: list[LedgerEntry] = []
+        for cid in ids:
+            if cid in trained:
+                known[cid] = trained[cid]
+            metrics = known.get(cid, {})
+            history = _history(metrics)
+            if cid in survivors:
+                status = Participation.INCLUDED
+            elif result is None and cid in trained:
+                status = Participation.ROUND_ABORTED
+            else:
+                status = Participation.DROPPED
+            where: Round | None = dropped.get(cid)
+            if result is not None and cid not in result.invited:
+                where = Round.ADVERTISE_KEYS
+            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
+            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
+            steps = int(metrics.get("dp-steps", 0)) if cid in trained else 0
+            client_reports.append(ClientRoundReport(
+                client_id=cid, status=status, entered_sum=cid in survivors, dropped_at=where,
+                epsilon_rdp=eps_rdp, epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                clipped=result.clipped.get(cid, 0) if result is not None else 0))
+            rows.append(LedgerEntry(
+                round=round_number, client_id=cid, status=status.value,
+                entered_sum=cid in survivors,
+                noise_multiplier=float(metrics.get("dp-noise-multiplier", 0.0)),
+                sample_rate=float(metrics.get("dp-sample-rate", 0.0)), local_steps=steps,
+                delta=config.delta, epsilon_rdp=eps_rdp,
+                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
+                survivors=len(survivors), dropped_at=where.name if where is not None else None,
+                history=[list(r) for r in history], secure_aggregation=True,
+            ))
+        if result is not None:
+            server.apply(AggregateOutcome(average=result.decoded.average(), survivors=survivors,
+                                          weight_total=result.decoded.weight_total))
+            last_eval = evaluate(model, x_test, y_test)
+            ledger.append(pending + rows)
+            pending = []
+            completed += 1
+            checkpoint(round_number, survivors)
+            sums[f"round_{round_number}"] = result.total
+            np.savez(out / SUMS_FILENAME, **sums)
+        else:
+            pending.extend(rows)
+        eps_values = [c.epsilon_rdp for c in client_reports]
+        prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
+        reports.append(RoundReport(
+            round=round_number, aborted=result is None, accuracy=last_eval.accuracy,
+            loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
+            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
+            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            seconds=time.perf_counter() - t0, abort_reason=abort_reason,
+        ))
+        if result is not None:
+            _write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+    ledger.append(pending)
+
+    summaries = []
+    for cid in ids:
+        history = _history(known.get(cid, {}))
+        summaries.append({
+            "client_id": cid,
+            "num_examples": data.client_sizes[cid - 1],
+            "noise_multiplier": known.get(cid, {}).get("dp-noise-multiplier"),
+            "sample_rate": known.get(cid, {}).get("dp-sample-rate"),
+            "total_steps": sum(int(r[2]) for r in history),
+            "epsilon_rdp": epsilon(history, config.delta, AccountantKind.RDP),
+            "epsilon_prv": _finite_or_none(epsilon(history, config.delta, AccountantKind.PRV)),
+            "epsilon_dp_accounting": epsilon_dp_accounting(history, config.delta)
+            if history else 0.0,
+            "epsilon_budget": dp.epsilon_budget,
+        })
+    final = {
+        "accuracy": last_eval.accuracy,
+        "loss": last_eval.loss,
+        "epsilon_max": max(c["epsilon_rdp"] for c in summaries),
+        "epsilon_max_prv": _finite_or_none(max(
+            (c["epsilon_prv"] for c in summaries if c["epsilon_prv"] is not None),
+            default=math.nan)),
+        "epsilon_max_dp_accounting": max(c["epsilon_dp_accounting"] for c in summaries),
+        "delta": config.delta,
+        "accountant": config.accountant.value,
+        "rounds_completed": completed,
+        "rounds_aborted": config.rounds - completed,
+        "survivors_per_round": [len(r.survivors) for r in reports],
+        "dropped_per_round": [len(r.dropped) for r in reports],
+        "refused_per_round": [len(r.refused) for r in reports],
+        "secure_aggregation": True,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "sums_sha256": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()},
+        "clients": summaries,
+    }
+    _write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))

@@ -1,0 +1,292 @@
+"""The client side: a Flower mod that runs securefl's secure aggregation
+around a ClientApp's ``train`` function, the drop-in replacement for
+Flower's ``secaggplus_mod``.
+
+Every securefl message is a Flower ``train`` message whose content holds a
+ConfigRecord named :data:`~securefl.flower.setup.RECORD` with the stage, and
+the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
+Any other message passes through to the ClientApp untouched.
+
+At the masked-input stage the mod calls the ClientApp's ``train`` function
+(``call_next``) with the message unchanged (it carries the global model as an
+ArrayRecord and the train config), takes the local model it returns (one
+ArrayRecord, same order as the global one) and the ``num-examples`` metric
+(the weight), encodes ``local - global`` with the session's fixed-point codec
+and sends only the masked vector.  Metrics whose names start with ``dp-``
+(the DP-SGD accounting parameters the privacy ledger needs) are forwarded in
+clear; no other metric leaves the node.
+
+Session state across ClientApp processes
+----------------------------------------
+Flower 1.4x starts a fresh ClientApp process for every message, so nothing
+survives in memory between protocol rounds; only the node's ``Context``
+(kept by the SuperNode for the run) does.  Instead of serialising the
+session's secret keys and shares, the mod stores the 32-byte secret seed of
+the session's randomness (``DeterministicRandom``, AES-256-CTR), the session
+setup and the server messages received so far, and rebuilds the session in
+every process by replaying them: the replay draws the same keys and shares,
+so it answers exactly as before.  The seed is as secret as the keys it
+derives.  It lives in the SuperNode's memory and on its local ClientAppIo
+channel only, and is deleted from the Context as soon as the session is
+finished or aborted, or a new session starts.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+
+from securefl.errors import (
+    ConfigurationError,
+    EncodingError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Rule,
+    SecureFLError,
+)
+from securefl.flower.keys import load_identity_key, load_pinned_keys
+from securefl.flower.setup import (
+    DP_METRIC_PREFIX,
+    DP_METRICS_RECORD,
+    RECORD,
+    STATE_RECORD,
+    Key,
+    SessionSetup,
+    Stage,
+)
+from securefl.hazmat import signing
+from securefl.hazmat.randomness import DeterministicRandom
+from securefl.protocol.client import ClientSession, ClientState
+from securefl.protocol.config import SecurityMode
+from securefl.protocol.messages import (
+    ConsistencyRequest,
+    KeyRoster,
+    ShareDelivery,
+    UnmaskingRequest,
+)
+from securefl.wire import codec as wire
+
+__all__ = [
+    "IDENTITY_KEY_CONFIG",
+    "PINNED_KEYS_CONFIG",
+    "node_client_id",
+    "rounding_generator",
+    "securefl_mod",
+]
+
+CLIENT_ID_CONFIG = "securefl-client-id"
+"""Node config key: this node's protocol client id (default partition-id + 1)."""
+IDENTITY_KEY_CONFIG = "securefl-identity-key"
+"""Node config key (active mode): path of this node's private identity key."""
+PINNED_KEYS_CONFIG = "securefl-pinned-keys"
+"""Node config key (active mode): path of the pinned ``pinned.json``."""
+NUM_EXAMPLES = "num-examples"
+
+_EXPECTED = {
+    Stage.SHARE_KEYS: KeyRoster,
+    Stage.MASKED_INPUT_COLLECTION: ShareDelivery,
+    Stage.CONSISTENCY_CHECK: ConsistencyRequest,
+    Stage.UNMASKING: UnmaskingRequest,
+}
+
+
+def node_client_id(context: Context) -> int:
+    """This node's protocol client id: node config ``securefl-client-id``,
+    else ``partition-id + 1``.
+
+    Raises:
+        ConfigurationError: neither is set, or the value is not a positive int.
+    """
+    config = context.node_config
+    try:
+        if CLIENT_ID_CONFIG in config:
+            cid = int(config[CLIENT_ID_CONFIG])
+        elif "partition-id" in config:
+            cid = int(config["partition-id"]) + 1
+        else:
+            raise ConfigurationError(
+                f"set node config {CLIENT_ID_CONFIG} (or partition-id) on every SuperNode")
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"bad securefl client id in node config: {exc}") from None
+    if cid < 1:
+        raise ConfigurationError(f"securefl client ids must be positive, got {cid}")
+    return cid
+
+
+def rounding_generator(setup: SessionSetup, client_id: int) -> np.random.Generator:
+    """The generator this node rounds its update with (see
+    :attr:`SessionSetup.rounding_seed`)."""
+    if setup.rounding_seed is None:
+        return np.random.default_rng()
+    rng = np.random.default_rng([setup.rounding_seed, 13, setup.fl_round])
+    rng.bit_generator.advance((client_id - 1) * setup.codec().num_values)  # type: ignore[attr-defined]
+    return rng
+
+
+def _identities(context: Context, setup: SessionSetup | None
+                ) -> tuple[Ed25519PrivateKey | None, dict[int, Ed25519PublicKey] | None]:
+    config = context.node_config
+    if setup is not None and SecurityMode(setup.mode) is not SecurityMode.ACTIVE:
+        return None, None
+    if IDENTITY_KEY_CONFIG not in config or PINNED_KEYS_CONFIG not in config:
+        if setup is None:
+            return None, None
+        raise ConfigurationError(
+            f"active mode: set node config {IDENTITY_KEY_CONFIG} and {PINNED_KEYS_CONFIG}")
+    key = load_identity_key(str(config[IDENTITY_KEY_CONFIG]))
+    return key, load_pinned_keys(str(config[PINNED_KEYS_CONFIG]))
+
+
+def _error_reply(msg: Message, exc: BaseException) -> Message:
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                         reason=f"securefl: {type(exc).__name__}: {exc}"), reply_to=msg)
+
+
+def _wipe(context: Context) -> None:
+    context.state.config_records.pop(STATE_RECORD, None)
+
+
+def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: answer securefl's secure aggregation messages.
+
+    Use it exactly where ``secaggplus_mod`` was: ``ClientApp(mods=[securefl_mod])``.
+    A securefl error (a protocol violation by the server, a bad setup, an
+    update the encoder refuses, a privacy budget refusal raised by ``train``)
+    wipes the session and becomes an error reply, so the server sees this
+    node as a dropout at that round.
+    """
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
+        return call_next(msg, ctxt)
+    try:
+        return _handle(msg, ctxt, call_next)
+    except SecureFLError as exc:
+        _wipe(ctxt)
+        return _error_reply(msg, exc)
+    except BaseException:
+        _wipe(ctxt)
+        raise
+
+
+def _reply(msg: Message, payload: bytes, extra: dict[str, Any] | None = None,
+           metrics: MetricRecord | None = None) -> Message:
+    content = RecordDict({RECORD: ConfigRecord({Key.PAYLOAD: payload, **(extra or {})})})
+    if metrics is not None:
+        content.metric_records[DP_METRICS_RECORD] = metrics
+    return Message(content, reply_to=msg)
+
+
+def _stage(record: ConfigRecord) -> Stage:
+    try:
+        return Stage(str(record[Key.STAGE]))
+    except (KeyError, ValueError):
+        raise RemoteProtocolError(Rule.MALFORMED, "unknown securefl stage",
+                                  peer="server") from None
+
+
+def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    record = msg.content.config_records[RECORD]
+    stage = _stage(record)
+    my_id = node_client_id(ctxt)
+    if stage is Stage.REGISTER:
+        key, _ = _identities(ctxt, None)
+        extra: dict[str, Any] = {Key.CLIENT_ID: my_id}
+        if key is not None:
+            extra[Key.IDENTITY] = signing.public_bytes(key)
+        return _reply(msg, b"", extra)
+    if stage is Stage.ADVERTISE_KEYS:
+        _wipe(ctxt)  # a new session replaces any unfinished one
+        setup = SessionSetup.from_bytes(bytes(record[Key.SETUP]))  # type: ignore[arg-type]
+        if my_id not in setup.client_ids:
+            raise ConfigurationError(f"this node (client {my_id}) is not invited")
+        seed = os.urandom(32)
+        session = _session(ctxt, setup, my_id, seed)
+        advert = session.start()
+        ctxt.state.config_records[STATE_RECORD] = ConfigRecord({
+            Key.SETUP: setup.to_bytes(), "seed": seed, Key.CLIENT_ID: my_id, "received": b"",
+        })
+        return _reply(msg, wire.encode(advert))
+    state = ctxt.state.config_records.get(STATE_RECORD)
+    if state is None:
+        raise LocalProtocolError(Rule.WRONG_ROUND, f"{stage.value} without a session",
+                                 peer=my_id)
+    setup = SessionSetup.from_bytes(bytes(state[Key.SETUP]))  # type: ignore[arg-type]
+    if int(record.get(Key.FL_ROUND, -1)) != setup.fl_round:  # type: ignore[call-overload]
+        raise RemoteProtocolError(Rule.WRONG_SESSION, "message for another federation round",
+                                  peer="server", round=stage.round)
+    config = setup.secagg_config()
+    session = _session(ctxt, setup, my_id, bytes(state["seed"]))  # type: ignore[arg-type]
+    session.start()
+    received = bytes(state["received"])  # type: ignore[arg-type]
+    for raw in _split(received):
+        old = wire.decode(raw, config=config)
+        if isinstance(old, ShareDelivery):  # the real input was sent; only the state matters
+            session.provide_input(np.zeros(config.vector_length, dtype=np.uint64))
+        session.handle(old)
+    raw = bytes(record[Key.PAYLOAD])  # type: ignore[arg-type]
+    message = wire.decode(raw, config=config, expect=_EXPECTED[stage])
+    metrics = None
+    extra = {}
+    if stage is Stage.MASKED_INPUT_COLLECTION:
+        metrics, clipped = _train_and_provide(msg, ctxt, call_next, setup, session, my_id)
+        extra[Key.CLIPPED] = clipped
+    reply = session.handle(message)
+    if session.state is ClientState.DONE:
+        _wipe(ctxt)
+    else:
+        state["received"] = received + struct.pack(">I", len(raw)) + raw
+    element = config.element_bytes
+    return _reply(msg, wire.encode(reply, element_bytes=element), extra, metrics)
+
+
+def _session(ctxt: Context, setup: SessionSetup, my_id: int, seed: bytes) -> ClientSession:
+    key, pinned = _identities(ctxt, setup)
+    return ClientSession(setup.secagg_config(), my_id, identity_key=key, peer_identities=pinned,
+                         rng=DeterministicRandom(seed))
+
+
+def _split(blob: bytes) -> list[bytes]:
+    out = []
+    offset = 0
+    while offset < len(blob):
+        (size,) = struct.unpack_from(">I", blob, offset)
+        out.append(blob[offset + 4:offset + 4 + size])
+        offset += 4 + size
+    return out
+
+
+def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable,
+                       setup: SessionSetup, session: ClientSession,
+                       my_id: int) -> tuple[MetricRecord, int]:
+    if len(msg.content.array_records) != 1:
+        raise RemoteProtocolError(Rule.MALFORMED, "the masked-input message must carry the"
+                                  " global model as one ArrayRecord", peer="server")
+    global_arrays = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
+    out = call_next(msg, ctxt)
+    if out.has_error():
+        raise LocalProtocolError(Rule.MISSING_INPUT, f"train failed: {out.error.reason}",
+                                 peer=my_id)
+    if len(out.content.array_records) != 1:
+        raise EncodingError("train must return the local model as exactly one ArrayRecord")
+    local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
+    if len(local) != len(global_arrays):
+        raise EncodingError(f"train returned {len(local)} arrays, the model has"
+                            f" {len(global_arrays)}")
+    update = [np.subtract(np.asarray(lo), np.asarray(gl).astype(lo.dtype, copy=False))
+              for lo, gl in zip(local, global_arrays, strict=True)]
+    metrics: dict[str, Any] = {}
+    for record in out.content.metric_records.values():
+        metrics.update(record)
+    weight = metrics.get(NUM_EXAMPLES, 1)
+    codec = setup.codec()
+    encoded = codec.encode(update, rounding_generator(setup, my_id), weight=int(weight))
+    session.provide_input(encoded.vector)
+    forwarded = MetricRecord({k: v for k, v in metrics.items()
+                              if k.startswith(DP_METRIC_PREFIX)})
+    return forwarded, encoded.num_clipped

@@ -1,0 +1,359 @@
+"""The server side: drive securefl's :class:`ServerSession` over a Flower
+``Grid``, one Flower message exchange per protocol round.
+
+:class:`SecureAggregationWorkflow` is what replaces Flower's
+``SecAggPlusWorkflow`` in a ServerApp.  Each protocol round sends one
+``train`` message to each node the session expects an answer from and
+collects the replies until the round timeout.  A node that does not reply in
+time, or replies with an error (a killed SuperNode, a crashed ClientApp, a
+protocol violation it detected) is simply absent from that round: the
+server's ``close_round()`` then records it as a dropout at that round (e.g.
+``DEAD_AFTER_SHARE_KEYS_RECEIVED``).  A reply that breaks the protocol is
+refused by the session and counts as absent too.  Fewer than ``threshold``
+survivors raises :class:`~securefl.errors.AbortError`; the caller's model and
+ledger are untouched and the next round starts afresh.
+
+Node ids and client ids: a node tells the server its protocol client id in a
+one-off ``register`` exchange (new nodes are registered at the start of any
+round); in active mode the server accepts the registration only if the node
+presents the identity key pinned for that id, and every later signature is
+checked against the pinned keys anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from securefl.encoding import DecodedSum, FixedPointCodec
+from securefl.errors import ConfigurationError, RemoteProtocolError, Rule, SecureFLError
+from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key, SessionSetup, Stage
+from securefl.hazmat import signing
+from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
+from securefl.protocol.messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    EncryptedShares,
+    MaskedInput,
+    UnmaskingResponse,
+)
+from securefl.protocol.server import ServerSession
+from securefl.wire import codec as wire
+
+__all__ = [
+    "FlowerRoundResult",
+    "SecureAggregationSettings",
+    "SecureAggregationWorkflow",
+    "dropped_round",
+    "exchange",
+]
+
+log = logging.getLogger("securefl.flower")
+
+_REPLY_OF_ROUND: dict[Round, type] = {
+    Round.ADVERTISE_KEYS: AdvertiseKeys,
+    Round.SHARE_KEYS: EncryptedShares,
+    Round.MASKED_INPUT_COLLECTION: MaskedInput,
+    Round.CONSISTENCY_CHECK: ConsistencySignature,
+    Round.UNMASKING: UnmaskingResponse,
+}
+
+_DEAD_AT: dict[ClientStatus, Round] = {
+    ClientStatus.READY_TO_START: Round.ADVERTISE_KEYS,
+    ClientStatus.DEAD_BEFORE_SENDING_ANYTHING: Round.ADVERTISE_KEYS,
+    ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED: Round.SHARE_KEYS,
+    ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED: Round.MASKED_INPUT_COLLECTION,
+    ClientStatus.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED: Round.UNMASKING,
+}
+
+
+def dropped_round(status: ClientStatus, mode: SecurityMode) -> Round | None:
+    """The first protocol round a client with final ``status`` did not
+    answer (the simulator's ``dropped_at``), or None if it answered all."""
+    if status is ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED:
+        return Round.CONSISTENCY_CHECK if mode is SecurityMode.ACTIVE else Round.UNMASKING
+    return _DEAD_AT.get(status)
+
+
+@dataclass(frozen=True)
+class SecureAggregationSettings:
+    """How the server runs secure aggregation over Flower.
+
+    Attributes:
+        mode: semi-honest or active (see :class:`SecurityMode`).
+        threshold: minimum survivors per protocol round (default: the
+            protocol's default for the number of registered nodes).
+        timeout: seconds to wait for the replies of one protocol round.
+        poll_interval: seconds between pulls for replies; None uses
+            ``grid.send_and_receive`` itself (which polls every 3 s in flwr
+            1.41/1.42), a number uses ``push_messages``/``pull_messages`` with
+            the same semantics, only faster.
+        pinned_keys: active mode: client id -> pinned Ed25519 public key.
+        rounding_seed: see :attr:`SessionSetup.rounding_seed` (None in
+            production).
+        federation: a name bound into every session's context.
+    """
+
+    mode: SecurityMode = SecurityMode.SEMI_HONEST
+    threshold: int | None = None
+    timeout: float = 120.0
+    poll_interval: float | None = 0.25
+    pinned_keys: Mapping[int, Ed25519PublicKey | bytes] | None = None
+    rounding_seed: int | None = None
+    federation: str = "securefl"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", SecurityMode(self.mode))
+        if not self.timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0, got {self.timeout}")
+        if self.mode is SecurityMode.ACTIVE and not self.pinned_keys:
+            raise ConfigurationError("active mode needs pinned_keys (see securefl.flower.keys)")
+
+
+@dataclass(frozen=True)
+class FlowerRoundResult:
+    """One successful secure aggregation over Flower.
+
+    Attributes:
+        total: the exact sum mod 2^bits of the survivors' encoded updates.
+        decoded: ``total`` decoded by the codec.
+        survivors: client ids whose update is in the sum.
+        statuses: every invited client's final status.
+        invited: the client ids of the session.
+        dp_metrics: client id -> the ``dp-*`` metrics it forwarded with its
+            masked input (public DP accounting data).
+        clipped: client id -> values its encoder clipped.
+        node_ids: client id -> Flower node id.
+    """
+
+    total: np.ndarray
+    decoded: DecodedSum
+    survivors: tuple[int, ...]
+    statuses: Mapping[int, ClientStatus]
+    invited: tuple[int, ...]
+    dp_metrics: Mapping[int, dict[str, Any]] = field(default_factory=dict)
+    clipped: Mapping[int, int] = field(default_factory=dict)
+    node_ids: Mapping[int, int] = field(default_factory=dict)
+
+    def dropped_at(self, mode: SecurityMode) -> dict[int, Round]:
+        """Client id -> the protocol round it dropped at."""
+        out = {}
+        for cid, status in self.statuses.items():
+            rnd = dropped_round(status, mode)
+            if rnd is not None:
+                out[cid] = rnd
+        return out
+
+
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float,
+             poll_interval: float | None) -> list[Message]:
+    """Send ``messages`` and collect the replies that arrive within
+    ``timeout`` seconds (``grid.send_and_receive`` semantics)."""
+    if not messages:
+        return []
+    if poll_interval is None:
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_interval)
+    return replies
+
+
+class SecureAggregationWorkflow:
+    """Runs one secure aggregation per federation round over a Flower Grid.
+
+    Args:
+        settings: see :class:`SecureAggregationSettings`.
+        codec: the fixed-point codec every node encodes its update with.
+        on_event: optional callback ``(fl_round, stage, detail)`` called when
+            a stage is sent (progress reporting, tests).
+    """
+
+    def __init__(self, settings: SecureAggregationSettings, codec: FixedPointCodec, *,
+                 on_event: Callable[[int, str, dict[str, Any]], None] | None = None) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.clients: dict[int, int] = {}
+        """Flower node id -> protocol client id (registered nodes)."""
+        self._pinned = ({int(c): signing.load_identity_public(k)
+                         for c, k in settings.pinned_keys.items()}
+                        if settings.pinned_keys else None)
+        self._on_event = on_event
+
+    # -- registration -------------------------------------------------------------------
+
+    def register(self, grid: Grid) -> dict[int, int]:
+        """Register the online nodes not registered yet.
+
+        Returns:
+            node id -> client id of every registered node.
+        """
+        new = [n for n in grid.get_node_ids() if n not in self.clients]
+        messages = [self._message(grid, n, Stage.REGISTER, -1, {}) for n in new]
+        for reply in exchange(grid, messages, self.settings.timeout,
+                              self.settings.poll_interval):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %s did not register: %s", node, reply.error.reason)
+                continue
+            try:
+                cid = self._check_registration(node, reply)
+            except SecureFLError as exc:
+                log.warning("node %s refused: %s", node, exc)
+                continue
+            self.clients[node] = cid
+        return dict(self.clients)
+
+    def _check_registration(self, node: int, reply: Message) -> int:
+        record = reply.content.config_records.get(RECORD)
+        if record is None or Key.CLIENT_ID not in record:
+            raise RemoteProtocolError(Rule.MALFORMED, "registration without a client id",
+                                      peer=f"node {node}")
+        cid = int(record[Key.CLIENT_ID])  # type: ignore[call-overload]
+        if cid in self.clients.values():
+            raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE,
+                                      f"client id {cid} is already registered by another node",
+                                      peer=f"node {node}")
+        if self._pinned is not None:
+            pinned = self._pinned.get(cid)
+            presented = record.get(Key.IDENTITY)
+            if pinned is None or presented is None or bytes(presented) != signing.public_bytes(
+                    pinned):  # type: ignore[arg-type]
+                raise RemoteProtocolError(Rule.INVALID_SIGNATURE,
+                                          f"identity key is not the one pinned for client {cid}",
+                                          peer=f"node {node}")
+        return cid
+
+    # -- one federation round -----------------------------------------------------------
+
+    def run_round(self, grid: Grid, fl_round: int, arrays: ArrayRecord,
+                  train_config: ConfigRecord | None = None) -> FlowerRoundResult:
+        """Run one secure aggregation: every registered node is invited; the
+        masked-input stage carries ``arrays`` (the global model) and
+        ``train_config`` to the nodes' ``train`` function.
+
+        Raises:
+            AbortError: fewer than ``threshold`` clients at some protocol
+                round (nothing was learned; retry next round).
+            ConfigurationError: fewer than 2 registered nodes.
+        """
+        self.register(grid)
+        node_of = {cid: node for node, cid in self.clients.items()}
+        ids = tuple(sorted(node_of))
+        if len(ids) < 2:
+            raise ConfigurationError(f"secure aggregation needs 2 registered nodes, got {len(ids)}")
+        threshold = self.settings.threshold
+        if threshold is not None:
+            threshold = min(threshold, len(ids))
+        config = SecAggConfig(
+            num_clients=len(ids), vector_length=self.codec.vector_length, bits=self.codec.bits,
+            threshold=threshold, mode=self.settings.mode, client_ids=ids,
+            context=f"{self.settings.federation} run {grid.run.run_id} round {fl_round}".encode(),
+        )
+        if self._pinned is not None:
+            missing = [c for c in ids if c not in self._pinned]
+            if missing:
+                raise ConfigurationError(f"no pinned identity key for clients {missing}")
+        setup = SessionSetup.create(fl_round, config, self.codec, self.settings.rounding_seed)
+        server = ServerSession(config, peer_identities=self._pinned)
+        online = set(grid.get_node_ids())
+        dp_metrics: dict[int, dict[str, Any]] = {}
+        clipped: dict[int, int] = {}
+
+        outgoing = {cid: b"" for cid in ids if node_of[cid] in online}
+        rnd: Round | None = Round.ADVERTISE_KEYS
+        while rnd is not None:
+            stage = Stage.of_round(rnd)
+            extra: dict[str, Any] = {Key.SETUP: setup.to_bytes()} if rnd is Round.ADVERTISE_KEYS \
+                else {}
+            messages = []
+            for cid, payload in outgoing.items():
+                content_extra = dict(extra)
+                if payload:
+                    content_extra[Key.PAYLOAD] = payload
+                messages.append(self._message(
+                    grid, node_of[cid], stage, fl_round, content_extra,
+                    arrays if rnd is Round.MASKED_INPUT_COLLECTION else None,
+                    train_config if rnd is Round.MASKED_INPUT_COLLECTION else None))
+            self._event(fl_round, stage.value, {"to": sorted(outgoing)})
+            replies = exchange(grid, messages, self.settings.timeout,
+                               self.settings.poll_interval)
+            cid_of = {node_of[c]: c for c in outgoing}
+            for reply in replies:
+                self._accept(server, config, rnd, reply, cid_of, dp_metrics, clipped)
+            envelopes = server.close_round()  # AbortError propagates: nothing changes
+            rnd = server.round
+            outgoing = {e.recipient: wire.encode(e.message, element_bytes=config.element_bytes)
+                        for e in envelopes}
+        result = server.result
+        self._event(fl_round, "finished", {"survivors": list(result.survivors)})
+        return FlowerRoundResult(
+            total=result.total, decoded=self.codec.decode_sum(result.total),
+            survivors=tuple(sorted(result.survivors)), statuses=dict(result.statuses),
+            invited=ids, dp_metrics=dp_metrics,
+            clipped=clipped, node_ids=node_of,
+        )
+
+    def _accept(self, server: ServerSession, config: SecAggConfig, rnd: Round, reply: Message,
+                cid_of: Mapping[int, int], dp_metrics: dict[int, dict[str, Any]],
+                clipped: dict[int, int]) -> None:
+        node = reply.metadata.src_node_id
+        cid = cid_of.get(node)
+        if cid is None:
+            return
+        if reply.has_error():
+            log.info("client %s (node %s) dropped at %s: %s", cid, node, rnd.name,
+                     reply.error.reason)
+            return
+        try:
+            record = reply.content.config_records.get(RECORD)
+            if record is None or Key.PAYLOAD not in record:
+                raise RemoteProtocolError(Rule.MALFORMED, "reply without a securefl payload",
+                                          peer=cid, round=rnd)
+            message = wire.decode(bytes(record[Key.PAYLOAD]), config=config,  # type: ignore[arg-type]
+                                  expect=_REPLY_OF_ROUND[rnd])
+            sender = getattr(message, "sender", None)
+            if sender != cid:
+                raise RemoteProtocolError(Rule.UNKNOWN_PEER,
+                                          f"node {node} is client {cid}, not {sender}",
+                                          peer=cid, round=rnd)
+            server.receive(message)
+        except RemoteProtocolError as exc:
+            log.warning("refused the reply of client %s at %s: %s", cid, rnd.name, exc)
+            return
+        if rnd is Round.MASKED_INPUT_COLLECTION:
+            metrics = reply.content.metric_records.get(DP_METRICS_RECORD)
+            dp_metrics[cid] = dict(metrics) if metrics is not None else {}
+            clipped[cid] = int(record.get(Key.CLIPPED, 0))  # type: ignore[call-overload]
+
+    def _message(self, grid: Grid, node: int, stage: Stage, fl_round: int,
+                 extra: Mapping[str, Any], arrays: ArrayRecord | None = None,
+                 train_config: ConfigRecord | None = None) -> Message:
+        content = RecordDict({RECORD: ConfigRecord({Key.STAGE: stage.value,
+                                                    Key.FL_ROUND: int(fl_round), **extra})})
+        if arrays is not None:
+            content.array_records["arrays"] = arrays
+        if train_config is not None:
+            content.config_records["config"] = train_config
+        return Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                       ttl=max(self.settings.timeout, 30.0), group_id=str(fl_round))
+
+    def _event(self, fl_round: int, stage: str, detail: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            self._on_event(fl_round, stage, detail)
+

@@ -1,0 +1,408 @@
+"""Helpers for the securefl-on-Flower tests.
+
+* :class:`InProcessGrid`: a Flower ``Grid`` that runs ClientApps in this
+  process (messages go through Flower's protobuf serde and every call gets a
+  copy of the node's Context, as a fresh ClientApp process would), with
+  scheduled node deaths.
+* :class:`Deployment`: a real SuperLink and SuperNodes on 127.0.0.1 in
+  insecure mode, every process in its own session, all stopped (SIGTERM then
+  SIGKILL by process group) when the context exits, with a /proc check for
+  leftovers by the unique FLWR_HOME.
+* :func:`simulate_reference`: the in-process simulator on the same seeds with
+  a given dropout schedule, returning its metrics, final model and the exact
+  integer sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from securefl.flower.setup import RECORD, Key, Stage
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "examples" / "flower_app"
+_STAGES = [s.value for s in Stage]
+
+
+def _roundtrip(msg: Message) -> Message:
+    proto = ProtoMessage()
+    proto.ParseFromString(message_to_proto(msg).SerializeToString())
+    return message_from_proto(proto)
+
+
+class InProcessGrid(Grid):
+    """Calls each node's ClientApp in process.
+
+    Args:
+        app: the ClientApp.
+        node_configs: node id -> node config (e.g. ``{"partition-id": 0}``).
+        run_config: the run config every Context carries.
+        deaths: node id -> (federation round, stage value): from that message
+            on the node never answers and is no longer listed.
+        silent: (node id, federation round, stage value) messages that get
+            no reply (the node stays online).
+        answer_for_dead: a dead or silent node's message gets an error reply
+            at once, as the SuperLink gives for a SuperNode stopped with
+            SIGTERM ("Node Unavailable"); False: no reply at all (SIGKILL,
+            the round waits for its timeout).
+    """
+
+    def __init__(self, app: ClientApp, node_configs: Mapping[int, dict[str, Any]],
+                 run_config: dict[str, Any],
+                 deaths: Mapping[int, tuple[int, str]] | None = None,
+                 silent: Iterable[tuple[int, int, str]] = (),
+                 answer_for_dead: bool = True) -> None:
+        self._run = Run.create_empty(7)
+        self._app = app
+        self._contexts = {n: Context(run_id=7, node_id=n, node_config=dict(c),
+                                     state=RecordDict(), run_config=dict(run_config))
+                          for n, c in node_configs.items()}
+        self._deaths = dict(deaths or {})
+        self._dead: set[int] = set()
+        self._silent = set(silent)
+        self._answer_for_dead = answer_for_dead
+        self._replies: dict[str, Message] = {}
+        self.sent: list[tuple[int, str, int]] = []
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self._contexts if n not in self._dead]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return [self._deliver(m) for m in messages]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, msg: Message) -> str:
+        msg.metadata.__dict__["_message_id"] = str(uuid4())
+        mid = msg.metadata.message_id
+        node = msg.metadata.dst_node_id
+        record = msg.content.config_records[RECORD]
+        stage, fl_round = str(record[Key.STAGE]), int(record[Key.FL_ROUND])
+        self.sent.append((node, stage, fl_round))
+        death = self._deaths.get(node)
+        if death is not None and (fl_round, _STAGES.index(stage)) >= (
+                death[0], _STAGES.index(death[1])):
+            self._dead.add(node)
+        if node in self._dead or (node, fl_round, stage) in self._silent:
+            if self._answer_for_dead:
+                self._replies[mid] = Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
+                                                   reason="Node Unavailable"), reply_to=msg)
+            return mid
+        delivered = _roundtrip(msg)
+        context = copy.deepcopy(self._contexts[node])  # a fresh process sees a copy
+        try:
+            reply = self._app(delivered, context)
+        except Exception as exc:  # a SuperNode turns exceptions into error replies
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                  reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
+        self._contexts[node] = context
+        self._replies[mid] = _roundtrip(reply)
+        return mid
+
+    def state_of(self, node: int) -> RecordDict:
+        return self._contexts[node].state
+
+
+# -- the in-process simulator as the reference ------------------------------------------
+
+
+@dataclass
+class Reference:
+    metrics: dict[str, Any]
+    sums: dict[int, np.ndarray]
+    model_state: dict[str, Any]
+    ledger: list[Any] = field(default_factory=list)
+
+
+def simulate_reference(run_config: Mapping[str, Any], schedule: list[dict[int, Any]],
+                       out: Path) -> Reference:
+    """``run_simulation`` on the config the Flower run used, with the given
+    dropout schedule, recording the exact integer sum of every round."""
+    import torch  # noqa: F401  (loaded by the simulator anyway)
+
+    import securefl.federation.server as server_module
+    import securefl.federation.simulation as sim
+    from securefl.federation.checkpoint import load_checkpoint
+    from securefl.flower.federation import simulation_config
+    from securefl.privacy.ledger import read_ledger
+
+    config = simulation_config(run_config)
+    sums: dict[int, np.ndarray] = {}
+    original_sum = server_module.secure_sum
+    original_schedule = sim.dropout_schedule
+
+    def recording_sum(inputs: Any, cfg: Any, dropouts: Any = None, **kw: Any) -> Any:
+        result = original_sum(inputs, cfg, dropouts, **kw)
+        round_number = int(cfg.context.decode().rsplit(" ", 1)[1])
+        sums[round_number] = np.array(result.total, copy=True)
+        return result
+
+    server_module.secure_sum = recording_sum  # type: ignore[assignment]
+    sim.dropout_schedule = lambda _cfg: [dict(s) for s in schedule]  # type: ignore[assignment]
+    try:
+        result = sim.run_simulation(config, out)
+    finally:
+        server_module.secure_sum = original_sum  # type: ignore[assignment]
+        sim.dropout_schedule = original_schedule  # type: ignore[assignment]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    return Reference(metrics=result.metrics, sums=sums,
+                     model_state=checkpoint["model"],
+                     ledger=read_ledger(out / "ledger.jsonl"))
+
+
+# -- a real deployment ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(name)
+    return found
+
+
+def leftovers(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``marker``."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                status = (entry / "status").read_text()
+                if "\nState:\tZ" not in status:
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class Deployment:
+    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (insecure).
+
+    Use as a context manager; every process it started is stopped on exit,
+    also on failure; :attr:`leftover` lists any process that survived.
+    """
+
+    def __init__(self, num_nodes: int, *, node_configs: list[str] | None = None) -> None:
+        self.num_nodes = num_nodes
+        self.node_configs = node_configs or [
+            f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)]
+        self.root = Path(tempfile.mkdtemp(prefix="securefl-flwr-"))
+        self.home = self.root / f"flwr-home-{uuid4().hex}"
+        self.home.mkdir()
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.supernodes: list[subprocess.Popen[bytes]] = []
+        self._others: list[subprocess.Popen[bytes]] = []
+        self.leftover: list[int] = []
+        self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
+                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env.get('PATH', '')}"
+        self.port = free_port()
+        self.logs = self.root / "logs"
+        self.logs.mkdir()
+
+    # lifecycle
+    def __enter__(self) -> Deployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        handle = open(self.logs / log, "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        handle.close()
+        return proc
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "it"\n\n[superlink.it]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        self.superlink = self._spawn(
+            [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(self.port)], "superlink.log")
+        self._wait_health(self.port, ready_timeout)
+        for i, node_config in enumerate(self.node_configs):
+            port = free_port()
+            self.supernodes.append(self._spawn(
+                [_bin("flower-supernode"), "--insecure", "--superlink",
+                 f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(port),
+                 "--node-config", node_config], f"supernode-{i}.log"))
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.online_nodes() >= len(self.node_configs):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"SuperNodes not online after {ready_timeout} s; logs in {self.logs}")
+
+    def _wait_health(self, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.superlink is not None
+            if self.superlink.poll() is not None:
+                raise RuntimeError(f"SuperLink exited: {self.log('superlink.log')[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError("SuperLink not healthy")
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([_bin("flwr"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def online_nodes(self) -> int:
+        done = self.flwr("supernode", "list", "it", "--format", "json", timeout=30)
+        try:
+            data = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            return 0
+        nodes = data.get("nodes", data if isinstance(data, list) else [])
+        return sum(1 for n in nodes if "online" in json.dumps(n).lower())
+
+    def run_app(self, app_dir: Path, run_config: Mapping[str, Any],
+                log: str = "flwr-run.log") -> subprocess.Popen[bytes]:
+        """Start ``flwr run APP it --stream --run-config ...`` (in its own
+        session; stopped with the deployment)."""
+        items = []
+        for key, value in run_config.items():
+            if isinstance(value, bool):
+                items.append(f"{key}={'true' if value else 'false'}")
+            elif isinstance(value, str):
+                items.append(f'{key}="{value}"')
+            else:
+                items.append(f"{key}={value}")
+        proc = self._spawn([_bin("flwr"), "run", str(app_dir), "it", "--stream",
+                            "--run-config", " ".join(items)], log)
+        self._others.append(proc)
+        return proc
+
+    def runs(self) -> list[dict[str, Any]]:
+        done = self.flwr("list", "it", "--format", "json", timeout=30)
+        try:
+            return list(json.loads(done.stdout).get("runs", []))
+        except (json.JSONDecodeError, AttributeError):
+            return []
+
+    def kill_node(self, index: int, sig: int = signal.SIGTERM) -> None:
+        """Stop SuperNode ``index`` (its whole process group) and reap it."""
+        proc = self.supernodes[index]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+    def log(self, name: str) -> str:
+        path = self.logs / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM every process group (runs, SuperNodes, then the SuperLink),
+        SIGKILL after a grace period, check /proc, delete the temp dir."""
+        groups = [*getattr(self, "_others", []), *self.supernodes]
+        if self.superlink is not None:
+            groups.append(self.superlink)
+        for proc in groups:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in groups:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in groups:
+            # the group may outlive its leader: always sweep it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        marker = str(self.home)
+        deadline = time.monotonic() + 10
+        while (left := leftovers(marker)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        self.leftover = leftovers(marker)
+        if os.environ.get("SECUREFL_KEEP_FLOWER_LOGS"):
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_task_identity(run_id: int = 7) -> Iterator[None]:
+    """Set the process identity a ServerApp process has (Message() needs it)."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

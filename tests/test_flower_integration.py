@@ -1,0 +1,199 @@
+"""securefl on Flower, in process: the mod and the workflow exchange real
+Flower messages (through Flower's protobuf serde, every ClientApp call on a
+copy of its node's Context, as in a fresh process), and the federation's
+result equals the in-process simulator's on the same seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
+
+from flower_harness import InProcessGrid, server_task_identity, simulate_reference
+from flwr.app import ArrayRecord, Context, RecordDict
+
+from securefl.errors import AbortError, ConfigurationError
+from securefl.flower import (
+    SecureAggregationSettings,
+    SecureAggregationWorkflow,
+    provision_identities,
+)
+from securefl.flower.federation import run_federation, simulation_config
+from securefl.flower.setup import STATE_RECORD, SessionSetup, Stage
+from securefl.privacy.ledger import read_ledger
+from securefl.protocol import ClientStatus, Round, SecAggConfig, SecurityMode
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _server_identity():
+    with server_task_identity():
+        yield
+
+RUN = {"num-rounds": 3, "num-clients": 5, "seed": 3, "noise-multiplier": 1.1,
+       "hidden": 16, "batch-size": 32, "reproducible-rounding": True, "round-timeout": 30.0}
+
+
+def _app():
+    import importlib
+    import sys
+
+    app_dir = str(Path(__file__).resolve().parents[1] / "examples" / "flower_app")
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    return importlib.import_module("securefl_app.client_app").app
+
+
+def _grid(n: int, run_config: dict, **kw) -> InProcessGrid:
+    configs = {1000 + i: {"partition-id": i, "num-partitions": n} for i in range(n)}
+    return InProcessGrid(_app(), configs, run_config, **kw)
+
+
+def _server_context(run_config: dict) -> Context:
+    return Context(run_id=7, node_id=0, node_config={}, state=RecordDict(),
+                   run_config=run_config)
+
+
+def _schedule_from_ledger(path: Path, rounds: int) -> list[dict[int, Round]]:
+    schedule: list[dict[int, Round]] = [{} for _ in range(rounds)]
+    for row in read_ledger(path):
+        if row.dropped_at is not None:
+            schedule[row.round - 1][row.client_id] = Round[row.dropped_at]
+    return schedule
+
+
+def test_federation_with_a_dropout_equals_the_simulator(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run_config = {**RUN, "output-dir": str(tmp_path / "flower")}
+    # client 3 (node 1002) dies while training in round 2
+    grid = _grid(5, run_config, deaths={1002: (2, Stage.MASKED_INPUT_COLLECTION.value)})
+    run_federation(grid, _server_context(run_config))
+    out = tmp_path / "flower"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["survivors"] for r in metrics["rounds"]] == [[1, 2, 3, 4, 5], [1, 2, 4, 5],
+                                                           [1, 2, 4, 5]]
+    rows = {(r.round, r.client_id): r for r in read_ledger(out / "ledger.jsonl")}
+    assert rows[2, 3].dropped_at == "MASKED_INPUT_COLLECTION"
+    assert rows[2, 3].status == "dropped" and not rows[2, 3].entered_sum
+    assert rows[3, 3].dropped_at == "ADVERTISE_KEYS"
+    assert rows[2, 1].status == "included" and rows[2, 1].local_steps > 0
+    assert all(STATE_RECORD not in grid.state_of(n).config_records for n in (1000, 1001))
+
+    schedule = _schedule_from_ledger(out / "ledger.jsonl", 3)
+    assert schedule[1] == {3: Round.MASKED_INPUT_COLLECTION}
+    ref = simulate_reference(run_config, schedule, tmp_path / "sim")
+    sums = np.load(out / "sums.npz")
+    for r in (1, 2, 3):
+        assert np.array_equal(sums[f"round_{r}"], ref.sums[r]), f"round {r} sum differs"
+    final = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    for key, value in ref.model_state.items():
+        assert torch.equal(final[key], value)
+    assert metrics["final"]["accuracy"] == ref.metrics["final"]["accuracy"]
+    # the survivors' DP accounting matches the simulator's ledger
+    sim_rows = {(r.round, r.client_id): r for r in ref.ledger}
+    for cid in (1, 2, 4, 5):
+        assert rows[3, cid].epsilon_rdp == pytest.approx(sim_rows[3, cid].epsilon_rdp)
+        assert rows[3, cid].history == sim_rows[3, cid].history
+
+
+def test_aborted_round_leaves_model_and_ledger_and_the_federation_continues(
+        tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run_config = {**RUN, "num-rounds": 2, "output-dir": str(tmp_path / "f")}
+    silent = {(1000 + i, 1, Stage.SHARE_KEYS.value) for i in range(3)}  # 2 left < t = 3
+    grid = _grid(5, run_config, silent=silent)
+    run_federation(grid, _server_context(run_config))
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert [r["aborted"] for r in metrics["rounds"]] == [True, False]
+    assert metrics["rounds"][0]["survivors"] == []
+    assert "SHARE_KEYS" in metrics["rounds"][0]["abort_reason"]
+    assert metrics["final"]["rounds_completed"] == 1
+    rows = read_ledger(tmp_path / "f" / "ledger.jsonl")
+    assert {r.round for r in rows} == {1, 2}
+    # nobody trained in the aborted round (training comes at MASKED_INPUT_COLLECTION)
+    assert all(r.local_steps == 0 and not r.entered_sum for r in rows if r.round == 1)
+    # the model after the federation equals one successful round from the start
+    ref = simulate_reference({**run_config, "num-rounds": 1}, [{}], tmp_path / "sim")
+    assert np.array_equal(np.load(tmp_path / "f" / "sums.npz")["round_2"].shape,
+                          ref.sums[1].shape)
+
+
+def test_active_mode_with_pinned_keys(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    keys = provision_identities(tmp_path / "keys", range(1, 5))
+    pinned = str(tmp_path / "keys" / "pinned.json")
+    run_config = {**RUN, "num-clients": 4, "num-rounds": 1, "mode": "active",
+                  "pinned-keys": pinned, "output-dir": str(tmp_path / "f")}
+    configs = {1000 + i: {"partition-id": i, "securefl-identity-key": str(keys[i + 1]),
+                          "securefl-pinned-keys": pinned} for i in range(4)}
+    grid = InProcessGrid(_app(), configs, run_config,
+                         deaths={1003: (1, Stage.UNMASKING.value)})
+    run_federation(grid, _server_context(run_config))
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]  # 4 dropped after its input
+    assert metrics["rounds"][0]["dropped"] == {"4": "UNMASKING"}
+    ref = simulate_reference({**run_config, "mode": "semi-honest"},
+                             [{4: Round.UNMASKING}], tmp_path / "sim")
+    assert np.array_equal(np.load(tmp_path / "f" / "sums.npz")["round_1"], ref.sums[1])
+
+
+def test_active_mode_refuses_a_node_with_another_key(tmp_path: Path) -> None:
+    keys = provision_identities(tmp_path / "keys", range(1, 5))
+    other = provision_identities(tmp_path / "other", [2])
+    pinned = str(tmp_path / "keys" / "pinned.json")
+    run_config = {**RUN, "num-clients": 4}
+    configs = {1000 + i: {"partition-id": i, "securefl-identity-key": str(keys[i + 1]),
+                          "securefl-pinned-keys": pinned} for i in range(4)}
+    configs[1001]["securefl-identity-key"] = str(other[2])
+    grid = InProcessGrid(_app(), configs, run_config)
+    from securefl.federation.simulation import preflight
+    from securefl.flower import load_pinned_keys
+
+    _, codec = preflight(simulation_config(run_config))
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(
+        mode=SecurityMode.ACTIVE, pinned_keys=load_pinned_keys(pinned)), codec)
+    assert sorted(workflow.register(grid).values()) == [1, 3, 4]
+
+
+def test_workflow_aborts_without_changing_anything() -> None:
+    from securefl.federation.simulation import preflight
+
+    run_config = {**RUN, "num-clients": 3}
+    model, codec = preflight(simulation_config(run_config))
+    grid = _grid(3, run_config, deaths={1000: (1, "share-keys"), 1001: (1, "share-keys")},
+                 answer_for_dead=False)  # no reply at all: the round times out
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(timeout=0.5), codec)
+    arrays = ArrayRecord([p.detach().numpy() for p in model.parameters()])
+    with pytest.raises(AbortError) as info:
+        workflow.run_round(grid, 1, arrays)
+    assert info.value.round is Round.SHARE_KEYS
+
+
+def test_setup_roundtrip_and_validation() -> None:
+    from securefl.federation.simulation import preflight
+
+    _, codec = preflight(simulation_config({**RUN, "num-clients": 3}))
+    config = SecAggConfig(num_clients=3, vector_length=codec.vector_length, bits=codec.bits,
+                          context=b"x")
+    setup = SessionSetup.create(4, config, codec, rounding_seed=9)
+    again = SessionSetup.from_bytes(setup.to_bytes())
+    assert again == setup and again.secagg_config() == config
+    with pytest.raises(ConfigurationError):
+        SessionSetup.from_bytes(b"{not json")
+    assert Stage.of_round(Round.UNMASKING).round is Round.UNMASKING
+
+
+def test_dropped_round_vocabulary() -> None:
+    from securefl.flower import dropped_round
+
+    assert dropped_round(ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED,
+                         SecurityMode.SEMI_HONEST) is Round.MASKED_INPUT_COLLECTION
+    assert dropped_round(ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED,
+                         SecurityMode.SEMI_HONEST) is Round.UNMASKING
+    assert dropped_round(ClientStatus.UNMASKING_RESPONSE_RECEIVED,
+                         SecurityMode.ACTIVE) is None
