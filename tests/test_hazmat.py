@@ -219,23 +219,3 @@ def test_shamir_vectorised_and_small_lagrange_paths_agree(monkeypatch: pytest.Mo
     shares[order[120], 1, 5] = (int(shares[order[120], 1, 5]) + 1) % shamir.PRIME
     with pytest.raises(InconsistentSharesError):
         rec.reconstruct(shares[order], RNG)
-
-
-@settings(max_examples=15, deadline=None)
-@given(bits=st.sampled_from([3, 16, 32, 64]), length=st.integers(1, 5000),
-       sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6), workers=st.integers(1, 4))
-def test_streamed_batches_give_the_same_masks(bits: int, length: int, sizes: list[int],
-                                              workers: int) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = [[(os.urandom(32), bool((i + j) % 3 == 0)) for j in range(k)]
-               for i, k in enumerate(sizes)]
-    flat = [job for batch in batches for job in batch]
-    start = np.arange(length, dtype=ring_dtype(bits))
-    expected = MaskExpander(length, bits).apply(flat, start.copy())
-    with ThreadPoolExecutor(workers) as pool:
-        got = MaskExpander(length, bits).apply_stream(iter(batches), start.copy(),
-                                                      executor=pool, workers=workers)
-    assert np.array_equal(got, expected)
-    assert np.array_equal(MaskExpander(length, bits).apply_stream(iter(batches), start.copy()),
-                          expected)

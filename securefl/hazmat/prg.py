@@ -14,7 +14,6 @@ the hot path allocates nothing per call.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -99,42 +98,6 @@ class MaskExpander:
                     jobs, acc, bound[0], bound[1])
 
             list(executor.map(run, bounds))
-        return self.reduce(acc)
-
-    def apply_stream(self, batches: Iterable[Sequence[tuple[bytes, bool]]], acc: np.ndarray, *,
-                     executor: Executor | None = None, workers: int = 1) -> np.ndarray:
-        """Like :meth:`apply`, for jobs produced lazily in batches: with an
-        executor, batches are expanded by ``workers`` threads (each into its
-        own accumulator) *while* the caller's generator computes the next
-        keys, so key agreement and AES-CTR overlap.  Returns ``acc`` reduced.
-        """
-        self._check_acc(acc)
-        chunk_bytes = self._chunk_elems * self.dtype.itemsize
-        if executor is None or workers <= 1:
-            for batch in batches:
-                for key, _ in batch:
-                    self._check_key(key)
-                self._apply_segment(batch, acc, 0, self.length)
-            return self.reduce(acc)
-        spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-        partials = [self.zeros() for _ in range(workers)]
-        for partial in partials:
-            spare.put(partial)
-
-        def run(batch: Sequence[tuple[bytes, bool]]) -> None:
-            for key, _ in batch:
-                self._check_key(key)
-            partial = spare.get()
-            try:
-                MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
-                    batch, partial, 0, self.length)
-            finally:
-                spare.put(partial)
-
-        for _ in executor.map(run, batches):
-            pass
-        for partial in partials:
-            np.add(acc, partial, out=acc)
         return self.reduce(acc)
 
     def _apply_segment(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import numpy as np
@@ -50,7 +50,6 @@ from securefl.protocol.messages import (
 from securefl.protocol.validation import check_input_vector
 
 SERVER = "server"
-_MASK_BATCH = 32  # pairwise keys handed to a mask-expansion worker at a time
 
 
 class ClientState(enum.Enum):
@@ -324,27 +323,18 @@ class ClientSession:
                 self._fail(Rule.MALFORMED, "decrypted shares are malformed", rnd, peer=u)
             key_shares[u] = key_share
             seed_shares[u] = seed_share
-        sid, me = self.session_id, self.client_id
-
-        def batches() -> Iterator[list[tuple[bytes, bool]]]:
-            batch = [(d.self_mask_key(self._seed, sid, me), False)]
-            for u in sorted(senders):
-                try:
-                    mask_key = d.masking_secret(self._s, self._roster[u].masking_key, sid, me, u)
-                except InvalidKeyError:
-                    self._fail(Rule.INVALID_PUBLIC_KEY, "masking key is of low order", rnd,
-                               peer=u)
-                # the smaller id adds the pairwise mask, the larger subtracts it
-                batch.append((mask_key, me > u))
-                if len(batch) == _MASK_BATCH:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-
+        jobs = [(d.self_mask_key(self._seed, self.session_id, self.client_id), False)]
+        for u in sorted(senders):
+            try:
+                mask_key = d.masking_secret(self._s, self._roster[u].masking_key,
+                                            self.session_id, self.client_id, u)
+            except InvalidKeyError:
+                self._fail(Rule.INVALID_PUBLIC_KEY, "masking key is of low order", rnd, peer=u)
+            # the smaller id adds the pairwise mask, the larger subtracts it
+            jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
         masked = self._input.astype(expander.dtype)
-        expander.apply_stream(batches(), masked, executor=self._executor, workers=self._workers)
+        expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._u2_view = frozenset(senders)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,34 +486,28 @@ class ServerSession:
                 (seeds if kind == "self" else private_keys)[owner] = value
         assert self.session_id is not None and self._sum is not None
         sid = self.session_id
+        jobs: list[tuple[bytes, bool]] = [
+            (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
-            if KeyPair.from_private_bytes(raw_key).public_bytes != self._adverts[u].masking_key:
+            pair = KeyPair.from_private_bytes(raw_key)
+            if pair.public_bytes != self._adverts[u].masking_key:
                 raise AbortError(f"reconstructed key of client {u} does not match its advertised"
                                  " key (inconsistent shares)", round=rnd)
-        u3 = self._u3
+            for v in self._u3:
+                if v in self._neighbours[u]:
+                    try:
+                        key = d.masking_secret(pair, self._adverts[v].masking_key, sid, u, v)
+                    except InvalidKeyError as exc:
+                        raise AbortError(f"client {v}'s masking key is invalid",
+                                         round=rnd) from exc
+                    # v added +PRG when v < u, -PRG when v > u: undo it
+                    jobs.append((key, v < u))
+        return self._apply_masks(self._sum.copy(), jobs)
 
-        def batches() -> Iterator[list[tuple[bytes, bool]]]:
-            # self masks first (cheap to derive), then every dropped client's
-            # pairwise masks; keys are derived here while workers expand masks
-            yield [(d.self_mask_key(seeds[u], sid, u), True) for u in u3]
-            for u, raw_key in private_keys.items():
-                pair = KeyPair.from_private_bytes(raw_key)
-                batch = []
-                for v in u3:
-                    if v in self._neighbours[u]:
-                        try:
-                            key = d.masking_secret(pair, self._adverts[v].masking_key, sid, u, v)
-                        except InvalidKeyError as exc:
-                            raise AbortError(f"client {v}'s masking key is invalid",
-                                             round=rnd) from exc
-                        # v added +PRG when v < u, -PRG when v > u: undo it
-                        batch.append((key, v < u))
-                if batch:
-                    yield batch
-
+    def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
+        """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        return expander.apply_stream(batches(), self._sum.copy(), executor=self._executor,
-                                     workers=self._workers)
+        return expander.apply(jobs, total, executor=self._executor, workers=self._workers)
 
     # -- helpers ------------------------------------------------------------
 
