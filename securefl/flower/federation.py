@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
 from securefl.errors import AbortError, ConfigurationError
@@ -57,16 +57,14 @@ from securefl.federation.simulation import (
     load_data,
     preflight,
 )
-from securefl.flower.dpstate import load_private_client_state, private_client_state
+from securefl.flower.client_train import run_values, train_private_client
 from securefl.flower.keys import load_pinned_keys
-from securefl.flower.mod import node_client_id
 from securefl.flower.workflow import (
     FlowerRoundResult,
     SecureAggregationSettings,
     SecureAggregationWorkflow,
 )
 from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
-from securefl.privacy.client import PrivateClient
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
 
@@ -80,14 +78,6 @@ __all__ = [
 
 SUMS_FILENAME = "sums.npz"
 EVENTS_FILENAME = "events.jsonl"
-DP_CLIENT_RECORD = "securefl.dp-client"
-"""Context state record of a node's DP client (secret: noise generator)."""
-
-
-def _opt(value: Any, cast: type) -> Any:
-    if value is None or value == "" or (isinstance(value, int | float) and value == 0):
-        return None
-    return cast(value)
 
 
 def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
@@ -97,67 +87,7 @@ def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
     Raises:
         ConfigurationError: on invalid values.
     """
-    c = run_config
-    try:
-        return SimulationConfig(
-            num_clients=int(c.get("num-clients", 5)), rounds=int(c.get("num-rounds", 3)),
-            dropout=0.0, noise_multiplier=_opt(c.get("noise-multiplier"), float),
-            target_epsilon=_opt(c.get("target-epsilon"), float),
-            batch_size=int(c.get("batch-size", 32)), lr=float(c.get("lr", 1.0)),
-            hidden=int(c.get("hidden", 64)), alpha=float(c.get("alpha", 0.5)),
-            clip_range=float(c.get("clip-range", 4.0)), bits=int(c.get("bits", 32)),
-            server_momentum=float(c.get("server-momentum", 0.5)),
-            threshold=_opt(c.get("threshold"), int), seed=int(c.get("seed", 0)),
-        )
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigurationError):
-            raise
-        raise ConfigurationError(f"bad run config: {exc}") from None
-
-
-# -- the ClientApp ---------------------------------------------------------------------
-
-
-def train_private_client(msg: Message, context: Context) -> Message:
-    """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
-    partition, continuing its accountant and random streams from the
-    previous rounds (kept in the Context).  Returns the local model and the
-    ``num-examples`` and ``dp-*`` metrics :func:`securefl_mod` expects.
-
-    Raises:
-        PrivacyBudgetExceededError: the round would exceed the budget (the
-            mod turns it into an error reply: a dropout that spent nothing).
-        ConfigurationError: a bad run or node config.
-    """
-    torch.set_num_threads(1)
-    config = simulation_config(context.run_config)
-    cid = node_client_id(context)
-    data = load_data(config)
-    if not 1 <= cid <= len(data.clients):
-        raise ConfigurationError(f"client {cid} has no partition (num-clients="
-                                 f"{config.num_clients})")
-    features, labels = data.clients[cid - 1]
-    model, _ = preflight(config, data)
-    client = PrivateClient(cid, model, features, labels, config.dp_config(),
-                           seed=config.seed * 1000 + cid, weighting=config.weighting)
-    stored = context.state.config_records.get(DP_CLIENT_RECORD)
-    load_private_client_state(client, dict(stored) if stored is not None else {})
-    client.check_budget()
-    arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    result = client.train_round([torch.as_tensor(a) for a in arrays])
-    context.state.config_records[DP_CLIENT_RECORD] = ConfigRecord(private_client_state(client))
-    local = [p.detach().cpu().numpy().copy() for p in client.parameters()]
-    history = [float(v) for row in client.history for v in row]
-    metrics = MetricRecord({
-        "num-examples": int(result.weight),
-        "dp-noise-multiplier": float(result.noise_multiplier),
-        "dp-sample-rate": float(result.sample_rate),
-        "dp-steps": int(result.steps),
-        "dp-history": history,
-        "train-loss": float(result.loss),
-    })
-    return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}),
-                   reply_to=msg)
+    return SimulationConfig(**run_values(run_config))
 
 
 # -- the ServerApp ---------------------------------------------------------------------

@@ -7,8 +7,7 @@ the mod: ``mods=[securefl_mod]`` instead of ``mods=[secaggplus_mod]``.
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from securefl.flower import securefl_mod
-from securefl.flower.federation import train_private_client
+from securefl.flower.mod import securefl_mod
 
 app = ClientApp(mods=[securefl_mod])
 
@@ -16,5 +15,11 @@ app = ClientApp(mods=[securefl_mod])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of DP-SGD on this node's partition; returns the local model
-    (securefl_mod encodes and masks ``local - global``)."""
+    (securefl_mod encodes and masks ``local - global``).
+
+    torch and Opacus are imported here, not at module level: every message
+    starts a fresh ClientApp process, and only the masked-input stage trains.
+    """
+    from securefl.flower.client_train import train_private_client
+
     return train_private_client(msg, context)

@@ -1,0 +1,137 @@
+"""The ClientApp's training step, kept light to import.
+
+Flower 1.4x starts a fresh ClientApp process for every message, and on two
+cores five nodes importing torch, Opacus, scikit-learn and matplotlib at
+once dominate a round.  This module imports only torch, Opacus and the
+model; the node's data partition is loaded once (scikit-learn) and then kept
+in the node's Context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from securefl.errors import ConfigurationError
+from securefl.federation.model import make_mlp
+from securefl.federation.options import DEFAULT_TARGET_EPSILON
+from securefl.flower.dpstate import load_private_client_state, private_client_state
+from securefl.flower.mod import node_client_id
+from securefl.privacy.accounting import AccountantKind
+from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
+
+__all__ = ["dp_config", "run_values", "train_private_client"]
+
+DP_CLIENT_RECORD = "securefl.dp-client"
+"""Context state record of a node's DP client (secret: its noise generator)."""
+PARTITION_RECORD = "securefl.partition"
+"""Context state record caching the node's training partition."""
+
+
+def _opt(value: Any, cast: type) -> Any:
+    if value is None or value == "" or (isinstance(value, int | float) and value == 0):
+        return None
+    return cast(value)
+
+
+def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`~securefl.federation.simulation.SimulationConfig` keyword
+    arguments a Flower run config describes (see
+    :mod:`securefl.flower.federation` for the keys).
+
+    Raises:
+        ConfigurationError: a value of the wrong type.
+    """
+    c = run_config
+    try:
+        return {
+            "num_clients": int(c.get("num-clients", 5)), "rounds": int(c.get("num-rounds", 3)),
+            "dropout": 0.0, "noise_multiplier": _opt(c.get("noise-multiplier"), float),
+            "target_epsilon": _opt(c.get("target-epsilon"), float),
+            "batch_size": int(c.get("batch-size", 32)), "lr": float(c.get("lr", 1.0)),
+            "hidden": int(c.get("hidden", 64)), "alpha": float(c.get("alpha", 0.5)),
+            "clip_range": float(c.get("clip-range", 4.0)), "bits": int(c.get("bits", 32)),
+            "server_momentum": float(c.get("server-momentum", 0.5)),
+            "threshold": _opt(c.get("threshold"), int), "seed": int(c.get("seed", 0)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"bad run config: {exc}") from None
+
+
+def dp_config(run_config: Mapping[str, Any]) -> DPConfig:
+    """The clients' DP-SGD configuration, as ``SimulationConfig.dp_config()``
+    gives it for the same values (FedAvgM server optimizer)."""
+    v = run_values(run_config)
+    noise, target = v["noise_multiplier"], v["target_epsilon"]
+    if noise is None and target is None:
+        target = DEFAULT_TARGET_EPSILON
+    return DPConfig(max_grad_norm=1.0, noise_multiplier=noise, target_epsilon=target,
+                    delta=1e-5, planned_rounds=v["rounds"], batch_size=v["batch_size"],
+                    local_epochs=1, max_local_steps=None, lr=v["lr"],
+                    accountant=AccountantKind.RDP, epsilon_budget=None)
+
+
+def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    cached = context.state.config_records.get(PARTITION_RECORD)
+    if cached is not None:
+        rows, cols = int(cached["rows"]), int(cached["cols"])  # type: ignore[call-overload]
+        x = np.frombuffer(bytes(cached["x"]), dtype=str(cached["x-dtype"])).reshape(rows, cols)  # type: ignore[arg-type]
+        y = np.frombuffer(bytes(cached["y"]), dtype=str(cached["y-dtype"]))  # type: ignore[arg-type]
+        return x.copy(), y.copy()
+    from securefl.federation.data import load_digits_federated
+
+    v = run_values(context.run_config)
+    data = load_digits_federated(v["num_clients"], alpha=v["alpha"], seed=v["seed"])
+    if not 1 <= client_id <= len(data.clients):
+        raise ConfigurationError(f"client {client_id} has no partition (num-clients="
+                                 f"{v['num_clients']})")
+    x, y = data.clients[client_id - 1]
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    context.state.config_records[PARTITION_RECORD] = ConfigRecord({
+        "x": x.tobytes(), "x-dtype": x.dtype.str, "rows": x.shape[0], "cols": x.shape[1],
+        "y": y.tobytes(), "y-dtype": y.dtype.str, "classes": 10,
+    })
+    return x, y
+
+
+def train_private_client(msg: Message, context: Context) -> Message:
+    """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
+    partition, continuing its accountant and random streams from earlier
+    rounds (kept in the Context).  Returns the local model with the
+    ``num-examples`` and ``dp-*`` metrics :func:`~securefl.flower.securefl_mod`
+    expects.
+
+    Raises:
+        PrivacyBudgetExceededError: the round would exceed the budget (the
+            mod turns it into an error reply: a dropout that spent nothing).
+        ConfigurationError: a bad run or node config.
+    """
+    torch.set_num_threads(1)
+    v = run_values(context.run_config)
+    cid = node_client_id(context)
+    features, labels = _partition(context, cid)
+    model = make_private_compatible(make_mlp(features.shape[1], 10, v["hidden"], seed=v["seed"]))
+    client = PrivateClient(cid, model, features, labels, dp_config(context.run_config),
+                           seed=v["seed"] * 1000 + cid, weighting=Weighting.EXAMPLES)
+    stored = context.state.config_records.get(DP_CLIENT_RECORD)
+    load_private_client_state(client, dict(stored) if stored is not None else {})
+    client.check_budget()
+    arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    result = client.train_round([torch.as_tensor(a) for a in arrays])
+    context.state.config_records[DP_CLIENT_RECORD] = ConfigRecord(private_client_state(client))
+    local = [p.detach().cpu().numpy().copy() for p in client.parameters()]
+    metrics = MetricRecord({
+        "num-examples": int(result.weight),
+        "dp-noise-multiplier": float(result.noise_multiplier),
+        "dp-sample-rate": float(result.sample_rate),
+        "dp-steps": int(result.steps),
+        "dp-history": [float(x) for row in client.history for x in row],
+        "train-loss": float(result.loss) if not math.isnan(result.loss) else 0.0,
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}),
+                   reply_to=msg)

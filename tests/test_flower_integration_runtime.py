@@ -1,0 +1,117 @@
+"""securefl on a real Flower deployment: a SuperLink and five SuperNodes on
+127.0.0.1 (insecure mode), the example app run with ``flwr run`` for three
+rounds, one SuperNode stopped in the middle of round 2.
+
+Checks: the run completes; round 2's sum is exactly the survivors' sum (the
+in-process simulator on the same seeds, told the same dropout, gives the
+same integers, the same final model and the same DP accounting); the ledger
+records the drop; every process the test started is gone afterwards.
+
+Select with ``-m flower_runtime`` (skip with ``-m "not flower_runtime"``).
+Set SECUREFL_KEEP_FLOWER_LOGS=1 to keep the deployment's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
+torch = pytest.importorskip("torch")
+
+from flower_harness import APP_DIR, Deployment, simulate_reference  # noqa: E402
+
+from securefl.privacy.ledger import read_ledger  # noqa: E402
+from securefl.protocol import Round  # noqa: E402
+
+pytestmark = [pytest.mark.flower_runtime]
+
+RUN: dict[str, Any] = {"num-rounds": 3, "num-clients": 5, "seed": 3, "noise-multiplier": 1.1,
+                       "hidden": 16, "batch-size": 32, "reproducible-rounding": True,
+                       "round-timeout": 60.0}
+KILLED_PARTITION = 2  # protocol client 3
+
+
+def _need_binaries() -> None:
+    for name in ("flower-superlink", "flower-supernode", "flwr"):
+        if shutil.which(name) is None and not (Path(__import__("sys").executable).parent
+                                               / name).exists():
+            pytest.skip(f"{name} is not on PATH")
+
+
+def _events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait(predicate: Any, timeout: float, what: str, deployment: Deployment) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n--- flwr run ---\n"
+                         f"{deployment.log('flwr-run.log')[-3000:]}")
+
+
+def test_real_deployment_survives_a_killed_supernode(tmp_path: Path) -> None:
+    _need_binaries()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    out = tmp_path / "flower"
+    run_config = {**RUN, "output-dir": str(out)}
+    deployment = Deployment(5)
+    with deployment:
+        run = deployment.run_app(APP_DIR, run_config)
+        _wait(lambda: any(e["round"] == 2 and e["stage"] == "masked-input-collection"
+                          for e in _events(out)), 150, "round 2's masked-input stage",
+              deployment)
+        deployment.kill_node(KILLED_PARTITION)  # SIGTERM to its process group
+        _wait(lambda: run.poll() is not None, 120, "flwr run to finish", deployment)
+        _wait(lambda: any(r.get("status", "").startswith("finished")
+                          for r in deployment.runs()), 30, "the run to be settled",
+              deployment)
+        statuses = [r.get("status") for r in deployment.runs()]
+        assert statuses == ["finished:completed"], (
+            f"{statuses}\n{deployment.log('flwr-run.log')[-4000:]}")
+    assert deployment.leftover == [], f"processes left running: {deployment.leftover}"
+    assert not deployment.root.exists() or deployment.leftover == []
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    survivors = [r["survivors"] for r in metrics["rounds"]]
+    assert survivors[0] == [1, 2, 3, 4, 5]
+    rows = {(r.round, r.client_id): r for r in read_ledger(out / "ledger.jsonl")}
+    killed = KILLED_PARTITION + 1
+    drop = rows[2, killed]
+    assert drop.dropped_at is not None, "the ledger must show the drop in round 2"
+    assert drop.status == ("included" if drop.entered_sum else "dropped")
+    assert rows[3, killed].dropped_at == "ADVERTISE_KEYS" and not rows[3, killed].entered_sum
+    assert survivors[2] == [1, 2, 4, 5]
+    assert metrics["final"]["rounds_completed"] == 3
+
+    schedule: list[dict[int, Round]] = [{}, {}, {}]
+    for row in rows.values():
+        if row.dropped_at is not None:
+            schedule[row.round - 1][row.client_id] = Round[row.dropped_at]
+    ref = simulate_reference(run_config, schedule, tmp_path / "simulator")
+    sums = np.load(out / "sums.npz")
+    for r in (1, 2, 3):
+        assert np.array_equal(sums[f"round_{r}"], ref.sums[r]), f"round {r}: sums differ"
+    assert [r["survivors"] for r in ref.metrics["rounds"]] == survivors
+    final = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    for key, value in ref.model_state.items():
+        assert torch.equal(final[key], value), key
+    sim_rows = {(r.round, r.client_id): r for r in ref.ledger}
+    for cid in (1, 2, 4, 5):
+        assert rows[3, cid].history == sim_rows[3, cid].history
+        assert rows[3, cid].epsilon_rdp == pytest.approx(sim_rows[3, cid].epsilon_rdp)
+    print(f"real deployment test: {time.monotonic() - started:.1f} s,"
+          f" round 2 drop of client {killed} at {drop.dropped_at}")
