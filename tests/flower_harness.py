@@ -247,7 +247,9 @@ class Deployment:
         self.leftover: list[int] = []
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
                     "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
-                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                    # SuperExec launches ClientApp/ServerApp processes; default poll 1 s
+                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
         self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env.get('PATH', '')}"
         self.port = free_port()
         self.logs = self.root / "logs"

@@ -69,19 +69,24 @@ def test_real_deployment_survives_a_killed_supernode(tmp_path: Path) -> None:
     out = tmp_path / "flower"
     run_config = {**RUN, "output-dir": str(out)}
     deployment = Deployment(5)
+    phases: dict[str, float] = {}
     with deployment:
+        phases["deployment online"] = time.monotonic() - started
         run = deployment.run_app(APP_DIR, run_config)
         _wait(lambda: any(e["round"] == 2 and e["stage"] == "masked-input-collection"
                           for e in _events(out)), 150, "round 2's masked-input stage",
               deployment)
         deployment.kill_node(KILLED_PARTITION)  # SIGTERM to its process group
+        phases["killed"] = time.monotonic() - started
         _wait(lambda: run.poll() is not None, 120, "flwr run to finish", deployment)
+        phases["run finished"] = time.monotonic() - started
         _wait(lambda: any(r.get("status", "").startswith("finished")
                           for r in deployment.runs()), 30, "the run to be settled",
               deployment)
         statuses = [r.get("status") for r in deployment.runs()]
         assert statuses == ["finished:completed"], (
             f"{statuses}\n{deployment.log('flwr-run.log')[-4000:]}")
+    phases["stopped"] = time.monotonic() - started
     assert deployment.leftover == [], f"processes left running: {deployment.leftover}"
     assert not deployment.root.exists() or deployment.leftover == []
 
@@ -102,6 +107,7 @@ def test_real_deployment_survives_a_killed_supernode(tmp_path: Path) -> None:
         if row.dropped_at is not None:
             schedule[row.round - 1][row.client_id] = Round[row.dropped_at]
     ref = simulate_reference(run_config, schedule, tmp_path / "simulator")
+    phases["reference"] = time.monotonic() - started
     sums = np.load(out / "sums.npz")
     for r in (1, 2, 3):
         assert np.array_equal(sums[f"round_{r}"], ref.sums[r]), f"round {r}: sums differ"
@@ -114,4 +120,4 @@ def test_real_deployment_survives_a_killed_supernode(tmp_path: Path) -> None:
         assert rows[3, cid].history == sim_rows[3, cid].history
         assert rows[3, cid].epsilon_rdp == pytest.approx(sim_rows[3, cid].epsilon_rdp)
     print(f"real deployment test: {time.monotonic() - started:.1f} s,"
-          f" round 2 drop of client {killed} at {drop.dropped_at}")
+          f" round 2 drop of client {killed} at {drop.dropped_at}; phases {phases}")
