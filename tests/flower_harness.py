@@ -234,10 +234,12 @@ class Deployment:
     also on failure; :attr:`leftover` lists any process that survived.
     """
 
-    def __init__(self, num_nodes: int, *, node_configs: list[str] | None = None) -> None:
+    def __init__(self, num_nodes: int, *, node_configs: list[str] | None = None,
+                 simulation: bool = False) -> None:
         self.num_nodes = num_nodes
-        self.node_configs = node_configs or [
-            f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)]
+        self.simulation = simulation
+        self.node_configs = [] if simulation else (node_configs or [
+            f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)])
         self.root = Path(tempfile.mkdtemp(prefix="securefl-flwr-"))
         self.home = self.root / f"flwr-home-{uuid4().hex}"
         self.home.mkdir()
@@ -280,6 +282,7 @@ class Deployment:
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
         self.superlink = self._spawn(
             [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             *(["--simulation"] if self.simulation else []),
              "--host", "127.0.0.1", "--port", str(self.port)], "superlink.log")
         self._wait_health(self.port, ready_timeout)
         for i, node_config in enumerate(self.node_configs):
@@ -289,11 +292,13 @@ class Deployment:
                  f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(port),
                  "--node-config", node_config], f"supernode-{i}.log"))
         deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
+        while self.node_configs and time.monotonic() < deadline:
             if self.online_nodes() >= len(self.node_configs):
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"SuperNodes not online after {ready_timeout} s; logs in {self.logs}")
+        if self.node_configs:
+            raise TimeoutError(f"SuperNodes not online after {ready_timeout} s;"
+                               f" logs in {self.logs}")
 
     def _wait_health(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -322,7 +327,8 @@ class Deployment:
         return sum(1 for n in nodes if "online" in json.dumps(n).lower())
 
     def run_app(self, app_dir: Path, run_config: Mapping[str, Any],
-                log: str = "flwr-run.log") -> subprocess.Popen[bytes]:
+                log: str = "flwr-run.log",
+                federation_config: str | None = None) -> subprocess.Popen[bytes]:
         """Start ``flwr run APP it --stream --run-config ...`` (in its own
         session; stopped with the deployment)."""
         items = []
@@ -333,8 +339,9 @@ class Deployment:
                 items.append(f'{key}="{value}"')
             else:
                 items.append(f"{key}={value}")
+        extra = ["--federation-config", federation_config] if federation_config else []
         proc = self._spawn([_bin("flwr"), "run", str(app_dir), "it", "--stream",
-                            "--run-config", " ".join(items)], log)
+                            "--run-config", " ".join(items), *extra], log)
         self._others.append(proc)
         return proc
 
