@@ -197,3 +197,46 @@ def test_dropped_round_vocabulary() -> None:
                          SecurityMode.SEMI_HONEST) is Round.UNMASKING
     assert dropped_round(ClientStatus.UNMASKING_RESPONSE_RECEIVED,
                          SecurityMode.ACTIVE) is None
+
+
+def test_a_restarted_node_takes_over_its_client_id() -> None:
+    from securefl.federation.simulation import preflight
+
+    run_config = {**RUN, "num-clients": 3}
+    _, codec = preflight(simulation_config(run_config))
+    grid = _grid(3, run_config)
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(), codec)
+    workflow.clients = {1000: 1, 1001: 2, 999: 3}  # node 999 was client 3, now gone
+    assert workflow.register(grid) == {1000: 1, 1001: 2, 1002: 3}
+
+
+def test_a_corrupted_reply_counts_as_a_dropout(tmp_path: Path) -> None:
+    """A node whose share-keys reply is garbage is refused (typed wire error)
+    and treated as absent at that round; the others' sum is still exact."""
+    from flwr.app import ConfigRecord
+    from flwr.clientapp import ClientApp
+
+    from securefl.federation.simulation import preflight
+    from securefl.flower.setup import RECORD, Key
+
+    inner = _app()
+
+    def corrupt(msg, ctxt, call_next):
+        reply = call_next(msg, ctxt)
+        record = msg.content.config_records[RECORD]
+        if ctxt.node_id == 1001 and record[Key.STAGE] == Stage.SHARE_KEYS.value:
+            reply.content.config_records[RECORD] = ConfigRecord({Key.PAYLOAD: b"\x08garbage"})
+        return reply
+
+    app = ClientApp(mods=[corrupt])
+    app.train()(lambda msg, ctxt: inner(msg, ctxt))
+    run_config = {**RUN, "num-clients": 4}
+    model, codec = preflight(simulation_config(run_config))
+    configs = {1000 + i: {"partition-id": i} for i in range(4)}
+    grid = InProcessGrid(app, configs, run_config)
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(rounding_seed=3), codec)
+    arrays = ArrayRecord([p.detach().numpy() for p in model.parameters()])
+    result = workflow.run_round(grid, 1, arrays)
+    assert result.survivors == (1, 3, 4)
+    assert result.statuses[2] is ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED
+    assert result.dropped_at(SecurityMode.SEMI_HONEST) == {2: Round.SHARE_KEYS}

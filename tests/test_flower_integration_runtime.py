@@ -121,3 +121,37 @@ def test_real_deployment_survives_a_killed_supernode(tmp_path: Path) -> None:
         assert rows[3, cid].epsilon_rdp == pytest.approx(sim_rows[3, cid].epsilon_rdp)
     print(f"real deployment test: {time.monotonic() - started:.1f} s,"
           f" round 2 drop of client {killed} at {drop.dropped_at}; phases {phases}")
+
+
+def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
+    """Active mode on real processes: each SuperNode gets its own identity key
+    and the pinned file through its node config; one round with the
+    consistency check completes and its sum equals the simulator's."""
+    _need_binaries()
+    from securefl.flower import provision_identities
+
+    keys = provision_identities(tmp_path / "keys", range(1, 5))
+    pinned = tmp_path / "keys" / "pinned.json"
+    node_configs = [f'partition-id={i} num-partitions=4 securefl-identity-key="{keys[i + 1]}"'
+                    f' securefl-pinned-keys="{pinned}"' for i in range(4)]
+    out = tmp_path / "flower"
+    run_config = {**RUN, "num-clients": 4, "num-rounds": 1, "mode": "active",
+                  "pinned-keys": str(pinned), "output-dir": str(out)}
+    deployment = Deployment(4, node_configs=node_configs)
+    with deployment:
+        run = deployment.run_app(APP_DIR, run_config)
+        _wait(lambda: run.poll() is not None, 150, "flwr run to finish", deployment)
+        _wait(lambda: any(r.get("status", "").startswith("finished")
+                          for r in deployment.runs()), 30, "the run to be settled",
+              deployment)
+        statuses = [r.get("status") for r in deployment.runs()]
+        assert statuses == ["finished:completed"], (
+            f"{statuses}\n{deployment.log('flwr-run.log')[-4000:]}")
+    assert deployment.leftover == [], f"processes left running: {deployment.leftover}"
+    stages = [e["stage"] for e in _events(out)]
+    assert "consistency-check" in stages
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["security_mode"] == "active"
+    assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]
+    ref = simulate_reference(run_config, [{}], tmp_path / "simulator")
+    assert np.array_equal(np.load(out / "sums.npz")["round_1"], ref.sums[1])

@@ -203,7 +203,8 @@ class SecureAggregationWorkflow:
         Returns:
             node id -> client id of every registered node.
         """
-        new = [n for n in grid.get_node_ids() if n not in self.clients]
+        online = set(grid.get_node_ids())
+        new = [n for n in online if n not in self.clients]
         messages = [self._message(grid, n, Stage.REGISTER, -1, {}) for n in new]
         for reply in exchange(grid, messages, self.settings.timeout,
                               self.settings.poll_interval):
@@ -212,23 +213,24 @@ class SecureAggregationWorkflow:
                 log.warning("node %s did not register: %s", node, reply.error.reason)
                 continue
             try:
-                cid = self._check_registration(node, reply)
+                cid = self._check_registration(node, reply, online)
             except SecureFLError as exc:
                 log.warning("node %s refused: %s", node, exc)
                 continue
             self.clients[node] = cid
         return dict(self.clients)
 
-    def _check_registration(self, node: int, reply: Message) -> int:
+    def _check_registration(self, node: int, reply: Message, online: set[int]) -> int:
         record = reply.content.config_records.get(RECORD)
         if record is None or Key.CLIENT_ID not in record:
             raise RemoteProtocolError(Rule.MALFORMED, "registration without a client id",
                                       peer=f"node {node}")
         cid = int(record[Key.CLIENT_ID])  # type: ignore[call-overload]
-        if cid in self.clients.values():
+        holder = next((n for n, c in self.clients.items() if c == cid), None)
+        if holder is not None and holder in online:
             raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE,
-                                      f"client id {cid} is already registered by another node",
-                                      peer=f"node {node}")
+                                      f"client id {cid} is already registered by online node"
+                                      f" {holder}", peer=f"node {node}")
         if self._pinned is not None:
             pinned = self._pinned.get(cid)
             presented = record.get(Key.IDENTITY)
@@ -237,6 +239,8 @@ class SecureAggregationWorkflow:
                 raise RemoteProtocolError(Rule.INVALID_SIGNATURE,
                                           f"identity key is not the one pinned for client {cid}",
                                           peer=f"node {node}")
+        if holder is not None:  # the node came back under a new node id
+            del self.clients[holder]
         return cid
 
     # -- one federation round -----------------------------------------------------------
