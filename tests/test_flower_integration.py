@@ -172,6 +172,9 @@ def test_workflow_aborts_without_changing_anything() -> None:
     with pytest.raises(AbortError) as info:
         workflow.run_round(grid, 1, arrays)
     assert info.value.round is Round.SHARE_KEYS
+    # the survivor was told to forget the session's secrets at once
+    assert (1002, Stage.ABORT.value, 1) in grid.sent
+    assert STATE_RECORD not in grid.state_of(1002).config_records
 
 
 def test_setup_roundtrip_and_validation() -> None:

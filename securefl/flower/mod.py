@@ -28,7 +28,8 @@ every process by replaying them: the replay draws the same keys and shares,
 so it answers exactly as before.  The seed is as secret as the keys it
 derives.  It lives in the SuperNode's memory and on its local ClientAppIo
 channel only, and is deleted from the Context as soon as the session is
-finished or aborted, or a new session starts.
+finished or aborted (by this node, or by the server's ``abort`` message), or
+a new session starts.
 """
 
 from __future__ import annotations
@@ -200,6 +201,12 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         if key is not None:
             extra[Key.IDENTITY] = signing.public_bytes(key)
         return _reply(msg, b"", extra)
+    if stage is Stage.ABORT:
+        state = ctxt.state.config_records.get(STATE_RECORD)
+        if state is not None and SessionSetup.from_bytes(
+                bytes(state[Key.SETUP])).fl_round == int(record.get(Key.FL_ROUND, -1)):  # type: ignore[arg-type, call-overload]
+            _wipe(ctxt)
+        return _reply(msg, b"")
     if stage is Stage.ADVERTISE_KEYS:
         _wipe(ctxt)  # a new session replaces any unfinished one
         setup = SessionSetup.from_bytes(bytes(record[Key.SETUP]))  # type: ignore[arg-type]

@@ -52,6 +52,8 @@ class Stage(str, enum.Enum):
     MASKED_INPUT_COLLECTION = "masked-input-collection"
     CONSISTENCY_CHECK = "consistency-check"
     UNMASKING = "unmasking"
+    ABORT = "abort"
+    """The server aborted the session: forget it (best effort, not awaited)."""
 
     @classmethod
     def of_round(cls, rnd: Round) -> Stage:
@@ -63,7 +65,8 @@ class Stage(str, enum.Enum):
         """The protocol round of this stage.
 
         Raises:
-            ConfigurationError: for :attr:`REGISTER`, which is no protocol round.
+            ConfigurationError: for :attr:`REGISTER` and :attr:`ABORT`, which
+                are no protocol rounds.
         """
         for rnd, stage in _STAGE_OF_ROUND.items():
             if stage is self:

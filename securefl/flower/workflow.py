@@ -34,7 +34,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from securefl.encoding import DecodedSum, FixedPointCodec
-from securefl.errors import ConfigurationError, RemoteProtocolError, Rule, SecureFLError
+from securefl.errors import (
+    AbortError,
+    ConfigurationError,
+    RemoteProtocolError,
+    Rule,
+    SecureFLError,
+)
 from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key, SessionSetup, Stage
 from securefl.hazmat import signing
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
@@ -300,7 +306,11 @@ class SecureAggregationWorkflow:
             cid_of = {node_of[c]: c for c in outgoing}
             for reply in replies:
                 self._accept(server, config, rnd, reply, cid_of, dp_metrics, clipped)
-            envelopes = server.close_round()  # AbortError propagates: nothing changes
+            try:
+                envelopes = server.close_round()
+            except AbortError:
+                self._abort(grid, fl_round, [node_of[c] for c in ids if node_of[c] in online])
+                raise  # nothing changed; the caller's model and ledger stay as they were
             rnd = server.round
             outgoing = {e.recipient: wire.encode(e.message, element_bytes=config.element_bytes)
                         for e in envelopes}
@@ -344,6 +354,16 @@ class SecureAggregationWorkflow:
             metrics = reply.content.metric_records.get(DP_METRICS_RECORD)
             dp_metrics[cid] = dict(metrics) if metrics is not None else {}
             clipped[cid] = int(record.get(Key.CLIPPED, 0))  # type: ignore[call-overload]
+
+    def _abort(self, grid: Grid, fl_round: int, nodes: Sequence[int]) -> None:
+        """Tell the nodes to forget the aborted session's secrets now rather
+        than at the next session (best effort: pushed, not awaited)."""
+        self._event(fl_round, Stage.ABORT.value, {})
+        try:
+            grid.push_messages([self._message(grid, n, Stage.ABORT, fl_round, {})
+                                for n in nodes])
+        except Exception as exc:  # a notification must never hide the AbortError
+            log.warning("could not notify the nodes of the abort: %s", exc)
 
     def _message(self, grid: Grid, node: int, stage: Stage, fl_round: int,
                  extra: Mapping[str, Any], arrays: ArrayRecord | None = None,
