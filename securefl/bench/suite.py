@@ -296,32 +296,40 @@ def markdown_table(records: list[Record], machine: dict[str, Any], command: str)
 
 
 def plot(records: list[Record], path: Path) -> None:
-    """Round wall time against n, one line per implementation, graph and m
-    (at the most common dropout rate)."""
+    """Round wall time against n: one panel per graph, securefl solid and
+    Flower dashed, one colour per vector length, at a 10% dropout rate (or the
+    first rate measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for rec in records:
-        s = rec.setting
-        for name, d in (("securefl", rec.securefl), ("Flower SecAgg+", rec.flower)):
-            if d:
-                label = f"{name}, {s['graph']}, m={s['m']:.0e}, drop {s['dropout']:.0%}"
-                series.setdefault(label, []).append((s["n"], d["wall_seconds"]))
-    for label, points in sorted(series.items()):
-        points.sort()
-        style = "-" if label.startswith("securefl") else "--"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("clients n")
-    ax.set_ylabel("full round, all parties in one process (s)")
-    ax.set_title("Secure aggregation round time vs n")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left")
+    rates = sorted({r.setting["dropout"] for r in records})
+    rate = 0.1 if 0.1 in rates else (rates[0] if rates else 0.0)
+    graphs = sorted({r.setting["graph"] for r in records}) or ["complete"]
+    fig, axes = plt.subplots(1, len(graphs), figsize=(6 * len(graphs), 4.5), squeeze=False)
+    for ax, graph in zip(axes[0], graphs, strict=True):
+        series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for rec in records:
+            s = rec.setting
+            if s["graph"] != graph or s["dropout"] != rate:
+                continue
+            for name, d in (("securefl", rec.securefl), ("Flower SecAgg+", rec.flower)):
+                if d:
+                    series.setdefault((name, s["m"]), []).append((s["n"], d["wall_seconds"]))
+        lengths = sorted({m for _, m in series})
+        for (name, m), points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points],
+                    "-" if name == "securefl" else "--", marker="o",
+                    color=f"C{lengths.index(m)}", label=f"{name}, m={m:.0e}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients n")
+        ax.set_ylabel("full round, every party in one process (s)")
+        ax.set_title(f"{graph} graph, {rate:.0%} dropout")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
