@@ -260,13 +260,18 @@ class SecureAggregationWorkflow:
         Raises:
             AbortError: fewer than ``threshold`` clients at some protocol
                 round (nothing was learned; retry next round).
-            ConfigurationError: fewer than 2 registered nodes.
+            ConfigurationError: fewer than 2 registered nodes, more than the
+                codec's ``num_clients``, or a threshold the mode refuses.
         """
         self.register(grid)
         node_of = {cid: node for node, cid in self.clients.items()}
         ids = tuple(sorted(node_of))
         if len(ids) < 2:
             raise ConfigurationError(f"secure aggregation needs 2 registered nodes, got {len(ids)}")
+        if len(ids) > self.codec.num_clients:
+            raise ConfigurationError(
+                f"{len(ids)} nodes registered but the codec's bit budget covers"
+                f" {self.codec.num_clients} clients: their sum could overflow")
         threshold = self.settings.threshold
         if threshold is not None:
             threshold = min(threshold, len(ids))
