@@ -295,7 +295,7 @@ class Deployment:
         while self.node_configs and time.monotonic() < deadline:
             if self.online_nodes() >= len(self.node_configs):
                 return
-            time.sleep(0.5)
+            time.sleep(1.0)  # each `flwr supernode list` costs about 1 s of CPU
         if self.node_configs:
             raise TimeoutError(f"SuperNodes not online after {ready_timeout} s;"
                                f" logs in {self.logs}")
