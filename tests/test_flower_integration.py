@@ -243,3 +243,14 @@ def test_a_corrupted_reply_counts_as_a_dropout(tmp_path: Path) -> None:
     assert result.survivors == (1, 3, 4)
     assert result.statuses[2] is ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED
     assert result.dropped_at(SecurityMode.SEMI_HONEST) == {2: Round.SHARE_KEYS}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"noise-multiplier": 0.0, "target-epsilon": 3.0},
+                                       {"noise-multiplier": 0.0}, {"lr": 0.5, "num-rounds": 7}])
+def test_client_dp_config_is_the_simulators(overrides: dict) -> None:
+    """The ClientApp builds its DPConfig without importing the simulator (to
+    start faster); it must stay what SimulationConfig.dp_config() gives."""
+    from securefl.flower.client_train import dp_config
+
+    run_config = {**RUN, **overrides}
+    assert dp_config(run_config) == simulation_config(run_config).dp_config()
