@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import copy
 import enum
-import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,8 +53,14 @@ from securefl.federation.model import evaluate, make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
 from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.federation.plots import plot_accuracy
+from securefl.federation.reporting import (
+    client_summary,
+    final_metrics,
+    finite_or_none,
+    write_json_atomic,
+)
 from securefl.federation.server import AggregationMode, Server
-from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.privacy.accounting import AccountantKind, epsilon
 from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol import Round
@@ -214,8 +218,8 @@ class RoundReport:
             "abort_reason": self.abort_reason,
             "accuracy": self.accuracy,
             "loss": self.loss,
-            "epsilon_max": _finite_or_none(self.epsilon_max),
-            "epsilon_max_prv": _finite_or_none(self.epsilon_max_prv),
+            "epsilon_max": finite_or_none(self.epsilon_max),
+            "epsilon_max_prv": finite_or_none(self.epsilon_max_prv),
             "delta": self.delta,
             "survivors": list(self.survivors),
             "num_survivors": len(self.survivors),
@@ -247,22 +251,6 @@ class SimulationResult:
     def final_accuracy(self) -> float:
         """Test accuracy of the final global model."""
         return float(self.metrics["final"]["accuracy"])
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return value if math.isfinite(value) else math.inf
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_data(config: SimulationConfig) -> FederatedData:
@@ -533,7 +521,7 @@ def run_simulation(
         )
         reports.append(report)
         if outcome is not None:
-            _write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+            write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
         if bar is not None:
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")
         if on_round is not None:
@@ -544,43 +532,20 @@ def run_simulation(
     # The federation closes: privacy spent in trailing aborted rounds is recorded.
     ledger.append(pending)
 
-    client_summaries = []
-    for client in clients:
-        history = client.history
-        eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
-        client_summaries.append({
-            "client_id": client.client_id,
-            "num_examples": client.num_examples,
-            "noise_multiplier": client.noise_multiplier,
-            "sample_rate": client.sample_rate,
-            "steps_per_round": client.steps_per_round,
-            "total_steps": sum(r[2] for r in history),
-            "epsilon_rdp": epsilon(history, config.delta, AccountantKind.RDP),
-            "epsilon_prv": _finite_or_none(eps_prv),
-            "epsilon_dp_accounting": epsilon_dp_accounting(history, config.delta),
-            "epsilon_budget": dp.epsilon_budget,
-        })
-    final = {
-        "accuracy": last_eval.accuracy,
-        "loss": last_eval.loss,
-        "epsilon_max": max(c["epsilon_rdp"] for c in client_summaries),
-        "epsilon_max_prv": _finite_or_none(max(
-            (c["epsilon_prv"] for c in client_summaries if c["epsilon_prv"] is not None),
-            default=math.nan)),
-        "epsilon_max_dp_accounting": max(c["epsilon_dp_accounting"] for c in client_summaries),
-        "delta": config.delta,
-        "accountant": config.accountant.value,
-        "rounds_completed": completed,
-        "rounds_aborted": config.rounds - completed,
-        "survivors_per_round": [len(r.survivors) for r in reports],
-        "dropped_per_round": [len(r.dropped) for r in reports],
-        "refused_per_round": [len(r.refused) for r in reports],
-        "secure_aggregation": config.secure,
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "clients": client_summaries,
-    }
+    client_summaries = [
+        client_summary(client.client_id, client.history, config.delta,
+                       num_examples=client.num_examples,
+                       noise_multiplier=client.noise_multiplier,
+                       sample_rate=client.sample_rate, steps_per_round=client.steps_per_round,
+                       epsilon_budget=dp.epsilon_budget)
+        for client in clients
+    ]
+    final = final_metrics(last_eval, client_summaries, reports, delta=config.delta,
+                          accountant=config.accountant.value, planned_rounds=config.rounds,
+                          completed=completed, secure=config.secure,
+                          wall_seconds=time.perf_counter() - started)
     metrics = metrics_doc(final)
-    _write_json_atomic(out / METRICS_FILENAME, metrics)
+    write_json_atomic(out / METRICS_FILENAME, metrics)
     plot_accuracy(out / PLOT_FILENAME, [r.round for r in reports],
                   [r.accuracy for r in reports], [r.epsilon_max for r in reports],
                   aborted=[r.round for r in reports if r.aborted],

@@ -32,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +46,7 @@ from securefl.errors import AbortError, ConfigurationError
 from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
 from securefl.federation.model import evaluate
 from securefl.federation.optimizers import ServerOptimizerConfig
+from securefl.federation.reporting import client_summary, final_metrics, write_json_atomic
 from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.federation.simulation import (
     METRICS_FILENAME,
@@ -64,7 +63,7 @@ from securefl.flower.workflow import (
     SecureAggregationSettings,
     SecureAggregationWorkflow,
 )
-from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.privacy.accounting import AccountantKind, epsilon
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
 
@@ -91,22 +90,6 @@ def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
 
 
 # -- the ServerApp ---------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return value if math.isfinite(value) else math.inf
 
 
 def _history(metrics: Mapping[str, Any]) -> list[tuple[float, float, int]]:
@@ -257,42 +240,20 @@ def run_federation(grid: Grid, context: Context) -> None:
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         ))
         if result is not None:
-            _write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+            write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
     ledger.append(pending)
 
-    summaries = []
-    for cid in ids:
-        history = _history(known.get(cid, {}))
-        summaries.append({
-            "client_id": cid,
-            "num_examples": data.client_sizes[cid - 1],
-            "noise_multiplier": known.get(cid, {}).get("dp-noise-multiplier"),
-            "sample_rate": known.get(cid, {}).get("dp-sample-rate"),
-            "total_steps": sum(int(r[2]) for r in history),
-            "epsilon_rdp": epsilon(history, config.delta, AccountantKind.RDP),
-            "epsilon_prv": _finite_or_none(epsilon(history, config.delta, AccountantKind.PRV)),
-            "epsilon_dp_accounting": epsilon_dp_accounting(history, config.delta)
-            if history else 0.0,
-            "epsilon_budget": dp.epsilon_budget,
-        })
-    final = {
-        "accuracy": last_eval.accuracy,
-        "loss": last_eval.loss,
-        "epsilon_max": max(c["epsilon_rdp"] for c in summaries),
-        "epsilon_max_prv": _finite_or_none(max(
-            (c["epsilon_prv"] for c in summaries if c["epsilon_prv"] is not None),
-            default=math.nan)),
-        "epsilon_max_dp_accounting": max(c["epsilon_dp_accounting"] for c in summaries),
-        "delta": config.delta,
-        "accountant": config.accountant.value,
-        "rounds_completed": completed,
-        "rounds_aborted": config.rounds - completed,
-        "survivors_per_round": [len(r.survivors) for r in reports],
-        "dropped_per_round": [len(r.dropped) for r in reports],
-        "refused_per_round": [len(r.refused) for r in reports],
-        "secure_aggregation": True,
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "sums_sha256": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()},
-        "clients": summaries,
-    }
-    _write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))
+    summaries = [
+        client_summary(cid, _history(known.get(cid, {})), config.delta,
+                       num_examples=data.client_sizes[cid - 1],
+                       noise_multiplier=known.get(cid, {}).get("dp-noise-multiplier"),
+                       sample_rate=known.get(cid, {}).get("dp-sample-rate"),
+                       epsilon_budget=dp.epsilon_budget)
+        for cid in ids
+    ]
+    final = final_metrics(
+        last_eval, summaries, reports, delta=config.delta, accountant=config.accountant.value,
+        planned_rounds=config.rounds, completed=completed, secure=True,
+        wall_seconds=time.perf_counter() - started,
+        sums_sha256={k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()})
+    write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))
