@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# one resolver run for everything: installing flwr in a second step can leave
+	# a grpcio-health-checking that needs protobuf 6 next to our protobuf 5
+	$(BIN)/python -m pip install --quiet -e '.[dev,flower,flower-simulation]'
 	touch $(STAMP)
 
 setup: $(STAMP)
