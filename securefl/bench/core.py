@@ -96,6 +96,7 @@ class RoundTimings:
     server: dict[str, float] = field(default_factory=dict)
     clients_total: dict[str, float] = field(default_factory=dict)
     slowest_client: dict[str, float] = field(default_factory=dict)
+    median_client: dict[str, float] = field(default_factory=dict)
     bytes_up_per_client: float = 0.0
     bytes_down_per_client: float = 0.0
     plain_sum_seconds: float = 0.0
@@ -113,6 +114,11 @@ class RoundTimings:
     def clients_sum(self) -> float:
         """All client work, added up (clients run one after another)."""
         return sum(self.clients_total.values())
+
+    @property
+    def median_client_total(self) -> float:
+        """The median client's total (clients sorted by their totals)."""
+        return sum(self.median_client.values())
 
     @property
     def slowest_client_total(self) -> float:
@@ -212,8 +218,9 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     for s in stages:
         values = [d.get(s, 0.0) for d in per_client.values()]
         timings.clients_total[s] = sum(values)
-    slowest = max(config.ids, key=lambda c: sum(per_client[c].values()))
-    timings.slowest_client = per_client[slowest]
+    ranked = sorted(config.ids, key=lambda c: sum(per_client[c].values()))
+    timings.slowest_client = per_client[ranked[-1]]
+    timings.median_client = per_client[ranked[len(ranked) // 2]]
     timings.bytes_up_per_client = sum(up.values()) / n
     timings.bytes_down_per_client = sum(down.values()) / n
     return timings

@@ -77,27 +77,42 @@ class MaskExpander:
         ``negate`` else ``acc += PRG(key)``, modulo 2^(8w); then reduce
         ``acc`` mod 2^bits and return it.
 
-        With an ``executor`` and ``workers > 1`` the accumulator is split into
-        ``workers`` block-aligned segments processed concurrently (AES and
-        numpy release the GIL).
+        With an ``executor`` and ``workers > 1`` the work is spread over
+        ``workers`` threads (AES and numpy release the GIL): many keys are
+        split between the threads, each with its own accumulator; a few keys
+        over a long vector are split into block-aligned segments instead.
         """
         self._check_acc(acc)
         for key, _ in jobs:
             if len(key) != 32:
                 raise ConfigurationError("the mask PRG takes a 32-byte key")
-        if executor is None or workers <= 1 or self.length < 4 * self._chunk_elems:
+        chunk_bytes = self._chunk_elems * self.dtype.itemsize
+        if executor is None or workers <= 1:
             self._apply_segment(jobs, acc, 0, self.length)
-        else:
+        elif len(jobs) >= 4 * workers:
+            # many keys: split the keys, so each key's cipher is set up once,
+            # and give every worker its own accumulator
+            def run_keys(group: Sequence[tuple[bytes, bool]]) -> np.ndarray:
+                part = self.zeros()
+                MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
+                    group, part, 0, self.length)
+                return part
+
+            for part in executor.map(run_keys, [jobs[i::workers] for i in range(workers)]):
+                np.add(acc, part, out=acc)
+        elif self.length >= 4 * self._chunk_elems:
+            # few keys, long vector: split the vector into block-aligned segments
             step = -(-self.length // workers)
             step = -(-step // _BLOCK) * _BLOCK
             bounds = [(a, min(a + step, self.length)) for a in range(0, self.length, step)]
-            chunk_bytes = self._chunk_elems * self.dtype.itemsize
 
-            def run(bound: tuple[int, int]) -> None:
+            def run_segment(bound: tuple[int, int]) -> None:
                 MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
                     jobs, acc, bound[0], bound[1])
 
-            list(executor.map(run, bounds))
+            list(executor.map(run_segment, bounds))
+        else:
+            self._apply_segment(jobs, acc, 0, self.length)
         return self.reduce(acc)
 
     def _apply_segment(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray,
