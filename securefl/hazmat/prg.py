@@ -26,6 +26,9 @@ ZERO_IV = b"\0" * 16
 _BLOCK = 16
 DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 DEFAULT_CHUNK_BYTES = 1 << 17  # 128 KiB: stays in L2 while it is encrypted and added
+# up to this vector size, threads split the keys (a private accumulator each is
+# cheap); above it they split the vector, which needs no extra memory traffic
+_SPLIT_KEYS_MAX = 1 << 20
 
 
 class Executor(Protocol):
@@ -89,9 +92,9 @@ class MaskExpander:
         chunk_bytes = self._chunk_elems * self.dtype.itemsize
         if executor is None or workers <= 1:
             self._apply_segment(jobs, acc, 0, self.length)
-        elif len(jobs) >= 4 * workers:
-            # many keys: split the keys, so each key's cipher is set up once,
-            # and give every worker its own accumulator
+        elif len(jobs) >= 4 * workers and self.length * self.dtype.itemsize <= _SPLIT_KEYS_MAX:
+            # many keys over a short vector: split the keys, so each key's
+            # cipher is set up once, and give every worker its own accumulator
             def run_keys(group: Sequence[tuple[bytes, bool]]) -> np.ndarray:
                 part = self.zeros()
                 MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
@@ -100,8 +103,8 @@ class MaskExpander:
 
             for part in executor.map(run_keys, [jobs[i::workers] for i in range(workers)]):
                 np.add(acc, part, out=acc)
-        elif self.length >= 4 * self._chunk_elems:
-            # few keys, long vector: split the vector into block-aligned segments
+        elif self.length >= 2 * workers * _BLOCK:
+            # a long vector: split it into block-aligned segments
             step = -(-self.length // workers)
             step = -(-step // _BLOCK) * _BLOCK
             bounds = [(a, min(a + step, self.length)) for a in range(0, self.length, step)]
