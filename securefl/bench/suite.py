@@ -380,16 +380,21 @@ def run_targets(*, with_flower: bool = True,
     targets.append(t)
     progress(f"{t.name}: {t.measured}")
 
-    def compare(name: str, goal: str, s: Setting, factor: float) -> None:
+    def compare(name: str, goal: str, s: Setting, factor: float, repeat: int = 1) -> None:
+        """Best of ``repeat`` runs of each implementation on the same inputs."""
         target = Target(name, goal)
         inputs = _inputs(s)
-        timings = run_round(s.n, s.m, dropout=s.dropout, drop_stage=s.drop_stage, bits=BITS,
-                            graph=s.securefl_graph(), threshold=s.threshold, inputs=inputs)
-        ours = _securefl_dict(timings)
-        target.details = {"setting": s.label, "securefl": ours}
+        ours = min((_securefl_dict(run_round(
+            s.n, s.m, dropout=s.dropout, drop_stage=s.drop_stage, bits=BITS,
+            graph=s.securefl_graph(), threshold=s.threshold, inputs=inputs))
+            for _ in range(repeat)), key=lambda d: d["wall_seconds"])
+        target.details = {"setting": s.label, "securefl": ours, "repeat": repeat}
         target.measured = f"securefl {ours['wall_seconds']:.2f} s"
+        if repeat > 1:
+            target.measured = f"best of {repeat}: " + target.measured
         if flower is not None:
-            theirs = _run_flower(flower, s, inputs)
+            theirs = min((_run_flower(flower, s, inputs) for _ in range(repeat)),
+                         key=lambda d: d["wall_seconds"])
             ratio = theirs["wall_seconds"] / ours["wall_seconds"]
             target.details["flower"] = theirs
             target.measured += f", Flower {theirs['wall_seconds']:.1f} s: {ratio:.0f}x faster"
@@ -404,7 +409,7 @@ def run_targets(*, with_flower: bool = True,
     compare("full round n=100 m=1e6, 10% drop, sparse graph (same degree)",
             ">= 10x faster than Flower's SecAgg+ with the same degree",
             Setting(100, 1_000_000, 0.1, "harary", sparse[0], sparse[1],
-                    Round.MASKED_INPUT_COLLECTION), 10)
+                    Round.MASKED_INPUT_COLLECTION), 10, repeat=3)
 
     for graph, goal, limit in (("complete", "< 3 s (Bonawitz et al. 2017: 143 s)", 3.0),
                                ("harary", "< 1 s", 1.0)):
