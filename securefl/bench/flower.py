@@ -430,11 +430,12 @@ def _capture_unmasked_sum() -> Iterator[list[list[npt.NDArray[np.int64]]]]:
 
 
 @contextlib.contextmanager
-def _server_task_identity() -> Iterator[None]:
-    """Set the process identity the way ``flwr.server.compat.app`` does (lines 69-71)."""
+def server_task_identity(run_id: int = _RUN_ID) -> Iterator[None]:
+    """Set the process identity a ServerApp process has, the way
+    ``flwr.server.compat.app`` does (lines 69-71); Message() needs it."""
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
     TaskIdentity.task_id = 1
-    TaskIdentity.run_id = _RUN_ID
+    TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     try:
         yield
@@ -578,7 +579,7 @@ def run_flower_secaggplus(
     ):
         setattr(workflow, attr, _timed(getattr(workflow, attr), stage, stage_wall, states))
 
-    with _quiet_flwr_logger(), _server_task_identity(), _capture_unmasked_sum() as seen:
+    with _quiet_flwr_logger(), server_task_identity(), _capture_unmasked_sum() as seen:
         t0 = time.perf_counter()
         workflow(grid, context)
         total = time.perf_counter() - t0

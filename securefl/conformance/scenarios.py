@@ -260,36 +260,33 @@ def c_roster(edit: Callable[[KeyRoster], KeyRoster], rule: Rule, what: str,
     return run
 
 
-def _dup_key(r: KeyRoster) -> KeyRoster:
+def _with_entry(r: KeyRoster, index: int, **changes: Any) -> KeyRoster:
+    """The roster with entry ``index`` changed."""
     e = list(r.entries)
-    e[3] = dataclasses.replace(e[3], masking_key=e[2].masking_key)
+    e[index] = dataclasses.replace(e[index], **changes)
     return dataclasses.replace(r, entries=tuple(e))
+
+
+def _dup_key(r: KeyRoster) -> KeyRoster:
+    return _with_entry(r, 3, masking_key=r.entries[2].masking_key)
 
 
 def _own_key(r: KeyRoster) -> KeyRoster:
-    e = list(r.entries)
-    e[0] = dataclasses.replace(e[0], encryption_key=KeyPair.generate(
+    return _with_entry(r, 0, encryption_key=KeyPair.generate(
         DeterministicRandom(_seed("other"))).public_bytes)
-    return dataclasses.replace(r, entries=tuple(e))
 
 
 def _unsigned(r: KeyRoster) -> KeyRoster:
-    e = list(r.entries)
-    e[2] = dataclasses.replace(e[2], signature=None)
-    return dataclasses.replace(r, entries=tuple(e))
+    return _with_entry(r, 2, signature=None)
 
 
 def _forged(r: KeyRoster) -> KeyRoster:
-    e = list(r.entries)
-    e[3] = dataclasses.replace(e[3], signature=e[4].signature)
-    return dataclasses.replace(r, entries=tuple(e))
+    return _with_entry(r, 3, signature=r.entries[4].signature)
 
 
 def _substituted(r: KeyRoster) -> KeyRoster:
-    e = list(r.entries)
     mine = KeyPair.generate(DeterministicRandom(_seed("server key"))).public_bytes
-    e[3] = dataclasses.replace(e[3], masking_key=mine)
-    return dataclasses.replace(r, entries=tuple(e))
+    return _with_entry(r, 3, masking_key=mine)
 
 
 def c_delivery(edit: Callable[[World, ShareDelivery], bytes], rule: Rule,
