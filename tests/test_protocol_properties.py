@@ -150,8 +150,11 @@ def sparse_model(config: SecAggConfig, dropouts: dict[int, Round], nmap) -> tupl
     dropped = u2 - u3
     asked = {v for v in u3 if len(nmap[v] & u3) + 1 >= t}
     if config.mode is SecurityMode.ACTIVE:
+        # [PARAM-7]: the survivor list needs signature_quorum signers
+        if len(u3) < config.signature_quorum:
+            return None
         asked = {c for c in asked if alive(c, Round.CONSISTENCY_CHECK)}
-        if len(asked) < t:
+        if len(asked) < config.signature_quorum:
             return None
         u5 = {c for c in asked if alive(c, Round.UNMASKING)}
     else:

@@ -345,6 +345,11 @@ class ClientSession:
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
         rnd = Round.CONSISTENCY_CHECK
         survivors = self._check_survivors(msg.survivors, rnd)
+        quorum = self.config.signature_quorum
+        if len(survivors) < quorum:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"{len(survivors)} survivors cannot give the {quorum} consistency"
+                       " signatures an unmasking request needs ([PARAM-7])", rnd)
         assert self._identity_key is not None and self.session_id is not None
         signature = signing.sign(self._identity_key,
                                  d.consistency_payload(self.session_id, survivors))
@@ -389,9 +394,15 @@ class ClientSession:
                 self._verify(signature, d.consistency_payload(self.session_id, survivors),
                              signer, rnd)
                 valid += 1
-            if valid < self.config.t:
+            # [PARAM-7]: more than half of all configured clients signed this very
+            # list, so no other list can have been signed by as many (honest
+            # clients sign once); and at most kappa - 1 clients are not signers
+            quorum = self.config.signature_quorum
+            if valid < quorum:
                 self._fail(Rule.NOT_ENOUGH_SIGNATURES,
-                           f"{valid} valid signatures, threshold is {self.config.t}", rnd)
+                           f"{valid} valid signatures over the survivor list, the signature"
+                           f" quorum is {quorum} of n={self.config.num_clients} ([PARAM-7]:"
+                           " more than n/2, and n-k+1 for a degree-k sparse graph)", rnd)
         seed = {u: self._held_seed_shares[u] for u in survivors
                 if u in self._u2_view or u == self.client_id}
         keys = {u: self._held_key_shares[u] for u in dropped if u in self._u2_view}

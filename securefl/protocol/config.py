@@ -102,9 +102,10 @@ class SecAggConfig:
             (semi-honest) or ``floor(2n/3)+1`` (active).  In active mode
             ``t`` must exceed half the holders of a client's shares (``n/2``
             for the complete graph, ``(k+1)/2`` for a degree-k sparse graph)
-            so two conflicting survivor lists can never both be answered by
-            ``t`` holders; with corrupt clients among the holders use the
-            semi-malicious parameter finder, which raises ``t`` further.
+            so the server cannot isolate one client whose view it trimmed;
+            with corrupt clients among the holders use the semi-malicious
+            parameter finder, which raises ``t`` further.  What keeps the
+            survivor list unique is :attr:`signature_quorum`.
         mode: :class:`SecurityMode`.
         client_ids: the invited clients (distinct ints in 1..2^31-2); default
             ``1..n``.
@@ -117,6 +118,9 @@ class SecAggConfig:
             unmask, below it.  With sparse graphs t is small (e.g. 17 of
             1000), so set this to what your privacy argument needs (e.g.
             ``ceil((1 - dropout) * n)`` as Google's production SecAgg does).
+            In active mode clients also require consistency signatures from
+            :attr:`signature_quorum` clients (at least ``min_survivors``,
+            more than ``n/2``, and ``n - k + 1`` for a degree-k sparse graph).
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value.
@@ -174,8 +178,9 @@ class SecAggConfig:
         if mode is SecurityMode.ACTIVE and 2 * self.threshold <= holders:
             raise ConfigurationError(
                 f"active mode needs threshold > {holders}/2, half the holders of a client's"
-                f" shares (got t={self.threshold}); otherwise a malicious server can show two"
-                " groups different survivor lists and collect both shares of one client;"
+                f" shares (got t={self.threshold}); otherwise a malicious server can deliver"
+                " one client the shares of only t-1 peers, report those peers dropped, and"
+                " collect that client's self-mask from the other holders (SPEC.md [PARAM-2]);"
                 f" use t >= {holders // 2 + 1}"
             )
 
@@ -191,6 +196,30 @@ class SecAggConfig:
         min_survivors)``."""
         assert self.min_survivors is not None
         return max(self.t, self.min_survivors)
+
+    @property
+    def signature_quorum(self) -> int:
+        """Active mode: the fewest distinct clients whose valid consistency
+        signatures over one survivor list an unmasking request must carry
+        (SPEC.md [PARAM-7]): ``q = max(f, floor(n/2) + 1, n - kappa + 1)`` with
+        ``f`` = :attr:`floor`, ``n`` the configured clients and ``kappa`` the
+        graph's :meth:`~securefl.protocol.graphs.NeighbourGraph.connectivity`
+        (``n - 1`` for the complete graph, ``k`` for ``HararyGraph(k)``).
+
+        ``q > n/2``: honest clients sign one list per session, so two different
+        lists can never both gather ``q`` signatures (with ``c`` corrupt clients
+        signing both, that needs ``2q > n + c``).  ``q >= n - kappa + 1``: the
+        honest signers miss at most ``kappa - 1`` clients, so the graph stays
+        connected on them and the server learns nothing but one sum over all
+        honest survivors (the proof is in SPEC.md section 3.2a).  For the
+        complete graph with the default ``min_survivors`` this is ``t``; for a
+        sparse graph it is ``n - k + 1``, so at most ``k - 1`` clients may be
+        missing (dropped at any round, or not signing) by the time the
+        survivors sign.  Raise ``min_survivors`` to tolerate corrupt clients.
+        """
+        kappa = self.graph.connectivity(self.num_clients)
+        return min(self.num_clients, max(self.floor, self.num_clients // 2 + 1,
+                                         self.num_clients - kappa + 1))
 
     @property
     def ids(self) -> tuple[int, ...]:

@@ -35,6 +35,15 @@ class NeighbourGraph(abc.ABC):
         conflicting survivor lists can never both reach ``t`` holders."""
         return num_clients
 
+    def connectivity(self, num_clients: int) -> int:
+        """A lower bound on the vertex connectivity of the graph on any roster of
+        at most ``num_clients`` clients: removing fewer clients than this never
+        disconnects the rest.  Active mode's signature quorum
+        (:attr:`~securefl.protocol.config.SecAggConfig.signature_quorum`) relies
+        on it.  The default, 0, promises nothing (the quorum is then every
+        configured client)."""
+        return 0
+
     def validate(self, num_clients: int, threshold: int) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~securefl.errors.ConfigurationError` if the graph
         cannot work with these parameters.  The default accepts everything."""
@@ -49,6 +58,10 @@ class CompleteGraph(NeighbourGraph):
 
     def describe(self) -> str:
         return "complete"
+
+    def connectivity(self, num_clients: int) -> int:
+        """``n - 1``: a complete graph stays connected whatever is removed."""
+        return max(num_clients - 1, 0)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CompleteGraph)

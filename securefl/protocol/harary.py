@@ -208,6 +208,16 @@ class HararyGraph(NeighbourGraph):
         """A client's ``k`` neighbours and itself (fewer on a small roster)."""
         return min(num_clients, self._degree + 1)
 
+    def connectivity(self, num_clients: int) -> int:
+        """``min(k, n - 1)``: the Harary graph ``H(k, r)`` (k even) on a ring of
+        ``r >= k + 2`` clients is k-connected (Harary 1962): separating it
+        takes ``k/2`` consecutive clients removed at each of two places.  On
+        ``r <= k + 1`` clients it is complete, and no removal disconnects it.
+        The graph of a session is ``H(k, r)`` over its roster of ``r <= n``
+        clients, so the bound holds for every roster.  Checked by brute force
+        in ``tests/test_split_list_attack.py``."""
+        return min(self._degree, max(num_clients - 1, 0))
+
     def describe(self) -> str:
         """``"harary:k=<degree>"``, bound into the configuration digest."""
         return f"harary:k={self._degree}"

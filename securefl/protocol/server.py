@@ -406,6 +406,9 @@ class ServerSession:
                         ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED)
         self._u3 = tuple(sorted(self._masked_from))
         self._need(len(self._u3), rnd, "clients sent masked inputs", self.config.floor)
+        if self.config.mode is SecurityMode.ACTIVE:
+            self._need(len(self._u3), rnd, "clients sent masked inputs",
+                       self.config.signature_quorum)
         self._dropped = tuple(u for u in self._u2 if u not in self._masked_from)
         assert self.session_id is not None
         u3 = set(self._u3)
@@ -423,7 +426,8 @@ class ServerSession:
         rnd = Round.CONSISTENCY_CHECK
         self._mark_dead(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED,
                         ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED)
-        self._need(len(self._signatures), rnd, "clients signed the survivor list")
+        self._need(len(self._signatures), rnd, "clients signed the survivor list",
+                   self.config.signature_quorum)
         assert self.session_id is not None
         sigs = dict(self._signatures)
         self.state = ServerState.COLLECTING_UNMASKING_RESPONSES
@@ -514,8 +518,12 @@ class ServerSession:
     def _need(self, count: int, rnd: Round, what: str, needed: int | None = None) -> None:
         needed = self.config.t if needed is None else needed
         if count < needed:
-            what_needed = ("threshold" if needed == self.config.t
-                           else "the minimum number of survivors")
+            if needed == self.config.t:
+                what_needed = "threshold"
+            elif needed == self.config.floor:
+                what_needed = "the minimum number of survivors"
+            else:
+                what_needed = "the active-mode signature quorum ([PARAM-7])"
             raise AbortError(f"only {count} {what}, {what_needed} is {needed}",
                              round=rnd, needed=needed, available=count)
 

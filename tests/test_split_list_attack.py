@@ -1,0 +1,478 @@
+"""Issue 9 section 1: a malicious server that shows different survivor lists to
+different clients, against real :class:`ClientSession` objects.
+
+The split-list attack (active mode, ``HararyGraph(4)``, t=3, n=12): the server
+delivers the victim V the shares of only t-1 neighbours u1, u2 (so V masks
+with those two only), shows group A a survivor list without u1 and group B
+one without u2, and gets from A the self-mask shares of V and the key shares
+of u1, from B those of u2.  Each group's list carried t valid signatures, so
+main's rule (t signatures) accepted both and V's input came out exactly.  The
+signature quorum of SPEC.md [PARAM-7] (``SecAggConfig.signature_quorum``: more
+than n/2, and n-k+1 for a degree-k sparse graph) refuses both lists.
+
+The module also shows why the quorum is n-k+1 and not merely "the graph on the
+survivor list is connected": with k non-signers whose views the server trims,
+it learns the sum of a strict subset of the survivors, although every survivor
+list it showed was the full roster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from securefl.errors import RemoteProtocolError, Rule
+from securefl.hazmat import shamir
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.prg import MaskExpander
+from securefl.hazmat.randomness import SystemRandom
+from securefl.protocol import ClientState, Round, SecAggConfig, SecurityMode
+from securefl.protocol import derivation as d
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph, neighbour_map
+from securefl.protocol.harary import HararyGraph, ring_order
+from securefl.protocol.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInput,
+    ShareDelivery,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
+from tests.protocol_harness import Federation
+
+ATTACKED = [
+    pytest.param(12, 4, 3, None, id="n12-k4-t3"),
+    pytest.param(20, 6, 4, None, id="n20-k6-t4"),
+    pytest.param(12, 4, 3, 9, id="n12-k4-t3-min9"),
+]
+
+
+def _config(n: int, k: int, t: int, min_survivors: int | None,
+            mode: SecurityMode = SecurityMode.ACTIVE) -> SecAggConfig:
+    return SecAggConfig(num_clients=n, vector_length=16, bits=32, threshold=t, mode=mode,
+                        graph=HararyGraph(k), min_survivors=min_survivors,
+                        context=b"split-list attack")
+
+
+# -- the server's side: run to the masked inputs with trimmed views -----------
+
+
+@dataclasses.dataclass
+class Stage:
+    """A federation after R2, as a malicious server holds it."""
+
+    fed: Federation
+    sid: bytes
+    nmap: Mapping[int, frozenset[int]]
+    views: dict[int, frozenset[int]]
+    masked: dict[int, np.ndarray]
+
+
+def to_masked_inputs(fed: Federation, trim: Mapping[int, Iterable[int]]) -> Stage:
+    """R0..R2 with every message honest except the share deliveries of the
+    clients in ``trim``, which carry only the ciphertexts of the listed peers."""
+    fed.advertise()
+    fed.step()  # the roster -> encrypted shares -> deliveries
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    nmap = neighbour_map(fed.config.graph, roster, sid)
+    replace = {}
+    views = {}
+    for c, msg in fed.pending.items():
+        assert isinstance(msg, ShareDelivery)
+        keep = frozenset(trim.get(c, msg.ciphertexts))
+        replace[c] = dataclasses.replace(
+            msg, ciphertexts={u: ct for u, ct in msg.ciphertexts.items() if u in keep})
+        views[c] = frozenset(replace[c].ciphertexts)
+    replies = fed.answer(replace=replace)
+    masked = {}
+    for c, reply in replies.items():
+        assert isinstance(reply, MaskedInput)
+        masked[c] = reply.masked
+    return Stage(fed, sid, nmap, views, masked)
+
+
+def sign(stage: Stage, signers: Iterable[int], survivors: tuple[int, ...]) -> dict[int, bytes]:
+    """Ask ``signers`` to sign ``survivors``; return the signatures given."""
+    out = {}
+    for c in signers:
+        reply = stage.fed.clients[c].handle(ConsistencyRequest(c, stage.sid, survivors))
+        assert isinstance(reply, ConsistencySignature)
+        out[c] = reply.signature
+    return out
+
+
+def reconstruct(responses: Iterable[UnmaskingResponse], owner: int, kind: str,
+                t: int) -> bytes:
+    """What the server does with ``t`` shares of one secret."""
+    holders, shares = [], []
+    for r in responses:
+        held = r.self_mask_shares if kind == "self" else r.key_shares
+        if owner in held:
+            holders.append(r.sender)
+            shares.append(held[owner])
+    assert len(holders) >= t, f"only {len(holders)} shares of {kind} {owner}"
+    return shamir.reconstruct(holders[:t], shares[:t], t, SystemRandom())
+
+
+def unmask(stage: Stage, clients: Iterable[int], responses: list[UnmaskingResponse],
+           revealed_keys: Mapping[int, bytes]) -> np.ndarray:
+    """The server's algebra: sum the masked inputs of ``clients``, remove their
+    self masks (seeds reconstructed from ``responses``) and every pairwise mask
+    with a peer whose masking key is in ``revealed_keys``."""
+    config = stage.fed.config
+    adverts = stage.fed.sent[Round.ADVERTISE_KEYS]
+    expander = MaskExpander(config.vector_length, config.bits)
+    total = np.zeros(config.vector_length, dtype=expander.dtype)
+    jobs: list[tuple[bytes, bool]] = []
+    for v in clients:
+        total += stage.masked[v].astype(expander.dtype)
+        seed = reconstruct(responses, v, "self", config.t)
+        jobs.append((d.self_mask_key(seed, stage.sid, v), True))
+        for u, private in revealed_keys.items():
+            if u in stage.views[v]:
+                pair = KeyPair.from_private_bytes(private)
+                key = d.masking_secret(pair, adverts[v].masking_key, stage.sid, u, v)
+                jobs.append((key, v < u))  # v added +PRG when v < u: undo it
+    return expander.apply(jobs, total)
+
+
+def total_of(fed: Federation, clients: Iterable[int]) -> np.ndarray:
+    out = sum((fed.inputs[c].astype(np.uint64) for c in clients),
+              np.zeros(fed.config.vector_length, dtype=np.uint64))
+    return out & np.uint64(fed.config.modulus_mask)
+
+
+# -- the split-list attack ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SplitPlan:
+    victim: int
+    view: tuple[int, ...]
+    dropped_a: tuple[int, ...]
+    dropped_b: tuple[int, ...]
+    group_a: set[int]
+    group_b: set[int]
+    others: set[int]
+    list_a: tuple[int, ...]
+    list_b: tuple[int, ...]
+
+
+def victim_and_view(roster: tuple[int, ...], sid: bytes, t: int) -> tuple[int, tuple[int, ...]]:
+    """V = the first client on the ring; its view = t-1 ring neighbours,
+    alternately after and before it."""
+    ring = ring_order(roster, sid)
+    view = [ring[(-1) ** i * ((i + 1) // 2) % len(ring)] for i in range(1, t)]
+    return ring[0], tuple(view)
+
+
+def plan_split(stage: Stage, victim: int, view: tuple[int, ...]) -> SplitPlan:
+    """Split V's view into D_A, D_B and find disjoint groups A, B (never
+    listed as dropped on their own list) such that A holds t shares of the
+    masking key of every client of D_A, B of every client of D_B, and A and
+    B together t shares of V's self-mask seed."""
+    config = stage.fed.config
+    t = config.t
+    roster = tuple(sorted(stage.nmap))
+    relevant = sorted(set().union(*(stage.nmap[u] for u in view)) - {victim})
+    for r in range(1, len(view)):
+        for dropped_a in itertools.combinations(view, r):
+            dropped_b = tuple(u for u in view if u not in dropped_a)
+            for sides in itertools.product((0, 1), repeat=len(relevant)):
+                group_a = {c for c, side in zip(relevant, sides, strict=True) if side == 0}
+                group_b = set(relevant) - group_a
+                if (group_a & set(dropped_a)) or (group_b & set(dropped_b)):
+                    continue
+                if any(len(stage.nmap[u] & group_a) < t for u in dropped_a):
+                    continue
+                if any(len(stage.nmap[u] & group_b) < t for u in dropped_b):
+                    continue
+                if len(stage.nmap[victim] & (group_a | group_b)) < t:
+                    continue
+                others = set(roster) - group_a - group_b - {victim}
+                return SplitPlan(victim, view, tuple(sorted(dropped_a)),
+                                 tuple(sorted(dropped_b)), group_a, group_b, others,
+                                 tuple(c for c in roster if c not in dropped_a),
+                                 tuple(c for c in roster if c not in dropped_b))
+    raise AssertionError("no split of the victim's view works")
+
+
+def split_attack(config: SecAggConfig) -> tuple[Stage, SplitPlan, dict[str, object]]:
+    """Run the split-list attack; return, per group, the responses or the
+    refusals the clients gave."""
+    fed = Federation(config)
+    # the victim's neighbours are known only after R0 (the graph is keyed by
+    # the session id), so R1 is delivered first and V's delivery trimmed here
+    fed.advertise()
+    fed.step()
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    victim, view = victim_and_view(roster, sid, config.t)
+    nmap = neighbour_map(config.graph, roster, sid)
+    assert set(view) <= nmap[victim] and len(view) == config.t - 1
+    replace = {}
+    for c, msg in fed.pending.items():
+        assert isinstance(msg, ShareDelivery)
+        keep = set(view) if c == victim else set(msg.ciphertexts)
+        replace[c] = dataclasses.replace(
+            msg, ciphertexts={u: ct for u, ct in msg.ciphertexts.items() if u in keep})
+    replies = fed.answer(replace=replace)
+    stage = Stage(fed, sid, nmap,
+                  {c: frozenset(m.ciphertexts) for c, m in replace.items()},
+                  {c: r.masked for c, r in replies.items()})  # type: ignore[union-attr]
+    assert stage.views[victim] == set(view)  # V accepted t-1 peers and masked with them
+    plan = plan_split(stage, victim, view)
+    # every client that is not V signs one of the two lists; the uncommitted
+    # ones go to A, so A's list carries as many signatures as it possibly can
+    sigs_a = sign(stage, sorted(plan.group_a | plan.others), plan.list_a)
+    sigs_b = sign(stage, sorted(plan.group_b), plan.list_b)
+    outcome: dict[str, object] = {}
+    for name, group, survivors, dropped, sigs in (
+            ("A", plan.group_a, plan.list_a, plan.dropped_a, sigs_a),
+            ("B", plan.group_b, plan.list_b, plan.dropped_b, sigs_b)):
+        answers: list[UnmaskingResponse] = []
+        refusals: list[RemoteProtocolError] = []
+        for c in sorted(group):
+            request = UnmaskingRequest(c, sid, survivors, dropped, sigs)
+            try:
+                reply = fed.clients[c].handle(request)
+            except RemoteProtocolError as err:
+                refusals.append(err)
+                assert fed.clients[c].state is ClientState.ABORTED
+                continue
+            assert isinstance(reply, UnmaskingResponse)
+            answers.append(reply)
+        outcome[name] = (answers, refusals, len(sigs))
+    return stage, plan, outcome
+
+
+@pytest.mark.parametrize(("n", "k", "t", "min_survivors"), ATTACKED)
+def test_split_list_attack_is_refused_by_the_signature_quorum(
+        n: int, k: int, t: int, min_survivors: int | None) -> None:
+    config = _config(n, k, t, min_survivors)
+    assert config.signature_quorum == n - k + 1
+    _, plan, outcome = split_attack(config)
+    answered = []
+    for name in ("A", "B"):
+        answers, refusals, count = outcome[name]  # type: ignore[misc]
+        assert count >= t  # each list had the t signatures main's rule asked for
+        if answers:
+            # the server put every uncommitted client on A's list; that list
+            # may reach the quorum, but then the other cannot
+            assert count >= config.signature_quorum and refusals == []
+            answered.append(name)
+            continue
+        assert count < config.signature_quorum
+        assert refusals
+        for err in refusals:
+            assert err.rule is Rule.NOT_ENOUGH_SIGNATURES
+            assert err.round is Round.UNMASKING and err.peer == "server"
+            assert "quorum" in str(err) and "[PARAM-7]" in str(err)
+    assert len(answered) <= 1
+    # so the masking key of u1 or of u2 stays hidden, and with it V's input
+    revealed = {u for name in answered for r in outcome[name][0]  # type: ignore[index]
+                for u in r.key_shares}
+    assert not set(plan.view) <= revealed and plan.victim not in revealed
+
+
+@pytest.mark.parametrize(("n", "k", "t", "min_survivors"), ATTACKED)
+def test_split_list_attack_recovers_the_victims_input_under_mains_rule(
+        monkeypatch: pytest.MonkeyPatch, n: int, k: int, t: int,
+        min_survivors: int | None) -> None:
+    """The attack is real: with main's rule (t signatures) every client answers
+    and the server's algebra gives V's input exactly."""
+    monkeypatch.setattr(SecAggConfig, "signature_quorum", property(lambda self: self.t))
+    config = _config(n, k, t, min_survivors)
+    stage, plan, outcome = split_attack(config)
+    answers_a, refusals_a, _ = outcome["A"]  # type: ignore[misc]
+    answers_b, refusals_b, _ = outcome["B"]  # type: ignore[misc]
+    assert refusals_a == [] and refusals_b == []
+    # no client revealed both shares of one peer: every per-client check passed
+    for r in [*answers_a, *answers_b]:
+        assert not set(r.self_mask_shares) & set(r.key_shares)
+    responses = [*answers_a, *answers_b]
+    keys = {**{u: reconstruct(answers_a, u, "key", t) for u in plan.dropped_a},
+            **{u: reconstruct(answers_b, u, "key", t) for u in plan.dropped_b}}
+    recovered = unmask(stage, [plan.victim], responses, keys)
+    assert np.array_equal(recovered.astype(np.uint64), total_of(stage.fed, [plan.victim]))
+
+
+# -- why n-k+1 and not "the graph on the survivor list is connected" ----------
+
+
+def _arc_attack(config: SecAggConfig) -> tuple[Stage, list[int], list[object]]:
+    """k=4, t=3, n=12.  Survivor list = the whole roster (so the graph on it is
+    connected), but the arc K = ring[0..6] is closed: its four end clients are
+    delivered only peers inside K and never sign; the 8 others sign.  Each
+    masked input of K then carries pairwise masks only with K, and every self
+    mask of K has 3 signers among its holders."""
+    assert config.graph == HararyGraph(4) and config.t == 3 and config.num_clients == 12
+    fed = Federation(config)
+    fed.advertise()
+    fed.step()
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    ring = ring_order(roster, sid)
+    arc = list(ring[:7])
+    trim = {ring[0]: {ring[1], ring[2]}, ring[1]: {ring[0], ring[2], ring[3]},
+            ring[5]: {ring[3], ring[4], ring[6]}, ring[6]: {ring[4], ring[5]}}
+    replace = {}
+    for c, msg in fed.pending.items():
+        assert isinstance(msg, ShareDelivery)
+        keep = trim.get(c, set(msg.ciphertexts))
+        replace[c] = dataclasses.replace(
+            msg, ciphertexts={u: ct for u, ct in msg.ciphertexts.items() if u in keep})
+    replies = fed.answer(replace=replace)
+    stage = Stage(fed, sid, neighbour_map(config.graph, roster, sid),
+                  {c: frozenset(m.ciphertexts) for c, m in replace.items()},
+                  {c: r.masked for c, r in replies.items()})  # type: ignore[union-attr]
+    signers = [c for c in roster if c not in trim]
+    sigs = sign(stage, signers, roster)
+    results: list[object] = []
+    for c in signers:
+        try:
+            results.append(fed.clients[c].handle(UnmaskingRequest(c, sid, roster, (), sigs)))
+        except RemoteProtocolError as err:
+            results.append(err)
+    return stage, arc, results
+
+
+def test_a_connected_survivor_graph_is_not_enough_k_non_signers_expose_a_partial_sum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SecAggConfig, "signature_quorum",
+                        property(lambda self: self.num_clients - 4))
+    config = _config(12, 4, 3, None)
+    stage, arc, results = _arc_attack(config)
+    responses = [r for r in results if isinstance(r, UnmaskingResponse)]
+    assert len(responses) == 8
+    partial = unmask(stage, arc, responses, {})
+    assert np.array_equal(partial.astype(np.uint64), total_of(stage.fed, arc))
+    assert len(arc) < config.num_clients
+
+
+def test_the_same_arc_attack_is_refused_with_the_quorum_n_minus_k_plus_1() -> None:
+    config = _config(12, 4, 3, None)
+    assert config.signature_quorum == 9
+    _, _, results = _arc_attack(config)
+    assert results and all(isinstance(r, RemoteProtocolError)
+                           and r.rule is Rule.NOT_ENOUGH_SIGNATURES for r in results)
+
+
+# -- hypothesis: two different lists are never both accepted ---------------------
+
+
+@st.composite
+def active_configs(draw: st.DrawFn) -> SecAggConfig:
+    graph: NeighbourGraph
+    if draw(st.booleans()):
+        n = draw(st.integers(3, 9))
+        holders = n
+        graph = CompleteGraph()
+    else:
+        k = draw(st.sampled_from([2, 4, 6]))
+        n = draw(st.integers(k + 2, 12))
+        holders = k + 1
+        graph = HararyGraph(k)
+    t = draw(st.integers(holders // 2 + 1, holders))
+    floor = draw(st.one_of(st.none(), st.integers(t, n)))
+    return SecAggConfig(num_clients=n, vector_length=2, bits=16, threshold=t,
+                        mode=SecurityMode.ACTIVE, graph=graph, min_survivors=floor)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=active_configs(), data=st.data())
+def test_two_different_survivor_lists_are_never_both_accepted(config: SecAggConfig,
+                                                              data: st.DataObject) -> None:
+    stage = to_masked_inputs(Federation(config), {})
+    roster = tuple(sorted(stage.nmap))
+    drops = st.sets(st.sampled_from(roster), max_size=max(1, config.num_clients // 3))
+    dropped = [tuple(sorted(data.draw(drops))), tuple(sorted(data.draw(drops)))]
+    if dropped[0] == dropped[1]:
+        dropped[1] = tuple(sorted(set(dropped[1]) ^ {roster[0]}))
+    lists = [tuple(c for c in roster if c not in drop) for drop in dropped]
+    # the server assigns every client to at most one list (honest clients sign once)
+    group_of = {c: data.draw(st.sampled_from([0, 1, None])) for c in roster}
+    sigs: list[dict[int, bytes]] = [{}, {}]
+    for c, g in group_of.items():
+        if g is None:
+            continue
+        try:
+            sigs[g].update(sign(stage, [c], lists[g]))
+        except RemoteProtocolError as err:  # e.g. not on the list, or below a threshold
+            assert err.round is Round.CONSISTENCY_CHECK
+    accepted = [False, False]
+    for g in (0, 1):
+        for c in sigs[g]:
+            request = UnmaskingRequest(c, stage.sid, lists[g], dropped[g], sigs[g])
+            try:
+                stage.fed.clients[c].handle(request)
+            except RemoteProtocolError as err:
+                assert err.rule is Rule.NOT_ENOUGH_SIGNATURES
+                continue
+            accepted[g] = True
+        # clients answer exactly when the list carries the quorum
+        assert accepted[g] == (bool(sigs[g]) and len(sigs[g]) >= config.signature_quorum)
+    event(f"accepted lists: {sum(accepted)}")
+    assert not all(accepted)
+
+
+# -- brute force: the quorum keeps the signers connected ------------------------
+
+
+def _connected(nodes: set[int], nmap: Mapping[int, frozenset[int]]) -> bool:
+    if not nodes:
+        return True
+    start = next(iter(nodes))
+    seen, todo = {start}, [start]
+    while todo:
+        for w in nmap[todo.pop()] & nodes:
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen == nodes
+
+
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_signers_of_an_accepted_list_are_connected_on_every_roster(k: int) -> None:
+    """For every sparse active configuration with n <= 11 (every t the config
+    accepts gives the same quorum floor n-k+1), every roster of r <= n
+    clients and every signer set of at least signature_quorum clients of it,
+    the Harary graph on the signers is connected; one signer fewer can split
+    it (so n-k+1 is tight)."""
+    sid = bytes(range(32))
+    for n in range(k + 2, 12):
+        config = SecAggConfig(num_clients=n, vector_length=1, threshold=k // 2 + 1,
+                              mode=SecurityMode.ACTIVE, graph=HararyGraph(k))
+        q = config.signature_quorum
+        assert q == max(n // 2 + 1, n - k + 1, config.floor)
+        for r in range(q, n + 1):
+            roster = tuple(range(1, r + 1))
+            nmap = HararyGraph(k).neighbours(roster, sid)
+            for size in range(q, r + 1):
+                for signers in itertools.combinations(roster, size):
+                    assert _connected(set(signers), nmap), (n, r, signers)
+        # tight: removing k/2 consecutive ring clients at two places splits the rest
+        roster = tuple(range(1, n + 1))
+        ring = ring_order(roster, sid)
+        nmap = HararyGraph(k).neighbours(roster, sid)
+        half = k // 2
+        cut = set(ring[:half]) | set(ring[half + 1: half + 1 + half])
+        if n - k >= 2 and half + 1 + half < n:
+            assert not _connected(set(roster) - cut, nmap)
+            assert n - len(cut) == q - 1 or q > n - k + 1
+
+
+def test_complete_graph_quorum_is_the_threshold_by_default() -> None:
+    for n in range(2, 30):
+        config = SecAggConfig(num_clients=n, vector_length=1, mode=SecurityMode.ACTIVE)
+        assert config.signature_quorum == config.t > n / 2
