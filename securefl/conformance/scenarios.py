@@ -36,8 +36,11 @@ from securefl.hazmat import signing
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
     KeyRoster,
     MaskedInput,
     ShareDelivery,
@@ -55,6 +58,10 @@ TWELVE = SecAggConfig(num_clients=5, vector_length=6, bits=12, threshold=3,
                       context=b"conformance")
 HARARY = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=3,
                       graph=HararyGraph(4), context=b"conformance")
+ACTIVE_HARARY = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=3,
+                             mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
+                             context=b"conformance")
+"""Active mode on a sparse graph: t = 3, signature quorum 7 - 4 + 1 = 4 ([PARAM-7])."""
 UNDER_TEST = 1
 """The id of the client under test in client scenarios."""
 
@@ -389,6 +396,70 @@ def _forged_signature(r: UnmaskingRequest) -> UnmaskingRequest:
 
 def _other_list(r: UnmaskingRequest) -> UnmaskingRequest:
     return dataclasses.replace(r, survivors=(1, 2, 3), dropped=(4, 5))
+
+
+def _split_world(target: Target) -> tuple[World, bytes, tuple[int, ...], frozenset[int]]:
+    """ACTIVE_HARARY run to the consistency check: the world, the session id,
+    the roster and the neighbours of the client under test."""
+    w = _client_world(target, ACTIVE_HARARY, label="split")
+    w.run_to(Round.CONSISTENCY_CHECK)
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, ConsistencyRequest)
+    roster = tuple(sorted(w.sent[Round.ADVERTISE_KEYS]))
+    nmap = neighbour_map(ACTIVE_HARARY.graph, roster, request.session_id)
+    return w, request.session_id, roster, nmap[UNDER_TEST]
+
+
+def c_short_list_unsigned(target: Target) -> None:
+    """A survivor list shorter than the signature quorum is not signed."""
+    w, sid, _, mine = _split_world(target)
+    survivors = tuple(sorted({UNDER_TEST, *sorted(mine)[:2]}))
+    assert ACTIVE_HARARY.floor <= len(survivors) < ACTIVE_HARARY.signature_quorum
+    w.client_refuses(encode(ConsistencyRequest(UNDER_TEST, sid, survivors)),
+                     Rule.BELOW_THRESHOLD, f"a survivor list of {len(survivors)} with signature"
+                     f" quorum {ACTIVE_HARARY.signature_quorum}")
+
+
+def c_split_lists(target: Target) -> None:
+    """The split-list attack: the server shows the client under test and two
+    peers a list without one of its neighbours, the rest a list without
+    another client; the first list carries t = 3 valid signatures (what a
+    threshold rule would accept) but fewer than the quorum of 4."""
+    w, sid, roster, mine = _split_world(target)
+    x = min(mine)
+    y = max(c for c in roster if c not in (UNDER_TEST, x))
+    list_a = tuple(c for c in roster if c != x)
+    list_b = tuple(c for c in roster if c != y)
+    group_a = [UNDER_TEST, *[c for c in roster if c not in (UNDER_TEST, x, y)][:2]]
+    sigs: dict[int, bytes] = {}
+    for c in roster:
+        if c == y:
+            continue  # listed as dropped on B's list: it is not asked
+        survivors = list_a if c in group_a else list_b
+        reply = decode(w.clients[c].handle(encode(ConsistencyRequest(c, sid, survivors))))
+        if not isinstance(reply, ConsistencySignature):
+            raise CaseFailedError(f"client {c} did not sign a consistent survivor list")
+        if c in group_a:
+            sigs[c] = reply.signature
+    assert ACTIVE_HARARY.t <= len(sigs) < ACTIVE_HARARY.signature_quorum
+    request = UnmaskingRequest(UNDER_TEST, sid, list_a, (x,), sigs)
+    w.client_refuses(encode(request), Rule.NOT_ENOUGH_SIGNATURES,
+                     f"a survivor list signed by {len(sigs)} clients (t = {ACTIVE_HARARY.t},"
+                     f" quorum {ACTIVE_HARARY.signature_quorum}) while the others"
+                     f" signed a list without client {y}")
+
+
+def s_below_quorum(target: Target) -> None:
+    """Active, sparse graph: t = 3 clients sign but the quorum is 4: abort."""
+    w = _server_world(target, ACTIVE_HARARY)
+    w.run_to(Round.CONSISTENCY_CHECK)
+    w.answer(skip=sorted(w.pending)[ACTIVE_HARARY.t:])
+    try:
+        w.server.close_round()
+    except AbortError:
+        return
+    raise CaseFailedError(f"sent unmasking requests with {ACTIVE_HARARY.t} consistency"
+                          f" signatures, quorum {ACTIVE_HARARY.signature_quorum}")
 
 
 def c_never_shared(target: Target) -> None:
@@ -784,6 +855,10 @@ def scenario_cases() -> list[Case]:
         _s("10.4", 1, "active: server refuses a forged consistency signature",
            s_round(Round.CONSISTENCY_CHECK, _forged_consistency, R.INVALID_SIGNATURE,
                    "another client's signature", A)),
+        _c("10.4", 2, "active, sparse graph: client refuses to sign a list below the"
+           " signature quorum", c_short_list_unsigned),
+        _s("10.4", 3, "active, sparse graph: server aborts with t signatures below the quorum",
+           s_below_quorum),
         # 10.5: unmasking
         _c("10.5", 1, "client refuses a request for both shares of a peer",
            c_unmask(_both, R.OVERLAPPING_LISTS, "client 2 listed as survivor and dropped")),
@@ -797,8 +872,8 @@ def scenario_cases() -> list[Case]:
            c_unmask(_self_dropped, R.OWN_SHARE_REQUESTED, "the client's own key share")),
         _c("10.5", 6, "client refuses lists naming a client that never shared",
            c_never_shared),
-        _c("10.5", 7, "active: client refuses fewer than t consistency signatures",
-           c_unmask(_few_signatures, R.NOT_ENOUGH_SIGNATURES, "2 signatures, threshold 3", A,
+        _c("10.5", 7, "active: client refuses fewer consistency signatures than the quorum",
+           c_unmask(_few_signatures, R.NOT_ENOUGH_SIGNATURES, "2 signatures, quorum 3", A,
                     {})),
         _c("10.5", 8, "active: client refuses a forged consistency signature",
            c_unmask(_forged_signature, R.INVALID_SIGNATURE, "client 4's signature as 3's", A,
@@ -809,6 +884,8 @@ def scenario_cases() -> list[Case]:
            s_round(UNM, _both_shares, R.BOTH_SHARES_REQUESTED, "both shares of client 2")),
         _s("10.5", 11, "server refuses a response missing a requested share",
            s_round(UNM, _missing_share, R.MALFORMED, "no share for client 3")),
+        _c("10.5", 12, "active, sparse graph: client refuses split survivor lists (t"
+           " signatures, fewer than the quorum)", c_split_lists),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",
            c_honest(S)),
