@@ -270,3 +270,22 @@ def test_quantile_argument_checks():
         upper_tail_quantile(10, 11, 3, 0.01)
     with pytest.raises(ConfigurationError):
         lower_tail_quantile(10, 3, 3, 0.9)
+
+
+def test_semi_malicious_sparse_result_states_the_active_quorum_and_its_cost():
+    """SPEC.md [PARAM-7]/[SEC-1]: the explanation gives the quorum n-k+1, the
+    min_survivors the deterministic guarantee needs against c corrupt clients,
+    and warns when that leaves fewer missing clients than the dropouts."""
+    params = find_graph_parameters(1000, 0.05, 0.05, SM)
+    assert params.degree == 52
+    assert "quorum n-k+1 = 949" in params.explanation
+    assert "min_survivors=999" in params.explanation
+    assert "WARNING" in params.explanation  # room for 1 missing client, 50 requested
+    config = SecAggConfig(num_clients=1000, vector_length=1, threshold=params.threshold,
+                          graph=params.graph, mode=SecurityMode.ACTIVE, min_survivors=999)
+    assert config.signature_quorum == 999
+    # no corrupt clients, few dropouts: the quorum leaves room for them
+    params = find_graph_parameters(1000, 0.01, 0.0, SM)
+    assert "quorum" in params.explanation and "WARNING" not in params.explanation
+    # semi-honest results say nothing about it
+    assert "quorum" not in find_graph_parameters(1000, 0.05, 0.05, SH).explanation

@@ -270,7 +270,13 @@ def find_graph_parameters(
     ``< 2^-correctness_bits`` (unless the floor ``t >= 2``, which fcp keeps
     because Shamir sharing needs it, is what set ``t``; that happens only for
     tiny ``k``).  The search and its result are exactly fcp's
-    for ``security_bits=40, correctness_bits=20``.  When ``complete`` is True
+    for ``security_bits=40, correctness_bits=20``.  For a sparse
+    semi-malicious result the explanation also gives the active-mode signature
+    quorum (SPEC.md [PARAM-7]), the ``min_survivors`` that the deterministic
+    guarantee of SPEC.md [SEC-1] needs against the corrupt clients, and a
+    WARNING when that leaves room for fewer missing clients than the requested
+    dropouts (fcp's ``k`` is chosen for its probabilistic model, not for the
+    quorum).  When ``complete`` is True
     the complete graph is returned with a Bonawitz threshold, and
     ``explanation`` says why and which of the requested rates that threshold
     does or does not meet.  Deterministic; no randomness is used.
@@ -346,10 +352,29 @@ def find_graph_parameters(
             f" Use SecAggConfig(num_clients={n}, threshold={threshold},"
             f" graph=HararyGraph({degree}), mode=SecurityMode.{model.security_mode.name})."
         )
+        if model is ServerModel.SEMI_MALICIOUS:
+            explanation += _active_quorum_note(n, degree, corrupt, dropped)
         return GraphParameters(degree, threshold, graph, False, explanation)
     return _complete(n, delta, gamma, model,
                      f"no even degree k < n-1 = {n - 1} meets the targets (cohort too small"
                      " for these rates)")
+
+
+def _active_quorum_note(n: int, degree: int, corrupt: int, dropped: int) -> str:
+    """What SPEC.md [PARAM-7]/[SEC-1] add to a sparse result in active mode."""
+    floor = n - degree + 1 + corrupt
+    note = (
+        f" In active mode clients unmask only for a survivor list signed by the quorum"
+        f" n-k+1 = {n - degree + 1} (SPEC.md [PARAM-7]), so at most k-1 = {degree - 1}"
+        f" invited clients may be missing when the survivors sign; for the deterministic"
+        f" guarantee of SPEC.md [SEC-1] against {corrupt} corrupt clients also set"
+        f" min_survivors={min(n, floor)} (n-k+1+c)."
+    )
+    if n - min(n, floor) < dropped:
+        note += (f" WARNING: that quorum leaves room for {n - min(n, floor)} missing clients,"
+                 f" fewer than the {dropped} dropouts requested: rounds with more abort;"
+                 " choose a larger k for active mode")
+    return note
 
 
 def _complete(n: int, delta: float, gamma: float, model: ServerModel,
