@@ -548,3 +548,110 @@ def test_known_limit_semi_honest_key_substitution_recovers_one_input() -> None:
         jobs.append((key, victim < u))
     recovered = expander.apply(jobs, masked.masked.astype(expander.dtype).copy())
     assert np.array_equal(recovered.astype(np.uint64), x)
+
+
+# -- the guarantee [SEC-1] in the linear model of what the server sees ------------
+#
+# Every PRG output the server cannot compute is an independent uniform unknown;
+# the server learns sum_u a_u x_u exactly when sum_u a_u y_u has every unknown
+# cancel, i.e. for a in the left null space of the (client x unknown) matrix.
+# [SEC-1] says that space is spanned by the indicator of the survivor list L
+# (or is zero).  The model is checked against the real arc attack above.
+
+
+def _ring(n: int, k: int) -> dict[int, frozenset[int]]:
+    half = k // 2
+    return {u: frozenset((u + d) % n for d in range(-half, half + 1) if d) for u in range(n)}
+
+
+def learnable(n: int, nmap: Mapping[int, frozenset[int]], t: int,
+              views: Mapping[int, frozenset[int]], survivors: frozenset[int],
+              signers: frozenset[int]) -> np.ndarray:
+    """A basis (rows) of the coefficient vectors ``a`` whose ``sum a_u x_u``
+    the server learns when ``signers`` answer an unmasking request for
+    ``survivors`` (honest clients, every client sent its masked input)."""
+    seed_votes = dict.fromkeys(range(n), 0)
+    key_votes = dict.fromkeys(range(n), 0)
+    for h in signers:
+        for u in survivors & (views[h] | {h}):
+            seed_votes[u] += 1
+        for u in views[h] - survivors:  # [R4-5]: these are on h's dropped list
+            key_votes[u] += 1
+    seed_known = {u for u, v in seed_votes.items() if v >= t}
+    key_known = {u for u, v in key_votes.items() if v >= t}
+    assert not key_known & survivors
+    columns: list[np.ndarray] = []
+    for u in range(n):
+        if u not in seed_known:
+            col = np.zeros(n)
+            col[u] = 1
+            columns.append(col)
+    for u in range(n):
+        for v in nmap[u]:
+            if u < v and (v in views[u] or u in views[v]) and not {u, v} & key_known:
+                col = np.zeros(n)
+                col[u] = 1.0 if v in views[u] else 0.0
+                col[v] = -1.0 if u in views[v] else 0.0
+                columns.append(col)
+    matrix = np.array(columns).reshape(len(columns), n)
+    if not columns:
+        return np.eye(n)
+    import scipy.linalg
+    return scipy.linalg.null_space(matrix).T
+
+
+def _only_the_survivor_sum(basis: np.ndarray, survivors: frozenset[int], n: int) -> bool:
+    ones = np.array([1.0 if u in survivors else 0.0 for u in range(n)])
+    for a in basis:
+        scale = a @ ones / (ones @ ones)
+        if np.abs(a - scale * ones).max() > 1e-8:
+            return False
+    return True
+
+
+def test_the_model_finds_the_real_arc_attack() -> None:
+    n, k, t = 12, 4, 3
+    nmap = _ring(n, k)
+    views = {u: frozenset(nmap[u]) for u in range(n)}
+    views.update({0: frozenset({1, 2}), 1: frozenset({0, 2, 3}), 5: frozenset({3, 4, 6}),
+                  6: frozenset({4, 5})})
+    everyone = frozenset(range(n))
+    basis = learnable(n, nmap, t, views, everyone, everyone - {0, 1, 5, 6})
+    arc = np.array([1.0 if u < 7 else 0.0 for u in range(n)])
+    coeffs, *_ = np.linalg.lstsq(basis.T, arc, rcond=None)
+    assert np.allclose(basis.T @ coeffs, arc)  # the arc's sum is learnable
+    assert not _only_the_survivor_sum(basis, everyone, n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_with_the_quorum_the_server_learns_at_most_the_survivor_sum(data: st.DataObject) -> None:
+    k = data.draw(st.sampled_from([2, 4]))
+    n = data.draw(st.integers(k + 2, 10))
+    t = data.draw(st.integers((k + 1) // 2 + 1, k + 1))
+    config = SecAggConfig(num_clients=n, vector_length=1, threshold=t,
+                          mode=SecurityMode.ACTIVE, graph=HararyGraph(k))
+    q = config.signature_quorum
+    nmap = _ring(n, k)
+    # the server trims the views of a few clients (they then cannot sign) and
+    # keeps a few clients off the list
+    trimmed = data.draw(st.sets(st.integers(0, n - 1), max_size=k))
+    views = {}
+    for u in range(n):
+        if u in trimmed:
+            view = data.draw(st.sets(st.sampled_from(sorted(nmap[u])), min_size=t - 1))
+            views[u] = frozenset(view)
+        else:
+            views[u] = frozenset(nmap[u])
+    missing = data.draw(st.sets(st.integers(0, n - 1), max_size=k))
+    survivors = frozenset(range(n)) - missing
+    candidates = frozenset(u for u in survivors if nmap[u] & survivors <= views[u]
+                           and len(nmap[u] & survivors) >= t - 1 and len(survivors) >= q)
+    withheld = data.draw(st.sets(st.integers(0, n - 1), max_size=2))
+    signers = candidates - withheld
+    if len(signers) < q:
+        event("refused: below the quorum")
+        return
+    basis = learnable(n, nmap, t, views, survivors, signers)
+    event("learns the survivor sum" if len(basis) else "learns nothing")
+    assert _only_the_survivor_sum(basis, survivors, n)
