@@ -1,19 +1,23 @@
 """Issue 9 section 1: a malicious server that shows different survivor lists to
 different clients, against real :class:`ClientSession` objects.
 
-The split-list attack (active mode, ``HararyGraph(4)``, t=3, n=12): the server
-delivers the victim V the shares of only t-1 neighbours u1, u2 (so V masks
-with those two only), shows group A a survivor list without u1 and group B
-one without u2, and gets from A the self-mask shares of V and the key shares
-of u1, from B those of u2.  Each group's list carried t valid signatures, so
-main's rule (t signatures) accepted both and V's input came out exactly.  The
-signature quorum of SPEC.md [PARAM-7] (``SecAggConfig.signature_quorum``: more
-than n/2, and n-k+1 for a degree-k sparse graph) refuses both lists.
+The split-list attack (active mode, ``HararyGraph(4)``, t=3, n=12; also k=6,
+t=4, n=20 and min_survivors=9): the server delivers the victim V the shares of
+only t-1 neighbours (so V masks with those only, e.g. u1 and u2), shows group
+A a survivor list without u1 and group B one without u2, and gets from A and B
+together t shares of V's self-mask seed, from A those of u1's masking key and
+from B those of u2's.  Each list carried t valid signatures, so main's rule
+(t signatures) accepted both and V's input came out exactly.  The signature
+quorum of SPEC.md [PARAM-7] (``SecAggConfig.signature_quorum``: more than n/2,
+and n-k+1 for a degree-k sparse graph) refuses them.
 
 The module also shows why the quorum is n-k+1 and not merely "the graph on the
 survivor list is connected": with k non-signers whose views the server trims,
 it learns the sum of a strict subset of the survivors, although every survivor
-list it showed was the full roster.
+list it showed was the full roster.  It checks SPEC.md [SEC-1] in a linear
+model of the server's view, and ends with two known-limit tests of
+semi-honest mode (issue 9 section 2), which assert that attacks outside the
+semi-honest model succeed.
 """
 
 from __future__ import annotations
