@@ -116,6 +116,19 @@ def sign(stage: Stage, signers: Iterable[int], survivors: tuple[int, ...]) -> di
     return out
 
 
+def sign_some(stage: Stage, signers: Iterable[int],
+              survivors: tuple[int, ...]) -> dict[int, bytes]:
+    """:func:`sign`, but a client that refuses the list (it aborts) just gives
+    no signature."""
+    out = {}
+    for c in signers:
+        try:
+            out.update(sign(stage, [c], survivors))
+        except RemoteProtocolError as err:
+            assert err.round is Round.CONSISTENCY_CHECK
+    return out
+
+
 def reconstruct(responses: Iterable[UnmaskingResponse], owner: int, kind: str,
                 t: int) -> bytes:
     """What the server does with ``t`` shares of one secret."""
@@ -181,11 +194,11 @@ def victim_and_view(roster: tuple[int, ...], sid: bytes, t: int) -> tuple[int, t
     return ring[0], tuple(view)
 
 
-def plan_split(stage: Stage, victim: int, view: tuple[int, ...]) -> SplitPlan:
+def plan_split(stage: Stage, victim: int, view: tuple[int, ...]) -> SplitPlan | None:
     """Split V's view into D_A, D_B and find disjoint groups A, B (never
     listed as dropped on their own list) such that A holds t shares of the
     masking key of every client of D_A, B of every client of D_B, and A and
-    B together t shares of V's self-mask seed."""
+    B together t shares of V's self-mask seed.  None if there are none."""
     config = stage.fed.config
     t = config.t
     roster = tuple(sorted(stage.nmap))
@@ -209,12 +222,19 @@ def plan_split(stage: Stage, victim: int, view: tuple[int, ...]) -> SplitPlan:
                                  tuple(sorted(dropped_b)), group_a, group_b, others,
                                  tuple(c for c in roster if c not in dropped_a),
                                  tuple(c for c in roster if c not in dropped_b))
-    raise AssertionError("no split of the victim's view works")
+    return None
 
 
 def split_attack(config: SecAggConfig) -> tuple[Stage, SplitPlan, dict[str, object]]:
     """Run the split-list attack; return, per group, the responses or the
     refusals the clients gave."""
+    attempt = try_split_attack(config)
+    assert attempt is not None, "no split of the victim's view works"
+    return attempt
+
+
+def try_split_attack(config: SecAggConfig) -> tuple[Stage, SplitPlan, dict[str, object]] | None:
+    """:func:`split_attack`, or None when the graph leaves no split."""
     fed = Federation(config)
     # the victim's neighbours are known only after R0 (the graph is keyed by
     # the session id), so R1 is delivered first and V's delivery trimmed here
@@ -238,13 +258,15 @@ def split_attack(config: SecAggConfig) -> tuple[Stage, SplitPlan, dict[str, obje
                   {c: r.masked for c, r in replies.items()})  # type: ignore[union-attr]
     assert stage.views[victim] == set(view)  # V accepted t-1 peers and masked with them
     plan = plan_split(stage, victim, view)
+    if plan is None:
+        return None
     # every client that is not V signs one of the two lists; the uncommitted
     # ones go to A, so A's list carries as many signatures as it possibly can
     sigs_a: dict[int, bytes] = {}
     sigs_b: dict[int, bytes] = {}
     if config.mode is SecurityMode.ACTIVE:
-        sigs_a = sign(stage, sorted(plan.group_a | plan.others), plan.list_a)
-        sigs_b = sign(stage, sorted(plan.group_b), plan.list_b)
+        sigs_a = sign_some(stage, sorted(plan.group_a | plan.others), plan.list_a)
+        sigs_b = sign_some(stage, sorted(plan.group_b), plan.list_b)
     outcome: dict[str, object] = {}
     for name, group, survivors, dropped, sigs in (
             ("A", plan.group_a, plan.list_a, plan.dropped_a, sigs_a),
@@ -252,6 +274,8 @@ def split_attack(config: SecAggConfig) -> tuple[Stage, SplitPlan, dict[str, obje
         answers: list[UnmaskingResponse] = []
         refusals: list[RemoteProtocolError] = []
         for c in sorted(group):
+            if c not in sigs and config.mode is SecurityMode.ACTIVE:
+                continue  # it refused to sign this list and aborted
             request = UnmaskingRequest(c, sid, survivors, dropped, sigs)
             try:
                 reply = fed.clients[c].handle(request)
@@ -314,6 +338,48 @@ def test_split_list_attack_recovers_the_victims_input_under_mains_rule(
             **{u: reconstruct(answers_b, u, "key", t) for u in plan.dropped_b}}
     recovered = unmask(stage, [plan.victim], responses, keys)
     assert np.array_equal(recovered.astype(np.uint64), total_of(stage.fed, [plan.victim]))
+
+
+@st.composite
+def attackable_configs(draw: st.DrawFn) -> SecAggConfig:
+    """Active configurations the library accepts, complete and Harary (the
+    complete graph less often: 2t > n leaves no split there)."""
+    graph: NeighbourGraph
+    if draw(st.sampled_from([True, False, False, False])):
+        n = draw(st.integers(3, 7))
+        holders, graph = n, CompleteGraph()
+    else:
+        k = draw(st.sampled_from([4, 6]))
+        n = draw(st.integers(k + 2, 14))
+        holders, graph = k + 1, HararyGraph(k)
+    # the smallest accepted t is where a split is most often possible
+    t = draw(st.one_of(st.just(holders // 2 + 1), st.integers(holders // 2 + 1, holders)))
+    floor = draw(st.one_of(st.none(), st.integers(t, n)))
+    return SecAggConfig(num_clients=n, vector_length=4, bits=32, threshold=t,
+                        mode=SecurityMode.ACTIVE, graph=graph, min_survivors=floor)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=attackable_configs())
+def test_split_list_attack_never_gets_both_lists_answered(config: SecAggConfig) -> None:
+    """The exact attack, over n, k, t (complete and Harary graphs) and
+    min_survivors: whenever the graph leaves the server a split, at most one
+    of the two lists is answered, so the victim's input stays masked."""
+    attempt = try_split_attack(config)
+    if attempt is None:
+        event("no split of the victim's view exists")
+        return
+    _, plan, outcome = attempt
+    answered = [name for name in ("A", "B") if outcome[name][0]]  # type: ignore[index]
+    event(f"lists answered: {len(answered)}")
+    assert len(answered) <= 1
+    for name in ("A", "B"):
+        answers, refusals, count = outcome[name]  # type: ignore[misc]
+        assert bool(answers) == (count >= config.signature_quorum)
+        assert all(err.rule is Rule.NOT_ENOUGH_SIGNATURES for err in refusals)
+    revealed = {u for name in answered for r in outcome[name][0]  # type: ignore[index]
+                for u in r.key_shares}
+    assert not set(plan.view) <= revealed and plan.victim not in revealed
 
 
 # -- why n-k+1 and not "the graph on the survivor list is connected" ----------
