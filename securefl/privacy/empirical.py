@@ -229,6 +229,8 @@ class EmpiricalAuditResult:
             epsilon: the claim is refuted at ``confidence``.
         guesses: one :class:`GuessOutcome` per fraction of
             :data:`GUESS_FRACTIONS`.
+        canary_samples: how many times an included canary was in a batch
+            (over all steps).
         scores, membership: per canary, its score and whether it was included
             (for the plot).
         seconds: wall time of the audit.
@@ -249,6 +251,7 @@ class EmpiricalAuditResult:
     epsilon_ceiling: float
     violation: bool
     guesses: tuple[GuessOutcome, ...]
+    canary_samples: int
     scores: np.ndarray = field(repr=False)
     membership: np.ndarray = field(repr=False)
     seconds: float = 0.0
@@ -451,6 +454,10 @@ def run_canary_audit(
     scale = float(optimizer.expected_batch_size) / (float(config.lr) * clip)
     scores = -total.numpy().astype(np.float64)[coordinates] * scale
     steps = sum(int(n) for _, _, n in history)
+    if injector.steps != steps:
+        raise EmpiricalAuditError(
+            f"client {client_id}: the canaries reached {injector.steps} clipping steps, the"
+            f" accountant counted {steps}: the training bypassed the audited optimizer")
     delta = float(config.delta)
     claimed = {"rdp": epsilon(history, delta, AccountantKind.RDP)}
     prv = epsilon(history, delta, AccountantKind.PRV)
@@ -465,7 +472,8 @@ def run_canary_audit(
         sample_rate=float(client.sample_rate), max_grad_norm=clip, delta=delta,
         confidence=confidence, claimed_epsilon=claimed, epsilon_lower_bound=best,
         epsilon_ceiling=ceiling, violation=best > min(claimed.values()),
-        guesses=tuple(outcomes), scores=scores, membership=included,
+        guesses=tuple(outcomes), canary_samples=injector.injected, scores=scores,
+        membership=included,
         seconds=time.perf_counter() - started,
     )
 
