@@ -7,8 +7,10 @@ client's training exactly as the run configured it:
 
 1. ``m`` canaries are drawn, each one a *white-box gradient canary*: a record
    whose per-sample gradient is a Dirac vector (``2C`` on one model
-   coordinate, 0 elsewhere; every canary on its own coordinate).  Each canary
-   is included in the client's data independently with probability 1/2.
+   coordinate, 0 elsewhere), each on its own coordinate, chosen among the
+   coordinates the client's own data moves least (so that the data's
+   gradients blur the canaries least).  Each canary is included in the
+   client's data independently with probability 1/2.
 2. The client trains once with its real Opacus DP-SGD
    (:class:`~securefl.privacy.client.PrivateClient`, its ``train_round``,
    its DPOptimizer and accountant): at every step each included canary is
@@ -17,22 +19,24 @@ client's training exactly as the run configured it:
    so Opacus clips it (to norm C), sums it with the batch and adds its noise.
 3. Each canary's score is the total model change along its coordinate,
    ``-sum(updates)[j] * B / (lr * C)`` (roughly: how many times it was
-   sampled, plus noise).  The auditor guesses "in" for the ``k`` highest
-   scores, "out" for the ``k`` lowest, and abstains on the rest.
+   sampled, plus noise of standard deviation ``sigma * sqrt(steps)``).  The
+   auditor guesses "in" for the ``k`` highest scores, "out" for the ``k``
+   lowest, and abstains on the rest.
 4. The number ``v`` of correct guesses among ``r = 2k`` is turned into an
-   epsilon lower bound with the paper's Theorem 5.2 (:func:`p_value`,
-   :func:`epsilon_lower_bound`).
+   epsilon lower bound with the paper's bound for (epsilon, delta)-DP
+   (:func:`p_value`, :func:`epsilon_lower_bound`).
 
-What the lower bound means: with probability at least ``confidence`` (95% by
-default) over the audit's randomness (canary inclusion) and the training's
-randomness, **if** the audited training is (epsilon, delta)-DP for every
-canary under add/remove adjacency, then ``epsilon >= epsilon_lower_bound``.
-So an ``epsilon_lower_bound`` above the accountant's epsilon refutes the
-accountant's claim (or its implementation) at that confidence.  A lower bound
-below the claim proves nothing about the claim: the audit is one attack,
-one client, one run, and a one-run audit is far from tight (for DP-SGD with
-epsilon around 8 it typically finds 1 to 2).  No audit, however many
-canaries, can certify more than :func:`epsilon_ceiling`.
+What the lower bound means: if the audited training is (epsilon, delta)-DP
+with respect to adding or removing any one canary (the adjacency of the
+accountant's claim), then the probability, over the canaries' inclusion and
+the training's own randomness, that the reported lower bound exceeds epsilon
+is at most ``1 - confidence`` (5% by default).  So a lower bound above the
+accountant's epsilon refutes the accountant's claim, or its implementation,
+at that confidence.  A lower bound below the claim proves nothing about the
+claim: it is one attack on one client in one run, and one-run audits are far
+from tight.  With ``m`` canaries no outcome can give more than
+:func:`epsilon_ceiling` (about 5.3 for m = 1000 at delta 1e-5 here), so a
+claim above the ceiling cannot be refuted at all by such an audit.
 
 Why gradient canaries and not input canaries: they are the strongest
 canaries the paper found for DP-SGD (white-box), they need no model-specific
@@ -41,9 +45,10 @@ The hook that adds them is installed on the one client object the audit
 builds, by :func:`run_canary_audit`; ``securefl.privacy.client`` is not
 changed and production clients carry no hook.
 
-Randomness: canary choice, inclusion and canary sampling come from a numpy
-generator (they protect nothing: the audit is an attack); the DP noise and
-the client's Poisson sampling are the client's own.
+Randomness: canary choice and inclusion (the auditor's) and the canaries'
+sampling into batches (the mechanism's) come from two independent numpy
+streams (they protect nothing: the audit is an attack); the DP noise and the
+Poisson sampling of the real data are the client's own.
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ class EmpiricalAuditError(SecureFLError):
     range."""
 
 
-# -- the bound (Theorem 5.2) ---------------------------------------------------------
+# -- the bound --------------------------------------------------------------------
 
 
 def _check_counts(m: int, r: int, v: int) -> None:
@@ -113,7 +118,8 @@ def _check_counts(m: int, r: int, v: int) -> None:
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
-    """Theorem 5.2 of Steinke, Nasr and Jagielski (2023): an upper bound on the
+    """The approximate-DP bound of Steinke, Nasr and Jagielski (2023), as
+    their paper's reference code computes it: an upper bound on the
     probability of ``v`` or more correct guesses out of ``r`` (the rest
     abstentions), with ``m`` canaries each included with probability 1/2, when
     the mechanism is (``epsilon``, ``delta``)-DP for each canary::
@@ -187,8 +193,8 @@ def epsilon_ceiling(m: int, r: int, delta: float, *,
                     confidence: float = DEFAULT_CONFIDENCE) -> float:
     """The largest lower bound ``r`` guesses among ``m`` canaries can ever
     give: :func:`epsilon_lower_bound` with every guess correct.  A claimed
-    epsilon above it cannot be refuted by this audit, whatever the training
-    does (e.g. about 5.8 for r = m = 1000, delta = 0, 95%)."""
+    epsilon above it cannot be refuted with these counts, whatever the
+    training does (about 5.81 for r = m = 1000, delta = 0, 95%)."""
     return epsilon_lower_bound(m, r, r, delta, confidence=confidence)
 
 
@@ -411,8 +417,10 @@ def run_canary_audit(
         raise EmpiricalAuditError(f"client {client_id} trained in no round: nothing to audit")
     if not 0 < _noise_factor <= 1:
         raise EmpiricalAuditError(f"noise factor must be in (0, 1], got {_noise_factor}")
-    rng = np.random.default_rng(seed if seed is not None
-                                else int.from_bytes(os.urandom(16), "little"))
+    # two independent streams: the auditor's (canaries, inclusion) and the
+    # mechanism's own coins for sampling the canaries into batches
+    rng, sampling = np.random.default_rng(
+        seed if seed is not None else int.from_bytes(os.urandom(16), "little")).spawn(2)
     client = _make_client(client_id, copy.deepcopy(model), features, labels, config)
     optimizer = getattr(client, "_optimizer", None)
     if optimizer is None or not hasattr(optimizer, "clip_and_accumulate"):
@@ -429,7 +437,7 @@ def run_canary_audit(
     coordinates = _quiet_coordinates(model, features, labels, clip, canaries, rng)
     included = rng.random(canaries) < 0.5
     injector = _CanaryInjector(optimizer, params, coordinates, included,
-                               float(client.sample_rate), CANARY_GRADIENT_NORM * clip, rng)
+                               float(client.sample_rate), CANARY_GRADIENT_NORM * clip, sampling)
     if _noise_factor != 1.0:
         _weaken_noise(optimizer, _noise_factor)
 
@@ -578,9 +586,11 @@ def plot_empirical_audit(result: EmpiricalAuditResult, path: str | os.PathLike[s
     for name, value in sorted(result.claimed_epsilon.items()):
         right.axhline(value, linestyle="--", color="tab:red" if name == "rdp" else "tab:orange",
                       label=f"claimed ({name}) {value:.2f}")
+    top = max([g.epsilon_ceiling for g in result.guesses] + list(result.claimed_epsilon.values()))
+    right.set_ylim(0, 1.45 * top)  # room for the legend above the bars
     right.set_ylabel(f"epsilon (delta {result.delta:g})")
     right.tick_params(axis="x", labelsize=7)
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left")
     verdict = "VIOLATION" if result.violation else "no violation found"
     right.set_title(f"lower bound {result.epsilon_lower_bound:.2f} vs claimed"
                     f" {result.claimed:.2f}: {verdict}", fontsize=9)
