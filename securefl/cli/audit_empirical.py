@@ -131,6 +131,7 @@ def load_client_target(run_dir: Path, client_id: int | None) -> ClientTarget:
                                   f" (clients {sorted(by_client)})")
     rows: list[LedgerEntry] = by_client[client_id]
     trained = [r for r in rows if r.local_steps > 0]
+    rounds = len({r.round for r in trained})
     if not trained:
         raise EmpiricalAuditError(f"client {client_id} never trained: nothing to audit")
     parameters = {(r.noise_multiplier, r.sample_rate) for r in trained}
@@ -153,14 +154,14 @@ def load_client_target(run_dir: Path, client_id: int | None) -> ClientTarget:
                                       f" architecture: {exc}") from None
     dp = dataclasses.replace(config.dp_config(), noise_multiplier=float(sigma),
                              target_epsilon=None, epsilon_budget=None,
-                             planned_rounds=len(trained))
+                             planned_rounds=rounds)
     last = rows[-1]
     recorded = {"rdp": last.epsilon_rdp}
     if last.epsilon_prv is not None:
         recorded["prv"] = last.epsilon_prv
     return ClientTarget(
         client_id=client_id, model=model, features=features, labels=labels, dp_config=dp,
-        rounds=len(trained), history=[list(h) for h in last.history],
+        rounds=rounds, history=[list(h) for h in last.history],
         ledger_epsilon=recorded,
         description=f"{data.name}, {config.num_clients} clients, seed {config.seed}",
     )
@@ -197,7 +198,6 @@ def run_empirical(args: argparse.Namespace) -> int:
     )
     report = {"run_dir": str(run_dir), **result.to_json(),
               "ledger_epsilon": {k: _finite(v) for k, v in target.ledger_epsilon.items()}}
-    report["claimed_epsilon"] = {k: _finite(v) for k, v in result.claimed_epsilon.items()}
     plot = None
     if not args.no_plot:
         plot = args.plot or _default_plot(run_dir, target.client_id, args.output)

@@ -61,13 +61,18 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 from scipy.special import expit
 
 from securefl.errors import SecureFLError
+
+if TYPE_CHECKING:  # torch and Opacus load only when an audit runs
+    from torch import nn
+
+    from securefl.privacy.client import DPConfig, PrivateClient
 
 __all__ = [
     "DEFAULT_CANARIES",
@@ -268,11 +273,14 @@ class EmpiricalAuditResult:
         return min(self.claimed_epsilon.values())
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready values (strict JSON: no NaN, no infinity); scores omitted."""
+        """JSON-ready values (strict JSON: an infinite claim becomes null);
+        the per-canary scores are omitted."""
         data = asdict(self)
         data.pop("scores")
         data.pop("membership")
-        data["claimed_epsilon_min"] = self.claimed
+        data["claimed_epsilon"] = {k: v if math.isfinite(v) else None
+                                   for k, v in self.claimed_epsilon.items()}
+        data["claimed_epsilon_min"] = self.claimed if math.isfinite(self.claimed) else None
         data["guesses"] = [asdict(g) for g in self.guesses]
         data["seconds"] = round(self.seconds, 3)
         return data
@@ -320,7 +328,8 @@ class _CanaryInjector:
             start, stop = self.offsets[index], self.offsets[index + 1]
             mine = (sampled >= start) & (sampled < stop)
             grads = torch.zeros((len(sampled), int(p.numel())), dtype=p.dtype)
-            grads[rows[mine], torch.as_tensor(sampled[mine] - start)] = self.magnitude
+            grads[torch.as_tensor(rows[mine]), torch.as_tensor(sampled[mine] - start)] = (
+                self.magnitude)
             existing = p.grad_sample
             if isinstance(existing, list):
                 existing = torch.cat(existing, dim=0)
@@ -345,22 +354,25 @@ def _weaken_noise(optimizer: Any, factor: float) -> None:
     optimizer.add_noise = add_weakened_noise
 
 
-def _make_client(client_id: int, model: Any, features: np.ndarray, labels: np.ndarray,
-                 config: Any) -> Any:
-    from securefl.privacy.client import PrivateClient, Weighting
+def _make_client(client_id: int, model: nn.Module, features: np.ndarray, labels: np.ndarray,
+                 config: DPConfig) -> PrivateClient:
+    """The client exactly as production builds it, with whatever secret
+    randomness its constructor draws (a ``seed`` argument, where the
+    constructor still takes one, is fresh from the OS)."""
+    from securefl.privacy.client import PrivateClient
 
-    kwargs: dict[str, Any] = {"weighting": Weighting.UNIFORM}
+    kwargs: dict[str, Any] = {}
     parameters = inspect.signature(PrivateClient).parameters
-    if "seed" in parameters:  # fresh noise for every audit
+    if "seed" in parameters:
         kwargs["seed"] = secrets.randbits(31)
     return PrivateClient(client_id, model, features, labels, config, **kwargs)
 
 
 def run_canary_audit(
-    model: Any,
+    model: nn.Module,
     features: np.ndarray,
     labels: np.ndarray,
-    config: Any,
+    config: DPConfig,
     *,
     rounds: int,
     client_id: int = 1,
@@ -486,7 +498,7 @@ def run_canary_audit(
     )
 
 
-def _quiet_coordinates(model: Any, features: np.ndarray, labels: np.ndarray, clip: float,
+def _quiet_coordinates(model: nn.Module, features: np.ndarray, labels: np.ndarray, clip: float,
                        count: int, rng: np.random.Generator) -> np.ndarray:
     """The ``count`` model coordinates the client's own data moves least: its
     clipped per-sample gradients at the starting model, summed in absolute
