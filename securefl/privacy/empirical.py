@@ -518,13 +518,16 @@ def _quiet_coordinates(model: nn.Module, features: np.ndarray, labels: np.ndarra
         out = functional_call(module, weights, (x.unsqueeze(0),))
         return criterion(out, y.unsqueeze(0))
 
-    x = torch.as_tensor(features, dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(values, x, y)
-    flat = torch.cat([per_sample[name].reshape(len(x), -1) for name in names], dim=1)
-    norms = flat.norm(dim=1, keepdim=True)
-    clipped = flat * (clip / (norms + 1e-6)).clamp(max=1.0)
-    activity = clipped.abs().sum(dim=0).numpy().astype(np.float64)
+    per_sample_grad = vmap(grad(loss), in_dims=(None, 0, 0))
+    activity = np.zeros(sum(int(values[name].numel()) for name in names))
+    for start in range(0, len(features), 256):  # chunks bound the memory: 256 x params
+        x = torch.as_tensor(features[start:start + 256], dtype=torch.float32)
+        y = torch.as_tensor(labels[start:start + 256], dtype=torch.long)
+        per_sample = per_sample_grad(values, x, y)
+        flat = torch.cat([per_sample[name].reshape(len(x), -1) for name in names], dim=1)
+        norms = flat.norm(dim=1, keepdim=True)
+        clipped = flat * (clip / (norms + 1e-6)).clamp(max=1.0)
+        activity += clipped.abs().sum(dim=0).numpy().astype(np.float64)
     tiebreak = rng.random(len(activity))
     return np.lexsort((tiebreak, activity))[:count]
 
