@@ -168,9 +168,11 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, *,
     Meaning: if the mechanism is (epsilon, delta)-DP for every canary, then
     the returned value exceeds epsilon with probability at most ``beta``.
     The value returned always has ``p_value < beta`` (the bisection keeps the
-    rejected end), so it is sound even where the p-value is not monotone in
-    epsilon: a mechanism that is (e, delta)-DP is also (e', delta)-DP for every
-    e' >= e, so rejecting any e' >= e rejects e.
+    rejected end), which is all soundness needs, even where the p-value is not
+    monotone in epsilon: a mechanism that is (e, delta)-DP is also
+    (e', delta)-DP for every e' >= e, so ``inf over e' >= e of p_value(e')``
+    bounds its tail too, and returning any rejected e' >= e happens with
+    probability at most ``beta``.
 
     Raises:
         EmpiricalAuditError: on counts or parameters out of range.
@@ -409,6 +411,10 @@ def run_canary_audit(
         _noise_factor: TEST ONLY.  Makes the training add this fraction of
             its recorded noise while recording the full noise, to show the
             audit catches such a bug.  Never set it outside tests.
+
+    Memory: every step appends (canaries sampled) x (model parameters)
+    floats to the per-sample gradients; meant for models of up to a few
+    hundred thousand parameters.
 
     Raises:
         EmpiricalAuditError: zero noise or no rounds (nothing to audit), more
