@@ -332,7 +332,9 @@ class _CanaryInjector:
             grads = torch.zeros((len(sampled), int(p.numel())), dtype=p.dtype)
             grads[torch.as_tensor(rows[mine]), torch.as_tensor(sampled[mine] - start)] = (
                 self.magnitude)
-            existing = p.grad_sample
+            existing = getattr(p, "grad_sample", None)
+            if existing is None:  # an empty Poisson batch
+                existing = torch.zeros((0, *p.shape), dtype=p.dtype)
             if isinstance(existing, list):
                 existing = torch.cat(existing, dim=0)
             p.grad_sample = torch.cat([existing, grads.view(len(sampled), *p.shape)], dim=0)
