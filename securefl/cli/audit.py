@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from securefl.cli.audit_empirical import add_arguments as add_empirical_arguments
+from securefl.cli.audit_empirical import run_empirical
 from securefl.errors import LedgerError
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, entries_by_client, read_ledger
 from securefl.privacy.options import AccountantKind
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"a run directory holding {LEDGER_FILENAME} (or the ledger file)")
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
     p.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+    add_empirical_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -190,6 +193,8 @@ def _print_report(report: dict[str, Any], ledger: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Audit the ledger; 0 if every client is within budget and consistent."""
+    if args.empirical:
+        return run_empirical(args)
     path: Path = args.run_dir
     ledger = path / LEDGER_FILENAME if path.is_dir() else path
     if not ledger.exists():
