@@ -3,7 +3,14 @@
 * :class:`InProcessGrid`: a Flower ``Grid`` that runs ClientApps in this
   process (messages go through Flower's protobuf serde and every call gets a
   copy of the node's Context, as a fresh ClientApp process would), with
-  scheduled node deaths.
+  scheduled node deaths, and a log of every reply the nodes sent.
+* :data:`SEMI_HONEST_OPT_IN`: the node config by which a test node's
+  operator opts in to semi-honest mode over unauthenticated (in-process)
+  channels; :func:`node_configs` adds it to every node.
+* :func:`recording_app`: the example ClientApp with a recorder behind the
+  securefl mod (what ``train`` returned, per node and round), and
+  :func:`check_exact_sum`: the server's sum is exactly the survivors'
+  encoded updates, whatever their secret rounding was.
 * :class:`Deployment`: a real SuperLink and SuperNodes on 127.0.0.1 in
   insecure mode, every process in its own session, all stopped (SIGTERM then
   SIGKILL by process group) when the context exits, with a /proc check for
@@ -47,6 +54,91 @@ from securefl.flower.setup import RECORD, Key, Stage
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "examples" / "flower_app"
 _STAGES = [s.value for s in Stage]
+SEMI_HONEST_OPT_IN = {"securefl-allow-unauthenticated-semi-honest": True}
+"""Node config: run semi-honest mode although no channel is authenticated
+(in-process tests and the insecure local deployments of the tests)."""
+
+
+def node_configs(n: int, first: int = 1000, **extra: Any) -> dict[int, dict[str, Any]]:
+    """Node id -> node config of ``n`` nodes that opt in to semi-honest mode
+    over unauthenticated channels."""
+    return {first + i: {"partition-id": i, "num-partitions": n, **SEMI_HONEST_OPT_IN, **extra}
+            for i in range(n)}
+
+
+def example_app() -> ClientApp:
+    """The example app's ClientApp (``examples/flower_app``)."""
+    import importlib
+
+    app_dir = str(APP_DIR)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    return importlib.import_module("securefl_app.client_app").app  # type: ignore[no-any-return]
+
+
+@dataclass
+class Trained:
+    """What one node's ``train`` returned in one round (seen behind the mod)."""
+
+    global_arrays: list[np.ndarray]
+    local_arrays: list[np.ndarray]
+    metrics: dict[str, Any]
+
+
+def recording_app(record: dict[tuple[int, int], Trained]) -> ClientApp:
+    """The example's ClientApp (securefl_mod, then Opacus training) with a
+    recorder between the mod and ``train``: ``record[(node id, round)]``."""
+    from securefl.flower.client_train import train_private_client
+    from securefl.flower.mod import securefl_mod
+
+    def recorder(msg: Message, ctxt: Context, call_next: Any) -> Message:
+        out = call_next(msg, ctxt)
+        if not out.has_error():
+            fl_round = int(msg.content.config_records[RECORD][Key.FL_ROUND])  # type: ignore[call-overload]
+            metrics: dict[str, Any] = {}
+            for rec in out.content.metric_records.values():
+                metrics.update(rec)
+            record[ctxt.node_id, fl_round] = Trained(
+                msg.content.array_records["arrays"].to_numpy_ndarrays(),
+                next(iter(out.content.array_records.values())).to_numpy_ndarrays(), metrics)
+        return out
+
+    app = ClientApp(mods=[securefl_mod, recorder])
+    app.train()(train_private_client)
+    return app
+
+
+class _Constant:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, self.value)
+
+
+def check_exact_sum(total: np.ndarray, codec: Any, trained: Iterable[Trained]) -> None:
+    """Assert that ``total`` is exactly the sum mod 2^bits of the encodings of
+    ``trained`` updates, each rounded up or down as stochastic rounding may
+    (the rounding is the nodes' secret): coordinate-wise, ``total - sum of
+    rounded-down encodings`` lies in ``[0, number of updates rounded up
+    there]``, and the weight slot is exact."""
+    mask = np.uint64((1 << codec.bits) - 1) if codec.bits < 64 else np.uint64(2**64 - 1)
+    low = np.zeros(codec.vector_length, dtype=np.uint64)
+    span = np.zeros(codec.vector_length, dtype=np.uint64)
+    count = 0
+    for t in trained:
+        update = [np.subtract(lo, gl.astype(lo.dtype)) for lo, gl in
+                  zip(t.local_arrays, t.global_arrays, strict=True)]
+        weight = int(t.metrics["num-examples"])
+        down = codec.encode(update, _Constant(1.0), weight=weight).vector
+        up = codec.encode(update, _Constant(0.0), weight=weight).vector
+        low = (low + down) & mask
+        span = span + ((up - down) & mask)
+        count += 1
+    assert count >= 1
+    assert int(span.max()) <= count and int(span[-1]) == 0
+    diff = (np.asarray(total, dtype=np.uint64) - low) & mask
+    assert np.all(diff <= span), "the sum is not the survivors' encoded updates"
 
 
 def _roundtrip(msg: Message) -> Message:
@@ -88,6 +180,9 @@ class InProcessGrid(Grid):
         self._answer_for_dead = answer_for_dead
         self._replies: dict[str, Message] = {}
         self.sent: list[tuple[int, str, int]] = []
+        self.replies: list[tuple[int, str, int, Message]] = []
+        """(node, stage, federation round, reply) of every reply a ClientApp
+        sent, as the SuperLink received it (after the protobuf round trip)."""
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -138,6 +233,7 @@ class InProcessGrid(Grid):
                                   reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
         self._contexts[node] = context
         self._replies[mid] = _roundtrip(reply)
+        self.replies.append((node, stage, fl_round, _roundtrip(reply)))
         return mid
 
     def state_of(self, node: int) -> RecordDict:
@@ -239,7 +335,8 @@ class Deployment:
         self.num_nodes = num_nodes
         self.simulation = simulation
         self.node_configs = [] if simulation else (node_configs or [
-            f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)])
+            f"partition-id={i} num-partitions={num_nodes}"
+            " securefl-allow-unauthenticated-semi-honest=true" for i in range(num_nodes)])
         self.root = Path(tempfile.mkdtemp(prefix="securefl-flwr-"))
         self.home = self.root / f"flwr-home-{uuid4().hex}"
         self.home.mkdir()
