@@ -108,6 +108,81 @@ def recording_app(record: dict[tuple[int, int], Trained]) -> ClientApp:
     return app
 
 
+_RECORDING_CLIENT_APP = '''"""Test-only ClientApp: the example's, with a recorder between
+the securefl mod and ``train`` that saves what ``train`` returned to the directory in the
+node config ``test-record-dir`` (or the environment variable
+SECUREFL_TEST_RECORD_DIR; written by tests/flower_harness.py)."""
+
+import os
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from securefl.flower.mod import securefl_mod
+from securefl.flower.setup import RECORD, Key
+
+
+def _recorder(msg: Message, ctxt: Context, call_next) -> Message:
+    out = call_next(msg, ctxt)
+    directory = ctxt.node_config.get("test-record-dir",
+                                     os.environ.get("SECUREFL_TEST_RECORD_DIR"))
+    if directory and not out.has_error():
+        fl_round = int(msg.content.config_records[RECORD][Key.FL_ROUND])
+        cid = int(ctxt.node_config["partition-id"]) + 1
+        metrics = {}
+        for rec in out.content.metric_records.values():
+            metrics.update(rec)
+        arrays = {f"global_{i}": a for i, a in
+                  enumerate(msg.content.array_records["arrays"].to_numpy_ndarrays())}
+        local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
+        arrays.update({f"local_{i}": a for i, a in enumerate(local)})
+        path = os.path.join(directory, f"client-{cid}-round-{fl_round}.npz")
+        np.savez(path + ".tmp.npz", weight=int(metrics["num-examples"]), **arrays)
+        os.replace(path + ".tmp.npz", path)
+    return out
+
+
+app = ClientApp(mods=[securefl_mod, _recorder])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from securefl.flower.client_train import train_private_client
+
+    return train_private_client(msg, context)
+'''
+
+
+def recording_app_dir(root: Path) -> Path:
+    """A copy of the example app whose ClientApp records what ``train``
+    returned on each node (node config ``test-record-dir``), for
+    :func:`load_recorded`; the ServerApp is the example's."""
+    target = root / "recording_app"
+    shutil.copytree(APP_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "securefl_app" / "recording_client_app.py").write_text(_RECORDING_CLIENT_APP)
+    pyproject = target / "pyproject.toml"
+    text = pyproject.read_text()
+    assert '"securefl_app.client_app:app"' in text
+    pyproject.write_text(text.replace('"securefl_app.client_app:app"',
+                                      '"securefl_app.recording_client_app:app"'))
+    return target
+
+
+def load_recorded(directory: Path) -> dict[tuple[int, int], Trained]:
+    """(client id, round) -> what the node's ``train`` returned, as saved by
+    the :func:`recording_app_dir` app."""
+    out = {}
+    for path in directory.glob("client-*-round-*.npz"):
+        _, cid, _, fl_round = path.stem.split("-")
+        with np.load(path) as data:
+            count = sum(1 for k in data.files if k.startswith("global_"))
+            out[int(cid), int(fl_round)] = Trained(
+                [data[f"global_{i}"] for i in range(count)],
+                [data[f"local_{i}"] for i in range(count)], {"num-examples": int(data["weight"])})
+    return out
+
+
 class _Constant:
     def __init__(self, value: float) -> None:
         self.value = value
