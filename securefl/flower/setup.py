@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from securefl.encoding import FixedPointCodec
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, EncodingError
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import CompleteGraph
 
@@ -225,7 +225,10 @@ class SessionSetup:
                         shapes=tuple(tuple(s) for s in shapes), clip=float(clip), **ints)
         except OverflowError:
             raise ConfigurationError("clip is out of range") from None
-        codec = setup.codec()  # validates
+        try:
+            codec = setup.codec()  # validates
+        except EncodingError as exc:  # a bit budget that could overflow
+            raise ConfigurationError(f"the session's codec is refused: {exc}") from None
         setup.secagg_config()  # validates
         if codec.num_clients < setup.num_clients:
             raise ConfigurationError(f"the codec's bit budget covers {codec.num_clients}"
