@@ -425,6 +425,9 @@ class Deployment:
                     # SuperExec launches ClientApp/ServerApp processes; default poll 1 s
                     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
         self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env.get('PATH', '')}"
+        # the processes import securefl from this checkout, whatever is installed
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         self.port = free_port()
         self.logs = self.root / "logs"
         self.logs.mkdir()

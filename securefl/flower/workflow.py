@@ -9,7 +9,9 @@ time, or replies with an error (a killed SuperNode, a crashed ClientApp, a
 protocol violation it detected) is simply absent from that round: the
 server's ``close_round()`` then records it as a dropout at that round (e.g.
 ``DEAD_AFTER_SHARE_KEYS_RECEIVED``).  A reply that breaks the protocol is
-refused by the session and counts as absent too.  Fewer than ``threshold``
+refused by the session and counts as absent too, and so does a node whose
+own policy refuses the session setup (its reply names the rule; see
+:mod:`securefl.flower.policy`).  Fewer than ``threshold``
 survivors raises :class:`~securefl.errors.AbortError`; the caller's model and
 ledger are untouched and the next round starts afresh.
 
