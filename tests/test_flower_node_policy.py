@@ -228,6 +228,17 @@ def test_node_policy_defaults_and_bad_values() -> None:
             NodePolicy.from_node_config(bad, has_identity=False)
 
 
+def test_reproducible_noise_set_to_false_is_no_request() -> None:
+    from securefl.flower.policy import SetupRefusedError, check_no_insecure_noise
+
+    check_no_insecure_noise({"insecure_reproducible_noise": False},
+                            {"insecure-reproducible-noise": "false"}, None, {})
+    with pytest.raises(SetupRefusedError) as info:
+        check_no_insecure_noise({}, {"insecure-reproducible-noise": "yes"}, fl_round=4)
+    assert info.value.rule is PolicyRule.INSECURE_NOISE and info.value.fl_round == 4
+    assert "insecure-reproducible-noise-requested" in str(info.value)
+
+
 def test_the_operator_opt_in_may_come_from_the_node_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREFL_ALLOW_UNAUTHENTICATED_SEMI_HONEST", "true")
