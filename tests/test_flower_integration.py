@@ -274,3 +274,40 @@ def test_client_dp_config_is_the_simulators(overrides: dict) -> None:
 
     run_config = {**RUN, **overrides}
     assert dp_config(run_config) == simulation_config(run_config).dp_config()
+
+
+@pytest.mark.parametrize("junk", [{"dp-steps": [1, 2]}, {"dp-history": [1.0, 0.1]},
+                                  {"dp-noise-multiplier": float("nan")},
+                                  {"dp-sample-rate": -0.5}, {"num-examples": 7}])
+def test_malformed_dp_metrics_make_the_reply_absent_not_the_server_crash(junk: dict) -> None:
+    """A node whose masked-input reply carries DP metrics the ledger cannot
+    use (or any metric but ``dp-*``) is refused and absent; the others' sum
+    is still exact."""
+    from flwr.app import MetricRecord
+    from flwr.clientapp import ClientApp
+
+    from securefl.federation.simulation import preflight
+    from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key
+
+    trained: dict[tuple[int, int], Trained] = {}
+    inner = recording_app(trained)
+
+    def corrupt(msg, ctxt, call_next):
+        reply = call_next(msg, ctxt)
+        record = msg.content.config_records[RECORD]
+        if ctxt.node_id == 1001 and record[Key.STAGE] == Stage.MASKED_INPUT_COLLECTION.value:
+            reply.content.metric_records[DP_METRICS_RECORD] = MetricRecord(
+                {**reply.content.metric_records[DP_METRICS_RECORD], **junk})
+        return reply
+
+    app = ClientApp(mods=[corrupt])
+    app.train()(lambda msg, ctxt: inner(msg, ctxt))
+    run_config = {**RUN, "num-clients": 4}
+    model, codec = preflight(simulation_config(run_config))
+    grid = InProcessGrid(app, node_configs(4), run_config)
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(), codec)
+    result = workflow.run_round(grid, 1, ArrayRecord([p.detach().numpy()
+                                                      for p in model.parameters()]))
+    assert result.survivors == (1, 3, 4)
+    assert set(result.dp_metrics) == {1, 3, 4}
+    check_exact_sum(result.total, codec, [trained[999 + c, 1] for c in (1, 3, 4)])

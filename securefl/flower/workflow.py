@@ -25,6 +25,7 @@ checked against the pinned keys anyway.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,14 @@ from securefl.errors import (
     Rule,
     SecureFLError,
 )
-from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key, SessionSetup, Stage
+from securefl.flower.setup import (
+    DP_METRIC_PREFIX,
+    DP_METRICS_RECORD,
+    RECORD,
+    Key,
+    SessionSetup,
+    Stage,
+)
 from securefl.hazmat import signing
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import (
@@ -201,6 +209,33 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float,
             break
         time.sleep(poll_interval)
     return replies
+
+
+_DP_SCALARS = ("dp-noise-multiplier", "dp-sample-rate", "dp-steps")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _dp_metrics(reply: Message, cid: int, rnd: Round) -> dict[str, Any]:
+    """The DP accounting metrics a masked-input reply carries (untrusted):
+    ``dp-*`` names with finite numbers, ``dp-history`` a list of finite
+    numbers whose length is a multiple of 3.
+
+    Raises:
+        RemoteProtocolError: anything else (the reply is refused).
+    """
+    record = reply.content.metric_records.get(DP_METRICS_RECORD)
+    metrics = dict(record) if record is not None else {}
+    for key, value in metrics.items():
+        ok = (isinstance(value, list) and all(_finite(v) for v in value)
+              and len(value) % 3 == 0) if key == "dp-history" else _finite(value)
+        if not key.startswith(DP_METRIC_PREFIX) or not ok or (
+                key in _DP_SCALARS and float(value) < 0):
+            raise RemoteProtocolError(Rule.MALFORMED, f"DP metric {key[:40]!r} is malformed",
+                                      peer=cid, round=rnd)
+    return metrics
 
 
 class SecureAggregationWorkflow:
@@ -382,13 +417,14 @@ class SecureAggregationWorkflow:
                 raise RemoteProtocolError(Rule.UNKNOWN_PEER,
                                           f"node {node} is client {cid}, not {sender}",
                                           peer=cid, round=rnd)
+            metrics = (_dp_metrics(reply, cid, rnd) if rnd is Round.MASKED_INPUT_COLLECTION
+                       else None)
             server.receive(message)
         except RemoteProtocolError as exc:
             log.warning("refused the reply of client %s at %s: %s", cid, rnd.name, exc)
             return
-        if rnd is Round.MASKED_INPUT_COLLECTION:
-            metrics = reply.content.metric_records.get(DP_METRICS_RECORD)
-            dp_metrics[cid] = dict(metrics) if metrics is not None else {}
+        if metrics is not None:
+            dp_metrics[cid] = metrics
 
     def _abort(self, grid: Grid, fl_round: int, nodes: Sequence[int]) -> None:
         """Tell the nodes to forget the aborted session's secrets now rather
