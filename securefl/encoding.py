@@ -26,6 +26,7 @@ and anything with ``.detach().cpu().numpy()`` (torch tensors).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,10 @@ __all__ = [
 MAX_EXACT_SCALE_BITS = 52
 """``clip * 2^frac_bits`` must stay below ``2^52`` so that float64 still has
 a fractional part to round stochastically."""
+
+MAX_FRAC_BITS = 1000
+"""``|frac_bits|`` above this cannot be represented in float64 scaling (and
+no ring of at most 64 bits could use it)."""
 
 _FLOAT_KINDS = ("f",)
 
@@ -211,7 +216,10 @@ class FixedPointCodec:
     _sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        shapes = tuple(tuple(int(d) for d in s) for s in self.shapes)
+        try:
+            shapes = tuple(tuple(operator.index(d) for d in s) for s in self.shapes)
+        except TypeError:
+            raise ConfigurationError("shapes must be sequences of integer dimensions") from None
         object.__setattr__(self, "shapes", shapes)
         if not shapes:
             raise ConfigurationError("shapes must name at least one tensor")
@@ -219,9 +227,12 @@ class FixedPointCodec:
             raise ConfigurationError(f"shapes must have non-negative dimensions, got {shapes}")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 64:
             raise ConfigurationError(f"bits must be an integer in 2..64, got {self.bits!r}")
-        if not isinstance(self.frac_bits, int):
-            raise ConfigurationError(f"frac_bits must be an integer, got {self.frac_bits!r}")
-        if not (math.isfinite(self.clip) and self.clip > 0):
+        if (isinstance(self.frac_bits, bool) or not isinstance(self.frac_bits, int)
+                or not -MAX_FRAC_BITS <= self.frac_bits <= MAX_FRAC_BITS):
+            raise ConfigurationError(f"frac_bits must be an integer in -{MAX_FRAC_BITS}.."
+                                     f"{MAX_FRAC_BITS}, got {self.frac_bits!r}")
+        if (isinstance(self.clip, bool) or not isinstance(self.clip, int | float)
+                or not (math.isfinite(self.clip) and self.clip > 0)):
             raise ConfigurationError(f"clip must be a positive finite number, got {self.clip!r}")
         if not isinstance(self.num_clients, int) or self.num_clients < 1:
             raise ConfigurationError(f"num_clients must be >= 1, got {self.num_clients!r}")

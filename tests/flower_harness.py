@@ -3,7 +3,14 @@
 * :class:`InProcessGrid`: a Flower ``Grid`` that runs ClientApps in this
   process (messages go through Flower's protobuf serde and every call gets a
   copy of the node's Context, as a fresh ClientApp process would), with
-  scheduled node deaths.
+  scheduled node deaths, and a log of every reply the nodes sent.
+* :data:`SEMI_HONEST_OPT_IN`: the node config by which a test node's
+  operator opts in to semi-honest mode over unauthenticated (in-process)
+  channels; :func:`node_configs` adds it to every node.
+* :func:`recording_app`: the example ClientApp with a recorder behind the
+  securefl mod (what ``train`` returned, per node and round), and
+  :func:`check_exact_sum`: the server's sum is exactly the survivors'
+  encoded updates, whatever their secret rounding was.
 * :class:`Deployment`: a real SuperLink and SuperNodes on 127.0.0.1 in
   insecure mode, every process in its own session, all stopped (SIGTERM then
   SIGKILL by process group) when the context exits, with a /proc check for
@@ -47,6 +54,166 @@ from securefl.flower.setup import RECORD, Key, Stage
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "examples" / "flower_app"
 _STAGES = [s.value for s in Stage]
+SEMI_HONEST_OPT_IN = {"securefl-allow-unauthenticated-semi-honest": True}
+"""Node config: run semi-honest mode although no channel is authenticated
+(in-process tests and the insecure local deployments of the tests)."""
+
+
+def node_configs(n: int, first: int = 1000, **extra: Any) -> dict[int, dict[str, Any]]:
+    """Node id -> node config of ``n`` nodes that opt in to semi-honest mode
+    over unauthenticated channels."""
+    return {first + i: {"partition-id": i, "num-partitions": n, **SEMI_HONEST_OPT_IN, **extra}
+            for i in range(n)}
+
+
+def example_app() -> ClientApp:
+    """The example app's ClientApp (``examples/flower_app``)."""
+    import importlib
+
+    app_dir = str(APP_DIR)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    return importlib.import_module("securefl_app.client_app").app  # type: ignore[no-any-return]
+
+
+@dataclass
+class Trained:
+    """What one node's ``train`` returned in one round (seen behind the mod)."""
+
+    global_arrays: list[np.ndarray]
+    local_arrays: list[np.ndarray]
+    metrics: dict[str, Any]
+
+
+def recording_app(record: dict[tuple[int, int], Trained]) -> ClientApp:
+    """The example's ClientApp (securefl_mod, then Opacus training) with a
+    recorder between the mod and ``train``: ``record[(node id, round)]``."""
+    from securefl.flower.client_train import train_private_client
+    from securefl.flower.mod import securefl_mod
+
+    def recorder(msg: Message, ctxt: Context, call_next: Any) -> Message:
+        out = call_next(msg, ctxt)
+        if not out.has_error():
+            fl_round = int(msg.content.config_records[RECORD][Key.FL_ROUND])  # type: ignore[call-overload]
+            metrics: dict[str, Any] = {}
+            for rec in out.content.metric_records.values():
+                metrics.update(rec)
+            record[ctxt.node_id, fl_round] = Trained(
+                msg.content.array_records["arrays"].to_numpy_ndarrays(),
+                next(iter(out.content.array_records.values())).to_numpy_ndarrays(), metrics)
+        return out
+
+    app = ClientApp(mods=[securefl_mod, recorder])
+    app.train()(train_private_client)
+    return app
+
+
+_RECORDING_CLIENT_APP = '''"""Test-only ClientApp: the example's, with a recorder between
+the securefl mod and ``train`` that saves what ``train`` returned to the directory in the
+node config ``test-record-dir`` (or the environment variable
+SECUREFL_TEST_RECORD_DIR; written by tests/flower_harness.py)."""
+
+import os
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from securefl.flower.mod import securefl_mod
+from securefl.flower.setup import RECORD, Key
+
+
+def _recorder(msg: Message, ctxt: Context, call_next) -> Message:
+    out = call_next(msg, ctxt)
+    directory = ctxt.node_config.get("test-record-dir",
+                                     os.environ.get("SECUREFL_TEST_RECORD_DIR"))
+    if directory and not out.has_error():
+        fl_round = int(msg.content.config_records[RECORD][Key.FL_ROUND])
+        cid = int(ctxt.node_config["partition-id"]) + 1
+        metrics = {}
+        for rec in out.content.metric_records.values():
+            metrics.update(rec)
+        arrays = {f"global_{i}": a for i, a in
+                  enumerate(msg.content.array_records["arrays"].to_numpy_ndarrays())}
+        local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
+        arrays.update({f"local_{i}": a for i, a in enumerate(local)})
+        path = os.path.join(directory, f"client-{cid}-round-{fl_round}.npz")
+        np.savez(path + ".tmp.npz", weight=int(metrics["num-examples"]), **arrays)
+        os.replace(path + ".tmp.npz", path)
+    return out
+
+
+app = ClientApp(mods=[securefl_mod, _recorder])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from securefl.flower.client_train import train_private_client
+
+    return train_private_client(msg, context)
+'''
+
+
+def recording_app_dir(root: Path) -> Path:
+    """A copy of the example app whose ClientApp records what ``train``
+    returned on each node (node config ``test-record-dir``), for
+    :func:`load_recorded`; the ServerApp is the example's."""
+    target = root / "recording_app"
+    shutil.copytree(APP_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "securefl_app" / "recording_client_app.py").write_text(_RECORDING_CLIENT_APP)
+    pyproject = target / "pyproject.toml"
+    text = pyproject.read_text()
+    assert '"securefl_app.client_app:app"' in text
+    pyproject.write_text(text.replace('"securefl_app.client_app:app"',
+                                      '"securefl_app.recording_client_app:app"'))
+    return target
+
+
+def load_recorded(directory: Path) -> dict[tuple[int, int], Trained]:
+    """(client id, round) -> what the node's ``train`` returned, as saved by
+    the :func:`recording_app_dir` app."""
+    out = {}
+    for path in directory.glob("client-*-round-*.npz"):
+        _, cid, _, fl_round = path.stem.split("-")
+        with np.load(path) as data:
+            count = sum(1 for k in data.files if k.startswith("global_"))
+            out[int(cid), int(fl_round)] = Trained(
+                [data[f"global_{i}"] for i in range(count)],
+                [data[f"local_{i}"] for i in range(count)], {"num-examples": int(data["weight"])})
+    return out
+
+
+class _Constant:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, self.value)
+
+
+def check_exact_sum(total: np.ndarray, codec: Any, trained: Iterable[Trained]) -> None:
+    """Assert that ``total`` is exactly the sum mod 2^bits of the encodings of
+    ``trained`` updates, each rounded up or down as stochastic rounding may
+    (the rounding is the nodes' secret): coordinate-wise, ``total - sum of
+    rounded-down encodings`` lies in ``[0, number of updates rounded up
+    there]``, and the weight slot is exact."""
+    mask = np.uint64((1 << codec.bits) - 1) if codec.bits < 64 else np.uint64(2**64 - 1)
+    low = np.zeros(codec.vector_length, dtype=np.uint64)
+    span = np.zeros(codec.vector_length, dtype=np.uint64)
+    count = 0
+    for t in trained:
+        update = [np.subtract(lo, gl.astype(lo.dtype)) for lo, gl in
+                  zip(t.local_arrays, t.global_arrays, strict=True)]
+        weight = int(t.metrics["num-examples"])
+        down = codec.encode(update, _Constant(1.0), weight=weight).vector
+        up = codec.encode(update, _Constant(0.0), weight=weight).vector
+        low = (low + down) & mask
+        span = span + ((up - down) & mask)
+        count += 1
+    assert count >= 1
+    assert int(span.max()) <= count and int(span[-1]) == 0
+    diff = (np.asarray(total, dtype=np.uint64) - low) & mask
+    assert np.all(diff <= span), "the sum is not the survivors' encoded updates"
 
 
 def _roundtrip(msg: Message) -> Message:
@@ -88,6 +255,9 @@ class InProcessGrid(Grid):
         self._answer_for_dead = answer_for_dead
         self._replies: dict[str, Message] = {}
         self.sent: list[tuple[int, str, int]] = []
+        self.replies: list[tuple[int, str, int, Message]] = []
+        """(node, stage, federation round, reply) of every reply a ClientApp
+        sent, as the SuperLink received it (after the protobuf round trip)."""
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -138,6 +308,7 @@ class InProcessGrid(Grid):
                                   reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered)
         self._contexts[node] = context
         self._replies[mid] = _roundtrip(reply)
+        self.replies.append((node, stage, fl_round, _roundtrip(reply)))
         return mid
 
     def state_of(self, node: int) -> RecordDict:
@@ -239,7 +410,8 @@ class Deployment:
         self.num_nodes = num_nodes
         self.simulation = simulation
         self.node_configs = [] if simulation else (node_configs or [
-            f"partition-id={i} num-partitions={num_nodes}" for i in range(num_nodes)])
+            f"partition-id={i} num-partitions={num_nodes}"
+            " securefl-allow-unauthenticated-semi-honest=true" for i in range(num_nodes)])
         self.root = Path(tempfile.mkdtemp(prefix="securefl-flwr-"))
         self.home = self.root / f"flwr-home-{uuid4().hex}"
         self.home.mkdir()
@@ -253,6 +425,9 @@ class Deployment:
                     # SuperExec launches ClientApp/ServerApp processes; default poll 1 s
                     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
         self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env.get('PATH', '')}"
+        # the processes import securefl from this checkout, whatever is installed
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         self.port = free_port()
         self.logs = self.root / "logs"
         self.logs.mkdir()

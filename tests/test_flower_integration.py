@@ -1,7 +1,10 @@
 """securefl on Flower, in process: the mod and the workflow exchange real
 Flower messages (through Flower's protobuf serde, every ClientApp call on a
-copy of its node's Context, as in a fresh process), and the federation's
-result equals the in-process simulator's on the same seeds."""
+copy of its node's Context, as in a fresh process); every round's sum is
+exactly the survivors' encoded updates (whatever their secret rounding), and
+the federation's survivors and DP accounting equal the in-process
+simulator's on the same seeds.  The semi-honest nodes opt in to running
+without authenticated channels (node config), as the policy requires."""
 
 from __future__ import annotations
 
@@ -13,7 +16,16 @@ import pytest
 
 pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
 
-from flower_harness import InProcessGrid, server_task_identity, simulate_reference
+from flower_harness import (
+    InProcessGrid,
+    Trained,
+    check_exact_sum,
+    example_app,
+    node_configs,
+    recording_app,
+    server_task_identity,
+    simulate_reference,
+)
 from flwr.app import ArrayRecord, Context, RecordDict
 
 from securefl.errors import AbortError, ConfigurationError
@@ -36,22 +48,13 @@ def _server_identity():
         yield
 
 RUN = {"num-rounds": 3, "num-clients": 5, "seed": 3, "noise-multiplier": 1.1,
-       "hidden": 16, "batch-size": 32, "reproducible-rounding": True, "round-timeout": 30.0}
+       "hidden": 16, "batch-size": 32, "round-timeout": 30.0}
+
+_app = example_app
 
 
-def _app():
-    import importlib
-    import sys
-
-    app_dir = str(Path(__file__).resolve().parents[1] / "examples" / "flower_app")
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
-    return importlib.import_module("securefl_app.client_app").app
-
-
-def _grid(n: int, run_config: dict, **kw) -> InProcessGrid:
-    configs = {1000 + i: {"partition-id": i, "num-partitions": n} for i in range(n)}
-    return InProcessGrid(_app(), configs, run_config, **kw)
+def _grid(n: int, run_config: dict, app=None, **kw) -> InProcessGrid:
+    return InProcessGrid(app or _app(), node_configs(n), run_config, **kw)
 
 
 def _server_context(run_config: dict) -> Context:
@@ -67,11 +70,16 @@ def _schedule_from_ledger(path: Path, rounds: int) -> list[dict[int, Round]]:
     return schedule
 
 
-def test_federation_with_a_dropout_equals_the_simulator(tmp_path: Path) -> None:
+def test_federation_with_a_dropout_is_exact_and_accounts_as_the_simulator(
+        tmp_path: Path) -> None:
+    from securefl.federation.simulation import preflight
+
     torch.set_num_threads(1)
     run_config = {**RUN, "output-dir": str(tmp_path / "flower")}
+    trained: dict[tuple[int, int], Trained] = {}
     # client 3 (node 1002) dies while training in round 2
-    grid = _grid(5, run_config, deaths={1002: (2, Stage.MASKED_INPUT_COLLECTION.value)})
+    grid = _grid(5, run_config, recording_app(trained),
+                 deaths={1002: (2, Stage.MASKED_INPUT_COLLECTION.value)})
     run_federation(grid, _server_context(run_config))
     out = tmp_path / "flower"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -86,14 +94,20 @@ def test_federation_with_a_dropout_equals_the_simulator(tmp_path: Path) -> None:
 
     schedule = _schedule_from_ledger(out / "ledger.jsonl", 3)
     assert schedule[1] == {3: Round.MASKED_INPUT_COLLECTION}
-    ref = simulate_reference(run_config, schedule, tmp_path / "sim")
+    _, codec = preflight(simulation_config(run_config))
     sums = np.load(out / "sums.npz")
-    for r in (1, 2, 3):
-        assert np.array_equal(sums[f"round_{r}"], ref.sums[r]), f"round {r} sum differs"
-    final = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
-    for key, value in ref.model_state.items():
-        assert torch.equal(final[key], value)
-    assert metrics["final"]["accuracy"] == ref.metrics["final"]["accuracy"]
+    for r, survivors in zip((1, 2, 3), ([1, 2, 3, 4, 5], [1, 2, 4, 5], [1, 2, 4, 5]),
+                            strict=True):
+        check_exact_sum(sums[f"round_{r}"], codec, [trained[999 + c, r] for c in survivors])
+    # the check has teeth: the dropped client's update, or a shifted sum, fail it
+    with pytest.raises(AssertionError):
+        check_exact_sum(sums["round_2"], codec, [trained[999 + c, 2] for c in (1, 2, 4)])
+    shifted = sums["round_2"].copy()
+    shifted[0] += np.uint64(5)
+    with pytest.raises(AssertionError):
+        check_exact_sum(shifted, codec, [trained[999 + c, 2] for c in (1, 2, 4, 5)])
+    assert all(r["clipped_values"] is None for r in metrics["rounds"])  # not sent: unknown
+    ref = simulate_reference(run_config, schedule, tmp_path / "sim")
     # the survivors' DP accounting matches the simulator's ledger
     sim_rows = {(r.round, r.client_id): r for r in ref.ledger}
     for cid in (1, 2, 4, 5):
@@ -106,7 +120,7 @@ def test_aborted_round_leaves_model_and_ledger_and_the_federation_continues(
     torch.set_num_threads(1)
     run_config = {**RUN, "num-rounds": 2, "output-dir": str(tmp_path / "f")}
     silent = {(1000 + i, 1, Stage.SHARE_KEYS.value) for i in range(3)}  # 2 left < t = 3
-    grid = _grid(5, run_config, silent=silent)
+    grid = _grid(5, run_config, None, silent=silent)
     run_federation(grid, _server_context(run_config))
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert [r["aborted"] for r in metrics["rounds"]] == [True, False]
@@ -131,15 +145,21 @@ def test_active_mode_with_pinned_keys(tmp_path: Path) -> None:
                   "pinned-keys": pinned, "output-dir": str(tmp_path / "f")}
     configs = {1000 + i: {"partition-id": i, "securefl-identity-key": str(keys[i + 1]),
                           "securefl-pinned-keys": pinned} for i in range(4)}
-    grid = InProcessGrid(_app(), configs, run_config,
+    trained: dict[tuple[int, int], Trained] = {}
+    # no opt-in and no mode anywhere: identity keys make active mode the default
+    grid = InProcessGrid(recording_app(trained), configs,
+                         {k: v for k, v in run_config.items() if k != "mode"},
                          deaths={1003: (1, Stage.UNMASKING.value)})
-    run_federation(grid, _server_context(run_config))
+    run_federation(grid, _server_context({k: v for k, v in run_config.items() if k != "mode"}))
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert metrics["config"]["security_mode"] == "active"
     assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]  # 4 dropped after its input
     assert metrics["rounds"][0]["dropped"] == {"4": "UNMASKING"}
-    ref = simulate_reference({**run_config, "mode": "semi-honest"},
-                             [{4: Round.UNMASKING}], tmp_path / "sim")
-    assert np.array_equal(np.load(tmp_path / "f" / "sums.npz")["round_1"], ref.sums[1])
+    from securefl.federation.simulation import preflight
+
+    _, codec = preflight(simulation_config(run_config))
+    check_exact_sum(np.load(tmp_path / "f" / "sums.npz")["round_1"], codec,
+                    [trained[999 + c, 1] for c in (1, 2, 3, 4)])
 
 
 def test_active_mode_refuses_a_node_with_another_key(tmp_path: Path) -> None:
@@ -165,7 +185,8 @@ def test_workflow_aborts_without_changing_anything() -> None:
 
     run_config = {**RUN, "num-clients": 3}
     model, codec = preflight(simulation_config(run_config))
-    grid = _grid(3, run_config, deaths={1000: (1, "share-keys"), 1001: (1, "share-keys")},
+    grid = _grid(3, run_config, None,
+                 deaths={1000: (1, "share-keys"), 1001: (1, "share-keys")},
                  answer_for_dead=False)  # no reply at all: the round times out
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(timeout=0.5), codec)
     arrays = ArrayRecord([p.detach().numpy() for p in model.parameters()])
@@ -183,7 +204,7 @@ def test_setup_roundtrip_and_validation() -> None:
     _, codec = preflight(simulation_config({**RUN, "num-clients": 3}))
     config = SecAggConfig(num_clients=3, vector_length=codec.vector_length, bits=codec.bits,
                           context=b"x")
-    setup = SessionSetup.create(4, config, codec, rounding_seed=9)
+    setup = SessionSetup.create(4, config, codec)
     again = SessionSetup.from_bytes(setup.to_bytes())
     assert again == setup and again.secagg_config() == config
     with pytest.raises(ConfigurationError):
@@ -235,9 +256,8 @@ def test_a_corrupted_reply_counts_as_a_dropout(tmp_path: Path) -> None:
     app.train()(lambda msg, ctxt: inner(msg, ctxt))
     run_config = {**RUN, "num-clients": 4}
     model, codec = preflight(simulation_config(run_config))
-    configs = {1000 + i: {"partition-id": i} for i in range(4)}
-    grid = InProcessGrid(app, configs, run_config)
-    workflow = SecureAggregationWorkflow(SecureAggregationSettings(rounding_seed=3), codec)
+    grid = InProcessGrid(app, node_configs(4), run_config)
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(), codec)
     arrays = ArrayRecord([p.detach().numpy() for p in model.parameters()])
     result = workflow.run_round(grid, 1, arrays)
     assert result.survivors == (1, 3, 4)
@@ -254,3 +274,40 @@ def test_client_dp_config_is_the_simulators(overrides: dict) -> None:
 
     run_config = {**RUN, **overrides}
     assert dp_config(run_config) == simulation_config(run_config).dp_config()
+
+
+@pytest.mark.parametrize("junk", [{"dp-steps": [1, 2]}, {"dp-history": [1.0, 0.1]},
+                                  {"dp-noise-multiplier": float("nan")},
+                                  {"dp-sample-rate": -0.5}, {"num-examples": 7}])
+def test_malformed_dp_metrics_make_the_reply_absent_not_the_server_crash(junk: dict) -> None:
+    """A node whose masked-input reply carries DP metrics the ledger cannot
+    use (or any metric but ``dp-*``) is refused and absent; the others' sum
+    is still exact."""
+    from flwr.app import MetricRecord
+    from flwr.clientapp import ClientApp
+
+    from securefl.federation.simulation import preflight
+    from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key
+
+    trained: dict[tuple[int, int], Trained] = {}
+    inner = recording_app(trained)
+
+    def corrupt(msg, ctxt, call_next):
+        reply = call_next(msg, ctxt)
+        record = msg.content.config_records[RECORD]
+        if ctxt.node_id == 1001 and record[Key.STAGE] == Stage.MASKED_INPUT_COLLECTION.value:
+            reply.content.metric_records[DP_METRICS_RECORD] = MetricRecord(
+                {**reply.content.metric_records[DP_METRICS_RECORD], **junk})
+        return reply
+
+    app = ClientApp(mods=[corrupt])
+    app.train()(lambda msg, ctxt: inner(msg, ctxt))
+    run_config = {**RUN, "num-clients": 4}
+    model, codec = preflight(simulation_config(run_config))
+    grid = InProcessGrid(app, node_configs(4), run_config)
+    workflow = SecureAggregationWorkflow(SecureAggregationSettings(), codec)
+    result = workflow.run_round(grid, 1, ArrayRecord([p.detach().numpy()
+                                                      for p in model.parameters()]))
+    assert result.survivors == (1, 3, 4)
+    assert set(result.dp_metrics) == {1, 3, 4}
+    check_exact_sum(result.total, codec, [trained[999 + c, 1] for c in (1, 3, 4)])

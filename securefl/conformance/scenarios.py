@@ -738,6 +738,21 @@ def s_not_shared(target: Target) -> None:
     w.finish()
 
 
+# -- weak setups ---------------------------------------------------------------
+# Which setups a node accepts at all is its deployment's policy, decided before
+# the protocol starts (securefl.flower.policy; tests/test_flower_node_policy.py):
+# the targets here are configured out of band and have no such layer.  What the
+# protocol itself guarantees is that a configuration a client accepted cannot be
+# weakened afterwards: the server cannot run the session under a lower
+# threshold, fewer clients or another mode, because the roster carries the
+# digest of the configuration it was made for ([PARAM-5], [R0-4]).
+
+
+def _weakened(config: SecAggConfig, **changes: Any) -> Callable[[KeyRoster], KeyRoster]:
+    weaker = dataclasses.replace(config, **changes)
+    return lambda r: dataclasses.replace(r, config_digest=weaker.digest())
+
+
 # -- the catalogue ------------------------------------------------------------
 
 
@@ -755,6 +770,16 @@ def scenario_cases() -> list[Case]:
     S, A = SEMI, ACTIVE  # noqa: N806
     MIC, UNM = Round.MASKED_INPUT_COLLECTION, Round.UNMASKING  # noqa: N806
     cases = [
+        # 3.4: weak setups (a configuration cannot be weakened in the protocol)
+        _c("3.4", 1, "client refuses a roster made for its session at threshold 1",
+           c_roster(_weakened(S, threshold=1), R.WRONG_CONFIG,
+                    "a roster with the digest of the same session at t=1")),
+        _c("3.4", 2, "client refuses a roster made for its session without its own id",
+           c_roster(_weakened(S, num_clients=4, client_ids=(2, 3, 4, 5)), R.WRONG_CONFIG,
+                    "a roster with the digest of the session minus client 1")),
+        _c("3.4", 3, "active: client refuses a roster downgrading its session to semi-honest",
+           c_roster(_weakened(A, mode=SecurityMode.SEMI_HONEST), R.WRONG_CONFIG,
+                    "a roster with the digest of the session in semi-honest mode", A)),
         # 9: wire format, both directions
         _c("9.1", 1, "client refuses bytes that are not a SecAggMessage",
            c_wire(_cut, Round.SHARE_KEYS, "a truncated roster")),

@@ -3,7 +3,8 @@
 Drop-in replacements for Flower's SecAgg+:
 
 * client side: :func:`securefl_mod` in place of ``secaggplus_mod``
-  (``ClientApp(mods=[securefl_mod])``);
+  (``ClientApp(mods=[securefl_mod])``); each node accepts only setups its
+  own :class:`NodePolicy` (node config) allows;
 * server side: :class:`SecureAggregationWorkflow` in place of
   ``SecAggPlusWorkflow``: it drives securefl's :class:`ServerSession` over
   the ServerApp's ``Grid``, one message exchange per protocol round, and
@@ -23,7 +24,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from securefl.flower.keys import load_identity_key, load_pinned_keys, provision_identities
-from securefl.flower.mod import node_client_id, securefl_mod
+from securefl.flower.mod import node_client_id, node_policy, securefl_mod
+from securefl.flower.policy import NodePolicy, PolicyRule, SetupRefusedError
 from securefl.flower.setup import SessionSetup, Stage
 from securefl.flower.workflow import (
     FlowerRoundResult,
@@ -35,15 +37,19 @@ from securefl.flower.workflow import (
 
 __all__ = [
     "FlowerRoundResult",
+    "NodePolicy",
+    "PolicyRule",
     "SecureAggregationSettings",
     "SecureAggregationWorkflow",
     "SessionSetup",
+    "SetupRefusedError",
     "Stage",
     "dropped_round",
     "exchange",
     "load_identity_key",
     "load_pinned_keys",
     "node_client_id",
+    "node_policy",
     "provision_identities",
     "securefl_mod",
 ]

@@ -22,9 +22,11 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
 ``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
-default), ``mode`` (``semi-honest``/``active``), ``round-timeout``
-(seconds), ``reproducible-rounding`` (bool), ``pinned-keys`` (path, active
-mode), ``output-dir`` (required: where the artefacts go).
+default), ``mode`` (``semi-honest``/``active``; empty: active when
+``pinned-keys`` is set, else semi-honest), ``round-timeout`` (seconds),
+``pinned-keys`` (path, active mode), ``output-dir`` (required: where the
+artefacts go).  What a node accepts is decided by the node's own policy
+(:mod:`securefl.flower.policy`), not by this run config.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ __all__ = [
 
 SUMS_FILENAME = "sums.npz"
 EVENTS_FILENAME = "events.jsonl"
+_REFUSED = "node policy refused the setup: "
 
 
 def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
@@ -116,7 +119,18 @@ def run_federation(grid: Grid, context: Context) -> None:
     ledger = PrivacyLedger(out / LEDGER_FILENAME)
     if ledger.path.exists():
         raise ConfigurationError(f"{ledger.path} already exists: choose a fresh output-dir")
-    mode = SecurityMode(str(run_config.get("mode", SecurityMode.SEMI_HONEST.value)))
+    if run_config.get("reproducible-rounding", False):
+        raise ConfigurationError("reproducible-rounding was removed: every node rounds with"
+                                 " randomness from its own OS CSPRNG")
+    mode_value = str(run_config.get("mode", "") or "")
+    if not mode_value:
+        mode_value = (SecurityMode.ACTIVE if run_config.get("pinned-keys")
+                      else SecurityMode.SEMI_HONEST).value
+    try:
+        mode = SecurityMode(mode_value)
+    except ValueError:
+        raise ConfigurationError(f"run config mode must be 'active' or 'semi-honest', got"
+                                 f" {mode_value!r}") from None
     pinned = None
     if mode is SecurityMode.ACTIVE:
         if not run_config.get("pinned-keys"):
@@ -140,9 +154,10 @@ def run_federation(grid: Grid, context: Context) -> None:
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
         mode=mode, threshold=config.threshold,
         timeout=float(run_config.get("round-timeout", 120.0)),
-        pinned_keys=pinned,
-        rounding_seed=config.seed if bool(run_config.get("reproducible-rounding", False))
-        else None, federation=server.name), codec, on_event=on_event)
+        pinned_keys=pinned, federation=server.name,
+        authenticated_channels=bool(run_config.get("authenticated-channels", False)),
+        allow_unauthenticated_semi_honest=bool(
+            run_config.get("allow-unauthenticated-semi-honest", False))), codec, on_event=on_event)
 
     x_test, y_test = data.test
     last_eval = evaluate(model, x_test, y_test)
@@ -165,7 +180,11 @@ def run_federation(grid: Grid, context: Context) -> None:
                        "runtime": "flower", "security_mode": mode.value},
             "data": {"name": data.name, "client_sizes": data.client_sizes,
                      "test_size": len(y_test)},
-            "rounds": [r.to_json() for r in reports],
+            # the nodes' clipped-value counts never leave them: unknown here
+            "rounds": [{**r.to_json(), "clipped_values": None,
+                        "refused_setup": {str(c.client_id): c.detail.removeprefix(_REFUSED)
+                                          for c in r.clients if c.detail.startswith(_REFUSED)}}
+                       for r in reports],
             "final": final,
         }
 
@@ -206,7 +225,8 @@ def run_federation(grid: Grid, context: Context) -> None:
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors, dropped_at=where,
                 epsilon_rdp=eps_rdp, epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
-                clipped=result.clipped.get(cid, 0) if result is not None else 0))
+                detail=_REFUSED + result.refused[cid] if result is not None
+                and cid in result.refused else ""))
             rows.append(LedgerEntry(
                 round=round_number, client_id=cid, status=status.value,
                 entered_sum=cid in survivors,

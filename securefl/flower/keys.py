@@ -13,6 +13,11 @@ Files (hex, one value per file, private files created mode 0600)::
     client-1.key         <64 hex chars: the raw Ed25519 private key>
 
 Command line: ``python -m securefl.flower.keys DIR 1 2 3 4 5``.
+
+A node given a key file and ``pinned.json`` (node config
+``securefl-identity-key`` and ``securefl-pinned-keys``) requires active mode
+by default and refuses semi-honest setups (:mod:`securefl.flower.policy`);
+a ServerApp given pinned keys runs active mode unless told otherwise.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def load_pinned_keys(path: str | os.PathLike[str]) -> dict[int, Ed25519PublicKey
             raise ValueError(f"unsupported version {data.get('version')!r}")
         keys: Mapping[str, str] = data["keys"]
         return {int(c): signing.load_identity_public(bytes.fromhex(k)) for c, k in keys.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ConfigurationError(f"cannot load pinned keys {path}: {exc}") from None
 
 

@@ -11,10 +11,21 @@ At the masked-input stage the mod calls the ClientApp's ``train`` function
 (``call_next``) with the message unchanged (it carries the global model as an
 ArrayRecord and the train config), takes the local model it returns (one
 ArrayRecord, same order as the global one) and the ``num-examples`` metric
-(the weight), encodes ``local - global`` with the session's fixed-point codec
-and sends only the masked vector.  Metrics whose names start with ``dp-``
-(the DP-SGD accounting parameters the privacy ledger needs) are forwarded in
-clear; no other metric leaves the node.
+(the weight, which enters the secure sum), encodes ``local - global`` with
+the session's fixed-point codec, rounding stochastically with randomness from
+the node's OS CSPRNG, and sends only the masked vector.  Metrics whose names
+start with ``dp-`` (the DP-SGD accounting parameters the privacy ledger
+needs) are forwarded in clear; nothing else of the train reply leaves the
+node: no example count, no loss, no count of clipped values.
+
+The node's policy
+-----------------
+Before it generates a key, the node checks the announced setup against its
+own :class:`~securefl.flower.policy.NodePolicy`, read from its node config
+(never from the server's run config), and refuses weaker setups and runs
+asking for reproducible DP noise with a
+:class:`~securefl.flower.policy.SetupRefusedError`; the server gets a reply
+whose ``securefl`` record holds only ``refused`` (the rule) and ``reason``.
 
 Session state across ClientApp processes
 ----------------------------------------
@@ -53,6 +64,7 @@ from securefl.errors import (
     SecureFLError,
 )
 from securefl.flower.keys import load_identity_key, load_pinned_keys
+from securefl.flower.policy import NodePolicy, SetupRefusedError, check_no_insecure_noise
 from securefl.flower.setup import (
     DP_METRIC_PREFIX,
     DP_METRICS_RECORD,
@@ -77,8 +89,9 @@ from securefl.wire import codec as wire
 __all__ = [
     "IDENTITY_KEY_CONFIG",
     "PINNED_KEYS_CONFIG",
+    "OsRandomUniform",
     "node_client_id",
-    "rounding_generator",
+    "node_policy",
     "securefl_mod",
 ]
 
@@ -106,29 +119,54 @@ def node_client_id(context: Context) -> int:
         ConfigurationError: neither is set, or the value is not a positive int.
     """
     config = context.node_config
+    if CLIENT_ID_CONFIG in config:
+        value, offset = config[CLIENT_ID_CONFIG], 0
+    elif "partition-id" in config:
+        value, offset = config["partition-id"], 1
+    else:
+        raise ConfigurationError(
+            f"set node config {CLIENT_ID_CONFIG} (or partition-id) on every SuperNode")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigurationError(f"bad securefl client id in node config: {value!r}")
     try:
-        if CLIENT_ID_CONFIG in config:
-            cid = int(config[CLIENT_ID_CONFIG])
-        elif "partition-id" in config:
-            cid = int(config["partition-id"]) + 1
-        else:
-            raise ConfigurationError(
-                f"set node config {CLIENT_ID_CONFIG} (or partition-id) on every SuperNode")
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"bad securefl client id in node config: {exc}") from None
+        cid = int(value) + offset
+    except ValueError:
+        raise ConfigurationError(f"bad securefl client id in node config: {value!r}") from None
     if cid < 1:
         raise ConfigurationError(f"securefl client ids must be positive, got {cid}")
     return cid
 
 
-def rounding_generator(setup: SessionSetup, client_id: int) -> np.random.Generator:
-    """The generator this node rounds its update with (see
-    :attr:`SessionSetup.rounding_seed`)."""
-    if setup.rounding_seed is None:
-        return np.random.default_rng()
-    rng = np.random.default_rng([setup.rounding_seed, 13, setup.fl_round])
-    rng.bit_generator.advance((client_id - 1) * setup.codec().num_values)  # type: ignore[attr-defined]
-    return rng
+def _has_identity(context: Context) -> bool:
+    config = context.node_config
+    return IDENTITY_KEY_CONFIG in config and PINNED_KEYS_CONFIG in config
+
+
+def node_policy(context: Context) -> NodePolicy:
+    """This node's policy, from its own node config (see
+    :meth:`NodePolicy.from_node_config`); active mode is required when the
+    node has identity keys (``securefl-identity-key`` and
+    ``securefl-pinned-keys``) unless ``securefl-mode`` says otherwise.
+
+    Raises:
+        ConfigurationError: a malformed policy value.
+    """
+    return NodePolicy.from_node_config(context.node_config,
+                                       has_identity=_has_identity(context))
+
+
+class OsRandomUniform:
+    """The node's source for stochastic rounding: uniforms in [0, 1) with 53
+    random bits each, straight from the OS CSPRNG (``os.urandom``).  It
+    offers the one method :meth:`FixedPointCodec.encode` draws from."""
+
+    def random(self, size: int) -> np.ndarray:
+        """``size`` independent uniforms in [0, 1)."""
+        raw = np.frombuffer(os.urandom(8 * int(size)), dtype="<u8")
+        return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def __repr__(self) -> str:
+        return "OsRandomUniform()"
 
 
 def _identities(context: Context, setup: SessionSetup | None
@@ -145,6 +183,11 @@ def _identities(context: Context, setup: SessionSetup | None
     return key, load_pinned_keys(str(config[PINNED_KEYS_CONFIG]))
 
 
+def _refusal(msg: Message, exc: SetupRefusedError) -> Message:
+    return Message(RecordDict({RECORD: ConfigRecord({Key.REFUSED: exc.rule.value,
+                                                     Key.REASON: exc.detail})}), reply_to=msg)
+
+
 def _error_reply(msg: Message, exc: BaseException) -> Message:
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                          reason=f"securefl: {type(exc).__name__}: {exc}"), reply_to=msg)
@@ -158,15 +201,20 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     """Flower mod: answer securefl's secure aggregation messages.
 
     Use it exactly where ``secaggplus_mod`` was: ``ClientApp(mods=[securefl_mod])``.
-    A securefl error (a protocol violation by the server, a bad setup, an
-    update the encoder refuses, a privacy budget refusal raised by ``train``)
-    wipes the session and becomes an error reply, so the server sees this
-    node as a dropout at that round.
+    A setup the node's policy refuses (:class:`SetupRefusedError`) wipes
+    any session and becomes a refusal reply (``refused``: the rule); any
+    other securefl error (a protocol violation by the server, a malformed
+    setup, an update the encoder refuses, a privacy budget refusal raised by
+    ``train``) wipes the session and becomes an error reply.  Either way the
+    server sees this node as a dropout at that round.
     """
     if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
         return call_next(msg, ctxt)
     try:
         return _handle(msg, ctxt, call_next)
+    except SetupRefusedError as exc:
+        _wipe(ctxt)
+        return _refusal(msg, exc)
     except SecureFLError as exc:
         _wipe(ctxt)
         return _error_reply(msg, exc)
@@ -184,11 +232,37 @@ def _reply(msg: Message, payload: bytes, extra: dict[str, Any] | None = None,
 
 
 def _stage(record: ConfigRecord) -> Stage:
-    try:
-        return Stage(str(record[Key.STAGE]))
-    except (KeyError, ValueError):
-        raise RemoteProtocolError(Rule.MALFORMED, "unknown securefl stage",
-                                  peer="server") from None
+    value = record.get(Key.STAGE)
+    if not isinstance(value, str) or value not in {s.value for s in Stage}:
+        raise RemoteProtocolError(Rule.MALFORMED, "unknown securefl stage", peer="server")
+    return Stage(value)
+
+
+def _bytes_field(record: ConfigRecord, key: str, rnd: Any = None) -> bytes:
+    value = record.get(key)
+    if not isinstance(value, bytes):
+        raise RemoteProtocolError(Rule.MALFORMED, f"the server's message has no bytes {key!r}",
+                                  peer="server", round=rnd)
+    return value
+
+
+def _fl_round(record: ConfigRecord, rnd: Any = None) -> int:
+    value = record.get(Key.FL_ROUND)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RemoteProtocolError(Rule.MALFORMED, "the server's message has no integer"
+                                  f" {Key.FL_ROUND!r}", peer="server", round=rnd)
+    return value
+
+
+def _check_policy(ctxt: Context, setup: SessionSetup, my_id: int) -> None:
+    policy = node_policy(ctxt)
+    mode = SecurityMode(setup.mode)
+    pinned_ids = None
+    if mode is SecurityMode.ACTIVE and PINNED_KEYS_CONFIG in ctxt.node_config:
+        pinned_ids = load_pinned_keys(str(ctxt.node_config[PINNED_KEYS_CONFIG])).keys()
+    policy.check(fl_round=setup.fl_round, mode=mode, num_clients=setup.num_clients,
+                 threshold=setup.threshold, client_ids=setup.client_ids,
+                 vector_length=setup.codec().vector_length, my_id=my_id, pinned_ids=pinned_ids)
 
 
 def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -204,14 +278,18 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
     if stage is Stage.ABORT:
         state = ctxt.state.config_records.get(STATE_RECORD)
         if state is not None and SessionSetup.from_bytes(
-                bytes(state[Key.SETUP])).fl_round == int(record.get(Key.FL_ROUND, -1)):  # type: ignore[arg-type, call-overload]
+                bytes(state[Key.SETUP])).fl_round == _fl_round(record):  # type: ignore[arg-type]
             _wipe(ctxt)
         return _reply(msg, b"")
     if stage is Stage.ADVERTISE_KEYS:
         _wipe(ctxt)  # a new session replaces any unfinished one
-        setup = SessionSetup.from_bytes(bytes(record[Key.SETUP]))  # type: ignore[arg-type]
-        if my_id not in setup.client_ids:
-            raise ConfigurationError(f"this node (client {my_id}) is not invited")
+        fl_round = _fl_round(record, stage.round)
+        check_no_insecure_noise(ctxt.run_config, fl_round=fl_round)
+        setup = SessionSetup.from_bytes(_bytes_field(record, Key.SETUP, stage.round))
+        if setup.fl_round != fl_round:
+            raise RemoteProtocolError(Rule.WRONG_SESSION, "the setup is for another federation"
+                                      " round", peer="server", round=stage.round)
+        _check_policy(ctxt, setup, my_id)
         seed = os.urandom(32)
         session = _session(ctxt, setup, my_id, seed)
         advert = session.start()
@@ -224,7 +302,7 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         raise LocalProtocolError(Rule.WRONG_ROUND, f"{stage.value} without a session",
                                  peer=my_id)
     setup = SessionSetup.from_bytes(bytes(state[Key.SETUP]))  # type: ignore[arg-type]
-    if int(record.get(Key.FL_ROUND, -1)) != setup.fl_round:  # type: ignore[call-overload]
+    if _fl_round(record, stage.round) != setup.fl_round:
         raise RemoteProtocolError(Rule.WRONG_SESSION, "message for another federation round",
                                   peer="server", round=stage.round)
     config = setup.secagg_config()
@@ -236,20 +314,20 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         if isinstance(old, ShareDelivery):  # the real input was sent; only the state matters
             session.provide_input(np.zeros(config.vector_length, dtype=np.uint64))
         session.handle(old)
-    raw = bytes(record[Key.PAYLOAD])  # type: ignore[arg-type]
+    raw = _bytes_field(record, Key.PAYLOAD, stage.round)
     message = wire.decode(raw, config=config, expect=_EXPECTED[stage])
     metrics = None
-    extra = {}
     if stage is Stage.MASKED_INPUT_COLLECTION:
-        metrics, clipped = _train_and_provide(msg, ctxt, call_next, setup, session, my_id)
-        extra[Key.CLIPPED] = clipped
+        train_config = msg.content.config_records.get("config")
+        check_no_insecure_noise(ctxt.run_config, train_config, fl_round=setup.fl_round)
+        metrics = _train_and_provide(msg, ctxt, call_next, setup, session, my_id)
     reply = session.handle(message)
     if session.state is ClientState.DONE:
         _wipe(ctxt)
     else:
         state["received"] = received + struct.pack(">I", len(raw)) + raw
     element = config.element_bytes
-    return _reply(msg, wire.encode(reply, element_bytes=element), extra, metrics)
+    return _reply(msg, wire.encode(reply, element_bytes=element), None, metrics)
 
 
 def _session(ctxt: Context, setup: SessionSetup, my_id: int, seed: bytes) -> ClientSession:
@@ -270,7 +348,7 @@ def _split(blob: bytes) -> list[bytes]:
 
 def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable,
                        setup: SessionSetup, session: ClientSession,
-                       my_id: int) -> tuple[MetricRecord, int]:
+                       my_id: int) -> MetricRecord:
     if len(msg.content.array_records) != 1:
         raise RemoteProtocolError(Rule.MALFORMED, "the masked-input message must carry the"
                                   " global model as one ArrayRecord", peer="server")
@@ -291,9 +369,10 @@ def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable
     for record in out.content.metric_records.values():
         metrics.update(record)
     weight = metrics.get(NUM_EXAMPLES, 1)
-    codec = setup.codec()
-    encoded = codec.encode(update, rounding_generator(setup, my_id), weight=int(weight))
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise EncodingError(f"train's {NUM_EXAMPLES} metric must be an integer")
+    encoded = setup.codec().encode(update, OsRandomUniform(),  # type: ignore[arg-type]
+                                   weight=int(weight))
     session.provide_input(encoded.vector)
-    forwarded = MetricRecord({k: v for k, v in metrics.items()
-                              if k.startswith(DP_METRIC_PREFIX)})
-    return forwarded, encoded.num_clipped
+    # the weight is inside the secure sum; the clipped count and loss stay here
+    return MetricRecord({k: v for k, v in metrics.items() if k.startswith(DP_METRIC_PREFIX)})

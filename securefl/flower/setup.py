@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from securefl.encoding import FixedPointCodec
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, EncodingError
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import CompleteGraph
 
@@ -38,7 +38,9 @@ accounting data: noise multiplier, sample rate, steps, history)."""
 DP_METRIC_PREFIX = "dp-"
 """Metrics of the ClientApp's train reply that start with this prefix are
 forwarded, in clear, to the server for the privacy ledger; no other metric
-leaves the node."""
+leaves the node (no example count, loss or clipped-value count)."""
+MAX_SETUP_BYTES = 1 << 20
+"""The largest session setup a node parses."""
 
 
 class Stage(str, enum.Enum):
@@ -92,7 +94,11 @@ class Key:
     CLIENT_ID = "client-id"
     IDENTITY = "identity-public-key"
     FL_ROUND = "fl-round"
-    CLIPPED = "clipped"
+    REFUSED = "refused"
+    """In a node's reply: the node's policy refused the setup; the value is the
+    :class:`~securefl.flower.policy.PolicyRule` value."""
+    REASON = "reason"
+    """With :attr:`REFUSED`: what was announced and what the policy requires."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +112,9 @@ class SessionSetup:
         shapes, bits, frac_bits, clip, max_weight, codec_clients: the
             :class:`FixedPointCodec` the node encodes its update with
             (``vector_length`` follows from the shapes).
-        rounding_seed: None (stochastic rounding from the OS CSPRNG), or a
-            public seed for reproducible runs: node ``c`` then rounds with the
-            ``c``-th segment of ``numpy.random.default_rng([seed, 13,
-            fl_round])``, exactly the numbers ``securefl simulate`` gives
-            client ``c`` when every client encodes.
+
+    There is no rounding seed: a node rounds stochastically with randomness
+    from its own OS CSPRNG, never with anything the server chose.
     """
 
     fl_round: int
@@ -125,11 +129,10 @@ class SessionSetup:
     clip: float
     max_weight: int
     codec_clients: int
-    rounding_seed: int | None = None
 
     @classmethod
-    def create(cls, fl_round: int, config: SecAggConfig, codec: FixedPointCodec,
-               rounding_seed: int | None = None) -> SessionSetup:
+    def create(cls, fl_round: int, config: SecAggConfig,
+               codec: FixedPointCodec) -> SessionSetup:
         """The setup announcing ``config`` and ``codec`` for ``fl_round``.
 
         Raises:
@@ -144,11 +147,16 @@ class SessionSetup:
                    mode=config.mode.value, client_ids=tuple(config.ids), context=config.context,
                    shapes=tuple(tuple(s) for s in codec.shapes), bits=codec.bits,
                    frac_bits=codec.frac_bits, clip=float(codec.clip),
-                   max_weight=codec.max_weight, codec_clients=codec.num_clients,
-                   rounding_seed=rounding_seed)
+                   max_weight=codec.max_weight, codec_clients=codec.num_clients)
 
     def secagg_config(self) -> SecAggConfig:
-        """The session configuration (validated again on this side)."""
+        """The session configuration (validated again on this side).
+
+        Raises:
+            ConfigurationError: an invalid configuration.
+        """
+        if self.mode not in {m.value for m in SecurityMode}:
+            raise ConfigurationError(f"unknown security mode {self.mode!r}")
         return SecAggConfig(num_clients=self.num_clients, vector_length=self.codec().vector_length,
                             bits=self.bits, threshold=self.threshold,
                             mode=SecurityMode(self.mode), client_ids=self.client_ids,
@@ -168,18 +176,75 @@ class SessionSetup:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionSetup:
-        """Parse :meth:`to_bytes` output.
+        """Parse :meth:`to_bytes` output (untrusted bytes from the server).
+
+        Every field must be present with its JSON type (integers are not
+        booleans, no other field is allowed), and the setup must build a
+        valid :class:`SecAggConfig` and :class:`FixedPointCodec` whose bit
+        budget covers every invited client.
 
         Raises:
-            ConfigurationError: malformed or inconsistent setup.
+            ConfigurationError: malformed, oversized or inconsistent setup
+                (never another exception).
         """
+        if not isinstance(raw, bytes | bytearray | memoryview):
+            raise ConfigurationError("a securefl session setup is bytes")
+        if len(raw) > MAX_SETUP_BYTES:
+            raise ConfigurationError(f"session setup of {len(raw)} bytes exceeds"
+                                     f" {MAX_SETUP_BYTES}")
         try:
-            data = json.loads(bytes(raw).decode())
-            data["context"] = bytes.fromhex(data["context"])
-            data["client_ids"] = tuple(int(c) for c in data["client_ids"])
-            data["shapes"] = tuple(tuple(int(d) for d in s) for s in data["shapes"])
-            setup = cls(**data)
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            data = json.loads(bytes(raw).decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigurationError(f"malformed securefl session setup: {exc}") from None
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            raise ConfigurationError("malformed securefl session setup: expected exactly the"
+                                     f" fields {sorted(_FIELDS)}")
+        ints = {k: _int_field(data, k) for k in ("fl_round", "num_clients", "threshold", "bits",
+                                                 "frac_bits", "max_weight", "codec_clients")}
+        if ints["fl_round"] < 0:
+            raise ConfigurationError("fl_round must be >= 0")
+        context = data["context"]
+        if not isinstance(context, str) or len(context) > 2048:
+            raise ConfigurationError("context must be a hex string of at most 1024 bytes")
+        try:
+            context_bytes = bytes.fromhex(context)
+        except ValueError:
+            raise ConfigurationError("context is not hex") from None
+        ids, shapes, clip = data["client_ids"], data["shapes"], data["clip"]
+        if not isinstance(data["mode"], str):
+            raise ConfigurationError("mode must be a string")
+        if not isinstance(ids, list) or not all(_is_int(c) for c in ids):
+            raise ConfigurationError("client_ids must be a list of integers")
+        if not isinstance(shapes, list) or not all(
+                isinstance(s, list) and all(_is_int(d) for d in s) for s in shapes):
+            raise ConfigurationError("shapes must be a list of lists of integers")
+        if isinstance(clip, bool) or not isinstance(clip, int | float):
+            raise ConfigurationError("clip must be a number")
+        try:
+            setup = cls(mode=data["mode"], client_ids=tuple(ids), context=context_bytes,
+                        shapes=tuple(tuple(s) for s in shapes), clip=float(clip), **ints)
+        except OverflowError:
+            raise ConfigurationError("clip is out of range") from None
+        try:
+            codec = setup.codec()  # validates
+        except EncodingError as exc:  # a bit budget that could overflow
+            raise ConfigurationError(f"the session's codec is refused: {exc}") from None
         setup.secagg_config()  # validates
+        if codec.num_clients < setup.num_clients:
+            raise ConfigurationError(f"the codec's bit budget covers {codec.num_clients}"
+                                     f" clients, the session invites {setup.num_clients}")
         return setup
+
+
+_FIELDS = frozenset(f.name for f in fields(SessionSetup))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_field(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    if not _is_int(value):
+        raise ConfigurationError(f"{key} must be an integer, got {type(value).__name__}")
+    return int(value)

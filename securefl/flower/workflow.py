@@ -9,7 +9,9 @@ time, or replies with an error (a killed SuperNode, a crashed ClientApp, a
 protocol violation it detected) is simply absent from that round: the
 server's ``close_round()`` then records it as a dropout at that round (e.g.
 ``DEAD_AFTER_SHARE_KEYS_RECEIVED``).  A reply that breaks the protocol is
-refused by the session and counts as absent too.  Fewer than ``threshold``
+refused by the session and counts as absent too, and so does a node whose
+own policy refuses the session setup (its reply names the rule; see
+:mod:`securefl.flower.policy`).  Fewer than ``threshold``
 survivors raises :class:`~securefl.errors.AbortError`; the caller's model and
 ledger are untouched and the next round starts afresh.
 
@@ -23,6 +25,7 @@ checked against the pinned keys anyway.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +44,14 @@ from securefl.errors import (
     Rule,
     SecureFLError,
 )
-from securefl.flower.setup import DP_METRICS_RECORD, RECORD, Key, SessionSetup, Stage
+from securefl.flower.setup import (
+    DP_METRIC_PREFIX,
+    DP_METRICS_RECORD,
+    RECORD,
+    Key,
+    SessionSetup,
+    Stage,
+)
 from securefl.hazmat import signing
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import (
@@ -94,7 +104,12 @@ class SecureAggregationSettings:
     """How the server runs secure aggregation over Flower.
 
     Attributes:
-        mode: semi-honest or active (see :class:`SecurityMode`).
+        mode: semi-honest or active (see :class:`SecurityMode`); None (the
+            default): active when ``pinned_keys`` are given, else semi-honest.
+            Each node decides by its own policy what it accepts: a node with
+            identity keys refuses semi-honest mode, and a node refuses
+            semi-honest mode unless its operator says its channels are
+            authenticated or opts in to running without.
         threshold: minimum survivors per protocol round (default: the
             protocol's default for the number of registered nodes).
         timeout: seconds to wait for the replies of one protocol round.
@@ -103,25 +118,39 @@ class SecureAggregationSettings:
             1.41/1.42), a number uses ``push_messages``/``pull_messages`` with
             the same semantics, only faster.
         pinned_keys: active mode: client id -> pinned Ed25519 public key.
-        rounding_seed: see :attr:`SessionSetup.rounding_seed` (None in
-            production).
         federation: a name bound into every session's context.
+        authenticated_channels: the operator states that the SuperLink and
+            every SuperNode use TLS with server authentication and SuperNode
+            authentication; without it (or
+            ``allow_unauthenticated_semi_honest``) semi-honest mode logs a
+            warning (the nodes refuse it by their own policy anyway).
+        allow_unauthenticated_semi_honest: the operator opts in, by name, to
+            semi-honest mode over unauthenticated channels.
     """
 
-    mode: SecurityMode = SecurityMode.SEMI_HONEST
+    mode: SecurityMode | None = None
     threshold: int | None = None
     timeout: float = 120.0
     poll_interval: float | None = 0.25
     pinned_keys: Mapping[int, Ed25519PublicKey | bytes] | None = None
-    rounding_seed: int | None = None
     federation: str = "securefl"
+    authenticated_channels: bool = False
+    allow_unauthenticated_semi_honest: bool = False
 
     def __post_init__(self) -> None:
+        if self.mode is None:
+            object.__setattr__(self, "mode", SecurityMode.ACTIVE if self.pinned_keys
+                               else SecurityMode.SEMI_HONEST)
         object.__setattr__(self, "mode", SecurityMode(self.mode))
         if not self.timeout > 0:
             raise ConfigurationError(f"timeout must be > 0, got {self.timeout}")
         if self.mode is SecurityMode.ACTIVE and not self.pinned_keys:
             raise ConfigurationError("active mode needs pinned_keys (see securefl.flower.keys)")
+        if self.mode is SecurityMode.SEMI_HONEST and not (
+                self.authenticated_channels or self.allow_unauthenticated_semi_honest):
+            log.warning("semi-honest mode without authenticated channels: a deviating server or"
+                        " anyone controlling the network can learn individual inputs; nodes"
+                        " refuse it unless their operators opt in")
 
 
 @dataclass(frozen=True)
@@ -135,9 +164,11 @@ class FlowerRoundResult:
         statuses: every invited client's final status.
         invited: the client ids of the session.
         dp_metrics: client id -> the ``dp-*`` metrics it forwarded with its
-            masked input (public DP accounting data).
-        clipped: client id -> values its encoder clipped.
+            masked input (its DP accounting parameters).
         node_ids: client id -> Flower node id.
+        refused: client id -> the node-policy rule (value of
+            :class:`~securefl.flower.policy.PolicyRule`) under which the node
+            refused the session setup.
     """
 
     total: np.ndarray
@@ -146,8 +177,8 @@ class FlowerRoundResult:
     statuses: Mapping[int, ClientStatus]
     invited: tuple[int, ...]
     dp_metrics: Mapping[int, dict[str, Any]] = field(default_factory=dict)
-    clipped: Mapping[int, int] = field(default_factory=dict)
     node_ids: Mapping[int, int] = field(default_factory=dict)
+    refused: Mapping[int, str] = field(default_factory=dict)
 
     def dropped_at(self, mode: SecurityMode) -> dict[int, Round]:
         """Client id -> the protocol round it dropped at."""
@@ -178,6 +209,33 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float,
             break
         time.sleep(poll_interval)
     return replies
+
+
+_DP_SCALARS = ("dp-noise-multiplier", "dp-sample-rate", "dp-steps")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _dp_metrics(reply: Message, cid: int, rnd: Round) -> dict[str, Any]:
+    """The DP accounting metrics a masked-input reply carries (untrusted):
+    ``dp-*`` names with finite numbers, ``dp-history`` a list of finite
+    numbers whose length is a multiple of 3.
+
+    Raises:
+        RemoteProtocolError: anything else (the reply is refused).
+    """
+    record = reply.content.metric_records.get(DP_METRICS_RECORD)
+    metrics = dict(record) if record is not None else {}
+    for key, value in metrics.items():
+        ok = (isinstance(value, list) and all(_finite(v) for v in value)
+              and len(value) % 3 == 0) if key == "dp-history" else _finite(value)
+        if not key.startswith(DP_METRIC_PREFIX) or not ok or (
+                key in _DP_SCALARS and float(value) < 0):
+            raise RemoteProtocolError(Rule.MALFORMED, f"DP metric {key[:40]!r} is malformed",
+                                      peer=cid, round=rnd)
+    return metrics
 
 
 class SecureAggregationWorkflow:
@@ -231,7 +289,10 @@ class SecureAggregationWorkflow:
         if record is None or Key.CLIENT_ID not in record:
             raise RemoteProtocolError(Rule.MALFORMED, "registration without a client id",
                                       peer=f"node {node}")
-        cid = int(record[Key.CLIENT_ID])  # type: ignore[call-overload]
+        cid = record[Key.CLIENT_ID]
+        if isinstance(cid, bool) or not isinstance(cid, int) or cid < 1:
+            raise RemoteProtocolError(Rule.MALFORMED, "registration with a client id that is not"
+                                      " a positive integer", peer=f"node {node}")
         holder = next((n for n, c in self.clients.items() if c == cid), None)
         if holder is not None and holder in online:
             raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE,
@@ -240,8 +301,8 @@ class SecureAggregationWorkflow:
         if self._pinned is not None:
             pinned = self._pinned.get(cid)
             presented = record.get(Key.IDENTITY)
-            if pinned is None or presented is None or bytes(presented) != signing.public_bytes(
-                    pinned):  # type: ignore[arg-type]
+            if pinned is None or not isinstance(presented, bytes) or presented != \
+                    signing.public_bytes(pinned):
                 raise RemoteProtocolError(Rule.INVALID_SIGNATURE,
                                           f"identity key is not the one pinned for client {cid}",
                                           peer=f"node {node}")
@@ -284,11 +345,11 @@ class SecureAggregationWorkflow:
             missing = [c for c in ids if c not in self._pinned]
             if missing:
                 raise ConfigurationError(f"no pinned identity key for clients {missing}")
-        setup = SessionSetup.create(fl_round, config, self.codec, self.settings.rounding_seed)
+        setup = SessionSetup.create(fl_round, config, self.codec)
         server = ServerSession(config, peer_identities=self._pinned)
         online = set(grid.get_node_ids())
         dp_metrics: dict[int, dict[str, Any]] = {}
-        clipped: dict[int, int] = {}
+        refused: dict[int, str] = {}
 
         outgoing = {cid: b"" for cid in ids if node_of[cid] in online}
         rnd: Round | None = Round.ADVERTISE_KEYS
@@ -310,7 +371,7 @@ class SecureAggregationWorkflow:
                                self.settings.poll_interval)
             cid_of = {node_of[c]: c for c in outgoing}
             for reply in replies:
-                self._accept(server, config, rnd, reply, cid_of, dp_metrics, clipped)
+                self._accept(server, config, rnd, reply, cid_of, dp_metrics, refused)
             try:
                 envelopes = server.close_round()
             except AbortError:
@@ -324,13 +385,12 @@ class SecureAggregationWorkflow:
         return FlowerRoundResult(
             total=result.total, decoded=self.codec.decode_sum(result.total),
             survivors=tuple(sorted(result.survivors)), statuses=dict(result.statuses),
-            invited=ids, dp_metrics=dp_metrics,
-            clipped=clipped, node_ids=node_of,
+            invited=ids, dp_metrics=dp_metrics, node_ids=node_of, refused=refused,
         )
 
     def _accept(self, server: ServerSession, config: SecAggConfig, rnd: Round, reply: Message,
                 cid_of: Mapping[int, int], dp_metrics: dict[int, dict[str, Any]],
-                clipped: dict[int, int]) -> None:
+                refused: dict[int, str]) -> None:
         node = reply.metadata.src_node_id
         cid = cid_of.get(node)
         if cid is None:
@@ -339,26 +399,32 @@ class SecureAggregationWorkflow:
             log.info("client %s (node %s) dropped at %s: %s", cid, node, rnd.name,
                      reply.error.reason)
             return
+        record = reply.content.config_records.get(RECORD)
+        if record is not None and Key.REFUSED in record:
+            refused[cid] = str(record[Key.REFUSED])[:100]
+            log.warning("client %s (node %s) refused the session setup at %s by its policy:"
+                        " %s: %s", cid, node, rnd.name, refused[cid],
+                        str(record.get(Key.REASON, ""))[:300])
+            return
         try:
-            record = reply.content.config_records.get(RECORD)
-            if record is None or Key.PAYLOAD not in record:
+            payload = record.get(Key.PAYLOAD) if record is not None else None
+            if not isinstance(payload, bytes):
                 raise RemoteProtocolError(Rule.MALFORMED, "reply without a securefl payload",
                                           peer=cid, round=rnd)
-            message = wire.decode(bytes(record[Key.PAYLOAD]), config=config,  # type: ignore[arg-type]
-                                  expect=_REPLY_OF_ROUND[rnd])
+            message = wire.decode(payload, config=config, expect=_REPLY_OF_ROUND[rnd])
             sender = getattr(message, "sender", None)
             if sender != cid:
                 raise RemoteProtocolError(Rule.UNKNOWN_PEER,
                                           f"node {node} is client {cid}, not {sender}",
                                           peer=cid, round=rnd)
+            metrics = (_dp_metrics(reply, cid, rnd) if rnd is Round.MASKED_INPUT_COLLECTION
+                       else None)
             server.receive(message)
         except RemoteProtocolError as exc:
             log.warning("refused the reply of client %s at %s: %s", cid, rnd.name, exc)
             return
-        if rnd is Round.MASKED_INPUT_COLLECTION:
-            metrics = reply.content.metric_records.get(DP_METRICS_RECORD)
-            dp_metrics[cid] = dict(metrics) if metrics is not None else {}
-            clipped[cid] = int(record.get(Key.CLIPPED, 0))  # type: ignore[call-overload]
+        if metrics is not None:
+            dp_metrics[cid] = metrics
 
     def _abort(self, grid: Grid, fl_round: int, nodes: Sequence[int]) -> None:
         """Tell the nodes to forget the aborted session's secrets now rather

@@ -220,10 +220,9 @@ class ServerSession:
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
         sender = getattr(message, "sender", None)
-        if not isinstance(sender, int) or sender not in self.statuses:
+        if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self.statuses:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
-                                      peer=sender if isinstance(sender, int) else None,
-                                      round=rnd)
+                                      peer=sender if type(sender) is int else None, round=rnd)
         if msg_round is not rnd:
             when = "late" if msg_round < rnd else "early"
             raise RemoteProtocolError(Rule.WRONG_ROUND,
@@ -330,8 +329,12 @@ class ServerSession:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
                                       peer=msg.sender, round=rnd)
+        shares = [*msg.self_mask_shares.values(), *msg.key_shares.values()]
+        if not all(isinstance(share, bytes) for share in shares):
+            raise RemoteProtocolError(Rule.MALFORMED, "a share is not bytes", peer=msg.sender,
+                                      round=rnd)
         try:
-            shamir.check_shares([*msg.self_mask_shares.values(), *msg.key_shares.values()])
+            shamir.check_shares(shares)
         except InconsistentSharesError:
             raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
                                       round=rnd) from None

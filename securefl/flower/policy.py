@@ -1,0 +1,274 @@
+"""What a Flower node accepts: its own policy, never the server's say-so.
+
+The server announces each secure aggregation session in a
+:class:`~securefl.flower.setup.SessionSetup`.  A node must not take whatever
+it is told: a server that announces two clients (the sum is the other
+client's input), a threshold of 1 (one colluding client reconstructs
+everyone's masks), semi-honest mode over channels nobody authenticated, or
+an invitation naming ids the node has no pinned key for, learns individual
+inputs.  :class:`NodePolicy` is read from the node's **own** configuration
+(the SuperNode's ``--node-config``, i.e. ``Context.node_config``), never from
+the run config the server distributes, and :meth:`NodePolicy.check` refuses
+any weaker setup with a :class:`SetupRefusedError` naming the
+:class:`PolicyRule` before the node generates a key or sends a byte of the
+session.
+
+Nothing here imports Flower.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from securefl.errors import ConfigurationError, SecureFLError
+from securefl.protocol.config import SecurityMode
+
+__all__ = [
+    "INSECURE_NOISE_OPTION",
+    "NodePolicy",
+    "PolicyRule",
+    "SetupRefusedError",
+    "check_no_insecure_noise",
+]
+
+INSECURE_NOISE_OPTION = "insecure_reproducible_noise"
+"""The DP configuration option (``DPConfig``) that makes DP-SGD noise and
+sampling reproducible from a public seed; accepted in Flower run configs
+spelt with underscores or dashes.  A Flower node refuses any run that asks
+for it."""
+
+_PREFIX = "securefl-"
+MODE_CONFIG = _PREFIX + "mode"
+MIN_CLIENTS_CONFIG = _PREFIX + "min-clients"
+MIN_THRESHOLD_FRACTION_CONFIG = _PREFIX + "min-threshold-fraction"
+MAX_VECTOR_LENGTH_CONFIG = _PREFIX + "max-vector-length"
+AUTHENTICATED_CHANNELS_CONFIG = _PREFIX + "authenticated-channels"
+ALLOW_UNAUTHENTICATED_CONFIG = _PREFIX + "allow-unauthenticated-semi-honest"
+
+
+class PolicyRule(str, enum.Enum):
+    """The rules of a node's policy; the value names the rule in refusals."""
+
+    MODE = "security-mode-below-policy"
+    """The setup's security mode is not the one the node requires (active
+    whenever the node has identity keys, unless it says otherwise)."""
+    UNAUTHENTICATED_SEMI_HONEST = "semi-honest-without-authenticated-channels"
+    """Semi-honest mode needs authenticated channels (TLS with server
+    authentication plus SuperNode authentication); the node's operator must
+    say they are in place, or opt in to running without them by name."""
+    MIN_CLIENTS = "fewer-clients-than-policy"
+    """Fewer invited clients than the node's minimum (with two, the sum is the
+    other client's input)."""
+    MIN_THRESHOLD = "threshold-below-policy"
+    """A threshold ``t`` not above ``min_threshold_fraction * n``."""
+    IDS_NOT_PINNED = "client-ids-without-pinned-keys"
+    """Active mode: an invited client id has no key in the node's pinned file."""
+    NOT_INVITED = "node-not-invited"
+    """The node's own client id is not among the invited ones."""
+    VECTOR_TOO_LONG = "vector-longer-than-policy"
+    """The encoded vector is longer than the node's sanity bound."""
+    INSECURE_NOISE = "insecure-reproducible-noise-requested"
+    """The run asks for DP noise and sampling from a public seed
+    (``insecure_reproducible_noise``): noise the server can regenerate."""
+
+
+class SetupRefusedError(SecureFLError):
+    """A node refused a session setup or run that its own policy forbids.
+
+    The node generated no key and sent nothing of the session; it answers the
+    server with a refusal naming the rule.
+
+    Attributes:
+        rule: the :class:`PolicyRule` the setup breaks.
+        fl_round: the federation round of the refused setup, or None.
+        detail: what was announced and what the policy requires (no secrets).
+    """
+
+    def __init__(self, rule: PolicyRule, detail: str, *, fl_round: int | None = None) -> None:
+        self.rule = rule
+        self.fl_round = fl_round
+        self.detail = detail
+        where = f"round {fl_round}" if fl_round is not None else "no round"
+        super().__init__(f"node policy refused the server's setup for {where}:"
+                         f" rule '{rule.value}': {detail}")
+
+
+def _env_name(key: str) -> str:
+    return key.upper().replace("-", "_")
+
+
+def _bool(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, os.environ.get(_env_name(key), False))
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigurationError(f"node config {key} must be true or false, got {value!r}")
+
+
+def _int(config: Mapping[str, Any], key: str, default: int, low: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigurationError(f"node config {key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """What one node accepts.
+
+    Attributes:
+        mode: the security mode the node requires; None: active mode if the
+            node has identity keys (``has_identity``), else either mode.
+        has_identity: the node was provisioned an identity key and pinned keys.
+        min_clients: the fewest invited clients the node takes part with (>= 3).
+        min_threshold_fraction: the threshold must exceed this fraction of the
+            invited clients (0.5: a majority, the semi-honest default).
+        max_vector_length: the longest encoded vector the node will mask.
+        authenticated_channels: the operator states that this SuperNode talks
+            to the SuperLink over TLS with server authentication and with
+            SuperNode authentication (the node cannot check it itself).
+        allow_unauthenticated_semi_honest: the operator opts in, by name, to
+            semi-honest mode without authenticated channels, where anyone who
+            controls the network, or a server that deviates, can learn this
+            node's input.
+    """
+
+    mode: SecurityMode | None = None
+    has_identity: bool = False
+    min_clients: int = 3
+    min_threshold_fraction: float = 0.5
+    max_vector_length: int = 1 << 24
+    authenticated_channels: bool = False
+    allow_unauthenticated_semi_honest: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            object.__setattr__(self, "mode", SecurityMode(self.mode))
+        if self.min_clients < 3:
+            raise ConfigurationError(f"min_clients must be >= 3, got {self.min_clients}")
+        if not (math.isfinite(self.min_threshold_fraction)
+                and 0.5 <= self.min_threshold_fraction < 1):
+            raise ConfigurationError("min_threshold_fraction must be in [0.5, 1), got"
+                                     f" {self.min_threshold_fraction}")
+        if self.max_vector_length < 2:
+            raise ConfigurationError("max_vector_length must be >= 2")
+
+    @property
+    def required_mode(self) -> SecurityMode | None:
+        """The mode the node requires (None: either)."""
+        if self.mode is not None:
+            return self.mode
+        return SecurityMode.ACTIVE if self.has_identity else None
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any], *,
+                         has_identity: bool) -> NodePolicy:
+        """Read the policy from a node's own configuration (keys
+        ``securefl-mode``, ``securefl-min-clients``,
+        ``securefl-min-threshold-fraction``, ``securefl-max-vector-length``,
+        ``securefl-authenticated-channels``,
+        ``securefl-allow-unauthenticated-semi-honest``); missing keys take
+        the defaults above, except that the two operator statements may also
+        come from the node's environment (``SECUREFL_AUTHENTICATED_CHANNELS``,
+        ``SECUREFL_ALLOW_UNAUTHENTICATED_SEMI_HONEST`` set to ``true``), for
+        runtimes that give nodes no node config (Flower's simulation engine).
+
+        Raises:
+            ConfigurationError: a value of the wrong type or out of range.
+        """
+        mode_value = node_config.get(MODE_CONFIG, "")
+        try:
+            mode = SecurityMode(mode_value) if mode_value not in ("", None) else None
+        except ValueError:
+            raise ConfigurationError(f"node config {MODE_CONFIG} must be 'active' or"
+                                     f" 'semi-honest', got {mode_value!r}") from None
+        fraction = node_config.get(MIN_THRESHOLD_FRACTION_CONFIG, 0.5)
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ConfigurationError(f"node config {MIN_THRESHOLD_FRACTION_CONFIG} must be a"
+                                     f" number, got {fraction!r}")
+        return cls(
+            mode=mode, has_identity=has_identity,
+            min_clients=_int(node_config, MIN_CLIENTS_CONFIG, 3, 3),
+            min_threshold_fraction=float(fraction),
+            max_vector_length=_int(node_config, MAX_VECTOR_LENGTH_CONFIG, 1 << 24, 2),
+            authenticated_channels=_bool(node_config, AUTHENTICATED_CHANNELS_CONFIG),
+            allow_unauthenticated_semi_honest=_bool(node_config, ALLOW_UNAUTHENTICATED_CONFIG),
+        )
+
+    def check(self, *, fl_round: int, mode: SecurityMode, num_clients: int, threshold: int,
+              client_ids: Iterable[int], vector_length: int, my_id: int,
+              pinned_ids: Iterable[int] | None) -> None:
+        """Refuse a session weaker than this policy.
+
+        Args:
+            fl_round, mode, num_clients, threshold, client_ids, vector_length:
+                what the server announced.
+            my_id: this node's client id.
+            pinned_ids: the client ids of the node's pinned keys (active mode).
+
+        Raises:
+            SetupRefusedError: naming the first rule the setup breaks.
+        """
+        def refuse(rule: PolicyRule, detail: str) -> SetupRefusedError:
+            return SetupRefusedError(rule, detail, fl_round=fl_round)
+
+        ids = tuple(client_ids)
+        required = self.required_mode
+        if required is not None and mode is not required:
+            why = " (the node has identity keys)" if self.mode is None else ""
+            raise refuse(PolicyRule.MODE, f"the server announced {mode.value} mode, the node"
+                                          f" requires {required.value}{why}")
+        if mode is SecurityMode.SEMI_HONEST and not (
+                self.authenticated_channels or self.allow_unauthenticated_semi_honest):
+            raise refuse(PolicyRule.UNAUTHENTICATED_SEMI_HONEST,
+                         "semi-honest mode needs TLS with server and SuperNode authentication:"
+                         f" set node config {AUTHENTICATED_CHANNELS_CONFIG}=true once they are"
+                         f" in place, or {ALLOW_UNAUTHENTICATED_CONFIG}=true to run without")
+        if my_id not in ids:
+            raise refuse(PolicyRule.NOT_INVITED, f"client {my_id} is not among the invited ids")
+        if num_clients < self.min_clients:
+            raise refuse(PolicyRule.MIN_CLIENTS, f"{num_clients} clients announced, the node"
+                                                 f" requires at least {self.min_clients}")
+        if not threshold > self.min_threshold_fraction * num_clients:
+            raise refuse(PolicyRule.MIN_THRESHOLD,
+                         f"threshold {threshold} of {num_clients} clients, the node requires"
+                         f" more than {self.min_threshold_fraction:g} x {num_clients}")
+        if mode is SecurityMode.ACTIVE:
+            pinned = set(pinned_ids or ())
+            missing = sorted(set(ids) - pinned)
+            if missing:
+                raise refuse(PolicyRule.IDS_NOT_PINNED,
+                             f"no pinned identity key for invited clients {missing[:10]}")
+        if vector_length > self.max_vector_length:
+            raise refuse(PolicyRule.VECTOR_TOO_LONG,
+                         f"vector length {vector_length} exceeds the node's bound"
+                         f" {self.max_vector_length}")
+
+
+def check_no_insecure_noise(*configs: Mapping[str, Any] | None,
+                            fl_round: int | None = None) -> None:
+    """Refuse a run whose configuration asks for reproducible (insecure) DP
+    noise: any of ``configs`` (the run config, the train message's config)
+    holding ``insecure_reproducible_noise`` or ``insecure-reproducible-noise``
+    set to anything but false.
+
+    Raises:
+        SetupRefusedError: rule :attr:`PolicyRule.INSECURE_NOISE`.
+    """
+    for config in configs:
+        if config is None:
+            continue
+        for key in (INSECURE_NOISE_OPTION, INSECURE_NOISE_OPTION.replace("_", "-")):
+            if key in config and config[key] not in (False, 0, "", "false", "False", None):
+                raise SetupRefusedError(
+                    PolicyRule.INSECURE_NOISE,
+                    f"the run sets {key}={config[key]!r}: DP noise and sampling from a public"
+                    " seed can be regenerated by the server; this node trains only with noise"
+                    " from the OS CSPRNG", fl_round=fl_round)
+
