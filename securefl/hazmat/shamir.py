@@ -9,12 +9,29 @@ Field and encoding (normative, see the protocol spec):
 * the evaluation point of a holder is its client id (1 <= id < p);
 * a share is the 16 evaluations, each a little-endian uint32: 64 bytes.
 
-Because limbs are 16-bit while the field holds 31 bits, a reconstruction from
-wrong shares lands outside 0..65535 in some limb with overwhelming
-probability, so even exactly t shares are checked; with more than t shares,
-every extra share is checked against the interpolated polynomial (by a random
-linear combination of all limbs, which catches any inconsistency except with
-probability about 2^-62).
+A reconstruction is only as good as its shares: one forged share among
+exactly t moves the secret by a multiple of that share's error, and when the
+error is small (one limb +1) the result is still a valid 32-byte string.
+Nothing in the shares alone can catch that, so :meth:`Reconstructor.
+reconstruct_verified` takes a ``verify`` callback that checks every
+reconstructed secret against a commitment its owner made before the shares
+were used (the protocol checks a hash of the self-mask seed, and a masking
+private key against its public key).  With more than t shares, every extra
+share is also checked against the interpolated polynomial (by a random
+linear combination of the limbs, which misses an inconsistency with
+probability about 2^-62).  When a check fails and there are extra shares,
+:func:`locate` searches for the smallest set of holders whose removal leaves
+shares that lie on one polynomial reconstructing to a secret that passes
+``verify``, and names exactly those holders.  The commitment acts as one
+extra evaluation point, so with ``H`` shares this names exactly the bad
+holders whenever at most ``floor((H - t + 1) / 2)`` of them are bad (one bad
+share among t + 1 is always located); with exactly t shares a failed check
+can only abort.  Cost: a passing reconstruction costs nothing extra; a
+failing one costs at most ``max(H, MAX_CANDIDATES)`` reconstructions of that
+one secret (sets of one holder are always all tried, larger sets only while
+the total stays within :data:`MAX_CANDIDATES`), and holders already found
+bad are tried first for the next secret, so one holder forging its shares of
+every secret costs ``H`` reconstructions once, then one per secret.
 
 Everything is numpy ``uint64`` arithmetic with products below 2^62: sharing
 two secrets to 1000 holders takes milliseconds, not seconds.
@@ -22,7 +39,9 @@ two secrets to 1000 holders takes milliseconds, not seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +55,9 @@ SECRET_BYTES = 32
 _P = np.uint64(PRIME)
 _CHECKS = 2
 _SMALL = 4096  # t * (holders) below which Lagrange coefficients use Python ints
+MAX_CANDIDATES = 4096
+"""Upper bound on the holder sets of size two or more tried by :func:`locate`
+for one secret (every single holder is always tried)."""
 
 
 def _mod(a: np.ndarray) -> np.ndarray:
@@ -256,6 +278,179 @@ class Reconstructor:
         return [
             limbs[i * LIMBS:(i + 1) * LIMBS].astype("<u2").tobytes() for i in range(num_secrets)
         ]
+
+
+    def reconstruct_verified(
+        self,
+        shares: np.ndarray,
+        verify: Callable[[int, bytes], bool],
+        rng: RandomSource,
+        suspects: set[int] | None = None,
+    ) -> VerifiedSecrets:
+        """Reconstruct every secret and check it with ``verify(index, secret)``;
+        locate the bad holders of any secret that fails.
+
+        Args:
+            shares: ``(H, S, 16)`` shares in holder order.
+            verify: True iff the S-th secret matches its owner's commitment.
+            rng: randomness for the consistency checks.
+            suspects: holders already known to be bad (tried first by the
+                search; holders found bad here are added to it).
+
+        Returns:
+            the secrets (every one passed ``verify``), and for each secret
+            whose shares were not all good, the holders left out.
+
+        Raises:
+            UnverifiableSecretError: a secret whose shares cannot be decoded
+                to one that passes ``verify`` (always so with exactly t
+                shares and a failed check); ``index`` says which.
+        """
+        arr = np.asarray(shares)
+        if arr.ndim != 3 or arr.shape[0] != len(self.holders) or arr.shape[2] != LIMBS:
+            raise ConfigurationError(
+                f"shares must have shape ({len(self.holders)}, S, {LIMBS}), got {arr.shape}"
+            )
+        if np.any(arr >= PRIME):
+            raise InconsistentSharesError("share element is not a field element")
+        suspects = set() if suspects is None else suspects
+        h, num_secrets = arr.shape[0], arr.shape[1]
+        y = arr.astype(np.uint64)
+        t = self.threshold
+        limbs = _lincomb(self._lam0.reshape(1, -1), y[:t].reshape(t, -1))[0]
+        limbs = limbs.reshape(num_secrets, LIMBS)
+        suspicious = np.any(limbs > 0xFFFF, axis=1)
+        if h > t:
+            r = _random_field_elements(num_secrets * LIMBS * _CHECKS, rng).reshape(
+                num_secrets, LIMBS, _CHECKS)
+            lo, hi = r & np.uint64(0xFFFF), r >> np.uint64(16)
+            comb = _mod(np.einsum("hsl,slc->hsc", y, hi))
+            comb = _mod(comb * np.uint64(1 << 16) + _mod(np.einsum("hsl,slc->hsc", y, lo)))
+            predicted = _lincomb(self._lam_extra, comb[:t].reshape(t, -1))
+            off = predicted.reshape(h - t, num_secrets, _CHECKS) != comb[t:]
+            suspicious |= np.any(off, axis=(0, 2))
+        out: list[bytes] = []
+        excluded: dict[int, tuple[int, ...]] = {}
+        for i in range(num_secrets):
+            value = limbs[i].astype("<u2").tobytes()
+            if not suspicious[i] and verify(i, value):
+                out.append(value)
+                continue
+            value, bad = locate(self.holders, arr[:, i, :], t, lambda v, i=i: verify(i, v),
+                                rng, suspects, index=i)
+            suspects.update(bad)
+            excluded[i] = bad
+            out.append(value)
+        return VerifiedSecrets(out, excluded)
+
+
+@dataclass(frozen=True)
+class VerifiedSecrets:
+    """What :meth:`Reconstructor.reconstruct_verified` returns.
+
+    Attributes:
+        secrets: every reconstructed secret, each one verified.
+        excluded: secret index -> the holders whose shares of it were left
+            out (their shares are not on the polynomial of the verified
+            secret); absent for secrets whose shares were all good.
+    """
+
+    secrets: list[bytes]
+    excluded: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+class UnverifiableSecretError(InconsistentSharesError):
+    """No consistent set of the supplied shares reconstructs a secret that
+    passes the commitment check (always the case for a failed check with
+    exactly t shares).
+
+    Attributes:
+        index: the position of the secret in the reconstruction call.
+    """
+
+    def __init__(self, detail: str, *, index: int) -> None:
+        self.index = index
+        super().__init__(detail)
+
+
+def locate(
+    holders: Sequence[int],
+    shares: np.ndarray,
+    threshold: int,
+    verify: Callable[[bytes], bool],
+    rng: RandomSource,
+    suspects: set[int] | None = None,
+    *,
+    index: int = 0,
+) -> tuple[bytes, tuple[int, ...]]:
+    """Find the smallest set of holders whose removal leaves shares of one
+    secret that lie on one polynomial and reconstruct to a secret passing
+    ``verify``.
+
+    Args:
+        holders: the evaluation points, one per row of ``shares``.
+        shares: ``(H, 16)`` field elements.
+        threshold: t.
+        verify: the commitment check of the secret.
+        rng: randomness for the consistency checks.
+        suspects: holders tried first (as one set).
+        index: reported in the error.
+
+    Returns:
+        the verified secret and the removed holders (ascending).  When at most
+        ``floor((H - t + 1) / 2)`` shares are bad, the removed holders are
+        exactly the bad ones: any polynomial through the remaining shares
+        that passes ``verify`` agrees with the true one at 0 (binding) and at
+        at least ``t - 1`` good shares, so it is the true one.
+
+    Raises:
+        UnverifiableSecretError: no such set within the search bound.
+    """
+    h = len(holders)
+    arr = np.asarray(shares).reshape(h, 1, LIMBS)
+    if h <= threshold:
+        raise UnverifiableSecretError(
+            f"the {h} shares reconstruct a secret that fails its commitment check, and"
+            f" with threshold {threshold} there is no extra share to find the bad one",
+            index=index)
+    radius = (h - threshold + 1) // 2
+
+    def attempt(removed: tuple[int, ...]) -> bytes | None:
+        keep = [i for i in range(h) if i not in removed]
+        if len(keep) < threshold:
+            return None
+        try:
+            value = Reconstructor([holders[i] for i in keep], threshold).reconstruct(
+                arr[keep], rng)[0]
+        except InconsistentSharesError:
+            return None
+        return value if verify(value) else None
+
+    known = [i for i in range(h) if holders[i] in (suspects or ())]
+    if known and len(known) <= radius and attempt(tuple(known)) is not None:
+        # keep only the suspects whose share of this secret is off the polynomial
+        for i in list(known):
+            if attempt(tuple(j for j in known if j != i)) is not None:
+                known.remove(i)
+        value = attempt(tuple(known))
+        if value is not None and known:
+            return value, tuple(holders[i] for i in known)
+    tried = 0
+    for k in range(1, radius + 1):
+        for removed in itertools.combinations(range(h), k):
+            if k > 1:
+                tried += 1
+                if tried > MAX_CANDIDATES:
+                    break
+            value = attempt(removed)
+            if value is not None:
+                return value, tuple(holders[i] for i in removed)
+        if tried > MAX_CANDIDATES:
+            break
+    raise UnverifiableSecretError(
+        f"no set of at most {radius} of the {h} shares can be left out so that the rest"
+        " reconstruct a secret passing its commitment check (search bound"
+        f" {MAX_CANDIDATES})", index=index)
 
 
 def _lagrange_small(base: list[int], extra: list[int]) -> tuple[np.ndarray, np.ndarray]:
