@@ -101,7 +101,7 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
         sid = hashlib.sha256(
             b"securefl/secagg/v1/session-id" + digest + struct.pack(">I", len(roster.entries))
             + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                       for e in roster.entries)).digest()
+                       + e.seed_commitment for e in roster.entries)).digest()
         shares_op = next(op for op in data["operations"] if op["op"] == "client_handle")
         shares = pb.SecAggMessage.FromString(bytes.fromhex(shares_op["output"]))
         assert shares.encrypted_shares.session_id == sid, path.name
