@@ -58,7 +58,7 @@ class Rule(str, enum.Enum):
     FORGED_SHARE = "share-inconsistent-with-commitment"
     """A holder's revealed share is not on the polynomial whose secret matches
     the owner's commitment (the holder forged it, or the owner dealt it so);
-    the share is left out and the holder is blamed (SPEC [R4-6])."""
+    the share is left out and the holder is blamed (SPEC [R4-11])."""
     COMMITMENT_MISMATCH = "reconstruction-fails-commitment"
     """No consistent set of the revealed shares reconstructs a secret that
     matches its owner's commitment (always so when exactly t shares were

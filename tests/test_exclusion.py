@@ -1,6 +1,6 @@
 """One malicious client cannot make the server return a wrong sum, cannot get
 an honest client blamed, and cannot stop everyone's round (SPEC [R0-2],
-[R0-4], [R2-6], [R4-6], [GEN-7]).
+[R0-10], [R2-5], [R2-6], [R4-11], [CLI-2]).
 
 Every test here performs the attack.  Against the code before these rules, a
 forged share among exactly t gave a wrong sum without an error, a forged
@@ -160,7 +160,7 @@ def drive(config: SecAggConfig, attack: Attack) -> Outcome:
             send(rnd, c, reply)
 
 
-# -- SPEC [R4-6]: shares are checked against commitments --------------------------
+# -- SPEC [R4-11]: shares are checked against commitments --------------------------
 
 
 def _forge(share: bytes, random: bool) -> bytes:
@@ -420,7 +420,7 @@ def test_the_server_refuses_exclusions_of_peers_never_delivered() -> None:
     assert out.result is not None and out.exact() and out.result.survivors == (1, 4, 5)
 
 
-# -- SPEC [GEN-7]: duplicates are answered again -----------------------------------
+# -- SPEC [CLI-2]: duplicates are answered again -----------------------------------
 
 
 @FAST
@@ -453,3 +453,54 @@ def test_a_different_message_in_an_answered_slot_still_aborts() -> None:
     assert info.value.rule is Rule.WRONG_ROUND
     with pytest.raises(LocalProtocolError):  # aborted for good, even for the old message
         session.handle(roster)
+
+
+# -- the limits SECURITY.md states ------------------------------------------------
+
+
+def test_a_client_sharing_another_seed_than_it_committed_to_aborts_typed() -> None:
+    config = _round(5, 3)
+    liar = 4
+
+    def delivery(rnd: Round, c: int, msg: Any) -> Any:
+        if c == liar and isinstance(msg, KeyRoster):
+            # after committing in R0, the client shares (and masks with) another seed
+            object.__setattr__(clients_seen[liar], "_seed", RNG.token_bytes(32))
+        return msg
+    clients_seen: dict[int, ClientSession] = {}
+    original = ClientSession.start
+
+    def start(self: ClientSession) -> AdvertiseKeys:
+        clients_seen[self.client_id] = self
+        return original(self)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ClientSession, "start", start)
+        out = drive(config, Attack(delivery=delivery))
+    assert out.result is None and out.abort is not None
+    assert out.abort.rule is Rule.COMMITMENT_MISMATCH and "client 4" in str(out.abort)
+
+
+def test_a_dealer_of_one_bad_key_share_gets_that_holder_named_with_itself() -> None:
+    from securefl.protocol import derivation
+
+    dealer, holder = 5, 2
+    original = derivation.encrypt_shares
+
+    def encrypt(key: bytes, sid: bytes, sender: int, recipient: int, key_share: bytes,
+                seed_share: bytes) -> bytes:
+        if (sender, recipient) == (dealer, holder):
+            key_share = _forge(key_share, False)
+        return original(key, sid, sender, recipient, key_share, seed_share)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(derivation, "encrypt_shares", encrypt)
+        out = drive(_round(5, 3), Attack(stop={dealer: Round.MASKED_INPUT_COLLECTION}))
+    assert out.result is not None and out.exact()
+    [blame] = out.result.blame
+    assert blame.peer == holder and blame.rule is Rule.FORGED_SHARE
+    assert f"client {dealer}" in blame.detail  # the dealer may be the one at fault
+
+
+def test_with_t_equal_n_one_garbage_sender_makes_its_recipients_abort() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        drive(_round(4, 4), Attack(reply=_garbage(4, {1})))
+    assert info.value.rule is Rule.DECRYPTION_FAILED and info.value.peer == 4

@@ -68,7 +68,7 @@ def test_a_second_request_for_the_other_share_is_refused() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         fed.clients[1].handle(flip)
     assert info.value.rule is Rule.BOTH_SHARES_REQUESTED
-    # an exact retransmission of the answered request gets the same reply (SPEC [GEN-7]);
+    # an exact retransmission of the answered request gets the same reply (SPEC [CLI-2]);
     # any other second request is refused
     assert fed.clients[1].handle(req) is first
     other = dataclasses.replace(req, dropped=())
@@ -153,7 +153,7 @@ def test_replay_from_another_session_is_refused() -> None:
 
 
 def test_tampered_ciphertext_is_excluded_and_reported_naming_its_sender() -> None:
-    # SPEC [R2-6]: the client cannot tell a tampering server from a lying peer;
+    # SPEC [R2-5]: the client cannot tell a tampering server from a lying peer;
     # it holds none of the peer's shares, masks without it and reports it
     fed = Federation(SEMI)
     fed.advertise()

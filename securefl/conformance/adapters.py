@@ -95,7 +95,7 @@ class ServerSpec:
 @dataclass(frozen=True)
 class RoundResult:
     """What a finished server reports: the sum mod 2^bits, whose inputs it
-    contains, and the clients it blamed (SPEC [R2-6], [R4-6]), ascending."""
+    contains, and the clients it blamed (SPEC [R2-6], [R4-11]), ascending."""
 
     total: tuple[int, ...]
     survivors: tuple[int, ...]
@@ -130,7 +130,7 @@ class ServerUnderTest(Protocol):
         message)`` pairs for the next round (empty after the last round).
         Raise ``AbortError`` when fewer than threshold clients remain, and
         ``AbortError`` with ``rule = Rule.COMMITMENT_MISMATCH`` when the
-        revealed shares cannot be decoded to committed secrets (SPEC [R4-6])."""
+        revealed shares cannot be decoded to committed secrets (SPEC [R4-11])."""
         ...
 
     def result(self) -> RoundResult:

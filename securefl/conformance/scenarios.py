@@ -323,7 +323,7 @@ def _from_itself(_: World, d: ShareDelivery) -> bytes:
 def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
                what: str) -> Callable[[Target], None]:
     """A share ciphertext that does not decrypt is not a reason to abort
-    (SPEC [R2-6]): the client masks without that peer, names it in
+    (SPEC [R2-5]): the client masks without that peer, names it in
     ``excluded``, refuses to list it as a survivor, and the round finishes."""
     def run(target: Target) -> None:
         w = _client_world(target)
@@ -361,7 +361,7 @@ def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
 
 def c_duplicates(config: SecAggConfig) -> Callable[[Target], None]:
     """Every server message delivered twice: the client answers the copy with
-    the same bytes (SPEC [GEN-7]) and the round finishes with the exact sum."""
+    the same bytes (SPEC [CLI-2]) and the round finishes with the exact sum."""
     def run(target: Target) -> None:
         w = _client_world(target, config)
         w.start()
@@ -466,7 +466,7 @@ def c_never_shared(target: Target) -> None:
 
 def c_second_request(flip: bool) -> Callable[[Target], None]:
     """A second, different unmasking request is refused; the first answer
-    stands (an exact duplicate is answered again, SPEC [GEN-7])."""
+    stands (an exact duplicate is answered again, SPEC [CLI-2])."""
     def run(target: Target) -> None:
         w = _client_world(target)
         w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
@@ -723,7 +723,7 @@ def s_low_order(target: Target) -> None:
 
 def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
     """Client 2 sends random bytes as its share ciphertexts to ``to``; the
-    recipients exclude and report it (SPEC [R2-6]); the server drops client 2
+    recipients exclude and report it (SPEC [R2-5], [R2-6]); the server drops client 2
     and finishes with the exact sum of the others."""
     def run(target: Target) -> None:
         w = _server_world(target, label=f"garbage{len(to)}")
@@ -764,7 +764,7 @@ def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Targe
     """Client 2 reveals a forged share of client 1's self-mask seed.  With
     exactly t responders the server must abort with rule
     ``reconstruction-fails-commitment`` (never a wrong sum); with more it must
-    finish with the exact sum and blame exactly client 2 (SPEC [R4-6])."""
+    finish with the exact sum and blame exactly client 2 (SPEC [R4-11])."""
     def run(target: Target) -> None:
         w = _server_world(target, label=f"forged{len(responders)}")
         w.run_to(Round.UNMASKING)
@@ -976,9 +976,9 @@ def scenario_cases() -> list[Case]:
            s_forged_share((1, 2, 3, 4), False)),
         _s("10.5", 14, "random seed share with t+2 responders: exact sum, the forger named",
            s_forged_share((1, 2, 3, 4, 5), True)),
-        _c("10.6", 1, "semi-honest: client answers exact duplicates with the same bytes",
+        _c("10", 1, "semi-honest: client answers exact duplicates with the same bytes",
            c_duplicates(S)),
-        _c("10.6", 2, "active: client answers exact duplicates with the same bytes",
+        _c("10", 2, "active: client answers exact duplicates with the same bytes",
            c_duplicates(A)),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",

@@ -77,7 +77,7 @@ def is_clamped(raw: bytes) -> bool:
 
 def matches_public(raw_private: bytes, public: bytes) -> bool:
     """True iff ``raw_private`` is a clamped scalar whose public key is
-    ``public``: the check of a reconstructed masking key (SPEC [R4-6])."""
+    ``public``: the check of a reconstructed masking key (SPEC [R4-11])."""
     if not is_clamped(raw_private):
         return False
     return KeyPair.from_private_bytes(raw_private).public_bytes == bytes(public)

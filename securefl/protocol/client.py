@@ -11,12 +11,12 @@ Two things do not abort:
 
 * an exact duplicate of a server message this client already answered (a
   retransmission) is answered again with the very same reply object, and
-  changes nothing (SPEC [GEN-7]); a *different* message where one was already
+  changes nothing (SPEC [CLI-2]); a *different* message where one was already
   answered still aborts;
 * a peer's share ciphertext that does not decrypt, or that holds malformed
   shares, is not the server's fault alone: the client leaves that peer out of
   its pairwise masks, holds none of its shares, and names it in
-  ``MaskedInput.excluded`` (SPEC [R2-6]).
+  ``MaskedInput.excluded`` (SPEC [R2-5]).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ SEED_COMMITMENT_BYTES = 32
 
 
 def seed_commitment(config_digest: bytes, sender: int, seed: bytes) -> bytes:
-    """The hash commitment to a self-mask seed b_u sent in R0 (SPEC [R0-4]):
+    """The hash commitment to a self-mask seed b_u sent in R0 (SPEC [R0-10]):
     SHA-256(prefix || "seed-commitment" || config digest || sender || seed).
 
     Binding by collision resistance; hiding because b_u is 32 uniform bytes

@@ -23,7 +23,7 @@ def _frozen_map(m: Mapping[int, bytes]) -> Mapping[int, bytes]:
 @dataclass(frozen=True)
 class AdvertiseKeys:
     """R0, client -> server: fresh X25519 public keys, the hash commitment
-    to the client's self-mask seed (SPEC [R0-4]), and, in active mode, an
+    to the client's self-mask seed (SPEC [R0-10]), and, in active mode, an
     Ed25519 signature binding all three to the configuration and sender.
 
     The commitment lets the server check every reconstructed seed; the
@@ -87,7 +87,7 @@ class MaskedInput:
     ``excluded`` (ascending) names the delivered peers whose share
     ciphertext did not decrypt or whose shares were malformed: the sender
     holds no shares of them and left them out of its pairwise masks
-    (SPEC [R2-6]).  Empty in an honest round.
+    (SPEC [R2-5]).  Empty in an honest round.
     """
 
     sender: int

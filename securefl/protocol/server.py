@@ -129,7 +129,7 @@ class AggregationResult:
         blame: the clients whose shares were refused: in R2 one end of each
             share complaint (SPEC [R2-6]), in R4 the holders whose revealed
             shares are not on the polynomial of the committed secret (SPEC
-            [R4-6]).
+            [R4-11]).
         excluded: clients whose masked input arrived but was discarded
             before unmasking (share complaints), with the reason; they are
             treated as dropped after sharing and are not in ``survivors``.
