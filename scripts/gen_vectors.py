@@ -30,7 +30,7 @@ from securefl.conformance.adapters import (
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, PROTOCOL_NAME, config_to_json, dump
 from securefl.errors import AbortError, InconsistentSharesError, ProtocolError
 from securefl.hazmat import aead, shamir, signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.kdf import LABEL_PREFIX, derive_key, hkdf_sha256, kdf_info
 from securefl.hazmat.prg import MaskExpander
 from securefl.hazmat.randomness import DeterministicRandom
@@ -498,7 +498,7 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
                    dropouts: Mapping[int, Round]) -> dict[str, Any]:
     rng = DeterministicRandom(seed)
     c_pair = KeyPair.from_private_bytes(rng.token_bytes(32))
-    s_pair = KeyPair.from_private_bytes(rng.token_bytes(32))
+    s_pair = KeyPair.from_private_bytes(clamp(rng.token_bytes(32)))  # [SSS-5]
     self_seed = rng.token_bytes(32)
     record: dict[str, Any] = {"id": cid, "input": [str(x) for x in vector],
                               "randomSeed": seed.hex()}
@@ -514,9 +514,12 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
         "maskingPrivateKey": s_pair.private_bytes().hex(),
         "maskingPublicKey": s_pair.public_bytes.hex(),
         "selfMaskSeed": self_seed.hex(),
+        "seedCommitment": d.seed_commitment(config.digest(), cid, self_seed).hex(),
     })
     advert = decode(sent[0])
     assert advert.encryption_key == c_pair.public_bytes  # type: ignore[union-attr]
+    assert advert.masking_key == s_pair.public_bytes  # type: ignore[union-attr]
+    assert advert.seed_commitment.hex() == record["seedCommitment"]  # type: ignore[union-attr]
     if len(sent) < 2:
         return record
     shares_msg = decode(sent[1])

@@ -321,14 +321,20 @@ class Reconstructor:
         limbs = limbs.reshape(num_secrets, LIMBS)
         suspicious = np.any(limbs > 0xFFFF, axis=1)
         if h > t:
-            r = _random_field_elements(num_secrets * LIMBS * _CHECKS, rng).reshape(
-                num_secrets, LIMBS, _CHECKS)
-            lo, hi = r & np.uint64(0xFFFF), r >> np.uint64(16)
-            comb = _mod(np.einsum("hsl,slc->hsc", y, hi))
-            comb = _mod(comb * np.uint64(1 << 16) + _mod(np.einsum("hsl,slc->hsc", y, lo)))
-            predicted = _lincomb(self._lam_extra, comb[:t].reshape(t, -1))
-            off = predicted.reshape(h - t, num_secrets, _CHECKS) != comb[t:]
-            suspicious |= np.any(off, axis=(0, 2))
+            # one random combination of every limb of every secret (as cheap as
+            # before); only when it fails, one combination per secret to see which
+            flat = y.reshape(h, -1)
+            r = _random_field_elements(flat.shape[1] * _CHECKS, rng).reshape(-1, _CHECKS)
+            combined = _lincomb(flat, r)
+            if np.any(_lincomb(self._lam_extra, combined[:t]) != combined[t:]):
+                r = _random_field_elements(num_secrets * LIMBS * _CHECKS, rng).reshape(
+                    num_secrets, LIMBS, _CHECKS)
+                lo, hi = r & np.uint64(0xFFFF), r >> np.uint64(16)
+                comb = _mod(np.einsum("hsl,slc->hsc", y, hi))
+                comb = _mod(comb * np.uint64(1 << 16) + _mod(np.einsum("hsl,slc->hsc", y, lo)))
+                predicted = _lincomb(self._lam_extra, comb[:t].reshape(t, -1))
+                off = predicted.reshape(h - t, num_secrets, _CHECKS) != comb[t:]
+                suspicious |= np.any(off, axis=(0, 2))
         out: list[bytes] = []
         excluded: dict[int, tuple[int, ...]] = {}
         for i in range(num_secrets):

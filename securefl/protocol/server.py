@@ -126,10 +126,10 @@ class AggregationResult:
             received), ascending.
         statuses: every invited client's final :class:`ClientStatus`.
         session_id: the session id (hex in logs; public).
-        blame: the clients whose shares were refused: in R2 one end of each
-            share complaint (SPEC [R2-6]), in R4 the holders whose revealed
-            shares are not on the polynomial of the committed secret (SPEC
-            [R4-11]).
+        blame: in R2 the clients removed as one end of share complaints
+            (SPEC [R2-6]; the server cannot tell accuser from accused, so the
+            detail lists both sides), in R4 the holders whose revealed shares
+            are not on the polynomial of the committed secret (SPEC [R4-11]).
         excluded: clients whose masked input arrived but was discarded
             before unmasking (share complaints), with the reason; they are
             treated as dropped after sharing and are not in ``survivors``.
@@ -540,9 +540,6 @@ class ServerSession:
         rnd = Round.MASKED_INPUT_COLLECTION
         alive = set(self._masked_from)
         accusations = [(v, u) for v, us in self._complaints.items() if v in alive for u in us]
-        for v, u in accusations:
-            self._blame.append(Blame(u, rnd, Rule.SHARES_REFUSED,
-                                     f"client {v} reports that its shares did not decrypt"))
         open_edges = {frozenset((v, u)) for v, u in accusations if u in alive}
         removed: list[int] = []
         while open_edges:
@@ -554,6 +551,12 @@ class ServerSession:
             pick = max(degree, key=lambda c: (degree[c], accused[c], -c))
             removed.append(pick)
             alive.discard(pick)
+            by = sorted(v for v, u in accusations if u == pick and frozenset((v, u)) in open_edges)
+            of = sorted(u for v, u in accusations if v == pick and frozenset((v, u)) in open_edges)
+            self._blame.append(Blame(pick, rnd, Rule.SHARES_REFUSED,
+                                     f"removed as one end of share complaints: reported by"
+                                     f" clients {by[:10]}, reported clients {of[:10]} (the"
+                                     " server cannot tell which end is lying)"))
             open_edges = {e for e in open_edges if pick not in e}
             self._excluded[pick] = "one end of a share complaint"
         t = self.config.t
