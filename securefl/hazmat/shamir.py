@@ -20,18 +20,24 @@ private key against its public key).  With more than t shares, every extra
 share is also checked against the interpolated polynomial (by a random
 linear combination of the limbs, which misses an inconsistency with
 probability about 2^-62).  When a check fails and there are extra shares,
-:func:`locate` searches for the smallest set of holders whose removal leaves
-shares that lie on one polynomial reconstructing to a secret that passes
-``verify``, and names exactly those holders.  The commitment acts as one
-extra evaluation point, so with ``H`` shares this names exactly the bad
+:func:`locate` looks for a polynomial through t of the shares whose secret
+passes ``verify`` and which at most ``floor((H - t + 1) / 2)`` of the ``H``
+shares disagree with, and names exactly the holders of those shares.  The
+commitment acts as one extra evaluation point, so this names exactly the bad
 holders whenever at most ``floor((H - t + 1) / 2)`` of them are bad (one bad
 share among t + 1 is always located); with exactly t shares a failed check
-can only abort.  Cost: a passing reconstruction costs nothing extra; a
-failing one costs at most ``max(H, MAX_CANDIDATES)`` reconstructions of that
-one secret (sets of one holder are always all tried, larger sets only while
-the total stays within :data:`MAX_CANDIDATES`), and holders already found
-bad are tried first for the next secret, so one holder forging its shares of
-every secret costs ``H`` reconstructions once, then one per secret.
+can only abort.
+
+Cost: a passing reconstruction costs nothing extra (one joint random check
+for all secrets, as before).  A failing secret costs one candidate for
+``k = 0`` (the first t shares), ``t + 1`` candidates for ``k = 1`` (the
+t-subsets of the first t + 1 shares, whose Lagrange weights at 0 follow from
+those of all t + 1 by one factor each), and larger ``k`` only while the candidates stay within
+:data:`MAX_CANDIDATES`; each candidate is O(t) field operations and one
+``verify``, and each candidate that passes ``verify`` one exact O(H t)
+comparison with every other share.  Holders found bad are then left out of
+every other failing secret with one reconstruction, so one holder forging its
+shares of every secret costs about as much as one failing secret.
 
 Everything is numpy ``uint64`` arithmetic with products below 2^62: sharing
 two secrets to 1000 holders takes milliseconds, not seconds.
@@ -336,18 +342,33 @@ class Reconstructor:
                 off = predicted.reshape(h - t, num_secrets, _CHECKS) != comb[t:]
                 suspicious |= np.any(off, axis=(0, 2))
         out: list[bytes] = []
-        excluded: dict[int, tuple[int, ...]] = {}
+        failing: list[int] = []
         for i in range(num_secrets):
             value = limbs[i].astype("<u2").tobytes()
-            if not suspicious[i] and verify(i, value):
-                out.append(value)
-                continue
-            value, bad = locate(self.holders, arr[:, i, :], t, lambda v, i=i: verify(i, v),
-                                rng, suspects, index=i)
-            suspects.update(bad)
-            excluded[i] = bad
             out.append(value)
-        return VerifiedSecrets(out, excluded)
+            if suspicious[i] or not verify(i, value):
+                failing.append(i)
+        excluded: dict[int, tuple[int, ...]] = {}
+        radius = (h - t + 1) // 2
+        pending = failing
+        batched: frozenset[int] = frozenset()
+        while pending:
+            known = frozenset(j for j, x in enumerate(self.holders) if x in suspects)
+            if known and len(known) <= radius and known != batched:
+                # holders found bad (here or for an earlier group): one reconstruction
+                # without them for every secret still failing
+                batched, batch = known, list(pending)
+                found = _without(self.holders, y[:, batch, :], t, sorted(known), radius,
+                                 lambda k, v, batch=batch: verify(batch[k], v))
+                for k, hit in found.items():
+                    out[batch[k]], excluded[batch[k]] = hit
+                pending = [i for i in pending if i not in excluded]
+                continue
+            i = pending.pop(0)
+            out[i], excluded[i] = locate(self.holders, arr[:, i, :], t,
+                                         lambda v, i=i: verify(i, v), rng, index=i)
+            suspects.update(excluded[i])
+        return VerifiedSecrets(out, {i: bad for i, bad in excluded.items() if bad})
 
 
 @dataclass(frozen=True)
@@ -385,78 +406,120 @@ def locate(
     threshold: int,
     verify: Callable[[bytes], bool],
     rng: RandomSource,
-    suspects: set[int] | None = None,
     *,
     index: int = 0,
 ) -> tuple[bytes, tuple[int, ...]]:
-    """Find the smallest set of holders whose removal leaves shares of one
-    secret that lie on one polynomial and reconstruct to a secret passing
-    ``verify``.
+    """Find a polynomial through ``threshold`` of the shares whose secret
+    passes ``verify`` and which at most ``floor((H - t + 1) / 2)`` of the
+    ``H`` shares disagree with; return its secret and those holders.
+
+    Candidates are the ``t``-subsets of the first ``t + k`` holders, for
+    ``k = 0, 1, ...``: when at most ``k`` shares are bad, one of them is all
+    good.  Each candidate costs O(t) field operations (the Lagrange weights of
+    ``T minus R`` at 0 are those of ``T`` times ``(x_i - x_j) / (0 - x_j)``
+    for every ``j`` in ``R``); sizes ``k >= 2`` are tried while the number of
+    candidates stays within :data:`MAX_CANDIDATES`.
 
     Args:
         holders: the evaluation points, one per row of ``shares``.
         shares: ``(H, 16)`` field elements.
         threshold: t.
         verify: the commitment check of the secret.
-        rng: randomness for the consistency checks.
-        suspects: holders tried first (as one set).
+        rng: unused (kept for a stable signature; every comparison is exact).
         index: reported in the error.
 
     Returns:
-        the verified secret and the removed holders (ascending).  When at most
-        ``floor((H - t + 1) / 2)`` shares are bad, the removed holders are
-        exactly the bad ones: any polynomial through the remaining shares
-        that passes ``verify`` agrees with the true one at 0 (binding) and at
-        at least ``t - 1`` good shares, so it is the true one.
+        the verified secret and the holders whose shares are not on its
+        polynomial (ascending).  When at most ``floor((H - t + 1) / 2)`` shares
+        are bad these are exactly the bad ones: a passing polynomial agrees
+        with the true one at 0 (the commitment binds) and at at least ``t - 1``
+        good shares, so it is the true one.
 
     Raises:
-        UnverifiableSecretError: no such set within the search bound.
+        UnverifiableSecretError: no such polynomial within the search bound
+            (always when ``H == t``).
     """
-    h = len(holders)
-    arr = np.asarray(shares).reshape(h, 1, LIMBS)
-    if h <= threshold:
+    del rng
+    h, t = len(holders), threshold
+    y = np.asarray(shares, dtype=np.uint64).reshape(h, LIMBS)
+    if h <= t:
         raise UnverifiableSecretError(
             f"the {h} shares reconstruct a secret that fails its commitment check, and"
-            f" with threshold {threshold} there is no extra share to find the bad one",
-            index=index)
-    radius = (h - threshold + 1) // 2
-
-    def attempt(removed: tuple[int, ...]) -> bytes | None:
-        keep = [i for i in range(h) if i not in removed]
-        if len(keep) < threshold:
-            return None
-        try:
-            value = Reconstructor([holders[i] for i in keep], threshold).reconstruct(
-                arr[keep], rng)[0]
-        except InconsistentSharesError:
-            return None
-        return value if verify(value) else None
-
-    known = [i for i in range(h) if holders[i] in (suspects or ())]
-    if known and len(known) <= radius and attempt(tuple(known)) is not None:
-        # keep only the suspects whose share of this secret is off the polynomial
-        for i in list(known):
-            if attempt(tuple(j for j in known if j != i)) is not None:
-                known.remove(i)
-        value = attempt(tuple(known))
-        if value is not None and known:
-            return value, tuple(holders[i] for i in known)
+            f" with threshold {t} there is no extra share to find the bad one", index=index)
+    radius = (h - t + 1) // 2
     tried = 0
-    for k in range(1, radius + 1):
-        for removed in itertools.combinations(range(h), k):
+    for k in range(radius + 1):
+        pool = list(range(t + k))
+        xs = np.array([holders[i] for i in pool], dtype=np.uint64)
+        lam = Reconstructor([holders[i] for i in pool], t + k)._lam0.astype(np.uint64)
+        # col[j][i] = (x_i - x_j) / (0 - x_j): removing pool[j] from the base
+        neg_inv = _inverse(np.mod(-xs.astype(np.int64), PRIME).astype(np.uint64))
+        diff = np.mod(xs.astype(np.int64).reshape(1, -1) - xs.astype(np.int64).reshape(-1, 1),
+                      PRIME).astype(np.uint64)
+        cols = _mod(diff * neg_inv.reshape(-1, 1))
+        for removed in itertools.combinations(range(t + k), k):
             if k > 1:
                 tried += 1
                 if tried > MAX_CANDIDATES:
-                    break
-            value = attempt(removed)
-            if value is not None:
-                return value, tuple(holders[i] for i in removed)
-        if tried > MAX_CANDIDATES:
-            break
+                    raise UnverifiableSecretError(
+                        f"no consistent set of shares found within the search bound"
+                        f" ({MAX_CANDIDATES} candidates)", index=index)
+            weights = lam.copy()
+            for j in removed:
+                weights = _mod(weights * cols[j])
+            limbs = _lincomb(weights.reshape(1, -1), y[pool])[0]
+            if np.any(limbs > 0xFFFF):
+                continue
+            value = limbs.astype("<u2").tobytes()
+            if not verify(value):
+                continue
+            base = [i for i in pool if i - pool[0] not in removed]
+            bad = _off_polynomial(holders, y, t, base)
+            if len(bad) <= radius:
+                return value, tuple(sorted(holders[i] for i in bad))
     raise UnverifiableSecretError(
-        f"no set of at most {radius} of the {h} shares can be left out so that the rest"
-        " reconstruct a secret passing its commitment check (search bound"
-        f" {MAX_CANDIDATES})", index=index)
+        f"no polynomial through {t} of the {h} shares reconstructs a secret passing its"
+        f" commitment check with at most {radius} shares off it", index=index)
+
+
+def _off_polynomial(holders: Sequence[int], y: np.ndarray, t: int,
+                    base: Sequence[int]) -> list[int]:
+    """Rows of ``y`` (``(H, W)``) not on the polynomial through the rows
+    ``base`` (``t`` of them), compared exactly in every column."""
+    rest = [i for i in range(len(holders)) if i not in set(base)]
+    if not rest:
+        return []
+    order = list(base) + rest
+    rec = Reconstructor([holders[i] for i in order], t)
+    ys = y[order].reshape(len(order), -1)
+    predicted = _lincomb(rec._lam_extra, ys[:t])
+    off = np.any(predicted != ys[t:], axis=1)
+    return [rest[e] for e in np.flatnonzero(off)]
+
+
+def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int],
+             radius: int, verify: Callable[[int, bytes], bool],
+             ) -> dict[int, tuple[bytes, tuple[int, ...]]]:
+    """Reconstruct every secret of ``y`` (``(H, S, 16)``) from the holders not
+    in ``known``; keep the secrets that pass ``verify`` with at most
+    ``radius`` shares off their polynomial, with those shares' holders."""
+    base = [i for i in range(len(holders)) if i not in set(known)][:t]
+    order = base + [i for i in range(len(holders)) if i not in set(base)]
+    rec = Reconstructor([holders[i] for i in order], t)
+    num = y.shape[1]
+    ys = y[order].reshape(len(order), -1)
+    limbs = _lincomb(rec._lam0.reshape(1, -1), ys[:t])[0].reshape(num, LIMBS)
+    predicted = _lincomb(rec._lam_extra, ys[:t]).reshape(-1, num, LIMBS)
+    off = np.any(predicted != ys[t:].reshape(-1, num, LIMBS), axis=2)  # (extra, secret)
+    found: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+    for k in range(num):
+        if np.any(limbs[k] > 0xFFFF):
+            continue
+        value = limbs[k].astype("<u2").tobytes()
+        bad = [order[t + e] for e in np.flatnonzero(off[:, k])]
+        if len(bad) <= radius and verify(k, value):
+            found[k] = (value, tuple(sorted(holders[i] for i in bad)))
+    return found
 
 
 def _lagrange_small(base: list[int], extra: list[int]) -> tuple[np.ndarray, np.ndarray]:
