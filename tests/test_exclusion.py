@@ -327,6 +327,8 @@ def test_garbage_ciphertexts_cost_the_round_only_the_sender(data: st.DataObject,
         late.append(Round.CONSISTENCY_CHECK)
     stop = data.draw(st.dictionaries(st.sampled_from(honest), st.sampled_from(late),
                                      max_size=max(0, n - t - 1)), label="stop")
+    if data.draw(st.booleans(), label="evil drops after sharing"):
+        stop[evil] = Round.MASKED_INPUT_COLLECTION
     out = drive(_round(n, t, mode), Attack(stop=stop, reply=_garbage(evil, victims)))
     # the server never learns both kinds of share of anyone
     assert not out.seed_revealed & out.key_revealed
@@ -338,14 +340,26 @@ def test_garbage_ciphertexts_cost_the_round_only_the_sender(data: st.DataObject,
         holders = [c for c in expected if c not in complainers]
         if 0 < len(holders) < t:  # nobody could remove their masks with evil: dropped too
             expected = [c for c in expected if c not in holders]
+    # when must the round abort?  (threshold everywhere, and t holders per secret)
+    sharers = [c for c in range(1, n + 1) if c not in stop or stop[c] > Round.SHARE_KEYS]
+    signers = [c for c in expected if c not in stop or stop[c] > Round.CONSISTENCY_CHECK]
+    responders = [c for c in signers if c not in stop]
+    must_abort = min(len(sharers), len(expected), len(signers), len(responders)) < t
+    for u in set(sharers) - set(expected):
+        takers = [c for c in expected if not (u == evil and c in victims)]
+        if takers and len([c for c in takers if c in responders]) < t:
+            must_abort = True
     if out.result is None:
+        assert must_abort
         assert out.abort is not None and out.abort.rule is None
         assert out.abort.available is not None and out.abort.needed is not None
         assert out.abort.available < out.abort.needed
         return
+    assert not must_abort
     assert out.exact()
     assert list(out.result.survivors) == expected
-    assert {b.peer for b in out.result.blame} == ({evil} if complainers else set())
+    assert {b.peer for b in out.result.blame} == ({evil} if complainers and evil in masked
+                                                  else set())
 
 
 def _refuse_shares_of(victim: int, accusers: set[int]) -> Callable[[Round, int, Any], Any]:
@@ -506,3 +520,26 @@ def test_with_t_equal_n_one_garbage_sender_makes_its_recipients_abort() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         drive(_round(4, 4), Attack(reply=_garbage(4, {1})))
     assert info.value.rule is Rule.DECRYPTION_FAILED and info.value.peer == 4
+
+
+def test_more_bad_shares_than_the_radius_is_a_typed_error_never_a_wrong_secret() -> None:
+    # H = t + 2 tolerates floor(3/2) = 1 bad share; with 2 bad ones (among the first t)
+    # nothing can be located: a typed error, not a guess
+    holders = list(range(1, 8))
+    secret = RNG.token_bytes(32)
+    shares = shamir.split([secret], holders, 5, RNG).astype(np.uint64)
+    shares[0, 0, 0] = (shares[0, 0, 0] + 1) % P
+    shares[1, 0, 3] = (shares[1, 0, 3] + 7) % P
+    with pytest.raises(shamir.UnverifiableSecretError):
+        shamir.Reconstructor(holders, 5).reconstruct_verified(
+            shares, lambda i, v: v == secret, RNG)
+
+
+def test_a_garbage_sender_that_then_drops_cannot_strand_the_few_that_took_its_shares() -> None:
+    # 7 clients, t=3: 7 sends garbage to 1..4, valid shares to 5 and 6, and then sends
+    # no masked input; 5 and 6 masked with 7, and only they hold its key shares
+    out = drive(_round(7, 3), Attack(reply=_garbage(7, {1, 2, 3, 4}),
+                                     stop={7: Round.MASKED_INPUT_COLLECTION}))
+    assert out.result is not None and out.exact()
+    assert out.result.survivors == (1, 2, 3, 4)
+    assert set(out.result.excluded) == {5, 6}

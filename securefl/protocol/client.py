@@ -91,6 +91,11 @@ _SEMI_HONEST_AFTER_MASKED = (UnmaskingRequest, "_on_unmask", Round.UNMASKING, Cl
 class ClientSession:
     """One client's side of one secure aggregation session.
 
+    :meth:`handle` answers an exact duplicate of a server message it already
+    answered with the same reply object (SPEC [CLI-2]) instead of aborting; a
+    peer whose share ciphertext does not decrypt is excluded and reported in
+    ``MaskedInput.excluded`` (SPEC [R2-5]).
+
     Args:
         config: the session configuration (identical at every party).
         client_id: this client's id (must be in ``config.client_ids``).

@@ -526,7 +526,8 @@ class ServerSession:
 
     def _resolve_complaints(self) -> None:
         """Exclude one end of every share complaint, then every survivor that
-        holds shares of an excluded client that fewer than t survivors hold.
+        holds shares of an excluded or reported dropped client that fewer than t
+        survivors hold.
 
         A complaint (v reports u) cannot be judged: u may have sent garbage,
         or v may lie.  Either end being dropped keeps the masks exact, so the
@@ -560,7 +561,9 @@ class ServerSession:
             open_edges = {e for e in open_edges if pick not in e}
             self._excluded[pick] = "one end of a share complaint"
         t = self.config.t
-        queue = list(removed)
+        # also the reported clients that dropped on their own: their masks with
+        # the survivors that did take their shares must be removable too
+        queue = removed + sorted({u for _, u in accusations if u not in self._masked_from})
         while queue:
             gone = queue.pop()
             holders = [v for v in sorted(alive) if v in self._neighbours[gone]
