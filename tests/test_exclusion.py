@@ -543,3 +543,53 @@ def test_a_garbage_sender_that_then_drops_cannot_strand_the_few_that_took_its_sh
     assert out.result is not None and out.exact()
     assert out.result.survivors == (1, 2, 3, 4)
     assert set(out.result.excluded) == {5, 6}
+
+
+@pytest.mark.parametrize("kind", ["seed", "key"])
+@pytest.mark.parametrize("extra", [0, 1, 2, 3])
+def test_a_forged_share_at_every_position_of_the_responder_order(kind: str, extra: int) -> None:
+    # n = 7, t = 3, client 7 drops after sharing (its key is reconstructed);
+    # responders are the first 3 + extra survivors; the forger takes every position
+    t = 3
+    responders = list(range(1, t + extra + 1))
+    for position, forger in enumerate(responders):
+        for random in (False, True):
+            owner = 7 if kind == "key" else (responders[-1] if forger != responders[-1]
+                                             else responders[0])
+
+            def reply(rnd: Round, c: int, msg: Any, forger: int = forger, owner: int = owner,
+                      random: bool = random) -> Any:
+                if c != forger or not isinstance(msg, UnmaskingResponse):
+                    return msg
+                name = "key_shares" if kind == "key" else "self_mask_shares"
+                shares = {**getattr(msg, name)}
+                shares[owner] = _forge(shares[owner], random)
+                return dataclasses.replace(msg, **{name: shares})
+            out = drive(_round(7, t), Attack(stop={7: Round.MASKED_INPUT_COLLECTION},
+                                             reply=reply, responders=set(responders)))
+            where = f"position {position}, {'random' if random else 'limb+1'}"
+            if extra == 0:
+                assert out.abort is not None, where
+                assert out.abort.rule is Rule.COMMITMENT_MISMATCH, where
+            else:
+                assert out.result is not None and out.exact(), where
+                assert [(b.peer, b.rule) for b in out.result.blame] == [
+                    (forger, Rule.FORGED_SHARE)], where
+
+
+def test_well_encrypted_but_malformed_shares_are_excluded_like_garbage() -> None:
+    from securefl.protocol import derivation
+
+    original = derivation.encrypt_shares
+
+    def encrypt(key: bytes, sid: bytes, sender: int, recipient: int, key_share: bytes,
+                seed_share: bytes) -> bytes:
+        if sender == 2:
+            key_share = b"\xff" * 64  # elements not below p
+        return original(key, sid, sender, recipient, key_share, seed_share)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(derivation, "encrypt_shares", encrypt)
+        out = drive(_round(5, 3), Attack())
+    assert out.result is not None and out.exact()
+    assert out.result.survivors == (1, 3, 4, 5)
+    assert [b.peer for b in out.result.blame] == [2]
