@@ -244,8 +244,10 @@ class ServerSession:
         Raises:
             RemoteProtocolError: the message breaks a rule (late, early,
                 duplicate, from an unknown or excluded client, malformed,
-                wrong session, bad signature); it is ignored and the
-                session's state is unchanged.
+                wrong session, bad signature, a low-order key, a seed
+                commitment that is not 32 bytes, an ``excluded`` list naming
+                peers never delivered); it is ignored and the session's state
+                is unchanged.
             LocalProtocolError: the session is finished or aborted, or the
                 object is not a client message.
         """
@@ -359,7 +361,8 @@ class ServerSession:
         if len(delivered) - len(excluded) + 1 < self.config.t:
             raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
                                       " threshold - 1 peers", peer=msg.sender, round=rnd)
-        self._masked[msg.sender] = vector.astype(self._dtype, copy=False)
+        # a copy: the sum is taken at close, and the caller may reuse its buffer
+        self._masked[msg.sender] = np.array(vector, dtype=self._dtype, copy=True)
         if excluded:
             self._complaints[msg.sender] = frozenset(excluded)
         self._masked_from.add(msg.sender)
