@@ -247,8 +247,11 @@ def shamir_vectors() -> dict[str, Any]:
                              " first t must lie on the same polynomial."),
         "InconsistentShares": _note("MISSING_CHECK", "A share beyond the first t disagrees:"
                                     " reconstruction must fail rather than return a value."),
-        "NotASecret": _note("MISSING_CHECK", "Exactly t shares, one wrong: some reconstructed"
-                            " limb is not below 2^16, which must be rejected."),
+        "NotASecret": _note("MISSING_CHECK", "Exactly t shares, one wrong so that some"
+                            " reconstructed limb is not below 2^16, which must be rejected."
+                            "  (A wrong share that keeps every limb below 2^16 cannot be"
+                            " caught from t shares alone; the protocol checks the owner's"
+                            " commitment instead, SPEC.md [R4-11].)"),
         "WrongShareSize": _note("MISSING_CHECK", "A share is exactly 64 bytes."),
         "ElementNotInField": _note("MISSING_CHECK", "Every share element must be below p."),
         "TooFewShares": _note("MISSING_CHECK", "Fewer than t shares must be rejected."),
