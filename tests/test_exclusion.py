@@ -593,3 +593,14 @@ def test_well_encrypted_but_malformed_shares_are_excluded_like_garbage() -> None
     assert out.result is not None and out.exact()
     assert out.result.survivors == (1, 3, 4, 5)
     assert [b.peer for b in out.result.blame] == [2]
+
+
+@pytest.mark.parametrize("mode", list(SecurityMode))
+@pytest.mark.parametrize("victims", [{1}, {1, 2, 3, 4, 6}], ids=["one peer", "every peer"])
+def test_garbage_to_one_or_every_peer_gives_the_exact_sum_of_the_others(
+        mode: SecurityMode, victims: set[int]) -> None:
+    out = drive(_round(6, 4, mode), Attack(reply=_garbage(5, victims)))
+    assert out.result is not None and out.exact()
+    assert out.result.survivors == (1, 2, 3, 4, 6)
+    assert not out.seed_revealed & out.key_revealed
+    assert 5 not in out.seed_revealed  # its self mask is never asked for
