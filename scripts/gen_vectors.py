@@ -30,7 +30,7 @@ from securefl.conformance.adapters import (
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, PROTOCOL_NAME, config_to_json, dump
 from securefl.errors import AbortError, InconsistentSharesError, ProtocolError
 from securefl.hazmat import aead, shamir, signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.kdf import LABEL_PREFIX, derive_key, hkdf_sha256, kdf_info
 from securefl.hazmat.prg import MaskExpander
 from securefl.hazmat.randomness import DeterministicRandom
@@ -247,8 +247,11 @@ def shamir_vectors() -> dict[str, Any]:
                              " first t must lie on the same polynomial."),
         "InconsistentShares": _note("MISSING_CHECK", "A share beyond the first t disagrees:"
                                     " reconstruction must fail rather than return a value."),
-        "NotASecret": _note("MISSING_CHECK", "Exactly t shares, one wrong: some reconstructed"
-                            " limb is not below 2^16, which must be rejected."),
+        "NotASecret": _note("MISSING_CHECK", "Exactly t shares, one wrong so that some"
+                            " reconstructed limb is not below 2^16, which must be rejected."
+                            "  (A wrong share that keeps every limb below 2^16 cannot be"
+                            " caught from t shares alone; the protocol checks the owner's"
+                            " commitment instead, SPEC.md [R4-11].)"),
         "WrongShareSize": _note("MISSING_CHECK", "A share is exactly 64 bytes."),
         "ElementNotInField": _note("MISSING_CHECK", "Every share element must be below p."),
         "TooFewShares": _note("MISSING_CHECK", "Fewer than t shares must be rejected."),
@@ -498,7 +501,7 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
                    dropouts: Mapping[int, Round]) -> dict[str, Any]:
     rng = DeterministicRandom(seed)
     c_pair = KeyPair.from_private_bytes(rng.token_bytes(32))
-    s_pair = KeyPair.from_private_bytes(rng.token_bytes(32))
+    s_pair = KeyPair.from_private_bytes(clamp(rng.token_bytes(32)))  # [SSS-5]
     self_seed = rng.token_bytes(32)
     record: dict[str, Any] = {"id": cid, "input": [str(x) for x in vector],
                               "randomSeed": seed.hex()}
@@ -514,9 +517,12 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
         "maskingPrivateKey": s_pair.private_bytes().hex(),
         "maskingPublicKey": s_pair.public_bytes.hex(),
         "selfMaskSeed": self_seed.hex(),
+        "seedCommitment": d.seed_commitment(config.digest(), cid, self_seed).hex(),
     })
     advert = decode(sent[0])
     assert advert.encryption_key == c_pair.public_bytes  # type: ignore[union-attr]
+    assert advert.masking_key == s_pair.public_bytes  # type: ignore[union-attr]
+    assert advert.seed_commitment.hex() == record["seedCommitment"]  # type: ignore[union-attr]
     if len(sent) < 2:
         return record
     shares_msg = decode(sent[1])

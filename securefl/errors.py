@@ -55,6 +55,18 @@ class Rule(str, enum.Enum):
     SESSION_FINISHED = "session-already-finished-or-aborted"
     MISSING_INPUT = "no-input-provided"
     UNSUPPORTED_VERSION = "unsupported-protocol-version"
+    FORGED_SHARE = "share-inconsistent-with-commitment"
+    """A holder's revealed share is not on the polynomial whose secret matches
+    the owner's commitment (the holder forged it, or the owner dealt it so);
+    the share is left out and the holder is blamed (SPEC [R4-11])."""
+    COMMITMENT_MISMATCH = "reconstruction-fails-commitment"
+    """No consistent set of the revealed shares reconstructs a secret that
+    matches its owner's commitment (always so when exactly t shares were
+    revealed and one is wrong): the round aborts, nobody is named."""
+    SHARES_REFUSED = "shares-refused-by-recipient"
+    """A recipient reported that a peer's share ciphertext did not decrypt or
+    held malformed shares; one end of every such complaint is excluded
+    before unmasking (SPEC [R2-6])."""
 
 
 def _peer_text(peer: int | str | None) -> str:
@@ -112,13 +124,16 @@ class AbortError(SecureFLError):
         round: the round at which the protocol stopped.
         needed: how many participants were needed.
         available: how many there were.
+        rule: the :class:`Rule` that forced the abort, when it is not simply
+            too few participants (e.g. ``COMMITMENT_MISMATCH``), else None.
     """
 
     def __init__(self, detail: str, *, round: Any = None, needed: int | None = None,
-                 available: int | None = None) -> None:
+                 available: int | None = None, rule: Rule | None = None) -> None:
         self.round = round
         self.needed = needed
         self.available = available
+        self.rule = rule
         round_text = getattr(round, "name", None) or "no round"
         super().__init__(f"aggregation aborted in {round_text}: {detail}")
 

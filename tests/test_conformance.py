@@ -22,7 +22,7 @@ from securefl.conformance.adapters import (
 from securefl.conformance.cases import Outcome, Target
 from securefl.conformance.runner import all_cases, run, summarize
 from securefl.errors import ConfigurationError, ProtocolError, RemoteProtocolError, Rule
-from securefl.protocol.messages import UnmaskingRequest
+from securefl.protocol.messages import MaskedInput, UnmaskingRequest
 from securefl.wire import decode
 
 
@@ -40,6 +40,34 @@ class AnswersTwice(SecureFLClient):
         reply = super().handle(data)
         if isinstance(decode(data), UnmaskingRequest):
             self._last = reply
+        return reply
+
+
+class AbortsOnDuplicates(SecureFLClient):
+    """Broken (the old behaviour): a repeated server message aborts the client."""
+
+    def __init__(self, spec: ClientSpec) -> None:
+        super().__init__(spec)
+        self._seen: set[bytes] = set()
+
+    def handle(self, data: bytes) -> bytes:
+        if data in self._seen:
+            self._broken = True
+            raise RemoteProtocolError(Rule.WRONG_ROUND, "seen this before")
+        self._seen.add(data)
+        return super().handle(data)
+
+
+class AbortsOnBadCiphertext(SecureFLClient):
+    """Broken (the old behaviour): one undecryptable share aborts the client."""
+
+    def handle(self, data: bytes) -> bytes:
+        reply = super().handle(data)
+        message = decode(reply)
+        if isinstance(message, MaskedInput) and message.excluded:
+            self._broken = True
+            raise RemoteProtocolError(Rule.DECRYPTION_FAILED, "ciphertext did not decrypt",
+                                      peer=message.excluded[0])
         return reply
 
 
@@ -105,9 +133,9 @@ def test_cli_runs_lists_and_writes_reports(tmp_path: Path,
                    "--junit", str(junit)])
     assert status == 0
     data = json.loads(report.read_text())
-    assert data["summary"]["failed"] == 0 and data["summary"]["tests"] == 14
+    assert data["summary"]["failed"] == 0 and data["summary"]["tests"] == 16
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "14" and suite.get("failures") == "0"
+    assert suite is not None and suite.get("tests") == "16" and suite.get("failures") == "0"
 
 
 def test_a_client_answering_a_second_unmasking_request_is_reported(
@@ -162,3 +190,28 @@ def test_adapter_loading_errors_are_clear() -> None:
         load_factory("securefl.conformance.adapters:KDF_LABEL_PREFIX")
     factory = load_factory("tests.test_conformance:lenient")
     assert factory.__name__ == "lenient" and callable(factory)
+
+
+def test_clients_with_the_old_abort_everything_behaviour_fail_the_new_cases() -> None:
+    cases = [c for c in all_cases() if c.kind == "client"]
+    dup = by_id(run(cases, Target(client=AbortsOnDuplicates)))
+    assert dup["10/1"].outcome is Outcome.FAILED and dup["10/2"].outcome is Outcome.FAILED
+    assert dup["11/1"].outcome is Outcome.PASSED
+    bad = by_id(run(cases, Target(client=AbortsOnBadCiphertext)))
+    assert bad["10.3/1"].outcome is Outcome.FAILED and bad["10.3/2"].outcome is Outcome.FAILED
+    assert bad["11/1"].outcome is Outcome.PASSED
+
+
+def test_a_server_that_does_not_check_commitments_fails_the_forged_share_cases(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from securefl.hazmat import shamir
+
+    original = shamir.Reconstructor.reconstruct_verified
+
+    def trusting(self, shares, verify, rng, suspects=None):  # type: ignore[no-untyped-def]
+        return original(self, shares, lambda i, v: True, rng, suspects)
+    monkeypatch.setattr(shamir.Reconstructor, "reconstruct_verified", trusting)
+    cases = [c for c in all_cases() if c.id.startswith("10.5/1")]
+    results = by_id(run(cases, Target()))
+    assert results["10.5/12"].outcome is Outcome.FAILED  # a wrong sum at exactly t
+    assert results["10.5/13"].outcome is Outcome.FAILED  # an honest holder blamed

@@ -127,7 +127,7 @@ def test_unmasking_response_revealing_both_shares_or_the_wrong_set_is_refused() 
     assert (fed.server.result.total == fed.expected_sum()).all()
 
 
-def test_corrupted_shares_abort_instead_of_giving_a_wrong_sum() -> None:
+def test_corrupted_share_is_located_and_its_holder_blamed() -> None:
     fed = Federation(SecAggConfig(num_clients=5, vector_length=8, threshold=3))
     fed.advertise()
     fed.step()
@@ -139,8 +139,26 @@ def test_corrupted_shares_abort_instead_of_giving_a_wrong_sum() -> None:
         **replies[2].self_mask_shares, 1: bytes(share)})
     for r in replies.values():
         fed.server.receive(r)
-    with pytest.raises(AbortError, match="inconsistent"):
+    fed.close()
+    assert (fed.server.result.total == fed.expected_sum()).all()
+    assert [(b.peer, b.rule) for b in fed.server.result.blame] == [(2, Rule.FORGED_SHARE)]
+
+
+def test_corrupted_share_among_exactly_t_aborts_typed() -> None:
+    fed = Federation(SecAggConfig(num_clients=5, vector_length=8, threshold=3))
+    fed.advertise()
+    fed.step()
+    fed.step()
+    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items() if c <= 3}
+    share = bytearray(replies[2].self_mask_shares[1])
+    share[0] ^= 1
+    replies[2] = dataclasses.replace(replies[2], self_mask_shares={
+        **replies[2].self_mask_shares, 1: bytes(share)})
+    for r in replies.values():
+        fed.server.receive(r)
+    with pytest.raises(AbortError) as info:
         fed.close()
+    assert info.value.rule is Rule.COMMITMENT_MISMATCH
     with pytest.raises(LocalProtocolError):
         _ = fed.server.result
 

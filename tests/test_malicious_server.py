@@ -13,6 +13,7 @@ from securefl.errors import LocalProtocolError, RemoteProtocolError, Rule
 from securefl.protocol import ClientState
 from securefl.protocol.messages import (
     KeyRoster,
+    MaskedInput,
     ShareDelivery,
     UnmaskingRequest,
     UnmaskingResponse,
@@ -67,8 +68,12 @@ def test_a_second_request_for_the_other_share_is_refused() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         fed.clients[1].handle(flip)
     assert info.value.rule is Rule.BOTH_SHARES_REQUESTED
+    # an exact retransmission of the answered request gets the same reply (SPEC [CLI-2]);
+    # any other second request is refused
+    assert fed.clients[1].handle(req) is first
+    other = dataclasses.replace(req, dropped=())
     with pytest.raises(RemoteProtocolError) as info:
-        fed.clients[1].handle(req)
+        fed.clients[1].handle(other)
     assert info.value.rule is Rule.SECOND_UNMASK_REQUEST
 
 
@@ -147,7 +152,9 @@ def test_replay_from_another_session_is_refused() -> None:
     refused(b, 2, relabelled, Rule.DECRYPTION_FAILED)
 
 
-def test_tampered_ciphertext_is_refused_naming_its_sender() -> None:
+def test_tampered_ciphertext_is_excluded_and_reported_naming_its_sender() -> None:
+    # SPEC [R2-5]: the client cannot tell a tampering server from a lying peer;
+    # it holds none of the peer's shares, masks without it and reports it
     fed = Federation(SEMI)
     fed.advertise()
     fed.step()
@@ -155,17 +162,18 @@ def test_tampered_ciphertext_is_refused_naming_its_sender() -> None:
     assert isinstance(delivery, ShareDelivery)
     cts = dict(delivery.ciphertexts)
     cts[3] = cts[3][:-1] + bytes([cts[3][-1] ^ 0x80])
-    err = refused(fed, 1, dataclasses.replace(delivery, ciphertexts=cts), Rule.DECRYPTION_FAILED)
-    assert err.peer == 3
+    reply = fed.clients[1].handle(dataclasses.replace(delivery, ciphertexts=cts))
+    assert isinstance(reply, MaskedInput) and reply.excluded == (3,)
 
 
-def test_ciphertext_redirected_to_another_recipient_is_refused() -> None:
+def test_ciphertext_redirected_to_another_recipient_is_excluded() -> None:
     fed = Federation(SEMI)
     fed.advertise()
     fed.step()
     cts = dict(fed.pending[1].ciphertexts)
     cts[3] = fed.pending[2].ciphertexts[3]  # 3's shares for client 2, given to client 1
-    refused(fed, 1, dataclasses.replace(fed.pending[1], ciphertexts=cts), Rule.DECRYPTION_FAILED)
+    reply = fed.clients[1].handle(dataclasses.replace(fed.pending[1], ciphertexts=cts))
+    assert isinstance(reply, MaskedInput) and reply.excluded == (3,)
 
 
 def test_out_of_order_message_is_refused() -> None:

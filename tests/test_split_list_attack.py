@@ -594,7 +594,10 @@ def test_known_limit_semi_honest_key_substitution_recovers_one_input() -> None:
     client = ClientSession(config, victim, input=x)
     advert = client.start()
     fake = {c: (KeyPair.generate(rng), KeyPair.generate(rng)) for c in config.ids if c != victim}
-    entries = tuple(sorted([advert] + [AdvertiseKeys(c, e.public_bytes, s.public_bytes)
+    # the attacker commits to seeds of its own choosing for the fake peers
+    entries = tuple(sorted([advert] + [AdvertiseKeys(c, e.public_bytes, s.public_bytes,
+                                                     seed_commitment=d.seed_commitment(
+                                                         config.digest(), c, bytes(32)))
                                        for c, (e, s) in fake.items()],
                            key=lambda a: a.sender))
     shares = client.handle(KeyRoster(config.digest(), entries))

@@ -101,10 +101,25 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
         sid = hashlib.sha256(
             b"securefl/secagg/v1/session-id" + digest + struct.pack(">I", len(roster.entries))
             + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                       for e in roster.entries)).digest()
+                       + e.seed_commitment for e in roster.entries)).digest()
         shares_op = next(op for op in data["operations"] if op["op"] == "client_handle")
         shares = pb.SecAggMessage.FromString(bytes.fromhex(shares_op["output"]))
         assert shares.encrypted_shares.session_id == sid, path.name
+        # every advertised seed commitment is [R0-10], and the masking key is the
+        # public key of the clamped scalar [SSS-5] that was shared
+        entries = {e.sender: e for e in roster.entries}
+        for client in data["clients"]:
+            if "selfMaskSeed" not in client:
+                continue
+            commitment = hashlib.sha256(
+                b"securefl/secagg/v1/seed-commitment" + digest
+                + struct.pack(">I", client["id"]) + bytes.fromhex(client["selfMaskSeed"])
+            ).digest()
+            assert client["seedCommitment"] == commitment.hex()
+            if client["id"] in entries:
+                assert entries[client["id"]].seed_commitment == commitment
+            scalar = bytes.fromhex(client["maskingPrivateKey"])
+            assert scalar[0] & 7 == 0 and scalar[31] & 0xC0 == 0x40, "not clamped"
         # the self mask key of every client that shared is the spec's derivation
         for client in data["clients"]:
             if "selfMaskKey" in client:

@@ -116,7 +116,31 @@ def test_duplicate_ids_are_refused() -> None:
     for _ in range(2):
         entry = roster.key_roster.entries.add()
         entry.sender, entry.encryption_key, entry.masking_key = 4, b"e" * 32, b"m" * 32
+        entry.seed_commitment = b"c" * 32
     refused(roster.SerializeToString(), WireIssue.DUPLICATE_ID)
+    refused(encode(MaskedInput(1, SID, np.arange(4, dtype="<u2"), (2, 2))),
+            WireIssue.DUPLICATE_ID)
+
+
+@pytest.mark.parametrize(("size", "reason"), [(0, WireIssue.TRUNCATED_FIELD),
+                                              (31, WireIssue.TRUNCATED_FIELD),
+                                              (33, WireIssue.OVERSIZED_FIELD)])
+def test_seed_commitments_of_the_wrong_size_are_refused(size: int, reason: WireIssue) -> None:
+    err = refused(encode(AdvertiseKeys(3, b"a" * 32, b"b" * 32, None, b"c" * size)), reason)
+    assert err.field == "seed_commitment" and err.peer == 3
+    entry = AdvertiseKeys(3, b"a" * 32, b"b" * 32, None, b"c" * size)
+    err = refused(encode(KeyRoster(SID, (entry,))), reason)
+    assert err.field == "entries.seed_commitment"
+
+
+def test_commitment_and_exclusions_round_trip() -> None:
+    advert = AdvertiseKeys(3, b"a" * 32, b"b" * 32, b"s" * 64, b"c" * 32)
+    assert decode(encode(advert)) == advert
+    assert decode(encode(KeyRoster(SID, (advert,)))) == KeyRoster(SID, (advert,))
+    masked = decode(encode(MaskedInput(1, SID, np.arange(4, dtype="<u2"), (2, 5))))
+    assert isinstance(masked, MaskedInput) and masked.excluded == (2, 5)
+    plain = decode(encode(MaskedInput(1, SID, np.arange(4, dtype="<u2"))))
+    assert isinstance(plain, MaskedInput) and plain.excluded == ()
 
 
 def test_masked_vector_checks() -> None:

@@ -94,11 +94,12 @@ class ServerSpec:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What a finished server reports: the sum mod 2^bits and whose inputs
-    it contains."""
+    """What a finished server reports: the sum mod 2^bits, whose inputs it
+    contains, and the clients it blamed (SPEC [R2-6], [R4-11]), ascending."""
 
     total: tuple[int, ...]
     survivors: tuple[int, ...]
+    blamed: tuple[int, ...] = ()
 
 
 @runtime_checkable
@@ -127,7 +128,9 @@ class ServerUnderTest(Protocol):
     def close_round(self) -> list[tuple[int, bytes]]:
         """The round's deadline passed: return ``(recipient, encoded
         message)`` pairs for the next round (empty after the last round).
-        Raise ``AbortError`` when fewer than threshold clients remain."""
+        Raise ``AbortError`` when fewer than threshold clients remain, and
+        ``AbortError`` with ``rule = Rule.COMMITMENT_MISMATCH`` when the
+        revealed shares cannot be decoded to committed secrets (SPEC [R4-11])."""
         ...
 
     def result(self) -> RoundResult:
@@ -235,7 +238,8 @@ class SecureFLServer:
     def result(self) -> RoundResult:
         """The finished session's result."""
         res = self.session.result
-        return RoundResult(tuple(int(x) for x in res.total), tuple(res.survivors))
+        return RoundResult(tuple(int(x) for x in res.total), tuple(res.survivors),
+                           tuple(sorted({b.peer for b in res.blame})))
 
     def statuses(self) -> dict[int, str]:
         """Every client's :class:`~securefl.protocol.config.ClientStatus` value."""

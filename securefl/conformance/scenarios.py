@@ -327,6 +327,68 @@ def _from_itself(_: World, d: ShareDelivery) -> bytes:
     return encode(dataclasses.replace(d, ciphertexts=cts))
 
 
+def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
+               what: str) -> Callable[[Target], None]:
+    """A share ciphertext that does not decrypt is not a reason to abort
+    (SPEC [R2-5]): the client masks without that peer, names it in
+    ``excluded``, refuses to list it as a survivor, and the round finishes."""
+    def run(target: Target) -> None:
+        w = _client_world(target)
+        w.run_to(Round.MASKED_INPUT_COLLECTION)
+        delivery = decode(w.pending[UNDER_TEST])
+        assert isinstance(delivery, ShareDelivery)
+        w.pending[UNDER_TEST] = edit(w, delivery)
+        replies = w.answer()
+        reply = decode(replies[UNDER_TEST])
+        if not isinstance(reply, MaskedInput) or tuple(reply.excluded) != (3,):
+            got = getattr(reply, "excluded", None)
+            raise CaseFailedError(f"{what}: the masked input must name client 3 in excluded,"
+                                  f" got {got}")
+        w.close()
+        if w.round is Round.UNMASKING:
+            request = decode(w.pending[UNDER_TEST])
+            assert isinstance(request, UnmaskingRequest)
+            if 3 in request.survivors or 3 not in request.dropped:
+                raise CaseFailedError("the reference server did not drop the excluded client 3")
+            lying = dataclasses.replace(request, survivors=tuple(sorted(
+                {*request.survivors, 3})), dropped=tuple(u for u in request.dropped if u != 3))
+            expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(lying)),
+                           Rule.LISTS_CONTRADICT_VIEW,
+                           "a survivor list naming the peer this client excluded")
+            w2 = _client_world(target, label="c2")
+            w2.run_to(Round.MASKED_INPUT_COLLECTION)
+            w2.pending[UNDER_TEST] = edit(w2, decode(w2.pending[UNDER_TEST]))  # type: ignore[arg-type]
+            w2.step()
+            w = w2
+        w.finish()
+        if 3 in w.server.result().survivors:
+            raise CaseFailedError("client 3 is still counted as a survivor")
+    return run
+
+
+def c_duplicates(config: SecAggConfig) -> Callable[[Target], None]:
+    """Every server message delivered twice: the client answers the copy with
+    the same bytes (SPEC [CLI-2]) and the round finishes with the exact sum."""
+    def run(target: Target) -> None:
+        w = _client_world(target, config)
+        w.start()
+        w.close()
+        while not w.finished:
+            message = w.pending[UNDER_TEST]
+            first = w.clients[UNDER_TEST].handle(message)
+            again = w.clients[UNDER_TEST].handle(message)
+            if again != first:
+                raise CaseFailedError(f"{w.round.name if w.round else ''}: an exact duplicate"
+                                      " of an answered message got a different answer")
+            replies = {c: (first if c == UNDER_TEST else w.clients[c].handle(m))
+                       for c, m in w.pending.items()}
+            for data in replies.values():
+                w.server.receive(data)
+            w.close()
+        w.check_sum()
+    return run
+
+
 def c_replay(target: Target) -> None:
     """A share delivery from another session is refused."""
     a = World(target, SEMI, server_under_test=False, client_under_test=None, label="other")
@@ -474,7 +536,8 @@ def c_never_shared(target: Target) -> None:
 
 
 def c_second_request(flip: bool) -> Callable[[Target], None]:
-    """A second unmasking request is refused; the first answer stands."""
+    """A second, different unmasking request is refused; the first answer
+    stands (an exact duplicate is answered again, SPEC [CLI-2])."""
     def run(target: Target) -> None:
         w = _client_world(target)
         w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
@@ -484,7 +547,7 @@ def c_second_request(flip: bool) -> Callable[[Target], None]:
             raise CaseFailedError("the honest unmasking answer should reveal exactly client 5's"
                                   " key share")
         second = (dataclasses.replace(request, survivors=(1, 3, 4, 5), dropped=(2,))  # type: ignore[arg-type]
-                  if flip else request)
+                  if flip else dataclasses.replace(request, dropped=()))  # type: ignore[arg-type]
         rule = Rule.BOTH_SHARES_REQUESTED if flip else Rule.SECOND_UNMASK_REQUEST
         expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(second)), rule,
                        "a second unmasking request" + (" asking for the other shares" if flip
@@ -709,6 +772,95 @@ def _bytes(edit: Callable[[bytes], bytes]) -> Callable[[World, dict[int, bytes]]
     return lambda _, r: edit(r[1])
 
 
+def s_low_order(target: Target) -> None:
+    """An advertisement with a low-order X25519 key is refused; that client is
+    left out and the others finish with their exact sum (SPEC [R0-2])."""
+    w = _server_world(target)
+    adverts = {c: cl.start() for c, cl in w.clients.items()}
+    w.sent[Round.ADVERTISE_KEYS] = adverts
+    for c in (2, 3, 4, 5):
+        w.server.receive(adverts[c])
+    # a point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)
+    low = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    w.server_refuses(_edit(adverts[1], masking_key=low), Rule.INVALID_PUBLIC_KEY,
+                     "a masking key of order 8")
+    w.server_refuses(_edit(adverts[1], encryption_key=bytes(32)), Rule.INVALID_PUBLIC_KEY,
+                     "the all-zero encryption key")
+    w.close()
+    w.finish()
+    if 1 in w.server.result().survivors:
+        raise CaseFailedError("the client with a low-order key is counted as a survivor")
+
+
+def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
+    """Client 2 sends random bytes as its share ciphertexts to ``to``; the
+    recipients exclude and report it (SPEC [R2-5], [R2-6]); the server drops client 2
+    and finishes with the exact sum of the others."""
+    def run(target: Target) -> None:
+        w = _server_world(target, label=f"garbage{len(to)}")
+        w.run_to(Round.SHARE_KEYS)
+        replies = w.answer(send=False)
+        msg = decode(replies[2])
+        noise = DeterministicRandom(_seed("garbage"))
+        cts = {p: (noise.token_bytes(len(ct)) if p in to else ct)
+               for p, ct in msg.ciphertexts.items()}  # type: ignore[union-attr]
+        replies[2] = encode(dataclasses.replace(msg, ciphertexts=cts))
+        for data in replies.values():
+            w.server.receive(data)
+        w.close()
+        w.finish()
+        res = w.server.result()
+        if 2 in res.survivors or len(res.survivors) != 4:
+            raise CaseFailedError(f"survivors {list(res.survivors)}: expected every client"
+                                  " but the garbage sender 2")
+    return run
+
+
+def _forge_share(data: bytes, owner: int, random: bool) -> bytes:
+    msg = decode(data)
+    assert isinstance(msg, UnmaskingResponse)
+    share = bytearray(msg.self_mask_shares[owner])
+    if random:
+        share = bytearray(DeterministicRandom(_seed("forged")).token_bytes(64))
+        for i in range(0, 64, 4):
+            share[i + 3] &= 0x3F  # keep every element a field element
+    else:
+        limb = int.from_bytes(share[:4], "little")
+        share[:4] = ((limb + 1) % (2**31 - 1)).to_bytes(4, "little")
+    shares = {**msg.self_mask_shares, owner: bytes(share)}
+    return encode(dataclasses.replace(msg, self_mask_shares=shares))
+
+
+def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Target], None]:
+    """Client 2 reveals a forged share of client 1's self-mask seed.  With
+    exactly t responders the server must abort with rule
+    ``reconstruction-fails-commitment`` (never a wrong sum); with more it must
+    finish with the exact sum and blame exactly client 2 (SPEC [R4-11])."""
+    def run(target: Target) -> None:
+        w = _server_world(target, label=f"forged{len(responders)}")
+        w.run_to(Round.UNMASKING)
+        replies = w.answer(skip=set(w.pending) - set(responders), send=False)
+        replies[2] = _forge_share(replies[2], 1, random)
+        for data in replies.values():
+            w.server.receive(data)
+        if len(responders) == w.config.t:
+            try:
+                w.server.close_round()
+            except AbortError as exc:
+                if getattr(exc, "rule", None) != Rule.COMMITMENT_MISMATCH:
+                    raise CaseFailedError(f"aborted, but not with rule"
+                                          f" '{Rule.COMMITMENT_MISMATCH.value}': {exc}") from None
+                return
+            raise CaseFailedError("a forged share among exactly t gave a result (it must abort:"
+                                  " the sum would be wrong)")
+        w.close()
+        w.check_sum()
+        if tuple(w.server.result().blamed) != (2,):
+            raise CaseFailedError(f"blamed {list(w.server.result().blamed)}, expected exactly"
+                                  " the forger, client 2")
+    return run
+
+
 def s_duplicate_masked(target: Target) -> None:
     """A second masked input from the same client is refused; the sum holds."""
     w = _server_world(target)
@@ -843,6 +995,11 @@ def scenario_cases() -> list[Case]:
            c_roster(_unsigned, R.MISSING_SIGNATURE, "an unsigned roster entry", A)),
         _c("10.1", 14, "active: client refuses a roster with a substituted key",
            c_roster(_substituted, R.INVALID_SIGNATURE, "a server-chosen masking key", A)),
+        _s("10.1", 15, "server refuses low-order keys and finishes without that client",
+           s_low_order),
+        _c("10.1", 16, "active: client refuses a roster with a substituted seed commitment",
+           c_roster(lambda r: _with_entry(r, 3, seed_commitment=bytes(32)),
+                    R.INVALID_SIGNATURE, "a server-chosen seed commitment", A)),
         # 10.2: share keys
         _s("10.2", 1, "server refuses shares not addressed to exactly the neighbours",
            s_round(Round.SHARE_KEYS, _wrong_recipients, R.WRONG_RECIPIENTS,
@@ -862,10 +1019,10 @@ def scenario_cases() -> list[Case]:
            c_replay),
         _c("10.2", 7, "client refuses a delivery sent before the roster", c_out_of_order),
         # 10.3: masked input collection
-        _c("10.3", 1, "client refuses a tampered share ciphertext",
-           c_delivery(_tampered, R.DECRYPTION_FAILED, "a flipped tag bit")),
-        _c("10.3", 2, "client refuses a ciphertext redirected from another recipient",
-           c_delivery(_redirected, R.DECRYPTION_FAILED, "client 3's shares for client 2")),
+        _c("10.3", 1, "client excludes and reports a peer whose ciphertext was tampered with",
+           c_excludes(_tampered, "a flipped tag bit")),
+        _c("10.3", 2, "client excludes and reports a peer whose ciphertext was redirected",
+           c_excludes(_redirected, "client 3's shares for client 2")),
         _c("10.3", 3, "client refuses ciphertexts of another session relabelled",
            c_relabelled),
         _c("10.3", 4, "client refuses a share claimed to come from itself",
@@ -876,6 +1033,10 @@ def scenario_cases() -> list[Case]:
         _s("10.3", 7, "server refuses a masked entry outside Z_2^k",
            s_round(MIC, _masked(lambda v: v | 4096), R.VALUE_OUT_OF_RANGE,
                    "an entry of at least 2^12 in a 12-bit ring", TWELVE)),
+        _s("10.3", 8, "garbage ciphertexts to one peer: the others' exact sum",
+           s_garbage_ciphertexts((3,))),
+        _s("10.3", 9, "garbage ciphertexts to every peer: the others' exact sum",
+           s_garbage_ciphertexts((1, 3, 4, 5))),
         # 10.4: consistency check (active)
         _s("10.4", 1, "active: server refuses a forged consistency signature",
            s_round(Round.CONSISTENCY_CHECK, _forged_consistency, R.INVALID_SIGNATURE,
@@ -889,7 +1050,7 @@ def scenario_cases() -> list[Case]:
            c_unmask(_both, R.OVERLAPPING_LISTS, "client 2 listed as survivor and dropped")),
         _c("10.5", 2, "client refuses a second request that flips a peer's share",
            c_second_request(True)),
-        _c("10.5", 3, "client refuses any second unmasking request",
+        _c("10.5", 3, "client refuses a different second unmasking request",
            c_second_request(False)),
         _c("10.5", 4, "client refuses a survivor list below threshold",
            c_unmask(_below, R.BELOW_THRESHOLD, "2 survivors with threshold 3")),
@@ -909,7 +1070,17 @@ def scenario_cases() -> list[Case]:
            s_round(UNM, _both_shares, R.BOTH_SHARES_REQUESTED, "both shares of client 2")),
         _s("10.5", 11, "server refuses a response missing a requested share",
            s_round(UNM, _missing_share, R.MALFORMED, "no share for client 3")),
-        _c("10.5", 12, "active, sparse graph: client refuses split survivor lists (t"
+        _s("10.5", 12, "forged seed share among exactly t: the server aborts, typed",
+           s_forged_share((1, 2, 3), False)),
+        _s("10.5", 13, "forged seed share with t+1 responders: exact sum, the forger named",
+           s_forged_share((1, 2, 3, 4), False)),
+        _s("10.5", 14, "random seed share with t+2 responders: exact sum, the forger named",
+           s_forged_share((1, 2, 3, 4, 5), True)),
+        _c("10", 1, "semi-honest: client answers exact duplicates with the same bytes",
+           c_duplicates(S)),
+        _c("10", 2, "active: client answers exact duplicates with the same bytes",
+           c_duplicates(A)),
+        _c("10.5", 15, "active, sparse graph: client refuses split survivor lists (t"
            " signatures, fewer than the quorum)", c_split_lists),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",

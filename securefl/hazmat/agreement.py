@@ -23,8 +23,12 @@ class KeyPair:
 
     @classmethod
     def generate(cls, rng: RandomSource) -> KeyPair:
-        """A fresh key pair from 32 bytes of ``rng``."""
-        return cls.from_private_bytes(rng.token_bytes(KEY_BYTES))
+        """A fresh key pair from 32 bytes of ``rng``, stored clamped (RFC 7748
+        section 5), so that :meth:`private_bytes` is the canonical scalar:
+        distinct canonical scalars have distinct public keys (except with
+        negligible probability), which lets a reconstructed key be checked
+        against the advertised public key bit for bit."""
+        return cls.from_private_bytes(clamp(rng.token_bytes(KEY_BYTES)))
 
     @classmethod
     def from_private_bytes(cls, raw: bytes) -> KeyPair:
@@ -52,6 +56,53 @@ class KeyPair:
 
     def __repr__(self) -> str:
         return f"KeyPair(public={self.public_bytes.hex()[:16]}…, private=<hidden>)"
+
+
+def clamp(raw: bytes) -> bytes:
+    """The RFC 7748 clamped form of a 32-byte X25519 scalar (X25519 with
+    ``raw`` and with ``clamp(raw)`` is the same function)."""
+    if len(raw) != KEY_BYTES:
+        raise InvalidKeyError("an X25519 private key is 32 bytes")
+    out = bytearray(raw)
+    out[0] &= 248
+    out[31] &= 127
+    out[31] |= 64
+    return bytes(out)
+
+
+def is_clamped(raw: bytes) -> bool:
+    """True iff ``raw`` is a 32-byte X25519 scalar in clamped form."""
+    return len(raw) == KEY_BYTES and raw == clamp(raw)
+
+
+def matches_public(raw_private: bytes, public: bytes) -> bool:
+    """True iff ``raw_private`` is a clamped scalar whose public key is
+    ``public``: the check of a reconstructed masking key (SPEC [R4-11])."""
+    if not is_clamped(raw_private):
+        return False
+    return KeyPair.from_private_bytes(raw_private).public_bytes == bytes(public)
+
+
+_PROBE = X25519PrivateKey.from_private_bytes(clamp(bytes(range(32))))
+
+
+def validate_public(raw: bytes) -> X25519PublicKey:
+    """Parse a 32-byte X25519 public key and refuse low-order points.
+
+    Every clamped scalar is a multiple of the cofactor 8, so X25519 with any
+    clamped scalar maps a point of small order (on the curve or its twist,
+    including the non-canonical encodings of such points) to zero: one
+    exchange with a fixed public probe scalar decides it (SPEC [R0-2]).
+
+    Raises:
+        InvalidKeyError: wrong length or a low-order point.
+    """
+    key = load_public(raw)
+    try:
+        _PROBE.exchange(key)
+    except ValueError as exc:
+        raise InvalidKeyError("X25519 public key of low order") from exc
+    return key
 
 
 def load_public(raw: bytes) -> X25519PublicKey:

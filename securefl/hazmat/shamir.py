@@ -9,12 +9,35 @@ Field and encoding (normative, see the protocol spec):
 * the evaluation point of a holder is its client id (1 <= id < p);
 * a share is the 16 evaluations, each a little-endian uint32: 64 bytes.
 
-Because limbs are 16-bit while the field holds 31 bits, a reconstruction from
-wrong shares lands outside 0..65535 in some limb with overwhelming
-probability, so even exactly t shares are checked; with more than t shares,
-every extra share is checked against the interpolated polynomial (by a random
-linear combination of all limbs, which catches any inconsistency except with
-probability about 2^-62).
+A reconstruction is only as good as its shares: one forged share among
+exactly t moves the secret by a multiple of that share's error, and when the
+error is small (one limb +1) the result is still a valid 32-byte string.
+Nothing in the shares alone can catch that, so :meth:`Reconstructor.
+reconstruct_verified` takes a ``verify`` callback that checks every
+reconstructed secret against a commitment its owner made before the shares
+were used (the protocol checks a hash of the self-mask seed, and a masking
+private key against its public key).  With more than t shares, every extra
+share is also checked against the interpolated polynomial (by a random
+linear combination of the limbs, which misses an inconsistency with
+probability about 2^-62).  When a check fails and there are extra shares,
+:func:`locate` looks for a polynomial through t of the shares whose secret
+passes ``verify`` and which at most ``floor((H - t + 1) / 2)`` of the ``H``
+shares disagree with, and names exactly the holders of those shares.  The
+commitment acts as one extra evaluation point, so this names exactly the bad
+holders whenever at most ``floor((H - t + 1) / 2)`` of them are bad (one bad
+share among t + 1 is always located); with exactly t shares a failed check
+can only abort.
+
+Cost: a passing reconstruction costs nothing extra (one joint random check
+for all secrets, as before).  A failing secret costs one candidate for
+``k = 0`` (the first t shares), ``t + 1`` candidates for ``k = 1`` (the
+t-subsets of the first t + 1 shares, whose Lagrange weights at 0 follow from
+those of all t + 1 by one factor each), and larger ``k`` only while the candidates stay within
+:data:`MAX_CANDIDATES`; each candidate is O(t) field operations and one
+``verify``, and each candidate that passes ``verify`` one exact O(H t)
+comparison with every other share.  Holders found bad are then left out of
+every other failing secret with one reconstruction, so one holder forging its
+shares of every secret costs about as much as one failing secret.
 
 Everything is numpy ``uint64`` arithmetic with products below 2^62: sharing
 two secrets to 1000 holders takes milliseconds, not seconds.
@@ -22,7 +45,9 @@ two secrets to 1000 holders takes milliseconds, not seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +61,9 @@ SECRET_BYTES = 32
 _P = np.uint64(PRIME)
 _CHECKS = 2
 _SMALL = 4096  # t * (holders) below which Lagrange coefficients use Python ints
+MAX_CANDIDATES = 4096
+"""Upper bound on the holder sets of size two or more tried by :func:`locate`
+for one secret (every single holder is always tried)."""
 
 
 def _mod(a: np.ndarray) -> np.ndarray:
@@ -256,6 +284,242 @@ class Reconstructor:
         return [
             limbs[i * LIMBS:(i + 1) * LIMBS].astype("<u2").tobytes() for i in range(num_secrets)
         ]
+
+
+    def reconstruct_verified(
+        self,
+        shares: np.ndarray,
+        verify: Callable[[int, bytes], bool],
+        rng: RandomSource,
+        suspects: set[int] | None = None,
+    ) -> VerifiedSecrets:
+        """Reconstruct every secret and check it with ``verify(index, secret)``;
+        locate the bad holders of any secret that fails.
+
+        Args:
+            shares: ``(H, S, 16)`` shares in holder order.
+            verify: True iff the S-th secret matches its owner's commitment.
+            rng: randomness for the consistency checks.
+            suspects: holders already known to be bad (tried first by the
+                search; holders found bad here are added to it).
+
+        Returns:
+            the secrets (every one passed ``verify``), and for each secret
+            whose shares were not all good, the holders left out.
+
+        Raises:
+            UnverifiableSecretError: a secret whose shares cannot be decoded
+                to one that passes ``verify`` (always so with exactly t
+                shares and a failed check); ``index`` says which.
+        """
+        arr = np.asarray(shares)
+        if arr.ndim != 3 or arr.shape[0] != len(self.holders) or arr.shape[2] != LIMBS:
+            raise ConfigurationError(
+                f"shares must have shape ({len(self.holders)}, S, {LIMBS}), got {arr.shape}"
+            )
+        if np.any(arr >= PRIME):
+            raise InconsistentSharesError("share element is not a field element")
+        suspects = set() if suspects is None else suspects
+        h, num_secrets = arr.shape[0], arr.shape[1]
+        y = arr.astype(np.uint64)
+        t = self.threshold
+        limbs = _lincomb(self._lam0.reshape(1, -1), y[:t].reshape(t, -1))[0]
+        limbs = limbs.reshape(num_secrets, LIMBS)
+        suspicious = np.any(limbs > 0xFFFF, axis=1)
+        if h > t:
+            # one random combination of every limb of every secret (as cheap as
+            # before); only when it fails, one combination per secret to see which
+            flat = y.reshape(h, -1)
+            r = _random_field_elements(flat.shape[1] * _CHECKS, rng).reshape(-1, _CHECKS)
+            combined = _lincomb(flat, r)
+            if np.any(_lincomb(self._lam_extra, combined[:t]) != combined[t:]):
+                r = _random_field_elements(num_secrets * LIMBS * _CHECKS, rng).reshape(
+                    num_secrets, LIMBS, _CHECKS)
+                lo, hi = r & np.uint64(0xFFFF), r >> np.uint64(16)
+                comb = _mod(np.einsum("hsl,slc->hsc", y, hi))
+                comb = _mod(comb * np.uint64(1 << 16) + _mod(np.einsum("hsl,slc->hsc", y, lo)))
+                predicted = _lincomb(self._lam_extra, comb[:t].reshape(t, -1))
+                off = predicted.reshape(h - t, num_secrets, _CHECKS) != comb[t:]
+                suspicious |= np.any(off, axis=(0, 2))
+        out: list[bytes] = []
+        failing: list[int] = []
+        for i in range(num_secrets):
+            value = limbs[i].astype("<u2").tobytes()
+            out.append(value)
+            if suspicious[i] or not verify(i, value):
+                failing.append(i)
+        excluded: dict[int, tuple[int, ...]] = {}
+        radius = (h - t + 1) // 2
+        pending = failing
+        batched: frozenset[int] = frozenset()
+        while pending:
+            known = frozenset(j for j, x in enumerate(self.holders) if x in suspects)
+            if known and len(known) <= radius and known != batched:
+                # holders found bad (here or for an earlier group): one reconstruction
+                # without them for every secret still failing
+                batched, batch = known, list(pending)
+                found = _without(self.holders, y[:, batch, :], t, sorted(known), radius,
+                                 lambda k, v, batch=batch: verify(batch[k], v))
+                for k, hit in found.items():
+                    out[batch[k]], excluded[batch[k]] = hit
+                pending = [i for i in pending if i not in excluded]
+                continue
+            i = pending.pop(0)
+            out[i], excluded[i] = locate(self.holders, arr[:, i, :], t,
+                                         lambda v, i=i: verify(i, v), rng, index=i)
+            suspects.update(excluded[i])
+        return VerifiedSecrets(out, {i: bad for i, bad in excluded.items() if bad})
+
+
+@dataclass(frozen=True)
+class VerifiedSecrets:
+    """What :meth:`Reconstructor.reconstruct_verified` returns.
+
+    Attributes:
+        secrets: every reconstructed secret, each one verified.
+        excluded: secret index -> the holders whose shares of it were left
+            out (their shares are not on the polynomial of the verified
+            secret); absent for secrets whose shares were all good.
+    """
+
+    secrets: list[bytes]
+    excluded: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+class UnverifiableSecretError(InconsistentSharesError):
+    """No consistent set of the supplied shares reconstructs a secret that
+    passes the commitment check (always the case for a failed check with
+    exactly t shares).
+
+    Attributes:
+        index: the position of the secret in the reconstruction call.
+    """
+
+    def __init__(self, detail: str, *, index: int) -> None:
+        self.index = index
+        super().__init__(detail)
+
+
+def locate(
+    holders: Sequence[int],
+    shares: np.ndarray,
+    threshold: int,
+    verify: Callable[[bytes], bool],
+    rng: RandomSource,
+    *,
+    index: int = 0,
+) -> tuple[bytes, tuple[int, ...]]:
+    """Find a polynomial through ``threshold`` of the shares whose secret
+    passes ``verify`` and which at most ``floor((H - t + 1) / 2)`` of the
+    ``H`` shares disagree with; return its secret and those holders.
+
+    Candidates are the ``t``-subsets of the first ``t + k`` holders, for
+    ``k = 0, 1, ...``: when at most ``k`` shares are bad, one of them is all
+    good.  Each candidate costs O(t) field operations (the Lagrange weights of
+    ``T minus R`` at 0 are those of ``T`` times ``(x_i - x_j) / (0 - x_j)``
+    for every ``j`` in ``R``); sizes ``k >= 2`` are tried while the number of
+    candidates stays within :data:`MAX_CANDIDATES`.
+
+    Args:
+        holders: the evaluation points, one per row of ``shares``.
+        shares: ``(H, 16)`` field elements.
+        threshold: t.
+        verify: the commitment check of the secret.
+        rng: unused (kept for a stable signature; every comparison is exact).
+        index: reported in the error.
+
+    Returns:
+        the verified secret and the holders whose shares are not on its
+        polynomial (ascending).  When at most ``floor((H - t + 1) / 2)`` shares
+        are bad these are exactly the bad ones: a passing polynomial agrees
+        with the true one at 0 (the commitment binds) and at at least ``t - 1``
+        good shares, so it is the true one.
+
+    Raises:
+        UnverifiableSecretError: no such polynomial within the search bound
+            (always when ``H == t``).
+    """
+    del rng
+    h, t = len(holders), threshold
+    y = np.asarray(shares, dtype=np.uint64).reshape(h, LIMBS)
+    if h <= t:
+        raise UnverifiableSecretError(
+            f"the {h} shares reconstruct a secret that fails its commitment check, and"
+            f" with threshold {t} there is no extra share to find the bad one", index=index)
+    radius = (h - t + 1) // 2
+    tried = 0
+    for k in range(radius + 1):
+        pool = list(range(t + k))
+        xs = np.array([holders[i] for i in pool], dtype=np.uint64)
+        lam = Reconstructor([holders[i] for i in pool], t + k)._lam0.astype(np.uint64)
+        # col[j][i] = (x_i - x_j) / (0 - x_j): removing pool[j] from the base
+        neg_inv = _inverse(np.mod(-xs.astype(np.int64), PRIME).astype(np.uint64))
+        diff = np.mod(xs.astype(np.int64).reshape(1, -1) - xs.astype(np.int64).reshape(-1, 1),
+                      PRIME).astype(np.uint64)
+        cols = _mod(diff * neg_inv.reshape(-1, 1))
+        for removed in itertools.combinations(range(t + k), k):
+            if k > 1:
+                tried += 1
+                if tried > MAX_CANDIDATES:
+                    raise UnverifiableSecretError(
+                        f"no consistent set of shares found within the search bound"
+                        f" ({MAX_CANDIDATES} candidates)", index=index)
+            weights = lam.copy()
+            for j in removed:
+                weights = _mod(weights * cols[j])
+            limbs = _lincomb(weights.reshape(1, -1), y[pool])[0]
+            if np.any(limbs > 0xFFFF):
+                continue
+            value = limbs.astype("<u2").tobytes()
+            if not verify(value):
+                continue
+            base = [i for i in pool if i - pool[0] not in removed]
+            bad = _off_polynomial(holders, y, t, base)
+            if len(bad) <= radius:
+                return value, tuple(sorted(holders[i] for i in bad))
+    raise UnverifiableSecretError(
+        f"no polynomial through {t} of the {h} shares reconstructs a secret passing its"
+        f" commitment check with at most {radius} shares off it", index=index)
+
+
+def _off_polynomial(holders: Sequence[int], y: np.ndarray, t: int,
+                    base: Sequence[int]) -> list[int]:
+    """Rows of ``y`` (``(H, W)``) not on the polynomial through the rows
+    ``base`` (``t`` of them), compared exactly in every column."""
+    rest = [i for i in range(len(holders)) if i not in set(base)]
+    if not rest:
+        return []
+    order = list(base) + rest
+    rec = Reconstructor([holders[i] for i in order], t)
+    ys = y[order].reshape(len(order), -1)
+    predicted = _lincomb(rec._lam_extra, ys[:t])
+    off = np.any(predicted != ys[t:], axis=1)
+    return [rest[e] for e in np.flatnonzero(off)]
+
+
+def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int],
+             radius: int, verify: Callable[[int, bytes], bool],
+             ) -> dict[int, tuple[bytes, tuple[int, ...]]]:
+    """Reconstruct every secret of ``y`` (``(H, S, 16)``) from the holders not
+    in ``known``; keep the secrets that pass ``verify`` with at most
+    ``radius`` shares off their polynomial, with those shares' holders."""
+    base = [i for i in range(len(holders)) if i not in set(known)][:t]
+    order = base + [i for i in range(len(holders)) if i not in set(base)]
+    rec = Reconstructor([holders[i] for i in order], t)
+    num = y.shape[1]
+    ys = y[order].reshape(len(order), -1)
+    limbs = _lincomb(rec._lam0.reshape(1, -1), ys[:t])[0].reshape(num, LIMBS)
+    predicted = _lincomb(rec._lam_extra, ys[:t]).reshape(-1, num, LIMBS)
+    off = np.any(predicted != ys[t:].reshape(-1, num, LIMBS), axis=2)  # (extra, secret)
+    found: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+    for k in range(num):
+        if np.any(limbs[k] > 0xFFFF):
+            continue
+        value = limbs[k].astype("<u2").tobytes()
+        bad = [order[t + e] for e in np.flatnonzero(off[:, k])]
+        if len(bad) <= radius and verify(k, value):
+            found[k] = (value, tuple(sorted(holders[i] for i in bad)))
+    return found
 
 
 def _lagrange_small(base: list[int], extra: list[int]) -> tuple[np.ndarray, np.ndarray]:

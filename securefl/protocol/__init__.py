@@ -24,12 +24,13 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from securefl.protocol.server import AggregationResult, ServerSession, ServerState
+from securefl.protocol.server import AggregationResult, Blame, ServerSession, ServerState
 
 __all__ = [
     "PROTOCOL_VERSION",
     "AdvertiseKeys",
     "AggregationResult",
+    "Blame",
     "ClientSession",
     "ClientState",
     "ClientStatus",

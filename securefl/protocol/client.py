@@ -6,6 +6,17 @@ the table ``_TRANSITIONS`` below.  Any protocol violation by the server
 raises :class:`~securefl.errors.RemoteProtocolError` (naming the peer, the
 round and the rule), reveals nothing, and moves the session to ``ABORTED``
 for good: an aborted client never answers again.
+
+Two things do not abort:
+
+* an exact duplicate of a server message this client already answered (a
+  retransmission) is answered again with the very same reply object, and
+  changes nothing (SPEC [CLI-2]); a *different* message where one was already
+  answered still aborts;
+* a peer's share ciphertext that does not decrypt, or that holds malformed
+  shares, is not the server's fault alone: the client leaves that peer out of
+  its pairwise masks, holds none of its shares, and names it in
+  ``MaskedInput.excluded`` (SPEC [R2-5]).
 """
 
 from __future__ import annotations
@@ -80,6 +91,11 @@ _SEMI_HONEST_AFTER_MASKED = (UnmaskingRequest, "_on_unmask", Round.UNMASKING, Cl
 class ClientSession:
     """One client's side of one secure aggregation session.
 
+    :meth:`handle` answers an exact duplicate of a server message it already
+    answered with the same reply object (SPEC [CLI-2]) instead of aborting; a
+    peer whose share ciphertext does not decrypt is excluded and reported in
+    ``MaskedInput.excluded`` (SPEC [R2-5]).
+
     Args:
         config: the session configuration (identical at every party).
         client_id: this client's id (must be in ``config.client_ids``).
@@ -146,6 +162,8 @@ class ClientSession:
         self._held_seed_shares: dict[int, bytes] = {}
         self._signed_survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, str] = {}
+        self._excluded: frozenset[int] = frozenset()
+        self._answered: dict[type, tuple[Any, ClientMessage]] = {}
 
     def __repr__(self) -> str:
         return f"ClientSession(client_id={self.client_id}, state={self.state.name})"
@@ -177,18 +195,25 @@ class ClientSession:
         self._c = KeyPair.generate(self._rng)
         self._s = KeyPair.generate(self._rng)
         self._seed = self._rng.token_bytes(32)
+        commitment = d.seed_commitment(self._digest, self.client_id, self._seed)
         signature = None
         if self.config.mode is SecurityMode.ACTIVE:
             assert self._identity_key is not None
             signature = signing.sign(self._identity_key, d.advertise_payload(
-                self._digest, self.client_id, self._c.public_bytes, self._s.public_bytes))
+                self._digest, self.client_id, self._c.public_bytes, self._s.public_bytes,
+                commitment))
         self._advert = AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes,
-                                     signature)
+                                     signature, commitment)
         self.state = ClientState.ADVERTISED
         return self._advert
 
     def handle(self, message: Any) -> ClientMessage:
         """Feed one server message; return this client's reply.
+
+        An exact duplicate (equal in every field) of a server message this
+        session already answered returns the same reply again and changes
+        nothing, in any state but ``ABORTED``; any other message that does not
+        fit the state aborts as below.
 
         Raises:
             RemoteProtocolError: the server broke a rule; the session is
@@ -200,6 +225,9 @@ class ClientSession:
         if self.state in (ClientState.ABORTED,):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
                                      peer=self.client_id)
+        answered = self._answered.get(type(message))
+        if answered is not None and _same_message(answered[0], message):
+            return answered[1]
         if self.state is ClientState.DONE:
             self._refuse_after_done(message)
         if self.state is ClientState.IDLE:
@@ -219,6 +247,7 @@ class ClientSession:
         if handler != "_on_roster" and message.session_id != self.session_id:
             self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
         reply = getattr(self, handler)(message)
+        self._answered[type(message)] = (message, reply)
         self.state = next_state
         if next_state is ClientState.DONE:
             self._wipe()
@@ -241,9 +270,13 @@ class ClientSession:
             if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
                            peer=e.sender)
+            if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
+                self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd,
+                           peer=e.sender)
         own = next((e for e in msg.entries if e.sender == self.client_id), None)
-        if own is None or (own.encryption_key, own.masking_key) != (
-                self._advert.encryption_key, self._advert.masking_key):
+        if own is None or (own.encryption_key, own.masking_key, own.seed_commitment) != (
+                self._advert.encryption_key, self._advert.masking_key,
+                self._advert.seed_commitment):
             self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
                        rnd)
         seen: dict[bytes, int] = {}
@@ -261,7 +294,8 @@ class ClientSession:
         if self.config.mode is SecurityMode.ACTIVE:
             for e in msg.entries:
                 self._verify(e.signature, d.advertise_payload(
-                    self._digest, e.sender, e.encryption_key, e.masking_key), e.sender, rnd)
+                    self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment),
+                    e.sender, rnd)
         sid = d.session_id(self._digest, msg.entries)
         roster = {e.sender: e for e in msg.entries}
         neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
@@ -312,17 +346,26 @@ class ClientSession:
                        f" {self.config.t}", rnd)
         key_shares: dict[int, bytes] = {}
         seed_shares: dict[int, bytes] = {}
+        excluded: set[int] = set()
         for u in sorted(senders):
+            ciphertext = msg.ciphertexts[u]
             try:
+                if not isinstance(ciphertext, bytes | bytearray):
+                    raise DecryptionError("a share ciphertext is bytes")
                 key_share, seed_share = d.decrypt_shares(self._share_keys[u], self.session_id, u,
-                                                         self.client_id, msg.ciphertexts[u])
+                                                         self.client_id, bytes(ciphertext))
                 shamir.check_shares([key_share, seed_share])
-            except DecryptionError:
-                self._fail(Rule.DECRYPTION_FAILED, "ciphertext does not authenticate", rnd, peer=u)
-            except InconsistentSharesError:
-                self._fail(Rule.MALFORMED, "decrypted shares are malformed", rnd, peer=u)
+            except (DecryptionError, InconsistentSharesError):
+                # u (or the server relaying it) sent shares this client cannot use:
+                # hold none of u's shares, leave u out of the masks, report it
+                excluded.add(u)
+                continue
             key_shares[u] = key_share
             seed_shares[u] = seed_share
+        senders -= excluded
+        if len(senders) + 1 < self.config.t:
+            self._fail(Rule.DECRYPTION_FAILED, f"only {len(senders)} peers' shares decrypted,"
+                       f" threshold is {self.config.t}", rnd, peer=min(excluded))
         jobs = [(d.self_mask_key(self._seed, self.session_id, self.client_id), False)]
         for u in sorted(senders):
             try:
@@ -338,9 +381,10 @@ class ClientSession:
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._u2_view = frozenset(senders)
+        self._excluded = frozenset(excluded)
         self._input = None
         self._share_keys = {}
-        return MaskedInput(self.client_id, self.session_id, masked)
+        return MaskedInput(self.client_id, self.session_id, masked, tuple(sorted(excluded)))
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
         rnd = Round.CONSISTENCY_CHECK
@@ -375,10 +419,13 @@ class ClientSession:
             if u not in self._roster:
                 self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
                            rnd, peer=u)
+        # a peer this client excluded (R2-6) must be listed as dropped; it is
+        # never a survivor (_check_survivors: it is not in the view)
         listed = (set(survivors) | set(dropped)) & self._neighbours
-        if listed != set(self._u2_view):
-            missing = sorted(set(self._u2_view) - listed)[:10]
-            extra = sorted(listed - set(self._u2_view))[:10]
+        expected = set(self._u2_view) | self._excluded
+        if listed != expected:
+            missing = sorted(expected - listed)[:10]
+            extra = sorted(listed - expected)[:10]
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        f"neighbours that shared but are unlisted: {missing}; listed neighbours"
                        f" that never shared: {extra}", rnd)
@@ -466,6 +513,7 @@ class ClientSession:
     def _fail(self, rule: Rule, detail: str, rnd: Round, *, peer: int | str = SERVER) -> NoReturn:
         """Abort the session for good and raise (never returns)."""
         self.state = ClientState.ABORTED
+        self._answered = {}
         self._wipe()
         # the server relayed the offending content; name the client it came from
         raise RemoteProtocolError(rule, detail, peer=peer, round=rnd)
@@ -478,3 +526,8 @@ class ClientSession:
         self._held_key_shares = {}
         self._held_seed_shares = {}
         self._input = None
+
+
+def _same_message(a: Any, b: Any) -> bool:
+    """Exact equality of two server messages (every field, same type)."""
+    return type(a) is type(b) and bool(a == b)

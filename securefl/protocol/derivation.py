@@ -25,19 +25,37 @@ def _ids(ids: Sequence[int]) -> bytes:
 
 
 def session_id(config_digest: bytes, entries: Sequence[AdvertiseKeys]) -> bytes:
-    """SHA-256 over the configuration digest and every advertised key, in
-    ascending sender order (signatures excluded)."""
+    """SHA-256 over the configuration digest and every advertised key and
+    seed commitment, in ascending sender order (signatures excluded)."""
     h = hashlib.sha256(PREFIX + b"session-id")
     h.update(config_digest)
     h.update(struct.pack(">I", len(entries)))
     for e in sorted(entries, key=lambda e: e.sender):
-        h.update(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key)
+        h.update(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
+                 + e.seed_commitment)
     return h.digest()
 
 
-def advertise_payload(config_digest: bytes, sender: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    """What a client signs in R0 (active mode)."""
-    return PREFIX + b"advertise" + config_digest + struct.pack(">I", sender) + c_pk + s_pk
+SEED_COMMITMENT_BYTES = 32
+
+
+def seed_commitment(config_digest: bytes, sender: int, seed: bytes) -> bytes:
+    """The hash commitment to a self-mask seed b_u sent in R0 (SPEC [R0-10]):
+    SHA-256(prefix || "seed-commitment" || config digest || sender || seed).
+
+    Binding by collision resistance; hiding because b_u is 32 uniform bytes
+    (in the random-oracle model the digest reveals nothing about it).  The
+    configuration digest and the sender separate it from every other hash and
+    from every other client's commitment."""
+    return hashlib.sha256(PREFIX + b"seed-commitment" + config_digest
+                          + struct.pack(">I", sender) + seed).digest()
+
+
+def advertise_payload(config_digest: bytes, sender: int, c_pk: bytes, s_pk: bytes,
+                      commitment: bytes) -> bytes:
+    """What a client signs in R0 (active mode): its keys and seed commitment."""
+    return (PREFIX + b"advertise" + config_digest + struct.pack(">I", sender) + c_pk + s_pk
+            + commitment)
 
 
 def consistency_payload(sid: bytes, survivors: Sequence[int]) -> bytes:

@@ -22,18 +22,25 @@ def _frozen_map(m: Mapping[int, bytes]) -> Mapping[int, bytes]:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """R0, client -> server: fresh X25519 public keys (and, in active mode,
-    an Ed25519 signature binding them to the configuration and sender)."""
+    """R0, client -> server: fresh X25519 public keys, the hash commitment
+    to the client's self-mask seed (SPEC [R0-10]), and, in active mode, an
+    Ed25519 signature binding all three to the configuration and sender.
+
+    The commitment lets the server check every reconstructed seed; the
+    masking public key plays the same role for a reconstructed masking key.
+    """
 
     sender: int
     encryption_key: bytes
     masking_key: bytes
     signature: bytes | None = None
+    seed_commitment: bytes = b""
 
     def __repr__(self) -> str:
         return (f"AdvertiseKeys(sender={self.sender},"
                 f" encryption_key={self.encryption_key.hex()[:12]}…,"
                 f" masking_key={self.masking_key.hex()[:12]}…,"
+                f" seed_commitment={self.seed_commitment.hex()[:12]}…,"
                 f" signed={self.signature is not None})")
 
 
@@ -75,15 +82,25 @@ class ShareDelivery:
 @dataclass(frozen=True, eq=False)
 class MaskedInput:
     """R2, client -> server: the input plus self mask plus pairwise masks,
-    in Z_{2^k} (native dtype of the ring)."""
+    in Z_{2^k} (native dtype of the ring).
+
+    ``excluded`` (ascending) names the delivered peers whose share
+    ciphertext did not decrypt or whose shares were malformed: the sender
+    holds no shares of them and left them out of its pairwise masks
+    (SPEC [R2-5]).  Empty in an honest round.
+    """
 
     sender: int
     session_id: bytes
     masked: np.ndarray
+    excluded: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "excluded", tuple(self.excluded))
 
     def __repr__(self) -> str:
         return (f"MaskedInput(sender={self.sender}, length={len(self.masked)},"
-                f" dtype={self.masked.dtype})")
+                f" dtype={self.masked.dtype}, excluded={list(self.excluded)[:10]})")
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,21 @@ unmasking work over cores.
 
 A message that breaks a rule raises :class:`RemoteProtocolError` and is
 dropped: the session's state is exactly as before.  Fewer than ``threshold``
-clients at any round raises :class:`AbortError`; a result is never wrong.
+clients at any round raises :class:`AbortError`; a result is never wrong:
+every reconstructed seed and key is checked against its owner's R0
+commitment, bad shares are located and their holders blamed
+(:attr:`AggregationResult.blame`), and when that is impossible the session
+aborts with ``AbortError(rule=Rule.COMMITMENT_MISMATCH)``.
+
+The server keeps each masked input until R2 closes (``n`` vectors), because
+a complaint received later in R2 may exclude a vector already received.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +42,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair, load_public
+from securefl.hazmat.agreement import KeyPair, matches_public, validate_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -91,6 +99,23 @@ _ROUND_OF_MESSAGE = {
 
 
 @dataclass(frozen=True)
+class Blame:
+    """A client the server holds responsible for a refused contribution.
+
+    Attributes:
+        peer: the client.
+        round: where the fault was seen.
+        rule: the rule it broke.
+        detail: what was refused (never secret material).
+    """
+
+    peer: int
+    round: Round
+    rule: Rule
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class AggregationResult:
     """The outcome of a finished session.
 
@@ -101,12 +126,21 @@ class AggregationResult:
             received), ascending.
         statuses: every invited client's final :class:`ClientStatus`.
         session_id: the session id (hex in logs; public).
+        blame: in R2 the clients removed as one end of share complaints
+            (SPEC [R2-6]; the server cannot tell accuser from accused, so the
+            detail lists both sides), in R4 the holders whose revealed shares
+            are not on the polynomial of the committed secret (SPEC [R4-11]).
+        excluded: clients whose masked input arrived but was discarded
+            before unmasking (share complaints), with the reason; they are
+            treated as dropped after sharing and are not in ``survivors``.
     """
 
     total: np.ndarray
     survivors: tuple[int, ...]
     statuses: Mapping[int, ClientStatus] = field(default_factory=dict)
     session_id: bytes = b""
+    blame: tuple[Blame, ...] = ()
+    excluded: Mapping[int, str] = field(default_factory=dict)
 
     def dropped_at(self) -> dict[int, ClientStatus]:
         """The clients that did not finish, with where they stopped."""
@@ -163,8 +197,13 @@ class ServerSession:
         self._shares: dict[int, EncryptedShares] = {}
         self._dtype = ring_dtype(config.bits)
         self._sum: np.ndarray | None = None
+        self._masked: dict[int, np.ndarray] = {}
+        self._complaints: dict[int, frozenset[int]] = {}
+        self._blame: list[Blame] = []
+        self._excluded: dict[int, str] = {}
         self._u2: tuple[int, ...] = ()
         self._u3: tuple[int, ...] = ()
+        self._delivered: dict[int, frozenset[int]] = {}
         self._masked_from: set[int] = set()
         self._dropped: tuple[int, ...] = ()
         self._signatures: dict[int, bytes] = {}
@@ -205,8 +244,10 @@ class ServerSession:
         Raises:
             RemoteProtocolError: the message breaks a rule (late, early,
                 duplicate, from an unknown or excluded client, malformed,
-                wrong session, bad signature); it is ignored and the
-                session's state is unchanged.
+                wrong session, bad signature, a low-order key, a seed
+                commitment that is not 32 bytes, an ``excluded`` list naming
+                peers never delivered); it is ignored and the session's state
+                is unchanged.
             LocalProtocolError: the session is finished or aborted, or the
                 object is not a client message.
         """
@@ -246,11 +287,16 @@ class ServerSession:
                                       peer=msg.sender, round=rnd)
         for key in (msg.encryption_key, msg.masking_key):
             try:
-                load_public(key)
+                validate_public(key)
             except InvalidKeyError:
                 raise RemoteProtocolError(Rule.INVALID_PUBLIC_KEY, "advertised key is not a"
-                                          " 32-byte X25519 key", peer=msg.sender,
+                                          " 32-byte X25519 key of large order", peer=msg.sender,
                                           round=rnd) from None
+        commitment = msg.seed_commitment
+        if not isinstance(commitment, bytes) or len(commitment) != d.SEED_COMMITMENT_BYTES:
+            raise RemoteProtocolError(Rule.MALFORMED, "the seed commitment is"
+                                      f" {d.SEED_COMMITMENT_BYTES} bytes", peer=msg.sender,
+                                      round=rnd)
         if msg.encryption_key == msg.masking_key:
             raise RemoteProtocolError(Rule.DUPLICATE_KEY, "the two advertised keys are equal",
                                       peer=msg.sender, round=rnd)
@@ -262,7 +308,8 @@ class ServerSession:
                     peer=msg.sender, round=rnd)
         if self.config.mode is SecurityMode.ACTIVE:
             self._verify(msg.signature, d.advertise_payload(
-                self._digest, msg.sender, msg.encryption_key, msg.masking_key), msg.sender, rnd)
+                self._digest, msg.sender, msg.encryption_key, msg.masking_key,
+                msg.seed_commitment), msg.sender, rnd)
         self._adverts[msg.sender] = msg
         self._keys_seen[msg.encryption_key] = msg.sender
         self._keys_seen[msg.masking_key] = msg.sender
@@ -299,9 +346,24 @@ class ServerSession:
             raise RemoteProtocolError(Rule.VALUE_OUT_OF_RANGE,
                                       f"masked entry not below 2^{self.config.bits}",
                                       peer=msg.sender, round=rnd)
-        if self._sum is None:
-            self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
-        np.add(self._sum, vector.astype(self._dtype, copy=False), out=self._sum)
+        excluded = tuple(msg.excluded)
+        if list(excluded) != sorted(set(excluded)) or not all(
+                isinstance(u, int) and not isinstance(u, bool) for u in excluded):
+            raise RemoteProtocolError(Rule.MALFORMED, "excluded must be ascending client ids"
+                                      " without repeats", peer=msg.sender, round=rnd)
+        delivered = self._delivered.get(msg.sender, frozenset())
+        strays = [u for u in excluded if u not in delivered]
+        if strays:
+            raise RemoteProtocolError(Rule.MALFORMED, f"excludes clients {strays[:10]} whose"
+                                      " shares were never delivered to it", peer=msg.sender,
+                                      round=rnd)
+        if len(delivered) - len(excluded) + 1 < self.config.t:
+            raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
+                                      " threshold - 1 peers", peer=msg.sender, round=rnd)
+        # a copy: the sum is taken at close, and the caller may reuse its buffer
+        self._masked[msg.sender] = np.array(vector, dtype=self._dtype, copy=True)
+        if excluded:
+            self._complaints[msg.sender] = frozenset(excluded)
         self._masked_from.add(msg.sender)
         self.statuses[msg.sender] = ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED
 
@@ -323,8 +385,9 @@ class ServerSession:
                                       f"revealed both shares of clients {sorted(both)[:10]}",
                                       peer=msg.sender, round=rnd)
         holds = self._neighbours[msg.sender]
+        refused = self._complaints.get(msg.sender, frozenset())
         want_self = {u for u in self._u3 if u in holds or u == msg.sender}
-        want_keys = {u for u in self._dropped if u in holds}
+        want_keys = {u for u in self._dropped if u in holds and u not in refused}
         if set(msg.self_mask_shares) != want_self or set(msg.key_shares) != want_keys:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
@@ -370,6 +433,7 @@ class ServerSession:
         except AbortError:
             self.state = ServerState.ABORTED
             self._sum = None
+            self._masked = {}
             raise
 
     def _close_advertise(self) -> list[Envelope]:
@@ -399,6 +463,7 @@ class ServerSession:
             # (sparse graphs only): it is not asked, and counts as dropped here
             if len(cts) + 1 >= self.config.t:
                 out.append(Envelope(v, ShareDelivery(v, self.session_id, cts)))
+                self._delivered[v] = frozenset(cts)
         self._shares = {}
         self.state = ServerState.COLLECTING_MASKED_INPUTS
         return out
@@ -407,7 +472,12 @@ class ServerSession:
         rnd = Round.MASKED_INPUT_COLLECTION
         self._mark_dead(ClientStatus.SHARE_KEYS_RECEIVED,
                         ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED)
+        self._resolve_complaints()
         self._u3 = tuple(sorted(self._masked_from))
+        self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
+        for u in self._u3:
+            np.add(self._sum, self._masked[u], out=self._sum)
+        self._masked = {}
         self._need(len(self._u3), rnd, "clients sent masked inputs", self.config.floor)
         if self.config.mode is SecurityMode.ACTIVE:
             self._need(len(self._u3), rnd, "clients sent masked inputs",
@@ -450,11 +520,75 @@ class ServerSession:
         self._mark_dead(asked, dead)
         assert self.session_id is not None
         self._result = AggregationResult(total.astype(np.uint64), self._u3, dict(self.statuses),
-                                         self.session_id)
+                                         self.session_id, tuple(self._blame),
+                                         dict(self._excluded))
         self._responses = {}
         self._sum = None
         self.state = ServerState.FINISHED
         return []
+
+    # -- share complaints (SPEC [R2-6]) ----------------------------------------
+
+    def _includes(self, v: int, u: int) -> bool:
+        """Did client ``v`` mask with ``u`` (and so hold ``u``'s shares)?"""
+        return (u in self._delivered.get(v, frozenset())
+                and u not in self._complaints.get(v, frozenset()))
+
+    def _resolve_complaints(self) -> None:
+        """Exclude one end of every share complaint, then every survivor that
+        holds shares of an excluded or reported dropped client that fewer than t
+        survivors hold.
+
+        A complaint (v reports u) cannot be judged: u may have sent garbage,
+        or v may lie.  Either end being dropped keeps the masks exact, so the
+        server drops a greedy vertex cover of the complaint graph among the
+        clients whose masked input arrived: repeatedly the client on the most
+        open complaints, ties to the one accused most often, then the lowest
+        id.  One client sending garbage to two or more peers, or accusing two
+        or more, is the only one dropped; one that is on a single complaint
+        costs the round one client (the accused).
+        """
+        rnd = Round.MASKED_INPUT_COLLECTION
+        alive = set(self._masked_from)
+        accusations = [(v, u) for v, us in self._complaints.items() if v in alive for u in us]
+        open_edges = {frozenset((v, u)) for v, u in accusations if u in alive}
+        removed: list[int] = []
+        while open_edges:
+            degree: Counter[int] = Counter()
+            for edge in open_edges:
+                degree.update(edge)
+            accused = Counter(u for v, u in accusations
+                              if frozenset((v, u)) in open_edges)
+            pick = max(degree, key=lambda c: (degree[c], accused[c], -c))
+            removed.append(pick)
+            alive.discard(pick)
+            by = sorted(v for v, u in accusations if u == pick and frozenset((v, u)) in open_edges)
+            of = sorted(u for v, u in accusations if v == pick and frozenset((v, u)) in open_edges)
+            self._blame.append(Blame(pick, rnd, Rule.SHARES_REFUSED,
+                                     f"removed as one end of share complaints: reported by"
+                                     f" clients {by[:10]}, reported clients {of[:10]} (the"
+                                     " server cannot tell which end is lying)"))
+            open_edges = {e for e in open_edges if pick not in e}
+            self._excluded[pick] = "one end of a share complaint"
+        t = self.config.t
+        # also the reported clients that dropped on their own: their masks with
+        # the survivors that did take their shares must be removable too
+        queue = removed + sorted({u for _, u in accusations if u not in self._masked_from})
+        while queue:
+            gone = queue.pop()
+            holders = [v for v in sorted(alive) if v in self._neighbours[gone]
+                       and self._includes(v, gone)]
+            if 0 < len(holders) < t:
+                # their masks with `gone` could never be removed: drop them too
+                for v in holders:
+                    alive.discard(v)
+                    queue.append(v)
+                    self._excluded[v] = (f"holds shares of excluded client {gone} that fewer"
+                                         f" than {t} survivors hold")
+        for c in self._excluded:
+            self._masked_from.discard(c)
+            self._masked.pop(c, None)
+            self.statuses[c] = ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
 
     # -- unmasking ----------------------------------------------------------
 
@@ -462,6 +596,7 @@ class ServerSession:
         rnd = Round.UNMASKING
         t = self.config.t
         responders = set(self._responders)
+        u3 = set(self._u3)
         # group the secrets to reconstruct by their holder set (one group for the
         # complete graph), so Lagrange coefficients are computed once per group
         groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
@@ -469,10 +604,14 @@ class ServerSession:
             holders = tuple(sorted((self._neighbours[u] | {u}) & responders))
             groups.setdefault(holders, []).append(("self", u))
         for u in self._dropped:
-            holders = tuple(sorted(self._neighbours[u] & responders))
+            if not any(self._includes(v, u) for v in self._neighbours[u] & u3):
+                continue  # no survivor masked with u: nothing to remove
+            holders = tuple(sorted(v for v in self._neighbours[u] & responders
+                                   if self._includes(v, u)))
             groups.setdefault(holders, []).append(("key", u))
         seeds: dict[int, bytes] = {}
         private_keys: dict[int, bytes] = {}
+        suspects: set[int] = set()
         for holders, secrets in groups.items():
             if len(holders) < t:
                 raise AbortError(
@@ -485,11 +624,37 @@ class ServerSession:
                 for h in holders for kind, owner in secrets)
             shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
                                                               shamir.LIMBS)
+
+            def verify(i: int, value: bytes, secrets: list[tuple[str, int]] = secrets) -> bool:
+                kind, owner = secrets[i]
+                advert = self._adverts[owner]
+                if kind == "self":
+                    return d.seed_commitment(self._digest, owner, value) == advert.seed_commitment
+                return matches_public(value, advert.masking_key)
+
             try:
-                values = shamir.Reconstructor(holders, t).reconstruct(shares, self._rng)
-            except InconsistentSharesError as exc:
-                raise AbortError(f"inconsistent shares: {exc}", round=rnd) from exc
-            for (kind, owner), value in zip(secrets, values, strict=True):
+                found = shamir.Reconstructor(holders, t).reconstruct_verified(
+                    shares, verify, self._rng, suspects)
+            except shamir.UnverifiableSecretError as exc:
+                kind, owner = secrets[exc.index]
+                what = "self-mask seed" if kind == "self" else "masking key"
+                raise AbortError(
+                    f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
+                    f" reconstruct its committed value and the bad ones cannot be located:"
+                    f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
+            except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
+                raise AbortError(f"inconsistent shares: {exc}", round=rnd,
+                                 rule=Rule.COMMITMENT_MISMATCH) from exc
+            for i, bad in sorted(found.excluded.items()):
+                kind, owner = secrets[i]
+                what = "self-mask seed" if kind == "self" else "masking key"
+                for h in bad:
+                    self._blame.append(Blame(
+                        h, rnd, Rule.FORGED_SHARE,
+                        f"its share of client {owner}'s {what} is not on the polynomial of the"
+                        f" committed value (forged by client {h}, or dealt so by client"
+                        f" {owner}); left out"))
+            for (kind, owner), value in zip(secrets, found.secrets, strict=True):
                 (seeds if kind == "self" else private_keys)[owner] = value
         assert self.session_id is not None and self._sum is not None
         sid = self.session_id
@@ -497,11 +662,8 @@ class ServerSession:
             (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
             pair = KeyPair.from_private_bytes(raw_key)
-            if pair.public_bytes != self._adverts[u].masking_key:
-                raise AbortError(f"reconstructed key of client {u} does not match its advertised"
-                                 " key (inconsistent shares)", round=rnd)
             for v in self._u3:
-                if v in self._neighbours[u]:
+                if v in self._neighbours[u] and self._includes(v, u):
                     try:
                         key = d.masking_secret(pair, self._adverts[v].masking_key, sid, u, v)
                     except InvalidKeyError as exc:

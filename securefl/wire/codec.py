@@ -48,6 +48,7 @@ WIRE_VERSION = PROTOCOL_VERSION
 """The ``version`` every v1 message carries."""
 
 KEY_BYTES = 32
+COMMITMENT_BYTES = 32
 DIGEST_BYTES = 32
 SESSION_ID_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -135,6 +136,7 @@ def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
     out.masking_key = bytes(m.masking_key)
     if m.signature is not None:
         out.signature = bytes(m.signature)
+    out.seed_commitment = bytes(m.seed_commitment)
 
 
 def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
@@ -146,6 +148,7 @@ def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
         entry.masking_key = bytes(e.masking_key)
         if e.signature is not None:
             entry.signature = bytes(e.signature)
+        entry.seed_commitment = bytes(e.seed_commitment)
 
 
 def _enc_ciphertexts(items: Iterable[tuple[int, bytes]], out: Any) -> None:
@@ -189,6 +192,7 @@ def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
                               reason=WireIssue.UNENCODABLE.value, field="masked")
     out.element_bytes = element_bytes
     out.masked = pack_words(vector, element_bytes)
+    out.excluded.extend(_id(u, "excluded") for u in m.excluded)
 
 
 def _enc_consistency(m: ConsistencyRequest, out: Any, _: int | None) -> None:
@@ -338,7 +342,8 @@ def _dec_advert(m: Any, _: SecAggConfig | None) -> AdvertiseKeys:
     signature = (_fixed(m.signature, SIGNATURE_BYTES, "signature", sender)
                  if m.HasField("signature") else None)
     return AdvertiseKeys(sender, _fixed(m.encryption_key, KEY_BYTES, "encryption_key", sender),
-                         _fixed(m.masking_key, KEY_BYTES, "masking_key", sender), signature)
+                         _fixed(m.masking_key, KEY_BYTES, "masking_key", sender), signature,
+                         _fixed(m.seed_commitment, COMMITMENT_BYTES, "seed_commitment", sender))
 
 
 def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
@@ -355,7 +360,8 @@ def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
                      if e.HasField("signature") else None)
         entries.append(AdvertiseKeys(
             sender, _fixed(e.encryption_key, KEY_BYTES, "entries.encryption_key", sender),
-            _fixed(e.masking_key, KEY_BYTES, "entries.masking_key", sender), signature))
+            _fixed(e.masking_key, KEY_BYTES, "entries.masking_key", sender), signature,
+            _fixed(e.seed_commitment, COMMITMENT_BYTES, "entries.seed_commitment", sender)))
     return KeyRoster(digest, tuple(entries))
 
 
@@ -401,7 +407,7 @@ def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
                                   reason=WireIssue.VALUE_OUT_OF_RANGE.value, field="masked",
                                   rule=Rule.VALUE_OUT_OF_RANGE, peer=sender)
         vector = vector.astype(f"=u{config.element_bytes}", copy=False)
-    return MaskedInput(sender, sid, vector)
+    return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
 
 
 def pack_words(vector: np.ndarray, width: int) -> bytes:
