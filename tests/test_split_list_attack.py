@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from securefl.errors import RemoteProtocolError, Rule
+from securefl.errors import ConfigurationError, RemoteProtocolError, Rule
 from securefl.hazmat import shamir
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.prg import MaskExpander
@@ -553,6 +553,96 @@ def test_complete_graph_quorum_is_the_threshold_by_default() -> None:
     for n in range(2, 30):
         config = SecAggConfig(num_clients=n, vector_length=1, mode=SecurityMode.ACTIVE)
         assert config.signature_quorum == config.t > n / 2
+
+
+# -- the graph must back the quorum: active mode refuses connectivity < 1 -------
+
+
+class _TwoCliques(NeighbourGraph):
+    """Two cliques over the roster (first half, second half): disconnected on
+    every roster.  ``stated`` is what :meth:`connectivity` claims (truthfully
+    0 by default, like every graph that does not override it)."""
+
+    def __init__(self, stated: int = 0) -> None:
+        self._stated = stated
+
+    def neighbours(self, roster: Sequence[int],
+                   session_id: bytes) -> Mapping[int, frozenset[int]]:
+        half = len(roster) // 2
+        a, b = frozenset(roster[:half]), frozenset(roster[half:])
+        return {c: (a if c in a else b) - {c} for c in roster}
+
+    def describe(self) -> str:
+        return f"two-cliques:{self._stated}"
+
+    def share_holders(self, num_clients: int) -> int:
+        return num_clients - num_clients // 2  # the larger clique
+
+    def connectivity(self, num_clients: int) -> int:
+        return self._stated
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _TwoCliques) and other._stated == self._stated
+
+    def __hash__(self) -> int:
+        return hash(("two-cliques", self._stated))
+
+
+def _component_sums(config: SecAggConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An honest-looking session on a two-clique graph: every client masks,
+    signs the full roster and answers; the server then unmasks each clique
+    alone.  Returns (recovered, true sum) per clique."""
+    fed = Federation(config)
+    fed.advertise()
+    fed.step()
+    masked = fed.answer()
+    fed.close()
+    fed.step()  # R3: every client signs the full roster
+    responses = [r for r in fed.answer().values() if isinstance(r, UnmaskingResponse)]
+    fed.close()
+    assert fed.server.finished and len(responses) == config.num_clients
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    stage = Stage(fed, sid, neighbour_map(config.graph, roster, sid),
+                  {c: frozenset() for c in roster},
+                  {c: m.masked for c, m in masked.items()})  # type: ignore[union-attr]
+    half = len(roster) // 2
+    return [(unmask(stage, part, responses, {}), total_of(fed, part))
+            for part in (roster[:half], roster[half:])]
+
+
+def test_active_mode_refuses_a_graph_that_does_not_state_connectivity_at_least_1() -> None:
+    """Review a1: a custom graph keeping the default connectivity() = 0 was
+    accepted in active mode with q clipped to n, and on a disconnected graph
+    even n signers let the server learn one sum per component (see the next
+    test).  Active mode now refuses it, naming the numbers and the fix."""
+    for graph in (_TwoCliques(), _TwoCliques(stated=-1), _TwoCliques(stated=8)):
+        with pytest.raises(ConfigurationError) as info:
+            SecAggConfig(num_clients=8, vector_length=4, bits=32, threshold=3,
+                         mode=SecurityMode.ACTIVE, graph=graph)
+        text = str(info.value)
+        assert f"kappa={graph.connectivity(8)}" in text and "1..7" in text
+        assert "connectivity()" in text and "[PARAM-7]" in text
+    # the library's graphs state a true bound >= 1 and are accepted
+    for graph in (CompleteGraph(), HararyGraph(2), HararyGraph(6)):
+        t = graph.share_holders(8) // 2 + 1
+        config = SecAggConfig(num_clients=8, vector_length=4, threshold=t,
+                              mode=SecurityMode.ACTIVE, graph=graph)
+        assert 1 <= graph.connectivity(8) <= 7 and config.signature_quorum <= 8
+
+
+def test_known_limit_a_graph_that_overstates_its_connectivity_leaks_each_component() -> None:
+    """The refusal rests on what connectivity() states: no party can check a
+    custom graph's bound on every roster.  The same two cliques claiming
+    kappa = 1 are accepted (q = n = 8), and the server learns both clique sums
+    from one session in which every client signed and answered.  This is the
+    review's attack a1, which the default kappa = 0 allowed before."""
+    config = SecAggConfig(num_clients=8, vector_length=4, bits=32, threshold=3,
+                          mode=SecurityMode.ACTIVE, graph=_TwoCliques(stated=1))
+    assert config.signature_quorum == 8
+    for recovered, want in _component_sums(config):
+        assert np.array_equal(recovered.astype(np.uint64), want)
 
 
 # -- semi-honest mode: known limits (issue 9 section 2) ---------------------------
