@@ -15,9 +15,11 @@ The module also shows why the quorum is n-k+1 and not merely "the graph on the
 survivor list is connected": with k non-signers whose views the server trims,
 it learns the sum of a strict subset of the survivors, although every survivor
 list it showed was the full roster.  It checks SPEC.md [SEC-1] in a linear
-model of the server's view, and ends with two known-limit tests of
-semi-honest mode (issue 9 section 2), which assert that attacks outside the
-semi-honest model succeed.
+model of the server's view and its exact scope (the sum is over the list L
+the server chose; a graph must state connectivity >= 1; with 2t <= h + c
+corrupt clients that grind the session id recover an input, a known limit),
+and ends with two known-limit tests of semi-honest mode (issue 9 section 2),
+which assert that attacks outside the semi-honest model succeed.
 """
 
 from __future__ import annotations
