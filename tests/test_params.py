@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from scipy.stats import hypergeom
 
@@ -18,6 +19,7 @@ from securefl.protocol.harary import HararyGraph
 from securefl.protocol.params import (
     GraphParameters,
     ServerModel,
+    _active_quorum_note,
     find_graph_parameters,
     log_disconnection_bound,
     lower_tail_quantile,
@@ -272,20 +274,83 @@ def test_quantile_argument_checks():
         lower_tail_quantile(10, 3, 3, 0.9)
 
 
+def _sec1_holds(config: SecAggConfig, corrupt: int) -> bool:
+    """SPEC.md [SEC-1]'s conditions for ``corrupt`` clients on ``config``."""
+    n, t, q = config.num_clients, config.t, config.signature_quorum
+    holders = config.graph.share_holders(n)
+    kappa = config.graph.connectivity(n)
+    return 2 * t > holders + corrupt and 2 * q > n + corrupt and q >= n - kappa + 1 + corrupt
+
+
 def test_semi_malicious_sparse_result_states_the_active_quorum_and_its_cost():
     """SPEC.md [PARAM-7]/[SEC-1]: the explanation gives the quorum n-k+1, the
-    min_survivors the deterministic guarantee needs against c corrupt clients,
-    and warns when that leaves fewer missing clients than the dropouts."""
+    threshold and min_survivors the deterministic guarantee needs against c
+    corrupt clients (the finder's own t=37 gives 2t = 74, not above
+    k+1+c = 103), and warns when that leaves fewer missing clients than the
+    dropouts."""
     params = find_graph_parameters(1000, 0.05, 0.05, SM)
-    assert params.degree == 52
+    assert params.degree == 52 and params.threshold == 37
     assert "quorum n-k+1 = 949" in params.explanation
-    assert "min_survivors=999" in params.explanation
+    assert "threshold=52 and min_survivors=999" in params.explanation
     assert "WARNING" in params.explanation  # room for 1 missing client, 50 requested
-    config = SecAggConfig(num_clients=1000, vector_length=1, threshold=params.threshold,
+    as_found = SecAggConfig(num_clients=1000, vector_length=1, threshold=params.threshold,
+                            graph=params.graph, mode=SecurityMode.ACTIVE, min_survivors=999)
+    assert not _sec1_holds(as_found, 50)
+    config = SecAggConfig(num_clients=1000, vector_length=1, threshold=52,
                           graph=params.graph, mode=SecurityMode.ACTIVE, min_survivors=999)
-    assert config.signature_quorum == 999
+    assert config.signature_quorum == 999 and _sec1_holds(config, 50)
     # no corrupt clients, few dropouts: the quorum leaves room for them
     params = find_graph_parameters(1000, 0.01, 0.0, SM)
     assert "quorum" in params.explanation and "WARNING" not in params.explanation
     # semi-honest results say nothing about it
     assert "quorum" not in find_graph_parameters(1000, 0.05, 0.05, SH).explanation
+
+
+def test_finder_note_says_sec1_cannot_cover_c_at_least_k():
+    """Bell et al.'s example (10^4 clients, 5 % corrupt, 5 % dropouts): the
+    finder's k=62 is below c=500, and the note says that no threshold gives
+    [SEC-1] there (only the probabilistic bound applies)."""
+    params = find_graph_parameters(10_000, 0.05, 0.05, SM)
+    assert params.degree == 62
+    assert "cannot cover 500 corrupt clients with k=62" in params.explanation
+    assert "no t achieves that once c >= k+1 = 63" in params.explanation
+    assert "min_survivors=" not in params.explanation
+    for t in range(params.degree // 2 + 1, params.degree + 2):
+        config = SecAggConfig(num_clients=10_000, vector_length=1, threshold=t,
+                              graph=params.graph, mode=SecurityMode.ACTIVE, min_survivors=10_000)
+        assert not _sec1_holds(config, 500)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_following_the_active_quorum_note_satisfies_sec1(data):
+    """Property: whenever the note gives a threshold and min_survivors,
+    SecAggConfig accepts them and [SEC-1]'s conditions hold for the c corrupt
+    clients; whenever it says it cannot, no accepted (t, min_survivors) on
+    that graph satisfies them (checked exhaustively over t)."""
+    # what the finder can return: even k < n-1, an active-valid t <= k+1
+    k = 2 * data.draw(st.integers(1, 20))
+    n = data.draw(st.integers(k + 2, 70))
+    threshold = data.draw(st.integers(k // 2 + 1, k + 1))
+    corrupt = data.draw(st.integers(0, 2 * k))
+    dropped = data.draw(st.integers(0, n // 2))
+    note = _active_quorum_note(n, k, threshold, corrupt, dropped)
+    match = re.search(r"use threshold=(\d+) and min_survivors=(\d+)", note)
+    if match:
+        t, s = int(match[1]), int(match[2])
+        assert t >= threshold
+        config = SecAggConfig(num_clients=n, vector_length=1, threshold=t,
+                              graph=HararyGraph(k), mode=SecurityMode.ACTIVE, min_survivors=s)
+        assert _sec1_holds(config, corrupt)
+        assert ("WARNING" in note) == (n - config.signature_quorum < dropped)
+        event("note advises threshold and min_survivors")
+        # and its threshold is the smallest at or above the finder's that works
+        for smaller in range(threshold, t):
+            assert 2 * smaller <= k + 1 + corrupt
+        return
+    assert "cannot cover" in note and corrupt >= k
+    event("note says SEC-1 cannot cover c")
+    for t in range(k // 2 + 1, k + 2):  # min_survivors=n: the largest quorum
+        config = SecAggConfig(num_clients=n, vector_length=1, threshold=t,
+                              graph=HararyGraph(k), mode=SecurityMode.ACTIVE, min_survivors=n)
+        assert not _sec1_holds(config, corrupt)

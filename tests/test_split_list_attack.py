@@ -15,23 +15,25 @@ The module also shows why the quorum is n-k+1 and not merely "the graph on the
 survivor list is connected": with k non-signers whose views the server trims,
 it learns the sum of a strict subset of the survivors, although every survivor
 list it showed was the full roster.  It checks SPEC.md [SEC-1] in a linear
-model of the server's view, and ends with two known-limit tests of
-semi-honest mode (issue 9 section 2), which assert that attacks outside the
-semi-honest model succeed.
+model of the server's view and its exact scope (the sum is over the list L
+the server chose; a graph must state connectivity >= 1; with 2t <= h + c
+corrupt clients that grind the session id recover an input, a known limit),
+and ends with two known-limit tests of semi-honest mode (issue 9 section 2),
+which assert that attacks outside the semi-honest model succeed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from securefl.errors import RemoteProtocolError, Rule
+from securefl.errors import ConfigurationError, RemoteProtocolError, Rule
 from securefl.hazmat import shamir
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.prg import MaskExpander
@@ -553,6 +555,279 @@ def test_complete_graph_quorum_is_the_threshold_by_default() -> None:
     for n in range(2, 30):
         config = SecAggConfig(num_clients=n, vector_length=1, mode=SecurityMode.ACTIVE)
         assert config.signature_quorum == config.t > n / 2
+
+
+# -- what [SEC-1] covers: the list L the server chose, and its conditions ----------
+
+
+def test_server_may_leave_an_honest_survivor_off_the_list_and_learns_the_sum_over_it() -> None:
+    """Review a4: [SEC-1] is about the honest clients on the list L the server
+    chose, not about every client whose masked input arrived.  All 12 clients
+    send masked inputs; the server lists X as dropped, the other 11 (>= q = 9)
+    sign and answer, and the server gets the exact sum over L.  X's input
+    stays hidden: no honest client reveals a share of X's self-mask seed."""
+    config = _config(12, 4, 3, None)
+    stage = to_masked_inputs(Federation(config), {})
+    roster = tuple(sorted(stage.nmap))
+    assert set(stage.masked) == set(roster)  # every client survived R2
+    x = roster[0]
+    survivors = tuple(c for c in roster if c != x)
+    assert len(survivors) >= config.signature_quorum
+    sigs = sign(stage, survivors, survivors)
+    responses = []
+    for c in survivors:
+        dropped = (x,) if x in stage.nmap[c] else ()
+        reply = stage.fed.clients[c].handle(
+            UnmaskingRequest(c, stage.sid, survivors, dropped, sigs))
+        assert isinstance(reply, UnmaskingResponse)
+        responses.append(reply)
+    assert not any(x in r.self_mask_shares for r in responses)
+    keys = {x: reconstruct(responses, x, "key", config.t)}
+    recovered = unmask(stage, survivors, responses, keys)
+    assert np.array_equal(recovered.astype(np.uint64), total_of(stage.fed, survivors))
+
+
+def _grinding_attack(config: SecAggConfig, victim: int, corrupt: tuple[int, ...],
+                     drop_honest_peer: bool) -> dict[str, object]:
+    """Review a7.  The corrupt clients re-advertise fresh (validly signed) keys
+    until the session id puts all of them next to ``victim``; the server
+    delivers the victim only t-1 peers (the corrupt ones first), lists every
+    client (or, with ``drop_honest_peer``, every client but the victim's first
+    honest view peer w), and asks every client that signs to unmask.  The
+    corrupt clients hand over every share they hold and their masking keys.
+    Returns what the server can reconstruct and, when it can, the victim's
+    input as it computes it."""
+    t = config.t
+    fed = Federation(config)
+    adverts = {c: fed.clients[c].start() for c in fed.clients if c not in corrupt}
+    for _ in range(2000):
+        for z in corrupt:
+            fed.clients[z] = ClientSession(config, z, input=fed.inputs[z],
+                                           identity_key=fed.identities[z],
+                                           peer_identities=fed.pinned)
+            adverts[z] = fed.clients[z].start()
+        roster = tuple(sorted(adverts))
+        entries = tuple(adverts[c] for c in roster)
+        sid = d.session_id(config.digest(), entries)
+        nmap = neighbour_map(config.graph, roster, sid)
+        if set(corrupt) <= nmap[victim]:
+            break
+    else:
+        raise AssertionError("grinding found no session id")
+    honest_peers = sorted(nmap[victim] - set(corrupt))
+    view = set(corrupt[:t - 1]) | set(honest_peers[:max(0, t - 1 - len(corrupt))])
+    shares = {c: cl.handle(KeyRoster(config.digest(), entries)) for c, cl in fed.clients.items()}
+    masked = {}
+    for c, cl in fed.clients.items():
+        peers = view if c == victim else nmap[c]
+        cts = {u: shares[u].ciphertexts[c] for u in peers}  # type: ignore[union-attr]
+        masked[c] = cl.handle(ShareDelivery(c, sid, cts)).masked  # type: ignore[union-attr]
+    # the colluders' secrets: their masking keys and every share they hold
+    held_seed = {z: dict(fed.clients[z]._held_seed_shares) for z in corrupt}
+    held_key = {z: dict(fed.clients[z]._held_key_shares) for z in corrupt}
+    private = {z: fed.clients[z]._s.private_bytes() for z in corrupt}
+    off = {u for u in honest_peers if u in view}
+    off = {min(off)} if drop_honest_peer and off else set()
+    survivors = tuple(c for c in roster if c not in off)
+    stage = Stage(fed, sid, nmap, {c: frozenset(view if c == victim else nmap[c])
+                                   for c in roster}, masked)
+    sigs = sign_some(stage, survivors, survivors)
+    responses = []
+    for c in sigs:
+        dropped = tuple(sorted(off & nmap[c]))
+        try:
+            reply = fed.clients[c].handle(UnmaskingRequest(c, sid, survivors, dropped, sigs))
+        except RemoteProtocolError as err:
+            assert err.rule is Rule.NOT_ENOUGH_SIGNATURES
+            continue
+        assert isinstance(reply, UnmaskingResponse)
+        responses.append(reply)
+
+    def gathered(owner: int, kind: str) -> tuple[list[int], list[bytes]]:
+        holders, got = [], []
+        for r in responses:
+            held = r.self_mask_shares if kind == "self" else r.key_shares
+            if owner in held:
+                holders.append(r.sender)
+                got.append(held[owner])
+        for z in corrupt:
+            held = held_seed[z] if kind == "self" else held_key[z]
+            if owner in held and z not in holders:
+                holders.append(z)
+                got.append(held[owner])
+        return holders, got
+
+    seed_holders, seed_shares = gathered(victim, "self")
+    hidden_keys = [u for u in view - set(corrupt) if len(gathered(u, "key")[0]) < t]
+    outcome: dict[str, object] = {"signers": len(sigs), "answers": len(responses),
+                                  "seed_shares": len(seed_holders),
+                                  "hidden_peer_keys": hidden_keys, "recovered": None}
+    if len(seed_holders) < t or hidden_keys:
+        return outcome
+    seed = shamir.reconstruct(seed_holders[:t], seed_shares[:t], t, SystemRandom())
+    for u in view - set(corrupt):
+        holders, got = gathered(u, "key")
+        private[u] = shamir.reconstruct(holders[:t], got[:t], t, SystemRandom())
+    expander = MaskExpander(config.vector_length, config.bits)
+    jobs = [(d.self_mask_key(seed, sid, victim), True)]
+    for u in view:
+        pair = KeyPair.from_private_bytes(private[u])
+        jobs.append((d.masking_secret(pair, adverts[victim].masking_key, sid, u, victim),
+                     victim < u))
+    outcome["recovered"] = expander.apply(jobs, masked[victim].astype(expander.dtype).copy())
+    outcome["input"] = fed.inputs[victim]
+    return outcome
+
+
+def _sec1_conditions(config: SecAggConfig, corrupt: int) -> tuple[bool, bool, bool]:
+    n, t, q = config.num_clients, config.t, config.signature_quorum
+    holders = config.graph.share_holders(n)
+    kappa = config.graph.connectivity(n)
+    return 2 * t > holders + corrupt, 2 * q > n + corrupt, q >= n - kappa + 1 + corrupt
+
+
+def test_known_limit_beyond_sec1_corrupt_clients_ground_next_to_a_victim() -> None:
+    """Review a7, outside [SEC-1]'s conditions: n=12, HararyGraph(4), t=3,
+    c=2, min_survivors = n-k+1+c = 11 meets both quorum conditions, but
+    2t = 6 <= h + c = 7.  Two corrupt clients grind the session id until both
+    neighbour the victim V, the server gives V only their shares, and V's
+    input comes out exactly.  SPEC.md 3.2a states this limit."""
+    config = _config(12, 4, 3, 11)
+    assert _sec1_conditions(config, 2) == (False, True, True)
+    outcome = _grinding_attack(config, victim=1, corrupt=(11, 12), drop_honest_peer=False)
+    recovered = outcome["recovered"]
+    assert isinstance(recovered, np.ndarray)
+    assert np.array_equal(recovered.astype(np.uint64), outcome["input"])
+
+
+@pytest.mark.parametrize("drop_honest_peer", [False, True], ids=["full-list", "peer-dropped"])
+def test_with_2t_above_h_plus_c_the_same_grinding_attack_fails(drop_honest_peer: bool) -> None:
+    """The same attack under [SEC-1]'s conditions (t=4: 2t = 8 > h + c = 7).
+    The victim must now accept t-1 = 3 peers, so one honest neighbour w is in
+    its view: with w on the list w's masking key stays hidden; with w listed
+    as dropped the victim (whose neighbour on the list is missing from its
+    view) and w do not sign, so the quorum of 11 is missed and nobody
+    answers.  Either way the victim's input is not recovered."""
+    config = _config(12, 4, 4, 11)
+    assert _sec1_conditions(config, 2) == (True, True, True)
+    outcome = _grinding_attack(config, victim=1, corrupt=(11, 12),
+                               drop_honest_peer=drop_honest_peer)
+    assert outcome["recovered"] is None
+    if drop_honest_peer:
+        assert outcome["answers"] == 0 and outcome["signers"] < config.signature_quorum
+        assert outcome["seed_shares"] < config.t  # only the corrupt holders'
+    else:
+        assert outcome["answers"] == outcome["signers"] >= config.signature_quorum
+        assert outcome["hidden_peer_keys"]
+
+
+@pytest.mark.parametrize("k", [2, 4, 6, 8])
+def test_harary_connectivity_is_the_removal_property_on_every_roster(k: int) -> None:
+    """Review a2 / SPEC.md [PARAM-7]: for every n the config accepts with
+    n <= 13 and every roster of r <= n clients (including r <= k + 1, where
+    the graph is complete and its vertex connectivity r - 1 may be below k),
+    removing fewer than kappa = connectivity(n) clients never disconnects the
+    rest."""
+    sid = bytes(range(32))
+    for n in range(k + 1, 14):
+        kappa = HararyGraph(k).connectivity(n)
+        assert kappa == min(k, n - 1)
+        for r in range(2, n + 1):
+            roster = tuple(range(1, r + 1))
+            nmap = HararyGraph(k).neighbours(roster, sid)
+            for size in range(min(kappa - 1, r - 1) + 1):
+                for removed in itertools.combinations(roster, size):
+                    assert _connected(set(roster) - set(removed), nmap), (n, r, removed)
+
+
+# -- the graph must back the quorum: active mode refuses connectivity < 1 -------
+
+
+class _TwoCliques(NeighbourGraph):
+    """Two cliques over the roster (first half, second half): disconnected on
+    every roster.  ``stated`` is what :meth:`connectivity` claims (truthfully
+    0 by default, like every graph that does not override it)."""
+
+    def __init__(self, stated: int = 0) -> None:
+        self._stated = stated
+
+    def neighbours(self, roster: Sequence[int],
+                   session_id: bytes) -> Mapping[int, frozenset[int]]:
+        half = len(roster) // 2
+        a, b = frozenset(roster[:half]), frozenset(roster[half:])
+        return {c: (a if c in a else b) - {c} for c in roster}
+
+    def describe(self) -> str:
+        return f"two-cliques:{self._stated}"
+
+    def share_holders(self, num_clients: int) -> int:
+        return num_clients - num_clients // 2  # the larger clique
+
+    def connectivity(self, num_clients: int) -> int:
+        return self._stated
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _TwoCliques) and other._stated == self._stated
+
+    def __hash__(self) -> int:
+        return hash(("two-cliques", self._stated))
+
+
+def _component_sums(config: SecAggConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An honest-looking session on a two-clique graph: every client masks,
+    signs the full roster and answers; the server then unmasks each clique
+    alone.  Returns (recovered, true sum) per clique."""
+    fed = Federation(config)
+    fed.advertise()
+    fed.step()
+    masked = fed.answer()
+    fed.close()
+    fed.step()  # R3: every client signs the full roster
+    responses = [r for r in fed.answer().values() if isinstance(r, UnmaskingResponse)]
+    fed.close()
+    assert fed.server.finished and len(responses) == config.num_clients
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    stage = Stage(fed, sid, neighbour_map(config.graph, roster, sid),
+                  {c: frozenset() for c in roster},
+                  {c: m.masked for c, m in masked.items()})  # type: ignore[union-attr]
+    half = len(roster) // 2
+    return [(unmask(stage, part, responses, {}), total_of(fed, part))
+            for part in (roster[:half], roster[half:])]
+
+
+def test_active_mode_refuses_a_graph_that_does_not_state_connectivity_at_least_1() -> None:
+    """Review a1: a custom graph keeping the default connectivity() = 0 was
+    accepted in active mode with q clipped to n, and on a disconnected graph
+    even n signers let the server learn one sum per component (see the next
+    test).  Active mode now refuses it, naming the numbers and the fix."""
+    for graph in (_TwoCliques(), _TwoCliques(stated=-1), _TwoCliques(stated=8)):
+        with pytest.raises(ConfigurationError) as info:
+            SecAggConfig(num_clients=8, vector_length=4, bits=32, threshold=3,
+                         mode=SecurityMode.ACTIVE, graph=graph)
+        text = str(info.value)
+        assert f"kappa={graph.connectivity(8)}" in text and "1..7" in text
+        assert "connectivity()" in text and "[PARAM-7]" in text
+    # the library's graphs state a true bound >= 1 and are accepted
+    for graph in (CompleteGraph(), HararyGraph(2), HararyGraph(6)):
+        t = graph.share_holders(8) // 2 + 1
+        config = SecAggConfig(num_clients=8, vector_length=4, threshold=t,
+                              mode=SecurityMode.ACTIVE, graph=graph)
+        assert 1 <= graph.connectivity(8) <= 7 and config.signature_quorum <= 8
+
+
+def test_known_limit_a_graph_that_overstates_its_connectivity_leaks_each_component() -> None:
+    """The refusal rests on what connectivity() states: no party can check a
+    custom graph's bound on every roster.  The same two cliques claiming
+    kappa = 1 are accepted (q = n = 8), and the server learns both clique sums
+    from one session in which every client signed and answered.  This is the
+    review's attack a1, which the default kappa = 0 allowed before."""
+    config = SecAggConfig(num_clients=8, vector_length=4, bits=32, threshold=3,
+                          mode=SecurityMode.ACTIVE, graph=_TwoCliques(stated=1))
+    assert config.signature_quorum == 8
+    for recovered, want in _component_sums(config):
+        assert np.array_equal(recovered.astype(np.uint64), want)
 
 
 # -- semi-honest mode: known limits (issue 9 section 2) ---------------------------

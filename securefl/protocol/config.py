@@ -103,13 +103,17 @@ class SecAggConfig:
             ``t`` must exceed half the holders of a client's shares (``n/2``
             for the complete graph, ``(k+1)/2`` for a degree-k sparse graph)
             so the server cannot isolate one client whose view it trimmed;
-            with corrupt clients among the holders use the semi-malicious
-            parameter finder, which raises ``t`` further.  What keeps the
-            survivor list unique is :attr:`signature_quorum`.
+            against ``c`` corrupt clients SPEC.md [SEC-1] needs ``2t >
+            holders + c`` (possible only for ``c < holders``; the
+            semi-malicious parameter finder's ``t`` does not ensure it).
+            What keeps the survivor list unique is :attr:`signature_quorum`.
         mode: :class:`SecurityMode`.
         client_ids: the invited clients (distinct ints in 1..2^31-2); default
             ``1..n``.
         graph: who masks with whom (default complete graph, i.e. Bonawitz).
+            Active mode refuses a graph whose
+            :meth:`~securefl.protocol.graphs.NeighbourGraph.connectivity` is
+            not in ``1..n-1``.
         context: application bytes bound into the session (e.g. federation
             name and round number), so that signed keys cannot be replayed
             into another federation round.
@@ -123,7 +127,9 @@ class SecAggConfig:
             more than ``n/2``, and ``n - k + 1`` for a degree-k sparse graph).
 
     Raises:
-        ConfigurationError: on any out-of-range or inconsistent value.
+        ConfigurationError: on any out-of-range or inconsistent value, and in
+            active mode on ``2t <= holders`` or a graph connectivity outside
+            ``1..n-1``.
     """
 
     num_clients: int
@@ -183,6 +189,21 @@ class SecAggConfig:
                 " collect that client's self-mask from the other holders (SPEC.md [PARAM-2]);"
                 f" use t >= {holders // 2 + 1}"
             )
+        if mode is SecurityMode.ACTIVE:
+            kappa = self.graph.connectivity(self.num_clients)
+            if isinstance(kappa, bool) or not isinstance(kappa, int) or not (
+                    1 <= kappa <= self.num_clients - 1):
+                raise ConfigurationError(
+                    f"active mode needs a graph whose connectivity() is a lower bound in"
+                    f" 1..n-1 = 1..{self.num_clients - 1} on every roster of at most"
+                    f" n={self.num_clients} clients (removing fewer than kappa clients never"
+                    f" disconnects the rest); {self.graph.describe()!r} states"
+                    f" kappa={kappa!r}: with kappa < 1 the graph may be disconnected even"
+                    " when every client signs, and the server would learn one sum per"
+                    " component (SPEC.md [PARAM-7], [SEC-1]); override"
+                    " NeighbourGraph.connectivity() with a true bound >= 1, or use"
+                    " CompleteGraph() or HararyGraph(k)"
+                )
 
     @property
     def t(self) -> int:
@@ -204,22 +225,31 @@ class SecAggConfig:
         (SPEC.md [PARAM-7]): ``q = max(f, floor(n/2) + 1, n - kappa + 1)`` with
         ``f`` = :attr:`floor`, ``n`` the configured clients and ``kappa`` the
         graph's :meth:`~securefl.protocol.graphs.NeighbourGraph.connectivity`
-        (``n - 1`` for the complete graph, ``k`` for ``HararyGraph(k)``).
+        (``n - 1`` for the complete graph, ``min(k, n - 1)`` for
+        ``HararyGraph(k)``; active mode refuses a graph that states
+        ``kappa < 1``, so ``q <= n``).
 
         ``q > n/2``: honest clients sign one list per session, so two different
         lists can never both gather ``q`` signatures (with ``c`` corrupt clients
         signing both, that needs ``2q > n + c``).  ``q >= n - kappa + 1``: the
-        honest signers miss at most ``kappa - 1`` clients, so the graph stays
-        connected on them and the server learns nothing but one sum over all
-        honest survivors (the proof is in SPEC.md section 3.2a).  For the
-        complete graph with the default ``min_survivors`` this is ``t``; for a
-        sparse graph it is ``n - k + 1``, so at most ``k - 1`` clients may be
-        missing (dropped at any round, or not signing) by the time the
-        survivors sign.  Raise ``min_survivors`` to tolerate corrupt clients.
+        signers miss at most ``kappa - 1`` clients, so the graph stays connected
+        on them.  With no corrupt client the server then learns at most one sum:
+        over the clients on the list ``L`` it chose (at least ``q`` of them),
+        never a sum over a strict subset of ``L``; it may leave clients that sent
+        a masked input off ``L``.  Against ``c`` corrupt clients the same holds
+        (over the honest clients on ``L``, at least ``q - c``) only when
+        ``2t > h + c``, ``2q > n + c`` and ``q >= n - kappa + 1 + c`` (``h`` the
+        share holders), i.e. for ``c <= min(2t - h - 1, q - n + kappa - 1)``,
+        at most ``k - 1`` on ``HararyGraph(k)``: raise ``threshold`` and
+        ``min_survivors`` for that (SPEC.md section 3.2a has the proof and the
+        limits).  For the complete graph with the default ``min_survivors``
+        ``q`` is ``t``; for a sparse graph it is ``n - k + 1``, so at most
+        ``k - 1`` clients may be missing (dropped at any round, or not signing)
+        by the time the survivors sign.
         """
-        kappa = self.graph.connectivity(self.num_clients)
-        return min(self.num_clients, max(self.floor, self.num_clients // 2 + 1,
-                                         self.num_clients - kappa + 1))
+        n = self.num_clients
+        kappa = min(max(self.graph.connectivity(n), 1), n - 1)
+        return min(n, max(self.floor, n // 2 + 1, n - kappa + 1))
 
     @property
     def ids(self) -> tuple[int, ...]:

@@ -36,12 +36,19 @@ class NeighbourGraph(abc.ABC):
         return num_clients
 
     def connectivity(self, num_clients: int) -> int:
-        """A lower bound on the vertex connectivity of the graph on any roster of
-        at most ``num_clients`` clients: removing fewer clients than this never
-        disconnects the rest.  Active mode's signature quorum
-        (:attr:`~securefl.protocol.config.SecAggConfig.signature_quorum`) relies
-        on it.  The default, 0, promises nothing (the quorum is then every
-        configured client)."""
+        """``kappa``: a number such that, on every roster of at most
+        ``num_clients`` clients and for every session id, removing fewer than
+        ``kappa`` clients never disconnects the rest.  It must be a true
+        lower bound: active mode's signature quorum
+        (:attr:`~securefl.protocol.config.SecAggConfig.signature_quorum`,
+        ``n - kappa + 1`` signers) and the guarantee of SPEC.md [SEC-1] rest
+        on it, and no party can check it on every roster.  The default, 0,
+        promises nothing, not even that the graph is connected: even ``n``
+        signers are safe only on a connected graph (on a disconnected one the
+        server learns one sum per component), so active mode refuses a graph
+        that states less than 1 (:class:`~securefl.errors.ConfigurationError`
+        from :class:`~securefl.protocol.config.SecAggConfig`).  Subclasses used
+        in active mode must override it."""
         return 0
 
     def validate(self, num_clients: int, threshold: int) -> None:  # noqa: B027 - optional hook

@@ -209,13 +209,18 @@ class HararyGraph(NeighbourGraph):
         return min(num_clients, self._degree + 1)
 
     def connectivity(self, num_clients: int) -> int:
-        """``min(k, n - 1)``: the Harary graph ``H(k, r)`` (k even) on a ring of
-        ``r >= k + 2`` clients is k-connected (Harary 1962): separating it
-        takes ``k/2`` consecutive clients removed at each of two places.  On
-        ``r <= k + 1`` clients it is complete, and no removal disconnects it.
-        The graph of a session is ``H(k, r)`` over its roster of ``r <= n``
-        clients, so the bound holds for every roster.  Checked by brute force
-        in ``tests/test_split_list_attack.py``."""
+        """``min(k, n - 1)``, in the sense of
+        :meth:`~securefl.protocol.graphs.NeighbourGraph.connectivity`: on
+        every roster of ``r <= n`` clients, removing fewer than ``min(k, n -
+        1)`` clients never disconnects the rest.  (This is the removal
+        property, not the vertex connectivity of each roster's graph: on
+        ``r <= k + 1`` clients the graph is the complete ``K_r``, of vertex
+        connectivity ``r - 1``, which may be below ``k``, but removing any
+        clients leaves a complete, hence connected, graph.)  On ``r >= k +
+        2`` clients the Harary graph ``H(k, r)`` (k even) is k-connected
+        (Harary 1962): separating it takes ``k/2`` consecutive clients removed
+        at each of two places.  Checked by brute force in
+        ``tests/test_split_list_attack.py``."""
         return min(self._degree, max(num_clients - 1, 0))
 
     def describe(self) -> str:

@@ -272,11 +272,14 @@ def find_graph_parameters(
     tiny ``k``).  The search and its result are exactly fcp's
     for ``security_bits=40, correctness_bits=20``.  For a sparse
     semi-malicious result the explanation also gives the active-mode signature
-    quorum (SPEC.md [PARAM-7]), the ``min_survivors`` that the deterministic
-    guarantee of SPEC.md [SEC-1] needs against the corrupt clients, and a
-    WARNING when that leaves room for fewer missing clients than the requested
-    dropouts (fcp's ``k`` is chosen for its probabilistic model, not for the
-    quorum).  When ``complete`` is True
+    quorum (SPEC.md [PARAM-7]) and either the ``threshold`` and
+    ``min_survivors`` under which the deterministic guarantee of SPEC.md
+    [SEC-1] covers the ``floor(corrupt_rate * n)`` corrupt clients (the
+    returned ``threshold`` does not ensure ``2t > k + 1 + c`` by itself),
+    with a WARNING when that leaves room for fewer missing clients than the
+    requested dropouts (fcp's ``k`` is chosen for its probabilistic model, not
+    for the quorum), or that no threshold achieves it with this ``k`` (when
+    ``c >= k``).  When ``complete`` is True
     the complete graph is returned with a Bonawitz threshold, and
     ``explanation`` says why and which of the requested rates that threshold
     does or does not meet.  Deterministic; no randomness is used.
@@ -353,25 +356,66 @@ def find_graph_parameters(
             f" graph=HararyGraph({degree}), mode=SecurityMode.{model.security_mode.name})."
         )
         if model is ServerModel.SEMI_MALICIOUS:
-            explanation += _active_quorum_note(n, degree, corrupt, dropped)
+            explanation += _active_quorum_note(n, degree, threshold, corrupt, dropped)
         return GraphParameters(degree, threshold, graph, False, explanation)
     return _complete(n, delta, gamma, model,
                      f"no even degree k < n-1 = {n - 1} meets the targets (cohort too small"
                      " for these rates)")
 
 
-def _active_quorum_note(n: int, degree: int, corrupt: int, dropped: int) -> str:
-    """What SPEC.md [PARAM-7]/[SEC-1] add to a sparse result in active mode."""
-    floor = n - degree + 1 + corrupt
+def _sec1_parameters(n: int, degree: int, corrupt: int) -> tuple[int, int] | None:
+    """The smallest ``(threshold, min_survivors)`` for which SPEC.md [SEC-1]
+    holds on ``HararyGraph(degree)`` over ``n`` clients against ``corrupt``
+    clients (``2t > h + c``, ``2q > n + c``, ``q >= n - kappa + 1 + c`` with
+    ``h = min(n, k + 1)`` holders and ``kappa = min(k, n - 1)``), or None when
+    no ``t <= h`` and ``q <= n`` satisfy them (exactly when ``c >= min(h,
+    kappa)``, i.e. ``c >= k`` for ``k < n``)."""
+    holders, kappa = min(n, degree + 1), min(degree, n - 1)
+    threshold = (holders + corrupt) // 2 + 1
+    survivors = max((n + corrupt) // 2 + 1, n - kappa + 1 + corrupt, threshold)
+    if threshold > holders or survivors > n:
+        return None
+    return threshold, survivors
+
+
+def _active_quorum_note(n: int, degree: int, threshold: int, corrupt: int,
+                        dropped: int) -> str:
+    """What SPEC.md [PARAM-7]/[SEC-1] add to a sparse result in active mode:
+    the quorum and its cost, then either the ``threshold`` and
+    ``min_survivors`` (from :func:`_sec1_parameters`, never below the
+    finder's ``threshold``) under which [SEC-1] covers ``corrupt`` clients,
+    with a WARNING when that quorum leaves room for fewer missing clients than
+    ``dropped``, or a statement that no threshold achieves it with this
+    ``k``."""
     note = (
         f" In active mode clients unmask only for a survivor list signed by the quorum"
-        f" n-k+1 = {n - degree + 1} (SPEC.md [PARAM-7]), so at most k-1 = {degree - 1}"
-        f" invited clients may be missing when the survivors sign; for the deterministic"
-        f" guarantee of SPEC.md [SEC-1] against {corrupt} corrupt clients also set"
-        f" min_survivors={min(n, floor)} (n-k+1+c)."
+        f" n-k+1 = {n - degree + 1} or more (SPEC.md [PARAM-7]), so at most k-1 ="
+        f" {degree - 1} invited clients may be missing when the survivors sign."
     )
-    if n - min(n, floor) < dropped:
-        note += (f" WARNING: that quorum leaves room for {n - min(n, floor)} missing clients,"
+    advice = _sec1_parameters(n, degree, corrupt)
+    if advice is None:
+        note += (
+            f" The deterministic guarantee of SPEC.md [SEC-1] cannot cover {corrupt}"
+            f" corrupt clients with k={degree}: it needs 2t > k+1+c = {degree + 1 + corrupt}"
+            f" with t <= k+1 (no t achieves that once c >= k+1 = {degree + 1}) and a quorum"
+            f" n-k+1+c = {n - degree + 1 + corrupt} <= n (so c <= k-1 = {degree - 1})."
+            " Against them only the probabilistic SecAgg+ bound above applies, and a"
+            " server that grinds session ids weakens it (docs/graphs.md); [SEC-1] needs"
+            f" an even k >= c+1 = {corrupt + 1} (k < n)."
+        )
+        return note
+    need_t, need_s = advice
+    use_t = max(threshold, need_t)
+    use_s = max(need_s, use_t)
+    raised = f" (a threshold above the t={threshold} chosen here)" if use_t > threshold else ""
+    note += (
+        f" For the deterministic guarantee of SPEC.md [SEC-1] against {corrupt} corrupt"
+        f" clients (it needs 2t > k+1+c = {degree + 1 + corrupt} and a quorum of at least"
+        f" max(floor((n+c)/2)+1, n-k+1+c)) use threshold={use_t} and"
+        f" min_survivors={use_s}{raised}."
+    )
+    if n - use_s < dropped:
+        note += (f" WARNING: that quorum leaves room for {n - use_s} missing clients,"
                  f" fewer than the {dropped} dropouts requested: rounds with more abort;"
                  " choose a larger k for active mode")
     return note
