@@ -66,6 +66,7 @@ from securefl.flower.workflow import (
 from securefl.privacy.accounting import AccountantKind, epsilon
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
+from securefl.strictjson import sanitize
 
 __all__ = [
     "EVENTS_FILENAME",
@@ -134,8 +135,9 @@ def run_federation(grid: Grid, context: Context) -> None:
 
     def on_event(fl_round: int, stage: str, detail: dict[str, Any]) -> None:
         with open(events, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"round": fl_round, "stage": stage, "time": time.time(),
-                                     **detail}) + "\n")
+            handle.write(json.dumps(sanitize({"round": fl_round, "stage": stage,
+                                              "time": time.time(), **detail}),
+                                    allow_nan=False) + "\n")
 
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
         mode=mode, threshold=config.threshold,
