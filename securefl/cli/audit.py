@@ -226,7 +226,8 @@ def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    allowed = [np.ndarray, np.dtype, np.core.multiarray._reconstruct]
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct]
     allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64")]
     with torch.serialization.safe_globals(allowed):
         data = torch.load(path, map_location="cpu", weights_only=True)
