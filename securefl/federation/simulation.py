@@ -418,7 +418,7 @@ def run_simulation(
     def ledger_anchor() -> dict[str, Any]:
         # the ledger's last settled round and chain head, which `securefl
         # audit` cross-checks against the ledger
-        return {"round": ledger.settled_round, "head": ledger.head}
+        return {"round": ledger.settled_round, "head": ledger.settled_head}
 
     def ledger_row(client: PrivateClient, round_number: int, status: Participation,
                    steps: int, history: list[HistoryRow], *, entered_sum: bool = False,
@@ -458,6 +458,7 @@ def run_simulation(
             "final": final,
         }
 
+    write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))  # round 0
     for round_number in iterator:
         t0 = time.perf_counter()
         global_params = server.global_parameters()

@@ -285,8 +285,9 @@ class LedgerChain:
         commits: every commit record in file order.
         head: the digest of the last committed record (what the checkpoint
             and metrics record), "" when nothing is committed.
-        torn_tail: the last line has no newline: a write was cut short (a
-            crash mid-write); it is ignored.
+        torn_tail: the last line has no newline: a block's write was cut
+            short (a crash mid-write); that block (its complete rows too, as
+            no commit covers them) is ignored.
         problems: every break of the chain or of the block structure found
             (empty when the ledger verifies).
     """
@@ -336,7 +337,8 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
     in-flight rows and settled blocks none; rounds are settled in order
     1, 2, 3... and a round is in flight at most once, before it settles; no
     row follows the last commit.  A last line without a newline is a torn
-    write and is ignored (``torn_tail``); anything else is a problem.
+    write: it and the rows of its block before it are ignored
+    (``torn_tail``); anything else is a problem.
 
     Raises:
         OSError: when the file cannot be read.
@@ -409,7 +411,7 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
             block = []
         else:
             problems.append(f"{where}: unknown record type {kind!r}")
-    if block:
+    if block and not chain.torn_tail:
         problems.append(f"{len(block)} row(s) after the last commit: the ledger was truncated"
                         " inside a block, or rows were appended without a commit")
     return chain
@@ -477,6 +479,7 @@ class PrivacyLedger:
         self.path = Path(path)
         self._head: str | None = None
         self._settled = 0
+        self._settled_head = ""
         self._rows = 0
 
     @property
@@ -486,8 +489,14 @@ class PrivacyLedger:
 
     @property
     def settled_round(self) -> int:
-        """The last round this writer settled (0 before any)."""
+        """The last settled round (0 before any)."""
         return self._settled
+
+    @property
+    def settled_head(self) -> str:
+        """The digest of the last settled commit ("" before any): the anchor
+        the checkpoint and metrics record with :attr:`settled_round`."""
+        return self._settled_head
 
     def create(self) -> None:
         """Create the file with its header record (fsynced, and the
@@ -511,6 +520,8 @@ class PrivacyLedger:
                                   " refusing to append")
             self._head = chain.head or None
             self._settled = chain.last_settled_round
+            settled = [c.digest for c in chain.commits if c.stage == "settled"]
+            self._settled_head = settled[-1] if settled else ""
             if self._head is None:
                 raise LedgerError(f"{self.path} holds no commit; refusing to append")
             return
@@ -581,6 +592,7 @@ class PrivacyLedger:
                               " that round only")
         self._write_block(round_number, "settled", entries)
         self._settled = int(round_number)
+        self._settled_head = self.head
 
     def append(self, entries: Sequence[LedgerEntry]) -> None:
         """Settle the rounds of ``entries`` in order (a convenience for
