@@ -88,6 +88,8 @@ def test_zero_noise_fails_in_text_and_json(tmp_path: Path,
     # every artefact is strict JSON although every epsilon is infinite
     metrics = _strict((out / "metrics.json").read_text())
     assert metrics["final"]["epsilon_max"] == "inf"
+    rows = [_strict(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    assert {r["epsilon_rdp"] for r in rows if r["type"] == "row"} == {"inf"}
     code, text = _audit(out, capsys)
     assert code == 1
     assert "no noise, infinite epsilon" in text and "infinite by every accountant" in text
