@@ -290,6 +290,8 @@ class LedgerChain:
             no commit covers them) is ignored.
         problems: every break of the chain or of the block structure found
             (empty when the ledger verifies).
+        malformed: the first line that is not a parseable record, if any
+            (reading stopped there; it is also among the problems).
     """
 
     path: Path
@@ -299,6 +301,7 @@ class LedgerChain:
     head: str = ""
     torn_tail: bool = False
     problems: list[str] = field(default_factory=list)
+    malformed: str | None = None
     _committed_rows: int = 0
 
     @property
@@ -364,7 +367,8 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
-            problems.append(f"{where}: not a strict JSON object ({exc})")
+            chain.malformed = f"{where}: not a strict JSON object ({exc})"
+            problems.append(chain.malformed)
             return chain
         try:
             is_canonical = canonical(record) == raw
@@ -387,7 +391,8 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
             try:
                 entry = LedgerEntry.from_record(record)
             except SecureFLError as exc:
-                problems.append(f"{where}: {exc}")
+                chain.malformed = f"{where}: {exc}"
+                problems.append(chain.malformed)
                 return chain
             chain.records.append(entry)
             block.append(entry)
@@ -397,7 +402,8 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
                                 rows=int(record["rows"]), head=str(record["prev"]),
                                 digest=digest, line=number)
             except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"{where}: malformed commit ({exc})")
+                chain.malformed = f"{where}: malformed commit ({exc})"
+                problems.append(chain.malformed)
                 return chain
             problems.extend(_check_block(commit, block, where, in_flight_round,
                                          settled_round))
@@ -624,10 +630,8 @@ def read_ledger(path: str | os.PathLike[str]) -> list[LedgerEntry]:
         SecureFLError: naming the first malformed line.
     """
     chain = load_ledger(path)
-    malformed = [p for p in chain.problems if "not a strict JSON" in p or "valid ledger row" in p
-                 or "malformed" in p]
-    if malformed:
-        raise LedgerError(f"{path}: {malformed[0]}")
+    if chain.malformed is not None:
+        raise LedgerError(f"{path}: {chain.malformed}")
     return chain.effective()
 
 
