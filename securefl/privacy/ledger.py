@@ -221,7 +221,9 @@ class LedgerEntry:
             if data.get("epsilon_rdp", 0.0) is None:
                 data["epsilon_rdp"] = math.nan
             Participation(data["status"])
-            return cls(**data)
+            entry = cls(**data)
+            _check_types(entry)
+            return entry
         except (ValueError, TypeError, KeyError) as exc:
             raise LedgerError(f"not a valid ledger row: {exc}") from None
 
@@ -239,6 +241,39 @@ class LedgerEntry:
         if not isinstance(data, dict):
             raise LedgerError("not a valid ledger row: not a JSON object")
         return cls.from_record(data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_types(entry: LedgerEntry) -> None:
+    """Refuse a row whose fields have the wrong JSON types (ValueError)."""
+    for name in ("round", "client_id", "local_steps", "survivors"):
+        if not _is_int(getattr(entry, name)):
+            raise ValueError(f"{name} must be an integer")
+    for name in ("noise_multiplier", "sample_rate", "delta"):
+        if not _is_number(getattr(entry, name)):
+            raise ValueError(f"{name} must be a number")
+    if entry.epsilon_budget is not None and not _is_number(entry.epsilon_budget):
+        raise ValueError("epsilon_budget must be a number or null")
+    for name in ("entered_sum", "secure_aggregation"):
+        if not isinstance(getattr(entry, name), bool):
+            raise ValueError(f"{name} must be a boolean")
+    for name in ("status", "accountant", "noise_source", "adjacency", "weighting"):
+        if not isinstance(getattr(entry, name), str):
+            raise ValueError(f"{name} must be a string")
+    if entry.dropped_at is not None and not isinstance(entry.dropped_at, str):
+        raise ValueError("dropped_at must be a string or null")
+    history = entry.history
+    if not isinstance(history, list) or not all(
+            isinstance(r, list) and len(r) == 3 and _is_number(r[0]) and _is_number(r[1])
+            and _is_int(r[2]) and r[2] >= 0 for r in history):
+        raise ValueError("history must be a list of [sigma, q, steps] rows")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -283,8 +318,9 @@ class LedgerChain:
         records: every row in file order (in-flight and settled), including
             rows after the last commit.
         commits: every commit record in file order.
-        head: the digest of the last committed record (what the checkpoint
-            and metrics record), "" when nothing is committed.
+        head: the digest of the last commit record ("" when nothing is
+            committed); the checkpoint and metrics record the digest of the
+            last *settled* commit.
         torn_tail: the last line has no newline: a block's write was cut
             short (a crash mid-write); that block (its complete rows too, as
             no commit covers them) is ignored.
@@ -384,7 +420,9 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
         prev = digest
         if number == 1:
             if kind != "header" or record.get("format") != LEDGER_FORMAT:
-                problems.append(f"{where}: not a {LEDGER_FORMAT} header")
+                problems.append(f"{where}: not a {LEDGER_FORMAT} header (a ledger of an"
+                                " older format, without a hash chain, cannot be verified)")
+                return chain
             chain.run_id = str(record.get("run_id", ""))
             continue
         if kind == "row":
