@@ -191,6 +191,10 @@ def test_round_trip_and_malformed_rows(tmp_path: Path) -> None:
         LedgerEntry.from_json('{"round": 2}')
     with pytest.raises(SecureFLError, match="not a valid ledger row"):
         LedgerEntry.from_json(entry.to_json().replace('"inf"', "Infinity"))
+    with pytest.raises(SecureFLError, match="local_steps must be an integer"):
+        LedgerEntry.from_json(entry.to_json().replace('"local_steps": 10', '"local_steps": "10"'))
+    with pytest.raises(SecureFLError, match="history must be"):
+        LedgerEntry.from_json(entry.to_json().replace("[[1.0, 0.1, 30]]", "[[1.0, 0.1]]"))
     path = tmp_path / "bad.jsonl"
     ledger = PrivacyLedger(path)
     ledger.settle_round(1, [_entry(1, 1)])
