@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securefl.errors import LedgerError
+from securefl.errors import LedgerError, SecureFLError
 from securefl.privacy.ledger import (
+    ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
     WEIGHTINGS,
@@ -59,7 +60,29 @@ EXIT_UNREADABLE = 2
 EXIT_NO_BUDGET = 3
 
 _RECORDED = {"opacus-rdp": "epsilon_rdp", "opacus-prv": "epsilon_prv",
-             "dp-accounting-rdp": "epsilon_dpa_rdp", "dp-accounting-pld": "epsilon_dpa_pld"}
+             "dp-accounting-rdp": "epsilon_dpa_rdp", "dp-accounting-pld": "epsilon_dpa_pld",
+             "replace-one-rdp": "epsilon_rdp", "replace-one-pld": "epsilon_dpa_pld"}
+"""The ledger field that records each accountant's epsilon."""
+
+
+def _epsilons_for(adjacency: str, history: list[list[float]],
+                  delta: float) -> dict[str, float] | None:
+    """Every accountant's epsilon of ``history`` under ``adjacency``, or None
+    when this installation cannot compute it (then the row cannot be
+    verified and fails).  Add-or-remove-one: the four
+    :data:`~securefl.privacy.accounting.ACCOUNTANTS`; replace-one: the
+    replace-one RDP bound and the replace-one PLD accountant, where
+    ``securefl.privacy.accounting`` provides them."""
+    from securefl.privacy import accounting
+
+    if adjacency == "add-remove-one":
+        return accounting.epsilons(history, delta)
+    rdp = getattr(accounting, "epsilon_replace_one_rdp", None)
+    pld = getattr(accounting, "epsilon_replace_one_pld", None)
+    if adjacency != "replace-one" or rdp is None or pld is None:
+        return None
+    return {"replace-one-rdp": float(rdp(history, delta)),
+            "replace-one-pld": float(pld(history, delta))}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -110,18 +133,17 @@ def _compose(base: list[list[float]], sigma: float, q: float, steps: int) -> lis
 
 
 def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
-        dict[int, _Client], dict[tuple[str, ...], dict[str, float]]]:
+        dict[int, _Client], dict[tuple[str, ...], dict[str, float] | None]]:
     """Recompute and verify every committed row; return per-client state and
     the epsilons computed per history."""
-    from securefl.privacy.accounting import epsilons
-
-    computed: dict[tuple[str, ...], dict[str, float]] = {}
+    computed: dict[tuple[str, ...], dict[str, float] | None] = {}
     clients: dict[int, _Client] = {}
 
-    def eps_of(history: list[list[float]], delta: float) -> dict[str, float]:
-        key = (repr(history), repr(delta))
+    def eps_of(history: list[list[float]], delta: float,
+               adjacency: str) -> dict[str, float] | None:
+        key = (repr(history), repr(delta), adjacency)
         if key not in computed:
-            computed[key] = epsilons(history, delta)
+            computed[key] = _epsilons_for(adjacency, history, delta)
         return computed[key]
 
     for row in chain.committed:
@@ -136,10 +158,7 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
                       if row.noise_source == "insecure-seeded"
                       else f"unknown noise source (known: {', '.join(NOISE_SOURCES)})")
             violations.append(f"{who}: noise_source {row.noise_source!r}: {detail}")
-        if row.adjacency == "replace-one":
-            violations.append(f"{who}: adjacency 'replace-one' cannot be verified: this"
-                              " audit has no replace-one accountant")
-        elif row.adjacency != "add-remove-one":
+        if row.adjacency not in ADJACENCIES:
             violations.append(f"{who}: unknown adjacency {row.adjacency!r}")
         if row.weighting not in WEIGHTINGS:
             violations.append(f"{who}: unknown weighting {row.weighting!r}")
@@ -192,7 +211,13 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
         if not row.in_flight:
             state.base = recorded_history
         # every epsilon recomputed from the recorded history
-        eps = eps_of(recorded_history, row.delta)
+        computed_eps = eps_of(recorded_history, row.delta, row.adjacency)
+        if computed_eps is None:
+            if row.adjacency in ADJACENCIES:
+                violations.append(f"{who}: adjacency {row.adjacency!r} cannot be verified: this"
+                                  " installation has no accountant for it")
+            continue
+        eps = computed_eps
         infinite = [name for name, value in eps.items() if math.isinf(value)]
         if infinite:
             by = "every accountant" if len(infinite) == len(eps) else ", ".join(infinite)
@@ -334,7 +359,11 @@ def audit_run(path: Path) -> dict[str, Any]:
     violations = list(dict.fromkeys(found))  # each distinct violation once, in order
 
     def eps_of(row: LedgerEntry) -> dict[str, float]:
-        return computed.get((repr(_history(row.history)), repr(row.delta)), {})
+        try:
+            key = (repr(_history(row.history)), repr(row.delta), row.adjacency)
+        except (TypeError, ValueError, IndexError):
+            return {}
+        return computed.get(key) or {}
 
     effective = chain.effective()
     rounds: dict[int, list[LedgerEntry]] = {}
@@ -483,12 +512,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _plot(report: dict[str, Any], path: Path) -> None:
     from securefl.federation.plots import plot_epsilon
-    from securefl.privacy.accounting import epsilon_max
 
     chain = load_ledger(report["ledger"])
     per_client: dict[int, list[tuple[int, float]]] = {}
     for row in chain.effective():
-        value = epsilon_max(row.history, row.delta) if 0 < row.delta < 1 else math.nan
+        try:
+            eps = _epsilons_for(row.adjacency, _history(row.history), row.delta)
+        except (TypeError, ValueError, IndexError, SecureFLError):
+            continue
+        value = max(eps.values(), default=math.nan) if eps else math.nan
         if math.isfinite(value):
             per_client.setdefault(row.client_id, []).append((row.round, value))
     if not per_client:
