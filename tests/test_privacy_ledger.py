@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,24 @@ def test_a_torn_write_is_recognised_and_never_appended_to(tmp_path: Path) -> Non
     with pytest.raises(SecureFLError, match="torn write"):
         PrivacyLedger(ledger.path).append([_entry(2, 1)])
     assert ledger.path.read_bytes().startswith(whole)
+
+
+def test_a_failed_write_is_never_continued(tmp_path: Path, monkeypatch) -> None:
+    ledger = PrivacyLedger(tmp_path / LEDGER_FILENAME)
+    ledger.settle_round(1, [_entry(1, 1)])
+    real_write = os.write
+
+    def half_then_full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("securefl.privacy.ledger.os.write", half_then_full_disk)
+    with pytest.raises(OSError, match="no space"):
+        ledger.settle_round(2, [_entry(2, 1, 2.0)])
+    monkeypatch.undo()
+    assert load_ledger(ledger.path).torn_tail
+    with pytest.raises(SecureFLError, match="torn write"):  # the same writer refuses too
+        ledger.settle_round(2, [_entry(2, 1, 2.0)])
 
 
 @settings(max_examples=40, deadline=None)

@@ -602,6 +602,11 @@ class PrivacyLedger:
                 crash_point("ledger-torn", round_number)
             _write_all(fd, block)
             os.fsync(fd)
+        except BaseException:
+            # part of the block may be on disk: forget the head, so that the
+            # next write re-reads the file and refuses a torn ledger
+            self._head = None
+            raise
         finally:
             os.close(fd)
         self._head = record_digest(commit)
