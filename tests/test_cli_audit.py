@@ -126,6 +126,18 @@ def test_a_round_one_epsilon_divided_by_three_fails(
     assert "round 1, client 1: recorded epsilon" in text and "does not match its history" in text
 
 
+def test_a_nan_recorded_epsilon_fails(run: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def unbounded(recs: list[Record]) -> list[Record]:
+        for row in _rows(recs, round=2):
+            row["epsilon_rdp"] = None  # how the ledger writes NaN
+        return recs
+
+    code, text = _audit(tampered_copy(run, tmp_path / "nan", unbounded), capsys)
+    assert code == 1
+    assert "round 2, client 1: recorded epsilon n/a by opacus-rdp does not match" in text
+
+
 def test_truncation_at_every_line_boundary_fails(run: Path, tmp_path: Path) -> None:
     lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
     assert len(lines) == 17
