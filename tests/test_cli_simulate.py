@@ -41,7 +41,7 @@ def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["audit", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "OK: every client stayed within its budget" in text
+    assert "stayed within its budget by all four accountants" in text
     assert (out / "epsilon_per_round.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["audit", str(out), "--json", "--no-plot"]) == 0
     report = json.loads(capsys.readouterr().out)

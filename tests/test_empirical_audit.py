@@ -32,6 +32,7 @@ from securefl.privacy.empirical import (
     p_value,
     run_canary_audit,
 )
+from tests.ledger_tools import records, write_chained
 
 # -- the bound ----------------------------------------------------------------------
 
@@ -168,7 +169,8 @@ def test_an_honest_run_is_not_flagged(run_dir: Path, tmp_path: Path,
     assert status == 0 and report["violation"] is False
     # the audit retrained exactly what the ledger records, and claims what it claims
     ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
-    last = [row for row in ledger if row["client_id"] == 2][-1]
+    last = [row for row in ledger if row.get("type") == "row" and row["client_id"] == 2
+            and row["status"] != "in-flight"][-1]
     assert report["steps"] == sum(int(h[2]) for h in last["history"])
     assert report["claimed_epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"], rel=1e-9)
     assert report["ledger_epsilon"]["rdp"] == last["epsilon_rdp"]
@@ -248,11 +250,12 @@ def test_a_run_without_noise_has_nothing_to_audit(run_dir: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("checkpoint.pt", "metrics.json"):
         (tmp_path / name).write_bytes((run_dir / name).read_bytes())
-    rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
-    for row in rows:
-        row["noise_multiplier"] = 0.0
-        row["history"] = [[0.0, q, n] for _, q, n in row["history"]]
-    (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = records(run_dir)
+    for rec in recs:
+        if rec.get("type") == "row":
+            rec["noise_multiplier"] = 0.0
+            rec["history"] = [[0.0, q, n] for _, q, n in rec["history"]]
+    write_chained(tmp_path, recs, anchors=False)
     assert main(["audit", "--empirical", str(tmp_path), "--no-plot"]) == 2
     assert "no DP claim to audit" in capsys.readouterr().err
 

@@ -28,6 +28,7 @@ from flower_harness import (
 )
 from flwr.app import ArrayRecord, Context, RecordDict
 
+from securefl.cli.audit import audit_run
 from securefl.errors import AbortError, ConfigurationError
 from securefl.flower import (
     SecureAggregationSettings,
@@ -88,6 +89,13 @@ def test_federation_with_a_dropout_is_exact_and_accounts_as_the_simulator(
     rows = {(r.round, r.client_id): r for r in read_ledger(out / "ledger.jsonl")}
     assert rows[2, 3].dropped_at == "MASKED_INPUT_COLLECTION"
     assert rows[2, 3].status == "dropped" and not rows[2, 3].entered_sum
+    # it died while training: it may have trained, so it is charged its steps
+    assert rows[2, 3].local_steps == rows[1, 3].local_steps > 0
+    assert rows[3, 3].history == [[rows[1, 3].noise_multiplier, rows[1, 3].sample_rate,
+                                   2 * rows[1, 3].local_steps]]
+    audit = audit_run(out)
+    assert audit["verified"], audit["violations"]
+    assert audit["exit_code"] == 3  # verified; this run sets no budget
     assert rows[3, 3].dropped_at == "ADVERTISE_KEYS"
     assert rows[2, 1].status == "included" and rows[2, 1].local_steps > 0
     assert all(STATE_RECORD not in grid.state_of(n).config_records for n in (1000, 1001))

@@ -656,6 +656,8 @@ def _main() -> None:  # pragma: no cover - manual benchmark entry point
     import argparse
     import json
 
+    from securefl.strictjson import sanitize
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--length", type=int, default=100_000)
@@ -730,7 +732,7 @@ def _main() -> None:  # pragma: no cover - manual benchmark entry point
                     "bytes_down_mean": down * 1e3,
                 }
                 with open(args.json, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                    fh.write(json.dumps(sanitize(record), allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,7 @@ from securefl.protocol import Round
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.params import ServerModel, find_graph_parameters
+from securefl.strictjson import sanitize
 
 # Flower's stage names for our dropout stages
 FLOWER_STAGE = {
@@ -252,10 +253,12 @@ def write_results(records: list[Record], machine: dict[str, Any], out: Path,
     """Write ``results.jsonl``, ``results.md`` and ``time_vs_n.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.jsonl").open("w") as fh:
-        fh.write(json.dumps({"machine": machine, "command": command,
-                             "date": time.strftime("%Y-%m-%d")}) + "\n")
+        fh.write(json.dumps(sanitize({"machine": machine, "command": command,
+                                      "date": time.strftime("%Y-%m-%d")}),
+                            allow_nan=False) + "\n")
         for rec in records:
-            fh.write(json.dumps({**asdict(rec), "flower_over_securefl": rec.ratio()}) + "\n")
+            fh.write(json.dumps(sanitize({**asdict(rec), "flower_over_securefl": rec.ratio()}),
+                                allow_nan=False) + "\n")
     (out / "results.md").write_text(markdown_table(records, machine, command))
     plot(records, out / "time_vs_n.png")
 

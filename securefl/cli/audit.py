@@ -1,13 +1,26 @@
-"""``securefl audit RUN_DIR``: check a run's privacy ledger.
+"""``securefl audit RUN_DIR``: verify a run's privacy ledger.
 
-Prints, per round, the largest and the median client epsilon, how many
-clients were over their budget and how many updates entered the sum; then,
-per client, its final epsilon as recorded (Opacus RDP and PRV), as recomputed
-from its recorded history with Opacus, and as computed independently by
-Google's dp-accounting.  Writes epsilon_per_round.png next to the ledger.
+Verifies the ledger's hash chain and its per-round commits, cross-checks its
+last settled round and chain head against checkpoint.pt and metrics.json,
+and recomputes the epsilon of EVERY row from its recorded history with four
+accountants (Opacus RDP and PRV, dp-accounting RDP and PLD).  A row fails
+when its history does not follow from the client's earlier rows, a recorded
+epsilon differs from the recomputed one, an epsilon is infinite or NaN, a
+step was taken without noise, its noise was not drawn from the OS CSPRNG, its
+adjacency cannot be verified, or any accountant exceeds its budget.  An
+in-flight row that no settled row supersedes is charged in full.  Prints
+per round and per client, and writes epsilon_per_round.png.
 
-Exit status: 0 when every client stayed within its budget and every recorded
-epsilon matches its history; 1 otherwise; 2 when the ledger cannot be read.
+Exit status:
+  0  verified: every row recomputes, the chain and the cross-checks hold,
+     every client stayed within its budget by all four accountants
+  1  FAIL: a violation (budget exceeded by any accountant, infinite or NaN
+     epsilon, zero noise, insecure noise source, unverifiable adjacency) or
+     tampering (broken chain, missing commit, truncation, a ledger ahead of
+     or behind the checkpoint or metrics, a recorded epsilon or history that
+     does not recompute)
+  2  usage error, or the ledger cannot be read
+  3  verified, but no privacy budget was set: nothing bounds the spend
 """
 
 from __future__ import annotations
@@ -16,206 +29,509 @@ import argparse
 import json
 import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from securefl.cli.audit_empirical import add_arguments as add_empirical_arguments
 from securefl.cli.audit_empirical import run_empirical
-from securefl.errors import LedgerError
-from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, entries_by_client, read_ledger
-from securefl.privacy.options import AccountantKind
+from securefl.errors import LedgerError, SecureFLError
+from securefl.privacy.ledger import (
+    ADJACENCIES,
+    LEDGER_FILENAME,
+    NOISE_SOURCES,
+    WEIGHTINGS,
+    LedgerChain,
+    LedgerEntry,
+    load_ledger,
+)
 
 PLOT_NAME = "epsilon_per_round.png"
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
 RECOMPUTE_TOLERANCE = 1e-6
 """Relative difference allowed between a recorded epsilon and the epsilon
 recomputed from the recorded history with the same accountant."""
-CROSS_CHECK_TOLERANCE = 0.05
-"""Relative difference between Opacus RDP and dp-accounting RDP beyond which
-the audit warns (their RDP orders differ slightly; they agree to about 1%)."""
+
+MAX_PRINTED = 20
+"""Violations printed in the text report (``--json`` lists all)."""
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_UNREADABLE = 2
+EXIT_NO_BUDGET = 3
+
+_RECORDED = {"opacus-rdp": "epsilon_rdp", "opacus-prv": "epsilon_prv",
+             "dp-accounting-rdp": "epsilon_dpa_rdp", "dp-accounting-pld": "epsilon_dpa_pld",
+             "replace-one-rdp": "epsilon_rdp", "replace-one-pld": "epsilon_dpa_pld"}
+"""The ledger field that records each accountant's epsilon."""
+
+
+def _epsilons_for(adjacency: str, history: list[list[float]],
+                  delta: float) -> dict[str, float] | None:
+    """Every accountant's epsilon of ``history`` under ``adjacency``, or None
+    when this installation cannot compute it (then the row cannot be
+    verified and fails).  Add-or-remove-one: the four
+    :data:`~securefl.privacy.accounting.ACCOUNTANTS`; replace-one: the
+    replace-one RDP bound and the replace-one PLD accountant, where
+    ``securefl.privacy.accounting`` provides them."""
+    from securefl.privacy import accounting
+
+    if adjacency == "add-remove-one":
+        return accounting.epsilons(history, delta)
+    rdp = getattr(accounting, "epsilon_replace_one_rdp", None)
+    pld = getattr(accounting, "epsilon_replace_one_pld", None)
+    if adjacency != "replace-one" or rdp is None or pld is None:
+        return None
+    return {"replace-one-rdp": float(rdp(history, delta)),
+            "replace-one-pld": float(pld(history, delta))}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``audit`` sub-command."""
-    p = sub.add_parser("audit", help="audit a run's privacy ledger", description=__doc__,
+    p = sub.add_parser("audit", help="verify a run's privacy ledger", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                   help=f"a run directory holding {LEDGER_FILENAME} (or the ledger file)")
-    p.add_argument("--json", action="store_true", help="print the audit as JSON")
-    p.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+                   help=f"a run directory holding {LEDGER_FILENAME}, {CHECKPOINT_NAME} and"
+                        f" {METRICS_NAME} (or a ledger file alone: then not cross-checked)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the audit as strict JSON")
+    out.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
     add_empirical_arguments(p)
     p.set_defaults(func=run)
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value:.3f}"
+    if value == "inf" or (isinstance(value, float) and math.isinf(value)):
+        return "inf"
+    return f"{float(value):.3f}"
 
 
 def _json_number(value: float | None) -> float | str | None:
+    """Strict JSON: ``"inf"`` for infinity, null for NaN or None."""
     if value is None or math.isnan(value):
         return None
     return value if math.isfinite(value) else "inf"
 
 
-def audit_ledger(entries: list[LedgerEntry]) -> dict[str, Any]:
-    """Audit ledger rows: per-round summary, per-client final epsilons with
-    the Opacus recomputation and the dp-accounting cross-check.
+@dataclass
+class _Client:
+    base: list[list[float]] = field(default_factory=list)
+    pending: LedgerEntry | None = None
+    budgets: set[float | None] = field(default_factory=set)
+    rows: list[LedgerEntry] = field(default_factory=list)
+    charged_in_flight: int = 0
+
+
+def _history(rows: Any) -> list[list[float]]:
+    return [[float(r[0]), float(r[1]), int(r[2])] for r in rows]
+
+
+def _compose(base: list[list[float]], sigma: float, q: float, steps: int) -> list[list[float]]:
+    from securefl.privacy.budget import compose
+
+    return _history(compose([tuple(r) for r in base], [(sigma, q, steps)]))  # type: ignore[misc]
+
+
+def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
+        dict[int, _Client], dict[tuple[str, ...], dict[str, float] | None]]:
+    """Recompute and verify every committed row; return per-client state and
+    the epsilons computed per history."""
+    computed: dict[tuple[str, ...], dict[str, float] | None] = {}
+    clients: dict[int, _Client] = {}
+
+    def eps_of(history: list[list[float]], delta: float,
+               adjacency: str) -> dict[str, float] | None:
+        key = (repr(history), repr(delta), adjacency)
+        if key not in computed:
+            computed[key] = _epsilons_for(adjacency, history, delta)
+        return computed[key]
+
+    for row in chain.committed:
+        who = f"round {row.round}, client {row.client_id}" + (
+            " (in-flight row)" if row.in_flight else "")
+        state = clients.setdefault(row.client_id, _Client())
+        state.rows.append(row)
+        state.budgets.add(row.epsilon_budget)
+        if row.noise_source != "os-csprng":
+            detail = ("noise and sampling from a seeded generator: whoever knows the seed"
+                      " regenerates the noise, so there is no privacy against the server"
+                      if row.noise_source == "insecure-seeded"
+                      else f"unknown noise source (known: {', '.join(NOISE_SOURCES)})")
+            violations.append(f"{who}: noise_source {row.noise_source!r}: {detail}")
+        if row.adjacency not in ADJACENCIES:
+            violations.append(f"{who}: unknown adjacency {row.adjacency!r}")
+        if row.weighting not in WEIGHTINGS:
+            violations.append(f"{who}: unknown weighting {row.weighting!r}")
+        if not 0.0 < row.delta < 1.0:
+            violations.append(f"{who}: delta {row.delta!r} is not in (0, 1)")
+            continue
+        if row.local_steps < 0:
+            violations.append(f"{who}: negative local_steps {row.local_steps}")
+            continue
+        if row.local_steps > 0 and not row.noise_multiplier > 0:
+            violations.append(f"{who}: {row.local_steps} steps with noise multiplier"
+                              f" {row.noise_multiplier}: no noise, infinite epsilon")
+        # the history must follow from the client's earlier rows
+        if row.in_flight:
+            if state.pending is not None and state.pending.round != row.round:
+                state.base = _history(state.pending.history)  # never settled: charged
+                state.charged_in_flight += state.pending.local_steps
+            expected = _compose(state.base, row.noise_multiplier, row.sample_rate,
+                                row.local_steps)
+            state.pending = row
+        else:
+            pending = state.pending
+            if pending is not None and pending.round != row.round:
+                state.base = _history(pending.history)
+                state.charged_in_flight += pending.local_steps
+                pending = None
+            if row.local_steps > 0 and pending is None:
+                violations.append(f"{who}: trained {row.local_steps} steps without an"
+                                  " in-flight row before it (the spend was not durable"
+                                  " before training)")
+            if pending is not None and (
+                    row.local_steps > pending.local_steps
+                    or (row.local_steps > 0 and (row.noise_multiplier, row.sample_rate)
+                        != (pending.noise_multiplier, pending.sample_rate))):
+                violations.append(f"{who}: settled {row.local_steps} steps at sigma"
+                                  f" {row.noise_multiplier}, q {row.sample_rate}; its in-flight"
+                                  f" row charged {pending.local_steps} at sigma"
+                                  f" {pending.noise_multiplier}, q {pending.sample_rate}")
+            expected = _compose(state.base, row.noise_multiplier, row.sample_rate,
+                                row.local_steps)
+            state.pending = None
+        try:
+            recorded_history = _history(row.history)
+        except (TypeError, ValueError, IndexError):
+            violations.append(f"{who}: malformed history")
+            continue
+        if recorded_history != expected:
+            violations.append(f"{who}: recorded history {recorded_history} does not follow from"
+                              f" the client's earlier rows and this round's steps ({expected})")
+        if not row.in_flight:
+            state.base = recorded_history
+        # every epsilon recomputed from the recorded history
+        computed_eps = eps_of(recorded_history, row.delta, row.adjacency)
+        if computed_eps is None:
+            if row.adjacency in ADJACENCIES:
+                violations.append(f"{who}: adjacency {row.adjacency!r} cannot be verified: this"
+                                  " installation has no accountant for it")
+            continue
+        eps = computed_eps
+        infinite = [name for name, value in eps.items() if math.isinf(value)]
+        if infinite:
+            by = "every accountant" if len(infinite) == len(eps) else ", ".join(infinite)
+            violations.append(f"{who}: epsilon is infinite by {by}")
+        for name, value in eps.items():
+            if math.isnan(value):
+                violations.append(f"{who}: {name} cannot bound this history (NaN epsilon)")
+            recorded = getattr(row, _RECORDED[name])
+            if recorded is not None and not (
+                    recorded == value or math.isclose(recorded, value,
+                                                      rel_tol=RECOMPUTE_TOLERANCE,
+                                                      abs_tol=1e-9)):
+                violations.append(f"{who}: recorded epsilon {_fmt(recorded)} by {name} does"
+                                  f" not match its history ({_fmt(value)})")
+            if (row.epsilon_budget is not None and math.isfinite(value)
+                    and not value <= row.epsilon_budget):
+                violations.append(f"{who}: epsilon {value:.4f} by {name} exceeds the budget"
+                                  f" {row.epsilon_budget:g}")
+    for state in clients.values():
+        if state.pending is not None:
+            state.charged_in_flight += state.pending.local_steps
+        if len(state.budgets) > 1:
+            violations.append(f"client {state.rows[0].client_id}: its rows disagree on its"
+                              f" budget ({sorted(state.budgets, key=str)})")
+    return clients, computed
+
+
+def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
+    """The round and ledger anchor of a checkpoint, loaded with torch's
+    ``weights_only`` unpickler (a checkpoint is untrusted input)."""
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64")]
+    with torch.serialization.safe_globals(allowed):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    extra = data.get("extra") or {}
+    return {"round": int(data["round"]), "ledger": extra.get("ledger")}
+
+
+def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
+                 notes: list[str]) -> dict[str, Any]:
+    """Ledger versus checkpoint and metrics: the last settled round and the
+    chain head at it must agree."""
+    ledger_round = chain.last_settled_round
+    heads = {c.round: c.digest for c in chain.commits if c.stage == "settled"}
+    result: dict[str, Any] = {"ledger_round": ledger_round, "checkpoint_round": None,
+                              "metrics_round": None}
+
+    def anchored(source: str, anchor: Any, round_number: int) -> None:
+        if not isinstance(anchor, dict):
+            violations.append(f"{source} records no ledger anchor")
+            return
+        if anchor.get("round") != round_number:
+            violations.append(f"{source} anchors ledger round {anchor.get('round')}, its own"
+                              f" round is {round_number}")
+        expected = heads.get(round_number, "") if round_number else ""
+        if anchor.get("head") != expected:
+            violations.append(f"{source} records ledger head {anchor.get('head')!r} at round"
+                              f" {round_number}; the ledger's is {expected!r} (the ledger was"
+                              " rewritten)")
+
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        violations.append(f"no {CHECKPOINT_NAME} in {run_dir}: the ledger cannot be"
+                          " cross-checked")
+    else:
+        try:
+            ck = _load_checkpoint_anchor(checkpoint)
+        except Exception as exc:  # any unpickling failure: untrusted, unreadable
+            violations.append(f"{checkpoint} cannot be read safely: {type(exc).__name__}")
+        else:
+            result["checkpoint_round"] = ck["round"]
+            if ck["round"] != ledger_round:
+                side = "ahead of" if ledger_round > ck["round"] else "behind"
+                violations.append(f"the ledger's last settled round {ledger_round} is {side} the"
+                                  f" checkpoint's round {ck['round']}")
+            else:
+                anchored("checkpoint", ck["ledger"], ck["round"])
+    metrics_path = run_dir / METRICS_NAME
+    if not metrics_path.exists():
+        violations.append(f"no {METRICS_NAME} in {run_dir}: the ledger cannot be cross-checked")
+    else:
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            rounds = metrics.get("rounds") or []
+            metrics_round = int(rounds[-1]["round"]) if rounds else 0
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            violations.append(f"{metrics_path} cannot be read: {exc}")
+        else:
+            result["metrics_round"] = metrics_round
+            if metrics_round != ledger_round:
+                side = "ahead of" if ledger_round > metrics_round else "behind"
+                violations.append(f"the ledger's last settled round {ledger_round} is {side} the"
+                                  f" last round in {METRICS_NAME} ({metrics_round})")
+            else:
+                anchored(METRICS_NAME, metrics.get("ledger"), metrics_round)
+            if metrics.get("final") is None:
+                notes.append(f"{METRICS_NAME} has no final block: the run did not finish"
+                             " (killed, or still running); unsettled in-flight rows are"
+                             " charged in full")
+    return result
+
+
+def audit_run(path: Path) -> dict[str, Any]:
+    """Audit a run directory (or a ledger file alone, without cross-checks).
 
     Returns:
-        a JSON-ready dict with ``rounds``, ``clients``, ``over_budget`` (ids),
-        ``inconsistent`` (ids whose recorded epsilon does not match their
-        history) and ``ok``.
+        a strict-JSON-ready dict: ``chain`` (its problems), ``cross_check``,
+        ``rounds``, ``clients`` (every accountant's epsilon, recomputed),
+        ``violations`` (each naming the round, client and rule), ``notes``,
+        ``no_budget``, ``verified`` (no violation), ``ok`` (exit code 0),
+        ``exit_code`` and ``verdict``.
 
     Raises:
-        SecureFLError: when there are no rows.
+        LedgerError: when there is no ledger.
+        OSError: when it cannot be read.
     """
-    # imported here: Opacus and dp-accounting are heavy, the parser must not be
-    from securefl.privacy.accounting import epsilon, epsilon_dp_accounting
+    ledger = path / LEDGER_FILENAME if path.is_dir() else path
+    if not ledger.exists():
+        raise LedgerError(f"no ledger at {ledger}")
+    chain = load_ledger(ledger)
+    found: list[str] = [f"ledger chain: {p}" for p in chain.problems]
+    notes: list[str] = []
+    if chain.torn_tail:
+        notes.append("the last line is a torn write (the process was killed mid-write);"
+                     " it is ignored, and the in-flight rows before it are charged")
+    clients_state, computed = _verify_rows(chain, found)
+    if path.is_dir():
+        cross = _cross_check(chain, path, found, notes)
+    else:
+        cross = {"skipped": "a ledger file was given, not a run directory"}
+        notes.append("not cross-checked against a checkpoint and metrics: give the run"
+                     " directory to have it")
+    if not chain.committed:
+        found.append("the ledger commits no row")
+    violations = list(dict.fromkeys(found))  # each distinct violation once, in order
 
-    if not entries:
-        raise LedgerError("the ledger is empty: no round has been recorded")
+    def eps_of(row: LedgerEntry) -> dict[str, float]:
+        try:
+            key = (repr(_history(row.history)), repr(row.delta), row.adjacency)
+        except (TypeError, ValueError, IndexError):
+            return {}
+        return computed.get(key) or {}
+
+    effective = chain.effective()
     rounds: dict[int, list[LedgerEntry]] = {}
-    for entry in entries:
-        rounds.setdefault(entry.round, []).append(entry)
+    for row in effective:
+        rounds.setdefault(row.round, []).append(row)
     round_rows = []
     for number in sorted(rounds):
         rows = rounds[number]
-        eps = [r.epsilon for r in rows]
-        prv = [r.epsilon_prv for r in rows if r.epsilon_prv is not None]
+        maxima = [max(eps_of(r).values(), default=math.nan) for r in rows]
+        finite = [m for m in maxima if not math.isnan(m)]
         round_rows.append({
             "round": number,
-            "epsilon_max": max(eps),
-            "epsilon_median": statistics.median(eps),
-            "epsilon_max_prv": max(prv) if prv else None,
-            "clients_over_budget": sorted(r.client_id for r in rows if r.over_budget),
+            "epsilon_max": _json_number(max(finite) if finite else math.nan),
+            "epsilon_median": _json_number(statistics.median(finite) if finite else math.nan),
             "survivors": max(r.survivors for r in rows),
             "trained": sum(1 for r in rows if r.local_steps > 0),
             "entered_sum": sum(1 for r in rows if r.entered_sum),
             "aborted": any(r.status == "round-aborted" for r in rows),
             "refused": sum(1 for r in rows if r.status == "refused-budget"),
+            "in_flight": sum(1 for r in rows if r.in_flight),
         })
     clients = []
-    over_budget: list[int] = []
-    inconsistent: list[int] = []
-    warnings: list[str] = []
-    for cid, rows in sorted(entries_by_client(entries).items()):
-        last = rows[-1]
-        history = [tuple(h) for h in last.history]
-        steps_recorded = sum(r.local_steps for r in rows)
-        steps_history = sum(int(h[2]) for h in history)
-        recomputed_rdp = epsilon(history, last.delta, AccountantKind.RDP)
-        recomputed_prv = epsilon(history, last.delta, AccountantKind.PRV)
-        independent = epsilon_dp_accounting(history, last.delta)
-        consistent = math.isclose(recomputed_rdp, last.epsilon_rdp,
-                                  rel_tol=RECOMPUTE_TOLERANCE, abs_tol=1e-9)
-        if last.epsilon_prv is not None and not math.isnan(recomputed_prv):
-            consistent = consistent and math.isclose(recomputed_prv, last.epsilon_prv,
-                                                     rel_tol=RECOMPUTE_TOLERANCE, abs_tol=1e-9)
-        consistent = consistent and steps_recorded == steps_history
-        if not consistent:
-            inconsistent.append(cid)
+    budgets: set[float] = set()
+    for cid in sorted(clients_state):
+        state = clients_state[cid]
+        mine = [r for r in effective if r.client_id == cid]
+        last = mine[-1] if mine else state.rows[-1]
+        eps = eps_of(last)
         budget = last.epsilon_budget
-        final_eps = recomputed_prv if last.accountant == "prv" else recomputed_rdp
-        exceeded = any(r.over_budget for r in rows) or (
-            budget is not None and not final_eps <= budget)
-        if exceeded:
-            over_budget.append(cid)
-        if recomputed_rdp > 0 and abs(independent - recomputed_rdp) > (
-                CROSS_CHECK_TOLERANCE * recomputed_rdp):
-            warnings.append(f"client {cid}: Opacus RDP {recomputed_rdp:.3f} and dp-accounting"
-                            f" {independent:.3f} differ by more than 5%")
+        if budget is not None:
+            budgets.add(budget)
+        over = [name for name, v in eps.items() if budget is not None and not v <= budget]
         clients.append({
             "client_id": cid,
-            "rounds_trained": sum(1 for r in rows if r.local_steps > 0),
-            "rounds_in_sum": sum(1 for r in rows if r.entered_sum),
-            "steps": steps_history,
+            "rounds_trained": sum(1 for r in mine if r.local_steps > 0),
+            "rounds_in_sum": sum(1 for r in mine if r.entered_sum),
+            "steps": sum(int(h[2]) for h in last.history),
+            "steps_in_flight_charged": state.charged_in_flight,
             "delta": last.delta,
-            "epsilon_rdp": _json_number(last.epsilon_rdp),
-            "epsilon_prv": _json_number(last.epsilon_prv),
-            "epsilon_rdp_recomputed": _json_number(recomputed_rdp),
-            "epsilon_dp_accounting": _json_number(independent),
+            "epsilon": {name: _json_number(v) for name, v in eps.items()},
+            "epsilon_max": _json_number(max(eps.values(), default=math.nan)),
             "epsilon_budget": budget,
-            "over_budget": exceeded,
-            "consistent": consistent,
+            "over_budget_by": over,
         })
+    no_budget = bool(clients) and not budgets
+    ok = not violations
+    if not ok:
+        code, verdict = EXIT_FAIL, f"FAIL: {len(violations)} violation(s)"
+    elif no_budget:
+        code = EXIT_NO_BUDGET
+        worst = max((c["epsilon_max"] for c in clients if isinstance(c["epsilon_max"], float)),
+                    default=None)
+        verdict = ("NO BUDGET: the ledger verifies, but no client had a privacy budget, so"
+                   f" nothing bounds the spend (max epsilon {_fmt(worst)} by the loosest of"
+                   " the four accountants)")
+    else:
+        code = EXIT_OK
+        verdict = ("OK: the chain and the cross-checks hold, every row recomputes, and every"
+                   " client stayed within its budget by all four accountants")
     return {
-        "ledger_rows": len(entries),
-        "rounds": [{k: _json_number(v) if isinstance(v, float) else v for k, v in r.items()}
-                   for r in round_rows],
+        "ledger": str(ledger),
+        "run_id": chain.run_id,
+        "head": chain.head,
+        "ledger_rows": len(chain.records),
+        "chain": {"ok": chain.ok, "problems": chain.problems, "torn_tail": chain.torn_tail,
+                  "commits": len(chain.commits)},
+        "cross_check": cross,
+        "rounds": round_rows,
         "clients": clients,
-        "over_budget": over_budget,
-        "inconsistent": inconsistent,
-        "warnings": warnings,
-        "ok": not over_budget and not inconsistent,
+        "violations": violations,
+        "notes": notes,
+        "no_budget": no_budget,
+        "verified": ok,
+        "ok": code == EXIT_OK,
+        "exit_code": code,
+        "verdict": verdict,
     }
 
 
-def _print_report(report: dict[str, Any], ledger: Path) -> None:
-    print(f"privacy audit of {ledger} ({report['ledger_rows']} rows)")
+def _print_report(report: dict[str, Any]) -> None:
+    print(f"privacy audit of {report['ledger']} ({report['ledger_rows']} rows,"
+          f" {report['chain']['commits']} commits, head {report['head'][:16] or '-'})")
     print()
-    print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'max prv':>7}  {'over budget':>11}"
-          f"  {'survivors':>9}  {'trained':>7}  note")
+    print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'survivors':>9}  {'trained':>7}  note")
     for r in report["rounds"]:
-        note = "aborted" if r["aborted"] else ""
+        notes = []
+        if r["aborted"]:
+            notes.append("aborted")
         if r["refused"]:
-            note += f" {r['refused']} refused (budget)"
+            notes.append(f"{r['refused']} refused (budget)")
+        if r["in_flight"]:
+            notes.append(f"{r['in_flight']} in flight, never settled: charged in full")
         print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
-              f"  {_fmt(r['epsilon_max_prv']):>7}  {len(r['clients_over_budget']):>11}"
-              f"  {r['survivors']:>9}  {r['trained']:>7}  {note.strip()}")
+              f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
     print()
-    print(f"{'client':>6}  {'eps rdp':>8}  {'eps prv':>8}  {'dp-acct':>8}  {'budget':>7}"
-          f"  {'in sum':>6}  {'steps':>5}  status")
+    print(f"{'client':>6}  {'op-rdp':>7}  {'op-prv':>7}  {'dpa-rdp':>7}  {'dpa-pld':>7}"
+          f"  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
     for c in report["clients"]:
-        status = "OVER BUDGET" if c["over_budget"] else "ok"
-        if not c["consistent"]:
-            status += ", RECORDED EPSILON DOES NOT MATCH ITS HISTORY"
+        e = c["epsilon"]
+        status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
+            else "ok"
+        if any(v is None or v == "inf" for v in e.values()):
+            status = "INFINITE OR UNBOUNDED EPSILON"
         budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
         in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
-        print(f"{c['client_id']:>6}  {_fmt(c['epsilon_rdp']):>8}  {_fmt(c['epsilon_prv']):>8}"
-              f"  {_fmt(c['epsilon_dp_accounting']):>8}  {budget:>7}  {in_sum:>6}"
+        print(f"{c['client_id']:>6}  {_fmt(e.get('opacus-rdp')):>7}"
+              f"  {_fmt(e.get('opacus-prv')):>7}  {_fmt(e.get('dp-accounting-rdp')):>7}"
+              f"  {_fmt(e.get('dp-accounting-pld')):>7}  {budget:>7}  {in_sum:>6}"
               f"  {c['steps']:>5}  {status}")
     print()
-    delta = report["clients"][0]["delta"] if report["clients"] else float("nan")
-    print(f"epsilons at delta {delta:g}; 'in sum' = rounds whose sum included the client /"
+    delta = report["clients"][0]["delta"] if report["clients"] else math.nan
+    print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
+          " (add-or-remove-one); 'in sum' = rounds whose sum included the client /"
           " rounds it trained in (every trained round spends privacy)")
-    for warning in report["warnings"]:
-        print(f"warning: {warning}")
-    if report["ok"]:
-        print("OK: every client stayed within its budget; every recorded epsilon matches"
-              " its history (Opacus) and dp-accounting agrees")
-    else:
-        if report["over_budget"]:
-            print(f"FAIL: clients over budget: {report['over_budget']}")
-        if report["inconsistent"]:
-            print(f"FAIL: clients whose recorded epsilon does not match: {report['inconsistent']}")
+    cross = report["cross_check"]
+    if "skipped" not in cross:
+        print(f"ledger settled through round {cross['ledger_round']}; checkpoint round"
+              f" {cross['checkpoint_round']}; metrics round {cross['metrics_round']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    shown = report["violations"][:MAX_PRINTED]
+    for violation in shown:
+        print(f"violation: {violation}")
+    if len(report["violations"]) > len(shown):
+        print(f"... and {len(report['violations']) - len(shown)} more violations (--json lists"
+              " all)")
+    print(report["verdict"])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Audit the ledger; 0 if every client is within budget and consistent."""
+    """Audit a run; the exit status is documented in the module docstring."""
     if args.empirical:
         return run_empirical(args)
-    path: Path = args.run_dir
-    ledger = path / LEDGER_FILENAME if path.is_dir() else path
-    if not ledger.exists():
-        raise LedgerError(f"no ledger at {ledger}")
-    entries = read_ledger(ledger)
-    report = audit_ledger(entries)
+    try:
+        report = audit_run(args.run_dir)
+    except OSError as exc:
+        raise LedgerError(f"cannot read the run at {args.run_dir}: {exc}") from None
     if not args.no_plot:
-        from securefl.federation.plots import plot_epsilon
-
-        per_client: dict[int, list[tuple[int, float]]] = {}
-        for entry in entries:
-            per_client.setdefault(entry.client_id, []).append((entry.round, entry.epsilon))
-        budgets = {e.epsilon_budget for e in entries if e.epsilon_budget is not None}
-        plot_path = ledger.parent / PLOT_NAME
-        plot_epsilon(plot_path, per_client, budget=min(budgets) if budgets else None,
-                     title=f"epsilon per round (delta {entries[0].delta:g})")
-        report["plot"] = str(plot_path)
+        _plot(report, Path(report["ledger"]).parent / PLOT_NAME)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     else:
-        _print_report(report, ledger)
+        _print_report(report)
         if "plot" in report:
             print(f"wrote {report['plot']}")
-    return 0 if report["ok"] else 1
+    return int(report["exit_code"])
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    from securefl.federation.plots import plot_epsilon
+
+    chain = load_ledger(report["ledger"])
+    per_client: dict[int, list[tuple[int, float]]] = {}
+    for row in chain.effective():
+        try:
+            eps = _epsilons_for(row.adjacency, _history(row.history), row.delta)
+        except (TypeError, ValueError, IndexError, SecureFLError):
+            continue
+        value = max(eps.values(), default=math.nan) if eps else math.nan
+        if math.isfinite(value):
+            per_client.setdefault(row.client_id, []).append((row.round, value))
+    if not per_client:
+        return
+    budgets = [c["epsilon_budget"] for c in report["clients"] if c["epsilon_budget"] is not None]
+    delta = report["clients"][0]["delta"] if report["clients"] else math.nan
+    plot_epsilon(path, per_client, budget=min(budgets) if budgets else None,
+                 title=f"epsilon per round, max of four accountants (delta {delta:g})")
+    report["plot"] = str(path)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from securefl.protocol import Round
+from securefl.strictjson import sanitize
 
 
 def _ints(text: str) -> list[int]:
@@ -62,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "targets.md").write_text(suite.targets_markdown(targets, command))
         with (args.out / "targets.json").open("w") as fh:
-            json.dump({"command": command, "machine": machine,
-                       "targets": [dataclasses.asdict(t) for t in targets]}, fh, indent=1)
+            json.dump(sanitize({"command": command, "machine": machine,
+                                "targets": [dataclasses.asdict(t) for t in targets]}),
+                      fh, indent=1, allow_nan=False)
         print("\n" + suite.targets_markdown(targets, command))
         print(f"wrote {args.out}/targets.md and targets.json")
         return 0

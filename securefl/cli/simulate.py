@@ -215,9 +215,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"final test accuracy {final['accuracy']:.3f} (loss {final['loss']:.3f})"
           f" after {final['rounds_completed']} completed and {final['rounds_aborted']}"
           " aborted rounds")
+    pld = final.get("epsilon_max_pld")
     print(f"max client epsilon at delta {final['delta']:g}: {final['epsilon_max']:.3f} (Opacus"
           f" RDP), {prv if prv is None else format(prv, '.3f')} (Opacus PRV),"
-          f" {final['epsilon_max_dp_accounting']:.3f} (dp-accounting RDP)")
+          f" {final['epsilon_max_dp_accounting']:.3f} (dp-accounting RDP),"
+          f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")
     survivors = final["survivors_per_round"]
     print(f"survivors per round: {survivors} (mean {sum(survivors) / len(survivors):.1f});"
           f" dropouts injected: {sum(final['dropped_per_round'])};"

@@ -69,7 +69,7 @@ def graph_from_text(text: str) -> NeighbourGraph:
 
 def dump(data: Any) -> str:
     """Canonical JSON text of a vector file (stable across regenerations)."""
-    return json.dumps(data, indent=1, ensure_ascii=True) + "\n"
+    return json.dumps(data, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
 
 
 def load(path: Path) -> Any:

@@ -93,7 +93,7 @@ def write_json(path: Path, results: Sequence[CaseResult], target: Target) -> Non
                    "title": r.case.title, "outcome": r.outcome.value, "detail": r.detail,
                    "seconds": round(r.seconds, 6)} for r in results],
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def write_junit(path: Path, results: Sequence[CaseResult], target: Target) -> None:

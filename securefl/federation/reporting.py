@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.privacy.accounting import (
+    AccountantKind,
+    epsilon,
+    epsilon_dp_accounting,
+    epsilon_pld,
+)
+from securefl.strictjson import sanitize
 
 
 class _Evaluation(Protocol):
@@ -33,21 +39,38 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file, fsync and
-    ``os.replace``: readers see the old file or the new one, never half."""
+    """Write ``data`` as strict JSON (non-finite floats as documented in
+    :mod:`securefl.strictjson`) to ``path`` through a temporary file, fsync,
+    ``os.replace`` and a directory fsync: readers see the old file or the
+    new one, never half."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, allow_nan=True)
+        json.dump(sanitize(data), handle, indent=2, allow_nan=False)
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def client_summary(client_id: int, history: Sequence[tuple[float, float, int]], delta: float,
                    **fields: Any) -> dict[str, Any]:
     """One client's final privacy figures from its ``(sigma, q, steps)``
-    history: epsilon by Opacus RDP and PRV and by ``dp-accounting``, plus any
+    history: epsilon by Opacus RDP and PRV and by ``dp-accounting``'s RDP
+    (``epsilon_dp_accounting``) and PLD (``epsilon_pld``), plus any
     extra ``fields`` (example count, noise multiplier, budget...)."""
     return {
         "client_id": client_id,
@@ -56,6 +79,7 @@ def client_summary(client_id: int, history: Sequence[tuple[float, float, int]], 
         "epsilon_rdp": epsilon(history, delta, AccountantKind.RDP),
         "epsilon_prv": finite_or_none(epsilon(history, delta, AccountantKind.PRV)),
         "epsilon_dp_accounting": epsilon_dp_accounting(history, delta) if history else 0.0,
+        "epsilon_pld": finite_or_none(epsilon_pld(history, delta)),
     }
 
 
@@ -72,6 +96,9 @@ def final_metrics(last_eval: _Evaluation, clients: Sequence[dict[str, Any]],
             (c["epsilon_prv"] for c in clients if c["epsilon_prv"] is not None),
             default=math.nan)),
         "epsilon_max_dp_accounting": max(c["epsilon_dp_accounting"] for c in clients),
+        "epsilon_max_pld": finite_or_none(max(
+            (c["epsilon_pld"] for c in clients if c["epsilon_pld"] is not None),
+            default=math.nan)),
         "delta": delta,
         "accountant": accountant,
         "rounds_completed": completed,

@@ -12,13 +12,17 @@ Every round:
 3. the injected dropouts (each client drops with probability ``dropout`` at a
    protocol round drawn uniformly) are passed to secure aggregation, which
    returns the sum of the survivors' updates or aborts;
-4. on success: the server applies the average with its optimizer, the
-   ledger gets one row per client, the checkpoint and metrics are rewritten.
-   On abort: the global model, the server optimizer, the ledger and the
-   checkpoint are left exactly as they were.  The privacy the clients spent
-   in an aborted round is recorded when the ledger is next written (at the
-   next successful round, or when the federation closes), with
-   ``entered_sum = false``.
+4. on success: the server applies the average with its optimizer.  On
+   abort: the global model and the server optimizer are left exactly as they
+   were.  Either way the round is then settled in the ledger at once (one
+   row per client; ``entered_sum = false`` for the clients of an aborted
+   round, who spent privacy all the same), and the checkpoint (model
+   unchanged after an abort) and metrics are rewritten for that round.
+
+Privacy spend is durable before training: before any client trains, the
+ledger gets (fsynced) one ``in-flight`` row per client about to train,
+charging the steps it is about to take; a SIGKILL at any later point leaves
+that charge on disk (see :mod:`securefl.privacy.ledger`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from securefl.crashpoints import crash_point
 from securefl.encoding import EncodedUpdate, FixedPointCodec, PlainUpdate, max_frac_bits
 from securefl.errors import (
     AbortError,
@@ -60,7 +65,8 @@ from securefl.federation.reporting import (
     write_json_atomic,
 )
 from securefl.federation.server import AggregationMode, Server
-from securefl.privacy.accounting import AccountantKind, epsilon
+from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilons
+from securefl.privacy.budget import compose
 from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol import Round
@@ -324,6 +330,11 @@ def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
     return schedule
 
 
+def _number(value: float) -> float | None:
+    """None for an epsilon an accountant cannot bound (NaN)."""
+    return None if math.isnan(value) else value
+
+
 def run_simulation(
     config: SimulationConfig,
     output_dir: str | os.PathLike[str],
@@ -394,7 +405,6 @@ def run_simulation(
     schedule = dropout_schedule(config)
     x_test, y_test = data.test
     reports: list[RoundReport] = []
-    pending: list[LedgerEntry] = []
     last_eval = evaluate(model, x_test, y_test)
     completed = 0
 
@@ -402,8 +412,32 @@ def run_simulation(
         save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
                         model_state={k: v.clone() for k, v in model.state_dict().items()},
                         optimizer_state=server.optimizer.state_dict(),
-                        extra={"config": config.to_json(), "survivors": list(survivors)})
+                        extra={"config": config.to_json(), "survivors": list(survivors),
+                               "ledger": ledger_anchor()})
 
+    def ledger_anchor() -> dict[str, Any]:
+        # the ledger's last settled round and chain head, which `securefl
+        # audit` cross-checks against the ledger
+        return {"round": ledger.settled_round, "head": ledger.settled_head}
+
+    def ledger_row(client: PrivateClient, round_number: int, status: Participation,
+                   steps: int, history: list[HistoryRow], *, entered_sum: bool = False,
+                   survivors: int = 0, dropped_at: Round | None = None) -> LedgerEntry:
+        eps = epsilons(history, config.delta)
+        return LedgerEntry(
+            round=round_number, client_id=client.client_id, status=status.value,
+            entered_sum=entered_sum, noise_multiplier=client.noise_multiplier,
+            sample_rate=client.sample_rate, local_steps=steps, delta=config.delta,
+            epsilon_rdp=eps["opacus-rdp"], epsilon_prv=_number(eps["opacus-prv"]),
+            accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
+            survivors=survivors, dropped_at=dropped_at.name if dropped_at is not None else None,
+            history=[list(r) for r in history], secure_aggregation=config.secure,
+            epsilon_dpa_rdp=_number(eps["dp-accounting-rdp"]),
+            epsilon_dpa_pld=_number(eps["dp-accounting-pld"]),
+            weighting=config.weighting.value,
+        )
+
+    ledger.create()
     checkpoint(0, ())  # the initial global model: round 0
     iterator: Any = range(1, config.rounds + 1)
     bar = None
@@ -420,9 +454,11 @@ def run_simulation(
             "data": {"name": data.name, "client_sizes": data.client_sizes,
                      "test_size": len(y_test)},
             "rounds": [r.to_json() for r in reports],
+            "ledger": ledger_anchor(),
             "final": final,
         }
 
+    write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))  # round 0
     for round_number in iterator:
         t0 = time.perf_counter()
         global_params = server.global_parameters()
@@ -430,16 +466,29 @@ def run_simulation(
         rounding = np.random.default_rng([config.seed, 13, round_number])
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
+        training: list[PrivateClient] = []
         for client in clients:
-            cid = client.client_id
             try:
                 client.check_budget()
             except PrivacyBudgetExceededError as exc:
-                updates[cid] = None
-                info[cid] = {"status": Participation.REFUSED_BUDGET, "detail": str(exc),
-                             "steps": 0}
+                updates[client.client_id] = None
+                info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
+                                          "detail": str(exc), "steps": 0}
                 continue
+            training.append(client)
+        # the spend is durable before any data is touched: in-flight rows,
+        # charging the steps each client is about to take, fsynced
+        if training:
+            ledger.begin_round(round_number, [
+                ledger_row(client, round_number, Participation.IN_FLIGHT,
+                           client.steps_per_round,
+                           compose(client.history, client.planned_round()))
+                for client in training])
+        crash_point("after-in-flight", round_number)
+        for client in training:
+            cid = client.client_id
             result = client.train_round(global_params)
+            crash_point("mid-training", round_number)
             entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps,
                                      "loss": result.loss}
             try:
@@ -477,38 +526,27 @@ def run_simulation(
                     status = Participation.INCLUDED
                 else:
                     status = Participation.DROPPED
-            history = client.history
-            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
-            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
             dropped_at = drops.get(cid) if updates.get(cid) is not None else None
+            row = ledger_row(client, round_number, status, entry["steps"], client.history,
+                             entered_sum=cid in survivors, survivors=len(survivors),
+                             dropped_at=dropped_at)
+            rows.append(row)
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors,
-                dropped_at=dropped_at, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                dropped_at=dropped_at, epsilon_rdp=row.epsilon_rdp,
+                epsilon_prv=row.epsilon_prv,
                 detail=entry["detail"], clipped=entry.get("clipped", 0),
                 train_loss=entry.get("loss", math.nan),
-            ))
-            rows.append(LedgerEntry(
-                round=round_number, client_id=cid, status=status.value,
-                entered_sum=cid in survivors, noise_multiplier=client.noise_multiplier,
-                sample_rate=client.sample_rate, local_steps=entry["steps"],
-                delta=config.delta, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
-                accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
-                survivors=len(survivors),
-                dropped_at=dropped_at.name if dropped_at is not None else None,
-                history=[list(r) for r in history], secure_aggregation=config.secure,
             ))
 
         if outcome is not None:
             server.apply(outcome)
             last_eval = evaluate(model, x_test, y_test)
-            ledger.append(pending + rows)
-            pending = []
             completed += 1
-            checkpoint(round_number, survivors)
-        else:
-            pending.extend(rows)
+        # settled at once, aborted or not; then the checkpoint for this round
+        ledger.settle_round(round_number, rows)
+        crash_point("after-ledger", round_number)
+        checkpoint(round_number, survivors)
 
         eps_values = [c.epsilon_rdp for c in client_reports]
         prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
@@ -520,8 +558,7 @@ def run_simulation(
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         )
         reports.append(report)
-        if outcome is not None:
-            write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+        write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
         if bar is not None:
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")
         if on_round is not None:
@@ -529,8 +566,6 @@ def run_simulation(
 
     if bar is not None:
         bar.close()
-    # The federation closes: privacy spent in trailing aborted rounds is recorded.
-    ledger.append(pending)
 
     client_summaries = [
         client_summary(client.client_id, client.history, config.delta,

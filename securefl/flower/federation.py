@@ -14,8 +14,10 @@ exact integer sum of every completed round, for audits and tests) and
 Differences from the simulator, all due to real networks: a client trains
 only when it reaches the masked-input stage (a node that drops earlier spends
 no privacy); the server knows a client's DP parameters only from what it
-forwards with its masked input, so a node that drops during or after training
-is recorded with its last known history; nodes are invited to every round,
+forwards with its masked input, so a node that was sent the masked-input
+stage (the message that makes it train) but never answered may have trained
+and is charged the steps it was about to take (the in-flight rows, written
+before that stage is sent, say which); nodes are invited to every round,
 and a node that is offline is a dropout at ADVERTISE_KEYS.
 
 Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
@@ -60,14 +62,17 @@ from securefl.federation.simulation import (
 )
 from securefl.flower.client_train import run_values, train_private_client
 from securefl.flower.keys import load_pinned_keys
+from securefl.flower.setup import Stage
 from securefl.flower.workflow import (
     FlowerRoundResult,
     SecureAggregationSettings,
     SecureAggregationWorkflow,
 )
-from securefl.privacy.accounting import AccountantKind, epsilon
+from securefl.privacy.accounting import HistoryRow, epsilons, noise_multiplier_for
+from securefl.privacy.budget import compose
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
+from securefl.strictjson import sanitize
 
 __all__ = [
     "EVENTS_FILENAME",
@@ -95,9 +100,8 @@ def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
 # -- the ServerApp ---------------------------------------------------------------------
 
 
-def _history(metrics: Mapping[str, Any]) -> list[tuple[float, float, int]]:
-    flat = [float(v) for v in metrics.get("dp-history", [])]
-    return [(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat) - 2, 3)]
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def run_federation(grid: Grid, context: Context) -> None:
@@ -146,10 +150,55 @@ def run_federation(grid: Grid, context: Context) -> None:
         name=f"securefl flower seed {config.seed}")
     events = out / EVENTS_FILENAME
 
+    # the privacy each client has been charged so far, by the server: its
+    # reported steps, or the planned steps of a round it may have trained in
+    charged: dict[int, list[HistoryRow]] = {cid: [] for cid in ids}
+    in_flight: dict[int, LedgerEntry] = {}  # this round's in-flight rows
+
+    def planned(cid: int) -> HistoryRow:
+        """The (sigma, q, steps) client ``cid`` is about to train with: as it
+        last reported, or as its DP-SGD configuration gives them."""
+        metrics = known.get(cid)
+        if metrics:
+            return (float(metrics["dp-noise-multiplier"]), float(metrics["dp-sample-rate"]),
+                    int(metrics["dp-steps"]))
+        batches = math.ceil(data.client_sizes[cid - 1] / dp.batch_size)
+        steps = dp.local_epochs * batches
+        if dp.max_local_steps is not None:
+            steps = min(steps, dp.max_local_steps)
+        sigma = dp.noise_multiplier if dp.noise_multiplier is not None else \
+            noise_multiplier_for(float(dp.target_epsilon or 0), dp.delta, 1.0 / batches,
+                                 steps * dp.planned_rounds, dp.accountant)
+        return (float(sigma), 1.0 / batches, steps)
+
+    def ledger_row(cid: int, round_number: int, status: Participation,
+                   row: HistoryRow, history: list[HistoryRow], *, survivors: int = 0,
+                   where: Round | None = None) -> LedgerEntry:
+        eps = epsilons(history, config.delta)
+        return LedgerEntry(
+            round=round_number, client_id=cid, status=status.value,
+            entered_sum=status is Participation.INCLUDED, noise_multiplier=row[0],
+            sample_rate=row[1], local_steps=row[2], delta=config.delta,
+            epsilon_rdp=eps["opacus-rdp"], epsilon_prv=_number(eps["opacus-prv"]),
+            accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
+            survivors=survivors, dropped_at=where.name if where is not None else None,
+            history=[list(r) for r in history], secure_aggregation=True,
+            epsilon_dpa_rdp=_number(eps["dp-accounting-rdp"]),
+            epsilon_dpa_pld=_number(eps["dp-accounting-pld"]),
+            weighting=config.weighting.value)
+
     def on_event(fl_round: int, stage: str, detail: dict[str, Any]) -> None:
+        if stage == Stage.MASKED_INPUT_COLLECTION.value and not in_flight:
+            # the next message makes these nodes train: charge them first
+            for cid in sorted(int(c) for c in detail.get("to", [])):
+                row = planned(cid)
+                in_flight[cid] = ledger_row(cid, fl_round, Participation.IN_FLIGHT, row,
+                                            compose(charged[cid], [row]))
+            ledger.begin_round(fl_round, [in_flight[c] for c in sorted(in_flight)])
         with open(events, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"round": fl_round, "stage": stage, "time": time.time(),
-                                     **detail}) + "\n")
+            handle.write(json.dumps(sanitize({"round": fl_round, "stage": stage,
+                                              "time": time.time(), **detail}),
+                                    allow_nan=False) + "\n")
 
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
         mode=mode, threshold=config.threshold,
@@ -163,7 +212,6 @@ def run_federation(grid: Grid, context: Context) -> None:
     last_eval = evaluate(model, x_test, y_test)
     known: dict[int, dict[str, Any]] = {}  # last DP metrics each client forwarded
     reports: list[RoundReport] = []
-    pending: list[LedgerEntry] = []
     sums: dict[str, np.ndarray] = {}
     completed = 0
 
@@ -171,7 +219,11 @@ def run_federation(grid: Grid, context: Context) -> None:
         save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
                         model_state={k: v.clone() for k, v in model.state_dict().items()},
                         optimizer_state=server.optimizer.state_dict(),
-                        extra={"config": config.to_json(), "survivors": list(survivors)})
+                        extra={"config": config.to_json(), "survivors": list(survivors),
+                               "ledger": ledger_anchor()})
+
+    def ledger_anchor() -> dict[str, Any]:
+        return {"round": ledger.settled_round, "head": ledger.settled_head}
 
     def metrics_doc(final: dict[str, Any] | None) -> dict[str, Any]:
         return {
@@ -185,12 +237,16 @@ def run_federation(grid: Grid, context: Context) -> None:
                         "refused_setup": {str(c.client_id): c.detail.removeprefix(_REFUSED)
                                           for c in r.clients if c.detail.startswith(_REFUSED)}}
                        for r in reports],
+            "ledger": ledger_anchor(),
             "final": final,
         }
 
+    ledger.create()
     checkpoint(0, ())
+    write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
     for round_number in range(1, config.rounds + 1):
         t0 = time.perf_counter()
+        in_flight.clear()
         arrays = ArrayRecord([p.detach().cpu().numpy() for p in server.global_parameters()])
         abort_reason = ""
         result: FlowerRoundResult | None
@@ -208,48 +264,47 @@ def run_federation(grid: Grid, context: Context) -> None:
         for cid in ids:
             if cid in trained:
                 known[cid] = trained[cid]
-            metrics = known.get(cid, {})
-            history = _history(metrics)
             if cid in survivors:
                 status = Participation.INCLUDED
-            elif result is None and cid in trained:
+            elif result is None and cid in in_flight:
                 status = Participation.ROUND_ABORTED
             else:
                 status = Participation.DROPPED
             where: Round | None = dropped.get(cid)
             if result is not None and cid not in result.invited:
                 where = Round.ADVERTISE_KEYS
-            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
-            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
-            steps = int(metrics.get("dp-steps", 0)) if cid in trained else 0
+            if cid in trained:
+                metrics = trained[cid]
+                row: HistoryRow = (float(metrics.get("dp-noise-multiplier", 0.0)),
+                                   float(metrics.get("dp-sample-rate", 0.0)),
+                                   int(metrics.get("dp-steps", 0)))
+            elif cid in in_flight:
+                # sent the masked-input stage, never answered: it may have
+                # trained, so it is charged the steps it was about to take
+                flight = in_flight[cid]
+                row = (flight.noise_multiplier, flight.sample_rate, flight.local_steps)
+            else:
+                last = known.get(cid, {})
+                row = (float(last.get("dp-noise-multiplier", 0.0)),
+                       float(last.get("dp-sample-rate", 0.0)), 0)
+            charged[cid] = compose(charged[cid], [row])
+            entry = ledger_row(cid, round_number, status, row, charged[cid],
+                               survivors=len(survivors), where=where)
+            rows.append(entry)
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors, dropped_at=where,
-                epsilon_rdp=eps_rdp, epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                epsilon_rdp=entry.epsilon_rdp, epsilon_prv=entry.epsilon_prv,
                 detail=_REFUSED + result.refused[cid] if result is not None
                 and cid in result.refused else ""))
-            rows.append(LedgerEntry(
-                round=round_number, client_id=cid, status=status.value,
-                entered_sum=cid in survivors,
-                noise_multiplier=float(metrics.get("dp-noise-multiplier", 0.0)),
-                sample_rate=float(metrics.get("dp-sample-rate", 0.0)), local_steps=steps,
-                delta=config.delta, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
-                accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
-                survivors=len(survivors), dropped_at=where.name if where is not None else None,
-                history=[list(r) for r in history], secure_aggregation=True,
-            ))
         if result is not None:
             server.apply(AggregateOutcome(average=result.decoded.average(), survivors=survivors,
                                           weight_total=result.decoded.weight_total))
             last_eval = evaluate(model, x_test, y_test)
-            ledger.append(pending + rows)
-            pending = []
             completed += 1
-            checkpoint(round_number, survivors)
             sums[f"round_{round_number}"] = result.total
             np.savez(out / SUMS_FILENAME, **sums)
-        else:
-            pending.extend(rows)
+        ledger.settle_round(round_number, rows)  # at once, aborted or not
+        checkpoint(round_number, survivors)
         eps_values = [c.epsilon_rdp for c in client_reports]
         prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
         reports.append(RoundReport(
@@ -259,12 +314,10 @@ def run_federation(grid: Grid, context: Context) -> None:
             delta=config.delta, clipped=sum(c.clipped for c in client_reports),
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         ))
-        if result is not None:
-            write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
-    ledger.append(pending)
+        write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
 
     summaries = [
-        client_summary(cid, _history(known.get(cid, {})), config.delta,
+        client_summary(cid, charged[cid], config.delta,
                        num_examples=data.client_sizes[cid - 1],
                        noise_multiplier=known.get(cid, {}).get("dp-noise-multiplier"),
                        sample_rate=known.get(cid, {}).get("dp-sample-rate"),

@@ -79,7 +79,8 @@ def provision_identities(directory: str | os.PathLike[str],
             handle.write(raw.hex() + "\n")
         pinned[str(cid)] = signing.public_bytes(key).hex()
         paths[cid] = path
-    (out / PINNED_FILENAME).write_text(json.dumps({"version": 1, "keys": pinned}, indent=2)
+    (out / PINNED_FILENAME).write_text(json.dumps({"version": 1, "keys": pinned}, indent=2,
+                                                  allow_nan=False)
                                        + "\n")
     return paths
 

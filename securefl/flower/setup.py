@@ -172,7 +172,7 @@ class SessionSetup:
         """Canonical JSON bytes."""
         data: dict[str, Any] = asdict(self)
         data["context"] = self.context.hex()
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionSetup:

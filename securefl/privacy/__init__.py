@@ -16,6 +16,9 @@ _EXPORTS = {
     "Weighting": "options",
     "epsilon": "accounting",
     "epsilon_dp_accounting": "accounting",
+    "epsilon_max": "accounting",
+    "epsilon_pld": "accounting",
+    "epsilons": "accounting",
     "noise_multiplier_for": "accounting",
     "PrivacyBudget": "budget",
     "DPConfig": "client",
@@ -25,6 +28,7 @@ _EXPORTS = {
     "LedgerEntry": "ledger",
     "Participation": "ledger",
     "PrivacyLedger": "ledger",
+    "load_ledger": "ledger",
     "read_ledger": "ledger",
 }
 

@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
-from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilon
+from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilon, epsilons
 
 __all__ = ["PrivacyBudget", "compose", "projected_epsilon"]
 
 
 @dataclass(frozen=True)
 class PrivacyBudget:
-    """A total privacy budget: at most ``epsilon`` at ``delta``, measured by
-    ``accountant``.
+    """A total privacy budget: at most ``epsilon`` at ``delta`` by every
+    accountant of :data:`~securefl.privacy.accounting.ACCOUNTANTS`;
+    ``accountant`` is the one whose epsilon :meth:`check` returns.
 
     Raises:
         ConfigurationError: on a non-positive epsilon or delta outside (0, 1).
@@ -35,22 +36,30 @@ class PrivacyBudget:
 
     def check(self, history: Sequence[HistoryRow], planned: Sequence[HistoryRow],
               *, who: str = "client") -> float:
-        """Return the epsilon the client would have after ``planned`` steps.
+        """Return the epsilon (by :attr:`accountant`) the client would have
+        after ``planned`` steps, provided that **every** accountant of
+        :data:`~securefl.privacy.accounting.ACCOUNTANTS` keeps it within the
+        budget (the audit fails a run on any of them).
 
         Raises:
-            PrivacyBudgetExceededError: when that epsilon exceeds the budget; the
-                message names the client, the epsilon so far, the projected
-                epsilon and the budget.
+            PrivacyBudgetExceededError: when that epsilon exceeds the budget by
+                any accountant (or one cannot bound it); the message names the
+                client, the epsilon so far, the projected epsilon, the
+                accountant that exceeds and the budget.
         """
         before = epsilon(history, self.delta, self.accountant)
-        after = projected_epsilon(history, planned, self.delta, self.accountant)
-        if not after <= self.epsilon:  # also refuses NaN
+        composed = compose(history, planned)
+        values = epsilons(composed, self.delta, stop_above=self.epsilon)
+        over = {name: value for name, value in values.items()
+                if not value <= self.epsilon}  # also refuses NaN
+        if over:
+            name, value = next(iter(over.items()))
             raise PrivacyBudgetExceededError(
-                f"{who} refuses the round: it has spent epsilon {before:.3f} and this round"
-                f" would take it to {after:.3f} > its budget {self.epsilon:g}"
-                f" (delta {self.delta:g}, {self.accountant.value} accountant)"
+                f"{who} refuses the round: it has spent epsilon {before:.3f}"
+                f" ({self.accountant.value}) and this round would take it to {value:.3f}"
+                f" by {name} > its budget {self.epsilon:g} (delta {self.delta:g})"
             )
-        return after
+        return epsilon(composed, self.delta, self.accountant)
 
 
 def compose(history: Sequence[HistoryRow], planned: Sequence[HistoryRow]) -> list[HistoryRow]:

@@ -1,53 +1,114 @@
-"""The privacy ledger: one JSON line per client per round, append-only,
-written atomically, and only for rounds whose outcome is settled.
+"""The privacy ledger: a hash-chained, append-only JSON Lines file in which
+every client's privacy spend is durable before its data can leave its
+control.
 
 A privacy officer reads it to answer: who spent how much privacy, when, with
 which parameters, and did the noisy update actually reach the server's sum?
 A client that trained but whose update did not enter the sum (it dropped
 out, its update was refused by the encoder, or the round aborted) still spent
 privacy, so it gets a row with ``entered_sum = false``.
+
+Every round writes two blocks, each one ``os.write`` of whole lines followed
+by ``fsync``:
+
+1. before any client trains, one ``in-flight`` row per client about to train,
+   charging it the steps it is about to take, then a ``commit`` record
+   (``stage: in-flight``);
+2. once the round's outcome is known (aggregated or aborted), one settled
+   row per client, then a ``commit`` record (``stage: settled``).  A settled
+   row supersedes the client's in-flight row of that round; an in-flight row
+   that is never settled (the process was killed) stays charged in full.
+
+Every record carries ``prev``, the hex SHA-256 of the previous record's
+canonical bytes (domain-separated, see :func:`record_digest`); the first
+record is a ``header``.  A commit counts the rows of its block, and its own
+``prev`` is the chain head over them.  :func:`load_ledger` verifies all of
+it and reports every break instead of raising.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
+import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from securefl.crashpoints import crash_point, crash_requested
 from securefl.errors import LedgerError, SecureFLError
 
 __all__ = [
+    "ADJACENCIES",
     "LEDGER_FILENAME",
+    "LEDGER_FORMAT",
+    "NOISE_SOURCES",
+    "WEIGHTINGS",
+    "Commit",
+    "LedgerChain",
     "LedgerEntry",
     "Participation",
     "PrivacyLedger",
     "entries_by_client",
+    "load_ledger",
     "read_ledger",
+    "record_digest",
 ]
 
 LEDGER_FILENAME = "ledger.jsonl"
+LEDGER_FORMAT = "securefl-ledger/2"
+"""The ``format`` of the header record of the ledgers this module writes."""
+_DOMAIN = b"securefl/ledger/v2/record\x00"
+NOISE_SOURCES = ("os-csprng", "insecure-seeded")
+"""``noise_source`` values: DP noise and sampling from the OS CSPRNG, or
+from a seeded generator (reproducible, hence no privacy against whoever
+knows the seed)."""
+ADJACENCIES = ("add-remove-one", "replace-one")
+"""``adjacency`` values: the neighbouring relation of a row's epsilons."""
+WEIGHTINGS = ("uniform", "examples")
+"""``weighting`` values: how the client's update was weighted in the sum."""
 
 
 class Participation(str, enum.Enum):
     """What became of a client's participation in one round."""
 
+    IN_FLIGHT = "in-flight"
+    """It is about to train (written before it trains); charged in full until
+    a settled row of the same round supersedes it."""
     INCLUDED = "included"
     """It trained and its update entered the sum."""
     DROPPED = "dropped"
-    """It trained, then dropped out before its masked input reached the server."""
+    """It trained (or may have), then dropped out before its masked input
+    reached the server."""
     ENCODING_ERROR = "encoding-error"
     """It trained, but its update was refused by the encoder (NaN, shape...)."""
     ROUND_ABORTED = "round-aborted"
-    """It trained, but the round aborted, so nothing entered any sum."""
+    """It trained (or may have), but the round aborted: nothing entered any sum."""
     REFUSED_BUDGET = "refused-budget"
     """It refused to train: the round would have exceeded its budget."""
+
+
+_NUMBER_FIELDS = ("epsilon_rdp", "epsilon_prv", "epsilon_dpa_rdp", "epsilon_dpa_pld")
+
+
+def _encode_number(value: float | None) -> float | str | None:
+    """Strict-JSON epsilon: ``"inf"`` for infinity, null for NaN or None."""
+    if value is None or math.isnan(value):
+        return None
+    return value if math.isfinite(value) else "inf"
+
+
+def _decode_number(value: Any) -> float | None:
+    if value == "inf":
+        return math.inf
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not an epsilon: {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -61,19 +122,29 @@ class LedgerEntry:
         entered_sum: whether its update is part of the aggregate the server
             applied.
         noise_multiplier, sample_rate, local_steps: this round's DP-SGD
-            parameters (``local_steps`` is 0 when it did not train).
+            parameters (``local_steps`` is 0 when it did not train; for an
+            in-flight row, the steps it is about to take).
         delta: the delta at which the epsilons are stated.
         epsilon_rdp, epsilon_prv: epsilon spent so far (all rounds up to and
             including this one), per Opacus's RDP and PRV accountants
-            (``epsilon_prv`` is None when PRV cannot bound it).
-        accountant: the accountant the budget is checked with.
+            (``epsilon_prv`` is None when PRV cannot bound it; ``epsilon_rdp``
+            is NaN when read as null).
+        accountant: the accountant whose epsilon the budget guard reports
+            (the guard refuses when any accountant would exceed the budget).
         epsilon_budget: the client's budget, or None.
         survivors: how many clients' updates entered this round's sum (0 if
-            the round aborted).
+            the round aborted or is in flight).
         dropped_at: the protocol round at which it dropped, if it did.
         history: the client's full Opacus history ``[[sigma, q, steps], ...]``
-            so far, so that anyone can recompute its epsilon.
+            so far (for an in-flight row: including the steps it is about to
+            take), so that anyone can recompute its epsilon.
         secure_aggregation: whether the sum was computed by secure aggregation.
+        epsilon_dpa_rdp, epsilon_dpa_pld: epsilon so far per dp-accounting's
+            RDP and PLD accountants (None when not recorded).
+        noise_source: one of :data:`NOISE_SOURCES`.
+        adjacency: one of :data:`ADJACENCIES`: the neighbouring relation
+            the epsilons are stated under.
+        weighting: one of :data:`WEIGHTINGS`.
     """
 
     round: int
@@ -92,6 +163,11 @@ class LedgerEntry:
     dropped_at: str | None = None
     history: list[list[float]] = field(default_factory=list)
     secure_aggregation: bool = True
+    epsilon_dpa_rdp: float | None = None
+    epsilon_dpa_pld: float | None = None
+    noise_source: str = "os-csprng"
+    adjacency: str = "add-remove-one"
+    weighting: str = "uniform"
 
     @property
     def epsilon(self) -> float:
@@ -101,18 +177,55 @@ class LedgerEntry:
         return self.epsilon_rdp
 
     @property
+    def in_flight(self) -> bool:
+        """Whether this is an in-flight row (written before training)."""
+        return self.status == Participation.IN_FLIGHT.value
+
+    @property
     def over_budget(self) -> bool:
-        """True when the epsilon spent so far exceeds the budget."""
-        return self.epsilon_budget is not None and not self.epsilon <= self.epsilon_budget
+        """True when a recorded epsilon exceeds the budget (or is NaN)."""
+        if self.epsilon_budget is None:
+            return False
+        recorded = [self.epsilon_rdp, self.epsilon_prv, self.epsilon_dpa_rdp,
+                    self.epsilon_dpa_pld]
+        return any(v is not None and not v <= self.epsilon_budget for v in recorded)
+
+    def to_record(self) -> dict[str, Any]:
+        """The row as strict-JSON values (``"inf"`` for an infinite epsilon,
+        null for NaN), keys in field order."""
+        data = asdict(self)
+        for key in _NUMBER_FIELDS:
+            data[key] = _encode_number(data[key])
+        return data
 
     def to_json(self) -> str:
-        """One line of JSON (no newline), keys in a stable order."""
-        data = asdict(self)
-        for key in ("epsilon_rdp", "epsilon_prv"):
-            value = data[key]
-            if value is not None and not math.isfinite(value):
-                data[key] = None if math.isnan(value) else "inf"
-        return json.dumps(data, sort_keys=False, separators=(", ", ": "))
+        """One line of strict JSON (no newline), keys in a stable order."""
+        return json.dumps(self.to_record(), separators=(", ", ": "), allow_nan=False)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> LedgerEntry:
+        """Build a row from a parsed record (``type`` and ``prev`` ignored).
+
+        Raises:
+            SecureFLError: when it is not a valid ledger row.
+        """
+        try:
+            data = {k: v for k, v in data.items() if k not in ("type", "prev")}
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}")
+            for key in _NUMBER_FIELDS:
+                if key in data:
+                    data[key] = _decode_number(data[key])
+            if data.get("epsilon_rdp", 0.0) is None:
+                data["epsilon_rdp"] = math.nan
+            Participation(data["status"])
+            entry = cls(**data)
+            _check_types(entry)
+            return entry
+        except (ValueError, TypeError, KeyError) as exc:
+            raise LedgerError(f"not a valid ledger row: {exc}") from None
 
     @classmethod
     def from_json(cls, line: str) -> LedgerEntry:
@@ -122,17 +235,258 @@ class LedgerEntry:
             SecureFLError: when the line is not a valid ledger row.
         """
         try:
-            data: dict[str, Any] = json.loads(line)
-            if data.get("epsilon_rdp") == "inf":
-                data["epsilon_rdp"] = math.inf
-            if data.get("epsilon_prv") == "inf":
-                data["epsilon_prv"] = math.inf
-            if data.get("epsilon_rdp") is None:
-                data["epsilon_rdp"] = math.nan
-            Participation(data["status"])
-            return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+            data = json.loads(line, parse_constant=_refuse_constant)
+        except ValueError as exc:
             raise LedgerError(f"not a valid ledger row: {exc}") from None
+        if not isinstance(data, dict):
+            raise LedgerError("not a valid ledger row: not a JSON object")
+        return cls.from_record(data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_types(entry: LedgerEntry) -> None:
+    """Refuse a row whose fields have the wrong JSON types (ValueError)."""
+    for name in ("round", "client_id", "local_steps", "survivors"):
+        if not _is_int(getattr(entry, name)):
+            raise ValueError(f"{name} must be an integer")
+    for name in ("noise_multiplier", "sample_rate", "delta"):
+        if not _is_number(getattr(entry, name)):
+            raise ValueError(f"{name} must be a number")
+    if entry.epsilon_budget is not None and not _is_number(entry.epsilon_budget):
+        raise ValueError("epsilon_budget must be a number or null")
+    for name in ("entered_sum", "secure_aggregation"):
+        if not isinstance(getattr(entry, name), bool):
+            raise ValueError(f"{name} must be a boolean")
+    for name in ("status", "accountant", "noise_source", "adjacency", "weighting"):
+        if not isinstance(getattr(entry, name), str):
+            raise ValueError(f"{name} must be a string")
+    if entry.dropped_at is not None and not isinstance(entry.dropped_at, str):
+        raise ValueError("dropped_at must be a string or null")
+    history = entry.history
+    if not isinstance(history, list) or not all(
+            isinstance(r, list) and len(r) == 3 and _is_number(r[0]) and _is_number(r[1])
+            and _is_int(r[2]) and r[2] >= 0 for r in history):
+        raise ValueError("history must be a list of [sigma, q, steps] rows")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The canonical bytes of a record: JSON with sorted keys, no spaces,
+    ASCII only, no NaN or Infinity.  Ledger lines are exactly these bytes."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def record_digest(line: bytes) -> str:
+    """Hex SHA-256 of ``b"securefl/ledger/v2/record\\0" || line`` (the
+    record's canonical bytes, without the newline): what the next record's
+    ``prev`` must be."""
+    return hashlib.sha256(_DOMAIN + line).hexdigest()
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit record: ``rows`` rows of round ``round`` precede it, written
+    as one block at ``stage`` (``in-flight`` or ``settled``); ``head`` is the
+    chain head over them (the commit's ``prev``); ``digest`` its own digest."""
+
+    round: int
+    stage: str
+    rows: int
+    head: str
+    digest: str
+    line: int
+
+
+@dataclass
+class LedgerChain:
+    """A ledger as read and verified by :func:`load_ledger`.
+
+    Attributes:
+        path: the file.
+        run_id: the header's run id ("" without a valid header).
+        records: every row in file order (in-flight and settled), including
+            rows after the last commit.
+        commits: every commit record in file order.
+        head: the digest of the last commit record ("" when nothing is
+            committed); the checkpoint and metrics record the digest of the
+            last *settled* commit.
+        torn_tail: the last line has no newline: a block's write was cut
+            short (a crash mid-write); that block (its complete rows too, as
+            no commit covers them) is ignored.
+        problems: every break of the chain or of the block structure found
+            (empty when the ledger verifies).
+        malformed: the first line that is not a parseable record, if any
+            (reading stopped there; it is also among the problems).
+    """
+
+    path: Path
+    run_id: str = ""
+    records: list[LedgerEntry] = field(default_factory=list)
+    commits: list[Commit] = field(default_factory=list)
+    head: str = ""
+    torn_tail: bool = False
+    problems: list[str] = field(default_factory=list)
+    malformed: str | None = None
+    _committed_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the chain and its blocks verify."""
+        return not self.problems
+
+    @property
+    def committed(self) -> list[LedgerEntry]:
+        """The rows covered by a commit, in file order."""
+        return self.records[:self._committed_rows]
+
+    @property
+    def last_settled_round(self) -> int:
+        """The last round with a settled commit (0 if none)."""
+        settled = [c.round for c in self.commits if c.stage == "settled"]
+        return settled[-1] if settled else 0
+
+    def effective(self) -> list[LedgerEntry]:
+        """What every client spent, round by round: each committed settled
+        row, and each committed in-flight row that no settled row of the same
+        round and client supersedes (charged at its full steps)."""
+        rows = self.committed
+        settled = {(r.round, r.client_id) for r in rows if not r.in_flight}
+        return [r for r in rows
+                if not r.in_flight or (r.round, r.client_id) not in settled]
+
+
+def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
+    """Read a ledger and verify its hash chain and block structure.
+
+    Checks: the first record is a header of :data:`LEDGER_FORMAT`; every
+    record's ``prev`` is the digest of the record before it; every line is
+    its record's canonical bytes; every block of rows ends with a commit
+    whose ``rows`` and ``round`` match the block; in-flight blocks hold only
+    in-flight rows and settled blocks none; rounds are settled in order
+    1, 2, 3... and a round is in flight at most once, before it settles; no
+    row follows the last commit.  A last line without a newline is a torn
+    write: it and the rows of its block before it are ignored
+    (``torn_tail``); anything else is a problem.
+
+    Raises:
+        OSError: when the file cannot be read.
+    """
+    chain = LedgerChain(path=Path(path))
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] != b"":
+        chain.torn_tail = True
+    lines = lines[:-1]  # the last element is b"" or the torn tail
+    problems = chain.problems
+    prev: str | None = None
+    block: list[LedgerEntry] = []
+    in_flight_round = 0
+    settled_round = 0
+    if not lines:
+        problems.append("the ledger holds no complete record (no header)")
+        return chain
+    for number, raw in enumerate(lines, start=1):
+        where = f"line {number}"
+        try:
+            record = json.loads(raw.decode("ascii"), parse_constant=_refuse_constant)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            chain.malformed = f"{where}: not a strict JSON object ({exc})"
+            problems.append(chain.malformed)
+            return chain
+        try:
+            is_canonical = canonical(record) == raw
+        except ValueError:
+            is_canonical = False
+        if not is_canonical:
+            problems.append(f"{where}: not in canonical form (edited?)")
+        kind = record.get("type")
+        if record.get("prev") != prev:
+            problems.append(f"{where}: prev does not match the digest of the record before it"
+                            " (a record was removed, reordered or edited)")
+        digest = record_digest(raw)
+        prev = digest
+        if number == 1:
+            if kind != "header" or record.get("format") != LEDGER_FORMAT:
+                problems.append(f"{where}: not a {LEDGER_FORMAT} header (a ledger of an"
+                                " older format, without a hash chain, cannot be verified)")
+                return chain
+            chain.run_id = str(record.get("run_id", ""))
+            continue
+        if kind == "row":
+            try:
+                entry = LedgerEntry.from_record(record)
+            except SecureFLError as exc:
+                chain.malformed = f"{where}: {exc}"
+                problems.append(chain.malformed)
+                return chain
+            chain.records.append(entry)
+            block.append(entry)
+        elif kind == "commit":
+            try:
+                commit = Commit(round=int(record["round"]), stage=str(record["stage"]),
+                                rows=int(record["rows"]), head=str(record["prev"]),
+                                digest=digest, line=number)
+            except (KeyError, TypeError, ValueError) as exc:
+                chain.malformed = f"{where}: malformed commit ({exc})"
+                problems.append(chain.malformed)
+                return chain
+            problems.extend(_check_block(commit, block, where, in_flight_round,
+                                         settled_round))
+            if commit.stage == "in-flight":
+                in_flight_round = commit.round
+            else:
+                settled_round = commit.round
+            chain.commits.append(commit)
+            chain.head = digest
+            chain._committed_rows = len(chain.records)
+            block = []
+        else:
+            problems.append(f"{where}: unknown record type {kind!r}")
+    if block and not chain.torn_tail:
+        problems.append(f"{len(block)} row(s) after the last commit: the ledger was truncated"
+                        " inside a block, or rows were appended without a commit")
+    return chain
+
+
+def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
+                 in_flight_round: int, settled_round: int) -> list[str]:
+    problems = []
+    if commit.stage not in ("in-flight", "settled"):
+        problems.append(f"{where}: unknown commit stage {commit.stage!r}")
+    if commit.rows != len(block):
+        problems.append(f"{where}: commit of round {commit.round} counts {commit.rows} rows,"
+                        f" {len(block)} precede it (rows removed or added)")
+    if any(r.round != commit.round for r in block):
+        problems.append(f"{where}: a row of another round inside round {commit.round}'s block")
+    if commit.stage == "in-flight":
+        if any(not r.in_flight for r in block):
+            problems.append(f"{where}: a settled row inside an in-flight block")
+        if commit.round != settled_round + 1 or in_flight_round == commit.round:
+            problems.append(f"{where}: round {commit.round} in flight after round"
+                            f" {settled_round} settled (out of order or repeated)")
+    elif commit.stage == "settled":
+        if any(r.in_flight for r in block):
+            problems.append(f"{where}: an in-flight row inside a settled block")
+        if commit.round != settled_round + 1:
+            problems.append(f"{where}: round {commit.round} settled after round"
+                            f" {settled_round} (a round is missing, repeated or reordered)")
+        ids = [r.client_id for r in block]
+        if len(set(ids)) != len(ids):
+            problems.append(f"{where}: a client has two settled rows in round {commit.round}")
+    return problems
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,67 +502,180 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class PrivacyLedger:
-    """An append-only JSON Lines file.
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
-    Every :meth:`append` writes the existing content plus the new rows to a
-    temporary file in the same directory, fsyncs it and atomically replaces the
-    ledger with it (``os.replace``), so a reader sees either the old ledger or
-    the new one, never a torn line.  Existing bytes are never changed.
+
+class PrivacyLedger:
+    """The writer of one hash-chained ledger file.
+
+    The file is created (``O_EXCL``) with its header on the first write, and
+    the directory is fsynced.  Every later write appends one block (rows and
+    their commit) with a single ``O_APPEND`` write, then ``fsync``: a reader
+    sees whole blocks, or a torn last line after a crash mid-write, which
+    :func:`load_ledger` recognises.  Existing bytes are never changed.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._head: str | None = None
+        self._settled = 0
+        self._settled_head = ""
+        self._rows = 0
 
-    def append(self, entries: Sequence[LedgerEntry]) -> None:
-        """Append ``entries`` atomically (nothing happens when it is empty).
+    @property
+    def head(self) -> str:
+        """The digest of the last record written ("" before any)."""
+        return self._head or ""
+
+    @property
+    def settled_round(self) -> int:
+        """The last settled round (0 before any)."""
+        return self._settled
+
+    @property
+    def settled_head(self) -> str:
+        """The digest of the last settled commit ("" before any): the anchor
+        the checkpoint and metrics record with :attr:`settled_round`."""
+        return self._settled_head
+
+    def create(self) -> None:
+        """Create the file with its header record (fsynced, and the
+        directory fsynced).
 
         Raises:
-            OSError: when the file cannot be written; the ledger is then
-                unchanged.
+            LedgerError: when the file already exists.
+            OSError: when it cannot be written.
         """
-        if not entries:
+        if self.path.exists():
+            raise LedgerError(f"{self.path} already exists; a ledger belongs to one federation")
+        self._ensure_open()
+
+    def _ensure_open(self) -> None:
+        if self._head is not None:
             return
-        old = self.path.read_bytes() if self.path.exists() else b""
-        if old and not old.endswith(b"\n"):
-            raise LedgerError(f"{self.path} does not end with a newline; refusing to append")
-        new = "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8")
+        if self.path.exists():
+            chain = load_ledger(self.path)
+            if chain.torn_tail or chain.problems or chain.records[len(chain.committed):]:
+                raise LedgerError(f"{self.path} does not verify or ends in a torn write;"
+                                  " refusing to append")
+            self._head = chain.head or None
+            self._settled = chain.last_settled_round
+            settled = [c.digest for c in chain.commits if c.stage == "settled"]
+            self._settled_head = settled[-1] if settled else ""
+            if self._head is None:
+                raise LedgerError(f"{self.path} holds no commit; refusing to append")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=self.path.parent)
+        header = canonical({"type": "header", "format": LEDGER_FORMAT,
+                            "run_id": os.urandom(16).hex(), "prev": None})
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(old + new)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            _write_all(fd, header + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         _fsync_dir(self.path.parent)
+        self._head = record_digest(header)
+
+    def _write_block(self, round_number: int, stage: str,
+                     entries: Sequence[LedgerEntry]) -> None:
+        self._ensure_open()
+        lines = []
+        head = self._head
+        for entry in entries:
+            line = canonical({**entry.to_record(), "type": "row", "prev": head})
+            lines.append(line)
+            head = record_digest(line)
+        commit = canonical({"type": "commit", "stage": stage, "round": int(round_number),
+                            "rows": len(entries), "prev": head})
+        lines.append(commit)
+        block = b"".join(line + b"\n" for line in lines)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            if stage == "settled" and crash_requested("ledger-torn", round_number):
+                _write_all(fd, block[:len(block) // 2])
+                os.fsync(fd)
+                crash_point("ledger-torn", round_number)
+            _write_all(fd, block)
+            os.fsync(fd)
+        except BaseException:
+            # part of the block may be on disk: forget the head, so that the
+            # next write re-reads the file and refuses a torn ledger
+            self._head = None
+            raise
+        finally:
+            os.close(fd)
+        self._head = record_digest(commit)
+        self._rows += len(entries)
+
+    def begin_round(self, round_number: int, entries: Sequence[LedgerEntry]) -> None:
+        """Durably charge the clients about to train in ``round_number``:
+        write their in-flight rows and an in-flight commit, fsynced, before
+        any of them trains.
+
+        Raises:
+            LedgerError: a row that is not in flight or of another round, or
+                a ledger that does not verify.
+            OSError: when the file cannot be written.
+        """
+        if any(not e.in_flight or e.round != round_number for e in entries):
+            raise LedgerError(f"round {round_number}: begin_round takes in-flight rows of"
+                              " that round only")
+        self._write_block(round_number, "in-flight", entries)
+
+    def settle_round(self, round_number: int, entries: Sequence[LedgerEntry]) -> None:
+        """Write the settled rows of ``round_number`` (one per client) and its
+        settled commit, fsynced.
+
+        Raises:
+            LedgerError: an in-flight row, a row of another round, or a
+                ledger that does not verify.
+            OSError: when the file cannot be written.
+        """
+        if any(e.in_flight or e.round != round_number for e in entries):
+            raise LedgerError(f"round {round_number}: settle_round takes settled rows of"
+                              " that round only")
+        self._write_block(round_number, "settled", entries)
+        self._settled = int(round_number)
+        self._settled_head = self.head
+
+    def append(self, entries: Sequence[LedgerEntry]) -> None:
+        """Settle the rounds of ``entries`` in order (a convenience for
+        writers whose clients charge themselves elsewhere; nothing happens
+        when it is empty).
+
+        Raises:
+            LedgerError, OSError: see :meth:`settle_round`.
+        """
+        rounds: dict[int, list[LedgerEntry]] = {}
+        for entry in entries:
+            rounds.setdefault(entry.round, []).append(entry)
+        for number in sorted(rounds):
+            self.settle_round(number, rounds[number])
 
     def read(self) -> list[LedgerEntry]:
-        """All rows (empty when the file does not exist)."""
+        """The effective rows (see :func:`read_ledger`; empty when the file
+        does not exist)."""
         return read_ledger(self.path) if self.path.exists() else []
 
 
 def read_ledger(path: str | os.PathLike[str]) -> list[LedgerEntry]:
-    """Parse a ledger file.
+    """The effective rows of a ledger (:meth:`LedgerChain.effective`): one
+    settled row per client per settled round, and the in-flight rows of a
+    round that never settled.  This reads; :func:`load_ledger` verifies.
 
     Raises:
         OSError: when it cannot be read.
         SecureFLError: naming the first malformed line.
     """
-    rows: list[LedgerEntry] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(LedgerEntry.from_json(line))
-            except SecureFLError as exc:
-                raise LedgerError(f"{path}, line {number}: {exc}") from None
-    return rows
+    chain = load_ledger(path)
+    if chain.malformed is not None:
+        raise LedgerError(f"{path}: {chain.malformed}")
+    return chain.effective()
 
 
 def entries_by_client(entries: Iterable[LedgerEntry]) -> dict[int, list[LedgerEntry]]:

@@ -1,0 +1,44 @@
+"""Crash points for tests (test-only; inert unless ``SECUREFL_TEST_CRASH_AT``
+is set).
+
+The crash-consistency tests run a federation in a subprocess with
+``SECUREFL_TEST_CRASH_AT=NAME:ROUND`` and check what a SIGKILL at that point
+leaves on disk.  :func:`crash_point` sends the process SIGKILL (no clean-up,
+no ``finally`` blocks, no flushing: exactly what a kill -9 or a power cut of
+the process does) when it is reached with a matching name and round.  The
+named points are:
+
+``after-in-flight``
+    the round's in-flight ledger rows are durable, no client has trained;
+``mid-training``
+    after the first client of the round trained;
+``ledger-torn``
+    inside the ledger's settlement write: half of the block's bytes are on
+    disk (a torn write), the rest never will be;
+``after-ledger``
+    the round is settled in the ledger, the checkpoint is not yet written.
+
+Nothing else in securefl reads the variable; unset, every call is a dictionary
+lookup that returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["CRASH_ENV", "crash_point", "crash_requested"]
+
+CRASH_ENV = "SECUREFL_TEST_CRASH_AT"
+
+
+def crash_requested(name: str, round_number: int) -> bool:
+    """Whether ``SECUREFL_TEST_CRASH_AT`` names this point and round."""
+    return os.environ.get(CRASH_ENV) == f"{name}:{int(round_number)}"
+
+
+def crash_point(name: str, round_number: int) -> None:
+    """SIGKILL this process if ``SECUREFL_TEST_CRASH_AT`` is ``NAME:ROUND``
+    for this point and round; otherwise do nothing."""
+    if crash_requested(name, round_number):
+        os.kill(os.getpid(), signal.SIGKILL)
