@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from securefl._extras import missing_extra
 from securefl.errors import SecureFLError
 
 COMMANDS = ["sum_demo", "simulate", "audit", "conformance", "bench"]
@@ -56,14 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv`` and run the sub-command.
 
     Returns the exit status: a :class:`SecureFLError` is printed as one clear
-    line (status 2); a closed standard output (``| head``) ends quietly with
-    :data:`EXIT_BROKEN_PIPE`."""
+    line (status 2), and so is a missing optional dependency, with the extra
+    that installs it (``pip install 'securefl[train]'``); a closed standard
+    output (``| head``) ends quietly with :data:`EXIT_BROKEN_PIPE`."""
+    command = "securefl"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        command = f"securefl {args.command}"
         status = int(args.func(args) or 0)
         sys.stdout.flush()
         return status
@@ -72,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except SecureFLError as exc:
         print(f"securefl: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        explained = missing_extra(command, exc)
+        if explained is None:
+            raise
+        print(f"securefl: error: {explained}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("securefl: interrupted", file=sys.stderr)

@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite, print one line per setting, write the reports."""
+    from securefl._extras import require
+
+    # refused before any setting runs, not when the results are written:
+    # matplotlib draws time_vs_n.png, flwr is the baseline (--no-flower skips it)
+    require([*([] if args.targets else ["matplotlib"]), *([] if args.no_flower else ["flwr"])],
+            "securefl bench")
     from securefl.bench import suite
 
     command = "securefl bench"
