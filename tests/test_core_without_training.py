@@ -152,3 +152,15 @@ def test_bench_refuses_up_front_without_its_extra(tmp_path: Path, extra_args: li
     assert f"pip install 'securefl[{extra}]'" in proc.stderr
     assert "settings" not in proc.stdout          # nothing ran
     assert not (tmp_path / "bench").exists()
+
+
+def test_guarded_modules_load_as_usual_when_the_extra_is_installed() -> None:
+    # with the training extra present the explaining loader is transparent:
+    # the module runs, and source and spec come from the standard loader
+    import inspect
+
+    import securefl.federation.options as options
+
+    assert "class DatasetName" in inspect.getsource(options)
+    assert options.__spec__ is not None and options.__spec__.origin == options.__file__
+    assert options.__loader__.is_package(options.__name__) is False  # type: ignore[union-attr]
