@@ -76,6 +76,7 @@ def test_a_section_includes_its_subsections_and_nothing_else() -> None:
     one = select(cases, ["4/kdf_test/1"])
     assert [c.id for c in one] == ["4/kdf_test/1"]          # not 4/kdf_test/10..19
     assert {c.id.rsplit("/", 1)[0] for c in select(cases, ["4/kdf_test"])} == {"4/kdf_test"}
+    assert select(cases, ["10.1/"]) == select(cases, ["10.1"])
 
 
 def test_a_word_pattern_is_a_substring_of_the_id_or_title() -> None:

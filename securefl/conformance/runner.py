@@ -39,7 +39,7 @@ def matches(case: Case, pattern: str) -> bool:
     ``4/kdf_test/12`` exactly one case.  Any other pattern is a
     case-insensitive substring of the id or the title (``aead``, ``active:``).
     """
-    pattern = pattern.strip()
+    pattern = pattern.strip().rstrip("/")
     if not pattern:
         return False
     if pattern[0].isdigit():
