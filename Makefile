@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# one resolver run for everything: installing flwr in a second step can leave
 	# a grpcio-health-checking that needs protobuf 6 next to our protobuf 5
-	$(BIN)/python -m pip install --quiet -e '.[dev,flower,flower-simulation]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train,docs,flower,flower-simulation]'
 	touch $(STAMP)
 
 setup: $(STAMP)

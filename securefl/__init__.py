@@ -7,9 +7,15 @@ privacy spend goes into an auditable ledger.
 The secure aggregation core is importable without torch::
 
     from securefl import SecAggConfig, secure_sum
+
+``pip install securefl`` installs that core (numpy, cryptography, protobuf);
+``pip install 'securefl[train]'`` adds federated training (torch, Opacus,
+scikit-learn, matplotlib, tqdm, dp-accounting).  Importing a training module
+without it raises :class:`~securefl.errors.MissingExtraError` (an
+:class:`ImportError`) that names the extra.
 """
 
-from securefl import errors
+from securefl import _extras, errors
 from securefl.protocol import (
     AggregationResult,
     ClientSession,
@@ -23,6 +29,8 @@ from securefl.protocol import (
 )
 
 __version__ = "0.1.0"
+
+_extras.install()
 
 __all__ = [
     "AggregationResult",

@@ -22,6 +22,17 @@ class ConfigurationError(SecureFLError, ValueError):
     before any key is generated or any message is sent."""
 
 
+class MissingExtraError(SecureFLError, ModuleNotFoundError):
+    """A securefl module needs an optional dependency that is not installed.
+
+    ``pip install securefl`` installs only the secure aggregation core; the
+    message names the extra that brings the rest (``pip install
+    'securefl[train]'`` for torch, Opacus, scikit-learn, matplotlib, tqdm and
+    dp-accounting).  ``name`` is the missing top-level module, as for any
+    :class:`ModuleNotFoundError`.
+    """
+
+
 class Rule(str, enum.Enum):
     """The protocol rules a peer (or the caller) can break.
 

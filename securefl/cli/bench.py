@@ -10,8 +10,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from securefl.cli import help_text
 from securefl.protocol import Round
 from securefl.strictjson import sanitize
+
+DEFAULT_OUT = Path("securefl-bench-results")
+"""Where ``securefl bench`` writes without ``--out``: a directory of its own
+under the current directory, never the committed ``benchmarks/results``."""
 
 
 def _ints(text: str) -> list[int]:
@@ -25,7 +30,7 @@ def _floats(text: str) -> list[float]:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``bench`` sub-command."""
     p = sub.add_parser("bench", help="benchmark against Flower's SecAgg+ and the hardware",
-                       description=__doc__)
+                       description=help_text(__doc__))
     p.add_argument("--clients", type=_ints, default=[10, 50, 100, 500],
                    help="comma-separated client counts (default 10,50,100,500)")
     p.add_argument("--length", type=_ints, default=[100_000, 1_000_000],
@@ -44,13 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         " n=500 server unmasking and client compute) and write targets.md")
     p.add_argument("--budget", type=float, default=180.0,
                    help="skip settings predicted to take longer than this (s, default 180)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                   help="output directory (results.jsonl, results.md, time_vs_n.png)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output directory, created if needed (default: ./{DEFAULT_OUT}, under"
+                        " the current directory); the grid writes results.jsonl, results.md"
+                        " and time_vs_n.png, --targets writes targets.md and targets.json,"
+                        " replacing files of those names.  The committed figures are"
+                        " regenerated only when asked: --out benchmarks/results")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite, print one line per setting, write the reports."""
+    from securefl._extras import require
+
+    # refused before any setting runs, not when the results are written:
+    # matplotlib draws time_vs_n.png, flwr is the baseline (--no-flower skips it)
+    require([*([] if args.targets else ["matplotlib"]), *([] if args.no_flower else ["flwr"])],
+            "securefl bench")
     from securefl.bench import suite
 
     command = "securefl bench"

@@ -13,7 +13,10 @@ from securefl.protocol.harary import HararyGraph
 
 PROTOCOL_NAME = "securefl/secagg/v1"
 ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_VECTOR_DIR = ROOT / "protocols" / "secagg" / "v1" / "vectors"
+# in the repository a symbolic link to protocols/secagg/v1/vectors; in an
+# installed wheel a copy of those files, so `securefl conformance` runs after
+# `pip install securefl` (pyproject.toml, package-data)
+DEFAULT_VECTOR_DIR = Path(__file__).parent / "vectors_v1"
 DEFAULT_SCHEMA_DIR = ROOT / "protocols" / "secagg" / "v1" / "schemas"
 
 

@@ -29,13 +29,33 @@ def all_cases(vector_dir: Path = DEFAULT_VECTOR_DIR, *, vectors: bool = True,
     return cases
 
 
+def matches(case: Case, pattern: str) -> bool:
+    """Whether ``pattern`` (one ``-k`` option) selects ``case``.
+
+    A pattern that starts with a digit names cases by id, component by
+    component: ``10`` selects SPEC section 10 and its subsections (``10/1``,
+    ``10.1/3``, ..., never ``11/1`` or ``12/1``); ``10.1`` selects section
+    10.1 (and 10.1.x); ``4/kdf_test`` one vector file; ``10.1/3`` or
+    ``4/kdf_test/12`` exactly one case.  Any other pattern is a
+    case-insensitive substring of the id or the title (``aead``, ``active:``).
+    """
+    pattern = pattern.strip().rstrip("/")
+    if not pattern:
+        return False
+    if pattern[0].isdigit():
+        if case.id == pattern or case.id.startswith(pattern + "/"):
+            return True
+        return "/" not in pattern and case.section.startswith(pattern + ".")
+    needle = pattern.lower()
+    return needle in case.id.lower() or needle in case.title.lower()
+
+
 def select(cases: Iterable[Case], patterns: Sequence[str]) -> list[Case]:
-    """Cases whose id starts with, or whose title contains, any pattern
-    (all cases when ``patterns`` is empty)."""
+    """Cases that any pattern selects (see :func:`matches`); all cases when
+    ``patterns`` is empty."""
     if not patterns:
         return list(cases)
-    return [c for c in cases
-            if any(c.id.startswith(p) or p.lower() in c.title.lower() for p in patterns)]
+    return [c for c in cases if any(matches(c, p) for p in patterns)]
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ class PrivateClient:
         client_id: a positive integer (secure aggregation ids start at 1).
         model: the federation's model architecture (already Opacus-compatible,
             see :func:`make_private_compatible`); the client trains a copy.
-        features, labels: its private training data.
+        features: its private training data, one row per example; labels: their labels.
         config: DP-SGD parameters.
         seed: seeds its Poisson sampler and its noise generator.
         weighting: how its update is weighted.

@@ -398,7 +398,7 @@ def run_canary_audit(
 
     Args:
         model: the federation's model (not modified).
-        features, labels: the client's training data.
+        features: the client's training data, one row per example; labels: their labels.
         config: its ``DPConfig``; ``noise_multiplier`` must be set (> 0).
         rounds: rounds to train, as recorded.
         client_id: the client's id (for reports).
