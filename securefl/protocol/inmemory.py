@@ -189,6 +189,11 @@ class Driver:
         """The server closes ``rnd``."""
         return self.server.close_round()
 
+    def server_finished(self, out: Sequence[Any]) -> bool:
+        """Has the server finished, having just sent ``out``?  (By default:
+        it sent nothing.)"""
+        return not out
+
     # -- steps ----------------------------------------------------------------
 
     def start(self, skip: Iterable[int] = ()) -> dict[int, Any]:
@@ -196,11 +201,12 @@ class Driver:
         in ``skip`` are sent, each right after it is made."""
         skipped = set(skip)
         rnd = Round.ADVERTISE_KEYS
-        adverts = self.sent.setdefault(rnd, {})
+        adverts: dict[int, Any] = {}
         for c in self.clients:
             adverts[c] = self.client_start(c)
             if c not in skipped and self.answers(c, rnd):
                 self._deliver(rnd, c, adverts[c])
+        self.sent.setdefault(rnd, {}).update(adverts)
         return adverts
 
     def close(self) -> dict[int, Any]:
@@ -216,8 +222,7 @@ class Driver:
         out = self.server_close(rnd)
         self.pending = dict(
             (e.recipient, e.message) if isinstance(e, Envelope) else e for e in out)
-        done = getattr(self.server, "finished", None)
-        self.finished = not out if done is None else bool(done)
+        self.finished = self.server_finished(out)
         self.round = None if self.finished else next_round(rnd, self.config)
         return self.pending
 
@@ -231,17 +236,25 @@ class Driver:
         assert rnd is not None, "no round to answer"
         skipped = set(skip)
         replace = replace or {}
-        replies = self.sent.setdefault(rnd, {})
+        replies: dict[int, Any] = {}
         for c, message in self.pending.items():
             if c in skipped or not self.answers(c, rnd):
                 continue
             message = self.to_client(rnd, c, replace.get(c, message))
             if message is not None:
                 replies[c] = self.client_handle(rnd, c, message)
+        self.sent.setdefault(rnd, {}).update(replies)
         if send:
-            for c, reply in replies.items():
-                self._deliver(rnd, c, reply)
+            self.send(replies)
         return replies
+
+    def send(self, replies: Mapping[int, Any]) -> None:
+        """Client id -> message: each goes (through :meth:`to_server`) to the
+        server, in the current round."""
+        rnd = self.round
+        assert rnd is not None, "no round to send in"
+        for c, reply in replies.items():
+            self._deliver(rnd, c, reply)
 
     def step(self, skip: Iterable[int] = ()) -> dict[int, Any]:
         """:meth:`answer` then :meth:`close`."""
@@ -306,6 +319,10 @@ class SessionDriver(Driver):
                                     executor=executor, workers=workers)
                    for c in config.ids}
         super().__init__(config, server, clients, dropouts=dropouts)
+
+    def server_finished(self, out: Sequence[Any]) -> bool:
+        """The session says whether it finished."""
+        return self.server.finished
 
     @property
     def result(self) -> AggregationResult:
