@@ -155,17 +155,16 @@ class _TimedDriver(SessionDriver):
         return reply
 
     def to_server(self, rnd: Round, cid: int, message: Any) -> Any:
-        start = time.perf_counter()
-        message, size = _transfer(message)
-        self.timings.transport_seconds += time.perf_counter() - start
-        self.up[cid] += size
-        return message
+        return self._transfer(message, cid, self.up)
 
     def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
+        return self._transfer(message, cid, self.down)
+
+    def _transfer(self, message: Any, cid: int, counted: dict[int, int]) -> Any:
         start = time.perf_counter()
         message, size = _transfer(message)
         self.timings.transport_seconds += time.perf_counter() - start
-        self.down[cid] += size
+        counted[cid] += size
         return message
 
     def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
