@@ -37,6 +37,7 @@ from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.harary import HararyGraph, ring_order
+from securefl.protocol.inmemory import Driver
 from securefl.wire import decode
 
 GENERATOR_VERSION = "1"
@@ -395,6 +396,70 @@ def _identity(label: str, cid: int) -> tuple[bytes, bytes]:
     return private, signing.public_bytes(Ed25519PrivateKey.from_private_bytes(private))
 
 
+class _Recorder(Driver):
+    """The in-memory driver over the byte adapters, recording every operation
+    in order: a client's start and each answer as made, each server receive
+    (refused ones too) and each close.  A client that does not answer R0 is
+    not recorded as started.  ``extra`` may inject refused operations before
+    each close after R0 (it gets the state)."""
+
+    server: SecureFLServer
+
+    def __init__(self, config: SecAggConfig, server: SecureFLServer,
+                 clients: Mapping[int, SecureFLClient], dropouts: Mapping[int, Round],
+                 extra: Callable[[dict[str, Any]], None] | None) -> None:
+        super().__init__(config, server, clients, dropouts=dropouts)
+        self.ops: list[dict[str, Any]] = []
+        self.sent_by: dict[int, list[bytes]] = {c: [] for c in config.ids}
+        self.extra = extra
+        self.state: dict[str, Any] = {"receive": self._receive, "sent": self.sent_by}
+
+    def to_server(self, rnd: Round, cid: int, message: Any) -> Any:
+        if rnd is Round.ADVERTISE_KEYS:
+            self.sent_by[cid].append(message)
+            self.ops.append({"op": "client_start", "client": cid, "output": message.hex(),
+                             "success": True})
+        return message
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        reply = super().client_handle(rnd, cid, message)
+        self.sent_by[cid].append(reply)
+        self.ops.append({"op": "client_handle", "client": cid, "round": rnd.name,
+                         "input": message.hex(), "output": reply.hex(), "success": True})
+        return reply
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        self._receive(cid, message)
+
+    def _receive(self, cid: int, data: bytes) -> None:
+        op: dict[str, Any] = {"op": "server_receive", "client": cid, "message": data.hex()}
+        try:
+            self.server.receive(data)
+            op["success"] = True
+        except ProtocolError as exc:
+            op["success"] = False
+            op["error"] = {"rule": exc.rule.value}
+        self.ops.append(op)
+
+    def server_close(self, rnd: Round) -> Any:
+        if rnd is not Round.ADVERTISE_KEYS and self.extra is not None:
+            self.state["round"] = rnd
+            self.extra(self.state)
+        try:
+            out = super().server_close(rnd)
+        except AbortError as exc:
+            self.ops.append({"op": "server_close_round", "round": rnd.name, "success": False,
+                             "error": {"abort": True, "needed": exc.needed,
+                                       "available": exc.available}, "outputs": []})
+            raise
+        self.ops.append({"op": "server_close_round", "round": rnd.name, "success": True,
+                         "outputs": [{"recipient": c, "message": m.hex()} for c, m in out]})
+        return out
+
+    def server_finished(self, out: Any) -> bool:
+        return self.server.session.finished
+
+
 def round_vector(name: str, description: str, config: SecAggConfig,
                  dropouts: Mapping[int, Round],
                  extra: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -414,69 +479,23 @@ def round_vector(name: str, description: str, config: SecAggConfig,
     clients = {c: SecureFLClient(ClientSpec(config, c, tuple(inputs[c]),
                                             identities[c][0] if identities else None,
                                             pinned, seeds[c])) for c in config.ids}
-    ops: list[dict[str, Any]] = []
-    sent: dict[int, list[bytes]] = {c: [] for c in config.ids}
-
-    def answers(cid: int, rnd: Round) -> bool:
-        stop = dropouts.get(cid)
-        return stop is None or rnd < stop
-
-    def receive(cid: int, data: bytes) -> None:
-        op: dict[str, Any] = {"op": "server_receive", "client": cid, "message": data.hex()}
-        try:
-            server.receive(data)
-            op["success"] = True
-        except ProtocolError as exc:
-            op["success"] = False
-            op["error"] = {"rule": exc.rule.value}
-        ops.append(op)
-
-    for cid in config.ids:
-        if not answers(cid, Round.ADVERTISE_KEYS):
-            continue
-        data = clients[cid].start()
-        sent[cid].append(data)
-        ops.append({"op": "client_start", "client": cid, "output": data.hex(), "success": True})
-        receive(cid, data)
+    recorder = _Recorder(config, server, clients, dropouts, extra)
     result: dict[str, Any]
-    rnd = Round.ADVERTISE_KEYS
-    state = {"receive": receive, "sent": sent, "round": rnd}
-    while True:
-        try:
-            out = server.close_round()
-        except AbortError as exc:
-            ops.append({"op": "server_close_round", "round": rnd.name, "success": False,
-                        "error": {"abort": True, "needed": exc.needed,
-                                  "available": exc.available}, "outputs": []})
-            result = {"aborted": True, "round": rnd.name}
-            break
-        ops.append({"op": "server_close_round", "round": rnd.name, "success": True,
-                    "outputs": [{"recipient": c, "message": m.hex()} for c, m in out]})
-        if server.session.finished:
-            res = server.result()
-            result = {"aborted": False, "survivors": list(res.survivors),
-                      "total": [str(x) for x in res.total],
-                      "statuses": {str(c): s for c, s in server.statuses().items()}}
-            expected = [0] * config.vector_length
-            for c in res.survivors:
-                expected = [(a + b) % high for a, b in zip(expected, inputs[c], strict=True)]
-            assert list(res.total) == expected, "generator self-check: wrong sum"
-            break
-        rnd = server.session.round
-        assert rnd is not None
-        state["round"] = rnd
-        for cid, data in out:
-            if not answers(cid, rnd):
-                continue
-            reply = clients[cid].handle(data)
-            sent[cid].append(reply)
-            ops.append({"op": "client_handle", "client": cid, "round": rnd.name,
-                        "input": data.hex(), "output": reply.hex(), "success": True})
-        for cid, _ in out:
-            if answers(cid, rnd):
-                receive(cid, sent[cid][-1])
-        if extra is not None:
-            extra(state)
+    try:
+        recorder.run()
+    except AbortError:
+        assert recorder.round is not None
+        result = {"aborted": True, "round": recorder.round.name}
+    else:
+        res = server.result()
+        result = {"aborted": False, "survivors": list(res.survivors),
+                  "total": [str(x) for x in res.total],
+                  "statuses": {str(c): s for c, s in server.statuses().items()}}
+        expected = [0] * config.vector_length
+        for c in res.survivors:
+            expected = [(a + b) % high for a, b in zip(expected, inputs[c], strict=True)]
+        assert list(res.total) == expected, "generator self-check: wrong sum"
+    ops, sent = recorder.ops, recorder.sent_by
     return {
         "name": name,
         "protocol": PROTOCOL_NAME,

@@ -29,10 +29,11 @@ from securefl.errors import (
     RemoteProtocolError,
     Rule,
 )
-from securefl.hazmat import shamir, signing
+from securefl.hazmat import shamir
 from securefl.hazmat.agreement import KeyPair, clamp, is_clamped, matches_public, validate_public
 from securefl.hazmat.randomness import SystemRandom
-from securefl.protocol import ClientSession, ServerSession
+from securefl.protocol import ClientSession
+from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import (
     AdvertiseKeys,
     EncryptedShares,
@@ -101,63 +102,58 @@ class Outcome:
         return bool((self.result.total == total).all())
 
 
+class _Attacked(SessionDriver):
+    """The in-memory driver with the attack's hooks."""
+
+    def __init__(self, config: SecAggConfig, attack: Attack, out: Outcome) -> None:
+        super().__init__(config, out.inputs, dropouts=attack.stop)
+        self.attack, self.out = attack, out
+
+    def answers(self, cid: int, rnd: Round) -> bool:
+        responders = self.attack.responders
+        if rnd is Round.UNMASKING and responders is not None and cid not in responders:
+            return False
+        return super().answers(cid, rnd)
+
+    def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
+        return message if self.attack.delivery is None else self.attack.delivery(rnd, cid,
+                                                                                  message)
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        reply = super().client_handle(rnd, cid, message)
+        if self.attack.duplicate:
+            assert self.clients[cid].handle(message) is reply
+        return reply
+
+    def to_server(self, rnd: Round, cid: int, message: Any) -> Any:
+        if self.attack.reply is not None:
+            message = self.attack.reply(rnd, cid, message)
+        if isinstance(message, UnmaskingResponse):
+            self.out.seed_revealed |= set(message.self_mask_shares)
+            self.out.key_revealed |= set(message.key_shares)
+        return message
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        try:
+            super().server_receive(rnd, cid, message)
+        except RemoteProtocolError as exc:
+            self.out.refused[cid] = exc.rule
+
+
 def drive(config: SecAggConfig, attack: Attack) -> Outcome:
     """Run one round with real sessions; honest clients must never abort."""
     gen = np.random.default_rng(7)
     inputs = {c: gen.integers(0, 2**config.bits, config.vector_length, dtype=np.uint64)
               for c in config.ids}
-    ids, pinned = {}, None
-    if config.mode is SecurityMode.ACTIVE:
-        ids = {c: signing.generate_identity(RNG) for c in config.ids}
-        pinned = {c: k.public_key() for c, k in ids.items()}
-    server = ServerSession(config, peer_identities=pinned)
-    clients = {c: ClientSession(config, c, input=inputs[c], identity_key=ids.get(c),
-                                peer_identities=pinned) for c in config.ids}
     out = Outcome(None, None, inputs, config)
-
-    def answers(c: int, rnd: Round) -> bool:
-        return attack.stop.get(c) is None or rnd < attack.stop[c]
-
-    def send(rnd: Round, c: int, reply: Any) -> None:
-        if attack.reply is not None:
-            reply = attack.reply(rnd, c, reply)
-        if isinstance(reply, UnmaskingResponse):
-            out.seed_revealed |= set(reply.self_mask_shares)
-            out.key_revealed |= set(reply.key_shares)
-        try:
-            server.receive(reply)
-        except RemoteProtocolError as exc:
-            out.refused[c] = exc.rule
-
-    for c, client in clients.items():
-        advert = client.start()
-        if answers(c, Round.ADVERTISE_KEYS):
-            send(Round.ADVERTISE_KEYS, c, advert)
-    while True:
-        try:
-            envelopes = server.close_round()
-        except AbortError as exc:
-            out.abort = exc
-            return out
-        if server.finished:
-            out.result = server.result
-            return out
-        rnd = server.round
-        assert rnd is not None
-        for env in envelopes:
-            c = env.recipient
-            if not answers(c, rnd):
-                continue
-            if rnd is Round.UNMASKING and attack.responders is not None \
-                    and c not in attack.responders:
-                continue
-            message = env.message
-            if attack.delivery is not None:
-                message = attack.delivery(rnd, c, message)
-            reply = clients[c].handle(message)
-            if attack.duplicate:
-                assert clients[c].handle(message) is reply
-            send(rnd, c, reply)
+    driver = _Attacked(config, attack, out)
+    try:
+        driver.run()
+    except AbortError as exc:
+        out.abort = exc
+        return out
+    out.result = driver.result
+    return out
 
 
 # -- SPEC [R4-11]: shares are checked against commitments --------------------------

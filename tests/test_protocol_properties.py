@@ -197,38 +197,15 @@ def sparse_sessions(draw: st.DrawFn):  # type: ignore[no-untyped-def]
                                                                    HealthCheck.data_too_large])
 @given(sparse_sessions())
 def test_sparse_graphs_sum_exactly_or_abort_as_the_model_says(session) -> None:  # type: ignore[no-untyped-def]
-    from securefl.hazmat import signing
-    from securefl.hazmat.randomness import SystemRandom
-    from securefl.protocol import ClientSession, ServerSession
     from securefl.protocol.graphs import neighbour_map
+    from securefl.protocol.inmemory import SessionDriver
 
     config, inputs, dropouts = session
-    rng = SystemRandom()
-    keys = {c: signing.generate_identity(rng) for c in config.ids}
-    pinned = ({c: k.public_key() for c, k in keys.items()}
-              if config.mode is SecurityMode.ACTIVE else None)
-    server = ServerSession(config, peer_identities=pinned)
-    clients = {c: ClientSession(config, c, input=inputs[c],
-                                identity_key=keys[c] if pinned else None,
-                                peer_identities=pinned) for c in config.ids}
-
-    def alive(c: int, rnd: Round) -> bool:
-        return c not in dropouts or rnd < dropouts[c]
-
-    for c, cl in clients.items():
-        advert = cl.start()
-        if alive(c, Round.ADVERTISE_KEYS):
-            server.receive(advert)
-    roster = tuple(c for c in config.ids if alive(c, Round.ADVERTISE_KEYS))
+    driver = SessionDriver(config, inputs, dropouts=dropouts)
+    server = driver.server
+    roster = tuple(c for c in config.ids if driver.answers(c, Round.ADVERTISE_KEYS))
     try:
-        while True:
-            envelopes = server.close_round()
-            if server.finished:
-                break
-            rnd = server.round
-            for env in envelopes:
-                if alive(env.recipient, rnd):
-                    server.receive(clients[env.recipient].handle(env.message))
+        driver.run()
     except AbortError:
         if len(roster) >= config.floor:
             assert server.session_id is not None

@@ -22,13 +22,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefl import wire
 from securefl.hazmat.prg import MaskExpander
-from securefl.protocol import (
-    ClientSession,
-    Round,
-    SecAggConfig,
-    ServerSession,
-)
+from securefl.protocol import Round, SecAggConfig
 from securefl.protocol.graphs import NeighbourGraph
+from securefl.protocol.inmemory import SessionDriver
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -133,6 +129,60 @@ def _transfer(message: Any) -> tuple[Any, int]:
     return wire.decode(data), len(data)
 
 
+class _TimedDriver(SessionDriver):
+    """The in-memory driver, timing every party's work and every transfer
+    (each message goes through the v1 wire encoding, counted in bytes)."""
+
+    def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray],
+                 dropouts: Mapping[int, Round], pool: ThreadPoolExecutor, workers: int,
+                 timings: RoundTimings) -> None:
+        super().__init__(config, inputs, dropouts=dropouts, executor=pool, workers=workers)
+        self.timings = timings
+        self.per_client: dict[int, dict[str, float]] = {c: {} for c in config.ids}
+        self.up: dict[int, int] = dict.fromkeys(config.ids, 0)
+        self.down: dict[int, int] = dict.fromkeys(config.ids, 0)
+
+    def client_start(self, cid: int) -> Any:
+        start = time.perf_counter()
+        advert = super().client_start(cid)
+        self.per_client[cid][Round.ADVERTISE_KEYS.name] = time.perf_counter() - start
+        return advert
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        start = time.perf_counter()
+        reply = super().client_handle(rnd, cid, message)
+        self.per_client[cid][rnd.name] = time.perf_counter() - start
+        return reply
+
+    def to_server(self, rnd: Round, cid: int, message: Any) -> Any:
+        return self._transfer(message, cid, self.up)
+
+    def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
+        return self._transfer(message, cid, self.down)
+
+    def _transfer(self, message: Any, cid: int, counted: dict[int, int]) -> Any:
+        start = time.perf_counter()
+        message, size = _transfer(message)
+        self.timings.transport_seconds += time.perf_counter() - start
+        counted[cid] += size
+        return message
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        start = time.perf_counter()
+        super().server_receive(rnd, cid, message)
+        self._server_time(rnd, time.perf_counter() - start)
+
+    def server_close(self, rnd: Round) -> list[Any]:
+        start = time.perf_counter()
+        out = list(super().server_close(rnd))
+        self._server_time(rnd, time.perf_counter() - start)
+        return out
+
+    def _server_time(self, rnd: Round, seconds: float) -> None:
+        server = self.timings.server
+        server[rnd.name] = server.get(rnd.name, 0.0) + seconds
+
+
 def run_round(n: int, m: int, *, dropout: float = 0.0,
               drop_stage: Round = Round.MASKED_INPUT_COLLECTION, bits: int = 32,
               graph: NeighbourGraph | None = None, threshold: int | None = None,
@@ -153,59 +203,17 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     if inputs is None:
         gen = np.random.default_rng(1)
         inputs = {c: gen.integers(0, 1 << bits, m, dtype=np.uint64) for c in config.ids}
-    dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
+    dropped = config.ids[n - round(dropout * n):] if dropout else ()
     workers = workers or os.cpu_count() or 1
     timings = RoundTimings(n, m, dropout, config.graph.describe())
-    per_client: dict[int, dict[str, float]] = {c: {} for c in config.ids}
-    up: dict[int, int] = dict.fromkeys(config.ids, 0)
-    down: dict[int, int] = dict.fromkeys(config.ids, 0)
     with ThreadPoolExecutor(workers) as pool:
-        server = ServerSession(config, executor=pool, workers=workers)
-        clients = {c: ClientSession(config, c, input=inputs[c], executor=pool, workers=workers)
-                   for c in config.ids}
-
-        def answers(c: int, rnd: Round) -> bool:
-            return c not in dropped or rnd < drop_stage
-
-        stage = Round.ADVERTISE_KEYS.name
-        replies = {}
+        driver = _TimedDriver(config, inputs, dict.fromkeys(dropped, drop_stage), pool,
+                              workers, timings)
         wall_start = time.perf_counter()
-        for c, client in clients.items():
-            start = time.perf_counter()
-            msg = client.start()
-            per_client[c][stage] = time.perf_counter() - start
-            if answers(c, Round.ADVERTISE_KEYS):
-                replies[c] = msg
-        while True:
-            received = {}
-            start = time.perf_counter()
-            for c, msg in replies.items():
-                received[c], size = _transfer(msg)
-                up[c] += size
-            timings.transport_seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            for msg in received.values():
-                server.receive(msg)
-            envelopes = server.close_round()
-            timings.server[stage] = time.perf_counter() - start
-            if server.finished:
-                break
-            rnd = server.round
-            assert rnd is not None
-            stage = rnd.name
-            replies = {}
-            for env in envelopes:
-                if not answers(env.recipient, rnd):
-                    continue
-                start = time.perf_counter()
-                message, size = _transfer(env.message)
-                timings.transport_seconds += time.perf_counter() - start
-                down[env.recipient] += size
-                start = time.perf_counter()
-                replies[env.recipient] = clients[env.recipient].handle(message)
-                per_client[env.recipient][stage] = time.perf_counter() - start
+        driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start
-    result = server.result
+    per_client, up, down = driver.per_client, driver.up, driver.down
+    result = driver.result
     plain = np.zeros(m, dtype=np.uint64)
     start = time.perf_counter()
     for c in result.survivors:
@@ -236,14 +244,12 @@ def client_masking_time(n: int, m: int, *, bits: int = 32, workers: int | None =
     best = float("inf")
     with ThreadPoolExecutor(workers) as pool:
         for _ in range(repeat):
-            server = ServerSession(config)
-            clients = {c: ClientSession(config, c, executor=pool, workers=workers)
-                       for c in config.ids}
-            for client in clients.values():
-                server.receive(client.start())
-            for env in server.close_round():
-                server.receive(clients[env.recipient].handle(env.message))
-            delivery = next(e.message for e in server.close_round() if e.recipient == 1)
+            driver = SessionDriver(config, dict.fromkeys(config.ids), executor=pool,
+                                   workers=workers)
+            driver.start()
+            driver.close()
+            delivery = driver.step()[1]
+            clients = driver.clients
             clients[1].provide_input(np.zeros(m, dtype=np.uint64))
             start = time.perf_counter()
             clients[1].handle(delivery)

@@ -38,6 +38,7 @@ from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.harary import HararyGraph
+from securefl.protocol.inmemory import Driver
 from securefl.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
@@ -85,9 +86,10 @@ def _identities(config: SecAggConfig) -> tuple[dict[int, bytes], dict[int, bytes
     return private, public
 
 
-class World:
+class World(Driver):
     """A server and its clients, some under test, stepped round by round on
-    wire bytes.
+    wire bytes (the in-memory :class:`~securefl.protocol.inmemory.Driver`
+    over the byte adapters).
 
     Args:
         target: the implementation under test.
@@ -97,64 +99,25 @@ class World:
         label: makes the clients' fixed randomness differ between worlds.
     """
 
+    server: ServerUnderTest
+    clients: dict[int, ClientUnderTest]  # type: ignore[assignment]
+
     def __init__(self, target: Target, config: SecAggConfig, *, server_under_test: bool,
                  client_under_test: int | None, label: str = "world") -> None:
-        self.config = config
         self.inputs = _inputs(config)
         self.private, self.pinned = _identities(config)
         spec = ServerSpec(config, self.pinned, None)
-        self.server: ServerUnderTest = (target.server(spec) if server_under_test
-                                        else SecureFLServer(spec))
-        self.clients: dict[int, ClientUnderTest] = {}
+        server: ServerUnderTest = (target.server(spec) if server_under_test
+                                   else SecureFLServer(spec))
+        clients: dict[int, ClientUnderTest] = {}
         for c in config.ids:
             cspec = ClientSpec(config, c, self.inputs[c], self.private.get(c), self.pinned,
                                _seed(f"{label}/client/{c}"))
-            self.clients[c] = (target.client(dataclasses.replace(cspec, random_seed=None))
-                               if c == client_under_test else SecureFLClient(cspec))
-        self.pending: dict[int, bytes] = {}
-        self.sent: dict[Round, dict[int, bytes]] = {}
-        self.round: Round | None = Round.ADVERTISE_KEYS
-        self.finished = False
+            clients[c] = (target.client(dataclasses.replace(cspec, random_seed=None))
+                          if c == client_under_test else SecureFLClient(cspec))
+        super().__init__(config, server, clients)
 
     # -- driving ------------------------------------------------------------
-
-    def start(self, skip: Iterable[int] = ()) -> dict[int, bytes]:
-        """Every client starts; the adverts of those not in ``skip`` are sent."""
-        adverts = {c: cl.start() for c, cl in self.clients.items()}
-        self.sent[Round.ADVERTISE_KEYS] = adverts
-        for c, data in adverts.items():
-            if c not in set(skip):
-                self.server.receive(data)
-        return adverts
-
-    def close(self) -> dict[int, bytes]:
-        """Close the server's round; remember what it sends."""
-        out = self.server.close_round()
-        self.pending = dict(out)
-        if not out:
-            self.finished = True
-            self.round = None
-        else:
-            self.round = _next_round(self.round, self.config)
-        return self.pending
-
-    def answer(self, skip: Iterable[int] = (), *, send: bool = True) -> dict[int, bytes]:
-        """Pending recipients not in ``skip`` answer; replies go to the server
-        unless ``send`` is false."""
-        skipped = set(skip)
-        replies = {c: self.clients[c].handle(m) for c, m in self.pending.items()
-                   if c not in skipped}
-        assert self.round is not None
-        self.sent[self.round] = replies
-        if send:
-            for data in replies.values():
-                self.server.receive(data)
-        return replies
-
-    def step(self, skip: Iterable[int] = ()) -> dict[int, bytes]:
-        """answer() then close()."""
-        self.answer(skip)
-        return self.close()
 
     def run_to(self, rnd: Round, drop: dict[Round, set[int]] | None = None) -> dict[int, bytes]:
         """From the start, run until the server sends the messages of ``rnd``
@@ -210,15 +173,6 @@ class World:
                 continue
             raise CaseFailedError(f"{what}: refused, but answered a later message (an aborted"
                                   " client must never answer again)")
-
-
-def _next_round(rnd: Round | None, config: SecAggConfig) -> Round | None:
-    if rnd is None:
-        return None
-    nxt = Round(rnd + 1) if rnd < Round.UNMASKING else None
-    if nxt is Round.CONSISTENCY_CHECK and config.mode is SecurityMode.SEMI_HONEST:
-        nxt = Round.UNMASKING
-    return nxt
 
 
 def _edit(data: bytes, **changes: Any) -> bytes:
@@ -370,23 +324,22 @@ def c_duplicates(config: SecAggConfig) -> Callable[[Target], None]:
     """Every server message delivered twice: the client answers the copy with
     the same bytes (SPEC [CLI-2]) and the round finishes with the exact sum."""
     def run(target: Target) -> None:
-        w = _client_world(target, config)
-        w.start()
-        w.close()
-        while not w.finished:
-            message = w.pending[UNDER_TEST]
-            first = w.clients[UNDER_TEST].handle(message)
-            again = w.clients[UNDER_TEST].handle(message)
-            if again != first:
-                raise CaseFailedError(f"{w.round.name if w.round else ''}: an exact duplicate"
-                                      " of an answered message got a different answer")
-            replies = {c: (first if c == UNDER_TEST else w.clients[c].handle(m))
-                       for c, m in w.pending.items()}
-            for data in replies.values():
-                w.server.receive(data)
-            w.close()
+        w = _TwiceWorld(target, config, server_under_test=False,
+                        client_under_test=UNDER_TEST, label="c")
+        w.run()
         w.check_sum()
     return run
+
+
+class _TwiceWorld(World):
+    """Delivers every server message twice to the client under test."""
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        first = super().client_handle(rnd, cid, message)
+        if cid == UNDER_TEST and self.clients[cid].handle(message) != first:
+            raise CaseFailedError(f"{rnd.name}: an exact duplicate of an answered message got a"
+                                  " different answer")
+        return first
 
 
 def c_replay(target: Target) -> None:
@@ -645,14 +598,10 @@ def s_advert(edit: Callable[[World, dict[int, bytes]], bytes], rule: Rule, what:
     """A bad advertisement is refused; the round still completes."""
     def run(target: Target) -> None:
         w = _server_world(target, config)
-        adverts = {c: cl.start() for c, cl in w.clients.items()}
-        w.sent[Round.ADVERTISE_KEYS] = adverts
-        for c in first:
-            w.server.receive(adverts[c])
+        adverts = w.start(skip=w.clients)
+        w.send({c: adverts[c] for c in first})
         w.server_refuses(edit(w, adverts), rule, what)
-        for c, data in adverts.items():
-            if c not in set(first):
-                w.server.receive(data)
+        w.send({c: data for c, data in adverts.items() if c not in set(first)})
         w.close()
         w.finish()
     return run
@@ -687,8 +636,7 @@ def s_round(at: Round, edit: Callable[[World, dict[int, bytes]], bytes], rule: R
         w.run_to(at)
         replies = w.answer(send=False)
         w.server_refuses(edit(w, replies), rule, what)
-        for data in replies.values():
-            w.server.receive(data)
+        w.send(replies)
         w.close()
         w.finish()
     return run
@@ -776,10 +724,8 @@ def s_low_order(target: Target) -> None:
     """An advertisement with a low-order X25519 key is refused; that client is
     left out and the others finish with their exact sum (SPEC [R0-2])."""
     w = _server_world(target)
-    adverts = {c: cl.start() for c, cl in w.clients.items()}
-    w.sent[Round.ADVERTISE_KEYS] = adverts
-    for c in (2, 3, 4, 5):
-        w.server.receive(adverts[c])
+    adverts = w.start(skip=w.clients)
+    w.send({c: adverts[c] for c in (2, 3, 4, 5)})
     # a point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)
     low = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
     w.server_refuses(_edit(adverts[1], masking_key=low), Rule.INVALID_PUBLIC_KEY,
@@ -805,8 +751,7 @@ def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
         cts = {p: (noise.token_bytes(len(ct)) if p in to else ct)
                for p, ct in msg.ciphertexts.items()}  # type: ignore[union-attr]
         replies[2] = encode(dataclasses.replace(msg, ciphertexts=cts))
-        for data in replies.values():
-            w.server.receive(data)
+        w.send(replies)
         w.close()
         w.finish()
         res = w.server.result()
@@ -841,8 +786,7 @@ def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Targe
         w.run_to(Round.UNMASKING)
         replies = w.answer(skip=set(w.pending) - set(responders), send=False)
         replies[2] = _forge_share(replies[2], 1, random)
-        for data in replies.values():
-            w.server.receive(data)
+        w.send(replies)
         if len(responders) == w.config.t:
             try:
                 w.server.close_round()
@@ -884,8 +828,7 @@ def s_not_shared(target: Target) -> None:
     replies = w.answer(send=False)
     w.server_refuses(forged, Rule.UNKNOWN_PEER, "a masked input from a client that never"
                      " shared its keys")
-    for data in replies.values():
-        w.server.receive(data)
+    w.send(replies)
     w.close()
     w.finish()
 

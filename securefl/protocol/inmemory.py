@@ -1,24 +1,30 @@
 """Run a whole secure aggregation session in one process.
 
-This drives real :class:`ClientSession` and :class:`ServerSession` objects
-through every round, exactly as a transport would, with an optional dropout
-schedule.  It is what tests, examples and the in-process simulator use.
+:class:`Driver` is the one loop that moves messages between a server and its
+clients in memory, round by round, with hooks for dropouts, tampering,
+interception, timing and recording; :class:`SessionDriver` builds it over real
+:class:`ClientSession` and :class:`ServerSession` objects.  Tests, examples,
+the benchmark, the conformance scenarios, the vector generator and
+:func:`secure_sum` (used by the in-process simulator) all drive sessions
+through it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, LocalProtocolError, Rule
 from securefl.hazmat import signing
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol.client import ClientSession
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.messages import Envelope
 from securefl.protocol.server import AggregationResult, Executor, ServerSession
 from securefl.protocol.validation import check_input_vector
 
@@ -58,11 +64,7 @@ def secure_sum(
         LocalProtocolError: an input vector is malformed or out of range.
     """
     dropouts = dict(dropouts or {})
-    if set(inputs) != set(config.ids):
-        raise ConfigurationError(
-            f"inputs are for clients {sorted(inputs)[:10]}, the configuration invites"
-            f" {list(config.ids)[:10]}"
-        )
+    _check_ids(inputs, config)
     for cid, rnd in dropouts.items():
         if cid not in config.ids:
             raise ConfigurationError(f"dropout for unknown client {cid}")
@@ -70,16 +72,10 @@ def secure_sum(
             raise ConfigurationError(f"dropout of client {cid} must be a Round, got {rnd!r}")
     vectors = {cid: check_input_vector(np.asarray(v), config, cid, local=True)
                for cid, v in inputs.items()}
-    source = default_random(rng)
-    identities: dict[int, Ed25519PrivateKey] = {}
-    pinned = None
-    if config.mode is SecurityMode.ACTIVE:
-        identities = {cid: signing.generate_identity(source) for cid in config.ids}
-        pinned = {cid: key.public_key() for cid, key in identities.items()}
     if executor is None and (os.cpu_count() or 1) > 1 and config.vector_length >= PARALLEL_MIN:
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            return _run(config, vectors, dropouts, source, identities, pinned, pool)
-    return _run(config, vectors, dropouts, source, identities, pinned, executor)
+            return _run(config, vectors, dropouts, rng, pool)
+    return _run(config, vectors, dropouts, rng, executor)
 
 
 PARALLEL_MIN = 1 << 17
@@ -87,30 +83,255 @@ PARALLEL_MIN = 1 << 17
 
 
 def _run(config: SecAggConfig, vectors: Mapping[int, np.ndarray], dropouts: Mapping[int, Round],
-         source: RandomSource, identities: Mapping[int, Ed25519PrivateKey],
-         pinned: Mapping[int, Ed25519PublicKey] | None,
-         executor: Executor | None) -> AggregationResult:
-    server = ServerSession(config, peer_identities=pinned, rng=source, executor=executor)
-    clients = {
-        cid: ClientSession(config, cid, input=vectors[cid], identity_key=identities.get(cid),
-                           peer_identities=pinned, rng=source, executor=executor)
-        for cid in config.ids
-    }
+         rng: RandomSource | None, executor: Executor | None) -> AggregationResult:
+    driver = SessionDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor)
+    driver.run()
+    return driver.result
 
-    def answers(cid: int, rnd: Round) -> bool:
-        stop = dropouts.get(cid)
+
+class ServerEndpoint(Protocol):
+    """What :class:`Driver` needs of a server: a :class:`ServerSession`, or a
+    conformance adapter that speaks wire bytes."""
+
+    def receive(self, message: Any) -> None:
+        """Take one client message for the current round."""
+
+    def close_round(self) -> Sequence[Any]:
+        """Close the round; the messages out, as :class:`Envelope` or
+        ``(recipient, message)`` pairs."""
+
+
+class ClientEndpoint(Protocol):
+    """What :class:`Driver` needs of a client."""
+
+    def start(self) -> Any:
+        """R0: the advertisement."""
+
+    def handle(self, message: Any) -> Any:
+        """Answer one server message."""
+
+
+def next_round(rnd: Round | None, config: SecAggConfig) -> Round | None:
+    """The round after ``rnd`` in ``config``'s mode (None after the last)."""
+    if rnd is None or rnd is Round.UNMASKING:
+        return None
+    nxt = Round(rnd + 1)
+    if nxt is Round.CONSISTENCY_CHECK and config.mode is not SecurityMode.ACTIVE:
+        nxt = Round.UNMASKING
+    return nxt
+
+
+class Driver:
+    """One server and its clients, stepped round by round in memory.
+
+    The one loop that moves messages between a server and its clients, used
+    by :func:`secure_sum`, the benchmark, the conformance scenarios, the
+    vector generator and the test harnesses.  Either step it by hand
+    (:meth:`start`, :meth:`close`, :meth:`answer`) or :meth:`run` it to the
+    end.  Subclasses change what happens to each message by overriding the
+    hooks: :meth:`answers` (dropouts), :meth:`to_server` / :meth:`to_client`
+    (tamper with or intercept a message: return None to drop it), and
+    :meth:`client_start`, :meth:`client_handle`, :meth:`server_receive`,
+    :meth:`server_close` (wrap a party's call, e.g. to time or record it).
+
+    Messages are opaque here: session objects, or wire bytes for adapters.
+    Every client message produced is recorded in :attr:`sent` (by round),
+    whether or not it reached the server.
+
+    Args:
+        config: the session configuration (names the rounds).
+        server: the server.
+        clients: id -> client, in the order they are driven.
+        dropouts: client id -> the first :class:`Round` it does not answer
+            (it answered every earlier one); see :func:`secure_sum`.
+    """
+
+    def __init__(self, config: SecAggConfig, server: ServerEndpoint,
+                 clients: Mapping[int, ClientEndpoint], *,
+                 dropouts: Mapping[int, Round] | None = None) -> None:
+        self.config = config
+        self.server = server
+        self.clients = dict(clients)
+        self.dropouts = dict(dropouts or {})
+        self.pending: dict[int, Any] = {}
+        self.sent: dict[Round, dict[int, Any]] = {}
+        self.round: Round | None = Round.ADVERTISE_KEYS
+        self.finished = False
+
+    # -- hooks ----------------------------------------------------------------
+
+    def answers(self, cid: int, rnd: Round) -> bool:
+        """Does client ``cid`` answer in ``rnd``?  (The dropout schedule.)"""
+        stop = self.dropouts.get(cid)
         return stop is None or rnd < stop
 
-    for cid, client in clients.items():
-        advert = client.start()
-        if answers(cid, Round.ADVERTISE_KEYS):
-            server.receive(advert)
-    while True:
-        envelopes = server.close_round()
-        if server.finished:
-            return server.result
-        rnd = server.round
-        assert rnd is not None
-        for envelope in envelopes:
-            if answers(envelope.recipient, rnd):
-                server.receive(clients[envelope.recipient].handle(envelope.message))
+    def to_server(self, rnd: Round, cid: int, message: Any) -> Any | None:
+        """What of client ``cid``'s reply reaches the server (None: nothing)."""
+        return message
+
+    def to_client(self, rnd: Round, cid: int, message: Any) -> Any | None:
+        """What of the server's message reaches client ``cid`` (None: nothing)."""
+        return message
+
+    def client_start(self, cid: int) -> Any:
+        """Client ``cid`` starts (R0)."""
+        return self.clients[cid].start()
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        """Client ``cid`` answers ``message`` in ``rnd``."""
+        return self.clients[cid].handle(message)
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        """The server receives client ``cid``'s message in ``rnd``."""
+        self.server.receive(message)
+
+    def server_close(self, rnd: Round) -> Sequence[Any]:
+        """The server closes ``rnd``."""
+        return self.server.close_round()
+
+    def server_finished(self, out: Sequence[Any]) -> bool:
+        """Has the server finished, having just sent ``out``?  (By default:
+        it sent nothing.)"""
+        return not out
+
+    # -- steps ----------------------------------------------------------------
+
+    def start(self, skip: Iterable[int] = ()) -> dict[int, Any]:
+        """Every client starts; the adverts of those that answer and are not
+        in ``skip`` are sent, each right after it is made."""
+        skipped = set(skip)
+        rnd = Round.ADVERTISE_KEYS
+        adverts: dict[int, Any] = {}
+        for c in self.clients:
+            adverts[c] = self.client_start(c)
+            if c not in skipped and self.answers(c, rnd):
+                self._deliver(rnd, c, adverts[c])
+        self.sent.setdefault(rnd, {}).update(adverts)
+        return adverts
+
+    def close(self) -> dict[int, Any]:
+        """Close the server's round; remember (and return) what it sends.
+
+        Raises:
+            AbortError: from the server.
+        """
+        rnd = self.round
+        if rnd is None:
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "the session is finished",
+                                     peer="server")
+        out = self.server_close(rnd)
+        self.pending = dict(
+            (e.recipient, e.message) if isinstance(e, Envelope) else e for e in out)
+        self.finished = self.server_finished(out)
+        self.round = None if self.finished else next_round(rnd, self.config)
+        return self.pending
+
+    def answer(self, skip: Iterable[int] = (), *, replace: Mapping[int, Any] | None = None,
+               send: bool = True) -> dict[int, Any]:
+        """Every pending recipient that answers and is not in ``skip``
+        handles its message (``replace[c]`` instead, if given); then the
+        replies go to the server, unless ``send`` is false.  Returns the
+        replies."""
+        rnd = self.round
+        assert rnd is not None, "no round to answer"
+        skipped = set(skip)
+        replace = replace or {}
+        replies: dict[int, Any] = {}
+        for c, message in self.pending.items():
+            if c in skipped or not self.answers(c, rnd):
+                continue
+            message = self.to_client(rnd, c, replace.get(c, message))
+            if message is not None:
+                replies[c] = self.client_handle(rnd, c, message)
+        self.sent.setdefault(rnd, {}).update(replies)
+        if send:
+            self.send(replies)
+        return replies
+
+    def send(self, replies: Mapping[int, Any]) -> None:
+        """Client id -> message: each goes (through :meth:`to_server`) to the
+        server, in the current round."""
+        rnd = self.round
+        assert rnd is not None, "no round to send in"
+        for c, reply in replies.items():
+            self._deliver(rnd, c, reply)
+
+    def step(self, skip: Iterable[int] = ()) -> dict[int, Any]:
+        """:meth:`answer` then :meth:`close`."""
+        self.answer(skip)
+        return self.close()
+
+    def run(self) -> None:
+        """From the start, run every round until the server finishes.
+
+        Raises:
+            AbortError: the server aborted.
+        """
+        self.start()
+        self.close()
+        while not self.finished:
+            self.step()
+
+    def _deliver(self, rnd: Round, cid: int, message: Any) -> None:
+        message = self.to_server(rnd, cid, message)
+        if message is not None:
+            self.server_receive(rnd, cid, message)
+
+
+class SessionDriver(Driver):
+    """A :class:`Driver` over fresh :class:`ServerSession` and
+    :class:`ClientSession` objects (active mode: fresh identity keys, pinned
+    at every party).
+
+    Args:
+        config: the session configuration.
+        inputs: client id -> input vector (or None: provide it later), for
+            every id in the configuration.
+        dropouts: as for :class:`Driver`.
+        rng: secret randomness for every party (default OS CSPRNG).
+        executor, workers: passed to every session.
+        identities: active mode: the clients' Ed25519 keys (default fresh).
+
+    Raises:
+        ConfigurationError: ``inputs`` is not for exactly the configured ids.
+    """
+
+    server: ServerSession
+    clients: dict[int, ClientSession]  # type: ignore[assignment]
+
+    def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray | None], *,
+                 dropouts: Mapping[int, Round] | None = None, rng: RandomSource | None = None,
+                 executor: Executor | None = None, workers: int | None = None,
+                 identities: Mapping[int, Ed25519PrivateKey] | None = None) -> None:
+        _check_ids(inputs, config)
+        source = default_random(rng)
+        self.identities: dict[int, Ed25519PrivateKey] = {}
+        self.pinned: dict[int, Ed25519PublicKey] | None = None
+        if config.mode is SecurityMode.ACTIVE:
+            self.identities = dict(identities or {
+                c: signing.generate_identity(source) for c in config.ids})
+            self.pinned = {c: k.public_key() for c, k in self.identities.items()}
+        server = ServerSession(config, peer_identities=self.pinned, rng=source,
+                               executor=executor, workers=workers)
+        clients = {c: ClientSession(config, c, input=inputs[c],
+                                    identity_key=self.identities.get(c),
+                                    peer_identities=self.pinned, rng=source,
+                                    executor=executor, workers=workers)
+                   for c in config.ids}
+        super().__init__(config, server, clients, dropouts=dropouts)
+
+    def server_finished(self, out: Sequence[Any]) -> bool:
+        """The session says whether it finished."""
+        return self.server.finished
+
+    @property
+    def result(self) -> AggregationResult:
+        """The server's result (see :attr:`ServerSession.result`)."""
+        return self.server.result
+
+
+def _check_ids(inputs: Mapping[int, Any], config: SecAggConfig) -> None:
+    if set(inputs) != set(config.ids):
+        raise ConfigurationError(
+            f"inputs are for clients {sorted(inputs)[:10]}, the configuration invites"
+            f" {list(config.ids)[:10]}")

@@ -15,6 +15,12 @@ commitment, bad shares are located and their holders blamed
 (:attr:`AggregationResult.blame`), and when that is impossible the session
 aborts with ``AbortError(rule=Rule.COMMITMENT_MISMATCH)``.
 
+The rounds are one table of plain data, ``_ROUNDS`` (like the client's
+``_TRANSITIONS``): per round the message expected, its handler, the closing
+function, the status a client moves from and to, and the minimum count.  All
+the server holds about a client is one record (``_Peer``); the session's
+round and :attr:`ServerSession.state` are derived from those records.
+
 The server keeps each masked input until R2 closes (``n`` vectors), because
 a complaint received later in R2 may exclude a vector already received.
 """
@@ -25,7 +31,7 @@ import enum
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -73,29 +79,6 @@ class ServerState(enum.Enum):
     COLLECTING_UNMASKING_RESPONSES = "COLLECTING_UNMASKING_RESPONSES"
     FINISHED = "FINISHED"
     ABORTED = "ABORTED"
-
-
-_ROUND_OF_STATE = {
-    ServerState.COLLECTING_ADVERTISE_KEYS: Round.ADVERTISE_KEYS,
-    ServerState.COLLECTING_SHARE_KEYS: Round.SHARE_KEYS,
-    ServerState.COLLECTING_MASKED_INPUTS: Round.MASKED_INPUT_COLLECTION,
-    ServerState.COLLECTING_CONSISTENCY_CHECKS: Round.CONSISTENCY_CHECK,
-    ServerState.COLLECTING_UNMASKING_RESPONSES: Round.UNMASKING,
-}
-_MESSAGE_OF_STATE: dict[ServerState, type] = {
-    ServerState.COLLECTING_ADVERTISE_KEYS: AdvertiseKeys,
-    ServerState.COLLECTING_SHARE_KEYS: EncryptedShares,
-    ServerState.COLLECTING_MASKED_INPUTS: MaskedInput,
-    ServerState.COLLECTING_CONSISTENCY_CHECKS: ConsistencySignature,
-    ServerState.COLLECTING_UNMASKING_RESPONSES: UnmaskingResponse,
-}
-_ROUND_OF_MESSAGE = {
-    AdvertiseKeys: Round.ADVERTISE_KEYS,
-    EncryptedShares: Round.SHARE_KEYS,
-    MaskedInput: Round.MASKED_INPUT_COLLECTION,
-    ConsistencySignature: Round.CONSISTENCY_CHECK,
-    UnmaskingResponse: Round.UNMASKING,
-}
 
 
 @dataclass(frozen=True)
@@ -187,42 +170,50 @@ class ServerSession:
                     f" client, to refuse unsigned or forged messages before they can abort the"
                     f" round (missing: {missing[:10]})")
         self._digest = config.digest()
-        self.state = ServerState.COLLECTING_ADVERTISE_KEYS
-        self.statuses: dict[int, ClientStatus] = dict.fromkeys(config.ids,
-                                                               ClientStatus.READY_TO_START)
+        self._rounds = _ROUNDS[config.mode]
+        self._peers = {c: _Peer() for c in config.ids}
         self.session_id: bytes | None = None
-        self._adverts: dict[int, AdvertiseKeys] = {}
         self._keys_seen: dict[bytes, int] = {}
-        self._neighbours: Mapping[int, frozenset[int]] = {}
-        self._shares: dict[int, EncryptedShares] = {}
         self._dtype = ring_dtype(config.bits)
         self._sum: np.ndarray | None = None
-        self._masked: dict[int, np.ndarray] = {}
-        self._complaints: dict[int, frozenset[int]] = {}
         self._blame: list[Blame] = []
-        self._excluded: dict[int, str] = {}
-        self._u2: tuple[int, ...] = ()
         self._u3: tuple[int, ...] = ()
-        self._delivered: dict[int, frozenset[int]] = {}
-        self._masked_from: set[int] = set()
         self._dropped: tuple[int, ...] = ()
-        self._signatures: dict[int, bytes] = {}
-        self._responders: tuple[int, ...] = ()
-        self._responses: dict[int, UnmaskingResponse] = {}
         self._result: AggregationResult | None = None
 
     def __repr__(self) -> str:
         return f"ServerSession(state={self.state.name}, n={self.config.num_clients})"
 
     @property
+    def statuses(self) -> dict[int, ClientStatus]:
+        """Every invited client's :class:`ClientStatus` (a fresh dict)."""
+        return {c: peer.status for c, peer in self._peers.items()}
+
+    @property
     def round(self) -> Round | None:
-        """The round being collected, or None once finished or aborted."""
-        return _ROUND_OF_STATE.get(self.state)
+        """The round being collected, or None once finished or aborted: the
+        round open for the clients still taking part (every one of them has
+        the same)."""
+        row = self._row()
+        return None if row is None else row.round
+
+    @property
+    def state(self) -> ServerState:
+        """Where the session stands, derived from the clients' records."""
+        row = self._row()
+        if row is not None:
+            return _STATE_OF_ROUND[row.round]
+        return ServerState.FINISHED if self._result is not None else ServerState.ABORTED
 
     @property
     def finished(self) -> bool:
         """True once :attr:`result` is available."""
-        return self.state is ServerState.FINISHED
+        return self._result is not None
+
+    def _row(self) -> _RoundRow | None:
+        """The row of the round open for the clients still taking part."""
+        rnd = next((p.round for p in self._peers.values() if p.round is not None), None)
+        return None if rnd is None else next(r for r in self._rounds if r.round is rnd)
 
     @property
     def result(self) -> AggregationResult:
@@ -251,17 +242,18 @@ class ServerSession:
             LocalProtocolError: the session is finished or aborted, or the
                 object is not a client message.
         """
-        if self.state in (ServerState.FINISHED, ServerState.ABORTED):
+        row = self._row()
+        if row is None:
             raise LocalProtocolError(Rule.SESSION_FINISHED, f"session is {self.state.name}",
                                      peer="server")
-        rnd = _ROUND_OF_STATE[self.state]
+        rnd = row.round
         msg_round = _ROUND_OF_MESSAGE.get(type(message))
         if msg_round is None:
             raise LocalProtocolError(Rule.MALFORMED,
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
         sender = getattr(message, "sender", None)
-        if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self.statuses:
+        if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self._peers:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if type(sender) is int else None, round=rnd)
         if msg_round is not rnd:
@@ -272,19 +264,12 @@ class ServerSession:
         if not isinstance(message, AdvertiseKeys) and message.session_id != self.session_id:
             raise RemoteProtocolError(Rule.WRONG_SESSION, "message belongs to another session",
                                       peer=sender, round=rnd)
-        handler = {
-            AdvertiseKeys: self._receive_advert,
-            EncryptedShares: self._receive_shares,
-            MaskedInput: self._receive_masked,
-            ConsistencySignature: self._receive_signature,
-            UnmaskingResponse: self._receive_unmasking,
-        }[type(message)]
-        handler(message, rnd)
+        peer = self._peers[sender]
+        self._expect_status(sender, peer.status, row.waiting, rnd)
+        getattr(self, row.receive)(message, peer, rnd)
+        peer.status = row.answered
 
-    def _receive_advert(self, msg: AdvertiseKeys, rnd: Round) -> None:
-        if msg.sender in self._adverts:
-            raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE, "already advertised keys",
-                                      peer=msg.sender, round=rnd)
+    def _receive_advert(self, msg: AdvertiseKeys, peer: _Peer, rnd: Round) -> None:
         for key in (msg.encryption_key, msg.masking_key):
             try:
                 validate_public(key)
@@ -310,14 +295,12 @@ class ServerSession:
             self._verify(msg.signature, d.advertise_payload(
                 self._digest, msg.sender, msg.encryption_key, msg.masking_key,
                 msg.seed_commitment), msg.sender, rnd)
-        self._adverts[msg.sender] = msg
+        peer.advert = msg
         self._keys_seen[msg.encryption_key] = msg.sender
         self._keys_seen[msg.masking_key] = msg.sender
-        self.statuses[msg.sender] = ClientStatus.ADVERTISE_KEYS_RECEIVED
 
-    def _receive_shares(self, msg: EncryptedShares, rnd: Round) -> None:
-        self._expect_status(msg.sender, ClientStatus.ADVERTISE_KEYS_RECEIVED, rnd)
-        expected = self._neighbours[msg.sender]
+    def _receive_shares(self, msg: EncryptedShares, peer: _Peer, rnd: Round) -> None:
+        expected = peer.neighbours
         if set(msg.ciphertexts) != expected:
             raise RemoteProtocolError(
                 Rule.WRONG_RECIPIENTS,
@@ -328,11 +311,9 @@ class ServerSession:
                 raise RemoteProtocolError(Rule.MALFORMED,
                                           f"a share ciphertext is {d.SHARES_CIPHERTEXT_BYTES}"
                                           " bytes", peer=msg.sender, round=rnd)
-        self._shares[msg.sender] = msg
-        self.statuses[msg.sender] = ClientStatus.SHARE_KEYS_RECEIVED
+        peer.shares = msg
 
-    def _receive_masked(self, msg: MaskedInput, rnd: Round) -> None:
-        self._expect_status(msg.sender, ClientStatus.SHARE_KEYS_RECEIVED, rnd)
+    def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
         vector = msg.masked
         if not (isinstance(vector, np.ndarray) and vector.dtype == self._dtype):
             vector = check_input_vector(vector, self.config, msg.sender, local=False, rnd=rnd)
@@ -351,43 +332,33 @@ class ServerSession:
                 isinstance(u, int) and not isinstance(u, bool) for u in excluded):
             raise RemoteProtocolError(Rule.MALFORMED, "excluded must be ascending client ids"
                                       " without repeats", peer=msg.sender, round=rnd)
-        delivered = self._delivered.get(msg.sender, frozenset())
-        strays = [u for u in excluded if u not in delivered]
+        strays = [u for u in excluded if u not in peer.delivered]
         if strays:
             raise RemoteProtocolError(Rule.MALFORMED, f"excludes clients {strays[:10]} whose"
                                       " shares were never delivered to it", peer=msg.sender,
                                       round=rnd)
-        if len(delivered) - len(excluded) + 1 < self.config.t:
+        if len(peer.delivered) - len(excluded) + 1 < self.config.t:
             raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
                                       " threshold - 1 peers", peer=msg.sender, round=rnd)
         # a copy: the sum is taken at close, and the caller may reuse its buffer
-        self._masked[msg.sender] = np.array(vector, dtype=self._dtype, copy=True)
-        if excluded:
-            self._complaints[msg.sender] = frozenset(excluded)
-        self._masked_from.add(msg.sender)
-        self.statuses[msg.sender] = ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED
+        peer.masked = np.array(vector, dtype=self._dtype, copy=True)
+        peer.complaints = frozenset(excluded)
 
-    def _receive_signature(self, msg: ConsistencySignature, rnd: Round) -> None:
-        self._expect_status(msg.sender, ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED, rnd)
+    def _receive_signature(self, msg: ConsistencySignature, peer: _Peer, rnd: Round) -> None:
         assert self.session_id is not None
         self._verify(msg.signature, d.consistency_payload(self.session_id, self._u3),
                      msg.sender, rnd)
-        self._signatures[msg.sender] = msg.signature
-        self.statuses[msg.sender] = ClientStatus.CONSISTENCY_CHECK_RECEIVED
+        peer.signature = msg.signature
 
-    def _receive_unmasking(self, msg: UnmaskingResponse, rnd: Round) -> None:
-        asked = (ClientStatus.CONSISTENCY_CHECK_RECEIVED if self.config.mode is SecurityMode.ACTIVE
-                 else ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED)
-        self._expect_status(msg.sender, asked, rnd)
+    def _receive_unmasking(self, msg: UnmaskingResponse, peer: _Peer, rnd: Round) -> None:
         both = set(msg.self_mask_shares) & set(msg.key_shares)
         if both:
             raise RemoteProtocolError(Rule.BOTH_SHARES_REQUESTED,
                                       f"revealed both shares of clients {sorted(both)[:10]}",
                                       peer=msg.sender, round=rnd)
-        holds = self._neighbours[msg.sender]
-        refused = self._complaints.get(msg.sender, frozenset())
+        holds = peer.neighbours
         want_self = {u for u in self._u3 if u in holds or u == msg.sender}
-        want_keys = {u for u in self._dropped if u in holds and u not in refused}
+        want_keys = {u for u in self._dropped if u in holds and u not in peer.complaints}
         if set(msg.self_mask_shares) != want_self or set(msg.key_shares) != want_keys:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
@@ -401,138 +372,120 @@ class ServerSession:
         except InconsistentSharesError:
             raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
                                       round=rnd) from None
-        self._responses[msg.sender] = msg
-        self.statuses[msg.sender] = ClientStatus.UNMASKING_RESPONSE_RECEIVED
+        peer.response = msg
 
     # -- closing rounds -----------------------------------------------------
 
     def close_round(self) -> list[Envelope]:
         """The current round's deadline passed: proceed with whoever answered.
 
+        The clients still waiting on the round are marked dead, at least the
+        round's minimum must have answered, and the round's closing function
+        makes the next round's messages; the clients that answered are then
+        open for the next round (none after the last).
+
         Returns:
             the messages to deliver for the next round (empty once finished).
 
         Raises:
-            AbortError: fewer than ``threshold`` clients remain (the session
-                is then ABORTED and produces no result).
+            AbortError: fewer than the round's minimum answered, or unmasking
+                failed (the session is then ABORTED and produces no result).
             LocalProtocolError: the session already finished or aborted.
         """
-        handlers = {
-            ServerState.COLLECTING_ADVERTISE_KEYS: self._close_advertise,
-            ServerState.COLLECTING_SHARE_KEYS: self._close_share_keys,
-            ServerState.COLLECTING_MASKED_INPUTS: self._close_masked,
-            ServerState.COLLECTING_CONSISTENCY_CHECKS: self._close_consistency,
-            ServerState.COLLECTING_UNMASKING_RESPONSES: self._close_unmasking,
-        }
-        handler = handlers.get(self.state)
-        if handler is None:
+        row = self._row()
+        if row is None:
             raise LocalProtocolError(Rule.SESSION_FINISHED, f"session is {self.state.name}",
                                      peer="server")
         try:
-            return handler()
+            self._mark_dead(row.waiting, row.dead)
+            if row.settle is not None:
+                getattr(self, row.settle)()
+            answered = sum(p.status is row.answered for p in self._peers.values())
+            for minimum in row.minimum:
+                self._need(answered, row.round, row.counted, getattr(self.config, minimum))
+            out: list[Envelope] = getattr(self, row.close)()
         except AbortError:
-            self.state = ServerState.ABORTED
             self._sum = None
-            self._masked = {}
+            for peer in self._peers.values():
+                peer.round = None
+                peer.masked = None
             raise
+        following = self._rounds.index(row) + 1
+        nxt = self._rounds[following].round if following < len(self._rounds) else None
+        for peer in self._peers.values():
+            peer.round = nxt if peer.status is row.answered else None
+        return out
 
     def _close_advertise(self) -> list[Envelope]:
-        rnd = Round.ADVERTISE_KEYS
-        self._mark_dead(ClientStatus.READY_TO_START, ClientStatus.DEAD_BEFORE_SENDING_ANYTHING)
-        self._need(len(self._adverts), rnd, "clients advertised keys", self.config.floor)
-        entries = tuple(self._adverts[c] for c in sorted(self._adverts))
+        adverts = {c: self._advert(c) for c in self._reached(ClientStatus.ADVERTISE_KEYS_RECEIVED)}
+        entries = tuple(adverts.values())
         self.session_id = d.session_id(self._digest, entries)
-        self._neighbours = neighbour_map(self.config.graph, tuple(sorted(self._adverts)),
-                                         self.session_id)
+        for c, neighbours in neighbour_map(self.config.graph, tuple(adverts),
+                                           self.session_id).items():
+            self._peers[c].neighbours = frozenset(neighbours)
         roster = KeyRoster(self._digest, entries)
-        self.state = ServerState.COLLECTING_SHARE_KEYS
-        return [Envelope(c, roster) for c in sorted(self._adverts)]
+        return [Envelope(c, roster) for c in adverts]
 
     def _close_share_keys(self) -> list[Envelope]:
-        rnd = Round.SHARE_KEYS
-        self._mark_dead(ClientStatus.ADVERTISE_KEYS_RECEIVED,
-                        ClientStatus.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED)
-        self._u2 = tuple(sorted(self._shares))
-        self._need(len(self._u2), rnd, "clients shared their keys", self.config.floor)
         assert self.session_id is not None
+        u2 = self._reached(ClientStatus.SHARE_KEYS_RECEIVED)
         out = []
-        for v in self._u2:
-            cts = {u: self._shares[u].ciphertexts[v] for u in self._u2
-                   if u != v and v in self._neighbours[u]}
+        for v in u2:
+            cts = {u: self._peers[u].shares.ciphertexts[v]  # type: ignore[union-attr]
+                   for u in u2 if u != v and v in self._peers[u].neighbours}
             # a client that sees fewer than t-1 sharing neighbours would refuse
             # (sparse graphs only): it is not asked, and counts as dropped here
             if len(cts) + 1 >= self.config.t:
                 out.append(Envelope(v, ShareDelivery(v, self.session_id, cts)))
-                self._delivered[v] = frozenset(cts)
-        self._shares = {}
-        self.state = ServerState.COLLECTING_MASKED_INPUTS
+                self._peers[v].delivered = frozenset(cts)
+        for peer in self._peers.values():
+            peer.shares = None
         return out
 
     def _close_masked(self) -> list[Envelope]:
-        rnd = Round.MASKED_INPUT_COLLECTION
-        self._mark_dead(ClientStatus.SHARE_KEYS_RECEIVED,
-                        ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED)
-        self._resolve_complaints()
-        self._u3 = tuple(sorted(self._masked_from))
+        self._u3 = self._reached(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED)
+        self._dropped = tuple(c for c, p in self._peers.items()
+                              if _PROGRESS[p.status] == _PROGRESS[ClientStatus.SHARE_KEYS_RECEIVED])
         self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
         for u in self._u3:
-            np.add(self._sum, self._masked[u], out=self._sum)
-        self._masked = {}
-        self._need(len(self._u3), rnd, "clients sent masked inputs", self.config.floor)
-        if self.config.mode is SecurityMode.ACTIVE:
-            self._need(len(self._u3), rnd, "clients sent masked inputs",
-                       self.config.signature_quorum)
-        self._dropped = tuple(u for u in self._u2 if u not in self._masked_from)
+            np.add(self._sum, self._peers[u].masked, out=self._sum)
+        for peer in self._peers.values():
+            peer.masked = None
         assert self.session_id is not None
         u3 = set(self._u3)
         # sparse graphs: a survivor with fewer than t-1 surviving neighbours
         # would refuse to sign or unmask; its input still counts
-        asked = [v for v in self._u3 if len(self._neighbours[v] & u3) + 1 >= self.config.t]
+        asked = [v for v in self._u3
+                 if len(self._peers[v].neighbours & u3) + 1 >= self.config.t]
         if self.config.mode is SecurityMode.ACTIVE:
-            self.state = ServerState.COLLECTING_CONSISTENCY_CHECKS
             return [Envelope(v, ConsistencyRequest(v, self.session_id, self._u3)) for v in asked]
-        self.state = ServerState.COLLECTING_UNMASKING_RESPONSES
         return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped))
                 for v in asked]
 
     def _close_consistency(self) -> list[Envelope]:
-        rnd = Round.CONSISTENCY_CHECK
-        self._mark_dead(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED,
-                        ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED)
-        self._need(len(self._signatures), rnd, "clients signed the survivor list",
-                   self.config.signature_quorum)
         assert self.session_id is not None
-        sigs = dict(self._signatures)
-        self.state = ServerState.COLLECTING_UNMASKING_RESPONSES
+        sigs = {c: p.signature for c, p in self._peers.items() if p.signature is not None}
         return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped, sigs))
-                for v in sorted(sigs)]
+                for v in sigs]
 
     def _close_unmasking(self) -> list[Envelope]:
-        rnd = Round.UNMASKING
-        asked = (ClientStatus.CONSISTENCY_CHECK_RECEIVED if self.config.mode is SecurityMode.ACTIVE
-                 else ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED)
-        dead = (ClientStatus.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED
-                if self.config.mode is SecurityMode.ACTIVE
-                else ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED)
-        self._responders = tuple(sorted(self._responses))
-        self._need(len(self._responders), rnd, "clients answered the unmasking request")
         total = self._unmask()
-        self._mark_dead(asked, dead)
         assert self.session_id is not None
-        self._result = AggregationResult(total.astype(np.uint64), self._u3, dict(self.statuses),
-                                         self.session_id, tuple(self._blame),
-                                         dict(self._excluded))
-        self._responses = {}
+        self._result = AggregationResult(
+            total.astype(np.uint64), self._u3, self.statuses, self.session_id,
+            tuple(self._blame),
+            {c: p.excluded for c, p in self._peers.items() if p.excluded is not None})
+        for peer in self._peers.values():
+            peer.response = None
         self._sum = None
-        self.state = ServerState.FINISHED
         return []
 
     # -- share complaints (SPEC [R2-6]) ----------------------------------------
 
     def _includes(self, v: int, u: int) -> bool:
         """Did client ``v`` mask with ``u`` (and so hold ``u``'s shares)?"""
-        return (u in self._delivered.get(v, frozenset())
-                and u not in self._complaints.get(v, frozenset()))
+        peer = self._peers[v]
+        return u in peer.delivered and u not in peer.complaints
 
     def _resolve_complaints(self) -> None:
         """Exclude one end of every share complaint, then every survivor that
@@ -549,8 +502,9 @@ class ServerSession:
         costs the round one client (the accused).
         """
         rnd = Round.MASKED_INPUT_COLLECTION
-        alive = set(self._masked_from)
-        accusations = [(v, u) for v, us in self._complaints.items() if v in alive for u in us]
+        masked_from = set(self._reached(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED))
+        alive = set(masked_from)
+        accusations = [(v, u) for v in sorted(alive) for u in sorted(self._peers[v].complaints)]
         open_edges = {frozenset((v, u)) for v, u in accusations if u in alive}
         removed: list[int] = []
         while open_edges:
@@ -569,44 +523,44 @@ class ServerSession:
                                      f" clients {by[:10]}, reported clients {of[:10]} (the"
                                      " server cannot tell which end is lying)"))
             open_edges = {e for e in open_edges if pick not in e}
-            self._excluded[pick] = "one end of a share complaint"
+            self._peers[pick].excluded = "one end of a share complaint"
         t = self.config.t
         # also the reported clients that dropped on their own: their masks with
         # the survivors that did take their shares must be removable too
-        queue = removed + sorted({u for _, u in accusations if u not in self._masked_from})
+        queue = removed + sorted({u for _, u in accusations if u not in masked_from})
         while queue:
             gone = queue.pop()
-            holders = [v for v in sorted(alive) if v in self._neighbours[gone]
+            holders = [v for v in sorted(alive) if v in self._peers[gone].neighbours
                        and self._includes(v, gone)]
             if 0 < len(holders) < t:
                 # their masks with `gone` could never be removed: drop them too
                 for v in holders:
                     alive.discard(v)
                     queue.append(v)
-                    self._excluded[v] = (f"holds shares of excluded client {gone} that fewer"
+                    self._peers[v].excluded = (f"holds shares of excluded client {gone} that fewer"
                                          f" than {t} survivors hold")
-        for c in self._excluded:
-            self._masked_from.discard(c)
-            self._masked.pop(c, None)
-            self.statuses[c] = ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
+        for peer in self._peers.values():
+            if peer.excluded is not None:
+                peer.masked = None
+                peer.status = ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
 
     # -- unmasking ----------------------------------------------------------
 
     def _unmask(self) -> np.ndarray:
         rnd = Round.UNMASKING
         t = self.config.t
-        responders = set(self._responders)
+        responders = {c for c, p in self._peers.items() if p.response is not None}
         u3 = set(self._u3)
         # group the secrets to reconstruct by their holder set (one group for the
         # complete graph), so Lagrange coefficients are computed once per group
         groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
         for u in self._u3:
-            holders = tuple(sorted((self._neighbours[u] | {u}) & responders))
+            holders = tuple(sorted((self._peers[u].neighbours | {u}) & responders))
             groups.setdefault(holders, []).append(("self", u))
         for u in self._dropped:
-            if not any(self._includes(v, u) for v in self._neighbours[u] & u3):
+            if not any(self._includes(v, u) for v in self._peers[u].neighbours & u3):
                 continue  # no survivor masked with u: nothing to remove
-            holders = tuple(sorted(v for v in self._neighbours[u] & responders
+            holders = tuple(sorted(v for v in self._peers[u].neighbours & responders
                                    if self._includes(v, u)))
             groups.setdefault(holders, []).append(("key", u))
         seeds: dict[int, bytes] = {}
@@ -619,15 +573,15 @@ class ServerSession:
                     f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
                     available=len(holders))
             raw = b"".join(
-                (self._responses[h].self_mask_shares if kind == "self"
-                 else self._responses[h].key_shares)[owner]
+                (self._response(h).self_mask_shares if kind == "self"
+                 else self._response(h).key_shares)[owner]
                 for h in holders for kind, owner in secrets)
             shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
                                                               shamir.LIMBS)
 
             def verify(i: int, value: bytes, secrets: list[tuple[str, int]] = secrets) -> bool:
                 kind, owner = secrets[i]
-                advert = self._adverts[owner]
+                advert = self._advert(owner)
                 if kind == "self":
                     return d.seed_commitment(self._digest, owner, value) == advert.seed_commitment
                 return matches_public(value, advert.masking_key)
@@ -663,9 +617,9 @@ class ServerSession:
         for u, raw_key in private_keys.items():
             pair = KeyPair.from_private_bytes(raw_key)
             for v in self._u3:
-                if v in self._neighbours[u] and self._includes(v, u):
+                if v in self._peers[u].neighbours and self._includes(v, u):
                     try:
-                        key = d.masking_secret(pair, self._adverts[v].masking_key, sid, u, v)
+                        key = d.masking_secret(pair, self._advert(v).masking_key, sid, u, v)
                     except InvalidKeyError as exc:
                         raise AbortError(f"client {v}'s masking key is invalid",
                                          round=rnd) from exc
@@ -693,15 +647,32 @@ class ServerSession:
                              round=rnd, needed=needed, available=count)
 
     def _mark_dead(self, waiting: ClientStatus, dead: ClientStatus) -> None:
-        for c, status in self.statuses.items():
-            if status is waiting:
-                self.statuses[c] = dead
+        for peer in self._peers.values():
+            if peer.status is waiting:
+                peer.status = dead
 
-    def _expect_status(self, sender: int, status: ClientStatus, rnd: Round) -> None:
-        current = self.statuses[sender]
+    def _reached(self, status: ClientStatus) -> tuple[int, ...]:
+        """The clients (ascending) that got at least as far as ``status``,
+        whether they went on or died after it."""
+        return tuple(sorted(c for c, p in self._peers.items()
+                            if _PROGRESS[p.status] >= _PROGRESS[status]))
+
+    def _advert(self, c: int) -> AdvertiseKeys:
+        advert = self._peers[c].advert
+        assert advert is not None
+        return advert
+
+    def _response(self, c: int) -> UnmaskingResponse:
+        response = self._peers[c].response
+        assert response is not None
+        return response
+
+    @staticmethod
+    def _expect_status(sender: int, current: ClientStatus, status: ClientStatus,
+                       rnd: Round) -> None:
         if current is status:
             return
-        if _STATUS_ORDER.get(current, -1) > _STATUS_ORDER[status]:
+        if current not in _DEAD and _PROGRESS[current] > _PROGRESS[status]:
             raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE, "already answered this round",
                                       peer=sender, round=rnd)
         raise RemoteProtocolError(Rule.UNKNOWN_PEER,
@@ -723,11 +694,103 @@ class ServerSession:
                                       peer=signer, round=rnd) from None
 
 
-_STATUS_ORDER = {
-    ClientStatus.READY_TO_START: 0,
-    ClientStatus.ADVERTISE_KEYS_RECEIVED: 1,
-    ClientStatus.SHARE_KEYS_RECEIVED: 2,
-    ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED: 3,
-    ClientStatus.CONSISTENCY_CHECK_RECEIVED: 4,
-    ClientStatus.UNMASKING_RESPONSE_RECEIVED: 5,
+_S = ClientStatus
+_PROGRESS = {
+    _S.READY_TO_START: 0, _S.DEAD_BEFORE_SENDING_ANYTHING: 0,
+    _S.ADVERTISE_KEYS_RECEIVED: 1, _S.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED: 1,
+    _S.SHARE_KEYS_RECEIVED: 2, _S.DEAD_AFTER_SHARE_KEYS_RECEIVED: 2,
+    _S.MASKED_INPUT_RESPONSE_RECEIVED: 3, _S.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED: 3,
+    _S.CONSISTENCY_CHECK_RECEIVED: 4, _S.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED: 4,
+    _S.UNMASKING_RESPONSE_RECEIVED: 5,
 }
+"""How far a client got: how many of its messages the server accepted."""
+_DEAD = frozenset({_S.DEAD_BEFORE_SENDING_ANYTHING, _S.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED,
+                   _S.DEAD_AFTER_SHARE_KEYS_RECEIVED, _S.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED,
+                   _S.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED})
+
+
+@dataclass(frozen=True)
+class _RoundRow:
+    """One round of the server, as plain data.
+
+    A client whose status is ``waiting`` may send one ``message``, checked
+    and kept by the method ``receive``; it then moves to ``answered``.
+    When the round closes, those still ``waiting`` move to ``dead``, the
+    method ``settle`` (if any) may drop more, at least every ``minimum``
+    (names of :class:`SecAggConfig` attributes) of ``answered`` clients must
+    remain ("only N <counted>"), and the method ``close`` makes the next
+    round's messages.
+    """
+
+    round: Round
+    message: type
+    receive: str
+    close: str
+    waiting: ClientStatus
+    answered: ClientStatus
+    dead: ClientStatus
+    minimum: tuple[str, ...]
+    counted: str
+    settle: str | None = None
+
+
+_ADVERTISE = _RoundRow(Round.ADVERTISE_KEYS, AdvertiseKeys, "_receive_advert", "_close_advertise",
+                       _S.READY_TO_START, _S.ADVERTISE_KEYS_RECEIVED,
+                       _S.DEAD_BEFORE_SENDING_ANYTHING, ("floor",), "clients advertised keys")
+_SHARE = _RoundRow(Round.SHARE_KEYS, EncryptedShares, "_receive_shares", "_close_share_keys",
+                   _S.ADVERTISE_KEYS_RECEIVED, _S.SHARE_KEYS_RECEIVED,
+                   _S.DEAD_AFTER_ADVERTISE_KEYS_RECEIVED, ("floor",), "clients shared their keys")
+_MASKED = _RoundRow(Round.MASKED_INPUT_COLLECTION, MaskedInput, "_receive_masked",
+                    "_close_masked", _S.SHARE_KEYS_RECEIVED, _S.MASKED_INPUT_RESPONSE_RECEIVED,
+                    _S.DEAD_AFTER_SHARE_KEYS_RECEIVED, ("floor",), "clients sent masked inputs",
+                    settle="_resolve_complaints")
+_CONSISTENCY = _RoundRow(Round.CONSISTENCY_CHECK, ConsistencySignature, "_receive_signature",
+                         "_close_consistency", _S.MASKED_INPUT_RESPONSE_RECEIVED,
+                         _S.CONSISTENCY_CHECK_RECEIVED,
+                         _S.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED, ("signature_quorum",),
+                         "clients signed the survivor list")
+_UNMASK = _RoundRow(Round.UNMASKING, UnmaskingResponse, "_receive_unmasking", "_close_unmasking",
+                    _S.CONSISTENCY_CHECK_RECEIVED, _S.UNMASKING_RESPONSE_RECEIVED,
+                    _S.DEAD_AFTER_CONSISTENCY_CHECK_RECEIVED, ("t",),
+                    "clients answered the unmasking request")
+_ROUNDS: dict[SecurityMode, tuple[_RoundRow, ...]] = {
+    SecurityMode.ACTIVE: (
+        _ADVERTISE, _SHARE, replace(_MASKED, minimum=("floor", "signature_quorum")),
+        _CONSISTENCY, _UNMASK),
+    SecurityMode.SEMI_HONEST: (
+        _ADVERTISE, _SHARE, _MASKED,
+        replace(_UNMASK, waiting=_S.MASKED_INPUT_RESPONSE_RECEIVED,
+                dead=_S.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED)),
+}
+"""The server's rounds in each mode, in order (the client's are in
+``securefl.protocol.client._TRANSITIONS``)."""
+_ROUND_OF_MESSAGE = {row.message: row.round for row in _ROUNDS[SecurityMode.ACTIVE]}
+_STATE_OF_ROUND = {
+    Round.ADVERTISE_KEYS: ServerState.COLLECTING_ADVERTISE_KEYS,
+    Round.SHARE_KEYS: ServerState.COLLECTING_SHARE_KEYS,
+    Round.MASKED_INPUT_COLLECTION: ServerState.COLLECTING_MASKED_INPUTS,
+    Round.CONSISTENCY_CHECK: ServerState.COLLECTING_CONSISTENCY_CHECKS,
+    Round.UNMASKING: ServerState.COLLECTING_UNMASKING_RESPONSES,
+}
+
+
+@dataclass
+class _Peer:
+    """What the server holds about one invited client.
+
+    ``round`` is the round open for it (None once it is dead, or the
+    session ended); the session's round is the one open for every client
+    still taking part.  Messages are dropped once their round closed.
+    """
+
+    status: ClientStatus = _S.READY_TO_START
+    round: Round | None = Round.ADVERTISE_KEYS
+    advert: AdvertiseKeys | None = None
+    neighbours: frozenset[int] = frozenset()
+    shares: EncryptedShares | None = None
+    delivered: frozenset[int] = frozenset()
+    masked: np.ndarray | None = None
+    complaints: frozenset[int] = frozenset()
+    excluded: str | None = None
+    signature: bytes | None = None
+    response: UnmaskingResponse | None = None
