@@ -33,6 +33,9 @@ def expected_outcome(config: SecAggConfig, dropouts: dict[int, Round]) -> tuple[
     if config.mode is SecurityMode.ACTIVE:
         u4 = [c for c in u3 if alive(c, Round.CONSISTENCY_CHECK)]
         sizes.append(len(u4))
+        # [PARAM-7]: the masked inputs and the signatures must each reach the quorum
+        if min(len(u3), len(u4)) < config.signature_quorum:
+            return None
         u5 = [c for c in u4 if alive(c, Round.UNMASKING)]
     else:
         u5 = [c for c in u3 if alive(c, Round.UNMASKING) and alive(c, Round.CONSISTENCY_CHECK)]
