@@ -1,0 +1,18 @@
+"""Test-suite settings.
+
+Hypothesis runs without per-example deadlines everywhere (the machines are
+shared 2-core boxes and timing belongs in benchmarks, not tests).  Under CI
+(``CI=true``) it is also derandomized, so a landing never depends on which
+examples one run happened to draw; locally it explores fresh examples every
+run, and any failure it finds is printed with its reproduction blob.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("local", deadline=None, print_blob=True)
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "local")
