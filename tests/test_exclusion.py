@@ -80,6 +80,8 @@ class Attack:
     """who answers the unmasking request (default: everyone asked)."""
     duplicate: bool = False
     """deliver every server message twice."""
+    start: Callable[[int, ClientSession, AdvertiseKeys], AdvertiseKeys] | None = None
+    """edit a client (its keys) and its advertisement right after ``start()``."""
 
 
 @dataclass
@@ -131,6 +133,8 @@ def drive(config: SecAggConfig, attack: Attack) -> Outcome:
 
     for c, client in clients.items():
         advert = client.start()
+        if attack.start is not None:
+            advert = attack.start(c, client, advert)
         if answers(c, Round.ADVERTISE_KEYS):
             send(Round.ADVERTISE_KEYS, c, advert)
     while True:

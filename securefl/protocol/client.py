@@ -40,7 +40,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, is_canonical_public
 from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -267,8 +267,10 @@ class ClientSession:
             if e.sender not in self.config.ids:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
                            rnd, peer=e.sender)
-            if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
-                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
+            if not (is_canonical_public(e.encryption_key)
+                    and is_canonical_public(e.masking_key)):
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonical 32-byte"
+                           " encodings of points of the curve (SPEC [R0-5])", rnd,
                            peer=e.sender)
             if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
                 self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd,

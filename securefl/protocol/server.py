@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import os
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair, matches_public, validate_public
+from securefl.hazmat.agreement import KeyPair, key_class, matches_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -193,6 +192,7 @@ class ServerSession:
         self.session_id: bytes | None = None
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._keys_seen: dict[bytes, int] = {}
+        self._contradicted: dict[int, list[int]] = {}
         self._neighbours: Mapping[int, frozenset[int]] = {}
         self._shares: dict[int, EncryptedShares] = {}
         self._dtype = ring_dtype(config.bits)
@@ -285,22 +285,24 @@ class ServerSession:
         if msg.sender in self._adverts:
             raise RemoteProtocolError(Rule.DUPLICATE_MESSAGE, "already advertised keys",
                                       peer=msg.sender, round=rnd)
+        classes = []
         for key in (msg.encryption_key, msg.masking_key):
             try:
-                validate_public(key)
+                classes.append(key_class(key))
             except InvalidKeyError:
                 raise RemoteProtocolError(Rule.INVALID_PUBLIC_KEY, "advertised key is not a"
-                                          " 32-byte X25519 key of large order", peer=msg.sender,
-                                          round=rnd) from None
+                                          " canonical 32-byte X25519 key of large order on the"
+                                          " curve", peer=msg.sender, round=rnd) from None
         commitment = msg.seed_commitment
         if not isinstance(commitment, bytes) or len(commitment) != d.SEED_COMMITMENT_BYTES:
             raise RemoteProtocolError(Rule.MALFORMED, "the seed commitment is"
                                       f" {d.SEED_COMMITMENT_BYTES} bytes", peer=msg.sender,
                                       round=rnd)
-        if msg.encryption_key == msg.masking_key:
+        # keys are compared up to sign and small-order components (SPEC [R0-2])
+        if classes[0] == classes[1]:
             raise RemoteProtocolError(Rule.DUPLICATE_KEY, "the two advertised keys are equal",
                                       peer=msg.sender, round=rnd)
-        for key in (msg.encryption_key, msg.masking_key):
+        for key in classes:
             if key in self._keys_seen:
                 raise RemoteProtocolError(
                     Rule.DUPLICATE_KEY,
@@ -311,8 +313,8 @@ class ServerSession:
                 self._digest, msg.sender, msg.encryption_key, msg.masking_key,
                 msg.seed_commitment), msg.sender, rnd)
         self._adverts[msg.sender] = msg
-        self._keys_seen[msg.encryption_key] = msg.sender
-        self._keys_seen[msg.masking_key] = msg.sender
+        self._keys_seen[classes[0]] = msg.sender
+        self._keys_seen[classes[1]] = msg.sender
         self.statuses[msg.sender] = ClientStatus.ADVERTISE_KEYS_RECEIVED
 
     def _receive_shares(self, msg: EncryptedShares, rnd: Round) -> None:
@@ -388,7 +390,9 @@ class ServerSession:
         refused = self._complaints.get(msg.sender, frozenset())
         want_self = {u for u in self._u3 if u in holds or u == msg.sender}
         want_keys = {u for u in self._dropped if u in holds and u not in refused}
-        if set(msg.self_mask_shares) != want_self or set(msg.key_shares) != want_keys:
+        contradicted = sorted(set(msg.key_shares) & refused & set(self._dropped))
+        if set(msg.self_mask_shares) != want_self or \
+                set(msg.key_shares) - set(contradicted) != want_keys:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
                                       peer=msg.sender, round=rnd)
@@ -401,6 +405,11 @@ class ServerSession:
         except InconsistentSharesError:
             raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
                                       round=rnd) from None
+        if contradicted:
+            # SPEC [R4-12]: it holds shares of a peer it reported, so it masked
+            # with that peer and its complaint was forged (or a lie); the
+            # server never removed that mask, the sum would be wrong
+            self._contradicted.setdefault(msg.sender, contradicted)
         self._responses[msg.sender] = msg
         self.statuses[msg.sender] = ClientStatus.UNMASKING_RESPONSE_RECEIVED
 
@@ -515,6 +524,13 @@ class ServerSession:
                 if self.config.mode is SecurityMode.ACTIVE
                 else ClientStatus.DEAD_AFTER_MASKED_INPUT_RESPONSE_RECEIVED)
         self._responders = tuple(sorted(self._responses))
+        if self._contradicted:
+            v, peers = min(self._contradicted.items())
+            raise AbortError(
+                f"client {v} revealed shares of clients {peers[:10]} that its masked input"
+                " reported as excluded: the complaint was forged in transit (or the client"
+                " lied) and its masks with them cannot be removed", round=rnd,
+                rule=Rule.COMPLAINT_CONTRADICTED)
         self._need(len(self._responders), rnd, "clients answered the unmasking request")
         total = self._unmask()
         self._mark_dead(asked, dead)
@@ -535,40 +551,40 @@ class ServerSession:
                 and u not in self._complaints.get(v, frozenset()))
 
     def _resolve_complaints(self) -> None:
-        """Exclude one end of every share complaint, then every survivor that
-        holds shares of an excluded or reported dropped client that fewer than t
-        survivors hold.
+        """Exclude both ends of a maximal matching of the complaint graph, then
+        every survivor that holds shares of an excluded or reported dropped
+        client that fewer than t survivors hold (SPEC [R2-6]).
 
         A complaint (v reports u) cannot be judged: u may have sent garbage,
-        or v may lie.  Either end being dropped keeps the masks exact, so the
-        server drops a greedy vertex cover of the complaint graph among the
-        clients whose masked input arrived: repeatedly the client on the most
-        open complaints, ties to the one accused most often, then the lowest
-        id.  One client sending garbage to two or more peers, or accusing two
-        or more, is the only one dropped; one that is on a single complaint
-        costs the round one client (the accused).
+        v may lie, or (without authenticated channels) the network may have
+        broken or forged it.  Either end being dropped keeps the masks exact.
+        With authenticated channels every complaint has a misbehaving end, the
+        matched complaints are disjoint, and a maximal matching's ends cover
+        every complaint: so the clients removed here number exactly twice the
+        matching, at most half of them honest -- at most ``c`` honest clients
+        for ``c`` misbehaving ones, however the ``c`` collude.  The matching
+        takes the complaints in the order (accuser, accused), ascending.  The
+        removals that follow (holders of fewer than t shares) are bounded
+        separately (SPEC [R2-6]).
         """
         rnd = Round.MASKED_INPUT_COLLECTION
         alive = set(self._masked_from)
         accusations = [(v, u) for v, us in self._complaints.items() if v in alive for u in us]
-        open_edges = {frozenset((v, u)) for v, u in accusations if u in alive}
-        removed: list[int] = []
-        while open_edges:
-            degree: Counter[int] = Counter()
-            for edge in open_edges:
-                degree.update(edge)
-            accused = Counter(u for v, u in accusations
-                              if frozenset((v, u)) in open_edges)
-            pick = max(degree, key=lambda c: (degree[c], accused[c], -c))
-            removed.append(pick)
+        matched: set[int] = set()
+        matching: list[tuple[int, int]] = []
+        for v, u in sorted(accusations):
+            if u in alive and v not in matched and u not in matched:
+                matching.append((v, u))
+                matched |= {v, u}
+        removed = sorted(matched)
+        for pick in removed:
             alive.discard(pick)
-            by = sorted(v for v, u in accusations if u == pick and frozenset((v, u)) in open_edges)
-            of = sorted(u for v, u in accusations if v == pick and frozenset((v, u)) in open_edges)
+            by = sorted(v for v, u in accusations if u == pick and v in self._masked_from)
+            of = sorted(u for v, u in accusations if v == pick and u in self._masked_from)
             self._blame.append(Blame(pick, rnd, Rule.SHARES_REFUSED,
                                      f"removed as one end of share complaints: reported by"
                                      f" clients {by[:10]}, reported clients {of[:10]} (the"
                                      " server cannot tell which end is lying)"))
-            open_edges = {e for e in open_edges if pick not in e}
             self._excluded[pick] = "one end of a share complaint"
         t = self.config.t
         # also the reported clients that dropped on their own: their masks with
