@@ -589,18 +589,24 @@ class ServerSession:
         t = self.config.t
         # also the reported clients that dropped on their own: their masks with
         # the survivors that did take their shares must be removable too
-        queue = removed + sorted({u for _, u in accusations if u not in self._masked_from})
-        while queue:
-            gone = queue.pop()
-            holders = [v for v in sorted(alive) if v in self._neighbours[gone]
-                       and self._includes(v, gone)]
-            if 0 < len(holders) < t:
-                # their masks with `gone` could never be removed: drop them too
-                for v in holders:
-                    alive.discard(v)
-                    queue.append(v)
-                    self._excluded[v] = (f"holds shares of excluded client {gone} that fewer"
-                                         f" than {t} survivors hold")
+        # to a fixpoint: a removal can take another removed client's holders
+        # below t (the result does not depend on the order)
+        gone = set(removed) | {u for _, u in accusations if u not in self._masked_from}
+        changed = True
+        while changed:
+            changed = False
+            for j in sorted(gone):
+                holders = [v for v in sorted(alive) if v in self._neighbours[j]
+                           and self._includes(v, j)]
+                if 0 < len(holders) < t:
+                    # their masks with `j` could never be removed: drop them too
+                    for v in holders:
+                        alive.discard(v)
+                        gone.add(v)
+                        self._excluded[v] = (f"holds shares of excluded client {j} that"
+                                             f" fewer than {t} survivors hold")
+                    changed = True
+                    break
         for c in self._excluded:
             self._masked_from.discard(c)
             self._masked.pop(c, None)
