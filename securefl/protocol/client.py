@@ -267,10 +267,8 @@ class ClientSession:
             if e.sender not in self.config.ids:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
                            rnd, peer=e.sender)
-            if not (is_canonical_public(e.encryption_key)
-                    and is_canonical_public(e.masking_key)):
-                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonical 32-byte"
-                           " encodings of points of the curve (SPEC [R0-5])", rnd,
+            if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
                            peer=e.sender)
             if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
                 self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd,
@@ -283,6 +281,11 @@ class ClientSession:
                        rnd)
         seen: dict[bytes, int] = {}
         for e in msg.entries:
+            if not (is_canonical_public(e.encryption_key)
+                    and is_canonical_public(e.masking_key)):
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonical"
+                           " encodings of points of the curve (SPEC [R0-5])", rnd,
+                           peer=e.sender)
             for key in (e.encryption_key, e.masking_key):
                 if key in seen:
                     self._fail(Rule.DUPLICATE_KEY,
