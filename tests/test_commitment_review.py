@@ -414,3 +414,36 @@ def test_reviewers_complaint_edge_cases_give_exact_sums_or_typed_aborts() -> Non
             assert out.abort is not None and out.abort.rule is Rule.COMPLAINT_CONTRADICTED
         else:
             assert out.exact()
+
+
+# -- [CLI-1] after DONE ---------------------------------------------------------------
+
+
+def test_a_done_client_refuses_a_different_request_stays_done_and_answers_the_original(
+) -> None:
+    """Reviewer's A6: the wording of [CLI-1] for the DONE case."""
+    from securefl.protocol import ServerSession
+    from securefl.protocol.client import ClientState
+    from securefl.protocol.messages import UnmaskingRequest
+
+    cfg = _cfg(4, 2)
+    server = ServerSession(cfg)
+    clients = {c: ClientSession(cfg, c, input=np.arange(6, dtype=np.uint64)) for c in cfg.ids}
+    for client in clients.values():
+        server.receive(client.start())
+    requests: dict[int, UnmaskingRequest] = {}
+    while not server.finished:
+        for env in server.close_round():
+            if isinstance(env.message, UnmaskingRequest):
+                requests[env.recipient] = env.message
+            server.receive(clients[env.recipient].handle(env.message))
+    c1 = clients[1]
+    first = c1.handle(requests[1])
+    assert c1.state is ClientState.DONE
+    flip = dataclasses.replace(requests[1], survivors=(1, 2, 3), dropped=(4,))
+    with pytest.raises(RemoteProtocolError) as exc:
+        c1.handle(flip)
+    assert exc.value.rule is Rule.BOTH_SHARES_REQUESTED
+    assert c1.state is ClientState.DONE
+    again = c1.handle(requests[1])
+    assert again is first and not again.key_shares

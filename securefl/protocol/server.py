@@ -125,8 +125,8 @@ class AggregationResult:
             received), ascending.
         statuses: every invited client's final :class:`ClientStatus`.
         session_id: the session id (hex in logs; public).
-        blame: in R2 the clients removed as one end of share complaints
-            (SPEC [R2-6]; the server cannot tell accuser from accused, so the
+        blame: in R2 the clients removed as the ends of matched share
+            complaints (SPEC [R2-6]; the server cannot tell accuser from accused, so the
             detail lists both sides), in R4 the holders whose revealed shares
             are not on the polynomial of the committed secret (SPEC [R4-11]).
         excluded: clients whose masked input arrived but was discarded
@@ -582,10 +582,10 @@ class ServerSession:
             by = sorted(v for v, u in accusations if u == pick and v in self._masked_from)
             of = sorted(u for v, u in accusations if v == pick and u in self._masked_from)
             self._blame.append(Blame(pick, rnd, Rule.SHARES_REFUSED,
-                                     f"removed as one end of share complaints: reported by"
+                                     f"removed as an end of a matched share complaint: reported by"
                                      f" clients {by[:10]}, reported clients {of[:10]} (the"
                                      " server cannot tell which end is lying)"))
-            self._excluded[pick] = "one end of a share complaint"
+            self._excluded[pick] = "an end of a matched share complaint"
         t = self.config.t
         # also the reported clients that dropped on their own: their masks with
         # the survivors that did take their shares must be removable too
