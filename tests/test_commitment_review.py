@@ -447,3 +447,30 @@ def test_a_done_client_refuses_a_different_request_stays_done_and_answers_the_or
     assert c1.state is ClientState.DONE
     again = c1.handle(requests[1])
     assert again is first and not again.key_shares
+
+
+# -- A7: the candidate bound of [R4-11] -------------------------------------------------
+
+
+def test_bad_shares_beyond_the_candidate_bound_abort_typed() -> None:
+    """Reviewer's A7: 4 forgers among 23 shares with t = 16 are within the
+    radius floor((23 - 16 + 1) / 2) = 4, but locating them among the first 20
+    (late in the order the candidates are tried) needs more than the 4096
+    candidates of the bound (C(20, 4) = 4845): the round aborts typed (SPEC
+    [R4-11], SECURITY.md), never a wrong sum."""
+    assert shamir.MAX_CANDIDATES == 4096
+    forgers, owner = {13, 14, 15, 16}, 23
+
+    def reply(rnd: Round, c: int, msg: Any) -> Any:
+        if c in forgers and isinstance(msg, UnmaskingResponse):
+            shares = dict(msg.self_mask_shares)
+            limbs = np.frombuffer(shares[owner], "<u4").copy()
+            limbs[0] = (int(limbs[0]) + 1) % shamir.PRIME
+            shares[owner] = limbs.astype("<u4").tobytes()
+            return dataclasses.replace(msg, self_mask_shares=shares)
+        return msg
+
+    out = drive(SecAggConfig(num_clients=23, vector_length=4, bits=16, threshold=16),
+                Attack(reply=reply))
+    assert out.result is None
+    assert out.abort is not None and out.abort.rule is Rule.COMMITMENT_MISMATCH
