@@ -122,22 +122,28 @@ def matches_public(raw_private: bytes, public: bytes) -> bool:
     if not is_binding_scalar(raw_private):
         return False
     try:
-        theirs = _PROBE.exchange(validate_public(public))
+        theirs = _probe(public)
         ours = X25519PrivateKey.from_private_bytes(raw_private).exchange(_PROBE_PUBLIC)
     except (InvalidKeyError, ValueError):
         return False
     return theirs == ours
 
 
-def is_canonical_public(raw: bytes) -> bool:
-    """True iff ``raw`` is the canonical encoding of a point of Curve25519
-    itself (not its twist): 32 bytes, top bit clear, ``u < p``, and
-    ``u^3 + A u^2 + u`` a square modulo ``p``.  Public data, plain integers."""
+def is_canonical_encoding(raw: bytes) -> bool:
+    """True iff ``raw`` is 32 bytes with the top bit clear and ``u < p``: the
+    only encoding of its ``u``-coordinate (cheap; SPEC [R0-5])."""
     if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_BYTES or raw[31] & 0x80:
         return False
-    u = int.from_bytes(raw, "little")
-    if u >= FIELD_PRIME:
+    return int.from_bytes(raw, "little") < FIELD_PRIME
+
+
+def is_canonical_public(raw: bytes) -> bool:
+    """True iff ``raw`` is the canonical encoding (:func:`is_canonical_encoding`)
+    of a point of Curve25519 itself, not of its twist: ``u^3 + A u^2 + u`` is
+    a square modulo ``p`` (one modular exponentiation; public data)."""
+    if not is_canonical_encoding(raw):
         return False
+    u = int.from_bytes(raw, "little")
     rhs = (u * u * u + _A * u * u + u) % FIELD_PRIME
     return rhs == 0 or pow(rhs, (FIELD_PRIME - 1) // 2, FIELD_PRIME) == 1
 
@@ -151,7 +157,7 @@ def key_class(raw: bytes) -> bytes:
     Raises:
         InvalidKeyError: ``raw`` fails :func:`validate_public`.
     """
-    return _PROBE.exchange(validate_public(raw))
+    return _probe(raw)
 
 
 def validate_public(raw: bytes) -> X25519PublicKey:
@@ -168,13 +174,19 @@ def validate_public(raw: bytes) -> X25519PublicKey:
             twist, or a low-order point.
     """
     key = load_public(raw)
+    _probe(raw, key)
+    return key
+
+
+def _probe(raw: bytes, key: X25519PublicKey | None = None) -> bytes:
+    """The checks of :func:`validate_public`; returns ``X25519(r, raw)``."""
+    key = load_public(raw) if key is None else key
     if not is_canonical_public(raw):
         raise InvalidKeyError("X25519 public key not canonically encoded on the curve")
     try:
-        _PROBE.exchange(key)
+        return _PROBE.exchange(key)
     except ValueError as exc:
         raise InvalidKeyError("X25519 public key of low order") from exc
-    return key
 
 
 def load_public(raw: bytes) -> X25519PublicKey:

@@ -44,7 +44,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair, is_canonical_public
+from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
 from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -286,10 +286,10 @@ class ClientSession:
                        rnd)
         seen: dict[bytes, int] = {}
         for e in msg.entries:
-            if not (is_canonical_public(e.encryption_key)
-                    and is_canonical_public(e.masking_key)):
-                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonical"
-                           " encodings of points of the curve (SPEC [R0-5])", rnd,
+            if not (is_canonical_encoding(e.encryption_key)
+                    and is_canonical_encoding(e.masking_key)):
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
+                           " encoded (top bit clear, u < p; SPEC [R0-5])", rnd,
                            peer=e.sender)
             for key in (e.encryption_key, e.masking_key):
                 if key in seen:
