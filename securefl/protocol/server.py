@@ -244,10 +244,10 @@ class ServerSession:
         Raises:
             RemoteProtocolError: the message breaks a rule (late, early,
                 duplicate, from an unknown or excluded client, malformed,
-                wrong session, bad signature, a low-order key, a seed
-                commitment that is not 32 bytes, an ``excluded`` list naming
-                peers never delivered); it is ignored and the session's state
-                is unchanged.
+                wrong session, bad signature, a low-order, non-canonical or
+                twist key, a seed commitment that is not 32 bytes, an
+                ``excluded`` list naming peers never delivered); it is ignored
+                and the session's state is unchanged.
             LocalProtocolError: the session is finished or aborted, or the
                 object is not a client message.
         """
@@ -422,8 +422,11 @@ class ServerSession:
             the messages to deliver for the next round (empty once finished).
 
         Raises:
-            AbortError: fewer than ``threshold`` clients remain (the session
-                is then ABORTED and produces no result).
+            AbortError: fewer than ``threshold`` clients remain, a secret
+                cannot be reconstructed to its commitment
+                (``COMMITMENT_MISMATCH``), or a complaint is contradicted by its
+                sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]); the session
+                is then ABORTED and produces no result.
             LocalProtocolError: the session already finished or aborted.
         """
         handlers = {
