@@ -76,8 +76,14 @@ class Rule(str, enum.Enum):
     revealed and one is wrong): the round aborts, nobody is named."""
     SHARES_REFUSED = "shares-refused-by-recipient"
     """A recipient reported that a peer's share ciphertext did not decrypt or
-    held malformed shares; one end of every such complaint is excluded
-    before unmasking (SPEC [R2-6])."""
+    held malformed shares; both ends of every complaint of a maximal
+    matching of the complaint graph are excluded before unmasking
+    (SPEC [R2-6])."""
+    COMPLAINT_CONTRADICTED = "complaint-contradicted-by-its-sender"
+    """A client revealed, in its unmasking response, a share of a peer that
+    its masked input reported as excluded: it masked with that peer, so the
+    complaint was forged in transit (or the client lied); the round aborts,
+    since the sum would be wrong (SPEC [R4-12])."""
 
 
 def _peer_text(peer: int | str | None) -> str:

@@ -81,6 +81,8 @@ class Attack:
     """who answers the unmasking request (default: everyone asked)."""
     duplicate: bool = False
     """deliver every server message twice."""
+    start: Callable[[int, ClientSession, AdvertiseKeys], AdvertiseKeys] | None = None
+    """edit a client (its keys) and its advertisement right after ``start()``."""
 
 
 @dataclass
@@ -118,6 +120,12 @@ class _Attacked(SessionDriver):
     def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
         return message if self.attack.delivery is None else self.attack.delivery(rnd, cid,
                                                                                   message)
+
+    def client_start(self, cid: int) -> Any:
+        advert = super().client_start(cid)
+        if self.attack.start is not None:
+            advert = self.attack.start(cid, self.clients[cid], advert)
+        return advert
 
     def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
         reply = super().client_handle(rnd, cid, message)
@@ -330,12 +338,24 @@ def test_garbage_ciphertexts_cost_the_round_only_the_sender(data: st.DataObject,
     assert not out.seed_revealed & out.key_revealed
     masked = [c for c in range(1, n + 1)
               if c not in stop or stop[c] > Round.MASKED_INPUT_COLLECTION]
-    complainers = [c for c in victims if c in masked]
-    expected = [c for c in masked if c != evil or not complainers]
-    if complainers:
-        holders = [c for c in expected if c not in complainers]
-        if 0 < len(holders) < t:  # nobody could remove their masks with evil: dropped too
-            expected = [c for c in expected if c not in holders]
+    complainers = sorted(c for c in victims if c in masked)
+    # [R2-6]: both ends of a maximal matching (here one edge: the smallest
+    # complainer and evil), then, to a fixpoint, the holders of a removed
+    # client's key when fewer than t survivors hold it
+    matched = {evil, complainers[0]} if complainers and evil in masked else set()
+    gone = matched | ({evil} if complainers and evil not in masked else set())
+    alive = [c for c in masked if c not in matched]
+    changed = True
+    while changed:
+        changed = False
+        for j in sorted(gone):
+            holders = [c for c in alive if c != j and not (j == evil and c in victims)]
+            if 0 < len(holders) < t:
+                alive = [c for c in alive if c not in holders]
+                gone |= set(holders)
+                changed = True
+                break
+    expected = alive
     # when must the round abort?  (threshold everywhere, and t holders per secret)
     sharers = [c for c in range(1, n + 1) if c not in stop or stop[c] > Round.SHARE_KEYS]
     signers = [c for c in expected if c not in stop or stop[c] > Round.CONSISTENCY_CHECK]
@@ -354,8 +374,7 @@ def test_garbage_ciphertexts_cost_the_round_only_the_sender(data: st.DataObject,
     assert not must_abort
     assert out.exact()
     assert list(out.result.survivors) == expected
-    assert {b.peer for b in out.result.blame} == ({evil} if complainers and evil in masked
-                                                  else set())
+    assert {b.peer for b in out.result.blame} == matched
 
 
 def _refuse_shares_of(victim: int, accusers: set[int]) -> Callable[[Round, int, Any], Any]:
@@ -371,7 +390,8 @@ def _refuse_shares_of(victim: int, accusers: set[int]) -> Callable[[Round, int, 
 
 
 @pytest.mark.parametrize("mode", list(SecurityMode))
-def test_a_client_accusing_several_peers_is_the_one_excluded(mode: SecurityMode) -> None:
+def test_a_client_accusing_several_peers_costs_itself_and_one_of_them(
+        mode: SecurityMode) -> None:
     liar = 1
     deliveries = [_refuse_shares_of(v, {liar}) for v in (3, 4)]
 
@@ -381,43 +401,48 @@ def test_a_client_accusing_several_peers_is_the_one_excluded(mode: SecurityMode)
         return msg
     out = drive(_round(6, 4, mode), Attack(delivery=delivery))
     assert out.result is not None and out.exact()
-    assert out.result.survivors == (2, 3, 4, 5, 6)
-    assert set(out.result.excluded) == {liar}
-    assert [(b.peer, b.rule) for b in out.result.blame] == [(liar, Rule.SHARES_REFUSED)]
+    # the first complaint (1 reports 3) is the matching; it covers 1 reports 4
+    assert out.result.survivors == (2, 4, 5, 6)
+    assert set(out.result.excluded) == {liar, 3}
+    assert [(b.peer, b.rule) for b in out.result.blame] == [(liar, Rule.SHARES_REFUSED),
+                                                            (3, Rule.SHARES_REFUSED)]
 
 
-def test_a_single_accusation_drops_the_accused_and_only_it() -> None:
+def test_a_single_accusation_drops_both_ends_and_only_them() -> None:
     out = drive(_round(6, 4), Attack(delivery=_refuse_shares_of(3, {1})))
     assert out.result is not None and out.exact()
-    assert out.result.survivors == (1, 2, 4, 5, 6)
-    assert [(b.peer, b.rule) for b in out.result.blame] == [(3, Rule.SHARES_REFUSED)]
+    assert out.result.survivors == (2, 4, 5, 6)
+    assert [(b.peer, b.rule) for b in out.result.blame] == [(1, Rule.SHARES_REFUSED),
+                                                            (3, Rule.SHARES_REFUSED)]
 
 
 def test_valid_shares_to_fewer_than_t_peers_drop_those_peers_too() -> None:
     # 7 clients, t=3: client 7 sends garbage to 1..4, valid shares to 5 and 6 only;
-    # nobody else could ever remove 5's and 6's masks with 7, so they go as well
+    # the matching removes 1 and 7; nobody else could ever remove 5's and 6's
+    # masks with 7, so they go as well
     out = drive(_round(7, 3), Attack(reply=_garbage(7, {1, 2, 3, 4})))
     assert out.result is not None and out.exact()
-    assert out.result.survivors == (1, 2, 3, 4)
-    assert set(out.result.excluded) == {5, 6, 7}
-    assert [b.peer for b in out.result.blame] == [7]  # 5 and 6 are dropped, not blamed
+    assert out.result.survivors == (2, 3, 4)
+    assert set(out.result.excluded) == {1, 5, 6, 7}
+    assert [b.peer for b in out.result.blame] == [1, 7]  # 5 and 6 are dropped, not blamed
 
 
 def test_lists_must_name_an_excluded_peer_as_dropped() -> None:
-    config = _round(5, 3)
+    config = _round(6, 3)
     seen: dict[int, UnmaskingRequest] = {}
 
     def delivery(rnd: Round, c: int, msg: Any) -> Any:
-        msg = _refuse_shares_of(3, {1})(rnd, c, msg)
+        # 1 and 2 report 3; the matching removes 1 and 3, 2 survives
+        msg = _refuse_shares_of(3, {1, 2})(rnd, c, msg)
         if isinstance(msg, UnmaskingRequest):
             seen[c] = msg
-            if c == 1:  # the server claims 3 survived
-                return dataclasses.replace(msg, survivors=(1, 2, 3, 4, 5), dropped=())
+            if c == 2:  # the server claims 3 survived
+                return dataclasses.replace(msg, survivors=(2, 3, 4, 5, 6), dropped=(1,))
         return msg
     with pytest.raises(RemoteProtocolError) as info:
         drive(config, Attack(delivery=delivery))
     assert info.value.rule is Rule.LISTS_CONTRADICT_VIEW and info.value.peer == "server"
-    assert 3 in seen[1].dropped  # the honest server listed it as dropped
+    assert 3 in seen[2].dropped  # the honest server listed it as dropped
 
 
 def test_the_server_refuses_exclusions_of_peers_never_delivered() -> None:
@@ -587,8 +612,8 @@ def test_well_encrypted_but_malformed_shares_are_excluded_like_garbage() -> None
         mp.setattr(derivation, "encrypt_shares", encrypt)
         out = drive(_round(5, 3), Attack())
     assert out.result is not None and out.exact()
-    assert out.result.survivors == (1, 3, 4, 5)
-    assert [b.peer for b in out.result.blame] == [2]
+    assert out.result.survivors == (3, 4, 5)  # the matching: 1 and 2
+    assert [b.peer for b in out.result.blame] == [1, 2]
 
 
 @pytest.mark.parametrize("mode", list(SecurityMode))
@@ -597,6 +622,6 @@ def test_garbage_to_one_or_every_peer_gives_the_exact_sum_of_the_others(
         mode: SecurityMode, victims: set[int]) -> None:
     out = drive(_round(6, 4, mode), Attack(reply=_garbage(5, victims)))
     assert out.result is not None and out.exact()
-    assert out.result.survivors == (1, 2, 3, 4, 6)
+    assert out.result.survivors == (2, 3, 4, 6)  # the matching: 1 and 5
     assert not out.seed_revealed & out.key_revealed
     assert 5 not in out.seed_revealed  # its self mask is never asked for

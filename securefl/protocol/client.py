@@ -5,7 +5,11 @@ it never touches a socket, a thread or a clock.  Its state transitions are
 the table ``_TRANSITIONS`` below.  Any protocol violation by the server
 raises :class:`~securefl.errors.RemoteProtocolError` (naming the peer, the
 round and the rule), reveals nothing, and moves the session to ``ABORTED``
-for good: an aborted client never answers again.
+for good: an aborted client never answers again.  The one exception is a
+session that is ``DONE`` (it answered its unmasking request and wiped its
+secrets): a different unmasking request is refused with
+``RemoteProtocolError`` but the state stays ``DONE``, and the request it
+answered is still answered again (SPEC [CLI-1], [CLI-2]).
 
 Two things do not abort:
 
@@ -40,7 +44,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
 from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -217,7 +221,8 @@ class ClientSession:
 
         Raises:
             RemoteProtocolError: the server broke a rule; the session is
-                aborted and nothing is revealed.
+                aborted and nothing is revealed (in state ``DONE``: a second,
+                different unmasking request; the state stays ``DONE``).
             LocalProtocolError: the session is finished/aborted, or no input
                 was provided before the masked-input round (state unchanged;
                 provide it and call again).
@@ -281,6 +286,11 @@ class ClientSession:
                        rnd)
         seen: dict[bytes, int] = {}
         for e in msg.entries:
+            if not (is_canonical_encoding(e.encryption_key)
+                    and is_canonical_encoding(e.masking_key)):
+                self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
+                           " encoded (top bit clear, u < p; SPEC [R0-5])", rnd,
+                           peer=e.sender)
             for key in (e.encryption_key, e.masking_key):
                 if key in seen:
                     self._fail(Rule.DUPLICATE_KEY,

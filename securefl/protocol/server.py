@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import os
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -48,7 +47,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import shamir, signing
-from securefl.hazmat.agreement import KeyPair, matches_public, validate_public
+from securefl.hazmat.agreement import KeyPair, key_class, matches_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -109,8 +108,8 @@ class AggregationResult:
             received), ascending.
         statuses: every invited client's final :class:`ClientStatus`.
         session_id: the session id (hex in logs; public).
-        blame: in R2 the clients removed as one end of share complaints
-            (SPEC [R2-6]; the server cannot tell accuser from accused, so the
+        blame: in R2 the clients removed as the ends of matched share
+            complaints (SPEC [R2-6]; the server cannot tell accuser from accused, so the
             detail lists both sides), in R4 the holders whose revealed shares
             are not on the polynomial of the committed secret (SPEC [R4-11]).
         excluded: clients whose masked input arrived but was discarded
@@ -174,6 +173,7 @@ class ServerSession:
         self._peers = {c: _Peer() for c in config.ids}
         self.session_id: bytes | None = None
         self._keys_seen: dict[bytes, int] = {}
+        self._contradicted: dict[int, list[int]] = {}
         self._dtype = ring_dtype(config.bits)
         self._sum: np.ndarray | None = None
         self._blame: list[Blame] = []
@@ -235,10 +235,10 @@ class ServerSession:
         Raises:
             RemoteProtocolError: the message breaks a rule (late, early,
                 duplicate, from an unknown or excluded client, malformed,
-                wrong session, bad signature, a low-order key, a seed
-                commitment that is not 32 bytes, an ``excluded`` list naming
-                peers never delivered); it is ignored and the session's state
-                is unchanged.
+                wrong session, bad signature, a low-order, non-canonical or
+                twist key, a seed commitment that is not 32 bytes, an
+                ``excluded`` list naming peers never delivered); it is ignored
+                and the session's state is unchanged.
             LocalProtocolError: the session is finished or aborted, or the
                 object is not a client message.
         """
@@ -270,22 +270,24 @@ class ServerSession:
         peer.status = row.answered
 
     def _receive_advert(self, msg: AdvertiseKeys, peer: _Peer, rnd: Round) -> None:
+        classes = []
         for key in (msg.encryption_key, msg.masking_key):
             try:
-                validate_public(key)
+                classes.append(key_class(key))
             except InvalidKeyError:
                 raise RemoteProtocolError(Rule.INVALID_PUBLIC_KEY, "advertised key is not a"
-                                          " 32-byte X25519 key of large order", peer=msg.sender,
-                                          round=rnd) from None
+                                          " canonical 32-byte X25519 key of large order on the"
+                                          " curve", peer=msg.sender, round=rnd) from None
         commitment = msg.seed_commitment
         if not isinstance(commitment, bytes) or len(commitment) != d.SEED_COMMITMENT_BYTES:
             raise RemoteProtocolError(Rule.MALFORMED, "the seed commitment is"
                                       f" {d.SEED_COMMITMENT_BYTES} bytes", peer=msg.sender,
                                       round=rnd)
-        if msg.encryption_key == msg.masking_key:
+        # keys are compared up to sign and small-order components (SPEC [R0-2])
+        if classes[0] == classes[1]:
             raise RemoteProtocolError(Rule.DUPLICATE_KEY, "the two advertised keys are equal",
                                       peer=msg.sender, round=rnd)
-        for key in (msg.encryption_key, msg.masking_key):
+        for key in classes:
             if key in self._keys_seen:
                 raise RemoteProtocolError(
                     Rule.DUPLICATE_KEY,
@@ -296,8 +298,8 @@ class ServerSession:
                 self._digest, msg.sender, msg.encryption_key, msg.masking_key,
                 msg.seed_commitment), msg.sender, rnd)
         peer.advert = msg
-        self._keys_seen[msg.encryption_key] = msg.sender
-        self._keys_seen[msg.masking_key] = msg.sender
+        self._keys_seen[classes[0]] = msg.sender
+        self._keys_seen[classes[1]] = msg.sender
 
     def _receive_shares(self, msg: EncryptedShares, peer: _Peer, rnd: Round) -> None:
         expected = peer.neighbours
@@ -359,7 +361,9 @@ class ServerSession:
         holds = peer.neighbours
         want_self = {u for u in self._u3 if u in holds or u == msg.sender}
         want_keys = {u for u in self._dropped if u in holds and u not in peer.complaints}
-        if set(msg.self_mask_shares) != want_self or set(msg.key_shares) != want_keys:
+        contradicted = sorted(set(msg.key_shares) & peer.complaints & set(self._dropped))
+        if set(msg.self_mask_shares) != want_self or \
+                set(msg.key_shares) - set(contradicted) != want_keys:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
                                       peer=msg.sender, round=rnd)
@@ -372,6 +376,11 @@ class ServerSession:
         except InconsistentSharesError:
             raise RemoteProtocolError(Rule.MALFORMED, "malformed share", peer=msg.sender,
                                       round=rnd) from None
+        if contradicted:
+            # SPEC [R4-12]: it holds shares of a peer it reported, so it masked
+            # with that peer and its complaint was forged (or a lie); the
+            # server never removed that mask, the sum would be wrong
+            self._contradicted.setdefault(msg.sender, contradicted)
         peer.response = msg
 
     # -- closing rounds -----------------------------------------------------
@@ -388,8 +397,11 @@ class ServerSession:
             the messages to deliver for the next round (empty once finished).
 
         Raises:
-            AbortError: fewer than the round's minimum answered, or unmasking
-                failed (the session is then ABORTED and produces no result).
+            AbortError: fewer than the round's minimum answered, a secret
+                cannot be reconstructed to its commitment
+                (``COMMITMENT_MISMATCH``), or a complaint is contradicted by its
+                sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]); the session
+                is then ABORTED and produces no result.
             LocalProtocolError: the session already finished or aborted.
         """
         row = self._row()
@@ -469,6 +481,13 @@ class ServerSession:
                 for v in sigs]
 
     def _close_unmasking(self) -> list[Envelope]:
+        if self._contradicted:
+            v, peers = min(self._contradicted.items())
+            raise AbortError(
+                f"client {v} revealed shares of clients {peers[:10]} that its masked input"
+                " reported as excluded: the complaint was forged in transit (or the client"
+                " lied) and its masks with them cannot be removed", round=Round.UNMASKING,
+                rule=Rule.COMPLAINT_CONTRADICTED)
         total = self._unmask()
         assert self.session_id is not None
         self._result = AggregationResult(
@@ -488,57 +507,62 @@ class ServerSession:
         return u in peer.delivered and u not in peer.complaints
 
     def _resolve_complaints(self) -> None:
-        """Exclude one end of every share complaint, then every survivor that
-        holds shares of an excluded or reported dropped client that fewer than t
-        survivors hold.
+        """Exclude both ends of a maximal matching of the complaint graph, then
+        every survivor that holds shares of an excluded or reported dropped
+        client that fewer than t survivors hold (SPEC [R2-6]).
 
         A complaint (v reports u) cannot be judged: u may have sent garbage,
-        or v may lie.  Either end being dropped keeps the masks exact, so the
-        server drops a greedy vertex cover of the complaint graph among the
-        clients whose masked input arrived: repeatedly the client on the most
-        open complaints, ties to the one accused most often, then the lowest
-        id.  One client sending garbage to two or more peers, or accusing two
-        or more, is the only one dropped; one that is on a single complaint
-        costs the round one client (the accused).
+        v may lie, or (without authenticated channels) the network may have
+        broken or forged it.  Either end being dropped keeps the masks exact.
+        With authenticated channels every complaint has a misbehaving end, the
+        matched complaints are disjoint, and a maximal matching's ends cover
+        every complaint: so the clients removed here number exactly twice the
+        matching, at most half of them honest -- at most ``c`` honest clients
+        for ``c`` misbehaving ones, however the ``c`` collude.  The matching
+        takes the complaints in the order (accuser, accused), ascending.  The
+        removals that follow (holders of fewer than t shares) are bounded
+        separately (SPEC [R2-6]).
         """
         rnd = Round.MASKED_INPUT_COLLECTION
         masked_from = set(self._reached(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED))
         alive = set(masked_from)
         accusations = [(v, u) for v in sorted(alive) for u in sorted(self._peers[v].complaints)]
-        open_edges = {frozenset((v, u)) for v, u in accusations if u in alive}
-        removed: list[int] = []
-        while open_edges:
-            degree: Counter[int] = Counter()
-            for edge in open_edges:
-                degree.update(edge)
-            accused = Counter(u for v, u in accusations
-                              if frozenset((v, u)) in open_edges)
-            pick = max(degree, key=lambda c: (degree[c], accused[c], -c))
-            removed.append(pick)
+        matched: set[int] = set()
+        for v, u in sorted(accusations):
+            if u in alive and v not in matched and u not in matched:
+                matched |= {v, u}
+        removed = sorted(matched)
+        for pick in removed:
             alive.discard(pick)
-            by = sorted(v for v, u in accusations if u == pick and frozenset((v, u)) in open_edges)
-            of = sorted(u for v, u in accusations if v == pick and frozenset((v, u)) in open_edges)
+            by = sorted(v for v, u in accusations if u == pick and v in masked_from)
+            of = sorted(u for v, u in accusations if v == pick and u in masked_from)
             self._blame.append(Blame(pick, rnd, Rule.SHARES_REFUSED,
-                                     f"removed as one end of share complaints: reported by"
-                                     f" clients {by[:10]}, reported clients {of[:10]} (the"
-                                     " server cannot tell which end is lying)"))
-            open_edges = {e for e in open_edges if pick not in e}
-            self._peers[pick].excluded = "one end of a share complaint"
+                                     "removed as an end of a matched share complaint:"
+                                     f" reported by clients {by[:10]}, reported clients"
+                                     f" {of[:10]} (the server cannot tell which end is"
+                                     " lying)"))
+            self._peers[pick].excluded = "an end of a matched share complaint"
         t = self.config.t
         # also the reported clients that dropped on their own: their masks with
-        # the survivors that did take their shares must be removable too
-        queue = removed + sorted({u for _, u in accusations if u not in masked_from})
-        while queue:
-            gone = queue.pop()
-            holders = [v for v in sorted(alive) if v in self._peers[gone].neighbours
-                       and self._includes(v, gone)]
-            if 0 < len(holders) < t:
-                # their masks with `gone` could never be removed: drop them too
-                for v in holders:
-                    alive.discard(v)
-                    queue.append(v)
-                    self._peers[v].excluded = (f"holds shares of excluded client {gone} that fewer"
-                                         f" than {t} survivors hold")
+        # the survivors that did take their shares must be removable too;
+        # to a fixpoint: a removal can take another removed client's holders
+        # below t (the result does not depend on the order)
+        gone = set(removed) | {u for _, u in accusations if u not in masked_from}
+        changed = True
+        while changed:
+            changed = False
+            for j in sorted(gone):
+                holders = [v for v in sorted(alive) if v in self._peers[j].neighbours
+                           and self._includes(v, j)]
+                if 0 < len(holders) < t:
+                    # their masks with `j` could never be removed: drop them too
+                    for v in holders:
+                        alive.discard(v)
+                        gone.add(v)
+                        self._peers[v].excluded = (f"holds shares of excluded client {j}"
+                                                   f" that fewer than {t} survivors hold")
+                    changed = True
+                    break
         for peer in self._peers.values():
             if peer.excluded is not None:
                 peer.masked = None
