@@ -242,6 +242,22 @@ class Reconstructor:
         else:
             self._lam_extra = np.zeros((0, threshold), dtype=np.uint64)
 
+
+    def _share_array(self, shares: np.ndarray) -> np.ndarray:
+        """``shares`` as an array of shape (holders, S, LIMBS) of field elements.
+
+        Raises:
+            ConfigurationError: the wrong shape.
+            InconsistentSharesError: an element is not a field element.
+        """
+        arr = np.asarray(shares)
+        if arr.ndim != 3 or arr.shape[0] != len(self.holders) or arr.shape[2] != LIMBS:
+            raise ConfigurationError(
+                f"shares must have shape ({len(self.holders)}, S, {LIMBS}), got {arr.shape}"
+            )
+        if np.any(arr >= PRIME):
+            raise InconsistentSharesError("share element is not a field element")
+        return arr
     def reconstruct(self, shares: np.ndarray, rng: RandomSource) -> list[bytes]:
         """Reconstruct every secret.
 
@@ -257,13 +273,7 @@ class Reconstructor:
             InconsistentSharesError: the shares do not lie on one polynomial
                 of degree t-1, or reconstruct to a value that is not a secret.
         """
-        arr = np.asarray(shares)
-        if arr.ndim != 3 or arr.shape[0] != len(self.holders) or arr.shape[2] != LIMBS:
-            raise ConfigurationError(
-                f"shares must have shape ({len(self.holders)}, S, {LIMBS}), got {arr.shape}"
-            )
-        if np.any(arr >= PRIME):
-            raise InconsistentSharesError("share element is not a field element")
+        arr = self._share_array(shares)
         num_secrets = arr.shape[1]
         flat = arr.reshape(arr.shape[0], -1).astype(np.uint64)
         t = self.threshold
@@ -312,13 +322,7 @@ class Reconstructor:
                 to one that passes ``verify`` (always so with exactly t
                 shares and a failed check); ``index`` says which.
         """
-        arr = np.asarray(shares)
-        if arr.ndim != 3 or arr.shape[0] != len(self.holders) or arr.shape[2] != LIMBS:
-            raise ConfigurationError(
-                f"shares must have shape ({len(self.holders)}, S, {LIMBS}), got {arr.shape}"
-            )
-        if np.any(arr >= PRIME):
-            raise InconsistentSharesError("share element is not a field element")
+        arr = self._share_array(shares)
         suspects = set() if suspects is None else suspects
         h, num_secrets = arr.shape[0], arr.shape[1]
         y = arr.astype(np.uint64)
