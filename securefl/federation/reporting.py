@@ -1,5 +1,11 @@
 """What a federation writes at its end, shared by the in-process simulator and
-the Flower ServerApp so that both produce the same ``metrics.json``."""
+the Flower ServerApp so that both produce the same ``metrics.json``.
+
+``metrics.json`` is a server-side artefact: it holds only what the server
+learns anyway (the aggregate, the survivors, public DP parameters and the
+epsilons they imply), never a per-client record count, training loss or clip
+count.  Every epsilon is stated for the federation's adjacency (see
+:func:`round_epsilons`)."""
 
 from __future__ import annotations
 
@@ -11,7 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from securefl.privacy.accounting import AccountantKind, epsilon, epsilon_dp_accounting
+from securefl.errors import ConfigurationError
+from securefl.privacy.accounting import (
+    AccountantKind,
+    epsilon,
+    epsilon_dp_accounting,
+    epsilon_replace_one_pld,
+    epsilon_replace_one_rdp,
+)
+from securefl.privacy.options import Adjacency
+
+PRIVATE_FIELDS = frozenset({"num_examples", "client_sizes", "train_loss", "clipped"})
+"""Per-client values that never leave a client and so never appear in a
+server-side artefact (:func:`client_summary` refuses them)."""
 
 
 class _Evaluation(Protocol):
@@ -44,18 +62,55 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def round_epsilons(history: Sequence[tuple[float, float, int]], delta: float,
+                   adjacency: Adjacency) -> tuple[float, float | None]:
+    """A history's ``(epsilon_rdp, epsilon_prv)`` as the ledger records them,
+    stated for ``adjacency``:
+
+    * add/remove-one: Opacus's RDP and PRV accountants (PRV None when it
+      cannot bound the history);
+    * replace-one: the RDP bound of
+      :func:`~securefl.privacy.accounting.epsilon_replace_one_rdp`, and None
+      for PRV (Opacus's PRV accountant states add/remove-one only).
+    """
+    if Adjacency(adjacency) is Adjacency.REPLACE_ONE:
+        return epsilon_replace_one_rdp(history, delta), None
+    prv = epsilon(history, delta, AccountantKind.PRV)
+    return epsilon(history, delta, AccountantKind.RDP), None if math.isnan(prv) else prv
+
+
 def client_summary(client_id: int, history: Sequence[tuple[float, float, int]], delta: float,
+                   *, adjacency: Adjacency = Adjacency.ADD_REMOVE_ONE,
                    **fields: Any) -> dict[str, Any]:
     """One client's final privacy figures from its ``(sigma, q, steps)``
-    history: epsilon by Opacus RDP and PRV and by ``dp-accounting``, plus any
-    extra ``fields`` (example count, noise multiplier, budget...)."""
+    history, stated for ``adjacency``: ``epsilon_rdp`` and ``epsilon_prv`` as
+    :func:`round_epsilons` gives them, and ``epsilon_dp_accounting`` from
+    Google's dp-accounting (its RDP accountant for add/remove-one, its PLD
+    accountant with ``REPLACE_ONE`` for replace-one), plus any extra public
+    ``fields`` (noise multiplier, budget...).
+
+    Raises:
+        ConfigurationError: when ``fields`` holds a private per-client value
+            (:data:`PRIVATE_FIELDS`).
+    """
+    private = PRIVATE_FIELDS & set(fields)
+    if private:
+        raise ConfigurationError(
+            f"client {client_id}: {sorted(private)} never leave a client and are not"
+            " written to server-side artefacts")
+    eps_rdp, eps_prv = round_epsilons(history, delta, adjacency)
+    if Adjacency(adjacency) is Adjacency.REPLACE_ONE:
+        eps_dpa = epsilon_replace_one_pld(history, delta)
+    else:
+        eps_dpa = epsilon_dp_accounting(history, delta) if history else 0.0
     return {
         "client_id": client_id,
         **fields,
+        "adjacency": Adjacency(adjacency).value,
         "total_steps": sum(int(r[2]) for r in history),
-        "epsilon_rdp": epsilon(history, delta, AccountantKind.RDP),
-        "epsilon_prv": finite_or_none(epsilon(history, delta, AccountantKind.PRV)),
-        "epsilon_dp_accounting": epsilon_dp_accounting(history, delta) if history else 0.0,
+        "epsilon_rdp": eps_rdp,
+        "epsilon_prv": finite_or_none(eps_prv),
+        "epsilon_dp_accounting": eps_dpa,
     }
 
 

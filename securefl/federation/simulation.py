@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import math
 import os
 import time
 from collections.abc import Callable
@@ -57,12 +56,21 @@ from securefl.federation.reporting import (
     client_summary,
     final_metrics,
     finite_or_none,
+    round_epsilons,
     write_json_atomic,
 )
 from securefl.federation.server import AggregationMode, Server
-from securefl.privacy.accounting import AccountantKind, epsilon
-from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
+from securefl.privacy.accounting import AccountantKind
+from securefl.privacy.client import (
+    DEFAULT_SAMPLE_RATE,
+    DPConfig,
+    PrivateClient,
+    Weighting,
+    adjacency_for,
+    make_private_compatible,
+)
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
+from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
 
 __all__ = [
@@ -105,10 +113,11 @@ class SimulationConfig:
     epsilon_budget: float | None = None
     accountant: AccountantKind = AccountantKind.RDP
     max_grad_norm: float = 1.0
+    sample_rate: float = DEFAULT_SAMPLE_RATE
     batch_size: int = 32
     local_epochs: int = 1
     lr: float = 1.0
-    weighting: Weighting = Weighting.EXAMPLES
+    weighting: Weighting = Weighting.UNIFORM
     server_optimizer: ServerOptimizerKind = ServerOptimizerKind.FEDAVGM
     server_lr: float | None = None
     server_momentum: float = 0.5
@@ -121,6 +130,7 @@ class SimulationConfig:
     hidden: int = 64
     dataset: DatasetName = DatasetName.DIGITS
     seed: int = 0
+    insecure_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
@@ -152,11 +162,17 @@ class SimulationConfig:
         return DPConfig(
             max_grad_norm=self.max_grad_norm, noise_multiplier=self.noise_multiplier,
             target_epsilon=self.target_epsilon, delta=self.delta,
-            planned_rounds=self.rounds, batch_size=self.batch_size,
-            local_epochs=self.local_epochs, max_local_steps=1 if fedsgd else None,
-            lr=1.0 if fedsgd else self.lr, accountant=self.accountant,
-            epsilon_budget=self.epsilon_budget,
+            planned_rounds=self.rounds, sample_rate=self.sample_rate,
+            batch_size=self.batch_size, local_epochs=self.local_epochs,
+            max_local_steps=1 if fedsgd else None, lr=1.0 if fedsgd else self.lr,
+            accountant=self.accountant, epsilon_budget=self.epsilon_budget,
+            insecure_reproducible_noise=self.insecure_reproducible_noise,
         )
+
+    @property
+    def adjacency(self) -> Adjacency:
+        """The adjacency every epsilon of this federation is stated for."""
+        return adjacency_for(self.weighting)
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON-ready values."""
@@ -169,6 +185,9 @@ class ClientRoundReport:
 
     ``status`` is a :class:`Participation`; ``detail`` explains a refusal or
     an encoding error; ``dropped_at`` is the injected dropout round, if any.
+    Epsilons are stated for the federation's adjacency.  It holds nothing a
+    client keeps to itself (no loss, record count or clip count): only what
+    the server learns anyway.
     """
 
     client_id: int
@@ -178,8 +197,6 @@ class ClientRoundReport:
     epsilon_rdp: float
     epsilon_prv: float | None
     detail: str = ""
-    clipped: int = 0
-    train_loss: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -195,7 +212,6 @@ class RoundReport:
     epsilon_max: float
     epsilon_max_prv: float | None
     delta: float
-    clipped: int
     seconds: float
     abort_reason: str = ""
 
@@ -225,7 +241,6 @@ class RoundReport:
             "num_survivors": len(self.survivors),
             "dropped": {str(k): v for k, v in self.dropped.items()},
             "refused": {str(k): v for k, v in self.refused.items()},
-            "clipped_values": self.clipped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -387,6 +402,8 @@ def run_simulation(
         ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
     )
     clients = [
+        # The seed reaches a client's randomness only in the insecure
+        # reproducible mode; otherwise it is ignored (os.urandom).
         PrivateClient(cid, model, x, y, dp, seed=config.seed * 1000 + cid,
                       weighting=config.weighting)
         for cid, (x, y) in zip(ids, data.clients, strict=True)
@@ -417,8 +434,7 @@ def run_simulation(
         return {
             "config": {**config.to_json(), "frac_bits_used": frac_bits,
                        "max_weight": max_weight, "threshold_used": server.threshold},
-            "data": {"name": data.name, "client_sizes": data.client_sizes,
-                     "test_size": len(y_test)},
+            "data": {"name": data.name, "test_size": len(y_test)},
             "rounds": [r.to_json() for r in reports],
             "final": final,
         }
@@ -427,7 +443,6 @@ def run_simulation(
         t0 = time.perf_counter()
         global_params = server.global_parameters()
         drops = schedule[round_number - 1]
-        rounding = np.random.default_rng([config.seed, 13, round_number])
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
         for client in clients:
@@ -440,16 +455,17 @@ def run_simulation(
                              "steps": 0}
                 continue
             result = client.train_round(global_params)
-            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps,
-                                     "loss": result.loss}
+            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps}
             try:
+                # The client encodes its own update (rounding with its own
+                # secret randomness); only the encoded vector leaves it.
                 if mode is AggregationMode.SECURE:
                     encoded: EncodedUpdate | PlainUpdate = codec.encode(
-                        result.update, rounding, weight=result.weight)
+                        result.update, client.rounding(round_number),  # type: ignore[arg-type]
+                        weight=result.weight)
                 else:
                     encoded = codec.encode_plain(result.update, weight=result.weight)
                 updates[cid] = encoded
-                entry["clipped"] = encoded.num_clipped
             except EncodingError as exc:
                 updates[cid] = None
                 entry["status"] = Participation.ENCODING_ERROR
@@ -478,26 +494,26 @@ def run_simulation(
                 else:
                     status = Participation.DROPPED
             history = client.history
-            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
-            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
+            eps_rdp, eps_prv = round_epsilons(history, config.delta, config.adjacency)
             dropped_at = drops.get(cid) if updates.get(cid) is not None else None
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors,
                 dropped_at=dropped_at, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
-                detail=entry["detail"], clipped=entry.get("clipped", 0),
-                train_loss=entry.get("loss", math.nan),
+                epsilon_prv=eps_prv,
+                detail=entry["detail"],
             ))
             rows.append(LedgerEntry(
                 round=round_number, client_id=cid, status=status.value,
                 entered_sum=cid in survivors, noise_multiplier=client.noise_multiplier,
                 sample_rate=client.sample_rate, local_steps=entry["steps"],
                 delta=config.delta, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                epsilon_prv=eps_prv,
                 accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
                 survivors=len(survivors),
                 dropped_at=dropped_at.name if dropped_at is not None else None,
                 history=[list(r) for r in history], secure_aggregation=config.secure,
+                noise_source=client.noise_source.value, adjacency=config.adjacency.value,
+                weighting=config.weighting.value,
             ))
 
         if outcome is not None:
@@ -516,7 +532,7 @@ def run_simulation(
             round=round_number, aborted=outcome is None, accuracy=last_eval.accuracy,
             loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            delta=config.delta,
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         )
         reports.append(report)
@@ -534,7 +550,7 @@ def run_simulation(
 
     client_summaries = [
         client_summary(client.client_id, client.history, config.delta,
-                       num_examples=client.num_examples,
+                       adjacency=config.adjacency,
                        noise_multiplier=client.noise_multiplier,
                        sample_rate=client.sample_rate, steps_per_round=client.steps_per_round,
                        epsilon_budget=dp.epsilon_budget)
@@ -543,7 +559,9 @@ def run_simulation(
     final = final_metrics(last_eval, client_summaries, reports, delta=config.delta,
                           accountant=config.accountant.value, planned_rounds=config.rounds,
                           completed=completed, secure=config.secure,
-                          wall_seconds=time.perf_counter() - started)
+                          wall_seconds=time.perf_counter() - started,
+                          adjacency=config.adjacency.value, weighting=config.weighting.value,
+                          noise_source=dp.noise_source.value)
     metrics = metrics_doc(final)
     write_json_atomic(out / METRICS_FILENAME, metrics)
     plot_accuracy(out / PLOT_FILENAME, [r.round for r in reports],

@@ -74,6 +74,17 @@ class LedgerEntry:
         history: the client's full Opacus history ``[[sigma, q, steps], ...]``
             so far, so that anyone can recompute its epsilon.
         secure_aggregation: whether the sum was computed by secure aggregation.
+        noise_source: where the client's DP noise, Poisson sampling and
+            rounding came from: ``"os-csprng"`` (``os.urandom``, secret to the
+            client) or ``"insecure-seeded"`` (generators seeded from a public
+            seed: the server can regenerate the noise, so the epsilons do not
+            hold against it).
+        adjacency: the neighbouring relation every epsilon in the row is
+            stated for: ``"add-remove-one"`` (the record count is private) or
+            ``"replace-one"`` (the record count is public, as with weighting
+            by examples).
+        weighting: how the client's update was weighted in the sum:
+            ``"uniform"`` or ``"examples"``.
     """
 
     round: int
@@ -92,6 +103,9 @@ class LedgerEntry:
     dropped_at: str | None = None
     history: list[list[float]] = field(default_factory=list)
     secure_aggregation: bool = True
+    noise_source: str = "os-csprng"
+    adjacency: str = "add-remove-one"
+    weighting: str = "uniform"
 
     @property
     def epsilon(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["AccountantKind", "Weighting"]
+__all__ = ["AccountantKind", "Adjacency", "Weighting"]
 
 
 class AccountantKind(str, enum.Enum):
@@ -22,6 +22,21 @@ class Weighting(str, enum.Enum):
     """How a client's update is weighted in the server's average."""
 
     EXAMPLES = "examples"
-    """By its number of training examples (FedAvg)."""
+    """By its number of training examples (FedAvg).  The count enters the sum
+    in the clear, so it is public: epsilons are then stated for replace-one
+    adjacency."""
     UNIFORM = "uniform"
-    """Every client counts the same."""
+    """Every client counts the same (the default): nothing reveals a client's
+    record count; epsilons are stated for add/remove-one adjacency."""
+
+
+class Adjacency(str, enum.Enum):
+    """The neighbouring relation an epsilon is stated for (the ledger's
+    ``adjacency``)."""
+
+    ADD_REMOVE_ONE = "add-remove-one"
+    """Neighbouring data sets differ by adding or removing one record (the
+    record count is protected too).  Opacus's and dp-accounting's default."""
+    REPLACE_ONE = "replace-one"
+    """Neighbouring data sets have the same size and differ in one record
+    (the record count is public)."""
