@@ -22,7 +22,9 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
 ``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
-default), ``mode`` (``semi-honest``/``active``), ``round-timeout``
+default), ``sample-rate`` (public Poisson rate, default 0.2), ``weighting``
+(``uniform``, the default, or ``examples``: replace-one epsilons),
+``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``), ``mode`` (``semi-honest``/``active``), ``round-timeout``
 (seconds), ``reproducible-rounding`` (bool), ``pinned-keys`` (path, active
 mode), ``output-dir`` (required: where the artefacts go).
 """
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,12 @@ from securefl.errors import AbortError, ConfigurationError
 from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
 from securefl.federation.model import evaluate
 from securefl.federation.optimizers import ServerOptimizerConfig
-from securefl.federation.reporting import client_summary, final_metrics, write_json_atomic
+from securefl.federation.reporting import (
+    client_summary,
+    final_metrics,
+    round_epsilons,
+    write_json_atomic,
+)
 from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.federation.simulation import (
     METRICS_FILENAME,
@@ -63,7 +69,6 @@ from securefl.flower.workflow import (
     SecureAggregationSettings,
     SecureAggregationWorkflow,
 )
-from securefl.privacy.accounting import AccountantKind, epsilon
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
 
@@ -163,8 +168,7 @@ def run_federation(grid: Grid, context: Context) -> None:
             "config": {**config.to_json(), "frac_bits_used": codec.frac_bits,
                        "max_weight": codec.max_weight, "threshold_used": server.threshold,
                        "runtime": "flower", "security_mode": mode.value},
-            "data": {"name": data.name, "client_sizes": data.client_sizes,
-                     "test_size": len(y_test)},
+            "data": {"name": data.name, "test_size": len(y_test)},
             "rounds": [r.to_json() for r in reports],
             "final": final,
         }
@@ -200,23 +204,23 @@ def run_federation(grid: Grid, context: Context) -> None:
             where: Round | None = dropped.get(cid)
             if result is not None and cid not in result.invited:
                 where = Round.ADVERTISE_KEYS
-            eps_rdp = epsilon(history, config.delta, AccountantKind.RDP)
-            eps_prv = epsilon(history, config.delta, AccountantKind.PRV)
+            eps_rdp, eps_prv = round_epsilons(history, config.delta, config.adjacency)
             steps = int(metrics.get("dp-steps", 0)) if cid in trained else 0
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors, dropped_at=where,
-                epsilon_rdp=eps_rdp, epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
-                clipped=result.clipped.get(cid, 0) if result is not None else 0))
+                epsilon_rdp=eps_rdp, epsilon_prv=eps_prv))
             rows.append(LedgerEntry(
                 round=round_number, client_id=cid, status=status.value,
                 entered_sum=cid in survivors,
                 noise_multiplier=float(metrics.get("dp-noise-multiplier", 0.0)),
                 sample_rate=float(metrics.get("dp-sample-rate", 0.0)), local_steps=steps,
                 delta=config.delta, epsilon_rdp=eps_rdp,
-                epsilon_prv=None if math.isnan(eps_prv) else eps_prv,
+                epsilon_prv=eps_prv,
                 accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
                 survivors=len(survivors), dropped_at=where.name if where is not None else None,
                 history=[list(r) for r in history], secure_aggregation=True,
+                noise_source=dp.noise_source.value, adjacency=config.adjacency.value,
+                weighting=config.weighting.value,
             ))
         if result is not None:
             server.apply(AggregateOutcome(average=result.decoded.average(), survivors=survivors,
@@ -236,7 +240,7 @@ def run_federation(grid: Grid, context: Context) -> None:
             round=round_number, aborted=result is None, accuracy=last_eval.accuracy,
             loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            delta=config.delta,
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         ))
         if result is not None:
@@ -245,7 +249,7 @@ def run_federation(grid: Grid, context: Context) -> None:
 
     summaries = [
         client_summary(cid, _history(known.get(cid, {})), config.delta,
-                       num_examples=data.client_sizes[cid - 1],
+                       adjacency=config.adjacency,
                        noise_multiplier=known.get(cid, {}).get("dp-noise-multiplier"),
                        sample_rate=known.get(cid, {}).get("dp-sample-rate"),
                        epsilon_budget=dp.epsilon_budget)
@@ -255,5 +259,7 @@ def run_federation(grid: Grid, context: Context) -> None:
         last_eval, summaries, reports, delta=config.delta, accountant=config.accountant.value,
         planned_rounds=config.rounds, completed=completed, secure=True,
         wall_seconds=time.perf_counter() - started,
+        adjacency=config.adjacency.value, weighting=config.weighting.value,
+        noise_source=dp.noise_source.value,
         sums_sha256={k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()})
     write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))
