@@ -36,7 +36,8 @@ def _server_identity():
         yield
 
 RUN = {"num-rounds": 3, "num-clients": 5, "seed": 3, "noise-multiplier": 1.1,
-       "hidden": 16, "batch-size": 32, "reproducible-rounding": True, "round-timeout": 30.0}
+       "hidden": 16, "batch-size": 32, "reproducible-rounding": True,
+       "insecure-reproducible-noise": True, "round-timeout": 30.0}
 
 
 def _app():

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.flower_runtime]
 
 RUN: dict[str, Any] = {"num-rounds": 3, "num-clients": 5, "seed": 3, "noise-multiplier": 1.1,
                        "hidden": 16, "batch-size": 32, "reproducible-rounding": True,
+                       "insecure-reproducible-noise": True,
                        "round-timeout": 60.0}
 KILLED_PARTITION = 2  # protocol client 3
 

@@ -404,7 +404,7 @@ def run_simulation(
     clients = [
         # The seed reaches a client's randomness only in the insecure
         # reproducible mode; otherwise it is ignored (os.urandom).
-        PrivateClient(cid, model, x, y, dp, seed=config.seed * 1000 + cid,
+        PrivateClient(cid, model, x, y, dp, seed=config.seed,
                       weighting=config.weighting)
         for cid, (x, y) in zip(ids, data.clients, strict=True)
     ]
@@ -461,7 +461,7 @@ def run_simulation(
                 # secret randomness); only the encoded vector leaves it.
                 if mode is AggregationMode.SECURE:
                     encoded: EncodedUpdate | PlainUpdate = codec.encode(
-                        result.update, client.rounding(round_number),  # type: ignore[arg-type]
+                        result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
                         weight=result.weight)
                 else:
                     encoded = codec.encode_plain(result.update, weight=result.weight)

@@ -139,7 +139,7 @@ def train_private_client(msg: Message, context: Context) -> Message:
     model = make_private_compatible(make_mlp(features.shape[1], 10, v["hidden"], seed=v["seed"]))
     # The seed reaches the client's randomness only with insecure reproducible noise.
     client = PrivateClient(cid, model, features, labels, dp_config(context.run_config),
-                           seed=v["seed"] * 1000 + cid, weighting=v["weighting"])
+                           seed=v["seed"], weighting=v["weighting"])
     stored = context.state.config_records.get(DP_CLIENT_RECORD)
     load_private_client_state(client, dict(stored) if stored is not None else {})
     client.check_budget()

@@ -24,9 +24,10 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
 default), ``sample-rate`` (public Poisson rate, default 0.2), ``weighting``
 (``uniform``, the default, or ``examples``: replace-one epsilons),
-``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``), ``mode`` (``semi-honest``/``active``), ``round-timeout``
-(seconds), ``reproducible-rounding`` (bool), ``pinned-keys`` (path, active
-mode), ``output-dir`` (required: where the artefacts go).
+``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``),
+``mode`` (``semi-honest``/``active``), ``round-timeout`` (seconds),
+``reproducible-rounding`` (bool), ``pinned-keys`` (path, active mode),
+``output-dir`` (required: where the artefacts go).
 """
 
 from __future__ import annotations

@@ -274,9 +274,10 @@ class PrivateClient:
             see :func:`make_private_compatible`); the client trains a copy.
         features, labels: its private training data.
         config: DP-SGD parameters.
-        seed: used only with ``config.insecure_reproducible_noise`` (then it
-            seeds the sampling, noise and rounding generators, see
-            :class:`~securefl.privacy.noise.SeededRandomness`); ignored
+        seed: the federation's public run seed; used only with
+            ``config.insecure_reproducible_noise`` (then it seeds, with the
+            client id, the sampling, noise and rounding generators, see
+            :class:`~securefl.privacy.noise.SeededRandomness`), ignored
             otherwise: the randomness comes from ``os.urandom``.
         weighting: how its update is weighted (see :func:`adjacency_for`).
 
@@ -303,7 +304,7 @@ class PrivateClient:
             if seed is None:
                 raise ConfigurationError(
                     f"client {client_id}: insecure_reproducible_noise needs a seed")
-            self.randomness: ClientRandomness = SeededRandomness(int(seed))
+            self.randomness: ClientRandomness = SeededRandomness(int(seed), self.client_id)
         else:
             self.randomness = OsRandomness()
         self._features = torch.as_tensor(features, dtype=torch.float32)
@@ -395,10 +396,11 @@ class PrivateClient:
         """The local model's parameters (live tensors)."""
         return list(self._model.parameters())
 
-    def rounding(self, round_number: int) -> ClientRandomness:
-        """The randomness to round this round's update with (secret unless
-        ``insecure_reproducible_noise``)."""
-        return self.randomness.for_round(round_number)
+    def rounding(self, round_number: int, num_values: int) -> ClientRandomness:
+        """The randomness to round round ``round_number``'s update (of
+        ``num_values`` values) with: secret unless
+        ``insecure_reproducible_noise``."""
+        return self.randomness.for_round(round_number, num_values)
 
     def train_round(self, global_params: Sequence[torch.Tensor]) -> LocalResult:
         """Load the global weights, run one round of DP-SGD, return the update.

@@ -17,11 +17,13 @@ configuration knows:
   for current torch, so the noise is drawn here and added through Opacus's
   ``DPOptimizer``; see :mod:`securefl.privacy.client`.)
 * :class:`SeededRandomness` (``noise_source = "insecure-seeded"``) reproduces
-  the old behaviour exactly: torch generators seeded from a public integer
-  (Opacus's own ``torch.normal`` and ``torch.rand`` calls) and a numpy
-  generator for rounding.  Anyone who knows the seed regenerates the noise and
-  subtracts it from the update, so the DP guarantee is void against them.  It
-  exists only behind ``DPConfig.insecure_reproducible_noise``.
+  the old behaviour exactly: torch generators seeded from the public run seed
+  and the client id (Opacus's own ``torch.normal`` and ``torch.rand`` calls)
+  and, for rounding, the numpy stream that Flower's ``reproducible-rounding``
+  uses (:func:`securefl.flower.mod.rounding_generator`).  Anyone who knows
+  the seed regenerates the noise and subtracts it from the update, so the DP
+  guarantee is void against them.  It exists only behind
+  ``DPConfig.insecure_reproducible_noise``.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ class ClientRandomness(Protocol):
         method :meth:`securefl.encoding.FixedPointCodec.encode` calls)."""
         ...
 
-    def for_round(self, round_number: int) -> ClientRandomness:
-        """The randomness to round round ``round_number``'s update with."""
+    def for_round(self, round_number: int, num_values: int) -> ClientRandomness:
+        """The randomness to round round ``round_number``'s update (of
+        ``num_values`` values) with."""
         ...
 
 
@@ -120,7 +123,7 @@ class OsRandomness:
     def random(self, size: int) -> np.ndarray:
         return os_uniform(int(size))
 
-    def for_round(self, round_number: int) -> OsRandomness:
+    def for_round(self, round_number: int, num_values: int) -> OsRandomness:
         return self
 
     def __repr__(self) -> str:
@@ -128,18 +131,23 @@ class OsRandomness:
 
 
 class SeededRandomness:
-    """INSECURE, reproducible randomness from a public ``seed``: the torch
-    generators the old code gave Opacus (``seed * 2 + 1`` for Poisson
-    sampling through ``torch.rand``, ``seed * 2 + 2`` for the noise through
-    ``torch.normal``) and ``numpy.random.default_rng([seed, 13, round])``
-    for rounding.  Whoever knows ``seed`` regenerates every draw."""
+    """INSECURE, reproducible randomness from the public run ``seed``: the
+    torch generators the old code gave Opacus (with ``s = seed * 1000 +
+    client_id``: ``s * 2 + 1`` for Poisson sampling through ``torch.rand``,
+    ``s * 2 + 2`` for the noise through ``torch.normal``) and, for rounding
+    in round ``r``, ``numpy.random.default_rng([seed, 13, r])`` advanced by
+    ``(client_id - 1) * num_values`` (the client's segment of the round's
+    stream, as Flower's ``reproducible-rounding``).  Whoever knows ``seed``
+    regenerates every draw."""
 
     source = NoiseSource.INSECURE_SEEDED
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, client_id: int) -> None:
         self.seed = int(seed)
-        self._sampling = torch.Generator().manual_seed(self.seed * 2 + 1)
-        self._noise = torch.Generator().manual_seed(self.seed * 2 + 2)
+        self.client_id = int(client_id)
+        client_seed = self.seed * 1000 + self.client_id
+        self._sampling = torch.Generator().manual_seed(client_seed * 2 + 1)
+        self._noise = torch.Generator().manual_seed(client_seed * 2 + 2)
         self._rounding = np.random.default_rng([self.seed, 13, 0])
 
     @property
@@ -159,9 +167,11 @@ class SeededRandomness:
     def random(self, size: int) -> np.ndarray:
         return self._rounding.random(int(size))
 
-    def for_round(self, round_number: int) -> SeededRandomness:
+    def for_round(self, round_number: int, num_values: int) -> SeededRandomness:
         self._rounding = np.random.default_rng([self.seed, 13, int(round_number)])
+        self._rounding.bit_generator.advance(  # type: ignore[attr-defined]
+            (self.client_id - 1) * int(num_values))
         return self
 
     def __repr__(self) -> str:
-        return f"SeededRandomness(seed={self.seed}, INSECURE)"
+        return f"SeededRandomness(seed={self.seed}, client_id={self.client_id}, INSECURE)"
