@@ -6,8 +6,11 @@ Every round:
 
 1. each client checks its budget guard and refuses the round if it would
    exceed its budget; the others load the global weights and train with
-   DP-SGD (their accountants record the steps);
-2. each update is encoded (secure mode) or clipped and scaled (plain mode);
+   DP-SGD (their accountants record the steps; noise and sampling from
+   ``os.urandom`` unless ``insecure_reproducible_noise``);
+2. each client encodes its update (secure mode: rounding with its own secret
+   randomness) or clips and scales it (plain mode); its weight is 1 unless
+   ``weighting`` is ``examples``;
    an update the encoder refuses (NaN, shape...) does not take part;
 3. the injected dropouts (each client drops with probability ``dropout`` at a
    protocol round drawn uniformly) are passed to secure aggregation, which
@@ -254,6 +257,10 @@ class SimulationResult:
         rounds: one report per round.
         model: the final global model.
         output_dir: where the files were written.
+        clients: the simulated clients themselves, with their data and
+            accountants.  The caller of the simulator plays the whole world,
+            not the server: ``metrics``, ``rounds`` and the files hold only
+            what the server learns; ``clients`` is everything else.
     """
 
     metrics: dict[str, Any]

@@ -13,10 +13,17 @@ from typing import Any
 
 _EXPORTS = {
     "AccountantKind": "options",
+    "Adjacency": "options",
     "Weighting": "options",
     "epsilon": "accounting",
     "epsilon_dp_accounting": "accounting",
+    "epsilon_replace_one_pld": "accounting",
+    "epsilon_replace_one_rdp": "accounting",
     "noise_multiplier_for": "accounting",
+    "noise_multiplier_for_replace_one": "accounting",
+    "NoiseSource": "noise",
+    "OsRandomness": "noise",
+    "adjacency_for": "client",
     "PrivacyBudget": "budget",
     "DPConfig": "client",
     "LocalResult": "client",
