@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import securefl.federation.simulation as sim
 from securefl.federation.checkpoint import load_checkpoint
@@ -182,3 +184,29 @@ def test_client_summary_refuses_private_fields() -> None:
 
     with pytest.raises(ConfigurationError, match="never leave a client"):
         client_summary(1, [(1.0, 0.2, 5)], 1e-5, num_examples=134)
+
+
+@settings(max_examples=10, deadline=None)
+@given(n1=st.integers(1, 300), n2=st.integers(1, 300), rate=st.sampled_from([0.1, 0.2, 0.5]),
+       epochs=st.integers(1, 2), target=st.sampled_from([None, 3.0]))
+def test_what_a_client_sends_is_the_same_whatever_its_record_count(
+        n1: int, n2: int, rate: float, epochs: int, target: float | None) -> None:
+    """Property: two clients with any record counts send the same weight and
+    the same public DP parameters (noise multiplier, sample rate, steps,
+    history); only the noised update differs."""
+    from securefl.privacy.client import DPConfig, PrivateClient
+
+    config = DPConfig(noise_multiplier=None if target else 1.0, target_epsilon=target,
+                      sample_rate=rate, local_epochs=epochs, planned_rounds=3)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    start = [p.detach().clone() for p in model.parameters()]
+    sent = []
+    for n in (n1, n2):
+        rng = np.random.default_rng(n)
+        x = rng.normal(size=(n, 3)).astype(np.float32)
+        client = PrivateClient(1, model, x, (x[:, 0] > 0).astype(np.int64), config)
+        result = client.train_round(start)
+        sent.append((result.weight, result.steps, result.noise_multiplier,
+                     result.sample_rate, tuple(client.history)))
+    assert sent[0] == sent[1]
+    assert sent[0][0] == 1 and sent[0][1] == epochs * round(1 / rate)
