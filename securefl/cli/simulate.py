@@ -24,7 +24,7 @@ from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.privacy.ledger import LEDGER_FILENAME, Participation
 from securefl.privacy.options import AccountantKind, Weighting
 
-DEFAULT_SAMPLE_RATE = 0.2
+DEFAULT_SAMPLE_RATE = 0.25
 """Mirrors :data:`securefl.privacy.client.DEFAULT_SAMPLE_RATE` (that module
 imports torch; a test keeps the two equal)."""
 
@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="Poisson sample rate, the same public constant for every client"
                          f" (default {DEFAULT_SAMPLE_RATE:g}: a local epoch is"
                          f" {round(1 / DEFAULT_SAMPLE_RATE)} steps)")
-    dp.add_argument("--batch-size", type=_positive_int, default=32,
+    dp.add_argument("--batch-size", type=_positive_int, default=36,
                     help="public divisor of each step's noisy gradient sum, about the sample"
-                         " rate times a typical client's record count (default 32)")
+                         " rate times a typical client's record count (default 36)")
     dp.add_argument("--insecure-reproducible-noise", action="store_true",
                     help="INSECURE, for debugging only: seed the DP noise, sampling and"
                          " rounding from --seed, so that anyone who knows the seed (the server"

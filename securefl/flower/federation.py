@@ -22,7 +22,7 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
 ``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
-default), ``sample-rate`` (public Poisson rate, default 0.2), ``weighting``
+default), ``sample-rate`` (public Poisson rate, default 0.25), ``weighting``
 (``uniform``, the default, or ``examples``: replace-one epsilons),
 ``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``),
 ``mode`` (``semi-honest``/``active``), ``round-timeout`` (seconds),

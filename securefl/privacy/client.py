@@ -69,9 +69,9 @@ __all__ = [
     "make_private_compatible",
 ]
 
-DEFAULT_SAMPLE_RATE = 0.2
+DEFAULT_SAMPLE_RATE = 0.25
 """The default Poisson sample rate: every record joins each step's batch with
-probability 0.2, so one local epoch is 5 steps, for every client alike."""
+probability 0.25, so one local epoch is 4 steps, for every client alike."""
 
 
 def adjacency_for(weighting: Weighting) -> Adjacency:
@@ -138,7 +138,7 @@ class DPConfig:
     delta: float = 1e-5
     planned_rounds: int = 10
     sample_rate: float = DEFAULT_SAMPLE_RATE
-    batch_size: int = 32
+    batch_size: int = 36
     local_epochs: int = 1
     max_local_steps: int | None = None
     lr: float = 1.0
