@@ -19,8 +19,9 @@ configuration knows:
 * :class:`SeededRandomness` (``noise_source = "insecure-seeded"``) reproduces
   the old behaviour exactly: torch generators seeded from the public run seed
   and the client id (Opacus's own ``torch.normal`` and ``torch.rand`` calls)
-  and, for rounding, the numpy stream that Flower's ``reproducible-rounding``
-  uses (:func:`securefl.flower.mod.rounding_generator`).  Anyone who knows
+  and, for rounding, the client's segment of a numpy stream seeded with the
+  run seed and the round (the simulator's former shared rounding generator).
+  Anyone who knows
   the seed regenerates the noise and subtracts it from the update, so the DP
   guarantee is void against them.  It exists only behind
   ``DPConfig.insecure_reproducible_noise``.
@@ -137,8 +138,7 @@ class SeededRandomness:
     ``s * 2 + 2`` for the noise through ``torch.normal``) and, for rounding
     in round ``r``, ``numpy.random.default_rng([seed, 13, r])`` advanced by
     ``(client_id - 1) * num_values`` (the client's segment of the round's
-    stream, as Flower's ``reproducible-rounding``).  Whoever knows ``seed``
-    regenerates every draw."""
+    stream).  Whoever knows ``seed`` regenerates every draw."""
 
     source = NoiseSource.INSECURE_SEEDED
 
