@@ -21,9 +21,8 @@ configuration knows:
   and the client id (Opacus's own ``torch.normal`` and ``torch.rand`` calls)
   and, for rounding, the client's segment of a numpy stream seeded with the
   run seed and the round (the simulator's former shared rounding generator).
-  Anyone who knows
-  the seed regenerates the noise and subtracts it from the update, so the DP
-  guarantee is void against them.  It exists only behind
+  Anyone who knows the seed regenerates the noise and subtracts it from the
+  update, so the DP guarantee is void against them.  It exists only behind
   ``DPConfig.insecure_reproducible_noise``.
 """
 
