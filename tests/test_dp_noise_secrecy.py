@@ -257,3 +257,20 @@ def test_os_randomness_draws_the_right_distributions() -> None:
     assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.005
     assert not np.array_equal(source.random(64), source.random(64))
     assert "seed" not in repr(source)
+
+
+def test_no_warning_is_silenced_because_none_is_raised() -> None:
+    """No Opacus ``PrivacyEngine`` is created, so its secure-RNG warning
+    (about its own torch generator) cannot arise; and building and training
+    a client raises no warning at all, with every warning an error."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = PrivateClient(1, model, x, y, DPConfig(target_epsilon=3.0))
+        client.train_round([p.detach().clone() for p in model.parameters()])
+    assert client.noise_source.value == "os-csprng"
