@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="Poisson sample rate, the same public constant for every client"
                          f" (default {DEFAULT_SAMPLE_RATE:g}: a local epoch is"
                          f" {round(1 / DEFAULT_SAMPLE_RATE)} steps)")
-    dp.add_argument("--batch-size", type=_positive_int, default=36,
-                    help="public divisor of each step's noisy gradient sum, about the sample"
-                         " rate times a typical client's record count (default 36)")
+    dp.add_argument("--batch-size", type=_positive_int, default=24,
+                    help="public divisor of each step's noisy gradient sum, the same for every"
+                         " client; smaller means larger local steps (default 24)")
     dp.add_argument("--insecure-reproducible-noise", action="store_true",
                     help="INSECURE, for debugging only: seed the DP noise, sampling and"
                          " rounding from --seed, so that anyone who knows the seed (the server"

@@ -117,7 +117,7 @@ class SimulationConfig:
     accountant: AccountantKind = AccountantKind.RDP
     max_grad_norm: float = 1.0
     sample_rate: float = DEFAULT_SAMPLE_RATE
-    batch_size: int = 36
+    batch_size: int = 24
     local_epochs: int = 1
     lr: float = 1.0
     weighting: Weighting = Weighting.UNIFORM

@@ -111,8 +111,10 @@ class DPConfig:
             batch independently with this probability.  One local epoch is
             ``round(1 / q)`` steps.
         batch_size: the public divisor of each step's noisy sum of clipped
-            gradients (Opacus's ``expected_batch_size``); about ``q`` times a
-            typical client's record count.  It is a constant, not ``q * n``:
+            gradients (Opacus's ``expected_batch_size``), the same for every
+            client; with the local ``lr`` it sets the local step size (the
+            default 24 suits the digits demo, whose clients expect batches of
+            about 36).  It is a constant, not ``q * n``:
             dividing by ``q * n`` would scale the noise by ``1 / n`` and let
             the server estimate ``n`` from the noise level of the sums.
         local_epochs: passes over the local data per round.
@@ -138,7 +140,7 @@ class DPConfig:
     delta: float = 1e-5
     planned_rounds: int = 10
     sample_rate: float = DEFAULT_SAMPLE_RATE
-    batch_size: int = 36
+    batch_size: int = 24
     local_epochs: int = 1
     max_local_steps: int | None = None
     lr: float = 1.0
