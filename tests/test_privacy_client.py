@@ -195,3 +195,5 @@ def test_configuration_is_validated() -> None:
         PrivateClient(1, _model(), x, y, DPConfig(target_epsilon=1e-7, planned_rounds=100))
     with pytest.raises(ConfigurationError, match="sample rate"):
         DPConfig(noise_multiplier=1.0, sample_rate=0.0)
+    with pytest.raises(ConfigurationError, match="must be a bool"):
+        DPConfig(noise_multiplier=1.0, insecure_reproducible_noise="false")

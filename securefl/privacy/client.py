@@ -175,6 +175,11 @@ class DPConfig:
         if not self.lr > 0:
             raise ConfigurationError(f"lr must be > 0, got {self.lr}")
         object.__setattr__(self, "accountant", AccountantKind(self.accountant))
+        if not isinstance(self.insecure_reproducible_noise, bool | np.bool_):
+            # a string such as "false" must not silently switch it on
+            raise ConfigurationError(
+                "insecure_reproducible_noise must be a bool, got"
+                f" {self.insecure_reproducible_noise!r}")
         object.__setattr__(self, "insecure_reproducible_noise",
                            bool(self.insecure_reproducible_noise))
         if self.epsilon_budget is None and self.target_epsilon is not None:
