@@ -120,8 +120,9 @@ def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray
 def train_private_client(msg: Message, context: Context) -> Message:
     """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
     partition, continuing its accountant from earlier rounds (kept in the
-    Context).  The noise, sampling and rounding come from ``os.urandom``
-    (unless the run config sets ``insecure-reproducible-noise``).  Returns the
+    Context).  The noise and the Poisson sampling come from ``os.urandom``
+    (unless the run config sets ``insecure-reproducible-noise``); the mod
+    encodes and rounds the update.  Returns the
     local model and the public ``dp-*`` metrics (noise multiplier, sample
     rate, steps, history) :func:`~securefl.flower.securefl_mod` forwards; the
     ``num-examples`` weight only under ``weighting = "examples"``.  The
