@@ -5,8 +5,13 @@ A client's privacy history is Opacus's: a list of ``(noise_multiplier,
 sample_rate, steps)`` rows, each a Poisson-subsampled Gaussian mechanism
 composed ``steps`` times.  Every epsilon here is computed by Opacus's own
 analysis (``opacus.accountants``) or by ``dp_accounting``; nothing is
-re-derived by hand.  Results are cached by history because a federation asks
-the same question for many clients and rounds.
+re-derived by hand, except the replace-one RDP bound
+(:func:`epsilon_replace_one_rdp`, from Opacus's add/remove RDP through
+Mironov's weak triangle inequality).  :func:`epsilons_for` gives every
+accountant of an adjacency: the four :data:`ACCOUNTANTS` for add/remove-one,
+the two :data:`REPLACE_ONE_ACCOUNTANTS` for replace-one (record counts
+public).  Results are cached by history because a federation asks the same
+question for many clients and rounds.
 """
 
 from __future__ import annotations
