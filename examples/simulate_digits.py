@@ -35,7 +35,7 @@ def main() -> None:
         dropout=0.2,                 # each client drops with p=0.2 at a random protocol round
         target_epsilon=7.5,          # per client, over all 10 rounds, at delta 1e-5
         delta=1e-5,
-        weighting=Weighting.EXAMPLES,
+        weighting=Weighting.UNIFORM,  # the default: nothing reveals a client's record count
         server_optimizer=ServerOptimizerKind.FEDAVGM,  # server momentum 0.5: free in privacy
         secure=True,
         seed=0,

@@ -138,7 +138,7 @@ def _recorder(msg: Message, ctxt: Context, call_next) -> Message:
         local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
         arrays.update({f"local_{i}": a for i, a in enumerate(local)})
         path = os.path.join(directory, f"client-{cid}-round-{fl_round}.npz")
-        np.savez(path + ".tmp.npz", weight=int(metrics["num-examples"]), **arrays)
+        np.savez(path + ".tmp.npz", weight=int(metrics.get("num-examples", 1)), **arrays)
         os.replace(path + ".tmp.npz", path)
     return out
 
@@ -204,7 +204,7 @@ def check_exact_sum(total: np.ndarray, codec: Any, trained: Iterable[Trained]) -
     for t in trained:
         update = [np.subtract(lo, gl.astype(lo.dtype)) for lo, gl in
                   zip(t.local_arrays, t.global_arrays, strict=True)]
-        weight = int(t.metrics["num-examples"])
+        weight = int(t.metrics.get("num-examples", 1))
         down = codec.encode(update, _Constant(1.0), weight=weight).vector
         up = codec.encode(update, _Constant(0.0), weight=weight).vector
         low = (low + down) & mask

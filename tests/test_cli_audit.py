@@ -7,6 +7,7 @@ and the message.  Exit codes: 0 ok, 1 violation or tampering, 2 unreadable,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,9 +20,9 @@ from opacus.accountants.utils import get_noise_multiplier
 from securefl.cli import main
 from securefl.cli.audit import audit_run
 from securefl.federation.simulation import SimulationConfig, run_simulation
-from securefl.privacy import accounting
 from securefl.privacy.accounting import (
     ACCOUNTANTS,
+    REPLACE_ONE_ACCOUNTANTS,
     AccountantKind,
     epsilon,
     epsilon_dp_accounting,
@@ -218,12 +219,88 @@ def test_an_insecure_noise_source_fails(run: Path, tmp_path: Path,
     assert f"round 2, client {included}: noise_source 'insecure-seeded'" in text
     code, text = _audit(tampered_copy(run, tmp_path / "r1", replace_one), capsys)
     assert code == 1
-    if hasattr(accounting, "epsilon_replace_one_rdp"):
-        # recomputed under replace-one, the recorded add/remove epsilon is too low
-        assert "round 1, client 2: recorded epsilon" in text
-        assert "by replace-one-rdp does not match its history" in text
-    else:
-        assert "adjacency 'replace-one' cannot be verified" in text
+    # recomputed under replace-one, the recorded add/remove epsilon is too low
+    assert "round 1, client 2: recorded epsilon" in text
+    assert "by replace-one-rdp does not match its history" in text
+    assert "weighting 'uniform' needs adjacency 'add-remove-one'" in text
+
+
+def test_an_insecure_reproducible_noise_run_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the whole run, as the simulator writes it: every row says where its
+    # noise came from, and the audit names the option that made it insecure
+    out = tmp_path / "insecure"
+    run_simulation(dataclasses.replace(TINY, insecure_reproducible_noise=True), out)
+    code, text = _audit(out, capsys)
+    assert code == 1
+    assert "noise_source 'insecure-seeded': insecure reproducible noise" \
+        " (--insecure-reproducible-noise)" in text
+    report = audit_run(out)
+    seeded = [v for v in report["violations"] if "noise_source 'insecure-seeded'" in v]
+    assert len(seeded) == len([r for r in records(out) if r.get("type") == "row"])
+
+
+@pytest.fixture(scope="module")
+def examples_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # calibrated (replace-one) to a target, so the budget is that target
+    out = tmp_path_factory.mktemp("audit") / "examples"
+    run_simulation(dataclasses.replace(TINY, noise_multiplier=None, target_epsilon=8.0,
+                                       epsilon_budget=None, weighting="examples"), out)
+    return out
+
+
+def test_a_run_weighted_by_examples_verifies_by_the_replace_one_accountants(
+        examples_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    code, text = _audit(examples_run, capsys)
+    assert code == 0, text
+    assert "ro-rdp" in text and "replace-one" in text
+    report = audit_run(examples_run)
+    rows = [r for r in load_ledger(examples_run / "ledger.jsonl").committed]
+    assert {(r.weighting, r.adjacency) for r in rows} == {("examples", "replace-one")}
+    last = {r.client_id: r for r in rows if not r.in_flight}
+    for client in report["clients"]:
+        eps = client["epsilon"]
+        assert set(eps) == set(REPLACE_ONE_ACCOUNTANTS)
+        assert all(0 < v <= 8.0 for v in eps.values())
+        # what the simulator recorded is what the audit recomputed
+        row = last[client["client_id"]]
+        assert row.epsilon_rdp == pytest.approx(eps["replace-one-rdp"], rel=1e-12)
+        assert row.epsilon_dpa_pld == pytest.approx(eps["replace-one-pld"], rel=1e-12)
+        # and it is more than the add/remove-one epsilon of the same history
+        assert eps["replace-one-pld"] > max(epsilons(row.history, row.delta).values())
+
+
+def test_a_run_weighted_by_examples_cannot_claim_add_remove_epsilons(
+        examples_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A server that weights by record counts relabels its rows
+    # add-or-remove-one and records correct add/remove epsilons (re-chained,
+    # re-anchored): every epsilon recomputes, yet the count was public
+    def relabel(recs: list[Record]) -> list[Record]:
+        for row in _rows(recs):
+            eps = epsilons(row["history"], row["delta"])
+            row.update(adjacency="add-remove-one", epsilon_rdp=eps["opacus-rdp"],
+                       epsilon_prv=eps["opacus-prv"],
+                       epsilon_dpa_rdp=eps["dp-accounting-rdp"],
+                       epsilon_dpa_pld=eps["dp-accounting-pld"])
+        return recs
+
+    code, text = _audit(tampered_copy(examples_run, tmp_path / "relabel", relabel), capsys)
+    assert code == 1
+    assert "weighting 'examples' needs adjacency 'replace-one'" in text
+    assert "does not match its history" not in text  # only the relabelling gives it away
+
+    # ... or keeps the label and records the lower add/remove epsilons
+    def lower(recs: list[Record]) -> list[Record]:
+        for row in _rows(recs):
+            eps = epsilons(row["history"], row["delta"])
+            row.update(epsilon_rdp=eps["opacus-rdp"], epsilon_prv=eps["opacus-prv"])
+        return recs
+
+    code, text = _audit(tampered_copy(examples_run, tmp_path / "lower", lower), capsys)
+    assert code == 1
+    assert "by replace-one-rdp does not match its history" in text
+    assert "records epsilon_prv" in text
 
 
 def _one_client_ledger(path: Path, sigma: float, q: float, steps: int,

@@ -112,3 +112,26 @@ def test_server_learning_rate_defaults_per_optimizer() -> None:
     assert lr() == 1.0
     assert lr("--server-optimizer", "fedadam") == 0.1
     assert lr("--server-optimizer", "fedadam", "--server-lr", "0.3") == 0.3
+
+
+def test_insecure_reproducible_noise_is_an_explicit_warned_opt_in(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from securefl.cli.simulate import DEFAULT_SAMPLE_RATE
+    from securefl.privacy.client import DEFAULT_SAMPLE_RATE as CLIENT_DEFAULT
+
+    assert DEFAULT_SAMPLE_RATE == CLIENT_DEFAULT
+    out = tmp_path / "run"
+    assert main(["simulate", *SMALL, "--insecure-reproducible-noise", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" in captured.err and "NO differential privacy" in captured.err
+    rows = read_ledger(out / "ledger.jsonl")
+    assert {r.noise_source for r in rows} == {"insecure-seeded"}
+    assert json.loads((out / "metrics.json").read_text())["final"]["noise_source"] == (
+        "insecure-seeded")
+    # the default run: secret noise, uniform weighting, add/remove-one, no warning
+    assert main(["simulate", *SMALL, "-o", str(tmp_path / "default")]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and "add-remove-one adjacency" in captured.out
+    rows = read_ledger(tmp_path / "default" / "ledger.jsonl")
+    assert {(r.noise_source, r.adjacency, r.weighting) for r in rows} == {
+        ("os-csprng", "add-remove-one", "uniform")}

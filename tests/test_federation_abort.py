@@ -99,7 +99,7 @@ def test_aborted_rounds_leave_model_ledger_checkpoint_intact(tmp_path: Path, mon
     final = {r.client_id: r for r in rows if r.round == 4}
     for client in result.clients:
         assert final[client.client_id].epsilon_rdp == pytest.approx(
-            client.engine.accountant.get_epsilon(delta=config.delta))
+            client.accountant.get_epsilon(delta=config.delta))
     assert result.metrics["final"]["rounds_aborted"] == 2
 
 

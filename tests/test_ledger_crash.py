@@ -7,7 +7,6 @@ actually trained."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from securefl.cli.audit import audit_run
 from securefl.crashpoints import CRASH_ENV
-from securefl.federation.simulation import SimulationConfig, load_data
+from securefl.federation.simulation import SimulationConfig
 from securefl.privacy.ledger import load_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +26,9 @@ ARGS = ["--clients", "3", "--rounds", "2", "--noise-multiplier", "1.0", "--epsil
 
 
 def _steps_per_round() -> dict[int, int]:
-    sizes = load_data(SimulationConfig(num_clients=3, rounds=2, seed=0)).client_sizes
-    return {cid: math.ceil(n / 32) for cid, n in enumerate(sizes, start=1)}
+    # the public steps per round, the same for every client
+    config = SimulationConfig(num_clients=3, rounds=2, noise_multiplier=1.0, seed=0)
+    return {cid: config.dp_config().steps_per_round for cid in range(1, 4)}
 
 
 @pytest.mark.parametrize(("point", "round_number"), [

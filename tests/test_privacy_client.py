@@ -1,4 +1,4 @@
-"""Opacus clients: one PrivacyEngine across rounds, target epsilon turned into
+"""Opacus clients: one accountant across rounds, target epsilon turned into
 a noise multiplier up front, the budget guard, and models Opacus cannot train."""
 
 from __future__ import annotations
@@ -37,22 +37,22 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def test_one_privacy_engine_composes_across_rounds() -> None:
+def test_one_accountant_composes_across_rounds() -> None:
     x, y = _data()
-    config = DPConfig(noise_multiplier=1.2, batch_size=20, planned_rounds=3)
-    client = PrivateClient(1, _model(), x, y, config, seed=1)
+    config = DPConfig(noise_multiplier=1.2, sample_rate=0.25, batch_size=20, planned_rounds=3)
+    client = PrivateClient(1, _model(), x, y, config)
     global_params = [p.detach().clone() for p in _model().parameters()]
     assert client.sample_rate == 0.25 and client.steps_per_round == 4
-    engine = client.engine
+    accountant = client.accountant
     eps = []
     for _ in range(3):
         result = client.train_round(global_params)
         assert result.steps == 4
         eps.append(client.epsilon())
-        assert client.engine is engine
+        assert client.accountant is accountant
     assert client.history == [(1.2, 0.25, 12)]
     assert eps[0] < eps[1] < eps[2]
-    assert eps[-1] == pytest.approx(engine.accountant.get_epsilon(delta=config.delta), rel=1e-12)
+    assert eps[-1] == pytest.approx(accountant.get_epsilon(delta=config.delta), rel=1e-12)
 
 
 def test_update_is_local_minus_global_and_weighted() -> None:
@@ -60,7 +60,7 @@ def test_update_is_local_minus_global_and_weighted() -> None:
     global_model = _model()
     global_params = [p.detach().clone() for p in global_model.parameters()]
     for weighting, weight in ((Weighting.EXAMPLES, 80), (Weighting.UNIFORM, 1)):
-        client = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0), seed=2,
+        client = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0),
                                weighting=weighting)
         result = client.train_round(global_params)
         assert result.weight == weight
@@ -71,20 +71,31 @@ def test_update_is_local_minus_global_and_weighted() -> None:
         assert any(np.abs(u).max() > 0 for u in result.update)
 
 
-def test_clients_with_the_same_seed_train_identically() -> None:
+def test_the_seed_reproduces_training_only_in_the_insecure_mode() -> None:
     x, y = _data()
     params = [p.detach().clone() for p in _model().parameters()]
-    a = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0), seed=5)
-    b = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0), seed=5)
+    insecure = DPConfig(noise_multiplier=1.0, insecure_reproducible_noise=True)
+    a = PrivateClient(1, _model(), x, y, insecure, seed=5)
+    b = PrivateClient(1, _model(), x, y, insecure, seed=5)
+    assert a.noise_source.value == "insecure-seeded"
     ua, ub = a.train_round(params).update, b.train_round(params).update
     assert all(np.array_equal(p, q) for p, q in zip(ua, ub, strict=True))
+    # By default the same seed (and the same everything) gives other noise:
+    # it comes from os.urandom, and the seed is ignored.
+    c = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0), seed=5)
+    d = PrivateClient(1, _model(), x, y, DPConfig(noise_multiplier=1.0), seed=5)
+    assert c.noise_source.value == "os-csprng"
+    uc, ud = c.train_round(params).update, d.train_round(params).update
+    assert not any(np.array_equal(p, q) for p, q in zip(uc, ud, strict=True))
+    with pytest.raises(ConfigurationError, match="needs a seed"):
+        PrivateClient(1, _model(), x, y, insecure)
 
 
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 def test_target_epsilon_becomes_a_noise_multiplier_up_front() -> None:
     x, y = _data(100)
-    config = DPConfig(target_epsilon=3.0, batch_size=25, planned_rounds=4)
-    client = PrivateClient(1, _model(), x, y, config, seed=3)
+    config = DPConfig(target_epsilon=3.0, sample_rate=0.25, batch_size=25, planned_rounds=4)
+    client = PrivateClient(1, _model(), x, y, config)
     expected = get_noise_multiplier(target_epsilon=3.0, target_delta=config.delta,
                                     sample_rate=0.25, steps=16, accountant="rdp")
     assert client.noise_multiplier == pytest.approx(expected)
@@ -102,7 +113,7 @@ def test_target_epsilon_becomes_a_noise_multiplier_up_front() -> None:
 def test_budget_guard_refuses_before_training() -> None:
     x, y = _data()
     config = DPConfig(noise_multiplier=1.5, batch_size=20, epsilon_budget=4.0)
-    client = PrivateClient(7, _model(), x, y, config, seed=4)
+    client = PrivateClient(7, _model(), x, y, config)
     params = [p.detach().clone() for p in _model().parameters()]
     rounds = 0
     with pytest.raises(PrivacyBudgetExceededError) as info:
@@ -158,7 +169,7 @@ def test_batchnorm_is_fixed_by_opacus() -> None:
     assert not ModuleValidator.validate(fixed, strict=False)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in fixed.modules())
     x, y = _data()
-    client = PrivateClient(1, fixed, x, y, DPConfig(noise_multiplier=1.0), seed=0)
+    client = PrivateClient(1, fixed, x, y, DPConfig(noise_multiplier=1.0))
     client.train_round([p.detach().clone() for p in fixed.parameters()])
     assert client.history[0][2] == client.steps_per_round
 
@@ -179,7 +190,10 @@ def test_configuration_is_validated() -> None:
         DPConfig(noise_multiplier=1.0, delta=0.0)
     x, y = _data()
     with pytest.raises(ConfigurationError, match="matching non-empty"):
-        PrivateClient(1, _model(), x, y[:-1], DPConfig(noise_multiplier=1.0), seed=0)
+        PrivateClient(1, _model(), x, y[:-1], DPConfig(noise_multiplier=1.0))
     with pytest.raises(ConfigurationError, match="cannot reach epsilon"):
-        PrivateClient(1, _model(), x, y, DPConfig(target_epsilon=1e-7, batch_size=80,
-                                                  planned_rounds=100), seed=0)
+        PrivateClient(1, _model(), x, y, DPConfig(target_epsilon=1e-7, planned_rounds=100))
+    with pytest.raises(ConfigurationError, match="sample rate"):
+        DPConfig(noise_multiplier=1.0, sample_rate=0.0)
+    with pytest.raises(ConfigurationError, match="must be a bool"):
+        DPConfig(noise_multiplier=1.0, insecure_reproducible_noise="false")

@@ -73,7 +73,7 @@ def test_rows_agree_with_opacus_accountants(run: SimulationResult) -> None:
             assert row.epsilon_prv == pytest.approx(prv.get_epsilon(row.delta), rel=1e-9)
         # the final row is exactly what the client's own PrivacyEngine says
         assert mine[-1].epsilon_rdp == pytest.approx(
-            client.engine.accountant.get_epsilon(delta=1e-5), rel=1e-9)
+            client.accountant.get_epsilon(delta=1e-5), rel=1e-9)
         assert [tuple(h) for h in mine[-1].history] == client.history
         # epsilon never decreases
         eps = [r.epsilon_rdp for r in mine]

@@ -2,23 +2,28 @@
 
 Verifies the ledger's hash chain and its per-round commits, cross-checks its
 last settled round and chain head against checkpoint.pt and metrics.json,
-and recomputes the epsilon of EVERY row from its recorded history with four
-accountants (Opacus RDP and PRV, dp-accounting RDP and PLD).  A row fails
+and recomputes the epsilon of EVERY row from its recorded history with
+every accountant of the row's adjacency: add-or-remove-one rows (uniform
+weighting) with four (Opacus RDP and PRV, dp-accounting RDP and PLD);
+replace-one rows (weighting by examples, record counts public) with two
+(the replace-one RDP bound from Opacus's RDP, recorded as epsilon_rdp, and
+dp-accounting's replace-one PLD, recorded as epsilon_dpa_pld).  A row fails
 when its history does not follow from the client's earlier rows, a recorded
 epsilon differs from the recomputed one, an epsilon is infinite or NaN, a
-step was taken without noise, its noise was not drawn from the OS CSPRNG, its
-adjacency cannot be verified, or any accountant exceeds its budget.  An
-in-flight row that no settled row supersedes is charged in full.  Prints
-per round and per client, and writes epsilon_per_round.png.
+step was taken without noise, its noise was not drawn from the OS CSPRNG
+(``--insecure-reproducible-noise``: noise_source insecure-seeded), its
+adjacency does not match its weighting, or any accountant exceeds its
+budget.  An in-flight row that no settled row supersedes is charged in
+full.  Prints per round and per client, and writes epsilon_per_round.png.
 
 Exit status:
   0  verified: every row recomputes, the chain and the cross-checks hold,
-     every client stayed within its budget by all four accountants
+     every client stayed within its budget by every accountant
   1  FAIL: a violation (budget exceeded by any accountant, infinite or NaN
-     epsilon, zero noise, insecure noise source, unverifiable adjacency) or
-     tampering (broken chain, missing commit, truncation, a ledger ahead of
-     or behind the checkpoint or metrics, a recorded epsilon or history that
-     does not recompute)
+     epsilon, zero noise, insecure noise source, an adjacency that does not
+     match the weighting) or tampering (broken chain, missing commit,
+     truncation, a ledger ahead of or behind the checkpoint or metrics, a
+     recorded epsilon or history that does not recompute)
   2  usage error, or the ledger cannot be read
   3  verified, but no privacy budget was set: nothing bounds the spend
 """
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securefl.cli import help_text
 from securefl.cli.audit_empirical import add_arguments as add_empirical_arguments
 from securefl.cli.audit_empirical import run_empirical
 from securefl.errors import LedgerError, SecureFLError
@@ -45,6 +51,7 @@ from securefl.privacy.ledger import (
     LedgerEntry,
     load_ledger,
 )
+from securefl.privacy.options import Adjacency, NoiseSource, adjacency_for
 
 PLOT_NAME = "epsilon_per_round.png"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -67,29 +74,31 @@ _RECORDED = {"opacus-rdp": "epsilon_rdp", "opacus-prv": "epsilon_prv",
 """The ledger field that records each accountant's epsilon."""
 
 
+_NOT_RECORDED = {"replace-one": ("epsilon_prv", "epsilon_dpa_rdp")}
+"""Fields a row of that adjacency must leave null: their accountants state
+add-or-remove-one epsilons only, which do not hold when record counts are
+public."""
+
+
 def _epsilons_for(adjacency: str, history: list[list[float]],
                   delta: float) -> dict[str, float] | None:
-    """Every accountant's epsilon of ``history`` under ``adjacency``, or None
-    when this installation cannot compute it (then the row cannot be
-    verified and fails).  Add-or-remove-one: the four
-    :data:`~securefl.privacy.accounting.ACCOUNTANTS`; replace-one: the
-    replace-one RDP bound and the replace-one PLD accountant, where
-    ``securefl.privacy.accounting`` provides them."""
+    """Every accountant's epsilon of ``history`` under ``adjacency``
+    (:func:`securefl.privacy.accounting.epsilons_for`: the four
+    :data:`~securefl.privacy.accounting.ACCOUNTANTS` for add-or-remove-one,
+    the two :data:`~securefl.privacy.accounting.REPLACE_ONE_ACCOUNTANTS` for
+    replace-one), or None for an adjacency it does not know (then the row
+    cannot be verified and fails)."""
     from securefl.privacy import accounting
 
-    if adjacency == "add-remove-one":
-        return accounting.epsilons(history, delta)
-    rdp = getattr(accounting, "epsilon_replace_one_rdp", None)
-    pld = getattr(accounting, "epsilon_replace_one_pld", None)
-    if adjacency != "replace-one" or rdp is None or pld is None:
+    if adjacency not in ADJACENCIES:
         return None
-    return {"replace-one-rdp": float(rdp(history, delta)),
-            "replace-one-pld": float(pld(history, delta))}
+    return accounting.epsilons_for(history, delta, adjacency)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``audit`` sub-command."""
-    p = sub.add_parser("audit", help="verify a run's privacy ledger", description=__doc__,
+    p = sub.add_parser("audit", help="verify a run's privacy ledger",
+                       description=help_text(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help=f"a run directory holding {LEDGER_FILENAME}, {CHECKPOINT_NAME} and"
@@ -155,16 +164,26 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
         state = clients.setdefault(row.client_id, _Client())
         state.rows.append(row)
         state.budgets.add(row.epsilon_budget)
-        if row.noise_source != "os-csprng":
-            detail = ("noise and sampling from a seeded generator: whoever knows the seed"
-                      " regenerates the noise, so there is no privacy against the server"
-                      if row.noise_source == "insecure-seeded"
+        if row.noise_source != NoiseSource.OS_CSPRNG.value:
+            detail = ("insecure reproducible noise (--insecure-reproducible-noise): noise and"
+                      " sampling from a generator seeded with the public seed; whoever knows"
+                      " the seed regenerates the noise, so there is no privacy against the"
+                      " server" if row.noise_source == NoiseSource.INSECURE_SEEDED.value
                       else f"unknown noise source (known: {', '.join(NOISE_SOURCES)})")
             violations.append(f"{who}: noise_source {row.noise_source!r}: {detail}")
         if row.adjacency not in ADJACENCIES:
             violations.append(f"{who}: unknown adjacency {row.adjacency!r}")
         if row.weighting not in WEIGHTINGS:
             violations.append(f"{who}: unknown weighting {row.weighting!r}")
+        elif (row.adjacency in ADJACENCIES
+              and Adjacency(row.adjacency) is not adjacency_for(row.weighting)):
+            violations.append(f"{who}: weighting {row.weighting!r} needs adjacency"
+                              f" {adjacency_for(row.weighting).value!r}, the row states its"
+                              f" epsilons for {row.adjacency!r}")
+        for name in _NOT_RECORDED.get(row.adjacency, ()):
+            if getattr(row, name) is not None:
+                violations.append(f"{who}: records {name} = {_fmt(getattr(row, name))}, an"
+                                  f" add-or-remove-one epsilon, in a {row.adjacency} row")
         if not 0.0 < row.delta < 1.0:
             violations.append(f"{who}: delta {row.delta!r} is not in (0, 1)")
             continue
@@ -216,10 +235,7 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
         # every epsilon recomputed from the recorded history
         computed_eps = eps_of(recorded_history, row.delta, row.adjacency)
         if computed_eps is None:
-            if row.adjacency in ADJACENCIES:
-                violations.append(f"{who}: adjacency {row.adjacency!r} cannot be verified: this"
-                                  " installation has no accountant for it")
-            continue
+            continue  # unknown adjacency: reported above
         eps = computed_eps
         infinite = [name for name, value in eps.items() if math.isinf(value)]
         if infinite:
@@ -406,6 +422,7 @@ def audit_run(path: Path) -> dict[str, Any]:
             "steps": sum(int(h[2]) for h in last.history),
             "steps_in_flight_charged": state.charged_in_flight,
             "delta": last.delta,
+            "adjacency": last.adjacency,
             "epsilon": {name: _json_number(v) for name, v in eps.items()},
             "epsilon_max": _json_number(max(eps.values(), default=math.nan)),
             "epsilon_budget": budget,
@@ -420,12 +437,14 @@ def audit_run(path: Path) -> dict[str, Any]:
         worst = max((c["epsilon_max"] for c in clients if isinstance(c["epsilon_max"], float)),
                     default=None)
         verdict = ("NO BUDGET: the ledger verifies, but no client had a privacy budget, so"
-                   f" nothing bounds the spend (max epsilon {_fmt(worst)} by the loosest of"
-                   " the four accountants)")
+                   f" nothing bounds the spend (max epsilon {_fmt(worst)} by the loosest"
+                   " accountant)")
     else:
         code = EXIT_OK
+        four = all(c["adjacency"] == Adjacency.ADD_REMOVE_ONE.value for c in clients)
         verdict = ("OK: the chain and the cross-checks hold, every row recomputes, and every"
-                   " client stayed within its budget by all four accountants")
+                   " client stayed within its budget by "
+                   + ("all four accountants" if four else "every accountant of its adjacency"))
     return {
         "ledger": str(ledger),
         "run_id": chain.run_id,
@@ -462,8 +481,15 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
               f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
     print()
-    print(f"{'client':>6}  {'op-rdp':>7}  {'op-prv':>7}  {'dpa-rdp':>7}  {'dpa-pld':>7}"
-          f"  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
+    columns = {Adjacency.ADD_REMOVE_ONE.value: (
+        ("op-rdp", "opacus-rdp"), ("op-prv", "opacus-prv"), ("dpa-rdp", "dp-accounting-rdp"),
+        ("dpa-pld", "dp-accounting-pld")),
+        Adjacency.REPLACE_ONE.value: (("ro-rdp", "replace-one-rdp"),
+                                      ("ro-pld", "replace-one-pld"))}
+    adjacencies = sorted({c["adjacency"] for c in report["clients"]})
+    shown_columns = columns.get(adjacencies[0], ()) if len(adjacencies) == 1 else ()
+    header = "".join(f"  {label:>7}" for label, _ in shown_columns)
+    print(f"{'client':>6}{header}  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
     for c in report["clients"]:
         e = c["epsilon"]
         status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
@@ -472,15 +498,21 @@ def _print_report(report: dict[str, Any]) -> None:
             status = "INFINITE OR UNBOUNDED EPSILON"
         budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
         in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
-        print(f"{c['client_id']:>6}  {_fmt(e.get('opacus-rdp')):>7}"
-              f"  {_fmt(e.get('opacus-prv')):>7}  {_fmt(e.get('dp-accounting-rdp')):>7}"
-              f"  {_fmt(e.get('dp-accounting-pld')):>7}  {budget:>7}  {in_sum:>6}"
-              f"  {c['steps']:>5}  {status}")
+        if shown_columns:
+            values = "".join(f"  {_fmt(e.get(name)):>7}" for _, name in shown_columns)
+        else:  # mixed adjacencies (a ledger no federation writes): name every value
+            values = "  " + ", ".join(f"{name} {_fmt(v)}" for name, v in e.items())
+        print(f"{c['client_id']:>6}{values}  {budget:>7}  {in_sum:>6}  {c['steps']:>5}"
+              f"  {status}")
     print()
     delta = report["clients"][0]["delta"] if report["clients"] else math.nan
+    legend = {Adjacency.ADD_REMOVE_ONE.value: "add-or-remove-one",
+              Adjacency.REPLACE_ONE.value: "replace-one: ro-rdp is the RDP bound, ro-pld"
+                                           " dp-accounting's PLD"}
     print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
-          " (add-or-remove-one); 'in sum' = rounds whose sum included the client /"
-          " rounds it trained in (every trained round spends privacy)")
+          f" ({'; '.join(legend.get(a, a) for a in adjacencies)}); 'in sum' = rounds whose"
+          " sum included the client / rounds it trained in (every trained round spends"
+          " privacy)")
     cross = report["cross_check"]
     if "skipped" not in cross:
         print(f"ledger settled through round {cross['ledger_round']}; checkpoint round"
@@ -533,5 +565,5 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     budgets = [c["epsilon_budget"] for c in report["clients"] if c["epsilon_budget"] is not None]
     delta = report["clients"][0]["delta"] if report["clients"] else math.nan
     plot_epsilon(path, per_client, budget=min(budgets) if budgets else None,
-                 title=f"epsilon per round, max of four accountants (delta {delta:g})")
+                 title=f"epsilon per round, max over the accountants (delta {delta:g})")
     report["plot"] = str(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, entries_by_client, read_ledger
+from securefl.privacy.options import Adjacency
 
 __all__ = ["add_arguments", "load_client_target", "run_empirical"]
 
@@ -159,6 +160,16 @@ def load_client_target(run_dir: Path, client_id: int | None) -> ClientTarget:
     recorded = {"rdp": last.epsilon_rdp}
     if last.epsilon_prv is not None:
         recorded["prv"] = last.epsilon_prv
+    if last.adjacency != Adjacency.ADD_REMOVE_ONE.value:
+        # The canary game tests adding or removing one canary; a replace-one
+        # row records replace-one epsilons, so the claim tested is the
+        # add/remove-one epsilon of the same recorded history.
+        from securefl.privacy.accounting import AccountantKind, epsilon
+
+        recorded = {"rdp": epsilon(last.history, last.delta, AccountantKind.RDP)}
+        prv = epsilon(last.history, last.delta, AccountantKind.PRV)
+        if not math.isnan(prv):
+            recorded["prv"] = prv
     return ClientTarget(
         client_id=client_id, model=model, features=features, labels=labels, dp_config=dp,
         rounds=rounds, history=[list(h) for h in last.history],

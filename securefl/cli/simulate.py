@@ -19,10 +19,15 @@ from typing import TYPE_CHECKING
 
 # Only light modules at import time: building the `securefl` parser must not
 # load torch or Opacus.  The federation itself is imported in `run`.
+from securefl.cli import help_text
 from securefl.federation.optimizers import ServerOptimizerKind
 from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.privacy.ledger import LEDGER_FILENAME, Participation
 from securefl.privacy.options import AccountantKind, Weighting
+
+DEFAULT_SAMPLE_RATE = 0.25
+"""Mirrors :data:`securefl.privacy.client.DEFAULT_SAMPLE_RATE` (that module
+imports torch; a test keeps the two equal)."""
 
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
@@ -51,6 +56,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -61,7 +73,8 @@ def _positive_float(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``simulate`` sub-command."""
     p = sub.add_parser("simulate", help="run a private federation in process",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=help_text(__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     fed = p.add_argument_group("federation")
     fed.add_argument("--clients", type=_positive_int, default=10, help="clients (default 10)")
     fed.add_argument("--rounds", type=_positive_int, default=10, help="rounds (default 10)")
@@ -73,7 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                           " smaller is more skewed)")
     fed.add_argument("--dataset", choices=[d.value for d in DatasetName], default="digits",
                      help="embedded data set (default digits)")
-    fed.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    fed.add_argument("--seed", type=int, default=0,
+                     help="seed of what protects nothing: the data split, the simulated"
+                          " dropouts and the model's initial weights (default 0); DP noise,"
+                          " sampling and rounding come from os.urandom")
     fed.add_argument("--threshold", type=_positive_int, default=None,
                      help="minimum clients per protocol round (default floor(n/2)+1)")
     fed.add_argument("--no-secure-aggregation", action="store_true",
@@ -94,8 +110,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          " both rdp and prv)")
     dp.add_argument("--max-grad-norm", type=_positive_float, default=1.0,
                     help="per-sample clipping norm (default 1.0)")
-    dp.add_argument("--batch-size", type=_positive_int, default=32,
-                    help="expected Poisson batch size (default 32)")
+    dp.add_argument("--sample-rate", type=_rate, default=DEFAULT_SAMPLE_RATE,
+                    help="Poisson sample rate, the same public constant for every client"
+                         f" (default {DEFAULT_SAMPLE_RATE:g}: a local epoch is"
+                         f" {round(1 / DEFAULT_SAMPLE_RATE)} steps)")
+    dp.add_argument("--batch-size", type=_positive_int, default=24,
+                    help="public divisor of each step's noisy gradient sum, the same for every"
+                         " client; smaller means larger local steps (default 24)")
+    dp.add_argument("--insecure-reproducible-noise", action="store_true",
+                    help="INSECURE, for debugging only: seed the DP noise, sampling and"
+                         " rounding from --seed, so that anyone who knows the seed (the server"
+                         " does) can regenerate and remove the noise; the DP guarantee is"
+                         " void against them and `securefl audit` fails the run")
     dp.add_argument("--local-epochs", type=_positive_int, default=1,
                     help="local epochs per round (default 1)")
     dp.add_argument("--lr", type=_positive_float, default=1.0,
@@ -107,8 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="server learning rate (default 0.1 for fedadam, else 1.0)")
     srv.add_argument("--server-momentum", type=float, default=0.5,
                      help="FedAvgM momentum (default 0.5)")
-    srv.add_argument("--weighting", choices=[w.value for w in Weighting], default="examples",
-                     help="weight updates by example count or uniformly (default examples)")
+    srv.add_argument("--weighting", choices=[w.value for w in Weighting], default="uniform",
+                     help="uniform (default): every update counts the same and nothing"
+                          " reveals a client's record count; examples: weight by record count,"
+                          " which then leaves the client in the clear, so epsilons are stated"
+                          " (and the noise calibrated) for replace-one adjacency")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--bits", type=int, default=32, help="ring Z_2^bits (default 32)")
     enc.add_argument("--frac-bits", type=int, default=None,
@@ -135,13 +164,14 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
         delta=args.delta,
         epsilon_budget=args.epsilon_budget, accountant=AccountantKind(args.accountant),
-        max_grad_norm=args.max_grad_norm, batch_size=args.batch_size,
+        max_grad_norm=args.max_grad_norm, sample_rate=args.sample_rate,
+        batch_size=args.batch_size,
         local_epochs=args.local_epochs, lr=args.lr, weighting=Weighting(args.weighting),
         server_optimizer=ServerOptimizerKind(args.server_optimizer), server_lr=args.server_lr,
         server_momentum=args.server_momentum, bits=args.bits, frac_bits=args.frac_bits,
         clip_range=args.clip_range, secure=not args.no_secure_aggregation,
         threshold=args.threshold, alpha=args.alpha, dataset=DatasetName(args.dataset),
-        seed=args.seed,
+        seed=args.seed, insecure_reproducible_noise=args.insecure_reproducible_noise,
     )
 
 
@@ -158,8 +188,6 @@ def format_round(report: RoundReport, num_clients: int) -> str:
             notes.append(f"{client.client_id}:refused(budget)")
         elif client.status is Participation.ENCODING_ERROR:
             notes.append(f"{client.client_id}:refused(encoding)")
-    if report.clipped:
-        notes.append(f"{report.clipped} values clipped")
     if report.aborted:
         notes.append("ABORTED: model, ledger, checkpoint unchanged")
     survivors = f"{len(report.survivors)}/{num_clients}"
@@ -185,10 +213,17 @@ def run(args: argparse.Namespace) -> int:
           f" {config.dataset.value} (non-IID, Dirichlet alpha {config.alpha:g}),"
           f" dropout {config.dropout:g}")
     aggregation = "secure (Bonawitz)" if config.secure else "PLAIN (no secure aggregation)"
-    print(f"  DP-SGD: {privacy} at delta {config.delta:g}, clip norm {config.max_grad_norm:g},"
-          f" batch {config.batch_size}; server: {config.server_optimizer.value};"
+    adjacency = config.adjacency.value
+    print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
+          f" server that knows the run config and every message), clip norm"
+          f" {config.max_grad_norm:g}, sample rate {config.sample_rate:g}, weighting"
+          f" {config.weighting.value}; server: {config.server_optimizer.value};"
           f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional bits,"
           f" updates clipped to +/-{codec.clip:g}")
+    if config.insecure_reproducible_noise:
+        print("  WARNING: --insecure-reproducible-noise: the DP noise, sampling and rounding"
+              " are seeded from --seed; the server can regenerate and remove the noise, so"
+              " there is NO differential privacy against it", file=sys.stderr)
     print(f"  output: {output}")
     progress = not args.no_progress and sys.stderr.isatty()
     lines: list[str] = []
@@ -216,10 +251,17 @@ def run(args: argparse.Namespace) -> int:
           f" after {final['rounds_completed']} completed and {final['rounds_aborted']}"
           " aborted rounds")
     pld = final.get("epsilon_max_pld")
-    print(f"max client epsilon at delta {final['delta']:g}: {final['epsilon_max']:.3f} (Opacus"
-          f" RDP), {prv if prv is None else format(prv, '.3f')} (Opacus PRV),"
-          f" {final['epsilon_max_dp_accounting']:.3f} (dp-accounting RDP),"
-          f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")
+    if config.adjacency.value == "replace-one":
+        print(f"max client epsilon at delta {final['delta']:g}, replace-one:"
+              f" {final['epsilon_max']:.3f} (bound from Opacus RDP),"
+              f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")
+    else:
+        dpa = final["epsilon_max_dp_accounting"]
+        print(f"max client epsilon at delta {final['delta']:g}, add/remove-one:"
+              f" {final['epsilon_max']:.3f} (Opacus RDP),"
+              f" {prv if prv is None else format(prv, '.3f')} (Opacus PRV),"
+              f" {dpa if dpa is None else format(dpa, '.3f')} (dp-accounting RDP),"
+              f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")
     survivors = final["survivors_per_round"]
     print(f"survivors per round: {survivors} (mean {sum(survivors) / len(survivors):.1f});"
           f" dropouts injected: {sum(final['dropped_per_round'])};"

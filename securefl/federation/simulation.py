@@ -6,8 +6,11 @@ Every round:
 
 1. each client checks its budget guard and refuses the round if it would
    exceed its budget; the others load the global weights and train with
-   DP-SGD (their accountants record the steps);
-2. each update is encoded (secure mode) or clipped and scaled (plain mode);
+   DP-SGD (their accountants record the steps; noise and sampling from
+   ``os.urandom`` unless ``insecure_reproducible_noise``);
+2. each client encodes its update (secure mode: rounding with its own secret
+   randomness) or clips and scales it (plain mode); its weight is 1 unless
+   ``weighting`` is ``examples``;
    an update the encoder refuses (NaN, shape...) does not take part;
 3. the injected dropouts (each client drops with probability ``dropout`` at a
    protocol round drawn uniformly) are passed to secure aggregation, which
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import math
 import os
 import time
 from collections.abc import Callable
@@ -62,13 +64,22 @@ from securefl.federation.reporting import (
     client_summary,
     final_metrics,
     finite_or_none,
+    ledger_epsilons,
     write_json_atomic,
 )
 from securefl.federation.server import AggregationMode, Server
-from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilons
+from securefl.privacy.accounting import AccountantKind, HistoryRow
 from securefl.privacy.budget import compose
-from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
+from securefl.privacy.client import (
+    DEFAULT_SAMPLE_RATE,
+    DPConfig,
+    PrivateClient,
+    Weighting,
+    adjacency_for,
+    make_private_compatible,
+)
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
+from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
 
 __all__ = [
@@ -111,10 +122,11 @@ class SimulationConfig:
     epsilon_budget: float | None = None
     accountant: AccountantKind = AccountantKind.RDP
     max_grad_norm: float = 1.0
-    batch_size: int = 32
+    sample_rate: float = DEFAULT_SAMPLE_RATE
+    batch_size: int = 24
     local_epochs: int = 1
     lr: float = 1.0
-    weighting: Weighting = Weighting.EXAMPLES
+    weighting: Weighting = Weighting.UNIFORM
     server_optimizer: ServerOptimizerKind = ServerOptimizerKind.FEDAVGM
     server_lr: float | None = None
     server_momentum: float = 0.5
@@ -127,6 +139,7 @@ class SimulationConfig:
     hidden: int = 64
     dataset: DatasetName = DatasetName.DIGITS
     seed: int = 0
+    insecure_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
@@ -158,11 +171,17 @@ class SimulationConfig:
         return DPConfig(
             max_grad_norm=self.max_grad_norm, noise_multiplier=self.noise_multiplier,
             target_epsilon=self.target_epsilon, delta=self.delta,
-            planned_rounds=self.rounds, batch_size=self.batch_size,
-            local_epochs=self.local_epochs, max_local_steps=1 if fedsgd else None,
-            lr=1.0 if fedsgd else self.lr, accountant=self.accountant,
-            epsilon_budget=self.epsilon_budget,
+            planned_rounds=self.rounds, sample_rate=self.sample_rate,
+            batch_size=self.batch_size, local_epochs=self.local_epochs,
+            max_local_steps=1 if fedsgd else None, lr=1.0 if fedsgd else self.lr,
+            accountant=self.accountant, epsilon_budget=self.epsilon_budget,
+            insecure_reproducible_noise=self.insecure_reproducible_noise,
         )
+
+    @property
+    def adjacency(self) -> Adjacency:
+        """The adjacency every epsilon of this federation is stated for."""
+        return adjacency_for(self.weighting)
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON-ready values."""
@@ -175,6 +194,9 @@ class ClientRoundReport:
 
     ``status`` is a :class:`Participation`; ``detail`` explains a refusal or
     an encoding error; ``dropped_at`` is the injected dropout round, if any.
+    Epsilons are stated for the federation's adjacency.  It holds nothing a
+    client keeps to itself (no loss, record count or clip count): only what
+    the server learns anyway.
     """
 
     client_id: int
@@ -184,8 +206,6 @@ class ClientRoundReport:
     epsilon_rdp: float
     epsilon_prv: float | None
     detail: str = ""
-    clipped: int = 0
-    train_loss: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -201,7 +221,6 @@ class RoundReport:
     epsilon_max: float
     epsilon_max_prv: float | None
     delta: float
-    clipped: int
     seconds: float
     abort_reason: str = ""
 
@@ -231,7 +250,6 @@ class RoundReport:
             "num_survivors": len(self.survivors),
             "dropped": {str(k): v for k, v in self.dropped.items()},
             "refused": {str(k): v for k, v in self.refused.items()},
-            "clipped_values": self.clipped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -245,6 +263,10 @@ class SimulationResult:
         rounds: one report per round.
         model: the final global model.
         output_dir: where the files were written.
+        clients: the simulated clients themselves, with their data and
+            accountants.  The caller of the simulator plays the whole world,
+            not the server: ``metrics``, ``rounds`` and the files hold only
+            what the server learns; ``clients`` is everything else.
     """
 
     metrics: dict[str, Any]
@@ -330,11 +352,6 @@ def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
     return schedule
 
 
-def _number(value: float) -> float | None:
-    """None for an epsilon an accountant cannot bound (NaN)."""
-    return None if math.isnan(value) else value
-
-
 def run_simulation(
     config: SimulationConfig,
     output_dir: str | os.PathLike[str],
@@ -398,7 +415,9 @@ def run_simulation(
         ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
     )
     clients = [
-        PrivateClient(cid, model, x, y, dp, seed=config.seed * 1000 + cid,
+        # The seed reaches a client's randomness only in the insecure
+        # reproducible mode; otherwise it is ignored (os.urandom).
+        PrivateClient(cid, model, x, y, dp, seed=config.seed,
                       weighting=config.weighting)
         for cid, (x, y) in zip(ids, data.clients, strict=True)
     ]
@@ -423,17 +442,17 @@ def run_simulation(
     def ledger_row(client: PrivateClient, round_number: int, status: Participation,
                    steps: int, history: list[HistoryRow], *, entered_sum: bool = False,
                    survivors: int = 0, dropped_at: Round | None = None) -> LedgerEntry:
-        eps = epsilons(history, config.delta)
+        # in-flight and settled rows alike carry the run's noise source,
+        # adjacency and weighting, and the epsilons stated for that adjacency
         return LedgerEntry(
             round=round_number, client_id=client.client_id, status=status.value,
             entered_sum=entered_sum, noise_multiplier=client.noise_multiplier,
             sample_rate=client.sample_rate, local_steps=steps, delta=config.delta,
-            epsilon_rdp=eps["opacus-rdp"], epsilon_prv=_number(eps["opacus-prv"]),
+            **ledger_epsilons(history, config.delta, config.adjacency),
             accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
             survivors=survivors, dropped_at=dropped_at.name if dropped_at is not None else None,
             history=[list(r) for r in history], secure_aggregation=config.secure,
-            epsilon_dpa_rdp=_number(eps["dp-accounting-rdp"]),
-            epsilon_dpa_pld=_number(eps["dp-accounting-pld"]),
+            noise_source=client.noise_source.value, adjacency=config.adjacency.value,
             weighting=config.weighting.value,
         )
 
@@ -451,8 +470,7 @@ def run_simulation(
         return {
             "config": {**config.to_json(), "frac_bits_used": frac_bits,
                        "max_weight": max_weight, "threshold_used": server.threshold},
-            "data": {"name": data.name, "client_sizes": data.client_sizes,
-                     "test_size": len(y_test)},
+            "data": {"name": data.name, "test_size": len(y_test)},
             "rounds": [r.to_json() for r in reports],
             "ledger": ledger_anchor(),
             "final": final,
@@ -463,7 +481,6 @@ def run_simulation(
         t0 = time.perf_counter()
         global_params = server.global_parameters()
         drops = schedule[round_number - 1]
-        rounding = np.random.default_rng([config.seed, 13, round_number])
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
         training: list[PrivateClient] = []
@@ -489,16 +506,17 @@ def run_simulation(
             cid = client.client_id
             result = client.train_round(global_params)
             crash_point("mid-training", round_number)
-            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps,
-                                     "loss": result.loss}
+            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps}
             try:
+                # The client encodes its own update (rounding with its own
+                # secret randomness); only the encoded vector leaves it.
                 if mode is AggregationMode.SECURE:
                     encoded: EncodedUpdate | PlainUpdate = codec.encode(
-                        result.update, rounding, weight=result.weight)
+                        result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
+                        weight=result.weight)
                 else:
                     encoded = codec.encode_plain(result.update, weight=result.weight)
                 updates[cid] = encoded
-                entry["clipped"] = encoded.num_clipped
             except EncodingError as exc:
                 updates[cid] = None
                 entry["status"] = Participation.ENCODING_ERROR
@@ -534,9 +552,7 @@ def run_simulation(
             client_reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors,
                 dropped_at=dropped_at, epsilon_rdp=row.epsilon_rdp,
-                epsilon_prv=row.epsilon_prv,
-                detail=entry["detail"], clipped=entry.get("clipped", 0),
-                train_loss=entry.get("loss", math.nan),
+                epsilon_prv=row.epsilon_prv, detail=entry["detail"],
             ))
 
         if outcome is not None:
@@ -554,7 +570,7 @@ def run_simulation(
             round=round_number, aborted=outcome is None, accuracy=last_eval.accuracy,
             loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            delta=config.delta,
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         )
         reports.append(report)
@@ -569,7 +585,7 @@ def run_simulation(
 
     client_summaries = [
         client_summary(client.client_id, client.history, config.delta,
-                       num_examples=client.num_examples,
+                       adjacency=config.adjacency,
                        noise_multiplier=client.noise_multiplier,
                        sample_rate=client.sample_rate, steps_per_round=client.steps_per_round,
                        epsilon_budget=dp.epsilon_budget)
@@ -578,7 +594,9 @@ def run_simulation(
     final = final_metrics(last_eval, client_summaries, reports, delta=config.delta,
                           accountant=config.accountant.value, planned_rounds=config.rounds,
                           completed=completed, secure=config.secure,
-                          wall_seconds=time.perf_counter() - started)
+                          wall_seconds=time.perf_counter() - started,
+                          adjacency=config.adjacency.value, weighting=config.weighting.value,
+                          noise_source=dp.noise_source.value)
     metrics = metrics_doc(final)
     write_json_atomic(out / METRICS_FILENAME, metrics)
     plot_accuracy(out / PLOT_FILENAME, [r.round for r in reports],

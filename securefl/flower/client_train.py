@@ -9,7 +9,6 @@ in the node's Context.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +22,19 @@ from securefl.federation.options import DEFAULT_TARGET_EPSILON
 from securefl.flower.dpstate import load_private_client_state, private_client_state
 from securefl.flower.mod import node_client_id
 from securefl.privacy.accounting import AccountantKind
-from securefl.privacy.client import DPConfig, PrivateClient, Weighting, make_private_compatible
+from securefl.privacy.client import (
+    DEFAULT_SAMPLE_RATE,
+    DPConfig,
+    PrivateClient,
+    Weighting,
+    make_private_compatible,
+)
 
 __all__ = ["dp_config", "run_values", "train_private_client"]
 
 DP_CLIENT_RECORD = "securefl.dp-client"
-"""Context state record of a node's DP client (secret: its noise generator)."""
+"""Context state record of a node's DP client: its accountant history (and,
+only with insecure reproducible noise, its seeded generators)."""
 PARTITION_RECORD = "securefl.partition"
 """Context state record caching the node's training partition."""
 
@@ -37,6 +43,14 @@ def _opt(value: Any, cast: type) -> Any:
     if value is None or value == "" or (isinstance(value, int | float) and value == 0):
         return None
     return cast(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected a boolean, got {value!r}")
 
 
 def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,6 +72,9 @@ def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
             "clip_range": float(c.get("clip-range", 4.0)), "bits": int(c.get("bits", 32)),
             "server_momentum": float(c.get("server-momentum", 0.5)),
             "threshold": _opt(c.get("threshold"), int), "seed": int(c.get("seed", 0)),
+            "sample_rate": float(c.get("sample-rate", DEFAULT_SAMPLE_RATE)),
+            "weighting": Weighting(str(c.get("weighting", Weighting.UNIFORM.value))),
+            "insecure_reproducible_noise": _flag(c.get("insecure-reproducible-noise", False)),
         }
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad run config: {exc}") from None
@@ -71,9 +88,10 @@ def dp_config(run_config: Mapping[str, Any]) -> DPConfig:
     if noise is None and target is None:
         target = DEFAULT_TARGET_EPSILON
     return DPConfig(max_grad_norm=1.0, noise_multiplier=noise, target_epsilon=target,
-                    delta=1e-5, planned_rounds=v["rounds"], batch_size=v["batch_size"],
-                    local_epochs=1, max_local_steps=None, lr=v["lr"],
-                    accountant=AccountantKind.RDP, epsilon_budget=None)
+                    delta=1e-5, planned_rounds=v["rounds"], sample_rate=v["sample_rate"],
+                    batch_size=v["batch_size"], local_epochs=1, max_local_steps=None,
+                    lr=v["lr"], accountant=AccountantKind.RDP, epsilon_budget=None,
+                    insecure_reproducible_noise=v["insecure_reproducible_noise"])
 
 
 def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +119,14 @@ def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray
 
 def train_private_client(msg: Message, context: Context) -> Message:
     """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
-    partition, continuing its accountant and random streams from earlier
-    rounds (kept in the Context).  Returns the local model with the
-    ``num-examples`` and ``dp-*`` metrics :func:`~securefl.flower.securefl_mod`
-    expects.
+    partition, continuing its accountant from earlier rounds (kept in the
+    Context).  The noise and the Poisson sampling come from ``os.urandom``
+    (unless the run config sets ``insecure-reproducible-noise``); the mod
+    encodes and rounds the update.  Returns the
+    local model and the public ``dp-*`` metrics (noise multiplier, sample
+    rate, steps, history) :func:`~securefl.flower.securefl_mod` forwards; the
+    ``num-examples`` weight only under ``weighting = "examples"``.  The
+    training loss and the record count are never returned.
 
     Raises:
         PrivacyBudgetExceededError: the round would exceed the budget (the
@@ -116,8 +138,9 @@ def train_private_client(msg: Message, context: Context) -> Message:
     cid = node_client_id(context)
     features, labels = _partition(context, cid)
     model = make_private_compatible(make_mlp(features.shape[1], 10, v["hidden"], seed=v["seed"]))
+    # The seed reaches the client's randomness only with insecure reproducible noise.
     client = PrivateClient(cid, model, features, labels, dp_config(context.run_config),
-                           seed=v["seed"] * 1000 + cid, weighting=Weighting.EXAMPLES)
+                           seed=v["seed"], weighting=v["weighting"])
     stored = context.state.config_records.get(DP_CLIENT_RECORD)
     load_private_client_state(client, dict(stored) if stored is not None else {})
     client.check_budget()
@@ -125,13 +148,14 @@ def train_private_client(msg: Message, context: Context) -> Message:
     result = client.train_round([torch.as_tensor(a) for a in arrays])
     context.state.config_records[DP_CLIENT_RECORD] = ConfigRecord(private_client_state(client))
     local = [p.detach().cpu().numpy().copy() for p in client.parameters()]
-    metrics = MetricRecord({
-        "num-examples": int(result.weight),
+    values: dict[str, Any] = {
         "dp-noise-multiplier": float(result.noise_multiplier),
         "dp-sample-rate": float(result.sample_rate),
         "dp-steps": int(result.steps),
         "dp-history": [float(x) for row in client.history for x in row],
-        "train-loss": float(result.loss) if not math.isnan(result.loss) else 0.0,
-    })
+    }
+    if client.weighting is Weighting.EXAMPLES:
+        values["num-examples"] = int(result.weight)
+    metrics = MetricRecord(values)
     return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}),
                    reply_to=msg)

@@ -24,7 +24,10 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
 ``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
-default), ``mode`` (``semi-honest``/``active``; empty: active when
+default), ``sample-rate`` (public Poisson rate, default 0.25), ``weighting``
+(``uniform``, the default, or ``examples``: replace-one epsilons),
+``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``;
+nodes refuse it), ``mode`` (``semi-honest``/``active``; empty: active when
 ``pinned-keys`` is set, else semi-honest), ``round-timeout`` (seconds),
 ``pinned-keys`` (path, active mode), ``output-dir`` (required: where the
 artefacts go).  What a node accepts is decided by the node's own policy
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +52,12 @@ from securefl.errors import AbortError, ConfigurationError
 from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
 from securefl.federation.model import evaluate
 from securefl.federation.optimizers import ServerOptimizerConfig
-from securefl.federation.reporting import client_summary, final_metrics, write_json_atomic
+from securefl.federation.reporting import (
+    client_summary,
+    final_metrics,
+    ledger_epsilons,
+    write_json_atomic,
+)
 from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.federation.simulation import (
     METRICS_FILENAME,
@@ -68,8 +75,9 @@ from securefl.flower.workflow import (
     SecureAggregationSettings,
     SecureAggregationWorkflow,
 )
-from securefl.privacy.accounting import HistoryRow, epsilons, noise_multiplier_for
+from securefl.privacy.accounting import HistoryRow
 from securefl.privacy.budget import compose
+from securefl.privacy.client import calibrated_noise_multiplier
 from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
 from securefl.strictjson import sanitize
@@ -98,10 +106,6 @@ def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
 
 
 # -- the ServerApp ---------------------------------------------------------------------
-
-
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def run_federation(grid: Grid, context: Context) -> None:
@@ -157,34 +161,30 @@ def run_federation(grid: Grid, context: Context) -> None:
 
     def planned(cid: int) -> HistoryRow:
         """The (sigma, q, steps) client ``cid`` is about to train with: as it
-        last reported, or as its DP-SGD configuration gives them."""
+        last reported, or as the public DP-SGD configuration gives them (the
+        same sample rate, steps per round and calibrated sigma for every
+        node: nothing depends on its record count)."""
         metrics = known.get(cid)
         if metrics:
             return (float(metrics["dp-noise-multiplier"]), float(metrics["dp-sample-rate"]),
                     int(metrics["dp-steps"]))
-        batches = math.ceil(data.client_sizes[cid - 1] / dp.batch_size)
-        steps = dp.local_epochs * batches
-        if dp.max_local_steps is not None:
-            steps = min(steps, dp.max_local_steps)
-        sigma = dp.noise_multiplier if dp.noise_multiplier is not None else \
-            noise_multiplier_for(float(dp.target_epsilon or 0), dp.delta, 1.0 / batches,
-                                 steps * dp.planned_rounds, dp.accountant)
-        return (float(sigma), 1.0 / batches, steps)
+        return (calibrated_noise_multiplier(dp, config.adjacency), float(dp.sample_rate),
+                dp.steps_per_round)
 
     def ledger_row(cid: int, round_number: int, status: Participation,
                    row: HistoryRow, history: list[HistoryRow], *, survivors: int = 0,
                    where: Round | None = None) -> LedgerEntry:
-        eps = epsilons(history, config.delta)
+        # in-flight and settled rows alike carry the run's noise source,
+        # adjacency and weighting, and the epsilons stated for that adjacency
         return LedgerEntry(
             round=round_number, client_id=cid, status=status.value,
             entered_sum=status is Participation.INCLUDED, noise_multiplier=row[0],
             sample_rate=row[1], local_steps=row[2], delta=config.delta,
-            epsilon_rdp=eps["opacus-rdp"], epsilon_prv=_number(eps["opacus-prv"]),
+            **ledger_epsilons(history, config.delta, config.adjacency),
             accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
             survivors=survivors, dropped_at=where.name if where is not None else None,
             history=[list(r) for r in history], secure_aggregation=True,
-            epsilon_dpa_rdp=_number(eps["dp-accounting-rdp"]),
-            epsilon_dpa_pld=_number(eps["dp-accounting-pld"]),
+            noise_source=dp.noise_source.value, adjacency=config.adjacency.value,
             weighting=config.weighting.value)
 
     def on_event(fl_round: int, stage: str, detail: dict[str, Any]) -> None:
@@ -230,10 +230,8 @@ def run_federation(grid: Grid, context: Context) -> None:
             "config": {**config.to_json(), "frac_bits_used": codec.frac_bits,
                        "max_weight": codec.max_weight, "threshold_used": server.threshold,
                        "runtime": "flower", "security_mode": mode.value},
-            "data": {"name": data.name, "client_sizes": data.client_sizes,
-                     "test_size": len(y_test)},
-            # the nodes' clipped-value counts never leave them: unknown here
-            "rounds": [{**r.to_json(), "clipped_values": None,
+            "data": {"name": data.name, "test_size": len(y_test)},
+            "rounds": [{**r.to_json(),
                         "refused_setup": {str(c.client_id): c.detail.removeprefix(_REFUSED)
                                           for c in r.clients if c.detail.startswith(_REFUSED)}}
                        for r in reports],
@@ -311,14 +309,14 @@ def run_federation(grid: Grid, context: Context) -> None:
             round=round_number, aborted=result is None, accuracy=last_eval.accuracy,
             loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta, clipped=sum(c.clipped for c in client_reports),
+            delta=config.delta,
             seconds=time.perf_counter() - t0, abort_reason=abort_reason,
         ))
         write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
 
     summaries = [
         client_summary(cid, charged[cid], config.delta,
-                       num_examples=data.client_sizes[cid - 1],
+                       adjacency=config.adjacency,
                        noise_multiplier=known.get(cid, {}).get("dp-noise-multiplier"),
                        sample_rate=known.get(cid, {}).get("dp-sample-rate"),
                        epsilon_budget=dp.epsilon_budget)
@@ -328,5 +326,7 @@ def run_federation(grid: Grid, context: Context) -> None:
         last_eval, summaries, reports, delta=config.delta, accountant=config.accountant.value,
         planned_rounds=config.rounds, completed=completed, secure=True,
         wall_seconds=time.perf_counter() - started,
+        adjacency=config.adjacency.value, weighting=config.weighting.value,
+        noise_source=dp.noise_source.value,
         sums_sha256={k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()})
     write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))

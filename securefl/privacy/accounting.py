@@ -5,8 +5,13 @@ A client's privacy history is Opacus's: a list of ``(noise_multiplier,
 sample_rate, steps)`` rows, each a Poisson-subsampled Gaussian mechanism
 composed ``steps`` times.  Every epsilon here is computed by Opacus's own
 analysis (``opacus.accountants``) or by ``dp_accounting``; nothing is
-re-derived by hand.  Results are cached by history because a federation asks
-the same question for many clients and rounds.
+re-derived by hand, except the replace-one RDP bound
+(:func:`epsilon_replace_one_rdp`, from Opacus's add/remove RDP through
+Mironov's weak triangle inequality).  :func:`epsilons_for` gives every
+accountant of an adjacency: the four :data:`ACCOUNTANTS` for add/remove-one,
+the two :data:`REPLACE_ONE_ACCOUNTANTS` for replace-one (record counts
+public).  Results are cached by history because a federation asks the same
+question for many clients and rounds.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from securefl.privacy.options import AccountantKind
 
 __all__ = [
     "ACCOUNTANTS",
+    "REPLACE_ONE_ACCOUNTANTS",
     "AccountantKind",
     "History",
     "HistoryRow",
@@ -35,8 +41,12 @@ __all__ = [
     "epsilon_dp_accounting",
     "epsilon_max",
     "epsilon_pld",
+    "epsilon_replace_one_pld",
+    "epsilon_replace_one_rdp",
     "epsilons",
+    "epsilons_for",
     "noise_multiplier_for",
+    "noise_multiplier_for_replace_one",
 ]
 
 ACCOUNTANTS = ("opacus-rdp", "opacus-prv", "dp-accounting-rdp", "dp-accounting-pld")
@@ -330,3 +340,188 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     with _quiet_opacus():
         cheap = _raise_until(start, target_epsilon, delta, sample_rate, steps, _CHEAP)
         return _raise_until(cheap, target_epsilon, delta, sample_rate, steps, ACCOUNTANTS)
+
+
+# -- replace-one adjacency ------------------------------------------------------------
+#
+# Opacus's accountants and dp-accounting's RDP accountant state epsilon for
+# add/remove-one adjacency only (dp-accounting 0.6's RdpAccountant refuses
+# REPLACE_ONE for a PoissonSampledDpEvent).  When a client's record count is
+# public (weighting by examples), the right relation is replace-one; two ways
+# to state it follow.
+
+_REPLACE_ONE_ORDERS = tuple(k / 2 for k in range(3, 129))
+"""Orders alpha of the replace-one RDP bound: half-integers, so that the
+add/remove orders it needs, 2*alpha and 2*alpha - 1, are integers (where
+Opacus's sampled-Gaussian RDP is exact and bounds both directions)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_at_integer_orders(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """Opacus's add/remove RDP of one step at orders 2..128 (index = order)."""
+    orders = list(range(2, 129))
+    rdp = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                 orders=orders)
+    return np.concatenate([[0.0, 0.0], np.asarray(rdp, dtype=np.float64)])
+
+
+@functools.lru_cache(maxsize=4096)
+def _replace_one_rdp_cached(history: History, delta: float) -> float:
+    if not history or all(steps == 0 for _, _, steps in history):
+        return 0.0
+    if _noiseless(history):
+        return math.inf
+    composed = sum(steps * _rdp_at_integer_orders(sigma, q)
+                   for sigma, q, steps in history if steps > 0)
+    orders = np.asarray(_REPLACE_ONE_ORDERS)
+    hi = composed[(2 * orders).astype(int)]
+    lo = composed[(2 * orders - 1).astype(int)]
+    rdp = (orders - 0.5) / (orders - 1.0) * hi + lo
+    with warnings.catch_warnings():
+        # the bound is valid at whichever order is best, the smallest included
+        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+        eps, _ = opacus_rdp.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def epsilon_replace_one_rdp(history: Sequence[Sequence[float]], delta: float) -> float:
+    """An upper bound on the replace-one epsilon of a history, from Opacus's
+    add/remove RDP of the Poisson-sampled Gaussian.
+
+    Replacing record x by x' goes through the data set without x:
+    D = D0 + x, D' = D0 + x'.  Mironov's weak triangle inequality for Rényi
+    divergence ("Rényi Differential Privacy", CSF 2017, Proposition 11 with
+    p = q = 2) gives, for the composed mechanism M,
+
+        D_a(M(D) || M(D')) <= (a - 1/2) / (a - 1) * D_2a(M(D) || M(D0))
+                              + D_(2a-1)(M(D0) || M(D')),
+
+    and each term is bounded by the add/remove RDP at that order (Opacus's
+    value at integer orders bounds both directions; Mironov, Talwar, Zhang
+    2019).  The RDP curve is then turned into (epsilon, delta) by Opacus's
+    conversion.  Never below the tight value
+    (:func:`epsilon_replace_one_pld`; a test checks it).
+
+    Raises:
+        ConfigurationError: when ``delta`` is not in (0, 1).
+    """
+    if not 0.0 < delta < 1.0:
+        raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
+    with _quiet_opacus():
+        return _replace_one_rdp_cached(_as_history(history), float(delta))
+
+
+@functools.lru_cache(maxsize=1024)
+def _replace_one_pld_cached(history: History, delta: float) -> float:
+    import dp_accounting
+
+    if _noiseless(history):
+        return math.inf
+    accountant = dp_accounting.pld.PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for sigma, q, steps in history:
+        if steps > 0:
+            accountant.compose(dp_accounting.PoissonSampledDpEvent(
+                q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return float(accountant.get_epsilon(delta))
+
+
+def epsilon_replace_one_pld(history: Sequence[Sequence[float]], delta: float) -> float:
+    """The replace-one epsilon of a history per dp-accounting's privacy loss
+    distribution accountant (``PLDAccountant(neighboring_relation=
+    REPLACE_ONE)``, which supports the Poisson-sampled Gaussian): tight up to
+    its discretisation, which rounds pessimistically.  ``math.inf`` for a
+    history with a noiseless step, ``math.nan`` when it cannot bound it.
+
+    Raises:
+        ConfigurationError: when ``delta`` is not in (0, 1).
+    """
+    if not 0.0 < delta < 1.0:
+        raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
+    history = _as_history(history)
+    if not history or all(steps == 0 for _, _, steps in history):
+        return 0.0
+    try:
+        return _replace_one_pld_cached(history, float(delta))
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
+        return math.nan
+
+
+REPLACE_ONE_ACCOUNTANTS = ("replace-one-rdp", "replace-one-pld")
+"""The accountants a replace-one epsilon is checked with: the RDP bound of
+:func:`epsilon_replace_one_rdp` (recorded as a ledger row's ``epsilon_rdp``)
+and dp-accounting's replace-one PLD (:func:`epsilon_replace_one_pld`,
+recorded as ``epsilon_dpa_pld``).  Opacus's PRV and dp-accounting's RDP
+accountant support only add-or-remove-one."""
+
+
+def epsilons_for(history: Sequence[Sequence[float]], delta: float,
+                 adjacency: str) -> dict[str, float]:
+    """Every accountant's epsilon of a history under ``adjacency``:
+    ``"add-remove-one"``: :func:`epsilons` (the four :data:`ACCOUNTANTS`);
+    ``"replace-one"``: the two :data:`REPLACE_ONE_ACCOUNTANTS`.  This is what
+    the budget guard, the calibration and ``securefl audit`` hold to the
+    budget.
+
+    Raises:
+        ConfigurationError: for an unknown adjacency or ``delta`` not in (0, 1).
+    """
+    if adjacency == "add-remove-one":
+        return epsilons(history, delta)
+    if adjacency == "replace-one":
+        return {"replace-one-rdp": epsilon_replace_one_rdp(history, delta),
+                "replace-one-pld": epsilon_replace_one_pld(history, delta)}
+    raise ConfigurationError(f"unknown adjacency {adjacency!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def noise_multiplier_for_replace_one(target_epsilon: float, delta: float, sample_rate: float,
+                                     steps: int) -> float:
+    """The smallest noise multiplier (within 0.1%) whose replace-one epsilon,
+    per :func:`epsilon_replace_one_rdp`, over ``steps`` steps at
+    ``sample_rate`` is at most ``target_epsilon``; found by bisection and
+    always on the safe side.  The tight replace-one PLD epsilon
+    (:func:`epsilon_replace_one_pld`) is then checked too and sigma raised
+    until it is within as well, so that every one of
+    :data:`REPLACE_ONE_ACCOUNTANTS` is within the target.
+
+    Raises:
+        ConfigurationError: when no noise multiplier up to 1000 reaches the
+            target, or an argument is out of range.
+    """
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise ConfigurationError(f"target epsilon must be positive, got {target_epsilon}")
+    if not 0.0 < delta < 1.0:
+        raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
+    if not 0.0 < sample_rate <= 1.0 or steps < 1:
+        raise ConfigurationError(
+            f"sample rate must be in (0, 1] and steps >= 1, got {sample_rate}, {steps}"
+        )
+
+    def eps(sigma: float) -> float:
+        return epsilon_replace_one_rdp(((sigma, sample_rate, steps),), delta)
+
+    low, high = 0.1, 1.0
+    while eps(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1000:
+            raise ConfigurationError(
+                f"cannot reach replace-one epsilon {target_epsilon} at delta {delta} with"
+                f" sample rate {sample_rate:.4g} over {steps} steps"
+            )
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    history = ((high, sample_rate, steps),)
+    while not epsilon_replace_one_pld(history, delta) <= target_epsilon:
+        high *= 1.001
+        if high > 1000:
+            raise ConfigurationError(
+                f"cannot reach replace-one epsilon {target_epsilon} at delta {delta} by the"
+                f" PLD accountant with sample rate {sample_rate:.4g} over {steps} steps"
+            )
+        history = ((high, sample_rate, steps),)
+    return high

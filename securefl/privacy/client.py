@@ -1,10 +1,27 @@
 """A federated client that trains with Opacus DP-SGD.
 
-Each client owns **one** ``opacus.PrivacyEngine`` for the whole federation, so
-its accountant composes every round it trains in.  Every round it loads the
-global weights, runs DP-SGD locally (Poisson sampling, per-sample clipping,
-Gaussian noise, all done by Opacus) and returns its update: local weights
-minus global weights.
+Each client keeps **one** Opacus accountant for the whole federation, so it
+composes every round it trains in.  Every round it loads the global weights,
+runs DP-SGD locally (Poisson sampling at a public rate, per-sample clipping by
+Opacus's ``GradSampleModule`` and ``DPOptimizer``, Gaussian noise) and returns
+its update: local weights minus global weights.
+
+What the server can learn from a client is only what the secure sum reveals,
+and every parameter of the mechanism is public and the same for every client:
+
+* the noise, the Poisson sampling and the rounding of the update come from
+  :class:`~securefl.privacy.noise.OsRandomness` (``os.urandom``), never from a
+  seed the server or the run configuration knows (the reproducible
+  alternative exists only as ``DPConfig.insecure_reproducible_noise``);
+* the sample rate, the steps per round, the noise multiplier and the divisor
+  of each step's noisy gradient sum (``batch_size``) are configured constants,
+  not functions of the client's record count ``n``;
+* the update's weight in the secure sum is 1 (uniform weighting) unless the
+  federation opts into weighting by ``n``, which then leaves the client: its
+  epsilon is stated for replace-one adjacency (see :func:`adjacency_for`).
+
+The training loss is computed on the raw private batches and is never
+returned.
 """
 
 from __future__ import annotations
@@ -17,38 +34,63 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
 from securefl.privacy.accounting import (
     AccountantKind,
     HistoryRow,
     epsilon,
+    epsilon_replace_one_rdp,
+    epsilons_for,
     noise_multiplier_for,
+    noise_multiplier_for_replace_one,
 )
-from securefl.privacy.budget import PrivacyBudget
-from securefl.privacy.options import Weighting
+from securefl.privacy.budget import PrivacyBudget, compose
+from securefl.privacy.noise import (
+    ClientRandomness,
+    NoiseSource,
+    OsRandomness,
+    SeededRandomness,
+)
+from securefl.privacy.options import Adjacency, Weighting, adjacency_for
 
 __all__ = [
+    "DEFAULT_SAMPLE_RATE",
     "DPConfig",
     "LocalResult",
     "PrivateClient",
     "Weighting",
+    "adjacency_for",
+    "calibrated_noise_multiplier",
     "make_private_compatible",
 ]
+
+DEFAULT_SAMPLE_RATE = 0.25
+"""The default Poisson sample rate: every record joins each step's batch with
+probability 0.25, so one local epoch is 4 steps, for every client alike."""
 
 
 @dataclass(frozen=True)
 class DPConfig:
     """DP-SGD parameters shared by the clients of a federation.
 
-    Exactly one of ``noise_multiplier`` and ``target_epsilon`` is given.  With
+    Every value is public (the server knows it) and the same for every
+    client; none depends on a client's data.  Exactly one of
+    ``noise_multiplier`` and ``target_epsilon`` is given.  With
     ``target_epsilon`` each client turns it, once and up front, into the noise
-    multiplier that spends exactly that budget over ``planned_rounds`` rounds
-    at its own sample rate (Opacus's ``get_noise_multiplier``).
+    multiplier that spends at most that budget over ``planned_rounds`` rounds
+    by every accountant of its adjacency
+    (:func:`~securefl.privacy.accounting.noise_multiplier_for`: all four
+    add/remove-one accountants;
+    :func:`~securefl.privacy.accounting.noise_multiplier_for_replace_one`:
+    the replace-one RDP bound and PLD, when the weighting makes it
+    replace-one).
 
     Attributes:
         max_grad_norm: per-sample gradient clipping norm C.
@@ -56,14 +98,28 @@ class DPConfig:
         target_epsilon: total epsilon at ``delta`` over ``planned_rounds``.
         delta: the delta every epsilon is stated at.
         planned_rounds: how many rounds the federation plans.
-        batch_size: expected (Poisson) batch size; the sample rate is
-            ``1 / ceil(n_examples / batch_size)``.
+        sample_rate: the Poisson sample rate q: each record joins each step's
+            batch independently with this probability.  One local epoch is
+            ``round(1 / q)`` steps.
+        batch_size: the public divisor of each step's noisy sum of clipped
+            gradients (Opacus's ``expected_batch_size``), the same for every
+            client; with the local ``lr`` it sets the local step size (the
+            default 24 suits the digits demo, whose clients expect batches of
+            about 36).  It is a constant, not ``q * n``:
+            dividing by ``q * n`` would scale the noise by ``1 / n`` and let
+            the server estimate ``n`` from the noise level of the sums.
         local_epochs: passes over the local data per round.
         max_local_steps: cap on DP-SGD steps per round (1 for FedSGD).
         lr: local SGD learning rate.
         accountant: the accountant the budget guard uses.
         epsilon_budget: a client refuses any round that would take it past this
             epsilon; defaults to ``target_epsilon`` (None: no guard).
+        insecure_reproducible_noise: draw the noise, the Poisson sampling and
+            the rounding from generators seeded with the client's public seed
+            instead of ``os.urandom``.  INSECURE: whoever knows the seed (the
+            server does) regenerates the noise, so there is no DP guarantee
+            against them.  For debugging and regression tests only; recorded
+            in the ledger as ``noise_source = "insecure-seeded"``.
 
     Raises:
         ConfigurationError: on inconsistent or out-of-range values.
@@ -74,12 +130,14 @@ class DPConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     planned_rounds: int = 10
-    batch_size: int = 32
+    sample_rate: float = DEFAULT_SAMPLE_RATE
+    batch_size: int = 24
     local_epochs: int = 1
     max_local_steps: int | None = None
     lr: float = 1.0
     accountant: AccountantKind = AccountantKind.RDP
     epsilon_budget: float | None = None
+    insecure_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -96,6 +154,8 @@ class DPConfig:
             raise ConfigurationError(f"target epsilon must be > 0, got {self.target_epsilon}")
         if not 0 < self.delta < 1:
             raise ConfigurationError(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigurationError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if not self.max_grad_norm > 0:
             raise ConfigurationError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         for name in ("planned_rounds", "batch_size", "local_epochs"):
@@ -106,10 +166,33 @@ class DPConfig:
         if not self.lr > 0:
             raise ConfigurationError(f"lr must be > 0, got {self.lr}")
         object.__setattr__(self, "accountant", AccountantKind(self.accountant))
+        if not isinstance(self.insecure_reproducible_noise, bool | np.bool_):
+            # a string such as "false" must not silently switch it on
+            raise ConfigurationError(
+                "insecure_reproducible_noise must be a bool, got"
+                f" {self.insecure_reproducible_noise!r}")
+        object.__setattr__(self, "insecure_reproducible_noise",
+                           bool(self.insecure_reproducible_noise))
         if self.epsilon_budget is None and self.target_epsilon is not None:
             object.__setattr__(self, "epsilon_budget", float(self.target_epsilon))
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise ConfigurationError(f"epsilon budget must be > 0, got {self.epsilon_budget}")
+
+    @property
+    def steps_per_round(self) -> int:
+        """DP-SGD steps per round: ``local_epochs * round(1 / sample_rate)``,
+        capped by ``max_local_steps`` (public: the same for every client)."""
+        steps = self.local_epochs * max(1, round(1.0 / self.sample_rate))
+        if self.max_local_steps is not None:
+            steps = min(steps, self.max_local_steps)
+        return steps
+
+    @property
+    def noise_source(self) -> NoiseSource:
+        """Where the clients' noise comes from."""
+        if self.insecure_reproducible_noise:
+            return NoiseSource.INSECURE_SEEDED
+        return NoiseSource.OS_CSPRNG
 
     @property
     def budget(self) -> PrivacyBudget | None:
@@ -117,6 +200,32 @@ class DPConfig:
         if self.epsilon_budget is None:
             return None
         return PrivacyBudget(self.epsilon_budget, self.delta, self.accountant)
+
+
+def calibrated_noise_multiplier(config: DPConfig, adjacency: Adjacency) -> float:
+    """The noise multiplier every client of a federation trains with: the
+    configured one, or the one calibrated from ``target_epsilon`` over
+    ``planned_rounds * steps_per_round`` steps at ``sample_rate`` so that
+    every accountant of ``adjacency`` stays within the target (add/remove-one:
+    :func:`~securefl.privacy.accounting.noise_multiplier_for`, all four
+    accountants; replace-one:
+    :func:`~securefl.privacy.accounting.noise_multiplier_for_replace_one`,
+    the RDP bound and the PLD).  It depends only on public constants, so the
+    server (the Flower ServerApp charging a node before it trains) computes
+    the same value as the client.
+
+    Raises:
+        ConfigurationError: when the target cannot be reached.
+    """
+    if config.noise_multiplier is not None:
+        return float(config.noise_multiplier)
+    assert config.target_epsilon is not None
+    total = config.steps_per_round * config.planned_rounds
+    if Adjacency(adjacency) is Adjacency.REPLACE_ONE:
+        return noise_multiplier_for_replace_one(
+            float(config.target_epsilon), config.delta, float(config.sample_rate), total)
+    return noise_multiplier_for(float(config.target_epsilon), config.delta,
+                                float(config.sample_rate), total, config.accountant)
 
 
 def make_private_compatible(model: nn.Module) -> nn.Module:
@@ -141,29 +250,47 @@ def make_private_compatible(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class LocalResult:
-    """What a client produces in one round.
+    """What a client sends in one round (all of it goes into the secure sum or
+    is a public constant).
 
     Attributes:
         update: local minus global parameters, one float32 array per
             parameter, in ``model.parameters()`` order.
-        weight: its integer weight (example count or 1).
-        num_examples: its number of training examples.
-        steps: DP-SGD steps taken this round.
-        noise_multiplier, sample_rate: this round's DP-SGD parameters.
-        loss: mean training loss over this round's non-empty batches.
+        weight: its integer weight in the sum: 1 (uniform weighting), or its
+            record count (weighting by examples, replace-one adjacency).
+        steps: DP-SGD steps taken this round (public: ``steps_per_round``).
+        noise_multiplier, sample_rate: this round's DP-SGD parameters (public).
     """
 
     update: list[np.ndarray]
     weight: int
-    num_examples: int
     steps: int
     noise_multiplier: float
     sample_rate: float
-    loss: float
+
+
+class _ClientDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer (clipping, summing, scaling, accounting hooks)
+    with the Gaussian noise drawn from the client's :class:`ClientRandomness`
+    instead of a ``torch.Generator``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, randomness: ClientRandomness,
+                 **kwargs: object) -> None:
+        super().__init__(optimizer, **kwargs)  # type: ignore[arg-type]
+        self.randomness = randomness
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = self.randomness.gaussian(std, tuple(p.summed_grad.shape),
+                                             p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
 
 
 class PrivateClient:
-    """One federated client with its private data and its PrivacyEngine.
+    """One federated client with its private data and its Opacus accountant.
 
     Args:
         client_id: a positive integer (secure aggregation ids start at 1).
@@ -171,17 +298,22 @@ class PrivateClient:
             see :func:`make_private_compatible`); the client trains a copy.
         features: its private training data, one row per example; labels: their labels.
         config: DP-SGD parameters.
-        seed: seeds its Poisson sampler and its noise generator.
-        weighting: how its update is weighted.
+        seed: the federation's public run seed; used only with
+            ``config.insecure_reproducible_noise`` (then it seeds, with the
+            client id, the sampling, noise and rounding generators, see
+            :class:`~securefl.privacy.noise.SeededRandomness`), ignored
+            otherwise: the randomness comes from ``os.urandom``.
+        weighting: how its update is weighted (see :func:`adjacency_for`).
 
     Raises:
-        ConfigurationError: on empty data, mismatched lengths, or a target
-            epsilon that cannot be reached.
+        ConfigurationError: on empty data, mismatched lengths, a target
+            epsilon that cannot be reached, or insecure reproducible noise
+            without a seed.
     """
 
     def __init__(self, client_id: int, model: nn.Module, features: np.ndarray,
-                 labels: np.ndarray, config: DPConfig, *, seed: int,
-                 weighting: Weighting = Weighting.EXAMPLES) -> None:
+                 labels: np.ndarray, config: DPConfig, *, seed: int | None = None,
+                 weighting: Weighting = Weighting.UNIFORM) -> None:
         if len(features) == 0 or len(features) != len(labels):
             raise ConfigurationError(
                 f"client {client_id} needs matching non-empty features and labels,"
@@ -190,49 +322,57 @@ class PrivateClient:
         self.client_id = int(client_id)
         self.config = config
         self.weighting = Weighting(weighting)
+        self.adjacency = adjacency_for(self.weighting)
         self.num_examples = len(features)
-        dataset = TensorDataset(torch.as_tensor(features, dtype=torch.float32),
-                                torch.as_tensor(labels, dtype=torch.long))
-        sampling = torch.Generator().manual_seed(int(seed) * 2 + 1)
-        loader = DataLoader(dataset, batch_size=config.batch_size, generator=sampling)
-        self.sample_rate = 1.0 / len(loader)
-        per_round = config.local_epochs * len(loader)
-        if config.max_local_steps is not None:
-            per_round = min(per_round, config.max_local_steps)
-        self.steps_per_round = per_round
-        if config.noise_multiplier is not None:
-            self.noise_multiplier = float(config.noise_multiplier)
+        if config.insecure_reproducible_noise:
+            if seed is None:
+                raise ConfigurationError(
+                    f"client {client_id}: insecure_reproducible_noise needs a seed")
+            self.randomness: ClientRandomness = SeededRandomness(int(seed), self.client_id)
         else:
-            assert config.target_epsilon is not None
-            self.noise_multiplier = noise_multiplier_for(
-                float(config.target_epsilon), config.delta, self.sample_rate,
-                per_round * config.planned_rounds, config.accountant,
-            )
+            self.randomness = OsRandomness()
+        self._features = torch.as_tensor(features, dtype=torch.float32)
+        self._labels = torch.as_tensor(labels, dtype=torch.long)
+        self.sample_rate = float(config.sample_rate)
+        self.steps_per_round = config.steps_per_round
+        self.noise_multiplier = calibrated_noise_multiplier(config, self.adjacency)
         self._model = copy.deepcopy(model)
-        optimizer = torch.optim.SGD(self._model.parameters(), lr=config.lr)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-            self.engine = PrivacyEngine(accountant=config.accountant.value)
-            self._module, self._optimizer, self._loader = self.engine.make_private(
-                module=self._model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=config.max_grad_norm,
-                poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(int(seed) * 2 + 2),
-            )
+        self._module = GradSampleModule(self._model, batch_first=True, loss_reduction="mean")
+        self._module.forbid_grad_accumulation()
+        self.accountant = create_accountant(config.accountant.value)
+        self._optimizer = _ClientDPOptimizer(
+            torch.optim.SGD(self._model.parameters(), lr=config.lr),
+            randomness=self.randomness, noise_multiplier=self.noise_multiplier,
+            max_grad_norm=config.max_grad_norm, expected_batch_size=config.batch_size,
+            loss_reduction="mean",
+        )
+        self._optimizer.attach_step_hook(
+            self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
         self._criterion = nn.CrossEntropyLoss()
+
+    def __repr__(self) -> str:
+        return (f"PrivateClient(client_id={self.client_id},"
+                f" noise_source={self.randomness.source.value!r})")
 
     # -- privacy ------------------------------------------------------------------
 
     @property
+    def noise_source(self) -> NoiseSource:
+        """Where its noise, sampling and rounding come from."""
+        return self.randomness.source
+
+    @property
     def history(self) -> list[HistoryRow]:
         """Opacus's accountant history ``[(sigma, q, steps), ...]`` (a copy)."""
-        return [tuple(row) for row in self.engine.accountant.history]  # type: ignore[misc]
+        return [tuple(row) for row in self.accountant.history]  # type: ignore[misc]
 
     def epsilon(self, kind: AccountantKind | None = None) -> float:
-        """Epsilon spent so far at the configured delta."""
+        """Epsilon spent so far at the configured delta, under this client's
+        adjacency (replace-one: the RDP bound of
+        :func:`~securefl.privacy.accounting.epsilon_replace_one_rdp`, whatever
+        ``kind``)."""
+        if self.adjacency is Adjacency.REPLACE_ONE:
+            return epsilon_replace_one_rdp(self.history, self.config.delta)
         return epsilon(self.history, self.config.delta, kind or self.config.accountant)
 
     def planned_round(self) -> list[HistoryRow]:
@@ -242,20 +382,48 @@ class PrivateClient:
     def check_budget(self) -> float | None:
         """Return the epsilon after one more round, or None without a budget.
 
+        The round is refused unless every accountant of the client's
+        adjacency keeps it within the budget (add/remove-one: the four of
+        :data:`~securefl.privacy.accounting.ACCOUNTANTS`; replace-one: the
+        two of :data:`~securefl.privacy.accounting.REPLACE_ONE_ACCOUNTANTS`),
+        as ``securefl audit`` checks it.
+
         Raises:
             PrivacyBudgetExceededError: when that round would exceed the budget.
         """
         budget = self.config.budget
         if budget is None:
             return None
-        return budget.check(self.history, self.planned_round(),
-                            who=f"client {self.client_id}")
+        who = f"client {self.client_id}"
+        if self.adjacency is Adjacency.ADD_REMOVE_ONE:
+            return budget.check(self.history, self.planned_round(), who=who)
+        # replace-one: held to the budget by both replace-one accountants,
+        # as `securefl audit` holds it
+        before = epsilon_replace_one_rdp(self.history, budget.delta)
+        composed = compose(self.history, self.planned_round())
+        values = epsilons_for(composed, budget.delta, self.adjacency.value)
+        over = {name: value for name, value in values.items()
+                if not value <= budget.epsilon}  # also refuses NaN
+        if over:
+            name, value = next(iter(over.items()))
+            raise PrivacyBudgetExceededError(
+                f"{who} refuses the round: it has spent epsilon {before:.3f} (replace-one RDP"
+                f" bound) and this round would take it to {value:.3f} by {name} > its budget"
+                f" {budget.epsilon:g} (delta {budget.delta:g})"
+            )
+        return values["replace-one-rdp"]
 
     # -- training -----------------------------------------------------------------
 
     def parameters(self) -> list[torch.Tensor]:
         """The local model's parameters (live tensors)."""
         return list(self._model.parameters())
+
+    def rounding(self, round_number: int, num_values: int) -> ClientRandomness:
+        """The randomness to round round ``round_number``'s update (of
+        ``num_values`` values) with: secret unless
+        ``insecure_reproducible_noise``."""
+        return self.randomness.for_round(round_number, num_values)
 
     def train_round(self, global_params: Sequence[torch.Tensor]) -> LocalResult:
         """Load the global weights, run one round of DP-SGD, return the update.
@@ -282,30 +450,24 @@ class PrivateClient:
         with warnings.catch_warnings():
             # Opacus hooks the first layer, whose inputs never require grad.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            steps, losses = self._run_steps()
+            steps = self._run_steps()
         with torch.no_grad():
             update = [(p.detach() - g.detach()).cpu().numpy().astype(np.float32)
                       for p, g in zip(local, global_params, strict=True)]
         weight = self.num_examples if self.weighting is Weighting.EXAMPLES else 1
-        return LocalResult(
-            update=update, weight=weight, num_examples=self.num_examples, steps=steps,
-            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-            loss=float(np.mean(losses)) if losses else math.nan,
-        )
+        return LocalResult(update=update, weight=weight, steps=steps,
+                           noise_multiplier=self.noise_multiplier,
+                           sample_rate=self.sample_rate)
 
-    def _run_steps(self) -> tuple[int, list[float]]:
-        steps = 0
-        losses: list[float] = []
-        while steps < self.steps_per_round:
-            for features, labels in self._loader:
-                self._optimizer.zero_grad(set_to_none=True)
-                output = self._module(features)
-                loss = self._criterion(output, labels)
-                loss.backward()
-                self._optimizer.step()
-                if len(labels):
-                    losses.append(float(loss.detach()))
-                steps += 1
-                if steps >= self.steps_per_round:
-                    break
-        return steps, losses
+    def _run_steps(self) -> int:
+        for _ in range(self.steps_per_round):
+            # Poisson sampling, as Opacus's UniformWithReplacementSampler does
+            # it, with the client's own randomness.
+            chosen = self.randomness.poisson_mask(self.num_examples, self.sample_rate)
+            index = chosen.nonzero().reshape(-1)
+            self._optimizer.zero_grad(set_to_none=True)
+            output = self._module(self._features[index])
+            loss = self._criterion(output, self._labels[index])
+            loss.backward()
+            self._optimizer.step()
+        return self.steps_per_round

@@ -40,6 +40,7 @@ from typing import Any
 
 from securefl.crashpoints import crash_point, crash_requested
 from securefl.errors import LedgerError, SecureFLError
+from securefl.privacy.options import Adjacency, NoiseSource, Weighting
 
 __all__ = [
     "ADJACENCIES",
@@ -62,14 +63,16 @@ LEDGER_FILENAME = "ledger.jsonl"
 LEDGER_FORMAT = "securefl-ledger/2"
 """The ``format`` of the header record of the ledgers this module writes."""
 _DOMAIN = b"securefl/ledger/v2/record\x00"
-NOISE_SOURCES = ("os-csprng", "insecure-seeded")
-"""``noise_source`` values: DP noise and sampling from the OS CSPRNG, or
-from a seeded generator (reproducible, hence no privacy against whoever
-knows the seed)."""
-ADJACENCIES = ("add-remove-one", "replace-one")
-"""``adjacency`` values: the neighbouring relation of a row's epsilons."""
-WEIGHTINGS = ("uniform", "examples")
-"""``weighting`` values: how the client's update was weighted in the sum."""
+NOISE_SOURCES = tuple(source.value for source in NoiseSource)
+"""``noise_source`` values (:class:`~securefl.privacy.options.NoiseSource`):
+DP noise and sampling from the OS CSPRNG, or from a seeded generator
+(reproducible, hence no privacy against whoever knows the seed)."""
+ADJACENCIES = tuple(adjacency.value for adjacency in Adjacency)
+"""``adjacency`` values (:class:`~securefl.privacy.options.Adjacency`): the
+neighbouring relation of a row's epsilons."""
+WEIGHTINGS = tuple(weighting.value for weighting in Weighting)
+"""``weighting`` values (:class:`~securefl.privacy.options.Weighting`): how
+the client's update was weighted in the sum."""
 
 
 class Participation(str, enum.Enum):
@@ -140,11 +143,24 @@ class LedgerEntry:
             take), so that anyone can recompute its epsilon.
         secure_aggregation: whether the sum was computed by secure aggregation.
         epsilon_dpa_rdp, epsilon_dpa_pld: epsilon so far per dp-accounting's
-            RDP and PLD accountants (None when not recorded).
-        noise_source: one of :data:`NOISE_SOURCES`.
+            RDP and PLD accountants (None when not recorded).  In a
+            ``replace-one`` row ``epsilon_rdp`` is the replace-one RDP bound
+            (:func:`~securefl.privacy.accounting.epsilon_replace_one_rdp`),
+            ``epsilon_dpa_pld`` dp-accounting's replace-one PLD epsilon
+            (:func:`~securefl.privacy.accounting.epsilon_replace_one_pld`),
+            and ``epsilon_prv`` and ``epsilon_dpa_rdp`` are None (neither
+            accountant supports replace-one).
+        noise_source: one of :data:`NOISE_SOURCES`: where the client's DP
+            noise, Poisson sampling and rounding came from: ``"os-csprng"``
+            (``os.urandom``, secret to the client) or ``"insecure-seeded"``
+            (generators seeded from a public seed: the server can regenerate
+            the noise, so the epsilons do not hold against it).
         adjacency: one of :data:`ADJACENCIES`: the neighbouring relation
-            the epsilons are stated under.
-        weighting: one of :data:`WEIGHTINGS`.
+            every epsilon in the row is stated for: ``"add-remove-one"`` (the
+            record count is private) or ``"replace-one"`` (the record count is
+            public, as with weighting by examples).
+        weighting: one of :data:`WEIGHTINGS`: how the client's update was
+            weighted in the sum, ``"uniform"`` or ``"examples"``.
     """
 
     round: int
@@ -165,9 +181,9 @@ class LedgerEntry:
     secure_aggregation: bool = True
     epsilon_dpa_rdp: float | None = None
     epsilon_dpa_pld: float | None = None
-    noise_source: str = "os-csprng"
-    adjacency: str = "add-remove-one"
-    weighting: str = "uniform"
+    noise_source: str = NoiseSource.OS_CSPRNG.value
+    adjacency: str = Adjacency.ADD_REMOVE_ONE.value
+    weighting: str = Weighting.UNIFORM.value
 
     @property
     def epsilon(self) -> float:
