@@ -289,7 +289,8 @@ class SessionDriver(Driver):
             every id in the configuration.
         dropouts: as for :class:`Driver`.
         rng: secret randomness for every party (default OS CSPRNG).
-        executor, workers: passed to every session.
+        executor: passed to every session (mask work spread over it).
+        workers: passed to every session (segments to split the mask work into).
         identities: active mode: the clients' Ed25519 keys (default fresh).
 
     Raises:
