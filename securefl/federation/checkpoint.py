@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from securefl.durable import atomic_write
 
 __all__ = ["CHECKPOINT_FILENAME", "load_checkpoint", "save_checkpoint"]
 
@@ -19,26 +18,16 @@ def save_checkpoint(path: str | os.PathLike[str], *, round: int,
                     model_state: dict[str, torch.Tensor],
                     optimizer_state: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Write ``{round, model, server_optimizer, extra}`` to a temporary file
-    in the same directory, fsync it, then atomically replace ``path``: a
-    reader always sees a complete checkpoint (the old one or the new one).
+    in the same directory, fsync it, then atomically replace ``path`` and
+    fsync the directory (:func:`securefl.durable.atomic_write`): a reader
+    always sees a complete checkpoint (the old one or the new one).
 
     Raises:
         OSError: when it cannot be written; ``path`` is then unchanged.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"round": int(round), "model": model_state,
-                        "server_optimizer": optimizer_state, "extra": extra or {}}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    state = {"round": int(round), "model": model_state,
+             "server_optimizer": optimizer_state, "extra": extra or {}}
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from securefl.durable import atomic_write
 from securefl.errors import ConfigurationError
 from securefl.privacy.accounting import (
     AccountantKind,
@@ -55,30 +54,10 @@ def finite_or_none(value: float | None) -> float | None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as strict JSON (non-finite floats as documented in
-    :mod:`securefl.strictjson`) to ``path`` through a temporary file, fsync,
-    ``os.replace`` and a directory fsync: readers see the old file or the
-    new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(sanitize(data), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    :mod:`securefl.strictjson`) to ``path`` with :func:`securefl.durable.atomic_write`:
+    readers see the old file or the new one, never half."""
+    text = json.dumps(sanitize(data), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _number(value: float) -> float | None:

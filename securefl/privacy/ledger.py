@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from securefl.crashpoints import crash_point, crash_requested
+from securefl.durable import fsync_dir
 from securefl.errors import LedgerError, SecureFLError
 from securefl.privacy.options import Adjacency, NoiseSource, Weighting
 
@@ -505,19 +506,6 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
     return problems
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -594,7 +582,7 @@ class PrivacyLedger:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._head = record_digest(header)
 
     def _write_block(self, round_number: int, stage: str,
