@@ -40,8 +40,8 @@ def test_a_node_returns_only_public_dp_parameters_by_default() -> None:
     replies, context = _train_twice(RUN)
     for metrics in replies:
         assert set(metrics) == PUBLIC
-        assert metrics["dp-sample-rate"] == 0.25 and metrics["dp-steps"] == 4
-    assert replies[1]["dp-history"] == [1.1, 0.25, 8.0]  # accounting continues
+        assert metrics["dp-sample-rate"] == 0.5 and metrics["dp-steps"] == 2
+    assert replies[1]["dp-history"] == [1.1, 0.5, 4.0]  # accounting continues
     # nothing in the node's state predicts its noise: only what it has spent
     assert set(dict(context.state.config_records[DP_CLIENT_RECORD])) == {
         "history", "history-rows"}

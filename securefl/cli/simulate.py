@@ -25,7 +25,7 @@ from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
 from securefl.privacy.ledger import LEDGER_FILENAME, Participation
 from securefl.privacy.options import AccountantKind, Weighting
 
-DEFAULT_SAMPLE_RATE = 0.25
+DEFAULT_SAMPLE_RATE = 0.5
 """Mirrors :data:`securefl.privacy.client.DEFAULT_SAMPLE_RATE` (that module
 imports torch; a test keeps the two equal)."""
 
@@ -114,16 +114,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="Poisson sample rate, the same public constant for every client"
                          f" (default {DEFAULT_SAMPLE_RATE:g}: a local epoch is"
                          f" {round(1 / DEFAULT_SAMPLE_RATE)} steps)")
-    dp.add_argument("--batch-size", type=_positive_int, default=24,
+    dp.add_argument("--batch-size", type=_positive_int, default=36,
                     help="public divisor of each step's noisy gradient sum, the same for every"
-                         " client; smaller means larger local steps (default 24)")
+                         " client; smaller means larger local steps (default 36)")
     dp.add_argument("--insecure-reproducible-noise", action="store_true",
                     help="INSECURE, for debugging only: seed the DP noise, sampling and"
                          " rounding from --seed, so that anyone who knows the seed (the server"
                          " does) can regenerate and remove the noise; the DP guarantee is"
                          " void against them and `securefl audit` fails the run")
-    dp.add_argument("--local-epochs", type=_positive_int, default=1,
-                    help="local epochs per round (default 1)")
+    dp.add_argument("--local-epochs", type=_positive_int, default=2,
+                    help="local epochs per round (default 2)")
     dp.add_argument("--lr", type=_positive_float, default=1.0,
                     help="local learning rate (default 1.0)")
     srv = p.add_argument_group("server")

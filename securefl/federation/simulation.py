@@ -123,8 +123,8 @@ class SimulationConfig:
     accountant: AccountantKind = AccountantKind.RDP
     max_grad_norm: float = 1.0
     sample_rate: float = DEFAULT_SAMPLE_RATE
-    batch_size: int = 24
-    local_epochs: int = 1
+    batch_size: int = 36
+    local_epochs: int = 2
     lr: float = 1.0
     weighting: Weighting = Weighting.UNIFORM
     server_optimizer: ServerOptimizerKind = ServerOptimizerKind.FEDAVGM

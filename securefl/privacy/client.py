@@ -71,9 +71,9 @@ __all__ = [
     "make_private_compatible",
 ]
 
-DEFAULT_SAMPLE_RATE = 0.25
+DEFAULT_SAMPLE_RATE = 0.5
 """The default Poisson sample rate: every record joins each step's batch with
-probability 0.25, so one local epoch is 4 steps, for every client alike."""
+probability 0.5, so one local epoch is 2 steps, for every client alike."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,9 @@ class DPConfig:
         batch_size: the public divisor of each step's noisy sum of clipped
             gradients (Opacus's ``expected_batch_size``), the same for every
             client; with the local ``lr`` it sets the local step size (the
-            default 24 suits the digits demo, whose clients expect batches of
-            about 36).  It is a constant, not ``q * n``:
+            default 36 suits the digits demo, whose clients expect batches of
+            about 72 at the default sample rate).  It is a constant, not
+            ``q * n``:
             dividing by ``q * n`` would scale the noise by ``1 / n`` and let
             the server estimate ``n`` from the noise level of the sums.
         local_epochs: passes over the local data per round.
@@ -131,7 +132,7 @@ class DPConfig:
     delta: float = 1e-5
     planned_rounds: int = 10
     sample_rate: float = DEFAULT_SAMPLE_RATE
-    batch_size: int = 24
+    batch_size: int = 36
     local_epochs: int = 1
     max_local_steps: int | None = None
     lr: float = 1.0
