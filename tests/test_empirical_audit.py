@@ -143,8 +143,9 @@ def test_bad_arguments_are_refused() -> None:
 # -- the audit of a real run ------------------------------------------------------------
 
 RUN = SimulationConfig(num_clients=3, rounds=2, dropout=0.0, noise_multiplier=3.0,
-                       secure=False, seed=0, batch_size=128, local_epochs=3)
-"""A tiny honest run: 2 rounds of 3 local epochs; client 2 has sample rate 1/3."""
+                       secure=False, seed=0, sample_rate=0.25, batch_size=128, local_epochs=3)
+"""A tiny honest run: 2 rounds of 3 local epochs at sample rate 0.25 (24 steps), the
+run docs/privacy-ledger.md quotes."""
 
 
 @pytest.fixture(scope="module")

@@ -162,14 +162,15 @@ def test_server_side_artefacts_hold_no_per_client_count_loss_or_clip_count(
     # client, so none of them can encode n_i or ceil(n_i / B).
     assert {row["sample_rate"] for row in ledger} == {config.sample_rate}
     assert {row["noise_multiplier"] for row in ledger} == {result.clients[0].noise_multiplier}
-    assert {row["local_steps"] for row in ledger} == {round(1 / config.sample_rate)}
+    assert {row["local_steps"] for row in ledger} == {
+        config.local_epochs * round(1 / config.sample_rate)}
     old_rates = {1.0 / math.ceil(n / batch) for n in sizes}
     assert not old_rates & {row["sample_rate"] for row in ledger}
     for client in metrics["final"]["clients"]:
         numbers = {v for _, v in _walk(client) if isinstance(v, int | float)}
         assert sizes[client["client_id"] - 1] not in numbers
     assert {c["total_steps"] for c in metrics["final"]["clients"]} == {
-        round(1 / config.sample_rate) * len(SCHEDULE)}
+        config.local_epochs * round(1 / config.sample_rate) * len(SCHEDULE)}
     # clients that took part alike have identical rows: nothing client-specific
     by_round: dict[int, list[dict[str, Any]]] = {}
     for row in ledger:
