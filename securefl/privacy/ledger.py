@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +118,19 @@ class LedgerEntry:
     def from_json(cls, line: str) -> LedgerEntry:
         """Parse one line.
 
+        Every field must have its declared JSON type (an int is not a bool,
+        a number is not a string) and every history row must be
+        ``[sigma >= 0, 0 <= q <= 1, steps >= 0 integer]``, so that whatever
+        reads a row (``securefl audit``) can rely on its types.
+
         Raises:
-            SecureFLError: when the line is not a valid ledger row.
+            SecureFLError: when the line is not a valid ledger row (including
+                JSON nested too deeply to parse, or not a JSON object).
         """
         try:
             data: dict[str, Any] = json.loads(line)
+            if not isinstance(data, dict):
+                raise LedgerError(f"a row is a JSON object, got {type(data).__name__}")
             if data.get("epsilon_rdp") == "inf":
                 data["epsilon_rdp"] = math.inf
             if data.get("epsilon_prv") == "inf":
@@ -130,9 +138,45 @@ class LedgerEntry:
             if data.get("epsilon_rdp") is None:
                 data["epsilon_rdp"] = math.nan
             Participation(data["status"])
+            _check_row_types(cls, data)
             return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError, SecureFLError) as exc:
             raise LedgerError(f"not a valid ledger row: {exc}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_history(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(row, list) and len(row) == 3 and all(_is_number(x) for x in row)
+        and math.isfinite(row[0]) and row[0] >= 0 and 0 <= row[1] <= 1
+        and isinstance(row[2], int) and not isinstance(row[2], bool) and row[2] >= 0
+        for row in value)
+
+
+_JSON_TYPE_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "None": lambda v: v is None,
+    "list[list[float]]": _is_history,
+}
+
+
+def _check_row_types(cls: type, data: dict[str, Any]) -> None:
+    """Refuse a field whose JSON value is not of its annotated type."""
+    for spec in fields(cls):
+        if spec.name not in data or not isinstance(spec.type, str):
+            continue  # a missing field is refused by the constructor
+        checks = [_JSON_TYPE_CHECKS.get(part.strip()) for part in spec.type.split("|")]
+        if None in checks:
+            continue  # a type this check does not know: the constructor decides
+        if not any(check(data[spec.name]) for check in checks if check is not None):
+            raise LedgerError(f"field {spec.name!r} must be {spec.type}, got"
+                              f" {type(data[spec.name]).__name__}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -197,17 +241,23 @@ def read_ledger(path: str | os.PathLike[str]) -> list[LedgerEntry]:
 
     Raises:
         OSError: when it cannot be read.
-        SecureFLError: naming the first malformed line.
+        SecureFLError: naming the first malformed line (bytes that are not
+            UTF-8 included).
     """
     rows: list[LedgerEntry] = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
+        number = 0
+        try:
+            for line in handle:
+                number += 1
+                if not line.strip():
+                    continue
                 rows.append(LedgerEntry.from_json(line))
-            except SecureFLError as exc:
-                raise LedgerError(f"{path}, line {number}: {exc}") from None
+        except UnicodeDecodeError:
+            raise LedgerError(f"{path}: not UTF-8 text (at or after line {number + 1})"
+                              ) from None
+        except SecureFLError as exc:
+            raise LedgerError(f"{path}, line {number}: {exc}") from None
     return rows
 
 

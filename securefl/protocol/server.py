@@ -52,7 +52,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.validation import check_input_vector, check_message_fields
 
 
 class ServerState(enum.Enum):
@@ -219,8 +219,10 @@ class ServerSession:
             raise LocalProtocolError(Rule.MALFORMED,
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
+        check_message_fields(message, rnd)
         sender = getattr(message, "sender", None)
-        if not isinstance(sender, int) or sender not in self.statuses:
+        if isinstance(sender, bool) or not isinstance(sender, int) \
+                or sender not in self.statuses:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if isinstance(sender, int) else None,
                                       round=rnd)

@@ -12,7 +12,9 @@ Decoding is strict.  :func:`decode` raises
 field shorter or longer than its fixed size, a duplicated or out-of-range
 client id, a masked vector whose byte length is not a multiple of its element
 width, an envelope without a body, or any non-canonical encoding (which also
-catches unknown fields and repeated singular fields).
+catches unknown fields, repeated singular fields, and per-client entries
+that are not in ascending id order).  Whatever decodes re-encodes to exactly
+the bytes received.
 """
 
 from __future__ import annotations
@@ -320,11 +322,18 @@ def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, 
 def _keyed(entries: Iterable[Any], id_attr: str, value_attr: str, size: int, field: str,
            peer: int | None) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
+    last = 0
     for entry in entries:
         key = _check_id(getattr(entry, id_attr), f"{field}.{id_attr}", peer)
         if key in out:
             raise WireFormatError(f"{field} has two entries for client {key}",
                                   reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
+        if key < last:
+            # the message keeps its maps sorted: any other order is a second
+            # encoding of the same message
+            raise WireFormatError(f"{field} is not in ascending {id_attr} order",
+                                  reason=WireIssue.NON_CANONICAL.value, field=field, peer=peer)
+        last = key
         out[key] = _fixed(getattr(entry, value_attr), size, f"{field}.{value_attr}", peer)
     return out
 
