@@ -92,7 +92,7 @@ def _ints(v: Any) -> bool:
 
 def _decimals(v: Any) -> bool:
     return isinstance(v, list) and all(
-        (isinstance(x, str) and x.isascii() and x.isdigit() and len(x) <= 20) or _int64(x)
+        _int64(x) or (isinstance(x, str) and x.isascii() and x.isdigit() and len(x) <= 20)
         for x in v)
 
 
@@ -107,7 +107,8 @@ def _neighbours(v: Any) -> bool:
 
 
 _KIND: dict[str, Callable[[Any], bool]] = {
-    "hex": _hex, "int": _int64, "count": _small, "ints": _ints, "decimals": _decimals, "hexes": _hexes,
+    "hex": _hex, "int": _int64, "count": _small, "ints": _ints, "decimals": _decimals,
+    "hexes": _hexes,
     "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
     "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "neighbours": _neighbours, "result": lambda v: v in ("valid", "invalid"),
