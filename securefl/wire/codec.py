@@ -254,7 +254,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         config: when given, a :class:`MaskedInput` must also have the
             configuration's element width (``MALFORMED``), ``vector_length``
             entries (``WRONG_LENGTH``) and entries below ``2^bits``
-            (``VALUE_OUT_OF_RANGE``).
+            (``VALUE_OUT_OF_RANGE``), and no repeated field (id lists,
+            per-client entries) may hold more entries than the session has
+            clients (``OVERSIZED_FIELD``), which bounds the memory a decode
+            takes by the session size.
         expect: when given, the message class(es) acceptable here; any other
             kind is refused with rule ``WRONG_ROUND``.
 
@@ -276,6 +279,14 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         raise WireFormatError(f"protocol version {inner.version} is not supported (only"
                               f" {WIRE_VERSION})", reason=WireIssue.UNKNOWN_VERSION.value,
                               field=f"{body}.version", rule=Rule.UNSUPPORTED_VERSION)
+    if config is not None:
+        # every repeated field holds at most one entry per invited client
+        for spec, value in inner.ListFields():
+            if spec.label == spec.LABEL_REPEATED and len(value) > config.num_clients:
+                raise WireFormatError(f"{spec.name} has {len(value)} entries, the session has"
+                                      f" {config.num_clients} clients",
+                                      reason=WireIssue.OVERSIZED_FIELD.value,
+                                      field=f"{body}.{spec.name}", peer=_sender_field(inner))
     envelope.DiscardUnknownFields()
     if envelope.SerializeToString(deterministic=True) != raw:
         raise WireFormatError("not the canonical encoding (unknown or repeated fields, or"
@@ -288,6 +299,11 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
                               f" {' or '.join(names)})", reason=WireIssue.UNEXPECTED_MESSAGE.value,
                               rule=Rule.WRONG_ROUND, peer=_peer_of(message))
     return message
+
+
+def _sender_field(inner: Any) -> int | None:
+    sender = getattr(inner, "sender", None)
+    return int(sender) if sender and 1 <= sender <= MAX_CLIENT_ID else None
 
 
 def _peer_of(message: Message) -> int | None:
@@ -312,11 +328,16 @@ def _check_id(value: int, field: str, peer: int | None) -> int:
 
 
 def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, ...]:
-    ids = tuple(_check_id(v, field, peer) for v in values)
-    if len(set(ids)) != len(ids):
+    # checked as one uint32 array (4 bytes an id) before any Python int is made
+    ids = np.fromiter(values, dtype=np.uint32, count=len(values))
+    if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID):
+        bad = int(ids[(ids < 1) | (ids > MAX_CLIENT_ID)][0])
+        raise WireFormatError(f"{field} {bad} is not a client id (1..{MAX_CLIENT_ID})",
+                              reason=WireIssue.INVALID_ID.value, field=field, peer=peer)
+    if ids.size > 1 and not np.all(np.diff(np.sort(ids).astype(np.int64))):
         raise WireFormatError(f"{field} lists a client id twice",
                               reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
-    return ids
+    return tuple(ids.tolist())
 
 
 def _keyed(entries: Iterable[Any], id_attr: str, value_attr: str, size: int, field: str,
