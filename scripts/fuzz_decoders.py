@@ -908,7 +908,9 @@ def ledger_largest() -> list[bytes]:
     long_history = json.dumps(row).encode() + b"\n"
     row["history"] = [[]] * 300_000
     empties = json.dumps(row).encode() + b"\n"
-    return [many, long_history, empties, b"[" * 1_000_000 + b"\n"]
+    row["history"] = [[0, 0, 0]] * 100_000
+    compact = json.dumps(row, separators=(",", ":")).encode() + b"\n"
+    return [many, long_history, empties, compact, b"[" * 1_000_000 + b"\n"]
 
 
 def audit_run(data: bytes) -> None:

@@ -29,7 +29,7 @@ from securefl.conformance.jsonio import graph_from_text
 from securefl.encoding import FixedPointCodec
 from securefl.errors import ConfigurationError, LedgerError, RemoteProtocolError, SecureFLError
 from securefl.privacy.ledger import LedgerEntry, read_ledger
-from securefl.protocol.messages import AdvertiseKeys, EncryptedShares
+from securefl.protocol.messages import AdvertiseKeys, ConsistencyRequest, EncryptedShares
 from securefl.wire import WireIssue, decode, encode
 from securefl.wire import secagg_pb2 as pb
 
@@ -102,6 +102,18 @@ def test_keyed_entries_out_of_order_are_a_second_encoding_and_refused() -> None:
     assert info.value.reason == WireIssue.NON_CANONICAL.value
 
 
+def test_with_a_configuration_no_id_list_exceeds_the_session() -> None:
+    config = fz.CONFIGS["semi-honest"]
+    n = config.num_clients
+    data = encode(ConsistencyRequest(1, bytes(32), tuple(range(1, n + 2))))
+    assert decode(data).survivors == tuple(range(1, n + 2))
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data, config=config)
+    assert info.value.reason == WireIssue.OVERSIZED_FIELD.value
+    assert decode(encode(ConsistencyRequest(1, bytes(32), tuple(range(1, n + 1)))),
+                  config=config).survivors == tuple(range(1, n + 1))
+
+
 # -- server receive path (decoded but adversarial) --------------------------------------
 
 
@@ -171,7 +183,8 @@ def test_ledger_rows_round_trip() -> None:
         assert LedgerEntry.from_json(entry.to_json()) == entry
 
 
-@pytest.mark.parametrize("line", [b"[" * 100_000, b"1", b"[]", b"\xff\xfe\n", b"null"])
+@pytest.mark.parametrize("line", [b"[" * 100_000, b"{\"a\":" * 50_000, b"[[]]" * 1000, b"1", b"[]",
+                                  b"\xff\xfe\n", b"null"])
 def test_ledger_reader_refuses_non_rows(tmp_path: Path, line: bytes) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(line + b"\n")

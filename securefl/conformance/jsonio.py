@@ -67,7 +67,7 @@ def config_from_json(data: dict[str, Any]) -> SecAggConfig:
         raise ConfigurationError("configuration mode or context is not valid") from None
     config = SecAggConfig(
         num_clients=data["numClients"], vector_length=data["vectorLength"], bits=data["bits"],
-        threshold=data["threshold"], mode=mode, client_ids=tuple(data["clientIds"]),
+        threshold=data["threshold"], mode=mode, client_ids=data["clientIds"],
         graph=graph_from_text(data.get("graph", "complete")), context=context,
         min_survivors=data.get("minSurvivors"),
     )

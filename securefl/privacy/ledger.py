@@ -128,6 +128,12 @@ class LedgerEntry:
                 JSON nested too deeply to parse, or not a JSON object).
         """
         try:
+            # the lists of a row are the history and its rows of at least 7
+            # characters ("[0,0,0]"): refuse denser brackets before parsing
+            # allocates a Python list (about 100 bytes) for each
+            if line.count("[") > 1 + len(line) // 7:
+                raise LedgerError("too many lists for a ledger row (its history rows are"
+                                  " [sigma, q, steps])")
             data: dict[str, Any] = json.loads(line)
             if not isinstance(data, dict):
                 raise LedgerError(f"a row is a JSON object, got {type(data).__name__}")
