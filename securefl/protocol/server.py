@@ -219,13 +219,13 @@ class ServerSession:
             raise LocalProtocolError(Rule.MALFORMED,
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
-        check_message_fields(message, rnd)
         sender = getattr(message, "sender", None)
         if isinstance(sender, bool) or not isinstance(sender, int) \
                 or sender not in self.statuses:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if isinstance(sender, int) else None,
                                       round=rnd)
+        check_message_fields(message, rnd)
         if msg_round is not rnd:
             when = "late" if msg_round < rnd else "early"
             raise RemoteProtocolError(Rule.WRONG_ROUND,
