@@ -72,7 +72,7 @@ from securefl.encoding import FixedPointCodec, max_frac_bits, min_bits  # noqa: 
 from securefl.errors import SecureFLError  # noqa: E402
 from securefl.hazmat import signing  # noqa: E402
 from securefl.hazmat.randomness import default_random  # noqa: E402
-from securefl.privacy.ledger import LedgerEntry, read_ledger  # noqa: E402
+from securefl.privacy.ledger import LedgerEntry, PrivacyLedger, read_ledger  # noqa: E402
 from securefl.protocol.client import ClientSession  # noqa: E402
 from securefl.protocol.config import SecAggConfig, SecurityMode  # noqa: E402
 from securefl.protocol.harary import HararyGraph  # noqa: E402
@@ -833,40 +833,61 @@ def adapter_largest() -> list[tuple[str, int, bytes]]:
 # ledger ------------------------------------------------------------------------------
 
 
-def ledger_rows() -> list[dict[str, Any]]:
+def ledger_entries() -> list[LedgerEntry]:
     """Real-looking ledger rows of every status (as the simulator writes them)."""
-    rows = []
+    entries = []
     for i, status in enumerate(["included", "dropped", "encoding-error", "round-aborted",
                                 "refused-budget"]):
-        entry = LedgerEntry(round=i + 1, client_id=i + 1, status=status,
-                            entered_sum=status == "included", noise_multiplier=1.1,
-                            sample_rate=0.01, local_steps=0 if status == "refused-budget" else 50,
-                            delta=1e-5, epsilon_rdp=0.5 + i, epsilon_prv=None if i % 2 else 0.4,
-                            accountant="rdp" if i % 2 else "prv",
-                            epsilon_budget=None if i == 2 else 8.0, survivors=3,
-                            dropped_at="SHARE_KEYS" if status == "dropped" else None,
-                            history=[[1.1, 0.01, 50]] * (i + 1))
-        rows.append(json.loads(entry.to_json()))
-    return rows
+        entries.append(LedgerEntry(
+            round=i + 1, client_id=i + 1, status=status, entered_sum=status == "included",
+            noise_multiplier=1.1, sample_rate=0.01,
+            local_steps=0 if status == "refused-budget" else 50, delta=1e-5,
+            epsilon_rdp=0.5 + i, epsilon_prv=None if i % 2 else 0.4,
+            accountant="rdp" if i % 2 else "prv", epsilon_budget=None if i == 2 else 8.0,
+            survivors=3, dropped_at="SHARE_KEYS" if status == "dropped" else None,
+            history=[[1.1, 0.01, 50]] * (i + 1)))
+    return entries
+
+
+def ledger_rows() -> list[dict[str, Any]]:
+    """The rows of :func:`ledger_entries` as the JSON objects ``to_json`` writes."""
+    return [json.loads(entry.to_json()) for entry in ledger_entries()]
 
 
 _LEDGER_DIR: list[Path] = []
 
 
 def _scratch() -> Path:
+    """A private scratch directory (in /dev/shm when there is one)."""
     if not _LEDGER_DIR:
         base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         _LEDGER_DIR.append(Path(tempfile.mkdtemp(prefix="securefl-fuzz-", dir=base)))
     return _LEDGER_DIR[0]
 
 
+_LEDGER_FILE: list[bytes] = []
+
+
+def ledger_file() -> bytes:
+    """A whole ledger written by the library's own writer
+    (``PrivacyLedger.append``), whatever its format (rows, chain, commits)."""
+    if not _LEDGER_FILE:
+        path = _scratch() / "seed-ledger.jsonl"
+        path.unlink(missing_ok=True)
+        PrivacyLedger(path).append(ledger_entries())
+        _LEDGER_FILE.append(path.read_bytes())
+    return _LEDGER_FILE[0]
+
+
 def ledger_generate(rng: random.Random) -> bytes:
-    """A ledger file: valid rows with one or more mutated, or random bytes."""
-    rows = ledger_rows()
+    """A real ledger file with one line mutated (JSON-aware, byte-level or
+    replaced by a hostile line), or random bytes."""
     r = rng.random()
     if r < 0.05:
         return rng.randbytes(rng.randint(0, 200))
-    lines = [json.dumps(row).encode() for row in rng.sample(rows, rng.randint(1, 3))]
+    lines = ledger_file().splitlines()
+    if rng.random() < 0.3:  # a prefix of the file
+        lines = lines[:rng.randint(1, len(lines))]
     target = rng.randrange(len(lines))
     if r < 0.3:
         lines[target] = mutate_bytes(rng, lines[target])
@@ -874,7 +895,12 @@ def ledger_generate(rng: random.Random) -> bytes:
         lines[target] = rng.choice([b"[" * 100_000, b'{"a":' * 50_000, b"1e999999", b"-0",
                                     b"\xff\xfe", b"\x00", b"null", b"[]", b'"x"', b"9" * 5000])
     else:
-        lines[target] = dump_json(rng, mutate_json(rng, json.loads(lines[target])))
+        try:
+            value = json.loads(lines[target])
+        except ValueError:
+            value = None
+        lines[target] = (dump_json(rng, mutate_json(rng, value)) if value is not None
+                         else mutate_bytes(rng, lines[target]))
     return b"\n".join(lines) + rng.choice([b"\n", b"", b"\r\n", b"\n\n"])
 
 
@@ -902,7 +928,7 @@ def ledger_read(data: bytes) -> list[LedgerEntry]:
 def ledger_largest() -> list[bytes]:
     """A long ledger, a row with a 100,000-step history, deep nesting."""
     rows = ledger_rows()
-    many = b"\n".join(json.dumps(rows[i % len(rows)]).encode() for i in range(3_000)) + b"\n"
+    many = ledger_file() * 600
     row = dict(rows[0])
     row["history"] = [[1.1, 0.01, 50]] * 50_000
     long_history = json.dumps(row).encode() + b"\n"

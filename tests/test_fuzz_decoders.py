@@ -27,9 +27,16 @@ from hypothesis import strategies as st
 
 from securefl.conformance.jsonio import graph_from_text
 from securefl.encoding import FixedPointCodec
-from securefl.errors import ConfigurationError, LedgerError, RemoteProtocolError, SecureFLError
+from securefl.errors import (
+    ConfigurationError,
+    LedgerError,
+    RemoteProtocolError,
+    Rule,
+    SecureFLError,
+)
 from securefl.privacy.ledger import LedgerEntry, read_ledger
 from securefl.protocol.messages import AdvertiseKeys, ConsistencyRequest, EncryptedShares
+from securefl.protocol.server import ServerSession
 from securefl.wire import WireIssue, decode, encode
 from securefl.wire import secagg_pb2 as pb
 
@@ -124,16 +131,19 @@ def test_server_receive_adversarial_fields(rng: random.Random) -> None:
 
 
 def test_bool_sender_is_not_client_one() -> None:
-    pool = fz.servers()
-    index = next(i for i, (label, _, _, pending) in enumerate(pool.snapshots)
-                 if label.endswith("/server/0") and pending)
-    server = pool.session(index)
-    advert = pool.snapshots[index][3][0]
+    # before: True passed isinstance(sender, int) and True == 1, so this
+    # advert was accepted as client 1's
+    corpus = fz.corpora()["semi-honest"]
+    server = ServerSession(corpus.config)
+    advert = next(m for m in corpus.client_messages
+                  if isinstance(m, AdvertiseKeys) and m.sender == 1)
     before = fz.fingerprint(server)
     forged = fz.build_message(AdvertiseKeys, {**vars(advert), "sender": True})
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError) as info:
         server.receive(forged)
+    assert info.value.rule is Rule.UNKNOWN_PEER
     assert fz.fingerprint(server) == before
+    server.receive(advert)  # the genuine one is still welcome
 
 
 def test_shares_of_the_wrong_type_are_refused_with_state_unchanged() -> None:
