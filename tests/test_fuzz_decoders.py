@@ -220,6 +220,20 @@ def test_audit_of_any_readable_ledger_raises_only_typed_errors(rng: random.Rando
     typed_or_ok(fz.audit_run, fz.ledger_generate(rng))
 
 
+def test_audit_of_a_history_too_long_for_prv(tmp_path: Path) -> None:
+    # before: Opacus's PRV accountant asked numpy for a 32 TiB grid and the
+    # audit died with MemoryError; PRV now reports that it cannot bound it
+    from securefl.cli.audit import audit_ledger
+
+    row = dict(fz.ledger_rows()[0])
+    row["history"] = [[1.1, 0.01, 2**40]]
+    path = tmp_path / "ledger.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with contextlib.suppress(SecureFLError):
+        report = audit_ledger(read_ledger(path))
+        assert report["clients"][0]["client_id"] == row["client_id"]
+
+
 # -- encoding parameters --------------------------------------------------------------------
 
 
