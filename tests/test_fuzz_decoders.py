@@ -236,6 +236,24 @@ def test_audit_of_a_history_too_long_for_prv(tmp_path: Path) -> None:
         assert report["clients"][0]["client_id"] == entry.client_id
 
 
+@pytest.mark.parametrize("adjacency", ["add-remove-one", "replace-one"])
+@pytest.mark.parametrize("sigma", [1e300, 1e-300])
+def test_audit_of_a_history_the_accountants_cannot_compute(tmp_path: Path, adjacency: str,
+                                                           sigma: float) -> None:
+    # before: Opacus's RDP raised OverflowError (sigma**2 beyond the float
+    # range) or ZeroDivisionError out of securefl audit; found by the fuzzer
+    from securefl.cli.audit import audit_run
+
+    entry = dataclasses.replace(fz.ledger_entries()[0], history=[[sigma, 1.0, 1]],
+                                noise_multiplier=sigma, sample_rate=1.0, local_steps=1,
+                                adjacency=adjacency)
+    path = tmp_path / "ledger.jsonl"
+    fz._write_ledger(path, [entry])
+    report = audit_run(path)
+    assert not report["verified"]
+    assert any("cannot bound this history" in v for v in report["violations"])
+
+
 # -- encoding parameters --------------------------------------------------------------------
 
 
