@@ -606,12 +606,17 @@ def _summary(value: Any) -> Any:
         return len(value)
     if isinstance(value, bytes | int | str | float | enum.Enum) or value is None:
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # a record the session keeps per client (its _Peer): every field
+        return (type(value).__name__, *((f.name, _summary(getattr(value, f.name)))
+                                        for f in dataclasses.fields(value)))
     return type(value).__name__
 
 
 def fingerprint(session: Any) -> dict[str, Any]:
     """A cheap summary of every attribute of a session (its state, every
-    status, every collection's size, the running sum)."""
+    per-client record field by field, every collection's size, the running
+    sum)."""
     return {k: _summary(v) for k, v in vars(session).items()}
 
 
@@ -946,7 +951,7 @@ def ledger_largest() -> list[bytes]:
     header = ledger_file().split(b"\n", 1)[0] + b"\n"  # the reader stops without one
     path = _scratch() / "largest-ledger.jsonl"
     _write_ledger(path, [dataclasses.replace(entry, round=1 + i // 5)
-                         for i, entry in enumerate(ledger_entries() * 600)])
+                         for i, entry in enumerate(ledger_entries() * 300)])
     many = path.read_bytes()
     row = {**ledger_rows()[0], "type": "row", "prev": None}
     row["history"] = [[1.1, 0.01, 50]] * 50_000

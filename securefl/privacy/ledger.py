@@ -430,11 +430,9 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
         OSError: when the file cannot be read.
     """
     chain = LedgerChain(path=Path(path))
-    data = Path(path).read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
+    lines = Path(path).read_bytes().split(b"\n")  # the file's bytes are not kept twice
+    if lines.pop() != b"":  # the last element is b"" or the torn tail
         chain.torn_tail = True
-    lines = lines[:-1]  # the last element is b"" or the torn tail
     problems = chain.problems
     prev: str | None = None
     block: list[LedgerEntry] = []
