@@ -26,7 +26,6 @@ and anything with ``.detach().cpu().numpy()`` (torch tensors).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +56,31 @@ no ring of at most 64 bits could use it)."""
 _FLOAT_KINDS = ("f",)
 
 
+def _check_int(name: str, value: Any, low: int, high: int | None) -> int:
+    """``value`` as a Python int, after checking it is an int (numpy ints
+    included, bools not) in ``low..high`` (``high`` None: no bound)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low \
+            or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigurationError(f"{name} must be an integer {bound}, got {value!r}"[:200])
+    return int(value)
+
+
+def _check_clip(clip: Any) -> float:
+    """``clip`` is a positive number that is a finite float."""
+    ok = not isinstance(clip, bool) and isinstance(clip, int | float | np.integer | np.floating)
+    if ok:
+        try:
+            value = float(clip)
+        except OverflowError:  # an int beyond the float range
+            ok = False
+        else:
+            ok = math.isfinite(value) and value > 0
+    if not ok:
+        raise ConfigurationError(f"clip must be a positive finite number, got {clip!r}"[:200])
+    return float(clip)
+
+
 def _magnitude_bits(value: float) -> int:
     """Bits needed to hold the non-negative integer ``value`` plus a sign bit."""
     return max(1, math.ceil(value).bit_length()) + 1
@@ -65,7 +89,15 @@ def _magnitude_bits(value: float) -> int:
 def max_frac_bits(*, bits: int, clip: float, num_clients: int) -> int:
     """The largest ``frac_bits`` for which the sum of ``num_clients`` values in
     ``[-clip, clip]`` cannot overflow ``Z_{2^bits}`` (may be negative, which
-    means no positive precision fits)."""
+    means no positive precision fits).
+
+    Raises:
+        ConfigurationError: ``bits`` not an int in 1..64, ``clip`` not a
+            positive finite number, ``num_clients`` not an int >= 1.
+    """
+    bits = _check_int("bits", bits, 1, 64)
+    clip = _check_clip(clip)
+    num_clients = _check_int("num_clients", num_clients, 1, None)
     best = -64
     for frac in range(-63, 64):
         scaled = clip * 2.0**frac
@@ -80,7 +112,20 @@ def max_frac_bits(*, bits: int, clip: float, num_clients: int) -> int:
 
 def min_bits(*, frac_bits: int, clip: float, num_clients: int, max_weight: int = 1) -> int:
     """The smallest ring size ``k`` whose signed range holds the sum of
-    ``num_clients`` encoded values and weights."""
+    ``num_clients`` encoded values and weights.
+
+    Raises:
+        ConfigurationError: ``frac_bits`` not an int in
+            -MAX_FRAC_BITS..MAX_FRAC_BITS, ``clip`` not a positive finite
+            number, ``num_clients`` or ``max_weight`` not an int >= 1, or
+            ``clip * 2^frac_bits`` beyond the float range.
+    """
+    frac_bits = _check_int("frac_bits", frac_bits, -MAX_FRAC_BITS, MAX_FRAC_BITS)
+    clip = _check_clip(clip)
+    num_clients = _check_int("num_clients", num_clients, 1, None)
+    max_weight = _check_int("max_weight", max_weight, 1, None)
+    if not math.isfinite(clip * 2.0**frac_bits):
+        raise ConfigurationError(f"clip {clip} x 2^{frac_bits} is beyond the float range")
     value_bound = num_clients * math.ceil(clip * 2.0**frac_bits)
     weight_bound = num_clients * max_weight
     return max(_magnitude_bits(value_bound), _magnitude_bits(weight_bound))
@@ -200,8 +245,10 @@ class FixedPointCodec:
             uniform weighting; the largest example count otherwise).
 
     Raises:
-        ConfigurationError: on a value out of range (non-positive clip, bits
-            outside 2..64, empty shapes...).
+        ConfigurationError: on a value out of range or of the wrong type
+            (non-positive clip, bits outside 2..64, ``|frac_bits|`` over
+            ``MAX_FRAC_BITS``, a bool or float where an int belongs, a
+            negative or non-integer dimension, empty shapes...).
         EncodingError: when the sum of ``num_clients`` encoded updates could
             overflow ``Z_{2^bits}``; the message names the numbers and the fix
             (fewer fractional bits or a larger ``bits``).
@@ -216,28 +263,23 @@ class FixedPointCodec:
     _sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        try:
-            shapes = tuple(tuple(operator.index(d) for d in s) for s in self.shapes)
-        except TypeError:
-            raise ConfigurationError("shapes must be sequences of integer dimensions") from None
+        if isinstance(self.shapes, str | bytes) or not isinstance(self.shapes, Sequence) or any(
+                isinstance(s, str | bytes) or not isinstance(s, Sequence) for s in self.shapes):
+            raise ConfigurationError(f"shapes must be a sequence of shapes, got {self.shapes!r}")
+        for shape in self.shapes:
+            for d in shape:
+                _check_int("a shape dimension", d, 0, None)
+        shapes = tuple(tuple(int(d) for d in s) for s in self.shapes)
         object.__setattr__(self, "shapes", shapes)
         if not shapes:
             raise ConfigurationError("shapes must name at least one tensor")
-        if any(d < 0 for s in shapes for d in s):
-            raise ConfigurationError(f"shapes must have non-negative dimensions, got {shapes}")
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 64:
-            raise ConfigurationError(f"bits must be an integer in 2..64, got {self.bits!r}")
-        if (isinstance(self.frac_bits, bool) or not isinstance(self.frac_bits, int)
-                or not -MAX_FRAC_BITS <= self.frac_bits <= MAX_FRAC_BITS):
-            raise ConfigurationError(f"frac_bits must be an integer in -{MAX_FRAC_BITS}.."
-                                     f"{MAX_FRAC_BITS}, got {self.frac_bits!r}")
-        if (isinstance(self.clip, bool) or not isinstance(self.clip, int | float)
-                or not (math.isfinite(self.clip) and self.clip > 0)):
-            raise ConfigurationError(f"clip must be a positive finite number, got {self.clip!r}")
-        if not isinstance(self.num_clients, int) or self.num_clients < 1:
-            raise ConfigurationError(f"num_clients must be >= 1, got {self.num_clients!r}")
-        if not isinstance(self.max_weight, int) or self.max_weight < 1:
-            raise ConfigurationError(f"max_weight must be an integer >= 1, got {self.max_weight!r}")
+        object.__setattr__(self, "bits", _check_int("bits", self.bits, 2, 64))
+        object.__setattr__(self, "frac_bits", _check_int("frac_bits", self.frac_bits,
+                                                         -MAX_FRAC_BITS, MAX_FRAC_BITS))
+        object.__setattr__(self, "clip", _check_clip(self.clip))
+        object.__setattr__(self, "num_clients", _check_int("num_clients", self.num_clients, 1,
+                                                           None))
+        object.__setattr__(self, "max_weight", _check_int("max_weight", self.max_weight, 1, None))
         object.__setattr__(self, "_sizes", tuple(math.prod(s) for s in shapes))
         self.check_bit_budget()
 

@@ -87,12 +87,20 @@ def _epsilons_for(adjacency: str, history: list[list[float]],
     :data:`~securefl.privacy.accounting.ACCOUNTANTS` for add-or-remove-one,
     the two :data:`~securefl.privacy.accounting.REPLACE_ONE_ACCOUNTANTS` for
     replace-one), or None for an adjacency it does not know (then the row
-    cannot be verified and fails)."""
+    cannot be verified and fails).  A history whose arithmetic an accountant
+    cannot carry out (Opacus's RDP raises OverflowError for sigma = 1e300,
+    ZeroDivisionError for sigma = 1e-300) gets NaN from every accountant: the
+    row cannot be verified and fails, the audit goes on."""
     from securefl.privacy import accounting
 
     if adjacency not in ADJACENCIES:
         return None
-    return accounting.epsilons_for(history, delta, adjacency)
+    try:
+        return accounting.epsilons_for(history, delta, adjacency)
+    except ArithmeticError:
+        names = (accounting.ACCOUNTANTS if adjacency == "add-remove-one"
+                 else accounting.REPLACE_ONE_ACCOUNTANTS)
+        return dict.fromkeys(names, math.nan)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -198,6 +198,7 @@ class SecureFLClient:
             spec.config, spec.client_id, input=np.asarray(spec.input, dtype=np.uint64),
             identity_key=identity, peer_identities=pinned, rng=rng)
         self._element_bytes = spec.config.wire_element_bytes
+        self._config = spec.config
         self._broken = False
 
     def start(self) -> bytes:
@@ -205,12 +206,13 @@ class SecureFLClient:
         return encode(self.session.start())
 
     def handle(self, data: bytes) -> bytes:
-        """Decode strictly, then let the session answer.  Undecodable bytes
-        abort this client for good, like any other server violation."""
+        """Decode strictly (with the configuration, which bounds every id
+        list by the session size), then let the session answer.  Undecodable
+        bytes abort this client for good, like any other server violation."""
         if self._broken:
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted")
         try:
-            message = decode(data, expect=SERVER_MESSAGES)
+            message = decode(data, config=self._config, expect=SERVER_MESSAGES)
         except WireFormatError as exc:
             self._broken = True
             exc.peer = "server"

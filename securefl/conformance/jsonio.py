@@ -36,18 +36,42 @@ def config_to_json(config: SecAggConfig) -> dict[str, Any]:
     }
 
 
+_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "numClients": (int,), "vectorLength": (int,), "bits": (int,), "threshold": (int,),
+    "mode": (str,), "clientIds": (list,), "graph": (str,), "context": (str,),
+    "minSurvivors": (int, type(None)), "digest": (str,),
+}
+_CONFIG_REQUIRED = ("numClients", "vectorLength", "bits", "threshold", "mode", "clientIds")
+
+
 def config_from_json(data: dict[str, Any]) -> SecAggConfig:
     """Inverse of :func:`config_to_json`; checks the digest.
 
     Raises:
-        ConfigurationError: invalid values, an unsupported graph, or a
-            digest that does not match the fields.
+        ConfigurationError: a missing field, a field of the wrong JSON type
+            (a bool is not an int), invalid values, an unsupported graph, or
+            a digest that does not match the fields.
     """
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"a configuration is a JSON object, got {type(data).__name__}")
+    for key, kinds in _CONFIG_FIELDS.items():
+        if key not in data and key in _CONFIG_REQUIRED:
+            raise ConfigurationError(f"configuration lacks {key!r}")
+        if key in data and not isinstance(data[key], kinds):
+            raise ConfigurationError(f"configuration field {key!r} must be"
+                                     f" {' or '.join(k.__name__ for k in kinds)}")
+    if any(isinstance(v, bool) for k, v in data.items() if k != "mode") or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in data["clientIds"]):
+        raise ConfigurationError("configuration numbers and client ids must be integers")
+    try:
+        mode = SecurityMode(data["mode"])
+        context = bytes.fromhex(data.get("context", ""))
+    except ValueError:
+        raise ConfigurationError("configuration mode or context is not valid") from None
     config = SecAggConfig(
         num_clients=data["numClients"], vector_length=data["vectorLength"], bits=data["bits"],
-        threshold=data["threshold"], mode=SecurityMode(data["mode"]),
-        client_ids=tuple(data["clientIds"]), graph=graph_from_text(data.get("graph", "complete")),
-        context=bytes.fromhex(data.get("context", "")),
+        threshold=data["threshold"], mode=mode, client_ids=data["clientIds"],
+        graph=graph_from_text(data.get("graph", "complete")), context=context,
         min_survivors=data.get("minSurvivors"),
     )
     if "digest" in data and config.digest().hex() != data["digest"]:
@@ -62,11 +86,14 @@ def graph_from_text(text: str) -> NeighbourGraph:
     Raises:
         ConfigurationError: any other text.
     """
+    if not isinstance(text, str):
+        raise ConfigurationError(f"a graph is named by a string, got {type(text).__name__}")
     if text == "complete":
         return CompleteGraph()
     prefix = "harary:k="
-    if text.startswith(prefix) and text[len(prefix):].isdigit():
-        return HararyGraph(int(text[len(prefix):]))
+    degree = text[len(prefix):]
+    if text.startswith(prefix) and degree.isascii() and degree.isdigit() and len(degree) <= 10:
+        return HararyGraph(int(degree))
     raise ConfigurationError(f"unknown graph {text!r}")
 
 
@@ -76,5 +103,13 @@ def dump(data: Any) -> str:
 
 
 def load(path: Path) -> Any:
-    """Read one JSON file."""
-    return json.loads(path.read_text())
+    """Read one JSON file.
+
+    Raises:
+        OSError: it cannot be read.
+        ConfigurationError: it is not UTF-8 JSON (or nests too deeply).
+    """
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigurationError(f"{path.name} is not valid JSON: {exc}"[:300]) from None

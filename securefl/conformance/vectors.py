@@ -27,7 +27,10 @@ def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
 
     Raises:
         ConfigurationError: the directory does not exist or holds no vectors
-            (e.g. an installed copy without ``protocols/``: pass ``--vectors``).
+            (e.g. an installed copy without ``protocols/``: pass ``--vectors``),
+            or a file is not valid JSON or lacks a field a case reads, or has
+            one of the wrong type (checked here, before any case runs, so a
+            malformed file is never blamed on the implementation under test).
     """
     if not directory.is_dir() or not any(directory.glob("*.json")):
         raise ConfigurationError(f"no test vectors in {directory}: pass --vectors DIR (the"
@@ -36,6 +39,7 @@ def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
     for path in sorted(directory.glob("*_test.json"),
                        key=lambda p: (float(SECTION_OF_FILE.get(p.stem, "99")), p.stem)):
         data = load(path)
+        _check_primitive_file(path.name, data)
         stem = path.stem
         section = SECTION_OF_FILE.get(stem, "14")
         for group in data["testGroups"]:
@@ -46,6 +50,7 @@ def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
                                   partial(_primitive, group, test)))
     for path in sorted(directory.glob("round_*.json")):
         data = load(path)
+        _check_round_file(path.name, data)
         stem = path.stem
         cases.append(Case(f"14.3/{stem}/server", "14.3",
                           f"server replays transcript '{data['name']}' byte for byte",
@@ -54,6 +59,140 @@ def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
                           f"clients replay transcript '{data['name']}' byte for byte",
                           "vectors", partial(_replay_clients, data)))
     return cases
+
+
+# -- the shape of a vector file ------------------------------------------------
+
+MAX_VECTOR_INT = 1 << 20
+"""PRG lengths and list sizes in a vector file stay below this (the shipped
+vectors use at most a few hundred), so a file cannot ask for gigabytes."""
+
+
+def _hex(v: Any) -> bool:
+    if not isinstance(v, str) or len(v) % 2:
+        return False
+    try:
+        bytes.fromhex(v)
+    except ValueError:
+        return False
+    return v.isascii() and " " not in v
+
+
+def _small(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_VECTOR_INT
+
+
+def _int64(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -(1 << 63) <= v < 1 << 64
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and len(v) < MAX_VECTOR_INT and all(_int64(x) for x in v)
+
+
+def _decimals(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        _int64(x) or (isinstance(x, str) and x.isascii() and x.isdigit() and len(x) <= 20)
+        for x in v)
+
+
+def _hexes(v: Any) -> bool:
+    return isinstance(v, list) and all(_hex(x) for x in v)
+
+
+def _neighbours(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 10 and _ints(x)
+        for k, x in v.items())
+
+
+_KIND: dict[str, Callable[[Any], bool]] = {
+    "hex": _hex, "int": _int64, "count": _small, "ints": _ints, "decimals": _decimals,
+    "hexes": _hexes,
+    "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+    "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "neighbours": _neighbours, "result": lambda v: v in ("valid", "invalid"),
+    "dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+    "rule": lambda v: isinstance(v, dict) and v.get("rule") in {r.value for r in Rule},
+}
+
+_COMMON_TEST = {"tcId": "int", "comment": "str", "flags": "strs", "result": "result"}
+_TEST_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    # type: (group fields, test fields)
+    "KdfTest": ({"label": "str"}, {"secret": "hex", "version": "int", "sessionId": "hex",
+                                   "clientIds": "ints", "key": "hex"}),
+    "PrgTest": ({"bits": "int"}, {"key": "hex", "length": "count", "mask": "decimals"}),
+    "ShamirShareTest": ({}, {"secret": "hex", "coefficients": "ints", "holders": "ints",
+                             "threshold": "int", "shares": "hexes"}),
+    "ShamirReconstructTest": ({}, {"holders": "ints", "shares": "hexes", "threshold": "int",
+                                   "secret": "hex"}),
+    "AeadTest": ({}, {"key": "hex", "nonce": "hex", "ciphertext": "hex", "aad": "hex",
+                      "plaintext": "hex"}),
+    "HararyGraphTest": ({"graph": "str"}, {"roster": "ints", "sessionId": "hex",
+                                           "neighbours": "neighbours"}),
+}
+_OP_FIELDS: dict[str, dict[str, str]] = {
+    "client_start": {"client": "int", "output": "hex"},
+    "client_handle": {"client": "int", "input": "hex", "output": "hex", "round": "str"},
+    "server_receive": {"client": "int", "message": "hex", "success": "bool"},
+    "server_close_round": {"success": "bool", "round": "str", "outputs": "list"},
+}
+
+
+def _need(where: str, obj: Any, fields: dict[str, str]) -> None:
+    if not isinstance(obj, dict):
+        raise ConfigurationError(f"{where}: expected a JSON object")
+    for key, kind in fields.items():
+        if key not in obj:
+            raise ConfigurationError(f"{where}: missing {key!r}")
+        if not _KIND[kind](obj[key]):
+            raise ConfigurationError(f"{where}: {key!r} is not a valid {kind}")
+
+
+def _check_primitive_file(name: str, data: Any) -> None:
+    """Every field a primitive case reads is present and of its type."""
+    _need(name, data, {"algorithm": "str", "testGroups": "list"})
+    for g, group in enumerate(data["testGroups"]):
+        where = f"{name} group {g}"
+        _need(where, group, {"type": "str", "tests": "list"})
+        if group["type"] not in _TEST_FIELDS:
+            raise ConfigurationError(f"{where}: unknown test type {group['type']!r}"[:200])
+        group_fields, test_fields = _TEST_FIELDS[group["type"]]
+        _need(where, group, group_fields)
+        for t, test in enumerate(group["tests"]):
+            _need(f"{where} test {t}", test, {**_COMMON_TEST, **test_fields})
+
+
+def _check_round_file(name: str, data: Any) -> None:
+    """Every field a transcript replay reads is present and of its type
+    (the configuration is parsed, and its digest checked, here too)."""
+    _need(name, data, {"name": "str", "config": "dict", "randomness": "dict",
+                       "clients": "list", "operations": "list", "result": "dict"})
+    config_from_json(data["config"])
+    _need(f"{name} randomness", data["randomness"], {"serverSeed": "hex"})
+    for c, client in enumerate(data["clients"]):
+        where = f"{name} client {c}"
+        _need(where, client, {"id": "int", "input": "decimals", "randomSeed": "hex"})
+        for key in ("identityPrivateKey", "identityPublicKey"):
+            if key in client:
+                _need(where, client, {key: "hex"})
+    ids = {client["id"] for client in data["clients"]}
+    for o, op in enumerate(data["operations"]):
+        where = f"{name} operation {o + 1}"
+        _need(where, op, {"op": "str"})
+        if op["op"] not in _OP_FIELDS:
+            raise ConfigurationError(f"{where}: unknown op {op['op']!r}"[:200])
+        _need(where, op, _OP_FIELDS[op["op"]])
+        if op["op"] in ("client_start", "client_handle") and op["client"] not in ids:
+            raise ConfigurationError(f"{where}: client {op['client']} is not in 'clients'")
+        if op["op"] == "server_receive" and not op["success"]:
+            _need(where, op, {"error": "rule"})
+        for output in op.get("outputs", []) if op["op"] == "server_close_round" else []:
+            _need(f"{where} output", output, {"recipient": "int", "message": "hex"})
+    _need(f"{name} result", data["result"], {"aborted": "bool"})
+    if not data["result"]["aborted"]:
+        _need(f"{name} result", data["result"], {"survivors": "ints", "total": "decimals",
+                                                 "statuses": "dict"})
 
 
 # -- primitives ---------------------------------------------------------------

@@ -118,7 +118,8 @@ def epsilon(history: Sequence[Sequence[float]], delta: float,
 
     Returns ``0.0`` for an empty history and ``math.nan`` when the PRV
     accountant cannot bound this history (Opacus raises for some extreme
-    parameters); RDP always returns a number (possibly ``inf``).
+    parameters, or asks for more memory than exists); RDP always returns a
+    number (possibly ``inf``).
 
     Raises:
         ConfigurationError: when ``delta`` is not in (0, 1).
@@ -129,7 +130,9 @@ def epsilon(history: Sequence[Sequence[float]], delta: float,
     try:
         with _quiet_opacus():
             return _epsilon_cached(_as_history(history), float(delta), kind)
-    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError, MemoryError):
+        # MemoryError: the PRV accountant sizes its grid from the history and
+        # numpy refuses at once a grid of terabytes (e.g. 2^40 steps)
         if kind is AccountantKind.PRV:
             return math.nan
         raise
@@ -218,7 +221,9 @@ def epsilon_pld(history: Sequence[Sequence[float]], delta: float) -> float:
         raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
     try:
         return _pld_cached(_as_history(history), float(delta))
-    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError, MemoryError):
+        # MemoryError: the PLD's self-composition sizes its FFT from the step
+        # count and numpy refuses at once an array of terabytes (2^40 steps)
         return math.nan
 
 

@@ -241,23 +241,52 @@ class LedgerEntry:
             entry = cls(**data)
             _check_types(entry)
             return entry
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise LedgerError(f"not a valid ledger row: {exc}") from None
 
     @classmethod
     def from_json(cls, line: str) -> LedgerEntry:
         """Parse one line.
 
+        Every field must have its declared JSON type (an int is not a bool,
+        a number is not a string) and every history row must be
+        ``[sigma >= 0, 0 <= q <= 1, steps >= 0 integer]``, so that whatever
+        reads a row (``securefl audit``) can rely on its types.
+
         Raises:
-            SecureFLError: when the line is not a valid ledger row.
+            SecureFLError: when the line is not a valid ledger row (including
+                JSON nested too deeply to parse, or not a JSON object).
         """
         try:
-            data = json.loads(line, parse_constant=_refuse_constant)
+            data = _parse_object(line)
         except ValueError as exc:
             raise LedgerError(f"not a valid ledger row: {exc}") from None
-        if not isinstance(data, dict):
-            raise LedgerError("not a valid ledger row: not a JSON object")
         return cls.from_record(data)
+
+
+def _parse_object(text: str) -> dict[str, Any]:
+    """Parse one ledger line as a strict JSON object.
+
+    The lists of a record are a row's history and its ``[sigma, q, steps]``
+    rows of at least 7 characters (``[0,0,0]``): a line with denser brackets
+    is refused before parsing, as json would allocate a Python list (about
+    100 bytes) for each bracket (a 1 MB line of ``[`` would cost 100 MB), and
+    deep nesting (RecursionError in json) is refused the same way.
+
+    Raises:
+        ValueError: not strict JSON, too many lists, nested too deeply, or
+            not a JSON object.
+    """
+    if text.count("[") > 1 + len(text) // 7:
+        raise ValueError("too many lists for a ledger record (history rows are"
+                         " [sigma, q, steps])")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object but {type(data).__name__}")
+    return data
 
 
 def _is_int(value: Any) -> bool:
@@ -289,8 +318,9 @@ def _check_types(entry: LedgerEntry) -> None:
     history = entry.history
     if not isinstance(history, list) or not all(
             isinstance(r, list) and len(r) == 3 and _is_number(r[0]) and _is_number(r[1])
+            and math.isfinite(float(r[0])) and r[0] >= 0 and 0 <= r[1] <= 1
             and _is_int(r[2]) and r[2] >= 0 for r in history):
-        raise ValueError("history must be a list of [sigma, q, steps] rows")
+        raise ValueError("history must be a list of [sigma >= 0, 0 <= q <= 1, steps >= 0] rows")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -400,11 +430,9 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
         OSError: when the file cannot be read.
     """
     chain = LedgerChain(path=Path(path))
-    data = Path(path).read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
+    lines = Path(path).read_bytes().split(b"\n")  # the file's bytes are not kept twice
+    if lines.pop() != b"":  # the last element is b"" or the torn tail
         chain.torn_tail = True
-    lines = lines[:-1]  # the last element is b"" or the torn tail
     problems = chain.problems
     prev: str | None = None
     block: list[LedgerEntry] = []
@@ -416,9 +444,7 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
     for number, raw in enumerate(lines, start=1):
         where = f"line {number}"
         try:
-            record = json.loads(raw.decode("ascii"), parse_constant=_refuse_constant)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+            record = _parse_object(raw.decode("ascii"))
         except (ValueError, UnicodeDecodeError) as exc:
             chain.malformed = f"{where}: not a strict JSON object ({exc})"
             problems.append(chain.malformed)
@@ -453,10 +479,14 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
             block.append(entry)
         elif kind == "commit":
             try:
-                commit = Commit(round=int(record["round"]), stage=str(record["stage"]),
-                                rows=int(record["rows"]), head=str(record["prev"]),
+                if not (_is_int(record["round"]) and _is_int(record["rows"])
+                        and isinstance(record["stage"], str)
+                        and isinstance(record["prev"], str)):
+                    raise TypeError("round and rows must be integers, stage and prev strings")
+                commit = Commit(round=record["round"], stage=record["stage"],
+                                rows=record["rows"], head=record["prev"],
                                 digest=digest, line=number)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError) as exc:
                 chain.malformed = f"{where}: malformed commit ({exc})"
                 problems.append(chain.malformed)
                 return chain
@@ -674,7 +704,8 @@ def read_ledger(path: str | os.PathLike[str]) -> list[LedgerEntry]:
 
     Raises:
         OSError: when it cannot be read.
-        SecureFLError: naming the first malformed line.
+        SecureFLError: naming the first malformed line (bytes that are not
+            UTF-8 included).
     """
     chain = load_ledger(path)
     if chain.malformed is not None:

@@ -65,7 +65,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.validation import check_input_vector, check_message_fields
 
 
 class ServerState(enum.Enum):
@@ -256,6 +256,7 @@ class ServerSession:
         if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self._peers:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if type(sender) is int else None, round=rnd)
+        check_message_fields(message, rnd)
         if msg_round is not rnd:
             when = "late" if msg_round < rnd else "early"
             raise RemoteProtocolError(Rule.WRONG_ROUND,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,3 +38,43 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
     return vector.astype(np.uint64)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": _is_id,
+    "bytes": lambda v: type(v) is bytes,
+    "bytes | None": lambda v: v is None or type(v) is bytes,
+    "tuple[int, ...]": lambda v: isinstance(v, tuple) and all(_is_id(x) for x in v),
+    "Mapping[int, bytes]": lambda v: isinstance(v, Mapping) and all(
+        _is_id(k) and type(x) is bytes for k, x in v.items()),
+}
+
+
+def check_message_fields(message: Any, rnd: Round) -> None:
+    """Check that every field of a decoded message has its declared type:
+    ids are ints (never bools), byte fields are ``bytes``, id maps are
+    mappings from ints to ``bytes``, id lists are tuples of ints.  A decoder
+    other than the wire codec (or none) may hand a session anything; this is
+    what the session can rely on afterwards.  Fields whose declared type is
+    not listed here (e.g. the masked vector) are checked by their handler.
+
+    Raises:
+        RemoteProtocolError: rule ``MALFORMED``, naming the field.
+    """
+    sender = getattr(message, "sender", None)
+    peer = int(sender) if _is_id(sender) else None
+    for spec in dataclasses.fields(message):
+        check = _FIELD_CHECKS.get(spec.type) if isinstance(spec.type, str) else None
+        if check is None:
+            continue
+        try:
+            ok = check(getattr(message, spec.name, None))
+        except Exception:  # a hostile object whose iteration or comparison raises
+            ok = False
+        if not ok:
+            raise RemoteProtocolError(Rule.MALFORMED, f"field {spec.name} is not {spec.type}",
+                                      peer=peer, round=rnd)

@@ -12,7 +12,9 @@ Decoding is strict.  :func:`decode` raises
 field shorter or longer than its fixed size, a duplicated or out-of-range
 client id, a masked vector whose byte length is not a multiple of its element
 width, an envelope without a body, or any non-canonical encoding (which also
-catches unknown fields and repeated singular fields).
+catches unknown fields, repeated singular fields, and per-client entries
+that are not in ascending id order).  Whatever decodes re-encodes to exactly
+the bytes received.
 """
 
 from __future__ import annotations
@@ -256,7 +258,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         config: when given, a :class:`MaskedInput` must also have the
             configuration's element width (``MALFORMED``), ``vector_length``
             entries (``WRONG_LENGTH``) and entries below ``2^bits``
-            (``VALUE_OUT_OF_RANGE``).
+            (``VALUE_OUT_OF_RANGE``), and no repeated field (id lists,
+            per-client entries) may hold more entries than the session has
+            clients (``OVERSIZED_FIELD``), which bounds the memory a decode
+            takes by the session size.
         expect: when given, the message class(es) acceptable here; any other
             kind is refused with rule ``WRONG_ROUND``.
 
@@ -278,6 +283,14 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         raise WireFormatError(f"protocol version {inner.version} is not supported (only"
                               f" {WIRE_VERSION})", reason=WireIssue.UNKNOWN_VERSION.value,
                               field=f"{body}.version", rule=Rule.UNSUPPORTED_VERSION)
+    if config is not None:
+        # every repeated field holds at most one entry per invited client
+        for spec, value in inner.ListFields():
+            if spec.label == spec.LABEL_REPEATED and len(value) > config.num_clients:
+                raise WireFormatError(f"{spec.name} has {len(value)} entries, the session has"
+                                      f" {config.num_clients} clients",
+                                      reason=WireIssue.OVERSIZED_FIELD.value,
+                                      field=f"{body}.{spec.name}", peer=_sender_field(inner))
     envelope.DiscardUnknownFields()
     if envelope.SerializeToString(deterministic=True) != raw:
         raise WireFormatError("not the canonical encoding (unknown or repeated fields, or"
@@ -290,6 +303,11 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
                               f" {' or '.join(names)})", reason=WireIssue.UNEXPECTED_MESSAGE.value,
                               rule=Rule.WRONG_ROUND, peer=_peer_of(message))
     return message
+
+
+def _sender_field(inner: Any) -> int | None:
+    sender = getattr(inner, "sender", None)
+    return int(sender) if sender and 1 <= sender <= MAX_CLIENT_ID else None
 
 
 def _peer_of(message: Message) -> int | None:
@@ -314,21 +332,33 @@ def _check_id(value: int, field: str, peer: int | None) -> int:
 
 
 def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, ...]:
-    ids = tuple(_check_id(v, field, peer) for v in values)
-    if len(set(ids)) != len(ids):
+    # checked as one uint32 array (4 bytes an id) before any Python int is made
+    ids = np.fromiter(values, dtype=np.uint32, count=len(values))
+    if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID):
+        bad = int(ids[(ids < 1) | (ids > MAX_CLIENT_ID)][0])
+        raise WireFormatError(f"{field} {bad} is not a client id (1..{MAX_CLIENT_ID})",
+                              reason=WireIssue.INVALID_ID.value, field=field, peer=peer)
+    if ids.size > 1 and not np.all(np.diff(np.sort(ids).astype(np.int64))):
         raise WireFormatError(f"{field} lists a client id twice",
                               reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
-    return ids
+    return tuple(ids.tolist())
 
 
 def _keyed(entries: Iterable[Any], id_attr: str, value_attr: str, size: int, field: str,
            peer: int | None) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
+    last = 0
     for entry in entries:
         key = _check_id(getattr(entry, id_attr), f"{field}.{id_attr}", peer)
         if key in out:
             raise WireFormatError(f"{field} has two entries for client {key}",
                                   reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
+        if key < last:
+            # the message keeps its maps sorted: any other order is a second
+            # encoding of the same message
+            raise WireFormatError(f"{field} is not in ascending {id_attr} order",
+                                  reason=WireIssue.NON_CANONICAL.value, field=field, peer=peer)
+        last = key
         out[key] = _fixed(getattr(entry, value_attr), size, f"{field}.{value_attr}", peer)
     return out
 
