@@ -93,3 +93,30 @@ def test_a_client_weighting_by_examples_accounts_and_guards_replace_one() -> Non
     assert examples.epsilon() == epsilon_replace_one_rdp(examples.history, 1e-5) <= 4.0
     with pytest.raises(PrivacyBudgetExceededError, match=r"client 2 refuses.*replace-one"):
         examples.check_budget()
+
+
+def test_a_hostile_history_cannot_exhaust_the_auditors_memory() -> None:
+    # A ledger row may claim any step count; the grid accountants' memory
+    # grows with it (terabytes at 2^40 steps).  Under a 3 GiB address-space
+    # limit every accountant must answer at once: RDP with a number, the grid
+    # accountants with NaN (unverifiable, which the audit fails), never a
+    # MemoryError or an OOM kill.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import math, resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        from securefl.privacy import accounting as a
+        for steps in (a.MAX_GRID_STEPS + 1, 2**40):
+            h = [(1.0, 0.5, steps)]
+            assert math.isfinite(a.epsilon(h, 1e-5, "rdp"))
+            assert math.isnan(a.epsilon(h, 1e-5, "prv"))
+            assert math.isnan(a.epsilon_pld(h, 1e-5))
+            assert math.isnan(a.epsilon_replace_one_pld(h, 1e-5))
+        print("bounded")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0 and "bounded" in out.stdout, out.stderr[-2000:]

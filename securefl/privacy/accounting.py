@@ -66,6 +66,19 @@ HistoryRow = tuple[float, float, int]
 
 History = tuple[HistoryRow, ...]
 
+MAX_GRID_STEPS = 1_000_000
+"""The most DP-SGD steps (summed over a history) that the grid-based
+accountants (Opacus PRV, dp-accounting PLD) are asked to compose.  Their
+memory grows with the step count (about 0.7 GB at 10^5 steps, terabytes at
+2^40), so a hostile ledger could otherwise exhaust the auditor's memory;
+beyond the cap they return NaN (unverifiable), which the audit fails.  Real
+runs take thousands of steps; RDP has no cap (it is a product)."""
+
+
+def _beyond_grid(history: History) -> bool:
+    """Whether a history has more steps than the grid accountants compose."""
+    return sum(max(steps, 0) for _, _, steps in history) > MAX_GRID_STEPS
+
 
 def _as_history(history: Sequence[Sequence[float]]) -> History:
     rows = []
@@ -107,6 +120,8 @@ def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> flo
             orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
         )
         return float(eps)
+    if _beyond_grid(history):
+        return math.nan
     accountant = PRVAccountant()
     accountant.history = [row for row in history if row[2] > 0]
     return float(accountant.get_epsilon(delta=delta))
@@ -200,6 +215,8 @@ def _pld_cached(history: History, delta: float) -> float:
         return 0.0
     if _noiseless(history):
         return math.inf
+    if _beyond_grid(history):
+        return math.nan
     accountant = dp_accounting.pld.PLDAccountant(
         value_discretization_interval=PLD_DISCRETIZATION)
     for sigma, q, steps in history:
@@ -422,6 +439,8 @@ def _replace_one_pld_cached(history: History, delta: float) -> float:
 
     if _noiseless(history):
         return math.inf
+    if _beyond_grid(history):
+        return math.nan
     accountant = dp_accounting.pld.PLDAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     for sigma, q, steps in history:
