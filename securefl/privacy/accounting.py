@@ -22,6 +22,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -176,6 +177,17 @@ def _quiet_absl() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _compose_poisson_gaussian(accountant: Any, history: History) -> None:
+    """Compose a history into a dp-accounting accountant: each row is
+    ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`` taken ``steps`` times."""
+    import dp_accounting
+
+    for sigma, q, steps in history:
+        if steps > 0:
+            accountant.compose(dp_accounting.PoissonSampledDpEvent(
+                q, dp_accounting.GaussianDpEvent(sigma)), steps)
+
+
 @functools.lru_cache(maxsize=4096)
 def _dp_accounting_cached(history: History, delta: float) -> float:
     import dp_accounting
@@ -186,11 +198,7 @@ def _dp_accounting_cached(history: History, delta: float) -> float:
         return math.inf
     accountant = dp_accounting.rdp.RdpAccountant()
     with _quiet_absl():
-        for sigma, q, steps in history:
-            if steps > 0:
-                event = dp_accounting.PoissonSampledDpEvent(
-                    q, dp_accounting.GaussianDpEvent(sigma))
-                accountant.compose(event, steps)
+        _compose_poisson_gaussian(accountant, history)
         return float(accountant.get_epsilon(delta))
 
 
@@ -219,10 +227,7 @@ def _pld_cached(history: History, delta: float) -> float:
         return math.nan
     accountant = dp_accounting.pld.PLDAccountant(
         value_discretization_interval=PLD_DISCRETIZATION)
-    for sigma, q, steps in history:
-        if steps > 0:
-            accountant.compose(dp_accounting.PoissonSampledDpEvent(
-                q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    _compose_poisson_gaussian(accountant, history)
     return float(accountant.get_epsilon(delta))
 
 
@@ -443,10 +448,7 @@ def _replace_one_pld_cached(history: History, delta: float) -> float:
         return math.nan
     accountant = dp_accounting.pld.PLDAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    for sigma, q, steps in history:
-        if steps > 0:
-            accountant.compose(dp_accounting.PoissonSampledDpEvent(
-                q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    _compose_poisson_gaussian(accountant, history)
     return float(accountant.get_epsilon(delta))
 
 
