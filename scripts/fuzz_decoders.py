@@ -388,7 +388,8 @@ def mutate_json(rng: random.Random, value: Any) -> Any:
 
 def dump_json(rng: random.Random, value: Any) -> bytes:
     """Serialise, sometimes with a byte-level mutation on top."""
-    text = json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
+    dumped = json.dumps(value, allow_nan=True)  # strict-json: fuzz input
+    text = dumped.encode("utf-8", "surrogatepass")
     if rng.random() < 0.15:
         text = mutate_bytes(rng, text, max_len=1 << 20)
     return text
@@ -955,11 +956,12 @@ def ledger_largest() -> list[bytes]:
     many = path.read_bytes()
     row = {**ledger_rows()[0], "type": "row", "prev": None}
     row["history"] = [[1.1, 0.01, 50]] * 50_000
-    long_history = header + json.dumps(row).encode() + b"\n"
+    long_history = header + json.dumps(row).encode() + b"\n"  # strict-json: fuzz input
     row["history"] = [[]] * 300_000
-    empties = header + json.dumps(row).encode() + b"\n"
+    empties = header + json.dumps(row).encode() + b"\n"  # strict-json: fuzz input
     row["history"] = [[0, 0, 0]] * 100_000
-    compact = header + json.dumps(row, separators=(",", ":")).encode() + b"\n"
+    packed = json.dumps(row, separators=(",", ":"))  # strict-json: fuzz input
+    compact = header + packed.encode() + b"\n"
     return [many, long_history, empties, compact, header + b"[" * 1_000_000 + b"\n"]
 
 
@@ -1104,7 +1106,7 @@ def config_largest() -> list[Any]:
 def json_size(item: Any) -> int:
     """Bytes of the JSON text of an input."""
     try:
-        return len(json.dumps(item, default=str))
+        return len(json.dumps(item, default=str))  # strict-json: fuzz input
     except (ValueError, TypeError, RecursionError):
         return 64
 

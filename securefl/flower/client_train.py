@@ -73,6 +73,7 @@ def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
             "server_momentum": float(c.get("server-momentum", 0.5)),
             "threshold": _opt(c.get("threshold"), int), "seed": int(c.get("seed", 0)),
             "sample_rate": float(c.get("sample-rate", DEFAULT_SAMPLE_RATE)),
+            "local_epochs": int(c.get("local-epochs", 1)),
             "weighting": Weighting(str(c.get("weighting", Weighting.UNIFORM.value))),
             "insecure_reproducible_noise": _flag(c.get("insecure-reproducible-noise", False)),
         }
@@ -89,7 +90,8 @@ def dp_config(run_config: Mapping[str, Any]) -> DPConfig:
         target = DEFAULT_TARGET_EPSILON
     return DPConfig(max_grad_norm=1.0, noise_multiplier=noise, target_epsilon=target,
                     delta=1e-5, planned_rounds=v["rounds"], sample_rate=v["sample_rate"],
-                    batch_size=v["batch_size"], local_epochs=1, max_local_steps=None,
+                    batch_size=v["batch_size"], local_epochs=v["local_epochs"],
+                    max_local_steps=None,
                     lr=v["lr"], accountant=AccountantKind.RDP, epsilon_budget=None,
                     insecure_reproducible_noise=v["insecure_reproducible_noise"])
 

@@ -24,7 +24,8 @@ Run config keys (``[tool.flwr.app.config]``, override with ``--run-config``):
 ``num-rounds``, ``num-clients``, ``seed``, ``noise-multiplier`` (0: use
 ``target-epsilon``), ``target-epsilon``, ``batch-size``, ``lr``, ``hidden``,
 ``alpha``, ``clip-range``, ``bits``, ``server-momentum``, ``threshold`` (0:
-default), ``sample-rate`` (public Poisson rate, default 0.5), ``weighting``
+default), ``sample-rate`` (public Poisson rate, default 0.5), ``local-epochs``
+(default 1: a Flower round costs a node half the simulator's default), ``weighting``
 (``uniform``, the default, or ``examples``: replace-one epsilons),
 ``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``;
 nodes refuse it), ``mode`` (``semi-honest``/``active``; empty: active when
