@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
-from securefl.privacy.accounting import AccountantKind, HistoryRow, epsilon, epsilons
+from securefl.privacy.accounting import (
+    AccountantKind,
+    HistoryRow,
+    epsilon,
+    epsilon_replace_one_rdp,
+    epsilons,
+    epsilons_for,
+)
 
 __all__ = ["PrivacyBudget", "compose", "projected_epsilon"]
 
@@ -35,11 +42,14 @@ class PrivacyBudget:
         object.__setattr__(self, "accountant", AccountantKind(self.accountant))
 
     def check(self, history: Sequence[HistoryRow], planned: Sequence[HistoryRow],
-              *, who: str = "client") -> float:
-        """Return the epsilon (by :attr:`accountant`) the client would have
-        after ``planned`` steps, provided that **every** accountant of
-        :data:`~securefl.privacy.accounting.ACCOUNTANTS` keeps it within the
-        budget (the audit fails a run on any of them).
+              *, who: str = "client", adjacency: str = "add-remove-one") -> float:
+        """Return the epsilon the client would have after ``planned`` steps,
+        provided that **every** accountant of its ``adjacency`` keeps it within
+        the budget (the audit fails a run on any of them): for add/remove-one
+        the four of :data:`~securefl.privacy.accounting.ACCOUNTANTS` (the epsilon
+        returned is :attr:`accountant`'s), for replace-one the two of
+        :data:`~securefl.privacy.accounting.REPLACE_ONE_ACCOUNTANTS` (the
+        replace-one RDP bound is returned).
 
         Raises:
             PrivacyBudgetExceededError: when that epsilon exceeds the budget by
@@ -47,19 +57,27 @@ class PrivacyBudget:
                 client, the epsilon so far, the projected epsilon, the
                 accountant that exceeds and the budget.
         """
-        before = epsilon(history, self.delta, self.accountant)
         composed = compose(history, planned)
-        values = epsilons(composed, self.delta, stop_above=self.epsilon)
+        if adjacency == "add-remove-one":
+            before = epsilon(history, self.delta, self.accountant)
+            spent = f"{self.accountant.value}"
+            values = epsilons(composed, self.delta, stop_above=self.epsilon)
+        else:
+            before = epsilon_replace_one_rdp(history, self.delta)
+            spent = "replace-one RDP bound"
+            values = epsilons_for(composed, self.delta, adjacency)
         over = {name: value for name, value in values.items()
                 if not value <= self.epsilon}  # also refuses NaN
         if over:
             name, value = next(iter(over.items()))
             raise PrivacyBudgetExceededError(
                 f"{who} refuses the round: it has spent epsilon {before:.3f}"
-                f" ({self.accountant.value}) and this round would take it to {value:.3f}"
+                f" ({spent}) and this round would take it to {value:.3f}"
                 f" by {name} > its budget {self.epsilon:g} (delta {self.delta:g})"
             )
-        return epsilon(composed, self.delta, self.accountant)
+        if adjacency == "add-remove-one":
+            return epsilon(composed, self.delta, self.accountant)
+        return values["replace-one-rdp"]
 
 
 def compose(history: Sequence[HistoryRow], planned: Sequence[HistoryRow]) -> list[HistoryRow]:

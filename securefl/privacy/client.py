@@ -41,17 +41,16 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
+from securefl.errors import ConfigurationError
 from securefl.privacy.accounting import (
     AccountantKind,
     HistoryRow,
     epsilon,
     epsilon_replace_one_rdp,
-    epsilons_for,
     noise_multiplier_for,
     noise_multiplier_for_replace_one,
 )
-from securefl.privacy.budget import PrivacyBudget, compose
+from securefl.privacy.budget import PrivacyBudget
 from securefl.privacy.noise import (
     ClientRandomness,
     NoiseSource,
@@ -396,23 +395,8 @@ class PrivateClient:
         if budget is None:
             return None
         who = f"client {self.client_id}"
-        if self.adjacency is Adjacency.ADD_REMOVE_ONE:
-            return budget.check(self.history, self.planned_round(), who=who)
-        # replace-one: held to the budget by both replace-one accountants,
-        # as `securefl audit` holds it
-        before = epsilon_replace_one_rdp(self.history, budget.delta)
-        composed = compose(self.history, self.planned_round())
-        values = epsilons_for(composed, budget.delta, self.adjacency.value)
-        over = {name: value for name, value in values.items()
-                if not value <= budget.epsilon}  # also refuses NaN
-        if over:
-            name, value = next(iter(over.items()))
-            raise PrivacyBudgetExceededError(
-                f"{who} refuses the round: it has spent epsilon {before:.3f} (replace-one RDP"
-                f" bound) and this round would take it to {value:.3f} by {name} > its budget"
-                f" {budget.epsilon:g} (delta {budget.delta:g})"
-            )
-        return values["replace-one-rdp"]
+        return budget.check(self.history, self.planned_round(), who=who,
+                            adjacency=self.adjacency.value)
 
     # -- training -----------------------------------------------------------------
 
