@@ -106,12 +106,24 @@ def _noiseless(history: History) -> bool:
     return any(steps > 0 and not sigma > 0 for sigma, _, steps in history)
 
 
-@functools.lru_cache(maxsize=4096)
-def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> float:
-    if not history or all(steps == 0 for _, _, steps in history):
+def _trivial(history: History, *, grid: bool = False) -> float | None:
+    """The epsilon every accountant agrees on without computing: 0.0 for no
+    steps, ``inf`` for a step without noise, and (``grid``: PRV and PLD)
+    ``nan`` beyond :data:`MAX_GRID_STEPS`; None when it must be computed."""
+    if not any(steps > 0 for _, _, steps in history):
         return 0.0
     if _noiseless(history):
         return math.inf
+    if grid and _beyond_grid(history):
+        return math.nan
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> float:
+    known = _trivial(history, grid=kind is not AccountantKind.RDP)
+    if known is not None:
+        return known
     if kind is AccountantKind.RDP:
         # Opacus's RDPAccountant.get_privacy_spent, with the per-step RDP
         # cached: RDP composes additively, so steps * rdp(1 step) is exactly
@@ -121,8 +133,6 @@ def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> flo
             orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
         )
         return float(eps)
-    if _beyond_grid(history):
-        return math.nan
     accountant = PRVAccountant()
     accountant.history = [row for row in history if row[2] > 0]
     return float(accountant.get_epsilon(delta=delta))
@@ -192,10 +202,9 @@ def _compose_poisson_gaussian(accountant: Any, history: History) -> None:
 def _dp_accounting_cached(history: History, delta: float) -> float:
     import dp_accounting
 
-    if not any(steps > 0 for _, _, steps in history):
-        return 0.0
-    if _noiseless(history):
-        return math.inf
+    known = _trivial(history)
+    if known is not None:
+        return known
     accountant = dp_accounting.rdp.RdpAccountant()
     with _quiet_absl():
         _compose_poisson_gaussian(accountant, history)
@@ -219,12 +228,9 @@ def epsilon_dp_accounting(history: Sequence[Sequence[float]], delta: float) -> f
 def _pld_cached(history: History, delta: float) -> float:
     import dp_accounting
 
-    if not any(steps > 0 for _, _, steps in history):
-        return 0.0
-    if _noiseless(history):
-        return math.inf
-    if _beyond_grid(history):
-        return math.nan
+    known = _trivial(history, grid=True)
+    if known is not None:
+        return known
     accountant = dp_accounting.pld.PLDAccountant(
         value_discretization_interval=PLD_DISCRETIZATION)
     _compose_poisson_gaussian(accountant, history)
@@ -394,10 +400,9 @@ def _rdp_at_integer_orders(noise_multiplier: float, sample_rate: float) -> np.nd
 
 @functools.lru_cache(maxsize=4096)
 def _replace_one_rdp_cached(history: History, delta: float) -> float:
-    if not history or all(steps == 0 for _, _, steps in history):
-        return 0.0
-    if _noiseless(history):
-        return math.inf
+    known = _trivial(history)
+    if known is not None:
+        return known
     composed = sum(steps * _rdp_at_integer_orders(sigma, q)
                    for sigma, q, steps in history if steps > 0)
     orders = np.asarray(_REPLACE_ONE_ORDERS)
@@ -442,10 +447,9 @@ def epsilon_replace_one_rdp(history: Sequence[Sequence[float]], delta: float) ->
 def _replace_one_pld_cached(history: History, delta: float) -> float:
     import dp_accounting
 
-    if _noiseless(history):
-        return math.inf
-    if _beyond_grid(history):
-        return math.nan
+    known = _trivial(history, grid=True)
+    if known is not None:
+        return known
     accountant = dp_accounting.pld.PLDAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     _compose_poisson_gaussian(accountant, history)
