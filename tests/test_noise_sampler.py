@@ -154,3 +154,15 @@ def test_every_table_is_a_distribution_within_its_bound(mean: float) -> None:
     assert table.offset <= mean <= table.offset + table.size
     assert table.distance_bound < 2.0**-36
     assert noise.statistical_distance_bound(2 * mean) == 2 * table.distance_bound
+
+
+@settings(max_examples=30, deadline=None)
+@given(mean=st.floats(1e-3, 1e7), words=st.lists(st.integers(0, 2**64 - 1), max_size=50))
+def test_guide_table_lookup_equals_the_binary_search(mean: float, words: list[int]) -> None:
+    table = noise.poisson_table(mean)
+    # edge words: 0, 2^64-1, and every threshold and its predecessor
+    edge = [0, 2**64 - 1, *(int(c) for c in table.thresholds[:20]),
+            *(int(c) - 1 for c in table.thresholds[:20] if c)]
+    u = np.array(words + edge, dtype=np.uint64)
+    plain = np.searchsorted(table.thresholds, u, side="right").astype(np.int64) + table.offset
+    assert np.array_equal(table.lookup(u), plain)
