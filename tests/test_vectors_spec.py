@@ -92,6 +92,7 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             + b"".join(struct.pack(">I", i) for i in sorted(c["clientIds"]))
             + struct.pack(">I", len(graph)) + graph + struct.pack(">I", len(context)) + context
             + struct.pack(">I", max(c["threshold"], c["minSurvivors"]))
+            + _noise_plan_bytes(c)
         ).digest()
         assert digest.hex() == c["digest"], path.name
         roster_op = next(op for op in data["operations"] if op["op"] == "server_close_round")
@@ -101,7 +102,8 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
         sid = hashlib.sha256(
             b"securefl/secagg/v1/session-id" + digest + struct.pack(">I", len(roster.entries))
             + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                       + e.seed_commitment for e in roster.entries)).digest()
+                       + e.seed_commitment + b"".join(e.noise_commitments)
+                       for e in roster.entries)).digest()
         shares_op = next(op for op in data["operations"] if op["op"] == "client_handle")
         shares = pb.SecAggMessage.FromString(bytes.fromhex(shares_op["output"]))
         assert shares.encrypted_shares.session_id == sid, path.name
@@ -118,6 +120,14 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             assert client["seedCommitment"] == commitment.hex()
             if client["id"] in entries:
                 assert entries[client["id"]].seed_commitment == commitment
+            # [NZ-2]: one commitment per excess-noise seed, advertised in order
+            noise_commitments = [hashlib.sha256(
+                b"securefl/secagg/v1/noise-seed-commitment" + digest
+                + struct.pack(">II", client["id"], j) + bytes.fromhex(seed)).digest()
+                for j, seed in enumerate(client.get("noiseSeeds", []))]
+            assert [x.hex() for x in noise_commitments] == client.get("noiseCommitments", [])
+            if client["id"] in entries:
+                assert list(entries[client["id"]].noise_commitments) == noise_commitments
             scalar = bytes.fromhex(client["maskingPrivateKey"])
             assert scalar[0] & 7 == 0 and scalar[31] & 0xC0 == 0x40, "not clamped"
         # the self mask key of every client that shared is the spec's derivation
@@ -126,6 +136,23 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
                 key = hkdf(bytes.fromhex(client["selfMaskSeed"]),
                            spec_info("self-mask", 1, sid, [client["id"]]))
                 assert key.hex() == client["selfMaskKey"]
+            # [NZ-3]: excess-noise keys are HKDF of the seed, label noise/excess
+            for j, seed in enumerate(client.get("noiseSeeds", []) if "selfMaskKey" in client
+                                     else []):
+                key = hkdf(bytes.fromhex(seed), spec_info("noise/excess", 1, sid,
+                                                          [client["id"], j]))
+                assert key.hex() == client["excessNoiseKeys"][j]
+
+
+def _noise_plan_bytes(c: dict) -> bytes:  # type: ignore[type-arg]
+    """SPEC [NZ-1]: the plan's bytes appended to the digest input (none without)."""
+    if "noise" not in c:
+        return b""
+    plan = c["noise"]
+    kind = plan["calibration"].encode()
+    body = (b"noise-plan/skellam" + struct.pack(">B", len(kind)) + kind
+            + struct.pack(">dd", plan["targetVariance"], plan["tolerance"]))
+    return struct.pack(">I", len(body)) + body
 
 
 def test_masked_inputs_follow_the_spec_formula() -> None:
@@ -146,7 +173,9 @@ def test_masked_inputs_follow_the_spec_formula() -> None:
             me = clients[u]
             delivery = pb.SecAggMessage.FromString(bytes.fromhex(op["input"])).share_delivery
             sid = delivery.session_id
-            total = [int(x) for x in me["input"]]
+            # [NZ-4]: the noise is added to the encoded input before the masks
+            total = [int(x) + int(z) for x, z in zip(
+                me["input"], me.get("noise", ["0"] * m), strict=True)]
             masks = [spec_prg(bytes.fromhex(me["selfMaskKey"]), bits, m)]
             signs = [1]
             private = X25519PrivateKey.from_private_bytes(bytes.fromhex(me["maskingPrivateKey"]))
