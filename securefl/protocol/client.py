@@ -285,15 +285,15 @@ class ClientSession:
             if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
                 self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd,
                            peer=e.sender)
-            commitments = tuple(e.noise_commitments)
-            if len(commitments) != self._components or any(
+            commitments = e.noise_commitments
+            if not isinstance(commitments, tuple) or len(commitments) != self._components or any(
                     not isinstance(c, bytes) or len(c) != d.SEED_COMMITMENT_BYTES
                     for c in commitments):
                 self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
                            " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
         own = next((e for e in msg.entries if e.sender == self.client_id), None)
         if own is None or (own.encryption_key, own.masking_key, own.seed_commitment,
-                           tuple(own.noise_commitments)) != (
+                           own.noise_commitments) != (
                 self._advert.encryption_key, self._advert.masking_key,
                 self._advert.seed_commitment, self._advert.noise_commitments):
             self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
@@ -349,8 +349,10 @@ class ClientSession:
                            peer=holder)
             key = d.share_encryption_key(secret, sid, self.client_id, holder)
             share_keys[holder] = key
+            # (noise shares only with a plan: the call is then exactly as without one)
+            extra = (noise_shares,) if noise_shares else ()
             ciphertexts[holder] = d.encrypt_shares(key, sid, self.client_id, holder,
-                                                   key_share, seed_share, noise_shares)
+                                                   key_share, seed_share, *extra)
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
@@ -498,8 +500,13 @@ class ClientSession:
         """SPEC [NZ-5]: the request must ask for exactly the excess seeds the
         public rule selects for ``survivors``; reveal this client's shares of
         those (of survivors it holds shares of) and nothing else."""
-        asked = tuple(msg.noise_removals)
+        asked = msg.noise_removals
         selected = () if self._layout is None else self._layout.removals(survivors)
+        if not isinstance(asked, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in p) for p in asked):
+            self._fail(Rule.MALFORMED, "noise_removals must be a tuple of (client, component)"
+                       " int pairs", rnd)
         if asked != selected:
             extra = sorted(set(asked) - set(selected))[:10]
             missing = sorted(set(selected) - set(asked))[:10]

@@ -295,7 +295,7 @@ class ServerSession:
             raise RemoteProtocolError(Rule.MALFORMED, "the seed commitment is"
                                       f" {d.SEED_COMMITMENT_BYTES} bytes", peer=msg.sender,
                                       round=rnd)
-        noise_commitments = tuple(msg.noise_commitments)
+        noise_commitments = msg.noise_commitments  # a tuple ([NZ-2]; checked on receipt)
         if len(noise_commitments) != self._components or any(
                 not isinstance(c, bytes) or len(c) != d.SEED_COMMITMENT_BYTES
                 for c in noise_commitments):
