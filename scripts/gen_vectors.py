@@ -647,7 +647,7 @@ def round_vectors() -> dict[str, dict[str, Any]]:
             {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
         "round_noise_semi_honest_dropouts": round_vector(
             "noise-semi-honest-dropouts",
-            "Distributed Skellam noise (SPEC.md section 11): four clients, threshold 2,"
+            "Distributed Skellam noise (SPEC.md section 16): four clients, threshold 2,"
             " 20-bit ring, target variance 50 with removable excess (tolerance 0.1, so"
             " J = 2 excess seeds a client, committed in R0 and shared in R1 beside the"
             " self-mask seed).  Client 4 drops after sharing keys, client 3 after its masked"

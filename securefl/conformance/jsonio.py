@@ -23,7 +23,7 @@ DEFAULT_SCHEMA_DIR = ROOT / "protocols" / "secagg" / "v1" / "schemas"
 
 def config_to_json(config: SecAggConfig) -> dict[str, Any]:
     """The JSON form of a configuration (SPEC.md section 3), with its digest
-    (and its noise plan, SPEC.md section 11, only when it has one)."""
+    (and its noise plan, SPEC.md section 16, only when it has one)."""
     out = {
         "numClients": config.num_clients,
         "vectorLength": config.vector_length,

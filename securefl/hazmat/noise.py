@@ -15,7 +15,7 @@ derived with HKDF from a secret seed and a domain-separation label
 regenerate).  The keystream is the mask PRG's (:mod:`securefl.hazmat.prg`)
 read as little-endian 64-bit words: a Skellam vector of length ``m`` uses
 words ``0..m-1`` for ``X`` and words ``m..2m-1`` for ``Y`` (normative, see
-SPEC.md section "Distributed noise").
+SPEC.md section 16, [NZ-4]).
 
 Method and exactness: Poisson(lam) is sampled by inverse CDF over an integer
 table.  The support is cut where a tail holds less than 2^-100 (12 standard

@@ -130,7 +130,7 @@ class SecAggConfig:
         noise: optional :class:`~securefl.protocol.noise.NoisePlan`: every
             client adds distributed Skellam noise to its encoded input before
             masking, and the server removes the excess the public rule
-            selects (SPEC.md section 11).  ``None`` (default): no noise, and
+            selects (SPEC.md section 16).  ``None`` (default): no noise, and
             every message and derivation is exactly as without this field.
 
     Raises:

@@ -6,7 +6,7 @@ Parametrisation: ``Sk(mu)`` has variance ``mu`` (:mod:`securefl.hazmat.noise`);
 every variance here is per coordinate, in ring units (the integers of
 Z_{2^bits} after encoding).
 
-The layout (SPEC.md section 11).  With target variance ``V``, ``n`` configured
+The layout (SPEC.md section 16).  With target variance ``V``, ``n`` configured
 clients and ``f`` guaranteed survivors (``SecAggConfig.floor``: the protocol
 never releases a sum of fewer), every client adds
 
