@@ -94,3 +94,14 @@ def test_the_plan_is_bound_into_the_configuration_digest() -> None:
                SecAggConfig(10, 4, noise=NoisePlan(100.0, tolerance=1e-2)).digest(),
                SecAggConfig(10, 4, noise=NoisePlan(100.0, NoiseCalibration.THRESHOLD)).digest()}
     assert len(digests) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(3, 200), data=st.data())
+def test_at_the_floor_component_zero_is_kept_whole_and_with_everyone_nothing(
+        n: int, data: st.DataObject) -> None:
+    f = data.draw(st.integers(1, n - 1))
+    layout = NoisePlan(1e4).layout(n, f)
+    assert layout.kept_counts(f) == (f, *([0] * (layout.components - 1)))
+    assert layout.kept_counts(n) == (0,) * layout.components
+    assert len(layout.removals(list(range(1, n + 1)))) == n * layout.components

@@ -413,3 +413,39 @@ def test_noise_fields_round_trip_on_the_wire_and_are_canonical() -> None:
         decode(env.SerializeToString(deterministic=True), config=NOISY)
     assert info.value.reason == WireIssue.NON_CANONICAL.value  # type: ignore[attr-defined]
 
+
+
+def test_a_share_bundle_with_the_wrong_number_of_noise_shares_is_excluded_like_garbage() -> None:
+    """SPEC [NZ-3]: a ciphertext that authenticates but carries another number of
+    noise-seed shares (the server checks lengths, so only a sender colluding
+    with a server that skips that check can deliver one) makes the recipient
+    exclude the sender, as [R2-5]."""
+    fed = Federation(NOISY)
+    fed.advertise()
+    recipient, sender = 1, 2
+    fed.step()
+    key = fed.clients[sender]._share_keys[recipient]
+    sid = fed.clients[sender].session_id
+    assert sid is not None
+    wrong = d.encrypt_shares(key, sid, sender, recipient, b"\0" * 64, b"\0" * 64,
+                             [b"\0" * 64] * (NOISY.noise_components + 1))
+    delivery = fed.pending[recipient]
+    cts = dict(delivery.ciphertexts)
+    cts[sender] = wrong
+    masked = fed.answer(send=False,
+                        replace={recipient: dataclasses.replace(delivery, ciphertexts=cts)})
+    assert masked[recipient].excluded == (sender,)
+    assert all(masked[c].excluded == () for c in masked if c != recipient)
+
+
+def test_clients_refuse_a_roster_whose_noise_commitments_do_not_fit_the_plan() -> None:
+    fed = Federation(NOISY)
+    roster = fed.advertise()[1]
+    entries = list(roster.entries)
+    entries[2] = dataclasses.replace(entries[2],
+                                     noise_commitments=entries[2].noise_commitments[:-1])
+    bad = dataclasses.replace(roster, entries=tuple(entries))
+    with pytest.raises(RemoteProtocolError) as info:
+        fed.clients[1].handle(bad)
+    assert info.value.rule is Rule.MALFORMED and info.value.peer == entries[2].sender
+    assert fed.clients[1].state is ClientState.ABORTED
