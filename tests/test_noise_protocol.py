@@ -449,3 +449,16 @@ def test_clients_refuse_a_roster_whose_noise_commitments_do_not_fit_the_plan() -
         fed.clients[1].handle(bad)
     assert info.value.rule is Rule.MALFORMED and info.value.peer == entries[2].sender
     assert fed.clients[1].state is ClientState.ABORTED
+
+
+def test_the_server_removes_the_same_noise_with_an_executor() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = SecAggConfig(8, 300, bits=32, noise=NoisePlan(100.0))
+    inputs = _inputs(config, 4)
+    drop = {2: Round.MASKED_INPUT_COLLECTION}
+    alone = secure_sum(inputs, config, drop, rng=_rng("executor"))
+    with ThreadPoolExecutor(2) as pool:
+        pooled = secure_sum(inputs, config, drop, rng=_rng("executor"), executor=pool)
+    assert len(alone.noise_removed) > 2
+    assert np.array_equal(alone.total, pooled.total)

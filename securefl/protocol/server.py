@@ -698,12 +698,25 @@ class ServerSession:
         """SPEC [NZ-6]: regenerate every selected excess component from its
         reconstructed (commitment-checked) seed and subtract it, in the ring."""
         layout = self._layout
-        assert layout is not None and self.session_id is not None
+        sid = self.session_id
+        assert layout is not None and sid is not None
         m = self.config.vector_length
-        removed = np.zeros(m, dtype=np.int64)
-        for (v, j), seed in sorted(noise_seeds.items()):
-            key = d.excess_noise_key(seed, self.session_id, v, j)
-            removed += noise.skellam(layout.excess[j], m, key)
+        jobs = [(d.excess_noise_key(seed, sid, v, j), layout.excess[j])
+                for (v, j), seed in sorted(noise_seeds.items())]
+
+        def regenerate(group: list[tuple[bytes, float]]) -> np.ndarray:
+            part = np.zeros(m, dtype=np.int64)
+            for key, variance in group:
+                part += noise.skellam(variance, m, key)
+            return part
+
+        if self._executor is not None and self._workers > 1 and len(jobs) > 1:
+            # AES and numpy release the GIL: one accumulator per worker
+            groups = [jobs[i::self._workers] for i in range(self._workers)]
+            removed = sum(self._executor.map(regenerate, [g for g in groups if g]),
+                          np.zeros(m, dtype=np.int64))
+        else:
+            removed = regenerate(jobs)
         np.subtract(total, removed.astype(total.dtype), out=total)
         if self.config.bits < 8 * total.dtype.itemsize:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
