@@ -67,7 +67,9 @@ def test_a_node_returns_only_public_dp_parameters_by_default(tmp_path: Path) -> 
     assert replies[1]["dp-history"] == [1.1, 0.5, 4.0]  # accounting continues
     # the Context holds no accountant (it lives on disk) and nothing that
     # predicts the noise; the disk holds only what the node has spent
-    assert set(context.state.config_records) == {"securefl.partition"}
+    assert set(context.state.config_records) == {"securefl.partition", "securefl.node"}
+    assert dict(context.state.config_records["securefl.node"]) == {"first-round": 1,
+                                                                   "charges": 2}
     state = node_store(context).load(3)
     assert state.history == [(1.1, 0.5, 4)] and dict(state.generators) == {}
 

@@ -22,8 +22,13 @@ from securefl.federation.client_update import Admission, client_update
 from securefl.federation.model import make_mlp
 from securefl.federation.options import DEFAULT_TARGET_EPSILON
 from securefl.federation.server import AggregationMode
-from securefl.flower.dpstate import NodeAccountantStore, federation_key, state_dir
-from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, node_client_id
+from securefl.flower.dpstate import (
+    NodeAccountantState,
+    NodeAccountantStore,
+    federation_key,
+    state_dir,
+)
+from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, NODE_RECORD, node_client_id
 from securefl.flower.policy import allow_fresh_state
 from securefl.flower.setup import Key, SessionSetup
 from securefl.privacy.accounting import AccountantKind
@@ -212,23 +217,35 @@ def train_private_client(msg: Message, context: Context) -> Message:
                            seed=v["seed"], weighting=v["weighting"])
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
     store = node_store(context)
+    witness = context.state.config_records.get(NODE_RECORD)
+    first_seen = witness.get("first-round") if witness is not None else None
+    witnessed = witness.get("charges", 0) if witness is not None else 0
+
+    def remember(saved: NodeAccountantState) -> NodeAccountantState:
+        context.state.config_records[NODE_RECORD] = ConfigRecord(
+            {"first-round": int(first_seen if first_seen is not None else fl_round),  # type: ignore[call-overload]
+             "charges": len(saved.charges)})
+        return saved
+
     with store.locked():
-        state = store.load(fl_round, allow_fresh=allow_fresh_state(context.node_config))
+        state = store.load(fl_round, allow_fresh=allow_fresh_state(context.node_config),
+                           first_seen=int(first_seen) if first_seen is not None else None,  # type: ignore[call-overload]
+                           witnessed=int(witnessed))  # type: ignore[call-overload]
         _restore(client, state.history, state.generators, str(store.path))
 
         def charge(admission: Admission) -> None:
             nonlocal state
-            state = store.charge(state, fl_round, admission.planned)
+            state = remember(store.charge(state, fl_round, admission.planned))
 
         update = client_update(client, [torch.as_tensor(a) for a in arrays], setup.codec(),
                                fl_round, AggregationMode.SECURE, charge=charge)
         if update.refusal is Participation.REFUSED_BUDGET:
-            store.refuse_budget(state, fl_round)
+            remember(store.refuse_budget(state, fl_round))
         else:
             assert update.result is not None
             result = update.result
-            store.settle(state, [(result.noise_multiplier, result.sample_rate, result.steps)],
-                         generators=_generators(client))
+            remember(store.settle(state, [(result.noise_multiplier, result.sample_rate,
+                                           result.steps)], generators=_generators(client)))
     if update.error is not None:
         raise update.error
     assert update.result is not None and update.encoded is not None

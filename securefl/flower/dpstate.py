@@ -38,29 +38,44 @@ same history.
 
 When the node refuses
 ---------------------
-:meth:`NodeAccountantStore.open` raises :class:`NodeStateError` (the node
+Besides the disk, the node keeps a witness in its ``Context`` (record
+``securefl.node``, alive as long as the SuperNode process): ``first-round``,
+the first federation round in which the securefl mod of this SuperNode
+process saw a session setup of the run, and ``charges``, how many charges the
+state file held after this process last wrote it.
+:meth:`NodeAccountantStore.load` raises :class:`NodeStateError` (the node
 answers the server with an error and drops out of the round, spending
 nothing) when:
 
 * ``corrupt``: the index or the state file cannot be read, is not this
   format, fails its digest, or names another federation or client;
-* ``lost``: there is no state file although the index names it (the file was
-  deleted), or there is no state file and the server asks for a federation
-  round after the first (``fl_round > 1``): the node was invited from round 1
-  on, so it may have trained in an earlier round whose record is gone.  The
-  node config ``securefl-state-allow-fresh=true`` lifts this second case for
-  an operator who knows the node never trained in the federation (it joins
-  late); it must be removed afterwards, or a later loss of the whole state
-  directory goes unseen.
+* ``lost``: the state file holds fewer charges than the witness says this
+  process wrote (it was deleted or replaced by an older copy while the node
+  ran); or there is no state file and (a) the index names it, or (b) the
+  witness says this process charged before, or (c) this SuperNode process
+  first saw the federation in a round after the first: it may have trained
+  in an earlier life whose record is gone (a restarted SuperNode whose disk
+  lost its state).  The node config ``securefl-state-allow-fresh=true``
+  lifts (c) for an operator who knows the node never trained in the
+  federation (it joins late); it must be removed afterwards, or a later
+  loss of the whole state directory goes unseen.
+
+A fresh accountant starts at zero only when none of these holds: the node's
+first contact with the federation is round 1 (or the operator said so) and
+nothing on its disk or in its memory says it ever charged.
 
 Limits: a node cannot tell a wiped state directory (index included) from a
-new node when the server asks it to train in round 1 (a server that restarts
-a federation at round 1, or lies about the round, gets a fresh accountant
-from a node that lost its directory); restoring an older copy of the
-directory (a backup) rolls the accountant back undetected.  Accountants are
-per federation: a server that starts a new run gets a new budget on every
-node, as it would from a node that keeps no state.  Rounds the server
-repeats (a resumed federation) are charged again: the accountant only grows.
+new node when its SuperNode restarts and the server then asks it to take
+part in round 1 (a server that restarts a federation at round 1, or lies
+about the round, gets a fresh accountant from a node that lost its
+directory); nor a state directory wiped whole while the SuperNode was
+stopped from one that never existed, if the operator set
+``securefl-state-allow-fresh``; restoring an older copy of the directory (a
+backup) while the SuperNode is stopped rolls the accountant back undetected.
+Accountants are per federation: a server that starts a new run gets a new
+budget on every node, as it would from a node that keeps no state.  Rounds
+the server repeats (a resumed federation) are charged again: the accountant
+only grows.
 """
 
 from __future__ import annotations
@@ -337,8 +352,17 @@ class NodeAccountantStore:
 
     # -- the refusal rule ---------------------------------------------------------------
 
-    def load(self, fl_round: int, *, allow_fresh: bool = False) -> NodeAccountantState:
+    def load(self, fl_round: int, *, allow_fresh: bool = False, first_seen: int | None = None,
+             witnessed: int = 0) -> NodeAccountantState:
         """The state, or a fresh one where the rule allows (module docstring).
+
+        Args:
+            fl_round: the federation round the node is asked to train in.
+            allow_fresh: the operator's ``securefl-state-allow-fresh``.
+            first_seen: the first round this SuperNode process saw in the
+                federation (None: ``fl_round``).
+            witnessed: how many charges this SuperNode process saw in the
+                file after its last write.
 
         Raises:
             NodeStateError: ``corrupt`` or ``lost``.
@@ -358,13 +382,18 @@ class NodeAccountantStore:
             if self.name in listed:
                 raise refuse(NodeStateRule.LOST, f"{self.path} is missing, but the node's"
                                                  f" index {self.index_path} names it")
-            if fl_round > 1 and not allow_fresh:
+            if witnessed > 0:
+                raise refuse(NodeStateRule.LOST, f"{self.path} is missing, but this SuperNode"
+                                                 f" wrote {witnessed} charges to it")
+            first = int(fl_round) if first_seen is None else int(first_seen)
+            if first > 1 and not allow_fresh:
                 raise refuse(NodeStateRule.LOST,
                              f"no accountant in {self.path} for federation"
-                             f" {self.federation!r}, and the server asks for round {fl_round}:"
-                             " if this node trained in an earlier round, its record is gone"
-                             f" (set node config {ALLOW_FRESH_STATE_CONFIG}=true only if it"
-                             " never trained in this federation)")
+                             f" {self.federation!r}, and this SuperNode first saw the"
+                             f" federation in round {first}: if it trained in an earlier"
+                             f" round, its record is gone (set node config"
+                             f" {ALLOW_FRESH_STATE_CONFIG}=true only if it never trained in"
+                             " this federation)")
             return NodeAccountantState(self.federation, self.client_id)
         try:
             state = NodeAccountantState.from_bytes(raw)
@@ -374,6 +403,10 @@ class NodeAccountantStore:
             raise refuse(NodeStateRule.CORRUPT,
                          f"{self.path} is the accountant of client {state.client_id} in"
                          f" federation {state.federation!r}")
+        if len(state.charges) < witnessed:
+            raise refuse(NodeStateRule.LOST,
+                         f"{self.path} holds {len(state.charges)} charges, but this SuperNode"
+                         f" wrote {witnessed}: it was replaced by an older copy")
         return state
 
     def _index(self, fl_round: int) -> set[str]:

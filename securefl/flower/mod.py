@@ -92,6 +92,7 @@ __all__ = [
     "ENCODED_RECORD",
     "ENCODE_RECORD",
     "IDENTITY_KEY_CONFIG",
+    "NODE_RECORD",
     "PINNED_KEYS_CONFIG",
     "node_client_id",
     "node_policy",
@@ -110,6 +111,12 @@ ENCODE_RECORD = "securefl.encode"
 ``train``: ``setup`` holds the session setup (public: the codec and the
 federation round), so that a securefl ``train`` function encodes its own
 update (:func:`~securefl.federation.client_update.client_update`)."""
+NODE_RECORD = "securefl.node"
+"""Context state record (the SuperNode's memory, lost when it dies): the
+first federation round this SuperNode process saw a session setup in
+(``first-round``, set by the mod) and how many charges the node's on-disk
+accountant held after this process last wrote it (``charges``); the witness
+:mod:`securefl.flower.dpstate` checks the disk against."""
 ENCODED_RECORD = "securefl.encoded"
 """ArrayRecord a securefl ``train`` function returns: one uint64 array, its
 encoded update (the mod masks it as it is)."""
@@ -287,6 +294,8 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
             raise RemoteProtocolError(Rule.WRONG_SESSION, "the setup is for another federation"
                                       " round", peer="server", round=stage.round)
         _check_policy(ctxt, setup, my_id)
+        if NODE_RECORD not in ctxt.state.config_records:
+            ctxt.state.config_records[NODE_RECORD] = ConfigRecord({"first-round": fl_round})
         seed = os.urandom(32)
         session = _session(ctxt, setup, my_id, seed)
         advert = session.start()
