@@ -8,12 +8,20 @@ the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
 Any other message passes through to the ClientApp untouched.
 
 At the masked-input stage the mod calls the ClientApp's ``train`` function
-(``call_next``) with the message unchanged (it carries the global model as an
-ArrayRecord and the train config), takes the local model it returns (one
-ArrayRecord, same order as the global one) and the ``num-examples`` metric
-(the weight, which enters the secure sum), encodes ``local - global`` with
-the session's fixed-point codec, rounding stochastically with randomness from
-the node's OS CSPRNG, and sends only the masked vector.  Metrics whose names
+(``call_next``) with the message (it carries the global model as an
+ArrayRecord and the train config) plus the ConfigRecord
+:data:`ENCODE_RECORD` holding the public session setup.  A securefl
+``train`` (:func:`~securefl.flower.client_train.train_private_client`)
+encodes its own update through
+:func:`~securefl.federation.client_update.client_update`, the path the
+simulator runs, and returns it as the ArrayRecord :data:`ENCODED_RECORD`
+(one uint64 vector, checked here for length and range).  Any other ``train``
+returns its local model (one ArrayRecord, same order as the global one) and
+the ``num-examples`` metric (the weight, which enters the secure sum), and
+the mod encodes ``local - global`` with the session's fixed-point codec.
+Either way the rounding is stochastic with randomness from the node's OS
+CSPRNG (:func:`~securefl.privacy.rounding.rounding_randomness`), and only the
+masked vector is sent.  Metrics whose names
 start with ``dp-`` (the DP-SGD accounting parameters the privacy ledger
 needs) are forwarded in clear; nothing else of the train reply leaves the
 node: no example count, no loss, no count of clipped values.
