@@ -113,6 +113,9 @@ def test_released_noise_is_exactly_survivors_noise_minus_the_removed_excess(
             driver.step()
     res = driver.result
     assert 3 not in res.survivors and 7 in res.survivors
+    # after its masked input no client keeps its excess seeds (only holders' shares)
+    assert not any(hasattr(s, "_noise_seeds") for s in driver.clients.values()
+                   if s.state is not ClientState.SHARES_SENT)
     sid = driver.server.session_id
     assert sid is not None
     expected = sum((added[c] for c in res.survivors), np.zeros(256, dtype=np.int64))
