@@ -490,3 +490,32 @@ def test_the_server_removes_the_same_noise_with_an_executor() -> None:
         pooled = secure_sum(inputs, config, drop, rng=_rng("executor"), executor=pool)
     assert len(alone.noise_removed) > 2
     assert np.array_equal(alone.total, pooled.total)
+
+
+def test_the_wire_checks_noise_field_sizes() -> None:
+    from securefl.wire import secagg_pb2 as pb
+    from securefl.wire.codec import WireIssue
+
+    fed = Federation(NOISY)
+    fed.advertise()
+    shares = fed.answer(send=False)[1]
+    data = encode(shares)
+    size = d.shares_ciphertext_bytes(NOISY.noise_components)
+    assert all(len(ct) == size for ct in decode(data).ciphertexts.values())  # type: ignore[union-attr]
+    assert decode(data, config=NOISY) == shares
+    # with the configuration the length is exact: a plan-less session refuses it
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data, config=SecAggConfig(6, 8, threshold=3))
+    assert info.value.reason == WireIssue.OVERSIZED_FIELD.value  # type: ignore[attr-defined]
+    # too many commitments, or a component beyond the limit, never decode
+    advert = pb.SecAggMessage.FromString(encode(fed.sent[Round.ADVERTISE_KEYS][1]))
+    advert.advertise_keys.noise_commitments.extend([b"\0" * 32] * 17)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(advert.SerializeToString(deterministic=True))
+    assert info.value.reason == WireIssue.OVERSIZED_FIELD.value  # type: ignore[attr-defined]
+    req = _at_unmasking(NOISY, drop={6}).pending[1]
+    env = pb.SecAggMessage.FromString(encode(req))
+    env.unmasking_request.noise_removals.add(owner=6, component=16)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(env.SerializeToString(deterministic=True))
+    assert info.value.reason == WireIssue.INVALID_ID.value  # type: ignore[attr-defined]
