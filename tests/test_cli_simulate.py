@@ -37,7 +37,8 @@ def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert metrics["config"]["secure"] is True
     assert len(read_ledger(out / "ledger.jsonl")) == 6
     assert load_checkpoint(out / "checkpoint.pt")["round"] == 2
-    assert "3@R3-consistency" in text and "3@R0-advertise" in text
+    assert "3@R4-unmask" in text and "3@R0-advertise" in text
+    assert "R3-consistency" not in text  # a semi-honest session has no such round
 
     assert main(["audit", str(out)]) == 0
     text = capsys.readouterr().out
