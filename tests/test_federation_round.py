@@ -5,7 +5,9 @@ exports; a semi-honest run never reports a round that mode does not have."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from securefl.federation.simulation import (
     SimulationConfig,
     SimulationResult,
     dropout_schedule,
+    resume_simulation,
     run_simulation,
 )
 from securefl.privacy.ledger import load_ledger
@@ -113,3 +116,27 @@ def test_a_semi_honest_drop_at_consistency_is_a_drop_at_unmasking() -> None:
 def test_a_semi_honest_run_reports_no_consistency_drop(run: SimulationResult) -> None:
     dropped = [where for report in run.rounds for where in report.dropped.values()]
     assert dropped and "CONSISTENCY_CHECK" not in dropped
+
+
+def test_start_up_cleans_what_a_crash_left(run: SimulationResult, tmp_path: Path) -> None:
+    """A store whose creation never committed (killed while creating it:
+    nothing ran) is replaced, and stray temporaries of interrupted atomic
+    writes are deleted, at start-up and on resume."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / STORE_FILENAME).write_bytes(b"")  # created, never committed
+    (fresh / ".checkpoint.pt-x1y2.tmp").write_bytes(b"half a checkpoint")
+    result = run_simulation(replace(CONFIG, rounds=1), fresh)
+    assert [r.round for r in result.rounds] == [1]
+    assert not list(fresh.glob(".*.tmp"))
+    # on resume (of a finished run: nothing left to run) the same, and the
+    # exports are rewritten from the store
+    copy = tmp_path / "copy"
+    shutil.copytree(run.output_dir, copy)
+    (copy / ".metrics.json-abcd.tmp").write_bytes(b"{")
+    (copy / "metrics.json").unlink()
+    resumed = resume_simulation(copy)
+    assert [r.round for r in resumed.rounds] == [1, 2]
+    assert not list(copy.glob(".*.tmp"))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2] and metrics["final"] is not None
