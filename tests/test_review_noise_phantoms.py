@@ -28,8 +28,10 @@ import hashlib
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from securefl import SecAggConfig, SecurityMode
+from securefl.errors import RemoteProtocolError, Rule
 from securefl.hazmat import noise, shamir
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.prg import MaskExpander
@@ -153,3 +155,29 @@ def test_one_corrupt_client_makes_phantoms_on_a_sparse_graph() -> None:
         f"one corrupt client: {len(phantoms)} honest phantoms, noise from"
         f" {len(honest_kept)} honest clients only: variance {float(variance):.4g}"
         f" = {float(variance / Fraction(V)):.3f} V < {float(coalition_bound):.4g}")
+
+
+def test_phantoms_are_refused_when_the_quorum_covers_the_corrupt_client() -> None:
+    """Confirmed: with ``min_survivors = n - k + 2`` (so ``q >= n - kappa + 1 + c``
+    for ``c = 1``, SECURITY.md's condition) the nine-client list of the attack
+    above gets no signature: every listed client refuses it."""
+    config = SecAggConfig(N, M, bits=BITS, threshold=T, mode=SecurityMode.ACTIVE,
+                          min_survivors=N - K + 2, graph=HararyGraph(K),
+                          noise=NoisePlan(V, tolerance=1e-3))
+    assert config.signature_quorum == N - K + 2
+    fed = Federation(config)
+    fed.advertise()
+    fed.step()
+    sid = fed.server.session_id
+    assert sid is not None
+    ring = ring_order(tuple(config.ids), sid)
+    dropped = {ring[6], ring[7], ring[11]}
+    fed.answer(skip=dropped)
+    listed = tuple(sorted(set(config.ids) - dropped))
+    refusals = 0
+    for c in listed:
+        with pytest.raises(RemoteProtocolError) as info:
+            fed.clients[c].handle(ConsistencyRequest(c, sid, listed))
+        assert info.value.rule is Rule.BELOW_THRESHOLD
+        refusals += 1
+    assert refusals == len(listed) == N - 3
