@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ from securefl.federation.runstore import (
     STORE_FILENAME,
     ResumeMismatchError,
     RunStore,
+    RunStoreError,
     clean_temporaries,
     config_differences,
     sync_ledger_file,
@@ -128,11 +130,10 @@ class ClientRoundReport:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClientRoundReport:
         """The inverse of :meth:`to_json` (None epsilons read back as NaN)."""
-        eps = data.get("epsilon_rdp")
         return cls(client_id=int(data["client_id"]), status=Participation(data["status"]),
                    entered_sum=bool(data["entered_sum"]),
                    dropped_at=Round[data["dropped_at"]] if data.get("dropped_at") else None,
-                   epsilon_rdp=math.nan if eps is None else float(eps),
+                   epsilon_rdp=_number(data.get("epsilon_rdp")),
                    epsilon_prv=None if data.get("epsilon_prv") is None
                    else float(data["epsilon_prv"]), detail=str(data.get("detail", "")))
 
@@ -189,12 +190,11 @@ class RoundReport:
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> RoundReport:
         """The inverse of :meth:`to_record`."""
-        eps = data.get("epsilon_max")
         return cls(round=int(data["round"]), aborted=bool(data["aborted"]),
-                   accuracy=float(data["accuracy"]), loss=float(data["loss"]),
+                   accuracy=_number(data["accuracy"]), loss=_number(data["loss"]),
                    survivors=tuple(int(c) for c in data["survivors"]),
                    clients=tuple(ClientRoundReport.from_json(c) for c in data["clients"]),
-                   epsilon_max=math.nan if eps is None else float(eps),
+                   epsilon_max=_number(data.get("epsilon_max")),
                    epsilon_max_prv=None if data.get("epsilon_max_prv") is None
                    else float(data["epsilon_max_prv"]),
                    delta=float(data["delta"]), seconds=float(data["seconds"]),
@@ -233,7 +233,19 @@ def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 
 def _load_checkpoint_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    """A committed checkpoint, read with torch's ``weights_only`` unpickler
+    (tensors, numpy arrays of the server optimizer state, plain containers):
+    a run directory is input, and unpickling it must not run code."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64")]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _number(value: Any) -> float:
+    """A float read back from strict JSON (null: NaN, ``"inf"``: infinity)."""
+    return math.nan if value is None else float(value)
 
 
 def _history_json(history: Sequence[Sequence[float]]) -> list[list[float]]:
@@ -377,7 +389,8 @@ class RoundRecorder:
         round found in flight is left for :meth:`settle_interrupted`.
 
         Raises:
-            RunStoreError: no run store, or ``ledger.jsonl`` is not a prefix
+            RunStoreError: no run store, a committed checkpoint that does not
+                restore into ``server``, or ``ledger.jsonl`` is not a prefix
                 of the store's ledger (edited).
             ResumeMismatchError: ``config`` differs from the run's, naming
                 the keys.
@@ -392,9 +405,14 @@ class RoundRecorder:
                                    f" {config.to_json().get(k)!r}" for k in differing)
                 raise ResumeMismatchError(
                     f"{out}: cannot resume with another configuration ({detail})", differing)
-            state = _load_checkpoint_bytes(store.committed().checkpoint)
-            server.model.load_state_dict(state["model"])
-            server.optimizer.load_state_dict(state["server_optimizer"])
+            try:
+                state = _load_checkpoint_bytes(store.committed().checkpoint)
+                server.model.load_state_dict(state["model"])
+                server.optimizer.load_state_dict(state["server_optimizer"])
+            except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError,
+                    ValueError) as exc:
+                raise RunStoreError(f"{out}: the committed checkpoint cannot be restored"
+                                    f" ({type(exc).__name__}: {exc})") from None
         except BaseException:
             store.close()
             raise
