@@ -33,6 +33,7 @@ round number and the restored state.  :meth:`RoundRecorder.finish` writes the
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import pickle
@@ -63,6 +64,7 @@ from securefl.federation.runstore import (
     ResumeMismatchError,
     RunStore,
     RunStoreError,
+    append_ledger_file,
     clean_temporaries,
     config_differences,
     sync_ledger_file,
@@ -294,8 +296,6 @@ class RoundRecorder:
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
         self.last_eval = evaluate(server.model, self._x_test, self._y_test)
-        self._ledger_size = 0
-        self._survivors: tuple[int, ...] = ()
 
     # -- construction ------------------------------------------------------------------
 
@@ -374,7 +374,11 @@ class RoundRecorder:
                                 driver=dict(driver_state or {}))
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
                        round_json=round_json, plot_title=plot_title)
-        recorder.export()
+        try:
+            recorder.export()
+        except BaseException:
+            recorder.close()
+            raise
         return recorder
 
     @classmethod
@@ -419,7 +423,11 @@ class RoundRecorder:
         clean_temporaries(out)
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
                        round_json=round_json, plot_title=plot_title)
-        recorder.export()
+        try:
+            recorder.export()
+        except BaseException:
+            recorder.close()
+            raise
         return recorder
 
     @staticmethod
@@ -444,7 +452,8 @@ class RoundRecorder:
     def _last_settled_head(self) -> str:
         head = ""
         for line in self.store.ledger_lines():
-            if b'"stage":"settled"' in line and b'"type":"commit"' in line:
+            record = json.loads(line)
+            if record.get("type") == "commit" and record.get("stage") == "settled":
                 head = record_digest(line)
         return head
 
@@ -475,10 +484,16 @@ class RoundRecorder:
             noise_source=dp.noise_source.value, adjacency=config.adjacency.value,
             weighting=config.weighting.value)
 
-    def _export_ledger(self, round_number: int = 0) -> None:
-        self._ledger_size = sync_ledger_file(
-            self.out / LEDGER_FILENAME, self.store.ledger_bytes(),
-            self._ledger_size or None, round_number=round_number)
+    def _export_ledger(self) -> None:
+        """Make ``ledger.jsonl`` the store's ledger (reads the file)."""
+        sync_ledger_file(self.out / LEDGER_FILENAME, self.store.ledger_bytes())
+
+    def _append_ledger(self, lines: Sequence[bytes], round_number: int = 0) -> None:
+        """Append a block the store just committed to ``ledger.jsonl``, which
+        holds the store's ledger before it (``ledger-torn`` crash point for
+        ``round_number``'s settled block)."""
+        block = b"".join(line + b"\n" for line in lines)
+        append_ledger_file(self.out / LEDGER_FILENAME, block, round_number=round_number)
 
     # -- a round -----------------------------------------------------------------------
 
@@ -491,7 +506,7 @@ class RoundRecorder:
         Nothing is written when ``charges`` is empty.
 
         Raises:
-            RunStoreError: ``round_number`` is not the next round.
+            ConfigurationError: ``round_number`` is not the next round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
@@ -504,7 +519,7 @@ class RoundRecorder:
         lines = encode_block(self._head, round_number, "in-flight", list(self.in_flight.values()))
         self.store.begin_round(round_number, lines)
         self._head = record_digest(lines[-1])
-        self._export_ledger()
+        self._append_ledger(lines)
 
     def settle(self, round_number: int, outcome: AggregateOutcome | None,
                clients: Sequence[ClientOutcome], *, abort_reason: str = "",
@@ -580,7 +595,7 @@ class RoundRecorder:
         self.driver_state = driver
         self.in_flight = {}
         self.reports.append(report)
-        self._export_ledger(round_number)
+        self._append_ledger(lines, round_number)
         crash_point("after-ledger", round_number)
         self._export_checkpoint(checkpoint)
         crash_point("mid-export", round_number)
@@ -671,7 +686,6 @@ class RoundRecorder:
             RunStoreError: ``ledger.jsonl`` is not a prefix of the store's
                 ledger.
         """
-        self._ledger_size = 0
         self._export_ledger()
         self._export_checkpoint(self.store.committed().checkpoint)
         self._export_metrics()
