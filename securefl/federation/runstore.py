@@ -167,7 +167,7 @@ class RunStore:
         if not Path(path).exists():
             return False
         try:
-            db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+            db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
         except sqlite3.Error:
             return False
         try:
@@ -254,7 +254,7 @@ class RunStore:
         if not cls.is_initialised(target):
             raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
         try:
-            db = sqlite3.connect(f"file:{target.resolve()}?mode=ro", uri=True,
+            db = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True,
                                  isolation_level=None)
         except sqlite3.Error as exc:
             raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
