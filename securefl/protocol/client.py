@@ -275,8 +275,9 @@ class ClientSession:
         if ids != sorted(set(ids)):
             self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
                        rnd)
+        invited = frozenset(self.config.ids)  # O(1) membership per entry
         for e in msg.entries:
-            if e.sender not in self.config.ids:
+            if e.sender not in invited:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
                            rnd, peer=e.sender)
             if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
@@ -291,7 +292,8 @@ class ClientSession:
                     for c in commitments):
                 self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
                            " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
-        own = next((e for e in msg.entries if e.sender == self.client_id), None)
+        roster = {e.sender: e for e in msg.entries}
+        own = roster.get(self.client_id)
         if own is None or (own.encryption_key, own.masking_key, own.seed_commitment,
                            own.noise_commitments) != (
                 self._advert.encryption_key, self._advert.masking_key,
@@ -321,7 +323,6 @@ class ClientSession:
                     self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
                     e.noise_commitments), e.sender, rnd)
         sid = d.session_id(self._digest, msg.entries)
-        roster = {e.sender: e for e in msg.entries}
         neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
@@ -441,14 +442,16 @@ class ClientSession:
     def _on_unmask(self, msg: UnmaskingRequest) -> UnmaskingResponse:
         rnd = Round.UNMASKING
         assert self.session_id is not None
-        if self.client_id in tuple(msg.dropped):
+        if self.client_id in set(msg.dropped):
             self._fail(Rule.OWN_SHARE_REQUESTED,
                        "this client is listed as dropped: its own key share is requested", rnd)
         survivors = self._check_survivors(msg.survivors, rnd)
         dropped = tuple(msg.dropped)
         if list(dropped) != sorted(set(dropped)):
             self._fail(Rule.MALFORMED, "dropped list must be sorted, without repeats", rnd)
-        overlap = set(survivors) & set(dropped)
+        survivor_set = set(survivors)
+        dropped_set = set(dropped)
+        overlap = survivor_set & dropped_set
         if overlap:
             self._fail(Rule.OVERLAPPING_LISTS,
                        f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
@@ -459,7 +462,7 @@ class ClientSession:
                            rnd, peer=u)
         # a peer this client excluded (R2-6) must be listed as dropped; it is
         # never a survivor (_check_survivors: it is not in the view)
-        listed = (set(survivors) | set(dropped)) & self._neighbours
+        listed = {u for u in self._neighbours if u in survivor_set or u in dropped_set}
         expected = set(self._u2_view) | self._excluded
         if listed != expected:
             missing = sorted(expected - listed)[:10]
@@ -473,7 +476,7 @@ class ClientSession:
                            "survivor list differs from the one this client signed", rnd)
             valid = 0
             for signer, signature in msg.signatures.items():
-                if signer not in survivors:
+                if signer not in survivor_set:
                     self._fail(Rule.INVALID_SIGNATURE, "signature from a client that is not a"
                                " survivor", rnd, peer=signer)
                 self._verify(signature, d.consistency_payload(self.session_id, survivors),
@@ -489,9 +492,10 @@ class ClientSession:
                            f" quorum is {quorum} of n={self.config.num_clients} ([PARAM-7]:"
                            " more than n/2, and n-k+1 for a degree-k sparse graph)", rnd)
         noise_shares = self._noise_shares_to_reveal(msg, survivors, rnd)
-        seed = {u: self._held_seed_shares[u] for u in survivors
-                if u in self._u2_view or u == self.client_id}
-        keys = {u: self._held_key_shares[u] for u in dropped if u in self._u2_view}
+        # O(k) in a sparse graph: walk this client's view, not the O(n) lists
+        seed = {u: self._held_seed_shares[u] for u in sorted(self._u2_view | {self.client_id})
+                if u in survivor_set}
+        keys = {u: self._held_key_shares[u] for u in sorted(self._u2_view) if u in dropped_set}
         self._revealed = {**dict.fromkeys(seed, "self-mask"), **dict.fromkeys(keys, "key")}
         return UnmaskingResponse(self.client_id, self.session_id, seed, keys, noise_shares)
 
@@ -538,20 +542,21 @@ class ClientSession:
 
     def _check_survivors(self, survivors_in: Any, rnd: Round) -> tuple[int, ...]:
         survivors = tuple(survivors_in)
-        if list(survivors) != sorted(set(survivors)):
+        survivor_set = set(survivors)
+        if list(survivors) != sorted(survivor_set):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         for u in survivors:
             if u not in self._roster:
                 self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
                            rnd, peer=u)
-        if self.client_id not in survivors:
+        if self.client_id not in survivor_set:
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        "this client sent its masked input but is not listed as a survivor", rnd)
         if len(survivors) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(survivors)} survivors, at least {self.config.floor} are required",
                        rnd)
-        in_view = [u for u in survivors if u in self._neighbours]
+        in_view = [u for u in sorted(self._neighbours) if u in survivor_set]
         if len(in_view) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(in_view)} surviving neighbours, threshold is {self.config.t}", rnd)
