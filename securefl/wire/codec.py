@@ -130,6 +130,22 @@ def encode(message: Message, *, element_bytes: int | None = None) -> bytes:
                               reason=WireIssue.UNENCODABLE.value)
     inner = getattr(envelope, body)
     inner.version = WIRE_VERSION
+    if isinstance(message, MaskedInput):
+        payload = _enc_masked_fields(message, inner, element_bytes)
+        if len(payload) < _SPLIT_MIN:
+            inner.masked = bytes(payload)
+            return envelope.SerializeToString(deterministic=True)
+        # splice the long payload in once instead of copying it through protobuf:
+        # the canonical encoding writes fields in number order, so ``masked``
+        # (field 5, non-empty) goes after fields 1-4 and before ``excluded`` (6)
+        excluded = pb.MaskedInput()
+        excluded.excluded.extend(inner.excluded)
+        inner.ClearField("excluded")
+        parts = (inner.SerializeToString(deterministic=True), bytes([_MASKED_TAG]),
+                 _encode_varint(len(payload)), payload,
+                 excluded.SerializeToString(deterministic=True))
+        size = sum(len(p) for p in parts)
+        return b"".join((bytes([_MASKED_TAG]), _encode_varint(size), *parts))
     _ENCODERS[type(message)](message, inner, element_bytes)
     return envelope.SerializeToString(deterministic=True)
 
@@ -185,6 +201,12 @@ def _enc_delivery(m: ShareDelivery, out: Any, _: int | None) -> None:
 
 
 def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
+    out.masked = bytes(_enc_masked_fields(m, out, element_bytes))
+
+
+def _enc_masked_fields(m: MaskedInput, out: Any, element_bytes: int | None) -> Any:
+    """Set every field but ``masked``; return its packed bytes (a bytes-like
+    object, possibly a view of ``m.masked`` when that is already packed)."""
     out.sender = _id(m.sender, "sender")
     out.session_id = bytes(m.session_id)
     vector = np.asarray(m.masked)
@@ -200,13 +222,17 @@ def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
     if vector.ndim != 1 or vector.dtype.kind not in "ui":
         raise WireFormatError("masked must be a 1-D integer vector",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
-    if vector.size and (int(vector.min()) < 0
-                        or int(vector.max()) >= 1 << (8 * element_bytes)):
+    fits = vector.dtype.kind == "u" and vector.dtype.itemsize <= element_bytes
+    if vector.size and not fits and (int(vector.min()) < 0
+                                     or int(vector.max()) >= 1 << (8 * element_bytes)):
         raise WireFormatError(f"masked entries do not fit in {element_bytes} bytes",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
     out.element_bytes = element_bytes
-    out.masked = pack_words(vector, element_bytes)
     out.excluded.extend(_id(u, "excluded") for u in m.excluded)
+    if element_bytes in (1, 2, 4, 8) and vector.dtype == np.dtype(f"<u{element_bytes}") \
+            and vector.flags.c_contiguous:
+        return memoryview(vector).cast("B")  # already the wire's words: no copy
+    return pack_words(vector, element_bytes)
 
 
 def _enc_consistency(m: ConsistencyRequest, out: Any, _: int | None) -> None:
@@ -298,6 +324,13 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         WireFormatError: see :class:`WireIssue` for the reasons.
     """
     raw = bytes(data)
+    split = _split_masked_payload(raw)
+    if split is not None:
+        # a long masked vector: parse and check everything but its payload,
+        # which is viewed in place (see _split_masked_payload)
+        raw, payload = split
+    else:
+        payload = None
     envelope = pb.SecAggMessage()
     try:
         envelope.ParseFromString(raw)
@@ -326,7 +359,12 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
     if envelope.SerializeToString(deterministic=True) != raw:
         raise WireFormatError("not the canonical encoding (unknown or repeated fields, or"
                               " fields out of order)", reason=WireIssue.NON_CANONICAL.value)
-    message = _DECODERS[body](inner, config)
+    if payload is not None:
+        if body != "masked_input" or inner.masked:
+            raise AssertionError("unreachable: the split keeps one masked_input payload")
+        message: Message = _dec_masked(inner, config, payload)
+    else:
+        message = _DECODERS[body](inner, config)
     if expect is not None and not isinstance(message, expect):
         names = ([expect.__name__] if isinstance(expect, type)
                  else [t.__name__ for t in expect])
@@ -487,7 +525,92 @@ def _dec_delivery(m: Any, config: SecAggConfig | None) -> ShareDelivery:
                                 _ciphertext_bytes(m.ciphertexts, config), "ciphertexts", None))
 
 
-def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
+_MASKED_TAG = 0x2A
+"""Field 5, length-delimited: ``SecAggMessage.masked_input`` and ``MaskedInput.masked``."""
+_SPLIT_MIN = 1 << 12
+"""Masked payloads at least this long are checked structurally, not re-encoded."""
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """The minimally encoded varint at ``pos`` and the position after it
+    (None: truncated, longer than 10 bytes, or not minimal)."""
+    value = shift = 0
+    start = pos
+    while pos < len(raw) and pos - start < 10:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte == 0 and pos - start > 1:
+                return None  # a trailing zero group: not the minimal encoding
+            return value, pos
+    return None
+
+
+def _split_masked_payload(raw: bytes) -> tuple[bytes, memoryview] | None:
+    """If ``raw`` is an envelope holding exactly a ``masked_input`` whose
+    ``masked`` field is one length-delimited field of at least
+    :data:`_SPLIT_MIN` bytes, framed minimally, with only lower-numbered
+    fields before it and higher-numbered ones after it: the envelope with
+    that field cut out (re-framed) and a zero-copy view of the payload.
+    Otherwise None, and the caller decodes ``raw`` as a whole.
+
+    Canonical iff the cut envelope is canonical: the canonical encoder
+    writes fields in number order and ``masked`` (non-empty) as exactly the
+    tag byte, the minimal length varint and the payload, so ``raw`` is the
+    canonical encoding of the message iff the rest is the canonical encoding
+    of the message without ``masked``, which :func:`decode` then checks by
+    re-encoding only that small rest.
+    """
+    if len(raw) < _SPLIT_MIN or raw[0] != _MASKED_TAG:
+        return None
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    start = pos = head[1]
+    cut: tuple[int, int, int] | None = None  # (field start, payload start, payload end)
+    last = 0
+    while pos < len(raw):
+        tag = _varint(raw, pos)
+        if tag is None:
+            return None
+        number, wire_type = tag[0] >> 3, tag[0] & 7
+        if number < last or (number == 5 and (cut is not None or tag[0] != _MASKED_TAG)):
+            return None
+        last = number
+        if wire_type == 0:
+            value = _varint(raw, tag[1])
+            if value is None:
+                return None
+            pos = value[1]
+        elif wire_type == 2:
+            length = _varint(raw, tag[1])
+            if length is None or length[1] + length[0] > len(raw):
+                return None
+            if number == 5:
+                cut = (pos, length[1], length[1] + length[0])
+            pos = length[1] + length[0]
+        else:
+            return None
+    if cut is None or cut[2] - cut[1] < _SPLIT_MIN:
+        return None
+    rest = raw[start:cut[0]] + raw[cut[2]:]
+    framed = bytes([_MASKED_TAG]) + _encode_varint(len(rest)) + rest
+    return framed, memoryview(raw)[cut[1]:cut[2]]
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _dec_masked(m: Any, config: SecAggConfig | None,
+                payload: memoryview | None = None) -> MaskedInput:
     sender = _sender(m)
     sid = _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender)
     width = m.element_bytes
@@ -495,11 +618,12 @@ def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
         raise WireFormatError(f"element_bytes is {width}, must be one of {ELEMENT_WIDTHS}",
                               reason=WireIssue.BAD_ELEMENT_WIDTH.value, field="element_bytes",
                               peer=sender)
-    if len(m.masked) % width:
-        raise WireFormatError(f"masked is {len(m.masked)} bytes, not a multiple of the element"
+    masked = m.masked if payload is None else payload
+    if len(masked) % width:
+        raise WireFormatError(f"masked is {len(masked)} bytes, not a multiple of the element"
                               f" width {width}", reason=WireIssue.MISALIGNED_VECTOR.value,
                               field="masked", peer=sender)
-    vector = unpack_words(m.masked, width)
+    vector = unpack_words(masked, width)
     if config is not None:
         if width != config.wire_element_bytes:
             raise WireFormatError(f"element_bytes is {width}, the ring Z_2^{config.bits} uses"
@@ -527,7 +651,7 @@ def pack_words(vector: np.ndarray, width: int) -> bytes:
     return as_bytes[:, :width].tobytes()
 
 
-def unpack_words(raw: bytes, width: int) -> np.ndarray:
+def unpack_words(raw: bytes | memoryview, width: int) -> np.ndarray:
     """Inverse of :func:`pack_words`: native unsigned ints of the smallest
     dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes."""
     if width in (1, 2, 4, 8):
