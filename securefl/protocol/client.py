@@ -276,7 +276,9 @@ class ClientSession:
             self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
                        rnd)
         invited = frozenset(self.config.ids)  # O(1) membership per entry
-        for e in msg.entries:
+        # the rules below, checked in bulk; on any violation the loops name it
+        clean = _roster_clean(msg.entries, ids, invited, self._components)
+        for e in () if clean else msg.entries:
             if e.sender not in invited:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
                            rnd, peer=e.sender)
@@ -301,7 +303,7 @@ class ClientSession:
             self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
                        rnd)
         seen: dict[bytes, int] = {}
-        for e in msg.entries:
+        for e in () if clean else msg.entries:
             if not (is_canonical_encoding(e.encryption_key)
                     and is_canonical_encoding(e.masking_key)):
                 self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
@@ -610,6 +612,39 @@ class ClientSession:
         self._held_seed_shares = {}
         self._held_noise_shares = {}
         self._input = None
+
+
+_P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
+
+
+def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
+                  invited: frozenset[int], components: int) -> bool:
+    """True only if no entry breaks [R0-5] or [R0-7] (every sender invited,
+    32-byte canonical keys, 32-byte commitments, the plan's number of noise
+    commitments, no key twice), checked with set and array operations
+    instead of a Python loop per entry.  False means "check one by one"."""
+    if components or not invited.issuperset(ids):
+        return False
+    enc = [e.encryption_key for e in entries]
+    mask = [e.masking_key for e in entries]
+    keys = enc + mask
+    if {type(k) for k in keys} != {bytes} or set(map(len, keys)) != {32}:
+        return False
+    if {type(c) for c in (e.seed_commitment for e in entries)} != {bytes} or set(
+            len(e.seed_commitment) for e in entries) != {d.SEED_COMMITMENT_BYTES}:
+        return False
+    if any(type(e.noise_commitments) is not tuple or e.noise_commitments for e in entries):
+        return False
+    if len(set(keys)) != len(keys):
+        return False
+    words = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32)
+    top = words[:, 31]
+    if np.any(top & 0x80):
+        return False
+    # u >= p = 2^255 - 19 with the top bit clear: byte 31 is 0x7f, bytes 1..30
+    # are 0xff and byte 0 is at least 0xed
+    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
+                      & (words[:, 0] >= _P_LOW_BYTE))
 
 
 def _same_message(a: Any, b: Any) -> bool:

@@ -494,19 +494,27 @@ def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
     digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
     entries = []
     seen: set[int] = set()
+    append = entries.append
     for e in m.entries:
-        sender = _check_id(e.sender, "entries.sender", None)
+        sender = e.sender
+        if not 1 <= sender <= MAX_CLIENT_ID:
+            _check_id(sender, "entries.sender", None)  # raises
         if sender in seen:
             raise WireFormatError(f"roster lists client {sender} twice",
                                   reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
         seen.add(sender)
         signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
                      if e.HasField("signature") else None)
-        entries.append(AdvertiseKeys(
-            sender, _fixed(e.encryption_key, KEY_BYTES, "entries.encryption_key", sender),
-            _fixed(e.masking_key, KEY_BYTES, "entries.masking_key", sender), signature,
-            _fixed(e.seed_commitment, COMMITMENT_BYTES, "entries.seed_commitment", sender),
-            _commitments(e.noise_commitments, "entries.noise_commitments", sender)))
+        enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
+        if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
+            # the slow path names the field that is off
+            _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
+            _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
+            _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
+        noise = e.noise_commitments
+        append(AdvertiseKeys(sender, enc, mask, signature, commit,
+                             _commitments(noise, "entries.noise_commitments", sender)
+                             if noise else ()))
     return KeyRoster(digest, tuple(entries))
 
 
