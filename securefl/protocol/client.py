@@ -62,6 +62,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.roster import RosterEntries, session_id_of
 from securefl.protocol.validation import check_input_vector
 
 SERVER = "server"
@@ -159,7 +160,8 @@ class ClientSession:
             self.provide_input(input)
         self._digest = config.digest()
         self.session_id: bytes | None = None
-        self._roster: dict[int, AdvertiseKeys] = {}
+        self._roster: dict[int, AdvertiseKeys] = {}  # neighbours' entries (at least)
+        self._roster_ids: frozenset[int] = frozenset()
         self._neighbours: frozenset[int] = frozenset()
         self._u2_view: frozenset[int] = frozenset()
         self._held_key_shares: dict[int, bytes] = {}
@@ -271,13 +273,16 @@ class ClientSession:
         rnd = Round.SHARE_KEYS
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
-        ids = [e.sender for e in msg.entries]
+        entries = msg.entries
+        columns = entries if isinstance(entries, RosterEntries) else None
+        ids = columns.ids if columns is not None else [e.sender for e in entries]
         if ids != sorted(set(ids)):
             self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
                        rnd)
         invited = frozenset(self.config.ids)  # O(1) membership per entry
         # the rules below, checked in bulk; on any violation the loops name it
-        clean = _roster_clean(msg.entries, ids, invited, self._components)
+        clean = (_columns_clean(columns, ids, invited, self._components) if columns is not None
+                 else _roster_clean(entries, ids, invited, self._components))
         for e in () if clean else msg.entries:
             if e.sender not in invited:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
@@ -294,8 +299,9 @@ class ClientSession:
                     for c in commitments):
                 self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
                            " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
-        roster = {e.sender: e for e in msg.entries}
-        own = roster.get(self.client_id)
+        # a columnar roster builds only the entries looked at (own, neighbours)
+        roster = {} if columns is not None else {e.sender: e for e in entries}
+        own = columns.find(self.client_id) if columns is not None else roster.get(self.client_id)
         if own is None or (own.encryption_key, own.masking_key, own.seed_commitment,
                            own.noise_commitments) != (
                 self._advert.encryption_key, self._advert.masking_key,
@@ -324,12 +330,15 @@ class ClientSession:
                 self._verify(e.signature, d.advertise_payload(
                     self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
                     e.noise_commitments), e.sender, rnd)
-        sid = d.session_id(self._digest, msg.entries)
+        sid = (session_id_of(self._digest, columns) if columns is not None
+               else d.session_id(self._digest, entries))
         neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
         holders = sorted(neighbours | {self.client_id})
+        if columns is not None:
+            roster = {u: e for u in holders if (e := columns.find(u)) is not None}
         shares = shamir.split([self._s.private_bytes(), self._seed, *self._noise_seeds],
                               holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
@@ -359,6 +368,7 @@ class ClientSession:
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
+        self._roster_ids = frozenset(ids)
         self._neighbours = neighbours
         return EncryptedShares(self.client_id, sid, ciphertexts)
 
@@ -459,7 +469,7 @@ class ClientSession:
                        f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
                        rnd)
         for u in dropped:
-            if u not in self._roster:
+            if u not in self._roster_ids:
                 self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
                            rnd, peer=u)
         # a peer this client excluded (R2-6) must be listed as dropped; it is
@@ -548,7 +558,7 @@ class ClientSession:
         if list(survivors) != sorted(survivor_set):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         for u in survivors:
-            if u not in self._roster:
+            if u not in self._roster_ids:
                 self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
                            rnd, peer=u)
         if self.client_id not in survivor_set:
@@ -617,6 +627,31 @@ class ClientSession:
 _P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
 
 
+def _columns_clean(columns: RosterEntries, ids: list[int], invited: frozenset[int],
+                   components: int) -> bool:
+    """:func:`_roster_clean` of a columnar roster, on its byte columns
+    (every field is 32 bytes and no entry has noise commitments by
+    construction)."""
+    if components or not invited.issuperset(ids):
+        return False
+    n = len(columns)
+    keys = columns.fields[:, :64].reshape(2 * n, 32)
+    if np.unique(keys.view(np.dtype((np.void, 32))).reshape(-1)).size != 2 * n:
+        return False
+    return _canonical_rows(keys)
+
+
+def _canonical_rows(words: np.ndarray) -> bool:
+    """Every row (32 bytes) is a canonical u-coordinate: top bit clear and
+    u < p = 2^255 - 19 (with the top bit clear, u >= p iff byte 31 is 0x7f,
+    bytes 1..30 are 0xff and byte 0 is at least 0xed)."""
+    top = words[:, 31]
+    if np.any(top & 0x80):
+        return False
+    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
+                      & (words[:, 0] >= _P_LOW_BYTE))
+
+
 def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
                   invited: frozenset[int], components: int) -> bool:
     """True only if no entry breaks [R0-5] or [R0-7] (every sender invited,
@@ -637,14 +672,7 @@ def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
         return False
     if len(set(keys)) != len(keys):
         return False
-    words = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32)
-    top = words[:, 31]
-    if np.any(top & 0x80):
-        return False
-    # u >= p = 2^255 - 19 with the top bit clear: byte 31 is 0x7f, bytes 1..30
-    # are 0xff and byte 0 is at least 0xed
-    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
-                      & (words[:, 0] >= _P_LOW_BYTE))
+    return _canonical_rows(np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32))
 
 
 def _same_message(a: Any, b: Any) -> bool:

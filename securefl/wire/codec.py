@@ -46,6 +46,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.roster import RosterEntries
 
 with warnings.catch_warnings():
     # gencode 5.28 on a 6.x runtime warns once per import; both are supported.
@@ -490,8 +491,64 @@ def _noise_keyed(entries: Iterable[Any], field: str, peer: int | None,
     return out
 
 
+def _roster_columns(blob: bytes, pos: int) -> RosterEntries | None:
+    """The entries of a serialised ``KeyRoster`` from ``pos`` on, as columns,
+    when every entry is exactly ``sender, encryption_key, masking_key,
+    seed_commitment`` (32-byte fields, no signature, no noise commitments)
+    and the senders are valid ids in strictly ascending order; else None
+    (the entry-by-entry decoder then runs and names any problem).  ``blob``
+    is canonical (checked by :func:`decode`).  Runs of entries with the same
+    sender width are checked and sliced as one array: O(1) Python steps per
+    run, at most five runs."""
+    senders: list[np.ndarray] = []
+    fields: list[np.ndarray] = []
+    total = len(blob)
+    while pos < total:
+        if total - pos < 2 or blob[pos] != 0x1A or blob[pos + 1] & 0x80:
+            return None
+        size = blob[pos + 1]
+        width = size - 103  # the sender's varint
+        if not 1 <= width <= 5:
+            return None
+        record = size + 2
+        rows = np.frombuffer(blob, dtype=np.uint8, count=(total - pos) // record * record,
+                             offset=pos).reshape(-1, record)
+        o = 3 + width
+        ok = ((rows[:, 0] == 0x1A) & (rows[:, 1] == size) & (rows[:, 2] == 0x08)
+              & (rows[:, o] == 0x12) & (rows[:, o + 1] == 32)
+              & (rows[:, o + 34] == 0x1A) & (rows[:, o + 35] == 32)
+              & (rows[:, o + 68] == 0x2A) & (rows[:, o + 69] == 32))
+        for j in range(width - 1):
+            ok &= rows[:, 3 + j] >= 0x80
+        ok &= rows[:, 3 + width - 1] < 0x80
+        count = int(np.argmin(ok)) if not ok.all() else len(ok)
+        if count == 0:
+            return None
+        run = rows[:count]
+        value = np.zeros(count, dtype=np.uint64)
+        for j in range(width):
+            value |= (run[:, 3 + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
+        senders.append(value)
+        fields.append(np.concatenate((run[:, o + 2:o + 34], run[:, o + 36:o + 68],
+                                      run[:, o + 70:o + 102]), axis=1))
+        pos += count * record
+    ids = np.concatenate(senders) if senders else np.zeros(0, dtype=np.uint64)
+    if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID
+                     or not np.all(ids[1:] > ids[:-1])):
+        return None
+    keys = np.concatenate(fields) if fields else np.zeros((0, 96), dtype=np.uint8)
+    return RosterEntries(ids.astype(np.uint32), keys)
+
+
 def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
     digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
+    if len(m.entries) >= _COLUMNS_MIN:
+        # version (2 bytes) and digest (34) come first in the canonical form
+        blob = m.SerializeToString(deterministic=True)
+        start = (2 if m.version else 0) + 2 + DIGEST_BYTES
+        columns = _roster_columns(blob, start)
+        if columns is not None:
+            return KeyRoster(digest, columns)  # type: ignore[arg-type]
     entries = []
     seen: set[int] = set()
     append = entries.append
@@ -533,6 +590,9 @@ def _dec_delivery(m: Any, config: SecAggConfig | None) -> ShareDelivery:
                                 _ciphertext_bytes(m.ciphertexts, config), "ciphertexts", None))
 
 
+_COLUMNS_MIN = 64
+"""Rosters with at least this many entries are decoded as columns
+(:class:`~securefl.protocol.roster.RosterEntries`) when they can be."""
 _MASKED_TAG = 0x2A
 """Field 5, length-delimited: ``SecAggMessage.masked_input`` and ``MaskedInput.masked``."""
 _SPLIT_MIN = 1 << 12
