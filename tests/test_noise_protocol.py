@@ -529,3 +529,28 @@ def test_the_wire_checks_noise_field_sizes() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode(env.SerializeToString(deterministic=True))
     assert info.value.reason == WireIssue.INVALID_ID.value  # type: ignore[attr-defined]
+
+
+# -- the noisy prefix ([NZ-1] L, [NZ-4]) ------------------------------------------
+
+
+def test_noise_touches_only_the_noisy_prefix_and_removal_is_exact_there() -> None:
+    """With ``noisy_length = L`` clients noise coordinates ``0..L-1`` only and
+    the server removes the selected excess from the same coordinates: the
+    rest of the sum is exact (the codec's weight slot), with dropouts."""
+    from securefl.conformance.jsonio import config_from_json, config_to_json
+
+    config = SecAggConfig(8, 12, bits=32, mode=SecurityMode.ACTIVE,
+                          noise=NoisePlan(1e4, noisy_length=9))
+    assert config.noise_length == 9
+    assert config_from_json(config_to_json(config)) == config
+    inputs = _inputs(config, 6)
+    with _spy_noise() as added:
+        res = secure_sum(inputs, config, {2: Round.MASKED_INPUT_COLLECTION,
+                                          5: Round.MASKED_INPUT_COLLECTION},
+                         rng=_rng("prefix"))
+    assert res.noise_removed and len(res.survivors) == 6
+    released = _released_noise(config, inputs, res)
+    assert np.array_equal(released[9:], np.zeros(3, dtype=np.int64))
+    assert all(not added[c][9:].any() for c in added)
+    assert np.count_nonzero(released[:9]) >= 8  # sigma 100 (deterministic randomness)
