@@ -130,8 +130,11 @@ class SecAggConfig:
         noise: optional :class:`~securefl.protocol.noise.NoisePlan`: every
             client adds distributed Skellam noise to its encoded input before
             masking, and the server removes the excess the public rule
-            selects (SPEC.md section 16).  ``None`` (default): no noise, and
-            every message and derivation is exactly as without this field.
+            selects (SPEC.md section 16).  A removable plan needs active mode
+            ([NZ-1b]); build the plan for a fixed-point codec with
+            :func:`securefl.encoding.noise_plan_for`.  ``None`` (default): no
+            noise, and every message and derivation is exactly as without
+            this field.
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value, and in

@@ -29,6 +29,12 @@ survivors, filling the sorted survivor list round-robin; every other
 plan and ``U``; component variances are floats rounded *up* from the exact
 values, so the released variance (the exact sum of the floats used) is never
 below ``V``.
+
+Conditions (SPEC.md [NZ-1b], [NZ-1c], [NZ-8]): removable excess runs in active
+mode only (``SecAggConfig`` refuses it in semi-honest mode, where split
+survivor lists strip it); every component variance is 0 or in the samplers'
+range ``[2^-64, 2^36]``; and the bounds hold only under [SEC-1]'s conditions
+for the corrupt clients assumed.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ class NoiseCalibration(str, enum.Enum):
 
     REMOVABLE = "removable"
     """Base ``V/n`` plus removable excess: the released variance is in
-    ``[V, V (1 + excess_bound)]`` for every accepted dropout pattern."""
+    ``[V, V (1 + excess_bound)]`` for every accepted dropout pattern.  Active
+    mode only (with ``V > 0`` and at least one excess component)."""
     THRESHOLD = "threshold"
     """Base ``V/f`` and no excess (``J = 0``): the released variance is
     ``u V / f``, between ``V`` and ``V n / f``."""
