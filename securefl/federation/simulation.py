@@ -51,9 +51,9 @@ from securefl.encoding import EncodedUpdate, FixedPointCodec, PlainUpdate, max_f
 from securefl.errors import (
     AbortError,
     ConfigurationError,
-    EncodingError,
     PrivacyBudgetExceededError,
 )
+from securefl.federation.client_update import Admission, admit, client_update
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
@@ -72,7 +72,6 @@ from securefl.federation.round import (
 )
 from securefl.federation.server import AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind
-from securefl.privacy.budget import compose
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
     DPConfig,
@@ -444,43 +443,31 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
-        training: list[PrivateClient] = []
+        admitted: list[tuple[PrivateClient, Admission]] = []
         for client in clients:
             try:
-                client.check_budget()
+                admitted.append((client, admit(client)))
             except PrivacyBudgetExceededError as exc:
                 updates[client.client_id] = None
                 info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
                                           "detail": str(exc), "steps": 0}
-                continue
-            training.append(client)
         # the spend is durable before any data is touched: in-flight rows,
         # charging the steps each client is about to take, committed
         recorder.begin(round_number, {
-            client.client_id: (client.planned_round()[0],
-                               compose(client.history, client.planned_round()))
-            for client in training})
+            client.client_id: (admission.planned[0],
+                               admission.charged_history(client.history))
+            for client, admission in admitted})
         crash_point("after-in-flight", round_number)
-        for client in training:
-            cid = client.client_id
-            result = client.train_round(global_params)
+        for client, admission in admitted:
+            # the one client-update path (the Flower ClientApp's too): train,
+            # then encode with the client's own secret rounding; only the
+            # encoded vector leaves it
+            update = client_update(client, global_params, codec, round_number, mode,
+                                   admission=admission)
             crash_point("mid-training", round_number)
-            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps}
-            try:
-                # The client encodes its own update (rounding with its own
-                # secret randomness); only the encoded vector leaves it.
-                if mode is AggregationMode.SECURE:
-                    encoded: EncodedUpdate | PlainUpdate = codec.encode(
-                        result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
-                        weight=result.weight)
-                else:
-                    encoded = codec.encode_plain(result.update, weight=result.weight)
-                updates[cid] = encoded
-            except EncodingError as exc:
-                updates[cid] = None
-                entry["status"] = Participation.ENCODING_ERROR
-                entry["detail"] = f"encoding refused: {exc}"
-            info[cid] = entry
+            updates[client.client_id] = update.encoded
+            info[client.client_id] = {"status": update.refusal, "detail": update.detail,
+                                      "steps": update.steps}
 
         abort_reason = ""
         try:
