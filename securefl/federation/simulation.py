@@ -34,7 +34,7 @@ import copy
 import enum
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from securefl.federation.round import (
     PLOT_FILENAME,
     ClientOutcome,
     ClientRoundReport,
+    Evaluator,
     RoundRecorder,
     RoundReport,
 )
@@ -319,6 +320,10 @@ def run_simulation(
     on_round: Callable[[RoundReport], None] | None = None,
     progress: bool = False,
     resume: bool = False,
+    clients: Sequence[PrivateClient] | None = None,
+    evaluator: Evaluator | None = None,
+    round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
+    config_extra: Mapping[str, Any] | None = None,
 ) -> SimulationResult:
     """Run a whole federation and write its artefacts to ``output_dir``:
     ``run.sqlite`` (the run store, :mod:`securefl.federation.runstore`) and
@@ -342,6 +347,17 @@ def run_simulation(
         progress: show a tqdm progress bar over rounds.
         resume: continue the run in ``output_dir`` (see
             :func:`resume_simulation`); ``config`` must be the run's own.
+        clients: the clients, built by the caller (one per shard of
+            ``data``, ids 1..n, holding ``model``'s architecture), instead
+            of the default :class:`PrivateClient` over each shard
+            (:func:`securefl.federate` builds them with your loss, optimizer
+            and data); not with ``resume``.
+        evaluator: evaluates the global model each round (default: accuracy
+            and cross-entropy on ``data.test``; see :class:`RoundRecorder`).
+        round_json: a round's ``metrics.json`` entry (default
+            :meth:`RoundReport.to_json`).
+        config_extra: more (or overriding) entries of ``metrics.json``'s
+            config block.
 
     Raises:
         ConfigurationError: on an invalid configuration (before any training),
@@ -376,13 +392,18 @@ def run_simulation(
                               momentum=config.server_momentum),
         ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
     )
-    clients = [
-        # The seed reaches a client's randomness only in the insecure
-        # reproducible mode; otherwise it is ignored (os.urandom).
-        PrivateClient(cid, model, x, y, dp, seed=config.seed,
-                      weighting=config.weighting)
-        for cid, (x, y) in zip(ids, data.clients, strict=True)
-    ]
+    if clients is not None:
+        if resume or tuple(c.client_id for c in clients) != ids:
+            raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
+        clients = list(clients)
+    else:
+        clients = [
+            # The seed reaches a client's randomness only in the insecure
+            # reproducible mode; otherwise it is ignored (os.urandom).
+            PrivateClient(cid, model, x, y, dp, seed=config.seed,
+                          weighting=config.weighting)
+            for cid, (x, y) in zip(ids, data.clients, strict=True)
+        ]
     schedule = dropout_schedule(config)  # the simulator runs semi-honest sessions
     title = _plot_title(config, data.name)
     if resume:
@@ -391,7 +412,9 @@ def run_simulation(
     else:
         recorder = RoundRecorder.create(out, config=config, server=server, data_name=data.name,
                                         test=data.test, secure=config.secure, plot_title=title,
-                                        driver_state={"schedule_position": 0})
+                                        driver_state={"schedule_position": 0},
+                                        evaluator=evaluator, round_json=round_json,
+                                        config_extra=config_extra)
     try:
         by_id = {c.client_id: c for c in clients}
         interrupted = recorder.settle_interrupted(
