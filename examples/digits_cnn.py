@@ -13,7 +13,7 @@ That sample rate differs per client and is public (it is in the ledger), so
 it reveals each client's record count; pass ``sample_rate=`` to
 :func:`securefl.federate` for one public rate that reveals nothing.
 
-    python examples/digits_cnn.py [--rounds N] [--output DIR]
+    python examples/digits_cnn.py [--rounds N] [--clients N] [--output DIR]
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> securefl.FederationResult:
     """Run the federation and print the test accuracy per round."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--output", default=None, help="write the ledger, metrics and"
                         " checkpoint here (default: write nothing)")
     args = parser.parse_args(argv)
-    loaders, test = load()
+    loaders, test = load(args.clients)
     torch.manual_seed(0)
     model = SmallCNN()
     print(f"clients hold {[len(loader.dataset) for loader in loaders]} images;"
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> securefl.FederationResult:
 
     def show(report: RoundReport, metrics: dict[str, float]) -> None:
         print(f"round {report.round:2d}: test accuracy {metrics['accuracy']:.3f}, loss"
-              f" {metrics['loss']:.3f}, {len(report.survivors)}/10 clients summed, max"
+              f" {metrics['loss']:.3f}, {len(report.survivors)}/{len(loaders)} clients summed, max"
               f" epsilon {report.epsilon_max:.2f}" + (" (aborted)" if report.aborted else ""))
 
     result = securefl.federate(

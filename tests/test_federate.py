@@ -125,6 +125,10 @@ def test_dataloaders_set_each_clients_sample_rate_as_opacus_does(tmp_path: Path)
     rows = [r for r in load_ledger(tmp_path / "run" / "ledger.jsonl").committed
             if not r.in_flight]
     assert {r.client_id: r.sample_rate for r in rows} == {1: 0.5, 2: 0.25, 3: 0.125}
+    from securefl.cli.audit import audit_run
+
+    report = audit_run(tmp_path / "run")  # per-client rates verify like any run's
+    assert report["verified"] and report["violations"] == [], report
     # one public rate instead: nothing about the record counts in the ledger
     same = securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
                              noise_multiplier=1.0, sample_rate=0.2)
