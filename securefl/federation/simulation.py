@@ -242,23 +242,24 @@ def load_data(config: SimulationConfig) -> FederatedData:
 def preflight(config: SimulationConfig, data: FederatedData | None = None,
               model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
     """Check everything that can be checked before training: the data split,
-    the model (made Opacus-compatible: e.g. BatchNorm replaced by GroupNorm
-    with ``ModuleValidator.fix``, or refused with Opacus's explanation) and
-    the encoding's bit budget.
+    the model (refused when it has a layer DP-SGD cannot train, see
+    :func:`~securefl.privacy.client.make_private_compatible`) and the
+    encoding's bit budget.
 
     Args:
         config: the federation.
         data: the federated data (default: ``config.dataset``).
         model: the initial global model (default: an MLP with
             ``config.hidden`` units, seeded with ``config.seed``); it is not
-            modified (a fixed copy is returned when Opacus needs one).
+            modified.
 
     Returns:
         the initial global model and the codec the federation will use.
 
     Raises:
-        ConfigurationError: on an invalid configuration, an impossible split,
-            or a model Opacus cannot train.
+        ConfigurationError: on an invalid configuration or an impossible split.
+        ModelIncompatibleError: (a ``ConfigurationError``) on a model with a
+            layer DP-SGD cannot train (e.g. ``BatchNorm``), naming it and the fix.
         EncodingError: when the sum of the clients' updates could overflow.
     """
     data = data if data is not None else load_data(config)
@@ -340,9 +341,9 @@ def run_simulation(
             unless ``resume``.
         data: a ready-made federated data set (default: ``config.dataset``).
         model: the initial global model (default: an MLP, see :func:`preflight`);
-            the federation trains an Opacus-compatible copy, returned in the
-            result.  On resume: the same architecture (its weights are
-            replaced by the committed ones).
+            the federation trains a copy, returned in the result.  On
+            resume: the same architecture (its weights are replaced by the
+            committed ones).
         on_round: called with every round's report as soon as it is settled.
         progress: show a tqdm progress bar over rounds.
         resume: continue the run in ``output_dir`` (see
