@@ -85,6 +85,8 @@ def test_regression_with_your_loss_writes_nothing_without_output_dir(
     assert not all(torch.equal(a, b) for a, b in zip(
         before, result.model.parameters(), strict=True))
     assert all(r.survivors == (1, 2, 3) for r in result.rounds)
+    # arrays, no sample_rate: the public default rate and expected batch size
+    assert {(c.sample_rate, c.config.batch_size) for c in result.clients} == {(0.5, 36)}
 
 
 def test_with_output_dir_the_run_is_recorded_and_audits(tmp_path: Path) -> None:
@@ -212,3 +214,39 @@ def test_the_core_install_imports_securefl_and_explains_federate() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("MissingExtraError")
     assert "pip install 'securefl[train]'" in proc.stdout
+
+
+class _Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(30, 8, mode="mean")
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bag(tokens, offsets))
+
+
+def _bags(batch):
+    lengths = torch.tensor([len(t) for t, _ in batch])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    return (torch.cat([t for t, _ in batch]), offsets), torch.tensor([y for _, y in batch])
+
+
+def test_text_of_different_lengths_through_your_collate() -> None:
+    # token bags as (tokens, offsets): Opacus's EmbeddingBag needs offsets
+    rng = np.random.default_rng(0)
+
+    def texts(n: int) -> list[tuple[torch.Tensor, int]]:
+        items = []
+        for _ in range(n):
+            label = int(rng.integers(0, 2))
+            words = rng.integers(1, 15, size=int(rng.integers(2, 7))) + 15 * label
+            items.append((torch.as_tensor(words), label))
+        return items
+
+    loaders = [DataLoader(texts(40), batch_size=8, collate_fn=_bags) for _ in range(3)]
+    test = DataLoader(texts(30), batch_size=8, collate_fn=_bags)
+    result = securefl.federate(_Bag(), loaders, nn.CrossEntropyLoss(), rounds=2,
+                               noise_multiplier=0.8, sample_rate=0.2, lr=0.5, test_data=test)
+    assert set(result.final) == {"loss", "accuracy"}
+    assert 0.0 <= result.final["accuracy"] <= 1.0 and np.isfinite(result.final["loss"])
