@@ -112,15 +112,18 @@ def test_with_output_dir_the_run_is_recorded_and_audits(tmp_path: Path) -> None:
     assert result.epsilon <= 5.0 + 1e-9
 
 
-def test_dataloaders_set_each_clients_sample_rate_as_opacus_does(tmp_path: Path) -> None:
+def test_dataloaders_set_each_clients_sample_rate_as_opacus_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sizes = (20, 40, 80)
     rng = np.random.default_rng(0)
     loaders = [DataLoader(TensorDataset(torch.as_tensor(rng.normal(size=(n, 4)),
                                                         dtype=torch.float32),
                                         torch.as_tensor(rng.integers(0, 2, size=n))),
                           batch_size=10, shuffle=True) for n in sizes]
-    result = securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
-                               noise_multiplier=1.0, output_dir=tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="securefl.federation.api"):
+        result = securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
+                                   noise_multiplier=1.0, output_dir=tmp_path / "run")
+    assert "reveal every client's record count" in caplog.text
     rates = {c.client_id: (c.sample_rate, c.config.batch_size, c.steps_per_round)
              for c in result.clients}
     assert rates == {1: (0.5, 10, 2), 2: (0.25, 10, 4), 3: (0.125, 10, 8)}

@@ -44,8 +44,9 @@ divided by the expected batch size ``B``.  ``q`` and ``B`` are:
   (``DPDataLoader``): ``B`` is the loader's ``batch_size`` and
   ``q = B / len(dataset)``.  The loader's sampler and shuffling are not used.
   Such a ``q`` is a function of the client's record count ``n`` and is
-  public (the server and the ledger know it), so it reveals ``n``; the
-  epsilon is then Opacus's, which treats ``n`` as public;
+  public (the server and the ledger know it), so it reveals ``n`` (logged
+  as a warning); the epsilon is then Opacus's, which treats ``n`` as
+  public;
 * otherwise ``q`` = :data:`~securefl.privacy.client.DEFAULT_SAMPLE_RATE` and
   ``B`` = ``batch_size`` (default 36).
 """
@@ -95,8 +96,10 @@ class FederationResult:
             (your ``evaluate``'s, or the test set's loss and accuracy; empty
             dicts without either).
         final: the metrics of the final global model.
-        epsilon: the largest epsilon any client spent, at ``delta``, by the
-            federation's accountant.
+        epsilon: the largest epsilon any client spent, at ``delta``, by
+            Opacus's RDP accountant (the replace-one RDP bound when updates
+            are weighted by examples): ``metrics["final"]["epsilon_max"]``;
+            the other accountants' figures are beside it there.
         delta: the delta every epsilon is stated at.
         metrics: the content of ``metrics.json`` (written only with an
             ``output_dir``).
@@ -264,18 +267,20 @@ def federate(
             naming it and the problem (before any training).
         ConfigurationError: on invalid options.
     """
-    global_model, replaced, prepared, test, spec = _prepare(
-        model, client_data, loss_fn, test_data,
-        replace_incompatible_layers=replace_incompatible_layers)
-    rates = sample_rates(prepared, sample_rate=sample_rate, batch_size=batch_size)
-    if sample_rate is None and prepared[0].batch_size is not None:
-        logger.info("Poisson sample rates from the DataLoaders (batch_size / len(dataset)):"
-                    " each client's rate is public and reveals its record count")
     unknown = sorted(set(options) - _SIMULATION_FIELDS)
     if unknown:
         raise ConfigurationError(
             f"unknown options {unknown}; federate passes on the fields of SimulationConfig:"
             f" {', '.join(sorted(_SIMULATION_FIELDS))}")
+    global_model, replaced, prepared, test, spec = _prepare(
+        model, client_data, loss_fn, test_data,
+        replace_incompatible_layers=replace_incompatible_layers)
+    rates = sample_rates(prepared, sample_rate=sample_rate, batch_size=batch_size)
+    if sample_rate is None and prepared[0].batch_size is not None:
+        logger.warning(
+            "each client's Poisson sample rate is its DataLoader's batch_size / len(dataset),"
+            " as Opacus's: these rates are public (in the ledger) and reveal every client's"
+            " record count; pass sample_rate= for one rate shared by all")
     config = SimulationConfig(
         num_clients=len(prepared), rounds=rounds, dropout=dropout,
         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
