@@ -159,6 +159,16 @@ def _id(value: int, field: str) -> int:
     return int(value)
 
 
+def _ids(values: Iterable[int], field: str) -> list[int]:
+    """``[_id(u, field) for u in values]``, checked in bulk when every value
+    is a plain int in range (the common case: a long survivor list)."""
+    items = list(values)
+    if {type(u) for u in items} <= {int} and (
+            not items or (min(items) >= 1 and max(items) <= MAX_CLIENT_ID)):
+        return items
+    return [_id(u, field) for u in items]
+
+
 def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
     out.sender = _id(m.sender, "sender")
     out.encryption_key = bytes(m.encryption_key)
@@ -229,7 +239,7 @@ def _enc_masked_fields(m: MaskedInput, out: Any, element_bytes: int | None) -> A
         raise WireFormatError(f"masked entries do not fit in {element_bytes} bytes",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
     out.element_bytes = element_bytes
-    out.excluded.extend(_id(u, "excluded") for u in m.excluded)
+    out.excluded.extend(_ids(m.excluded, "excluded"))
     if element_bytes in (1, 2, 4, 8) and vector.dtype == np.dtype(f"<u{element_bytes}") \
             and vector.flags.c_contiguous:
         return memoryview(vector).cast("B")  # already the wire's words: no copy
@@ -239,7 +249,7 @@ def _enc_masked_fields(m: MaskedInput, out: Any, element_bytes: int | None) -> A
 def _enc_consistency(m: ConsistencyRequest, out: Any, _: int | None) -> None:
     out.recipient = _id(m.recipient, "recipient")
     out.session_id = bytes(m.session_id)
-    out.survivors.extend(_id(u, "survivors") for u in m.survivors)
+    out.survivors.extend(_ids(m.survivors, "survivors"))
 
 
 def _enc_signature(m: ConsistencySignature, out: Any, _: int | None) -> None:
@@ -251,8 +261,8 @@ def _enc_signature(m: ConsistencySignature, out: Any, _: int | None) -> None:
 def _enc_unmask_request(m: UnmaskingRequest, out: Any, _: int | None) -> None:
     out.recipient = _id(m.recipient, "recipient")
     out.session_id = bytes(m.session_id)
-    out.survivors.extend(_id(u, "survivors") for u in m.survivors)
-    out.dropped.extend(_id(u, "dropped") for u in m.dropped)
+    out.survivors.extend(_ids(m.survivors, "survivors"))
+    out.dropped.extend(_ids(m.dropped, "dropped"))
     for signer, signature in m.signatures.items():
         entry = out.signatures.add()
         entry.signer = _id(signer, "signatures.signer")
@@ -408,7 +418,8 @@ def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, 
         bad = int(ids[(ids < 1) | (ids > MAX_CLIENT_ID)][0])
         raise WireFormatError(f"{field} {bad} is not a client id (1..{MAX_CLIENT_ID})",
                               reason=WireIssue.INVALID_ID.value, field=field, peer=peer)
-    if ids.size > 1 and not np.all(np.diff(np.sort(ids).astype(np.int64))):
+    if ids.size > 1 and not np.all(np.diff(ids.astype(np.int64)) > 0) \
+            and not np.all(np.diff(np.sort(ids).astype(np.int64))):
         raise WireFormatError(f"{field} lists a client id twice",
                               reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
     return tuple(ids.tolist())
