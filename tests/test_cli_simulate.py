@@ -39,7 +39,7 @@ def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert load_checkpoint(out / "checkpoint.pt")["round"] == 2
     assert "3@R3-consistency" in text and "3@R0-advertise" in text
 
-    assert main(["audit", str(out)]) == 0
+    assert main(["audit", str(out), "--plot", str(out / "epsilon_per_round.png")]) == 0
     text = capsys.readouterr().out
     assert "stayed within its budget by all four accountants" in text
     assert (out / "epsilon_per_round.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,9 @@ step was taken without noise, its noise was not drawn from the OS CSPRNG
 (``--insecure-reproducible-noise``: noise_source insecure-seeded), its
 adjacency does not match its weighting, or any accountant exceeds its
 budget.  An in-flight row that no settled row supersedes is charged in
-full.  Prints per round and per client, and writes epsilon_per_round.png.
+full.  Prints per round and per client.  With --plot FILE it also draws
+every client's epsilon per round to FILE; nothing is written by default, and
+never into RUN_DIR unless FILE is there.
 
 Exit status:
   0  verified: every row recomputes, the chain and the cross-checks hold,
@@ -53,7 +55,6 @@ from securefl.privacy.ledger import (
 )
 from securefl.privacy.options import Adjacency, NoiseSource, adjacency_for
 
-PLOT_NAME = "epsilon_per_round.png"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 RECOMPUTE_TOLERANCE = 1e-6
@@ -113,7 +114,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         f" {METRICS_NAME} (or a ledger file alone: then not cross-checked)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the audit as strict JSON")
-    out.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+    plot = out.add_mutually_exclusive_group()
+    plot.add_argument("--plot", type=Path, default=None, metavar="FILE",
+                      help="write a PNG to FILE: every client's epsilon per round (with"
+                           " --empirical: the canary audit, by default"
+                           " ./empirical-audit-client<ID>.png or next to --output); the ledger"
+                           " audit writes no plot unless asked, and neither writes into RUN_DIR"
+                           " unless FILE is there")
+    plot.add_argument("--no-plot", action="store_true", help="write no plot")
     add_empirical_arguments(p)
     p.set_defaults(func=run)
 
@@ -544,8 +552,9 @@ def run(args: argparse.Namespace) -> int:
         report = audit_run(args.run_dir)
     except OSError as exc:
         raise LedgerError(f"cannot read the run at {args.run_dir}: {exc}") from None
-    if not args.no_plot:
-        _plot(report, Path(report["ledger"]).parent / PLOT_NAME)
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        _plot(report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:
@@ -560,6 +569,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     chain = load_ledger(report["ledger"])
     per_client: dict[int, list[tuple[int, float]]] = {}
+    unsettled = "in flight, never settled (charged in full)"
+    outside = "trained, not in the sum (spent all the same)"
+    markers: dict[str, list[tuple[int, float]]] = {unsettled: [], outside: []}
     for row in chain.effective():
         try:
             eps = _epsilons_for(row.adjacency, _history(row.history), row.delta)
@@ -568,10 +580,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         value = max(eps.values(), default=math.nan) if eps else math.nan
         if math.isfinite(value):
             per_client.setdefault(row.client_id, []).append((row.round, value))
-    if not per_client:
-        return
+            if row.in_flight:
+                markers[unsettled].append((row.round, value))
+            elif row.local_steps > 0 and not row.entered_sum:
+                markers[outside].append((row.round, value))
     budgets = [c["epsilon_budget"] for c in report["clients"] if c["epsilon_budget"] is not None]
     delta = report["clients"][0]["delta"] if report["clients"] else math.nan
-    plot_epsilon(path, per_client, budget=min(budgets) if budgets else None,
+    plot_epsilon(path, per_client, budget=min(budgets) if budgets else None, markers=markers,
                  title=f"epsilon per round, max over the accountants (delta {delta:g})")
     report["plot"] = str(path)
