@@ -9,6 +9,7 @@ line colours), not as pixels."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from securefl.federation.plots import (  # noqa: E402
     MAX_CLIENT_LINES,
     accuracy_figure,
     client_colours,
+    client_label,
     epsilon_figure,
 )
 from securefl.federation.simulation import SimulationConfig, run_simulation  # noqa: E402
@@ -43,7 +45,7 @@ def _round_ticks(fig: Figure) -> list[float]:
 
 def _client_lines(fig: Figure) -> list:
     return [line for line in fig.axes[0].get_lines()
-            if line.get_label().startswith("client ")]
+            if re.match(r"(clients? |\d+ clients: )", line.get_label())]
 
 
 def _per_client(n: int, rounds: int = 3) -> dict[int, list[tuple[int, float]]]:
@@ -103,6 +105,29 @@ def test_more_clients_are_summarised_by_bands_with_the_largest_spender() -> None
     assert "median client" in texts and f"client {n} (largest epsilon)" in texts
     assert len(_client_lines(fig)) == 1  # not 30 unreadable lines
     assert len(fig.axes[0].collections) == 2  # the two bands
+
+
+def test_clients_that_spent_alike_share_one_named_line() -> None:
+    """In a uniform run most clients have the same epsilons: one line per
+    distinct series, its label naming every client on it (drawn apart, the
+    last line drawn would hide the others under one colour)."""
+    same = [(1, 1.0), (2, 2.0), (3, 3.0)]
+    per_client = {cid: list(same) for cid in range(1, 31)}
+    per_client[7] = [(1, 1.0), (2, 2.5)]  # refused in round 3, spent more in round 2
+    per_client[12] = [(1, 1.0)]
+    fig = epsilon_figure(per_client)
+    labels = sorted(line.get_label() for line in _client_lines(fig))
+    assert labels == ["client 12", "client 7", "clients 1-6, 8-11, 13-30"]
+    assert len({to_rgba(line.get_color()) for line in _client_lines(fig)}) == 3
+    assert {"client 12", "client 7"} <= set(_legend_texts(fig))
+
+
+def test_client_labels_join_runs_and_stay_short() -> None:
+    assert client_label([4]) == "client 4"
+    assert client_label([3, 1, 2, 7, 9, 10]) == "clients 1-3, 7, 9-10"
+    long = client_label(list(range(1, 200, 2)))
+    assert long.startswith("100 clients: 1, 3,") and long.endswith("...")
+    assert len(long) <= 32
 
 
 def test_markers_are_named_in_the_legend() -> None:

@@ -2,11 +2,12 @@
 pyplot, no display, no global backend switch).
 
 Every figure has a legend that names every line, band and marker; rounds are
-integers on the x axis; clients get distinct colours (sampled evenly from a
-qualitative colormap) up to :data:`MAX_CLIENT_LINES`, and above that the
-clients are summarised by percentile bands with the largest spender drawn
-alone.  The ``*_figure`` functions return the figure (to inspect or save
-elsewhere); the ``plot_*`` functions write the PNG.
+integers on the x axis; clients that spent alike share a line, distinct
+lines get distinct colours (sampled evenly from a qualitative colormap) up
+to :data:`MAX_CLIENT_LINES`, and above that the clients are summarised by
+percentile bands with the largest spender drawn alone.  The ``*_figure``
+functions return the figure (to inspect or save elsewhere); the ``plot_*``
+functions write the PNG.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_CLIENT_LINES",
     "accuracy_figure",
     "client_colours",
+    "client_label",
     "epsilon_figure",
     "plot_accuracy",
     "plot_epsilon",
@@ -101,33 +103,66 @@ def plot_accuracy(path: str | os.PathLike[str], rounds: Sequence[int],
 _MARKER_STYLES = (("o", "black"), ("s", "tab:red"), ("D", "tab:purple"), ("^", "tab:brown"))
 
 
+def client_label(ids: Sequence[int], *, limit: int = 32) -> str:
+    """``client 3``, or ``clients 1-4, 7, 9-12`` (runs of consecutive ids
+    joined), or ``40 clients: 1-12, 14-...`` when longer than ``limit``."""
+    ordered = sorted(set(ids))
+    if len(ordered) == 1:
+        return f"client {ordered[0]}"
+    runs: list[str] = []
+    start = previous = ordered[0]
+    for cid in [*ordered[1:], None]:
+        if cid is not None and cid == previous + 1:
+            previous = cid
+            continue
+        runs.append(str(start) if start == previous else f"{start}-{previous}")
+        if cid is not None:
+            start = previous = cid
+    text = "clients " + ", ".join(runs)
+    if len(text) <= limit:
+        return text
+    shown = f"{len(ordered)} clients: {runs[0]}"
+    for run in runs[1:]:
+        if len(shown) + len(run) + 6 > limit:
+            break
+        shown += f", {run}"
+    return shown + ", ..."
+
+
 def epsilon_figure(per_client: Mapping[int, Sequence[tuple[int, float]]], *,
                    budget: float | None = None, title: str = "",
                    markers: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> Figure:
     """Epsilon so far per client and round, with the budget as a dashed red
-    line.  Up to :data:`MAX_CLIENT_LINES` clients: one line per client, each
-    its own colour, named in a legend outside the axes.  Above: the median,
-    the interquartile and the min-max bands over the clients each round, and
-    the client with the largest final epsilon as its own line.
+    line.  Clients whose points are identical share one line, labelled with
+    all their ids (in a run with uniform weighting most clients spend
+    alike; drawn apart, the lines would hide each other).  Up to
+    :data:`MAX_CLIENT_LINES` distinct lines: each its own colour, named in a
+    legend outside the axes.  Above: the median, the interquartile and the
+    min-max bands over the clients each round, and the client with the
+    largest epsilon as its own line.
 
     ``markers`` maps a legend label (what the points mean) to ``(round,
     epsilon)`` points drawn as hollow markers over the lines (at most four
     kinds)."""
-    clients = sorted(cid for cid, points in per_client.items() if points)
-    many = len(clients) > MAX_CLIENT_LINES
-    height = 4.4 if many else max(4.4, 1.2 + 0.17 * len(clients))
+    series: dict[tuple[tuple[int, float], ...], list[int]] = {}
+    for cid in sorted(per_client):
+        if per_client[cid]:
+            series.setdefault(tuple(sorted(per_client[cid])), []).append(cid)
+    many = len(series) > MAX_CLIENT_LINES
+    height = 4.4 if many else max(4.4, 1.2 + 0.17 * len(series))
     fig = Figure(figsize=(8, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if not clients:
+    if not series:
         ax.text(0.5, 0.5, "no finite epsilon to draw", transform=ax.transAxes,
                 ha="center", va="center")
     elif not many:
-        for cid, colour in zip(clients, client_colours(len(clients)), strict=True):
-            xs, ys = zip(*sorted(per_client[cid]), strict=True)
-            ax.plot(xs, ys, marker=".", linewidth=1.2, color=colour, label=f"client {cid}")
+        for (points, ids), colour in zip(series.items(), client_colours(len(series)),
+                                         strict=True):
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker=".", linewidth=1.2, color=colour, label=client_label(ids))
     else:
-        _bands(ax, {cid: per_client[cid] for cid in clients})
+        _bands(ax, {cid: per_client[cid] for ids in series.values() for cid in ids})
     for (label, points), (shape, colour) in zip((markers or {}).items(), _MARKER_STYLES,
                                                 strict=False):
         if points:
