@@ -18,7 +18,7 @@ step was taken without noise, its noise was not drawn from the OS CSPRNG
 adjacency does not match its weighting, or any accountant exceeds its
 budget.  An in-flight row that no settled row supersedes is charged in
 full.  Prints per round and per client.  With --plot FILE it also draws
-every client's epsilon per round to FILE; nothing is written by default, and
+every client's epsilon per round to FILE; no plot is drawn by default, and
 never into RUN_DIR unless FILE is there.
 
 Exit status:
