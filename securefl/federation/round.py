@@ -95,6 +95,10 @@ __all__ = [
     "RoundReport",
 ]
 
+Evaluator = Callable[[torch.nn.Module], Any]
+"""Evaluates a global model: returns an object with ``accuracy`` and ``loss``
+(:class:`~securefl.federation.model.Evaluation`)."""
+
 METRICS_FILENAME = "metrics.json"
 PLOT_FILENAME = "accuracy_per_round.png"
 INTERRUPTED = ("interrupted: the process stopped while the round was in flight; settled as"
@@ -276,7 +280,7 @@ class RoundRecorder:
     def __init__(self, out: Path, store: RunStore, *, config: SimulationConfig, server: Server,
                  test: tuple[np.ndarray, np.ndarray], secure: bool,
                  round_json: Callable[[RoundReport], dict[str, Any]] | None,
-                 plot_title: str | None) -> None:
+                 plot_title: str | None, evaluator: Evaluator | None = None) -> None:
         self.out = out
         self.store = store
         self.config = config
@@ -295,7 +299,9 @@ class RoundRecorder:
         self._head = store.ledger_head()
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
-        self.last_eval = evaluate(server.model, self._x_test, self._y_test)
+        self._evaluate: Evaluator = evaluator or (
+            lambda model: evaluate(model, self._x_test, self._y_test))
+        self.last_eval = self._evaluate(server.model)
 
     # -- construction ------------------------------------------------------------------
 
@@ -328,7 +334,8 @@ class RoundRecorder:
                config_extra: Mapping[str, Any] | None = None,
                round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
                plot_title: str | None = None,
-               driver_state: Mapping[str, Any] | None = None) -> RoundRecorder:
+               driver_state: Mapping[str, Any] | None = None,
+               evaluator: Evaluator | None = None) -> RoundRecorder:
         """Start recording a new run in ``output_dir``: create the run store
         with round 0 (the initial model) committed, and export the ledger
         (its header), ``checkpoint.pt`` and ``metrics.json``.
@@ -346,6 +353,9 @@ class RoundRecorder:
             plot_title: title of the accuracy plot :meth:`finish` writes
                 (None: no plot).
             driver_state: the driver's initial state (JSON).
+            evaluator: evaluates the global model at the start and after
+                every applied round (default: accuracy and cross-entropy on
+                ``test``).
 
         Raises:
             ConfigurationError: ``output_dir`` already holds a ledger or a run
@@ -373,7 +383,7 @@ class RoundRecorder:
                                 checkpoint=checkpoint, clients=clients,
                                 driver=dict(driver_state or {}))
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title)
+                       round_json=round_json, plot_title=plot_title, evaluator=evaluator)
         try:
             recorder.export()
         except BaseException:
@@ -571,7 +581,7 @@ class RoundRecorder:
                            "history": _history_json(client.history)}
         if outcome is not None:
             self.server.apply(outcome)
-            self.last_eval = evaluate(self.server.model, self._x_test, self._y_test)
+            self.last_eval = self._evaluate(self.server.model)
         eps_values = [c.epsilon_rdp for c in reports]
         prv_values = [c.epsilon_prv for c in reports if c.epsilon_prv is not None]
         report = RoundReport(

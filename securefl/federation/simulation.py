@@ -38,7 +38,7 @@ import copy
 import enum
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,9 @@ from securefl.encoding import EncodedUpdate, FixedPointCodec, PlainUpdate, max_f
 from securefl.errors import (
     AbortError,
     ConfigurationError,
-    EncodingError,
     PrivacyBudgetExceededError,
 )
+from securefl.federation.client_update import Admission, admit, client_update
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
@@ -67,12 +67,12 @@ from securefl.federation.round import (
     PLOT_FILENAME,
     ClientOutcome,
     ClientRoundReport,
+    Evaluator,
     RoundRecorder,
     RoundReport,
 )
 from securefl.federation.server import AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind
-from securefl.privacy.budget import compose
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
     DPConfig,
@@ -245,23 +245,24 @@ def load_data(config: SimulationConfig) -> FederatedData:
 def preflight(config: SimulationConfig, data: FederatedData | None = None,
               model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
     """Check everything that can be checked before training: the data split,
-    the model (made Opacus-compatible: e.g. BatchNorm replaced by GroupNorm
-    with ``ModuleValidator.fix``, or refused with Opacus's explanation) and
-    the encoding's bit budget.
+    the model (refused when it has a layer DP-SGD cannot train, see
+    :func:`~securefl.privacy.client.make_private_compatible`) and the
+    encoding's bit budget.
 
     Args:
         config: the federation.
         data: the federated data (default: ``config.dataset``).
         model: the initial global model (default: an MLP with
             ``config.hidden`` units, seeded with ``config.seed``); it is not
-            modified (a fixed copy is returned when Opacus needs one).
+            modified.
 
     Returns:
         the initial global model and the codec the federation will use.
 
     Raises:
-        ConfigurationError: on an invalid configuration, an impossible split,
-            or a model Opacus cannot train.
+        ConfigurationError: on an invalid configuration or an impossible split.
+        ModelIncompatibleError: (a ``ConfigurationError``) on a model with a
+            layer DP-SGD cannot train (e.g. ``BatchNorm``), naming it and the fix.
         EncodingError: when the sum of the clients' updates could overflow.
     """
     data = data if data is not None else load_data(config)
@@ -323,6 +324,10 @@ def run_simulation(
     on_round: Callable[[RoundReport], None] | None = None,
     progress: bool = False,
     resume: bool = False,
+    clients: Sequence[PrivateClient] | None = None,
+    evaluator: Evaluator | None = None,
+    round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
+    config_extra: Mapping[str, Any] | None = None,
 ) -> SimulationResult:
     """Run a whole federation and write its artefacts to ``output_dir``:
     ``run.sqlite`` (the run store, :mod:`securefl.federation.runstore`) and
@@ -339,13 +344,24 @@ def run_simulation(
             unless ``resume``.
         data: a ready-made federated data set (default: ``config.dataset``).
         model: the initial global model (default: an MLP, see :func:`preflight`);
-            the federation trains an Opacus-compatible copy, returned in the
-            result.  On resume: the same architecture (its weights are
-            replaced by the committed ones).
+            the federation trains a copy, returned in the result.  On
+            resume: the same architecture (its weights are replaced by the
+            committed ones).
         on_round: called with every round's report as soon as it is settled.
         progress: show a tqdm progress bar over rounds.
         resume: continue the run in ``output_dir`` (see
             :func:`resume_simulation`); ``config`` must be the run's own.
+        clients: the clients, built by the caller (one per shard of
+            ``data``, ids 1..n, holding ``model``'s architecture), instead
+            of the default :class:`PrivateClient` over each shard
+            (:func:`securefl.federate` builds them with your loss, optimizer
+            and data); not with ``resume``.
+        evaluator: evaluates the global model each round (default: accuracy
+            and cross-entropy on ``data.test``; see :class:`RoundRecorder`).
+        round_json: a round's ``metrics.json`` entry (default
+            :meth:`RoundReport.to_json`).
+        config_extra: more (or overriding) entries of ``metrics.json``'s
+            config block.
 
     Raises:
         ConfigurationError: on an invalid configuration (before any training),
@@ -380,13 +396,18 @@ def run_simulation(
                               momentum=config.server_momentum),
         ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
     )
-    clients = [
-        # The seed reaches a client's randomness only in the insecure
-        # reproducible mode; otherwise it is ignored (os.urandom).
-        PrivateClient(cid, model, x, y, dp, seed=config.seed,
-                      weighting=config.weighting)
-        for cid, (x, y) in zip(ids, data.clients, strict=True)
-    ]
+    if clients is not None:
+        if resume or tuple(c.client_id for c in clients) != ids:
+            raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
+        clients = list(clients)
+    else:
+        clients = [
+            # The seed reaches a client's randomness only in the insecure
+            # reproducible mode; otherwise it is ignored (os.urandom).
+            PrivateClient(cid, model, x, y, dp, seed=config.seed,
+                          weighting=config.weighting)
+            for cid, (x, y) in zip(ids, data.clients, strict=True)
+        ]
     schedule = dropout_schedule(config)  # the simulator runs semi-honest sessions
     title = _plot_title(config, data.name)
     if resume:
@@ -395,7 +416,9 @@ def run_simulation(
     else:
         recorder = RoundRecorder.create(out, config=config, server=server, data_name=data.name,
                                         test=data.test, secure=config.secure, plot_title=title,
-                                        driver_state={"schedule_position": 0})
+                                        driver_state={"schedule_position": 0},
+                                        evaluator=evaluator, round_json=round_json,
+                                        config_extra=config_extra)
     try:
         by_id = {c.client_id: c for c in clients}
         interrupted = recorder.settle_interrupted(
@@ -444,43 +467,31 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
-        training: list[PrivateClient] = []
+        admitted: list[tuple[PrivateClient, Admission]] = []
         for client in clients:
             try:
-                client.check_budget()
+                admitted.append((client, admit(client)))
             except PrivacyBudgetExceededError as exc:
                 updates[client.client_id] = None
                 info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
                                           "detail": str(exc), "steps": 0}
-                continue
-            training.append(client)
         # the spend is durable before any data is touched: in-flight rows,
         # charging the steps each client is about to take, committed
         recorder.begin(round_number, {
-            client.client_id: (client.planned_round()[0],
-                               compose(client.history, client.planned_round()))
-            for client in training})
+            client.client_id: (admission.planned[0],
+                               admission.charged_history(client.history))
+            for client, admission in admitted})
         crash_point("after-in-flight", round_number)
-        for client in training:
-            cid = client.client_id
-            result = client.train_round(global_params)
+        for client, admission in admitted:
+            # the one client-update path (the Flower ClientApp's too): train,
+            # then encode with the client's own secret rounding; only the
+            # encoded vector leaves it
+            update = client_update(client, global_params, codec, round_number, mode,
+                                   admission=admission)
             crash_point("mid-training", round_number)
-            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps}
-            try:
-                # The client encodes its own update (rounding with its own
-                # secret randomness); only the encoded vector leaves it.
-                if mode is AggregationMode.SECURE:
-                    encoded: EncodedUpdate | PlainUpdate = codec.encode(
-                        result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
-                        weight=result.weight)
-                else:
-                    encoded = codec.encode_plain(result.update, weight=result.weight)
-                updates[cid] = encoded
-            except EncodingError as exc:
-                updates[cid] = None
-                entry["status"] = Participation.ENCODING_ERROR
-                entry["detail"] = f"encoding refused: {exc}"
-            info[cid] = entry
+            updates[client.client_id] = update.encoded
+            info[client.client_id] = {"status": update.refusal, "detail": update.detail,
+                                      "steps": update.steps}
 
         abort_reason = ""
         try:
