@@ -59,6 +59,7 @@ import numpy as np
 
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
+from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
 
 __all__ = [
     "MECHANISM",
@@ -71,6 +72,7 @@ __all__ = [
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
     "skellam_rdp",
+    "user_level_entry",
     "user_level_epsilon",
     "user_level_epsilons",
 ]
@@ -472,3 +474,34 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
     return UserLevelPlan(codec=codec, variance=variance, q=q, rounds=int(rounds),
                          delta=float(delta), target_epsilon=float(target_epsilon),
                          cohort=int(cohort), stddevs=float(stddevs))
+
+
+def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
+                     survivors: int, previous: UserLevelEntry | None = None,
+                     epsilon_budget: float | None = None) -> UserLevelEntry:
+    """The ledger row of one released round: the history of ``previous``
+    (the last user-level row, None for the first) plus this round at the
+    variance the released sum actually carries, and both epsilons of it.
+
+    Raises:
+        ConfigurationError: when ``released_variance`` is below the plan's
+            variance (the sum does not carry the calibrated noise; nothing is
+            recorded as if it did).
+    """
+    if not released_variance >= plan.variance:
+        raise ConfigurationError(
+            f"round {round_number}: the released sum carries variance {released_variance:.6g},"
+            f" below the calibrated {plan.variance:.6g}")
+    codec = plan.codec
+    history = [list(row) for row in previous.history] if previous is not None else []
+    history.append([float(released_variance), codec.l1_sensitivity, codec.l2_sensitivity,
+                    plan.q, 1])
+    eps = user_level_epsilons(history, plan.delta)
+    return UserLevelEntry(
+        round=int(round_number), mechanism=MECHANISM, adjacency=USER_LEVEL_ADJACENCY,
+        sample_rate=plan.q, released_variance=float(released_variance),
+        target_variance=plan.variance, gamma=codec.gamma, clip=codec.clip,
+        dimension=codec.padded, beta=codec.beta, bits=codec.bits,
+        l1_sensitivity=codec.l1_sensitivity, l2_sensitivity=codec.l2_sensitivity,
+        survivors=int(survivors), delta=plan.delta, epsilon=eps["sampled"],
+        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history)
