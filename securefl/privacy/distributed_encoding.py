@@ -17,9 +17,9 @@ Client, :meth:`RotatedCodec.encode`:
    the mass over the coordinates so that each is small);
 3. **scale** by ``gamma`` and round each coordinate to an integer by
    **conditional randomized rounding**: ``floor(z) + Bernoulli(z - floor(z))``
-   with uniforms from ``os.urandom``; the rounded vector is accepted only if
-   its squared L2 norm is at most :attr:`RotatedCodec.norm_bound_sq`, and
-   drawn again otherwise;
+   with uniforms from AES-256-CTR under a fresh key from ``os.urandom``; the
+   rounded vector is accepted only if its squared L2 norm is at most
+   :attr:`RotatedCodec.norm_bound_sq`, and drawn again otherwise;
 4. reduce modulo ``2^bits`` (two's complement).
 
 The accepted norm bound (Kairouz et al. 2021, Theorem 23 with the
@@ -48,6 +48,7 @@ This module needs only numpy and cryptography.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -90,26 +91,43 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+_BLOCK_LOG2 = 5
+
+
+@functools.lru_cache(maxsize=_BLOCK_LOG2 + 1)
+def _hadamard(size: int) -> np.ndarray:
+    """The Sylvester Hadamard matrix of a power-of-two ``size`` (read-only)."""
+    h = np.ones((1, 1))
+    while h.shape[0] < size:
+        h = np.block([[h, h], [h, -h]])
+    h.setflags(write=False)
+    return h
+
+
 def fwht(values: np.ndarray) -> np.ndarray:
     """The unnormalised fast Walsh-Hadamard transform ``H x`` of a float
-    vector whose length is a power of two (``O(d log d)``, a new array).
+    vector whose length ``d`` is a power of two (a new array).
 
-    ``H`` is symmetric and ``H H = d I``, so ``fwht(fwht(x)) / d == x``.
+    ``H_d`` is the Kronecker product of Hadamard blocks of at most 32 x 32,
+    so the transform is ``ceil(log2(d) / 5)`` batched matrix products with
+    those blocks, each along one axis of ``x`` reshaped (``O(d log d)``
+    operations, done by BLAS).  ``H`` is symmetric and ``H H = d I``, so
+    ``fwht(fwht(x)) / d == x`` up to float rounding.
 
     Raises:
         EncodingError: when the length is not a power of two.
     """
     out = np.array(values, dtype=np.float64, copy=True)
-    d = out.shape[0]
+    d = out.shape[0] if out.ndim == 1 else 0
     if out.ndim != 1 or d < 1 or d & (d - 1):
         raise EncodingError(f"the Hadamard transform needs a power-of-two length, got {d}")
-    h = 1
+    k = min(1 << _BLOCK_LOG2, d)
+    out = (out.reshape(-1, k) @ _hadamard(k)).reshape(-1)
+    h = k
     while h < d:
-        view = out.reshape(-1, 2, h)
-        a = view[:, 0, :].copy()
-        view[:, 0, :] += view[:, 1, :]
-        view[:, 1, :] = a - view[:, 1, :]
-        h *= 2
+        k = min(1 << _BLOCK_LOG2, d // h)
+        out = np.matmul(_hadamard(k), out.reshape(-1, k, h)).reshape(-1)
+        h *= k
     return out
 
 
@@ -136,8 +154,14 @@ def rotation_signs(round_seed: bytes, length: int) -> np.ndarray:
 
 
 def _os_uniform53(count: int) -> np.ndarray:
-    """``count`` uniform integers below ``2^53`` from ``os.urandom``."""
-    return np.frombuffer(os.urandom(8 * count), dtype="<u8") >> np.uint64(11)
+    """``count`` uniform integers below ``2^53``: the AES-256-CTR keystream
+    under a fresh key from ``os.urandom`` (used for this one draw and
+    forgotten), read as little-endian 64-bit words shifted right by 11 (the
+    construction of the noise sampler's fresh draws, faster than reading 8
+    bytes per value from ``os.urandom``)."""
+    encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(_ZERO_IV)).encryptor()
+    stream = encryptor.update(bytes(8 * count)) + encryptor.finalize()
+    return np.frombuffer(stream, dtype="<u8") >> np.uint64(11)
 
 
 @dataclass(frozen=True)
@@ -286,19 +310,22 @@ class RotatedCodec:
         rotated clipped update): the rounded int64 vector whose squared norm
         is at most :attr:`norm_bound_sq`, and the number of attempts.
 
-        ``uniform(n)`` returns ``n`` integers uniform below ``2^53`` (default:
-        from ``os.urandom``; tests inject others).
+        ``uniform(n)`` returns ``n`` integers uniform below ``2^53`` as
+        ``uint64`` (default: AES-256-CTR under a fresh key from
+        ``os.urandom``; tests inject others).  A coordinate is rounded up
+        with probability ``ceil(frac 2^53) / 2^53``.
 
         Raises:
             EncodingError: after :data:`MAX_ROUNDING_ATTEMPTS` refusals (an
                 input beyond ``gamma * clip``, or probability ``beta^1000``).
         """
         floor = np.floor(scaled)
-        threshold = np.ldexp(scaled - floor, 53)  # exact: a fraction of 53 bits
+        # P(round up) = ceil(frac 2^53) / 2^53: within 2^-53 of frac
+        threshold = np.ceil(np.ldexp(scaled - floor, 53)).astype(np.uint64)
         base = floor.astype(np.int64)
         limit = self.norm_bound_sq
         for attempt in range(1, MAX_ROUNDING_ATTEMPTS + 1):
-            up = uniform(base.shape[0]).astype(np.float64) < threshold
+            up = uniform(base.shape[0]) < threshold
             rounded = base + up
             if int(np.dot(rounded, rounded)) <= limit:
                 return rounded, attempt
