@@ -109,6 +109,8 @@ class UserLevelSetting:
         lr: the client's learning rate.
         server_lr: the server's learning rate.
         momentum: the server's momentum.
+        stddevs: the margin of the ring, in standard deviations of the sum
+            (:func:`~securefl.privacy.distributed.plan_user_level`).
     """
 
     num_clients: int = 300
@@ -121,6 +123,7 @@ class UserLevelSetting:
     lr: float = 0.5
     server_lr: float = 1.0
     momentum: float = 0.9
+    stddevs: float = 3.0
 
     @property
     def cohort_bound(self) -> int:
@@ -134,7 +137,8 @@ def plan_for(setting: UserLevelSetting, bits: int, num_values: int) -> UserLevel
     """The user-level plan of ``setting`` at ``bits`` bits per coordinate."""
     return plan_user_level(num_values=num_values, clip=setting.clip, bits=bits,
                            cohort=setting.cohort_bound, q=setting.q, rounds=setting.rounds,
-                           target_epsilon=setting.epsilon, delta=setting.delta)
+                           target_epsilon=setting.epsilon, delta=setting.delta,
+                           stddevs=setting.stddevs)
 
 
 def gaussian_multiplier(setting: UserLevelSetting) -> float:
