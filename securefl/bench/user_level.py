@@ -36,7 +36,9 @@ __all__ = [
     "accuracy_sweep",
     "client_cost",
     "digits_federation",
+    "evaluate_accuracy",
     "run_federation",
+    "softmax_gradient",
 ]
 
 
@@ -79,7 +81,9 @@ def digits_federation(num_clients: int = 300, *, test_fraction: float = 0.2,
                           test_x=x[:held], test_y=y[:held], num_classes=10)
 
 
-def _gradient(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def softmax_gradient(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The mean cross-entropy gradient of a softmax regression whose
+    ``weights`` stack the coefficient matrix and the bias row."""
     logits = x @ weights[:-1] + weights[-1]
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
@@ -88,7 +92,8 @@ def _gradient(weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.vstack([x.T @ p, p.sum(axis=0)]) / len(y)
 
 
-def _accuracy(weights: np.ndarray, data: FederationData) -> float:
+def evaluate_accuracy(weights: np.ndarray, data: FederationData) -> float:
+    """The softmax regression's accuracy on the test set."""
     predicted = (data.test_x @ weights[:-1] + weights[-1]).argmax(axis=1)
     return float((predicted == data.test_y).mean())
 
@@ -223,7 +228,7 @@ def run_federation(setting: UserLevelSetting, data: FederationData, *, mechanism
         for client in chosen:
             local = weights.copy()
             for _ in range(setting.local_steps):
-                local -= setting.lr * _gradient(local, data.client_x[client],
+                local -= setting.lr * softmax_gradient(local, data.client_x[client],
                                                 data.client_y[client])
             updates.append((local - weights).reshape(-1))
         if codec is not None and plan is not None:
@@ -246,7 +251,7 @@ def run_federation(setting: UserLevelSetting, data: FederationData, *, mechanism
                 summed += noise.numpy()
         velocity = setting.momentum * velocity + (summed / denominator).reshape(shape)
         weights = weights + setting.server_lr * velocity
-    info["accuracy"] = _accuracy(weights, data)
+    info["accuracy"] = evaluate_accuracy(weights, data)
     return info
 
 

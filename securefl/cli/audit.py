@@ -334,14 +334,17 @@ def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     cross-check of the recomputation)."""
     import dp_accounting
 
+    from securefl.privacy.accounting import _quiet_absl
+
     accountant = dp_accounting.rdp.RdpAccountant()
-    for mu, _, l2, q, rounds in history:
-        if rounds and l2 > 0:
-            event: Any = dp_accounting.GaussianDpEvent(math.sqrt(mu) / l2)
-            if q < 1:
-                event = dp_accounting.PoissonSampledDpEvent(q, event)
-            accountant.compose(event, int(rounds))
-    return float(accountant.get_epsilon(delta))
+    with _quiet_absl():
+        for mu, _, l2, q, rounds in history:
+            if rounds and l2 > 0:
+                event: Any = dp_accounting.GaussianDpEvent(math.sqrt(mu) / l2)
+                if q < 1:
+                    event = dp_accounting.PoissonSampledDpEvent(q, event)
+                accountant.compose(event, int(rounds))
+        return float(accountant.get_epsilon(delta))
 
 
 def _verify_user_level(chain: LedgerChain, violations: list[str]) -> list[dict[str, Any]]:
@@ -554,6 +557,11 @@ def audit_run(path: Path) -> dict[str, Any]:
         verdict = ("OK: the chain and the cross-checks hold, every row recomputes, and every"
                    " client stayed within its budget by "
                    + ("all four accountants" if four else "every accountant of its adjacency"))
+        if not clients:
+            verdict = ("OK: the chain and the cross-checks hold, and every user-level row"
+                       " recomputes and stays within its budget")
+        elif user_level:
+            verdict += "; every user-level row recomputes and stays within its budget"
     return {
         "ledger": str(ledger),
         "run_id": chain.run_id,
