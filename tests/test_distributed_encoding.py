@@ -184,3 +184,35 @@ def test_norm_bound_formula():
     probable = c * c + d / 4 + math.sqrt(2 * math.log(1 / beta)) * (c + math.sqrt(d) / 2)
     assert rounded_norm_bound_sq(c, d, beta) == math.floor(probable)
     assert rounded_norm_bound_sq(c, d, 0.0) == math.floor((c + 32) ** 2)
+
+
+def test_through_the_secure_aggregation_protocol_with_dropouts():
+    """The ring vectors go through the real protocol (masks, a dropout after
+    sharing keys): the unmasked sum decodes to exactly the survivors'
+    rounded integer sum."""
+    from securefl.protocol import Round, SecAggConfig
+    from securefl.protocol.inmemory import secure_sum
+
+    codec = RotatedCodec(num_values=50, clip=1.0, gamma=300.0, bits=20)
+    rng = np.random.default_rng(7)
+    config = SecAggConfig(num_clients=5, vector_length=codec.padded, bits=20, threshold=3)
+    encoded = {cid: codec.encode(rng.normal(size=50), SEED).vector for cid in config.ids}
+    result = secure_sum(encoded, config, {config.ids[0]: Round.MASKED_INPUT_COLLECTION})
+    exact = np.sum([codec.signed(encoded[c]) for c in result.survivors], axis=0)
+    assert len(result.survivors) == 4
+    assert np.array_equal(codec.signed(result.total), exact)
+
+
+def test_skellam_noise_in_the_ring_decodes_to_noise_of_variance_v_over_gamma_squared():
+    """Noise added in the ring and read back by modular clipping and
+    un-rotation keeps its variance (the rotation is orthogonal): the decoded
+    error per coordinate has variance V / gamma^2."""
+    from securefl.hazmat.noise import skellam_fresh
+
+    codec = RotatedCodec(num_values=4096, clip=1.0, gamma=100.0, bits=32)
+    variance = 2500.0
+    noise = codec.to_ring(skellam_fresh(variance, codec.padded))
+    error = codec.decode_sum(noise, SEED)
+    expected = variance / codec.gamma**2
+    # sample variance of 4096 values: relative standard error sqrt(2 / 4096) = 2.2%
+    assert abs(error.var() / expected - 1.0) < 0.12
