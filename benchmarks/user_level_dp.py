@@ -29,9 +29,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sweep = results["accuracy"]
-    bits = [r["bits"] for r in sweep["skellam"]]
+    ran = [r for r in sweep["skellam"] if "refused" not in r]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(bits, [100 * r["accuracy_mean"] for r in sweep["skellam"]], "o-",
+    ax.plot([r["bits"] for r in ran], [100 * r["accuracy_mean"] for r in ran], "o-",
             label="Skellam in the secure sum (distributed)")
     for key, label, style in (("gaussian", "central Gaussian, same epsilon (tight accountant)",
                                "--"),
@@ -58,6 +58,9 @@ def _markdown(results: dict[str, Any], command: str) -> str:
              " accountant (pp) | noise multiplier | gamma |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in sweep["skellam"]:
+        if "refused" in r:
+            lines.append(f"| {r['bits']} | refused: {r['refused']} | | | | |")
+            continue
         lines.append(f"| {r['bits']} | {100 * r['accuracy_mean']:.2f}% |"
                      f" {r['gap_to_gaussian_pp']:+.2f} | {r['gap_to_gaussian_generic_pp']:+.2f}"
                      f" | {r['noise_multiplier']:.3f} | {r['gamma']:.4g} |")

@@ -175,6 +175,7 @@ def test_plan_fits_the_ring_and_spends_the_target():
     assert codec.bits == 16 and codec.padded == 8192
     assert user_level_epsilon([plan.round_row] * 30, DELTA) <= 4.0
     assert plan.stddevs * plan.sum_stddev() <= 2**15 - 1
+    assert 2 * 8 * (plan.variance * 1.001) ** 0.5 <= 2**15  # the protocol's noise check
     assert codec.l2_sensitivity <= ROUNDING_INFLATION_LIMIT * codec.gamma * codec.clip
     # gamma is as large as fits: doubling it no longer fits
     bigger = plan_user_level(num_values=4810, clip=1.0, bits=17, cohort=30, q=0.1, rounds=30,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from securefl.errors import ConfigurationError
 from securefl.privacy.distributed import UserLevelPlan, plan_user_level
 from securefl.privacy.distributed_encoding import RotatedCodec
 
@@ -278,7 +279,12 @@ def accuracy_sweep(setting: UserLevelSetting, bits_list: Sequence[int], seeds: S
         results[name] = {"accuracy_mean": float(np.mean(accs)), "accuracies": accs}
         progress(f"{name}: {np.mean(accs):.4f}")
     for bits in bits_list:
-        plan = plan_for(setting, bits, size)
+        try:
+            plan = plan_for(setting, bits, size)
+        except ConfigurationError as exc:
+            results["skellam"].append({"bits": bits, "refused": str(exc)})
+            progress(f"skellam {bits} bits: refused ({exc})")
+            continue
         accs = [run_federation(setting, data, mechanism="skellam", bits=bits, seed=s,
                                plan=plan)["accuracy"] for s in seeds]
         codec = plan.codec

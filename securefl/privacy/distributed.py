@@ -63,6 +63,7 @@ from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
 
 __all__ = [
     "MECHANISM",
+    "NOISE_TAIL_SIGMAS",
     "ORDERS",
     "ROUNDING_INFLATION_LIMIT",
     "SkellamRound",
@@ -85,6 +86,12 @@ ORDERS = tuple(range(2, 129)) + tuple(range(136, 257, 8))
 hold at integer orders only)."""
 
 _MAX_ORDER = ORDERS[-1]
+
+NOISE_TAIL_SIGMAS = 8.0
+"""The protocol's own ring check for the noise plan (SPEC section 16): the
+released noise's ``+-8`` standard deviations must fit in half the ring,
+``2 * 8 * sqrt(V_max) <= 2^(bits-1)``; :func:`plan_user_level` keeps to it
+so that a session configured with its variance is never refused."""
 
 ROUNDING_INFLATION_LIMIT = 1.25
 """:func:`plan_user_level` refuses a ring too small for a scale ``gamma``
@@ -374,8 +381,10 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
     """Calibrate user-level distributed DP: the largest scale ``gamma`` such
     that ``stddevs`` standard deviations of the sum of ``cohort`` rounded
     updates plus noise of variance ``noise_factor * V`` fit in the signed
-    range ``2^(bits-1)``, where ``V`` is the Skellam variance that spends
-    ``target_epsilon`` over ``rounds`` rounds at sampling rate ``q``.
+    range ``2^(bits-1)``, and :data:`NOISE_TAIL_SIGMAS` standard deviations
+    of the noise alone in half of it (the protocol's check), where ``V`` is
+    the Skellam variance that spends ``target_epsilon`` over ``rounds``
+    rounds at sampling rate ``q``.
 
     Args:
         num_values: floats per update.
@@ -421,7 +430,9 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             return None
         variance = calibrate_variance(float(target_epsilon), float(delta),
                                       codec.l1_sensitivity, codec.l2_sensitivity, q, rounds)
-        return codec, variance, stddevs * _sum_stddev(codec, cohort, variance * noise_factor)
+        need = max(stddevs * _sum_stddev(codec, cohort, variance * noise_factor),
+                   2.0 * NOISE_TAIL_SIGMAS * math.sqrt(variance * noise_factor))
+        return codec, variance, need
 
     # gamma at which rounding inflates Delta_2 by exactly the limit: below it, refuse
     low = math.sqrt(padded) / clip / 64.0
@@ -451,9 +462,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             f" useful scale gamma={gamma_min:.4g} (rounding inflates the sensitivity by"
             f" {ROUNDING_INFLATION_LIMIT}x over {padded} coordinates), {cohort} clients clipped"
             f" to L2 {clip} plus Skellam noise of variance {smallest[1]:.4g} (epsilon"
-            f" {target_epsilon} over {rounds} rounds at q={q}) need {stddevs:g} x"
-            f" {smallest[2] / stddevs:.4g} <= 2^{bits - 1}; use bits >= {need}, a smaller"
-            " cohort or a larger epsilon")
+            f" {target_epsilon} over {rounds} rounds at q={q}) need {smallest[2]:.4g} <="
+            f" 2^{bits - 1}; use bits >= {need}, a smaller cohort or a larger epsilon")
     low, high = gamma_min, gamma_min
     while True:
         found = attempt(high * 2.0, bits)
