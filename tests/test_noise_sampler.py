@@ -8,6 +8,7 @@ after looking at the outcome (it is the SHA-256 of the test's name).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 
 import mpmath
@@ -32,18 +33,20 @@ def _exact_poisson(lam: float, k: int) -> mpmath.mpf:
         return mpmath.exp(-lam_m + k * mpmath.log(lam_m) - mpmath.loggamma(k + 1))
 
 
-@pytest.mark.parametrize("lam", [0.25, 1.0, 7.5, 300.0, 5e5])
+@pytest.mark.parametrize("lam", [0.25, 1.0, 7.5, 300.0, 3e4])
 def test_table_is_within_its_distance_bound_of_the_exact_poisson(lam: float) -> None:
     table = noise.poisson_table(lam)
-    got = table.pmf()
+    c = [0, *(int(x) for x in table.thresholds), 2**64]
+    weights = [b - a for a, b in itertools.pairwise(c)]
     with mpmath.workdps(60):
         exact = [_exact_poisson(lam, table.offset + i) for i in range(table.size)]
         inside = mpmath.fsum(exact)
-        tv = (mpmath.fsum(abs(mpmath.mpf(float(g)) - e) for g, e in zip(got, exact, strict=True))
+        tv = (mpmath.fsum(abs(mpmath.mpf(w) / 2**64 - e) for w, e in zip(weights, exact,
+                                                                          strict=True))
               + (1 - inside)) / 2
     assert float(tv) <= table.distance_bound
     assert table.distance_bound < 2.0**-40
-    assert noise.poisson_table(1e6).distance_bound < 1e-12
+    assert noise.poisson_table(1e6).distance_bound < 1e-15
     # every mass is a multiple of 2^-64 and they sum to exactly 1
     assert int(table.thresholds[-1]) < 2**64
     assert np.all(np.diff(table.thresholds.astype(object)) >= 0)
@@ -146,18 +149,18 @@ def test_zero_variance_is_zero_and_bad_parameters_are_refused() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(mean=st.floats(1e-6, 2.0**24) | st.just(2.0**31))
+@given(mean=st.floats(1e-6, 2.0**16) | st.just(2.0**31))
 def test_every_table_is_a_distribution_within_its_bound(mean: float) -> None:
     table = noise.poisson_table(mean)
     w = np.diff(np.concatenate([[0], table.thresholds.astype(object), [2**64]]))
     assert all(int(v) >= 0 for v in w) and sum(int(v) for v in w) == 2**64
     assert table.offset <= mean <= table.offset + table.size
-    assert table.distance_bound < 2.0**-36
+    assert table.distance_bound < 2.0**-43
     assert noise.statistical_distance_bound(2 * mean) == 2 * table.distance_bound
 
 
 @settings(max_examples=30, deadline=None)
-@given(mean=st.floats(1e-3, 1e7), words=st.lists(st.integers(0, 2**64 - 1), max_size=50))
+@given(mean=st.floats(1e-3, 1e6), words=st.lists(st.integers(0, 2**64 - 1), max_size=50))
 def test_guide_table_lookup_equals_the_binary_search(mean: float, words: list[int]) -> None:
     table = noise.poisson_table(mean)
     # edge words: 0, 2^64-1, and every threshold and its predecessor

@@ -15,23 +15,26 @@ derived with HKDF from a secret seed and a domain-separation label
 regenerate).  The keystream is the mask PRG's (:mod:`securefl.hazmat.prg`)
 read as little-endian 64-bit words: a Skellam vector of length ``m`` uses
 words ``0..m-1`` for ``X`` and words ``m..2m-1`` for ``Y`` (normative, see
-SPEC.md section "Distributed noise").
+SPEC.md section 16, [NZ-4]).
 
 Method and exactness: Poisson(lam) is sampled by inverse CDF over an integer
-table.  The pmf is computed around the mode in log space (float64 log1p
-ratios, accumulated in ``numpy.longdouble``), the support is cut where a
-tail holds less than 2^-100 (12 standard deviations plus 40), each mass is
-rounded to a multiple of 2^-64, and the rounding remainder is put on the
-mode so the weights sum to exactly 2^64.  A uniform 64-bit word ``U`` then
-selects ``k`` with ``C[k-1] <= U < C[k]`` (exact integer comparisons), so
-the sampled law is *exactly* the table's.  Its total-variation distance to
-the true Poisson(lam) is at most :func:`statistical_distance_bound` (the
-pmf's relative float error, plus 2^-64 per table entry, plus the cut
-tails); it is below 2^-36 for every mean up to 2^31 and below 10^-12 for
-means up to 10^6 (tested).  For a Skellam sample the bound doubles (two Poisson
-draws).  Means above ``2^31`` are drawn as a sum of ``ceil(lam / 2^31)``
-independent Poisson draws of equal mean (exact: Poisson is closed under
-sums), so no table exceeds about 1.1 million entries.
+table.  The support is cut where a tail holds less than 2^-100 (12 standard
+deviations plus 40 on each side); the pmf ratios ``lam^(k-mode) mode!/k!``
+are computed from the mode outwards in integer fixed point (192 fraction
+bits, floored at each step), each mass is rounded down to a multiple of
+2^-64 and the remainder is put on the mode, so the weights sum to exactly
+2^64.  Only integer arithmetic and correctly rounded float operations
+(``+ - * sqrt``) are used, so every platform builds the same table bit for
+bit (the server regenerates clients' noise exactly).  A uniform 64-bit word
+``U`` then selects ``k`` with ``C[k-1] <= U < C[k]`` (exact integer
+comparisons), so the sampled law is *exactly* the table's.  Its
+total-variation distance to the true Poisson(lam) is at most
+:func:`statistical_distance_bound`: 2^-64 per table entry, plus the
+fixed-point floors, plus the cut tails; below 2^-43 for every mean up to
+2^31 and below 10^-15 for means up to 10^6 (tested).  For a Skellam sample
+the bound doubles (two Poisson draws).  Means above ``2^31`` are drawn as a
+sum of ``ceil(lam / 2^31)`` independent Poisson draws of equal mean (exact:
+Poisson is closed under sums), so no table exceeds about 750 000 entries.
 
 Nothing here knows about rounds or clients.
 """
@@ -54,6 +57,8 @@ MAX_TABLE_MEAN = float(2**31)
 """Poisson means above this are drawn as sums of several table draws."""
 TAIL_BITS = 100
 """Each cut tail of a Poisson table holds less than 2^-TAIL_BITS."""
+FIXED_BITS = 192
+"""Fraction bits of the fixed-point pmf ratios a table is built from."""
 NOISE_LABEL_PREFIX = b"noise/"
 """Every noise key derived from a seed has an HKDF label starting with this."""
 
@@ -118,39 +123,39 @@ def poisson_table(mean: float) -> PoissonTable:
     lam = float(mean)
     if not (math.isfinite(lam) and 0 < lam <= MAX_TABLE_MEAN):
         raise ConfigurationError(f"a Poisson table needs a mean in (0, 2^31], got {mean!r}")
-    sd = math.sqrt(lam)
+    sd = math.sqrt(lam)  # +, -, *, sqrt are correctly rounded: the same everywhere
     mode = math.floor(lam)
     lo = max(0, math.floor(lam - 12 * sd - 40))
     hi = math.ceil(lam + 12 * sd + 40)
-    # log(p_j / p_{j-1}) = log(lam / j) = -log1p((j - lam) / lam), exact-ish for j near lam
-    up = np.arange(mode + 1, hi + 1, dtype=np.float64)
-    down = np.arange(mode, lo, -1, dtype=np.float64)  # j = mode..lo+1: log(p_{j-1}/p_j)
-    d_up = -np.log1p((up - lam) / lam)
-    d_down = np.log1p((down - lam) / lam)
-    log_up = np.cumsum(d_up.astype(np.longdouble))
-    log_down = np.cumsum(d_down.astype(np.longdouble))
-    logp = np.concatenate([log_down[::-1], np.zeros(1, dtype=np.longdouble), log_up])
-    p = np.exp(logp)
-    p /= p.sum()
-    # Chernoff: both cut tails hold < e^-72 < 2^-100 (see TAIL_BITS); cut further
-    # where the rounded weight is 0
-    scaled = [int(x) for x in np.rint(p * np.longdouble(2.0**64))]
+    # r_k = lam^(k - mode) mode! / k! in fixed point with FIXED_BITS fraction bits, by
+    # integer recurrences from the mode (r_{k+1} = r_k lam / (k+1), r_{k-1} = r_k k / lam),
+    # floored at every step: integer arithmetic only, so every platform builds the
+    # same table bit for bit
+    num, den = lam.as_integer_ratio()
+    one = 1 << FIXED_BITS
+    up, r = [], one
+    for k in range(mode + 1, hi + 1):
+        r = r * num // (den * k)
+        up.append(r)
+    down, r = [], one
+    for k in range(mode, lo, -1):
+        r = r * den * k // num
+        down.append(r)
+    ratios = [*down[::-1], one, *up]
+    total = sum(ratios)
+    # each mass rounded down to a multiple of 2^-64, the remainder on the mode;
+    # Chernoff: both cut tails hold < e^-72 < 2^-100 (TAIL_BITS); cut further where
+    # the weight is 0
+    scaled = [(x << 64) // total for x in ratios]
     first = next(i for i, w in enumerate(scaled) if w)
     last = max(i for i, w in enumerate(scaled) if w)
     weights = scaled[first:last + 1]
     weights[mode - lo - first] += (1 << 64) - sum(weights)
-    cumulative: list[int] = []
-    acc = 0
-    for w in weights[:-1]:
-        acc += w
-        cumulative.append(acc)
+    cumulative = list(itertools.accumulate(weights[:-1]))
     n = len(weights)
-    # error of each log p_k: log1p and division (4 ulp of |d| per term) plus the
-    # longdouble accumulation (n eps per unit of the partial sums), plus exp
-    spread = float(max(np.abs(d_up).sum(), np.abs(d_down).sum(), 1.0))
-    ld_eps = float(np.finfo(np.longdouble).eps)
-    rel = spread * (4 * 2.0**-53 + n * ld_eps) + 4 * ld_eps
-    bound = 2 * rel + n * 2.0**-64 + 2 * 2.0**-TAIL_BITS
+    # TV distance: rounding (< 2^-64 per entry, moved onto the mode), the fixed-point
+    # floors (relative < 2^-(FIXED_BITS - 1) per step, len(ratios) steps), the cut tails
+    bound = n * 2.0**-64 + len(ratios) * 2.0**(1 - FIXED_BITS) + 2.0**(1 - TAIL_BITS)
     thresholds = np.array(cumulative, dtype=np.uint64)
     guide_bits = min(20, max(8, (n - 1).bit_length() + 5))
     shift = 64 - guide_bits
