@@ -302,9 +302,11 @@ def accuracy_sweep(setting: UserLevelSetting, bits_list: Sequence[int], seeds: S
 
 
 def client_cost(*, m: int = 1_000_000, peers: int = 100, bits: int = 20,
-                cohort: int = 100, repeat: int = 3) -> dict[str, Any]:
+                repeat: int = 3) -> dict[str, Any]:
     """One client's seconds for clip + rotate + round (+ reduce into the
-    ring) and for drawing its Skellam share of the noise at ``m`` values,
+    ring) and for drawing its Skellam noise at ``m`` values (the base
+    component and the removable excess components of a
+    :class:`~securefl.protocol.noise.NoisePlan`, as the client session does),
     and, in the same process, the same client's masked-input round with
     ``peers`` peers (key agreements and ``peers + 1`` mask expansions, one
     worker thread; BLAS is held to one thread for the rotation likewise).
@@ -312,16 +314,30 @@ def client_cost(*, m: int = 1_000_000, peers: int = 100, bits: int = 20,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # one core for the client, as its masking uses one worker
-        return _client_cost(m=m, peers=peers, bits=bits, cohort=cohort, repeat=repeat)
+        return _client_cost(m=m, peers=peers, bits=bits, repeat=repeat)
 
 
-def _client_cost(*, m: int, peers: int, bits: int, cohort: int, repeat: int) -> dict[str, Any]:
+def _client_cost(*, m: int, peers: int, bits: int, repeat: int) -> dict[str, Any]:
     from securefl.bench.core import best_of, client_masking_time
 
     codec = RotatedCodec(num_values=m, clip=1.0, gamma=2.0 ** (bits - 10), bits=bits + 8)
     update = np.random.default_rng(0).normal(size=m)
     seed = os.urandom(32)
-    variance = (codec.l2_sensitivity ** 2) / cohort  # a share of a noise multiplier of 1
+    from securefl.hazmat.noise import skellam, skellam_fresh
+    from securefl.protocol.noise import NoisePlan
+
+    # the removable-excess plan of a noise multiplier of 1 among peers + 1
+    # clients of which two thirds are guaranteed: base V / n plus J excess
+    # components, each a Skellam vector, as the client session draws them
+    layout = NoisePlan(codec.l2_sensitivity ** 2).layout(peers + 1, (2 * (peers + 1)) // 3)
+    keys = [os.urandom(32) for _ in layout.excess]
+
+    def plan_noise() -> np.ndarray:
+        total = skellam_fresh(layout.base, codec.padded)
+        for key, variance in zip(keys, layout.excess, strict=True):
+            total += skellam(variance, codec.padded, key)
+        return total
+
     timings = {
         "clip": best_of(lambda: codec.clip_values(update), repeat),
         "rotate": best_of(lambda: codec.rotate(update, seed), repeat),
@@ -329,7 +345,7 @@ def _client_cost(*, m: int, peers: int, bits: int, cohort: int, repeat: int) -> 
     scaled = codec.gamma * codec.rotate(codec.clip_values(update)[0], seed)
     timings["round"] = best_of(lambda: codec.to_ring(codec.round_scaled(scaled)[0]), repeat)
     timings["encode_total"] = best_of(lambda: codec.encode(update, seed), repeat)
-    timings["noise"] = best_of(lambda: _skellam(variance, codec.padded), repeat)
+    timings["noise"] = best_of(plan_noise, repeat)
     start = time.perf_counter()
     masking = client_masking_time(peers + 1, codec.padded, bits=codec.bits, workers=1,
                                   repeat=repeat)
@@ -337,5 +353,6 @@ def _client_cost(*, m: int, peers: int, bits: int, cohort: int, repeat: int) -> 
     timings["masking_wall"] = time.perf_counter() - start
     dp_total = timings["encode_total"] + timings["noise"]
     return {"m": m, "padded": codec.padded, "peers": peers, "bits": codec.bits,
-            "share_variance": variance, "seconds": timings, "dp_total": dp_total,
+            "noise_components": 1 + len(layout.excess), "seconds": timings,
+            "dp_total": dp_total,
             "ratio_dp_to_masking": dp_total / masking}

@@ -60,6 +60,7 @@ import numpy as np
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
 from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
+from securefl.protocol.noise import TAIL_SIGMAS
 
 __all__ = [
     "MECHANISM",
@@ -87,11 +88,12 @@ hold at integer orders only)."""
 
 _MAX_ORDER = ORDERS[-1]
 
-NOISE_TAIL_SIGMAS = 8.0
-"""The protocol's own ring check for the noise plan (SPEC section 16): the
-released noise's ``+-8`` standard deviations must fit in half the ring,
+NOISE_TAIL_SIGMAS = float(TAIL_SIGMAS)
+"""The protocol's own ring check for the noise plan
+(:meth:`~securefl.protocol.noise.NoiseLayout.check_bits`, SPEC section 16):
+the released noise's ``+-8`` standard deviations must fit in half the ring,
 ``2 * 8 * sqrt(V_max) <= 2^(bits-1)``; :func:`plan_user_level` keeps to it
-so that a session configured with its variance is never refused."""
+so that a session configured with its variance is not refused for it."""
 
 ROUNDING_INFLATION_LIMIT = 1.25
 """:func:`plan_user_level` refuses a ring too small for a scale ``gamma``
