@@ -4,12 +4,12 @@ aggregation protocol.
 Every round each of 300 clients (sklearn's digits, about 5 images each)
 joins with probability q.  A sampled client trains a softmax regression
 locally, then clips, rotates and conditionally rounds its update into
-Z_2^16 and adds its share of Skellam noise, drawn from the OS CSPRNG, before
-masking.  Here the shares are calibrated to the protocol's threshold t (each
-client adds V / t, so any t or more survivors release at least V: the
-calibrate-to-threshold plan; the protocol's removable-excess plan releases
-between V and V (1 + 1e-3) instead).  30% of the cohort drops out after
-sharing keys.  The server unmasks the sum, reads it modulo 2^16 in the
+Z_2^16; its session adds its Skellam noise before masking (the protocol's
+NoisePlan: a base share from the OS CSPRNG and removable excess components
+whose seeds are secret-shared), so that the released sum carries between V
+and V (1 + 1e-3) whatever the dropouts.  30% of the cohort drops out after
+sharing keys; the server removes the excess the survivors do not need and
+reports the variance left.  The server unmasks the sum, reads it modulo 2^16 in the
 signed range, un-rotates it and divides by the expected cohort.  Each round
 appends a user-level row to a privacy ledger, which ``securefl audit`` then
 verifies.
@@ -28,11 +28,11 @@ import numpy as np
 
 from securefl.bench.user_level import digits_federation, evaluate_accuracy, softmax_gradient
 from securefl.cli.audit import audit_run
-from securefl.hazmat.noise import skellam_fresh
 from securefl.privacy.distributed import plan_user_level, user_level_entry
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.protocol import Round, SecAggConfig
 from securefl.protocol.inmemory import secure_sum
+from securefl.protocol.noise import NoisePlan
 
 CLIENTS, Q, ROUNDS, EPSILON, DELTA, BITS = 300, 0.3, 20, 8.0, 1e-5, 16
 DROPOUT = 0.3
@@ -44,7 +44,7 @@ def main(out: Path) -> None:
     cohort_bound = math.ceil(CLIENTS * Q + 4 * math.sqrt(CLIENTS * Q * (1 - Q)))
     plan = plan_user_level(num_values=shape[0] * shape[1], clip=1.0, bits=BITS,
                            cohort=cohort_bound, q=Q, rounds=ROUNDS, target_epsilon=EPSILON,
-                           delta=DELTA, noise_factor=1.0 / 0.6)
+                           delta=DELTA)
     codec = plan.codec
     multiplier = math.sqrt(plan.variance) / codec.l2_sensitivity
     print(f"gamma {codec.gamma:.1f}, d {codec.padded}, Delta_2 {codec.l2_sensitivity:.1f},"
@@ -57,20 +57,20 @@ def main(out: Path) -> None:
         cohort = [int(c) for c in np.flatnonzero(sampler.random(CLIENTS) < Q)]
         threshold = math.ceil(0.6 * len(cohort))
         config = SecAggConfig(num_clients=len(cohort), vector_length=codec.padded, bits=BITS,
-                              threshold=threshold, client_ids=[c + 1 for c in cohort])
+                              threshold=threshold, client_ids=[c + 1 for c in cohort],
+                              noise=NoisePlan(plan.variance))
         round_seed = sampler.bytes(32)  # public per-round rotation seed
         inputs = {}
         for client in cohort:
             local = weights.copy()
             for _ in range(5):
                 local -= 0.5 * softmax_gradient(local, data.client_x[client], data.client_y[client])
-            vector = codec.encode((local - weights).reshape(-1), round_seed).vector
-            share = skellam_fresh(plan.variance / threshold, codec.padded)
-            inputs[client + 1] = (vector + codec.to_ring(share)) & np.uint64((1 << BITS) - 1)
+            inputs[client + 1] = codec.encode((local - weights).reshape(-1), round_seed).vector
         dropped = sampler.choice(cohort, size=int(DROPOUT * len(cohort)), replace=False)
         result = secure_sum(inputs, config,
                             {int(c) + 1: Round.MASKED_INPUT_COLLECTION for c in dropped})
-        released = len(result.survivors) * plan.variance / threshold  # >= V: survivors >= t
+        released = result.noise_variance  # reported by the server session, >= V
+        assert released is not None
         summed = codec.decode_sum(result.total, round_seed)
         velocity = 0.9 * velocity + (summed / (Q * CLIENTS)).reshape(shape)
         weights = weights + velocity
@@ -80,7 +80,7 @@ def main(out: Path) -> None:
         ledger.settle_round(number, [], [row])
         previous = row
         print(f"round {number:2d}: {len(result.survivors)}/{len(cohort)} survivors, released"
-              f" variance {released / plan.variance:.2f} V, accuracy"
+              f" variance {released / plan.variance:.5f} V, accuracy"
               f" {evaluate_accuracy(weights, data):.3f}, user-level epsilon {row.epsilon:.2f}"
               f" ({row.epsilon_unsampled:.1f} against the server)")
     report = audit_run(out / "ledger.jsonl")
