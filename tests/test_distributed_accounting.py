@@ -200,3 +200,20 @@ def test_a_norm_bound_that_is_not_positive_is_refused(clip):
     with pytest.raises(ConfigurationError, match=r"L2 norm bound \(clip\) must be > 0"):
         plan_user_level(num_values=10, clip=clip, bits=16, cohort=10, q=0.5, rounds=5,
                         target_epsilon=2.0, delta=DELTA)
+
+
+def test_subsampling_bound_is_zhu_wang_theorem_6_term_by_term():
+    """The bound recomputed directly from the theorem's statement with
+    scipy's exact binomials, at a few orders."""
+    from scipy.special import comb
+
+    base = np.zeros(ORDERS[-1] + 1)
+    base[2:] = skellam_rdp(np.arange(2, ORDERS[-1] + 1), 30.0, 10.0, 200.0)
+    q = 0.05
+    for alpha in (2, 3, 7, 40):
+        total = (1 - q) ** (alpha - 1) * (alpha * q - q + 1)
+        total += comb(alpha, 2, exact=True) * q**2 * (1 - q) ** (alpha - 2) * math.exp(base[2])
+        total += 3 * sum(comb(alpha, j, exact=True) * q**j * (1 - q) ** (alpha - j)
+                         * math.exp((j - 1) * base[j]) for j in range(3, alpha + 1))
+        expected = min(math.log(total) / (alpha - 1), base[alpha])
+        assert poisson_subsampled_rdp([alpha], q, base)[0] == pytest.approx(expected, rel=1e-12)
