@@ -75,8 +75,8 @@ def _markdown(results: dict[str, Any], command: str) -> str:
         s = cost["seconds"]
         lines += [f"Client cost at m = {cost['m']} (padded to {cost['padded']}), ring of"
                   f" {cost['bits']} bits, one core:", "",
-                  "| clip | rotate | round | encode total | Skellam noise (base + excess) | DP total |"
-                  f" masking with {cost['peers']} peers | ratio |",
+                  "| clip | rotate | round | encode total | Skellam noise (base + excess) |"
+                  f" DP total | masking with {cost['peers']} peers | ratio |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {s['clip']:.3f} s | {s['rotate']:.3f} s | {s['round']:.3f} s |"
                   f" {s['encode_total']:.3f} s | {s['noise']:.3f} s | {cost['dp_total']:.3f} s |"
