@@ -111,3 +111,16 @@ def test_no_user_level_budget_is_reported(tmp_path: Path, plan) -> None:
     _write(tmp_path, plan, budget=None)
     report = audit_run(tmp_path / "ledger.jsonl")
     assert report["verified"] and report["no_budget"] and report["exit_code"] == 3
+
+
+def test_the_command_line_reports_user_level_rows(tmp_path: Path, plan,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from securefl.cli import main
+
+    _write(tmp_path, plan)
+    code = main(["audit", str(tmp_path / "ledger.jsonl")])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "user level, skellam, add/remove one client" in text
+    assert "every user-level row recomputes and stays within its budget" in text
+    assert "client   budget" not in text  # no empty record-level table

@@ -680,50 +680,53 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"privacy audit of {report['ledger']} ({report['ledger_rows']} rows,"
           f" {report['chain']['commits']} commits, head {report['head'][:16] or '-'})")
     print()
-    print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'survivors':>9}  {'trained':>7}  note")
-    for r in report["rounds"]:
-        notes = []
-        if r["aborted"]:
-            notes.append("aborted")
-        if r["refused"]:
-            notes.append(f"{r['refused']} refused (budget)")
-        if r["in_flight"]:
-            notes.append(f"{r['in_flight']} in flight, never settled: charged in full")
-        print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
-              f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
-    print()
-    columns = {Adjacency.ADD_REMOVE_ONE.value: (
-        ("op-rdp", "opacus-rdp"), ("op-prv", "opacus-prv"), ("dpa-rdp", "dp-accounting-rdp"),
-        ("dpa-pld", "dp-accounting-pld")),
-        Adjacency.REPLACE_ONE.value: (("ro-rdp", "replace-one-rdp"),
-                                      ("ro-pld", "replace-one-pld"))}
-    adjacencies = sorted({c["adjacency"] for c in report["clients"]})
-    shown_columns = columns.get(adjacencies[0], ()) if len(adjacencies) == 1 else ()
-    header = "".join(f"  {label:>7}" for label, _ in shown_columns)
-    print(f"{'client':>6}{header}  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
-    for c in report["clients"]:
-        e = c["epsilon"]
-        status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
-            else "ok"
-        if any(v is None or v == "inf" for v in e.values()):
-            status = "INFINITE OR UNBOUNDED EPSILON"
-        budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
-        in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
-        if shown_columns:
-            values = "".join(f"  {_fmt(e.get(name)):>7}" for _, name in shown_columns)
-        else:  # mixed adjacencies (a ledger no federation writes): name every value
-            values = "  " + ", ".join(f"{name} {_fmt(v)}" for name, v in e.items())
-        print(f"{c['client_id']:>6}{values}  {budget:>7}  {in_sum:>6}  {c['steps']:>5}"
-              f"  {status}")
-    print()
-    delta = report["clients"][0]["delta"] if report["clients"] else math.nan
-    legend = {Adjacency.ADD_REMOVE_ONE.value: "add-or-remove-one",
-              Adjacency.REPLACE_ONE.value: "replace-one: ro-rdp is the RDP bound, ro-pld"
-                                           " dp-accounting's PLD"}
-    print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
-          f" ({'; '.join(legend.get(a, a) for a in adjacencies)}); 'in sum' = rounds whose"
-          " sum included the client / rounds it trained in (every trained round spends"
-          " privacy)")
+    if report["rounds"]:
+        print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'survivors':>9}  {'trained':>7}"
+              "  note")
+        for r in report["rounds"]:
+            notes = []
+            if r["aborted"]:
+                notes.append("aborted")
+            if r["refused"]:
+                notes.append(f"{r['refused']} refused (budget)")
+            if r["in_flight"]:
+                notes.append(f"{r['in_flight']} in flight, never settled: charged in full")
+            print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
+                  f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
+        print()
+    if report["clients"]:  # record-level rows (a user-level-only ledger has none)
+        columns = {Adjacency.ADD_REMOVE_ONE.value: (
+            ("op-rdp", "opacus-rdp"), ("op-prv", "opacus-prv"), ("dpa-rdp", "dp-accounting-rdp"),
+            ("dpa-pld", "dp-accounting-pld")),
+            Adjacency.REPLACE_ONE.value: (("ro-rdp", "replace-one-rdp"),
+                                          ("ro-pld", "replace-one-pld"))}
+        adjacencies = sorted({c["adjacency"] for c in report["clients"]})
+        shown_columns = columns.get(adjacencies[0], ()) if len(adjacencies) == 1 else ()
+        header = "".join(f"  {label:>7}" for label, _ in shown_columns)
+        print(f"{'client':>6}{header}  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
+        for c in report["clients"]:
+            e = c["epsilon"]
+            status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
+                else "ok"
+            if any(v is None or v == "inf" for v in e.values()):
+                status = "INFINITE OR UNBOUNDED EPSILON"
+            budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
+            in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
+            if shown_columns:
+                values = "".join(f"  {_fmt(e.get(name)):>7}" for _, name in shown_columns)
+            else:  # mixed adjacencies (a ledger no federation writes): name every value
+                values = "  " + ", ".join(f"{name} {_fmt(v)}" for name, v in e.items())
+            print(f"{c['client_id']:>6}{values}  {budget:>7}  {in_sum:>6}  {c['steps']:>5}"
+                  f"  {status}")
+        print()
+        delta = report["clients"][0]["delta"] if report["clients"] else math.nan
+        legend = {Adjacency.ADD_REMOVE_ONE.value: "add-or-remove-one",
+                  Adjacency.REPLACE_ONE.value: "replace-one: ro-rdp is the RDP bound, ro-pld"
+                                               " dp-accounting's PLD"}
+        print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
+              f" ({'; '.join(legend.get(a, a) for a in adjacencies)}); 'in sum' = rounds whose"
+              " sum included the client / rounds it trained in (every trained round spends"
+              " privacy)")
     if report.get("user_level"):
         print()
         print(f"{'round':>5}  {'user eps':>8}  {'vs server':>9}  {'gauss lb':>8}  {'q':>6}"
