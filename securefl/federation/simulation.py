@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -66,7 +67,7 @@ from securefl.federation.round import (
     RoundRecorder,
     RoundReport,
 )
-from securefl.federation.server import AggregationMode, Server
+from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.budget import compose
 from securefl.privacy.client import (
@@ -77,10 +78,18 @@ from securefl.privacy.client import (
     adjacency_for,
     make_private_compatible,
 )
-from securefl.privacy.ledger import Participation
+from securefl.privacy.distributed import (
+    PrivacyLevel,
+    UserLevelPlan,
+    plan_user_level,
+    user_level_entry,
+)
+from securefl.privacy.ledger import Participation, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
-from securefl.protocol.config import SecurityMode
+from securefl.protocol.config import SecAggConfig, SecurityMode
+from securefl.protocol.inmemory import secure_sum
+from securefl.protocol.noise import NoisePlan
 
 __all__ = [
     "DEFAULT_TARGET_EPSILON",
@@ -138,10 +147,14 @@ class SimulationConfig:
     dataset: DatasetName = DatasetName.DIGITS
     seed: int = 0
     insecure_reproducible_noise: bool = False
+    privacy: PrivacyLevel = PrivacyLevel.RECORD_LEVEL
+    user_epsilon: float = 8.0
+    user_clip: float = 1.0
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
-                           ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName)):
+                           ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName),
+                           ("privacy", PrivacyLevel)):
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
             except ValueError:
@@ -162,6 +175,23 @@ class SimulationConfig:
             raise ConfigurationError(f"dropout probability must be in [0, 1], got {self.dropout}")
         if not self.clip_range > 0:
             raise ConfigurationError(f"clip range must be > 0, got {self.clip_range}")
+        if self.privacy is PrivacyLevel.USER_LEVEL:
+            raise ConfigurationError(
+                "privacy user-level alone is not available in the simulator: its clients"
+                " always train with DP-SGD; use privacy both (record-level DP-SGD and"
+                " user-level Skellam noise in the secure sum, both epsilons reported)")
+        if self.privacy.user_level:
+            if not self.secure:
+                raise ConfigurationError("user-level DP adds its noise inside the secure sum:"
+                                         " it needs secure aggregation (drop"
+                                         " --no-secure-aggregation)")
+            if not (self.user_epsilon > 0 and math.isfinite(self.user_epsilon)):
+                raise ConfigurationError(
+                    f"the user-level target epsilon must be > 0, got {self.user_epsilon}")
+            if not self.user_clip > 0:
+                raise ConfigurationError(
+                    f"the user-level L2 norm bound (user_clip) must be > 0, got"
+                    f" {self.user_clip}; it bounds a client's whole update")
 
     def dp_config(self) -> DPConfig:
         """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
@@ -243,7 +273,8 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
     """Check everything that can be checked before training: the data split,
     the model (made Opacus-compatible: e.g. BatchNorm replaced by GroupNorm
     with ``ModuleValidator.fix``, or refused with Opacus's explanation) and
-    the encoding's bit budget.
+    the encoding's bit budget (and, with user-level DP, that the ring holds
+    the noise, the cohort and the clip).
 
     Args:
         config: the federation.
@@ -275,6 +306,7 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
         frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
         max_weight=max_weight,
     )
+    user_level_plan(config, model)  # user-level DP: the ring must hold noise, cohort and clip
     return model, codec
 
 
@@ -368,6 +400,7 @@ def run_simulation(
     dp = config.dp_config()
     # the caller's model is never changed: the federation trains a copy
     model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
+    user_plan = user_level_plan(config, model)  # refuses a ring too small before any training
     ids = tuple(range(1, config.num_clients + 1))
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     server = Server(
@@ -405,7 +438,7 @@ def run_simulation(
         if interrupted is not None and on_round is not None:
             on_round(interrupted)
         _run_rounds(config, recorder, server, clients, schedule, codec, mode,
-                    on_round=on_round, progress=progress)
+                    on_round=on_round, progress=progress, user_plan=user_plan)
         summaries = {
             client.client_id: {"noise_multiplier": client.noise_multiplier,
                                "sample_rate": client.sample_rate,
@@ -419,10 +452,60 @@ def run_simulation(
                             output_dir=out, clients=clients)
 
 
+def user_level_plan(config: SimulationConfig,
+                    model: torch.nn.Module) -> UserLevelPlan | None:
+    """The user-level plan of a federation (None without user-level DP):
+    every client takes part in every round (``q = 1``), the ring is
+    ``config.bits`` wide, the target is ``config.user_epsilon`` over
+    ``config.rounds`` rounds.
+
+    Raises:
+        ConfigurationError: when the ring is too small or a value is out of
+            range (the message names the fix).
+    """
+    if not config.privacy.user_level:
+        return None
+    size = sum(int(p.numel()) for p in model.parameters())
+    return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
+                           cohort=config.num_clients, q=1.0, rounds=config.rounds,
+                           target_epsilon=config.user_epsilon, delta=config.delta)
+
+
+def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
+                    vectors: Mapping[int, np.ndarray], drops: Mapping[int, Round],
+                    round_seed: bytes) -> tuple[AggregateOutcome, float]:
+    """Securely sum the clients' rotated vectors with the protocol's noise
+    plan (each session adds its Skellam noise), decode, and divide by the
+    number of invited clients (a public constant).  Returns the outcome and
+    the variance the server session reports as released.
+
+    Raises:
+        AbortError: fewer than the threshold survived.
+    """
+    ids = tuple(sorted(vectors))
+    if len(ids) < 2 or len(ids) < server.threshold:
+        raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
+                         f" {server.threshold}", needed=server.threshold, available=len(ids))
+    secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
+                          bits=plan.codec.bits, threshold=min(server.threshold, len(ids)),
+                          client_ids=ids, noise=NoisePlan(plan.variance))
+    result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
+    flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
+    average, offset = [], 0
+    for param in server.model.parameters():
+        size = int(param.numel())
+        average.append(flat[offset:offset + size].reshape(tuple(param.shape)))
+        offset += size
+    assert result.noise_variance is not None
+    return (AggregateOutcome(average=average, survivors=result.survivors,
+                             weight_total=len(result.survivors)), result.noise_variance)
+
+
 def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Server,
                 clients: list[PrivateClient], schedule: list[dict[int, Round]],
                 codec: FixedPointCodec, mode: AggregationMode, *,
-                on_round: Callable[[RoundReport], None] | None, progress: bool) -> None:
+                on_round: Callable[[RoundReport], None] | None, progress: bool,
+                user_plan: UserLevelPlan | None = None) -> None:
     """The rounds still to run: one per entry of the dropout schedule after
     the committed position (a round interrupted by a crash re-runs its
     schedule entry under the next round number)."""
@@ -441,6 +524,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
         training: list[PrivateClient] = []
+        vectors: dict[int, np.ndarray] = {}
+        round_seed = os.urandom(32)  # the public seed of this round's rotation
         for client in clients:
             try:
                 client.check_budget()
@@ -465,8 +550,14 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             try:
                 # The client encodes its own update (rounding with its own
                 # secret randomness); only the encoded vector leaves it.
-                if mode is AggregationMode.SECURE:
-                    encoded: EncodedUpdate | PlainUpdate = codec.encode(
+                if user_plan is not None:  # clip, rotate, round: the session adds noise
+                    flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
+                                           for t in result.update])
+                    vectors[cid] = user_plan.codec.encode(flat, round_seed).vector
+                    encoded: EncodedUpdate | PlainUpdate = PlainUpdate(
+                        values=flat, num_clipped=0, num_values=flat.shape[0], weight=1)
+                elif mode is AggregationMode.SECURE:
+                    encoded = codec.encode(
                         result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
                         weight=result.weight)
                 else:
@@ -479,8 +570,18 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             info[cid] = entry
 
         abort_reason = ""
+        user_rows = []
         try:
-            outcome = server.aggregate(round_number, updates, drops)
+            if user_plan is not None:
+                outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
+                                                    round_seed)
+                previous = parse_ledger(recorder.store.ledger_bytes()).committed_user_level
+                user_rows.append(user_level_entry(
+                    user_plan, round_number=round_number, released_variance=released,
+                    survivors=len(outcome.survivors),
+                    previous=previous[-1] if previous else None))
+            else:
+                outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:
             outcome = None
             abort_reason = str(exc)
@@ -495,7 +596,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             for client in clients]
         position += 1
         report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
-                                 started=t0, driver_state={"schedule_position": position})
+                                 started=t0, driver_state={"schedule_position": position},
+                                 user_level=user_rows)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")

@@ -50,6 +50,7 @@ computed and recorded (:func:`user_level_epsilons`).
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ __all__ = [
     "NOISE_TAIL_SIGMAS",
     "ORDERS",
     "ROUNDING_INFLATION_LIMIT",
+    "PrivacyLevel",
     "SkellamRound",
     "UserLevelPlan",
     "calibrate_variance",
@@ -78,6 +80,24 @@ __all__ = [
     "user_level_epsilon",
     "user_level_epsilons",
 ]
+
+class PrivacyLevel(str, enum.Enum):
+    """Which differential privacy a federation gives (``securefl simulate
+    --privacy``)."""
+
+    RECORD_LEVEL = "record-level"
+    """DP-SGD inside each client (Opacus): one training example is protected."""
+    USER_LEVEL = "user-level"
+    """Skellam noise inside the secure sum: a client's whole contribution is
+    protected."""
+    BOTH = "both"
+    """Both layers; both epsilons are reported."""
+
+    @property
+    def user_level(self) -> bool:
+        """Whether the user-level layer is on."""
+        return self is not PrivacyLevel.RECORD_LEVEL
+
 
 MECHANISM = "skellam"
 """The ``mechanism`` of a user-level ledger row."""
