@@ -26,7 +26,7 @@ def test_both_layers_run_and_audit(tmp_path: Path) -> None:
     assert last.mechanism == "skellam" and last.sample_rate == 1.0 and last.bits == 24
     assert last.released_variance >= last.target_variance
     assert last.epsilon == pytest.approx(user_level_epsilon(last.history, config.delta))
-    assert last.epsilon <= 50.0
+    assert last.epsilon <= 50.0 and last.epsilon_budget == 50.0
     assert chain.committed  # the record-level rows are there too
     report = audit_run(tmp_path / "run")
     assert report["verified"], report["violations"]

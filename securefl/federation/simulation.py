@@ -579,7 +579,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 user_rows.append(user_level_entry(
                     user_plan, round_number=round_number, released_variance=released,
                     survivors=len(outcome.survivors),
-                    previous=previous[-1] if previous else None))
+                    previous=previous[-1] if previous else None,
+                    epsilon_budget=config.user_epsilon))
             else:
                 outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:

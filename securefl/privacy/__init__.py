@@ -41,6 +41,7 @@ _EXPORTS = {
     "UserLevelEntry": "ledger",
     "RotatedCodec": "distributed_encoding",
     "UserLevelPlan": "distributed",
+    "PrivacyLevel": "distributed",
     "plan_user_level": "distributed",
     "user_level_epsilon": "distributed",
     "user_level_epsilons": "distributed",
