@@ -17,15 +17,19 @@ Every round:
    returns the sum of the survivors' updates or aborts;
 4. on success: the server applies the average with its optimizer.  On
    abort: the global model and the server optimizer are left exactly as they
-   were.  Either way the round is then settled in the ledger at once (one
-   row per client; ``entered_sum = false`` for the clients of an aborted
-   round, who spent privacy all the same), and the checkpoint (model
-   unchanged after an abort) and metrics are rewritten for that round.
+   were.  Either way the round is then settled at once by
+   :class:`~securefl.federation.round.RoundRecorder`: one transaction of the
+   run store commits one ledger row per client (``entered_sum = false`` for
+   the clients of an aborted round, who spent privacy all the same), the
+   checkpoint (model unchanged after an abort), every client's accountant
+   history and the position in the dropout schedule; the ledger, checkpoint
+   and metrics files are then exported from it.
 
-Privacy spend is durable before training: before any client trains, the
-ledger gets (fsynced) one ``in-flight`` row per client about to train,
+Privacy spend is durable before training: before any client trains, the run
+store commits one ``in-flight`` ledger row per client about to train,
 charging the steps it is about to take; a SIGKILL at any later point leaves
-that charge on disk (see :mod:`securefl.privacy.ledger`).
+that charge on disk, and :func:`resume_simulation` continues the run from
+its last committed round (see :mod:`securefl.federation.round`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import enum
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from securefl.errors import (
     EncodingError,
     PrivacyBudgetExceededError,
 )
+from securefl.federation.client_update import Admission, admit, client_update
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
@@ -64,12 +69,12 @@ from securefl.federation.round import (
     PLOT_FILENAME,
     ClientOutcome,
     ClientRoundReport,
+    Evaluator,
     RoundRecorder,
     RoundReport,
 )
 from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind
-from securefl.privacy.budget import compose
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
     DPConfig,
@@ -87,7 +92,7 @@ from securefl.privacy.distributed import (
 from securefl.privacy.ledger import Participation, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
-from securefl.protocol.config import SecAggConfig, SecurityMode
+from securefl.protocol.config import SecAggConfig, SecurityMode, default_threshold
 from securefl.protocol.inmemory import secure_sum
 from securefl.protocol.noise import NoisePlan
 
@@ -271,24 +276,25 @@ def load_data(config: SimulationConfig) -> FederatedData:
 def preflight(config: SimulationConfig, data: FederatedData | None = None,
               model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, FixedPointCodec]:
     """Check everything that can be checked before training: the data split,
-    the model (made Opacus-compatible: e.g. BatchNorm replaced by GroupNorm
-    with ``ModuleValidator.fix``, or refused with Opacus's explanation) and
-    the encoding's bit budget (and, with user-level DP, that the ring holds
-    the noise, the cohort and the clip).
+    the model (refused when it has a layer DP-SGD cannot train, see
+    :func:`~securefl.privacy.client.make_private_compatible`) and the
+    encoding's bit budget (and, with user-level DP, that the ring holds the
+    noise, the cohort and the clip).
 
     Args:
         config: the federation.
         data: the federated data (default: ``config.dataset``).
         model: the initial global model (default: an MLP with
             ``config.hidden`` units, seeded with ``config.seed``); it is not
-            modified (a fixed copy is returned when Opacus needs one).
+            modified.
 
     Returns:
         the initial global model and the codec the federation will use.
 
     Raises:
-        ConfigurationError: on an invalid configuration, an impossible split,
-            or a model Opacus cannot train.
+        ConfigurationError: on an invalid configuration or an impossible split.
+        ModelIncompatibleError: (a ``ConfigurationError``) on a model with a
+            layer DP-SGD cannot train (e.g. ``BatchNorm``), naming it and the fix.
         EncodingError: when the sum of the clients' updates could overflow.
     """
     data = data if data is not None else load_data(config)
@@ -351,6 +357,10 @@ def run_simulation(
     on_round: Callable[[RoundReport], None] | None = None,
     progress: bool = False,
     resume: bool = False,
+    clients: Sequence[PrivateClient] | None = None,
+    evaluator: Evaluator | None = None,
+    round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
+    config_extra: Mapping[str, Any] | None = None,
 ) -> SimulationResult:
     """Run a whole federation and write its artefacts to ``output_dir``:
     ``run.sqlite`` (the run store, :mod:`securefl.federation.runstore`) and
@@ -367,13 +377,24 @@ def run_simulation(
             unless ``resume``.
         data: a ready-made federated data set (default: ``config.dataset``).
         model: the initial global model (default: an MLP, see :func:`preflight`);
-            the federation trains an Opacus-compatible copy, returned in the
-            result.  On resume: the same architecture (its weights are
-            replaced by the committed ones).
+            the federation trains a copy, returned in the result.  On
+            resume: the same architecture (its weights are replaced by the
+            committed ones).
         on_round: called with every round's report as soon as it is settled.
         progress: show a tqdm progress bar over rounds.
         resume: continue the run in ``output_dir`` (see
             :func:`resume_simulation`); ``config`` must be the run's own.
+        clients: the clients, built by the caller (one per shard of
+            ``data``, ids 1..n, holding ``model``'s architecture), instead
+            of the default :class:`PrivateClient` over each shard
+            (:func:`securefl.federate` builds them with your loss, optimizer
+            and data); not with ``resume``.
+        evaluator: evaluates the global model each round (default: accuracy
+            and cross-entropy on ``data.test``; see :class:`RoundRecorder`).
+        round_json: a round's ``metrics.json`` entry (default
+            :meth:`RoundReport.to_json`).
+        config_extra: more (or overriding) entries of ``metrics.json``'s
+            config block.
 
     Raises:
         ConfigurationError: on an invalid configuration (before any training),
@@ -409,13 +430,18 @@ def run_simulation(
                               momentum=config.server_momentum),
         ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
     )
-    clients = [
-        # The seed reaches a client's randomness only in the insecure
-        # reproducible mode; otherwise it is ignored (os.urandom).
-        PrivateClient(cid, model, x, y, dp, seed=config.seed,
-                      weighting=config.weighting)
-        for cid, (x, y) in zip(ids, data.clients, strict=True)
-    ]
+    if clients is not None:
+        if resume or tuple(c.client_id for c in clients) != ids:
+            raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
+        clients = list(clients)
+    else:
+        clients = [
+            # The seed reaches a client's randomness only in the insecure
+            # reproducible mode; otherwise it is ignored (os.urandom).
+            PrivateClient(cid, model, x, y, dp, seed=config.seed,
+                          weighting=config.weighting)
+            for cid, (x, y) in zip(ids, data.clients, strict=True)
+        ]
     schedule = dropout_schedule(config)  # the simulator runs semi-honest sessions
     title = _plot_title(config, data.name)
     if resume:
@@ -424,7 +450,9 @@ def run_simulation(
     else:
         recorder = RoundRecorder.create(out, config=config, server=server, data_name=data.name,
                                         test=data.test, secure=config.secure, plot_title=title,
-                                        driver_state={"schedule_position": 0})
+                                        driver_state={"schedule_position": 0},
+                                        evaluator=evaluator, round_json=round_json,
+                                        config_extra=config_extra)
     try:
         by_id = {c.client_id: c for c in clients}
         interrupted = recorder.settle_interrupted(
@@ -457,7 +485,10 @@ def user_level_plan(config: SimulationConfig,
     """The user-level plan of a federation (None without user-level DP):
     every client takes part in every round (``q = 1``), the ring is
     ``config.bits`` wide, the target is ``config.user_epsilon`` over
-    ``config.rounds`` rounds.
+    ``config.rounds`` rounds.  The simulator runs semi-honest sessions,
+    whose noise plan is calibrated to the threshold ``t`` (removable excess
+    needs active mode, SPEC [NZ-1b]): the released variance is between
+    ``V`` and ``V n / t``, and the ring is sized for the latter.
 
     Raises:
         ConfigurationError: when the ring is too small or a value is out of
@@ -466,9 +497,18 @@ def user_level_plan(config: SimulationConfig,
     if not config.privacy.user_level:
         return None
     size = sum(int(p.numel()) for p in model.parameters())
+    threshold = _threshold(config)
     return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
                            cohort=config.num_clients, q=1.0, rounds=config.rounds,
-                           target_epsilon=config.user_epsilon, delta=config.delta)
+                           target_epsilon=config.user_epsilon, delta=config.delta,
+                           noise_factor=config.num_clients / threshold)
+
+
+def _threshold(config: SimulationConfig) -> int:
+    """The federation's secure aggregation threshold (the server's rule)."""
+    if config.threshold is not None:
+        return int(config.threshold)
+    return default_threshold(config.num_clients, SecurityMode.SEMI_HONEST)
 
 
 def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
@@ -487,8 +527,8 @@ def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPla
         raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
                          f" {server.threshold}", needed=server.threshold, available=len(ids))
     secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
-                          bits=plan.codec.bits, threshold=min(server.threshold, len(ids)),
-                          client_ids=ids, noise=NoisePlan(plan.variance))
+                          bits=plan.codec.bits, threshold=server.threshold, client_ids=ids,
+                          noise=NoisePlan.calibrate_to_threshold(plan.variance))
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
     flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
     average, offset = [], 0
@@ -523,51 +563,45 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
-        training: list[PrivateClient] = []
+        admitted: list[tuple[PrivateClient, Admission]] = []
         vectors: dict[int, np.ndarray] = {}
         round_seed = os.urandom(32)  # the public seed of this round's rotation
         for client in clients:
             try:
-                client.check_budget()
+                admitted.append((client, admit(client)))
             except PrivacyBudgetExceededError as exc:
                 updates[client.client_id] = None
                 info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
                                           "detail": str(exc), "steps": 0}
-                continue
-            training.append(client)
         # the spend is durable before any data is touched: in-flight rows,
         # charging the steps each client is about to take, committed
         recorder.begin(round_number, {
-            client.client_id: (client.planned_round()[0],
-                               compose(client.history, client.planned_round()))
-            for client in training})
+            client.client_id: (admission.planned[0],
+                               admission.charged_history(client.history))
+            for client, admission in admitted})
         crash_point("after-in-flight", round_number)
-        for client in training:
-            cid = client.client_id
-            result = client.train_round(global_params)
+        for client, admission in admitted:
+            # the one client-update path (the Flower ClientApp's too): train,
+            # then encode with the client's own secret rounding; only the
+            # encoded vector leaves it
+            update = client_update(client, global_params, codec, round_number, mode,
+                                   admission=admission)
             crash_point("mid-training", round_number)
-            entry: dict[str, Any] = {"status": None, "detail": "", "steps": result.steps}
-            try:
-                # The client encodes its own update (rounding with its own
-                # secret randomness); only the encoded vector leaves it.
-                if user_plan is not None:  # clip, rotate, round: the session adds noise
-                    flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
-                                           for t in result.update])
-                    vectors[cid] = user_plan.codec.encode(flat, round_seed).vector
-                    encoded: EncodedUpdate | PlainUpdate = PlainUpdate(
-                        values=flat, num_clipped=0, num_values=flat.shape[0], weight=1)
-                elif mode is AggregationMode.SECURE:
-                    encoded = codec.encode(
-                        result.update, client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
-                        weight=result.weight)
-                else:
-                    encoded = codec.encode_plain(result.update, weight=result.weight)
-                updates[cid] = encoded
-            except EncodingError as exc:
-                updates[cid] = None
-                entry["status"] = Participation.ENCODING_ERROR
-                entry["detail"] = f"encoding refused: {exc}"
-            info[cid] = entry
+            updates[client.client_id] = update.encoded
+            info[client.client_id] = {"status": update.refusal, "detail": update.detail,
+                                      "steps": update.steps}
+            if user_plan is not None and update.encoded is not None \
+                    and update.result is not None:
+                # user-level DP: the client clips, rotates and rounds its whole
+                # update (its own secret rounding); its session adds the noise
+                flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
+                                       for t in update.result.update])
+                try:
+                    vectors[client.client_id] = user_plan.codec.encode(flat, round_seed).vector
+                except EncodingError as exc:
+                    updates[client.client_id] = None
+                    info[client.client_id].update(status=Participation.ENCODING_ERROR,
+                                                  detail=f"encoding refused: {exc}")
 
         abort_reason = ""
         user_rows = []
