@@ -6,8 +6,9 @@ joins with probability q.  A sampled client trains a softmax regression
 locally, then clips, rotates and conditionally rounds its update into
 Z_2^16; its session adds its Skellam noise before masking (the protocol's
 NoisePlan: a base share from the OS CSPRNG and removable excess components
-whose seeds are secret-shared), so that the released sum carries between V
-and V (1 + 1e-3) whatever the dropouts.  30% of the cohort drops out after
+whose seeds are secret-shared; active mode, as removable excess requires), so
+that the released sum carries between V and V (1 + 1e-3) whatever the
+dropouts.  30% of the cohort drops out after
 sharing keys; the server removes the excess the survivors do not need and
 reports the variance left.  The server unmasks the sum, reads it modulo 2^16 in the
 signed range, un-rotates it and divides by the expected cohort.  Each round
@@ -31,6 +32,7 @@ from securefl.cli.audit import audit_run
 from securefl.privacy.distributed import plan_user_level, user_level_entry
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.protocol import Round, SecAggConfig
+from securefl.protocol.config import SecurityMode
 from securefl.protocol.inmemory import secure_sum
 from securefl.protocol.noise import NoisePlan
 
@@ -55,9 +57,10 @@ def main(out: Path) -> None:
     previous = None
     for number in range(1, ROUNDS + 1):
         cohort = [int(c) for c in np.flatnonzero(sampler.random(CLIENTS) < Q)]
-        threshold = math.ceil(0.6 * len(cohort))
+        # removable excess noise needs active mode (SPEC [NZ-1b]); its default
+        # threshold floor(2n/3) + 1 survives the 30% dropout below
         config = SecAggConfig(num_clients=len(cohort), vector_length=codec.padded, bits=BITS,
-                              threshold=threshold, client_ids=[c + 1 for c in cohort],
+                              mode=SecurityMode.ACTIVE, client_ids=[c + 1 for c in cohort],
                               noise=NoisePlan(plan.variance))
         round_seed = sampler.bytes(32)  # public per-round rotation seed
         inputs = {}
