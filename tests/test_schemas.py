@@ -35,7 +35,15 @@ from securefl.federation.optimizers import ServerOptimizerKind  # noqa: E402
 from securefl.federation.options import DatasetName  # noqa: E402
 from securefl.federation.reporting import PRIVATE_FIELDS  # noqa: E402
 from securefl.federation.simulation import SimulationConfig, run_simulation  # noqa: E402
-from securefl.privacy.ledger import LEDGER_FORMAT, LedgerEntry, Participation  # noqa: E402
+from securefl.privacy.distributed import PrivacyLevel  # noqa: E402
+from securefl.privacy.ledger import (  # noqa: E402
+    LEDGER_FORMAT,
+    USER_LEVEL_ADJACENCY,
+    USER_LEVEL_MECHANISMS,
+    LedgerEntry,
+    Participation,
+    UserLevelEntry,
+)
 from securefl.privacy.options import (  # noqa: E402
     AccountantKind,
     Adjacency,
@@ -67,7 +75,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 def _kind(record: dict[str, Any]) -> str:
     if record["type"] != "row":
-        return record["type"]
+        return record["type"]  # header, user-level, commit
     return "in-flight row" if record["status"] == "in-flight" else "settled row"
 
 
@@ -95,6 +103,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Run]:
         # replace-one rows, every round aborted, then the budget guard refuses
         _simulate(base / "examples", weighting="examples", dropout=1.0,
                   epsilon_budget=25.0, accountant="prv"),
+        # record-level and user-level DP: user-level rows in the settled blocks
+        _simulate(base / "both", num_clients=4, rounds=1, dropout=0.0, privacy="both",
+                  bits=24, user_epsilon=50.0, noise_multiplier=None, target_epsilon=50.0),
     ]
 
 
@@ -149,7 +160,7 @@ def test_simulator_ledgers_validate_and_cover_every_record_kind(runs: list[Run])
             kinds.add(_kind(record))
             statuses.add(record.get("status", ""))
             adjacencies.add(record.get("adjacency", ""))
-    assert kinds == {"header", "in-flight row", "settled row", "commit"}
+    assert kinds == {"header", "in-flight row", "settled row", "user-level", "commit"}
     assert {"in-flight", "included", "round-aborted", "refused-budget"} <= statuses
     assert {"add-remove-one", "replace-one"} <= adjacencies
 
@@ -242,6 +253,19 @@ def test_rows_whose_fields_contradict_their_status_are_refused(
 
 
 @pytest.mark.parametrize("edit", [
+    _set("epsilon", "NaN"), _set("adjacency", "add-remove-one"), _set("mechanism", "gauss"),
+    _set("sample_rate", 0.0), _set("history", [[1.0, 2.0, 3.0, 1.0]]), _set("bits", 24.5),
+    _set("status", "included"), _drop("epsilon_unsampled"),
+])
+def test_tampered_user_level_rows_are_refused(runs: list[Run],
+                                              edit: Callable[[dict[str, Any]], None]) -> None:
+    record = _first(runs[2], lambda r: r["type"] == "user-level")
+    assert not _errors(LEDGER, record)
+    edit(record)
+    assert _errors(LEDGER, record)
+
+
+@pytest.mark.parametrize("edit", [
     _set("format", "securefl-ledger/1"), _set("prev", "0" * 64), _set("run_id", "x" * 32),
     _set("extra", 1), _drop("run_id"),
 ])
@@ -254,6 +278,7 @@ def test_tampered_headers_are_refused(runs: list[Run],
 
 @pytest.mark.parametrize("edit", [
     _set("stage", "done"), _set("rows", -1), _set("rows", "3"), _set("round", 0),
+    _set("user_rows", 0),
     _set("status", "included"), _drop("prev"),
 ])
 def test_tampered_commits_are_refused(runs: list[Run],
@@ -325,6 +350,18 @@ def test_row_fields_are_the_ledger_entry_fields() -> None:
     assert set(row["required"]) == expected
 
 
+def test_user_level_fields_are_the_user_level_entry_fields() -> None:
+    schema = load_schema("ledger-record")["$defs"]["userLevelRow"]
+    expected = {f.name for f in dataclasses.fields(UserLevelEntry)} | {"type", "prev"}
+    assert set(schema["properties"]) == expected, (
+        f"update securefl/schemas/ledger-record.schema.json: add"
+        f" {sorted(expected - set(schema['properties']))}, remove"
+        f" {sorted(set(schema['properties']) - expected)}")
+    assert set(schema["required"]) == expected
+    assert _enum(schema["properties"]["mechanism"]) == set(USER_LEVEL_MECHANISMS)
+    assert schema["properties"]["adjacency"]["const"] == USER_LEVEL_ADJACENCY
+
+
 def test_ledger_enums_are_the_codes() -> None:
     schema = load_schema("ledger-record")["$defs"]
     row = schema["row"]["properties"]
@@ -360,3 +397,4 @@ def test_metrics_enums_are_the_codes() -> None:
     assert _enum(schema["weighting"]) == {w.value for w in Weighting}
     assert _enum(schema["noiseSource"]) == {s.value for s in NoiseSource}
     assert _enum(schema["protocolRound"]) == {r.name for r in Round}
+    assert _enum(config["privacy"]) == {p.value for p in PrivacyLevel}
