@@ -406,9 +406,11 @@ class Deployment:
     """
 
     def __init__(self, num_nodes: int, *, node_configs: list[str] | None = None,
-                 simulation: bool = False) -> None:
+                 simulation: bool = False, database: Path | None = None) -> None:
         self.num_nodes = num_nodes
         self.simulation = simulation
+        self.database = database
+        """The SuperLink's persistent state (``--database``); None: in memory."""
         self.node_configs = [] if simulation else (node_configs or [
             f"partition-id={i} num-partitions={num_nodes}"
             " securefl-allow-unauthenticated-semi-honest=true" for i in range(num_nodes)])
@@ -418,6 +420,7 @@ class Deployment:
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: list[subprocess.Popen[bytes]] = []
         self._others: list[subprocess.Popen[bytes]] = []
+        self._stopped_superlinks: list[subprocess.Popen[bytes]] = []
         self.leftover: list[int] = []
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
                     "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
@@ -455,11 +458,7 @@ class Deployment:
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "it"\n\n[superlink.it]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        self.superlink = self._spawn(
-            [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-             *(["--simulation"] if self.simulation else []),
-             "--host", "127.0.0.1", "--port", str(self.port)], "superlink.log")
-        self._wait_health(self.port, ready_timeout)
+        self.start_superlink(ready_timeout)
         for i, node_config in enumerate(self.node_configs):
             port = free_port()
             self.supernodes.append(self._spawn(
@@ -474,6 +473,32 @@ class Deployment:
         if self.node_configs:
             raise TimeoutError(f"SuperNodes not online after {ready_timeout} s;"
                                f" logs in {self.logs}")
+
+    def start_superlink(self, ready_timeout: float = 60.0) -> None:
+        """Start the SuperLink (on its ``database`` if set) and wait until it
+        answers ``/health``; each start logs to ``superlink-<n>.log``."""
+        self._superlink_starts = getattr(self, "_superlink_starts", 0) + 1
+        if self.superlink is not None:
+            self._stopped_superlinks.append(self.superlink)
+        database = ["--database", str(self.database)] if self.database is not None else []
+        self.superlink = self._spawn(
+            [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             *(["--simulation"] if self.simulation else []), *database,
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            "superlink.log" if self._superlink_starts == 1
+            else f"superlink-{self._superlink_starts}.log")
+        self._wait_health(self.port, ready_timeout)
+
+    def kill_superlink(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the SuperLink's process group (the SuperLink and
+        the ServerApp process it started) and reap it."""
+        assert self.superlink is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.superlink.pid, sig)
+        self.superlink.wait(timeout=30)
+        # the group may hold processes that outlived the leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.superlink.pid, signal.SIGKILL)
 
     def _wait_health(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -546,7 +571,8 @@ class Deployment:
     def stop(self) -> None:
         """SIGTERM every process group (runs, SuperNodes, then the SuperLink),
         SIGKILL after a grace period, check /proc, delete the temp dir."""
-        groups = [*getattr(self, "_others", []), *self.supernodes]
+        groups = [*getattr(self, "_others", []), *self.supernodes,
+                  *getattr(self, "_stopped_superlinks", [])]
         if self.superlink is not None:
             groups.append(self.superlink)
         for proc in groups:
