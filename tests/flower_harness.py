@@ -398,6 +398,28 @@ def leftovers(marker: str) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (by parent PID, /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class Deployment:
     """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (insecure).
 
@@ -489,16 +511,20 @@ class Deployment:
             else f"superlink-{self._superlink_starts}.log")
         self._wait_health(self.port, ready_timeout)
 
-    def kill_superlink(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the SuperLink's process group (the SuperLink and
-        the ServerApp process it started) and reap it."""
+    def kill_superlink(self, sig: int = signal.SIGKILL) -> list[int]:
+        """Send ``sig`` at once to the SuperLink and every process it started
+        (its SuperExec, which Flower starts in a session of its own, and the
+        ServerApp process), as a crash of the server machine would, and reap
+        the SuperLink.  Returns the PIDs signalled."""
         assert self.superlink is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.superlink.pid, sig)
+        pids = [self.superlink.pid, *descendants(self.superlink.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
         self.superlink.wait(timeout=30)
-        # the group may hold processes that outlived the leader
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.superlink.pid, signal.SIGKILL)
+        return pids
 
     def _wait_health(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -528,9 +554,12 @@ class Deployment:
 
     def run_app(self, app_dir: Path, run_config: Mapping[str, Any],
                 log: str = "flwr-run.log",
-                federation_config: str | None = None) -> subprocess.Popen[bytes]:
+                federation_config: str | None = None,
+                runner: bool = False) -> subprocess.Popen[bytes]:
         """Start ``flwr run APP it --stream --run-config ...`` (in its own
-        session; stopped with the deployment)."""
+        session; stopped with the deployment); ``runner``: through
+        ``python -m securefl.flower.runner``, which exits non-zero unless the
+        run finished completed."""
         items = []
         for key, value in run_config.items():
             if isinstance(value, bool):
@@ -540,7 +569,9 @@ class Deployment:
             else:
                 items.append(f"{key}={value}")
         extra = ["--federation-config", federation_config] if federation_config else []
-        proc = self._spawn([_bin("flwr"), "run", str(app_dir), "it", "--stream",
+        command = ([sys.executable, "-m", "securefl.flower.runner"] if runner
+                   else [_bin("flwr"), "run"])
+        proc = self._spawn([*command, str(app_dir), "it", "--stream",
                             "--run-config", " ".join(items), *extra], log)
         self._others.append(proc)
         return proc
@@ -563,6 +594,23 @@ class Deployment:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
+
+    def terminate(self, timeout: float = 20.0) -> list[int]:
+        """Stop the deployment as docs/flower.md says: SIGTERM to each
+        SuperNode's PID, then to the SuperLink's (not to their process
+        groups), and wait for them.  Returns the processes of this
+        deployment still alive ``timeout`` seconds later (their SuperExecs
+        and app processes must have exited by themselves)."""
+        for proc in [*self.supernodes, *([self.superlink] if self.superlink else [])]:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while (left := leftovers(str(self.home))) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        return left
 
     def log(self, name: str) -> str:
         path = self.logs / name

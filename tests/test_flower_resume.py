@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import stat
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,15 @@ import tomllib
 
 pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
 
-from flower_harness import APP_DIR
+from flower_harness import APP_DIR, Deployment
 from flwr.app import Context, RecordDict
 
+from securefl.cli.audit import audit_run
 from securefl.errors import ConfigurationError
 from securefl.flower.runner import RUNS_DIR_ENV, main, resolve_output_dir
+from securefl.privacy.ledger import load_ledger
+
+torch = pytest.importorskip("torch")
 
 NOW = datetime(2026, 12, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -138,3 +146,92 @@ def test_runner_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--stream"]) == 2
     assert main(["app"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# -- a real deployment: SIGKILL the SuperLink mid-run, restart it, resume ---------------
+
+
+def _need_binaries() -> None:
+    for name in ("flower-superlink", "flower-supernode", "flwr"):
+        if shutil.which(name) is None and not (Path(sys.executable).parent / name).exists():
+            pytest.skip(f"{name} is not on PATH")
+
+
+def _settled_rounds(out: Path) -> int:
+    try:
+        return len(json.loads((out / "metrics.json").read_text())["rounds"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str,
+          deployment: Deployment, log: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{deployment.log(log)[-3000:]}")
+
+
+@pytest.mark.flower_runtime
+def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
+        tmp_path: Path) -> None:
+    """A SuperLink with a persistent database, three SuperNodes, a 3-round run
+    through ``python -m securefl.flower.runner``; after round 1 is committed
+    the SuperLink and everything it started (SuperExec, ServerApp) get
+    SIGKILL.  The first command exits non-zero; the SuperLink restarts on the
+    same database, the SuperNodes (never restarted) are still registered and
+    online, and ``resume = true`` into the same directory finishes the run:
+    one settled block per round, no gap, no duplicate, the audit verifies,
+    every client's history covers every round it was charged for; the
+    resumed run's table shows in the stream; the documented stop (SIGTERM to
+    each SuperNode, then the SuperLink) leaves no process."""
+    _need_binaries()
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    run_config: dict[str, Any] = {
+        "num-rounds": 3, "num-clients": 3, "seed": 5, "noise-multiplier": 1.1, "hidden": 8,
+        "batch-size": 32, "round-timeout": 60.0, "allow-unauthenticated-semi-honest": True,
+        "output-dir": str(out)}
+    deployment = Deployment(3, database=tmp_path / "superlink.db")
+    with deployment:
+        first = deployment.run_app(APP_DIR, run_config, runner=True)
+        _wait(lambda: _settled_rounds(out) >= 1, 400, "round 1 to be committed", deployment,
+              "flwr-run.log")
+        deployment.kill_superlink()
+        assert first.wait(timeout=120) != 0, deployment.log("flwr-run.log")[-3000:]
+        deployment.start_superlink()
+        assert [p.poll() for p in deployment.supernodes] == [None, None, None]
+        _wait(lambda: deployment.online_nodes() == 3, 120, "the nodes online again",
+              deployment, "superlink-2.log")
+        second = deployment.run_app(APP_DIR, {**run_config, "resume": True},
+                                    log="resume.log", runner=True)
+        _wait(lambda: second.poll() is not None, 900, "the resumed run", deployment,
+              "resume.log")
+        stream = deployment.log("resume.log")
+        assert second.returncode == 0, stream[-4000:]
+        left = deployment.terminate()
+    assert left == [], f"left running after SIGTERM: {left}"
+    assert deployment.leftover == []
+
+    assert f"resuming the run in {out}" in stream
+    assert "max eps" in stream  # the per-round table, streamed from the ServerApp
+    audit = audit_run(out)
+    assert audit["verified"], audit["violations"]
+    chain = load_ledger(out / "ledger.jsonl")
+    settled = [r for r in chain.records if not r.in_flight]
+    numbers = sorted({r.round for r in settled})
+    assert numbers == list(range(1, len(numbers) + 1))  # no gap
+    for number in numbers:  # no duplicate: one settled row per client per round
+        assert sorted(r.client_id for r in settled if r.round == number) == [1, 2, 3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == numbers
+    interrupted = [r["round"] for r in metrics["rounds"] if r.get("abort_reason", "")
+                   .startswith("interrupted")]
+    assert len(numbers) == 3 + len(interrupted)
+    assert metrics["final"]["rounds_completed"] == 3, metrics["rounds"]
+    last = {r.client_id: r for r in settled if r.round == numbers[-1]}
+    for cid, row in last.items():  # each history composes every charged round's steps
+        charged = sum(r.local_steps for r in settled if r.client_id == cid)
+        assert sum(h[2] for h in row.history) == charged > 0
