@@ -14,7 +14,12 @@
 * :class:`Deployment`: a real SuperLink and SuperNodes on 127.0.0.1 in
   insecure mode, every process in its own session, all stopped (SIGTERM then
   SIGKILL by process group) when the context exits, with a /proc check for
-  leftovers by the unique FLWR_HOME.
+  leftovers by the unique FLWR_HOME.  The SuperLink may keep its state in a
+  database file (``database=``), be killed with everything it started
+  (:meth:`Deployment.kill_superlink`, as a crash of the server machine) and
+  started again on the same database (:meth:`Deployment.start_superlink`);
+  :meth:`Deployment.terminate` stops it all as docs/flower.md says (SIGTERM
+  to each PID) and reports what is left.
 * :func:`simulate_reference`: the in-process simulator on the same seeds with
   a given dropout schedule, returning its metrics, final model and the exact
   integer sums.

@@ -25,7 +25,7 @@ import tomllib
 
 pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
 
-from flower_harness import APP_DIR, Deployment
+from flower_harness import APP_DIR, Deployment, InProcessGrid
 from flwr.app import Context, RecordDict
 
 from securefl.cli.audit import audit_run
@@ -146,6 +146,101 @@ def test_runner_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--stream"]) == 2
     assert main(["app"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# -- resume in process: the ServerApp dies mid-run, a new run continues it -------------
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL of the ServerApp: nothing in it catches this."""
+
+
+class _DyingGrid(InProcessGrid):
+    """Raises :class:`_Killed` when the ServerApp is about to send ``stage``
+    of federation round ``fl_round`` (the event, and so the in-flight rows
+    of the masked-input stage, is already written)."""
+
+    def __init__(self, *args: Any, die_at: tuple[int, str], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._die_at = die_at
+
+    def _deliver(self, msg: Any) -> str:
+        from securefl.flower.setup import RECORD, Key
+
+        record = msg.content.config_records[RECORD]
+        if (int(record[Key.FL_ROUND]), str(record[Key.STAGE])) == self._die_at:
+            raise _Killed
+        return super()._deliver(msg)
+
+
+RESUME_RUN: dict[str, Any] = {"num-rounds": 3, "num-clients": 3, "seed": 4,
+                              "noise-multiplier": 1.1, "hidden": 8, "batch-size": 32,
+                              "round-timeout": 30.0, "allow-unauthenticated-semi-honest": True}
+
+
+def _server_context(run_config: dict[str, Any], run_id: int = 7) -> Context:
+    return Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                   run_config=run_config)
+
+
+def _settled(out: Path) -> list[Any]:
+    return [r for r in load_ledger(out / "ledger.jsonl").records if not r.in_flight]
+
+
+@pytest.mark.parametrize(("stage", "interrupted"), [
+    ("masked-input-collection", True),   # in-flight rows written: the round is settled
+    ("advertise-keys", False),           # nothing of round 2 written yet
+])
+def test_serverapp_killed_in_round_2_resumes_to_the_end(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str,
+        interrupted: bool) -> None:
+    from flower_harness import example_app, node_configs, server_task_identity
+
+    from securefl.flower.federation import run_federation
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    run_config = {**RESUME_RUN, "output-dir": str(out)}
+    with server_task_identity():
+        grid = _DyingGrid(example_app(), node_configs(3), run_config, die_at=(2, stage))
+        with pytest.raises(_Killed):
+            run_federation(grid, _server_context(run_config))
+        assert [r.round for r in _settled(out)] == [1, 1, 1]
+        # a new Flower run (new run id, fresh node contexts) into the same directory
+        with pytest.raises(ConfigurationError, match="resume"):
+            run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
+                           _server_context(run_config, 8))
+        with pytest.raises(ConfigurationError, match="seed"):
+            run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
+                           _server_context({**run_config, "seed": 5, "resume": True}, 8))
+        capsys.readouterr()
+        resumed = {**run_config, "resume": True}
+        run_federation(InProcessGrid(example_app(), node_configs(3), resumed),
+                       _server_context(resumed, 9))
+    table = capsys.readouterr().out
+    audit = audit_run(out)
+    assert audit["verified"], audit["violations"]
+    settled = _settled(out)
+    last = 4 if interrupted else 3
+    assert sorted({r.round for r in settled}) == list(range(1, last + 1))  # no gap
+    for number in range(1, last + 1):  # no duplicate: one settled row per client per round
+        assert sorted(r.client_id for r in settled if r.round == number) == [1, 2, 3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["rounds_completed"] == 3
+    rounds = metrics["rounds"]
+    assert [r["aborted"] for r in rounds] == ([False, True, False, False] if interrupted
+                                              else [False, False, False])
+    by = {(r.round, r.client_id): r for r in settled}
+    steps = by[1, 1].local_steps
+    for cid in (1, 2, 3):
+        if interrupted:  # trained, maybe, before the kill: the charge is kept
+            assert by[2, cid].status == "round-aborted" and by[2, cid].local_steps == steps
+        # the history composes every charged round: nothing reset on resume
+        total = steps * (4 if interrupted else 3)
+        assert sum(h[2] for h in by[last, cid].history) == total
+    assert "max eps" in table  # the resumed run prints its rounds, the interrupted one too
+    starts = {line.split()[0] for line in table.splitlines() if line.split()}
+    assert {str(n) for n in range(2, last + 1)} <= starts
 
 
 # -- a real deployment: SIGKILL the SuperLink mid-run, restart it, resume ---------------
