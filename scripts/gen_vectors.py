@@ -29,7 +29,7 @@ from securefl.conformance.adapters import (
 )
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, PROTOCOL_NAME, config_to_json, dump
 from securefl.errors import AbortError, InconsistentSharesError, ProtocolError
-from securefl.hazmat import aead, shamir, signing
+from securefl.hazmat import aead, noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.kdf import LABEL_PREFIX, derive_key, hkdf_sha256, kdf_info
 from securefl.hazmat.prg import MaskExpander
@@ -38,6 +38,7 @@ from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.harary import HararyGraph, ring_order
 from securefl.protocol.inmemory import Driver
+from securefl.protocol.noise import NoisePlan
 from securefl.wire import decode
 
 GENERATOR_VERSION = "1"
@@ -494,7 +495,16 @@ def round_vector(name: str, description: str, config: SecAggConfig,
         expected = [0] * config.vector_length
         for c in res.survivors:
             expected = [(a + b) % high for a, b in zip(expected, inputs[c], strict=True)]
-        assert list(res.total) == expected, "generator self-check: wrong sum"
+        if config.noise is None:
+            assert list(res.total) == expected, "generator self-check: wrong sum"
+        else:
+            # the released noise is Sk(noise_variance): within 12 sigma of the sum
+            result["noiseVariance"] = res.noise_variance
+            result["noiseRemoved"] = [list(p) for p in res.noise_removed]
+            sigma = (res.noise_variance or 0) ** 0.5
+            assert all(min((a - b) % high, (b - a) % high) <= 12 * sigma
+                       for a, b in zip(res.total, expected, strict=True)), \
+                "generator self-check: the noise is not what the plan promises"
     ops, sent = recorder.ops, recorder.sent_by
     return {
         "name": name,
@@ -522,6 +532,7 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
     c_pair = KeyPair.from_private_bytes(rng.token_bytes(32))
     s_pair = KeyPair.from_private_bytes(clamp(rng.token_bytes(32)))  # [SSS-5]
     self_seed = rng.token_bytes(32)
+    noise_seeds = [rng.token_bytes(32) for _ in range(config.noise_components)]  # [NZ-2]
     record: dict[str, Any] = {"id": cid, "input": [str(x) for x in vector],
                               "randomSeed": seed.hex()}
     if identity is not None:
@@ -538,6 +549,11 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
         "selfMaskSeed": self_seed.hex(),
         "seedCommitment": d.seed_commitment(config.digest(), cid, self_seed).hex(),
     })
+    if noise_seeds:
+        record["noiseSeeds"] = [seed.hex() for seed in noise_seeds]
+        record["noiseCommitments"] = [
+            d.noise_seed_commitment(config.digest(), cid, j, seed).hex()
+            for j, seed in enumerate(noise_seeds)]
     advert = decode(sent[0])
     assert advert.encryption_key == c_pair.public_bytes  # type: ignore[union-attr]
     assert advert.masking_key == s_pair.public_bytes  # type: ignore[union-attr]
@@ -547,14 +563,30 @@ def _client_record(config: SecAggConfig, cid: int, vector: list[int], seed: byte
     shares_msg = decode(sent[1])
     sid = shares_msg.session_id  # type: ignore[union-attr]
     holders = sorted({*shares_msg.ciphertexts, cid})  # type: ignore[union-attr]
-    split = shamir.split([s_pair.private_bytes(), self_seed], holders, config.t, rng)
+    split = shamir.split([s_pair.private_bytes(), self_seed, *noise_seeds], holders, config.t,
+                         rng)
     record["shares"] = {
         str(h): {"keyShare": shamir.share_to_bytes(split[i, 0]).hex(),
-                 "selfMaskSeedShare": shamir.share_to_bytes(split[i, 1]).hex()}
+                 "selfMaskSeedShare": shamir.share_to_bytes(split[i, 1]).hex(),
+                 **({"noiseSeedShares": [shamir.share_to_bytes(split[i, 2 + j]).hex()
+                                         for j in range(len(noise_seeds))]}
+                    if noise_seeds else {})}
         for i, h in enumerate(holders)}
     record["ciphertexts"] = {str(h): ct.hex()
                              for h, ct in shares_msg.ciphertexts.items()}  # type: ignore[union-attr]
     record["selfMaskKey"] = d.self_mask_key(self_seed, sid, cid).hex()
+    layout = config.noise_layout
+    if layout is not None:
+        # [NZ-4]: the base key is the client's next 32 random bytes (in R2), the
+        # excess keys are derived from the committed seeds
+        base_key = rng.token_bytes(32)
+        excess_keys = [d.excess_noise_key(seed, sid, cid, j) for j, seed in enumerate(noise_seeds)]
+        total = noise.skellam(layout.base, config.vector_length, base_key)
+        for j, key in enumerate(excess_keys):
+            total += noise.skellam(layout.excess[j], config.vector_length, key)
+        record["baseNoiseKey"] = base_key.hex()
+        record["excessNoiseKeys"] = [key.hex() for key in excess_keys]
+        record["noise"] = [str(int(x)) for x in total]
     if len(sent) >= 3:
         masked = decode(sent[2])
         record["maskedInput"] = [str(int(x)) for x in masked.masked]  # type: ignore[union-attr]
@@ -613,6 +645,18 @@ def round_vectors() -> dict[str, dict[str, Any]]:
             SecAggConfig(num_clients=8, vector_length=4, bits=10, threshold=3, mode=semi,
                          graph=HararyGraph(4), context=b"vectors: harary"),
             {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
+        "round_noise_semi_honest_dropouts": round_vector(
+            "noise-semi-honest-dropouts",
+            "Distributed Skellam noise (SPEC.md section 16): four clients, threshold 2,"
+            " 20-bit ring, target variance 50 with removable excess (tolerance 0.1, so"
+            " J = 2 excess seeds a client, committed in R0 and shared in R1 beside the"
+            " self-mask seed).  Client 4 drops after sharing keys, client 3 after its masked"
+            " input: the server asks for, reconstructs and subtracts exactly the excess"
+            " seeds the public rule selects for the three survivors, and releases noise of"
+            " variance u B + kept excess.",
+            SecAggConfig(num_clients=4, vector_length=3, bits=20, threshold=2, mode=semi,
+                         context=b"vectors: noise", noise=NoisePlan(50.0, tolerance=0.1)),
+            {4: Round.MASKED_INPUT_COLLECTION, 3: Round.UNMASKING}),
     }
 
 

@@ -79,6 +79,11 @@ class Rule(str, enum.Enum):
     held malformed shares; both ends of every complaint of a maximal
     matching of the complaint graph are excluded before unmasking
     (SPEC [R2-6])."""
+    NOISE_REMOVAL_NOT_SELECTED = "noise-removal-not-selected-by-rule"
+    """With a noise plan: the unmasking request asks for excess-noise seed
+    shares other than exactly those the public selection rule picks for its
+    survivor list (more excess, another component, or a client not listed as
+    a survivor); the client reveals nothing (SPEC [NZ-5])."""
     COMPLAINT_CONTRADICTED = "complaint-contradicted-by-its-sender"
     """A client revealed, in its unmasking response, a share of a peer that
     its masked input reported as excluded: it masked with that peer, so the

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("local", deadline=None, print_blob=True)
 settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "local")
+
+
+@pytest.fixture(autouse=True)
+def _node_state_dir(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower nodes keep their DP accountants on disk (securefl.flower.dpstate,
+    default under ~/.flwr): every test gets its own state directory, so no
+    test reads an accountant another test (or an earlier run) left behind."""
+    monkeypatch.setenv("SECUREFL_STATE_DIR", str(tmp_path_factory.mktemp("node-state")))

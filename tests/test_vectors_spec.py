@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import struct
+from fractions import Fraction
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -92,6 +94,7 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             + b"".join(struct.pack(">I", i) for i in sorted(c["clientIds"]))
             + struct.pack(">I", len(graph)) + graph + struct.pack(">I", len(context)) + context
             + struct.pack(">I", max(c["threshold"], c["minSurvivors"]))
+            + _noise_plan_bytes(c)
         ).digest()
         assert digest.hex() == c["digest"], path.name
         roster_op = next(op for op in data["operations"] if op["op"] == "server_close_round")
@@ -101,7 +104,8 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
         sid = hashlib.sha256(
             b"securefl/secagg/v1/session-id" + digest + struct.pack(">I", len(roster.entries))
             + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                       + e.seed_commitment for e in roster.entries)).digest()
+                       + e.seed_commitment + b"".join(e.noise_commitments)
+                       for e in roster.entries)).digest()
         shares_op = next(op for op in data["operations"] if op["op"] == "client_handle")
         shares = pb.SecAggMessage.FromString(bytes.fromhex(shares_op["output"]))
         assert shares.encrypted_shares.session_id == sid, path.name
@@ -118,6 +122,14 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             assert client["seedCommitment"] == commitment.hex()
             if client["id"] in entries:
                 assert entries[client["id"]].seed_commitment == commitment
+            # [NZ-2]: one commitment per excess-noise seed, advertised in order
+            noise_commitments = [hashlib.sha256(
+                b"securefl/secagg/v1/noise-seed-commitment" + digest
+                + struct.pack(">II", client["id"], j) + bytes.fromhex(seed)).digest()
+                for j, seed in enumerate(client.get("noiseSeeds", []))]
+            assert [x.hex() for x in noise_commitments] == client.get("noiseCommitments", [])
+            if client["id"] in entries:
+                assert list(entries[client["id"]].noise_commitments) == noise_commitments
             scalar = bytes.fromhex(client["maskingPrivateKey"])
             assert scalar[0] & 7 == 0 and scalar[31] & 0xC0 == 0x40, "not clamped"
         # the self mask key of every client that shared is the spec's derivation
@@ -126,6 +138,23 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
                 key = hkdf(bytes.fromhex(client["selfMaskSeed"]),
                            spec_info("self-mask", 1, sid, [client["id"]]))
                 assert key.hex() == client["selfMaskKey"]
+            # [NZ-3]: excess-noise keys are HKDF of the seed, label noise/excess
+            for j, seed in enumerate(client.get("noiseSeeds", []) if "selfMaskKey" in client
+                                     else []):
+                key = hkdf(bytes.fromhex(seed), spec_info("noise/excess", 1, sid,
+                                                          [client["id"], j]))
+                assert key.hex() == client["excessNoiseKeys"][j]
+
+
+def _noise_plan_bytes(c: dict) -> bytes:  # type: ignore[type-arg]
+    """SPEC [NZ-1]: the plan's bytes appended to the digest input (none without)."""
+    if "noise" not in c:
+        return b""
+    plan = c["noise"]
+    kind = plan["calibration"].encode()
+    body = (b"noise-plan/skellam" + struct.pack(">B", len(kind)) + kind
+            + struct.pack(">dd", plan["targetVariance"], plan["tolerance"]))
+    return struct.pack(">I", len(body)) + body
 
 
 def test_masked_inputs_follow_the_spec_formula() -> None:
@@ -146,7 +175,9 @@ def test_masked_inputs_follow_the_spec_formula() -> None:
             me = clients[u]
             delivery = pb.SecAggMessage.FromString(bytes.fromhex(op["input"])).share_delivery
             sid = delivery.session_id
-            total = [int(x) for x in me["input"]]
+            # [NZ-4]: the noise is added to the encoded input before the masks
+            total = [int(x) + int(z) for x, z in zip(
+                me["input"], me.get("noise", ["0"] * m), strict=True)]
             masks = [spec_prg(bytes.fromhex(me["selfMaskKey"]), bits, m)]
             signs = [1]
             private = X25519PrivateKey.from_private_bytes(bytes.fromhex(me["maskingPrivateKey"]))
@@ -163,3 +194,102 @@ def test_masked_inputs_follow_the_spec_formula() -> None:
             assert total == [int(x) for x in me["maskedInput"]], (path.name, u)
             checked += 1
     assert checked >= 15
+
+
+def _spec_up(x: Fraction) -> float:
+    """The least double >= x (SPEC [NZ-1])."""
+    y = float(x)
+    return y if Fraction(y) >= x else math.nextafter(y, math.inf)
+
+
+def _spec_layout(c: dict) -> tuple[float, list[float]]:  # type: ignore[type-arg]
+    """B and w_0..w_{J-1} of SPEC 16.2, from the vector's config."""
+    plan = c["noise"]
+    n, f = c["numClients"], max(c["threshold"], c["minSurvivors"])
+    v, delta = Fraction(plan["targetVariance"]), Fraction(plan["tolerance"])
+    if plan["calibration"] == "threshold":
+        return _spec_up(v / f), []
+    if f == n:
+        return _spec_up(v / n), []
+    j = 1
+    while Fraction(n - f, n * f * (f + 1) ** (j - 1)) > delta:
+        j += 1
+    w0 = v * (n - f) / (n * f)
+    return _spec_up(v / n), [_spec_up(w0 / (f + 1) ** i) for i in range(j)]
+
+
+def _spec_poisson(lam: float, words: list[int]) -> list[int]:
+    """SPEC 16.5, read literally: the integer table and the inverse CDF."""
+    sd = math.sqrt(lam)
+    mode, lo, hi = math.floor(lam), max(0, math.floor(lam - 12 * sd - 40)), math.ceil(
+        lam + 12 * sd + 40)
+    num, den = Fraction(lam).numerator, Fraction(lam).denominator
+    r = {mode: 2**192}
+    for k in range(mode, hi):
+        r[k + 1] = r[k] * num // (den * (k + 1))
+    for k in range(mode, lo, -1):
+        r[k - 1] = r[k] * den * k // num
+    total = sum(r.values())
+    weights = {k: (r[k] << 64) // total for k in range(lo, hi + 1)}
+    weights[mode] += 2**64 - sum(weights.values())
+    keys = [k for k in range(lo, hi + 1) if weights[k]]
+    first, last = keys[0], keys[-1]
+    cumulative, acc = [], 0
+    for k in range(first, last):
+        acc += weights[k]
+        cumulative.append(acc)
+    return [first + sum(1 for c in cumulative if c <= u) for u in words]
+
+
+def _spec_skellam(mu: float, m: int, key: bytes) -> list[int]:
+    if mu == 0:
+        return [0] * m
+    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(16 * m))
+    words = [int.from_bytes(stream[8 * i:8 * i + 8], "little") for i in range(2 * m)]
+    x, y = _spec_poisson(mu / 2, words[:m]), _spec_poisson(mu / 2, words[m:])
+    return [a - b for a, b in zip(x, y, strict=True)]
+
+
+def test_noise_follows_the_spec_sampler_and_selection_rule() -> None:
+    """SPEC 16.2, 16.5, 16.6 read from the text: every client's noise is
+    Sk(B; base key) + sum_j Sk(w_j; excess key j), and the removals and the
+    released variance in the result are the rule's."""
+    checked = 0
+    for path in sorted(DEFAULT_VECTOR_DIR.glob("round_*.json")):
+        data = json.loads(path.read_text())
+        c = data["config"]
+        if "noise" not in c:
+            continue
+        base, excess = _spec_layout(c)
+        m = c["vectorLength"]
+        for client in data["clients"]:
+            if "noise" not in client:
+                continue
+            total = _spec_skellam(base, m, bytes.fromhex(client["baseNoiseKey"]))
+            for j, key in enumerate(client["excessNoiseKeys"]):
+                part = _spec_skellam(excess[j], m, bytes.fromhex(key))
+                total = [a + b for a, b in zip(total, part, strict=True)]
+            assert [str(x) for x in total] == client["noise"], (path.name, client["id"])
+            checked += 1
+        # the selection rule (SPEC [NZ-5]) and the released variance ([NZ-6])
+        survivors = sorted(data["result"]["survivors"])
+        n, f, u = c["numClients"], max(c["threshold"], c["minSurvivors"]), len(survivors)
+        big_j = len(excess)
+        units = -((-f * (f + 1) ** (big_j - 1) * (n - u)) // (n - f))
+        digits = []
+        for i in range(big_j):
+            place = (f + 1) ** (big_j - 1 - i)
+            digits.append(units // place)
+            units %= place
+        kept, pos = set(), 0
+        for j, count in enumerate(digits):
+            for _ in range(count):
+                kept.add((survivors[pos % u], j))
+                pos += 1
+        removed = [[v, j] for v in survivors for j in range(big_j) if (v, j) not in kept]
+        assert data["result"]["noiseRemoved"] == removed
+        released = u * Fraction(base) + sum(
+            (d * Fraction(w) for d, w in zip(digits, excess, strict=True)), Fraction(0))
+        assert data["result"]["noiseVariance"] == float(released)
+        assert released >= Fraction(c["noise"]["targetVariance"])
+    assert checked >= 3

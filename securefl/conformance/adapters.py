@@ -95,11 +95,15 @@ class ServerSpec:
 @dataclass(frozen=True)
 class RoundResult:
     """What a finished server reports: the sum mod 2^bits, whose inputs it
-    contains, and the clients it blamed (SPEC [R2-6], [R4-11]), ascending."""
+    contains, and the clients it blamed (SPEC [R2-6], [R4-11]), ascending;
+    with a noise plan, the released noise variance and the removed
+    ``(survivor, component)`` excess seeds (SPEC [NZ-6])."""
 
     total: tuple[int, ...]
     survivors: tuple[int, ...]
     blamed: tuple[int, ...] = ()
+    noise_variance: float | None = None
+    noise_removed: tuple[tuple[int, int], ...] = ()
 
 
 @runtime_checkable
@@ -241,7 +245,8 @@ class SecureFLServer:
         """The finished session's result."""
         res = self.session.result
         return RoundResult(tuple(int(x) for x in res.total), tuple(res.survivors),
-                           tuple(sorted({b.peer for b in res.blame})))
+                           tuple(sorted({b.peer for b in res.blame})), res.noise_variance,
+                           tuple(res.noise_removed))
 
     def statuses(self) -> dict[int, str]:
         """Every client's :class:`~securefl.protocol.config.ClientStatus` value."""

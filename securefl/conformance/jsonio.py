@@ -10,6 +10,7 @@ from securefl.errors import ConfigurationError
 from securefl.protocol.config import SecAggConfig, SecurityMode
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.harary import HararyGraph
+from securefl.protocol.noise import NoisePlan
 
 PROTOCOL_NAME = "securefl/secagg/v1"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -21,8 +22,9 @@ DEFAULT_SCHEMA_DIR = ROOT / "protocols" / "secagg" / "v1" / "schemas"
 
 
 def config_to_json(config: SecAggConfig) -> dict[str, Any]:
-    """The JSON form of a configuration (SPEC.md section 3), with its digest."""
-    return {
+    """The JSON form of a configuration (SPEC.md section 3), with its digest
+    (and its noise plan, SPEC.md section 16, only when it has one)."""
+    out = {
         "numClients": config.num_clients,
         "vectorLength": config.vector_length,
         "bits": config.bits,
@@ -34,12 +36,18 @@ def config_to_json(config: SecAggConfig) -> dict[str, Any]:
         "minSurvivors": config.floor,
         "digest": config.digest().hex(),
     }
+    if config.noise is not None:
+        out["noise"] = {"distribution": "skellam",
+                        "targetVariance": config.noise.target_variance,
+                        "calibration": config.noise.calibration.value,
+                        "tolerance": config.noise.tolerance}
+    return out
 
 
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
     "numClients": (int,), "vectorLength": (int,), "bits": (int,), "threshold": (int,),
     "mode": (str,), "clientIds": (list,), "graph": (str,), "context": (str,),
-    "minSurvivors": (int, type(None)), "digest": (str,),
+    "minSurvivors": (int, type(None)), "digest": (str,), "noise": (dict,),
 }
 _CONFIG_REQUIRED = ("numClients", "vectorLength", "bits", "threshold", "mode", "clientIds")
 
@@ -72,11 +80,24 @@ def config_from_json(data: dict[str, Any]) -> SecAggConfig:
         num_clients=data["numClients"], vector_length=data["vectorLength"], bits=data["bits"],
         threshold=data["threshold"], mode=mode, client_ids=data["clientIds"],
         graph=graph_from_text(data.get("graph", "complete")), context=context,
-        min_survivors=data.get("minSurvivors"),
+        min_survivors=data.get("minSurvivors"), noise=_noise_from_json(data.get("noise")),
     )
     if "digest" in data and config.digest().hex() != data["digest"]:
         raise ConfigurationError("configuration digest in the vector file does not match")
     return config
+
+
+def _noise_from_json(data: Any) -> NoisePlan | None:
+    if data is None:
+        return None
+    keys = {"distribution", "targetVariance", "calibration", "tolerance"}
+    if not isinstance(data, dict) or set(data) != keys or data["distribution"] != "skellam":
+        raise ConfigurationError(f"a noise plan is an object with exactly {sorted(keys)}"
+                                 " and distribution 'skellam'")
+    for key in ("targetVariance", "tolerance"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int | float):
+            raise ConfigurationError(f"noise plan field {key!r} must be a number")
+    return NoisePlan(data["targetVariance"], data["calibration"], data["tolerance"])
 
 
 def graph_from_text(text: str) -> NeighbourGraph:

@@ -48,6 +48,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.noise import NoisePlan
 from securefl.wire import decode, encode
 from securefl.wire import secagg_pb2 as pb
 
@@ -63,6 +64,11 @@ ACTIVE_HARARY = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=
                              mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
                              context=b"conformance")
 """Active mode on a sparse graph: t = 3, signature quorum 7 - 4 + 1 = 4 ([PARAM-7])."""
+NOISE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
+                     context=b"conformance", noise=NoisePlan(0.0, tolerance=0.05))
+"""A noise plan (SPEC.md section 16) with J = 2 excess seeds a client, of variance 0 so
+the sum stays exact: every seed is committed, shared, selected, revealed and
+removed for real."""
 UNDER_TEST = 1
 """The id of the client under test in client scenarios."""
 
@@ -849,6 +855,61 @@ def s_not_shared(target: Target) -> None:
 # digest of the configuration it was made for ([PARAM-5], [R0-4]).
 
 
+def _kept_pairs(r: UnmaskingRequest) -> list[tuple[int, int]]:
+    """The (survivor, component) excess seeds the rule keeps for ``r``'s list."""
+    components = NOISE.noise_components
+    return sorted({(v, j) for v in r.survivors for j in range(components)}
+                  - set(r.noise_removals))
+
+
+def _greedy_noise(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, noise_removals=tuple(sorted({*r.noise_removals,
+                                                               _kept_pairs(r)[0]})))
+
+
+def _dropped_noise(r: UnmaskingRequest) -> UnmaskingRequest:
+    return dataclasses.replace(r, noise_removals=tuple(sorted({*r.noise_removals,
+                                                               (r.dropped[0], 0)})))
+
+
+def _no_commitment(r: KeyRoster) -> KeyRoster:
+    return _with_entry(r, 2, noise_commitments=r.entries[2].noise_commitments[:-1])
+
+
+def _advert_no_commitment(_: World, a: dict[int, bytes]) -> bytes:
+    return _edit(a[1], noise_commitments=decode(a[1]).noise_commitments[:-1])  # type: ignore[union-attr]
+
+
+def _unrequested_noise_share(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    assert isinstance(msg, UnmaskingResponse)
+    shares = dict(msg.noise_shares)
+    shares[(2, NOISE.noise_components)] = msg.self_mask_shares[2]
+    return encode(dataclasses.replace(msg, noise_shares=shares))
+
+
+def s_noise(config: SecAggConfig, drop: dict[Round, set[int]]) -> Callable[[Target], None]:
+    """A whole round with a noise plan: the exact sum (variance 0), and the
+    released variance and removals of the public rule (SPEC [NZ-5], [NZ-6])."""
+    def run(target: Target) -> None:
+        s_honest(config, drop)(target)
+        w = _server_world(target, config)
+        w.run_to(Round.UNMASKING, drop)
+        while not w.finished:
+            w.step(drop.get(w.round, ()) if w.round is not None else ())
+        res = w.server.result()
+        layout = config.noise_layout
+        assert layout is not None
+        if res.noise_variance != layout.released_variance(len(res.survivors)) or \
+                tuple(res.noise_removed) != layout.removals(res.survivors):
+            raise CaseFailedError(
+                f"released variance {res.noise_variance} and removals"
+                f" {list(res.noise_removed)[:10]}, the rule gives"
+                f" {layout.released_variance(len(res.survivors))} and"
+                f" {list(layout.removals(res.survivors))[:10]}")
+    return run
+
+
 def _weakened(config: SecAggConfig, **changes: Any) -> Callable[[KeyRoster], KeyRoster]:
     weaker = dataclasses.replace(config, **changes)
     return lambda r: dataclasses.replace(r, config_digest=weaker.digest())
@@ -1046,5 +1107,25 @@ def scenario_cases() -> list[Case]:
         _s("11", 7, "SecAgg+ graph: server recovers drops before and after sharing",
            s_honest(HARARY, {Round.SHARE_KEYS: {7}, MIC: {5}})),
         _s("12", 1, "server aborts below threshold and reports no result", s_abort),
+        # 16: distributed noise
+        _c("16", 1, "noise plan: client under test completes a round with a dropout",
+           c_honest(NOISE)),
+        _c("16", 2, "client refuses a request for an excess seed the rule keeps",
+           c_unmask(_greedy_noise, R.NOISE_REMOVAL_NOT_SELECTED,
+                    "an unmasking request asking for one more excess seed", NOISE)),
+        _c("16", 3, "client refuses a request for a dropped client's excess seed",
+           c_unmask(_dropped_noise, R.NOISE_REMOVAL_NOT_SELECTED,
+                    "an unmasking request asking for a dropped client's excess seed", NOISE)),
+        _c("16", 4, "client refuses a roster entry without all its noise commitments",
+           c_roster(_no_commitment, R.MALFORMED, "a roster entry missing a noise commitment",
+                    NOISE)),
+        _s("16", 5, "noise plan: server removes the rule's excess, reports its variance",
+           s_noise(NOISE, {MIC: {5}, UNM: {4}})),
+        _s("16", 6, "server refuses an advertisement without all its noise commitments",
+           s_advert(_advert_no_commitment, R.MALFORMED,
+                    "an advertisement missing a noise commitment", NOISE)),
+        _s("16", 7, "server refuses a response carrying an unrequested noise share",
+           s_round(UNM, _unrequested_noise_share, R.MALFORMED,
+                   "a noise share nobody asked for", NOISE)),
     ]
     return sorted(cases, key=lambda c: [int(p) for p in c.id.replace("/", ".").split(".")])

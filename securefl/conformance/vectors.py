@@ -343,6 +343,13 @@ def _replay_server(data: dict[str, Any], target: Target) -> None:
         raise CaseFailedError(f"survivors {list(res.survivors)}, expected {result['survivors']}")
     if [int(x) for x in res.total] != [int(x) for x in result["total"]]:
         raise CaseFailedError("the aggregate differs from the transcript's result")
+    if "noiseVariance" in result and (
+            res.noise_variance != result["noiseVariance"]
+            or [list(p) for p in res.noise_removed] != result["noiseRemoved"]):
+        raise CaseFailedError(f"released noise variance {res.noise_variance} and removals"
+                              f" {[list(p) for p in res.noise_removed][:10]}, expected"
+                              f" {result['noiseVariance']} and {result['noiseRemoved'][:10]}"
+                              " (SPEC [NZ-6])")
     statuses = {str(c): s for c, s in server.statuses().items()}
     if statuses != result["statuses"]:
         raise CaseFailedError(f"client statuses {statuses}, expected {result['statuses']}")

@@ -4,7 +4,8 @@ Flower 1.4x starts a fresh ClientApp process for every message, and on two
 cores five nodes importing torch, Opacus, scikit-learn and matplotlib at
 once dominate a round.  This module imports only torch, Opacus and the
 model; the node's data partition is loaded once (scikit-learn) and then kept
-in the node's Context.
+in the node's Context.  The node's accountant is kept on its own disk
+(:mod:`securefl.flower.dpstate`), never only in the Context.
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from securefl.errors import ConfigurationError
+from securefl.federation.client_update import Admission, client_update
 from securefl.federation.model import make_mlp
 from securefl.federation.options import DEFAULT_TARGET_EPSILON
-from securefl.flower.dpstate import load_private_client_state, private_client_state
-from securefl.flower.mod import node_client_id
+from securefl.federation.server import AggregationMode
+from securefl.flower.dpstate import (
+    NodeAccountantState,
+    NodeAccountantStore,
+    federation_key,
+    state_dir,
+)
+from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, NODE_RECORD, node_client_id
+from securefl.flower.policy import allow_fresh_state
+from securefl.flower.setup import Key, SessionSetup
 from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
@@ -29,12 +39,11 @@ from securefl.privacy.client import (
     Weighting,
     make_private_compatible,
 )
+from securefl.privacy.ledger import Participation
+from securefl.privacy.noise import SeededRandomness
 
-__all__ = ["dp_config", "run_values", "train_private_client"]
+__all__ = ["dp_config", "node_store", "run_values", "train_private_client"]
 
-DP_CLIENT_RECORD = "securefl.dp-client"
-"""Context state record of a node's DP client: its accountant history (and,
-only with insecure reproducible noise, its seeded generators)."""
 PARTITION_RECORD = "securefl.partition"
 """Context state record caching the node's training partition."""
 
@@ -119,23 +128,86 @@ def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
-def train_private_client(msg: Message, context: Context) -> Message:
-    """The ClientApp's ``train``: one round of Opacus DP-SGD on this node's
-    partition, continuing its accountant from earlier rounds (kept in the
-    Context).  The noise and the Poisson sampling come from ``os.urandom``
-    (unless the run config sets ``insecure-reproducible-noise``); the mod
-    encodes and rounds the update.  Returns the
-    local model and the public ``dp-*`` metrics (noise multiplier, sample
-    rate, steps, history) :func:`~securefl.flower.securefl_mod` forwards; the
-    ``num-examples`` weight only under ``weighting = "examples"``.  The
-    training loss and the record count are never returned.
+def node_store(context: Context) -> NodeAccountantStore:
+    """This node's accountant store for the context's run: its state
+    directory (node config ``securefl-state-dir``), the federation
+    (:func:`~securefl.flower.dpstate.federation_key`) and its client id.
 
     Raises:
+        ConfigurationError: no client id in the node config.
+    """
+    return NodeAccountantStore(state_dir(context.node_config),
+                               federation_key(context.run_id, context.run_config),
+                               node_client_id(context))
+
+
+def _session_setup(msg: Message) -> SessionSetup:
+    record = msg.content.config_records.get(ENCODE_RECORD)
+    raw = record.get(Key.SETUP) if record is not None else None
+    if not isinstance(raw, bytes):
+        raise ConfigurationError("train_private_client runs behind securefl_mod (the message"
+                                 f" carries no {ENCODE_RECORD!r} record)")
+    return SessionSetup.from_bytes(raw)
+
+
+def _generators(client: PrivateClient) -> dict[str, bytes]:
+    if not isinstance(client.randomness, SeededRandomness):
+        return {}
+    sampling, noise = client.randomness.generators
+    return {"sampling": bytes(sampling.get_state().numpy().tobytes()),
+            "noise": bytes(noise.get_state().numpy().tobytes())}
+
+
+def _restore(client: PrivateClient, history: list[Any], generators: Mapping[str, bytes],
+             where: str) -> None:
+    seeded = isinstance(client.randomness, SeededRandomness)
+    if generators and not seeded:
+        raise ConfigurationError(f"{where} holds seeded generator states, but this node's"
+                                 " noise comes from os.urandom")
+    if seeded and generators:
+        sampling, noise = client.randomness.generators  # type: ignore[attr-defined]
+        try:
+            sampling.set_state(torch.frombuffer(bytearray(generators["sampling"]),
+                                                dtype=torch.uint8).clone())
+            noise.set_state(torch.frombuffer(bytearray(generators["noise"]),
+                                             dtype=torch.uint8).clone())
+        except (KeyError, RuntimeError) as exc:
+            raise ConfigurationError(f"{where}: bad generator state: {exc}") from None
+    client.accountant.history = list(history)
+
+
+def train_private_client(msg: Message, context: Context) -> Message:
+    """The ClientApp's ``train`` behind :func:`~securefl.flower.securefl_mod`:
+    one round of Opacus DP-SGD on this node's partition through
+    :func:`~securefl.federation.client_update.client_update`, with the
+    accountant kept on the node's disk (:mod:`securefl.flower.dpstate`).
+
+    In order: the node loads its accountant for this federation (refusing a
+    corrupt or lost one), runs the budget guard on it, writes and fsyncs the
+    in-flight charge, trains (noise and Poisson sampling from ``os.urandom``
+    unless the run config sets ``insecure-reproducible-noise``), encodes the
+    update with the session's codec (rounding from the OS CSPRNG), and
+    settles the charge, all before it returns: nothing derived from training
+    reaches the mod, let alone the server, before the spend is on disk.
+
+    Returns the local model (``arrays``), the encoded update (one uint64
+    array in the ``securefl.encoded`` ArrayRecord, which the mod masks) and
+    the public ``dp-*`` metrics (noise multiplier, sample rate, steps,
+    history) the mod forwards; the ``num-examples`` weight only under
+    ``weighting = "examples"``.  The training loss and the record count are
+    never returned.
+
+    Raises:
+        NodeStateError: the node's on-disk accountant is corrupt or lost.
         PrivacyBudgetExceededError: the round would exceed the budget (the
             mod turns it into an error reply: a dropout that spent nothing).
-        ConfigurationError: a bad run or node config.
+        EncodingError: the encoder refused the update (the steps stay spent).
+        ConfigurationError: a bad run or node config, or no securefl_mod in
+            front (no session setup in the message).
     """
     torch.set_num_threads(1)
+    setup = _session_setup(msg)
+    fl_round = setup.fl_round
     v = run_values(context.run_config)
     cid = node_client_id(context)
     features, labels = _partition(context, cid)
@@ -143,12 +215,41 @@ def train_private_client(msg: Message, context: Context) -> Message:
     # The seed reaches the client's randomness only with insecure reproducible noise.
     client = PrivateClient(cid, model, features, labels, dp_config(context.run_config),
                            seed=v["seed"], weighting=v["weighting"])
-    stored = context.state.config_records.get(DP_CLIENT_RECORD)
-    load_private_client_state(client, dict(stored) if stored is not None else {})
-    client.check_budget()
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    result = client.train_round([torch.as_tensor(a) for a in arrays])
-    context.state.config_records[DP_CLIENT_RECORD] = ConfigRecord(private_client_state(client))
+    store = node_store(context)
+    witness = context.state.config_records.get(NODE_RECORD)
+    first_seen = witness.get("first-round") if witness is not None else None
+    witnessed = witness.get("charges", 0) if witness is not None else 0
+
+    def remember(saved: NodeAccountantState) -> NodeAccountantState:
+        context.state.config_records[NODE_RECORD] = ConfigRecord(
+            {"first-round": int(first_seen if first_seen is not None else fl_round),  # type: ignore[call-overload]
+             "charges": len(saved.charges)})
+        return saved
+
+    with store.locked():
+        state = store.load(fl_round, allow_fresh=allow_fresh_state(context.node_config),
+                           first_seen=int(first_seen) if first_seen is not None else None,  # type: ignore[call-overload]
+                           witnessed=int(witnessed))  # type: ignore[call-overload]
+        _restore(client, state.history, state.generators, str(store.path))
+
+        def charge(admission: Admission) -> None:
+            nonlocal state
+            state = remember(store.charge(state, fl_round, admission.planned))
+
+        update = client_update(client, [torch.as_tensor(a) for a in arrays], setup.codec(),
+                               fl_round, AggregationMode.SECURE, charge=charge)
+        if update.refusal is Participation.REFUSED_BUDGET:
+            remember(store.refuse_budget(state, fl_round))
+        else:
+            assert update.result is not None
+            result = update.result
+            remember(store.settle(state, [(result.noise_multiplier, result.sample_rate,
+                                           result.steps)], generators=_generators(client)))
+    if update.error is not None:
+        raise update.error
+    assert update.result is not None and update.encoded is not None
+    result = update.result
     local = [p.detach().cpu().numpy().copy() for p in client.parameters()]
     values: dict[str, Any] = {
         "dp-noise-multiplier": float(result.noise_multiplier),
@@ -158,6 +259,7 @@ def train_private_client(msg: Message, context: Context) -> Message:
     }
     if client.weighting is Weighting.EXAMPLES:
         values["num-examples"] = int(result.weight)
-    metrics = MetricRecord(values)
-    return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}),
-                   reply_to=msg)
+    encoded = np.asarray(update.encoded.vector, dtype=np.uint64)  # type: ignore[union-attr]
+    return Message(RecordDict({"arrays": ArrayRecord(local),
+                               ENCODED_RECORD: ArrayRecord([encoded]),
+                               "metrics": MetricRecord(values)}), reply_to=msg)

@@ -8,12 +8,20 @@ the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
 Any other message passes through to the ClientApp untouched.
 
 At the masked-input stage the mod calls the ClientApp's ``train`` function
-(``call_next``) with the message unchanged (it carries the global model as an
-ArrayRecord and the train config), takes the local model it returns (one
-ArrayRecord, same order as the global one) and the ``num-examples`` metric
-(the weight, which enters the secure sum), encodes ``local - global`` with
-the session's fixed-point codec, rounding stochastically with randomness from
-the node's OS CSPRNG, and sends only the masked vector.  Metrics whose names
+(``call_next``) with the message (it carries the global model as an
+ArrayRecord and the train config) plus the ConfigRecord
+:data:`ENCODE_RECORD` holding the public session setup.  A securefl
+``train`` (:func:`~securefl.flower.client_train.train_private_client`)
+encodes its own update through
+:func:`~securefl.federation.client_update.client_update`, the path the
+simulator runs, and returns it as the ArrayRecord :data:`ENCODED_RECORD`
+(one uint64 vector, checked here for length and range).  Any other ``train``
+returns its local model (one ArrayRecord, same order as the global one) and
+the ``num-examples`` metric (the weight, which enters the secure sum), and
+the mod encodes ``local - global`` with the session's fixed-point codec.
+Either way the rounding is stochastic with randomness from the node's OS
+CSPRNG (:func:`~securefl.privacy.rounding.rounding_randomness`), and only the
+masked vector is sent.  Metrics whose names
 start with ``dp-`` (the DP-SGD accounting parameters the privacy ledger
 needs) are forwarded in clear; nothing else of the train reply leaves the
 node: no example count, no loss, no count of clipped values.
@@ -55,6 +63,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
+from securefl.encoding import FixedPointCodec
 from securefl.errors import (
     ConfigurationError,
     EncodingError,
@@ -76,6 +85,7 @@ from securefl.flower.setup import (
 )
 from securefl.hazmat import signing
 from securefl.hazmat.randomness import DeterministicRandom
+from securefl.privacy.rounding import rounding_randomness
 from securefl.protocol.client import ClientSession, ClientState
 from securefl.protocol.config import SecurityMode
 from securefl.protocol.messages import (
@@ -87,9 +97,11 @@ from securefl.protocol.messages import (
 from securefl.wire import codec as wire
 
 __all__ = [
+    "ENCODED_RECORD",
+    "ENCODE_RECORD",
     "IDENTITY_KEY_CONFIG",
+    "NODE_RECORD",
     "PINNED_KEYS_CONFIG",
-    "OsRandomUniform",
     "node_client_id",
     "node_policy",
     "securefl_mod",
@@ -102,6 +114,20 @@ IDENTITY_KEY_CONFIG = "securefl-identity-key"
 PINNED_KEYS_CONFIG = "securefl-pinned-keys"
 """Node config key (active mode): path of the pinned ``pinned.json``."""
 NUM_EXAMPLES = "num-examples"
+ENCODE_RECORD = "securefl.encode"
+"""ConfigRecord the mod adds to the masked-input message before it calls
+``train``: ``setup`` holds the session setup (public: the codec and the
+federation round), so that a securefl ``train`` function encodes its own
+update (:func:`~securefl.federation.client_update.client_update`)."""
+NODE_RECORD = "securefl.node"
+"""Context state record (the SuperNode's memory, lost when it dies): the
+first federation round this SuperNode process saw a session setup in
+(``first-round``, set by the mod) and how many charges the node's on-disk
+accountant held after this process last wrote it (``charges``); the witness
+:mod:`securefl.flower.dpstate` checks the disk against."""
+ENCODED_RECORD = "securefl.encoded"
+"""ArrayRecord a securefl ``train`` function returns: one uint64 array, its
+encoded update (the mod masks it as it is)."""
 
 _EXPECTED = {
     Stage.SHARE_KEYS: KeyRoster,
@@ -153,20 +179,6 @@ def node_policy(context: Context) -> NodePolicy:
     """
     return NodePolicy.from_node_config(context.node_config,
                                        has_identity=_has_identity(context))
-
-
-class OsRandomUniform:
-    """The node's source for stochastic rounding: uniforms in [0, 1) with 53
-    random bits each, straight from the OS CSPRNG (``os.urandom``).  It
-    offers the one method :meth:`FixedPointCodec.encode` draws from."""
-
-    def random(self, size: int) -> np.ndarray:
-        """``size`` independent uniforms in [0, 1)."""
-        raw = np.frombuffer(os.urandom(8 * int(size)), dtype="<u8")
-        return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-    def __repr__(self) -> str:
-        return "OsRandomUniform()"
 
 
 def _identities(context: Context, setup: SessionSetup | None
@@ -290,6 +302,8 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
             raise RemoteProtocolError(Rule.WRONG_SESSION, "the setup is for another federation"
                                       " round", peer="server", round=stage.round)
         _check_policy(ctxt, setup, my_id)
+        if NODE_RECORD not in ctxt.state.config_records:
+            ctxt.state.config_records[NODE_RECORD] = ConfigRecord({"first-round": fl_round})
         seed = os.urandom(32)
         session = _session(ctxt, setup, my_id, seed)
         advert = session.start()
@@ -353,10 +367,43 @@ def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable
         raise RemoteProtocolError(Rule.MALFORMED, "the masked-input message must carry the"
                                   " global model as one ArrayRecord", peer="server")
     global_arrays = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
+    msg.content.config_records[ENCODE_RECORD] = ConfigRecord({Key.SETUP: setup.to_bytes()})
     out = call_next(msg, ctxt)
     if out.has_error():
         raise LocalProtocolError(Rule.MISSING_INPUT, f"train failed: {out.error.reason}",
                                  peer=my_id)
+    metrics: dict[str, Any] = {}
+    for record in out.content.metric_records.values():
+        metrics.update(record)
+    codec = setup.codec()
+    if ENCODED_RECORD in out.content.array_records:
+        vector = _encoded_vector(out.content.array_records[ENCODED_RECORD], codec)
+    else:
+        vector = _encode_local_model(out, global_arrays, metrics, setup)
+    session.provide_input(vector)
+    # the weight is inside the secure sum; the clipped count and loss stay here
+    return MetricRecord({k: v for k, v in metrics.items() if k.startswith(DP_METRIC_PREFIX)})
+
+
+def _encoded_vector(record: Any, codec: FixedPointCodec) -> np.ndarray:
+    """The update a securefl ``train`` encoded itself (checked, not trusted
+    blindly: one uint64 vector of the codec's length, inside the ring)."""
+    arrays = record.to_numpy_ndarrays()
+    if len(arrays) != 1:
+        raise EncodingError(f"{ENCODED_RECORD} must hold exactly one array")
+    vector = np.asarray(arrays[0])
+    if vector.dtype != np.uint64 or vector.shape != (codec.vector_length,):
+        raise EncodingError(f"{ENCODED_RECORD} must be a uint64 vector of length"
+                            f" {codec.vector_length}")
+    if codec.bits < 64 and vector.size and int(vector.max()) >> codec.bits:
+        raise EncodingError(f"{ENCODED_RECORD} holds values outside Z_2^{codec.bits}")
+    return vector
+
+
+def _encode_local_model(out: Message, global_arrays: list[np.ndarray],
+                        metrics: dict[str, Any], setup: SessionSetup) -> np.ndarray:
+    """Encode ``local - global`` for a ``train`` that returned its local model
+    (any Flower ClientApp), rounding from the OS CSPRNG."""
     if len(out.content.array_records) != 1:
         raise EncodingError("train must return the local model as exactly one ArrayRecord")
     local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
@@ -365,14 +412,9 @@ def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable
                             f" {len(global_arrays)}")
     update = [np.subtract(np.asarray(lo), np.asarray(gl).astype(lo.dtype, copy=False))
               for lo, gl in zip(local, global_arrays, strict=True)]
-    metrics: dict[str, Any] = {}
-    for record in out.content.metric_records.values():
-        metrics.update(record)
     weight = metrics.get(NUM_EXAMPLES, 1)
     if isinstance(weight, bool) or not isinstance(weight, int):
         raise EncodingError(f"train's {NUM_EXAMPLES} metric must be an integer")
-    encoded = setup.codec().encode(update, OsRandomUniform(),  # type: ignore[arg-type]
-                                   weight=int(weight))
-    session.provide_input(encoded.vector)
-    # the weight is inside the secure sum; the clipped count and loss stay here
-    return MetricRecord({k: v for k, v in metrics.items() if k.startswith(DP_METRIC_PREFIX)})
+    codec = setup.codec()
+    rounding = rounding_randomness(None, setup.fl_round, codec.num_values)
+    return codec.encode(update, rounding, weight=int(weight)).vector  # type: ignore[arg-type]

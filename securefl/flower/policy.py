@@ -29,10 +29,13 @@ from securefl.errors import ConfigurationError, SecureFLError
 from securefl.protocol.config import SecurityMode
 
 __all__ = [
+    "ALLOW_FRESH_STATE_CONFIG",
     "INSECURE_NOISE_OPTION",
+    "STATE_DIR_CONFIG",
     "NodePolicy",
     "PolicyRule",
     "SetupRefusedError",
+    "allow_fresh_state",
     "check_no_insecure_noise",
 ]
 
@@ -49,6 +52,16 @@ MIN_THRESHOLD_FRACTION_CONFIG = _PREFIX + "min-threshold-fraction"
 MAX_VECTOR_LENGTH_CONFIG = _PREFIX + "max-vector-length"
 AUTHENTICATED_CHANNELS_CONFIG = _PREFIX + "authenticated-channels"
 ALLOW_UNAUTHENTICATED_CONFIG = _PREFIX + "allow-unauthenticated-semi-honest"
+STATE_DIR_CONFIG = _PREFIX + "state-dir"
+"""Node config key: the directory where the node keeps its DP accountants on
+disk (:mod:`securefl.flower.dpstate`); default ``$SECUREFL_STATE_DIR``, else
+``securefl-state`` under the node's Flower home (``$FLWR_HOME``, else
+``~/.flwr``)."""
+ALLOW_FRESH_STATE_CONFIG = _PREFIX + "state-allow-fresh"
+"""Node config key: ``true`` lets the node start an accountant from zero in a
+federation round after the first (the operator states that this node has
+never trained in the federation: it joins late); see
+:mod:`securefl.flower.dpstate` for the rule it relaxes."""
 
 
 class PolicyRule(str, enum.Enum):
@@ -249,6 +262,17 @@ class NodePolicy:
             raise refuse(PolicyRule.VECTOR_TOO_LONG,
                          f"vector length {vector_length} exceeds the node's bound"
                          f" {self.max_vector_length}")
+
+
+def allow_fresh_state(node_config: Mapping[str, Any]) -> bool:
+    """The node config ``securefl-state-allow-fresh`` (or the environment
+    variable ``SECUREFL_STATE_ALLOW_FRESH``): may the node start an
+    accountant from zero in a round after the first?
+
+    Raises:
+        ConfigurationError: a value that is not true or false.
+    """
+    return _bool(node_config, ALLOW_FRESH_STATE_CONFIG)
 
 
 def check_no_insecure_noise(*configs: Mapping[str, Any] | None,

@@ -9,9 +9,10 @@ its update: local weights minus global weights.
 What the server can learn from a client is only what the secure sum reveals,
 and every parameter of the mechanism is public and the same for every client:
 
-* the noise, the Poisson sampling and the rounding of the update come from
-  :class:`~securefl.privacy.noise.OsRandomness` (``os.urandom``), never from a
-  seed the server or the run configuration knows (the reproducible
+* the noise and the Poisson sampling come from
+  :class:`~securefl.privacy.noise.OsRandomness` and the rounding of the update
+  from :class:`~securefl.privacy.rounding.OsRounding` (both ``os.urandom``),
+  never from a seed the server or the run configuration knows (the reproducible
   alternative exists only as ``DPConfig.insecure_reproducible_noise``);
 * the sample rate, the steps per round, the noise multiplier and the divisor
   of each step's noisy gradient sum (``batch_size``) are configured constants,
@@ -58,6 +59,7 @@ from securefl.privacy.noise import (
     SeededRandomness,
 )
 from securefl.privacy.options import Adjacency, Weighting, adjacency_for
+from securefl.privacy.rounding import RoundingSource, rounding_randomness
 
 __all__ = [
     "DEFAULT_SAMPLE_RATE",
@@ -404,11 +406,11 @@ class PrivateClient:
         """The local model's parameters (live tensors)."""
         return list(self._model.parameters())
 
-    def rounding(self, round_number: int, num_values: int) -> ClientRandomness:
+    def rounding(self, round_number: int, num_values: int) -> RoundingSource:
         """The randomness to round round ``round_number``'s update (of
-        ``num_values`` values) with: secret unless
-        ``insecure_reproducible_noise``."""
-        return self.randomness.for_round(round_number, num_values)
+        ``num_values`` values) with (:func:`~securefl.privacy.rounding.rounding_randomness`):
+        the OS CSPRNG unless ``insecure_reproducible_noise``."""
+        return rounding_randomness(self.randomness, round_number, num_values)
 
     def train_round(self, global_params: Sequence[torch.Tensor]) -> LocalResult:
         """Load the global weights, run one round of DP-SGD, return the update.

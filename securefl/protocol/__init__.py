@@ -24,6 +24,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.noise import NoiseCalibration, NoiseLayout, NoisePlan
 from securefl.protocol.server import AggregationResult, Blame, ServerSession, ServerState
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
     "KeyRoster",
     "MaskedInput",
     "NeighbourGraph",
+    "NoiseCalibration",
+    "NoiseLayout",
+    "NoisePlan",
     "Round",
     "SecAggConfig",
     "SecurityMode",

@@ -43,7 +43,7 @@ from securefl.errors import (
     Rule,
     SignatureError,
 )
-from securefl.hazmat import shamir, signing
+from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
 from securefl.hazmat.prg import Executor, MaskExpander
 from securefl.hazmat.randomness import RandomSource, default_random
@@ -164,6 +164,9 @@ class ClientSession:
         self._u2_view: frozenset[int] = frozenset()
         self._held_key_shares: dict[int, bytes] = {}
         self._held_seed_shares: dict[int, bytes] = {}
+        self._held_noise_shares: dict[tuple[int, int], bytes] = {}
+        self._layout = config.noise_layout
+        self._components = 0 if self._layout is None else self._layout.components
         self._signed_survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, str] = {}
         self._excluded: frozenset[int] = frozenset()
@@ -200,14 +203,18 @@ class ClientSession:
         self._s = KeyPair.generate(self._rng)
         self._seed = self._rng.token_bytes(32)
         commitment = d.seed_commitment(self._digest, self.client_id, self._seed)
+        # excess-noise seeds (SPEC [NZ-2]): fresh, committed now, shared in R1
+        self._noise_seeds = [self._rng.token_bytes(32) for _ in range(self._components)]
+        noise_commitments = tuple(d.noise_seed_commitment(self._digest, self.client_id, j, seed)
+                                  for j, seed in enumerate(self._noise_seeds))
         signature = None
         if self.config.mode is SecurityMode.ACTIVE:
             assert self._identity_key is not None
             signature = signing.sign(self._identity_key, d.advertise_payload(
                 self._digest, self.client_id, self._c.public_bytes, self._s.public_bytes,
-                commitment))
+                commitment, noise_commitments))
         self._advert = AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes,
-                                     signature, commitment)
+                                     signature, commitment, noise_commitments)
         self.state = ClientState.ADVERTISED
         return self._advert
 
@@ -278,10 +285,17 @@ class ClientSession:
             if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
                 self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd,
                            peer=e.sender)
+            commitments = e.noise_commitments
+            if not isinstance(commitments, tuple) or len(commitments) != self._components or any(
+                    not isinstance(c, bytes) or len(c) != d.SEED_COMMITMENT_BYTES
+                    for c in commitments):
+                self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
+                           " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
         own = next((e for e in msg.entries if e.sender == self.client_id), None)
-        if own is None or (own.encryption_key, own.masking_key, own.seed_commitment) != (
+        if own is None or (own.encryption_key, own.masking_key, own.seed_commitment,
+                           own.noise_commitments) != (
                 self._advert.encryption_key, self._advert.masking_key,
-                self._advert.seed_commitment):
+                self._advert.seed_commitment, self._advert.noise_commitments):
             self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
                        rnd)
         seen: dict[bytes, int] = {}
@@ -304,8 +318,8 @@ class ClientSession:
         if self.config.mode is SecurityMode.ACTIVE:
             for e in msg.entries:
                 self._verify(e.signature, d.advertise_payload(
-                    self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment),
-                    e.sender, rnd)
+                    self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
+                    e.noise_commitments), e.sender, rnd)
         sid = d.session_id(self._digest, msg.entries)
         roster = {e.sender: e for e in msg.entries}
         neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
@@ -313,16 +327,20 @@ class ClientSession:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
         holders = sorted(neighbours | {self.client_id})
-        shares = shamir.split([self._s.private_bytes(), self._seed], holders, self.config.t,
-                              self._rng)
+        shares = shamir.split([self._s.private_bytes(), self._seed, *self._noise_seeds],
+                              holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
         share_keys: dict[int, bytes] = {}
         for row, holder in enumerate(holders):
             key_share = shamir.share_to_bytes(shares[row, 0])
             seed_share = shamir.share_to_bytes(shares[row, 1])
+            noise_shares = [shamir.share_to_bytes(shares[row, 2 + j])
+                            for j in range(self._components)]
             if holder == self.client_id:
                 self._held_key_shares[holder] = key_share
                 self._held_seed_shares[holder] = seed_share
+                for j, share in enumerate(noise_shares):
+                    self._held_noise_shares[(holder, j)] = share
                 continue
             try:
                 secret = self._c.exchange(roster[holder].encryption_key)
@@ -331,8 +349,10 @@ class ClientSession:
                            peer=holder)
             key = d.share_encryption_key(secret, sid, self.client_id, holder)
             share_keys[holder] = key
+            # (noise shares only with a plan: the call is then exactly as without one)
+            extra = (noise_shares,) if noise_shares else ()
             ciphertexts[holder] = d.encrypt_shares(key, sid, self.client_id, holder,
-                                                   key_share, seed_share)
+                                                   key_share, seed_share, *extra)
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
@@ -356,15 +376,18 @@ class ClientSession:
                        f" {self.config.t}", rnd)
         key_shares: dict[int, bytes] = {}
         seed_shares: dict[int, bytes] = {}
+        noise_shares: dict[tuple[int, int], bytes] = {}
         excluded: set[int] = set()
         for u in sorted(senders):
             ciphertext = msg.ciphertexts[u]
             try:
                 if not isinstance(ciphertext, bytes | bytearray):
                     raise DecryptionError("a share ciphertext is bytes")
-                key_share, seed_share = d.decrypt_shares(self._share_keys[u], self.session_id, u,
-                                                         self.client_id, bytes(ciphertext))
-                shamir.check_shares([key_share, seed_share])
+                key_share, seed_share, extra = d.decrypt_share_bundle(
+                    self._share_keys[u], self.session_id, u, self.client_id, bytes(ciphertext))
+                if len(extra) != self._components or len(seed_share) != 64:
+                    raise InconsistentSharesError("wrong number of noise-seed shares")
+                shamir.check_shares([key_share, seed_share, *extra])
             except (DecryptionError, InconsistentSharesError):
                 # u (or the server relaying it) sent shares this client cannot use:
                 # hold none of u's shares, leave u out of the masks, report it
@@ -372,6 +395,8 @@ class ClientSession:
                 continue
             key_shares[u] = key_share
             seed_shares[u] = seed_share
+            for j, share in enumerate(extra):
+                noise_shares[(u, j)] = share
         senders -= excluded
         if len(senders) + 1 < self.config.t:
             self._fail(Rule.DECRYPTION_FAILED, f"only {len(senders)} peers' shares decrypted,"
@@ -387,9 +412,12 @@ class ClientSession:
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
         masked = self._input.astype(expander.dtype)
+        if self._layout is not None:
+            self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
+        self._held_noise_shares.update(noise_shares)
         self._u2_view = frozenset(senders)
         self._excluded = frozenset(excluded)
         self._input = None
@@ -460,11 +488,48 @@ class ClientSession:
                            f"{valid} valid signatures over the survivor list, the signature"
                            f" quorum is {quorum} of n={self.config.num_clients} ([PARAM-7]:"
                            " more than n/2, and n-k+1 for a degree-k sparse graph)", rnd)
+        noise_shares = self._noise_shares_to_reveal(msg, survivors, rnd)
         seed = {u: self._held_seed_shares[u] for u in survivors
                 if u in self._u2_view or u == self.client_id}
         keys = {u: self._held_key_shares[u] for u in dropped if u in self._u2_view}
         self._revealed = {**dict.fromkeys(seed, "self-mask"), **dict.fromkeys(keys, "key")}
-        return UnmaskingResponse(self.client_id, self.session_id, seed, keys)
+        return UnmaskingResponse(self.client_id, self.session_id, seed, keys, noise_shares)
+
+    def _noise_shares_to_reveal(self, msg: UnmaskingRequest, survivors: tuple[int, ...],
+                                rnd: Round) -> dict[tuple[int, int], bytes]:
+        """SPEC [NZ-5]: the request must ask for exactly the excess seeds the
+        public rule selects for ``survivors``; reveal this client's shares of
+        those (of survivors it holds shares of) and nothing else."""
+        asked = msg.noise_removals
+        selected = () if self._layout is None else self._layout.removals(survivors)
+        if not isinstance(asked, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in p) for p in asked):
+            self._fail(Rule.MALFORMED, "noise_removals must be a tuple of (client, component)"
+                       " int pairs", rnd)
+        if asked != selected:
+            extra = sorted(set(asked) - set(selected))[:10]
+            missing = sorted(set(selected) - set(asked))[:10]
+            not_survivors = sorted({v for v, _ in extra if v not in survivors})[:10]
+            self._fail(Rule.NOISE_REMOVAL_NOT_SELECTED,
+                       f"the request asks for excess-noise seeds {extra} the public rule does"
+                       f" not select for its {len(survivors)} survivors (of clients not listed"
+                       f" as survivors: {not_survivors}) and leaves out {missing}", rnd)
+        return {(v, j): self._held_noise_shares[(v, j)] for v, j in selected
+                if v in self._u2_view or v == self.client_id}
+
+    def _add_noise(self, masked: np.ndarray) -> None:
+        """SPEC [NZ-4]: add ``Sk(B)`` keyed by the CSPRNG and every excess
+        component ``Sk(w_j)`` keyed by its seed, in Z_{2^bits} (the native
+        dtype wraps; the expander reduces afterwards)."""
+        layout = self._layout
+        assert layout is not None and self.session_id is not None
+        m = self.config.vector_length
+        total = noise.skellam_fresh(layout.base, m, self._rng)
+        for j, variance in enumerate(layout.excess):
+            key = d.excess_noise_key(self._noise_seeds[j], self.session_id, self.client_id, j)
+            total += noise.skellam(variance, m, key)
+        np.add(masked, total.astype(masked.dtype), out=masked)
 
     # -- helpers ------------------------------------------------------------
 
@@ -530,11 +595,12 @@ class ClientSession:
 
     def _wipe(self) -> None:
         """Drop every secret this session holds."""
-        for name in ("_c", "_s", "_seed", "_share_keys"):
+        for name in ("_c", "_s", "_seed", "_share_keys", "_noise_seeds"):
             if hasattr(self, name):
                 delattr(self, name)
         self._held_key_shares = {}
         self._held_seed_shares = {}
+        self._held_noise_shares = {}
         self._input = None
 
 

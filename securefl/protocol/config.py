@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from securefl.errors import ConfigurationError
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.noise import NoiseLayout, NoisePlan
 
 PROTOCOL_VERSION = 1
 """Wire/derivation version mixed into every KDF, AEAD and signature."""
@@ -126,11 +127,17 @@ class SecAggConfig:
             In active mode clients also require consistency signatures from
             :attr:`signature_quorum` clients (at least ``min_survivors``,
             more than ``n/2``, and ``n - k + 1`` for a degree-k sparse graph).
+        noise: optional :class:`~securefl.protocol.noise.NoisePlan`: every
+            client adds distributed Skellam noise to its encoded input before
+            masking, and the server removes the excess the public rule
+            selects (SPEC.md section 16).  ``None`` (default): no noise, and
+            every message and derivation is exactly as without this field.
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value, and in
             active mode on ``2t <= holders`` or a graph connectivity outside
-            ``1..n-1``.
+            ``1..n-1``; with a noise plan, ``bits`` too few for the released
+            noise or a tolerance that needs too many components.
     """
 
     num_clients: int
@@ -142,6 +149,7 @@ class SecAggConfig:
     graph: NeighbourGraph = field(default_factory=CompleteGraph)
     context: bytes = b""
     min_survivors: int | None = None
+    noise: NoisePlan | None = None
 
     def __post_init__(self) -> None:
         _check_int("num_clients", self.num_clients, 2, MAX_CLIENT_ID)
@@ -184,6 +192,11 @@ class SecAggConfig:
         if self.min_survivors is None:
             object.__setattr__(self, "min_survivors", self.threshold)
         _check_int("min_survivors", self.min_survivors, self.t, self.num_clients)
+        if self.noise is not None:
+            if not isinstance(self.noise, NoisePlan):
+                raise ConfigurationError(
+                    f"noise must be a NoisePlan or None, got {type(self.noise).__name__}")
+            self.noise.layout(self.num_clients, self.floor, self.bits)
         holders = self.graph.share_holders(self.num_clients)
         if mode is SecurityMode.ACTIVE and 2 * self.threshold <= holders:
             raise ConfigurationError(
@@ -292,7 +305,24 @@ class SecAggConfig:
         h.update(struct.pack(">I", len(graph)) + graph)
         h.update(struct.pack(">I", len(self.context)) + self.context)
         h.update(struct.pack(">I", self.floor))
+        if self.noise is not None:  # absent: the digest is exactly as before plans existed
+            plan = self.noise.encode()
+            h.update(struct.pack(">I", len(plan)) + plan)
         return h.digest()
+
+    @property
+    def noise_layout(self) -> NoiseLayout | None:
+        """The noise plan's component variances for this cohort (``n``
+        clients, floor ``f``), or None without a plan."""
+        if self.noise is None:
+            return None
+        return self.noise.layout(self.num_clients, self.floor)
+
+    @property
+    def noise_components(self) -> int:
+        """J, the removable noise seeds each client shares (0 without a plan)."""
+        layout = self.noise_layout
+        return 0 if layout is None else layout.components
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from securefl.hazmat import aead
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.kdf import derive_key
+from securefl.hazmat.noise import noise_key
 from securefl.protocol.config import PROTOCOL_VERSION
 from securefl.protocol.messages import AdvertiseKeys
 
 LABEL_PAIRWISE = b"pairwise-mask"
 LABEL_SELF = b"self-mask"
 LABEL_SHARE_ENCRYPTION = b"share-encryption"
+LABEL_EXCESS = b"excess"
 PREFIX = b"securefl/secagg/v1/"
 
 
@@ -26,13 +28,14 @@ def _ids(ids: Sequence[int]) -> bytes:
 
 def session_id(config_digest: bytes, entries: Sequence[AdvertiseKeys]) -> bytes:
     """SHA-256 over the configuration digest and every advertised key and
-    seed commitment, in ascending sender order (signatures excluded)."""
+    seed commitment (and noise-seed commitments, when a plan has them), in
+    ascending sender order (signatures excluded)."""
     h = hashlib.sha256(PREFIX + b"session-id")
     h.update(config_digest)
     h.update(struct.pack(">I", len(entries)))
     for e in sorted(entries, key=lambda e: e.sender):
         h.update(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                 + e.seed_commitment)
+                 + e.seed_commitment + b"".join(e.noise_commitments))
     return h.digest()
 
 
@@ -51,11 +54,21 @@ def seed_commitment(config_digest: bytes, sender: int, seed: bytes) -> bytes:
                           + struct.pack(">I", sender) + seed).digest()
 
 
+def noise_seed_commitment(config_digest: bytes, sender: int, component: int,
+                          seed: bytes) -> bytes:
+    """The commitment to excess-noise seed ``component`` of ``sender`` (SPEC
+    [NZ-2]): SHA-256(prefix || "noise-seed-commitment" || config digest ||
+    sender || component || seed); binding and hiding as :func:`seed_commitment`."""
+    return hashlib.sha256(PREFIX + b"noise-seed-commitment" + config_digest
+                          + struct.pack(">II", sender, component) + seed).digest()
+
+
 def advertise_payload(config_digest: bytes, sender: int, c_pk: bytes, s_pk: bytes,
-                      commitment: bytes) -> bytes:
-    """What a client signs in R0 (active mode): its keys and seed commitment."""
+                      commitment: bytes, noise_commitments: Sequence[bytes] = ()) -> bytes:
+    """What a client signs in R0 (active mode): its keys and seed commitment
+    (and, with a noise plan, its noise-seed commitments; none: unchanged)."""
     return (PREFIX + b"advertise" + config_digest + struct.pack(">I", sender) + c_pk + s_pk
-            + commitment)
+            + commitment + b"".join(noise_commitments))
 
 
 def consistency_payload(sid: bytes, survivors: Sequence[int]) -> bytes:
@@ -105,22 +118,51 @@ def share_associated_data(sid: bytes, sender: int, recipient: int) -> bytes:
 
 
 def encrypt_shares(key: bytes, sid: bytes, sender: int, recipient: int,
-                   key_share: bytes, seed_share: bytes) -> bytes:
-    """Encrypt ``key_share || seed_share`` (64 + 64 bytes) for ``recipient``."""
-    return aead.encrypt(key, share_nonce(sender, recipient), key_share + seed_share,
+                   key_share: bytes, seed_share: bytes,
+                   noise_shares: Sequence[bytes] = ()) -> bytes:
+    """Encrypt ``key_share || seed_share || noise_share_0 || ...`` (64 bytes
+    each; no noise shares without a plan) for ``recipient``."""
+    return aead.encrypt(key, share_nonce(sender, recipient),
+                        key_share + seed_share + b"".join(noise_shares),
                         share_associated_data(sid, sender, recipient))
 
 
 def decrypt_shares(key: bytes, sid: bytes, sender: int, recipient: int,
                    ciphertext: bytes) -> tuple[bytes, bytes]:
-    """Inverse of :func:`encrypt_shares`.
+    """Inverse of :func:`encrypt_shares` without noise shares.
+
+    Raises:
+        securefl.errors.DecryptionError: authentication failed.
+    """
+    key_share, seed_share, _ = decrypt_share_bundle(key, sid, sender, recipient, ciphertext)
+    return key_share, seed_share
+
+
+def decrypt_share_bundle(key: bytes, sid: bytes, sender: int, recipient: int,
+                         ciphertext: bytes) -> tuple[bytes, bytes, tuple[bytes, ...]]:
+    """Inverse of :func:`encrypt_shares`: the key share, the seed share and
+    the noise-seed shares (64 bytes each).
 
     Raises:
         securefl.errors.DecryptionError: authentication failed.
     """
     plain = aead.decrypt(key, share_nonce(sender, recipient), ciphertext,
                          share_associated_data(sid, sender, recipient))
-    return plain[:64], plain[64:]
+    extra = tuple(plain[i:i + 64] for i in range(128, len(plain), 64))
+    return plain[:64], plain[64:128], extra
 
 
-SHARES_CIPHERTEXT_BYTES = 128 + aead.TAG_BYTES
+def shares_ciphertext_bytes(noise_components: int = 0) -> int:
+    """Length of one share ciphertext: 64 bytes per share plus the tag."""
+    return 128 + 64 * noise_components + aead.TAG_BYTES
+
+
+SHARES_CIPHERTEXT_BYTES = shares_ciphertext_bytes(0)
+
+
+def excess_noise_key(seed: bytes, sid: bytes, u: int, component: int) -> bytes:
+    """The AES key of ``u``'s excess-noise component ``component`` (SPEC
+    [NZ-3]): :func:`securefl.hazmat.noise.noise_key` with label
+    ``"excess"`` and context (session id, ``u``, ``component``)."""
+    return noise_key(seed, LABEL_EXCESS, version=PROTOCOL_VERSION, session_id=sid,
+                     client_ids=(u, component))

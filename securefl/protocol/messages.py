@@ -28,6 +28,8 @@ class AdvertiseKeys:
 
     The commitment lets the server check every reconstructed seed; the
     masking public key plays the same role for a reconstructed masking key.
+    With a noise plan, ``noise_commitments`` holds one commitment per
+    excess-noise seed (SPEC [NZ-2]); without one it is empty.
     """
 
     sender: int
@@ -35,12 +37,18 @@ class AdvertiseKeys:
     masking_key: bytes
     signature: bytes | None = None
     seed_commitment: bytes = b""
+    noise_commitments: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_commitments", tuple(self.noise_commitments))
 
     def __repr__(self) -> str:
         return (f"AdvertiseKeys(sender={self.sender},"
                 f" encryption_key={self.encryption_key.hex()[:12]}…,"
                 f" masking_key={self.masking_key.hex()[:12]}…,"
                 f" seed_commitment={self.seed_commitment.hex()[:12]}…,"
+                + (f" noise_commitments={len(self.noise_commitments)},"
+                   if self.noise_commitments else "") +
                 f" signed={self.signature is not None})")
 
 
@@ -125,35 +133,47 @@ class ConsistencySignature:
 class UnmaskingRequest:
     """-> R4, server -> client: who survived (reveal their self-mask shares)
     and who dropped after sharing (reveal their key shares); in active mode
-    with at least t signatures over ``survivors``."""
+    with at least t signatures over ``survivors``.  With a noise plan,
+    ``noise_removals`` lists (ascending) the ``(survivor, component)`` excess
+    seeds to reveal: exactly what the public rule selects for ``survivors``
+    (SPEC [NZ-5]); empty otherwise."""
 
     recipient: int
     session_id: bytes
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     signatures: Mapping[int, bytes] = field(default_factory=dict)
+    noise_removals: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signatures", _frozen_map(self.signatures))
+        object.__setattr__(self, "noise_removals",
+                           tuple(tuple(p) for p in self.noise_removals))
 
 
 @dataclass(frozen=True)
 class UnmaskingResponse:
     """R4, client -> server: shares held by the sender.  For every peer the
-    sender reveals at most one kind of share, never both."""
+    sender reveals at most one kind of share, never both (noise-seed shares,
+    keyed by ``(owner, component)``, only of survivors)."""
 
     sender: int
     session_id: bytes
     self_mask_shares: Mapping[int, bytes] = field(default_factory=dict)
     key_shares: Mapping[int, bytes] = field(default_factory=dict)
+    noise_shares: Mapping[tuple[int, int], bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "self_mask_shares", _frozen_map(self.self_mask_shares))
         object.__setattr__(self, "key_shares", _frozen_map(self.key_shares))
+        object.__setattr__(self, "noise_shares",
+                           MappingProxyType(dict(sorted(self.noise_shares.items()))))
 
     def __repr__(self) -> str:
         return (f"UnmaskingResponse(sender={self.sender}, self_mask_shares_for="
-                f"{sorted(self.self_mask_shares)}, key_shares_for={sorted(self.key_shares)})")
+                f"{sorted(self.self_mask_shares)}, key_shares_for={sorted(self.key_shares)}"
+                + (f", noise_shares_for={sorted(self.noise_shares)[:10]}"
+                   if self.noise_shares else "") + ")")
 
 
 ClientMessage: TypeAlias = (

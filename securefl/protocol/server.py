@@ -46,7 +46,7 @@ from securefl.errors import (
     Rule,
     SignatureError,
 )
-from securefl.hazmat import shamir, signing
+from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, key_class, matches_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
@@ -115,6 +115,12 @@ class AggregationResult:
         excluded: clients whose masked input arrived but was discarded
             before unmasking (share complaints), with the reason; they are
             treated as dropped after sharing and are not in ``survivors``.
+        noise_variance: with a noise plan, the variance per coordinate (ring
+            units) of the Skellam noise left in ``total`` when every survivor
+            followed the protocol: ``u B + sum_j c_j w_j`` (SPEC [NZ-6]);
+            None without a plan.
+        noise_removed: the ``(survivor, component)`` excess-noise seeds the
+            server reconstructed and subtracted (the public rule's choice).
     """
 
     total: np.ndarray
@@ -123,6 +129,8 @@ class AggregationResult:
     session_id: bytes = b""
     blame: tuple[Blame, ...] = ()
     excluded: Mapping[int, str] = field(default_factory=dict)
+    noise_variance: float | None = None
+    noise_removed: tuple[tuple[int, int], ...] = ()
 
     def dropped_at(self) -> dict[int, ClientStatus]:
         """The clients that did not finish, with where they stopped."""
@@ -179,6 +187,9 @@ class ServerSession:
         self._blame: list[Blame] = []
         self._u3: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
+        self._layout = config.noise_layout
+        self._components = 0 if self._layout is None else self._layout.components
+        self._removals: tuple[tuple[int, int], ...] = ()
         self._result: AggregationResult | None = None
 
     def __repr__(self) -> str:
@@ -284,6 +295,14 @@ class ServerSession:
             raise RemoteProtocolError(Rule.MALFORMED, "the seed commitment is"
                                       f" {d.SEED_COMMITMENT_BYTES} bytes", peer=msg.sender,
                                       round=rnd)
+        noise_commitments = msg.noise_commitments  # a tuple ([NZ-2]; checked on receipt)
+        if len(noise_commitments) != self._components or any(
+                not isinstance(c, bytes) or len(c) != d.SEED_COMMITMENT_BYTES
+                for c in noise_commitments):
+            raise RemoteProtocolError(Rule.MALFORMED, f"the noise plan needs exactly"
+                                      f" {self._components} noise-seed commitments of"
+                                      f" {d.SEED_COMMITMENT_BYTES} bytes ([NZ-2])",
+                                      peer=msg.sender, round=rnd)
         # keys are compared up to sign and small-order components (SPEC [R0-2])
         if classes[0] == classes[1]:
             raise RemoteProtocolError(Rule.DUPLICATE_KEY, "the two advertised keys are equal",
@@ -297,7 +316,7 @@ class ServerSession:
         if self.config.mode is SecurityMode.ACTIVE:
             self._verify(msg.signature, d.advertise_payload(
                 self._digest, msg.sender, msg.encryption_key, msg.masking_key,
-                msg.seed_commitment), msg.sender, rnd)
+                msg.seed_commitment, noise_commitments), msg.sender, rnd)
         peer.advert = msg
         self._keys_seen[classes[0]] = msg.sender
         self._keys_seen[classes[1]] = msg.sender
@@ -309,11 +328,12 @@ class ServerSession:
                 Rule.WRONG_RECIPIENTS,
                 f"ciphertexts for {len(msg.ciphertexts)} clients, expected exactly its"
                 f" {len(expected)} neighbours", peer=msg.sender, round=rnd)
+        size = d.shares_ciphertext_bytes(self._components)
         for ct in msg.ciphertexts.values():
-            if not isinstance(ct, bytes | bytearray) or len(ct) != d.SHARES_CIPHERTEXT_BYTES:
+            if not isinstance(ct, bytes | bytearray) or len(ct) != size:
                 raise RemoteProtocolError(Rule.MALFORMED,
-                                          f"a share ciphertext is {d.SHARES_CIPHERTEXT_BYTES}"
-                                          " bytes", peer=msg.sender, round=rnd)
+                                          f"a share ciphertext is {size} bytes",
+                                          peer=msg.sender, round=rnd)
         peer.shares = msg
 
     def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
@@ -362,13 +382,16 @@ class ServerSession:
         holds = peer.neighbours
         want_self = {u for u in self._u3 if u in holds or u == msg.sender}
         want_keys = {u for u in self._dropped if u in holds and u not in peer.complaints}
+        want_noise = {(v, j) for v, j in self._removals if v in want_self}
         contradicted = sorted(set(msg.key_shares) & peer.complaints & set(self._dropped))
         if set(msg.self_mask_shares) != want_self or \
-                set(msg.key_shares) - set(contradicted) != want_keys:
+                set(msg.key_shares) - set(contradicted) != want_keys or \
+                set(msg.noise_shares) != want_noise:
             raise RemoteProtocolError(Rule.MALFORMED,
                                       "response does not carry exactly the requested shares",
                                       peer=msg.sender, round=rnd)
-        shares = [*msg.self_mask_shares.values(), *msg.key_shares.values()]
+        shares = [*msg.self_mask_shares.values(), *msg.key_shares.values(),
+                  *msg.noise_shares.values()]
         if not all(isinstance(share, bytes) for share in shares):
             raise RemoteProtocolError(Rule.MALFORMED, "a share is not bytes", peer=msg.sender,
                                       round=rnd)
@@ -459,6 +482,8 @@ class ServerSession:
         self._u3 = self._reached(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED)
         self._dropped = tuple(c for c, p in self._peers.items()
                               if _PROGRESS[p.status] == _PROGRESS[ClientStatus.SHARE_KEYS_RECEIVED])
+        if self._layout is not None and len(self._u3) >= self.config.floor:
+            self._removals = self._layout.removals(self._u3)  # SPEC [NZ-5]
         self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
         for u in self._u3:
             np.add(self._sum, self._peers[u].masked, out=self._sum)
@@ -472,13 +497,15 @@ class ServerSession:
                  if len(self._peers[v].neighbours & u3) + 1 >= self.config.t]
         if self.config.mode is SecurityMode.ACTIVE:
             return [Envelope(v, ConsistencyRequest(v, self.session_id, self._u3)) for v in asked]
-        return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped))
+        return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped,
+                                             noise_removals=self._removals))
                 for v in asked]
 
     def _close_consistency(self) -> list[Envelope]:
         assert self.session_id is not None
         sigs = {c: p.signature for c, p in self._peers.items() if p.signature is not None}
-        return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped, sigs))
+        return [Envelope(v, UnmaskingRequest(v, self.session_id, self._u3, self._dropped, sigs,
+                                             self._removals))
                 for v in sigs]
 
     def _close_unmasking(self) -> list[Envelope]:
@@ -494,7 +521,9 @@ class ServerSession:
         self._result = AggregationResult(
             total.astype(np.uint64), self._u3, self.statuses, self.session_id,
             tuple(self._blame),
-            {c: p.excluded for c, p in self._peers.items() if p.excluded is not None})
+            {c: p.excluded for c, p in self._peers.items() if p.excluded is not None},
+            None if self._layout is None else self._layout.released_variance(len(self._u3)),
+            self._removals)
         for peer in self._peers.values():
             peer.response = None
         self._sum = None
@@ -578,18 +607,23 @@ class ServerSession:
         u3 = set(self._u3)
         # group the secrets to reconstruct by their holder set (one group for the
         # complete graph), so Lagrange coefficients are computed once per group
-        groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
+        groups: dict[tuple[int, ...], list[tuple[str, int, int]]] = {}
+        removals: dict[int, list[int]] = {}
+        for v, j in self._removals:
+            removals.setdefault(v, []).append(j)
         for u in self._u3:
             holders = tuple(sorted((self._peers[u].neighbours | {u}) & responders))
-            groups.setdefault(holders, []).append(("self", u))
+            groups.setdefault(holders, []).append(("self", u, 0))
+            groups[holders].extend(("noise", u, j) for j in removals.get(u, ()))
         for u in self._dropped:
             if not any(self._includes(v, u) for v in self._peers[u].neighbours & u3):
                 continue  # no survivor masked with u: nothing to remove
             holders = tuple(sorted(v for v in self._peers[u].neighbours & responders
                                    if self._includes(v, u)))
-            groups.setdefault(holders, []).append(("key", u))
+            groups.setdefault(holders, []).append(("key", u, 0))
         seeds: dict[int, bytes] = {}
         private_keys: dict[int, bytes] = {}
+        noise_seeds: dict[tuple[int, int], bytes] = {}
         suspects: set[int] = set()
         for holders, secrets in groups.items():
             if len(holders) < t:
@@ -597,26 +631,28 @@ class ServerSession:
                     f"only {len(holders)} holders answered for the shares of client"
                     f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
                     available=len(holders))
-            raw = b"".join(
-                (self._response(h).self_mask_shares if kind == "self"
-                 else self._response(h).key_shares)[owner]
-                for h in holders for kind, owner in secrets)
+            raw = b"".join(self._revealed_share(h, kind, owner, j)
+                           for h in holders for kind, owner, j in secrets)
             shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
                                                               shamir.LIMBS)
 
-            def verify(i: int, value: bytes, secrets: list[tuple[str, int]] = secrets) -> bool:
-                kind, owner = secrets[i]
+            def verify(i: int, value: bytes,
+                       secrets: list[tuple[str, int, int]] = secrets) -> bool:
+                kind, owner, j = secrets[i]
                 advert = self._advert(owner)
                 if kind == "self":
                     return d.seed_commitment(self._digest, owner, value) == advert.seed_commitment
+                if kind == "noise":
+                    return (d.noise_seed_commitment(self._digest, owner, j, value)
+                            == advert.noise_commitments[j])
                 return matches_public(value, advert.masking_key)
 
             try:
                 found = shamir.Reconstructor(holders, t).reconstruct_verified(
                     shares, verify, self._rng, suspects)
             except shamir.UnverifiableSecretError as exc:
-                kind, owner = secrets[exc.index]
-                what = "self-mask seed" if kind == "self" else "masking key"
+                kind, owner, j = secrets[exc.index]
+                what = _SECRET_NAMES[kind].format(j)
                 raise AbortError(
                     f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
                     f" reconstruct its committed value and the bad ones cannot be located:"
@@ -625,16 +661,19 @@ class ServerSession:
                 raise AbortError(f"inconsistent shares: {exc}", round=rnd,
                                  rule=Rule.COMMITMENT_MISMATCH) from exc
             for i, bad in sorted(found.excluded.items()):
-                kind, owner = secrets[i]
-                what = "self-mask seed" if kind == "self" else "masking key"
+                kind, owner, j = secrets[i]
+                what = _SECRET_NAMES[kind].format(j)
                 for h in bad:
                     self._blame.append(Blame(
                         h, rnd, Rule.FORGED_SHARE,
                         f"its share of client {owner}'s {what} is not on the polynomial of the"
                         f" committed value (forged by client {h}, or dealt so by client"
                         f" {owner}); left out"))
-            for (kind, owner), value in zip(secrets, found.secrets, strict=True):
-                (seeds if kind == "self" else private_keys)[owner] = value
+            for (kind, owner, j), value in zip(secrets, found.secrets, strict=True):
+                if kind == "noise":
+                    noise_seeds[(owner, j)] = value
+                else:
+                    (seeds if kind == "self" else private_keys)[owner] = value
         assert self.session_id is not None and self._sum is not None
         sid = self.session_id
         jobs: list[tuple[bytes, bool]] = [
@@ -650,7 +689,43 @@ class ServerSession:
                                          round=rnd) from exc
                     # v added +PRG when v < u, -PRG when v > u: undo it
                     jobs.append((key, v < u))
-        return self._apply_masks(self._sum.copy(), jobs)
+        total = self._apply_masks(self._sum.copy(), jobs)
+        if noise_seeds:
+            self._remove_noise(total, noise_seeds)
+        return total
+
+    def _remove_noise(self, total: np.ndarray, noise_seeds: dict[tuple[int, int], bytes]) -> None:
+        """SPEC [NZ-6]: regenerate every selected excess component from its
+        reconstructed (commitment-checked) seed and subtract it, in the ring."""
+        layout = self._layout
+        sid = self.session_id
+        assert layout is not None and sid is not None
+        m = self.config.vector_length
+        jobs = [(d.excess_noise_key(seed, sid, v, j), layout.excess[j])
+                for (v, j), seed in sorted(noise_seeds.items())]
+
+        def regenerate(group: list[tuple[bytes, float]]) -> np.ndarray:
+            part = np.zeros(m, dtype=np.int64)
+            for key, variance in group:
+                part += noise.skellam(variance, m, key)
+            return part
+
+        if self._executor is not None and self._workers > 1 and len(jobs) > 1:
+            # AES and numpy release the GIL: one accumulator per worker
+            groups = [jobs[i::self._workers] for i in range(self._workers)]
+            removed = sum(self._executor.map(regenerate, [g for g in groups if g]),
+                          np.zeros(m, dtype=np.int64))
+        else:
+            removed = regenerate(jobs)
+        np.subtract(total, removed.astype(total.dtype), out=total)
+        if self.config.bits < 8 * total.dtype.itemsize:
+            np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
+
+    def _revealed_share(self, holder: int, kind: str, owner: int, component: int) -> bytes:
+        response = self._response(holder)
+        if kind == "noise":
+            return response.noise_shares[(owner, component)]
+        return (response.self_mask_shares if kind == "self" else response.key_shares)[owner]
 
     def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
         """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""
@@ -719,6 +794,8 @@ class ServerSession:
                                       peer=signer, round=rnd) from None
 
 
+_SECRET_NAMES = {"self": "self-mask seed", "key": "masking key",
+                 "noise": "excess-noise seed {}"}
 _S = ClientStatus
 _PROGRESS = {
     _S.READY_TO_START: 0, _S.DEAD_BEFORE_SENDING_ANYTHING: 0,

@@ -51,7 +51,19 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "tuple[int, ...]": lambda v: isinstance(v, tuple) and all(_is_id(x) for x in v),
     "Mapping[int, bytes]": lambda v: isinstance(v, Mapping) and all(
         _is_id(k) and type(x) is bytes for k, x in v.items()),
+    # noise plans (SPEC [NZ-2], [NZ-5])
+    "tuple[bytes, ...]": lambda v: isinstance(v, tuple) and all(type(x) is bytes for x in v),
+    "tuple[tuple[int, int], ...]": lambda v: isinstance(v, tuple) and all(
+        _is_pair(x) for x in v),
+    "Mapping[tuple[int, int], bytes]": lambda v: isinstance(v, Mapping) and all(
+        _is_pair(k) and type(x) is bytes for k, x in v.items()),
 }
+
+
+def _is_pair(value: Any) -> bool:
+    """An ``(id, component)`` pair of ints (never bools)."""
+    return (isinstance(value, tuple) and len(value) == 2 and _is_id(value[0])
+            and _is_id(value[1]))
 
 
 def check_message_fields(message: Any, rnd: Round) -> None:

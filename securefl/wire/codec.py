@@ -56,6 +56,10 @@ SESSION_ID_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 64
 CIPHERTEXT_BYTES = 144
+"""A share ciphertext without a noise plan; each excess-noise seed adds 64."""
+MAX_NOISE_COMPONENTS = 16
+"""At most this many excess-noise seeds per client (NoisePlan's limit)."""
+_NOISE_FIELDS = ("noise_removals", "noise_shares")
 ELEMENT_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 Message: TypeAlias = (
@@ -139,6 +143,7 @@ def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
     if m.signature is not None:
         out.signature = bytes(m.signature)
     out.seed_commitment = bytes(m.seed_commitment)
+    out.noise_commitments.extend(bytes(c) for c in m.noise_commitments)
 
 
 def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
@@ -151,6 +156,7 @@ def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
         if e.signature is not None:
             entry.signature = bytes(e.signature)
         entry.seed_commitment = bytes(e.seed_commitment)
+        entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
 
 
 def _enc_ciphertexts(items: Iterable[tuple[int, bytes]], out: Any) -> None:
@@ -218,6 +224,10 @@ def _enc_unmask_request(m: UnmaskingRequest, out: Any, _: int | None) -> None:
         entry = out.signatures.add()
         entry.signer = _id(signer, "signatures.signer")
         entry.signature = bytes(signature)
+    for owner, component in m.noise_removals:
+        ref = out.noise_removals.add()
+        ref.owner = _id(owner, "noise_removals.owner")
+        ref.component = _component(component, "noise_removals.component")
 
 
 def _enc_unmask_response(m: UnmaskingResponse, out: Any, _: int | None) -> None:
@@ -231,6 +241,19 @@ def _enc_unmask_response(m: UnmaskingResponse, out: Any, _: int | None) -> None:
         entry = out.key_shares.add()
         entry.owner = _id(owner, "key_shares.owner")
         entry.share = bytes(share)
+    for (owner, component), share in m.noise_shares.items():
+        noise = out.noise_shares.add()
+        noise.owner = _id(owner, "noise_shares.owner")
+        noise.component = _component(component, "noise_shares.component")
+        noise.share = bytes(share)
+
+
+def _component(value: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) \
+            or not 0 <= int(value) < MAX_NOISE_COMPONENTS:
+        raise WireFormatError(f"{field} must be in 0..{MAX_NOISE_COMPONENTS - 1}, got {value!r}",
+                              reason=WireIssue.UNENCODABLE.value, field=field)
+    return int(value)
 
 
 _ENCODERS: dict[type, Any] = {
@@ -286,7 +309,9 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
     if config is not None:
         # every repeated field holds at most one entry per invited client
         for spec, value in inner.ListFields():
-            if spec.label == spec.LABEL_REPEATED and len(value) > config.num_clients:
+            limit = config.num_clients * (max(1, config.noise_components)
+                                          if spec.name in _NOISE_FIELDS else 1)
+            if spec.label == spec.LABEL_REPEATED and len(value) > limit:
                 raise WireFormatError(f"{spec.name} has {len(value)} entries, the session has"
                                       f" {config.num_clients} clients",
                                       reason=WireIssue.OVERSIZED_FIELD.value,
@@ -373,7 +398,52 @@ def _dec_advert(m: Any, _: SecAggConfig | None) -> AdvertiseKeys:
                  if m.HasField("signature") else None)
     return AdvertiseKeys(sender, _fixed(m.encryption_key, KEY_BYTES, "encryption_key", sender),
                          _fixed(m.masking_key, KEY_BYTES, "masking_key", sender), signature,
-                         _fixed(m.seed_commitment, COMMITMENT_BYTES, "seed_commitment", sender))
+                         _fixed(m.seed_commitment, COMMITMENT_BYTES, "seed_commitment", sender),
+                         _commitments(m.noise_commitments, "noise_commitments", sender))
+
+
+def _commitments(values: Sequence[bytes], field: str, peer: int | None) -> tuple[bytes, ...]:
+    if len(values) > MAX_NOISE_COMPONENTS:
+        raise WireFormatError(f"{field} has {len(values)} entries, at most"
+                              f" {MAX_NOISE_COMPONENTS}", reason=WireIssue.OVERSIZED_FIELD.value,
+                              field=field, peer=peer)
+    return tuple(_fixed(c, COMMITMENT_BYTES, field, peer) for c in values)
+
+
+def _ciphertext_bytes(entries: Sequence[Any], config: SecAggConfig | None) -> int:
+    """The one ciphertext length every entry must have: the configuration's
+    (144 + 64 J), or without one the first entry's when it is of that form."""
+    if config is not None:
+        return CIPHERTEXT_BYTES + 64 * config.noise_components
+    if entries:
+        extra = len(entries[0].ciphertext) - CIPHERTEXT_BYTES
+        if extra >= 0 and extra % 64 == 0 and extra // 64 <= MAX_NOISE_COMPONENTS:
+            return CIPHERTEXT_BYTES + extra
+    return CIPHERTEXT_BYTES
+
+
+def _noise_keyed(entries: Iterable[Any], field: str, peer: int | None,
+                 value_attr: str | None) -> dict[tuple[int, int], bytes]:
+    out: dict[tuple[int, int], bytes] = {}
+    last = (0, -1)
+    for entry in entries:
+        owner = _check_id(entry.owner, f"{field}.owner", peer)
+        component = int(entry.component)
+        if component >= MAX_NOISE_COMPONENTS:
+            raise WireFormatError(f"{field}.component {component} is not below"
+                                  f" {MAX_NOISE_COMPONENTS}", reason=WireIssue.INVALID_ID.value,
+                                  field=field, peer=peer)
+        key = (owner, component)
+        if key in out:
+            raise WireFormatError(f"{field} has two entries for {key}",
+                                  reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
+        if key < last:
+            raise WireFormatError(f"{field} is not in ascending (owner, component) order",
+                                  reason=WireIssue.NON_CANONICAL.value, field=field, peer=peer)
+        last = key
+        out[key] = (b"" if value_attr is None
+                    else _fixed(getattr(entry, value_attr), SHARE_BYTES, f"{field}.share", peer))
+    return out
 
 
 def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
@@ -391,22 +461,24 @@ def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
         entries.append(AdvertiseKeys(
             sender, _fixed(e.encryption_key, KEY_BYTES, "entries.encryption_key", sender),
             _fixed(e.masking_key, KEY_BYTES, "entries.masking_key", sender), signature,
-            _fixed(e.seed_commitment, COMMITMENT_BYTES, "entries.seed_commitment", sender)))
+            _fixed(e.seed_commitment, COMMITMENT_BYTES, "entries.seed_commitment", sender),
+            _commitments(e.noise_commitments, "entries.noise_commitments", sender)))
     return KeyRoster(digest, tuple(entries))
 
 
-def _dec_shares(m: Any, _: SecAggConfig | None) -> EncryptedShares:
+def _dec_shares(m: Any, config: SecAggConfig | None) -> EncryptedShares:
     sender = _sender(m)
     return EncryptedShares(sender, _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender),
-                           _keyed(m.ciphertexts, "peer", "ciphertext", CIPHERTEXT_BYTES,
-                                  "ciphertexts", sender))
+                           _keyed(m.ciphertexts, "peer", "ciphertext",
+                                  _ciphertext_bytes(m.ciphertexts, config), "ciphertexts",
+                                  sender))
 
 
-def _dec_delivery(m: Any, _: SecAggConfig | None) -> ShareDelivery:
+def _dec_delivery(m: Any, config: SecAggConfig | None) -> ShareDelivery:
     recipient = _sender(m, "recipient")
     return ShareDelivery(recipient, _fixed(m.session_id, SESSION_ID_BYTES, "session_id", None),
-                         _keyed(m.ciphertexts, "peer", "ciphertext", CIPHERTEXT_BYTES,
-                                "ciphertexts", None))
+                         _keyed(m.ciphertexts, "peer", "ciphertext",
+                                _ciphertext_bytes(m.ciphertexts, config), "ciphertexts", None))
 
 
 def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
@@ -479,7 +551,8 @@ def _dec_unmask_request(m: Any, _: SecAggConfig | None) -> UnmaskingRequest:
     return UnmaskingRequest(
         recipient, _fixed(m.session_id, SESSION_ID_BYTES, "session_id", None),
         _id_list(m.survivors, "survivors", None), _id_list(m.dropped, "dropped", None),
-        _keyed(m.signatures, "signer", "signature", SIGNATURE_BYTES, "signatures", None))
+        _keyed(m.signatures, "signer", "signature", SIGNATURE_BYTES, "signatures", None),
+        tuple(_noise_keyed(m.noise_removals, "noise_removals", None, None)))
 
 
 def _dec_unmask_response(m: Any, _: SecAggConfig | None) -> UnmaskingResponse:
@@ -487,7 +560,8 @@ def _dec_unmask_response(m: Any, _: SecAggConfig | None) -> UnmaskingResponse:
     return UnmaskingResponse(
         sender, _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender),
         _keyed(m.self_mask_shares, "owner", "share", SHARE_BYTES, "self_mask_shares", sender),
-        _keyed(m.key_shares, "owner", "share", SHARE_BYTES, "key_shares", sender))
+        _keyed(m.key_shares, "owner", "share", SHARE_BYTES, "key_shares", sender),
+        _noise_keyed(m.noise_shares, "noise_shares", sender, "share"))
 
 
 _DECODERS: dict[str, Any] = {

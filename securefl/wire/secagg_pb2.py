@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x12securefl.secagg.v1\"\x9c\x01\n\rAdvertiseKeys\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x04 \x01(\x0c\x12\x16\n\tsignature\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x06 \x01(\x0c\x42\x0c\n\n_signature\"\x89\x01\n\x0bRosterEntry\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x16\n\tsignature\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x05 \x01(\x0c\x42\x0c\n\n_signature\"e\n\tKeyRoster\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rconfig_digest\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.securefl.secagg.v1.RosterEntry\"2\n\x0ePeerCiphertext\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x7f\n\x0f\x45ncryptedShares\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"\x80\x01\n\rShareDelivery\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"{\n\x0bMaskedInput\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x15\n\relement_bytes\x18\x04 \x01(\r\x12\x0e\n\x06masked\x18\x05 \x01(\x0c\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\r\"_\n\x12\x43onsistencyRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\"^\n\x14\x43onsistencySignature\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"4\n\x0fSignerSignature\x12\x0e\n\x06signer\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xa7\x01\n\x10UnmaskingRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x05 \x03(\r\x12\x37\n\nsignatures\x18\x06 \x03(\x0b\x32#.securefl.secagg.v1.SignerSignature\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xb6\x01\n\x11UnmaskingResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x38\n\x10self_mask_shares\x18\x04 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x32\n\nkey_shares\x18\x05 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\"\xda\x04\n\rSecAggMessage\x12;\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32!.securefl.secagg.v1.AdvertiseKeysH\x00\x12\x33\n\nkey_roster\x18\x02 \x01(\x0b\x32\x1d.securefl.secagg.v1.KeyRosterH\x00\x12?\n\x10\x65ncrypted_shares\x18\x03 \x01(\x0b\x32#.securefl.secagg.v1.EncryptedSharesH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.securefl.secagg.v1.ShareDeliveryH\x00\x12\x37\n\x0cmasked_input\x18\x05 \x01(\x0b\x32\x1f.securefl.secagg.v1.MaskedInputH\x00\x12\x45\n\x13\x63onsistency_request\x18\x06 \x01(\x0b\x32&.securefl.secagg.v1.ConsistencyRequestH\x00\x12I\n\x15\x63onsistency_signature\x18\x07 \x01(\x0b\x32(.securefl.secagg.v1.ConsistencySignatureH\x00\x12\x41\n\x11unmasking_request\x18\x08 \x01(\x0b\x32$.securefl.secagg.v1.UnmaskingRequestH\x00\x12\x43\n\x12unmasking_response\x18\t \x01(\x0b\x32%.securefl.secagg.v1.UnmaskingResponseH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x12securefl.secagg.v1\"\xb7\x01\n\rAdvertiseKeys\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x04 \x01(\x0c\x12\x16\n\tsignature\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x06 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x07 \x03(\x0c\x42\x0c\n\n_signature\"\xa4\x01\n\x0bRosterEntry\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x16\n\tsignature\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x05 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x06 \x03(\x0c\x42\x0c\n\n_signature\"e\n\tKeyRoster\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rconfig_digest\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.securefl.secagg.v1.RosterEntry\"2\n\x0ePeerCiphertext\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x7f\n\x0f\x45ncryptedShares\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"\x80\x01\n\rShareDelivery\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"{\n\x0bMaskedInput\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x15\n\relement_bytes\x18\x04 \x01(\r\x12\x0e\n\x06masked\x18\x05 \x01(\x0c\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\r\"_\n\x12\x43onsistencyRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\"^\n\x14\x43onsistencySignature\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"4\n\x0fSignerSignature\x12\x0e\n\x06signer\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xe1\x01\n\x10UnmaskingRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x05 \x03(\r\x12\x37\n\nsignatures\x18\x06 \x03(\x0b\x32#.securefl.secagg.v1.SignerSignature\x12\x38\n\x0enoise_removals\x18\x07 \x03(\x0b\x32 .securefl.secagg.v1.NoiseSeedRef\"0\n\x0cNoiseSeedRef\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\"=\n\nNoiseShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xec\x01\n\x11UnmaskingResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x38\n\x10self_mask_shares\x18\x04 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x32\n\nkey_shares\x18\x05 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x34\n\x0cnoise_shares\x18\x06 \x03(\x0b\x32\x1e.securefl.secagg.v1.NoiseShare\"\xda\x04\n\rSecAggMessage\x12;\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32!.securefl.secagg.v1.AdvertiseKeysH\x00\x12\x33\n\nkey_roster\x18\x02 \x01(\x0b\x32\x1d.securefl.secagg.v1.KeyRosterH\x00\x12?\n\x10\x65ncrypted_shares\x18\x03 \x01(\x0b\x32#.securefl.secagg.v1.EncryptedSharesH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.securefl.secagg.v1.ShareDeliveryH\x00\x12\x37\n\x0cmasked_input\x18\x05 \x01(\x0b\x32\x1f.securefl.secagg.v1.MaskedInputH\x00\x12\x45\n\x13\x63onsistency_request\x18\x06 \x01(\x0b\x32&.securefl.secagg.v1.ConsistencyRequestH\x00\x12I\n\x15\x63onsistency_signature\x18\x07 \x01(\x0b\x32(.securefl.secagg.v1.ConsistencySignatureH\x00\x12\x41\n\x11unmasking_request\x18\x08 \x01(\x0b\x32$.securefl.secagg.v1.UnmaskingRequestH\x00\x12\x43\n\x12unmasking_response\x18\t \x01(\x0b\x32%.securefl.secagg.v1.UnmaskingResponseH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'secagg_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADVERTISEKEYS']._serialized_start=37
-  _globals['_ADVERTISEKEYS']._serialized_end=193
-  _globals['_ROSTERENTRY']._serialized_start=196
-  _globals['_ROSTERENTRY']._serialized_end=333
-  _globals['_KEYROSTER']._serialized_start=335
-  _globals['_KEYROSTER']._serialized_end=436
-  _globals['_PEERCIPHERTEXT']._serialized_start=438
-  _globals['_PEERCIPHERTEXT']._serialized_end=488
-  _globals['_ENCRYPTEDSHARES']._serialized_start=490
-  _globals['_ENCRYPTEDSHARES']._serialized_end=617
-  _globals['_SHAREDELIVERY']._serialized_start=620
-  _globals['_SHAREDELIVERY']._serialized_end=748
-  _globals['_MASKEDINPUT']._serialized_start=750
-  _globals['_MASKEDINPUT']._serialized_end=873
-  _globals['_CONSISTENCYREQUEST']._serialized_start=875
-  _globals['_CONSISTENCYREQUEST']._serialized_end=970
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=972
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1066
-  _globals['_SIGNERSIGNATURE']._serialized_start=1068
-  _globals['_SIGNERSIGNATURE']._serialized_end=1120
-  _globals['_UNMASKINGREQUEST']._serialized_start=1123
-  _globals['_UNMASKINGREQUEST']._serialized_end=1290
-  _globals['_OWNEDSHARE']._serialized_start=1292
-  _globals['_OWNEDSHARE']._serialized_end=1334
-  _globals['_UNMASKINGRESPONSE']._serialized_start=1337
-  _globals['_UNMASKINGRESPONSE']._serialized_end=1519
-  _globals['_SECAGGMESSAGE']._serialized_start=1522
-  _globals['_SECAGGMESSAGE']._serialized_end=2124
+  _globals['_ADVERTISEKEYS']._serialized_end=220
+  _globals['_ROSTERENTRY']._serialized_start=223
+  _globals['_ROSTERENTRY']._serialized_end=387
+  _globals['_KEYROSTER']._serialized_start=389
+  _globals['_KEYROSTER']._serialized_end=490
+  _globals['_PEERCIPHERTEXT']._serialized_start=492
+  _globals['_PEERCIPHERTEXT']._serialized_end=542
+  _globals['_ENCRYPTEDSHARES']._serialized_start=544
+  _globals['_ENCRYPTEDSHARES']._serialized_end=671
+  _globals['_SHAREDELIVERY']._serialized_start=674
+  _globals['_SHAREDELIVERY']._serialized_end=802
+  _globals['_MASKEDINPUT']._serialized_start=804
+  _globals['_MASKEDINPUT']._serialized_end=927
+  _globals['_CONSISTENCYREQUEST']._serialized_start=929
+  _globals['_CONSISTENCYREQUEST']._serialized_end=1024
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=1026
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1120
+  _globals['_SIGNERSIGNATURE']._serialized_start=1122
+  _globals['_SIGNERSIGNATURE']._serialized_end=1174
+  _globals['_UNMASKINGREQUEST']._serialized_start=1177
+  _globals['_UNMASKINGREQUEST']._serialized_end=1402
+  _globals['_NOISESEEDREF']._serialized_start=1404
+  _globals['_NOISESEEDREF']._serialized_end=1452
+  _globals['_NOISESHARE']._serialized_start=1454
+  _globals['_NOISESHARE']._serialized_end=1515
+  _globals['_OWNEDSHARE']._serialized_start=1517
+  _globals['_OWNEDSHARE']._serialized_end=1559
+  _globals['_UNMASKINGRESPONSE']._serialized_start=1562
+  _globals['_UNMASKINGRESPONSE']._serialized_end=1798
+  _globals['_SECAGGMESSAGE']._serialized_start=1801
+  _globals['_SECAGGMESSAGE']._serialized_end=2403
 # @@protoc_insertion_point(module_scope)
