@@ -46,6 +46,7 @@ def _app_config() -> dict[str, Any]:
 def test_example_run_config_has_defaults_for_output_and_resume() -> None:
     config = _app_config()
     assert config["output-dir"] == "" and config["resume"] is False
+    assert config["federation-id"] == ""
     from securefl.flower.federation import simulation_config
 
     simulation_config(config)  # every value the federation reads is valid as shipped
@@ -175,7 +176,8 @@ class _DyingGrid(InProcessGrid):
 
 RESUME_RUN: dict[str, Any] = {"num-rounds": 3, "num-clients": 3, "seed": 4,
                               "noise-multiplier": 1.1, "hidden": 8, "batch-size": 32,
-                              "round-timeout": 30.0, "allow-unauthenticated-semi-honest": True}
+                              "round-timeout": 30.0, "allow-unauthenticated-semi-honest": True,
+                              "federation-id": "resume-test"}
 
 
 def _server_context(run_config: dict[str, Any], run_id: int = 7) -> Context:
@@ -288,7 +290,7 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
     run_config: dict[str, Any] = {
         "num-rounds": 3, "num-clients": 3, "seed": 5, "noise-multiplier": 1.1, "hidden": 8,
         "batch-size": 32, "round-timeout": 60.0, "allow-unauthenticated-semi-honest": True,
-        "output-dir": str(out)}
+        "federation-id": "resume-runtime-test", "output-dir": str(out)}
     deployment = Deployment(3, database=tmp_path / "superlink.db")
     with deployment:
         first = deployment.run_app(APP_DIR, run_config, runner=True)
