@@ -9,14 +9,25 @@ the process does) when it is reached with a matching name and round.  The
 named points are:
 
 ``after-in-flight``
-    the round's in-flight ledger rows are durable, no client has trained;
+    the round's in-flight ledger rows are durable (in the run store and
+    ``ledger.jsonl``), no client has trained;
 ``mid-training``
     after the first client of the round trained;
+``mid-commit``
+    inside the run store's transaction that commits a round, before
+    ``COMMIT`` (:meth:`securefl.federation.runstore.RunStore.commit_round`):
+    SQLite rolls it back;
+``after-commit``
+    the round is committed in the run store, nothing of it is exported;
 ``ledger-torn``
-    inside the ledger's settlement write: half of the block's bytes are on
-    disk (a torn write), the rest never will be;
+    inside the export of a settled block to ``ledger.jsonl`` (or, for a
+    :class:`~securefl.privacy.ledger.PrivacyLedger` written alone, its
+    settlement write): half of the block's bytes are on disk (a torn
+    write), the rest never will be;
 ``after-ledger``
-    the round is settled in the ledger, the checkpoint is not yet written.
+    the round's ledger block is exported, ``checkpoint.pt`` not yet;
+``mid-export``
+    ``checkpoint.pt`` is exported, ``metrics.json`` not yet.
 
 Nothing else in securefl reads the variable; unset, every call is a dictionary
 lookup that returns.

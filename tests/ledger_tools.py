@@ -1,8 +1,8 @@
 """Tools for tests that play the adversary against a run directory: read the
 ledger's records, change them, and write everything back consistently (a
 re-computed hash chain and commits, and the checkpoint's and metrics' ledger
-anchors moved to the new head), so that only recomputation can catch the
-change."""
+anchors moved to the new head, and the run store, which would expose the
+rewrite, deleted), so that only recomputation can catch the change."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def write_chained(run: Path, recs: list[Record], *, recount: bool = True,
         if rec.get("type") == "commit" and rec.get("stage") == "settled":
             heads[int(rec["round"])] = prev
     (run / "ledger.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    for suffix in ("", "-wal", "-shm"):  # the store holds the original ledger
+        (run / f"run.sqlite{suffix}").unlink(missing_ok=True)
     if anchors:
         set_anchors(run, heads)
 

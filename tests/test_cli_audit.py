@@ -178,9 +178,41 @@ def test_a_ledger_ahead_of_the_checkpoint_fails(run: Path, tmp_path: Path,
     heads = {c.round: c.digest for c in load_ledger(ahead / "ledger.jsonl").commits
              if c.stage == "settled"}
     set_anchors(ahead, heads, round_number=1)  # a checkpoint of round 1, well anchored
+    # with the run store: no crash exports the metrics before the checkpoint
+    code, text = _audit(ahead, capsys)
+    assert code == 1
+    assert ("metrics.json (round 2) is ahead of checkpoint.pt (round 1), which is exported"
+            " before it") in text
+    # without it (a run directory of files alone): the ledger is ahead
+    (ahead / "run.sqlite").unlink()
     code, text = _audit(ahead, capsys)
     assert code == 1
     assert "the ledger's last settled round 2 is ahead of the checkpoint's round 1" in text
+
+
+def test_an_export_that_disagrees_with_the_run_store_fails(run: Path, tmp_path: Path) -> None:
+    """ledger.jsonl is appended from the store: after a crash it may lack
+    (part of) the last block, nothing else; an edit or a deeper truncation
+    fails even when the chain and the anchors are rebuilt around it."""
+    data = (run / "ledger.jsonl").read_bytes()
+    lines = data.splitlines(keepends=True)
+    lagging = tmp_path / "lagging"
+    shutil.copytree(run, lagging)
+    (lagging / "ledger.jsonl").write_bytes(b"".join(lines[:-2]) + lines[-2][:30])
+    report = audit_run(lagging)  # the last block's export cut short: still no spend lost
+    assert any("lags run.sqlite" in note for note in report["notes"]), report["notes"]
+    assert not any("prefix" in v or "truncated" in v for v in report["violations"])
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    (cut / "ledger.jsonl").write_bytes(b"".join(lines[:-5]))  # a whole block more
+    assert any("truncated" in v for v in audit_run(cut)["violations"])
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    (edited / "ledger.jsonl").write_bytes(data.replace(b'"status":"included"',
+                                                       b'"status":"dropped"', 1))
+    report = audit_run(edited)
+    assert report["exit_code"] == 1
+    assert any("not a prefix of the ledger in run.sqlite" in v for v in report["violations"])
 
 
 def test_a_removed_commit_or_in_flight_block_fails(run: Path, tmp_path: Path,

@@ -37,7 +37,8 @@ def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert metrics["config"]["secure"] is True
     assert len(read_ledger(out / "ledger.jsonl")) == 6
     assert load_checkpoint(out / "checkpoint.pt")["round"] == 2
-    assert "3@R3-consistency" in text and "3@R0-advertise" in text
+    assert "3@R4-unmask" in text and "3@R0-advertise" in text
+    assert "R3-consistency" not in text  # a semi-honest session has no such round
 
     assert main(["audit", str(out)]) == 0
     text = capsys.readouterr().out
@@ -135,3 +136,27 @@ def test_insecure_reproducible_noise_is_an_explicit_warned_opt_in(
     rows = read_ledger(tmp_path / "default" / "ledger.jsonl")
     assert {(r.noise_source, r.adjacency, r.weighting) for r in rows} == {
         ("os-csprng", "add-remove-one", "uniform")}
+
+
+def test_a_run_that_completes_no_round_exits_1_and_says_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = ["--clients", "3", "--rounds", "1", "--noise-multiplier", "1.0", "--seed", "0",
+           "--no-progress"]
+    # every client drops out: the round aborts
+    assert main(["simulate", *one, "--dropout", "1.0", "-o", str(tmp_path / "drop")]) == 1
+    err = capsys.readouterr().err
+    assert "no round completed (aggregation aborted" in err
+    # every client refuses: its budget cannot afford one round
+    out = tmp_path / "broke"
+    assert main(["simulate", *one, "--dropout", "0", "--epsilon-budget", "0.01",
+                 "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no round completed (every client refused every round" in err
+    assert "budget" in err
+    # a resume with a flag that differs from the run's own is refused, naming it
+    assert main(["simulate", "--resume", str(out), "--rounds", "4", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "rounds: run 1, given 4" in err and "seed:" not in err  # --seed 0 is the run's
+    # a finished run resumed: nothing to run, the same verdict
+    assert main(["simulate", "--resume", str(out), "--no-progress"]) == 1
+    assert "every client refused every round" in capsys.readouterr().err

@@ -35,10 +35,15 @@ from securefl.flower import (
     SecureAggregationWorkflow,
     provision_identities,
 )
-from securefl.flower.federation import run_federation, simulation_config
+from securefl.flower.federation import (
+    FederationIncompleteError,
+    run_federation,
+    simulation_config,
+)
 from securefl.flower.setup import STATE_RECORD, SessionSetup, Stage
 from securefl.privacy.ledger import read_ledger
 from securefl.protocol import ClientStatus, Round, SecAggConfig, SecurityMode
+from securefl.protocol.config import default_threshold
 
 torch = pytest.importorskip("torch")
 
@@ -168,6 +173,30 @@ def test_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     _, codec = preflight(simulation_config(run_config))
     check_exact_sum(np.load(tmp_path / "f" / "sums.npz")["round_1"], codec,
                     [trained[999 + c, 1] for c in (1, 2, 3, 4)])
+
+
+def test_active_mode_records_the_threshold_its_sessions_run_with(tmp_path: Path) -> None:
+    """n = 5: semi-honest default t = 3, active default t = 4.  metrics.json
+    once recorded 3 while the active sessions ran with 4; with two nodes
+    silent the session aborts (3 answered, 4 needed), and the threshold
+    recorded is the one that aborted it."""
+    torch.set_num_threads(1)
+    keys = provision_identities(tmp_path / "keys", range(1, 6))
+    pinned = str(tmp_path / "keys" / "pinned.json")
+    run_config = {**RUN, "num-clients": 5, "num-rounds": 1, "mode": "active",
+                  "pinned-keys": pinned, "output-dir": str(tmp_path / "f")}
+    configs = {1000 + i: {"partition-id": i, "securefl-identity-key": str(keys[i + 1]),
+                          "securefl-pinned-keys": pinned} for i in range(5)}
+    silent = {(1000 + i, 1, Stage.SHARE_KEYS.value) for i in range(2)}
+    grid = InProcessGrid(_app(), configs, run_config, silent=silent)
+    with pytest.raises(FederationIncompleteError, match="no round completed"):
+        run_federation(grid, _server_context(run_config))  # recorded, then refused
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert metrics["config"]["threshold_used"] == 4
+    assert metrics["config"]["threshold_used"] == default_threshold(5, SecurityMode.ACTIVE)
+    assert metrics["config"]["threshold_used"] != default_threshold(5, SecurityMode.SEMI_HONEST)
+    assert metrics["rounds"][0]["aborted"]
+    assert "threshold is 4" in metrics["rounds"][0]["abort_reason"], metrics["rounds"][0]
 
 
 def test_active_mode_refuses_a_node_with_another_key(tmp_path: Path) -> None:

@@ -113,6 +113,9 @@ def test_released_noise_is_exactly_survivors_noise_minus_the_removed_excess(
             driver.step()
     res = driver.result
     assert 3 not in res.survivors and 7 in res.survivors
+    # after its masked input no client keeps its excess seeds (only holders' shares)
+    assert not any(hasattr(s, "_noise_seeds") for s in driver.clients.values()
+                   if s.state is not ClientState.SHARES_SENT)
     sid = driver.server.session_id
     assert sid is not None
     expected = sum((added[c] for c in res.survivors), np.zeros(256, dtype=np.int64))
@@ -175,19 +178,44 @@ def test_calibrate_to_threshold_releases_more_than_the_target_beside_it() -> Non
 
 
 def test_a_client_that_adds_no_noise_lowers_the_variance_by_exactly_its_share() -> None:
-    """The documented limit (SPEC [NZ-8]): a client that skips its noise takes
-    its base and kept excess out of the released noise; nobody can detect it."""
+    """The documented limit (SPEC [NZ-8]): a survivor that adds no noise takes
+    its base and its kept excess out of the released noise, and the server,
+    which subtracts its removed components anyway, puts those back in as
+    independent noise: the variance drops by exactly B + kept - removed, at
+    most B + sum_j w_j.  Nobody can detect it."""
     plan = NoisePlan(900.0)
     layout = plan.layout(10, 6)
-    lazy = 1  # the smallest id: the rule keeps its component 0 whenever c_0 > 0
+    lazy = 1  # the smallest id: first in every sorted survivor list
+    # exactly: the released noise is the others' noise minus every removal
+    config = SecAggConfig(10, 64, bits=32, threshold=6, noise=plan)
+    inputs = _inputs(config, 5)
+    with _spy_noise() as added:
+        driver = SessionDriver(config, inputs, dropouts={c: Round.MASKED_INPUT_COLLECTION
+                                                         for c in (4, 7, 9)})
+        driver.clients[lazy]._add_noise = lambda masked: None  # type: ignore[method-assign]
+        driver.start()
+        seeds = {c: list(s._noise_seeds) for c, s in driver.clients.items()}
+        driver.close()
+        while not driver.finished:
+            driver.step()
+    res = driver.result
+    assert lazy in res.survivors and lazy not in added
+    sid = driver.server.session_id
+    assert sid is not None
+    expected = sum((added[c] for c in res.survivors if c != lazy), np.zeros(64, dtype=np.int64))
+    for v, j in res.noise_removed:
+        expected -= noise.skellam(layout.excess[j], 64, d.excess_noise_key(seeds[v][j], sid, v, j))
+    assert np.array_equal(_released_noise(config, inputs, res), _centred(expected, 32))
+    # statistically, over 25 rounds with 30% dropped: the variance the formula says
     var, reported, count = _empirical_variance(plan, 25, "lazy", lazy=lazy)
     (released,) = reported
-    survivors = list(range(1, 11))[:7]  # any 7 ids containing 1 sort it first
-    kept_by_lazy = sum(layout.excess[j] for j in range(layout.components)
-                       if (lazy, j) not in layout.removals(survivors))
-    share = layout.base + kept_by_lazy
-    assert share > 0
-    assert abs(var / (released - share) - 1) < 5 * np.sqrt(2 / count)
+    survivors = list(range(1, 8))  # any 7 ids containing 1 sort it first: same pairs
+    removed = layout.removals(survivors)
+    kept_by_lazy = sum(w for j, w in enumerate(layout.excess) if (lazy, j) not in removed)
+    removed_of_lazy = sum(w for j, w in enumerate(layout.excess) if (lazy, j) in removed)
+    drop = layout.base + kept_by_lazy - removed_of_lazy
+    assert 0 < drop <= layout.base + sum(layout.excess)
+    assert abs(var / (released - drop) - 1) < 5 * np.sqrt(2 / count)
     assert var < released * (1 - 3 * np.sqrt(2 / count))  # really below what is reported
 
 
@@ -462,3 +490,32 @@ def test_the_server_removes_the_same_noise_with_an_executor() -> None:
         pooled = secure_sum(inputs, config, drop, rng=_rng("executor"), executor=pool)
     assert len(alone.noise_removed) > 2
     assert np.array_equal(alone.total, pooled.total)
+
+
+def test_the_wire_checks_noise_field_sizes() -> None:
+    from securefl.wire import secagg_pb2 as pb
+    from securefl.wire.codec import WireIssue
+
+    fed = Federation(NOISY)
+    fed.advertise()
+    shares = fed.answer(send=False)[1]
+    data = encode(shares)
+    size = d.shares_ciphertext_bytes(NOISY.noise_components)
+    assert all(len(ct) == size for ct in decode(data).ciphertexts.values())  # type: ignore[union-attr]
+    assert decode(data, config=NOISY) == shares
+    # with the configuration the length is exact: a plan-less session refuses it
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(data, config=SecAggConfig(6, 8, threshold=3))
+    assert info.value.reason == WireIssue.OVERSIZED_FIELD.value  # type: ignore[attr-defined]
+    # too many commitments, or a component beyond the limit, never decode
+    advert = pb.SecAggMessage.FromString(encode(fed.sent[Round.ADVERTISE_KEYS][1]))
+    advert.advertise_keys.noise_commitments.extend([b"\0" * 32] * 17)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(advert.SerializeToString(deterministic=True))
+    assert info.value.reason == WireIssue.OVERSIZED_FIELD.value  # type: ignore[attr-defined]
+    req = _at_unmasking(NOISY, drop={6}).pending[1]
+    env = pb.SecAggMessage.FromString(encode(req))
+    env.unmasking_request.noise_removals.add(owner=6, component=16)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(env.SerializeToString(deterministic=True))
+    assert info.value.reason == WireIssue.INVALID_ID.value  # type: ignore[attr-defined]

@@ -1,7 +1,10 @@
 """``securefl audit RUN_DIR``: verify a run's privacy ledger.
 
 Verifies the ledger's hash chain and its per-round commits, cross-checks its
-last settled round and chain head against checkpoint.pt and metrics.json,
+last settled round and chain head against checkpoint.pt and metrics.json
+(with a run store, run.sqlite: the store's ledger is the one audited,
+ledger.jsonl must be a byte prefix of it, and an export that lags the store
+after a crash is noted, not failed),
 and recomputes the epsilon of EVERY row from its recorded history with
 every accountant of the row's adjacency: add-or-remove-one rows (uniform
 weighting) with four (Opacus RDP and PRV, dp-accounting RDP and PLD);
@@ -50,6 +53,7 @@ from securefl.privacy.ledger import (
     LedgerChain,
     LedgerEntry,
     load_ledger,
+    parse_ledger,
 )
 from securefl.privacy.options import Adjacency, NoiseSource, adjacency_for
 
@@ -287,10 +291,75 @@ def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     return {"round": int(data["round"]), "ledger": extra.get("ledger")}
 
 
+def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
+                  notes: list[str]) -> tuple[LedgerChain, int] | None:
+    """The ledger of the run store in ``run_dir``, verified, and the last
+    round ``ledger.jsonl`` settles; None without an initialised store.
+
+    ``ledger.jsonl`` is appended from the store after each store commit, so
+    a crash can leave it without (part of) the store's LAST block only: it
+    must be a byte prefix of the store's ledger holding every block before
+    the last (anything shorter was truncated, anything else edited)."""
+    from securefl.federation.runstore import STORE_FILENAME, RunStore, RunStoreError
+
+    path = run_dir / STORE_FILENAME
+    if not RunStore.is_initialised(path):
+        return None
+    try:
+        store = RunStore.open_readonly(path)
+        try:
+            data = store.ledger_bytes()
+            committed = store.committed().round
+        finally:
+            store.close()
+    except RunStoreError as exc:
+        violations.append(f"{STORE_FILENAME} cannot be read: {exc}")
+        return None
+    exported = ledger.read_bytes() if ledger.exists() else b""
+    last_block = _last_block_start(data)
+    if not data.startswith(exported):
+        violations.append(f"{LEDGER_FILENAME} is not a prefix of the ledger in {STORE_FILENAME}"
+                          " (edited, or of another run)")
+    elif len(exported) < last_block:
+        violations.append(f"{LEDGER_FILENAME} lacks records {STORE_FILENAME} committed before"
+                          " its last block (truncated: a crash loses at most the last block's"
+                          " export)")
+    elif len(exported) < len(data):
+        behind = data.count(b"\n") - exported.count(b"\n")
+        notes.append(f"{LEDGER_FILENAME} lags {STORE_FILENAME} by {behind} record(s) (killed"
+                     " while exporting); the store's ledger is audited, and resuming the run"
+                     " re-exports it")
+    chain = parse_ledger(data, ledger)
+    if chain.last_settled_round != committed:
+        violations.append(f"{STORE_FILENAME} commits round {committed}, its ledger settles round"
+                          f" {chain.last_settled_round}")
+    return chain, parse_ledger(exported).last_settled_round
+
+
+def _last_block_start(data: bytes) -> int:
+    """The offset of the last block of a ledger's bytes: just after the
+    record before it (the previous commit, or the header)."""
+    lines = data.split(b"\n")[:-1]
+    end = offset = 0
+    for line in lines[:-1]:
+        offset += len(line) + 1
+        if b'"type":"commit"' in line or b'"type":"header"' in line:
+            end = offset
+    return end
+
+
 def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
-                 notes: list[str]) -> dict[str, Any]:
+                 notes: list[str], *, exported: int | None = None) -> dict[str, Any]:
     """Ledger versus checkpoint and metrics: the last settled round and the
-    chain head at it must agree."""
+    chain head at it must agree.
+
+    With a run store (``exported``: the last round ``ledger.jsonl`` settles;
+    ``chain`` is the store's ledger), the exports are written after each
+    store commit in the order ledger, checkpoint, metrics, so a crash can
+    leave them one round behind the store, in that order: the checkpoint's
+    round must be the store's or the one before and not ahead of
+    ``ledger.jsonl``, the metrics' not ahead of the checkpoint's; a lagging
+    export is a note, and its anchor at its own round must still match."""
     ledger_round = chain.last_settled_round
     heads = {c.round: c.digest for c in chain.commits if c.stage == "settled"}
     result: dict[str, Any] = {"ledger_round": ledger_round, "checkpoint_round": None,
@@ -309,6 +378,30 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
                               f" {round_number}; the ledger's is {expected!r} (the ledger was"
                               " rewritten)")
 
+    def compare(source: str, label: str, round_number: int, anchor: Any,
+                ceiling: tuple[str, int] | None) -> None:
+        if exported is None:
+            if round_number != ledger_round:
+                side = "ahead of" if ledger_round > round_number else "behind"
+                violations.append(f"the ledger's last settled round {ledger_round} is {side}"
+                                  f" {label}")
+                return
+        else:
+            if not ledger_round - 1 <= round_number <= ledger_round:
+                violations.append(f"{source} is at round {round_number}, the run store at round"
+                                  f" {ledger_round}: a crash leaves an export at most one round"
+                                  " behind the store")
+                return
+            if ceiling is not None and round_number > ceiling[1]:
+                violations.append(f"{source} (round {round_number}) is ahead of {ceiling[0]}"
+                                  f" (round {ceiling[1]}), which is exported before it")
+                return
+            if round_number < ledger_round:
+                notes.append(f"{source} (round {round_number}) lags the run store (round"
+                             f" {ledger_round}): killed while exporting; resuming the run"
+                             " re-exports it")
+        anchored("checkpoint" if source == CHECKPOINT_NAME else source, anchor, round_number)
+
     checkpoint = run_dir / CHECKPOINT_NAME
     if not checkpoint.exists():
         violations.append(f"no {CHECKPOINT_NAME} in {run_dir}: the ledger cannot be"
@@ -320,12 +413,8 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             violations.append(f"{checkpoint} cannot be read safely: {type(exc).__name__}")
         else:
             result["checkpoint_round"] = ck["round"]
-            if ck["round"] != ledger_round:
-                side = "ahead of" if ledger_round > ck["round"] else "behind"
-                violations.append(f"the ledger's last settled round {ledger_round} is {side} the"
-                                  f" checkpoint's round {ck['round']}")
-            else:
-                anchored("checkpoint", ck["ledger"], ck["round"])
+            compare(CHECKPOINT_NAME, f"the checkpoint's round {ck['round']}", ck["round"],
+                    ck["ledger"], None if exported is None else (LEDGER_FILENAME, exported))
     metrics_path = run_dir / METRICS_NAME
     if not metrics_path.exists():
         violations.append(f"no {METRICS_NAME} in {run_dir}: the ledger cannot be cross-checked")
@@ -338,12 +427,13 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             violations.append(f"{metrics_path} cannot be read: {exc}")
         else:
             result["metrics_round"] = metrics_round
-            if metrics_round != ledger_round:
-                side = "ahead of" if ledger_round > metrics_round else "behind"
-                violations.append(f"the ledger's last settled round {ledger_round} is {side} the"
-                                  f" last round in {METRICS_NAME} ({metrics_round})")
-            else:
-                anchored(METRICS_NAME, metrics.get("ledger"), metrics_round)
+            ceiling = None
+            if exported is not None:
+                ceiling = ((CHECKPOINT_NAME, result["checkpoint_round"])
+                           if result["checkpoint_round"] is not None
+                           else (LEDGER_FILENAME, exported))
+            compare(METRICS_NAME, f"the last round in {METRICS_NAME} ({metrics_round})",
+                    metrics_round, metrics.get("ledger"), ceiling)
             if metrics.get("final") is None:
                 notes.append(f"{METRICS_NAME} has no final block: the run did not finish"
                              " (killed, or still running); unsettled in-flight rows are"
@@ -366,17 +456,20 @@ def audit_run(path: Path) -> dict[str, Any]:
         OSError: when it cannot be read.
     """
     ledger = path / LEDGER_FILENAME if path.is_dir() else path
-    if not ledger.exists():
-        raise LedgerError(f"no ledger at {ledger}")
-    chain = load_ledger(ledger)
-    found: list[str] = [f"ledger chain: {p}" for p in chain.problems]
+    found: list[str] = []
     notes: list[str] = []
+    stored = _store_ledger(path, ledger, found, notes) if path.is_dir() else None
+    if stored is None and not ledger.exists():
+        raise LedgerError(f"no ledger at {ledger}")
+    chain = stored[0] if stored is not None else load_ledger(ledger)
+    found[:0] = [f"ledger chain: {p}" for p in chain.problems]
     if chain.torn_tail:
         notes.append("the last line is a torn write (the process was killed mid-write);"
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
     if path.is_dir():
-        cross = _cross_check(chain, path, found, notes)
+        cross = _cross_check(chain, path, found, notes,
+                             exported=stored[1] if stored is not None else None)
     else:
         cross = {"skipped": "a ledger file was given, not a run directory"}
         notes.append("not cross-checked against a checkpoint and metrics: give the run"
@@ -558,7 +651,10 @@ def run(args: argparse.Namespace) -> int:
 def _plot(report: dict[str, Any], path: Path) -> None:
     from securefl.federation.plots import plot_epsilon
 
-    chain = load_ledger(report["ledger"])
+    ledger = Path(report["ledger"])
+    stored = _store_ledger(ledger.parent, ledger, [], []) if ledger.name == LEDGER_FILENAME \
+        else None
+    chain = stored[0] if stored is not None else load_ledger(ledger)
     per_client: dict[int, list[tuple[int, float]]] = {}
     for row in chain.effective():
         try:

@@ -4,8 +4,23 @@ Clients train with Opacus DP-SGD on a non-IID (Dirichlet) split of
 scikit-learn's bundled digits, encode their updates in Z_2^k, and the server
 learns only their sum through Bonawitz secure aggregation, while clients drop
 out at random protocol rounds.  Writes metrics.json, ledger.jsonl,
-checkpoint.pt and accuracy_per_round.png; check the privacy with
-``securefl audit RUN_DIR``.
+checkpoint.pt and accuracy_per_round.png, exported from the run store
+run.sqlite, which commits each round in one transaction; check the privacy
+with ``securefl audit RUN_DIR``.
+
+``securefl simulate --resume RUN_DIR`` continues a run that was killed from
+its last committed round, with its own configuration (a flag that differs
+from it is refused): the global model, the server optimizer, every client's
+accountant and budget, the dropout schedule and the ledger continue; a round
+caught in flight is settled as aborted (its privacy charge kept) and re-run
+under the next round number.
+
+Exit status:
+  0  the run completed at least one round, and no round was refused by
+     every client
+  1  no round completed, or every client refused some round (privacy
+     budgets exhausted): the message says which and why
+  2  usage or configuration error (nothing ran, or the resume was refused)
 """
 
 from __future__ import annotations
@@ -31,6 +46,29 @@ imports torch; a test keeps the two equal)."""
 
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+"""No round completed, or every client refused some round."""
+
+_DEFAULTS: dict[str, object] = {}
+"""The defaults of the flags that configure the federation (their parser
+default is None, so that a flag given on the command line can be told from
+one left out: ``--resume`` refuses the first when it differs from the run)."""
+
+_CONFIG_KEYS = {
+    "clients": "num_clients", "rounds": "rounds", "dropout": "dropout",
+    "noise_multiplier": "noise_multiplier", "target_epsilon": "target_epsilon",
+    "delta": "delta", "epsilon_budget": "epsilon_budget", "accountant": "accountant",
+    "max_grad_norm": "max_grad_norm", "sample_rate": "sample_rate",
+    "batch_size": "batch_size", "local_epochs": "local_epochs", "lr": "lr",
+    "weighting": "weighting", "server_optimizer": "server_optimizer", "server_lr": "server_lr",
+    "server_momentum": "server_momentum", "bits": "bits", "frac_bits": "frac_bits",
+    "clip_range": "clip_range", "no_secure_aggregation": "secure", "threshold": "threshold",
+    "alpha": "alpha", "dataset": "dataset", "seed": "seed",
+    "insecure_reproducible_noise": "insecure_reproducible_noise",
+}
+"""Flag destination -> the :class:`SimulationConfig` field it sets."""
 
 
 _SHORT_ROUND = {
@@ -148,7 +186,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     out.add_argument("-o", "--output-dir", type=Path, default=None,
                      help="where to write the run (default runs/simulate-<time>)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR (killed, or stopped) from its last"
+                          " committed round, with its own configuration")
+    for action in p._actions:  # tell a given flag from a default (see _DEFAULTS)
+        if action.dest in _CONFIG_KEYS:
+            _DEFAULTS[action.dest] = action.default
+            action.default = None
     p.set_defaults(func=run)
+
+
+def _arg(args: argparse.Namespace, dest: str) -> object:
+    value = getattr(args, dest)
+    return _DEFAULTS.get(dest) if value is None else value
+
+
+def given_config(args: argparse.Namespace) -> dict[str, object]:
+    """The configuration fields the command line sets explicitly, as JSON
+    values (``--no-secure-aggregation`` sets ``secure`` to false)."""
+    given: dict[str, object] = {}
+    for dest, key in _CONFIG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        given[key] = (not value) if dest == "no_secure_aggregation" else value
+    return given
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
@@ -159,20 +221,58 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """
     from securefl.federation.simulation import SimulationConfig
 
-    return SimulationConfig(
-        num_clients=args.clients, rounds=args.rounds, dropout=args.dropout,
-        noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon,
-        delta=args.delta,
-        epsilon_budget=args.epsilon_budget, accountant=AccountantKind(args.accountant),
-        max_grad_norm=args.max_grad_norm, sample_rate=args.sample_rate,
-        batch_size=args.batch_size,
-        local_epochs=args.local_epochs, lr=args.lr, weighting=Weighting(args.weighting),
-        server_optimizer=ServerOptimizerKind(args.server_optimizer), server_lr=args.server_lr,
-        server_momentum=args.server_momentum, bits=args.bits, frac_bits=args.frac_bits,
-        clip_range=args.clip_range, secure=not args.no_secure_aggregation,
-        threshold=args.threshold, alpha=args.alpha, dataset=DatasetName(args.dataset),
-        seed=args.seed, insecure_reproducible_noise=args.insecure_reproducible_noise,
-    )
+    values = {key: _arg(args, dest) for dest, key in _CONFIG_KEYS.items()}
+    values["secure"] = not values["secure"]  # the flag is --no-secure-aggregation
+    values["insecure_reproducible_noise"] = bool(values["insecure_reproducible_noise"])
+    return SimulationConfig(**values)  # type: ignore[arg-type]
+
+
+def _resume_config(args: argparse.Namespace) -> SimulationConfig:
+    """The configuration of the run ``--resume`` names, after checking that
+    no flag given on the command line differs from it.
+
+    Raises:
+        ResumeMismatchError: naming the differing keys.
+        RunStoreError: when the directory holds no run.
+    """
+    from securefl.federation.round import RoundRecorder
+    from securefl.federation.runstore import ResumeMismatchError
+    from securefl.federation.simulation import SimulationConfig
+
+    run_dir = args.resume
+    if args.output_dir is not None and Path(args.output_dir) != Path(run_dir):
+        raise ResumeMismatchError(f"--resume {run_dir} writes to its own directory, not"
+                                  f" -o {args.output_dir}", ["output_dir"])
+    stored = SimulationConfig.from_json(RoundRecorder.stored_config(run_dir))
+    recorded = stored.to_json()
+    differing = sorted(key for key, value in given_config(args).items()
+                       if recorded.get(key) != value)
+    if differing:
+        detail = ", ".join(f"{k}: run {recorded.get(k)!r}, given {given_config(args)[k]!r}"
+                           for k in differing)
+        raise ResumeMismatchError(f"cannot resume {run_dir} with another configuration"
+                                  f" ({detail}); leave the flags out to use the run's own",
+                                  differing)
+    return stored
+
+
+def why_incomplete(reports: list[RoundReport], num_clients: int) -> str | None:
+    """Why a run's exit status is :data:`EXIT_INCOMPLETE`, or None: no round
+    completed (every round aborted: the reasons), or every client refused
+    some round (their budgets exhausted)."""
+    refused_all = [r.round for r in reports if len(r.refused) == num_clients]
+    if not reports or all(r.aborted for r in reports):
+        reasons = sorted({r.abort_reason for r in reports if r.abort_reason})
+        detail = "; ".join(reasons[:3]) or "no round ran"
+        if refused_all and len(refused_all) == len(reports):
+            detail = ("every client refused every round: "
+                      + next(iter(reports[0].refused.values())))
+        return f"no round completed ({detail})"
+    if refused_all:
+        example = next(r for r in reports if r.round == refused_all[0])
+        return (f"every client refused round(s) {', '.join(map(str, refused_all))}"
+                f" ({next(iter(example.refused.values()))})")
+    return None
 
 
 HEADER = (f"{'round':>5}  {'accuracy':>8}  {'loss':>6}  {'survivors':>9}  {'max eps':>7}"
@@ -201,12 +301,14 @@ def run(args: argparse.Namespace) -> int:
         METRICS_FILENAME,
         PLOT_FILENAME,
         preflight,
+        resume_simulation,
         run_simulation,
     )
 
-    config = config_from_args(args)
+    config = _resume_config(args) if args.resume is not None else config_from_args(args)
     _, codec = preflight(config)  # refuse a bad configuration before printing anything
-    output = args.output_dir or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
+    output = args.resume or args.output_dir or Path("runs") / time.strftime(
+        "simulate-%Y%m%d-%H%M%S")
     privacy = (f"target epsilon {config.target_epsilon:g}" if config.target_epsilon is not None
                else f"noise multiplier {config.noise_multiplier:g}")
     print(f"securefl simulate: {config.num_clients} clients, {config.rounds} rounds,"
@@ -224,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         print("  WARNING: --insecure-reproducible-noise: the DP noise, sampling and rounding"
               " are seeded from --seed; the server can regenerate and remove the noise, so"
               " there is NO differential privacy against it", file=sys.stderr)
-    print(f"  output: {output}")
+    print(f"  output: {output}" + (" (resumed)" if args.resume is not None else ""))
     progress = not args.no_progress and sys.stderr.isatty()
     lines: list[str] = []
 
@@ -243,7 +345,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(line)
         emit(line)
 
-    result = run_simulation(config, output, on_round=on_round, progress=progress)
+    if args.resume is not None:
+        result = resume_simulation(output, on_round=on_round, progress=progress)
+    else:
+        result = run_simulation(config, output, on_round=on_round, progress=progress)
     final = result.metrics["final"]
     prv = final["epsilon_max_prv"]
     print()
@@ -270,4 +375,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output / METRICS_FILENAME}, {output / LEDGER_FILENAME},"
           f" {output / 'checkpoint.pt'}, {output / PLOT_FILENAME}")
     print(f"audit it: securefl audit {output}")
-    return 0
+    incomplete = why_incomplete(result.rounds, config.num_clients)
+    if incomplete is not None:
+        print(f"securefl simulate: {incomplete}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK

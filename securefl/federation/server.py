@@ -81,9 +81,13 @@ class Server:
         optimizer: server optimizer configuration.
         client_ids: every client of the federation (invited to every round).
         mode: secure or plain aggregation.
-        threshold: minimum clients per protocol round (default
-            ``floor(n/2) + 1``).
+        threshold: minimum clients per protocol round (default: the
+            security mode's, :func:`~securefl.protocol.default_threshold`:
+            ``floor(n/2) + 1`` semi-honest, ``floor(2n/3) + 1`` active).
         name: federation name bound into every secure aggregation session.
+        security_mode: the secure aggregation mode the sessions run in (the
+            in-process simulator runs semi-honest sessions; the Flower
+            ServerApp either mode).
 
     Raises:
         ConfigurationError: on a threshold out of 1..n, fewer than two
@@ -93,7 +97,8 @@ class Server:
     def __init__(self, model: nn.Module, codec: FixedPointCodec,
                  optimizer: ServerOptimizerConfig, client_ids: tuple[int, ...], *,
                  mode: AggregationMode = AggregationMode.SECURE,
-                 threshold: int | None = None, name: str = "securefl") -> None:
+                 threshold: int | None = None, name: str = "securefl",
+                 security_mode: SecurityMode = SecurityMode.SEMI_HONEST) -> None:
         self.model = model
         self.codec = codec
         self.optimizer = ServerOptimizer(optimizer)
@@ -103,7 +108,8 @@ class Server:
         n = len(self.client_ids)
         if n < 2:
             raise ConfigurationError(f"a federation needs at least 2 clients, got {n}")
-        self.threshold = default_threshold(n, SecurityMode.SEMI_HONEST) if threshold is None \
+        self.security_mode = SecurityMode(security_mode)
+        self.threshold = default_threshold(n, self.security_mode) if threshold is None \
             else int(threshold)
         if not 1 <= self.threshold <= n:
             raise ConfigurationError(f"threshold must be in 1..{n}, got {self.threshold}")
@@ -144,15 +150,15 @@ class Server:
             if updates.get(cid) is None:
                 drops[cid] = Round.ADVERTISE_KEYS
         if self.mode is AggregationMode.SECURE:
-            decoded, survivors = self._secure(round_number, updates, drops)
-        else:
-            decoded, survivors = self._plain(updates, drops)
+            total, survivors = self._secure(round_number, updates, drops)
+            return self.outcome_from_sum(total, survivors)
+        decoded, survivors = self._plain(updates, drops)
         return AggregateOutcome(average=decoded.average(), survivors=survivors,
                                 weight_total=decoded.weight_total)
 
     def _secure(self, round_number: int,
                 updates: Mapping[int, EncodedUpdate | PlainUpdate | None],
-                drops: dict[int, Round]) -> tuple[DecodedSum, tuple[int, ...]]:
+                drops: dict[int, Round]) -> tuple[np.ndarray, tuple[int, ...]]:
         zeros = np.zeros(self.codec.vector_length, dtype=np.uint64)
         inputs: dict[int, np.ndarray] = {}
         for cid in self.client_ids:
@@ -166,10 +172,31 @@ class Server:
         config = SecAggConfig(
             num_clients=len(self.client_ids), vector_length=self.codec.vector_length,
             bits=self.codec.bits, threshold=self.threshold, client_ids=self.client_ids,
-            context=f"{self.name} round {round_number}".encode(),
+            context=f"{self.name} round {round_number}".encode(), mode=self.security_mode,
         )
         result = secure_sum(inputs, config, drops)
-        return self.codec.decode_sum(result.total), tuple(sorted(result.survivors))
+        return result.total, tuple(sorted(result.survivors))
+
+    def outcome_from_sum(self, total: np.ndarray,
+                         survivors: tuple[int, ...]) -> AggregateOutcome:
+        """The outcome of a secure aggregation run elsewhere (over a network:
+        the Flower ServerApp): decode ``total``, the exact sum mod 2^bits of
+        the survivors' encoded updates, without changing any state.  The one
+        decoding path of secure mode (:meth:`aggregate` uses it too).
+
+        Raises:
+            EncodingError: when ``total`` does not decode (wrong length, a
+                weight total out of range).
+            ConfigurationError: in plain mode, or for unknown survivors.
+        """
+        if self.mode is not AggregationMode.SECURE:
+            raise ConfigurationError("a sum from secure aggregation needs secure mode")
+        unknown = set(survivors) - set(self.client_ids)
+        if unknown:
+            raise ConfigurationError(f"unknown client ids {sorted(unknown)}")
+        decoded = self.codec.decode_sum(total)
+        return AggregateOutcome(average=decoded.average(), survivors=tuple(sorted(survivors)),
+                                weight_total=decoded.weight_total)
 
     def _plain(self, updates: Mapping[int, EncodedUpdate | PlainUpdate | None],
                drops: dict[int, Round]) -> tuple[DecodedSum, tuple[int, ...]]:

@@ -34,8 +34,8 @@ import copy
 import enum
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +50,24 @@ from securefl.errors import (
     EncodingError,
     PrivacyBudgetExceededError,
 )
-from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
     load_digits_federated,
 )
-from securefl.federation.model import evaluate, make_mlp
+from securefl.federation.model import make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
 from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
-from securefl.federation.plots import plot_accuracy
-from securefl.federation.reporting import (
-    client_summary,
-    final_metrics,
-    finite_or_none,
-    ledger_epsilons,
-    write_json_atomic,
+from securefl.federation.round import (
+    METRICS_FILENAME,
+    PLOT_FILENAME,
+    ClientOutcome,
+    ClientRoundReport,
+    RoundRecorder,
+    RoundReport,
 )
 from securefl.federation.server import AggregationMode, Server
-from securefl.privacy.accounting import AccountantKind, HistoryRow
+from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.budget import compose
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
@@ -78,9 +77,10 @@ from securefl.privacy.client import (
     adjacency_for,
     make_private_compatible,
 )
-from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
+from securefl.privacy.ledger import Participation
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
+from securefl.protocol.config import SecurityMode
 
 __all__ = [
     "DEFAULT_TARGET_EPSILON",
@@ -94,11 +94,9 @@ __all__ = [
     "dropout_schedule",
     "load_data",
     "preflight",
+    "resume_simulation",
     "run_simulation",
 ]
-
-METRICS_FILENAME = "metrics.json"
-PLOT_FILENAME = "accuracy_per_round.png"
 
 
 @dataclass(frozen=True)
@@ -187,71 +185,18 @@ class SimulationConfig:
         """The configuration as JSON-ready values."""
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SimulationConfig:
+        """The inverse of :meth:`to_json`.
 
-@dataclass(frozen=True)
-class ClientRoundReport:
-    """One client's part in one round.
-
-    ``status`` is a :class:`Participation`; ``detail`` explains a refusal or
-    an encoding error; ``dropped_at`` is the injected dropout round, if any.
-    Epsilons are stated for the federation's adjacency.  It holds nothing a
-    client keeps to itself (no loss, record count or clip count): only what
-    the server learns anyway.
-    """
-
-    client_id: int
-    status: Participation
-    entered_sum: bool
-    dropped_at: Round | None
-    epsilon_rdp: float
-    epsilon_prv: float | None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """What happened in one round (also one entry of ``metrics.json``)."""
-
-    round: int
-    aborted: bool
-    accuracy: float
-    loss: float
-    survivors: tuple[int, ...]
-    clients: tuple[ClientRoundReport, ...]
-    epsilon_max: float
-    epsilon_max_prv: float | None
-    delta: float
-    seconds: float
-    abort_reason: str = ""
-
-    @property
-    def dropped(self) -> dict[int, str]:
-        """Client id -> protocol round at which it dropped."""
-        return {c.client_id: c.dropped_at.name for c in self.clients if c.dropped_at is not None}
-
-    @property
-    def refused(self) -> dict[int, str]:
-        """Client id -> why it did not take part (budget guard or encoder)."""
-        return {c.client_id: c.detail for c in self.clients
-                if c.status in (Participation.REFUSED_BUDGET, Participation.ENCODING_ERROR)}
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready values for ``metrics.json``."""
-        return {
-            "round": self.round,
-            "aborted": self.aborted,
-            "abort_reason": self.abort_reason,
-            "accuracy": self.accuracy,
-            "loss": self.loss,
-            "epsilon_max": finite_or_none(self.epsilon_max),
-            "epsilon_max_prv": finite_or_none(self.epsilon_max_prv),
-            "delta": self.delta,
-            "survivors": list(self.survivors),
-            "num_survivors": len(self.survivors),
-            "dropped": {str(k): v for k, v in self.dropped.items()},
-            "refused": {str(k): v for k, v in self.refused.items()},
-            "seconds": round(self.seconds, 3),
-        }
+        Raises:
+            ConfigurationError: on unknown keys or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown configuration keys {unknown}")
+        return cls(**dict(data))
 
 
 @dataclass
@@ -333,11 +278,17 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
     return model, codec
 
 
-def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
+def dropout_schedule(config: SimulationConfig,
+                     mode: SecurityMode = SecurityMode.SEMI_HONEST) -> list[dict[int, Round]]:
     """Per round, client id -> the protocol round it drops at.  Each client
     drops with probability ``config.dropout``, at a round drawn uniformly from
     :class:`Round`; drawn from a generator seeded with ``config.seed`` only,
-    so a secure and a plain run see the same schedule."""
+    so a secure and a plain run see the same schedule.
+
+    A semi-honest session has no ``CONSISTENCY_CHECK`` round: a drop drawn
+    there is recorded as what it is in that mode, a drop at ``UNMASKING``
+    (the client answers no round after its masked input; the survivors and
+    every figure are the same, see :func:`securefl.protocol.secure_sum`)."""
     rng = np.random.default_rng([config.seed, 11])
     rounds = list(Round)
     schedule = []
@@ -346,10 +297,17 @@ def dropout_schedule(config: SimulationConfig) -> list[dict[int, Round]]:
         for cid in range(1, config.num_clients + 1):
             u = rng.random()
             where = rounds[int(rng.integers(len(rounds)))]
+            if mode is not SecurityMode.ACTIVE and where is Round.CONSISTENCY_CHECK:
+                where = Round.UNMASKING
             if u < config.dropout:
                 drops[cid] = where
         schedule.append(drops)
     return schedule
+
+
+def _plot_title(config: SimulationConfig, data_name: str) -> str:
+    return (f"{data_name}: {config.num_clients} clients, "
+            f"{'secure aggregation' if config.secure else 'plain summation'}")
 
 
 def run_simulation(
@@ -360,40 +318,47 @@ def run_simulation(
     model: torch.nn.Module | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> SimulationResult:
     """Run a whole federation and write its artefacts to ``output_dir``:
-    ``ledger.jsonl``, ``checkpoint.pt``, ``metrics.json`` and
-    ``accuracy_per_round.png``.
+    ``run.sqlite`` (the run store, :mod:`securefl.federation.runstore`) and
+    its exports ``ledger.jsonl``, ``checkpoint.pt`` and ``metrics.json``,
+    and ``accuracy_per_round.png`` (see :class:`RoundRecorder`).
 
     Sets ``torch.set_num_threads(1)`` (many tiny models train in turn; more
     threads only add contention).
 
     Args:
         config: the federation.
-        output_dir: created if needed; must not hold a ledger already (a
-            ledger is append-only and belongs to one federation).
+        output_dir: created if needed; must not hold a ledger or a run store
+            already (a ledger is append-only and belongs to one federation),
+            unless ``resume``.
         data: a ready-made federated data set (default: ``config.dataset``).
         model: the initial global model (default: an MLP, see :func:`preflight`);
             the federation trains an Opacus-compatible copy, returned in the
-            result.
+            result.  On resume: the same architecture (its weights are
+            replaced by the committed ones).
         on_round: called with every round's report as soon as it is settled.
         progress: show a tqdm progress bar over rounds.
+        resume: continue the run in ``output_dir`` (see
+            :func:`resume_simulation`); ``config`` must be the run's own.
 
     Raises:
         ConfigurationError: on an invalid configuration (before any training),
-            or when ``output_dir`` already holds a ledger.
+            or when ``output_dir`` already holds a ledger or a run (without
+            ``resume``).
+        ResumeMismatchError: on resume, ``config`` differs from the run's
+            (:class:`~securefl.federation.runstore.ResumeMismatchError`,
+            naming the keys).
+        RunStoreError: on resume, ``output_dir`` holds no run store, or its
+            ``ledger.jsonl`` is not a prefix of the store's ledger.
         EncodingError: when the bit budget cannot hold the sum (before any
             training).
     """
     torch.set_num_threads(1)
-    started = time.perf_counter()
     out = Path(output_dir)
-    ledger = PrivacyLedger(out / LEDGER_FILENAME)
-    if ledger.path.exists():
-        raise ConfigurationError(
-            f"{ledger.path} already exists; a ledger is append-only and belongs to one"
-            " federation: choose a fresh output directory"
-        )
+    if not resume:
+        RoundRecorder.check_fresh(out)
     data = data if data is not None else load_data(config)
     if len(data.clients) != config.num_clients:
         raise ConfigurationError(
@@ -403,10 +368,7 @@ def run_simulation(
     dp = config.dp_config()
     # the caller's model is never changed: the federation trains a copy
     model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
-    out.mkdir(parents=True, exist_ok=True)
     ids = tuple(range(1, config.num_clients + 1))
-    max_weight = codec.max_weight
-    frac_bits = codec.frac_bits
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     server = Server(
         model, codec,
@@ -421,66 +383,61 @@ def run_simulation(
                       weighting=config.weighting)
         for cid, (x, y) in zip(ids, data.clients, strict=True)
     ]
-    schedule = dropout_schedule(config)
-    x_test, y_test = data.test
-    reports: list[RoundReport] = []
-    last_eval = evaluate(model, x_test, y_test)
-    completed = 0
+    schedule = dropout_schedule(config)  # the simulator runs semi-honest sessions
+    title = _plot_title(config, data.name)
+    if resume:
+        recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
+                                        secure=config.secure, plot_title=title)
+    else:
+        recorder = RoundRecorder.create(out, config=config, server=server, data_name=data.name,
+                                        test=data.test, secure=config.secure, plot_title=title,
+                                        driver_state={"schedule_position": 0})
+    try:
+        by_id = {c.client_id: c for c in clients}
+        interrupted = recorder.settle_interrupted(
+            others=Participation.REFUSED_BUDGET,
+            detail="refused (budget guard) in the interrupted round",
+            idle=lambda cid: (by_id[cid].noise_multiplier, by_id[cid].sample_rate, 0))
+        # every client's accountant continues from its committed history
+        for client in clients:
+            history = recorder.client_states.get(client.client_id, {}).get("history", [])
+            client.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+        if interrupted is not None and on_round is not None:
+            on_round(interrupted)
+        _run_rounds(config, recorder, server, clients, schedule, codec, mode,
+                    on_round=on_round, progress=progress)
+        summaries = {
+            client.client_id: {"noise_multiplier": client.noise_multiplier,
+                               "sample_rate": client.sample_rate,
+                               "steps_per_round": client.steps_per_round,
+                               "epsilon_budget": dp.epsilon_budget}
+            for client in clients}
+        metrics = recorder.finish(summaries)
+    finally:
+        recorder.close()
+    return SimulationResult(metrics=metrics, rounds=list(recorder.reports), model=model,
+                            output_dir=out, clients=clients)
 
-    def checkpoint(round_number: int, survivors: tuple[int, ...]) -> None:
-        save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
-                        model_state={k: v.clone() for k, v in model.state_dict().items()},
-                        optimizer_state=server.optimizer.state_dict(),
-                        extra={"config": config.to_json(), "survivors": list(survivors),
-                               "ledger": ledger_anchor()})
 
-    def ledger_anchor() -> dict[str, Any]:
-        # the ledger's last settled round and chain head, which `securefl
-        # audit` cross-checks against the ledger
-        return {"round": ledger.settled_round, "head": ledger.settled_head}
-
-    def ledger_row(client: PrivateClient, round_number: int, status: Participation,
-                   steps: int, history: list[HistoryRow], *, entered_sum: bool = False,
-                   survivors: int = 0, dropped_at: Round | None = None) -> LedgerEntry:
-        # in-flight and settled rows alike carry the run's noise source,
-        # adjacency and weighting, and the epsilons stated for that adjacency
-        return LedgerEntry(
-            round=round_number, client_id=client.client_id, status=status.value,
-            entered_sum=entered_sum, noise_multiplier=client.noise_multiplier,
-            sample_rate=client.sample_rate, local_steps=steps, delta=config.delta,
-            **ledger_epsilons(history, config.delta, config.adjacency),
-            accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
-            survivors=survivors, dropped_at=dropped_at.name if dropped_at is not None else None,
-            history=[list(r) for r in history], secure_aggregation=config.secure,
-            noise_source=client.noise_source.value, adjacency=config.adjacency.value,
-            weighting=config.weighting.value,
-        )
-
-    ledger.create()
-    checkpoint(0, ())  # the initial global model: round 0
-    iterator: Any = range(1, config.rounds + 1)
+def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Server,
+                clients: list[PrivateClient], schedule: list[dict[int, Round]],
+                codec: FixedPointCodec, mode: AggregationMode, *,
+                on_round: Callable[[RoundReport], None] | None, progress: bool) -> None:
+    """The rounds still to run: one per entry of the dropout schedule after
+    the committed position (a round interrupted by a crash re-runs its
+    schedule entry under the next round number)."""
+    position = int(recorder.driver_state.get("schedule_position", 0))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(iterator, desc="rounds", unit="round", leave=False, dynamic_ncols=True)
-        iterator = bar
-
-    def metrics_doc(final: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "config": {**config.to_json(), "frac_bits_used": frac_bits,
-                       "max_weight": max_weight, "threshold_used": server.threshold},
-            "data": {"name": data.name, "test_size": len(y_test)},
-            "rounds": [r.to_json() for r in reports],
-            "ledger": ledger_anchor(),
-            "final": final,
-        }
-
-    write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))  # round 0
-    for round_number in iterator:
+        bar = tqdm(total=config.rounds, initial=position, desc="rounds", unit="round",
+                   leave=False, dynamic_ncols=True)
+    while position < config.rounds:
+        round_number = recorder.next_round
         t0 = time.perf_counter()
         global_params = server.global_parameters()
-        drops = schedule[round_number - 1]
+        drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
         training: list[PrivateClient] = []
@@ -494,13 +451,11 @@ def run_simulation(
                 continue
             training.append(client)
         # the spend is durable before any data is touched: in-flight rows,
-        # charging the steps each client is about to take, fsynced
-        if training:
-            ledger.begin_round(round_number, [
-                ledger_row(client, round_number, Participation.IN_FLIGHT,
-                           client.steps_per_round,
-                           compose(client.history, client.planned_round()))
-                for client in training])
+        # charging the steps each client is about to take, committed
+        recorder.begin(round_number, {
+            client.client_id: (client.planned_round()[0],
+                               compose(client.history, client.planned_round()))
+            for client in training})
         crash_point("after-in-flight", round_number)
         for client in training:
             cid = client.client_id
@@ -529,80 +484,57 @@ def run_simulation(
         except AbortError as exc:
             outcome = None
             abort_reason = str(exc)
-
-        survivors = outcome.survivors if outcome is not None else ()
-        client_reports = []
-        rows = []
-        for client in clients:
-            cid = client.client_id
-            entry = info[cid]
-            status = entry["status"]
-            if status is None:
-                if outcome is None:
-                    status = Participation.ROUND_ABORTED
-                elif cid in survivors:
-                    status = Participation.INCLUDED
-                else:
-                    status = Participation.DROPPED
-            dropped_at = drops.get(cid) if updates.get(cid) is not None else None
-            row = ledger_row(client, round_number, status, entry["steps"], client.history,
-                             entered_sum=cid in survivors, survivors=len(survivors),
-                             dropped_at=dropped_at)
-            rows.append(row)
-            client_reports.append(ClientRoundReport(
-                client_id=cid, status=status, entered_sum=cid in survivors,
-                dropped_at=dropped_at, epsilon_rdp=row.epsilon_rdp,
-                epsilon_prv=row.epsilon_prv, detail=entry["detail"],
-            ))
-
-        if outcome is not None:
-            server.apply(outcome)
-            last_eval = evaluate(model, x_test, y_test)
-            completed += 1
-        # settled at once, aborted or not; then the checkpoint for this round
-        ledger.settle_round(round_number, rows)
-        crash_point("after-ledger", round_number)
-        checkpoint(round_number, survivors)
-
-        eps_values = [c.epsilon_rdp for c in client_reports]
-        prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
-        report = RoundReport(
-            round=round_number, aborted=outcome is None, accuracy=last_eval.accuracy,
-            loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
-            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta,
-            seconds=time.perf_counter() - t0, abort_reason=abort_reason,
-        )
-        reports.append(report)
-        write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+        outcomes = [
+            ClientOutcome(client.client_id,
+                          (client.noise_multiplier, client.sample_rate,
+                           info[client.client_id]["steps"]),
+                          client.history, status=info[client.client_id]["status"],
+                          dropped_at=drops.get(client.client_id)
+                          if updates.get(client.client_id) is not None else None,
+                          detail=info[client.client_id]["detail"])
+            for client in clients]
+        position += 1
+        report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
+                                 started=t0, driver_state={"schedule_position": position})
         if bar is not None:
+            bar.update(1)
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")
         if on_round is not None:
             on_round(report)
-
     if bar is not None:
         bar.close()
 
-    client_summaries = [
-        client_summary(client.client_id, client.history, config.delta,
-                       adjacency=config.adjacency,
-                       noise_multiplier=client.noise_multiplier,
-                       sample_rate=client.sample_rate, steps_per_round=client.steps_per_round,
-                       epsilon_budget=dp.epsilon_budget)
-        for client in clients
-    ]
-    final = final_metrics(last_eval, client_summaries, reports, delta=config.delta,
-                          accountant=config.accountant.value, planned_rounds=config.rounds,
-                          completed=completed, secure=config.secure,
-                          wall_seconds=time.perf_counter() - started,
-                          adjacency=config.adjacency.value, weighting=config.weighting.value,
-                          noise_source=dp.noise_source.value)
-    metrics = metrics_doc(final)
-    write_json_atomic(out / METRICS_FILENAME, metrics)
-    plot_accuracy(out / PLOT_FILENAME, [r.round for r in reports],
-                  [r.accuracy for r in reports], [r.epsilon_max for r in reports],
-                  aborted=[r.round for r in reports if r.aborted],
-                  title=f"{data.name}: {config.num_clients} clients, "
-                        f"{'secure aggregation' if config.secure else 'plain summation'}")
-    return SimulationResult(metrics=metrics, rounds=reports, model=model, output_dir=out,
-                            clients=clients)
+
+def resume_simulation(
+    output_dir: str | os.PathLike[str],
+    *,
+    data: FederatedData | None = None,
+    model: torch.nn.Module | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+    progress: bool = False,
+) -> SimulationResult:
+    """Continue the run in ``output_dir`` from its last committed round,
+    with the configuration recorded in its run store: the global model, the
+    server optimizer state, every client's accountant history (so its
+    budget guard and epsilon continue: they never reset), the position in
+    the dropout schedule and the ledger are restored; a round found in flight
+    is settled as aborted (its charge kept) and re-run under the next round
+    number; rounds committed before the crash are not repeated.  DP noise,
+    sampling and rounding are fresh (``os.urandom``), as in any round.
+
+    Args:
+        output_dir: a run directory written by :func:`run_simulation`.
+        data: the run's federated data (default: its ``config.dataset``).
+        model: the run's model architecture (default: its MLP); the
+            committed weights replace its own.
+        on_round: called with every round's report as soon as it is
+            settled (the interrupted round's too).
+        progress: show a tqdm progress bar over rounds.
+
+    Raises:
+        RunStoreError: when ``output_dir`` holds no run store.
+        ConfigurationError: see :func:`run_simulation`.
+    """
+    config = SimulationConfig.from_json(RoundRecorder.stored_config(output_dir))
+    return run_simulation(config, output_dir, data=data, model=model, on_round=on_round,
+                          progress=progress, resume=True)

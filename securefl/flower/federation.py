@@ -31,8 +31,23 @@ default), ``sample-rate`` (public Poisson rate, default 0.5), ``local-epochs``
 nodes refuse it), ``mode`` (``semi-honest``/``active``; empty: active when
 ``pinned-keys`` is set, else semi-honest), ``round-timeout`` (seconds),
 ``pinned-keys`` (path, active mode), ``output-dir`` (required: where the
-artefacts go).  What a node accepts is decided by the node's own policy
+artefacts go; the example's ServerApp picks a fresh directory when it is
+empty, see :mod:`securefl.flower.runner`), ``federation-id`` (the name under
+which each node keeps its DP accountant on its own disk; set it to make a run
+resumable) and ``resume`` (bool: continue the run in ``output-dir``).  What a
+node accepts is decided by the node's own policy
 (:mod:`securefl.flower.policy`), not by this run config.
+
+Resume: a new Flower run with ``resume = true``, the same ``output-dir``,
+``federation-id`` and run config reopens the run store, restores the global
+model and server optimizer of the last committed round and every client's
+charged history, settles a round found in flight as aborted (its in-flight
+charges kept: those nodes may have trained) and runs the rounds of work that
+remain, so that ``num-rounds`` rounds of work are done in all.  The
+ServerApp prints the per-round table of ``securefl simulate`` (``flwr run
+--stream`` shows it) and raises :class:`FederationIncompleteError` when no
+round completed or every client refused a round, so that Flower records the
+run as failed.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,25 +64,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
-from securefl.errors import AbortError, ConfigurationError
-from securefl.federation.checkpoint import CHECKPOINT_FILENAME, save_checkpoint
-from securefl.federation.model import evaluate
+from securefl.cli.simulate import HEADER, format_round, why_incomplete
+from securefl.durable import atomic_write
+from securefl.errors import AbortError, ConfigurationError, SecureFLError
 from securefl.federation.optimizers import ServerOptimizerConfig
-from securefl.federation.reporting import (
-    client_summary,
-    final_metrics,
-    ledger_epsilons,
-    write_json_atomic,
-)
-from securefl.federation.server import AggregateOutcome, AggregationMode, Server
-from securefl.federation.simulation import (
-    METRICS_FILENAME,
-    ClientRoundReport,
-    RoundReport,
-    SimulationConfig,
-    load_data,
-    preflight,
-)
+from securefl.federation.round import ClientOutcome, RoundRecorder, RoundReport
+from securefl.federation.runstore import ResumeMismatchError
+from securefl.federation.server import AggregationMode, Server
+from securefl.federation.simulation import SimulationConfig, load_data, preflight
 from securefl.flower.client_train import run_values, train_private_client
 from securefl.flower.keys import load_pinned_keys
 from securefl.flower.setup import Stage
@@ -79,13 +83,13 @@ from securefl.flower.workflow import (
 from securefl.privacy.accounting import HistoryRow
 from securefl.privacy.budget import compose
 from securefl.privacy.client import calibrated_noise_multiplier
-from securefl.privacy.ledger import LEDGER_FILENAME, LedgerEntry, Participation, PrivacyLedger
 from securefl.protocol.config import Round, SecurityMode
 from securefl.strictjson import sanitize
 
 __all__ = [
     "EVENTS_FILENAME",
     "SUMS_FILENAME",
+    "FederationIncompleteError",
     "run_federation",
     "simulation_config",
     "train_private_client",
@@ -94,6 +98,11 @@ __all__ = [
 SUMS_FILENAME = "sums.npz"
 EVENTS_FILENAME = "events.jsonl"
 _REFUSED = "node policy refused the setup: "
+
+
+class FederationIncompleteError(SecureFLError):
+    """The federation ran to its end, recorded, but no round completed or
+    every client refused some round (the message says which and why)."""
 
 
 def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
@@ -109,25 +118,43 @@ def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
 # -- the ServerApp ---------------------------------------------------------------------
 
 
+def _round_json(report: RoundReport) -> dict[str, Any]:
+    """A Flower round's ``metrics.json`` entry: the simulator's, and the nodes
+    whose policy refused the session setup."""
+    return {**report.to_json(),
+            "refused_setup": {str(c.client_id): c.detail.removeprefix(_REFUSED)
+                              for c in report.clients if c.detail.startswith(_REFUSED)}}
+
+
 def run_federation(grid: Grid, context: Context) -> None:
     """The ServerApp's ``main``: run ``num-rounds`` rounds of private
-    federated training with secure aggregation over ``grid``.
+    federated training with secure aggregation over ``grid``, recorded by
+    :class:`~securefl.federation.round.RoundRecorder` (the simulator's
+    recorder: the same run store, ledger, checkpoint and ``metrics.json``).
+
+    With run config ``resume = true`` it continues the run in
+    ``output-dir`` instead (see the module docstring).
 
     Raises:
-        ConfigurationError: bad run config, or ``output-dir`` already holds
-            a ledger.
+        ConfigurationError: bad run config, ``output-dir`` already holds a
+            ledger or a run (and ``resume`` is not set), or ``resume`` of a
+            run that was started without ``federation-id``.
+        ResumeMismatchError: ``resume`` with another run config (the keys
+            that differ are named), security mode or ``federation-id``.
+        RunStoreError: ``resume`` of a directory that holds no run store.
+        FederationIncompleteError: no round completed, or every client
+            refused some round.
     """
     torch.set_num_threads(1)
-    started = time.perf_counter()
     run_config = context.run_config
     config = simulation_config(run_config)
     if not run_config.get("output-dir"):
         raise ConfigurationError("set run config output-dir")
     out = Path(str(run_config["output-dir"]))
-    out.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger(out / LEDGER_FILENAME)
-    if ledger.path.exists():
-        raise ConfigurationError(f"{ledger.path} already exists: choose a fresh output-dir")
+    resume = bool(run_config.get("resume", False))
+    federation_id = str(run_config.get("federation-id", "") or "")
+    if not resume:
+        RoundRecorder.check_fresh(out)
     if run_config.get("reproducible-rounding", False):
         raise ConfigurationError("reproducible-rounding was removed: every node rounds with"
                                  " randomness from its own OS CSPRNG")
@@ -146,19 +173,98 @@ def run_federation(grid: Grid, context: Context) -> None:
             raise ConfigurationError("active mode: set run config pinned-keys")
         pinned = load_pinned_keys(str(run_config["pinned-keys"]))
     data = load_data(config)
-    dp = config.dp_config()
     model, codec = preflight(config, data)
     ids = tuple(range(1, config.num_clients + 1))
+    # the sessions' security mode sets the default threshold, so that the
+    # recorded threshold_used is the one the sessions run with
     server = Server(model, codec, ServerOptimizerConfig(
         kind=config.server_optimizer, lr=config.server_lr, momentum=config.server_momentum),
         ids, mode=AggregationMode.SECURE, threshold=config.threshold,
-        name=f"securefl flower seed {config.seed}")
-    events = out / EVENTS_FILENAME
+        name=f"securefl flower seed {config.seed}", security_mode=mode)
+    if resume:
+        recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
+                                        secure=True, round_json=_round_json)
+    else:
+        recorder = RoundRecorder.create(
+            out, config=config, server=server, data_name=data.name, test=data.test,
+            secure=True, config_extra={"runtime": "flower", "security_mode": mode.value},
+            round_json=_round_json,
+            driver_state={"known": {}, "position": 0, "federation_id": federation_id})
+    try:
+        if resume:
+            _check_resumable(recorder, mode, federation_id)
+        emit = _emit
+        emit(HEADER)
+        if resume:
+            for report in recorder.reports:
+                emit(format_round(report, len(ids)))
+            interrupted = recorder.settle_interrupted(
+                detail="not sent the masked-input stage before the interruption")
+            if interrupted is not None:
+                emit(format_round(interrupted, len(ids)))
+        _run_rounds(grid, run_config, config, recorder, server, codec, mode, pinned, emit)
+    finally:
+        recorder.close()
+    incomplete = why_incomplete(recorder.reports, len(ids))
+    if incomplete is not None:
+        raise FederationIncompleteError(f"{out}: {incomplete}")
 
+
+def _emit(line: str) -> None:
+    """Print a line of the per-round table (the ServerApp's stdout is what
+    ``flwr run --stream`` shows)."""
+    print(line, flush=True)
+
+
+def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id: str) -> None:
+    """Refuse to resume with another security mode or federation id, or a
+    run started without a federation id (its nodes keep their accountants
+    under the old Flower run id, which a new run does not have: they would
+    refuse to train)."""
+    stored_mode = recorder.store.metrics_header.get("config", {}).get("security_mode")
+    if stored_mode != mode.value:
+        raise ResumeMismatchError(f"{recorder.out}: the run used security mode {stored_mode!r},"
+                                  f" not {mode.value!r}", ["mode"])
+    stored_id = str(recorder.driver_state.get("federation_id", "") or "")
+    if not stored_id:
+        raise ConfigurationError(
+            f"{recorder.out}: the run was started without run config federation-id, so its"
+            " nodes keep their DP accountants under its Flower run id and would refuse a"
+            " resumed run; start runs with federation-id set to make them resumable")
+    if federation_id != stored_id:
+        raise ResumeMismatchError(f"{recorder.out}: the run's federation-id is {stored_id!r},"
+                                  f" not {federation_id!r}", ["federation-id"])
+
+
+def _load_sums(recorder: RoundRecorder) -> dict[str, np.ndarray]:
+    """The exact sums of the committed, completed rounds (``sums.npz`` may
+    hold the sum of a round whose commit never happened: it is left out)."""
+    path = recorder.out / SUMS_FILENAME
+    keep = {f"round_{r.round}" for r in recorder.reports if not r.aborted}
+    if not path.exists() or not keep:
+        return {}
+    with np.load(path) as data:
+        return {k: np.array(data[k]) for k in data.files if k in keep}
+
+
+def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationConfig,
+                recorder: RoundRecorder, server: Server, codec: Any, mode: SecurityMode,
+                pinned: Any, emit: Callable[[str], None]) -> None:
+    """The rounds of work still to do: ``num-rounds`` minus those settled
+    (a round settled as interrupted did no work: it is done again under the
+    next round number)."""
+    dp = config.dp_config()
+    ids = server.client_ids
+    out = recorder.out
+    events = out / EVENTS_FILENAME
     # the privacy each client has been charged so far, by the server: its
     # reported steps, or the planned steps of a round it may have trained in
-    charged: dict[int, list[HistoryRow]] = {cid: [] for cid in ids}
-    in_flight: dict[int, LedgerEntry] = {}  # this round's in-flight rows
+    charged: dict[int, list[HistoryRow]] = {
+        cid: [tuple(r) for r in recorder.client_states.get(cid, {}).get("history", [])]  # type: ignore[misc]
+        for cid in ids}
+    # the last DP metrics each client forwarded
+    known: dict[int, dict[str, Any]] = {
+        int(k): dict(v) for k, v in recorder.driver_state.get("known", {}).items()}
 
     def planned(cid: int) -> HistoryRow:
         """The (sigma, q, steps) client ``cid`` is about to train with: as it
@@ -172,80 +278,34 @@ def run_federation(grid: Grid, context: Context) -> None:
         return (calibrated_noise_multiplier(dp, config.adjacency), float(dp.sample_rate),
                 dp.steps_per_round)
 
-    def ledger_row(cid: int, round_number: int, status: Participation,
-                   row: HistoryRow, history: list[HistoryRow], *, survivors: int = 0,
-                   where: Round | None = None) -> LedgerEntry:
-        # in-flight and settled rows alike carry the run's noise source,
-        # adjacency and weighting, and the epsilons stated for that adjacency
-        return LedgerEntry(
-            round=round_number, client_id=cid, status=status.value,
-            entered_sum=status is Participation.INCLUDED, noise_multiplier=row[0],
-            sample_rate=row[1], local_steps=row[2], delta=config.delta,
-            **ledger_epsilons(history, config.delta, config.adjacency),
-            accountant=config.accountant.value, epsilon_budget=dp.epsilon_budget,
-            survivors=survivors, dropped_at=where.name if where is not None else None,
-            history=[list(r) for r in history], secure_aggregation=True,
-            noise_source=dp.noise_source.value, adjacency=config.adjacency.value,
-            weighting=config.weighting.value)
-
     def on_event(fl_round: int, stage: str, detail: dict[str, Any]) -> None:
-        if stage == Stage.MASKED_INPUT_COLLECTION.value and not in_flight:
+        if stage == Stage.MASKED_INPUT_COLLECTION.value and not recorder.in_flight:
             # the next message makes these nodes train: charge them first
+            charges = {}
             for cid in sorted(int(c) for c in detail.get("to", [])):
                 row = planned(cid)
-                in_flight[cid] = ledger_row(cid, fl_round, Participation.IN_FLIGHT, row,
-                                            compose(charged[cid], [row]))
-            ledger.begin_round(fl_round, [in_flight[c] for c in sorted(in_flight)])
+                charges[cid] = (row, compose(charged[cid], [row]))
+            recorder.begin(fl_round, charges)
         with open(events, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(sanitize({"round": fl_round, "stage": stage,
                                               "time": time.time(), **detail}),
                                     allow_nan=False) + "\n")
 
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
-        mode=mode, threshold=config.threshold,
+        mode=mode, threshold=server.threshold,
         timeout=float(run_config.get("round-timeout", 120.0)),
         pinned_keys=pinned, federation=server.name,
         authenticated_channels=bool(run_config.get("authenticated-channels", False)),
         allow_unauthenticated_semi_honest=bool(
             run_config.get("allow-unauthenticated-semi-honest", False))), codec, on_event=on_event)
 
-    x_test, y_test = data.test
-    last_eval = evaluate(model, x_test, y_test)
-    known: dict[int, dict[str, Any]] = {}  # last DP metrics each client forwarded
-    reports: list[RoundReport] = []
-    sums: dict[str, np.ndarray] = {}
-    completed = 0
-
-    def checkpoint(round_number: int, survivors: tuple[int, ...]) -> None:
-        save_checkpoint(out / CHECKPOINT_FILENAME, round=round_number,
-                        model_state={k: v.clone() for k, v in model.state_dict().items()},
-                        optimizer_state=server.optimizer.state_dict(),
-                        extra={"config": config.to_json(), "survivors": list(survivors),
-                               "ledger": ledger_anchor()})
-
-    def ledger_anchor() -> dict[str, Any]:
-        return {"round": ledger.settled_round, "head": ledger.settled_head}
-
-    def metrics_doc(final: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "config": {**config.to_json(), "frac_bits_used": codec.frac_bits,
-                       "max_weight": codec.max_weight, "threshold_used": server.threshold,
-                       "runtime": "flower", "security_mode": mode.value},
-            "data": {"name": data.name, "test_size": len(y_test)},
-            "rounds": [{**r.to_json(),
-                        "refused_setup": {str(c.client_id): c.detail.removeprefix(_REFUSED)
-                                          for c in r.clients if c.detail.startswith(_REFUSED)}}
-                       for r in reports],
-            "ledger": ledger_anchor(),
-            "final": final,
-        }
-
-    ledger.create()
-    checkpoint(0, ())
-    write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
-    for round_number in range(1, config.rounds + 1):
+    sums = _load_sums(recorder)
+    driver = dict(recorder.driver_state)
+    position = int(driver.get("position", recorder.next_round - 1))
+    while position < config.rounds:
+        round_number = recorder.next_round
         t0 = time.perf_counter()
-        in_flight.clear()
+        recorder.in_flight = {}
         arrays = ArrayRecord([p.detach().cpu().numpy() for p in server.global_parameters()])
         abort_reason = ""
         result: FlowerRoundResult | None
@@ -258,17 +318,11 @@ def run_federation(grid: Grid, context: Context) -> None:
         survivors = result.survivors if result is not None else ()
         trained = dict(result.dp_metrics) if result is not None else {}
         dropped = result.dropped_at(mode) if result is not None else {}
-        client_reports: list[ClientRoundReport] = []
-        rows: list[LedgerEntry] = []
+        in_flight = recorder.in_flight
+        outcomes: list[ClientOutcome] = []
         for cid in ids:
             if cid in trained:
                 known[cid] = trained[cid]
-            if cid in survivors:
-                status = Participation.INCLUDED
-            elif result is None and cid in in_flight:
-                status = Participation.ROUND_ABORTED
-            else:
-                status = Participation.DROPPED
             where: Round | None = dropped.get(cid)
             if result is not None and cid not in result.invited:
                 where = Round.ADVERTISE_KEYS
@@ -287,47 +341,30 @@ def run_federation(grid: Grid, context: Context) -> None:
                 row = (float(last.get("dp-noise-multiplier", 0.0)),
                        float(last.get("dp-sample-rate", 0.0)), 0)
             charged[cid] = compose(charged[cid], [row])
-            entry = ledger_row(cid, round_number, status, row, charged[cid],
-                               survivors=len(survivors), where=where)
-            rows.append(entry)
-            client_reports.append(ClientRoundReport(
-                client_id=cid, status=status, entered_sum=cid in survivors, dropped_at=where,
-                epsilon_rdp=entry.epsilon_rdp, epsilon_prv=entry.epsilon_prv,
+            # status derived by the recorder: included, round-aborted (in
+            # flight when the round aborted) or dropped
+            outcomes.append(ClientOutcome(
+                cid, row, charged[cid], dropped_at=where,
                 detail=_REFUSED + result.refused[cid] if result is not None
                 and cid in result.refused else ""))
+        outcome = None
         if result is not None:
-            server.apply(AggregateOutcome(average=result.decoded.average(), survivors=survivors,
-                                          weight_total=result.decoded.weight_total))
-            last_eval = evaluate(model, x_test, y_test)
-            completed += 1
+            # the server's one decoding path (Server.outcome_from_sum)
+            outcome = server.outcome_from_sum(result.total, survivors)
             sums[f"round_{round_number}"] = result.total
-            np.savez(out / SUMS_FILENAME, **sums)
-        ledger.settle_round(round_number, rows)  # at once, aborted or not
-        checkpoint(round_number, survivors)
-        eps_values = [c.epsilon_rdp for c in client_reports]
-        prv_values = [c.epsilon_prv for c in client_reports if c.epsilon_prv is not None]
-        reports.append(RoundReport(
-            round=round_number, aborted=result is None, accuracy=last_eval.accuracy,
-            loss=last_eval.loss, survivors=survivors, clients=tuple(client_reports),
-            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
-            delta=config.delta,
-            seconds=time.perf_counter() - t0, abort_reason=abort_reason,
-        ))
-        write_json_atomic(out / METRICS_FILENAME, metrics_doc(None))
+            atomic_write(out / SUMS_FILENAME,
+                         lambda handle: np.savez(handle, **sums))  # type: ignore[arg-type]
+        position += 1
+        driver.update(known={str(k): v for k, v in known.items()}, position=position)
+        report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
+                                 started=t0, driver_state=driver)
+        emit(format_round(report, len(ids)))
 
-    summaries = [
-        client_summary(cid, charged[cid], config.delta,
-                       adjacency=config.adjacency,
-                       noise_multiplier=known.get(cid, {}).get("dp-noise-multiplier"),
-                       sample_rate=known.get(cid, {}).get("dp-sample-rate"),
-                       epsilon_budget=dp.epsilon_budget)
+    summaries = {
+        cid: {"noise_multiplier": known.get(cid, {}).get("dp-noise-multiplier"),
+              "sample_rate": known.get(cid, {}).get("dp-sample-rate"),
+              "epsilon_budget": dp.epsilon_budget}
         for cid in ids
-    ]
-    final = final_metrics(
-        last_eval, summaries, reports, delta=config.delta, accountant=config.accountant.value,
-        planned_rounds=config.rounds, completed=completed, secure=True,
-        wall_seconds=time.perf_counter() - started,
-        adjacency=config.adjacency.value, weighting=config.weighting.value,
-        noise_source=dp.noise_source.value,
-        sums_sha256={k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sums.items()})
-    write_json_atomic(out / METRICS_FILENAME, metrics_doc(final))
+    }
+    recorder.finish(summaries, sums_sha256={k: hashlib.sha256(v.tobytes()).hexdigest()
+                                            for k, v in sums.items()})

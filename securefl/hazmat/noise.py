@@ -76,10 +76,11 @@ class PoissonTable:
         distance_bound: upper bound on the total-variation distance between
             the law this table samples and the exact Poisson(mean).
         guide: a speed-up only (the result is the same as a binary search):
-            ``guide[b]`` is the number of thresholds below ``b << shift``, so
-            a word whose top bits are ``b`` maps to ``guide[b]`` at once when
-            ``guide[b] == guide[b + 1]``.
-        shift: ``64 - log2(len(guide) - 1)``.
+            with ``g[b]`` the number of thresholds below ``b << shift``, a
+            word whose top bits are ``b`` has index ``g[b]`` when
+            ``g[b] == g[b + 1]``; ``guide[b]`` is that index, or -1 when the
+            bucket holds a threshold (then the thresholds are searched).
+        shift: ``64 - log2(len(guide))``.
     """
 
     mean: float
@@ -89,15 +90,19 @@ class PoissonTable:
     guide: np.ndarray
     shift: int
 
+    def indices(self, words: np.ndarray) -> np.ndarray:
+        """``k`` (int32) with ``C[k-1] <= word < C[k]`` for uniform uint64
+        ``words``: the sampled value is ``offset + k``."""
+        idx = self.guide[words >> np.uint64(self.shift)]
+        ambiguous = np.flatnonzero(idx < 0)
+        if len(ambiguous):
+            idx[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
+        return idx
+
     def lookup(self, words: np.ndarray) -> np.ndarray:
         """The sampled values (int64) for uniform uint64 ``words``: value
         ``offset + k`` where ``C[k-1] <= word < C[k]``."""
-        top = words >> np.uint64(self.shift)
-        idx = self.guide[top]
-        ambiguous = np.flatnonzero(idx != self.guide[top + np.uint64(1)])
-        if len(ambiguous):
-            idx[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
-        out = idx.astype(np.int64)
+        out = self.indices(words).astype(np.int64)
         out += self.offset
         return out
 
@@ -160,8 +165,9 @@ def poisson_table(mean: float) -> PoissonTable:
     guide_bits = min(20, max(8, (n - 1).bit_length() + 5))
     shift = 64 - guide_bits
     starts = np.arange((1 << guide_bits) + 1, dtype=np.uint64) << np.uint64(shift)
-    guide = np.searchsorted(thresholds, starts, side="left").astype(np.int32)
-    guide[-1] = len(thresholds)  # the last start wrapped to 0; no threshold reaches 2^64
+    below = np.searchsorted(thresholds, starts, side="left").astype(np.int32)
+    below[-1] = len(thresholds)  # the last start wrapped to 0; no threshold reaches 2^64
+    guide = np.where(below[:-1] == below[1:], below[:-1], np.int32(-1)).astype(np.int32)
     return PoissonTable(lam, lo + first, thresholds, bound, guide, shift)
 
 
@@ -235,10 +241,15 @@ def skellam(variance: float, size: int, key: bytes) -> np.ndarray:
     part, parts = _split_mean(v / 2)
     words = uniform_words(key, 2 * size * parts)
     half = size * parts
+    table = poisson_table(part)
+    if parts == 1:
+        # X - Y: the tables' common offset cancels; int32 indices differ by < 2^31
+        idx = table.indices(words)
+        return (idx[:size] - idx[size:]).astype(np.int64)
     out = np.zeros(size, dtype=np.int64)
     for i in range(parts):
-        out += _poisson_from_words(part, words[i * size:(i + 1) * size])
-        out -= _poisson_from_words(part, words[half + i * size:half + (i + 1) * size])
+        out += table.indices(words[i * size:(i + 1) * size])
+        out -= table.indices(words[half + i * size:half + (i + 1) * size])
     return out
 
 

@@ -54,8 +54,11 @@ __all__ = [
     "LedgerEntry",
     "Participation",
     "PrivacyLedger",
+    "encode_block",
     "entries_by_client",
+    "header_line",
     "load_ledger",
+    "parse_ledger",
     "read_ledger",
     "record_digest",
 ]
@@ -429,8 +432,15 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
     Raises:
         OSError: when the file cannot be read.
     """
+    return parse_ledger(Path(path).read_bytes(), path)
+
+
+def parse_ledger(data: bytes, path: str | os.PathLike[str] = "") -> LedgerChain:
+    """Verify a ledger given as its bytes (what :func:`load_ledger` does for
+    a file; ``path`` only names it in the result).  Never raises on bad
+    content: every break is among the chain's problems."""
     chain = LedgerChain(path=Path(path))
-    lines = Path(path).read_bytes().split(b"\n")  # the file's bytes are not kept twice
+    lines = data.split(b"\n")
     if lines.pop() != b"":  # the last element is b"" or the torn tail
         chain.torn_tail = True
     problems = chain.problems
@@ -536,6 +546,30 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
     return problems
 
 
+def header_line(run_id: str) -> bytes:
+    """The canonical bytes (no newline) of a ledger's header record."""
+    return canonical({"type": "header", "format": LEDGER_FORMAT, "run_id": run_id,
+                      "prev": None})
+
+
+def encode_block(head: str, round_number: int, stage: str,
+                 entries: Sequence[LedgerEntry]) -> list[bytes]:
+    """The canonical lines (no newlines) of one block: a row per entry, then
+    the commit record of ``stage`` (``in-flight`` or ``settled``), chained
+    from ``head`` (the digest of the record before the block).  The digest
+    of the last line is the new head.  This only encodes: the writer
+    (:class:`PrivacyLedger`, or a run store) checks and stores."""
+    lines = []
+    prev = head
+    for entry in entries:
+        line = canonical({**entry.to_record(), "type": "row", "prev": prev})
+        lines.append(line)
+        prev = record_digest(line)
+    lines.append(canonical({"type": "commit", "stage": stage, "round": int(round_number),
+                            "rows": len(entries), "prev": prev}))
+    return lines
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -604,8 +638,7 @@ class PrivacyLedger:
                 raise LedgerError(f"{self.path} holds no commit; refusing to append")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        header = canonical({"type": "header", "format": LEDGER_FORMAT,
-                            "run_id": os.urandom(16).hex(), "prev": None})
+        header = header_line(os.urandom(16).hex())
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             _write_all(fd, header + b"\n")
@@ -618,15 +651,9 @@ class PrivacyLedger:
     def _write_block(self, round_number: int, stage: str,
                      entries: Sequence[LedgerEntry]) -> None:
         self._ensure_open()
-        lines = []
-        head = self._head
-        for entry in entries:
-            line = canonical({**entry.to_record(), "type": "row", "prev": head})
-            lines.append(line)
-            head = record_digest(line)
-        commit = canonical({"type": "commit", "stage": stage, "round": int(round_number),
-                            "rows": len(entries), "prev": head})
-        lines.append(commit)
+        assert self._head is not None
+        lines = encode_block(self._head, round_number, stage, entries)
+        commit = lines[-1]
         block = b"".join(line + b"\n" for line in lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:

@@ -525,11 +525,14 @@ class ClientSession:
         layout = self._layout
         assert layout is not None and self.session_id is not None
         m = self.config.vector_length
-        total = noise.skellam_fresh(layout.base, m, self._rng)
+        # K0: 32 fresh bytes, used once and dropped, so nobody can regenerate it
+        total = noise.skellam(layout.base, m, self._rng.token_bytes(32))
         for j, variance in enumerate(layout.excess):
             key = d.excess_noise_key(self._noise_seeds[j], self.session_id, self.client_id, j)
             total += noise.skellam(variance, m, key)
         np.add(masked, total.astype(masked.dtype), out=masked)
+        # the seeds live on only as shares (the holders') from here on
+        del self._noise_seeds
 
     # -- helpers ------------------------------------------------------------
 

@@ -15,6 +15,12 @@ width, an envelope without a body, or any non-canonical encoding (which also
 catches unknown fields, repeated singular fields, and per-client entries
 that are not in ascending id order).  Whatever decodes re-encodes to exactly
 the bytes received.
+
+Noise plans (SPEC.md section 16) add optional fields: ``noise_commitments``
+(at most 16 of 32 bytes), ``noise_removals`` and ``noise_shares`` (ascending
+``(owner, component)``, components below 16) and share ciphertexts of
+``144 + 64 J`` bytes (with ``config``: exactly the plan's ``J``).  Without a
+plan none is present and every encoding is as before.
 """
 
 from __future__ import annotations

@@ -1,0 +1,470 @@
+"""The run store: one SQLite database per run directory (``run.sqlite``),
+the one place that says which round of a federation is committed.
+
+SQLite comes with Python; the store runs in WAL mode with
+``synchronous=FULL``, so a transaction that returned is on disk and a
+transaction cut short by a SIGKILL (or a power cut) is rolled back on the
+next open: the store always holds whole commits.  Two kinds of transaction
+change it:
+
+* :meth:`RunStore.begin_round`: the round's in-flight ledger block (one row
+  per client about to train, charging the steps it is about to take), and
+  the mark that the round is in flight; committed before any client trains;
+* :meth:`RunStore.commit_round`: the round's settled ledger block, the
+  checkpoint (global model and server optimizer state, as bytes), every
+  client's accountant state, the driver's state (e.g. the position in the
+  dropout schedule), the round report and the cumulative wall time, in ONE
+  transaction; it clears the in-flight mark.
+
+Schema (``PRAGMA user_version`` 1)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)      -- format, run config, metrics
+                                                -- header, final block (JSON)
+    ledger(seq INTEGER PRIMARY KEY, round INTEGER, stage TEXT, line BLOB)
+                                                -- the hash-chained ledger,
+                                                -- one canonical record a row
+    rounds(round INTEGER PRIMARY KEY, report TEXT)   -- settled round reports
+    state(id INTEGER PRIMARY KEY CHECK (id = 1), round INTEGER, in_flight
+          INTEGER, checkpoint BLOB, clients TEXT, driver TEXT, wall REAL)
+
+``ledger.jsonl``, ``checkpoint.pt`` and ``metrics.json`` are exports of the
+store (see :mod:`securefl.federation.round`): the ledger lines are appended
+to ``ledger.jsonl`` in store order, so the file is always a byte prefix of
+the store's ledger (a crash may leave it shorter, or with a torn last line;
+:func:`sync_ledger_file` completes it).
+
+This module is torch-free: the checkpoint is stored as the bytes the caller
+serialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securefl.crashpoints import crash_point, crash_requested
+from securefl.durable import atomic_write, fsync_dir
+from securefl.errors import ConfigurationError, SecureFLError
+from securefl.privacy.ledger import record_digest
+from securefl.strictjson import sanitize
+
+__all__ = [
+    "STORE_FILENAME",
+    "STORE_FORMAT",
+    "Committed",
+    "ResumeMismatchError",
+    "RunStore",
+    "RunStoreError",
+    "clean_temporaries",
+    "config_differences",
+    "sync_ledger_file",
+]
+
+STORE_FILENAME = "run.sqlite"
+STORE_FORMAT = "securefl-run/1"
+"""The ``format`` recorded in the store's ``meta`` table."""
+_USER_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE ledger (seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, stage TEXT NOT NULL,
+                     line BLOB NOT NULL);
+CREATE TABLE rounds (round INTEGER PRIMARY KEY, report TEXT NOT NULL);
+CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), round INTEGER NOT NULL,
+                    in_flight INTEGER, checkpoint BLOB NOT NULL, clients TEXT NOT NULL,
+                    driver TEXT NOT NULL, wall REAL NOT NULL);
+"""
+
+
+class RunStoreError(SecureFLError):
+    """The run store is missing, unreadable, of another format, or disagrees
+    with an exported artefact (``ledger.jsonl`` that is not a prefix of the
+    store's ledger: edited)."""
+
+
+class ResumeMismatchError(ConfigurationError):
+    """A resume was asked with a configuration other than the run's own.
+
+    Attributes:
+        keys: the configuration keys whose values differ.
+    """
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(sanitize(value), sort_keys=True, allow_nan=False)
+
+
+def config_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two JSON configurations (a key
+    present in only one of them counts), sorted."""
+    keys = set(stored) | set(given)
+    return sorted(k for k in keys if _dumps(stored.get(k)) != _dumps(given.get(k))
+                  or (k in stored) != (k in given))
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What the store says is committed.
+
+    Attributes:
+        round: the last settled round (0: only the initial model).
+        in_flight: the round whose in-flight rows are committed but which
+            never settled (the process stopped), or None.
+        checkpoint: the serialised checkpoint of ``round``.
+        clients: client id -> its state (e.g. ``{"history": [[sigma, q,
+            steps], ...]}``) after ``round``.
+        driver: the driver's own state after ``round``.
+        wall: wall-clock seconds spent by the run so far (all processes).
+    """
+
+    round: int
+    in_flight: int | None
+    checkpoint: bytes
+    clients: dict[int, dict[str, Any]]
+    driver: dict[str, Any]
+    wall: float
+
+
+class RunStore:
+    """One run's store (see the module docstring).  Use :meth:`create` or
+    :meth:`open`; a store is written by one process at a time.
+
+    Raises:
+        RunStoreError: from every method, when the database cannot be used.
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+
+    # -- opening -----------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise RunStoreError(f"{path}: cannot open the run store: {exc}") from None
+        return db
+
+    @staticmethod
+    def is_initialised(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a store with a committed initial round
+        (a store whose creation was cut short holds no table)."""
+        if not Path(path).exists():
+            return False
+        try:
+            db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return False
+        try:
+            row = db.execute("SELECT count(*) FROM state").fetchone()
+            return bool(row and row[0] == 1)
+        except sqlite3.Error:
+            return False
+        finally:
+            db.close()
+
+    @classmethod
+    def remove_uninitialised(cls, path: str | os.PathLike[str]) -> None:
+        """Delete a store whose creation never committed (it holds nothing:
+        no client trained) and its WAL files; leave an initialised one.
+
+        Raises:
+            RunStoreError: when ``path`` is an initialised store.
+        """
+        if cls.is_initialised(path):
+            raise RunStoreError(f"{path} is an initialised run store")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        fsync_dir(Path(path).parent)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, config: Mapping[str, Any],
+               metrics_header: Mapping[str, Any], ledger_header: bytes, checkpoint: bytes,
+               clients: Mapping[int, Mapping[str, Any]],
+               driver: Mapping[str, Any]) -> RunStore:
+        """Create the store and commit round 0 (the initial model) in one
+        transaction.
+
+        Raises:
+            RunStoreError: when ``path`` already exists.
+        """
+        target = Path(path)
+        if target.exists():
+            raise RunStoreError(f"{target} already exists: a run store belongs to one run")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        db = cls._connect(target)
+        store = cls(target, db)
+        with store._transaction() as cur:
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute(f"PRAGMA user_version = {_USER_VERSION}")
+            cur.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", _dumps(STORE_FORMAT)), ("config", _dumps(dict(config))),
+                ("metrics_header", _dumps(dict(metrics_header))), ("final", "null")])
+            cur.execute("INSERT INTO ledger VALUES (0, 0, 'header', ?)", (ledger_header,))
+            cur.execute("INSERT INTO state VALUES (1, 0, NULL, ?, ?, ?, 0.0)",
+                        (checkpoint, _dumps(_clients_json(clients)), _dumps(dict(driver))))
+        fsync_dir(target.parent)
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunStore:
+        """Open an existing store (a transaction cut short is rolled back).
+
+        Raises:
+            RunStoreError: no store, a store whose creation never committed,
+                or one of another format.
+        """
+        target = Path(path)
+        if not cls.is_initialised(target):
+            raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
+        store = cls(target, cls._connect(target))
+        fmt = store._meta("format")
+        if fmt != STORE_FORMAT:
+            store.close()
+            raise RunStoreError(f"{target}: store format {fmt!r}, expected {STORE_FORMAT!r}")
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> RunStore:
+        """Open a store for reading only (``securefl audit``): nothing is
+        written, not even a WAL checkpoint.
+
+        Raises:
+            RunStoreError: when it cannot be read.
+        """
+        target = Path(path)
+        if not cls.is_initialised(target):
+            raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
+        try:
+            db = sqlite3.connect(f"file:{target.resolve()}?mode=ro", uri=True,
+                                 isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
+        return cls(target, db)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            raise RunStoreError(f"{self.path}: transaction failed: {exc}") from None
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise RunStoreError(f"{self.path}: cannot read the run store: {exc}") from None
+
+    def _meta(self, key: str) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run configuration the store was created with (JSON)."""
+        return dict(self._meta("config") or {})
+
+    @property
+    def metrics_header(self) -> dict[str, Any]:
+        """The fixed part of ``metrics.json`` (config and data blocks)."""
+        return dict(self._meta("metrics_header") or {})
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The ``final`` block of ``metrics.json`` once the run finished."""
+        return self._meta("final")
+
+    def committed(self) -> Committed:
+        """The committed state (see :class:`Committed`)."""
+        rows = self._query("SELECT round, in_flight, checkpoint, clients, driver, wall"
+                           " FROM state WHERE id = 1")
+        if not rows:
+            raise RunStoreError(f"{self.path}: no committed state")
+        rnd, in_flight, checkpoint, clients, driver, wall = rows[0]
+        return Committed(round=int(rnd), in_flight=None if in_flight is None else int(in_flight),
+                         checkpoint=bytes(checkpoint),
+                         clients={int(k): v for k, v in json.loads(clients).items()},
+                         driver=json.loads(driver), wall=float(wall))
+
+    def ledger_lines(self) -> list[bytes]:
+        """The ledger's canonical records (no newlines), in chain order."""
+        return [bytes(r[0]) for r in self._query("SELECT line FROM ledger ORDER BY seq")]
+
+    def ledger_bytes(self) -> bytes:
+        """The ledger as ``ledger.jsonl`` holds it: every record and a newline."""
+        return b"".join(line + b"\n" for line in self.ledger_lines())
+
+    def ledger_head(self) -> str:
+        """The digest of the last ledger record."""
+        rows = self._query("SELECT line FROM ledger ORDER BY seq DESC LIMIT 1")
+        return record_digest(bytes(rows[0][0]))
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The settled rounds' reports (JSON), in round order."""
+        return [json.loads(r[0]) for r in self._query("SELECT report FROM rounds ORDER BY round")]
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _append_ledger(self, cur: sqlite3.Cursor, round_number: int, stage: str,
+                       lines: Sequence[bytes]) -> None:
+        (last,) = cur.execute("SELECT max(seq) FROM ledger").fetchone()
+        cur.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?)",
+                        [(last + 1 + i, int(round_number), stage, line)
+                         for i, line in enumerate(lines)])
+
+    def begin_round(self, round_number: int, lines: Sequence[bytes]) -> None:
+        """Commit round ``round_number``'s in-flight ledger block (its
+        canonical lines) and mark the round in flight, in one transaction.
+
+        Raises:
+            RunStoreError: when the round is not the next one, or another is
+                in flight.
+        """
+        with self._transaction() as cur:
+            rnd, in_flight = cur.execute("SELECT round, in_flight FROM state").fetchone()
+            if in_flight is not None or int(round_number) != rnd + 1:
+                raise RunStoreError(f"round {round_number} cannot begin: round {rnd} is"
+                                    f" committed, round {in_flight} in flight")
+            self._append_ledger(cur, round_number, "in-flight", lines)
+            cur.execute("UPDATE state SET in_flight = ? WHERE id = 1", (int(round_number),))
+
+    def commit_round(self, round_number: int, lines: Sequence[bytes], *, checkpoint: bytes,
+                     clients: Mapping[int, Mapping[str, Any]], driver: Mapping[str, Any],
+                     report: Mapping[str, Any], wall: float) -> None:
+        """Commit round ``round_number``: its settled ledger block, the
+        checkpoint, the clients' and the driver's state, the report and the
+        wall time, in one transaction (``mid-commit`` crash point: killed
+        inside it, before ``COMMIT``: the store keeps the previous round).
+
+        Raises:
+            RunStoreError: when the round is not the next one.
+        """
+        with self._transaction() as cur:
+            (rnd,) = cur.execute("SELECT round FROM state").fetchone()
+            if int(round_number) != rnd + 1:
+                raise RunStoreError(f"round {round_number} cannot commit after round {rnd}")
+            self._append_ledger(cur, round_number, "settled", lines)
+            cur.execute("INSERT INTO rounds VALUES (?, ?)", (int(round_number), _dumps(report)))
+            cur.execute("UPDATE state SET round = ?, in_flight = NULL, checkpoint = ?,"
+                        " clients = ?, driver = ?, wall = ? WHERE id = 1",
+                        (int(round_number), checkpoint, _dumps(_clients_json(clients)),
+                         _dumps(dict(driver)), float(wall)))
+            crash_point("mid-commit", round_number)
+
+    def finish(self, final: Mapping[str, Any]) -> None:
+        """Record the ``final`` block of ``metrics.json`` (the run ended)."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'final'", (_dumps(dict(final)),))
+
+
+def _clients_json(clients: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    return {str(int(k)): dict(v) for k, v in sorted(clients.items())}
+
+
+def clean_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the stray temporaries an interrupted atomic write
+    (:func:`securefl.durable.atomic_write`: ``.<name>-*.tmp``) left in
+    ``run_dir``; return them."""
+    directory = Path(run_dir)
+    removed = []
+    for tmp in sorted(directory.glob(".*.tmp")):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        fsync_dir(directory)
+    return removed
+
+
+def _append(path: Path, data: bytes, *, torn_at: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(data)
+        if torn_at is not None:
+            os.write(fd, view[:len(data) // 2])
+            os.fsync(fd)
+            crash_point("ledger-torn", torn_at)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_ledger_file(path: str | os.PathLike[str], expected: bytes,
+                     exported: int | None = None, *, round_number: int = 0) -> int:
+    """Make the file ``path`` hold exactly ``expected`` (the store's ledger
+    bytes) and return its length.
+
+    ``exported`` is how many bytes of ``expected`` the caller knows the file
+    holds already (then only the rest is appended, with one write and an
+    fsync); None reads the file: a byte prefix of ``expected`` that ends with
+    a whole line is completed by appending, a torn last line (a crash in the
+    middle of an append) is replaced atomically, and a file that is not a
+    prefix refuses.  ``round_number`` names the round for the ``ledger-torn``
+    crash point (half of a settled block on disk, then SIGKILL).
+
+    Raises:
+        RunStoreError: the file is not a prefix of the store's ledger
+            (edited, or of another run).
+        OSError: when it cannot be written.
+    """
+    target = Path(path)
+    if exported is None:
+        current = target.read_bytes() if target.exists() else None
+        if current is None:
+            atomic_write(target, lambda handle: handle.write(expected))
+            return len(expected)
+        if not expected.startswith(current):
+            line = current[:_common_prefix(current, expected)].count(b"\n") + 1
+            raise RunStoreError(f"{target} differs from the run store's ledger at line {line}:"
+                                " it was edited, or belongs to another run")
+        if current and not current.endswith(b"\n"):
+            atomic_write(target, lambda handle: handle.write(expected))
+            return len(expected)
+        exported = len(current)
+    rest = expected[exported:]
+    if rest:
+        torn = round_number if crash_requested("ledger-torn", round_number) else None
+        _append(target, rest, torn_at=torn)
+    return len(expected)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
