@@ -215,6 +215,10 @@ def test_serverapp_killed_in_round_2_resumes_to_the_end(
         with pytest.raises(ConfigurationError, match="seed"):
             run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
                            _server_context({**run_config, "seed": 5, "resume": True}, 8))
+        with pytest.raises(ConfigurationError, match="federation-id"):
+            run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
+                           _server_context({**run_config, "federation-id": "other",
+                                            "resume": True}, 8))
         capsys.readouterr()
         resumed = {**run_config, "resume": True}
         run_federation(InProcessGrid(example_app(), node_configs(3), resumed),
@@ -243,6 +247,26 @@ def test_serverapp_killed_in_round_2_resumes_to_the_end(
     assert "max eps" in table  # the resumed run prints its rounds, the interrupted one too
     starts = {line.split()[0] for line in table.splitlines() if line.split()}
     assert {str(n) for n in range(2, last + 1)} <= starts
+
+
+def test_a_run_started_without_federation_id_is_not_resumed(tmp_path: Path) -> None:
+    """Its nodes keep their accountants under the Flower run id, which the
+    resumed run does not have: the ServerApp refuses before any round."""
+    from flower_harness import example_app, node_configs, server_task_identity
+
+    from securefl.flower.federation import run_federation
+
+    out = tmp_path / "run"
+    run_config = {**RESUME_RUN, "federation-id": "", "output-dir": str(out)}
+    with server_task_identity():
+        grid = _DyingGrid(example_app(), node_configs(3), run_config,
+                          die_at=(1, "advertise-keys"))
+        with pytest.raises(_Killed):
+            run_federation(grid, _server_context(run_config))
+        with pytest.raises(ConfigurationError, match="without run config federation-id"):
+            run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
+                           _server_context({**run_config, "resume": True}, 8))
+    assert not _settled(out)
 
 
 # -- a real deployment: SIGKILL the SuperLink mid-run, restart it, resume ---------------
