@@ -30,6 +30,7 @@ from flwr.app import Context, RecordDict
 
 from securefl.cli.audit import audit_run
 from securefl.errors import ConfigurationError
+from securefl.federation.runstore import ResumeMismatchError
 from securefl.flower.runner import RUNS_DIR_ENV, main, resolve_output_dir
 from securefl.privacy.ledger import load_ledger
 
@@ -113,6 +114,10 @@ if args[0] == "run":
     sys.exit(0)  # flwr run --stream exits 0 whatever the run's fate
 if args[0] == "list":
     assert args[1:] == ["it", "--run-id", "4242", "--format", "json"], args
+    if os.environ["FAKE_STATUS"] == "unreachable":  # what flwr list says, exit 0
+        print(json.dumps({{"success": False, "error-message": "Connection to the SuperLink"
+                                                              " is unavailable."}}))
+        sys.exit(0)
     print(json.dumps({{"success": True, "runs": [{{"run-id": "4242",
           "status": os.environ["FAKE_STATUS"], "status-details": "ServerApp raised"}}]}}))
 '''
@@ -123,6 +128,7 @@ if args[0] == "list":
     ("finished:failed", False, 1),
     ("finished:stopped", False, 1),
     ("finished:completed", True, 1),
+    ("unreachable", False, 1),
 ])
 def test_runner_exits_non_zero_unless_the_run_completed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -140,7 +146,9 @@ def test_runner_exits_non_zero_unless_the_run_completed(
     if not no_run:
         assert "ServerApp output line" in captured.out  # the stream is passed through
     if code:
-        assert ("started no run" if no_run else status) in captured.err
+        expected = {"unreachable": "Connection to the SuperLink is unavailable"}.get(
+            status, status)
+        assert ("started no run" if no_run else expected) in captured.err
 
 
 def test_runner_usage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,6 +227,15 @@ def test_serverapp_killed_in_round_2_resumes_to_the_end(
             run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
                            _server_context({**run_config, "federation-id": "other",
                                             "resume": True}, 8))
+        if interrupted:  # once is enough: another security mode is refused too
+            from securefl.flower import provision_identities
+
+            provision_identities(tmp_path / "keys", range(1, 4))
+            with pytest.raises(ResumeMismatchError, match="security mode"):
+                run_federation(InProcessGrid(example_app(), node_configs(3), run_config),
+                               _server_context({**run_config, "resume": True, "mode": "active",
+                                                "pinned-keys": str(tmp_path / "keys"
+                                                                   / "pinned.json")}, 8))
         capsys.readouterr()
         resumed = {**run_config, "resume": True}
         run_federation(InProcessGrid(example_app(), node_configs(3), resumed),

@@ -106,9 +106,13 @@ def run_status(run_id: int, connection: str, flwr: str | None = None) -> tuple[s
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "", f"flwr list failed: {exc}"
     try:
-        runs = json.loads(done.stdout).get("runs", [])
+        answer = json.loads(done.stdout)
+        runs = answer.get("runs", [])
     except (json.JSONDecodeError, AttributeError):
         return "", f"flwr list failed: {(done.stdout + done.stderr).strip()[-500:]}"
+    if answer.get("success") is False:
+        error = " ".join(str(answer.get("error-message", "")).split())
+        return "", f"flwr list failed: {error[-500:]}"
     for run in runs:
         if str(run.get("run-id")) == str(run_id):
             return str(run.get("status", "")), str(run.get("status-details", ""))
