@@ -373,3 +373,22 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
     for cid, row in last.items():  # each history composes every charged round's steps
         charged = sum(r.local_steps for r in settled if r.client_id == cid)
         assert sum(h[2] for h in row.history) == charged > 0
+
+
+@pytest.mark.flower_runtime
+def test_superlink_restarted_without_database_forgets_its_supernodes(tmp_path: Path) -> None:
+    """Why the database matters (flwr 1.41/1.42): a SuperLink that keeps its
+    state in memory is restarted; the SuperNodes' next calls get HTTP 401
+    and they shut themselves down, exit status 0, although nothing stopped
+    them."""
+    _need_binaries()
+    deployment = Deployment(2)
+    with deployment:
+        deployment.kill_superlink()
+        deployment.start_superlink()
+        _wait(lambda: all(p.poll() is not None for p in deployment.supernodes), 120,
+              "the SuperNodes to exit", deployment, "supernode-0.log")
+        codes = [p.returncode for p in deployment.supernodes]
+        log = deployment.log("superlink-2.log")
+    assert codes == [0, 0]
+    assert '" 401' in log  # the restarted SuperLink refused the nodes' calls
