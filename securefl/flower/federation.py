@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,16 +193,15 @@ def run_federation(grid: Grid, context: Context) -> None:
     try:
         if resume:
             _check_resumable(recorder, mode, federation_id)
-        emit = _emit
-        emit(HEADER)
+        _emit(HEADER)
         if resume:
             for report in recorder.reports:
-                emit(format_round(report, len(ids)))
+                _emit(format_round(report, len(ids)))
             interrupted = recorder.settle_interrupted(
                 detail="not sent the masked-input stage before the interruption")
             if interrupted is not None:
-                emit(format_round(interrupted, len(ids)))
-        _run_rounds(grid, run_config, config, recorder, server, codec, mode, pinned, emit)
+                _emit(format_round(interrupted, len(ids)))
+        _run_rounds(grid, run_config, config, recorder, server, codec, mode, pinned)
     finally:
         recorder.close()
     incomplete = why_incomplete(recorder.reports, len(ids))
@@ -249,7 +248,7 @@ def _load_sums(recorder: RoundRecorder) -> dict[str, np.ndarray]:
 
 def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationConfig,
                 recorder: RoundRecorder, server: Server, codec: Any, mode: SecurityMode,
-                pinned: Any, emit: Callable[[str], None]) -> None:
+                pinned: Any) -> None:
     """The rounds of work still to do: ``num-rounds`` minus those settled
     (a round settled as interrupted did no work: it is done again under the
     next round number)."""
@@ -358,7 +357,7 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
         driver.update(known={str(k): v for k, v in known.items()}, position=position)
         report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
                                  started=t0, driver_state=driver)
-        emit(format_round(report, len(ids)))
+        _emit(format_round(report, len(ids)))
 
     summaries = {
         cid: {"noise_multiplier": known.get(cid, {}).get("dp-noise-multiplier"),
