@@ -19,7 +19,8 @@
   (:meth:`Deployment.kill_superlink`, as a crash of the server machine) and
   started again on the same database (:meth:`Deployment.start_superlink`);
   :meth:`Deployment.terminate` stops it all as docs/flower.md says (SIGTERM
-  to each PID) and reports what is left.
+  to each PID) and reports what is left; :attr:`Deployment.cwd` sets the
+  processes' working directory.
 * :func:`simulate_reference`: the in-process simulator on the same seeds with
   a given dropout schedule, returning its metrics, final model and the exact
   integer sums.
@@ -461,6 +462,8 @@ class Deployment:
         self.port = free_port()
         self.logs = self.root / "logs"
         self.logs.mkdir()
+        self.cwd: Path | None = None
+        """The working directory of every process started (None: this one's)."""
 
     # lifecycle
     def __enter__(self) -> Deployment:
@@ -477,7 +480,7 @@ class Deployment:
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
         handle = open(self.logs / log, "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
         handle.close()
         return proc
 

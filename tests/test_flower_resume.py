@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import sys
@@ -314,9 +315,11 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str,
 
 @pytest.mark.flower_runtime
 def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SuperLink with a persistent database, three SuperNodes, a 3-round run
-    through ``python -m securefl.flower.runner``; after round 1 is committed
+    through ``python -m securefl.flower.runner`` with no output-dir (the
+    ServerApp picks and prints a fresh directory under the SuperLink's
+    working directory); after round 1 is committed
     the SuperLink and everything it started (SuperExec, ServerApp) get
     SIGKILL.  The first command exits non-zero; the SuperLink restarts on the
     same database, the SuperNodes (never restarted) are still registered and
@@ -327,14 +330,24 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
     each SuperNode, then the SuperLink) leaves no process."""
     _need_binaries()
     torch.set_num_threads(1)
-    out = tmp_path / "run"
+    monkeypatch.delenv(RUNS_DIR_ENV, raising=False)
     run_config: dict[str, Any] = {
         "num-rounds": 3, "num-clients": 3, "seed": 5, "noise-multiplier": 1.1, "hidden": 8,
         "batch-size": 32, "round-timeout": 60.0, "allow-unauthenticated-semi-honest": True,
-        "federation-id": "resume-runtime-test", "output-dir": str(out)}
+        "federation-id": "resume-runtime-test"}
     deployment = Deployment(3, database=tmp_path / "superlink.db")
+    deployment.cwd = tmp_path / "superlink-cwd"
+    deployment.cwd.mkdir()
+    written = re.compile(r"securefl: writing to (\S+)")
     with deployment:
+        # no output-dir: the ServerApp picks a fresh directory and says which
         first = deployment.run_app(APP_DIR, run_config, runner=True)
+        _wait(lambda: written.search(deployment.log("flwr-run.log")) is not None, 300,
+              "the ServerApp to name its run directory", deployment, "flwr-run.log")
+        found = written.search(deployment.log("flwr-run.log"))
+        assert found is not None
+        out = Path(found.group(1))
+        assert out.parent == deployment.cwd / "securefl-runs"
         _wait(lambda: _settled_rounds(out) >= 1, 400, "round 1 to be committed", deployment,
               "flwr-run.log")
         deployment.kill_superlink()
@@ -343,7 +356,8 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
         assert [p.poll() for p in deployment.supernodes] == [None, None, None]
         _wait(lambda: deployment.online_nodes() == 3, 120, "the nodes online again",
               deployment, "superlink-2.log")
-        second = deployment.run_app(APP_DIR, {**run_config, "resume": True},
+        second = deployment.run_app(APP_DIR, {**run_config, "resume": True,
+                                              "output-dir": str(out)},
                                     log="resume.log", runner=True)
         _wait(lambda: second.poll() is not None, 900, "the resumed run", deployment,
               "resume.log")
