@@ -140,3 +140,17 @@ def test_start_up_cleans_what_a_crash_left(run: SimulationResult, tmp_path: Path
     assert not list(copy.glob(".*.tmp"))
     metrics = json.loads((copy / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2] and metrics["final"] is not None
+
+
+def test_resume_refuses_a_ledger_export_that_was_edited(run: SimulationResult,
+                                                        tmp_path: Path) -> None:
+    """ledger.jsonl may lag the store after a crash, never differ from it: a
+    resume does not paper over an edit by re-exporting."""
+    copy = tmp_path / "edited"
+    shutil.copytree(run.output_dir, copy)
+    data = (copy / "ledger.jsonl").read_bytes()
+    (copy / "ledger.jsonl").write_bytes(data.replace(b'"status":"included"',
+                                                     b'"status":"dropped"', 1))
+    with pytest.raises(RunStoreError, match="differs from the run store's ledger at line"):
+        resume_simulation(copy)
+    assert (copy / "ledger.jsonl").read_bytes() != data  # left as found, for the auditor

@@ -25,8 +25,9 @@ Exit status:
   1  FAIL: a violation (budget exceeded by any accountant, infinite or NaN
      epsilon, zero noise, insecure noise source, an adjacency that does not
      match the weighting) or tampering (broken chain, missing commit,
-     truncation, a ledger ahead of or behind the checkpoint or metrics, a
-     recorded epsilon or history that does not recompute)
+     truncation, a ledger ahead of or behind the checkpoint or metrics, an
+     export that disagrees with the run store, a recorded epsilon or history
+     that does not recompute)
   2  usage error, or the ledger cannot be read
   3  verified, but no privacy budget was set: nothing bounds the spend
 """

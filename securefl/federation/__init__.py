@@ -1,5 +1,6 @@
 """Federated learning: the global model and server, data sets, server
-optimizers, checkpoints and the in-process simulation.
+optimizers, checkpoints, the round recorder and its run store, and the
+in-process simulation.
 
 Names are imported lazily (PEP 562), so that importing a light submodule
 (``securefl.federation.options``, ``securefl.federation.optimizers``) does not
@@ -22,9 +23,11 @@ _EXPORTS = {
     "ServerOptimizerKind": "optimizers",
     "AggregationMode": "server",
     "Server": "server",
-    "RoundReport": "simulation",
+    "RoundRecorder": "round",
+    "RoundReport": "round",
     "SimulationConfig": "simulation",
     "SimulationResult": "simulation",
+    "resume_simulation": "simulation",
     "run_simulation": "simulation",
 }
 

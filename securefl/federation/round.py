@@ -33,8 +33,10 @@ round number and the restored state.  :meth:`RoundRecorder.finish` writes the
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ from securefl.federation.runstore import (
     STORE_FILENAME,
     ResumeMismatchError,
     RunStore,
+    RunStoreError,
+    append_ledger_file,
     clean_temporaries,
     config_differences,
     sync_ledger_file,
@@ -128,11 +132,10 @@ class ClientRoundReport:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClientRoundReport:
         """The inverse of :meth:`to_json` (None epsilons read back as NaN)."""
-        eps = data.get("epsilon_rdp")
         return cls(client_id=int(data["client_id"]), status=Participation(data["status"]),
                    entered_sum=bool(data["entered_sum"]),
                    dropped_at=Round[data["dropped_at"]] if data.get("dropped_at") else None,
-                   epsilon_rdp=math.nan if eps is None else float(eps),
+                   epsilon_rdp=_number(data.get("epsilon_rdp")),
                    epsilon_prv=None if data.get("epsilon_prv") is None
                    else float(data["epsilon_prv"]), detail=str(data.get("detail", "")))
 
@@ -189,12 +192,11 @@ class RoundReport:
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> RoundReport:
         """The inverse of :meth:`to_record`."""
-        eps = data.get("epsilon_max")
         return cls(round=int(data["round"]), aborted=bool(data["aborted"]),
-                   accuracy=float(data["accuracy"]), loss=float(data["loss"]),
+                   accuracy=_number(data["accuracy"]), loss=_number(data["loss"]),
                    survivors=tuple(int(c) for c in data["survivors"]),
                    clients=tuple(ClientRoundReport.from_json(c) for c in data["clients"]),
-                   epsilon_max=math.nan if eps is None else float(eps),
+                   epsilon_max=_number(data.get("epsilon_max")),
                    epsilon_max_prv=None if data.get("epsilon_max_prv") is None
                    else float(data["epsilon_max_prv"]),
                    delta=float(data["delta"]), seconds=float(data["seconds"]),
@@ -233,7 +235,19 @@ def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 
 def _load_checkpoint_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    """A committed checkpoint, read with torch's ``weights_only`` unpickler
+    (tensors, numpy arrays of the server optimizer state, plain containers):
+    a run directory is input, and unpickling it must not run code."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64")]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _number(value: Any) -> float:
+    """A float read back from strict JSON (null: NaN, ``"inf"``: infinity)."""
+    return math.nan if value is None else float(value)
 
 
 def _history_json(history: Sequence[Sequence[float]]) -> list[list[float]]:
@@ -282,8 +296,6 @@ class RoundRecorder:
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
         self.last_eval = evaluate(server.model, self._x_test, self._y_test)
-        self._ledger_size = 0
-        self._survivors: tuple[int, ...] = ()
 
     # -- construction ------------------------------------------------------------------
 
@@ -362,7 +374,11 @@ class RoundRecorder:
                                 driver=dict(driver_state or {}))
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
                        round_json=round_json, plot_title=plot_title)
-        recorder.export()
+        try:
+            recorder.export()
+        except BaseException:
+            recorder.close()
+            raise
         return recorder
 
     @classmethod
@@ -377,7 +393,8 @@ class RoundRecorder:
         round found in flight is left for :meth:`settle_interrupted`.
 
         Raises:
-            RunStoreError: no run store, or ``ledger.jsonl`` is not a prefix
+            RunStoreError: no run store, a committed checkpoint that does not
+                restore into ``server``, or ``ledger.jsonl`` is not a prefix
                 of the store's ledger (edited).
             ResumeMismatchError: ``config`` differs from the run's, naming
                 the keys.
@@ -392,16 +409,25 @@ class RoundRecorder:
                                    f" {config.to_json().get(k)!r}" for k in differing)
                 raise ResumeMismatchError(
                     f"{out}: cannot resume with another configuration ({detail})", differing)
-            state = _load_checkpoint_bytes(store.committed().checkpoint)
-            server.model.load_state_dict(state["model"])
-            server.optimizer.load_state_dict(state["server_optimizer"])
+            try:
+                state = _load_checkpoint_bytes(store.committed().checkpoint)
+                server.model.load_state_dict(state["model"])
+                server.optimizer.load_state_dict(state["server_optimizer"])
+            except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError,
+                    ValueError) as exc:
+                raise RunStoreError(f"{out}: the committed checkpoint cannot be restored"
+                                    f" ({type(exc).__name__}: {exc})") from None
         except BaseException:
             store.close()
             raise
         clean_temporaries(out)
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
                        round_json=round_json, plot_title=plot_title)
-        recorder.export()
+        try:
+            recorder.export()
+        except BaseException:
+            recorder.close()
+            raise
         return recorder
 
     @staticmethod
@@ -426,7 +452,8 @@ class RoundRecorder:
     def _last_settled_head(self) -> str:
         head = ""
         for line in self.store.ledger_lines():
-            if b'"stage":"settled"' in line and b'"type":"commit"' in line:
+            record = json.loads(line)
+            if record.get("type") == "commit" and record.get("stage") == "settled":
                 head = record_digest(line)
         return head
 
@@ -457,10 +484,16 @@ class RoundRecorder:
             noise_source=dp.noise_source.value, adjacency=config.adjacency.value,
             weighting=config.weighting.value)
 
-    def _export_ledger(self, round_number: int = 0) -> None:
-        self._ledger_size = sync_ledger_file(
-            self.out / LEDGER_FILENAME, self.store.ledger_bytes(),
-            self._ledger_size or None, round_number=round_number)
+    def _export_ledger(self) -> None:
+        """Make ``ledger.jsonl`` the store's ledger (reads the file)."""
+        sync_ledger_file(self.out / LEDGER_FILENAME, self.store.ledger_bytes())
+
+    def _append_ledger(self, lines: Sequence[bytes], round_number: int = 0) -> None:
+        """Append a block the store just committed to ``ledger.jsonl``, which
+        holds the store's ledger before it (``ledger-torn`` crash point for
+        ``round_number``'s settled block)."""
+        block = b"".join(line + b"\n" for line in lines)
+        append_ledger_file(self.out / LEDGER_FILENAME, block, round_number=round_number)
 
     # -- a round -----------------------------------------------------------------------
 
@@ -473,7 +506,7 @@ class RoundRecorder:
         Nothing is written when ``charges`` is empty.
 
         Raises:
-            RunStoreError: ``round_number`` is not the next round.
+            ConfigurationError: ``round_number`` is not the next round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
@@ -486,7 +519,7 @@ class RoundRecorder:
         lines = encode_block(self._head, round_number, "in-flight", list(self.in_flight.values()))
         self.store.begin_round(round_number, lines)
         self._head = record_digest(lines[-1])
-        self._export_ledger()
+        self._append_ledger(lines)
 
     def settle(self, round_number: int, outcome: AggregateOutcome | None,
                clients: Sequence[ClientOutcome], *, abort_reason: str = "",
@@ -562,7 +595,7 @@ class RoundRecorder:
         self.driver_state = driver
         self.in_flight = {}
         self.reports.append(report)
-        self._export_ledger(round_number)
+        self._append_ledger(lines, round_number)
         crash_point("after-ledger", round_number)
         self._export_checkpoint(checkpoint)
         crash_point("mid-export", round_number)
@@ -653,7 +686,6 @@ class RoundRecorder:
             RunStoreError: ``ledger.jsonl`` is not a prefix of the store's
                 ledger.
         """
-        self._ledger_size = 0
         self._export_ledger()
         self._export_checkpoint(self.store.committed().checkpoint)
         self._export_metrics()

@@ -61,6 +61,7 @@ __all__ = [
     "ResumeMismatchError",
     "RunStore",
     "RunStoreError",
+    "append_ledger_file",
     "clean_temporaries",
     "config_differences",
     "sync_ledger_file",
@@ -166,7 +167,7 @@ class RunStore:
         if not Path(path).exists():
             return False
         try:
-            db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+            db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
         except sqlite3.Error:
             return False
         try:
@@ -253,7 +254,7 @@ class RunStore:
         if not cls.is_initialised(target):
             raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
         try:
-            db = sqlite3.connect(f"file:{target.resolve()}?mode=ro", uri=True,
+            db = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True,
                                  isolation_level=None)
         except sqlite3.Error as exc:
             raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
@@ -423,43 +424,46 @@ def _append(path: Path, data: bytes, *, torn_at: int | None = None) -> None:
         os.close(fd)
 
 
-def sync_ledger_file(path: str | os.PathLike[str], expected: bytes,
-                     exported: int | None = None, *, round_number: int = 0) -> int:
+def sync_ledger_file(path: str | os.PathLike[str], expected: bytes) -> int:
     """Make the file ``path`` hold exactly ``expected`` (the store's ledger
-    bytes) and return its length.
-
-    ``exported`` is how many bytes of ``expected`` the caller knows the file
-    holds already (then only the rest is appended, with one write and an
-    fsync); None reads the file: a byte prefix of ``expected`` that ends with
-    a whole line is completed by appending, a torn last line (a crash in the
-    middle of an append) is replaced atomically, and a file that is not a
-    prefix refuses.  ``round_number`` names the round for the ``ledger-torn``
-    crash point (half of a settled block on disk, then SIGKILL).
+    bytes) and return its length: a missing file is written atomically, a
+    byte prefix of ``expected`` that ends with a whole line is completed by
+    appending (one write, fsync), a torn last line (a crash in the middle of
+    an append) is replaced atomically, and a file that is not a prefix
+    refuses.
 
     Raises:
         RunStoreError: the file is not a prefix of the store's ledger
-            (edited, or of another run).
+            (edited, or of another run); it is left as it is.
         OSError: when it cannot be written.
     """
     target = Path(path)
-    if exported is None:
-        current = target.read_bytes() if target.exists() else None
-        if current is None:
-            atomic_write(target, lambda handle: handle.write(expected))
-            return len(expected)
-        if not expected.startswith(current):
-            line = current[:_common_prefix(current, expected)].count(b"\n") + 1
-            raise RunStoreError(f"{target} differs from the run store's ledger at line {line}:"
-                                " it was edited, or belongs to another run")
-        if current and not current.endswith(b"\n"):
-            atomic_write(target, lambda handle: handle.write(expected))
-            return len(expected)
-        exported = len(current)
-    rest = expected[exported:]
-    if rest:
-        torn = round_number if crash_requested("ledger-torn", round_number) else None
-        _append(target, rest, torn_at=torn)
+    current = target.read_bytes() if target.exists() else None
+    if current is None or (current and not current.endswith(b"\n")
+                           and expected.startswith(current)):
+        atomic_write(target, lambda handle: handle.write(expected))
+        return len(expected)
+    if not expected.startswith(current):
+        line = current[:_common_prefix(current, expected)].count(b"\n") + 1
+        raise RunStoreError(f"{target} differs from the run store's ledger at line {line}:"
+                            " it was edited, or belongs to another run")
+    append_ledger_file(target, expected[len(current):])
     return len(expected)
+
+
+def append_ledger_file(path: str | os.PathLike[str], block: bytes, *,
+                       round_number: int = 0) -> None:
+    """Append ``block`` (whole lines) to the ledger file ``path`` with one
+    ``O_APPEND`` write and an fsync.  ``round_number`` names the round for
+    the ``ledger-torn`` crash point (half of a settled block on disk, then
+    SIGKILL); 0 for any other block.
+
+    Raises:
+        OSError: when it cannot be written.
+    """
+    if block:
+        torn = round_number if crash_requested("ledger-torn", round_number) else None
+        _append(Path(path), block, torn_at=torn)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:

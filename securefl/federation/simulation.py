@@ -17,15 +17,19 @@ Every round:
    returns the sum of the survivors' updates or aborts;
 4. on success: the server applies the average with its optimizer.  On
    abort: the global model and the server optimizer are left exactly as they
-   were.  Either way the round is then settled in the ledger at once (one
-   row per client; ``entered_sum = false`` for the clients of an aborted
-   round, who spent privacy all the same), and the checkpoint (model
-   unchanged after an abort) and metrics are rewritten for that round.
+   were.  Either way the round is then settled at once by
+   :class:`~securefl.federation.round.RoundRecorder`: one transaction of the
+   run store commits one ledger row per client (``entered_sum = false`` for
+   the clients of an aborted round, who spent privacy all the same), the
+   checkpoint (model unchanged after an abort), every client's accountant
+   history and the position in the dropout schedule; the ledger, checkpoint
+   and metrics files are then exported from it.
 
-Privacy spend is durable before training: before any client trains, the
-ledger gets (fsynced) one ``in-flight`` row per client about to train,
+Privacy spend is durable before training: before any client trains, the run
+store commits one ``in-flight`` ledger row per client about to train,
 charging the steps it is about to take; a SIGKILL at any later point leaves
-that charge on disk (see :mod:`securefl.privacy.ledger`).
+that charge on disk, and :func:`resume_simulation` continues the run from
+its last committed round (see :mod:`securefl.federation.round`).
 """
 
 from __future__ import annotations
