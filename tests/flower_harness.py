@@ -603,22 +603,47 @@ class Deployment:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
 
-    def terminate(self, timeout: float = 20.0) -> list[int]:
+    def terminate(self, timeout: float = 30.0) -> tuple[list[str], list[int]]:
         """Stop the deployment as docs/flower.md says: SIGTERM to each
         SuperNode's PID, then to the SuperLink's (not to their process
-        groups), and wait for them.  Returns the processes of this
-        deployment still alive ``timeout`` seconds later (their SuperExecs
-        and app processes must have exited by themselves)."""
+        groups), and wait for them; processes of the deployment still alive
+        ``timeout`` seconds later (their SuperExecs and app processes should
+        exit by themselves) get SIGTERM by PID too.  Returns (the processes
+        that needed it, described; the processes still alive after that)."""
         for proc in [*self.supernodes, *([self.superlink] if self.superlink else [])]:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=timeout)
+        marker = str(self.home)
         deadline = time.monotonic() + timeout
-        while (left := leftovers(str(self.home))) and time.monotonic() < deadline:
+        while (left := leftovers(marker)) and time.monotonic() < deadline:
             time.sleep(0.3)
-        return left
+        lingering = self.describe(left)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while (left := leftovers(marker)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        return lingering, left
+
+    @staticmethod
+    def describe(pids: list[int]) -> list[str]:
+        """``pid ppid(state) command line`` of each process, for failure messages."""
+        out = []
+        for pid in pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                status = Path(f"/proc/{pid}/status").read_text()
+                ppid = int(status.split("\nPPid:\t", 1)[1].split()[0])
+                parent = Path(f"/proc/{ppid}/status").read_text().split("\nState:\t", 1)[1][:1]
+            except (OSError, IndexError, ValueError):
+                out.append(f"{pid} (gone)")
+                continue
+            out.append(f"{pid} {ppid}({parent}) {cmd.decode(errors='replace')[:160]}")
+        return out
 
     def log(self, name: str) -> str:
         path = self.logs / name

@@ -363,8 +363,10 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
               "resume.log")
         stream = deployment.log("resume.log")
         assert second.returncode == 0, stream[-4000:]
-        left = deployment.terminate()
-    assert left == [], f"left running after SIGTERM: {left}"
+        lingering, left = deployment.terminate()
+    if lingering:  # seen once in five runs: report them, they must still go on SIGTERM
+        print(f"needed a SIGTERM of their own: {lingering}")
+    assert left == [], f"left running after SIGTERM: {deployment.describe(left)}"
     assert deployment.leftover == []
 
     assert f"resuming the run in {out}" in stream
