@@ -645,18 +645,20 @@ def round_vectors() -> dict[str, dict[str, Any]]:
             SecAggConfig(num_clients=8, vector_length=4, bits=10, threshold=3, mode=semi,
                          graph=HararyGraph(4), context=b"vectors: harary"),
             {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
-        "round_noise_semi_honest_dropouts": round_vector(
-            "noise-semi-honest-dropouts",
-            "Distributed Skellam noise (SPEC.md section 16): four clients, threshold 2,"
-            " 20-bit ring, target variance 50 with removable excess (tolerance 0.1, so"
-            " J = 2 excess seeds a client, committed in R0 and shared in R1 beside the"
-            " self-mask seed).  Client 4 drops after sharing keys, client 3 after its masked"
-            " input: the server asks for, reconstructs and subtracts exactly the excess"
-            " seeds the public rule selects for the three survivors, and releases noise of"
-            " variance u B + kept excess.",
-            SecAggConfig(num_clients=4, vector_length=3, bits=20, threshold=2, mode=semi,
-                         context=b"vectors: noise", noise=NoisePlan(50.0, tolerance=0.1)),
-            {4: Round.MASKED_INPUT_COLLECTION, 3: Round.UNMASKING}),
+        "round_noise_active_dropouts": round_vector(
+            "noise-active-dropouts",
+            "Distributed Skellam noise (SPEC.md section 16): active mode (removable plans"
+            " need it, [NZ-1b]), four clients, threshold 3, 20-bit ring, target variance 50"
+            " with removable excess (tolerance 0.05, so J = 2 excess seeds a client,"
+            " committed in R0 and shared in R1 beside the self-mask seed).  Client 4 drops"
+            " after sharing keys: the server asks for, reconstructs and subtracts exactly"
+            " the excess seeds the public rule selects for the three survivors (at the"
+            " floor: component 1 of each), and releases noise of variance u B + kept"
+            " excess.",
+            SecAggConfig(num_clients=4, vector_length=3, bits=20, threshold=3,
+                         mode=SecurityMode.ACTIVE, context=b"vectors: noise",
+                         noise=NoisePlan(50.0, tolerance=0.05)),
+            {4: Round.MASKED_INPUT_COLLECTION}),
     }
 
 

@@ -13,7 +13,13 @@ The secure aggregation core is importable without torch::
 scikit-learn, matplotlib, tqdm, dp-accounting).  Importing a training module
 without it raises :class:`~securefl.errors.MissingExtraError` (an
 :class:`ImportError`) that names the extra.
+
+With the training extra, :func:`securefl.federate` runs a private federation
+of your own model, data and loss (see :mod:`securefl.federation.api`); it is
+imported on first use, so ``import securefl`` never loads torch.
 """
+
+from typing import Any
 
 from securefl import _extras, errors
 from securefl.protocol import (
@@ -32,6 +38,12 @@ __version__ = "0.1.0"
 
 _extras.install()
 
+_LAZY = {
+    "federate": "securefl.federation.api",
+    "FederationResult": "securefl.federation.api",
+}
+"""Names loaded on first use from a module of the ``train`` extra (PEP 562)."""
+
 __all__ = [
     "AggregationResult",
     "ClientSession",
@@ -45,3 +57,16 @@ __all__ = [
     "errors",
     "secure_sum",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securefl' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_LAZY])

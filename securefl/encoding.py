@@ -28,11 +28,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from securefl.errors import ConfigurationError, EncodingError
+
+if TYPE_CHECKING:
+    from securefl.protocol.noise import NoisePlan
 
 __all__ = [
     "MAX_EXACT_SCALE_BITS",
@@ -42,6 +45,8 @@ __all__ = [
     "PlainUpdate",
     "max_frac_bits",
     "min_bits",
+    "noise_frac_bits",
+    "noise_plan_for",
     "sum_vectors",
 ]
 
@@ -494,3 +499,56 @@ class FixedPointCodec:
             weight += update.weight
         return DecodedSum(tensors=self._split(total), weight_total=weight,
                           max_weight=self.max_weight)
+
+
+# -- with distributed noise (SPEC.md section 16) ----------------------------------------
+
+
+def noise_frac_bits(*, bits: int, clip: float, num_clients: int) -> int:
+    """The largest ``frac_bits`` whose data sum leaves distributed noise its half
+    of the ring: the sum of ``num_clients`` values in ``[-clip, clip]`` stays
+    within ``+-(2^(bits-2) - 1)``, i.e. :func:`max_frac_bits` for ``bits - 1``.
+    (A noise plan's own check, SPEC.md [NZ-1a], keeps its +-8 sigma within
+    ``+-2^(bits-2)``; together the noisy sum stays in the signed range.)
+
+    Raises:
+        ConfigurationError: as :func:`max_frac_bits`, or ``bits < 2``.
+    """
+    bits = _check_int("bits", bits, 2, 64)
+    return max_frac_bits(bits=bits - 1, clip=clip, num_clients=num_clients)
+
+
+def noise_plan_for(codec: FixedPointCodec, target_variance: float, *,
+                   calibration: str = "removable", tolerance: float = 1e-3) -> NoisePlan:
+    """A :class:`~securefl.protocol.noise.NoisePlan` for vectors of ``codec``:
+    noise on the ``codec.num_values`` value coordinates only (its
+    ``noisy_length``; the weight slot, the last coordinate, stays exact), after
+    checking that the codec's data sum leaves the noise half the ring
+    (:func:`noise_frac_bits`).  Pass the plan to
+    :class:`~securefl.protocol.config.SecAggConfig` with ``bits=codec.bits``
+    and ``vector_length=codec.vector_length``; the configuration checks the
+    noise's half ([NZ-1a]).
+
+    A plan built by hand (``NoisePlan(V)``) knows nothing of the codec: it
+    noises every coordinate, the weight included, and nothing checks that
+    the data and the noise fit the ring together.
+
+    Raises:
+        EncodingError: the codec's data sum can exceed ``2^(bits-2) - 1`` in
+            magnitude; the message names the largest ``frac_bits`` that fits.
+        ConfigurationError: as :class:`~securefl.protocol.noise.NoisePlan`.
+    """
+    from securefl.protocol.noise import NoisePlan as Plan  # (kept out of import time)
+
+    limit = 2 ** (codec.bits - 2) - 1
+    value_bound = codec.num_clients * math.ceil(codec.clip * 2.0**codec.frac_bits)
+    if value_bound > limit:
+        fits = noise_frac_bits(bits=codec.bits, clip=codec.clip, num_clients=codec.num_clients)
+        raise EncodingError(
+            f"with distributed noise the data sum must leave the noise half the ring: the"
+            f" sum of n={codec.num_clients} values clipped to +/-{codec.clip} at"
+            f" frac_bits={codec.frac_bits} can reach {value_bound} > 2^{codec.bits - 2} - 1"
+            f" = {limit}; use frac_bits <= {fits} (noise_frac_bits) or bits >="
+            f" {codec.bits + 1}")
+    return Plan(target_variance, calibration, tolerance,  # type: ignore[arg-type]
+                noisy_length=codec.num_values)

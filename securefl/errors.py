@@ -214,3 +214,64 @@ class WireFormatError(RemoteProtocolError):
 class LedgerError(SecureFLError):
     """The privacy ledger is missing, empty, malformed or not append-safe
     (e.g. a truncated last line).  Nothing is written over it."""
+
+
+class ModelIncompatibleError(ConfigurationError):
+    """A model has layers that DP-SGD cannot train (e.g. ``BatchNorm``, whose
+    output for one example depends on the rest of the batch, so no
+    per-example gradient exists to clip).  Raised up front, before any
+    training; the message names every such layer by its module path and class,
+    and the fix.
+
+    Attributes:
+        layers: the offending layers, as
+            :class:`securefl.privacy.layers.IncompatibleLayer` values.
+    """
+
+    def __init__(self, message: str, *, layers: tuple[Any, ...] = ()) -> None:
+        self.layers = layers
+        super().__init__(message)
+
+
+class DataProblem(str, enum.Enum):
+    """What is wrong with a data set, found before any training.  The value is
+    a stable identifier (it appears in the message of a
+    :class:`DataValidationError`)."""
+
+    EMPTY = "empty"
+    """The data set holds no example."""
+    LENGTH_MISMATCH = "features-and-targets-differ-in-length"
+    """Features and targets do not have the same number of examples."""
+    NON_FINITE_FEATURES = "non-finite-features"
+    """A feature is NaN or infinite."""
+    NON_FINITE_TARGETS = "non-finite-targets"
+    """A target is NaN or infinite."""
+    LABEL_OUT_OF_RANGE = "label-out-of-range"
+    """A class label is outside ``[0, num_classes)``."""
+    FEATURE_SHAPE_MISMATCH = "feature-shape-mismatch"
+    """Examples of different data sets (clients, test set) have different
+    shapes, or the model does not accept them."""
+    TARGET_SHAPE_MISMATCH = "target-shape-mismatch"
+    """Targets of different data sets have different shapes or kinds (class
+    labels and real values), or the model's output does not match them."""
+    UNREADABLE = "unreadable"
+    """The data cannot be turned into tensors (an item that is not a pair, a
+    value that is not numeric)."""
+
+
+class DataValidationError(ConfigurationError):
+    """A data set was refused before any training.  The message names whose
+    data it is (``"client 3"``, ``"the test set"``) and the problem, and
+    counts the offending entries; it quotes no feature value.
+
+    Attributes:
+        who: whose data it is.
+        problem: the :class:`DataProblem`.
+        detail: a human explanation and the fix.
+    """
+
+    def __init__(self, problem: DataProblem, detail: str, *, who: str) -> None:
+        self.problem = DataProblem(problem)
+        self.who = who
+        self.detail = detail
+        super().__init__(f"{who}: [{self.problem.value}] {detail}")

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl.errors import ConfigurationError
-from securefl.protocol.config import SecAggConfig
+from securefl.hazmat import noise
+from securefl.protocol.config import SecAggConfig, SecurityMode
 from securefl.protocol.noise import NoiseCalibration, NoisePlan
 
 
@@ -77,8 +78,9 @@ def test_bad_plans_are_refused_naming_the_numbers_and_the_fix() -> None:
     # sigma = 1000: +-8 sigma = 16000 ring units need 15 bits (half the ring)
     with pytest.raises(ConfigurationError,
                        match=r"bits=14 is too few.*n=10 clients.*floor f=6.*bits >= 15"):
-        SecAggConfig(10, 4, bits=14, threshold=6, noise=NoisePlan(1e6))
-    SecAggConfig(10, 4, bits=15, threshold=6, noise=NoisePlan(1e6))
+        SecAggConfig(10, 4, bits=14, threshold=6, mode=SecurityMode.ACTIVE,
+                     noise=NoisePlan(1e6))
+    SecAggConfig(10, 4, bits=15, threshold=6, mode=SecurityMode.ACTIVE, noise=NoisePlan(1e6))
     # the threshold calibration's larger worst case (u = n: V n / f) is what is checked
     with pytest.raises(ConfigurationError, match=r"bits=15 is too few.*bits >= 17"):
         SecAggConfig(10, 4, bits=15, threshold=2, noise=NoisePlan.calibrate_to_threshold(1e6))
@@ -87,13 +89,84 @@ def test_bad_plans_are_refused_naming_the_numbers_and_the_fix() -> None:
 
 
 def test_the_plan_is_bound_into_the_configuration_digest() -> None:
-    plain = SecAggConfig(10, 4)
-    assert SecAggConfig(10, 4, noise=None).digest() == plain.digest()
-    digests = {plain.digest(), SecAggConfig(10, 4, noise=NoisePlan(100.0)).digest(),
-               SecAggConfig(10, 4, noise=NoisePlan(101.0)).digest(),
-               SecAggConfig(10, 4, noise=NoisePlan(100.0, tolerance=1e-2)).digest(),
-               SecAggConfig(10, 4, noise=NoisePlan(100.0, NoiseCalibration.THRESHOLD)).digest()}
-    assert len(digests) == 5
+    active = SecurityMode.ACTIVE
+    plain = SecAggConfig(10, 4, mode=active)
+    assert SecAggConfig(10, 4, mode=active, noise=None).digest() == plain.digest()
+    plans = (NoisePlan(100.0), NoisePlan(101.0), NoisePlan(100.0, tolerance=1e-2),
+             NoisePlan(100.0, NoiseCalibration.THRESHOLD), NoisePlan(100.0, noisy_length=3),
+             NoisePlan(100.0, noisy_length=4))
+    digests = {plain.digest(), *(SecAggConfig(10, 4, mode=active, noise=p).digest()
+                                 for p in plans)}
+    assert len(digests) == 1 + len(plans)
+    # without noisy_length a plan encodes exactly as before the field existed
+    assert NoisePlan(100.0).encode() == NoisePlan(100.0, noisy_length=3).encode()[:-4]
+
+
+def test_a_removable_plan_is_refused_in_semi_honest_mode_naming_the_fix() -> None:
+    """[NZ-1b] (the fix for tests/test_review_noise_split.py): removable excess
+    needs the signed survivor list of active mode."""
+    with pytest.raises(ConfigurationError,
+                       match=r"mode=SecurityMode.ACTIVE.*calibrate_to_threshold"):
+        SecAggConfig(10, 4, threshold=6, noise=NoisePlan(100.0))
+    SecAggConfig(10, 4, threshold=6, mode=SecurityMode.ACTIVE, noise=NoisePlan(100.0))
+    # no removable excess: the threshold plan, V = 0 (nothing to strip), floor = n (J = 0)
+    SecAggConfig(10, 4, threshold=6, noise=NoisePlan.calibrate_to_threshold(100.0))
+    SecAggConfig(10, 4, threshold=6, noise=NoisePlan(0.0))
+    assert SecAggConfig(10, 4, threshold=6, min_survivors=10,
+                        noise=NoisePlan(100.0)).noise_components == 0
+
+
+def test_noisy_length_must_fit_the_vector() -> None:
+    for bad in (-1, True, 2.0, 2**32):
+        with pytest.raises(ConfigurationError, match="noisy_length"):
+            NoisePlan(1.0, noisy_length=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="noisy_length 5 exceeds vector_length 4"):
+        SecAggConfig(10, 4, mode=SecurityMode.ACTIVE, noise=NoisePlan(1.0, noisy_length=5))
+    assert SecAggConfig(10, 4, mode=SecurityMode.ACTIVE,
+                        noise=NoisePlan(1.0, noisy_length=3)).noise_length == 3
+    assert SecAggConfig(10, 4, mode=SecurityMode.ACTIVE, noise=NoisePlan(1.0)).noise_length == 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 300), data=st.data(),
+       calibration=st.sampled_from(list(NoiseCalibration)))
+def test_every_accepted_plan_is_sampleable_and_every_refusal_is_typed(
+        n: int, data: st.DataObject, calibration: NoiseCalibration) -> None:
+    """Findings 3, 5, 6 of the review: a plan is accepted only if every
+    component is in the samplers' range ([2^-64, 2^36]: at most MAX_PARTS table
+    draws a coordinate), and any target (subnormal, huge, float max) is either
+    accepted or refused with a ConfigurationError naming the bound."""
+    f = data.draw(st.integers(1, n))
+    v = data.draw(st.one_of(st.floats(0, 1.7976931348623157e308, allow_nan=False,
+                                      allow_infinity=False),
+                            st.sampled_from([5e-324, 2.0**-70, 2.0**36 * n, 2.0**50])))
+    plan = NoisePlan(v, calibration)
+    try:
+        layout = plan.layout(n, f, 64)
+    except ConfigurationError as e:
+        assert "target_variance" in str(e) or "bits=" in str(e) or "tolerance" in str(e)
+        return
+    for w in (layout.base, *layout.excess):
+        assert w == 0 or noise.MIN_SAMPLE_VARIANCE <= w <= noise.MAX_SAMPLE_VARIANCE
+        if w:
+            lam, parts = noise._split_mean(w / 2)
+            assert parts <= noise.MAX_PARTS and 2 * parts * Fraction(lam) == Fraction(w)
+
+
+def test_refusals_name_the_largest_and_least_target() -> None:
+    with pytest.raises(ConfigurationError, match=r"too large to sample.*largest target_variance"
+                                                 r" allowed here is 3\.43597e\+11"):
+        SecAggConfig(5, 100_000, bits=64, mode=SecurityMode.ACTIVE, min_survivors=5,
+                     noise=NoisePlan(2.0**50))
+    with pytest.raises(ConfigurationError, match=r"too small to sample.*at least"):
+        SecAggConfig(3, 4, bits=32, threshold=2, noise=NoisePlan.calibrate_to_threshold(5e-324))
+    for huge in (1e308, 1.7976931348623157e308):
+        with pytest.raises(ConfigurationError, match="too large"):
+            SecAggConfig(10, 4, bits=64, threshold=1,
+                         noise=NoisePlan.calibrate_to_threshold(huge))
+    # the edge: a threshold plan whose one component is exactly 2^36 is accepted
+    layout = NoisePlan.calibrate_to_threshold(2.0**36 * 4).layout(10, 4, 64)
+    assert layout.base == noise.MAX_SAMPLE_VARIANCE
 
 
 @settings(max_examples=60, deadline=None)

@@ -96,10 +96,14 @@ def test_zero_variance_plan_gives_the_exact_sum_with_dropouts(mode: SecurityMode
     assert res.noise_removed == layout.removals(res.survivors) and res.noise_removed
 
 
-@pytest.mark.parametrize("mode", [SecurityMode.SEMI_HONEST, SecurityMode.ACTIVE])
+@pytest.mark.parametrize(("mode", "plan"), [
+    (SecurityMode.ACTIVE, NoisePlan(400.0)),
+    (SecurityMode.SEMI_HONEST, NoisePlan.calibrate_to_threshold(400.0))])
 def test_released_noise_is_exactly_survivors_noise_minus_the_removed_excess(
-        mode: SecurityMode) -> None:
-    config = SecAggConfig(8, 256, bits=32, mode=mode, noise=NoisePlan(400.0))
+        mode: SecurityMode, plan: NoisePlan) -> None:
+    """(Removable plans run in active mode only, [NZ-1b]; in semi-honest mode
+    the threshold plan, which removes nothing.)"""
+    config = SecAggConfig(8, 256, bits=32, mode=mode, noise=plan)
     layout = config.noise_layout
     assert layout is not None
     inputs = _inputs(config, 1)
@@ -135,7 +139,7 @@ def _empirical_variance(plan: NoisePlan, rounds: int, label: str,
                         lazy: int | None = None) -> tuple[float, set[float], int]:
     """Pooled variance of the released noise over ``rounds`` sessions of 10
     clients, 3 (30%) dropped after sharing keys, a different 3 each round."""
-    config = SecAggConfig(10, 2000, bits=32, threshold=6, noise=plan)
+    config = SecAggConfig(10, 2000, bits=32, threshold=6, mode=SecurityMode.ACTIVE, noise=plan)
     rng = _rng(label)
     pick = np.random.default_rng(int.from_bytes(rng.token_bytes(4), "big"))
     samples, reported = [], set()
@@ -187,7 +191,7 @@ def test_a_client_that_adds_no_noise_lowers_the_variance_by_exactly_its_share() 
     layout = plan.layout(10, 6)
     lazy = 1  # the smallest id: first in every sorted survivor list
     # exactly: the released noise is the others' noise minus every removal
-    config = SecAggConfig(10, 64, bits=32, threshold=6, noise=plan)
+    config = SecAggConfig(10, 64, bits=32, threshold=6, mode=SecurityMode.ACTIVE, noise=plan)
     inputs = _inputs(config, 5)
     with _spy_noise() as added:
         driver = SessionDriver(config, inputs, dropouts={c: Round.MASKED_INPUT_COLLECTION
@@ -223,12 +227,14 @@ def test_a_client_that_adds_no_noise_lowers_the_variance_by_exactly_its_share() 
 @given(n=st.integers(4, 7), data=st.data())
 def test_any_accepted_dropout_pattern_releases_at_least_the_target(
         n: int, data: st.DataObject) -> None:
-    t = data.draw(st.integers(2, n - 1))
-    config = SecAggConfig(n, 4, bits=32, threshold=t, noise=NoisePlan(1e4))
+    t = data.draw(st.integers(n // 2 + 1, n - 1))  # active mode: 2t > n holders
+    config = SecAggConfig(n, 4, bits=32, threshold=t, mode=SecurityMode.ACTIVE,
+                          noise=NoisePlan(1e4))
     layout = config.noise_layout
     assert layout is not None
     stages = [Round.SHARE_KEYS, Round.MASKED_INPUT_COLLECTION, Round.UNMASKING]
-    droppers = data.draw(st.lists(st.sampled_from(config.ids), max_size=n - t, unique=True))
+    droppers = data.draw(st.lists(st.sampled_from(config.ids),
+                                  max_size=n - config.signature_quorum, unique=True))
     dropouts = {c: data.draw(st.sampled_from(stages)) for c in droppers}
     res = secure_sum(_inputs(config), config, dropouts)
     u = len(res.survivors)
@@ -251,8 +257,8 @@ def _at_unmasking(config: SecAggConfig, drop: set[int]) -> Federation:
     return fed
 
 
-NOISY = SecAggConfig(num_clients=6, vector_length=8, bits=32, threshold=3,
-                     noise=NoisePlan(100.0, tolerance=1e-2))
+NOISY = SecAggConfig(num_clients=6, vector_length=8, bits=32, threshold=4,
+                     mode=SecurityMode.ACTIVE, noise=NoisePlan(100.0, tolerance=1e-2))
 
 
 def _refused(fed: Federation, client: int, message: UnmaskingRequest) -> RemoteProtocolError:
@@ -265,12 +271,11 @@ def _refused(fed: Federation, client: int, message: UnmaskingRequest) -> RemoteP
     return err
 
 
-@pytest.mark.parametrize("mode", [SecurityMode.SEMI_HONEST, SecurityMode.ACTIVE])
+@pytest.mark.parametrize("threshold", [4, 5])
 def test_asking_for_more_excess_seeds_than_the_rule_selects_is_refused(
-        mode: SecurityMode) -> None:
-    config = SecAggConfig(num_clients=6, vector_length=8, bits=32, mode=mode,
-                          threshold=4 if mode is SecurityMode.ACTIVE else 3,
-                          noise=NoisePlan(100.0, tolerance=1e-2))
+        threshold: int) -> None:
+    config = SecAggConfig(num_clients=6, vector_length=8, bits=32, mode=SecurityMode.ACTIVE,
+                          threshold=threshold, noise=NoisePlan(100.0, tolerance=1e-2))
     fed = _at_unmasking(config, drop={6})
     req = fed.pending[1]
     assert isinstance(req, UnmaskingRequest)
@@ -328,14 +333,14 @@ def test_honest_clients_reveal_only_the_selected_seeds_so_no_more_can_be_removed
 
 
 @pytest.mark.parametrize("liars", [(1, 2, 3), (1, 2)])
-def test_a_split_survivor_list_cannot_both_strip_excess_and_unmask(
-        liars: tuple[int, ...]) -> None:
-    """Semi-honest mode, t = 3 of 6: client 6 shared keys, then dropped.  The
-    server tells ``liars`` that 6 survived (a longer list: the rule removes
-    more excess) and the others the truth.  Each client answers once, so
-    either fewer than t clients reveal the extra seeds, or fewer than t reveal
-    6's masking key, without which the survivors' pairwise masks with 6 never
-    cancel: the server gets a noise-stripped sum only with 2t > 5 answers."""
+def test_a_split_survivor_list_is_refused_in_active_mode(liars: tuple[int, ...]) -> None:
+    """Active mode (removable plans need it, [NZ-1b]), t = 4 of 6: client 6
+    shared keys, then dropped.  The server tells ``liars`` that 6 survived (a
+    longer list: the rule removes more excess) and the others the truth.  The
+    longer list carries no quorum of signatures, so every liar refuses it and
+    reveals nothing: no share of an extra seed, nor of 6's key, leaves them.
+    (In semi-honest mode the same split, three-way, strips kept excess:
+    tests/test_review_noise_split.py.)"""
     fed = _at_unmasking(NOISY, drop={6})
     truth = fed.pending[1]
     layout = NOISY.noise_layout
@@ -344,31 +349,34 @@ def test_a_split_survivor_list_cannot_both_strip_excess_and_unmask(
     extra = set(layout.removals(claimed)) - set(truth.noise_removals) - {
         (6, j) for j in range(layout.components)}
     assert extra, "the longer list selects more of the real survivors' excess"
-    holders_of: dict[tuple[int, int], int] = dict.fromkeys(extra, 0)
-    key_shares_of_6 = 0
+    revealed: set[tuple[int, int]] = set()
     for c in (1, 2, 3, 4, 5):
         req = fed.pending[c]
         if c in liars:
             req = dataclasses.replace(req, survivors=claimed, dropped=(),
                                       noise_removals=layout.removals(claimed))
+            with pytest.raises(RemoteProtocolError):
+                fed.clients[c].handle(req)
+            assert fed.clients[c].state is ClientState.ABORTED
+            continue
         resp = fed.clients[c].handle(req)
-        for pair in extra & set(resp.noise_shares):
-            holders_of[pair] += 1
-        key_shares_of_6 += 6 in resp.key_shares
-    t = NOISY.t
-    strippable = all(count >= t for count in holders_of.values())
-    assert not (strippable and key_shares_of_6 >= t)
-    assert max(holders_of.values()) == len(liars) and key_shares_of_6 == 5 - len(liars)
+        assert isinstance(resp, UnmaskingResponse)
+        revealed |= set(resp.noise_shares)
+    assert not revealed & extra
 
 
 # -- the server refuses malformed noise material --------------------------------
 
 
 def test_the_server_refuses_wrong_noise_commitments_and_responses() -> None:
-    server = ServerSession(NOISY)
-    client = ClientSession(NOISY, 1, input=np.zeros(8, dtype=np.uint32))
+    # (semi-honest, unsigned adverts: a zero-variance plan, which has J seeds all the same)
+    zero = SecAggConfig(num_clients=6, vector_length=8, bits=32, threshold=3,
+                        noise=NoisePlan(0.0, tolerance=1e-2))
+    assert zero.noise_components > 0
+    server = ServerSession(zero)
+    client = ClientSession(zero, 1, input=np.zeros(8, dtype=np.uint32))
     advert = client.start()
-    assert len(advert.noise_commitments) == NOISY.noise_components
+    assert len(advert.noise_commitments) == zero.noise_components
     for bad in (advert.noise_commitments[:-1], (*advert.noise_commitments[:-1], b"x" * 31)):
         with pytest.raises(RemoteProtocolError) as info:
             server.receive(AdvertiseKeys(1, advert.encryption_key, advert.masking_key, None,
@@ -387,7 +395,8 @@ def test_the_server_refuses_wrong_noise_commitments_and_responses() -> None:
 
 
 def test_a_forged_noise_seed_share_is_blamed_and_the_noise_still_removed_exactly() -> None:
-    config = SecAggConfig(7, 32, bits=32, threshold=3, noise=NoisePlan(100.0))
+    config = SecAggConfig(7, 32, bits=32, threshold=4, mode=SecurityMode.ACTIVE,
+                          noise=NoisePlan(100.0))
     inputs = _inputs(config, 3)
     with _spy_noise() as added:
         fed = Federation(config, inputs)
@@ -396,6 +405,7 @@ def test_a_forged_noise_seed_share_is_blamed_and_the_noise_still_removed_exactly
         fed.close()
         fed.step()
         fed.step(skip={7})
+        fed.step()  # the consistency round
         replies = fed.answer(send=False)
     (v, j) = fed.pending[1].noise_removals[0]
     forged = dict(replies[2].noise_shares)
@@ -482,7 +492,7 @@ def test_clients_refuse_a_roster_whose_noise_commitments_do_not_fit_the_plan() -
 def test_the_server_removes_the_same_noise_with_an_executor() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    config = SecAggConfig(8, 300, bits=32, noise=NoisePlan(100.0))
+    config = SecAggConfig(8, 300, bits=32, mode=SecurityMode.ACTIVE, noise=NoisePlan(100.0))
     inputs = _inputs(config, 4)
     drop = {2: Round.MASKED_INPUT_COLLECTION}
     alone = secure_sum(inputs, config, drop, rng=_rng("executor"))
@@ -519,3 +529,28 @@ def test_the_wire_checks_noise_field_sizes() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode(env.SerializeToString(deterministic=True))
     assert info.value.reason == WireIssue.INVALID_ID.value  # type: ignore[attr-defined]
+
+
+# -- the noisy prefix ([NZ-1] L, [NZ-4]) ------------------------------------------
+
+
+def test_noise_touches_only_the_noisy_prefix_and_removal_is_exact_there() -> None:
+    """With ``noisy_length = L`` clients noise coordinates ``0..L-1`` only and
+    the server removes the selected excess from the same coordinates: the
+    rest of the sum is exact (the codec's weight slot), with dropouts."""
+    from securefl.conformance.jsonio import config_from_json, config_to_json
+
+    config = SecAggConfig(8, 12, bits=32, mode=SecurityMode.ACTIVE,
+                          noise=NoisePlan(1e4, noisy_length=9))
+    assert config.noise_length == 9
+    assert config_from_json(config_to_json(config)) == config
+    inputs = _inputs(config, 6)
+    with _spy_noise() as added:
+        res = secure_sum(inputs, config, {2: Round.MASKED_INPUT_COLLECTION,
+                                          5: Round.MASKED_INPUT_COLLECTION},
+                         rng=_rng("prefix"))
+    assert res.noise_removed and len(res.survivors) == 6
+    released = _released_noise(config, inputs, res)
+    assert np.array_equal(released[9:], np.zeros(3, dtype=np.int64))
+    assert all(not added[c][9:].any() for c in added)
+    assert np.count_nonzero(released[:9]) >= 8  # sigma 100 (deterministic randomness)

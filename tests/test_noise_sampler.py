@@ -169,3 +169,32 @@ def test_guide_table_lookup_equals_the_binary_search(mean: float, words: list[in
     u = np.array(words + edge, dtype=np.uint64)
     plain = np.searchsorted(table.thresholds, u, side="right").astype(np.int64) + table.offset
     assert np.array_equal(table.lookup(u), plain)
+
+
+def test_the_samplers_refuse_what_they_cannot_honour_before_touching_the_keystream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review findings 3 and 5 at the sampler: a variance above 2^36 (more
+    than MAX_PARTS table draws; 2^50 over 10^5 coordinates asked for 78 GiB)
+    or a non-zero one below 2^-64 (a subnormal halves inexactly) raises a
+    ConfigurationError before any keystream is expanded."""
+    def no_keystream(key: bytes, count: int) -> np.ndarray:
+        raise AssertionError("keystream expanded")
+
+    monkeypatch.setattr(noise, "uniform_words", no_keystream)
+    for mu in (2.0**50, math.nextafter(noise.MAX_SAMPLE_VARIANCE, math.inf), 5e-324, 2.0**-65):
+        with pytest.raises(ConfigurationError, match="samplers' range"):
+            noise.skellam(mu, 100_000, _key("range"))
+        with pytest.raises(ConfigurationError, match="samplers' range"):
+            noise.statistical_distance_bound(mu)
+    for lam in (2.0**49, math.nextafter(noise.MAX_SAMPLE_VARIANCE / 2, math.inf), 2.0**-66):
+        with pytest.raises(ConfigurationError, match="samplers' range"):
+            noise.poisson(lam, 100_000, _key("range"))
+    assert noise._split_mean(noise.MAX_SAMPLE_VARIANCE / 2) == (2.0**31, noise.MAX_PARTS)
+
+
+def test_the_distance_bound_at_the_largest_variance() -> None:
+    """2 p table bounds, p = 16 parts whose means sum to the mean exactly (no
+    mean-shift term): still far below 2^-30 at 2^36."""
+    bound = noise.statistical_distance_bound(noise.MAX_SAMPLE_VARIANCE)
+    table = noise.poisson_table(2.0**31)
+    assert bound == 2 * noise.MAX_PARTS * table.distance_bound < 2.0**-30

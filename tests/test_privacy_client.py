@@ -1,5 +1,6 @@
 """Opacus clients: one accountant across rounds, target epsilon turned into
-a noise multiplier up front, the budget guard, and models Opacus cannot train."""
+a noise multiplier up front, the budget guard (models DP-SGD cannot train:
+tests/test_model_compat.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from securefl.errors import ConfigurationError, PrivacyBudgetExceededError
@@ -19,7 +19,6 @@ from securefl.privacy import (
     PrivateClient,
     Weighting,
     epsilon,
-    make_private_compatible,
 )
 
 torch.set_num_threads(1)
@@ -160,25 +159,6 @@ def test_epsilon_matches_opacus_accountants() -> None:
     assert epsilon(history, 1e-5, AccountantKind.PRV) == pytest.approx(prv.get_epsilon(1e-5),
                                                                        rel=1e-12)
     assert epsilon([], 1e-5) == 0.0
-
-
-def test_batchnorm_is_fixed_by_opacus() -> None:
-    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-    assert ModuleValidator.validate(model, strict=False)
-    fixed = make_private_compatible(model)
-    assert not ModuleValidator.validate(fixed, strict=False)
-    assert not any(isinstance(m, nn.BatchNorm1d) for m in fixed.modules())
-    x, y = _data()
-    client = PrivateClient(1, fixed, x, y, DPConfig(noise_multiplier=1.0))
-    client.train_round([p.detach().clone() for p in fixed.parameters()])
-    assert client.history[0][2] == client.steps_per_round
-
-
-def test_unfixable_model_is_refused_with_opacus_explanation(monkeypatch) -> None:
-    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8))
-    monkeypatch.setattr(ModuleValidator, "fix", staticmethod(lambda m, **kw: m))
-    with pytest.raises(ConfigurationError, match=r"Opacus cannot train this model.*BatchNorm"):
-        make_private_compatible(model)
 
 
 def test_configuration_is_validated() -> None:

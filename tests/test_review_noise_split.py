@@ -15,8 +15,14 @@ masking key is recovered and the sum unmasks); every pair removed by two of
 the three longer lists is revealed by >= t holders.  The server ends with a
 correct, fully unmasked sum whose noise variance is below the target ``V``.
 
-REAL HOLE: ``test_three_way_split_strips_excess_below_the_target`` FAILS
-against the current code (the attack succeeds).
+REAL HOLE (fixed): the attack succeeded against the code as reviewed.  The
+fix ([NZ-1b]) refuses a removable plan in semi-honest mode up front:
+``test_the_split_configuration_is_refused_up_front``.  The attack below is
+kept and run (1) with the refusal switched off, proving the rule is needed,
+and (2) against ``NoisePlan.calibrate_to_threshold``, which semi-honest mode
+accepts and which keeps ``>= V`` under the same split (it has nothing
+removable).  In active mode the split lists carry no quorum of signatures and
+are refused (``tests/test_review_noise_confirmed.py``).
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from collections import Counter
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from securefl import SecAggConfig
+from securefl.errors import ConfigurationError
 from securefl.hazmat import noise, shamir
 from securefl.hazmat.agreement import KeyPair, matches_public
 from securefl.hazmat.randomness import DeterministicRandom
+from securefl.protocol import config as config_module
 from securefl.protocol import derivation as d
 from securefl.protocol.client import ClientSession
 from securefl.protocol.messages import UnmaskingRequest, UnmaskingResponse
@@ -51,11 +60,39 @@ def _centred(values: np.ndarray) -> np.ndarray:
     return np.where(v >= 1 << (BITS - 1), v - (1 << BITS), v)
 
 
-def test_three_way_split_strips_excess_below_the_target() -> None:
+def test_the_split_configuration_is_refused_up_front() -> None:
+    """The fix: a removable plan in semi-honest mode never runs."""
+    with pytest.raises(ConfigurationError, match=r"ACTIVE.*calibrate_to_threshold"):
+        SecAggConfig(N, M, bits=BITS, threshold=T, noise=NoisePlan(V, tolerance=1e-3))
+
+
+def test_without_the_refusal_three_way_split_strips_excess_below_the_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the refusal is needed: with [NZ-1b] switched off the attack works."""
+    monkeypatch.setattr(config_module, "_check_noise_mode", lambda *args: None)
     config = SecAggConfig(N, M, bits=BITS, threshold=T, noise=NoisePlan(V, tolerance=1e-3))
-    assert 2 * config.t > len(SURVIVORS)  # the documented precondition: 2t > holders
     layout = config.noise_layout
     assert layout is not None and layout.components == 3
+    left, stripped_kept = _three_way_split(config)
+    assert stripped_kept  # pairs the rule keeps for the true list were stripped
+    assert left < Fraction(V) and float(left / Fraction(V)) < 0.95
+
+
+def test_the_threshold_plan_keeps_the_target_under_the_same_split() -> None:
+    """The semi-honest alternative the refusal names: nothing is removable."""
+    config = SecAggConfig(N, M, bits=BITS, threshold=T,
+                          noise=NoisePlan.calibrate_to_threshold(V))
+    left, stripped_kept = _three_way_split(config)
+    assert not stripped_kept
+    assert left >= Fraction(V)
+
+
+def _three_way_split(config: SecAggConfig) -> tuple[Fraction, set[tuple[int, int]]]:
+    """Run the attack; return the variance of the noise left in the unmasked
+    sum and the pairs stripped that the rule keeps for the true list."""
+    assert 2 * config.t > len(SURVIVORS)  # the documented precondition: 2t > holders
+    layout = config.noise_layout
+    assert layout is not None
     gen = np.random.default_rng(7)
     inputs = {c: gen.integers(0, 1000, M, dtype=np.uint64) for c in config.ids}
     added: dict[int, np.ndarray] = {}
@@ -137,11 +174,4 @@ def test_three_way_split_strips_excess_below_the_target() -> None:
     left = len(SURVIVORS) * Fraction(layout.base) + sum(
         (Fraction(layout.excess[j]) for v in SURVIVORS for j in range(layout.components)
          if (v, j) not in stripped), Fraction(0))
-    # pairs the rule keeps for the true survivor list are among the stripped ones
-    assert set(stripped) - set(layout.removals(SURVIVORS))
-    # the documented claim: the released noise never falls below V
-    assert left >= Fraction(V), (
-        f"split lists stripped {sorted(set(stripped) - set(layout.removals(SURVIVORS)))}:"
-        f" noise variance left {float(left):.6g} < V = {V:g}"
-        f" ({float(left / Fraction(V)):.4f} V)")
-
+    return left, set(stripped) - set(layout.removals(SURVIVORS))

@@ -41,6 +41,8 @@ def config_to_json(config: SecAggConfig) -> dict[str, Any]:
                         "targetVariance": config.noise.target_variance,
                         "calibration": config.noise.calibration.value,
                         "tolerance": config.noise.tolerance}
+        if config.noise.noisy_length is not None:  # (only when set: older files unchanged)
+            out["noise"]["noisyLength"] = config.noise.noisy_length
     return out
 
 
@@ -91,13 +93,15 @@ def _noise_from_json(data: Any) -> NoisePlan | None:
     if data is None:
         return None
     keys = {"distribution", "targetVariance", "calibration", "tolerance"}
-    if not isinstance(data, dict) or set(data) != keys or data["distribution"] != "skellam":
+    if not isinstance(data, dict) or not keys <= set(data) <= keys | {"noisyLength"} or \
+            data["distribution"] != "skellam":
         raise ConfigurationError(f"a noise plan is an object with exactly {sorted(keys)}"
-                                 " and distribution 'skellam'")
+                                 " (and optionally 'noisyLength') and distribution 'skellam'")
     for key in ("targetVariance", "tolerance"):
         if isinstance(data[key], bool) or not isinstance(data[key], int | float):
             raise ConfigurationError(f"noise plan field {key!r} must be a number")
-    return NoisePlan(data["targetVariance"], data["calibration"], data["tolerance"])
+    return NoisePlan(data["targetVariance"], data["calibration"], data["tolerance"],
+                     noisy_length=data.get("noisyLength"))
 
 
 def graph_from_text(text: str) -> NeighbourGraph:

@@ -13,6 +13,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "FederationResult": "api",
+    "federate": "api",
     "DatasetName": "options",
     "FederatedData": "data",
     "load_breast_cancer_federated": "data",

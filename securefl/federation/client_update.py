@@ -3,9 +3,10 @@ the durable charge, DP-SGD training and the encoding of the update.
 
 The simulator (:func:`~securefl.federation.simulation.run_simulation`) and the
 Flower ClientApp (:func:`~securefl.flower.client_train.train_private_client`)
-both call :func:`client_update`; nothing else trains a
+both call :func:`client_update`; no other federation runner trains a
 :class:`~securefl.privacy.client.PrivateClient` for a round or encodes its
-update.  In order:
+update (the empirical audit, :mod:`securefl.privacy.empirical`, trains one
+white-box, outside any federation, and encodes nothing).  In order:
 
 1. **guard**: :func:`admit` checks that one more round keeps the client within
    its budget under every accountant of its adjacency

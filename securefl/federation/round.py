@@ -75,6 +75,7 @@ from securefl.privacy.ledger import (
     LEDGER_FILENAME,
     LedgerEntry,
     Participation,
+    UserLevelEntry,
     encode_block,
     header_line,
     parse_ledger,
@@ -94,6 +95,10 @@ __all__ = [
     "RoundRecorder",
     "RoundReport",
 ]
+
+Evaluator = Callable[[torch.nn.Module], Any]
+"""Evaluates a global model: returns an object with ``accuracy`` and ``loss``
+(:class:`~securefl.federation.model.Evaluation`)."""
 
 METRICS_FILENAME = "metrics.json"
 PLOT_FILENAME = "accuracy_per_round.png"
@@ -276,7 +281,7 @@ class RoundRecorder:
     def __init__(self, out: Path, store: RunStore, *, config: SimulationConfig, server: Server,
                  test: tuple[np.ndarray, np.ndarray], secure: bool,
                  round_json: Callable[[RoundReport], dict[str, Any]] | None,
-                 plot_title: str | None) -> None:
+                 plot_title: str | None, evaluator: Evaluator | None = None) -> None:
         self.out = out
         self.store = store
         self.config = config
@@ -295,7 +300,9 @@ class RoundRecorder:
         self._head = store.ledger_head()
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
-        self.last_eval = evaluate(server.model, self._x_test, self._y_test)
+        self._evaluate: Evaluator = evaluator or (
+            lambda model: evaluate(model, self._x_test, self._y_test))
+        self.last_eval = self._evaluate(server.model)
 
     # -- construction ------------------------------------------------------------------
 
@@ -328,7 +335,8 @@ class RoundRecorder:
                config_extra: Mapping[str, Any] | None = None,
                round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
                plot_title: str | None = None,
-               driver_state: Mapping[str, Any] | None = None) -> RoundRecorder:
+               driver_state: Mapping[str, Any] | None = None,
+               evaluator: Evaluator | None = None) -> RoundRecorder:
         """Start recording a new run in ``output_dir``: create the run store
         with round 0 (the initial model) committed, and export the ledger
         (its header), ``checkpoint.pt`` and ``metrics.json``.
@@ -346,6 +354,9 @@ class RoundRecorder:
             plot_title: title of the accuracy plot :meth:`finish` writes
                 (None: no plot).
             driver_state: the driver's initial state (JSON).
+            evaluator: evaluates the global model at the start and after
+                every applied round (default: accuracy and cross-entropy on
+                ``test``).
 
         Raises:
             ConfigurationError: ``output_dir`` already holds a ledger or a run
@@ -373,7 +384,7 @@ class RoundRecorder:
                                 checkpoint=checkpoint, clients=clients,
                                 driver=dict(driver_state or {}))
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title)
+                       round_json=round_json, plot_title=plot_title, evaluator=evaluator)
         try:
             recorder.export()
         except BaseException:
@@ -524,7 +535,8 @@ class RoundRecorder:
     def settle(self, round_number: int, outcome: AggregateOutcome | None,
                clients: Sequence[ClientOutcome], *, abort_reason: str = "",
                started: float | None = None,
-               driver_state: Mapping[str, Any] | None = None) -> RoundReport:
+               driver_state: Mapping[str, Any] | None = None,
+               user_level: Sequence[UserLevelEntry] = ()) -> RoundReport:
         """Settle ``round_number``: apply ``outcome`` to the global model
         (None: the round aborted, the model and the optimizer are unchanged),
         then commit the settled rows (one per client of ``clients``), the
@@ -538,6 +550,8 @@ class RoundRecorder:
             abort_reason: why the round aborted.
             started: :func:`time.perf_counter` at the start of the round.
             driver_state: the driver's state after this round (JSON).
+            user_level: the round's user-level ledger row, when the sum
+                carried distributed-DP noise (written in the settled block).
 
         Returns:
             the round's report.
@@ -571,7 +585,7 @@ class RoundRecorder:
                            "history": _history_json(client.history)}
         if outcome is not None:
             self.server.apply(outcome)
-            self.last_eval = evaluate(self.server.model, self._x_test, self._y_test)
+            self.last_eval = self._evaluate(self.server.model)
         eps_values = [c.epsilon_rdp for c in reports]
         prv_values = [c.epsilon_prv for c in reports if c.epsilon_prv is not None]
         report = RoundReport(
@@ -580,7 +594,7 @@ class RoundRecorder:
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
             delta=self.config.delta, seconds=time.perf_counter() - t0,
             abort_reason=abort_reason)
-        lines = encode_block(self._head, round_number, "settled", rows)
+        lines = encode_block(self._head, round_number, "settled", rows, user_level)
         head = record_digest(lines[-1])
         anchor = {"round": round_number, "head": head}
         driver = dict(driver_state if driver_state is not None else self.driver_state)

@@ -176,6 +176,18 @@ def _restore(client: PrivateClient, history: list[Any], generators: Mapping[str,
     client.accountant.history = list(history)
 
 
+def _witness(context: Context) -> tuple[int | None, int]:
+    """What this SuperNode process remembers of the federation (the
+    ``securefl.node`` Context record): the first round it saw, and how many
+    charges it last wrote to disk."""
+    record = context.state.config_records.get(NODE_RECORD)
+    if record is None:
+        return None, 0
+    first, charges = record.get("first-round"), record.get("charges", 0)
+    return (first if isinstance(first, int) and not isinstance(first, bool) else None,
+            charges if isinstance(charges, int) and not isinstance(charges, bool) else 0)
+
+
 def train_private_client(msg: Message, context: Context) -> Message:
     """The ClientApp's ``train`` behind :func:`~securefl.flower.securefl_mod`:
     one round of Opacus DP-SGD on this node's partition through
@@ -217,20 +229,17 @@ def train_private_client(msg: Message, context: Context) -> Message:
                            seed=v["seed"], weighting=v["weighting"])
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
     store = node_store(context)
-    witness = context.state.config_records.get(NODE_RECORD)
-    first_seen = witness.get("first-round") if witness is not None else None
-    witnessed = witness.get("charges", 0) if witness is not None else 0
+    first_seen, witnessed = _witness(context)
 
     def remember(saved: NodeAccountantState) -> NodeAccountantState:
         context.state.config_records[NODE_RECORD] = ConfigRecord(
-            {"first-round": int(first_seen if first_seen is not None else fl_round),  # type: ignore[call-overload]
+            {"first-round": first_seen if first_seen is not None else fl_round,
              "charges": len(saved.charges)})
         return saved
 
     with store.locked():
         state = store.load(fl_round, allow_fresh=allow_fresh_state(context.node_config),
-                           first_seen=int(first_seen) if first_seen is not None else None,  # type: ignore[call-overload]
-                           witnessed=int(witnessed))  # type: ignore[call-overload]
+                           first_seen=first_seen, witnessed=witnessed)
         _restore(client, state.history, state.generators, str(store.path))
 
         def charge(admission: Admission) -> None:

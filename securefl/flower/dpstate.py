@@ -233,6 +233,13 @@ class NodeAccountantState:
         Raises:
             ValueError: anything but an intact state file of this format.
         """
+        try:
+            return cls._decode(raw)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed state: {exc}") from None
+
+    @classmethod
+    def _decode(cls, raw: bytes) -> NodeAccountantState:
         data = _parse(raw)
         if set(data) != {"format", "federation", "client_id", "charges", "generators",
                          "digest"}:

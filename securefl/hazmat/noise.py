@@ -33,8 +33,17 @@ total-variation distance to the true Poisson(lam) is at most
 fixed-point floors, plus the cut tails; below 2^-43 for every mean up to
 2^31 and below 10^-15 for means up to 10^6 (tested).  For a Skellam sample
 the bound doubles (two Poisson draws).  Means above ``2^31`` are drawn as a
-sum of ``ceil(lam / 2^31)`` independent Poisson draws of equal mean (exact:
-Poisson is closed under sums), so no table exceeds about 750 000 entries.
+sum of ``p`` independent Poisson draws of mean ``lam / p``, ``p`` the least
+power of two with ``lam / p <= 2^31`` (division by a power of two is exact,
+so the parts sum to exactly ``lam``; Poisson is closed under sums), so no
+table exceeds about 750 000 entries.  The cost is ``2 p`` keystream words and
+table look-ups per coordinate, so ``p`` is capped at :data:`MAX_PARTS`: the
+largest variance a sampler accepts is :data:`MAX_SAMPLE_VARIANCE` (``2^36``);
+the smallest non-zero one is :data:`MIN_SAMPLE_VARIANCE` (``2^-64``, the
+resolution of the table weights; also keeps ``mu / 2`` exact, i.e. no
+subnormal).  Both limits raise :class:`ConfigurationError` before any key or
+keystream is touched, and :class:`~securefl.protocol.noise.NoisePlan` refuses
+a plan with a component outside them up front.
 
 Nothing here knows about rounds or clients.
 """
@@ -55,6 +64,17 @@ from securefl.hazmat.randomness import RandomSource, default_random
 
 MAX_TABLE_MEAN = float(2**31)
 """Poisson means above this are drawn as sums of several table draws."""
+MAX_PARTS = 16
+"""The most table draws per Poisson coordinate (a power of two): a larger
+mean would cost ``2 MAX_PARTS`` keystream words (128 bytes) and look-ups per
+Skellam coordinate and more, and is refused."""
+MAX_SAMPLE_VARIANCE = 2 * MAX_PARTS * MAX_TABLE_MEAN
+"""``2^36``: the largest Skellam variance the samplers accept (Poisson mean
+``MAX_PARTS * 2^31``)."""
+MIN_SAMPLE_VARIANCE = 2.0**-64
+"""The smallest non-zero Skellam variance the samplers accept: table weights
+are multiples of ``2^-64``, and halving is exact from here on (no
+subnormals)."""
 TAIL_BITS = 100
 """Each cut tail of a Poisson table holds less than 2^-TAIL_BITS."""
 FIXED_BITS = 192
@@ -174,15 +194,29 @@ def poisson_table(mean: float) -> PoissonTable:
 def statistical_distance_bound(variance: float) -> float:
     """Upper bound on the total-variation distance between one coordinate of
     :func:`skellam` with this ``variance`` and the exact ``Sk(variance)``
-    (0 for variance 0)."""
-    if variance == 0:
+    (0 for variance 0): ``2 p`` table bounds for ``2 p`` table draws (a
+    coupling of each draw with an exact Poisson of its part mean; the part
+    means sum to exactly ``variance / 2``, :func:`_split_mean`, so there is no
+    mean-shift term).
+
+    Raises:
+        ConfigurationError: ``variance`` outside ``{0} u [MIN_SAMPLE_VARIANCE,
+            MAX_SAMPLE_VARIANCE]``.
+    """
+    v = _check(variance, 0, "Skellam variance")
+    if v == 0:
         return 0.0
-    lam, parts = _split_mean(variance / 2)
+    lam, parts = _split_mean(v / 2)
     return 2 * parts * poisson_table(lam).distance_bound
 
 
 def _split_mean(mean: float) -> tuple[float, int]:
-    parts = max(1, math.ceil(mean / MAX_TABLE_MEAN))
+    """``(mean / p, p)``, ``p`` the least power of two with ``mean / p <= 2^31``:
+    exact (``p * (mean / p) == mean`` for every accepted ``mean``, which is a
+    normal double, so the sampled variance is exactly the one asked for)."""
+    parts = 1
+    while mean / parts > MAX_TABLE_MEAN:
+        parts *= 2
     return mean / parts, parts
 
 
@@ -199,21 +233,36 @@ def _poisson_from_words(lam: float, words: np.ndarray) -> np.ndarray:
 
 
 def _check(value: float, size: int, what: str) -> float:
+    """``value`` as a float after checking it is 0 or a Skellam variance (or,
+    for a Poisson mean, half of one) the samplers honour exactly."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigurationError(f"size must be a non-negative int, got {size!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except (OverflowError, TypeError, ValueError):
+        raise ConfigurationError(f"the {what} must be a finite number, got {value!r}") from None
     if not (math.isfinite(v) and v >= 0):
         raise ConfigurationError(f"the {what} must be finite and >= 0, got {value!r}")
+    scale = 0.5 if what == "Poisson mean" else 1.0
+    if v != 0 and not MIN_SAMPLE_VARIANCE * scale <= v <= MAX_SAMPLE_VARIANCE * scale:
+        raise ConfigurationError(
+            f"the {what} {v!r} is outside the samplers' range: 0 or"
+            f" [{MIN_SAMPLE_VARIANCE * scale!r}, {MAX_SAMPLE_VARIANCE * scale!r}] (at most"
+            f" {MAX_PARTS} Poisson table draws per coordinate; weights are multiples of"
+            " 2^-64)")
     return v
 
 
 def poisson(mean: float, size: int, key: bytes) -> np.ndarray:
     """``size`` independent Poisson(``mean``) draws (int64), a deterministic
     function of the 32-byte AES key ``key`` (keystream words ``0..size*p-1``,
-    ``p`` the number of table parts, 1 for means up to 2^31).
+    ``p`` the number of table parts, :func:`_split_mean`: 1 for means up to
+    2^31).
 
     Raises:
-        ConfigurationError: negative or non-finite mean, bad size or key.
+        ConfigurationError: negative or non-finite mean, a non-zero mean
+            outside ``[MIN_SAMPLE_VARIANCE / 2, MAX_SAMPLE_VARIANCE / 2]``,
+            bad size or key.
     """
     lam = _check(mean, size, "Poisson mean")
     if lam == 0 or size == 0:
@@ -233,7 +282,9 @@ def skellam(variance: float, size: int, key: bytes) -> np.ndarray:
     first ``size*p`` words, the second the next ``size*p``.
 
     Raises:
-        ConfigurationError: negative or non-finite variance, bad size or key.
+        ConfigurationError: negative or non-finite variance, a non-zero
+            variance outside ``[MIN_SAMPLE_VARIANCE, MAX_SAMPLE_VARIANCE]``,
+            bad size or key.
     """
     v = _check(variance, size, "Skellam variance")
     if v == 0 or size == 0:

@@ -135,7 +135,13 @@ def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> flo
         return float(eps)
     accountant = PRVAccountant()
     accountant.history = [row for row in history if row[2] > 0]
-    return float(accountant.get_epsilon(delta=delta))
+    # At sample rate 1 Opacus's PRV evaluates np.log(1 - q) = log(0): numpy
+    # warns "divide by zero" and returns -inf, the intended lower edge of the
+    # privacy loss's support (the mechanism is then the plain Gaussian).
+    # Only that division is silenced, and only for such a history.
+    full_batch = any(q >= 1.0 for _, q, _ in accountant.history)
+    with np.errstate(divide="ignore") if full_batch else contextlib.nullcontext():
+        return float(accountant.get_epsilon(delta=delta))
 
 
 def epsilon(history: Sequence[Sequence[float]], delta: float,

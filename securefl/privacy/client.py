@@ -30,8 +30,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +40,14 @@ from opacus.accountants import create_accountant
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-from opacus.validators import ModuleValidator
 from torch import nn
 
-from securefl.errors import ConfigurationError
+from securefl.errors import (
+    ConfigurationError,
+    DataProblem,
+    DataValidationError,
+    ModelIncompatibleError,
+)
 from securefl.privacy.accounting import (
     AccountantKind,
     HistoryRow,
@@ -51,7 +56,9 @@ from securefl.privacy.accounting import (
     noise_multiplier_for,
     noise_multiplier_for_replace_one,
 )
+from securefl.privacy.batches import ClientBatches, TensorBatches, call_model
 from securefl.privacy.budget import PrivacyBudget
+from securefl.privacy.layers import incompatible_layers, prepare_model
 from securefl.privacy.noise import (
     ClientRandomness,
     NoiseSource,
@@ -65,6 +72,7 @@ __all__ = [
     "DEFAULT_SAMPLE_RATE",
     "DPConfig",
     "LocalResult",
+    "OptimizerFactory",
     "PrivateClient",
     "Weighting",
     "adjacency_for",
@@ -230,24 +238,22 @@ def calibrated_noise_multiplier(config: DPConfig, adjacency: Adjacency) -> float
                                 float(config.sample_rate), total, config.accountant)
 
 
-def make_private_compatible(model: nn.Module) -> nn.Module:
-    """Return ``model`` if Opacus can train it, else ``ModuleValidator.fix``'s
-    repaired copy (e.g. BatchNorm replaced by GroupNorm).
+def make_private_compatible(model: nn.Module, *,
+                            replace_incompatible_layers: bool = False) -> nn.Module:
+    """Return ``model`` if DP-SGD can train it.  Otherwise refuse it, naming
+    each layer it cannot train (module path and class) and the fix; or, with
+    ``replace_incompatible_layers=True`` (an explicit opt-in), return a copy
+    where each such layer is replaced (``BatchNorm1d(C)`` by
+    ``GroupNorm(1, C)``...), every replacement logged as a warning (see
+    :mod:`securefl.privacy.layers`).  ``model`` itself is never modified.
 
     Raises:
-        ConfigurationError: carrying Opacus's own explanation, when even the
-            fixed model cannot be trained with DP-SGD.
+        ModelIncompatibleError: (a :class:`~securefl.errors.ConfigurationError`)
+            when the model has a layer DP-SGD cannot train and no replacement
+            was asked for, or one that has no replacement.
     """
-    if not ModuleValidator.validate(model, strict=False):
-        return model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fixed = ModuleValidator.fix(copy.deepcopy(model))
-    errors = ModuleValidator.validate(fixed, strict=False)
-    if errors:
-        explanation = "; ".join(str(e) for e in errors)
-        raise ConfigurationError(f"Opacus cannot train this model: {explanation}")
-    return fixed
+    prepared, _ = prepare_model(model, replace_incompatible_layers=replace_incompatible_layers)
+    return prepared
 
 
 @dataclass(frozen=True)
@@ -298,7 +304,13 @@ class PrivateClient:
         client_id: a positive integer (secure aggregation ids start at 1).
         model: the federation's model architecture (already Opacus-compatible,
             see :func:`make_private_compatible`); the client trains a copy.
-        features: its private training data, one row per example; labels: their labels.
+        features: its private training data, one row per example (cast to
+            float32); or a :class:`~securefl.privacy.batches.ClientBatches`
+            (any inputs: token ids, several tensors, a ``Dataset`` with its
+            collate function), with ``labels`` None.
+        labels: their targets: integer class labels (as ``long``) or real
+            values (floating arrays stay real, as ``float32``, for
+            regression losses); None with a ``ClientBatches``.
         config: DP-SGD parameters.
         seed: the federation's public run seed; used only with
             ``config.insecure_reproducible_noise`` (then it seeds, with the
@@ -306,26 +318,60 @@ class PrivateClient:
             :class:`~securefl.privacy.noise.SeededRandomness`), ignored
             otherwise: the randomness comes from ``os.urandom``.
         weighting: how its update is weighted (see :func:`adjacency_for`).
+        loss_fn: the training loss, ``loss_fn(output, targets) -> scalar``,
+            the **mean** over the batch of per-example losses (Opacus's
+            ``loss_reduction="mean"``; a loss module with another
+            ``reduction`` is refused); default cross-entropy.
+        optimizer: a factory ``optimizer(parameters) -> torch.optim.Optimizer``
+            for the local optimizer (e.g. ``functools.partial(torch.optim.Adam,
+            lr=1e-3)``), which then updates the weights from the clipped,
+            noised gradient (post-processing: it costs no privacy); its state
+            is reset at the start of every round.  Default: SGD at
+            ``config.lr``.
 
     Raises:
         ConfigurationError: on empty data, mismatched lengths, a target
-            epsilon that cannot be reached, or insecure reproducible noise
-            without a seed.
+            epsilon that cannot be reached, insecure reproducible noise
+            without a seed, a loss that does not average, or an optimizer
+            factory that does not optimize the model's parameters.
+        DataValidationError: (a ``ConfigurationError``) on NaN or infinite
+            features or targets.
+        ModelIncompatibleError: (a ``ConfigurationError``) when the model has
+            a layer DP-SGD cannot train (see :func:`make_private_compatible`).
     """
 
-    def __init__(self, client_id: int, model: nn.Module, features: np.ndarray,
-                 labels: np.ndarray, config: DPConfig, *, seed: int | None = None,
-                 weighting: Weighting = Weighting.UNIFORM) -> None:
-        if len(features) == 0 or len(features) != len(labels):
-            raise ConfigurationError(
-                f"client {client_id} needs matching non-empty features and labels,"
-                f" got {len(features)} and {len(labels)}"
-            )
+    def __init__(self, client_id: int, model: nn.Module,
+                 features: np.ndarray | torch.Tensor | ClientBatches,
+                 labels: np.ndarray | torch.Tensor | None, config: DPConfig, *,
+                 seed: int | None = None, weighting: Weighting = Weighting.UNIFORM,
+                 loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+                 optimizer: OptimizerFactory | None = None) -> None:
+        who = f"client {client_id}"
+        if isinstance(features, ClientBatches):
+            if labels is not None:
+                raise ConfigurationError(f"{who}: give labels inside its ClientBatches, not apart")
+            self._batches: ClientBatches = features
+        else:
+            if labels is None or len(features) != len(labels):
+                raise ConfigurationError(
+                    f"{who} needs matching non-empty features and labels, got"
+                    f" {len(features)} and {'no labels' if labels is None else len(labels)}")
+            self._batches = TensorBatches(torch.as_tensor(features, dtype=torch.float32),
+                                          _as_targets(labels))
+            _refuse_non_finite(who, self._batches.features, self._batches.targets)
+        if len(self._batches) == 0:
+            raise ConfigurationError(f"{who} needs matching non-empty features and labels,"
+                                     " got 0 examples")
+        layers = incompatible_layers(model)
+        if layers:
+            raise ModelIncompatibleError(f"{who}: " + "; ".join(
+                f"{layer.where}: {layer.reason}; fix: {layer.fix}" for layer in layers),
+                layers=tuple(layers))
         self.client_id = int(client_id)
         self.config = config
         self.weighting = Weighting(weighting)
         self.adjacency = adjacency_for(self.weighting)
-        self.num_examples = len(features)
+        self.num_examples = len(self._batches)
         if config.insecure_reproducible_noise:
             if seed is None:
                 raise ConfigurationError(
@@ -333,8 +379,6 @@ class PrivateClient:
             self.randomness: ClientRandomness = SeededRandomness(int(seed), self.client_id)
         else:
             self.randomness = OsRandomness()
-        self._features = torch.as_tensor(features, dtype=torch.float32)
-        self._labels = torch.as_tensor(labels, dtype=torch.long)
         self.sample_rate = float(config.sample_rate)
         self.steps_per_round = config.steps_per_round
         self.noise_multiplier = calibrated_noise_multiplier(config, self.adjacency)
@@ -342,15 +386,26 @@ class PrivateClient:
         self._module = GradSampleModule(self._model, batch_first=True, loss_reduction="mean")
         self._module.forbid_grad_accumulation()
         self.accountant = create_accountant(config.accountant.value)
+        if optimizer is None:
+            local: torch.optim.Optimizer = torch.optim.SGD(self._model.parameters(), lr=config.lr)
+        else:
+            local = _local_optimizer(who, optimizer, self._model)
         self._optimizer = _ClientDPOptimizer(
-            torch.optim.SGD(self._model.parameters(), lr=config.lr),
+            local,
             randomness=self.randomness, noise_multiplier=self.noise_multiplier,
             max_grad_norm=config.max_grad_norm, expected_batch_size=config.batch_size,
             loss_reduction="mean",
         )
         self._optimizer.attach_step_hook(
             self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
-        self._criterion = nn.CrossEntropyLoss()
+        if loss_fn is None:
+            loss_fn = nn.CrossEntropyLoss()
+        reduction = getattr(loss_fn, "reduction", "mean")
+        if reduction != "mean":
+            raise ConfigurationError(
+                f"{who}: the loss must average over the batch (Opacus's loss_reduction"
+                f" 'mean'), got reduction={reduction!r}; use reduction='mean'")
+        self._criterion = loss_fn
 
     def __repr__(self) -> str:
         return (f"PrivateClient(client_id={self.client_id},"
@@ -447,14 +502,63 @@ class PrivateClient:
                            sample_rate=self.sample_rate)
 
     def _run_steps(self) -> int:
+        # a fresh local optimizer state every round (momentum, Adam moments),
+        # as FedAvg clients start each round from the global model
+        self._optimizer.original_optimizer.state.clear()
         for _ in range(self.steps_per_round):
             # Poisson sampling, as Opacus's UniformWithReplacementSampler does
             # it, with the client's own randomness.
             chosen = self.randomness.poisson_mask(self.num_examples, self.sample_rate)
             index = chosen.nonzero().reshape(-1)
             self._optimizer.zero_grad(set_to_none=True)
-            output = self._module(self._features[index])
-            loss = self._criterion(output, self._labels[index])
+            inputs, targets = self._batches.batch(index)
+            output = call_model(self._module, inputs)
+            loss = self._criterion(output, targets)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise ConfigurationError(
+                    f"client {self.client_id}: the loss must return a scalar tensor (the"
+                    " mean over the batch)")
             loss.backward()
             self._optimizer.step()
         return self.steps_per_round
+
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+"""Builds a local optimizer over the parameters it is given."""
+
+
+def _local_optimizer(who: str, factory: OptimizerFactory,
+                     model: nn.Module) -> torch.optim.Optimizer:
+    local = factory(model.parameters())
+    if not isinstance(local, torch.optim.Optimizer):
+        raise ConfigurationError(
+            f"{who}: the optimizer factory must return a torch.optim.Optimizer, got"
+            f" {type(local).__name__}")
+    given = {id(p) for group in local.param_groups for p in group["params"]}
+    wanted = {id(p) for p in model.parameters() if p.requires_grad}
+    if not wanted <= given:
+        raise ConfigurationError(
+            f"{who}: the optimizer factory must optimize the parameters it is given"
+            " (call it as factory(params) -> Optimizer(params, ...))")
+    return local
+
+
+def _as_targets(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Integer (or boolean) labels as ``long``; real targets as ``float32``."""
+    tensor = torch.as_tensor(labels)
+    if tensor.is_floating_point():
+        return tensor.to(torch.float32)
+    return tensor.to(torch.long)
+
+
+def _refuse_non_finite(who: str, features: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse NaN/inf data: its gradients would be NaN, the encoder would refuse
+    every update, and the client would spend privacy for nothing."""
+    for tensor, problem, name in ((features, DataProblem.NON_FINITE_FEATURES, "features"),
+                                  (targets, DataProblem.NON_FINITE_TARGETS, "targets")):
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).reshape(len(tensor), -1).any(dim=1).sum())
+            if bad:
+                raise DataValidationError(
+                    problem, f"{bad} example{'s' if bad > 1 else ''} with NaN or infinite"
+                    f" {name}; drop or impute them before training", who=who)

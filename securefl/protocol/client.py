@@ -524,13 +524,14 @@ class ClientSession:
         dtype wraps; the expander reduces afterwards)."""
         layout = self._layout
         assert layout is not None and self.session_id is not None
-        m = self.config.vector_length
-        # K0: 32 fresh bytes, used once and dropped, so nobody can regenerate it
+        m = self.config.noise_length  # the leading coordinates only ([NZ-4])
+        # K0: 32 bytes of the session's randomness, used once and dropped: nobody can
+        # regenerate it unless they can replay that source (a seeded rng; SPEC [NZ-4])
         total = noise.skellam(layout.base, m, self._rng.token_bytes(32))
         for j, variance in enumerate(layout.excess):
             key = d.excess_noise_key(self._noise_seeds[j], self.session_id, self.client_id, j)
             total += noise.skellam(variance, m, key)
-        np.add(masked, total.astype(masked.dtype), out=masked)
+        np.add(masked[:m], total.astype(masked.dtype), out=masked[:m])
         # the seeds live on only as shares (the holders') from here on
         del self._noise_seeds
 

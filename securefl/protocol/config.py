@@ -130,14 +130,19 @@ class SecAggConfig:
         noise: optional :class:`~securefl.protocol.noise.NoisePlan`: every
             client adds distributed Skellam noise to its encoded input before
             masking, and the server removes the excess the public rule
-            selects (SPEC.md section 16).  ``None`` (default): no noise, and
-            every message and derivation is exactly as without this field.
+            selects (SPEC.md section 16).  A removable plan needs active mode
+            ([NZ-1b]); build the plan for a fixed-point codec with
+            :func:`securefl.encoding.noise_plan_for`.  ``None`` (default): no
+            noise, and every message and derivation is exactly as without
+            this field.
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value, and in
             active mode on ``2t <= holders`` or a graph connectivity outside
             ``1..n-1``; with a noise plan, ``bits`` too few for the released
-            noise or a tolerance that needs too many components.
+            noise, a tolerance that needs too many components, a target the
+            sampler cannot honour, a removable plan (``V > 0``, ``J >= 1``)
+            in semi-honest mode, or ``noisy_length > vector_length``.
     """
 
     num_clients: int
@@ -196,7 +201,8 @@ class SecAggConfig:
             if not isinstance(self.noise, NoisePlan):
                 raise ConfigurationError(
                     f"noise must be a NoisePlan or None, got {type(self.noise).__name__}")
-            self.noise.layout(self.num_clients, self.floor, self.bits)
+            layout = self.noise.layout(self.num_clients, self.floor, self.bits)
+            _check_noise_mode(self.noise, layout, mode, self.vector_length)
         holders = self.graph.share_holders(self.num_clients)
         if mode is SecurityMode.ACTIVE and 2 * self.threshold <= holders:
             raise ConfigurationError(
@@ -319,10 +325,47 @@ class SecAggConfig:
         return self.noise.layout(self.num_clients, self.floor)
 
     @property
+    def noise_length(self) -> int:
+        """How many leading coordinates of every input get noise: the plan's
+        ``noisy_length``, or ``vector_length`` when it is unset (0 without a
+        plan)."""
+        if self.noise is None:
+            return 0
+        length = self.noise.noisy_length
+        return self.vector_length if length is None else length
+
+    @property
     def noise_components(self) -> int:
         """J, the removable noise seeds each client shares (0 without a plan)."""
         layout = self.noise_layout
         return 0 if layout is None else layout.components
+
+
+def _check_noise_mode(plan: NoisePlan, layout: NoiseLayout, mode: SecurityMode,
+                      vector_length: int) -> None:
+    """SPEC.md [NZ-1b]: removable excess only in active mode, and
+    ``noisy_length`` within the vector.
+
+    In semi-honest mode nothing makes the server send every client the same
+    survivor list, and a seed is reconstructable once ``t`` holders answered
+    *any* list that selects it: a server telling three groups of survivors
+    three different lists strips kept excess below ``V`` and still unmasks the
+    sum, even with ``2t`` above the holders
+    (``tests/test_review_noise_split.py``).  In active mode every honest client
+    applies the rule to the one list signed by the quorum.
+    """
+    if (mode is SecurityMode.SEMI_HONEST and plan.has_removable_excess
+            and layout.components > 0):
+        raise ConfigurationError(
+            "a removable noise plan needs mode=SecurityMode.ACTIVE: in semi-honest mode the"
+            " server's survivor list is not signed, and a server sending different lists to"
+            " groups of clients can collect the shares of excess-noise seeds the rule keeps"
+            " and release a sum with noise variance below the target (SPEC.md [NZ-1b]); use"
+            " active mode, or NoisePlan.calibrate_to_threshold(V), which has no removable"
+            " excess and keeps variance >= V in either mode")
+    if plan.noisy_length is not None and plan.noisy_length > vector_length:
+        raise ConfigurationError(
+            f"noisy_length {plan.noisy_length} exceeds vector_length {vector_length}")
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

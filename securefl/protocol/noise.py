@@ -29,6 +29,12 @@ survivors, filling the sorted survivor list round-robin; every other
 plan and ``U``; component variances are floats rounded *up* from the exact
 values, so the released variance (the exact sum of the floats used) is never
 below ``V``.
+
+Conditions (SPEC.md [NZ-1b], [NZ-1c], [NZ-8]): removable excess runs in active
+mode only (``SecAggConfig`` refuses it in semi-honest mode, where split
+survivor lists strip it); every component variance is 0 or in the samplers'
+range ``[2^-64, 2^36]``; and the bounds hold only under [SEC-1]'s conditions
+for the corrupt clients assumed.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from securefl.errors import ConfigurationError
+from securefl.hazmat.noise import MAX_PARTS, MAX_SAMPLE_VARIANCE, MIN_SAMPLE_VARIANCE
 
 MAX_EXCESS_COMPONENTS = 16
 """The most excess components a plan may need (tolerance vs. floor)."""
@@ -54,7 +61,8 @@ class NoiseCalibration(str, enum.Enum):
 
     REMOVABLE = "removable"
     """Base ``V/n`` plus removable excess: the released variance is in
-    ``[V, V (1 + excess_bound)]`` for every accepted dropout pattern."""
+    ``[V, V (1 + excess_bound)]`` for every accepted dropout pattern.  Active
+    mode only (with ``V > 0`` and at least one excess component)."""
     THRESHOLD = "threshold"
     """Base ``V/f`` and no excess (``J = 0``): the released variance is
     ``u V / f``, between ``V`` and ``V n / f``."""
@@ -74,15 +82,23 @@ class NoisePlan:
         tolerance: removable plans only: the largest allowed relative excess
             of the released variance over ``V`` (default ``1e-3``); fixes the
             number of excess components.
+        noisy_length: how many leading coordinates of every input get noise
+            (``None``, the default: all of them).  A vector encoded by
+            :class:`~securefl.encoding.FixedPointCodec` carries its weight in
+            the last coordinate, which must stay exact: build the plan with
+            :func:`securefl.encoding.noise_plan_for`, which sets this to the
+            number of value coordinates and checks the codec leaves the noise
+            half the ring.
 
     Raises:
         ConfigurationError: ``V`` not finite and >= 0, tolerance outside
-            ``(0, 1)``, unknown calibration.
+            ``(0, 1)``, unknown calibration, ``noisy_length`` not an int >= 0.
     """
 
     target_variance: float
     calibration: NoiseCalibration = NoiseCalibration.REMOVABLE
     tolerance: float = 1e-3
+    noisy_length: int | None = None
 
     def __post_init__(self) -> None:
         v = self.target_variance
@@ -100,6 +116,17 @@ class NoisePlan:
         if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
             raise ConfigurationError(f"tolerance must be in (0, 1), got {tol!r}")
         object.__setattr__(self, "tolerance", float(tol))
+        length = self.noisy_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                                   or not 0 <= length < 2**32):
+            raise ConfigurationError(
+                f"noisy_length must be None or an int in 0..2^32-1, got {length!r}")
+
+    @property
+    def has_removable_excess(self) -> bool:
+        """Whether a cohort may get removable excess: a ``removable`` plan
+        with ``V > 0`` (``J = 0`` still when ``floor = n``)."""
+        return self.calibration is NoiseCalibration.REMOVABLE and self.target_variance > 0
 
     @classmethod
     def calibrate_to_threshold(cls, target_variance: float) -> NoisePlan:
@@ -107,10 +134,12 @@ class NoisePlan:
         return cls(target_variance, NoiseCalibration.THRESHOLD)
 
     def encode(self) -> bytes:
-        """Canonical bytes (for the configuration digest)."""
+        """Canonical bytes (for the configuration digest); ``u32(noisy_length)``
+        is appended only when it is set, so plans without it encode as before."""
         kind = self.calibration.value.encode()
+        tail = b"" if self.noisy_length is None else struct.pack(">I", self.noisy_length)
         return (b"noise-plan/skellam" + struct.pack(">B", len(kind)) + kind
-                + struct.pack(">dd", self.target_variance, self.tolerance))
+                + struct.pack(">dd", self.target_variance, self.tolerance) + tail)
 
     def layout(self, num_clients: int, floor: int, bits: int | None = None) -> NoiseLayout:
         """The component variances for ``num_clients`` clients of which at
@@ -120,12 +149,73 @@ class NoisePlan:
         Raises:
             ConfigurationError: ``floor`` outside ``1..num_clients``; the
                 tolerance needs more than ``MAX_EXCESS_COMPONENTS``
-                components; ``bits`` too few for the released noise (the
-                message names the numbers and the fix).
+                components; a non-zero component variance outside the
+                samplers' range ``[MIN_SAMPLE_VARIANCE, MAX_SAMPLE_VARIANCE]``
+                (the message names the least / largest ``V`` allowed); ``bits``
+                too few for the released noise (the message names the numbers
+                and the fix).
         """
         n, f = num_clients, floor
         if not 1 <= f <= n:
             raise ConfigurationError(f"floor must be in 1..{n}, got {f}")
+        self._check_sampleable(n, f)
+        try:
+            layout = self._layout(n, f)
+            if bits is not None:
+                layout.check_bits(bits)
+        except OverflowError:  # not reachable after _check_sampleable; typed all the same
+            raise ConfigurationError(
+                f"target_variance {self.target_variance!r} is too large") from None
+        return layout
+
+    def _check_sampleable(self, n: int, f: int) -> None:
+        """Refuse a plan whose largest component needs more than ``MAX_PARTS``
+        table draws per coordinate, or whose smallest non-zero one is below
+        the sampler's resolution (exact rationals: nothing can overflow)."""
+        v = Fraction(self.target_variance)
+        if v == 0:
+            return
+        if self.calibration is NoiseCalibration.THRESHOLD:
+            big = small = v / f
+        elif f == n:
+            big = small = v / n
+        else:
+            j = self._components(n, f)
+            w0 = v * (n - f) / (n * f)
+            big, small = max(v / n, w0), min(v / n, w0 / (f + 1) ** (j - 1))
+        if big > MAX_SAMPLE_VARIANCE:
+            largest = float(Fraction(MAX_SAMPLE_VARIANCE) * v / big)
+            raise ConfigurationError(
+                f"target_variance {self.target_variance:.6g} is too large to sample: with"
+                f" n={n} clients and floor f={f} a client's largest noise component has"
+                f" variance {float(big):.6g} > 2^36, which would need more than {MAX_PARTS}"
+                f" Poisson table draws per coordinate (each 2 keystream words: memory and"
+                f" time grow with it); the largest target_variance allowed here is"
+                f" {largest:.6g}: use a coarser encoding scale (fewer frac_bits) or more"
+                " clients")
+        if small < MIN_SAMPLE_VARIANCE:
+            least = float(Fraction(MIN_SAMPLE_VARIANCE) * v / small)
+            raise ConfigurationError(
+                f"target_variance {self.target_variance!r} is too small to sample: with"
+                f" n={n} clients and floor f={f} a client's smallest noise component has"
+                f" variance {float(small):.6g} < 2^-64, below the sampler's resolution"
+                f" (its table weights are multiples of 2^-64); use target_variance 0 (no"
+                f" noise) or at least {least:.6g}")
+
+    def _components(self, n: int, f: int) -> int:
+        """J for a removable plan with ``f < n``."""
+        j = 1
+        while Fraction(n - f, n * f * (f + 1) ** (j - 1)) > Fraction(self.tolerance):
+            j += 1
+            if j > MAX_EXCESS_COMPONENTS:
+                raise ConfigurationError(
+                    f"tolerance {self.tolerance:g} needs more than {MAX_EXCESS_COMPONENTS}"
+                    f" excess components with n={n} clients and floor f={f} (the excess"
+                    f" bound is (n-f)/(n f (f+1)^(J-1))); raise the tolerance or the"
+                    " floor (threshold / min_survivors)")
+        return j
+
+    def _layout(self, n: int, f: int) -> NoiseLayout:
         v = Fraction(self.target_variance)
         if self.calibration is NoiseCalibration.THRESHOLD or f == n:
             base = v / f if self.calibration is NoiseCalibration.THRESHOLD else v / n
@@ -133,21 +223,11 @@ class NoisePlan:
                                  if self.calibration is NoiseCalibration.THRESHOLD
                                  else Fraction(0))
         else:
-            j = 1
-            while Fraction(n - f, n * f * (f + 1) ** (j - 1)) > Fraction(self.tolerance):
-                j += 1
-                if j > MAX_EXCESS_COMPONENTS:
-                    raise ConfigurationError(
-                        f"tolerance {self.tolerance:g} needs more than {MAX_EXCESS_COMPONENTS}"
-                        f" excess components with n={n} clients and floor f={f} (the excess"
-                        f" bound is (n-f)/(n f (f+1)^(J-1))); raise the tolerance or the"
-                        " floor (threshold / min_survivors)")
+            j = self._components(n, f)
             w0 = v * (n - f) / (n * f)
             excess = tuple(_up(w0 / (f + 1) ** i) for i in range(j))
             layout = NoiseLayout(n, f, v, _up(v / n), excess,
                                  Fraction(n - f, n * f * (f + 1) ** (j - 1)))
-        if bits is not None:
-            layout.check_bits(bits)
         return layout
 
 

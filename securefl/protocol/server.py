@@ -700,7 +700,7 @@ class ServerSession:
         layout = self._layout
         sid = self.session_id
         assert layout is not None and sid is not None
-        m = self.config.vector_length
+        m = self.config.noise_length  # the leading coordinates only ([NZ-4])
         jobs = [(d.excess_noise_key(seed, sid, v, j), layout.excess[j])
                 for (v, j), seed in sorted(noise_seeds.items())]
 
@@ -717,7 +717,7 @@ class ServerSession:
                           np.zeros(m, dtype=np.int64))
         else:
             removed = regenerate(jobs)
-        np.subtract(total, removed.astype(total.dtype), out=total)
+        np.subtract(total[:m], removed.astype(total.dtype), out=total[:m])
         if self.config.bits < 8 * total.dtype.itemsize:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
 

@@ -14,8 +14,9 @@ app = ClientApp(mods=[securefl_mod])
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of DP-SGD on this node's partition; returns the local model
-    (securefl_mod encodes and masks ``local - global``).
+    """One round of DP-SGD on this node's partition, its accountant kept on
+    the node's disk; returns the local model and the encoded update, which
+    securefl_mod masks.
 
     torch and Opacus are imported here, not at module level: every message
     starts a fresh ClientApp process, and only the masked-input stage trains.
