@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefl.errors import ConfigurationError
 from securefl.hazmat.kdf import derive_key
@@ -81,6 +82,10 @@ FIXED_BITS = 192
 """Fraction bits of the fixed-point pmf ratios a table is built from."""
 NOISE_LABEL_PREFIX = b"noise/"
 """Every noise key derived from a seed has an HKDF label starting with this."""
+_CHUNK_WORDS = 1 << 13
+"""Keystream words per stream per step of the samplers' loop (a speed-up only:
+64 KiB per stream, so one step's words, bucket numbers and indices stay in
+cache and no vector-sized temporary is allocated)."""
 
 
 @dataclass(frozen=True)
@@ -110,21 +115,31 @@ class PoissonTable:
     guide: np.ndarray
     shift: int
 
-    def indices(self, words: np.ndarray) -> np.ndarray:
+    def indices(self, words: np.ndarray, out: np.ndarray | None = None,
+                scratch: np.ndarray | None = None) -> np.ndarray:
         """``k`` (int32) with ``C[k-1] <= word < C[k]`` for uniform uint64
-        ``words``: the sampled value is ``offset + k``."""
-        idx = self.guide[words >> np.uint64(self.shift)]
-        ambiguous = np.flatnonzero(idx < 0)
+        ``words``: the sampled value is ``offset + k``.  The result is the
+        same as ``np.searchsorted(thresholds, words, side="right")``.
+
+        ``out`` (int32) and ``scratch`` (uint64), of the shape of ``words``,
+        are optional reused buffers (a speed-up only)."""
+        if scratch is None:
+            scratch = np.empty(words.shape, dtype=np.uint64)
+        if out is None:
+            out = np.empty(words.shape, dtype=np.int32)
+        # bucket numbers are < len(guide) <= 2^20, so the int64 view is exact and every
+        # index is in range ("clip" only spares np.take its defensive copy of ``out``)
+        buckets = np.right_shift(words, np.uint64(self.shift), out=scratch).view(np.int64)
+        np.take(self.guide, buckets, out=out, mode="clip")
+        ambiguous = np.flatnonzero(out < 0)
         if len(ambiguous):
-            idx[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
-        return idx
+            out[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
+        return out
 
     def lookup(self, words: np.ndarray) -> np.ndarray:
         """The sampled values (int64) for uniform uint64 ``words``: value
         ``offset + k`` where ``C[k-1] <= word < C[k]``."""
-        out = self.indices(words).astype(np.int64)
-        out += self.offset
-        return out
+        return np.add(self.indices(words), self.offset, dtype=np.int64)
 
     @property
     def size(self) -> int:
@@ -228,8 +243,63 @@ def uniform_words(key: bytes, count: int) -> np.ndarray:
     return MaskExpander(count, 64).expand(key)
 
 
-def _poisson_from_words(lam: float, words: np.ndarray) -> np.ndarray:
-    return poisson_table(lam).lookup(words)
+def _stream(key: bytes, start: int) -> Cipher:
+    """The AES-256-CTR encryptor of ``key`` (zero IV) positioned at keystream
+    word ``start`` (byte ``8 start``): the same bytes as :func:`uniform_words`
+    from there on (CTR is seekable; the counter block is the 128-bit
+    big-endian block number, as in :mod:`securefl.hazmat.prg`).
+
+    Raises:
+        ConfigurationError: ``key`` is not 32 bytes.
+    """
+    if len(key) != 32:
+        raise ConfigurationError("the mask PRG takes a 32-byte key")
+    block, skip = divmod(8 * start, 16)
+    enc = Cipher(algorithms.AES(key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc
+
+
+def _index_sums(table: PoissonTable, key: bytes, size: int, plus: int,
+                minus: int) -> np.ndarray:
+    """``sum_{s < plus} I_s - sum_{plus <= s < plus + minus} I_s`` (int64, length
+    ``size``), where ``I_s`` are the table indices (:meth:`PoissonTable.indices`)
+    of keystream words ``s*size .. (s+1)*size - 1`` of ``key``.
+
+    Bit for bit the same as looking up ``uniform_words(key, (plus + minus) *
+    size)`` slice by slice; the keystream is produced and consumed
+    :data:`_CHUNK_WORDS` words per stream at a time into reused buffers."""
+    streams = plus + minus
+    encryptors = [_stream(key, s * size) for s in range(streams)]
+    chunk = min(_CHUNK_WORDS, size)
+    # a step of c words per stream puts stream s at words s*c .. (s+1)*c - 1 of one
+    # contiguous buffer; update_into wants 15 bytes of slack after its output, which
+    # the next stream (or the 15 spare bytes at the end) overwrites
+    raw = bytearray(8 * streams * chunk + 15)
+    words = np.frombuffer(raw, dtype=np.uint64, count=streams * chunk)
+    scratch = np.empty(streams * chunk, dtype=np.uint64)
+    idx = np.empty(streams * chunk, dtype=np.int32)
+    buffer = memoryview(raw)
+    zeros = memoryview(bytes(8 * chunk))
+    out = np.empty(size, dtype=np.int64)
+    for a in range(0, size, chunk):
+        c = min(chunk, size - a)
+        for s, enc in enumerate(encryptors):
+            enc.update_into(zeros[:8 * c], buffer[8 * s * c:8 * (s + 1) * c + 15])
+        i = table.indices(words[:streams * c], out=idx[:streams * c],
+                          scratch=scratch[:streams * c]).reshape(streams, c)
+        target = out[a:a + c]
+        if streams == 1:
+            np.copyto(target, i[0])
+        elif plus == 1 and minus == 1:
+            # X - Y: int32 indices differ by less than 2^31
+            np.subtract(i[0], i[1], out=target, dtype=np.int64)
+        else:
+            np.sum(i[:plus], axis=0, dtype=np.int64, out=target)
+            if minus:
+                target -= np.sum(i[plus:], axis=0, dtype=np.int64)
+    return out
 
 
 def _check(value: float, size: int, what: str) -> float:
@@ -268,10 +338,9 @@ def poisson(mean: float, size: int, key: bytes) -> np.ndarray:
     if lam == 0 or size == 0:
         return np.zeros(size, dtype=np.int64)
     part, parts = _split_mean(lam)
-    words = uniform_words(key, size * parts)
-    out = _poisson_from_words(part, words[:size])
-    for i in range(1, parts):
-        out += _poisson_from_words(part, words[i * size:(i + 1) * size])
+    table = poisson_table(part)
+    out = _index_sums(table, key, size, parts, 0)
+    out += parts * table.offset
     return out
 
 
@@ -290,18 +359,9 @@ def skellam(variance: float, size: int, key: bytes) -> np.ndarray:
     if v == 0 or size == 0:
         return np.zeros(size, dtype=np.int64)
     part, parts = _split_mean(v / 2)
-    words = uniform_words(key, 2 * size * parts)
-    half = size * parts
-    table = poisson_table(part)
-    if parts == 1:
-        # X - Y: the tables' common offset cancels; int32 indices differ by < 2^31
-        idx = table.indices(words)
-        return (idx[:size] - idx[size:]).astype(np.int64)
-    out = np.zeros(size, dtype=np.int64)
-    for i in range(parts):
-        out += table.indices(words[i * size:(i + 1) * size])
-        out -= table.indices(words[half + i * size:half + (i + 1) * size])
-    return out
+    # X's p parts are keystream words 0..size*p-1, Y's the next size*p: streams
+    # 0..p-1 and p..2p-1 of length size; the tables' common offset cancels
+    return _index_sums(poisson_table(part), key, size, parts, parts)
 
 
 def skellam_fresh(variance: float, size: int, rng: RandomSource | None = None) -> np.ndarray:
