@@ -69,7 +69,8 @@ def _check_against_plain(table: noise.PoissonTable, u: np.ndarray) -> None:
     assert np.array_equal(table.indices(u), plain)
     assert np.array_equal(table.lookup(u), plain.astype(np.int64) + table.offset)
     # with caller buffers (the samplers' hot path): the same, and the words untouched
-    out, scratch = np.full(len(u), 7, np.int32), np.full(len(u), 9, np.uint64)
+    out = np.full(len(u), 7, table.guide.dtype)
+    scratch = np.full(len(u), 9, np.uint64)
     assert table.indices(u, out=out, scratch=scratch) is out
     assert np.array_equal(out, plain)
     assert np.array_equal(u, kept)

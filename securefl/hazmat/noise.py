@@ -105,6 +105,7 @@ class PoissonTable:
             word whose top bits are ``b`` has index ``g[b]`` when
             ``g[b] == g[b + 1]``; ``guide[b]`` is that index, or -1 when the
             bucket holds a threshold (then the thresholds are searched).
+            int16 when the table has at most 2^15 - 1 entries, else int32.
         shift: ``64 - log2(len(guide))``.
     """
 
@@ -117,16 +118,18 @@ class PoissonTable:
 
     def indices(self, words: np.ndarray, out: np.ndarray | None = None,
                 scratch: np.ndarray | None = None) -> np.ndarray:
-        """``k`` (int32) with ``C[k-1] <= word < C[k]`` for uniform uint64
-        ``words``: the sampled value is ``offset + k``.  The result is the
-        same as ``np.searchsorted(thresholds, words, side="right")``.
+        """``k`` (of the guide's dtype, int16 or int32) with ``C[k-1] <= word
+        < C[k]`` for uniform uint64 ``words``: the sampled value is ``offset +
+        k``.  The result is the same as ``np.searchsorted(thresholds, words,
+        side="right")``; ``words`` is not modified.
 
-        ``out`` (int32) and ``scratch`` (uint64), of the shape of ``words``,
-        are optional reused buffers (a speed-up only)."""
+        ``out`` (the guide's dtype) and ``scratch`` (uint64), 1-D and of the
+        length of the 1-D ``words``, are optional reused buffers (a speed-up
+        only); the result is ``out`` when given."""
         if scratch is None:
             scratch = np.empty(words.shape, dtype=np.uint64)
         if out is None:
-            out = np.empty(words.shape, dtype=np.int32)
+            out = np.empty(words.shape, dtype=self.guide.dtype)
         # bucket numbers are < len(guide) <= 2^20, so the int64 view is exact and every
         # index is in range ("clip" only spares np.take its defensive copy of ``out``)
         buckets = np.right_shift(words, np.uint64(self.shift), out=scratch).view(np.int64)
@@ -197,12 +200,16 @@ def poisson_table(mean: float) -> PoissonTable:
     # floors (relative < 2^-(FIXED_BITS - 1) per step, len(ratios) steps), the cut tails
     bound = n * 2.0**-64 + len(ratios) * 2.0**(1 - FIXED_BITS) + 2.0**(1 - TAIL_BITS)
     thresholds = np.array(cumulative, dtype=np.uint64)
-    guide_bits = min(20, max(8, (n - 1).bit_length() + 5))
+    # the guide (a speed-up only): about 64 buckets per entry, so about 1% of the words
+    # land in a bucket that holds a threshold; int16 entries when every index fits,
+    # so the guide stays in cache
+    guide_bits = min(20, max(12, (n - 1).bit_length() + 6))
     shift = 64 - guide_bits
     starts = np.arange((1 << guide_bits) + 1, dtype=np.uint64) << np.uint64(shift)
     below = np.searchsorted(thresholds, starts, side="left").astype(np.int32)
     below[-1] = len(thresholds)  # the last start wrapped to 0; no threshold reaches 2^64
-    guide = np.where(below[:-1] == below[1:], below[:-1], np.int32(-1)).astype(np.int32)
+    index_type = np.int16 if n <= np.iinfo(np.int16).max else np.int32
+    guide = np.where(below[:-1] == below[1:], below[:-1], np.int32(-1)).astype(index_type)
     return PoissonTable(lam, lo + first, thresholds, bound, guide, shift)
 
 
@@ -279,7 +286,7 @@ def _index_sums(table: PoissonTable, key: bytes, size: int, plus: int,
     raw = bytearray(8 * streams * chunk + 15)
     words = np.frombuffer(raw, dtype=np.uint64, count=streams * chunk)
     scratch = np.empty(streams * chunk, dtype=np.uint64)
-    idx = np.empty(streams * chunk, dtype=np.int32)
+    idx = np.empty(streams * chunk, dtype=table.guide.dtype)
     buffer = memoryview(raw)
     zeros = memoryview(bytes(8 * chunk))
     out = np.empty(size, dtype=np.int64)
@@ -293,7 +300,7 @@ def _index_sums(table: PoissonTable, key: bytes, size: int, plus: int,
         if streams == 1:
             np.copyto(target, i[0])
         elif plus == 1 and minus == 1:
-            # X - Y: int32 indices differ by less than 2^31
+            # X - Y, computed in int64
             np.subtract(i[0], i[1], out=target, dtype=np.int64)
         else:
             np.sum(i[:plus], axis=0, dtype=np.int64, out=target)
