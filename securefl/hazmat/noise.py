@@ -56,7 +56,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from securefl.errors import ConfigurationError
 from securefl.hazmat.kdf import derive_key
@@ -250,7 +250,7 @@ def uniform_words(key: bytes, count: int) -> np.ndarray:
     return MaskExpander(count, 64).expand(key)
 
 
-def _stream(key: bytes, start: int) -> Cipher:
+def _stream(key: bytes, start: int) -> CipherContext:
     """The AES-256-CTR encryptor of ``key`` (zero IV) positioned at keystream
     word ``start`` (byte ``8 start``): the same bytes as :func:`uniform_words`
     from there on (CTR is seekable; the counter block is the 128-bit
