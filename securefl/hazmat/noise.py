@@ -15,7 +15,11 @@ derived with HKDF from a secret seed and a domain-separation label
 regenerate).  The keystream is the mask PRG's (:mod:`securefl.hazmat.prg`)
 read as little-endian 64-bit words: a Skellam vector of length ``m`` uses
 words ``0..m-1`` for ``X`` and words ``m..2m-1`` for ``Y`` (normative, see
-SPEC.md section 16, [NZ-4]).
+SPEC.md section 16, [NZ-4]).  The samplers produce these words a chunk at a
+time, each Poisson stream from its own AES-CTR encryptor seeked to the
+stream's first word, and look them up through a guide table: both are
+speed-ups only, bit for bit the same as looking up :func:`uniform_words` by
+binary search (tested).
 
 Method and exactness: Poisson(lam) is sampled by inverse CDF over an integer
 table.  The support is cut where a tail holds less than 2^-100 (12 standard
