@@ -6,8 +6,10 @@ them into ``docs/`` (where they would go stale).
   becomes ``spec.md``; their links to repository files that are not pages
   (the ``.proto``, the vector and schema directories) become code spans
   naming the file, since the site cannot serve a directory.
-* ``benchmarks/results/time_vs_n.png`` is served at the same path, and the
-  guides' ``../benchmarks/results/`` links (right on GitHub) point at it.
+* ``benchmarks/results/time_vs_n.png`` and the JSON Schemas
+  (``securefl/schemas/*.schema.json``) are served at the same paths, and the
+  guides' ``../benchmarks/results/`` and ``../securefl/schemas/`` links
+  (right on GitHub) point at them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ PAGES = {
 }
 """Site page -> repository file."""
 
-ASSETS = ["benchmarks/results/time_vs_n.png"]
+ASSETS = ["benchmarks/results/time_vs_n.png", "securefl/schemas/ledger-record.schema.json",
+          "securefl/schemas/metrics.schema.json"]
 """Repository files served at the same path."""
 
 _REPO_LINK = re.compile(r"\[([^\]]+)\]\((?!https?://|#)([^)\s]+)\)")
@@ -44,6 +47,7 @@ def on_files(files: Files, config: Any) -> Files:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Point repository-relative links at what the site serves."""
     markdown = markdown.replace("](../benchmarks/results/", "](benchmarks/results/")
+    markdown = markdown.replace("](../securefl/schemas/", "](securefl/schemas/")
     if page.file.src_uri not in PAGES:
         return markdown
     source_dir = Path(PAGES[page.file.src_uri]).parent

@@ -40,7 +40,7 @@ def test_simulate_then_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "3@R4-unmask" in text and "3@R0-advertise" in text
     assert "R3-consistency" not in text  # a semi-honest session has no such round
 
-    assert main(["audit", str(out)]) == 0
+    assert main(["audit", str(out), "--plot", str(out / "epsilon_per_round.png")]) == 0
     text = capsys.readouterr().out
     assert "stayed within its budget by all four accountants" in text
     assert (out / "epsilon_per_round.png").read_bytes()[:4] == b"\x89PNG"

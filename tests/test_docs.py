@@ -41,7 +41,7 @@ def test_every_public_module_has_a_reference_entry(package: str) -> None:
 
 
 def test_encoding_and_errors_have_reference_pages() -> None:
-    assert {"securefl.encoding", "securefl.errors"} <= _documented_modules()
+    assert {"securefl.encoding", "securefl.errors", "securefl.schemas"} <= _documented_modules()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None
@@ -67,3 +67,8 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert (site / "security" / "index.html").is_file()
     assert (site / "spec" / "index.html").is_file()
     assert (site / "benchmarks" / "results" / "time_vs_n.png").read_bytes()[:4] == b"\x89PNG"
+    # the published JSON Schemas: downloadable, and shown inline on their page
+    for name in ("ledger-record", "metrics"):
+        served = site / "securefl" / "schemas" / f"{name}.schema.json"
+        assert served.read_bytes() == (ROOT / "securefl" / "schemas" / served.name).read_bytes()
+    assert "securefl-ledger/2" in (site / "schemas" / "index.html").read_text()

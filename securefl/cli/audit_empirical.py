@@ -40,7 +40,8 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``--empirical`` flags to the ``audit`` parser."""
+    """Add the ``--empirical`` flags to the ``audit`` parser (``--plot FILE``
+and ``--no-plot`` are the ``audit`` parser's own, shared by both audits)."""
     group = parser.add_argument_group(
         "empirical audit (--empirical)",
         "one-run canary audit of one client (Steinke, Nasr, Jagielski 2023): trains it once"
@@ -53,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--canaries", type=_positive_int, default=DEFAULT_CANARIES, metavar="M",
                        help=f"number of canaries (default {DEFAULT_CANARIES}; at most the"
                             " model's parameter count)")
-    group.add_argument("--plot", type=Path, default=None, metavar="FILE",
-                       help="write the plot to FILE (default: next to --output, else"
-                            " ./empirical-audit-client<ID>.png; never into RUN_DIR unless named)")
     group.add_argument("--output", type=Path, default=None, metavar="FILE",
                        help="also write the JSON report to FILE")
     group.add_argument("--audit-seed", type=int, default=None, metavar="N",
