@@ -300,3 +300,29 @@ def test_resuming_a_finished_run_changes_no_spend(
     _resume_quietly(monkeypatch, out)
     assert (out / LEDGER_FILENAME).read_bytes() == ledger
     assert audit_run(out)["exit_code"] == 0
+
+
+def test_resume_refuses_a_run_config_whose_budget_was_raised(
+        after_round_two: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOLE (fails against 64e3bd0): ``resume_simulation`` takes the run's
+    configuration from the store's ``meta.config`` and checks it against
+    nothing; raising ``epsilon_budget`` there (one UPDATE) lets every
+    client, whose budget was exhausted after round 2, train round 3.  Every
+    ledger row records the budget it was guarded by, so the resume can (and
+    must) refuse a configuration whose budget disagrees with the ledger's."""
+    out = _copy(after_round_two, tmp_path)
+    db = sqlite3.connect(out / STORE_FILENAME)
+    try:
+        (raw,) = db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+    finally:
+        db.close()
+    config = json.loads(raw)
+    config["epsilon_budget"] = config["epsilon_budget"] * 10
+    _sql(out, ("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(config),)))
+    try:
+        _resume_quietly(monkeypatch, out)
+    except SecureFLError:
+        assert _trained_after(out, 2) == {}
+        return
+    pytest.fail(f"resume accepted a raised budget: clients trained after round 2:"
+                f" {_trained_after(out, 2)} steps; audit: {audit_run(out)['verdict']}")
