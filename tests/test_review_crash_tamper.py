@@ -326,3 +326,32 @@ def test_resume_refuses_a_run_config_whose_budget_was_raised(
         return
     pytest.fail(f"resume accepted a raised budget: clients trained after round 2:"
                 f" {_trained_after(out, 2)} steps; audit: {audit_run(out)['verdict']}")
+
+
+def test_audit_notices_a_run_store_it_cannot_read(in_flight_two: Path, tmp_path: Path) -> None:
+    """HOLE (fails against 64e3bd0): every commit of a tiny run lives in
+    ``run.sqlite-wal`` (SQLite checkpoints it into ``run.sqlite`` only
+    every 1000 pages), so a copy or backup without the ``-wal`` file holds
+    an empty ``run.sqlite``.  The audit then silently falls back to
+    ``ledger.jsonl`` alone, where cutting the trailing in-flight block (round
+    2's charge) leaves a chain and anchors that verify: OK, with every
+    client one round cheaper.  A run directory whose ``run.sqlite`` exists
+    but holds no initialised store (or whose metrics say it has one) must not
+    verify."""
+    out = _copy(in_flight_two, tmp_path)
+    lines = (out / LEDGER_FILENAME).read_bytes().split(b"\n")[:-1]
+    last_settled = max(i for i, line in enumerate(lines)
+                       if b'"type":"commit"' in line and b'"stage":"settled"' in line)
+    # what a copy without the -wal of a SIGKILLed run holds (in-process, the
+    # store was checkpointed when its connection closed): a WAL database
+    # with no table
+    (out / STORE_FILENAME).unlink()
+    db = sqlite3.connect(out / STORE_FILENAME)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    assert not RunStore.is_initialised(out / STORE_FILENAME)
+    (out / LEDGER_FILENAME).write_bytes(b"".join(x + b"\n" for x in lines[:last_settled + 1]))
+    report = audit_run(out)
+    assert report["exit_code"] == 1, (
+        f"audit ignored an unreadable run.sqlite and verified a ledger cut before its"
+        f" in-flight block: {report['verdict']}")
