@@ -60,3 +60,31 @@ def test_a_run_killed_before_round_one_verifies(where: str, tmp_path: Path,
     assert report["exit_code"] == 0, (
         f"a run killed before round 1 (at RoundRecorder.{where}) audits as"
         f" {report['verdict']}: {report['violations']}")
+
+
+def test_a_fresh_run_does_not_delete_an_unreadable_run_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOLE (fails against 64e3bd0): ``RunStore.is_initialised`` answers
+    False for a store it cannot read (any ``sqlite3.Error``), and
+    ``RoundRecorder.create`` then treats it as a store whose creation never
+    committed: ``remove_uninitialised`` unlinks it, and the new run starts
+    every accountant from zero in the directory of the old one.  A damaged
+    ``run.sqlite`` (here: its header overwritten) next to a deleted
+    ``ledger.jsonl`` (an export) must be refused, not erased."""
+    from securefl.errors import SecureFLError
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(recorder_module, "plot_accuracy", lambda *a, **k: None)
+    run_simulation(CONFIG, out)
+    (out / "ledger.jsonl").unlink()
+    store = out / "run.sqlite"
+    raw = bytearray(store.read_bytes())
+    raw[:16] = b"not a database!\x00"
+    store.write_bytes(bytes(raw))
+    try:
+        run_simulation(CONFIG, out)
+    except SecureFLError:
+        assert store.read_bytes() == bytes(raw)
+        return
+    pytest.fail("a fresh run deleted an unreadable run.sqlite (holding a finished run's"
+                " spend) and started over in its directory")
