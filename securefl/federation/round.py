@@ -48,7 +48,7 @@ import torch
 
 from securefl.crashpoints import crash_point
 from securefl.durable import atomic_write
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, SecureFLError
 from securefl.federation.checkpoint import CHECKPOINT_FILENAME
 from securefl.federation.model import evaluate
 from securefl.federation.plots import plot_accuracy
@@ -64,9 +64,12 @@ from securefl.federation.runstore import (
     ResumeMismatchError,
     RunStore,
     RunStoreError,
+    StoreInconsistentError,
+    StoreProblem,
     append_ledger_file,
     clean_temporaries,
     config_differences,
+    store_problems,
     sync_ledger_file,
 )
 from securefl.federation.server import AggregateOutcome, Server
@@ -93,6 +96,8 @@ __all__ = [
     "ClientRoundReport",
     "RoundRecorder",
     "RoundReport",
+    "ledger_expectations",
+    "stored_run_problems",
 ]
 
 Evaluator = Callable[[torch.nn.Module], Any]
@@ -230,6 +235,41 @@ class ClientOutcome:
     status: Participation | None = None
     dropped_at: Round | None = None
     detail: str = ""
+
+
+def ledger_expectations(config: SimulationConfig,
+                        secure: bool | None = None) -> dict[str, Any]:
+    """Ledger row field -> the value every row of a run of ``config``
+    records (what :meth:`RoundRecorder.ledger_row` writes from the
+    configuration): delta, accountant, budget, noise source, adjacency,
+    weighting, and ``secure_aggregation`` when ``secure`` is given."""
+    dp = config.dp_config()
+    expected: dict[str, Any] = {
+        "delta": config.delta, "accountant": config.accountant.value,
+        "epsilon_budget": dp.epsilon_budget, "noise_source": dp.noise_source.value,
+        "adjacency": config.adjacency.value, "weighting": config.weighting.value}
+    if secure is not None:
+        expected["secure_aggregation"] = bool(secure)
+    return expected
+
+
+def stored_run_problems(store: RunStore) -> list[StoreProblem | str]:
+    """Every disagreement between ``store``'s state or configuration and its
+    ledger (:func:`~securefl.federation.runstore.store_problems`, the
+    expectations taken from the store's own ``meta.config``); a
+    configuration that cannot be read is a problem too (a string)."""
+    from securefl.federation.simulation import SimulationConfig
+
+    problems: list[StoreProblem | str] = []
+    try:
+        expected: dict[str, Any] | None = ledger_expectations(
+            SimulationConfig.from_json(store.config))
+    except (SecureFLError, TypeError, ValueError, KeyError) as exc:
+        problems.append(f"the run configuration in {STORE_FILENAME} cannot be read:"
+                        f" {type(exc).__name__}: {exc}")
+        expected = None
+    problems.extend(store_problems(store.committed(), store.ledger_bytes(), expected))
+    return problems
 
 
 def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
@@ -406,6 +446,11 @@ class RoundRecorder:
             RunStoreError: no run store, a committed checkpoint that does not
                 restore into ``server``, or ``ledger.jsonl`` is not a prefix
                 of the store's ledger (edited).
+            StoreInconsistentError: the store's ledger does not verify, or
+                its state (head, round, round in flight, any client's
+                history) or ``config`` disagrees with it (naming the client,
+                the round and the rule); nothing is written.
+            StoreLockedError: another process is writing the run.
             ResumeMismatchError: ``config`` differs from the run's, naming
                 the keys.
         """
@@ -419,6 +464,13 @@ class RoundRecorder:
                                    f" {config.to_json().get(k)!r}" for k in differing)
                 raise ResumeMismatchError(
                     f"{out}: cannot resume with another configuration ({detail})", differing)
+            # the state a resume restores (every accountant, the round in
+            # flight) and the configuration it runs under must be the ones
+            # the hash-chained ledger records, before any client trains
+            problems = store_problems(store.committed(), store.ledger_bytes(),
+                                      ledger_expectations(config, secure))
+            if problems:
+                raise StoreInconsistentError(store.path, problems)
             try:
                 state = _load_checkpoint_bytes(store.committed().checkpoint)
                 server.model.load_state_dict(state["model"])
