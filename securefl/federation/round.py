@@ -237,12 +237,15 @@ class ClientOutcome:
     detail: str = ""
 
 
-def ledger_expectations(config: SimulationConfig,
-                        secure: bool | None = None) -> dict[str, Any]:
+def ledger_expectations(config: SimulationConfig, secure: bool | None = None, *,
+                        noise: bool = False) -> dict[str, Any]:
     """Ledger row field -> the value every row of a run of ``config``
     records (what :meth:`RoundRecorder.ledger_row` writes from the
     configuration): delta, accountant, budget, noise source, adjacency,
-    weighting, and ``secure_aggregation`` when ``secure`` is given."""
+    weighting; ``secure_aggregation`` when ``secure`` is given; and, with
+    ``noise`` (the in-process simulator, whose clients take the noise
+    multiplier from ``config``), ``noise_multiplier`` when ``config`` fixes
+    one."""
     dp = config.dp_config()
     expected: dict[str, Any] = {
         "delta": config.delta, "accountant": config.accountant.value,
@@ -250,6 +253,8 @@ def ledger_expectations(config: SimulationConfig,
         "adjacency": config.adjacency.value, "weighting": config.weighting.value}
     if secure is not None:
         expected["secure_aggregation"] = bool(secure)
+    if noise and config.noise_multiplier is not None:
+        expected["noise_multiplier"] = float(config.noise_multiplier)
     return expected
 
 
@@ -468,7 +473,7 @@ class RoundRecorder:
             # flight) and the configuration it runs under must be the ones
             # the hash-chained ledger records, before any client trains
             problems = store_problems(store.committed(), store.ledger_bytes(),
-                                      ledger_expectations(config, secure))
+                                      ledger_expectations(config, secure, noise=True))
             if problems:
                 raise StoreInconsistentError(store.path, problems)
             try:
