@@ -3,8 +3,11 @@
 Verifies the ledger's hash chain and its per-round commits, cross-checks its
 last settled round and chain head against checkpoint.pt and metrics.json
 (with a run store, run.sqlite: the store's ledger is the one audited,
-ledger.jsonl must be a byte prefix of it, and an export that lags the store
-after a crash is noted, not failed),
+ledger.jsonl must be a byte prefix of it, an export that lags the store
+after a crash is noted, not failed, the store's state -- ledger head,
+committed and in-flight rounds, every client's accountant history -- and
+its run configuration must agree with its ledger, and a run.sqlite that
+cannot be read fails),
 and recomputes the epsilon of EVERY row from its recorded history with
 every accountant of the row's adjacency: add-or-remove-one rows (uniform
 weighting) with four (Opacus RDP and PRV, dp-accounting RDP and PLD);
@@ -26,8 +29,9 @@ Exit status:
      epsilon, zero noise, insecure noise source, an adjacency that does not
      match the weighting) or tampering (broken chain, missing commit,
      truncation, a ledger ahead of or behind the checkpoint or metrics, an
-     export that disagrees with the run store, a recorded epsilon or history
-     that does not recompute)
+     export that disagrees with the run store, a run store whose state or
+     configuration disagrees with its ledger or that cannot be read, a
+     recorded epsilon or history that does not recompute)
   2  usage error, or the ledger cannot be read
   3  verified, but no privacy budget was set: nothing bounds the spend
 """

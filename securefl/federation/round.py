@@ -410,8 +410,6 @@ class RoundRecorder:
         cls.check_fresh(out)
         store_path = cls._paths(out)[1]
         out.mkdir(parents=True, exist_ok=True)
-        if store_path.exists():  # its creation never committed: nothing ran
-            RunStore.remove_uninitialised(store_path)
         clean_temporaries(out)
         metrics_header = {
             "config": {**config.to_json(), "frac_bits_used": server.codec.frac_bits,
@@ -426,7 +424,10 @@ class RoundRecorder:
         store = RunStore.create(store_path, config=config.to_json(),
                                 metrics_header=metrics_header, ledger_header=header,
                                 checkpoint=checkpoint, clients=clients,
-                                driver=dict(driver_state or {}))
+                                driver=dict(driver_state or {}),
+                                # a store whose creation never committed:
+                                # nothing ran; replaced under the writer lock
+                                replace_uninitialised=True)
         recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
                        round_json=round_json, plot_title=plot_title, evaluator=evaluator)
         try:

@@ -226,7 +226,8 @@ class Committed:
 
 class RunStore:
     """One run's store (see the module docstring).  Use :meth:`create` or
-    :meth:`open`; a store is written by one process at a time.
+    :meth:`open`; a store is written by one writer at a time (an exclusive
+    ``flock`` on the run directory, held until :meth:`close`).
 
     Raises:
         RunStoreError: from every method, when the database cannot be used.
@@ -325,21 +326,27 @@ class RunStore:
     def create(cls, path: str | os.PathLike[str], *, config: Mapping[str, Any],
                metrics_header: Mapping[str, Any], ledger_header: bytes, checkpoint: bytes,
                clients: Mapping[int, Mapping[str, Any]],
-               driver: Mapping[str, Any]) -> RunStore:
+               driver: Mapping[str, Any],
+               replace_uninitialised: bool = False) -> RunStore:
         """Create the store and commit round 0 (the initial model) in one
-        transaction.
+        transaction, holding the run directory's writer lock from before
+        it looks at ``path``.  With ``replace_uninitialised``, a store whose
+        creation never committed (a clean database without tables) is
+        deleted first, under the lock.
 
         Raises:
-            RunStoreError: when ``path`` already exists.
+            RunStoreError: when ``path`` already exists (and is not an
+                uninitialised store to replace), or cannot be read.
             StoreLockedError: another writer holds the directory.
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = cls._lock_dir(target.parent)
-        if target.exists():
-            os.close(lock)
-            raise RunStoreError(f"{target} already exists: a run store belongs to one run")
         try:
+            if target.exists() and replace_uninitialised:
+                cls.remove_uninitialised(target)
+            if target.exists():
+                raise RunStoreError(f"{target} already exists: a run store belongs to one run")
             db = cls._connect(target)
         except BaseException:
             os.close(lock)
