@@ -269,3 +269,18 @@ def test_one_writer_per_store(run: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     finally:
         writer.close()
     RunStore.open(run / STORE_FILENAME).close()
+
+
+def test_a_deleted_store_that_the_exports_record_fails(run: Path) -> None:
+    """Attack: delete run.sqlite (and its WAL) and cut round 2's trailing
+    in-flight block off ledger.jsonl: the ledger alone verifies, but
+    metrics.json and checkpoint.pt record that the run has a store."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{run / STORE_FILENAME}{suffix}").unlink(missing_ok=True)
+    lines = (run / LEDGER_FILENAME).read_bytes().split(b"\n")[:-1]
+    keep = max(i for i, line in enumerate(lines) if b'"stage":"settled"' in line) + 1
+    (run / LEDGER_FILENAME).write_bytes(b"".join(x + b"\n" for x in lines[:keep]))
+    report = audit_run(run)
+    assert report["exit_code"] == 1, report["verdict"]
+    assert any("metrics.json and checkpoint.pt" in v and "missing" in v
+               for v in report["violations"]), report["violations"]

@@ -293,7 +293,8 @@ def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     with torch.serialization.safe_globals(allowed):
         data = torch.load(path, map_location="cpu", weights_only=True)
     extra = data.get("extra") or {}
-    return {"round": int(data["round"]), "ledger": extra.get("ledger")}
+    return {"round": int(data["round"]), "ledger": extra.get("ledger"),
+            "run_store": extra.get("run_store")}
 
 
 def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
@@ -322,6 +323,14 @@ def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
     except RunStoreError as exc:
         violations.append(f"{STORE_FILENAME} exists but cannot be read ({exc}): the ledger"
                           " cannot be checked against the run store")
+        return None
+    if not initialised and not path.exists():
+        claims = _exports_claiming_a_store(run_dir)
+        if claims:
+            violations.append(f"{' and '.join(claims)} record(s) that the run has a run store"
+                              f" ({STORE_FILENAME}), which is missing (deleted?): the ledger"
+                              " cannot be checked against it, and a cut-off trailing block"
+                              " would not show")
         return None
     if not initialised:
         if path.exists() and ledger.exists():
@@ -367,6 +376,25 @@ def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
                           f" {chain.last_settled_round}")
     fresh = committed == 0 and state.in_flight is None and not problems
     return chain, parse_ledger(exported).last_settled_round, fresh
+
+
+def _exports_claiming_a_store(run_dir: Path) -> list[str]:
+    """The exports in ``run_dir`` (``metrics.json``, ``checkpoint.pt``) that
+    record a run store (every run recorded by the round recorder has one)."""
+    claims = []
+    try:
+        metrics = json.loads((run_dir / METRICS_NAME).read_text(encoding="utf-8"))
+        if isinstance(metrics, dict) and metrics.get("run_store"):
+            claims.append(METRICS_NAME)
+    except (OSError, ValueError):
+        pass  # missing or unreadable: the cross-check reports it
+    if (run_dir / CHECKPOINT_NAME).exists():
+        try:
+            if _load_checkpoint_anchor(run_dir / CHECKPOINT_NAME).get("run_store"):
+                claims.append(CHECKPOINT_NAME)
+        except Exception:  # untrusted input: the cross-check reports it
+            pass
+    return claims
 
 
 def _last_block_start(data: bytes) -> int:

@@ -723,7 +723,7 @@ class RoundRecorder:
                 "model": {k: v.detach().clone() for k, v in server.model.state_dict().items()},
                 "server_optimizer": server.optimizer.state_dict(),
                 "extra": {"config": config.to_json(), "survivors": list(survivors),
-                          "ledger": anchor,
+                          "ledger": anchor, "run_store": STORE_FILENAME,
                           "clients": {str(k): dict(v) for k, v in clients.items()},
                           "driver": dict(driver)}}
 
@@ -736,7 +736,8 @@ class RoundRecorder:
         """``metrics.json`` as the store says it is now."""
         header = self.store.metrics_header
         entry = self._round_json or RoundReport.to_json
-        return {**header, "rounds": [entry(r) for r in self.reports], "ledger": self.anchor,
+        return {**header, "run_store": STORE_FILENAME,
+                "rounds": [entry(r) for r in self.reports], "ledger": self.anchor,
                 "final": self.store.final}
 
     def _export_checkpoint(self, data: bytes) -> None:
