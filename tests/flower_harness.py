@@ -14,7 +14,13 @@
 * :class:`Deployment`: a real SuperLink and SuperNodes on 127.0.0.1 in
   insecure mode, every process in its own session, all stopped (SIGTERM then
   SIGKILL by process group) when the context exits, with a /proc check for
-  leftovers by the unique FLWR_HOME.
+  leftovers by the unique FLWR_HOME.  The SuperLink may keep its state in a
+  database file (``database=``), be killed with everything it started
+  (:meth:`Deployment.kill_superlink`, as a crash of the server machine) and
+  started again on the same database (:meth:`Deployment.start_superlink`);
+  :meth:`Deployment.terminate` stops it all as docs/flower.md says (SIGTERM
+  to each PID) and reports what is left; :attr:`Deployment.cwd` sets the
+  processes' working directory.
 * :func:`simulate_reference`: the in-process simulator on the same seeds with
   a given dropout schedule, returning its metrics, final model and the exact
   integer sums.
@@ -398,6 +404,28 @@ def leftovers(marker: str) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (by parent PID, /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class Deployment:
     """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (insecure).
 
@@ -406,9 +434,11 @@ class Deployment:
     """
 
     def __init__(self, num_nodes: int, *, node_configs: list[str] | None = None,
-                 simulation: bool = False) -> None:
+                 simulation: bool = False, database: Path | None = None) -> None:
         self.num_nodes = num_nodes
         self.simulation = simulation
+        self.database = database
+        """The SuperLink's persistent state (``--database``); None: in memory."""
         self.node_configs = [] if simulation else (node_configs or [
             f"partition-id={i} num-partitions={num_nodes}"
             " securefl-allow-unauthenticated-semi-honest=true" for i in range(num_nodes)])
@@ -418,6 +448,7 @@ class Deployment:
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: list[subprocess.Popen[bytes]] = []
         self._others: list[subprocess.Popen[bytes]] = []
+        self._stopped_superlinks: list[subprocess.Popen[bytes]] = []
         self.leftover: list[int] = []
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
                     "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
@@ -431,6 +462,8 @@ class Deployment:
         self.port = free_port()
         self.logs = self.root / "logs"
         self.logs.mkdir()
+        self.cwd: Path | None = None
+        """The working directory of every process started (None: this one's)."""
 
     # lifecycle
     def __enter__(self) -> Deployment:
@@ -447,7 +480,7 @@ class Deployment:
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
         handle = open(self.logs / log, "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
         handle.close()
         return proc
 
@@ -455,11 +488,7 @@ class Deployment:
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "it"\n\n[superlink.it]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        self.superlink = self._spawn(
-            [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-             *(["--simulation"] if self.simulation else []),
-             "--host", "127.0.0.1", "--port", str(self.port)], "superlink.log")
-        self._wait_health(self.port, ready_timeout)
+        self.start_superlink(ready_timeout)
         for i, node_config in enumerate(self.node_configs):
             port = free_port()
             self.supernodes.append(self._spawn(
@@ -474,6 +503,36 @@ class Deployment:
         if self.node_configs:
             raise TimeoutError(f"SuperNodes not online after {ready_timeout} s;"
                                f" logs in {self.logs}")
+
+    def start_superlink(self, ready_timeout: float = 60.0) -> None:
+        """Start the SuperLink (on its ``database`` if set) and wait until it
+        answers ``/health``; each start logs to ``superlink-<n>.log``."""
+        self._superlink_starts = getattr(self, "_superlink_starts", 0) + 1
+        if self.superlink is not None:
+            self._stopped_superlinks.append(self.superlink)
+        database = ["--database", str(self.database)] if self.database is not None else []
+        self.superlink = self._spawn(
+            [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             *(["--simulation"] if self.simulation else []), *database,
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            "superlink.log" if self._superlink_starts == 1
+            else f"superlink-{self._superlink_starts}.log")
+        self._wait_health(self.port, ready_timeout)
+
+    def kill_superlink(self, sig: int = signal.SIGKILL) -> list[int]:
+        """Send ``sig`` at once to the SuperLink and every process it started
+        (its SuperExec, which Flower starts in a session of its own, and the
+        ServerApp process), as a crash of the server machine would, and reap
+        the SuperLink.  Returns the PIDs signalled."""
+        assert self.superlink is not None
+        pids = [self.superlink.pid, *descendants(self.superlink.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        self.superlink.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.superlink.pid, signal.SIGKILL)
+        return pids
 
     def _wait_health(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -503,9 +562,12 @@ class Deployment:
 
     def run_app(self, app_dir: Path, run_config: Mapping[str, Any],
                 log: str = "flwr-run.log",
-                federation_config: str | None = None) -> subprocess.Popen[bytes]:
+                federation_config: str | None = None,
+                runner: bool = False) -> subprocess.Popen[bytes]:
         """Start ``flwr run APP it --stream --run-config ...`` (in its own
-        session; stopped with the deployment)."""
+        session; stopped with the deployment); ``runner``: through
+        ``python -m securefl.flower.runner``, which exits non-zero unless the
+        run finished completed."""
         items = []
         for key, value in run_config.items():
             if isinstance(value, bool):
@@ -515,7 +577,9 @@ class Deployment:
             else:
                 items.append(f"{key}={value}")
         extra = ["--federation-config", federation_config] if federation_config else []
-        proc = self._spawn([_bin("flwr"), "run", str(app_dir), "it", "--stream",
+        command = ([sys.executable, "-m", "securefl.flower.runner"] if runner
+                   else [_bin("flwr"), "run"])
+        proc = self._spawn([*command, str(app_dir), "it", "--stream",
                             "--run-config", " ".join(items), *extra], log)
         self._others.append(proc)
         return proc
@@ -539,6 +603,48 @@ class Deployment:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
 
+    def terminate(self, timeout: float = 30.0) -> tuple[list[str], list[int]]:
+        """Stop the deployment as docs/flower.md says: SIGTERM to each
+        SuperNode's PID, then to the SuperLink's (not to their process
+        groups), and wait for them; processes of the deployment still alive
+        ``timeout`` seconds later (their SuperExecs and app processes should
+        exit by themselves) get SIGTERM by PID too.  Returns (the processes
+        that needed it, described; the processes still alive after that)."""
+        for proc in [*self.supernodes, *([self.superlink] if self.superlink else [])]:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=timeout)
+        marker = str(self.home)
+        deadline = time.monotonic() + timeout
+        while (left := leftovers(marker)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        lingering = self.describe(left)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while (left := leftovers(marker)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        return lingering, left
+
+    @staticmethod
+    def describe(pids: list[int]) -> list[str]:
+        """``pid ppid(state) command line`` of each process, for failure messages."""
+        out = []
+        for pid in pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                status = Path(f"/proc/{pid}/status").read_text()
+                ppid = int(status.split("\nPPid:\t", 1)[1].split()[0])
+                parent = Path(f"/proc/{ppid}/status").read_text().split("\nState:\t", 1)[1][:1]
+            except (OSError, IndexError, ValueError):
+                out.append(f"{pid} (gone)")
+                continue
+            out.append(f"{pid} {ppid}({parent}) {cmd.decode(errors='replace')[:160]}")
+        return out
+
     def log(self, name: str) -> str:
         path = self.logs / name
         return path.read_text(errors="replace") if path.exists() else ""
@@ -546,7 +652,8 @@ class Deployment:
     def stop(self) -> None:
         """SIGTERM every process group (runs, SuperNodes, then the SuperLink),
         SIGKILL after a grace period, check /proc, delete the temp dir."""
-        groups = [*getattr(self, "_others", []), *self.supernodes]
+        groups = [*getattr(self, "_others", []), *self.supernodes,
+                  *getattr(self, "_stopped_superlinks", [])]
         if self.superlink is not None:
             groups.append(self.superlink)
         for proc in groups:

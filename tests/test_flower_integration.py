@@ -35,7 +35,11 @@ from securefl.flower import (
     SecureAggregationWorkflow,
     provision_identities,
 )
-from securefl.flower.federation import run_federation, simulation_config
+from securefl.flower.federation import (
+    FederationIncompleteError,
+    run_federation,
+    simulation_config,
+)
 from securefl.flower.setup import STATE_RECORD, SessionSetup, Stage
 from securefl.privacy.ledger import read_ledger
 from securefl.protocol import ClientStatus, Round, SecAggConfig, SecurityMode
@@ -185,7 +189,8 @@ def test_active_mode_records_the_threshold_its_sessions_run_with(tmp_path: Path)
                           "securefl-pinned-keys": pinned} for i in range(5)}
     silent = {(1000 + i, 1, Stage.SHARE_KEYS.value) for i in range(2)}
     grid = InProcessGrid(_app(), configs, run_config, silent=silent)
-    run_federation(grid, _server_context(run_config))
+    with pytest.raises(FederationIncompleteError, match="no round completed"):
+        run_federation(grid, _server_context(run_config))  # recorded, then refused
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert metrics["config"]["threshold_used"] == 4
     assert metrics["config"]["threshold_used"] == default_threshold(5, SecurityMode.ACTIVE)

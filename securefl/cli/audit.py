@@ -54,9 +54,12 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    USER_LEVEL_ADJACENCY,
+    USER_LEVEL_MECHANISMS,
     WEIGHTINGS,
     LedgerChain,
     LedgerEntry,
+    UserLevelEntry,
     load_ledger,
     parse_ledger,
 )
@@ -279,6 +282,105 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
             violations.append(f"client {state.rows[0].client_id}: its rows disagree on its"
                               f" budget ({sorted(state.budgets, key=str)})")
     return clients, computed
+
+
+def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
+                       computed: dict[str, float]) -> list[str]:
+    """Why a user-level row does not verify (empty when it does)."""
+    from securefl.privacy.distributed_encoding import rounded_norm_bound_sq
+
+    where = f"round {row.round}, user level"
+    found = []
+    if row.mechanism not in USER_LEVEL_MECHANISMS:
+        found.append(f"{where}: unknown mechanism {row.mechanism!r}: cannot be accounted")
+    if row.adjacency != USER_LEVEL_ADJACENCY:
+        found.append(f"{where}: adjacency {row.adjacency!r} is not {USER_LEVEL_ADJACENCY!r}")
+    if row.noise_source != NoiseSource.OS_CSPRNG.value:
+        found.append(f"{where}: noise source {row.noise_source!r}: the server can regenerate"
+                     " the noise, the user-level epsilon does not hold against it")
+    if not row.released_variance >= row.target_variance:
+        found.append(f"{where}: the released sum carries variance {row.released_variance:.6g},"
+                     f" below the calibrated {row.target_variance:.6g}")
+    try:
+        bound = math.sqrt(rounded_norm_bound_sq(row.gamma * row.clip, row.dimension, row.beta))
+        l1 = min(bound * bound, math.sqrt(row.dimension) * bound)
+    except (SecureFLError, ValueError, OverflowError):
+        bound = l1 = math.nan
+    if not (math.isclose(bound, row.l2_sensitivity, rel_tol=RECOMPUTE_TOLERANCE)
+            and math.isclose(l1, row.l1_sensitivity, rel_tol=RECOMPUTE_TOLERANCE)):
+        found.append(f"{where}: recorded sensitivities ({row.l1_sensitivity:.6g},"
+                     f" {row.l2_sensitivity:.6g}) do not follow from gamma {row.gamma:.6g},"
+                     f" clip {row.clip:.6g}, d {row.dimension}, beta {row.beta:.6g}"
+                     f" (recomputed {l1:.6g}, {bound:.6g})")
+    expected = [*previous, [row.released_variance, row.l1_sensitivity, row.l2_sensitivity,
+                            row.sample_rate, 1]]
+    if row.history != expected:
+        found.append(f"{where}: the history does not follow from the earlier user-level rows"
+                     " and this round's released variance")
+    for name, recorded in (("epsilon", row.epsilon), ("epsilon_unsampled",
+                                                       row.epsilon_unsampled)):
+        key = "sampled" if name == "epsilon" else "unsampled"
+        value = computed.get(key, math.nan)
+        if not math.isfinite(value):
+            found.append(f"{where}: {name} is {value} (infinite or unbounded)")
+        elif not math.isclose(recorded, value, rel_tol=RECOMPUTE_TOLERANCE):
+            found.append(f"{where}: recorded {name} {recorded!r} but the history gives {value!r}")
+        if row.epsilon_budget is not None and not value <= row.epsilon_budget \
+                and name == "epsilon":
+            found.append(f"{where}: user-level epsilon {value:.4f} exceeds the budget"
+                         f" {row.epsilon_budget:g}")
+    gaussian = computed.get("gaussian", math.nan)
+    if not computed.get("sampled", math.nan) >= gaussian * (1 - RECOMPUTE_TOLERANCE):
+        found.append(f"{where}: epsilon {computed.get('sampled')} is below {gaussian}, the"
+                     " dp-accounting epsilon of the Poisson-sampled Gaussian of the same"
+                     " variance (a lower bound of the Skellam mechanism's)")
+    return found
+
+
+def _gaussian_floor(history: list[list[float]], delta: float) -> float:
+    """dp-accounting's RDP epsilon of the Poisson-sampled Gaussian with the
+    history's variances: never above the Skellam mechanism's (an independent
+    cross-check of the recomputation)."""
+    import dp_accounting
+
+    from securefl.privacy.accounting import _quiet_absl
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    with _quiet_absl():
+        for mu, _, l2, q, rounds in history:
+            if rounds and l2 > 0:
+                event: Any = dp_accounting.GaussianDpEvent(math.sqrt(mu) / l2)
+                if q < 1:
+                    event = dp_accounting.PoissonSampledDpEvent(q, event)
+                accountant.compose(event, int(rounds))
+        return float(accountant.get_epsilon(delta))
+
+
+def _verify_user_level(chain: LedgerChain, violations: list[str]) -> list[dict[str, Any]]:
+    """Recompute and cross-check every committed user-level row; return the
+    report's ``user_level`` rows."""
+    from securefl.privacy.distributed import user_level_epsilons
+
+    out: list[dict[str, Any]] = []
+    previous: list[list[float]] = []
+    for row in chain.committed_user_level:
+        try:
+            computed = dict(user_level_epsilons(row.history, row.delta))
+            computed["gaussian"] = _gaussian_floor(row.history, row.delta)
+        except (SecureFLError, ArithmeticError, ValueError):
+            computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
+        violations.extend(_user_row_problems(row, previous, computed))
+        previous = row.history
+        out.append({"round": row.round, "mechanism": row.mechanism,
+                    "adjacency": row.adjacency, "sample_rate": row.sample_rate,
+                    "released_variance": row.released_variance,
+                    "target_variance": row.target_variance, "gamma": row.gamma,
+                    "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
+                    "delta": row.delta, "epsilon": _json_number(computed["sampled"]),
+                    "epsilon_unsampled": _json_number(computed["unsampled"]),
+                    "epsilon_gaussian_floor": _json_number(computed["gaussian"]),
+                    "epsilon_budget": row.epsilon_budget})
+    return out
 
 
 def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
@@ -537,6 +639,7 @@ def audit_run(path: Path) -> dict[str, Any]:
         notes.append("the last line is a torn write (the process was killed mid-write);"
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
+    user_level = _verify_user_level(chain, found)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,
                              exported=stored[1] if stored is not None else None,
@@ -545,10 +648,11 @@ def audit_run(path: Path) -> dict[str, Any]:
         cross = {"skipped": "a ledger file was given, not a run directory"}
         notes.append("not cross-checked against a checkpoint and metrics: give the run"
                      " directory to have it")
-    if not chain.committed and stored is not None and stored[2]:
+    nothing = not chain.committed and not chain.committed_user_level
+    if nothing and stored is not None and stored[2]:
         notes.append("the ledger commits no row: the run store is at round 0 with nothing in"
                      " flight (killed before round 1; nothing was spent)")
-    elif not chain.committed:
+    elif nothing:
         found.append("the ledger commits no row")
     violations = list(dict.fromkeys(found))  # each distinct violation once, in order
 
@@ -603,7 +707,8 @@ def audit_run(path: Path) -> dict[str, Any]:
             "epsilon_budget": budget,
             "over_budget_by": over,
         })
-    no_budget = bool(clients) and not budgets
+    user_budgets = {u["epsilon_budget"] for u in user_level} - {None}
+    no_budget = (bool(clients) and not budgets) or (bool(user_level) and not user_budgets)
     ok = not violations
     if not ok:
         code, verdict = EXIT_FAIL, f"FAIL: {len(violations)} violation(s)"
@@ -620,6 +725,11 @@ def audit_run(path: Path) -> dict[str, Any]:
         verdict = ("OK: the chain and the cross-checks hold, every row recomputes, and every"
                    " client stayed within its budget by "
                    + ("all four accountants" if four else "every accountant of its adjacency"))
+        if not clients:
+            verdict = ("OK: the chain and the cross-checks hold, and every user-level row"
+                       " recomputes and stays within its budget")
+        elif user_level:
+            verdict += "; every user-level row recomputes and stays within its budget"
     return {
         "ledger": str(ledger),
         "run_id": chain.run_id,
@@ -630,6 +740,7 @@ def audit_run(path: Path) -> dict[str, Any]:
         "cross_check": cross,
         "rounds": round_rows,
         "clients": clients,
+        "user_level": user_level,
         "violations": violations,
         "notes": notes,
         "no_budget": no_budget,
@@ -644,50 +755,66 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"privacy audit of {report['ledger']} ({report['ledger_rows']} rows,"
           f" {report['chain']['commits']} commits, head {report['head'][:16] or '-'})")
     print()
-    print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'survivors':>9}  {'trained':>7}  note")
-    for r in report["rounds"]:
-        notes = []
-        if r["aborted"]:
-            notes.append("aborted")
-        if r["refused"]:
-            notes.append(f"{r['refused']} refused (budget)")
-        if r["in_flight"]:
-            notes.append(f"{r['in_flight']} in flight, never settled: charged in full")
-        print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
-              f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
-    print()
-    columns = {Adjacency.ADD_REMOVE_ONE.value: (
-        ("op-rdp", "opacus-rdp"), ("op-prv", "opacus-prv"), ("dpa-rdp", "dp-accounting-rdp"),
-        ("dpa-pld", "dp-accounting-pld")),
-        Adjacency.REPLACE_ONE.value: (("ro-rdp", "replace-one-rdp"),
-                                      ("ro-pld", "replace-one-pld"))}
-    adjacencies = sorted({c["adjacency"] for c in report["clients"]})
-    shown_columns = columns.get(adjacencies[0], ()) if len(adjacencies) == 1 else ()
-    header = "".join(f"  {label:>7}" for label, _ in shown_columns)
-    print(f"{'client':>6}{header}  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
-    for c in report["clients"]:
-        e = c["epsilon"]
-        status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
-            else "ok"
-        if any(v is None or v == "inf" for v in e.values()):
-            status = "INFINITE OR UNBOUNDED EPSILON"
-        budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
-        in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
-        if shown_columns:
-            values = "".join(f"  {_fmt(e.get(name)):>7}" for _, name in shown_columns)
-        else:  # mixed adjacencies (a ledger no federation writes): name every value
-            values = "  " + ", ".join(f"{name} {_fmt(v)}" for name, v in e.items())
-        print(f"{c['client_id']:>6}{values}  {budget:>7}  {in_sum:>6}  {c['steps']:>5}"
-              f"  {status}")
-    print()
-    delta = report["clients"][0]["delta"] if report["clients"] else math.nan
-    legend = {Adjacency.ADD_REMOVE_ONE.value: "add-or-remove-one",
-              Adjacency.REPLACE_ONE.value: "replace-one: ro-rdp is the RDP bound, ro-pld"
-                                           " dp-accounting's PLD"}
-    print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
-          f" ({'; '.join(legend.get(a, a) for a in adjacencies)}); 'in sum' = rounds whose"
-          " sum included the client / rounds it trained in (every trained round spends"
-          " privacy)")
+    if report["rounds"]:
+        print(f"{'round':>5}  {'max eps':>7}  {'median':>7}  {'survivors':>9}  {'trained':>7}"
+              "  note")
+        for r in report["rounds"]:
+            notes = []
+            if r["aborted"]:
+                notes.append("aborted")
+            if r["refused"]:
+                notes.append(f"{r['refused']} refused (budget)")
+            if r["in_flight"]:
+                notes.append(f"{r['in_flight']} in flight, never settled: charged in full")
+            print(f"{r['round']:>5}  {_fmt(r['epsilon_max']):>7}  {_fmt(r['epsilon_median']):>7}"
+                  f"  {r['survivors']:>9}  {r['trained']:>7}  {', '.join(notes)}")
+        print()
+    if report["clients"]:  # record-level rows (a user-level-only ledger has none)
+        columns = {Adjacency.ADD_REMOVE_ONE.value: (
+            ("op-rdp", "opacus-rdp"), ("op-prv", "opacus-prv"), ("dpa-rdp", "dp-accounting-rdp"),
+            ("dpa-pld", "dp-accounting-pld")),
+            Adjacency.REPLACE_ONE.value: (("ro-rdp", "replace-one-rdp"),
+                                          ("ro-pld", "replace-one-pld"))}
+        adjacencies = sorted({c["adjacency"] for c in report["clients"]})
+        shown_columns = columns.get(adjacencies[0], ()) if len(adjacencies) == 1 else ()
+        header = "".join(f"  {label:>7}" for label, _ in shown_columns)
+        print(f"{'client':>6}{header}  {'budget':>7}  {'in sum':>6}  {'steps':>5}  status")
+        for c in report["clients"]:
+            e = c["epsilon"]
+            status = ("OVER BUDGET by " + ", ".join(c["over_budget_by"])) if c["over_budget_by"] \
+                else "ok"
+            if any(v is None or v == "inf" for v in e.values()):
+                status = "INFINITE OR UNBOUNDED EPSILON"
+            budget = "-" if c["epsilon_budget"] is None else f"{c['epsilon_budget']:g}"
+            in_sum = f"{c['rounds_in_sum']}/{c['rounds_trained']}"
+            if shown_columns:
+                values = "".join(f"  {_fmt(e.get(name)):>7}" for _, name in shown_columns)
+            else:  # mixed adjacencies (a ledger no federation writes): name every value
+                values = "  " + ", ".join(f"{name} {_fmt(v)}" for name, v in e.items())
+            print(f"{c['client_id']:>6}{values}  {budget:>7}  {in_sum:>6}  {c['steps']:>5}"
+                  f"  {status}")
+        print()
+        delta = report["clients"][0]["delta"] if report["clients"] else math.nan
+        legend = {Adjacency.ADD_REMOVE_ONE.value: "add-or-remove-one",
+                  Adjacency.REPLACE_ONE.value: "replace-one: ro-rdp is the RDP bound, ro-pld"
+                                               " dp-accounting's PLD"}
+        print(f"epsilons recomputed from the recorded histories at delta {delta:g}"
+              f" ({'; '.join(legend.get(a, a) for a in adjacencies)}); 'in sum' = rounds whose"
+              " sum included the client / rounds it trained in (every trained round spends"
+              " privacy)")
+    if report.get("user_level"):
+        print()
+        print(f"{'round':>5}  {'user eps':>8}  {'vs server':>9}  {'gauss lb':>8}  {'q':>6}"
+              f"  {'variance':>10}  {'target':>10}  survivors  (user level, skellam,"
+              " add/remove one client)")
+        for u in report["user_level"]:
+            print(f"{u['round']:>5}  {_fmt(u['epsilon']):>8}  {_fmt(u['epsilon_unsampled']):>9}"
+                  f"  {_fmt(u['epsilon_gaussian_floor']):>8}  {u['sample_rate']:>6.3g}"
+                  f"  {u['released_variance']:>10.4g}  {u['target_variance']:>10.4g}"
+                  f"  {u['survivors']:>9}")
+        print("user eps is amplified by Poisson client sampling (holds against whoever sees"
+              " only the released sums); 'vs server' is without amplification (the server"
+              " sees who took part)")
     cross = report["cross_check"]
     if "skipped" not in cross:
         print(f"ledger settled through round {cross['ledger_round']}; checkpoint round"

@@ -67,6 +67,7 @@ _CONFIG_KEYS = {
     "clip_range": "clip_range", "no_secure_aggregation": "secure", "threshold": "threshold",
     "alpha": "alpha", "dataset": "dataset", "seed": "seed",
     "insecure_reproducible_noise": "insecure_reproducible_noise",
+    "privacy": "privacy", "user_epsilon": "user_epsilon", "user_clip": "user_clip",
 }
 """Flag destination -> the :class:`SimulationConfig` field it sets."""
 
@@ -176,6 +177,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                           " reveals a client's record count; examples: weight by record count,"
                           " which then leaves the client in the clear, so epsilons are stated"
                           " (and the noise calibrated) for replace-one adjacency")
+    user = p.add_argument_group("user-level DP (Skellam noise inside the secure sum;"
+                                " docs/user-level-dp.md)")
+    user.add_argument("--privacy", choices=["record-level", "user-level", "both"],
+                      default="record-level",
+                      help="record-level (default): DP-SGD only; both: also user-level DP, each"
+                           " client's whole update clipped, rotated and rounded into Z_2^bits"
+                           " and Skellam noise added by the sessions (removable excess, so the"
+                           " released sum carries the target whatever the dropouts); both"
+                           " epsilons are reported.  Every client takes part in every round"
+                           " (q = 1).  user-level alone is refused: the simulator's clients"
+                           " always train with DP-SGD")
+    user.add_argument("--user-epsilon", type=_positive_float, default=8.0,
+                      help="user-level target epsilon over the run, at --delta (default 8)")
+    user.add_argument("--user-clip", type=_positive_float, default=1.0,
+                      help="L2 bound of a client's whole update (default 1.0)")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--bits", type=int, default=32, help="ring Z_2^bits (default 32)")
     enc.add_argument("--frac-bits", type=int, default=None,
@@ -371,6 +387,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"survivors per round: {survivors} (mean {sum(survivors) / len(survivors):.1f});"
           f" dropouts injected: {sum(final['dropped_per_round'])};"
           f" refusals: {sum(final['refused_per_round'])}")
+    if config.privacy.value != "record-level":
+        from securefl.privacy.ledger import load_ledger
+
+        user_rows = load_ledger(Path(output) / LEDGER_FILENAME).committed_user_level
+        if user_rows:
+            last = user_rows[-1]
+            print(f"user-level epsilon at delta {last.delta:g} (skellam, add/remove one"
+                  f" client): {last.epsilon:.3f} over {len(last.history)} released rounds"
+                  f" (ring Z_2^{last.bits}, gamma {last.gamma:.4g}, clip {last.clip:g},"
+                  f" released variance {last.released_variance:.4g})")
     print(f"wall time {final['wall_seconds']:.1f} s")
     print(f"wrote {output / METRICS_FILENAME}, {output / LEDGER_FILENAME},"
           f" {output / 'checkpoint.pt'}, {output / PLOT_FILENAME}")

@@ -78,6 +78,7 @@ from securefl.privacy.ledger import (
     LEDGER_FILENAME,
     LedgerEntry,
     Participation,
+    UserLevelEntry,
     encode_block,
     header_line,
     parse_ledger,
@@ -592,7 +593,8 @@ class RoundRecorder:
     def settle(self, round_number: int, outcome: AggregateOutcome | None,
                clients: Sequence[ClientOutcome], *, abort_reason: str = "",
                started: float | None = None,
-               driver_state: Mapping[str, Any] | None = None) -> RoundReport:
+               driver_state: Mapping[str, Any] | None = None,
+               user_level: Sequence[UserLevelEntry] = ()) -> RoundReport:
         """Settle ``round_number``: apply ``outcome`` to the global model
         (None: the round aborted, the model and the optimizer are unchanged),
         then commit the settled rows (one per client of ``clients``), the
@@ -606,6 +608,8 @@ class RoundRecorder:
             abort_reason: why the round aborted.
             started: :func:`time.perf_counter` at the start of the round.
             driver_state: the driver's state after this round (JSON).
+            user_level: the round's user-level ledger row, when the sum
+                carried distributed-DP noise (written in the settled block).
 
         Returns:
             the round's report.
@@ -648,7 +652,7 @@ class RoundRecorder:
             epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
             delta=self.config.delta, seconds=time.perf_counter() - t0,
             abort_reason=abort_reason)
-        lines = encode_block(self._head, round_number, "settled", rows)
+        lines = encode_block(self._head, round_number, "settled", rows, user_level)
         head = record_digest(lines[-1])
         anchor = {"round": round_number, "head": head}
         driver = dict(driver_state if driver_state is not None else self.driver_state)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ from securefl.encoding import EncodedUpdate, FixedPointCodec, PlainUpdate, max_f
 from securefl.errors import (
     AbortError,
     ConfigurationError,
+    EncodingError,
     PrivacyBudgetExceededError,
 )
 from securefl.federation.client_update import Admission, admit, client_update
@@ -71,7 +73,7 @@ from securefl.federation.round import (
     RoundRecorder,
     RoundReport,
 )
-from securefl.federation.server import AggregationMode, Server
+from securefl.federation.server import AggregateOutcome, AggregationMode, Server
 from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.client import (
     DEFAULT_SAMPLE_RATE,
@@ -81,10 +83,18 @@ from securefl.privacy.client import (
     adjacency_for,
     make_private_compatible,
 )
-from securefl.privacy.ledger import Participation
+from securefl.privacy.distributed import (
+    PrivacyLevel,
+    UserLevelPlan,
+    plan_user_level,
+    user_level_entry,
+)
+from securefl.privacy.ledger import Participation, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
-from securefl.protocol.config import SecurityMode
+from securefl.protocol.config import SecAggConfig, SecurityMode, default_threshold
+from securefl.protocol.inmemory import secure_sum
+from securefl.protocol.noise import NoisePlan
 
 __all__ = [
     "DEFAULT_TARGET_EPSILON",
@@ -142,10 +152,14 @@ class SimulationConfig:
     dataset: DatasetName = DatasetName.DIGITS
     seed: int = 0
     insecure_reproducible_noise: bool = False
+    privacy: PrivacyLevel = PrivacyLevel.RECORD_LEVEL
+    user_epsilon: float = 8.0
+    user_clip: float = 1.0
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
-                           ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName)):
+                           ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName),
+                           ("privacy", PrivacyLevel)):
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
             except ValueError:
@@ -166,6 +180,23 @@ class SimulationConfig:
             raise ConfigurationError(f"dropout probability must be in [0, 1], got {self.dropout}")
         if not self.clip_range > 0:
             raise ConfigurationError(f"clip range must be > 0, got {self.clip_range}")
+        if self.privacy is PrivacyLevel.USER_LEVEL:
+            raise ConfigurationError(
+                "privacy user-level alone is not available in the simulator: its clients"
+                " always train with DP-SGD; use privacy both (record-level DP-SGD and"
+                " user-level Skellam noise in the secure sum, both epsilons reported)")
+        if self.privacy.user_level:
+            if not self.secure:
+                raise ConfigurationError("user-level DP adds its noise inside the secure sum:"
+                                         " it needs secure aggregation (drop"
+                                         " --no-secure-aggregation)")
+            if not (self.user_epsilon > 0 and math.isfinite(self.user_epsilon)):
+                raise ConfigurationError(
+                    f"the user-level target epsilon must be > 0, got {self.user_epsilon}")
+            if not self.user_clip > 0:
+                raise ConfigurationError(
+                    f"the user-level L2 norm bound (user_clip) must be > 0, got"
+                    f" {self.user_clip}; it bounds a client's whole update")
 
     def dp_config(self) -> DPConfig:
         """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
@@ -247,7 +278,8 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
     """Check everything that can be checked before training: the data split,
     the model (refused when it has a layer DP-SGD cannot train, see
     :func:`~securefl.privacy.client.make_private_compatible`) and the
-    encoding's bit budget.
+    encoding's bit budget (and, with user-level DP, that the ring holds the
+    noise, the cohort and the clip).
 
     Args:
         config: the federation.
@@ -280,6 +312,7 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
         frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
         max_weight=max_weight,
     )
+    user_level_plan(config, model)  # user-level DP: the ring must hold noise, cohort and clip
     return model, codec
 
 
@@ -388,6 +421,7 @@ def run_simulation(
     dp = config.dp_config()
     # the caller's model is never changed: the federation trains a copy
     model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
+    user_plan = user_level_plan(config, model)  # refuses a ring too small before any training
     ids = tuple(range(1, config.num_clients + 1))
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     server = Server(
@@ -432,7 +466,7 @@ def run_simulation(
         if interrupted is not None and on_round is not None:
             on_round(interrupted)
         _run_rounds(config, recorder, server, clients, schedule, codec, mode,
-                    on_round=on_round, progress=progress)
+                    on_round=on_round, progress=progress, user_plan=user_plan)
         summaries = {
             client.client_id: {"noise_multiplier": client.noise_multiplier,
                                "sample_rate": client.sample_rate,
@@ -446,10 +480,72 @@ def run_simulation(
                             output_dir=out, clients=clients)
 
 
+def user_level_plan(config: SimulationConfig,
+                    model: torch.nn.Module) -> UserLevelPlan | None:
+    """The user-level plan of a federation (None without user-level DP):
+    every client takes part in every round (``q = 1``), the ring is
+    ``config.bits`` wide, the target is ``config.user_epsilon`` over
+    ``config.rounds`` rounds.  The simulator runs semi-honest sessions,
+    whose noise plan is calibrated to the threshold ``t`` (removable excess
+    needs active mode, SPEC [NZ-1b]): the released variance is between
+    ``V`` and ``V n / t``, and the ring is sized for the latter.
+
+    Raises:
+        ConfigurationError: when the ring is too small or a value is out of
+            range (the message names the fix).
+    """
+    if not config.privacy.user_level:
+        return None
+    size = sum(int(p.numel()) for p in model.parameters())
+    threshold = _threshold(config)
+    return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
+                           cohort=config.num_clients, q=1.0, rounds=config.rounds,
+                           target_epsilon=config.user_epsilon, delta=config.delta,
+                           noise_factor=config.num_clients / threshold)
+
+
+def _threshold(config: SimulationConfig) -> int:
+    """The federation's secure aggregation threshold (the server's rule)."""
+    if config.threshold is not None:
+        return int(config.threshold)
+    return default_threshold(config.num_clients, SecurityMode.SEMI_HONEST)
+
+
+def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
+                    vectors: Mapping[int, np.ndarray], drops: Mapping[int, Round],
+                    round_seed: bytes) -> tuple[AggregateOutcome, float]:
+    """Securely sum the clients' rotated vectors with the protocol's noise
+    plan (each session adds its Skellam noise), decode, and divide by the
+    number of invited clients (a public constant).  Returns the outcome and
+    the variance the server session reports as released.
+
+    Raises:
+        AbortError: fewer than the threshold survived.
+    """
+    ids = tuple(sorted(vectors))
+    if len(ids) < 2 or len(ids) < server.threshold:
+        raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
+                         f" {server.threshold}", needed=server.threshold, available=len(ids))
+    secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
+                          bits=plan.codec.bits, threshold=server.threshold, client_ids=ids,
+                          noise=NoisePlan.calibrate_to_threshold(plan.variance))
+    result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
+    flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
+    average, offset = [], 0
+    for param in server.model.parameters():
+        size = int(param.numel())
+        average.append(flat[offset:offset + size].reshape(tuple(param.shape)))
+        offset += size
+    assert result.noise_variance is not None
+    return (AggregateOutcome(average=average, survivors=result.survivors,
+                             weight_total=len(result.survivors)), result.noise_variance)
+
+
 def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Server,
                 clients: list[PrivateClient], schedule: list[dict[int, Round]],
                 codec: FixedPointCodec, mode: AggregationMode, *,
-                on_round: Callable[[RoundReport], None] | None, progress: bool) -> None:
+                on_round: Callable[[RoundReport], None] | None, progress: bool,
+                user_plan: UserLevelPlan | None = None) -> None:
     """The rounds still to run: one per entry of the dropout schedule after
     the committed position (a round interrupted by a crash re-runs its
     schedule entry under the next round number)."""
@@ -468,6 +564,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
         admitted: list[tuple[PrivateClient, Admission]] = []
+        vectors: dict[int, np.ndarray] = {}
+        round_seed = os.urandom(32)  # the public seed of this round's rotation
         for client in clients:
             try:
                 admitted.append((client, admit(client)))
@@ -492,10 +590,33 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             updates[client.client_id] = update.encoded
             info[client.client_id] = {"status": update.refusal, "detail": update.detail,
                                       "steps": update.steps}
+            if user_plan is not None and update.encoded is not None \
+                    and update.result is not None:
+                # user-level DP: the client clips, rotates and rounds its whole
+                # update (its own secret rounding); its session adds the noise
+                flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
+                                       for t in update.result.update])
+                try:
+                    vectors[client.client_id] = user_plan.codec.encode(flat, round_seed).vector
+                except EncodingError as exc:
+                    updates[client.client_id] = None
+                    info[client.client_id].update(status=Participation.ENCODING_ERROR,
+                                                  detail=f"encoding refused: {exc}")
 
         abort_reason = ""
+        user_rows = []
         try:
-            outcome = server.aggregate(round_number, updates, drops)
+            if user_plan is not None:
+                outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
+                                                    round_seed)
+                previous = parse_ledger(recorder.store.ledger_bytes()).committed_user_level
+                user_rows.append(user_level_entry(
+                    user_plan, round_number=round_number, released_variance=released,
+                    survivors=len(outcome.survivors),
+                    previous=previous[-1] if previous else None,
+                    epsilon_budget=config.user_epsilon))
+            else:
+                outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:
             outcome = None
             abort_reason = str(exc)
@@ -510,7 +631,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             for client in clients]
         position += 1
         report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
-                                 started=t0, driver_state={"schedule_position": position})
+                                 started=t0, driver_state={"schedule_position": position},
+                                 user_level=user_rows)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")

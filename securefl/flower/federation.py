@@ -31,8 +31,23 @@ default), ``sample-rate`` (public Poisson rate, default 0.5), ``local-epochs``
 nodes refuse it), ``mode`` (``semi-honest``/``active``; empty: active when
 ``pinned-keys`` is set, else semi-honest), ``round-timeout`` (seconds),
 ``pinned-keys`` (path, active mode), ``output-dir`` (required: where the
-artefacts go).  What a node accepts is decided by the node's own policy
+artefacts go; the example's ServerApp picks a fresh directory when it is
+empty, see :mod:`securefl.flower.runner`), ``federation-id`` (the name under
+which each node keeps its DP accountant on its own disk; set it to make a run
+resumable) and ``resume`` (bool: continue the run in ``output-dir``).  What a
+node accepts is decided by the node's own policy
 (:mod:`securefl.flower.policy`), not by this run config.
+
+Resume: a new Flower run with ``resume = true``, the same ``output-dir``,
+``federation-id`` and run config reopens the run store, restores the global
+model and server optimizer of the last committed round and every client's
+charged history, settles a round found in flight as aborted (its in-flight
+charges kept: those nodes may have trained) and runs the rounds of work that
+remain, so that ``num-rounds`` rounds of work are done in all.  The
+ServerApp prints the per-round table of ``securefl simulate`` (``flwr run
+--stream`` shows it) and raises :class:`FederationIncompleteError` when no
+round completed or every client refused a round, so that Flower records the
+run as failed.
 """
 
 from __future__ import annotations
@@ -49,9 +64,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 
-from securefl.errors import AbortError, ConfigurationError
+from securefl.cli.simulate import HEADER, format_round, why_incomplete
+from securefl.durable import atomic_write
+from securefl.errors import AbortError, ConfigurationError, SecureFLError
 from securefl.federation.optimizers import ServerOptimizerConfig
 from securefl.federation.round import ClientOutcome, RoundRecorder, RoundReport
+from securefl.federation.runstore import ResumeMismatchError
 from securefl.federation.server import AggregationMode, Server
 from securefl.federation.simulation import SimulationConfig, load_data, preflight
 from securefl.flower.client_train import run_values, train_private_client
@@ -71,6 +89,7 @@ from securefl.strictjson import sanitize
 __all__ = [
     "EVENTS_FILENAME",
     "SUMS_FILENAME",
+    "FederationIncompleteError",
     "run_federation",
     "simulation_config",
     "train_private_client",
@@ -79,6 +98,11 @@ __all__ = [
 SUMS_FILENAME = "sums.npz"
 EVENTS_FILENAME = "events.jsonl"
 _REFUSED = "node policy refused the setup: "
+
+
+class FederationIncompleteError(SecureFLError):
+    """The federation ran to its end, recorded, but no round completed or
+    every client refused some round (the message says which and why)."""
 
 
 def simulation_config(run_config: Mapping[str, Any]) -> SimulationConfig:
@@ -108,9 +132,18 @@ def run_federation(grid: Grid, context: Context) -> None:
     :class:`~securefl.federation.round.RoundRecorder` (the simulator's
     recorder: the same run store, ledger, checkpoint and ``metrics.json``).
 
+    With run config ``resume = true`` it continues the run in
+    ``output-dir`` instead (see the module docstring).
+
     Raises:
-        ConfigurationError: bad run config, or ``output-dir`` already holds
-            a ledger or a run.
+        ConfigurationError: bad run config, ``output-dir`` already holds a
+            ledger or a run (and ``resume`` is not set), or ``resume`` of a
+            run that was started without ``federation-id``.
+        ResumeMismatchError: ``resume`` with another run config (the keys
+            that differ are named), security mode or ``federation-id``.
+        RunStoreError: ``resume`` of a directory that holds no run store.
+        FederationIncompleteError: no round completed, or every client
+            refused some round.
     """
     torch.set_num_threads(1)
     run_config = context.run_config
@@ -118,7 +151,10 @@ def run_federation(grid: Grid, context: Context) -> None:
     if not run_config.get("output-dir"):
         raise ConfigurationError("set run config output-dir")
     out = Path(str(run_config["output-dir"]))
-    RoundRecorder.check_fresh(out)
+    resume = bool(run_config.get("resume", False))
+    federation_id = str(run_config.get("federation-id", "") or "")
+    if not resume:
+        RoundRecorder.check_fresh(out)
     if run_config.get("reproducible-rounding", False):
         raise ConfigurationError("reproducible-rounding was removed: every node rounds with"
                                  " randomness from its own OS CSPRNG")
@@ -145,19 +181,77 @@ def run_federation(grid: Grid, context: Context) -> None:
         kind=config.server_optimizer, lr=config.server_lr, momentum=config.server_momentum),
         ids, mode=AggregationMode.SECURE, threshold=config.threshold,
         name=f"securefl flower seed {config.seed}", security_mode=mode)
-    recorder = RoundRecorder.create(
-        out, config=config, server=server, data_name=data.name, test=data.test, secure=True,
-        config_extra={"runtime": "flower", "security_mode": mode.value},
-        round_json=_round_json, driver_state={"known": {}})
+    if resume:
+        recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
+                                        secure=True, round_json=_round_json)
+    else:
+        recorder = RoundRecorder.create(
+            out, config=config, server=server, data_name=data.name, test=data.test,
+            secure=True, config_extra={"runtime": "flower", "security_mode": mode.value},
+            round_json=_round_json,
+            driver_state={"known": {}, "position": 0, "federation_id": federation_id})
     try:
+        if resume:
+            _check_resumable(recorder, mode, federation_id)
+        _emit(HEADER)
+        if resume:
+            for report in recorder.reports:
+                _emit(format_round(report, len(ids)))
+            interrupted = recorder.settle_interrupted(
+                detail="not sent the masked-input stage before the interruption")
+            if interrupted is not None:
+                _emit(format_round(interrupted, len(ids)))
         _run_rounds(grid, run_config, config, recorder, server, codec, mode, pinned)
     finally:
         recorder.close()
+    incomplete = why_incomplete(recorder.reports, len(ids))
+    if incomplete is not None:
+        raise FederationIncompleteError(f"{out}: {incomplete}")
+
+
+def _emit(line: str) -> None:
+    """Print a line of the per-round table (the ServerApp's stdout is what
+    ``flwr run --stream`` shows)."""
+    print(line, flush=True)
+
+
+def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id: str) -> None:
+    """Refuse to resume with another security mode or federation id, or a
+    run started without a federation id (its nodes keep their accountants
+    under the old Flower run id, which a new run does not have: they would
+    refuse to train)."""
+    stored_mode = recorder.store.metrics_header.get("config", {}).get("security_mode")
+    if stored_mode != mode.value:
+        raise ResumeMismatchError(f"{recorder.out}: the run used security mode {stored_mode!r},"
+                                  f" not {mode.value!r}", ["mode"])
+    stored_id = str(recorder.driver_state.get("federation_id", "") or "")
+    if not stored_id:
+        raise ConfigurationError(
+            f"{recorder.out}: the run was started without run config federation-id, so its"
+            " nodes keep their DP accountants under its Flower run id and would refuse a"
+            " resumed run; start runs with federation-id set to make them resumable")
+    if federation_id != stored_id:
+        raise ResumeMismatchError(f"{recorder.out}: the run's federation-id is {stored_id!r},"
+                                  f" not {federation_id!r}", ["federation-id"])
+
+
+def _load_sums(recorder: RoundRecorder) -> dict[str, np.ndarray]:
+    """The exact sums of the committed, completed rounds (``sums.npz`` may
+    hold the sum of a round whose commit never happened: it is left out)."""
+    path = recorder.out / SUMS_FILENAME
+    keep = {f"round_{r.round}" for r in recorder.reports if not r.aborted}
+    if not path.exists() or not keep:
+        return {}
+    with np.load(path) as data:
+        return {k: np.array(data[k]) for k in data.files if k in keep}
 
 
 def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationConfig,
                 recorder: RoundRecorder, server: Server, codec: Any, mode: SecurityMode,
                 pinned: Any) -> None:
+    """The rounds of work still to do: ``num-rounds`` minus those settled
+    (a round settled as interrupted did no work: it is done again under the
+    next round number)."""
     dp = config.dp_config()
     ids = server.client_ids
     out = recorder.out
@@ -204,8 +298,11 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
         allow_unauthenticated_semi_honest=bool(
             run_config.get("allow-unauthenticated-semi-honest", False))), codec, on_event=on_event)
 
-    sums: dict[str, np.ndarray] = {}
-    for round_number in range(recorder.next_round, config.rounds + 1):
+    sums = _load_sums(recorder)
+    driver = dict(recorder.driver_state)
+    position = int(driver.get("position", recorder.next_round - 1))
+    while position < config.rounds:
+        round_number = recorder.next_round
         t0 = time.perf_counter()
         recorder.in_flight = {}
         arrays = ArrayRecord([p.detach().cpu().numpy() for p in server.global_parameters()])
@@ -254,9 +351,13 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
             # the server's one decoding path (Server.outcome_from_sum)
             outcome = server.outcome_from_sum(result.total, survivors)
             sums[f"round_{round_number}"] = result.total
-            np.savez(out / SUMS_FILENAME, **sums)
-        recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason, started=t0,
-                        driver_state={"known": {str(k): v for k, v in known.items()}})
+            atomic_write(out / SUMS_FILENAME,
+                         lambda handle: np.savez(handle, **sums))  # type: ignore[arg-type]
+        position += 1
+        driver.update(known={str(k): v for k, v in known.items()}, position=position)
+        report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
+                                 started=t0, driver_state=driver)
+        _emit(format_round(report, len(ids)))
 
     summaries = {
         cid: {"noise_multiplier": known.get(cid, {}).get("dp-noise-multiplier"),

@@ -38,6 +38,13 @@ _EXPORTS = {
     "PrivacyLedger": "ledger",
     "load_ledger": "ledger",
     "read_ledger": "ledger",
+    "UserLevelEntry": "ledger",
+    "RotatedCodec": "distributed_encoding",
+    "UserLevelPlan": "distributed",
+    "PrivacyLevel": "distributed",
+    "plan_user_level": "distributed",
+    "user_level_epsilon": "distributed",
+    "user_level_epsilons": "distributed",
 }
 
 __all__ = sorted(_EXPORTS)

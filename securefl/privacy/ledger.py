@@ -48,12 +48,15 @@ __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_FORMAT",
     "NOISE_SOURCES",
+    "USER_LEVEL_ADJACENCY",
+    "USER_LEVEL_MECHANISMS",
     "WEIGHTINGS",
     "Commit",
     "LedgerChain",
     "LedgerEntry",
     "Participation",
     "PrivacyLedger",
+    "UserLevelEntry",
     "encode_block",
     "entries_by_client",
     "header_line",
@@ -77,6 +80,14 @@ neighbouring relation of a row's epsilons."""
 WEIGHTINGS = tuple(weighting.value for weighting in Weighting)
 """``weighting`` values (:class:`~securefl.privacy.options.Weighting`): how
 the client's update was weighted in the sum."""
+
+
+USER_LEVEL_ADJACENCY = "add-remove-one-client"
+"""The adjacency of every user-level row: neighbouring federations differ by
+one client (all of its data) added or removed."""
+USER_LEVEL_MECHANISMS = ("skellam",)
+"""``mechanism`` values of user-level rows: the distributed Skellam mechanism
+(:mod:`securefl.privacy.distributed`)."""
 
 
 class Participation(str, enum.Enum):
@@ -267,6 +278,119 @@ class LedgerEntry:
         return cls.from_record(data)
 
 
+_USER_NUMBER_FIELDS = ("epsilon", "epsilon_unsampled")
+
+
+@dataclass(frozen=True)
+class UserLevelEntry:
+    """One user-level row: the distributed-DP release of one round, written
+    beside the round's record-level client rows (record type
+    ``"user-level"``, in the round's settled block).
+
+    A user-level epsilon is the same for every client (each joins a round
+    independently with probability ``sample_rate``), so there is one row per
+    round that released a sum, not one per client.
+
+    Attributes:
+        round: federation round (1-based).
+        mechanism: one of :data:`USER_LEVEL_MECHANISMS`.
+        adjacency: :data:`USER_LEVEL_ADJACENCY`.
+        sample_rate: ``q``, the probability that a client takes part.
+        released_variance: the per-coordinate variance of the Skellam noise
+            the released sum actually carries (ring units; reported by the
+            server session after removing the excess for the survivors).
+        target_variance: ``V``, the variance it was calibrated to carry at
+            least.
+        gamma: the scale (ring units per unit of the update).
+        clip: ``C``, the L2 bound of an update.
+        dimension: ``d``, the padded (power-of-two) vector length.
+        beta: conditional rounding's beta.
+        bits: the ring size.
+        l1_sensitivity, l2_sensitivity: ``Delta_1``, ``Delta_2`` of the sum
+            in ring units (from ``gamma``, ``clip``, ``dimension``, ``beta``).
+        survivors: how many clients' vectors entered the sum.
+        delta: the delta of the epsilons.
+        epsilon: the user-level epsilon so far (all released rounds up to
+            this one), amplified by Poisson client sampling: it holds against
+            whoever sees only the released sums or models.
+        epsilon_unsampled: the same without amplification (``q = 1``): it
+            holds against the server, which sees who took part.
+        epsilon_budget: the user-level budget, or None.
+        history: ``[[mu, l1, l2, q, rounds], ...]`` so far, ``mu`` the
+            released variance, so that anyone can recompute the epsilons.
+        noise_source: where the clients' noise and rounding came from.
+    """
+
+    round: int
+    mechanism: str
+    adjacency: str
+    sample_rate: float
+    released_variance: float
+    target_variance: float
+    gamma: float
+    clip: float
+    dimension: int
+    beta: float
+    bits: int
+    l1_sensitivity: float
+    l2_sensitivity: float
+    survivors: int
+    delta: float
+    epsilon: float
+    epsilon_unsampled: float
+    epsilon_budget: float | None
+    history: list[list[float]] = field(default_factory=list)
+    noise_source: str = NoiseSource.OS_CSPRNG.value
+
+    def to_record(self) -> dict[str, Any]:
+        """The row as strict-JSON values (``"inf"`` for an infinite epsilon,
+        null for NaN), keys in field order."""
+        data = asdict(self)
+        for key in _USER_NUMBER_FIELDS:
+            data[key] = _encode_number(data[key])
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> UserLevelEntry:
+        """Build a row from a parsed record (``type`` and ``prev`` ignored).
+
+        Raises:
+            LedgerError: when it is not a valid user-level row (unknown or
+                missing fields, wrong JSON types, a malformed history).
+        """
+        try:
+            data = {k: v for k, v in data.items() if k not in ("type", "prev")}
+            unknown = sorted(set(data) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}")
+            for key in _USER_NUMBER_FIELDS:
+                data[key] = _decode_number(data[key])
+                if data[key] is None:
+                    data[key] = math.nan
+            entry = cls(**data)
+            for name in ("round", "dimension", "bits", "survivors"):
+                if not _is_int(getattr(entry, name)):
+                    raise ValueError(f"{name} must be an integer")
+            for name in ("sample_rate", "released_variance", "target_variance", "gamma", "clip",
+                         "beta", "l1_sensitivity", "l2_sensitivity", "delta"):
+                if not _is_number(getattr(entry, name)):
+                    raise ValueError(f"{name} must be a number")
+            if entry.epsilon_budget is not None and not _is_number(entry.epsilon_budget):
+                raise ValueError("epsilon_budget must be a number or null")
+            for name in ("mechanism", "adjacency", "noise_source"):
+                if not isinstance(getattr(entry, name), str):
+                    raise ValueError(f"{name} must be a string")
+            if not isinstance(entry.history, list) or not all(
+                    isinstance(r, list) and len(r) == 5 and all(_is_number(v) for v in r[:4])
+                    and all(math.isfinite(float(v)) and v >= 0 for v in r[:4])
+                    and 0 < r[3] <= 1 and _is_int(r[4]) and r[4] >= 0 for r in entry.history):
+                raise ValueError("history must be a list of [mu >= 0, l1 >= 0, l2 >= 0,"
+                                 " 0 < q <= 1, rounds >= 0] rows")
+            return entry
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise LedgerError(f"not a valid user-level row: {exc}") from None
+
+
 def _parse_object(text: str) -> dict[str, Any]:
     """Parse one ledger line as a strict JSON object.
 
@@ -356,6 +480,7 @@ class Commit:
     head: str
     digest: str
     line: int
+    user_rows: int = 0
 
 
 @dataclass
@@ -378,6 +503,8 @@ class LedgerChain:
             (empty when the ledger verifies).
         malformed: the first line that is not a parseable record, if any
             (reading stopped there; it is also among the problems).
+        user_level: every user-level row (:class:`UserLevelEntry`) in file
+            order, including rows after the last commit.
     """
 
     path: Path
@@ -388,7 +515,14 @@ class LedgerChain:
     torn_tail: bool = False
     problems: list[str] = field(default_factory=list)
     malformed: str | None = None
+    user_level: list[UserLevelEntry] = field(default_factory=list)
     _committed_rows: int = 0
+    _committed_user_rows: int = 0
+
+    @property
+    def committed_user_level(self) -> list[UserLevelEntry]:
+        """The user-level rows covered by a (settled) commit, in file order."""
+        return self.user_level[:self._committed_user_rows]
 
     @property
     def ok(self) -> bool:
@@ -446,6 +580,7 @@ def parse_ledger(data: bytes, path: str | os.PathLike[str] = "") -> LedgerChain:
     problems = chain.problems
     prev: str | None = None
     block: list[LedgerEntry] = []
+    user_block: list[UserLevelEntry] = []
     in_flight_round = 0
     settled_round = 0
     if not lines:
@@ -487,21 +622,34 @@ def parse_ledger(data: bytes, path: str | os.PathLike[str] = "") -> LedgerChain:
                 return chain
             chain.records.append(entry)
             block.append(entry)
+        elif kind == "user-level":
+            try:
+                user_entry = UserLevelEntry.from_record(record)
+            except SecureFLError as exc:
+                chain.malformed = f"{where}: {exc}"
+                problems.append(chain.malformed)
+                return chain
+            chain.user_level.append(user_entry)
+            user_block.append(user_entry)
         elif kind == "commit":
             try:
                 if not (_is_int(record["round"]) and _is_int(record["rows"])
                         and isinstance(record["stage"], str)
                         and isinstance(record["prev"], str)):
                     raise TypeError("round and rows must be integers, stage and prev strings")
+                user_rows = record.get("user_rows", 0)
+                if not _is_int(user_rows) or ("user_rows" in record and user_rows < 1):
+                    raise TypeError("user_rows must be a positive integer when present")
                 commit = Commit(round=record["round"], stage=record["stage"],
                                 rows=record["rows"], head=record["prev"],
-                                digest=digest, line=number)
+                                digest=digest, line=number, user_rows=user_rows)
             except (KeyError, TypeError) as exc:
                 chain.malformed = f"{where}: malformed commit ({exc})"
                 problems.append(chain.malformed)
                 return chain
             problems.extend(_check_block(commit, block, where, in_flight_round,
                                          settled_round))
+            problems.extend(_check_user_block(commit, user_block, where))
             if commit.stage == "in-flight":
                 in_flight_round = commit.round
             else:
@@ -509,12 +657,15 @@ def parse_ledger(data: bytes, path: str | os.PathLike[str] = "") -> LedgerChain:
             chain.commits.append(commit)
             chain.head = digest
             chain._committed_rows = len(chain.records)
+            chain._committed_user_rows = len(chain.user_level)
             block = []
+            user_block = []
         else:
             problems.append(f"{where}: unknown record type {kind!r}")
-    if block and not chain.torn_tail:
-        problems.append(f"{len(block)} row(s) after the last commit: the ledger was truncated"
-                        " inside a block, or rows were appended without a commit")
+    if (block or user_block) and not chain.torn_tail:
+        problems.append(f"{len(block) + len(user_block)} row(s) after the last commit: the"
+                        " ledger was truncated inside a block, or rows were appended without"
+                        " a commit")
     return chain
 
 
@@ -546,6 +697,23 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
     return problems
 
 
+def _check_user_block(commit: Commit, block: list[UserLevelEntry], where: str) -> list[str]:
+    """The user-level rows of a block: counted by the commit's ``user_rows``,
+    in a settled block, of the commit's round, at most one."""
+    problems = []
+    if commit.user_rows != len(block):
+        problems.append(f"{where}: commit of round {commit.round} counts {commit.user_rows}"
+                        f" user-level rows, {len(block)} precede it (rows removed or added)")
+    if block and commit.stage != "settled":
+        problems.append(f"{where}: a user-level row inside an in-flight block")
+    if any(r.round != commit.round for r in block):
+        problems.append(f"{where}: a user-level row of another round inside round"
+                        f" {commit.round}'s block")
+    if len(block) > 1:
+        problems.append(f"{where}: round {commit.round} has {len(block)} user-level rows")
+    return problems
+
+
 def header_line(run_id: str) -> bytes:
     """The canonical bytes (no newline) of a ledger's header record."""
     return canonical({"type": "header", "format": LEDGER_FORMAT, "run_id": run_id,
@@ -553,9 +721,12 @@ def header_line(run_id: str) -> bytes:
 
 
 def encode_block(head: str, round_number: int, stage: str,
-                 entries: Sequence[LedgerEntry]) -> list[bytes]:
+                 entries: Sequence[LedgerEntry],
+                 user_level: Sequence[UserLevelEntry] = ()) -> list[bytes]:
     """The canonical lines (no newlines) of one block: a row per entry, then
-    the commit record of ``stage`` (``in-flight`` or ``settled``), chained
+    a ``user-level`` record per user-level entry (settled blocks only), then
+    the commit record of ``stage`` (``in-flight`` or ``settled``; it counts
+    the user-level records as ``user_rows`` when there are any), chained
     from ``head`` (the digest of the record before the block).  The digest
     of the last line is the new head.  This only encodes: the writer
     (:class:`PrivacyLedger`, or a run store) checks and stores."""
@@ -565,8 +736,15 @@ def encode_block(head: str, round_number: int, stage: str,
         line = canonical({**entry.to_record(), "type": "row", "prev": prev})
         lines.append(line)
         prev = record_digest(line)
-    lines.append(canonical({"type": "commit", "stage": stage, "round": int(round_number),
-                            "rows": len(entries), "prev": prev}))
+    for user_entry in user_level:
+        line = canonical({**user_entry.to_record(), "type": "user-level", "prev": prev})
+        lines.append(line)
+        prev = record_digest(line)
+    commit: dict[str, Any] = {"type": "commit", "stage": stage, "round": int(round_number),
+                              "rows": len(entries), "prev": prev}
+    if user_level:
+        commit["user_rows"] = len(user_level)
+    lines.append(canonical(commit))
     return lines
 
 
@@ -649,10 +827,11 @@ class PrivacyLedger:
         self._head = record_digest(header)
 
     def _write_block(self, round_number: int, stage: str,
-                     entries: Sequence[LedgerEntry]) -> None:
+                     entries: Sequence[LedgerEntry],
+                     user_level: Sequence[UserLevelEntry] = ()) -> None:
         self._ensure_open()
         assert self._head is not None
-        lines = encode_block(self._head, round_number, stage, entries)
+        lines = encode_block(self._head, round_number, stage, entries, user_level)
         commit = lines[-1]
         block = b"".join(line + b"\n" for line in lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -688,19 +867,24 @@ class PrivacyLedger:
                               " that round only")
         self._write_block(round_number, "in-flight", entries)
 
-    def settle_round(self, round_number: int, entries: Sequence[LedgerEntry]) -> None:
-        """Write the settled rows of ``round_number`` (one per client) and its
-        settled commit, fsynced.
+    def settle_round(self, round_number: int, entries: Sequence[LedgerEntry],
+                     user_level: Sequence[UserLevelEntry] = ()) -> None:
+        """Write the settled rows of ``round_number`` (one per client), its
+        user-level row if it released a distributed-DP sum, and its settled
+        commit, fsynced.
 
         Raises:
-            LedgerError: an in-flight row, a row of another round, or a
-                ledger that does not verify.
+            LedgerError: an in-flight row, a row of another round, more than
+                one user-level row, or a ledger that does not verify.
             OSError: when the file cannot be written.
         """
         if any(e.in_flight or e.round != round_number for e in entries):
             raise LedgerError(f"round {round_number}: settle_round takes settled rows of"
                               " that round only")
-        self._write_block(round_number, "settled", entries)
+        if len(user_level) > 1 or any(u.round != round_number for u in user_level):
+            raise LedgerError(f"round {round_number}: at most one user-level row, of that"
+                              " round")
+        self._write_block(round_number, "settled", entries, user_level)
         self._settled = int(round_number)
         self._settled_head = self.head
 

@@ -1,0 +1,539 @@
+"""User-level accounting and calibration of the distributed Skellam mechanism.
+
+The mechanism of one round: every sampled client's update is clipped,
+rotated and conditionally rounded by
+:class:`~securefl.privacy.distributed_encoding.RotatedCodec` (L2 sensitivity
+``Delta_2``, L1 sensitivity ``Delta_1`` in ring units, both deterministic),
+and the released sum carries symmetric Skellam noise of per-coordinate
+variance ``mu`` (at least the calibrated ``V`` for every dropout pattern the
+protocol accepts).  Each client joins a round independently with
+probability ``q`` (Poisson sampling); neighbouring federations differ by
+adding or removing one client (all of its data).
+
+**Per round, unsampled** (Agarwal, Kairouz, Liu, "The Skellam Mechanism for
+Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5 /
+Corollary 3.6; the parametrisation of TFF's and Dordis's ``skellam_rdp``, in
+which ``mu`` is the variance of the released noise, each Poisson of mean
+``mu / 2``): for every integer order ``alpha > 1``,
+
+    eps(alpha) <= alpha Delta_2^2 / (2 mu)
+                  + min(((2 alpha - 1) Delta_2^2 + 6 Delta_1) / (4 mu^2),
+                        3 Delta_1 / (2 mu))
+
+(:func:`skellam_rdp`).  The bound holds for any difference vector with
+those norms, in either direction, so it bounds the RDP of both orderings of
+a neighbouring pair.  The first term is the Gaussian's RDP at variance ``mu``.
+
+**Poisson sampling**: Zhu and Wang, "Poisson Subsampled Rényi Differential
+Privacy", ICML 2019, Theorem 6 (the general upper bound for any mechanism
+with RDP ``eps(l)`` at integer orders ``l``): for integer ``alpha >= 2``,
+
+    eps_q(alpha) <= 1/(alpha-1) log[(1-q)^(alpha-1) (alpha q - q + 1)
+                    + C(alpha,2) q^2 (1-q)^(alpha-2) e^eps(2)
+                    + 3 sum_{l=3}^{alpha} C(alpha,l) q^l (1-q)^(alpha-l) e^((l-1) eps(l))]
+
+and we take its minimum with the unsampled ``eps(alpha)`` (sampling never
+hurts: joint quasi-convexity of the Rényi divergence)
+(:func:`poisson_subsampled_rdp`).  Rounds compose by adding RDP; the curve
+becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
+(Theorem 21; Canonne, Kamath, Steinke 2020), the one Opacus uses:
+``eps = min_alpha rdp(alpha) + log((alpha-1)/alpha) - (log delta + log alpha)/(alpha-1)``
+(:func:`rdp_to_epsilon`).
+
+**Whom the amplification protects against.**  Amplification by sampling
+holds against an adversary who does not learn which clients were sampled:
+whoever sees only the released sums or the models.  The server of the
+secure aggregation sees who took part; against it, the epsilon is the
+unsampled one (``q = 1``) over the rounds the client took part in.  Both are
+computed and recorded (:func:`user_level_epsilons`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from securefl.errors import ConfigurationError
+from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
+from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
+from securefl.protocol.noise import TAIL_SIGMAS
+
+__all__ = [
+    "MECHANISM",
+    "NOISE_TAIL_SIGMAS",
+    "ORDERS",
+    "ROUNDING_INFLATION_LIMIT",
+    "PrivacyLevel",
+    "SkellamRound",
+    "UserLevelPlan",
+    "calibrate_variance",
+    "plan_user_level",
+    "poisson_subsampled_rdp",
+    "rdp_to_epsilon",
+    "skellam_rdp",
+    "user_level_entry",
+    "user_level_epsilon",
+    "user_level_epsilons",
+]
+
+class PrivacyLevel(str, enum.Enum):
+    """Which differential privacy a federation gives (``securefl simulate
+    --privacy``)."""
+
+    RECORD_LEVEL = "record-level"
+    """DP-SGD inside each client (Opacus): one training example is protected."""
+    USER_LEVEL = "user-level"
+    """Skellam noise inside the secure sum: a client's whole contribution is
+    protected."""
+    BOTH = "both"
+    """Both layers; both epsilons are reported."""
+
+    @property
+    def user_level(self) -> bool:
+        """Whether the user-level layer is on."""
+        return self is not PrivacyLevel.RECORD_LEVEL
+
+
+MECHANISM = "skellam"
+"""The ``mechanism`` of a user-level ledger row."""
+
+ORDERS = tuple(range(2, 129)) + tuple(range(136, 257, 8))
+"""The integer Rényi orders at which the bounds are evaluated (both bounds
+hold at integer orders only)."""
+
+_MAX_ORDER = ORDERS[-1]
+
+NOISE_TAIL_SIGMAS = float(TAIL_SIGMAS)
+"""The protocol's own ring check for the noise plan
+(:meth:`~securefl.protocol.noise.NoiseLayout.check_bits`, SPEC section 16):
+the released noise's ``+-8`` standard deviations must fit in half the ring,
+``2 * 8 * sqrt(V_max) <= 2^(bits-1)``; :func:`plan_user_level` keeps to it
+so that a session configured with its variance is not refused for it."""
+
+ROUNDING_INFLATION_LIMIT = 1.25
+""":func:`plan_user_level` refuses a ring too small for a scale ``gamma``
+whose rounding inflates the sensitivity ``Delta_2`` beyond this factor times
+``gamma C`` (the noise, calibrated to ``Delta_2``, would then mostly hide
+rounding, not data)."""
+
+
+def _check_q(q: float) -> float:
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q <= 1.0:
+        raise ConfigurationError(
+            f"the client sampling rate q must be in (0, 1], got {q!r}; q is the probability"
+            " that a client takes part in a round (expected cohort / number of clients)")
+    return float(q)
+
+
+def _check_delta(delta: float) -> float:
+    if not 0.0 < delta < 1.0:
+        raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
+    return float(delta)
+
+
+def skellam_rdp(orders: Sequence[int] | np.ndarray, l1: float, l2: float,
+                mu: float) -> np.ndarray:
+    """The RDP bound of the Skellam mechanism of Agarwal, Kairouz, Liu 2021
+    (see the module docstring) at integer ``orders``: noise of variance
+    ``mu`` per coordinate, sensitivities ``l1``, ``l2`` (all in ring units).
+
+    Raises:
+        ConfigurationError: when ``mu <= 0``, a sensitivity is negative, or
+            an order is not an integer > 1.
+    """
+    a = np.asarray(orders, dtype=np.float64)
+    if a.size and (np.any(a <= 1) or np.any(a != np.round(a))):
+        raise ConfigurationError("the Skellam RDP bound holds at integer orders > 1 only")
+    if not mu > 0 or not math.isfinite(mu):
+        raise ConfigurationError(f"the Skellam variance must be positive and finite, got {mu}")
+    if l1 < 0 or l2 < 0:
+        raise ConfigurationError(f"sensitivities must be >= 0, got l1={l1}, l2={l2}")
+    gaussian = a * l2 ** 2 / (2.0 * mu)
+    extra = np.minimum(((2.0 * a - 1.0) * l2 ** 2 + 6.0 * l1) / (4.0 * mu ** 2),
+                       3.0 * l1 / (2.0 * mu))
+    return gaussian + extra
+
+
+def _log_comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    lg = np.vectorize(math.lgamma, otypes=[np.float64])
+    return lg(n + 1.0) - lg(k + 1.0) - lg(n - k + 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _binomials() -> np.ndarray:
+    """``log C(alpha, l)`` for alpha, l in 0.._MAX_ORDER (-inf for l > alpha)."""
+    a = np.arange(_MAX_ORDER + 1, dtype=np.float64)[:, None]
+    l_ = np.arange(_MAX_ORDER + 1, dtype=np.float64)[None, :]
+    out = np.full((_MAX_ORDER + 1, _MAX_ORDER + 1), -np.inf)
+    valid = l_ <= a
+    aa, ll = np.broadcast_arrays(a, l_)
+    out[valid] = _log_comb(aa[valid], ll[valid])
+    return out
+
+
+def poisson_subsampled_rdp(orders: Sequence[int], q: float,
+                           base: np.ndarray) -> np.ndarray:
+    """Zhu and Wang's general upper bound (ICML 2019, Theorem 6) on the RDP
+    of a mechanism run on a Poisson sample (rate ``q``) of the data, at
+    integer ``orders``, given ``base[l]`` = the mechanism's RDP at order
+    ``l`` for every integer ``l`` in ``0..max(orders)`` (entries 0 and 1
+    unused); the minimum with the unsampled RDP.
+
+    Raises:
+        ConfigurationError: when ``q`` is not in (0, 1], an order is not an
+            integer in 2..len(base)-1.
+    """
+    q = _check_q(q)
+    orders_arr = np.asarray(orders)
+    if orders_arr.size == 0:
+        return np.zeros(0)
+    if np.any(orders_arr < 2) or np.any(orders_arr >= len(base)) \
+            or np.any(orders_arr != np.round(orders_arr)):
+        raise ConfigurationError("subsampled RDP needs integer orders in 2..len(base)-1")
+    orders_int = orders_arr.astype(int)
+    unsampled = base[orders_int]
+    if q == 1.0:
+        return unsampled.copy()
+    log_q, log_1q = math.log(q), math.log1p(-q)
+    binom = _binomials()
+    out = np.empty(len(orders_int))
+    for i, alpha in enumerate(orders_int):
+        ls = np.arange(2, alpha + 1)
+        terms = (binom[alpha, ls] + ls * log_q + (alpha - ls) * log_1q
+                 + (ls - 1) * base[ls])
+        terms[1:] += math.log(3.0)  # l >= 3 carry the factor 3
+        first = (alpha - 1) * log_1q + math.log(alpha * q - q + 1.0)
+        everything = np.concatenate([[first], terms])
+        top = float(np.max(everything))
+        log_sum = top + math.log(float(np.sum(np.exp(everything - top))))
+        out[i] = log_sum / (alpha - 1)
+    return np.minimum(out, unsampled)
+
+
+def rdp_to_epsilon(orders: Sequence[int] | np.ndarray, rdp: np.ndarray,
+                   delta: float) -> float:
+    """``(epsilon, delta)``-DP from an RDP curve (Balle et al. 2020, Theorem
+    21): ``min over alpha of rdp + log((alpha-1)/alpha) - (log delta +
+    log alpha)/(alpha-1)``, floored at 0; ``inf`` for an infinite curve.
+
+    Raises:
+        ConfigurationError: when ``delta`` is not in (0, 1).
+    """
+    delta = _check_delta(delta)
+    a = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    eps = r + np.log((a - 1.0) / a) - (math.log(delta) + np.log(a)) / (a - 1.0)
+    best = float(np.nanmin(eps)) if eps.size else math.inf
+    return max(0.0, best)
+
+
+@dataclass(frozen=True)
+class SkellamRound:
+    """One row of a user-level history: ``rounds`` rounds of the Skellam
+    mechanism with released variance ``mu`` (ring units), sensitivities
+    ``l1``, ``l2`` (ring units) and client sampling rate ``q``."""
+
+    mu: float
+    l1: float
+    l2: float
+    q: float
+    rounds: int
+
+    def as_list(self) -> list[float]:
+        """``[mu, l1, l2, q, rounds]``, as the ledger stores it."""
+        return [self.mu, self.l1, self.l2, self.q, self.rounds]
+
+
+def _as_rounds(history: Sequence[SkellamRound | Sequence[float]]) -> tuple[SkellamRound, ...]:
+    rows = []
+    for row in history:
+        if isinstance(row, SkellamRound):
+            rows.append(row)
+            continue
+        mu, l1, l2, q, rounds = row
+        if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
+            raise ConfigurationError(f"a history row's rounds must be an integer >= 0: {row!r}")
+        rows.append(SkellamRound(float(mu), float(l1), float(l2), float(q), int(rounds)))
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=4096)
+def _round_rdp(mu: float, l1: float, l2: float, q: float) -> np.ndarray:
+    base = np.zeros(_MAX_ORDER + 1)
+    base[2:] = skellam_rdp(np.arange(2, _MAX_ORDER + 1), l1, l2, mu)
+    return poisson_subsampled_rdp(ORDERS, q, base)
+
+
+def user_level_epsilon(history: Sequence[SkellamRound | Sequence[float]], delta: float,
+                       *, amplified: bool = True) -> float:
+    """The user-level epsilon at ``delta`` of a composed history (add or
+    remove one client).  ``amplified=False`` ignores the sampling (``q = 1``):
+    the epsilon against an adversary who sees who took part.
+
+    Returns 0.0 for no rounds and ``inf`` for a round without noise.
+
+    Raises:
+        ConfigurationError: on ``delta`` not in (0, 1), a ``q`` not in
+            (0, 1], a negative sensitivity or a malformed row.
+    """
+    delta = _check_delta(delta)
+    rows = _as_rounds(history)
+    total = np.zeros(len(ORDERS))
+    for row in rows:
+        if row.rounds == 0:
+            continue
+        if not row.mu > 0:
+            return math.inf
+        q = _check_q(row.q) if amplified else 1.0
+        total = total + row.rounds * _round_rdp(row.mu, row.l1, row.l2, q)
+    if not total.any():
+        return 0.0
+    return rdp_to_epsilon(ORDERS, total, delta)
+
+
+def user_level_epsilons(history: Sequence[SkellamRound | Sequence[float]],
+                        delta: float) -> dict[str, float]:
+    """Both user-level epsilons of a history: ``"sampled"`` (amplified by
+    Poisson client sampling) and ``"unsampled"`` (``q = 1``; holds against
+    the server, which sees who took part).
+
+    Raises:
+        ConfigurationError: as :func:`user_level_epsilon`.
+    """
+    return {"sampled": user_level_epsilon(history, delta),
+            "unsampled": user_level_epsilon(history, delta, amplified=False)}
+
+
+@functools.lru_cache(maxsize=1024)
+def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float, q: float,
+                       rounds: int) -> float:
+    """The smallest released variance ``mu`` (ring units, relative precision
+    1e-6, on the safe side) whose user-level epsilon over ``rounds`` rounds
+    at sampling rate ``q`` is at most ``target_epsilon`` (bisection; the
+    epsilon decreases with ``mu``).
+
+    Raises:
+        ConfigurationError: when ``target_epsilon`` is not positive and
+            finite, ``delta``/``q`` out of range, ``rounds`` < 1, ``l2 <= 0``.
+    """
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise ConfigurationError(f"the target epsilon must be positive, got {target_epsilon}")
+    _check_delta(delta)
+    _check_q(q)
+    if rounds < 1:
+        raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
+    if not l2 > 0:
+        raise ConfigurationError(f"the L2 sensitivity must be > 0, got {l2}")
+
+    def eps(mu: float) -> float:
+        return user_level_epsilon([SkellamRound(mu, l1, l2, q, rounds)], delta)
+
+    high = l2 ** 2
+    while eps(high) > target_epsilon:
+        high *= 4.0
+        if high > 1e30 * l2 ** 2:
+            raise ConfigurationError(
+                f"no Skellam variance reaches epsilon {target_epsilon} at delta {delta}")
+    low = high / 4.0
+    while eps(low) <= target_epsilon and low > 1e-12 * l2 ** 2:
+        high, low = low, low / 4.0
+    while high / low - 1.0 > 1e-6:
+        middle = math.sqrt(low * high)
+        if eps(middle) <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@dataclass(frozen=True)
+class UserLevelPlan:
+    """A calibrated configuration of user-level distributed DP.
+
+    Attributes:
+        codec: the client encoding (clip, rotation, scale ``gamma``, ring).
+        variance: ``V``, the per-coordinate variance of the Skellam noise the
+            released sum must carry at least (ring units).
+        q: the client sampling rate.
+        rounds: the number of rounds calibrated for.
+        delta: the delta.
+        target_epsilon: the user-level epsilon (amplified by sampling) that
+            ``variance`` reaches over ``rounds`` rounds.
+        cohort: the cohort size the ring was sized for.
+        stddevs: how many standard deviations of the sum the signed range
+            holds.
+    """
+
+    codec: RotatedCodec
+    variance: float
+    q: float
+    rounds: int
+    delta: float
+    target_epsilon: float
+    cohort: int
+    stddevs: float
+
+    @property
+    def round_row(self) -> SkellamRound:
+        """One round of this plan as a history row (at the calibrated variance)."""
+        return SkellamRound(self.variance, self.codec.l1_sensitivity,
+                            self.codec.l2_sensitivity, self.q, 1)
+
+    def sum_stddev(self, noise_factor: float = 1.001) -> float:
+        """The per-coordinate standard deviation bound the ring was sized for."""
+        return _sum_stddev(self.codec, self.cohort, self.variance * noise_factor)
+
+
+def _sum_stddev(codec: RotatedCodec, cohort: int, noise_variance: float) -> float:
+    """A rotated client vector's coordinates have variance ``||v||^2 / d``;
+    ``cohort`` aligned vectors of norm ``Delta_2`` give ``(n Delta_2)^2 / d``
+    (the worst case, as in TFF), plus the noise."""
+    return math.sqrt((cohort * codec.l2_sensitivity) ** 2 / codec.padded + noise_variance)
+
+
+def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: float,
+                    rounds: int, target_epsilon: float, delta: float,
+                    beta: float = DEFAULT_BETA, stddevs: float = 3.0,
+                    noise_factor: float = 1.001) -> UserLevelPlan:
+    """Calibrate user-level distributed DP: the largest scale ``gamma`` such
+    that ``stddevs`` standard deviations of the sum of ``cohort`` rounded
+    updates plus noise of variance ``noise_factor * V`` fit in the signed
+    range ``2^(bits-1)``, and :data:`NOISE_TAIL_SIGMAS` standard deviations
+    of the noise alone in half of it (the protocol's check), where ``V`` is
+    the Skellam variance that spends ``target_epsilon`` over ``rounds``
+    rounds at sampling rate ``q``.
+
+    Args:
+        num_values: floats per update.
+        clip: the L2 bound ``C`` of an update (> 0).
+        bits: the ring size.
+        cohort: the most clients whose vectors enter one sum.
+        q: the client sampling rate, in (0, 1].
+        rounds: rounds to calibrate for.
+        target_epsilon: user-level epsilon (amplified by sampling).
+        delta: delta.
+        beta: conditional rounding's beta.
+        stddevs: the margin of the signed range, in standard deviations.
+        noise_factor: the released variance over ``V`` at most (1.001 for
+            removable excess noise; ``n / t`` when calibrated to a threshold
+            ``t`` of ``n``).
+
+    Raises:
+        ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``cohort`` <
+            1, or ``bits`` too few for the noise, the cohort and the clip
+            (no ``gamma`` fits with rounding inflating ``Delta_2`` by at
+            most :data:`ROUNDING_INFLATION_LIMIT`); the message names the
+            numbers and the bits that would fit.
+    """
+    if isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0 \
+            or not math.isfinite(clip):
+        raise ConfigurationError(f"the L2 norm bound (clip) must be > 0 and finite, got {clip!r};"
+                                 " pass the largest L2 norm an update may have")
+    q = _check_q(q)
+    _check_delta(delta)
+    if cohort < 1:
+        raise ConfigurationError(f"the cohort must be >= 1 client, got {cohort}")
+    if not 2 <= bits <= 62:
+        raise ConfigurationError(f"bits must be in 2..62, got {bits}")
+    padded = RotatedCodec(num_values=num_values, clip=1.0, gamma=1.0, bits=62,
+                          beta=beta).padded
+    limit = 2 ** (bits - 1) - 1
+
+    def attempt(gamma: float, ring_bits: int) -> tuple[RotatedCodec, float, float] | None:
+        try:
+            codec = RotatedCodec(num_values=num_values, clip=float(clip), gamma=gamma,
+                                 bits=ring_bits, beta=beta)
+        except ConfigurationError:
+            return None
+        variance = calibrate_variance(float(target_epsilon), float(delta),
+                                      codec.l1_sensitivity, codec.l2_sensitivity, q, rounds)
+        need = max(stddevs * _sum_stddev(codec, cohort, variance * noise_factor),
+                   2.0 * NOISE_TAIL_SIGMAS * math.sqrt(variance * noise_factor))
+        return codec, variance, need
+
+    # gamma at which rounding inflates Delta_2 by exactly the limit: below it, refuse
+    low = math.sqrt(padded) / clip / 64.0
+    high = 64.0 * math.sqrt(padded) / clip
+    while True:
+        codec = RotatedCodec(num_values=num_values, clip=float(clip), gamma=high, bits=62,
+                             beta=beta)
+        if codec.l2_sensitivity <= ROUNDING_INFLATION_LIMIT * high * clip:
+            break
+        high *= 2.0
+    while high / low - 1.0 > 1e-3:
+        middle = math.sqrt(low * high)
+        codec = RotatedCodec(num_values=num_values, clip=float(clip), gamma=middle, bits=62,
+                             beta=beta)
+        if codec.l2_sensitivity <= ROUNDING_INFLATION_LIMIT * middle * clip:
+            high = middle
+        else:
+            low = middle
+    gamma_min = high
+    smallest = attempt(gamma_min, 62)
+    at_bits = attempt(gamma_min, bits)
+    if smallest is None or at_bits is None or at_bits[2] > limit:
+        assert smallest is not None
+        need = math.ceil(math.log2(smallest[2] + 1)) + 1
+        raise ConfigurationError(
+            f"bits={bits} are too few for the noise, the cohort and the clip: at the smallest"
+            f" useful scale gamma={gamma_min:.4g} (rounding inflates the sensitivity by"
+            f" {ROUNDING_INFLATION_LIMIT}x over {padded} coordinates), {cohort} clients clipped"
+            f" to L2 {clip} plus Skellam noise of variance {smallest[1]:.4g} (epsilon"
+            f" {target_epsilon} over {rounds} rounds at q={q}) need {smallest[2]:.4g} <="
+            f" 2^{bits - 1}; use bits >= {need}, a smaller cohort or a larger epsilon")
+    low, high = gamma_min, gamma_min
+    while True:
+        found = attempt(high * 2.0, bits)
+        if found is None or found[2] > limit:
+            break
+        high *= 2.0
+    low, high = high, high * 2.0
+    while high / low - 1.0 > 1e-3:
+        middle = math.sqrt(low * high)
+        found = attempt(middle, bits)
+        if found is not None and found[2] <= limit:
+            low = middle
+        else:
+            high = middle
+    final = attempt(low, bits)
+    assert final is not None and final[2] <= limit
+    codec, variance, _ = final
+    return UserLevelPlan(codec=codec, variance=variance, q=q, rounds=int(rounds),
+                         delta=float(delta), target_epsilon=float(target_epsilon),
+                         cohort=int(cohort), stddevs=float(stddevs))
+
+
+def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
+                     survivors: int, previous: UserLevelEntry | None = None,
+                     epsilon_budget: float | None = None) -> UserLevelEntry:
+    """The ledger row of one released round: the history of ``previous``
+    (the last user-level row, None for the first) plus this round at the
+    variance the released sum actually carries, and both epsilons of it.
+
+    Raises:
+        ConfigurationError: when ``released_variance`` is below the plan's
+            variance (the sum does not carry the calibrated noise; nothing is
+            recorded as if it did).
+    """
+    if not released_variance >= plan.variance:
+        raise ConfigurationError(
+            f"round {round_number}: the released sum carries variance {released_variance:.6g},"
+            f" below the calibrated {plan.variance:.6g}")
+    codec = plan.codec
+    history = [list(row) for row in previous.history] if previous is not None else []
+    history.append([float(released_variance), codec.l1_sensitivity, codec.l2_sensitivity,
+                    plan.q, 1])
+    eps = user_level_epsilons(history, plan.delta)
+    return UserLevelEntry(
+        round=int(round_number), mechanism=MECHANISM, adjacency=USER_LEVEL_ADJACENCY,
+        sample_rate=plan.q, released_variance=float(released_variance),
+        target_variance=plan.variance, gamma=codec.gamma, clip=codec.clip,
+        dimension=codec.padded, beta=codec.beta, bits=codec.bits,
+        l1_sensitivity=codec.l1_sensitivity, l2_sensitivity=codec.l2_sensitivity,
+        survivors=int(survivors), delta=plan.delta, epsilon=eps["sampled"],
+        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history)
