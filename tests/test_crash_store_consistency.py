@@ -18,6 +18,7 @@ before it returned, so the store is what a SIGKILL leaves).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -284,3 +285,21 @@ def test_a_deleted_store_that_the_exports_record_fails(run: Path) -> None:
     assert report["exit_code"] == 1, report["verdict"]
     assert any("metrics.json and checkpoint.pt" in v and "missing" in v
                for v in report["violations"]), report["violations"]
+
+
+def test_an_edited_store_ledger_is_refused(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack: lower a settled row's steps in the store's ledger and in
+    ledger.jsonl alike (no digest recomputed): the chain breaks, and the
+    resume refuses before restoring anything."""
+    _, ledger = _read(run)
+    lines = ledger.split(b"\n")[:-1]
+    seq = next(i for i, line in enumerate(lines)
+               if b'"type":"row"' in line and b'"status":"included"' in line)
+    edited = re.sub(rb'"local_steps":\d+', b'"local_steps":1', lines[seq], count=1)
+    assert edited != lines[seq] and json.loads(edited)["local_steps"] == 1
+    _sql(run, "UPDATE ledger SET line = ? WHERE seq = ?", (edited, seq))
+    lines[seq] = edited
+    (run / LEDGER_FILENAME).write_bytes(b"".join(x + b"\n" for x in lines))
+    error = _refusal(run, monkeypatch)
+    assert error.rule is StoreRule.CHAIN_BROKEN
+    assert audit_run(run)["exit_code"] == 1

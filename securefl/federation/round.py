@@ -24,9 +24,12 @@ A driver runs a round in three steps:
 
 The store is the one place that says which round is committed.  A SIGKILL at
 any point leaves a run directory whose exports agree with the store or lag
-behind it; :meth:`RoundRecorder.resume` re-exports them, settles a round
-found in flight as aborted (its charge kept) and tells the driver the next
-round number and the restored state.  :meth:`RoundRecorder.finish` writes the
+behind it; :meth:`RoundRecorder.resume` first checks the store's state
+(ledger head, committed and in-flight rounds, every client's history) and
+the run configuration against the store's hash-chained ledger and refuses
+any disagreement, then re-exports them, settles a round found in flight as
+aborted (its charge kept) and tells the driver the next round number and the
+restored state.  :meth:`RoundRecorder.finish` writes the
 ``final`` block of ``metrics.json`` and the accuracy plot.
 """
 
