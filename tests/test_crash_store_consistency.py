@@ -303,3 +303,17 @@ def test_an_edited_store_ledger_is_refused(run: Path, monkeypatch: pytest.Monkey
     error = _refusal(run, monkeypatch)
     assert error.rule is StoreRule.CHAIN_BROKEN
     assert audit_run(run)["exit_code"] == 1
+
+
+def test_the_command_line_resume_refuses_with_the_rule(
+        run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``securefl simulate --resume`` of a store whose in-flight mark was
+    cleared exits 2, naming the round and the rule, and trains nothing."""
+    from securefl.cli import main
+
+    _sql(run, "UPDATE state SET in_flight = NULL WHERE id = 1")
+    before = _read(run)
+    assert main(["simulate", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert StoreRule.IN_FLIGHT_MISMATCH.value in err and "round 2" in err
+    assert _read(run) == before
