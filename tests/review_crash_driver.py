@@ -20,26 +20,9 @@ import os
 import shutil
 import signal
 import sys
-import traceback
 from typing import Any
 
-
-def _fork(work: Any) -> dict[str, Any]:
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            code = int(work() or 0)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return {"signal": os.WTERMSIG(status), "exit": None}
-    return {"signal": None, "exit": os.WEXITSTATUS(status)}
+from crash_driver import _fork  # the one fork-and-report helper (same directory)
 
 
 def _kill_at(n: int | None) -> None:

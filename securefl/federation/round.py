@@ -432,20 +432,16 @@ class RoundRecorder:
                                 # a store whose creation never committed:
                                 # nothing ran; replaced under the writer lock
                                 replace_uninitialised=True)
-        recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title, evaluator=evaluator)
-        try:
-            recorder.export()
-        except BaseException:
-            recorder.close()
-            raise
-        return recorder
+        return cls._exported(out, store, config=config, server=server, test=test,
+                             secure=secure, round_json=round_json, plot_title=plot_title,
+                             evaluator=evaluator)
 
     @classmethod
     def resume(cls, output_dir: str | Path, *, config: SimulationConfig, server: Server,
                test: tuple[np.ndarray, np.ndarray], secure: bool,
                round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
-               plot_title: str | None = None) -> RoundRecorder:
+               plot_title: str | None = None,
+               evaluator: Evaluator | None = None) -> RoundRecorder:
         """Reopen the run in ``output_dir``: check that ``config`` is the
         run's own, restore the server's global model and optimizer state from
         the committed checkpoint, delete stray temporaries and re-export the
@@ -493,8 +489,15 @@ class RoundRecorder:
             store.close()
             raise
         clean_temporaries(out)
-        recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title)
+        return cls._exported(out, store, config=config, server=server, test=test,
+                             secure=secure, round_json=round_json, plot_title=plot_title,
+                             evaluator=evaluator)
+
+    @classmethod
+    def _exported(cls, out: Path, store: RunStore, **kwargs: Any) -> RoundRecorder:
+        """A recorder over ``store`` whose artefacts have been (re-)exported;
+        the store is closed again if the export fails."""
+        recorder = cls(out, store, **kwargs)
         try:
             recorder.export()
         except BaseException:
