@@ -177,3 +177,26 @@ def test_the_flags_reach_the_federation(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         main(["simulate", "--mode", "malicious"])
+
+
+def test_federate_passes_the_mode_and_the_graph_on() -> None:
+    import numpy as np
+    from torch import nn
+
+    import securefl
+
+    rng = np.random.default_rng(0)
+    clients = []
+    for _ in range(6):
+        x = rng.normal(size=(30, 4)).astype(np.float32)
+        clients.append((x, (x[:, 0] > 0).astype(np.int64)))
+    result = securefl.federate(nn.Linear(4, 2), clients, nn.CrossEntropyLoss(), rounds=1,
+                               noise_multiplier=1.0, security_mode="active", graph="harary",
+                               graph_degree=2)
+    recorded = result.metrics["config"]
+    assert (recorded["security_mode"], recorded["graph"], recorded["graph_degree_used"],
+            recorded["threshold_used"]) == ("active", "harary", 2, 2)
+    assert len(result.metrics["rounds"][0]["survivors"]) == 6  # dropout 0: everyone
+    with pytest.raises(ConfigurationError, match="must be an even int"):
+        securefl.federate(nn.Linear(4, 2), clients, nn.CrossEntropyLoss(), rounds=1,
+                          graph="harary", graph_degree=5)

@@ -562,7 +562,10 @@ def run_simulation(
                           weighting=config.weighting)
             for cid, (x, y) in zip(ids, data.clients, strict=True)
         ]
-    schedule = dropout_schedule(config, config.security_mode)
+    # drops at R3 (consistency check) exist only in active sessions
+    schedule = dropout_schedule(config, SecurityMode.ACTIVE) \
+        if config.secure and config.security_mode is SecurityMode.ACTIVE \
+        else dropout_schedule(config)
     title = _plot_title(config, data.name)
     if resume:
         recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
