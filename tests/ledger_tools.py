@@ -48,8 +48,24 @@ def write_chained(run: Path, recs: list[Record], *, recount: bool = True,
     (run / "ledger.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
     for suffix in ("", "-wal", "-shm"):  # the store holds the original ledger
         (run / f"run.sqlite{suffix}").unlink(missing_ok=True)
+    forget_store(run)  # a consistent rewrite also drops the exports' mention of it
     if anchors:
         set_anchors(run, heads)
+
+
+def forget_store(run: Path) -> None:
+    """Remove the exports' record that the run has a run store (what an
+    adversary rewriting the exports consistently does after deleting it)."""
+    path = run / "checkpoint.pt"
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        data["extra"].pop("run_store", None)
+        torch.save(data, path)
+    metrics_path = run / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        metrics.pop("run_store", None)
+        metrics_path.write_text(json.dumps(metrics, allow_nan=False))
 
 
 def set_anchors(run: Path, heads: dict[int, str], *, round_number: int | None = None) -> None:

@@ -181,6 +181,7 @@ def test_the_samplers_refuse_what_they_cannot_honour_before_touching_the_keystre
         raise AssertionError("keystream expanded")
 
     monkeypatch.setattr(noise, "uniform_words", no_keystream)
+    monkeypatch.setattr(noise, "_stream", no_keystream)  # the samplers' chunked keystream
     for mu in (2.0**50, math.nextafter(noise.MAX_SAMPLE_VARIANCE, math.inf), 5e-324, 2.0**-65):
         with pytest.raises(ConfigurationError, match="samplers' range"):
             noise.skellam(mu, 100_000, _key("range"))

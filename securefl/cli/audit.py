@@ -3,8 +3,11 @@
 Verifies the ledger's hash chain and its per-round commits, cross-checks its
 last settled round and chain head against checkpoint.pt and metrics.json
 (with a run store, run.sqlite: the store's ledger is the one audited,
-ledger.jsonl must be a byte prefix of it, and an export that lags the store
-after a crash is noted, not failed),
+ledger.jsonl must be a byte prefix of it, an export that lags the store
+after a crash is noted, not failed, the store's state -- ledger head,
+committed and in-flight rounds, every client's accountant history -- and
+its run configuration must agree with its ledger, and a run.sqlite that
+cannot be read fails),
 and recomputes the epsilon of EVERY row from its recorded history with
 every accountant of the row's adjacency: add-or-remove-one rows (uniform
 weighting) with four (Opacus RDP and PRV, dp-accounting RDP and PLD);
@@ -28,8 +31,9 @@ Exit status:
      epsilon, zero noise, insecure noise source, an adjacency that does not
      match the weighting) or tampering (broken chain, missing commit,
      truncation, a ledger ahead of or behind the checkpoint or metrics, an
-     export that disagrees with the run store, a recorded epsilon or history
-     that does not recompute)
+     export that disagrees with the run store, a run store whose state or
+     configuration disagrees with its ledger or that cannot be read, a
+     recorded epsilon or history that does not recompute)
   2  usage error, or the ledger cannot be read
   3  verified, but no privacy budget was set: nothing bounds the spend
 """
@@ -399,33 +403,69 @@ def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     with torch.serialization.safe_globals(allowed):
         data = torch.load(path, map_location="cpu", weights_only=True)
     extra = data.get("extra") or {}
-    return {"round": int(data["round"]), "ledger": extra.get("ledger")}
+    return {"round": int(data["round"]), "ledger": extra.get("ledger"),
+            "run_store": extra.get("run_store")}
 
 
 def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
-                  notes: list[str]) -> tuple[LedgerChain, int] | None:
-    """The ledger of the run store in ``run_dir``, verified, and the last
-    round ``ledger.jsonl`` settles; None without an initialised store.
+                  notes: list[str]) -> tuple[LedgerChain, int, bool] | None:
+    """The ledger of the run store in ``run_dir``, verified, the last round
+    ``ledger.jsonl`` settles, and whether the store is at round 0 with
+    nothing in flight (killed before round 1: missing exports and a ledger
+    without rows are notes); None without a run store.
 
     ``ledger.jsonl`` is appended from the store after each store commit, so
     a crash can leave it without (part of) the store's LAST block only: it
     must be a byte prefix of the store's ledger holding every block before
-    the last (anything shorter was truncated, anything else edited)."""
-    from securefl.federation.runstore import STORE_FILENAME, RunStore, RunStoreError
+    the last (anything shorter was truncated, anything else edited).  The
+    store's state (its ledger head, settled and in-flight rounds, every
+    client's accountant history) and its run configuration must agree with
+    its ledger.  A ``run.sqlite`` that exists but cannot be read, or holds no
+    initialised store next to a ledger (e.g. copied without its ``-wal``
+    file), is a violation: the audit then falls back to ``ledger.jsonl``,
+    which alone cannot show a cut-off trailing block."""
+    from securefl.federation.round import stored_run_problems
+    from securefl.federation.runstore import STORE_FILENAME, RunStore, RunStoreError, StoreRule
 
     path = run_dir / STORE_FILENAME
-    if not RunStore.is_initialised(path):
+    try:
+        initialised = RunStore.is_initialised(path)
+    except RunStoreError as exc:
+        violations.append(f"{STORE_FILENAME} exists but cannot be read ({exc}): the ledger"
+                          " cannot be checked against the run store")
+        return None
+    if not initialised and not path.exists():
+        claims = _exports_claiming_a_store(run_dir)
+        if claims:
+            violations.append(f"{' and '.join(claims)} record(s) that the run has a run store"
+                              f" ({STORE_FILENAME}), which is missing (deleted?): the ledger"
+                              " cannot be checked against it, and a cut-off trailing block"
+                              " would not show")
+        return None
+    if not initialised:
+        if path.exists() and ledger.exists():
+            violations.append(f"{STORE_FILENAME} exists but holds no initialised run store"
+                              f" while {LEDGER_FILENAME} does (copied without its -wal file,"
+                              " or replaced): the ledger cannot be checked against the run"
+                              " store, and a cut-off trailing block would not show")
         return None
     try:
         store = RunStore.open_readonly(path)
         try:
             data = store.ledger_bytes()
-            committed = store.committed().round
+            state = store.committed()
+            problems = stored_run_problems(store)
         finally:
             store.close()
     except RunStoreError as exc:
         violations.append(f"{STORE_FILENAME} cannot be read: {exc}")
         return None
+    for problem in problems:
+        if isinstance(problem, str):
+            violations.append(f"{STORE_FILENAME}: {problem}")
+        elif problem.rule is not StoreRule.CHAIN_BROKEN:  # reported as ledger chain problems
+            violations.append(f"{STORE_FILENAME} state disagrees with its ledger: {problem}")
+    committed = state.round
     exported = ledger.read_bytes() if ledger.exists() else b""
     last_block = _last_block_start(data)
     if not data.startswith(exported):
@@ -444,7 +484,27 @@ def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
     if chain.last_settled_round != committed:
         violations.append(f"{STORE_FILENAME} commits round {committed}, its ledger settles round"
                           f" {chain.last_settled_round}")
-    return chain, parse_ledger(exported).last_settled_round
+    fresh = committed == 0 and state.in_flight is None and not problems
+    return chain, parse_ledger(exported).last_settled_round, fresh
+
+
+def _exports_claiming_a_store(run_dir: Path) -> list[str]:
+    """The exports in ``run_dir`` (``metrics.json``, ``checkpoint.pt``) that
+    record a run store (every run recorded by the round recorder has one)."""
+    claims = []
+    try:
+        metrics = json.loads((run_dir / METRICS_NAME).read_text(encoding="utf-8"))
+        if isinstance(metrics, dict) and metrics.get("run_store"):
+            claims.append(METRICS_NAME)
+    except (OSError, ValueError):
+        pass  # missing or unreadable: the cross-check reports it
+    if (run_dir / CHECKPOINT_NAME).exists():
+        try:
+            if _load_checkpoint_anchor(run_dir / CHECKPOINT_NAME).get("run_store"):
+                claims.append(CHECKPOINT_NAME)
+        except Exception:  # untrusted input: the cross-check reports it
+            pass
+    return claims
 
 
 def _last_block_start(data: bytes) -> int:
@@ -460,7 +520,8 @@ def _last_block_start(data: bytes) -> int:
 
 
 def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
-                 notes: list[str], *, exported: int | None = None) -> dict[str, Any]:
+                 notes: list[str], *, exported: int | None = None,
+                 fresh: bool = False) -> dict[str, Any]:
     """Ledger versus checkpoint and metrics: the last settled round and the
     chain head at it must agree.
 
@@ -470,7 +531,9 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
     leave them one round behind the store, in that order: the checkpoint's
     round must be the store's or the one before and not ahead of
     ``ledger.jsonl``, the metrics' not ahead of the checkpoint's; a lagging
-    export is a note, and its anchor at its own round must still match."""
+    export is a note, and its anchor at its own round must still match.
+    ``fresh`` (the store is at round 0, nothing in flight: killed before
+    round 1): a missing checkpoint or metrics file is a note."""
     ledger_round = chain.last_settled_round
     heads = {c.round: c.digest for c in chain.commits if c.stage == "settled"}
     result: dict[str, Any] = {"ledger_round": ledger_round, "checkpoint_round": None,
@@ -514,7 +577,10 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
         anchored("checkpoint" if source == CHECKPOINT_NAME else source, anchor, round_number)
 
     checkpoint = run_dir / CHECKPOINT_NAME
-    if not checkpoint.exists():
+    if not checkpoint.exists() and fresh:
+        notes.append(f"no {CHECKPOINT_NAME} in {run_dir}: killed before round 1 while"
+                     " exporting round 0 (nothing was spent); resuming the run exports it")
+    elif not checkpoint.exists():
         violations.append(f"no {CHECKPOINT_NAME} in {run_dir}: the ledger cannot be"
                           " cross-checked")
     else:
@@ -527,7 +593,10 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             compare(CHECKPOINT_NAME, f"the checkpoint's round {ck['round']}", ck["round"],
                     ck["ledger"], None if exported is None else (LEDGER_FILENAME, exported))
     metrics_path = run_dir / METRICS_NAME
-    if not metrics_path.exists():
+    if not metrics_path.exists() and fresh:
+        notes.append(f"no {METRICS_NAME} in {run_dir}: killed before round 1 while"
+                     " exporting round 0 (nothing was spent); resuming the run exports it")
+    elif not metrics_path.exists():
         violations.append(f"no {METRICS_NAME} in {run_dir}: the ledger cannot be cross-checked")
     else:
         try:
@@ -581,12 +650,17 @@ def audit_run(path: Path) -> dict[str, Any]:
     user_level = _verify_user_level(chain, found)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,
-                             exported=stored[1] if stored is not None else None)
+                             exported=stored[1] if stored is not None else None,
+                             fresh=stored is not None and stored[2])
     else:
         cross = {"skipped": "a ledger file was given, not a run directory"}
         notes.append("not cross-checked against a checkpoint and metrics: give the run"
                      " directory to have it")
-    if not chain.committed and not chain.committed_user_level:
+    nothing = not chain.committed and not chain.committed_user_level
+    if nothing and stored is not None and stored[2]:
+        notes.append("the ledger commits no row: the run store is at round 0 with nothing in"
+                     " flight (killed before round 1; nothing was spent)")
+    elif nothing:
         found.append("the ledger commits no row")
     violations = list(dict.fromkeys(found))  # each distinct violation once, in order
 

@@ -24,9 +24,12 @@ A driver runs a round in three steps:
 
 The store is the one place that says which round is committed.  A SIGKILL at
 any point leaves a run directory whose exports agree with the store or lag
-behind it; :meth:`RoundRecorder.resume` re-exports them, settles a round
-found in flight as aborted (its charge kept) and tells the driver the next
-round number and the restored state.  :meth:`RoundRecorder.finish` writes the
+behind it; :meth:`RoundRecorder.resume` first checks the store's state
+(ledger head, committed and in-flight rounds, every client's history) and
+the run configuration against the store's hash-chained ledger and refuses
+any disagreement, then re-exports them, settles a round found in flight as
+aborted (its charge kept) and tells the driver the next round number and the
+restored state.  :meth:`RoundRecorder.finish` writes the
 ``final`` block of ``metrics.json`` and the accuracy plot.
 """
 
@@ -48,7 +51,7 @@ import torch
 
 from securefl.crashpoints import crash_point
 from securefl.durable import atomic_write
-from securefl.errors import ConfigurationError
+from securefl.errors import ConfigurationError, SecureFLError
 from securefl.federation.checkpoint import CHECKPOINT_FILENAME
 from securefl.federation.model import evaluate
 from securefl.federation.plots import plot_accuracy
@@ -64,9 +67,12 @@ from securefl.federation.runstore import (
     ResumeMismatchError,
     RunStore,
     RunStoreError,
+    StoreInconsistentError,
+    StoreProblem,
     append_ledger_file,
     clean_temporaries,
     config_differences,
+    store_problems,
     sync_ledger_file,
 )
 from securefl.federation.server import AggregateOutcome, Server
@@ -94,6 +100,8 @@ __all__ = [
     "ClientRoundReport",
     "RoundRecorder",
     "RoundReport",
+    "ledger_expectations",
+    "stored_run_problems",
 ]
 
 Evaluator = Callable[[torch.nn.Module], Any]
@@ -233,6 +241,46 @@ class ClientOutcome:
     detail: str = ""
 
 
+def ledger_expectations(config: SimulationConfig, secure: bool | None = None, *,
+                        noise: bool = False) -> dict[str, Any]:
+    """Ledger row field -> the value every row of a run of ``config``
+    records (what :meth:`RoundRecorder.ledger_row` writes from the
+    configuration): delta, accountant, budget, noise source, adjacency,
+    weighting; ``secure_aggregation`` when ``secure`` is given; and, with
+    ``noise`` (the in-process simulator, whose clients take the noise
+    multiplier from ``config``), ``noise_multiplier`` when ``config`` fixes
+    one."""
+    dp = config.dp_config()
+    expected: dict[str, Any] = {
+        "delta": config.delta, "accountant": config.accountant.value,
+        "epsilon_budget": dp.epsilon_budget, "noise_source": dp.noise_source.value,
+        "adjacency": config.adjacency.value, "weighting": config.weighting.value}
+    if secure is not None:
+        expected["secure_aggregation"] = bool(secure)
+    if noise and config.noise_multiplier is not None:
+        expected["noise_multiplier"] = float(config.noise_multiplier)
+    return expected
+
+
+def stored_run_problems(store: RunStore) -> list[StoreProblem | str]:
+    """Every disagreement between ``store``'s state or configuration and its
+    ledger (:func:`~securefl.federation.runstore.store_problems`, the
+    expectations taken from the store's own ``meta.config``); a
+    configuration that cannot be read is a problem too (a string)."""
+    from securefl.federation.simulation import SimulationConfig
+
+    problems: list[StoreProblem | str] = []
+    try:
+        expected: dict[str, Any] | None = ledger_expectations(
+            SimulationConfig.from_json(store.config))
+    except (SecureFLError, TypeError, ValueError, KeyError) as exc:
+        problems.append(f"the run configuration in {STORE_FILENAME} cannot be read:"
+                        f" {type(exc).__name__}: {exc}")
+        expected = None
+    problems.extend(store_problems(store.committed(), store.ledger_bytes(), expected))
+    return problems
+
+
 def _checkpoint_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -366,8 +414,6 @@ class RoundRecorder:
         cls.check_fresh(out)
         store_path = cls._paths(out)[1]
         out.mkdir(parents=True, exist_ok=True)
-        if store_path.exists():  # its creation never committed: nothing ran
-            RunStore.remove_uninitialised(store_path)
         clean_temporaries(out)
         metrics_header = {
             "config": {**config.to_json(), "frac_bits_used": server.codec.frac_bits,
@@ -382,21 +428,20 @@ class RoundRecorder:
         store = RunStore.create(store_path, config=config.to_json(),
                                 metrics_header=metrics_header, ledger_header=header,
                                 checkpoint=checkpoint, clients=clients,
-                                driver=dict(driver_state or {}))
-        recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title, evaluator=evaluator)
-        try:
-            recorder.export()
-        except BaseException:
-            recorder.close()
-            raise
-        return recorder
+                                driver=dict(driver_state or {}),
+                                # a store whose creation never committed:
+                                # nothing ran; replaced under the writer lock
+                                replace_uninitialised=True)
+        return cls._exported(out, store, config=config, server=server, test=test,
+                             secure=secure, round_json=round_json, plot_title=plot_title,
+                             evaluator=evaluator)
 
     @classmethod
     def resume(cls, output_dir: str | Path, *, config: SimulationConfig, server: Server,
                test: tuple[np.ndarray, np.ndarray], secure: bool,
                round_json: Callable[[RoundReport], dict[str, Any]] | None = None,
-               plot_title: str | None = None) -> RoundRecorder:
+               plot_title: str | None = None,
+               evaluator: Evaluator | None = None) -> RoundRecorder:
         """Reopen the run in ``output_dir``: check that ``config`` is the
         run's own, restore the server's global model and optimizer state from
         the committed checkpoint, delete stray temporaries and re-export the
@@ -407,6 +452,11 @@ class RoundRecorder:
             RunStoreError: no run store, a committed checkpoint that does not
                 restore into ``server``, or ``ledger.jsonl`` is not a prefix
                 of the store's ledger (edited).
+            StoreInconsistentError: the store's ledger does not verify, or
+                its state (head, round, round in flight, any client's
+                history) or ``config`` disagrees with it (naming the client,
+                the round and the rule); nothing is written.
+            StoreLockedError: another process is writing the run.
             ResumeMismatchError: ``config`` differs from the run's, naming
                 the keys.
         """
@@ -420,6 +470,13 @@ class RoundRecorder:
                                    f" {config.to_json().get(k)!r}" for k in differing)
                 raise ResumeMismatchError(
                     f"{out}: cannot resume with another configuration ({detail})", differing)
+            # the state a resume restores (every accountant, the round in
+            # flight) and the configuration it runs under must be the ones
+            # the hash-chained ledger records, before any client trains
+            problems = store_problems(store.committed(), store.ledger_bytes(),
+                                      ledger_expectations(config, secure, noise=True))
+            if problems:
+                raise StoreInconsistentError(store.path, problems)
             try:
                 state = _load_checkpoint_bytes(store.committed().checkpoint)
                 server.model.load_state_dict(state["model"])
@@ -432,8 +489,15 @@ class RoundRecorder:
             store.close()
             raise
         clean_temporaries(out)
-        recorder = cls(out, store, config=config, server=server, test=test, secure=secure,
-                       round_json=round_json, plot_title=plot_title)
+        return cls._exported(out, store, config=config, server=server, test=test,
+                             secure=secure, round_json=round_json, plot_title=plot_title,
+                             evaluator=evaluator)
+
+    @classmethod
+    def _exported(cls, out: Path, store: RunStore, **kwargs: Any) -> RoundRecorder:
+        """A recorder over ``store`` whose artefacts have been (re-)exported;
+        the store is closed again if the export fails."""
+        recorder = cls(out, store, **kwargs)
         try:
             recorder.export()
         except BaseException:
@@ -669,7 +733,7 @@ class RoundRecorder:
                 "model": {k: v.detach().clone() for k, v in server.model.state_dict().items()},
                 "server_optimizer": server.optimizer.state_dict(),
                 "extra": {"config": config.to_json(), "survivors": list(survivors),
-                          "ledger": anchor,
+                          "ledger": anchor, "run_store": STORE_FILENAME,
                           "clients": {str(k): dict(v) for k, v in clients.items()},
                           "driver": dict(driver)}}
 
@@ -682,7 +746,8 @@ class RoundRecorder:
         """``metrics.json`` as the store says it is now."""
         header = self.store.metrics_header
         entry = self._round_json or RoundReport.to_json
-        return {**header, "rounds": [entry(r) for r in self.reports], "ledger": self.anchor,
+        return {**header, "run_store": STORE_FILENAME,
+                "rounds": [entry(r) for r in self.reports], "ledger": self.anchor,
                 "final": self.store.final}
 
     def _export_checkpoint(self, data: bytes) -> None:

@@ -16,7 +16,7 @@ change it:
   dropout schedule), the round report and the cumulative wall time, in ONE
   transaction; it clears the in-flight mark.
 
-Schema (``PRAGMA user_version`` 1)::
+Schema (``PRAGMA user_version`` 2)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)      -- format, run config, metrics
                                                 -- header, final block (JSON)
@@ -25,7 +25,15 @@ Schema (``PRAGMA user_version`` 1)::
                                                 -- one canonical record a row
     rounds(round INTEGER PRIMARY KEY, report TEXT)   -- settled round reports
     state(id INTEGER PRIMARY KEY CHECK (id = 1), round INTEGER, in_flight
-          INTEGER, checkpoint BLOB, clients TEXT, driver TEXT, wall REAL)
+          INTEGER, checkpoint BLOB, clients TEXT, driver TEXT, wall REAL,
+          head TEXT)                            -- head: the digest of the last
+                                                -- ledger record, written with it
+
+:func:`store_problems` checks the ``state`` row against the ledger (the
+head, the settled round, the in-flight round, every client's history) and
+the run configuration against the ledger's rows; :meth:`RoundRecorder.resume
+<securefl.federation.round.RoundRecorder.resume>` refuses and ``securefl
+audit`` fails on any disagreement.
 
 ``ledger.jsonl``, ``checkpoint.pt`` and ``metrics.json`` are exports of the
 store (see :mod:`securefl.federation.round`): the ledger lines are appended
@@ -40,6 +48,8 @@ serialised.
 from __future__ import annotations
 
 import contextlib
+import enum
+import fcntl
 import json
 import os
 import sqlite3
@@ -51,7 +61,7 @@ from typing import Any
 from securefl.crashpoints import crash_point, crash_requested
 from securefl.durable import atomic_write, fsync_dir
 from securefl.errors import ConfigurationError, SecureFLError
-from securefl.privacy.ledger import record_digest
+from securefl.privacy.ledger import parse_ledger, record_digest
 from securefl.strictjson import sanitize
 
 __all__ = [
@@ -61,16 +71,21 @@ __all__ = [
     "ResumeMismatchError",
     "RunStore",
     "RunStoreError",
+    "StoreInconsistentError",
+    "StoreLockedError",
+    "StoreProblem",
+    "StoreRule",
     "append_ledger_file",
     "clean_temporaries",
     "config_differences",
+    "store_problems",
     "sync_ledger_file",
 ]
 
 STORE_FILENAME = "run.sqlite"
-STORE_FORMAT = "securefl-run/1"
+STORE_FORMAT = "securefl-run/2"
 """The ``format`` recorded in the store's ``meta`` table."""
-_USER_VERSION = 1
+_USER_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,7 +94,7 @@ CREATE TABLE ledger (seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, stage TEXT
 CREATE TABLE rounds (round INTEGER PRIMARY KEY, report TEXT NOT NULL);
 CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), round INTEGER NOT NULL,
                     in_flight INTEGER, checkpoint BLOB NOT NULL, clients TEXT NOT NULL,
-                    driver TEXT NOT NULL, wall REAL NOT NULL);
+                    driver TEXT NOT NULL, wall REAL NOT NULL, head TEXT NOT NULL);
 """
 
 
@@ -87,6 +102,76 @@ class RunStoreError(SecureFLError):
     """The run store is missing, unreadable, of another format, or disagrees
     with an exported artefact (``ledger.jsonl`` that is not a prefix of the
     store's ledger: edited)."""
+
+
+class StoreRule(str, enum.Enum):
+    """The rules a run store's ``state`` row and configuration must keep
+    with the store's own hash-chained ledger (see :func:`store_problems`)."""
+
+    CHAIN_BROKEN = "store-ledger-chain-broken"
+    """The store's ledger does not verify (a record edited, removed or
+    reordered, a block without its commit)."""
+    HEAD_MISMATCH = "state-head-is-not-the-ledger-head"
+    """``state.head`` (written with every ledger block) is not the digest of
+    the ledger's last record: records were cut off or added."""
+    ROUND_MISMATCH = "state-round-is-not-the-ledger-settled-round"
+    """``state.round`` is not the ledger's last settled round."""
+    IN_FLIGHT_MISMATCH = "state-in-flight-is-not-the-trailing-in-flight-block"
+    """``state.in_flight`` is not the round of the ledger's trailing unsettled
+    in-flight block (or one is empty and the other not)."""
+    HISTORY_MISMATCH = "state-history-is-not-the-ledger-history"
+    """A client's accountant history in ``state.clients`` is not the history
+    of its last settled ledger row (empty: no settled row)."""
+    CONFIG_MISMATCH = "run-config-disagrees-with-the-ledger-rows"
+    """The run configuration (delta, budget, accountant, adjacency,
+    weighting, noise source) is not the one the ledger's rows were written
+    under."""
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One disagreement between a run store's state and its ledger.
+
+    Attributes:
+        rule: the rule broken.
+        round: the round concerned (None: not one round).
+        client_id: the client concerned (None: not one client).
+        detail: what differs.
+    """
+
+    rule: StoreRule
+    round: int | None
+    client_id: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        who = "" if self.client_id is None else f"client {self.client_id}, "
+        when = "" if self.round is None else f"round {self.round}, "
+        return f"{who}{when}rule {self.rule.value}: {self.detail}"
+
+
+class StoreInconsistentError(RunStoreError):
+    """The run store's state or configuration disagrees with its ledger
+    (edited, or rolled back in part): a resume refuses it before any client
+    trains.
+
+    Attributes:
+        problems: every disagreement found; ``rule``, ``round`` and
+            ``client_id`` are those of the first.
+    """
+
+    def __init__(self, path: Path, problems: Sequence[StoreProblem]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        self.rule = first.rule
+        self.round = first.round
+        self.client_id = first.client_id
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"{path}: the run store disagrees with its ledger: {first}{more}")
+
+
+class StoreLockedError(RunStoreError):
+    """Another writer holds the run directory (one writer per run store)."""
 
 
 class ResumeMismatchError(ConfigurationError):
@@ -126,6 +211,8 @@ class Committed:
             steps], ...]}``) after ``round``.
         driver: the driver's own state after ``round``.
         wall: wall-clock seconds spent by the run so far (all processes).
+        head: the digest of the ledger's last record as written with it
+            (must equal the ledger's head).
     """
 
     round: int
@@ -134,19 +221,44 @@ class Committed:
     clients: dict[int, dict[str, Any]]
     driver: dict[str, Any]
     wall: float
+    head: str = ""
 
 
 class RunStore:
     """One run's store (see the module docstring).  Use :meth:`create` or
-    :meth:`open`; a store is written by one process at a time.
+    :meth:`open`; a store is written by one writer at a time (an exclusive
+    ``flock`` on the run directory, held until :meth:`close`).
 
     Raises:
         RunStoreError: from every method, when the database cannot be used.
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection,
+                 lock: int | None = None) -> None:
         self.path = path
         self._db = connection
+        self._lock = lock
+
+    @staticmethod
+    def _lock_dir(directory: Path) -> int:
+        """An exclusive ``flock`` on the run directory, held until
+        :meth:`close` (one writer per store; released by the kernel when the
+        process dies).
+
+        Raises:
+            StoreLockedError: another writer holds it.
+        """
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"{directory}: another process is writing this run (its"
+                                   " run store is locked); one writer per run store") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # -- opening -----------------------------------------------------------------------
 
@@ -162,21 +274,37 @@ class RunStore:
 
     @staticmethod
     def is_initialised(path: str | os.PathLike[str]) -> bool:
-        """Whether ``path`` holds a store with a committed initial round
-        (a store whose creation was cut short holds no table)."""
+        """Whether ``path`` holds a store with a committed initial round.
+
+        False only when there is no file, or when it opens cleanly as a
+        SQLite database holding no ``state`` table (a store whose creation
+        was cut short: nothing ran).
+
+        Raises:
+            RunStoreError: the file cannot be read as a database, or its
+                ``state`` table is not one row (damaged): it is neither
+                initialised nor safe to delete.
+        """
         if not Path(path).exists():
             return False
         try:
             db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error:
-            return False
+        except sqlite3.Error as exc:
+            raise RunStoreError(f"{path}: cannot read the run store: {exc}") from None
         try:
+            (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                                   " AND name = 'state'").fetchone()
+            if not tables:
+                return False
             row = db.execute("SELECT count(*) FROM state").fetchone()
-            return bool(row and row[0] == 1)
-        except sqlite3.Error:
-            return False
+        except sqlite3.Error as exc:
+            raise RunStoreError(f"{path}: cannot read the run store: {exc}") from None
         finally:
             db.close()
+        if not row or row[0] != 1:
+            raise RunStoreError(f"{path}: damaged run store (its state table holds"
+                                f" {row[0] if row else 0} rows)")
+        return True
 
     @classmethod
     def remove_uninitialised(cls, path: str | os.PathLike[str]) -> None:
@@ -184,7 +312,8 @@ class RunStore:
         no client trained) and its WAL files; leave an initialised one.
 
         Raises:
-            RunStoreError: when ``path`` is an initialised store.
+            RunStoreError: when ``path`` is an initialised store, or one that
+                cannot be read (damaged: kept).
         """
         if cls.is_initialised(path):
             raise RunStoreError(f"{path} is an initialised run store")
@@ -197,19 +326,32 @@ class RunStore:
     def create(cls, path: str | os.PathLike[str], *, config: Mapping[str, Any],
                metrics_header: Mapping[str, Any], ledger_header: bytes, checkpoint: bytes,
                clients: Mapping[int, Mapping[str, Any]],
-               driver: Mapping[str, Any]) -> RunStore:
+               driver: Mapping[str, Any],
+               replace_uninitialised: bool = False) -> RunStore:
         """Create the store and commit round 0 (the initial model) in one
-        transaction.
+        transaction, holding the run directory's writer lock from before
+        it looks at ``path``.  With ``replace_uninitialised``, a store whose
+        creation never committed (a clean database without tables) is
+        deleted first, under the lock.
 
         Raises:
-            RunStoreError: when ``path`` already exists.
+            RunStoreError: when ``path`` already exists (and is not an
+                uninitialised store to replace), or cannot be read.
+            StoreLockedError: another writer holds the directory.
         """
         target = Path(path)
-        if target.exists():
-            raise RunStoreError(f"{target} already exists: a run store belongs to one run")
         target.parent.mkdir(parents=True, exist_ok=True)
-        db = cls._connect(target)
-        store = cls(target, db)
+        lock = cls._lock_dir(target.parent)
+        try:
+            if target.exists() and replace_uninitialised:
+                cls.remove_uninitialised(target)
+            if target.exists():
+                raise RunStoreError(f"{target} already exists: a run store belongs to one run")
+            db = cls._connect(target)
+        except BaseException:
+            os.close(lock)
+            raise
+        store = cls(target, db, lock)
         with store._transaction() as cur:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -219,8 +361,9 @@ class RunStore:
                 ("format", _dumps(STORE_FORMAT)), ("config", _dumps(dict(config))),
                 ("metrics_header", _dumps(dict(metrics_header))), ("final", "null")])
             cur.execute("INSERT INTO ledger VALUES (0, 0, 'header', ?)", (ledger_header,))
-            cur.execute("INSERT INTO state VALUES (1, 0, NULL, ?, ?, ?, 0.0)",
-                        (checkpoint, _dumps(_clients_json(clients)), _dumps(dict(driver))))
+            cur.execute("INSERT INTO state VALUES (1, 0, NULL, ?, ?, ?, 0.0, ?)",
+                        (checkpoint, _dumps(_clients_json(clients)), _dumps(dict(driver)),
+                         record_digest(ledger_header)))
         fsync_dir(target.parent)
         return store
 
@@ -231,11 +374,17 @@ class RunStore:
         Raises:
             RunStoreError: no store, a store whose creation never committed,
                 or one of another format.
+            StoreLockedError: another writer holds the directory.
         """
         target = Path(path)
         if not cls.is_initialised(target):
             raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
-        store = cls(target, cls._connect(target))
+        lock = cls._lock_dir(target.parent)
+        try:
+            store = cls(target, cls._connect(target), lock)
+        except BaseException:
+            os.close(lock)
+            raise
         fmt = store._meta("format")
         if fmt != STORE_FORMAT:
             store.close()
@@ -261,8 +410,13 @@ class RunStore:
         return cls(target, db)
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+        """Close the database connection (and release the writer's lock)."""
+        try:
+            self._db.close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -309,15 +463,19 @@ class RunStore:
 
     def committed(self) -> Committed:
         """The committed state (see :class:`Committed`)."""
-        rows = self._query("SELECT round, in_flight, checkpoint, clients, driver, wall"
+        rows = self._query("SELECT round, in_flight, checkpoint, clients, driver, wall, head"
                            " FROM state WHERE id = 1")
         if not rows:
             raise RunStoreError(f"{self.path}: no committed state")
-        rnd, in_flight, checkpoint, clients, driver, wall = rows[0]
-        return Committed(round=int(rnd), in_flight=None if in_flight is None else int(in_flight),
-                         checkpoint=bytes(checkpoint),
-                         clients={int(k): v for k, v in json.loads(clients).items()},
-                         driver=json.loads(driver), wall=float(wall))
+        rnd, in_flight, checkpoint, clients, driver, wall, head = rows[0]
+        try:
+            return Committed(
+                round=int(rnd), in_flight=None if in_flight is None else int(in_flight),
+                checkpoint=bytes(checkpoint),
+                clients={int(k): v for k, v in json.loads(clients).items()},
+                driver=json.loads(driver), wall=float(wall), head=str(head))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RunStoreError(f"{self.path}: malformed state row: {exc}") from None
 
     def ledger_lines(self) -> list[bytes]:
         """The ledger's canonical records (no newlines), in chain order."""
@@ -359,7 +517,8 @@ class RunStore:
                 raise RunStoreError(f"round {round_number} cannot begin: round {rnd} is"
                                     f" committed, round {in_flight} in flight")
             self._append_ledger(cur, round_number, "in-flight", lines)
-            cur.execute("UPDATE state SET in_flight = ? WHERE id = 1", (int(round_number),))
+            cur.execute("UPDATE state SET in_flight = ?, head = ? WHERE id = 1",
+                        (int(round_number), record_digest(lines[-1])))
 
     def commit_round(self, round_number: int, lines: Sequence[bytes], *, checkpoint: bytes,
                      clients: Mapping[int, Mapping[str, Any]], driver: Mapping[str, Any],
@@ -379,15 +538,114 @@ class RunStore:
             self._append_ledger(cur, round_number, "settled", lines)
             cur.execute("INSERT INTO rounds VALUES (?, ?)", (int(round_number), _dumps(report)))
             cur.execute("UPDATE state SET round = ?, in_flight = NULL, checkpoint = ?,"
-                        " clients = ?, driver = ?, wall = ? WHERE id = 1",
+                        " clients = ?, driver = ?, wall = ?, head = ? WHERE id = 1",
                         (int(round_number), checkpoint, _dumps(_clients_json(clients)),
-                         _dumps(dict(driver)), float(wall)))
+                         _dumps(dict(driver)), float(wall), record_digest(lines[-1])))
             crash_point("mid-commit", round_number)
 
     def finish(self, final: Mapping[str, Any]) -> None:
         """Record the ``final`` block of ``metrics.json`` (the run ended)."""
         with self._transaction() as cur:
             cur.execute("UPDATE meta SET value = ? WHERE key = 'final'", (_dumps(dict(final)),))
+
+
+def _history_rows(history: Any) -> list[tuple[float, float, int]]:
+    return [(float(r[0]), float(r[1]), int(r[2])) for r in history]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _dumps(a) == _dumps(b)
+
+
+def store_problems(committed: Committed, ledger: bytes,
+                   expected: Mapping[str, Any] | None = None) -> list[StoreProblem]:
+    """Every disagreement between a store's committed state and its ledger.
+
+    Checks that the ledger (``ledger``: the store's ledger bytes) verifies;
+    that ``committed.head`` is the digest of its last record (written with
+    every block: a block cut off or added shows); that ``committed.round`` is
+    its last settled round; that ``committed.in_flight`` is the round of its
+    trailing in-flight block (a commit of stage ``in-flight`` that no
+    settled commit follows), or None when there is none; that every client's
+    history in ``committed.clients`` is the history of its last settled row
+    (empty when it has none) and every client with a row is in it; and, when
+    ``expected`` is given (ledger row field -> the value the run's
+    configuration prescribes, e.g. ``delta``, ``epsilon_budget``), that every
+    committed row records those values.
+
+    Returns:
+        the problems (empty: consistent), each naming its rule, round and
+        client.
+    """
+    chain = parse_ledger(ledger)
+    problems: list[StoreProblem] = []
+    if not chain.ok:
+        problems.extend(StoreProblem(StoreRule.CHAIN_BROKEN, None, None, p)
+                        for p in chain.problems)
+        return problems
+    lines = ledger.split(b"\n")[:-1]
+    head = record_digest(lines[-1]) if lines else ""
+    if committed.head != head:
+        problems.append(StoreProblem(
+            StoreRule.HEAD_MISMATCH, committed.in_flight or committed.round, None,
+            f"state records head {committed.head!r}, the ledger's last record is {head!r}"
+            " (ledger records were cut off or added)"))
+    if committed.round != chain.last_settled_round:
+        problems.append(StoreProblem(
+            StoreRule.ROUND_MISMATCH, committed.round, None,
+            f"state commits round {committed.round}, the ledger settles round"
+            f" {chain.last_settled_round}"))
+    last = chain.commits[-1] if chain.commits else None
+    trailing = last.round if last is not None and last.stage == "in-flight" else None
+    if committed.in_flight != trailing:
+        problems.append(StoreProblem(
+            StoreRule.IN_FLIGHT_MISMATCH, committed.in_flight or trailing, None,
+            f"state marks round {committed.in_flight} in flight, the ledger's trailing"
+            f" in-flight block is of round {trailing}"))
+    settled: dict[int, Any] = {}
+    for row in chain.committed:
+        if not row.in_flight:
+            settled[row.client_id] = row
+    for cid in sorted(set(settled) | set(committed.clients)):
+        row = settled.get(cid)
+        want = _history_rows(row.history) if row is not None else []
+        state = committed.clients.get(cid)
+        if state is None:
+            problems.append(StoreProblem(
+                StoreRule.HISTORY_MISMATCH, row.round if row is not None else None, cid,
+                "the ledger has settled rows of this client, the state has no accountant"
+                " for it"))
+            continue
+        try:
+            have = _history_rows(state.get("history", []))
+        except (TypeError, ValueError, IndexError, AttributeError):
+            have = None
+        if have != want:
+            problems.append(StoreProblem(
+                StoreRule.HISTORY_MISMATCH, row.round if row is not None else 0, cid,
+                f"state restores its accountant from {have} ({_steps(have)} steps), its last"
+                f" settled ledger row records {want} ({_steps(want)} steps)"))
+    for cid in sorted({r.client_id for r in chain.committed} - set(committed.clients)
+                      - set(settled)):
+        problems.append(StoreProblem(
+            StoreRule.HISTORY_MISMATCH, committed.in_flight, cid,
+            "the ledger charges this client, the state has no accountant for it"))
+    if expected:
+        seen: set[tuple[str, int]] = set()
+        for row in chain.committed:
+            for key, value in expected.items():
+                recorded = getattr(row, key)
+                if not _same(recorded, value) and (key, row.round) not in seen:
+                    seen.add((key, row.round))
+                    problems.append(StoreProblem(
+                        StoreRule.CONFIG_MISMATCH, row.round, row.client_id,
+                        f"the run configuration gives {key} = {value!r}, the ledger row"
+                        f" records {recorded!r}"))
+    return problems
+
+
+def _steps(history: list[tuple[float, float, int]] | None) -> str:
+    return "?" if history is None else str(sum(r[2] for r in history))
 
 
 def _clients_json(clients: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:

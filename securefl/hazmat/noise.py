@@ -15,7 +15,11 @@ derived with HKDF from a secret seed and a domain-separation label
 regenerate).  The keystream is the mask PRG's (:mod:`securefl.hazmat.prg`)
 read as little-endian 64-bit words: a Skellam vector of length ``m`` uses
 words ``0..m-1`` for ``X`` and words ``m..2m-1`` for ``Y`` (normative, see
-SPEC.md section 16, [NZ-4]).
+SPEC.md section 16, [NZ-4]).  The samplers produce these words a chunk at a
+time, each Poisson stream from its own AES-CTR encryptor seeked to the
+stream's first word, and look them up through a guide table: both are
+speed-ups only, bit for bit the same as looking up :func:`uniform_words` by
+binary search (tested).
 
 Method and exactness: Poisson(lam) is sampled by inverse CDF over an integer
 table.  The support is cut where a tail holds less than 2^-100 (12 standard
@@ -56,6 +60,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from securefl.errors import ConfigurationError
 from securefl.hazmat.kdf import derive_key
@@ -81,6 +86,10 @@ FIXED_BITS = 192
 """Fraction bits of the fixed-point pmf ratios a table is built from."""
 NOISE_LABEL_PREFIX = b"noise/"
 """Every noise key derived from a seed has an HKDF label starting with this."""
+_CHUNK_WORDS = 1 << 13
+"""Keystream words per stream per step of the samplers' loop (a speed-up only:
+64 KiB per stream, so one step's words, bucket numbers and indices stay in
+cache and no vector-sized temporary is allocated)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class PoissonTable:
             word whose top bits are ``b`` has index ``g[b]`` when
             ``g[b] == g[b + 1]``; ``guide[b]`` is that index, or -1 when the
             bucket holds a threshold (then the thresholds are searched).
+            int16 when the table has at most 2^15 - 1 entries, else int32.
         shift: ``64 - log2(len(guide))``.
     """
 
@@ -110,21 +120,33 @@ class PoissonTable:
     guide: np.ndarray
     shift: int
 
-    def indices(self, words: np.ndarray) -> np.ndarray:
-        """``k`` (int32) with ``C[k-1] <= word < C[k]`` for uniform uint64
-        ``words``: the sampled value is ``offset + k``."""
-        idx = self.guide[words >> np.uint64(self.shift)]
-        ambiguous = np.flatnonzero(idx < 0)
+    def indices(self, words: np.ndarray, out: np.ndarray | None = None,
+                scratch: np.ndarray | None = None) -> np.ndarray:
+        """``k`` (of the guide's dtype, int16 or int32) with ``C[k-1] <= word
+        < C[k]`` for uniform uint64 ``words``: the sampled value is ``offset +
+        k``.  The result is the same as ``np.searchsorted(thresholds, words,
+        side="right")``; ``words`` is not modified.
+
+        ``out`` (the guide's dtype) and ``scratch`` (uint64), 1-D and of the
+        length of the 1-D ``words``, are optional reused buffers (a speed-up
+        only); the result is ``out`` when given."""
+        if scratch is None:
+            scratch = np.empty(words.shape, dtype=np.uint64)
+        if out is None:
+            out = np.empty(words.shape, dtype=self.guide.dtype)
+        # bucket numbers are < len(guide) <= 2^20, so the int64 view is exact and every
+        # index is in range ("clip" only spares np.take its defensive copy of ``out``)
+        buckets = np.right_shift(words, np.uint64(self.shift), out=scratch).view(np.int64)
+        np.take(self.guide, buckets, out=out, mode="clip")
+        ambiguous = np.flatnonzero(out < 0)
         if len(ambiguous):
-            idx[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
-        return idx
+            out[ambiguous] = np.searchsorted(self.thresholds, words[ambiguous], side="right")
+        return out
 
     def lookup(self, words: np.ndarray) -> np.ndarray:
         """The sampled values (int64) for uniform uint64 ``words``: value
         ``offset + k`` where ``C[k-1] <= word < C[k]``."""
-        out = self.indices(words).astype(np.int64)
-        out += self.offset
-        return out
+        return np.add(self.indices(words), self.offset, dtype=np.int64)
 
     @property
     def size(self) -> int:
@@ -182,12 +204,16 @@ def poisson_table(mean: float) -> PoissonTable:
     # floors (relative < 2^-(FIXED_BITS - 1) per step, len(ratios) steps), the cut tails
     bound = n * 2.0**-64 + len(ratios) * 2.0**(1 - FIXED_BITS) + 2.0**(1 - TAIL_BITS)
     thresholds = np.array(cumulative, dtype=np.uint64)
-    guide_bits = min(20, max(8, (n - 1).bit_length() + 5))
+    # the guide (a speed-up only): about 64 buckets per entry, so about 1% of the words
+    # land in a bucket that holds a threshold; int16 entries when every index fits,
+    # so the guide stays in cache
+    guide_bits = min(20, max(12, (n - 1).bit_length() + 6))
     shift = 64 - guide_bits
     starts = np.arange((1 << guide_bits) + 1, dtype=np.uint64) << np.uint64(shift)
     below = np.searchsorted(thresholds, starts, side="left").astype(np.int32)
     below[-1] = len(thresholds)  # the last start wrapped to 0; no threshold reaches 2^64
-    guide = np.where(below[:-1] == below[1:], below[:-1], np.int32(-1)).astype(np.int32)
+    index_type = np.int16 if n <= np.iinfo(np.int16).max else np.int32
+    guide = np.where(below[:-1] == below[1:], below[:-1], np.int32(-1)).astype(index_type)
     return PoissonTable(lam, lo + first, thresholds, bound, guide, shift)
 
 
@@ -228,8 +254,63 @@ def uniform_words(key: bytes, count: int) -> np.ndarray:
     return MaskExpander(count, 64).expand(key)
 
 
-def _poisson_from_words(lam: float, words: np.ndarray) -> np.ndarray:
-    return poisson_table(lam).lookup(words)
+def _stream(key: bytes, start: int) -> CipherContext:
+    """The AES-256-CTR encryptor of ``key`` (zero IV) positioned at keystream
+    word ``start`` (byte ``8 start``): the same bytes as :func:`uniform_words`
+    from there on (CTR is seekable; the counter block is the 128-bit
+    big-endian block number, as in :mod:`securefl.hazmat.prg`).
+
+    Raises:
+        ConfigurationError: ``key`` is not 32 bytes.
+    """
+    if len(key) != 32:
+        raise ConfigurationError("the mask PRG takes a 32-byte key")
+    block, skip = divmod(8 * start, 16)
+    enc = Cipher(algorithms.AES(key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc
+
+
+def _index_sums(table: PoissonTable, key: bytes, size: int, plus: int,
+                minus: int) -> np.ndarray:
+    """``sum_{s < plus} I_s - sum_{plus <= s < plus + minus} I_s`` (int64, length
+    ``size``), where ``I_s`` are the table indices (:meth:`PoissonTable.indices`)
+    of keystream words ``s*size .. (s+1)*size - 1`` of ``key``.
+
+    Bit for bit the same as looking up ``uniform_words(key, (plus + minus) *
+    size)`` slice by slice; the keystream is produced and consumed
+    :data:`_CHUNK_WORDS` words per stream at a time into reused buffers."""
+    streams = plus + minus
+    encryptors = [_stream(key, s * size) for s in range(streams)]
+    chunk = min(_CHUNK_WORDS, size)
+    # a step of c words per stream puts stream s at words s*c .. (s+1)*c - 1 of one
+    # contiguous buffer; update_into wants 15 bytes of slack after its output, which
+    # the next stream (or the 15 spare bytes at the end) overwrites
+    raw = bytearray(8 * streams * chunk + 15)
+    words = np.frombuffer(raw, dtype=np.uint64, count=streams * chunk)
+    scratch = np.empty(streams * chunk, dtype=np.uint64)
+    idx = np.empty(streams * chunk, dtype=table.guide.dtype)
+    buffer = memoryview(raw)
+    zeros = memoryview(bytes(8 * chunk))
+    out = np.empty(size, dtype=np.int64)
+    for a in range(0, size, chunk):
+        c = min(chunk, size - a)
+        for s, enc in enumerate(encryptors):
+            enc.update_into(zeros[:8 * c], buffer[8 * s * c:8 * (s + 1) * c + 15])
+        i = table.indices(words[:streams * c], out=idx[:streams * c],
+                          scratch=scratch[:streams * c]).reshape(streams, c)
+        target = out[a:a + c]
+        if streams == 1:
+            np.copyto(target, i[0])
+        elif plus == 1 and minus == 1:
+            # X - Y, computed in int64
+            np.subtract(i[0], i[1], out=target, dtype=np.int64)
+        else:
+            np.sum(i[:plus], axis=0, dtype=np.int64, out=target)
+            if minus:
+                target -= np.sum(i[plus:], axis=0, dtype=np.int64)
+    return out
 
 
 def _check(value: float, size: int, what: str) -> float:
@@ -268,10 +349,9 @@ def poisson(mean: float, size: int, key: bytes) -> np.ndarray:
     if lam == 0 or size == 0:
         return np.zeros(size, dtype=np.int64)
     part, parts = _split_mean(lam)
-    words = uniform_words(key, size * parts)
-    out = _poisson_from_words(part, words[:size])
-    for i in range(1, parts):
-        out += _poisson_from_words(part, words[i * size:(i + 1) * size])
+    table = poisson_table(part)
+    out = _index_sums(table, key, size, parts, 0)
+    out += parts * table.offset
     return out
 
 
@@ -290,18 +370,9 @@ def skellam(variance: float, size: int, key: bytes) -> np.ndarray:
     if v == 0 or size == 0:
         return np.zeros(size, dtype=np.int64)
     part, parts = _split_mean(v / 2)
-    words = uniform_words(key, 2 * size * parts)
-    half = size * parts
-    table = poisson_table(part)
-    if parts == 1:
-        # X - Y: the tables' common offset cancels; int32 indices differ by < 2^31
-        idx = table.indices(words)
-        return (idx[:size] - idx[size:]).astype(np.int64)
-    out = np.zeros(size, dtype=np.int64)
-    for i in range(parts):
-        out += table.indices(words[i * size:(i + 1) * size])
-        out -= table.indices(words[half + i * size:half + (i + 1) * size])
-    return out
+    # X's p parts are keystream words 0..size*p-1, Y's the next size*p: streams
+    # 0..p-1 and p..2p-1 of length size; the tables' common offset cancels
+    return _index_sums(poisson_table(part), key, size, parts, parts)
 
 
 def skellam_fresh(variance: float, size: int, rng: RandomSource | None = None) -> np.ndarray:

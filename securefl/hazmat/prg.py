@@ -91,7 +91,9 @@ class MaskExpander:
                 raise ConfigurationError("the mask PRG takes a 32-byte key")
         chunk_bytes = self._chunk_elems * self.dtype.itemsize
         if executor is None or workers <= 1:
-            self._apply_segment(jobs, acc, 0, self.length)
+            # reduced chunk by chunk while each is in cache: no final pass
+            self._apply_segment(jobs, acc, 0, self.length, reduce=True)
+            return acc
         elif len(jobs) >= 4 * workers and self.length * self.dtype.itemsize <= _SPLIT_KEYS_MAX:
             # many keys over a short vector: split the keys, so each key's
             # cipher is set up once, and give every worker its own accumulator
@@ -111,33 +113,44 @@ class MaskExpander:
 
             def run_segment(bound: tuple[int, int]) -> None:
                 MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
-                    jobs, acc, bound[0], bound[1])
+                    jobs, acc, bound[0], bound[1], reduce=True)
 
             list(executor.map(run_segment, bounds))
+            return acc
         else:
-            self._apply_segment(jobs, acc, 0, self.length)
+            self._apply_segment(jobs, acc, 0, self.length, reduce=True)
+            return acc
         return self.reduce(acc)
 
     def _apply_segment(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray,
-                       start: int, stop: int) -> None:
+                       start: int, stop: int, *, reduce: bool = False) -> None:
+        """The keys' masks added/subtracted into ``acc[start:stop]`` chunk by
+        chunk in the native width (wrapping mod 2^(8w)); with ``reduce``, each
+        chunk is then reduced mod 2^bits while it is still in cache."""
         width = self.dtype.itemsize
         first_block = (start * width) // _BLOCK
         iv = first_block.to_bytes(16, "big")
-        encryptors = [(Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor(), negate)
-                      for key, negate in jobs]
+        encryptors = [(Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update_into,
+                       negate) for key, negate in jobs]
+        mask = (self.dtype.type((1 << self.bits) - 1)
+                if reduce and self.bits < 8 * width else None)
         zeros = memoryview(self._zeros)
+        out = self._out
+        add, subtract, bitwise_and = np.add, np.subtract, np.bitwise_and
         for a in range(start, stop, self._chunk_elems):
             b = min(a + self._chunk_elems, stop)
             count = b - a
             seg = acc[a:b]
             stream = self._view[:count]
-            nbytes = count * width
-            for enc, negate in encryptors:
-                enc.update_into(zeros[:nbytes], self._out)
+            source = zeros[:count * width]
+            for update_into, negate in encryptors:
+                update_into(source, out)
                 if negate:
-                    np.subtract(seg, stream, out=seg)
+                    subtract(seg, stream, out=seg)
                 else:
-                    np.add(seg, stream, out=seg)
+                    add(seg, stream, out=seg)
+            if mask is not None:
+                bitwise_and(seg, mask, out=seg)
 
     def add_into(self, key: bytes, acc: np.ndarray) -> None:
         """``acc += PRG(key)`` modulo 2^(8w) (reduce with :meth:`reduce` at the end)."""
@@ -162,16 +175,22 @@ class MaskExpander:
         zeros = memoryview(self._zeros)
         target = memoryview(out.view(np.uint8)) if out.flags.c_contiguous else None
         total = self.length * width
+        mask = self.dtype.type((1 << self.bits) - 1) if self.bits < 8 * width else None
         for a in range(0, self.length, self._chunk_elems):
             b = min(a + self._chunk_elems, self.length)
             if target is not None and b * width + _BLOCK - 1 <= total:
                 # keystream straight into the caller's buffer; the slack the API
                 # demands is overwritten by the next chunk
                 enc.update_into(zeros[: (b - a) * width], target[a * width:b * width + _BLOCK - 1])
+                if mask is not None:
+                    np.bitwise_and(out[a:b], mask, out=out[a:b])
+            elif mask is not None:
+                enc.update_into(zeros[: (b - a) * width], self._out)
+                np.bitwise_and(self._view[: b - a], mask, out=out[a:b])
             else:
                 enc.update_into(zeros[: (b - a) * width], self._out)
                 out[a:b] = self._view[: b - a]
-        return self.reduce(out)
+        return out
 
     def reduce(self, acc: np.ndarray) -> np.ndarray:
         """Reduce ``acc`` mod 2^bits in place and return it."""

@@ -62,6 +62,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.roster import RosterEntries, session_id_of
 from securefl.protocol.validation import check_input_vector
 
 SERVER = "server"
@@ -159,7 +160,8 @@ class ClientSession:
             self.provide_input(input)
         self._digest = config.digest()
         self.session_id: bytes | None = None
-        self._roster: dict[int, AdvertiseKeys] = {}
+        self._roster: dict[int, AdvertiseKeys] = {}  # neighbours' entries (at least)
+        self._roster_ids: frozenset[int] = frozenset()
         self._neighbours: frozenset[int] = frozenset()
         self._u2_view: frozenset[int] = frozenset()
         self._held_key_shares: dict[int, bytes] = {}
@@ -271,12 +273,18 @@ class ClientSession:
         rnd = Round.SHARE_KEYS
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
-        ids = [e.sender for e in msg.entries]
+        entries = msg.entries
+        columns = entries if isinstance(entries, RosterEntries) else None
+        ids = columns.ids if columns is not None else [e.sender for e in entries]
         if ids != sorted(set(ids)):
             self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
                        rnd)
-        for e in msg.entries:
-            if e.sender not in self.config.ids:
+        invited = frozenset(self.config.ids)  # O(1) membership per entry
+        # the rules below, checked in bulk; on any violation the loops name it
+        clean = (_columns_clean(columns, ids, invited, self._components) if columns is not None
+                 else _roster_clean(entries, ids, invited, self._components))
+        for e in () if clean else msg.entries:
+            if e.sender not in invited:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
                            rnd, peer=e.sender)
             if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
@@ -291,7 +299,9 @@ class ClientSession:
                     for c in commitments):
                 self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
                            " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
-        own = next((e for e in msg.entries if e.sender == self.client_id), None)
+        # a columnar roster builds only the entries looked at (own, neighbours)
+        roster = {} if columns is not None else {e.sender: e for e in entries}
+        own = columns.find(self.client_id) if columns is not None else roster.get(self.client_id)
         if own is None or (own.encryption_key, own.masking_key, own.seed_commitment,
                            own.noise_commitments) != (
                 self._advert.encryption_key, self._advert.masking_key,
@@ -299,7 +309,7 @@ class ClientSession:
             self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
                        rnd)
         seen: dict[bytes, int] = {}
-        for e in msg.entries:
+        for e in () if clean else msg.entries:
             if not (is_canonical_encoding(e.encryption_key)
                     and is_canonical_encoding(e.masking_key)):
                 self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
@@ -320,13 +330,15 @@ class ClientSession:
                 self._verify(e.signature, d.advertise_payload(
                     self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
                     e.noise_commitments), e.sender, rnd)
-        sid = d.session_id(self._digest, msg.entries)
-        roster = {e.sender: e for e in msg.entries}
+        sid = (session_id_of(self._digest, columns) if columns is not None
+               else d.session_id(self._digest, entries))
         neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
         holders = sorted(neighbours | {self.client_id})
+        if columns is not None:
+            roster = {u: e for u in holders if (e := columns.find(u)) is not None}
         shares = shamir.split([self._s.private_bytes(), self._seed, *self._noise_seeds],
                               holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
@@ -356,6 +368,7 @@ class ClientSession:
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
+        self._roster_ids = frozenset(ids)
         self._neighbours = neighbours
         return EncryptedShares(self.client_id, sid, ciphertexts)
 
@@ -441,25 +454,27 @@ class ClientSession:
     def _on_unmask(self, msg: UnmaskingRequest) -> UnmaskingResponse:
         rnd = Round.UNMASKING
         assert self.session_id is not None
-        if self.client_id in tuple(msg.dropped):
+        if self.client_id in set(msg.dropped):
             self._fail(Rule.OWN_SHARE_REQUESTED,
                        "this client is listed as dropped: its own key share is requested", rnd)
         survivors = self._check_survivors(msg.survivors, rnd)
         dropped = tuple(msg.dropped)
         if list(dropped) != sorted(set(dropped)):
             self._fail(Rule.MALFORMED, "dropped list must be sorted, without repeats", rnd)
-        overlap = set(survivors) & set(dropped)
+        survivor_set = set(survivors)
+        dropped_set = set(dropped)
+        overlap = survivor_set & dropped_set
         if overlap:
             self._fail(Rule.OVERLAPPING_LISTS,
                        f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
                        rnd)
         for u in dropped:
-            if u not in self._roster:
+            if u not in self._roster_ids:
                 self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
                            rnd, peer=u)
         # a peer this client excluded (R2-6) must be listed as dropped; it is
         # never a survivor (_check_survivors: it is not in the view)
-        listed = (set(survivors) | set(dropped)) & self._neighbours
+        listed = {u for u in self._neighbours if u in survivor_set or u in dropped_set}
         expected = set(self._u2_view) | self._excluded
         if listed != expected:
             missing = sorted(expected - listed)[:10]
@@ -473,7 +488,7 @@ class ClientSession:
                            "survivor list differs from the one this client signed", rnd)
             valid = 0
             for signer, signature in msg.signatures.items():
-                if signer not in survivors:
+                if signer not in survivor_set:
                     self._fail(Rule.INVALID_SIGNATURE, "signature from a client that is not a"
                                " survivor", rnd, peer=signer)
                 self._verify(signature, d.consistency_payload(self.session_id, survivors),
@@ -489,9 +504,10 @@ class ClientSession:
                            f" quorum is {quorum} of n={self.config.num_clients} ([PARAM-7]:"
                            " more than n/2, and n-k+1 for a degree-k sparse graph)", rnd)
         noise_shares = self._noise_shares_to_reveal(msg, survivors, rnd)
-        seed = {u: self._held_seed_shares[u] for u in survivors
-                if u in self._u2_view or u == self.client_id}
-        keys = {u: self._held_key_shares[u] for u in dropped if u in self._u2_view}
+        # O(k) in a sparse graph: walk this client's view, not the O(n) lists
+        seed = {u: self._held_seed_shares[u] for u in sorted(self._u2_view | {self.client_id})
+                if u in survivor_set}
+        keys = {u: self._held_key_shares[u] for u in sorted(self._u2_view) if u in dropped_set}
         self._revealed = {**dict.fromkeys(seed, "self-mask"), **dict.fromkeys(keys, "key")}
         return UnmaskingResponse(self.client_id, self.session_id, seed, keys, noise_shares)
 
@@ -539,20 +555,21 @@ class ClientSession:
 
     def _check_survivors(self, survivors_in: Any, rnd: Round) -> tuple[int, ...]:
         survivors = tuple(survivors_in)
-        if list(survivors) != sorted(set(survivors)):
+        survivor_set = set(survivors)
+        if list(survivors) != sorted(survivor_set):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         for u in survivors:
-            if u not in self._roster:
+            if u not in self._roster_ids:
                 self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
                            rnd, peer=u)
-        if self.client_id not in survivors:
+        if self.client_id not in survivor_set:
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        "this client sent its masked input but is not listed as a survivor", rnd)
         if len(survivors) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(survivors)} survivors, at least {self.config.floor} are required",
                        rnd)
-        in_view = [u for u in survivors if u in self._neighbours]
+        in_view = [u for u in sorted(self._neighbours) if u in survivor_set]
         if len(in_view) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(in_view)} surviving neighbours, threshold is {self.config.t}", rnd)
@@ -606,6 +623,57 @@ class ClientSession:
         self._held_seed_shares = {}
         self._held_noise_shares = {}
         self._input = None
+
+
+_P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
+
+
+def _columns_clean(columns: RosterEntries, ids: list[int], invited: frozenset[int],
+                   components: int) -> bool:
+    """:func:`_roster_clean` of a columnar roster, on its byte columns
+    (every field is 32 bytes and no entry has noise commitments by
+    construction)."""
+    if components or not invited.issuperset(ids):
+        return False
+    n = len(columns)
+    keys = columns.fields[:, :64].reshape(2 * n, 32)
+    if np.unique(keys.view(np.dtype((np.void, 32))).reshape(-1)).size != 2 * n:
+        return False
+    return _canonical_rows(keys)
+
+
+def _canonical_rows(words: np.ndarray) -> bool:
+    """Every row (32 bytes) is a canonical u-coordinate: top bit clear and
+    u < p = 2^255 - 19 (with the top bit clear, u >= p iff byte 31 is 0x7f,
+    bytes 1..30 are 0xff and byte 0 is at least 0xed)."""
+    top = words[:, 31]
+    if np.any(top & 0x80):
+        return False
+    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
+                      & (words[:, 0] >= _P_LOW_BYTE))
+
+
+def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
+                  invited: frozenset[int], components: int) -> bool:
+    """True only if no entry breaks [R0-5] or [R0-7] (every sender invited,
+    32-byte canonical keys, 32-byte commitments, the plan's number of noise
+    commitments, no key twice), checked with set and array operations
+    instead of a Python loop per entry.  False means "check one by one"."""
+    if components or not invited.issuperset(ids):
+        return False
+    enc = [e.encryption_key for e in entries]
+    mask = [e.masking_key for e in entries]
+    keys = enc + mask
+    if {type(k) for k in keys} != {bytes} or set(map(len, keys)) != {32}:
+        return False
+    if {type(c) for c in (e.seed_commitment for e in entries)} != {bytes} or set(
+            len(e.seed_commitment) for e in entries) != {d.SEED_COMMITMENT_BYTES}:
+        return False
+    if any(type(e.noise_commitments) is not tuple or e.noise_commitments for e in entries):
+        return False
+    if len(set(keys)) != len(keys):
+        return False
+    return _canonical_rows(np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32))
 
 
 def _same_message(a: Any, b: Any) -> bool:

@@ -70,8 +70,13 @@ def secure_sum(
             raise ConfigurationError(f"dropout for unknown client {cid}")
         if not isinstance(rnd, Round):
             raise ConfigurationError(f"dropout of client {cid} must be a Round, got {rnd!r}")
-    vectors = {cid: check_input_vector(np.asarray(v), config, cid, local=True)
-               for cid, v in inputs.items()}
+    vectors = {}
+    for cid, v in inputs.items():
+        # checked now (one transient uint64 copy at a time), but held as given:
+        # each client converts its own only when it masks it (R2)
+        vector = np.asarray(v)
+        check_input_vector(vector, config, cid, local=True)
+        vectors[cid] = vector
     if executor is None and (os.cpu_count() or 1) > 1 and config.vector_length >= PARALLEL_MIN:
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
             return _run(config, vectors, dropouts, rng, pool)
@@ -84,7 +89,7 @@ PARALLEL_MIN = 1 << 17
 
 def _run(config: SecAggConfig, vectors: Mapping[int, np.ndarray], dropouts: Mapping[int, Round],
          rng: RandomSource | None, executor: Executor | None) -> AggregationResult:
-    driver = SessionDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor)
+    driver = _StreamingDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor)
     driver.run()
     return driver.result
 
@@ -329,6 +334,39 @@ class SessionDriver(Driver):
     def result(self) -> AggregationResult:
         """The server's result (see :attr:`ServerSession.result`)."""
         return self.server.result
+
+
+class _StreamingDriver(SessionDriver):
+    """The driver of :func:`secure_sum`, in O(m) memory per live vector.
+
+    A client gets its input only when it is about to mask it, and its masked
+    input goes to the server at once and is not kept in :attr:`sent`: at any
+    time one uint64 copy of one input exists (inside the client that is
+    masking), besides the caller's inputs and the server's ring-width copies.
+    """
+
+    def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray], *,
+                 dropouts: Mapping[int, Round], rng: RandomSource | None,
+                 executor: Executor | None) -> None:
+        super().__init__(config, dict.fromkeys(inputs), dropouts=dropouts, rng=rng,
+                         executor=executor)
+        self._inputs = inputs
+
+    def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        if rnd is Round.MASKED_INPUT_COLLECTION:
+            self.clients[cid].provide_input(self._inputs[cid])
+        return super().client_handle(rnd, cid, message)
+
+    def answer(self, skip: Iterable[int] = (), *, replace: Mapping[int, Any] | None = None,
+               send: bool = True) -> dict[int, Any]:
+        if self.round is not Round.MASKED_INPUT_COLLECTION or not send or skip or replace:
+            return super().answer(skip, replace=replace, send=send)
+        rnd = self.round
+        for c, message in self.pending.items():
+            if self.answers(c, rnd):
+                self._deliver(rnd, c, self.client_handle(rnd, c, message))
+        self.pending = {}
+        return {}
 
 
 def _check_ids(inputs: Mapping[int, Any], config: SecAggConfig) -> None:

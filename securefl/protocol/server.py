@@ -186,6 +186,8 @@ class ServerSession:
         self._sum: np.ndarray | None = None
         self._blame: list[Blame] = []
         self._u3: tuple[int, ...] = ()
+        self._u3_set: frozenset[int] = frozenset()
+        self._dropped_set: frozenset[int] = frozenset()
         self._dropped: tuple[int, ...] = ()
         self._layout = config.noise_layout
         self._components = 0 if self._layout is None else self._layout.components
@@ -380,8 +382,9 @@ class ServerSession:
                                       f"revealed both shares of clients {sorted(both)[:10]}",
                                       peer=msg.sender, round=rnd)
         holds = peer.neighbours
-        want_self = {u for u in self._u3 if u in holds or u == msg.sender}
-        want_keys = {u for u in self._dropped if u in holds and u not in peer.complaints}
+        # O(k) per response: walk the responder's neighbours, not the lists
+        want_self = {u for u in holds | {msg.sender} if u in self._u3_set}
+        want_keys = {u for u in holds if u in self._dropped_set and u not in peer.complaints}
         want_noise = {(v, j) for v, j in self._removals if v in want_self}
         contradicted = sorted(set(msg.key_shares) & peer.complaints & set(self._dropped))
         if set(msg.self_mask_shares) != want_self or \
@@ -465,10 +468,14 @@ class ServerSession:
     def _close_share_keys(self) -> list[Envelope]:
         assert self.session_id is not None
         u2 = self._reached(ClientStatus.SHARE_KEYS_RECEIVED)
+        u2_set = frozenset(u2)
         out = []
         for v in u2:
+            # O(k) per recipient: the graph is symmetric, so v's senders are
+            # its own neighbours that shared
             cts = {u: self._peers[u].shares.ciphertexts[v]  # type: ignore[union-attr]
-                   for u in u2 if u != v and v in self._peers[u].neighbours}
+                   for u in sorted(self._peers[v].neighbours & u2_set)
+                   if u != v and v in self._peers[u].neighbours}
             # a client that sees fewer than t-1 sharing neighbours would refuse
             # (sparse graphs only): it is not asked, and counts as dropped here
             if len(cts) + 1 >= self.config.t:
@@ -482,6 +489,7 @@ class ServerSession:
         self._u3 = self._reached(ClientStatus.MASKED_INPUT_RESPONSE_RECEIVED)
         self._dropped = tuple(c for c, p in self._peers.items()
                               if _PROGRESS[p.status] == _PROGRESS[ClientStatus.SHARE_KEYS_RECEIVED])
+        self._u3_set, self._dropped_set = frozenset(self._u3), frozenset(self._dropped)
         if self._layout is not None and len(self._u3) >= self.config.floor:
             self._removals = self._layout.removals(self._u3)  # SPEC [NZ-5]
         self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
@@ -582,8 +590,8 @@ class ServerSession:
         while changed:
             changed = False
             for j in sorted(gone):
-                holders = [v for v in sorted(alive) if v in self._peers[j].neighbours
-                           and self._includes(v, j)]
+                holders = [v for v in sorted(self._peers[j].neighbours & alive)
+                           if self._includes(v, j)]
                 if 0 < len(holders) < t:
                     # their masks with `j` could never be removed: drop them too
                     for v in holders:
@@ -680,8 +688,8 @@ class ServerSession:
             (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
             pair = KeyPair.from_private_bytes(raw_key)
-            for v in self._u3:
-                if v in self._peers[u].neighbours and self._includes(v, u):
+            for v in sorted(self._peers[u].neighbours.intersection(self._u3)):
+                if self._includes(v, u):
                     try:
                         key = d.masking_secret(pair, self._advert(v).masking_key, sid, u, v)
                     except InvalidKeyError as exc:

@@ -46,6 +46,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.roster import RosterEntries
 
 with warnings.catch_warnings():
     # gencode 5.28 on a 6.x runtime warns once per import; both are supported.
@@ -130,6 +131,22 @@ def encode(message: Message, *, element_bytes: int | None = None) -> bytes:
                               reason=WireIssue.UNENCODABLE.value)
     inner = getattr(envelope, body)
     inner.version = WIRE_VERSION
+    if isinstance(message, MaskedInput):
+        payload = _enc_masked_fields(message, inner, element_bytes)
+        if len(payload) < _SPLIT_MIN:
+            inner.masked = bytes(payload)
+            return envelope.SerializeToString(deterministic=True)
+        # splice the long payload in once instead of copying it through protobuf:
+        # the canonical encoding writes fields in number order, so ``masked``
+        # (field 5, non-empty) goes after fields 1-4 and before ``excluded`` (6)
+        excluded = pb.MaskedInput()
+        excluded.excluded.extend(inner.excluded)
+        inner.ClearField("excluded")
+        parts = (inner.SerializeToString(deterministic=True), bytes([_MASKED_TAG]),
+                 _encode_varint(len(payload)), payload,
+                 excluded.SerializeToString(deterministic=True))
+        size = sum(len(p) for p in parts)
+        return b"".join((bytes([_MASKED_TAG]), _encode_varint(size), *parts))
     _ENCODERS[type(message)](message, inner, element_bytes)
     return envelope.SerializeToString(deterministic=True)
 
@@ -140,6 +157,16 @@ def _id(value: int, field: str) -> int:
         raise WireFormatError(f"{field} must be a client id in 1..{MAX_CLIENT_ID}, got {value!r}",
                               reason=WireIssue.UNENCODABLE.value, field=field)
     return int(value)
+
+
+def _ids(values: Iterable[int], field: str) -> list[int]:
+    """``[_id(u, field) for u in values]``, checked in bulk when every value
+    is a plain int in range (the common case: a long survivor list)."""
+    items = list(values)
+    if {type(u) for u in items} <= {int} and (
+            not items or (min(items) >= 1 and max(items) <= MAX_CLIENT_ID)):
+        return items
+    return [_id(u, field) for u in items]
 
 
 def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
@@ -185,6 +212,12 @@ def _enc_delivery(m: ShareDelivery, out: Any, _: int | None) -> None:
 
 
 def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
+    out.masked = bytes(_enc_masked_fields(m, out, element_bytes))
+
+
+def _enc_masked_fields(m: MaskedInput, out: Any, element_bytes: int | None) -> Any:
+    """Set every field but ``masked``; return its packed bytes (a bytes-like
+    object, possibly a view of ``m.masked`` when that is already packed)."""
     out.sender = _id(m.sender, "sender")
     out.session_id = bytes(m.session_id)
     vector = np.asarray(m.masked)
@@ -200,19 +233,23 @@ def _enc_masked(m: MaskedInput, out: Any, element_bytes: int | None) -> None:
     if vector.ndim != 1 or vector.dtype.kind not in "ui":
         raise WireFormatError("masked must be a 1-D integer vector",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
-    if vector.size and (int(vector.min()) < 0
-                        or int(vector.max()) >= 1 << (8 * element_bytes)):
+    fits = vector.dtype.kind == "u" and vector.dtype.itemsize <= element_bytes
+    if vector.size and not fits and (int(vector.min()) < 0
+                                     or int(vector.max()) >= 1 << (8 * element_bytes)):
         raise WireFormatError(f"masked entries do not fit in {element_bytes} bytes",
                               reason=WireIssue.UNENCODABLE.value, field="masked")
     out.element_bytes = element_bytes
-    out.masked = pack_words(vector, element_bytes)
-    out.excluded.extend(_id(u, "excluded") for u in m.excluded)
+    out.excluded.extend(_ids(m.excluded, "excluded"))
+    if element_bytes in (1, 2, 4, 8) and vector.dtype == np.dtype(f"<u{element_bytes}") \
+            and vector.flags.c_contiguous:
+        return memoryview(vector).cast("B")  # already the wire's words: no copy
+    return pack_words(vector, element_bytes)
 
 
 def _enc_consistency(m: ConsistencyRequest, out: Any, _: int | None) -> None:
     out.recipient = _id(m.recipient, "recipient")
     out.session_id = bytes(m.session_id)
-    out.survivors.extend(_id(u, "survivors") for u in m.survivors)
+    out.survivors.extend(_ids(m.survivors, "survivors"))
 
 
 def _enc_signature(m: ConsistencySignature, out: Any, _: int | None) -> None:
@@ -224,8 +261,8 @@ def _enc_signature(m: ConsistencySignature, out: Any, _: int | None) -> None:
 def _enc_unmask_request(m: UnmaskingRequest, out: Any, _: int | None) -> None:
     out.recipient = _id(m.recipient, "recipient")
     out.session_id = bytes(m.session_id)
-    out.survivors.extend(_id(u, "survivors") for u in m.survivors)
-    out.dropped.extend(_id(u, "dropped") for u in m.dropped)
+    out.survivors.extend(_ids(m.survivors, "survivors"))
+    out.dropped.extend(_ids(m.dropped, "dropped"))
     for signer, signature in m.signatures.items():
         entry = out.signatures.add()
         entry.signer = _id(signer, "signatures.signer")
@@ -298,6 +335,13 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         WireFormatError: see :class:`WireIssue` for the reasons.
     """
     raw = bytes(data)
+    split = _split_masked_payload(raw)
+    if split is not None:
+        # a long masked vector: parse and check everything but its payload,
+        # which is viewed in place (see _split_masked_payload)
+        raw, payload = split
+    else:
+        payload = None
     envelope = pb.SecAggMessage()
     try:
         envelope.ParseFromString(raw)
@@ -326,7 +370,12 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
     if envelope.SerializeToString(deterministic=True) != raw:
         raise WireFormatError("not the canonical encoding (unknown or repeated fields, or"
                               " fields out of order)", reason=WireIssue.NON_CANONICAL.value)
-    message = _DECODERS[body](inner, config)
+    if payload is not None:
+        if body != "masked_input" or inner.masked:
+            raise AssertionError("unreachable: the split keeps one masked_input payload")
+        message: Message = _dec_masked(inner, config, payload)
+    else:
+        message = _DECODERS[body](inner, config)
     if expect is not None and not isinstance(message, expect):
         names = ([expect.__name__] if isinstance(expect, type)
                  else [t.__name__ for t in expect])
@@ -369,7 +418,8 @@ def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, 
         bad = int(ids[(ids < 1) | (ids > MAX_CLIENT_ID)][0])
         raise WireFormatError(f"{field} {bad} is not a client id (1..{MAX_CLIENT_ID})",
                               reason=WireIssue.INVALID_ID.value, field=field, peer=peer)
-    if ids.size > 1 and not np.all(np.diff(np.sort(ids).astype(np.int64))):
+    if ids.size > 1 and not np.all(np.diff(ids.astype(np.int64)) > 0) \
+            and not np.all(np.diff(np.sort(ids).astype(np.int64))):
         raise WireFormatError(f"{field} lists a client id twice",
                               reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
     return tuple(ids.tolist())
@@ -452,23 +502,87 @@ def _noise_keyed(entries: Iterable[Any], field: str, peer: int | None,
     return out
 
 
+def _roster_columns(blob: bytes, pos: int) -> RosterEntries | None:
+    """The entries of a serialised ``KeyRoster`` from ``pos`` on, as columns,
+    when every entry is exactly ``sender, encryption_key, masking_key,
+    seed_commitment`` (32-byte fields, no signature, no noise commitments)
+    and the senders are valid ids in strictly ascending order; else None
+    (the entry-by-entry decoder then runs and names any problem).  ``blob``
+    is canonical (checked by :func:`decode`).  Runs of entries with the same
+    sender width are checked and sliced as one array: O(1) Python steps per
+    run, at most five runs."""
+    senders: list[np.ndarray] = []
+    fields: list[np.ndarray] = []
+    total = len(blob)
+    while pos < total:
+        if total - pos < 2 or blob[pos] != 0x1A or blob[pos + 1] & 0x80:
+            return None
+        size = blob[pos + 1]
+        width = size - 103  # the sender's varint
+        if not 1 <= width <= 5:
+            return None
+        record = size + 2
+        rows = np.frombuffer(blob, dtype=np.uint8, count=(total - pos) // record * record,
+                             offset=pos).reshape(-1, record)
+        o = 3 + width
+        ok = ((rows[:, 0] == 0x1A) & (rows[:, 1] == size) & (rows[:, 2] == 0x08)
+              & (rows[:, o] == 0x12) & (rows[:, o + 1] == 32)
+              & (rows[:, o + 34] == 0x1A) & (rows[:, o + 35] == 32)
+              & (rows[:, o + 68] == 0x2A) & (rows[:, o + 69] == 32))
+        for j in range(width - 1):
+            ok &= rows[:, 3 + j] >= 0x80
+        ok &= rows[:, 3 + width - 1] < 0x80
+        count = int(np.argmin(ok)) if not ok.all() else len(ok)
+        if count == 0:
+            return None
+        run = rows[:count]
+        value = np.zeros(count, dtype=np.uint64)
+        for j in range(width):
+            value |= (run[:, 3 + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
+        senders.append(value)
+        fields.append(np.concatenate((run[:, o + 2:o + 34], run[:, o + 36:o + 68],
+                                      run[:, o + 70:o + 102]), axis=1))
+        pos += count * record
+    ids = np.concatenate(senders) if senders else np.zeros(0, dtype=np.uint64)
+    if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID
+                     or not np.all(ids[1:] > ids[:-1])):
+        return None
+    keys = np.concatenate(fields) if fields else np.zeros((0, 96), dtype=np.uint8)
+    return RosterEntries(ids.astype(np.uint32), keys)
+
+
 def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
     digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
+    if len(m.entries) >= _COLUMNS_MIN:
+        # version (2 bytes) and digest (34) come first in the canonical form
+        blob = m.SerializeToString(deterministic=True)
+        start = (2 if m.version else 0) + 2 + DIGEST_BYTES
+        columns = _roster_columns(blob, start)
+        if columns is not None:
+            return KeyRoster(digest, columns)  # type: ignore[arg-type]
     entries = []
     seen: set[int] = set()
+    append = entries.append
     for e in m.entries:
-        sender = _check_id(e.sender, "entries.sender", None)
+        sender = e.sender
+        if not 1 <= sender <= MAX_CLIENT_ID:
+            _check_id(sender, "entries.sender", None)  # raises
         if sender in seen:
             raise WireFormatError(f"roster lists client {sender} twice",
                                   reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
         seen.add(sender)
         signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
                      if e.HasField("signature") else None)
-        entries.append(AdvertiseKeys(
-            sender, _fixed(e.encryption_key, KEY_BYTES, "entries.encryption_key", sender),
-            _fixed(e.masking_key, KEY_BYTES, "entries.masking_key", sender), signature,
-            _fixed(e.seed_commitment, COMMITMENT_BYTES, "entries.seed_commitment", sender),
-            _commitments(e.noise_commitments, "entries.noise_commitments", sender)))
+        enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
+        if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
+            # the slow path names the field that is off
+            _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
+            _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
+            _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
+        noise = e.noise_commitments
+        append(AdvertiseKeys(sender, enc, mask, signature, commit,
+                             _commitments(noise, "entries.noise_commitments", sender)
+                             if noise else ()))
     return KeyRoster(digest, tuple(entries))
 
 
@@ -487,7 +601,95 @@ def _dec_delivery(m: Any, config: SecAggConfig | None) -> ShareDelivery:
                                 _ciphertext_bytes(m.ciphertexts, config), "ciphertexts", None))
 
 
-def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
+_COLUMNS_MIN = 64
+"""Rosters with at least this many entries are decoded as columns
+(:class:`~securefl.protocol.roster.RosterEntries`) when they can be."""
+_MASKED_TAG = 0x2A
+"""Field 5, length-delimited: ``SecAggMessage.masked_input`` and ``MaskedInput.masked``."""
+_SPLIT_MIN = 1 << 12
+"""Masked payloads at least this long are checked structurally, not re-encoded."""
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """The minimally encoded varint at ``pos`` and the position after it
+    (None: truncated, longer than 10 bytes, or not minimal)."""
+    value = shift = 0
+    start = pos
+    while pos < len(raw) and pos - start < 10:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte == 0 and pos - start > 1:
+                return None  # a trailing zero group: not the minimal encoding
+            return value, pos
+    return None
+
+
+def _split_masked_payload(raw: bytes) -> tuple[bytes, memoryview] | None:
+    """If ``raw`` is an envelope holding exactly a ``masked_input`` whose
+    ``masked`` field is one length-delimited field of at least
+    :data:`_SPLIT_MIN` bytes, framed minimally, with only lower-numbered
+    fields before it and higher-numbered ones after it: the envelope with
+    that field cut out (re-framed) and a zero-copy view of the payload.
+    Otherwise None, and the caller decodes ``raw`` as a whole.
+
+    Canonical iff the cut envelope is canonical: the canonical encoder
+    writes fields in number order and ``masked`` (non-empty) as exactly the
+    tag byte, the minimal length varint and the payload, so ``raw`` is the
+    canonical encoding of the message iff the rest is the canonical encoding
+    of the message without ``masked``, which :func:`decode` then checks by
+    re-encoding only that small rest.
+    """
+    if len(raw) < _SPLIT_MIN or raw[0] != _MASKED_TAG:
+        return None
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    start = pos = head[1]
+    cut: tuple[int, int, int] | None = None  # (field start, payload start, payload end)
+    last = 0
+    while pos < len(raw):
+        tag = _varint(raw, pos)
+        if tag is None:
+            return None
+        number, wire_type = tag[0] >> 3, tag[0] & 7
+        if number < last or (number == 5 and (cut is not None or tag[0] != _MASKED_TAG)):
+            return None
+        last = number
+        if wire_type == 0:
+            value = _varint(raw, tag[1])
+            if value is None:
+                return None
+            pos = value[1]
+        elif wire_type == 2:
+            length = _varint(raw, tag[1])
+            if length is None or length[1] + length[0] > len(raw):
+                return None
+            if number == 5:
+                cut = (pos, length[1], length[1] + length[0])
+            pos = length[1] + length[0]
+        else:
+            return None
+    if cut is None or cut[2] - cut[1] < _SPLIT_MIN:
+        return None
+    rest = raw[start:cut[0]] + raw[cut[2]:]
+    framed = bytes([_MASKED_TAG]) + _encode_varint(len(rest)) + rest
+    return framed, memoryview(raw)[cut[1]:cut[2]]
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _dec_masked(m: Any, config: SecAggConfig | None,
+                payload: memoryview | None = None) -> MaskedInput:
     sender = _sender(m)
     sid = _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender)
     width = m.element_bytes
@@ -495,11 +697,12 @@ def _dec_masked(m: Any, config: SecAggConfig | None) -> MaskedInput:
         raise WireFormatError(f"element_bytes is {width}, must be one of {ELEMENT_WIDTHS}",
                               reason=WireIssue.BAD_ELEMENT_WIDTH.value, field="element_bytes",
                               peer=sender)
-    if len(m.masked) % width:
-        raise WireFormatError(f"masked is {len(m.masked)} bytes, not a multiple of the element"
+    masked = m.masked if payload is None else payload
+    if len(masked) % width:
+        raise WireFormatError(f"masked is {len(masked)} bytes, not a multiple of the element"
                               f" width {width}", reason=WireIssue.MISALIGNED_VECTOR.value,
                               field="masked", peer=sender)
-    vector = unpack_words(m.masked, width)
+    vector = unpack_words(masked, width)
     if config is not None:
         if width != config.wire_element_bytes:
             raise WireFormatError(f"element_bytes is {width}, the ring Z_2^{config.bits} uses"
@@ -527,7 +730,7 @@ def pack_words(vector: np.ndarray, width: int) -> bytes:
     return as_bytes[:, :width].tobytes()
 
 
-def unpack_words(raw: bytes, width: int) -> np.ndarray:
+def unpack_words(raw: bytes | memoryview, width: int) -> np.ndarray:
     """Inverse of :func:`pack_words`: native unsigned ints of the smallest
     dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes."""
     if width in (1, 2, 4, 8):
