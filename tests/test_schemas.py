@@ -34,7 +34,11 @@ from securefl.errors import ConfigurationError  # noqa: E402
 from securefl.federation.optimizers import ServerOptimizerKind  # noqa: E402
 from securefl.federation.options import DatasetName  # noqa: E402
 from securefl.federation.reporting import PRIVATE_FIELDS  # noqa: E402
-from securefl.federation.simulation import SimulationConfig, run_simulation  # noqa: E402
+from securefl.federation.simulation import (  # noqa: E402
+    GraphKind,
+    SimulationConfig,
+    run_simulation,
+)
 from securefl.privacy.distributed import PrivacyLevel  # noqa: E402
 from securefl.privacy.ledger import (  # noqa: E402
     LEDGER_FORMAT,
@@ -50,7 +54,7 @@ from securefl.privacy.options import (  # noqa: E402
     NoiseSource,
     Weighting,
 )
-from securefl.protocol import Round  # noqa: E402
+from securefl.protocol import Round, SecurityMode  # noqa: E402
 from securefl.schemas import SCHEMAS, load_schema, schema_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +63,11 @@ LEDGER = Validator(load_schema("ledger-record"))
 METRICS = Validator(load_schema("metrics"))
 
 CONFIG_EXTRAS = {"frac_bits_used", "max_weight", "threshold_used"}
-"""What the simulator adds to ``SimulationConfig.to_json()`` in metrics.json."""
-FLOWER_CONFIG_EXTRAS = {"runtime", "security_mode"}
-"""What the Flower ServerApp adds besides."""
+"""What both runtimes add to ``SimulationConfig.to_json()`` in metrics.json."""
+SIMULATOR_CONFIG_EXTRAS = {"graph_degree_used"}
+"""What the in-process simulator adds besides (optional in the schema)."""
+FLOWER_CONFIG_EXTRAS = {"runtime"}
+"""What the Flower ServerApp adds besides (it also overrides security_mode)."""
 
 
 def _errors(validator: Any, doc: Any) -> list[str]:
@@ -309,7 +315,11 @@ METRICS_TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
     "unknown config key": lambda d: d["config"].__setitem__("mode", "fast"),
     "missing config key": lambda d: d["config"].pop("delta"),
     "ledger head not a digest": lambda d: d["ledger"].__setitem__("head", "abc"),
-    "runtime without security mode": lambda d: d["config"].__setitem__("runtime", "flower"),
+    "runtime without security mode": lambda d: (d["config"].__setitem__("runtime", "flower"),
+                                                d["config"].pop("security_mode")),
+    "unknown security mode": lambda d: d["config"].__setitem__("security_mode", "malicious"),
+    "unknown graph": lambda d: d["config"].__setitem__("graph", "ring"),
+    "graph degree below 2": lambda d: d["config"].__setitem__("graph_degree_used", 0),
 }
 
 
@@ -379,7 +389,7 @@ def test_ledger_enums_are_the_codes() -> None:
 def test_config_fields_are_the_simulation_config_fields() -> None:
     config = load_schema("metrics")["$defs"]["config"]
     expected = {f.name for f in dataclasses.fields(SimulationConfig)} | CONFIG_EXTRAS
-    declared = set(config["properties"]) - FLOWER_CONFIG_EXTRAS
+    declared = set(config["properties"]) - FLOWER_CONFIG_EXTRAS - SIMULATOR_CONFIG_EXTRAS
     assert declared == expected, (
         f"update securefl/schemas/metrics.schema.json: add {sorted(expected - declared)},"
         f" remove {sorted(declared - expected)}")
@@ -398,3 +408,5 @@ def test_metrics_enums_are_the_codes() -> None:
     assert _enum(schema["noiseSource"]) == {s.value for s in NoiseSource}
     assert _enum(schema["protocolRound"]) == {r.name for r in Round}
     assert _enum(config["privacy"]) == {p.value for p in PrivacyLevel}
+    assert _enum(config["security_mode"]) == {m.value for m in SecurityMode}
+    assert _enum(config["graph"]) == {g.value for g in GraphKind}

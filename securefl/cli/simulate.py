@@ -47,6 +47,11 @@ imports torch; a test keeps the two equal)."""
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
 
+SECURITY_MODES = ["semi-honest", "active"]
+"""Mirrors :class:`securefl.protocol.SecurityMode` (a test keeps them equal)."""
+GRAPHS = ["complete", "harary"]
+"""Mirrors :class:`securefl.federation.simulation.GraphKind` (a test keeps them equal)."""
+
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 """No round completed, or every client refused some round."""
@@ -68,6 +73,7 @@ _CONFIG_KEYS = {
     "alpha": "alpha", "dataset": "dataset", "seed": "seed",
     "insecure_reproducible_noise": "insecure_reproducible_noise",
     "privacy": "privacy", "user_epsilon": "user_epsilon", "user_clip": "user_clip",
+    "mode": "security_mode", "graph": "graph", "graph_degree": "graph_degree",
 }
 """Flag destination -> the :class:`SimulationConfig` field it sets."""
 
@@ -130,9 +136,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                           " dropouts and the model's initial weights (default 0); DP noise,"
                           " sampling and rounding come from os.urandom")
     fed.add_argument("--threshold", type=_positive_int, default=None,
-                     help="minimum clients per protocol round (default floor(n/2)+1)")
+                     help="minimum clients per protocol round, the Shamir threshold"
+                          " (default: complete graph floor(n/2)+1 semi-honest,"
+                          " floor(2n/3)+1 active; harary floor((k+1)/2)+1 with"
+                          " --graph-degree K, else the parameter finder's t)")
     fed.add_argument("--no-secure-aggregation", action="store_true",
                      help="sum the updates in plain floats instead (for comparison)")
+    sec = p.add_argument_group("secure aggregation")
+    sec.add_argument("--mode", choices=SECURITY_MODES, default="semi-honest",
+                     help="semi-honest (default): secure against a server that follows the"
+                          " protocol; active: clients sign their keys and check a consistency"
+                          " round, secure against a server that lies about who dropped"
+                          " (each client gets a fresh Ed25519 identity per session)")
+    sec.add_argument("--graph", choices=GRAPHS, default="complete",
+                     help="who masks with whom: complete (default, Bonawitz et al.), or"
+                          " harary (SecAgg+: each client masks with and shares its keys to"
+                          " only K others, so work per client grows with log n, not n)")
+    sec.add_argument("--graph-degree", type=_positive_int, default=None, metavar="K",
+                     help="with --graph harary: the degree K (even, 2..n-2); default: chosen"
+                          " with the threshold by find_graph_parameters for --clients and"
+                          " --dropout (no corrupt clients; a semi-malicious server in active"
+                          " mode)")
     dp = p.add_argument_group("differential privacy (Opacus DP-SGD)")
     noise = dp.add_mutually_exclusive_group()
     noise.add_argument("--noise-multiplier", type=float, default=None,
@@ -330,7 +354,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"securefl simulate: {config.num_clients} clients, {config.rounds} rounds,"
           f" {config.dataset.value} (non-IID, Dirichlet alpha {config.alpha:g}),"
           f" dropout {config.dropout:g}")
-    aggregation = "secure (Bonawitz)" if config.secure else "PLAIN (no secure aggregation)"
+    aggregation = "PLAIN (no secure aggregation)"
+    if config.secure:
+        plan = config.secagg_plan()
+        graph = "complete graph" if plan.degree is None else f"Harary graph k={plan.degree}"
+        aggregation = (f"secure ({config.security_mode.value}, {graph}, threshold"
+                       f" {plan.threshold})")
     adjacency = config.adjacency.value
     print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
           f" server that knows the run config and every message), clip norm"

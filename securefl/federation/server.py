@@ -22,6 +22,7 @@ from securefl.errors import AbortError, ConfigurationError
 from securefl.federation.optimizers import ServerOptimizer, ServerOptimizerConfig
 from securefl.protocol import Round, SecAggConfig, default_threshold, secure_sum
 from securefl.protocol.config import SecurityMode
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 
 __all__ = ["AggregateOutcome", "AggregationMode", "Server", "plain_survivors"]
 
@@ -85,20 +86,25 @@ class Server:
             security mode's, :func:`~securefl.protocol.default_threshold`:
             ``floor(n/2) + 1`` semi-honest, ``floor(2n/3) + 1`` active).
         name: federation name bound into every secure aggregation session.
-        security_mode: the secure aggregation mode the sessions run in (the
-            in-process simulator runs semi-honest sessions; the Flower
-            ServerApp either mode).
+        security_mode: the secure aggregation mode the sessions run in
+            (semi-honest or active, in the simulator and the Flower ServerApp).
+        graph: who masks with whom in the in-process secure sessions
+            (default the complete graph; ``HararyGraph(k)`` for SecAgg+).
 
     Raises:
         ConfigurationError: on a threshold out of 1..n, fewer than two
-            clients, or a codec that does not match the model.
+            clients, a codec that does not match the model, or (secure mode)
+            a threshold, graph and security mode that no session accepts
+            (the :class:`~securefl.protocol.SecAggConfig` rules, checked here
+            before any round).
     """
 
     def __init__(self, model: nn.Module, codec: FixedPointCodec,
                  optimizer: ServerOptimizerConfig, client_ids: tuple[int, ...], *,
                  mode: AggregationMode = AggregationMode.SECURE,
                  threshold: int | None = None, name: str = "securefl",
-                 security_mode: SecurityMode = SecurityMode.SEMI_HONEST) -> None:
+                 security_mode: SecurityMode = SecurityMode.SEMI_HONEST,
+                 graph: NeighbourGraph | None = None) -> None:
         self.model = model
         self.codec = codec
         self.optimizer = ServerOptimizer(optimizer)
@@ -113,6 +119,9 @@ class Server:
             else int(threshold)
         if not 1 <= self.threshold <= n:
             raise ConfigurationError(f"threshold must be in 1..{n}, got {self.threshold}")
+        self.graph: NeighbourGraph = CompleteGraph() if graph is None else graph
+        if self.mode is AggregationMode.SECURE:
+            self._secagg_config(0)  # refuse what no session accepts before any round
         shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         if shapes != codec.shapes:
             raise ConfigurationError(f"codec shapes {codec.shapes} != model shapes {shapes}")
@@ -169,13 +178,19 @@ class Server:
                 inputs[cid] = update.vector
             else:
                 raise ConfigurationError("secure aggregation needs encoded updates")
-        config = SecAggConfig(
+        # active mode: secure_sum gives every client a fresh Ed25519 identity,
+        # pinned at every party, for this session
+        result = secure_sum(inputs, self._secagg_config(round_number), drops)
+        return result.total, tuple(sorted(result.survivors))
+
+    def _secagg_config(self, round_number: int) -> SecAggConfig:
+        """The session configuration of one federation round."""
+        return SecAggConfig(
             num_clients=len(self.client_ids), vector_length=self.codec.vector_length,
             bits=self.codec.bits, threshold=self.threshold, client_ids=self.client_ids,
             context=f"{self.name} round {round_number}".encode(), mode=self.security_mode,
+            graph=self.graph,
         )
-        result = secure_sum(inputs, config, drops)
-        return result.total, tuple(sorted(result.survivors))
 
     def outcome_from_sum(self, total: np.ndarray,
                          survivors: tuple[int, ...]) -> AggregateOutcome:

@@ -93,8 +93,11 @@ from securefl.privacy.ledger import Participation, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
 from securefl.protocol.config import SecAggConfig, SecurityMode, default_threshold
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import secure_sum
 from securefl.protocol.noise import NoisePlan
+from securefl.protocol.params import ServerModel, find_graph_parameters
 
 __all__ = [
     "DEFAULT_TARGET_EPSILON",
@@ -102,7 +105,9 @@ __all__ = [
     "PLOT_FILENAME",
     "ClientRoundReport",
     "DatasetName",
+    "GraphKind",
     "RoundReport",
+    "SecAggPlan",
     "SimulationConfig",
     "SimulationResult",
     "dropout_schedule",
@@ -113,12 +118,48 @@ __all__ = [
 ]
 
 
+class GraphKind(str, enum.Enum):
+    """Who masks with whom in the secure aggregation sessions."""
+
+    COMPLETE = "complete"
+    """Every client with every other (Bonawitz et al. 2017)."""
+    HARARY = "harary"
+    """SecAgg+: a degree-k Harary graph (:class:`~securefl.protocol.HararyGraph`)."""
+
+
+@dataclass(frozen=True)
+class SecAggPlan:
+    """The secure aggregation parameters a :class:`SimulationConfig` implies.
+
+    Attributes:
+        graph: the :class:`NeighbourGraph` every session uses.
+        threshold: the Shamir threshold ``t`` (``config.threshold`` when given).
+        degree: ``k`` of a Harary graph (None for the complete graph).
+        explanation: why (the parameter finder's account, when it chose ``k``).
+    """
+
+    graph: NeighbourGraph
+    threshold: int
+    degree: int | None
+    explanation: str
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Everything a simulated federation needs.  At most one of
     ``noise_multiplier`` and ``target_epsilon`` is given; with neither, every
     client targets :data:`DEFAULT_TARGET_EPSILON`.  ``server_lr`` defaults to
     0.1 for FedAdam and 1.0 otherwise.
+
+    Secure aggregation runs in ``security_mode`` (``"semi-honest"``, default,
+    or ``"active"``: signed keys and a consistency round against a server
+    that lies about who dropped) over ``graph`` (``"complete"``, default, or
+    ``"harary"``: SecAgg+, each client masks with and shares to only
+    ``graph_degree`` others; without ``graph_degree`` the degree and the
+    threshold come from :func:`~securefl.protocol.params.find_graph_parameters`
+    for ``num_clients``, the ``dropout`` rate and no corrupt clients, against
+    a semi-honest or, in active mode, a semi-malicious server).  See
+    :meth:`secagg_plan`.
 
     Raises:
         ConfigurationError: on out-of-range or inconsistent values (checked
@@ -155,11 +196,15 @@ class SimulationConfig:
     privacy: PrivacyLevel = PrivacyLevel.RECORD_LEVEL
     user_epsilon: float = 8.0
     user_clip: float = 1.0
+    security_mode: SecurityMode = SecurityMode.SEMI_HONEST
+    graph: GraphKind = GraphKind.COMPLETE
+    graph_degree: int | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
                            ("server_optimizer", ServerOptimizerKind), ("dataset", DatasetName),
-                           ("privacy", PrivacyLevel)):
+                           ("privacy", PrivacyLevel), ("security_mode", SecurityMode),
+                           ("graph", GraphKind)):
             try:
                 object.__setattr__(self, name, kind(getattr(self, name)))
             except ValueError:
@@ -197,6 +242,77 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"the user-level L2 norm bound (user_clip) must be > 0, got"
                     f" {self.user_clip}; it bounds a client's whole update")
+        self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Refuse a security mode, graph or threshold no session accepts."""
+        sparse = self.graph is GraphKind.HARARY
+        if not self.secure and (self.security_mode is SecurityMode.ACTIVE or sparse):
+            raise ConfigurationError(
+                f"security mode {self.security_mode.value} and graph {self.graph.value} are"
+                " settings of secure aggregation; plain summation has no sessions: drop"
+                " --no-secure-aggregation (secure=False) or use --mode semi-honest"
+                " --graph complete")
+        if self.graph_degree is not None:
+            k = self.graph_degree
+            if not sparse:
+                raise ConfigurationError(
+                    f"graph_degree={k!r} needs graph harary (the complete graph has degree"
+                    " n - 1): add --graph harary or drop --graph-degree")
+            if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2 \
+                    or k >= self.num_clients - 1:
+                raise ConfigurationError(
+                    f"graph_degree must be an even int in 2..{self.num_clients - 2} (below"
+                    f" n - 1 = {self.num_clients - 1} for {self.num_clients} clients, k/2"
+                    f" neighbours on each side of the ring), got {k!r}; for k >= n - 1 use"
+                    " graph complete")
+        elif sparse and not 0.0 <= self.dropout < 1.0:
+            raise ConfigurationError(
+                f"graph harary without graph_degree sizes the graph for the dropout rate,"
+                f" which must then be below 1, got {self.dropout}; give --graph-degree K")
+        if self.secure:
+            plan = self.secagg_plan()
+            if 1 <= plan.threshold <= self.num_clients:  # else the Server refuses it
+                # the rules every session will apply (threshold vs graph and mode)
+                SecAggConfig(num_clients=self.num_clients, vector_length=1,
+                             threshold=plan.threshold, mode=self.security_mode,
+                             graph=plan.graph)
+
+    def secagg_plan(self) -> SecAggPlan:
+        """The graph and threshold of this federation's sessions.
+
+        The complete graph takes ``threshold`` or the security mode's default
+        (:func:`~securefl.protocol.default_threshold`).  A Harary graph with
+        ``graph_degree`` k takes ``threshold`` or ``floor((k+1)/2) + 1``, a
+        majority of the ``k + 1`` holders of a client's shares (what active
+        mode requires, SPEC.md [PARAM-2]); without ``graph_degree`` it takes
+        fcp's ``(k, t)`` from :func:`find_graph_parameters` (``threshold``
+        overrides ``t``).  Deterministic.
+
+        Raises:
+            ConfigurationError: the finder found no sparse graph for these
+                clients and this dropout rate (use graph complete, or give
+                graph_degree).
+        """
+        n = self.num_clients
+        if self.graph is GraphKind.COMPLETE:
+            t = default_threshold(n, self.security_mode) if self.threshold is None \
+                else int(self.threshold)
+            return SecAggPlan(CompleteGraph(), t, None, "complete graph (Bonawitz et al.)")
+        if self.graph_degree is not None:
+            k = int(self.graph_degree)
+            t = (k + 1) // 2 + 1 if self.threshold is None else int(self.threshold)
+            return SecAggPlan(HararyGraph(k), t, k, f"harary:k={k} given")
+        model = ServerModel.SEMI_MALICIOUS if self.security_mode is SecurityMode.ACTIVE \
+            else ServerModel.SEMI_HONEST
+        found = find_graph_parameters(n, self.dropout, 0.0, model)
+        if found.complete:
+            raise ConfigurationError(
+                f"find_graph_parameters found no sparse graph for {n} clients, dropout"
+                f" {self.dropout} and a {model.value} server ({found.explanation}); use"
+                " --graph complete, or give --graph-degree K")
+        t = found.threshold if self.threshold is None else int(self.threshold)
+        return SecAggPlan(found.graph, t, found.degree, found.explanation)
 
     def dp_config(self) -> DPConfig:
         """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
@@ -424,12 +540,18 @@ def run_simulation(
     user_plan = user_level_plan(config, model)  # refuses a ring too small before any training
     ids = tuple(range(1, config.num_clients + 1))
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
+    plan = config.secagg_plan() if config.secure else None
     server = Server(
         model, codec,
         ServerOptimizerConfig(kind=config.server_optimizer, lr=config.server_lr,
                               momentum=config.server_momentum),
-        ids, mode=mode, threshold=config.threshold, name=f"securefl simulate seed {config.seed}",
+        ids, mode=mode, threshold=plan.threshold if plan is not None else config.threshold,
+        name=f"securefl simulate seed {config.seed}", security_mode=config.security_mode,
+        graph=plan.graph if plan is not None else None,
     )
+    # the degree the sessions use (the parameter finder's when graph_degree is None)
+    config_extra = {"graph_degree_used": plan.degree if plan is not None else None,
+                    **dict(config_extra or {})}
     if clients is not None:
         if resume or tuple(c.client_id for c in clients) != ids:
             raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
@@ -442,7 +564,10 @@ def run_simulation(
                           weighting=config.weighting)
             for cid, (x, y) in zip(ids, data.clients, strict=True)
         ]
-    schedule = dropout_schedule(config)  # the simulator runs semi-honest sessions
+    # drops at R3 (consistency check) exist only in active sessions
+    schedule = dropout_schedule(config, SecurityMode.ACTIVE) \
+        if config.secure and config.security_mode is SecurityMode.ACTIVE \
+        else dropout_schedule(config)
     title = _plot_title(config, data.name)
     if resume:
         recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
@@ -485,10 +610,12 @@ def user_level_plan(config: SimulationConfig,
     """The user-level plan of a federation (None without user-level DP):
     every client takes part in every round (``q = 1``), the ring is
     ``config.bits`` wide, the target is ``config.user_epsilon`` over
-    ``config.rounds`` rounds.  The simulator runs semi-honest sessions,
-    whose noise plan is calibrated to the threshold ``t`` (removable excess
-    needs active mode, SPEC [NZ-1b]): the released variance is between
-    ``V`` and ``V n / t``, and the ring is sized for the latter.
+    ``config.rounds`` rounds.  Semi-honest sessions use a noise plan
+    calibrated to the threshold ``t`` (removable excess needs active mode,
+    SPEC [NZ-1b]): the released variance is between ``V`` and ``V n / t``,
+    and the ring is sized for the latter.  Active sessions use the removable
+    plan (default tolerance ``1e-3``): the released variance is between
+    ``V`` and ``1.001 V`` whoever drops, and the ring is sized for that.
 
     Raises:
         ConfigurationError: when the ring is too small or a value is out of
@@ -497,18 +624,22 @@ def user_level_plan(config: SimulationConfig,
     if not config.privacy.user_level:
         return None
     size = sum(int(p.numel()) for p in model.parameters())
-    threshold = _threshold(config)
+    if config.security_mode is SecurityMode.ACTIVE:
+        factor = 1.0 + NoisePlan(1.0).tolerance
+    else:
+        factor = config.num_clients / config.secagg_plan().threshold
     return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
                            cohort=config.num_clients, q=1.0, rounds=config.rounds,
                            target_epsilon=config.user_epsilon, delta=config.delta,
-                           noise_factor=config.num_clients / threshold)
+                           noise_factor=factor)
 
 
-def _threshold(config: SimulationConfig) -> int:
-    """The federation's secure aggregation threshold (the server's rule)."""
-    if config.threshold is not None:
-        return int(config.threshold)
-    return default_threshold(config.num_clients, SecurityMode.SEMI_HONEST)
+def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:
+    """The sessions' noise plan: removable excess in active mode ([NZ-1b]),
+    calibrated to the threshold otherwise."""
+    if config.security_mode is SecurityMode.ACTIVE:
+        return NoisePlan(variance)
+    return NoisePlan.calibrate_to_threshold(variance)
 
 
 def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
@@ -526,9 +657,15 @@ def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPla
     if len(ids) < 2 or len(ids) < server.threshold:
         raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
                          f" {server.threshold}", needed=server.threshold, available=len(ids))
+    degree = getattr(server.graph, "degree", None)
+    if degree is not None and len(ids) <= degree:
+        raise AbortError(f"{len(ids)} encoded updates, too few for the Harary graph of degree"
+                         f" {degree} (it needs more than k clients)",
+                         needed=degree + 1, available=len(ids))
     secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
                           bits=plan.codec.bits, threshold=server.threshold, client_ids=ids,
-                          noise=NoisePlan.calibrate_to_threshold(plan.variance))
+                          mode=server.security_mode, graph=server.graph,
+                          noise=_user_level_noise(config, plan.variance))
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
     flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
     average, offset = [], 0
