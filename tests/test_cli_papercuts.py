@@ -146,3 +146,18 @@ def test_help_shows_no_rst_markup(command: tuple[str, ...]) -> None:
 def test_help_text_strips_markup_and_keeps_words() -> None:
     text = "``securefl x``: see :class:`~securefl.Foo`."
     assert help_text(text) == "securefl x: see securefl.Foo."
+
+
+# -- simulate ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [("--threshold", "11"),
+                                   ("--graph", "harary", "--graph-degree", "4",
+                                    "--threshold", "7")])
+def test_an_impossible_threshold_is_refused_before_anything_is_printed_or_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...]) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", "--rounds", "1", "--out", str(out), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""                      # no header, no table
+    assert "threshold" in captured.err
+    assert not out.exists()                        # no empty run directory

@@ -272,11 +272,11 @@ class SimulationConfig:
                 f" which must then be below 1, got {self.dropout}; give --graph-degree K")
         if self.secure:
             plan = self.secagg_plan()
-            if 1 <= plan.threshold <= self.num_clients:  # else the Server refuses it
-                # the rules every session will apply (threshold vs graph and mode)
-                SecAggConfig(num_clients=self.num_clients, vector_length=1,
-                             threshold=plan.threshold, mode=self.security_mode,
-                             graph=plan.graph)
+            # the rules every session will apply (threshold range, threshold vs
+            # graph and mode), checked before anything is printed or trained
+            SecAggConfig(num_clients=self.num_clients, vector_length=1,
+                         threshold=plan.threshold, mode=self.security_mode,
+                         graph=plan.graph)
 
     def secagg_plan(self) -> SecAggPlan:
         """The graph and threshold of this federation's sessions.
