@@ -181,3 +181,46 @@ def test_against_the_server_epsilon_survives_one_colluding_client(plan) -> None:
     assert row.epsilon_unsampled >= against_coalition, (
         "the recorded epsilon against the server must hold against the server and the"
         " colluders its secure aggregation tolerates")
+
+
+def _skellam_divergence(alpha: int, wider: float, narrower: float) -> float:
+    """D_alpha(Sk(wider) || Sk(narrower)) in one dimension, exactly summed."""
+    width = int(12 * math.sqrt(wider))
+    k = np.arange(-width, width + 1)
+    lp = scipy_skellam.logpmf(k, wider / 2, wider / 2)
+    lq = scipy_skellam.logpmf(k, narrower / 2, narrower / 2)
+    return float(logsumexp(alpha * lp + (1 - alpha) * lq) / (alpha - 1))
+
+
+def test_adding_a_client_adds_its_noise_which_the_shift_bound_does_not_cover() -> None:
+    """Attack on the adjacency: the ledger row says ``add-remove-one-client``,
+    but the Skellam bound it uses is for a *shift* of the sum under the same
+    noise.  In the simulator's threshold plan (every client adds ``V / t``)
+    the added client also adds its noise: with ``n`` clients the sum carries
+    ``n V / t``, with ``n + 1`` it carries ``(n + 1) V / t``.  Take the added
+    client's update to be zero (a valid update): the two releases differ only
+    in their variance, over all ``d`` coordinates, and their Renyi divergence
+    (``d`` times the one-dimensional one; it depends on the variance ratio
+    only, so it is computed exactly at a smaller scale with the same ratio)
+    far exceeds the per-round RDP the ledger composes.  The fix: record the
+    guarantee under zero-out adjacency (a client's update replaced by zero,
+    its participation and noise unchanged; the shift bound with ``Delta_2``
+    and Zhu-Wang's Poisson bound then apply as written), or account for the
+    variance change."""
+    n, t = 10, 6
+    sim_plan = plan_user_level(num_values=300, clip=1.0, bits=18, cohort=n, q=1.0, rounds=4,
+                               target_epsilon=4.0, delta=1e-5, noise_factor=n / t)
+    layout = NoisePlan.calibrate_to_threshold(sim_plan.variance).layout(n + 1, t)
+    without, with_client = layout.released_variance(n), layout.released_variance(n + 1)
+    row = user_level_entry(sim_plan, round_number=1, survivors=n, released_variance=without)
+    assert row.adjacency == "add-remove-one-client"
+    ratio = with_client / without
+    d = sim_plan.codec.padded
+    alpha = 2
+    true_rdp = d * _skellam_divergence(alpha, 2e4 * ratio, 2e4)
+    claimed = float(skellam_rdp([alpha], sim_plan.codec.l1_sensitivity,
+                                sim_plan.codec.l2_sensitivity, without)[0])
+    assert true_rdp > 2 * claimed  # the attack's effect: the noise level reveals the client
+    assert claimed >= true_rdp, (
+        f"per-round RDP at order {alpha} claimed {claimed:.4g}, but adding one client with a"
+        f" zero update moves the released distribution by {true_rdp:.4g}")
