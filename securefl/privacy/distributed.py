@@ -8,7 +8,14 @@ and the released sum carries symmetric Skellam noise of per-coordinate
 variance ``mu`` (at least the calibrated ``V`` for every dropout pattern the
 protocol accepts).  Each client joins a round independently with
 probability ``q`` (Poisson sampling); neighbouring federations differ by
-adding or removing one client (all of its data).
+one client's update (all of its data) **replaced by zero**, its participation
+and its noise share unchanged (zero-out adjacency,
+:data:`~securefl.privacy.ledger.USER_LEVEL_ADJACENCY`).  This is what the
+bounds below cover: the Skellam bound is for a shift of the sum by at most
+``Delta_2`` under the same noise, and Zhu-Wang's bound for a Poisson sample
+in which the differing client's contribution is present or zero.  Adding or
+removing a client is not covered: it would also add or remove the client's
+noise share, and the variance change is not a shift.
 
 **Per round, unsampled** (Agarwal, Kairouz, Liu, "The Skellam Mechanism for
 Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5 /
@@ -44,8 +51,13 @@ becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
 holds against an adversary who does not learn which clients were sampled:
 whoever sees only the released sums or the models.  The server of the
 secure aggregation sees who took part; against it, the epsilon is the
-unsampled one (``q = 1``) over the rounds the client took part in.  Both are
-computed and recorded (:func:`user_level_epsilons`).
+unsampled one (``q = 1``) over the rounds the client took part in, and
+it holds against the server alone, provided every survivor adds its noise
+share: ``c`` survivors colluding with the server can subtract their shares
+(with noise calibrated to the threshold ``t``, at exactly ``t`` survivors
+the others' sum then carries only ``V (t - c) / t``).
+:func:`user_level_epsilons` computes both; ``colluders`` gives the epsilon
+at that reduced variance.
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ import numpy as np
 
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
-from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
+from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, USER_LEVEL_DELTA_MAX, UserLevelEntry
 from securefl.protocol.noise import TAIL_SIGMAS
 
 __all__ = [
@@ -416,7 +428,7 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
         q: the client sampling rate, in (0, 1].
         rounds: rounds to calibrate for.
         target_epsilon: user-level epsilon (amplified by sampling).
-        delta: delta.
+        delta: delta, at most :data:`~securefl.privacy.ledger.USER_LEVEL_DELTA_MAX`.
         beta: conditional rounding's beta.
         stddevs: the margin of the signed range, in standard deviations.
         noise_factor: the released variance over ``V`` at most (1.001 for
@@ -424,7 +436,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             ``t`` of ``n``).
 
     Raises:
-        ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``cohort`` <
+        ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``delta``
+            above :data:`~securefl.privacy.ledger.USER_LEVEL_DELTA_MAX`, ``cohort`` <
             1, or ``bits`` too few for the noise, the cohort and the clip
             (no ``gamma`` fits with rounding inflating ``Delta_2`` by at
             most :data:`ROUNDING_INFLATION_LIMIT`); the message names the
@@ -436,6 +449,11 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
                                  " pass the largest L2 norm an update may have")
     q = _check_q(q)
     _check_delta(delta)
+    if not delta <= USER_LEVEL_DELTA_MAX:
+        raise ConfigurationError(
+            f"the user-level delta must be at most {USER_LEVEL_DELTA_MAX:g}, got {delta}; a"
+            " delta near 1 / (number of clients) permits releasing a client's data outright"
+            " (use delta << 1 / clients, e.g. 1e-5)")
     if cohort < 1:
         raise ConfigurationError(f"the cohort must be >= 1 client, got {cohort}")
     if not 2 <= bits <= 62:

@@ -49,6 +49,8 @@ __all__ = [
     "LEDGER_FORMAT",
     "NOISE_SOURCES",
     "USER_LEVEL_ADJACENCY",
+    "USER_LEVEL_DELTA_MAX",
+    "USER_LEVEL_RETIRED_ADJACENCIES",
     "USER_LEVEL_MECHANISMS",
     "WEIGHTINGS",
     "Commit",
@@ -82,9 +84,19 @@ WEIGHTINGS = tuple(weighting.value for weighting in Weighting)
 the client's update was weighted in the sum."""
 
 
-USER_LEVEL_ADJACENCY = "add-remove-one-client"
-"""The adjacency of every user-level row: neighbouring federations differ by
-one client (all of its data) added or removed."""
+USER_LEVEL_ADJACENCY = "zero-out-one-client"
+"""The adjacency of every user-level row (zero-out adjacency): neighbouring
+federations differ in one client's update (all of its data), replaced by
+zero, with the same participation and the same noise share.  Adding or
+removing a client would also add or remove its noise share, which the
+Skellam shift bound does not cover (docs/user-level-dp.md)."""
+USER_LEVEL_RETIRED_ADJACENCIES = ("add-remove-one-client",)
+"""User-level adjacencies that earlier ledgers recorded and that the
+accounting does not support: the audit flags a row that states one."""
+USER_LEVEL_DELTA_MAX = 1e-3
+"""The largest user-level delta the planner and the audit accept (a
+delta near or above ``1 / number of clients`` permits releasing some
+client's data outright); a row must also have ``delta < 1 / survivors``."""
 USER_LEVEL_MECHANISMS = ("skellam",)
 """``mechanism`` values of user-level rows: the distributed Skellam mechanism
 (:mod:`securefl.privacy.distributed`)."""
