@@ -54,8 +54,8 @@ from securefl.privacy.ledger import (
     NOISE_SOURCES,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
-    USER_LEVEL_RETIRED_ADJACENCIES,
     USER_LEVEL_MECHANISMS,
+    USER_LEVEL_RETIRED_ADJACENCIES,
     WEIGHTINGS,
     LedgerChain,
     LedgerEntry,
@@ -393,16 +393,44 @@ def _user_delta_problems(rows: list[UserLevelEntry], record_deltas: set[float]) 
     return found
 
 
+def _colluder_problems(row: UserLevelEntry, first: UserLevelEntry,
+                       previous: list[float], computed: float) -> list[str]:
+    """Why a user-level row's colluder fields do not verify (empty when
+    they do): one ``colluders`` for the ledger, a ``colluder_history`` that
+    extends the previous row's by one variance within this round's released
+    variance (all 0 without colluders), and an ``epsilon_colluders`` that
+    recomputes."""
+    where = f"round {row.round}, user level"
+    found = []
+    if row.colluders != first.colluders:
+        found.append(f"{where}: colluders {row.colluders} differs from the ledger's"
+                     f" {first.colluders}")
+    ch = row.colluder_history
+    if len(ch) != len(row.history) or ch[:-1] != previous or not ch \
+            or not 0 <= ch[-1] <= row.released_variance \
+            or (row.colluders == 0 and any(v != 0 for v in ch)):
+        found.append(f"{where}: colluder_history does not follow from the earlier rows, or its"
+                     " last entry is not within this round's released variance (0 without"
+                     " colluders)")
+    elif not (math.isfinite(computed)
+              and math.isclose(row.epsilon_colluders, computed, rel_tol=RECOMPUTE_TOLERANCE)) \
+            and not (computed == math.inf and row.epsilon_colluders == math.inf):
+        found.append(f"{where}: recorded epsilon_colluders {row.epsilon_colluders!r} but the"
+                     f" histories give {computed!r}")
+    return found
+
+
 def _verify_user_level(chain: LedgerChain, violations: list[str],
                        notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Recompute and cross-check every committed user-level row; return the
     report's ``user_level`` rows.  The budget bounds the sampled epsilon
     (``epsilon``); an ``epsilon_unsampled`` above it is a note in ``notes``,
     not a violation (docs/user-level-dp.md, "Two epsilons")."""
-    from securefl.privacy.distributed import user_level_epsilons
+    from securefl.privacy.distributed import colluder_epsilon, user_level_epsilons
 
     out: list[dict[str, Any]] = []
     previous: list[list[float]] = []
+    previous_colluders: list[float] = []
     record_deltas = {r.delta for r in chain.effective()}
     violations.extend(_user_delta_problems(list(chain.committed_user_level), record_deltas))
     for row in chain.committed_user_level:
@@ -412,6 +440,13 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
         except (SecureFLError, ArithmeticError, ValueError):
             computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
         violations.extend(_user_row_problems(row, previous, computed))
+        try:
+            against = colluder_epsilon(row.history, row.colluder_history, row.delta)
+        except (SecureFLError, ArithmeticError, ValueError):
+            against = math.nan
+        violations.extend(_colluder_problems(row, chain.committed_user_level[0],
+                                             previous_colluders, against))
+        previous_colluders = list(row.colluder_history)
         unsampled = computed["unsampled"]
         if notes is not None and row.epsilon_budget is not None \
                 and not unsampled <= row.epsilon_budget:
@@ -426,6 +461,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
                     "delta": row.delta, "epsilon": _json_number(computed["sampled"]),
                     "epsilon_unsampled": _json_number(computed["unsampled"]),
+                    "colluders": row.colluders,
+                    "epsilon_colluders": _json_number(against),
                     "epsilon_gaussian_floor": _json_number(computed["gaussian"]),
                     "epsilon_budget": row.epsilon_budget})
     return out

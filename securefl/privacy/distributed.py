@@ -84,6 +84,7 @@ __all__ = [
     "SkellamRound",
     "UserLevelPlan",
     "calibrate_variance",
+    "colluder_epsilon",
     "plan_user_level",
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
@@ -321,6 +322,33 @@ def user_level_epsilons(history: Sequence[SkellamRound | Sequence[float]],
             "unsampled": user_level_epsilon(history, delta, amplified=False)}
 
 
+def colluder_epsilon(history: Sequence[SkellamRound | Sequence[float]],
+                     colluder_history: Sequence[float], delta: float) -> float:
+    """The unsampled epsilon at ``delta`` against the server colluding with
+    survivors who subtract their own noise shares: every round of
+    ``history`` at its variance minus the matching ``colluder_history``
+    entry (the variance the colluders' shares made up in it), ``q = 1``.
+    ``inf`` when the colluders can remove all of a round's noise.
+
+    Raises:
+        ConfigurationError: when the two histories differ in length, a
+            colluder variance is negative or not finite, or as
+            :func:`user_level_epsilon`.
+    """
+    rows = _as_rounds(history)
+    if len(rows) != len(colluder_history):
+        raise ConfigurationError(f"{len(colluder_history)} colluder variances for"
+                                 f" {len(rows)} history rows")
+    reduced = []
+    for row, removed in zip(rows, colluder_history, strict=True):
+        removed = float(removed)
+        if not (removed >= 0 and math.isfinite(removed)):
+            raise ConfigurationError(f"a colluder variance must be >= 0, got {removed}")
+        reduced.append(SkellamRound(max(0.0, row.mu - removed), row.l1, row.l2, 1.0,
+                                    row.rounds))
+    return user_level_epsilon(reduced, delta, amplified=False)
+
+
 @functools.lru_cache(maxsize=1024)
 def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float, q: float,
                        rounds: int) -> float:
@@ -528,24 +556,46 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
 
 def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
                      survivors: int, previous: UserLevelEntry | None = None,
-                     epsilon_budget: float | None = None) -> UserLevelEntry:
+                     epsilon_budget: float | None = None, colluders: int = 0,
+                     colluder_variance: float = 0.0) -> UserLevelEntry:
     """The ledger row of one released round: the history of ``previous``
     (the last user-level row, None for the first) plus this round at the
-    variance the released sum actually carries, and both epsilons of it.
+    variance the released sum actually carries, and its epsilons.
+
+    ``colluders`` (``c``) survivors colluding with the server can subtract
+    their noise shares, ``colluder_variance`` of this round's released
+    variance at most (for a :class:`~securefl.protocol.noise.NoiseLayout`,
+    ``c`` times its largest per-client share; ``V c / t`` for the plan
+    calibrated to the threshold ``t``); the row records the unsampled
+    epsilon against that coalition in ``epsilon_colluders``.  ``c`` must
+    be the same in every row of a ledger.
 
     Raises:
         ConfigurationError: when ``released_variance`` is below the plan's
             variance (the sum does not carry the calibrated noise; nothing is
-            recorded as if it did).
+            recorded as if it did), ``colluders`` is negative or differs from
+            ``previous``'s, or ``colluder_variance`` is negative, above the
+            released variance, or not 0 when ``colluders`` is 0.
     """
     if not released_variance >= plan.variance:
         raise ConfigurationError(
             f"round {round_number}: the released sum carries variance {released_variance:.6g},"
             f" below the calibrated {plan.variance:.6g}")
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0 \
+            or (previous is not None and previous.colluders != colluders):
+        raise ConfigurationError(f"round {round_number}: colluders must be an integer >= 0,"
+                                 f" the same in every row of a ledger, got {colluders!r}")
+    if not 0.0 <= colluder_variance <= released_variance \
+            or (colluders == 0 and colluder_variance != 0.0):
+        raise ConfigurationError(
+            f"round {round_number}: colluder variance {colluder_variance!r} must be in"
+            f" [0, {released_variance:.6g}] and 0 without colluders")
     codec = plan.codec
     history = [list(row) for row in previous.history] if previous is not None else []
     history.append([float(released_variance), codec.l1_sensitivity, codec.l2_sensitivity,
                     plan.q, 1])
+    removed = list(previous.colluder_history) if previous is not None else []
+    removed.append(float(colluder_variance))
     eps = user_level_epsilons(history, plan.delta)
     return UserLevelEntry(
         round=int(round_number), mechanism=MECHANISM, adjacency=USER_LEVEL_ADJACENCY,
@@ -554,4 +604,6 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
         dimension=codec.padded, beta=codec.beta, bits=codec.bits,
         l1_sensitivity=codec.l1_sensitivity, l2_sensitivity=codec.l2_sensitivity,
         survivors=int(survivors), delta=plan.delta, epsilon=eps["sampled"],
-        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history)
+        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history,
+        colluders=colluders, colluder_history=removed,
+        epsilon_colluders=colluder_epsilon(history, removed, plan.delta))
