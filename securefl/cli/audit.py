@@ -57,7 +57,9 @@ from securefl.privacy.ledger import (
     LEDGER_FILENAME,
     NOISE_SOURCES,
     USER_LEVEL_ADJACENCY,
+    USER_LEVEL_DELTA_MAX,
     USER_LEVEL_MECHANISMS,
+    USER_LEVEL_RETIRED_ADJACENCIES,
     WEIGHTINGS,
     LedgerChain,
     LedgerEntry,
@@ -301,7 +303,11 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
     found = []
     if row.mechanism not in USER_LEVEL_MECHANISMS:
         found.append(f"{where}: unknown mechanism {row.mechanism!r}: cannot be accounted")
-    if row.adjacency != USER_LEVEL_ADJACENCY:
+    if row.adjacency in USER_LEVEL_RETIRED_ADJACENCIES:
+        found.append(f"{where}: adjacency {row.adjacency!r} is not what the Skellam bound"
+                     " covers (adding a client also adds its noise share); the epsilons hold"
+                     f" under {USER_LEVEL_ADJACENCY!r} only")
+    elif row.adjacency != USER_LEVEL_ADJACENCY:
         found.append(f"{where}: adjacency {row.adjacency!r} is not {USER_LEVEL_ADJACENCY!r}")
     if row.noise_source != NoiseSource.OS_CSPRNG.value:
         found.append(f"{where}: noise source {row.noise_source!r}: the server can regenerate"
@@ -364,13 +370,73 @@ def _gaussian_floor(history: list[list[float]], delta: float) -> float:
         return float(accountant.get_epsilon(delta))
 
 
-def _verify_user_level(chain: LedgerChain, violations: list[str]) -> list[dict[str, Any]]:
+def _user_delta_problems(rows: list[UserLevelEntry], record_deltas: set[float]) -> list[str]:
+    """Why the user-level deltas of a ledger do not verify (empty when they
+    do): every row must state the ledger's one user-level delta, the run's
+    configured delta (the record-level rows' delta when there are any and
+    they agree), at most :data:`USER_LEVEL_DELTA_MAX` and below ``1 /
+    survivors`` (a delta of ``1 / n`` permits publishing one of ``n``
+    clients' data outright; an epsilon at such a delta means nothing)."""
+    if not rows:
+        return []
+    found = []
+    expected = rows[0].delta
+    if len(record_deltas) == 1:
+        expected = next(iter(record_deltas))
+    for row in rows:
+        where = f"round {row.round}, user level"
+        if row.delta != expected:
+            found.append(f"{where}: delta {row.delta!r} is not the run's user-level delta"
+                         f" {expected!r} (one delta for the whole ledger)")
+        if not 0.0 < row.delta <= USER_LEVEL_DELTA_MAX:
+            found.append(f"{where}: delta {row.delta!r} is above the user-level cap"
+                         f" {USER_LEVEL_DELTA_MAX:g}")
+        elif row.survivors > 0 and not row.delta < 1.0 / row.survivors:
+            found.append(f"{where}: delta {row.delta!r} is not below 1 / {row.survivors}"
+                         " (the survivors)")
+    return found
+
+
+def _colluder_problems(row: UserLevelEntry, first: UserLevelEntry,
+                       previous: list[float], computed: float) -> list[str]:
+    """Why a user-level row's colluder fields do not verify (empty when
+    they do): one ``colluders`` for the ledger, a ``colluder_history`` that
+    extends the previous row's by one variance within this round's released
+    variance (all 0 without colluders), and an ``epsilon_colluders`` that
+    recomputes."""
+    where = f"round {row.round}, user level"
+    found = []
+    if row.colluders != first.colluders:
+        found.append(f"{where}: colluders {row.colluders} differs from the ledger's"
+                     f" {first.colluders}")
+    ch = row.colluder_history
+    if len(ch) != len(row.history) or ch[:-1] != previous or not ch \
+            or not 0 <= ch[-1] <= row.released_variance \
+            or (row.colluders == 0 and any(v != 0 for v in ch)):
+        found.append(f"{where}: colluder_history does not follow from the earlier rows, or its"
+                     " last entry is not within this round's released variance (0 without"
+                     " colluders)")
+    elif not (math.isfinite(computed)
+              and math.isclose(row.epsilon_colluders, computed, rel_tol=RECOMPUTE_TOLERANCE)) \
+            and not (computed == math.inf and row.epsilon_colluders == math.inf):
+        found.append(f"{where}: recorded epsilon_colluders {row.epsilon_colluders!r} but the"
+                     f" histories give {computed!r}")
+    return found
+
+
+def _verify_user_level(chain: LedgerChain, violations: list[str],
+                       notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Recompute and cross-check every committed user-level row; return the
-    report's ``user_level`` rows."""
-    from securefl.privacy.distributed import user_level_epsilons
+    report's ``user_level`` rows.  The budget bounds the sampled epsilon
+    (``epsilon``); an ``epsilon_unsampled`` above it is a note in ``notes``,
+    not a violation (docs/user-level-dp.md, "Two epsilons")."""
+    from securefl.privacy.distributed import colluder_epsilon, user_level_epsilons
 
     out: list[dict[str, Any]] = []
     previous: list[list[float]] = []
+    previous_colluders: list[float] = []
+    record_deltas = {r.delta for r in chain.effective()}
+    violations.extend(_user_delta_problems(list(chain.committed_user_level), record_deltas))
     for row in chain.committed_user_level:
         try:
             computed = dict(user_level_epsilons(row.history, row.delta))
@@ -378,6 +444,19 @@ def _verify_user_level(chain: LedgerChain, violations: list[str]) -> list[dict[s
         except (SecureFLError, ArithmeticError, ValueError):
             computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
         violations.extend(_user_row_problems(row, previous, computed))
+        try:
+            against = colluder_epsilon(row.history, row.colluder_history, row.delta)
+        except (SecureFLError, ArithmeticError, ValueError):
+            against = math.nan
+        violations.extend(_colluder_problems(row, chain.committed_user_level[0],
+                                             previous_colluders, against))
+        previous_colluders = list(row.colluder_history)
+        unsampled = computed["unsampled"]
+        if notes is not None and row.epsilon_budget is not None \
+                and not unsampled <= row.epsilon_budget:
+            notes.append(f"round {row.round}, user level: epsilon_unsampled {unsampled:.4f}"
+                         f" (against the server, which sees who took part) is above the"
+                         f" budget {row.epsilon_budget:g}, which bounds the sampled epsilon")
         previous = row.history
         out.append({"round": row.round, "mechanism": row.mechanism,
                     "adjacency": row.adjacency, "sample_rate": row.sample_rate,
@@ -386,6 +465,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str]) -> list[dict[s
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
                     "delta": row.delta, "epsilon": _json_number(computed["sampled"]),
                     "epsilon_unsampled": _json_number(computed["unsampled"]),
+                    "colluders": row.colluders,
+                    "epsilon_colluders": _json_number(against),
                     "epsilon_gaussian_floor": _json_number(computed["gaussian"]),
                     "epsilon_budget": row.epsilon_budget})
     return out
@@ -647,7 +728,7 @@ def audit_run(path: Path) -> dict[str, Any]:
         notes.append("the last line is a torn write (the process was killed mid-write);"
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
-    user_level = _verify_user_level(chain, found)
+    user_level = _verify_user_level(chain, found, notes)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,
                              exported=stored[1] if stored is not None else None,

@@ -8,7 +8,14 @@ and the released sum carries symmetric Skellam noise of per-coordinate
 variance ``mu`` (at least the calibrated ``V`` for every dropout pattern the
 protocol accepts).  Each client joins a round independently with
 probability ``q`` (Poisson sampling); neighbouring federations differ by
-adding or removing one client (all of its data).
+one client's update (all of its data) **replaced by zero**, its participation
+and its noise share unchanged (zero-out adjacency,
+:data:`~securefl.privacy.ledger.USER_LEVEL_ADJACENCY`).  This is what the
+bounds below cover: the Skellam bound is for a shift of the sum by at most
+``Delta_2`` under the same noise, and Zhu-Wang's bound for a Poisson sample
+in which the differing client's contribution is present or zero.  Adding or
+removing a client is not covered: it would also add or remove the client's
+noise share, and the variance change is not a shift.
 
 **Per round, unsampled** (Agarwal, Kairouz, Liu, "The Skellam Mechanism for
 Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5 /
@@ -44,8 +51,13 @@ becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
 holds against an adversary who does not learn which clients were sampled:
 whoever sees only the released sums or the models.  The server of the
 secure aggregation sees who took part; against it, the epsilon is the
-unsampled one (``q = 1``) over the rounds the client took part in.  Both are
-computed and recorded (:func:`user_level_epsilons`).
+unsampled one (``q = 1``) over the rounds the client took part in, and
+it holds against the server alone, provided every survivor adds its noise
+share: ``c`` survivors colluding with the server can subtract their shares
+(with noise calibrated to the threshold ``t``, at exactly ``t`` survivors
+the others' sum then carries only ``V (t - c) / t``).
+:func:`user_level_epsilons` computes both; ``colluders`` gives the epsilon
+at that reduced variance.
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ import numpy as np
 
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
-from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, UserLevelEntry
+from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, USER_LEVEL_DELTA_MAX, UserLevelEntry
 from securefl.protocol.noise import TAIL_SIGMAS
 
 __all__ = [
@@ -72,6 +84,7 @@ __all__ = [
     "SkellamRound",
     "UserLevelPlan",
     "calibrate_variance",
+    "colluder_epsilon",
     "plan_user_level",
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
@@ -309,6 +322,33 @@ def user_level_epsilons(history: Sequence[SkellamRound | Sequence[float]],
             "unsampled": user_level_epsilon(history, delta, amplified=False)}
 
 
+def colluder_epsilon(history: Sequence[SkellamRound | Sequence[float]],
+                     colluder_history: Sequence[float], delta: float) -> float:
+    """The unsampled epsilon at ``delta`` against the server colluding with
+    survivors who subtract their own noise shares: every round of
+    ``history`` at its variance minus the matching ``colluder_history``
+    entry (the variance the colluders' shares made up in it), ``q = 1``.
+    ``inf`` when the colluders can remove all of a round's noise.
+
+    Raises:
+        ConfigurationError: when the two histories differ in length, a
+            colluder variance is negative or not finite, or as
+            :func:`user_level_epsilon`.
+    """
+    rows = _as_rounds(history)
+    if len(rows) != len(colluder_history):
+        raise ConfigurationError(f"{len(colluder_history)} colluder variances for"
+                                 f" {len(rows)} history rows")
+    reduced = []
+    for row, removed in zip(rows, colluder_history, strict=True):
+        removed = float(removed)
+        if not (removed >= 0 and math.isfinite(removed)):
+            raise ConfigurationError(f"a colluder variance must be >= 0, got {removed}")
+        reduced.append(SkellamRound(max(0.0, row.mu - removed), row.l1, row.l2, 1.0,
+                                    row.rounds))
+    return user_level_epsilon(reduced, delta, amplified=False)
+
+
 @functools.lru_cache(maxsize=1024)
 def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float, q: float,
                        rounds: int) -> float:
@@ -416,7 +456,7 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
         q: the client sampling rate, in (0, 1].
         rounds: rounds to calibrate for.
         target_epsilon: user-level epsilon (amplified by sampling).
-        delta: delta.
+        delta: delta, at most :data:`~securefl.privacy.ledger.USER_LEVEL_DELTA_MAX`.
         beta: conditional rounding's beta.
         stddevs: the margin of the signed range, in standard deviations.
         noise_factor: the released variance over ``V`` at most (1.001 for
@@ -424,7 +464,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             ``t`` of ``n``).
 
     Raises:
-        ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``cohort`` <
+        ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``delta``
+            above :data:`~securefl.privacy.ledger.USER_LEVEL_DELTA_MAX`, ``cohort`` <
             1, or ``bits`` too few for the noise, the cohort and the clip
             (no ``gamma`` fits with rounding inflating ``Delta_2`` by at
             most :data:`ROUNDING_INFLATION_LIMIT`); the message names the
@@ -436,6 +477,11 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
                                  " pass the largest L2 norm an update may have")
     q = _check_q(q)
     _check_delta(delta)
+    if not delta <= USER_LEVEL_DELTA_MAX:
+        raise ConfigurationError(
+            f"the user-level delta must be at most {USER_LEVEL_DELTA_MAX:g}, got {delta}; a"
+            " delta near 1 / (number of clients) permits releasing a client's data outright"
+            " (use delta << 1 / clients, e.g. 1e-5)")
     if cohort < 1:
         raise ConfigurationError(f"the cohort must be >= 1 client, got {cohort}")
     if not 2 <= bits <= 62:
@@ -510,24 +556,46 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
 
 def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
                      survivors: int, previous: UserLevelEntry | None = None,
-                     epsilon_budget: float | None = None) -> UserLevelEntry:
+                     epsilon_budget: float | None = None, colluders: int = 0,
+                     colluder_variance: float = 0.0) -> UserLevelEntry:
     """The ledger row of one released round: the history of ``previous``
     (the last user-level row, None for the first) plus this round at the
-    variance the released sum actually carries, and both epsilons of it.
+    variance the released sum actually carries, and its epsilons.
+
+    ``colluders`` (``c``) survivors colluding with the server can subtract
+    their noise shares, ``colluder_variance`` of this round's released
+    variance at most (for a :class:`~securefl.protocol.noise.NoiseLayout`,
+    ``c`` times its largest per-client share; ``V c / t`` for the plan
+    calibrated to the threshold ``t``); the row records the unsampled
+    epsilon against that coalition in ``epsilon_colluders``.  ``c`` must
+    be the same in every row of a ledger.
 
     Raises:
         ConfigurationError: when ``released_variance`` is below the plan's
             variance (the sum does not carry the calibrated noise; nothing is
-            recorded as if it did).
+            recorded as if it did), ``colluders`` is negative or differs from
+            ``previous``'s, or ``colluder_variance`` is negative, above the
+            released variance, or not 0 when ``colluders`` is 0.
     """
     if not released_variance >= plan.variance:
         raise ConfigurationError(
             f"round {round_number}: the released sum carries variance {released_variance:.6g},"
             f" below the calibrated {plan.variance:.6g}")
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0 \
+            or (previous is not None and previous.colluders != colluders):
+        raise ConfigurationError(f"round {round_number}: colluders must be an integer >= 0,"
+                                 f" the same in every row of a ledger, got {colluders!r}")
+    if not 0.0 <= colluder_variance <= released_variance \
+            or (colluders == 0 and colluder_variance != 0.0):
+        raise ConfigurationError(
+            f"round {round_number}: colluder variance {colluder_variance!r} must be in"
+            f" [0, {released_variance:.6g}] and 0 without colluders")
     codec = plan.codec
     history = [list(row) for row in previous.history] if previous is not None else []
     history.append([float(released_variance), codec.l1_sensitivity, codec.l2_sensitivity,
                     plan.q, 1])
+    removed = list(previous.colluder_history) if previous is not None else []
+    removed.append(float(colluder_variance))
     eps = user_level_epsilons(history, plan.delta)
     return UserLevelEntry(
         round=int(round_number), mechanism=MECHANISM, adjacency=USER_LEVEL_ADJACENCY,
@@ -536,4 +604,6 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
         dimension=codec.padded, beta=codec.beta, bits=codec.bits,
         l1_sensitivity=codec.l1_sensitivity, l2_sensitivity=codec.l2_sensitivity,
         survivors=int(survivors), delta=plan.delta, epsilon=eps["sampled"],
-        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history)
+        epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history,
+        colluders=colluders, colluder_history=removed,
+        epsilon_colluders=colluder_epsilon(history, removed, plan.delta))

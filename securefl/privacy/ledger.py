@@ -49,7 +49,9 @@ __all__ = [
     "LEDGER_FORMAT",
     "NOISE_SOURCES",
     "USER_LEVEL_ADJACENCY",
+    "USER_LEVEL_DELTA_MAX",
     "USER_LEVEL_MECHANISMS",
+    "USER_LEVEL_RETIRED_ADJACENCIES",
     "WEIGHTINGS",
     "Commit",
     "LedgerChain",
@@ -82,9 +84,19 @@ WEIGHTINGS = tuple(weighting.value for weighting in Weighting)
 the client's update was weighted in the sum."""
 
 
-USER_LEVEL_ADJACENCY = "add-remove-one-client"
-"""The adjacency of every user-level row: neighbouring federations differ by
-one client (all of its data) added or removed."""
+USER_LEVEL_ADJACENCY = "zero-out-one-client"
+"""The adjacency of every user-level row (zero-out adjacency): neighbouring
+federations differ in one client's update (all of its data), replaced by
+zero, with the same participation and the same noise share.  Adding or
+removing a client would also add or remove its noise share, which the
+Skellam shift bound does not cover (docs/user-level-dp.md)."""
+USER_LEVEL_RETIRED_ADJACENCIES = ("add-remove-one-client",)
+"""User-level adjacencies that earlier ledgers recorded and that the
+accounting does not support: the audit flags a row that states one."""
+USER_LEVEL_DELTA_MAX = 1e-3
+"""The largest user-level delta the planner and the audit accept (a
+delta near or above ``1 / number of clients`` permits releasing some
+client's data outright); a row must also have ``delta < 1 / survivors``."""
 USER_LEVEL_MECHANISMS = ("skellam",)
 """``mechanism`` values of user-level rows: the distributed Skellam mechanism
 (:mod:`securefl.privacy.distributed`)."""
@@ -278,7 +290,7 @@ class LedgerEntry:
         return cls.from_record(data)
 
 
-_USER_NUMBER_FIELDS = ("epsilon", "epsilon_unsampled")
+_USER_NUMBER_FIELDS = ("epsilon", "epsilon_unsampled", "epsilon_colluders")
 
 
 @dataclass(frozen=True)
@@ -314,11 +326,24 @@ class UserLevelEntry:
             this one), amplified by Poisson client sampling: it holds against
             whoever sees only the released sums or models.
         epsilon_unsampled: the same without amplification (``q = 1``): it
-            holds against the server, which sees who took part.
-        epsilon_budget: the user-level budget, or None.
+            holds against the server alone, which sees who took part, as
+            long as every survivor adds its noise share (not against the
+            server colluding with clients).
+        epsilon_budget: the user-level budget (it bounds ``epsilon``), or
+            None.
         history: ``[[mu, l1, l2, q, rounds], ...]`` so far, ``mu`` the
             released variance, so that anyone can recompute the epsilons.
         noise_source: where the clients' noise and rounding came from.
+        colluders: ``c``, the number of survivors assumed to collude with
+            the server in ``epsilon_colluders`` (0: none).
+        colluder_history: for each row of ``history``, the variance that
+            ``c`` colluding survivors' noise shares made up at most in that
+            round's released sum (they can subtract it; all 0 when
+            ``c = 0``).
+        epsilon_colluders: the unsampled epsilon so far against the server
+            and ``c`` colluding survivors: every round of ``history`` at its
+            variance minus its ``colluder_history`` entry (equal to
+            ``epsilon_unsampled`` when ``c = 0``).
     """
 
     round: int
@@ -341,6 +366,9 @@ class UserLevelEntry:
     epsilon_budget: float | None
     history: list[list[float]] = field(default_factory=list)
     noise_source: str = NoiseSource.OS_CSPRNG.value
+    colluders: int = 0
+    colluder_history: list[float] = field(default_factory=list)
+    epsilon_colluders: float = math.nan
 
     def to_record(self) -> dict[str, Any]:
         """The row as strict-JSON values (``"inf"`` for an infinite epsilon,
@@ -368,7 +396,7 @@ class UserLevelEntry:
                 if data[key] is None:
                     data[key] = math.nan
             entry = cls(**data)
-            for name in ("round", "dimension", "bits", "survivors"):
+            for name in ("round", "dimension", "bits", "survivors", "colluders"):
                 if not _is_int(getattr(entry, name)):
                     raise ValueError(f"{name} must be an integer")
             for name in ("sample_rate", "released_variance", "target_variance", "gamma", "clip",
@@ -386,6 +414,10 @@ class UserLevelEntry:
                     and 0 < r[3] <= 1 and _is_int(r[4]) and r[4] >= 0 for r in entry.history):
                 raise ValueError("history must be a list of [mu >= 0, l1 >= 0, l2 >= 0,"
                                  " 0 < q <= 1, rounds >= 0] rows")
+            if not isinstance(entry.colluder_history, list) or not all(
+                    _is_number(v) and math.isfinite(float(v)) and v >= 0
+                    for v in entry.colluder_history):
+                raise ValueError("colluder_history must be a list of finite numbers >= 0")
             return entry
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise LedgerError(f"not a valid user-level row: {exc}") from None
