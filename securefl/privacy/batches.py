@@ -26,6 +26,7 @@ tensors passed to the model as separate arguments.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,16 +54,18 @@ def call_model(model: Any, inputs: Any) -> Any:
     return model(*inputs) if isinstance(inputs, tuple | list) else model(inputs)
 
 
-class ClientBatches:
-    """A client's examples, addressable by index (abstract)."""
+class ClientBatches(abc.ABC):
+    """A client's examples, addressable by index (an abstract base class:
+    :class:`TensorBatches` and the data-set adapter implement it)."""
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """The number of examples."""
 
+    @abc.abstractmethod
     def batch(self, index: torch.Tensor) -> Batch:
         """The examples at ``index`` (a 1-D long tensor, possibly empty) as
         ``(inputs, targets)``."""
-        raise NotImplementedError
 
 
 class TensorBatches(ClientBatches):
