@@ -105,6 +105,7 @@ class RoundTimings:
     transport_seconds: float = 0.0
     exact: bool = False
     survivors: int = 0
+    input_seconds: float = 0.0  # making lazy inputs during the round (not in wall_seconds)
 
     @property
     def server_total(self) -> float:
@@ -227,7 +228,8 @@ class SeededInputs(Mapping[int, np.ndarray]):
     (benchmark data, not secrets) in the narrowest unsigned dtype that holds
     ``bits`` bits, so a round over ``n`` clients need not hold ``n`` inputs:
     the driver asks for one when that client masks, the exactness check asks
-    again.
+    again.  :attr:`seconds` and :attr:`cpu_seconds` add up the time spent
+    making them, which :func:`run_round` leaves out of the round's time.
     """
 
     def __init__(self, ids: Iterable[int], m: int, bits: int, seed: int = 1) -> None:
@@ -235,12 +237,18 @@ class SeededInputs(Mapping[int, np.ndarray]):
         self._members = frozenset(self._ids)
         self._m, self._bits, self._seed = m, bits, seed
         self._dtype = ring_dtype(bits)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __getitem__(self, cid: int) -> np.ndarray:
         if cid not in self._members:
             raise KeyError(cid)
+        start, cpu = time.perf_counter(), time.process_time()
         gen = np.random.default_rng((self._seed, cid))
-        return gen.integers(0, 1 << self._bits, self._m, dtype=np.uint64).astype(self._dtype)
+        vector = gen.integers(0, 1 << self._bits, self._m, dtype=self._dtype)
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
+        return vector
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._ids)
@@ -274,9 +282,14 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     with ThreadPoolExecutor(workers) as pool:
         driver = _TimedDriver(config, inputs, dict.fromkeys(dropped, drop_stage), pool,
                               workers, timings)
+        made = inputs.seconds if isinstance(inputs, SeededInputs) else 0.0
         wall_start = time.perf_counter()
         driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start
+        if isinstance(inputs, SeededInputs):
+            # making the benchmark's inputs is not part of the round
+            timings.input_seconds = inputs.seconds - made
+            timings.wall_seconds -= timings.input_seconds
     per_client, up, down = driver.per_client, driver.up, driver.down
     result = driver.result
     plain = np.zeros(m, dtype=np.uint64)

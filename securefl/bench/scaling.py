@@ -17,7 +17,8 @@ sum over parties, on one core (the round runs with ``workers=1`` by default).
 
 A budget skips cells predicted (from the previous cell of the same sweep,
 with wall time proportional to n * (k + 1) * m) to exceed it, and kills a
-child that runs past three times the budget; both are recorded as skipped,
+child that runs past ``--timeout`` (three times the budget unless given);
+both are recorded as skipped,
 with the reason.  The side-by-side Flower comparison is not repeated here:
 it is ``securefl bench --targets`` (:func:`securefl.bench.suite.run_targets`),
 whose committed results are referenced in the output.
@@ -135,18 +136,21 @@ def openssl_x25519_per_s(seconds: int = 1) -> float | None:
 def measure(cell: Cell, workers: int = 1) -> dict[str, Any]:
     """Run ``cell``'s round in this process and return its figures (the
     caller runs this in a fresh child; ``peak_rss_mb`` is this process's)."""
-    from securefl.bench.core import run_round
+    from securefl.bench.core import SeededInputs, run_round
     from securefl.protocol.graphs import CompleteGraph
     from securefl.protocol.harary import HararyGraph
 
     graph = CompleteGraph() if cell.graph == "complete" else HararyGraph(cell.degree)
+    inputs = SeededInputs(range(1, cell.n + 1), cell.m, cell.bits)
     cpu = time.process_time()
     r = run_round(cell.n, cell.m, dropout=cell.dropout, bits=cell.bits, graph=graph,
-                  threshold=cell.threshold, workers=workers)
-    cpu = time.process_time() - cpu
+                  threshold=cell.threshold, workers=workers, inputs=inputs)
+    # the round's CPU time: without making the inputs or the exactness check's sum
+    cpu = time.process_time() - cpu - inputs.cpu_seconds - r.plain_sum_seconds
     return {
         "wall_seconds": r.wall_seconds,
         "cpu_seconds": cpu,
+        "input_seconds": r.input_seconds,
         "server_seconds": r.server_total,
         "transport_seconds": r.transport_seconds,
         "clients_seconds": r.clients_sum,
@@ -172,7 +176,7 @@ def run_cell(cell: Cell, *, timeout: float | None, workers: int = 1) -> dict[str
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                               check=False)
     except subprocess.TimeoutExpired:
-        return {"skipped": f"killed after {timeout:.0f} s (3x the budget)"}
+        return {"skipped": f"killed after {timeout:.0f} s (the timeout)"}
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"skipped": f"child failed: {tail}"}
@@ -191,7 +195,7 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / var
 
 
-def run_grid(cells: Sequence[Cell], *, budget: float, workers: int = 1,
+def run_grid(cells: Sequence[Cell], *, budget: float, timeout: float, workers: int = 1,
              aes_bytes_per_s: float, x25519_per_s: float,
              progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every cell (a cell measured in the n sweep is reused by the m sweep
@@ -210,7 +214,7 @@ def run_grid(cells: Sequence[Cell], *, budget: float, workers: int = 1,
         elif predicted is not None and predicted > budget:
             result = {"skipped": f"predicted {predicted:.0f} s > budget {budget:.0f} s"}
         else:
-            result = run_cell(cell, timeout=3 * budget, workers=workers)
+            result = run_cell(cell, timeout=timeout, workers=workers)
             if "skipped" not in result:
                 done[key] = result
         row["result"] = result
@@ -324,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--budget", type=float, default=300.0,
                         help="skip cells predicted to take longer (seconds)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="kill a cell's child after this many seconds (default 3x budget)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for scaling.json, scaling.md and scaling.png")
     parser.add_argument("--no-plot", action="store_true")
@@ -342,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cells = plan(args.ns, args.ms, fixed_m=args.fixed_m, fixed_n=args.fixed_n,
                  dropout=args.dropout, bits=args.bits)
-    rows = run_grid(cells, budget=args.budget, workers=args.workers,
+    timeout = args.timeout if args.timeout is not None else 3 * args.budget
+    rows = run_grid(cells, budget=args.budget, timeout=timeout, workers=args.workers,
                     aes_bytes_per_s=aes * 1e9, x25519_per_s=x25519)
     given = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python benchmarks/scaling.py", *given])
@@ -352,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "workers": args.workers,
         "budget_seconds": args.budget,
+        "timeout_seconds": timeout,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                     "openssl_aes_gbps": aes, "openssl_x25519_per_s": x25519},
