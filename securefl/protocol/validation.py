@@ -8,14 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from securefl.errors import LocalProtocolError, RemoteProtocolError, Rule
+from securefl.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError, Rule
 from securefl.protocol.config import Round, SecAggConfig
 
 
 def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: bool,
-                       rnd: Round = Round.MASKED_INPUT_COLLECTION) -> np.ndarray:
-    """Return ``vector`` as a ``uint64`` array after checking that it is 1-D,
-    of length ``vector_length``, of an integer dtype, and inside [0, 2^bits).
+                       rnd: Round = Round.MASKED_INPUT_COLLECTION,
+                       dtype: np.dtype | type[np.unsignedinteger] = np.uint64) -> np.ndarray:
+    """Return a copy of ``vector`` as ``dtype`` (``uint64`` unless given; any
+    unsigned dtype of at least ``bits`` bits holds it exactly) after checking
+    that it is 1-D, of length ``vector_length``, of an integer dtype, and
+    inside [0, 2^bits).
 
     Raises:
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
@@ -37,7 +40,10 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
     if config.bits < 64 and vector.size and int(vector.max()) >= (1 << config.bits):
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
-    return vector.astype(np.uint64)
+    out = np.dtype(dtype)
+    if out.kind != "u" or 8 * out.itemsize < config.bits:
+        raise ConfigurationError(f"{out} cannot hold {config.bits}-bit entries")
+    return vector.astype(out)
 
 
 def _is_id(value: Any) -> bool:
