@@ -22,7 +22,9 @@ the server holds about a client is one record (``_Peer``); the session's
 round and :attr:`ServerSession.state` are derived from those records.
 
 The server keeps each masked input until R2 closes (``n`` vectors), because
-a complaint received later in R2 may exclude a vector already received.
+a complaint received later in R2 may exclude a vector already received.  It
+keeps a read-only vector that owns its memory as it is (a client's sent reply,
+a decoded wire message), and copies any other.
 """
 
 from __future__ import annotations
@@ -365,8 +367,13 @@ class ServerSession:
         if len(peer.delivered) - len(excluded) + 1 < self.config.t:
             raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
                                       " threshold - 1 peers", peer=msg.sender, round=rnd)
-        # a copy: the sum is taken at close, and the caller may reuse its buffer
-        peer.masked = np.array(vector, dtype=self._dtype, copy=True)
+        # the sum is taken at close: a vector the caller may still write to (or
+        # reuse) is copied; a read-only one that owns its memory (a client
+        # session's sent reply, a decoded wire message) is a promise that
+        # nobody writes to it, and is kept without a second n * m copy
+        if vector.flags.writeable or not vector.flags.owndata or vector.dtype != self._dtype:
+            vector = np.array(vector, dtype=self._dtype, copy=True)
+        peer.masked = vector
         peer.complaints = frozenset(excluded)
 
     def _receive_signature(self, msg: ConsistencySignature, peer: _Peer, rnd: Round) -> None:

@@ -718,6 +718,9 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
                                   reason=WireIssue.VALUE_OUT_OF_RANGE.value, field="masked",
                                   rule=Rule.VALUE_OUT_OF_RANGE, peer=sender)
         vector = vector.astype(f"=u{config.element_bytes}", copy=False)
+    # the decoded vector is this message's own memory, read-only: a server
+    # keeps it as it is instead of copying it (ServerSession._receive_masked)
+    vector.flags.writeable = False
     return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
 
 
