@@ -57,8 +57,8 @@ def test_tiny_grid_writes_strict_json_table_and_plot(tmp_path: Path) -> None:
     # the (6, 64) cell is in both sweeps and is measured once
     assert report["rows"][2]["result"].get("reused") is True
     for sweep in ("n", "m"):
-        assert set(report["exponents"][sweep]) == {"wall_seconds", "peak_rss_mb",
-                                                   "bytes_down_per_client"}
+        assert set(report["exponents"][sweep]) == {"wall_seconds", "cpu_seconds",
+                                                   "peak_rss_mb", "bytes_down_per_client"}
         assert isinstance(report["exponents"][sweep]["wall_seconds"], float)
     table = (tmp_path / "scaling.md").read_text()
     assert table.count("\n| n |") + table.count("\n| m |") == 4

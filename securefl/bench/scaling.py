@@ -234,6 +234,7 @@ def exponents(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | Non
         xs = [float(r["cell"][sweep]) for r in ok]
         out[sweep] = {
             "wall_seconds": fit_exponent(xs, [r["result"]["wall_seconds"] for r in ok]),
+            "cpu_seconds": fit_exponent(xs, [r["result"]["cpu_seconds"] for r in ok]),
             "peak_rss_mb": fit_exponent(xs, [r["result"]["peak_rss_mb"] for r in ok]),
             "bytes_down_per_client": fit_exponent(
                 xs, [r["result"]["bytes_down_per_client"] for r in ok]),
@@ -303,9 +304,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ok = [r for r in report["rows"]
               if r["cell"]["sweep"] == sweep and "skipped" not in r["result"]]
         xs = [r["cell"][sweep] for r in ok]
-        for key, label in (("wall", "round"), ("floor", "crypto floor")):
-            ys = [r["result"]["wall_seconds"] if key == "wall" else r["floor"]["seconds"]
-                  for r in ok]
+        for key, label in (("wall_seconds", "round, wall"), ("cpu_seconds", "round, CPU"),
+                           ("floor", "crypto floor")):
+            ys = [r["result"][key] if key != "floor" else r["floor"]["seconds"] for r in ok]
             slope = fit_exponent([float(x) for x in xs], ys)
             ax.loglog(xs, ys, "o-", label=f"{label} (exponent {slope:.2f})"
                       if slope is not None else label)

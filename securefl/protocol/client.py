@@ -427,7 +427,9 @@ class ClientSession:
             # the smaller id adds the pairwise mask, the larger subtracts it
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input.astype(expander.dtype)
+        # the input is this session's private ring-dtype copy (provide_input):
+        # masked in place, and gone from the session from here on
+        masked, self._input = self._input, None
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
@@ -440,7 +442,6 @@ class ClientSession:
         self._held_noise_shares.update(noise_shares)
         self._u2_view = frozenset(senders)
         self._excluded = frozenset(excluded)
-        self._input = None
         self._share_keys = {}
         return MaskedInput(self.client_id, self.session_id, masked, tuple(sorted(excluded)))
 
