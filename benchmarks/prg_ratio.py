@@ -89,12 +89,15 @@ def main() -> None:
 
         def add(acc: np.ndarray = scratch, stream: np.ndarray = stream,
                 chunk: int = chunk) -> None:
+            # chunk-major, as apply() runs: each accumulator chunk stays cached
+            # while every key's keystream is added into it
             tail = len(acc) % chunk
-            for _ in keys:
-                for a in range(0, len(acc) - tail, chunk):
-                    seg = acc[a:a + chunk]
+            for a in range(0, len(acc) - tail, chunk):
+                seg = acc[a:a + chunk]
+                for _ in keys:
                     np.add(seg, stream, out=seg)
-                if tail:
+            if tail:
+                for _ in keys:
                     np.add(acc[-tail:], stream[:tail], out=acc[-tail:])
 
         best = {"raw": float("inf"), "new": float("inf"), "old": float("inf"),
