@@ -96,3 +96,44 @@ def test_a_buffer_reused_after_receive_does_not_change_the_sum(seed: int, bits: 
     result = driver.result
     assert np.array_equal(np.asarray(result.total, dtype=np.uint64),
                           _expected(inputs, result.survivors, bits))
+
+
+class _ReadOnlyViewDriver(SessionDriver):
+    """A caller that hands the server a read-only view of a buffer it can
+    still write to (a bytearray), and then overwrites the buffer."""
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        if isinstance(message, MaskedInput):
+            buffer = bytearray(np.ascontiguousarray(message.masked).tobytes())
+            view = np.frombuffer(memoryview(buffer).toreadonly(), dtype=message.masked.dtype)
+            assert not view.flags.writeable
+            super().server_receive(rnd, cid, MaskedInput(message.sender, message.session_id,
+                                                         view, message.excluded))
+            buffer[:] = bytes(len(buffer))
+            return
+        super().server_receive(rnd, cid, message)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([8, 32, 64]))
+def test_a_read_only_view_of_a_mutable_buffer_is_copied(seed: int, bits: int) -> None:
+    config = SecAggConfig(num_clients=5, vector_length=40, bits=bits)
+    inputs = _inputs(config, seed)
+    driver = _ReadOnlyViewDriver(config, inputs)
+    driver.run()
+    result = driver.result
+    assert np.array_equal(np.asarray(result.total, dtype=np.uint64),
+                          _expected(inputs, result.survivors, bits))
+
+
+def test_decoding_an_aligned_vector_copies_nothing() -> None:
+    m = 1 << 18  # long enough for the decoder's split path (a short payload is parsed)
+    config = SecAggConfig(num_clients=4, vector_length=m, bits=32)
+    vector = np.arange(m, dtype=np.uint32)
+    vector.flags.writeable = False
+    data = wire.encode(MaskedInput(1, bytes(32), vector, ()))
+    decoded = wire.decode(data, config=config)
+    assert np.array_equal(decoded.masked, vector)
+    assert np.shares_memory(decoded.masked, np.frombuffer(data, dtype=np.uint8))
+    with pytest.raises(ValueError):
+        decoded.masked.flags.writeable = True  # a view of immutable bytes stays read-only

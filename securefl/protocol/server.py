@@ -23,8 +23,8 @@ round and :attr:`ServerSession.state` are derived from those records.
 
 The server keeps each masked input until R2 closes (``n`` vectors), because
 a complaint received later in R2 may exclude a vector already received.  It
-keeps a read-only vector that owns its memory as it is (a client's sent reply,
-a decoded wire message), and copies any other.
+keeps a frozen vector as it is (a client's sent reply, a decoded wire message:
+see ``_frozen``), and copies any other.
 """
 
 from __future__ import annotations
@@ -368,10 +368,8 @@ class ServerSession:
             raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
                                       " threshold - 1 peers", peer=msg.sender, round=rnd)
         # the sum is taken at close: a vector the caller may still write to (or
-        # reuse) is copied; a read-only one that owns its memory (a client
-        # session's sent reply, a decoded wire message) is a promise that
-        # nobody writes to it, and is kept without a second n * m copy
-        if vector.flags.writeable or not vector.flags.owndata or vector.dtype != self._dtype:
+        # reuse) is copied; a frozen one is kept without a second n * m copy
+        if not _frozen(vector) or vector.dtype != self._dtype:
             vector = np.array(vector, dtype=self._dtype, copy=True)
         peer.masked = vector
         peer.complaints = frozenset(excluded)
@@ -911,3 +909,20 @@ class _Peer:
     excluded: str | None = None
     signature: bytes | None = None
     response: UnmaskingResponse | None = None
+
+
+def _frozen(vector: np.ndarray) -> bool:
+    """Is ``vector`` safe to keep without a copy?  It must be read-only and
+    either own its memory (read-only by its maker's choice: a client
+    session's sent reply, a decoded wire vector) or be a view of an immutable
+    ``bytes`` object (a decoded wire vector's payload), whose read-only flag
+    numpy refuses to lift.  Anything else may still be written through
+    another reference."""
+    if vector.flags.writeable:
+        return False
+    if vector.flags.owndata:
+        return True
+    base = vector.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return type(base) is bytes
