@@ -20,8 +20,9 @@ with wall time proportional to n * (k + 1) * m) to exceed it, and kills a
 child that runs past ``--timeout`` (three times the budget unless given);
 both are recorded as skipped,
 with the reason.  The side-by-side Flower comparison is not repeated here:
-it is ``securefl bench --targets`` (:func:`securefl.bench.suite.run_targets`),
-whose committed results are referenced in the output.
+it is ``securefl bench --targets`` and ``securefl bench``
+(:mod:`securefl.bench.suite`), whose committed results are referenced in the
+output (:data:`FLOWER_REFERENCE`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from typing import Any
 
 from securefl.strictjson import sanitize
 
-FLOWER_REFERENCE = "benchmarks/results/targets.md (securefl bench --targets)"
-"""Where the side-by-side Flower comparison (n=50 and n=100) lives."""
+FLOWER_REFERENCE = ("benchmarks/results/targets.md (n=100: securefl bench --targets) and"
+                    " benchmarks/results/results.md (n=50: securefl bench)")
+"""Where the side-by-side Flower comparison (n=50 and n=100, complete graph) lives:
+made by :mod:`securefl.bench.suite`, on identical inputs in one process."""
 
 SCHEMA = "securefl-scaling/1"
 
