@@ -42,6 +42,8 @@ def test_tiny_grid_writes_strict_json_table_and_plot(tmp_path: Path) -> None:
     assert report["command"].startswith("python benchmarks/scaling.py --ns 6 12")
     assert set(report["machine"]) == {"cpus", "loadavg_start", "loadavg_end",
                                       "openssl_aes_gbps", "openssl_x25519_per_s"}
+    assert report["numpy_madvise_hugepage"] is True
+    assert set(report["transparent_hugepage"]) == {"enabled", "defrag"}
     cells = [(r["cell"]["sweep"], r["cell"]["n"], r["cell"]["m"]) for r in report["rows"]]
     assert cells == [("n", 6, 64), ("n", 12, 64), ("m", 6, 64), ("m", 6, 300)]
     for row in report["rows"]:

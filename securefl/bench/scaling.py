@@ -167,12 +167,16 @@ def measure(cell: Cell, workers: int = 1) -> dict[str, Any]:
     }
 
 
-def run_cell(cell: Cell, *, timeout: float | None, workers: int = 1) -> dict[str, Any]:
+def run_cell(cell: Cell, *, timeout: float | None, workers: int = 1,
+             hugepage_madvise: bool = True) -> dict[str, Any]:
     """Measure ``cell`` in a child process; ``{"skipped": reason}`` if it
-    failed or ran past ``timeout`` seconds."""
+    failed or ran past ``timeout`` seconds.  With ``hugepage_madvise`` false
+    the child runs with ``NUMPY_MADVISE_HUGEPAGE=0`` (see :func:`main`)."""
     here = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    if not hugepage_madvise:
+        env["NUMPY_MADVISE_HUGEPAGE"] = "0"
     argv = [sys.executable, "-m", "securefl.bench.scaling", "--cell", json.dumps(asdict(cell)),
             "--workers", str(workers)]
     try:
@@ -199,7 +203,7 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def run_grid(cells: Sequence[Cell], *, budget: float, timeout: float, workers: int = 1,
-             aes_bytes_per_s: float, x25519_per_s: float,
+             aes_bytes_per_s: float, x25519_per_s: float, hugepage_madvise: bool = True,
              progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every cell (a cell measured in the n sweep is reused by the m sweep
     rather than run twice), skipping those predicted past ``budget`` s."""
@@ -217,7 +221,8 @@ def run_grid(cells: Sequence[Cell], *, budget: float, timeout: float, workers: i
         elif predicted is not None and predicted > budget:
             result = {"skipped": f"predicted {predicted:.0f} s > budget {budget:.0f} s"}
         else:
-            result = run_cell(cell, timeout=timeout, workers=workers)
+            result = run_cell(cell, timeout=timeout, workers=workers,
+                              hugepage_madvise=hugepage_madvise)
             if "skipped" not in result:
                 done[key] = result
         row["result"] = result
@@ -255,6 +260,20 @@ def _line(row: dict[str, Any]) -> str:
             f" down {r['bytes_down_per_client'] / 1e3:,.1f} KB per client, exact={r['exact']}")
 
 
+def _thp_settings() -> dict[str, str | None]:
+    """The kernel's transparent-huge-page policy (the bracketed choices), if readable."""
+    out: dict[str, str | None] = {}
+    for name in ("enabled", "defrag"):
+        try:
+            text = Path(f"/sys/kernel/mm/transparent_hugepage/{name}").read_text()
+        except OSError:
+            out[name] = None
+            continue
+        match = re.search(r"\[(\w[\w+]*)\]", text)
+        out[name] = match.group(1) if match else text.strip()
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The table, the exponents and the references, in Markdown."""
     lines = [f"Command: `{report['command']}`", "",
@@ -262,7 +281,9 @@ def markdown(report: dict[str, Any]) -> str:
              f" {report['machine']['loadavg_start']}, at end {report['machine']['loadavg_end']};"
              f" OpenSSL AES-256-CTR {report['machine']['openssl_aes_gbps']:.2f} GB/s and"
              f" X25519 {report['machine']['openssl_x25519_per_s']:,.0f}/s on one core;"
-             f" workers={report['workers']}.", "",
+             f" workers={report['workers']}; numpy hugepage madvise"
+             f" {'on' if report['numpy_madvise_hugepage'] else 'off'} (kernel THP"
+             f" {report['transparent_hugepage']}).", "",
              "| sweep | n | m | graph (k, t) | round s | CPU s | floor s | round/floor |"
              " CPU/floor | server s | transport s | peak RSS MB | up KB/client |"
              " down KB/client | exact |",
@@ -340,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip cells predicted to take longer (seconds)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="kill a cell's child after this many seconds (default 3x budget)")
+    parser.add_argument("--no-hugepage-madvise", action="store_true",
+                        help="run the cells with NUMPY_MADVISE_HUGEPAGE=0: numpy then does"
+                             " not ask for transparent huge pages, whose first touch stalls"
+                             " on direct compaction where the kernel's THP defrag is 'madvise'")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for scaling.json, scaling.md and scaling.png")
     parser.add_argument("--no-plot", action="store_true")
@@ -360,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  dropout=args.dropout, bits=args.bits)
     timeout = args.timeout if args.timeout is not None else 3 * args.budget
     rows = run_grid(cells, budget=args.budget, timeout=timeout, workers=args.workers,
-                    aes_bytes_per_s=aes * 1e9, x25519_per_s=x25519)
+                    aes_bytes_per_s=aes * 1e9, x25519_per_s=x25519,
+                    hugepage_madvise=not args.no_hugepage_madvise)
     given = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python benchmarks/scaling.py", *given])
     report = {
@@ -368,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "workers": args.workers,
+        "numpy_madvise_hugepage": not args.no_hugepage_madvise,
+        "transparent_hugepage": _thp_settings(),
         "budget_seconds": args.budget,
         "timeout_seconds": timeout,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
