@@ -68,8 +68,12 @@ def _markdown(results: dict[str, Any], command: str) -> str:
               f"central Gaussian (sigma {sweep['gaussian_sigma']:.3f}, tight accountants):"
               f" {100 * sweep['gaussian']['accuracy_mean']:.2f}%;"
               f" central Gaussian (sigma {sweep['gaussian_generic_sigma']:.3f}, the Skellam"
-              f" mechanism's accountant): {100 * sweep['gaussian_generic']['accuracy_mean']:.2f}%;"
+              f" mechanism's accountant, {sweep.get('accountant', 'zhu-wang-general')}):"
+              f" {100 * sweep['gaussian_generic']['accuracy_mean']:.2f}%;"
               f" no noise: {100 * sweep['none']['accuracy_mean']:.2f}%", ""]
+    if "gaussian_legacy_sigma" in sweep:
+        lines += [f"(the general zhu-wang-general bound would need sigma"
+                  f" {sweep['gaussian_legacy_sigma']:.3f})", ""]
     cost = results.get("cost")
     if cost:
         s = cost["seconds"]

@@ -164,16 +164,18 @@ def torch_float64() -> Any:
     return torch.float64
 
 
-def generic_gaussian_multiplier(setting: UserLevelSetting) -> float:
+def generic_gaussian_multiplier(setting: UserLevelSetting,
+                                accountant: str | None = None) -> float:
     """The noise multiplier of the Gaussian at the setting's epsilon by the
-    accounting the Skellam mechanism gets (Zhu-Wang's general subsampling
-    bound on the Gaussian's RDP, :mod:`securefl.privacy.distributed` with
-    ``Delta_1 = 0``): the same accountant, so comparing with it isolates the
-    cost of discretisation, rounding and the ring."""
-    from securefl.privacy.distributed import calibrate_variance
+    accounting the Skellam mechanism gets (:mod:`securefl.privacy.distributed`
+    with ``Delta_1 = 0``, at the same integer orders, by ``accountant``,
+    default :data:`~securefl.privacy.distributed.ACCOUNTANT`): the same
+    accountant, so comparing with it isolates the cost of discretisation,
+    rounding and the ring."""
+    from securefl.privacy.distributed import ACCOUNTANT, calibrate_variance
 
     return math.sqrt(calibrate_variance(setting.epsilon, setting.delta, 0.0, 1.0, setting.q,
-                                        setting.rounds))
+                                        setting.rounds, accountant or ACCOUNTANT))
 
 
 def _skellam(variance: float, size: int) -> np.ndarray:
@@ -266,11 +268,15 @@ def accuracy_sweep(setting: UserLevelSetting, bits_list: Sequence[int], seeds: S
     cohorts for all (same seeds)."""
     data = data or digits_federation(setting.num_clients)
     size = (data.client_x[0].shape[1] + 1) * data.num_classes
+    from securefl.privacy.distributed import ACCOUNTANT, LEGACY_ACCOUNTANT
+
     sigma = gaussian_multiplier(setting)
     generic = generic_gaussian_multiplier(setting)
-    results: dict[str, Any] = {"setting": asdict(setting), "num_values": size,
-                               "seeds": list(seeds), "gaussian_sigma": sigma,
-                               "gaussian_generic_sigma": generic, "skellam": []}
+    results: dict[str, Any] = {
+        "setting": asdict(setting), "num_values": size, "seeds": list(seeds),
+        "accountant": ACCOUNTANT, "gaussian_sigma": sigma, "gaussian_generic_sigma": generic,
+        "gaussian_legacy_sigma": generic_gaussian_multiplier(setting, LEGACY_ACCOUNTANT),
+        "skellam": []}
     for name, mechanism, kwargs in (("gaussian", "gaussian", {"sigma": sigma}),
                                     ("gaussian_generic", "gaussian", {"sigma": generic}),
                                     ("none", "none", {})):

@@ -56,6 +56,7 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    USER_LEVEL_ACCOUNTANTS,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
     USER_LEVEL_MECHANISMS,
@@ -303,6 +304,8 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
     found = []
     if row.mechanism not in USER_LEVEL_MECHANISMS:
         found.append(f"{where}: unknown mechanism {row.mechanism!r}: cannot be accounted")
+    if row.accountant not in USER_LEVEL_ACCOUNTANTS:
+        found.append(f"{where}: unknown accountant {row.accountant!r}: cannot be recomputed")
     if row.adjacency in USER_LEVEL_RETIRED_ADJACENCIES:
         found.append(f"{where}: adjacency {row.adjacency!r} is not what the Skellam bound"
                      " covers (adding a client also adds its noise share); the epsilons hold"
@@ -439,7 +442,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     violations.extend(_user_delta_problems(list(chain.committed_user_level), record_deltas))
     for row in chain.committed_user_level:
         try:
-            computed = dict(user_level_epsilons(row.history, row.delta))
+            computed = dict(user_level_epsilons(row.history, row.delta,
+                                                accountant=row.accountant))
             computed["gaussian"] = _gaussian_floor(row.history, row.delta)
         except (SecureFLError, ArithmeticError, ValueError):
             computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
@@ -459,7 +463,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
                          f" budget {row.epsilon_budget:g}, which bounds the sampled epsilon")
         previous = row.history
         out.append({"round": row.round, "mechanism": row.mechanism,
-                    "adjacency": row.adjacency, "sample_rate": row.sample_rate,
+                    "adjacency": row.adjacency, "accountant": row.accountant,
+                    "sample_rate": row.sample_rate,
                     "released_variance": row.released_variance,
                     "target_variance": row.target_variance, "gamma": row.gamma,
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
