@@ -648,7 +648,10 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
                      colluder_variance: float = 0.0) -> UserLevelEntry:
     """The ledger row of one released round: the history of ``previous``
     (the last user-level row, None for the first) plus this round at the
-    variance the released sum actually carries, and its epsilons.
+    variance the released sum actually carries, and its epsilons, computed
+    with the plan's ``accountant``, which the row records (the whole
+    history is recomputed with it, whichever accountant ``previous``
+    named).
 
     ``colluders`` (``c``) survivors colluding with the server can subtract
     their noise shares, ``colluder_variance`` of this round's released
