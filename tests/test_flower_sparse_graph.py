@@ -254,13 +254,24 @@ def test_a_weak_graph_is_refused_by_rule(node_config: dict[str, Any], setup: Any
 
 
 def test_a_graph_within_the_policy_is_accepted_and_the_same_weak_one_is_not() -> None:
-    # what fcp's finder picks for 40 clients and 10% dropouts passes the defaults
+    # fcp's finder for 40 clients and 10% dropouts: its graph passes the
+    # defaults; its semi-honest threshold (2 of 7 holders) is below the node's
+    # majority-of-holders rule until the server raises it
     found = find_graph_parameters(40, 0.1, 0.0, ServerModel.SEMI_HONEST)
     assert not found.complete and found.degree > 2
-    t = max(found.threshold, (found.degree + 1) // 2 + 1)
-    reply, grid = _announce(_OPTED_IN, _sparse_setup(40, found.degree, t))
+    majority = (found.degree + 1) // 2 + 1
+    assert found.threshold < majority
+    reply, grid = _announce(_OPTED_IN, _sparse_setup(40, found.degree, found.threshold))
+    assert _refused_rule(reply, grid) == PolicyRule.MIN_THRESHOLD.value
+    reply, grid = _announce(_OPTED_IN, _sparse_setup(40, found.degree, majority))
     assert Key.REFUSED not in reply.content.config_records[RECORD]
     assert STATE_RECORD in grid.state_of(1000).config_records
+    # against a semi-malicious server (active mode) the finder's pick passes as it is
+    active = find_graph_parameters(40, 0.1, 0.0, ServerModel.SEMI_MALICIOUS)
+    NodePolicy(has_identity=True).check(
+        fl_round=1, mode=SecurityMode.ACTIVE, num_clients=40, threshold=active.threshold,
+        client_ids=range(1, 41), vector_length=10, my_id=1, pinned_ids=range(1, 41),
+        graph=active.graph)
     # the weak graph really can be cut by 4 removed clients: two pieces
     graph, sid = HararyGraph(2), b"\x01" * 32
     roster = tuple(range(1, 41))
