@@ -175,7 +175,8 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     assert "consistency-check" in stages
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["security_mode"] == "active"
-    assert metrics["config"]["secagg_graph"] == "harary:k=2"
+    assert metrics["config"]["graph"] == "harary"
+    assert metrics["config"]["graph_degree_used"] == 2
     assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]
     _, codec = preflight(simulation_config(run_config))
     trained = load_recorded(recorded)

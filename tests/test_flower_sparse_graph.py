@@ -375,7 +375,7 @@ def test_federation_over_the_finders_graph_is_exact_as_the_simulator_and_resumes
     run_federation(grid, _server_context(run_config))
     found = find_graph_parameters(5, 0.0, 0.0, ServerModel.SEMI_HONEST)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["secagg_graph"] == f"harary:k={found.degree}"
+    assert metrics["config"]["graph"] == "harary"
     assert metrics["config"]["graph_degree_used"] == found.degree
     assert metrics["config"]["threshold_used"] == found.threshold
     assert [r["survivors"] for r in metrics["rounds"]] == [[1, 2, 3, 4, 5]] * 2
@@ -415,13 +415,15 @@ def test_resume_refuses_a_run_whose_sessions_used_another_graph(tmp_path: Path) 
     recorder = SimpleNamespace(
         out=tmp_path, driver_state={"federation_id": "f"},
         store=SimpleNamespace(metrics_header={"config": {"security_mode": "semi-honest",
-                                                         "secagg_graph": "harary:k=4"}}))
+                                                         "graph_degree_used": 4}}))
     with pytest.raises(ResumeMismatchError) as info:
-        check(recorder, SecurityMode.SEMI_HONEST, "f", "harary:k=2")
+        check(recorder, SecurityMode.SEMI_HONEST, "f", 2)
     assert info.value.keys == ("graph",) and "harary:k=4" in str(info.value)
-    check(recorder, SecurityMode.SEMI_HONEST, "f", "harary:k=4")
-    # a run from before sparse graphs used the complete graph
-    recorder.store.metrics_header["config"].pop("secagg_graph")
-    check(recorder, SecurityMode.SEMI_HONEST, "f", "complete")
     with pytest.raises(ResumeMismatchError):
-        check(recorder, SecurityMode.SEMI_HONEST, "f", "harary:k=2")
+        check(recorder, SecurityMode.SEMI_HONEST, "f", None)
+    check(recorder, SecurityMode.SEMI_HONEST, "f", 4)
+    # a run from before sparse graphs over Flower recorded no degree: complete
+    recorder.store.metrics_header["config"].pop("graph_degree_used")
+    check(recorder, SecurityMode.SEMI_HONEST, "f", None)
+    with pytest.raises(ResumeMismatchError):
+        check(recorder, SecurityMode.SEMI_HONEST, "f", 2)

@@ -201,13 +201,12 @@ def run_federation(grid: Grid, context: Context) -> None:
         recorder = RoundRecorder.create(
             out, config=config, server=server, data_name=data.name, test=data.test,
             secure=True, config_extra={"runtime": "flower", "security_mode": mode.value,
-                                       "secagg_graph": plan.graph.describe(),
                                        "graph_degree_used": plan.degree},
             round_json=_round_json,
             driver_state={"known": {}, "position": 0, "federation_id": federation_id})
     try:
         if resume:
-            _check_resumable(recorder, mode, federation_id, plan.graph.describe())
+            _check_resumable(recorder, mode, federation_id, plan.degree)
         _emit(HEADER)
         if resume:
             for report in recorder.reports:
@@ -231,20 +230,26 @@ def _emit(line: str) -> None:
 
 
 def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id: str,
-                     graph: str) -> None:
-    """Refuse to resume with another security mode, graph (``graph``: its
-    canonical description) or federation id, or a run started without a
-    federation id (its nodes keep their accountants under the old Flower run
-    id, which a new run does not have: they would refuse to train)."""
+                     degree: int | None) -> None:
+    """Refuse to resume with another security mode, graph (``degree``: the
+    Harary degree the sessions would use, None for the complete graph) or
+    federation id, or a run started without a federation id (its nodes keep
+    their accountants under the old Flower run id, which a new run does not
+    have: they would refuse to train)."""
     stored = recorder.store.metrics_header.get("config", {})
     stored_mode = stored.get("security_mode")
     if stored_mode != mode.value:
         raise ResumeMismatchError(f"{recorder.out}: the run used security mode {stored_mode!r},"
                                   f" not {mode.value!r}", ["mode"])
-    stored_graph = stored.get("secagg_graph", "complete")  # runs from before sparse graphs
-    if stored_graph != graph:
+    # runs from before sparse graphs over Flower recorded no degree: complete
+    stored_degree = stored.get("graph_degree_used")
+    if stored_degree != degree:
+        def name(k: int | None) -> str:
+            return "complete" if k is None else f"harary:k={k}"
+
         raise ResumeMismatchError(f"{recorder.out}: the run's sessions used the"
-                                  f" {stored_graph!r} graph, not {graph!r}", ["graph"])
+                                  f" {name(stored_degree)!r} graph, not {name(degree)!r}",
+                                  ["graph"])
     stored_id = str(recorder.driver_state.get("federation_id", "") or "")
     if not stored_id:
         raise ConfigurationError(
