@@ -7,7 +7,8 @@ client's input), a threshold of 1 (one colluding client reconstructs
 everyone's masks), semi-honest mode over channels nobody authenticated, or
 an invitation naming ids the node has no pinned key for, learns individual
 inputs; one that announces a sparse graph too thin for the node's assumed
-dropouts and corrupt clients may learn sums of a few inputs.  :class:`NodePolicy` is read from the node's **own** configuration
+dropouts and corrupt clients may learn sums of a few inputs.
+:class:`NodePolicy` is read from the node's **own** configuration
 (the SuperNode's ``--node-config``, i.e. ``Context.node_config``), never from
 the run config the server distributes, and :meth:`NodePolicy.check` refuses
 any weaker setup with a :class:`SetupRefusedError` naming the
