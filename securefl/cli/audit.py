@@ -898,9 +898,12 @@ def _print_report(report: dict[str, Any]) -> None:
               " privacy)")
     if report.get("user_level"):
         print()
+        kinds = ", ".join(sorted({u["mechanism"] for u in report["user_level"]})
+                          + sorted({u["adjacency"] for u in report["user_level"]}))
+        accountants = ", ".join(sorted({u["accountant"] for u in report["user_level"]}))
         print(f"{'round':>5}  {'user eps':>8}  {'vs server':>9}  {'gauss lb':>8}  {'q':>6}"
-              f"  {'variance':>10}  {'target':>10}  survivors  (user level, skellam,"
-              " add/remove one client)")
+              f"  {'variance':>10}  {'target':>10}  survivors  (user level, {kinds};"
+              f" accountant {accountants})")
         for u in report["user_level"]:
             print(f"{u['round']:>5}  {_fmt(u['epsilon']):>8}  {_fmt(u['epsilon_unsampled']):>9}"
                   f"  {_fmt(u['epsilon_gaussian_floor']):>8}  {u['sample_rate']:>6.3g}"
