@@ -357,12 +357,21 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
 def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     """dp-accounting's RDP epsilon of the Poisson-sampled Gaussian with the
     history's variances: never above the Skellam mechanism's (an independent
-    cross-check of the recomputation)."""
+    cross-check of the recomputation).  It is evaluated at dp-accounting's
+    default orders and at every order of the Skellam accountant
+    (:data:`~securefl.privacy.distributed.ORDERS`): at each of those the
+    Gaussian's RDP is at most the Skellam bound, so the floor's minimum over
+    a superset of orders is at most the Skellam epsilon (with dp-accounting's
+    default orders alone, which lack 65..127 and 136..248, the floor could
+    exceed a valid epsilon attained at one of those orders)."""
     import dp_accounting
+    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
     from securefl.privacy.accounting import _quiet_absl
+    from securefl.privacy.distributed import ORDERS
 
-    accountant = dp_accounting.rdp.RdpAccountant()
+    orders = sorted({float(o) for o in DEFAULT_RDP_ORDERS} | {float(o) for o in ORDERS})
+    accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
     with _quiet_absl():
         for mu, _, l2, q, rounds in history:
             if rounds and l2 > 0:
