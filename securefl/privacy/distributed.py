@@ -73,7 +73,9 @@ the Skellam noise and ``v`` the client's rounded vector
   ``compute_rdp``), so ours is never below it and tends to it as ``mu``
   grows (the Skellam ``eps(k)`` tends to the Gaussian's).
 * ``"zhu-wang-general"`` (:data:`LEGACY_ACCOUNTANT`; ledger rows written
-  before the field existed).  Zhu and Wang's Theorem 6, valid for any
+  before the field existed).  Zhu and Wang's general upper bound ("Poisson
+  Subsampled Rényi Differential Privacy", ICML 2019; Theorem 5 of the
+  proceedings version as Google's distributed-DP code cites it), valid for any
   mechanism, both directions: the same sum with the terms ``k >= 3``
   multiplied by 3.
 
@@ -167,7 +169,7 @@ ACCOUNTANT = USER_LEVEL_ACCOUNTANT
 """``"symmetric-binomial"``: the subsampling bound for a shift under
 symmetric noise (module docstring), the default of every function here."""
 LEGACY_ACCOUNTANT = USER_LEVEL_LEGACY_ACCOUNTANT
-"""``"zhu-wang-general"``: Zhu and Wang's Theorem 6 (any mechanism), the
+"""``"zhu-wang-general"``: Zhu and Wang's general bound (any mechanism), the
 bound of ledger rows written before rows named their accountant."""
 ACCOUNTANTS = USER_LEVEL_ACCOUNTANTS
 """Every accepted ``accountant``."""
@@ -263,7 +265,7 @@ def poisson_subsampled_rdp(orders: Sequence[int], q: float, base: np.ndarray, *,
 
     ``accountant`` (module docstring): ``"zhu-wang-general"`` (the default
     here, as this function knows nothing of the mechanism) is Zhu and
-    Wang's Theorem 6, valid for any mechanism; ``"symmetric-binomial"`` is
+    Wang's general upper bound, valid for any mechanism; ``"symmetric-binomial"`` is
     the exact binomial expansion of the "add" direction, valid (for both
     directions) only when the sampled pair is a shift under noise whose law
     is symmetric, as the Skellam and Gaussian mechanisms' are.
