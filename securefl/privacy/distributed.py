@@ -31,10 +31,11 @@ which ``mu`` is the variance of the released noise, each Poisson of mean
 those norms, in either direction, so it bounds the RDP of both orderings of
 a neighbouring pair.  The first term is the Gaussian's RDP at variance ``mu``.
 
-**Poisson sampling.**  Condition on everything but the differing client
-(the others' participation, updates, rounding and noise are the same on
-both sides, and joint convexity of ``exp((alpha-1) D_alpha)`` lets us take
-the worst conditional): the pair is ``M = (1-q) P + q Q`` against ``P``,
+**Poisson sampling.**  Condition on the other clients' participation,
+updates and rounding (the same on both sides) and on the differing client's
+rounded vector (independent of the rest); joint convexity of
+``exp((alpha-1) D_alpha)`` lets us take the worst conditional: the pair is
+``M = (1-q) P + q Q`` against ``P``,
 where ``P`` is the law of ``s + Z`` and ``Q`` that of ``s + v + Z``, ``Z``
 the Skellam noise and ``v`` the client's rounded vector
 (``||v||_2 <= Delta_2``, ``||v||_1 <= Delta_1``).  Two bounds
