@@ -419,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     if config.privacy.value != "record-level":
         from securefl.privacy.ledger import load_ledger
 
-        user_rows = load_ledger(Path(output) / LEDGER_FILENAME).committed_user_level
+        user_rows = load_ledger(Path(output) / LEDGER_FILENAME).effective_user_level()
         if user_rows:
             last = user_rows[-1]
             print(f"user-level epsilon at delta {last.delta:g} (skellam, add/remove one"

@@ -35,6 +35,7 @@ restored state.  :meth:`RoundRecorder.finish` writes the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -348,6 +349,7 @@ class RoundRecorder:
         self._head = store.ledger_head()
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
+        self.in_flight_user: UserLevelEntry | None = None
         self._evaluate: Evaluator = evaluator or (
             lambda model: evaluate(model, self._x_test, self._y_test))
         self.last_eval = self._evaluate(server.model)
@@ -573,25 +575,36 @@ class RoundRecorder:
     # -- a round -----------------------------------------------------------------------
 
     def begin(self, round_number: int,
-              charges: Mapping[int, tuple[HistoryRow, Sequence[HistoryRow]]]) -> None:
+              charges: Mapping[int, tuple[HistoryRow, Sequence[HistoryRow]]],
+              user_level: UserLevelEntry | None = None) -> None:
         """Durably charge the clients about to train in ``round_number``
         (client id -> (the ``(sigma, q, steps)`` it is about to take, its
         history including them)) before any of them trains: their in-flight
-        rows are committed to the store and appended to ``ledger.jsonl``.
-        Nothing is written when ``charges`` is empty.
+        rows, and ``user_level`` (the round's in-flight user-level charge at
+        its target variance, when the round will release a distributed-DP
+        sum), are committed to the store and appended to ``ledger.jsonl``.
+        Nothing is written when there is no charge at all.
 
         Raises:
-            ConfigurationError: ``round_number`` is not the next round.
+            ConfigurationError: ``round_number`` is not the next round, or
+                ``user_level`` is not an in-flight charge of that round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
                                      f" ({self.next_round})")
+        if user_level is not None and (not user_level.in_flight
+                                       or user_level.round != round_number):
+            raise ConfigurationError(f"round {round_number}: the user-level charge must be an"
+                                     " in-flight row of that round")
         self.in_flight = {cid: self.ledger_row(cid, round_number, Participation.IN_FLIGHT,
                                                spent, history)
                           for cid, (spent, history) in sorted(charges.items())}
-        if not self.in_flight:
+        self.in_flight_user = user_level
+        if not self.in_flight and user_level is None:
             return
-        lines = encode_block(self._head, round_number, "in-flight", list(self.in_flight.values()))
+        users = [user_level] if user_level is not None else []
+        lines = encode_block(self._head, round_number, "in-flight",
+                             list(self.in_flight.values()), users)
         self.store.begin_round(round_number, lines)
         self._head = record_digest(lines[-1])
         self._append_ledger(lines)
@@ -614,15 +627,31 @@ class RoundRecorder:
             abort_reason: why the round aborted.
             started: :func:`time.perf_counter` at the start of the round.
             driver_state: the driver's state after this round (JSON).
-            user_level: the round's user-level ledger row, when the sum
-                carried distributed-DP noise (written in the settled block).
+            user_level: the round's settled user-level ledger row, when the
+                sum carried distributed-DP noise and was released (written in
+                the settled block).  When it is empty and :meth:`begin`
+                charged the round at user level, the charge is kept: the
+                settled block repeats it with status ``round-aborted``.
 
         Returns:
             the round's report.
+
+        Raises:
+            ConfigurationError: ``round_number`` is not the next round, or
+                ``user_level`` holds more than one row or a row that is not
+                a release of that round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
                                      f" ({self.next_round})")
+        user_level = list(user_level)
+        if len(user_level) > 1 or any(u.round != round_number or u.status != "released"
+                                      for u in user_level):
+            raise ConfigurationError(f"round {round_number}: at most one user-level row, the"
+                                     " round's release")
+        if not user_level and self.in_flight_user is not None:
+            # nothing released, or nobody knows: the in-flight charge stays
+            user_level = [dataclasses.replace(self.in_flight_user, status="round-aborted")]
         t0 = time.perf_counter() if started is None else started
         survivors = outcome.survivors if outcome is not None else ()
         rows: list[LedgerEntry] = []
@@ -672,6 +701,7 @@ class RoundRecorder:
         self.client_states = states
         self.driver_state = driver
         self.in_flight = {}
+        self.in_flight_user = None
         self.reports.append(report)
         self._append_ledger(lines, round_number)
         crash_point("after-ledger", round_number)
@@ -687,9 +717,11 @@ class RoundRecorder:
         """Settle a round the store holds in flight (the process stopped
         between :meth:`begin` and :meth:`settle`) as aborted: each in-flight
         client keeps its charge (status ``round-aborted``, the steps it was
-        about to take), every other client gets ``others`` and ``detail``
-        with no steps (``idle(client_id)`` gives its ``(sigma, q, 0)``;
-        default: the sigma and q of its last history row).
+        about to take), so does the round's user-level charge (its sum may
+        have been released before the process stopped), every other client
+        gets ``others`` and ``detail`` with no steps (``idle(client_id)``
+        gives its ``(sigma, q, 0)``; default: the sigma and q of its last
+        history row).
         The model is unchanged; the interrupted round keeps its number, and
         the driver re-runs its work as the next round.
 
@@ -704,6 +736,8 @@ class RoundRecorder:
         chain = parse_ledger(self.store.ledger_bytes())
         flight = {r.client_id: r for r in chain.committed if r.round == number and r.in_flight}
         self.in_flight = flight
+        self.in_flight_user = next((u for u in chain.committed_user_level
+                                    if u.round == number and u.in_flight), None)
         outcomes = []
         for cid in self.server.client_ids:
             if cid in flight:

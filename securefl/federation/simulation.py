@@ -40,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -710,12 +710,35 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 updates[client.client_id] = None
                 info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
                                           "detail": str(exc), "steps": 0}
+        previous_user, user_charge, user_refusal = None, None, ""
+        if user_plan is not None and admitted:
+            effective = parse_ledger(recorder.store.ledger_bytes()).effective_user_level()
+            previous_user = effective[-1] if effective else None
+            # the round's user-level charge at its target variance: the least
+            # noise its sum can carry, so the largest epsilon it can cost
+            user_charge = replace(user_level_entry(
+                user_plan, round_number=round_number, released_variance=user_plan.variance,
+                survivors=0, previous=previous_user, epsilon_budget=config.user_epsilon),
+                status="in-flight")
+            if not user_charge.epsilon <= config.user_epsilon:
+                # the user-level budget guard: earlier charges (an aborted or
+                # interrupted round keeps its charge) leave no room for this
+                # round's release; nobody trains, nothing is released
+                user_refusal = (f"refused (user-level budget): releasing round {round_number}"
+                                f" would raise the user-level epsilon to"
+                                f" {user_charge.epsilon:.4f} > {config.user_epsilon:g}")
+                for client, _ in admitted:
+                    updates[client.client_id] = None
+                    info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
+                                              "detail": user_refusal, "steps": 0}
+                admitted, user_charge = [], None
         # the spend is durable before any data is touched: in-flight rows,
-        # charging the steps each client is about to take, committed
+        # charging the steps each client is about to take, and the round's
+        # user-level charge, committed
         recorder.begin(round_number, {
             client.client_id: (admission.planned[0],
                                admission.charged_history(client.history))
-            for client, admission in admitted})
+            for client, admission in admitted}, user_level=user_charge)
         crash_point("after-in-flight", round_number)
         for client, admission in admitted:
             # the one client-update path (the Flower ClientApp's too): train,
@@ -746,17 +769,16 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
             if user_plan is not None:
                 outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
                                                     round_seed)
-                previous = parse_ledger(recorder.store.ledger_bytes()).committed_user_level
+                crash_point("after-release", round_number)
                 user_rows.append(user_level_entry(
                     user_plan, round_number=round_number, released_variance=released,
-                    survivors=len(outcome.survivors),
-                    previous=previous[-1] if previous else None,
+                    survivors=len(outcome.survivors), previous=previous_user,
                     epsilon_budget=config.user_epsilon))
             else:
                 outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:
             outcome = None
-            abort_reason = str(exc)
+            abort_reason = user_refusal or str(exc)
         outcomes = [
             ClientOutcome(client.client_id,
                           (client.noise_multiplier, client.sample_rate,
