@@ -34,20 +34,28 @@ CONFIG = SimulationConfig(num_clients=4, rounds=3, dropout=0.0, noise_multiplier
                           epsilon_budget=200.0, seed=0, hidden=8, local_epochs=1,
                           privacy="both", bits=24, user_epsilon=30.0)
 
+# 24 clients at q = 1/2: round 2 samples some and leaves some out, except
+# with probability below 1e-6
+SAMPLED = SimulationConfig(**{**CONFIG.to_json(), "num_clients": 24, "bits": 16,
+                              "client_sample_rate": 0.5, "rounds": 2})
+
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("ulcrash")
-    job = {"dir": str(base / "run"), "config": CONFIG.to_json(), "crash": "after-release:2",
-           "snapshot": str(base / "killed"), "resume": "library"}
+    jobs = [{"dir": str(base / "run"), "config": CONFIG.to_json(), "crash": "after-release:2",
+             "snapshot": str(base / "killed"), "resume": "library"},
+            {"dir": str(base / "sampled"), "config": SAMPLED.to_json(),
+             "crash": "after-in-flight:2", "snapshot": None, "resume": "library"}]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SECUREFL_TEST_CRASH_AT", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"),
-                           json.dumps({"jobs": [job], "workers": 1})], cwd=ROOT, env=env,
+                           json.dumps({"jobs": jobs})], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout.strip().splitlines()[-1])[0]
-    return {"run": base / "run", "killed": base / "killed", "outcome": outcome,
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"run": base / "run", "killed": base / "killed", "outcome": outcomes[0],
+            "sampled": base / "sampled", "sampled_outcome": outcomes[1],
             "stderr": proc.stderr}
 
 
@@ -95,6 +103,27 @@ def test_resume_keeps_the_charge_and_the_budget_guard_holds(killed: dict[str, An
     assert report["exit_code"] == 0, report["violations"]
     assert report["user_level"][-1]["epsilon"] == pytest.approx(
         user_level_epsilon(rows[-1].history, CONFIG.delta))
+
+
+def test_resume_restores_who_was_sampled(killed: dict[str, Any]) -> None:
+    """Killed with round 2 in flight under client sampling: on resume, the
+    clients the round charged keep their charge, the others are recorded as
+    not sampled (from the cohort committed with the in-flight block), not
+    as refused."""
+    assert killed["sampled_outcome"]["first"] == {"signal": signal.SIGKILL, "exit": None}
+    assert killed["sampled_outcome"]["resume"] == {"signal": None, "exit": 0}, \
+        killed["stderr"][-2000:]
+    chain = load_ledger(killed["sampled"] / "ledger.jsonl")
+    assert chain.ok, chain.problems
+    charged = {r.client_id for r in chain.committed if r.round == 2 and r.in_flight}
+    settled = {r.client_id: r for r in chain.committed if r.round == 2 and not r.in_flight}
+    assert charged and len(settled) == SAMPLED.num_clients and set(settled) - charged
+    for cid, row in settled.items():
+        assert row.status == ("round-aborted" if cid in charged else "not-sampled"), row
+    assert [(u.round, u.status) for u in chain.effective_user_level()
+            if u.round == 2] == [(2, "round-aborted")]
+    report = audit_run(killed["sampled"])
+    assert report["exit_code"] == 0, report["violations"]
 
 
 def _plan():  # type: ignore[no-untyped-def]

@@ -220,6 +220,8 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
         if row.local_steps < 0:
             violations.append(f"{who}: negative local_steps {row.local_steps}")
             continue
+        if row.status == "not-sampled" and row.local_steps > 0:
+            violations.append(f"{who}: not sampled, yet {row.local_steps} steps recorded")
         if row.local_steps > 0 and not row.noise_multiplier > 0:
             violations.append(f"{who}: {row.local_steps} steps with noise multiplier"
                               f" {row.noise_multiplier}: no noise, infinite epsilon")

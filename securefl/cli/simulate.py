@@ -73,6 +73,7 @@ _CONFIG_KEYS = {
     "alpha": "alpha", "dataset": "dataset", "seed": "seed",
     "insecure_reproducible_noise": "insecure_reproducible_noise",
     "privacy": "privacy", "user_epsilon": "user_epsilon", "user_clip": "user_clip",
+    "client_sample_rate": "client_sample_rate",
     "mode": "security_mode", "graph": "graph", "graph_degree": "graph_degree",
 }
 """Flag destination -> the :class:`SimulationConfig` field it sets."""
@@ -207,15 +208,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       default="record-level",
                       help="record-level (default): DP-SGD only; both: also user-level DP, each"
                            " client's whole update clipped, rotated and rounded into Z_2^bits"
-                           " and Skellam noise added by the sessions (removable excess, so the"
-                           " released sum carries the target whatever the dropouts); both"
-                           " epsilons are reported.  Every client takes part in every round"
-                           " (q = 1).  user-level alone is refused: the simulator's clients"
-                           " always train with DP-SGD")
+                           " and Skellam noise added by the sessions, both epsilons reported;"
+                           " user-level: user-level DP alone, the clients train with plain"
+                           " local SGD (no per-example clipping or noise) and the ledger has no"
+                           " record-level rows (there is no record-level guarantee beyond what"
+                           " user-level DP implies)")
     user.add_argument("--user-epsilon", type=_positive_float, default=8.0,
                       help="user-level target epsilon over the run, at --delta (default 8)")
     user.add_argument("--user-clip", type=_positive_float, default=1.0,
                       help="L2 bound of a client's whole update (default 1.0)")
+    user.add_argument("--client-sample-rate", type=_positive_float, default=1.0,
+                      metavar="Q",
+                      help="user-level only: each round each client takes part independently"
+                           " with probability Q (Poisson sampling from the OS CSPRNG, never"
+                           " --seed); the session runs over the sampled cohort, the user-level"
+                           " epsilon is amplified by Q (against whoever does not see the"
+                           " cohort; the ledger also records it without amplification, against"
+                           " the server).  Default 1: every client in every round")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--bits", type=int, default=32, help="ring Z_2^bits (default 32)")
     enc.add_argument("--frac-bits", type=int, default=None,
@@ -329,7 +338,10 @@ def format_round(report: RoundReport, num_clients: int) -> str:
         elif client.status is Participation.ENCODING_ERROR:
             notes.append(f"{client.client_id}:refused(encoding)")
     if report.aborted:
-        notes.append("ABORTED: model, ledger, checkpoint unchanged")
+        notes.append("ABORTED: model unchanged, privacy charges kept")
+    sampled = sum(1 for c in report.clients if c.status is not Participation.NOT_SAMPLED)
+    if sampled < len(report.clients):
+        notes.append(f"sampled {sampled}/{num_clients}")
     survivors = f"{len(report.survivors)}/{num_clients}"
     return (f"{report.round:>5}  {report.accuracy:>8.3f}  {report.loss:>6.3f}  {survivors:>9}"
             f"  {report.epsilon_max:>7.2f}  {report.seconds:>5.1f}s  {' '.join(notes) or '-'}")
@@ -422,10 +434,11 @@ def run(args: argparse.Namespace) -> int:
         user_rows = load_ledger(Path(output) / LEDGER_FILENAME).effective_user_level()
         if user_rows:
             last = user_rows[-1]
-            print(f"user-level epsilon at delta {last.delta:g} (skellam, add/remove one"
-                  f" client): {last.epsilon:.3f} over {len(last.history)} released rounds"
-                  f" (ring Z_2^{last.bits}, gamma {last.gamma:.4g}, clip {last.clip:g},"
-                  f" released variance {last.released_variance:.4g})")
+            print(f"user-level epsilon at delta {last.delta:g} (skellam, zero-out one"
+                  f" client, q={last.sample_rate:g}): {last.epsilon:.3f}"
+                  f" ({last.epsilon_unsampled:.3f} without amplification, against the server)"
+                  f" over {len(last.history)} charged rounds (ring Z_2^{last.bits}, gamma"
+                  f" {last.gamma:.4g}, clip {last.clip:g})")
     print(f"wall time {final['wall_seconds']:.1f} s")
     print(f"wrote {output / METRICS_FILENAME}, {output / LEDGER_FILENAME},"
           f" {output / 'checkpoint.pt'}, {output / PLOT_FILENAME}")

@@ -255,7 +255,9 @@ def federate(
             :class:`~securefl.federation.simulation.SimulationConfig`
             (``weighting``, ``server_optimizer``, ``server_lr``,
             ``server_momentum``, ``bits``, ``frac_bits``, ``clip_range``,
-            ``threshold``, ``accountant``, ``epsilon_budget``...).
+            ``threshold``, ``accountant``, ``epsilon_budget``; user-level DP:
+            ``privacy`` (``"both"`` or ``"user-level"``), ``user_epsilon``,
+            ``user_clip``, ``client_sample_rate``...; docs/user-level-dp.md).
 
     Returns:
         the :class:`FederationResult`.

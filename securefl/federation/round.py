@@ -576,14 +576,18 @@ class RoundRecorder:
 
     def begin(self, round_number: int,
               charges: Mapping[int, tuple[HistoryRow, Sequence[HistoryRow]]],
-              user_level: UserLevelEntry | None = None) -> None:
+              user_level: UserLevelEntry | None = None,
+              in_flight_state: Mapping[str, Any] | None = None) -> None:
         """Durably charge the clients about to train in ``round_number``
         (client id -> (the ``(sigma, q, steps)`` it is about to take, its
         history including them)) before any of them trains: their in-flight
         rows, and ``user_level`` (the round's in-flight user-level charge at
         its target variance, when the round will release a distributed-DP
         sum), are committed to the store and appended to ``ledger.jsonl``.
-        Nothing is written when there is no charge at all.
+        ``in_flight_state`` (JSON) is committed with them, as the driver
+        state's ``in_flight`` entry: what a resume needs to know of the round
+        (:attr:`in_flight_state`; e.g. who was sampled).  Nothing is written
+        when there is no charge at all.
 
         Raises:
             ConfigurationError: ``round_number`` is not the next round, or
@@ -605,7 +609,12 @@ class RoundRecorder:
         users = [user_level] if user_level is not None else []
         lines = encode_block(self._head, round_number, "in-flight",
                              list(self.in_flight.values()), users)
-        self.store.begin_round(round_number, lines)
+        driver = None
+        if in_flight_state is not None:
+            driver = {**self.driver_state, "in_flight": dict(in_flight_state)}
+        self.store.begin_round(round_number, lines, driver)
+        if driver is not None:
+            self.driver_state = driver
         self._head = record_digest(lines[-1])
         self._append_ledger(lines)
 
@@ -691,6 +700,7 @@ class RoundRecorder:
         head = record_digest(lines[-1])
         anchor = {"round": round_number, "head": head}
         driver = dict(driver_state if driver_state is not None else self.driver_state)
+        driver.pop("in_flight", None)  # the round settles: nothing of it is in flight
         checkpoint = _checkpoint_bytes(self._checkpoint_state(
             self.config, self.server, round_number, survivors, anchor, states, driver))
         self.store.commit_round(round_number, lines, checkpoint=checkpoint, clients=states,
@@ -710,16 +720,26 @@ class RoundRecorder:
         self._export_metrics()
         return report
 
+    @property
+    def in_flight_state(self) -> dict[str, Any] | None:
+        """What :meth:`begin` recorded of the round in flight
+        (``in_flight_state``), or None."""
+        state = self.driver_state.get("in_flight")
+        return dict(state) if isinstance(state, Mapping) else None
+
     def settle_interrupted(self, others: Participation = Participation.DROPPED,
                            detail: str = "",
                            idle: Callable[[int], HistoryRow] | None = None,
-                           ) -> RoundReport | None:
+                           status_of: Callable[[int], tuple[Participation, str] | None]
+                           | None = None) -> RoundReport | None:
         """Settle a round the store holds in flight (the process stopped
         between :meth:`begin` and :meth:`settle`) as aborted: each in-flight
         client keeps its charge (status ``round-aborted``, the steps it was
         about to take), so does the round's user-level charge (its sum may
         have been released before the process stopped), every other client
-        gets ``others`` and ``detail`` with no steps (``idle(client_id)``
+        gets ``others`` and ``detail``, or the status and detail
+        ``status_of(client_id)`` gives when it gives one, with no steps
+        (``idle(client_id)``
         gives its ``(sigma, q, 0)``; default: the sigma and q of its last
         history row).
         The model is unchanged; the interrupted round keeps its number, and
@@ -752,8 +772,10 @@ class RoundRecorder:
                     spent = idle(cid)
                 else:
                     spent = (*history[-1][:2], 0) if history else (0.0, 0.0, 0)
+                status, why = (status_of(cid) if status_of is not None else None) \
+                    or (others, detail)
                 outcomes.append(ClientOutcome(cid, spent, history,  # type: ignore[arg-type]
-                                              status=others, detail=detail))
+                                              status=status, detail=why))
         return self.settle(number, None, outcomes, abort_reason=INTERRUPTED)
 
     # -- exports -----------------------------------------------------------------------

@@ -56,6 +56,12 @@ from securefl.errors import (
     PrivacyBudgetExceededError,
 )
 from securefl.federation.client_update import Admission, admit, client_update
+from securefl.federation.cohort import (
+    MIN_COHORT,
+    cohort_bound,
+    cohort_threshold,
+    poisson_cohort,
+)
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
@@ -196,6 +202,7 @@ class SimulationConfig:
     privacy: PrivacyLevel = PrivacyLevel.RECORD_LEVEL
     user_epsilon: float = 8.0
     user_clip: float = 1.0
+    client_sample_rate: float = 1.0
     security_mode: SecurityMode = SecurityMode.SEMI_HONEST
     graph: GraphKind = GraphKind.COMPLETE
     graph_degree: int | None = None
@@ -242,6 +249,21 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"the user-level L2 norm bound (user_clip) must be > 0, got"
                     f" {self.user_clip}; it bounds a client's whole update")
+        q = self.client_sample_rate
+        if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q <= 1.0:
+            raise ConfigurationError(f"the client sampling rate must be in (0, 1], got {q!r}")
+        object.__setattr__(self, "client_sample_rate", float(q))
+        if q < 1.0:
+            if not self.privacy.user_level:
+                raise ConfigurationError(
+                    f"client_sample_rate={q} (Poisson client sampling) amplifies the"
+                    " user-level layer: use privacy both or user-level (record-level runs"
+                    " take every client in every round)")
+            if self.graph is not GraphKind.COMPLETE or self.threshold is not None:
+                raise ConfigurationError(
+                    f"client_sample_rate={q}: each round's session runs over the sampled"
+                    " cohort with the threshold its size prescribes, over the complete"
+                    " graph; drop --threshold and --graph harary")
         self._check_secagg()
 
     def _check_secagg(self) -> None:
@@ -428,7 +450,11 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
         frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
         max_weight=max_weight,
     )
-    user_level_plan(config, model)  # user-level DP: the ring must hold noise, cohort and clip
+    # user-level DP: the ring must hold noise, cohort and clip, and the
+    # sessions of the cohorts the noise plan
+    plan = user_level_plan(config, model)
+    if plan is not None:
+        user_level_min_cohort(config, plan)
     return model, codec
 
 
@@ -538,6 +564,7 @@ def run_simulation(
     # the caller's model is never changed: the federation trains a copy
     model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
     user_plan = user_level_plan(config, model)  # refuses a ring too small before any training
+    min_cohort = user_level_min_cohort(config, user_plan) if user_plan is not None else 0
     ids = tuple(range(1, config.num_clients + 1))
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     plan = config.secagg_plan() if config.secure else None
@@ -580,10 +607,15 @@ def run_simulation(
                                         config_extra=config_extra)
     try:
         by_id = {c.client_id: c for c in clients}
+        flight = recorder.in_flight_state or {}
+        sampled = set(flight.get("cohort", by_id))  # who the interrupted round sampled
         interrupted = recorder.settle_interrupted(
             others=Participation.REFUSED_BUDGET,
             detail="refused (budget guard) in the interrupted round",
-            idle=lambda cid: (by_id[cid].noise_multiplier, by_id[cid].sample_rate, 0))
+            idle=lambda cid: (by_id[cid].noise_multiplier, by_id[cid].sample_rate, 0),
+            status_of=lambda cid: None if cid in sampled else (
+                Participation.NOT_SAMPLED,
+                "not sampled in the interrupted round (Poisson client sampling)"))
         # every client's accountant continues from its committed history
         for client in clients:
             history = recorder.client_states.get(client.client_id, {}).get("history", [])
@@ -591,7 +623,8 @@ def run_simulation(
         if interrupted is not None and on_round is not None:
             on_round(interrupted)
         _run_rounds(config, recorder, server, clients, schedule, codec, mode,
-                    on_round=on_round, progress=progress, user_plan=user_plan)
+                    on_round=on_round, progress=progress, user_plan=user_plan,
+                    min_cohort=min_cohort)
         summaries = {
             client.client_id: {"noise_multiplier": client.noise_multiplier,
                                "sample_rate": client.sample_rate,
@@ -605,17 +638,30 @@ def run_simulation(
                             output_dir=out, clients=clients)
 
 
+def _session_threshold(config: SimulationConfig, cohort_size: int) -> int:
+    """The threshold of a round's user-level session over ``cohort_size``
+    sampled clients: the federation's (``secagg_plan``) without sampling,
+    the mode's default for the cohort's size with it."""
+    if config.client_sample_rate == 1.0:
+        return config.secagg_plan().threshold
+    return cohort_threshold(cohort_size, config.security_mode)
+
+
 def user_level_plan(config: SimulationConfig,
                     model: torch.nn.Module) -> UserLevelPlan | None:
     """The user-level plan of a federation (None without user-level DP):
-    every client takes part in every round (``q = 1``), the ring is
-    ``config.bits`` wide, the target is ``config.user_epsilon`` over
-    ``config.rounds`` rounds.  Semi-honest sessions use a noise plan
+    each client takes part in a round with probability
+    ``config.client_sample_rate`` (``q``; 1: every client in every round),
+    the ring is ``config.bits`` wide and sized for
+    :func:`~securefl.federation.cohort.cohort_bound` clients (``n`` when
+    ``q = 1``), the target is ``config.user_epsilon`` over ``config.rounds``
+    rounds at sampling rate ``q``.  Semi-honest sessions use a noise plan
     calibrated to the threshold ``t`` (removable excess needs active mode,
-    SPEC [NZ-1b]): the released variance is between ``V`` and ``V n / t``,
-    and the ring is sized for the latter.  Active sessions use the removable
-    plan (default tolerance ``1e-3``): the released variance is between
-    ``V`` and ``1.001 V`` whoever drops, and the ring is sized for that.
+    SPEC [NZ-1b]): the released variance is between ``V`` and ``V m / t``
+    for a session of ``m`` clients, and the ring is sized for the largest
+    ``m / t`` a cohort can have.  Active sessions use the removable plan
+    (default tolerance ``1e-3``): the released variance is between ``V`` and
+    ``1.001 V`` whoever drops, and the ring is sized for that.
 
     Raises:
         ConfigurationError: when the ring is too small or a value is out of
@@ -624,14 +670,51 @@ def user_level_plan(config: SimulationConfig,
     if not config.privacy.user_level:
         return None
     size = sum(int(p.numel()) for p in model.parameters())
+    q = config.client_sample_rate
+    bound = cohort_bound(config.num_clients, q)
     if config.security_mode is SecurityMode.ACTIVE:
         factor = 1.0 + NoisePlan(1.0).tolerance
     else:
-        factor = config.num_clients / config.secagg_plan().threshold
+        sizes = [config.num_clients] if q == 1.0 else range(MIN_COHORT, max(bound, 2) + 1)
+        factor = max(m / _session_threshold(config, m) for m in sizes)
     return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
-                           cohort=config.num_clients, q=1.0, rounds=config.rounds,
+                           cohort=bound, q=q, rounds=config.rounds,
                            target_epsilon=config.user_epsilon, delta=config.delta,
                            noise_factor=factor)
+
+
+def user_level_min_cohort(config: SimulationConfig, plan: UserLevelPlan) -> int:
+    """The fewest sampled clients a round's user-level session takes: the
+    smallest cohort size from :data:`~securefl.federation.cohort.MIN_COHORT`
+    up whose session accepts the noise plan (a small cohort's clients each
+    add a large share of the noise, which the samplers may not reach; the
+    ring must hold the released noise).  A round whose cohort is smaller is
+    skipped before anyone trains (the decision depends on the cohort's size
+    alone, never on data).  Without sampling the cohort is every client.
+
+    Raises:
+        ConfigurationError: no cohort the ring was sized for (at most
+            :func:`~securefl.federation.cohort.cohort_bound`) takes the noise
+            plan (the message gives the session's reason).
+    """
+    q = config.client_sample_rate
+    bound = cohort_bound(config.num_clients, q)
+    sizes = [config.num_clients] if q == 1.0 else range(MIN_COHORT, max(bound, 2) + 1)
+    reason = ""
+    for m in sizes:
+        try:
+            SecAggConfig(num_clients=m, vector_length=plan.codec.padded, bits=plan.codec.bits,
+                         threshold=_session_threshold(config, m), mode=config.security_mode,
+                         graph=config.secagg_plan().graph,
+                         noise=_user_level_noise(config, plan.variance))
+        except ConfigurationError as exc:
+            reason = str(exc)
+            continue
+        return int(m)
+    raise ConfigurationError(
+        f"no session of at most {bound} clients takes the user-level noise (variance"
+        f" {plan.variance:.6g} in Z_2^{plan.codec.bits}): {reason}; use fewer bits, a larger"
+        " user epsilon, more clients or a larger client sampling rate")
 
 
 def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:
@@ -644,30 +727,34 @@ def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:
 
 def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
                     vectors: Mapping[int, np.ndarray], drops: Mapping[int, Round],
-                    round_seed: bytes) -> tuple[AggregateOutcome, float]:
-    """Securely sum the clients' rotated vectors with the protocol's noise
-    plan (each session adds its Skellam noise), decode, and divide by the
-    number of invited clients (a public constant).  Returns the outcome and
+                    round_seed: bytes, cohort_size: int) -> tuple[AggregateOutcome, float]:
+    """Securely sum the rotated vectors of the round's cohort (each session
+    adds its Skellam noise of the protocol's noise plan; the threshold is
+    the one of ``cohort_size`` sampled clients), decode, and divide by the
+    expected cohort ``q n`` (a public constant).  Returns the outcome and
     the variance the server session reports as released.
 
     Raises:
-        AbortError: fewer than the threshold survived.
+        AbortError: fewer than the threshold encoded updates, or survivors.
     """
     ids = tuple(sorted(vectors))
-    if len(ids) < 2 or len(ids) < server.threshold:
+    threshold = _session_threshold(config, cohort_size)
+    if len(ids) < MIN_COHORT or len(ids) < threshold:
         raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
-                         f" {server.threshold}", needed=server.threshold, available=len(ids))
+                         f" {threshold}", needed=max(threshold, MIN_COHORT),
+                         available=len(ids))
     degree = getattr(server.graph, "degree", None)
     if degree is not None and len(ids) <= degree:
         raise AbortError(f"{len(ids)} encoded updates, too few for the Harary graph of degree"
                          f" {degree} (it needs more than k clients)",
                          needed=degree + 1, available=len(ids))
     secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
-                          bits=plan.codec.bits, threshold=server.threshold, client_ids=ids,
+                          bits=plan.codec.bits, threshold=threshold, client_ids=ids,
                           mode=server.security_mode, graph=server.graph,
                           noise=_user_level_noise(config, plan.variance))
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
-    flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
+    expected = config.client_sample_rate * config.num_clients
+    flat = plan.codec.decode_sum(result.total, round_seed) / expected
     average, offset = [], 0
     for param in server.model.parameters():
         size = int(param.numel())
@@ -682,10 +769,12 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 clients: list[PrivateClient], schedule: list[dict[int, Round]],
                 codec: FixedPointCodec, mode: AggregationMode, *,
                 on_round: Callable[[RoundReport], None] | None, progress: bool,
-                user_plan: UserLevelPlan | None = None) -> None:
+                user_plan: UserLevelPlan | None = None, min_cohort: int = 0) -> None:
     """The rounds still to run: one per entry of the dropout schedule after
     the committed position (a round interrupted by a crash re-runs its
-    schedule entry under the next round number)."""
+    schedule entry under the next round number).  With user-level DP, a
+    round whose sampled cohort is below ``min_cohort``
+    (:func:`user_level_min_cohort`) is skipped before anyone trains."""
     position = int(recorder.driver_state.get("schedule_position", 0))
     bar = None
     if progress:
@@ -703,13 +792,30 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         admitted: list[tuple[PrivateClient, Admission]] = []
         vectors: dict[int, np.ndarray] = {}
         round_seed = os.urandom(32)  # the public seed of this round's rotation
+        # Poisson client sampling from the OS CSPRNG, never from the run seed
+        # (q = 1: everyone); a client left out neither trains nor spends
+        cohort = set(poisson_cohort([c.client_id for c in clients], config.client_sample_rate))
+        skipped = ""
+        if user_plan is not None and len(cohort) < min_cohort:
+            skipped = (f"skipped: {len(cohort)} client(s) sampled, fewer than a user-level"
+                       f" session takes ({min_cohort}); nobody trained, nothing was charged"
+                       " or released")
         for client in clients:
+            cid = client.client_id
+            if cid not in cohort or skipped:
+                updates[cid] = None
+                info[cid] = {"status": Participation.ROUND_ABORTED, "detail": skipped,
+                             "steps": 0} if cid in cohort else {
+                    "status": Participation.NOT_SAMPLED, "steps": 0,
+                    "detail": f"not sampled (Poisson client sampling,"
+                              f" q={config.client_sample_rate:g})"}
+                continue
             try:
                 admitted.append((client, admit(client)))
             except PrivacyBudgetExceededError as exc:
-                updates[client.client_id] = None
-                info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
-                                          "detail": str(exc), "steps": 0}
+                updates[cid] = None
+                info[cid] = {"status": Participation.REFUSED_BUDGET, "detail": str(exc),
+                             "steps": 0}
         previous_user, user_charge, user_refusal = None, None, ""
         if user_plan is not None and admitted:
             effective = parse_ledger(recorder.store.ledger_bytes()).effective_user_level()
@@ -738,7 +844,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         recorder.begin(round_number, {
             client.client_id: (admission.planned[0],
                                admission.charged_history(client.history))
-            for client, admission in admitted}, user_level=user_charge)
+            for client, admission in admitted}, user_level=user_charge,
+            in_flight_state={"cohort": sorted(cohort)})
         crash_point("after-in-flight", round_number)
         for client, admission in admitted:
             # the one client-update path (the Flower ClientApp's too): train,
@@ -768,7 +875,7 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         try:
             if user_plan is not None:
                 outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
-                                                    round_seed)
+                                                    round_seed, len(cohort))
                 crash_point("after-release", round_number)
                 user_rows.append(user_level_entry(
                     user_plan, round_number=round_number, released_variance=released,
@@ -778,7 +885,7 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:
             outcome = None
-            abort_reason = user_refusal or str(exc)
+            abort_reason = skipped or user_refusal or str(exc)
         outcomes = [
             ClientOutcome(client.client_id,
                           (client.noise_multiplier, client.sample_rate,

@@ -128,6 +128,9 @@ class Participation(str, enum.Enum):
     """It trained (or may have), but the round aborted: nothing entered any sum."""
     REFUSED_BUDGET = "refused-budget"
     """It refused to train: the round would have exceeded its budget."""
+    NOT_SAMPLED = "not-sampled"
+    """Poisson client sampling left it out of the round: it did not train
+    and spent nothing."""
 
 
 _NUMBER_FIELDS = ("epsilon_rdp", "epsilon_prv", "epsilon_dpa_rdp", "epsilon_dpa_pld")
