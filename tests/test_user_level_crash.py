@@ -39,6 +39,10 @@ CONFIG = SimulationConfig(num_clients=4, rounds=3, dropout=0.0, noise_multiplier
 SAMPLED = SimulationConfig(**{**CONFIG.to_json(), "num_clients": 24, "bits": 16,
                               "client_sample_rate": 0.5, "rounds": 2})
 
+# privacy user-level alone: the in-flight block holds the user-level charge only
+ALONE = SimulationConfig(num_clients=4, rounds=3, dropout=0.0, seed=0, hidden=8,
+                         local_epochs=1, privacy="user-level", bits=16, user_epsilon=30.0)
+
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -46,7 +50,9 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     jobs = [{"dir": str(base / "run"), "config": CONFIG.to_json(), "crash": "after-release:2",
              "snapshot": str(base / "killed"), "resume": "library"},
             {"dir": str(base / "sampled"), "config": SAMPLED.to_json(),
-             "crash": "after-in-flight:2", "snapshot": None, "resume": "library"}]
+             "crash": "after-in-flight:2", "snapshot": None, "resume": "library"},
+            {"dir": str(base / "alone"), "config": ALONE.to_json(), "crash": "mid-training:2",
+             "snapshot": str(base / "alone-killed"), "resume": "cli"}]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SECUREFL_TEST_CRASH_AT", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"),
@@ -56,6 +62,7 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"run": base / "run", "killed": base / "killed", "outcome": outcomes[0],
             "sampled": base / "sampled", "sampled_outcome": outcomes[1],
+            "alone": base / "alone", "alone_outcome": outcomes[2],
             "stderr": proc.stderr}
 
 
@@ -124,6 +131,26 @@ def test_resume_restores_who_was_sampled(killed: dict[str, Any]) -> None:
             if u.round == 2] == [(2, "round-aborted")]
     report = audit_run(killed["sampled"])
     assert report["exit_code"] == 0, report["violations"]
+
+
+def test_user_level_alone_killed_mid_training(killed: dict[str, Any]) -> None:
+    outcome = killed["alone_outcome"]
+    assert outcome["first"] == {"signal": signal.SIGKILL, "exit": None}
+    # exit 1 (incomplete): the interrupted round kept its charge, so the
+    # budget guard refuses the last schedule entry (every client refused)
+    assert outcome["resume"] == {"signal": None, "exit": 1}, killed["stderr"][-2000:]
+    snapshot = load_ledger(killed["killed"].parent / "alone-killed" / "ledger.jsonl")
+    assert not snapshot.records  # no record-level row, ever
+    assert [(u.round, u.status) for u in snapshot.effective_user_level()] == [
+        (1, "released"), (2, "in-flight")]
+    assert audit_run(killed["killed"].parent / "alone-killed")["exit_code"] == 0
+    chain = load_ledger(killed["alone"] / "ledger.jsonl")
+    assert chain.ok and not chain.records
+    statuses = [(u.round, u.status) for u in chain.effective_user_level()]
+    assert statuses == [(1, "released"), (2, "round-aborted"), (3, "released")], statuses
+    report = audit_run(killed["alone"])
+    assert report["exit_code"] == 0, report["violations"]
+    assert report["clients"] == []
 
 
 def _plan():  # type: ignore[no-untyped-def]

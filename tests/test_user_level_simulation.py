@@ -38,7 +38,9 @@ def test_both_layers_run_and_audit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"privacy": "user-level"}, "use privacy both"),
+    ({"privacy": "user-level", "noise_multiplier": 1.0}, "noise_multiplier has nothing"),
+    ({"privacy": "user-level", "epsilon_budget": 3.0}, "epsilon_budget has nothing"),
+    ({"privacy": "user-level", "secure": False}, "needs secure aggregation"),
     ({"privacy": "both", "secure": False}, "needs secure aggregation"),
     ({"privacy": "both", "user_clip": 0.0}, r"user_clip\) must be > 0"),
     ({"privacy": "both", "user_epsilon": -1.0}, "target epsilon must be > 0"),

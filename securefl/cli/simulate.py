@@ -343,8 +343,9 @@ def format_round(report: RoundReport, num_clients: int) -> str:
     if sampled < len(report.clients):
         notes.append(f"sampled {sampled}/{num_clients}")
     survivors = f"{len(report.survivors)}/{num_clients}"
+    eps = "-" if math.isnan(report.epsilon_max) else f"{report.epsilon_max:.2f}"
     return (f"{report.round:>5}  {report.accuracy:>8.3f}  {report.loss:>6.3f}  {survivors:>9}"
-            f"  {report.epsilon_max:>7.2f}  {report.seconds:>5.1f}s  {' '.join(notes) or '-'}")
+            f"  {eps:>7}  {report.seconds:>5.1f}s  {' '.join(notes) or '-'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -373,12 +374,20 @@ def run(args: argparse.Namespace) -> int:
         aggregation = (f"secure ({config.security_mode.value}, {graph}, threshold"
                        f" {plan.threshold})")
     adjacency = config.adjacency.value
-    print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
-          f" server that knows the run config and every message), clip norm"
-          f" {config.max_grad_norm:g}, sample rate {config.sample_rate:g}, weighting"
-          f" {config.weighting.value}; server: {config.server_optimizer.value};"
-          f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional bits,"
-          f" updates clipped to +/-{codec.clip:g}")
+    if config.record_level:
+        print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
+              f" server that knows the run config and every message), clip norm"
+              f" {config.max_grad_norm:g}, sample rate {config.sample_rate:g}, weighting"
+              f" {config.weighting.value}; server: {config.server_optimizer.value};"
+              f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional"
+              f" bits, updates clipped to +/-{codec.clip:g}")
+    else:
+        print(f"  no DP-SGD (privacy user-level: plain local SGD, no record-level rows);"
+              f" server: {config.server_optimizer.value}; aggregation: {aggregation}")
+    if config.privacy.user_level:
+        print(f"  user-level DP: target epsilon {config.user_epsilon:g} at delta"
+              f" {config.delta:g} (zero-out one client), update clip {config.user_clip:g},"
+              f" Z_2^{config.bits}, client sampling rate {config.client_sample_rate:g}")
     if config.insecure_reproducible_noise:
         print("  WARNING: --insecure-reproducible-noise: the DP noise, sampling and rounding"
               " are seeded from --seed; the server can regenerate and remove the noise, so"
@@ -413,7 +422,10 @@ def run(args: argparse.Namespace) -> int:
           f" after {final['rounds_completed']} completed and {final['rounds_aborted']}"
           " aborted rounds")
     pld = final.get("epsilon_max_pld")
-    if config.adjacency.value == "replace-one":
+    if not config.record_level:
+        print("no record-level epsilon: the clients trained without DP-SGD (privacy"
+              " user-level); the user-level epsilon below covers each client's whole update")
+    elif config.adjacency.value == "replace-one":
         print(f"max client epsilon at delta {final['delta']:g}, replace-one:"
               f" {final['epsilon_max']:.3f} (bound from Opacus RDP),"
               f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")

@@ -666,25 +666,33 @@ class RoundRecorder:
         rows: list[LedgerEntry] = []
         reports: list[ClientRoundReport] = []
         states: dict[int, dict[str, Any]] = {}
+        # privacy user-level alone: no DP-SGD, so no record-level row, no
+        # accountant and no record-level epsilon (NaN in the reports)
+        record = self.config.record_level
         for client in clients:
             cid = client.client_id
             status = client.status
             if status is None:
                 if cid in survivors:
                     status = Participation.INCLUDED
-                elif outcome is None and cid in self.in_flight:
+                elif outcome is None and (cid in self.in_flight
+                                          or (not record and client.spent[2] > 0)):
                     status = Participation.ROUND_ABORTED
                 else:
                     status = Participation.DROPPED
-            row = self.ledger_row(cid, round_number, status, client.spent, client.history,
-                                  survivors=len(survivors), dropped_at=client.dropped_at)
-            rows.append(row)
+            eps_rdp, eps_prv = math.nan, None
+            if record:
+                row = self.ledger_row(cid, round_number, status, client.spent,
+                                      client.history, survivors=len(survivors),
+                                      dropped_at=client.dropped_at)
+                rows.append(row)
+                eps_rdp, eps_prv = row.epsilon_rdp, row.epsilon_prv
+                states[cid] = {**self.client_states.get(cid, {}),
+                               "history": _history_json(client.history)}
             reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors,
-                dropped_at=client.dropped_at, epsilon_rdp=row.epsilon_rdp,
-                epsilon_prv=row.epsilon_prv, detail=client.detail))
-            states[cid] = {**self.client_states.get(cid, {}),
-                           "history": _history_json(client.history)}
+                dropped_at=client.dropped_at, epsilon_rdp=eps_rdp,
+                epsilon_prv=eps_prv, detail=client.detail))
         if outcome is not None:
             self.server.apply(outcome)
             self.last_eval = self._evaluate(self.server.model)
@@ -693,7 +701,8 @@ class RoundRecorder:
         report = RoundReport(
             round=round_number, aborted=outcome is None, accuracy=self.last_eval.accuracy,
             loss=self.last_eval.loss, survivors=survivors, clients=tuple(reports),
-            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
+            epsilon_max=max(eps_values, default=math.nan),
+            epsilon_max_prv=max(prv_values) if prv_values else None,
             delta=self.config.delta, seconds=time.perf_counter() - t0,
             abort_reason=abort_reason)
         lines = encode_block(self._head, round_number, "settled", rows, user_level)

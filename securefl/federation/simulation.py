@@ -67,6 +67,7 @@ from securefl.federation.data import (
     load_breast_cancer_federated,
     load_digits_federated,
 )
+from securefl.federation.local_client import LocalClient
 from securefl.federation.model import make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
 from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
@@ -233,10 +234,13 @@ class SimulationConfig:
         if not self.clip_range > 0:
             raise ConfigurationError(f"clip range must be > 0, got {self.clip_range}")
         if self.privacy is PrivacyLevel.USER_LEVEL:
-            raise ConfigurationError(
-                "privacy user-level alone is not available in the simulator: its clients"
-                " always train with DP-SGD; use privacy both (record-level DP-SGD and"
-                " user-level Skellam noise in the secure sum, both epsilons reported)")
+            given = [name for name in ("noise_multiplier", "epsilon_budget")
+                     if getattr(self, name) is not None]
+            if given or self.insecure_reproducible_noise:
+                raise ConfigurationError(
+                    f"privacy user-level: the clients train without DP-SGD, so"
+                    f" {', '.join(given) or 'insecure_reproducible_noise'} has nothing to"
+                    " act on; drop it, or use privacy both (DP-SGD and user-level DP)")
         if self.privacy.user_level:
             if not self.secure:
                 raise ConfigurationError("user-level DP adds its noise inside the secure sum:"
@@ -335,6 +339,12 @@ class SimulationConfig:
                 " --graph complete, or give --graph-degree K")
         t = found.threshold if self.threshold is None else int(self.threshold)
         return SecAggPlan(found.graph, t, found.degree, found.explanation)
+
+    @property
+    def record_level(self) -> bool:
+        """Whether the clients train with DP-SGD and the ledger has
+        record-level rows (privacy record-level or both)."""
+        return self.privacy is not PrivacyLevel.USER_LEVEL
 
     def dp_config(self) -> DPConfig:
         """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
@@ -583,6 +593,14 @@ def run_simulation(
         if resume or tuple(c.client_id for c in clients) != ids:
             raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
         clients = list(clients)
+    elif not config.record_level:
+        # user-level DP alone: plain local SGD, no per-example clipping or noise
+        fedsgd = config.server_optimizer is ServerOptimizerKind.FEDSGD
+        clients = [
+            LocalClient(cid, model, x, y, batch_size=config.batch_size,  # type: ignore[misc]
+                        local_epochs=config.local_epochs, lr=1.0 if fedsgd else config.lr,
+                        max_steps=1 if fedsgd else None)
+            for cid, (x, y) in zip(ids, data.clients, strict=True)]
     else:
         clients = [
             # The seed reaches a client's randomness only in the insecure
@@ -612,12 +630,19 @@ def run_simulation(
         interrupted = recorder.settle_interrupted(
             others=Participation.REFUSED_BUDGET,
             detail="refused (budget guard) in the interrupted round",
-            idle=lambda cid: (by_id[cid].noise_multiplier, by_id[cid].sample_rate, 0),
-            status_of=lambda cid: None if cid in sampled else (
+            idle=lambda cid: (getattr(by_id[cid], "noise_multiplier", 0.0),
+                              getattr(by_id[cid], "sample_rate", 0.0), 0),
+            status_of=lambda cid: (
+                None if config.record_level else (
+                    Participation.ROUND_ABORTED,
+                    "sampled in the interrupted round (it may have trained)"))
+            if cid in sampled else (
                 Participation.NOT_SAMPLED,
                 "not sampled in the interrupted round (Poisson client sampling)"))
         # every client's accountant continues from its committed history
         for client in clients:
+            if isinstance(client, LocalClient):
+                continue  # no record-level accountant
             history = recorder.client_states.get(client.client_id, {}).get("history", [])
             client.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
         if interrupted is not None and on_round is not None:
@@ -630,7 +655,7 @@ def run_simulation(
                                "sample_rate": client.sample_rate,
                                "steps_per_round": client.steps_per_round,
                                "epsilon_budget": dp.epsilon_budget}
-            for client in clients}
+            for client in clients if config.record_level}
         metrics = recorder.finish(summaries)
     finally:
         recorder.close()
@@ -789,7 +814,7 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
-        admitted: list[tuple[PrivateClient, Admission]] = []
+        admitted: list[tuple[Any, Admission | None]] = []
         vectors: dict[int, np.ndarray] = {}
         round_seed = os.urandom(32)  # the public seed of this round's rotation
         # Poisson client sampling from the OS CSPRNG, never from the run seed
@@ -809,6 +834,9 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                     "status": Participation.NOT_SAMPLED, "steps": 0,
                     "detail": f"not sampled (Poisson client sampling,"
                               f" q={config.client_sample_rate:g})"}
+                continue
+            if not config.record_level:
+                admitted.append((client, None))  # no record-level budget: it trains
                 continue
             try:
                 admitted.append((client, admit(client)))
@@ -844,31 +872,42 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         recorder.begin(round_number, {
             client.client_id: (admission.planned[0],
                                admission.charged_history(client.history))
-            for client, admission in admitted}, user_level=user_charge,
+            for client, admission in admitted if admission is not None}, user_level=user_charge,
             in_flight_state={"cohort": sorted(cohort)})
         crash_point("after-in-flight", round_number)
         for client, admission in admitted:
-            # the one client-update path (the Flower ClientApp's too): train,
-            # then encode with the client's own secret rounding; only the
-            # encoded vector leaves it
-            update = client_update(client, global_params, codec, round_number, mode,
-                                   admission=admission)
-            crash_point("mid-training", round_number)
-            updates[client.client_id] = update.encoded
-            info[client.client_id] = {"status": update.refusal, "detail": update.detail,
-                                      "steps": update.steps}
-            if user_plan is not None and update.encoded is not None \
-                    and update.result is not None:
+            cid = client.client_id
+            raw: list[np.ndarray] | None = None
+            if admission is None:
+                # user-level DP alone: plain local training, no per-example DP;
+                # the user-level layer below protects the whole update
+                result = client.train_round(global_params)
+                crash_point("mid-training", round_number)
+                info[cid] = {"status": None, "detail": "", "steps": result.steps}
+                raw = result.update
+            else:
+                # the one client-update path (the Flower ClientApp's too):
+                # train, then encode with the client's own secret rounding;
+                # only the encoded vector leaves it
+                update = client_update(client, global_params, codec, round_number, mode,
+                                       admission=admission)
+                crash_point("mid-training", round_number)
+                updates[cid] = update.encoded
+                info[cid] = {"status": update.refusal, "detail": update.detail,
+                             "steps": update.steps}
+                if update.encoded is not None and update.result is not None:
+                    raw = update.result.update
+            if user_plan is not None and raw is not None:
                 # user-level DP: the client clips, rotates and rounds its whole
                 # update (its own secret rounding); its session adds the noise
                 flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
-                                       for t in update.result.update])
+                                       for t in raw])
                 try:
-                    vectors[client.client_id] = user_plan.codec.encode(flat, round_seed).vector
+                    vectors[cid] = user_plan.codec.encode(flat, round_seed).vector
                 except EncodingError as exc:
-                    updates[client.client_id] = None
-                    info[client.client_id].update(status=Participation.ENCODING_ERROR,
-                                                  detail=f"encoding refused: {exc}")
+                    updates[cid] = None
+                    info[cid].update(status=Participation.ENCODING_ERROR,
+                                     detail=f"encoding refused: {exc}")
 
         abort_reason = ""
         user_rows = []
@@ -886,13 +925,16 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         except AbortError as exc:
             outcome = None
             abort_reason = skipped or user_refusal or str(exc)
+        sent = set(vectors) if user_plan is not None else {
+            cid for cid, update in updates.items() if update is not None}
         outcomes = [
             ClientOutcome(client.client_id,
-                          (client.noise_multiplier, client.sample_rate,
+                          (getattr(client, "noise_multiplier", 0.0),
+                           getattr(client, "sample_rate", 0.0),
                            info[client.client_id]["steps"]),
                           client.history, status=info[client.client_id]["status"],
                           dropped_at=drops.get(client.client_id)
-                          if updates.get(client.client_id) is not None else None,
+                          if client.client_id in sent else None,
                           detail=info[client.client_id]["detail"])
             for client in clients]
         position += 1
