@@ -4,6 +4,9 @@ ledger, checkpoints, metrics and plots.
 
 Every round:
 
+0. with user-level DP and ``client_sample_rate < 1``, the cohort is drawn
+   (Poisson sampling from ``os.urandom``); the other clients neither train
+   nor spend (``not-sampled``);
 1. each client checks its budget guard and refuses the round if it would
    exceed its budget; the others load the global weights and train with
    DP-SGD (their accountants record the steps; noise and sampling from
@@ -167,6 +170,15 @@ class SimulationConfig:
     for ``num_clients``, the ``dropout`` rate and no corrupt clients, against
     a semi-honest or, in active mode, a semi-malicious server).  See
     :meth:`secagg_plan`.
+
+    ``privacy`` is ``"record-level"`` (DP-SGD, default), ``"both"`` (DP-SGD
+    and user-level distributed DP: Skellam noise in the secure sum, target
+    ``user_epsilon``, updates clipped to ``user_clip``) or ``"user-level"``
+    (the user-level layer alone: clients train with plain local SGD,
+    :class:`~securefl.federation.local_client.LocalClient`, and the ledger
+    has no record-level rows).  With user-level DP, ``client_sample_rate``
+    ``q < 1`` draws each round's cohort by Poisson sampling from the OS
+    CSPRNG (:mod:`securefl.federation.cohort`); docs/user-level-dp.md.
 
     Raises:
         ConfigurationError: on out-of-range or inconsistent values (checked
