@@ -785,10 +785,17 @@ def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPla
         raise AbortError(f"{len(ids)} encoded updates, too few for the Harary graph of degree"
                          f" {degree} (it needs more than k clients)",
                          needed=degree + 1, available=len(ids))
-    secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
-                          bits=plan.codec.bits, threshold=threshold, client_ids=ids,
-                          mode=server.security_mode, graph=server.graph,
-                          noise=_user_level_noise(config, plan.variance))
+    try:
+        secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
+                              bits=plan.codec.bits, threshold=threshold, client_ids=ids,
+                              mode=server.security_mode, graph=server.graph,
+                              noise=_user_level_noise(config, plan.variance))
+    except ConfigurationError as exc:
+        # fewer encoded updates than sampled can leave a session the noise
+        # plan does not fit (checked for whole cohorts before training): the
+        # round aborts, its charges kept, rather than release a wrong sum
+        raise AbortError(f"no session of the {len(ids)} encoded updates takes the noise"
+                         f" plan: {exc}", needed=len(ids), available=len(ids)) from None
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
     expected = config.client_sample_rate * config.num_clients
     flat = plan.codec.decode_sum(result.total, round_seed) / expected
