@@ -371,8 +371,9 @@ def run(args: argparse.Namespace) -> int:
     if config.secure:
         plan = config.secagg_plan()
         graph = "complete graph" if plan.degree is None else f"Harary graph k={plan.degree}"
-        aggregation = (f"secure ({config.security_mode.value}, {graph}, threshold"
-                       f" {plan.threshold})")
+        threshold = (f"threshold {plan.threshold}" if config.client_sample_rate == 1.0
+                     else "each round over its sampled cohort, threshold from its size")
+        aggregation = f"secure ({config.security_mode.value}, {graph}, {threshold})"
     adjacency = config.adjacency.value
     if config.record_level:
         print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
