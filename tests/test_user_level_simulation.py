@@ -42,6 +42,7 @@ def test_both_layers_run_and_audit(tmp_path: Path) -> None:
     ({"privacy": "user-level", "epsilon_budget": 3.0}, "epsilon_budget has nothing"),
     ({"privacy": "user-level", "secure": False}, "needs secure aggregation"),
     ({"privacy": "both", "secure": False}, "needs secure aggregation"),
+    ({"privacy": "both", "weighting": "examples"}, "use --weighting uniform"),
     ({"privacy": "both", "user_clip": 0.0}, r"user_clip\) must be > 0"),
     ({"privacy": "both", "user_epsilon": -1.0}, "target epsilon must be > 0"),
     ({"privacy": "unknown"}, "privacy must be one of"),

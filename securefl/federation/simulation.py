@@ -261,6 +261,11 @@ class SimulationConfig:
             if not (self.user_epsilon > 0 and math.isfinite(self.user_epsilon)):
                 raise ConfigurationError(
                     f"the user-level target epsilon must be > 0, got {self.user_epsilon}")
+            if self.weighting is not Weighting.UNIFORM:
+                raise ConfigurationError(
+                    f"weighting {self.weighting.value}: the user-level sum adds clipped"
+                    " updates with weight 1 and divides by the expected cohort; use"
+                    " --weighting uniform")
             if not self.user_clip > 0:
                 raise ConfigurationError(
                     f"the user-level L2 norm bound (user_clip) must be > 0, got"
