@@ -84,3 +84,19 @@ def test_breast_cancer_example_runs_and_audits(
     assert result.output_dir == tmp_path / "secure"
     assert result.metrics["final"]["epsilon_max"] <= 3.0 + 1e-6  # the example's budget
     _secure_and_audited(result.output_dir)
+
+
+def test_user_level_dp_example_runs_and_audits(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the example's own loop, on fewer clients and rounds (its full run: 300
+    # clients, 20 rounds, docs/user-level-dp.md)
+    example = _example("user_level_dp")
+    monkeypatch.setattr(example, "CLIENTS", 60)
+    monkeypatch.setattr(example, "ROUNDS", 2)
+    example.main(tmp_path)
+    out = capsys.readouterr().out
+    assert "round  1:" in out and "round  2:" in out and "round  3:" not in out
+    report = audit_run(tmp_path / "ledger.jsonl")
+    assert report["ok"], report["violations"]
+    assert report["verdict"] in out
