@@ -33,14 +33,15 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["bits"] for r in ran], [100 * r["accuracy_mean"] for r in ran], "o-",
             label="Skellam in the secure sum (distributed)")
-    for key, label, style in (("gaussian", "central Gaussian, same epsilon (every accountant)",
-                               "--"),
-                              ("gaussian_generic",
-                               "central Gaussian, same epsilon (same accountant as Skellam)", ":"),
-                              ("gaussian_pld", "central Gaussian, same epsilon (PLD alone)",
-                               (0, (1, 3))),
-                              ("none", "no noise (clipping only)", "-.")):
-        ax.axhline(100 * sweep[key]["accuracy_mean"], linestyle=style, color="gray", label=label)
+    for key, label, style, color in (
+            ("gaussian", "central Gaussian, same epsilon (every accountant)", "--", "tab:gray"),
+            ("gaussian_generic", "central Gaussian, same epsilon (same accountant as Skellam)",
+             ":", "tab:orange"),
+            ("gaussian_pld", "central Gaussian, same epsilon (PLD alone)", "-.", "tab:green"),
+            ("none", "no noise (clipping only)", "-", "black")):
+        if key in sweep:
+            ax.axhline(100 * sweep[key]["accuracy_mean"], linestyle=style, color=color,
+                       label=label, linewidth=1)
     setting = sweep["setting"]
     ax.set_xlabel("bits per coordinate on the wire")
     ax.set_ylabel("final test accuracy (%)")
@@ -50,6 +51,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(out: Path) -> None:
+    """Redraw ``accuracy_vs_bits.png`` in ``out`` from its ``user_level_dp.json``."""
+    _plot(json.loads((out / "user_level_dp.json").read_text()), out / "accuracy_vs_bits.png")
 
 
 def _markdown(results: dict[str, Any], command: str) -> str:

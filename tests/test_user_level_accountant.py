@@ -122,3 +122,31 @@ def test_an_unknown_accountant_is_refused(tmp_path: Path, plans) -> None:
     report = audit_run(tmp_path / "ledger.jsonl")
     assert not report["verified"]
     assert any("unknown accountant 'pld-from-thin-air'" in v for v in report["violations"])
+
+
+@pytest.mark.parametrize(("z", "q", "rounds"), [(20.0, 1.0, 1), (50.0, 1.0, 1), (20.0, 0.3, 10),
+                                                (50.0, 0.3, 100), (20.0, 0.05, 100)])
+def test_the_gaussian_floor_never_exceeds_a_valid_epsilon(z, q, rounds) -> None:
+    """Small epsilons are attained at orders above 64, which dp-accounting's
+    default orders skip (65..127, 136..248): a floor computed at those alone
+    was above the valid Skellam epsilon (by up to 7% at z = 50) and the
+    audit failed honest rows.  The floor is now computed at a superset of
+    the accountant's orders."""
+    from securefl.cli.audit import _gaussian_floor
+
+    history = [[(z * 1e4) ** 2, 1e4, 1e4, q, rounds]]
+    floor = _gaussian_floor(history, DELTA)
+    for accountant in (ACCOUNTANT, LEGACY_ACCOUNTANT):
+        assert floor <= user_level_epsilon(history, DELTA, accountant=accountant)
+    assert floor > 0.98 * user_level_epsilon(history, DELTA)  # still a close check
+
+
+def test_a_small_user_level_epsilon_audits(tmp_path: Path) -> None:
+    plan = plan_user_level(num_values=300, clip=1.0, bits=24, cohort=20, q=1.0, rounds=1,
+                           target_epsilon=0.2, delta=DELTA)
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
+    ledger.settle_round(1, [], [user_level_entry(plan, round_number=1, survivors=18,
+                                                 released_variance=plan.variance,
+                                                 epsilon_budget=0.2)])
+    report = audit_run(tmp_path / "ledger.jsonl")
+    assert report["verified"], report["violations"]
