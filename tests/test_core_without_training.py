@@ -194,3 +194,60 @@ def test_sum_demo_runs_without_training_dependencies(mode: str) -> None:
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("the two are identical in every entry"), proc.stdout
+
+
+def _requirement_closure(names: list[str]) -> set[str]:
+    """The distributions ``names`` need, their requirements without extras or
+    unmet markers included, recursively (normalised names)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            todo.append(norm(req.name))
+    return seen
+
+
+def test_the_core_imports_only_the_core_distributions() -> None:
+    """Every third-party module the core imports belongs to a core dependency
+    (numpy, cryptography, protobuf) or one of their requirements: a core
+    module importing anything else (scipy was one) fails on ``pip install
+    securefl``."""
+    proc = _python(f"""
+        import importlib, json, pkgutil
+        from importlib import metadata
+        before = set(sys.modules)
+        import securefl, securefl.encoding, securefl.errors, securefl.cli
+        for package in {CORE_PACKAGES!r}:
+            module = importlib.import_module(package)
+            for info in pkgutil.walk_packages(module.__path__, package + "."):
+                importlib.import_module(info.name)
+        tops = {{m.partition(".")[0] for m in set(sys.modules) - before}}
+        tops = {{t for t in tops if t not in sys.stdlib_module_names and not t.startswith("_")
+                 and t != "securefl"}}
+        dists = metadata.packages_distributions()
+        print(json.dumps({{t: dists.get(t, []) for t in sorted(tops)}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    used = json.loads(proc.stdout)
+    allowed = _requirement_closure(["numpy", "cryptography", "protobuf"])
+    outside = {top: dists for top, dists in used.items()
+               if not any(re.sub(r"[-_.]+", "-", d).lower() in allowed for d in dists)}
+    assert outside == {}, f"the core imports modules of non-core distributions: {outside}"

@@ -126,6 +126,8 @@ def test_active_sparse_sessions_need_the_signature_quorum(tmp_path: Path) -> Non
     ({"graph": "harary", "graph_degree": 3}, "must be an even int in 2..6"),
     ({"graph": "harary", "graph_degree": 8}, "for k >= n - 1 use graph complete"),
     ({"graph": "harary", "graph_degree": 0}, "must be an even int"),
+    ({"graph": "harary", "graph_degree": 2, "num_clients": 3},
+     "no Harary graph is sparser than the complete graph for 3 clients"),
     ({"security_mode": "active", "secure": False}, "drop --no-secure-aggregation"),
     ({"graph": "harary", "secure": False}, "drop --no-secure-aggregation"),
     ({"graph": "harary", "dropout": 1.0}, "give --graph-degree K"),

@@ -302,6 +302,11 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"graph_degree={k!r} needs graph harary (the complete graph has degree"
                     " n - 1): add --graph harary or drop --graph-degree")
+            if self.num_clients <= 3:
+                raise ConfigurationError(
+                    f"no Harary graph is sparser than the complete graph for"
+                    f" {self.num_clients} clients (an even degree k needs 2 <= k < n - 1):"
+                    " use --graph complete and drop --graph-degree")
             if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2 \
                     or k >= self.num_clients - 1:
                 raise ConfigurationError(
