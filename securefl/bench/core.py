@@ -50,6 +50,33 @@ def openssl_aes_ctr_gbps(seconds: int = 1) -> float | None:
     return float(match.group(1)) * 1000 / 1e9 if match else None
 
 
+def openssl_x25519_per_second(seconds: int = 1) -> float | None:
+    """Single-core X25519 key agreements per second from ``openssl speed
+    ecdhx25519``; None if the openssl binary is not available."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "speed", "-seconds", str(seconds), "ecdhx25519"],
+                         capture_output=True, text=True, check=False).stdout
+    match = re.search(r"\(X25519\)\s+[\d.]+s\s+([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+def cryptography_x25519_per_second(seconds: float = 1.0) -> float:
+    """Single-core X25519 key agreements per second through ``cryptography``
+    (the fallback reference when there is no openssl binary)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    private = X25519PrivateKey.generate()
+    peer = X25519PrivateKey.generate().public_key()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            private.exchange(peer)
+        count += 100
+    return count / (time.perf_counter() - start)
+
+
 def prg_throughput(total_bytes: int = 64 << 20, bits: int = 32) -> dict[str, float | None]:
     """GB/s of: raw ``cryptography`` AES-CTR into a reused buffer, the mask
     PRG expanding into a reused buffer (one thread), the mask PRG adding many

@@ -1,0 +1,178 @@
+"""The server's unmasking against its 2-core hardware floor, measured in one run.
+
+Usage:
+  python benchmarks/unmask_floor.py [--n 500] [--m 100000] [--dropout 0.3]
+                                    [--bits 31] [--repeat 3] [--workers W]
+
+One semi-honest session (complete graph) is run up to the moment the server
+holds every unmasking response; ``round(dropout * n)`` clients drop after
+sharing their keys (the costliest case: every pairwise mask between them and
+the survivors must be recomputed).  Copies of that server then close the
+last round, interleaved, best of ``--repeat``:
+
+* ``processes``: ``unmask_pool`` = :func:`securefl.protocol.unmasking.worker_pool`
+  (``W`` processes, created once, before the timings);
+* ``threads``: the thread-pool path (main's: key agreement and derivation on
+  the calling thread, AES split over ``W`` threads).
+
+Every result is checked exactly against the plain sum of the survivors'
+inputs.  The floor is computed for the round's exact work: the keystream
+bytes (one mask of ``m`` ring words per survivor self mask and per
+(dropped, survivor) pair) at OpenSSL's single-core AES-256-CTR rate plus the
+pair count of X25519 exchanges at OpenSSL's single-core X25519 rate (or
+``cryptography``'s when there is no openssl binary), divided by the cores
+(``os.cpu_count()``).  The rates are measured before and after the timings;
+the higher (the stricter floor) is used.  The machine may be shared: the
+1-minute load average is printed with every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from securefl.bench.core import (
+    cryptography_x25519_per_second,
+    openssl_aes_ctr_gbps,
+    openssl_x25519_per_second,
+)
+from securefl.hazmat.prg import ring_dtype
+from securefl.protocol import Round, SecAggConfig
+from securefl.protocol.config import ClientStatus
+from securefl.protocol.graphs import neighbour_map
+from securefl.protocol.inmemory import SessionDriver
+from securefl.protocol.server import ServerSession
+from securefl.protocol.unmasking import worker_pool
+
+
+def _rates() -> tuple[float, float, str]:
+    """(AES-256-CTR bytes/s, X25519 exchanges/s, source), one core each."""
+    aes = openssl_aes_ctr_gbps()
+    if aes is None:
+        raise SystemExit("the floor needs OpenSSL's AES rate: no openssl binary found")
+    x25519 = openssl_x25519_per_second()
+    source = "openssl speed"
+    if x25519 is None:  # an openssl without ecdhx25519
+        x25519, source = cryptography_x25519_per_second(), "openssl (AES), cryptography (X25519)"
+    return aes * 1e9, x25519, source
+
+
+class _FanOut(SessionDriver):
+    """The in-memory driver, delivering every client message to several
+    servers; the first one's messages go to the clients (all are equal)."""
+
+    def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray],
+                 servers: Sequence[ServerSession], **kwargs: Any) -> None:
+        super().__init__(config, inputs, **kwargs)
+        self.servers = list(servers)
+        self.server = self.servers[0]
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        for server in self.servers:
+            server.receive(message)
+
+    def server_close(self, rnd: Round) -> Sequence[Any]:
+        out = [server.close_round() for server in self.servers]
+        return out[0]
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--m", type=int, default=100_000)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--bits", type=int, default=31)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    n, m, bits, workers = args.n, args.m, args.bits, args.workers
+    cores = os.cpu_count() or 1
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
+    gen = np.random.default_rng(1)
+    inputs = {c: gen.integers(0, 1 << bits, m, dtype=np.uint64) for c in config.ids}
+    dropped = config.ids[n - round(args.dropout * n):]
+
+    with ThreadPoolExecutor(workers) as threads, worker_pool(workers) as processes:
+        # one server per timed close, all fed the very same messages
+        variants = {
+            "processes": lambda: ServerSession(config, executor=threads, unmask_pool=processes,
+                                               workers=workers),
+            "threads": lambda: ServerSession(config, executor=threads, workers=workers),
+        }
+        servers = [(r, name, make()) for r in range(args.repeat)
+                   for name, make in variants.items()]
+        start = time.perf_counter()
+        driver = _FanOut(config, inputs, [s for _, _, s in servers], executor=threads,
+                         workers=workers,
+                         dropouts=dict.fromkeys(dropped, Round.MASKED_INPUT_COLLECTION))
+        driver.start()
+        driver.close()
+        while driver.round is not Round.UNMASKING:
+            driver.step()
+        driver.answer()  # every unmasking response is now with every server
+        print(f"set-up (n={n} clients up to the last round): {time.perf_counter() - start:.1f} s",
+              flush=True)
+        list(processes.map(abs, range(4 * workers)))  # the workers are up
+        server = servers[0][2]
+
+        statuses = server.statuses
+        survivors = [c for c, s in statuses.items()
+                     if s is ClientStatus.UNMASKING_RESPONSE_RECEIVED]
+        gone = [c for c, s in statuses.items()
+                if s is ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED]
+        assert server.session_id is not None
+        graph = neighbour_map(config.graph, config.ids, server.session_id)
+        alive = set(survivors)
+        pairs = sum(len(set(graph[u]) & alive) for u in gone)
+        width = ring_dtype(bits).itemsize
+        keystream = (len(survivors) + pairs) * m * width
+        expected = np.zeros(m, dtype=np.uint64)
+        for c in survivors:
+            np.add(expected, inputs[c], out=expected)
+        expected &= np.uint64((1 << bits) - 1)
+
+        before = _rates()
+        best = dict.fromkeys(variants, float("inf"))
+        loads: dict[str, float] = {}
+        for r, name, session in servers:
+            load = _load()
+            start = time.perf_counter()
+            session.close_round()
+            seconds = time.perf_counter() - start
+            exact = bool(np.array_equal(session.result.total, expected))
+            assert exact, f"{name}: the sum is wrong"
+            print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  exact={exact}  load={load:.2f}",
+                  flush=True)
+            if seconds < best[name]:
+                best[name], loads[name] = seconds, load
+        after = _rates()
+
+    aes_rate, x25519_rate = max(before[0], after[0]), max(before[1], after[1])
+    floor = (keystream / aes_rate + pairs / x25519_rate) / cores
+    print(f"n={n} m={m} bits={bits} dropped after sharing={len(gone)} survivors={len(survivors)}"
+          f" cores={cores} workers={workers}")
+    print(f"work: {keystream / 1e9:.2f} GB keystream ({len(survivors)} self + {pairs} pair"
+          f" masks), {pairs} X25519 exchanges")
+    print(f"rates ({before[2]}, per core, before/after): AES-256-CTR"
+          f" {before[0] / 1e9:.2f}/{after[0] / 1e9:.2f} GB/s, X25519"
+          f" {before[1]:,.0f}/{after[1]:,.0f} per s")
+    print(f"{cores}-core floor: {floor:.2f} s (AES {keystream / aes_rate / cores:.2f} s +"
+          f" X25519 {pairs / x25519_rate / cores:.2f} s)")
+    for name in variants:
+        print(f"{name:9s} best {best[name]:.2f} s = {best[name] / floor:.2f}x the floor"
+              f" (load {loads[name]:.2f} at that run)")
+    print(f"processes / threads: {best['processes'] / best['threads']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
