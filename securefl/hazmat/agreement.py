@@ -203,14 +203,17 @@ def load_public(raw: bytes) -> X25519PublicKey:
         raise InvalidKeyError("malformed X25519 public key") from exc
 
 
-def exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
-    """X25519(private, peer_public); refuses low-order peer keys.
+def exchange(private: X25519PrivateKey, peer_public: bytes | X25519PublicKey) -> bytes:
+    """X25519(private, peer_public); refuses low-order peer keys.  The peer
+    key may be given already parsed (:func:`load_public`), to parse a key
+    used in many exchanges once.
 
     Raises:
         InvalidKeyError: malformed or low-order peer key.
     """
+    peer = peer_public if isinstance(peer_public, X25519PublicKey) else load_public(peer_public)
     try:
-        return private.exchange(load_public(peer_public))
+        return private.exchange(peer)
     except ValueError as exc:
         # cryptography raises ValueError when the result is all-zero (low order).
         raise InvalidKeyError("X25519 exchange with a low-order public key") from exc

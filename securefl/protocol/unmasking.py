@@ -40,7 +40,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefl.errors import InvalidKeyError, SecureFLError
-from securefl.hazmat.agreement import exchange
+from securefl.hazmat.agreement import exchange, load_public
 from securefl.hazmat.prg import MaskExpander
 from securefl.protocol import derivation as d
 
@@ -158,11 +158,17 @@ def _batches(task: MaskSumTask) -> Iterator[list[tuple[bytes, bool]]]:
     """The task's ``(PRG key, subtract)`` jobs, derived ``BATCH`` at a time."""
     sid = task.session_id
     batch = [(d.self_mask_key(seed, sid, u), True) for u, seed in task.seeds]
+    public = {}
+    for v, raw_public in task.public.items():  # each parsed once, used by every u
+        try:
+            public[v] = load_public(raw_public)
+        except InvalidKeyError:
+            raise PeerKeyRejectedError(v) from None
     for u, raw, vs in task.keys:
         private = X25519PrivateKey.from_private_bytes(raw)
         for v in vs:
             try:
-                secret = exchange(private, task.public[v])
+                secret = exchange(private, public[v])
             except InvalidKeyError:
                 raise PeerKeyRejectedError(v) from None
             # v added +PRG when v < u, -PRG when v > u: undo it
