@@ -143,6 +143,12 @@ def test_any_split_sums_to_the_unsplit_masks(data: st.DataObject, parts: int, bi
     for task in tasks:
         assert all(vs for _, _, vs in task.keys)
         assert set(task.public) == {v for _, _, vs in task.keys for v in vs}
+    for u, vs in spec["peers"].items():
+        holding = [task for task in tasks if any(owner == u for owner, _, _ in task.keys)]
+        assert sum(len(w) for task in holding for owner, _, w in task.keys if owner == u) \
+            == len(vs)
+        if min(sizes) >= len(vs):
+            assert len(holding) <= 2
     # the masks, one by one, with the sign rule of the single-thread path
     expander = MaskExpander(m, bits)
     expected = expander.zeros()
@@ -192,6 +198,11 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def _small_session() -> tuple[SecAggConfig, dict[int, np.ndarray], dict[int, Round]]:
     config = SecAggConfig(num_clients=8, vector_length=50, bits=20, threshold=5)
     gen = np.random.default_rng(3)
@@ -210,6 +221,8 @@ def test_no_worker_outlives_the_callers_pool() -> None:
         assert server.finished
         workers = set(own.map(_pid, range(16)))
         assert workers <= _descendants(os.getpid())  # they are ours, and alive
+        # started from the fork server, not forked from this process (no copy of its memory)
+        assert all(_parent(w) != os.getpid() for w in workers)
         assert own.submit(_pid, 0).result() in workers  # the session left the pool usable
     deadline = time.monotonic() + 10
     while workers & _descendants(os.getpid()) and time.monotonic() < deadline:

@@ -117,8 +117,8 @@ def plan(length: int, bits: int, session_id: bytes, seeds: Mapping[int, bytes],
     Returns:
         the tasks, none empty (an empty list when there is no mask at all).
         A dropped client's private key goes only to the tasks that hold one
-        of its masks: at most two when ``parts`` is at most the number of
-        its masks.
+        of its masks (its masks are consecutive): at most two when every task
+        holds at least as many masks as it has.
     """
     units: list[tuple[int, int | None]] = [(u, None) for u in sorted(seeds)]
     units += [(u, v) for u in sorted(keys) for v in peers[u]]
