@@ -107,7 +107,9 @@ def plan(length: int, bits: int, session_id: bytes, seeds: Mapping[int, bytes],
     """Cut the masks into at most ``parts`` tasks of nearly equal size.
 
     Args:
-        length, bits, session_id: as in :class:`MaskSumTask`.
+        length: the vector length ``m``.
+        bits: the ring ``Z_{2^bits}``.
+        session_id: the session id.
         seeds: survivor -> self-mask seed, for every survivor.
         keys: dropped client -> masking private key.
         peers: dropped client -> the survivors that masked with it.
