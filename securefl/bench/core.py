@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ from securefl.protocol import Round, SecAggConfig
 from securefl.protocol.graphs import NeighbourGraph
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import KeyRoster
+from securefl.protocol.server import ServerSession
+from securefl.protocol.unmasking import worker_pool
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -225,13 +228,16 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
               drop_stage: Round = Round.MASKED_INPUT_COLLECTION, bits: int = 32,
               graph: NeighbourGraph | None = None, threshold: int | None = None,
               workers: int | None = None, inputs: Mapping[int, np.ndarray] | None = None,
-              ) -> RoundTimings:
+              unmask_processes: bool = False) -> RoundTimings:
     """Run one semi-honest session with real sessions, timing every party.
 
     ``round(dropout * n)`` clients (the highest ids) stop answering at
     ``drop_stage``.  Clients run one after another; each client's work is
     timed separately, the server's per stage.  Every message goes through
-    the v1 wire encoding (timed as transport, and counted in bytes).
+    the v1 wire encoding (timed as transport, and counted in bytes).  With
+    ``unmask_processes`` the server removes the masks in a process pool of
+    ``workers`` processes (:func:`securefl.protocol.unmasking.worker_pool`),
+    started before the round and shut down after it.
     """
     kwargs: dict[str, object] = {}
     if graph is not None:
@@ -244,9 +250,16 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     dropped = config.ids[n - round(dropout * n):] if dropout else ()
     workers = workers or os.cpu_count() or 1
     timings = RoundTimings(n, m, dropout, config.graph.describe())
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, \
+            (worker_pool(workers) if unmask_processes else nullcontext()) as processes:
         driver = _TimedDriver(config, inputs, dict.fromkeys(dropped, drop_stage), pool,
                               workers, timings)
+        if processes is not None:
+            # the server removes the masks in the pool's processes (started,
+            # and their imports done, before the round is timed)
+            list(processes.map(abs, range(4 * workers)))
+            driver.server = ServerSession(config, executor=pool, unmask_pool=processes,
+                                          workers=workers)
         wall_start = time.perf_counter()
         driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start
