@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/unmask_floor.py [--n 500] [--m 100000] [--dropout 0.3]
-                                    [--bits 31] [--repeat 3] [--workers W]
+                                    [--bits 31] [--repeat 3] [--workers W] [--designs]
 
 One semi-honest session (complete graph) is run up to the moment the server
 holds every unmasking response; ``round(dropout * n)`` clients drop after
@@ -24,6 +24,14 @@ pair count of X25519 exchanges at OpenSSL's single-core X25519 rate (or
 (``os.cpu_count()``).  The rates are measured before and after the timings;
 the higher (the stricter floor) is used.  The machine may be shared: the
 1-minute load average is printed with every timing.
+
+With ``--designs`` no session is run: the same mask removal (random keys
+for the same numbers of survivors and dropped clients) is timed three ways,
+interleaved, and checked equal: ``whole``, the tasks run whole in processes
+(what ``unmask_pool`` does); ``split``, the keys derived in processes
+(:func:`securefl.protocol.unmasking.derive_keys`) and the AES spread over
+threads; ``main``, the keys derived on the calling thread and the AES spread
+over threads (the thread-pool path).
 """
 
 from __future__ import annotations
@@ -42,13 +50,16 @@ from securefl.bench.core import (
     openssl_aes_ctr_gbps,
     openssl_x25519_per_second,
 )
-from securefl.hazmat.prg import ring_dtype
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.prg import MaskExpander, ring_dtype
+from securefl.hazmat.randomness import default_random
 from securefl.protocol import Round, SecAggConfig
+from securefl.protocol import derivation as d
 from securefl.protocol.config import ClientStatus
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.server import ServerSession
-from securefl.protocol.unmasking import worker_pool
+from securefl.protocol.unmasking import derive_keys, mask_sum, plan, worker_pool
 
 
 def _rates() -> tuple[float, float, str]:
@@ -82,6 +93,85 @@ class _FanOut(SessionDriver):
         return out[0]
 
 
+def _floor(keystream: int, exchanges: int, cores: int, before: tuple[float, float, str],
+           after: tuple[float, float, str]) -> float:
+    """The floor in seconds, and a report of the rates and the work."""
+    aes_rate, x25519_rate = max(before[0], after[0]), max(before[1], after[1])
+    floor = (keystream / aes_rate + exchanges / x25519_rate) / cores
+    print(f"work: {keystream / 1e9:.2f} GB keystream, {exchanges} X25519 exchanges")
+    print(f"rates ({before[2]}, per core, before/after): AES-256-CTR"
+          f" {before[0] / 1e9:.2f}/{after[0] / 1e9:.2f} GB/s, X25519"
+          f" {before[1]:,.0f}/{after[1]:,.0f} per s")
+    print(f"{cores}-core floor: {floor:.2f} s (AES {keystream / aes_rate / cores:.2f} s +"
+          f" X25519 {exchanges / x25519_rate / cores:.2f} s)")
+    return floor
+
+
+def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: int) -> None:
+    """The mask removal alone, three ways (see the module docstring)."""
+    cores = os.cpu_count() or 1
+    rng = default_random(None)
+    dropped = round(dropout * n)
+    survivors = list(range(1, n - dropped + 1))
+    gone = list(range(n - dropped + 1, n + 1))
+    sid = os.urandom(32)
+    seeds = {v: os.urandom(32) for v in survivors}
+    pairs = {u: KeyPair.generate(rng) for u in gone}
+    keys = {u: p.private_bytes() for u, p in pairs.items()}
+    public = {v: KeyPair.generate(rng).public_bytes for v in survivors}
+    peers = {u: survivors for u in gone}
+    expander = MaskExpander(m, bits)
+    start_sum = np.random.default_rng(2).integers(0, 1 << bits, m, dtype=np.uint64).astype(
+        expander.dtype)
+    tasks = plan(m, bits, sid, seeds, keys, peers, public, workers)
+
+    with ThreadPoolExecutor(workers) as threads, worker_pool(workers) as processes:
+        list(processes.map(abs, range(4 * workers)))
+
+        def whole() -> np.ndarray:
+            total = start_sum.copy()
+            for part in processes.map(mask_sum, tasks):
+                np.add(total, part, out=total)
+            return expander.reduce(total)
+
+        def split() -> np.ndarray:
+            jobs = [job for part in processes.map(derive_keys, tasks) for job in part]
+            return expander.apply(jobs, start_sum.copy(), executor=threads, workers=workers)
+
+        def main_thread() -> np.ndarray:
+            jobs = [(d.self_mask_key(seeds[v], sid, v), True) for v in survivors]
+            for u, pair in pairs.items():
+                jobs += [(d.masking_secret(pair, public[v], sid, u, v), v < u) for v in peers[u]]
+            return expander.apply(jobs, start_sum.copy(), executor=threads, workers=workers)
+
+        before = _rates()
+        best: dict[str, float] = {}
+        loads: dict[str, float] = {}
+        reference = None
+        for r in range(repeat):
+            for name, fn in (("whole", whole), ("split", split), ("main", main_thread)):
+                load = _load()
+                start = time.perf_counter()
+                total = fn()
+                seconds = time.perf_counter() - start
+                if reference is None:
+                    reference = total
+                assert np.array_equal(total, reference), f"{name}: a different sum"
+                print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  equal=True  load={load:.2f}",
+                      flush=True)
+                if seconds < best.get(name, float("inf")):
+                    best[name], loads[name] = seconds, load
+        after = _rates()
+    exchanges = sum(len(vs) for vs in peers.values())
+    keystream = (len(survivors) + exchanges) * m * expander.dtype.itemsize
+    print(f"mask removal alone: {len(survivors)} survivors, {dropped} dropped after sharing,"
+          f" m={m} bits={bits} cores={cores} workers={workers}")
+    floor = _floor(keystream, exchanges, cores, before, after)
+    for name in best:
+        print(f"{name:6s} best {best[name]:.2f} s = {best[name] / floor:.2f}x the floor"
+              f" (load {loads[name]:.2f} at that run)")
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -94,7 +184,11 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=31)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--designs", action="store_true")
     args = parser.parse_args()
+    if args.designs:
+        _designs(args.n, args.m, args.dropout, args.bits, args.repeat, args.workers)
+        return
     n, m, bits, workers = args.n, args.m, args.bits, args.workers
     cores = os.cpu_count() or 1
     config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
@@ -157,17 +251,9 @@ def main() -> None:
                 best[name], loads[name] = seconds, load
         after = _rates()
 
-    aes_rate, x25519_rate = max(before[0], after[0]), max(before[1], after[1])
-    floor = (keystream / aes_rate + pairs / x25519_rate) / cores
     print(f"n={n} m={m} bits={bits} dropped after sharing={len(gone)} survivors={len(survivors)}"
-          f" cores={cores} workers={workers}")
-    print(f"work: {keystream / 1e9:.2f} GB keystream ({len(survivors)} self + {pairs} pair"
-          f" masks), {pairs} X25519 exchanges")
-    print(f"rates ({before[2]}, per core, before/after): AES-256-CTR"
-          f" {before[0] / 1e9:.2f}/{after[0] / 1e9:.2f} GB/s, X25519"
-          f" {before[1]:,.0f}/{after[1]:,.0f} per s")
-    print(f"{cores}-core floor: {floor:.2f} s (AES {keystream / aes_rate / cores:.2f} s +"
-          f" X25519 {pairs / x25519_rate / cores:.2f} s)")
+          f" cores={cores} workers={workers}; {len(survivors)} self + {pairs} pair masks")
+    floor = _floor(keystream, pairs, cores, before, after)
     for name in variants:
         print(f"{name:9s} best {best[name]:.2f} s = {best[name] / floor:.2f}x the floor"
               f" (load {loads[name]:.2f} at that run)")

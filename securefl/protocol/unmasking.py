@@ -156,6 +156,18 @@ def mask_sum(task: MaskSumTask) -> np.ndarray:
     return acc
 
 
+def derive_keys(task: MaskSumTask) -> list[tuple[bytes, bool]]:
+    """The task's ``(PRG key, subtract)`` jobs, for
+    :meth:`~securefl.hazmat.prg.MaskExpander.apply` (the other split: keys
+    derived in processes, AES in threads; ``benchmarks/unmask_floor.py
+    --designs`` compares the two).
+
+    Raises:
+        PeerKeyRejectedError: X25519 refused a survivor's public key.
+    """
+    return [job for batch in _batches(task) for job in batch]
+
+
 def _batches(task: MaskSumTask) -> Iterator[list[tuple[bytes, bool]]]:
     """The task's ``(PRG key, subtract)`` jobs, derived ``BATCH`` at a time."""
     sid = task.session_id
