@@ -59,7 +59,13 @@ from securefl.protocol.config import ClientStatus
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.server import ServerSession
-from securefl.protocol.unmasking import derive_keys, mask_sum, plan, worker_pool
+from securefl.protocol.unmasking import (
+    TASKS_PER_WORKER,
+    derive_keys,
+    mask_sum,
+    plan,
+    worker_pool,
+)
 
 
 def _rates() -> tuple[float, float, str]:
@@ -123,7 +129,7 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
     expander = MaskExpander(m, bits)
     start_sum = np.random.default_rng(2).integers(0, 1 << bits, m, dtype=np.uint64).astype(
         expander.dtype)
-    tasks = plan(m, bits, sid, seeds, keys, peers, public, workers)
+    tasks = plan(m, bits, sid, seeds, keys, peers, public, workers * TASKS_PER_WORKER)
 
     with ThreadPoolExecutor(workers) as threads, worker_pool(workers) as processes:
         list(processes.map(abs, range(4 * workers)))

@@ -156,12 +156,13 @@ class ServerSession:
             never creates threads itself.
         unmask_pool: optional executor whose workers are separate processes
             (e.g. from :func:`securefl.protocol.unmasking.worker_pool`): the
-            mask removal at the last round is cut into ``workers`` tasks that
-            run there whole (X25519, key derivation and AES; ``cryptography``
-            holds the GIL for X25519, so threads cannot spread it).  The
-            reconstructed seeds and masking keys reach the workers only
-            through the pool's pipes.  The result is identical with or
-            without it.  The caller creates and shuts down the pool.
+            mask removal at the last round is cut into
+            ``unmasking.TASKS_PER_WORKER * workers`` tasks that run there
+            whole (X25519, key derivation and AES; ``cryptography`` holds the
+            GIL for X25519, so threads cannot spread it).  The reconstructed
+            seeds and masking keys reach the workers only through the pool's
+            pipes.  The result is identical with or without it.  The caller
+            creates and shuts down the pool; the session starts no process.
         workers: how many segments to split the work into (default: the
             number of CPUs when an executor or an unmask pool is given).
     """
@@ -740,7 +741,8 @@ class ServerSession:
                      if self._includes(v, u)] for u in private_keys}
         public = {v: self._advert(v).masking_key for v in self._u3}
         tasks = unmasking.plan(self.config.vector_length, self.config.bits, self.session_id,
-                               seeds, private_keys, peers, public, self._workers)
+                               seeds, private_keys, peers, public,
+                               self._workers * unmasking.TASKS_PER_WORKER)
         total = self._sum.copy()
         pool = self._unmask_pool
         assert pool is not None

@@ -47,6 +47,9 @@ from securefl.protocol import derivation as d
 #: keys derived, then expanded, this many at a time (bounds the live cipher
 #: contexts and keeps derivation and AES alternating on one core)
 BATCH = 256
+#: tasks per worker: a few, so that a worker slowed by another process on its
+#: core does not hold up the others (each extra task costs one partial vector)
+TASKS_PER_WORKER = 4
 #: the PRG's chunk: one 10^5-element vector of 4-byte words in one piece (the
 #: accumulator and the keystream buffer stay in L2), longer vectors in pieces
 CHUNK_BYTES = 1 << 19
