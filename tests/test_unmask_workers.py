@@ -22,11 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securefl import Round, SecAggConfig
+from securefl import Round, SecAggConfig, SecurityMode
 from securefl.errors import AbortError, SecureFLError, WorkerError
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.prg import MaskExpander
 from securefl.hazmat.randomness import default_random
+from securefl.protocol import NoisePlan
 from securefl.protocol import derivation as d
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.server import ServerSession, ServerState
@@ -46,12 +47,13 @@ def pool() -> Iterator[Any]:
 
 
 class _FanOut(SessionDriver):
-    """Every client message goes to several servers (the first one answers)."""
+    """Every client message goes to several servers (the first one answers);
+    ``make(pinned)`` builds each from the clients' pinned identity keys."""
 
     def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray],
-                 servers: Sequence[ServerSession], **kwargs: Any) -> None:
+                 servers: Sequence[Any], **kwargs: Any) -> None:
         super().__init__(config, inputs, **kwargs)
-        self.servers = list(servers)
+        self.servers = [s if isinstance(s, ServerSession) else s(self.pinned) for s in servers]
         self.server = self.servers[0]
 
     def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
@@ -64,7 +66,8 @@ class _FanOut(SessionDriver):
 
 
 def _to_last_round(config: SecAggConfig, inputs: Mapping[int, np.ndarray],
-                   servers: Sequence[ServerSession], dropouts: Mapping[int, Round]) -> None:
+                   servers: Sequence[Any], dropouts: Mapping[int, Round]
+                   ) -> list[ServerSession]:
     """Run the servers (fed the same messages) until they hold the responses."""
     driver = _FanOut(config, inputs, servers, dropouts=dropouts)
     driver.start()
@@ -72,6 +75,26 @@ def _to_last_round(config: SecAggConfig, inputs: Mapping[int, np.ndarray],
     while driver.round is not Round.UNMASKING:
         driver.step()
     driver.answer()
+    return driver.servers
+
+
+def test_with_a_noise_plan_in_active_mode_the_pool_gives_the_same_result(pool: Any) -> None:
+    """Masks removed in the workers, the selected excess noise (SPEC [NZ-6])
+    then on the calling thread: the same total and the same removals."""
+    config = SecAggConfig(8, 256, bits=32, mode=SecurityMode.ACTIVE, noise=NoisePlan(400.0))
+    gen = np.random.default_rng(4)
+    inputs = {c: gen.integers(0, 1 << 20, 256, dtype=np.uint64) for c in config.ids}
+    single, pooled = _to_last_round(
+        config, inputs,
+        [lambda pinned: ServerSession(config, peer_identities=pinned),
+         lambda pinned: ServerSession(config, peer_identities=pinned, unmask_pool=pool)],
+        {3: Round.MASKED_INPUT_COLLECTION, 7: Round.UNMASKING})
+    single.close_round()
+    pooled.close_round()
+    assert pooled.result.noise_removed == single.result.noise_removed
+    assert pooled.result.noise_removed  # the excess removal did happen
+    assert np.array_equal(pooled.result.total, single.result.total)
+    assert 3 not in pooled.result.survivors
 
 
 @st.composite
