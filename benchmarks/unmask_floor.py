@@ -23,7 +23,10 @@ pair count of X25519 exchanges at OpenSSL's single-core X25519 rate (or
 ``cryptography``'s when there is no openssl binary), divided by the cores
 (``os.cpu_count()``).  The rates are measured before and after the timings;
 the higher (the stricter floor) is used.  The machine may be shared: the
-1-minute load average is printed with every timing.
+1-minute load average is printed with every timing, and so is the CPU time
+used (this process and the pool's workers, from /proc): against the floor's
+CPU time (the floor times the cores; ``openssl speed`` counts CPU time too)
+it estimates the ratio on an idle machine when the wall time cannot.
 
 With ``--designs`` no session is run: the same mask removal (random keys
 for the same numbers of survivors and dropped clients) is timed three ways,
@@ -113,6 +116,13 @@ def _floor(keystream: int, exchanges: int, cores: int, before: tuple[float, floa
     return floor
 
 
+def _verdict(name: str, wall: float, cpu: float, load: float, floor: float,
+             cores: int) -> None:
+    print(f"{name:9s} best {wall:.2f} s = {wall / floor:.2f}x the floor (load {load:.2f} at"
+          f" that run); least CPU {cpu:.2f} s = {cpu / (floor * cores):.2f}x the floor's"
+          f" {floor * cores:.2f} CPU s")
+
+
 def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: int) -> None:
     """The mask removal alone, three ways (see the module docstring)."""
     cores = os.cpu_count() or 1
@@ -132,7 +142,7 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
     tasks = plan(m, bits, sid, seeds, keys, peers, public, workers * TASKS_PER_WORKER)
 
     with ThreadPoolExecutor(workers) as threads, worker_pool(workers) as processes:
-        list(processes.map(abs, range(4 * workers)))
+        pids = sorted(set(processes.map(_pid, range(8 * workers))))
 
         def whole() -> np.ndarray:
             total = start_sum.copy()
@@ -152,21 +162,20 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
 
         before = _rates()
         best: dict[str, float] = {}
+        cpus: dict[str, float] = {}
         loads: dict[str, float] = {}
         reference = None
         for r in range(repeat):
             for name, fn in (("whole", whole), ("split", split), ("main", main_thread)):
-                load = _load()
-                start = time.perf_counter()
-                total = fn()
-                seconds = time.perf_counter() - start
+                total, seconds, cpu, load = _timed(fn, pids)
                 if reference is None:
                     reference = total
                 assert np.array_equal(total, reference), f"{name}: a different sum"
-                print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  equal=True  load={load:.2f}",
-                      flush=True)
+                print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  cpu={cpu:6.2f} s  equal=True"
+                      f"  load={load:.2f}", flush=True)
                 if seconds < best.get(name, float("inf")):
                     best[name], loads[name] = seconds, load
+                cpus[name] = min(cpus.get(name, float("inf")), cpu)
         after = _rates()
     exchanges = sum(len(vs) for vs in peers.values())
     keystream = (len(survivors) + exchanges) * m * expander.dtype.itemsize
@@ -174,12 +183,39 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
           f" m={m} bits={bits} cores={cores} workers={workers}")
     floor = _floor(keystream, exchanges, cores, before, after)
     for name in best:
-        print(f"{name:6s} best {best[name]:.2f} s = {best[name] / floor:.2f}x the floor"
-              f" (load {loads[name]:.2f} at that run)")
+        _verdict(name, best[name], cpus[name], loads[name], floor, cores)
 
 
 def _load() -> float:
     return os.getloadavg()[0]
+
+
+def _pid(_: int) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def _cpu(pids: Sequence[int]) -> float:
+    """CPU seconds used so far by this process (every thread) and by the
+    processes ``pids`` (Linux /proc; 0 for them elsewhere)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _timed(fn: Any, pids: Sequence[int]) -> tuple[Any, float, float, float]:
+    """``fn()``, its wall seconds, CPU seconds (see :func:`_cpu`), and the load."""
+    load = _load()
+    cpu, start = _cpu(pids), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start, _cpu(pids) - cpu, load
 
 
 def main() -> None:
@@ -222,7 +258,7 @@ def main() -> None:
         driver.answer()  # every unmasking response is now with every server
         print(f"set-up (n={n} clients up to the last round): {time.perf_counter() - start:.1f} s",
               flush=True)
-        list(processes.map(abs, range(4 * workers)))  # the workers are up
+        pids = sorted(set(processes.map(_pid, range(8 * workers))))  # the workers are up
         server = servers[0][2]
 
         statuses = server.statuses
@@ -243,26 +279,24 @@ def main() -> None:
 
         before = _rates()
         best = dict.fromkeys(variants, float("inf"))
+        cpus = dict.fromkeys(variants, float("inf"))
         loads: dict[str, float] = {}
         for r, name, session in servers:
-            load = _load()
-            start = time.perf_counter()
-            session.close_round()
-            seconds = time.perf_counter() - start
+            _, seconds, cpu, load = _timed(session.close_round, pids)
             exact = bool(np.array_equal(session.result.total, expected))
             assert exact, f"{name}: the sum is wrong"
-            print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  exact={exact}  load={load:.2f}",
-                  flush=True)
+            print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  cpu={cpu:6.2f} s  exact={exact}"
+                  f"  load={load:.2f}", flush=True)
             if seconds < best[name]:
                 best[name], loads[name] = seconds, load
+            cpus[name] = min(cpus[name], cpu)
         after = _rates()
 
     print(f"n={n} m={m} bits={bits} dropped after sharing={len(gone)} survivors={len(survivors)}"
           f" cores={cores} workers={workers}; {len(survivors)} self + {pairs} pair masks")
     floor = _floor(keystream, pairs, cores, before, after)
     for name in variants:
-        print(f"{name:9s} best {best[name]:.2f} s = {best[name] / floor:.2f}x the floor"
-              f" (load {loads[name]:.2f} at that run)")
+        _verdict(name, best[name], cpus[name], loads[name], floor, cores)
     print(f"processes / threads: {best['processes'] / best['threads']:.2f}")
 
 
