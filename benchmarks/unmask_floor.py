@@ -167,12 +167,12 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
         reference = None
         for r in range(repeat):
             for name, fn in (("whole", whole), ("split", split), ("main", main_thread)):
-                total, seconds, cpu, load = _timed(fn, pids)
+                total, seconds, cpu, own, load = _timed(fn, pids)
                 if reference is None:
                     reference = total
                 assert np.array_equal(total, reference), f"{name}: a different sum"
-                print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  cpu={cpu:6.2f} s  equal=True"
-                      f"  load={load:.2f}", flush=True)
+                print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  cpu={cpu:6.2f} s (here"
+                      f" {own:.2f} s)  equal=True  load={load:.2f}", flush=True)
                 if seconds < best.get(name, float("inf")):
                     best[name], loads[name] = seconds, load
                 cpus[name] = min(cpus.get(name, float("inf")), cpu)
@@ -210,12 +210,14 @@ def _cpu(pids: Sequence[int]) -> float:
     return total
 
 
-def _timed(fn: Any, pids: Sequence[int]) -> tuple[Any, float, float, float]:
-    """``fn()``, its wall seconds, CPU seconds (see :func:`_cpu`), and the load."""
+def _timed(fn: Any, pids: Sequence[int]) -> tuple[Any, float, float, float, float]:
+    """``fn()``, its wall seconds, CPU seconds (see :func:`_cpu`), the part of
+    them in this process, and the load."""
     load = _load()
-    cpu, start = _cpu(pids), time.perf_counter()
+    cpu, own, start = _cpu(pids), time.process_time(), time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - start, _cpu(pids) - cpu, load
+    wall = time.perf_counter() - start
+    return out, wall, _cpu(pids) - cpu, time.process_time() - own, load
 
 
 def main() -> None:
@@ -282,11 +284,11 @@ def main() -> None:
         cpus = dict.fromkeys(variants, float("inf"))
         loads: dict[str, float] = {}
         for r, name, session in servers:
-            _, seconds, cpu, load = _timed(session.close_round, pids)
+            _, seconds, cpu, own, load = _timed(session.close_round, pids)
             exact = bool(np.array_equal(session.result.total, expected))
             assert exact, f"{name}: the sum is wrong"
-            print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  cpu={cpu:6.2f} s  exact={exact}"
-                  f"  load={load:.2f}", flush=True)
+            print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  cpu={cpu:6.2f} s (here {own:.2f} s)"
+                  f"  exact={exact}  load={load:.2f}", flush=True)
             if seconds < best[name]:
                 best[name], loads[name] = seconds, load
             cpus[name] = min(cpus[name], cpu)
