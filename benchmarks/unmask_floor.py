@@ -3,9 +3,11 @@
 Usage:
   python benchmarks/unmask_floor.py [--n 500] [--m 100000] [--dropout 0.3]
                                     [--bits 31] [--repeat 3] [--workers W] [--designs]
+                                    [--profile] [--graph complete|harary]
 
-One semi-honest session (complete graph) is run up to the moment the server
-holds every unmasking response; ``round(dropout * n)`` clients drop after
+One semi-honest session (complete graph, or with ``--graph harary`` the
+suite's sparse setting for ``n``) is run up to the moment the server holds
+every unmasking response; ``round(dropout * n)`` clients drop after
 sharing their keys (the costliest case: every pairwise mask between them and
 the survivors must be recomputed).  Copies of that server then close the
 last round, interleaved, best of ``--repeat``:
@@ -22,7 +24,8 @@ bytes (one mask of ``m`` ring words per survivor self mask and per
 pair count of X25519 exchanges at OpenSSL's single-core X25519 rate (or
 ``cryptography``'s when there is no openssl binary), divided by the cores
 (``os.cpu_count()``).  The rates are measured before and after the timings;
-the higher (the stricter floor) is used.  The machine may be shared: the
+the higher (the stricter floor) is used.  ``--profile`` prints where this
+process spends the first timed close of each kind.  The machine may be shared: the
 1-minute load average is printed with every timing, and so is the CPU time
 used (this process and the pool's workers, from /proc): against the floor's
 CPU time (the floor times the cores; ``openssl speed`` counts CPU time too)
@@ -40,7 +43,9 @@ over threads (the thread-pool path).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +58,7 @@ from securefl.bench.core import (
     openssl_aes_ctr_gbps,
     openssl_x25519_per_second,
 )
+from securefl.bench.suite import sparse_parameters
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.prg import MaskExpander, ring_dtype
 from securefl.hazmat.randomness import default_random
@@ -60,6 +66,7 @@ from securefl.protocol import Round, SecAggConfig
 from securefl.protocol import derivation as d
 from securefl.protocol.config import ClientStatus
 from securefl.protocol.graphs import neighbour_map
+from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.server import ServerSession
 from securefl.protocol.unmasking import (
@@ -228,14 +235,25 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=31)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--graph", choices=("complete", "harary"), default="complete")
     parser.add_argument("--designs", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where this process spends the first timed close")
     args = parser.parse_args()
     if args.designs:
         _designs(args.n, args.m, args.dropout, args.bits, args.repeat, args.workers)
         return
     n, m, bits, workers = args.n, args.m, args.bits, args.workers
     cores = os.cpu_count() or 1
-    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
+    if args.graph == "harary":
+        # the suite's sparse setting: SecAgg+ parameters for this n and dropout
+        params = sparse_parameters(n, max(args.dropout, 0.05), 0.05)
+        if params is None:
+            raise SystemExit(f"no sparse graph parameters for n={n}")
+        config = SecAggConfig(num_clients=n, vector_length=m, bits=bits,
+                              graph=HararyGraph(params[0]), threshold=params[1])
+    else:
+        config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
     gen = np.random.default_rng(1)
     inputs = {c: gen.integers(0, 1 << bits, m, dtype=np.uint64) for c in config.ids}
     dropped = config.ids[n - round(args.dropout * n):]
@@ -284,7 +302,13 @@ def main() -> None:
         cpus = dict.fromkeys(variants, float("inf"))
         loads: dict[str, float] = {}
         for r, name, session in servers:
+            profile = cProfile.Profile() if args.profile and r == 0 else None
+            if profile is not None:
+                profile.enable()
             _, seconds, cpu, own, load = _timed(session.close_round, pids)
+            if profile is not None:
+                profile.disable()
+                pstats.Stats(profile).sort_stats("tottime").print_stats(12)
             exact = bool(np.array_equal(session.result.total, expected))
             assert exact, f"{name}: the sum is wrong"
             print(f"  run {r + 1} {name:9s} {seconds:6.2f} s  cpu={cpu:6.2f} s (here {own:.2f} s)"
@@ -294,8 +318,9 @@ def main() -> None:
             cpus[name] = min(cpus[name], cpu)
         after = _rates()
 
-    print(f"n={n} m={m} bits={bits} dropped after sharing={len(gone)} survivors={len(survivors)}"
-          f" cores={cores} workers={workers}; {len(survivors)} self + {pairs} pair masks")
+    print(f"{config.graph.describe()}: n={n} m={m} bits={bits} dropped after sharing="
+          f"{len(gone)} survivors={len(survivors)} cores={cores} workers={workers};"
+          f" {len(survivors)} self + {pairs} pair masks")
     floor = _floor(keystream, pairs, cores, before, after)
     for name in variants:
         _verdict(name, best[name], cpus[name], loads[name], floor, cores)
