@@ -334,3 +334,21 @@ class _Inline:
 
     def map(self, fn: Any, *iterables: Any) -> Iterator[Any]:
         return map(fn, *iterables)
+
+
+def test_remembered_key_classes_refuse_exactly_what_the_probe_refuses() -> None:
+    """The cache behind ``key_class`` (public keys only) never turns a refusal
+    into an answer: a low-order, twist or wrongly typed key is refused every
+    time, and a valid key's class is the probe's."""
+    from securefl.errors import InvalidKeyError
+    from securefl.hazmat import agreement
+
+    valid = KeyPair.generate(default_random(None)).public_bytes
+    assert agreement.key_class(valid) == agreement._probe(valid)
+    assert agreement.key_class(bytearray(valid)) == agreement.key_class(valid)
+    twist = next(bytes([i]) + bytes(31) for i in range(2, 256)
+                 if not agreement.is_canonical_public(bytes([i]) + bytes(31)))
+    for bad in (bytes(32), b"\x01" + bytes(31), twist, [1] * 32, "x" * 32):
+        for _ in range(2):
+            with pytest.raises(InvalidKeyError):
+                agreement.key_class(bad)  # type: ignore[arg-type]

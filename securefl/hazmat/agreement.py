@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -122,7 +123,7 @@ def matches_public(raw_private: bytes, public: bytes) -> bool:
     if not is_binding_scalar(raw_private):
         return False
     try:
-        theirs = _probe(public)
+        theirs = key_class(public)
         ours = X25519PrivateKey.from_private_bytes(raw_private).exchange(_PROBE_PUBLIC)
     except (InvalidKeyError, ValueError):
         return False
@@ -157,6 +158,17 @@ def key_class(raw: bytes) -> bytes:
     Raises:
         InvalidKeyError: ``raw`` fails :func:`validate_public`.
     """
+    if isinstance(raw, bytes | bytearray):
+        return _key_class(bytes(raw))
+    return _probe(raw)  # not bytes: refused (unhashable types never reach the cache)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _key_class(raw: bytes) -> bytes:
+    """:func:`_probe` remembered for the last 32,768 keys (public data; about
+    5 MB at most): a server classifies every advertised key at R0 and checks
+    the reconstructed masking keys against the same keys at R4, where the
+    canonical-point test (a 255-bit modular exponentiation) is then skipped."""
     return _probe(raw)
 
 
