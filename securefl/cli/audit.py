@@ -56,6 +56,7 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    USER_LEVEL_ACCOUNTANTS,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
     USER_LEVEL_MECHANISMS,
@@ -303,6 +304,8 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
     found = []
     if row.mechanism not in USER_LEVEL_MECHANISMS:
         found.append(f"{where}: unknown mechanism {row.mechanism!r}: cannot be accounted")
+    if row.accountant not in USER_LEVEL_ACCOUNTANTS:
+        found.append(f"{where}: unknown accountant {row.accountant!r}: cannot be recomputed")
     if row.adjacency in USER_LEVEL_RETIRED_ADJACENCIES:
         found.append(f"{where}: adjacency {row.adjacency!r} is not what the Skellam bound"
                      " covers (adding a client also adds its noise share); the epsilons hold"
@@ -354,12 +357,21 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
 def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     """dp-accounting's RDP epsilon of the Poisson-sampled Gaussian with the
     history's variances: never above the Skellam mechanism's (an independent
-    cross-check of the recomputation)."""
+    cross-check of the recomputation).  It is evaluated at dp-accounting's
+    default orders and at every order of the Skellam accountant
+    (:data:`~securefl.privacy.distributed.ORDERS`): at each of those the
+    Gaussian's RDP is at most the Skellam bound, so the floor's minimum over
+    a superset of orders is at most the Skellam epsilon (with dp-accounting's
+    default orders alone, which lack 65..127 and 136..248, the floor could
+    exceed a valid epsilon attained at one of those orders)."""
     import dp_accounting
+    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
     from securefl.privacy.accounting import _quiet_absl
+    from securefl.privacy.distributed import ORDERS
 
-    accountant = dp_accounting.rdp.RdpAccountant()
+    orders = sorted({float(o) for o in DEFAULT_RDP_ORDERS} | {float(o) for o in ORDERS})
+    accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
     with _quiet_absl():
         for mu, _, l2, q, rounds in history:
             if rounds and l2 > 0:
@@ -439,7 +451,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     violations.extend(_user_delta_problems(list(chain.committed_user_level), record_deltas))
     for row in chain.committed_user_level:
         try:
-            computed = dict(user_level_epsilons(row.history, row.delta))
+            computed = dict(user_level_epsilons(row.history, row.delta,
+                                                accountant=row.accountant))
             computed["gaussian"] = _gaussian_floor(row.history, row.delta)
         except (SecureFLError, ArithmeticError, ValueError):
             computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
@@ -459,7 +472,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
                          f" budget {row.epsilon_budget:g}, which bounds the sampled epsilon")
         previous = row.history
         out.append({"round": row.round, "mechanism": row.mechanism,
-                    "adjacency": row.adjacency, "sample_rate": row.sample_rate,
+                    "adjacency": row.adjacency, "accountant": row.accountant,
+                    "sample_rate": row.sample_rate,
                     "released_variance": row.released_variance,
                     "target_variance": row.target_variance, "gamma": row.gamma,
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
@@ -893,9 +907,12 @@ def _print_report(report: dict[str, Any]) -> None:
               " privacy)")
     if report.get("user_level"):
         print()
+        kinds = ", ".join(sorted({u["mechanism"] for u in report["user_level"]})
+                          + sorted({u["adjacency"] for u in report["user_level"]}))
+        accountants = ", ".join(sorted({u["accountant"] for u in report["user_level"]}))
         print(f"{'round':>5}  {'user eps':>8}  {'vs server':>9}  {'gauss lb':>8}  {'q':>6}"
-              f"  {'variance':>10}  {'target':>10}  survivors  (user level, skellam,"
-              " add/remove one client)")
+              f"  {'variance':>10}  {'target':>10}  survivors  (user level, {kinds};"
+              f" accountant {accountants})")
         for u in report["user_level"]:
             print(f"{u['round']:>5}  {_fmt(u['epsilon']):>8}  {_fmt(u['epsilon_unsampled']):>9}"
                   f"  {_fmt(u['epsilon_gaussian_floor']):>8}  {u['sample_rate']:>6.3g}"

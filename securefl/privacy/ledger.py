@@ -100,6 +100,18 @@ client's data outright); a row must also have ``delta < 1 / survivors``."""
 USER_LEVEL_MECHANISMS = ("skellam",)
 """``mechanism`` values of user-level rows: the distributed Skellam mechanism
 (:mod:`securefl.privacy.distributed`)."""
+USER_LEVEL_ACCOUNTANT = "symmetric-binomial"
+"""The ``accountant`` of the user-level rows written now: the Poisson
+subsampling bound for a shift under symmetric noise
+(:func:`securefl.privacy.distributed.poisson_subsampled_rdp`, docs/user-level-dp.md,
+"Accounting")."""
+USER_LEVEL_LEGACY_ACCOUNTANT = "zhu-wang-general"
+"""The ``accountant`` of user-level rows written before the field existed
+(Zhu and Wang's general subsampling bound, larger): a row without the field
+is read as this one and audited under it."""
+USER_LEVEL_ACCOUNTANTS = (USER_LEVEL_ACCOUNTANT, USER_LEVEL_LEGACY_ACCOUNTANT)
+"""``accountant`` values of user-level rows: the subsampling bound its
+sampled epsilon was computed with (both are upper bounds)."""
 
 
 class Participation(str, enum.Enum):
@@ -344,6 +356,10 @@ class UserLevelEntry:
             and ``c`` colluding survivors: every round of ``history`` at its
             variance minus its ``colluder_history`` entry (equal to
             ``epsilon_unsampled`` when ``c = 0``).
+        accountant: the subsampling bound of ``epsilon``, one of
+            :data:`USER_LEVEL_ACCOUNTANTS` (rows without the field, written
+            before it existed, are read as
+            :data:`USER_LEVEL_LEGACY_ACCOUNTANT`).
     """
 
     round: int
@@ -369,6 +385,7 @@ class UserLevelEntry:
     colluders: int = 0
     colluder_history: list[float] = field(default_factory=list)
     epsilon_colluders: float = math.nan
+    accountant: str = USER_LEVEL_LEGACY_ACCOUNTANT
 
     def to_record(self) -> dict[str, Any]:
         """The row as strict-JSON values (``"inf"`` for an infinite epsilon,
@@ -405,7 +422,7 @@ class UserLevelEntry:
                     raise ValueError(f"{name} must be a number")
             if entry.epsilon_budget is not None and not _is_number(entry.epsilon_budget):
                 raise ValueError("epsilon_budget must be a number or null")
-            for name in ("mechanism", "adjacency", "noise_source"):
+            for name in ("mechanism", "adjacency", "noise_source", "accountant"):
                 if not isinstance(getattr(entry, name), str):
                     raise ValueError(f"{name} must be a string")
             if not isinstance(entry.history, list) or not all(
