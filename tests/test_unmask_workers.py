@@ -352,3 +352,37 @@ def test_remembered_key_classes_refuse_exactly_what_the_probe_refuses() -> None:
         for _ in range(2):
             with pytest.raises(InvalidKeyError):
                 agreement.key_class(bad)  # type: ignore[arg-type]
+
+
+_OPENED: list[tuple[Any, Any, int]] = []
+_WATCHING: list[bool] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _WATCHING and event == "open":
+        _OPENED.append((args[0], args[1], args[2]))  # path, mode (open) or None, flags
+
+
+def test_closing_with_the_pool_opens_no_file(pool: Any) -> None:
+    """The secrets go to the workers through the pool's pipes: while the
+    server closes the last round, this process opens no file for writing
+    (audit hook; a pipe's descriptor, or a module read, is not a file
+    written)."""
+    import sys
+
+    config, inputs, dropouts = _small_session()
+    server = ServerSession(config, unmask_pool=pool)
+    _to_last_round(config, inputs, [server], dropouts)
+    if not _WATCHING:
+        sys.addaudithook(_audit)  # hooks cannot be removed: it records only while watched
+    _OPENED.clear()
+    _WATCHING.append(True)
+    try:
+        server.close_round()
+    finally:
+        _WATCHING.clear()
+    assert server.finished
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+    written = [(path, mode) for path, mode, flags in _OPENED if not isinstance(path, int)
+               and (set(str(mode or "")) & set("wax+") or flags & writing)]
+    assert written == []
