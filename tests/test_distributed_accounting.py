@@ -243,7 +243,7 @@ def test_a_norm_bound_that_is_not_positive_is_refused(clip):
 @pytest.mark.parametrize("accountant", [ACCOUNTANT, LEGACY_ACCOUNTANT])
 def test_subsampling_bound_is_the_stated_sum_term_by_term(accountant):
     """Each bound recomputed directly from its statement (module docstring)
-    with scipy's exact binomials, at a few orders: Zhu-Wang's Theorem 6 with
+    with scipy's exact binomials, at a few orders: Zhu-Wang's general bound with
     its factor 3 on the terms l >= 3 (legacy), the binomial expansion
     without it (default)."""
     from scipy.special import comb

@@ -31,10 +31,11 @@ which ``mu`` is the variance of the released noise, each Poisson of mean
 those norms, in either direction, so it bounds the RDP of both orderings of
 a neighbouring pair.  The first term is the Gaussian's RDP at variance ``mu``.
 
-**Poisson sampling.**  Condition on everything but the differing client
-(the others' participation, updates, rounding and noise are the same on
-both sides, and joint convexity of ``exp((alpha-1) D_alpha)`` lets us take
-the worst conditional): the pair is ``M = (1-q) P + q Q`` against ``P``,
+**Poisson sampling.**  Condition on the other clients' participation,
+updates and rounding (the same on both sides) and on the differing client's
+rounded vector (independent of the rest); joint convexity of
+``exp((alpha-1) D_alpha)`` lets us take the worst conditional: the pair is
+``M = (1-q) P + q Q`` against ``P``,
 where ``P`` is the law of ``s + Z`` and ``Q`` that of ``s + v + Z``, ``Z``
 the Skellam noise and ``v`` the client's rounded vector
 (``||v||_2 <= Delta_2``, ``||v||_1 <= Delta_1``).  Two bounds
@@ -73,7 +74,9 @@ the Skellam noise and ``v`` the client's rounded vector
   ``compute_rdp``), so ours is never below it and tends to it as ``mu``
   grows (the Skellam ``eps(k)`` tends to the Gaussian's).
 * ``"zhu-wang-general"`` (:data:`LEGACY_ACCOUNTANT`; ledger rows written
-  before the field existed).  Zhu and Wang's Theorem 6, valid for any
+  before the field existed).  Zhu and Wang's general upper bound ("Poisson
+  Subsampled Rényi Differential Privacy", ICML 2019; Theorem 5 of the
+  proceedings version as Google's distributed-DP code cites it), valid for any
   mechanism, both directions: the same sum with the terms ``k >= 3``
   multiplied by 3.
 
@@ -167,7 +170,7 @@ ACCOUNTANT = USER_LEVEL_ACCOUNTANT
 """``"symmetric-binomial"``: the subsampling bound for a shift under
 symmetric noise (module docstring), the default of every function here."""
 LEGACY_ACCOUNTANT = USER_LEVEL_LEGACY_ACCOUNTANT
-"""``"zhu-wang-general"``: Zhu and Wang's Theorem 6 (any mechanism), the
+"""``"zhu-wang-general"``: Zhu and Wang's general bound (any mechanism), the
 bound of ledger rows written before rows named their accountant."""
 ACCOUNTANTS = USER_LEVEL_ACCOUNTANTS
 """Every accepted ``accountant``."""
@@ -263,7 +266,7 @@ def poisson_subsampled_rdp(orders: Sequence[int], q: float, base: np.ndarray, *,
 
     ``accountant`` (module docstring): ``"zhu-wang-general"`` (the default
     here, as this function knows nothing of the mechanism) is Zhu and
-    Wang's Theorem 6, valid for any mechanism; ``"symmetric-binomial"`` is
+    Wang's general upper bound, valid for any mechanism; ``"symmetric-binomial"`` is
     the exact binomial expansion of the "add" direction, valid (for both
     directions) only when the sampled pair is a shift under noise whose law
     is symmetric, as the Skellam and Gaussian mechanisms' are.
