@@ -522,7 +522,7 @@ def _lagrange(base: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarr
     offsets = points.reshape(-1, 1) - b.reshape(1, -1)  # x - x_i, never 0
     np.fill_diagonal(gaps, 1)
     if int(max(b.max(), points.max())) < TABLE_POINTS:
-        table = _inverse_table()
+        table = _inverse_table()  # covers every difference: |x - y| < TABLE_POINTS
         inv_gaps = _signed_lookup(table, gaps)
         inv_den = _prod_mod(inv_gaps, axis=1)  # 1 / d_i
         inv_offsets = _signed_lookup(table, offsets)
@@ -542,7 +542,8 @@ _TABLE: list[np.ndarray] = []
 
 def _inverse_table() -> np.ndarray:
     """``1/k mod p`` at index ``k`` for ``0 < k < TABLE_POINTS`` (index 0: 0)."""
-    if not _TABLE:
+    if not _TABLE or _TABLE[0].size < TABLE_POINTS:
+        _TABLE.clear()
         ks = np.arange(TABLE_POINTS, dtype=np.uint64)
         table = _inverse(ks)  # 0 ** (p - 2) = 0 at index 0, never used
         _TABLE.append(table)
