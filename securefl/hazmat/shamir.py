@@ -542,12 +542,12 @@ _TABLE: list[np.ndarray] = []
 
 def _inverse_table() -> np.ndarray:
     """``1/k mod p`` at index ``k`` for ``0 < k < TABLE_POINTS`` (index 0: 0)."""
-    if not _TABLE or _TABLE[0].size < TABLE_POINTS:
-        _TABLE.clear()
-        ks = np.arange(TABLE_POINTS, dtype=np.uint64)
-        table = _inverse(ks)  # 0 ** (p - 2) = 0 at index 0, never used
-        _TABLE.append(table)
-    return _TABLE[0]
+    tables = _TABLE  # one list slot, replaced whole: safe to read from threads
+    if tables and tables[0].size >= TABLE_POINTS:
+        return tables[0]
+    table = _inverse(np.arange(TABLE_POINTS, dtype=np.uint64))  # index 0: 0 ** (p-2) = 0
+    _TABLE[:] = [table]
+    return table
 
 
 def _signed_lookup(table: np.ndarray, k: np.ndarray) -> np.ndarray:
