@@ -22,6 +22,26 @@ from securefl.protocol import derivation as d
 from securefl.protocol.messages import AdvertiseKeys
 
 
+class IdTuple(tuple[int, ...]):
+    """A tuple of client ids that also carries them as an ``int64`` numpy
+    array (:attr:`array`), so that a party checks a long id list (survivors,
+    dropped) with array operations instead of a Python step per id.  It is
+    equal to, hashes like and prints like the plain tuple; the array is read
+    only and always holds exactly the tuple's ids, in the same order."""
+
+    array: np.ndarray
+
+    def __new__(cls, ids: Sequence[int] | np.ndarray) -> IdTuple:
+        array = np.array(ids, dtype=np.int64).reshape(-1)
+        array.setflags(write=False)
+        self = super().__new__(cls, array.tolist())
+        self.array = array
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (IdTuple, (tuple(self),))
+
+
 class RosterEntries(Sequence[AdvertiseKeys]):
     """Roster entries as columns: ``senders`` (ascending ``uint32``) and
     ``fields`` (``n x 96`` bytes: encryption key, masking key, seed

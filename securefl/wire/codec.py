@@ -46,7 +46,7 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
-from securefl.protocol.roster import RosterEntries
+from securefl.protocol.roster import IdTuple, RosterEntries
 
 with warnings.catch_warnings():
     # gencode 5.28 on a 6.x runtime warns once per import; both are supported.
@@ -335,6 +335,9 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         WireFormatError: see :class:`WireIssue` for the reasons.
     """
     raw = bytes(data)
+    roster = _fast_roster(raw, config)
+    if roster is not None:
+        return _expected(roster, expect)
     split = _split_masked_payload(raw)
     if split is not None:
         # a long masked vector: parse and check everything but its payload,
@@ -376,6 +379,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         message: Message = _dec_masked(inner, config, payload)
     else:
         message = _DECODERS[body](inner, config)
+    return _expected(message, expect)
+
+
+def _expected(message: Message, expect: type | tuple[type, ...] | None) -> Message:
     if expect is not None and not isinstance(message, expect):
         names = ([expect.__name__] if isinstance(expect, type)
                  else [t.__name__ for t in expect])
@@ -411,7 +418,7 @@ def _check_id(value: int, field: str, peer: int | None) -> int:
     return int(value)
 
 
-def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, ...]:
+def _id_list(values: Sequence[int], field: str, peer: int | None) -> IdTuple:
     # checked as one uint32 array (4 bytes an id) before any Python int is made
     ids = np.fromiter(values, dtype=np.uint32, count=len(values))
     if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID):
@@ -422,7 +429,7 @@ def _id_list(values: Sequence[int], field: str, peer: int | None) -> tuple[int, 
             and not np.all(np.diff(np.sort(ids).astype(np.int64))):
         raise WireFormatError(f"{field} lists a client id twice",
                               reason=WireIssue.DUPLICATE_ID.value, field=field, peer=peer)
-    return tuple(ids.tolist())
+    return IdTuple(ids)
 
 
 def _keyed(entries: Iterable[Any], id_attr: str, value_attr: str, size: int, field: str,
@@ -502,6 +509,38 @@ def _noise_keyed(entries: Iterable[Any], field: str, peer: int | None,
     return out
 
 
+_ROSTER_TAG = 0x12
+"""Field 2, length-delimited: ``SecAggMessage.key_roster``."""
+
+
+def _fast_roster(raw: bytes, config: SecAggConfig | None) -> KeyRoster | None:
+    """A plain roster (at least :data:`_COLUMNS_MIN` entries, no signature,
+    no noise commitment) decoded straight from ``raw`` into columns, without
+    building a protobuf message per entry or re-encoding: ``raw`` must be
+    exactly the canonical encoding, i.e. the envelope tag, its minimal
+    length, ``version = 1``, the 32-byte digest, then every entry in the one
+    canonical layout :func:`_roster_columns` accepts, ascending senders,
+    nothing after.  Anything else (None) goes through the general decoder,
+    which accepts or names the problem exactly as before: this path only
+    accepts bytes the general path decodes to an equal roster."""
+    if len(raw) < 40 or raw[0] != _ROSTER_TAG:
+        return None
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 4] != b"\x08\x01\x12\x20":  # version = 1, digest of 32 bytes
+        return None
+    digest = raw[pos + 4:pos + 36]
+    if len(digest) != DIGEST_BYTES:
+        return None
+    columns = _roster_columns(raw, pos + 36)
+    if columns is None or len(columns) < _COLUMNS_MIN or (
+            config is not None and len(columns) > config.num_clients):
+        return None
+    return KeyRoster(digest, columns)  # type: ignore[arg-type]
+
+
 def _roster_columns(blob: bytes, pos: int) -> RosterEntries | None:
     """The entries of a serialised ``KeyRoster`` from ``pos`` on, as columns,
     when every entry is exactly ``sender, encryption_key, masking_key,
@@ -532,6 +571,8 @@ def _roster_columns(blob: bytes, pos: int) -> RosterEntries | None:
         for j in range(width - 1):
             ok &= rows[:, 3 + j] >= 0x80
         ok &= rows[:, 3 + width - 1] < 0x80
+        if width > 1:
+            ok &= rows[:, 3 + width - 1] != 0  # minimal varint: no trailing zero group
         count = int(np.argmin(ok)) if not ok.all() else len(ok)
         if count == 0:
             return None

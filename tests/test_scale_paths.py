@@ -1,0 +1,206 @@
+"""The O(n)-per-client paths used with thousands of clients give exactly what
+the general paths give: the roster decoded straight from its bytes, id lists
+carried with their arrays (IdTuple), the configuration digest hashed in one
+update, and the client's array checks of the survivor and dropped lists (the
+same refusals, with the same rules, as a malicious server's lists get from a
+plain tuple)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import random
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securefl import Round, wire
+from securefl.errors import RemoteProtocolError, Rule, WireFormatError
+from securefl.protocol import SecAggConfig
+from securefl.protocol.client import ClientState
+from securefl.protocol.config import PROTOCOL_VERSION
+from securefl.protocol.harary import HararyGraph
+from securefl.protocol.inmemory import SessionDriver
+from securefl.protocol.messages import AdvertiseKeys, KeyRoster, UnmaskingRequest
+from securefl.protocol.roster import IdTuple, RosterEntries
+from securefl.wire import codec
+
+FAST = settings(max_examples=40, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _roster(rng: random.Random, count: int) -> KeyRoster:
+    ids: set[int] = set()
+    while len(ids) < count:  # senders of every varint width (1 to 5 bytes)
+        ids.add(rng.randint(1, (1 << rng.choice([7, 14, 21, 28, 31])) - 2))
+    return KeyRoster(rng.randbytes(32), tuple(
+        AdvertiseKeys(i, rng.randbytes(32), rng.randbytes(32), None, rng.randbytes(32))
+        for i in sorted(ids)))
+
+
+def _general(raw: bytes) -> object:
+    """The general decoder's answer (protobuf parse and re-encode), or its
+    refusal."""
+    saved = codec._fast_roster
+    codec._fast_roster = lambda raw, config: None  # type: ignore[assignment]
+    try:
+        return wire.decode(raw)
+    except WireFormatError as exc:
+        return exc
+    finally:
+        codec._fast_roster = saved  # type: ignore[assignment]
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(64, 120), data=st.data())
+def test_the_roster_read_from_its_bytes_is_what_the_general_decoder_reads(
+        seed: int, count: int, data: st.DataObject) -> None:
+    roster = _roster(random.Random(seed), count)
+    raw = bytearray(wire.encode(roster))
+    fast = codec._fast_roster(bytes(raw), None)
+    assert fast is not None and fast == roster and isinstance(fast.entries, RosterEntries)
+    for _ in range(data.draw(st.integers(0, 3), label="mutations")):
+        at = data.draw(st.integers(0, len(raw) - 1), label="at")
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]), label="op")
+        if op == "set":
+            raw[at] = data.draw(st.integers(0, 255), label="byte")
+        elif op == "insert":
+            raw.insert(at, data.draw(st.integers(0, 255), label="byte"))
+        else:
+            del raw[at]
+    mutated = bytes(raw)
+    fast = codec._fast_roster(mutated, None)
+    general = _general(mutated)
+    if fast is not None:
+        # accepted only what the general decoder accepts, as the same roster,
+        # and only the canonical bytes of it
+        assert not isinstance(general, WireFormatError)
+        assert fast == general and wire.encode(fast) == mutated
+
+
+def test_a_second_encoding_of_a_roster_is_refused_on_every_path() -> None:
+    # a sender written as a non-minimal varint (0x81 0x00 for 1) is the same
+    # roster in a second encoding: refused, whichever path reads it
+    roster = _roster(random.Random(5), 70)
+    first = roster.entries[0]
+    roster = KeyRoster(roster.config_digest, (AdvertiseKeys(1, *[
+        getattr(first, f) for f in ("encryption_key", "masking_key", "signature",
+                                    "seed_commitment")]), *roster.entries[1:]))
+    raw = wire.encode(roster)
+    head = raw.index(b"\x1a\x68\x08\x01", 38)  # the first entry: 104 bytes, sender 1
+    entry = b"\x1a\x69\x08\x81\x00" + raw[head + 4:head + 106]
+    body = raw[raw.index(b"\x08\x01\x12\x20"):head] + entry + raw[head + 106:]
+    second = b"\x12" + codec._encode_varint(len(body)) + body
+    assert second != raw
+    assert codec._fast_roster(second, None) is None
+    with pytest.raises(WireFormatError) as info:
+        wire.decode(second)
+    assert info.value.reason == codec.WireIssue.NON_CANONICAL.value
+
+
+@FAST
+@given(ids=st.lists(st.integers(1, 2**31 - 2), unique=True, max_size=50))
+def test_id_tuples_are_their_tuples(ids: list[int]) -> None:
+    ids.sort()
+    t = IdTuple(ids)
+    assert t == tuple(ids) and hash(t) == hash(tuple(ids)) and repr(t) == repr(tuple(ids))
+    assert t.array.tolist() == ids and not t.array.flags.writeable
+    back = pickle.loads(pickle.dumps(t))
+    assert back == t and back.array.tolist() == ids
+    request = UnmaskingRequest(3, b"s" * 32, t, ())
+    decoded = wire.decode(wire.encode(request))
+    assert isinstance(decoded, UnmaskingRequest) and decoded == request
+    assert isinstance(decoded.survivors, IdTuple)
+    assert decoded.survivors.array.tolist() == ids
+
+
+@FAST
+@given(ids=st.lists(st.integers(1, 2**31 - 2), unique=True, min_size=2, max_size=300),
+       context=st.binary(max_size=20))
+def test_the_digest_is_the_per_id_formula(ids: list[int], context: bytes) -> None:
+    config = SecAggConfig(num_clients=len(ids), vector_length=3, client_ids=tuple(ids),
+                          context=context)
+    h = hashlib.sha256()
+    h.update(b"securefl/secagg/config")
+    h.update(struct.pack(">IIIQB", PROTOCOL_VERSION, config.num_clients, config.t,
+                         config.vector_length, config.bits))
+    h.update(config.mode.value.encode().ljust(16, b"\0"))
+    h.update(struct.pack(">I", len(config.ids)))
+    for cid in sorted(ids):
+        h.update(struct.pack(">I", cid))
+    graph = config.graph.describe().encode()
+    h.update(struct.pack(">I", len(graph)) + graph)
+    h.update(struct.pack(">I", len(context)) + context)
+    h.update(struct.pack(">I", config.floor))
+    assert config.digest() == h.digest() == config.digest()
+    assert config.id_set == frozenset(ids)
+    assert config.id_array.tolist() == sorted(ids)
+    # equality and hashing still look at the fields only
+    twin = SecAggConfig(num_clients=len(ids), vector_length=3, client_ids=tuple(ids),
+                        context=context)
+    assert twin == config and hash(twin) == hash(config)
+
+
+# -- a malicious server's lists: the array checks refuse what the tuple checks did --
+
+N = 80
+
+
+def _unmask_stage() -> tuple[SessionDriver, dict[int, UnmaskingRequest]]:
+    config = SecAggConfig(num_clients=N, vector_length=4, bits=16, threshold=5,
+                          graph=HararyGraph(10))
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids},
+                           dropouts={N: Round.MASKED_INPUT_COLLECTION})
+    driver.start()
+    driver.close()
+    driver.step()
+    requests = driver.step()
+    return driver, requests
+
+
+def _lists(kind: str, survivors: tuple[int, ...], dropped: tuple[int, ...],
+           victim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    s, d = list(survivors), list(dropped)
+    if kind == "unsorted":
+        s[0], s[1] = s[1], s[0]
+    elif kind == "repeat":
+        s.insert(1, s[0])
+    elif kind == "stranger":
+        s.append(10**6)
+    elif kind == "own-dropped":
+        s.remove(victim)
+        d = sorted([*d, victim])
+    elif kind == "overlap":
+        d = sorted({*d, s[-1]})
+    elif kind == "dropped-stranger":
+        d = sorted([*d, 10**6])
+    elif kind == "missing-self":
+        s.remove(victim)
+    return tuple(s), tuple(d)
+
+
+@pytest.mark.parametrize(("kind", "rule"), [
+    ("unsorted", Rule.MALFORMED), ("repeat", Rule.MALFORMED),
+    ("stranger", Rule.UNKNOWN_PEER), ("own-dropped", Rule.OWN_SHARE_REQUESTED),
+    ("overlap", Rule.OVERLAPPING_LISTS), ("dropped-stranger", Rule.UNKNOWN_PEER),
+    ("missing-self", Rule.LISTS_CONTRADICT_VIEW)])
+@pytest.mark.parametrize("as_ids", [False, True])
+def test_tampered_lists_are_refused_whether_or_not_they_carry_arrays(
+        kind: str, rule: Rule, as_ids: bool) -> None:
+    driver, requests = _unmask_stage()
+    victim = min(requests)
+    request = requests[victim]
+    s, d = _lists(kind, tuple(request.survivors), tuple(request.dropped), victim)
+    wrap = IdTuple if as_ids else tuple
+    forged = UnmaskingRequest(victim, request.session_id, wrap(s), wrap(d))
+    client = driver.clients[victim]
+    with pytest.raises(RemoteProtocolError) as info:
+        client.handle(forged)
+    assert info.value.rule is rule
+    assert client.state is ClientState.ABORTED
+    # the untampered request would have been answered by another client
+    other = max(requests)
+    assert driver.clients[other].handle(requests[other]).sender == other
