@@ -24,7 +24,12 @@ from securefl.protocol.client import ClientState
 from securefl.protocol.config import PROTOCOL_VERSION
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import SessionDriver
-from securefl.protocol.messages import AdvertiseKeys, KeyRoster, UnmaskingRequest
+from securefl.protocol.messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    KeyRoster,
+    UnmaskingRequest,
+)
 from securefl.protocol.roster import IdTuple, RosterEntries
 from securefl.wire import codec
 
@@ -204,3 +209,76 @@ def test_tampered_lists_are_refused_whether_or_not_they_carry_arrays(
     # the untampered request would have been answered by another client
     other = max(requests)
     assert driver.clients[other].handle(requests[other]).sender == other
+
+
+# -- id lists as packed varints (UnmaskingRequest, ConsistencyRequest) ----------
+
+
+def _protobuf_encode(message: object) -> bytes:
+    saved = codec._fast_list_encode
+    codec._fast_list_encode = lambda message: None  # type: ignore[assignment]
+    try:
+        return wire.encode(message)  # type: ignore[arg-type]
+    finally:
+        codec._fast_list_encode = saved  # type: ignore[assignment]
+
+
+def _general_lists(raw: bytes) -> object:
+    saved = codec._fast_list_decode
+    codec._fast_list_decode = lambda raw, config: None  # type: ignore[assignment]
+    try:
+        return wire.decode(raw)
+    except WireFormatError as exc:
+        return exc
+    finally:
+        codec._fast_list_decode = saved  # type: ignore[assignment]
+
+
+_IDS = st.lists(st.one_of(st.integers(1, 200), st.integers(1, 2**31 - 2)), unique=True,
+                max_size=60).map(sorted)
+
+
+@FAST
+@given(survivors=_IDS, dropped=_IDS, recipient=st.integers(1, 2**31 - 2),
+       consistency=st.booleans(), as_ids=st.booleans(), data=st.data())
+def test_id_lists_are_written_and_read_exactly_as_protobuf_does(
+        survivors: list[int], dropped: list[int], recipient: int, consistency: bool,
+        as_ids: bool, data: st.DataObject) -> None:
+    wrap = IdTuple if as_ids else tuple
+    message: object = (ConsistencyRequest(recipient, b"s" * 32, wrap(survivors)) if consistency
+                       else UnmaskingRequest(recipient, b"s" * 32, wrap(survivors),
+                                             wrap(dropped)))
+    raw = wire.encode(message)  # type: ignore[arg-type]
+    assert raw == _protobuf_encode(message)
+    back = wire.decode(raw)
+    assert back == message and back == _general_lists(raw)
+    assert isinstance(back.survivors, IdTuple)  # type: ignore[union-attr]
+    mutated = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        at = data.draw(st.integers(0, len(mutated) - 1), label="at")
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]), label="op")
+        if op == "set":
+            mutated[at] = data.draw(st.integers(0, 255), label="byte")
+        elif op == "insert":
+            mutated.insert(at, data.draw(st.integers(0, 255), label="byte"))
+        elif len(mutated) > 1:
+            del mutated[at]
+    fast = codec._fast_list_decode(bytes(mutated), None)
+    if fast is not None:
+        general = _general_lists(bytes(mutated))
+        assert not isinstance(general, WireFormatError)
+        assert fast == general and wire.encode(fast) == bytes(mutated)
+
+
+def test_non_minimal_varints_in_a_survivor_list_are_refused() -> None:
+    request = UnmaskingRequest(3, b"s" * 32, (1, 2, 300), ())
+    raw = wire.encode(request)
+    # survivor 2 as 0x82 0x00: the same list in a second encoding
+    body = raw[raw.index(b"\x22"):]
+    assert body[:6] == b"\x22\x04\x01\x02\xac\x02"
+    inner = raw[2:raw.index(b"\x22")] + b"\x22\x05\x01\x82\x00\xac\x02"
+    second = b"\x42" + codec._encode_varint(len(inner)) + inner
+    assert codec._fast_list_decode(second, None) is None
+    with pytest.raises(WireFormatError) as info:
+        wire.decode(second)
+    assert info.value.reason == codec.WireIssue.NON_CANONICAL.value

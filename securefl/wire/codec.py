@@ -124,6 +124,9 @@ def encode(message: Message, *, element_bytes: int | None = None) -> bytes:
         WireFormatError: the message cannot be represented (unknown type,
             a masked vector that does not fit the width, an id out of range).
     """
+    fast = _fast_list_encode(message)
+    if fast is not None:
+        return fast
     envelope = pb.SecAggMessage()
     body = _BODY_OF_TYPE.get(type(message))
     if body is None:
@@ -335,9 +338,11 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         WireFormatError: see :class:`WireIssue` for the reasons.
     """
     raw = bytes(data)
-    roster = _fast_roster(raw, config)
-    if roster is not None:
-        return _expected(roster, expect)
+    fast = _fast_roster(raw, config)
+    if fast is None:
+        fast = _fast_list_decode(raw, config)
+    if fast is not None:
+        return _expected(fast, expect)
     split = _split_masked_payload(raw)
     if split is not None:
         # a long masked vector: parse and check everything but its payload,
@@ -511,6 +516,141 @@ def _noise_keyed(entries: Iterable[Any], field: str, peer: int | None,
 
 _ROSTER_TAG = 0x12
 """Field 2, length-delimited: ``SecAggMessage.key_roster``."""
+
+# -- id lists as packed varints, with numpy -------------------------------------
+#
+# A request to unmask (or to sign) carries the survivor list (and the dropped
+# list): O(n) ids that every client receives.  protobuf builds and checks them
+# one Python int at a time (encode and decode took 0.7 ms per client at
+# n = 2000); the paths below write and read exactly the same canonical bytes
+# with array operations, for the plain form of these messages (no signature,
+# no noise removal), and leave everything else to protobuf.
+
+_LIST_BODIES = {ConsistencyRequest: 0x32, UnmaskingRequest: 0x42}
+"""Envelope tags (fields 6 and 8, length-delimited) of the messages with id lists."""
+
+
+def _pack_varints(values: np.ndarray) -> bytes:
+    """The packed-varint encoding of the non-negative ``values`` (< 2^32)."""
+    v = values.astype(np.uint32)
+    sizes = np.ones(v.size, dtype=np.int64)
+    for bound in (1 << 7, 1 << 14, 1 << 21, 1 << 28):
+        sizes += v >= bound
+    width = int(sizes.max()) if v.size else 1
+    column = np.arange(width)
+    # n x width: the 7-bit groups, low first, with continuation bits
+    groups = ((v[:, None] >> (7 * column).astype(np.uint32)) & np.uint32(0x7F)).astype(np.uint8)
+    groups |= ((column < sizes[:, None] - 1) << 7).astype(np.uint8)
+    return groups[column < sizes[:, None]].tobytes()  # row by row
+
+
+def _unpack_varints(raw: bytes) -> np.ndarray | None:
+    """The values of a packed-varint field, when every varint is minimal, at
+    most 5 bytes and below 2^32 and the field ends on a varint boundary;
+    else None."""
+    b = np.frombuffer(raw, dtype=np.uint8)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] & 0x80:
+        return None
+    last = b < 0x80
+    ends = np.flatnonzero(last)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    sizes = ends - starts + 1
+    if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (b[ends] == 0))):
+        return None
+    # each byte's place in its varint, then the groups shifted into place
+    place = np.arange(b.size) - np.repeat(starts, sizes)
+    parts = (b & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * place.astype(np.uint64))
+    value = np.bitwise_or.reduceat(parts, starts)
+    if int(value.max()) >= 1 << 32:
+        return None
+    return value.astype(np.int64)
+
+
+def _length_delimited(tag: int, payload: bytes) -> bytes:
+    return bytes([tag]) + _encode_varint(len(payload)) + payload
+
+
+def _fast_list_encode(message: Any) -> bytes | None:
+    """The canonical bytes of a plain :class:`UnmaskingRequest` or
+    :class:`ConsistencyRequest` (32-byte session id, no signatures, no noise
+    removals, every id a valid id), built with numpy; None otherwise (the
+    protobuf encoder then runs, and refuses what it must)."""
+    tag = _LIST_BODIES.get(type(message))
+    if tag is None or type(message.session_id) is not bytes or len(message.session_id) != 32:
+        return None
+    lists = [message.survivors]
+    if isinstance(message, UnmaskingRequest):
+        if message.signatures or message.noise_removals:
+            return None
+        lists.append(message.dropped)
+    recipient = message.recipient
+    if type(recipient) is not int or not 1 <= recipient <= MAX_CLIENT_ID:
+        return None
+    parts = [b"\x08\x01\x10", _encode_varint(recipient), b"\x1a\x20", message.session_id]
+    for field, ids in zip((0x22, 0x2A), lists, strict=False):
+        array = getattr(ids, "array", None)
+        if not isinstance(array, np.ndarray):
+            items = list(ids)
+            if not all(type(u) is int for u in items):
+                return None
+            array = np.array(items, dtype=np.int64)
+        if array.size == 0:
+            continue
+        if int(array.min()) < 1 or int(array.max()) > MAX_CLIENT_ID:
+            return None
+        parts.append(_length_delimited(field, _pack_varints(array)))
+    return _length_delimited(tag, b"".join(parts))
+
+
+def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None:
+    """A plain :class:`UnmaskingRequest` or :class:`ConsistencyRequest` read
+    from its bytes with numpy, when ``raw`` is exactly the canonical encoding
+    :func:`_fast_list_encode` writes and every list is strictly ascending
+    valid ids (at most one per invited client with ``config``); else None,
+    and the general decoder runs (it accepts an equal message from these
+    bytes, and refuses or accepts everything else as before)."""
+    if len(raw) < 40 or raw[0] not in (0x32, 0x42):
+        return None
+    kind = UnmaskingRequest if raw[0] == 0x42 else ConsistencyRequest
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 3] != b"\x08\x01\x10":
+        return None
+    recipient = _varint(raw, pos + 3)
+    if recipient is None or not 1 <= recipient[0] <= MAX_CLIENT_ID:
+        return None
+    pos = recipient[1]
+    if raw[pos:pos + 2] != b"\x1a\x20" or len(raw) < pos + 34:
+        return None
+    sid = raw[pos + 2:pos + 34]
+    pos += 34
+    lists: dict[int, IdTuple] = {}
+    for field in (0x22, 0x2A) if kind is UnmaskingRequest else (0x22,):
+        if pos < len(raw) and raw[pos] == field:
+            length = _varint(raw, pos + 1)
+            if length is None or length[1] + length[0] > len(raw) or length[0] == 0:
+                return None
+            values = _unpack_varints(raw[length[1]:length[1] + length[0]])
+            if values is None or not values.size or int(values.min()) < 1 \
+                    or int(values.max()) > MAX_CLIENT_ID \
+                    or (values.size > 1 and not bool(np.all(values[1:] > values[:-1]))) \
+                    or (config is not None and values.size > config.num_clients):
+                return None
+            lists[field] = IdTuple(values)
+            pos = length[1] + length[0]
+        else:
+            lists[field] = IdTuple(())
+    if pos != len(raw):
+        return None
+    if kind is UnmaskingRequest:
+        return UnmaskingRequest(recipient[0], sid, lists[0x22], lists[0x2A])
+    return ConsistencyRequest(recipient[0], sid, lists[0x22])
 
 
 def _fast_roster(raw: bytes, config: SecAggConfig | None) -> KeyRoster | None:
