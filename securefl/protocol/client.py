@@ -669,7 +669,15 @@ def _columns_clean(columns: RosterEntries, invited: np.ndarray, components: int)
     array (binary search), no key twice, every key canonical.  Every field is
     32 bytes and no entry has noise commitments by construction.  O(n log n)
     array work, no Python step per entry."""
-    if components or not bool(np.all(_in_sorted(invited, columns.senders))):
+    if components:
+        return False
+    senders = columns.senders
+    if invited.size and int(invited[-1]) - int(invited[0]) + 1 == invited.size:
+        # the invited ids are a range (the default 1..n): a range check
+        if senders.size and (int(senders[0]) < int(invited[0])
+                             or int(senders[-1]) > int(invited[-1])):
+            return False
+    elif not bool(np.all(_in_sorted(invited, senders))):
         return False
     n = len(columns)
     keys = np.ascontiguousarray(columns.fields[:, :64]).reshape(2 * n, 32)
@@ -711,8 +719,8 @@ def _canonical_rows(words: np.ndarray) -> bool:
     top = words[:, 31]
     if np.any(top & 0x80):
         return False
-    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
-                      & (words[:, 0] >= _P_LOW_BYTE))
+    near = words[top == 0x7F]  # only these can reach p (rare: 1 key in 128)
+    return not np.any(np.all(near[:, 1:31] == 0xFF, axis=1) & (near[:, 0] >= _P_LOW_BYTE))
 
 
 def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],

@@ -120,5 +120,5 @@ def session_id_of(config_digest: bytes, entries: RosterEntries) -> bytes:
     h = hashlib.sha256(d.PREFIX + b"session-id")
     h.update(config_digest)
     h.update(struct.pack(">I", n))
-    h.update(rows.tobytes())
+    h.update(memoryview(rows).cast("B"))  # hashed in place, no copy
     return h.digest()
