@@ -6,12 +6,15 @@ Usage:
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --server-process --spill
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --stream --spill
 
-Prints one row per n: wall time, server / transport / client time, bytes down
-per client, exactness (every round checks the sum exactly), and the fitted
-exponent of wall time in n between consecutive sizes.  With ``--baseline``
+Prints one row per n: wall time, the process's CPU time for the round (the
+figure to compare on a shared machine, where wall time counts other
+processes' turns; it includes generating the inputs), server / transport /
+client wall time, bytes down per client, exactness (every round checks the
+sum exactly), and the fitted exponent of CPU time in n between consecutive
+sizes.  With ``--baseline``
 every size is run in a subprocess for this tree and for the baseline tree,
-interleaved (this, baseline, next size, ...), and the ratio baseline/this is
-printed with the exponents of both (the default mode only uses APIs an older
+interleaved (this, baseline, next size, ...), and the ratio baseline/this of
+CPU times is printed with the exponents of both (the default mode only uses APIs an older
 checkout has: ``securefl.bench.core.run_round``).
 
 ``--stream`` runs the round with a streaming driver instead (needed from a few
@@ -47,6 +50,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +71,19 @@ def _one(n: int, m: int, dropout: float, profile: bool) -> float:
     prof = cProfile.Profile() if profile else None
     if prof is not None:
         prof.enable()
+    cpu0 = time.process_time()
     r = run_round(n, m, graph=HararyGraph(k), threshold=t, dropout=dropout, workers=1)
+    cpu = time.process_time() - cpu0
     if prof is not None:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
     assert r.exact
-    print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s "
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s cpu={cpu:8.2f}s "
           f"server={r.server_total:7.2f}s transport={r.transport_seconds:7.2f}s "
           f"clients={r.clients_sum:7.2f}s down/client={r.bytes_down_per_client:,.0f}B "
-          f"exact={r.exact}", flush=True)
-    return r.wall_seconds
+          f"exact={r.exact} loadavg=({load})", flush=True)
+    return cpu
 
 
 # -- the streaming driver (--stream, --server-process) --------------------------
@@ -123,19 +130,24 @@ class _LocalServer:
         self.wall += time.perf_counter() - w0
 
     def close_round(self) -> list[tuple[int, bytes]]:
+        return list(self.close_stream())
+
+    def close_stream(self) -> Iterator[tuple[int, bytes]]:
+        """Close the round and encode its messages one at a time (a
+        broadcast, the roster, once), timing the server's share."""
         from securefl import wire
         c0, w0 = time.process_time(), time.perf_counter()
         out = self.session.close_round()
-        encoded: dict[int, bytes] = {}  # a broadcast (the roster) is encoded once
-        sent = []
+        last: tuple[int, bytes] | None = None
         for e in out:
-            data = encoded.get(id(e.message))
-            if data is None:
-                data = encoded[id(e.message)] = wire.encode(e.message)
-            sent.append((e.recipient, data))
+            if last is None or last[0] != id(e.message):
+                last = (id(e.message), wire.encode(e.message))
+            self.cpu += time.process_time() - c0
+            self.wall += time.perf_counter() - w0
+            yield e.recipient, last[1]
+            c0, w0 = time.process_time(), time.perf_counter()
         self.cpu += time.process_time() - c0
         self.wall += time.perf_counter() - w0
-        return sent
 
     @property
     def finished(self) -> bool:
@@ -166,9 +178,8 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> Non
         if data[:1] == b"R":
             server.receive(data[1:])
             continue
-        out = server.close_round()
         last = None
-        for recipient, blob in out:
+        for recipient, blob in server.close_stream():
             # the same bytes to many recipients (the roster) cross once
             conn.send_bytes(recipient.to_bytes(4, "big") + (b"=" if blob is last else b"+"
                                                              + blob))
@@ -293,13 +304,16 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
 
 
 def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
+    """Run this script's default mode from ``tree`` (its own copy of this
+    file); return the round's CPU time."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run([sys.executable, str(tree / "benchmarks" / "scale_round.py"), str(n),
                           "--m", str(m), "--dropout", str(dropout)], env=env, cwd=tree,
                          capture_output=True, text=True, check=True).stdout
-    match = re.search(r"wall=\s*([\d.]+)s", out)
+    match = re.search(r"cpu=\s*([\d.]+)s", out)
     assert match is not None, out
-    print(f"[{tree}] {out.strip()}", flush=True)
+    row = next(line for line in out.splitlines() if "cpu=" in line)
+    print(f"[{tree}] {row}", flush=True)
     return float(match.group(1))
 
 

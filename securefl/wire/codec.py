@@ -592,18 +592,34 @@ def _fast_list_encode(message: Any) -> bytes | None:
         return None
     parts = [b"\x08\x01\x10", _encode_varint(recipient), b"\x1a\x20", message.session_id]
     for field, ids in zip((0x22, 0x2A), lists, strict=False):
-        array = getattr(ids, "array", None)
-        if not isinstance(array, np.ndarray):
-            items = list(ids)
-            if not all(type(u) is int for u in items):
-                return None
-            array = np.array(items, dtype=np.int64)
-        if array.size == 0:
-            continue
-        if int(array.min()) < 1 or int(array.max()) > MAX_CLIENT_ID:
+        packed = _packed_ids(ids)
+        if packed is None:
             return None
-        parts.append(_length_delimited(field, _pack_varints(array)))
+        if packed:
+            parts.append(_length_delimited(field, packed))
     return _length_delimited(tag, b"".join(parts))
+
+
+def _packed_ids(ids: Any) -> bytes | None:
+    """The packed varints of an id list (None: not all valid ids).  An
+    :class:`IdTuple` keeps them: the server sends the same survivor list to
+    every client, and it is packed once."""
+    if isinstance(ids, IdTuple):
+        cached = ids.__dict__.get("_packed")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        array = ids.array
+    else:
+        items = list(ids)
+        if not all(type(u) is int for u in items):
+            return None
+        array = np.array(items, dtype=np.int64)
+    if array.size and (int(array.min()) < 1 or int(array.max()) > MAX_CLIENT_ID):
+        return None
+    packed = _pack_varints(array) if array.size else b""
+    if isinstance(ids, IdTuple):
+        ids.__dict__["_packed"] = packed
+    return packed
 
 
 def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None:
