@@ -282,3 +282,78 @@ def test_non_minimal_varints_in_a_survivor_list_are_refused() -> None:
     with pytest.raises(WireFormatError) as info:
         wire.decode(second)
     assert info.value.reason == codec.WireIssue.NON_CANONICAL.value
+
+
+# -- [CLI-2] with O(1) memory: fingerprints of answered O(n) messages ----------
+
+
+def _through_wire(n: int) -> tuple[SessionDriver, dict[int, bytes], dict[int, object]]:
+    """A session whose rosters reach the clients through the codec (columns)."""
+    config = SecAggConfig(num_clients=n, vector_length=4, bits=16, threshold=5,
+                          graph=HararyGraph(10))
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids})
+    driver.start()
+    rosters = driver.close()
+    raw = {c: wire.encode(r) for c, r in rosters.items()}  # type: ignore[arg-type]
+    return driver, raw, rosters
+
+
+def test_answered_rosters_and_lists_are_remembered_by_fingerprint_and_still_recognised(
+        ) -> None:
+    driver, raw, _ = _through_wire(N)
+    replies = {}
+    for c, data in raw.items():
+        replies[c] = driver.clients[c].handle(wire.decode(data))
+    driver.send(replies)
+    client = driver.clients[1]
+    key, _ = client._answered[KeyRoster]
+    assert type(key).__name__ == "_Fingerprint"  # no O(n) roster kept
+    # the same bytes decoded again (another object), and the equal roster as
+    # a plain tuple, are the exact duplicate: the same reply, nothing changes
+    again = wire.decode(raw[1])
+    assert client.handle(again) is replies[1]
+    assert client.handle(KeyRoster(again.config_digest, tuple(again.entries))) is replies[1]
+    deliveries = driver.close()
+    driver.answer()
+    requests = driver.close()
+    request = wire.decode(wire.encode(requests[1]))  # type: ignore[arg-type]
+    answer = client.handle(request)
+    assert type(client._answered[UnmaskingRequest][0]).__name__ == "_Fingerprint"
+    assert client.handle(wire.decode(wire.encode(requests[1]))) is answer  # type: ignore[arg-type]
+    assert client.handle(requests[1]) is answer  # the plain-tuple form
+    assert deliveries
+
+
+@pytest.mark.parametrize("change", ["key-byte", "order"])
+def test_a_different_roster_in_the_answered_slot_still_aborts(change: str) -> None:
+    driver, raw, rosters = _through_wire(N)
+    client = driver.clients[2]
+    client.handle(wire.decode(raw[2]))
+    entries = list(rosters[2].entries)  # type: ignore[attr-defined]
+    if change == "key-byte":
+        key = bytearray(entries[40].masking_key)
+        key[0] ^= 1
+        entries[40] = AdvertiseKeys(entries[40].sender, entries[40].encryption_key, bytes(key),
+                                    None, entries[40].seed_commitment)
+    else:  # the same entries out of order: the same session id, another message
+        entries[3], entries[4] = entries[4], entries[3]
+    forged = KeyRoster(rosters[2].config_digest, tuple(entries))  # type: ignore[attr-defined]
+    with pytest.raises(RemoteProtocolError):
+        client.handle(forged)
+    assert client.state is ClientState.ABORTED
+
+
+def test_a_different_survivor_list_in_the_answered_slot_still_aborts() -> None:
+    driver, requests = _unmask_stage()
+    victim = min(requests)
+    request = requests[victim]
+    client = driver.clients[victim]
+    client.handle(wire.decode(wire.encode(request)))
+    survivors = list(request.survivors)
+    dropped = list(request.dropped)
+    moved = next(u for u in survivors if u != victim)
+    forged = UnmaskingRequest(victim, request.session_id,
+                              IdTuple([u for u in survivors if u != moved]),
+                              IdTuple(sorted([*dropped, moved])))
+    with pytest.raises(RemoteProtocolError):
+        client.handle(forged)

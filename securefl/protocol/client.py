@@ -26,8 +26,11 @@ Two things do not abort:
 from __future__ import annotations
 
 import enum
+import hashlib
+import itertools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -241,7 +244,7 @@ class ClientSession:
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
                                      peer=self.client_id)
         answered = self._answered.get(type(message))
-        if answered is not None and _same_message(answered[0], message):
+        if answered is not None and _is_duplicate(answered[0], message):
             return answered[1]
         if self.state is ClientState.DONE:
             self._refuse_after_done(message)
@@ -262,7 +265,7 @@ class ClientSession:
         if handler != "_on_roster" and message.session_id != self.session_id:
             self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
         reply = getattr(self, handler)(message)
-        self._answered[type(message)] = (message, reply)
+        self._answered[type(message)] = (_answer_key(message, self.session_id), reply)
         self.state = next_state
         if next_state is ClientState.DONE:
             self._wipe()
@@ -749,3 +752,83 @@ def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
 def _same_message(a: Any, b: Any) -> bool:
     """Exact equality of two server messages (every field, same type)."""
     return type(a) is type(b) and bool(a == b)
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """What a client keeps of an answered server message with O(n) content
+    (a plain roster, a survivor list) to recognise an exact duplicate
+    ([CLI-2]) in O(1) memory: the message kind and a SHA-256 over an
+    unambiguous encoding of every field.  Two messages get equal
+    fingerprints iff they are equal (up to a SHA-256 collision)."""
+
+    kind: type
+    digest: bytes
+
+
+def _answer_key(message: Any, session_id: bytes | None) -> Any:
+    """The message itself, or its :class:`_Fingerprint` when it has one
+    (``session_id``: the id this client just derived from the roster
+    answered, saving a second hash of it)."""
+    if isinstance(message, KeyRoster) and isinstance(message.entries, RosterEntries) \
+            and session_id is not None:
+        # the session id was derived from exactly this digest and these
+        # entries (the roster was refused otherwise)
+        return _Fingerprint(KeyRoster, message.config_digest + session_id)
+    fingerprint = _fingerprint(message)
+    return message if fingerprint is None else fingerprint
+
+
+def _is_duplicate(key: Any, message: Any) -> bool:
+    """Is ``message`` exactly the message remembered as ``key``?"""
+    if isinstance(key, _Fingerprint):
+        return type(message) is key.kind and _fingerprint(message) == key
+    return _same_message(key, message)
+
+
+def _fingerprint(message: Any) -> _Fingerprint | None:
+    """The fingerprint of a plain roster (no signature, no noise commitment:
+    the session id's hash already covers every other field, in order) or of
+    a plain survivor/dropped-list request (no signatures, no noise removals);
+    None for anything else (kept whole)."""
+    if isinstance(message, KeyRoster):
+        digest = message.config_digest
+        entries = message.entries
+        if not isinstance(digest, bytes):
+            return None
+        if isinstance(entries, RosterEntries):
+            return _Fingerprint(KeyRoster, digest + session_id_of(digest, entries))
+        if not isinstance(entries, tuple) or not all(
+                isinstance(e, AdvertiseKeys) and type(e.sender) is int
+                and 1 <= e.sender <= 0xFFFFFFFF and e.signature is None
+                and type(e.noise_commitments) is tuple and not e.noise_commitments
+                and all(type(f) is bytes and len(f) == 32 for f in (
+                    e.encryption_key, e.masking_key, e.seed_commitment))
+                for e in entries):
+            return None
+        senders = [e.sender for e in entries]
+        if any(a >= b for a, b in itertools.pairwise(senders)):
+            return None  # the session id sorts; only an ascending roster is plain
+        return _Fingerprint(KeyRoster, digest + d.session_id(digest, entries))
+    if isinstance(message, UnmaskingRequest | ConsistencyRequest):
+        if isinstance(message, UnmaskingRequest) and (message.signatures
+                                                      or message.noise_removals):
+            return None
+        if type(message.recipient) is not int or type(message.session_id) is not bytes:
+            return None
+        lists = [message.survivors] + ([message.dropped]
+                                       if isinstance(message, UnmaskingRequest) else [])
+        h = hashlib.sha256(type(message).__name__.encode())
+        h.update(message.recipient.to_bytes(8, "big", signed=True))
+        h.update(len(message.session_id).to_bytes(8, "big") + message.session_id)
+        for ids in lists:
+            array = getattr(ids, "array", None)
+            if not isinstance(array, np.ndarray):
+                if not isinstance(ids, tuple) or not all(
+                        type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
+                    return None
+                array = np.array(ids, dtype=np.int64).reshape(-1)
+            data = array.astype(">i8").tobytes()
+            h.update(len(data).to_bytes(8, "big") + data)
+        return _Fingerprint(type(message), h.digest())
+    return None
