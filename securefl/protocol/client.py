@@ -48,7 +48,7 @@ from securefl.errors import (
 )
 from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
-from securefl.hazmat.prg import Executor, MaskExpander
+from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
@@ -194,7 +194,9 @@ class ClientSession:
                           ClientState.DONE, ClientState.ABORTED):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already sent",
                                      peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
-        self._input = check_input_vector(vector, self.config, self.client_id, local=True)
+        # one private copy, already in the ring's dtype (it is masked in place)
+        self._input = check_input_vector(vector, self.config, self.client_id, local=True,
+                                         dtype=ring_dtype(self.config.bits))
 
     def start(self) -> AdvertiseKeys:
         """R0: generate fresh keys and a self-mask seed; return the advertisement.
@@ -440,7 +442,9 @@ class ClientSession:
             # the smaller id adds the pairwise mask, the larger subtracts it
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input.astype(expander.dtype)
+        masked = self._input  # this session's own copy, in the ring's dtype
+        if masked.dtype != expander.dtype:  # pragma: no cover - provide_input converts
+            masked = masked.astype(expander.dtype)
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)

@@ -47,13 +47,19 @@ class RosterEntries(Sequence[AdvertiseKeys]):
     ``fields`` (``n x 96`` bytes: encryption key, masking key, seed
     commitment).  Entries have no signature and no noise commitments."""
 
-    __slots__ = ("_ids", "fields", "senders")
+    __slots__ = ("_ids", "fields", "rows", "senders")
 
-    def __init__(self, senders: np.ndarray, fields: np.ndarray) -> None:
+    def __init__(self, senders: np.ndarray, fields: np.ndarray,
+                 rows: np.ndarray | None = None) -> None:
         if senders.ndim != 1 or fields.shape != (senders.shape[0], 96):
             raise ValueError("roster columns must be n senders and n x 96 bytes")
+        if rows is not None and rows.shape != (senders.shape[0], 100):
+            raise ValueError("roster rows must be n x 100 bytes")
         self.senders = senders
         self.fields = fields
+        # optionally, every entry as the session id hashes it: the sender
+        # (big-endian uint32) then the 96 bytes of fields (C-contiguous)
+        self.rows = rows
         self._ids: list[int] | None = None
 
     @property
@@ -114,9 +120,11 @@ def session_id_of(config_digest: bytes, entries: RosterEntries) -> bytes:
     """:func:`~securefl.protocol.derivation.session_id` of ``entries`` with
     one hash update over the columns (entries are sorted by sender)."""
     n = len(entries)
-    rows = np.empty((n, 100), dtype=np.uint8)
-    rows[:, :4] = entries.senders.astype(">u4").view(np.uint8).reshape(n, 4)
-    rows[:, 4:] = entries.fields
+    rows = entries.rows
+    if rows is None or not rows.flags.c_contiguous:
+        rows = np.empty((n, 100), dtype=np.uint8)
+        rows[:, :4] = entries.senders.astype(">u4").view(np.uint8).reshape(n, 4)
+        rows[:, 4:] = entries.fields
     h = hashlib.sha256(d.PREFIX + b"session-id")
     h.update(config_digest)
     h.update(struct.pack(">I", n))

@@ -13,9 +13,12 @@ from securefl.protocol.config import Round, SecAggConfig
 
 
 def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: bool,
-                       rnd: Round = Round.MASKED_INPUT_COLLECTION) -> np.ndarray:
-    """Return ``vector`` as a ``uint64`` array after checking that it is 1-D,
-    of length ``vector_length``, of an integer dtype, and inside [0, 2^bits).
+                       rnd: Round = Round.MASKED_INPUT_COLLECTION,
+                       dtype: np.dtype | None = None) -> np.ndarray:
+    """Return ``vector`` as a new ``uint64`` array (or a new array of
+    ``dtype``, which must hold 2^bits - 1: the values are unchanged) after
+    checking that it is 1-D, of length ``vector_length``, of an integer
+    dtype, and inside [0, 2^bits).
 
     Raises:
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
@@ -37,7 +40,7 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
     if config.bits < 64 and vector.size and int(vector.max()) >= (1 << config.bits):
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
-    return vector.astype(np.uint64)
+    return vector.astype(np.uint64 if dtype is None else dtype)
 
 
 def _is_id(value: Any) -> bool:

@@ -737,15 +737,22 @@ def _roster_columns(blob: bytes, pos: int) -> RosterEntries | None:
         for j in range(width):
             value |= (run[:, 3 + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
         senders.append(value)
-        fields.append(np.concatenate((run[:, o + 2:o + 34], run[:, o + 36:o + 68],
-                                      run[:, o + 70:o + 102]), axis=1))
+        # each entry as the session id hashes it: big-endian sender, then the
+        # three 32-byte fields
+        hashed = np.empty((count, 100), dtype=np.uint8)
+        hashed[:, :4] = value.astype(">u4").view(np.uint8).reshape(count, 4)
+        hashed[:, 4:36] = run[:, o + 2:o + 34]
+        hashed[:, 36:68] = run[:, o + 36:o + 68]
+        hashed[:, 68:100] = run[:, o + 70:o + 102]
+        fields.append(hashed)
         pos += count * record
     ids = np.concatenate(senders) if senders else np.zeros(0, dtype=np.uint64)
     if ids.size and (int(ids.min()) < 1 or int(ids.max()) > MAX_CLIENT_ID
                      or not np.all(ids[1:] > ids[:-1])):
         return None
-    keys = np.concatenate(fields) if fields else np.zeros((0, 96), dtype=np.uint8)
-    return RosterEntries(ids.astype(np.uint32), keys)
+    table = (fields[0] if len(fields) == 1 else np.concatenate(fields) if fields
+             else np.zeros((0, 100), dtype=np.uint8))
+    return RosterEntries(ids.astype(np.uint32), table[:, 4:], table)
 
 
 def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
