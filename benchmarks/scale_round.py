@@ -245,7 +245,7 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
     config, k, t = _config(n, m, dropout)
     dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
     stats = {"clients": 0.0, "client_codec": 0.0}
-    wall0 = time.perf_counter()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     server: Any = (_RemoteServer(n, m, dropout, spill) if remote
                    else _LocalServer(config, spill))
     clients = {c: ClientSession(config, c) for c in config.ids}
@@ -285,6 +285,8 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
             del message, reply
     total, survivors, server_stats = server.result()
     wall = time.perf_counter() - wall0
+    # the round's CPU time: this process, plus the server's child if any
+    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
     plain = np.zeros(m, dtype=np.uint64)
     for c in survivors:
         np.add(plain, _input(seed, c, m, config.bits), out=plain)
@@ -296,11 +298,11 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
     extra = " ".join(f"{key}={value:.2f}" for key, value in server_stats.items())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"n={n:6d} k={k:3d} t={t} m={m} dropout={dropout} mode={mode} spill={spill} "
-          f"wall={wall:8.2f}s clients={stats['clients']:.2f}s "
+          f"wall={wall:8.2f}s cpu={cpu:8.2f}s clients={stats['clients']:.2f}s "
           f"client_codec={stats['client_codec']:.2f}s {extra} "
           f"down/client={down / n:,.0f}B survivors={len(survivors)} exact={exact} "
           f"loadavg=({load})", flush=True)
-    return wall
+    return cpu
 
 
 def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
