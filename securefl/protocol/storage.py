@@ -13,6 +13,10 @@ clients it excludes (usually none) and subtracts them, then clears the store.
   example ``tempfile.TemporaryFile()``): the server's memory for the round is
   then the running sum, O(m), whatever ``n``.
 
+What goes to the file is exactly what the server received (masked inputs
+are the server's to read anyway), so spilling them discloses nothing new to
+whoever can read the server's memory; the caller chooses where the file
+lives and deletes it (an anonymous ``TemporaryFile`` has no name on disk).
 The protocol code stays sans-IO: it calls the injected store and never opens
 a file itself.  The result is the same, bit for bit, with either store
 (``tests/test_masked_store.py``): the sum is taken in the ring's native
