@@ -437,8 +437,15 @@ def _id_list(values: Sequence[int], field: str, peer: int | None) -> IdTuple:
     return IdTuple(ids)
 
 
-def _keyed(entries: Iterable[Any], id_attr: str, value_attr: str, size: int, field: str,
+def _keyed(entries: Sequence[Any], id_attr: str, value_attr: str, size: int, field: str,
            peer: int | None) -> dict[int, bytes]:
+    keys = [getattr(entry, id_attr) for entry in entries]
+    values = [getattr(entry, value_attr) for entry in entries]
+    if not keys or (keys[0] >= 1 and keys[-1] <= MAX_CLIENT_ID and keys == sorted(set(keys))
+                    and set(map(len, values)) == {size}):
+        # every id valid, strictly ascending, every value of the size: in bulk
+        # (the loop below names the first problem otherwise)
+        return dict(zip(keys, map(bytes, values), strict=True))
     out: dict[int, bytes] = {}
     last = 0
     for entry in entries:
