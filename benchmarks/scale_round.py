@@ -3,13 +3,39 @@
 Usage:
   python benchmarks/scale_round.py [n ...] [--m M] [--dropout D] [--profile]
   python benchmarks/scale_round.py 500 1000 2000 --baseline /path/to/other/checkout
+  python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --server-process --spill
+  python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --stream --spill
 
-Prints one row per n: wall time, server / transport / client time, bytes down
-per client, exactness (every round checks the sum exactly), and the fitted
-exponent of wall time in n between consecutive sizes.  With ``--baseline``
+Prints one row per n: wall time, the process's CPU time for the round (the
+figure to compare on a shared machine, where wall time counts other
+processes' turns; it includes generating the inputs), server / transport /
+client wall time, bytes down per client, exactness (every round checks the
+sum exactly), and the fitted exponent of CPU time in n between consecutive
+sizes.  With ``--baseline``
 every size is run in a subprocess for this tree and for the baseline tree,
-interleaved (this, baseline, next size, ...), and the ratio baseline/this is
-printed with the exponents of both.
+interleaved (this, baseline, next size, ...), and the ratio baseline/this of
+CPU times is printed with the exponents of both (the default mode only uses APIs an older
+checkout has: ``securefl.bench.core.run_round``).
+
+``--stream`` runs the round with a streaming driver instead (needed from a few
+thousand clients: every input is generated from a per-client seed when its
+client masks it, every reply goes to the server at once, nothing is recorded)
+and reports the server's own CPU time (``time.process_time`` around every
+server call, including decoding what it receives and encoding what it sends;
+the server's executor threads, if any, are counted as well).
+
+``--server-process`` runs the server in a child process that receives the
+clients' wire bytes over a pipe and sends its own back, and reports the
+child's CPU time and peak resident memory (``ru_maxrss``, and the same after
+the imports, before the session starts, so the difference is what the session
+held).  The clients stay in this process, so the wall time is not an
+in-process time there (the two processes overlap on two cores).
+
+``--spill`` gives the server a :class:`securefl.protocol.storage.FileStore` on
+an anonymous temporary file (created here, in the driver), so its masked
+inputs do not stay in memory until the masked-input round closes.
+
+Every mode checks the sum exactly against the survivors' inputs.
 """
 
 from __future__ import annotations
@@ -23,9 +49,15 @@ import pstats
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
+if str(HERE) not in sys.path:
+    # run as a script, import this checkout (not whatever the venv installed)
+    sys.path.insert(0, str(HERE))
 
 
 def _one(n: int, m: int, dropout: float, profile: bool) -> float:
@@ -39,26 +71,251 @@ def _one(n: int, m: int, dropout: float, profile: bool) -> float:
     prof = cProfile.Profile() if profile else None
     if prof is not None:
         prof.enable()
+    cpu0 = time.process_time()
     r = run_round(n, m, graph=HararyGraph(k), threshold=t, dropout=dropout, workers=1)
+    cpu = time.process_time() - cpu0
     if prof is not None:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
     assert r.exact
-    print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s "
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s cpu={cpu:8.2f}s "
           f"server={r.server_total:7.2f}s transport={r.transport_seconds:7.2f}s "
           f"clients={r.clients_sum:7.2f}s down/client={r.bytes_down_per_client:,.0f}B "
-          f"exact={r.exact}", flush=True)
-    return r.wall_seconds
+          f"exact={r.exact} loadavg=({load})", flush=True)
+    return cpu
+
+
+# -- the streaming driver (--stream, --server-process) --------------------------
+
+def _input(seed: int, cid: int, m: int, bits: int) -> Any:
+    import numpy as np
+    return np.random.default_rng([seed, cid]).integers(0, 1 << bits, m, dtype=np.uint64)
+
+
+def _config(n: int, m: int, dropout: float) -> tuple[Any, int, int]:
+    from securefl.bench.suite import sparse_parameters
+    from securefl.protocol import SecAggConfig
+    from securefl.protocol.harary import HararyGraph
+
+    params = sparse_parameters(n, max(dropout, 0.05), 0.05)
+    assert params is not None, n
+    k, t = params
+    return SecAggConfig(num_clients=n, vector_length=m, bits=32, threshold=t,
+                        graph=HararyGraph(k)), k, t
+
+
+class _LocalServer:
+    """The server in this process, behind the codec; CPU and wall time of
+    every server call, decoding and encoding included."""
+
+    def __init__(self, config: Any, spill: bool) -> None:
+        import tempfile
+
+        from securefl.protocol.server import ServerSession
+        from securefl.protocol.storage import FileStore
+
+        self.config = config
+        self._file = tempfile.TemporaryFile() if spill else None  # noqa: SIM115
+        self.session = ServerSession(config, store=None if self._file is None
+                                     else FileStore(self._file))
+        self.cpu = 0.0
+        self.wall = 0.0
+
+    def receive(self, data: bytes) -> None:
+        from securefl import wire
+        c0, w0 = time.process_time(), time.perf_counter()
+        self.session.receive(wire.decode(data, config=self.config))
+        self.cpu += time.process_time() - c0
+        self.wall += time.perf_counter() - w0
+
+    def close_round(self) -> list[tuple[int, bytes]]:
+        return list(self.close_stream())
+
+    def close_stream(self) -> Iterator[tuple[int, bytes]]:
+        """Close the round and encode its messages one at a time (a
+        broadcast, the roster, once), timing the server's share."""
+        from securefl import wire
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = self.session.close_round()
+        last: tuple[int, bytes] | None = None
+        for e in out:
+            if last is None or last[0] != id(e.message):
+                last = (id(e.message), wire.encode(e.message))
+            self.cpu += time.process_time() - c0
+            self.wall += time.perf_counter() - w0
+            yield e.recipient, last[1]
+            c0, w0 = time.process_time(), time.perf_counter()
+        self.cpu += time.process_time() - c0
+        self.wall += time.perf_counter() - w0
+
+    @property
+    def finished(self) -> bool:
+        return self.session.finished
+
+    def result(self) -> tuple[Any, tuple[int, ...], dict[str, float]]:
+        r = self.session.result
+        if self._file is not None:
+            self._file.close()
+        return r.total, r.survivors, {"server_cpu": self.cpu, "server_wall": self.wall}
+
+
+def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> None:
+    """The server process: wire bytes in, wire bytes out, over ``conn``."""
+    import pickle
+    import resource
+
+    import numpy as np
+
+    from securefl import wire  # noqa: F401 - imports before the baseline RSS
+
+    config, _, _ = _config(n, m, dropout)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    server = _LocalServer(config, spill)
+    cpu0 = time.process_time()
+    while True:
+        data = conn.recv_bytes()
+        if data[:1] == b"R":
+            server.receive(data[1:])
+            continue
+        last = None
+        for recipient, blob in server.close_stream():
+            # the same bytes to many recipients (the roster) cross once
+            conn.send_bytes(recipient.to_bytes(4, "big") + (b"=" if blob is last else b"+"
+                                                             + blob))
+            last = blob
+        conn.send_bytes(b"")
+        if server.finished:
+            break
+    total, survivors, _ = server.result()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send_bytes(pickle.dumps((np.asarray(total), survivors, {
+        "server_cpu": time.process_time() - cpu0,
+        "server_session_cpu": server.cpu,
+        "server_peak_rss_mb": usage.ru_maxrss / 1024,
+        "server_rss_before_session_mb": base_rss / 1024})))
+
+
+class _RemoteServer:
+    """The parent's side of :func:`_server_child`."""
+
+    def __init__(self, n: int, m: int, dropout: float, spill: bool) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_server_child, args=(child, n, m, dropout, spill))
+        self._proc.start()
+        self.finished = False
+        self._rounds = 0
+
+    def receive(self, data: bytes) -> None:
+        self._conn.send_bytes(b"R" + data)
+
+    def close_round(self) -> list[tuple[int, bytes]]:
+        self._conn.send_bytes(b"C")
+        out: list[tuple[int, bytes]] = []
+        blob = b""
+        while True:
+            item = self._conn.recv_bytes()
+            if not item:
+                break
+            if item[4:5] == b"+":
+                blob = item[5:]
+            out.append((int.from_bytes(item[:4], "big"), blob))
+        self.finished = not out
+        return out
+
+    def result(self) -> tuple[Any, tuple[int, ...], dict[str, float]]:
+        import pickle
+        total, survivors, stats = pickle.loads(self._conn.recv_bytes())
+        self._proc.join()
+        return total, survivors, stats
+
+
+def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
+                  seed: int = 1) -> float:
+    import numpy as np
+
+    from securefl import wire
+    from securefl.protocol import Round
+    from securefl.protocol.client import ClientSession
+    from securefl.protocol.inmemory import next_round
+
+    config, k, t = _config(n, m, dropout)
+    dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
+    stats = {"clients": 0.0, "client_codec": 0.0}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    server: Any = (_RemoteServer(n, m, dropout, spill) if remote
+                   else _LocalServer(config, spill))
+    clients = {c: ClientSession(config, c) for c in config.ids}
+    down = 0
+
+    def client_send(message: Any) -> None:
+        c0 = time.perf_counter()
+        data = wire.encode(message)
+        stats["client_codec"] += time.perf_counter() - c0
+        server.receive(data)
+
+    for c in config.ids:
+        c0 = time.perf_counter()
+        advert = clients[c].start()
+        stats["clients"] += time.perf_counter() - c0
+        client_send(advert)
+    rnd: Round | None = Round.ADVERTISE_KEYS
+    while True:
+        out = server.close_round()
+        if not out:
+            break
+        rnd = next_round(rnd, config)
+        assert rnd is not None
+        for cid, data in out:
+            if cid in dropped and rnd >= Round.MASKED_INPUT_COLLECTION:
+                continue
+            down += len(data)
+            c0 = time.perf_counter()
+            message = wire.decode(data)
+            c1 = time.perf_counter()
+            if rnd is Round.MASKED_INPUT_COLLECTION:
+                clients[cid].provide_input(_input(seed, cid, m, config.bits))
+            reply = clients[cid].handle(message)
+            stats["client_codec"] += c1 - c0
+            stats["clients"] += time.perf_counter() - c1
+            client_send(reply)
+            del message, reply
+    total, survivors, server_stats = server.result()
+    wall = time.perf_counter() - wall0
+    # the round's CPU time: this process, plus the server's child if any
+    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
+    plain = np.zeros(m, dtype=np.uint64)
+    for c in survivors:
+        np.add(plain, _input(seed, c, m, config.bits), out=plain)
+    plain &= np.uint64(config.modulus_mask)
+    exact = bool(np.array_equal(plain, np.asarray(total, dtype=np.uint64)))
+    assert exact, "the sum is not exact"
+    assert len(survivors) == n - len(dropped), (len(survivors), n, len(dropped))
+    mode = "server-process" if remote else "in-process"
+    extra = " ".join(f"{key}={value:.2f}" for key, value in server_stats.items())
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"n={n:6d} k={k:3d} t={t} m={m} dropout={dropout} mode={mode} spill={spill} "
+          f"wall={wall:8.2f}s cpu={cpu:8.2f}s clients={stats['clients']:.2f}s "
+          f"client_codec={stats['client_codec']:.2f}s {extra} "
+          f"down/client={down / n:,.0f}B survivors={len(survivors)} exact={exact} "
+          f"loadavg=({load})", flush=True)
+    return cpu
 
 
 def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
+    """Run this script's default mode from ``tree`` (its own copy of this
+    file); return the round's CPU time."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run([sys.executable, str(tree / "benchmarks" / "scale_round.py"), str(n),
                           "--m", str(m), "--dropout", str(dropout)], env=env, cwd=tree,
                          capture_output=True, text=True, check=True).stdout
-    match = re.search(r"wall=\s*([\d.]+)s", out)
+    match = re.search(r"cpu=\s*([\d.]+)s", out)
     assert match is not None, out
-    print(f"[{tree}] {out.strip()}", flush=True)
+    row = next(line for line in out.splitlines() if "cpu=" in line)
+    print(f"[{tree}] {row}", flush=True)
     return float(match.group(1))
 
 
@@ -77,7 +334,19 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--stream", action="store_true",
+                        help="streaming in-process driver; reports the server's CPU time")
+    parser.add_argument("--server-process", action="store_true",
+                        help="the server in a child process; reports its CPU and peak memory")
+    parser.add_argument("--spill", action="store_true",
+                        help="the server keeps R2's masked inputs in a temporary file")
     args = parser.parse_args()
+    print(f"loadavg at start: {os.getloadavg()}", flush=True)
+    if args.stream or args.server_process:
+        rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process))
+                for n in args.ns]
+        _exponents("this", rows)
+        return
     if args.baseline is None:
         rows = [(n, _one(n, args.m, args.dropout, args.profile)) for n in args.ns]
         _exponents("this", rows)
@@ -86,8 +355,8 @@ def main() -> None:
     for n in args.ns:
         this_rows.append((n, _subprocess(HERE, n, args.m, args.dropout)))
         base_rows.append((n, _subprocess(args.baseline.resolve(), n, args.m, args.dropout)))
-        print(f"n={n}: baseline / this = {base_rows[-1][1] / this_rows[-1][1]:.2f}x",
-              flush=True)
+        print(f"n={n}: baseline / this = {base_rows[-1][1] / this_rows[-1][1]:.2f}x "
+              f"(loadavg {os.getloadavg()[0]:.2f})", flush=True)
     _exponents("this", this_rows)
     _exponents("baseline", base_rows)
 

@@ -504,9 +504,12 @@ class RunStore:
                         [(last + 1 + i, int(round_number), stage, line)
                          for i, line in enumerate(lines)])
 
-    def begin_round(self, round_number: int, lines: Sequence[bytes]) -> None:
+    def begin_round(self, round_number: int, lines: Sequence[bytes],
+                    driver: Mapping[str, Any] | None = None) -> None:
         """Commit round ``round_number``'s in-flight ledger block (its
-        canonical lines) and mark the round in flight, in one transaction.
+        canonical lines) and mark the round in flight, in one transaction
+        (with ``driver``, the driver's state replaced by it in the same
+        transaction: what a resume needs to know of the round in flight).
 
         Raises:
             RunStoreError: when the round is not the next one, or another is
@@ -520,6 +523,8 @@ class RunStore:
             self._append_ledger(cur, round_number, "in-flight", lines)
             cur.execute("UPDATE state SET in_flight = ?, head = ? WHERE id = 1",
                         (int(round_number), record_digest(lines[-1])))
+            if driver is not None:
+                cur.execute("UPDATE state SET driver = ? WHERE id = 1", (_dumps(dict(driver)),))
 
     def commit_round(self, round_number: int, lines: Sequence[bytes], *, checkpoint: bytes,
                      clients: Mapping[int, Mapping[str, Any]], driver: Mapping[str, Any],

@@ -26,8 +26,11 @@ Two things do not abort:
 from __future__ import annotations
 
 import enum
+import hashlib
+import itertools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -45,7 +48,7 @@ from securefl.errors import (
 )
 from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
-from securefl.hazmat.prg import Executor, MaskExpander
+from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
@@ -132,7 +135,7 @@ class ClientSession:
         executor: Executor | None = None,
         workers: int | None = None,
     ) -> None:
-        if client_id not in config.ids:
+        if client_id not in config.id_set:
             raise ConfigurationError(f"client id {client_id} is not in the configuration")
         self.config = config
         self.client_id = client_id
@@ -161,8 +164,9 @@ class ClientSession:
         self._digest = config.digest()
         self.session_id: bytes | None = None
         self._roster: dict[int, AdvertiseKeys] = {}  # neighbours' entries (at least)
-        self._roster_ids: frozenset[int] = frozenset()
+        self._roster_ids = np.zeros(0, dtype=np.uint32)  # ascending
         self._neighbours: frozenset[int] = frozenset()
+        self._neighbour_array = np.zeros(0, dtype=np.int64)  # ascending
         self._u2_view: frozenset[int] = frozenset()
         self._held_key_shares: dict[int, bytes] = {}
         self._held_seed_shares: dict[int, bytes] = {}
@@ -190,7 +194,9 @@ class ClientSession:
                           ClientState.DONE, ClientState.ABORTED):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already sent",
                                      peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
-        self._input = check_input_vector(vector, self.config, self.client_id, local=True)
+        # one private copy, already in the ring's dtype (it is masked in place)
+        self._input = check_input_vector(vector, self.config, self.client_id, local=True,
+                                         dtype=ring_dtype(self.config.bits))
 
     def start(self) -> AdvertiseKeys:
         """R0: generate fresh keys and a self-mask seed; return the advertisement.
@@ -240,7 +246,7 @@ class ClientSession:
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
                                      peer=self.client_id)
         answered = self._answered.get(type(message))
-        if answered is not None and _same_message(answered[0], message):
+        if answered is not None and _is_duplicate(answered[0], message):
             return answered[1]
         if self.state is ClientState.DONE:
             self._refuse_after_done(message)
@@ -261,7 +267,7 @@ class ClientSession:
         if handler != "_on_roster" and message.session_id != self.session_id:
             self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
         reply = getattr(self, handler)(message)
-        self._answered[type(message)] = (message, reply)
+        self._answered[type(message)] = (_answer_key(message, self.session_id), reply)
         self.state = next_state
         if next_state is ClientState.DONE:
             self._wipe()
@@ -275,14 +281,21 @@ class ClientSession:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
         entries = msg.entries
         columns = entries if isinstance(entries, RosterEntries) else None
-        ids = columns.ids if columns is not None else [e.sender for e in entries]
-        if ids != sorted(set(ids)):
-            self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without repeats",
-                       rnd)
-        invited = frozenset(self.config.ids)  # O(1) membership per entry
-        # the rules below, checked in bulk; on any violation the loops name it
-        clean = (_columns_clean(columns, ids, invited, self._components) if columns is not None
-                 else _roster_clean(entries, ids, invited, self._components))
+        if columns is not None:
+            # O(n) array work, no Python step per entry
+            senders = columns.senders
+            if senders.size > 1 and not bool(np.all(senders[1:] > senders[:-1])):
+                self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
+                           " repeats", rnd)
+            clean = _columns_clean(columns, self.config.id_array, self._components)
+        else:
+            ids = [e.sender for e in entries]
+            if ids != sorted(set(ids)):
+                self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
+                           " repeats", rnd)
+            # the rules below, checked in bulk; on any violation the loops name it
+            clean = _roster_clean(entries, ids, self.config.id_set, self._components)
+        invited = self.config.id_set  # O(1) membership per entry (built once per config)
         for e in () if clean else msg.entries:
             if e.sender not in invited:
                 self._fail(Rule.UNKNOWN_PEER, "roster lists a client outside the configuration",
@@ -332,7 +345,11 @@ class ClientSession:
                     e.noise_commitments), e.sender, rnd)
         sid = (session_id_of(self._digest, columns) if columns is not None
                else d.session_id(self._digest, entries))
-        neighbours = frozenset(neighbour_map(self.config.graph, tuple(ids), sid)[self.client_id])
+        # every sender is now an invited id (1..2^31-2), ascending
+        roster_ids = (columns.senders if columns is not None
+                      else np.array(ids, dtype=np.uint32))
+        neighbours = frozenset(neighbour_map(self.config.graph, tuple(roster_ids.tolist()),
+                                             sid)[self.client_id])
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
@@ -368,8 +385,9 @@ class ClientSession:
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
-        self._roster_ids = frozenset(ids)
+        self._roster_ids = roster_ids
         self._neighbours = neighbours
+        self._neighbour_array = np.array(sorted(neighbours), dtype=np.int64)
         return EncryptedShares(self.client_id, sid, ciphertexts)
 
     def _on_delivery(self, msg: ShareDelivery) -> MaskedInput:
@@ -424,7 +442,9 @@ class ClientSession:
             # the smaller id adds the pairwise mask, the larger subtracts it
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input.astype(expander.dtype)
+        masked = self._input  # this session's own copy, in the ring's dtype
+        if masked.dtype != expander.dtype:  # pragma: no cover - provide_input converts
+            masked = masked.astype(expander.dtype)
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
@@ -439,7 +459,7 @@ class ClientSession:
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
         rnd = Round.CONSISTENCY_CHECK
-        survivors = self._check_survivors(msg.survivors, rnd)
+        survivors, _ = self._check_survivors(msg.survivors, rnd)
         quorum = self.config.signature_quorum
         if len(survivors) < quorum:
             self._fail(Rule.BELOW_THRESHOLD,
@@ -454,27 +474,28 @@ class ClientSession:
     def _on_unmask(self, msg: UnmaskingRequest) -> UnmaskingResponse:
         rnd = Round.UNMASKING
         assert self.session_id is not None
-        if self.client_id in set(msg.dropped):
+        # the O(n) lists are checked as sorted arrays (binary search), the
+        # O(k) view walked in Python
+        drop_arr = self._id_array(msg.dropped, "dropped", rnd)
+        if bool(np.any(drop_arr == self.client_id)):
             self._fail(Rule.OWN_SHARE_REQUESTED,
                        "this client is listed as dropped: its own key share is requested", rnd)
-        survivors = self._check_survivors(msg.survivors, rnd)
-        dropped = tuple(msg.dropped)
-        if list(dropped) != sorted(set(dropped)):
+        survivors, surv_arr = self._check_survivors(msg.survivors, rnd)
+        if not _ascending(drop_arr):
             self._fail(Rule.MALFORMED, "dropped list must be sorted, without repeats", rnd)
-        survivor_set = set(survivors)
-        dropped_set = set(dropped)
-        overlap = survivor_set & dropped_set
-        if overlap:
+        overlap = drop_arr[_in_sorted(surv_arr, drop_arr)]
+        if overlap.size:
             self._fail(Rule.OVERLAPPING_LISTS,
-                       f"clients {sorted(overlap)[:10]} are listed as both survivor and dropped",
-                       rnd)
-        for u in dropped:
-            if u not in self._roster_ids:
-                self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
-                           rnd, peer=u)
+                       f"clients {overlap[:10].tolist()} are listed as both survivor and"
+                       " dropped", rnd)
+        strangers = drop_arr[~_in_sorted(self._roster_ids, drop_arr)]
+        if strangers.size:
+            self._fail(Rule.UNKNOWN_PEER, "dropped list names a client outside the roster",
+                       rnd, peer=int(strangers[0]))
         # a peer this client excluded (R2-6) must be listed as dropped; it is
         # never a survivor (_check_survivors: it is not in the view)
-        listed = {u for u in self._neighbours if u in survivor_set or u in dropped_set}
+        nb = self._neighbour_array
+        listed = set(nb[_in_sorted(surv_arr, nb) | _in_sorted(drop_arr, nb)].tolist())
         expected = set(self._u2_view) | self._excluded
         if listed != expected:
             missing = sorted(expected - listed)[:10]
@@ -487,6 +508,7 @@ class ClientSession:
                 self._fail(Rule.LISTS_CONTRADICT_VIEW,
                            "survivor list differs from the one this client signed", rnd)
             valid = 0
+            survivor_set = set(survivors)
             for signer, signature in msg.signatures.items():
                 if signer not in survivor_set:
                     self._fail(Rule.INVALID_SIGNATURE, "signature from a client that is not a"
@@ -505,9 +527,9 @@ class ClientSession:
                            " more than n/2, and n-k+1 for a degree-k sparse graph)", rnd)
         noise_shares = self._noise_shares_to_reveal(msg, survivors, rnd)
         # O(k) in a sparse graph: walk this client's view, not the O(n) lists
-        seed = {u: self._held_seed_shares[u] for u in sorted(self._u2_view | {self.client_id})
-                if u in survivor_set}
-        keys = {u: self._held_key_shares[u] for u in sorted(self._u2_view) if u in dropped_set}
+        view = np.array(sorted(self._u2_view | {self.client_id}), dtype=np.int64)
+        seed = {u: self._held_seed_shares[u] for u in view[_in_sorted(surv_arr, view)].tolist()}
+        keys = {u: self._held_key_shares[u] for u in view[_in_sorted(drop_arr, view)].tolist()}
         self._revealed = {**dict.fromkeys(seed, "self-mask"), **dict.fromkeys(keys, "key")}
         return UnmaskingResponse(self.client_id, self.session_id, seed, keys, noise_shares)
 
@@ -553,23 +575,43 @@ class ClientSession:
 
     # -- helpers ------------------------------------------------------------
 
-    def _check_survivors(self, survivors_in: Any, rnd: Round) -> tuple[int, ...]:
+    def _id_array(self, values: Any, what: str, rnd: Round) -> np.ndarray:
+        """``values`` (a list of client ids) as an int64 array: the codec's
+        :class:`~securefl.protocol.roster.IdTuple` carries one already; other
+        sequences are converted once (anything but ints is malformed)."""
+        array = getattr(values, "array", None)
+        if isinstance(array, np.ndarray):
+            return array
+        items = tuple(values)
+        if not all(type(u) is int for u in items):
+            self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
+        try:
+            return np.array(items, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
+
+    def _check_survivors(self, survivors_in: Any, rnd: Round,
+                         ) -> tuple[tuple[int, ...], np.ndarray]:
+        """Check the survivor list against the roster and this client's view;
+        return it as a tuple and as an ascending array.  O(n) array work and
+        O(k) Python steps."""
         survivors = tuple(survivors_in)
-        survivor_set = set(survivors)
-        if list(survivors) != sorted(survivor_set):
+        arr = self._id_array(survivors_in, "survivor", rnd)
+        if not _ascending(arr):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
-        for u in survivors:
-            if u not in self._roster_ids:
-                self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
-                           rnd, peer=u)
-        if self.client_id not in survivor_set:
+        strangers = arr[~_in_sorted(self._roster_ids, arr)]
+        if strangers.size:
+            self._fail(Rule.UNKNOWN_PEER, "survivor list names a client outside the roster",
+                       rnd, peer=int(strangers[0]))
+        if not bool(_in_sorted(arr, np.array([self.client_id]))[0]):
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        "this client sent its masked input but is not listed as a survivor", rnd)
         if len(survivors) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(survivors)} survivors, at least {self.config.floor} are required",
                        rnd)
-        in_view = [u for u in sorted(self._neighbours) if u in survivor_set]
+        nb = self._neighbour_array
+        in_view = nb[_in_sorted(arr, nb)].tolist()
         if len(in_view) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"{len(in_view)} surviving neighbours, threshold is {self.config.t}", rnd)
@@ -577,7 +619,7 @@ class ClientSession:
         if not_shared:
             self._fail(Rule.LISTS_CONTRADICT_VIEW,
                        f"survivors {not_shared[:10]} never shared keys with this client", rnd)
-        return survivors
+        return survivors, arr
 
     def _verify(self, signature: bytes | None, payload: bytes, signer: int, rnd: Round) -> None:
         if signature is None:
@@ -628,18 +670,53 @@ class ClientSession:
 _P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
 
 
-def _columns_clean(columns: RosterEntries, ids: list[int], invited: frozenset[int],
-                   components: int) -> bool:
-    """:func:`_roster_clean` of a columnar roster, on its byte columns
-    (every field is 32 bytes and no entry has noise commitments by
-    construction)."""
-    if components or not invited.issuperset(ids):
+def _columns_clean(columns: RosterEntries, invited: np.ndarray, components: int) -> bool:
+    """:func:`_roster_clean` of a columnar roster (senders already checked
+    ascending), on its columns: every sender in the ascending ``invited``
+    array (binary search), no key twice, every key canonical.  Every field is
+    32 bytes and no entry has noise commitments by construction.  O(n log n)
+    array work, no Python step per entry."""
+    if components:
+        return False
+    senders = columns.senders
+    if invited.size and int(invited[-1]) - int(invited[0]) + 1 == invited.size:
+        # the invited ids are a range (the default 1..n): a range check
+        if senders.size and (int(senders[0]) < int(invited[0])
+                             or int(senders[-1]) > int(invited[-1])):
+            return False
+    elif not bool(np.all(_in_sorted(invited, senders))):
         return False
     n = len(columns)
-    keys = columns.fields[:, :64].reshape(2 * n, 32)
-    if np.unique(keys.view(np.dtype((np.void, 32))).reshape(-1)).size != 2 * n:
+    keys = np.ascontiguousarray(columns.fields[:, :64]).reshape(2 * n, 32)
+    if _has_equal_rows(keys):
         return False
     return _canonical_rows(keys)
+
+
+def _has_equal_rows(rows: np.ndarray) -> bool:
+    """Do two rows of the ``r x 32`` byte array agree?  Sorts the first 8
+    bytes of every row as one ``uint64`` (fast); only when two of those agree
+    are the whole rows compared (exact either way)."""
+    heads = np.sort(np.ascontiguousarray(rows[:, :8]).view(np.uint64).reshape(-1))
+    if not bool(np.any(heads[1:] == heads[:-1])):
+        return False
+    whole = np.unique(np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))))
+    return int(whole.size) != rows.shape[0]
+
+
+def _in_sorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """For each of ``needles``, is it in the ascending array ``haystack``?
+    (Binary search: O(len(needles) log len(haystack)).)"""
+    needles = np.asarray(needles)
+    if haystack.size == 0:
+        return np.zeros(needles.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(haystack, needles), haystack.size - 1)
+    return np.asarray(haystack[pos] == needles)
+
+
+def _ascending(values: np.ndarray) -> bool:
+    """Strictly ascending (sorted, no repeats)?"""
+    return values.size < 2 or bool(np.all(values[1:] > values[:-1]))
 
 
 def _canonical_rows(words: np.ndarray) -> bool:
@@ -649,8 +726,8 @@ def _canonical_rows(words: np.ndarray) -> bool:
     top = words[:, 31]
     if np.any(top & 0x80):
         return False
-    return not np.any((top == 0x7F) & np.all(words[:, 1:31] == 0xFF, axis=1)
-                      & (words[:, 0] >= _P_LOW_BYTE))
+    near = words[top == 0x7F]  # only these can reach p (rare: 1 key in 128)
+    return not np.any(np.all(near[:, 1:31] == 0xFF, axis=1) & (near[:, 0] >= _P_LOW_BYTE))
 
 
 def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
@@ -679,3 +756,83 @@ def _roster_clean(entries: tuple[AdvertiseKeys, ...], ids: list[int],
 def _same_message(a: Any, b: Any) -> bool:
     """Exact equality of two server messages (every field, same type)."""
     return type(a) is type(b) and bool(a == b)
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    """What a client keeps of an answered server message with O(n) content
+    (a plain roster, a survivor list) to recognise an exact duplicate
+    ([CLI-2]) in O(1) memory: the message kind and a SHA-256 over an
+    unambiguous encoding of every field.  Two messages get equal
+    fingerprints iff they are equal (up to a SHA-256 collision)."""
+
+    kind: type
+    digest: bytes
+
+
+def _answer_key(message: Any, session_id: bytes | None) -> Any:
+    """The message itself, or its :class:`_Fingerprint` when it has one
+    (``session_id``: the id this client just derived from the roster
+    answered, saving a second hash of it)."""
+    if isinstance(message, KeyRoster) and isinstance(message.entries, RosterEntries) \
+            and session_id is not None:
+        # the session id was derived from exactly this digest and these
+        # entries (the roster was refused otherwise)
+        return _Fingerprint(KeyRoster, message.config_digest + session_id)
+    fingerprint = _fingerprint(message)
+    return message if fingerprint is None else fingerprint
+
+
+def _is_duplicate(key: Any, message: Any) -> bool:
+    """Is ``message`` exactly the message remembered as ``key``?"""
+    if isinstance(key, _Fingerprint):
+        return type(message) is key.kind and _fingerprint(message) == key
+    return _same_message(key, message)
+
+
+def _fingerprint(message: Any) -> _Fingerprint | None:
+    """The fingerprint of a plain roster (no signature, no noise commitment:
+    the session id's hash already covers every other field, in order) or of
+    a plain survivor/dropped-list request (no signatures, no noise removals);
+    None for anything else (kept whole)."""
+    if isinstance(message, KeyRoster):
+        digest = message.config_digest
+        entries = message.entries
+        if not isinstance(digest, bytes):
+            return None
+        if isinstance(entries, RosterEntries):
+            return _Fingerprint(KeyRoster, digest + session_id_of(digest, entries))
+        if not isinstance(entries, tuple) or not all(
+                isinstance(e, AdvertiseKeys) and type(e.sender) is int
+                and 1 <= e.sender <= 0xFFFFFFFF and e.signature is None
+                and type(e.noise_commitments) is tuple and not e.noise_commitments
+                and all(type(f) is bytes and len(f) == 32 for f in (
+                    e.encryption_key, e.masking_key, e.seed_commitment))
+                for e in entries):
+            return None
+        senders = [e.sender for e in entries]
+        if any(a >= b for a, b in itertools.pairwise(senders)):
+            return None  # the session id sorts; only an ascending roster is plain
+        return _Fingerprint(KeyRoster, digest + d.session_id(digest, entries))
+    if isinstance(message, UnmaskingRequest | ConsistencyRequest):
+        if isinstance(message, UnmaskingRequest) and (message.signatures
+                                                      or message.noise_removals):
+            return None
+        if type(message.recipient) is not int or type(message.session_id) is not bytes:
+            return None
+        lists = [message.survivors] + ([message.dropped]
+                                       if isinstance(message, UnmaskingRequest) else [])
+        h = hashlib.sha256(type(message).__name__.encode())
+        h.update(message.recipient.to_bytes(8, "big", signed=True))
+        h.update(len(message.session_id).to_bytes(8, "big") + message.session_id)
+        for ids in lists:
+            array = getattr(ids, "array", None)
+            if not isinstance(array, np.ndarray):
+                if not isinstance(ids, tuple) or not all(
+                        type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
+                    return None
+                array = np.array(ids, dtype=np.int64).reshape(-1)
+            data = array.astype(">i8").tobytes()
+            h.update(len(data).to_bytes(8, "big") + data)
+        return _Fingerprint(type(message), h.digest())
+    return None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from securefl.errors import ConfigurationError
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
@@ -296,17 +299,43 @@ class SecAggConfig:
         """Bytes per masked entry on the wire: ``ceil(bits / 8)`` (1..8)."""
         return (self.bits + 7) // 8
 
+    @property
+    def id_set(self) -> frozenset[int]:
+        """The invited client ids as a frozenset (built once per configuration:
+        O(1) membership instead of a scan of :attr:`ids`)."""
+        return self._derived[0]
+
+    @property
+    def id_array(self) -> np.ndarray:
+        """The invited client ids as a read-only ascending ``uint32`` array
+        (built once per configuration), for bulk membership checks."""
+        return self._derived[1]
+
+    @functools.cached_property
+    def _derived(self) -> tuple[frozenset[int], np.ndarray, bytes]:
+        # the fields are frozen, so what is derived from them is computed once
+        # (cached_property writes the instance __dict__, bypassing the frozen
+        # __setattr__; dataclass equality and hashing look at the fields only)
+        ids = np.asarray(self.ids, dtype=np.uint32)
+        ids.setflags(write=False)
+        return frozenset(self.ids), ids, self._compute_digest(ids)
+
     def digest(self) -> bytes:
         """SHA-256 over a canonical encoding of every field; bound into the
-        session id and every signature."""
+        session id and every signature.  Computed once per configuration
+        object (its fields are frozen)."""
+        return self._derived[2]
+
+    def _compute_digest(self, ids: np.ndarray) -> bytes:
         h = hashlib.sha256()
         h.update(b"securefl/secagg/config")
         h.update(struct.pack(">IIIQB", PROTOCOL_VERSION, self.num_clients, self.t,
                              self.vector_length, self.bits))
         h.update(self.mode.value.encode().ljust(16, b"\0"))
         h.update(struct.pack(">I", len(self.ids)))
-        for cid in self.ids:
-            h.update(struct.pack(">I", cid))
+        # every id as a big-endian uint32, in one update (the same bytes as one
+        # struct.pack(">I", cid) per id)
+        h.update(ids.astype(">u4").tobytes())
         graph = self.graph.describe().encode()
         h.update(struct.pack(">I", len(graph)) + graph)
         h.update(struct.pack(">I", len(self.context)) + self.context)

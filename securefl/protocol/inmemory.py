@@ -26,6 +26,7 @@ from securefl.protocol.client import ClientSession
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import Envelope
 from securefl.protocol.server import AggregationResult, Executor, ServerSession
+from securefl.protocol.storage import MaskedInputStore
 from securefl.protocol.validation import check_input_vector
 
 
@@ -297,6 +298,9 @@ class SessionDriver(Driver):
         executor: passed to every session (mask work spread over it).
         workers: passed to every session (segments to split the mask work into).
         identities: active mode: the clients' Ed25519 keys (default fresh).
+        store: where the server keeps R2's masked inputs until it closes
+            (see :class:`~securefl.protocol.server.ServerSession`; default in
+            memory).
 
     Raises:
         ConfigurationError: ``inputs`` is not for exactly the configured ids.
@@ -308,7 +312,8 @@ class SessionDriver(Driver):
     def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray | None], *,
                  dropouts: Mapping[int, Round] | None = None, rng: RandomSource | None = None,
                  executor: Executor | None = None, workers: int | None = None,
-                 identities: Mapping[int, Ed25519PrivateKey] | None = None) -> None:
+                 identities: Mapping[int, Ed25519PrivateKey] | None = None,
+                 store: MaskedInputStore | None = None) -> None:
         _check_ids(inputs, config)
         source = default_random(rng)
         self.identities: dict[int, Ed25519PrivateKey] = {}
@@ -318,7 +323,7 @@ class SessionDriver(Driver):
                 c: signing.generate_identity(source) for c in config.ids})
             self.pinned = {c: k.public_key() for c, k in self.identities.items()}
         server = ServerSession(config, peer_identities=self.pinned, rng=source,
-                               executor=executor, workers=workers)
+                               executor=executor, workers=workers, store=store)
         clients = {c: ClientSession(config, c, input=inputs[c],
                                     identity_key=self.identities.get(c),
                                     peer_identities=self.pinned, rng=source,

@@ -22,18 +22,44 @@ from securefl.protocol import derivation as d
 from securefl.protocol.messages import AdvertiseKeys
 
 
+class IdTuple(tuple[int, ...]):
+    """A tuple of client ids that also carries them as an ``int64`` numpy
+    array (:attr:`array`), so that a party checks a long id list (survivors,
+    dropped) with array operations instead of a Python step per id.  It is
+    equal to, hashes like and prints like the plain tuple; the array is read
+    only and always holds exactly the tuple's ids, in the same order."""
+
+    array: np.ndarray
+
+    def __new__(cls, ids: Sequence[int] | np.ndarray) -> IdTuple:
+        array = np.array(ids, dtype=np.int64).reshape(-1)
+        array.setflags(write=False)
+        self = super().__new__(cls, array.tolist())
+        self.array = array
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (IdTuple, (tuple(self),))
+
+
 class RosterEntries(Sequence[AdvertiseKeys]):
     """Roster entries as columns: ``senders`` (ascending ``uint32``) and
     ``fields`` (``n x 96`` bytes: encryption key, masking key, seed
     commitment).  Entries have no signature and no noise commitments."""
 
-    __slots__ = ("_ids", "fields", "senders")
+    __slots__ = ("_ids", "fields", "rows", "senders")
 
-    def __init__(self, senders: np.ndarray, fields: np.ndarray) -> None:
+    def __init__(self, senders: np.ndarray, fields: np.ndarray,
+                 rows: np.ndarray | None = None) -> None:
         if senders.ndim != 1 or fields.shape != (senders.shape[0], 96):
             raise ValueError("roster columns must be n senders and n x 96 bytes")
+        if rows is not None and rows.shape != (senders.shape[0], 100):
+            raise ValueError("roster rows must be n x 100 bytes")
         self.senders = senders
         self.fields = fields
+        # optionally, every entry as the session id hashes it: the sender
+        # (big-endian uint32) then the 96 bytes of fields (C-contiguous)
+        self.rows = rows
         self._ids: list[int] | None = None
 
     @property
@@ -94,11 +120,13 @@ def session_id_of(config_digest: bytes, entries: RosterEntries) -> bytes:
     """:func:`~securefl.protocol.derivation.session_id` of ``entries`` with
     one hash update over the columns (entries are sorted by sender)."""
     n = len(entries)
-    rows = np.empty((n, 100), dtype=np.uint8)
-    rows[:, :4] = entries.senders.astype(">u4").view(np.uint8).reshape(n, 4)
-    rows[:, 4:] = entries.fields
+    rows = entries.rows
+    if rows is None or not rows.flags.c_contiguous:
+        rows = np.empty((n, 100), dtype=np.uint8)
+        rows[:, :4] = entries.senders.astype(">u4").view(np.uint8).reshape(n, 4)
+        rows[:, 4:] = entries.fields
     h = hashlib.sha256(d.PREFIX + b"session-id")
     h.update(config_digest)
     h.update(struct.pack(">I", n))
-    h.update(rows.tobytes())
+    h.update(memoryview(rows).cast("B"))  # hashed in place, no copy
     return h.digest()

@@ -23,8 +23,13 @@ function, the status a client moves from and to, and the minimum count.  All
 the server holds about a client is one record (``_Peer``); the session's
 round and :attr:`ServerSession.state` are derived from those records.
 
-The server keeps each masked input until R2 closes (``n`` vectors), because
-a complaint received later in R2 may exclude a vector already received.
+The server adds each masked input into a running sum on receipt and keeps a
+copy in a :class:`~securefl.protocol.storage.MaskedInputStore` until R2
+closes, because a complaint received later in R2 may exclude a vector
+already received: it is then read back and subtracted.  The default store
+keeps the copies in memory (``n`` vectors); a
+:class:`~securefl.protocol.storage.FileStore` on a file the caller opened
+keeps the server's memory for the round at O(m).
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ from securefl.protocol.messages import (
     UnmaskingRequest,
     UnmaskingResponse,
 )
+from securefl.protocol.roster import IdTuple
+from securefl.protocol.storage import MaskedInputStore, MemoryStore
 from securefl.protocol.validation import check_input_vector, check_message_fields
 
 
@@ -165,6 +172,11 @@ class ServerSession:
             creates and shuts down the pool; the session starts no process.
         workers: how many segments to split the work into (default: the
             number of CPUs when an executor or an unmask pool is given).
+        store: where the masked inputs of the open R2 are kept until it
+            closes (default a :class:`~securefl.protocol.storage.MemoryStore`;
+            a :class:`~securefl.protocol.storage.FileStore` keeps the
+            server's memory O(m)); the session clears it when R2 closes or
+            the session aborts.
     """
 
     def __init__(
@@ -176,6 +188,7 @@ class ServerSession:
         executor: Executor | None = None,
         unmask_pool: Executor | None = None,
         workers: int | None = None,
+        store: MaskedInputStore | None = None,
     ) -> None:
         self.config = config
         pooled = executor is not None or unmask_pool is not None
@@ -200,6 +213,10 @@ class ServerSession:
         self._contradicted: dict[int, list[int]] = {}
         self._dtype = ring_dtype(config.bits)
         self._sum: np.ndarray | None = None
+        # R2: the sum of every masked input accepted so far (wrapping in the
+        # ring's dtype), and their copies, to subtract those later excluded
+        self._running: np.ndarray | None = None
+        self._store: MaskedInputStore = MemoryStore() if store is None else store
         self._blame: list[Blame] = []
         self._u3: tuple[int, ...] = ()
         self._u3_set: frozenset[int] = frozenset()
@@ -381,8 +398,14 @@ class ServerSession:
         if len(peer.delivered) - len(excluded) + 1 < self.config.t:
             raise RemoteProtocolError(Rule.BELOW_THRESHOLD, "keeps the shares of fewer than"
                                       " threshold - 1 peers", peer=msg.sender, round=rnd)
-        # a copy: the sum is taken at close, and the caller may reuse its buffer
-        peer.masked = np.array(vector, dtype=self._dtype, copy=True)
+        # nothing below can fail: the vector is accepted.  Into the running
+        # sum at once (the caller may reuse its buffer); a copy to the store,
+        # in case a later complaint excludes this sender ([R2-6])
+        vector = np.asarray(vector, dtype=self._dtype)
+        if self._running is None:
+            self._running = np.zeros(self.config.vector_length, dtype=self._dtype)
+        self._store.put(msg.sender, vector)
+        np.add(self._running, vector, out=self._running)
         peer.complaints = frozenset(excluded)
 
     def _receive_signature(self, msg: ConsistencySignature, peer: _Peer, rnd: Round) -> None:
@@ -463,9 +486,10 @@ class ServerSession:
             out: list[Envelope] = getattr(self, row.close)()
         except AbortError:
             self._sum = None
+            self._running = None
+            self._store.clear()
             for peer in self._peers.values():
                 peer.round = None
-                peer.masked = None
             raise
         following = self._rounds.index(row) + 1
         nxt = self._rounds[following].round if following < len(self._rounds) else None
@@ -510,11 +534,15 @@ class ServerSession:
         self._u3_set, self._dropped_set = frozenset(self._u3), frozenset(self._dropped)
         if self._layout is not None and len(self._u3) >= self.config.floor:
             self._removals = self._layout.removals(self._u3)  # SPEC [NZ-5]
-        self._sum = np.zeros(self.config.vector_length, dtype=self._dtype)
-        for u in self._u3:
-            np.add(self._sum, self._peers[u].masked, out=self._sum)
-        for peer in self._peers.values():
-            peer.masked = None
+        # the running sum already holds exactly U3's inputs: every accepted
+        # one was added, every excluded one subtracted (_resolve_complaints)
+        self._sum = (np.zeros(self.config.vector_length, dtype=self._dtype)
+                     if self._running is None else self._running)
+        self._running = None
+        self._store.clear()
+        # the lists every asked client checks, each with its array (IdTuple):
+        # O(n) array work per client instead of a Python step per id
+        self._u3, self._dropped = IdTuple(self._u3), IdTuple(self._dropped)
         assert self.session_id is not None
         u3 = set(self._u3)
         # sparse graphs: a survivor with fewer than t-1 surviving neighbours
@@ -619,9 +647,12 @@ class ServerSession:
                                                    f" that fewer than {t} survivors hold")
                     changed = True
                     break
-        for peer in self._peers.values():
+        for c, peer in self._peers.items():
             if peer.excluded is not None:
-                peer.masked = None
+                if c in masked_from:
+                    # accepted and added: take it back out of the running sum
+                    assert self._running is not None
+                    np.subtract(self._running, self._store.get(c), out=self._running)
                 peer.status = ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
 
     # -- unmasking ----------------------------------------------------------
@@ -966,7 +997,6 @@ class _Peer:
     neighbours: frozenset[int] = frozenset()
     shares: EncryptedShares | None = None
     delivered: frozenset[int] = frozenset()
-    masked: np.ndarray | None = None
     complaints: frozenset[int] = frozenset()
     excluded: str | None = None
     signature: bytes | None = None

@@ -1,0 +1,150 @@
+"""Where the server keeps the masked inputs of the open masked-input round.
+
+A complaint that arrives late in R2 may exclude a client whose masked input
+was already received (SPEC [R2-6]), so until R2 closes the server must be
+able to take any received vector back out of the sum.  The server adds each
+accepted vector into a running sum at once and hands a copy to a
+:class:`MaskedInputStore`; at close it reads back only the vectors of the
+clients it excludes (usually none) and subtracts them, then clears the store.
+
+* :class:`MemoryStore` (the default) keeps the copies in memory: ``n``
+  vectors of ``m`` ring elements, as before the running sum existed.
+* :class:`FileStore` writes them to a binary file the caller opened (for
+  example ``tempfile.TemporaryFile()``): the server's memory for the round is
+  then the running sum, O(m), whatever ``n``.
+
+What goes to the file is exactly what the server received (masked inputs
+are the server's to read anyway), so spilling them discloses nothing new to
+whoever can read the server's memory; the caller chooses where the file
+lives and deletes it (an anonymous ``TemporaryFile`` has no name on disk).
+The protocol code stays sans-IO: it calls the injected store and never opens
+a file itself.  The result is the same, bit for bit, with either store
+(``tests/test_masked_store.py``): the sum is taken in the ring's native
+dtype, where addition and subtraction wrap modulo a power of two at least
+``2^bits``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import BinaryIO
+
+import numpy as np
+
+from securefl.errors import LocalProtocolError, Rule
+
+
+class MaskedInputStore(abc.ABC):
+    """Holds one vector per sender until :meth:`clear` (the server's
+    masked-input round)."""
+
+    @abc.abstractmethod
+    def put(self, sender: int, vector: np.ndarray) -> None:
+        """Keep a copy of ``vector`` (1-D, the ring's dtype) for ``sender``;
+        the caller may reuse the array afterwards.  A sender is put at most
+        once between clears."""
+
+    @abc.abstractmethod
+    def get(self, sender: int) -> np.ndarray:
+        """The vector kept for ``sender``, equal to the one put (a copy or a
+        read-only view).
+
+        Raises:
+            LocalProtocolError: nothing is kept for ``sender``.
+        """
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Forget every vector (the round closed or aborted)."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """How many vectors are kept."""
+
+
+class MemoryStore(MaskedInputStore):
+    """The copies in a dict, in memory (``n * m`` elements at most)."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[int, np.ndarray] = {}
+
+    def put(self, sender: int, vector: np.ndarray) -> None:
+        """Keep a copy in memory."""
+        self._vectors[sender] = np.array(vector, copy=True)
+
+    def get(self, sender: int) -> np.ndarray:
+        """The copy kept for ``sender``."""
+        try:
+            return self._vectors[sender]
+        except KeyError:
+            raise _missing(sender) from None
+
+    def clear(self) -> None:
+        """Drop every copy."""
+        self._vectors = {}
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self)} vectors)"
+
+
+class FileStore(MaskedInputStore):
+    """The copies appended to a binary file opened by the caller (read,
+    write, seekable; e.g. ``tempfile.TemporaryFile()``): memory O(1) per
+    vector.  :meth:`clear` truncates the file; closing it is the caller's.
+
+    Args:
+        file: the file to write the vectors to (its content is replaced).
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._where: dict[int, tuple[int, np.dtype, int]] = {}
+        self._end = 0
+        self.clear()
+
+    def put(self, sender: int, vector: np.ndarray) -> None:
+        """Append the vector's bytes to the file."""
+        data = np.ascontiguousarray(vector)
+        self._file.seek(self._end)
+        self._file.write(memoryview(data).cast("B"))
+        self._where[sender] = (self._end, data.dtype, data.size)
+        self._end += data.nbytes
+
+    def get(self, sender: int) -> np.ndarray:
+        """Read the vector back (a fresh array)."""
+        try:
+            offset, dtype, size = self._where[sender]
+        except KeyError:
+            raise _missing(sender) from None
+        out = np.empty(size, dtype=dtype)
+        self._file.seek(offset)
+        view = memoryview(out).cast("B")
+        got = 0
+        while got < len(view):
+            n = self._file.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                raise LocalProtocolError(Rule.MALFORMED, f"the store's file lost client"
+                                         f" {sender}'s masked input", peer="server")
+            got += n
+        return out
+
+    def clear(self) -> None:
+        """Forget every vector and truncate the file."""
+        self._where = {}
+        self._end = 0
+        self._file.seek(0)
+        self._file.truncate(0)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return f"FileStore({len(self)} vectors, {self._end} bytes)"
+
+
+def _missing(sender: int) -> LocalProtocolError:
+    return LocalProtocolError(Rule.MALFORMED, f"no masked input of client {sender} is kept",
+                              peer="server")
