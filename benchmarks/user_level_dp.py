@@ -33,12 +33,15 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["bits"] for r in ran], [100 * r["accuracy_mean"] for r in ran], "o-",
             label="Skellam in the secure sum (distributed)")
-    for key, label, style in (("gaussian", "central Gaussian, same epsilon (tight accountant)",
-                               "--"),
-                              ("gaussian_generic",
-                               "central Gaussian, same epsilon (same accountant as Skellam)", ":"),
-                              ("none", "no noise (clipping only)", "-.")):
-        ax.axhline(100 * sweep[key]["accuracy_mean"], linestyle=style, color="gray", label=label)
+    for key, label, style, color in (
+            ("gaussian", "central Gaussian, same epsilon (every accountant)", "--", "tab:gray"),
+            ("gaussian_generic", "central Gaussian, same epsilon (same accountant as Skellam)",
+             ":", "tab:orange"),
+            ("gaussian_pld", "central Gaussian, same epsilon (PLD alone)", "-.", "tab:green"),
+            ("none", "no noise (clipping only)", "-", "black")):
+        if key in sweep:
+            ax.axhline(100 * sweep[key]["accuracy_mean"], linestyle=style, color=color,
+                       label=label, linewidth=1)
     setting = sweep["setting"]
     ax.set_xlabel("bits per coordinate on the wire")
     ax.set_ylabel("final test accuracy (%)")
@@ -48,6 +51,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(out: Path) -> None:
+    """Redraw ``accuracy_vs_bits.png`` in ``out`` from its ``user_level_dp.json``."""
+    _plot(json.loads((out / "user_level_dp.json").read_text()), out / "accuracy_vs_bits.png")
 
 
 def _markdown(results: dict[str, Any], command: str) -> str:
@@ -65,11 +73,21 @@ def _markdown(results: dict[str, Any], command: str) -> str:
                      f" {r['gap_to_gaussian_pp']:+.2f} | {r['gap_to_gaussian_generic_pp']:+.2f}"
                      f" | {r['noise_multiplier']:.3f} | {r['gamma']:.4g} |")
     lines += ["",
-              f"central Gaussian (sigma {sweep['gaussian_sigma']:.3f}, tight accountants):"
+              f"central Gaussian (sigma {sweep['gaussian_sigma']:.3f}, within epsilon by every"
+              " accountant, Opacus's and dp-accounting's RDP and PLD):"
               f" {100 * sweep['gaussian']['accuracy_mean']:.2f}%;"
               f" central Gaussian (sigma {sweep['gaussian_generic_sigma']:.3f}, the Skellam"
-              f" mechanism's accountant): {100 * sweep['gaussian_generic']['accuracy_mean']:.2f}%;"
+              f" mechanism's accountant, {sweep.get('accountant', 'zhu-wang-general')}):"
+              f" {100 * sweep['gaussian_generic']['accuracy_mean']:.2f}%;"
               f" no noise: {100 * sweep['none']['accuracy_mean']:.2f}%", ""]
+    if "gaussian_pld" in sweep:
+        gaps = [r["gap_to_gaussian_pld_pp"] for r in sweep["skellam"] if "refused" not in r]
+        lines += [f"central Gaussian (sigma {sweep['gaussian_pld_sigma']:.3f}, dp-accounting's"
+                  f" PLD alone): {100 * sweep['gaussian_pld']['accuracy_mean']:.2f}%; gap to"
+                  f" it {min(gaps):+.2f} to {max(gaps):+.2f} pp", ""]
+    if "gaussian_legacy_sigma" in sweep:
+        lines += [f"(the general zhu-wang-general bound would need sigma"
+                  f" {sweep['gaussian_legacy_sigma']:.3f})", ""]
     cost = results.get("cost")
     if cost:
         s = cost["seconds"]

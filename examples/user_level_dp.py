@@ -8,12 +8,16 @@ Z_2^16; its session adds its Skellam noise before masking (the protocol's
 NoisePlan: a base share from the OS CSPRNG and removable excess components
 whose seeds are secret-shared; active mode, as removable excess requires), so
 that the released sum carries between V and V (1 + 1e-3) whatever the
-dropouts.  30% of the cohort drops out after
+dropouts.  The cohort is drawn from the OS CSPRNG and the session runs over
+it alone, with the threshold its size prescribes
+(securefl.federation.cohort, which the simulator's --client-sample-rate
+uses too).  30% of the cohort drops out after
 sharing keys; the server removes the excess the survivors do not need and
 reports the variance left.  The server unmasks the sum, reads it modulo 2^16 in the
 signed range, un-rotates it and divides by the expected cohort.  Each round
-appends a user-level row to a privacy ledger, which ``securefl audit`` then
-verifies.
+first charges its release in the privacy ledger (an in-flight user-level row
+at the target variance, before any client sends), then settles it with the
+variance released; ``securefl audit`` then verifies the ledger.
 
     python examples/user_level_dp.py [OUTPUT_DIR]
 """
@@ -21,17 +25,20 @@ verifies.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from securefl.bench.user_level import digits_federation, evaluate_accuracy, softmax_gradient
 from securefl.cli.audit import audit_run
+from securefl.federation.cohort import cohort_bound, cohort_secagg_config, poisson_cohort
 from securefl.privacy.distributed import plan_user_level, user_level_entry
 from securefl.privacy.ledger import PrivacyLedger
-from securefl.protocol import Round, SecAggConfig
+from securefl.protocol import Round
 from securefl.protocol.config import SecurityMode
 from securefl.protocol.inmemory import secure_sum
 from securefl.protocol.noise import NoisePlan
@@ -43,33 +50,38 @@ DROPOUT = 0.3
 def main(out: Path) -> None:
     data = digits_federation(CLIENTS)
     shape = (data.client_x[0].shape[1] + 1, data.num_classes)
-    cohort_bound = math.ceil(CLIENTS * Q + 4 * math.sqrt(CLIENTS * Q * (1 - Q)))
     plan = plan_user_level(num_values=shape[0] * shape[1], clip=1.0, bits=BITS,
-                           cohort=cohort_bound, q=Q, rounds=ROUNDS, target_epsilon=EPSILON,
-                           delta=DELTA)
+                           cohort=cohort_bound(CLIENTS, Q), q=Q, rounds=ROUNDS,
+                           target_epsilon=EPSILON, delta=DELTA)
     codec = plan.codec
     multiplier = math.sqrt(plan.variance) / codec.l2_sensitivity
     print(f"gamma {codec.gamma:.1f}, d {codec.padded}, Delta_2 {codec.l2_sensitivity:.1f},"
           f" V {plan.variance:.4g} (noise multiplier {multiplier:.3f})")
-    sampler = np.random.default_rng()  # public: who is sampled is no secret to the server
+    dropouts = np.random.default_rng()  # simulated dropouts: nothing secret
     weights, velocity = np.zeros(shape), np.zeros(shape)
     ledger = PrivacyLedger(out / "ledger.jsonl")
     previous = None
     for number in range(1, ROUNDS + 1):
-        cohort = [int(c) for c in np.flatnonzero(sampler.random(CLIENTS) < Q)]
+        # Poisson sampling from the OS CSPRNG (the amplification needs a
+        # cohort nobody can predict); client ids are 1-based
+        cohort = [c - 1 for c in poisson_cohort(range(1, CLIENTS + 1), Q)]
         # removable excess noise needs active mode (SPEC [NZ-1b]); its default
         # threshold floor(2n/3) + 1 survives the 30% dropout below
-        config = SecAggConfig(num_clients=len(cohort), vector_length=codec.padded, bits=BITS,
-                              mode=SecurityMode.ACTIVE, client_ids=[c + 1 for c in cohort],
-                              noise=NoisePlan(plan.variance))
-        round_seed = sampler.bytes(32)  # public per-round rotation seed
+        config = cohort_secagg_config([c + 1 for c in cohort], vector_length=codec.padded,
+                                      bits=BITS, mode=SecurityMode.ACTIVE,
+                                      noise=NoisePlan(plan.variance))
+        round_seed = os.urandom(32)  # public per-round rotation seed
+        # the release is charged (at the target variance) before anyone sends
+        ledger.begin_round(number, [], [replace(user_level_entry(
+            plan, round_number=number, released_variance=plan.variance, survivors=0,
+            previous=previous, epsilon_budget=EPSILON), status="in-flight")])
         inputs = {}
         for client in cohort:
             local = weights.copy()
             for _ in range(5):
                 local -= 0.5 * softmax_gradient(local, data.client_x[client], data.client_y[client])
             inputs[client + 1] = codec.encode((local - weights).reshape(-1), round_seed).vector
-        dropped = sampler.choice(cohort, size=int(DROPOUT * len(cohort)), replace=False)
+        dropped = dropouts.choice(cohort, size=int(DROPOUT * len(cohort)), replace=False)
         result = secure_sum(inputs, config,
                             {int(c) + 1: Round.MASKED_INPUT_COLLECTION for c in dropped})
         released = result.noise_variance  # reported by the server session, >= V

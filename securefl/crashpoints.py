@@ -13,6 +13,9 @@ named points are:
     ``ledger.jsonl``), no client has trained;
 ``mid-training``
     after the first client of the round trained;
+``after-release``
+    the server unmasked (released) a round's user-level sum, the round is
+    not settled (nothing of its outcome is on disk);
 ``mid-commit``
     inside the run store's transaction that commits a round, before
     ``COMMIT`` (:meth:`securefl.federation.runstore.RunStore.commit_round`):

@@ -160,6 +160,14 @@ class AbortError(SecureFLError):
         super().__init__(f"aggregation aborted in {round_text}: {detail}")
 
 
+class WorkerError(AbortError):
+    """A worker of the caller's pool failed while the server removed the
+    masks (a process killed, the pool shut down, memory exhausted): the
+    session aborts and produces no result.  The message names only the kind of
+    failure, never a secret the worker held; the worker's own traceback is
+    not attached."""
+
+
 class CryptoError(SecureFLError):
     """A cryptographic operation failed (authentication, invalid key)."""
 

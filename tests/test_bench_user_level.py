@@ -30,3 +30,18 @@ def test_every_mechanism_trains_a_small_federation() -> None:
     assert results[2]["accuracy"] > 0.3
     assert np.isclose(generic_gaussian_multiplier(setting) ** 2 * plan.codec.l2_sensitivity ** 2,
                       plan.variance, rtol=0.05)
+
+
+def test_the_central_baselines_are_ordered_by_their_accountants() -> None:
+    """dp-accounting's PLD alone allows the least noise; within epsilon by
+    every accountant more; the Skellam mechanism's accountant (integer
+    orders) more still; the legacy general bound the most."""
+    from securefl.bench.user_level import gaussian_multiplier, pld_gaussian_multiplier
+    from securefl.privacy.distributed import LEGACY_ACCOUNTANT
+
+    setting = UserLevelSetting(num_clients=300, q=0.3, rounds=40, epsilon=8.0)
+    pld = pld_gaussian_multiplier(setting)
+    every = gaussian_multiplier(setting)
+    ours = generic_gaussian_multiplier(setting)
+    legacy = generic_gaussian_multiplier(setting, LEGACY_ACCOUNTANT)
+    assert pld < every < ours < legacy

@@ -3,14 +3,16 @@ the documented behaviour (issue 13, papercuts)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from securefl.cli import EXIT_BROKEN_PIPE, build_parser, help_text, main
+from securefl.cli import COMMANDS, EXIT_BROKEN_PIPE, build_parser, help_text, main
 from securefl.cli.bench import DEFAULT_OUT
 from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR
 from securefl.conformance.runner import all_cases, select
@@ -103,17 +105,46 @@ def test_json_report_still_written(tmp_path: Path) -> None:
 
 # -- a closed pipe ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [("conformance", "--list"),
-                                  ("sum-demo", "--clients", "5", "--length", "100")])
-def test_a_reader_that_went_away_ends_quietly(argv: tuple[str, ...]) -> None:
+def _into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
     read_end, write_end = os.pipe()
     os.close(read_end)                   # `| head` that has already exited
     try:
-        proc = _cli(*argv, stdout=write_end)
+        return _cli(*argv, stdout=write_end)
     finally:
         os.close(write_end)
+
+
+@pytest.mark.parametrize("argv", [("conformance", "--list"),
+                                  ("sum-demo", "--clients", "5", "--length", "100")])
+def test_a_reader_that_went_away_ends_quietly(argv: tuple[str, ...]) -> None:
+    proc = _into_a_closed_pipe(*argv)
     assert proc.returncode == EXIT_BROKEN_PIPE, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch", reason="the train extra runs the simulator")
+    from securefl.federation.simulation import SimulationConfig, run_simulation
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("papercuts") / "run"
+    run_simulation(SimulationConfig(num_clients=3, rounds=1, noise_multiplier=1.0, hidden=8,
+                                    dropout=0.0, epsilon_budget=50.0, seed=0), out)
+    return out
+
+
+@pytest.mark.parametrize("flags", [(), ("--json",)])
+def test_audit_into_a_reader_that_went_away_ends_quietly_and_writes_nothing(
+        small_run: Path, flags: tuple[str, ...]) -> None:
+    # `securefl audit RUN | head`, the issue's first example
+    before = sorted(p.name for p in small_run.iterdir())
+    proc = _into_a_closed_pipe("audit", str(small_run), *flags)
+    assert proc.returncode == EXIT_BROKEN_PIPE, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    after = sorted(p.name for p in small_run.iterdir())
+    assert [n for n in after if not n.startswith("run.sqlite-")] == [
+        n for n in before if not n.startswith("run.sqlite-")]
 
 
 # -- sum-demo --------------------------------------------------------------------------
@@ -137,10 +168,20 @@ def test_sum_demo_mode_has_help() -> None:
 
 # -- help texts ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [(), ("sum-demo",), ("conformance",), ("bench",)])
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(sub.choices)
+
+
+def test_every_subcommand_is_checked_for_markup() -> None:
+    assert _subcommands() == sorted(c.replace("_", "-") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", [(), *((c,) for c in _subcommands())])
 def test_help_shows_no_rst_markup(command: tuple[str, ...]) -> None:
     out = _cli(*command, "--help").stdout
-    assert out and "``" not in out and ":class:" not in out
+    assert out and "``" not in out and not re.search(r":[a-z]+:`", out), out
 
 
 def test_help_text_strips_markup_and_keeps_words() -> None:

@@ -10,12 +10,14 @@ imports fail, as they fail on a machine where they were never installed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,3 +166,88 @@ def test_guarded_modules_load_as_usual_when_the_extra_is_installed() -> None:
     assert "class DatasetName" in inspect.getsource(options)
     assert options.__spec__ is not None and options.__spec__.origin == options.__file__
     assert options.__loader__.is_package(options.__name__) is False  # type: ignore[union-attr]
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_the_package_declares_the_core_and_the_train_extra_as_documented() -> None:
+    # README.md: `pip install securefl` installs the secure aggregation core
+    # (numpy, cryptography, protobuf); the `train` extra installs federated
+    # training (torch, opacus, scikit-learn, matplotlib, tqdm, dp-accounting)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert _requirement_names(project["dependencies"]) == {"numpy", "cryptography", "protobuf"}
+    train = _requirement_names(project["optional-dependencies"]["train"])
+    assert train == {"torch", "opacus", "scikit-learn", "matplotlib", "tqdm", "dp-accounting"}
+    readme = (ROOT / "README.md").read_text()
+    assert "`pip install securefl` installs only the secure aggregation core" in readme
+    assert "pip install 'securefl[train]'" in readme
+
+
+@pytest.mark.parametrize("mode", ["semi-honest", "active"])
+def test_sum_demo_runs_without_training_dependencies(mode: str) -> None:
+    # README.md lists `securefl sum-demo` among the core's commands
+    proc = _python(f"""
+        from securefl.cli import main
+        sys.exit(main(["sum-demo", "--clients", "5", "--length", "100", "--mode", {mode!r}]))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("the two are identical in every entry"), proc.stdout
+
+
+def _requirement_closure(names: list[str]) -> set[str]:
+    """The distributions ``names`` need, their requirements without extras or
+    unmet markers included, recursively (normalised names)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            todo.append(norm(req.name))
+    return seen
+
+
+def test_the_core_imports_only_the_core_distributions() -> None:
+    """Every third-party module the core imports belongs to a core dependency
+    (numpy, cryptography, protobuf) or one of their requirements: a core
+    module importing anything else (scipy was one) fails on ``pip install
+    securefl``."""
+    proc = _python(f"""
+        import importlib, json, pkgutil
+        from importlib import metadata
+        before = set(sys.modules)
+        import securefl, securefl.encoding, securefl.errors, securefl.cli
+        for package in {CORE_PACKAGES!r}:
+            module = importlib.import_module(package)
+            for info in pkgutil.walk_packages(module.__path__, package + "."):
+                importlib.import_module(info.name)
+        tops = {{m.partition(".")[0] for m in set(sys.modules) - before}}
+        tops = {{t for t in tops if t not in sys.stdlib_module_names and not t.startswith("_")
+                 and t != "securefl"}}
+        dists = metadata.packages_distributions()
+        print(json.dumps({{t: dists.get(t, []) for t in sorted(tops)}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    used = json.loads(proc.stdout)
+    allowed = _requirement_closure(["numpy", "cryptography", "protobuf"])
+    outside = {top: dists for top, dists in used.items()
+               if not any(re.sub(r"[-_.]+", "-", d).lower() in allowed for d in dists)}
+    assert outside == {}, f"the core imports modules of non-core distributions: {outside}"

@@ -17,6 +17,8 @@ from scipy import stats
 
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed import (
+    ACCOUNTANT,
+    LEGACY_ACCOUNTANT,
     ORDERS,
     ROUNDING_INFLATION_LIMIT,
     SkellamRound,
@@ -75,30 +77,65 @@ def test_skellam_converges_to_the_gaussian_as_the_variance_grows(q):
 
 
 def test_the_general_subsampling_bound_is_within_a_modest_factor_of_the_tight_one():
-    """Zhu-Wang's general bound applied to the Gaussian's RDP against the
-    Mironov et al. exact subsampled-Gaussian RDP (dp-accounting): never
-    below, and within 35% at typical federated parameters (this is the price
-    of a mechanism-agnostic bound)."""
+    """Zhu-Wang's general bound (the legacy accountant) applied to the
+    Gaussian's RDP against the Mironov et al. exact subsampled-Gaussian RDP
+    (dp-accounting): never below, and within 35% at typical federated
+    parameters (this is the price of a mechanism-agnostic bound)."""
     for q in (0.3, 0.1, 0.03):
-        ours = user_level_epsilon([[1e12, 0.0, 1e6 / 1.2, q, 100]], DELTA)
+        ours = user_level_epsilon([[1e12, 0.0, 1e6 / 1.2, q, 100]], DELTA,
+                                  accountant=LEGACY_ACCOUNTANT)
         tight = _gaussian_epsilon(1.2, q, 100)
         assert tight <= ours <= 1.35 * tight
+
+
+@pytest.mark.parametrize("q", [0.3, 0.1, 0.03, 0.001])
+def test_the_symmetric_bound_on_the_gaussian_is_the_exact_sampled_gaussian_rdp(q):
+    """The default accountant on the Gaussian's RDP (``Delta_1 = 0`` and a
+    variance so large that the Skellam term vanishes) is Mironov, Talwar and
+    Zhang's exact integer-order RDP of the Poisson-sampled Gaussian, as
+    dp-accounting computes it independently at the same orders."""
+    ours = user_level_epsilon([[1e12, 0.0, 1e6 / 1.2, q, 100]], DELTA)
+    assert ours == pytest.approx(_gaussian_epsilon(1.2, q, 100), rel=1e-9)
+    assert ACCOUNTANT == "symmetric-binomial"
+
+
+@given(st.floats(1.0, 1e4), st.floats(0.3, 5.0), st.floats(1e-3, 1.0), st.integers(1, 200))
+@settings(max_examples=25, deadline=None)
+def test_the_symmetric_bound_is_never_above_the_general_one(l2, z, q, rounds):
+    """The default accountant drops the factor 3 of the general bound, and
+    nothing else: it is never above it (and equal at ``q = 1``)."""
+    row = [[(z * l2) ** 2, min(l2 * l2, 64.0 * l2), l2, q, rounds]]
+    ours = user_level_epsilon(row, DELTA)
+    general = user_level_epsilon(row, DELTA, accountant=LEGACY_ACCOUNTANT)
+    assert ours <= general * (1 + 1e-12)
+    if q == 1.0:
+        assert ours == general
+
+
+def test_an_unknown_accountant_is_refused_naming_it():
+    with pytest.raises(ConfigurationError, match="unknown user-level accountant 'pld'"):
+        user_level_epsilon([[100.0, 10.0, 10.0, 0.5, 1]], DELTA, accountant="pld")
+    with pytest.raises(ConfigurationError, match="unknown user-level accountant"):
+        plan_user_level(num_values=100, clip=1.0, bits=16, cohort=10, q=0.5, rounds=5,
+                        target_epsilon=2.0, delta=DELTA, accountant="pld")
 
 
 def _skellam_log_pmf(mu: float, shift: int, support: np.ndarray) -> np.ndarray:
     return stats.skellam.logpmf(support - shift, mu / 2, mu / 2)
 
 
+@pytest.mark.parametrize("accountant", [ACCOUNTANT, LEGACY_ACCOUNTANT])
 @pytest.mark.parametrize(("mu", "delta_1d", "q", "rounds"),
                          [(25.0, 2, 1.0, 1), (60.0, 3, 1.0, 4), (40.0, 2, 0.2, 10),
-                          (100.0, 5, 0.05, 20)])
+                          (100.0, 5, 0.05, 20), (4.0, 1, 0.5, 5), (30.0, 4, 0.9, 3),
+                          (400.0, 20, 0.3, 40)])
 def test_rdp_bound_is_above_the_numeric_pld_of_the_one_dimensional_worst_case(
-        mu, delta_1d, q, rounds):
+        mu, delta_1d, q, rounds, accountant):
     """In one dimension the Skellam mechanism with sensitivity Delta (L1 =
     L2 = Delta) and Poisson sampling is the pair Sk(mu) vs (1 - q) Sk(mu) +
     q (Delta + Sk(mu)).  dp-accounting's PLD of these exact probability mass
     functions, in both directions, composed over the rounds, is a (nearly)
-    tight epsilon; our RDP bound must be above it, and not absurdly so."""
+    tight epsilon; both RDP bounds must be above it, and not absurdly so."""
     width = int(40 * math.sqrt(mu)) + delta_1d
     support = np.arange(-width, width + 1)
     base = _skellam_log_pmf(mu, 0, support)
@@ -112,7 +149,8 @@ def test_rdp_bound_is_above_the_numeric_pld_of_the_one_dimensional_worst_case(
             value_discretization_interval=1e-3, symmetric=False)
         epsilons.append(pld.self_compose(rounds).get_epsilon_for_delta(DELTA))
     numeric = max(epsilons)
-    ours = user_level_epsilon([[mu, float(delta_1d), float(delta_1d), q, rounds]], DELTA)
+    ours = user_level_epsilon([[mu, float(delta_1d), float(delta_1d), q, rounds]], DELTA,
+                              accountant=accountant)
     assert numeric <= ours <= 3.0 * numeric + 0.5
 
 
@@ -202,9 +240,12 @@ def test_a_norm_bound_that_is_not_positive_is_refused(clip):
                         target_epsilon=2.0, delta=DELTA)
 
 
-def test_subsampling_bound_is_zhu_wang_theorem_6_term_by_term():
-    """The bound recomputed directly from the theorem's statement with
-    scipy's exact binomials, at a few orders."""
+@pytest.mark.parametrize("accountant", [ACCOUNTANT, LEGACY_ACCOUNTANT])
+def test_subsampling_bound_is_the_stated_sum_term_by_term(accountant):
+    """Each bound recomputed directly from its statement (module docstring)
+    with scipy's exact binomials, at a few orders: Zhu-Wang's general bound with
+    its factor 3 on the terms l >= 3 (legacy), the binomial expansion
+    without it (default)."""
     from scipy.special import comb
 
     base = np.zeros(ORDERS[-1] + 1)
@@ -213,7 +254,9 @@ def test_subsampling_bound_is_zhu_wang_theorem_6_term_by_term():
     for alpha in (2, 3, 7, 40):
         total = (1 - q) ** (alpha - 1) * (alpha * q - q + 1)
         total += comb(alpha, 2, exact=True) * q**2 * (1 - q) ** (alpha - 2) * math.exp(base[2])
-        total += 3 * sum(comb(alpha, j, exact=True) * q**j * (1 - q) ** (alpha - j)
+        factor = 3 if accountant == LEGACY_ACCOUNTANT else 1
+        total += factor * sum(comb(alpha, j, exact=True) * q**j * (1 - q) ** (alpha - j)
                          * math.exp((j - 1) * base[j]) for j in range(3, alpha + 1))
         expected = min(math.log(total) / (alpha - 1), base[alpha])
-        assert poisson_subsampled_rdp([alpha], q, base)[0] == pytest.approx(expected, rel=1e-12)
+        assert poisson_subsampled_rdp([alpha], q, base, accountant=accountant)[0] \
+            == pytest.approx(expected, rel=1e-12)

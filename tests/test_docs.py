@@ -61,8 +61,11 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     # the generated reference documents what the docstrings say
     protocol = (site / "reference" / "protocol" / "index.html").read_text()
     assert "secure_sum" in protocol and "ClientSession" in protocol
-    for tutorial in ("ml-engineer", "implementer", "privacy-officer"):
+    # the three kinds of users, bring-your-own, and the finance and NLP domains
+    for tutorial in ("ml-engineer", "byo", "implementer", "privacy-officer"):
         assert (site / "tutorials" / tutorial / "index.html").is_file()
+    domains = (site / "domains" / "index.html").read_text()
+    assert "finance_credit.py" in domains and "nlp_topics.py" in domains and "AUC" in domains
     # pages and the plot that live outside docs/ (scripts/mkdocs_hooks.py)
     assert (site / "security" / "index.html").is_file()
     assert (site / "spec" / "index.html").is_file()

@@ -4,9 +4,9 @@ check before any training and no file unless asked for."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -195,12 +195,20 @@ def test_options_and_their_mistakes() -> None:
                                       torch.as_tensor(clients[0][1])), batch_size=5)
     with pytest.raises(ConfigurationError, match="pass sample_rate"):
         securefl.federate(nn.Linear(4, 2), [loader, clients[1]], nn.CrossEntropyLoss())
-    # a simulator option passes through by name
+    # a simulator option passes through by name, and every client's local
+    # optimizer comes from your factory
+    made: list[torch.optim.Optimizer] = []
+
+    def optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        made.append(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+        return made[-1]
+
     result = securefl.federate(nn.Linear(4, 2), clients, nn.CrossEntropyLoss(), rounds=1,
-                               noise_multiplier=1.0, server_optimizer="fedavg",
-                               optimizer=functools.partial(torch.optim.SGD, lr=0.1,
-                                                           momentum=0.9))
+                               noise_multiplier=1.0, server_optimizer="fedavg", dropout=0.0,
+                               optimizer=optimizer)
     assert result.metrics["config"]["server_optimizer"] == "fedavg"
+    assert len(made) >= len(clients)  # at least one per client and round
+    assert all(o.param_groups[0]["momentum"] == 0.9 for o in made)
 
 
 def test_the_core_install_imports_securefl_and_explains_federate() -> None:

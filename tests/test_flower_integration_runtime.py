@@ -144,7 +144,9 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     """Active mode on real processes: each SuperNode gets its own identity key
     and the pinned file through its node config; one round with the
     consistency check completes and its sum is exactly the nodes' encoded
-    updates.  No mode is set anywhere: the pinned keys make it active."""
+    updates.  No mode is set anywhere: the pinned keys make it active.  The
+    sessions run over the SecAgg+ graph ``HararyGraph(2)`` (run config
+    ``graph``, ``graph-degree``), which every node checks by its policy."""
     _need_binaries()
     from securefl.flower import provision_identities
 
@@ -156,8 +158,8 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
                     f' securefl-pinned-keys="{pinned}" test-record-dir="{recorded}"'
                     for i in range(4)]
     out = tmp_path / "flower"
-    run_config = {**RUN, "num-clients": 4, "num-rounds": 1,
-                  "pinned-keys": str(pinned), "output-dir": str(out)}
+    run_config = {**RUN, "num-clients": 4, "num-rounds": 1, "graph": "harary",
+                  "graph-degree": 2, "pinned-keys": str(pinned), "output-dir": str(out)}
     deployment = Deployment(4, node_configs=node_configs)
     with deployment:
         run = deployment.run_app(recording_app_dir(tmp_path), run_config)
@@ -173,6 +175,8 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     assert "consistency-check" in stages
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["security_mode"] == "active"
+    assert metrics["config"]["graph"] == "harary"
+    assert metrics["config"]["graph_degree_used"] == 2
     assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]
     _, codec = preflight(simulation_config(run_config))
     trained = load_recorded(recorded)

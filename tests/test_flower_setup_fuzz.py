@@ -29,8 +29,9 @@ from flwr.clientapp import ClientApp
 from securefl.encoding import FixedPointCodec
 from securefl.errors import ConfigurationError, SecureFLError
 from securefl.flower import securefl_mod
-from securefl.flower.setup import RECORD, Key, SessionSetup, Stage
-from securefl.protocol import SecAggConfig
+from securefl.flower.setup import RECORD, Key, SessionSetup, Stage, parse_graph
+from securefl.protocol import SecAggConfig, SecurityMode
+from securefl.protocol.harary import HararyGraph
 
 CODEC = FixedPointCodec(shapes=((3, 2), (4,)), bits=32, frac_bits=16, clip=4.0, num_clients=5,
                         max_weight=100)
@@ -38,6 +39,10 @@ VALID = SessionSetup.create(
     2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32,
                     context=b"fuzz"), CODEC)
 VALID_JSON: dict[str, Any] = json.loads(VALID.to_bytes())
+SPARSE = SessionSetup.create(
+    2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
+                    graph=HararyGraph(2), context=b"fuzz"), CODEC)
+SPARSE_JSON: dict[str, Any] = json.loads(SPARSE.to_bytes())
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-10, 70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
@@ -53,9 +58,11 @@ def _parse(raw: bytes) -> None:
         setup = SessionSetup.from_bytes(raw)
     except ConfigurationError:
         return
-    # what parses is a valid, self-consistent setup
+    # what parses is a valid, self-consistent setup, its graph named canonically
     assert setup.codec().vector_length == setup.secagg_config().vector_length
     assert setup.codec().num_clients >= setup.num_clients
+    assert setup.secagg_config().graph.describe() == setup.graph
+    assert parse_graph(setup.graph) == setup.secagg_config().graph
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,6 +81,30 @@ def test_arbitrary_json(value: Any) -> None:
 @given(st.sampled_from(sorted(VALID_JSON)), json_values)
 def test_one_field_replaced_by_any_json(key: str, value: Any) -> None:
     _parse(json.dumps({**VALID_JSON, key: value}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(SPARSE_JSON)), json_values)
+def test_one_field_of_a_sparse_setup_replaced_by_any_json(key: str, value: Any) -> None:
+    _parse(json.dumps({**SPARSE_JSON, key: value}).encode())
+
+
+graph_texts = (st.text(max_size=16) | json_values
+               | st.integers(-(10**12), 10**12).map(lambda k: f"harary:k={k}")
+               | st.integers(0, 10**4).map(lambda k: f"harary:k=0{k}")
+               | st.sampled_from(["complete", "Complete", "complete ", "harary", "harary:k=",
+                                  "harary:k=2\n", "harary:k=+2", "harary:k=2.0",
+                                  "harary:k=\u0662", "harary: k=2", "harary:k=4"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([VALID_JSON, SPARSE_JSON]), graph_texts,
+       st.integers(1, 5), st.sampled_from(["semi-honest", "active"]))
+def test_any_graph_field_parses_canonically_or_is_refused(
+        base: dict[str, Any], graph: Any, threshold: int, mode: str) -> None:
+    """The graph field, with any threshold and mode: a ConfigurationError,
+    or a graph the node builds itself whose description is the field."""
+    _parse(json.dumps({**base, "graph": graph, "threshold": threshold, "mode": mode}).encode())
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,6 +139,13 @@ def test_missing_or_extra_fields(dropped: set[str], extra: dict[str, Any]) -> No
     json.dumps({**VALID_JSON, "codec_clients": 2}).encode(),
     json.dumps({**VALID_JSON, "mode": "paranoid"}).encode(),
     json.dumps({**VALID_JSON, "rounding_seed": 9}).encode(),
+    json.dumps({k: v for k, v in SPARSE_JSON.items() if k != "graph"}).encode(),
+    json.dumps({**SPARSE_JSON, "graph": "harary:k=3"}).encode(),  # odd degree
+    json.dumps({**SPARSE_JSON, "graph": "harary:k=6"}).encode(),  # k >= n
+    json.dumps({**SPARSE_JSON, "threshold": 4}).encode(),  # t > k + 1
+    json.dumps({**SPARSE_JSON, "graph": "harary:k=02"}).encode(),  # not canonical
+    json.dumps({**SPARSE_JSON, "graph": ["harary", 2]}).encode(),
+    json.dumps({**SPARSE_JSON, "graph": None}).encode(),
     VALID.to_bytes().replace(b'"clip":4.0', b'"clip":Infinity'),
     VALID.to_bytes().replace(b'"clip":4.0', b'"clip":NaN'),
 ])
@@ -119,6 +157,10 @@ def test_known_hostile_setups_are_configuration_errors(raw: bytes) -> None:
 def test_a_valid_setup_round_trips() -> None:
     assert SessionSetup.from_bytes(VALID.to_bytes()) == VALID
     assert SessionSetup.from_bytes(bytearray(VALID.to_bytes())) == VALID
+    sparse = SessionSetup.from_bytes(SPARSE.to_bytes())
+    assert sparse == SPARSE and sparse.secagg_config().graph == HararyGraph(2)
+    assert VALID.graph == "complete"
+    assert SecurityMode(sparse.mode) is SecurityMode.SEMI_HONEST
 
 
 params = {

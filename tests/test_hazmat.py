@@ -206,10 +206,10 @@ def test_parallel_segments_give_the_same_masks_as_one_pass(bits: int, length: in
     assert np.array_equal(one.astype(np.uint64), reference)
 
 
-@pytest.mark.parametrize("small", [0, 10**9])
-def test_shamir_vectorised_and_small_lagrange_paths_agree(monkeypatch: pytest.MonkeyPatch,
-                                                          small: int) -> None:
-    monkeypatch.setattr(shamir, "_SMALL", small)
+@pytest.mark.parametrize("table", [0, shamir.TABLE_POINTS])
+def test_shamir_table_and_fermat_lagrange_paths_agree(monkeypatch: pytest.MonkeyPatch,
+                                                      table: int) -> None:
+    monkeypatch.setattr(shamir, "TABLE_POINTS", table)
     holders = list(range(3, 303, 2))
     secrets = [os.urandom(32) for _ in range(3)]
     shares = shamir.split(secrets, holders, 100, RNG)

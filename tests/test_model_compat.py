@@ -6,7 +6,12 @@ table."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +27,8 @@ from securefl.privacy import DPConfig, PrivateClient, make_private_compatible
 from securefl.privacy.layers import incompatible_layers, prepare_model
 
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Net(nn.Module):
@@ -195,3 +202,45 @@ def test_a_full_batch_client_trains_without_numpy_warnings() -> None:
         from securefl.privacy.accounting import AccountantKind
 
         assert np.isfinite(client.epsilon(AccountantKind.PRV))
+
+
+def _run_python(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    # a fresh interpreter with Python's default warning filters and no logging
+    # configuration: what a user's script or terminal shows
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=600, check=False)
+
+
+def test_a_users_script_prints_the_replacement(tmp_path) -> None:
+    proc = _run_python(textwrap.dedent("""
+        import numpy as np, torch
+        from torch import nn
+        import securefl
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        clients = [(x, (x[:, 0] > 0).astype(np.int64))
+                   for x in (rng.normal(size=(20, 4)).astype(np.float32) for _ in range(3))]
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        securefl.federate(model, clients, nn.CrossEntropyLoss(), rounds=1,
+                          noise_multiplier=1.0, dropout=0.0,
+                          replace_incompatible_layers=True)
+    """), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "replaced layer '1': BatchNorm1d(8) -> GroupNorm(1, 8)" in proc.stderr
+
+
+def test_the_simulate_round_table_gets_no_numpy_warning_at_sample_rate_one(tmp_path) -> None:
+    # the issue's run: PRV at q = 1 printed "RuntimeWarning: divide by zero"
+    # between the rows of the round table
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "securefl.cli", "simulate", "--clients", "3", "--rounds", "2",
+         "--sample-rate", "1", "--dropout", "0", "--no-progress", "-o", str(out)],
+        cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+        text=True, capture_output=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr and "divide by zero" not in proc.stderr, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line[:5].strip().isdigit()]
+    assert [line.split()[0] for line in rows] == ["1", "2"], proc.stdout
+    assert "Opacus PRV" in proc.stdout  # the PRV epsilon was computed at q = 1

@@ -121,6 +121,6 @@ def test_the_command_line_reports_user_level_rows(tmp_path: Path, plan,
     code = main(["audit", str(tmp_path / "ledger.jsonl")])
     text = capsys.readouterr().out
     assert code == 0
-    assert "user level, skellam, add/remove one client" in text
+    assert "user level, skellam, zero-out-one-client; accountant symmetric-binomial" in text
     assert "every user-level row recomputes and stays within its budget" in text
     assert "client   budget" not in text  # no empty record-level table

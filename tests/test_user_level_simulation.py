@@ -19,10 +19,13 @@ def test_both_layers_run_and_audit(tmp_path: Path) -> None:
                               user_epsilon=50.0, target_epsilon=50.0, seed=3)
     result = run_simulation(config, tmp_path / "run")
     chain = load_ledger(tmp_path / "run" / "ledger.jsonl")
-    rows = chain.committed_user_level
+    rows = chain.effective_user_level()
     completed = [r for r in result.rounds if not r.aborted]
-    assert len(rows) == len(completed) >= 1
-    last = rows[-1]
+    # one settled user-level row per round: released, or the in-flight charge kept
+    assert [r.round for r in rows] == [r.round for r in result.rounds]
+    assert [r.status == "released" for r in rows] == [not r.aborted for r in result.rounds]
+    assert len(completed) >= 1
+    last = [r for r in rows if r.status == "released"][-1]
     assert last.mechanism == "skellam" and last.sample_rate == 1.0 and last.bits == 24
     assert last.released_variance >= last.target_variance
     assert last.epsilon == pytest.approx(user_level_epsilon(last.history, config.delta))
@@ -35,8 +38,11 @@ def test_both_layers_run_and_audit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"privacy": "user-level"}, "use privacy both"),
+    ({"privacy": "user-level", "noise_multiplier": 1.0}, "noise_multiplier has nothing"),
+    ({"privacy": "user-level", "epsilon_budget": 3.0}, "epsilon_budget has nothing"),
+    ({"privacy": "user-level", "secure": False}, "needs secure aggregation"),
     ({"privacy": "both", "secure": False}, "needs secure aggregation"),
+    ({"privacy": "both", "weighting": "examples"}, "use --weighting uniform"),
     ({"privacy": "both", "user_clip": 0.0}, r"user_clip\) must be > 0"),
     ({"privacy": "both", "user_epsilon": -1.0}, "target epsilon must be > 0"),
     ({"privacy": "unknown"}, "privacy must be one of"),

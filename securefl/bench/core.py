@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ from securefl.protocol import Round, SecAggConfig
 from securefl.protocol.graphs import NeighbourGraph
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import KeyRoster
+from securefl.protocol.server import ServerSession
+from securefl.protocol.unmasking import worker_pool
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -48,6 +51,33 @@ def openssl_aes_ctr_gbps(seconds: int = 1) -> float | None:
                           "-bytes", "16384"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"^(?:aes-256-ctr|AES-256-CTR)\s+([\d.]+)k", out, re.MULTILINE | re.I)
     return float(match.group(1)) * 1000 / 1e9 if match else None
+
+
+def openssl_x25519_per_second(seconds: int = 1) -> float | None:
+    """Single-core X25519 key agreements per second from ``openssl speed
+    ecdhx25519``; None if the openssl binary is not available."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "speed", "-seconds", str(seconds), "ecdhx25519"],
+                         capture_output=True, text=True, check=False).stdout
+    match = re.search(r"\(X25519\)\s+[\d.]+s\s+([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+def cryptography_x25519_per_second(seconds: float = 1.0) -> float:
+    """Single-core X25519 key agreements per second through ``cryptography``
+    (the fallback reference when there is no openssl binary)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    private = X25519PrivateKey.generate()
+    peer = X25519PrivateKey.generate().public_key()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            private.exchange(peer)
+        count += 100
+    return count / (time.perf_counter() - start)
 
 
 def prg_throughput(total_bytes: int = 64 << 20, bits: int = 32) -> dict[str, float | None]:
@@ -198,13 +228,16 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
               drop_stage: Round = Round.MASKED_INPUT_COLLECTION, bits: int = 32,
               graph: NeighbourGraph | None = None, threshold: int | None = None,
               workers: int | None = None, inputs: Mapping[int, np.ndarray] | None = None,
-              ) -> RoundTimings:
+              unmask_processes: bool = False) -> RoundTimings:
     """Run one semi-honest session with real sessions, timing every party.
 
     ``round(dropout * n)`` clients (the highest ids) stop answering at
     ``drop_stage``.  Clients run one after another; each client's work is
     timed separately, the server's per stage.  Every message goes through
-    the v1 wire encoding (timed as transport, and counted in bytes).
+    the v1 wire encoding (timed as transport, and counted in bytes).  With
+    ``unmask_processes`` the server removes the masks in a process pool of
+    ``workers`` processes (:func:`securefl.protocol.unmasking.worker_pool`),
+    started before the round and shut down after it.
     """
     kwargs: dict[str, object] = {}
     if graph is not None:
@@ -217,9 +250,16 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     dropped = config.ids[n - round(dropout * n):] if dropout else ()
     workers = workers or os.cpu_count() or 1
     timings = RoundTimings(n, m, dropout, config.graph.describe())
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, \
+            (worker_pool(workers) if unmask_processes else nullcontext()) as processes:
         driver = _TimedDriver(config, inputs, dict.fromkeys(dropped, drop_stage), pool,
                               workers, timings)
+        if processes is not None:
+            # the server removes the masks in the pool's processes (started,
+            # and their imports done, before the round is timed)
+            list(processes.map(abs, range(4 * workers)))
+            driver.server = ServerSession(config, executor=pool, unmask_pool=processes,
+                                          workers=workers)
         wall_start = time.perf_counter()
         driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start

@@ -421,7 +421,8 @@ def run_targets(*, with_flower: bool = True,
         s = Setting(500, 100_000, 0.3, graph, params[0], params[1],
                     Round.MASKED_INPUT_COLLECTION)
         timings = run_round(s.n, s.m, dropout=s.dropout, drop_stage=s.drop_stage, bits=BITS,
-                            graph=s.securefl_graph(), threshold=s.threshold)
+                            graph=s.securefl_graph(), threshold=s.threshold,
+                            unmask_processes=True)
         unmask = timings.server.get("UNMASKING", 0.0)
         target = Target(f"server unmasking n=500 m=1e5, 30% drop after sharing, {graph}", goal,
                         f"{unmask:.2f} s ({s.label}; whole server {timings.server_total:.2f} s)",

@@ -156,6 +156,33 @@ def gaussian_multiplier(setting: UserLevelSetting) -> float:
     return noise_multiplier_for(setting.epsilon, setting.delta, setting.q, setting.rounds)
 
 
+def pld_gaussian_multiplier(setting: UserLevelSetting) -> float:
+    """The smallest noise multiplier (relative precision 1e-4, on the safe
+    side) of the Poisson-sampled Gaussian whose epsilon by dp-accounting's
+    privacy loss distribution alone is within the setting's epsilon: the
+    tightest central baseline (the Skellam mechanism's accountant, at
+    integer Rényi orders, cannot use a PLD)."""
+    import dp_accounting
+
+    def epsilon(sigma: float) -> float:
+        accountant = dp_accounting.pld.PLDAccountant()
+        event = dp_accounting.GaussianDpEvent(sigma)
+        if setting.q < 1:
+            event = dp_accounting.PoissonSampledDpEvent(setting.q, event)
+        accountant.compose(event, setting.rounds)
+        return float(accountant.get_epsilon(setting.delta))
+
+    high = gaussian_multiplier(setting)  # within the target by every accountant
+    low = high / 2.0
+    while high / low - 1.0 > 1e-4:
+        middle = math.sqrt(low * high)
+        if epsilon(middle) <= setting.epsilon:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def torch_float64() -> Any:
     """``torch.float64`` (torch is imported only for the Gaussian baseline,
     whose CSPRNG sampler returns torch tensors)."""
@@ -164,16 +191,18 @@ def torch_float64() -> Any:
     return torch.float64
 
 
-def generic_gaussian_multiplier(setting: UserLevelSetting) -> float:
+def generic_gaussian_multiplier(setting: UserLevelSetting,
+                                accountant: str | None = None) -> float:
     """The noise multiplier of the Gaussian at the setting's epsilon by the
-    accounting the Skellam mechanism gets (Zhu-Wang's general subsampling
-    bound on the Gaussian's RDP, :mod:`securefl.privacy.distributed` with
-    ``Delta_1 = 0``): the same accountant, so comparing with it isolates the
-    cost of discretisation, rounding and the ring."""
-    from securefl.privacy.distributed import calibrate_variance
+    accounting the Skellam mechanism gets (:mod:`securefl.privacy.distributed`
+    with ``Delta_1 = 0``, at the same integer orders, by ``accountant``,
+    default :data:`~securefl.privacy.distributed.ACCOUNTANT`): the same
+    accountant, so comparing with it isolates the cost of discretisation,
+    rounding and the ring."""
+    from securefl.privacy.distributed import ACCOUNTANT, calibrate_variance
 
     return math.sqrt(calibrate_variance(setting.epsilon, setting.delta, 0.0, 1.0, setting.q,
-                                        setting.rounds))
+                                        setting.rounds, accountant or ACCOUNTANT))
 
 
 def _skellam(variance: float, size: int) -> np.ndarray:
@@ -261,18 +290,26 @@ def accuracy_sweep(setting: UserLevelSetting, bits_list: Sequence[int], seeds: S
                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Mean final accuracy over ``seeds`` for the Skellam mechanism at every
     ``bits`` of ``bits_list``, for the central Gaussian at the same epsilon
-    (tight accountants, ``gaussian``; and by the Skellam mechanism's own
-    subsampling bound, ``gaussian_generic``) and for no noise, the same
-    cohorts for all (same seeds)."""
+    (within it by every accountant of :mod:`securefl.privacy.accounting`,
+    ``gaussian``; by the Skellam mechanism's own accountant,
+    ``gaussian_generic``; by dp-accounting's PLD alone, ``gaussian_pld``) and
+    for no noise, the same cohorts for all (same seeds)."""
     data = data or digits_federation(setting.num_clients)
     size = (data.client_x[0].shape[1] + 1) * data.num_classes
+    from securefl.privacy.distributed import ACCOUNTANT, LEGACY_ACCOUNTANT
+
     sigma = gaussian_multiplier(setting)
     generic = generic_gaussian_multiplier(setting)
-    results: dict[str, Any] = {"setting": asdict(setting), "num_values": size,
-                               "seeds": list(seeds), "gaussian_sigma": sigma,
-                               "gaussian_generic_sigma": generic, "skellam": []}
+    pld = pld_gaussian_multiplier(setting)
+    results: dict[str, Any] = {
+        "setting": asdict(setting), "num_values": size, "seeds": list(seeds),
+        "accountant": ACCOUNTANT, "gaussian_sigma": sigma, "gaussian_generic_sigma": generic,
+        "gaussian_pld_sigma": pld,
+        "gaussian_legacy_sigma": generic_gaussian_multiplier(setting, LEGACY_ACCOUNTANT),
+        "skellam": []}
     for name, mechanism, kwargs in (("gaussian", "gaussian", {"sigma": sigma}),
                                     ("gaussian_generic", "gaussian", {"sigma": generic}),
+                                    ("gaussian_pld", "gaussian", {"sigma": pld}),
                                     ("none", "none", {})):
         accs = [run_federation(setting, data, mechanism=mechanism, seed=s,
                                **kwargs)["accuracy"] for s in seeds]
@@ -296,7 +333,9 @@ def accuracy_sweep(setting: UserLevelSetting, bits_list: Sequence[int], seeds: S
             "gap_to_gaussian_pp": 100 * (results["gaussian"]["accuracy_mean"]
                                          - float(np.mean(accs))),
             "gap_to_gaussian_generic_pp": 100 * (results["gaussian_generic"]["accuracy_mean"]
-                                                 - float(np.mean(accs)))})
+                                                 - float(np.mean(accs))),
+            "gap_to_gaussian_pld_pp": 100 * (results["gaussian_pld"]["accuracy_mean"]
+                                             - float(np.mean(accs)))})
         progress(f"skellam {bits} bits: {np.mean(accs):.4f}")
     return results
 

@@ -56,6 +56,7 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    USER_LEVEL_ACCOUNTANTS,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
     USER_LEVEL_MECHANISMS,
@@ -220,6 +221,8 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
         if row.local_steps < 0:
             violations.append(f"{who}: negative local_steps {row.local_steps}")
             continue
+        if row.status == "not-sampled" and row.local_steps > 0:
+            violations.append(f"{who}: not sampled, yet {row.local_steps} steps recorded")
         if row.local_steps > 0 and not row.noise_multiplier > 0:
             violations.append(f"{who}: {row.local_steps} steps with noise multiplier"
                               f" {row.noise_multiplier}: no noise, infinite epsilon")
@@ -303,6 +306,8 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
     found = []
     if row.mechanism not in USER_LEVEL_MECHANISMS:
         found.append(f"{where}: unknown mechanism {row.mechanism!r}: cannot be accounted")
+    if row.accountant not in USER_LEVEL_ACCOUNTANTS:
+        found.append(f"{where}: unknown accountant {row.accountant!r}: cannot be recomputed")
     if row.adjacency in USER_LEVEL_RETIRED_ADJACENCIES:
         found.append(f"{where}: adjacency {row.adjacency!r} is not what the Skellam bound"
                      " covers (adding a client also adds its noise share); the epsilons hold"
@@ -354,12 +359,21 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
 def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     """dp-accounting's RDP epsilon of the Poisson-sampled Gaussian with the
     history's variances: never above the Skellam mechanism's (an independent
-    cross-check of the recomputation)."""
+    cross-check of the recomputation).  It is evaluated at dp-accounting's
+    default orders and at every order of the Skellam accountant
+    (:data:`~securefl.privacy.distributed.ORDERS`): at each of those the
+    Gaussian's RDP is at most the Skellam bound, so the floor's minimum over
+    a superset of orders is at most the Skellam epsilon (with dp-accounting's
+    default orders alone, which lack 65..127 and 136..248, the floor could
+    exceed a valid epsilon attained at one of those orders)."""
     import dp_accounting
+    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
     from securefl.privacy.accounting import _quiet_absl
+    from securefl.privacy.distributed import ORDERS
 
-    accountant = dp_accounting.rdp.RdpAccountant()
+    orders = sorted({float(o) for o in DEFAULT_RDP_ORDERS} | {float(o) for o in ORDERS})
+    accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
     with _quiet_absl():
         for mu, _, l2, q, rounds in history:
             if rounds and l2 > 0:
@@ -424,10 +438,35 @@ def _colluder_problems(row: UserLevelEntry, first: UserLevelEntry,
     return found
 
 
+def _user_charge_problems(chain: LedgerChain) -> list[str]:
+    """Why the user-level charges of a ledger do not verify (empty when they
+    do): an in-flight charge or a ``round-aborted`` row states the target
+    variance and no survivors, a ``released`` row at least one survivor, and
+    a round charged in flight settles with a user-level row (the charge is
+    superseded by the release or kept, never dropped)."""
+    found = []
+    settled_rounds = {c.round for c in chain.commits if c.stage == "settled"}
+    settled_users = {u.round for u in chain.committed_user_level if not u.in_flight}
+    for row in chain.committed_user_level:
+        where = f"round {row.round}, user level ({row.status})"
+        if row.status in ("in-flight", "round-aborted") and not (
+                row.released_variance == row.target_variance and row.survivors == 0):
+            found.append(f"{where}: a charge must state the target variance"
+                         f" {row.target_variance:.6g} and no survivors, it states"
+                         f" {row.released_variance:.6g} and {row.survivors}")
+        if row.status == "released" and row.survivors < 1:
+            found.append(f"{where}: a released sum with no survivors")
+        if row.in_flight and row.round in settled_rounds and row.round not in settled_users:
+            found.append(f"{where}: the round settled without a user-level row: its in-flight"
+                         " user-level charge was dropped instead of kept or superseded")
+    return found
+
+
 def _verify_user_level(chain: LedgerChain, violations: list[str],
                        notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Recompute and cross-check every committed user-level row; return the
-    report's ``user_level`` rows.  The budget bounds the sampled epsilon
+    """Recompute and cross-check every effective user-level row (settled
+    rows, and in-flight charges no settled row supersedes: they count in the
+    epsilon); return the report's ``user_level`` rows.  The budget bounds the sampled epsilon
     (``epsilon``); an ``epsilon_unsampled`` above it is a note in ``notes``,
     not a violation (docs/user-level-dp.md, "Two epsilons")."""
     from securefl.privacy.distributed import colluder_epsilon, user_level_epsilons
@@ -436,10 +475,13 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     previous: list[list[float]] = []
     previous_colluders: list[float] = []
     record_deltas = {r.delta for r in chain.effective()}
-    violations.extend(_user_delta_problems(list(chain.committed_user_level), record_deltas))
-    for row in chain.committed_user_level:
+    effective = chain.effective_user_level()
+    violations.extend(_user_delta_problems(effective, record_deltas))
+    violations.extend(_user_charge_problems(chain))
+    for row in effective:
         try:
-            computed = dict(user_level_epsilons(row.history, row.delta))
+            computed = dict(user_level_epsilons(row.history, row.delta,
+                                                accountant=row.accountant))
             computed["gaussian"] = _gaussian_floor(row.history, row.delta)
         except (SecureFLError, ArithmeticError, ValueError):
             computed = {"sampled": math.nan, "unsampled": math.nan, "gaussian": math.nan}
@@ -448,7 +490,7 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
             against = colluder_epsilon(row.history, row.colluder_history, row.delta)
         except (SecureFLError, ArithmeticError, ValueError):
             against = math.nan
-        violations.extend(_colluder_problems(row, chain.committed_user_level[0],
+        violations.extend(_colluder_problems(row, effective[0],
                                              previous_colluders, against))
         previous_colluders = list(row.colluder_history)
         unsampled = computed["unsampled"]
@@ -457,9 +499,14 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
             notes.append(f"round {row.round}, user level: epsilon_unsampled {unsampled:.4f}"
                          f" (against the server, which sees who took part) is above the"
                          f" budget {row.epsilon_budget:g}, which bounds the sampled epsilon")
+        if notes is not None and row.in_flight:
+            notes.append(f"round {row.round}, user level: in flight, never settled (the process"
+                         " stopped; its sum may have been released): charged at the target"
+                         f" variance {row.target_variance:.6g}")
         previous = row.history
-        out.append({"round": row.round, "mechanism": row.mechanism,
-                    "adjacency": row.adjacency, "sample_rate": row.sample_rate,
+        out.append({"round": row.round, "status": row.status, "mechanism": row.mechanism,
+                    "adjacency": row.adjacency, "accountant": row.accountant,
+                    "sample_rate": row.sample_rate,
                     "released_variance": row.released_variance,
                     "target_variance": row.target_variance, "gamma": row.gamma,
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
@@ -893,14 +940,18 @@ def _print_report(report: dict[str, Any]) -> None:
               " privacy)")
     if report.get("user_level"):
         print()
+        kinds = ", ".join(sorted({u["mechanism"] for u in report["user_level"]})
+                          + sorted({u["adjacency"] for u in report["user_level"]}))
+        accountants = ", ".join(sorted({u["accountant"] for u in report["user_level"]}))
         print(f"{'round':>5}  {'user eps':>8}  {'vs server':>9}  {'gauss lb':>8}  {'q':>6}"
-              f"  {'variance':>10}  {'target':>10}  survivors  (user level, skellam,"
-              " add/remove one client)")
+              f"  {'variance':>10}  {'target':>10}  survivors  (user level, {kinds};"
+              f" accountant {accountants})")
         for u in report["user_level"]:
             print(f"{u['round']:>5}  {_fmt(u['epsilon']):>8}  {_fmt(u['epsilon_unsampled']):>9}"
                   f"  {_fmt(u['epsilon_gaussian_floor']):>8}  {u['sample_rate']:>6.3g}"
                   f"  {u['released_variance']:>10.4g}  {u['target_variance']:>10.4g}"
-                  f"  {u['survivors']:>9}")
+                  f"  {u['survivors']:>9}"
+                  + (f"  {u['status']}" if u.get("status", "released") != "released" else ""))
         print("user eps is amplified by Poisson client sampling (holds against whoever sees"
               " only the released sums); 'vs server' is without amplification (the server"
               " sees who took part)")

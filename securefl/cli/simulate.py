@@ -73,6 +73,7 @@ _CONFIG_KEYS = {
     "alpha": "alpha", "dataset": "dataset", "seed": "seed",
     "insecure_reproducible_noise": "insecure_reproducible_noise",
     "privacy": "privacy", "user_epsilon": "user_epsilon", "user_clip": "user_clip",
+    "client_sample_rate": "client_sample_rate",
     "mode": "security_mode", "graph": "graph", "graph_degree": "graph_degree",
 }
 """Flag destination -> the :class:`SimulationConfig` field it sets."""
@@ -207,15 +208,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       default="record-level",
                       help="record-level (default): DP-SGD only; both: also user-level DP, each"
                            " client's whole update clipped, rotated and rounded into Z_2^bits"
-                           " and Skellam noise added by the sessions (removable excess, so the"
-                           " released sum carries the target whatever the dropouts); both"
-                           " epsilons are reported.  Every client takes part in every round"
-                           " (q = 1).  user-level alone is refused: the simulator's clients"
-                           " always train with DP-SGD")
+                           " and Skellam noise added by the sessions, both epsilons reported;"
+                           " user-level: user-level DP alone, the clients train with plain"
+                           " local SGD (no per-example clipping or noise) and the ledger has no"
+                           " record-level rows (there is no record-level guarantee beyond what"
+                           " user-level DP implies)")
     user.add_argument("--user-epsilon", type=_positive_float, default=8.0,
                       help="user-level target epsilon over the run, at --delta (default 8)")
     user.add_argument("--user-clip", type=_positive_float, default=1.0,
                       help="L2 bound of a client's whole update (default 1.0)")
+    user.add_argument("--client-sample-rate", type=_positive_float, default=1.0,
+                      metavar="Q",
+                      help="user-level only: each round each client takes part independently"
+                           " with probability Q (Poisson sampling from the OS CSPRNG, never"
+                           " --seed); the session runs over the sampled cohort, the user-level"
+                           " epsilon is amplified by Q (against whoever does not see the"
+                           " cohort; the ledger also records it without amplification, against"
+                           " the server).  Default 1: every client in every round")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--bits", type=int, default=32, help="ring Z_2^bits (default 32)")
     enc.add_argument("--frac-bits", type=int, default=None,
@@ -329,10 +338,14 @@ def format_round(report: RoundReport, num_clients: int) -> str:
         elif client.status is Participation.ENCODING_ERROR:
             notes.append(f"{client.client_id}:refused(encoding)")
     if report.aborted:
-        notes.append("ABORTED: model, ledger, checkpoint unchanged")
+        notes.append("ABORTED: model unchanged, privacy charges kept")
+    sampled = sum(1 for c in report.clients if c.status is not Participation.NOT_SAMPLED)
+    if sampled < len(report.clients):
+        notes.append(f"sampled {sampled}/{num_clients}")
     survivors = f"{len(report.survivors)}/{num_clients}"
+    eps = "-" if math.isnan(report.epsilon_max) else f"{report.epsilon_max:.2f}"
     return (f"{report.round:>5}  {report.accuracy:>8.3f}  {report.loss:>6.3f}  {survivors:>9}"
-            f"  {report.epsilon_max:>7.2f}  {report.seconds:>5.1f}s  {' '.join(notes) or '-'}")
+            f"  {eps:>7}  {report.seconds:>5.1f}s  {' '.join(notes) or '-'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -358,15 +371,24 @@ def run(args: argparse.Namespace) -> int:
     if config.secure:
         plan = config.secagg_plan()
         graph = "complete graph" if plan.degree is None else f"Harary graph k={plan.degree}"
-        aggregation = (f"secure ({config.security_mode.value}, {graph}, threshold"
-                       f" {plan.threshold})")
+        threshold = (f"threshold {plan.threshold}" if config.client_sample_rate == 1.0
+                     else "each round over its sampled cohort, threshold from its size")
+        aggregation = f"secure ({config.security_mode.value}, {graph}, {threshold})"
     adjacency = config.adjacency.value
-    print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
-          f" server that knows the run config and every message), clip norm"
-          f" {config.max_grad_norm:g}, sample rate {config.sample_rate:g}, weighting"
-          f" {config.weighting.value}; server: {config.server_optimizer.value};"
-          f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional bits,"
-          f" updates clipped to +/-{codec.clip:g}")
+    if config.record_level:
+        print(f"  DP-SGD: {privacy} at delta {config.delta:g} ({adjacency} adjacency, against a"
+              f" server that knows the run config and every message), clip norm"
+              f" {config.max_grad_norm:g}, sample rate {config.sample_rate:g}, weighting"
+              f" {config.weighting.value}; server: {config.server_optimizer.value};"
+              f" aggregation: {aggregation} in Z_2^{codec.bits}, {codec.frac_bits} fractional"
+              f" bits, updates clipped to +/-{codec.clip:g}")
+    else:
+        print(f"  no DP-SGD (privacy user-level: plain local SGD, no record-level rows);"
+              f" server: {config.server_optimizer.value}; aggregation: {aggregation}")
+    if config.privacy.user_level:
+        print(f"  user-level DP: target epsilon {config.user_epsilon:g} at delta"
+              f" {config.delta:g} (zero-out one client), update clip {config.user_clip:g},"
+              f" Z_2^{config.bits}, client sampling rate {config.client_sample_rate:g}")
     if config.insecure_reproducible_noise:
         print("  WARNING: --insecure-reproducible-noise: the DP noise, sampling and rounding"
               " are seeded from --seed; the server can regenerate and remove the noise, so"
@@ -401,7 +423,10 @@ def run(args: argparse.Namespace) -> int:
           f" after {final['rounds_completed']} completed and {final['rounds_aborted']}"
           " aborted rounds")
     pld = final.get("epsilon_max_pld")
-    if config.adjacency.value == "replace-one":
+    if not config.record_level:
+        print("no record-level epsilon: the clients trained without DP-SGD (privacy"
+              " user-level); the user-level epsilon below covers each client's whole update")
+    elif config.adjacency.value == "replace-one":
         print(f"max client epsilon at delta {final['delta']:g}, replace-one:"
               f" {final['epsilon_max']:.3f} (bound from Opacus RDP),"
               f" {pld if pld is None else format(pld, '.3f')} (dp-accounting PLD)")
@@ -419,13 +444,14 @@ def run(args: argparse.Namespace) -> int:
     if config.privacy.value != "record-level":
         from securefl.privacy.ledger import load_ledger
 
-        user_rows = load_ledger(Path(output) / LEDGER_FILENAME).committed_user_level
+        user_rows = load_ledger(Path(output) / LEDGER_FILENAME).effective_user_level()
         if user_rows:
             last = user_rows[-1]
-            print(f"user-level epsilon at delta {last.delta:g} (skellam, add/remove one"
-                  f" client): {last.epsilon:.3f} over {len(last.history)} released rounds"
-                  f" (ring Z_2^{last.bits}, gamma {last.gamma:.4g}, clip {last.clip:g},"
-                  f" released variance {last.released_variance:.4g})")
+            print(f"user-level epsilon at delta {last.delta:g} (skellam, zero-out one"
+                  f" client, q={last.sample_rate:g}): {last.epsilon:.3f}"
+                  f" ({last.epsilon_unsampled:.3f} without amplification, against the server)"
+                  f" over {len(last.history)} charged rounds (ring Z_2^{last.bits}, gamma"
+                  f" {last.gamma:.4g}, clip {last.clip:g})")
     print(f"wall time {final['wall_seconds']:.1f} s")
     print(f"wrote {output / METRICS_FILENAME}, {output / LEDGER_FILENAME},"
           f" {output / 'checkpoint.pt'}, {output / PLOT_FILENAME}")

@@ -69,6 +69,7 @@ from torch import nn
 
 from securefl.errors import ConfigurationError
 from securefl.federation.data import PreparedData, prepare_data
+from securefl.federation.local_client import LocalClient
 from securefl.federation.model import Evaluation, evaluate_loss
 from securefl.federation.simulation import RoundReport, SimulationConfig, run_simulation
 from securefl.federation.validation import DataSpec, check_federation
@@ -255,7 +256,9 @@ def federate(
             :class:`~securefl.federation.simulation.SimulationConfig`
             (``weighting``, ``server_optimizer``, ``server_lr``,
             ``server_momentum``, ``bits``, ``frac_bits``, ``clip_range``,
-            ``threshold``, ``accountant``, ``epsilon_budget``...).
+            ``threshold``, ``accountant``, ``epsilon_budget``; user-level DP:
+            ``privacy`` (``"both"`` or ``"user-level"``), ``user_epsilon``,
+            ``user_clip``, ``client_sample_rate``...; docs/user-level-dp.md).
 
     Returns:
         the :class:`FederationResult`.
@@ -287,13 +290,23 @@ def federate(
         max_grad_norm=max_grad_norm, sample_rate=rates[0][0], batch_size=rates[0][1],
         local_epochs=local_epochs, lr=lr, secure=secure, seed=seed, **options)
     dp = config.dp_config()
-    clients = [
-        # the seed reaches a client's randomness only in the insecure
-        # reproducible mode; otherwise it is ignored (os.urandom)
-        PrivateClient(cid, global_model, data.batches, None, _client_config(dp, rate),
-                      seed=config.seed, weighting=config.weighting, loss_fn=loss_fn,
-                      optimizer=optimizer)
-        for cid, (data, rate) in enumerate(zip(prepared, rates, strict=True), start=1)]
+    clients: list[Any]
+    if config.record_level:
+        clients = [
+            # the seed reaches a client's randomness only in the insecure
+            # reproducible mode; otherwise it is ignored (os.urandom)
+            PrivateClient(cid, global_model, data.batches, None, _client_config(dp, rate),
+                          seed=config.seed, weighting=config.weighting, loss_fn=loss_fn,
+                          optimizer=optimizer)
+            for cid, (data, rate) in enumerate(zip(prepared, rates, strict=True), start=1)]
+    else:
+        # privacy="user-level": plain local SGD over minibatches of the batch
+        # size, no per-example DP; the user-level layer protects the update
+        clients = [
+            LocalClient(cid, global_model, data.batches, None, batch_size=rate[1],
+                        local_epochs=dp.local_epochs, lr=dp.lr, max_steps=dp.max_local_steps,
+                        loss_fn=loss_fn, optimizer=optimizer)
+            for cid, (data, rate) in enumerate(zip(prepared, rates, strict=True), start=1)]
     measure = _Measure(evaluate, test, loss_fn, spec)
     name = f"{type(model).__name__} on your data"
     by_round: dict[int, dict[str, float]] = {}

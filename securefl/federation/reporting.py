@@ -163,7 +163,8 @@ def final_metrics(last_eval: _Evaluation, clients: Sequence[dict[str, Any]],
     return {
         "accuracy": last_eval.accuracy,
         "loss": last_eval.loss,
-        "epsilon_max": max(c["epsilon_rdp"] for c in clients),
+        # no client summary (privacy user-level alone): no record-level epsilon
+        "epsilon_max": max((c["epsilon_rdp"] for c in clients), default=None),
         "epsilon_max_prv": finite_or_none(max(
             (c["epsilon_prv"] for c in clients if c["epsilon_prv"] is not None),
             default=math.nan)),

@@ -35,6 +35,7 @@ restored state.  :meth:`RoundRecorder.finish` writes the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -348,6 +349,7 @@ class RoundRecorder:
         self._head = store.ledger_head()
         self._settled_head = self._last_settled_head()
         self.in_flight: dict[int, LedgerEntry] = {}
+        self.in_flight_user: UserLevelEntry | None = None
         self._evaluate: Evaluator = evaluator or (
             lambda model: evaluate(model, self._x_test, self._y_test))
         self.last_eval = self._evaluate(server.model)
@@ -573,26 +575,46 @@ class RoundRecorder:
     # -- a round -----------------------------------------------------------------------
 
     def begin(self, round_number: int,
-              charges: Mapping[int, tuple[HistoryRow, Sequence[HistoryRow]]]) -> None:
+              charges: Mapping[int, tuple[HistoryRow, Sequence[HistoryRow]]],
+              user_level: UserLevelEntry | None = None,
+              in_flight_state: Mapping[str, Any] | None = None) -> None:
         """Durably charge the clients about to train in ``round_number``
         (client id -> (the ``(sigma, q, steps)`` it is about to take, its
         history including them)) before any of them trains: their in-flight
-        rows are committed to the store and appended to ``ledger.jsonl``.
-        Nothing is written when ``charges`` is empty.
+        rows, and ``user_level`` (the round's in-flight user-level charge at
+        its target variance, when the round will release a distributed-DP
+        sum), are committed to the store and appended to ``ledger.jsonl``.
+        ``in_flight_state`` (JSON) is committed with them, as the driver
+        state's ``in_flight`` entry: what a resume needs to know of the round
+        (:attr:`in_flight_state`; e.g. who was sampled).  Nothing is written
+        when there is no charge at all.
 
         Raises:
-            ConfigurationError: ``round_number`` is not the next round.
+            ConfigurationError: ``round_number`` is not the next round, or
+                ``user_level`` is not an in-flight charge of that round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
                                      f" ({self.next_round})")
+        if user_level is not None and (not user_level.in_flight
+                                       or user_level.round != round_number):
+            raise ConfigurationError(f"round {round_number}: the user-level charge must be an"
+                                     " in-flight row of that round")
         self.in_flight = {cid: self.ledger_row(cid, round_number, Participation.IN_FLIGHT,
                                                spent, history)
                           for cid, (spent, history) in sorted(charges.items())}
-        if not self.in_flight:
+        self.in_flight_user = user_level
+        if not self.in_flight and user_level is None:
             return
-        lines = encode_block(self._head, round_number, "in-flight", list(self.in_flight.values()))
-        self.store.begin_round(round_number, lines)
+        users = [user_level] if user_level is not None else []
+        lines = encode_block(self._head, round_number, "in-flight",
+                             list(self.in_flight.values()), users)
+        driver = None
+        if in_flight_state is not None:
+            driver = {**self.driver_state, "in_flight": dict(in_flight_state)}
+        self.store.begin_round(round_number, lines, driver)
+        if driver is not None:
+            self.driver_state = driver
         self._head = record_digest(lines[-1])
         self._append_ledger(lines)
 
@@ -614,39 +636,63 @@ class RoundRecorder:
             abort_reason: why the round aborted.
             started: :func:`time.perf_counter` at the start of the round.
             driver_state: the driver's state after this round (JSON).
-            user_level: the round's user-level ledger row, when the sum
-                carried distributed-DP noise (written in the settled block).
+            user_level: the round's settled user-level ledger row, when the
+                sum carried distributed-DP noise and was released (written in
+                the settled block).  When it is empty and :meth:`begin`
+                charged the round at user level, the charge is kept: the
+                settled block repeats it with status ``round-aborted``.
 
         Returns:
             the round's report.
+
+        Raises:
+            ConfigurationError: ``round_number`` is not the next round, or
+                ``user_level`` holds more than one row or a row that is not
+                a release of that round.
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
                                      f" ({self.next_round})")
+        user_level = list(user_level)
+        if len(user_level) > 1 or any(u.round != round_number or u.status != "released"
+                                      for u in user_level):
+            raise ConfigurationError(f"round {round_number}: at most one user-level row, the"
+                                     " round's release")
+        if not user_level and self.in_flight_user is not None:
+            # nothing released, or nobody knows: the in-flight charge stays
+            user_level = [dataclasses.replace(self.in_flight_user, status="round-aborted")]
         t0 = time.perf_counter() if started is None else started
         survivors = outcome.survivors if outcome is not None else ()
         rows: list[LedgerEntry] = []
         reports: list[ClientRoundReport] = []
         states: dict[int, dict[str, Any]] = {}
+        # privacy user-level alone: no DP-SGD, so no record-level row, no
+        # accountant and no record-level epsilon (NaN in the reports)
+        record = self.config.record_level
         for client in clients:
             cid = client.client_id
             status = client.status
             if status is None:
                 if cid in survivors:
                     status = Participation.INCLUDED
-                elif outcome is None and cid in self.in_flight:
+                elif outcome is None and (cid in self.in_flight
+                                          or (not record and client.spent[2] > 0)):
                     status = Participation.ROUND_ABORTED
                 else:
                     status = Participation.DROPPED
-            row = self.ledger_row(cid, round_number, status, client.spent, client.history,
-                                  survivors=len(survivors), dropped_at=client.dropped_at)
-            rows.append(row)
+            eps_rdp, eps_prv = math.nan, None
+            if record:
+                row = self.ledger_row(cid, round_number, status, client.spent,
+                                      client.history, survivors=len(survivors),
+                                      dropped_at=client.dropped_at)
+                rows.append(row)
+                eps_rdp, eps_prv = row.epsilon_rdp, row.epsilon_prv
+                states[cid] = {**self.client_states.get(cid, {}),
+                               "history": _history_json(client.history)}
             reports.append(ClientRoundReport(
                 client_id=cid, status=status, entered_sum=cid in survivors,
-                dropped_at=client.dropped_at, epsilon_rdp=row.epsilon_rdp,
-                epsilon_prv=row.epsilon_prv, detail=client.detail))
-            states[cid] = {**self.client_states.get(cid, {}),
-                           "history": _history_json(client.history)}
+                dropped_at=client.dropped_at, epsilon_rdp=eps_rdp,
+                epsilon_prv=eps_prv, detail=client.detail))
         if outcome is not None:
             self.server.apply(outcome)
             self.last_eval = self._evaluate(self.server.model)
@@ -655,13 +701,15 @@ class RoundRecorder:
         report = RoundReport(
             round=round_number, aborted=outcome is None, accuracy=self.last_eval.accuracy,
             loss=self.last_eval.loss, survivors=survivors, clients=tuple(reports),
-            epsilon_max=max(eps_values), epsilon_max_prv=max(prv_values) if prv_values else None,
+            epsilon_max=max(eps_values, default=math.nan),
+            epsilon_max_prv=max(prv_values) if prv_values else None,
             delta=self.config.delta, seconds=time.perf_counter() - t0,
             abort_reason=abort_reason)
         lines = encode_block(self._head, round_number, "settled", rows, user_level)
         head = record_digest(lines[-1])
         anchor = {"round": round_number, "head": head}
         driver = dict(driver_state if driver_state is not None else self.driver_state)
+        driver.pop("in_flight", None)  # the round settles: nothing of it is in flight
         checkpoint = _checkpoint_bytes(self._checkpoint_state(
             self.config, self.server, round_number, survivors, anchor, states, driver))
         self.store.commit_round(round_number, lines, checkpoint=checkpoint, clients=states,
@@ -672,6 +720,7 @@ class RoundRecorder:
         self.client_states = states
         self.driver_state = driver
         self.in_flight = {}
+        self.in_flight_user = None
         self.reports.append(report)
         self._append_ledger(lines, round_number)
         crash_point("after-ledger", round_number)
@@ -680,16 +729,28 @@ class RoundRecorder:
         self._export_metrics()
         return report
 
+    @property
+    def in_flight_state(self) -> dict[str, Any] | None:
+        """What :meth:`begin` recorded of the round in flight
+        (``in_flight_state``), or None."""
+        state = self.driver_state.get("in_flight")
+        return dict(state) if isinstance(state, Mapping) else None
+
     def settle_interrupted(self, others: Participation = Participation.DROPPED,
                            detail: str = "",
                            idle: Callable[[int], HistoryRow] | None = None,
-                           ) -> RoundReport | None:
+                           status_of: Callable[[int], tuple[Participation, str] | None]
+                           | None = None) -> RoundReport | None:
         """Settle a round the store holds in flight (the process stopped
         between :meth:`begin` and :meth:`settle`) as aborted: each in-flight
         client keeps its charge (status ``round-aborted``, the steps it was
-        about to take), every other client gets ``others`` and ``detail``
-        with no steps (``idle(client_id)`` gives its ``(sigma, q, 0)``;
-        default: the sigma and q of its last history row).
+        about to take), so does the round's user-level charge (its sum may
+        have been released before the process stopped), every other client
+        gets ``others`` and ``detail``, or the status and detail
+        ``status_of(client_id)`` gives when it gives one, with no steps
+        (``idle(client_id)``
+        gives its ``(sigma, q, 0)``; default: the sigma and q of its last
+        history row).
         The model is unchanged; the interrupted round keeps its number, and
         the driver re-runs its work as the next round.
 
@@ -704,6 +765,8 @@ class RoundRecorder:
         chain = parse_ledger(self.store.ledger_bytes())
         flight = {r.client_id: r for r in chain.committed if r.round == number and r.in_flight}
         self.in_flight = flight
+        self.in_flight_user = next((u for u in chain.committed_user_level
+                                    if u.round == number and u.in_flight), None)
         outcomes = []
         for cid in self.server.client_ids:
             if cid in flight:
@@ -718,8 +781,10 @@ class RoundRecorder:
                     spent = idle(cid)
                 else:
                     spent = (*history[-1][:2], 0) if history else (0.0, 0.0, 0)
+                status, why = (status_of(cid) if status_of is not None else None) \
+                    or (others, detail)
                 outcomes.append(ClientOutcome(cid, spent, history,  # type: ignore[arg-type]
-                                              status=others, detail=detail))
+                                              status=status, detail=why))
         return self.settle(number, None, outcomes, abort_reason=INTERRUPTED)
 
     # -- exports -----------------------------------------------------------------------

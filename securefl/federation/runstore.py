@@ -52,7 +52,9 @@ import enum
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,7 +278,8 @@ class RunStore:
     def is_initialised(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` holds a store with a committed initial round.
 
-        False only when there is no file, or when it opens cleanly as a
+        Reads through :func:`_readonly_connection`: nothing is written into
+        the run directory.  False only when there is no file, or when it opens cleanly as a
         SQLite database holding no ``state`` table (a store whose creation
         was cut short: nothing ran).
 
@@ -287,10 +290,7 @@ class RunStore:
         """
         if not Path(path).exists():
             return False
-        try:
-            db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error as exc:
-            raise RunStoreError(f"{path}: cannot read the run store: {exc}") from None
+        db = _readonly_connection(Path(path))
         try:
             (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                                    " AND name = 'state'").fetchone()
@@ -394,7 +394,13 @@ class RunStore:
     @classmethod
     def open_readonly(cls, path: str | os.PathLike[str]) -> RunStore:
         """Open a store for reading only (``securefl audit``): nothing is
-        written, not even a WAL checkpoint.
+        written into the run directory, not even a WAL checkpoint or the
+        ``-shm``/``-wal`` side files SQLite leaves behind a read-only
+        connection.  The store is read from a consistent copy held in
+        memory (see :func:`_readonly_connection`), including the
+        un-checkpointed frames a killed writer left in ``run.sqlite-wal``;
+        while a writer holds the run it is read in place (its side files
+        exist already).
 
         Raises:
             RunStoreError: when it cannot be read.
@@ -402,12 +408,7 @@ class RunStore:
         target = Path(path)
         if not cls.is_initialised(target):
             raise RunStoreError(f"{target}: no initialised run store (nothing was committed)")
-        try:
-            db = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True,
-                                 isolation_level=None)
-        except sqlite3.Error as exc:
-            raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
-        return cls(target, db)
+        return cls(target, _readonly_connection(target))
 
     def close(self) -> None:
         """Close the database connection (and release the writer's lock)."""
@@ -503,9 +504,12 @@ class RunStore:
                         [(last + 1 + i, int(round_number), stage, line)
                          for i, line in enumerate(lines)])
 
-    def begin_round(self, round_number: int, lines: Sequence[bytes]) -> None:
+    def begin_round(self, round_number: int, lines: Sequence[bytes],
+                    driver: Mapping[str, Any] | None = None) -> None:
         """Commit round ``round_number``'s in-flight ledger block (its
-        canonical lines) and mark the round in flight, in one transaction.
+        canonical lines) and mark the round in flight, in one transaction
+        (with ``driver``, the driver's state replaced by it in the same
+        transaction: what a resume needs to know of the round in flight).
 
         Raises:
             RunStoreError: when the round is not the next one, or another is
@@ -519,6 +523,8 @@ class RunStore:
             self._append_ledger(cur, round_number, "in-flight", lines)
             cur.execute("UPDATE state SET in_flight = ?, head = ? WHERE id = 1",
                         (int(round_number), record_digest(lines[-1])))
+            if driver is not None:
+                cur.execute("UPDATE state SET driver = ? WHERE id = 1", (_dumps(dict(driver)),))
 
     def commit_round(self, round_number: int, lines: Sequence[bytes], *, checkpoint: bytes,
                      clients: Mapping[int, Mapping[str, Any]], driver: Mapping[str, Any],
@@ -730,3 +736,85 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+_SNAPSHOT_ATTEMPTS = 3
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _writer_active(directory: Path) -> bool:
+    """Whether a writer holds the run directory's lock (probed with a shared
+    ``flock`` released at once; a lock changes nothing on disk)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's lock
+    return False
+
+
+def _readonly_connection(target: Path) -> sqlite3.Connection:
+    """A read-only view of the store ``target`` that writes nothing next to it.
+
+    A SQLite connection, even one opened with ``mode=ro``, creates
+    ``-shm``/``-wal`` files beside a WAL database and cannot delete them on
+    close (deleting them needs a checkpoint, which is a write); and
+    ``immutable=1`` would ignore the frames a killed writer left in the WAL.
+    So, when no writer holds the directory's lock, the database and its
+    ``-wal`` file (never the ``-shm`` index, which SQLite rebuilds from the
+    WAL) are copied into a private temporary directory, the copy is opened
+    there (SQLite replays the committed WAL frames and ignores a torn or
+    uncommitted tail, as it would on the original), copied into an
+    in-memory database, and the temporary directory is deleted.  The copy
+    is taken again when either file changed while it was copied (a writer
+    started); when a writer holds the lock, or the files keep changing,
+    the original is opened ``mode=ro`` in place: the writer's own side
+    files are there already.
+
+    Raises:
+        RunStoreError: when the store cannot be read.
+    """
+    wal = target.with_name(target.name + "-wal")
+    for _ in range(_SNAPSHOT_ATTEMPTS):
+        if _writer_active(target.parent):
+            break
+        before = (_file_stamp(target), _file_stamp(wal))
+        with tempfile.TemporaryDirectory(prefix="securefl-store-") as tmp:
+            copy = Path(tmp) / target.name
+            try:
+                shutil.copyfile(target, copy)
+                if before[1] is not None:
+                    shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            except FileNotFoundError:
+                continue  # the writer checkpointed and removed its WAL meanwhile
+            except OSError as exc:
+                raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
+            if (_file_stamp(target), _file_stamp(wal)) != before:
+                continue
+            try:
+                source = sqlite3.connect(copy, isolation_level=None)
+                try:
+                    memory = sqlite3.connect(":memory:", isolation_level=None)
+                    source.backup(memory)
+                finally:
+                    source.close()
+            except sqlite3.Error as exc:
+                raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None
+            return memory
+    try:
+        return sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True,
+                               isolation_level=None)
+    except sqlite3.Error as exc:
+        raise RunStoreError(f"{target}: cannot read the run store: {exc}") from None

@@ -4,6 +4,9 @@ ledger, checkpoints, metrics and plots.
 
 Every round:
 
+0. with user-level DP and ``client_sample_rate < 1``, the cohort is drawn
+   (Poisson sampling from ``os.urandom``); the other clients neither train
+   nor spend (``not-sampled``);
 1. each client checks its budget guard and refuses the round if it would
    exceed its budget; the others load the global weights and train with
    DP-SGD (their accountants record the steps; noise and sampling from
@@ -40,7 +43,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +59,18 @@ from securefl.errors import (
     PrivacyBudgetExceededError,
 )
 from securefl.federation.client_update import Admission, admit, client_update
+from securefl.federation.cohort import (
+    MIN_COHORT,
+    cohort_bound,
+    cohort_threshold,
+    poisson_cohort,
+)
 from securefl.federation.data import (
     FederatedData,
     load_breast_cancer_federated,
     load_digits_federated,
 )
+from securefl.federation.local_client import LocalClient
 from securefl.federation.model import make_mlp
 from securefl.federation.optimizers import ServerOptimizerConfig, ServerOptimizerKind
 from securefl.federation.options import DEFAULT_TARGET_EPSILON, DatasetName
@@ -161,6 +171,15 @@ class SimulationConfig:
     a semi-honest or, in active mode, a semi-malicious server).  See
     :meth:`secagg_plan`.
 
+    ``privacy`` is ``"record-level"`` (DP-SGD, default), ``"both"`` (DP-SGD
+    and user-level distributed DP: Skellam noise in the secure sum, target
+    ``user_epsilon``, updates clipped to ``user_clip``) or ``"user-level"``
+    (the user-level layer alone: clients train with plain local SGD,
+    :class:`~securefl.federation.local_client.LocalClient`, and the ledger
+    has no record-level rows).  With user-level DP, ``client_sample_rate``
+    ``q < 1`` draws each round's cohort by Poisson sampling from the OS
+    CSPRNG (:mod:`securefl.federation.cohort`); docs/user-level-dp.md.
+
     Raises:
         ConfigurationError: on out-of-range or inconsistent values (checked
             when the simulation starts, before any training).
@@ -196,6 +215,7 @@ class SimulationConfig:
     privacy: PrivacyLevel = PrivacyLevel.RECORD_LEVEL
     user_epsilon: float = 8.0
     user_clip: float = 1.0
+    client_sample_rate: float = 1.0
     security_mode: SecurityMode = SecurityMode.SEMI_HONEST
     graph: GraphKind = GraphKind.COMPLETE
     graph_degree: int | None = None
@@ -226,10 +246,13 @@ class SimulationConfig:
         if not self.clip_range > 0:
             raise ConfigurationError(f"clip range must be > 0, got {self.clip_range}")
         if self.privacy is PrivacyLevel.USER_LEVEL:
-            raise ConfigurationError(
-                "privacy user-level alone is not available in the simulator: its clients"
-                " always train with DP-SGD; use privacy both (record-level DP-SGD and"
-                " user-level Skellam noise in the secure sum, both epsilons reported)")
+            given = [name for name in ("noise_multiplier", "epsilon_budget")
+                     if getattr(self, name) is not None]
+            if given or self.insecure_reproducible_noise:
+                raise ConfigurationError(
+                    f"privacy user-level: the clients train without DP-SGD, so"
+                    f" {', '.join(given) or 'insecure_reproducible_noise'} has nothing to"
+                    " act on; drop it, or use privacy both (DP-SGD and user-level DP)")
         if self.privacy.user_level:
             if not self.secure:
                 raise ConfigurationError("user-level DP adds its noise inside the secure sum:"
@@ -238,10 +261,30 @@ class SimulationConfig:
             if not (self.user_epsilon > 0 and math.isfinite(self.user_epsilon)):
                 raise ConfigurationError(
                     f"the user-level target epsilon must be > 0, got {self.user_epsilon}")
+            if self.weighting is not Weighting.UNIFORM:
+                raise ConfigurationError(
+                    f"weighting {self.weighting.value}: the user-level sum adds clipped"
+                    " updates with weight 1 and divides by the expected cohort; use"
+                    " --weighting uniform")
             if not self.user_clip > 0:
                 raise ConfigurationError(
                     f"the user-level L2 norm bound (user_clip) must be > 0, got"
                     f" {self.user_clip}; it bounds a client's whole update")
+        q = self.client_sample_rate
+        if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q <= 1.0:
+            raise ConfigurationError(f"the client sampling rate must be in (0, 1], got {q!r}")
+        object.__setattr__(self, "client_sample_rate", float(q))
+        if q < 1.0:
+            if not self.privacy.user_level:
+                raise ConfigurationError(
+                    f"client_sample_rate={q} (Poisson client sampling) amplifies the"
+                    " user-level layer: use privacy both or user-level (record-level runs"
+                    " take every client in every round)")
+            if self.graph is not GraphKind.COMPLETE or self.threshold is not None:
+                raise ConfigurationError(
+                    f"client_sample_rate={q}: each round's session runs over the sampled"
+                    " cohort with the threshold its size prescribes, over the complete"
+                    " graph; drop --threshold and --graph harary")
         self._check_secagg()
 
     def _check_secagg(self) -> None:
@@ -259,6 +302,11 @@ class SimulationConfig:
                 raise ConfigurationError(
                     f"graph_degree={k!r} needs graph harary (the complete graph has degree"
                     " n - 1): add --graph harary or drop --graph-degree")
+            if self.num_clients <= 3:
+                raise ConfigurationError(
+                    f"no Harary graph is sparser than the complete graph for"
+                    f" {self.num_clients} clients (an even degree k needs 2 <= k < n - 1):"
+                    " use --graph complete and drop --graph-degree")
             if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2 \
                     or k >= self.num_clients - 1:
                 raise ConfigurationError(
@@ -313,6 +361,12 @@ class SimulationConfig:
                 " --graph complete, or give --graph-degree K")
         t = found.threshold if self.threshold is None else int(self.threshold)
         return SecAggPlan(found.graph, t, found.degree, found.explanation)
+
+    @property
+    def record_level(self) -> bool:
+        """Whether the clients train with DP-SGD and the ledger has
+        record-level rows (privacy record-level or both)."""
+        return self.privacy is not PrivacyLevel.USER_LEVEL
 
     def dp_config(self) -> DPConfig:
         """The clients' DP-SGD configuration (FedSGD: one step at lr 1)."""
@@ -428,7 +482,11 @@ def preflight(config: SimulationConfig, data: FederatedData | None = None,
         frac_bits=frac_bits, clip=config.clip_range, num_clients=config.num_clients,
         max_weight=max_weight,
     )
-    user_level_plan(config, model)  # user-level DP: the ring must hold noise, cohort and clip
+    # user-level DP: the ring must hold noise, cohort and clip, and the
+    # sessions of the cohorts the noise plan
+    plan = user_level_plan(config, model)
+    if plan is not None:
+        user_level_min_cohort(config, plan)
     return model, codec
 
 
@@ -538,6 +596,7 @@ def run_simulation(
     # the caller's model is never changed: the federation trains a copy
     model, codec = preflight(config, data, copy.deepcopy(model) if model is not None else None)
     user_plan = user_level_plan(config, model)  # refuses a ring too small before any training
+    min_cohort = user_level_min_cohort(config, user_plan) if user_plan is not None else 0
     ids = tuple(range(1, config.num_clients + 1))
     mode = AggregationMode.SECURE if config.secure else AggregationMode.PLAIN
     plan = config.secagg_plan() if config.secure else None
@@ -556,6 +615,14 @@ def run_simulation(
         if resume or tuple(c.client_id for c in clients) != ids:
             raise ConfigurationError(f"clients must be given with ids {ids}, without resume")
         clients = list(clients)
+    elif not config.record_level:
+        # user-level DP alone: plain local SGD, no per-example clipping or noise
+        fedsgd = config.server_optimizer is ServerOptimizerKind.FEDSGD
+        clients = [
+            LocalClient(cid, model, x, y, batch_size=config.batch_size,  # type: ignore[misc]
+                        local_epochs=config.local_epochs, lr=1.0 if fedsgd else config.lr,
+                        max_steps=1 if fedsgd else None)
+            for cid, (x, y) in zip(ids, data.clients, strict=True)]
     else:
         clients = [
             # The seed reaches a client's randomness only in the insecure
@@ -580,24 +647,37 @@ def run_simulation(
                                         config_extra=config_extra)
     try:
         by_id = {c.client_id: c for c in clients}
+        flight = recorder.in_flight_state or {}
+        sampled = set(flight.get("cohort", by_id))  # who the interrupted round sampled
         interrupted = recorder.settle_interrupted(
             others=Participation.REFUSED_BUDGET,
             detail="refused (budget guard) in the interrupted round",
-            idle=lambda cid: (by_id[cid].noise_multiplier, by_id[cid].sample_rate, 0))
+            idle=lambda cid: (getattr(by_id[cid], "noise_multiplier", 0.0),
+                              getattr(by_id[cid], "sample_rate", 0.0), 0),
+            status_of=lambda cid: (
+                None if config.record_level else (
+                    Participation.ROUND_ABORTED,
+                    "sampled in the interrupted round (it may have trained)"))
+            if cid in sampled else (
+                Participation.NOT_SAMPLED,
+                "not sampled in the interrupted round (Poisson client sampling)"))
         # every client's accountant continues from its committed history
         for client in clients:
+            if isinstance(client, LocalClient):
+                continue  # no record-level accountant
             history = recorder.client_states.get(client.client_id, {}).get("history", [])
             client.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
         if interrupted is not None and on_round is not None:
             on_round(interrupted)
         _run_rounds(config, recorder, server, clients, schedule, codec, mode,
-                    on_round=on_round, progress=progress, user_plan=user_plan)
+                    on_round=on_round, progress=progress, user_plan=user_plan,
+                    min_cohort=min_cohort)
         summaries = {
             client.client_id: {"noise_multiplier": client.noise_multiplier,
                                "sample_rate": client.sample_rate,
                                "steps_per_round": client.steps_per_round,
                                "epsilon_budget": dp.epsilon_budget}
-            for client in clients}
+            for client in clients if config.record_level}
         metrics = recorder.finish(summaries)
     finally:
         recorder.close()
@@ -605,17 +685,30 @@ def run_simulation(
                             output_dir=out, clients=clients)
 
 
+def _session_threshold(config: SimulationConfig, cohort_size: int) -> int:
+    """The threshold of a round's user-level session over ``cohort_size``
+    sampled clients: the federation's (``secagg_plan``) without sampling,
+    the mode's default for the cohort's size with it."""
+    if config.client_sample_rate == 1.0:
+        return config.secagg_plan().threshold
+    return cohort_threshold(cohort_size, config.security_mode)
+
+
 def user_level_plan(config: SimulationConfig,
                     model: torch.nn.Module) -> UserLevelPlan | None:
     """The user-level plan of a federation (None without user-level DP):
-    every client takes part in every round (``q = 1``), the ring is
-    ``config.bits`` wide, the target is ``config.user_epsilon`` over
-    ``config.rounds`` rounds.  Semi-honest sessions use a noise plan
+    each client takes part in a round with probability
+    ``config.client_sample_rate`` (``q``; 1: every client in every round),
+    the ring is ``config.bits`` wide and sized for
+    :func:`~securefl.federation.cohort.cohort_bound` clients (``n`` when
+    ``q = 1``), the target is ``config.user_epsilon`` over ``config.rounds``
+    rounds at sampling rate ``q``.  Semi-honest sessions use a noise plan
     calibrated to the threshold ``t`` (removable excess needs active mode,
-    SPEC [NZ-1b]): the released variance is between ``V`` and ``V n / t``,
-    and the ring is sized for the latter.  Active sessions use the removable
-    plan (default tolerance ``1e-3``): the released variance is between
-    ``V`` and ``1.001 V`` whoever drops, and the ring is sized for that.
+    SPEC [NZ-1b]): the released variance is between ``V`` and ``V m / t``
+    for a session of ``m`` clients, and the ring is sized for the largest
+    ``m / t`` a cohort can have.  Active sessions use the removable plan
+    (default tolerance ``1e-3``): the released variance is between ``V`` and
+    ``1.001 V`` whoever drops, and the ring is sized for that.
 
     Raises:
         ConfigurationError: when the ring is too small or a value is out of
@@ -624,14 +717,51 @@ def user_level_plan(config: SimulationConfig,
     if not config.privacy.user_level:
         return None
     size = sum(int(p.numel()) for p in model.parameters())
+    q = config.client_sample_rate
+    bound = cohort_bound(config.num_clients, q)
     if config.security_mode is SecurityMode.ACTIVE:
         factor = 1.0 + NoisePlan(1.0).tolerance
     else:
-        factor = config.num_clients / config.secagg_plan().threshold
+        sizes = [config.num_clients] if q == 1.0 else range(MIN_COHORT, max(bound, 2) + 1)
+        factor = max(m / _session_threshold(config, m) for m in sizes)
     return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
-                           cohort=config.num_clients, q=1.0, rounds=config.rounds,
+                           cohort=bound, q=q, rounds=config.rounds,
                            target_epsilon=config.user_epsilon, delta=config.delta,
                            noise_factor=factor)
+
+
+def user_level_min_cohort(config: SimulationConfig, plan: UserLevelPlan) -> int:
+    """The fewest sampled clients a round's user-level session takes: the
+    smallest cohort size from :data:`~securefl.federation.cohort.MIN_COHORT`
+    up whose session accepts the noise plan (a small cohort's clients each
+    add a large share of the noise, which the samplers may not reach; the
+    ring must hold the released noise).  A round whose cohort is smaller is
+    skipped before anyone trains (the decision depends on the cohort's size
+    alone, never on data).  Without sampling the cohort is every client.
+
+    Raises:
+        ConfigurationError: no cohort the ring was sized for (at most
+            :func:`~securefl.federation.cohort.cohort_bound`) takes the noise
+            plan (the message gives the session's reason).
+    """
+    q = config.client_sample_rate
+    bound = cohort_bound(config.num_clients, q)
+    sizes = [config.num_clients] if q == 1.0 else range(MIN_COHORT, max(bound, 2) + 1)
+    reason = ""
+    for m in sizes:
+        try:
+            SecAggConfig(num_clients=m, vector_length=plan.codec.padded, bits=plan.codec.bits,
+                         threshold=_session_threshold(config, m), mode=config.security_mode,
+                         graph=config.secagg_plan().graph,
+                         noise=_user_level_noise(config, plan.variance))
+        except ConfigurationError as exc:
+            reason = str(exc)
+            continue
+        return int(m)
+    raise ConfigurationError(
+        f"no session of at most {bound} clients takes the user-level noise (variance"
+        f" {plan.variance:.6g} in Z_2^{plan.codec.bits}): {reason}; use fewer bits, a larger"
+        " user epsilon, more clients or a larger client sampling rate")
 
 
 def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:
@@ -644,30 +774,41 @@ def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:
 
 def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPlan,
                     vectors: Mapping[int, np.ndarray], drops: Mapping[int, Round],
-                    round_seed: bytes) -> tuple[AggregateOutcome, float]:
-    """Securely sum the clients' rotated vectors with the protocol's noise
-    plan (each session adds its Skellam noise), decode, and divide by the
-    number of invited clients (a public constant).  Returns the outcome and
+                    round_seed: bytes, cohort_size: int) -> tuple[AggregateOutcome, float]:
+    """Securely sum the rotated vectors of the round's cohort (each session
+    adds its Skellam noise of the protocol's noise plan; the threshold is
+    the one of ``cohort_size`` sampled clients), decode, and divide by the
+    expected cohort ``q n`` (a public constant).  Returns the outcome and
     the variance the server session reports as released.
 
     Raises:
-        AbortError: fewer than the threshold survived.
+        AbortError: fewer than the threshold encoded updates, or survivors.
     """
     ids = tuple(sorted(vectors))
-    if len(ids) < 2 or len(ids) < server.threshold:
+    threshold = _session_threshold(config, cohort_size)
+    if len(ids) < MIN_COHORT or len(ids) < threshold:
         raise AbortError(f"{len(ids)} encoded updates, fewer than the threshold"
-                         f" {server.threshold}", needed=server.threshold, available=len(ids))
+                         f" {threshold}", needed=max(threshold, MIN_COHORT),
+                         available=len(ids))
     degree = getattr(server.graph, "degree", None)
     if degree is not None and len(ids) <= degree:
         raise AbortError(f"{len(ids)} encoded updates, too few for the Harary graph of degree"
                          f" {degree} (it needs more than k clients)",
                          needed=degree + 1, available=len(ids))
-    secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
-                          bits=plan.codec.bits, threshold=server.threshold, client_ids=ids,
-                          mode=server.security_mode, graph=server.graph,
-                          noise=_user_level_noise(config, plan.variance))
+    try:
+        secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
+                              bits=plan.codec.bits, threshold=threshold, client_ids=ids,
+                              mode=server.security_mode, graph=server.graph,
+                              noise=_user_level_noise(config, plan.variance))
+    except ConfigurationError as exc:
+        # fewer encoded updates than sampled can leave a session the noise
+        # plan does not fit (checked for whole cohorts before training): the
+        # round aborts, its charges kept, rather than release a wrong sum
+        raise AbortError(f"no session of the {len(ids)} encoded updates takes the noise"
+                         f" plan: {exc}", needed=len(ids), available=len(ids)) from None
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
-    flat = plan.codec.decode_sum(result.total, round_seed) / config.num_clients
+    expected = config.client_sample_rate * config.num_clients
+    flat = plan.codec.decode_sum(result.total, round_seed) / expected
     average, offset = [], 0
     for param in server.model.parameters():
         size = int(param.numel())
@@ -682,10 +823,12 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 clients: list[PrivateClient], schedule: list[dict[int, Round]],
                 codec: FixedPointCodec, mode: AggregationMode, *,
                 on_round: Callable[[RoundReport], None] | None, progress: bool,
-                user_plan: UserLevelPlan | None = None) -> None:
+                user_plan: UserLevelPlan | None = None, min_cohort: int = 0) -> None:
     """The rounds still to run: one per entry of the dropout schedule after
     the committed position (a round interrupted by a crash re-runs its
-    schedule entry under the next round number)."""
+    schedule entry under the next round number).  With user-level DP, a
+    round whose sampled cohort is below ``min_cohort``
+    (:func:`user_level_min_cohort`) is skipped before anyone trains."""
     position = int(recorder.driver_state.get("schedule_position", 0))
     bar = None
     if progress:
@@ -700,70 +843,127 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         drops = schedule[position]
         updates: dict[int, EncodedUpdate | PlainUpdate | None] = {}
         info: dict[int, dict[str, Any]] = {}
-        admitted: list[tuple[PrivateClient, Admission]] = []
+        admitted: list[tuple[Any, Admission | None]] = []
         vectors: dict[int, np.ndarray] = {}
         round_seed = os.urandom(32)  # the public seed of this round's rotation
+        # Poisson client sampling from the OS CSPRNG, never from the run seed
+        # (q = 1: everyone); a client left out neither trains nor spends
+        cohort = set(poisson_cohort([c.client_id for c in clients], config.client_sample_rate))
+        skipped = ""
+        if user_plan is not None and len(cohort) < min_cohort:
+            skipped = (f"skipped: {len(cohort)} client(s) sampled, fewer than a user-level"
+                       f" session takes ({min_cohort}); nobody trained, nothing was charged"
+                       " or released")
         for client in clients:
+            cid = client.client_id
+            if cid not in cohort or skipped:
+                updates[cid] = None
+                info[cid] = {"status": Participation.ROUND_ABORTED, "detail": skipped,
+                             "steps": 0} if cid in cohort else {
+                    "status": Participation.NOT_SAMPLED, "steps": 0,
+                    "detail": f"not sampled (Poisson client sampling,"
+                              f" q={config.client_sample_rate:g})"}
+                continue
+            if not config.record_level:
+                admitted.append((client, None))  # no record-level budget: it trains
+                continue
             try:
                 admitted.append((client, admit(client)))
             except PrivacyBudgetExceededError as exc:
-                updates[client.client_id] = None
-                info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
-                                          "detail": str(exc), "steps": 0}
+                updates[cid] = None
+                info[cid] = {"status": Participation.REFUSED_BUDGET, "detail": str(exc),
+                             "steps": 0}
+        previous_user, user_charge, user_refusal = None, None, ""
+        if user_plan is not None and admitted:
+            effective = parse_ledger(recorder.store.ledger_bytes()).effective_user_level()
+            previous_user = effective[-1] if effective else None
+            # the round's user-level charge at its target variance: the least
+            # noise its sum can carry, so the largest epsilon it can cost
+            user_charge = replace(user_level_entry(
+                user_plan, round_number=round_number, released_variance=user_plan.variance,
+                survivors=0, previous=previous_user, epsilon_budget=config.user_epsilon),
+                status="in-flight")
+            if not user_charge.epsilon <= config.user_epsilon:
+                # the user-level budget guard: earlier charges (an aborted or
+                # interrupted round keeps its charge) leave no room for this
+                # round's release; nobody trains, nothing is released
+                user_refusal = (f"refused (user-level budget): releasing round {round_number}"
+                                f" would raise the user-level epsilon to"
+                                f" {user_charge.epsilon:.4f} > {config.user_epsilon:g}")
+                for client, _ in admitted:
+                    updates[client.client_id] = None
+                    info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
+                                              "detail": user_refusal, "steps": 0}
+                admitted, user_charge = [], None
         # the spend is durable before any data is touched: in-flight rows,
-        # charging the steps each client is about to take, committed
+        # charging the steps each client is about to take, and the round's
+        # user-level charge, committed
         recorder.begin(round_number, {
             client.client_id: (admission.planned[0],
                                admission.charged_history(client.history))
-            for client, admission in admitted})
+            for client, admission in admitted if admission is not None}, user_level=user_charge,
+            in_flight_state={"cohort": sorted(cohort)})
         crash_point("after-in-flight", round_number)
         for client, admission in admitted:
-            # the one client-update path (the Flower ClientApp's too): train,
-            # then encode with the client's own secret rounding; only the
-            # encoded vector leaves it
-            update = client_update(client, global_params, codec, round_number, mode,
-                                   admission=admission)
-            crash_point("mid-training", round_number)
-            updates[client.client_id] = update.encoded
-            info[client.client_id] = {"status": update.refusal, "detail": update.detail,
-                                      "steps": update.steps}
-            if user_plan is not None and update.encoded is not None \
-                    and update.result is not None:
+            cid = client.client_id
+            raw: list[np.ndarray] | None = None
+            if admission is None:
+                # user-level DP alone: plain local training, no per-example DP;
+                # the user-level layer below protects the whole update
+                result = client.train_round(global_params)
+                crash_point("mid-training", round_number)
+                info[cid] = {"status": None, "detail": "", "steps": result.steps}
+                raw = result.update
+            else:
+                # the one client-update path (the Flower ClientApp's too):
+                # train, then encode with the client's own secret rounding;
+                # only the encoded vector leaves it
+                update = client_update(client, global_params, codec, round_number, mode,
+                                       admission=admission)
+                crash_point("mid-training", round_number)
+                updates[cid] = update.encoded
+                info[cid] = {"status": update.refusal, "detail": update.detail,
+                             "steps": update.steps}
+                if update.encoded is not None and update.result is not None:
+                    raw = update.result.update
+            if user_plan is not None and raw is not None:
                 # user-level DP: the client clips, rotates and rounds its whole
                 # update (its own secret rounding); its session adds the noise
                 flat = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1)
-                                       for t in update.result.update])
+                                       for t in raw])
                 try:
-                    vectors[client.client_id] = user_plan.codec.encode(flat, round_seed).vector
+                    vectors[cid] = user_plan.codec.encode(flat, round_seed).vector
                 except EncodingError as exc:
-                    updates[client.client_id] = None
-                    info[client.client_id].update(status=Participation.ENCODING_ERROR,
-                                                  detail=f"encoding refused: {exc}")
+                    updates[cid] = None
+                    info[cid].update(status=Participation.ENCODING_ERROR,
+                                     detail=f"encoding refused: {exc}")
 
         abort_reason = ""
         user_rows = []
         try:
             if user_plan is not None:
                 outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
-                                                    round_seed)
-                previous = parse_ledger(recorder.store.ledger_bytes()).committed_user_level
+                                                    round_seed, len(cohort))
+                crash_point("after-release", round_number)
                 user_rows.append(user_level_entry(
                     user_plan, round_number=round_number, released_variance=released,
-                    survivors=len(outcome.survivors),
-                    previous=previous[-1] if previous else None,
+                    survivors=len(outcome.survivors), previous=previous_user,
                     epsilon_budget=config.user_epsilon))
             else:
                 outcome = server.aggregate(round_number, updates, drops)
         except AbortError as exc:
             outcome = None
-            abort_reason = str(exc)
+            abort_reason = skipped or user_refusal or str(exc)
+        sent = set(vectors) if user_plan is not None else {
+            cid for cid, update in updates.items() if update is not None}
         outcomes = [
             ClientOutcome(client.client_id,
-                          (client.noise_multiplier, client.sample_rate,
+                          (getattr(client, "noise_multiplier", 0.0),
+                           getattr(client, "sample_rate", 0.0),
                            info[client.client_id]["steps"]),
                           client.history, status=info[client.client_id]["status"],
                           dropped_at=drops.get(client.client_id)
-                          if updates.get(client.client_id) is not None else None,
+                          if client.client_id in sent else None,
                           detail=info[client.client_id]["detail"])
             for client in clients]
         position += 1

@@ -74,7 +74,8 @@ def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return {
             "num_clients": int(c.get("num-clients", 5)), "rounds": int(c.get("num-rounds", 3)),
-            "dropout": 0.0, "noise_multiplier": _opt(c.get("noise-multiplier"), float),
+            "dropout": float(c.get("expected-dropout", 0.0)),
+            "noise_multiplier": _opt(c.get("noise-multiplier"), float),
             "target_epsilon": _opt(c.get("target-epsilon"), float),
             "batch_size": int(c.get("batch-size", 32)), "lr": float(c.get("lr", 1.0)),
             "hidden": int(c.get("hidden", 64)), "alpha": float(c.get("alpha", 0.5)),
@@ -85,6 +86,8 @@ def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
             "local_epochs": int(c.get("local-epochs", 1)),
             "weighting": Weighting(str(c.get("weighting", Weighting.UNIFORM.value))),
             "insecure_reproducible_noise": _flag(c.get("insecure-reproducible-noise", False)),
+            "graph": str(c.get("graph", "complete") or "complete"),
+            "graph_degree": _opt(c.get("graph-degree"), int),
         }
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad run config: {exc}") from None

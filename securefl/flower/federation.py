@@ -30,7 +30,13 @@ default), ``sample-rate`` (public Poisson rate, default 0.5), ``local-epochs``
 ``insecure-reproducible-noise`` (bool, INSECURE: noise seeded from ``seed``;
 nodes refuse it), ``mode`` (``semi-honest``/``active``; empty: active when
 ``pinned-keys`` is set, else semi-honest), ``round-timeout`` (seconds),
-``pinned-keys`` (path, active mode), ``output-dir`` (required: where the
+``pinned-keys`` (path, active mode), ``graph`` (``complete``, the default,
+or ``harary``: SecAgg+ sparse graph), ``graph-degree`` (with ``harary``: the
+even degree ``k``, 2..num-clients-2; 0: chosen with the threshold by
+:func:`~securefl.protocol.params.find_graph_parameters`, as ``securefl
+simulate --graph harary`` does), ``expected-dropout`` (the dropout rate the
+finder sizes the graph for, default 0; Flower injects no dropouts),
+``output-dir`` (required: where the
 artefacts go; the example's ServerApp picks a fresh directory when it is
 empty, see :mod:`securefl.flower.runner`), ``federation-id`` (the name under
 which each node keeps its DP accountant on its own disk; set it to make a run
@@ -52,6 +58,7 @@ run as failed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -140,7 +147,8 @@ def run_federation(grid: Grid, context: Context) -> None:
             ledger or a run (and ``resume`` is not set), or ``resume`` of a
             run that was started without ``federation-id``.
         ResumeMismatchError: ``resume`` with another run config (the keys
-            that differ are named), security mode or ``federation-id``.
+            that differ are named, e.g. ``graph``, ``graph_degree``), security
+            mode, graph or ``federation-id``.
         RunStoreError: ``resume`` of a directory that holds no run store.
         FederationIncompleteError: no round completed, or every client
             refused some round.
@@ -177,22 +185,28 @@ def run_federation(grid: Grid, context: Context) -> None:
     ids = tuple(range(1, config.num_clients + 1))
     # the sessions' security mode sets the default threshold, so that the
     # recorded threshold_used is the one the sessions run with
+    # the graph and threshold `securefl simulate` would use for this config in
+    # the sessions' security mode (SimulationConfig.secagg_plan: the degree
+    # given, or fcp's parameter finder for expected-dropout, semi-malicious
+    # server in active mode)
+    plan = dataclasses.replace(config, security_mode=mode).secagg_plan()
     server = Server(model, codec, ServerOptimizerConfig(
         kind=config.server_optimizer, lr=config.server_lr, momentum=config.server_momentum),
-        ids, mode=AggregationMode.SECURE, threshold=config.threshold,
-        name=f"securefl flower seed {config.seed}", security_mode=mode)
+        ids, mode=AggregationMode.SECURE, threshold=plan.threshold,
+        name=f"securefl flower seed {config.seed}", security_mode=mode, graph=plan.graph)
     if resume:
         recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
                                         secure=True, round_json=_round_json)
     else:
         recorder = RoundRecorder.create(
             out, config=config, server=server, data_name=data.name, test=data.test,
-            secure=True, config_extra={"runtime": "flower", "security_mode": mode.value},
+            secure=True, config_extra={"runtime": "flower", "security_mode": mode.value,
+                                       "graph_degree_used": plan.degree},
             round_json=_round_json,
             driver_state={"known": {}, "position": 0, "federation_id": federation_id})
     try:
         if resume:
-            _check_resumable(recorder, mode, federation_id)
+            _check_resumable(recorder, mode, federation_id, plan.degree)
         _emit(HEADER)
         if resume:
             for report in recorder.reports:
@@ -215,15 +229,27 @@ def _emit(line: str) -> None:
     print(line, flush=True)
 
 
-def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id: str) -> None:
-    """Refuse to resume with another security mode or federation id, or a
-    run started without a federation id (its nodes keep their accountants
-    under the old Flower run id, which a new run does not have: they would
-    refuse to train)."""
-    stored_mode = recorder.store.metrics_header.get("config", {}).get("security_mode")
+def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id: str,
+                     degree: int | None) -> None:
+    """Refuse to resume with another security mode, graph (``degree``: the
+    Harary degree the sessions would use, None for the complete graph) or
+    federation id, or a run started without a federation id (its nodes keep
+    their accountants under the old Flower run id, which a new run does not
+    have: they would refuse to train)."""
+    stored = recorder.store.metrics_header.get("config", {})
+    stored_mode = stored.get("security_mode")
     if stored_mode != mode.value:
         raise ResumeMismatchError(f"{recorder.out}: the run used security mode {stored_mode!r},"
                                   f" not {mode.value!r}", ["mode"])
+    # runs from before sparse graphs over Flower recorded no degree: complete
+    stored_degree = stored.get("graph_degree_used")
+    if stored_degree != degree:
+        def name(k: int | None) -> str:
+            return "complete" if k is None else f"harary:k={k}"
+
+        raise ResumeMismatchError(f"{recorder.out}: the run's sessions used the"
+                                  f" {name(stored_degree)!r} graph, not {name(degree)!r}",
+                                  ["graph"])
     stored_id = str(recorder.driver_state.get("federation_id", "") or "")
     if not stored_id:
         raise ConfigurationError(
@@ -291,7 +317,7 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
                                     allow_nan=False) + "\n")
 
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
-        mode=mode, threshold=server.threshold,
+        mode=mode, threshold=server.threshold, graph=server.graph,
         timeout=float(run_config.get("round-timeout", 120.0)),
         pinned_keys=pinned, federation=server.name,
         authenticated_channels=bool(run_config.get("authenticated-channels", False)),

@@ -82,6 +82,7 @@ from securefl.flower.setup import (
     Key,
     SessionSetup,
     Stage,
+    parse_graph,
 )
 from securefl.hazmat import signing
 from securefl.hazmat.randomness import DeterministicRandom
@@ -274,7 +275,8 @@ def _check_policy(ctxt: Context, setup: SessionSetup, my_id: int) -> None:
         pinned_ids = load_pinned_keys(str(ctxt.node_config[PINNED_KEYS_CONFIG])).keys()
     policy.check(fl_round=setup.fl_round, mode=mode, num_clients=setup.num_clients,
                  threshold=setup.threshold, client_ids=setup.client_ids,
-                 vector_length=setup.codec().vector_length, my_id=my_id, pinned_ids=pinned_ids)
+                 vector_length=setup.codec().vector_length, my_id=my_id, pinned_ids=pinned_ids,
+                 graph=parse_graph(setup.graph))
 
 
 def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

@@ -6,7 +6,9 @@ it is told: a server that announces two clients (the sum is the other
 client's input), a threshold of 1 (one colluding client reconstructs
 everyone's masks), semi-honest mode over channels nobody authenticated, or
 an invitation naming ids the node has no pinned key for, learns individual
-inputs.  :class:`NodePolicy` is read from the node's **own** configuration
+inputs; one that announces a sparse graph too thin for the node's assumed
+dropouts and corrupt clients may learn sums of a few inputs.
+:class:`NodePolicy` is read from the node's **own** configuration
 (the SuperNode's ``--node-config``, i.e. ``Context.node_config``), never from
 the run config the server distributes, and :meth:`NodePolicy.check` refuses
 any weaker setup with a :class:`SetupRefusedError` naming the
@@ -27,6 +29,8 @@ from typing import Any
 
 from securefl.errors import ConfigurationError, SecureFLError
 from securefl.protocol.config import SecurityMode
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.params import log_disconnection_bound, upper_tail_quantile
 
 __all__ = [
     "ALLOW_FRESH_STATE_CONFIG",
@@ -52,6 +56,11 @@ MIN_THRESHOLD_FRACTION_CONFIG = _PREFIX + "min-threshold-fraction"
 MAX_VECTOR_LENGTH_CONFIG = _PREFIX + "max-vector-length"
 AUTHENTICATED_CHANNELS_CONFIG = _PREFIX + "authenticated-channels"
 ALLOW_UNAUTHENTICATED_CONFIG = _PREFIX + "allow-unauthenticated-semi-honest"
+ALLOW_SPARSE_GRAPH_CONFIG = _PREFIX + "allow-sparse-graph"
+MIN_GRAPH_DEGREE_CONFIG = _PREFIX + "min-graph-degree"
+GRAPH_DROPOUT_CONFIG = _PREFIX + "graph-dropout"
+GRAPH_CORRUPT_CONFIG = _PREFIX + "graph-corrupt-fraction"
+GRAPH_SECURITY_BITS_CONFIG = _PREFIX + "graph-security-bits"
 STATE_DIR_CONFIG = _PREFIX + "state-dir"
 """Node config key: the directory where the node keeps its DP accountants on
 disk (:mod:`securefl.flower.dpstate`); default ``$SECUREFL_STATE_DIR``, else
@@ -78,7 +87,24 @@ class PolicyRule(str, enum.Enum):
     """Fewer invited clients than the node's minimum (with two, the sum is the
     other client's input)."""
     MIN_THRESHOLD = "threshold-below-policy"
-    """A threshold ``t`` not above ``min_threshold_fraction * n``."""
+    """A threshold ``t`` not above ``min_threshold_fraction * h``, ``h`` the
+    holders of a client's shares (``n`` for the complete graph, ``k + 1``
+    for a degree-``k`` sparse graph)."""
+    SPARSE_GRAPH = "sparse-graph-not-allowed-by-policy"
+    """A sparse (SecAgg+) graph announced to a node whose policy accepts the
+    complete graph only."""
+    GRAPH_DEGREE = "graph-degree-below-policy"
+    """A sparse graph of degree ``k`` below the node's minimum."""
+    GRAPH_CONNECTIVITY = "graph-connectivity-below-policy"
+    """A sparse graph that the node's assumed dropouts and corrupt clients
+    may disconnect (fcp's union bound is not below ``2^-(bits+1)``: the
+    server could learn the sums of the pieces), or, in active mode, a graph
+    whose stated connectivity is below 1."""
+    GRAPH_THRESHOLD = "threshold-too-small-for-graph"
+    """A threshold the node's assumed corrupt neighbours may reach (fcp's
+    rule: ``t`` must exceed the ``1 - 2^-(bits+1)/n`` quantile of a client's
+    corrupt neighbours, raised to ``ceil((t1 + k - 1.25) / 2)`` in active
+    mode)."""
     IDS_NOT_PINNED = "client-ids-without-pinned-keys"
     """Active mode: an invited client id has no key in the node's pinned file."""
     NOT_INVITED = "node-not-invited"
@@ -124,6 +150,22 @@ def _bool(config: Mapping[str, Any], key: str) -> bool:
     raise ConfigurationError(f"node config {key} must be true or false, got {value!r}")
 
 
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigurationError(f"node config {key} must be true or false, got {value!r}")
+
+
+def _rate(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"node config {key} must be a number, got {value!r}")
+    return float(value)
+
+
 def _int(config: Mapping[str, Any], key: str, default: int, low: int) -> int:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -150,6 +192,20 @@ class NodePolicy:
             semi-honest mode without authenticated channels, where anyone who
             controls the network, or a server that deviates, can learn this
             node's input.
+        allow_sparse_graph: the node takes part in sessions over a SecAgg+
+            Harary graph (each client masks with and deals shares to only
+            its ``k`` neighbours) that passes the rules below; False: the
+            complete graph only.
+        min_graph_degree: the smallest degree ``k`` of a sparse graph (>= 2).
+        graph_dropout: ``delta``, the fraction of the invited clients the
+            node assumes may drop out, in [0, 1).
+        graph_corrupt_fraction: ``gamma``, the fraction the node assumes may
+            collude with the server, in [0, 1).
+        graph_security_bits: ``sigma`` (1..256): a sparse graph is accepted
+            only if, under ``delta`` and ``gamma``, fcp's bounds (those of
+            :func:`~securefl.protocol.params.find_graph_parameters`) put the
+            chance that it disconnects, and that a client's corrupt
+            neighbours reach the threshold, below ``2^-(sigma+1)``.
     """
 
     mode: SecurityMode | None = None
@@ -159,6 +215,11 @@ class NodePolicy:
     max_vector_length: int = 1 << 24
     authenticated_channels: bool = False
     allow_unauthenticated_semi_honest: bool = False
+    allow_sparse_graph: bool = True
+    min_graph_degree: int = 2
+    graph_dropout: float = 0.1
+    graph_corrupt_fraction: float = 0.0
+    graph_security_bits: int = 40
 
     def __post_init__(self) -> None:
         if self.mode is not None:
@@ -171,6 +232,19 @@ class NodePolicy:
                                      f" {self.min_threshold_fraction}")
         if self.max_vector_length < 2:
             raise ConfigurationError("max_vector_length must be >= 2")
+        if isinstance(self.min_graph_degree, bool) or not isinstance(
+                self.min_graph_degree, int) or self.min_graph_degree < 2:
+            raise ConfigurationError(f"min_graph_degree must be an int >= 2, got"
+                                     f" {self.min_graph_degree!r}")
+        for name in ("graph_dropout", "graph_corrupt_fraction"):
+            rate = getattr(self, name)
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not (
+                    math.isfinite(rate) and 0 <= rate < 1):
+                raise ConfigurationError(f"{name} must be in [0, 1), got {rate!r}")
+        bits = self.graph_security_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 256:
+            raise ConfigurationError(f"graph_security_bits must be an int in 1..256, got"
+                                     f" {bits!r}")
 
     @property
     def required_mode(self) -> SecurityMode | None:
@@ -186,7 +260,10 @@ class NodePolicy:
         ``securefl-mode``, ``securefl-min-clients``,
         ``securefl-min-threshold-fraction``, ``securefl-max-vector-length``,
         ``securefl-authenticated-channels``,
-        ``securefl-allow-unauthenticated-semi-honest``); missing keys take
+        ``securefl-allow-unauthenticated-semi-honest``,
+        ``securefl-allow-sparse-graph``, ``securefl-min-graph-degree``,
+        ``securefl-graph-dropout``, ``securefl-graph-corrupt-fraction``,
+        ``securefl-graph-security-bits``); missing keys take
         the defaults above, except that the two operator statements may also
         come from the node's environment (``SECUREFL_AUTHENTICATED_CHANNELS``,
         ``SECUREFL_ALLOW_UNAUTHENTICATED_SEMI_HONEST`` set to ``true``), for
@@ -212,11 +289,16 @@ class NodePolicy:
             max_vector_length=_int(node_config, MAX_VECTOR_LENGTH_CONFIG, 1 << 24, 2),
             authenticated_channels=_bool(node_config, AUTHENTICATED_CHANNELS_CONFIG),
             allow_unauthenticated_semi_honest=_bool(node_config, ALLOW_UNAUTHENTICATED_CONFIG),
+            allow_sparse_graph=_flag(node_config, ALLOW_SPARSE_GRAPH_CONFIG, True),
+            min_graph_degree=_int(node_config, MIN_GRAPH_DEGREE_CONFIG, 2, 2),
+            graph_dropout=_rate(node_config, GRAPH_DROPOUT_CONFIG, 0.1),
+            graph_corrupt_fraction=_rate(node_config, GRAPH_CORRUPT_CONFIG, 0.0),
+            graph_security_bits=_int(node_config, GRAPH_SECURITY_BITS_CONFIG, 40, 1),
         )
 
     def check(self, *, fl_round: int, mode: SecurityMode, num_clients: int, threshold: int,
               client_ids: Iterable[int], vector_length: int, my_id: int,
-              pinned_ids: Iterable[int] | None) -> None:
+              pinned_ids: Iterable[int] | None, graph: NeighbourGraph | None = None) -> None:
         """Refuse a session weaker than this policy.
 
         Args:
@@ -224,6 +306,8 @@ class NodePolicy:
                 what the server announced.
             my_id: this node's client id.
             pinned_ids: the client ids of the node's pinned keys (active mode).
+            graph: the announced graph, as the node built it from the setup
+                (:func:`~securefl.flower.setup.parse_graph`); None: complete.
 
         Raises:
             SetupRefusedError: naming the first rule the setup breaks.
@@ -232,6 +316,7 @@ class NodePolicy:
             return SetupRefusedError(rule, detail, fl_round=fl_round)
 
         ids = tuple(client_ids)
+        graph = CompleteGraph() if graph is None else graph
         required = self.required_mode
         if required is not None and mode is not required:
             why = " (the node has identity keys)" if self.mode is None else ""
@@ -248,10 +333,14 @@ class NodePolicy:
         if num_clients < self.min_clients:
             raise refuse(PolicyRule.MIN_CLIENTS, f"{num_clients} clients announced, the node"
                                                  f" requires at least {self.min_clients}")
-        if not threshold > self.min_threshold_fraction * num_clients:
+        self._check_graph(graph, mode, num_clients, threshold, refuse)
+        holders = graph.share_holders(num_clients)
+        if not threshold > self.min_threshold_fraction * holders:
             raise refuse(PolicyRule.MIN_THRESHOLD,
-                         f"threshold {threshold} of {num_clients} clients, the node requires"
-                         f" more than {self.min_threshold_fraction:g} x {num_clients}")
+                         f"threshold {threshold} for {holders} holders of a client's shares"
+                         f" ({graph.describe()} graph, {num_clients} clients), the node"
+                         f" requires more than {self.min_threshold_fraction:g} x {holders}")
+        self._check_graph_threshold(graph, mode, num_clients, threshold, refuse)
         if mode is SecurityMode.ACTIVE:
             pinned = set(pinned_ids or ())
             missing = sorted(set(ids) - pinned)
@@ -262,6 +351,61 @@ class NodePolicy:
             raise refuse(PolicyRule.VECTOR_TOO_LONG,
                          f"vector length {vector_length} exceeds the node's bound"
                          f" {self.max_vector_length}")
+
+    def _assumed(self) -> str:
+        return (f"the node assumes up to {self.graph_dropout:g} of the clients drop and"
+                f" {self.graph_corrupt_fraction:g} collude, security 2^-"
+                f"{self.graph_security_bits}")
+
+    def _check_graph(self, graph: NeighbourGraph, mode: SecurityMode, n: int, threshold: int,
+                     refuse: Any) -> None:
+        """The graph rules that do not involve the threshold: sparse graphs
+        allowed, degree, connectivity (fcp's union bound under the node's
+        assumed dropout and corrupt rates; active mode: stated connectivity
+        at least 1)."""
+        degree = graph.share_holders(n) - 1
+        if mode is SecurityMode.ACTIVE and graph.connectivity(n) < 1:
+            raise refuse(PolicyRule.GRAPH_CONNECTIVITY,
+                         f"the {graph.describe()} graph states connectivity"
+                         f" {graph.connectivity(n)} on {n} clients; active mode needs at least 1")
+        if degree >= n - 1:
+            return  # every client neighbours every other: the complete graph
+        if not self.allow_sparse_graph:
+            raise refuse(PolicyRule.SPARSE_GRAPH,
+                         f"the server announced the sparse {graph.describe()} graph; node config"
+                         f" {ALLOW_SPARSE_GRAPH_CONFIG}=false accepts the complete graph only")
+        if degree < self.min_graph_degree:
+            raise refuse(PolicyRule.GRAPH_DEGREE,
+                         f"the {graph.describe()} graph gives a client {degree} neighbours, the"
+                         f" node requires at least {self.min_graph_degree}")
+        bound = log_disconnection_bound(n, self.graph_corrupt_fraction, self.graph_dropout,
+                                        degree)
+        if not bound < -(self.graph_security_bits + 1) * math.log(2):
+            raise refuse(PolicyRule.GRAPH_CONNECTIVITY,
+                         f"the {graph.describe()} graph on {n} clients may disconnect once the"
+                         f" assumed dropped and corrupt clients are removed (fcp's bound"
+                         f" 2^{bound / math.log(2):.1f}, the node requires below 2^-"
+                         f"{self.graph_security_bits + 1}; {self._assumed()})")
+
+    def _check_graph_threshold(self, graph: NeighbourGraph, mode: SecurityMode, n: int,
+                               threshold: int, refuse: Any) -> None:
+        """fcp's threshold rule for the node's assumed corrupt clients: ``t``
+        must exceed ``t1``, the ``1 - 2^-(sigma+1)/n`` quantile of a
+        client's corrupt neighbours (hypergeometric), raised to
+        ``ceil((t1 + k - 1.25) / 2)`` in active mode (a semi-malicious
+        server, as :func:`~securefl.protocol.params.find_graph_parameters`)."""
+        degree = graph.share_holders(n) - 1
+        corrupt = math.floor((self.graph_corrupt_fraction + 1e-14) * n)
+        t1 = upper_tail_quantile(n, corrupt, degree,
+                                 2.0 ** -(self.graph_security_bits + 1) / n)
+        if mode is SecurityMode.ACTIVE:
+            t1 = math.ceil((t1 + degree - 1.25) / 2)
+        if not threshold > t1:
+            server = "semi-malicious" if mode is SecurityMode.ACTIVE else "semi-honest"
+            raise refuse(PolicyRule.GRAPH_THRESHOLD,
+                         f"threshold {threshold} with {degree} neighbours per client on {n}"
+                         f" clients: the node requires more than {t1} ({self._assumed()};"
+                         f" fcp's rule against a {server} server)")
 
 
 def allow_fresh_state(node_config: Mapping[str, Any]) -> bool:

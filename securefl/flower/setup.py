@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from securefl.encoding import FixedPointCodec
 from securefl.errors import ConfigurationError, EncodingError
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
-from securefl.protocol.graphs import CompleteGraph
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
+from securefl.protocol.harary import HararyGraph
 
 __all__ = [
     "DP_METRIC_PREFIX",
@@ -26,6 +28,7 @@ __all__ = [
     "Key",
     "SessionSetup",
     "Stage",
+    "parse_graph",
 ]
 
 RECORD = "securefl"
@@ -41,6 +44,33 @@ forwarded, in clear, to the server for the privacy ledger; no other metric
 leaves the node (no example count, loss or clipped-value count)."""
 MAX_SETUP_BYTES = 1 << 20
 """The largest session setup a node parses."""
+
+_HARARY = re.compile(r"harary:k=([1-9][0-9]{0,9})")
+
+
+def parse_graph(text: str) -> NeighbourGraph:
+    """The graph a session setup names by its canonical description
+    (:meth:`~securefl.protocol.graphs.NeighbourGraph.describe`, the text the
+    configuration digest binds): ``"complete"``
+    (:class:`~securefl.protocol.graphs.CompleteGraph`) or ``"harary:k=<k>"``
+    (:class:`~securefl.protocol.harary.HararyGraph` of degree ``k``, written
+    in decimal without sign or leading zero).  The node builds the graph
+    itself from this text, so its neighbours, share holders and
+    connectivity come from the node's own code, never from the server; the
+    ring permutation is keyed by the session id, which every party derives.
+
+    Raises:
+        ConfigurationError: any other text, or an odd degree.
+    """
+    if not isinstance(text, str) or len(text) > 64:
+        raise ConfigurationError("graph must be a string of at most 64 characters")
+    if text == "complete":
+        return CompleteGraph()
+    found = _HARARY.fullmatch(text)
+    if found is None:
+        raise ConfigurationError(f"unknown graph {text[:64]!r}: securefl.flower carries"
+                                 " 'complete' and 'harary:k=<even k>'")
+    return HararyGraph(int(found.group(1)))
 
 
 class Stage(str, enum.Enum):
@@ -108,10 +138,13 @@ class SessionSetup:
     Attributes:
         fl_round: the federation round this session aggregates.
         num_clients, threshold, mode, client_ids, context: the
-            :class:`SecAggConfig` fields (complete graph).
+            :class:`SecAggConfig` fields.
         shapes, bits, frac_bits, clip, max_weight, codec_clients: the
             :class:`FixedPointCodec` the node encodes its update with
             (``vector_length`` follows from the shapes).
+        graph: who masks with whom, as the canonical text the configuration
+            digest binds (:func:`parse_graph`): ``"complete"`` or
+            ``"harary:k=<k>"`` (SecAgg+).
 
     There is no rounding seed: a node rounds stochastically with randomness
     from its own OS CSPRNG, never with anything the server chose.
@@ -129,6 +162,7 @@ class SessionSetup:
     clip: float
     max_weight: int
     codec_clients: int
+    graph: str = "complete"
 
     @classmethod
     def create(cls, fl_round: int, config: SecAggConfig,
@@ -136,18 +170,26 @@ class SessionSetup:
         """The setup announcing ``config`` and ``codec`` for ``fl_round``.
 
         Raises:
-            ConfigurationError: a sparse graph (only the complete graph is
-                carried over Flower for now) or a codec of another length.
+            ConfigurationError: a graph other than :class:`CompleteGraph`
+                and :class:`HararyGraph` (one whose description
+                :func:`parse_graph` does not turn back into it), or a codec
+                of another length.
         """
-        if not isinstance(config.graph, CompleteGraph):
-            raise ConfigurationError("securefl.flower supports the complete graph only")
+        graph = config.graph.describe()
+        try:
+            carried = parse_graph(graph)
+        except ConfigurationError:
+            carried = None
+        if carried != config.graph:
+            raise ConfigurationError(f"securefl.flower carries CompleteGraph and HararyGraph,"
+                                     f" not {config.graph!r}")
         if config.vector_length != codec.vector_length or config.bits != codec.bits:
             raise ConfigurationError("the codec does not match the session configuration")
         return cls(fl_round=int(fl_round), num_clients=config.num_clients, threshold=config.t,
                    mode=config.mode.value, client_ids=tuple(config.ids), context=config.context,
                    shapes=tuple(tuple(s) for s in codec.shapes), bits=codec.bits,
                    frac_bits=codec.frac_bits, clip=float(codec.clip),
-                   max_weight=codec.max_weight, codec_clients=codec.num_clients)
+                   max_weight=codec.max_weight, codec_clients=codec.num_clients, graph=graph)
 
     def secagg_config(self) -> SecAggConfig:
         """The session configuration (validated again on this side).
@@ -160,7 +202,7 @@ class SessionSetup:
         return SecAggConfig(num_clients=self.num_clients, vector_length=self.codec().vector_length,
                             bits=self.bits, threshold=self.threshold,
                             mode=SecurityMode(self.mode), client_ids=self.client_ids,
-                            context=self.context)
+                            graph=parse_graph(self.graph), context=self.context)
 
     def codec(self) -> FixedPointCodec:
         """The fixed-point codec (validated again on this side)."""
@@ -181,7 +223,8 @@ class SessionSetup:
         Every field must be present with its JSON type (integers are not
         booleans, no other field is allowed), and the setup must build a
         valid :class:`SecAggConfig` and :class:`FixedPointCodec` whose bit
-        budget covers every invited client.
+        budget covers every invited client; ``graph`` must name a graph
+        :func:`parse_graph` builds, valid for the clients and threshold.
 
         Raises:
             ConfigurationError: malformed, oversized or inconsistent setup
@@ -213,6 +256,7 @@ class SessionSetup:
         ids, shapes, clip = data["client_ids"], data["shapes"], data["clip"]
         if not isinstance(data["mode"], str):
             raise ConfigurationError("mode must be a string")
+        parse_graph(data["graph"])  # a string naming a graph this node can build
         if not isinstance(ids, list) or not all(_is_int(c) for c in ids):
             raise ConfigurationError("client_ids must be a list of integers")
         if not isinstance(shapes, list) or not all(
@@ -221,7 +265,8 @@ class SessionSetup:
         if isinstance(clip, bool) or not isinstance(clip, int | float):
             raise ConfigurationError("clip must be a number")
         try:
-            setup = cls(mode=data["mode"], client_ids=tuple(ids), context=context_bytes,
+            setup = cls(mode=data["mode"], graph=data["graph"], client_ids=tuple(ids),
+                        context=context_bytes,
                         shapes=tuple(tuple(s) for s in shapes), clip=float(clip), **ints)
         except OverflowError:
             raise ConfigurationError("clip is out of range") from None

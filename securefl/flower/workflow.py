@@ -53,7 +53,14 @@ from securefl.flower.setup import (
     Stage,
 )
 from securefl.hazmat import signing
-from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
+from securefl.protocol.config import (
+    ClientStatus,
+    Round,
+    SecAggConfig,
+    SecurityMode,
+    default_threshold,
+)
+from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -111,7 +118,16 @@ class SecureAggregationSettings:
             semi-honest mode unless its operator says its channels are
             authenticated or opts in to running without.
         threshold: minimum survivors per protocol round (default: the
-            protocol's default for the number of registered nodes).
+            protocol's default for the number of registered nodes on the
+            complete graph, ``floor(h/2) + 1`` on a sparse graph whose
+            clients' shares have ``h`` holders, i.e. ``floor((k+1)/2) + 1``
+            for ``HararyGraph(k)``).
+        graph: who masks with whom: ``CompleteGraph()`` (default) or
+            ``HararyGraph(k)`` (SecAgg+: each node masks with and deals
+            shares to its ``k`` neighbours only, on a ring permuted by the
+            session id).  It is announced in every session setup and bound
+            into the configuration digest; each node checks it against its
+            own policy.
         timeout: seconds to wait for the replies of one protocol round.
         poll_interval: seconds between pulls for replies; None uses
             ``grid.send_and_receive`` itself (which polls every 3 s in flwr
@@ -136,8 +152,11 @@ class SecureAggregationSettings:
     federation: str = "securefl"
     authenticated_channels: bool = False
     allow_unauthenticated_semi_honest: bool = False
+    graph: NeighbourGraph = field(default_factory=CompleteGraph)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.graph, NeighbourGraph):
+            raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
         if self.mode is None:
             object.__setattr__(self, "mode", SecurityMode.ACTIVE if self.pinned_keys
                                else SecurityMode.SEMI_HONEST)
@@ -321,8 +340,11 @@ class SecureAggregationWorkflow:
         Raises:
             AbortError: fewer than ``threshold`` clients at some protocol
                 round (nothing was learned; retry next round).
+            AbortError: a sparse graph of degree ``k`` and at most ``k``
+                registered nodes (nothing sent; retry when more registered).
             ConfigurationError: fewer than 2 registered nodes, more than the
-                codec's ``num_clients``, or a threshold the mode refuses.
+                codec's ``num_clients``, or a threshold the mode or the graph
+                refuses.
         """
         self.register(grid)
         node_of = {cid: node for node, cid in self.clients.items()}
@@ -333,12 +355,21 @@ class SecureAggregationWorkflow:
             raise ConfigurationError(
                 f"{len(ids)} nodes registered but the codec's bit budget covers"
                 f" {self.codec.num_clients} clients: their sum could overflow")
+        graph = self.settings.graph
+        degree = getattr(graph, "degree", None)
+        if degree is not None and len(ids) <= degree:
+            raise AbortError(f"{len(ids)} registered nodes, too few for the"
+                             f" {graph.describe()} graph (it needs more than k nodes)",
+                             round=Round.ADVERTISE_KEYS, needed=degree + 1, available=len(ids))
         threshold = self.settings.threshold
-        if threshold is not None:
-            threshold = min(threshold, len(ids))
+        if threshold is None:
+            threshold = (default_threshold(len(ids), self.settings.mode)  # type: ignore[arg-type]
+                         if isinstance(graph, CompleteGraph)
+                         else graph.share_holders(len(ids)) // 2 + 1)
+        threshold = min(threshold, len(ids))
         config = SecAggConfig(
             num_clients=len(ids), vector_length=self.codec.vector_length, bits=self.codec.bits,
-            threshold=threshold, mode=self.settings.mode, client_ids=ids,
+            threshold=threshold, mode=self.settings.mode, client_ids=ids, graph=graph,
             context=f"{self.settings.federation} run {grid.run.run_id} round {fl_round}".encode(),
         )
         if self._pinned is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -122,7 +123,7 @@ def matches_public(raw_private: bytes, public: bytes) -> bool:
     if not is_binding_scalar(raw_private):
         return False
     try:
-        theirs = _probe(public)
+        theirs = key_class(public)
         ours = X25519PrivateKey.from_private_bytes(raw_private).exchange(_PROBE_PUBLIC)
     except (InvalidKeyError, ValueError):
         return False
@@ -157,6 +158,17 @@ def key_class(raw: bytes) -> bytes:
     Raises:
         InvalidKeyError: ``raw`` fails :func:`validate_public`.
     """
+    if isinstance(raw, bytes | bytearray):
+        return _key_class(bytes(raw))
+    return _probe(raw)  # not bytes: refused (unhashable types never reach the cache)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _key_class(raw: bytes) -> bytes:
+    """:func:`_probe` remembered for the last 32,768 keys (public data; about
+    5 MB at most): a server classifies every advertised key at R0 and checks
+    the reconstructed masking keys against the same keys at R4, where the
+    canonical-point test (a 255-bit modular exponentiation) is then skipped."""
     return _probe(raw)
 
 
@@ -203,14 +215,17 @@ def load_public(raw: bytes) -> X25519PublicKey:
         raise InvalidKeyError("malformed X25519 public key") from exc
 
 
-def exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
-    """X25519(private, peer_public); refuses low-order peer keys.
+def exchange(private: X25519PrivateKey, peer_public: bytes | X25519PublicKey) -> bytes:
+    """X25519(private, peer_public); refuses low-order peer keys.  The peer
+    key may be given already parsed (:func:`load_public`), to parse a key
+    used in many exchanges once.
 
     Raises:
         InvalidKeyError: malformed or low-order peer key.
     """
+    peer = peer_public if isinstance(peer_public, X25519PublicKey) else load_public(peer_public)
     try:
-        return private.exchange(load_public(peer_public))
+        return private.exchange(peer)
     except ValueError as exc:
         # cryptography raises ValueError when the result is all-zero (low order).
         raise InvalidKeyError("X25519 exchange with a low-order public key") from exc

@@ -60,7 +60,6 @@ SHARE_BYTES = 4 * LIMBS
 SECRET_BYTES = 32
 _P = np.uint64(PRIME)
 _CHECKS = 2
-_SMALL = 4096  # t * (holders) below which Lagrange coefficients use Python ints
 MAX_CANDIDATES = 4096
 """Upper bound on the holder sets of size two or more tried by :func:`locate`
 for one secret (every single holder is always tried)."""
@@ -71,15 +70,17 @@ def _mod(a: np.ndarray) -> np.ndarray:
 
 
 def _powmod(base: np.ndarray, exponent: int) -> np.ndarray:
-    """Element-wise ``base ** exponent mod p`` (square and multiply)."""
+    """Element-wise ``base ** exponent mod p`` (square and multiply, in place)."""
     result = np.ones_like(base, dtype=np.uint64)
     b = base.astype(np.uint64) % _P
+    multiply, remainder = np.multiply, np.remainder
     e = exponent
     while e:
         if e & 1:
-            result = _mod(result * b)
-        b = _mod(b * b)
+            remainder(multiply(result, b, out=result), _P, out=result)
         e >>= 1
+        if e:
+            remainder(multiply(b, b, out=b), _P, out=b)
     return result
 
 
@@ -218,30 +219,7 @@ class Reconstructor:
             )
         self.threshold = threshold
         self.holders = tuple(int(x) for x in xs)
-        base, extra = xs[:threshold], xs[threshold:]
-        if threshold * (threshold + extra.size) <= _SMALL:
-            self._lam0, self._lam_extra = _lagrange_small([int(x) for x in base],
-                                                          [int(x) for x in extra])
-            return
-        # denominators d_i = prod_{j != i} (x_i - x_j)
-        diff = (base.reshape(-1, 1).astype(np.int64) - base.reshape(1, -1).astype(np.int64))
-        diff = np.mod(diff, PRIME).astype(np.uint64)
-        np.fill_diagonal(diff, 1)
-        inv_den = _inverse(_prod_mod(diff, axis=1))
-        # at zero: lambda_i = prod_{j != i} (0 - x_j) / d_i
-        neg = np.mod(-base.astype(np.int64), PRIME).astype(np.uint64)
-        num_all = _prod_mod(neg)  # prod_j (0 - x_j)
-        num = _mod(num_all * _inverse(neg))  # divide out the own factor
-        self._lam0 = _mod(num * inv_den)
-        # at every extra point x_e: lambda_i(x_e) = prod_j (x_e - x_j) / ((x_e - x_i) d_i)
-        if extra.size:
-            d = np.mod(extra.reshape(-1, 1).astype(np.int64) - base.reshape(1, -1).astype(np.int64),
-                       PRIME).astype(np.uint64)
-            full = _prod_mod(d, axis=1).reshape(-1, 1)
-            self._lam_extra = _mod(_mod(full * _inverse(d)) * inv_den.reshape(1, -1))
-        else:
-            self._lam_extra = np.zeros((0, threshold), dtype=np.uint64)
-
+        self._lam0, self._lam_extra = _lagrange(xs[:threshold], xs[threshold:])
 
     def _share_array(self, shares: np.ndarray) -> np.ndarray:
         """``shares`` as an array of shape (holders, S, LIMBS) of field elements.
@@ -526,29 +504,56 @@ def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int]
     return found
 
 
-def _lagrange_small(base: list[int], extra: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Lagrange coefficients at 0 and at every extra point with Python ints:
-    faster than the vectorised path for small sets (sparse graphs)."""
-    den = []
-    for i, xi in enumerate(base):
-        d = 1
-        for j, xj in enumerate(base):
-            if i != j:
-                d = d * (xi - xj) % PRIME
-        den.append(pow(d, -1, PRIME))
+def _lagrange(base: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Lagrange coefficients of the ``base`` points at 0 and at every
+    ``extra`` point, shapes ``(t,)`` and ``(E, t)``:
+    ``lambda_i(x) = prod_{j != i} (x - x_j) / prod_{j != i} (x_i - x_j)``.
 
-    def at(x: int) -> list[int]:
-        full = 1
-        for xj in base:
-            full = full * (x - xj) % PRIME
-        if full == 0:  # pragma: no cover - x is never a base point
-            raise ConfigurationError("evaluation point collides with a base point")
-        return [full * pow(x - xi, -1, PRIME) % PRIME * den[i] % PRIME
-                for i, xi in enumerate(base)]
+    Only differences of points are inverted.  When every point is below
+    :data:`TABLE_POINTS` (client ids usually are), their inverses are looked
+    up in a table of ``1/k mod p`` for ``k < TABLE_POINTS`` (built once, by a
+    vectorised Fermat inversion), and ``1/d_i`` is the product of the looked-up
+    ``1/(x_i - x_j)``: no exponentiation per reconstruction.  Otherwise every
+    denominator is inverted in one batched Fermat inversion."""
+    t = base.size
+    b = base.astype(np.int64)
+    points = np.concatenate([np.zeros(1, dtype=np.int64), extra.astype(np.int64)])
+    gaps = b.reshape(-1, 1) - b.reshape(1, -1)  # x_i - x_j
+    offsets = points.reshape(-1, 1) - b.reshape(1, -1)  # x - x_i, never 0
+    np.fill_diagonal(gaps, 1)
+    if int(max(b.max(), points.max())) < TABLE_POINTS:
+        table = _inverse_table()  # covers every difference: |x - y| < TABLE_POINTS
+        inv_gaps = _signed_lookup(table, gaps)
+        inv_den = _prod_mod(inv_gaps, axis=1)  # 1 / d_i
+        inv_offsets = _signed_lookup(table, offsets)
+    else:
+        den = _prod_mod(np.mod(gaps, PRIME).astype(np.uint64), axis=1)
+        inv = _inverse(np.concatenate([den, np.mod(offsets, PRIME).astype(np.uint64).ravel()]))
+        inv_den, inv_offsets = inv[:t], inv[t:].reshape(offsets.shape)
+    full = _prod_mod(np.mod(offsets, PRIME).astype(np.uint64), axis=1).reshape(-1, 1)
+    lam = _mod(_mod(full * inv_offsets) * inv_den.reshape(1, -1))
+    return lam[0], lam[1:]
 
-    lam0 = np.array(at(0), dtype=np.uint64)
-    lam_extra = np.array([at(x) for x in extra], dtype=np.uint64).reshape(len(extra), len(base))
-    return lam0, lam_extra
+
+TABLE_POINTS = 1 << 16
+"""Points (client ids) below this have their differences inverted by table."""
+_TABLE: list[np.ndarray] = []
+
+
+def _inverse_table() -> np.ndarray:
+    """``1/k mod p`` at index ``k`` for ``0 < k < TABLE_POINTS`` (index 0: 0)."""
+    tables = _TABLE  # one list slot, replaced whole: safe to read from threads
+    if tables and tables[0].size >= TABLE_POINTS:
+        return tables[0]
+    table = _inverse(np.arange(TABLE_POINTS, dtype=np.uint64))  # index 0: 0 ** (p-2) = 0
+    _TABLE[:] = [table]
+    return table
+
+
+def _signed_lookup(table: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``1/k mod p`` element-wise for non-zero ``|k| < TABLE_POINTS``."""
+    inv = table[np.abs(k)]
+    return np.where(k < 0, _P - inv, inv)
 
 
 def _lincomb(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:

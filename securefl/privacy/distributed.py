@@ -12,7 +12,7 @@ one client's update (all of its data) **replaced by zero**, its participation
 and its noise share unchanged (zero-out adjacency,
 :data:`~securefl.privacy.ledger.USER_LEVEL_ADJACENCY`).  This is what the
 bounds below cover: the Skellam bound is for a shift of the sum by at most
-``Delta_2`` under the same noise, and Zhu-Wang's bound for a Poisson sample
+``Delta_2`` under the same noise, and the subsampling bounds for a Poisson sample
 in which the differing client's contribution is present or zero.  Adding or
 removing a client is not covered: it would also add or remove the client's
 noise share, and the variance change is not a shift.
@@ -31,16 +31,57 @@ which ``mu`` is the variance of the released noise, each Poisson of mean
 those norms, in either direction, so it bounds the RDP of both orderings of
 a neighbouring pair.  The first term is the Gaussian's RDP at variance ``mu``.
 
-**Poisson sampling**: Zhu and Wang, "Poisson Subsampled Rényi Differential
-Privacy", ICML 2019, Theorem 6 (the general upper bound for any mechanism
-with RDP ``eps(l)`` at integer orders ``l``): for integer ``alpha >= 2``,
+**Poisson sampling.**  Condition on the other clients' participation,
+updates and rounding (the same on both sides) and on the differing client's
+rounded vector (independent of the rest); joint convexity of
+``exp((alpha-1) D_alpha)`` lets us take the worst conditional: the pair is
+``M = (1-q) P + q Q`` against ``P``,
+where ``P`` is the law of ``s + Z`` and ``Q`` that of ``s + v + Z``, ``Z``
+the Skellam noise and ``v`` the client's rounded vector
+(``||v||_2 <= Delta_2``, ``||v||_1 <= Delta_1``).  Two bounds
+(``accountant``, recorded in every ledger row):
 
-    eps_q(alpha) <= 1/(alpha-1) log[(1-q)^(alpha-1) (alpha q - q + 1)
-                    + C(alpha,2) q^2 (1-q)^(alpha-2) e^eps(2)
-                    + 3 sum_{l=3}^{alpha} C(alpha,l) q^l (1-q)^(alpha-l) e^((l-1) eps(l))]
+* ``"symmetric-binomial"`` (:data:`ACCOUNTANT`, the default).  The "add"
+  direction expands exactly, for integer ``alpha``, by the binomial theorem
+  (no inequality): ``E_P[((1-q) + q Q/P)^alpha] = sum_k C(alpha,k)
+  (1-q)^(alpha-k) q^k exp((k-1) D_k(Q||P))``, and every ``D_k(Q||P)`` is at
+  most the Skellam ``eps(k)``, all coefficients being positive:
 
-and we take its minimum with the unsampled ``eps(alpha)`` (sampling never
-hurts: joint quasi-convexity of the Rényi divergence)
+      eps_q(alpha) <= 1/(alpha-1) log[(1-q)^(alpha-1) (alpha q - q + 1)
+                      + sum_{k=2}^{alpha} C(alpha,k) q^k (1-q)^(alpha-k) e^((k-1) eps(k))]
+
+  The "remove" direction ``D_alpha(P || M)`` is at most the "add"
+  direction for every pair that a measure-preserving involution ``T``
+  swaps (``P(T x) = Q(x)`` and ``Q(T x) = P(x)``): here ``T(x) = 2s + v - x``, because the
+  Skellam noise is symmetric (``Z`` and ``-Z`` have the same law).  Proof:
+  with ``L = Q/P``, ``a(L) = (1-q) + qL`` and ``phi(a) = a^alpha -
+  a^(1-alpha)``: since ``P/M = 1/a(L)``, "add" minus "remove" (as
+  ``E[.^alpha]`` moments) is ``E_P[a(L)^alpha] - E_P[a(L)^(1-alpha)] =
+  E_P[phi(a(L))]``.  ``T`` maps ``L`` to ``1/L`` and ``P`` to ``Q = L P``,
+  so this equals ``1/2 E_P[phi(a(L)) + L phi(a(1/L))] = 1/2 E_P[(a(L) - 1)
+  (psi(a(L)) - psi(a(1/L)))]`` (as ``L (a(1/L) - 1) = -(a(L) - 1)``), with
+  ``psi(a) = phi(a) / (a - 1)``, i.e. ``sinh((alpha - 1/2) t) / sinh(t/2)``
+  at ``a = e^t``: even in ``t`` and increasing in ``|t|``.  As ``a(L)
+  a(1/L) = 1 + q (1-q) (L-1)^2 / L >= 1``, whichever of ``a(L)``,
+  ``a(1/L)`` exceeds 1 is the farther from 1 in log scale, so ``a(L) - 1``
+  and ``psi(a(L)) - psi(a(1/L))`` have the same sign: every term is
+  ``>= 0``.  Mironov, Talwar and Zhang ("Rényi Differential Privacy of
+  the Sampled Gaussian Mechanism", 2019, section 3.3) prove the same
+  dominance for the Gaussian; the argument above uses only the symmetry of
+  the noise, so it holds for the Skellam noise (and for any symmetric
+  noise with full support).  For the Gaussian ``eps(k) = k Delta_2^2 /
+  (2 mu)`` and the bound is their exact integer-order RDP (dp-accounting's
+  ``compute_rdp``), so ours is never below it and tends to it as ``mu``
+  grows (the Skellam ``eps(k)`` tends to the Gaussian's).
+* ``"zhu-wang-general"`` (:data:`LEGACY_ACCOUNTANT`; ledger rows written
+  before the field existed).  Zhu and Wang's general upper bound ("Poisson
+  Subsampled Rényi Differential Privacy", ICML 2019; Theorem 5 of the
+  proceedings version as Google's distributed-DP code cites it), valid for any
+  mechanism, both directions: the same sum with the terms ``k >= 3``
+  multiplied by 3.
+
+Both are minimised with the unsampled ``eps(alpha)`` (sampling never hurts:
+joint quasi-convexity of the Rényi divergence)
 (:func:`poisson_subsampled_rdp`).  Rounds compose by adding RDP; the curve
 becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
 (Theorem 21; Canonne, Kamath, Steinke 2020), the one Opacus uses:
@@ -72,10 +113,20 @@ import numpy as np
 
 from securefl.errors import ConfigurationError
 from securefl.privacy.distributed_encoding import DEFAULT_BETA, RotatedCodec
-from securefl.privacy.ledger import USER_LEVEL_ADJACENCY, USER_LEVEL_DELTA_MAX, UserLevelEntry
+from securefl.privacy.ledger import (
+    USER_LEVEL_ACCOUNTANT,
+    USER_LEVEL_ACCOUNTANTS,
+    USER_LEVEL_ADJACENCY,
+    USER_LEVEL_DELTA_MAX,
+    USER_LEVEL_LEGACY_ACCOUNTANT,
+    UserLevelEntry,
+)
 from securefl.protocol.noise import TAIL_SIGMAS
 
 __all__ = [
+    "ACCOUNTANT",
+    "ACCOUNTANTS",
+    "LEGACY_ACCOUNTANT",
     "MECHANISM",
     "NOISE_TAIL_SIGMAS",
     "ORDERS",
@@ -114,6 +165,15 @@ class PrivacyLevel(str, enum.Enum):
 
 MECHANISM = "skellam"
 """The ``mechanism`` of a user-level ledger row."""
+
+ACCOUNTANT = USER_LEVEL_ACCOUNTANT
+"""``"symmetric-binomial"``: the subsampling bound for a shift under
+symmetric noise (module docstring), the default of every function here."""
+LEGACY_ACCOUNTANT = USER_LEVEL_LEGACY_ACCOUNTANT
+"""``"zhu-wang-general"``: Zhu and Wang's general bound (any mechanism), the
+bound of ledger rows written before rows named their accountant."""
+ACCOUNTANTS = USER_LEVEL_ACCOUNTANTS
+"""Every accepted ``accountant``."""
 
 ORDERS = tuple(range(2, 129)) + tuple(range(136, 257, 8))
 """The integer Rényi orders at which the bounds are evaluated (both bounds
@@ -189,19 +249,34 @@ def _binomials() -> np.ndarray:
     return out
 
 
-def poisson_subsampled_rdp(orders: Sequence[int], q: float,
-                           base: np.ndarray) -> np.ndarray:
-    """Zhu and Wang's general upper bound (ICML 2019, Theorem 6) on the RDP
-    of a mechanism run on a Poisson sample (rate ``q``) of the data, at
-    integer ``orders``, given ``base[l]`` = the mechanism's RDP at order
-    ``l`` for every integer ``l`` in ``0..max(orders)`` (entries 0 and 1
-    unused); the minimum with the unsampled RDP.
+def _check_accountant(accountant: str) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise ConfigurationError(f"unknown user-level accountant {accountant!r}; one of"
+                                 f" {list(ACCOUNTANTS)}")
+    return accountant
+
+
+def poisson_subsampled_rdp(orders: Sequence[int], q: float, base: np.ndarray, *,
+                           accountant: str = LEGACY_ACCOUNTANT) -> np.ndarray:
+    """An upper bound on the RDP of a mechanism run on a Poisson sample
+    (rate ``q``) of the data, at integer ``orders``, given ``base[l]`` = an
+    upper bound on the mechanism's RDP at order ``l`` for every integer
+    ``l`` in ``0..max(orders)`` (entries 0 and 1 unused), minimised with the
+    unsampled RDP.
+
+    ``accountant`` (module docstring): ``"zhu-wang-general"`` (the default
+    here, as this function knows nothing of the mechanism) is Zhu and
+    Wang's general upper bound, valid for any mechanism; ``"symmetric-binomial"`` is
+    the exact binomial expansion of the "add" direction, valid (for both
+    directions) only when the sampled pair is a shift under noise whose law
+    is symmetric, as the Skellam and Gaussian mechanisms' are.
 
     Raises:
         ConfigurationError: when ``q`` is not in (0, 1], an order is not an
-            integer in 2..len(base)-1.
+            integer in 2..len(base)-1, or ``accountant`` is unknown.
     """
     q = _check_q(q)
+    general = _check_accountant(accountant) == LEGACY_ACCOUNTANT
     orders_arr = np.asarray(orders)
     if orders_arr.size == 0:
         return np.zeros(0)
@@ -219,7 +294,8 @@ def poisson_subsampled_rdp(orders: Sequence[int], q: float,
         ls = np.arange(2, alpha + 1)
         terms = (binom[alpha, ls] + ls * log_q + (alpha - ls) * log_1q
                  + (ls - 1) * base[ls])
-        terms[1:] += math.log(3.0)  # l >= 3 carry the factor 3
+        if general:
+            terms[1:] += math.log(3.0)  # l >= 3 carry the factor 3
         first = (alpha - 1) * log_1q + math.log(alpha * q - q + 1.0)
         everything = np.concatenate([[first], terms])
         top = float(np.max(everything))
@@ -276,25 +352,29 @@ def _as_rounds(history: Sequence[SkellamRound | Sequence[float]]) -> tuple[Skell
 
 
 @functools.lru_cache(maxsize=4096)
-def _round_rdp(mu: float, l1: float, l2: float, q: float) -> np.ndarray:
+def _round_rdp(mu: float, l1: float, l2: float, q: float, accountant: str) -> np.ndarray:
     base = np.zeros(_MAX_ORDER + 1)
     base[2:] = skellam_rdp(np.arange(2, _MAX_ORDER + 1), l1, l2, mu)
-    return poisson_subsampled_rdp(ORDERS, q, base)
+    return poisson_subsampled_rdp(ORDERS, q, base, accountant=accountant)
 
 
 def user_level_epsilon(history: Sequence[SkellamRound | Sequence[float]], delta: float,
-                       *, amplified: bool = True) -> float:
-    """The user-level epsilon at ``delta`` of a composed history (add or
-    remove one client).  ``amplified=False`` ignores the sampling (``q = 1``):
-    the epsilon against an adversary who sees who took part.
+                       *, amplified: bool = True, accountant: str = ACCOUNTANT) -> float:
+    """The user-level epsilon at ``delta`` of a composed history (one
+    client's update zeroed out).  ``amplified=False`` ignores the sampling
+    (``q = 1``): the epsilon against an adversary who sees who took part.
+    ``accountant`` names the subsampling bound (:data:`ACCOUNTANTS`; both
+    coincide at ``q = 1``).
 
     Returns 0.0 for no rounds and ``inf`` for a round without noise.
 
     Raises:
         ConfigurationError: on ``delta`` not in (0, 1), a ``q`` not in
-            (0, 1], a negative sensitivity or a malformed row.
+            (0, 1], a negative sensitivity, a malformed row or an unknown
+            accountant.
     """
     delta = _check_delta(delta)
+    accountant = _check_accountant(accountant)
     rows = _as_rounds(history)
     total = np.zeros(len(ORDERS))
     for row in rows:
@@ -303,22 +383,22 @@ def user_level_epsilon(history: Sequence[SkellamRound | Sequence[float]], delta:
         if not row.mu > 0:
             return math.inf
         q = _check_q(row.q) if amplified else 1.0
-        total = total + row.rounds * _round_rdp(row.mu, row.l1, row.l2, q)
+        total = total + row.rounds * _round_rdp(row.mu, row.l1, row.l2, q, accountant)
     if not total.any():
         return 0.0
     return rdp_to_epsilon(ORDERS, total, delta)
 
 
 def user_level_epsilons(history: Sequence[SkellamRound | Sequence[float]],
-                        delta: float) -> dict[str, float]:
+                        delta: float, *, accountant: str = ACCOUNTANT) -> dict[str, float]:
     """Both user-level epsilons of a history: ``"sampled"`` (amplified by
-    Poisson client sampling) and ``"unsampled"`` (``q = 1``; holds against
-    the server, which sees who took part).
+    Poisson client sampling, by ``accountant``'s bound) and ``"unsampled"``
+    (``q = 1``; holds against the server, which sees who took part).
 
     Raises:
         ConfigurationError: as :func:`user_level_epsilon`.
     """
-    return {"sampled": user_level_epsilon(history, delta),
+    return {"sampled": user_level_epsilon(history, delta, accountant=accountant),
             "unsampled": user_level_epsilon(history, delta, amplified=False)}
 
 
@@ -351,16 +431,18 @@ def colluder_epsilon(history: Sequence[SkellamRound | Sequence[float]],
 
 @functools.lru_cache(maxsize=1024)
 def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float, q: float,
-                       rounds: int) -> float:
+                       rounds: int, accountant: str = ACCOUNTANT) -> float:
     """The smallest released variance ``mu`` (ring units, relative precision
     1e-6, on the safe side) whose user-level epsilon over ``rounds`` rounds
-    at sampling rate ``q`` is at most ``target_epsilon`` (bisection; the
-    epsilon decreases with ``mu``).
+    at sampling rate ``q`` (by ``accountant``) is at most ``target_epsilon``
+    (bisection; the epsilon decreases with ``mu``).
 
     Raises:
         ConfigurationError: when ``target_epsilon`` is not positive and
-            finite, ``delta``/``q`` out of range, ``rounds`` < 1, ``l2 <= 0``.
+            finite, ``delta``/``q`` out of range, ``rounds`` < 1, ``l2 <= 0``,
+            or ``accountant`` is unknown.
     """
+    _check_accountant(accountant)
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise ConfigurationError(f"the target epsilon must be positive, got {target_epsilon}")
     _check_delta(delta)
@@ -371,7 +453,8 @@ def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float
         raise ConfigurationError(f"the L2 sensitivity must be > 0, got {l2}")
 
     def eps(mu: float) -> float:
-        return user_level_epsilon([SkellamRound(mu, l1, l2, q, rounds)], delta)
+        return user_level_epsilon([SkellamRound(mu, l1, l2, q, rounds)], delta,
+                                  accountant=accountant)
 
     high = l2 ** 2
     while eps(high) > target_epsilon:
@@ -407,6 +490,8 @@ class UserLevelPlan:
         cohort: the cohort size the ring was sized for.
         stddevs: how many standard deviations of the sum the signed range
             holds.
+        accountant: the subsampling bound ``variance`` was calibrated with
+            (:data:`ACCOUNTANTS`); the ledger rows of the plan use it too.
     """
 
     codec: RotatedCodec
@@ -417,6 +502,7 @@ class UserLevelPlan:
     target_epsilon: float
     cohort: int
     stddevs: float
+    accountant: str = ACCOUNTANT
 
     @property
     def round_row(self) -> SkellamRound:
@@ -439,7 +525,8 @@ def _sum_stddev(codec: RotatedCodec, cohort: int, noise_variance: float) -> floa
 def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: float,
                     rounds: int, target_epsilon: float, delta: float,
                     beta: float = DEFAULT_BETA, stddevs: float = 3.0,
-                    noise_factor: float = 1.001) -> UserLevelPlan:
+                    noise_factor: float = 1.001,
+                    accountant: str = ACCOUNTANT) -> UserLevelPlan:
     """Calibrate user-level distributed DP: the largest scale ``gamma`` such
     that ``stddevs`` standard deviations of the sum of ``cohort`` rounded
     updates plus noise of variance ``noise_factor * V`` fit in the signed
@@ -462,6 +549,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
         noise_factor: the released variance over ``V`` at most (1.001 for
             removable excess noise; ``n / t`` when calibrated to a threshold
             ``t`` of ``n``).
+        accountant: the subsampling bound to calibrate with
+            (:data:`ACCOUNTANTS`; the default :data:`ACCOUNTANT`).
 
     Raises:
         ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``delta``
@@ -469,8 +558,9 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             1, or ``bits`` too few for the noise, the cohort and the clip
             (no ``gamma`` fits with rounding inflating ``Delta_2`` by at
             most :data:`ROUNDING_INFLATION_LIMIT`); the message names the
-            numbers and the bits that would fit.
+            numbers and the bits that would fit; an unknown ``accountant``.
     """
+    accountant = _check_accountant(accountant)
     if isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0 \
             or not math.isfinite(clip):
         raise ConfigurationError(f"the L2 norm bound (clip) must be > 0 and finite, got {clip!r};"
@@ -497,7 +587,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
         except ConfigurationError:
             return None
         variance = calibrate_variance(float(target_epsilon), float(delta),
-                                      codec.l1_sensitivity, codec.l2_sensitivity, q, rounds)
+                                      codec.l1_sensitivity, codec.l2_sensitivity, q, rounds,
+                                      accountant)
         need = max(stddevs * _sum_stddev(codec, cohort, variance * noise_factor),
                    2.0 * NOISE_TAIL_SIGMAS * math.sqrt(variance * noise_factor))
         return codec, variance, need
@@ -551,7 +642,7 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
     codec, variance, _ = final
     return UserLevelPlan(codec=codec, variance=variance, q=q, rounds=int(rounds),
                          delta=float(delta), target_epsilon=float(target_epsilon),
-                         cohort=int(cohort), stddevs=float(stddevs))
+                         cohort=int(cohort), stddevs=float(stddevs), accountant=accountant)
 
 
 def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
@@ -560,7 +651,10 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
                      colluder_variance: float = 0.0) -> UserLevelEntry:
     """The ledger row of one released round: the history of ``previous``
     (the last user-level row, None for the first) plus this round at the
-    variance the released sum actually carries, and its epsilons.
+    variance the released sum actually carries, and its epsilons, computed
+    with the plan's ``accountant``, which the row records (the whole
+    history is recomputed with it, whichever accountant ``previous``
+    named).
 
     ``colluders`` (``c``) survivors colluding with the server can subtract
     their noise shares, ``colluder_variance`` of this round's released
@@ -596,7 +690,7 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
                     plan.q, 1])
     removed = list(previous.colluder_history) if previous is not None else []
     removed.append(float(colluder_variance))
-    eps = user_level_epsilons(history, plan.delta)
+    eps = user_level_epsilons(history, plan.delta, accountant=plan.accountant)
     return UserLevelEntry(
         round=int(round_number), mechanism=MECHANISM, adjacency=USER_LEVEL_ADJACENCY,
         sample_rate=plan.q, released_variance=float(released_variance),
@@ -606,4 +700,5 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
         survivors=int(survivors), delta=plan.delta, epsilon=eps["sampled"],
         epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history,
         colluders=colluders, colluder_history=removed,
-        epsilon_colluders=colluder_epsilon(history, removed, plan.delta))
+        epsilon_colluders=colluder_epsilon(history, removed, plan.delta),
+        accountant=plan.accountant)

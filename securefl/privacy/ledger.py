@@ -52,6 +52,7 @@ __all__ = [
     "USER_LEVEL_DELTA_MAX",
     "USER_LEVEL_MECHANISMS",
     "USER_LEVEL_RETIRED_ADJACENCIES",
+    "USER_LEVEL_STATUSES",
     "WEIGHTINGS",
     "Commit",
     "LedgerChain",
@@ -97,9 +98,29 @@ USER_LEVEL_DELTA_MAX = 1e-3
 """The largest user-level delta the planner and the audit accept (a
 delta near or above ``1 / number of clients`` permits releasing some
 client's data outright); a row must also have ``delta < 1 / survivors``."""
+USER_LEVEL_STATUSES = ("in-flight", "released", "round-aborted")
+"""``status`` values of user-level rows.  ``in-flight``: written in the
+round's in-flight block, before any client's noisy data leaves its control,
+charging the round at its target variance; ``released``: the settled row of
+a round whose sum was released, at the variance it carries; ``round-aborted``:
+the settled row of a round that aborted or was interrupted, which keeps the
+in-flight charge (the target variance; the sum may have been released before
+the process stopped).  Rows of older ledgers have no status: ``released``."""
 USER_LEVEL_MECHANISMS = ("skellam",)
 """``mechanism`` values of user-level rows: the distributed Skellam mechanism
 (:mod:`securefl.privacy.distributed`)."""
+USER_LEVEL_ACCOUNTANT = "symmetric-binomial"
+"""The ``accountant`` of the user-level rows written now: the Poisson
+subsampling bound for a shift under symmetric noise
+(:func:`securefl.privacy.distributed.poisson_subsampled_rdp`, docs/user-level-dp.md,
+"Accounting")."""
+USER_LEVEL_LEGACY_ACCOUNTANT = "zhu-wang-general"
+"""The ``accountant`` of user-level rows written before the field existed
+(Zhu and Wang's general subsampling bound, larger): a row without the field
+is read as this one and audited under it."""
+USER_LEVEL_ACCOUNTANTS = (USER_LEVEL_ACCOUNTANT, USER_LEVEL_LEGACY_ACCOUNTANT)
+"""``accountant`` values of user-level rows: the subsampling bound its
+sampled epsilon was computed with (both are upper bounds)."""
 
 
 class Participation(str, enum.Enum):
@@ -119,6 +140,9 @@ class Participation(str, enum.Enum):
     """It trained (or may have), but the round aborted: nothing entered any sum."""
     REFUSED_BUDGET = "refused-budget"
     """It refused to train: the round would have exceeded its budget."""
+    NOT_SAMPLED = "not-sampled"
+    """Poisson client sampling left it out of the round: it did not train
+    and spent nothing."""
 
 
 _NUMBER_FIELDS = ("epsilon_rdp", "epsilon_prv", "epsilon_dpa_rdp", "epsilon_dpa_pld")
@@ -297,7 +321,10 @@ _USER_NUMBER_FIELDS = ("epsilon", "epsilon_unsampled", "epsilon_colluders")
 class UserLevelEntry:
     """One user-level row: the distributed-DP release of one round, written
     beside the round's record-level client rows (record type
-    ``"user-level"``, in the round's settled block).
+    ``"user-level"``): charged at the target variance in the round's
+    in-flight block (``status`` ``in-flight``), then superseded in its
+    settled block (``released`` at the variance the sum carries, or
+    ``round-aborted`` keeping the charge).
 
     A user-level epsilon is the same for every client (each joins a round
     independently with probability ``sample_rate``), so there is one row per
@@ -344,6 +371,13 @@ class UserLevelEntry:
             and ``c`` colluding survivors: every round of ``history`` at its
             variance minus its ``colluder_history`` entry (equal to
             ``epsilon_unsampled`` when ``c = 0``).
+        accountant: the subsampling bound of ``epsilon``, one of
+            :data:`USER_LEVEL_ACCOUNTANTS` (rows without the field, written
+            before it existed, are read as
+            :data:`USER_LEVEL_LEGACY_ACCOUNTANT`).
+        status: one of :data:`USER_LEVEL_STATUSES`; for ``in-flight`` and
+            ``round-aborted`` rows, ``released_variance`` is the charged
+            target variance and ``survivors`` is 0.
     """
 
     round: int
@@ -369,6 +403,13 @@ class UserLevelEntry:
     colluders: int = 0
     colluder_history: list[float] = field(default_factory=list)
     epsilon_colluders: float = math.nan
+    accountant: str = USER_LEVEL_LEGACY_ACCOUNTANT
+    status: str = "released"
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether this is an in-flight charge (written before the release)."""
+        return self.status == "in-flight"
 
     def to_record(self) -> dict[str, Any]:
         """The row as strict-JSON values (``"inf"`` for an infinite epsilon,
@@ -405,9 +446,11 @@ class UserLevelEntry:
                     raise ValueError(f"{name} must be a number")
             if entry.epsilon_budget is not None and not _is_number(entry.epsilon_budget):
                 raise ValueError("epsilon_budget must be a number or null")
-            for name in ("mechanism", "adjacency", "noise_source"):
+            for name in ("mechanism", "adjacency", "noise_source", "accountant"):
                 if not isinstance(getattr(entry, name), str):
                     raise ValueError(f"{name} must be a string")
+            if entry.status not in USER_LEVEL_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(USER_LEVEL_STATUSES)}")
             if not isinstance(entry.history, list) or not all(
                     isinstance(r, list) and len(r) == 5 and all(_is_number(v) for v in r[:4])
                     and all(math.isfinite(float(v)) and v >= 0 for v in r[:4])
@@ -553,8 +596,18 @@ class LedgerChain:
 
     @property
     def committed_user_level(self) -> list[UserLevelEntry]:
-        """The user-level rows covered by a (settled) commit, in file order."""
+        """The user-level rows covered by a commit (in-flight charges and
+        settled rows), in file order."""
         return self.user_level[:self._committed_user_rows]
+
+    def effective_user_level(self) -> list[UserLevelEntry]:
+        """The user-level spend, round by round: each committed settled
+        user-level row, and each committed in-flight charge that no settled
+        user-level row of the same round supersedes (a round the process
+        stopped in: charged at its target variance)."""
+        rows = self.committed_user_level
+        settled = {r.round for r in rows if not r.in_flight}
+        return [r for r in rows if not r.in_flight or r.round not in settled]
 
     @property
     def ok(self) -> bool:
@@ -731,13 +784,16 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
 
 def _check_user_block(commit: Commit, block: list[UserLevelEntry], where: str) -> list[str]:
     """The user-level rows of a block: counted by the commit's ``user_rows``,
-    in a settled block, of the commit's round, at most one."""
+    of the commit's round, at most one; an in-flight block holds only an
+    in-flight charge, a settled block none."""
     problems = []
     if commit.user_rows != len(block):
         problems.append(f"{where}: commit of round {commit.round} counts {commit.user_rows}"
                         f" user-level rows, {len(block)} precede it (rows removed or added)")
-    if block and commit.stage != "settled":
-        problems.append(f"{where}: a user-level row inside an in-flight block")
+    if commit.stage == "in-flight" and any(not r.in_flight for r in block):
+        problems.append(f"{where}: a settled user-level row inside an in-flight block")
+    if commit.stage == "settled" and any(r.in_flight for r in block):
+        problems.append(f"{where}: an in-flight user-level row inside a settled block")
     if any(r.round != commit.round for r in block):
         problems.append(f"{where}: a user-level row of another round inside round"
                         f" {commit.round}'s block")
@@ -756,7 +812,8 @@ def encode_block(head: str, round_number: int, stage: str,
                  entries: Sequence[LedgerEntry],
                  user_level: Sequence[UserLevelEntry] = ()) -> list[bytes]:
     """The canonical lines (no newlines) of one block: a row per entry, then
-    a ``user-level`` record per user-level entry (settled blocks only), then
+    a ``user-level`` record per user-level entry (the round's in-flight
+    charge in an in-flight block, its settled row in a settled one), then
     the commit record of ``stage`` (``in-flight`` or ``settled``; it counts
     the user-level records as ``user_rows`` when there are any), chained
     from ``head`` (the digest of the record before the block).  The digest
@@ -884,20 +941,27 @@ class PrivacyLedger:
         self._head = record_digest(commit)
         self._rows += len(entries)
 
-    def begin_round(self, round_number: int, entries: Sequence[LedgerEntry]) -> None:
+    def begin_round(self, round_number: int, entries: Sequence[LedgerEntry],
+                    user_level: Sequence[UserLevelEntry] = ()) -> None:
         """Durably charge the clients about to train in ``round_number``:
-        write their in-flight rows and an in-flight commit, fsynced, before
-        any of them trains.
+        write their in-flight rows, the round's in-flight user-level charge
+        if it will release a distributed-DP sum, and an in-flight commit,
+        fsynced, before any of them trains.
 
         Raises:
-            LedgerError: a row that is not in flight or of another round, or
-                a ledger that does not verify.
+            LedgerError: a row that is not in flight or of another round,
+                more than one user-level charge, or a ledger that does not
+                verify.
             OSError: when the file cannot be written.
         """
         if any(not e.in_flight or e.round != round_number for e in entries):
             raise LedgerError(f"round {round_number}: begin_round takes in-flight rows of"
                               " that round only")
-        self._write_block(round_number, "in-flight", entries)
+        if len(user_level) > 1 or any(u.round != round_number or not u.in_flight
+                                      for u in user_level):
+            raise LedgerError(f"round {round_number}: at most one in-flight user-level"
+                              " charge, of that round")
+        self._write_block(round_number, "in-flight", entries, user_level)
 
     def settle_round(self, round_number: int, entries: Sequence[LedgerEntry],
                      user_level: Sequence[UserLevelEntry] = ()) -> None:
@@ -913,9 +977,10 @@ class PrivacyLedger:
         if any(e.in_flight or e.round != round_number for e in entries):
             raise LedgerError(f"round {round_number}: settle_round takes settled rows of"
                               " that round only")
-        if len(user_level) > 1 or any(u.round != round_number for u in user_level):
-            raise LedgerError(f"round {round_number}: at most one user-level row, of that"
-                              " round")
+        if len(user_level) > 1 or any(u.round != round_number or u.in_flight
+                                      for u in user_level):
+            raise LedgerError(f"round {round_number}: at most one settled user-level row, of"
+                              " that round")
         self._write_block(round_number, "settled", entries, user_level)
         self._settled = int(round_number)
         self._settled_head = self.head

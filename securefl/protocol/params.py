@@ -64,7 +64,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaln
 
 from securefl.errors import ConfigurationError
 from securefl.protocol.config import SecurityMode, default_threshold
@@ -214,13 +213,18 @@ def log_disconnection_bound(num_clients: int, corrupt_rate: float, dropout_rate:
             - math.lgamma(n + 1) - math.lgamma(bad - degree + 1))
 
 
+_lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+"""``log Gamma`` elementwise (the standard library's; the core install has no
+scipy)."""
+
+
 def _log_disconnection_bounds(n: int, bad: int, degrees: np.ndarray) -> np.ndarray:
     k = degrees.astype(np.float64)
     out = np.full(k.shape, -np.inf)
     ok = degrees <= bad
     kk = k[ok]
-    out[ok] = (np.log(n) + np.log(n - kk - 1) - np.log(2) + gammaln(bad + 1)
-               + gammaln(n - kk + 1) - gammaln(n + 1) - gammaln(bad - kk + 1))
+    out[ok] = (np.log(n) + np.log(n - kk - 1) - np.log(2) + math.lgamma(bad + 1)
+               + _lgamma(n - kk + 1) - math.lgamma(n + 1) - _lgamma(bad - kk + 1))
     return out
 
 

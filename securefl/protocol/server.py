@@ -5,7 +5,9 @@ when a round's deadline has passed with :meth:`close_round`, which returns
 the messages to send next (or, after the last round, makes :attr:`result`
 available).  Deadlines, sockets and threads are the caller's business; an
 optional ``executor`` (anything with ``map``) lets the caller spread the
-unmasking work over cores.
+unmasking work over cores, and an optional ``unmask_pool`` of worker
+processes takes the whole mask removal (key agreement, derivation and AES)
+off the caller's thread (:mod:`securefl.protocol.unmasking`).
 
 A message that breaks a rule raises :class:`RemoteProtocolError` and is
 dropped: the session's state is exactly as before.  Fewer than ``threshold``
@@ -50,12 +52,14 @@ from securefl.errors import (
     RemoteProtocolError,
     Rule,
     SignatureError,
+    WorkerError,
 )
 from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, key_class, matches_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
+from securefl.protocol import unmasking
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.messages import (
@@ -157,8 +161,17 @@ class ServerSession:
         executor: optional executor (e.g. a ``ThreadPoolExecutor``) used to
             spread the unmasking work over ``workers`` cores.  The session
             never creates threads itself.
+        unmask_pool: optional executor whose workers are separate processes
+            (e.g. from :func:`securefl.protocol.unmasking.worker_pool`): the
+            mask removal at the last round is cut into
+            ``unmasking.TASKS_PER_WORKER * workers`` tasks that run there
+            whole (X25519, key derivation and AES; ``cryptography`` holds the
+            GIL for X25519, so threads cannot spread it).  The reconstructed
+            seeds and masking keys reach the workers only through the pool's
+            pipes.  The result is identical with or without it.  The caller
+            creates and shuts down the pool; the session starts no process.
         workers: how many segments to split the work into (default: the
-            number of CPUs when an executor is given).
+            number of CPUs when an executor or an unmask pool is given).
         store: where the masked inputs of the open R2 are kept until it
             closes (default a :class:`~securefl.protocol.storage.MemoryStore`;
             a :class:`~securefl.protocol.storage.FileStore` keeps the
@@ -173,11 +186,14 @@ class ServerSession:
         peer_identities: Mapping[int, Ed25519PublicKey | bytes] | None = None,
         rng: RandomSource | None = None,
         executor: Executor | None = None,
+        unmask_pool: Executor | None = None,
         workers: int | None = None,
         store: MaskedInputStore | None = None,
     ) -> None:
         self.config = config
-        self._workers = workers or (os.cpu_count() or 1 if executor is not None else 1)
+        pooled = executor is not None or unmask_pool is not None
+        self._workers = workers or (os.cpu_count() or 1 if pooled else 1)
+        self._unmask_pool = unmask_pool
         self._rng = default_random(rng)
         self._executor = executor
         self._identities = ({c: signing.load_identity_public(k) for c, k in
@@ -450,8 +466,10 @@ class ServerSession:
             AbortError: fewer than the round's minimum answered, a secret
                 cannot be reconstructed to its commitment
                 (``COMMITMENT_MISMATCH``), or a complaint is contradicted by its
-                sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]); the session
-                is then ABORTED and produces no result.
+                sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]), or (its
+                subclass :class:`~securefl.errors.WorkerError`) a process of the
+                ``unmask_pool`` failed; the session is then ABORTED and produces
+                no result.
             LocalProtocolError: the session already finished or aborted.
         """
         row = self._row()
@@ -670,8 +688,7 @@ class ServerSession:
                     f"only {len(holders)} holders answered for the shares of client"
                     f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
                     available=len(holders))
-            raw = b"".join(self._revealed_share(h, kind, owner, j)
-                           for h in holders for kind, owner, j in secrets)
+            raw = b"".join(self._revealed_shares(holders, secrets))
             shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
                                                               shamir.LIMBS)
 
@@ -715,6 +732,11 @@ class ServerSession:
                     (seeds if kind == "self" else private_keys)[owner] = value
         assert self.session_id is not None and self._sum is not None
         sid = self.session_id
+        if self._unmask_pool is not None:
+            total = self._unmask_in_workers(seeds, private_keys, rnd)
+            if noise_seeds:
+                self._remove_noise(total, noise_seeds)
+            return total
         jobs: list[tuple[bytes, bool]] = [
             (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
@@ -731,6 +753,40 @@ class ServerSession:
         total = self._apply_masks(self._sum.copy(), jobs)
         if noise_seeds:
             self._remove_noise(total, noise_seeds)
+        return total
+
+    def _unmask_in_workers(self, seeds: dict[int, bytes], private_keys: dict[int, bytes],
+                           rnd: Round) -> np.ndarray:
+        """The masked sum with every self mask and every (dropped, survivor)
+        pairwise mask removed, the work done by ``unmask_pool``'s processes
+        (:mod:`securefl.protocol.unmasking`): the same masks, keys and signs as
+        the single-thread path, so the same total.
+
+        Raises:
+            AbortError: X25519 refused a survivor's masking key.
+            WorkerError: a worker or the pool failed (no secret in the message).
+        """
+        assert self.session_id is not None and self._sum is not None
+        peers = {u: [v for v in sorted(self._peers[u].neighbours & self._u3_set)
+                     if self._includes(v, u)] for u in private_keys}
+        public = {v: self._advert(v).masking_key for v in self._u3}
+        tasks = unmasking.plan(self.config.vector_length, self.config.bits, self.session_id,
+                               seeds, private_keys, peers, public,
+                               self._workers * unmasking.TASKS_PER_WORKER)
+        total = self._sum.copy()
+        pool = self._unmask_pool
+        assert pool is not None
+        try:
+            for part in pool.map(unmasking.mask_sum, tasks):
+                np.add(total, part, out=total)
+        except unmasking.PeerKeyRejectedError as exc:
+            raise AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd) from None
+        except Exception as exc:
+            # the worker's traceback is dropped: only the kind of failure is named
+            raise WorkerError(f"an unmasking worker failed ({type(exc).__name__}); the"
+                              " masks were not removed", round=rnd) from None
+        if self.config.bits < 8 * total.dtype.itemsize:
+            np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
         return total
 
     def _remove_noise(self, total: np.ndarray, noise_seeds: dict[tuple[int, int], bytes]) -> None:
@@ -760,11 +816,19 @@ class ServerSession:
         if self.config.bits < 8 * total.dtype.itemsize:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
 
-    def _revealed_share(self, holder: int, kind: str, owner: int, component: int) -> bytes:
-        response = self._response(holder)
-        if kind == "noise":
-            return response.noise_shares[(owner, component)]
-        return (response.self_mask_shares if kind == "self" else response.key_shares)[owner]
+    def _revealed_shares(self, holders: tuple[int, ...],
+                         secrets: list[tuple[str, int, int]]) -> list[bytes]:
+        """Every holder's revealed share of every secret, holder-major (one
+        list of ``len(holders) * len(secrets)`` shares, built without a call
+        per share: at n=500 there are 175,000)."""
+        lookups = [(_SHARE_FIELD[kind], (owner, j) if kind == "noise" else owner)
+                   for kind, owner, j in secrets]
+        out: list[bytes] = []
+        for h in holders:
+            response = self._response(h)
+            fields = (response.self_mask_shares, response.key_shares, response.noise_shares)
+            out += [fields[f][key] for f, key in lookups]
+        return out
 
     def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
         """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""
@@ -833,6 +897,9 @@ class ServerSession:
                                       peer=signer, round=rnd) from None
 
 
+_SHARE_FIELD = {"self": 0, "key": 1, "noise": 2}
+"""Where a kind of secret's shares are in an :class:`UnmaskingResponse`:
+``self_mask_shares``, ``key_shares``, ``noise_shares``."""
 _SECRET_NAMES = {"self": "self-mask seed", "key": "masking key",
                  "noise": "excess-noise seed {}"}
 _S = ClientStatus
