@@ -247,6 +247,10 @@ class ClientSession:
                                      peer=self.client_id)
         answered = self._answered.get(type(message))
         if answered is not None and _is_duplicate(answered[0], message):
+            if answered[1] is None:
+                raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input sent was"
+                                         " released (release_masked_input)",
+                                         peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
             return answered[1]
         if self.state is ClientState.DONE:
             self._refuse_after_done(message)
@@ -448,10 +452,11 @@ class ClientSession:
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
-        # the reply is kept to answer a repeated request identically: read-only,
-        # so nobody can change what was sent, and an in-process server's store
-        # may keep it without a copy (storage.frozen)
-        masked.flags.writeable = False
+        # the reply is kept to answer a repeated request identically: a view of
+        # immutable bytes, so nobody can change what was sent (numpy refuses to
+        # make it writable again), and an in-process server's store may keep it
+        # without a copy (storage.frozen); the working copy is freed on return
+        masked = np.frombuffer(masked.tobytes(), dtype=masked.dtype)
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._held_noise_shares.update(noise_shares)
@@ -651,6 +656,21 @@ class ClientSession:
                                       peer=SERVER, round=Round.UNMASKING)
         raise LocalProtocolError(Rule.SESSION_FINISHED, "this session is finished",
                                  peer=self.client_id)
+
+    def release_masked_input(self) -> None:
+        """Forget the masked input this session sent, which it otherwise keeps
+        to answer a repeated :class:`ShareDelivery` identically (SPEC [CLI-2]).
+
+        Only for a caller that is the session's sole transport and never
+        repeats a message to it (``secure_sum``'s in-process driver): a
+        repeated ``ShareDelivery`` afterwards raises ``LocalProtocolError``
+        (state unchanged) instead of being answered.  Nothing else changes;
+        without a call, [CLI-2] holds as before.  Does nothing if no masked
+        input was sent.
+        """
+        answered = self._answered.get(ShareDelivery)
+        if answered is not None:
+            self._answered[ShareDelivery] = (answered[0], None)  # type: ignore[assignment]
 
     def _fail(self, rule: Rule, detail: str, rnd: Round, *, peer: int | str = SERVER) -> NoReturn:
         """Abort the session for good and raise (never returns)."""

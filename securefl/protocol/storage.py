@@ -35,16 +35,15 @@ from securefl.errors import LocalProtocolError, Rule
 
 
 def frozen(vector: np.ndarray) -> bool:
-    """Is ``vector`` safe to keep without a copy?  It must be read-only and
-    either own its memory (read-only by its maker's choice: a client
-    session's sent reply, a decoded wire vector of an odd width) or be a view
-    of an immutable ``bytes`` object (a decoded wire vector's payload), whose
-    read-only flag numpy refuses to lift.  Anything else may still be written
-    through another reference, and is copied."""
-    if vector.flags.writeable:
+    """Is ``vector`` safe to keep without a copy?  Only if it is a read-only
+    view of an immutable ``bytes`` object (a decoded wire vector's payload, a
+    client session's sent masked input): numpy refuses to make such a view
+    writable again, and nobody can write to the ``bytes``.  A read-only array
+    that owns its memory is *not* safe: whoever holds it may set
+    ``flags.writeable = True`` and change it after the hand-over.  Anything
+    else is copied."""
+    if vector.flags.writeable or vector.flags.owndata:
         return False
-    if vector.flags.owndata:
-        return True
     base = vector.base
     if isinstance(base, memoryview):
         base = base.obj
@@ -87,8 +86,9 @@ class MemoryStore(MaskedInputStore):
 
     def put(self, sender: int, vector: np.ndarray) -> None:
         """Keep a copy in memory, or the vector itself if it is
-        :func:`frozen` (a client session's sent reply, a decoded wire vector):
-        in-process rounds then hold each masked vector once."""
+        :func:`frozen` (a view of immutable ``bytes``: a client session's sent
+        reply, a decoded wire vector): in-process rounds then hold each masked
+        vector once."""
         self._vectors[sender] = vector if frozen(vector) else np.array(vector, copy=True)
 
     def get(self, sender: int) -> np.ndarray:
