@@ -109,7 +109,15 @@ class FileStore(MaskedInputStore):
         """Append the vector's bytes to the file."""
         data = np.ascontiguousarray(vector)
         self._file.seek(self._end)
-        self._file.write(memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            # a raw file may write fewer bytes than given (and say so)
+            wrote = self._file.write(view[done:])
+            if wrote is None or wrote <= 0:
+                raise LocalProtocolError(Rule.STORE_FAILED, f"the store's file took none of"
+                                         f" client {sender}'s masked input", peer="server")
+            done += wrote
         self._where[sender] = (self._end, data.dtype, data.size)
         self._end += data.nbytes
 
@@ -126,7 +134,7 @@ class FileStore(MaskedInputStore):
         while got < len(view):
             n = self._file.readinto(view[got:])  # type: ignore[attr-defined]
             if not n:
-                raise LocalProtocolError(Rule.MALFORMED, f"the store's file lost client"
+                raise LocalProtocolError(Rule.STORE_FAILED, f"the store's file lost client"
                                          f" {sender}'s masked input", peer="server")
             got += n
         return out
@@ -146,5 +154,5 @@ class FileStore(MaskedInputStore):
 
 
 def _missing(sender: int) -> LocalProtocolError:
-    return LocalProtocolError(Rule.MALFORMED, f"no masked input of client {sender} is kept",
+    return LocalProtocolError(Rule.STORE_FAILED, f"no masked input of client {sender} is kept",
                               peer="server")
