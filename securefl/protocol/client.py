@@ -818,8 +818,9 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         if isinstance(message, UnmaskingRequest) and (message.signatures
                                                       or message.noise_removals):
             return None
-        if type(message.recipient) is not int or type(message.session_id) is not bytes:
-            return None
+        if type(message.recipient) is not int or type(message.session_id) is not bytes \
+                or not -(1 << 63) <= message.recipient < 1 << 63:
+            return None  # (a recipient beyond 64 bits is refused as misaddressed)
         lists = [message.survivors] + ([message.dropped]
                                        if isinstance(message, UnmaskingRequest) else [])
         h = hashlib.sha256(type(message).__name__.encode())
