@@ -802,8 +802,17 @@ class ServerSession:
         pool = self._unmask_pool
         assert pool is not None
         try:
+            parts = 0
             for part in pool.map(unmasking.mask_sum, tasks):
+                # exactly one vector of the ring per task: a short array would
+                # broadcast, a lost or extra one would go unnoticed
+                if not isinstance(part, np.ndarray) or part.dtype != total.dtype \
+                        or part.shape != total.shape:
+                    raise TypeError("a partial sum is not a vector of the ring")
                 np.add(total, part, out=total)
+                parts += 1
+            if parts != len(tasks):
+                raise LookupError(f"{parts} partial sums for {len(tasks)} tasks")
         except unmasking.PeerKeyRejectedError as exc:
             raise AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd) from None
         except Exception as exc:
