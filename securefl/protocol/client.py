@@ -284,6 +284,9 @@ class ClientSession:
         if columns is not None:
             # O(n) array work, no Python step per entry
             senders = columns.senders
+            if not isinstance(senders, np.ndarray) or senders.dtype.kind not in "ui":
+                # (the decoder builds uint32; a float 3.5 passed the range check)
+                self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
             if senders.size > 1 and not bool(np.all(senders[1:] > senders[:-1])):
                 self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
                            " repeats", rnd)

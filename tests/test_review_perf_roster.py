@@ -1,0 +1,67 @@
+"""Adversarial review of the client's columnar roster checks
+(``ClientSession`` on a :class:`RosterEntries` roster, SPEC [R0-7]: every
+sender is an invited client id), with a real session.
+
+A malicious server talking to clients in memory hands them a roster as
+columns whose sender column is not an integer array: ``[1, 2, 3.5, 4, 5]``
+(client 3 dropped, a sybil "3.5" with the server's keys in its place).  The
+range check of the default ids (``1 <= senders <= n``, senders ascending)
+passed it; the client then failed deep in key derivation with a bare
+``struct.error`` (and with ``[1, 1.5, 2, ...]`` with Shamir's
+``ConfigurationError``), not a refusal naming the server, the round and the
+rule.  The wire decoder always builds a ``uint32`` column, so only in-memory
+servers can do this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from securefl import Round, SecAggConfig
+from securefl.errors import RemoteProtocolError, Rule
+from securefl.protocol import ClientState
+from securefl.protocol.inmemory import SessionDriver
+from securefl.protocol.messages import KeyRoster
+from securefl.protocol.roster import RosterEntries
+
+CONFIG = SecAggConfig(num_clients=5, vector_length=4, bits=16, threshold=3)
+
+
+def _columns(roster: KeyRoster) -> tuple[np.ndarray, np.ndarray]:
+    senders = np.array([e.sender for e in roster.entries], dtype=np.uint32)
+    fields = np.frombuffer(b"".join(e.encryption_key + e.masking_key + e.seed_commitment
+                                    for e in roster.entries), dtype=np.uint8).reshape(-1, 96)
+    return senders, fields
+
+
+@pytest.mark.parametrize("senders", [[1, 2, 3.5, 4, 5], [1, 1.5, 2, 4, 5]],
+                         ids=["sybil-3.5", "sybil-1.5"])
+def test_a_roster_column_of_non_integer_senders_is_refused(senders: list[float]) -> None:
+    driver = SessionDriver(CONFIG, {c: np.zeros(4, dtype=np.uint64) for c in CONFIG.ids})
+    driver.start(skip=[3])
+    roster = driver.close()[1]
+    assert isinstance(roster, KeyRoster)
+    _, fields = _columns(roster)
+    forged = fields.copy()
+    # the sybil's keys: another client's keys with one bit flipped (distinct)
+    rows = [forged[0], forged[1], forged[1] ^ 1, forged[2], forged[3]]
+    if senders[1] == 1.5:
+        rows = [forged[0], forged[0] ^ 1, forged[1], forged[2], forged[3]]
+    columns = RosterEntries(np.array(senders, dtype=np.float64), np.array(rows, dtype=np.uint8))
+    client = driver.clients[1]
+    with pytest.raises(RemoteProtocolError) as info:
+        client.handle(KeyRoster(roster.config_digest, columns))
+    assert info.value.peer == "server" and info.value.round is Round.SHARE_KEYS
+    assert info.value.rule in (Rule.MALFORMED, Rule.UNKNOWN_PEER)
+    assert client.state is ClientState.ABORTED
+
+
+def test_the_honest_columnar_roster_is_accepted() -> None:
+    driver = SessionDriver(CONFIG, {c: np.zeros(4, dtype=np.uint64) for c in CONFIG.ids})
+    driver.start(skip=[3])
+    roster = driver.close()[1]
+    senders, fields = _columns(roster)
+    reply = driver.clients[1].handle(KeyRoster(roster.config_digest,
+                                               RosterEntries(senders, fields)))
+    assert reply.sender == 1
