@@ -14,6 +14,7 @@ last round closed.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -107,3 +108,38 @@ def test_a_pool_shut_down_before_the_last_round_aborts() -> None:
         driver.close()
     assert info.value.round is Round.UNMASKING
     assert driver.server.state is ServerState.ABORTED
+
+
+class _Leaky:
+    """A pool whose ``map`` fails with an exception carrying a marker (as a
+    worker's traceback text might carry what the worker held)."""
+
+    MARK = "S3CR3T-f00dfeed"
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
+        try:
+            raise ValueError(f"inner detail {self.MARK}")
+        except ValueError as inner:
+            raise RuntimeError(f"worker failed: {self.MARK}") from inner
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+
+
+def test_the_worker_error_carries_nothing_of_the_workers_failure() -> None:
+    driver = _Pooled(_Leaky())
+    with pytest.raises(WorkerError) as info:
+        driver.run()
+    for e in _chain(info.value):
+        assert _Leaky.MARK not in str(e) and _Leaky.MARK not in repr(e)
+    text = "".join(traceback.format_exception(info.value, chain=True))
+    assert _Leaky.MARK not in text

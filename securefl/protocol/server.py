@@ -801,6 +801,7 @@ class ServerSession:
         total = self._sum.copy()
         pool = self._unmask_pool
         assert pool is not None
+        failure: AbortError | None = None
         try:
             parts = 0
             for part in pool.map(unmasking.mask_sum, tasks):
@@ -814,11 +815,15 @@ class ServerSession:
             if parts != len(tasks):
                 raise LookupError(f"{parts} partial sums for {len(tasks)} tasks")
         except unmasking.PeerKeyRejectedError as exc:
-            raise AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd) from None
+            failure = AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd)
         except Exception as exc:
-            # the worker's traceback is dropped: only the kind of failure is named
-            raise WorkerError(f"an unmasking worker failed ({type(exc).__name__}); the"
-                              " masks were not removed", round=rnd) from None
+            # only the kind of failure is named
+            failure = WorkerError(f"an unmasking worker failed ({type(exc).__name__}); the"
+                                  " masks were not removed", round=rnd)
+        if failure is not None:
+            # raised outside the handler: not even __context__ keeps the
+            # worker's exception (and the traceback text it carries)
+            raise failure from None
         if self.config.bits < 8 * total.dtype.itemsize:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
         return total
