@@ -16,6 +16,15 @@ catches unknown fields, repeated singular fields, and per-client entries
 that are not in ascending id order).  Whatever decodes re-encodes to exactly
 the bytes received.
 
+Three kinds of message with O(n) or O(m) content are read (and the id lists
+written) without protobuf when they are in their plain canonical form: a
+long masked vector, a plain roster (decoded into columns, see
+:mod:`securefl.protocol.roster`) and the survivor/dropped lists of a request
+(packed varints with numpy, decoded into :class:`~securefl.protocol.roster.IdTuple`).
+Each such path accepts only bytes the general decoder accepts, as an equal
+message, and hands everything else to it (``tests/test_scale_paths.py``,
+``tests/test_wire_long_vectors.py``).
+
 Noise plans (SPEC.md section 16) add optional fields: ``noise_commitments``
 (at most 16 of 32 bytes), ``noise_removals`` and ``noise_shares`` (ascending
 ``(owner, component)``, components below 16) and share ciphertexts of
