@@ -65,3 +65,44 @@ def test_the_honest_columnar_roster_is_accepted() -> None:
     reply = driver.clients[1].handle(KeyRoster(roster.config_digest,
                                                RosterEntries(senders, fields)))
     assert reply.sender == 1
+
+
+def test_a_column_roster_whose_hashed_rows_are_not_its_keys_gets_their_session_id() -> None:
+    # the optional ``rows`` (the entries as the session id hashes them) of a
+    # columnar roster made in memory: the honest roster's rows, but client
+    # 3's encryption key in ``fields`` (what the client encrypts to) swapped
+    # for the server's.  Before the fix the client derived the honest
+    # roster's session id while using the forged key.
+    from securefl.protocol import derivation as d
+
+    driver = SessionDriver(CONFIG, {c: np.zeros(4, dtype=np.uint64) for c in CONFIG.ids})
+    driver.start()
+    roster = driver.close()[1]
+    senders, fields = _columns(roster)
+    rows = np.empty((len(senders), 100), dtype=np.uint8)
+    rows[:, :4] = senders.astype(">u4").view(np.uint8).reshape(-1, 4)
+    rows[:, 4:] = fields
+    forged = fields.copy()
+    forged[2, :32] ^= 1
+    client = driver.clients[1]
+    client.handle(KeyRoster(roster.config_digest, RosterEntries(senders, forged, rows)))
+    used = RosterEntries(senders, forged)
+    assert client.session_id == d.session_id(roster.config_digest, tuple(used))
+    assert client.session_id != d.session_id(roster.config_digest, roster.entries)
+
+
+def test_decoded_rosters_still_hash_their_rows_in_place() -> None:
+    from securefl import wire
+    from securefl.protocol import derivation as d
+    from securefl.protocol.roster import _rows_hold, session_id_of
+
+    config = SecAggConfig(num_clients=70, vector_length=4, bits=16, threshold=3)
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids})
+    driver.start()
+    roster = driver.close()[1]
+    decoded = wire.decode(wire.encode(roster))
+    entries = decoded.entries
+    assert isinstance(entries, RosterEntries) and entries.rows is not None
+    assert _rows_hold(entries, entries.rows)
+    assert session_id_of(roster.config_digest, entries) == d.session_id(roster.config_digest,
+                                                                        roster.entries)
