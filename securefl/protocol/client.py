@@ -584,7 +584,12 @@ class ClientSession:
         sequences are converted once (anything but ints is malformed)."""
         array = getattr(values, "array", None)
         if isinstance(array, np.ndarray):
-            return array
+            if array.ndim != 1 or array.dtype.kind not in "iu" or (
+                    array.dtype.kind == "u" and array.dtype.itemsize == 8):
+                self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
+            # the array is the list this client reads; its callers take the
+            # items from it too (never from the object's own items)
+            return array.astype(np.int64, copy=False)
         items = tuple(values)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
@@ -598,8 +603,11 @@ class ClientSession:
         """Check the survivor list against the roster and this client's view;
         return it as a tuple and as an ascending array.  O(n) array work and
         O(k) Python steps."""
-        survivors = tuple(survivors_in)
         arr = self._id_array(survivors_in, "survivor", rnd)
+        # one list: what is checked, signed, compared with what was signed and
+        # revealed by are all this array (an object's items and its ``array``
+        # could differ: a server handing over Python objects)
+        survivors = tuple(arr.tolist())
         if not _ascending(arr):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         strangers = arr[~_in_sorted(self._roster_ids, arr)]
