@@ -15,11 +15,16 @@ servers can do this.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import pytest
 
 from securefl import Round, SecAggConfig
 from securefl.errors import RemoteProtocolError, Rule
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.randomness import default_random
 from securefl.protocol import ClientState
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import KeyRoster
@@ -106,3 +111,41 @@ def test_decoded_rosters_still_hash_their_rows_in_place() -> None:
     assert _rows_hold(entries, entries.rows)
     assert session_id_of(roster.config_digest, entries) == d.session_id(roster.config_digest,
                                                                         roster.entries)
+
+
+class _Misleading(RosterEntries):
+    """A columnar roster whose ``find`` shows another encryption key for
+    client 3 than its columns (which the session id hashes) hold."""
+
+    fake: bytes = b""
+
+    def find(self, sender: int) -> Any:
+        entry = super().find(sender)
+        if sender == 3 and entry is not None:
+            return dataclasses.replace(entry, encryption_key=self.fake)
+        return entry
+
+
+class _SubclassRosters(SessionDriver):
+    def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
+        if isinstance(message, KeyRoster):
+            senders, fields = _columns(message)
+            entries = _Misleading(senders, fields.copy())
+            entries.fake = KeyPair.generate(default_random(None)).public_bytes
+            message = KeyRoster(message.config_digest, entries)
+        return message
+
+
+def test_a_roster_subclass_cannot_show_other_keys_than_it_hashes() -> None:
+    # every client gets the honest roster's columns, but find(3) shows a key
+    # of the server's: before the fix clients 1, 2, 4, 5 encrypted their
+    # shares for 3 to the server's key (the session id being the honest
+    # roster's), and the round failed only because 3 saw its own key altered
+    gen = np.random.default_rng(1)
+    inputs = {c: gen.integers(0, 2**16, 4, dtype=np.uint64) for c in CONFIG.ids}
+    driver = _SubclassRosters(CONFIG, inputs)
+    driver.run()
+    assert driver.result.survivors == CONFIG.ids
+    assert not driver.result.excluded
+    expected = sum(inputs.values()) & np.uint64(2**16 - 1)
+    assert np.array_equal(driver.result.total, expected)

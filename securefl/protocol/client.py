@@ -280,7 +280,8 @@ class ClientSession:
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
         entries = msg.entries
-        columns = entries if isinstance(entries, RosterEntries) else None
+        # exactly the class: a subclass could show other keys than it hashes
+        columns = entries if type(entries) is RosterEntries else None
         if columns is not None:
             # O(n) array work, no Python step per entry
             senders = columns.senders
@@ -785,7 +786,7 @@ def _answer_key(message: Any, session_id: bytes | None) -> Any:
     """The message itself, or its :class:`_Fingerprint` when it has one
     (``session_id``: the id this client just derived from the roster
     answered, saving a second hash of it)."""
-    if isinstance(message, KeyRoster) and isinstance(message.entries, RosterEntries) \
+    if isinstance(message, KeyRoster) and type(message.entries) is RosterEntries \
             and session_id is not None:
         # the session id was derived from exactly this digest and these
         # entries (the roster was refused otherwise)
@@ -811,7 +812,7 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         entries = message.entries
         if not isinstance(digest, bytes):
             return None
-        if isinstance(entries, RosterEntries):
+        if type(entries) is RosterEntries:
             return _Fingerprint(KeyRoster, digest + session_id_of(digest, entries))
         if not isinstance(entries, tuple) or not all(
                 isinstance(e, AdvertiseKeys) and type(e.sender) is int
