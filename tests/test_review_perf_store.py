@@ -17,6 +17,7 @@ aborts at close, no result).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -199,3 +200,39 @@ def test_a_store_that_cannot_be_read_at_close_aborts_with_a_typed_error() -> Non
     with pytest.raises(SecureFLError):
         driver.server.close_round()
     assert len(driver.server._store) == 0
+
+
+def _until_masked_inputs_sent(driver: SessionDriver) -> None:
+    driver.start()
+    driver.close()
+    driver.step()  # R1 closed: share deliveries pending
+    driver.answer()  # masked inputs sent
+
+
+def _finish(driver: SessionDriver) -> None:
+    driver.close()
+    while not driver.finished:
+        driver.step()
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_one_store_given_to_two_open_sessions_never_gives_a_wrong_sum(kind: str) -> None:
+    # the same store object handed to two sessions whose R2 is open at once
+    # (clients numbered alike): B's client 2 must not replace A's client 2,
+    # whose vector A subtracts when 5's complaint excludes it
+    from securefl.protocol.storage import MemoryStore
+
+    store: Any = MemoryStore() if kind == "memory" else FileStore(io.BytesIO())
+    inputs_a, inputs_b = _inputs(), {c: v ^ np.uint64(0x5A5A) for c, v in _inputs().items()}
+    a = _Complaint(inputs_a, store)
+    b = SessionDriver(CONFIG, inputs_b, store=store, rng=DeterministicRandom(b"\1" * 32))
+    _until_masked_inputs_sent(a)
+    with contextlib.suppress(SecureFLError):  # refusing B's inputs is allowed
+        _until_masked_inputs_sent(b)
+    try:
+        _finish(a)
+    except SecureFLError:
+        return  # a typed refusal is allowed; a wrong sum is not
+    result = a.result
+    assert set(result.excluded) == {2, 5}
+    assert np.array_equal(result.total, _expected(inputs_a, result.survivors))

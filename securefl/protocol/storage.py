@@ -69,7 +69,14 @@ class MemoryStore(MaskedInputStore):
         self._vectors: dict[int, np.ndarray] = {}
 
     def put(self, sender: int, vector: np.ndarray) -> None:
-        """Keep a copy in memory."""
+        """Keep a copy in memory.
+
+        Raises:
+            LocalProtocolError: ``sender`` is already kept (``STORE_FAILED``):
+                two sessions share this store, or the caller broke the contract.
+        """
+        if sender in self._vectors:
+            raise _twice(sender)
         self._vectors[sender] = np.array(vector, copy=True)
 
     def get(self, sender: int) -> np.ndarray:
@@ -106,7 +113,16 @@ class FileStore(MaskedInputStore):
         self.clear()
 
     def put(self, sender: int, vector: np.ndarray) -> None:
-        """Append the vector's bytes to the file."""
+        """Append the vector's bytes to the file (all of them: a raw file's
+        short writes are continued).
+
+        Raises:
+            LocalProtocolError: ``sender`` is already kept, or the file took
+                nothing (``STORE_FAILED``); nothing is kept then.
+            OSError: from the file (e.g. the disk is full); nothing is kept.
+        """
+        if sender in self._where:
+            raise _twice(sender)
         data = np.ascontiguousarray(vector)
         self._file.seek(self._end)
         view = memoryview(data).cast("B")
@@ -151,6 +167,15 @@ class FileStore(MaskedInputStore):
 
     def __repr__(self) -> str:
         return f"FileStore({len(self)} vectors, {self._end} bytes)"
+
+
+def _twice(sender: int) -> LocalProtocolError:
+    # a sender is put at most once between clears: a second vector would
+    # replace the one a later exclusion must subtract (e.g. one store given
+    # to two open sessions)
+    return LocalProtocolError(Rule.STORE_FAILED, f"a masked input of client {sender} is"
+                              " already kept (is this store shared by two sessions?)",
+                              peer="server")
 
 
 def _missing(sender: int) -> LocalProtocolError:
