@@ -18,7 +18,10 @@ are the server's to read anyway), so spilling them discloses nothing new to
 whoever can read the server's memory; the caller chooses where the file
 lives and deletes it (an anonymous ``TemporaryFile`` has no name on disk).
 The protocol code stays sans-IO: it calls the injected store and never opens
-a file itself.  The result is the same, bit for bit, with either store
+a file itself.  A store serves one session at a time (both stores refuse a
+second vector for a sender); if it fails, the server refuses the masked input
+(``STORE_FAILED``, nothing added) or, at the close of R2, aborts the round:
+never a sum corrected with other numbers.  The result is the same, bit for bit, with either store
 (``tests/test_masked_store.py``): the sum is taken in the ring's native
 dtype, where addition and subtraction wrap modulo a power of two at least
 ``2^bits``.
