@@ -9,8 +9,9 @@ what it kept is the caller's array and the caller reuses that buffer after
 ``receive`` returned (the contract the store's copy existed for: "the caller
 may reuse its buffer"), the subtraction uses other numbers and the sum is
 wrong, silently.  The promise: the exact sum of the survivors, or a typed
-error.  (Holds on main, which copies every vector; this pins it for the
-zero-copy store.)
+error.  (Held before h/bigm, whose store copied every vector; since the
+zero-copy store the in-memory case gives a wrong sum: marked xfail(strict)
+until a fix is chosen, so the suite stays green and the fix will show.)
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ class _Reuse(SessionDriver):
             self.reused = True
 
 
-@pytest.mark.parametrize("via_wire", [False, True], ids=["in-memory", "decoded"])
+@pytest.mark.parametrize("via_wire", [
+    pytest.param(False, id="in-memory", marks=pytest.mark.xfail(
+        strict=True, reason="review-perf finding: storage.frozen() keeps a read-only array"
+        " that owns its memory without a copy, and its holder can make it writable again:"
+        " a wrong sum, silently (fix: copy such arrays, or check them at get)")),
+    pytest.param(True, id="decoded")])
 def test_reusing_a_read_only_buffer_after_receive_never_gives_a_wrong_sum(via_wire: bool) -> None:
     gen = np.random.default_rng(9)
     inputs = {c: gen.integers(0, 2**20, CONFIG.vector_length, dtype=np.uint64)

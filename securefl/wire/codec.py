@@ -938,6 +938,10 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
                                   reason=WireIssue.VALUE_OUT_OF_RANGE.value, field="masked",
                                   rule=Rule.VALUE_OUT_OF_RANGE, peer=sender)
         vector = vector.astype(f"=u{config.element_bytes}", copy=False)
+    # read-only: a view of the message's bytes, or an array of its own; a
+    # server's MemoryStore keeps either as it is instead of copying it
+    # (securefl.protocol.storage.frozen)
+    vector.flags.writeable = False
     return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
 
 
@@ -952,9 +956,11 @@ def pack_words(vector: np.ndarray, width: int) -> bytes:
 
 def unpack_words(raw: bytes | memoryview, width: int) -> np.ndarray:
     """Inverse of :func:`pack_words`: native unsigned ints of the smallest
-    dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes."""
+    dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes.  For a width of
+    1, 2, 4 or 8 on a little-endian machine this is a read-only view of
+    ``raw`` (no copy); otherwise a new array."""
     if width in (1, 2, 4, 8):
-        return np.frombuffer(raw, dtype=f"<u{width}").astype(f"=u{width}")
+        return np.frombuffer(raw, dtype=f"<u{width}").astype(f"=u{width}", copy=False)
     words = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
     padded = np.zeros((words.shape[0], 8), dtype=np.uint8)
     padded[:, :width] = words
