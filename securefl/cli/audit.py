@@ -519,6 +519,40 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     return out
 
 
+_USER_CONFIG_FIELDS = (("sample_rate", "client_sample_rate"), ("delta", "delta"),
+                       ("epsilon_budget", "user_epsilon"), ("clip", "user_clip"),
+                       ("bits", "bits"))
+"""User-level row field -> the run configuration's key that prescribes it."""
+
+
+def _user_config_problems(chain: LedgerChain, config: Any, source: str) -> list[str]:
+    """Why the user-level rows disagree with a run configuration (``source``
+    names where it was read: the run store, ``metrics.json``); empty when
+    they agree or ``config`` is not a configuration with user-level DP.  A
+    row's ``sample_rate``, ``delta`` and budget are what its epsilon is
+    recomputed from and checked against: taken from the row alone, a
+    rewrite of every row (recomputed, re-chained) would verify."""
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    found = []
+    seen: set[tuple[str, int]] = set()
+    for row in chain.committed_user_level:
+        for name, key in _USER_CONFIG_FIELDS:
+            if key not in config:
+                continue
+            want, have = config[key], getattr(row, name)
+            try:
+                same = float(want) == float(have)
+            except (TypeError, ValueError):
+                same = False
+            if not same and (name, row.round) not in seen:
+                seen.add((name, row.round))
+                found.append(f"round {row.round}, user level: the run configuration"
+                             f" ({source}) gives {key} = {want!r}, the row records"
+                             f" {name} = {have!r}")
+    return found
+
+
 def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     """The round and ledger anchor of a checkpoint, loaded with torch's
     ``weights_only`` unpickler (a checkpoint is untrusted input)."""
@@ -583,11 +617,14 @@ def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
             data = store.ledger_bytes()
             state = store.committed()
             problems = stored_run_problems(store)
+            run_config = store.config
         finally:
             store.close()
     except RunStoreError as exc:
         violations.append(f"{STORE_FILENAME} cannot be read: {exc}")
         return None
+    violations.extend(_user_config_problems(parse_ledger(data, ledger), run_config,
+                                            STORE_FILENAME))
     for problem in problems:
         if isinstance(problem, str):
             violations.append(f"{STORE_FILENAME}: {problem}")
@@ -735,6 +772,9 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             violations.append(f"{metrics_path} cannot be read: {exc}")
         else:
             result["metrics_round"] = metrics_round
+            if isinstance(metrics, dict):
+                violations.extend(_user_config_problems(chain, metrics.get("config"),
+                                                        METRICS_NAME))
             ceiling = None
             if exported is not None:
                 ceiling = ((CHECKPOINT_NAME, result["checkpoint_round"])
