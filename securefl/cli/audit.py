@@ -462,6 +462,32 @@ def _user_charge_problems(chain: LedgerChain) -> list[str]:
     return found
 
 
+_USER_PLAN_FIELDS = ("target_variance", "gamma", "clip", "dimension", "beta", "bits",
+                     "sample_rate")
+"""User-level row fields that are constants of the run's one plan
+(``plan_user_level``): every row, charge or release, states the same."""
+
+
+def _user_plan_problems(chain: LedgerChain) -> list[str]:
+    """Why the committed user-level rows do not share one plan (empty when
+    they do): a charge states ``released = target``, so a charge at a larger
+    ``target_variance`` than the other rows' would count its round (whose sum
+    may have been released at the plan's variance) at a fraction of its
+    cost."""
+    rows = chain.committed_user_level
+    found = []
+    for row in rows[1:]:
+        differ = [name for name in _USER_PLAN_FIELDS
+                  if getattr(row, name) != getattr(rows[0], name)]
+        if differ:
+            found.append(f"round {row.round}, user level ({row.status}): "
+                         + ", ".join(f"{n} {getattr(row, n)!r}" for n in differ)
+                         + f" differ(s) from round {rows[0].round}'s plan"
+                         + " (one plan per run: "
+                         + ", ".join(f"{n} {getattr(rows[0], n)!r}" for n in differ) + ")")
+    return found
+
+
 def _verify_user_level(chain: LedgerChain, violations: list[str],
                        notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Recompute and cross-check every effective user-level row (settled
@@ -478,6 +504,7 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     effective = chain.effective_user_level()
     violations.extend(_user_delta_problems(effective, record_deltas))
     violations.extend(_user_charge_problems(chain))
+    violations.extend(_user_plan_problems(chain))
     for row in effective:
         try:
             computed = dict(user_level_epsilons(row.history, row.delta,
