@@ -104,3 +104,29 @@ def test_a_raised_user_level_budget_is_caught(run: Path, tmp_path: Path) -> None
     assert json.loads((forged / "metrics.json").read_text())["config"]["user_epsilon"] == 40.0
     report = audit_run(forged)
     assert not report["verified"]
+
+
+def test_a_released_round_erased_from_the_ledger_is_caught(run: Path, tmp_path: Path) -> None:
+    """HOLE (fails against main): round 2's charge and release are deleted
+    (the commits' user_rows removed, later histories recomputed, chain and
+    anchors redone), as if round 2 had been skipped; metrics.json still
+    reports round 2 as a completed round with its survivors.  The audit
+    must not verify a ledger that omits a round the run says it released."""
+    dest = tmp_path / "erased"
+    shutil.copytree(run, dest)
+    recs = [r for r in records(dest) if not (r["type"] == "user-level" and r["round"] == 2)]
+    for rec in recs:
+        if rec["type"] == "commit" and rec["round"] == 2:
+            rec.pop("user_rows", None)
+    recs = _rewrite(recs)
+    write_chained(dest, recs)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    second = next(r for r in metrics["rounds"] if r["round"] == 2)
+    assert not second["aborted"] and second["num_survivors"] > 0
+    before = [r for r in records(run) if r["type"] == "user-level"][-1]["epsilon"]
+    after = [r for r in recs if r["type"] == "user-level"][-1]["epsilon"]
+    assert after < before
+    report = audit_run(dest)
+    assert not report["verified"], (
+        f"audit verified user-level epsilon {report['user_level'][-1]['epsilon']:.3f} with"
+        f" released round 2 erased (the run's: {before:.3f})")

@@ -580,6 +580,30 @@ def _user_config_problems(chain: LedgerChain, config: Any, source: str) -> list[
     return found
 
 
+def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[str]:
+    """Why the ledger's user-level rows disagree with the rounds
+    ``metrics.json`` reports (empty when they agree or the run has no
+    user-level DP): a round the metrics report as completed released a
+    user-level sum, so the ledger must settle it with a ``released`` row.
+    Without this, a ledger rewritten without a round's charge and release
+    (the later histories recomputed) verifies as if the round was skipped."""
+    config = metrics.get("config")
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    released = {u.round for u in chain.committed_user_level if u.status == "released"}
+    found = []
+    for entry in metrics.get("rounds") or []:
+        if not isinstance(entry, dict) or entry.get("aborted") is not False:
+            continue
+        number = entry.get("round")
+        if isinstance(number, int) and number <= chain.last_settled_round \
+                and number not in released:
+            found.append(f"round {number}, user level: {METRICS_NAME} reports the round"
+                         " completed (a user-level sum released), the ledger settles it"
+                         " without a released user-level row")
+    return found
+
+
 def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     """The round and ledger anchor of a checkpoint, loaded with torch's
     ``weights_only`` unpickler (a checkpoint is untrusted input)."""
@@ -802,6 +826,7 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             if isinstance(metrics, dict):
                 violations.extend(_user_config_problems(chain, metrics.get("config"),
                                                         METRICS_NAME))
+                violations.extend(_user_release_problems(chain, metrics))
             ceiling = None
             if exported is not None:
                 ceiling = ((CHECKPOINT_NAME, result["checkpoint_round"])
