@@ -130,3 +130,26 @@ def test_a_released_round_erased_from_the_ledger_is_caught(run: Path, tmp_path: 
     assert not report["verified"], (
         f"audit verified user-level epsilon {report['user_level'][-1]['epsilon']:.3f} with"
         f" released round 2 erased (the run's: {before:.3f})")
+
+
+def test_an_inflated_released_variance_is_caught(run: Path, tmp_path: Path) -> None:
+    """HOLE (fails against main): a released row claims 10 V (the server
+    session reports at most ``survivors V / t`` in semi-honest sessions, t
+    the mode's threshold of the cohort, at least that of the survivors; at
+    most ``V (1 + tolerance)`` with removable excess), everything after it
+    recomputed: the audit checked only ``released >= target``."""
+    dest = tmp_path / "inflated"
+    shutil.copytree(run, dest)
+    recs = records(dest)
+    target = next(r for r in recs if r["type"] == "user-level" and r["round"] == 2
+                  and r["status"] == "released")
+    target["released_variance"] = 10 * target["target_variance"]
+    recs = _rewrite(recs)
+    write_chained(dest, recs)
+    before = [r for r in records(run) if r["type"] == "user-level"][-1]["epsilon"]
+    after = [r for r in recs if r["type"] == "user-level"][-1]["epsilon"]
+    assert after < before
+    report = audit_run(dest)
+    assert not report["verified"], (
+        f"audit verified user-level epsilon {report['user_level'][-1]['epsilon']:.3f} with"
+        f" round 2's released variance inflated to 10 V (the run's: {before:.3f})")

@@ -604,6 +604,46 @@ def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[
     return found
 
 
+def _user_variance_problems(chain: LedgerChain, config: Any) -> list[str]:
+    """Why a released user-level row claims more noise than its session can
+    have carried (empty when none does or ``config``, the exported run
+    configuration, has no user-level DP or no security mode).  Active
+    sessions use removable excess noise: at most ``V (1 + 10^-3)``.
+    Semi-honest sessions calibrate to the threshold ``t``: each survivor
+    adds ``V / t``, so at most ``survivors V / t``, with ``t`` the run's
+    ``threshold_used`` without client sampling and, with it, the mode's
+    threshold of the cohort, at least that of the survivors (thresholds
+    grow with the cohort).  Only a lower bound was checked before: an
+    inflated variance lowered the recomputed epsilon."""
+    from securefl.protocol.config import SecurityMode, default_threshold
+    from securefl.protocol.noise import NoisePlan
+
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    try:
+        mode = SecurityMode(config.get("security_mode"))
+    except ValueError:
+        return []
+    sampled = config.get("client_sample_rate", 1.0) != 1.0
+    found = []
+    for row in chain.committed_user_level:
+        if row.status != "released" or row.survivors < 1:
+            continue
+        if mode is SecurityMode.ACTIVE:
+            most = row.target_variance * (1 + NoisePlan.tolerance)
+        else:
+            t = (default_threshold(row.survivors, mode) if sampled
+                 else config.get("threshold_used"))
+            if not isinstance(t, int) or isinstance(t, bool) or t < 1:
+                continue
+            most = row.target_variance * row.survivors / t
+        if not row.released_variance <= most * (1 + RECOMPUTE_TOLERANCE):
+            found.append(f"round {row.round}, user level: released variance"
+                         f" {row.released_variance:.6g} is more than {row.survivors} survivors"
+                         f" of a {mode.value} session can add ({most:.6g})")
+    return found
+
+
 def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
     """The round and ledger anchor of a checkpoint, loaded with torch's
     ``weights_only`` unpickler (a checkpoint is untrusted input)."""
@@ -827,6 +867,7 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
                 violations.extend(_user_config_problems(chain, metrics.get("config"),
                                                         METRICS_NAME))
                 violations.extend(_user_release_problems(chain, metrics))
+                violations.extend(_user_variance_problems(chain, metrics.get("config")))
             ceiling = None
             if exported is not None:
                 ceiling = ((CHECKPOINT_NAME, result["checkpoint_round"])
