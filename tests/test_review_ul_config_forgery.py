@@ -153,3 +153,26 @@ def test_an_inflated_released_variance_is_caught(run: Path, tmp_path: Path) -> N
     assert not report["verified"], (
         f"audit verified user-level epsilon {report['user_level'][-1]['epsilon']:.3f} with"
         f" round 2's released variance inflated to 10 V (the run's: {before:.3f})")
+
+
+def test_inflated_survivors_and_variance_are_caught(run: Path, tmp_path: Path) -> None:
+    """HOLE (fails against main): a released row claims 11 survivors and the
+    variance they would add (``11 V / t(11) = 11 V / 6``, the most any
+    semi-honest session of at most 12 clients can add), everything after it
+    recomputed; metrics.json reports the real survivors."""
+    from securefl.protocol.config import SecurityMode, default_threshold
+
+    dest = tmp_path / "survivors"
+    shutil.copytree(run, dest)
+    recs = records(dest)
+    released = [r for r in recs if r["type"] == "user-level" and r["status"] == "released"]
+    target = min(released, key=lambda r: r["released_variance"] / r["target_variance"])
+    forged = 11
+    target["survivors"] = forged
+    target["released_variance"] = (target["target_variance"] * forged
+                                   / default_threshold(forged, SecurityMode.SEMI_HONEST))
+    recs = _rewrite(recs)
+    write_chained(dest, recs)
+    before = [r for r in records(run) if r["type"] == "user-level"][-1]["epsilon"]
+    assert [r for r in recs if r["type"] == "user-level"][-1]["epsilon"] < before
+    assert not audit_run(dest)["verified"]

@@ -590,12 +590,17 @@ def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[
     config = metrics.get("config")
     if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
         return []
-    released = {u.round for u in chain.committed_user_level if u.status == "released"}
+    released = {u.round: u for u in chain.committed_user_level if u.status == "released"}
     found = []
     for entry in metrics.get("rounds") or []:
         if not isinstance(entry, dict) or entry.get("aborted") is not False:
             continue
         number = entry.get("round")
+        row = released.get(number) if isinstance(number, int) else None
+        if row is not None and row.survivors != entry.get("num_survivors"):
+            found.append(f"round {number}, user level: the released row states"
+                         f" {row.survivors} survivors, {METRICS_NAME}"
+                         f" {entry.get('num_survivors')!r}")
         if isinstance(number, int) and number <= chain.last_settled_round \
                 and number not in released:
             found.append(f"round {number}, user level: {METRICS_NAME} reports the round"
