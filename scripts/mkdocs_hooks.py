@@ -6,8 +6,9 @@ them into ``docs/`` (where they would go stale).
   becomes ``spec.md``; their links to repository files that are not pages
   (the ``.proto``, the vector and schema directories) become code spans
   naming the file, since the site cannot serve a directory.
-* ``benchmarks/results/time_vs_n.png`` and the JSON Schemas
-  (``securefl/schemas/*.schema.json``) are served at the same paths, and the
+* ``benchmarks/results/time_vs_n.png``, ``benchmarks/results/scaling/scaling.png``
+  and the JSON Schemas (``securefl/schemas/*.schema.json``) are served at
+  the same paths, and the
   guides' ``../benchmarks/results/`` and ``../securefl/schemas/`` links
   (right on GitHub) point at them.
 """
@@ -28,7 +29,8 @@ PAGES = {
 }
 """Site page -> repository file."""
 
-ASSETS = ["benchmarks/results/time_vs_n.png", "securefl/schemas/ledger-record.schema.json",
+ASSETS = ["benchmarks/results/time_vs_n.png", "benchmarks/results/scaling/scaling.png",
+          "securefl/schemas/ledger-record.schema.json",
           "securefl/schemas/metrics.schema.json"]
 """Repository files served at the same path."""
 

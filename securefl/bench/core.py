@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefl import wire
-from securefl.hazmat.prg import MaskExpander
+from securefl.hazmat.prg import MaskExpander, ring_dtype
 from securefl.protocol import Round, SecAggConfig
 from securefl.protocol.graphs import NeighbourGraph
 from securefl.protocol.inmemory import SessionDriver
@@ -31,13 +31,16 @@ from securefl.protocol.server import ServerSession
 from securefl.protocol.unmasking import worker_pool
 
 
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
-    """The fastest of ``repeat`` wall-clock timings of ``fn()`` (seconds)."""
+def best_of(fn: Callable[[], object], repeat: int = 3,
+            clock: Callable[[], float] = time.perf_counter) -> float:
+    """The fastest of ``repeat`` timings of ``fn()`` (seconds) on ``clock``
+    (wall-clock unless given, e.g. ``time.thread_time`` for one thread's CPU
+    time, which is what ``openssl speed`` divides by)."""
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -83,13 +86,19 @@ def cryptography_x25519_per_second(seconds: float = 1.0) -> float:
 def prg_throughput(total_bytes: int = 64 << 20, bits: int = 32) -> dict[str, float | None]:
     """GB/s of: raw ``cryptography`` AES-CTR into a reused buffer, the mask
     PRG expanding into a reused buffer (one thread), the mask PRG adding many
-    masks into an accumulator (one thread and all cores), and OpenSSL."""
+    masks into an accumulator (one thread and all cores), and OpenSSL.  The
+    one-thread figures divide by the thread's CPU time, as ``openssl speed``
+    divides by its user CPU time; the all-cores figure by wall-clock time."""
     key = os.urandom(32)
-    zeros = bytes(total_bytes)
-    out = bytearray(total_bytes + 15)
+    # the raw cipher writes 16 KiB blocks into one cached buffer, as ``openssl
+    # speed`` does: one 64 MB call would time DRAM writes, not AES (0.6x)
+    zeros = bytes(16384)
+    out = bytearray(len(zeros) + 15)
 
     def raw() -> None:
-        Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into(zeros, out)
+        update = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into
+        for _ in range(total_bytes // len(zeros)):
+            update(zeros, out)
 
     width = 4 if bits <= 32 else 8
     m = total_bytes // width
@@ -98,11 +107,13 @@ def prg_throughput(total_bytes: int = 64 << 20, bits: int = 32) -> dict[str, flo
     keys = [(os.urandom(32), i % 2 == 1) for i in range(8)]
     acc = expander.zeros()
     workers = os.cpu_count() or 1
+    cpu = time.thread_time  # one thread: its CPU time, as openssl speed measures itself
     result: dict[str, float | None] = {
-        "cryptography_raw_gbps": total_bytes / best_of(raw) / 1e9,
-        "prg_expand_gbps": total_bytes / best_of(lambda: expander.expand(key, buf)) / 1e9,
+        "cryptography_raw_gbps": total_bytes / best_of(raw, clock=cpu) / 1e9,
+        "prg_expand_gbps":
+            total_bytes / best_of(lambda: expander.expand(key, buf), clock=cpu) / 1e9,
         "prg_accumulate_1_thread_gbps":
-            8 * total_bytes / best_of(lambda: expander.apply(keys, acc)) / 1e9,
+            8 * total_bytes / best_of(lambda: expander.apply(keys, acc), clock=cpu) / 1e9,
     }
     with ThreadPoolExecutor(workers) as pool:
         result["prg_accumulate_all_cores_gbps"] = 8 * total_bytes / best_of(
@@ -131,6 +142,7 @@ class RoundTimings:
     transport_seconds: float = 0.0
     exact: bool = False
     survivors: int = 0
+    input_seconds: float = 0.0  # making lazy inputs during the round (not in wall_seconds)
 
     @property
     def server_total(self) -> float:
@@ -167,7 +179,11 @@ class _TimedDriver(SessionDriver):
     def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray],
                  dropouts: Mapping[int, Round], pool: ThreadPoolExecutor, workers: int,
                  timings: RoundTimings) -> None:
-        super().__init__(config, inputs, dropouts=dropouts, executor=pool, workers=workers)
+        # inputs are handed over only when a client masks (as ``secure_sum``
+        # does), so a lazy ``inputs`` mapping keeps one input alive at a time
+        super().__init__(config, dict.fromkeys(config.ids), dropouts=dropouts, executor=pool,
+                         workers=workers)
+        self._inputs = inputs
         self.timings = timings
         self.per_client: dict[int, dict[str, float]] = {c: {} for c in config.ids}
         self.up: dict[int, int] = dict.fromkeys(config.ids, 0)
@@ -181,10 +197,28 @@ class _TimedDriver(SessionDriver):
         return advert
 
     def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
+        if rnd is Round.MASKED_INPUT_COLLECTION:
+            self.clients[cid].provide_input(self._inputs[cid])
         start = time.perf_counter()
         reply = super().client_handle(rnd, cid, message)
         self.per_client[cid][rnd.name] = time.perf_counter() - start
         return reply
+
+    def answer(self, skip: Iterable[int] = (), *, replace: Mapping[int, Any] | None = None,
+               send: bool = True) -> dict[int, Any]:
+        """As :meth:`Driver.answer`, but in the masked-input round every reply
+        goes to the server as soon as it is made and is not kept in
+        :attr:`sent`: at most one masked vector is in transit at a time."""
+        rnd = self.round
+        if rnd is not Round.MASKED_INPUT_COLLECTION or not send or skip or replace:
+            return super().answer(skip, replace=replace, send=send)
+        for c, message in self.pending.items():
+            if self.answers(c, rnd):
+                delivered = self.to_client(rnd, c, message)
+                if delivered is not None:
+                    self._deliver(rnd, c, self.client_handle(rnd, c, delivered))
+        self.pending = {}
+        return {}
 
     def to_server(self, rnd: Round, cid: int, message: Any) -> Any:
         return self._transfer(message, cid, self.up)
@@ -224,6 +258,42 @@ class _TimedDriver(SessionDriver):
         server[rnd.name] = server.get(rnd.name, 0.0) + seconds
 
 
+class SeededInputs(Mapping[int, np.ndarray]):
+    """Deterministic pseudo-random inputs, made afresh on every access.
+
+    Client ``c``'s vector is drawn from ``numpy.random.default_rng((seed, c))``
+    (benchmark data, not secrets) in the narrowest unsigned dtype that holds
+    ``bits`` bits, so a round over ``n`` clients need not hold ``n`` inputs:
+    the driver asks for one when that client masks, the exactness check asks
+    again.  :attr:`seconds` and :attr:`cpu_seconds` add up the time spent
+    making them, which :func:`run_round` leaves out of the round's time.
+    """
+
+    def __init__(self, ids: Iterable[int], m: int, bits: int, seed: int = 1) -> None:
+        self._ids = tuple(ids)
+        self._members = frozenset(self._ids)
+        self._m, self._bits, self._seed = m, bits, seed
+        self._dtype = ring_dtype(bits)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def __getitem__(self, cid: int) -> np.ndarray:
+        if cid not in self._members:
+            raise KeyError(cid)
+        start, cpu = time.perf_counter(), time.process_time()
+        gen = np.random.default_rng((self._seed, cid))
+        vector = gen.integers(0, 1 << self._bits, self._m, dtype=self._dtype)
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
+        return vector
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 def run_round(n: int, m: int, *, dropout: float = 0.0,
               drop_stage: Round = Round.MASKED_INPUT_COLLECTION, bits: int = 32,
               graph: NeighbourGraph | None = None, threshold: int | None = None,
@@ -245,8 +315,7 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
     config = SecAggConfig(num_clients=n, vector_length=m, bits=bits, threshold=threshold,
                           **kwargs)  # type: ignore[arg-type]
     if inputs is None:
-        gen = np.random.default_rng(1)
-        inputs = {c: gen.integers(0, 1 << bits, m, dtype=np.uint64) for c in config.ids}
+        inputs = SeededInputs(config.ids, m, bits)
     dropped = config.ids[n - round(dropout * n):] if dropout else ()
     workers = workers or os.cpu_count() or 1
     timings = RoundTimings(n, m, dropout, config.graph.describe())
@@ -260,17 +329,23 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
             list(processes.map(abs, range(4 * workers)))
             driver.server = ServerSession(config, executor=pool, unmask_pool=processes,
                                           workers=workers)
+        made = inputs.seconds if isinstance(inputs, SeededInputs) else 0.0
         wall_start = time.perf_counter()
         driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start
+        if isinstance(inputs, SeededInputs):
+            # making the benchmark's inputs is not part of the round
+            timings.input_seconds = inputs.seconds - made
+            timings.wall_seconds -= timings.input_seconds
     per_client, up, down = driver.per_client, driver.up, driver.down
     result = driver.result
     plain = np.zeros(m, dtype=np.uint64)
-    start = time.perf_counter()
     for c in result.survivors:
-        np.add(plain, inputs[c], out=plain)
+        vector = inputs[c]  # (re)generating a lazy input is not part of the sum's time
+        start = time.perf_counter()
+        np.add(plain, vector, out=plain)
+        timings.plain_sum_seconds += time.perf_counter() - start
     plain &= np.uint64((1 << bits) - 1)
-    timings.plain_sum_seconds = time.perf_counter() - start
     timings.exact = bool(np.array_equal(plain, result.total))
     timings.survivors = len(result.survivors)
     stages = sorted({s for d in per_client.values() for s in d}, key=lambda s: Round[s])

@@ -448,6 +448,10 @@ class ClientSession:
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
+        # the reply is kept to answer a repeated request identically: read-only,
+        # so nobody can change what was sent, and an in-process server's store
+        # may keep it without a copy (storage.frozen)
+        masked.flags.writeable = False
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._held_noise_shares.update(noise_shares)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from securefl.errors import ConfigurationError, LocalProtocolError, Rule
 from securefl.hazmat import signing
+from securefl.hazmat.prg import ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol.client import ClientSession
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
@@ -73,10 +74,10 @@ def secure_sum(
             raise ConfigurationError(f"dropout of client {cid} must be a Round, got {rnd!r}")
     vectors = {}
     for cid, v in inputs.items():
-        # checked now (one transient uint64 copy at a time), but held as given:
+        # checked now (one transient ring-width copy at a time), but held as given:
         # each client converts its own only when it masks it (R2)
         vector = np.asarray(v)
-        check_input_vector(vector, config, cid, local=True)
+        check_input_vector(vector, config, cid, local=True, dtype=ring_dtype(config.bits))
         vectors[cid] = vector
     if executor is None and (os.cpu_count() or 1) > 1 and config.vector_length >= PARALLEL_MIN:
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:

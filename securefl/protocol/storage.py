@@ -34,6 +34,23 @@ import numpy as np
 from securefl.errors import LocalProtocolError, Rule
 
 
+def frozen(vector: np.ndarray) -> bool:
+    """Is ``vector`` safe to keep without a copy?  It must be read-only and
+    either own its memory (read-only by its maker's choice: a client
+    session's sent reply, a decoded wire vector of an odd width) or be a view
+    of an immutable ``bytes`` object (a decoded wire vector's payload), whose
+    read-only flag numpy refuses to lift.  Anything else may still be written
+    through another reference, and is copied."""
+    if vector.flags.writeable:
+        return False
+    if vector.flags.owndata:
+        return True
+    base = vector.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return type(base) is bytes
+
+
 class MaskedInputStore(abc.ABC):
     """Holds one vector per sender until :meth:`clear` (the server's
     masked-input round)."""
@@ -69,8 +86,10 @@ class MemoryStore(MaskedInputStore):
         self._vectors: dict[int, np.ndarray] = {}
 
     def put(self, sender: int, vector: np.ndarray) -> None:
-        """Keep a copy in memory."""
-        self._vectors[sender] = np.array(vector, copy=True)
+        """Keep a copy in memory, or the vector itself if it is
+        :func:`frozen` (a client session's sent reply, a decoded wire vector):
+        in-process rounds then hold each masked vector once."""
+        self._vectors[sender] = vector if frozen(vector) else np.array(vector, copy=True)
 
     def get(self, sender: int) -> np.ndarray:
         """The copy kept for ``sender``."""

@@ -211,6 +211,9 @@ def worker_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
     ``spawn``), never by ``fork``: a fork would copy the caller's threads'
     state and memory, including its secrets, into every worker.
 
+    A script that calls this must guard its entry point with
+    ``if __name__ == "__main__":``: the workers import the main module.
+
     Args:
         workers: processes to start (default ``os.cpu_count()``).
     """

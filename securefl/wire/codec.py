@@ -16,6 +16,15 @@ catches unknown fields, repeated singular fields, and per-client entries
 that are not in ascending id order).  Whatever decodes re-encodes to exactly
 the bytes received.
 
+Three kinds of message with O(n) or O(m) content are read (and the id lists
+written) without protobuf when they are in their plain canonical form: a
+long masked vector, a plain roster (decoded into columns, see
+:mod:`securefl.protocol.roster`) and the survivor/dropped lists of a request
+(packed varints with numpy, decoded into :class:`~securefl.protocol.roster.IdTuple`).
+Each such path accepts only bytes the general decoder accepts, as an equal
+message, and hands everything else to it (``tests/test_scale_paths.py``,
+``tests/test_wire_long_vectors.py``).
+
 Noise plans (SPEC.md section 16) add optional fields: ``noise_commitments``
 (at most 16 of 32 bytes), ``noise_removals`` and ``noise_shares`` (ascending
 ``(owner, component)``, components below 16) and share ciphertexts of
@@ -929,6 +938,10 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
                                   reason=WireIssue.VALUE_OUT_OF_RANGE.value, field="masked",
                                   rule=Rule.VALUE_OUT_OF_RANGE, peer=sender)
         vector = vector.astype(f"=u{config.element_bytes}", copy=False)
+    # read-only: a view of the message's bytes, or an array of its own; a
+    # server's MemoryStore keeps either as it is instead of copying it
+    # (securefl.protocol.storage.frozen)
+    vector.flags.writeable = False
     return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
 
 
@@ -943,9 +956,11 @@ def pack_words(vector: np.ndarray, width: int) -> bytes:
 
 def unpack_words(raw: bytes | memoryview, width: int) -> np.ndarray:
     """Inverse of :func:`pack_words`: native unsigned ints of the smallest
-    dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes."""
+    dtype (1, 2, 4 or 8 bytes) that holds ``width`` bytes.  For a width of
+    1, 2, 4 or 8 on a little-endian machine this is a read-only view of
+    ``raw`` (no copy); otherwise a new array."""
     if width in (1, 2, 4, 8):
-        return np.frombuffer(raw, dtype=f"<u{width}").astype(f"=u{width}")
+        return np.frombuffer(raw, dtype=f"<u{width}").astype(f"=u{width}", copy=False)
     words = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
     padded = np.zeros((words.shape[0], 8), dtype=np.uint8)
     padded[:, :width] = words
