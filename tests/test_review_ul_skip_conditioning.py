@@ -56,6 +56,8 @@ def _exact_add(variance: float, q: float, alpha: int) -> float:
     return float(logsumexp(alpha * log_m + (1 - alpha) * log_p)) / (alpha - 1)
 
 
+@pytest.mark.xfail(strict=True, reason="review-ul finding 6: skipped rounds are charged nothing"
+                   " and released rounds at q; being fixed on h/skipacct")
 @pytest.mark.parametrize(("clients", "q", "rounds"), [(12, 0.3, 3), (20, 0.1, 20)])
 def test_a_released_round_is_charged_for_its_conditional_participation(
         clients: int, q: float, rounds: int) -> None:
