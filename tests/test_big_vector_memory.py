@@ -1,8 +1,11 @@
-"""In-process rounds hold each masked vector once: a client's sent reply is
-read-only and the server keeps it without a second copy (as it keeps a decoded
-wire message), so ``secure_sum`` needs the server's n ring-width vectors plus
-a few, not twice that.  A vector the caller can still write to is copied: a
-caller reusing its buffer after handing it over cannot change the sum."""
+"""In-process rounds hold each masked vector once: a client's sent reply is a
+read-only view of immutable bytes and the server keeps it without a second
+copy (as it keeps a decoded wire message), so ``secure_sum`` needs the
+server's n ring-width vectors plus a few, not twice that; with ``spill=True``
+the server's copies go to a temporary file and the clients release theirs, so
+it needs a few vectors whatever n.  A vector the caller can still write to,
+or make writable again, is copied: a caller reusing its buffer after handing
+it over cannot change the sum."""
 
 from __future__ import annotations
 
