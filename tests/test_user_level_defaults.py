@@ -127,3 +127,12 @@ def test_hundreds_of_clients_each_get_some_digits() -> None:
     with pytest.raises(ConfigurationError, match="at least one example"):
         dirichlet_split(np.zeros(10, dtype=np.int64), 2, 1.0, np.random.default_rng(0),
                         min_size=0)
+
+
+def test_the_help_names_the_user_level_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("clients (default 10; 300", "rounds (default 10; 20", "(default 32; 16",
+                 "every client in every round; 0.3 with --privacy user-level or both"):
+        assert flag in text, flag

@@ -8,6 +8,12 @@ checkpoint.pt and accuracy_per_round.png, exported from the run store
 run.sqlite, which commits each round in one transaction; check the privacy
 with ``securefl audit RUN_DIR``.
 
+With ``--privacy user-level`` or ``both`` (user-level DP needs many clients),
+--clients, --client-sample-rate, --bits and --rounds that are not given
+default to 300 clients (about 5 digits each) sampled with probability 0.3
+per round, in Z_2^16, over 20 rounds; one line says which were applied, and a
+flag given wins (docs/user-level-dp.md).
+
 ``securefl simulate --resume RUN_DIR`` continues a run that was killed from
 its last committed round, with its own configuration (a flag that differs
 from it is refused): the global model, the server optimizer, every client's
