@@ -280,10 +280,14 @@ class ClientSession:
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
         entries = msg.entries
-        columns = entries if isinstance(entries, RosterEntries) else None
+        # exactly the class: a subclass could show other keys than it hashes
+        columns = entries if type(entries) is RosterEntries else None
         if columns is not None:
             # O(n) array work, no Python step per entry
             senders = columns.senders
+            if not isinstance(senders, np.ndarray) or senders.dtype.kind not in "ui":
+                # (the decoder builds uint32; a float 3.5 passed the range check)
+                self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
             if senders.size > 1 and not bool(np.all(senders[1:] > senders[:-1])):
                 self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
                            " repeats", rnd)
@@ -585,7 +589,12 @@ class ClientSession:
         sequences are converted once (anything but ints is malformed)."""
         array = getattr(values, "array", None)
         if isinstance(array, np.ndarray):
-            return array
+            if array.ndim != 1 or array.dtype.kind not in "iu" or (
+                    array.dtype.kind == "u" and array.dtype.itemsize == 8):
+                self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
+            # the array is the list this client reads; its callers take the
+            # items from it too (never from the object's own items)
+            return array.astype(np.int64, copy=False)
         items = tuple(values)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
@@ -599,8 +608,11 @@ class ClientSession:
         """Check the survivor list against the roster and this client's view;
         return it as a tuple and as an ascending array.  O(n) array work and
         O(k) Python steps."""
-        survivors = tuple(survivors_in)
         arr = self._id_array(survivors_in, "survivor", rnd)
+        # one list: what is checked, signed, compared with what was signed and
+        # revealed by are all this array (an object's items and its ``array``
+        # could differ: a server handing over Python objects)
+        survivors = tuple(arr.tolist())
         if not _ascending(arr):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         strangers = arr[~_in_sorted(self._roster_ids, arr)]
@@ -778,7 +790,7 @@ def _answer_key(message: Any, session_id: bytes | None) -> Any:
     """The message itself, or its :class:`_Fingerprint` when it has one
     (``session_id``: the id this client just derived from the roster
     answered, saving a second hash of it)."""
-    if isinstance(message, KeyRoster) and isinstance(message.entries, RosterEntries) \
+    if isinstance(message, KeyRoster) and type(message.entries) is RosterEntries \
             and session_id is not None:
         # the session id was derived from exactly this digest and these
         # entries (the roster was refused otherwise)
@@ -804,7 +816,7 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         entries = message.entries
         if not isinstance(digest, bytes):
             return None
-        if isinstance(entries, RosterEntries):
+        if type(entries) is RosterEntries:
             return _Fingerprint(KeyRoster, digest + session_id_of(digest, entries))
         if not isinstance(entries, tuple) or not all(
                 isinstance(e, AdvertiseKeys) and type(e.sender) is int
@@ -822,8 +834,9 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         if isinstance(message, UnmaskingRequest) and (message.signatures
                                                       or message.noise_removals):
             return None
-        if type(message.recipient) is not int or type(message.session_id) is not bytes:
-            return None
+        if type(message.recipient) is not int or type(message.session_id) is not bytes \
+                or not -(1 << 63) <= message.recipient < 1 << 63:
+            return None  # (a recipient beyond 64 bits is refused as misaddressed)
         lists = [message.survivors] + ([message.dropped]
                                        if isinstance(message, UnmaskingRequest) else [])
         h = hashlib.sha256(type(message).__name__.encode())
