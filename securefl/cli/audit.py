@@ -388,7 +388,7 @@ def _gaussian_floor(history: list[list[float]], delta: float) -> float:
         skip_rdp = np.zeros(len(orders))
         for mu, _, l2, q, rounds, *skip in history:
             n, k = (int(skip[0]), int(skip[1])) if skip else (0, 0)
-            if rounds and l2 > 0 and k > 1:
+            if rounds and l2 > 0 and k >= 1:
                 # the same skip mixture as the Skellam charge, of the
                 # Gaussian's sampled and unsampled RDP (dp-accounting's)
                 sigma = math.sqrt(mu) / l2
@@ -482,11 +482,11 @@ def _user_charge_problems(chain: LedgerChain) -> list[str]:
         if row.cohort_pool >= 1 and not 1 <= row.skip_below <= row.cohort_pool:
             found.append(f"{where}: skip threshold {row.skip_below} is not in 1..{row.cohort_pool}"
                          " (the clients sampled from)")
-        if row.cohort_pool == 0 and (row.skip_below > 1 or row.status == "skipped"):
+        if row.cohort_pool == 0 and (row.skip_below > 0 or row.status == "skipped"):
             found.append(f"{where}: a skip threshold or a skipped round without the pool size")
-        if row.status == "skipped" and row.skip_below < 2:
+        if row.status == "skipped" and row.skip_below < 1:
             found.append(f"{where}: a round skipped with skip threshold {row.skip_below}"
-                         " (a round is skipped only below a threshold >= 2)")
+                         " (a round is skipped only below a threshold >= 1)")
         if row.in_flight and row.round in settled_rounds and row.round not in settled_users:
             found.append(f"{where}: the round settled without a user-level row: its in-flight"
                          " user-level charge was dropped instead of kept or superseded")

@@ -328,10 +328,11 @@ class SkellamRound:
     mechanism with released variance ``mu`` (ring units), sensitivities
     ``l1``, ``l2`` (ring units) and client sampling rate ``q``, in a
     federation of ``n`` clients whose rounds are skipped when fewer than
-    ``k`` are sampled (``k <= 1``: never; the module docstring, "Skipped
-    rounds"), ``released`` 1 when the round's sum was (or may have been)
-    released, 0 when the round was skipped (it costs nothing against the
-    server, which sees the cohort; the sampled charge is the same)."""
+    ``k`` are sampled (``k = 0``: never; ``k = 1``: only an empty cohort;
+    the module docstring, "Skipped rounds"), ``released`` 1 when the
+    round's sum was (or may have been) released, 0 when the round was
+    skipped (it costs nothing against the server, which sees the cohort;
+    the sampled charge is the same)."""
 
     mu: float
     l1: float
@@ -345,8 +346,8 @@ class SkellamRound:
     def as_list(self) -> list[float]:
         """``[mu, l1, l2, q, rounds, n, k, released]`` as the ledger stores
         it (``[mu, l1, l2, q, rounds]`` for a row without a skip threshold,
-        ``k <= 1``, released, as rows were written before skips were charged)."""
-        if self.k <= 1 and self.released == 1 and self.n == 0:
+        ``k = 0``, released, as rows were written before skips were charged)."""
+        if self.k == 0 and self.released == 1 and self.n == 0:
             return [self.mu, self.l1, self.l2, self.q, self.rounds]
         return [self.mu, self.l1, self.l2, self.q, self.rounds, self.n, self.k, self.released]
 
@@ -422,7 +423,7 @@ def skip_mixture_rdp(orders: Sequence[int] | np.ndarray, sampled: np.ndarray,
 
     given ``sampled`` (the Poisson-sampled bound at rate ``q``) and
     ``unsampled`` (the mechanism's bound, either ordering) at ``orders``.
-    For ``k <= 1`` it is ``sampled``.
+    For ``k = 0`` (never skipped) it is ``sampled``; ``k = 1`` skips an empty cohort only.
 
     Raises:
         ConfigurationError: ``q`` not in (0, 1], ``n < 1``, ``k < 0``, or
@@ -437,7 +438,7 @@ def skip_mixture_rdp(orders: Sequence[int] | np.ndarray, sampled: np.ndarray,
                                  f" n={n!r}, k={k!r}")
     if sampled.shape != a.shape or unsampled.shape != a.shape:
         raise ConfigurationError("skip_mixture_rdp needs one value per order")
-    if k <= 1:
+    if k == 0:
         return sampled.copy()
     log_ge, log_eq, log_lt = _log_binomial_masses(int(n), q, int(k))
     log_join = np.logaddexp(math.log1p(-q) if q < 1.0 else -math.inf,
@@ -455,9 +456,9 @@ def _skip_round_rdp(mu: float, l1: float, l2: float, q: float, n: int, k: int,
                     accountant: str) -> np.ndarray:
     """One round's amplified RDP at :data:`ORDERS`, skips included (every
     round charged, released or skipped): :func:`skip_mixture_rdp` of the
-    sampled and unsampled Skellam bounds; :func:`_round_rdp` for ``k <= 1``."""
+    sampled and unsampled Skellam bounds; :func:`_round_rdp` for ``k = 0``."""
     sampled = _round_rdp(mu, l1, l2, q, accountant)
-    if k <= 1:
+    if k == 0:
         return sampled
     unsampled = skellam_rdp(np.asarray(ORDERS), l1, l2, mu)
     return skip_mixture_rdp(ORDERS, sampled, unsampled, q, n, k)
@@ -552,7 +553,7 @@ def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float
     (bisection; the epsilon decreases with ``mu``), every round charged as
     the ledger charges it: skip-aware (module docstring, "Skipped rounds")
     in a pool of ``pool`` clients whose rounds with fewer than
-    ``skip_below`` sampled are skipped (``skip_below <= 1``: never).
+    ``skip_below`` sampled are skipped (``skip_below = 0``: never).
 
     Raises:
         ConfigurationError: when ``target_epsilon`` is not positive and
@@ -568,7 +569,7 @@ def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
     if not l2 > 0:
         raise ConfigurationError(f"the L2 sensitivity must be > 0, got {l2}")
-    if skip_below > 1 and not pool >= 1:
+    if skip_below >= 1 and not pool >= 1:
         raise ConfigurationError(f"a skip threshold {skip_below} needs the pool size (>= 1),"
                                  f" got {pool}")
 
@@ -615,7 +616,7 @@ class UserLevelPlan:
             (:data:`ACCOUNTANTS`); the ledger rows of the plan use it too.
         pool: ``n``, the number of clients sampled from (0: not given).
         skip_below: ``k``, a round with fewer than ``k`` sampled clients is
-            skipped (``k <= 1``: never); ``variance`` was calibrated with
+            skipped (``k = 0``: never); ``variance`` was calibrated with
             the skip-aware charge, and every ledger row records both.
     """
 
@@ -800,7 +801,7 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
     Every row charges its round with the skip-aware bound of the plan's
     ``pool`` and ``skip_below`` (module docstring, "Skipped rounds"), which
     it records (``cohort_pool``, ``skip_below`` and the last history row
-    ``[mu, l1, l2, q, 1, n, k, released]``; a plan with ``skip_below <= 1``
+    ``[mu, l1, l2, q, 1, n, k, released]``; a plan with ``skip_below = 0``
     and no pool writes the 5-field rows of earlier ledgers).
     ``skipped``: the round was skipped (its cohort was smaller than
     ``skip_below``): status ``skipped``, ``released_variance`` the plan's

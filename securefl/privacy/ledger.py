@@ -386,7 +386,7 @@ class UserLevelEntry:
             sampled from (0 in rows written before skips were charged).
         skip_below: ``k``, rounds with fewer than ``k`` sampled clients are
             skipped; every round, skipped or not, is charged with the
-            skip-aware bound of ``n``, ``q``, ``k`` (0 or 1: no skip, rows
+            skip-aware bound of ``n``, ``q``, ``k`` (0: never skipped, as in rows
             written before skips were charged).  The history's rows then
             read ``[mu, l1, l2, q, rounds, n, k, released]``.
     """
