@@ -88,6 +88,31 @@ becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
 ``eps = min_alpha rdp(alpha) + log((alpha-1)/alpha) - (log delta + log alpha)/(alpha-1)``
 (:func:`rdp_to_epsilon`).
 
+**Skipped rounds** (:func:`skip_mixture_rdp`).  A federation of ``n``
+clients skips a round whose cohort has fewer than ``k`` clients (nothing
+released).  Whether a round is released depends on whether the target was
+sampled, so a released round alone is not the Poisson-sampled pair at
+``q``: every round, released, skipped or aborted, is charged with one
+non-adaptive bound.  Under zero-out adjacency the target's participation
+is the same in both worlds and the sampling is data independent; condition
+on the cohort ``S'`` among the other ``n - 1`` clients, ``B = |S'| ~
+Bin(n - 1, q)`` (the same weights on both sides; joint convexity of
+``exp((alpha-1) D_alpha)``): for ``B >= k`` the round is released whatever
+the target does and the pair is the sampled pair above (moment ``A_q =
+exp((alpha-1) eps_q)``, both directions); for ``B = k - 1`` it is released
+only if the target joins, the pair ``((1-q) skip + q Q, (1-q) skip + q P)``
+has moment at most ``(1-q) + q exp((alpha-1) eps(alpha))`` (convexity of
+``x^alpha y^(1-alpha)``; ``eps`` holds for both orderings); for ``B < k -
+1`` both worlds skip (moment 1).  Hence
+
+    eps_round(alpha) = 1/(alpha-1) log[P(B >= k) A_q(alpha)
+                       + P(B = k-1) (1 - q + q e^((alpha-1) eps(alpha))) + P(B < k-1)],
+
+at most ``eps(alpha)``, the sampled bound for ``k = 0`` (never skipped;
+history rows of 5 fields), close to it when ``P(B < k)`` is small.  Against
+the server (``q = 1`` below), a skipped round costs nothing: the server
+sees the cohort and receives nothing; history rows record ``released`` 0.
+
 **Whom the amplification protects against.**  Amplification by sampling
 holds against an adversary who does not learn which clients were sampled:
 whoever sees only the released sums or the models.  The server of the
