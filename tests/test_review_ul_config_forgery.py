@@ -77,7 +77,9 @@ def test_a_lowered_client_sample_rate_is_caught(run: Path, tmp_path: Path) -> No
     """HOLE (fails against main): sample_rate 0.6 -> 0.05 in every user-level
     row, everything recomputed; metrics.json still records the configured 0.6."""
     forged, before, after = _forged(run, tmp_path / "q", sample_rate=0.05)
-    assert after < before / 1.5  # the forgery pays: a far smaller epsilon
+    # the forgery pays: a far smaller epsilon (less so since the skip-aware
+    # charge: the rows keep the run's skip threshold)
+    assert after < before / 1.4
     metrics = json.loads((forged / "metrics.json").read_text())
     assert metrics["config"]["client_sample_rate"] == 0.6
     report = audit_run(forged)
