@@ -316,3 +316,31 @@ def test_a_forged_skip_threshold_or_pool_is_caught(run: Path, tmp_path: Path,
     report = audit_run(forged)
     assert not report["verified"]
     assert any(needle in v for v in report["violations"]), report["violations"]
+
+
+def test_the_budget_guard_refuses_after_skipped_rounds_spent_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTACK on the guard: a plan calibrated for 2 rounds, in a run of 4
+    whose first two cohorts are too small (skipped).  The skips spend the
+    budget, so round 3, which samples everyone, must be refused (before,
+    skips were free and round 3 released at a budget already spent)."""
+    from dataclasses import replace
+
+    from securefl.federation import simulation
+
+    cohorts = iter([(1,), (2,), (1, 2, 3, 4), (1, 2, 3, 4)])
+    monkeypatch.setattr(simulation, "poisson_cohort", lambda ids, q: next(cohorts))
+    planner = simulation.user_level_plan
+    monkeypatch.setattr(simulation, "user_level_plan",
+                        lambda config, model: planner(replace(config, rounds=2), model))
+    config = SimulationConfig(num_clients=4, rounds=4, dropout=0.0, privacy="user-level",
+                              bits=16, user_epsilon=8.0, seed=1, hidden=8, local_epochs=1,
+                              client_sample_rate=0.5)
+    result = run_simulation(config, tmp_path / "run")
+    assert [r.aborted for r in result.rounds] == [True] * 4
+    assert result.rounds[0].abort_reason.startswith("skipped:")
+    assert result.rounds[2].abort_reason.startswith("refused (user-level budget)")
+    rows = [r for r in _user_rows(tmp_path / "run") if r["status"] != "in-flight"]
+    assert [(r["round"], r["status"]) for r in rows] == [(1, "skipped"), (2, "skipped")]
+    assert rows[-1]["epsilon"] == pytest.approx(8.0, rel=1e-4)
+    assert audit_run(tmp_path / "run")["verified"]
