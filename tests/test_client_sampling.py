@@ -193,8 +193,9 @@ def test_a_cohort_too_small_skips_the_round(tmp_path: Path, monkeypatch: pytest.
     """Round 1's cohort is below the smallest session that takes the noise
     (2 clients at 16 bits; at 24 bits a client's share of the larger noise
     needs 4, :func:`user_level_min_cohort`): the round is skipped before
-    anyone trains (no in-flight block, nothing charged), the model is
-    unchanged; round 2 samples everyone and runs."""
+    anyone trains (no in-flight block; its settled block charges the skip
+    at user level), the model is unchanged; round 2 samples everyone and
+    runs."""
     sessions = _spy_sessions(monkeypatch)
     cohorts = iter([first, (1, 2, 3, 4)])
     monkeypatch.setattr(simulation, "poisson_cohort", lambda ids, q: next(cohorts))
@@ -215,6 +216,11 @@ def test_a_cohort_too_small_skips_the_round(tmp_path: Path, monkeypatch: pytest.
     for cid, row in round1.items():
         assert row.local_steps == 0
         assert row.status == ("round-aborted" if cid in first else "not-sampled")
-    assert [u.round for u in chain.effective_user_level()] == [2]
+    # the skip is charged (whether a round is skipped depends on who was
+    # sampled): a settled `skipped` row, sampled epsilon only
+    assert [(u.round, u.status) for u in chain.effective_user_level()] == [
+        (1, "skipped"), (2, "released")]
+    skip_row = chain.effective_user_level()[0]
+    assert skip_row.epsilon > 0 and skip_row.epsilon_unsampled == 0.0
     assert [sorted(s.client_ids) for s in sessions] == [[1, 2, 3, 4]]
     assert audit_run(tmp_path / "run")["exit_code"] == 0

@@ -25,7 +25,7 @@ import pytest
 
 from securefl.cli.audit import audit_run
 from securefl.federation.simulation import SimulationConfig, run_simulation
-from securefl.privacy.distributed import colluder_epsilon, user_level_epsilons
+from securefl.privacy.distributed import SkellamRound, colluder_epsilon, user_level_epsilons
 from tests.ledger_tools import records, write_chained
 
 CONFIG = dict(num_clients=12, rounds=3, dropout=0.0, privacy="user-level", bits=16,
@@ -49,8 +49,10 @@ def _rewrite(recs: list[dict], **fields: float) -> list[dict]:
         if rec["type"] != "user-level":
             continue
         rec.update(fields)
-        history = [*previous, [rec["released_variance"], rec["l1_sensitivity"],
-                               rec["l2_sensitivity"], rec["sample_rate"], 1]]
+        history = [*previous, SkellamRound(
+            rec["released_variance"], rec["l1_sensitivity"], rec["l2_sensitivity"],
+            rec["sample_rate"], 1, rec.get("cohort_pool", 0), rec.get("skip_below", 0),
+            0 if rec["status"] == "skipped" else 1).as_list()]
         rec["history"] = history
         eps = user_level_epsilons(history, rec["delta"], accountant=rec["accountant"])
         rec["epsilon"], rec["epsilon_unsampled"] = eps["sampled"], eps["unsampled"]
@@ -75,7 +77,9 @@ def test_a_lowered_client_sample_rate_is_caught(run: Path, tmp_path: Path) -> No
     """HOLE (fails against main): sample_rate 0.6 -> 0.05 in every user-level
     row, everything recomputed; metrics.json still records the configured 0.6."""
     forged, before, after = _forged(run, tmp_path / "q", sample_rate=0.05)
-    assert after < before / 1.5  # the forgery pays: a far smaller epsilon
+    # the forgery pays: a far smaller epsilon (less so since the skip-aware
+    # charge: the rows keep the run's skip threshold)
+    assert after < before / 1.4
     metrics = json.loads((forged / "metrics.json").read_text())
     assert metrics["config"]["client_sample_rate"] == 0.6
     report = audit_run(forged)

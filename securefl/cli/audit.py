@@ -331,8 +331,11 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
                      f" {row.l2_sensitivity:.6g}) do not follow from gamma {row.gamma:.6g},"
                      f" clip {row.clip:.6g}, d {row.dimension}, beta {row.beta:.6g}"
                      f" (recomputed {l1:.6g}, {bound:.6g})")
-    expected = [*previous, [row.released_variance, row.l1_sensitivity, row.l2_sensitivity,
-                            row.sample_rate, 1]]
+    from securefl.privacy.distributed import SkellamRound
+
+    expected = [*previous, SkellamRound(
+        row.released_variance, row.l1_sensitivity, row.l2_sensitivity, row.sample_rate, 1,
+        row.cohort_pool, row.skip_below, 0 if row.status == "skipped" else 1).as_list()]
     if row.history != expected:
         found.append(f"{where}: the history does not follow from the earlier user-level rows"
                      " and this round's released variance")
@@ -359,7 +362,9 @@ def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
 def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     """dp-accounting's RDP epsilon of the Poisson-sampled Gaussian with the
     history's variances: never above the Skellam mechanism's (an independent
-    cross-check of the recomputation).  It is evaluated at dp-accounting's
+    cross-check of the recomputation).  Rows with a skip threshold ``k >= 2``
+    are mixed as the Skellam charge is (``skip_mixture_rdp``), from
+    dp-accounting's sampled and unsampled Gaussian RDP.  It is evaluated at dp-accounting's
     default orders and at every order of the Skellam accountant
     (:data:`~securefl.privacy.distributed.ORDERS`): at each of those the
     Gaussian's RDP is at most the Skellam bound, so the floor's minimum over
@@ -367,21 +372,39 @@ def _gaussian_floor(history: list[list[float]], delta: float) -> float:
     default orders alone, which lack 65..127 and 136..248, the floor could
     exceed a valid epsilon attained at one of those orders)."""
     import dp_accounting
-    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+    import numpy as np
+    from dp_accounting.rdp.rdp_privacy_accountant import (
+        DEFAULT_RDP_ORDERS,
+        _compute_rdp_poisson_subsampled_gaussian,
+        compute_epsilon,
+    )
 
     from securefl.privacy.accounting import _quiet_absl
-    from securefl.privacy.distributed import ORDERS
+    from securefl.privacy.distributed import ORDERS, skip_mixture_rdp
 
     orders = sorted({float(o) for o in DEFAULT_RDP_ORDERS} | {float(o) for o in ORDERS})
     accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
     with _quiet_absl():
-        for mu, _, l2, q, rounds in history:
-            if rounds and l2 > 0:
+        skip_rdp = np.zeros(len(orders))
+        for mu, _, l2, q, rounds, *skip in history:
+            n, k = (int(skip[0]), int(skip[1])) if skip else (0, 0)
+            if rounds and l2 > 0 and k >= 1:
+                # the same skip mixture as the Skellam charge, of the
+                # Gaussian's sampled and unsampled RDP (dp-accounting's)
+                sigma = math.sqrt(mu) / l2
+                sampled = np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, sigma, orders)
+                                     if q < 1 else np.asarray(orders) / (2 * sigma ** 2))
+                unsampled = np.asarray(orders) / (2 * sigma ** 2)
+                skip_rdp += int(rounds) * skip_mixture_rdp(orders, sampled, unsampled, q, n, k)
+            elif rounds and l2 > 0:
                 event: Any = dp_accounting.GaussianDpEvent(math.sqrt(mu) / l2)
                 if q < 1:
                     event = dp_accounting.PoissonSampledDpEvent(q, event)
                 accountant.compose(event, int(rounds))
-        return float(accountant.get_epsilon(delta))
+        if not skip_rdp.any():
+            return float(accountant.get_epsilon(delta))
+        total = skip_rdp + np.asarray(accountant._rdp)
+        return float(compute_epsilon(orders, total, delta)[0])
 
 
 def _user_delta_problems(rows: list[UserLevelEntry], record_deltas: set[float]) -> list[str]:
@@ -449,13 +472,21 @@ def _user_charge_problems(chain: LedgerChain) -> list[str]:
     settled_users = {u.round for u in chain.committed_user_level if not u.in_flight}
     for row in chain.committed_user_level:
         where = f"round {row.round}, user level ({row.status})"
-        if row.status in ("in-flight", "round-aborted") and not (
+        if row.status in ("in-flight", "round-aborted", "skipped") and not (
                 row.released_variance == row.target_variance and row.survivors == 0):
             found.append(f"{where}: a charge must state the target variance"
                          f" {row.target_variance:.6g} and no survivors, it states"
                          f" {row.released_variance:.6g} and {row.survivors}")
         if row.status == "released" and row.survivors < 1:
             found.append(f"{where}: a released sum with no survivors")
+        if row.cohort_pool >= 1 and not 1 <= row.skip_below <= row.cohort_pool:
+            found.append(f"{where}: skip threshold {row.skip_below} is not in 1..{row.cohort_pool}"
+                         " (the clients sampled from)")
+        if row.cohort_pool == 0 and (row.skip_below > 0 or row.status == "skipped"):
+            found.append(f"{where}: a skip threshold or a skipped round without the pool size")
+        if row.status == "skipped" and row.skip_below < 1:
+            found.append(f"{where}: a round skipped with skip threshold {row.skip_below}"
+                         " (a round is skipped only below a threshold >= 1)")
         if row.in_flight and row.round in settled_rounds and row.round not in settled_users:
             found.append(f"{where}: the round settled without a user-level row: its in-flight"
                          " user-level charge was dropped instead of kept or superseded")
@@ -463,7 +494,7 @@ def _user_charge_problems(chain: LedgerChain) -> list[str]:
 
 
 _USER_PLAN_FIELDS = ("target_variance", "gamma", "clip", "dimension", "beta", "bits",
-                     "sample_rate")
+                     "sample_rate", "cohort_pool", "skip_below")
 """User-level row fields that are constants of the run's one plan
 (``plan_user_level``): every row, charge or release, states the same."""
 
@@ -533,7 +564,8 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
         previous = row.history
         out.append({"round": row.round, "status": row.status, "mechanism": row.mechanism,
                     "adjacency": row.adjacency, "accountant": row.accountant,
-                    "sample_rate": row.sample_rate,
+                    "sample_rate": row.sample_rate, "cohort_pool": row.cohort_pool,
+                    "skip_below": row.skip_below,
                     "released_variance": row.released_variance,
                     "target_variance": row.target_variance, "gamma": row.gamma,
                     "clip": row.clip, "bits": row.bits, "survivors": row.survivors,
@@ -577,7 +609,39 @@ def _user_config_problems(chain: LedgerChain, config: Any, source: str) -> list[
                 found.append(f"round {row.round}, user level: the run configuration"
                              f" ({source}) gives {key} = {want!r}, the row records"
                              f" {name} = {have!r}")
+        found.extend(_user_skip_config_problems(row, config, source))
     return found
+
+
+def _user_skip_config_problems(row: UserLevelEntry, config: dict[str, Any],
+                               source: str) -> list[str]:
+    """Why a user-level row's pool ``n`` and skip threshold ``k`` disagree
+    with the run configuration (rows written before skips were charged,
+    ``cohort_pool`` 0, are not checked): ``n`` is the configured number of
+    clients; with client sampling, ``k`` is a session size the simulator can
+    pick (``MIN_COHORT <= k <= cohort_bound(n, q)``,
+    ``user_level_min_cohort``), without it ``k = n``.  A forged smaller
+    ``k`` (or larger ``n``) lowers the recomputed skip-aware charge."""
+    from securefl.federation.cohort import MIN_COHORT, cohort_bound
+
+    if row.cohort_pool == 0:
+        return []
+    where = f"round {row.round}, user level"
+    n, q = config.get("num_clients"), config.get("client_sample_rate", 1.0)
+    if not isinstance(n, int) or isinstance(n, bool) or not isinstance(q, int | float):
+        return []
+    if row.cohort_pool != n:
+        return [f"{where}: the run configuration ({source}) gives num_clients = {n}, the row"
+                f" records cohort_pool = {row.cohort_pool}"]
+    try:
+        low, high = (n, n) if q == 1.0 else (MIN_COHORT, cohort_bound(n, float(q)))
+    except (SecureFLError, ValueError, ArithmeticError):
+        return []
+    if not low <= row.skip_below <= max(high, low):
+        return [f"{where}: skip_below = {row.skip_below} is not a cohort size the run's"
+                f" sessions can have ({low}..{max(high, low)}, {source}: num_clients {n},"
+                f" client_sample_rate {q})"]
+    return []
 
 
 def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[str]:
@@ -591,8 +655,17 @@ def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[
     if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
         return []
     released = {u.round: u for u in chain.committed_user_level if u.status == "released"}
+    skipped = {u.round for u in chain.committed_user_level if u.status == "skipped"}
     found = []
     for entry in metrics.get("rounds") or []:
+        number = entry.get("round") if isinstance(entry, dict) else None
+        if isinstance(entry, dict) and entry.get("aborted") is True \
+                and str(entry.get("abort_reason", "")).startswith("skipped:") \
+                and isinstance(number, int) and number <= chain.last_settled_round \
+                and number not in skipped:
+            found.append(f"round {number}, user level: {METRICS_NAME} reports the round skipped"
+                         " (a small cohort), the ledger settles it without a skipped"
+                         " user-level row (a skipped round is charged)")
         if not isinstance(entry, dict) or entry.get("aborted") is not False:
             continue
         number = entry.get("round")

@@ -638,7 +638,9 @@ class RoundRecorder:
             driver_state: the driver's state after this round (JSON).
             user_level: the round's settled user-level ledger row, when the
                 sum carried distributed-DP noise and was released (written in
-                the settled block).  When it is empty and :meth:`begin`
+                the settled block), or the charge of a round skipped before
+                anyone trained (status ``skipped``; nothing was charged in
+                flight).  When it is empty and :meth:`begin`
                 charged the round at user level, the charge is kept: the
                 settled block repeats it with status ``round-aborted``.
 
@@ -648,16 +650,20 @@ class RoundRecorder:
         Raises:
             ConfigurationError: ``round_number`` is not the next round, or
                 ``user_level`` holds more than one row or a row that is not
-                a release of that round.
+                a release or a skip of that round (a skip after an in-flight
+                user-level charge).
         """
         if round_number != self.next_round:
             raise ConfigurationError(f"round {round_number} is not the next round"
                                      f" ({self.next_round})")
         user_level = list(user_level)
-        if len(user_level) > 1 or any(u.round != round_number or u.status != "released"
-                                      for u in user_level):
+        if len(user_level) > 1 or any(
+                u.round != round_number or u.status not in ("released", "skipped")
+                or (u.status == "skipped" and self.in_flight_user is not None)
+                for u in user_level):
             raise ConfigurationError(f"round {round_number}: at most one user-level row, the"
-                                     " round's release")
+                                     " round's release, or its skip when nothing was charged"
+                                     " in flight")
         if not user_level and self.in_flight_user is not None:
             # nothing released, or nobody knows: the in-flight charge stays
             user_level = [dataclasses.replace(self.in_flight_user, status="round-aborted")]

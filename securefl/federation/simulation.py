@@ -100,7 +100,7 @@ from securefl.privacy.distributed import (
     plan_user_level,
     user_level_entry,
 )
-from securefl.privacy.ledger import Participation, parse_ledger
+from securefl.privacy.ledger import Participation, UserLevelEntry, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
 from securefl.protocol.config import SecAggConfig, SecurityMode, default_threshold
@@ -740,10 +740,25 @@ def user_level_plan(config: SimulationConfig,
     else:
         sizes = [config.num_clients] if q == 1.0 else range(MIN_COHORT, max(bound, 2) + 1)
         factor = max(m / _session_threshold(config, m) for m in sizes)
-    return plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
-                           cohort=bound, q=q, rounds=config.rounds,
-                           target_epsilon=config.user_epsilon, delta=config.delta,
-                           noise_factor=factor)
+    # the ledger charges every round with the skip-aware bound of the pool n
+    # and the skip threshold k (rounds with fewer than k sampled clients are
+    # skipped), so the variance is calibrated with it; k depends on the
+    # variance (user_level_min_cohort), so iterate to the plan whose k is
+    # the one it was calibrated for
+    skip_below = 0
+    for _ in range(8):
+        plan = plan_user_level(num_values=size, clip=config.user_clip, bits=config.bits,
+                               cohort=bound, q=q, rounds=config.rounds,
+                               target_epsilon=config.user_epsilon, delta=config.delta,
+                               noise_factor=factor, pool=config.num_clients,
+                               skip_below=skip_below)
+        k = user_level_min_cohort(config, plan)
+        if k == skip_below:
+            return plan
+        skip_below = k
+    raise ConfigurationError(
+        f"the user-level plan does not settle on a skip threshold (last {skip_below}):"
+        " use a larger user epsilon, more clients or a larger client sampling rate")
 
 
 def user_level_min_cohort(config: SimulationConfig, plan: UserLevelPlan) -> int:
@@ -870,8 +885,9 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
         skipped = ""
         if user_plan is not None and len(cohort) < min_cohort:
             skipped = (f"skipped: {len(cohort)} client(s) sampled, fewer than a user-level"
-                       f" session takes ({min_cohort}); nobody trained, nothing was charged"
-                       " or released")
+                       f" session takes ({min_cohort}); nobody trained, nothing was released;"
+                       " the round is charged at user level (whether a round is skipped"
+                       " depends on who was sampled)")
         for client in clients:
             cid = client.client_id
             if cid not in cohort or skipped:
@@ -892,7 +908,8 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 info[cid] = {"status": Participation.REFUSED_BUDGET, "detail": str(exc),
                              "steps": 0}
         previous_user, user_charge, user_refusal = None, None, ""
-        if user_plan is not None and admitted:
+        user_rows: list[UserLevelEntry] = []
+        if user_plan is not None and (admitted or skipped):
             effective = parse_ledger(recorder.store.ledger_bytes()).effective_user_level()
             previous_user = effective[-1] if effective else None
             # the round's user-level charge at its target variance: the least
@@ -902,9 +919,10 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                 survivors=0, previous=previous_user, epsilon_budget=config.user_epsilon),
                 status="in-flight")
             if not user_charge.epsilon <= config.user_epsilon:
-                # the user-level budget guard: earlier charges (an aborted or
-                # interrupted round keeps its charge) leave no room for this
-                # round's release; nobody trains, nothing is released
+                # the user-level budget guard: earlier charges (an aborted,
+                # interrupted or skipped round keeps its charge) leave no room
+                # for this round's charge (the same whether it releases or is
+                # skipped); nobody trains, nothing is released or charged
                 user_refusal = (f"refused (user-level budget): releasing round {round_number}"
                                 f" would raise the user-level epsilon to"
                                 f" {user_charge.epsilon:.4f} > {config.user_epsilon:g}")
@@ -912,7 +930,20 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                     updates[client.client_id] = None
                     info[client.client_id] = {"status": Participation.REFUSED_BUDGET,
                                               "detail": user_refusal, "steps": 0}
+                if skipped:
+                    for cid in cohort:
+                        info[cid] = {"status": Participation.REFUSED_BUDGET,
+                                     "detail": user_refusal, "steps": 0}
+                    skipped = ""
                 admitted, user_charge = [], None
+            elif skipped:
+                # a skipped round: nothing in flight (nobody trains); its
+                # settled block carries the charge (status skipped)
+                user_rows.append(user_level_entry(
+                    user_plan, round_number=round_number, released_variance=user_plan.variance,
+                    survivors=0, previous=previous_user, epsilon_budget=config.user_epsilon,
+                    skipped=True))
+                user_charge = None
         # the spend is durable before any data is touched: in-flight rows,
         # charging the steps each client is about to take, and the round's
         # user-level charge, committed
@@ -957,8 +988,9 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                                      detail=f"encoding refused: {exc}")
 
         abort_reason = ""
-        user_rows = []
         try:
+            if skipped or user_refusal:
+                raise AbortError(skipped or user_refusal)
             if user_plan is not None:
                 outcome, released = _user_level_sum(config, server, user_plan, vectors, drops,
                                                     round_seed, len(cohort))

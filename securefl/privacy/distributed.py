@@ -88,6 +88,31 @@ becomes ``(epsilon, delta)`` by the conversion of Balle et al. 2020
 ``eps = min_alpha rdp(alpha) + log((alpha-1)/alpha) - (log delta + log alpha)/(alpha-1)``
 (:func:`rdp_to_epsilon`).
 
+**Skipped rounds** (:func:`skip_mixture_rdp`).  A federation of ``n``
+clients skips a round whose cohort has fewer than ``k`` clients (nothing
+released).  Whether a round is released depends on whether the target was
+sampled, so a released round alone is not the Poisson-sampled pair at
+``q``: every round, released, skipped or aborted, is charged with one
+non-adaptive bound.  Under zero-out adjacency the target's participation
+is the same in both worlds and the sampling is data independent; condition
+on the cohort ``S'`` among the other ``n - 1`` clients, ``B = |S'| ~
+Bin(n - 1, q)`` (the same weights on both sides; joint convexity of
+``exp((alpha-1) D_alpha)``): for ``B >= k`` the round is released whatever
+the target does and the pair is the sampled pair above (moment ``A_q =
+exp((alpha-1) eps_q)``, both directions); for ``B = k - 1`` it is released
+only if the target joins, the pair ``((1-q) skip + q Q, (1-q) skip + q P)``
+has moment at most ``(1-q) + q exp((alpha-1) eps(alpha))`` (convexity of
+``x^alpha y^(1-alpha)``; ``eps`` holds for both orderings); for ``B < k -
+1`` both worlds skip (moment 1).  Hence
+
+    eps_round(alpha) = 1/(alpha-1) log[P(B >= k) A_q(alpha)
+                       + P(B = k-1) (1 - q + q e^((alpha-1) eps(alpha))) + P(B < k-1)],
+
+at most ``eps(alpha)``, the sampled bound for ``k = 0`` (never skipped;
+history rows of 5 fields), close to it when ``P(B < k)`` is small.  Against
+the server (``q = 1`` below), a skipped round costs nothing: the server
+sees the cohort and receives nothing; history rows record ``released`` 0.
+
 **Whom the amplification protects against.**  Amplification by sampling
 holds against an adversary who does not learn which clients were sampled:
 whoever sees only the released sums or the models.  The server of the
@@ -140,6 +165,7 @@ __all__ = [
     "poisson_subsampled_rdp",
     "rdp_to_epsilon",
     "skellam_rdp",
+    "skip_mixture_rdp",
     "user_level_entry",
     "user_level_epsilon",
     "user_level_epsilons",
@@ -325,17 +351,35 @@ def rdp_to_epsilon(orders: Sequence[int] | np.ndarray, rdp: np.ndarray,
 class SkellamRound:
     """One row of a user-level history: ``rounds`` rounds of the Skellam
     mechanism with released variance ``mu`` (ring units), sensitivities
-    ``l1``, ``l2`` (ring units) and client sampling rate ``q``."""
+    ``l1``, ``l2`` (ring units) and client sampling rate ``q``, in a
+    federation of ``n`` clients whose rounds are skipped when fewer than
+    ``k`` are sampled (``k = 0``: never; ``k = 1``: only an empty cohort;
+    the module docstring, "Skipped rounds"), ``released`` 1 when the
+    round's sum was (or may have been) released, 0 when the round was
+    skipped (it costs nothing against the server, which sees the cohort;
+    the sampled charge is the same)."""
 
     mu: float
     l1: float
     l2: float
     q: float
     rounds: int
+    n: int = 0
+    k: int = 0
+    released: int = 1
 
     def as_list(self) -> list[float]:
-        """``[mu, l1, l2, q, rounds]``, as the ledger stores it."""
-        return [self.mu, self.l1, self.l2, self.q, self.rounds]
+        """``[mu, l1, l2, q, rounds, n, k, released]`` as the ledger stores
+        it (``[mu, l1, l2, q, rounds]`` for a row without a skip threshold,
+        ``k = 0``, released, as rows were written before skips were charged)."""
+        if self.k == 0 and self.released == 1 and self.n == 0:
+            return [self.mu, self.l1, self.l2, self.q, self.rounds]
+        return [self.mu, self.l1, self.l2, self.q, self.rounds, self.n, self.k, self.released]
+
+
+def _is_count(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) \
+        and math.isfinite(value) and int(value) == value and value >= 0
 
 
 def _as_rounds(history: Sequence[SkellamRound | Sequence[float]]) -> tuple[SkellamRound, ...]:
@@ -344,10 +388,22 @@ def _as_rounds(history: Sequence[SkellamRound | Sequence[float]]) -> tuple[Skell
         if isinstance(row, SkellamRound):
             rows.append(row)
             continue
-        mu, l1, l2, q, rounds = row
+        if len(row) == 5:
+            mu, l1, l2, q, rounds = row
+            n, k, released = 0, 0, 1
+        elif len(row) == 8:
+            mu, l1, l2, q, rounds, n, k, released = row
+            if not (_is_count(n) and _is_count(k) and n >= 1 and released in (0, 1)
+                    and not isinstance(released, bool)):
+                raise ConfigurationError(
+                    f"a history row's n must be an integer >= 1, k an integer >= 0 and"
+                    f" released 0 or 1: {row!r}")
+        else:
+            raise ConfigurationError(f"a history row has 5 or 8 fields: {row!r}")
         if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
             raise ConfigurationError(f"a history row's rounds must be an integer >= 0: {row!r}")
-        rows.append(SkellamRound(float(mu), float(l1), float(l2), float(q), int(rounds)))
+        rows.append(SkellamRound(float(mu), float(l1), float(l2), float(q), int(rounds),
+                                 int(n), int(k), int(released)))
     return tuple(rows)
 
 
@@ -358,11 +414,90 @@ def _round_rdp(mu: float, l1: float, l2: float, q: float, accountant: str) -> np
     return poisson_subsampled_rdp(ORDERS, q, base, accountant=accountant)
 
 
+def _log_binomial_masses(n: int, q: float, k: int) -> tuple[float, float, float]:
+    """``log P(B >= k)``, ``log P(B = k - 1)``, ``log P(B < k - 1)`` for
+    ``B ~ Bin(n - 1, q)`` (the cohort among the other ``n - 1`` clients),
+    ``-inf`` for an empty event."""
+    m = n - 1
+    j = np.arange(m + 1, dtype=np.float64)
+    if q == 1.0:
+        log_pmf = np.where(j == m, 0.0, -np.inf)
+    else:
+        log_pmf = _log_comb(np.full_like(j, m), j) + j * math.log(q) + (m - j) * math.log1p(-q)
+
+    def mass(select: np.ndarray) -> float:
+        picked = log_pmf[select]
+        if picked.size == 0 or not np.isfinite(picked).any():
+            return -math.inf
+        top = float(np.max(picked))
+        return top + math.log(float(np.sum(np.exp(picked - top))))
+
+    return mass(j >= k), mass(j == k - 1), mass(j < k - 1)
+
+
+def skip_mixture_rdp(orders: Sequence[int] | np.ndarray, sampled: np.ndarray,
+                     unsampled: np.ndarray, q: float, n: int, k: int) -> np.ndarray:
+    """The RDP of one round of a federation of ``n`` clients, each sampled
+    with probability ``q``, whose round is skipped (nothing released) when
+    fewer than ``k`` clients are sampled, charged whatever happens (module
+    docstring, "Skipped rounds"): at each order ``alpha``,
+
+        1/(alpha-1) log[ P(B >= k) e^((alpha-1) sampled)
+                         + P(B = k-1) (1 - q + q e^((alpha-1) unsampled))
+                         + P(B < k-1) ],   B ~ Bin(n - 1, q),
+
+    given ``sampled`` (the Poisson-sampled bound at rate ``q``) and
+    ``unsampled`` (the mechanism's bound, either ordering) at ``orders``.
+    For ``k = 0`` (never skipped) it is ``sampled``; ``k = 1`` skips an empty cohort only.
+
+    Raises:
+        ConfigurationError: ``q`` not in (0, 1], ``n < 1``, ``k < 0``, or
+            the arrays' lengths differ from ``orders``'.
+    """
+    q = _check_q(q)
+    a = np.asarray(orders, dtype=np.float64)
+    sampled = np.asarray(sampled, dtype=np.float64)
+    unsampled = np.asarray(unsampled, dtype=np.float64)
+    if not (_is_count(n) and n >= 1 and _is_count(k)):
+        raise ConfigurationError(f"the pool n must be >= 1 and the threshold k >= 0, got"
+                                 f" n={n!r}, k={k!r}")
+    if sampled.shape != a.shape or unsampled.shape != a.shape:
+        raise ConfigurationError("skip_mixture_rdp needs one value per order")
+    if k == 0:
+        return sampled.copy()
+    log_ge, log_eq, log_lt = _log_binomial_masses(int(n), q, int(k))
+    log_join = np.logaddexp(math.log1p(-q) if q < 1.0 else -math.inf,
+                            math.log(q) + (a - 1.0) * unsampled)
+    terms = np.stack([log_ge + (a - 1.0) * sampled, log_eq + log_join,
+                      np.full_like(a, log_lt)])
+    with np.errstate(invalid="ignore"):
+        top = np.max(terms, axis=0)
+        total = top + np.log(np.sum(np.exp(terms - top), axis=0))
+    return np.maximum(total, 0.0) / (a - 1.0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _skip_round_rdp(mu: float, l1: float, l2: float, q: float, n: int, k: int,
+                    accountant: str) -> np.ndarray:
+    """One round's amplified RDP at :data:`ORDERS`, skips included (every
+    round charged, released or skipped): :func:`skip_mixture_rdp` of the
+    sampled and unsampled Skellam bounds; :func:`_round_rdp` for ``k = 0``."""
+    sampled = _round_rdp(mu, l1, l2, q, accountant)
+    if k == 0:
+        return sampled
+    unsampled = skellam_rdp(np.asarray(ORDERS), l1, l2, mu)
+    return skip_mixture_rdp(ORDERS, sampled, unsampled, q, n, k)
+
+
 def user_level_epsilon(history: Sequence[SkellamRound | Sequence[float]], delta: float,
                        *, amplified: bool = True, accountant: str = ACCOUNTANT) -> float:
     """The user-level epsilon at ``delta`` of a composed history (one
-    client's update zeroed out).  ``amplified=False`` ignores the sampling
-    (``q = 1``): the epsilon against an adversary who sees who took part.
+    client's update zeroed out).  Amplified, every row is charged with the
+    skip-aware bound (module docstring, "Skipped rounds"), skipped rounds
+    included.  ``amplified=False`` ignores the sampling (``q = 1``): the
+    epsilon against an adversary who sees who took part, over the rows
+    whose sum was (or may have been) released (``released`` 1); a skipped
+    round releases nothing to it.
     ``accountant`` names the subsampling bound (:data:`ACCOUNTANTS`; both
     coincide at ``q = 1``).
 
@@ -378,12 +513,16 @@ def user_level_epsilon(history: Sequence[SkellamRound | Sequence[float]], delta:
     rows = _as_rounds(history)
     total = np.zeros(len(ORDERS))
     for row in rows:
-        if row.rounds == 0:
+        if row.rounds == 0 or (not amplified and not row.released):
             continue
         if not row.mu > 0:
             return math.inf
-        q = _check_q(row.q) if amplified else 1.0
-        total = total + row.rounds * _round_rdp(row.mu, row.l1, row.l2, q, accountant)
+        if amplified:
+            total = total + row.rounds * _skip_round_rdp(row.mu, row.l1, row.l2,
+                                                         _check_q(row.q), row.n, row.k,
+                                                         accountant)
+        elif row.released:
+            total = total + row.rounds * _round_rdp(row.mu, row.l1, row.l2, 1.0, accountant)
     if not total.any():
         return 0.0
     return rdp_to_epsilon(ORDERS, total, delta)
@@ -425,17 +564,21 @@ def colluder_epsilon(history: Sequence[SkellamRound | Sequence[float]],
         if not (removed >= 0 and math.isfinite(removed)):
             raise ConfigurationError(f"a colluder variance must be >= 0, got {removed}")
         reduced.append(SkellamRound(max(0.0, row.mu - removed), row.l1, row.l2, 1.0,
-                                    row.rounds))
+                                    row.rounds, row.n, row.k, row.released))
     return user_level_epsilon(reduced, delta, amplified=False)
 
 
 @functools.lru_cache(maxsize=1024)
 def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float, q: float,
-                       rounds: int, accountant: str = ACCOUNTANT) -> float:
+                       rounds: int, accountant: str = ACCOUNTANT, pool: int = 0,
+                       skip_below: int = 0) -> float:
     """The smallest released variance ``mu`` (ring units, relative precision
     1e-6, on the safe side) whose user-level epsilon over ``rounds`` rounds
     at sampling rate ``q`` (by ``accountant``) is at most ``target_epsilon``
-    (bisection; the epsilon decreases with ``mu``).
+    (bisection; the epsilon decreases with ``mu``), every round charged as
+    the ledger charges it: skip-aware (module docstring, "Skipped rounds")
+    in a pool of ``pool`` clients whose rounds with fewer than
+    ``skip_below`` sampled are skipped (``skip_below = 0``: never).
 
     Raises:
         ConfigurationError: when ``target_epsilon`` is not positive and
@@ -451,9 +594,13 @@ def calibrate_variance(target_epsilon: float, delta: float, l1: float, l2: float
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
     if not l2 > 0:
         raise ConfigurationError(f"the L2 sensitivity must be > 0, got {l2}")
+    if skip_below >= 1 and not pool >= 1:
+        raise ConfigurationError(f"a skip threshold {skip_below} needs the pool size (>= 1),"
+                                 f" got {pool}")
 
     def eps(mu: float) -> float:
-        return user_level_epsilon([SkellamRound(mu, l1, l2, q, rounds)], delta,
+        return user_level_epsilon([SkellamRound(mu, l1, l2, q, rounds, pool, skip_below)],
+                                  delta,
                                   accountant=accountant)
 
     high = l2 ** 2
@@ -492,6 +639,10 @@ class UserLevelPlan:
             holds.
         accountant: the subsampling bound ``variance`` was calibrated with
             (:data:`ACCOUNTANTS`); the ledger rows of the plan use it too.
+        pool: ``n``, the number of clients sampled from (0: not given).
+        skip_below: ``k``, a round with fewer than ``k`` sampled clients is
+            skipped (``k = 0``: never); ``variance`` was calibrated with
+            the skip-aware charge, and every ledger row records both.
     """
 
     codec: RotatedCodec
@@ -503,12 +654,14 @@ class UserLevelPlan:
     cohort: int
     stddevs: float
     accountant: str = ACCOUNTANT
+    pool: int = 0
+    skip_below: int = 0
 
     @property
     def round_row(self) -> SkellamRound:
         """One round of this plan as a history row (at the calibrated variance)."""
         return SkellamRound(self.variance, self.codec.l1_sensitivity,
-                            self.codec.l2_sensitivity, self.q, 1)
+                            self.codec.l2_sensitivity, self.q, 1, self.pool, self.skip_below)
 
     def sum_stddev(self, noise_factor: float = 1.001) -> float:
         """The per-coordinate standard deviation bound the ring was sized for."""
@@ -526,7 +679,8 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
                     rounds: int, target_epsilon: float, delta: float,
                     beta: float = DEFAULT_BETA, stddevs: float = 3.0,
                     noise_factor: float = 1.001,
-                    accountant: str = ACCOUNTANT) -> UserLevelPlan:
+                    accountant: str = ACCOUNTANT, pool: int = 0,
+                    skip_below: int = 0) -> UserLevelPlan:
     """Calibrate user-level distributed DP: the largest scale ``gamma`` such
     that ``stddevs`` standard deviations of the sum of ``cohort`` rounded
     updates plus noise of variance ``noise_factor * V`` fit in the signed
@@ -551,6 +705,10 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             ``t`` of ``n``).
         accountant: the subsampling bound to calibrate with
             (:data:`ACCOUNTANTS`; the default :data:`ACCOUNTANT`).
+        pool: ``n``, the clients the cohort is sampled from (0: not given).
+        skip_below: ``k``: rounds with fewer than ``k`` sampled clients are
+            skipped; calibrated with the skip-aware charge the ledger uses
+            (:func:`calibrate_variance`).
 
     Raises:
         ConfigurationError: ``clip <= 0``, ``q`` not in (0, 1], ``delta``
@@ -588,7 +746,7 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
             return None
         variance = calibrate_variance(float(target_epsilon), float(delta),
                                       codec.l1_sensitivity, codec.l2_sensitivity, q, rounds,
-                                      accountant)
+                                      accountant, int(pool), int(skip_below))
         need = max(stddevs * _sum_stddev(codec, cohort, variance * noise_factor),
                    2.0 * NOISE_TAIL_SIGMAS * math.sqrt(variance * noise_factor))
         return codec, variance, need
@@ -642,13 +800,14 @@ def plan_user_level(*, num_values: int, clip: float, bits: int, cohort: int, q: 
     codec, variance, _ = final
     return UserLevelPlan(codec=codec, variance=variance, q=q, rounds=int(rounds),
                          delta=float(delta), target_epsilon=float(target_epsilon),
-                         cohort=int(cohort), stddevs=float(stddevs), accountant=accountant)
+                         cohort=int(cohort), stddevs=float(stddevs), accountant=accountant,
+                         pool=int(pool), skip_below=int(skip_below))
 
 
 def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_variance: float,
                      survivors: int, previous: UserLevelEntry | None = None,
                      epsilon_budget: float | None = None, colluders: int = 0,
-                     colluder_variance: float = 0.0) -> UserLevelEntry:
+                     colluder_variance: float = 0.0, skipped: bool = False) -> UserLevelEntry:
     """The ledger row of one released round: the history of ``previous``
     (the last user-level row, None for the first) plus this round at the
     variance the released sum actually carries, and its epsilons, computed
@@ -663,6 +822,17 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
     calibrated to the threshold ``t``); the row records the unsampled
     epsilon against that coalition in ``epsilon_colluders``.  ``c`` must
     be the same in every row of a ledger.
+
+    Every row charges its round with the skip-aware bound of the plan's
+    ``pool`` and ``skip_below`` (module docstring, "Skipped rounds"), which
+    it records (``cohort_pool``, ``skip_below`` and the last history row
+    ``[mu, l1, l2, q, 1, n, k, released]``; a plan with ``skip_below = 0``
+    and no pool writes the 5-field rows of earlier ledgers).
+    ``skipped``: the round was skipped (its cohort was smaller than
+    ``skip_below``): status ``skipped``, ``released_variance`` the plan's
+    variance, no survivors and no colluder variance; charged in the sampled
+    epsilon like any round, not in the unsampled one (nothing reached the
+    server).
 
     Raises:
         ConfigurationError: when ``released_variance`` is below the plan's
@@ -684,10 +854,15 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
         raise ConfigurationError(
             f"round {round_number}: colluder variance {colluder_variance!r} must be in"
             f" [0, {released_variance:.6g}] and 0 without colluders")
+    if skipped and not (released_variance == plan.variance and survivors == 0
+                        and colluder_variance == 0.0):
+        raise ConfigurationError(f"round {round_number}: a skipped round is charged at the"
+                                 " plan's variance, with no survivors and no colluder variance")
     codec = plan.codec
     history = [list(row) for row in previous.history] if previous is not None else []
-    history.append([float(released_variance), codec.l1_sensitivity, codec.l2_sensitivity,
-                    plan.q, 1])
+    history.append(SkellamRound(float(released_variance), codec.l1_sensitivity,
+                                codec.l2_sensitivity, plan.q, 1, plan.pool, plan.skip_below,
+                                0 if skipped else 1).as_list())
     removed = list(previous.colluder_history) if previous is not None else []
     removed.append(float(colluder_variance))
     eps = user_level_epsilons(history, plan.delta, accountant=plan.accountant)
@@ -701,4 +876,5 @@ def user_level_entry(plan: UserLevelPlan, *, round_number: int, released_varianc
         epsilon_unsampled=eps["unsampled"], epsilon_budget=epsilon_budget, history=history,
         colluders=colluders, colluder_history=removed,
         epsilon_colluders=colluder_epsilon(history, removed, plan.delta),
-        accountant=plan.accountant)
+        accountant=plan.accountant, cohort_pool=plan.pool, skip_below=plan.skip_below,
+        status="skipped" if skipped else "released")

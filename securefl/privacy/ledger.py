@@ -98,14 +98,18 @@ USER_LEVEL_DELTA_MAX = 1e-3
 """The largest user-level delta the planner and the audit accept (a
 delta near or above ``1 / number of clients`` permits releasing some
 client's data outright); a row must also have ``delta < 1 / survivors``."""
-USER_LEVEL_STATUSES = ("in-flight", "released", "round-aborted")
+USER_LEVEL_STATUSES = ("in-flight", "released", "round-aborted", "skipped")
 """``status`` values of user-level rows.  ``in-flight``: written in the
 round's in-flight block, before any client's noisy data leaves its control,
 charging the round at its target variance; ``released``: the settled row of
 a round whose sum was released, at the variance it carries; ``round-aborted``:
 the settled row of a round that aborted or was interrupted, which keeps the
 in-flight charge (the target variance; the sum may have been released before
-the process stopped).  Rows of older ledgers have no status: ``released``."""
+the process stopped); ``skipped``: the settled row of a round skipped because
+fewer than ``skip_below`` clients were sampled (nothing trained or released),
+charged at the target variance in the sampled epsilon (whether a round is
+skipped depends on whether the client was sampled: docs/user-level-dp.md,
+"Accounting").  Rows of older ledgers have no status: ``released``."""
 USER_LEVEL_MECHANISMS = ("skellam",)
 """``mechanism`` values of user-level rows: the distributed Skellam mechanism
 (:mod:`securefl.privacy.distributed`)."""
@@ -375,9 +379,16 @@ class UserLevelEntry:
             :data:`USER_LEVEL_ACCOUNTANTS` (rows without the field, written
             before it existed, are read as
             :data:`USER_LEVEL_LEGACY_ACCOUNTANT`).
-        status: one of :data:`USER_LEVEL_STATUSES`; for ``in-flight`` and
-            ``round-aborted`` rows, ``released_variance`` is the charged
-            target variance and ``survivors`` is 0.
+        status: one of :data:`USER_LEVEL_STATUSES`; for ``in-flight``,
+            ``round-aborted`` and ``skipped`` rows, ``released_variance`` is
+            the charged target variance and ``survivors`` is 0.
+        cohort_pool: ``n``, the number of clients each round's cohort is
+            sampled from (0 in rows written before skips were charged).
+        skip_below: ``k``, rounds with fewer than ``k`` sampled clients are
+            skipped; every round, skipped or not, is charged with the
+            skip-aware bound of ``n``, ``q``, ``k`` (0: never skipped, as in rows
+            written before skips were charged).  The history's rows then
+            read ``[mu, l1, l2, q, rounds, n, k, released]``.
     """
 
     round: int
@@ -405,6 +416,8 @@ class UserLevelEntry:
     epsilon_colluders: float = math.nan
     accountant: str = USER_LEVEL_LEGACY_ACCOUNTANT
     status: str = "released"
+    cohort_pool: int = 0
+    skip_below: int = 0
 
     @property
     def in_flight(self) -> bool:
@@ -437,9 +450,12 @@ class UserLevelEntry:
                 if data[key] is None:
                     data[key] = math.nan
             entry = cls(**data)
-            for name in ("round", "dimension", "bits", "survivors", "colluders"):
+            for name in ("round", "dimension", "bits", "survivors", "colluders",
+                         "cohort_pool", "skip_below"):
                 if not _is_int(getattr(entry, name)):
                     raise ValueError(f"{name} must be an integer")
+            if entry.cohort_pool < 0 or entry.skip_below < 0:
+                raise ValueError("cohort_pool and skip_below must be >= 0")
             for name in ("sample_rate", "released_variance", "target_variance", "gamma", "clip",
                          "beta", "l1_sensitivity", "l2_sensitivity", "delta"):
                 if not _is_number(getattr(entry, name)):
@@ -452,11 +468,15 @@ class UserLevelEntry:
             if entry.status not in USER_LEVEL_STATUSES:
                 raise ValueError(f"status must be one of {', '.join(USER_LEVEL_STATUSES)}")
             if not isinstance(entry.history, list) or not all(
-                    isinstance(r, list) and len(r) == 5 and all(_is_number(v) for v in r[:4])
+                    isinstance(r, list) and len(r) in (5, 8) and all(_is_number(v) for v in r[:4])
                     and all(math.isfinite(float(v)) and v >= 0 for v in r[:4])
-                    and 0 < r[3] <= 1 and _is_int(r[4]) and r[4] >= 0 for r in entry.history):
+                    and 0 < r[3] <= 1 and _is_int(r[4]) and r[4] >= 0
+                    and (len(r) == 5 or (_is_int(r[5]) and r[5] >= 1 and _is_int(r[6])
+                                         and r[6] >= 0 and r[7] in (0, 1) and _is_int(r[7])))
+                    for r in entry.history):
                 raise ValueError("history must be a list of [mu >= 0, l1 >= 0, l2 >= 0,"
-                                 " 0 < q <= 1, rounds >= 0] rows")
+                                 " 0 < q <= 1, rounds >= 0] or [mu, l1, l2, q, rounds, n >= 1,"
+                                 " k >= 0, released 0 or 1] rows")
             if not isinstance(entry.colluder_history, list) or not all(
                     _is_number(v) and math.isfinite(float(v)) and v >= 0
                     for v in entry.colluder_history):
