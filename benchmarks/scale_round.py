@@ -76,7 +76,9 @@ def _one(n: int, m: int, dropout: float, profile: bool) -> float:
     cpu = time.process_time() - cpu0
     if prof is not None:
         prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        stats = pstats.Stats(prof)
+        stats.sort_stats("cumulative").print_stats(25)
+        stats.sort_stats("tottime").print_stats(25)
     assert r.exact
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s cpu={cpu:8.2f}s "

@@ -219,3 +219,23 @@ def test_shamir_table_and_fermat_lagrange_paths_agree(monkeypatch: pytest.Monkey
     shares[order[120], 1, 5] = (int(shares[order[120], 1, 5]) + 1) % shamir.PRIME
     with pytest.raises(InconsistentSharesError):
         rec.reconstruct(shares[order], RNG)
+
+
+@settings(max_examples=25, deadline=None)
+@given(holders=st.integers(1, 12), secrets=st.integers(1, 4), data=st.data())
+def test_shares_to_bytes_is_share_to_bytes_of_every_share_in_order(
+        holders: int, secrets: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(1, holders))
+    seed = data.draw(st.binary(min_size=32, max_size=32))
+    shares = shamir.split([os.urandom(32) for _ in range(secrets)], list(range(1, holders + 1)),
+                          t, DeterministicRandom(seed))
+    blob = shamir.shares_to_bytes(shares)
+    expected = b"".join(shamir.share_to_bytes(shares[h, s])
+                        for h in range(holders) for s in range(secrets))
+    assert blob == expected
+    width = shamir.SHARE_BYTES
+    for h in range(holders):
+        for s in range(secrets):
+            i = h * secrets + s
+            assert shamir.share_from_bytes(blob[i * width:(i + 1) * width]).tolist() == \
+                shares[h, s].tolist()

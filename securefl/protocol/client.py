@@ -360,10 +360,16 @@ class ClientSession:
                               holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
         share_keys: dict[int, bytes] = {}
+        # every share serialised at once (as shamir.share_to_bytes does one by
+        # one), then sliced: 64 bytes per share, holder-major
+        width = shamir.SHARE_BYTES
+        blob = shamir.shares_to_bytes(shares)
+        per_holder = (2 + self._components) * width
         for row, holder in enumerate(holders):
-            key_share = shamir.share_to_bytes(shares[row, 0])
-            seed_share = shamir.share_to_bytes(shares[row, 1])
-            noise_shares = [shamir.share_to_bytes(shares[row, 2 + j])
+            base = row * per_holder
+            key_share = blob[base:base + width]
+            seed_share = blob[base + width:base + 2 * width]
+            noise_shares = [blob[base + (2 + j) * width:base + (3 + j) * width]
                             for j in range(self._components)]
             if holder == self.client_id:
                 self._held_key_shares[holder] = key_share
