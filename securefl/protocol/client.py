@@ -415,17 +415,31 @@ class ClientSession:
         seed_shares: dict[int, bytes] = {}
         noise_shares: dict[tuple[int, int], bytes] = {}
         excluded: set[int] = set()
+        opened: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
         for u in sorted(senders):
             ciphertext = msg.ciphertexts[u]
             try:
                 if not isinstance(ciphertext, bytes | bytearray):
                     raise DecryptionError("a share ciphertext is bytes")
-                key_share, seed_share, extra = d.decrypt_share_bundle(
+                opened[u] = d.decrypt_share_bundle(
                     self._share_keys[u], self.session_id, u, self.client_id, bytes(ciphertext))
+            except DecryptionError:
+                excluded.add(u)
+        # the field-range check of every share at once; only if some share
+        # fails is each sender's bundle checked on its own, to name it
+        try:
+            shamir.check_shares([share for key_share, seed_share, extra in opened.values()
+                                 for share in (key_share, seed_share, *extra)])
+            all_valid = True
+        except InconsistentSharesError:
+            all_valid = False
+        for u, (key_share, seed_share, extra) in opened.items():
+            try:
                 if len(extra) != self._components or len(seed_share) != 64:
                     raise InconsistentSharesError("wrong number of noise-seed shares")
-                shamir.check_shares([key_share, seed_share, *extra])
-            except (DecryptionError, InconsistentSharesError):
+                if not all_valid:
+                    shamir.check_shares([key_share, seed_share, *extra])
+            except InconsistentSharesError:
                 # u (or the server relaying it) sent shares this client cannot use:
                 # hold none of u's shares, leave u out of the masks, report it
                 excluded.add(u)
