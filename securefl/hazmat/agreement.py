@@ -146,7 +146,34 @@ def is_canonical_public(raw: bytes) -> bool:
         return False
     u = int.from_bytes(raw, "little")
     rhs = (u * u * u + _A * u * u + u) % FIELD_PRIME
-    return rhs == 0 or pow(rhs, (FIELD_PRIME - 1) // 2, FIELD_PRIME) == 1
+    return rhs == 0 or jacobi(rhs, FIELD_PRIME) == 1
+
+
+def jacobi(a: int, n: int) -> int:
+    """The Jacobi symbol ``(a / n)`` for an odd ``n > 0``: for a prime ``n``
+    the Legendre symbol, 1 iff ``a`` is a non-zero square modulo ``n`` (equal
+    to Euler's criterion ``a^((n-1)/2) mod n``, but by quadratic reciprocity,
+    several times faster than that exponentiation in Python).  Not constant
+    time: for public data only.
+
+    Raises:
+        ValueError: ``n`` is not an odd positive integer.
+    """
+    if n <= 0 or not n & 1:
+        raise ValueError("the Jacobi symbol needs an odd positive modulus")
+    a %= n
+    sign = 1
+    while a:
+        zeros = (a & -a).bit_length() - 1
+        if zeros:
+            a >>= zeros
+            if zeros & 1 and n & 7 in (3, 5):  # (2 / n) = -1 iff n = 3, 5 mod 8
+                sign = -sign
+        a, n = n, a  # reciprocity: both odd now
+        if a & 3 == 3 and n & 3 == 3:
+            sign = -sign
+        a %= n
+    return sign if n == 1 else 0
 
 
 def key_class(raw: bytes) -> bytes:
