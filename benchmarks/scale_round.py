@@ -323,8 +323,10 @@ def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
 
 def _exponents(label: str, rows: list[tuple[int, float]]) -> None:
     for (n0, a), (n1, b) in itertools.pairwise(rows):
+        if n0 == n1:  # a size repeated (best of several): no exponent
+            continue
         print(f"{label} exponent {n0}->{n1}: {math.log(b / a) / math.log(n1 / n0):.2f}")
-    if len(rows) > 2:
+    if len(rows) > 2 and rows[0][0] != rows[-1][0]:
         (n0, a), (n1, b) = rows[0], rows[-1]
         print(f"{label} exponent {n0}->{n1}: {math.log(b / a) / math.log(n1 / n0):.2f}")
 
