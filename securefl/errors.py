@@ -89,6 +89,12 @@ class Rule(str, enum.Enum):
     its masked input reported as excluded: it masked with that peer, so the
     complaint was forged in transit (or the client lied); the round aborts,
     since the sum would be wrong (SPEC [R4-12])."""
+    STORE_FAILED = "masked-input-store-failed"
+    """The server's masked-input store (:mod:`securefl.protocol.storage`)
+    failed: a masked input could not be kept (the message is refused, the
+    running sum and the store unchanged) or a kept one could not be read
+    back exactly when a complaint excluded its sender (the round aborts: no
+    sum is produced)."""
 
 
 def _peer_text(peer: int | str | None) -> str:

@@ -1,11 +1,15 @@
-"""In-process rounds hold each masked vector once: a client's sent reply is
-read-only and the server keeps it without a second copy (as it keeps a decoded
-wire message), so ``secure_sum`` needs the server's n ring-width vectors plus
-a few, not twice that.  A vector the caller can still write to is copied: a
-caller reusing its buffer after handing it over cannot change the sum."""
+"""In-process rounds hold each masked vector once: a client's sent reply is a
+read-only view of immutable bytes and the server keeps it without a second
+copy (as it keeps a decoded wire message), so ``secure_sum`` needs the
+server's n ring-width vectors plus a few, not twice that; with ``spill=True``
+the server's copies go to a temporary file and the clients release theirs, so
+it needs a few vectors whatever n.  A vector the caller can still write to,
+or make writable again, is copied: a caller reusing its buffer after handing
+it over cannot change the sum."""
 
 from __future__ import annotations
 
+import tempfile
 import tracemalloc
 from typing import Any
 
@@ -15,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl import wire
+from securefl.errors import AbortError, LocalProtocolError, Rule
 from securefl.hazmat.prg import ring_dtype
-from securefl.protocol import Round, SecAggConfig
+from securefl.protocol import Round, SecAggConfig, inmemory
 from securefl.protocol.inmemory import SessionDriver, secure_sum
 from securefl.protocol.messages import MaskedInput
 
@@ -138,3 +143,109 @@ def test_decoding_an_aligned_vector_copies_nothing() -> None:
     assert np.shares_memory(decoded.masked, np.frombuffer(data, dtype=np.uint8))
     with pytest.raises(ValueError):
         decoded.masked.flags.writeable = True  # a view of immutable bytes stays read-only
+
+
+_TEMPORARY_FILE = tempfile.TemporaryFile
+
+
+class _Files:
+    """Records the temporary files ``secure_sum`` opens."""
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+
+    def __call__(self) -> Any:
+        f = _TEMPORARY_FILE()  # secure_sum closes it
+        self.opened.append(f)
+        return f
+
+
+@pytest.mark.parametrize("n", [16, 48])
+def test_secure_sum_spilling_holds_a_constant_number_of_vectors(
+        n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, bits = 1 << 17, 32
+    config = SecAggConfig(num_clients=n, vector_length=m, bits=bits)
+    inputs = _inputs(config, 6)
+    ring = m * ring_dtype(bits).itemsize
+    files = _Files()
+    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    secure_sum(_inputs(config, 7), config, spill=True)  # lazily imported modules
+    tracemalloc.start()
+    try:
+        result = secure_sum(inputs, config, spill=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(np.asarray(result.total, dtype=np.uint64),
+                          _expected(inputs, config.ids, bits))
+    # the server's running sum, one client's input and masked copy in flight,
+    # the mask threads' accumulators: the same bound for 16 and 48 clients
+    # (without spilling the server and the clients' sent replies hold n)
+    assert peak < 14 * ring
+    assert len(files.opened) == 2 and all(f.closed for f in files.opened)
+
+
+def test_the_spill_file_is_closed_when_the_round_aborts(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SecAggConfig(num_clients=5, vector_length=30, bits=16, threshold=4)
+    files = _Files()
+    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    with pytest.raises(AbortError):
+        secure_sum(_inputs(config, 8), config, {1: Round.UNMASKING, 2: Round.UNMASKING},
+                   spill=True)
+    assert len(files.opened) == 1 and files.opened[0].closed
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([8, 24, 64]),
+       dropped=st.sets(st.integers(1, 6), max_size=2),
+       at=st.sampled_from([Round.MASKED_INPUT_COLLECTION, Round.UNMASKING]))
+def test_spilling_or_not_gives_the_exact_sum(seed: int, bits: int, dropped: set[int],
+                                             at: Round) -> None:
+    config = SecAggConfig(num_clients=6, vector_length=33, bits=bits, threshold=3)
+    inputs = _inputs(config, seed)
+    dropouts = dict.fromkeys(dropped, at)
+    for spill in (True, False):
+        result = secure_sum(inputs, config, dropouts, spill=spill)
+        assert result.survivors == tuple(c for c in config.ids if c not in dropped
+                                         or at is Round.UNMASKING)
+        assert np.array_equal(np.asarray(result.total, dtype=np.uint64),
+                              _expected(inputs, result.survivors, bits))
+
+
+def test_spill_none_spills_above_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SecAggConfig(num_clients=4, vector_length=25, bits=16)  # 4 * 25 * 2 = 200 bytes
+    inputs = _inputs(config, 9)
+    files = _Files()
+    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    monkeypatch.setattr(inmemory, "SPILL_BYTES", 200)
+    secure_sum(inputs, config)
+    assert files.opened == []
+    monkeypatch.setattr(inmemory, "SPILL_BYTES", 199)
+    result = secure_sum(inputs, config)
+    assert len(files.opened) == 1 and files.opened[0].closed
+    assert np.array_equal(np.asarray(result.total, dtype=np.uint64),
+                          _expected(inputs, config.ids, 16))
+
+
+def test_a_released_masked_input_is_not_sent_again_and_the_session_goes_on() -> None:
+    config = SecAggConfig(num_clients=4, vector_length=20, bits=12)
+    inputs = _inputs(config, 10)
+    driver = SessionDriver(config, inputs)
+    driver.start()
+    driver.close()
+    driver.step()  # shares
+    request = dict(driver.pending)
+    driver.answer()
+    client = driver.clients[1]
+    assert client.handle(request[1]) is driver.sent[Round.MASKED_INPUT_COLLECTION][1]  # [CLI-2]
+    state = client.state
+    client.release_masked_input()
+    with pytest.raises(LocalProtocolError) as info:
+        client.handle(request[1])
+    assert info.value.rule is Rule.SESSION_FINISHED and info.value.peer == 1
+    assert client.state is state  # nothing else changed: the round completes
+    driver.close()
+    while not driver.finished:
+        driver.step()
+    assert np.array_equal(np.asarray(driver.result.total, dtype=np.uint64),
+                          _expected(inputs, driver.result.survivors, 12))

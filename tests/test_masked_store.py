@@ -27,8 +27,8 @@ from securefl.hazmat.prg import ring_dtype
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import SessionDriver
-from securefl.protocol.messages import ShareDelivery
-from securefl.protocol.storage import FileStore, MaskedInputStore, MemoryStore
+from securefl.protocol.messages import MaskedInput, ShareDelivery
+from securefl.protocol.storage import FileStore, MaskedInputStore, MemoryStore, frozen
 
 FAST = settings(max_examples=20, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -186,3 +186,63 @@ def test_a_client_reported_after_its_vector_arrived_is_taken_out_of_the_sum() ->
         expected = sum(inputs[c] for c in result.survivors) & np.uint64(0xFFFFFFFF)
         assert np.array_equal(result.total, expected)
         assert driver.held_at_close == 7
+
+
+class _Rewriter(_Complaints):
+    """The attack on the store's no-copy rule: the caller hands the server a
+    masked input whose vector is read-only and owns its memory, then makes
+    it writable again (numpy allows the owner to) and changes it.  If the
+    store kept that array, a later exclusion of the sender would subtract
+    the changed vector and the sum would be silently wrong."""
+
+    def server_receive(self, rnd: Round, cid: int, message: Any) -> None:
+        if isinstance(message, MaskedInput):
+            vector = np.array(message.masked)  # owns its memory
+            vector.flags.writeable = False
+            assert vector.flags.owndata and not vector.flags.writeable
+            super().server_receive(rnd, cid, dataclasses.replace(message, masked=vector))
+            vector.flags.writeable = True
+            vector += vector.dtype.type(1)
+            return
+        super().server_receive(rnd, cid, message)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_read_only_owner_rewritten_after_receive_does_not_change_the_sum(kind: str) -> None:
+    # client 2 sends before client 5, whose complaint about 2 removes both:
+    # the server subtracts what it kept of 2's vector, which 2's caller has
+    # rewritten since
+    config = SecAggConfig(num_clients=7, vector_length=50, bits=32, threshold=3)
+    gen = np.random.default_rng(12)
+    inputs = {c: gen.integers(0, 2**32, 50, dtype=np.uint64) for c in config.ids}
+    store, f = dict(_stores())[kind]()
+    try:
+        driver = _Rewriter(config, inputs, {(5, 2)}, store, {}, bytes(32))
+        driver.run()
+    finally:
+        if f is not None:
+            f.close()
+    result = driver.result
+    assert set(result.excluded) == {2, 5}
+    assert result.survivors == (1, 3, 4, 6, 7)
+    expected = sum(inputs[c] for c in result.survivors) & np.uint64(0xFFFFFFFF)
+    assert np.array_equal(result.total, expected)
+
+
+def test_only_read_only_views_of_bytes_are_kept_without_a_copy() -> None:
+    data = np.arange(8, dtype=np.uint32).tobytes()
+    view = np.frombuffer(data, dtype=np.uint32)
+    assert frozen(view) and frozen(np.frombuffer(memoryview(data), dtype=np.uint32))
+    with pytest.raises(ValueError):
+        view.flags.writeable = True  # numpy refuses: the bytes are immutable
+    owner = np.arange(8, dtype=np.uint32)
+    owner.flags.writeable = False
+    assert not frozen(owner)  # its owner may make it writable again
+    assert not frozen(np.arange(8, dtype=np.uint32))
+    mutable = bytearray(data)
+    assert not frozen(np.frombuffer(memoryview(mutable).toreadonly(), dtype=np.uint32))
+    store = MemoryStore()
+    store.put(1, view)
+    store.put(2, owner)
+    assert store.get(1) is view
+    assert store.get(2) is not owner and np.array_equal(store.get(2), owner)

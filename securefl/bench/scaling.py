@@ -177,8 +177,8 @@ def run_cell(cell: Cell, *, timeout: float | None, workers: int = 1,
         p for p in (here, os.environ.get("PYTHONPATH")) if p))
     if not hugepage_madvise:
         env["NUMPY_MADVISE_HUGEPAGE"] = "0"
-    argv = [sys.executable, "-m", "securefl.bench.scaling", "--cell", json.dumps(asdict(cell)),
-            "--workers", str(workers)]
+    argv = [sys.executable, "-m", "securefl.bench.scaling", "--cell",
+            json.dumps(asdict(cell), allow_nan=False), "--workers", str(workers)]
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                               check=False)

@@ -462,6 +462,32 @@ def _user_charge_problems(chain: LedgerChain) -> list[str]:
     return found
 
 
+_USER_PLAN_FIELDS = ("target_variance", "gamma", "clip", "dimension", "beta", "bits",
+                     "sample_rate")
+"""User-level row fields that are constants of the run's one plan
+(``plan_user_level``): every row, charge or release, states the same."""
+
+
+def _user_plan_problems(chain: LedgerChain) -> list[str]:
+    """Why the committed user-level rows do not share one plan (empty when
+    they do): a charge states ``released = target``, so a charge at a larger
+    ``target_variance`` than the other rows' would count its round (whose sum
+    may have been released at the plan's variance) at a fraction of its
+    cost."""
+    rows = chain.committed_user_level
+    found = []
+    for row in rows[1:]:
+        differ = [name for name in _USER_PLAN_FIELDS
+                  if getattr(row, name) != getattr(rows[0], name)]
+        if differ:
+            found.append(f"round {row.round}, user level ({row.status}): "
+                         + ", ".join(f"{n} {getattr(row, n)!r}" for n in differ)
+                         + f" differ(s) from round {rows[0].round}'s plan"
+                         + " (one plan per run: "
+                         + ", ".join(f"{n} {getattr(rows[0], n)!r}" for n in differ) + ")")
+    return found
+
+
 def _verify_user_level(chain: LedgerChain, violations: list[str],
                        notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Recompute and cross-check every effective user-level row (settled
@@ -478,6 +504,7 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
     effective = chain.effective_user_level()
     violations.extend(_user_delta_problems(effective, record_deltas))
     violations.extend(_user_charge_problems(chain))
+    violations.extend(_user_plan_problems(chain))
     for row in effective:
         try:
             computed = dict(user_level_epsilons(row.history, row.delta,
@@ -517,6 +544,109 @@ def _verify_user_level(chain: LedgerChain, violations: list[str],
                     "epsilon_gaussian_floor": _json_number(computed["gaussian"]),
                     "epsilon_budget": row.epsilon_budget})
     return out
+
+
+_USER_CONFIG_FIELDS = (("sample_rate", "client_sample_rate"), ("delta", "delta"),
+                       ("epsilon_budget", "user_epsilon"), ("clip", "user_clip"),
+                       ("bits", "bits"))
+"""User-level row field -> the run configuration's key that prescribes it."""
+
+
+def _user_config_problems(chain: LedgerChain, config: Any, source: str) -> list[str]:
+    """Why the user-level rows disagree with a run configuration (``source``
+    names where it was read: the run store, ``metrics.json``); empty when
+    they agree or ``config`` is not a configuration with user-level DP.  A
+    row's ``sample_rate``, ``delta`` and budget are what its epsilon is
+    recomputed from and checked against: taken from the row alone, a
+    rewrite of every row (recomputed, re-chained) would verify."""
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    found = []
+    seen: set[tuple[str, int]] = set()
+    for row in chain.committed_user_level:
+        for name, key in _USER_CONFIG_FIELDS:
+            if key not in config:
+                continue
+            want, have = config[key], getattr(row, name)
+            try:
+                same = float(want) == float(have)
+            except (TypeError, ValueError):
+                same = False
+            if not same and (name, row.round) not in seen:
+                seen.add((name, row.round))
+                found.append(f"round {row.round}, user level: the run configuration"
+                             f" ({source}) gives {key} = {want!r}, the row records"
+                             f" {name} = {have!r}")
+    return found
+
+
+def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[str]:
+    """Why the ledger's user-level rows disagree with the rounds
+    ``metrics.json`` reports (empty when they agree or the run has no
+    user-level DP): a round the metrics report as completed released a
+    user-level sum, so the ledger must settle it with a ``released`` row.
+    Without this, a ledger rewritten without a round's charge and release
+    (the later histories recomputed) verifies as if the round was skipped."""
+    config = metrics.get("config")
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    released = {u.round: u for u in chain.committed_user_level if u.status == "released"}
+    found = []
+    for entry in metrics.get("rounds") or []:
+        if not isinstance(entry, dict) or entry.get("aborted") is not False:
+            continue
+        number = entry.get("round")
+        row = released.get(number) if isinstance(number, int) else None
+        if row is not None and row.survivors != entry.get("num_survivors"):
+            found.append(f"round {number}, user level: the released row states"
+                         f" {row.survivors} survivors, {METRICS_NAME}"
+                         f" {entry.get('num_survivors')!r}")
+        if isinstance(number, int) and number <= chain.last_settled_round \
+                and number not in released:
+            found.append(f"round {number}, user level: {METRICS_NAME} reports the round"
+                         " completed (a user-level sum released), the ledger settles it"
+                         " without a released user-level row")
+    return found
+
+
+def _user_variance_problems(chain: LedgerChain, config: Any) -> list[str]:
+    """Why a released user-level row claims more noise than its session can
+    have carried (empty when none does or ``config``, the exported run
+    configuration, has no user-level DP or no security mode).  Active
+    sessions use removable excess noise: at most ``V (1 + 10^-3)``.
+    Semi-honest sessions calibrate to the threshold ``t``: each survivor
+    adds ``V / t``, so at most ``survivors V / t``, with ``t`` the run's
+    ``threshold_used`` without client sampling and, with it, the mode's
+    threshold of the cohort, at least that of the survivors (thresholds
+    grow with the cohort).  Only a lower bound was checked before: an
+    inflated variance lowered the recomputed epsilon."""
+    from securefl.protocol.config import SecurityMode, default_threshold
+    from securefl.protocol.noise import NoisePlan
+
+    if not isinstance(config, dict) or config.get("privacy") not in ("user-level", "both"):
+        return []
+    try:
+        mode = SecurityMode(config.get("security_mode"))
+    except ValueError:
+        return []
+    sampled = config.get("client_sample_rate", 1.0) != 1.0
+    found = []
+    for row in chain.committed_user_level:
+        if row.status != "released" or row.survivors < 1:
+            continue
+        if mode is SecurityMode.ACTIVE:
+            most = row.target_variance * (1 + NoisePlan.tolerance)
+        else:
+            t = (default_threshold(row.survivors, mode) if sampled
+                 else config.get("threshold_used"))
+            if not isinstance(t, int) or isinstance(t, bool) or t < 1:
+                continue
+            most = row.target_variance * row.survivors / t
+        if not row.released_variance <= most * (1 + RECOMPUTE_TOLERANCE):
+            found.append(f"round {row.round}, user level: released variance"
+                         f" {row.released_variance:.6g} is more than {row.survivors} survivors"
+                         f" of a {mode.value} session can add ({most:.6g})")
+    return found
 
 
 def _load_checkpoint_anchor(path: Path) -> dict[str, Any]:
@@ -583,11 +713,14 @@ def _store_ledger(run_dir: Path, ledger: Path, violations: list[str],
             data = store.ledger_bytes()
             state = store.committed()
             problems = stored_run_problems(store)
+            run_config = store.config
         finally:
             store.close()
     except RunStoreError as exc:
         violations.append(f"{STORE_FILENAME} cannot be read: {exc}")
         return None
+    violations.extend(_user_config_problems(parse_ledger(data, ledger), run_config,
+                                            STORE_FILENAME))
     for problem in problems:
         if isinstance(problem, str):
             violations.append(f"{STORE_FILENAME}: {problem}")
@@ -735,6 +868,11 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
             violations.append(f"{metrics_path} cannot be read: {exc}")
         else:
             result["metrics_round"] = metrics_round
+            if isinstance(metrics, dict):
+                violations.extend(_user_config_problems(chain, metrics.get("config"),
+                                                        METRICS_NAME))
+                violations.extend(_user_release_problems(chain, metrics))
+                violations.extend(_user_variance_problems(chain, metrics.get("config")))
             ceiling = None
             if exported is not None:
                 ceiling = ((CHECKPOINT_NAME, result["checkpoint_round"])

@@ -8,6 +8,12 @@ checkpoint.pt and accuracy_per_round.png, exported from the run store
 run.sqlite, which commits each round in one transaction; check the privacy
 with ``securefl audit RUN_DIR``.
 
+With ``--privacy user-level`` or ``both`` (user-level DP needs many clients),
+--clients, --client-sample-rate, --bits and --rounds that are not given
+default to 300 clients (about 5 digits each) sampled with probability 0.3
+per round, in Z_2^16, over 20 rounds; one line says which were applied, and a
+flag given wins (docs/user-level-dp.md).
+
 ``securefl simulate --resume RUN_DIR`` continues a run that was killed from
 its last committed round, with its own configuration (a flag that differs
 from it is refused): the global model, the server optimizer, every client's
@@ -43,6 +49,15 @@ from securefl.privacy.options import AccountantKind, Weighting
 DEFAULT_SAMPLE_RATE = 0.5
 """Mirrors :data:`securefl.privacy.client.DEFAULT_SAMPLE_RATE` (that module
 imports torch; a test keeps the two equal)."""
+
+USER_LEVEL_DEFAULTS: dict[str, object] = {
+    "clients": 300, "client_sample_rate": 0.3, "bits": 16, "rounds": 20}
+"""Flag destination -> its default when user-level DP is on (``--privacy
+user-level`` or ``both``) and the flag is not given; mirrors
+:data:`securefl.federation.simulation.USER_LEVEL_DEFAULTS` (a test keeps the
+two equal).  ``--client-sample-rate`` keeps its default 1 when
+``--threshold`` or ``--graph harary`` is given (sampled rounds take
+neither)."""
 
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
@@ -122,8 +137,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description=help_text(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     fed = p.add_argument_group("federation")
-    fed.add_argument("--clients", type=_positive_int, default=10, help="clients (default 10)")
-    fed.add_argument("--rounds", type=_positive_int, default=10, help="rounds (default 10)")
+    fed.add_argument("--clients", type=_positive_int, default=10,
+                     help="clients (default 10; 300 with --privacy user-level or both)")
+    fed.add_argument("--rounds", type=_positive_int, default=10,
+                     help="rounds (default 10; 20 with --privacy user-level or both)")
     fed.add_argument("--dropout", type=_probability, default=0.2,
                      help="probability that a client drops out of a round, at a protocol"
                           " round drawn uniformly (default 0.2)")
@@ -212,7 +229,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            " user-level: user-level DP alone, the clients train with plain"
                            " local SGD (no per-example clipping or noise) and the ledger has no"
                            " record-level rows (there is no record-level guarantee beyond what"
-                           " user-level DP implies)")
+                           " user-level DP implies).  With user-level or both, the flags"
+                           " --clients, --rounds, --client-sample-rate and --bits left out"
+                           " default to a federation of 300 clients that the noise fits (one"
+                           " line says which were applied)")
     user.add_argument("--user-epsilon", type=_positive_float, default=8.0,
                       help="user-level target epsilon over the run, at --delta (default 8)")
     user.add_argument("--user-clip", type=_positive_float, default=1.0,
@@ -224,9 +244,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            " --seed); the session runs over the sampled cohort, the user-level"
                            " epsilon is amplified by Q (against whoever does not see the"
                            " cohort; the ledger also records it without amplification, against"
-                           " the server).  Default 1: every client in every round")
+                           " the server).  Default 1: every client in every round; 0.3 with"
+                           " --privacy user-level or both (unless --threshold or --graph"
+                           " harary is given)")
     enc = p.add_argument_group("encoding")
-    enc.add_argument("--bits", type=int, default=32, help="ring Z_2^bits (default 32)")
+    enc.add_argument("--bits", type=int, default=32,
+                     help="ring Z_2^bits (default 32; 16 with --privacy user-level or both)")
     enc.add_argument("--frac-bits", type=int, default=None,
                      help="fractional bits (default: the most that cannot overflow, <= 24)")
     enc.add_argument("--clip-range", type=_positive_float, default=4.0,
@@ -262,8 +285,32 @@ def given_config(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
+def user_level_defaults(args: argparse.Namespace) -> dict[str, object]:
+    """The :data:`USER_LEVEL_DEFAULTS` that apply to ``args`` (flag
+    destination -> value): none unless ``--privacy`` is user-level or both,
+    and never one whose flag is given (an explicit flag always wins)."""
+    if getattr(args, "privacy", None) not in ("user-level", "both"):
+        return {}
+    sampling_refused = (getattr(args, "threshold", None) is not None
+                        or getattr(args, "graph", None) not in (None, "complete"))
+    return {dest: value for dest, value in USER_LEVEL_DEFAULTS.items()
+            if getattr(args, dest, None) is None
+            and not (dest == "client_sample_rate" and sampling_refused)}
+
+
+def describe_defaults(applied: dict[str, object]) -> str:
+    """One line naming the user-level defaults applied, as flags."""
+    flags = " ".join(f"--{dest.replace('_', '-')} {value:g}" if isinstance(value, float)
+                     else f"--{dest.replace('_', '-')} {value}"
+                     for dest, value in applied.items())
+    return (f"securefl simulate: user-level default federation (flags not given): {flags};"
+            " a flag given wins")
+
+
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
-    """Build the :class:`SimulationConfig` the flags describe.
+    """Build the :class:`SimulationConfig` the flags describe: a flag left
+    out takes its default, or with ``--privacy user-level`` or ``both`` its
+    user-level default (:func:`user_level_defaults`).
 
     Raises:
         ConfigurationError: on inconsistent values.
@@ -271,6 +318,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     from securefl.federation.simulation import SimulationConfig
 
     values = {key: _arg(args, dest) for dest, key in _CONFIG_KEYS.items()}
+    for dest, value in user_level_defaults(args).items():
+        values[_CONFIG_KEYS[dest]] = value
     values["secure"] = not values["secure"]  # the flag is --no-secure-aggregation
     values["insecure_reproducible_noise"] = bool(values["insecure_reproducible_noise"])
     return SimulationConfig(**values)  # type: ignore[arg-type]
@@ -360,6 +409,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = _resume_config(args) if args.resume is not None else config_from_args(args)
     _, codec = preflight(config)  # refuse a bad configuration before printing anything
+    applied = user_level_defaults(args) if args.resume is None else {}
+    if applied:
+        print(describe_defaults(applied))
     output = args.resume or args.output_dir or Path("runs") / time.strftime(
         "simulate-%Y%m%d-%H%M%S")
     privacy = (f"target epsilon {config.target_epsilon:g}" if config.target_epsilon is not None

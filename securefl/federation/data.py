@@ -28,6 +28,7 @@ from securefl.privacy.batches import ClientBatches, CollatedBatches, TensorBatch
 __all__ = [
     "FederatedData",
     "PreparedData",
+    "default_min_size",
     "dirichlet_split",
     "load_breast_cancer_federated",
     "load_digits_federated",
@@ -72,12 +73,18 @@ class FederatedData:
 
 
 def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float,
-                    rng: np.random.Generator, *, min_size: int = 10,
+                    rng: np.random.Generator, *, min_size: int | None = None,
                     max_tries: int = 1000) -> list[np.ndarray]:
     """Split example indices across clients non-IID: for every class, the
     class's examples are divided in proportions drawn from
     ``Dirichlet(alpha, ..., alpha)`` (small alpha: very skewed).  Redrawn until
     every client holds at least ``min_size`` examples.
+
+    ``min_size`` defaults to :func:`default_min_size`: 10 while the data
+    holds 10 per client, fewer for a federation of hundreds of clients (down
+    to 1).  The minimum is a convenience of the split (a client with a few
+    examples trains a noisier model), not a privacy rule: DP-SGD's guarantee
+    holds for a client of any size, and an empty client is refused.
 
     Returns:
         one sorted index array per client; together a partition of the data.
@@ -90,6 +97,11 @@ def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float,
         raise ConfigurationError(f"Dirichlet alpha must be > 0, got {alpha}")
     if num_clients < 1:
         raise ConfigurationError(f"need at least one client, got {num_clients}")
+    if min_size is None:
+        min_size = default_min_size(len(labels), num_clients)
+    if min_size < 1:
+        raise ConfigurationError(f"every client needs at least one example, got min_size"
+                                 f" {min_size}")
     if num_clients * min_size > len(labels):
         raise ConfigurationError(
             f"{len(labels)} examples cannot give {num_clients} clients {min_size} each;"
@@ -109,8 +121,23 @@ def dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float,
             return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
     raise ConfigurationError(
         f"no Dirichlet(alpha={alpha}) split gave all {num_clients} clients {min_size}"
-        f" examples in {max_tries} draws; use a larger alpha or fewer clients"
+        f" examples in {max_tries} draws; use a larger alpha or fewer clients (with"
+        " hundreds of clients a moderate alpha, 0.5 to 10: a very large one splits every"
+        " class near-evenly, rounding the same clients' shares down to 0 in every class)"
     )
+
+
+def default_min_size(num_examples: int, num_clients: int) -> int:
+    """The fewest examples :func:`dirichlet_split` gives a client by default:
+    10 when ``num_examples`` holds 10 per client (the split of every
+    federation of at most ``num_examples // 10`` clients is unchanged by the
+    fallback), else a quarter of the mean share, at least 1 (so that a
+    near-IID split, a large ``alpha``, of hundreds of clients is found in a
+    few draws: 300 clients of digits' 1437 training images get about 4.8
+    each and at least 1)."""
+    if num_clients * 10 <= num_examples:
+        return 10
+    return max(1, num_examples // (4 * max(num_clients, 1)))
 
 
 def _federate(features: np.ndarray, labels: np.ndarray, *, name: str, num_clients: int,

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,7 @@ __all__ = [
     "DEFAULT_TARGET_EPSILON",
     "METRICS_FILENAME",
     "PLOT_FILENAME",
+    "USER_LEVEL_DEFAULTS",
     "ClientRoundReport",
     "DatasetName",
     "GraphKind",
@@ -126,6 +128,20 @@ __all__ = [
     "resume_simulation",
     "run_simulation",
 ]
+
+
+USER_LEVEL_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {"num_clients": 300, "client_sample_rate": 0.3, "bits": 16, "rounds": 20})
+"""A default federation for user-level DP (``privacy`` ``"user-level"`` or
+``"both"``), which :class:`SimulationConfig`'s own defaults (10 clients,
+``Z_2^32``, every client in every round) cannot run: no session of 10
+clients takes the Skellam noise of a user-level epsilon of 8.  300 clients
+of digits (about 5 training images each, see
+:func:`~securefl.federation.data.default_min_size`), each sampled with
+probability 0.3 per round, in ``Z_2^16``, over 20 rounds, at the default
+user epsilon.  ``securefl simulate`` applies each of these that its flag
+does not set; the library takes them explicitly:
+``SimulationConfig(privacy="user-level", **USER_LEVEL_DEFAULTS)``."""
 
 
 class GraphKind(str, enum.Enum):
@@ -761,7 +777,9 @@ def user_level_min_cohort(config: SimulationConfig, plan: UserLevelPlan) -> int:
     raise ConfigurationError(
         f"no session of at most {bound} clients takes the user-level noise (variance"
         f" {plan.variance:.6g} in Z_2^{plan.codec.bits}): {reason}; use fewer bits, a larger"
-        " user epsilon, more clients or a larger client sampling rate")
+        " user epsilon, more clients or a larger client sampling rate (USER_LEVEL_DEFAULTS,"
+        " securefl simulate's default with user-level DP, fits: 300 clients, client sampling"
+        " rate 0.3, Z_2^16, 20 rounds)")
 
 
 def _user_level_noise(config: SimulationConfig, variance: float) -> NoisePlan:

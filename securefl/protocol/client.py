@@ -247,6 +247,10 @@ class ClientSession:
                                      peer=self.client_id)
         answered = self._answered.get(type(message))
         if answered is not None and _is_duplicate(answered[0], message):
+            if answered[1] is None:
+                raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input sent was"
+                                         " released (release_masked_input)",
+                                         peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
             return answered[1]
         if self.state is ClientState.DONE:
             self._refuse_after_done(message)
@@ -280,10 +284,14 @@ class ClientSession:
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
         entries = msg.entries
-        columns = entries if isinstance(entries, RosterEntries) else None
+        # exactly the class: a subclass could show other keys than it hashes
+        columns = entries if type(entries) is RosterEntries else None
         if columns is not None:
             # O(n) array work, no Python step per entry
             senders = columns.senders
+            if not isinstance(senders, np.ndarray) or senders.dtype.kind not in "ui":
+                # (the decoder builds uint32; a float 3.5 passed the range check)
+                self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
             if senders.size > 1 and not bool(np.all(senders[1:] > senders[:-1])):
                 self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
                            " repeats", rnd)
@@ -468,10 +476,11 @@ class ClientSession:
         if self._layout is not None:
             self._add_noise(masked)
         expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
-        # the reply is kept to answer a repeated request identically: read-only,
-        # so nobody can change what was sent, and an in-process server's store
-        # may keep it without a copy (storage.frozen)
-        masked.flags.writeable = False
+        # the reply is kept to answer a repeated request identically: a view of
+        # immutable bytes, so nobody can change what was sent (numpy refuses to
+        # make it writable again), and an in-process server's store may keep it
+        # without a copy (storage.frozen); the working copy is freed on return
+        masked = np.frombuffer(masked.tobytes(), dtype=masked.dtype)
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._held_noise_shares.update(noise_shares)
@@ -605,7 +614,12 @@ class ClientSession:
         sequences are converted once (anything but ints is malformed)."""
         array = getattr(values, "array", None)
         if isinstance(array, np.ndarray):
-            return array
+            if array.ndim != 1 or array.dtype.kind not in "iu" or (
+                    array.dtype.kind == "u" and array.dtype.itemsize == 8):
+                self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
+            # the array is the list this client reads; its callers take the
+            # items from it too (never from the object's own items)
+            return array.astype(np.int64, copy=False)
         items = tuple(values)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
@@ -619,8 +633,11 @@ class ClientSession:
         """Check the survivor list against the roster and this client's view;
         return it as a tuple and as an ascending array.  O(n) array work and
         O(k) Python steps."""
-        survivors = tuple(survivors_in)
         arr = self._id_array(survivors_in, "survivor", rnd)
+        # one list: what is checked, signed, compared with what was signed and
+        # revealed by are all this array (an object's items and its ``array``
+        # could differ: a server handing over Python objects)
+        survivors = tuple(arr.tolist())
         if not _ascending(arr):
             self._fail(Rule.MALFORMED, "survivor list must be sorted, without repeats", rnd)
         strangers = arr[~_in_sorted(self._roster_ids, arr)]
@@ -671,6 +688,21 @@ class ClientSession:
                                       peer=SERVER, round=Round.UNMASKING)
         raise LocalProtocolError(Rule.SESSION_FINISHED, "this session is finished",
                                  peer=self.client_id)
+
+    def release_masked_input(self) -> None:
+        """Forget the masked input this session sent, which it otherwise keeps
+        to answer a repeated :class:`ShareDelivery` identically (SPEC [CLI-2]).
+
+        Only for a caller that is the session's sole transport and never
+        repeats a message to it (``secure_sum``'s in-process driver): a
+        repeated ``ShareDelivery`` afterwards raises ``LocalProtocolError``
+        (state unchanged) instead of being answered.  Nothing else changes;
+        without a call, [CLI-2] holds as before.  Does nothing if no masked
+        input was sent.
+        """
+        answered = self._answered.get(ShareDelivery)
+        if answered is not None:
+            self._answered[ShareDelivery] = (answered[0], None)  # type: ignore[assignment]
 
     def _fail(self, rule: Rule, detail: str, rnd: Round, *, peer: int | str = SERVER) -> NoReturn:
         """Abort the session for good and raise (never returns)."""
@@ -798,7 +830,7 @@ def _answer_key(message: Any, session_id: bytes | None) -> Any:
     """The message itself, or its :class:`_Fingerprint` when it has one
     (``session_id``: the id this client just derived from the roster
     answered, saving a second hash of it)."""
-    if isinstance(message, KeyRoster) and isinstance(message.entries, RosterEntries) \
+    if isinstance(message, KeyRoster) and type(message.entries) is RosterEntries \
             and session_id is not None:
         # the session id was derived from exactly this digest and these
         # entries (the roster was refused otherwise)
@@ -824,7 +856,7 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         entries = message.entries
         if not isinstance(digest, bytes):
             return None
-        if isinstance(entries, RosterEntries):
+        if type(entries) is RosterEntries:
             return _Fingerprint(KeyRoster, digest + session_id_of(digest, entries))
         if not isinstance(entries, tuple) or not all(
                 isinstance(e, AdvertiseKeys) and type(e.sender) is int
@@ -842,8 +874,9 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         if isinstance(message, UnmaskingRequest) and (message.signatures
                                                       or message.noise_removals):
             return None
-        if type(message.recipient) is not int or type(message.session_id) is not bytes:
-            return None
+        if type(message.recipient) is not int or type(message.session_id) is not bytes \
+                or not -(1 << 63) <= message.recipient < 1 << 63:
+            return None  # (a recipient beyond 64 bits is refused as misaddressed)
         lists = [message.survivors] + ([message.dropped]
                                        if isinstance(message, UnmaskingRequest) else [])
         h = hashlib.sha256(type(message).__name__.encode())

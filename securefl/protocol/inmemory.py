@@ -12,6 +12,7 @@ through it.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from securefl.protocol.client import ClientSession
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import Envelope
 from securefl.protocol.server import AggregationResult, Executor, ServerSession
-from securefl.protocol.storage import MaskedInputStore
+from securefl.protocol.storage import FileStore, MaskedInputStore
 from securefl.protocol.validation import check_input_vector
 
 
@@ -38,8 +39,9 @@ def secure_sum(
     *,
     rng: RandomSource | None = None,
     executor: Executor | None = None,
+    spill: bool | None = None,
 ) -> AggregationResult:
-    """Securely sum ``inputs`` with the full protocol, in memory.
+    """Securely sum ``inputs`` with the full protocol, in one process.
 
     Args:
         inputs: client id -> 1-D array of ``vector_length`` unsigned ints below
@@ -55,6 +57,19 @@ def secure_sum(
         executor: optional executor for mask expansion (clients and server);
             by default a thread pool over the machine's CPUs is used for long
             vectors (AES-CTR and numpy release the GIL).
+        spill: where the server keeps the masked inputs until the
+            masked-input round closes (a late complaint may take one back out
+            of the sum).  True: a
+            :class:`~securefl.protocol.storage.FileStore` on an unnamed
+            ``tempfile.TemporaryFile()`` (no name on disk; closed, hence
+            removed, when this call returns or raises), and each client
+            forgets its sent masked input once delivered (this call is the
+            clients' only transport and never repeats a message), so memory
+            beyond the inputs is O(m): a constant number of vectors,
+            whatever the number of clients.  False: in memory (n ring-width
+            vectors, shared with the clients' sent replies).  None (default):
+            True iff ``num_clients * vector_length * ring width`` exceeds
+            :data:`SPILL_BYTES`.
 
     Returns:
         the :class:`AggregationResult`: ``.total`` is the exact sum mod 2^bits
@@ -79,21 +94,35 @@ def secure_sum(
         vector = np.asarray(v)
         check_input_vector(vector, config, cid, local=True, dtype=ring_dtype(config.bits))
         vectors[cid] = vector
+    if spill is None:
+        spill = config.num_clients * config.vector_length * ring_dtype(
+            config.bits).itemsize > SPILL_BYTES
     if executor is None and (os.cpu_count() or 1) > 1 and config.vector_length >= PARALLEL_MIN:
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            return _run(config, vectors, dropouts, rng, pool)
-    return _run(config, vectors, dropouts, rng, executor)
+            return _run(config, vectors, dropouts, rng, pool, spill)
+    return _run(config, vectors, dropouts, rng, executor, spill)
 
 
 PARALLEL_MIN = 1 << 17
 """Vectors at least this long are masked by several threads in ``secure_sum``."""
 
+SPILL_BYTES = 1 << 30
+"""``secure_sum(spill=None)`` spills the server's masked inputs to a
+temporary file when they would take more than this many bytes in memory
+(``num_clients * vector_length`` ring elements of 1, 2, 4 or 8 bytes)."""
+
 
 def _run(config: SecAggConfig, vectors: Mapping[int, np.ndarray], dropouts: Mapping[int, Round],
-         rng: RandomSource | None, executor: Executor | None) -> AggregationResult:
-    driver = _StreamingDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor)
-    driver.run()
-    return driver.result
+         rng: RandomSource | None, executor: Executor | None, spill: bool) -> AggregationResult:
+    file = tempfile.TemporaryFile() if spill else None  # noqa: SIM115 - closed below
+    try:
+        driver = _StreamingDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor,
+                                  store=None if file is None else FileStore(file))
+        driver.run()
+        return driver.result
+    finally:
+        if file is not None:
+            file.close()
 
 
 class ServerEndpoint(Protocol):
@@ -347,15 +376,19 @@ class _StreamingDriver(SessionDriver):
 
     A client gets its input only when it is about to mask it, and its masked
     input goes to the server at once and is not kept in :attr:`sent`: at any
-    time one uint64 copy of one input exists (inside the client that is
-    masking), besides the caller's inputs and the server's ring-width copies.
+    time one working copy of one input exists (inside the client that is
+    masking), besides the caller's inputs and the server's store.  This
+    driver is its clients' only transport and never repeats a message, so
+    each client forgets its sent masked input once the server has it
+    (:meth:`ClientSession.release_masked_input`): with a ``FileStore`` no
+    masked vector stays in memory.
     """
 
     def __init__(self, config: SecAggConfig, inputs: Mapping[int, np.ndarray], *,
                  dropouts: Mapping[int, Round], rng: RandomSource | None,
-                 executor: Executor | None) -> None:
+                 executor: Executor | None, store: MaskedInputStore | None) -> None:
         super().__init__(config, dict.fromkeys(inputs), dropouts=dropouts, rng=rng,
-                         executor=executor)
+                         executor=executor, store=store)
         self._inputs = inputs
 
     def client_handle(self, rnd: Round, cid: int, message: Any) -> Any:
@@ -371,6 +404,7 @@ class _StreamingDriver(SessionDriver):
         for c, message in self.pending.items():
             if self.answers(c, rnd):
                 self._deliver(rnd, c, self.client_handle(rnd, c, message))
+                self.clients[c].release_masked_input()
         self.pending = {}
         return {}
 

@@ -116,12 +116,27 @@ class RosterEntries(Sequence[AdvertiseKeys]):
         return f"RosterEntries({len(self)} entries)"
 
 
+def _rows_hold(entries: RosterEntries, rows: np.ndarray) -> bool:
+    """Are ``rows`` exactly the entries as the session id hashes them?  The
+    fields must be the very memory of ``rows[:, 4:]`` (as the decoder lays
+    them out: O(1) to check) and the senders equal to its first 4 bytes
+    (O(n)); otherwise a hash of ``rows`` would not be the hash of the keys
+    the party uses."""
+    fields = entries.fields
+    if rows.dtype != np.uint8 or not rows.flags.c_contiguous or fields.base is not rows \
+            or fields.dtype != np.uint8 or fields.shape != (rows.shape[0], 96) \
+            or fields.strides != rows.strides \
+            or fields.__array_interface__["data"][0] != rows.__array_interface__["data"][0] + 4:
+        return False
+    return bool(np.array_equal(rows[:, :4].view(">u4").reshape(-1), entries.senders))
+
+
 def session_id_of(config_digest: bytes, entries: RosterEntries) -> bytes:
     """:func:`~securefl.protocol.derivation.session_id` of ``entries`` with
     one hash update over the columns (entries are sorted by sender)."""
     n = len(entries)
     rows = entries.rows
-    if rows is None or not rows.flags.c_contiguous:
+    if rows is None or not _rows_hold(entries, rows):
         rows = np.empty((n, 100), dtype=np.uint8)
         rows[:, :4] = entries.senders.astype(">u4").view(np.uint8).reshape(n, 4)
         rows[:, 4:] = entries.fields

@@ -404,7 +404,12 @@ class ServerSession:
         vector = np.asarray(vector, dtype=self._dtype)
         if self._running is None:
             self._running = np.zeros(self.config.vector_length, dtype=self._dtype)
-        self._store.put(msg.sender, vector)
+        try:
+            self._store.put(msg.sender, vector)
+        except Exception as exc:  # a full disk, a caller's store: refused, nothing added
+            raise LocalProtocolError(Rule.STORE_FAILED, f"could not keep client {msg.sender}'s"
+                                     f" masked input ({type(exc).__name__})", peer="server",
+                                     round=rnd) from None
         np.add(self._running, vector, out=self._running)
         peer.complaints = frozenset(excluded)
 
@@ -652,8 +657,28 @@ class ServerSession:
                 if c in masked_from:
                     # accepted and added: take it back out of the running sum
                     assert self._running is not None
-                    np.subtract(self._running, self._store.get(c), out=self._running)
+                    np.subtract(self._running, self._kept(c, rnd), out=self._running)
                 peer.status = ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
+
+    def _kept(self, sender: int, rnd: Round) -> np.ndarray:
+        """The masked input kept for ``sender``, exactly as accepted (length
+        and dtype checked: a shorter array would broadcast silently).
+
+        Raises:
+            AbortError: the store failed or returned something else
+                (``STORE_FAILED``): the sum cannot be corrected.
+        """
+        try:
+            vector = self._store.get(sender)
+        except Exception as exc:
+            raise AbortError(f"the masked-input store could not return client {sender}'s"
+                             f" input ({type(exc).__name__})", round=rnd,
+                             rule=Rule.STORE_FAILED) from None
+        if not isinstance(vector, np.ndarray) or vector.dtype != self._dtype \
+                or vector.shape != (self.config.vector_length,):
+            raise AbortError(f"the masked-input store returned a different vector for client"
+                             f" {sender}", round=rnd, rule=Rule.STORE_FAILED)
+        return vector
 
     # -- unmasking ----------------------------------------------------------
 
@@ -776,15 +801,29 @@ class ServerSession:
         total = self._sum.copy()
         pool = self._unmask_pool
         assert pool is not None
+        failure: AbortError | None = None
         try:
+            parts = 0
             for part in pool.map(unmasking.mask_sum, tasks):
+                # exactly one vector of the ring per task: a short array would
+                # broadcast, a lost or extra one would go unnoticed
+                if not isinstance(part, np.ndarray) or part.dtype != total.dtype \
+                        or part.shape != total.shape:
+                    raise TypeError("a partial sum is not a vector of the ring")
                 np.add(total, part, out=total)
+                parts += 1
+            if parts != len(tasks):
+                raise LookupError(f"{parts} partial sums for {len(tasks)} tasks")
         except unmasking.PeerKeyRejectedError as exc:
-            raise AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd) from None
+            failure = AbortError(f"client {exc.peer}'s masking key is invalid", round=rnd)
         except Exception as exc:
-            # the worker's traceback is dropped: only the kind of failure is named
-            raise WorkerError(f"an unmasking worker failed ({type(exc).__name__}); the"
-                              " masks were not removed", round=rnd) from None
+            # only the kind of failure is named
+            failure = WorkerError(f"an unmasking worker failed ({type(exc).__name__}); the"
+                                  " masks were not removed", round=rnd)
+        if failure is not None:
+            # raised outside the handler: not even __context__ keeps the
+            # worker's exception (and the traceback text it carries)
+            raise failure from None
         if self.config.bits < 8 * total.dtype.itemsize:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
         return total

@@ -18,7 +18,10 @@ are the server's to read anyway), so spilling them discloses nothing new to
 whoever can read the server's memory; the caller chooses where the file
 lives and deletes it (an anonymous ``TemporaryFile`` has no name on disk).
 The protocol code stays sans-IO: it calls the injected store and never opens
-a file itself.  The result is the same, bit for bit, with either store
+a file itself.  A store serves one session at a time (both stores refuse a
+second vector for a sender); if it fails, the server refuses the masked input
+(``STORE_FAILED``, nothing added) or, at the close of R2, aborts the round:
+never a sum corrected with other numbers.  The result is the same, bit for bit, with either store
 (``tests/test_masked_store.py``): the sum is taken in the ring's native
 dtype, where addition and subtraction wrap modulo a power of two at least
 ``2^bits``.
@@ -35,16 +38,15 @@ from securefl.errors import LocalProtocolError, Rule
 
 
 def frozen(vector: np.ndarray) -> bool:
-    """Is ``vector`` safe to keep without a copy?  It must be read-only and
-    either own its memory (read-only by its maker's choice: a client
-    session's sent reply, a decoded wire vector of an odd width) or be a view
-    of an immutable ``bytes`` object (a decoded wire vector's payload), whose
-    read-only flag numpy refuses to lift.  Anything else may still be written
-    through another reference, and is copied."""
-    if vector.flags.writeable:
+    """Is ``vector`` safe to keep without a copy?  Only if it is a read-only
+    view of an immutable ``bytes`` object (a decoded wire vector's payload, a
+    client session's sent masked input): numpy refuses to make such a view
+    writable again, and nobody can write to the ``bytes``.  A read-only array
+    that owns its memory is *not* safe: whoever holds it may set
+    ``flags.writeable = True`` and change it after the hand-over.  Anything
+    else is copied."""
+    if vector.flags.writeable or vector.flags.owndata:
         return False
-    if vector.flags.owndata:
-        return True
     base = vector.base
     if isinstance(base, memoryview):
         base = base.obj
@@ -87,8 +89,16 @@ class MemoryStore(MaskedInputStore):
 
     def put(self, sender: int, vector: np.ndarray) -> None:
         """Keep a copy in memory, or the vector itself if it is
-        :func:`frozen` (a client session's sent reply, a decoded wire vector):
-        in-process rounds then hold each masked vector once."""
+        :func:`frozen` (a view of immutable ``bytes``: a client session's sent
+        reply, a decoded wire vector): in-process rounds then hold each masked
+        vector once.
+
+        Raises:
+            LocalProtocolError: ``sender`` is already kept (``STORE_FAILED``):
+                two sessions share this store, or the caller broke the contract.
+        """
+        if sender in self._vectors:
+            raise _twice(sender)
         self._vectors[sender] = vector if frozen(vector) else np.array(vector, copy=True)
 
     def get(self, sender: int) -> np.ndarray:
@@ -125,10 +135,27 @@ class FileStore(MaskedInputStore):
         self.clear()
 
     def put(self, sender: int, vector: np.ndarray) -> None:
-        """Append the vector's bytes to the file."""
+        """Append the vector's bytes to the file (all of them: a raw file's
+        short writes are continued).
+
+        Raises:
+            LocalProtocolError: ``sender`` is already kept, or the file took
+                nothing (``STORE_FAILED``); nothing is kept then.
+            OSError: from the file (e.g. the disk is full); nothing is kept.
+        """
+        if sender in self._where:
+            raise _twice(sender)
         data = np.ascontiguousarray(vector)
         self._file.seek(self._end)
-        self._file.write(memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            # a raw file may write fewer bytes than given (and say so)
+            wrote = self._file.write(view[done:])
+            if wrote is None or wrote <= 0:
+                raise LocalProtocolError(Rule.STORE_FAILED, f"the store's file took none of"
+                                         f" client {sender}'s masked input", peer="server")
+            done += wrote
         self._where[sender] = (self._end, data.dtype, data.size)
         self._end += data.nbytes
 
@@ -145,7 +172,7 @@ class FileStore(MaskedInputStore):
         while got < len(view):
             n = self._file.readinto(view[got:])  # type: ignore[attr-defined]
             if not n:
-                raise LocalProtocolError(Rule.MALFORMED, f"the store's file lost client"
+                raise LocalProtocolError(Rule.STORE_FAILED, f"the store's file lost client"
                                          f" {sender}'s masked input", peer="server")
             got += n
         return out
@@ -164,6 +191,15 @@ class FileStore(MaskedInputStore):
         return f"FileStore({len(self)} vectors, {self._end} bytes)"
 
 
+def _twice(sender: int) -> LocalProtocolError:
+    # a sender is put at most once between clears: a second vector would
+    # replace the one a later exclusion must subtract (e.g. one store given
+    # to two open sessions)
+    return LocalProtocolError(Rule.STORE_FAILED, f"a masked input of client {sender} is"
+                              " already kept (is this store shared by two sessions?)",
+                              peer="server")
+
+
 def _missing(sender: int) -> LocalProtocolError:
-    return LocalProtocolError(Rule.MALFORMED, f"no masked input of client {sender} is kept",
+    return LocalProtocolError(Rule.STORE_FAILED, f"no masked input of client {sender} is kept",
                               peer="server")
