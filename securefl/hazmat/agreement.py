@@ -141,7 +141,7 @@ def is_canonical_encoding(raw: bytes) -> bool:
 def is_canonical_public(raw: bytes) -> bool:
     """True iff ``raw`` is the canonical encoding (:func:`is_canonical_encoding`)
     of a point of Curve25519 itself, not of its twist: ``u^3 + A u^2 + u`` is
-    a square modulo ``p`` (one modular exponentiation; public data)."""
+    a square modulo ``p`` (one Jacobi symbol, :func:`jacobi`; public data)."""
     if not is_canonical_encoding(raw):
         return False
     u = int.from_bytes(raw, "little")
@@ -195,7 +195,7 @@ def _key_class(raw: bytes) -> bytes:
     """:func:`_probe` remembered for the last 32,768 keys (public data; about
     5 MB at most): a server classifies every advertised key at R0 and checks
     the reconstructed masking keys against the same keys at R4, where the
-    canonical-point test (a 255-bit modular exponentiation) is then skipped."""
+    canonical-point test (a Jacobi symbol) and the probe exchange are then skipped."""
     return _probe(raw)
 
 
