@@ -76,7 +76,9 @@ def _one(n: int, m: int, dropout: float, profile: bool) -> float:
     cpu = time.process_time() - cpu0
     if prof is not None:
         prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        stats = pstats.Stats(prof)
+        stats.sort_stats("cumulative").print_stats(25)
+        stats.sort_stats("tottime").print_stats(25)
     assert r.exact
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s cpu={cpu:8.2f}s "
@@ -321,8 +323,10 @@ def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
 
 def _exponents(label: str, rows: list[tuple[int, float]]) -> None:
     for (n0, a), (n1, b) in itertools.pairwise(rows):
+        if n0 == n1:  # a size repeated (best of several): no exponent
+            continue
         print(f"{label} exponent {n0}->{n1}: {math.log(b / a) / math.log(n1 / n0):.2f}")
-    if len(rows) > 2:
+    if len(rows) > 2 and rows[0][0] != rows[-1][0]:
         (n0, a), (n1, b) = rows[0], rows[-1]
         print(f"{label} exponent {n0}->{n1}: {math.log(b / a) / math.log(n1 / n0):.2f}")
 

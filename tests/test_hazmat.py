@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -219,3 +220,72 @@ def test_shamir_table_and_fermat_lagrange_paths_agree(monkeypatch: pytest.Monkey
     shares[order[120], 1, 5] = (int(shares[order[120], 1, 5]) + 1) % shamir.PRIME
     with pytest.raises(InconsistentSharesError):
         rec.reconstruct(shares[order], RNG)
+
+
+@settings(max_examples=25, deadline=None)
+@given(holders=st.integers(1, 12), secrets=st.integers(1, 4), data=st.data())
+def test_shares_to_bytes_is_share_to_bytes_of_every_share_in_order(
+        holders: int, secrets: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(1, holders))
+    seed = data.draw(st.binary(min_size=32, max_size=32))
+    shares = shamir.split([os.urandom(32) for _ in range(secrets)], list(range(1, holders + 1)),
+                          t, DeterministicRandom(seed))
+    blob = shamir.shares_to_bytes(shares)
+    expected = b"".join(shamir.share_to_bytes(shares[h, s])
+                        for h in range(holders) for s in range(secrets))
+    assert blob == expected
+    width = shamir.SHARE_BYTES
+    for h in range(holders):
+        for s in range(secrets):
+            i = h * secrets + s
+            assert shamir.share_from_bytes(blob[i * width:(i + 1) * width]).tolist() == \
+                shares[h, s].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(-(2**300), 2**300),
+       n=st.one_of(st.just(2**255 - 19), st.integers(0, 2**40).map(lambda x: 2 * x + 1)))
+def test_jacobi_symbol_agrees_with_euler_criterion_and_its_definition(a: int, n: int) -> None:
+    from securefl.hazmat.agreement import jacobi
+
+    got = jacobi(a, n)
+    if n == 1:
+        assert got == 1
+        return
+    if n == 2**255 - 19:  # a prime: the Legendre symbol is Euler's criterion
+        euler = pow(a, (n - 1) // 2, n)
+        assert got == {0: 0, 1: 1, n - 1: -1}[euler]
+    # multiplicative in the top argument, and 0 exactly when gcd(a, n) > 1
+    b = a * a + 3
+    assert jacobi(a * b, n) == got * jacobi(b, n)
+    assert (got == 0) == (math.gcd(a, n) > 1)
+
+
+def test_jacobi_symbol_small_moduli_brute_force_and_refuses_even_moduli() -> None:
+    from securefl.hazmat.agreement import jacobi
+
+    for p in (3, 5, 7, 11, 13, 101, 257):  # primes: 1 iff a non-zero square
+        squares = {x * x % p for x in range(1, p)}
+        for a in range(-p, 2 * p):
+            expected = 0 if a % p == 0 else (1 if a % p in squares else -1)
+            assert jacobi(a, p) == expected
+    assert jacobi(2, 15) == jacobi(2, 3) * jacobi(2, 5)
+    for bad in (0, -3, 2, 10):
+        with pytest.raises(ValueError):
+            jacobi(1, bad)
+
+
+def test_canonical_public_accepts_curve_points_and_refuses_twist_points() -> None:
+    from securefl.hazmat import agreement
+
+    p = agreement.FIELD_PRIME
+    for _ in range(50):
+        pub = KeyPair.generate(SystemRandom()).public_bytes
+        assert agreement.is_canonical_public(pub)
+    on_twist = 0
+    for u in range(1, 200):
+        rhs = (u ** 3 + 486662 * u * u + u) % p
+        expected = pow(rhs, (p - 1) // 2, p) == 1
+        assert agreement.is_canonical_public(u.to_bytes(32, "little")) == expected
+        on_twist += not expected
+    assert 50 < on_twist < 150  # about half the u-coordinates lie on the twist

@@ -194,3 +194,37 @@ def test_non_messages_and_finished_sessions_are_local_errors() -> None:
         fed.server.receive(AdvertiseKeys(1, bytes(32), bytes(32)))
     with pytest.raises(LocalProtocolError):
         fed.server.close_round()
+
+
+@pytest.mark.parametrize("forgers", [(2,), (2, 4)])
+def test_share_outside_the_field_excludes_exactly_its_sender(forgers: tuple[int, ...]) -> None:
+    """Client(s) ``forgers`` encrypt, under the right pair key, a key share
+    holding a word >= p for client 1: client 1 excludes exactly them (SPEC
+    [R2-6]) and every other share it received is held, the other clients
+    exclude nobody, and the round still sums the survivors exactly."""
+    from securefl.hazmat import shamir
+    from securefl.protocol import derivation as d
+
+    fed = Federation(SecAggConfig(num_clients=6, vector_length=8, threshold=3))
+    fed.advertise()
+    replies = fed.answer(send=False)
+    for forger in forgers:
+        session = fed.clients[forger]
+        key, sid = session._share_keys[1], session.session_id
+        key_share, seed_share, _ = d.decrypt_share_bundle(
+            key, sid, forger, 1, replies[forger].ciphertexts[1])
+        bad = shamir.PRIME.to_bytes(4, "little") + key_share[4:]  # not a field element
+        replies[forger] = dataclasses.replace(replies[forger], ciphertexts={
+            **replies[forger].ciphertexts, 1: d.encrypt_shares(key, sid, forger, 1, bad,
+                                                               seed_share)})
+    fed.send(replies)
+    fed.close()
+    masked = fed.answer()
+    assert masked[1].excluded == forgers
+    assert all(masked[c].excluded == () for c in masked if c != 1)
+    held = fed.clients[1]._held_key_shares
+    assert set(held) == {1, 2, 3, 4, 5, 6} - set(forgers)
+    fed.close()
+    while not fed.server.finished:
+        fed.step()
+    assert (fed.server.result.total == fed.expected_sum()).all()

@@ -14,6 +14,7 @@ the hot path allocates nothing per call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -29,6 +30,13 @@ DEFAULT_CHUNK_BYTES = 1 << 17  # 128 KiB: stays in L2 while it is encrypted and 
 # up to this vector size, threads split the keys (a private accumulator each is
 # cheap); above it they split the vector, which needs no extra memory traffic
 _SPLIT_KEYS_MAX = 1 << 20
+
+
+@functools.lru_cache(maxsize=8)
+def _zero_bytes(size: int) -> bytes:
+    """``size`` zero bytes, shared by every expander of that chunk size (the
+    plaintext of the keystream: immutable, read only)."""
+    return bytes(size)
 
 
 class Executor(Protocol):
@@ -70,7 +78,7 @@ class MaskExpander:
         # chunks are whole AES blocks so every chunk starts on a block boundary
         self._chunk_elems = max(_BLOCK, (chunk_bytes // width) // _BLOCK * _BLOCK)
         chunk = min(self._chunk_elems, length) * width
-        self._zeros = bytes(chunk)
+        self._zeros = _zero_bytes(chunk)
         self._out = bytearray(chunk + _BLOCK - 1)
         self._view = np.frombuffer(self._out, dtype=self.dtype, count=chunk // width)
 
@@ -129,9 +137,9 @@ class MaskExpander:
         chunk is then reduced mod 2^bits while it is still in cache."""
         width = self.dtype.itemsize
         first_block = (start * width) // _BLOCK
-        iv = first_block.to_bytes(16, "big")
-        encryptors = [(Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update_into,
-                       negate) for key, negate in jobs]
+        ctr = modes.CTR(first_block.to_bytes(16, "big"))  # a mode object holds only the IV
+        encryptors = [(Cipher(algorithms.AES(key), ctr).encryptor().update_into, negate)
+                      for key, negate in jobs]
         mask = (self.dtype.type((1 << self.bits) - 1)
                 if reduce and self.bits < 8 * width else None)
         zeros = memoryview(self._zeros)

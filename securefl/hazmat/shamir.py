@@ -169,6 +169,13 @@ def share_to_bytes(share: np.ndarray) -> bytes:
     return np.asarray(share, dtype="<u4").tobytes()
 
 
+def shares_to_bytes(shares: np.ndarray) -> bytes:
+    """Every share of ``shares`` (any shape ending in 16 field elements)
+    serialised as :func:`share_to_bytes` does, concatenated in C order (so
+    share ``i`` of the flattened array is bytes ``64 i .. 64 i + 63``)."""
+    return np.ascontiguousarray(shares, dtype="<u4").tobytes()
+
+
 def share_from_bytes(raw: bytes) -> np.ndarray:
     """Parse a 64-byte share.
 

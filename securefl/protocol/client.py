@@ -368,10 +368,16 @@ class ClientSession:
                               holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
         share_keys: dict[int, bytes] = {}
+        # every share serialised at once (as shamir.share_to_bytes does one by
+        # one), then sliced: 64 bytes per share, holder-major
+        width = shamir.SHARE_BYTES
+        blob = shamir.shares_to_bytes(shares)
+        per_holder = (2 + self._components) * width
         for row, holder in enumerate(holders):
-            key_share = shamir.share_to_bytes(shares[row, 0])
-            seed_share = shamir.share_to_bytes(shares[row, 1])
-            noise_shares = [shamir.share_to_bytes(shares[row, 2 + j])
+            base = row * per_holder
+            key_share = blob[base:base + width]
+            seed_share = blob[base + width:base + 2 * width]
+            noise_shares = [blob[base + (2 + j) * width:base + (3 + j) * width]
                             for j in range(self._components)]
             if holder == self.client_id:
                 self._held_key_shares[holder] = key_share
@@ -417,17 +423,31 @@ class ClientSession:
         seed_shares: dict[int, bytes] = {}
         noise_shares: dict[tuple[int, int], bytes] = {}
         excluded: set[int] = set()
+        opened: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
         for u in sorted(senders):
             ciphertext = msg.ciphertexts[u]
             try:
                 if not isinstance(ciphertext, bytes | bytearray):
                     raise DecryptionError("a share ciphertext is bytes")
-                key_share, seed_share, extra = d.decrypt_share_bundle(
+                opened[u] = d.decrypt_share_bundle(
                     self._share_keys[u], self.session_id, u, self.client_id, bytes(ciphertext))
+            except DecryptionError:
+                excluded.add(u)
+        # the field-range check of every share at once; only if some share
+        # fails is each sender's bundle checked on its own, to name it
+        try:
+            shamir.check_shares([share for key_share, seed_share, extra in opened.values()
+                                 for share in (key_share, seed_share, *extra)])
+            all_valid = True
+        except InconsistentSharesError:
+            all_valid = False
+        for u, (key_share, seed_share, extra) in opened.items():
+            try:
                 if len(extra) != self._components or len(seed_share) != 64:
                     raise InconsistentSharesError("wrong number of noise-seed shares")
-                shamir.check_shares([key_share, seed_share, *extra])
-            except (DecryptionError, InconsistentSharesError):
+                if not all_valid:
+                    shamir.check_shares([key_share, seed_share, *extra])
+            except InconsistentSharesError:
                 # u (or the server relaying it) sent shares this client cannot use:
                 # hold none of u's shares, leave u out of the masks, report it
                 excluded.add(u)

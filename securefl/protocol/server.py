@@ -766,7 +766,7 @@ class ServerSession:
             (d.self_mask_key(seeds[u], sid, u), True) for u in self._u3]
         for u, raw_key in private_keys.items():
             pair = KeyPair.from_private_bytes(raw_key)
-            for v in sorted(self._peers[u].neighbours.intersection(self._u3)):
+            for v in sorted(self._peers[u].neighbours & self._u3_set):
                 if self._includes(v, u):
                     try:
                         key = d.masking_secret(pair, self._advert(v).masking_key, sid, u, v)
