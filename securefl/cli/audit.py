@@ -666,6 +666,17 @@ def _user_release_problems(chain: LedgerChain, metrics: dict[str, Any]) -> list[
             found.append(f"round {number}, user level: {METRICS_NAME} reports the round skipped"
                          " (a small cohort), the ledger settles it without a skipped"
                          " user-level row (a skipped round is charged)")
+        if isinstance(entry, dict) and isinstance(number, int) and number in skipped \
+                and (entry.get("aborted") is not True or entry.get("survivors")
+                     or entry.get("num_survivors")):
+            # nobody trains in a skipped round: a round with survivors (whose
+            # updates were summed) settled as skipped is a released round
+            # whose charge against the server was dropped
+            said = "aborted" if entry.get("aborted") else "completed"
+            found.append(f"round {number}, user level: the ledger settles the round skipped,"
+                         f" {METRICS_NAME} reports it {said}"
+                         f" with survivor(s) {entry.get('survivors')!r} (a skipped round has"
+                         " none; its released charge would be missing)")
         if not isinstance(entry, dict) or entry.get("aborted") is not False:
             continue
         number = entry.get("round")
