@@ -242,8 +242,12 @@ def test_a_skipped_round_writes_a_charged_row(run: Path) -> None:
     epsilons = [r["epsilon"] for r in rows]
     assert all(b > a for a, b in itertools.pairwise(epsilons))
     assert epsilons[-1] <= CONFIG["user_epsilon"]
-    # calibrated for every round charged: the whole budget is spent over the rounds
-    assert epsilons[-1] == pytest.approx(CONFIG["user_epsilon"], rel=1e-4)
+    # calibrated for every round charged: the whole budget is spent over the
+    # rounds when each is charged at its target variance (a cohort of 3 or
+    # more, whose semi-honest session is calibrated to a threshold below
+    # it, releases more noise and spends less: random, about 8% of runs)
+    if all(r["released_variance"] == r["target_variance"] for r in rows):
+        assert epsilons[-1] == pytest.approx(CONFIG["user_epsilon"], rel=1e-4)
 
 
 def test_the_budget_guard_counts_skipped_rounds(run: Path) -> None:
