@@ -75,6 +75,10 @@ def _exact(variance: float, out: float, inside: float, alpha: int) -> float:
     return max(moments) / (alpha - 1)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (docs/user-level-dp.md, Limits): with client sampling, a dropout "
+    "abort that the target's own survival decides is not charged by the per-round "
+    "bound; the excess vanishes as the cohort grows"))
 @pytest.mark.parametrize(("n", "q", "k", "droppers", "alpha"),
                          [(4, 0.9, 2, 1, 8), (10, 0.7, 2, 3, 16), (5, 0.7, 2, 1, 8)])
 def test_a_dropout_abort_that_depends_on_the_target_is_charged(

@@ -68,6 +68,10 @@ def _charge(variance: float, q: float, n: int, k: int, alpha: int) -> float:
                                  "symmetric-binomial")[ACCOUNTANT_ORDERS.index(alpha)])
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (docs/user-level-dp.md, Limits): semi-honest threshold-calibrated "
+    "noise grows with the cohort, so the realised variance a released row is charged "
+    "at depends on whether the target took part; active mode's variance is fixed"))
 @pytest.mark.parametrize(("n", "q", "alpha"), [(3, 0.9, 8), (3, 0.5, 2), (4, 0.5, 2)])
 def test_a_released_row_is_not_charged_below_the_round_divergence(
         n: int, q: float, alpha: int) -> None:
