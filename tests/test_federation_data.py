@@ -49,5 +49,11 @@ def test_impossible_splits_are_refused() -> None:
     labels = np.repeat(np.arange(2), 10)
     with pytest.raises(ConfigurationError, match="alpha"):
         dirichlet_split(labels, 2, 0.0, np.random.default_rng(0))
+    # 20 examples cannot give 5 clients the 10 each asked for, nor 30 clients one each
     with pytest.raises(ConfigurationError, match="fewer clients"):
-        dirichlet_split(labels, 5, 1.0, np.random.default_rng(0))
+        dirichlet_split(labels, 5, 1.0, np.random.default_rng(0), min_size=10)
+    with pytest.raises(ConfigurationError, match="fewer clients"):
+        dirichlet_split(labels, 30, 1.0, np.random.default_rng(0))
+    # by default the minimum falls back below 10 when the data cannot hold 10 per client
+    shards = dirichlet_split(labels, 5, 1.0, np.random.default_rng(0))
+    assert len(shards) == 5 and min(len(s) for s in shards) >= 1

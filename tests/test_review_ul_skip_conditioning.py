@@ -348,3 +348,21 @@ def test_the_budget_guard_refuses_after_skipped_rounds_spent_the_budget(
     assert [(r["round"], r["status"]) for r in rows] == [(1, "skipped"), (2, "skipped")]
     assert rows[-1]["epsilon"] == pytest.approx(8.0, rel=1e-4)
     assert audit_run(tmp_path / "run")["verified"]
+
+
+def test_an_infinite_branch_of_zero_probability_is_not_a_nan() -> None:
+    """A branch the binomial gives no mass (k beyond the pool) contributes
+    nothing even where its divergence is infinite, and an infinite branch
+    with mass gives an infinite RDP: never NaN (a NaN epsilon would be read
+    as anything)."""
+    from securefl.privacy.distributed import skip_mixture_rdp
+
+    orders = np.arange(2, 9)
+    inf = np.full(orders.shape, np.inf)
+    finite = np.linspace(0.1, 0.7, orders.size)
+    # k = n + 2: P(B >= k) = P(B = k - 1) = 0, everything skipped
+    zero = skip_mixture_rdp(orders, inf, inf, 0.3, 4, 6)
+    assert np.all(np.abs(zero) < 1e-12)
+    # an infinite sampled bound with positive mass: infinite, not NaN
+    assert np.all(np.isinf(skip_mixture_rdp(orders, inf, finite, 0.3, 10, 2)))
+    assert not np.isnan(skip_mixture_rdp(orders, finite, inf, 0.3, 10, 2)).any()

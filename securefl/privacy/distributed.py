@@ -468,11 +468,18 @@ def skip_mixture_rdp(orders: Sequence[int] | np.ndarray, sampled: np.ndarray,
     log_ge, log_eq, log_lt = _log_binomial_masses(int(n), q, int(k))
     log_join = np.logaddexp(math.log1p(-q) if q < 1.0 else -math.inf,
                             math.log(q) + (a - 1.0) * unsampled)
-    terms = np.stack([log_ge + (a - 1.0) * sampled, log_eq + log_join,
-                      np.full_like(a, log_lt)])
-    with np.errstate(invalid="ignore"):
-        top = np.max(terms, axis=0)
-        total = top + np.log(np.sum(np.exp(terms - top), axis=0))
+    # a branch of probability zero contributes nothing, even where its
+    # divergence is infinite (0 * inf = 0 here, not NaN)
+    ge = np.full_like(a, -math.inf) if log_ge == -math.inf else log_ge + (a - 1.0) * sampled
+    eq = np.full_like(a, -math.inf) if log_eq == -math.inf else log_eq + log_join
+    terms = np.stack([ge, eq, np.full_like(a, log_lt)])
+    if np.isnan(terms).any():
+        raise ConfigurationError("skip_mixture_rdp: a NaN bound (check sampled/unsampled)")
+    top = np.max(terms, axis=0)  # finite: the three masses sum to 1, or +inf
+    finite = np.isfinite(top)
+    total = np.full_like(a, math.inf)
+    total[finite] = top[finite] + np.log(
+        np.sum(np.exp(terms[:, finite] - top[finite]), axis=0))
     return np.maximum(total, 0.0) / (a - 1.0)
 
 
