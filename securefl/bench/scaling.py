@@ -33,7 +33,6 @@ import math
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -123,17 +122,6 @@ def crypto_floor(cell: Cell, aes_bytes_per_s: float, x25519_per_s: float) -> dic
     keystream = masks * cell.m * width
     seconds = keystream / aes_bytes_per_s + exchanges / x25519_per_s
     return {"keystream_bytes": keystream, "x25519_exchanges": exchanges, "seconds": seconds}
-
-
-def openssl_x25519_per_s(seconds: int = 1) -> float | None:
-    """X25519 key agreements per second on one core from ``openssl speed``."""
-    exe = shutil.which("openssl")
-    if exe is None:
-        return None
-    out = subprocess.run([exe, "speed", "-seconds", str(seconds), "ecdhx25519"],
-                         capture_output=True, text=True, check=False).stdout
-    match = re.search(r"\(X25519\)\s+\S+\s+([\d.]+)", out)
-    return float(match.group(1)) if match else None
 
 
 def measure(cell: Cell, workers: int = 1) -> dict[str, Any]:
@@ -373,11 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cell = Cell(**json.loads(args.cell))
         print(json.dumps(sanitize(measure(cell, args.workers)), allow_nan=False))
         return 0
-    from securefl.bench.core import openssl_aes_ctr_gbps
+    from securefl.bench.core import openssl_aes_ctr_gbps, openssl_x25519_per_second
 
     load_start = os.getloadavg()
     aes = openssl_aes_ctr_gbps()
-    x25519 = openssl_x25519_per_s()
+    x25519 = openssl_x25519_per_second()
     if aes is None or x25519 is None:
         print("openssl speed is needed for the cryptographic floor", file=sys.stderr)
         return 2

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from securefl.errors import ConfigurationError
-from securefl.privacy.batches import ClientBatches, TensorBatches, call_model
-from securefl.privacy.client import LocalResult, OptimizerFactory
+from securefl.privacy.batches import ClientBatches, call_model
+from securefl.privacy.client import LocalResult, OptimizerFactory, client_batches
 
 __all__ = ["LocalClient"]
 
@@ -49,23 +49,7 @@ class LocalClient:
                  loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                  optimizer: OptimizerFactory | None = None) -> None:
         who = f"client {client_id}"
-        if isinstance(features, ClientBatches):
-            if labels is not None:
-                raise ConfigurationError(f"{who}: give labels inside its ClientBatches, not apart")
-            self._batches: ClientBatches = features
-        else:
-            if labels is None or len(features) != len(labels):
-                raise ConfigurationError(f"{who} needs matching non-empty features and labels")
-            targets = torch.as_tensor(labels)
-            targets = targets.to(torch.float32) if targets.is_floating_point() \
-                else targets.to(torch.long)
-            feats = torch.as_tensor(features, dtype=torch.float32)
-            if not (torch.isfinite(feats).all() and (not targets.is_floating_point()
-                                                     or torch.isfinite(targets).all())):
-                raise ConfigurationError(f"{who}: NaN or infinite features or targets")
-            self._batches = TensorBatches(feats, targets)
-        if len(self._batches) == 0:
-            raise ConfigurationError(f"{who} needs at least one example")
+        self._batches: ClientBatches = client_batches(who, features, labels)
         if batch_size < 1 or local_epochs < 1 or not (lr > 0 and math.isfinite(lr)) \
                 or (max_steps is not None and max_steps < 1):
             raise ConfigurationError(f"{who}: batch_size, local_epochs and max_steps must be"

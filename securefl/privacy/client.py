@@ -77,6 +77,7 @@ __all__ = [
     "Weighting",
     "adjacency_for",
     "calibrated_noise_multiplier",
+    "client_batches",
     "make_private_compatible",
 ]
 
@@ -347,21 +348,7 @@ class PrivateClient:
                  loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                  optimizer: OptimizerFactory | None = None) -> None:
         who = f"client {client_id}"
-        if isinstance(features, ClientBatches):
-            if labels is not None:
-                raise ConfigurationError(f"{who}: give labels inside its ClientBatches, not apart")
-            self._batches: ClientBatches = features
-        else:
-            if labels is None or len(features) != len(labels):
-                raise ConfigurationError(
-                    f"{who} needs matching non-empty features and labels, got"
-                    f" {len(features)} and {'no labels' if labels is None else len(labels)}")
-            self._batches = TensorBatches(torch.as_tensor(features, dtype=torch.float32),
-                                          _as_targets(labels))
-            _refuse_non_finite(who, self._batches.features, self._batches.targets)
-        if len(self._batches) == 0:
-            raise ConfigurationError(f"{who} needs matching non-empty features and labels,"
-                                     " got 0 examples")
+        self._batches: ClientBatches = client_batches(who, features, labels)
         layers = incompatible_layers(model)
         if layers:
             raise ModelIncompatibleError(f"{who}: " + "; ".join(
@@ -541,6 +528,38 @@ def _local_optimizer(who: str, factory: OptimizerFactory,
             f"{who}: the optimizer factory must optimize the parameters it is given"
             " (call it as factory(params) -> Optimizer(params, ...))")
     return local
+
+
+def client_batches(who: str, features: np.ndarray | torch.Tensor | ClientBatches,
+                   labels: np.ndarray | torch.Tensor | None) -> ClientBatches:
+    """A client's data as :class:`ClientBatches`: ``features`` itself when it
+    already is (labels inside it), else a :class:`TensorBatches` of float32
+    features and targets (integer labels as ``long``, real targets as
+    ``float32``).  The one intake of the private and the plain local client.
+
+    Raises:
+        ConfigurationError: labels given beside a ``ClientBatches``, missing
+            or mismatched labels, or no example.
+        DataValidationError: NaN or infinite features or targets (naming
+            how many examples).
+    """
+    if isinstance(features, ClientBatches):
+        if labels is not None:
+            raise ConfigurationError(f"{who}: give labels inside its ClientBatches, not apart")
+        batches: ClientBatches = features
+    else:
+        if labels is None or len(features) != len(labels):
+            raise ConfigurationError(
+                f"{who} needs matching non-empty features and labels, got"
+                f" {len(features)} and {'no labels' if labels is None else len(labels)}")
+        tensors = TensorBatches(torch.as_tensor(features, dtype=torch.float32),
+                                _as_targets(labels))
+        _refuse_non_finite(who, tensors.features, tensors.targets)
+        batches = tensors
+    if len(batches) == 0:
+        raise ConfigurationError(f"{who} needs matching non-empty features and labels,"
+                                 " got 0 examples")
+    return batches
 
 
 def _as_targets(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
