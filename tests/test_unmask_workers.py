@@ -8,6 +8,7 @@ worker surfaces as a typed :class:`SecureFLError` that names no secret.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import re
@@ -164,7 +165,7 @@ def test_any_split_sums_to_the_unsplit_masks(data: st.DataObject, parts: int, bi
     assert sum(sizes) == total_masks and len(tasks) <= parts and min(sizes) >= 1
     # decreasing sizes (up to rounding), so the tasks handed out last are short:
     # the largest is at most about twice the mean, the last at most about the mean
-    assert all(later <= earlier + 1 for earlier, later in zip(sizes, sizes[1:], strict=False))
+    assert all(later <= earlier + 1 for earlier, later in itertools.pairwise(sizes))
     assert max(sizes) <= 2 * total_masks / len(tasks) + 1
     assert sizes[-1] <= total_masks / len(tasks) + 1
     # every dropped client's key goes only to tasks holding one of its masks
