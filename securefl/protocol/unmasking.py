@@ -10,11 +10,12 @@ derivations then run one after another on the caller's thread.
 
 Here the work is cut into :class:`MaskSumTask` s of decreasing numbers of
 masks (the pool hands them out in order, so the tasks that end the round are
-short and the workers finish together).  Each task is shipped, with the
-secrets it needs (the reconstructed self-mask seeds and masking private keys
-of its masks, and the survivors' public masking keys), to a worker through the
+short and the workers finish together).  Each task is shipped, with the secrets
+it needs (the reconstructed self-mask seeds and masking private keys of its
+masks, and the survivors' public masking keys), to a worker through the
 caller's executor; the worker does the key agreement, the same
-domain-separated derivations as every client (:mod:`securefl.protocol.derivation`), expands and adds the masks
+domain-separated derivations as every client
+(:mod:`securefl.protocol.derivation`), expands and adds the masks
 (:class:`~securefl.hazmat.prg.MaskExpander`), and returns one partial vector:
 the sum over its masks of what must be added to the masked sum, reduced mod
 ``2^bits``.  The caller adds the partial vectors to the masked sum.  The
