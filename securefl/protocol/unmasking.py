@@ -31,6 +31,7 @@ worker only while its task runs.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -135,24 +136,36 @@ def plan(length: int, bits: int, session_id: bytes, seeds: Mapping[int, bytes],
         of its masks (its masks are consecutive): at most two when every task
         holds at least as many masks as it has.
     """
-    units: list[tuple[int, int | None]] = [(u, None) for u in sorted(seeds)]
-    units += [(u, v) for u in sorted(keys) for v in peers[u]]
-    parts = max(1, min(parts, len(units)))
+    # the masks in order: the self masks, then each dropped client's pairwise
+    # masks (its survivors in the given order), cut by counts: no list of them
+    own = sorted(seeds.items())
+    rows = [(u, keys[u], tuple(peers[u])) for u in sorted(keys)]
+    firsts = [len(own)]  # index of the first mask of each row, then the total
+    for _, _, vs in rows:
+        firsts.append(firsts[-1] + len(vs))
+    total = firsts[-1]
+    parts = max(1, min(parts, total))
     # piece i holds about (2 parts - 2 i - 1) / parts^2 of the masks: from about
     # twice the mean down to 1/parts of it, so the pieces that finish last are short
-    bounds = [len(units) * i * (2 * parts - i) // (parts * parts) for i in range(parts + 1)]
+    bounds = [total * i * (2 * parts - i) // (parts * parts) for i in range(parts + 1)]
     tasks = []
-    for i in range(parts):
-        piece = units[bounds[i]:bounds[i + 1]]
-        own_seeds = tuple((u, seeds[u]) for u, v in piece if v is None)
-        grouped: dict[int, list[int]] = {}
-        for u, v in piece:
-            if v is not None:
-                grouped.setdefault(u, []).append(v)
-        own_keys = tuple((u, keys[u], tuple(vs)) for u, vs in grouped.items())
-        needed = {v: public[v] for vs in grouped.values() for v in vs}
+    row = 0
+    for lo, hi in itertools.pairwise(bounds):
+        own_seeds = tuple(own[lo:hi])
+        while row < len(rows) and firsts[row + 1] <= lo:
+            row += 1
+        own_keys = []
+        j = row
+        while j < len(rows) and firsts[j] < hi:
+            u, raw, vs = rows[j]
+            piece = vs[max(lo - firsts[j], 0):hi - firsts[j]]
+            if piece:
+                own_keys.append((u, raw, piece))
+            j += 1
+        needed = {v: public[v] for _, _, vs in own_keys for v in vs}
         if own_seeds or own_keys:
-            tasks.append(MaskSumTask(length, bits, session_id, own_seeds, own_keys, needed))
+            tasks.append(MaskSumTask(length, bits, session_id, own_seeds, tuple(own_keys),
+                                     needed))
     return tasks
 
 
