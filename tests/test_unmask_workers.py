@@ -318,27 +318,6 @@ def test_a_low_order_peer_key_in_a_worker_is_a_typed_error_naming_only_the_peer(
     assert again.peer == 4 and str(again) == str(info.value)
 
 
-def test_remembered_public_keys_change_no_sum_and_no_refusal() -> None:
-    """The worker remembers parsed public keys across tasks: a task run again
-    (parsing from the cache) gives the same partial sum, a low-order key is
-    refused every time, in the same process, and a bytearray key (not
-    remembered) gives the same sum as the bytes."""
-    rng = default_random(None)
-    pair, peer = KeyPair.generate(rng), KeyPair.generate(rng)
-    task = MaskSumTask(40, 20, b"s" * 32, (), ((9, pair.private_bytes(), (4,)),),
-                       {4: peer.public_bytes})
-    first = mask_sum(task)
-    assert np.array_equal(mask_sum(task), first)
-    mutable = MaskSumTask(40, 20, b"s" * 32, (), ((9, pair.private_bytes(), (4,)),),
-                          {4: bytearray(peer.public_bytes)})  # type: ignore[dict-item]
-    assert np.array_equal(mask_sum(mutable), first)
-    low = MaskSumTask(16, 32, b"s" * 32, (), ((9, pair.private_bytes(), (4,)),),
-                      {4: bytes(32)})
-    for _ in range(2):
-        with pytest.raises(PeerKeyRejectedError):
-            mask_sum(low)
-
-
 def test_the_server_turns_a_rejected_peer_key_into_an_abort(monkeypatch: Any) -> None:
     config, inputs, dropouts = _small_session()
     server = ServerSession(config, unmask_pool=_Inline())

@@ -31,7 +31,6 @@ worker only while its task runs.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import multiprocessing
 import os
@@ -41,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefl.errors import InvalidKeyError, SecureFLError
 from securefl.hazmat.agreement import exchange, load_public
@@ -205,9 +204,7 @@ def _batches(task: MaskSumTask) -> Iterator[list[tuple[bytes, bool]]]:
     public = {}
     for v, raw_public in task.public.items():  # each parsed once, used by every u
         try:
-            # only immutable bytes are remembered (and hashable)
-            parse = _parsed_public if type(raw_public) is bytes else load_public
-            public[v] = parse(raw_public)
+            public[v] = load_public(raw_public)
         except InvalidKeyError:
             raise PeerKeyRejectedError(v) from None
     for u, raw, vs in task.keys:
@@ -224,15 +221,6 @@ def _batches(task: MaskSumTask) -> Iterator[list[tuple[bytes, bool]]]:
                 batch = []
     if batch:
         yield batch
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed_public(raw: bytes) -> X25519PublicKey:
-    """:func:`~securefl.hazmat.agreement.load_public`, remembered in the worker:
-    every task of a round on the complete graph needs the same survivors' keys
-    (7 us each to parse).  Public keys only; a refused key is not remembered
-    (the exception propagates)."""
-    return load_public(raw)
 
 
 def _warm_up() -> None:
