@@ -208,7 +208,11 @@ class _TimedDriver(SessionDriver):
                send: bool = True) -> dict[int, Any]:
         """As :meth:`Driver.answer`, but in the masked-input round every reply
         goes to the server as soon as it is made and is not kept in
-        :attr:`sent`: at most one masked vector is in transit at a time."""
+        :attr:`sent`: at most one masked vector is in transit at a time.  This
+        driver is its clients' only transport and never repeats a message, so
+        each client then forgets its sent reply
+        (:meth:`ClientSession.release_masked_input`, as ``secure_sum``'s
+        driver does): the server's copies are the only masked vectors kept."""
         rnd = self.round
         if rnd is not Round.MASKED_INPUT_COLLECTION or not send or skip or replace:
             return super().answer(skip, replace=replace, send=send)
@@ -217,6 +221,7 @@ class _TimedDriver(SessionDriver):
                 delivered = self.to_client(rnd, c, message)
                 if delivered is not None:
                     self._deliver(rnd, c, self.client_handle(rnd, c, delivered))
+                    self.clients[c].release_masked_input()
         self.pending = {}
         return {}
 
