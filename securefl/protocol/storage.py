@@ -25,6 +25,10 @@ never a sum corrected with other numbers.  The result is the same, bit for bit, 
 (``tests/test_masked_store.py``): the sum is taken in the ring's native
 dtype, where addition and subtraction wrap modulo a power of two at least
 ``2^bits``.
+
+:class:`SealableVector` is the sending side of the same rule: a client masks
+its private copy in place and seals it, without a second copy, into the
+read-only view of ``bytes`` it sends and keeps, which :func:`frozen` accepts.
 """
 
 from __future__ import annotations
