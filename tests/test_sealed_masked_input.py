@@ -202,3 +202,22 @@ def test_an_aborted_client_drops_its_private_copy() -> None:
         # a client message where the roster is expected: the session aborts
         client.handle(MaskedInput(1, bytes(32), np.zeros(8, np.uint16), ()))
     assert client._input is None
+
+
+def test_the_benchmark_round_holds_the_servers_vectors_only() -> None:
+    """The benchmark's driver releases every client's sent reply once the
+    server has it (as ``secure_sum``'s does): the round's peak is the
+    server's n message buffers plus a few vectors (about n + 4 measured),
+    not the 2n + 3 it was when every client kept its reply."""
+    from securefl.bench.core import run_round
+
+    n, m = 16, 1 << 16
+    run_round(4, m, workers=1)  # modules imported lazily are not the round's
+    tracemalloc.start()
+    try:
+        result = run_round(n, m, bits=32, workers=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exact
+    assert peak < (n + 8) * 4 * m
