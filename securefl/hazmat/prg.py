@@ -123,11 +123,20 @@ class MaskExpander:
             step = -(-step // _BLOCK) * _BLOCK
             bounds = [(a, min(a + step, self.length)) for a in range(0, self.length, step)]
 
+            # the workers reach ``acc`` through this list, emptied once they
+            # are done: a pool may drop its reference to the task a moment
+            # after the result is delivered, and a caller may need to know
+            # that no view of ``acc`` is left (storage.SealableVector)
+            target = [acc]
+
             def run_segment(bound: tuple[int, int]) -> None:
                 MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
-                    jobs, acc, bound[0], bound[1], reduce=True)
+                    jobs, target[0], bound[0], bound[1], reduce=True)
 
-            list(executor.map(run_segment, bounds))
+            try:
+                list(executor.map(run_segment, bounds))
+            finally:
+                target.clear()
             return acc
         else:
             self._apply_segment(jobs, acc, 0, self.length, reduce=True)
