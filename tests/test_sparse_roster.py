@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securefl.errors import ConfigurationError, RemoteProtocolError, Rule
+from securefl.errors import ConfigurationError, RemoteProtocolError, Rule, WireFormatError
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import default_random
 from securefl.protocol import SecAggConfig, secure_sum
@@ -39,6 +39,8 @@ from securefl.protocol.messages import (
     ShareDelivery,
     SparseKeyRoster,
 )
+from securefl.wire import WireIssue, decode, encode
+from securefl.wire import secagg_pb2 as pb
 from tests.protocol_harness import Federation
 
 # -- the tree against RFC 6962 section 2.1 -------------------------------------
@@ -445,3 +447,47 @@ def test_full_and_sparse_delivery_give_the_same_sum(mode: str) -> None:
     assert a.survivors == b.survivors
     plain = sum(inputs[c] for c in a.survivors) % np.uint64(2**32)
     np.testing.assert_array_equal(b.total, plain)
+
+
+# -- wire ---------------------------------------------------------------------------
+
+
+def test_sparse_roster_round_trips_on_the_wire_and_is_small() -> None:
+    config = _config(n=200)
+    fed = Federation(config)
+    rosters = fed.advertise()
+    adverts = _adverts(fed)
+    full = encode(KeyRoster(config.digest(), tuple(adverts[c] for c in sorted(adverts))))
+    for c in (1, 100, 200):
+        data = encode(rosters[c])
+        assert decode(data, config=config, expect=SparseKeyRoster) == rosters[c]
+        assert len(data) < len(full) / 3
+
+
+@pytest.mark.parametrize("mutation, reason", [
+    ("path", WireIssue.TRUNCATED_FIELD),
+    ("order", WireIssue.NON_CANONICAL),
+    ("twice", WireIssue.DUPLICATE_ID),
+    ("root", WireIssue.TRUNCATED_FIELD),
+])
+def test_malformed_sparse_rosters_are_refused_by_the_codec(mutation: str,
+                                                          reason: WireIssue) -> None:
+    _, rosters = _honest()
+    msg = rosters[1]
+    wire = pb.SecAggMessage.FromString(encode(msg))
+    inner = wire.sparse_key_roster
+    if mutation == "path":
+        inner.entries[1].inclusion_path = inner.entries[1].inclusion_path[:-1]
+    elif mutation == "order":
+        first, second = (pb.ProvenRosterEntry(), pb.ProvenRosterEntry())
+        first.CopyFrom(inner.entries[0])
+        second.CopyFrom(inner.entries[1])
+        inner.entries[0].CopyFrom(second)
+        inner.entries[1].CopyFrom(first)
+    elif mutation == "twice":
+        inner.entries[1].CopyFrom(inner.entries[0])
+    else:
+        inner.root = inner.root[:31]
+    with pytest.raises(WireFormatError) as info:
+        decode(wire.SerializeToString(deterministic=True))
+    assert info.value.reason == reason.value

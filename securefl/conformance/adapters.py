@@ -49,13 +49,15 @@ from securefl.protocol.messages import (
     KeyRoster,
     MaskedInput,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
 from securefl.protocol.server import ServerSession
 from securefl.wire import decode, encode
 
-SERVER_MESSAGES = (KeyRoster, ShareDelivery, ConsistencyRequest, UnmaskingRequest)
+SERVER_MESSAGES = (KeyRoster, SparseKeyRoster, ShareDelivery, ConsistencyRequest,
+                   UnmaskingRequest)
 CLIENT_MESSAGES = (AdvertiseKeys, EncryptedShares, MaskedInput, ConsistencySignature,
                    UnmaskingResponse)
 
