@@ -645,6 +645,18 @@ def round_vectors() -> dict[str, dict[str, Any]]:
             SecAggConfig(num_clients=8, vector_length=4, bits=10, threshold=3, mode=semi,
                          graph=HararyGraph(4), context=b"vectors: harary"),
             {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
+        "round_active_harary_merkle": round_vector(
+            "active-harary-merkle",
+            "Sparse roster delivery (SPEC.md [MRK-1]..[MRK-9]): active mode, seven clients"
+            " on a Harary graph of degree 4, threshold 3, 16-bit ring, roster_delivery"
+            " 'merkle'.  Each client receives a SparseKeyRoster: the id bitmap, the Merkle"
+            " root of every entry, and only its own and its 4 neighbours' signed entries,"
+            " each with its RFC 9162 inclusion proof; the session id binds the bitmap and"
+            " the root.  Client 6 never advertises (the bitmap leaves it out).",
+            SecAggConfig(num_clients=7, vector_length=2, bits=16, threshold=3,
+                         mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
+                         context=b"vectors: merkle roster", roster_delivery="merkle"),
+            {6: Round.ADVERTISE_KEYS}),
         "round_noise_active_dropouts": round_vector(
             "noise-active-dropouts",
             "Distributed Skellam noise (SPEC.md section 16): active mode (removable plans"
