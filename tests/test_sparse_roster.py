@@ -39,6 +39,7 @@ from securefl.protocol.messages import (
     ShareDelivery,
     SparseKeyRoster,
 )
+from securefl.protocol.noise import NoisePlan
 from securefl.wire import WireIssue, decode, encode
 from securefl.wire import secagg_pb2 as pb
 from tests.protocol_harness import Federation
@@ -434,9 +435,12 @@ def test_every_client_derives_the_servers_sid_and_the_sum_is_exact(
     np.testing.assert_array_equal(fed.result.total, fed.expected_sum())
 
 
-@pytest.mark.parametrize("mode", ["semi-honest", "active"])
-def test_full_and_sparse_delivery_give_the_same_sum(mode: str) -> None:
-    full = SecAggConfig(24, 4, graph=HararyGraph(8), threshold=6, mode=mode)
+@pytest.mark.parametrize("mode, noise", [("semi-honest", None), ("active", None),
+                                         ("active", NoisePlan(0.0, tolerance=0.05))])
+def test_full_and_sparse_delivery_give_the_same_sum(mode: str, noise: NoisePlan | None) -> None:
+    # (a noise plan of variance 0: every noise-seed commitment is in the leaves,
+    # shared and removed for real, and the sum stays exact)
+    full = SecAggConfig(24, 4, graph=HararyGraph(8), threshold=6, mode=mode, noise=noise)
     sparse = dataclasses.replace(full, roster_delivery="merkle")
     gen = np.random.default_rng(7)
     inputs = {c: gen.integers(0, 2**32, 4, dtype=np.uint64) for c in full.ids}
@@ -491,3 +495,13 @@ def test_malformed_sparse_rosters_are_refused_by_the_codec(mutation: str,
     with pytest.raises(WireFormatError) as info:
         decode(wire.SerializeToString(deterministic=True))
     assert info.value.reason == reason.value
+
+
+def test_a_repeated_sparse_roster_is_answered_again_and_a_sparse_roster_is_refused_in_full_mode(
+        ) -> None:
+    fed, rosters = _honest()
+    first = fed.clients[1].handle(rosters[1])
+    assert fed.clients[1].handle(rosters[1]) is first  # [CLI-2]
+    full = Federation(SecAggConfig(21, 3, graph=HararyGraph(8), threshold=3))
+    full.advertise()
+    _refused(full, 1, rosters[1], Rule.WRONG_ROUND)
