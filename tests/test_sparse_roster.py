@@ -20,7 +20,7 @@ from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import default_random
 from securefl.protocol import SecAggConfig, secure_sum
 from securefl.protocol.config import Round
-from securefl.protocol.graphs import neighbour_map
+from securefl.protocol.graphs import neighbour_map, neighbours_of
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.merkle import (
     RosterTree,
@@ -505,3 +505,18 @@ def test_a_repeated_sparse_roster_is_answered_again_and_a_sparse_roster_is_refus
     full = Federation(SecAggConfig(21, 3, graph=HararyGraph(8), threshold=3))
     full.advertise()
     _refused(full, 1, rosters[1], Rule.WRONG_ROUND)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8).map(lambda h: 2 * h), st.integers(1, 120), st.binary(min_size=32,
+                                                                              max_size=32),
+       st.data())
+def test_one_clients_neighbours_equal_the_whole_maps(degree: int, r: int, sid: bytes,
+                                                     data: st.DataObject) -> None:
+    roster = tuple(sorted(data.draw(st.sets(st.integers(1, 10_000), min_size=r, max_size=r))))
+    graph = HararyGraph(degree)
+    whole = graph.neighbours(roster, sid)
+    for u in roster:
+        assert neighbours_of(graph, roster, sid, u) == whole[u]
+    with pytest.raises(KeyError):
+        graph.neighbours_of(roster, sid, 10_001)

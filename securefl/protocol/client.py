@@ -53,7 +53,7 @@ from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
 from securefl.protocol import merkle
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
-from securefl.protocol.graphs import neighbour_map
+from securefl.protocol.graphs import neighbour_map, neighbours_of
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -453,8 +453,8 @@ class ClientSession:
         if not bool(_in_sorted(roster_ids, np.array([self.client_id]))[0]):
             self._fail(Rule.OWN_KEY_ALTERED, "the roster's id set leaves out this client", rnd)
         sid = merkle.merkle_session_id(self._digest, msg.id_bitmap, size, msg.root)
-        neighbours = frozenset(neighbour_map(self.config.graph, tuple(roster_ids.tolist()),
-                                             sid)[self.client_id])
+        neighbours = neighbours_of(self.config.graph, tuple(roster_ids.tolist()), sid,
+                                   self.client_id)
         if len(neighbours) + 1 < self.config.t:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
