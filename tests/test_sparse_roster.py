@@ -15,6 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from securefl.conformance.adapters import SecureFLPrimitives
+from securefl.conformance.cases import Outcome, Target
+from securefl.conformance.runner import all_cases, run
 from securefl.errors import ConfigurationError, RemoteProtocolError, Rule, WireFormatError
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import default_random
@@ -520,3 +523,37 @@ def test_one_clients_neighbours_equal_the_whole_maps(degree: int, r: int, sid: b
         assert neighbours_of(graph, roster, sid, u) == whole[u]
     with pytest.raises(KeyError):
         graph.neighbours_of(roster, sid, 10_001)
+
+
+# -- conformance vectors of the Merkle commitment --------------------------------
+
+
+def test_merkle_vectors_catch_a_verifier_without_the_rfc_9162_checks() -> None:
+    cases = [c for c in all_cases() if "/merkle_test/" in c.id]
+    assert len(cases) > 30
+    assert {r.outcome for r in run(cases, Target())} == {Outcome.PASSED}
+
+    class Lax(SecureFLPrimitives):
+        """Recomputes the root but skips the index and path-length checks."""
+
+        def roster_inclusion(self, leaf: bytes, index: int, tree_size: int,
+                             path: list[bytes], root: bytes) -> bool:
+            fn, r = index, leaf
+            for p in path:
+                r = node_hash(p, r) if fn & 1 else node_hash(r, p)
+                fn >>= 1
+            return r == root or verify_inclusion(leaf, index, tree_size, path, root)
+
+    class Unlabelled(SecureFLPrimitives):
+        def roster_leaf(self, sender: int, encryption_key: bytes, masking_key: bytes,
+                        seed_commitment: bytes, noise_commitments: list[bytes]) -> bytes:
+            return hashlib.sha256(b"\0" + sender.to_bytes(4, "big") + encryption_key
+                                  + masking_key + seed_commitment
+                                  + b"".join(noise_commitments)).digest()
+
+    for broken in (Lax, Unlabelled):
+        outcomes = {r.outcome for r in run(cases, Target(primitives=broken))}
+        assert Outcome.FAILED in outcomes, broken.__name__
+    # an adapter without the optional methods skips these cases
+    assert {r.outcome for r in run(cases, Target(primitives=lambda: object()))} == {
+        Outcome.SKIPPED}
