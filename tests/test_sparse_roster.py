@@ -557,3 +557,15 @@ def test_merkle_vectors_catch_a_verifier_without_the_rfc_9162_checks() -> None:
     # an adapter without the optional methods skips these cases
     assert {r.outcome for r in run(cases, Target(primitives=lambda: object()))} == {
         Outcome.SKIPPED}
+
+
+def test_a_sparse_roster_carrying_every_entry_is_refused() -> None:
+    # every genuine entry with its genuine proof: the full roster smuggled in
+    fed, rosters = _honest()
+    everything = {p.entry.sender: p for m in rosters.values() for p in m.entries}
+    assert len(everything) == 21
+    msg = dataclasses.replace(rosters[1], entries=tuple(everything[c]
+                                                        for c in sorted(everything)))
+    mine = {p.entry.sender for p in rosters[1].entries}
+    first_extra = min(set(everything) - mine)
+    _refused(fed, 1, msg, Rule.ROSTER_NOT_NEIGHBOURS, first_extra)

@@ -459,15 +459,19 @@ class ClientSession:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
         proven = msg.entries
-        if not isinstance(proven, tuple) or not all(
-                isinstance(p, ProvenEntry) and isinstance(p.entry, AdvertiseKeys)
-                and type(p.entry.sender) is int for p in proven):
+        expected = neighbours | {self.client_id}
+        if not isinstance(proven, tuple):
             self._fail(Rule.MALFORMED, "roster entries must be proven advertisements", rnd)
-        senders = [p.entry.sender for p in proven]
+        # at most |expected| + 1 entries are looked at (O(k) steps even if the
+        # server sent n): with more, one of the first |expected| + 1 is extra
+        head = proven[:len(expected) + 1]
+        if not all(isinstance(p, ProvenEntry) and isinstance(p.entry, AdvertiseKeys)
+                   and type(p.entry.sender) is int for p in head):
+            self._fail(Rule.MALFORMED, "roster entries must be proven advertisements", rnd)
+        senders = [p.entry.sender for p in head]
         if any(a >= b for a, b in itertools.pairwise(senders)):
             self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
                        " repeats", rnd)
-        expected = neighbours | {self.client_id}
         extra = sorted(set(senders) - expected)
         if extra:
             self._fail(Rule.ROSTER_NOT_NEIGHBOURS, "the roster carries an entry of a client"
