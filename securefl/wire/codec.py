@@ -51,7 +51,9 @@ from securefl.protocol.messages import (
     EncryptedShares,
     KeyRoster,
     MaskedInput,
+    ProvenEntry,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -71,6 +73,10 @@ DIGEST_BYTES = 32
 SESSION_ID_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 64
+HASH_BYTES = 32
+"""A Merkle node hash, and one step of an inclusion path."""
+MAX_PATH_STEPS = 31
+"""An inclusion path in a tree of at most 2^31 - 2 leaves has at most 31 steps."""
 CIPHERTEXT_BYTES = 144
 """A share ciphertext without a noise plan; each excess-noise seed adds 64."""
 MAX_NOISE_COMPONENTS = 16
@@ -81,6 +87,7 @@ ELEMENT_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 Message: TypeAlias = (
     AdvertiseKeys | KeyRoster | EncryptedShares | ShareDelivery | MaskedInput
     | ConsistencyRequest | ConsistencySignature | UnmaskingRequest | UnmaskingResponse
+    | SparseKeyRoster
 )
 
 _BODY_OF_TYPE: dict[type, str] = {
@@ -93,6 +100,7 @@ _BODY_OF_TYPE: dict[type, str] = {
     ConsistencySignature: "consistency_signature",
     UnmaskingRequest: "unmasking_request",
     UnmaskingResponse: "unmasking_response",
+    SparseKeyRoster: "sparse_key_roster",
 }
 MESSAGE_TYPES: tuple[type, ...] = tuple(_BODY_OF_TYPE)
 """Every message class the codec handles, in envelope field order."""
@@ -194,14 +202,28 @@ def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
 def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
     out.config_digest = bytes(m.config_digest)
     for e in m.entries:
-        entry = out.entries.add()
-        entry.sender = _id(e.sender, "entries.sender")
-        entry.encryption_key = bytes(e.encryption_key)
-        entry.masking_key = bytes(e.masking_key)
-        if e.signature is not None:
-            entry.signature = bytes(e.signature)
-        entry.seed_commitment = bytes(e.seed_commitment)
-        entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
+        _enc_roster_entry(e, out.entries.add())
+
+
+def _enc_sparse_roster(m: SparseKeyRoster, out: Any, _: int | None) -> None:
+    out.recipient = _id(m.recipient, "recipient")
+    out.config_digest = bytes(m.config_digest)
+    out.id_bitmap = bytes(m.id_bitmap)
+    out.root = bytes(m.root)
+    for p in m.entries:
+        proven = out.entries.add()
+        _enc_roster_entry(p.entry, proven.entry)
+        proven.inclusion_path = b"".join(bytes(h) for h in p.inclusion_path)
+
+
+def _enc_roster_entry(e: AdvertiseKeys, entry: Any) -> None:
+    entry.sender = _id(e.sender, "entries.sender")
+    entry.encryption_key = bytes(e.encryption_key)
+    entry.masking_key = bytes(e.masking_key)
+    if e.signature is not None:
+        entry.signature = bytes(e.signature)
+    entry.seed_commitment = bytes(e.seed_commitment)
+    entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
 
 
 def _enc_ciphertexts(items: Iterable[tuple[int, bytes]], out: Any) -> None:
@@ -314,6 +336,7 @@ def _component(value: int, field: str) -> int:
 _ENCODERS: dict[type, Any] = {
     AdvertiseKeys: _enc_advert,
     KeyRoster: _enc_roster,
+    SparseKeyRoster: _enc_sparse_roster,
     EncryptedShares: _enc_shares,
     ShareDelivery: _enc_delivery,
     MaskedInput: _enc_masked,
@@ -784,26 +807,70 @@ def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
     seen: set[int] = set()
     append = entries.append
     for e in m.entries:
-        sender = e.sender
-        if not 1 <= sender <= MAX_CLIENT_ID:
-            _check_id(sender, "entries.sender", None)  # raises
-        if sender in seen:
-            raise WireFormatError(f"roster lists client {sender} twice",
+        entry = _dec_roster_entry(e)
+        if entry.sender in seen:
+            raise WireFormatError(f"roster lists client {entry.sender} twice",
                                   reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
-        seen.add(sender)
-        signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
-                     if e.HasField("signature") else None)
-        enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
-        if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
-            # the slow path names the field that is off
-            _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
-            _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
-            _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
-        noise = e.noise_commitments
-        append(AdvertiseKeys(sender, enc, mask, signature, commit,
-                             _commitments(noise, "entries.noise_commitments", sender)
-                             if noise else ()))
+        seen.add(entry.sender)
+        append(entry)
     return KeyRoster(digest, tuple(entries))
+
+
+def _dec_roster_entry(e: Any) -> AdvertiseKeys:
+    """One ``RosterEntry``: an invited-range sender, fixed-size fields."""
+    sender = e.sender
+    if not 1 <= sender <= MAX_CLIENT_ID:
+        _check_id(sender, "entries.sender", None)  # raises
+    signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
+                 if e.HasField("signature") else None)
+    enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
+    if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
+        # the slow path names the field that is off
+        _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
+        _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
+        _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
+    noise = e.noise_commitments
+    return AdvertiseKeys(sender, enc, mask, signature, commit,
+                         _commitments(noise, "entries.noise_commitments", sender)
+                         if noise else ())
+
+
+def _dec_sparse_roster(m: Any, _: SecAggConfig | None) -> SparseKeyRoster:
+    """A :class:`SparseKeyRoster`: entries strictly ascending by sender,
+    every inclusion path a whole number (at most 31) of 32-byte hashes.  The
+    bitmap's length is the client's to check against its configuration
+    ([MRK-4])."""
+    recipient = _check_id(m.recipient, "recipient", None)
+    digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
+    root = _fixed(m.root, HASH_BYTES, "root", None)
+    if len(m.id_bitmap) > (MAX_CLIENT_ID + 7) // 8:
+        raise WireFormatError("id_bitmap is longer than any configuration's",
+                              reason=WireIssue.OVERSIZED_FIELD.value, field="id_bitmap")
+    entries = []
+    last = 0
+    for p in m.entries:
+        entry = _dec_roster_entry(p.entry)
+        if entry.sender == last:
+            raise WireFormatError(f"roster lists client {entry.sender} twice",
+                                  reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
+        if entry.sender < last:
+            raise WireFormatError("roster entries are not in ascending sender order",
+                                  reason=WireIssue.NON_CANONICAL.value, field="entries.sender")
+        last = entry.sender
+        path = p.inclusion_path
+        if len(path) % HASH_BYTES:
+            raise WireFormatError(f"inclusion_path of client {entry.sender} is {len(path)}"
+                                  " bytes, not whole 32-byte hashes",
+                                  reason=WireIssue.TRUNCATED_FIELD.value,
+                                  field="entries.inclusion_path", peer=entry.sender)
+        if len(path) > MAX_PATH_STEPS * HASH_BYTES:
+            raise WireFormatError(f"inclusion_path of client {entry.sender} has more than"
+                                  f" {MAX_PATH_STEPS} steps",
+                                  reason=WireIssue.OVERSIZED_FIELD.value,
+                                  field="entries.inclusion_path", peer=entry.sender)
+        entries.append(ProvenEntry(entry, tuple(path[i:i + HASH_BYTES]
+                                                for i in range(0, len(path), HASH_BYTES))))
+    return SparseKeyRoster(recipient, digest, bytes(m.id_bitmap), root, tuple(entries))
 
 
 def _dec_shares(m: Any, config: SecAggConfig | None) -> EncryptedShares:
@@ -1009,4 +1076,5 @@ _DECODERS: dict[str, Any] = {
     "consistency_signature": _dec_signature,
     "unmasking_request": _dec_unmask_request,
     "unmasking_response": _dec_unmask_response,
+    "sparse_key_roster": _dec_sparse_roster,
 }
