@@ -361,8 +361,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
             entries (``WRONG_LENGTH``) and entries below ``2^bits``
             (``VALUE_OUT_OF_RANGE``), and no repeated field (id lists,
             per-client entries) may hold more entries than the session has
-            clients (``OVERSIZED_FIELD``), which bounds the memory a decode
-            takes by the session size.
+            clients (``OVERSIZED_FIELD``), nor a :class:`SparseKeyRoster`'s
+            id bitmap be other than ``ceil(n/8)`` bytes (``OVERSIZED_FIELD``
+            or ``TRUNCATED_FIELD``), which bounds the memory a decode takes
+            by the session size.
         expect: when given, the message class(es) acceptable here; any other
             kind is refused with rule ``WRONG_ROUND``.
 
@@ -835,17 +837,25 @@ def _dec_roster_entry(e: Any) -> AdvertiseKeys:
                          if noise else ())
 
 
-def _dec_sparse_roster(m: Any, _: SecAggConfig | None) -> SparseKeyRoster:
+def _dec_sparse_roster(m: Any, config: SecAggConfig | None) -> SparseKeyRoster:
     """A :class:`SparseKeyRoster`: entries strictly ascending by sender,
-    every inclusion path a whole number (at most 31) of 32-byte hashes.  The
-    bitmap's length is the client's to check against its configuration
-    ([MRK-4])."""
+    every inclusion path a whole number (at most 31) of 32-byte hashes.  With
+    ``config`` the bitmap must be exactly ``ceil(n/8)`` bytes (so a decode
+    keeps no more than the session size, as :func:`decode` promises);
+    without it, the client checks that ([MRK-4])."""
     recipient = _check_id(m.recipient, "recipient", None)
     digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
     root = _fixed(m.root, HASH_BYTES, "root", None)
     if len(m.id_bitmap) > (MAX_CLIENT_ID + 7) // 8:
         raise WireFormatError("id_bitmap is longer than any configuration's",
                               reason=WireIssue.OVERSIZED_FIELD.value, field="id_bitmap")
+    if config is not None and len(m.id_bitmap) != (config.num_clients + 7) // 8:
+        too_long = len(m.id_bitmap) > (config.num_clients + 7) // 8
+        raise WireFormatError(f"id_bitmap is {len(m.id_bitmap)} bytes, the session's"
+                              f" {config.num_clients} clients need"
+                              f" {(config.num_clients + 7) // 8}",
+                              reason=(WireIssue.OVERSIZED_FIELD if too_long
+                                      else WireIssue.TRUNCATED_FIELD).value, field="id_bitmap")
     entries = []
     last = 0
     for p in m.entries:

@@ -1,0 +1,207 @@
+"""Adversarial review of sparse (Merkle) roster delivery, SPEC.md [MRK-1]..[MRK-9].
+
+Attacks the tree (second preimages: inner nodes read as leaves, a duplicated
+last leaf as in CVE-2012-2459, proofs of malformed length), the codec (a
+bitmap sized for another session), the intake (an entry reused under another
+sender id, a root of the wrong length) and, in active mode, a forged entry
+of a non-neighbour (whose signature only the forged client's neighbours
+check): each attack is performed against real code."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securefl.errors import RemoteProtocolError, Rule, WireFormatError
+from securefl.protocol import SecAggConfig
+from securefl.protocol.config import Round
+from securefl.protocol.harary import HararyGraph
+from securefl.protocol.merkle import (
+    RosterTree,
+    bitmap_of,
+    merkle_session_id,
+    node_hash,
+    verify_inclusion,
+)
+from securefl.protocol.messages import ProvenEntry, SparseKeyRoster
+from securefl.wire import WireIssue, decode, encode
+from tests.protocol_harness import Federation
+
+
+def _leaves(n: int) -> list[bytes]:
+    return [hashlib.sha256(b"review leaf %d" % i).digest() for i in range(n)]
+
+
+def _levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the bottom-up tree (the unpaired last node promoted)."""
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        above = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        if len(below) % 2:
+            above.append(below[-1])
+        levels.append(above)
+    return levels
+
+
+# -- the tree: second preimages ------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40))
+def test_no_inner_node_verifies_as_a_leaf_at_the_committed_size(n: int) -> None:
+    """The classic second preimage: present an inner node as a leaf with the
+    rest of its audit path.  The size the bitmap fixes fixes every leaf's
+    depth (RFC 9162 verification fails on a path of the wrong length), so no
+    inner node verifies at any index of a tree of that size, even before the
+    leaf label (which the client applies itself) is taken into account."""
+    leaves = _leaves(n)
+    tree = RosterTree(leaves)
+    levels = _levels(leaves)
+    for height, level in enumerate(levels[1:-1], start=1):
+        for j, node in enumerate(level):
+            if node in leaves:
+                continue  # a promoted leaf is that leaf, at its own index
+            # the path above this node: the proof of any leaf below it, minus the
+            # steps inside its subtree
+            below = j << height
+            upper = tree.proof(below)[_steps_inside(below, n, height):]
+            for index in range(n):
+                assert not verify_inclusion(node, index, n, upper, tree.root)
+
+
+def test_an_inner_node_does_verify_at_another_size_which_is_why_the_size_is_bound() -> None:
+    """At the primitive level RFC 9162 verification does not fix the size:
+    the inner node node(l0, l1) of a 3-leaf tree verifies as leaf 0 of a
+    2-leaf tree with the same root.  The intake is safe only because (a)
+    the client hashes each leaf itself under the leaf label, so no entry's
+    leaf equals an inner node, and (b) the size is the bitmap's count, which
+    the session id binds ([MRK-3]): another bitmap gives another session."""
+    leaves = _leaves(3)
+    tree = RosterTree(leaves)
+    inner = node_hash(leaves[0], leaves[1])
+    assert verify_inclusion(inner, 0, 2, (leaves[2],), tree.root)
+    config = _config()
+    three = bitmap_of(config.id_array, np.array([1, 2, 3], dtype=np.uint32))
+    two = bitmap_of(config.id_array, np.array([1, 2], dtype=np.uint32))
+    digest = config.digest()
+    assert merkle_session_id(digest, three, 3, tree.root) != \
+        merkle_session_id(digest, two, 2, tree.root)
+
+
+def _steps_inside(index: int, n: int, height: int) -> int:
+    """How many audit-path steps of leaf ``index`` lie below height ``height``
+    (a promoted node has no sibling at that level, so no step)."""
+    steps, i, size = 0, index, n
+    for _ in range(height):
+        if (i ^ 1) < size:
+            steps += 1
+        i >>= 1
+        size = (size + 1) // 2
+    return steps
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 64))
+def test_a_duplicated_last_leaf_changes_the_root_cve_2012_2459(n: int) -> None:
+    """Bitcoin's tree duplicates an unpaired node, so [a, b, c] and
+    [a, b, c, c] share a root (CVE-2012-2459).  This tree promotes it
+    unchanged: appending a copy of the last leaf always changes the root, and
+    the last leaf's proof does not verify at the copy's index."""
+    leaves = _leaves(n)
+    tree, longer = RosterTree(leaves), RosterTree([*leaves, leaves[-1]])
+    assert tree.root != longer.root
+    assert not verify_inclusion(leaves[-1], n, n + 1, tree.proof(n - 1), longer.root)
+
+
+def test_malformed_proof_inputs_fail_and_never_raise() -> None:
+    leaves = _leaves(13)
+    tree = RosterTree(leaves)
+    good = tree.proof(6)
+    assert verify_inclusion(leaves[6], 6, 13, good, tree.root)
+    for index, size, proof in [
+        (13, 13, good), (-1, 13, good), (6, 0, good), (0, 1, good), (6, 13, good[:-1]),
+        (6, 13, (*good, good[0])), (6, 13, (good[0] + b"\0", *good[1:])),
+        (6, 13, (good[0][:31], *good[1:])), (6, 13, (bytearray(good[0]), *good[1:])),
+        (6, 13, (None, *good[1:])), (6, 2**40, good),
+    ]:
+        assert not verify_inclusion(leaves[6], index, size, proof, tree.root)
+    assert not verify_inclusion(leaves[6], 6, 13, good, tree.root[:31])
+    assert not verify_inclusion(leaves[6], 6, 13, good, tree.root + b"\0")
+    # one leaf: the root is the leaf, with an empty path only
+    single = RosterTree(leaves[:1])
+    assert verify_inclusion(leaves[0], 0, 1, (), single.root)
+    assert not verify_inclusion(leaves[0], 0, 1, (leaves[0],), single.root)
+    with pytest.raises(ValueError):
+        RosterTree([])
+
+
+# -- the codec ------------------------------------------------------------------------
+
+
+def _config(n: int = 21, **kw: object) -> SecAggConfig:
+    kw.setdefault("threshold", 3)
+    return SecAggConfig(n, 3, graph=HararyGraph(8), roster_delivery="merkle", **kw)
+
+
+@pytest.mark.parametrize("length, reason", [(1 << 20, WireIssue.OVERSIZED_FIELD),
+                                            (4, WireIssue.OVERSIZED_FIELD),
+                                            (2, WireIssue.TRUNCATED_FIELD),
+                                            (0, WireIssue.TRUNCATED_FIELD)])
+def test_decode_with_config_refuses_a_bitmap_sized_for_another_session(
+        length: int, reason: WireIssue) -> None:
+    """decode(config=...) promises memory bounded by the session size; a
+    1 MiB id bitmap for a 21-client session (3 bytes) was decoded and kept
+    (the client refused it only later, [MRK-4])."""
+    config = _config()
+    fed = Federation(config)
+    rosters = fed.advertise()
+    msg = rosters[1]
+    assert isinstance(msg, SparseKeyRoster)
+    assert decode(encode(msg), config=config) == msg
+    data = encode(dataclasses.replace(msg, id_bitmap=bytes(length)))
+    with pytest.raises(WireFormatError) as info:
+        decode(data, config=config)
+    assert info.value.reason == reason.value
+    assert info.value.field == "id_bitmap"
+
+
+# -- the intake -----------------------------------------------------------------------
+
+
+def _refused(client: object, message: object, rule: Rule, peer: int | str = "server") -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        client.handle(message)  # type: ignore[attr-defined]
+    assert info.value.rule is rule, info.value
+    assert info.value.peer == peer
+    assert info.value.round is Round.SHARE_KEYS
+
+
+def test_a_neighbours_entry_reused_under_another_neighbours_id_is_refused() -> None:
+    """The leaf hashes the sender id, so v's genuine entry, relabelled as
+    neighbour w's, verifies neither with v's proof nor with w's."""
+    for use_w_path in (False, True):
+        fed = Federation(_config())
+        msg = fed.advertise()[1]
+        assert isinstance(msg, SparseKeyRoster)
+        others = [p for p in msg.entries if p.entry.sender != 1]
+        pv, pw = others[0], others[1]
+        w = pw.entry.sender
+        path = pw.inclusion_path if use_w_path else pv.inclusion_path
+        reused = ProvenEntry(dataclasses.replace(pv.entry, sender=w), path)
+        entries = tuple(reused if p.entry.sender == w else p for p in msg.entries)
+        # v and w now carry the same keys: the proof check comes first
+        _refused(fed.clients[1], dataclasses.replace(msg, entries=entries),
+                 Rule.ROSTER_PROOF_INVALID, w)
+
+
+@pytest.mark.parametrize("root", [b"", bytes(31), bytes(33), bytes(64)])
+def test_a_root_that_is_not_32_bytes_is_refused(root: bytes) -> None:
+    fed = Federation(_config())
+    msg = fed.advertise()[1]
+    _refused(fed.clients[1], dataclasses.replace(msg, root=root), Rule.MALFORMED)
