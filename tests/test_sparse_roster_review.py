@@ -18,17 +18,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl.errors import RemoteProtocolError, Rule, WireFormatError
+from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.randomness import default_random
 from securefl.protocol import SecAggConfig
 from securefl.protocol.config import Round
+from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.merkle import (
     RosterTree,
     bitmap_of,
+    leaf_hash,
     merkle_session_id,
     node_hash,
     verify_inclusion,
 )
-from securefl.protocol.messages import ProvenEntry, SparseKeyRoster
+from securefl.protocol.messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    MaskedInput,
+    ProvenEntry,
+    ShareDelivery,
+    SparseKeyRoster,
+)
 from securefl.wire import WireIssue, decode, encode
 from tests.protocol_harness import Federation
 
@@ -205,3 +216,70 @@ def test_a_root_that_is_not_32_bytes_is_refused(root: bytes) -> None:
     fed = Federation(_config())
     msg = fed.advertise()[1]
     _refused(fed.clients[1], dataclasses.replace(msg, root=root), Rule.MALFORMED)
+
+
+# -- active mode: a forged entry that only its neighbours can check ------------------
+
+
+def _forge_all(config: SecAggConfig, entries: list[AdvertiseKeys],
+               ) -> tuple[dict[int, SparseKeyRoster], bytes, dict[int, frozenset[int]]]:
+    """A malicious server's self-consistent view over ``entries``: one tree,
+    one bitmap, every client's sparse roster, the session id and graph."""
+    entries = sorted(entries, key=lambda e: e.sender)
+    ids = tuple(e.sender for e in entries)
+    tree = RosterTree([leaf_hash(e) for e in entries])
+    bitmap = bitmap_of(config.id_array, np.array(ids, dtype=np.uint32))
+    sid = merkle_session_id(config.digest(), bitmap, len(ids), tree.root)
+    graph = neighbour_map(config.graph, ids, sid)
+    rosters = {c: SparseKeyRoster(c, config.digest(), bitmap, tree.root, tuple(
+        ProvenEntry(entries[ids.index(u)], tree.proof(ids.index(u)))
+        for u in sorted(graph[c] | {c}))) for c in ids}
+    return rosters, sid, dict(graph)
+
+
+@pytest.mark.parametrize("signature", [None, bytes(64)])
+def test_a_forged_non_neighbour_entry_costs_more_signers_than_the_quorum_spares(
+        signature: bytes | None) -> None:
+    """Active mode, [MRK-9]: a client checks only its neighbours'
+    signatures, so the server can put an unsigned (or forged-signature)
+    entry with keys it made under client x's id, and every client that is
+    not x's neighbour accepts the roster.  It gains nothing: x refuses (its
+    own entry is altered) and each of x's k neighbours refuses (the
+    signature), so k + 1 clients never sign, while the signature quorum
+    n - k + 1 ([PARAM-7]) spares only k - 1; an accepting client that gets
+    as far as the consistency round refuses to sign the survivor list the
+    server can offer (fewer than the quorum), so nothing is ever unmasked.
+    (With the full roster every client would refuse: no weaker.)"""
+    config = _config(threshold=6, mode="active")
+    fed = Federation(config)
+    fed.advertise()
+    adverts = dict(fed.sent[Round.ADVERTISE_KEYS])
+    x = 7
+    fresh = [KeyPair.generate(default_random(None)).public_bytes for _ in range(2)]
+    entries = dict(adverts)
+    entries[x] = dataclasses.replace(adverts[x], encryption_key=fresh[0],
+                                     masking_key=fresh[1], signature=signature)
+    rosters, sid, graph = _forge_all(config, list(entries.values()))
+    refusals: dict[int, Rule] = {}
+    replies = {}
+    for c in config.ids:
+        try:
+            replies[c] = fed.clients[c].handle(rosters[c])
+        except RemoteProtocolError as exc:
+            refusals[c] = exc.rule
+            assert exc.peer == x or (c == x and exc.peer == "server")
+    assert refusals[x] is Rule.OWN_KEY_ALTERED
+    sig_rule = Rule.MISSING_SIGNATURE if signature is None else Rule.INVALID_SIGNATURE
+    assert {c: r for c, r in refusals.items() if c != x} == dict.fromkeys(graph[x], sig_rule)
+    accepted = sorted(replies)
+    assert len(accepted) == config.num_clients - config.graph.degree - 1  # type: ignore[attr-defined]
+    assert len(accepted) < config.signature_quorum
+    # a client away from x runs on: its neighbours' shares decrypt under the forged sid
+    v = next(c for c in accepted if not (graph[c] | {c}) & (graph[x] | {x}))
+    delivery = ShareDelivery(v, sid, {u: replies[u].ciphertexts[v] for u in graph[v]})
+    fed.clients[v].provide_input(fed.inputs[v])
+    assert isinstance(fed.clients[v].handle(delivery), MaskedInput)
+    with pytest.raises(RemoteProtocolError) as info:
+        fed.clients[v].handle(ConsistencyRequest(v, sid, tuple(accepted)))
+    assert info.value.rule is Rule.BELOW_THRESHOLD
+    assert info.value.round is Round.CONSISTENCY_CHECK
