@@ -39,6 +39,7 @@ from securefl.protocol.messages import (
     ProvenEntry,
     ShareDelivery,
     SparseKeyRoster,
+    UnmaskingRequest,
 )
 from securefl.wire import WireIssue, decode, encode
 from tests.protocol_harness import Federation
@@ -283,3 +284,66 @@ def test_a_forged_non_neighbour_entry_costs_more_signers_than_the_quorum_spares(
         fed.clients[v].handle(ConsistencyRequest(v, sid, tuple(accepted)))
     assert info.value.rule is Rule.BELOW_THRESHOLD
     assert info.value.round is Round.CONSISTENCY_CHECK
+
+
+# -- active mode: two consistent views of genuine entries ------------------------------
+
+
+@pytest.mark.parametrize("offer_other_view", [False, True])
+def test_a_victim_isolated_in_its_own_view_is_never_unmasked(offer_other_view: bool) -> None:
+    """Active mode, [MRK-9]/[R4-6]: the server splits the clients between two
+    rosters of genuine, signed entries (view A omits one advertiser, view B
+    keeps everyone), gives the victim v and v's view-A neighbours view A,
+    and runs v through to unmasking: its neighbours' shares decrypt, v masks
+    and signs a survivor list.  Every signature over v's session id comes
+    from view A's 10 clients, below the quorum of 14 (NOT_ENOUGH_SIGNATURES);
+    the view-B clients' signatures bind the other session id
+    (INVALID_SIGNATURE).  v refuses either way, revealing no share."""
+    config = _config(threshold=6, mode="active")
+    assert config.signature_quorum == 14
+    fed = Federation(config)
+    fed.advertise()
+    adverts = dict(fed.sent[Round.ADVERTISE_KEYS])
+    v = 1
+    view_a, sid_a, graph_a = _forge_all(config, [adverts[c] for c in config.ids if c != 21])
+    view_b, sid_b, graph_b = _forge_all(config, list(adverts.values()))
+    assert sid_a != sid_b
+    extra = next(c for c in view_a if c not in graph_a[v] | {v})
+    group_a = sorted(graph_a[v] | {v, extra})
+    group_b = [c for c in config.ids if c not in group_a]
+    assert len(group_a) == 10 and len(group_b) == 11
+    sent_a = {c: fed.clients[c].handle(view_a[c]) for c in group_a}
+    sent_b = {c: fed.clients[c].handle(view_b[c]) for c in group_b}
+    # everyone who got t - 1 of its neighbours' shares in its view masks and signs
+    survivors_a, survivors_b = tuple(sorted(view_a)), tuple(config.ids)
+    signatures: dict[int, bytes] = {}
+    for group, graph, sid, sent, survivors in (
+            (group_a, graph_a, sid_a, sent_a, survivors_a),
+            (group_b, graph_b, sid_b, sent_b, survivors_b)):
+        for c in group:
+            got = {u: sent[u].ciphertexts[c] for u in graph[c] if u in sent}
+            if len(got) + 1 < config.t:
+                continue
+            fed.clients[c].provide_input(fed.inputs[c])
+            assert isinstance(fed.clients[c].handle(ShareDelivery(c, sid, got)), MaskedInput)
+            if c not in group_a:  # view B: leave off the neighbours that never shared
+                survivors = tuple(u for u in survivors_b if u in sent or u not in graph[c])
+            try:
+                reply = fed.clients[c].handle(ConsistencyRequest(c, sid, survivors))
+            except RemoteProtocolError as exc:  # a listed neighbour never shared with c
+                assert exc.rule is Rule.LISTS_CONTRADICT_VIEW
+                continue
+            signatures[c] = reply.signature
+    assert v in signatures
+    signed_a = [c for c in signatures if c in group_a]
+    assert len(signed_a) <= len(group_a) < config.signature_quorum
+    assert any(c in group_b for c in signatures)
+    offered = {c: sig for c, sig in signatures.items() if offer_other_view or c in group_a}
+    # v signed survivors_a; the request must carry that list
+    with pytest.raises(RemoteProtocolError) as info:
+        fed.clients[v].handle(UnmaskingRequest(v, sid_a, survivors_a, (),
+                                               dict(sorted(offered.items()))))
+    assert info.value.rule is (Rule.INVALID_SIGNATURE if offer_other_view
+                               else Rule.NOT_ENOUGH_SIGNATURES), info.value
+    assert info.value.round is Round.UNMASKING
+    assert fed.clients[v].state.name == "ABORTED"
