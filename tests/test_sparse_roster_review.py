@@ -347,3 +347,41 @@ def test_a_victim_isolated_in_its_own_view_is_never_unmasked(offer_other_view: b
                                else Rule.NOT_ENOUGH_SIGNATURES), info.value
     assert info.value.round is Round.UNMASKING
     assert fed.clients[v].state.name == "ABORTED"
+
+
+# -- in-process objects: a bytes subclass must not stand in for the root ---------------
+
+
+class _AgreeingRoot(bytes):
+    """A 32-byte root that says it equals anything (an in-process server can
+    hand a client any Python object; the codec only ever builds bytes)."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = bytes.__hash__
+
+
+def test_a_root_object_that_equals_everything_does_not_bypass_the_proofs() -> None:
+    """Before the fix an in-process server could pass a root of a bytes
+    subclass whose ``==`` always holds: every inclusion proof then
+    "verified", so the server replaced a neighbour's keys with its own
+    (garbage proof) while the client derived the honest session id (the
+    hash reads the root's real bytes): an equivocation the session id does
+    not reveal, and the neighbour's shares of the client's secrets encrypted
+    to the server.  The intake now takes only exact bytes."""
+    fed = Federation(_config())
+    msg = fed.advertise()[1]
+    assert isinstance(msg, SparseKeyRoster)
+    v = next(p.entry.sender for p in msg.entries if p.entry.sender != 1)
+    fresh = [KeyPair.generate(default_random(None)).public_bytes for _ in range(2)]
+    entries = tuple(
+        ProvenEntry(dataclasses.replace(p.entry, encryption_key=fresh[0], masking_key=fresh[1]),
+                    (bytes(32),) * len(p.inclusion_path))
+        if p.entry.sender == v else p for p in msg.entries)
+    forged = dataclasses.replace(msg, root=_AgreeingRoot(msg.root), entries=entries)
+    _refused(fed.clients[1], forged, Rule.MALFORMED)
+    assert not verify_inclusion(bytes(32), 0, 2, (bytes(32),), _AgreeingRoot(bytes(32)))
