@@ -385,3 +385,46 @@ def test_a_root_object_that_equals_everything_does_not_bypass_the_proofs() -> No
     forged = dataclasses.replace(msg, root=_AgreeingRoot(msg.root), entries=entries)
     _refused(fed.clients[1], forged, Rule.MALFORMED)
     assert not verify_inclusion(bytes(32), 0, 2, (bytes(32),), _AgreeingRoot(bytes(32)))
+
+
+# -- [MRK-7] and "later rounds check ids against the bitmap" ------------------------------
+
+
+def test_a_committed_non_canonical_neighbour_key_is_refused() -> None:
+    """[MRK-7]/[R0-5]: a neighbour's key with the top bit set, committed in
+    the tree (so its proof verifies), is refused by the size/encoding check,
+    naming that neighbour."""
+    config = _config()
+    fed = Federation(config)
+    fed.advertise()
+    adverts = dict(fed.sent[Round.ADVERTISE_KEYS])
+    for x in sorted(adverts)[1:]:
+        entries = dict(adverts)
+        bad = bytes([*adverts[x].masking_key[:31], adverts[x].masking_key[31] | 0x80])
+        entries[x] = dataclasses.replace(adverts[x], masking_key=bad)
+        rosters, _, graph = _forge_all(config, list(entries.values()))
+        if x in graph[1]:
+            with pytest.raises(RemoteProtocolError) as info:
+                fed.clients[1].handle(rosters[1])
+            assert info.value.rule is Rule.INVALID_PUBLIC_KEY and info.value.peer == x
+            return
+    pytest.fail("no forgery made the altered client a neighbour of client 1")
+
+
+@pytest.mark.parametrize("where", ["survivors", "dropped"])
+def test_an_unmasking_request_naming_an_id_outside_the_bitmap_is_refused(where: str) -> None:
+    """[MRK-4] ff.: later rounds check ids against the roster ids the bitmap
+    names; client 21 never advertised, so it is not in the bitmap."""
+    fed = Federation(_config())
+    fed.advertise(skip={21})
+    fed.answer()
+    fed.close()
+    fed.answer()
+    requests = fed.close()
+    msg = requests[1]
+    assert 21 not in msg.survivors and 21 not in msg.dropped
+    listed = tuple(sorted((*getattr(msg, where), 21)))
+    with pytest.raises(RemoteProtocolError) as info:
+        fed.clients[1].handle(dataclasses.replace(msg, **{where: listed}))
+    assert info.value.rule is Rule.UNKNOWN_PEER and info.value.peer == 21
+    assert info.value.round is Round.UNMASKING
