@@ -569,3 +569,46 @@ def test_a_sparse_roster_carrying_every_entry_is_refused() -> None:
     mine = {p.entry.sender for p in rosters[1].entries}
     first_extra = min(set(everything) - mine)
     _refused(fed, 1, msg, Rule.ROSTER_NOT_NEIGHBOURS, first_extra)
+
+
+def test_active_mode_a_forged_entry_is_caught_by_a_neighbour_and_harmless_to_others() -> None:
+    """Active mode: the server alters one client's seed commitment (it cannot
+    re-sign it).  A client whose neighbour it is refuses the roster
+    (signature-invalid); a client for which it is not a neighbour accepts it
+    (it checks only its neighbours' signatures, [MRK-9]) but derives another
+    session id, so its shares are refused (session-id-mismatch) and the round
+    ends with the exact sum of the others."""
+    config = _config(threshold=6, mode="active")
+    caught = harmless = False
+    for victim in range(1, 8):
+        fed = Federation(config)
+        fed.advertise()
+        adverts = _adverts(fed)
+        for other in (c for c in adverts if c != victim):
+            entries = dict(adverts)
+            entries[other] = dataclasses.replace(adverts[other], seed_commitment=bytes(32))
+            forged, sid = _forge(config, victim, list(entries.values()))
+            if other in {p.entry.sender for p in forged.entries}:
+                if caught:
+                    continue
+                _refused(fed, victim, forged, Rule.INVALID_SIGNATURE, other)
+                caught = True
+                break  # this victim aborted: the next round uses another
+            if harmless:
+                continue
+            replies = fed.answer(replace={victim: forged}, send=False)
+            assert replies[victim].session_id == sid != fed.server.session_id
+            with pytest.raises(RemoteProtocolError) as info:
+                fed.server.receive(replies[victim])
+            assert info.value.rule is Rule.WRONG_SESSION
+            fed.send({c: r for c, r in replies.items() if c != victim})
+            fed.close()
+            while not fed.finished:
+                fed.step()
+            assert victim not in fed.result.survivors
+            np.testing.assert_array_equal(fed.result.total, fed.expected_sum())
+            harmless = True
+            break
+        if caught and harmless:
+            return
+    pytest.fail(f"caught={caught} harmless={harmless}")
