@@ -585,6 +585,11 @@ def _pack_varints(values: np.ndarray) -> bytes:
     return groups[column < sizes[:, None]].tobytes()  # row by row
 
 
+#: varints decoded per numpy pass by :func:`_unpack_varints` (its per-byte
+#: temporaries are 8-byte words: in passes, a long list costs a bounded extra)
+_VARINT_PASS = 8192
+
+
 def _unpack_varints(raw: bytes) -> np.ndarray | None:
     """The values of a packed-varint field, when every varint is minimal, at
     most 5 bytes and below 2^32 and the field ends on a varint boundary;
@@ -594,21 +599,28 @@ def _unpack_varints(raw: bytes) -> np.ndarray | None:
         return np.zeros(0, dtype=np.int64)
     if b[-1] & 0x80:
         return None
-    last = b < 0x80
-    ends = np.flatnonzero(last)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    sizes = ends - starts + 1
-    if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (b[ends] == 0))):
-        return None
-    # each byte's place in its varint, then the groups shifted into place
-    place = np.arange(b.size) - np.repeat(starts, sizes)
-    parts = (b & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * place.astype(np.uint64))
-    value = np.bitwise_or.reduceat(parts, starts)
-    if int(value.max()) >= 1 << 32:
-        return None
-    return value.astype(np.int64)
+    ends = np.flatnonzero(b < 0x80)
+    values = np.empty(ends.size, dtype=np.int64)
+    for first in range(0, ends.size, _VARINT_PASS):
+        last = min(first + _VARINT_PASS, ends.size)
+        base = int(ends[first - 1]) + 1 if first else 0
+        part = b[base:int(ends[last - 1]) + 1]
+        stop = ends[first:last] - base
+        starts = np.empty_like(stop)
+        starts[0] = 0
+        starts[1:] = stop[:-1] + 1
+        sizes = stop - starts + 1
+        if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (part[stop] == 0))):
+            return None
+        # each byte's place in its varint, then the groups shifted into place
+        place = np.arange(part.size) - np.repeat(starts, sizes)
+        shifted = (part & np.uint8(0x7F)).astype(np.uint64) \
+            << (np.uint64(7) * place.astype(np.uint64))
+        value = np.bitwise_or.reduceat(shifted, starts)
+        if int(value.max()) >= 1 << 32:
+            return None
+        values[first:last] = value
+    return values
 
 
 def _length_delimited(tag: int, payload: bytes) -> bytes:
