@@ -233,3 +233,31 @@ def test_federate_passes_roster_delivery_on() -> None:
     with pytest.raises(ConfigurationError, match="roster_delivery merkle"):
         securefl.federate(nn.Linear(4, 2), clients, nn.CrossEntropyLoss(), rounds=1,
                           roster_delivery="merkle")
+
+
+def test_a_user_level_session_over_k_plus_one_updates_falls_back_to_full_rosters() -> None:
+    """The simulator's user-level sum runs its session over the encoded
+    updates it got: over 8 the degree-4 Harary graph is sparse (merkle);
+    over 5 = k + 1 it is the complete graph, where a sparse roster is
+    refused, so the session runs with full rosters and still sums."""
+    from securefl.federation.simulation import _user_level_sum, preflight, user_level_plan
+
+    config = SimulationConfig(num_clients=8, rounds=1, privacy="user-level", graph="harary",
+                              graph_degree=4, roster_delivery="merkle", hidden=4,
+                              dropout=0.0, user_epsilon=50.0, bits=16)
+    model, codec = preflight(config)
+    plan = user_level_plan(config, model)
+    assert plan is not None
+    secagg = config.secagg_plan()
+    server = Server(model, codec, ServerOptimizerConfig(), tuple(range(1, 9)),
+                    threshold=secagg.threshold, graph=secagg.graph, roster_delivery="merkle")
+    size = sum(int(p.numel()) for p in model.parameters())
+    seed = bytes(32)  # the public rotation seed (public by design)
+    for count, delivery in ((8, "merkle"), (5, "full")):
+        vectors = {c: plan.codec.encode(np.zeros(size), seed).vector
+                   for c in range(1, count + 1)}
+        outcome, _ = _user_level_sum(config, server, plan, vectors, {}, seed, 8)
+        assert server.last_session is not None
+        assert (server.last_session.num_clients, server.last_session.roster_delivery) == (
+            count, delivery)
+        assert outcome.survivors == tuple(range(1, count + 1))
