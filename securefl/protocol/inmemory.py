@@ -90,9 +90,9 @@ def secure_sum(
     vectors = {}
     for cid, v in inputs.items():
         # checked now (without a copy), but held as given: each client makes
-        # its own ring-dtype copy only when it masks it (R2)
-        # (a masked array goes to the check as is, to be refused: np.asarray
-        # would drop its mask; anything else that is not an array is converted)
+        # its own ring-dtype copy only when it masks it (R2), checking it again.
+        # An array goes to the check as is (np.asarray would drop a masked
+        # array's mask, which the check refuses); anything else is converted
         vectors[cid] = validate_input_vector(_as_array(v, cid), config, cid, local=True)
     if spill is None:
         spill = config.num_clients * config.vector_length * ring_dtype(
