@@ -397,3 +397,29 @@ def test_released_replies_are_never_read_again() -> None:
 
 def test_errors_are_securefl_errors() -> None:
     assert issubclass(LocalProtocolError, SecureFLError)
+
+
+def test_hole_the_server_checks_every_entry_of_an_array_subclass() -> None:
+    """Hole (low; an in-process client only, the wire decodes plain arrays):
+    the server's fast path for a vector already in the ring's dtype took a
+    masked array's ``max``, which skips masked entries, so a masked input
+    with an entry of 2^bits or more was accepted against [R2]'s range rule.
+    Now the full check refuses it, naming the sender."""
+    from securefl.errors import RemoteProtocolError
+
+    config = SecAggConfig(num_clients=3, vector_length=4, bits=4)
+    inputs = {c: np.zeros(4, dtype=np.uint8) for c in config.ids}
+    driver = SessionDriver(config, inputs)
+    driver.start()
+    driver.close()
+    driver.step()
+    reply = driver.clients[1].handle(driver.pending[1])
+    assert isinstance(reply, MaskedInput)
+    data = np.array(reply.masked)
+    data[-1] = 200
+    forged = MaskedInput(1, reply.session_id, np.ma.array(data, mask=[0, 0, 0, 1]),
+                         reply.excluded)
+    with pytest.raises(RemoteProtocolError) as caught:
+        driver.server.receive(forged)
+    assert caught.value.rule is Rule.MALFORMED and caught.value.peer == 1
+    driver.server.receive(reply)  # the genuine one is still accepted
