@@ -445,7 +445,9 @@ class ClientSession:
         rnd = Round.SHARE_KEYS
         if msg.config_digest != self._digest:
             self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
-        if not isinstance(msg.root, bytes) or len(msg.root) != merkle.HASH_BYTES:
+        # exactly bytes: a subclass could redefine == (every proof would
+        # "verify") or + (the session id would hash other bytes than it shows)
+        if type(msg.root) is not bytes or len(msg.root) != merkle.HASH_BYTES:
             self._fail(Rule.MALFORMED, "the roster root must be 32 bytes", rnd)
         roster_ids = merkle.ids_of_bitmap(self.config.id_array, msg.id_bitmap)
         if roster_ids is None:
@@ -520,9 +522,11 @@ class ClientSession:
 
     def _check_entry(self, e: AdvertiseKeys, rnd: Round) -> None:
         """[R0-5] for one entry: 32-byte canonical keys, a 32-byte seed
-        commitment, the plan's number of 32-byte noise commitments."""
-        if not all(isinstance(f, bytes) for f in (e.encryption_key, e.masking_key,
-                                                  e.seed_commitment)):
+        commitment, the plan's number of 32-byte noise commitments; every
+        field exactly ``bytes`` (a subclass could hash as one value and be
+        used as another)."""
+        if not all(type(f) is bytes for f in (e.encryption_key, e.masking_key,
+                                              e.seed_commitment)):
             self._fail(Rule.MALFORMED, "roster entry fields must be bytes", rnd, peer=e.sender)
         if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
             self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
@@ -531,7 +535,7 @@ class ClientSession:
             self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd, peer=e.sender)
         commitments = e.noise_commitments
         if not isinstance(commitments, tuple) or len(commitments) != self._components or any(
-                not isinstance(c, bytes) or len(c) != d.SEED_COMMITMENT_BYTES
+                type(c) is not bytes or len(c) != d.SEED_COMMITMENT_BYTES
                 for c in commitments):
             self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
                        " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)

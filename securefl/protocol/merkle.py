@@ -115,13 +115,15 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
     Fails (False) when ``index >= size``, when the proof is longer than the
     path (``sn`` reaches 0 with hashes left) or shorter (``sn`` not 0 at the
     end), when a proof element is not 32 bytes, or when the recomputed root
-    differs.  Never raises."""
-    if not (isinstance(index, int) and isinstance(size, int) and 0 <= index < size):
+    differs.  The leaf, every proof element and the root must be exactly
+    ``bytes`` (a subclass could redefine ``==`` or ``+``).  Never raises."""
+    if not (type(index) is int and type(size) is int and 0 <= index < size
+            and type(leaf) is bytes and type(root) is bytes):
         return False
     fn, sn = index, size - 1
     r = leaf
     for p in proof:
-        if not isinstance(p, bytes) or len(p) != HASH_BYTES:
+        if type(p) is not bytes or len(p) != HASH_BYTES:
             return False
         if sn == 0:
             return False
@@ -153,11 +155,11 @@ def bitmap_of(invited: np.ndarray, roster_ids: np.ndarray) -> bytes:
 
 def ids_of_bitmap(invited: np.ndarray, bitmap: bytes) -> np.ndarray | None:
     """The ascending roster ids a bitmap names (the inverse of
-    :func:`bitmap_of`), or None when its length is not ``ceil(n / 8)`` or a
-    padding bit (a position past the ``n`` invited ids) is set.  O(n) array
+    :func:`bitmap_of`), or None when it is not exactly ``bytes`` of length
+    ``ceil(n / 8)`` or a padding bit (a position past the ``n`` invited ids) is set.  O(n) array
     work."""
     n = int(invited.size)
-    if not isinstance(bitmap, bytes) or len(bitmap) != (n + 7) // 8:
+    if type(bitmap) is not bytes or len(bitmap) != (n + 7) // 8:
         return None
     bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8))
     if bool(np.any(bits[n:])):

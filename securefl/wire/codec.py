@@ -361,8 +361,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
             entries (``WRONG_LENGTH``) and entries below ``2^bits``
             (``VALUE_OUT_OF_RANGE``), and no repeated field (id lists,
             per-client entries) may hold more entries than the session has
-            clients (``OVERSIZED_FIELD``), which bounds the memory a decode
-            takes by the session size.
+            clients (``OVERSIZED_FIELD``), nor a :class:`SparseKeyRoster`'s
+            id bitmap be other than ``ceil(n/8)`` bytes (``OVERSIZED_FIELD``
+            or ``TRUNCATED_FIELD``), which bounds the memory a decode takes
+            by the session size.
         expect: when given, the message class(es) acceptable here; any other
             kind is refused with rule ``WRONG_ROUND``.
 
@@ -583,6 +585,11 @@ def _pack_varints(values: np.ndarray) -> bytes:
     return groups[column < sizes[:, None]].tobytes()  # row by row
 
 
+#: varints decoded per numpy pass by :func:`_unpack_varints` (its per-byte
+#: temporaries are 8-byte words: in passes, a long list costs a bounded extra)
+_VARINT_PASS = 8192
+
+
 def _unpack_varints(raw: bytes) -> np.ndarray | None:
     """The values of a packed-varint field, when every varint is minimal, at
     most 5 bytes and below 2^32 and the field ends on a varint boundary;
@@ -592,21 +599,28 @@ def _unpack_varints(raw: bytes) -> np.ndarray | None:
         return np.zeros(0, dtype=np.int64)
     if b[-1] & 0x80:
         return None
-    last = b < 0x80
-    ends = np.flatnonzero(last)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    sizes = ends - starts + 1
-    if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (b[ends] == 0))):
-        return None
-    # each byte's place in its varint, then the groups shifted into place
-    place = np.arange(b.size) - np.repeat(starts, sizes)
-    parts = (b & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * place.astype(np.uint64))
-    value = np.bitwise_or.reduceat(parts, starts)
-    if int(value.max()) >= 1 << 32:
-        return None
-    return value.astype(np.int64)
+    ends = np.flatnonzero(b < 0x80)
+    values = np.empty(ends.size, dtype=np.int64)
+    for first in range(0, ends.size, _VARINT_PASS):
+        last = min(first + _VARINT_PASS, ends.size)
+        base = int(ends[first - 1]) + 1 if first else 0
+        part = b[base:int(ends[last - 1]) + 1]
+        stop = ends[first:last] - base
+        starts = np.empty_like(stop)
+        starts[0] = 0
+        starts[1:] = stop[:-1] + 1
+        sizes = stop - starts + 1
+        if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (part[stop] == 0))):
+            return None
+        # each byte's place in its varint, then the groups shifted into place
+        place = np.arange(part.size) - np.repeat(starts, sizes)
+        shifted = (part & np.uint8(0x7F)).astype(np.uint64) \
+            << (np.uint64(7) * place.astype(np.uint64))
+        value = np.bitwise_or.reduceat(shifted, starts)
+        if int(value.max()) >= 1 << 32:
+            return None
+        values[first:last] = value
+    return values
 
 
 def _length_delimited(tag: int, payload: bytes) -> bytes:
@@ -835,17 +849,25 @@ def _dec_roster_entry(e: Any) -> AdvertiseKeys:
                          if noise else ())
 
 
-def _dec_sparse_roster(m: Any, _: SecAggConfig | None) -> SparseKeyRoster:
+def _dec_sparse_roster(m: Any, config: SecAggConfig | None) -> SparseKeyRoster:
     """A :class:`SparseKeyRoster`: entries strictly ascending by sender,
-    every inclusion path a whole number (at most 31) of 32-byte hashes.  The
-    bitmap's length is the client's to check against its configuration
-    ([MRK-4])."""
+    every inclusion path a whole number (at most 31) of 32-byte hashes.  With
+    ``config`` the bitmap must be exactly ``ceil(n/8)`` bytes (so a decode
+    keeps no more than the session size, as :func:`decode` promises);
+    without it, the client checks that ([MRK-4])."""
     recipient = _check_id(m.recipient, "recipient", None)
     digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
     root = _fixed(m.root, HASH_BYTES, "root", None)
     if len(m.id_bitmap) > (MAX_CLIENT_ID + 7) // 8:
         raise WireFormatError("id_bitmap is longer than any configuration's",
                               reason=WireIssue.OVERSIZED_FIELD.value, field="id_bitmap")
+    if config is not None and len(m.id_bitmap) != (config.num_clients + 7) // 8:
+        too_long = len(m.id_bitmap) > (config.num_clients + 7) // 8
+        raise WireFormatError(f"id_bitmap is {len(m.id_bitmap)} bytes, the session's"
+                              f" {config.num_clients} clients need"
+                              f" {(config.num_clients + 7) // 8}",
+                              reason=(WireIssue.OVERSIZED_FIELD if too_long
+                                      else WireIssue.TRUNCATED_FIELD).value, field="id_bitmap")
     entries = []
     last = 0
     for p in m.entries:
