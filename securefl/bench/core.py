@@ -209,12 +209,7 @@ class _TimedDriver(SessionDriver):
                send: bool = True) -> dict[int, Any]:
         """As :meth:`Driver.answer`, but in the masked-input round every reply
         goes to the server as soon as it is made and is not kept in
-        :attr:`sent`: at most one masked vector is in transit at a time.  As
-        ``secure_sum``'s driver, this one is its clients' only transport and
-        never repeats a message, so each client forgets its sent masked input
-        once the server has it (:meth:`ClientSession.release_masked_input`):
-        one process holding every client's sent vector is an artefact of
-        simulating n clients in one process, not a cost of the round."""
+        :attr:`sent`: at most one masked vector is in transit at a time."""
         rnd = self.round
         if rnd is not Round.MASKED_INPUT_COLLECTION or not send or skip or replace:
             return super().answer(skip, replace=replace, send=send)
@@ -223,7 +218,6 @@ class _TimedDriver(SessionDriver):
                 delivered = self.to_client(rnd, c, message)
                 if delivered is not None:
                     self._deliver(rnd, c, self.client_handle(rnd, c, delivered))
-                    self.clients[c].release_masked_input()
         self.pending = {}
         return {}
 

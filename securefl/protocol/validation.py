@@ -37,10 +37,7 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
                     peer=peer, round=rnd)
     if vector.dtype.kind == "i" and vector.size and int(vector.min()) < 0:
         raise error(Rule.VALUE_OUT_OF_RANGE, "negative entry", peer=peer, round=rnd)
-    # (an unsigned dtype of at most ``bits`` bits cannot hold a value out of range)
-    if config.bits < 64 and vector.size and not (
-            vector.dtype.kind == "u" and 8 * vector.dtype.itemsize <= config.bits) \
-            and int(vector.max()) >= (1 << config.bits):
+    if config.bits < 64 and vector.size and int(vector.max()) >= (1 << config.bits):
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
     return vector.astype(np.uint64 if dtype is None else dtype)
