@@ -65,7 +65,8 @@ from securefl.protocol.messages import (
     UnmaskingResponse,
 )
 from securefl.protocol.roster import RosterEntries, session_id_of
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.storage import SealableVector
+from securefl.protocol.validation import validate_input_vector
 
 SERVER = "server"
 
@@ -157,7 +158,7 @@ class ClientSession:
                 raise ConfigurationError("identity_key does not match the pinned key of this id")
         self._identity_key = identity_key
         self.state = ClientState.IDLE
-        self._input: np.ndarray | None = None
+        self._input: SealableVector | None = None
         if input is not None:
             self.provide_input(input)
         self._digest = config.digest()
@@ -193,9 +194,10 @@ class ClientSession:
                           ClientState.DONE, ClientState.ABORTED):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already sent",
                                      peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
-        # one private copy, already in the ring's dtype (it is masked in place)
-        self._input = check_input_vector(vector, self.config, self.client_id, local=True,
-                                         dtype=ring_dtype(self.config.bits))
+        # one private copy, already in the ring's dtype: it is masked in place,
+        # then sealed into the immutable bytes sent, without another copy
+        checked = validate_input_vector(vector, self.config, self.client_id, local=True)
+        self._input = SealableVector(checked, ring_dtype(self.config.bits))
 
     def start(self) -> AdvertiseKeys:
         """R0: generate fresh keys and a self-mask seed; return the advertisement.
@@ -468,17 +470,18 @@ class ClientSession:
             # the smaller id adds the pairwise mask, the larger subtracts it
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input  # this session's own copy, in the ring's dtype
-        if masked.dtype != expander.dtype:  # pragma: no cover - provide_input converts
-            masked = masked.astype(expander.dtype)
+        working = self._input.array  # this session's own copy, in the ring's dtype
+        assert working is not None and working.dtype == expander.dtype
         if self._layout is not None:
-            self._add_noise(masked)
-        expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
+            self._add_noise(working)
+        expander.apply(jobs, working, executor=self._executor, workers=self._workers)
+        del working
         # the reply is kept to answer a repeated request identically: a view of
         # immutable bytes, so nobody can change what was sent (numpy refuses to
         # make it writable again), and an in-process server's store may keep it
-        # without a copy (storage.frozen); the working copy is freed on return
-        masked = np.frombuffer(masked.tobytes(), dtype=masked.dtype)
+        # without a copy (storage.frozen).  Sealing hands over the working
+        # copy's own memory as those bytes: no second vector is allocated
+        masked = self._input.seal()
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._held_noise_shares.update(noise_shares)

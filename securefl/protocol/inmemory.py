@@ -29,7 +29,7 @@ from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import Envelope
 from securefl.protocol.server import AggregationResult, Executor, ServerSession
 from securefl.protocol.storage import FileStore, MaskedInputStore
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.validation import validate_input_vector
 
 
 def secure_sum(
@@ -89,11 +89,9 @@ def secure_sum(
             raise ConfigurationError(f"dropout of client {cid} must be a Round, got {rnd!r}")
     vectors = {}
     for cid, v in inputs.items():
-        # checked now (one transient ring-width copy at a time), but held as given:
-        # each client converts its own only when it masks it (R2)
-        vector = np.asarray(v)
-        check_input_vector(vector, config, cid, local=True, dtype=ring_dtype(config.bits))
-        vectors[cid] = vector
+        # checked now (without a copy), but held as given: each client makes
+        # its own ring-dtype copy only when it masks it (R2)
+        vectors[cid] = validate_input_vector(np.asarray(v), config, cid, local=True)
     if spill is None:
         spill = config.num_clients * config.vector_length * ring_dtype(
             config.bits).itemsize > SPILL_BYTES

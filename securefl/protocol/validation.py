@@ -17,8 +17,22 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
                        dtype: np.dtype | None = None) -> np.ndarray:
     """Return ``vector`` as a new ``uint64`` array (or a new array of
     ``dtype``, which must hold 2^bits - 1: the values are unchanged) after
-    checking that it is 1-D, of length ``vector_length``, of an integer
-    dtype, and inside [0, 2^bits).
+    checking it with :func:`validate_input_vector`.
+
+    Raises:
+        LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
+            ``WRONG_LENGTH``, ``MALFORMED`` or ``VALUE_OUT_OF_RANGE``.
+    """
+    validate_input_vector(vector, config, peer, local=local, rnd=rnd)
+    return vector.astype(np.uint64 if dtype is None else dtype)
+
+
+def validate_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: bool,
+                          rnd: Round = Round.MASKED_INPUT_COLLECTION) -> np.ndarray:
+    """Check that ``vector`` is a 1-D numpy array of length ``vector_length``,
+    of an integer dtype, with every entry inside [0, 2^bits); return it as
+    it is (no copy, nothing converted): converting it exactly into the ring's
+    dtype is then safe.
 
     Raises:
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
@@ -37,10 +51,12 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
                     peer=peer, round=rnd)
     if vector.dtype.kind == "i" and vector.size and int(vector.min()) < 0:
         raise error(Rule.VALUE_OUT_OF_RANGE, "negative entry", peer=peer, round=rnd)
-    if config.bits < 64 and vector.size and int(vector.max()) >= (1 << config.bits):
+    # (a dtype whose every value is below 2^bits needs no pass over the entries)
+    if config.bits < 64 and vector.size and int(np.iinfo(vector.dtype).max) >= (
+            1 << config.bits) and int(vector.max()) >= (1 << config.bits):
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
-    return vector.astype(np.uint64 if dtype is None else dtype)
+    return vector
 
 
 def _is_id(value: Any) -> bool:
