@@ -221,3 +221,22 @@ def test_the_benchmark_round_holds_the_servers_vectors_only() -> None:
         tracemalloc.stop()
     assert result.exact
     assert peak < (n + 8) * 4 * m
+
+
+def test_a_session_snapshot_copies_the_working_vector_apart() -> None:
+    """``copy.deepcopy`` of an open working copy (the decoder fuzzer
+    snapshots whole client sessions) gives an independent vector with the
+    same content; writing to one never changes the other, and a sealed one
+    copies as sealed."""
+    import copy
+
+    from securefl.protocol.storage import SealableVector
+
+    original = SealableVector(np.arange(10, dtype=np.uint32), np.dtype(np.uint32))
+    twin = copy.deepcopy(original)
+    assert twin.array is not None and original.array is not None
+    twin.array[0] = 99
+    assert int(original.array[0]) == 0
+    assert np.array_equal(twin.seal()[1:], np.arange(1, 10, dtype=np.uint32))
+    assert np.array_equal(original.seal(), np.arange(10, dtype=np.uint32))
+    assert copy.deepcopy(original).array is None

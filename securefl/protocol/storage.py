@@ -36,7 +36,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import io
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -121,6 +121,19 @@ class SealableVector:
         data = self._buffer.getvalue()
         self._buffer = self._view = None
         return np.frombuffer(data, dtype=self._dtype)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SealableVector:
+        """An independent copy (a session snapshot: the fuzzer copies whole
+        sessions): an open vector gets its own buffer holding the same
+        content; a sealed one stays sealed.  (A memoryview cannot be copied
+        as is.)"""
+        if self.array is None:
+            twin = SealableVector(np.zeros(0, dtype=self._dtype), self._dtype)
+            twin.seal()
+        else:
+            twin = SealableVector(self.array, self._dtype)
+        memo[id(self)] = twin
+        return twin
 
     def __repr__(self) -> str:
         state = "sealed" if self._buffer is None else "open"
