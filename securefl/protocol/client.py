@@ -248,6 +248,10 @@ class ClientSession:
             LocalProtocolError: the session is finished/aborted, or no input
                 was provided before the masked-input round (state unchanged;
                 provide it and call again).
+            Exception: whatever the session's executor (or an interrupt)
+                raised while the input was being masked: the input is then
+                partly masked in place, so the session is aborted (its
+                working copy cleared and dropped) and sends nothing.
         """
         if self.state in (ClientState.ABORTED,):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
@@ -606,9 +610,23 @@ class ClientSession:
         expander = MaskExpander(self.config.vector_length, self.config.bits)
         working = self._input.array  # this session's own copy, in the ring's dtype
         assert working is not None and working.dtype == expander.dtype
-        if self._layout is not None:
-            self._add_noise(working)
-        expander.apply(jobs, working, executor=self._executor, workers=self._workers)
+        try:
+            if self._layout is not None:
+                self._add_noise(working)
+            expander.apply(jobs, working, executor=self._executor, workers=self._workers)
+        except BaseException:
+            # the working copy is masked in place: after a failure part-way
+            # (the caller's executor, an interrupt) it holds the input plus
+            # some of the masks and noise, and masking it again on a retry
+            # would send a vector that unmasks to a wrong sum nobody can
+            # detect.  So the session aborts for good (a dropout to the
+            # server), and the copy, which holds unmasked entries, is cleared
+            working.fill(0)
+            del working
+            self.state = ClientState.ABORTED
+            self._answered = {}
+            self._wipe()
+            raise
         del working
         # the reply is kept to answer a repeated request identically: a view of
         # immutable bytes, so nobody can change what was sent (numpy refuses to

@@ -375,7 +375,9 @@ class ServerSession:
 
     def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
         vector = msg.masked
-        if not (isinstance(vector, np.ndarray) and vector.dtype == self._dtype):
+        # the fast path only for a plain array: a subclass (a masked array's
+        # max skips entries) goes through the full check
+        if not (type(vector) is np.ndarray and vector.dtype == self._dtype):
             vector = check_input_vector(vector, self.config, msg.sender, local=False, rnd=rnd)
         elif vector.shape != (self.config.vector_length,):
             raise RemoteProtocolError(Rule.WRONG_LENGTH,

@@ -135,9 +135,26 @@ class SealableVector:
         memo[id(self)] = twin
         return twin
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and ``copy.copy``) as an independent vector: an open one
+        as its content (a session given its input before it starts pickles as
+        it did when the copy was a plain array), a sealed one as sealed.  (A
+        memoryview cannot be pickled, and a shallow copy must not share the
+        buffer.)"""
+        if self.array is None:
+            return (_sealed_vector, (self._dtype,))
+        return (SealableVector, (np.array(self.array), self._dtype))
+
     def __repr__(self) -> str:
         state = "sealed" if self._buffer is None else "open"
         return f"SealableVector({self._dtype}, {state})"
+
+
+def _sealed_vector(dtype: np.dtype) -> SealableVector:
+    """A sealed, empty :class:`SealableVector` (what a sealed one unpickles to)."""
+    vector = SealableVector(np.zeros(0, dtype=dtype), dtype)
+    vector.seal()
+    return vector
 
 
 class MaskedInputStore(abc.ABC):

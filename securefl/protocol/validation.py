@@ -23,16 +23,21 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
             ``WRONG_LENGTH``, ``MALFORMED`` or ``VALUE_OUT_OF_RANGE``.
     """
-    validate_input_vector(vector, config, peer, local=local, rnd=rnd)
-    return vector.astype(np.uint64 if dtype is None else dtype)
+    checked = validate_input_vector(vector, config, peer, local=local, rnd=rnd)
+    return checked.astype(np.uint64 if dtype is None else dtype)
 
 
 def validate_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: bool,
                           rnd: Round = Round.MASKED_INPUT_COLLECTION) -> np.ndarray:
     """Check that ``vector`` is a 1-D numpy array of length ``vector_length``,
-    of an integer dtype, with every entry inside [0, 2^bits); return it as
-    it is (no copy, nothing converted): converting it exactly into the ring's
-    dtype is then safe.
+    of an integer dtype, with every entry inside [0, 2^bits); return it
+    without a copy, nothing converted (a subclass of ``ndarray``, e.g.
+    ``np.memmap``, as a plain ``ndarray`` view of the same memory: the entries
+    checked are the ones read afterwards, whatever the subclass overrides):
+    converting the result exactly into the ring's dtype is then safe.  A
+    masked array (``np.ma.MaskedArray``) is refused: its masked entries have
+    no value to aggregate, and its ``min``/``max`` skip them while a copy
+    reads them (they would wrap silently into other ring elements).
 
     Raises:
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
@@ -42,6 +47,11 @@ def validate_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local
     if not isinstance(vector, np.ndarray):
         raise error(Rule.MALFORMED, f"vector must be a numpy array, got {type(vector).__name__}",
                     peer=peer, round=rnd)
+    if isinstance(vector, np.ma.MaskedArray):
+        raise error(Rule.MALFORMED, "vector must be a plain numpy array, not a masked array",
+                    peer=peer, round=rnd)
+    if type(vector) is not np.ndarray:
+        vector = np.ndarray.view(vector, np.ndarray)
     if vector.ndim != 1 or vector.shape[0] != config.vector_length:
         raise error(Rule.WRONG_LENGTH,
                     f"vector has shape {vector.shape}, expected ({config.vector_length},)",
