@@ -162,8 +162,11 @@ class _LocalServer:
         return r.total, r.survivors, {"server_cpu": self.cpu, "server_wall": self.wall}
 
 
-def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> None:
-    """The server process: wire bytes in, wire bytes out, over ``conn``."""
+def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
+                  profile: str | None = None) -> None:
+    """The server process: wire bytes in, wire bytes out, over ``conn``;
+    with ``profile`` (a path), its session under cProfile, the stats dumped
+    there."""
     import pickle
     import resource
 
@@ -174,6 +177,10 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> Non
     config, _, _ = _config(n, m, dropout)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     server = _LocalServer(config, spill)
+    # CPU time, not wall time: the child mostly waits for the clients
+    prof = cProfile.Profile(time.process_time) if profile else None
+    if prof is not None:
+        prof.enable()
     cpu0 = time.process_time()
     while True:
         data = conn.recv_bytes()
@@ -189,6 +196,9 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> Non
         conn.send_bytes(b"")
         if server.finished:
             break
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(profile)
     total, survivors, _ = server.result()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     conn.send_bytes(pickle.dumps((np.asarray(total), survivors, {
@@ -201,12 +211,14 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> Non
 class _RemoteServer:
     """The parent's side of :func:`_server_child`."""
 
-    def __init__(self, n: int, m: int, dropout: float, spill: bool) -> None:
+    def __init__(self, n: int, m: int, dropout: float, spill: bool,
+                 profile: str | None = None) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_child, args=(child, n, m, dropout, spill))
+        self._proc = ctx.Process(target=_server_child,
+                                 args=(child, n, m, dropout, spill, profile))
         self._proc.start()
         self.finished = False
         self._rounds = 0
@@ -236,7 +248,7 @@ class _RemoteServer:
 
 
 def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
-                  seed: int = 1) -> float:
+                  seed: int = 1, profile: bool = False) -> float:
     import numpy as np
 
     from securefl import wire
@@ -248,8 +260,16 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
     dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
     stats = {"clients": 0.0, "client_codec": 0.0}
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    server: Any = (_RemoteServer(n, m, dropout, spill) if remote
+    stats_path = None
+    if profile and remote:
+        import tempfile
+        fd, stats_path = tempfile.mkstemp(suffix=".pstats")
+        os.close(fd)
+    server: Any = (_RemoteServer(n, m, dropout, spill, stats_path) if remote
                    else _LocalServer(config, spill))
+    prof = cProfile.Profile() if profile and not remote else None
+    if prof is not None:
+        prof.enable()
     clients = {c: ClientSession(config, c) for c in config.ids}
     down = 0
 
@@ -287,6 +307,15 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
             del message, reply
     total, survivors, server_stats = server.result()
     wall = time.perf_counter() - wall0
+    if prof is not None or stats_path is not None:
+        # the server's own profile with --server-process, else the whole round
+        if prof is not None:
+            prof.disable()
+        profiled = pstats.Stats(stats_path if stats_path is not None else prof)
+        profiled.sort_stats("cumulative").print_stats(40)
+        profiled.sort_stats("tottime").print_stats(40)
+        if stats_path is not None:
+            os.unlink(stats_path)
     # the round's CPU time: this process, plus the server's child if any
     cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
     plain = np.zeros(m, dtype=np.uint64)
@@ -347,7 +376,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"loadavg at start: {os.getloadavg()}", flush=True)
     if args.stream or args.server_process:
-        rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process))
+        rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process,
+                                  profile=args.profile))
                 for n in args.ns]
         _exponents("this", rows)
         return
