@@ -706,41 +706,18 @@ class ServerSession:
         seeds: dict[int, bytes] = {}
         private_keys: dict[int, bytes] = {}
         noise_seeds: dict[tuple[int, int], bytes] = {}
-        suspects: set[int] = set()
-        for holders, secrets in groups.items():
-            if len(holders) < t:
-                raise AbortError(
-                    f"only {len(holders)} holders answered for the shares of client"
-                    f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
-                    available=len(holders))
-            raw = b"".join(self._revealed_shares(holders, secrets))
-            shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
-                                                              shamir.LIMBS)
-
-            def verify(i: int, value: bytes,
-                       secrets: list[tuple[str, int, int]] = secrets) -> bool:
-                kind, owner, j = secrets[i]
-                advert = self._advert(owner)
-                if kind == "self":
-                    return d.seed_commitment(self._digest, owner, value) == advert.seed_commitment
-                if kind == "noise":
-                    return (d.noise_seed_commitment(self._digest, owner, j, value)
-                            == advert.noise_commitments[j])
-                return matches_public(value, advert.masking_key)
-
-            try:
-                found = shamir.Reconstructor(holders, t).reconstruct_verified(
-                    shares, verify, self._rng, suspects)
-            except shamir.UnverifiableSecretError as exc:
-                kind, owner, j = secrets[exc.index]
-                what = _SECRET_NAMES[kind].format(j)
-                raise AbortError(
-                    f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
-                    f" reconstruct its committed value and the bad ones cannot be located:"
-                    f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
-            except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
-                raise AbortError(f"inconsistent shares: {exc}", round=rnd,
-                                 rule=Rule.COMMITMENT_MISMATCH) from exc
+        ordered = list(groups.items())
+        # the groups before the first one with too few holders are
+        # reconstructed (one of them may fail first), then that one aborts
+        short = next((i for i, (holders, _) in enumerate(ordered) if len(holders) < t), None)
+        found_all = self._reconstruct(ordered if short is None else ordered[:short], rnd)
+        if short is not None:
+            holders, secrets = ordered[short]
+            raise AbortError(
+                f"only {len(holders)} holders answered for the shares of client"
+                f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
+                available=len(holders))
+        for (_, secrets), found in zip(ordered, found_all, strict=True):
             for i, bad in sorted(found.excluded.items()):
                 kind, owner, j = secrets[i]
                 what = _SECRET_NAMES[kind].format(j)
@@ -779,6 +756,49 @@ class ServerSession:
         if noise_seeds:
             self._remove_noise(total, noise_seeds)
         return total
+
+    def _reconstruct(self, groups: list[tuple[tuple[int, ...], list[tuple[str, int, int]]]],
+                     rnd: Round) -> list[shamir.VerifiedSecrets]:
+        """Reconstruct every group's secrets from its holders' revealed shares
+        and check each against its owner's R0 commitment
+        (:func:`shamir.reconstruct_verified_groups`: the groups that pass are
+        done in batches, any other one exactly as by its own
+        ``Reconstructor``, which locates bad holders).
+
+        Raises:
+            AbortError: a secret that cannot be reconstructed to its
+                commitment (``COMMITMENT_MISMATCH``), the first in group order.
+        """
+        t = self.config.t
+        digest = self._digest
+
+        def verify(g: int, i: int, value: bytes) -> bool:
+            kind, owner, j = groups[g][1][i]
+            advert = self._advert(owner)
+            if kind == "self":
+                return d.seed_commitment(digest, owner, value) == advert.seed_commitment
+            if kind == "noise":
+                return (d.noise_seed_commitment(digest, owner, j, value)
+                        == advert.noise_commitments[j])
+            return matches_public(value, advert.masking_key)
+
+        pairs = [(holders, np.frombuffer(b"".join(self._revealed_shares(holders, secrets)),
+                                         dtype="<u4").reshape(len(holders), len(secrets),
+                                                              shamir.LIMBS))
+                 for holders, secrets in groups]
+        try:
+            return shamir.reconstruct_verified_groups(pairs, t, verify, self._rng, set())
+        except shamir.UnverifiableSecretError as exc:
+            holders, secrets = groups[exc.group]
+            kind, owner, j = secrets[exc.index]
+            what = _SECRET_NAMES[kind].format(j)
+            raise AbortError(
+                f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
+                f" reconstruct its committed value and the bad ones cannot be located:"
+                f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
+        except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
+            raise AbortError(f"inconsistent shares: {exc}", round=rnd,
+                             rule=Rule.COMMITMENT_MISMATCH) from exc
 
     def _unmask_in_workers(self, seeds: dict[int, bytes], private_keys: dict[int, bytes],
                            rnd: Round) -> np.ndarray:
