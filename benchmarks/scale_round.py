@@ -123,12 +123,24 @@ class _LocalServer:
                                      else FileStore(self._file))
         self.cpu = 0.0
         self.wall = 0.0
+        # CPU seconds by phase: "decode <Message>", "receive <Message>",
+        # "close <round>", "encode <round>"
+        self.phases: dict[str, float] = {}
+
+    def _phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def receive(self, data: bytes) -> None:
         from securefl import wire
         c0, w0 = time.process_time(), time.perf_counter()
-        self.session.receive(wire.decode(data, config=self.config))
-        self.cpu += time.process_time() - c0
+        message = wire.decode(data, config=self.config)
+        c1 = time.process_time()
+        self.session.receive(message)
+        c2 = time.process_time()
+        name = type(message).__name__
+        self._phase(f"decode {name}", c1 - c0)
+        self._phase(f"receive {name}", c2 - c1)
+        self.cpu += c2 - c0
         self.wall += time.perf_counter() - w0
 
     def close_round(self) -> list[tuple[int, bytes]]:
@@ -138,12 +150,17 @@ class _LocalServer:
         """Close the round and encode its messages one at a time (a
         broadcast, the roster, once), timing the server's share."""
         from securefl import wire
+        rnd = self.session.round
         c0, w0 = time.process_time(), time.perf_counter()
         out = self.session.close_round()
+        self._phase(f"close {rnd.name if rnd is not None else None}",
+                    time.process_time() - c0)
         last: tuple[int, bytes] | None = None
         for e in out:
             if last is None or last[0] != id(e.message):
+                e0 = time.process_time()
                 last = (id(e.message), wire.encode(e.message))
+                self._phase(f"encode {type(e.message).__name__}", time.process_time() - e0)
             self.cpu += time.process_time() - c0
             self.wall += time.perf_counter() - w0
             yield e.recipient, last[1]
@@ -201,6 +218,9 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
         prof.dump_stats(profile)
     total, survivors, _ = server.result()
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    print("server CPU by phase: " + ", ".join(
+        f"{name} {seconds:.2f}s" for name, seconds in sorted(
+            server.phases.items(), key=lambda item: -item[1])), flush=True)
     conn.send_bytes(pickle.dumps((np.asarray(total), survivors, {
         "server_cpu": time.process_time() - cpu0,
         "server_session_cpu": server.cpu,

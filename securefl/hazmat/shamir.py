@@ -393,6 +393,11 @@ class UnverifiableSecretError(InconsistentSharesError):
         super().__init__(detail)
 
 
+_GROUP_BATCH = 1024
+"""Groups reconstructed per batch by :func:`reconstruct_verified_groups`
+(bounds its working arrays to a few MB)."""
+
+
 def reconstruct_verified_groups(
     groups: Sequence[tuple[Sequence[int], np.ndarray]],
     threshold: int,
@@ -443,7 +448,10 @@ def reconstruct_verified_groups(
         if arr.ndim == 3 and arr.shape[0] == len(holders) >= threshold >= 1 \
                 and arr.shape[1] >= 1 and arr.shape[2] == LIMBS:
             buckets.setdefault((len(holders), arr.shape[1]), []).append(g)
-    for (h, num), members in buckets.items():
+    batches = [(h, num, members[i:i + _GROUP_BATCH])
+               for (h, num), members in buckets.items()
+               for i in range(0, len(members), _GROUP_BATCH)]
+    for h, num, members in batches:
         xs = np.array([list(groups[g][0]) for g in members], dtype=np.int64).reshape(-1, h)
         y = np.stack([np.asarray(groups[g][1]) for g in members]).reshape(len(members), h, -1)
         if y.dtype.kind not in "ui" or (y.size and int(y.min()) < 0):

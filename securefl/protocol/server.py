@@ -782,7 +782,10 @@ class ServerSession:
                         == advert.noise_commitments[j])
             return matches_public(value, advert.masking_key)
 
-        pairs = [(holders, np.frombuffer(b"".join(self._revealed_shares(holders, secrets)),
+        fields = {c: self._share_maps(c) for c, p in self._peers.items()
+                  if p.response is not None}
+        pairs = [(holders, np.frombuffer(b"".join(self._revealed_shares(holders, secrets,
+                                                                        fields)),
                                          dtype="<u4").reshape(len(holders), len(secrets),
                                                               shamir.LIMBS))
                  for holders, secrets in groups]
@@ -876,18 +879,28 @@ class ServerSession:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
 
     def _revealed_shares(self, holders: tuple[int, ...],
-                         secrets: list[tuple[str, int, int]]) -> list[bytes]:
+                         secrets: list[tuple[str, int, int]],
+                         fields: dict[int, tuple[Mapping[Any, bytes], ...]] | None = None,
+                         ) -> list[bytes]:
         """Every holder's revealed share of every secret, holder-major (one
         list of ``len(holders) * len(secrets)`` shares, built without a call
-        per share: at n=500 there are 175,000)."""
+        per share: at n=500 there are 175,000).  ``fields``: each
+        responder's three share maps (``self_mask_shares``, ``key_shares``,
+        ``noise_shares``), when the caller looked them up once for every
+        group."""
         lookups = [(_SHARE_FIELD[kind], (owner, j) if kind == "noise" else owner)
                    for kind, owner, j in secrets]
-        out: list[bytes] = []
-        for h in holders:
-            response = self._response(h)
-            fields = (response.self_mask_shares, response.key_shares, response.noise_shares)
-            out += [fields[f][key] for f, key in lookups]
-        return out
+        if fields is None:
+            fields = {h: self._share_maps(h) for h in holders}
+        if len(lookups) == 1:
+            f, key = lookups[0]
+            return [fields[h][f][key] for h in holders]
+        return [fields[h][f][key] for h in holders for f, key in lookups]
+
+    def _share_maps(self, h: int) -> tuple[Mapping[Any, bytes], ...]:
+        """Holder ``h``'s three maps of revealed shares, in ``_SHARE_FIELD`` order."""
+        response = self._response(h)
+        return (response.self_mask_shares, response.key_shares, response.noise_shares)
 
     def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
         """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""
