@@ -335,7 +335,11 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
         profiled.sort_stats("cumulative").print_stats(40)
         profiled.sort_stats("tottime").print_stats(40)
         if stats_path is not None:
-            os.unlink(stats_path)
+            keep = os.environ.get("SCALE_ROUND_PSTATS")  # where to keep the server's stats
+            if keep:
+                os.replace(stats_path, keep)
+            else:
+                os.unlink(stats_path)
     # the round's CPU time: this process, plus the server's child if any
     cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
     plain = np.zeros(m, dtype=np.uint64)
