@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,12 @@ from hypothesis import strategies as st
 from securefl import SecAggConfig, wire
 from securefl.errors import WireFormatError
 from securefl.protocol.config import MAX_CLIENT_ID
-from securefl.protocol.messages import EncryptedShares, ShareDelivery, UnmaskingResponse
+from securefl.protocol.messages import (
+    EncryptedShares,
+    MaskedInput,
+    ShareDelivery,
+    UnmaskingResponse,
+)
 from securefl.wire import codec
 
 FAST = settings(max_examples=60, deadline=None,
@@ -171,3 +177,78 @@ def test_ids_across_varint_widths_take_the_fast_path() -> None:
     raw = wire.encode(message)
     assert raw == _general(lambda: wire.encode(message))
     assert codec._fast_keyed_decode(raw, None) == message
+
+
+# -- long masked inputs read without protobuf (_fast_masked_decode) -------------
+
+
+def _general_masked(raw: bytes, config: SecAggConfig | None) -> object:
+    saved = codec._fast_masked_decode
+    codec._fast_masked_decode = lambda raw, config: None  # type: ignore[assignment]
+    try:
+        return wire.decode(raw, config=config)
+    except WireFormatError as exc:
+        return exc
+    finally:
+        codec._fast_masked_decode = saved  # type: ignore[assignment]
+
+
+def _same_masked(a: object, b: object) -> bool:
+    if isinstance(a, WireFormatError) or isinstance(b, WireFormatError):
+        return (type(a) is type(b) and a.reason == b.reason  # type: ignore[union-attr]
+                and a.rule == b.rule)  # type: ignore[union-attr]
+    assert isinstance(a, MaskedInput) and isinstance(b, MaskedInput)
+    return (a.sender, a.session_id, a.excluded) == (b.sender, b.session_id, b.excluded) \
+        and a.masked.dtype == b.masked.dtype and np.array_equal(a.masked, b.masked) \
+        and not a.masked.flags.writeable and not b.masked.flags.writeable
+
+
+@FAST
+@given(bits=st.sampled_from([8, 12, 16, 24, 32, 40, 64]),
+       length=st.integers(codec._SPLIT_MIN // 8, codec._SPLIT_MIN),
+       excluded=st.lists(_ID, unique=True, max_size=6).map(sorted),
+       sender=_ID, config_clients=st.sampled_from([None, 3, 50]), data=st.data())
+def test_long_masked_inputs_are_read_as_the_general_decoder_reads_them(
+        bits: int, length: int, excluded: list[int], sender: int, config_clients: int | None,
+        data: st.DataObject) -> None:
+    config = None if config_clients is None else SecAggConfig(
+        num_clients=config_clients, vector_length=length, bits=bits, threshold=2)
+    dtype = np.dtype(f"=u{max(1, -(-bits // 8)) if bits not in (24, 40) else 8}")
+    vector = np.random.default_rng(length).integers(0, 1 << min(bits, 63), length,
+                                                    dtype=np.uint64).astype(dtype)
+    width = -(-bits // 8)
+    raw = wire.encode(MaskedInput(sender, SID, vector, tuple(excluded)), element_bytes=width)
+    mutated = bytearray(raw)
+    for _ in range(data.draw(st.integers(0, 2), label="mutations")):
+        # mutate the header or the excluded list, where structure lives
+        at = data.draw(st.sampled_from([*range(min(50, len(mutated))),
+                                        *range(max(0, len(mutated) - 30), len(mutated))]))
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]), label="op")
+        if op == "set":
+            mutated[at] = data.draw(st.integers(0, 255), label="byte")
+        elif op == "insert":
+            mutated.insert(at, data.draw(st.integers(0, 255), label="byte"))
+        else:
+            del mutated[at]
+    blob = bytes(mutated)
+    fast = codec._fast_masked_decode(blob, config)
+    general = _general_masked(blob, config)
+    if fast is not None:
+        assert _same_masked(fast, general)
+        assert wire.encode(fast, element_bytes=width) == blob
+    assert _same_masked(_decode(blob, config), general)
+
+
+def test_a_masked_input_that_breaks_a_rule_is_refused_as_before() -> None:
+    config = SecAggConfig(num_clients=4, vector_length=codec._SPLIT_MIN, bits=12, threshold=2)
+    too_big = np.full(codec._SPLIT_MIN, 1 << 12, dtype=np.uint16)  # not below 2^12
+    raw = wire.encode(MaskedInput(3, SID, too_big, ()))
+    assert codec._fast_masked_decode(raw, config) is None
+    out = _decode(raw, config)
+    assert isinstance(out, WireFormatError) and out.reason == "value-out-of-ring"
+    many = wire.encode(MaskedInput(3, SID, too_big & 0xFFF, tuple(range(1, 7))))
+    assert codec._fast_masked_decode(many, config) is None  # 6 excluded, 4 clients
+    out = _decode(many, config)
+    assert isinstance(out, WireFormatError) and out.reason == "oversized-field"
+    fine = wire.encode(MaskedInput(3, SID, too_big & 0xFFF, (1, 2)))
+    assert isinstance(codec._fast_masked_decode(fine, config), MaskedInput)

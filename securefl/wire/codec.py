@@ -355,6 +355,8 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
         fast = _fast_list_decode(raw, config)
     if fast is None:
         fast = _fast_keyed_decode(raw, config)
+    if fast is None:
+        fast = _fast_masked_decode(raw, config)
     if fast is not None:
         return _expected(fast, expect)
     split = _split_masked_payload(raw)
@@ -1115,12 +1117,18 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
                 payload: memoryview | None = None) -> MaskedInput:
     sender = _sender(m)
     sid = _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender)
-    width = m.element_bytes
+    return _masked_message(sender, sid, m.element_bytes, m.masked if payload is None else payload,
+                           m.excluded, config)
+
+
+def _masked_message(sender: int, sid: bytes, width: int, masked: bytes | memoryview,
+                    excluded: Sequence[int], config: SecAggConfig | None) -> MaskedInput:
+    """The checks of a masked input's vector (and excluded list) once its
+    sender and session id are known (both decoders of a masked input)."""
     if width not in ELEMENT_WIDTHS:
         raise WireFormatError(f"element_bytes is {width}, must be one of {ELEMENT_WIDTHS}",
                               reason=WireIssue.BAD_ELEMENT_WIDTH.value, field="element_bytes",
                               peer=sender)
-    masked = m.masked if payload is None else payload
     if len(masked) % width:
         raise WireFormatError(f"masked is {len(masked)} bytes, not a multiple of the element"
                               f" width {width}", reason=WireIssue.MISALIGNED_VECTOR.value,
@@ -1145,7 +1153,55 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
     # server's MemoryStore keeps either as it is instead of copying it
     # (securefl.protocol.storage.frozen)
     vector.flags.writeable = False
-    return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
+    return MaskedInput(sender, sid, vector, _id_list(excluded, "excluded", sender))
+
+
+def _fast_masked_decode(raw: bytes, config: SecAggConfig | None) -> MaskedInput | None:
+    """A masked input read from its bytes without protobuf, when ``raw`` is
+    exactly the canonical encoding :func:`encode` writes for a long vector
+    (version 1, a valid sender, a 32-byte session id, the element width, at
+    least :data:`_SPLIT_MIN` payload bytes, then a non-empty packed excluded
+    list of minimal varints or nothing) and every check of the general
+    decoder passes; else None, and the general decoder runs (it accepts an
+    equal message from these bytes, and refuses or accepts everything else
+    as before).  The vector is a read-only view of ``raw``, as there."""
+    if len(raw) < _SPLIT_MIN or raw[0] != _MASKED_TAG:
+        return None
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 3] != b"\x08\x01\x10":
+        return None
+    sender = _varint(raw, pos + 3)
+    if sender is None or not 1 <= sender[0] <= MAX_CLIENT_ID:
+        return None
+    pos = sender[1]
+    if raw[pos:pos + 2] != b"\x1a\x20" or raw[pos + 34:pos + 35] != b"\x20":
+        return None
+    sid = raw[pos + 2:pos + 34]
+    width = _varint(raw, pos + 35)
+    if width is None or width[0] not in ELEMENT_WIDTHS or raw[width[1]:width[1] + 1] != b"\x2a":
+        return None
+    length = _varint(raw, width[1] + 1)
+    if length is None or length[0] < _SPLIT_MIN or length[1] + length[0] > len(raw):
+        return None
+    start, pos = length[1], length[1] + length[0]
+    excluded: Sequence[int] = ()
+    if pos < len(raw):
+        size = _varint(raw, pos + 1)
+        if raw[pos] != 0x32 or size is None or size[0] == 0 \
+                or size[1] + size[0] != len(raw):
+            return None
+        values = _unpack_varints(raw[size[1]:])
+        if values is None or (config is not None and values.size > config.num_clients):
+            return None
+        excluded = values
+    try:
+        return _masked_message(sender[0], sid, width[0], memoryview(raw)[start:pos], excluded,
+                               config)
+    except WireFormatError:
+        return None  # the general decoder refuses it, naming the problem
 
 
 def pack_words(vector: np.ndarray, width: int) -> bytes:
