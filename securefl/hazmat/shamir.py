@@ -197,9 +197,9 @@ def check_shares(raws: Sequence[bytes]) -> None:
         InconsistentSharesError: a share of the wrong length or with an
             element not below p.
     """
-    for raw in raws:
-        if len(raw) != SHARE_BYTES:
-            raise InconsistentSharesError(f"a share is {SHARE_BYTES} bytes, got {len(raw)}")
+    if set(map(len, raws)) - {SHARE_BYTES}:
+        bad = next(raw for raw in raws if len(raw) != SHARE_BYTES)
+        raise InconsistentSharesError(f"a share is {SHARE_BYTES} bytes, got {len(bad)}")
     if raws:
         arr = np.frombuffer(b"".join(raws), dtype="<u4")
         if int(arr.max()) >= PRIME:

@@ -364,11 +364,14 @@ class ServerSession:
                 f"ciphertexts for {len(msg.ciphertexts)} clients, expected exactly its"
                 f" {len(expected)} neighbours", peer=msg.sender, round=rnd)
         size = d.shares_ciphertext_bytes(self._components)
-        for ct in msg.ciphertexts.values():
-            if not isinstance(ct, bytes | bytearray) or len(ct) != size:
-                raise RemoteProtocolError(Rule.MALFORMED,
-                                          f"a share ciphertext is {size} bytes",
-                                          peer=msg.sender, round=rnd)
+        values = msg.ciphertexts.values()
+        if not (set(map(type, values)) <= {bytes} and set(map(len, values)) <= {size}):
+            # not all plain bytes of the size: the check one by one
+            for ct in values:
+                if not isinstance(ct, bytes | bytearray) or len(ct) != size:
+                    raise RemoteProtocolError(Rule.MALFORMED,
+                                              f"a share ciphertext is {size} bytes",
+                                              peer=msg.sender, round=rnd)
         peer.shares = msg
 
     def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
@@ -426,11 +429,11 @@ class ServerSession:
                                       f"revealed both shares of clients {sorted(both)[:10]}",
                                       peer=msg.sender, round=rnd)
         holds = peer.neighbours
-        # O(k) per response: walk the responder's neighbours, not the lists
-        want_self = {u for u in holds | {msg.sender} if u in self._u3_set}
-        want_keys = {u for u in holds if u in self._dropped_set and u not in peer.complaints}
+        # O(k) per response: the responder's neighbours against the lists' sets
+        want_self = (holds | {msg.sender}) & self._u3_set
+        want_keys = (holds & self._dropped_set) - peer.complaints
         want_noise = {(v, j) for v, j in self._removals if v in want_self}
-        contradicted = sorted(set(msg.key_shares) & peer.complaints & set(self._dropped))
+        contradicted = sorted(set(msg.key_shares) & peer.complaints & self._dropped_set)
         if set(msg.self_mask_shares) != want_self or \
                 set(msg.key_shares) - set(contradicted) != want_keys or \
                 set(msg.noise_shares) != want_noise:
@@ -439,7 +442,8 @@ class ServerSession:
                                       peer=msg.sender, round=rnd)
         shares = [*msg.self_mask_shares.values(), *msg.key_shares.values(),
                   *msg.noise_shares.values()]
-        if not all(isinstance(share, bytes) for share in shares):
+        if not set(map(type, shares)) <= {bytes} and \
+                not all(isinstance(share, bytes) for share in shares):
             raise RemoteProtocolError(Rule.MALFORMED, "a share is not bytes", peer=msg.sender,
                                       round=rnd)
         try:
@@ -517,12 +521,18 @@ class ServerSession:
         u2 = self._reached(ClientStatus.SHARE_KEYS_RECEIVED)
         u2_set = frozenset(u2)
         out = []
+        # every ciphertext routed once, sender by sender (ascending): v gets
+        # u's ciphertext for it iff both shared and each is the other's
+        # neighbour (u's ciphertexts are exactly for its neighbours)
+        neighbours = {c: p.neighbours for c, p in self._peers.items()}
+        routes: dict[int, dict[int, bytes]] = {v: {} for v in u2}
+        for u in u2:
+            mine = neighbours[u]
+            for v, ct in self._peers[u].shares.ciphertexts.items():  # type: ignore[union-attr]
+                if v != u and v in u2_set and v in mine and u in neighbours[v]:
+                    routes[v][u] = ct
         for v in u2:
-            # O(k) per recipient: the graph is symmetric, so v's senders are
-            # its own neighbours that shared
-            cts = {u: self._peers[u].shares.ciphertexts[v]  # type: ignore[union-attr]
-                   for u in sorted(self._peers[v].neighbours & u2_set)
-                   if u != v and v in self._peers[u].neighbours}
+            cts = routes[v]
             # a client that sees fewer than t-1 sharing neighbours would refuse
             # (sparse graphs only): it is not asked, and counts as dropped here
             if len(cts) + 1 >= self.config.t:
