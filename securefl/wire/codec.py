@@ -35,7 +35,7 @@ plan none is present and every encoding is as before.
 from __future__ import annotations
 
 import enum
-import itertools
+import operator
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
@@ -816,9 +816,9 @@ def _unpack_entries(raw: bytes, pos: int, tag: int, size: int | None
             return None
         # the records (from pos) whose fixed bytes are all as in the first
         count = (end - pos) // record
-        for c in (*range(head), *range(head + w, head + w + len(suffix))):
-            column = raw[pos + c:end:record]
-            count = min(count, len(column) - len(column.lstrip(fixed[c:c + 1])))
+        for c in (*range(head), *range(head + w, len(fixed))):
+            column = raw[pos + c:pos + count * record:record]
+            count -= len(column.lstrip(fixed[c:c + 1]))
         if count == 0:
             return None
         end = pos + count * record
@@ -839,7 +839,7 @@ def _unpack_entries(raw: bytes, pos: int, tag: int, size: int | None
         values += [raw[o:o + size] for o in range(start, end, record)]
         pos = end
     if keys and (keys[0] < 1 or keys[-1] > MAX_CLIENT_ID
-                 or not all(a < b for a, b in itertools.pairwise(keys))):
+                 or not all(map(operator.lt, keys, keys[1:]))):
         return None
     return keys, values, pos
 
