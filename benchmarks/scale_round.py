@@ -111,7 +111,8 @@ class _LocalServer:
     """The server in this process, behind the codec; CPU and wall time of
     every server call, decoding and encoding included."""
 
-    def __init__(self, config: Any, spill: bool) -> None:
+    def __init__(self, config: Any, spill: bool, unmask_pool: Any = None,
+                 workers: int | None = None) -> None:
         import tempfile
 
         from securefl.protocol.server import ServerSession
@@ -120,7 +121,8 @@ class _LocalServer:
         self.config = config
         self._file = tempfile.TemporaryFile() if spill else None  # noqa: SIM115
         self.session = ServerSession(config, store=None if self._file is None
-                                     else FileStore(self._file))
+                                     else FileStore(self._file), unmask_pool=unmask_pool,
+                                     workers=workers)
         self.cpu = 0.0
         self.wall = 0.0
         # CPU seconds by phase: "decode <Message>", "receive <Message>",
@@ -211,21 +213,49 @@ class _FrameReader:
             start += got
 
 
+def _pool_cpu(pool: Any) -> float:
+    """CPU seconds (user + system) used so far by the worker processes of a
+    ``ProcessPoolExecutor`` (Linux: ``/proc/PID/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in list(getattr(pool, "_processes", None) or {}):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
-                  profile: str | None = None) -> None:
+                  profile: str | None = None, unmask_workers: int = 0) -> None:
     """The server process: wire bytes in, wire bytes out, over ``conn``;
     with ``profile`` (a path), its session under cProfile, the stats dumped
-    there."""
+    there; with ``unmask_workers``, the mask removal in that many worker
+    processes (``unmasking.worker_pool``), whose CPU time is reported apart."""
+    import contextlib
+    import resource
+
+    import numpy  # noqa: F401 - imported before the baseline RSS
+
+    from securefl import wire  # noqa: F401 - imports before the baseline RSS
+    from securefl.protocol import unmasking
+
+    config, _, _ = _config(n, m, dropout)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with contextlib.ExitStack() as stack:
+        pool = (stack.enter_context(unmasking.worker_pool(unmask_workers)) if unmask_workers
+                else None)
+        _serve(conn, config, spill, profile, pool, unmask_workers, base_rss)
+
+
+def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
+           workers: int, base_rss: int) -> None:
+    """:func:`_server_child`'s loop."""
     import pickle
     import resource
 
     import numpy as np
 
-    from securefl import wire  # noqa: F401 - imports before the baseline RSS
-
-    config, _, _ = _config(n, m, dropout)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    server = _LocalServer(config, spill)
+    server = _LocalServer(config, spill, pool, workers or None)
     # CPU time, not wall time: the child mostly waits for the clients
     prof = cProfile.Profile(time.process_time) if profile else None
     if prof is not None:
@@ -254,8 +284,9 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
     print("server CPU by phase: " + ", ".join(
         f"{name} {seconds:.2f}s" for name, seconds in sorted(
             server.phases.items(), key=lambda item: -item[1])), flush=True)
+    extra = {} if pool is None else {"unmask_workers_cpu": _pool_cpu(pool)}
     conn.send_bytes(pickle.dumps((np.asarray(total), survivors, {
-        "server_cpu": time.process_time() - cpu0,
+        "server_cpu": time.process_time() - cpu0, **extra,
         "server_session_cpu": server.cpu,
         "server_peak_rss_mb": usage.ru_maxrss / 1024,
         "server_rss_before_session_mb": base_rss / 1024})))
@@ -265,13 +296,13 @@ class _RemoteServer:
     """The parent's side of :func:`_server_child`."""
 
     def __init__(self, n: int, m: int, dropout: float, spill: bool,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, unmask_workers: int = 0) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_server_child,
-                                 args=(child, n, m, dropout, spill, profile))
+                                 args=(child, n, m, dropout, spill, profile, unmask_workers))
         self._proc.start()
         self.finished = False
         self._rounds = 0
@@ -301,7 +332,7 @@ class _RemoteServer:
 
 
 def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
-                  seed: int = 1, profile: bool = False) -> float:
+                  seed: int = 1, profile: bool = False, unmask_workers: int = 0) -> float:
     import numpy as np
 
     from securefl import wire
@@ -318,7 +349,7 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
         import tempfile
         fd, stats_path = tempfile.mkstemp(suffix=".pstats")
         os.close(fd)
-    server: Any = (_RemoteServer(n, m, dropout, spill, stats_path) if remote
+    server: Any = (_RemoteServer(n, m, dropout, spill, stats_path, unmask_workers) if remote
                    else _LocalServer(config, spill))
     prof = cProfile.Profile() if profile and not remote else None
     if prof is not None:
@@ -374,7 +405,8 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
             else:
                 os.unlink(stats_path)
     # the round's CPU time: this process, plus the server's child if any
-    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
+    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0) \
+        + server_stats.get("unmask_workers_cpu", 0.0)
     plain = np.zeros(m, dtype=np.uint64)
     for c in survivors:
         np.add(plain, _input(seed, c, m, config.bits), out=plain)
@@ -430,11 +462,14 @@ def main() -> None:
                         help="the server in a child process; reports its CPU and peak memory")
     parser.add_argument("--spill", action="store_true",
                         help="the server keeps R2's masked inputs in a temporary file")
+    parser.add_argument("--unmask-workers", type=int, default=0,
+                        help="with --server-process: the mask removal in this many worker"
+                             " processes (their CPU time reported apart)")
     args = parser.parse_args()
     print(f"loadavg at start: {os.getloadavg()}", flush=True)
     if args.stream or args.server_process:
         rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process,
-                                  profile=args.profile))
+                                  profile=args.profile, unmask_workers=args.unmask_workers))
                 for n in args.ns]
         _exponents("this", rows)
         return
