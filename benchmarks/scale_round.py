@@ -181,36 +181,51 @@ class _LocalServer:
         return r.total, r.survivors, {"server_cpu": self.cpu, "server_wall": self.wall}
 
 
-class _FrameReader:
+class _FrameSocket:
     """Messages of ``multiprocessing.Connection``'s framing (a 4-byte
-    big-endian length, then the payload) read from a file descriptor straight
-    into one reused buffer: the kernel copies each byte once, where
-    ``Connection.recv_bytes`` copies a large message three times (64 KB
-    chunks, a ``BytesIO``, its value)."""
+    big-endian length, then the payload: here a 1-byte kind and the wire
+    bytes) on the connection's socket, the server child's side.  Read with
+    ``MSG_WAITALL``: the wire
+    bytes arrive as one ``bytes`` object, copied once by the kernel, which
+    the codec then decodes without copying; ``Connection.recv_bytes`` copies
+    a large message three times (64 KB chunks, a ``BytesIO``, its value) and
+    slicing off the kind once more."""
 
     def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buf = bytearray(1 << 20)
+        import socket
 
-    def read(self) -> memoryview:
-        """The next message (a view of the buffer, valid until the next call)."""
-        self._fill(memoryview(self._buf)[:4])
-        size = int.from_bytes(self._buf[:4], "big", signed=True)
-        if size < 0:
-            raise ValueError("messages of 2 GB or more are not expected here")
-        if size > len(self._buf):
-            self._buf = bytearray(size)  # a new one: views of the old may be alive
-        view = memoryview(self._buf)[:size]
-        self._fill(view)
-        return view
+        self._socket = socket.socket(fileno=os.dup(fd))
+        self._waitall = socket.MSG_WAITALL
 
-    def _fill(self, view: memoryview) -> None:
-        start = 0
-        while start < len(view):
-            got = os.readv(self._fd, [view[start:]])
-            if got == 0:
+    def read(self) -> tuple[bytes, bytes]:
+        """The next message's kind (1 byte) and its payload."""
+        head = self._recv(5)
+        size = int.from_bytes(head[:4], "big", signed=True)
+        if size < 1:
+            raise ValueError("every message here has a kind byte; none is 2 GB")
+        return head[4:], self._recv(size - 1)
+
+    def send(self, *parts: bytes) -> None:
+        """One message made of ``parts``, in the same framing, gathered by
+        the kernel (no joined copy)."""
+        size = sum(len(p) for p in parts)
+        views = [memoryview(size.to_bytes(4, "big", signed=True)), *map(memoryview, parts)]
+        while views:
+            sent = self._socket.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
+
+    def _recv(self, size: int) -> bytes:
+        data = self._socket.recv(size, self._waitall) if size else b""
+        while len(data) < size:  # a signal may cut MSG_WAITALL short
+            more = self._socket.recv(size - len(data), self._waitall)
+            if not more:
                 raise EOFError
-            start += got
+            data += more
+        return data
 
 
 def _pool_cpu(pool: Any) -> float:
@@ -261,19 +276,21 @@ def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
     if prof is not None:
         prof.enable()
     cpu0 = time.process_time()
-    reader = _FrameReader(conn.fileno())
+    reader = _FrameSocket(conn.fileno())
     while True:
-        data = reader.read()
-        if data[:1] == b"R":
-            server.receive(data[1:])  # decoded into its own bytes before the next read
+        kind, data = reader.read()
+        if kind == b"R":
+            server.receive(data)
             continue
         last = None
         for recipient, blob in server.close_stream():
             # the same bytes to many recipients (the roster) cross once
-            conn.send_bytes(recipient.to_bytes(4, "big") + (b"=" if blob is last else b"+"
-                                                             + blob))
+            if blob is last:
+                reader.send(recipient.to_bytes(4, "big"), b"=")
+            else:
+                reader.send(recipient.to_bytes(4, "big"), b"+", blob)
             last = blob
-        conn.send_bytes(b"")
+        reader.send()
         if server.finished:
             break
     if prof is not None:
