@@ -4,6 +4,8 @@ Usage:
   python benchmarks/scale_round.py [n ...] [--m M] [--dropout D] [--profile]
   python benchmarks/scale_round.py 500 1000 2000 --baseline /path/to/other/checkout
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --server-process --spill
+  python benchmarks/scale_round.py 4000 --m 100000 --dropout 0.1 --server-process --spill \
+      --profile [--unmask-workers 2]
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --stream --spill
 
 Prints one row per n: wall time, the process's CPU time for the round (the
@@ -25,11 +27,21 @@ server call, including decoding what it receives and encoding what it sends;
 the server's executor threads, if any, are counted as well).
 
 ``--server-process`` runs the server in a child process that receives the
-clients' wire bytes over a pipe and sends its own back, and reports the
+clients' wire bytes over a socket pair and sends its own back, and reports the
 child's CPU time and peak resident memory (``ru_maxrss``, and the same after
 the imports, before the session starts, so the difference is what the session
-held).  The clients stay in this process, so the wall time is not an
-in-process time there (the two processes overlap on two cores).
+held), and prints the child's CPU time by phase (decoding and handling each
+kind of message, closing each round, encoding each kind of reply).  The
+child reads each message's wire bytes as one ``bytes`` object (one copy, by
+the kernel) and sends its replies gathered.  The clients stay in this
+process, so the wall time is not an in-process time there (the two
+processes overlap on two cores).  With ``--profile`` the child runs under
+cProfile on CPU time and its statistics are printed (kept in the file
+``$SCALE_ROUND_PSTATS`` names, if set).  ``--unmask-workers W`` gives the
+server an ``unmask_pool`` of ``W`` worker processes
+(``securefl.protocol.unmasking.worker_pool``) for the mask removal; their
+CPU time is reported apart (``unmask_workers_cpu``) and counted in the
+round's.
 
 ``--spill`` gives the server a :class:`securefl.protocol.storage.FileStore` on
 an anonymous temporary file (created here, in the driver), so its masked
