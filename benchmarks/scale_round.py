@@ -7,6 +7,7 @@ Usage:
   python benchmarks/scale_round.py 4000 --m 100000 --dropout 0.1 --server-process --spill \
       --profile [--unmask-workers 2]
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --stream --spill
+  python benchmarks/scale_round.py 2000 --m 1000 --stream --roster merkle
 
 Prints one row per n: wall time, the process's CPU time for the round (the
 figure to compare on a shared machine, where wall time counts other
@@ -115,8 +116,13 @@ def _config(n: int, m: int, dropout: float) -> tuple[Any, int, int]:
     params = sparse_parameters(n, max(dropout, 0.05), 0.05)
     assert params is not None, n
     k, t = params
+    # --roster (passed on to a server child process through its environment)
+    roster = os.environ.get(_ROSTER_ENV, "full")
     return SecAggConfig(num_clients=n, vector_length=m, bits=32, threshold=t,
-                        graph=HararyGraph(k)), k, t
+                        graph=HararyGraph(k), roster_delivery=roster), k, t
+
+
+_ROSTER_ENV = "SECUREFL_BENCH_ROSTER_DELIVERY"
 
 
 class _LocalServer:
@@ -385,6 +391,7 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
         prof.enable()
     clients = {c: ClientSession(config, c) for c in config.ids}
     down = 0
+    roster_down = 0  # the roster alone (what --roster changes)
 
     def client_send(message: Any) -> None:
         c0 = time.perf_counter()
@@ -408,6 +415,8 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
             if cid in dropped and rnd >= Round.MASKED_INPUT_COLLECTION:
                 continue
             down += len(data)
+            if rnd is Round.SHARE_KEYS:
+                roster_down += len(data)
             c0 = time.perf_counter()
             message = wire.decode(data)
             c1 = time.perf_counter()
@@ -447,6 +456,7 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
     extra = " ".join(f"{key}={value:.2f}" for key, value in server_stats.items())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"n={n:6d} k={k:3d} t={t} m={m} dropout={dropout} mode={mode} spill={spill} "
+          f"roster={config.roster_delivery} roster_down/client={roster_down / n:,.0f}B "
           f"wall={wall:8.2f}s cpu={cpu:8.2f}s clients={stats['clients']:.2f}s "
           f"client_codec={stats['client_codec']:.2f}s {extra} "
           f"down/client={down / n:,.0f}B survivors={len(survivors)} exact={exact} "
@@ -489,6 +499,10 @@ def main() -> None:
                         help="streaming in-process driver; reports the server's CPU time")
     parser.add_argument("--server-process", action="store_true",
                         help="the server in a child process; reports its CPU and peak memory")
+    parser.add_argument("--roster", choices=("full", "merkle"), default="full",
+                        help="with --stream/--server-process: roster delivery (SPEC.md"
+                             " 10.1a); 'merkle' sends each client only its neighbours'"
+                             " entries with inclusion proofs")
     parser.add_argument("--spill", action="store_true",
                         help="the server keeps R2's masked inputs in a temporary file")
     parser.add_argument("--unmask-workers", type=int, default=0,
@@ -496,6 +510,9 @@ def main() -> None:
                              " processes (their CPU time reported apart)")
     args = parser.parse_args()
     print(f"loadavg at start: {os.getloadavg()}", flush=True)
+    os.environ[_ROSTER_ENV] = args.roster
+    if args.roster != "full" and not (args.stream or args.server_process):
+        parser.error("--roster needs --stream or --server-process")
     if args.stream or args.server_process:
         rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process,
                                   profile=args.profile, unmask_workers=args.unmask_workers))

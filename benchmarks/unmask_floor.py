@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/unmask_floor.py [--n 500] [--m 100000] [--dropout 0.3]
                                     [--bits 31] [--repeat 3] [--workers W] [--designs]
-                                    [--profile] [--graph complete|harary]
+                                    [--profile] [--graph complete|harary] [--equal-tasks 4]
 
 One semi-honest session (complete graph, or with ``--graph harary`` the
 suite's sparse setting for ``n``) is run up to the moment the server holds
@@ -34,7 +34,11 @@ it estimates the ratio on an idle machine when the wall time cannot.
 With ``--designs`` no session is run: the same mask removal (random keys
 for the same numbers of survivors and dropped clients) is timed three ways,
 interleaved, and checked equal: ``whole``, the tasks run whole in processes
-(what ``unmask_pool`` does); ``split``, the keys derived in processes
+(what ``unmask_pool`` does: :func:`securefl.protocol.unmasking.plan`'s tasks
+of decreasing size); ``equal``, the same with ``--equal-tasks`` tasks of equal
+size per worker (the split used before); for these two the ``tail`` is also
+printed, the time between the last two tasks' results, when one worker has
+nothing left to do; ``split``, the keys derived in processes
 (:func:`securefl.protocol.unmasking.derive_keys`) and the AES spread over
 threads; ``main``, the keys derived on the calling thread and the AES spread
 over threads (the thread-pool path).
@@ -48,7 +52,7 @@ import os
 import pstats
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -71,6 +75,7 @@ from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.server import ServerSession
 from securefl.protocol.unmasking import (
     TASKS_PER_WORKER,
+    MaskSumTask,
     derive_keys,
     mask_sum,
     plan,
@@ -130,7 +135,40 @@ def _verdict(name: str, wall: float, cpu: float, load: float, floor: float,
           f" {floor * cores:.2f} CPU s")
 
 
-def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: int) -> None:
+def _equal_plan(tasks: Sequence[MaskSumTask], parts: int) -> list[MaskSumTask]:
+    """``tasks`` re-cut into ``parts`` tasks of equal mask counts (up to one)."""
+    first = tasks[0]
+    units = [("seed", u, s, None) for t in tasks for u, s in t.seeds]
+    units += [("pair", u, raw, v) for t in tasks for u, raw, vs in t.keys for v in vs]
+    public = {v: p for t in tasks for v, p in t.public.items()}
+    out = []
+    for i in range(parts):
+        piece = units[i * len(units) // parts:(i + 1) * len(units) // parts]
+        grouped: dict[tuple[int, bytes], list[int]] = {}
+        for kind, u, raw, v in piece:
+            if kind == "pair":
+                grouped.setdefault((u, raw), []).append(v)
+        out.append(MaskSumTask(
+            first.length, first.bits, first.session_id,
+            tuple((u, s) for kind, u, s, _ in piece if kind == "seed"),
+            tuple((u, raw, tuple(vs)) for (u, raw), vs in grouped.items()),
+            {v: public[v] for vs in grouped.values() for v in vs}))
+    return out
+
+
+def _in_order(pool: Any, tasks: Sequence[MaskSumTask], total: np.ndarray,
+              tails: list[float]) -> None:
+    """The tasks' partial sums added into ``total``, in the order they finish;
+    the gap between the last two appended to ``tails``."""
+    done = []
+    for future in as_completed([pool.submit(mask_sum, task) for task in tasks]):
+        np.add(total, future.result(), out=total)
+        done.append(time.perf_counter())
+    tails.append(done[-1] - done[-2] if len(done) > 1 else 0.0)
+
+
+def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: int,
+             equal_tasks: int) -> None:
     """The mask removal alone, three ways (see the module docstring)."""
     cores = os.cpu_count() or 1
     rng = default_random(None)
@@ -147,14 +185,20 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
     start_sum = np.random.default_rng(2).integers(0, 1 << bits, m, dtype=np.uint64).astype(
         expander.dtype)
     tasks = plan(m, bits, sid, seeds, keys, peers, public, workers * TASKS_PER_WORKER)
+    equal = _equal_plan(tasks, workers * equal_tasks)
+    tails: dict[str, list[float]] = {"whole": [], "equal": []}
 
     with ThreadPoolExecutor(workers) as threads, worker_pool(workers) as processes:
         pids = sorted(set(processes.map(_pid, range(8 * workers))))
 
         def whole() -> np.ndarray:
             total = start_sum.copy()
-            for part in processes.map(mask_sum, tasks):
-                np.add(total, part, out=total)
+            _in_order(processes, tasks, total, tails["whole"])
+            return expander.reduce(total)
+
+        def equal_split() -> np.ndarray:
+            total = start_sum.copy()
+            _in_order(processes, equal, total, tails["equal"])
             return expander.reduce(total)
 
         def split() -> np.ndarray:
@@ -173,13 +217,16 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
         loads: dict[str, float] = {}
         reference = None
         for r in range(repeat):
-            for name, fn in (("whole", whole), ("split", split), ("main", main_thread)):
+            for name, fn in (("whole", whole), ("equal", equal_split), ("split", split),
+                             ("main", main_thread)):
                 total, seconds, cpu, own, load = _timed(fn, pids)
                 if reference is None:
                     reference = total
                 assert np.array_equal(total, reference), f"{name}: a different sum"
                 print(f"  run {r + 1} {name:6s} {seconds:6.2f} s  cpu={cpu:6.2f} s (here"
-                      f" {own:.2f} s)  equal=True  load={load:.2f}", flush=True)
+                      f" {own:.2f} s)  equal=True  load={load:.2f}"
+                      + (f"  tail={tails[name][-1]:.3f} s" if name in tails else ""),
+                      flush=True)
                 if seconds < best.get(name, float("inf")):
                     best[name], loads[name] = seconds, load
                 cpus[name] = min(cpus.get(name, float("inf")), cpu)
@@ -191,6 +238,9 @@ def _designs(n: int, m: int, dropout: float, bits: int, repeat: int, workers: in
     floor = _floor(keystream, exchanges, cores, before, after)
     for name in best:
         _verdict(name, best[name], cpus[name], loads[name], floor, cores)
+    for name, values in tails.items():
+        print(f"{name:9s} {len(tasks) if name == 'whole' else len(equal)} tasks, tails (s):"
+              f" {', '.join(f'{t:.3f}' for t in sorted(values))}")
 
 
 def _load() -> float:
@@ -237,11 +287,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--graph", choices=("complete", "harary"), default="complete")
     parser.add_argument("--designs", action="store_true")
+    parser.add_argument("--equal-tasks", type=int, default=4,
+                        help="with --designs: equal tasks per worker of the 'equal' split")
     parser.add_argument("--profile", action="store_true",
                         help="print where this process spends the first timed close")
     args = parser.parse_args()
     if args.designs:
-        _designs(args.n, args.m, args.dropout, args.bits, args.repeat, args.workers)
+        _designs(args.n, args.m, args.dropout, args.bits, args.repeat, args.workers,
+                 args.equal_tasks)
         return
     n, m, bits, workers = args.n, args.m, args.bits, args.workers
     cores = os.cpu_count() or 1

@@ -101,6 +101,9 @@ CONFIGS = {
                            mode=SecurityMode.ACTIVE),
     "harary": SecAggConfig(num_clients=6, vector_length=3, bits=12, threshold=3,
                            graph=HararyGraph(4)),
+    "harary-merkle": SecAggConfig(num_clients=8, vector_length=3, bits=16, threshold=3,
+                                  mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
+                                  roster_delivery="merkle"),
 }
 
 

@@ -35,9 +35,11 @@ from securefl.hazmat.kdf import LABEL_PREFIX, derive_key, hkdf_sha256, kdf_info
 from securefl.hazmat.prg import MaskExpander
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import derivation as d
+from securefl.protocol import merkle
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.harary import HararyGraph, ring_order
 from securefl.protocol.inmemory import Driver
+from securefl.protocol.messages import AdvertiseKeys
 from securefl.protocol.noise import NoisePlan
 from securefl.wire import decode
 
@@ -389,6 +391,85 @@ def graph_vectors() -> dict[str, Any]:
                  notes, groups)
 
 
+def merkle_vectors() -> dict[str, Any]:
+    """The Merkle commitment of sparse roster delivery (SPEC.md 10.1a): leaf
+    hashes of roster entries, and RFC 9162 inclusion proofs, valid and not."""
+    rng = _rng("merkle")
+    leaf_tests = []
+    for components in (0, 2):
+        entry = AdvertiseKeys(int.from_bytes(rng.token_bytes(3), "big") + 1,
+                              rng.token_bytes(32), rng.token_bytes(32), None,
+                              rng.token_bytes(32), tuple(rng.token_bytes(32)
+                                                         for _ in range(components)))
+        leaf_tests.append({"comment": f"{components} noise commitments", "flags": [],
+                           "sender": entry.sender, "encryptionKey": entry.encryption_key.hex(),
+                           "maskingKey": entry.masking_key.hex(),
+                           "seedCommitment": entry.seed_commitment.hex(),
+                           "noiseCommitments": [c.hex() for c in entry.noise_commitments],
+                           "leaf": merkle.leaf_hash(entry).hex(), "result": "valid"})
+    plain = AdvertiseKeys(7, bytes(32), bytes(32), None, bytes(32))
+    unlabelled = hashlib.sha256(b"\0" + struct.pack(">I", 7) + bytes(96)).digest()
+    leaf_tests.append({"comment": "RFC 6962's 0x00 leaf prefix instead of the roster-leaf label",
+                       "flags": ["WrongLabel"], "sender": 7, "encryptionKey": bytes(32).hex(),
+                       "maskingKey": bytes(32).hex(), "seedCommitment": bytes(32).hex(),
+                       "noiseCommitments": [], "leaf": unlabelled.hex(), "result": "invalid"})
+    assert merkle.leaf_hash(plain) != unlabelled
+    proof_tests = []
+    for size in (1, 2, 3, 5, 8, 13):
+        leaves = [rng.token_bytes(32) for _ in range(size)]
+        tree = merkle.RosterTree(leaves)
+        for index in sorted({0, size // 2, size - 1}):
+            proof_tests.append(_proof_test("", [], leaves[index], index, size,
+                                           tree.proof(index), tree.root, "valid"))
+        index = size // 2
+        path = list(tree.proof(index))
+        bad: list[tuple[str, str, int, int, list[bytes], bytes]] = [
+            ("index equal to the size", "IndexOutOfRange", size, size, path, leaves[index]),
+            ("one more hash in the path", "PathLength", index, size,
+             [*path, leaves[0]], leaves[index])]
+        if path:
+            flipped = [bytes([path[0][0] ^ 1]) + path[0][1:], *path[1:]]
+            bad += [("one bit of the path flipped", "BitFlip", index, size, flipped,
+                     leaves[index]),
+                    ("the last hash of the path left out", "PathLength", index, size,
+                     path[:-1], leaves[index])]
+        if size > 1:
+            other = (index + 1) % size
+            bad.append(("the leaf at another index", "WrongIndex", other, size, path,
+                        leaves[index]))
+        for comment, flag, i, n, p, leaf in bad:
+            assert not merkle.verify_inclusion(leaf, i, n, p, tree.root)
+            proof_tests.append(_proof_test(comment, [flag], leaf, i, n, p, tree.root,
+                                           "invalid"))
+    notes = {
+        "WrongLabel": _note("DOMAIN_SEPARATION", "Leaves and inner nodes are hashed under"
+                            " their own labels, so neither can be read as the other."),
+        "IndexOutOfRange": _note("MISSING_CHECK", "RFC 9162 2.1.3.2 step 1: an index at or"
+                                 " past the tree size fails."),
+        "PathLength": _note("MISSING_CHECK", "A path longer or shorter than the leaf's path"
+                            " fails (sn must reach 0 exactly when the path ends)."),
+        "BitFlip": _note("MODIFIED_PROOF", "Any change of a path hash fails."),
+        "WrongIndex": _note("WRONG_POSITION", "A leaf's proof does not verify at another"
+                            " index: the index is the sender's rank in the roster."),
+    }
+    return _file("Merkle commitment of a key roster (sparse roster delivery)",
+                 "merkle_test.schema.json",
+                 ["leaf = SHA-256('securefl/secagg/v1/roster-leaf' || u32(sender) || c_pk ||"
+                  " s_pk || seed_commitment || noise commitments); node = SHA-256("
+                  "'securefl/secagg/v1/roster-node' || left || right); the tree and the"
+                  " inclusion proofs are RFC 9162's (2.1.1, 2.1.3).  valid: the leaf hash"
+                  " MUST be produced, the proof MUST verify; invalid: it MUST NOT."],
+                 notes, [{"type": "MerkleLeafTest", "tests": leaf_tests},
+                         {"type": "MerkleInclusionTest", "tests": proof_tests}])
+
+
+def _proof_test(comment: str, flags: list[str], leaf: bytes, index: int, size: int,
+                path: Any, root: bytes, result: str) -> dict[str, Any]:
+    return {"comment": comment, "flags": flags, "leaf": leaf.hex(), "index": index,
+            "treeSize": size, "inclusionPath": [h.hex() for h in path], "root": root.hex(),
+            "result": result}
+
+
 # -- whole rounds -------------------------------------------------------------
 
 
@@ -645,6 +726,18 @@ def round_vectors() -> dict[str, dict[str, Any]]:
             SecAggConfig(num_clients=8, vector_length=4, bits=10, threshold=3, mode=semi,
                          graph=HararyGraph(4), context=b"vectors: harary"),
             {8: Round.SHARE_KEYS, 3: Round.MASKED_INPUT_COLLECTION}),
+        "round_active_harary_merkle": round_vector(
+            "active-harary-merkle",
+            "Sparse roster delivery (SPEC.md [MRK-1]..[MRK-9]): active mode, seven clients"
+            " on a Harary graph of degree 4, threshold 3, 16-bit ring, roster_delivery"
+            " 'merkle'.  Each client receives a SparseKeyRoster: the id bitmap, the Merkle"
+            " root of every entry, and only its own and its 4 neighbours' signed entries,"
+            " each with its RFC 9162 inclusion proof; the session id binds the bitmap and"
+            " the root.  Client 6 never advertises (the bitmap leaves it out).",
+            SecAggConfig(num_clients=7, vector_length=2, bits=16, threshold=3,
+                         mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
+                         context=b"vectors: merkle roster", roster_delivery="merkle"),
+            {6: Round.ADVERTISE_KEYS}),
         "round_noise_active_dropouts": round_vector(
             "noise-active-dropouts",
             "Distributed Skellam noise (SPEC.md section 16): active mode (removable plans"
@@ -665,7 +758,8 @@ def round_vectors() -> dict[str, dict[str, Any]]:
 def generate(out_dir: Path) -> list[Path]:
     """Write every vector file into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"graph_test": graph_vectors(), "kdf_test": kdf_vectors(), "prg_test": prg_vectors(),
+    files = {"graph_test": graph_vectors(), "merkle_test": merkle_vectors(),
+             "kdf_test": kdf_vectors(), "prg_test": prg_vectors(),
              "shamir_test": shamir_vectors(), "aead_test": aead_vectors(), **round_vectors()}
     paths = []
     for stem, data in files.items():

@@ -89,6 +89,20 @@ class Rule(str, enum.Enum):
     its masked input reported as excluded: it masked with that peer, so the
     complaint was forged in transit (or the client lied); the round aborts,
     since the sum would be wrong (SPEC [R4-12])."""
+    ROSTER_ID_SET_INVALID = "roster-id-set-invalid"
+    """With ``roster_delivery="merkle"``: the roster's id bitmap is not one
+    bit per invited id (``ceil(n/8)`` bytes) or sets a bit past them, so it
+    names no set of invited clients (SPEC [MRK-4])."""
+    ROSTER_NOT_NEIGHBOURS = "roster-entries-not-exactly-the-neighbours"
+    """With ``roster_delivery="merkle"``: the sparse roster does not carry
+    exactly the recipient's own entry and its neighbours' (on the graph the
+    id set and the session id fix): an entry is missing or one of another
+    client was added; the peer named is that client (SPEC [MRK-5])."""
+    ROSTER_PROOF_INVALID = "roster-inclusion-proof-invalid"
+    """With ``roster_delivery="merkle"``: an entry's inclusion proof does not
+    verify (RFC 9162 section 2.1.3.2) at its sender's leaf index against the
+    roster root the session id binds: the entry is not the one committed
+    (altered, substituted, or the proof of another leaf; SPEC [MRK-6])."""
     STORE_FAILED = "masked-input-store-failed"
     """The server's masked-input store (:mod:`securefl.protocol.storage`)
     failed: a masked input could not be kept (the message is refused, the

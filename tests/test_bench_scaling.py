@@ -18,7 +18,8 @@ from securefl.bench import scaling
 
 RESULT_FIELDS = {"wall_seconds", "cpu_seconds", "input_seconds", "server_seconds",
                  "transport_seconds", "clients_seconds", "plain_sum_seconds", "bytes_up_per_client",
-                 "bytes_down_per_client", "survivors", "exact", "peak_rss_mb"}
+                 "bytes_down_per_client", "survivors", "exact", "peak_rss_mb",
+                 "minor_faults"}
 
 
 def _strict(text: str) -> Any:

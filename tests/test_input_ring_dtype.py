@@ -33,7 +33,8 @@ def test_client_keeps_its_input_in_the_ring_dtype() -> None:
     client = ClientSession(config, 1)
     given_vector = np.array([1, 2, 4095, 0], dtype=np.uint64)
     client.provide_input(given_vector)
-    held = client._input  # the private copy the client masks in R2
+    # the private copy the client masks in R2 (a SealableVector's working array)
+    held = client._input.array if client._input is not None else None
     assert held is not None and held.dtype == np.uint16
     assert held.tolist() == [1, 2, 4095, 0]
     given_vector[0] = 7  # the caller reusing its buffer does not change the input

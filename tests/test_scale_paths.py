@@ -357,3 +357,41 @@ def test_a_different_survivor_list_in_the_answered_slot_still_aborts() -> None:
                               IdTuple(sorted([*dropped, moved])))
     with pytest.raises(RemoteProtocolError):
         client.handle(forged)
+
+
+def _reference_varints(raw: bytes) -> list[int] | None:
+    """Packed varints read one byte at a time, with the fast path's rules
+    (minimal, at most 5 bytes, below 2^32, ends on a boundary)."""
+    out, value, shift, size = [], 0, 0, 0
+    for byte in raw:
+        value |= (byte & 0x7F) << shift
+        shift, size = shift + 7, size + 1
+        if not byte & 0x80:
+            if size > 5 or (size > 1 and byte == 0) or value >= 1 << 32:
+                return None
+            out.append(value)
+            value, shift, size = 0, 0, 0
+    return None if size else out
+
+
+@FAST
+@given(raw=st.lists(st.one_of(st.integers(0, 2**35).map(codec._encode_varint),
+                              st.binary(min_size=1, max_size=7)), max_size=40).map(b"".join),
+       per_pass=st.integers(1, 9))
+def test_packed_varints_read_in_passes_are_the_byte_by_byte_reading(
+        raw: bytes, per_pass: int) -> None:
+    """``_unpack_varints`` works in passes of ``_VARINT_PASS`` varints (a
+    long id list costs a bounded extra, not 40 bytes a byte); whatever the
+    pass size, it reads exactly what a byte-by-byte reader reads, and refuses
+    (None) exactly what that reader refuses, wherever the bad varint falls."""
+    expected = _reference_varints(raw)
+    saved = codec._VARINT_PASS
+    try:
+        codec._VARINT_PASS = per_pass
+        got = codec._unpack_varints(raw)
+    finally:
+        codec._VARINT_PASS = saved
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got.tolist() == expected

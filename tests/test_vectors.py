@@ -49,7 +49,8 @@ def test_the_vector_set_covers_what_the_spec_promises() -> None:
     assert {"ADVERTISE_KEYS", "SHARE_KEYS", "MASKED_INPUT_COLLECTION", "UNMASKING",
             "CONSISTENCY_CHECK"} <= stages
     assert any(not op["success"] for r in rounds for op in r["operations"])
-    assert sum(p.stat().st_size for p in FILES) < 512_000  # keep the repository small
+    # keep the repository small (raised from 512 kB for the Merkle-roster vectors)
+    assert sum(p.stat().st_size for p in FILES) < 680_000
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

@@ -94,24 +94,28 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
             + b"".join(struct.pack(">I", i) for i in sorted(c["clientIds"]))
             + struct.pack(">I", len(graph)) + graph + struct.pack(">I", len(context)) + context
             + struct.pack(">I", max(c["threshold"], c["minSurvivors"]))
-            + _noise_plan_bytes(c)
+            + _noise_plan_bytes(c) + _roster_delivery_bytes(c)
         ).digest()
         assert digest.hex() == c["digest"], path.name
         roster_op = next(op for op in data["operations"] if op["op"] == "server_close_round")
-        roster = pb.SecAggMessage.FromString(
-            bytes.fromhex(roster_op["outputs"][0]["message"])).key_roster
-        assert roster.config_digest == digest
-        sid = hashlib.sha256(
-            b"securefl/secagg/v1/session-id" + digest + struct.pack(">I", len(roster.entries))
-            + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
-                       + e.seed_commitment + b"".join(e.noise_commitments)
-                       for e in roster.entries)).digest()
+        if c.get("rosterDelivery") == "merkle":
+            sid, entries = _merkle_session_id(roster_op, digest, sorted(c["clientIds"]))
+        else:
+            roster = pb.SecAggMessage.FromString(
+                bytes.fromhex(roster_op["outputs"][0]["message"])).key_roster
+            assert roster.config_digest == digest
+            sid = hashlib.sha256(
+                b"securefl/secagg/v1/session-id" + digest
+                + struct.pack(">I", len(roster.entries))
+                + b"".join(struct.pack(">I", e.sender) + e.encryption_key + e.masking_key
+                           + e.seed_commitment + b"".join(e.noise_commitments)
+                           for e in roster.entries)).digest()
+            entries = {e.sender: e for e in roster.entries}
         shares_op = next(op for op in data["operations"] if op["op"] == "client_handle")
         shares = pb.SecAggMessage.FromString(bytes.fromhex(shares_op["output"]))
         assert shares.encrypted_shares.session_id == sid, path.name
         # every advertised seed commitment is [R0-10], and the masking key is the
         # public key of the clamped scalar [SSS-5] that was shared
-        entries = {e.sender: e for e in roster.entries}
         for client in data["clients"]:
             if "selfMaskSeed" not in client:
                 continue
@@ -144,6 +148,65 @@ def test_config_digest_and_session_id_match_the_spec() -> None:
                 key = hkdf(bytes.fromhex(seed), spec_info("noise/excess", 1, sid,
                                                           [client["id"], j]))
                 assert key.hex() == client["excessNoiseKeys"][j]
+
+
+def _roster_delivery_bytes(c: dict) -> bytes:  # type: ignore[type-arg]
+    """SPEC [MRK-1]: appended to the digest input only for a delivery other than full."""
+    delivery = c.get("rosterDelivery", "full")
+    if delivery == "full":
+        return b""
+    return b"roster-delivery" + struct.pack(">I", len(delivery)) + delivery.encode()
+
+
+def _spec_node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"securefl/secagg/v1/roster-node" + left + right).digest()
+
+
+def _spec_verify(leaf: bytes, index: int, size: int, path: bytes, root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2, as SPEC [MRK-6] cites it."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for i in range(0, len(path), 32):
+        p = path[i:i + 32]
+        if sn == 0:
+            return False
+        if fn % 2 == 1 or fn == sn:
+            r = _spec_node(p, r)
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = _spec_node(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root
+
+
+def _merkle_session_id(roster_op: dict, digest: bytes,  # type: ignore[type-arg]
+                       invited: list[int]) -> tuple[bytes, dict]:  # type: ignore[type-arg]
+    """SPEC [MRK-2]..[MRK-6]: every client's sparse roster carries the same
+    bitmap and root, every entry verifies at its sender's rank, and the
+    session id is [MRK-3]'s."""
+    sparse = [pb.SecAggMessage.FromString(bytes.fromhex(o["message"])).sparse_key_roster
+              for o in roster_op["outputs"]]
+    assert len({(r.id_bitmap, r.root) for r in sparse}) == 1
+    bitmap, root = sparse[0].id_bitmap, sparse[0].root
+    assert len(bitmap) == (len(invited) + 7) // 8
+    ids = [u for i, u in enumerate(invited) if bitmap[i // 8] >> (7 - i % 8) & 1]
+    entries = {}
+    for r in sparse:
+        assert r.config_digest == digest
+        for p in r.entries:
+            e = p.entry
+            leaf = hashlib.sha256(
+                b"securefl/secagg/v1/roster-leaf" + struct.pack(">I", e.sender)
+                + e.encryption_key + e.masking_key + e.seed_commitment
+                + b"".join(e.noise_commitments)).digest()
+            assert _spec_verify(leaf, ids.index(e.sender), len(ids), p.inclusion_path, root)
+            entries[e.sender] = e
+    assert set(entries) == set(ids)
+    sid = hashlib.sha256(b"securefl/secagg/v1/session-id-merkle" + digest
+                         + struct.pack(">I", len(ids)) + bitmap + root).digest()
+    return sid, entries
 
 
 def _noise_plan_bytes(c: dict) -> bytes:  # type: ignore[type-arg]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -143,6 +144,7 @@ class RoundTimings:
     exact: bool = False
     survivors: int = 0
     input_seconds: float = 0.0  # making lazy inputs during the round (not in wall_seconds)
+    minor_faults: int = 0  # page faults of the round (getrusage ru_minflt), inputs' left out
 
     @property
     def server_total(self) -> float:
@@ -208,7 +210,11 @@ class _TimedDriver(SessionDriver):
                send: bool = True) -> dict[int, Any]:
         """As :meth:`Driver.answer`, but in the masked-input round every reply
         goes to the server as soon as it is made and is not kept in
-        :attr:`sent`: at most one masked vector is in transit at a time."""
+        :attr:`sent`: at most one masked vector is in transit at a time.  This
+        driver is its clients' only transport and never repeats a message, so
+        each client then forgets its sent reply
+        (:meth:`ClientSession.release_masked_input`, as ``secure_sum``'s
+        driver does): the server's copies are the only masked vectors kept."""
         rnd = self.round
         if rnd is not Round.MASKED_INPUT_COLLECTION or not send or skip or replace:
             return super().answer(skip, replace=replace, send=send)
@@ -217,6 +223,7 @@ class _TimedDriver(SessionDriver):
                 delivered = self.to_client(rnd, c, message)
                 if delivered is not None:
                     self._deliver(rnd, c, self.client_handle(rnd, c, delivered))
+                    self.clients[c].release_masked_input()
         self.pending = {}
         return {}
 
@@ -258,6 +265,11 @@ class _TimedDriver(SessionDriver):
         server[rnd.name] = server.get(rnd.name, 0.0) + seconds
 
 
+def _minor_faults() -> int:
+    """This process's minor page faults so far (first touches of memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class SeededInputs(Mapping[int, np.ndarray]):
     """Deterministic pseudo-random inputs, made afresh on every access.
 
@@ -266,7 +278,9 @@ class SeededInputs(Mapping[int, np.ndarray]):
     ``bits`` bits, so a round over ``n`` clients need not hold ``n`` inputs:
     the driver asks for one when that client masks, the exactness check asks
     again.  :attr:`seconds` and :attr:`cpu_seconds` add up the time spent
-    making them, which :func:`run_round` leaves out of the round's time.
+    making them, which :func:`run_round` leaves out of the round's time, and
+    :attr:`minor_faults` the page faults taken meanwhile (left out of the
+    round's count).
     """
 
     def __init__(self, ids: Iterable[int], m: int, bits: int, seed: int = 1) -> None:
@@ -276,15 +290,17 @@ class SeededInputs(Mapping[int, np.ndarray]):
         self._dtype = ring_dtype(bits)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
+        self.minor_faults = 0
 
     def __getitem__(self, cid: int) -> np.ndarray:
         if cid not in self._members:
             raise KeyError(cid)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults()
         gen = np.random.default_rng((self._seed, cid))
         vector = gen.integers(0, 1 << self._bits, self._m, dtype=self._dtype)
         self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.process_time() - cpu
+        self.minor_faults += _minor_faults() - faults
         return vector
 
     def __iter__(self) -> Iterator[int]:
@@ -330,13 +346,17 @@ def run_round(n: int, m: int, *, dropout: float = 0.0,
             driver.server = ServerSession(config, executor=pool, unmask_pool=processes,
                                           workers=workers)
         made = inputs.seconds if isinstance(inputs, SeededInputs) else 0.0
+        made_faults = inputs.minor_faults if isinstance(inputs, SeededInputs) else 0
+        faults = _minor_faults()
         wall_start = time.perf_counter()
         driver.run()
         timings.wall_seconds = time.perf_counter() - wall_start
+        timings.minor_faults = _minor_faults() - faults
         if isinstance(inputs, SeededInputs):
             # making the benchmark's inputs is not part of the round
             timings.input_seconds = inputs.seconds - made
             timings.wall_seconds -= timings.input_seconds
+            timings.minor_faults -= inputs.minor_faults - made_faults
     per_client, up, down = driver.per_client, driver.up, driver.down
     result = driver.result
     plain = np.zeros(m, dtype=np.uint64)

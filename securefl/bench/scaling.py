@@ -146,6 +146,8 @@ def measure(cell: Cell, workers: int = 1) -> dict[str, Any]:
         "transport_seconds": r.transport_seconds,
         "clients_seconds": r.clients_sum,
         "plain_sum_seconds": r.plain_sum_seconds,
+        # first touches of memory during the round (the inputs' left out)
+        "minor_faults": r.minor_faults,
         "bytes_up_per_client": r.bytes_up_per_client,
         "bytes_down_per_client": r.bytes_down_per_client,
         "survivors": r.survivors,
@@ -245,7 +247,8 @@ def _line(row: dict[str, Any]) -> str:
         return f"{head}: skipped ({r['skipped']})"
     return (f"{head}: {r['wall_seconds']:.2f} s ({row['wall_over_floor']:.1f}x floor),"
             f" peak {r['peak_rss_mb']:.0f} MB, up {r['bytes_up_per_client'] / 1e3:,.1f} KB,"
-            f" down {r['bytes_down_per_client'] / 1e3:,.1f} KB per client, exact={r['exact']}")
+            f" down {r['bytes_down_per_client'] / 1e3:,.1f} KB per client,"
+            f" {r.get('minor_faults', 0):,} page faults, exact={r['exact']}")
 
 
 def _thp_settings() -> dict[str, str | None]:

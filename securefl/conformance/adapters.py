@@ -49,13 +49,15 @@ from securefl.protocol.messages import (
     KeyRoster,
     MaskedInput,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
 from securefl.protocol.server import ServerSession
 from securefl.wire import decode, encode
 
-SERVER_MESSAGES = (KeyRoster, ShareDelivery, ConsistencyRequest, UnmaskingRequest)
+SERVER_MESSAGES = (KeyRoster, SparseKeyRoster, ShareDelivery, ConsistencyRequest,
+                   UnmaskingRequest)
 CLIENT_MESSAGES = (AdvertiseKeys, EncryptedShares, MaskedInput, ConsistencySignature,
                    UnmaskingResponse)
 
@@ -186,6 +188,12 @@ class Primitives(Protocol):
         """Every roster member's neighbours, ascending (SPEC.md 3.5)."""
         ...
 
+    # Optional (sparse roster delivery, SPEC.md 10.1a; the cases are skipped
+    # without them): ``roster_leaf(sender, encryption_key, masking_key,
+    # seed_commitment, noise_commitments) -> bytes``, the Merkle leaf hash of
+    # an entry, and ``roster_inclusion(leaf, index, tree_size, path, root) ->
+    # bool``, RFC 9162 inclusion proof verification.
+
 
 # -- securefl's own adapters -----------------------------------------------
 
@@ -305,6 +313,21 @@ class SecureFLPrimitives:
 
         mapping = graph_from_text(graph).neighbours(tuple(roster), session_id)
         return {c: sorted(v) for c, v in mapping.items()}
+
+    def roster_leaf(self, sender: int, encryption_key: bytes, masking_key: bytes,
+                    seed_commitment: bytes, noise_commitments: list[bytes]) -> bytes:
+        """The Merkle leaf hash of a roster entry (SPEC.md [MRK-2])."""
+        from securefl.protocol.merkle import leaf_hash
+
+        return leaf_hash(AdvertiseKeys(sender, encryption_key, masking_key, None,
+                                       seed_commitment, tuple(noise_commitments)))
+
+    def roster_inclusion(self, leaf: bytes, index: int, tree_size: int, path: list[bytes],
+                         root: bytes) -> bool:
+        """Does the RFC 9162 inclusion proof verify (SPEC.md [MRK-6])?"""
+        from securefl.protocol.merkle import verify_inclusion
+
+        return verify_inclusion(leaf, index, tree_size, path, root)
 
 
 class _Replay:

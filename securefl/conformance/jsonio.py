@@ -43,6 +43,8 @@ def config_to_json(config: SecAggConfig) -> dict[str, Any]:
                         "tolerance": config.noise.tolerance}
         if config.noise.noisy_length is not None:  # (only when set: older files unchanged)
             out["noise"]["noisyLength"] = config.noise.noisy_length
+    if config.roster_delivery != "full":  # (only when not the default: older files unchanged)
+        out["rosterDelivery"] = config.roster_delivery
     return out
 
 
@@ -50,6 +52,7 @@ _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
     "numClients": (int,), "vectorLength": (int,), "bits": (int,), "threshold": (int,),
     "mode": (str,), "clientIds": (list,), "graph": (str,), "context": (str,),
     "minSurvivors": (int, type(None)), "digest": (str,), "noise": (dict,),
+    "rosterDelivery": (str,),
 }
 _CONFIG_REQUIRED = ("numClients", "vectorLength", "bits", "threshold", "mode", "clientIds")
 
@@ -83,6 +86,7 @@ def config_from_json(data: dict[str, Any]) -> SecAggConfig:
         threshold=data["threshold"], mode=mode, client_ids=data["clientIds"],
         graph=graph_from_text(data.get("graph", "complete")), context=context,
         min_survivors=data.get("minSurvivors"), noise=_noise_from_json(data.get("noise")),
+        roster_delivery=data.get("rosterDelivery", "full"),
     )
     if "digest" in data and config.digest().hex() != data["digest"]:
         raise ConfigurationError("configuration digest in the vector file does not match")

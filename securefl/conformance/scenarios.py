@@ -44,7 +44,9 @@ from securefl.protocol.messages import (
     ConsistencySignature,
     KeyRoster,
     MaskedInput,
+    ProvenEntry,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -64,6 +66,10 @@ ACTIVE_HARARY = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=
                              mode=SecurityMode.ACTIVE, graph=HararyGraph(4),
                              context=b"conformance")
 """Active mode on a sparse graph: t = 3, signature quorum 7 - 4 + 1 = 4 ([PARAM-7])."""
+MERKLE = SecAggConfig(num_clients=7, vector_length=6, bits=16, threshold=3,
+                      graph=HararyGraph(4), context=b"conformance", roster_delivery="merkle")
+"""Sparse roster delivery (SPEC.md section 10.1a): each client gets its own and
+its 4 neighbours' entries with inclusion proofs."""
 NOISE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
                      context=b"conformance", noise=NoisePlan(0.0, tolerance=0.05))
 """A noise plan (SPEC.md section 16) with J = 2 excess seeds a client, of variance 0 so
@@ -225,6 +231,55 @@ def c_roster(edit: Callable[[KeyRoster], KeyRoster], rule: Rule, what: str,
         assert isinstance(roster, KeyRoster)
         w.client_refuses(encode(edit(roster)), rule, what)
     return run
+
+
+def c_sparse(edit: Callable[[World, SparseKeyRoster], SparseKeyRoster], rule: Rule,
+             what: str) -> Callable[[Target], None]:
+    """A tampered sparse roster (SPEC.md 10.1a) is refused."""
+    def run(target: Target) -> None:
+        w = _client_world(target, MERKLE)
+        w.run_to(Round.SHARE_KEYS)
+        roster = decode(w.pending[UNDER_TEST])
+        if not isinstance(roster, SparseKeyRoster):
+            raise CaseFailedError("the reference server did not send a sparse roster")
+        w.client_refuses(encode(edit(w, roster)), rule, what)
+    return run
+
+
+def _entries_without(r: SparseKeyRoster, sender: int) -> tuple[ProvenEntry, ...]:
+    return tuple(p for p in r.entries if p.entry.sender != sender)
+
+
+def _neighbour_of(r: SparseKeyRoster) -> int:
+    return next(p.entry.sender for p in r.entries if p.entry.sender != r.recipient)
+
+
+def _bad_proof(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    v = _neighbour_of(r)
+    p = next(p for p in r.entries if p.entry.sender == v)
+    first = bytes([p.inclusion_path[0][0] ^ 1]) + p.inclusion_path[0][1:]
+    bad = ProvenEntry(p.entry, (first, *p.inclusion_path[1:]))
+    return dataclasses.replace(r, entries=tuple(sorted(
+        (*_entries_without(r, v), bad), key=lambda q: q.entry.sender)))
+
+
+def _missing_neighbour(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    return dataclasses.replace(r, entries=_entries_without(r, _neighbour_of(r)))
+
+
+def _extra_entry(w: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    mine = {p.entry.sender for p in r.entries}
+    # a non-neighbour's genuine entry and proof, from another client's roster
+    extra = next(p for c, data in sorted(w.pending.items()) if c != UNDER_TEST
+                 for p in decode(data).entries  # type: ignore[union-attr]
+                 if p.entry.sender not in mine)
+    return dataclasses.replace(r, entries=tuple(sorted(
+        (*r.entries, extra), key=lambda q: q.entry.sender)))
+
+
+def _padding_bit(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    # 7 invited ids: the last bit of the one byte is padding
+    return dataclasses.replace(r, id_bitmap=bytes([r.id_bitmap[0] | 1]))
 
 
 def _with_entry(r: KeyRoster, index: int, **changes: Any) -> KeyRoster:
@@ -972,6 +1027,18 @@ def scenario_cases() -> list[Case]:
         _s("9.3", 3, "server refuses a masked vector at the wrong element width",
            s_round(MIC, _masked(lambda v: v.astype("<u4")), R.MALFORMED,
                    "4-byte elements in a 16-bit ring")),
+        # 10.1 (section 10.1a): sparse roster delivery, cases 21..25
+        _c("10.1", 21, "client takes part in a whole round with sparse roster delivery",
+           c_honest(MERKLE)),
+        _c("10.1", 22, "client refuses a neighbour's entry whose inclusion proof is altered",
+           c_sparse(_bad_proof, R.ROSTER_PROOF_INVALID, "a proof with one bit flipped")),
+        _c("10.1", 23, "client refuses a sparse roster leaving out a neighbour",
+           c_sparse(_missing_neighbour, R.ROSTER_NOT_NEIGHBOURS, "a neighbour's entry removed")),
+        _c("10.1", 24, "client refuses a sparse roster with a non-neighbour's entry",
+           c_sparse(_extra_entry, R.ROSTER_NOT_NEIGHBOURS,
+                    "a non-neighbour's genuine entry and proof added")),
+        _c("10.1", 25, "client refuses an id bitmap with a bit past the invited ids",
+           c_sparse(_padding_bit, R.ROSTER_ID_SET_INVALID, "a padding bit set")),
         # 10.1: advertise keys and the roster
         _s("10.1", 1, "server refuses an advertisement from an uninvited client",
            s_advert(_unknown_sender, R.UNKNOWN_PEER, "sender 99")),

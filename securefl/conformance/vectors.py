@@ -19,7 +19,7 @@ from securefl.conformance.jsonio import DEFAULT_VECTOR_DIR, config_from_json, lo
 from securefl.errors import AbortError, ConfigurationError, ProtocolError, Rule
 
 SECTION_OF_FILE = {"graph_test": "3.5", "kdf_test": "4", "prg_test": "5", "shamir_test": "6",
-                   "aead_test": "7"}
+                   "aead_test": "7", "merkle_test": "10.1"}
 
 
 def vector_cases(directory: Path = DEFAULT_VECTOR_DIR) -> list[Case]:
@@ -130,6 +130,11 @@ _TEST_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
                       "plaintext": "hex"}),
     "HararyGraphTest": ({"graph": "str"}, {"roster": "ints", "sessionId": "hex",
                                            "neighbours": "neighbours"}),
+    "MerkleLeafTest": ({}, {"sender": "int", "encryptionKey": "hex", "maskingKey": "hex",
+                            "seedCommitment": "hex", "noiseCommitments": "hexes",
+                            "leaf": "hex"}),
+    "MerkleInclusionTest": ({}, {"leaf": "hex", "index": "int", "treeSize": "int",
+                                 "inclusionPath": "hexes", "root": "hex"}),
 }
 _OP_FIELDS: dict[str, dict[str, str]] = {
     "client_start": {"client": "int", "output": "hex"},
@@ -283,9 +288,39 @@ def _graph(p: Primitives, group: dict[str, Any], t: dict[str, Any]) -> None:
         expected, t["result"] == "valid", "neighbours")
 
 
+def _optional(p: Primitives, name: str) -> Callable[..., Any]:
+    method = getattr(p, name, None)
+    if not callable(method):
+        raise CaseSkippedError(f"the primitives adapter has no {name} (sparse roster"
+                               " delivery, SPEC.md 10.1a, is optional)")
+    return method  # type: ignore[no-any-return]
+
+
+def _merkle_leaf(p: Primitives, _: dict[str, Any], t: dict[str, Any]) -> None:
+    leaf = _optional(p, "roster_leaf")
+    _outcome(lambda: leaf(t["sender"], bytes.fromhex(t["encryptionKey"]),
+                          bytes.fromhex(t["maskingKey"]), bytes.fromhex(t["seedCommitment"]),
+                          [bytes.fromhex(c) for c in t["noiseCommitments"]]),
+             bytes.fromhex(t["leaf"]), t["result"] == "valid", "leaf hash")
+
+
+def _merkle_inclusion(p: Primitives, _: dict[str, Any], t: dict[str, Any]) -> None:
+    verify = _optional(p, "roster_inclusion")
+    try:
+        ok = verify(bytes.fromhex(t["leaf"]), t["index"], t["treeSize"],
+                    [bytes.fromhex(h) for h in t["inclusionPath"]], bytes.fromhex(t["root"]))
+    except Exception:  # a rejection, whatever its type
+        ok = False
+    valid = t["result"] == "valid"
+    if ok is not valid:
+        verdict = "refused a valid" if valid else "accepted an invalid"
+        raise CaseFailedError(f"{verdict} inclusion proof ({', '.join(t['flags'])})")
+
+
 _CHECKS: dict[str, Callable[[Primitives, dict[str, Any], dict[str, Any]], None]] = {
     "HararyGraphTest": _graph, "KdfTest": _kdf, "PrgTest": _prg, "ShamirShareTest": _shamir,
-    "ShamirReconstructTest": _shamir, "AeadTest": _aead,
+    "ShamirReconstructTest": _shamir, "AeadTest": _aead, "MerkleLeafTest": _merkle_leaf,
+    "MerkleInclusionTest": _merkle_inclusion,
 }
 
 

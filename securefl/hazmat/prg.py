@@ -9,7 +9,10 @@ The keystream is AES-256-CTR under a 32-byte derived key with an all-zero
 Because 2^k divides 2^(8w), masks may be added and subtracted in the native
 ``uint{8w}`` dtype with wrap-around and reduced mod 2^k once at the end; this
 is what :class:`MaskExpander` does, chunk by chunk, into reused buffers, so
-the hot path allocates nothing per call.
+the hot path allocates nothing per call.  In Z_2 (``k = 1``) adding or
+subtracting a mask is XOR-ing bit 0 of each byte, which is what AES-CTR
+encryption does to its input: there the accumulator is encrypted under each
+key instead (see :meth:`MaskExpander._xor_segment`), with no ring addition.
 """
 
 from __future__ import annotations
@@ -81,11 +84,12 @@ class MaskExpander:
         self._zeros = _zero_bytes(chunk)
         self._out = bytearray(chunk + _BLOCK - 1)
         self._view = np.frombuffer(self._out, dtype=self.dtype, count=chunk // width)
+        self._out2: bytearray | None = None  # the second buffer of the Z_2 path
 
     def apply(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray, *,
               executor: Executor | None = None, workers: int = 1) -> np.ndarray:
         """For every ``(key, negate)`` in ``jobs``: ``acc -= PRG(key)`` if
-        ``negate`` else ``acc += PRG(key)``, modulo 2^(8w); then reduce
+        ``negate`` else ``acc += PRG(key)``, modulo 2^bits; then reduce
         ``acc`` mod 2^bits and return it.
 
         With an ``executor`` and ``workers > 1`` the work is spread over
@@ -119,11 +123,20 @@ class MaskExpander:
             step = -(-step // _BLOCK) * _BLOCK
             bounds = [(a, min(a + step, self.length)) for a in range(0, self.length, step)]
 
+            # the workers reach ``acc`` through this list, emptied once they
+            # are done: a pool may drop its reference to the task a moment
+            # after the result is delivered, and a caller may need to know
+            # that no view of ``acc`` is left (storage.SealableVector)
+            target = [acc]
+
             def run_segment(bound: tuple[int, int]) -> None:
                 MaskExpander(self.length, self.bits, chunk_bytes=chunk_bytes)._apply_segment(
-                    jobs, acc, bound[0], bound[1], reduce=True)
+                    jobs, target[0], bound[0], bound[1], reduce=True)
 
-            list(executor.map(run_segment, bounds))
+            try:
+                list(executor.map(run_segment, bounds))
+            finally:
+                target.clear()
             return acc
         else:
             self._apply_segment(jobs, acc, 0, self.length, reduce=True)
@@ -133,13 +146,18 @@ class MaskExpander:
     def _apply_segment(self, jobs: Sequence[tuple[bytes, bool]], acc: np.ndarray,
                        start: int, stop: int, *, reduce: bool = False) -> None:
         """The keys' masks added/subtracted into ``acc[start:stop]`` chunk by
-        chunk in the native width (wrapping mod 2^(8w)); with ``reduce``, each
-        chunk is then reduced mod 2^bits while it is still in cache."""
+        chunk in the native width (wrapping mod 2^(8w); in Z_2 with a contiguous
+        ``acc``, only bit 0 of each word is kept exact, by :meth:`_xor_segment`);
+        with ``reduce``, each chunk is then reduced mod 2^bits while it is still
+        in cache."""
         width = self.dtype.itemsize
         first_block = (start * width) // _BLOCK
         ctr = modes.CTR(first_block.to_bytes(16, "big"))  # a mode object holds only the IV
         encryptors = [(Cipher(algorithms.AES(key), ctr).encryptor().update_into, negate)
                       for key, negate in jobs]
+        if self.bits == 1 and encryptors and acc.flags.c_contiguous:
+            self._xor_segment(encryptors, acc, start, stop, reduce=reduce)
+            return
         mask = (self.dtype.type((1 << self.bits) - 1)
                 if reduce and self.bits < 8 * width else None)
         zeros = memoryview(self._zeros)
@@ -160,14 +178,44 @@ class MaskExpander:
             if mask is not None:
                 bitwise_and(seg, mask, out=seg)
 
+    def _xor_segment(self, encryptors: Sequence[tuple[Callable[..., Any], bool]],
+                     acc: np.ndarray, start: int, stop: int, *, reduce: bool) -> None:
+        """Z_2 (``bits == 1``, one byte per element, only bit 0 counts): adding
+        or subtracting a mask changes bit 0 of each byte by the XOR of the
+        keystream byte's bit 0, and AES-CTR encryption XORs the keystream into
+        its input.  So each chunk of ``acc`` is encrypted under every key in
+        turn, ping-ponging between two buffers (input and output never
+        overlap), and bit 0 of the result is bit 0 of the sum: the bits above
+        it differ from the additive path's but are cleared by the reduction,
+        so the reduced result is identical, with no ring addition at all."""
+        if self._out2 is None:
+            self._out2 = bytearray(len(self._out))
+        acc_bytes = memoryview(acc).cast("B")
+        buffers = (memoryview(self._out), memoryview(self._out2))
+        views = (self._view, np.frombuffer(self._out2, dtype=self.dtype, count=len(self._view)))
+        one = self.dtype.type(1)
+        for a in range(start, stop, self._chunk_elems):
+            b = min(a + self._chunk_elems, stop)
+            source = acc_bytes[a:b]
+            for i, (update_into, _) in enumerate(encryptors):
+                update_into(source, buffers[i & 1])
+                source = buffers[i & 1][:b - a]
+            result = views[(len(encryptors) - 1) & 1][:b - a]
+            if reduce:
+                np.bitwise_and(result, one, out=acc[a:b])
+            else:
+                acc[a:b] = result
+
     def add_into(self, key: bytes, acc: np.ndarray) -> None:
-        """``acc += PRG(key)`` modulo 2^(8w) (reduce with :meth:`reduce` at the end)."""
+        """``acc += PRG(key)``: the words of ``acc`` change by a value congruent
+        to the mask mod 2^bits (mod 2^(8w) except in Z_2, where only bit 0 is
+        defined); reduce with :meth:`reduce` at the end."""
         self._check_key(key)
         self._check_acc(acc)
         self._apply_segment([(key, False)], acc, 0, self.length)
 
     def subtract_into(self, key: bytes, acc: np.ndarray) -> None:
-        """``acc -= PRG(key)`` modulo 2^(8w)."""
+        """``acc -= PRG(key)``, congruent mod 2^bits as in :meth:`add_into`."""
         self._check_key(key)
         self._check_acc(acc)
         self._apply_segment([(key, True)], acc, 0, self.length)

@@ -51,8 +51,9 @@ from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
+from securefl.protocol import merkle
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
-from securefl.protocol.graphs import neighbour_map
+from securefl.protocol.graphs import neighbour_map, neighbours_of
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -61,12 +62,15 @@ from securefl.protocol.messages import (
     EncryptedShares,
     KeyRoster,
     MaskedInput,
+    ProvenEntry,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
 from securefl.protocol.roster import RosterEntries, session_id_of
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.storage import SealableVector
+from securefl.protocol.validation import validate_input_vector
 
 SERVER = "server"
 
@@ -94,6 +98,9 @@ _TRANSITIONS: dict[ClientState, tuple[type, str, Round, ClientState]] = {
 _ACTIVE_AFTER_MASKED = (ConsistencyRequest, "_on_consistency", Round.CONSISTENCY_CHECK,
                         ClientState.CONSISTENCY_SIGNED)
 _SEMI_HONEST_AFTER_MASKED = (UnmaskingRequest, "_on_unmask", Round.UNMASKING, ClientState.DONE)
+# with roster_delivery="merkle" the roster is a per-client SparseKeyRoster
+_SPARSE_ROSTER = (SparseKeyRoster, "_on_sparse_roster", Round.SHARE_KEYS,
+                  ClientState.SHARES_SENT)
 
 
 class ClientSession:
@@ -158,7 +165,7 @@ class ClientSession:
                 raise ConfigurationError("identity_key does not match the pinned key of this id")
         self._identity_key = identity_key
         self.state = ClientState.IDLE
-        self._input: np.ndarray | None = None
+        self._input: SealableVector | None = None
         if input is not None:
             self.provide_input(input)
         self._digest = config.digest()
@@ -194,9 +201,10 @@ class ClientSession:
                           ClientState.DONE, ClientState.ABORTED):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already sent",
                                      peer=self.client_id, round=Round.MASKED_INPUT_COLLECTION)
-        # one private copy, already in the ring's dtype (it is masked in place)
-        self._input = check_input_vector(vector, self.config, self.client_id, local=True,
-                                         dtype=ring_dtype(self.config.bits))
+        # one private copy, already in the ring's dtype: it is masked in place,
+        # then sealed into the immutable bytes sent, without another copy
+        checked = validate_input_vector(vector, self.config, self.client_id, local=True)
+        self._input = SealableVector(checked, ring_dtype(self.config.bits))
 
     def start(self) -> AdvertiseKeys:
         """R0: generate fresh keys and a self-mask seed; return the advertisement.
@@ -241,6 +249,10 @@ class ClientSession:
             LocalProtocolError: the session is finished/aborted, or no input
                 was provided before the masked-input round (state unchanged;
                 provide it and call again).
+            Exception: whatever the session's executor (or an interrupt)
+                raised while the input was being masked: the input is then
+                partly masked in place, so the session is aborted (its
+                working copy cleared and dropped) and sends nothing.
         """
         if self.state in (ClientState.ABORTED,):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
@@ -259,6 +271,8 @@ class ClientSession:
         if self.state is ClientState.MASKED_INPUT_SENT:
             entry = (_ACTIVE_AFTER_MASKED if self.config.mode is SecurityMode.ACTIVE
                      else _SEMI_HONEST_AFTER_MASKED)
+        elif self.state is ClientState.ADVERTISED and self.config.roster_delivery == "merkle":
+            entry = _SPARSE_ROSTER
         else:
             entry = _TRANSITIONS[self.state]
         expected, handler, rnd, next_state = entry
@@ -268,7 +282,8 @@ class ClientSession:
                        f" got {type(message).__name__}", rnd)
         if getattr(message, "recipient", self.client_id) != self.client_id:
             self._fail(Rule.MALFORMED, f"message addressed to client {message.recipient}", rnd)
-        if handler != "_on_roster" and message.session_id != self.session_id:
+        if handler not in ("_on_roster", "_on_sparse_roster") \
+                and message.session_id != self.session_id:
             self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
         reply = getattr(self, handler)(message)
         self._answered[type(message)] = (_answer_key(message, self.session_id), reply)
@@ -364,6 +379,21 @@ class ClientSession:
         holders = sorted(neighbours | {self.client_id})
         if columns is not None:
             roster = {u: e for u in holders if (e := columns.find(u)) is not None}
+        return self._deal_shares(sid, roster_ids, roster, neighbours, rnd)
+
+    def _on_sparse_roster(self, msg: SparseKeyRoster) -> EncryptedShares:
+        """R0 -> R1 with ``roster_delivery="merkle"``: accept the sparse
+        roster (:meth:`_accept_sparse_roster`), then deal shares as
+        :meth:`_on_roster` does."""
+        sid, roster_ids, roster, neighbours = self._accept_sparse_roster(msg)
+        return self._deal_shares(sid, roster_ids, roster, neighbours, Round.SHARE_KEYS)
+
+    def _deal_shares(self, sid: bytes, roster_ids: np.ndarray, roster: dict[int, AdvertiseKeys],
+                     neighbours: frozenset[int], rnd: Round) -> EncryptedShares:
+        """R1 once the roster is accepted: Shamir-share the secrets to the
+        neighbours and this client, encrypt each neighbour's shares under the
+        pair key bound to ``sid`` ([R1-1])."""
+        holders = sorted(neighbours | {self.client_id})
         shares = shamir.split([self._s.private_bytes(), self._seed, *self._noise_seeds],
                               holders, self.config.t, self._rng)
         ciphertexts: dict[int, bytes] = {}
@@ -403,6 +433,116 @@ class ClientSession:
         self._neighbours = neighbours
         self._neighbour_array = np.array(sorted(neighbours), dtype=np.int64)
         return EncryptedShares(self.client_id, sid, ciphertexts)
+
+    def _accept_sparse_roster(self, msg: SparseKeyRoster,
+                              ) -> tuple[bytes, np.ndarray, dict[int, AdvertiseKeys],
+                                         frozenset[int]]:
+        """SPEC [MRK-4]..[MRK-8]: check a :class:`SparseKeyRoster` and return
+        the session id, the roster ids (ascending ``uint32``), the received
+        entries by sender (own and neighbours') and the neighbours.  O(n)
+        array work (the bitmap, the graph) and O(k log n) Python steps.
+        Every refusal aborts the session (:meth:`_fail`)."""
+        rnd = Round.SHARE_KEYS
+        if msg.config_digest != self._digest:
+            self._fail(Rule.WRONG_CONFIG, "roster was made for another configuration", rnd)
+        # exactly bytes: a subclass could redefine == (every proof would
+        # "verify") or + (the session id would hash other bytes than it shows)
+        if type(msg.root) is not bytes or len(msg.root) != merkle.HASH_BYTES:
+            self._fail(Rule.MALFORMED, "the roster root must be 32 bytes", rnd)
+        roster_ids = merkle.ids_of_bitmap(self.config.id_array, msg.id_bitmap)
+        if roster_ids is None:
+            self._fail(Rule.ROSTER_ID_SET_INVALID, "the roster's id bitmap must have one bit per"
+                       f" invited id ({(self.config.num_clients + 7) // 8} bytes) and no bit"
+                       " past them ([MRK-4])", rnd)
+        size = int(roster_ids.size)
+        if size < self.config.floor:
+            self._fail(Rule.BELOW_THRESHOLD, f"roster has {size} clients, at least"
+                       f" {self.config.floor} are required", rnd)
+        if not bool(_in_sorted(roster_ids, np.array([self.client_id]))[0]):
+            self._fail(Rule.OWN_KEY_ALTERED, "the roster's id set leaves out this client", rnd)
+        sid = merkle.merkle_session_id(self._digest, msg.id_bitmap, size, msg.root)
+        neighbours = neighbours_of(self.config.graph, tuple(roster_ids.tolist()), sid,
+                                   self.client_id)
+        if len(neighbours) + 1 < self.config.t:
+            self._fail(Rule.BELOW_THRESHOLD,
+                       f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
+        proven = msg.entries
+        expected = neighbours | {self.client_id}
+        if not isinstance(proven, tuple):
+            self._fail(Rule.MALFORMED, "roster entries must be proven advertisements", rnd)
+        # at most |expected| + 1 entries are looked at (O(k) steps even if the
+        # server sent n): with more, one of the first |expected| + 1 is extra
+        head = proven[:len(expected) + 1]
+        if not all(isinstance(p, ProvenEntry) and isinstance(p.entry, AdvertiseKeys)
+                   and type(p.entry.sender) is int for p in head):
+            self._fail(Rule.MALFORMED, "roster entries must be proven advertisements", rnd)
+        senders = [p.entry.sender for p in head]
+        if any(a >= b for a, b in itertools.pairwise(senders)):
+            self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
+                       " repeats", rnd)
+        extra = sorted(set(senders) - expected)
+        if extra:
+            self._fail(Rule.ROSTER_NOT_NEIGHBOURS, "the roster carries an entry of a client"
+                       " that is not a neighbour of this client ([MRK-5])", rnd, peer=extra[0])
+        missing = sorted(expected - set(senders))
+        if missing:
+            self._fail(Rule.ROSTER_NOT_NEIGHBOURS, "the roster leaves out the entry of a"
+                       " neighbour (or this client's own) ([MRK-5])", rnd, peer=missing[0])
+        ranks = np.searchsorted(roster_ids, np.array(senders, dtype=np.uint32)).tolist()
+        seen: dict[bytes, int] = {}
+        roster: dict[int, AdvertiseKeys] = {}
+        for p, index in zip(proven, ranks, strict=True):
+            e = p.entry
+            self._check_entry(e, rnd)
+            if not merkle.verify_inclusion(merkle.leaf_hash(e), index, size, p.inclusion_path,
+                                           msg.root):
+                self._fail(Rule.ROSTER_PROOF_INVALID, f"the entry does not verify at leaf"
+                           f" {index} of {size} against the roster root ([MRK-6])", rnd,
+                           peer=e.sender)
+            for key in (e.encryption_key, e.masking_key):
+                if key in seen:
+                    self._fail(Rule.DUPLICATE_KEY,
+                               f"advertises a key already advertised by client {seen[key]}",
+                               rnd, peer=e.sender)
+                seen[key] = e.sender
+            roster[e.sender] = e
+        own = roster[self.client_id]
+        if (own.encryption_key, own.masking_key, own.seed_commitment,
+                own.noise_commitments) != (
+                self._advert.encryption_key, self._advert.masking_key,
+                self._advert.seed_commitment, self._advert.noise_commitments):
+            self._fail(Rule.OWN_KEY_ALTERED, "the roster does not carry this client's own keys",
+                       rnd)
+        if self.config.mode is SecurityMode.ACTIVE:
+            for e in roster.values():
+                self._verify(e.signature, d.advertise_payload(
+                    self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
+                    e.noise_commitments), e.sender, rnd)
+        return sid, roster_ids, roster, neighbours
+
+    def _check_entry(self, e: AdvertiseKeys, rnd: Round) -> None:
+        """[R0-5] for one entry: 32-byte canonical keys, a 32-byte seed
+        commitment, the plan's number of 32-byte noise commitments; every
+        field exactly ``bytes`` (a subclass could hash as one value and be
+        used as another)."""
+        if not all(type(f) is bytes for f in (e.encryption_key, e.masking_key,
+                                              e.seed_commitment)):
+            self._fail(Rule.MALFORMED, "roster entry fields must be bytes", rnd, peer=e.sender)
+        if len(e.encryption_key) != 32 or len(e.masking_key) != 32:
+            self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be 32 bytes", rnd,
+                       peer=e.sender)
+        if len(e.seed_commitment) != d.SEED_COMMITMENT_BYTES:
+            self._fail(Rule.MALFORMED, "a seed commitment must be 32 bytes", rnd, peer=e.sender)
+        commitments = e.noise_commitments
+        if not isinstance(commitments, tuple) or len(commitments) != self._components or any(
+                type(c) is not bytes or len(c) != d.SEED_COMMITMENT_BYTES
+                for c in commitments):
+            self._fail(Rule.MALFORMED, f"the noise plan needs exactly {self._components}"
+                       " noise-seed commitments of 32 bytes ([NZ-2])", rnd, peer=e.sender)
+        if not (is_canonical_encoding(e.encryption_key)
+                and is_canonical_encoding(e.masking_key)):
+            self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
+                       " encoded (top bit clear, u < p; SPEC [R0-5])", rnd, peer=e.sender)
 
     def _on_delivery(self, msg: ShareDelivery) -> MaskedInput:
         rnd = Round.MASKED_INPUT_COLLECTION
@@ -470,17 +610,32 @@ class ClientSession:
             # the smaller id adds the pairwise mask, the larger subtracts it
             jobs.append((mask_key, self.client_id > u))
         expander = MaskExpander(self.config.vector_length, self.config.bits)
-        masked = self._input  # this session's own copy, in the ring's dtype
-        if masked.dtype != expander.dtype:  # pragma: no cover - provide_input converts
-            masked = masked.astype(expander.dtype)
-        if self._layout is not None:
-            self._add_noise(masked)
-        expander.apply(jobs, masked, executor=self._executor, workers=self._workers)
+        working = self._input.array  # this session's own copy, in the ring's dtype
+        assert working is not None and working.dtype == expander.dtype
+        try:
+            if self._layout is not None:
+                self._add_noise(working)
+            expander.apply(jobs, working, executor=self._executor, workers=self._workers)
+        except BaseException:
+            # the working copy is masked in place: after a failure part-way
+            # (the caller's executor, an interrupt) it holds the input plus
+            # some of the masks and noise, and masking it again on a retry
+            # would send a vector that unmasks to a wrong sum nobody can
+            # detect.  So the session aborts for good (a dropout to the
+            # server), and the copy, which holds unmasked entries, is cleared
+            working.fill(0)
+            del working
+            self.state = ClientState.ABORTED
+            self._answered = {}
+            self._wipe()
+            raise
+        del working
         # the reply is kept to answer a repeated request identically: a view of
         # immutable bytes, so nobody can change what was sent (numpy refuses to
         # make it writable again), and an in-process server's store may keep it
-        # without a copy (storage.frozen); the working copy is freed on return
-        masked = np.frombuffer(masked.tobytes(), dtype=masked.dtype)
+        # without a copy (storage.frozen).  Sealing hands over the working
+        # copy's own memory as those bytes: no second vector is allocated
+        masked = self._input.seal()
         self._held_key_shares.update(key_shares)
         self._held_seed_shares.update(seed_shares)
         self._held_noise_shares.update(noise_shares)

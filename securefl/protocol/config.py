@@ -76,6 +76,9 @@ _INCLUDED = frozenset(
 )
 
 
+ROSTER_DELIVERIES = ("full", "merkle")
+
+
 def default_threshold(num_clients: int, mode: SecurityMode) -> int:
     """``floor(n/2)+1`` for semi-honest, ``floor(2n/3)+1`` for active mode,
     capped at ``n``."""
@@ -138,6 +141,14 @@ class SecAggConfig:
             :func:`securefl.encoding.noise_plan_for`.  ``None`` (default): no
             noise, and every message and derivation is exactly as without
             this field.
+        roster_delivery: ``"full"`` (default): every client receives the
+            whole :class:`~securefl.protocol.messages.KeyRoster`.
+            ``"merkle"`` (sparse graphs only): each client receives a
+            :class:`~securefl.protocol.messages.SparseKeyRoster` with only
+            its own and its neighbours' entries, each proven against a Merkle
+            root that the session id binds (SPEC.md [MRK-1]..[MRK-9]), O(k
+            log n) bytes instead of O(n).  Bound into the digest (only when
+            ``"merkle"``: full-roster digests are unchanged).
 
     Raises:
         ConfigurationError: on any out-of-range or inconsistent value, and in
@@ -145,7 +156,10 @@ class SecAggConfig:
             ``1..n-1``; with a noise plan, ``bits`` too few for the released
             noise, a tolerance that needs too many components, a target the
             sampler cannot honour, a removable plan (``V > 0``, ``J >= 1``)
-            in semi-honest mode, or ``noisy_length > vector_length``.
+            in semi-honest mode, or ``noisy_length > vector_length``;
+            ``roster_delivery`` other than ``"full"``/``"merkle"``, or
+            ``"merkle"`` with a graph whose share holders are all ``n``
+            clients (e.g. the complete graph: nothing to save).
     """
 
     num_clients: int
@@ -158,6 +172,7 @@ class SecAggConfig:
     context: bytes = b""
     min_survivors: int | None = None
     noise: NoisePlan | None = None
+    roster_delivery: str = "full"
 
     def __post_init__(self) -> None:
         _check_int("num_clients", self.num_clients, 2, MAX_CLIENT_ID)
@@ -197,6 +212,15 @@ class SecAggConfig:
         if not isinstance(self.graph, NeighbourGraph):
             raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
         self.graph.validate(self.num_clients, self.threshold)  # type: ignore[arg-type]
+        if self.roster_delivery not in ROSTER_DELIVERIES:
+            raise ConfigurationError(f"roster_delivery must be one of {ROSTER_DELIVERIES},"
+                                     f" got {self.roster_delivery!r}")
+        if self.roster_delivery == "merkle" and \
+                self.graph.share_holders(self.num_clients) >= self.num_clients:
+            raise ConfigurationError(
+                "roster_delivery='merkle' needs a sparse graph (every client would get every"
+                f" entry with {self.graph.describe()!r}): use HararyGraph(k) with k + 1 < n,"
+                " or the default 'full' delivery")
         if self.min_survivors is None:
             object.__setattr__(self, "min_survivors", self.threshold)
         _check_int("min_survivors", self.min_survivors, self.t, self.num_clients)
@@ -343,6 +367,9 @@ class SecAggConfig:
         if self.noise is not None:  # absent: the digest is exactly as before plans existed
             plan = self.noise.encode()
             h.update(struct.pack(">I", len(plan)) + plan)
+        if self.roster_delivery != "full":  # "full": the digest is exactly as before
+            delivery = self.roster_delivery.encode()
+            h.update(b"roster-delivery" + struct.pack(">I", len(delivery)) + delivery)
         return h.digest()
 
     @property

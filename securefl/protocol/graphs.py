@@ -87,3 +87,20 @@ def neighbour_map(graph: NeighbourGraph, roster: tuple[int, ...],
     session computes the same public map, and in-process simulations would
     otherwise recompute it once per client."""
     return graph.neighbours(roster, session_id)
+
+
+def neighbours_of(graph: NeighbourGraph, roster: tuple[int, ...], session_id: bytes,
+                  client: int) -> frozenset[int]:
+    """``client``'s neighbours: ``neighbour_map(graph, roster,
+    session_id)[client]``, computed without every other client's
+    neighbourhood when the graph offers ``neighbours_of`` (as
+    :class:`~securefl.protocol.harary.HararyGraph` does), for a client that
+    needs only its own.
+
+    Raises:
+        KeyError: ``client`` is not in ``roster``.
+    """
+    own = getattr(graph, "neighbours_of", None)
+    if callable(own):
+        return frozenset(own(roster, session_id, client))
+    return frozenset(neighbour_map(graph, roster, session_id)[client])

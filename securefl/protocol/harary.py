@@ -40,6 +40,7 @@ choose it once the session id (a hash over every advertised key) is fixed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -134,6 +135,13 @@ def ring_order(roster: Sequence[int], session_id: bytes) -> tuple[int, ...]:
     return tuple(order)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_ring_order(roster: tuple[int, ...], session_id: bytes) -> tuple[int, ...]:
+    """:func:`ring_order`, cached (every party of a session computes the same
+    public order)."""
+    return ring_order(roster, session_id)
+
+
 class HararyGraph(NeighbourGraph):
     """A k-regular Harary graph over the roster in a session-keyed ring order.
 
@@ -203,6 +211,30 @@ class HararyGraph(NeighbourGraph):
             for p, cid in enumerate(order)
         }
         return {cid: by_id[cid] for cid in ids.tolist()}
+
+    def neighbours_of(self, roster: Sequence[int], session_id: bytes,
+                      client: int) -> frozenset[int]:
+        """``self.neighbours(roster, session_id)[client]`` without building
+        every other client's neighbourhood: the ring order (cached per
+        roster and session id, so many in-process clients share it) and then
+        O(k) work.
+
+        Raises:
+            ConfigurationError: as :meth:`neighbours`.
+            KeyError: ``client`` is not in ``roster``.
+        """
+        ids = tuple(int(c) for c in roster) if not isinstance(roster, tuple) else roster
+        session_id = _check_session_id(session_id)
+        order = _cached_ring_order(ids, session_id)
+        r = len(order)
+        try:
+            p = order.index(client)
+        except ValueError:
+            raise KeyError(client) from None
+        if r <= self._degree + 1:
+            return frozenset(order) - {client}
+        half = self._degree // 2
+        return frozenset(order[(p + d) % r] for d in range(-half, half + 1) if d)
 
     def share_holders(self, num_clients: int) -> int:
         """A client's ``k`` neighbours and itself (fewer on a small roster)."""

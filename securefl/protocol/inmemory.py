@@ -29,7 +29,7 @@ from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.messages import Envelope
 from securefl.protocol.server import AggregationResult, Executor, ServerSession
 from securefl.protocol.storage import FileStore, MaskedInputStore
-from securefl.protocol.validation import check_input_vector
+from securefl.protocol.validation import validate_input_vector
 
 
 def secure_sum(
@@ -89,11 +89,11 @@ def secure_sum(
             raise ConfigurationError(f"dropout of client {cid} must be a Round, got {rnd!r}")
     vectors = {}
     for cid, v in inputs.items():
-        # checked now (one transient ring-width copy at a time), but held as given:
-        # each client converts its own only when it masks it (R2)
-        vector = np.asarray(v)
-        check_input_vector(vector, config, cid, local=True, dtype=ring_dtype(config.bits))
-        vectors[cid] = vector
+        # checked now (without a copy), but held as given: each client makes
+        # its own ring-dtype copy only when it masks it (R2), checking it again.
+        # An array goes to the check as is (np.asarray would drop a masked
+        # array's mask, which the check refuses); anything else is converted
+        vectors[cid] = validate_input_vector(_as_array(v, cid), config, cid, local=True)
     if spill is None:
         spill = config.num_clients * config.vector_length * ring_dtype(
             config.bits).itemsize > SPILL_BYTES
@@ -407,6 +407,23 @@ class _StreamingDriver(SessionDriver):
                 self.clients[c].release_masked_input()
         self.pending = {}
         return {}
+
+
+def _as_array(value: Any, cid: int) -> np.ndarray:
+    """``value`` itself if it is an array, else ``np.asarray(value)``.
+
+    Raises:
+        LocalProtocolError: numpy cannot make an array of it (``MALFORMED``:
+            e.g. a ragged list).
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise LocalProtocolError(Rule.MALFORMED, f"the input of client {cid} is not an array"
+                                 " of integers", peer=cid,
+                                 round=Round.MASKED_INPUT_COLLECTION) from None
 
 
 def _check_ids(inputs: Mapping[int, Any], config: SecAggConfig) -> None:

@@ -62,6 +62,43 @@ class KeyRoster:
 
 
 @dataclass(frozen=True)
+class ProvenEntry:
+    """One roster entry with its inclusion proof (RFC 9162 audit path,
+    lowest level first, 32-byte hashes) against a :class:`SparseKeyRoster`'s
+    root.  The leaf index is not sent: it is the sender's rank among the
+    roster ids the bitmap names (SPEC [MRK-5])."""
+
+    entry: AdvertiseKeys
+    inclusion_path: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inclusion_path", tuple(self.inclusion_path))
+
+
+@dataclass(frozen=True)
+class SparseKeyRoster:
+    """R0 -> R1 with ``roster_delivery="merkle"``, server -> one client: the
+    roster's id set (``id_bitmap`` over the configuration's ids), the Merkle
+    root of every entry, and only the recipient's own and its neighbours'
+    entries, ascending by sender, each with its inclusion proof (SPEC
+    [MRK-1]..[MRK-9]).  The session id is derived from the digest, the id set
+    and the root."""
+
+    recipient: int
+    config_digest: bytes
+    id_bitmap: bytes
+    root: bytes
+    entries: tuple[ProvenEntry, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(self.entries))
+
+    def __repr__(self) -> str:
+        return (f"SparseKeyRoster(recipient={self.recipient}, entries for"
+                f" {[e.entry.sender for e in self.entries][:10]}, root={self.root.hex()[:12]}…)")
+
+
+@dataclass(frozen=True)
 class EncryptedShares:
     """R1, client -> server: for every neighbour, an AEAD ciphertext of the
     sender's key share and self-mask share destined to that neighbour."""
@@ -179,7 +216,9 @@ class UnmaskingResponse:
 ClientMessage: TypeAlias = (
     AdvertiseKeys | EncryptedShares | MaskedInput | ConsistencySignature | UnmaskingResponse
 )
-ServerMessage: TypeAlias = KeyRoster | ShareDelivery | ConsistencyRequest | UnmaskingRequest
+ServerMessage: TypeAlias = (
+    KeyRoster | SparseKeyRoster | ShareDelivery | ConsistencyRequest | UnmaskingRequest
+)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ class IdTuple(tuple[int, ...]):
     def __new__(cls, ids: Sequence[int] | np.ndarray) -> IdTuple:
         array = np.array(ids, dtype=np.int64).reshape(-1)
         array.setflags(write=False)
-        self = super().__new__(cls, array.tolist())
+        # Python ints straight from the array's buffer: no intermediate list
+        # (8 bytes an id less at the peak of a decode, and faster)
+        self = super().__new__(cls, memoryview(np.ascontiguousarray(array)))
         self.array = array
         return self
 

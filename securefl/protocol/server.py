@@ -59,7 +59,7 @@ from securefl.hazmat.agreement import KeyPair, key_class, matches_public
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
-from securefl.protocol import unmasking
+from securefl.protocol import merkle, unmasking
 from securefl.protocol.config import ClientStatus, Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.messages import (
@@ -70,7 +70,9 @@ from securefl.protocol.messages import (
     Envelope,
     KeyRoster,
     MaskedInput,
+    ProvenEntry,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -376,7 +378,9 @@ class ServerSession:
 
     def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
         vector = msg.masked
-        if not (isinstance(vector, np.ndarray) and vector.dtype == self._dtype):
+        # the fast path only for a plain array: a subclass (a masked array's
+        # max skips entries) goes through the full check
+        if not (type(vector) is np.ndarray and vector.dtype == self._dtype):
             vector = check_input_vector(vector, self.config, msg.sender, local=False, rnd=rnd)
         elif vector.shape != (self.config.vector_length,):
             raise RemoteProtocolError(Rule.WRONG_LENGTH,
@@ -509,12 +513,34 @@ class ServerSession:
     def _close_advertise(self) -> list[Envelope]:
         adverts = {c: self._advert(c) for c in self._reached(ClientStatus.ADVERTISE_KEYS_RECEIVED)}
         entries = tuple(adverts.values())
+        if self.config.roster_delivery == "merkle":
+            return self._close_advertise_merkle(entries)
         self.session_id = d.session_id(self._digest, entries)
         for c, neighbours in neighbour_map(self.config.graph, tuple(adverts),
                                            self.session_id).items():
             self._peers[c].neighbours = frozenset(neighbours)
         roster = KeyRoster(self._digest, entries)
         return [Envelope(c, roster) for c in adverts]
+
+    def _close_advertise_merkle(self, entries: tuple[AdvertiseKeys, ...]) -> list[Envelope]:
+        """SPEC [MRK-2]: one Merkle tree over the roster (O(n) hashes), the
+        session id of [MRK-3], and for every advertiser a
+        :class:`SparseKeyRoster` with its own and its neighbours' entries and
+        their inclusion proofs (O(k log n) each; every proof is computed
+        once)."""
+        ids = tuple(e.sender for e in entries)  # ascending (_reached sorts)
+        tree = merkle.RosterTree([merkle.leaf_hash(e) for e in entries])
+        bitmap = merkle.bitmap_of(self.config.id_array, np.array(ids, dtype=np.uint32))
+        self.session_id = merkle.merkle_session_id(self._digest, bitmap, len(ids), tree.root)
+        graph = neighbour_map(self.config.graph, ids, self.session_id)
+        index = {c: i for i, c in enumerate(ids)}
+        out = []
+        for c in ids:
+            self._peers[c].neighbours = frozenset(graph[c])
+            proven = tuple(ProvenEntry(entries[index[u]], tree.proof(index[u]))
+                           for u in sorted(graph[c] | {c}))
+            out.append(Envelope(c, SparseKeyRoster(c, self._digest, bitmap, tree.root, proven)))
+        return out
 
     def _close_share_keys(self) -> list[Envelope]:
         assert self.session_id is not None

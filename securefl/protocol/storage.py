@@ -25,12 +25,18 @@ never a sum corrected with other numbers.  The result is the same, bit for bit, 
 (``tests/test_masked_store.py``): the sum is taken in the ring's native
 dtype, where addition and subtraction wrap modulo a power of two at least
 ``2^bits``.
+
+:class:`SealableVector` is the sending side of the same rule: a client masks
+its private copy in place and seals it, without a second copy, into the
+read-only view of ``bytes`` it sends and keeps, which :func:`frozen` accepts.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import BinaryIO
+import contextlib
+import io
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -51,6 +57,104 @@ def frozen(vector: np.ndarray) -> bool:
     if isinstance(base, memoryview):
         base = base.obj
     return type(base) is bytes
+
+
+class SealableVector:
+    """A private, writable copy of a 1-D vector in ``dtype`` that is later
+    sealed, once, into a read-only view of immutable ``bytes`` (one that
+    :func:`frozen` accepts) without copying it again.
+
+    A client session masks its input in place and then keeps and sends the
+    result; before this class that took two fresh vector-sized allocations
+    (the working copy, then ``tobytes()`` of it), now it takes one.  The copy
+    lives in the buffer of an ``io.BytesIO`` and :attr:`array` is a writable
+    numpy view of it.  :meth:`seal` drops this object's view and takes the
+    buffer's content with ``getvalue()``: CPython hands out the buffer itself
+    as the ``bytes`` object when no view of it is exported any more, and
+    copies it otherwise (a view of :attr:`array` that someone still holds).
+    Either way the sealed vector is immutable: nothing that could write to
+    it survives, so it can be kept and shared without a copy.
+
+    Args:
+        vector: 1-D integer array whose values ``dtype`` holds exactly
+            (checked by the caller, e.g.
+            :func:`~securefl.protocol.validation.validate_input_vector`);
+            it is copied, never kept.
+        dtype: the dtype of the copy (e.g. the ring's dtype).
+    """
+
+    def __init__(self, vector: np.ndarray, dtype: np.dtype) -> None:
+        self._dtype = np.dtype(dtype)
+        buffer = io.BytesIO()
+        size = int(vector.shape[0])
+        if vector.dtype == self._dtype and vector.flags.c_contiguous:
+            buffer.write(vector.data)  # one allocation, one copy
+            convert = None
+        else:
+            if size:
+                # one allocation of the final size (zero-filled), then one
+                # converting copy into it
+                buffer.seek(size * self._dtype.itemsize - 1)
+                buffer.write(b"\0")
+            convert = vector
+        self._buffer: io.BytesIO | None = buffer
+        self._view: memoryview | None = buffer.getbuffer()
+        self.array: np.ndarray | None = np.frombuffer(self._view, dtype=self._dtype)
+        """The writable working copy (None once sealed)."""
+        if convert is not None:
+            np.copyto(self.array, convert, casting="unsafe")
+
+    def seal(self) -> np.ndarray:
+        """Drop the writable :attr:`array` and return the content as a
+        read-only view of a ``bytes`` object (:func:`frozen` is true of it).
+        Callers must drop their own references to :attr:`array` first, or the
+        content is copied once more (still correct).
+
+        Raises:
+            LocalProtocolError: already sealed (``SESSION_FINISHED``).
+        """
+        if self._buffer is None or self._view is None:
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "the vector is already sealed")
+        self.array = None
+        with contextlib.suppress(BufferError):  # a view of the array is alive: getvalue copies
+            self._view.release()
+        data = self._buffer.getvalue()
+        self._buffer = self._view = None
+        return np.frombuffer(data, dtype=self._dtype)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SealableVector:
+        """An independent copy (a session snapshot: the fuzzer copies whole
+        sessions): an open vector gets its own buffer holding the same
+        content; a sealed one stays sealed.  (A memoryview cannot be copied
+        as is.)"""
+        if self.array is None:
+            twin = SealableVector(np.zeros(0, dtype=self._dtype), self._dtype)
+            twin.seal()
+        else:
+            twin = SealableVector(self.array, self._dtype)
+        memo[id(self)] = twin
+        return twin
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and ``copy.copy``) as an independent vector: an open one
+        as its content (a session given its input before it starts pickles as
+        it did when the copy was a plain array), a sealed one as sealed.  (A
+        memoryview cannot be pickled, and a shallow copy must not share the
+        buffer.)"""
+        if self.array is None:
+            return (_sealed_vector, (self._dtype,))
+        return (SealableVector, (np.array(self.array), self._dtype))
+
+    def __repr__(self) -> str:
+        state = "sealed" if self._buffer is None else "open"
+        return f"SealableVector({self._dtype}, {state})"
+
+
+def _sealed_vector(dtype: np.dtype) -> SealableVector:
+    """A sealed, empty :class:`SealableVector` (what a sealed one unpickles to)."""
+    vector = SealableVector(np.zeros(0, dtype=dtype), dtype)
+    vector.seal()
+    return vector
 
 
 class MaskedInputStore(abc.ABC):

@@ -8,12 +8,14 @@ AES-CTR keystream.  ``cryptography`` holds the GIL for X25519 and for every
 Python step around a key, so threads only spread the AES; the exchanges and
 derivations then run one after another on the caller's thread.
 
-Here the work is cut into :class:`MaskSumTask` s of (nearly) equal numbers of
-masks.  Each task is shipped, with the secrets it needs (the reconstructed
-self-mask seeds and masking private keys of its masks, and the survivors'
-public masking keys), to a worker through the caller's executor; the worker
-does the key agreement, the same domain-separated derivations as every
-client (:mod:`securefl.protocol.derivation`), expands and adds the masks
+Here the work is cut into :class:`MaskSumTask` s of decreasing numbers of
+masks (the pool hands them out in order, so the tasks that end the round are
+short and the workers finish together).  Each task is shipped, with the secrets
+it needs (the reconstructed self-mask seeds and masking private keys of its
+masks, and the survivors' public masking keys), to a worker through the
+caller's executor; the worker does the key agreement, the same
+domain-separated derivations as every client
+(:mod:`securefl.protocol.derivation`), expands and adds the masks
 (:class:`~securefl.hazmat.prg.MaskExpander`), and returns one partial vector:
 the sum over its masks of what must be added to the masked sum, reduced mod
 ``2^bits``.  The caller adds the partial vectors to the masked sum.  The
@@ -29,6 +31,7 @@ worker only while its task runs.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,9 +50,10 @@ from securefl.protocol import derivation as d
 #: keys derived, then expanded, this many at a time (bounds the live cipher
 #: contexts and keeps derivation and AES alternating on one core)
 BATCH = 256
-#: tasks per worker: a few, so that a worker slowed by another process on its
-#: core does not hold up the others (each extra task costs one partial vector)
-TASKS_PER_WORKER = 4
+#: tasks per worker, of decreasing sizes (:func:`plan`): a worker slowed by
+#: another process on its core holds up the others by at most the last, short,
+#: tasks (each task costs one partial vector, about 1 ms at m=10^5)
+TASKS_PER_WORKER = 8
 #: the PRG's chunk: one 10^5-element vector of 4-byte words in one piece (the
 #: accumulator and the keystream buffer stay in L2), longer vectors in pieces
 CHUNK_BYTES = 1 << 19
@@ -107,7 +111,13 @@ class PeerKeyRejectedError(SecureFLError):
 def plan(length: int, bits: int, session_id: bytes, seeds: Mapping[int, bytes],
          keys: Mapping[int, bytes], peers: Mapping[int, Sequence[int]],
          public: Mapping[int, bytes], parts: int) -> list[MaskSumTask]:
-    """Cut the masks into at most ``parts`` tasks of nearly equal size.
+    """Cut the masks into at most ``parts`` tasks of decreasing size.
+
+    Task ``i`` holds about ``(2 parts - 2 i - 1) / parts^2`` of the masks (up to
+    rounding; empty pieces are dropped): the first about twice the mean, the
+    last about ``1/parts`` of it.  An executor that hands the tasks out in order
+    (as ``ProcessPoolExecutor.map`` does) thus keeps every worker busy until
+    the last short tasks, whatever the other processes on the machine do.
 
     Args:
         length: the vector length ``m``.
@@ -120,26 +130,42 @@ def plan(length: int, bits: int, session_id: bytes, seeds: Mapping[int, bytes],
         parts: how many tasks at most (at least 1).
 
     Returns:
-        the tasks, none empty (an empty list when there is no mask at all).
+        the tasks in that order, none empty, sizes non-increasing up to
+        rounding (an empty list when there is no mask at all).
         A dropped client's private key goes only to the tasks that hold one
         of its masks (its masks are consecutive): at most two when every task
         holds at least as many masks as it has.
     """
-    units: list[tuple[int, int | None]] = [(u, None) for u in sorted(seeds)]
-    units += [(u, v) for u in sorted(keys) for v in peers[u]]
-    parts = max(1, min(parts, len(units)))
+    # the masks in order: the self masks, then each dropped client's pairwise
+    # masks (its survivors in the given order), cut by counts: no list of them
+    own = sorted(seeds.items())
+    rows = [(u, keys[u], tuple(peers[u])) for u in sorted(keys)]
+    firsts = [len(own)]  # index of the first mask of each row, then the total
+    for _, _, vs in rows:
+        firsts.append(firsts[-1] + len(vs))
+    total = firsts[-1]
+    parts = max(1, min(parts, total))
+    # piece i holds about (2 parts - 2 i - 1) / parts^2 of the masks: from about
+    # twice the mean down to 1/parts of it, so the pieces that finish last are short
+    bounds = [total * i * (2 * parts - i) // (parts * parts) for i in range(parts + 1)]
     tasks = []
-    for i in range(parts):
-        piece = units[i * len(units) // parts:(i + 1) * len(units) // parts]
-        own_seeds = tuple((u, seeds[u]) for u, v in piece if v is None)
-        grouped: dict[int, list[int]] = {}
-        for u, v in piece:
-            if v is not None:
-                grouped.setdefault(u, []).append(v)
-        own_keys = tuple((u, keys[u], tuple(vs)) for u, vs in grouped.items())
-        needed = {v: public[v] for vs in grouped.values() for v in vs}
+    row = 0
+    for lo, hi in itertools.pairwise(bounds):
+        own_seeds = tuple(own[lo:hi])
+        while row < len(rows) and firsts[row + 1] <= lo:
+            row += 1
+        own_keys = []
+        j = row
+        while j < len(rows) and firsts[j] < hi:
+            u, raw, vs = rows[j]
+            piece = vs[max(lo - firsts[j], 0):hi - firsts[j]]
+            if piece:
+                own_keys.append((u, raw, piece))
+            j += 1
+        needed = {v: public[v] for _, _, vs in own_keys for v in vs}
         if own_seeds or own_keys:
-            tasks.append(MaskSumTask(length, bits, session_id, own_seeds, own_keys, needed))
+            tasks.append(MaskSumTask(length, bits, session_id, own_seeds, tuple(own_keys),
+                                     needed))
     return tasks
 
 

@@ -18,8 +18,27 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
                        dtype: np.dtype | None = None) -> np.ndarray:
     """Return ``vector`` as a new ``uint64`` array (or a new array of
     ``dtype``, which must hold 2^bits - 1: the values are unchanged) after
-    checking that it is 1-D, of length ``vector_length``, of an integer
-    dtype, and inside [0, 2^bits).
+    checking it with :func:`validate_input_vector`.
+
+    Raises:
+        LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
+            ``WRONG_LENGTH``, ``MALFORMED`` or ``VALUE_OUT_OF_RANGE``.
+    """
+    checked = validate_input_vector(vector, config, peer, local=local, rnd=rnd)
+    return checked.astype(np.uint64 if dtype is None else dtype)
+
+
+def validate_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: bool,
+                          rnd: Round = Round.MASKED_INPUT_COLLECTION) -> np.ndarray:
+    """Check that ``vector`` is a 1-D numpy array of length ``vector_length``,
+    of an integer dtype, with every entry inside [0, 2^bits); return it
+    without a copy, nothing converted (a subclass of ``ndarray``, e.g.
+    ``np.memmap``, as a plain ``ndarray`` view of the same memory: the entries
+    checked are the ones read afterwards, whatever the subclass overrides):
+    converting the result exactly into the ring's dtype is then safe.  A
+    masked array (``np.ma.MaskedArray``) is refused: its masked entries have
+    no value to aggregate, and its ``min``/``max`` skip them while a copy
+    reads them (they would wrap silently into other ring elements).
 
     Raises:
         LocalProtocolError (``local=True``) or RemoteProtocolError: with rule
@@ -29,6 +48,11 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
     if not isinstance(vector, np.ndarray):
         raise error(Rule.MALFORMED, f"vector must be a numpy array, got {type(vector).__name__}",
                     peer=peer, round=rnd)
+    if isinstance(vector, np.ma.MaskedArray):
+        raise error(Rule.MALFORMED, "vector must be a plain numpy array, not a masked array",
+                    peer=peer, round=rnd)
+    if type(vector) is not np.ndarray:
+        vector = np.ndarray.view(vector, np.ndarray)
     if vector.ndim != 1 or vector.shape[0] != config.vector_length:
         raise error(Rule.WRONG_LENGTH,
                     f"vector has shape {vector.shape}, expected ({config.vector_length},)",
@@ -38,10 +62,12 @@ def check_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local: b
                     peer=peer, round=rnd)
     if vector.dtype.kind == "i" and vector.size and int(vector.min()) < 0:
         raise error(Rule.VALUE_OUT_OF_RANGE, "negative entry", peer=peer, round=rnd)
-    if config.bits < 64 and vector.size and int(vector.max()) >= (1 << config.bits):
+    # (a dtype whose every value is below 2^bits needs no pass over the entries)
+    if config.bits < 64 and vector.size and int(np.iinfo(vector.dtype).max) >= (
+            1 << config.bits) and int(vector.max()) >= (1 << config.bits):
         raise error(Rule.VALUE_OUT_OF_RANGE, f"entry not below 2^{config.bits}",
                     peer=peer, round=rnd)
-    return vector.astype(np.uint64 if dtype is None else dtype)
+    return vector
 
 
 def _is_id(value: Any) -> bool:

@@ -52,7 +52,9 @@ from securefl.protocol.messages import (
     EncryptedShares,
     KeyRoster,
     MaskedInput,
+    ProvenEntry,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
     UnmaskingResponse,
 )
@@ -72,6 +74,10 @@ DIGEST_BYTES = 32
 SESSION_ID_BYTES = 32
 SIGNATURE_BYTES = 64
 SHARE_BYTES = 64
+HASH_BYTES = 32
+"""A Merkle node hash, and one step of an inclusion path."""
+MAX_PATH_STEPS = 31
+"""An inclusion path in a tree of at most 2^31 - 2 leaves has at most 31 steps."""
 CIPHERTEXT_BYTES = 144
 """A share ciphertext without a noise plan; each excess-noise seed adds 64."""
 MAX_NOISE_COMPONENTS = 16
@@ -82,6 +88,7 @@ ELEMENT_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 Message: TypeAlias = (
     AdvertiseKeys | KeyRoster | EncryptedShares | ShareDelivery | MaskedInput
     | ConsistencyRequest | ConsistencySignature | UnmaskingRequest | UnmaskingResponse
+    | SparseKeyRoster
 )
 
 _BODY_OF_TYPE: dict[type, str] = {
@@ -94,6 +101,7 @@ _BODY_OF_TYPE: dict[type, str] = {
     ConsistencySignature: "consistency_signature",
     UnmaskingRequest: "unmasking_request",
     UnmaskingResponse: "unmasking_response",
+    SparseKeyRoster: "sparse_key_roster",
 }
 MESSAGE_TYPES: tuple[type, ...] = tuple(_BODY_OF_TYPE)
 """Every message class the codec handles, in envelope field order."""
@@ -197,14 +205,28 @@ def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
 def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
     out.config_digest = bytes(m.config_digest)
     for e in m.entries:
-        entry = out.entries.add()
-        entry.sender = _id(e.sender, "entries.sender")
-        entry.encryption_key = bytes(e.encryption_key)
-        entry.masking_key = bytes(e.masking_key)
-        if e.signature is not None:
-            entry.signature = bytes(e.signature)
-        entry.seed_commitment = bytes(e.seed_commitment)
-        entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
+        _enc_roster_entry(e, out.entries.add())
+
+
+def _enc_sparse_roster(m: SparseKeyRoster, out: Any, _: int | None) -> None:
+    out.recipient = _id(m.recipient, "recipient")
+    out.config_digest = bytes(m.config_digest)
+    out.id_bitmap = bytes(m.id_bitmap)
+    out.root = bytes(m.root)
+    for p in m.entries:
+        proven = out.entries.add()
+        _enc_roster_entry(p.entry, proven.entry)
+        proven.inclusion_path = b"".join(bytes(h) for h in p.inclusion_path)
+
+
+def _enc_roster_entry(e: AdvertiseKeys, entry: Any) -> None:
+    entry.sender = _id(e.sender, "entries.sender")
+    entry.encryption_key = bytes(e.encryption_key)
+    entry.masking_key = bytes(e.masking_key)
+    if e.signature is not None:
+        entry.signature = bytes(e.signature)
+    entry.seed_commitment = bytes(e.seed_commitment)
+    entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
 
 
 def _enc_ciphertexts(items: Iterable[tuple[int, bytes]], out: Any) -> None:
@@ -317,6 +339,7 @@ def _component(value: int, field: str) -> int:
 _ENCODERS: dict[type, Any] = {
     AdvertiseKeys: _enc_advert,
     KeyRoster: _enc_roster,
+    SparseKeyRoster: _enc_sparse_roster,
     EncryptedShares: _enc_shares,
     ShareDelivery: _enc_delivery,
     MaskedInput: _enc_masked,
@@ -341,8 +364,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
             entries (``WRONG_LENGTH``) and entries below ``2^bits``
             (``VALUE_OUT_OF_RANGE``), and no repeated field (id lists,
             per-client entries) may hold more entries than the session has
-            clients (``OVERSIZED_FIELD``), which bounds the memory a decode
-            takes by the session size.
+            clients (``OVERSIZED_FIELD``), nor a :class:`SparseKeyRoster`'s
+            id bitmap be other than ``ceil(n/8)`` bytes (``OVERSIZED_FIELD``
+            or ``TRUNCATED_FIELD``), which bounds the memory a decode takes
+            by the session size.
         expect: when given, the message class(es) acceptable here; any other
             kind is refused with rule ``WRONG_ROUND``.
 
@@ -567,6 +592,11 @@ def _pack_varints(values: np.ndarray) -> bytes:
     return groups[column < sizes[:, None]].tobytes()  # row by row
 
 
+#: varints decoded per numpy pass by :func:`_unpack_varints` (its per-byte
+#: temporaries are 8-byte words: in passes, a long list costs a bounded extra)
+_VARINT_PASS = 8192
+
+
 def _unpack_varints(raw: bytes) -> np.ndarray | None:
     """The values of a packed-varint field, when every varint is minimal, at
     most 5 bytes and below 2^32 and the field ends on a varint boundary;
@@ -576,21 +606,28 @@ def _unpack_varints(raw: bytes) -> np.ndarray | None:
         return np.zeros(0, dtype=np.int64)
     if b[-1] & 0x80:
         return None
-    last = b < 0x80
-    ends = np.flatnonzero(last)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    sizes = ends - starts + 1
-    if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (b[ends] == 0))):
-        return None
-    # each byte's place in its varint, then the groups shifted into place
-    place = np.arange(b.size) - np.repeat(starts, sizes)
-    parts = (b & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * place.astype(np.uint64))
-    value = np.bitwise_or.reduceat(parts, starts)
-    if int(value.max()) >= 1 << 32:
-        return None
-    return value.astype(np.int64)
+    ends = np.flatnonzero(b < 0x80)
+    values = np.empty(ends.size, dtype=np.int64)
+    for first in range(0, ends.size, _VARINT_PASS):
+        last = min(first + _VARINT_PASS, ends.size)
+        base = int(ends[first - 1]) + 1 if first else 0
+        part = b[base:int(ends[last - 1]) + 1]
+        stop = ends[first:last] - base
+        starts = np.empty_like(stop)
+        starts[0] = 0
+        starts[1:] = stop[:-1] + 1
+        sizes = stop - starts + 1
+        if int(sizes.max()) > 5 or bool(np.any((sizes > 1) & (part[stop] == 0))):
+            return None
+        # each byte's place in its varint, then the groups shifted into place
+        place = np.arange(part.size) - np.repeat(starts, sizes)
+        shifted = (part & np.uint8(0x7F)).astype(np.uint64) \
+            << (np.uint64(7) * place.astype(np.uint64))
+        value = np.bitwise_or.reduceat(shifted, starts)
+        if int(value.max()) >= 1 << 32:
+            return None
+        values[first:last] = value
+    return values
 
 
 def _length_delimited(tag: int, payload: bytes) -> bytes:
@@ -989,26 +1026,78 @@ def _dec_roster(m: Any, _: SecAggConfig | None) -> KeyRoster:
     seen: set[int] = set()
     append = entries.append
     for e in m.entries:
-        sender = e.sender
-        if not 1 <= sender <= MAX_CLIENT_ID:
-            _check_id(sender, "entries.sender", None)  # raises
-        if sender in seen:
-            raise WireFormatError(f"roster lists client {sender} twice",
+        entry = _dec_roster_entry(e)
+        if entry.sender in seen:
+            raise WireFormatError(f"roster lists client {entry.sender} twice",
                                   reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
-        seen.add(sender)
-        signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
-                     if e.HasField("signature") else None)
-        enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
-        if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
-            # the slow path names the field that is off
-            _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
-            _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
-            _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
-        noise = e.noise_commitments
-        append(AdvertiseKeys(sender, enc, mask, signature, commit,
-                             _commitments(noise, "entries.noise_commitments", sender)
-                             if noise else ()))
+        seen.add(entry.sender)
+        append(entry)
     return KeyRoster(digest, tuple(entries))
+
+
+def _dec_roster_entry(e: Any) -> AdvertiseKeys:
+    """One ``RosterEntry``: an invited-range sender, fixed-size fields."""
+    sender = e.sender
+    if not 1 <= sender <= MAX_CLIENT_ID:
+        _check_id(sender, "entries.sender", None)  # raises
+    signature = (_fixed(e.signature, SIGNATURE_BYTES, "entries.signature", sender)
+                 if e.HasField("signature") else None)
+    enc, mask, commit = e.encryption_key, e.masking_key, e.seed_commitment
+    if len(enc) != KEY_BYTES or len(mask) != KEY_BYTES or len(commit) != COMMITMENT_BYTES:
+        # the slow path names the field that is off
+        _fixed(enc, KEY_BYTES, "entries.encryption_key", sender)
+        _fixed(mask, KEY_BYTES, "entries.masking_key", sender)
+        _fixed(commit, COMMITMENT_BYTES, "entries.seed_commitment", sender)
+    noise = e.noise_commitments
+    return AdvertiseKeys(sender, enc, mask, signature, commit,
+                         _commitments(noise, "entries.noise_commitments", sender)
+                         if noise else ())
+
+
+def _dec_sparse_roster(m: Any, config: SecAggConfig | None) -> SparseKeyRoster:
+    """A :class:`SparseKeyRoster`: entries strictly ascending by sender,
+    every inclusion path a whole number (at most 31) of 32-byte hashes.  With
+    ``config`` the bitmap must be exactly ``ceil(n/8)`` bytes (so a decode
+    keeps no more than the session size, as :func:`decode` promises);
+    without it, the client checks that ([MRK-4])."""
+    recipient = _check_id(m.recipient, "recipient", None)
+    digest = _fixed(m.config_digest, DIGEST_BYTES, "config_digest", None)
+    root = _fixed(m.root, HASH_BYTES, "root", None)
+    if len(m.id_bitmap) > (MAX_CLIENT_ID + 7) // 8:
+        raise WireFormatError("id_bitmap is longer than any configuration's",
+                              reason=WireIssue.OVERSIZED_FIELD.value, field="id_bitmap")
+    if config is not None and len(m.id_bitmap) != (config.num_clients + 7) // 8:
+        too_long = len(m.id_bitmap) > (config.num_clients + 7) // 8
+        raise WireFormatError(f"id_bitmap is {len(m.id_bitmap)} bytes, the session's"
+                              f" {config.num_clients} clients need"
+                              f" {(config.num_clients + 7) // 8}",
+                              reason=(WireIssue.OVERSIZED_FIELD if too_long
+                                      else WireIssue.TRUNCATED_FIELD).value, field="id_bitmap")
+    entries = []
+    last = 0
+    for p in m.entries:
+        entry = _dec_roster_entry(p.entry)
+        if entry.sender == last:
+            raise WireFormatError(f"roster lists client {entry.sender} twice",
+                                  reason=WireIssue.DUPLICATE_ID.value, field="entries.sender")
+        if entry.sender < last:
+            raise WireFormatError("roster entries are not in ascending sender order",
+                                  reason=WireIssue.NON_CANONICAL.value, field="entries.sender")
+        last = entry.sender
+        path = p.inclusion_path
+        if len(path) % HASH_BYTES:
+            raise WireFormatError(f"inclusion_path of client {entry.sender} is {len(path)}"
+                                  " bytes, not whole 32-byte hashes",
+                                  reason=WireIssue.TRUNCATED_FIELD.value,
+                                  field="entries.inclusion_path", peer=entry.sender)
+        if len(path) > MAX_PATH_STEPS * HASH_BYTES:
+            raise WireFormatError(f"inclusion_path of client {entry.sender} has more than"
+                                  f" {MAX_PATH_STEPS} steps",
+                                  reason=WireIssue.OVERSIZED_FIELD.value,
+                                  field="entries.inclusion_path", peer=entry.sender)
+        entries.append(ProvenEntry(entry, tuple(path[i:i + HASH_BYTES]
+                                                for i in range(0, len(path), HASH_BYTES))))
+    return SparseKeyRoster(recipient, digest, bytes(m.id_bitmap), root, tuple(entries))
 
 
 def _dec_shares(m: Any, config: SecAggConfig | None) -> EncryptedShares:
@@ -1268,4 +1357,5 @@ _DECODERS: dict[str, Any] = {
     "consistency_signature": _dec_signature,
     "unmasking_request": _dec_unmask_request,
     "unmasking_response": _dec_unmask_response,
+    "sparse_key_roster": _dec_sparse_roster,
 }

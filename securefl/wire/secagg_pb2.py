@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x12securefl.secagg.v1\"\xb7\x01\n\rAdvertiseKeys\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x04 \x01(\x0c\x12\x16\n\tsignature\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x06 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x07 \x03(\x0c\x42\x0c\n\n_signature\"\xa4\x01\n\x0bRosterEntry\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x16\n\tsignature\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x05 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x06 \x03(\x0c\x42\x0c\n\n_signature\"e\n\tKeyRoster\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rconfig_digest\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.securefl.secagg.v1.RosterEntry\"2\n\x0ePeerCiphertext\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x7f\n\x0f\x45ncryptedShares\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"\x80\x01\n\rShareDelivery\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"{\n\x0bMaskedInput\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x15\n\relement_bytes\x18\x04 \x01(\r\x12\x0e\n\x06masked\x18\x05 \x01(\x0c\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\r\"_\n\x12\x43onsistencyRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\"^\n\x14\x43onsistencySignature\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"4\n\x0fSignerSignature\x12\x0e\n\x06signer\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xe1\x01\n\x10UnmaskingRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x05 \x03(\r\x12\x37\n\nsignatures\x18\x06 \x03(\x0b\x32#.securefl.secagg.v1.SignerSignature\x12\x38\n\x0enoise_removals\x18\x07 \x03(\x0b\x32 .securefl.secagg.v1.NoiseSeedRef\"0\n\x0cNoiseSeedRef\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\"=\n\nNoiseShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xec\x01\n\x11UnmaskingResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x38\n\x10self_mask_shares\x18\x04 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x32\n\nkey_shares\x18\x05 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x34\n\x0cnoise_shares\x18\x06 \x03(\x0b\x32\x1e.securefl.secagg.v1.NoiseShare\"\xda\x04\n\rSecAggMessage\x12;\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32!.securefl.secagg.v1.AdvertiseKeysH\x00\x12\x33\n\nkey_roster\x18\x02 \x01(\x0b\x32\x1d.securefl.secagg.v1.KeyRosterH\x00\x12?\n\x10\x65ncrypted_shares\x18\x03 \x01(\x0b\x32#.securefl.secagg.v1.EncryptedSharesH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.securefl.secagg.v1.ShareDeliveryH\x00\x12\x37\n\x0cmasked_input\x18\x05 \x01(\x0b\x32\x1f.securefl.secagg.v1.MaskedInputH\x00\x12\x45\n\x13\x63onsistency_request\x18\x06 \x01(\x0b\x32&.securefl.secagg.v1.ConsistencyRequestH\x00\x12I\n\x15\x63onsistency_signature\x18\x07 \x01(\x0b\x32(.securefl.secagg.v1.ConsistencySignatureH\x00\x12\x41\n\x11unmasking_request\x18\x08 \x01(\x0b\x32$.securefl.secagg.v1.UnmaskingRequestH\x00\x12\x43\n\x12unmasking_response\x18\t \x01(\x0b\x32%.securefl.secagg.v1.UnmaskingResponseH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x12securefl.secagg.v1\"\xb7\x01\n\rAdvertiseKeys\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x04 \x01(\x0c\x12\x16\n\tsignature\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x06 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x07 \x03(\x0c\x42\x0c\n\n_signature\"\xa4\x01\n\x0bRosterEntry\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x16\n\tsignature\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fseed_commitment\x18\x05 \x01(\x0c\x12\x19\n\x11noise_commitments\x18\x06 \x03(\x0c\x42\x0c\n\n_signature\"e\n\tKeyRoster\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rconfig_digest\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.securefl.secagg.v1.RosterEntry\"[\n\x11ProvenRosterEntry\x12.\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1f.securefl.secagg.v1.RosterEntry\x12\x16\n\x0einclusion_path\x18\x02 \x01(\x0c\"\xa5\x01\n\x0fSparseKeyRoster\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x15\n\rconfig_digest\x18\x03 \x01(\x0c\x12\x11\n\tid_bitmap\x18\x04 \x01(\x0c\x12\x0c\n\x04root\x18\x05 \x01(\x0c\x12\x36\n\x07\x65ntries\x18\x06 \x03(\x0b\x32%.securefl.secagg.v1.ProvenRosterEntry\"2\n\x0ePeerCiphertext\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x7f\n\x0f\x45ncryptedShares\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"\x80\x01\n\rShareDelivery\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x37\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\".securefl.secagg.v1.PeerCiphertext\"{\n\x0bMaskedInput\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x15\n\relement_bytes\x18\x04 \x01(\r\x12\x0e\n\x06masked\x18\x05 \x01(\x0c\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\r\"_\n\x12\x43onsistencyRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\"^\n\x14\x43onsistencySignature\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"4\n\x0fSignerSignature\x12\x0e\n\x06signer\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xe1\x01\n\x10UnmaskingRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x11\n\tsurvivors\x18\x04 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x05 \x03(\r\x12\x37\n\nsignatures\x18\x06 \x03(\x0b\x32#.securefl.secagg.v1.SignerSignature\x12\x38\n\x0enoise_removals\x18\x07 \x03(\x0b\x32 .securefl.secagg.v1.NoiseSeedRef\"0\n\x0cNoiseSeedRef\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\"=\n\nNoiseShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x11\n\tcomponent\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xec\x01\n\x11UnmaskingResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x12\n\nsession_id\x18\x03 \x01(\x0c\x12\x38\n\x10self_mask_shares\x18\x04 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x32\n\nkey_shares\x18\x05 \x03(\x0b\x32\x1e.securefl.secagg.v1.OwnedShare\x12\x34\n\x0cnoise_shares\x18\x06 \x03(\x0b\x32\x1e.securefl.secagg.v1.NoiseShare\"\x9c\x05\n\rSecAggMessage\x12;\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32!.securefl.secagg.v1.AdvertiseKeysH\x00\x12\x33\n\nkey_roster\x18\x02 \x01(\x0b\x32\x1d.securefl.secagg.v1.KeyRosterH\x00\x12?\n\x10\x65ncrypted_shares\x18\x03 \x01(\x0b\x32#.securefl.secagg.v1.EncryptedSharesH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.securefl.secagg.v1.ShareDeliveryH\x00\x12\x37\n\x0cmasked_input\x18\x05 \x01(\x0b\x32\x1f.securefl.secagg.v1.MaskedInputH\x00\x12\x45\n\x13\x63onsistency_request\x18\x06 \x01(\x0b\x32&.securefl.secagg.v1.ConsistencyRequestH\x00\x12I\n\x15\x63onsistency_signature\x18\x07 \x01(\x0b\x32(.securefl.secagg.v1.ConsistencySignatureH\x00\x12\x41\n\x11unmasking_request\x18\x08 \x01(\x0b\x32$.securefl.secagg.v1.UnmaskingRequestH\x00\x12\x43\n\x12unmasking_response\x18\t \x01(\x0b\x32%.securefl.secagg.v1.UnmaskingResponseH\x00\x12@\n\x11sparse_key_roster\x18\n \x01(\x0b\x32#.securefl.secagg.v1.SparseKeyRosterH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,30 +39,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROSTERENTRY']._serialized_end=387
   _globals['_KEYROSTER']._serialized_start=389
   _globals['_KEYROSTER']._serialized_end=490
-  _globals['_PEERCIPHERTEXT']._serialized_start=492
-  _globals['_PEERCIPHERTEXT']._serialized_end=542
-  _globals['_ENCRYPTEDSHARES']._serialized_start=544
-  _globals['_ENCRYPTEDSHARES']._serialized_end=671
-  _globals['_SHAREDELIVERY']._serialized_start=674
-  _globals['_SHAREDELIVERY']._serialized_end=802
-  _globals['_MASKEDINPUT']._serialized_start=804
-  _globals['_MASKEDINPUT']._serialized_end=927
-  _globals['_CONSISTENCYREQUEST']._serialized_start=929
-  _globals['_CONSISTENCYREQUEST']._serialized_end=1024
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=1026
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1120
-  _globals['_SIGNERSIGNATURE']._serialized_start=1122
-  _globals['_SIGNERSIGNATURE']._serialized_end=1174
-  _globals['_UNMASKINGREQUEST']._serialized_start=1177
-  _globals['_UNMASKINGREQUEST']._serialized_end=1402
-  _globals['_NOISESEEDREF']._serialized_start=1404
-  _globals['_NOISESEEDREF']._serialized_end=1452
-  _globals['_NOISESHARE']._serialized_start=1454
-  _globals['_NOISESHARE']._serialized_end=1515
-  _globals['_OWNEDSHARE']._serialized_start=1517
-  _globals['_OWNEDSHARE']._serialized_end=1559
-  _globals['_UNMASKINGRESPONSE']._serialized_start=1562
-  _globals['_UNMASKINGRESPONSE']._serialized_end=1798
-  _globals['_SECAGGMESSAGE']._serialized_start=1801
-  _globals['_SECAGGMESSAGE']._serialized_end=2403
+  _globals['_PROVENROSTERENTRY']._serialized_start=492
+  _globals['_PROVENROSTERENTRY']._serialized_end=583
+  _globals['_SPARSEKEYROSTER']._serialized_start=586
+  _globals['_SPARSEKEYROSTER']._serialized_end=751
+  _globals['_PEERCIPHERTEXT']._serialized_start=753
+  _globals['_PEERCIPHERTEXT']._serialized_end=803
+  _globals['_ENCRYPTEDSHARES']._serialized_start=805
+  _globals['_ENCRYPTEDSHARES']._serialized_end=932
+  _globals['_SHAREDELIVERY']._serialized_start=935
+  _globals['_SHAREDELIVERY']._serialized_end=1063
+  _globals['_MASKEDINPUT']._serialized_start=1065
+  _globals['_MASKEDINPUT']._serialized_end=1188
+  _globals['_CONSISTENCYREQUEST']._serialized_start=1190
+  _globals['_CONSISTENCYREQUEST']._serialized_end=1285
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=1287
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1381
+  _globals['_SIGNERSIGNATURE']._serialized_start=1383
+  _globals['_SIGNERSIGNATURE']._serialized_end=1435
+  _globals['_UNMASKINGREQUEST']._serialized_start=1438
+  _globals['_UNMASKINGREQUEST']._serialized_end=1663
+  _globals['_NOISESEEDREF']._serialized_start=1665
+  _globals['_NOISESEEDREF']._serialized_end=1713
+  _globals['_NOISESHARE']._serialized_start=1715
+  _globals['_NOISESHARE']._serialized_end=1776
+  _globals['_OWNEDSHARE']._serialized_start=1778
+  _globals['_OWNEDSHARE']._serialized_end=1820
+  _globals['_UNMASKINGRESPONSE']._serialized_start=1823
+  _globals['_UNMASKINGRESPONSE']._serialized_end=2059
+  _globals['_SECAGGMESSAGE']._serialized_start=2062
+  _globals['_SECAGGMESSAGE']._serialized_end=2730
 # @@protoc_insertion_point(module_scope)
