@@ -68,9 +68,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
-if str(HERE) not in sys.path:
-    # run as a script, import this checkout (not whatever the venv installed)
-    sys.path.insert(0, str(HERE))
+# the checkout to import: this one, or (``--baseline`` on a checkout older than
+# this script) the one the parent names
+TREE = Path(os.environ.get("SCALE_ROUND_TREE", HERE))
+if str(TREE) not in sys.path:
+    # run as a script, import that checkout (not whatever the venv installed)
+    sys.path.insert(0, str(TREE))
 
 
 def _one(n: int, m: int, dropout: float, profile: bool) -> float:
@@ -93,6 +96,8 @@ def _one(n: int, m: int, dropout: float, profile: bool) -> float:
         stats.sort_stats("cumulative").print_stats(25)
         stats.sort_stats("tottime").print_stats(25)
     assert r.exact
+    import securefl
+    print(f"securefl from {Path(securefl.__file__).resolve().parent.parent}", flush=True)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"n={n:6d} k={k:3d} m={m} wall={r.wall_seconds:8.2f}s cpu={cpu:8.2f}s "
           f"server={r.server_total:7.2f}s transport={r.transport_seconds:7.2f}s "
@@ -466,11 +471,17 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
 
 def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:
     """Run this script's default mode from ``tree`` (its own copy of this
-    file); return the round's CPU time."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, str(tree / "benchmarks" / "scale_round.py"), str(n),
+    file, or this file importing ``tree`` when ``tree`` predates it); return
+    the round's CPU time."""
+    env = dict(os.environ, PYTHONPATH=str(tree), SCALE_ROUND_TREE=str(tree))
+    script = tree / "benchmarks" / "scale_round.py"
+    if not script.exists():
+        script = Path(__file__).resolve()
+    out = subprocess.run([sys.executable, str(script), str(n),
                           "--m", str(m), "--dropout", str(dropout)], env=env, cwd=tree,
                          capture_output=True, text=True, check=True).stdout
+    if "securefl from " in out and f"securefl from {tree}" not in out:
+        raise AssertionError(f"the run did not import {tree}: {out}")
     match = re.search(r"cpu=\s*([\d.]+)s", out)
     assert match is not None, out
     row = next(line for line in out.splitlines() if "cpu=" in line)

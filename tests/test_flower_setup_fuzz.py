@@ -43,6 +43,10 @@ SPARSE = SessionSetup.create(
     2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
                     graph=HararyGraph(2), context=b"fuzz"), CODEC)
 SPARSE_JSON: dict[str, Any] = json.loads(SPARSE.to_bytes())
+MERKLE = SessionSetup.create(
+    2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
+                    graph=HararyGraph(2), context=b"fuzz", roster_delivery="merkle"), CODEC)
+MERKLE_JSON: dict[str, Any] = json.loads(MERKLE.to_bytes())
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-10, 70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
@@ -63,6 +67,11 @@ def _parse(raw: bytes) -> None:
     assert setup.codec().num_clients >= setup.num_clients
     assert setup.secagg_config().graph.describe() == setup.graph
     assert parse_graph(setup.graph) == setup.secagg_config().graph
+    # the node builds the roster delivery the setup names, and nothing else
+    assert setup.secagg_config().roster_delivery == setup.roster_delivery
+    assert setup.roster_delivery in ("full", "merkle")
+    assert ("roster_delivery" in json.loads(setup.to_bytes())) == (
+        setup.roster_delivery == "merkle")
 
 
 @settings(max_examples=200, deadline=None)
@@ -87,6 +96,28 @@ def test_one_field_replaced_by_any_json(key: str, value: Any) -> None:
 @given(st.sampled_from(sorted(SPARSE_JSON)), json_values)
 def test_one_field_of_a_sparse_setup_replaced_by_any_json(key: str, value: Any) -> None:
     _parse(json.dumps({**SPARSE_JSON, key: value}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(MERKLE_JSON)), json_values)
+def test_one_field_of_a_merkle_setup_replaced_by_any_json(key: str, value: Any) -> None:
+    _parse(json.dumps({**MERKLE_JSON, key: value}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([VALID_JSON, SPARSE_JSON, MERKLE_JSON]),
+       json_values | st.sampled_from(["merkle", "full", "Merkle", "merkle\n", "sparse"]))
+def test_any_roster_delivery_field_parses_as_merkle_or_is_refused(
+        base: dict[str, Any], delivery: Any) -> None:
+    """Only ``"merkle"`` over a sparse graph parses; anything else (an
+    explicit ``"full"``, which a setup writes by leaving the field out, too)
+    is a ConfigurationError."""
+    raw = json.dumps({**base, "roster_delivery": delivery}).encode()
+    if delivery == "merkle" and base is not VALID_JSON:
+        assert SessionSetup.from_bytes(raw).roster_delivery == "merkle"
+    else:
+        with pytest.raises(ConfigurationError):
+            SessionSetup.from_bytes(raw)
 
 
 graph_texts = (st.text(max_size=16) | json_values
@@ -160,6 +191,8 @@ def test_a_valid_setup_round_trips() -> None:
     sparse = SessionSetup.from_bytes(SPARSE.to_bytes())
     assert sparse == SPARSE and sparse.secagg_config().graph == HararyGraph(2)
     assert VALID.graph == "complete"
+    assert SessionSetup.from_bytes(MERKLE.to_bytes()) == MERKLE
+    assert VALID.roster_delivery == SPARSE.roster_delivery == "full"
     assert SecurityMode(sparse.mode) is SecurityMode.SEMI_HONEST
 
 

@@ -56,8 +56,8 @@ USER_LEVEL_DEFAULTS: dict[str, object] = {
 user-level`` or ``both``) and the flag is not given; mirrors
 :data:`securefl.federation.simulation.USER_LEVEL_DEFAULTS` (a test keeps the
 two equal).  ``--client-sample-rate`` keeps its default 1 when
-``--threshold`` or ``--graph harary`` is given (sampled rounds take
-neither)."""
+``--threshold``, ``--graph harary`` or ``--roster-delivery merkle`` is given
+(sampled rounds take none of them)."""
 
 if TYPE_CHECKING:
     from securefl.federation.simulation import RoundReport, SimulationConfig
@@ -66,6 +66,8 @@ SECURITY_MODES = ["semi-honest", "active"]
 """Mirrors :class:`securefl.protocol.SecurityMode` (a test keeps them equal)."""
 GRAPHS = ["complete", "harary"]
 """Mirrors :class:`securefl.federation.simulation.GraphKind` (a test keeps them equal)."""
+ROSTER_DELIVERIES = ["full", "merkle"]
+"""Mirrors :data:`securefl.protocol.config.ROSTER_DELIVERIES` (a test keeps them equal)."""
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -90,6 +92,7 @@ _CONFIG_KEYS = {
     "privacy": "privacy", "user_epsilon": "user_epsilon", "user_clip": "user_clip",
     "client_sample_rate": "client_sample_rate",
     "mode": "security_mode", "graph": "graph", "graph_degree": "graph_degree",
+    "roster_delivery": "roster_delivery",
 }
 """Flag destination -> the :class:`SimulationConfig` field it sets."""
 
@@ -175,6 +178,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                           " with the threshold by find_graph_parameters for --clients and"
                           " --dropout (no corrupt clients; a semi-malicious server in active"
                           " mode)")
+    sec.add_argument("--roster-delivery", choices=ROSTER_DELIVERIES, default="full",
+                     help="how each client receives the key roster: full (default), the whole"
+                          " roster (O(n) bytes per client); or merkle, with --graph harary only:"
+                          " its own and its neighbours' entries with Merkle inclusion proofs"
+                          " against a root the session id binds (O(K log n) bytes per client;"
+                          " a session whose graph is not sparse for its roster uses full, and"
+                          " each round's entry in metrics.json says which one it used)")
     dp = p.add_argument_group("differential privacy (Opacus DP-SGD)")
     noise = dp.add_mutually_exclusive_group()
     noise.add_argument("--noise-multiplier", type=float, default=None,
@@ -245,8 +255,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            " epsilon is amplified by Q (against whoever does not see the"
                            " cohort; the ledger also records it without amplification, against"
                            " the server).  Default 1: every client in every round; 0.3 with"
-                           " --privacy user-level or both (unless --threshold or --graph"
-                           " harary is given)")
+                           " --privacy user-level or both (unless --threshold, --graph"
+                           " harary or --roster-delivery merkle is given)")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--bits", type=int, default=32,
                      help="ring Z_2^bits (default 32; 16 with --privacy user-level or both)")
@@ -292,7 +302,8 @@ def user_level_defaults(args: argparse.Namespace) -> dict[str, object]:
     if getattr(args, "privacy", None) not in ("user-level", "both"):
         return {}
     sampling_refused = (getattr(args, "threshold", None) is not None
-                        or getattr(args, "graph", None) not in (None, "complete"))
+                        or getattr(args, "graph", None) not in (None, "complete")
+                        or getattr(args, "roster_delivery", None) == "merkle")
     return {dest: value for dest, value in USER_LEVEL_DEFAULTS.items()
             if getattr(args, dest, None) is None
             and not (dest == "client_sample_rate" and sampling_refused)}
@@ -342,7 +353,8 @@ def _resume_config(args: argparse.Namespace) -> SimulationConfig:
         raise ResumeMismatchError(f"--resume {run_dir} writes to its own directory, not"
                                   f" -o {args.output_dir}", ["output_dir"])
     stored = SimulationConfig.from_json(RoundRecorder.stored_config(run_dir))
-    recorded = stored.to_json()
+    # to_json leaves out roster_delivery "full"; an explicit flag compares to it
+    recorded = {**stored.to_json(), "roster_delivery": stored.roster_delivery}
     differing = sorted(key for key, value in given_config(args).items()
                        if recorded.get(key) != value)
     if differing:
@@ -423,6 +435,8 @@ def run(args: argparse.Namespace) -> int:
     if config.secure:
         plan = config.secagg_plan()
         graph = "complete graph" if plan.degree is None else f"Harary graph k={plan.degree}"
+        if plan.roster_delivery == "merkle":
+            graph += ", Merkle rosters"
         threshold = (f"threshold {plan.threshold}" if config.client_sample_rate == 1.0
                      else "each round over its sampled cohort, threshold from its size")
         aggregation = f"secure ({config.security_mode.value}, {graph}, {threshold})"

@@ -256,7 +256,10 @@ def federate(
             :class:`~securefl.federation.simulation.SimulationConfig`
             (``weighting``, ``server_optimizer``, ``server_lr``,
             ``server_momentum``, ``bits``, ``frac_bits``, ``clip_range``,
-            ``threshold``, ``accountant``, ``epsilon_budget``; user-level DP:
+            ``threshold``, ``accountant``, ``epsilon_budget``; secure
+            aggregation: ``security_mode``, ``graph``, ``graph_degree``,
+            ``roster_delivery`` (``"merkle"`` with ``graph="harary"``:
+            sparse, Merkle-proven key rosters, docs/graphs.md); user-level DP:
             ``privacy`` (``"both"`` or ``"user-level"``), ``user_epsilon``,
             ``user_clip``, ``client_sample_rate``...; docs/user-level-dp.md).
 

@@ -156,7 +156,14 @@ class ClientRoundReport:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """What happened in one round (also one entry of ``metrics.json``)."""
+    """What happened in one round (also one entry of ``metrics.json``).
+
+    ``roster_delivery`` is the roster delivery (``"full"`` or ``"merkle"``)
+    of the round's secure session, in a federation that asked for
+    ``"merkle"`` (a session whose graph is not sparse for its roster falls
+    back to ``"full"``); None (and left out of ``metrics.json``) when the
+    federation uses full rosters throughout, or no session was built.
+    """
 
     round: int
     aborted: bool
@@ -169,6 +176,7 @@ class RoundReport:
     delta: float
     seconds: float
     abort_reason: str = ""
+    roster_delivery: str | None = None
 
     @property
     def dropped(self) -> dict[int, str]:
@@ -183,6 +191,8 @@ class RoundReport:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values for ``metrics.json``."""
+        delivery = {} if self.roster_delivery is None else {
+            "roster_delivery": self.roster_delivery}
         return {
             "round": self.round,
             "aborted": self.aborted,
@@ -197,6 +207,7 @@ class RoundReport:
             "dropped": {str(k): v for k, v in self.dropped.items()},
             "refused": {str(k): v for k, v in self.refused.items()},
             "seconds": round(self.seconds, 3),
+            **delivery,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -214,7 +225,9 @@ class RoundReport:
                    epsilon_max_prv=None if data.get("epsilon_max_prv") is None
                    else float(data["epsilon_max_prv"]),
                    delta=float(data["delta"]), seconds=float(data["seconds"]),
-                   abort_reason=str(data.get("abort_reason", "")))
+                   abort_reason=str(data.get("abort_reason", "")),
+                   roster_delivery=None if data.get("roster_delivery") is None
+                   else str(data["roster_delivery"]))
 
 
 @dataclass(frozen=True)
@@ -622,7 +635,8 @@ class RoundRecorder:
                clients: Sequence[ClientOutcome], *, abort_reason: str = "",
                started: float | None = None,
                driver_state: Mapping[str, Any] | None = None,
-               user_level: Sequence[UserLevelEntry] = ()) -> RoundReport:
+               user_level: Sequence[UserLevelEntry] = (),
+               roster_delivery: str | None = None) -> RoundReport:
         """Settle ``round_number``: apply ``outcome`` to the global model
         (None: the round aborted, the model and the optimizer are unchanged),
         then commit the settled rows (one per client of ``clients``), the
@@ -643,6 +657,8 @@ class RoundRecorder:
                 flight).  When it is empty and :meth:`begin`
                 charged the round at user level, the charge is kept: the
                 settled block repeats it with status ``round-aborted``.
+            roster_delivery: the roster delivery of the round's session
+                (:attr:`RoundReport.roster_delivery`).
 
         Returns:
             the round's report.
@@ -710,7 +726,7 @@ class RoundRecorder:
             epsilon_max=max(eps_values, default=math.nan),
             epsilon_max_prv=max(prv_values) if prv_values else None,
             delta=self.config.delta, seconds=time.perf_counter() - t0,
-            abort_reason=abort_reason)
+            abort_reason=abort_reason, roster_delivery=roster_delivery)
         lines = encode_block(self._head, round_number, "settled", rows, user_level)
         head = record_digest(lines[-1])
         anchor = {"round": round_number, "head": head}

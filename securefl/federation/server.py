@@ -21,7 +21,7 @@ from securefl.encoding import DecodedSum, EncodedUpdate, FixedPointCodec, PlainU
 from securefl.errors import AbortError, ConfigurationError
 from securefl.federation.optimizers import ServerOptimizer, ServerOptimizerConfig
 from securefl.protocol import Round, SecAggConfig, default_threshold, secure_sum
-from securefl.protocol.config import SecurityMode
+from securefl.protocol.config import ROSTER_DELIVERIES, SecurityMode, session_roster_delivery
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 
 __all__ = ["AggregateOutcome", "AggregationMode", "Server", "plain_survivors"]
@@ -90,13 +90,19 @@ class Server:
             (semi-honest or active, in the simulator and the Flower ServerApp).
         graph: who masks with whom in the in-process secure sessions
             (default the complete graph; ``HararyGraph(k)`` for SecAgg+).
+        roster_delivery: ``"full"`` (default) or ``"merkle"`` (a sparse
+            ``graph`` only): each session uses ``"merkle"`` when its graph
+            is sparse for its roster, ``"full"`` otherwise
+            (:meth:`roster_delivery_for`).
 
     Raises:
         ConfigurationError: on a threshold out of 1..n, fewer than two
             clients, a codec that does not match the model, or (secure mode)
             a threshold, graph and security mode that no session accepts
             (the :class:`~securefl.protocol.SecAggConfig` rules, checked here
-            before any round).
+            before any round); ``roster_delivery`` other than ``"full"`` and
+            ``"merkle"``, or ``"merkle"`` with a graph that is not sparse for
+            the federation (the complete graph).
     """
 
     def __init__(self, model: nn.Module, codec: FixedPointCodec,
@@ -104,7 +110,8 @@ class Server:
                  mode: AggregationMode = AggregationMode.SECURE,
                  threshold: int | None = None, name: str = "securefl",
                  security_mode: SecurityMode = SecurityMode.SEMI_HONEST,
-                 graph: NeighbourGraph | None = None) -> None:
+                 graph: NeighbourGraph | None = None,
+                 roster_delivery: str = "full") -> None:
         self.model = model
         self.codec = codec
         self.optimizer = ServerOptimizer(optimizer)
@@ -120,7 +127,19 @@ class Server:
         if not 1 <= self.threshold <= n:
             raise ConfigurationError(f"threshold must be in 1..{n}, got {self.threshold}")
         self.graph: NeighbourGraph = CompleteGraph() if graph is None else graph
+        if roster_delivery not in ROSTER_DELIVERIES:
+            raise ConfigurationError(f"roster_delivery must be one of"
+                                     f" {', '.join(ROSTER_DELIVERIES)}, got {roster_delivery!r}")
+        self.roster_delivery = roster_delivery
+        self.last_session: SecAggConfig | None = None
+        """The configuration of the last secure session this server's rounds
+        built (None before any): the driver reads its roster delivery."""
         if self.mode is AggregationMode.SECURE:
+            if roster_delivery == "merkle" and self.roster_delivery_for(n) != "merkle":
+                raise ConfigurationError(
+                    f"roster_delivery merkle needs a sparse graph; {self.graph.describe()!r}"
+                    f" gives every one of the {n} clients every roster entry: use a Harary"
+                    " graph of degree k < n - 1, or roster_delivery full")
             self._secagg_config(0)  # refuse what no session accepts before any round
         shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         if shapes != codec.shapes:
@@ -180,7 +199,9 @@ class Server:
                 raise ConfigurationError("secure aggregation needs encoded updates")
         # active mode: secure_sum gives every client a fresh Ed25519 identity,
         # pinned at every party, for this session
-        result = secure_sum(inputs, self._secagg_config(round_number), drops)
+        config = self._secagg_config(round_number)
+        self.last_session = config
+        result = secure_sum(inputs, config, drops)
         return result.total, tuple(sorted(result.survivors))
 
     def _secagg_config(self, round_number: int) -> SecAggConfig:
@@ -189,8 +210,15 @@ class Server:
             num_clients=len(self.client_ids), vector_length=self.codec.vector_length,
             bits=self.codec.bits, threshold=self.threshold, client_ids=self.client_ids,
             context=f"{self.name} round {round_number}".encode(), mode=self.security_mode,
-            graph=self.graph,
+            graph=self.graph, roster_delivery=self.roster_delivery_for(len(self.client_ids)),
         )
+
+    def roster_delivery_for(self, num_clients: int) -> str:
+        """The roster delivery of a session over ``num_clients`` clients:
+        ``"merkle"`` when this server's ``roster_delivery`` is ``"merkle"``
+        and its graph is sparse for that roster, ``"full"`` otherwise
+        (:func:`~securefl.protocol.config.session_roster_delivery`)."""
+        return session_roster_delivery(self.roster_delivery, self.graph, num_clients)
 
     def outcome_from_sum(self, total: np.ndarray,
                          survivors: tuple[int, ...]) -> AggregateOutcome:

@@ -103,7 +103,13 @@ from securefl.privacy.distributed import (
 from securefl.privacy.ledger import Participation, UserLevelEntry, parse_ledger
 from securefl.privacy.options import Adjacency
 from securefl.protocol import Round
-from securefl.protocol.config import SecAggConfig, SecurityMode, default_threshold
+from securefl.protocol.config import (
+    ROSTER_DELIVERIES,
+    SecAggConfig,
+    SecurityMode,
+    default_threshold,
+    session_roster_delivery,
+)
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import secure_sum
@@ -162,12 +168,22 @@ class SecAggPlan:
         threshold: the Shamir threshold ``t`` (``config.threshold`` when given).
         degree: ``k`` of a Harary graph (None for the complete graph).
         explanation: why (the parameter finder's account, when it chose ``k``).
+        roster_delivery: the roster delivery the federation asks for
+            (``"full"`` or ``"merkle"``); see :meth:`session_roster_delivery`.
     """
 
     graph: NeighbourGraph
     threshold: int
     degree: int | None
     explanation: str
+    roster_delivery: str = "full"
+
+    def session_roster_delivery(self, num_clients: int) -> str:
+        """The roster delivery of a session of ``num_clients`` clients:
+        ``"merkle"`` when asked for and :attr:`graph` is sparse for that
+        roster, ``"full"`` otherwise
+        (:func:`~securefl.protocol.config.session_roster_delivery`)."""
+        return session_roster_delivery(self.roster_delivery, self.graph, num_clients)
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,19 @@ class SimulationConfig:
     for ``num_clients``, the ``dropout`` rate and no corrupt clients, against
     a semi-honest or, in active mode, a semi-malicious server).  See
     :meth:`secagg_plan`.
+
+    ``roster_delivery`` is ``"full"`` (default: every client receives the
+    whole key roster, O(n) bytes) or ``"merkle"`` (graph harary only: each
+    client receives its own and its neighbours' roster entries with Merkle
+    inclusion proofs, O(k log n) bytes; SPEC.md section 10.1a).  With
+    ``"merkle"`` every session whose graph is sparse for its roster uses it;
+    a session whose roster is too small for the graph to be sparse (a
+    user-level session over ``k + 1`` encoded updates, where the Harary
+    graph is complete) falls back to ``"full"``, and each round's report
+    says which one its session used (``roster_delivery`` in
+    ``metrics.json``).  ``"full"`` leaves :meth:`to_json` (and so
+    ``metrics.json`` and the run store) exactly as before the option
+    existed, so runs recorded before it resume.
 
     ``privacy`` is ``"record-level"`` (DP-SGD, default), ``"both"`` (DP-SGD
     and user-level distributed DP: Skellam noise in the secure sum, target
@@ -235,6 +264,7 @@ class SimulationConfig:
     security_mode: SecurityMode = SecurityMode.SEMI_HONEST
     graph: GraphKind = GraphKind.COMPLETE
     graph_degree: int | None = None
+    roster_delivery: str = "full"
 
     def __post_init__(self) -> None:
         for name, kind in (("accountant", AccountantKind), ("weighting", Weighting),
@@ -334,13 +364,30 @@ class SimulationConfig:
             raise ConfigurationError(
                 f"graph harary without graph_degree sizes the graph for the dropout rate,"
                 f" which must then be below 1, got {self.dropout}; give --graph-degree K")
+        if self.roster_delivery not in ROSTER_DELIVERIES:
+            raise ConfigurationError(
+                f"roster_delivery must be one of {', '.join(ROSTER_DELIVERIES)}, got"
+                f" {self.roster_delivery!r}")
+        if self.roster_delivery == "merkle" and self.client_sample_rate < 1.0:
+            raise ConfigurationError(
+                f"roster_delivery merkle needs a sparse graph, but with client_sample_rate="
+                f"{self.client_sample_rate:g} each round's session runs over its sampled"
+                " cohort on the complete graph, where every client needs every roster entry:"
+                " use --roster-delivery full, or --client-sample-rate 1 with --graph harary")
+        if self.roster_delivery == "merkle" and not (self.secure and sparse):
+            raise ConfigurationError(
+                "roster_delivery merkle sends each client only its neighbours' roster"
+                " entries, so it needs secure aggregation over a sparse graph: add --graph"
+                " harary (graph='harary'), or use --roster-delivery full"
+                + (" (drop --no-secure-aggregation)" if not self.secure else ""))
         if self.secure:
             plan = self.secagg_plan()
             # the rules every session will apply (threshold range, threshold vs
             # graph and mode), checked before anything is printed or trained
             SecAggConfig(num_clients=self.num_clients, vector_length=1,
                          threshold=plan.threshold, mode=self.security_mode,
-                         graph=plan.graph)
+                         graph=plan.graph, roster_delivery=plan.session_roster_delivery(
+                             self.num_clients))
 
     def secagg_plan(self) -> SecAggPlan:
         """The graph and threshold of this federation's sessions.
@@ -362,11 +409,13 @@ class SimulationConfig:
         if self.graph is GraphKind.COMPLETE:
             t = default_threshold(n, self.security_mode) if self.threshold is None \
                 else int(self.threshold)
-            return SecAggPlan(CompleteGraph(), t, None, "complete graph (Bonawitz et al.)")
+            return SecAggPlan(CompleteGraph(), t, None, "complete graph (Bonawitz et al.)",
+                              self.roster_delivery)
         if self.graph_degree is not None:
             k = int(self.graph_degree)
             t = (k + 1) // 2 + 1 if self.threshold is None else int(self.threshold)
-            return SecAggPlan(HararyGraph(k), t, k, f"harary:k={k} given")
+            return SecAggPlan(HararyGraph(k), t, k, f"harary:k={k} given",
+                              self.roster_delivery)
         model = ServerModel.SEMI_MALICIOUS if self.security_mode is SecurityMode.ACTIVE \
             else ServerModel.SEMI_HONEST
         found = find_graph_parameters(n, self.dropout, 0.0, model)
@@ -376,7 +425,8 @@ class SimulationConfig:
                 f" {self.dropout} and a {model.value} server ({found.explanation}); use"
                 " --graph complete, or give --graph-degree K")
         t = found.threshold if self.threshold is None else int(self.threshold)
-        return SecAggPlan(found.graph, t, found.degree, found.explanation)
+        return SecAggPlan(found.graph, t, found.degree, found.explanation,
+                          self.roster_delivery)
 
     @property
     def record_level(self) -> bool:
@@ -403,8 +453,14 @@ class SimulationConfig:
         return adjacency_for(self.weighting)
 
     def to_json(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values."""
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        """The configuration as JSON-ready values.  ``roster_delivery`` is
+        left out when it is ``"full"`` (the default), so that the
+        configurations of runs recorded before the option existed compare
+        equal on resume."""
+        out = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        if out["roster_delivery"] == "full":
+            del out["roster_delivery"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SimulationConfig:
@@ -623,6 +679,7 @@ def run_simulation(
         ids, mode=mode, threshold=plan.threshold if plan is not None else config.threshold,
         name=f"securefl simulate seed {config.seed}", security_mode=config.security_mode,
         graph=plan.graph if plan is not None else None,
+        roster_delivery=plan.roster_delivery if plan is not None else "full",
     )
     # the degree the sessions use (the parameter finder's when graph_degree is None)
     config_extra = {"graph_degree_used": plan.degree if plan is not None else None,
@@ -781,10 +838,11 @@ def user_level_min_cohort(config: SimulationConfig, plan: UserLevelPlan) -> int:
     reason = ""
     for m in sizes:
         try:
+            secagg = config.secagg_plan()
             SecAggConfig(num_clients=m, vector_length=plan.codec.padded, bits=plan.codec.bits,
                          threshold=_session_threshold(config, m), mode=config.security_mode,
-                         graph=config.secagg_plan().graph,
-                         noise=_user_level_noise(config, plan.variance))
+                         graph=secagg.graph, noise=_user_level_noise(config, plan.variance),
+                         roster_delivery=secagg.session_roster_delivery(m))
         except ConfigurationError as exc:
             reason = str(exc)
             continue
@@ -832,13 +890,15 @@ def _user_level_sum(config: SimulationConfig, server: Server, plan: UserLevelPla
         secagg = SecAggConfig(num_clients=len(ids), vector_length=plan.codec.padded,
                               bits=plan.codec.bits, threshold=threshold, client_ids=ids,
                               mode=server.security_mode, graph=server.graph,
-                              noise=_user_level_noise(config, plan.variance))
+                              noise=_user_level_noise(config, plan.variance),
+                              roster_delivery=server.roster_delivery_for(len(ids)))
     except ConfigurationError as exc:
         # fewer encoded updates than sampled can leave a session the noise
         # plan does not fit (checked for whole cohorts before training): the
         # round aborts, its charges kept, rather than release a wrong sum
         raise AbortError(f"no session of the {len(ids)} encoded updates takes the noise"
                          f" plan: {exc}", needed=len(ids), available=len(ids)) from None
+    server.last_session = secagg  # the round report says which roster delivery it used
     result = secure_sum(dict(vectors), secagg, {c: r for c, r in drops.items() if c in ids})
     expected = config.client_sample_rate * config.num_clients
     flat = plan.codec.decode_sum(result.total, round_seed) / expected
@@ -988,6 +1048,7 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                                      detail=f"encoding refused: {exc}")
 
         abort_reason = ""
+        server.last_session = None
         try:
             if skipped or user_refusal:
                 raise AbortError(skipped or user_refusal)
@@ -1017,9 +1078,14 @@ def _run_rounds(config: SimulationConfig, recorder: RoundRecorder, server: Serve
                           detail=info[client.client_id]["detail"])
             for client in clients]
         position += 1
+        # a federation that asked for merkle rosters: which one this round's
+        # session used (full when its graph was not sparse for its roster)
+        session = server.last_session
+        delivery = session.roster_delivery if session is not None \
+            and server.roster_delivery != "full" else None
         report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
                                  started=t0, driver_state={"schedule_position": position},
-                                 user_level=user_rows)
+                                 user_level=user_rows, roster_delivery=delivery)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(acc=f"{report.accuracy:.3f}", eps=f"{report.epsilon_max:.2f}")

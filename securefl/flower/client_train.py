@@ -88,6 +88,7 @@ def run_values(run_config: Mapping[str, Any]) -> dict[str, Any]:
             "insecure_reproducible_noise": _flag(c.get("insecure-reproducible-noise", False)),
             "graph": str(c.get("graph", "complete") or "complete"),
             "graph_degree": _opt(c.get("graph-degree"), int),
+            "roster_delivery": str(c.get("roster-delivery", "full") or "full"),
         }
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"bad run config: {exc}") from None

@@ -36,6 +36,10 @@ even degree ``k``, 2..num-clients-2; 0: chosen with the threshold by
 :func:`~securefl.protocol.params.find_graph_parameters`, as ``securefl
 simulate --graph harary`` does), ``expected-dropout`` (the dropout rate the
 finder sizes the graph for, default 0; Flower injects no dropouts),
+``roster-delivery`` (``full``, the default: every node receives the whole key
+roster; or ``merkle``, with ``graph = "harary"`` only: each node receives
+its own and its neighbours' roster entries with Merkle inclusion proofs,
+O(k log n) bytes instead of O(n); SPEC.md section 10.1a),
 ``output-dir`` (required: where the
 artefacts go; the example's ServerApp picks a fresh directory when it is
 empty, see :mod:`securefl.flower.runner`), ``federation-id`` (the name under
@@ -147,8 +151,8 @@ def run_federation(grid: Grid, context: Context) -> None:
             ledger or a run (and ``resume`` is not set), or ``resume`` of a
             run that was started without ``federation-id``.
         ResumeMismatchError: ``resume`` with another run config (the keys
-            that differ are named, e.g. ``graph``, ``graph_degree``), security
-            mode, graph or ``federation-id``.
+            that differ are named, e.g. ``graph``, ``graph_degree``,
+            ``roster_delivery``), security mode, graph or ``federation-id``.
         RunStoreError: ``resume`` of a directory that holds no run store.
         FederationIncompleteError: no round completed, or every client
             refused some round.
@@ -193,7 +197,8 @@ def run_federation(grid: Grid, context: Context) -> None:
     server = Server(model, codec, ServerOptimizerConfig(
         kind=config.server_optimizer, lr=config.server_lr, momentum=config.server_momentum),
         ids, mode=AggregationMode.SECURE, threshold=plan.threshold,
-        name=f"securefl flower seed {config.seed}", security_mode=mode, graph=plan.graph)
+        name=f"securefl flower seed {config.seed}", security_mode=mode, graph=plan.graph,
+        roster_delivery=plan.roster_delivery)
     if resume:
         recorder = RoundRecorder.resume(out, config=config, server=server, test=data.test,
                                         secure=True, round_json=_round_json)
@@ -318,6 +323,7 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
 
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
         mode=mode, threshold=server.threshold, graph=server.graph,
+        roster_delivery=server.roster_delivery,
         timeout=float(run_config.get("round-timeout", 120.0)),
         pinned_keys=pinned, federation=server.name,
         authenticated_channels=bool(run_config.get("authenticated-channels", False)),
@@ -381,8 +387,13 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
                          lambda handle: np.savez(handle, **sums))  # type: ignore[arg-type]
         position += 1
         driver.update(known={str(k): v for k, v in known.items()}, position=position)
+        # with roster-delivery merkle: which one this round's session used
+        # (full when too few nodes registered for the graph to be sparse)
+        session = workflow.last_session
+        delivery = session.roster_delivery if session is not None \
+            and server.roster_delivery != "full" else None
         report = recorder.settle(round_number, outcome, outcomes, abort_reason=abort_reason,
-                                 started=t0, driver_state=driver)
+                                 started=t0, driver_state=driver, roster_delivery=delivery)
         _emit(format_round(report, len(ids)))
 
     summaries = {

@@ -93,6 +93,7 @@ from securefl.protocol.messages import (
     ConsistencyRequest,
     KeyRoster,
     ShareDelivery,
+    SparseKeyRoster,
     UnmaskingRequest,
 )
 from securefl.wire import codec as wire
@@ -331,7 +332,9 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
             session.provide_input(np.zeros(config.vector_length, dtype=np.uint64))
         session.handle(old)
     raw = _bytes_field(record, Key.PAYLOAD, stage.round)
-    message = wire.decode(raw, config=config, expect=_EXPECTED[stage])
+    expected: type = SparseKeyRoster if stage is Stage.SHARE_KEYS \
+        and config.roster_delivery == "merkle" else _EXPECTED[stage]
+    message = wire.decode(raw, config=config, expect=expected)
     metrics = None
     if stage is Stage.MASKED_INPUT_COLLECTION:
         train_config = msg.content.config_records.get("config")

@@ -17,7 +17,7 @@ from typing import Any
 
 from securefl.encoding import FixedPointCodec
 from securefl.errors import ConfigurationError, EncodingError
-from securefl.protocol.config import Round, SecAggConfig, SecurityMode
+from securefl.protocol.config import ROSTER_DELIVERIES, Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.harary import HararyGraph
 
@@ -145,6 +145,14 @@ class SessionSetup:
         graph: who masks with whom, as the canonical text the configuration
             digest binds (:func:`parse_graph`): ``"complete"`` or
             ``"harary:k=<k>"`` (SecAgg+).
+        roster_delivery: ``"full"`` (the whole key roster) or ``"merkle"``
+            (a sparse graph only: the node receives a
+            :class:`~securefl.protocol.messages.SparseKeyRoster` of its own
+            and its neighbours' entries, proven against a Merkle root the
+            session id binds; SPEC.md section 10.1a).  Bound into the
+            configuration digest when ``"merkle"``.  Written in the setup
+            bytes only when ``"merkle"``, so a full-roster setup is byte for
+            byte what it was before the field existed.
 
     There is no rounding seed: a node rounds stochastically with randomness
     from its own OS CSPRNG, never with anything the server chose.
@@ -163,6 +171,7 @@ class SessionSetup:
     max_weight: int
     codec_clients: int
     graph: str = "complete"
+    roster_delivery: str = "full"
 
     @classmethod
     def create(cls, fl_round: int, config: SecAggConfig,
@@ -189,7 +198,8 @@ class SessionSetup:
                    mode=config.mode.value, client_ids=tuple(config.ids), context=config.context,
                    shapes=tuple(tuple(s) for s in codec.shapes), bits=codec.bits,
                    frac_bits=codec.frac_bits, clip=float(codec.clip),
-                   max_weight=codec.max_weight, codec_clients=codec.num_clients, graph=graph)
+                   max_weight=codec.max_weight, codec_clients=codec.num_clients, graph=graph,
+                   roster_delivery=config.roster_delivery)
 
     def secagg_config(self) -> SecAggConfig:
         """The session configuration (validated again on this side).
@@ -202,7 +212,8 @@ class SessionSetup:
         return SecAggConfig(num_clients=self.num_clients, vector_length=self.codec().vector_length,
                             bits=self.bits, threshold=self.threshold,
                             mode=SecurityMode(self.mode), client_ids=self.client_ids,
-                            graph=parse_graph(self.graph), context=self.context)
+                            graph=parse_graph(self.graph), context=self.context,
+                            roster_delivery=self.roster_delivery)
 
     def codec(self) -> FixedPointCodec:
         """The fixed-point codec (validated again on this side)."""
@@ -211,9 +222,11 @@ class SessionSetup:
                                max_weight=self.max_weight)
 
     def to_bytes(self) -> bytes:
-        """Canonical JSON bytes."""
+        """Canonical JSON bytes (``roster_delivery`` only when ``"merkle"``)."""
         data: dict[str, Any] = asdict(self)
         data["context"] = self.context.hex()
+        if self.roster_delivery == "full":
+            del data["roster_delivery"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -225,6 +238,9 @@ class SessionSetup:
         valid :class:`SecAggConfig` and :class:`FixedPointCodec` whose bit
         budget covers every invited client; ``graph`` must name a graph
         :func:`parse_graph` builds, valid for the clients and threshold.
+        ``roster_delivery`` is optional (absent: ``"full"``); when present it
+        must be ``"merkle"`` (the one canonical spelling of a full-roster
+        setup leaves it out), with a graph that is sparse for the clients.
 
         Raises:
             ConfigurationError: malformed, oversized or inconsistent setup
@@ -239,9 +255,18 @@ class SessionSetup:
             data = json.loads(bytes(raw).decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigurationError(f"malformed securefl session setup: {exc}") from None
-        if not isinstance(data, dict) or set(data) != _FIELDS:
+        if not isinstance(data, dict) or set(data) - {"roster_delivery"} != _REQUIRED:
             raise ConfigurationError("malformed securefl session setup: expected exactly the"
-                                     f" fields {sorted(_FIELDS)}")
+                                     f" fields {sorted(_REQUIRED)} (and optionally"
+                                     " roster_delivery)")
+        delivery = data.get("roster_delivery", "full")
+        if "roster_delivery" in data and (not isinstance(delivery, str)
+                                          or delivery == "full"
+                                          or delivery not in ROSTER_DELIVERIES):
+            shown = repr(delivery[:32]) if isinstance(delivery, str) else type(delivery).__name__
+            raise ConfigurationError(
+                f"unknown roster_delivery {shown}: a session setup names"
+                " 'merkle', or leaves the field out for 'full'")
         ints = {k: _int_field(data, k) for k in ("fl_round", "num_clients", "threshold", "bits",
                                                  "frac_bits", "max_weight", "codec_clients")}
         if ints["fl_round"] < 0:
@@ -266,6 +291,7 @@ class SessionSetup:
             raise ConfigurationError("clip must be a number")
         try:
             setup = cls(mode=data["mode"], graph=data["graph"], client_ids=tuple(ids),
+                        roster_delivery=delivery,
                         context=context_bytes,
                         shapes=tuple(tuple(s) for s in shapes), clip=float(clip), **ints)
         except OverflowError:
@@ -282,6 +308,7 @@ class SessionSetup:
 
 
 _FIELDS = frozenset(f.name for f in fields(SessionSetup))
+_REQUIRED = _FIELDS - {"roster_delivery"}
 
 
 def _is_int(value: Any) -> bool:

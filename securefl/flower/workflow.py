@@ -54,11 +54,13 @@ from securefl.flower.setup import (
 )
 from securefl.hazmat import signing
 from securefl.protocol.config import (
+    ROSTER_DELIVERIES,
     ClientStatus,
     Round,
     SecAggConfig,
     SecurityMode,
     default_threshold,
+    session_roster_delivery,
 )
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
 from securefl.protocol.messages import (
@@ -142,6 +144,15 @@ class SecureAggregationSettings:
             warning (the nodes refuse it by their own policy anyway).
         allow_unauthenticated_semi_honest: the operator opts in, by name, to
             semi-honest mode over unauthenticated channels.
+        roster_delivery: ``"full"`` (default): every node receives the whole
+            key roster; ``"merkle"`` (a sparse ``graph`` only): each node
+            receives its own :class:`~securefl.protocol.messages.SparseKeyRoster`
+            (its own and its neighbours' entries with Merkle inclusion
+            proofs, O(k log n) bytes instead of O(n)).  A session whose
+            registered nodes are too few for the graph to be sparse (``k +
+            1`` nodes on ``HararyGraph(k)``) uses ``"full"``; the round's
+            result says which one it used.  Announced in the session setup
+            and bound into the configuration digest.
     """
 
     mode: SecurityMode | None = None
@@ -153,10 +164,19 @@ class SecureAggregationSettings:
     authenticated_channels: bool = False
     allow_unauthenticated_semi_honest: bool = False
     graph: NeighbourGraph = field(default_factory=CompleteGraph)
+    roster_delivery: str = "full"
 
     def __post_init__(self) -> None:
         if not isinstance(self.graph, NeighbourGraph):
             raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
+        if self.roster_delivery not in ROSTER_DELIVERIES:
+            raise ConfigurationError(f"roster_delivery must be one of"
+                                     f" {', '.join(ROSTER_DELIVERIES)}, got"
+                                     f" {self.roster_delivery!r}")
+        if self.roster_delivery == "merkle" and isinstance(self.graph, CompleteGraph):
+            raise ConfigurationError("roster_delivery merkle needs a sparse graph (on the"
+                                     " complete graph every node needs every roster entry):"
+                                     " use HararyGraph(k), or roster_delivery full")
         if self.mode is None:
             object.__setattr__(self, "mode", SecurityMode.ACTIVE if self.pinned_keys
                                else SecurityMode.SEMI_HONEST)
@@ -188,6 +208,8 @@ class FlowerRoundResult:
         refused: client id -> the node-policy rule (value of
             :class:`~securefl.flower.policy.PolicyRule`) under which the node
             refused the session setup.
+        roster_delivery: the roster delivery the session used (``"full"``
+            or ``"merkle"``).
     """
 
     total: np.ndarray
@@ -198,6 +220,7 @@ class FlowerRoundResult:
     dp_metrics: Mapping[int, dict[str, Any]] = field(default_factory=dict)
     node_ids: Mapping[int, int] = field(default_factory=dict)
     refused: Mapping[int, str] = field(default_factory=dict)
+    roster_delivery: str = "full"
 
     def dropped_at(self, mode: SecurityMode) -> dict[int, Round]:
         """Client id -> the protocol round it dropped at."""
@@ -277,6 +300,9 @@ class SecureAggregationWorkflow:
                          for c, k in settings.pinned_keys.items()}
                         if settings.pinned_keys else None)
         self._on_event = on_event
+        self.last_session: SecAggConfig | None = None
+        """The configuration of the last session :meth:`run_round` started
+        (None before any; it stays set when the round aborts)."""
 
     # -- registration -------------------------------------------------------------------
 
@@ -346,6 +372,7 @@ class SecureAggregationWorkflow:
                 codec's ``num_clients``, or a threshold the mode or the graph
                 refuses.
         """
+        self.last_session = None
         self.register(grid)
         node_of = {cid: node for node, cid in self.clients.items()}
         ids = tuple(sorted(node_of))
@@ -371,6 +398,8 @@ class SecureAggregationWorkflow:
             num_clients=len(ids), vector_length=self.codec.vector_length, bits=self.codec.bits,
             threshold=threshold, mode=self.settings.mode, client_ids=ids, graph=graph,
             context=f"{self.settings.federation} run {grid.run.run_id} round {fl_round}".encode(),
+            roster_delivery=session_roster_delivery(self.settings.roster_delivery, graph,
+                                                    len(ids)),
         )
         if self._pinned is not None:
             missing = [c for c in ids if c not in self._pinned]
@@ -378,6 +407,7 @@ class SecureAggregationWorkflow:
                 raise ConfigurationError(f"no pinned identity key for clients {missing}")
         setup = SessionSetup.create(fl_round, config, self.codec)
         server = ServerSession(config, peer_identities=self._pinned)
+        self.last_session = config
         online = set(grid.get_node_ids())
         dp_metrics: dict[int, dict[str, Any]] = {}
         refused: dict[int, str] = {}
@@ -417,6 +447,7 @@ class SecureAggregationWorkflow:
             total=result.total, decoded=self.codec.decode_sum(result.total),
             survivors=tuple(sorted(result.survivors)), statuses=dict(result.statuses),
             invited=ids, dp_metrics=dp_metrics, node_ids=node_of, refused=refused,
+            roster_delivery=config.roster_delivery,
         )
 
     def _accept(self, server: ServerSession, config: SecAggConfig, rnd: Round, reply: Message,

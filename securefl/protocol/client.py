@@ -39,7 +39,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securefl.errors import (
     ConfigurationError,
     DecryptionError,
-    InconsistentSharesError,
     InvalidKeyError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -47,7 +46,7 @@ from securefl.errors import (
     SignatureError,
 )
 from securefl.hazmat import noise, shamir, signing
-from securefl.hazmat.agreement import KeyPair, is_canonical_encoding
+from securefl.hazmat.agreement import KeyPair, exchange, is_canonical_encoding
 from securefl.hazmat.prg import Executor, MaskExpander, ring_dtype
 from securefl.hazmat.randomness import RandomSource, default_random
 from securefl.protocol import derivation as d
@@ -378,7 +377,7 @@ class ClientSession:
                        f"only {len(neighbours)} neighbours, threshold is {self.config.t}", rnd)
         holders = sorted(neighbours | {self.client_id})
         if columns is not None:
-            roster = {u: e for u in holders if (e := columns.find(u)) is not None}
+            roster = _entries_at(columns, holders)
         return self._deal_shares(sid, roster_ids, roster, neighbours, rnd)
 
     def _on_sparse_roster(self, msg: SparseKeyRoster) -> EncryptedShares:
@@ -399,33 +398,35 @@ class ClientSession:
         ciphertexts: dict[int, bytes] = {}
         share_keys: dict[int, bytes] = {}
         # every share serialised at once (as shamir.share_to_bytes does one by
-        # one), then sliced: 64 bytes per share, holder-major
+        # one), holder-major: a holder's key share, seed share and noise shares
+        # (64 bytes each) are one contiguous bundle
         width = shamir.SHARE_BYTES
         blob = shamir.shares_to_bytes(shares)
         per_holder = (2 + self._components) * width
+        pairs = d.PeerDerivations(sid, self.client_id)
+        private = self._c.private
+        me = self.client_id
         for row, holder in enumerate(holders):
             base = row * per_holder
-            key_share = blob[base:base + width]
-            seed_share = blob[base + width:base + 2 * width]
-            noise_shares = [blob[base + (2 + j) * width:base + (3 + j) * width]
-                            for j in range(self._components)]
-            if holder == self.client_id:
-                self._held_key_shares[holder] = key_share
-                self._held_seed_shares[holder] = seed_share
-                for j, share in enumerate(noise_shares):
-                    self._held_noise_shares[(holder, j)] = share
+            bundle = blob[base:base + per_holder]
+            if holder == me:
+                self._held_key_shares[holder] = bundle[:width]
+                self._held_seed_shares[holder] = bundle[width:2 * width]
+                for j in range(self._components):
+                    self._held_noise_shares[(holder, j)] = bundle[(2 + j) * width:
+                                                                  (3 + j) * width]
                 continue
             try:
-                secret = self._c.exchange(roster[holder].encryption_key)
+                secret = exchange(private, roster[holder].encryption_key)
             except InvalidKeyError:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "encryption key is of low order", rnd,
                            peer=holder)
-            key = d.share_encryption_key(secret, sid, self.client_id, holder)
-            share_keys[holder] = key
+            key = share_keys[holder] = pairs.share_key(secret, holder)
             # (noise shares only with a plan: the call is then exactly as without one)
-            extra = (noise_shares,) if noise_shares else ()
-            ciphertexts[holder] = d.encrypt_shares(key, sid, self.client_id, holder,
-                                                   key_share, seed_share, *extra)
+            extra = ([bundle[(2 + j) * width:(3 + j) * width]
+                      for j in range(self._components)],) if self._components else ()
+            ciphertexts[holder] = d.encrypt_shares(key, sid, me, holder, bundle[:width],
+                                                   bundle[width:2 * width], *extra)
         self.session_id = sid
         self._share_keys = share_keys  # pair keys, reused to decrypt in R2 then wiped
         self._roster = roster
@@ -563,48 +564,45 @@ class ClientSession:
         seed_shares: dict[int, bytes] = {}
         noise_shares: dict[tuple[int, int], bytes] = {}
         excluded: set[int] = set()
-        opened: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
+        pairs = d.PeerDerivations(self.session_id, self.client_id)
+        width = shamir.SHARE_BYTES
+        # a bundle is the key share, the seed share and one share per noise
+        # component (64 bytes each); any other length is unusable
+        bundle_bytes = (2 + self._components) * width
+        opened: dict[int, bytes] = {}
         for u in sorted(senders):
             ciphertext = msg.ciphertexts[u]
             try:
                 if not isinstance(ciphertext, bytes | bytearray):
                     raise DecryptionError("a share ciphertext is bytes")
-                opened[u] = d.decrypt_share_bundle(
-                    self._share_keys[u], self.session_id, u, self.client_id, bytes(ciphertext))
+                opened[u] = pairs.open(self._share_keys[u], u, bytes(ciphertext))
             except DecryptionError:
                 excluded.add(u)
-        # the field-range check of every share at once; only if some share
-        # fails is each sender's bundle checked on its own, to name it
-        try:
-            shamir.check_shares([share for key_share, seed_share, extra in opened.values()
-                                 for share in (key_share, seed_share, *extra)])
-            all_valid = True
-        except InconsistentSharesError:
-            all_valid = False
-        for u, (key_share, seed_share, extra) in opened.items():
-            try:
-                if len(extra) != self._components or len(seed_share) != 64:
-                    raise InconsistentSharesError("wrong number of noise-seed shares")
-                if not all_valid:
-                    shamir.check_shares([key_share, seed_share, *extra])
-            except InconsistentSharesError:
+        # the length and field-range checks of every bundle at once; only if
+        # one fails is each sender's bundle checked on its own, to name it
+        plains = list(opened.values())
+        all_valid = all(len(p) == bundle_bytes for p in plains) and (
+            not plains or _field_elements(b"".join(plains)))
+        for u, plain in opened.items():
+            if not all_valid and (len(plain) != bundle_bytes or not _field_elements(plain)):
                 # u (or the server relaying it) sent shares this client cannot use:
                 # hold none of u's shares, leave u out of the masks, report it
                 excluded.add(u)
                 continue
-            key_shares[u] = key_share
-            seed_shares[u] = seed_share
-            for j, share in enumerate(extra):
-                noise_shares[(u, j)] = share
+            key_shares[u] = plain[:width]
+            seed_shares[u] = plain[width:2 * width]
+            for j in range(self._components):
+                noise_shares[(u, j)] = plain[(2 + j) * width:(3 + j) * width]
         senders -= excluded
         if len(senders) + 1 < self.config.t:
             self._fail(Rule.DECRYPTION_FAILED, f"only {len(senders)} peers' shares decrypted,"
                        f" threshold is {self.config.t}", rnd, peer=min(excluded))
         jobs = [(d.self_mask_key(self._seed, self.session_id, self.client_id), False)]
+        private = self._s.private
         for u in sorted(senders):
             try:
-                mask_key = d.masking_secret(self._s, self._roster[u].masking_key,
-                                            self.session_id, self.client_id, u)
+                # d.masking_secret, with the session's constant KDF input computed once
+                mask_key = pairs.mask_key(exchange(private, self._roster[u].masking_key), u)
             except InvalidKeyError:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "masking key is of low order", rnd, peer=u)
             # the smaller id adds the pairwise mask, the larger subtracts it
@@ -902,6 +900,32 @@ def _columns_clean(columns: RosterEntries, invited: np.ndarray, components: int)
     if _has_equal_rows(keys):
         return False
     return _canonical_rows(keys)
+
+
+def _field_elements(plain: bytes) -> bool:
+    """Is ``plain`` (a whole number of serialised shares: little-endian
+    uint32 words) made of field elements only, every word below the Shamir
+    prime?  (The range rule of :func:`shamir.check_shares`.)"""
+    words = np.frombuffer(plain, dtype="<u4")
+    return words.size == 0 or int(words.max()) < shamir.PRIME
+
+
+def _entries_at(columns: RosterEntries, ids: list[int]) -> dict[int, AdvertiseKeys]:
+    """The entries of the ascending ``ids`` that a columnar roster holds, by
+    sender (:meth:`RosterEntries.find` for each, with one binary search and
+    one copy of their rows for all)."""
+    senders = columns.senders
+    if not ids or senders.size == 0:
+        return {}
+    wanted = np.array(ids, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(senders, wanted), senders.size - 1)
+    hit = senders[pos] == wanted
+    rows = np.ascontiguousarray(columns.fields[pos[hit]]).tobytes()
+    out: dict[int, AdvertiseKeys] = {}
+    for i, sender in enumerate(wanted[hit].tolist()):
+        row = rows[96 * i:96 * i + 96]
+        out[sender] = AdvertiseKeys(sender, row[:32], row[32:64], None, row[64:96], ())
+    return out
 
 
 def _has_equal_rows(rows: np.ndarray) -> bool:

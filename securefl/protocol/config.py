@@ -77,6 +77,28 @@ _INCLUDED = frozenset(
 
 
 ROSTER_DELIVERIES = ("full", "merkle")
+"""The values of :attr:`SecAggConfig.roster_delivery`."""
+
+
+def session_roster_delivery(requested: str, graph: NeighbourGraph, num_clients: int) -> str:
+    """The roster delivery a session of ``num_clients`` clients over
+    ``graph`` uses when a federation asks for ``requested``: ``"merkle"``
+    when it is asked for and the graph is sparse for this roster (a client's
+    shares have fewer than ``num_clients`` holders), ``"full"`` otherwise
+    (e.g. ``HararyGraph(k)`` over ``k + 1`` clients is the complete graph:
+    every client would get every entry, so a sparse roster saves nothing and
+    :class:`SecAggConfig` refuses it).
+
+    Raises:
+        ConfigurationError: ``requested`` is not one of
+            :data:`ROSTER_DELIVERIES`.
+    """
+    if requested not in ROSTER_DELIVERIES:
+        raise ConfigurationError(f"roster_delivery must be one of {ROSTER_DELIVERIES},"
+                                 f" got {requested!r}")
+    if requested == "merkle" and graph.share_holders(num_clients) < num_clients:
+        return "merkle"
+    return "full"
 
 
 def default_threshold(num_clients: int, mode: SecurityMode) -> int:
