@@ -4,6 +4,8 @@ Usage:
   python benchmarks/scale_round.py [n ...] [--m M] [--dropout D] [--profile]
   python benchmarks/scale_round.py 500 1000 2000 --baseline /path/to/other/checkout
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --server-process --spill
+  python benchmarks/scale_round.py 4000 --m 100000 --dropout 0.1 --server-process --spill \
+      --profile [--unmask-workers 2]
   python benchmarks/scale_round.py 10000 --m 100000 --dropout 0.1 --stream --spill
   python benchmarks/scale_round.py 2000 --m 1000 --stream --roster merkle
 
@@ -26,11 +28,21 @@ server call, including decoding what it receives and encoding what it sends;
 the server's executor threads, if any, are counted as well).
 
 ``--server-process`` runs the server in a child process that receives the
-clients' wire bytes over a pipe and sends its own back, and reports the
+clients' wire bytes over a socket pair and sends its own back, and reports the
 child's CPU time and peak resident memory (``ru_maxrss``, and the same after
 the imports, before the session starts, so the difference is what the session
-held).  The clients stay in this process, so the wall time is not an
-in-process time there (the two processes overlap on two cores).
+held), and prints the child's CPU time by phase (decoding and handling each
+kind of message, closing each round, encoding each kind of reply).  The
+child reads each message's wire bytes as one ``bytes`` object (one copy, by
+the kernel) and sends its replies gathered.  The clients stay in this
+process, so the wall time is not an in-process time there (the two
+processes overlap on two cores).  With ``--profile`` the child runs under
+cProfile on CPU time and its statistics are printed (kept in the file
+``$SCALE_ROUND_PSTATS`` names, if set).  ``--unmask-workers W`` gives the
+server an ``unmask_pool`` of ``W`` worker processes
+(``securefl.protocol.unmasking.worker_pool``) for the mask removal; their
+CPU time is reported apart (``unmask_workers_cpu``) and counted in the
+round's.
 
 ``--spill`` gives the server a :class:`securefl.protocol.storage.FileStore` on
 an anonymous temporary file (created here, in the driver), so its masked
@@ -122,7 +134,8 @@ class _LocalServer:
     """The server in this process, behind the codec; CPU and wall time of
     every server call, decoding and encoding included."""
 
-    def __init__(self, config: Any, spill: bool) -> None:
+    def __init__(self, config: Any, spill: bool, unmask_pool: Any = None,
+                 workers: int | None = None) -> None:
         import tempfile
 
         from securefl.protocol.server import ServerSession
@@ -131,15 +144,28 @@ class _LocalServer:
         self.config = config
         self._file = tempfile.TemporaryFile() if spill else None  # noqa: SIM115
         self.session = ServerSession(config, store=None if self._file is None
-                                     else FileStore(self._file))
+                                     else FileStore(self._file), unmask_pool=unmask_pool,
+                                     workers=workers)
         self.cpu = 0.0
         self.wall = 0.0
+        # CPU seconds by phase: "decode <Message>", "receive <Message>",
+        # "close <round>", "encode <round>"
+        self.phases: dict[str, float] = {}
+
+    def _phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def receive(self, data: bytes) -> None:
         from securefl import wire
         c0, w0 = time.process_time(), time.perf_counter()
-        self.session.receive(wire.decode(data, config=self.config))
-        self.cpu += time.process_time() - c0
+        message = wire.decode(data, config=self.config)
+        c1 = time.process_time()
+        self.session.receive(message)
+        c2 = time.process_time()
+        name = type(message).__name__
+        self._phase(f"decode {name}", c1 - c0)
+        self._phase(f"receive {name}", c2 - c1)
+        self.cpu += c2 - c0
         self.wall += time.perf_counter() - w0
 
     def close_round(self) -> list[tuple[int, bytes]]:
@@ -149,12 +175,17 @@ class _LocalServer:
         """Close the round and encode its messages one at a time (a
         broadcast, the roster, once), timing the server's share."""
         from securefl import wire
+        rnd = self.session.round
         c0, w0 = time.process_time(), time.perf_counter()
         out = self.session.close_round()
+        self._phase(f"close {rnd.name if rnd is not None else None}",
+                    time.process_time() - c0)
         last: tuple[int, bytes] | None = None
         for e in out:
             if last is None or last[0] != id(e.message):
+                e0 = time.process_time()
                 last = (id(e.message), wire.encode(e.message))
+                self._phase(f"encode {type(e.message).__name__}", time.process_time() - e0)
             self.cpu += time.process_time() - c0
             self.wall += time.perf_counter() - w0
             yield e.recipient, last[1]
@@ -173,37 +204,129 @@ class _LocalServer:
         return r.total, r.survivors, {"server_cpu": self.cpu, "server_wall": self.wall}
 
 
-def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> None:
-    """The server process: wire bytes in, wire bytes out, over ``conn``."""
+class _FrameSocket:
+    """Messages of ``multiprocessing.Connection``'s framing (a 4-byte
+    big-endian length, then the payload: here a 1-byte kind and the wire
+    bytes) on the connection's socket, the server child's side.  Read with
+    ``MSG_WAITALL``: the wire
+    bytes arrive as one ``bytes`` object, copied once by the kernel, which
+    the codec then decodes without copying; ``Connection.recv_bytes`` copies
+    a large message three times (64 KB chunks, a ``BytesIO``, its value) and
+    slicing off the kind once more."""
+
+    def __init__(self, fd: int) -> None:
+        import socket
+
+        self._socket = socket.socket(fileno=os.dup(fd))
+        self._waitall = socket.MSG_WAITALL
+
+    def read(self) -> tuple[bytes, bytes]:
+        """The next message's kind (1 byte) and its payload."""
+        head = self._recv(5)
+        size = int.from_bytes(head[:4], "big", signed=True)
+        if size < 1:
+            raise ValueError("every message here has a kind byte; none is 2 GB")
+        return head[4:], self._recv(size - 1)
+
+    def send(self, *parts: bytes) -> None:
+        """One message made of ``parts``, in the same framing, gathered by
+        the kernel (no joined copy)."""
+        size = sum(len(p) for p in parts)
+        views = [memoryview(size.to_bytes(4, "big", signed=True)), *map(memoryview, parts)]
+        while views:
+            sent = self._socket.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
+
+    def _recv(self, size: int) -> bytes:
+        data = self._socket.recv(size, self._waitall) if size else b""
+        while len(data) < size:  # a signal may cut MSG_WAITALL short
+            more = self._socket.recv(size - len(data), self._waitall)
+            if not more:
+                raise EOFError
+            data += more
+        return data
+
+
+def _pool_cpu(pool: Any) -> float:
+    """CPU seconds (user + system) used so far by the worker processes of a
+    ``ProcessPoolExecutor`` (Linux: ``/proc/PID/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in list(getattr(pool, "_processes", None) or {}):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
+                  profile: str | None = None, unmask_workers: int = 0) -> None:
+    """The server process: wire bytes in, wire bytes out, over ``conn``;
+    with ``profile`` (a path), its session under cProfile, the stats dumped
+    there; with ``unmask_workers``, the mask removal in that many worker
+    processes (``unmasking.worker_pool``), whose CPU time is reported apart."""
+    import contextlib
+    import resource
+
+    import numpy  # noqa: F401 - imported before the baseline RSS
+
+    from securefl import wire  # noqa: F401 - imports before the baseline RSS
+    from securefl.protocol import unmasking
+
+    config, _, _ = _config(n, m, dropout)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with contextlib.ExitStack() as stack:
+        pool = (stack.enter_context(unmasking.worker_pool(unmask_workers)) if unmask_workers
+                else None)
+        _serve(conn, config, spill, profile, pool, unmask_workers, base_rss)
+
+
+def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
+           workers: int, base_rss: int) -> None:
+    """:func:`_server_child`'s loop."""
     import pickle
     import resource
 
     import numpy as np
 
-    from securefl import wire  # noqa: F401 - imports before the baseline RSS
-
-    config, _, _ = _config(n, m, dropout)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    server = _LocalServer(config, spill)
+    server = _LocalServer(config, spill, pool, workers or None)
+    # CPU time, not wall time: the child mostly waits for the clients
+    prof = cProfile.Profile(time.process_time) if profile else None
+    if prof is not None:
+        prof.enable()
     cpu0 = time.process_time()
+    reader = _FrameSocket(conn.fileno())
     while True:
-        data = conn.recv_bytes()
-        if data[:1] == b"R":
-            server.receive(data[1:])
+        kind, data = reader.read()
+        if kind == b"R":
+            server.receive(data)
             continue
         last = None
         for recipient, blob in server.close_stream():
             # the same bytes to many recipients (the roster) cross once
-            conn.send_bytes(recipient.to_bytes(4, "big") + (b"=" if blob is last else b"+"
-                                                             + blob))
+            if blob is last:
+                reader.send(recipient.to_bytes(4, "big"), b"=")
+            else:
+                reader.send(recipient.to_bytes(4, "big"), b"+", blob)
             last = blob
-        conn.send_bytes(b"")
+        reader.send()
         if server.finished:
             break
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(profile)
     total, survivors, _ = server.result()
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    print("server CPU by phase: " + ", ".join(
+        f"{name} {seconds:.2f}s" for name, seconds in sorted(
+            server.phases.items(), key=lambda item: -item[1])), flush=True)
+    extra = {} if pool is None else {"unmask_workers_cpu": _pool_cpu(pool)}
     conn.send_bytes(pickle.dumps((np.asarray(total), survivors, {
-        "server_cpu": time.process_time() - cpu0,
+        "server_cpu": time.process_time() - cpu0, **extra,
         "server_session_cpu": server.cpu,
         "server_peak_rss_mb": usage.ru_maxrss / 1024,
         "server_rss_before_session_mb": base_rss / 1024})))
@@ -212,12 +335,14 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool) -> Non
 class _RemoteServer:
     """The parent's side of :func:`_server_child`."""
 
-    def __init__(self, n: int, m: int, dropout: float, spill: bool) -> None:
+    def __init__(self, n: int, m: int, dropout: float, spill: bool,
+                 profile: str | None = None, unmask_workers: int = 0) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_child, args=(child, n, m, dropout, spill))
+        self._proc = ctx.Process(target=_server_child,
+                                 args=(child, n, m, dropout, spill, profile, unmask_workers))
         self._proc.start()
         self.finished = False
         self._rounds = 0
@@ -247,7 +372,7 @@ class _RemoteServer:
 
 
 def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
-                  seed: int = 1) -> float:
+                  seed: int = 1, profile: bool = False, unmask_workers: int = 0) -> float:
     import numpy as np
 
     from securefl import wire
@@ -259,8 +384,16 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
     dropped = set(config.ids[n - round(dropout * n):]) if dropout else set()
     stats = {"clients": 0.0, "client_codec": 0.0}
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    server: Any = (_RemoteServer(n, m, dropout, spill) if remote
+    stats_path = None
+    if profile and remote:
+        import tempfile
+        fd, stats_path = tempfile.mkstemp(suffix=".pstats")
+        os.close(fd)
+    server: Any = (_RemoteServer(n, m, dropout, spill, stats_path, unmask_workers) if remote
                    else _LocalServer(config, spill))
+    prof = cProfile.Profile() if profile and not remote else None
+    if prof is not None:
+        prof.enable()
     clients = {c: ClientSession(config, c) for c in config.ids}
     down = 0
     roster_down = 0  # the roster alone (what --roster changes)
@@ -301,8 +434,22 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
             del message, reply
     total, survivors, server_stats = server.result()
     wall = time.perf_counter() - wall0
+    if prof is not None or stats_path is not None:
+        # the server's own profile with --server-process, else the whole round
+        if prof is not None:
+            prof.disable()
+        profiled = pstats.Stats(stats_path if stats_path is not None else prof)
+        profiled.sort_stats("cumulative").print_stats(40)
+        profiled.sort_stats("tottime").print_stats(40)
+        if stats_path is not None:
+            keep = os.environ.get("SCALE_ROUND_PSTATS")  # where to keep the server's stats
+            if keep:
+                os.replace(stats_path, keep)
+            else:
+                os.unlink(stats_path)
     # the round's CPU time: this process, plus the server's child if any
-    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0)
+    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0) \
+        + server_stats.get("unmask_workers_cpu", 0.0)
     plain = np.zeros(m, dtype=np.uint64)
     for c in survivors:
         np.add(plain, _input(seed, c, m, config.bits), out=plain)
@@ -369,13 +516,17 @@ def main() -> None:
                              " entries with inclusion proofs")
     parser.add_argument("--spill", action="store_true",
                         help="the server keeps R2's masked inputs in a temporary file")
+    parser.add_argument("--unmask-workers", type=int, default=0,
+                        help="with --server-process: the mask removal in this many worker"
+                             " processes (their CPU time reported apart)")
     args = parser.parse_args()
     print(f"loadavg at start: {os.getloadavg()}", flush=True)
     os.environ[_ROSTER_ENV] = args.roster
     if args.roster != "full" and not (args.stream or args.server_process):
         parser.error("--roster needs --stream or --server-process")
     if args.stream or args.server_process:
-        rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process))
+        rows = [(n, _stream_round(n, args.m, args.dropout, args.spill, args.server_process,
+                                  profile=args.profile, unmask_workers=args.unmask_workers))
                 for n in args.ns]
         _exponents("this", rows)
         return

@@ -197,9 +197,9 @@ def check_shares(raws: Sequence[bytes]) -> None:
         InconsistentSharesError: a share of the wrong length or with an
             element not below p.
     """
-    for raw in raws:
-        if len(raw) != SHARE_BYTES:
-            raise InconsistentSharesError(f"a share is {SHARE_BYTES} bytes, got {len(raw)}")
+    if set(map(len, raws)) - {SHARE_BYTES}:
+        bad = next(raw for raw in raws if len(raw) != SHARE_BYTES)
+        raise InconsistentSharesError(f"a share is {SHARE_BYTES} bytes, got {len(bad)}")
     if raws:
         arr = np.frombuffer(b"".join(raws), dtype="<u4")
         if int(arr.max()) >= PRIME:
@@ -381,12 +381,119 @@ class UnverifiableSecretError(InconsistentSharesError):
     exactly t shares).
 
     Attributes:
-        index: the position of the secret in the reconstruction call.
+        index: the position of the secret in the reconstruction call (in its
+            group, for :func:`reconstruct_verified_groups`).
+        group: the group's position for :func:`reconstruct_verified_groups`,
+            else 0.
     """
 
-    def __init__(self, detail: str, *, index: int) -> None:
+    def __init__(self, detail: str, *, index: int, group: int = 0) -> None:
         self.index = index
+        self.group = group
         super().__init__(detail)
+
+
+_GROUP_BATCH = 1024
+"""Groups reconstructed per batch by :func:`reconstruct_verified_groups`
+(bounds its working arrays to a few MB)."""
+
+
+def reconstruct_verified_groups(
+    groups: Sequence[tuple[Sequence[int], np.ndarray]],
+    threshold: int,
+    verify: Callable[[int, int, bytes], bool],
+    rng: RandomSource,
+    suspects: set[int] | None = None,
+) -> list[VerifiedSecrets]:
+    """:meth:`Reconstructor.reconstruct_verified` for many groups of holders
+    at once (a sparse graph gives nearly every secret its own holder set).
+
+    The result is that of calling, for each group ``g`` in order,
+    ``Reconstructor(holders_g, threshold).reconstruct_verified(shares_g,
+    lambda i, v: verify(g, i, v), rng, suspects)``: groups with the same
+    number of holders and of secrets have their Lagrange weights, secrets
+    and random consistency checks (independent draws per group) computed
+    in one batch of array operations, and every group where anything fails
+    -- a limb that is not 16 bits, an extra share off the polynomial, a
+    ``verify`` that says no, a share that is not a field element, a bad
+    point or shape -- is handed whole to that call, which locates the bad
+    holders (or raises) exactly as it always did.  A group that passes
+    gets the same secrets that call would return (both interpolate through
+    its first ``threshold`` shares) and no exclusions.
+
+    Args:
+        groups: ``(holders, shares)`` pairs, ``shares`` of shape
+            ``(len(holders), S, 16)`` in holder order.
+        threshold: t.
+        verify: ``verify(group, index, secret)``: True iff the secret matches
+            its owner's commitment.
+        rng: randomness for the consistency checks.
+        suspects: holders known to be bad, shared across the groups (as one
+            set passed to every call; holders found bad are added).
+
+    Returns:
+        one :class:`VerifiedSecrets` per group, in order.
+
+    Raises:
+        UnverifiableSecretError: for the first group (in order) whose secret
+            cannot be decoded; ``group`` and ``index`` say which secret.
+        InconsistentSharesError, ConfigurationError: as that call, for the
+            first group that raises them.
+    """
+    suspects = set() if suspects is None else suspects
+    passed: dict[int, list[bytes]] = {}
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for g, (holders, shares) in enumerate(groups):
+        arr = np.asarray(shares)
+        if arr.ndim == 3 and arr.shape[0] == len(holders) >= threshold >= 1 \
+                and arr.shape[1] >= 1 and arr.shape[2] == LIMBS:
+            buckets.setdefault((len(holders), arr.shape[1]), []).append(g)
+    batches = [(h, num, members[i:i + _GROUP_BATCH])
+               for (h, num), members in buckets.items()
+               for i in range(0, len(members), _GROUP_BATCH)]
+    for h, num, members in batches:
+        xs = np.array([list(groups[g][0]) for g in members], dtype=np.int64).reshape(-1, h)
+        y = np.stack([np.asarray(groups[g][1]) for g in members]).reshape(len(members), h, -1)
+        if y.dtype.kind not in "ui" or (y.size and int(y.min()) < 0):
+            continue  # not field elements: every group to the single path
+        y = y.astype(np.uint64)
+        ordered = np.sort(xs, axis=1)
+        valid = (ordered[:, 0] >= 1) & (ordered[:, -1] < PRIME) & np.all(
+            ordered[:, 1:] > ordered[:, :-1], axis=1) & np.all(y < _P, axis=(1, 2))
+        if not valid.any():
+            continue
+        members = [g for g, ok in zip(members, valid, strict=True) if ok]
+        xs, y = xs[valid], y[valid]
+        lam0, lam_extra = _lagrange(xs[:, :threshold], xs[:, threshold:])
+        limbs = _lincomb(lam0[:, None, :], y[:, :threshold])[:, 0, :]  # (G, S * 16)
+        good = ~np.any(limbs > 0xFFFF, axis=1)
+        if h > threshold:
+            width = y.shape[2]
+            r = _random_field_elements(len(members) * width * _CHECKS, rng).reshape(
+                len(members), width, _CHECKS)
+            combined = _lincomb(y, r)  # (G, H, checks)
+            predicted = _lincomb(lam_extra, combined[:, :threshold])
+            good &= np.all(predicted == combined[:, threshold:], axis=(1, 2))
+        raw = limbs.astype("<u2").tobytes()
+        size = num * SECRET_BYTES
+        for k, g in enumerate(members):
+            if good[k]:
+                values = [raw[k * size + i * SECRET_BYTES:k * size + (i + 1) * SECRET_BYTES]
+                          for i in range(num)]
+                if all(verify(g, i, value) for i, value in enumerate(values)):
+                    passed[g] = values
+    out: list[VerifiedSecrets] = []
+    for g, (holders, shares) in enumerate(groups):
+        if g in passed:
+            out.append(VerifiedSecrets(passed[g]))
+            continue
+        try:
+            out.append(Reconstructor(holders, threshold).reconstruct_verified(
+                shares, lambda i, v, g=g: verify(g, i, v), rng, suspects))
+        except UnverifiableSecretError as exc:
+            exc.group = g
+            raise
+    return out
 
 
 def locate(
@@ -515,6 +622,9 @@ def _lagrange(base: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """The Lagrange coefficients of the ``base`` points at 0 and at every
     ``extra`` point, shapes ``(t,)`` and ``(E, t)``:
     ``lambda_i(x) = prod_{j != i} (x - x_j) / prod_{j != i} (x_i - x_j)``.
+    Leading axes are batch axes: ``base`` of shape ``(..., t)`` and ``extra``
+    of shape ``(..., E)`` give ``(..., t)`` and ``(..., E, t)``, one set of
+    coefficients per group of points, each as for that group alone.
 
     Only differences of points are inverted.  When every point is below
     :data:`TABLE_POINTS` (client ids usually are), their inverses are looked
@@ -522,24 +632,28 @@ def _lagrange(base: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarr
     vectorised Fermat inversion), and ``1/d_i`` is the product of the looked-up
     ``1/(x_i - x_j)``: no exponentiation per reconstruction.  Otherwise every
     denominator is inverted in one batched Fermat inversion."""
-    t = base.size
+    t = base.shape[-1]
     b = base.astype(np.int64)
-    points = np.concatenate([np.zeros(1, dtype=np.int64), extra.astype(np.int64)])
-    gaps = b.reshape(-1, 1) - b.reshape(1, -1)  # x_i - x_j
-    offsets = points.reshape(-1, 1) - b.reshape(1, -1)  # x - x_i, never 0
-    np.fill_diagonal(gaps, 1)
+    lead = b.shape[:-1]
+    points = np.concatenate([np.zeros((*lead, 1), dtype=np.int64), extra.astype(np.int64)],
+                            axis=-1)
+    gaps = b[..., :, None] - b[..., None, :]  # x_i - x_j
+    offsets = points[..., :, None] - b[..., None, :]  # x - x_i, never 0
+    diagonal = np.arange(t)
+    gaps[..., diagonal, diagonal] = 1
     if int(max(b.max(), points.max())) < TABLE_POINTS:
         table = _inverse_table()  # covers every difference: |x - y| < TABLE_POINTS
         inv_gaps = _signed_lookup(table, gaps)
-        inv_den = _prod_mod(inv_gaps, axis=1)  # 1 / d_i
+        inv_den = _prod_mod(inv_gaps, axis=-1)  # 1 / d_i
         inv_offsets = _signed_lookup(table, offsets)
     else:
-        den = _prod_mod(np.mod(gaps, PRIME).astype(np.uint64), axis=1)
-        inv = _inverse(np.concatenate([den, np.mod(offsets, PRIME).astype(np.uint64).ravel()]))
-        inv_den, inv_offsets = inv[:t], inv[t:].reshape(offsets.shape)
-    full = _prod_mod(np.mod(offsets, PRIME).astype(np.uint64), axis=1).reshape(-1, 1)
-    lam = _mod(_mod(full * inv_offsets) * inv_den.reshape(1, -1))
-    return lam[0], lam[1:]
+        den = _prod_mod(np.mod(gaps, PRIME).astype(np.uint64), axis=-1)
+        inv = _inverse(np.concatenate(
+            [den, np.mod(offsets, PRIME).astype(np.uint64).reshape(*lead, -1)], axis=-1))
+        inv_den, inv_offsets = inv[..., :t], inv[..., t:].reshape(offsets.shape)
+    full = _prod_mod(np.mod(offsets, PRIME).astype(np.uint64), axis=-1)[..., None]
+    lam = _mod(_mod(full * inv_offsets) * inv_den[..., None, :])
+    return lam[..., 0, :], lam[..., 1:, :]
 
 
 TABLE_POINTS = 1 << 16
@@ -564,7 +678,8 @@ def _signed_lookup(table: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def _lincomb(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``coeffs @ values mod p`` exactly, for field elements below 2^31.
+    """``coeffs @ values mod p`` exactly, for field elements below 2^31
+    (leading axes, if any, are batch axes, as for ``@``).
 
     ``coeffs`` is split into 16-bit halves so that every partial dot product
     stays below 2^64 for up to 2^17 terms; longer sums are chunked.
@@ -572,12 +687,14 @@ def _lincomb(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
     coeffs = np.asarray(coeffs, dtype=np.uint64)
     values = np.asarray(values, dtype=np.uint64)
     lo, hi = coeffs & np.uint64(0xFFFF), coeffs >> np.uint64(16)
-    out = np.zeros((coeffs.shape[0], values.shape[1]), dtype=np.uint64)
+    shape = (*np.broadcast_shapes(coeffs.shape[:-2], values.shape[:-2]), coeffs.shape[-2],
+             values.shape[-1])
+    out = np.zeros(shape, dtype=np.uint64)
     step = 1 << 16
-    for start in range(0, coeffs.shape[1], step):
+    for start in range(0, coeffs.shape[-1], step):
         sl = slice(start, start + step)
-        lo_part = _mod(lo[:, sl] @ values[sl])
-        hi_part = _mod(hi[:, sl] @ values[sl])
+        lo_part = _mod(lo[..., sl] @ values[..., sl, :])
+        hi_part = _mod(hi[..., sl] @ values[..., sl, :])
         out += _mod(hi_part * np.uint64(1 << 16)) + lo_part
         _mod(out)
     return out

@@ -366,11 +366,14 @@ class ServerSession:
                 f"ciphertexts for {len(msg.ciphertexts)} clients, expected exactly its"
                 f" {len(expected)} neighbours", peer=msg.sender, round=rnd)
         size = d.shares_ciphertext_bytes(self._components)
-        for ct in msg.ciphertexts.values():
-            if not isinstance(ct, bytes | bytearray) or len(ct) != size:
-                raise RemoteProtocolError(Rule.MALFORMED,
-                                          f"a share ciphertext is {size} bytes",
-                                          peer=msg.sender, round=rnd)
+        values = msg.ciphertexts.values()
+        if not (set(map(type, values)) <= {bytes} and set(map(len, values)) <= {size}):
+            # not all plain bytes of the size: the check one by one
+            for ct in values:
+                if not isinstance(ct, bytes | bytearray) or len(ct) != size:
+                    raise RemoteProtocolError(Rule.MALFORMED,
+                                              f"a share ciphertext is {size} bytes",
+                                              peer=msg.sender, round=rnd)
         peer.shares = msg
 
     def _receive_masked(self, msg: MaskedInput, peer: _Peer, rnd: Round) -> None:
@@ -430,11 +433,11 @@ class ServerSession:
                                       f"revealed both shares of clients {sorted(both)[:10]}",
                                       peer=msg.sender, round=rnd)
         holds = peer.neighbours
-        # O(k) per response: walk the responder's neighbours, not the lists
-        want_self = {u for u in holds | {msg.sender} if u in self._u3_set}
-        want_keys = {u for u in holds if u in self._dropped_set and u not in peer.complaints}
+        # O(k) per response: the responder's neighbours against the lists' sets
+        want_self = (holds | {msg.sender}) & self._u3_set
+        want_keys = (holds & self._dropped_set) - peer.complaints
         want_noise = {(v, j) for v, j in self._removals if v in want_self}
-        contradicted = sorted(set(msg.key_shares) & peer.complaints & set(self._dropped))
+        contradicted = sorted(set(msg.key_shares) & peer.complaints & self._dropped_set)
         if set(msg.self_mask_shares) != want_self or \
                 set(msg.key_shares) - set(contradicted) != want_keys or \
                 set(msg.noise_shares) != want_noise:
@@ -443,7 +446,8 @@ class ServerSession:
                                       peer=msg.sender, round=rnd)
         shares = [*msg.self_mask_shares.values(), *msg.key_shares.values(),
                   *msg.noise_shares.values()]
-        if not all(isinstance(share, bytes) for share in shares):
+        if not set(map(type, shares)) <= {bytes} and \
+                not all(isinstance(share, bytes) for share in shares):
             raise RemoteProtocolError(Rule.MALFORMED, "a share is not bytes", peer=msg.sender,
                                       round=rnd)
         try:
@@ -543,12 +547,18 @@ class ServerSession:
         u2 = self._reached(ClientStatus.SHARE_KEYS_RECEIVED)
         u2_set = frozenset(u2)
         out = []
+        # every ciphertext routed once, sender by sender (ascending): v gets
+        # u's ciphertext for it iff both shared and each is the other's
+        # neighbour (u's ciphertexts are exactly for its neighbours)
+        neighbours = {c: p.neighbours for c, p in self._peers.items()}
+        routes: dict[int, dict[int, bytes]] = {v: {} for v in u2}
+        for u in u2:
+            mine = neighbours[u]
+            for v, ct in self._peers[u].shares.ciphertexts.items():  # type: ignore[union-attr]
+                if v != u and v in u2_set and v in mine and u in neighbours[v]:
+                    routes[v][u] = ct
         for v in u2:
-            # O(k) per recipient: the graph is symmetric, so v's senders are
-            # its own neighbours that shared
-            cts = {u: self._peers[u].shares.ciphertexts[v]  # type: ignore[union-attr]
-                   for u in sorted(self._peers[v].neighbours & u2_set)
-                   if u != v and v in self._peers[u].neighbours}
+            cts = routes[v]
             # a client that sees fewer than t-1 sharing neighbours would refuse
             # (sparse graphs only): it is not asked, and counts as dropped here
             if len(cts) + 1 >= self.config.t:
@@ -732,41 +742,18 @@ class ServerSession:
         seeds: dict[int, bytes] = {}
         private_keys: dict[int, bytes] = {}
         noise_seeds: dict[tuple[int, int], bytes] = {}
-        suspects: set[int] = set()
-        for holders, secrets in groups.items():
-            if len(holders) < t:
-                raise AbortError(
-                    f"only {len(holders)} holders answered for the shares of client"
-                    f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
-                    available=len(holders))
-            raw = b"".join(self._revealed_shares(holders, secrets))
-            shares = np.frombuffer(raw, dtype="<u4").reshape(len(holders), len(secrets),
-                                                              shamir.LIMBS)
-
-            def verify(i: int, value: bytes,
-                       secrets: list[tuple[str, int, int]] = secrets) -> bool:
-                kind, owner, j = secrets[i]
-                advert = self._advert(owner)
-                if kind == "self":
-                    return d.seed_commitment(self._digest, owner, value) == advert.seed_commitment
-                if kind == "noise":
-                    return (d.noise_seed_commitment(self._digest, owner, j, value)
-                            == advert.noise_commitments[j])
-                return matches_public(value, advert.masking_key)
-
-            try:
-                found = shamir.Reconstructor(holders, t).reconstruct_verified(
-                    shares, verify, self._rng, suspects)
-            except shamir.UnverifiableSecretError as exc:
-                kind, owner, j = secrets[exc.index]
-                what = _SECRET_NAMES[kind].format(j)
-                raise AbortError(
-                    f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
-                    f" reconstruct its committed value and the bad ones cannot be located:"
-                    f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
-            except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
-                raise AbortError(f"inconsistent shares: {exc}", round=rnd,
-                                 rule=Rule.COMMITMENT_MISMATCH) from exc
+        ordered = list(groups.items())
+        # the groups before the first one with too few holders are
+        # reconstructed (one of them may fail first), then that one aborts
+        short = next((i for i, (holders, _) in enumerate(ordered) if len(holders) < t), None)
+        found_all = self._reconstruct(ordered if short is None else ordered[:short], rnd)
+        if short is not None:
+            holders, secrets = ordered[short]
+            raise AbortError(
+                f"only {len(holders)} holders answered for the shares of client"
+                f" {secrets[0][1]}, threshold is {t}", round=rnd, needed=t,
+                available=len(holders))
+        for (_, secrets), found in zip(ordered, found_all, strict=True):
             for i, bad in sorted(found.excluded.items()):
                 kind, owner, j = secrets[i]
                 what = _SECRET_NAMES[kind].format(j)
@@ -805,6 +792,52 @@ class ServerSession:
         if noise_seeds:
             self._remove_noise(total, noise_seeds)
         return total
+
+    def _reconstruct(self, groups: list[tuple[tuple[int, ...], list[tuple[str, int, int]]]],
+                     rnd: Round) -> list[shamir.VerifiedSecrets]:
+        """Reconstruct every group's secrets from its holders' revealed shares
+        and check each against its owner's R0 commitment
+        (:func:`shamir.reconstruct_verified_groups`: the groups that pass are
+        done in batches, any other one exactly as by its own
+        ``Reconstructor``, which locates bad holders).
+
+        Raises:
+            AbortError: a secret that cannot be reconstructed to its
+                commitment (``COMMITMENT_MISMATCH``), the first in group order.
+        """
+        t = self.config.t
+        digest = self._digest
+
+        def verify(g: int, i: int, value: bytes) -> bool:
+            kind, owner, j = groups[g][1][i]
+            advert = self._advert(owner)
+            if kind == "self":
+                return d.seed_commitment(digest, owner, value) == advert.seed_commitment
+            if kind == "noise":
+                return (d.noise_seed_commitment(digest, owner, j, value)
+                        == advert.noise_commitments[j])
+            return matches_public(value, advert.masking_key)
+
+        fields = {c: self._share_maps(c) for c, p in self._peers.items()
+                  if p.response is not None}
+        pairs = [(holders, np.frombuffer(b"".join(self._revealed_shares(holders, secrets,
+                                                                        fields)),
+                                         dtype="<u4").reshape(len(holders), len(secrets),
+                                                              shamir.LIMBS))
+                 for holders, secrets in groups]
+        try:
+            return shamir.reconstruct_verified_groups(pairs, t, verify, self._rng, set())
+        except shamir.UnverifiableSecretError as exc:
+            holders, secrets = groups[exc.group]
+            kind, owner, j = secrets[exc.index]
+            what = _SECRET_NAMES[kind].format(j)
+            raise AbortError(
+                f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
+                f" reconstruct its committed value and the bad ones cannot be located:"
+                f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
+        except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
+            raise AbortError(f"inconsistent shares: {exc}", round=rnd,
+                             rule=Rule.COMMITMENT_MISMATCH) from exc
 
     def _unmask_in_workers(self, seeds: dict[int, bytes], private_keys: dict[int, bytes],
                            rnd: Round) -> np.ndarray:
@@ -882,18 +915,28 @@ class ServerSession:
             np.bitwise_and(total, total.dtype.type(self.config.modulus_mask), out=total)
 
     def _revealed_shares(self, holders: tuple[int, ...],
-                         secrets: list[tuple[str, int, int]]) -> list[bytes]:
+                         secrets: list[tuple[str, int, int]],
+                         fields: dict[int, tuple[Mapping[Any, bytes], ...]] | None = None,
+                         ) -> list[bytes]:
         """Every holder's revealed share of every secret, holder-major (one
         list of ``len(holders) * len(secrets)`` shares, built without a call
-        per share: at n=500 there are 175,000)."""
+        per share: at n=500 there are 175,000).  ``fields``: each
+        responder's three share maps (``self_mask_shares``, ``key_shares``,
+        ``noise_shares``), when the caller looked them up once for every
+        group."""
         lookups = [(_SHARE_FIELD[kind], (owner, j) if kind == "noise" else owner)
                    for kind, owner, j in secrets]
-        out: list[bytes] = []
-        for h in holders:
-            response = self._response(h)
-            fields = (response.self_mask_shares, response.key_shares, response.noise_shares)
-            out += [fields[f][key] for f, key in lookups]
-        return out
+        if fields is None:
+            fields = {h: self._share_maps(h) for h in holders}
+        if len(lookups) == 1:
+            f, key = lookups[0]
+            return [fields[h][f][key] for h in holders]
+        return [fields[h][f][key] for h in holders for f, key in lookups]
+
+    def _share_maps(self, h: int) -> tuple[Mapping[Any, bytes], ...]:
+        """Holder ``h``'s three maps of revealed shares, in ``_SHARE_FIELD`` order."""
+        response = self._response(h)
+        return (response.self_mask_shares, response.key_shares, response.noise_shares)
 
     def _apply_masks(self, total: np.ndarray, jobs: list[tuple[bytes, bool]]) -> np.ndarray:
         """Apply every ``(key, negate)`` mask job to ``total`` and reduce."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -85,17 +86,23 @@ def _id_map_ok(mapping: Mapping[Any, Any]) -> bool:
     return all(_is_id(k) and type(x) is bytes for k, x in mapping.items())
 
 
+def _is_mapping(value: Any) -> bool:
+    """``isinstance(value, Mapping)``, the ABC check skipped for the two
+    mapping types decoded messages carry."""
+    return type(value) in (dict, MappingProxyType) or isinstance(value, Mapping)
+
+
 _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": _is_id,
     "bytes": lambda v: type(v) is bytes,
     "bytes | None": lambda v: v is None or type(v) is bytes,
     "tuple[int, ...]": lambda v: isinstance(v, tuple) and _ids_ok(v),
-    "Mapping[int, bytes]": lambda v: isinstance(v, Mapping) and _id_map_ok(v),
+    "Mapping[int, bytes]": lambda v: _is_mapping(v) and _id_map_ok(v),
     # noise plans (SPEC [NZ-2], [NZ-5])
     "tuple[bytes, ...]": lambda v: isinstance(v, tuple) and all(type(x) is bytes for x in v),
     "tuple[tuple[int, int], ...]": lambda v: isinstance(v, tuple) and all(
         _is_pair(x) for x in v),
-    "Mapping[tuple[int, int], bytes]": lambda v: isinstance(v, Mapping) and all(
+    "Mapping[tuple[int, int], bytes]": lambda v: _is_mapping(v) and all(
         _is_pair(k) and type(x) is bytes for k, x in v.items()),
 }
 
@@ -119,14 +126,34 @@ def check_message_fields(message: Any, rnd: Round) -> None:
     """
     sender = getattr(message, "sender", None)
     peer = int(sender) if _is_id(sender) else None
-    for spec in dataclasses.fields(message):
-        check = _FIELD_CHECKS.get(spec.type) if isinstance(spec.type, str) else None
-        if check is None:
-            continue
+    for name, declared, check in _checks_of(message):
         try:
-            ok = check(getattr(message, spec.name, None))
+            ok = check(getattr(message, name, None))
         except Exception:  # a hostile object whose iteration or comparison raises
             ok = False
         if not ok:
-            raise RemoteProtocolError(Rule.MALFORMED, f"field {spec.name} is not {spec.type}",
+            raise RemoteProtocolError(Rule.MALFORMED, f"field {name} is not {declared}",
                                       peer=peer, round=rnd)
+
+
+_CHECKS_OF_TYPE: dict[type, tuple[tuple[str, str, Callable[[Any], bool]], ...]] = {}
+"""Per message class, its fields that have a check: (name, declared type, check)."""
+
+
+def _checks_of(message: Any) -> tuple[tuple[str, str, Callable[[Any], bool]], ...]:
+    """The checked fields of ``message``'s class (its dataclass fields, looked
+    up once per class).
+
+    Raises:
+        TypeError: ``message`` is not a dataclass instance (as
+            ``dataclasses.fields``).
+    """
+    kind = type(message)
+    checks = _CHECKS_OF_TYPE.get(kind)
+    if checks is None:
+        checks = tuple((spec.name, spec.type, _FIELD_CHECKS[spec.type])
+                       for spec in dataclasses.fields(message)
+                       if isinstance(spec.type, str) and spec.type in _FIELD_CHECKS)
+        if dataclasses.is_dataclass(kind):
+            _CHECKS_OF_TYPE[kind] = checks
+    return checks

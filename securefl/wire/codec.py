@@ -35,6 +35,7 @@ plan none is present and every encoding is as before.
 from __future__ import annotations
 
 import enum
+import operator
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
@@ -142,6 +143,8 @@ def encode(message: Message, *, element_bytes: int | None = None) -> bytes:
             a masked vector that does not fit the width, an id out of range).
     """
     fast = _fast_list_encode(message)
+    if fast is None:
+        fast = _fast_keyed_encode(message)
     if fast is not None:
         return fast
     envelope = pb.SecAggMessage()
@@ -375,6 +378,10 @@ def decode(data: bytes, *, config: SecAggConfig | None = None,
     fast = _fast_roster(raw, config)
     if fast is None:
         fast = _fast_list_decode(raw, config)
+    if fast is None:
+        fast = _fast_keyed_decode(raw, config)
+    if fast is None:
+        fast = _fast_masked_decode(raw, config)
     if fast is not None:
         return _expected(fast, expect)
     split = _split_masked_payload(raw)
@@ -722,6 +729,204 @@ def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None
     return ConsistencyRequest(recipient[0], sid, lists[0x22])
 
 
+# -- share maps as fixed-size records, with numpy --------------------------------
+#
+# Every share ciphertext crosses the server twice (n k of them: 420,000 at
+# n = 10^4), in an EncryptedShares and then a ShareDelivery, and every
+# revealed share once, in an UnmaskingResponse.  protobuf builds a Python
+# object per entry; the paths below write and read exactly the same canonical
+# bytes for the plain form of these messages (32-byte session id, every value
+# of one length, no noise shares) as rows of one array per run of ids of the
+# same varint width, and leave everything else to protobuf.
+
+_KEYED_BODIES: dict[type, tuple[int, str, tuple[str, ...]]] = {
+    EncryptedShares: (0x1A, "sender", ("ciphertexts",)),
+    ShareDelivery: (0x22, "recipient", ("ciphertexts",)),
+    UnmaskingResponse: (0x4A, "sender", ("self_mask_shares", "key_shares")),
+}
+"""Envelope tag (fields 3, 4 and 9), the id field, and the maps (fields 4, 5
+of the body) of the messages whose maps are ``{uint32 id = 1; bytes value =
+2}`` entries."""
+_KEYED_KINDS = {tag: kind for kind, (tag, _, _) in _KEYED_BODIES.items()}
+_MAP_TAGS = (0x22, 0x2A)
+"""Body fields 4 and 5, length-delimited."""
+
+
+def _small_varint(value: int) -> bytes:
+    """The minimal varint of ``0 <= value < 2^35`` (without a loop for ids
+    below 2^14)."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    return _encode_varint(value)
+
+
+def _pack_entries(tag: int, keys: list[int], values: list[bytes], size: int) -> bytes:
+    """The canonical bytes of ``{uint32 id = 1; bytes value = 2}`` entries of
+    the repeated field ``tag``, in the given order: every key a valid client
+    id, every value ``size > 0`` bytes."""
+    suffix = b"\x12" + _encode_varint(size)
+    heads: dict[int, bytes] = {}
+    parts: list[bytes] = []
+    for key, value in zip(keys, values, strict=True):
+        ident = _small_varint(key)
+        head = heads.get(len(ident))
+        if head is None:
+            head = heads[len(ident)] = (bytes((tag,)) + _encode_varint(
+                1 + len(ident) + len(suffix) + size) + b"\x08")
+        parts += (head, ident, suffix, value)
+    return b"".join(parts)
+
+
+def _fast_keyed_encode(message: Any) -> bytes | None:
+    """The canonical bytes of a plain :class:`EncryptedShares`,
+    :class:`ShareDelivery` or :class:`UnmaskingResponse` (32-byte session id,
+    a valid id, every map keyed by plain-int valid ids with ``bytes`` values
+    of one non-zero length, no noise shares), built with numpy; None
+    otherwise (the protobuf encoder then runs, and refuses what it must)."""
+    spec = _KEYED_BODIES.get(type(message))
+    if spec is None:
+        return None
+    tag, who_field, map_fields = spec
+    sid, who = message.session_id, getattr(message, who_field)
+    if type(sid) is not bytes or len(sid) != SESSION_ID_BYTES or type(who) is not int \
+            or not 1 <= who <= MAX_CLIENT_ID:
+        return None
+    if isinstance(message, UnmaskingResponse) and message.noise_shares:
+        return None
+    parts = [b"\x08\x01\x10", _encode_varint(who), b"\x1a\x20", sid]
+    for field, name in zip(_MAP_TAGS, map_fields, strict=False):
+        mapping = getattr(message, name)
+        if not mapping:
+            continue
+        keys, values = list(mapping.keys()), list(mapping.values())
+        if set(map(type, keys)) != {int} or set(map(type, values)) != {bytes} \
+                or min(keys) < 1 or max(keys) > MAX_CLIENT_ID:
+            return None
+        sizes = set(map(len, values))
+        if len(sizes) != 1 or 0 in sizes:
+            return None
+        parts.append(_pack_entries(field, keys, values, sizes.pop()))
+    return _length_delimited(tag, b"".join(parts))
+
+
+def _unpack_entries(raw: bytes, pos: int, tag: int, size: int | None
+                    ) -> tuple[list[int], list[bytes], int] | None:
+    """The ``{uint32 id = 1; bytes value = 2}`` entries of the repeated field
+    ``tag`` from ``pos`` on: (ids, values, the position after them).  Each
+    entry must be exactly the tag, its minimal length, ``0x08``, a minimal
+    id varint, ``0x12``, the minimal length of the value and a value of
+    ``size`` bytes (None: the first entry's size, which must be that of a
+    share ciphertext); the ids valid and strictly ascending.  None when an
+    entry of that tag is not of this form (the general decoder then names
+    the problem).  A run of entries of one id width is a run of records of
+    one length: each column of fixed bytes is checked as one strided slice,
+    with C-speed bytes operations."""
+    total = len(raw)
+    if size is None and pos < total and raw[pos] == tag:
+        first = _varint(raw, pos + 1)
+        ident = None if first is None or raw[first[1]:first[1] + 1] != b"\x08" \
+            else _varint(raw, first[1] + 1)
+        if ident is None or raw[ident[1]:ident[1] + 1] != b"\x12":
+            return None
+        length = _varint(raw, ident[1] + 1)
+        extra = -1 if length is None else length[0] - CIPHERTEXT_BYTES
+        if extra < 0 or extra % 64 or extra // 64 > MAX_NOISE_COMPONENTS:
+            return None
+        size = length[0]
+    suffix = b"\x12" + _encode_varint(size or 0)
+    keys: list[int] = []
+    values: list[bytes] = []
+    while pos < total and raw[pos] == tag:
+        length = _varint(raw, pos + 1)
+        if length is None or size is None:
+            return None
+        w = length[0] - (1 + len(suffix) + size)  # the id's varint
+        if not 1 <= w <= 5:
+            return None
+        head = length[1] - pos + 1  # tag, length, 0x08
+        record = length[1] - pos + length[0]
+        end = pos + (total - pos) // record * record
+        fixed = raw[pos:pos + head] + b"\x00" * w + suffix  # a record's fixed bytes
+        if fixed[head - 1] != 0x08:
+            return None
+        # the records (from pos) whose fixed bytes are all as in the first
+        count = (end - pos) // record
+        for c in (*range(head), *range(head + w, len(fixed))):
+            column = raw[pos + c:pos + count * record:record]
+            count -= len(column.lstrip(fixed[c:c + 1]))
+        if count == 0:
+            return None
+        end = pos + count * record
+        groups = [raw[pos + head + j:end:record] for j in range(w)]
+        # minimal varints of w bytes: continuation bits on all but the last,
+        # and the last group not zero (unless it is the only one)
+        if any(min(g) < 0x80 for g in groups[:-1]) or max(groups[-1]) >= 0x80 \
+                or (w > 1 and min(groups[-1]) == 0):
+            return None
+        if w == 1:
+            keys += groups[0]
+        elif w == 2:
+            keys += [lo & 0x7F | hi << 7 for lo, hi in zip(groups[0], groups[1], strict=True)]
+        else:
+            keys += [sum((b & 0x7F) << (7 * j) for j, b in enumerate(bs))
+                     for bs in zip(*groups, strict=True)]
+        start = pos + head + w + len(suffix)
+        values += [raw[o:o + size] for o in range(start, end, record)]
+        pos = end
+    if keys and (keys[0] < 1 or keys[-1] > MAX_CLIENT_ID
+                 or not all(map(operator.lt, keys, keys[1:]))):
+        return None
+    return keys, values, pos
+
+
+def _fast_keyed_decode(raw: bytes, config: SecAggConfig | None) -> Message | None:
+    """A plain :class:`EncryptedShares`, :class:`ShareDelivery` or
+    :class:`UnmaskingResponse` read from its bytes with numpy, when ``raw``
+    is exactly the canonical encoding :func:`_fast_keyed_encode` writes (no
+    noise shares), every map's ids valid and strictly ascending, every value
+    of the size the general decoder requires, and (with ``config``) at most
+    one entry per invited client; else None, and the general decoder runs
+    (it accepts an equal message from these bytes, and refuses or accepts
+    everything else as before)."""
+    if len(raw) < 40 or raw[0] not in _KEYED_KINDS:
+        return None
+    kind = _KEYED_KINDS[raw[0]]
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 3] != b"\x08\x01\x10":
+        return None
+    who = _varint(raw, pos + 3)
+    if who is None or not 1 <= who[0] <= MAX_CLIENT_ID:
+        return None
+    pos = who[1]
+    if raw[pos:pos + 2] != b"\x1a\x20" or len(raw) < pos + 34:
+        return None
+    sid = raw[pos + 2:pos + 34]
+    pos += 34
+    if kind is UnmaskingResponse:
+        size: int | None = SHARE_BYTES
+        fields = _MAP_TAGS
+    else:
+        size = None if config is None else CIPHERTEXT_BYTES + 64 * config.noise_components
+        fields = _MAP_TAGS[:1]
+    maps = []
+    for field in fields:
+        entries = _unpack_entries(raw, pos, field, size)
+        if entries is None or (config is not None and len(entries[0]) > config.num_clients):
+            return None
+        keys, values, pos = entries
+        maps.append(dict(zip(keys, values, strict=True)))
+    if pos != len(raw):
+        return None
+    if kind is UnmaskingResponse:
+        return UnmaskingResponse(who[0], sid, maps[0], maps[1], {})
+    return kind(who[0], sid, maps[0])  # type: ignore[no-any-return]
+
+
 def _fast_roster(raw: bytes, config: SecAggConfig | None) -> KeyRoster | None:
     """A plain roster (at least :data:`_COLUMNS_MIN` entries, no signature,
     no noise commitment) decoded straight from ``raw`` into columns, without
@@ -1001,12 +1206,18 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
                 payload: memoryview | None = None) -> MaskedInput:
     sender = _sender(m)
     sid = _fixed(m.session_id, SESSION_ID_BYTES, "session_id", sender)
-    width = m.element_bytes
+    return _masked_message(sender, sid, m.element_bytes, m.masked if payload is None else payload,
+                           m.excluded, config)
+
+
+def _masked_message(sender: int, sid: bytes, width: int, masked: bytes | memoryview,
+                    excluded: Sequence[int], config: SecAggConfig | None) -> MaskedInput:
+    """The checks of a masked input's vector (and excluded list) once its
+    sender and session id are known (both decoders of a masked input)."""
     if width not in ELEMENT_WIDTHS:
         raise WireFormatError(f"element_bytes is {width}, must be one of {ELEMENT_WIDTHS}",
                               reason=WireIssue.BAD_ELEMENT_WIDTH.value, field="element_bytes",
                               peer=sender)
-    masked = m.masked if payload is None else payload
     if len(masked) % width:
         raise WireFormatError(f"masked is {len(masked)} bytes, not a multiple of the element"
                               f" width {width}", reason=WireIssue.MISALIGNED_VECTOR.value,
@@ -1031,7 +1242,55 @@ def _dec_masked(m: Any, config: SecAggConfig | None,
     # server's MemoryStore keeps either as it is instead of copying it
     # (securefl.protocol.storage.frozen)
     vector.flags.writeable = False
-    return MaskedInput(sender, sid, vector, _id_list(m.excluded, "excluded", sender))
+    return MaskedInput(sender, sid, vector, _id_list(excluded, "excluded", sender))
+
+
+def _fast_masked_decode(raw: bytes, config: SecAggConfig | None) -> MaskedInput | None:
+    """A masked input read from its bytes without protobuf, when ``raw`` is
+    exactly the canonical encoding :func:`encode` writes for a long vector
+    (version 1, a valid sender, a 32-byte session id, the element width, at
+    least :data:`_SPLIT_MIN` payload bytes, then a non-empty packed excluded
+    list of minimal varints or nothing) and every check of the general
+    decoder passes; else None, and the general decoder runs (it accepts an
+    equal message from these bytes, and refuses or accepts everything else
+    as before).  The vector is a read-only view of ``raw``, as there."""
+    if len(raw) < _SPLIT_MIN or raw[0] != _MASKED_TAG:
+        return None
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 3] != b"\x08\x01\x10":
+        return None
+    sender = _varint(raw, pos + 3)
+    if sender is None or not 1 <= sender[0] <= MAX_CLIENT_ID:
+        return None
+    pos = sender[1]
+    if raw[pos:pos + 2] != b"\x1a\x20" or raw[pos + 34:pos + 35] != b"\x20":
+        return None
+    sid = raw[pos + 2:pos + 34]
+    width = _varint(raw, pos + 35)
+    if width is None or width[0] not in ELEMENT_WIDTHS or raw[width[1]:width[1] + 1] != b"\x2a":
+        return None
+    length = _varint(raw, width[1] + 1)
+    if length is None or length[0] < _SPLIT_MIN or length[1] + length[0] > len(raw):
+        return None
+    start, pos = length[1], length[1] + length[0]
+    excluded: Sequence[int] = ()
+    if pos < len(raw):
+        size = _varint(raw, pos + 1)
+        if raw[pos] != 0x32 or size is None or size[0] == 0 \
+                or size[1] + size[0] != len(raw):
+            return None
+        values = _unpack_varints(raw[size[1]:])
+        if values is None or (config is not None and values.size > config.num_clients):
+            return None
+        excluded = values
+    try:
+        return _masked_message(sender[0], sid, width[0], memoryview(raw)[start:pos], excluded,
+                               config)
+    except WireFormatError:
+        return None  # the general decoder refuses it, naming the problem
 
 
 def pack_words(vector: np.ndarray, width: int) -> bytes:
