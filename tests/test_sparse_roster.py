@@ -366,13 +366,14 @@ def test_active_mode_signature_of_a_neighbour_is_checked() -> None:
 # -- equivocation: two clients shown different rosters -------------------------
 
 
-def _equivocate(fed: Federation, victim: int) -> tuple[SparseKeyRoster, bytes]:
+def _equivocate(fed: Federation, victim: int, commitment: bytes = bytes(32),
+                ) -> tuple[SparseKeyRoster, bytes]:
     """A roster for ``victim`` that differs from everyone else's in one
     other client's seed commitment (self-consistent: its proofs verify)."""
     adverts = _adverts(fed)
     other = next(c for c in sorted(adverts) if c != victim)
     entries = dict(adverts)
-    entries[other] = dataclasses.replace(adverts[other], seed_commitment=bytes(32))
+    entries[other] = dataclasses.replace(adverts[other], seed_commitment=commitment)
     return _forge(fed.config, victim, list(entries.values()))
 
 
@@ -405,7 +406,17 @@ def test_equivocation_relayed_anyway_makes_the_victim_abort() -> None:
     (share-ciphertext-failed-authentication), before masking anything."""
     fed, _ = _honest()
     victim = 5
-    forged, sid = _equivocate(fed, victim)
+    # the graph depends on the session id: pick a forgery under which at
+    # least t - 1 of the victim's neighbours also have the victim as a
+    # neighbour under the honest id (so enough shares can be relayed)
+    ids = tuple(sorted(_adverts(fed)))
+    honest = neighbour_map(fed.config.graph, ids, fed.server.session_id)
+    for tweak in range(256):
+        forged, sid = _equivocate(fed, victim, bytes([tweak]) * 32)
+        relayers = {u for u in neighbour_map(fed.config.graph, ids, sid)[victim]
+                    if victim in honest[u]}
+        if len(relayers) + 1 >= fed.config.t:
+            break
     replies = fed.answer(replace={victim: forged}, send=False)
     mine = set(replies[victim].ciphertexts)  # the victim's neighbours under its sid
     relayed = {u: r.ciphertexts[victim] for u, r in replies.items()
