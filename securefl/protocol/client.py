@@ -350,12 +350,7 @@ class ClientSession:
                 self._fail(Rule.INVALID_PUBLIC_KEY, "advertised keys must be canonically"
                            " encoded (top bit clear, u < p; SPEC [R0-5])", rnd,
                            peer=e.sender)
-            for key in (e.encryption_key, e.masking_key):
-                if key in seen:
-                    self._fail(Rule.DUPLICATE_KEY,
-                               f"advertises a key already advertised by client {seen[key]}",
-                               rnd, peer=e.sender)
-                seen[key] = e.sender
+            self._note_keys(e, seen, rnd)
         if len(msg.entries) < self.config.floor:
             self._fail(Rule.BELOW_THRESHOLD,
                        f"roster has {len(msg.entries)} clients, at least {self.config.floor}"
@@ -500,12 +495,7 @@ class ClientSession:
                 self._fail(Rule.ROSTER_PROOF_INVALID, f"the entry does not verify at leaf"
                            f" {index} of {size} against the roster root ([MRK-6])", rnd,
                            peer=e.sender)
-            for key in (e.encryption_key, e.masking_key):
-                if key in seen:
-                    self._fail(Rule.DUPLICATE_KEY,
-                               f"advertises a key already advertised by client {seen[key]}",
-                               rnd, peer=e.sender)
-                seen[key] = e.sender
+            self._note_keys(e, seen, rnd)
             roster[e.sender] = e
         own = roster[self.client_id]
         if (own.encryption_key, own.masking_key, own.seed_commitment,
@@ -520,6 +510,17 @@ class ClientSession:
                     self._digest, e.sender, e.encryption_key, e.masking_key, e.seed_commitment,
                     e.noise_commitments), e.sender, rnd)
         return sid, roster_ids, roster, neighbours
+
+    def _note_keys(self, e: AdvertiseKeys, seen: dict[bytes, int], rnd: Round) -> None:
+        """Record ``e``'s two public keys in ``seen`` (key -> sender),
+        refusing ([R0-7], ``duplicate-advertised-key``, naming ``e``'s
+        sender) a key already seen."""
+        for key in (e.encryption_key, e.masking_key):
+            if key in seen:
+                self._fail(Rule.DUPLICATE_KEY,
+                           f"advertises a key already advertised by client {seen[key]}",
+                           rnd, peer=e.sender)
+            seen[key] = e.sender
 
     def _check_entry(self, e: AdvertiseKeys, rnd: Round) -> None:
         """[R0-5] for one entry: 32-byte canonical keys, a 32-byte seed
