@@ -1,0 +1,45 @@
+"""Adversarial review of the third batch of performance changes: the codec's
+share-map and masked-input fast paths, batched Shamir reconstruction, the
+server's one-pass routing and per-class field checks, and the client's
+batched share decryption.
+
+Tests named ``test_hole_...`` perform an attack that succeeded against the
+code before the fix in this branch; the others pin down a property the
+review attacked and found sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from securefl.errors import RemoteProtocolError, Rule
+from securefl.protocol import validation
+from securefl.protocol.config import Round
+from securefl.protocol.messages import EncryptedShares
+
+# -- validation.check_message_fields: the per-class cache ----------------------
+
+
+def test_hole_an_instance_cannot_choose_its_checked_fields(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message instance carrying its own ``__dataclass_fields__`` (a frozen
+    dataclass without slots takes one through ``object.__setattr__``) chose
+    which of its fields were checked, and, being the first of its class the
+    process checked, cached that choice for every later message of the class:
+    after it, no EncryptedShares from anyone had its fields checked."""
+    monkeypatch.setattr(validation, "_CHECKS_OF_TYPE", {})
+    poisoned = EncryptedShares(1, bytes(32), {2: b"\0" * 144})
+    object.__setattr__(poisoned, "__dataclass_fields__", {})
+    object.__setattr__(poisoned, "session_id", bytearray(32))  # not bytes
+    with pytest.raises(RemoteProtocolError) as caught:
+        validation.check_message_fields(poisoned, Round.SHARE_KEYS)
+    assert caught.value.rule is Rule.MALFORMED and caught.value.peer == 1
+    # and the class's checks are its declared fields, whatever came first
+    plain = EncryptedShares(3, bytes(32), {True: b"\0" * 144})  # a bool is no client id
+    with pytest.raises(RemoteProtocolError) as caught:
+        validation.check_message_fields(plain, Round.SHARE_KEYS)
+    assert caught.value.rule is Rule.MALFORMED and caught.value.peer == 3
+    checked = {name for name, _, _ in validation._CHECKS_OF_TYPE[EncryptedShares]}
+    assert checked == {f.name for f in dataclasses.fields(EncryptedShares)}
