@@ -11,6 +11,10 @@ review attacked and found sound.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import multiprocessing
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +47,38 @@ def test_hole_an_instance_cannot_choose_its_checked_fields(
     assert caught.value.rule is Rule.MALFORMED and caught.value.peer == 3
     checked = {name for name, _, _ in validation._CHECKS_OF_TYPE[EncryptedShares]}
     assert checked == {f.name for f in dataclasses.fields(EncryptedShares)}
+
+
+# -- benchmarks/scale_round.py: the server child is stopped on every path ------
+
+
+def _scale_round(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # importable by name: the spawned server child imports it to find its target
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("scale_round")
+
+
+def test_hole_a_failing_benchmark_round_stops_its_server_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that fails in the parent (here: an input that cannot be made)
+    left the server child running, blocked on its socket, for the parent's
+    exit to join (a hang) or the garbage collector to close the pipe."""
+    module = _scale_round(monkeypatch)
+    started: list[Any] = []
+    real = module._RemoteServer
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self._proc)
+
+    def no_input(*_: Any) -> Any:
+        raise RuntimeError("the caller's input failed")
+
+    monkeypatch.setattr(module, "_RemoteServer", Recording)
+    monkeypatch.setattr(module, "_input", no_input)
+    with pytest.raises(RuntimeError, match="input failed"):
+        module._stream_round(40, 8, 0.0, False, True)
+    assert len(started) == 1
+    assert not started[0].is_alive()
+    assert started[0] not in multiprocessing.active_children()
