@@ -16,12 +16,16 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from securefl.errors import RemoteProtocolError, Rule
+from securefl import SecAggConfig, SecurityMode
+from securefl.errors import ProtocolError, RemoteProtocolError, Rule
 from securefl.protocol import validation
 from securefl.protocol.config import Round
-from securefl.protocol.messages import EncryptedShares
+from securefl.protocol.inmemory import SessionDriver
+from securefl.protocol.messages import EncryptedShares, UnmaskingRequest
+from securefl.protocol.roster import IdTuple
 
 # -- validation.check_message_fields: the per-class cache ----------------------
 
@@ -82,3 +86,51 @@ def test_hole_a_failing_benchmark_round_stops_its_server_child(
     assert len(started) == 1
     assert not started[0].is_alive()
     assert started[0] not in multiprocessing.active_children()
+
+
+# -- the client's id lists: an ndarray subclass cannot show two lists ----------
+
+
+class _LyingList(np.ndarray):
+    """An int64 array whose ``tolist`` (what the client signs and compares
+    with what it signed) is another list than its entries (what the client
+    checks and reveals by)."""
+
+    shown: list[int]
+
+    def tolist(self) -> Any:  # type: ignore[override]
+        return list(self.shown)
+
+
+def test_hole_an_array_subclass_cannot_split_the_signed_survivor_list() -> None:
+    """Active mode: the survivor list's ``array`` is an ndarray subclass whose
+    entries leave out survivor 2 (listed as dropped) while its ``tolist`` is
+    the list everyone signed.  The client compared that ``tolist`` with what
+    it signed and checked the signatures over it, but revealed by the
+    entries: it sent 2's masking-KEY share while 2's other holders send 2's
+    self-mask SEED shares for the same signed list, so a server handing over
+    Python objects could unmask 2's input (the split-list attack the
+    signature quorum stops)."""
+    config = SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4,
+                          mode=SecurityMode.ACTIVE)
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids})
+    driver.start()
+    driver.close()
+    driver.step()
+    driver.step()
+    driver.step()  # consistency signatures collected: unmasking requests pending
+    request = driver.pending[1]
+    assert isinstance(request, UnmaskingRequest) and 2 in request.survivors
+    signed = list(request.survivors)
+    entries = np.array([u for u in signed if u != 2], dtype=np.int64).view(_LyingList)
+    entries.shown = signed
+    survivors = IdTuple(signed)
+    survivors.array = entries
+    evil = dataclasses.replace(request, survivors=survivors,
+                               dropped=IdTuple(sorted({*request.dropped, 2})))
+    try:
+        response = driver.clients[1].handle(evil)
+    except ProtocolError as exc:
+        assert exc.peer == "server" and exc.round is Round.UNMASKING
+        return
+    assert 2 not in response.key_shares, "revealed a signed survivor's masking-key share"

@@ -767,6 +767,10 @@ class ClientSession:
         sequences are converted once (anything but ints is malformed)."""
         array = getattr(values, "array", None)
         if isinstance(array, np.ndarray):
+            # its entries, as a plain ndarray: a subclass could answer
+            # ``tolist`` (what is signed and compared with what was signed)
+            # with another list than the entries revealed by
+            array = np.ndarray.view(array, np.ndarray)
             if array.ndim != 1 or array.dtype.kind not in "iu" or (
                     array.dtype.kind == "u" and array.dtype.itemsize == 8):
                 self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
@@ -1063,10 +1067,12 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         h.update(len(message.session_id).to_bytes(8, "big") + message.session_id)
         for ids in lists:
             array = getattr(ids, "array", None)
-            if not isinstance(array, np.ndarray):
-                if not isinstance(ids, tuple) or not all(
-                        type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
-                    return None
+            if isinstance(array, np.ndarray):
+                array = np.ndarray.view(array, np.ndarray)  # its entries, whatever the class
+            elif not isinstance(ids, tuple) or not all(
+                    type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
+                return None
+            else:
                 array = np.array(ids, dtype=np.int64).reshape(-1)
             data = array.astype(">i8").tobytes()
             h.update(len(data).to_bytes(8, "big") + data)
