@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import multiprocessing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from securefl import SecAggConfig, SecurityMode
+from securefl import Round, SecAggConfig, SecurityMode
 from securefl.errors import ProtocolError, RemoteProtocolError, Rule
 from securefl.protocol import validation
-from securefl.protocol.config import Round
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import EncryptedShares, UnmaskingRequest
 from securefl.protocol.roster import IdTuple
@@ -134,3 +134,82 @@ def test_hole_an_array_subclass_cannot_split_the_signed_survivor_list() -> None:
         assert exc.peer == "server" and exc.round is Round.UNMASKING
         return
     assert 2 not in response.key_shares, "revealed a signed survivor's masking-key share"
+
+
+# -- the server's share maps: read once, through their items -------------------
+
+
+class _LyingMap(Mapping[int, bytes]):
+    """The honest shares through ``keys``/``values``/``items`` (what the
+    receipt checks read), ``served`` through ``[]`` (what the
+    reconstruction read); ``items`` raises with ``broken``."""
+
+    def __init__(self, honest: Mapping[int, bytes], served: bytes, broken: bool = False) -> None:
+        self._honest, self._served, self._broken = dict(honest), served, broken
+
+    def __getitem__(self, key: int) -> bytes:
+        return self._served
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._honest)
+
+    def __len__(self) -> int:
+        return len(self._honest)
+
+    def keys(self) -> Any:
+        return self._honest.keys()
+
+    def values(self) -> Any:
+        return self._honest.values()
+
+    def items(self) -> Any:
+        if self._broken:
+            raise RuntimeError("no items")
+        return self._honest.items()
+
+
+@pytest.mark.parametrize("served", [b"", b"\xff" * 64, b"\x01" * 64],
+                         ids=["short", "not-field-elements", "forged"])
+def test_hole_a_share_map_cannot_show_the_checks_other_shares(served: bytes) -> None:
+    """A client's UnmaskingResponse map whose ``[]`` serves other bytes than
+    its ``values``: the server checked the values and reconstructed from
+    ``[]``, so a short share crashed the server with a ValueError and shares
+    that are not field elements aborted the round with no one blamed.  Now
+    the maps are copied once on receipt: the round ends with the exact sum."""
+    config = SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4)
+    inputs = {c: np.full(4, c, dtype=np.uint64) for c in config.ids}
+    driver = SessionDriver(config, inputs, dropouts={6: Round.MASKED_INPUT_COLLECTION})
+    driver.start()
+    driver.close()
+    while driver.round is not Round.UNMASKING:
+        driver.step()
+    replies = driver.answer(send=False)
+    honest = replies[1]
+    evil = dataclasses.replace(honest)
+    object.__setattr__(evil, "self_mask_shares", _LyingMap(honest.self_mask_shares, served))
+    replies[1] = evil
+    driver.send(replies)
+    driver.close()
+    assert driver.finished
+    assert driver.result.total.tolist() == [1 + 2 + 3 + 4 + 5] * 4
+    assert driver.result.blame == ()
+
+
+def test_a_share_map_without_items_is_refused_typed_naming_its_sender() -> None:
+    config = SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4)
+    driver = SessionDriver(config, {c: np.full(4, c, dtype=np.uint64) for c in config.ids})
+    driver.start()
+    driver.close()
+    while driver.round is not Round.UNMASKING:
+        driver.step()
+    replies = driver.answer(send=False)
+    evil = dataclasses.replace(replies[1])
+    object.__setattr__(evil, "self_mask_shares",
+                       _LyingMap(replies[1].self_mask_shares, b"", broken=True))
+    with pytest.raises(RemoteProtocolError) as caught:
+        driver.server.receive(evil)
+    assert caught.value.rule is Rule.MALFORMED and caught.value.peer == 1
+    del replies[1]
+    driver.send(replies)
+    driver.close()
+    assert driver.finished and driver.result.total.tolist() == [sum(config.ids)] * 4
