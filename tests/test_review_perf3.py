@@ -22,6 +22,7 @@ import pytest
 
 from securefl import Round, SecAggConfig, SecurityMode
 from securefl.errors import ProtocolError, RemoteProtocolError, Rule
+from securefl.protocol import derivation as d
 from securefl.protocol import validation
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import EncryptedShares, UnmaskingRequest
@@ -213,3 +214,40 @@ def test_a_share_map_without_items_is_refused_typed_naming_its_sender() -> None:
     driver.send(replies)
     driver.close()
     assert driver.finished and driver.result.total.tolist() == [sum(config.ids)] * 4
+
+
+# -- the client's batched share decryption -------------------------------------
+
+
+@pytest.mark.parametrize("bad", [b"\xff" * 128, b"\x00" * 127, b"\x00" * 192],
+                         ids=["not-field-elements", "short", "long"])
+def test_one_sender_with_unusable_shares_is_the_only_one_excluded(bad: bytes) -> None:
+    """Client 2 encrypts, under the genuine pair keys, bundles its recipients
+    cannot use (words not below p, or the wrong length): the batched check
+    fails, and the per-sender pass excludes 2 and only 2 at every recipient;
+    the round ends with the exact sum of the survivors it names, 2 not among
+    them.  (That is why one check for all bundles may stand in for one per
+    sender: it passes iff every per-sender check does.)"""
+    config = SecAggConfig(num_clients=7, vector_length=4, bits=16, threshold=4)
+    inputs = {c: np.full(4, 10 * c, dtype=np.uint64) for c in config.ids}
+    driver = SessionDriver(config, inputs)
+    driver.start()
+    driver.close()
+    replies = driver.answer(send=False)  # R1: the share ciphertexts
+    forger = driver.clients[2]
+    sid = replies[2].session_id
+    keys = forger._share_keys
+    replies[2] = EncryptedShares(2, sid, {v: d.encrypt_shares(keys[v], sid, 2, v, bad[:64],
+                                                              bad[64:])
+                                          for v in replies[2].ciphertexts})
+    driver.send(replies)
+    driver.close()
+    masked = driver.answer()  # R2
+    for c, message in masked.items():
+        assert message.excluded == ((2,) if c != 2 else ())
+    driver.close()
+    while not driver.finished:
+        driver.step()
+    result = driver.result
+    assert 2 not in result.survivors  # (and a complainer with it: SPEC [R2-6])
+    assert result.total.tolist() == [sum(10 * c for c in result.survivors) % 2**16] * 4
