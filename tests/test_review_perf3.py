@@ -253,3 +253,61 @@ def test_one_sender_with_unusable_shares_is_the_only_one_excluded(bad: bytes) ->
     result = driver.result
     assert 2 not in result.survivors  # (and a complainer with it: SPEC [R2-6])
     assert result.total.tolist() == [sum(10 * c for c in result.survivors) % 2**16] * 4
+
+
+class _RewritingSignatures(Mapping[int, bytes]):
+    """The genuine consistency signatures; reading them rewrites the
+    caller-owned buffers of the request's survivor and dropped lists (after
+    the client checked them, before it reveals by them)."""
+
+    def __init__(self, genuine: Mapping[int, bytes], rewrite: Any) -> None:
+        self._genuine, self._rewrite = dict(genuine), rewrite
+
+    def __getitem__(self, key: int) -> bytes:
+        return self._genuine[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._genuine)
+
+    def __len__(self) -> int:
+        return len(self._genuine)
+
+    def items(self) -> Any:
+        self._rewrite()
+        return self._genuine.items()
+
+
+def test_hole_the_lists_cannot_change_between_check_and_reveal() -> None:
+    """Active mode, client 6 dropped before its masked input: the request's
+    lists carry writable arrays of the server's; reading the signatures
+    rewrites them (survivors without 2, dropped = [2]).  The client read the
+    arrays in place: it checked and signed-compared the genuine lists, then
+    revealed by the rewritten ones, sending survivor 2's masking-key share."""
+    config = SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4,
+                          mode=SecurityMode.ACTIVE)
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids},
+                           dropouts={6: Round.MASKED_INPUT_COLLECTION})
+    driver.start()
+    driver.close()
+    while driver.round is not Round.UNMASKING:
+        driver.step()
+    request = driver.pending[1]
+    assert tuple(request.survivors) == (1, 2, 3, 4, 5) and tuple(request.dropped) == (6,)
+    survivors, dropped = IdTuple(request.survivors), IdTuple(request.dropped)
+    survivors.array = np.array(request.survivors, dtype=np.int64)  # writable, the server's
+    dropped.array = np.array(request.dropped, dtype=np.int64)
+
+    def rewrite() -> None:
+        survivors.array[:] = [1, 3, 4, 5, 5]
+        dropped.array[:] = [2]
+
+    evil = dataclasses.replace(request, survivors=survivors, dropped=dropped)
+    # (set after construction: __post_init__ would read the map at once)
+    object.__setattr__(evil, "signatures", _RewritingSignatures(request.signatures, rewrite))
+    try:
+        response = driver.clients[1].handle(evil)
+    except ProtocolError as exc:
+        assert exc.peer == "server" and exc.round is Round.UNMASKING
+        return
+    assert 2 not in response.key_shares, "revealed a signed survivor's masking-key share"
+    assert set(response.self_mask_shares) == {1, 2, 3, 4, 5}

@@ -775,8 +775,10 @@ class ClientSession:
                     array.dtype.kind == "u" and array.dtype.itemsize == 8):
                 self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
             # the array is the list this client reads; its callers take the
-            # items from it too (never from the object's own items)
-            return array.astype(np.int64, copy=False)
+            # items from it too (never from the object's own items).  A copy:
+            # the caller's buffer may be writable, and the caller's code runs
+            # again (a signature map's items) between the checks and the reveal
+            return array.astype(np.int64)
         items = tuple(values)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
