@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from securefl import Round, SecAggConfig, SecurityMode
+from securefl import Round, SecAggConfig, SecurityMode, wire
 from securefl.errors import ProtocolError, RemoteProtocolError, Rule
 from securefl.hazmat.shamir import PRIME
 from securefl.protocol import derivation as d
 from securefl.protocol import validation
+from securefl.protocol.client import ClientSession
 from securefl.protocol.inmemory import SessionDriver
-from securefl.protocol.messages import EncryptedShares, UnmaskingRequest
-from securefl.protocol.roster import IdTuple
+from securefl.protocol.messages import EncryptedShares, KeyRoster, UnmaskingRequest
+from securefl.protocol.roster import IdTuple, RosterEntries
 
 # -- validation.check_message_fields: the per-class cache ----------------------
 
@@ -311,3 +312,40 @@ def test_hole_the_lists_cannot_change_between_check_and_reveal() -> None:
         return
     assert 2 not in response.key_shares, "revealed a signed survivor's masking-key share"
     assert set(response.self_mask_shares) == {1, 2, 3, 4, 5}
+
+
+# -- the client's columnar roster: its own plain copy --------------------------
+
+
+class _ExtraId(np.ndarray):
+    """Roster senders whose ``tolist`` adds an id the entries do not hold."""
+
+    def tolist(self) -> Any:  # type: ignore[override]
+        return [*np.ndarray.tolist(self), 99]
+
+
+def test_hole_roster_columns_are_read_as_the_client_hashes_them() -> None:
+    """A columnar roster handed over in process, its senders an ndarray
+    subclass whose ``tolist`` (the ids the client built its neighbour graph
+    from) held an id the entries (hashed into the session id) do not: the
+    client crashed with a KeyError (untyped).  Now it reads its own plain
+    copy of the columns: it deals to exactly the roster's other clients."""
+    config = SecAggConfig(num_clients=70, vector_length=4, bits=16)
+    driver = SessionDriver(config, {c: np.zeros(4, dtype=np.uint64) for c in config.ids})
+    driver.start()
+    driver.close()
+    roster = wire.decode(wire.encode(driver.pending[1]))
+    assert isinstance(roster, KeyRoster) and type(roster.entries) is RosterEntries
+    columns = roster.entries
+    evil = dataclasses.replace(roster, entries=RosterEntries(
+        columns.senders.view(_ExtraId), columns.fields, columns.rows))
+    shares = driver.clients[1].handle(evil)
+    assert sorted(shares.ciphertexts) == list(range(2, 71))
+    # and columns that are not arrays are refused typed
+    other = ClientSession(config, 1)
+    other.start()
+    bad = RosterEntries(columns.senders, columns.fields)
+    bad.fields = list(columns.fields)  # type: ignore[assignment]
+    with pytest.raises(ProtocolError) as caught:
+        other.handle(dataclasses.replace(roster, entries=bad))
+    assert caught.value.rule is Rule.MALFORMED and caught.value.peer == "server"

@@ -301,6 +301,10 @@ class ClientSession:
         # exactly the class: a subclass could show other keys than it hashes
         columns = entries if type(entries) is RosterEntries else None
         if columns is not None:
+            columns = _own_columns(columns)
+            if columns is None:
+                self._fail(Rule.MALFORMED, "roster columns must be arrays of n senders and"
+                           " n x 96 bytes", rnd)
             # O(n) array work, no Python step per entry
             senders = columns.senders
             if not isinstance(senders, np.ndarray) or senders.dtype.kind not in "ui":
@@ -883,6 +887,27 @@ class ClientSession:
 
 
 _P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
+
+
+def _own_columns(columns: RosterEntries) -> RosterEntries | None:
+    """This client's own copy of a columnar roster, every column a plain
+    ``ndarray`` (None: a column is not an array, or the shapes disagree).
+    The columns are the caller's objects: an ``ndarray`` subclass could
+    answer ``tolist`` (the ids the neighbour graph is built from) or ``>``
+    (the order check) otherwise than its entries (the ids hashed into the
+    session id), and a writable buffer could change after the checks."""
+    senders, fields, rows = columns.senders, columns.fields, columns.rows
+    if not isinstance(senders, np.ndarray) or not isinstance(fields, np.ndarray) or not (
+            rows is None or isinstance(rows, np.ndarray)):
+        return None
+
+    def own(array: np.ndarray) -> np.ndarray:
+        return np.array(np.ndarray.view(array, np.ndarray))
+
+    try:
+        return RosterEntries(own(senders), own(fields), None if rows is None else own(rows))
+    except ValueError:
+        return None
 
 
 def _columns_clean(columns: RosterEntries, invited: np.ndarray, components: int) -> bool:
