@@ -27,8 +27,15 @@ from securefl.protocol import derivation as d
 from securefl.protocol import validation
 from securefl.protocol.client import ClientSession
 from securefl.protocol.inmemory import SessionDriver
-from securefl.protocol.messages import EncryptedShares, KeyRoster, UnmaskingRequest
+from securefl.protocol.messages import (
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    UnmaskingRequest,
+    UnmaskingResponse,
+)
 from securefl.protocol.roster import IdTuple, RosterEntries
+from securefl.wire import codec
 
 # -- validation.check_message_fields: the per-class cache ----------------------
 
@@ -349,3 +356,33 @@ def test_hole_roster_columns_are_read_as_the_client_hashes_them() -> None:
     with pytest.raises(ProtocolError) as caught:
         other.handle(dataclasses.replace(roster, entries=bad))
     assert caught.value.rule is Rule.MALFORMED and caught.value.peer == "server"
+
+
+# -- the codec's fast paths keep nothing of a caller's buffer --------------------
+
+
+def test_a_decoded_message_does_not_change_with_the_callers_buffer() -> None:
+    """The fast decoders (share maps as records, a long masked input read in
+    place) return views and slices of the bytes they read: of the decoder's
+    own immutable copy, never of a caller's bytearray or memoryview, so a
+    caller (or a transport) reusing its receive buffer cannot change a
+    message a session has accepted."""
+    sid = bytes(range(32))
+    vector = np.arange(5000, dtype=np.uint32)
+    messages = [
+        MaskedInput(3, sid, vector, (1, 2)),
+        EncryptedShares(3, sid, {u: bytes([u]) * 144 for u in (1, 2, 200)}),
+        UnmaskingResponse(3, sid, {1: b"\x01" * 64}, {2: b"\x02" * 64}),
+    ]
+    for message in messages:
+        raw = wire.encode(message)
+        # (each takes a fast path)
+        assert (codec._fast_masked_decode(raw, None) if isinstance(message, MaskedInput)
+                else codec._fast_keyed_decode(raw, None)) is not None
+        for buffer in (bytearray(raw), memoryview(bytearray(raw))):
+            decoded = wire.decode(buffer)
+            before = wire.encode(decoded)
+            buffer[:] = bytes(len(raw))  # the transport reuses its buffer
+            assert wire.encode(decoded) == before == raw
+    masked = wire.decode(bytearray(wire.encode(messages[0])))
+    assert isinstance(masked, MaskedInput) and not masked.masked.flags.writeable
