@@ -348,6 +348,9 @@ def test_hole_roster_columns_are_read_as_the_client_hashes_them() -> None:
         columns.senders.view(_ExtraId), columns.fields, columns.rows))
     shares = driver.clients[1].handle(evil)
     assert sorted(shares.ciphertexts) == list(range(2, 71))
+    # the session keeps its own roster ids: the caller's buffer may change later
+    columns.senders[-1] = 4_000_000
+    assert driver.clients[1]._roster_ids.tolist() == list(range(1, 71))
     # and columns that are not arrays are refused typed
     other = ClientSession(config, 1)
     other.start()

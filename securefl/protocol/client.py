@@ -890,22 +890,26 @@ _P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
 
 
 def _own_columns(columns: RosterEntries) -> RosterEntries | None:
-    """This client's own copy of a columnar roster, every column a plain
-    ``ndarray`` (None: a column is not an array, or the shapes disagree).
-    The columns are the caller's objects: an ``ndarray`` subclass could
-    answer ``tolist`` (the ids the neighbour graph is built from) or ``>``
-    (the order check) otherwise than its entries (the ids hashed into the
-    session id), and a writable buffer could change after the checks."""
+    """A columnar roster with every column a plain ``ndarray`` (None: a
+    column is not an array, or the shapes disagree).  The columns are the
+    caller's objects: an ``ndarray`` subclass could answer ``tolist`` (the
+    ids the neighbour graph is built from) or ``>`` (the order check)
+    otherwise than its entries (the ids hashed into the session id).  The
+    senders are copied (the session keeps them as its roster ids, and the
+    caller's buffer may be writable); the fields and rows (1 MB at n = 10^4,
+    read only while the roster is handled, when no caller code runs) are
+    plain views."""
     senders, fields, rows = columns.senders, columns.fields, columns.rows
     if not isinstance(senders, np.ndarray) or not isinstance(fields, np.ndarray) or not (
             rows is None or isinstance(rows, np.ndarray)):
         return None
 
-    def own(array: np.ndarray) -> np.ndarray:
-        return np.array(np.ndarray.view(array, np.ndarray))
+    def plain(array: np.ndarray) -> np.ndarray:
+        return np.ndarray.view(array, np.ndarray)
 
     try:
-        return RosterEntries(own(senders), own(fields), None if rows is None else own(rows))
+        return RosterEntries(np.array(plain(senders)), plain(fields),
+                             None if rows is None else plain(rows))
     except ValueError:
         return None
 
