@@ -370,6 +370,17 @@ class _RemoteServer:
         self._proc.join()
         return total, survivors, stats
 
+    def close(self) -> None:
+        """Stop the child, whatever state the round is in: the connection
+        closed (the child's next read ends), then the child terminated if it
+        has not exited within a few seconds, and joined (so no run leaves a
+        server process behind, on an error or an interrupt in this one)."""
+        self._conn.close()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+
 
 def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
                   seed: int = 1, profile: bool = False, unmask_workers: int = 0) -> float:
@@ -391,82 +402,86 @@ def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
         os.close(fd)
     server: Any = (_RemoteServer(n, m, dropout, spill, stats_path, unmask_workers) if remote
                    else _LocalServer(config, spill))
-    prof = cProfile.Profile() if profile and not remote else None
-    if prof is not None:
-        prof.enable()
-    clients = {c: ClientSession(config, c) for c in config.ids}
-    down = 0
-    roster_down = 0  # the roster alone (what --roster changes)
-
-    def client_send(message: Any) -> None:
-        c0 = time.perf_counter()
-        data = wire.encode(message)
-        stats["client_codec"] += time.perf_counter() - c0
-        server.receive(data)
-
-    for c in config.ids:
-        c0 = time.perf_counter()
-        advert = clients[c].start()
-        stats["clients"] += time.perf_counter() - c0
-        client_send(advert)
-    rnd: Round | None = Round.ADVERTISE_KEYS
-    while True:
-        out = server.close_round()
-        if not out:
-            break
-        rnd = next_round(rnd, config)
-        assert rnd is not None
-        for cid, data in out:
-            if cid in dropped and rnd >= Round.MASKED_INPUT_COLLECTION:
-                continue
-            down += len(data)
-            if rnd is Round.SHARE_KEYS:
-                roster_down += len(data)
-            c0 = time.perf_counter()
-            message = wire.decode(data)
-            c1 = time.perf_counter()
-            if rnd is Round.MASKED_INPUT_COLLECTION:
-                clients[cid].provide_input(_input(seed, cid, m, config.bits))
-            reply = clients[cid].handle(message)
-            stats["client_codec"] += c1 - c0
-            stats["clients"] += time.perf_counter() - c1
-            client_send(reply)
-            del message, reply
-    total, survivors, server_stats = server.result()
-    wall = time.perf_counter() - wall0
-    if prof is not None or stats_path is not None:
-        # the server's own profile with --server-process, else the whole round
+    try:
+        prof = cProfile.Profile() if profile and not remote else None
         if prof is not None:
-            prof.disable()
-        profiled = pstats.Stats(stats_path if stats_path is not None else prof)
-        profiled.sort_stats("cumulative").print_stats(40)
-        profiled.sort_stats("tottime").print_stats(40)
-        if stats_path is not None:
-            keep = os.environ.get("SCALE_ROUND_PSTATS")  # where to keep the server's stats
-            if keep:
-                os.replace(stats_path, keep)
-            else:
-                os.unlink(stats_path)
-    # the round's CPU time: this process, plus the server's child if any
-    cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0) \
-        + server_stats.get("unmask_workers_cpu", 0.0)
-    plain = np.zeros(m, dtype=np.uint64)
-    for c in survivors:
-        np.add(plain, _input(seed, c, m, config.bits), out=plain)
-    plain &= np.uint64(config.modulus_mask)
-    exact = bool(np.array_equal(plain, np.asarray(total, dtype=np.uint64)))
-    assert exact, "the sum is not exact"
-    assert len(survivors) == n - len(dropped), (len(survivors), n, len(dropped))
-    mode = "server-process" if remote else "in-process"
-    extra = " ".join(f"{key}={value:.2f}" for key, value in server_stats.items())
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"n={n:6d} k={k:3d} t={t} m={m} dropout={dropout} mode={mode} spill={spill} "
-          f"roster={config.roster_delivery} roster_down/client={roster_down / n:,.0f}B "
-          f"wall={wall:8.2f}s cpu={cpu:8.2f}s clients={stats['clients']:.2f}s "
-          f"client_codec={stats['client_codec']:.2f}s {extra} "
-          f"down/client={down / n:,.0f}B survivors={len(survivors)} exact={exact} "
-          f"loadavg=({load})", flush=True)
-    return cpu
+            prof.enable()
+        clients = {c: ClientSession(config, c) for c in config.ids}
+        down = 0
+        roster_down = 0  # the roster alone (what --roster changes)
+
+        def client_send(message: Any) -> None:
+            c0 = time.perf_counter()
+            data = wire.encode(message)
+            stats["client_codec"] += time.perf_counter() - c0
+            server.receive(data)
+
+        for c in config.ids:
+            c0 = time.perf_counter()
+            advert = clients[c].start()
+            stats["clients"] += time.perf_counter() - c0
+            client_send(advert)
+        rnd: Round | None = Round.ADVERTISE_KEYS
+        while True:
+            out = server.close_round()
+            if not out:
+                break
+            rnd = next_round(rnd, config)
+            assert rnd is not None
+            for cid, data in out:
+                if cid in dropped and rnd >= Round.MASKED_INPUT_COLLECTION:
+                    continue
+                down += len(data)
+                if rnd is Round.SHARE_KEYS:
+                    roster_down += len(data)
+                c0 = time.perf_counter()
+                message = wire.decode(data)
+                c1 = time.perf_counter()
+                if rnd is Round.MASKED_INPUT_COLLECTION:
+                    clients[cid].provide_input(_input(seed, cid, m, config.bits))
+                reply = clients[cid].handle(message)
+                stats["client_codec"] += c1 - c0
+                stats["clients"] += time.perf_counter() - c1
+                client_send(reply)
+                del message, reply
+        total, survivors, server_stats = server.result()
+        wall = time.perf_counter() - wall0
+        if prof is not None or stats_path is not None:
+            # the server's own profile with --server-process, else the whole round
+            if prof is not None:
+                prof.disable()
+            profiled = pstats.Stats(stats_path if stats_path is not None else prof)
+            profiled.sort_stats("cumulative").print_stats(40)
+            profiled.sort_stats("tottime").print_stats(40)
+            if stats_path is not None:
+                keep = os.environ.get("SCALE_ROUND_PSTATS")  # where to keep the server's stats
+                if keep:
+                    os.replace(stats_path, keep)
+                else:
+                    os.unlink(stats_path)
+        # the round's CPU time: this process, plus the server's child if any
+        cpu = time.process_time() - cpu0 + (server_stats["server_cpu"] if remote else 0.0) \
+            + server_stats.get("unmask_workers_cpu", 0.0)
+        plain = np.zeros(m, dtype=np.uint64)
+        for c in survivors:
+            np.add(plain, _input(seed, c, m, config.bits), out=plain)
+        plain &= np.uint64(config.modulus_mask)
+        exact = bool(np.array_equal(plain, np.asarray(total, dtype=np.uint64)))
+        assert exact, "the sum is not exact"
+        assert len(survivors) == n - len(dropped), (len(survivors), n, len(dropped))
+        mode = "server-process" if remote else "in-process"
+        extra = " ".join(f"{key}={value:.2f}" for key, value in server_stats.items())
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"n={n:6d} k={k:3d} t={t} m={m} dropout={dropout} mode={mode} spill={spill} "
+              f"roster={config.roster_delivery} roster_down/client={roster_down / n:,.0f}B "
+              f"wall={wall:8.2f}s cpu={cpu:8.2f}s clients={stats['clients']:.2f}s "
+              f"client_codec={stats['client_codec']:.2f}s {extra} "
+              f"down/client={down / n:,.0f}B survivors={len(survivors)} exact={exact} "
+              f"loadavg=({load})", flush=True)
+        return cpu
+    finally:
+        if remote:
+            server.close()
 
 
 def _subprocess(tree: Path, n: int, m: int, dropout: float) -> float:

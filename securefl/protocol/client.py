@@ -301,6 +301,10 @@ class ClientSession:
         # exactly the class: a subclass could show other keys than it hashes
         columns = entries if type(entries) is RosterEntries else None
         if columns is not None:
+            columns = _own_columns(columns)
+            if columns is None:
+                self._fail(Rule.MALFORMED, "roster columns must be arrays of n senders and"
+                           " n x 96 bytes", rnd)
             # O(n) array work, no Python step per entry
             senders = columns.senders
             if not isinstance(senders, np.ndarray) or senders.dtype.kind not in "ui":
@@ -768,12 +772,18 @@ class ClientSession:
         sequences are converted once (anything but ints is malformed)."""
         array = getattr(values, "array", None)
         if isinstance(array, np.ndarray):
+            # its entries, as a plain ndarray: a subclass could answer
+            # ``tolist`` (what is signed and compared with what was signed)
+            # with another list than the entries revealed by
+            array = np.ndarray.view(array, np.ndarray)
             if array.ndim != 1 or array.dtype.kind not in "iu" or (
                     array.dtype.kind == "u" and array.dtype.itemsize == 8):
                 self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
             # the array is the list this client reads; its callers take the
-            # items from it too (never from the object's own items)
-            return array.astype(np.int64, copy=False)
+            # items from it too (never from the object's own items).  A copy:
+            # the caller's buffer may be writable, and the caller's code runs
+            # again (a signature map's items) between the checks and the reveal
+            return array.astype(np.int64)
         items = tuple(values)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
@@ -878,6 +888,31 @@ class ClientSession:
 
 
 _P_LOW_BYTE = 0xED  # 2^255 - 19 = ed ff .. ff 7f (little-endian)
+
+
+def _own_columns(columns: RosterEntries) -> RosterEntries | None:
+    """A columnar roster with every column a plain ``ndarray`` (None: a
+    column is not an array, or the shapes disagree).  The columns are the
+    caller's objects: an ``ndarray`` subclass could answer ``tolist`` (the
+    ids the neighbour graph is built from) or ``>`` (the order check)
+    otherwise than its entries (the ids hashed into the session id).  The
+    senders are copied (the session keeps them as its roster ids, and the
+    caller's buffer may be writable); the fields and rows (1 MB at n = 10^4,
+    read only while the roster is handled, when no caller code runs) are
+    plain views."""
+    senders, fields, rows = columns.senders, columns.fields, columns.rows
+    if not isinstance(senders, np.ndarray) or not isinstance(fields, np.ndarray) or not (
+            rows is None or isinstance(rows, np.ndarray)):
+        return None
+
+    def plain(array: np.ndarray) -> np.ndarray:
+        return np.ndarray.view(array, np.ndarray)
+
+    try:
+        return RosterEntries(np.array(plain(senders)), plain(fields),
+                             None if rows is None else plain(rows))
+    except ValueError:
+        return None
 
 
 def _columns_clean(columns: RosterEntries, invited: np.ndarray, components: int) -> bool:
@@ -1064,10 +1099,12 @@ def _fingerprint(message: Any) -> _Fingerprint | None:
         h.update(len(message.session_id).to_bytes(8, "big") + message.session_id)
         for ids in lists:
             array = getattr(ids, "array", None)
-            if not isinstance(array, np.ndarray):
-                if not isinstance(ids, tuple) or not all(
-                        type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
-                    return None
+            if isinstance(array, np.ndarray):
+                array = np.ndarray.view(array, np.ndarray)  # its entries, whatever the class
+            elif not isinstance(ids, tuple) or not all(
+                    type(u) is int and -(1 << 63) <= u < 1 << 63 for u in ids):
+                return None
+            else:
                 array = np.array(ids, dtype=np.int64).reshape(-1)
             data = array.astype(">i8").tobytes()
             h.update(len(data).to_bytes(8, "big") + data)

@@ -151,6 +151,10 @@ class AggregationResult:
                 if s is not ClientStatus.UNMASKING_RESPONSE_RECEIVED}
 
 
+_MAPPED_MESSAGES = (EncryptedShares, UnmaskingResponse)
+"""Client messages with map fields (copied on receipt: :meth:`ServerSession.receive`)."""
+
+
 class ServerSession:
     """The server's side of one secure aggregation session.
 
@@ -304,6 +308,17 @@ class ServerSession:
         if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self._peers:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if type(sender) is int else None, round=rnd)
+        if type(message) in _MAPPED_MESSAGES:
+            # every map read once, through its items, into the message's own
+            # sorted dict (its __post_init__): a caller's Mapping whose items,
+            # values and [] disagree cannot show the checks one share and the
+            # reconstruction another (an untyped crash, or an unblamed abort)
+            try:
+                message = replace(message)
+            except Exception:
+                raise RemoteProtocolError(Rule.MALFORMED, "a map field is not a mapping of"
+                                          " client ids to bytes", peer=sender,
+                                          round=rnd) from None
         check_message_fields(message, rnd)
         if msg_round is not rnd:
             when = "late" if msg_round < rnd else "early"

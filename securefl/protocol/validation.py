@@ -151,9 +151,11 @@ def _checks_of(message: Any) -> tuple[tuple[str, str, Callable[[Any], bool]], ..
     kind = type(message)
     checks = _CHECKS_OF_TYPE.get(kind)
     if checks is None:
+        # the class's fields, never the instance's: an instance carrying its own
+        # ``__dataclass_fields__`` would otherwise choose which of its fields are
+        # checked, and (cached per class) for every later message of the class
         checks = tuple((spec.name, spec.type, _FIELD_CHECKS[spec.type])
-                       for spec in dataclasses.fields(message)
+                       for spec in dataclasses.fields(kind)
                        if isinstance(spec.type, str) and spec.type in _FIELD_CHECKS)
-        if dataclasses.is_dataclass(kind):
-            _CHECKS_OF_TYPE[kind] = checks
+        _CHECKS_OF_TYPE[kind] = checks
     return checks
