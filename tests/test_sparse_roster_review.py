@@ -299,6 +299,14 @@ def test_a_victim_isolated_in_its_own_view_is_never_unmasked(offer_other_view: b
     from view A's 10 clients, below the quorum of 14 (NOT_ENOUGH_SIGNATURES);
     the view-B clients' signatures bind the other session id
     (INVALID_SIGNATURE).  v refuses either way, revealing no share."""
+    # the two graphs depend on the session ids, hence on the clients' fresh
+    # keys: in about 1 run in 6 no view-B client gets t - 1 shares, and
+    # there is no other view's signature to offer; a fresh federation then
+    assert any(_isolate_victim(offer_other_view) for _ in range(12))
+
+
+def _isolate_victim(offer_other_view: bool) -> bool:
+    """One try of the test above; False when view B has no signer to offer."""
     config = _config(threshold=6, mode="active")
     assert config.signature_quorum == 14
     fed = Federation(config)
@@ -337,7 +345,8 @@ def test_a_victim_isolated_in_its_own_view_is_never_unmasked(offer_other_view: b
     assert v in signatures
     signed_a = [c for c in signatures if c in group_a]
     assert len(signed_a) <= len(group_a) < config.signature_quorum
-    assert any(c in group_b for c in signatures)
+    if offer_other_view and not any(c in group_b for c in signatures):
+        return False  # the graphs (from the keys' session ids) left view B no signer
     offered = {c: sig for c, sig in signatures.items() if offer_other_view or c in group_a}
     # v signed survivors_a; the request must carry that list
     with pytest.raises(RemoteProtocolError) as info:
@@ -347,6 +356,7 @@ def test_a_victim_isolated_in_its_own_view_is_never_unmasked(offer_other_view: b
                                else Rule.NOT_ENOUGH_SIGNATURES), info.value
     assert info.value.round is Round.UNMASKING
     assert fed.clients[v].state.name == "ABORTED"
+    return True
 
 
 # -- in-process objects: a bytes subclass must not stand in for the root ---------------
