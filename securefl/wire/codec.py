@@ -682,6 +682,27 @@ def _packed_ids(ids: Any) -> bytes | None:
     return packed
 
 
+def _fast_header(raw: bytes) -> tuple[int, bytes, int] | None:
+    """The head every fast-decoded message shares, read from ``raw`` in its
+    one canonical layout: the envelope's minimal length covering exactly the
+    rest of ``raw``, ``version = 1``, a valid client id (field 2), the
+    32-byte session id (field 3).  Returns ``(id, session_id, position
+    after it)``, or None (the general decoder then runs)."""
+    head = _varint(raw, 1)
+    if head is None or head[0] != len(raw) - head[1]:
+        return None
+    pos = head[1]
+    if raw[pos:pos + 3] != b"\x08\x01\x10":
+        return None
+    who = _varint(raw, pos + 3)
+    if who is None or not 1 <= who[0] <= MAX_CLIENT_ID:
+        return None
+    pos = who[1]
+    if raw[pos:pos + 2] != b"\x1a\x20" or len(raw) < pos + 34:
+        return None
+    return who[0], raw[pos + 2:pos + 34], pos + 34
+
+
 def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None:
     """A plain :class:`UnmaskingRequest` or :class:`ConsistencyRequest` read
     from its bytes with numpy, when ``raw`` is exactly the canonical encoding
@@ -692,20 +713,10 @@ def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None
     if len(raw) < 40 or raw[0] not in (0x32, 0x42):
         return None
     kind = UnmaskingRequest if raw[0] == 0x42 else ConsistencyRequest
-    head = _varint(raw, 1)
-    if head is None or head[0] != len(raw) - head[1]:
+    header = _fast_header(raw)
+    if header is None:
         return None
-    pos = head[1]
-    if raw[pos:pos + 3] != b"\x08\x01\x10":
-        return None
-    recipient = _varint(raw, pos + 3)
-    if recipient is None or not 1 <= recipient[0] <= MAX_CLIENT_ID:
-        return None
-    pos = recipient[1]
-    if raw[pos:pos + 2] != b"\x1a\x20" or len(raw) < pos + 34:
-        return None
-    sid = raw[pos + 2:pos + 34]
-    pos += 34
+    recipient, sid, pos = header
     lists: dict[int, IdTuple] = {}
     for field in (0x22, 0x2A) if kind is UnmaskingRequest else (0x22,):
         if pos < len(raw) and raw[pos] == field:
@@ -725,8 +736,8 @@ def _fast_list_decode(raw: bytes, config: SecAggConfig | None) -> Message | None
     if pos != len(raw):
         return None
     if kind is UnmaskingRequest:
-        return UnmaskingRequest(recipient[0], sid, lists[0x22], lists[0x2A])
-    return ConsistencyRequest(recipient[0], sid, lists[0x22])
+        return UnmaskingRequest(recipient, sid, lists[0x22], lists[0x2A])
+    return ConsistencyRequest(recipient, sid, lists[0x22])
 
 
 # -- share maps as fixed-size records, with numpy --------------------------------
@@ -893,20 +904,10 @@ def _fast_keyed_decode(raw: bytes, config: SecAggConfig | None) -> Message | Non
     if len(raw) < 40 or raw[0] not in _KEYED_KINDS:
         return None
     kind = _KEYED_KINDS[raw[0]]
-    head = _varint(raw, 1)
-    if head is None or head[0] != len(raw) - head[1]:
+    header = _fast_header(raw)
+    if header is None:
         return None
-    pos = head[1]
-    if raw[pos:pos + 3] != b"\x08\x01\x10":
-        return None
-    who = _varint(raw, pos + 3)
-    if who is None or not 1 <= who[0] <= MAX_CLIENT_ID:
-        return None
-    pos = who[1]
-    if raw[pos:pos + 2] != b"\x1a\x20" or len(raw) < pos + 34:
-        return None
-    sid = raw[pos + 2:pos + 34]
-    pos += 34
+    who, sid, pos = header
     if kind is UnmaskingResponse:
         size: int | None = SHARE_BYTES
         fields = _MAP_TAGS
@@ -923,8 +924,8 @@ def _fast_keyed_decode(raw: bytes, config: SecAggConfig | None) -> Message | Non
     if pos != len(raw):
         return None
     if kind is UnmaskingResponse:
-        return UnmaskingResponse(who[0], sid, maps[0], maps[1], {})
-    return kind(who[0], sid, maps[0])  # type: ignore[no-any-return]
+        return UnmaskingResponse(who, sid, maps[0], maps[1], {})
+    return kind(who, sid, maps[0])  # type: ignore[no-any-return]
 
 
 def _fast_roster(raw: bytes, config: SecAggConfig | None) -> KeyRoster | None:
