@@ -1257,20 +1257,13 @@ def _fast_masked_decode(raw: bytes, config: SecAggConfig | None) -> MaskedInput 
     as before).  The vector is a read-only view of ``raw``, as there."""
     if len(raw) < _SPLIT_MIN or raw[0] != _MASKED_TAG:
         return None
-    head = _varint(raw, 1)
-    if head is None or head[0] != len(raw) - head[1]:
+    header = _fast_header(raw)
+    if header is None:
         return None
-    pos = head[1]
-    if raw[pos:pos + 3] != b"\x08\x01\x10":
+    sender, sid, pos = header
+    if raw[pos:pos + 1] != b"\x20":
         return None
-    sender = _varint(raw, pos + 3)
-    if sender is None or not 1 <= sender[0] <= MAX_CLIENT_ID:
-        return None
-    pos = sender[1]
-    if raw[pos:pos + 2] != b"\x1a\x20" or raw[pos + 34:pos + 35] != b"\x20":
-        return None
-    sid = raw[pos + 2:pos + 34]
-    width = _varint(raw, pos + 35)
+    width = _varint(raw, pos + 1)
     if width is None or width[0] not in ELEMENT_WIDTHS or raw[width[1]:width[1] + 1] != b"\x2a":
         return None
     length = _varint(raw, width[1] + 1)
@@ -1288,7 +1281,7 @@ def _fast_masked_decode(raw: bytes, config: SecAggConfig | None) -> MaskedInput 
             return None
         excluded = values
     try:
-        return _masked_message(sender[0], sid, width[0], memoryview(raw)[start:pos], excluded,
+        return _masked_message(sender, sid, width[0], memoryview(raw)[start:pos], excluded,
                                config)
     except WireFormatError:
         return None  # the general decoder refuses it, naming the problem
