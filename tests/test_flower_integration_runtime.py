@@ -146,7 +146,10 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     consistency check completes and its sum is exactly the nodes' encoded
     updates.  No mode is set anywhere: the pinned keys make it active.  The
     sessions run over the SecAgg+ graph ``HararyGraph(2)`` (run config
-    ``graph``, ``graph-degree``), which every node checks by its policy."""
+    ``graph``, ``graph-degree``), which every node checks by its policy, with
+    sparse (Merkle) roster delivery (run config ``roster-delivery``): each
+    node process receives only its own and its neighbours' signed entries
+    with inclusion proofs, and the sum is still exact."""
     _need_binaries()
     from securefl.flower import provision_identities
 
@@ -159,7 +162,8 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
                     for i in range(4)]
     out = tmp_path / "flower"
     run_config = {**RUN, "num-clients": 4, "num-rounds": 1, "graph": "harary",
-                  "graph-degree": 2, "pinned-keys": str(pinned), "output-dir": str(out)}
+                  "graph-degree": 2, "roster-delivery": "merkle", "pinned-keys": str(pinned),
+                  "output-dir": str(out)}
     deployment = Deployment(4, node_configs=node_configs)
     with deployment:
         run = deployment.run_app(recording_app_dir(tmp_path), run_config)
@@ -177,6 +181,8 @@ def test_real_deployment_active_mode_with_pinned_keys(tmp_path: Path) -> None:
     assert metrics["config"]["security_mode"] == "active"
     assert metrics["config"]["graph"] == "harary"
     assert metrics["config"]["graph_degree_used"] == 2
+    assert metrics["config"]["roster_delivery"] == "merkle"
+    assert metrics["rounds"][0]["roster_delivery"] == "merkle"
     assert metrics["rounds"][0]["survivors"] == [1, 2, 3, 4]
     _, codec = preflight(simulation_config(run_config))
     trained = load_recorded(recorded)
