@@ -193,13 +193,7 @@ def _ids(values: Iterable[int], field: str) -> list[int]:
 
 
 def _enc_advert(m: AdvertiseKeys, out: Any, _: int | None) -> None:
-    out.sender = _id(m.sender, "sender")
-    out.encryption_key = bytes(m.encryption_key)
-    out.masking_key = bytes(m.masking_key)
-    if m.signature is not None:
-        out.signature = bytes(m.signature)
-    out.seed_commitment = bytes(m.seed_commitment)
-    out.noise_commitments.extend(bytes(c) for c in m.noise_commitments)
+    _enc_keys(m, out, "sender")
 
 
 def _enc_roster(m: KeyRoster, out: Any, _: int | None) -> None:
@@ -220,13 +214,20 @@ def _enc_sparse_roster(m: SparseKeyRoster, out: Any, _: int | None) -> None:
 
 
 def _enc_roster_entry(e: AdvertiseKeys, entry: Any) -> None:
-    entry.sender = _id(e.sender, "entries.sender")
-    entry.encryption_key = bytes(e.encryption_key)
-    entry.masking_key = bytes(e.masking_key)
+    _enc_keys(e, entry, "entries.sender")
+
+
+def _enc_keys(e: AdvertiseKeys, out: Any, field: str) -> None:
+    """An advertisement's fields into ``out`` (an ``AdvertiseKeys`` or a
+    ``RosterEntry``: the same field names); ``field`` names the sender in
+    an error."""
+    out.sender = _id(e.sender, field)
+    out.encryption_key = bytes(e.encryption_key)
+    out.masking_key = bytes(e.masking_key)
     if e.signature is not None:
-        entry.signature = bytes(e.signature)
-    entry.seed_commitment = bytes(e.seed_commitment)
-    entry.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
+        out.signature = bytes(e.signature)
+    out.seed_commitment = bytes(e.seed_commitment)
+    out.noise_commitments.extend(bytes(c) for c in e.noise_commitments)
 
 
 def _enc_ciphertexts(items: Iterable[tuple[int, bytes]], out: Any) -> None:
