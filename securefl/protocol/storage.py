@@ -122,21 +122,9 @@ class SealableVector:
         self._buffer = self._view = None
         return np.frombuffer(data, dtype=self._dtype)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> SealableVector:
-        """An independent copy (a session snapshot: the fuzzer copies whole
-        sessions): an open vector gets its own buffer holding the same
-        content; a sealed one stays sealed.  (A memoryview cannot be copied
-        as is.)"""
-        if self.array is None:
-            twin = SealableVector(np.zeros(0, dtype=self._dtype), self._dtype)
-            twin.seal()
-        else:
-            twin = SealableVector(self.array, self._dtype)
-        memo[id(self)] = twin
-        return twin
-
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle (and ``copy.copy``) as an independent vector: an open one
+        """Pickle, ``copy.copy`` and ``copy.deepcopy`` (the decoder fuzzer
+        snapshots whole sessions) as an independent vector: an open one
         as its content (a session given its input before it starts pickles as
         it did when the copy was a plain array), a sealed one as sealed.  (A
         memoryview cannot be pickled, and a shallow copy must not share the
