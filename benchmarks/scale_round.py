@@ -44,9 +44,13 @@ server an ``unmask_pool`` of ``W`` worker processes
 CPU time is reported apart (``unmask_workers_cpu``) and counted in the
 round's.
 
-``--spill`` gives the server a :class:`securefl.protocol.storage.FileStore` on
-an anonymous temporary file (created here, in the driver), so its masked
-inputs do not stay in memory until the masked-input round closes.
+``--spill`` gives the server the store of
+:func:`securefl.protocol.inmemory.spill_store` (an unnamed temporary file,
+opened here, in the driver), so its masked inputs do not stay in memory until
+the masked-input round closes: a :class:`~securefl.protocol.storage.DirectFileStore`
+(direct I/O, no page cache) where the file system takes it, which the child
+names in its ``server store:`` line; ``--spill buffered`` forces the
+:class:`~securefl.protocol.storage.FileStore` through the page cache.
 
 Every mode checks the sum exactly against the survivors' inputs.
 """
@@ -134,17 +138,20 @@ class _LocalServer:
     """The server in this process, behind the codec; CPU and wall time of
     every server call, decoding and encoding included."""
 
-    def __init__(self, config: Any, spill: bool, unmask_pool: Any = None,
+    def __init__(self, config: Any, spill: str | None, unmask_pool: Any = None,
                  workers: int | None = None) -> None:
-        import tempfile
+        import contextlib
 
+        from securefl.protocol.inmemory import spill_store
         from securefl.protocol.server import ServerSession
-        from securefl.protocol.storage import FileStore
 
         self.config = config
-        self._file = tempfile.TemporaryFile() if spill else None  # noqa: SIM115
-        self.session = ServerSession(config, store=None if self._file is None
-                                     else FileStore(self._file), unmask_pool=unmask_pool,
+        # the store's file lives until the process exits (closing it removes it)
+        self._files = contextlib.ExitStack()
+        store = (self._files.enter_context(spill_store(direct=spill == "direct")) if spill
+                 else None)
+        self.store_kind = type(store).__name__ if store is not None else "MemoryStore"
+        self.session = ServerSession(config, store=store, unmask_pool=unmask_pool,
                                      workers=workers)
         self.cpu = 0.0
         self.wall = 0.0
@@ -199,8 +206,7 @@ class _LocalServer:
 
     def result(self) -> tuple[Any, tuple[int, ...], dict[str, float]]:
         r = self.session.result
-        if self._file is not None:
-            self._file.close()
+        self._files.close()
         return r.total, r.survivors, {"server_cpu": self.cpu, "server_wall": self.wall}
 
 
@@ -263,7 +269,7 @@ def _pool_cpu(pool: Any) -> float:
     return total
 
 
-def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
+def _server_child(conn: Any, n: int, m: int, dropout: float, spill: str | None,
                   profile: str | None = None, unmask_workers: int = 0) -> None:
     """The server process: wire bytes in, wire bytes out, over ``conn``;
     with ``profile`` (a path), its session under cProfile, the stats dumped
@@ -285,7 +291,7 @@ def _server_child(conn: Any, n: int, m: int, dropout: float, spill: bool,
         _serve(conn, config, spill, profile, pool, unmask_workers, base_rss)
 
 
-def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
+def _serve(conn: Any, config: Any, spill: str | None, profile: str | None, pool: Any,
            workers: int, base_rss: int) -> None:
     """:func:`_server_child`'s loop."""
     import pickle
@@ -321,7 +327,7 @@ def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
         prof.dump_stats(profile)
     total, survivors, _ = server.result()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print("server CPU by phase: " + ", ".join(
+    print(f"server store: {server.store_kind}; server CPU by phase: " + ", ".join(
         f"{name} {seconds:.2f}s" for name, seconds in sorted(
             server.phases.items(), key=lambda item: -item[1])), flush=True)
     extra = {} if pool is None else {"unmask_workers_cpu": _pool_cpu(pool)}
@@ -335,7 +341,7 @@ def _serve(conn: Any, config: Any, spill: bool, profile: str | None, pool: Any,
 class _RemoteServer:
     """The parent's side of :func:`_server_child`."""
 
-    def __init__(self, n: int, m: int, dropout: float, spill: bool,
+    def __init__(self, n: int, m: int, dropout: float, spill: str | None,
                  profile: str | None = None, unmask_workers: int = 0) -> None:
         import multiprocessing
 
@@ -382,7 +388,7 @@ class _RemoteServer:
             self._proc.join()
 
 
-def _stream_round(n: int, m: int, dropout: float, spill: bool, remote: bool,
+def _stream_round(n: int, m: int, dropout: float, spill: str | None, remote: bool,
                   seed: int = 1, profile: bool = False, unmask_workers: int = 0) -> float:
     import numpy as np
 
@@ -529,8 +535,12 @@ def main() -> None:
                         help="with --stream/--server-process: roster delivery (SPEC.md"
                              " 10.1a); 'merkle' sends each client only its neighbours'"
                              " entries with inclusion proofs")
-    parser.add_argument("--spill", action="store_true",
-                        help="the server keeps R2's masked inputs in a temporary file")
+    parser.add_argument("--spill", nargs="?", const="direct", choices=("direct", "buffered"),
+                        default=None,
+                        help="the server keeps R2's masked inputs in an unnamed temporary file"
+                             " (securefl.protocol.inmemory.spill_store): written with direct"
+                             " I/O where the file system takes it (the default), or through"
+                             " the page cache ('buffered')")
     parser.add_argument("--unmask-workers", type=int, default=0,
                         help="with --server-process: the mask removal in this many worker"
                              " processes (their CPU time reported apart)")

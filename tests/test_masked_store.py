@@ -26,7 +26,7 @@ from securefl.errors import AbortError, LocalProtocolError
 from securefl.hazmat.prg import ring_dtype
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.harary import HararyGraph
-from securefl.protocol.inmemory import SessionDriver
+from securefl.protocol.inmemory import SessionDriver, spill_store
 from securefl.protocol.messages import MaskedInput, ShareDelivery
 from securefl.protocol.storage import FileStore, MaskedInputStore, MemoryStore, frozen
 
@@ -36,7 +36,23 @@ FAST = settings(max_examples=20, deadline=None,
 
 def _stores() -> list[tuple[str, Any]]:
     return [("memory", lambda: (MemoryStore(), None)),
-            ("file", lambda: _file_store())]
+            ("file", lambda: _file_store()),
+            ("direct", lambda: _direct_store())]
+
+
+def _direct_store() -> tuple[MaskedInputStore, Any]:
+    """A DirectFileStore where the temporary directory takes direct I/O (else
+    the opener's buffered fallback, which is then what ``spill`` uses)."""
+    context = spill_store()
+    return context.__enter__(), _Closer(context)
+
+
+class _Closer:
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def close(self) -> None:
+        self.context.__exit__(None, None, None)
 
 
 def _file_store() -> tuple[FileStore, Any]:
@@ -46,7 +62,7 @@ def _file_store() -> tuple[FileStore, Any]:
 
 @FAST
 @given(data=st.data(), bits=st.integers(1, 64), m=st.integers(1, 300),
-       kind=st.sampled_from(["memory", "file"]))
+       kind=st.sampled_from(["memory", "file", "direct"]))
 def test_running_sum_minus_taken_back_vectors_is_the_sum_of_the_rest(
         data: st.DataObject, bits: int, m: int, kind: str) -> None:
     dtype = ring_dtype(bits)
@@ -150,17 +166,22 @@ def test_late_complaints_subtract_exactly_and_both_stores_agree(
     drop = data.draw(st.sets(st.sampled_from(ids), max_size=1), label="dropped")
     dropouts = dict.fromkeys(drop, Round.MASKED_INPUT_COLLECTION)
     seed = data.draw(st.binary(min_size=32, max_size=32), label="seed")
-    outcomes = {kind: _run(config, pairs, dropouts, kind, seed) for kind in ("memory", "file")}
-    mem, file_ = outcomes["memory"][0], outcomes["file"][0]
+    outcomes = {kind: _run(config, pairs, dropouts, kind, seed)
+                for kind in ("memory", "file", "direct")}
+    mem = outcomes["memory"][0]
     if isinstance(mem, AbortError):
-        assert isinstance(file_, AbortError) and str(file_) == str(mem)
+        for kind in ("file", "direct"):
+            other = outcomes[kind][0]
+            assert isinstance(other, AbortError) and str(other) == str(mem)
         for _, driver, _ in outcomes.values():
             assert len(driver.store) == 0  # an abort clears the store too
         return
-    assert not isinstance(file_, AbortError)
-    assert np.array_equal(mem.total, file_.total)
-    assert (mem.survivors, mem.excluded, mem.blame) == (file_.survivors, file_.excluded,
-                                                       file_.blame)
+    for kind in ("file", "direct"):
+        other = outcomes[kind][0]
+        assert not isinstance(other, AbortError)
+        assert np.array_equal(mem.total, other.total)
+        assert (mem.survivors, mem.excluded, mem.blame) == (other.survivors, other.excluded,
+                                                           other.blame)
     inputs = outcomes["memory"][2]
     expected = np.zeros(config.vector_length, dtype=np.uint64)
     for c in mem.survivors:
@@ -178,7 +199,7 @@ def test_a_client_reported_after_its_vector_arrived_is_taken_out_of_the_sum() ->
     # client 2 sends its masked input before client 5, whose complaint about 2
     # removes both: 2's vector is already in the running sum and must come out
     config = SecAggConfig(num_clients=7, vector_length=50, bits=32, threshold=3)
-    for kind in ("memory", "file"):
+    for kind in ("memory", "file", "direct"):
         result, driver, inputs = _run(config, {(5, 2)}, {}, kind)
         assert not isinstance(result, AbortError)
         assert result.survivors == (1, 3, 4, 6, 7)
@@ -207,7 +228,7 @@ class _Rewriter(_Complaints):
         super().server_receive(rnd, cid, message)
 
 
-@pytest.mark.parametrize("kind", ["memory", "file"])
+@pytest.mark.parametrize("kind", ["memory", "file", "direct"])
 def test_a_read_only_owner_rewritten_after_receive_does_not_change_the_sum(kind: str) -> None:
     # client 2 sends before client 5, whose complaint about 2 removes both:
     # the server subtracts what it kept of 2's vector, which 2's caller has
