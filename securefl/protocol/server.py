@@ -512,12 +512,16 @@ class ServerSession:
             for minimum in row.minimum:
                 self._need(answered, row.round, row.counted, getattr(self.config, minimum))
             out: list[Envelope] = getattr(self, row.close)()
-        except AbortError:
+        except AbortError as exc:
             self._sum = None
             self._running = None
-            self._store.clear()
             for peer in self._peers.values():
                 peer.round = None
+            try:
+                self._store.clear()
+            except Exception as failure:  # the abort stays the error; the store's is noted
+                exc.add_note(f"the masked-input store could not be cleared either"
+                             f" ({type(failure).__name__})")
             raise
         following = self._rounds.index(row) + 1
         nxt = self._rounds[following].round if following < len(self._rounds) else None
@@ -592,10 +596,18 @@ class ServerSession:
             self._removals = self._layout.removals(self._u3)  # SPEC [NZ-5]
         # the running sum already holds exactly U3's inputs: every accepted
         # one was added, every excluded one subtracted (_resolve_complaints)
+        # the store first: if it cannot be cleared (a device error) the round
+        # aborts here, before the running sum moves, so nothing can close it
+        # again with a sum that lost it
+        try:
+            self._store.clear()
+        except Exception as exc:
+            raise AbortError(f"the masked-input store could not be cleared"
+                             f" ({type(exc).__name__})", round=Round.MASKED_INPUT_COLLECTION,
+                             rule=Rule.STORE_FAILED) from None
         self._sum = (np.zeros(self.config.vector_length, dtype=self._dtype)
                      if self._running is None else self._running)
         self._running = None
-        self._store.clear()
         # the lists every asked client checks, each with its array (IdTuple):
         # O(n) array work per client instead of a Python step per id
         self._u3, self._dropped = IdTuple(self._u3), IdTuple(self._dropped)
