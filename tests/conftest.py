@@ -10,6 +10,8 @@ run, and any failure it finds is printed with its reproduction blob.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -26,3 +28,17 @@ def _node_state_dir(tmp_path_factory: pytest.TempPathFactory,
     default under ~/.flwr): every test gets its own state directory, so no
     test reads an accountant another test (or an earlier run) left behind."""
     monkeypatch.setenv("SECUREFL_STATE_DIR", str(tmp_path_factory.mktemp("node-state")))
+
+
+@pytest.fixture
+def direct() -> Iterator[Any]:
+    """A :class:`~securefl.protocol.storage.DirectFileStore` from
+    ``spill_store()`` in the temporary directory (the test is skipped where
+    that file system takes no direct I/O), closed after the test."""
+    from securefl.protocol.inmemory import spill_store
+    from securefl.protocol.storage import DirectFileStore
+
+    with spill_store() as store:
+        if not isinstance(store, DirectFileStore):
+            pytest.skip("the temporary directory's file system takes no direct I/O")
+        yield store

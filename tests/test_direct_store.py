@@ -13,10 +13,8 @@ the store makes (``os.pwrite`` / ``os.preadv``, patched).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,22 +25,14 @@ from hypothesis import strategies as st
 from securefl import Round, SecAggConfig
 from securefl.errors import AbortError, LocalProtocolError, ProtocolError, Rule, SecureFLError
 from securefl.hazmat.prg import ring_dtype
-from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import inmemory, storage
-from securefl.protocol.inmemory import SessionDriver, secure_sum, spill_store
-from securefl.protocol.messages import MaskedInput, ShareDelivery
+from securefl.protocol.inmemory import secure_sum, spill_store
+from securefl.protocol.messages import MaskedInput
 from securefl.protocol.storage import DirectFileStore, FileStore
+from tests import test_review_perf_store as review
 
 CONFIG = SecAggConfig(num_clients=7, vector_length=1500, bits=32, threshold=3)
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture
-def direct() -> Iterator[DirectFileStore]:
-    with spill_store() as store:
-        if not isinstance(store, DirectFileStore):
-            pytest.skip("the temporary directory's file system takes no direct I/O")
-        yield store
 
 
 def _on_disk(store: DirectFileStore) -> int:
@@ -111,29 +101,21 @@ def test_bad_block_sizes_are_refused() -> None:
             DirectFileStore(-1, block=block)
 
 
-class _Complaint(SessionDriver):
-    """Client 5 reports client 2 after 2's masked input reached the server:
-    both are excluded at close and 2's vector comes back out of the store."""
-
-    def __init__(self, inputs: dict[int, np.ndarray], store: Any) -> None:
-        super().__init__(CONFIG, inputs, store=store, rng=DeterministicRandom(bytes(32)))
-
-    def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
-        if isinstance(message, ShareDelivery) and cid == 5:
-            cts = dict(message.ciphertexts)
-            cts[2] = bytes(len(cts[2]))
-            message = dataclasses.replace(message, ciphertexts=cts)
-        return message
-
-
 def _inputs() -> dict[int, np.ndarray]:
-    gen = np.random.default_rng(7)
-    return {c: gen.integers(0, 2**32, CONFIG.vector_length, dtype=np.uint64)
-            for c in CONFIG.ids}
+    return review._inputs(CONFIG)
 
 
 def _expected(inputs: dict[int, np.ndarray], survivors: tuple[int, ...]) -> np.ndarray:
-    return sum(inputs[c] for c in survivors) & np.uint64(0xFFFFFFFF)
+    return review._expected(inputs, survivors)
+
+
+class _Complaint(review._Complaint):
+    """Client 5 reports client 2 after 2's masked input reached the server:
+    both are excluded at close and 2's vector comes back out of the store
+    (vectors of 6,000 bytes: more than one block)."""
+
+    def __init__(self, inputs: dict[int, np.ndarray], store: Any) -> None:
+        super().__init__(inputs, store, CONFIG)
 
 
 def test_a_late_exclusion_reads_the_vector_back_and_the_sum_is_exact(

@@ -15,21 +15,19 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from securefl import Round, SecAggConfig
+from securefl import Round
 from securefl.errors import AbortError, LocalProtocolError, Rule, SecureFLError
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import storage
 from securefl.protocol.inmemory import SessionDriver, spill_store
 from securefl.protocol.messages import ShareDelivery
 from securefl.protocol.storage import DirectFileStore
-
-CONFIG = SecAggConfig(num_clients=7, vector_length=1500, bits=32, threshold=3)
+from tests.test_direct_store import CONFIG, _expected, _inputs
 
 
 def _link(fd: int, target: str) -> None:
@@ -40,23 +38,6 @@ def _link(fd: int, target: str) -> None:
     if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, target.encode(), 0x400):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-@pytest.fixture
-def direct() -> Iterator[DirectFileStore]:
-    with spill_store() as store:
-        if not isinstance(store, DirectFileStore):
-            pytest.skip("no direct I/O in the temporary directory")
-        yield store
-
-
-def _inputs() -> dict[int, np.ndarray]:
-    gen = np.random.default_rng(7)
-    return {c: gen.integers(0, 2**32, CONFIG.vector_length, dtype=np.uint64) for c in CONFIG.ids}
-
-
-def _expected(inputs: dict[int, np.ndarray], survivors: tuple[int, ...]) -> np.ndarray:
-    return sum(inputs[c] for c in survivors) & np.uint64(0xFFFFFFFF)
 
 
 def _failing_ftruncate(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:

@@ -31,7 +31,7 @@ from securefl.errors import AbortError, ProtocolError, Rule, SecureFLError
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol.inmemory import SessionDriver
 from securefl.protocol.messages import MaskedInput, ShareDelivery
-from securefl.protocol.storage import FileStore
+from securefl.protocol.storage import FileStore, MaskedInputStore
 
 CONFIG = SecAggConfig(num_clients=7, vector_length=50, bits=32, threshold=3)
 
@@ -97,8 +97,9 @@ class _Complaint(SessionDriver):
     after 2's masked input reached the server: both are excluded at close and
     2's vector must come back out of the running sum."""
 
-    def __init__(self, inputs: dict[int, np.ndarray], store: FileStore) -> None:
-        super().__init__(CONFIG, inputs, store=store, rng=DeterministicRandom(bytes(32)))
+    def __init__(self, inputs: dict[int, np.ndarray], store: MaskedInputStore,
+                 config: SecAggConfig = CONFIG) -> None:
+        super().__init__(config, inputs, store=store, rng=DeterministicRandom(bytes(32)))
 
     def to_client(self, rnd: Round, cid: int, message: Any) -> Any:
         if isinstance(message, ShareDelivery) and cid == 5:
@@ -108,10 +109,10 @@ class _Complaint(SessionDriver):
         return message
 
 
-def _inputs() -> dict[int, np.ndarray]:
+def _inputs(config: SecAggConfig = CONFIG) -> dict[int, np.ndarray]:
     gen = np.random.default_rng(7)
-    return {c: gen.integers(0, 2**32, CONFIG.vector_length, dtype=np.uint64)
-            for c in CONFIG.ids}
+    return {c: gen.integers(0, 2**32, config.vector_length, dtype=np.uint64)
+            for c in config.ids}
 
 
 def _expected(inputs: dict[int, np.ndarray], survivors: tuple[int, ...]) -> np.ndarray:
