@@ -23,7 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securefl import Round, SecAggConfig
-from securefl.errors import AbortError, LocalProtocolError, ProtocolError, Rule, SecureFLError
+from securefl.errors import (
+    AbortError,
+    ConfigurationError,
+    LocalProtocolError,
+    ProtocolError,
+    Rule,
+    SecureFLError,
+)
 from securefl.hazmat.prg import ring_dtype
 from securefl.protocol import inmemory, storage
 from securefl.protocol.inmemory import secure_sum, spill_store
@@ -258,8 +265,9 @@ def test_the_opener_closes_its_file_also_on_an_exception() -> None:
         os.fstat(fd)
 
 
-def test_secure_sum_spills_to_the_direct_store_and_is_exact(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spill", [True, "buffered"])
+def test_secure_sum_spills_to_the_chosen_store_and_is_exact(
+        monkeypatch: pytest.MonkeyPatch, spill: Any) -> None:
     used: list[Any] = []
     real = inmemory.spill_store
 
@@ -281,8 +289,20 @@ def test_secure_sum_spills_to_the_direct_store_and_is_exact(
     config = SecAggConfig(num_clients=6, vector_length=777, bits=20, threshold=3)
     gen = np.random.default_rng(3)
     inputs = {c: gen.integers(0, 2**20, 777, dtype=np.uint64) for c in config.ids}
-    result = secure_sum(inputs, config, {4: Round.MASKED_INPUT_COLLECTION}, spill=True)
+    result = secure_sum(inputs, config, {4: Round.MASKED_INPUT_COLLECTION}, spill=spill)
     assert len(used) == 1
+    if spill == "buffered":
+        assert type(used[0]) is FileStore
+    else:
+        with spill_store() as probe:  # what this file system gives
+            assert type(used[0]) is type(probe)
     expected = sum(inputs[c] for c in result.survivors) & np.uint64(2**20 - 1)
     assert result.survivors == (1, 2, 3, 5, 6)
     assert np.array_equal(result.total, expected)
+
+
+def test_secure_sum_refuses_an_unknown_spill_choice() -> None:
+    config = SecAggConfig(num_clients=3, vector_length=4, bits=8, threshold=2)
+    inputs = {c: np.zeros(4, dtype=np.uint64) for c in config.ids}
+    with pytest.raises(ConfigurationError):
+        secure_sum(inputs, config, spill="direct")  # type: ignore[arg-type]

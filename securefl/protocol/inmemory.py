@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -40,7 +40,7 @@ def secure_sum(
     *,
     rng: RandomSource | None = None,
     executor: Executor | None = None,
-    spill: bool | None = None,
+    spill: bool | Literal["buffered"] | None = None,
 ) -> AggregationResult:
     """Securely sum ``inputs`` with the full protocol, in one process.
 
@@ -63,8 +63,10 @@ def secure_sum(
             of the sum).  True: a
             store from :func:`spill_store` (an unnamed file in the temporary
             directory, written with direct I/O where the file system allows
-            it; closed, hence removed, when this call returns or raises),
-            and each client
+            it; closed, hence removed, when this call returns or raises);
+            ``"buffered"``: the same through the page cache
+            (``spill_store(direct=False)``, for a disk slower than the
+            clients).  Either way each client
             forgets its sent masked input once delivered (this call is the
             clients' only transport and never repeats a message), so memory
             beyond the inputs is O(m): a constant number of vectors,
@@ -96,6 +98,8 @@ def secure_sum(
         # An array goes to the check as is (np.asarray would drop a masked
         # array's mask, which the check refuses); anything else is converted
         vectors[cid] = validate_input_vector(_as_array(v, cid), config, cid, local=True)
+    if spill not in (None, True, False, "buffered"):
+        raise ConfigurationError(f"spill must be True, False, 'buffered' or None, got {spill!r}")
     if spill is None:
         spill = config.num_clients * config.vector_length * ring_dtype(
             config.bits).itemsize > SPILL_BYTES
@@ -115,8 +119,9 @@ temporary file when they would take more than this many bytes in memory
 
 
 def _run(config: SecAggConfig, vectors: Mapping[int, np.ndarray], dropouts: Mapping[int, Round],
-         rng: RandomSource | None, executor: Executor | None, spill: bool) -> AggregationResult:
-    with spill_store() if spill else contextlib.nullcontext() as store:
+         rng: RandomSource | None, executor: Executor | None,
+         spill: bool | Literal["buffered"]) -> AggregationResult:
+    with (spill_store(direct=spill is True) if spill else contextlib.nullcontext()) as store:
         driver = _StreamingDriver(config, vectors, dropouts=dropouts, rng=rng, executor=executor,
                                   store=store)
         driver.run()
