@@ -9,8 +9,10 @@ it over cannot change the sum."""
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
+import os
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from securefl.hazmat.prg import ring_dtype
 from securefl.protocol import Round, SecAggConfig, inmemory
 from securefl.protocol.inmemory import SessionDriver, secure_sum
 from securefl.protocol.messages import MaskedInput
+from securefl.protocol.storage import DirectFileStore
 
 
 def _inputs(config: SecAggConfig, seed: int) -> dict[int, np.ndarray]:
@@ -145,19 +148,39 @@ def test_decoding_an_aligned_vector_copies_nothing() -> None:
         decoded.masked.flags.writeable = True  # a view of immutable bytes stays read-only
 
 
-_TEMPORARY_FILE = tempfile.TemporaryFile
+_SPILL_STORE = inmemory.spill_store
+
+
+class _Opened:
+    """One store ``secure_sum`` opened through ``spill_store``."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    @property
+    def closed(self) -> bool:
+        """Is its file closed (so removed: it had no name)?"""
+        if isinstance(self.store, DirectFileStore):
+            try:
+                os.fstat(self.store._fd)
+            except OSError:
+                return True
+            return False
+        return bool(self.store._file.closed)
 
 
 class _Files:
-    """Records the temporary files ``secure_sum`` opens."""
+    """Records the spill stores ``secure_sum`` opens (a ``DirectFileStore``
+    or, where the file system takes no direct I/O, a ``FileStore``)."""
 
     def __init__(self) -> None:
-        self.opened: list[Any] = []
+        self.opened: list[_Opened] = []
 
-    def __call__(self) -> Any:
-        f = _TEMPORARY_FILE()  # secure_sum closes it
-        self.opened.append(f)
-        return f
+    @contextlib.contextmanager
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with _SPILL_STORE(*args, **kwargs) as store:  # secure_sum closes it
+            self.opened.append(_Opened(store))
+            yield store
 
 
 @pytest.mark.parametrize("n", [16, 48])
@@ -168,7 +191,7 @@ def test_secure_sum_spilling_holds_a_constant_number_of_vectors(
     inputs = _inputs(config, 6)
     ring = m * ring_dtype(bits).itemsize
     files = _Files()
-    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    monkeypatch.setattr(inmemory, "spill_store", files)
     secure_sum(_inputs(config, 7), config, spill=True)  # lazily imported modules
     tracemalloc.start()
     try:
@@ -188,7 +211,7 @@ def test_secure_sum_spilling_holds_a_constant_number_of_vectors(
 def test_the_spill_file_is_closed_when_the_round_aborts(monkeypatch: pytest.MonkeyPatch) -> None:
     config = SecAggConfig(num_clients=5, vector_length=30, bits=16, threshold=4)
     files = _Files()
-    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    monkeypatch.setattr(inmemory, "spill_store", files)
     with pytest.raises(AbortError):
         secure_sum(_inputs(config, 8), config, {1: Round.UNMASKING, 2: Round.UNMASKING},
                    spill=True)
@@ -216,7 +239,7 @@ def test_spill_none_spills_above_the_budget(monkeypatch: pytest.MonkeyPatch) -> 
     config = SecAggConfig(num_clients=4, vector_length=25, bits=16)  # 4 * 25 * 2 = 200 bytes
     inputs = _inputs(config, 9)
     files = _Files()
-    monkeypatch.setattr(inmemory.tempfile, "TemporaryFile", files)
+    monkeypatch.setattr(inmemory, "spill_store", files)
     monkeypatch.setattr(inmemory, "SPILL_BYTES", 200)
     secure_sum(inputs, config)
     assert files.opened == []
