@@ -140,8 +140,8 @@ def spill_store(directory: str | None = None, *,
     takes direct I/O; the store is then a
     :class:`~securefl.protocol.storage.DirectFileStore`, whose vectors go to
     the device without passing through the page cache (one memory copy each:
-    the server's CPU time for a 3.6 GB round fell from 5.0 s to 0.9 s on the
-    benchmark machine).  Where the platform has no such flags or the file
+    0.8-1.05 s of CPU for a 3.6 GB round on the benchmark machine, against
+    1.4-5.9 s through the page cache; ``benchmarks/spill_store.py``).  Where the platform has no such flags or the file
     system refuses them or fails the probe (some file systems and kernels),
     or with
     ``direct=False``, it is a :class:`~securefl.protocol.storage.FileStore` on

@@ -15,10 +15,11 @@ clients it excludes (usually none) and subtracts them, then clears the store.
 * :class:`DirectFileStore` does the same on a file descriptor the caller
   opened for direct I/O (``O_DIRECT``): each vector is written from one
   page-aligned staging buffer straight to the device, so the kernel neither
-  copies it into the page cache nor keeps it there.  Writing a 3.6 GB round
-  through the page cache cost the server 5.0 s of system CPU on the 2-core
-  machine the benchmarks run on, against 0.9 s this way
-  (``docs/benchmarks.md``).  :func:`securefl.protocol.inmemory.spill_store`
+  copies it into the page cache nor keeps it there.  Keeping a 3.6 GB round
+  cost the server 0.8-1.05 s of CPU this way on the 2-core machine the
+  benchmarks run on, against 1.4-5.9 s through the page cache, depending on
+  its state; the direct writes took 4.2-6.1 s of wall time, waiting for the
+  disk, against 1.6-6.5 s (``benchmarks/spill_store.py``).  :func:`securefl.protocol.inmemory.spill_store`
   opens such a file where the platform and file system allow it, and a
   :class:`FileStore` otherwise.
 
