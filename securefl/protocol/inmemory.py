@@ -141,9 +141,9 @@ def spill_store(directory: str | None = None, *,
     :class:`~securefl.protocol.storage.DirectFileStore`, whose vectors go to
     the device without passing through the page cache (one memory copy each:
     0.8-1.05 s of CPU for a 3.6 GB round on the benchmark machine, against
-    1.4-5.9 s through the page cache; ``benchmarks/spill_store.py``).  Where the platform has no such flags or the file
-    system refuses them or fails the probe (some file systems and kernels),
-    or with
+    1.4-5.9 s through the page cache; ``benchmarks/spill_store.py``).
+    Where the platform has no such flags or the file system refuses them or
+    fails the probe (some file systems and kernels), or with
     ``direct=False``, it is a :class:`~securefl.protocol.storage.FileStore` on
     ``tempfile.TemporaryFile(dir=directory)``: the kernel copies the vectors
     into its page cache and writes them back later.  Either way the file has

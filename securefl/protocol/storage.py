@@ -19,9 +19,9 @@ clients it excludes (usually none) and subtracts them, then clears the store.
   cost the server 0.8-1.05 s of CPU this way on the 2-core machine the
   benchmarks run on, against 1.4-5.9 s through the page cache, depending on
   its state; the direct writes took 4.2-6.1 s of wall time, waiting for the
-  disk, against 1.6-6.5 s (``benchmarks/spill_store.py``).  :func:`securefl.protocol.inmemory.spill_store`
-  opens such a file where the platform and file system allow it, and a
-  :class:`FileStore` otherwise.
+  disk, against 1.6-6.5 s (``benchmarks/spill_store.py``).
+  :func:`securefl.protocol.inmemory.spill_store` opens such a file where the
+  platform and file system allow it, and a :class:`FileStore` otherwise.
 
 What goes to the file is exactly what the server received (masked inputs
 are the server's to read anyway), so spilling them discloses nothing new to
