@@ -135,8 +135,9 @@ def spill_store(directory: str | None = None, *,
     ``directory`` (default: ``tempfile.gettempdir()``), closed, hence removed,
     when the block exits (also on an exception).
 
-    With ``direct`` (the default) the file is opened ``O_TMPFILE | O_DIRECT``
-    and one block is written and read back to check that the file system
+    With ``direct`` (the default) the file is opened ``O_TMPFILE | O_EXCL |
+    O_DIRECT`` (no name, and none can be given to it later) and a two-block
+    pattern is written and read back equal, to check that the file system
     takes direct I/O; the store is then a
     :class:`~securefl.protocol.storage.DirectFileStore`, whose vectors go to
     the device without passing through the page cache (one memory copy each:
