@@ -409,6 +409,26 @@ class DirectFileStore(MaskedInputStore):
         self._end = 0
         os.ftruncate(self._fd, 0)
 
+    def works(self) -> bool:
+        """On a store that keeps nothing yet: write a two-block non-zero
+        pattern, clear the staging buffer, read it back, compare, and clear
+        the store: does this file really take direct I/O?  False on a
+        failure of the file or on a different read-back (a read that filled
+        nothing would leave the staging buffer's last content, another
+        client's vector), never an exception."""
+        pattern = np.frombuffer(bytes(range(1, 256)) * 17, dtype=np.uint8)  # 4335 B
+        try:
+            self.put(0, pattern)
+            self.put(1, pattern[:1])
+            if self._staging is not None:
+                self._staging[:] = bytes(len(self._staging))  # what comes back was read
+            good = (np.array_equal(self.get(0), pattern)
+                    and np.array_equal(self.get(1), pattern[:1]))
+            self.clear()
+        except (OSError, LocalProtocolError):
+            return False
+        return good
+
     def close(self) -> None:
         """Release the staging buffer (not the file descriptor: the caller's).
         If a view of it is still alive (an exception's traceback may hold
