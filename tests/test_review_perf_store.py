@@ -193,6 +193,12 @@ class _Unreadable(_Complaint):
 
 def test_a_store_that_cannot_be_read_at_close_aborts_with_a_typed_error() -> None:
     driver = _Unreadable(_inputs(), _UnreadableAtClose())
+    aborts_at_close_for_its_store(driver)
+
+
+def aborts_at_close_for_its_store(driver: SessionDriver) -> None:
+    """The round aborts when R2 closes (typed: ``STORE_FAILED``), the session
+    is over and its store cleared."""
     with pytest.raises(AbortError) as info:
         driver.run()
     assert info.value.round is Round.MASKED_INPUT_COLLECTION
