@@ -380,11 +380,28 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
     for number in numbers:  # no duplicate: one settled row per client per round
         assert sorted(r.client_id for r in settled if r.round == number) == [1, 2, 3]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == numbers
-    interrupted = [r["round"] for r in metrics["rounds"] if r.get("abort_reason", "")
+    rounds = metrics["rounds"]
+    why = f"{[(r['round'], r.get('abort_reason', '')) for r in rounds]}\n{stream[-3000:]}"
+    assert [r["round"] for r in rounds] == numbers, why
+    interrupted = [r["round"] for r in rounds if r.get("abort_reason", "")
                    .startswith("interrupted")]
-    assert len(numbers) == 3 + len(interrupted)
-    assert metrics["final"]["rounds_completed"] == 3, metrics["rounds"]
+    # Once in five clean-clone CI runs (never in four runs under load since)
+    # a round of the resumed run was aborted for too few answers.  The likely
+    # cause: a SuperNode that had pulled a message of the killed run waits for
+    # that message's reply before it pulls again (flwr 1.42's
+    # _push_messages), and the wait can outlast the round's timeout.  The
+    # ServerApp is right to abort that round, an ordinary abort that counts
+    # against num-rounds; the test accepts exactly that, after the resume.
+    too_few = re.compile(r"aggregation aborted in [A-Z_]+: only \d+ ")
+    ordinary = [r for r in rounds if r["aborted"] and r["round"] not in interrupted]
+    for r in ordinary:
+        assert r["round"] >= 2 and too_few.match(r.get("abort_reason", "")), why
+    assert len(ordinary) <= 1, why  # the stale message delays one round, not the run
+    if ordinary:
+        print(f"resumed round aborted for too few answers: {ordinary[0]['abort_reason']}")
+    assert len(numbers) == 3 + len(interrupted), why
+    assert metrics["final"]["rounds_completed"] == 3 - len(ordinary), why
+    assert not rounds[-1]["aborted"], why  # the resumed run completed work of its own
     last = {r.client_id: r for r in settled if r.round == numbers[-1]}
     for cid, row in last.items():  # each history composes every charged round's steps
         charged = sum(r.local_steps for r in settled if r.client_id == cid)
