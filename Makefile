@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python scripts/test_lanes.py -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,97 @@
+"""``scripts/test_lanes.py`` (what ``make test`` and CI run): both lanes run,
+a failure in either fails the whole with its status, and a stopped run stops
+both lanes through their teardowns."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "test_lanes.py"
+
+
+def _lanes(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(SCRIPT), "-q", "-p", "no:cacheprovider",
+                             *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_failure_in_the_suite_lane_fails_the_run_and_both_lanes_report(
+        tmp_path: Path) -> None:
+    tests = tmp_path / "test_two_lanes.py"
+    tests.write_text("import pytest\n\n"
+                     "@pytest.mark.flower_runtime\n"
+                     "def test_in_the_runtime_lane():\n    pass\n\n"
+                     "def test_in_the_suite_lane():\n    assert False, 'boom'\n")
+    proc = _lanes(str(tests))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    # the runtime lane's output is printed whole, after the streamed lane's
+    runtime = out.index("===== lane flower-runtime")
+    assert "1 failed, 1 deselected" in out[:runtime]
+    assert "1 passed, 1 deselected" in out[runtime:]
+    assert "flower-runtime: exit 0, suite: exit 1" in out
+    kept = re.search(r"lane suite: its temporary files are kept in (\S+)", out)
+    assert kept is not None, out
+    assert Path(kept.group(1)).is_dir()  # kept for whoever debugs the failure
+    shutil.rmtree(kept.group(1))
+    assert "lane flower-runtime: its temporary files" not in out
+
+
+def test_a_failure_in_the_runtime_lane_fails_the_run(tmp_path: Path) -> None:
+    tests = tmp_path / "test_runtime_fails.py"
+    tests.write_text("import pytest\n\n"
+                     "@pytest.mark.flower_runtime\n"
+                     "def test_in_the_runtime_lane():\n    assert False\n\n"
+                     "def test_in_the_suite_lane():\n    pass\n")
+    proc = _lanes(str(tests))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "flower-runtime: exit 1, suite: exit 0" in out
+    kept = re.search(r"lane flower-runtime: its temporary files are kept in (\S+)", out)
+    assert kept is not None, out
+    shutil.rmtree(kept.group(1))
+
+
+def test_no_test_selected_in_either_lane_is_not_a_pass(tmp_path: Path) -> None:
+    tests = tmp_path / "test_nothing.py"
+    tests.write_text("def test_one():\n    pass\n")
+    proc = _lanes(str(tests), "-k", "no_such_test")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 5, out
+
+
+def test_sigterm_stops_both_lanes_through_their_teardowns(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    tests = tmp_path / "test_slow.py"
+    tests.write_text(
+        "import time\nfrom pathlib import Path\nimport pytest\n\n"
+        f"MARKS = Path({str(marks)!r})\n\n"
+        "@pytest.fixture\n"
+        "def deployment(request):\n"
+        "    (MARKS / f'started-{request.node.name}').touch()\n"
+        "    yield\n"
+        "    (MARKS / f'stopped-{request.node.name}').touch()\n\n"
+        "@pytest.mark.flower_runtime\n"
+        "def test_runtime(deployment):\n    time.sleep(300)\n\n"
+        "def test_suite(deployment):\n    time.sleep(300)\n")
+    proc = _lanes(str(tests))
+    deadline = time.monotonic() + 120
+    while len(list(marks.glob("started-*"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the lanes never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    # each lane's pytest ran its fixture's teardown, as on Ctrl-C
+    assert sorted(p.name for p in marks.glob("stopped-*")) == ["stopped-test_runtime",
+                                                                 "stopped-test_suite"]
+    assert "===== lane flower-runtime" in out  # what the stopped lane got to is shown
+    assert "stopped by signal 15" in out
