@@ -8,6 +8,7 @@ skipped there, and runs the whole suite (no marker or keyword filter)."""
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 from pathlib import Path
 
@@ -65,8 +66,12 @@ def test_make_test_installs_every_extra_the_suite_needs_and_runs_all_of_it() -> 
         re.split(r"[<>=]", r, maxsplit=1)[0] for r in declared["docs"]}
     test = _make_target(makefile, "test")
     assert "$(BIN)/ruff check ." in test
-    pytest_lines = [line for line in test if "pytest" in line]
-    assert pytest_lines == ["$(BIN)/python -m pytest -q"]  # no -m, -k or path filter
+    runs = [line for line in test if "pytest" in line or "test_lanes" in line]
+    assert runs == ["$(BIN)/python scripts/test_lanes.py -q"]  # no -m, -k or path filter
+    # its two lanes split the suite by one marker: together they run all of it
+    lanes = runpy.run_path(str(ROOT / "scripts" / "test_lanes.py"))["LANES"]
+    (_, marker), (_, rest) = lanes
+    assert re.fullmatch(r"\w+", marker) and rest == f"not {marker}"
     assert "$(STAMP)" in re.search(r"^test:(.*)$", makefile, flags=re.MULTILINE).group(1)
     assert "$(STAMP)" in re.search(r"^demo:(.*)$", makefile, flags=re.MULTILINE).group(1)
 
