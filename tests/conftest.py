@@ -21,6 +21,16 @@ settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "local")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_node_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for module- and session-scoped fixtures, which are set up
+    before the per-test directory below (a module fixture that runs a Flower
+    federation would otherwise write to the user's ~/.flwr)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SECUREFL_STATE_DIR", str(tmp_path_factory.mktemp("session-node-state")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _node_state_dir(tmp_path_factory: pytest.TempPathFactory,
                     monkeypatch: pytest.MonkeyPatch) -> None:

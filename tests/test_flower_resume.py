@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -387,18 +389,33 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
                    .startswith("interrupted")]
     # Once in five clean-clone CI runs (never in four runs under load since)
     # a round of the resumed run was aborted for too few answers.  The likely
-    # cause: a SuperNode that had pulled a message of the killed run waits for
-    # that message's reply before it pulls again (flwr 1.42's
-    # _push_messages), and the wait can outlast the round's timeout.  The
-    # ServerApp is right to abort that round, an ordinary abort that counts
-    # against num-rounds; the test accepts exactly that, after the resume.
+    # cause: SuperNodes that had pulled a message of the killed run wait for
+    # that message's reply before they pull again (flwr 1.42's
+    # _push_messages), or the restarted SuperLink still delivers the killed
+    # run's pending messages; the wait can outlast the round's timeout.  The
+    # ServerApp is right to abort that round (an ordinary abort, which counts
+    # against num-rounds).  The test accepts exactly that: the first round of
+    # the resumed run, aborted for too few answers after a stage waited the
+    # whole round-timeout (so no node answered with a refusal or an error,
+    # which would end the wait early), with no refused reply in the stream.
     too_few = re.compile(r"aggregation aborted in [A-Z_]+: only \d+ ")
     ordinary = [r for r in rounds if r["aborted"] and r["round"] not in interrupted]
-    for r in ordinary:
-        assert r["round"] >= 2 and too_few.match(r.get("abort_reason", "")), why
-    assert len(ordinary) <= 1, why  # the stale message delays one round, not the run
+    first_resumed = max(interrupted, default=1) + 1
+    assert [r["round"] for r in ordinary] in ([], [first_resumed]), why
     if ordinary:
-        print(f"resumed round aborted for too few answers: {ordinary[0]['abort_reason']}")
+        reason = ordinary[0].get("abort_reason", "")
+        assert too_few.match(reason), why
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        mine = [e for e in events if e["round"] == first_resumed]
+        # the resumed run's attempt: from its last advertise-keys event (the
+        # killed run may have begun a round of the same number)
+        start = max(i for i, e in enumerate(mine) if e["stage"] == "advertise-keys")
+        times = [e["time"] for e in mine[start:]]
+        assert max(b - a for a, b in itertools.pairwise(times)) >= run_config["round-timeout"], (
+            f"the round did not wait out its timeout: {why}")
+        assert "refused" not in stream and "dropped at" not in stream, why
+        warnings.warn(f"the first resumed round was aborted for too few answers: {reason}",
+                      stacklevel=1)
     assert len(numbers) == 3 + len(interrupted), why
     assert metrics["final"]["rounds_completed"] == 3 - len(ordinary), why
     assert not rounds[-1]["aborted"], why  # the resumed run completed work of its own

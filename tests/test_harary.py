@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-import time
 from collections import Counter, deque
 
 import pytest
@@ -232,13 +231,11 @@ def test_secagg_config_integration():
         SecAggConfig(num_clients=10, vector_length=4, threshold=6, graph=HararyGraph(10))
 
 
-def test_ten_thousand_clients_is_fast():
+def test_ten_thousand_clients_each_get_k_neighbours_symmetrically():
+    # how long this takes is measured by benchmarks/scale_round.py, not here
     roster = list(range(1, 10_001))
     graph = HararyGraph(100)
-    best = math.inf
-    for attempt in range(3):
-        start = time.perf_counter()
-        nb = graph.neighbours(roster, attempt.to_bytes(32, "big"))
-        best = min(best, time.perf_counter() - start)
-    assert all(len(peers) == 100 for peers in nb.values())
-    assert best < 1.0, f"n=10^4, k=100 took {best:.3f} s"
+    nb = graph.neighbours(roster, (7).to_bytes(32, "big"))
+    assert sorted(nb) == roster
+    assert all(len(peers) == 100 and u not in peers for u, peers in nb.items())
+    assert all(u in nb[v] for u, peers in nb.items() for v in peers)

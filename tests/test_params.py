@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -94,12 +93,12 @@ def test_rest_of_fcp_test_table(n, gamma, delta, model, k, t):
     assert (params.degree, params.threshold, params.complete) == (k, t, False)
 
 
-def test_published_table_is_fast():
-    start = time.perf_counter()
+def test_published_table_every_row_is_found():
+    # the values are compared in the tests above; time belongs in benchmarks
     for (gamma, delta, model), row in PUBLISHED.items():
         for n in row:
-            find_graph_parameters(n, delta, gamma, model)
-    assert time.perf_counter() - start < 5.0
+            params = find_graph_parameters(n, delta, gamma, model)
+            assert params.complete or 0 < params.threshold <= params.degree + 1 <= n
 
 
 def _analytic_bounds(n, gamma, delta, model, k, t, alpha):

@@ -4,6 +4,7 @@ both lanes through their teardowns."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -12,14 +13,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "test_lanes.py"
 
 
-def _lanes(*args: str) -> subprocess.Popen[str]:
+def _lanes(*args: str, tmp: Path | None = None) -> subprocess.Popen[str]:
+    """The runner; with ``tmp``, its temporary files go there (TMPDIR)."""
+    env = dict(os.environ)
+    if tmp is not None:
+        (tmp / "tmp").mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmp / "tmp")
     return subprocess.Popen([sys.executable, str(SCRIPT), "-q", "-p", "no:cacheprovider",
                              *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def test_a_failure_in_the_suite_lane_fails_the_run_and_both_lanes_report(
@@ -67,7 +75,16 @@ def test_no_test_selected_in_either_lane_is_not_a_pass(tmp_path: Path) -> None:
     assert proc.returncode == 5, out
 
 
-def test_sigterm_stops_both_lanes_through_their_teardowns(tmp_path: Path) -> None:
+def test_arguments_that_would_undo_the_split_are_refused(tmp_path: Path) -> None:
+    for args in (["-m", "slow"], ["-mslow"], ["--basetemp", "x"], [f"--basetemp={tmp_path}"]):
+        proc = _lanes(*args)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 4 and "would undo the split" in out, (args, out)
+
+
+def _slow_lanes(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A runner whose two lanes each sit in a test with a fixture that marks
+    its set-up and teardown; returned once both lanes are in their tests."""
     marks = tmp_path / "marks"
     marks.mkdir()
     tests = tmp_path / "test_slow.py"
@@ -82,16 +99,44 @@ def test_sigterm_stops_both_lanes_through_their_teardowns(tmp_path: Path) -> Non
         "@pytest.mark.flower_runtime\n"
         "def test_runtime(deployment):\n    time.sleep(300)\n\n"
         "def test_suite(deployment):\n    time.sleep(300)\n")
-    proc = _lanes(str(tests))
+    proc = _lanes(str(tests), tmp=tmp_path)
     deadline = time.monotonic() + 120
     while len(list(marks.glob("started-*"))) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None, "the lanes never started"
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"the lanes never started: {proc.communicate()[0]}")
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    return proc, marks
+
+
+def _torn_down(marks: Path, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while len(list(marks.glob("stopped-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sorted(p.name for p in marks.glob("stopped-*"))
+
+
+def test_sigterm_stops_both_lanes_through_their_teardowns(tmp_path: Path) -> None:
+    proc, marks = _slow_lanes(tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, out
     # each lane's pytest ran its fixture's teardown, as on Ctrl-C
-    assert sorted(p.name for p in marks.glob("stopped-*")) == ["stopped-test_runtime",
-                                                                 "stopped-test_suite"]
+    assert _torn_down(marks) == ["stopped-test_runtime", "stopped-test_suite"]
     assert "===== lane flower-runtime" in out  # what the stopped lane got to is shown
     assert "stopped by signal 15" in out
+
+
+def test_a_killed_runner_still_stops_its_lanes_through_their_teardowns(
+        tmp_path: Path) -> None:
+    """SIGKILL leaves the runner no handler: the lanes get SIGINT from the
+    kernel (parent-death signal) and tear down as on Ctrl-C."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    proc, marks = _slow_lanes(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _torn_down(marks) == ["stopped-test_runtime", "stopped-test_suite"]
