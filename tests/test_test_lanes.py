@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,41 +29,32 @@ def _lanes(*args: str, tmp: Path | None = None) -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def test_a_failure_in_the_suite_lane_fails_the_run_and_both_lanes_report(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing", ["suite", "flower-runtime"])
+def test_a_failure_in_either_lane_fails_the_run_and_both_lanes_report(
+        tmp_path: Path, failing: str) -> None:
+    body = {lane: "assert False, 'boom'" if lane == failing else "pass"
+            for lane in ("suite", "flower-runtime")}
     tests = tmp_path / "test_two_lanes.py"
     tests.write_text("import pytest\n\n"
                      "@pytest.mark.flower_runtime\n"
-                     "def test_in_the_runtime_lane():\n    pass\n\n"
-                     "def test_in_the_suite_lane():\n    assert False, 'boom'\n")
-    proc = _lanes(str(tests))
+                     f"def test_in_the_runtime_lane():\n    {body['flower-runtime']}\n\n"
+                     f"def test_in_the_suite_lane():\n    {body['suite']}\n")
+    proc = _lanes(str(tests), tmp=tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     # the runtime lane's output is printed whole, after the streamed lane's
     runtime = out.index("===== lane flower-runtime")
-    assert "1 failed, 1 deselected" in out[:runtime]
-    assert "1 passed, 1 deselected" in out[runtime:]
-    assert "flower-runtime: exit 0, suite: exit 1" in out
-    kept = re.search(r"lane suite: its temporary files are kept in (\S+)", out)
+    outcome = {lane: "1 failed" if lane == failing else "1 passed" for lane in body}
+    assert f"{outcome['suite']}, 1 deselected" in out[:runtime]
+    assert f"{outcome['flower-runtime']}, 1 deselected" in out[runtime:]
+    status = {lane: 1 if lane == failing else 0 for lane in body}
+    assert f"flower-runtime: exit {status['flower-runtime']}, suite: exit {status['suite']}" \
+        in out
+    kept = re.search(rf"lane {failing}: its temporary files are kept in (\S+)", out)
     assert kept is not None, out
     assert Path(kept.group(1)).is_dir()  # kept for whoever debugs the failure
-    shutil.rmtree(kept.group(1))
-    assert "lane flower-runtime: its temporary files" not in out
-
-
-def test_a_failure_in_the_runtime_lane_fails_the_run(tmp_path: Path) -> None:
-    tests = tmp_path / "test_runtime_fails.py"
-    tests.write_text("import pytest\n\n"
-                     "@pytest.mark.flower_runtime\n"
-                     "def test_in_the_runtime_lane():\n    assert False\n\n"
-                     "def test_in_the_suite_lane():\n    pass\n")
-    proc = _lanes(str(tests))
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, out
-    assert "flower-runtime: exit 1, suite: exit 0" in out
-    kept = re.search(r"lane flower-runtime: its temporary files are kept in (\S+)", out)
-    assert kept is not None, out
-    shutil.rmtree(kept.group(1))
+    passing = next(lane for lane in body if lane != failing)
+    assert f"lane {passing}: its temporary files" not in out
 
 
 def test_no_test_selected_in_either_lane_is_not_a_pass(tmp_path: Path) -> None:
