@@ -6,7 +6,7 @@ SuperNodes, a ClientApp process per message) and spend most of their time
 waiting on Flower's fixed polling intervals (3 s between a SuperNode's pulls,
 1 s between its SuperExec's) and on round timeouts; the rest of the suite is
 CPU-bound.  Run one after the other they take about 16 minutes on a 2-core
-machine; side by side about 10: the runtime lane's waits overlap the other
+machine; side by side about 10-11: the runtime lane's waits overlap the other
 lane's work.
 
 * lane ``flower-runtime``: ``pytest -m flower_runtime``, its output written
