@@ -23,7 +23,11 @@ white-box, outside any federation, and encodes nothing).  In order:
    :func:`~securefl.privacy.rounding.rounding_randomness` (the OS CSPRNG,
    never a seed the server or the run configuration knows); plain summation
    clips and scales it.  An update the encoder refuses (NaN, a wrong shape)
-   is a typed refusal, and its steps stay spent.
+   is a typed refusal, and its steps stay spent.  A refusal never depends
+   on one record: an example whose gradient is NaN or infinite is zeroed
+   before clipping (:class:`~securefl.privacy.client.PrivateClient`), so a
+   NaN update can only come from the global weights or from the optimizer's
+   post-processing of the noised gradients.
 
 Only the encoded update (and public DP parameters) may leave the client.
 """

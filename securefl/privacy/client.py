@@ -28,6 +28,7 @@ returned.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -80,6 +81,8 @@ __all__ = [
     "client_batches",
     "make_private_compatible",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATE = 0.5
 """The default Poisson sample rate: every record joins each step's batch with
@@ -281,12 +284,41 @@ class LocalResult:
 class _ClientDPOptimizer(DPOptimizer):
     """Opacus's DPOptimizer (clipping, summing, scaling, accounting hooks)
     with the Gaussian noise drawn from the client's :class:`ClientRandomness`
-    instead of a ``torch.Generator``."""
+    instead of a ``torch.Generator``, and with non-finite per-example
+    gradients zeroed before clipping.
+
+    Why the zeroing: Opacus clips an example's gradient by the factor
+    ``C / (norm + 1e-6)``; for a gradient holding an infinity that factor is
+    0, and ``0 * inf`` is NaN, so one such example would make the whole noised
+    sum NaN, which no noise hides.  Whether that happens depends on which
+    records were sampled (a record whose features overflow a layer the server
+    chose the weights of is enough), and the encoder's refusal of a NaN update
+    is visible to the server: an event outside the mechanism, with no
+    (epsilon, delta) bound.  A zeroed example contributes the zero vector,
+    whose norm is within the clipping bound, so the sum keeps its sensitivity
+    ``C`` and the accounted guarantee holds for every input.
+    ``zeroed_examples`` counts them; it stays on the client."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, randomness: ClientRandomness,
                  **kwargs: object) -> None:
         super().__init__(optimizer, **kwargs)  # type: ignore[arg-type]
         self.randomness = randomness
+        self.zeroed_examples = 0
+
+    def clip_and_accumulate(self) -> None:
+        # one tensor per parameter (the module forbids accumulation, so
+        # ``grad_sample`` is never a list): zeroed in place, Opacus then clips it
+        samples = [self._get_flat_grad_sample(p) for p in self.params]
+        if samples and len(samples[0]):
+            bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
+            for grad in samples:
+                bad |= ~torch.isfinite(grad.reshape(len(grad), -1)).all(dim=1).to(bad.device)
+            if bool(bad.any()):
+                for p, grad in zip(self.params, samples, strict=True):
+                    rows = bad.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
+                    p.grad_sample = grad.masked_fill(rows, 0.0)
+                self.zeroed_examples += int(bad.sum())
+        super().clip_and_accumulate()
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
@@ -406,6 +438,15 @@ class PrivateClient:
         return self.randomness.source
 
     @property
+    def zeroed_examples(self) -> int:
+        """How many sampled examples' gradients were NaN or infinite and were
+        zeroed before clipping, over every round so far (see
+        :class:`_ClientDPOptimizer`).  Local diagnostics only: it depends on
+        the data, so it never leaves the client (no ``LocalResult``, report,
+        ledger row or message carries it)."""
+        return self._optimizer.zeroed_examples
+
+    @property
     def history(self) -> list[HistoryRow]:
         """Opacus's accountant history ``[(sigma, q, steps), ...]`` (a copy)."""
         return [tuple(row) for row in self.accountant.history]  # type: ignore[misc]
@@ -492,6 +533,7 @@ class PrivateClient:
         # a fresh local optimizer state every round (momentum, Adam moments),
         # as FedAvg clients start each round from the global model
         self._optimizer.original_optimizer.state.clear()
+        zeroed = self._optimizer.zeroed_examples
         for _ in range(self.steps_per_round):
             # Poisson sampling, as Opacus's UniformWithReplacementSampler does
             # it, with the client's own randomness.
@@ -507,6 +549,12 @@ class PrivateClient:
                     " mean over the batch)")
             loss.backward()
             self._optimizer.step()
+        if self._optimizer.zeroed_examples > zeroed:
+            # the client's own log (a Flower node's, or the simulating
+            # process's), never a message
+            logger.warning("client %d: %d sampled example(s) had a NaN or infinite gradient"
+                           " this round and contributed nothing (zeroed before clipping)",
+                           self.client_id, self._optimizer.zeroed_examples - zeroed)
         return self.steps_per_round
 
 

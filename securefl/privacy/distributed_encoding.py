@@ -172,7 +172,8 @@ class RotatedUpdate:
         vector: ``uint64`` array of length ``padded``, entries below
             ``2^bits`` (two's complement of the rounded integers).
         clipped: whether the update's L2 norm exceeded ``clip`` (it was then
-            scaled down to ``clip``).
+            scaled down to ``clip``), or it held a NaN or an infinity (it was
+            then replaced by the zero vector).  Stays on the client.
         attempts: how many roundings were drawn before one was within the
             norm bound (1 most of the time).
     """
@@ -285,8 +286,17 @@ class RotatedCodec:
     def clip_values(self, values: np.ndarray) -> tuple[np.ndarray, bool]:
         """``values`` scaled to L2 norm at most ``clip``, and whether it was.
 
+        An update holding a NaN or an infinity is replaced by the zero
+        vector, and counts as clipped.  It is not refused: whether an update
+        is finite depends on the client's data (one record can overflow a
+        layer whose weights the server chose), and a refusal is seen by the
+        server outside the noise.  The zero vector is
+        exactly what the client's zero-out neighbour sends, so the user-level
+        guarantee holds for every input.
+
         Raises:
-            EncodingError: on a wrong shape, a non-float dtype or a NaN/inf.
+            EncodingError: on a wrong shape or a non-float dtype (the same for
+                every client: they do not depend on the data).
         """
         array = np.asarray(values)
         if array.dtype.kind != "f":
@@ -296,9 +306,12 @@ class RotatedCodec:
             raise EncodingError(
                 f"the update has {array.shape[0]} values, expected {self.num_values}")
         if not np.isfinite(array).all():
-            raise EncodingError("the update holds NaN or infinite values; it is refused"
-                                " before anything is sent")
-        norm = float(np.linalg.norm(array))
+            return np.zeros_like(array), True
+        with np.errstate(over="ignore"):
+            norm = float(np.linalg.norm(array))
+        if not math.isfinite(norm):  # finite values whose squares overflow
+            scale = float(np.max(np.abs(array)))
+            norm = scale * float(np.linalg.norm(array / scale))
         if norm > self.clip:
             return array * (self.clip / norm), True
         return array, False
@@ -339,7 +352,8 @@ class RotatedCodec:
         round conditionally and reduce modulo ``2^bits``.
 
         Raises:
-            EncodingError: on NaN/inf values, a wrong size or dtype.
+            EncodingError: on a wrong size or dtype (a NaN or an infinity is
+                encoded as the zero vector, see :meth:`clip_values`).
             ConfigurationError: on a rotation seed shorter than 16 bytes.
         """
         clipped, was_clipped = self.clip_values(values)
