@@ -164,17 +164,18 @@ def test_the_weak_setup_is_refused_naming_both_failing_conditions() -> None:
     err = info.value
     assert err.rule is PolicyRule.CORRUPT_CLIENTS and err.fl_round == 1
     assert err.rule.value == "session-too-weak-for-assumed-corrupt-clients"
-    assert "against 1 corrupt clients" in err.detail
+    assert err.detail.startswith("[SEC-1] for c = 1 corrupt of n = 20 (gamma 0.05): ")
     # 2t > h + c fails (6 <= 5 + 1) and names the t that satisfies it
-    assert "2t > h + c" in err.detail and "threshold >= 4" in err.detail
+    assert "2t > h + c fails (t = 3, h = 5): needs threshold >= 4" in err.detail
     # q >= n - kappa + 1 + c fails (17 < 18) and names min_survivors
-    assert "q >= n - kappa + 1 + c" in err.detail
-    assert "min_survivors >= max(floor((n + c)/2) + 1, n - kappa + 1 + c) = 18" in err.detail
+    assert ("q >= n - kappa + 1 + c fails (q = 17, kappa = 4): needs min_survivors >= 18"
+            in err.detail)
+    assert len(err.detail) <= 300  # what the server logs of a refusal's reason
     assert "2q > n + c" not in err.detail  # 34 > 21 holds
 
 
 @pytest.mark.parametrize(("t", "min_survivors", "fails", "fix"), [
-    (4, None, "q >= n - kappa + 1 + c", "= 18 would satisfy"),
+    (4, None, "q >= n - kappa + 1 + c", "needs min_survivors >= 18"),
     (3, 18, "2t > h + c", "threshold >= 4"),
 ])
 def test_each_condition_alone_is_refused(t: int, min_survivors: int | None, fails: str,
@@ -183,7 +184,7 @@ def test_each_condition_alone_is_refused(t: int, min_survivors: int | None, fail
         _check(NODE, _node_setup(_server_config(t, min_survivors)))
     assert info.value.rule is PolicyRule.CORRUPT_CLIENTS
     assert fails in info.value.detail and fix in info.value.detail
-    assert info.value.detail.count("; ") == 1  # one condition named, with its fix
+    assert "; " not in info.value.detail  # one condition named, with its fix
 
 
 def test_the_strong_setup_is_accepted_carried_and_the_attack_gets_only_refusals() -> None:
@@ -293,7 +294,7 @@ def test_sec1_failures_are_exactly_the_conditions(case: tuple[SecAggConfig, floa
     need = max((n + c) // 2 + 1, n - kappa + 1 + c)
     if need <= n:
         fixed = dataclasses.replace(config, min_survivors=max(need, config.t))
-        assert not any("q" in f.split(":")[0] for f in sec1_failures(
+        assert not any(f.startswith(("2q", "q >=")) for f in sec1_failures(
             corrupt=c, num_clients=n, threshold=config.t, min_survivors=fixed.min_survivors,
             graph=config.graph))
     if (h + c) // 2 + 1 <= h:

@@ -433,7 +433,6 @@ class NodePolicy:
                          f" clients: the node requires more than {t1} ({self._assumed()};"
                          f" fcp's rule against a {server} server)")
 
-
     def _check_corrupt_clients(self, graph: NeighbourGraph, n: int, threshold: int,
                                min_survivors: int | None, refuse: Any) -> None:
         """Active mode: SPEC.md [SEC-1]'s three conditions for ``c =
@@ -445,9 +444,8 @@ class NodePolicy:
                                  min_survivors=min_survivors, graph=graph, corrupt=corrupt)
         if failures:
             raise refuse(PolicyRule.CORRUPT_CLIENTS,
-                         f"SPEC.md [SEC-1] against {corrupt} corrupt clients"
-                         f" ({self.graph_corrupt_fraction:g} of {n}) fails: "
-                         + "; ".join(failures))
+                         f"[SEC-1] for c = {corrupt} corrupt of n = {n} (gamma"
+                         f" {self.graph_corrupt_fraction:g}): " + "; ".join(failures))
 
 
 def signature_quorum(*, num_clients: int, threshold: int, min_survivors: int | None,
@@ -466,39 +464,38 @@ def signature_quorum(*, num_clients: int, threshold: int, min_survivors: int | N
 def sec1_failures(*, num_clients: int, threshold: int, min_survivors: int | None,
                   graph: NeighbourGraph, corrupt: int) -> list[str]:
     """Which of SPEC.md [SEC-1]'s conditions fail against ``corrupt`` (``c``)
-    clients colluding with the server, each with what would satisfy it;
-    empty when ``2t > h + c``, ``2q > n + c`` and ``q >= n - kappa + 1 + c``
-    all hold (``h`` the share holders, ``q`` the :func:`signature_quorum`,
-    ``kappa`` the graph's connectivity, at most ``n - 1``).  The last two
-    hold exactly when ``min_survivors >= max(floor((n + c)/2) + 1, n -
-    kappa + 1 + c)`` (SECURITY.md), possible only when that bound is at
-    most ``n`` (``c <= kappa - 1``); the first holds exactly when ``t >=
-    floor((h + c)/2) + 1``, possible only for ``c < h`` (``t <= h``)."""
+    clients colluding with the server, with what would satisfy them (short:
+    the server logs 300 characters of a refusal's reason); empty when
+    ``2t > h + c``, ``2q > n + c`` and ``q >= n - kappa + 1 + c`` all hold
+    (``h`` the share holders, ``q`` the :func:`signature_quorum`, ``kappa``
+    the graph's connectivity, at most ``n - 1``).  The last two hold when
+    ``min_survivors >= max(floor((n + c)/2) + 1, n - kappa + 1 + c)``
+    (SECURITY.md), and for ``c > 0`` only then, possible only when that
+    bound is at most ``n`` (``c <= kappa - 1``); the first holds exactly
+    when ``t >= floor((h + c)/2) + 1``, possible only for ``c < h`` (``t <=
+    h``)."""
     n, t, c = num_clients, threshold, corrupt
     holders = graph.share_holders(n)
     kappa = min(max(graph.connectivity(n), 1), n - 1)
     q = signature_quorum(num_clients=n, threshold=t, min_survivors=min_survivors, graph=graph)
-    name = graph.describe()
     failures = []
     if not 2 * t > holders + c:
         need_t = (holders + c) // 2 + 1
-        fix = (f"threshold >= {need_t} would satisfy it" if need_t <= holders else
-               f"no threshold can (a client's shares have only {holders} holders): use a"
-               " denser graph")
-        failures.append(f"2t > h + c: 2 x {t} <= {holders} + {c} (t = {t}, h = {holders}"
-                        f" holders of a client's shares on the {name} graph); {fix}")
-    need_q = max((n + c) // 2 + 1, n - kappa + 1 + c)
-    fix = (f"min_survivors >= max(floor((n + c)/2) + 1, n - kappa + 1 + c) = {need_q} would"
-           " satisfy it (run config min-survivors)" if need_q <= n else
-           f"no min_survivors can: n - kappa + 1 + c = {n - kappa + 1 + c} exceeds n = {n}"
-           f" (kappa = {kappa} on the {name} graph covers at most {kappa - 1} corrupt"
-           " clients): use a denser graph")
+        failures.append(f"2t > h + c fails (t = {t}, h = {holders}): "
+                        + (f"needs threshold >= {need_t}" if need_t <= holders else
+                           f"no threshold can on {graph.describe()}, use a denser graph"))
+    quorum = []
     if not 2 * q > n + c:
-        failures.append(f"2q > n + c: 2 x {q} <= {n} + {c} (signature quorum q = {q}); {fix}")
+        quorum.append(f"2q > n + c fails (q = {q})")
     if not q >= n - kappa + 1 + c:
-        failures.append(f"q >= n - kappa + 1 + c: {q} < {n} - {kappa} + 1 + {c} (signature"
-                        f" quorum q = {q}, kappa = {kappa} on the {name} graph); {fix}")
-    return failures
+        quorum.append(f"q >= n - kappa + 1 + c fails (q = {q}, kappa = {kappa})")
+    if quorum:
+        need_q = max((n + c) // 2 + 1, n - kappa + 1 + c)
+        quorum[-1] += (f": needs min_survivors >= {need_q} (run config min-survivors)"
+                       if need_q <= n else
+                       f": no min_survivors can (kappa = {kappa} covers c <= {kappa - 1}),"
+                       " use a denser graph")
+    return failures + quorum
 
 
 def allow_fresh_state(node_config: Mapping[str, Any]) -> bool:
