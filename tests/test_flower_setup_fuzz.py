@@ -47,6 +47,11 @@ MERKLE = SessionSetup.create(
     2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
                     graph=HararyGraph(2), context=b"fuzz", roster_delivery="merkle"), CODEC)
 MERKLE_JSON: dict[str, Any] = json.loads(MERKLE.to_bytes())
+QUORUM = SessionSetup.create(
+    2, SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
+                    graph=HararyGraph(2), context=b"fuzz", mode=SecurityMode.ACTIVE,
+                    min_survivors=5), CODEC)
+QUORUM_JSON: dict[str, Any] = json.loads(QUORUM.to_bytes())
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-10, 70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
@@ -72,6 +77,12 @@ def _parse(raw: bytes) -> None:
     assert setup.roster_delivery in ("full", "merkle")
     assert ("roster_delivery" in json.loads(setup.to_bytes())) == (
         setup.roster_delivery == "merkle")
+    # the node builds the min_survivors (so the quorum) the setup names
+    config = setup.secagg_config()
+    assert config.min_survivors == (setup.min_survivors or setup.threshold)
+    assert setup.min_survivors is None or setup.threshold < setup.min_survivors
+    assert ("min_survivors" in json.loads(setup.to_bytes())) == (setup.min_survivors is not None)
+    assert SessionSetup.from_bytes(setup.to_bytes()) == setup
 
 
 @settings(max_examples=200, deadline=None)
@@ -102,6 +113,30 @@ def test_one_field_of_a_sparse_setup_replaced_by_any_json(key: str, value: Any) 
 @given(st.sampled_from(sorted(MERKLE_JSON)), json_values)
 def test_one_field_of_a_merkle_setup_replaced_by_any_json(key: str, value: Any) -> None:
     _parse(json.dumps({**MERKLE_JSON, key: value}).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(QUORUM_JSON)), json_values)
+def test_one_field_of_a_min_survivors_setup_replaced_by_any_json(key: str, value: Any) -> None:
+    _parse(json.dumps({**QUORUM_JSON, key: value}).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([VALID_JSON, SPARSE_JSON, MERKLE_JSON, QUORUM_JSON]),
+       json_values | st.integers(-3, 8) | st.sampled_from([2.0, 5.0, "5", True, 2**64]))
+def test_any_min_survivors_field_parses_as_an_int_above_the_threshold_or_is_refused(
+        base: dict[str, Any], value: Any) -> None:
+    """Only an integer (not a bool, not a float) in ``threshold+1..n``
+    parses; the threshold itself (which a setup writes by leaving the field
+    out) and anything else is a ConfigurationError."""
+    raw = json.dumps({**base, "min_survivors": value}).encode()
+    if type(value) is int and base["threshold"] < value <= base["num_clients"]:
+        setup = SessionSetup.from_bytes(raw)
+        assert setup.min_survivors == value
+        assert setup.secagg_config().min_survivors == value
+    else:
+        with pytest.raises(ConfigurationError):
+            SessionSetup.from_bytes(raw)
 
 
 @settings(max_examples=200, deadline=None)
@@ -177,6 +212,12 @@ def test_missing_or_extra_fields(dropped: set[str], extra: dict[str, Any]) -> No
     json.dumps({**SPARSE_JSON, "graph": "harary:k=02"}).encode(),  # not canonical
     json.dumps({**SPARSE_JSON, "graph": ["harary", 2]}).encode(),
     json.dumps({**SPARSE_JSON, "graph": None}).encode(),
+    json.dumps({**QUORUM_JSON, "min_survivors": 2}).encode(),  # = t: not canonical
+    json.dumps({**QUORUM_JSON, "min_survivors": 1}).encode(),  # < t
+    json.dumps({**QUORUM_JSON, "min_survivors": 6}).encode(),  # > n
+    json.dumps({**QUORUM_JSON, "min_survivors": True}).encode(),
+    json.dumps({**QUORUM_JSON, "min_survivors": 5.0}).encode(),
+    json.dumps({**QUORUM_JSON, "min_survivors": None}).encode(),
     VALID.to_bytes().replace(b'"clip":4.0', b'"clip":Infinity'),
     VALID.to_bytes().replace(b'"clip":4.0', b'"clip":NaN'),
 ])
@@ -194,6 +235,17 @@ def test_a_valid_setup_round_trips() -> None:
     assert SessionSetup.from_bytes(MERKLE.to_bytes()) == MERKLE
     assert VALID.roster_delivery == SPARSE.roster_delivery == "full"
     assert SecurityMode(sparse.mode) is SecurityMode.SEMI_HONEST
+    # min_survivors: written only when above the threshold, and the node's
+    # configuration (so its digest and quorum) is the server's
+    assert "min_survivors" not in VALID_JSON and VALID.min_survivors is None
+    quorum = SessionSetup.from_bytes(QUORUM.to_bytes())
+    assert quorum == QUORUM and QUORUM_JSON["min_survivors"] == 5
+    server = SecAggConfig(num_clients=5, vector_length=CODEC.vector_length, bits=32, threshold=2,
+                          graph=HararyGraph(2), context=b"fuzz", mode=SecurityMode.ACTIVE,
+                          min_survivors=5)
+    assert quorum.secagg_config() == server
+    assert quorum.secagg_config().digest() == server.digest()
+    assert quorum.secagg_config().signature_quorum == server.signature_quorum == 5
 
 
 params = {

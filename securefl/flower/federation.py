@@ -40,6 +40,11 @@ finder sizes the graph for, default 0; Flower injects no dropouts),
 roster; or ``merkle``, with ``graph = "harary"`` only: each node receives
 its own and its neighbours' roster entries with Merkle inclusion proofs,
 O(k log n) bytes instead of O(n); SPEC.md section 10.1a),
+``min-survivors`` (the sessions' ``min_survivors``, 0 or absent: the
+threshold, as before; in active mode it raises the consistency-signature
+quorum, which SPEC.md [SEC-1] needs against clients colluding with the
+server, and nodes whose ``securefl-graph-corrupt-fraction`` is above 0
+refuse sessions without a large enough one; see docs/flower.md),
 ``output-dir`` (required: where the
 artefacts go; the example's ServerApp picks a fresh directory when it is
 empty, see :mod:`securefl.flower.runner`), ``federation-id`` (the name under
@@ -179,6 +184,7 @@ def run_federation(grid: Grid, context: Context) -> None:
     except ValueError:
         raise ConfigurationError(f"run config mode must be 'active' or 'semi-honest', got"
                                  f" {mode_value!r}") from None
+    _min_survivors(run_config)  # a bad value is refused before anything is written
     pinned = None
     if mode is SecurityMode.ACTIVE:
         if not run_config.get("pinned-keys"):
@@ -266,6 +272,19 @@ def _check_resumable(recorder: RoundRecorder, mode: SecurityMode, federation_id:
                                   f" not {federation_id!r}", ["federation-id"])
 
 
+def _min_survivors(run_config: Mapping[str, Any]) -> int | None:
+    """Run config ``min-survivors``: None when absent or 0 (the threshold).
+
+    Raises:
+        ConfigurationError: anything but an integer >= 0.
+    """
+    value = run_config.get("min-survivors", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"run config min-survivors must be an integer >= 0 (0: the"
+                                 f" threshold), got {value!r}")
+    return value or None
+
+
 def _load_sums(recorder: RoundRecorder) -> dict[str, np.ndarray]:
     """The exact sums of the committed, completed rounds (``sums.npz`` may
     hold the sum of a round whose commit never happened: it is left out)."""
@@ -324,6 +343,7 @@ def _run_rounds(grid: Grid, run_config: Mapping[str, Any], config: SimulationCon
     workflow = SecureAggregationWorkflow(SecureAggregationSettings(
         mode=mode, threshold=server.threshold, graph=server.graph,
         roster_delivery=server.roster_delivery,
+        min_survivors=_min_survivors(run_config),
         timeout=float(run_config.get("round-timeout", 120.0)),
         pinned_keys=pinned, federation=server.name,
         authenticated_channels=bool(run_config.get("authenticated-channels", False)),

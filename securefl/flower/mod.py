@@ -277,7 +277,7 @@ def _check_policy(ctxt: Context, setup: SessionSetup, my_id: int) -> None:
     policy.check(fl_round=setup.fl_round, mode=mode, num_clients=setup.num_clients,
                  threshold=setup.threshold, client_ids=setup.client_ids,
                  vector_length=setup.codec().vector_length, my_id=my_id, pinned_ids=pinned_ids,
-                 graph=parse_graph(setup.graph))
+                 graph=parse_graph(setup.graph), min_survivors=setup.min_survivors)
 
 
 def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

@@ -41,6 +41,8 @@ __all__ = [
     "SetupRefusedError",
     "allow_fresh_state",
     "check_no_insecure_noise",
+    "sec1_failures",
+    "signature_quorum",
 ]
 
 INSECURE_NOISE_OPTION = "insecure_reproducible_noise"
@@ -105,6 +107,19 @@ class PolicyRule(str, enum.Enum):
     rule: ``t`` must exceed the ``1 - 2^-(bits+1)/n`` quantile of a client's
     corrupt neighbours, raised to ``ceil((t1 + k - 1.25) / 2)`` in active
     mode)."""
+    CORRUPT_CLIENTS = "session-too-weak-for-assumed-corrupt-clients"
+    """Active mode, with ``graph_corrupt_fraction`` above 0: SPEC.md [SEC-1]
+    (the server learns at most one sum, over the honest clients on the one
+    survivor list it chose) holds against ``c = floor(gamma * n)`` clients
+    colluding with the server only when ``2t > h + c``, ``2q > n + c`` and
+    ``q >= n - kappa + 1 + c`` (``h`` the holders of a client's shares,
+    ``q`` the signature quorum the announced ``min_survivors`` gives,
+    ``kappa`` the graph's connectivity: ``k`` for ``HararyGraph(k)``,
+    ``n - 1`` for the complete graph); the setup breaks one of them.  Without
+    them one corrupt client can let the server learn the sum of a strict
+    subset of the honest inputs (e.g. 6 of 19 on ``HararyGraph(4)``, ``n =
+    20``, ``t = 3``).  The server must raise ``threshold`` or
+    ``min_survivors`` (run config ``min-survivors``), or use a denser graph."""
     IDS_NOT_PINNED = "client-ids-without-pinned-keys"
     """Active mode: an invited client id has no key in the node's pinned file."""
     NOT_INVITED = "node-not-invited"
@@ -200,7 +215,12 @@ class NodePolicy:
         graph_dropout: ``delta``, the fraction of the invited clients the
             node assumes may drop out, in [0, 1).
         graph_corrupt_fraction: ``gamma``, the fraction the node assumes may
-            collude with the server, in [0, 1).
+            collude with the server, in [0, 1): ``c = floor(gamma * n)`` of the
+            ``n`` invited clients.  It enters fcp's probabilistic graph bounds
+            below and, in active mode, SPEC.md [SEC-1]'s deterministic
+            conditions for ``c`` corrupt clients
+            (:attr:`PolicyRule.CORRUPT_CLIENTS`, :func:`sec1_failures`); in
+            semi-honest mode only fcp's bounds.
         graph_security_bits: ``sigma`` (1..256): a sparse graph is accepted
             only if, under ``delta`` and ``gamma``, fcp's bounds (those of
             :func:`~securefl.protocol.params.find_graph_parameters`) put the
@@ -298,7 +318,8 @@ class NodePolicy:
 
     def check(self, *, fl_round: int, mode: SecurityMode, num_clients: int, threshold: int,
               client_ids: Iterable[int], vector_length: int, my_id: int,
-              pinned_ids: Iterable[int] | None, graph: NeighbourGraph | None = None) -> None:
+              pinned_ids: Iterable[int] | None, graph: NeighbourGraph | None = None,
+              min_survivors: int | None = None) -> None:
         """Refuse a session weaker than this policy.
 
         Args:
@@ -308,6 +329,10 @@ class NodePolicy:
             pinned_ids: the client ids of the node's pinned keys (active mode).
             graph: the announced graph, as the node built it from the setup
                 (:func:`~securefl.flower.setup.parse_graph`); None: complete.
+            min_survivors: the announced ``min_survivors``
+                (:attr:`~securefl.flower.setup.SessionSetup.min_survivors`);
+                None: the threshold.  In active mode it sets the signature
+                quorum the [SEC-1] rule checks.
 
         Raises:
             SetupRefusedError: naming the first rule the setup breaks.
@@ -342,6 +367,7 @@ class NodePolicy:
                          f" requires more than {self.min_threshold_fraction:g} x {holders}")
         self._check_graph_threshold(graph, mode, num_clients, threshold, refuse)
         if mode is SecurityMode.ACTIVE:
+            self._check_corrupt_clients(graph, num_clients, threshold, min_survivors, refuse)
             pinned = set(pinned_ids or ())
             missing = sorted(set(ids) - pinned)
             if missing:
@@ -406,6 +432,70 @@ class NodePolicy:
                          f"threshold {threshold} with {degree} neighbours per client on {n}"
                          f" clients: the node requires more than {t1} ({self._assumed()};"
                          f" fcp's rule against a {server} server)")
+
+    def _check_corrupt_clients(self, graph: NeighbourGraph, n: int, threshold: int,
+                               min_survivors: int | None, refuse: Any) -> None:
+        """Active mode: SPEC.md [SEC-1]'s three conditions for ``c =
+        floor(gamma * n)`` corrupt clients (the rounding of
+        :meth:`_check_graph_threshold`); with ``gamma = 0`` they hold for
+        every configuration active mode accepts."""
+        corrupt = math.floor((self.graph_corrupt_fraction + 1e-14) * n)
+        failures = sec1_failures(num_clients=n, threshold=threshold,
+                                 min_survivors=min_survivors, graph=graph, corrupt=corrupt)
+        if failures:
+            raise refuse(PolicyRule.CORRUPT_CLIENTS,
+                         f"[SEC-1] for c = {corrupt} corrupt of n = {n} (gamma"
+                         f" {self.graph_corrupt_fraction:g}): " + "; ".join(failures))
+
+
+def signature_quorum(*, num_clients: int, threshold: int, min_survivors: int | None,
+                     graph: NeighbourGraph) -> int:
+    """The active-mode signature quorum ``q`` a session of ``num_clients``
+    clients with this ``threshold``, ``min_survivors`` (None: the threshold)
+    and ``graph`` runs with: the formula of
+    :attr:`~securefl.protocol.SecAggConfig.signature_quorum`, ``min(n,
+    max(max(t, min_survivors), floor(n/2) + 1, n - kappa + 1))``."""
+    n = num_clients
+    floor_ = max(threshold, threshold if min_survivors is None else min_survivors)
+    kappa = min(max(graph.connectivity(n), 1), n - 1)
+    return min(n, max(floor_, n // 2 + 1, n - kappa + 1))
+
+
+def sec1_failures(*, num_clients: int, threshold: int, min_survivors: int | None,
+                  graph: NeighbourGraph, corrupt: int) -> list[str]:
+    """Which of SPEC.md [SEC-1]'s conditions fail against ``corrupt`` (``c``)
+    clients colluding with the server, with what would satisfy them (short:
+    the server logs 300 characters of a refusal's reason); empty when
+    ``2t > h + c``, ``2q > n + c`` and ``q >= n - kappa + 1 + c`` all hold
+    (``h`` the share holders, ``q`` the :func:`signature_quorum`, ``kappa``
+    the graph's connectivity, at most ``n - 1``).  The last two hold when
+    ``min_survivors >= max(floor((n + c)/2) + 1, n - kappa + 1 + c)``
+    (SECURITY.md), and for ``c > 0`` only then, possible only when that
+    bound is at most ``n`` (``c <= kappa - 1``); the first holds exactly
+    when ``t >= floor((h + c)/2) + 1``, possible only for ``c < h`` (``t <=
+    h``)."""
+    n, t, c = num_clients, threshold, corrupt
+    holders = graph.share_holders(n)
+    kappa = min(max(graph.connectivity(n), 1), n - 1)
+    q = signature_quorum(num_clients=n, threshold=t, min_survivors=min_survivors, graph=graph)
+    failures = []
+    if not 2 * t > holders + c:
+        need_t = (holders + c) // 2 + 1
+        failures.append(f"2t > h + c fails (t = {t}, h = {holders}): "
+                        + (f"needs threshold >= {need_t}" if need_t <= holders else
+                           f"no threshold can on {graph.describe()}, use a denser graph"))
+    quorum = []
+    if not 2 * q > n + c:
+        quorum.append(f"2q > n + c fails (q = {q})")
+    if not q >= n - kappa + 1 + c:
+        quorum.append(f"q >= n - kappa + 1 + c fails (q = {q}, kappa = {kappa})")
+    if quorum:
+        need_q = max((n + c) // 2 + 1, n - kappa + 1 + c)
+        quorum[-1] += (f": needs min_survivors >= {need_q} (run config min-survivors)"
+                       if need_q <= n else
+                       f": no min_survivors can (kappa = {kappa} covers c <= {kappa - 1}),"
+                       " use a denser graph")
+    return failures + quorum
 
 
 def allow_fresh_state(node_config: Mapping[str, Any]) -> bool:

@@ -153,6 +153,17 @@ class SessionSetup:
             configuration digest when ``"merkle"``.  Written in the setup
             bytes only when ``"merkle"``, so a full-roster setup is byte for
             byte what it was before the field existed.
+        min_survivors: the :class:`SecAggConfig` ``min_survivors`` when it
+            exceeds ``threshold`` (it raises the active-mode
+            :attr:`~securefl.protocol.SecAggConfig.signature_quorum`, which
+            SPEC.md [SEC-1] needs against corrupt clients); None: the
+            default, ``threshold``.  Bound into the configuration digest (as
+            the floor ``max(t, min_survivors)``), so the node builds exactly
+            the server's configuration.  Written in the setup bytes only
+            when set, so a setup with the default is byte for byte what it
+            was before the field existed (and a node that predates the field
+            refuses a setup that carries it, instead of running with a
+            smaller quorum).
 
     There is no rounding seed: a node rounds stochastically with randomness
     from its own OS CSPRNG, never with anything the server chose.
@@ -172,6 +183,12 @@ class SessionSetup:
     codec_clients: int
     graph: str = "complete"
     roster_delivery: str = "full"
+    min_survivors: int | None = None
+
+    def __post_init__(self) -> None:
+        # one spelling of the default: equal to the threshold is None
+        if self.min_survivors is not None and self.min_survivors == self.threshold:
+            object.__setattr__(self, "min_survivors", None)
 
     @classmethod
     def create(cls, fl_round: int, config: SecAggConfig,
@@ -199,7 +216,8 @@ class SessionSetup:
                    shapes=tuple(tuple(s) for s in codec.shapes), bits=codec.bits,
                    frac_bits=codec.frac_bits, clip=float(codec.clip),
                    max_weight=codec.max_weight, codec_clients=codec.num_clients, graph=graph,
-                   roster_delivery=config.roster_delivery)
+                   roster_delivery=config.roster_delivery,
+                   min_survivors=config.min_survivors)
 
     def secagg_config(self) -> SecAggConfig:
         """The session configuration (validated again on this side).
@@ -213,7 +231,8 @@ class SessionSetup:
                             bits=self.bits, threshold=self.threshold,
                             mode=SecurityMode(self.mode), client_ids=self.client_ids,
                             graph=parse_graph(self.graph), context=self.context,
-                            roster_delivery=self.roster_delivery)
+                            roster_delivery=self.roster_delivery,
+                            min_survivors=self.min_survivors)
 
     def codec(self) -> FixedPointCodec:
         """The fixed-point codec (validated again on this side)."""
@@ -222,11 +241,14 @@ class SessionSetup:
                                max_weight=self.max_weight)
 
     def to_bytes(self) -> bytes:
-        """Canonical JSON bytes (``roster_delivery`` only when ``"merkle"``)."""
+        """Canonical JSON bytes (``roster_delivery`` only when ``"merkle"``,
+        ``min_survivors`` only when set)."""
         data: dict[str, Any] = asdict(self)
         data["context"] = self.context.hex()
         if self.roster_delivery == "full":
             del data["roster_delivery"]
+        if self.min_survivors is None:
+            del data["min_survivors"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -241,6 +263,9 @@ class SessionSetup:
         ``roster_delivery`` is optional (absent: ``"full"``); when present it
         must be ``"merkle"`` (the one canonical spelling of a full-roster
         setup leaves it out), with a graph that is sparse for the clients.
+        ``min_survivors`` is optional too (absent: the threshold); when
+        present it must be an integer above ``threshold`` and at most
+        ``num_clients`` (a setup with the default leaves it out).
 
         Raises:
             ConfigurationError: malformed, oversized or inconsistent setup
@@ -255,10 +280,10 @@ class SessionSetup:
             data = json.loads(bytes(raw).decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigurationError(f"malformed securefl session setup: {exc}") from None
-        if not isinstance(data, dict) or set(data) - {"roster_delivery"} != _REQUIRED:
+        if not isinstance(data, dict) or set(data) - _OPTIONAL != _REQUIRED:
             raise ConfigurationError("malformed securefl session setup: expected exactly the"
                                      f" fields {sorted(_REQUIRED)} (and optionally"
-                                     " roster_delivery)")
+                                     f" {', '.join(sorted(_OPTIONAL))})")
         delivery = data.get("roster_delivery", "full")
         if "roster_delivery" in data and (not isinstance(delivery, str)
                                           or delivery == "full"
@@ -271,6 +296,14 @@ class SessionSetup:
                                                  "frac_bits", "max_weight", "codec_clients")}
         if ints["fl_round"] < 0:
             raise ConfigurationError("fl_round must be >= 0")
+        min_survivors = None
+        if "min_survivors" in data:
+            min_survivors = _int_field(data, "min_survivors")
+            if not ints["threshold"] < min_survivors <= ints["num_clients"]:
+                raise ConfigurationError(
+                    f"min_survivors {min_survivors} must exceed the threshold"
+                    f" {ints['threshold']} and be at most num_clients {ints['num_clients']}"
+                    " (a setup with the default leaves the field out)")
         context = data["context"]
         if not isinstance(context, str) or len(context) > 2048:
             raise ConfigurationError("context must be a hex string of at most 1024 bytes")
@@ -291,7 +324,7 @@ class SessionSetup:
             raise ConfigurationError("clip must be a number")
         try:
             setup = cls(mode=data["mode"], graph=data["graph"], client_ids=tuple(ids),
-                        roster_delivery=delivery,
+                        roster_delivery=delivery, min_survivors=min_survivors,
                         context=context_bytes,
                         shapes=tuple(tuple(s) for s in shapes), clip=float(clip), **ints)
         except OverflowError:
@@ -308,7 +341,8 @@ class SessionSetup:
 
 
 _FIELDS = frozenset(f.name for f in fields(SessionSetup))
-_REQUIRED = _FIELDS - {"roster_delivery"}
+_OPTIONAL = frozenset({"roster_delivery", "min_survivors"})
+_REQUIRED = _FIELDS - _OPTIONAL
 
 
 def _is_int(value: Any) -> bool:

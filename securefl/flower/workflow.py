@@ -124,6 +124,17 @@ class SecureAggregationSettings:
             complete graph, ``floor(h/2) + 1`` on a sparse graph whose
             clients' shares have ``h`` holders, i.e. ``floor((k+1)/2) + 1``
             for ``HararyGraph(k)``).
+        min_survivors: the :class:`SecAggConfig` ``min_survivors`` of every
+            session (None, the default: the threshold).  In active mode it
+            raises the signature quorum ``q`` (SPEC.md [PARAM-7]); against
+            ``c`` clients colluding with the server SPEC.md [SEC-1] needs
+            ``q >= max(floor((n + c)/2) + 1, n - kappa + 1 + c)`` (``kappa =
+            k`` on ``HararyGraph(k)``, ``n - 1`` on the complete graph), and
+            a node whose policy assumes corrupt clients
+            (``securefl-graph-corrupt-fraction``) refuses a setup without it.
+            Each session uses ``min(min_survivors, n)`` for its ``n``
+            registered nodes, and at least the threshold; it is announced in
+            the session setup and bound into the configuration digest.
         graph: who masks with whom: ``CompleteGraph()`` (default) or
             ``HararyGraph(k)`` (SecAgg+: each node masks with and deals
             shares to its ``k`` neighbours only, on a ring permuted by the
@@ -165,10 +176,16 @@ class SecureAggregationSettings:
     allow_unauthenticated_semi_honest: bool = False
     graph: NeighbourGraph = field(default_factory=CompleteGraph)
     roster_delivery: str = "full"
+    min_survivors: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.graph, NeighbourGraph):
             raise ConfigurationError(f"graph must be a NeighbourGraph, got {self.graph!r}")
+        survivors = self.min_survivors
+        if survivors is not None and (isinstance(survivors, bool)
+                                      or not isinstance(survivors, int) or survivors < 1):
+            raise ConfigurationError(f"min_survivors must be an int >= 1 or None, got"
+                                     f" {survivors!r}")
         if self.roster_delivery not in ROSTER_DELIVERIES:
             raise ConfigurationError(f"roster_delivery must be one of"
                                      f" {', '.join(ROSTER_DELIVERIES)}, got"
@@ -394,12 +411,15 @@ class SecureAggregationWorkflow:
                          if isinstance(graph, CompleteGraph)
                          else graph.share_holders(len(ids)) // 2 + 1)
         threshold = min(threshold, len(ids))
+        min_survivors = None if self.settings.min_survivors is None else max(
+            threshold, min(self.settings.min_survivors, len(ids)))
         config = SecAggConfig(
             num_clients=len(ids), vector_length=self.codec.vector_length, bits=self.codec.bits,
             threshold=threshold, mode=self.settings.mode, client_ids=ids, graph=graph,
             context=f"{self.settings.federation} run {grid.run.run_id} round {fl_round}".encode(),
             roster_delivery=session_roster_delivery(self.settings.roster_delivery, graph,
                                                     len(ids)),
+            min_survivors=min_survivors,
         )
         if self._pinned is not None:
             missing = [c for c in ids if c not in self._pinned]
