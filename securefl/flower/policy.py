@@ -29,8 +29,13 @@ from typing import Any
 
 from securefl.errors import ConfigurationError, SecureFLError
 from securefl.protocol.config import SecurityMode
+from securefl.protocol.config import signature_quorum as config_signature_quorum
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph
-from securefl.protocol.params import log_disconnection_bound, upper_tail_quantile
+from securefl.protocol.params import (
+    log_disconnection_bound,
+    sec1_minimums,
+    upper_tail_quantile,
+)
 
 __all__ = [
     "ALLOW_FRESH_STATE_CONFIG",
@@ -452,13 +457,10 @@ def signature_quorum(*, num_clients: int, threshold: int, min_survivors: int | N
                      graph: NeighbourGraph) -> int:
     """The active-mode signature quorum ``q`` a session of ``num_clients``
     clients with this ``threshold``, ``min_survivors`` (None: the threshold)
-    and ``graph`` runs with: the formula of
-    :attr:`~securefl.protocol.SecAggConfig.signature_quorum`, ``min(n,
-    max(max(t, min_survivors), floor(n/2) + 1, n - kappa + 1))``."""
-    n = num_clients
-    floor_ = max(threshold, threshold if min_survivors is None else min_survivors)
-    kappa = min(max(graph.connectivity(n), 1), n - 1)
-    return min(n, max(floor_, n // 2 + 1, n - kappa + 1))
+    and ``graph`` runs with (:func:`securefl.protocol.config.signature_quorum`,
+    what :attr:`~securefl.protocol.SecAggConfig.signature_quorum` computes)."""
+    floor = threshold if min_survivors is None else max(threshold, min_survivors)
+    return config_signature_quorum(num_clients, floor, graph)
 
 
 def sec1_failures(*, num_clients: int, threshold: int, min_survivors: int | None,
@@ -468,19 +470,19 @@ def sec1_failures(*, num_clients: int, threshold: int, min_survivors: int | None
     the server logs 300 characters of a refusal's reason); empty when
     ``2t > h + c``, ``2q > n + c`` and ``q >= n - kappa + 1 + c`` all hold
     (``h`` the share holders, ``q`` the :func:`signature_quorum`, ``kappa``
-    the graph's connectivity, at most ``n - 1``).  The last two hold when
-    ``min_survivors >= max(floor((n + c)/2) + 1, n - kappa + 1 + c)``
-    (SECURITY.md), and for ``c > 0`` only then, possible only when that
-    bound is at most ``n`` (``c <= kappa - 1``); the first holds exactly
-    when ``t >= floor((h + c)/2) + 1``, possible only for ``c < h`` (``t <=
-    h``)."""
+    the graph's connectivity, at most ``n - 1``).  The least ``t`` and ``q``
+    that satisfy them are :func:`~securefl.protocol.params.sec1_minimums`'s:
+    the quorum conditions hold when ``min_survivors`` reaches that ``q``
+    (and for ``c > 0`` only then), possible only when it is at most ``n``
+    (``c <= kappa - 1``); the first holds exactly when ``t`` reaches that
+    ``t``, possible only for ``c < h`` (``t <= h``)."""
     n, t, c = num_clients, threshold, corrupt
     holders = graph.share_holders(n)
     kappa = min(max(graph.connectivity(n), 1), n - 1)
     q = signature_quorum(num_clients=n, threshold=t, min_survivors=min_survivors, graph=graph)
+    need_t, need_q = sec1_minimums(n, holders, kappa, c)
     failures = []
-    if not 2 * t > holders + c:
-        need_t = (holders + c) // 2 + 1
+    if t < need_t:
         failures.append(f"2t > h + c fails (t = {t}, h = {holders}): "
                         + (f"needs threshold >= {need_t}" if need_t <= holders else
                            f"no threshold can on {graph.describe()}, use a denser graph"))
@@ -490,7 +492,6 @@ def sec1_failures(*, num_clients: int, threshold: int, min_survivors: int | None
     if not q >= n - kappa + 1 + c:
         quorum.append(f"q >= n - kappa + 1 + c fails (q = {q}, kappa = {kappa})")
     if quorum:
-        need_q = max((n + c) // 2 + 1, n - kappa + 1 + c)
         quorum[-1] += (f": needs min_survivors >= {need_q} (run config min-survivors)"
                        if need_q <= n else
                        f": no min_survivors can (kappa = {kappa} covers c <= {kappa - 1}),"

@@ -319,9 +319,7 @@ class SecAggConfig:
         ``k - 1`` clients may be missing (dropped at any round, or not signing)
         by the time the survivors sign.
         """
-        n = self.num_clients
-        kappa = min(max(self.graph.connectivity(n), 1), n - 1)
-        return min(n, max(self.floor, n // 2 + 1, n - kappa + 1))
+        return signature_quorum(self.num_clients, self.floor, self.graph)
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -456,3 +454,15 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 def sorted_ids(ids: Sequence[int]) -> tuple[int, ...]:
     """Helper: a sorted tuple of distinct ids."""
     return tuple(sorted(set(ids)))
+
+
+def signature_quorum(num_clients: int, floor: int, graph: NeighbourGraph) -> int:
+    """SPEC.md [PARAM-7]'s active-mode quorum ``q = min(n, max(f, floor(n/2) +
+    1, n - kappa + 1))`` for ``n = num_clients``, ``f = floor`` (``max(t,
+    min_survivors)``) and ``kappa`` the graph's connectivity (at least 1, at
+    most ``n - 1``): the one formula behind
+    :attr:`SecAggConfig.signature_quorum` and a Flower node's check of an
+    announced setup."""
+    n = num_clients
+    kappa = min(max(graph.connectivity(n), 1), n - 1)
+    return min(n, max(floor, n // 2 + 1, n - kappa + 1))

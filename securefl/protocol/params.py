@@ -375,11 +375,25 @@ def _sec1_parameters(n: int, degree: int, corrupt: int) -> tuple[int, int] | Non
     no ``t <= h`` and ``q <= n`` satisfy them (exactly when ``c >= min(h,
     kappa)``, i.e. ``c >= k`` for ``k < n``)."""
     holders, kappa = min(n, degree + 1), min(degree, n - 1)
-    threshold = (holders + corrupt) // 2 + 1
-    survivors = max((n + corrupt) // 2 + 1, n - kappa + 1 + corrupt, threshold)
+    threshold, quorum = sec1_minimums(n, holders, kappa, corrupt)
+    survivors = max(quorum, threshold)
     if threshold > holders or survivors > n:
         return None
     return threshold, survivors
+
+
+def sec1_minimums(num_clients: int, holders: int, kappa: int, corrupt: int) -> tuple[int, int]:
+    """The smallest threshold and signature quorum for which SPEC.md [SEC-1]
+    holds against ``corrupt`` (``c``) clients: ``t = floor((h + c)/2) + 1``
+    (the least ``t`` with ``2t > h + c``) and ``q = max(floor((n + c)/2) + 1,
+    n - kappa + 1 + c)`` (the least ``q`` with ``2q > n + c`` and ``q >= n -
+    kappa + 1 + c``), for ``h`` share holders per client and a graph of
+    connectivity ``kappa``.  They may exceed ``h`` and ``n``: then no
+    threshold, or no quorum, gives [SEC-1] for that ``c``.  The one statement
+    of the conditions in code (the parameter finder's advice, a Flower node's
+    :attr:`~securefl.flower.policy.PolicyRule.CORRUPT_CLIENTS` rule)."""
+    n, c = num_clients, corrupt
+    return (holders + c) // 2 + 1, max((n + c) // 2 + 1, n - kappa + 1 + c)
 
 
 def _active_quorum_note(n: int, degree: int, threshold: int, corrupt: int,
