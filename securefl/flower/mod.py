@@ -30,8 +30,9 @@ The node's policy
 -----------------
 Before it generates a key, the node checks the announced setup against its
 own :class:`~securefl.flower.policy.NodePolicy`, read from its node config
-(never from the server's run config), and refuses weaker setups and runs
-asking for reproducible DP noise with a
+(never from the server's run config), and refuses weaker setups, runs
+asking for reproducible DP noise, and runs whose DP parameters exceed the
+node's own limits (:class:`~securefl.flower.policy.NodeDPLimits`) with a
 :class:`~securefl.flower.policy.SetupRefusedError`; the server gets a reply
 whose ``securefl`` record holds only ``refused`` (the rule) and ``reason``.
 
@@ -73,7 +74,12 @@ from securefl.errors import (
     SecureFLError,
 )
 from securefl.flower.keys import load_identity_key, load_pinned_keys
-from securefl.flower.policy import NodePolicy, SetupRefusedError, check_no_insecure_noise
+from securefl.flower.policy import (
+    NodeDPLimits,
+    NodePolicy,
+    SetupRefusedError,
+    check_no_insecure_noise,
+)
 from securefl.flower.setup import (
     DP_METRIC_PREFIX,
     DP_METRICS_RECORD,
@@ -300,6 +306,8 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         _wipe(ctxt)  # a new session replaces any unfinished one
         fl_round = _fl_round(record, stage.round)
         check_no_insecure_noise(ctxt.run_config, fl_round=fl_round)
+        NodeDPLimits.from_node_config(ctxt.node_config).check_run_config(ctxt.run_config,
+                                                                         fl_round=fl_round)
         setup = SessionSetup.from_bytes(_bytes_field(record, Key.SETUP, stage.round))
         if setup.fl_round != fl_round:
             raise RemoteProtocolError(Rule.WRONG_SESSION, "the setup is for another federation"
