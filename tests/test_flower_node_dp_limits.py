@@ -1,17 +1,23 @@
 """A Flower node bounds the DP parameters the server's run config chooses and
-keeps a budget of its own (node config ``securefl-max-epsilon`` ...).
+keeps a budget of its own (node config ``securefl-max-epsilon`` ...), and its
+error replies tell the server nothing data-dependent.
 
 Before: the node's DPConfig came entirely from the run config (a run with
 ``noise-multiplier`` left the node without any budget; ``target-epsilon``
-made the server's value the budget)."""
+made the server's value the budget), and an error reply forwarded the
+exception's message (a data check's count of NaN records, the encoder's NaN
+count and index) to the server in clear."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("flwr", reason="flwr is not installed (pip install 'securefl[flower]')")
 torch = pytest.importorskip("torch")
@@ -22,13 +28,21 @@ from flower_harness import (  # noqa: E402
     node_configs,
     server_task_identity,
 )
-from flwr.app import Context, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 from test_flower_client_privacy import train_message  # noqa: E402
 from test_flower_node_policy import _announce, _assert_refused, _setup  # noqa: E402
 
 from securefl.errors import (  # noqa: E402
+    AbortError,
     ConfigurationError,
+    DataProblem,
+    DataValidationError,
+    EncodingError,
+    LocalProtocolError,
     PrivacyBudgetExceededError,
+    RemoteProtocolError,
+    Rule,
+    WireFormatError,
 )
 from securefl.flower.client_train import (  # noqa: E402
     dp_config,
@@ -36,8 +50,9 @@ from securefl.flower.client_train import (  # noqa: E402
     node_store,
     train_private_client,
 )
-from securefl.flower.dpstate import ChargeStatus  # noqa: E402
+from securefl.flower.dpstate import ChargeStatus, NodeStateError, NodeStateRule  # noqa: E402
 from securefl.flower.federation import FederationIncompleteError, run_federation  # noqa: E402
+from securefl.flower.mod import _error_reply, public_reason  # noqa: E402
 from securefl.flower.policy import (  # noqa: E402
     RUN_DEFAULT_SAMPLE_RATE,
     DPLimitRefusedError,
@@ -190,3 +205,66 @@ def test_a_run_within_the_limits_trains_and_one_beyond_them_is_refused(
     assert refused == [DPLimitRule.TARGET_EPSILON.value] * 3
     assert not any(stage == Stage.MASKED_INPUT_COLLECTION.value
                    for _, stage, _, _ in grid.replies)
+
+
+# -- error replies carry nothing data-dependent ------------------------------------------
+
+_SECRET = st.integers(10**5, 10**9)
+
+
+def _exceptions(detail: str) -> list[BaseException]:
+    return [
+        DataValidationError(DataProblem.NON_FINITE_FEATURES, detail, who="client 1"),
+        DataValidationError(DataProblem.LABEL_OUT_OF_RANGE, detail, who="client 1"),
+        EncodingError(detail),
+        PrivacyBudgetExceededError(detail),
+        ConfigurationError(detail),
+        LocalProtocolError(Rule.MISSING_INPUT, f"train failed: {detail}", peer=1),
+        RemoteProtocolError(Rule.MALFORMED, detail, peer="server"),
+        WireFormatError(detail, reason="oversized-field", peer="server"),
+        NodeStateError(NodeStateRule.CORRUPT, detail, client_id=1, fl_round=2),
+        AbortError(detail),
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=_SECRET, index=_SECRET, text=st.text(min_size=1, max_size=40))
+def test_an_error_reply_carries_no_count_index_or_text_of_the_message(
+        count: int, index: int, text: str) -> None:
+    detail = (f"the update holds {count} NaN or infinite value(s) (first at flat index"
+              f" {index}) {text}")
+    request = Message(RecordDict({RECORD: ConfigRecord({Key.STAGE: "x"})}), 1000,
+                      MessageType.TRAIN)
+    request.metadata.__dict__["_message_id"] = "m"
+    for exc, other in zip(_exceptions(detail), _exceptions("nothing"), strict=True):
+        reply = _error_reply(request, exc)
+        reason = reply.error.reason
+        # a fixed description: the same whatever the message said
+        assert reason == public_reason(other), reason
+        assert str(count) not in reason and str(index) not in reason
+        assert text.strip() == "" or text not in reason or text in public_reason(other)
+        assert reason.startswith(f"securefl: {type(exc).__name__}")
+        assert not re.search(r"\d", reason.split(": ", 1)[1].replace("/1", ""))
+
+
+def test_a_nan_update_reaches_the_server_as_a_fixed_reason(tmp_path: Path) -> None:
+    """End to end: a node whose data holds NaN answers the masked-input
+    stage with an error whose reason the server reads; the count stays in
+    the node's log."""
+    from securefl.flower.client_train import PARTITION_RECORD
+
+    run = {**RUN, "num-clients": 3}
+    context = _context(tmp_path, run)
+    import numpy as np
+
+    x = np.zeros((30, 64), dtype=np.float32)
+    x[:3, 0] = np.nan
+    y = (np.arange(30) % 10).astype(np.int64)
+    context.state.config_records[PARTITION_RECORD] = ConfigRecord({
+        "x": x.tobytes(), "x-dtype": x.dtype.str, "rows": 30, "cols": 64,
+        "y": y.tobytes(), "y-dtype": y.dtype.str, "classes": 10})
+    with pytest.raises(DataValidationError) as caught:
+        train_private_client(train_message(run, 1), context)
+    assert "3 examples" in str(caught.value)  # the node's own log says it
+    reason = public_reason(caught.value)
+    assert "3" not in reason and "non-finite" not in reason
