@@ -44,10 +44,11 @@ def train_message(run_config: dict[str, Any], fl_round: int) -> Message:
                    1000, MessageType.TRAIN)
 
 
-def _train_twice(run_config: dict[str, Any], state_dir: Path
+def _train_twice(run_config: dict[str, Any], state_dir: Path, **node: Any
                  ) -> tuple[list[dict[str, Any]], Context]:
     context = Context(run_id=7, node_id=1000,
-                      node_config={"partition-id": 0, "securefl-state-dir": str(state_dir)},
+                      node_config={"partition-id": 0, "securefl-state-dir": str(state_dir),
+                                   **node},
                       state=RecordDict(), run_config=run_config)
     replies = []
     with server_task_identity():
@@ -76,8 +77,11 @@ def test_a_node_returns_only_public_dp_parameters_by_default(tmp_path: Path) -> 
 
 def test_weighting_by_examples_sends_the_count_and_insecure_noise_carries_generators(
         tmp_path: Path) -> None:
+    # weighting by examples makes the epsilon replace-one: 11.5 after one round
+    # at sigma 1.1, above the node's default budget (10), so the node raises it
     replies, context = _train_twice({**RUN, "weighting": "examples",
-                                     "insecure-reproducible-noise": True}, tmp_path)
+                                     "insecure-reproducible-noise": True}, tmp_path,
+                                    **{"securefl-max-epsilon": 30.0})
     assert all(set(m) == PUBLIC | {"num-examples"} for m in replies)
     assert replies[0]["num-examples"] > 1
     assert set(node_store(context).load(3).generators) == {"sampling", "noise"}

@@ -337,7 +337,12 @@ def test_superlink_killed_mid_run_restarts_on_its_database_and_the_run_resumes(
         "num-rounds": 3, "num-clients": 3, "seed": 5, "noise-multiplier": 1.1, "hidden": 8,
         "batch-size": 32, "round-timeout": 60.0, "allow-unauthenticated-semi-honest": True,
         "federation-id": "resume-runtime-test"}
-    deployment = Deployment(3, database=tmp_path / "superlink.db")
+    # the resumed run charges the interrupted round again (and, rarely, an
+    # aborted one): up to five charges at sigma 1.1 may pass the nodes' default
+    # budget (epsilon 10), so they allow more, explicitly
+    deployment = Deployment(3, database=tmp_path / "superlink.db", node_configs=[
+        f"partition-id={i} num-partitions=3 securefl-allow-unauthenticated-semi-honest=true"
+        " securefl-max-epsilon=20.0" for i in range(3)])
     deployment.cwd = tmp_path / "superlink-cwd"
     deployment.cwd.mkdir()
     written = re.compile(r"securefl: writing to (\S+)")

@@ -11,6 +11,7 @@ in the node's Context.  The node's accountant is kept on its own disk
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from securefl.flower.dpstate import (
     state_dir,
 )
 from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, NODE_RECORD, node_client_id
-from securefl.flower.policy import allow_fresh_state
+from securefl.flower.policy import NodeDPLimits, allow_fresh_state
 from securefl.flower.setup import Key, SessionSetup
 from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.client import (
@@ -37,12 +38,14 @@ from securefl.privacy.client import (
     DPConfig,
     PrivateClient,
     Weighting,
+    adjacency_for,
+    calibrated_noise_multiplier,
     make_private_compatible,
 )
 from securefl.privacy.ledger import Participation
 from securefl.privacy.noise import SeededRandomness
 
-__all__ = ["dp_config", "node_store", "run_values", "train_private_client"]
+__all__ = ["dp_config", "node_dp_config", "node_store", "run_values", "train_private_client"]
 
 PARTITION_RECORD = "securefl.partition"
 """Context state record caching the node's training partition."""
@@ -107,6 +110,33 @@ def dp_config(run_config: Mapping[str, Any]) -> DPConfig:
                     max_local_steps=None,
                     lr=v["lr"], accountant=AccountantKind.RDP, epsilon_budget=None,
                     insecure_reproducible_noise=v["insecure_reproducible_noise"])
+
+
+def node_dp_config(run_config: Mapping[str, Any], limits: NodeDPLimits, *,
+                   fl_round: int | None = None) -> DPConfig:
+    """The DP-SGD configuration this node trains with: the run's
+    (:func:`dp_config`, chosen by the server) within the node's own
+    ``limits`` (its node config), with the node's budget.
+
+    The noise multiplier is the run's, or the one calibrated from the run's
+    target epsilon (at the run's delta, as the server computes it); the
+    budget guard uses the node's budget (``limits.max_epsilon``, or the run's
+    target if smaller) at ``min(limits.max_delta, the run's delta)``, so the
+    node always has a budget of its own, whatever the run config says.
+
+    Raises:
+        DPLimitRefusedError: the run exceeds the node's limits (nothing
+            trained, nothing charged).
+        ConfigurationError: a bad run config.
+    """
+    run = dp_config(run_config)
+    limits.check(noise_multiplier=run.noise_multiplier, target_epsilon=run.target_epsilon,
+                 sample_rate=run.sample_rate, fl_round=fl_round)
+    sigma = calibrated_noise_multiplier(run, adjacency_for(run_values(run_config)["weighting"]))
+    limits.check_noise(sigma, fl_round=fl_round)
+    return replace(run, noise_multiplier=sigma, target_epsilon=None,
+                   delta=limits.delta(run.delta),
+                   epsilon_budget=limits.budget(run.target_epsilon))
 
 
 def _partition(context: Context, client_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,8 +228,11 @@ def train_private_client(msg: Message, context: Context) -> Message:
     :func:`~securefl.federation.client_update.client_update`, with the
     accountant kept on the node's disk (:mod:`securefl.flower.dpstate`).
 
-    In order: the node loads its accountant for this federation (refusing a
-    corrupt or lost one), runs the budget guard on it, writes and fsyncs the
+    In order: the node checks the run's DP parameters against its own
+    limits (:class:`~securefl.flower.policy.NodeDPLimits`, node config
+    ``securefl-max-epsilon`` ...; :func:`node_dp_config`), loads its
+    accountant for this federation (refusing a corrupt or lost one), runs
+    the budget guard on it (the node's own budget), writes and fsyncs the
     in-flight charge, trains (noise and Poisson sampling from ``os.urandom``
     unless the run config sets ``insecure-reproducible-noise``), encodes the
     update with the session's codec (rounding from the OS CSPRNG), and
@@ -214,6 +247,8 @@ def train_private_client(msg: Message, context: Context) -> Message:
     never returned.
 
     Raises:
+        DPLimitRefusedError: the run's DP parameters exceed the node's limits
+            (the mod turns it into a refusal naming the rule).
         NodeStateError: the node's on-disk accountant is corrupt or lost.
         PrivacyBudgetExceededError: the round would exceed the budget (the
             mod turns it into an error reply: a dropout that spent nothing).
@@ -225,11 +260,16 @@ def train_private_client(msg: Message, context: Context) -> Message:
     setup = _session_setup(msg)
     fl_round = setup.fl_round
     v = run_values(context.run_config)
+    # the run's DP parameters within the node's own limits, with its own budget,
+    # before the node touches its data
+    config = node_dp_config(context.run_config,
+                            NodeDPLimits.from_node_config(context.node_config),
+                            fl_round=fl_round)
     cid = node_client_id(context)
     features, labels = _partition(context, cid)
     model = make_private_compatible(make_mlp(features.shape[1], 10, v["hidden"], seed=v["seed"]))
     # The seed reaches the client's randomness only with insecure reproducible noise.
-    client = PrivateClient(cid, model, features, labels, dp_config(context.run_config),
+    client = PrivateClient(cid, model, features, labels, config,
                            seed=v["seed"], weighting=v["weighting"])
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
     store = node_store(context)

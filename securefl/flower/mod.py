@@ -30,8 +30,9 @@ The node's policy
 -----------------
 Before it generates a key, the node checks the announced setup against its
 own :class:`~securefl.flower.policy.NodePolicy`, read from its node config
-(never from the server's run config), and refuses weaker setups and runs
-asking for reproducible DP noise with a
+(never from the server's run config), and refuses weaker setups, runs
+asking for reproducible DP noise, and runs whose DP parameters exceed the
+node's own limits (:class:`~securefl.flower.policy.NodeDPLimits`) with a
 :class:`~securefl.flower.policy.SetupRefusedError`; the server gets a reply
 whose ``securefl`` record holds only ``refused`` (the rule) and ``reason``.
 
@@ -53,6 +54,7 @@ a new session starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from typing import Any
@@ -66,14 +68,23 @@ from flwr.common.constant import ErrorCode
 from securefl.encoding import FixedPointCodec
 from securefl.errors import (
     ConfigurationError,
+    DataValidationError,
     EncodingError,
     LocalProtocolError,
+    PrivacyBudgetExceededError,
+    ProtocolError,
     RemoteProtocolError,
     Rule,
     SecureFLError,
+    WireFormatError,
 )
 from securefl.flower.keys import load_identity_key, load_pinned_keys
-from securefl.flower.policy import NodePolicy, SetupRefusedError, check_no_insecure_noise
+from securefl.flower.policy import (
+    NodeDPLimits,
+    NodePolicy,
+    SetupRefusedError,
+    check_no_insecure_noise,
+)
 from securefl.flower.setup import (
     DP_METRIC_PREFIX,
     DP_METRICS_RECORD,
@@ -106,6 +117,7 @@ __all__ = [
     "PINNED_KEYS_CONFIG",
     "node_client_id",
     "node_policy",
+    "public_reason",
     "securefl_mod",
 ]
 
@@ -130,6 +142,8 @@ accountant held after this process last wrote it (``charges``); the witness
 ENCODED_RECORD = "securefl.encoded"
 """ArrayRecord a securefl ``train`` function returns: one uint64 array, its
 encoded update (the mod masks it as it is)."""
+
+log = logging.getLogger(__name__)
 
 _EXPECTED = {
     Stage.SHARE_KEYS: KeyRoster,
@@ -202,9 +216,40 @@ def _refusal(msg: Message, exc: SetupRefusedError) -> Message:
                                                      Key.REASON: exc.detail})}), reply_to=msg)
 
 
+_PUBLIC_DESCRIPTIONS: tuple[tuple[type[BaseException], str], ...] = (
+    (DataValidationError, "the node's data failed its checks"),
+    (EncodingError, "the node could not encode its update"),
+    (PrivacyBudgetExceededError, "the round would exceed the node's privacy budget"),
+    (ProtocolError, "a protocol rule was broken"),
+    (ConfigurationError, "a configuration was refused"),
+)
+
+
+def public_reason(exc: BaseException) -> str:
+    """What an error reply tells the server about ``exc``: its type, its rule
+    code when it has one (a :class:`~securefl.errors.Rule`, a node-state rule,
+    a wire issue: fixed identifiers about the protocol or the node's state),
+    and a fixed description of its class.  Never the exception's message,
+    which may count, locate or quote the node's data (a data check's count
+    of bad records, the encoder's count and index of NaN values); that stays
+    in the node's log."""
+    parts = [f"securefl: {type(exc).__name__}"]
+    code = getattr(getattr(exc, "rule", None), "value", None)
+    if isinstance(code, str):
+        parts.append(f"rule '{code}'")
+    if isinstance(exc, WireFormatError) and isinstance(exc.reason, str):
+        parts.append(f"[{exc.reason}]")
+    described = next((text for cls, text in _PUBLIC_DESCRIPTIONS if isinstance(exc, cls)),
+                     "the node did not take part")
+    parts.append(f"{described} (details in the node's log)")
+    return ": ".join(parts)
+
+
 def _error_reply(msg: Message, exc: BaseException) -> Message:
+    log.warning("securefl: answering the server with an error: %s: %s",
+                type(exc).__name__, exc)
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                         reason=f"securefl: {type(exc).__name__}: {exc}"), reply_to=msg)
+                         reason=public_reason(exc)), reply_to=msg)
 
 
 def _wipe(context: Context) -> None:
@@ -219,7 +264,9 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     any session and becomes a refusal reply (``refused``: the rule); any
     other securefl error (a protocol violation by the server, a malformed
     setup, an update the encoder refuses, a privacy budget refusal raised by
-    ``train``) wipes the session and becomes an error reply.  Either way the
+    ``train``) wipes the session and becomes an error reply whose reason is
+    :func:`public_reason` (the type, the rule code, a fixed description:
+    nothing of the message, which stays in the node's log).  Either way the
     server sees this node as a dropout at that round.
     """
     if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
@@ -300,6 +347,8 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
         _wipe(ctxt)  # a new session replaces any unfinished one
         fl_round = _fl_round(record, stage.round)
         check_no_insecure_noise(ctxt.run_config, fl_round=fl_round)
+        NodeDPLimits.from_node_config(ctxt.node_config).check_run_config(ctxt.run_config,
+                                                                         fl_round=fl_round)
         setup = SessionSetup.from_bytes(_bytes_field(record, Key.SETUP, stage.round))
         if setup.fl_round != fl_round:
             raise RemoteProtocolError(Rule.WRONG_SESSION, "the setup is for another federation"
