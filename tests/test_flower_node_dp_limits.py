@@ -268,3 +268,36 @@ def test_a_nan_update_reaches_the_server_as_a_fixed_reason(tmp_path: Path) -> No
     assert "3 examples" in str(caught.value)  # the node's own log says it
     reason = public_reason(caught.value)
     assert "3" not in reason and "non-finite" not in reason
+
+
+def test_a_foreign_exception_in_train_reaches_the_server_without_its_message(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A ``train`` that raises something not securefl's (torch, a user's model
+    or data loader), whose message quotes a record (here a token id), used to
+    escape the mod, and Flower's runtime sent the message to the server.  Now
+    every node answers the masked-input stage with a fixed, typed reason; the
+    message stays in the node's log."""
+    from flwr.clientapp import ClientApp
+
+    from securefl.flower.mod import securefl_mod
+
+    app = ClientApp(mods=[securefl_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        raise IndexError("index 4711 is out of bounds for dimension 0 with size 1000")
+
+    run = {**RUN, "num-clients": 3, "output-dir": str(tmp_path / "out")}
+    grid = InProcessGrid(app, node_configs(
+        3, **{"securefl-state-dir": str(tmp_path / "state")}), run)
+    with pytest.raises(FederationIncompleteError):
+        run_federation(grid, Context(run_id=9, node_id=0, node_config={},
+                                     state=RecordDict(), run_config=run))
+    errors = [reply.error.reason for _, stage, _, reply in grid.replies
+              if stage == Stage.MASKED_INPUT_COLLECTION.value and reply.has_error()]
+    assert len(errors) == 3
+    for reason in errors:
+        assert "4711" not in reason and "IndexError" not in reason
+        assert reason.startswith(
+            f"securefl: LocalProtocolError: rule '{Rule.MISSING_INPUT.value}'")
+    assert any("4711" in record.getMessage() for record in caplog.records)

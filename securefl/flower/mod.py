@@ -422,7 +422,18 @@ def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable
                                   " global model as one ArrayRecord", peer="server")
     global_arrays = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
     msg.content.config_records[ENCODE_RECORD] = ConfigRecord({Key.SETUP: setup.to_bytes()})
-    out = call_next(msg, ctxt)
+    try:
+        out = call_next(msg, ctxt)
+    except SecureFLError:
+        raise
+    except Exception as exc:
+        # the ClientApp's training raised something that is not ours (torch,
+        # a user's model or data loader): its message may quote the data (an
+        # out-of-range token id, a shape); left to escape, Flower's runtime
+        # would send it to the server.  The text stays in the node's log.
+        log.warning("securefl: train raised %s: %s", type(exc).__name__, exc)
+        raise LocalProtocolError(Rule.MISSING_INPUT, "train raised an exception that is not"
+                                 " securefl's", peer=my_id) from None
     if out.has_error():
         raise LocalProtocolError(Rule.MISSING_INPUT, f"train failed: {out.error.reason}",
                                  peer=my_id)
