@@ -860,8 +860,9 @@ class ServerSession:
             what = _SECRET_NAMES[kind].format(j)
             raise AbortError(
                 f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
-                f" reconstruct its committed value and the bad ones cannot be located:"
-                f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
+                f" reconstruct its committed value and the bad ones cannot be located"
+                f" (rule '{Rule.COMMITMENT_MISMATCH.value}'): {exc}", round=rnd,
+                rule=Rule.COMMITMENT_MISMATCH) from exc
         except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
             raise AbortError(f"inconsistent shares: {exc}", round=rnd,
                              rule=Rule.COMMITMENT_MISMATCH) from exc
