@@ -305,7 +305,9 @@ class ServerSession:
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
         sender = getattr(message, "sender", None)
-        if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self._peers:
+        # exactly an int: an int subclass's own __hash__/__eq__ would run in the
+        # lookup below (and could raise, or match another client's record)
+        if type(sender) is not int or sender not in self._peers:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if type(sender) is int else None, round=rnd)
         if type(message) in _MAPPED_MESSAGES:
@@ -408,8 +410,7 @@ class ServerSession:
                                       f"masked entry not below 2^{self.config.bits}",
                                       peer=msg.sender, round=rnd)
         excluded = tuple(msg.excluded)
-        if list(excluded) != sorted(set(excluded)) or not all(
-                isinstance(u, int) and not isinstance(u, bool) for u in excluded):
+        if not all(type(u) is int for u in excluded) or list(excluded) != sorted(set(excluded)):
             raise RemoteProtocolError(Rule.MALFORMED, "excluded must be ascending client ids"
                                       " without repeats", peer=msg.sender, round=rnd)
         strays = [u for u in excluded if u not in peer.delivered]
