@@ -224,6 +224,9 @@ class ServerSession:
         self._running: np.ndarray | None = None
         self._store: MaskedInputStore = MemoryStore() if store is None else store
         self._blame: list[Blame] = []
+        # R2: the clients [R2-6] removed, and the masked inputs received before
+        self._complaint_removed: tuple[int, ...] = ()
+        self._masked_received = 0
         self._u3: tuple[int, ...] = ()
         self._u3_set: frozenset[int] = frozenset()
         self._dropped_set: frozenset[int] = frozenset()
@@ -492,8 +495,11 @@ class ServerSession:
             the messages to deliver for the next round (empty once finished).
 
         Raises:
-            AbortError: fewer than the round's minimum answered, a secret
-                cannot be reconstructed to its commitment
+            AbortError: fewer than the round's minimum answered (or were
+                left after complaint resolution: ``COMPLAINTS_LEFT_TOO_FEW``
+                when enough masked inputs arrived, with the complaint blame
+                in its ``blame``), a secret cannot be reconstructed to its
+                commitment
                 (``COMMITMENT_MISMATCH``), or a complaint is contradicted by its
                 sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]), or (its
                 subclass :class:`~securefl.errors.WorkerError`) a process of the
@@ -716,6 +722,8 @@ class ServerSession:
                                                    f" that fewer than {t} survivors hold")
                     changed = True
                     break
+        self._masked_received = len(masked_from)
+        self._complaint_removed = tuple(sorted(masked_from - alive))
         for c, peer in self._peers.items():
             if peer.excluded is not None:
                 if c in masked_from:
@@ -983,6 +991,20 @@ class ServerSession:
                 what_needed = "the minimum number of survivors"
             else:
                 what_needed = "the active-mode signature quorum ([PARAM-7])"
+            removed = self._complaint_removed if rnd is Round.MASKED_INPUT_COLLECTION else ()
+            if removed:
+                # SPEC [R2-6] removed clients whose masked inputs were accepted:
+                # say so, with the complaint blame (not "only N sent masked inputs")
+                ends = sorted({b.peer for b in self._blame if b.rule is Rule.SHARES_REFUSED})
+                received = self._masked_received
+                raise AbortError(
+                    f"{received} masked inputs received, {len(removed)} removed by complaint"
+                    f" resolution (SPEC [R2-6]: clients {ends[:10]} as the ends of matched"
+                    f" share complaints, {len(removed) - len(ends)} more holding shares of a"
+                    f" removed client that fewer than t survivors hold): {count} left,"
+                    f" {what_needed} is {needed}", round=rnd, needed=needed, available=count,
+                    rule=Rule.COMPLAINTS_LEFT_TOO_FEW if received >= needed else None,
+                    blame=tuple(self._blame))
             raise AbortError(f"only {count} {what}, {what_needed} is {needed}",
                              round=rnd, needed=needed, available=count)
 
