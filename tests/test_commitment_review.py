@@ -405,7 +405,7 @@ def test_an_abort_by_complaint_resolution_says_so_and_carries_the_blame() -> Non
     abort = info.value
     assert abort.rule is Rule.COMPLAINTS_LEFT_TOO_FEW
     assert "6 masked inputs received, 6 removed by complaint resolution" in str(abort)
-    assert "clients [1, 3] as the ends of matched share complaints, 4 more" in str(abort)
+    assert "clients [1, 3] as the ends of matched share complaints, 4 holding" in str(abort)
     assert (abort.needed, abort.available) == (5, 0)
     assert [(b.peer, b.rule, b.round) for b in abort.blame] == [
         (1, Rule.SHARES_REFUSED, Round.MASKED_INPUT_COLLECTION),

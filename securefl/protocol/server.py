@@ -997,11 +997,14 @@ class ServerSession:
                 # say so, with the complaint blame (not "only N sent masked inputs")
                 ends = sorted({b.peer for b in self._blame if b.rule is Rule.SHARES_REFUSED})
                 received = self._masked_received
+                how = [f"clients {ends[:10]} as the ends of matched share complaints"] \
+                    if ends else []
+                if len(removed) > len(ends):
+                    how.append(f"{len(removed) - len(ends)} holding shares of a removed or"
+                               " reported client that fewer than t survivors hold")
                 raise AbortError(
                     f"{received} masked inputs received, {len(removed)} removed by complaint"
-                    f" resolution (SPEC [R2-6]: clients {ends[:10]} as the ends of matched"
-                    f" share complaints, {len(removed) - len(ends)} more holding shares of a"
-                    f" removed client that fewer than t survivors hold): {count} left,"
+                    f" resolution (SPEC [R2-6]: {', '.join(how)}): {count} left,"
                     f" {what_needed} is {needed}", round=rnd, needed=needed, available=count,
                     rule=Rule.COMPLAINTS_LEFT_TOO_FEW if received >= needed else None,
                     blame=tuple(self._blame))
