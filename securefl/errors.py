@@ -103,6 +103,12 @@ class Rule(str, enum.Enum):
     verify (RFC 9162 section 2.1.3.2) at its sender's leaf index against the
     roster root the session id binds: the entry is not the one committed
     (altered, substituted, or the proof of another leaf; SPEC [MRK-6])."""
+    COMPLAINTS_LEFT_TOO_FEW = "too-few-left-after-complaint-resolution"
+    """Enough masked inputs arrived, but resolving the share complaints (both
+    ends of every matched complaint, then to a fixpoint every survivor that
+    holds shares of a removed client that fewer than t survivors hold;
+    SPEC [R2-6]) left fewer than the round needs: the round aborts.  The
+    abort carries the complaint blame (:attr:`AbortError.blame`)."""
     STORE_FAILED = "masked-input-store-failed"
     """The server's masked-input store (:mod:`securefl.protocol.storage`)
     failed: a masked input could not be kept (the message is refused, the
@@ -168,14 +174,20 @@ class AbortError(SecureFLError):
         available: how many there were.
         rule: the :class:`Rule` that forced the abort, when it is not simply
             too few participants (e.g. ``COMMITMENT_MISMATCH``), else None.
+        blame: the clients the server held responsible before it aborted
+            (``securefl.protocol.server.Blame`` records, e.g. both ends of
+            the matched share complaints that left too few clients); empty
+            when nobody was named.
     """
 
     def __init__(self, detail: str, *, round: Any = None, needed: int | None = None,
-                 available: int | None = None, rule: Rule | None = None) -> None:
+                 available: int | None = None, rule: Rule | None = None,
+                 blame: tuple[Any, ...] = ()) -> None:
         self.round = round
         self.needed = needed
         self.available = available
         self.rule = rule
+        self.blame = tuple(blame)
         round_text = getattr(round, "name", None) or "no round"
         super().__init__(f"aggregation aborted in {round_text}: {detail}")
 

@@ -346,7 +346,11 @@ def test_any_complaints_cost_at_most_one_honest_client_per_colluder(
     plan = {a: us for a, us in plan.items() if us}
     out = drive(_cfg(n, 2), Attack(delivery=_accuse(plan)))
     if out.result is None:
-        assert out.abort is not None and out.abort.rule is None
+        assert out.abort is not None
+        assert out.abort.rule in (None, Rule.COMPLAINTS_LEFT_TOO_FEW)
+        if out.abort.rule is Rule.COMPLAINTS_LEFT_TOO_FEW:
+            refused = {b.peer for b in out.abort.blame if b.rule is Rule.SHARES_REFUSED}
+            assert len(refused - set(plan)) <= len(plan)
         return
     assert out.exact()
     refused = {b.peer for b in out.result.blame if b.rule is Rule.SHARES_REFUSED}
@@ -364,11 +368,73 @@ def test_one_complaint_costs_two_clients_and_aborts_exactly_when_t_exceeds_n_min
             continue
         out = drive(_cfg(n, t, mode), Attack(delivery=_accuse({1: {3}})))
         if t > n - 2:
-            assert out.result is None and out.abort is not None and out.abort.rule is None
+            # the fixpoint then removes the n - 2 holders of 1's key too: the
+            # abort says so, with its own rule and the complaint blame
+            assert out.result is None and out.abort is not None
+            assert out.abort.rule is Rule.COMPLAINTS_LEFT_TOO_FEW
+            assert f"{n} masked inputs received, {n} removed by complaint resolution" \
+                in str(out.abort)
+            assert out.abort.available == 0 and out.abort.needed is not None
+            assert [(b.peer, b.rule) for b in out.abort.blame] == [
+                (1, Rule.SHARES_REFUSED), (3, Rule.SHARES_REFUSED)]
         else:
             assert out.result is not None and out.exact()
             assert set(out.result.excluded) == {1, 3}
 
+
+
+def test_an_abort_by_complaint_resolution_says_so_and_carries_the_blame() -> None:
+    """Reviewer: complete graph n=6, t=5; client 1 falsely reports client 3;
+    the fixpoint then removes the 4 remaining holders of 1's key.  Before: an
+    AbortError saying "only 0 clients sent masked inputs" (all 6 had), rule
+    None, and the blame lost with the session."""
+    from protocol_harness import Federation
+
+    from securefl.errors import AbortError
+    from securefl.protocol import ClientStatus
+
+    fed = Federation(SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=5))
+    fed.advertise()
+    fed.step()
+    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items()}
+    replies[1] = dataclasses.replace(replies[1], excluded=(3,))
+    for r in replies.values():
+        fed.server.receive(r)
+    with pytest.raises(AbortError) as info:
+        fed.close()
+    abort = info.value
+    assert abort.rule is Rule.COMPLAINTS_LEFT_TOO_FEW
+    assert "6 masked inputs received, 6 removed by complaint resolution" in str(abort)
+    assert "clients [1, 3] as the ends of matched share complaints, 4 holding" in str(abort)
+    assert (abort.needed, abort.available) == (5, 0)
+    assert [(b.peer, b.rule, b.round) for b in abort.blame] == [
+        (1, Rule.SHARES_REFUSED, Round.MASKED_INPUT_COLLECTION),
+        (3, Rule.SHARES_REFUSED, Round.MASKED_INPUT_COLLECTION)]
+    assert all(s is ClientStatus.DEAD_AFTER_SHARE_KEYS_RECEIVED
+               for s in fed.server.statuses.values())
+
+
+def test_too_few_masked_inputs_with_a_complaint_keeps_rule_none_but_says_both() -> None:
+    """Fewer masked inputs than t arrived at all: the abort is "too few" (rule
+    None), but still says what complaint resolution removed, with its blame."""
+    from protocol_harness import Federation
+
+    from securefl.errors import AbortError
+
+    fed = Federation(SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4))
+    fed.advertise()
+    fed.step()
+    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items() if c <= 3}
+    replies[1] = dataclasses.replace(replies[1], excluded=(3,))
+    for r in replies.values():
+        fed.server.receive(r)
+    with pytest.raises(AbortError) as info:
+        fed.close()
+    abort = info.value
+    assert abort.rule is None
+    assert "3 masked inputs received, 3 removed by complaint resolution" in str(abort)
+    assert (abort.needed, abort.available) == (4, 0)
+    assert {b.peer for b in abort.blame} == {1, 3}
 
 # -- A5: [R4-12] a forged complaint never gives a silent wrong sum ---------------------
 

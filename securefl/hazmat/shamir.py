@@ -36,8 +36,24 @@ those of all t + 1 by one factor each), and larger ``k`` only while the candidat
 :data:`MAX_CANDIDATES`; each candidate is O(t) field operations and one
 ``verify``, and each candidate that passes ``verify`` one exact O(H t)
 comparison with every other share.  Holders found bad are then left out of
-every other failing secret with one reconstruction, so one holder forging its
-shares of every secret costs about as much as one failing secret.
+every other failing secret with one reconstruction for all of them (one
+O((H - t) t) pass per secret): all the known bad holders at once while at
+least t holders remain without them, else each set of ``floor((H - t + 1) /
+2)`` of them in turn.  A secret that this leaves failing has a bad holder
+not yet known, so the next full search names at least one new one.  One
+holder, or several, forging their shares of every secret thus cost a full
+search per forger found plus a few passes over the failing secrets -- not a
+full search per secret.
+
+Every search of one call (of :func:`reconstruct_verified_groups`: of all its
+groups) draws on one :class:`SearchBudget` of
+``MAX_SEARCHES * (t + 2 + MAX_CANDIDATES) + BATCH_PASSES * S``
+candidate reconstructions of one secret (``S`` secrets in the call; a pass
+leaving holders out of ``m`` secrets costs ``m``).  When it runs out the call
+raises :class:`SearchBudgetExceededError` (an :class:`UnverifiableSecretError`,
+so the protocol aborts with ``COMMITMENT_MISMATCH``): it never returns a
+secret that failed ``verify`` nor names a holder from a partial search, and the
+total work is bounded however many holders collude.
 
 Everything is numpy ``uint64`` arithmetic with products below 2^62: sharing
 two secrets to 1000 holders takes milliseconds, not seconds.
@@ -46,7 +62,7 @@ two secrets to 1000 holders takes milliseconds, not seconds.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +79,43 @@ _CHECKS = 2
 MAX_CANDIDATES = 4096
 """Upper bound on the holder sets of size two or more tried by :func:`locate`
 for one secret (every single holder is always tried)."""
+MAX_SEARCHES = 8
+"""Full :func:`locate` searches (each up to ``t + 2 + MAX_CANDIDATES``
+candidates) that one call's :class:`SearchBudget` pays for."""
+BATCH_PASSES = 8
+"""Passes over every secret of a call (leaving known bad holders out) that
+its :class:`SearchBudget` pays for, on top of :data:`MAX_SEARCHES`."""
+
+
+class SearchBudget:
+    """The candidate reconstructions (of one secret each) left for the bad
+    share search of one call: shared by every secret (and every group) of
+    :meth:`Reconstructor.reconstruct_verified` or
+    :func:`reconstruct_verified_groups`, so that the work of one call is
+    bounded, not the work per secret.
+
+    Args:
+        threshold: t.
+        secrets: how many secrets the call reconstructs.
+    """
+
+    def __init__(self, threshold: int, secrets: int) -> None:
+        self.total = MAX_SEARCHES * (threshold + 2 + MAX_CANDIDATES) + BATCH_PASSES * secrets
+        self.spent = 0
+
+    def spend(self, count: int, *, index: int) -> None:
+        """Pay for ``count`` candidates of the search for secret ``index``.
+
+        Raises:
+            SearchBudgetExceededError: the budget would be exceeded (nothing
+                is spent).
+        """
+        if self.spent + count > self.total:
+            raise SearchBudgetExceededError(
+                f"the search for bad shares stopped at its budget of {self.total} candidate"
+                f" reconstructions for this call (more colluding bad holders than it can"
+                f" tell apart)", index=index)
+        self.spent += count
 
 
 def _mod(a: np.ndarray) -> np.ndarray:
@@ -287,6 +340,7 @@ class Reconstructor:
         verify: Callable[[int, bytes], bool],
         rng: RandomSource,
         suspects: set[int] | None = None,
+        budget: SearchBudget | None = None,
     ) -> VerifiedSecrets:
         """Reconstruct every secret and check it with ``verify(index, secret)``;
         locate the bad holders of any secret that fails.
@@ -297,6 +351,8 @@ class Reconstructor:
             rng: randomness for the consistency checks.
             suspects: holders already known to be bad (tried first by the
                 search; holders found bad here are added to it).
+            budget: the search budget to draw on (default: a fresh
+                :class:`SearchBudget` for this call's secrets).
 
         Returns:
             the secrets (every one passed ``verify``), and for each secret
@@ -305,11 +361,15 @@ class Reconstructor:
         Raises:
             UnverifiableSecretError: a secret whose shares cannot be decoded
                 to one that passes ``verify`` (always so with exactly t
-                shares and a failed check); ``index`` says which.
+                shares and a failed check); ``index`` says which.  Its
+                subclass :class:`SearchBudgetExceededError` when the search
+                ran out of ``budget``.
         """
         arr = self._share_array(shares)
         suspects = set() if suspects is None else suspects
         h, num_secrets = arr.shape[0], arr.shape[1]
+        if budget is None:
+            budget = SearchBudget(self.threshold, num_secrets)
         y = arr.astype(np.uint64)
         t = self.threshold
         limbs = _lincomb(self._lam0.reshape(1, -1), y[:t].reshape(t, -1))[0]
@@ -340,22 +400,36 @@ class Reconstructor:
         excluded: dict[int, tuple[int, ...]] = {}
         radius = (h - t + 1) // 2
         pending = failing
-        batched: frozenset[int] = frozenset()
+        # the sets of holders already left out of every pending secret (pending
+        # only shrinks, so one of them never needs trying again)
+        tried: set[frozenset[int]] = set()
+        known: frozenset[int] | None = None
+        leave_outs: Iterator[frozenset[int]] = iter(())
         while pending:
-            known = frozenset(j for j, x in enumerate(self.holders) if x in suspects)
-            if known and len(known) <= radius and known != batched:
+            now = frozenset(j for j, x in enumerate(self.holders) if x in suspects)
+            if now != known:
+                known = now
+                leave_outs = _leave_outs(known, h - t, radius)
+            leave_out = next((s for s in leave_outs if s not in tried), None)
+            if leave_out is not None:
                 # holders found bad (here or for an earlier group): one reconstruction
-                # without them for every secret still failing
-                batched, batch = known, list(pending)
-                found = _without(self.holders, y[:, batch, :], t, sorted(known), radius,
+                # without them for every secret still failing; it finds every secret
+                # whose bad holders are all among them
+                tried.add(leave_out)
+                batch = list(pending)
+                budget.spend(len(batch), index=batch[0])
+                found = _without(self.holders, y[:, batch, :], t, sorted(leave_out), radius,
                                  lambda k, v, batch=batch: verify(batch[k], v))
                 for k, hit in found.items():
                     out[batch[k]], excluded[batch[k]] = hit
                 pending = [i for i in pending if i not in excluded]
                 continue
+            # every set of known bad holders was left out of this secret in vain:
+            # it has a bad holder not known yet, which the search names
             i = pending.pop(0)
             out[i], excluded[i] = locate(self.holders, arr[:, i, :], t,
-                                         lambda v, i=i: verify(i, v), rng, index=i)
+                                         lambda v, i=i: verify(i, v), rng, index=i,
+                                         budget=budget)
             suspects.update(excluded[i])
         return VerifiedSecrets(out, {i: bad for i, bad in excluded.items() if bad})
 
@@ -391,6 +465,12 @@ class UnverifiableSecretError(InconsistentSharesError):
         self.index = index
         self.group = group
         super().__init__(detail)
+
+
+class SearchBudgetExceededError(UnverifiableSecretError):
+    """The search for bad shares ran out of its :class:`SearchBudget`: more
+    holders forged shares than one call can afford to tell apart.  No secret
+    that failed its check is returned and nobody is named from it."""
 
 
 _GROUP_BATCH = 1024
@@ -431,16 +511,23 @@ def reconstruct_verified_groups(
         suspects: holders known to be bad, shared across the groups (as one
             set passed to every call; holders found bad are added).
 
+    One :class:`SearchBudget` (for the secrets of every group) is shared by
+    the calls, so the search work of the whole call is bounded.
+
     Returns:
         one :class:`VerifiedSecrets` per group, in order.
 
     Raises:
         UnverifiableSecretError: for the first group (in order) whose secret
-            cannot be decoded; ``group`` and ``index`` say which secret.
+            cannot be decoded, or whose search ran out of the shared budget
+            (:class:`SearchBudgetExceededError`); ``group`` and ``index`` say
+            which secret.
         InconsistentSharesError, ConfigurationError: as that call, for the
             first group that raises them.
     """
     suspects = set() if suspects is None else suspects
+    budget = SearchBudget(threshold, sum(int(np.shape(shares)[1]) if np.ndim(shares) == 3
+                                         else 0 for _, shares in groups))
     passed: dict[int, list[bytes]] = {}
     buckets: dict[tuple[int, int], list[int]] = {}
     for g, (holders, shares) in enumerate(groups):
@@ -489,7 +576,7 @@ def reconstruct_verified_groups(
             continue
         try:
             out.append(Reconstructor(holders, threshold).reconstruct_verified(
-                shares, lambda i, v, g=g: verify(g, i, v), rng, suspects))
+                shares, lambda i, v, g=g: verify(g, i, v), rng, suspects, budget))
         except UnverifiableSecretError as exc:
             exc.group = g
             raise
@@ -504,6 +591,7 @@ def locate(
     rng: RandomSource,
     *,
     index: int = 0,
+    budget: SearchBudget | None = None,
 ) -> tuple[bytes, tuple[int, ...]]:
     """Find a polynomial through ``threshold`` of the shares whose secret
     passes ``verify`` and which at most ``floor((H - t + 1) / 2)`` of the
@@ -523,6 +611,7 @@ def locate(
         verify: the commitment check of the secret.
         rng: unused (kept for a stable signature; every comparison is exact).
         index: reported in the error.
+        budget: when given, every candidate (of every size) is paid from it.
 
     Returns:
         the verified secret and the holders whose shares are not on its
@@ -534,6 +623,7 @@ def locate(
     Raises:
         UnverifiableSecretError: no such polynomial within the search bound
             (always when ``H == t``).
+        SearchBudgetExceededError: ``budget`` ran out first.
     """
     del rng
     h, t = len(holders), threshold
@@ -554,6 +644,8 @@ def locate(
                       PRIME).astype(np.uint64)
         cols = _mod(diff * neg_inv.reshape(-1, 1))
         for removed in itertools.combinations(range(t + k), k):
+            if budget is not None:
+                budget.spend(1, index=index)
             if k > 1:
                 tried += 1
                 if tried > MAX_CANDIDATES:
@@ -591,6 +683,19 @@ def _off_polynomial(holders: Sequence[int], y: np.ndarray, t: int,
     predicted = _lincomb(rec._lam_extra, ys[:t])
     off = np.any(predicted != ys[t:], axis=1)
     return [rest[e] for e in np.flatnonzero(off)]
+
+
+def _leave_outs(known: frozenset[int], spare: int, radius: int) -> Iterator[frozenset[int]]:
+    """The sets of known bad holders (positions) to leave out of the failing
+    secrets, in order: all of them when at least t holders remain without
+    them (``len(known) <= spare = H - t``), else every set of ``radius`` of
+    them (a secret has at most ``radius`` bad shares when it can be decoded
+    at all).  Nothing when nobody is known or ``radius`` is 0."""
+    if not known or radius == 0:
+        return iter(())
+    if len(known) <= spare:
+        return iter((known,))
+    return (frozenset(c) for c in itertools.combinations(sorted(known), min(radius, spare)))
 
 
 def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int],

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ from securefl.protocol.messages import (
 )
 from securefl.protocol.roster import RosterEntries, session_id_of
 from securefl.protocol.storage import SealableVector
-from securefl.protocol.validation import validate_input_vector
+from securefl.protocol.validation import is_client_id, validate_input_vector
 
 SERVER = "server"
 
@@ -279,8 +280,11 @@ class ClientSession:
             self._fail(Rule.WRONG_ROUND,
                        f"expected {expected.__name__} in state {self.state.name},"
                        f" got {type(message).__name__}", rnd)
-        if getattr(message, "recipient", self.client_id) != self.client_id:
-            self._fail(Rule.MALFORMED, f"message addressed to client {message.recipient}", rnd)
+        recipient = getattr(message, "recipient", self.client_id)
+        # exactly an int (or numpy integer): an int subclass's own __eq__ would run
+        if not is_client_id(recipient) or recipient != self.client_id:
+            self._fail(Rule.MALFORMED, "message addressed to client"
+                       f" {operator.index(recipient) if is_client_id(recipient) else '?'}", rnd)
         if handler not in ("_on_roster", "_on_sparse_roster") \
                 and message.session_id != self.session_id:
             self._fail(Rule.WRONG_SESSION, "message belongs to another session", rnd)
@@ -315,7 +319,10 @@ class ClientSession:
                            " repeats", rnd)
             clean = _columns_clean(columns, self.config.id_array, self._components)
         else:
-            ids = [e.sender for e in entries]
+            ids = [getattr(e, "sender", None) for e in entries]
+            if not all(map(is_client_id, ids)):
+                # an int subclass's own __hash__/__eq__ would run in the checks below
+                self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
             if ids != sorted(set(ids)):
                 self._fail(Rule.MALFORMED, "roster entries must be sorted by sender, without"
                            " repeats", rnd)
@@ -557,6 +564,8 @@ class ClientSession:
                                      "provide_input() must be called before the masked input",
                                      peer=self.client_id, round=rnd)
         assert self.session_id is not None
+        if not all(map(is_client_id, msg.ciphertexts)):
+            self._fail(Rule.MALFORMED, "shares must be keyed by client ids", rnd)
         senders = set(msg.ciphertexts)
         for u in senders:
             if u not in self._neighbours:
@@ -733,7 +742,7 @@ class ClientSession:
         selected = () if self._layout is None else self._layout.removals(survivors)
         if not isinstance(asked, tuple) or not all(
                 isinstance(p, tuple) and len(p) == 2 and all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in p) for p in asked):
+                    is_client_id(x) for x in p) for p in asked):
             self._fail(Rule.MALFORMED, "noise_removals must be a tuple of (client, component)"
                        " int pairs", rnd)
         if asked != selected:

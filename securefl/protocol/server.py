@@ -224,6 +224,9 @@ class ServerSession:
         self._running: np.ndarray | None = None
         self._store: MaskedInputStore = MemoryStore() if store is None else store
         self._blame: list[Blame] = []
+        # R2: the clients [R2-6] removed, and the masked inputs received before
+        self._complaint_removed: tuple[int, ...] = ()
+        self._masked_received = 0
         self._u3: tuple[int, ...] = ()
         self._u3_set: frozenset[int] = frozenset()
         self._dropped_set: frozenset[int] = frozenset()
@@ -305,7 +308,9 @@ class ServerSession:
                                      f"not a client message: {type(message).__name__}",
                                      peer="server", round=rnd)
         sender = getattr(message, "sender", None)
-        if isinstance(sender, bool) or not isinstance(sender, int) or sender not in self._peers:
+        # exactly an int: an int subclass's own __hash__/__eq__ would run in the
+        # lookup below (and could raise, or match another client's record)
+        if type(sender) is not int or sender not in self._peers:
             raise RemoteProtocolError(Rule.UNKNOWN_PEER, "sender is not an invited client",
                                       peer=sender if type(sender) is int else None, round=rnd)
         if type(message) in _MAPPED_MESSAGES:
@@ -408,8 +413,7 @@ class ServerSession:
                                       f"masked entry not below 2^{self.config.bits}",
                                       peer=msg.sender, round=rnd)
         excluded = tuple(msg.excluded)
-        if list(excluded) != sorted(set(excluded)) or not all(
-                isinstance(u, int) and not isinstance(u, bool) for u in excluded):
+        if not all(type(u) is int for u in excluded) or list(excluded) != sorted(set(excluded)):
             raise RemoteProtocolError(Rule.MALFORMED, "excluded must be ascending client ids"
                                       " without repeats", peer=msg.sender, round=rnd)
         strays = [u for u in excluded if u not in peer.delivered]
@@ -491,8 +495,11 @@ class ServerSession:
             the messages to deliver for the next round (empty once finished).
 
         Raises:
-            AbortError: fewer than the round's minimum answered, a secret
-                cannot be reconstructed to its commitment
+            AbortError: fewer than the round's minimum answered (or were
+                left after complaint resolution: ``COMPLAINTS_LEFT_TOO_FEW``
+                when enough masked inputs arrived, with the complaint blame
+                in its ``blame``), a secret cannot be reconstructed to its
+                commitment
                 (``COMMITMENT_MISMATCH``), or a complaint is contradicted by its
                 sender (``COMPLAINT_CONTRADICTED``, SPEC [R4-12]), or (its
                 subclass :class:`~securefl.errors.WorkerError`) a process of the
@@ -715,6 +722,8 @@ class ServerSession:
                                                    f" that fewer than {t} survivors hold")
                     changed = True
                     break
+        self._masked_received = len(masked_from)
+        self._complaint_removed = tuple(sorted(masked_from - alive))
         for c, peer in self._peers.items():
             if peer.excluded is not None:
                 if c in masked_from:
@@ -860,8 +869,9 @@ class ServerSession:
             what = _SECRET_NAMES[kind].format(j)
             raise AbortError(
                 f"the {len(holders)} revealed shares of client {owner}'s {what} do not"
-                f" reconstruct its committed value and the bad ones cannot be located:"
-                f" {exc}", round=rnd, rule=Rule.COMMITMENT_MISMATCH) from exc
+                f" reconstruct its committed value and the bad ones cannot be located"
+                f" (rule '{Rule.COMMITMENT_MISMATCH.value}'): {exc}", round=rnd,
+                rule=Rule.COMMITMENT_MISMATCH) from exc
         except InconsistentSharesError as exc:  # pragma: no cover - checked on receipt
             raise AbortError(f"inconsistent shares: {exc}", round=rnd,
                              rule=Rule.COMMITMENT_MISMATCH) from exc
@@ -981,6 +991,23 @@ class ServerSession:
                 what_needed = "the minimum number of survivors"
             else:
                 what_needed = "the active-mode signature quorum ([PARAM-7])"
+            removed = self._complaint_removed if rnd is Round.MASKED_INPUT_COLLECTION else ()
+            if removed:
+                # SPEC [R2-6] removed clients whose masked inputs were accepted:
+                # say so, with the complaint blame (not "only N sent masked inputs")
+                ends = sorted({b.peer for b in self._blame if b.rule is Rule.SHARES_REFUSED})
+                received = self._masked_received
+                how = [f"clients {ends[:10]} as the ends of matched share complaints"] \
+                    if ends else []
+                if len(removed) > len(ends):
+                    how.append(f"{len(removed) - len(ends)} holding shares of a removed or"
+                               " reported client that fewer than t survivors hold")
+                raise AbortError(
+                    f"{received} masked inputs received, {len(removed)} removed by complaint"
+                    f" resolution (SPEC [R2-6]: {', '.join(how)}): {count} left,"
+                    f" {what_needed} is {needed}", round=rnd, needed=needed, available=count,
+                    rule=Rule.COMPLAINTS_LEFT_TOO_FEW if received >= needed else None,
+                    blame=tuple(self._blame))
             raise AbortError(f"only {count} {what}, {what_needed} is {needed}",
                              round=rnd, needed=needed, available=count)
 

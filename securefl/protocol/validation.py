@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -70,8 +71,18 @@ def validate_input_vector(vector: Any, config: SecAggConfig, peer: int, *, local
     return vector
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+_NUMPY_INTS = frozenset(np.dtype(code).type for code in np.typecodes["AllInteger"])
+"""The numpy integer scalar types (exactly these classes; never ``np.bool_``)."""
+
+
+def is_client_id(value: Any) -> bool:
+    """Exactly an ``int`` or a numpy integer scalar: never a bool, and never a
+    subclass, whose own ``__hash__`` or ``__eq__`` would run (and could raise,
+    or lie) when a session looks the id up in its own sets and maps."""
+    return type(value) is int or type(value) in _NUMPY_INTS
+
+
+_is_id = is_client_id
 
 
 def _ids_ok(values: Any) -> bool:
@@ -115,7 +126,8 @@ def _is_pair(value: Any) -> bool:
 
 def check_message_fields(message: Any, rnd: Round) -> None:
     """Check that every field of a decoded message has its declared type:
-    ids are ints (never bools), byte fields are ``bytes``, id maps are
+    ids are exactly ints or numpy integers (never bools, never int
+    subclasses: :func:`is_client_id`), byte fields are ``bytes``, id maps are
     mappings from ints to ``bytes``, id lists are tuples of ints.  A decoder
     other than the wire codec (or none) may hand a session anything; this is
     what the session can rely on afterwards.  Fields whose declared type is
@@ -125,7 +137,7 @@ def check_message_fields(message: Any, rnd: Round) -> None:
         RemoteProtocolError: rule ``MALFORMED``, naming the field.
     """
     sender = getattr(message, "sender", None)
-    peer = int(sender) if _is_id(sender) else None
+    peer = operator.index(sender) if _is_id(sender) else None
     for name, declared, check in _checks_of(message):
         try:
             ok = check(getattr(message, name, None))
