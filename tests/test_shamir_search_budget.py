@@ -135,6 +135,7 @@ def test_an_exhausted_budget_raises_typed_and_names_nobody(
     holders, shares, values = _forge(t, extra, secrets, [(3, 4), (5, 6)])
     monkeypatch.setattr(shamir, "MAX_SEARCHES", 0)
     monkeypatch.setattr(shamir, "BATCH_PASSES", 0)
+    monkeypatch.setattr(shamir, "SHALLOW_SEARCHES", 0)
     suspects: set[int] = set()
     with pytest.raises(shamir.SearchBudgetExceededError) as info:
         shamir.Reconstructor(holders, t).reconstruct_verified(
@@ -186,6 +187,7 @@ def test_server_aborts_typed_when_the_search_budget_runs_out(
     fed = _unmasking_with_forgers((2, 3, 4), set(range(26, 41)))
     monkeypatch.setattr(shamir, "MAX_SEARCHES", 0)
     monkeypatch.setattr(shamir, "BATCH_PASSES", 0)
+    monkeypatch.setattr(shamir, "SHALLOW_SEARCHES", 0)
     with pytest.raises(AbortError) as info:
         fed.close()
     assert info.value.rule is Rule.COMMITMENT_MISMATCH

@@ -37,22 +37,27 @@ those of all t + 1 by one factor each), and larger ``k`` only while the candidat
 ``verify``, and each candidate that passes ``verify`` one exact O(H t)
 comparison with every other share.  Holders found bad are then left out of
 every other failing secret with one reconstruction for all of them (one
-O((H - t) t) pass per secret): all the known bad holders at once while at
-least t holders remain without them, else each set of ``floor((H - t + 1) /
-2)`` of them in turn.  A secret that this leaves failing has a bad holder
-not yet known, so the next full search names at least one new one.  One
-holder, or several, forging their shares of every secret thus cost a full
-search per forger found plus a few passes over the failing secrets -- not a
-full search per secret.
+pass: O(H t) plus O((H - t) t) per secret): all the known bad holders at
+once while at least t holders remain without them, else each set of
+``floor((H - t + 1) / 2)`` of them in turn when there are at most
+:data:`MAX_LEAVE_OUT_SETS` such sets, else none (each failing secret is
+then searched, within the budget below).  A secret that a pass leaves
+failing has a bad holder not yet known, so the next full search names at
+least one new one.  One holder, or several, forging their shares of every
+secret thus cost a full search per forger found plus a few passes per
+change of the known set -- not a full search per secret.
 
 Every search of one call (of :func:`reconstruct_verified_groups`: of all its
-groups) draws on one :class:`SearchBudget` of
-``MAX_SEARCHES * (t + 2 + MAX_CANDIDATES) + BATCH_PASSES * S``
-candidate reconstructions of one secret (``S`` secrets in the call; a pass
-leaving holders out of ``m`` secrets costs ``m``).  When it runs out the call
-raises :class:`SearchBudgetExceededError` (an :class:`UnverifiableSecretError`,
-so the protocol aborts with ``COMMITMENT_MISMATCH``): it never returns a
-secret that failed ``verify`` nor names a holder from a partial search, and the
+groups) draws on one :class:`SearchBudget` of ``MAX_SEARCHES * (t + 2 +
+MAX_CANDIDATES) + (H + S) * (t + 2) + BATCH_PASSES * S`` candidate
+reconstructions of one secret (``H`` distinct holders, ``S`` secrets; a
+pass over ``m`` secrets costs ``m``).  That pays for a single-removal search
+(at most ``t + 2`` candidates) for every secret and every holder, so one bad
+share per secret is always located, and for :data:`MAX_SEARCHES` deep
+searches besides.  When it runs out the call raises
+:class:`SearchBudgetExceededError` (an :class:`UnverifiableSecretError`, so
+the protocol aborts with ``COMMITMENT_MISMATCH``): it never returns a secret
+that failed ``verify`` nor names a holder from a partial search, and the
 total work is bounded however many holders collude.
 
 Everything is numpy ``uint64`` arithmetic with products below 2^62: sharing
@@ -62,6 +67,7 @@ two secrets to 1000 holders takes milliseconds, not seconds.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +91,14 @@ candidates) that one call's :class:`SearchBudget` pays for."""
 BATCH_PASSES = 8
 """Passes over every secret of a call (leaving known bad holders out) that
 its :class:`SearchBudget` pays for, on top of :data:`MAX_SEARCHES`."""
+SHALLOW_SEARCHES = 1
+"""Single-removal searches (``t + 2`` candidates each) that one call's
+:class:`SearchBudget` pays for per secret and per holder, on top of
+:data:`MAX_SEARCHES`: one bad share per secret is always located."""
+MAX_LEAVE_OUT_SETS = 64
+"""When more holders are known bad than can be left out at once (``H - t``),
+the sets of ``floor((H - t + 1) / 2)`` of them are left out in turn only if
+there are at most this many; otherwise each failing secret is searched."""
 
 
 class SearchBudget:
@@ -97,10 +111,13 @@ class SearchBudget:
     Args:
         threshold: t.
         secrets: how many secrets the call reconstructs.
+        holders: how many distinct holders their shares have.
     """
 
-    def __init__(self, threshold: int, secrets: int) -> None:
-        self.total = MAX_SEARCHES * (threshold + 2 + MAX_CANDIDATES) + BATCH_PASSES * secrets
+    def __init__(self, threshold: int, secrets: int, holders: int = 0) -> None:
+        self.total = (MAX_SEARCHES * (threshold + 2 + MAX_CANDIDATES)
+                      + SHALLOW_SEARCHES * (holders + secrets) * (threshold + 2)
+                      + BATCH_PASSES * secrets)
         self.spent = 0
 
     def spend(self, count: int, *, index: int) -> None:
@@ -112,9 +129,8 @@ class SearchBudget:
         """
         if self.spent + count > self.total:
             raise SearchBudgetExceededError(
-                f"the search for bad shares stopped at its budget of {self.total} candidate"
-                f" reconstructions for this call (more colluding bad holders than it can"
-                f" tell apart)", index=index)
+                f"the search for bad shares ran out of this call's budget of {self.total}"
+                f" candidate reconstructions before locating them", index=index)
         self.spent += count
 
 
@@ -369,7 +385,7 @@ class Reconstructor:
         suspects = set() if suspects is None else suspects
         h, num_secrets = arr.shape[0], arr.shape[1]
         if budget is None:
-            budget = SearchBudget(self.threshold, num_secrets)
+            budget = SearchBudget(self.threshold, num_secrets, h)
         y = arr.astype(np.uint64)
         t = self.threshold
         limbs = _lincomb(self._lam0.reshape(1, -1), y[:t].reshape(t, -1))[0]
@@ -417,6 +433,8 @@ class Reconstructor:
                 # whose bad holders are all among them
                 tried.add(leave_out)
                 batch = list(pending)
+                # at most one pass per growth of the known set (at most H
+                # passes in a call): each is billed its secrets only
                 budget.spend(len(batch), index=batch[0])
                 found = _without(self.holders, y[:, batch, :], t, sorted(leave_out), radius,
                                  lambda k, v, batch=batch: verify(batch[k], v))
@@ -468,8 +486,9 @@ class UnverifiableSecretError(InconsistentSharesError):
 
 
 class SearchBudgetExceededError(UnverifiableSecretError):
-    """The search for bad shares ran out of its :class:`SearchBudget`: more
-    holders forged shares than one call can afford to tell apart.  No secret
+    """The search for bad shares ran out of its :class:`SearchBudget` (more
+    deep searches than it pays for: secrets with several bad shares at
+    positions that take many candidates).  No secret
     that failed its check is returned and nobody is named from it."""
 
 
@@ -527,7 +546,8 @@ def reconstruct_verified_groups(
     """
     suspects = set() if suspects is None else suspects
     budget = SearchBudget(threshold, sum(int(np.shape(shares)[1]) if np.ndim(shares) == 3
-                                         else 0 for _, shares in groups))
+                                         else 0 for _, shares in groups),
+                          len({h for holders, _ in groups for h in holders}))
     passed: dict[int, list[bytes]] = {}
     buckets: dict[tuple[int, int], list[int]] = {}
     for g, (holders, shares) in enumerate(groups):
@@ -674,7 +694,8 @@ def _off_polynomial(holders: Sequence[int], y: np.ndarray, t: int,
                     base: Sequence[int]) -> list[int]:
     """Rows of ``y`` (``(H, W)``) not on the polynomial through the rows
     ``base`` (``t`` of them), compared exactly in every column."""
-    rest = [i for i in range(len(holders)) if i not in set(base)]
+    in_base = set(base)
+    rest = [i for i in range(len(holders)) if i not in in_base]
     if not rest:
         return []
     order = list(base) + rest
@@ -688,14 +709,20 @@ def _off_polynomial(holders: Sequence[int], y: np.ndarray, t: int,
 def _leave_outs(known: frozenset[int], spare: int, radius: int) -> Iterator[frozenset[int]]:
     """The sets of known bad holders (positions) to leave out of the failing
     secrets, in order: all of them when at least t holders remain without
-    them (``len(known) <= spare = H - t``), else every set of ``radius`` of
-    them (a secret has at most ``radius`` bad shares when it can be decoded
-    at all).  Nothing when nobody is known or ``radius`` is 0."""
+    them (``len(known) <= spare = H - t``), else every set of ``min(radius,
+    spare)`` of them (a decodable secret has at most ``radius`` bad shares)
+    if there are at most :data:`MAX_LEAVE_OUT_SETS` such sets.  Nothing when
+    nobody is known, ``radius`` is 0, or there are more sets than that: then
+    each failing secret is searched (a pass per set would cost up to ``C(K,
+    radius)`` passes)."""
     if not known or radius == 0:
         return iter(())
     if len(known) <= spare:
         return iter((known,))
-    return (frozenset(c) for c in itertools.combinations(sorted(known), min(radius, spare)))
+    size = min(radius, spare)
+    if math.comb(len(known), size) > MAX_LEAVE_OUT_SETS:
+        return iter(())
+    return (frozenset(c) for c in itertools.combinations(sorted(known), size))
 
 
 def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int],
@@ -704,8 +731,10 @@ def _without(holders: Sequence[int], y: np.ndarray, t: int, known: Sequence[int]
     """Reconstruct every secret of ``y`` (``(H, S, 16)``) from the holders not
     in ``known``; keep the secrets that pass ``verify`` with at most
     ``radius`` shares off their polynomial, with those shares' holders."""
-    base = [i for i in range(len(holders)) if i not in set(known)][:t]
-    order = base + [i for i in range(len(holders)) if i not in set(base)]
+    left_out = set(known)
+    base = [i for i in range(len(holders)) if i not in left_out][:t]
+    in_base = set(base)
+    order = base + [i for i in range(len(holders)) if i not in in_base]
     rec = Reconstructor([holders[i] for i in order], t)
     num = y.shape[1]
     ys = y[order].reshape(len(order), -1)
