@@ -81,7 +81,8 @@ def test_weighting_by_examples_sends_the_count_and_insecure_noise_carries_genera
     # at sigma 1.1, above the node's default budget (10), so the node raises it
     replies, context = _train_twice({**RUN, "weighting": "examples",
                                      "insecure-reproducible-noise": True}, tmp_path,
-                                    **{"securefl-max-epsilon": 30.0})
+                                    **{"securefl-max-epsilon": 30.0,
+                                       "securefl-allow-weighting-examples": True})
     assert all(set(m) == PUBLIC | {"num-examples"} for m in replies)
     assert replies[0]["num-examples"] > 1
     assert set(node_store(context).load(3).generators) == {"sampling", "noise"}

@@ -133,6 +133,9 @@ def test_the_node_budget_is_its_own_whatever_the_run_says() -> None:
      DPLimitRule.TARGET_EPSILON),
     ({"sample-rate": 0.9}, {"securefl-max-sample-rate": 0.6}, DPLimitRule.SAMPLE_RATE),
     ({}, {"securefl-max-sample-rate": 0.1}, DPLimitRule.SAMPLE_RATE),  # the default 0.5
+    # the server chose to weight by record count: the count would enter the
+    # sum and the epsilon become replace-one, without the node's consent
+    ({"weighting": "examples"}, {}, DPLimitRule.WEIGHTING),
 ])
 def test_the_node_refuses_the_setup_of_a_run_beyond_its_limits(
         run: dict[str, Any], node: dict[str, Any], rule: DPLimitRule) -> None:
@@ -301,3 +304,13 @@ def test_a_foreign_exception_in_train_reaches_the_server_without_its_message(
         assert reason.startswith(
             f"securefl: LocalProtocolError: rule '{Rule.MISSING_INPUT.value}'")
     assert any("4711" in record.getMessage() for record in caplog.records)
+
+
+def test_weighting_by_examples_needs_the_nodes_consent() -> None:
+    run = {**RUN, "weighting": "examples"}
+    with pytest.raises(DPLimitRefusedError) as info:
+        node_dp_config(run, NodeDPLimits())
+    assert info.value.rule is DPLimitRule.WEIGHTING
+    allowed = NodeDPLimits.from_node_config({"securefl-allow-weighting-examples": True})
+    assert allowed.allow_weighting_examples
+    node_dp_config(run, allowed)  # consented: trains under replace-one

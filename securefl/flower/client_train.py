@@ -130,6 +130,7 @@ def node_dp_config(run_config: Mapping[str, Any], limits: NodeDPLimits, *,
         ConfigurationError: a bad run config.
     """
     run = dp_config(run_config)
+    limits.check_weighting(run_values(run_config)["weighting"].value, fl_round=fl_round)
     limits.check(noise_multiplier=run.noise_multiplier, target_epsilon=run.target_epsilon,
                  sample_rate=run.sample_rate, fl_round=fl_round)
     sigma = calibrated_noise_multiplier(run, adjacency_for(run_values(run_config)["weighting"]))

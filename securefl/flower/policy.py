@@ -550,6 +550,9 @@ with; default :data:`DEFAULT_MIN_NOISE_MULTIPLIER`."""
 MAX_SAMPLE_RATE_CONFIG = _PREFIX + "max-sample-rate"
 """Node config key: the largest Poisson sample rate the node trains with;
 default :data:`DEFAULT_MAX_SAMPLE_RATE`."""
+ALLOW_WEIGHTING_EXAMPLES_CONFIG = _PREFIX + "allow-weighting-examples"
+"""Node config key: ``true`` lets the run weight the node's update by its
+record count (``weighting = "examples"``); default false."""
 __all__ += ["DPLimitRefusedError", "DPLimitRule", "NodeDPLimits"]
 
 DEFAULT_MAX_EPSILON = 10.0
@@ -577,6 +580,10 @@ class DPLimitRule(str, enum.Enum):
     """The run's ``target-epsilon`` exceeds the node's ``securefl-max-epsilon``."""
     SAMPLE_RATE = "sample-rate-above-node-maximum"
     """The run's ``sample-rate`` exceeds the node's ``securefl-max-sample-rate``."""
+    WEIGHTING = "weighting-by-examples-not-allowed-by-node"
+    """The run sets ``weighting = "examples"`` (the node's record count
+    enters the sum and its epsilon becomes replace-one, a weaker guarantee)
+    and the node's ``securefl-allow-weighting-examples`` is not true."""
 
 
 class DPLimitRefusedError(SetupRefusedError):
@@ -629,12 +636,18 @@ class NodeDPLimits:
         min_noise_multiplier: the smallest noise multiplier (given by the
             run, or calibrated from its target) the node trains with (>= 0).
         max_sample_rate: the largest Poisson sample rate, in (0, 1].
+        allow_weighting_examples: the node lets the run weight its update by
+            its record count (``weighting = "examples"``: the count enters the
+            secure sum and the node's epsilon is stated for replace-one
+            adjacency, which protects less than add/remove-one); default
+            False: such a run is refused.
     """
 
     max_epsilon: float = DEFAULT_MAX_EPSILON
     max_delta: float = DEFAULT_MAX_DELTA
     min_noise_multiplier: float = DEFAULT_MIN_NOISE_MULTIPLIER
     max_sample_rate: float = DEFAULT_MAX_SAMPLE_RATE
+    allow_weighting_examples: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
@@ -654,9 +667,10 @@ class NodeDPLimits:
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeDPLimits:
         """Read the limits from the node's own configuration (keys
         ``securefl-max-epsilon``, ``securefl-max-delta``,
-        ``securefl-min-noise-multiplier``, ``securefl-max-sample-rate``),
-        else from the node's environment (``SECUREFL_MAX_EPSILON``, ...: for
-        runtimes that give nodes no node config), else the defaults.
+        ``securefl-min-noise-multiplier``, ``securefl-max-sample-rate``,
+        ``securefl-allow-weighting-examples``), else from the node's
+        environment (``SECUREFL_MAX_EPSILON``, ...: for runtimes that give
+        nodes no node config), else the defaults.
 
         Raises:
             ConfigurationError: a value that is not a number, or out of range.
@@ -666,7 +680,23 @@ class NodeDPLimits:
                    min_noise_multiplier=_limit(node_config, MIN_NOISE_MULTIPLIER_CONFIG,
                                                DEFAULT_MIN_NOISE_MULTIPLIER),
                    max_sample_rate=_limit(node_config, MAX_SAMPLE_RATE_CONFIG,
-                                          DEFAULT_MAX_SAMPLE_RATE))
+                                          DEFAULT_MAX_SAMPLE_RATE),
+                   allow_weighting_examples=_bool(node_config,
+                                                  ALLOW_WEIGHTING_EXAMPLES_CONFIG))
+
+    def check_weighting(self, weighting: str, *, fl_round: int | None = None) -> None:
+        """Refuse a run that weights updates by record count unless the node
+        allows it.
+
+        Raises:
+            DPLimitRefusedError: rule :attr:`DPLimitRule.WEIGHTING`.
+        """
+        if str(weighting) == "examples" and not self.allow_weighting_examples:
+            raise DPLimitRefusedError(
+                DPLimitRule.WEIGHTING,
+                "the run weights updates by record count (weighting = examples: the count"
+                " enters the sum, epsilon becomes replace-one); set node config"
+                f" {ALLOW_WEIGHTING_EXAMPLES_CONFIG}=true to allow it", fl_round=fl_round)
 
     def check(self, *, noise_multiplier: float | None, target_epsilon: float | None,
               sample_rate: float, fl_round: int | None = None) -> None:
@@ -704,8 +734,9 @@ class NodeDPLimits:
 
     def check_run_config(self, run_config: Mapping[str, Any], *,
                          fl_round: int | None = None) -> None:
-        """:meth:`check` on the DP keys of a securefl Flower run config
-        (``noise-multiplier``, ``target-epsilon``, ``sample-rate``).
+        """:meth:`check_weighting` and :meth:`check` on the DP keys of a
+        securefl Flower run config (``weighting``, ``noise-multiplier``,
+        ``target-epsilon``, ``sample-rate``).
 
         Raises:
             DPLimitRefusedError: the run exceeds the limits.
@@ -716,6 +747,7 @@ class NodeDPLimits:
             sample_rate = float(rate)
         except (TypeError, ValueError):
             raise ConfigurationError(f"bad run config: sample-rate={rate!r}") from None
+        self.check_weighting(str(run_config.get("weighting", "uniform")), fl_round=fl_round)
         self.check(noise_multiplier=_run_number(run_config, "noise-multiplier"),
                    target_epsilon=_run_number(run_config, "target-epsilon"),
                    sample_rate=sample_rate, fl_round=fl_round)

@@ -48,6 +48,7 @@ from securefl.errors import (
     DataProblem,
     DataValidationError,
     ModelIncompatibleError,
+    SecureFLError,
 )
 from securefl.privacy.accounting import (
     AccountantKind,
@@ -305,7 +306,26 @@ class _ClientDPOptimizer(DPOptimizer):
         self.randomness = randomness
         self.zeroed_examples = 0
 
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
+        self._fill_missing_grad_samples()
+        return super().pre_step(closure)
+
+    def _fill_missing_grad_samples(self) -> None:
+        # a parameter no sampled example used (a routing model, an unused
+        # head) has no per-example gradient, and Opacus would raise: whether it
+        # does depends on which records were sampled, so it gets zero rows
+        present = [p.grad_sample for p in self.params
+                   if getattr(p, "grad_sample", None) is not None]
+        if present:
+            rows = len(present[0]) if isinstance(present[0], torch.Tensor) \
+                else sum(len(g) for g in present[0])
+            for p in self.params:
+                if getattr(p, "grad_sample", None) is None:
+                    p.grad_sample = torch.zeros((rows, *p.shape), dtype=p.dtype,
+                                                device=p.device)
+
     def clip_and_accumulate(self) -> None:
+        self._fill_missing_grad_samples()
         # one tensor per parameter (the module forbids accumulation, so
         # ``grad_sample`` is never a list): zeroed in place, Opacus then clips it
         samples = [self._get_flat_grad_sample(p) for p in self.params]
@@ -354,7 +374,14 @@ class PrivateClient:
         loss_fn: the training loss, ``loss_fn(output, targets) -> scalar``,
             the **mean** over the batch of per-example losses (Opacus's
             ``loss_reduction="mean"``; a loss module with another
-            ``reduction`` is refused); default cross-entropy.
+            ``reduction`` is refused); default cross-entropy.  A loss module
+            with a ``reduction`` is called with ``reduction="none"`` and its
+            per-example losses averaged over the batch size (its own mean
+            may divide by a data-dependent sum, e.g. class weights); a
+            plain function must return that mean itself.  An example whose
+            gradient is not finite, or for which the model, the loss or the
+            data loader raises, contributes the zero vector (see
+            SECURITY.md).
         optimizer: a factory ``optimizer(parameters) -> torch.optim.Optimizer``
             for the local optimizer (e.g. ``functools.partial(torch.optim.Adam,
             lr=1e-3)``), which then updates the weights from the clipped,
@@ -424,7 +451,7 @@ class PrivateClient:
             raise ConfigurationError(
                 f"{who}: the loss must average over the batch (Opacus's loss_reduction"
                 f" 'mean'), got reduction={reduction!r}; use reduction='mean'")
-        self._criterion = loss_fn
+        self._criterion = _batch_mean(loss_fn)
 
     def __repr__(self) -> str:
         return (f"PrivateClient(client_id={self.client_id},"
@@ -540,22 +567,127 @@ class PrivateClient:
             chosen = self.randomness.poisson_mask(self.num_examples, self.sample_rate)
             index = chosen.nonzero().reshape(-1)
             self._optimizer.zero_grad(set_to_none=True)
-            inputs, targets = self._batches.batch(index)
-            output = call_model(self._module, inputs)
-            loss = self._criterion(output, targets)
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ConfigurationError(
-                    f"client {self.client_id}: the loss must return a scalar tensor (the"
-                    " mean over the batch)")
-            loss.backward()
+            try:
+                self._backward(index)
+            except SecureFLError:
+                raise  # the loss's shape: the same for every batch
+            except Exception as exc:
+                # one sampled record made the model, the loss or the data
+                # loader raise.  Raising here would let the server see the
+                # client drop out because of that record, outside the noise;
+                # instead the step is redone one example at a time and every
+                # example that raises contributes the zero vector
+                self._forget_failed_pass()
+                self._backward_per_example(index, exc)
             self._optimizer.step()
         if self._optimizer.zeroed_examples > zeroed:
             # the client's own log (a Flower node's, or the simulating
             # process's), never a message
             logger.warning("client %d: %d sampled example(s) had a NaN or infinite gradient"
-                           " this round and contributed nothing (zeroed before clipping)",
-                           self.client_id, self._optimizer.zeroed_examples - zeroed)
+                           " or raised this round, and contributed nothing (zeroed before"
+                           " clipping)", self.client_id,
+                           self._optimizer.zeroed_examples - zeroed)
         return self.steps_per_round
+
+    def _backward(self, index: torch.Tensor) -> None:
+        """Forward the examples at ``index``, the batch-mean loss, backward:
+        their per-example gradients in ``p.grad_sample``."""
+        inputs, targets = self._batches.batch(index)
+        loss = self._criterion(call_model(self._module, inputs), targets)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ConfigurationError(
+                f"client {self.client_id}: the loss must return a scalar tensor (the"
+                " mean over the batch)")
+        loss.backward()
+        rows = len(index)
+        for p in self._optimizer.params:
+            sample = getattr(p, "grad_sample", None)
+            if sample is not None and len(sample) != rows:
+                # a parameter that saw only some of the examples (a routing
+                # model): its rows are not the examples'.  Redone one example
+                # at a time, where they are
+                raise _MisalignedGradSamplesError(f"{len(sample)} per-example gradients for"
+                                             f" {rows} examples")
+
+    def _forget_failed_pass(self) -> None:
+        """After a forward or backward pass that raised: drop what Opacus's
+        hooks kept of it (the activations a forward stored for a backward
+        that never came would be taken for the next batch's: a wrong batch
+        size, wrong per-example gradients; the count of forwards awaiting a
+        backward would keep every later gradient from being promoted) and
+        every gradient."""
+        for module in self._module.modules():
+            for name in ("activations", "max_batch_len"):
+                if hasattr(module, name):
+                    delattr(module, name)
+        for p in self._optimizer.params:
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
+            if hasattr(p, "_forward_counter"):
+                # counts forwards awaiting their backward: a gradient is only
+                # promoted to grad_sample when it is back to 0
+                p._forward_counter = 0
+        self._optimizer.zero_grad(set_to_none=True)
+
+    def _backward_per_example(self, index: torch.Tensor, first: BaseException) -> None:
+        """The per-example gradients of the examples at ``index``, computed
+        one example at a time, with zero rows for every example whose forward,
+        loss or backward raises; left in ``p.grad_sample`` for the optimizer.
+        Each example's gradient is the one the batch would give it (DP-SGD's
+        layers do not mix examples), so the step is the same mechanism over
+        the examples that did not raise."""
+        params = self._optimizer.params
+        rows: list[list[torch.Tensor]] = [[] for _ in params]
+        failed = 0
+        for i in index.reshape(-1, 1):
+            self._optimizer.zero_grad(set_to_none=True)
+            try:
+                self._backward(i)
+                grads = [getattr(p, "grad_sample", None) for p in params]
+            except SecureFLError:
+                raise
+            except Exception:
+                self._forget_failed_pass()
+                failed += 1
+                grads = [None] * len(params)
+            for row, p, g in zip(rows, params, grads, strict=True):
+                row.append(g.detach().clone() if g is not None
+                           else torch.zeros((1, *p.shape), dtype=p.dtype, device=p.device))
+        self._forget_failed_pass()  # no hook state of the one-example passes is left
+        for row, p in zip(rows, params, strict=True):
+            p.grad_sample = (torch.cat(row) if row
+                             else torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device))
+        self._optimizer.zeroed_examples += failed
+        logger.warning("client %d: a DP-SGD step raised %s (%s); %d of its %d examples raised"
+                       " alone and contributed nothing", self.client_id, type(first).__name__,
+                       first, failed, int(index.numel()))
+
+
+class _MisalignedGradSamplesError(Exception):
+    """A parameter's per-example gradients do not line up with the batch."""
+
+
+def _batch_mean(loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
+                ) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """The loss as the batch mean of per-example losses, divided by the batch
+    size, which is what Opacus's ``loss_reduction="mean"`` undoes.  A loss
+    module with a ``reduction`` is called with ``reduction="none"`` and
+    averaged here: its own mean may divide by something that depends on the
+    examples (``CrossEntropyLoss(weight=...)`` divides by the sum of the
+    sampled labels' weights, ``ignore_index`` by the examples not ignored),
+    so one record would rescale every other example's gradient and the
+    clipping would no longer bound its effect.  A plain function is trusted
+    to return that mean."""
+    if not isinstance(loss_fn, nn.Module) or not hasattr(loss_fn, "reduction"):
+        return loss_fn
+    per_example = copy.copy(loss_fn)
+    per_example.reduction = "none"
+
+    def mean(output: Any, targets: torch.Tensor) -> torch.Tensor:
+        losses = per_example(output, targets)
+        return losses.mean() if losses.dim() else losses
+
+    return mean
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
