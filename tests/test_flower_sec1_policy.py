@@ -46,7 +46,7 @@ from securefl.hazmat import signing
 from securefl.protocol import ClientState, Round, SecAggConfig, SecurityMode
 from securefl.protocol import derivation as d
 from securefl.protocol.graphs import CompleteGraph, NeighbourGraph, neighbour_map
-from securefl.protocol.harary import HararyGraph, ring_order
+from securefl.protocol.harary import HararyGraph
 from securefl.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
@@ -55,7 +55,7 @@ from securefl.protocol.messages import (
     UnmaskingResponse,
 )
 from tests.protocol_harness import Federation
-from tests.test_split_list_attack import Stage, sign_some, total_of, unmask
+from tests.test_split_list_attack import Stage, arc_setup, sign_some, total_of, unmask
 
 N, K = 20, 4
 GAMMA = 0.05  # c = floor(0.05 * 20) = 1
@@ -91,17 +91,9 @@ def _arc_attack(config: SecAggConfig) -> tuple[bool, dict[int, Rule], int]:
     the whole roster.  Returns whether the server learned the sum of the
     honest clients of the arc exactly, and the rule with which each honest
     client that refused (at any stage) refused, and the corrupt client."""
-    fed = Federation(config)
-    fed.advertise()
-    fed.step()
-    sid = fed.server.session_id
-    assert sid is not None
-    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
-    ring = ring_order(roster, sid)
+    fed, sid, roster, ring, trim = arc_setup(config)
     corrupt = ring[0]
     arc = list(ring[:7])
-    trim = {ring[0]: {ring[1], ring[2]}, ring[1]: {ring[0], ring[2], ring[3]},
-            ring[5]: {ring[3], ring[4], ring[6]}, ring[6]: {ring[4], ring[5]}}
     refused: dict[int, Rule] = {}
     replace, masked = {}, {}
     for c, msg in fed.pending.items():

@@ -387,6 +387,25 @@ def test_split_list_attack_never_gets_both_lists_answered(config: SecAggConfig) 
 # -- why n-k+1 and not "the graph on the survivor list is connected" ----------
 
 
+def arc_setup(config: SecAggConfig) -> tuple[Federation, bytes, tuple[int, ...],
+                                             tuple[int, ...], dict[int, set[int]]]:
+    """A Harary(4) session advertised up to the share deliveries, and the
+    views that close the arc ``ring[0..6]``: each of its four end clients is
+    delivered only peers inside it (``trim``: client -> the peers it keeps).
+    Returns the federation, the session id, the roster, the ring order and
+    ``trim``."""
+    fed = Federation(config)
+    fed.advertise()
+    fed.step()
+    sid = fed.server.session_id
+    assert sid is not None
+    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
+    ring = tuple(ring_order(roster, sid))
+    trim = {ring[0]: {ring[1], ring[2]}, ring[1]: {ring[0], ring[2], ring[3]},
+            ring[5]: {ring[3], ring[4], ring[6]}, ring[6]: {ring[4], ring[5]}}
+    return fed, sid, roster, ring, trim
+
+
 def _arc_attack(config: SecAggConfig) -> tuple[Stage, list[int], list[object]]:
     """k=4, t=3, n=12.  Survivor list = the whole roster (so the graph on it is
     connected), but the arc K = ring[0..6] is closed: its four end clients are
@@ -394,16 +413,8 @@ def _arc_attack(config: SecAggConfig) -> tuple[Stage, list[int], list[object]]:
     masked input of K then carries pairwise masks only with K, and every self
     mask of K has 3 signers among its holders."""
     assert config.graph == HararyGraph(4) and config.t == 3 and config.num_clients == 12
-    fed = Federation(config)
-    fed.advertise()
-    fed.step()
-    sid = fed.server.session_id
-    assert sid is not None
-    roster = tuple(sorted(fed.sent[Round.ADVERTISE_KEYS]))
-    ring = ring_order(roster, sid)
+    fed, sid, roster, ring, trim = arc_setup(config)
     arc = list(ring[:7])
-    trim = {ring[0]: {ring[1], ring[2]}, ring[1]: {ring[0], ring[2], ring[3]},
-            ring[5]: {ring[3], ring[4], ring[6]}, ring[6]: {ring[4], ring[5]}}
     replace = {}
     for c, msg in fed.pending.items():
         assert isinstance(msg, ShareDelivery)
