@@ -26,6 +26,7 @@ from opacus.grad_sample import GradSampleModule
 from torch import nn
 
 from securefl.encoding import FixedPointCodec
+from securefl.errors import ConfigurationError
 from securefl.federation.client_update import client_update
 from securefl.federation.model import make_mlp
 from securefl.federation.server import AggregationMode
@@ -170,7 +171,7 @@ class _RaisesOnLabel(nn.Module):
     def forward(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if bool((targets == 2).any()):
             raise IndexError(f"label 2 at {int((targets == 2).nonzero()[0, 0])}")
-        return nn.functional.cross_entropy(output, targets)
+        return nn.functional.cross_entropy(output, targets, reduction=self.reduction)
 
 
 def _summed_grads(client: PrivateClient) -> list[torch.Tensor]:
@@ -275,3 +276,196 @@ def test_a_weighted_loss_is_averaged_over_the_batch_size_so_one_record_moves_the
     change = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(*sums, strict=True)))
     assert change <= 1.0 + 1e-5
     assert loss.reduction == "mean"  # the caller's module is left as it was
+
+
+def _step_clipped_sum(client: PrivateClient, index: torch.Tensor) -> torch.Tensor:
+    """One step's clipped sum without noise, through the path ``train_round``
+    takes (the per-example fallback included)."""
+    client._per_example_gradients(index)
+    client._optimizer._fill_missing_grad_samples()
+    return torch.cat([g.reshape(-1) for g in _summed_grads(client)])
+
+
+class _TokenModel(nn.Module):
+    """Token ids (B, T) to logits (B, V, T), as a language model's head."""
+
+    def __init__(self, vocabulary: int = 11, hidden: int = 6) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, hidden)
+        self.out = nn.Linear(hidden, vocabulary)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.embedding(ids))).transpose(1, 2)
+
+
+def _pad(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(ids) for ids, _ in items)
+    ids = torch.zeros(len(items), longest, dtype=torch.long)
+    targets = torch.full((len(items), longest), -100)
+    for i, (a, b) in enumerate(items):
+        ids[i, :len(a)] = a
+        targets[i, :len(b)] = b
+    return ids, targets
+
+
+def test_token_losses_one_long_record_moves_the_clipped_sum_by_at_most_c() -> None:
+    """Per-token losses of shape (B, T), padded to the batch's longest record:
+    a mean over all B*T entries divided every example's loss by the padded
+    length, which one long record sets.  Each example's token losses are now
+    summed and the batch averaged over B: adding one record of 300 tokens to
+    a hundred of 3 moves the clipped sum by at most C, and an example's
+    gradient does not depend on the others' lengths."""
+    from securefl.privacy.batches import CollatedBatches
+
+    generator = torch.Generator().manual_seed(0)
+    base = [(torch.randint(1, 11, (3,), generator=generator), torch.zeros(3, dtype=torch.long))
+            for _ in range(100)]
+    long_record = (torch.randint(1, 11, (300,), generator=generator),
+                   torch.zeros(300, dtype=torch.long))
+    torch.manual_seed(0)
+    model = _TokenModel()
+    clip = 10.0
+    config = DPConfig(noise_multiplier=1.0, max_grad_norm=clip, planned_rounds=10)
+    loss = nn.CrossEntropyLoss(ignore_index=-100)
+    without = PrivateClient(1, model, CollatedBatches(base, _pad), None, config, loss_fn=loss)
+    with_long = PrivateClient(1, model, CollatedBatches([*base, long_record], _pad), None,
+                              config, loss_fn=loss)
+    change = float((_step_clipped_sum(without, torch.arange(100))
+                    - _step_clipped_sum(with_long, torch.arange(101))).norm())
+    assert change <= clip * (1 + 1e-5)
+    # example 0's per-example gradient is the same alone and beside the long record
+    rows = []
+    for index in (torch.tensor([0]), torch.tensor([0, 100])):
+        with_long._optimizer.zero_grad(set_to_none=True)
+        with_long._backward(index)
+        rows.append(with_long._optimizer.params[1].grad_sample[0].clone())
+    with_long._optimizer.zero_grad(set_to_none=True)
+    assert torch.allclose(rows[0], rows[1], atol=1e-6)
+
+
+class _InnerBuiltAtInit(nn.Module):
+    """A common wrapper: the inner loss reads ``reduction`` once, when it is
+    built, so setting the wrapper's ``reduction`` to "none" changes nothing."""
+
+    def __init__(self, weight: torch.Tensor, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.inner = nn.CrossEntropyLoss(weight=weight, reduction=reduction)
+
+    def forward(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.inner(output, targets)
+
+
+class _IgnoresReduction(nn.Module):
+    reduction = "mean"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, targets, weight=self.weight)
+
+
+@pytest.mark.parametrize("loss", [_InnerBuiltAtInit(torch.tensor([1.0, 1000.0])),
+                                  _IgnoresReduction(torch.tensor([1.0, 1000.0]))],
+                         ids=["inner-built-at-init", "ignores-reduction"])
+def test_a_loss_module_that_does_not_return_per_example_losses_is_refused(
+        loss: nn.Module) -> None:
+    """A module that still returns its own (class-weighted) mean would bring
+    the weighted-loss attack back; it is refused with a ConfigurationError
+    for every batch alike (the refusal does not depend on the records), and
+    not taken for a record that raised."""
+    model = nn.Sequential(nn.Linear(4, 2))
+    x = np.random.default_rng(4).normal(size=(10, 4)).astype(np.float32)
+    y = np.zeros(10, dtype=np.int64)
+    config = DPConfig(noise_multiplier=1.0, sample_rate=0.5, planned_rounds=10)
+    weights = [p.detach().clone() for p in model.parameters()]
+    client = PrivateClient(1, model, x, y, config, loss_fn=loss)
+    with pytest.raises(ConfigurationError, match="reduction='none'"):
+        client.train_round(weights)
+    assert client.zeroed_examples == 0
+
+
+class _NamedLikeOpacusState(nn.Module):
+    """A model whose own attributes are named as Opacus's hook state: a
+    sub-module list ``activations`` and a parameter-free module holding a
+    tuple ``activations``.  A failed step's clean-up must leave both alone
+    (deleting them made every later step raise, or the clean-up itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 3)])
+        self.activations = nn.ModuleList([nn.ReLU(), nn.Identity()])
+        self.names = _Acts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (layer, act) in enumerate(zip(self.layers, self.activations, strict=True)):
+            x = self.names(act(layer(x)), i)
+        return x
+
+
+class _Acts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.activations = ("relu", "identity")
+
+    def forward(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return torch.relu(x) if self.activations[i] == "relu" else x
+
+
+def test_a_failed_steps_clean_up_leaves_the_models_own_attributes_alone() -> None:
+    torch.manual_seed(0)
+    model = _NamedLikeOpacusState()
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = np.zeros(40, dtype=np.int64)
+    y[0] = 5  # past the 3 outputs: cross-entropy raises whenever it is sampled
+    config = DPConfig(noise_multiplier=0.0, planned_rounds=10, local_epochs=3)
+    weights = [p.detach().clone() for p in model.parameters()]
+    client = PrivateClient(1, model, x, y, config)
+    for _ in range(3):
+        result = client.train_round(weights)
+        # sigma = 0: a step that trained the 39 good records moves the model
+        assert math.sqrt(sum(float((u ** 2).sum()) for u in result.update)) > 0.1
+    assert client.zeroed_examples > 0
+    assert isinstance(model.activations, nn.ModuleList)
+    assert model.names.activations == ("relu", "identity")
+
+
+class _RaisesLibraryError(nn.Module):
+    """User code raising securefl's own error type for one record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] > 2.0).any()):
+            raise ConfigurationError("input out of range")
+        return self.linear(x)
+
+
+def test_a_securefl_error_that_user_code_raises_for_one_record_is_zeroed_too() -> None:
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    x[3, 0] = 5.0
+    y = np.arange(20) % 3
+    model = _RaisesLibraryError()
+    weights = [p.detach().clone() for p in model.parameters()]
+    config = DPConfig(noise_multiplier=1.0, planned_rounds=10)
+    client = PrivateClient(1, model, x, y, config)
+    for _ in range(4):
+        client.train_round(weights)
+    assert client.zeroed_examples > 0
+
+
+def test_a_step_whose_every_example_raises_is_logged_as_an_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = _RaisesLibraryError()
+    x = np.full((6, 4), 5.0, dtype=np.float32)  # every record raises
+    y = np.arange(6) % 3
+    client = PrivateClient(1, model, x, y, DPConfig(noise_multiplier=1.0, sample_rate=1.0,
+                                                    planned_rounds=10))
+    with caplog.at_level("ERROR", logger="securefl.privacy.client"):
+        client.train_round([p.detach().clone() for p in model.parameters()])
+    assert any("every example of a DP-SGD step raised" in r.getMessage()
+               for r in caplog.records)

@@ -41,6 +41,7 @@ from opacus.accountants import create_accountant
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
 from securefl.errors import (
@@ -48,7 +49,6 @@ from securefl.errors import (
     DataProblem,
     DataValidationError,
     ModelIncompatibleError,
-    SecureFLError,
 )
 from securefl.privacy.accounting import (
     AccountantKind,
@@ -375,10 +375,14 @@ class PrivateClient:
             the **mean** over the batch of per-example losses (Opacus's
             ``loss_reduction="mean"``; a loss module with another
             ``reduction`` is refused); default cross-entropy.  A loss module
-            with a ``reduction`` is called with ``reduction="none"`` and its
-            per-example losses averaged over the batch size (its own mean
-            may divide by a data-dependent sum, e.g. class weights); a
-            plain function must return that mean itself.  An example whose
+            with a ``reduction`` is called with ``reduction="none"``, each
+            example's losses summed over their other dimensions (tokens)
+            and averaged over the batch size (its own mean may divide by a
+            data-dependent sum, e.g. class weights or the padded length); a
+            module that then returns no row per example raises
+            :class:`~securefl.errors.ConfigurationError` from
+            :meth:`train_round`; a plain function must return that mean
+            itself.  An example whose
             gradient is not finite, or for which the model, the loss or the
             data loader raises, contributes the zero vector (see
             SECURITY.md).
@@ -565,20 +569,7 @@ class PrivateClient:
             # Poisson sampling, as Opacus's UniformWithReplacementSampler does
             # it, with the client's own randomness.
             chosen = self.randomness.poisson_mask(self.num_examples, self.sample_rate)
-            index = chosen.nonzero().reshape(-1)
-            self._optimizer.zero_grad(set_to_none=True)
-            try:
-                self._backward(index)
-            except SecureFLError:
-                raise  # the loss's shape: the same for every batch
-            except Exception as exc:
-                # one sampled record made the model, the loss or the data
-                # loader raise.  Raising here would let the server see the
-                # client drop out because of that record, outside the noise;
-                # instead the step is redone one example at a time and every
-                # example that raises contributes the zero vector
-                self._forget_failed_pass()
-                self._backward_per_example(index, exc)
+            self._per_example_gradients(chosen.nonzero().reshape(-1))
             self._optimizer.step()
         if self._optimizer.zeroed_examples > zeroed:
             # the client's own log (a Flower node's, or the simulating
@@ -589,13 +580,30 @@ class PrivateClient:
                            self._optimizer.zeroed_examples - zeroed)
         return self.steps_per_round
 
+    def _per_example_gradients(self, index: torch.Tensor) -> None:
+        """The per-example gradients of one step's examples at ``index`` in
+        ``p.grad_sample``, never raising because of a record."""
+        self._optimizer.zero_grad(set_to_none=True)
+        try:
+            self._backward(index)
+        except _LossShapeError:
+            raise  # the loss's shape: the same for every batch
+        except Exception as exc:
+            # one sampled record made the model, the loss or the data loader
+            # raise.  Raising here would let the server see the client drop
+            # out because of that record, outside the noise; instead the step
+            # is redone one example at a time and every example that raises
+            # contributes the zero vector
+            self._forget_failed_pass()
+            self._backward_per_example(index, exc)
+
     def _backward(self, index: torch.Tensor) -> None:
         """Forward the examples at ``index``, the batch-mean loss, backward:
         their per-example gradients in ``p.grad_sample``."""
         inputs, targets = self._batches.batch(index)
         loss = self._criterion(call_model(self._module, inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise ConfigurationError(
+            raise _LossShapeError(
                 f"client {self.client_id}: the loss must return a scalar tensor (the"
                 " mean over the batch)")
         loss.backward()
@@ -616,10 +624,12 @@ class PrivateClient:
         size, wrong per-example gradients; the count of forwards awaiting a
         backward would keep every later gradient from being promoted) and
         every gradient."""
-        for module in self._module.modules():
-            for name in ("activations", "max_batch_len"):
-                if hasattr(module, name):
-                    delattr(module, name)
+        # only the modules Opacus hooks, and only values of the types its hooks
+        # store (a model's own attribute of the same name is left alone)
+        for _, module in trainable_modules(self._module._module):
+            for name, kind in (("activations", list), ("max_batch_len", int)):
+                if isinstance(module.__dict__.get(name), kind):
+                    del module.__dict__[name]
         for p in self._optimizer.params:
             if hasattr(p, "_current_grad_sample"):
                 del p._current_grad_sample
@@ -644,7 +654,7 @@ class PrivateClient:
             try:
                 self._backward(i)
                 grads = [getattr(p, "grad_sample", None) for p in params]
-            except SecureFLError:
+            except _LossShapeError:
                 raise
             except Exception:
                 self._forget_failed_pass()
@@ -658,9 +668,20 @@ class PrivateClient:
             p.grad_sample = (torch.cat(row) if row
                              else torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device))
         self._optimizer.zeroed_examples += failed
+        if failed and failed == int(index.numel()):
+            # every example raised alone too: most likely the model or the loss
+            # cannot take this data at all (the step trained on noise only)
+            logger.error("client %d: every example of a DP-SGD step raised (%s: %s); check"
+                         " that the model and the loss accept the data one example at a"
+                         " time", self.client_id, type(first).__name__, first)
         logger.warning("client %d: a DP-SGD step raised %s (%s); %d of its %d examples raised"
                        " alone and contributed nothing", self.client_id, type(first).__name__,
                        first, failed, int(index.numel()))
+
+
+class _LossShapeError(ConfigurationError):
+    """The loss does not have the shape DP-SGD needs: the same for every
+    batch (it depends on the loss, not on the records), so it is raised."""
 
 
 class _MisalignedGradSamplesError(Exception):
@@ -676,8 +697,11 @@ def _batch_mean(loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
     examples (``CrossEntropyLoss(weight=...)`` divides by the sum of the
     sampled labels' weights, ``ignore_index`` by the examples not ignored),
     so one record would rescale every other example's gradient and the
-    clipping would no longer bound its effect.  A plain function is trusted
-    to return that mean."""
+    clipping would no longer bound its effect.  Each example's losses over
+    its other dimensions (tokens, padded to the batch's longest record) are
+    summed, not averaged, for the same reason.  A module that returns no row
+    per example raises :class:`_LossShapeError` (a ConfigurationError).  A
+    plain function is trusted to return that mean."""
     if not isinstance(loss_fn, nn.Module) or not hasattr(loss_fn, "reduction"):
         return loss_fn
     per_example = copy.copy(loss_fn)
@@ -685,7 +709,19 @@ def _batch_mean(loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
 
     def mean(output: Any, targets: torch.Tensor) -> torch.Tensor:
         losses = per_example(output, targets)
-        return losses.mean() if losses.dim() else losses
+        rows = len(targets)
+        if not isinstance(losses, torch.Tensor) or losses.dim() < 1 \
+                or losses.shape[0] != rows:
+            # a module that ignores ``reduction`` (or reads it only when it is
+            # built): its own divisor may depend on the examples
+            raise _LossShapeError(
+                "the loss module must honour reduction='none' and return one loss per"
+                f" example (a tensor of {rows} rows), got"
+                f" {tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses)}")
+        # each example's losses summed over its other dimensions (tokens: a
+        # mean over them would divide by the batch's padded length, which one
+        # long record sets), then averaged over the batch size
+        return losses.reshape(rows, -1).sum(dim=1).sum() / max(rows, 1)
 
     return mean
 
