@@ -388,21 +388,9 @@ def test_an_abort_by_complaint_resolution_says_so_and_carries_the_blame() -> Non
     the fixpoint then removes the 4 remaining holders of 1's key.  Before: an
     AbortError saying "only 0 clients sent masked inputs" (all 6 had), rule
     None, and the blame lost with the session."""
-    from protocol_harness import Federation
-
-    from securefl.errors import AbortError
     from securefl.protocol import ClientStatus
 
-    fed = Federation(SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=5))
-    fed.advertise()
-    fed.step()
-    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items()}
-    replies[1] = dataclasses.replace(replies[1], excluded=(3,))
-    for r in replies.values():
-        fed.server.receive(r)
-    with pytest.raises(AbortError) as info:
-        fed.close()
-    abort = info.value
+    fed, abort = _abort_after_complaint(threshold=5, senders=6)
     assert abort.rule is Rule.COMPLAINTS_LEFT_TOO_FEW
     assert "6 masked inputs received, 6 removed by complaint resolution" in str(abort)
     assert "clients [1, 3] as the ends of matched share complaints, 4 holding" in str(abort)
@@ -417,20 +405,7 @@ def test_an_abort_by_complaint_resolution_says_so_and_carries_the_blame() -> Non
 def test_too_few_masked_inputs_with_a_complaint_keeps_rule_none_but_says_both() -> None:
     """Fewer masked inputs than t arrived at all: the abort is "too few" (rule
     None), but still says what complaint resolution removed, with its blame."""
-    from protocol_harness import Federation
-
-    from securefl.errors import AbortError
-
-    fed = Federation(SecAggConfig(num_clients=6, vector_length=4, bits=16, threshold=4))
-    fed.advertise()
-    fed.step()
-    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items() if c <= 3}
-    replies[1] = dataclasses.replace(replies[1], excluded=(3,))
-    for r in replies.values():
-        fed.server.receive(r)
-    with pytest.raises(AbortError) as info:
-        fed.close()
-    abort = info.value
+    _, abort = _abort_after_complaint(threshold=4, senders=3)
     assert abort.rule is None
     assert "3 masked inputs received, 3 removed by complaint resolution" in str(abort)
     assert (abort.needed, abort.available) == (4, 0)
@@ -544,3 +519,23 @@ def test_bad_shares_beyond_the_candidate_bound_abort_typed() -> None:
                 Attack(reply=reply))
     assert out.result is None
     assert out.abort is not None and out.abort.rule is Rule.COMMITMENT_MISMATCH
+
+
+def _abort_after_complaint(threshold: int, senders: int) -> tuple[Any, Any]:
+    """Six clients; clients 1..``senders`` send their masked input, client 1
+    complaining about client 3's shares; the round's abort."""
+    from protocol_harness import Federation
+
+    from securefl.errors import AbortError
+
+    fed = Federation(SecAggConfig(num_clients=6, vector_length=4, bits=16,
+                                  threshold=threshold))
+    fed.advertise()
+    fed.step()
+    replies = {c: fed.clients[c].handle(m) for c, m in fed.pending.items() if c <= senders}
+    replies[1] = dataclasses.replace(replies[1], excluded=(3,))
+    for r in replies.values():
+        fed.server.receive(r)
+    with pytest.raises(AbortError) as info:
+        fed.close()
+    return fed, info.value
