@@ -35,11 +35,13 @@ from securefl.errors import AbortError, ProtocolError, Rule
 from securefl.hazmat import signing
 from securefl.hazmat.agreement import KeyPair
 from securefl.hazmat.randomness import DeterministicRandom
+from securefl.protocol import derivation
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import Driver
 from securefl.protocol.messages import (
+    AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
     KeyRoster,
@@ -342,6 +344,70 @@ def _from_itself(_: World, d: ShareDelivery) -> bytes:
     return encode(dataclasses.replace(d, ciphertexts=cts))
 
 
+def _few_senders(_: World, d: ShareDelivery) -> bytes:
+    first = min(d.ciphertexts)
+    return encode(dataclasses.replace(d, ciphertexts={first: d.ciphertexts[first]}))
+
+
+def c_fresh_keys(target: Target) -> None:
+    """[R0-1]: every session draws fresh key pairs and a fresh seed.  Two
+    sessions of the client under test, given the same specification (its own
+    CSPRNG, ``random_seed=None``), advertise different encryption keys,
+    masking keys and seed commitments (the commitment binds the configuration,
+    the id and the seed, so an equal commitment is a reused seed); within one
+    advertisement the two keys differ ([R0-2])."""
+    config = SEMI
+    inputs = _inputs(config)
+    adverts = []
+    for _ in range(2):
+        client = target.client(ClientSpec(config, UNDER_TEST, inputs[UNDER_TEST]))
+        advert = decode(client.start())
+        if not isinstance(advert, AdvertiseKeys):
+            raise CaseFailedError(f"start() returned a {type(advert).__name__}, expected"
+                                  " AdvertiseKeys")
+        adverts.append(advert)
+    a, b = adverts
+    if a.encryption_key == a.masking_key:
+        raise CaseFailedError("the encryption and masking keys of one advertisement are equal")
+    reused = [name for name in ("encryption_key", "masking_key", "seed_commitment")
+              if getattr(a, name) == getattr(b, name)
+              or getattr(a, name) in (b.encryption_key, b.masking_key)]
+    if reused:
+        raise CaseFailedError(f"two sessions advertised the same {', '.join(reused)}: keys and"
+                              " seed must be fresh for every session ([R0-1])")
+
+
+def c_consistency(edit: Callable[[ConsistencyRequest], ConsistencyRequest], rule: Rule,
+                  what: str, drop: dict[Round, set[int]] | None = None,
+                  ) -> Callable[[Target], None]:
+    """Active mode: a consistency request whose survivor list breaks [R4-2]
+    is not signed ([R3-1])."""
+    def run(target: Target) -> None:
+        w = _client_world(target, ACTIVE)
+        w.run_to(Round.CONSISTENCY_CHECK, drop)
+        request = decode(w.pending[UNDER_TEST])
+        assert isinstance(request, ConsistencyRequest)
+        w.client_refuses(encode(edit(request)), rule, what)
+    return run
+
+
+def c_signs_once(target: Target) -> None:
+    """Active mode: a client signs at most one survivor list per session
+    ([R3-1]); a second, different consistency request is refused (the first
+    signature stands, so this is not an abort of the session)."""
+    w = _client_world(target, ACTIVE)
+    w.run_to(Round.CONSISTENCY_CHECK, {Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, ConsistencyRequest)
+    first = decode(w.clients[UNDER_TEST].handle(w.pending[UNDER_TEST]))
+    if not isinstance(first, ConsistencySignature):
+        raise CaseFailedError("the honest consistency request was not signed")
+    other = dataclasses.replace(request, survivors=tuple(
+        c for c in request.survivors if c != max(request.survivors)))
+    expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(other)), Rule.WRONG_ROUND,
+                   "a second consistency request with another survivor list")
+
+
 def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
                what: str) -> Callable[[Target], None]:
     """A share ciphertext that does not decrypt is not a reason to abort
@@ -542,6 +608,36 @@ def s_below_quorum(target: Target) -> None:
                           f" signatures, quorum {ACTIVE_HARARY.signature_quorum}")
 
 
+def c_stranger_dropped(target: Target) -> None:
+    """A dropped list naming a client that is not in the roster (it never
+    advertised keys) is refused ([R4-3], ``sender-not-in-roster``)."""
+    w = _client_world(target)
+    w.run_to(Round.UNMASKING, {Round.ADVERTISE_KEYS: {4}, Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 4 not in request.dropped
+    w.client_refuses(encode(dataclasses.replace(request,
+                                                dropped=tuple(sorted({*request.dropped, 4})))),
+                     Rule.UNKNOWN_PEER, "a dropped list naming client 4, which never"
+                     " advertised keys")
+
+
+def c_outsider_signature(target: Target) -> None:
+    """Active mode: a consistency signature from a client that is not on the
+    survivor list is refused ([R4-6], ``signature-invalid``), even when it is a
+    valid signature of that very list by a pinned identity key and the
+    survivors' own signatures reach the quorum."""
+    w = _client_world(target, ACTIVE)
+    w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 5 not in request.survivors
+    outsider = signing.sign(Ed25519PrivateKey.from_private_bytes(w.private[5]),
+                            derivation.consistency_payload(request.session_id,
+                                                           request.survivors))
+    w.client_refuses(encode(dataclasses.replace(
+        request, signatures={**request.signatures, 5: outsider})), Rule.INVALID_SIGNATURE,
+        "a valid signature of the survivor list by client 5, which is not a survivor")
+
+
 def c_never_shared(target: Target) -> None:
     """A dropped list naming a client that never shared keys is refused."""
     w = _client_world(target)
@@ -693,18 +789,30 @@ def _unsigned_advert(_: World, a: dict[int, bytes]) -> bytes:
 
 
 def s_round(at: Round, edit: Callable[[World, dict[int, bytes]], bytes], rule: Rule,
-            what: str, config: SecAggConfig = SEMI) -> Callable[[Target], None]:
-    """In round ``at``, a bad client message is refused after the honest
-    replies were computed (but before they are sent); the round completes."""
+            what: str, config: SecAggConfig = SEMI,
+            drop: dict[Round, set[int]] | None = None) -> Callable[[Target], None]:
+    """In round ``at`` (after the dropouts ``drop``), a bad client message is
+    refused after the honest replies were computed (but before they are
+    sent); the round completes."""
     def run(target: Target) -> None:
         w = _server_world(target, config)
-        w.run_to(at)
+        w.run_to(at, drop)
         replies = w.answer(send=False)
         w.server_refuses(edit(w, replies), rule, what)
         w.send(replies)
         w.close()
         w.finish()
     return run
+
+
+def _excluded_never_delivered(w: World, r: dict[int, bytes]) -> bytes:
+    """Client 1 reports client 4, whose shares were never delivered to it."""
+    return _edit(r[1], excluded=(4,), _element_bytes=w.config.wire_element_bytes)
+
+
+def _excluded_too_many(w: World, r: dict[int, bytes]) -> bytes:
+    """Client 1 reports 3 of its 4 peers: fewer than t - 1 = 2 are left."""
+    return _edit(r[1], excluded=(2, 3, 4), _element_bytes=w.config.wire_element_bytes)
 
 
 def _wrong_recipients(_: World, r: dict[int, bytes]) -> bytes:
@@ -825,13 +933,18 @@ def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
         if list(res.survivors) != expected:
             raise CaseFailedError(f"survivors {list(res.survivors)}: expected every client"
                                   f" but the garbage sender 2 and its reporter {min(to)}")
+        if tuple(res.blamed) != tuple(sorted((2, min(to)))):
+            raise CaseFailedError(f"blamed {list(res.blamed)}: expected both ends of the"
+                                  f" matched complaint, clients {sorted((2, min(to)))}"
+                                  " (SPEC [R2-6]: the server cannot tell which end lied)")
     return run
 
 
-def _forge_share(data: bytes, owner: int, random: bool) -> bytes:
+def _forge_share(data: bytes, owner: int, random: bool, field: str = "self_mask_shares",
+                 ) -> bytes:
     msg = decode(data)
     assert isinstance(msg, UnmaskingResponse)
-    share = bytearray(msg.self_mask_shares[owner])
+    share = bytearray(getattr(msg, field)[owner])
     if random:
         share = bytearray(DeterministicRandom(_seed("forged")).token_bytes(64))
         for i in range(0, 64, 4):
@@ -839,20 +952,26 @@ def _forge_share(data: bytes, owner: int, random: bool) -> bytes:
     else:
         limb = int.from_bytes(share[:4], "little")
         share[:4] = ((limb + 1) % (2**31 - 1)).to_bytes(4, "little")
-    shares = {**msg.self_mask_shares, owner: bytes(share)}
-    return encode(dataclasses.replace(msg, self_mask_shares=shares))
+    shares = {**getattr(msg, field), owner: bytes(share)}
+    return encode(dataclasses.replace(msg, **{field: shares}))
 
 
-def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Target], None]:
-    """Client 2 reveals a forged share of client 1's self-mask seed.  With
+def s_forged_share(responders: tuple[int, ...], random: bool,
+                   key: bool = False) -> Callable[[Target], None]:
+    """Client 2 reveals a forged share of client 1's self-mask seed (with
+    ``key``: of the masking key of client 5, dropped after sharing).  With
     exactly t responders the server must abort with rule
     ``reconstruction-fails-commitment`` (never a wrong sum); with more it must
-    finish with the exact sum and blame exactly client 2 (SPEC [R4-11])."""
+    finish with the exact sum and blame exactly client 2 (SPEC [R4-11]: a
+    reconstructed masking key is checked against the advertised public key
+    as a seed is against its commitment)."""
     def run(target: Target) -> None:
-        w = _server_world(target, label=f"forged{len(responders)}")
-        w.run_to(Round.UNMASKING)
+        label = f"forged{'-key' if key else ''}{len(responders)}"
+        w = _server_world(target, label=label)
+        w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}} if key else None)
         replies = w.answer(skip=set(w.pending) - set(responders), send=False)
-        replies[2] = _forge_share(replies[2], 1, random)
+        replies[2] = (_forge_share(replies[2], 5, random, "key_shares") if key
+                      else _forge_share(replies[2], 1, random))
         w.send(replies)
         if len(responders) == w.config.t:
             try:
@@ -870,6 +989,49 @@ def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Targe
             raise CaseFailedError(f"blamed {list(w.server.result().blamed)}, expected exactly"
                                   " the forger, client 2")
     return run
+
+
+def s_duplicate(at: Round, config: SecAggConfig = SEMI) -> Callable[[Target], None]:
+    """A second message from one client in round ``at`` (an exact copy of the
+    one accepted) is refused (``duplicate-message-from-peer``), statuses
+    unchanged; the round finishes with the exact sum."""
+    def run(target: Target) -> None:
+        w = _server_world(target, config)
+        w.run_to(at)
+        replies = w.answer()
+        w.server_refuses(replies[2], Rule.DUPLICATE_MESSAGE,
+                         f"client 2's {at.name} message a second time")
+        w.close()
+        w.finish()
+    return run
+
+
+def s_contradicted_complaint(target: Target) -> None:
+    """[R4-12]: client 5 shares its keys, then drops; client 1's masked input
+    is altered in transit to report 5 in ``excluded`` (masked inputs are not
+    signed).  The server, which now removes no mask between 1 and 5, must
+    abort when 1's unmasking response reveals its share of 5's masking key
+    (``complaint-contradicted-by-its-sender``): unmasking anyway gives a
+    wrong sum."""
+    w = _server_world(target, label="contradicted")
+    w.run_to(Round.MASKED_INPUT_COLLECTION)
+    replies = w.answer(skip={5}, send=False)
+    replies[1] = _edit(replies[1], excluded=(5,), _element_bytes=w.config.wire_element_bytes)
+    w.send(replies)
+    w.close()
+    if w.round is not Round.UNMASKING:
+        raise CaseFailedError(f"the round did not proceed to UNMASKING after the complaint"
+                              f" (round {w.round})")
+    w.answer()
+    try:
+        w.server.close_round()
+    except AbortError as exc:
+        if getattr(exc, "rule", None) != Rule.COMPLAINT_CONTRADICTED:
+            raise CaseFailedError(f"aborted, but not with rule"
+                                  f" '{Rule.COMPLAINT_CONTRADICTED.value}': {exc}") from None
+        return
+    raise CaseFailedError("unmasked although client 1 revealed a share of client 5's key after"
+                          " reporting it (SPEC [R4-12]: the sum cannot be exact)")
 
 
 def s_duplicate_masked(target: Target) -> None:
@@ -1077,6 +1239,11 @@ def scenario_cases() -> list[Case]:
         _c("10.1", 16, "active: client refuses a roster with a substituted seed commitment",
            c_roster(lambda r: _with_entry(r, 3, seed_commitment=bytes(32)),
                     R.INVALID_SIGNATURE, "a server-chosen seed commitment", A)),
+        _c("10.1", 17, "client refuses a roster that leaves out its own entry",
+           c_roster(lambda r: dataclasses.replace(r, entries=r.entries[1:]),
+                    R.OWN_KEY_ALTERED, "a roster without client 1's entry")),
+        _c("10.1", 18, "client draws fresh keys and a fresh seed for every session",
+           c_fresh_keys),
         # 10.2: share keys
         _s("10.2", 1, "server refuses shares not addressed to exactly the neighbours",
            s_round(Round.SHARE_KEYS, _wrong_recipients, R.WRONG_RECIPIENTS,
@@ -1095,6 +1262,8 @@ def scenario_cases() -> list[Case]:
         _c("10.2", 6, "client refuses a delivery from another session",
            c_replay),
         _c("10.2", 7, "client refuses a delivery sent before the roster", c_out_of_order),
+        _s("10.2", 8, "server refuses a second share message from one client",
+           s_duplicate(Round.SHARE_KEYS)),
         # 10.3: masked input collection
         _c("10.3", 1, "client excludes and reports a peer whose ciphertext was tampered with",
            c_excludes(_tampered, "a flipped tag bit")),
@@ -1114,6 +1283,15 @@ def scenario_cases() -> list[Case]:
            s_garbage_ciphertexts((3,))),
         _s("10.3", 9, "garbage ciphertexts to every peer: the others' exact sum",
            s_garbage_ciphertexts((1, 3, 4, 5))),
+        _c("10.3", 10, "client refuses a delivery from fewer than t - 1 senders",
+           c_delivery(_few_senders, R.BELOW_THRESHOLD, "shares from 1 peer, threshold 3")),
+        _s("10.3", 11, "server refuses a complaint about a client whose shares it never"
+           " delivered", s_round(MIC, _excluded_never_delivered, R.MALFORMED,
+                                 "excluded names client 4, which never shared",
+                                 drop={Round.SHARE_KEYS: {4}})),
+        _s("10.3", 12, "server refuses a complaint list leaving fewer than t - 1 peers",
+           s_round(MIC, _excluded_too_many, R.BELOW_THRESHOLD,
+                   "excluded names 3 of the sender's 4 peers")),
         # 10.4: consistency check (active)
         _s("10.4", 1, "active: server refuses a forged consistency signature",
            s_round(Round.CONSISTENCY_CHECK, _forged_consistency, R.INVALID_SIGNATURE,
@@ -1122,6 +1300,18 @@ def scenario_cases() -> list[Case]:
            " signature quorum", c_short_list_unsigned),
         _s("10.4", 3, "active, sparse graph: server aborts with t signatures below the quorum",
            s_below_quorum),
+        _c("10.4", 4, "active: client refuses to sign a survivor list without itself",
+           c_consistency(lambda r: dataclasses.replace(
+               r, survivors=tuple(c for c in r.survivors if c != UNDER_TEST)),
+               R.LISTS_CONTRADICT_VIEW, "a survivor list that leaves out client 1")),
+        _c("10.4", 5, "active: client refuses to sign a list naming a client that never"
+           " shared", c_consistency(lambda r: dataclasses.replace(
+               r, survivors=tuple(sorted({*r.survivors, 4}))), R.LISTS_CONTRADICT_VIEW,
+               "a survivor list naming client 4, which never shared keys",
+               {Round.SHARE_KEYS: {4}})),
+        _c("10.4", 6, "active: client signs at most one survivor list", c_signs_once),
+        _s("10.4", 7, "active: server refuses a second consistency signature from one client",
+           s_duplicate(Round.CONSISTENCY_CHECK, A)),
         # 10.5: unmasking
         _c("10.5", 1, "client refuses a request for both shares of a peer",
            c_unmask(_both, R.OVERLAPPING_LISTS, "client 2 listed as survivor and dropped")),
@@ -1159,6 +1349,18 @@ def scenario_cases() -> list[Case]:
            c_duplicates(A)),
         _c("10.5", 15, "active, sparse graph: client refuses split survivor lists (t"
            " signatures, fewer than the quorum)", c_split_lists),
+        _c("10.5", 16, "client refuses a dropped list naming a client outside the roster",
+           c_stranger_dropped),
+        _c("10.5", 17, "active: client refuses a consistency signature from a non-survivor",
+           c_outsider_signature),
+        _s("10.5", 18, "forged key share among exactly t: the server aborts, typed",
+           s_forged_share((1, 2, 3), False, key=True)),
+        _s("10.5", 19, "forged key share with t+1 responders: exact sum, the forger named",
+           s_forged_share((1, 2, 3, 4), False, key=True)),
+        _s("10.5", 20, "server aborts when a complaint is contradicted by its sender",
+           s_contradicted_complaint),
+        _s("10.5", 21, "server refuses a second unmasking response from one client",
+           s_duplicate(UNM)),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",
            c_honest(S)),
