@@ -1,0 +1,245 @@
+"""Broken implementations that passed the whole conformance suite before the
+cases of the adversarial review (10.1/17-18, 10.2/8, 10.3/10-12, 10.4/4-7,
+10.5/16-21, the blame check of 10.3/8-9) now fail it, each on the case for
+the SPEC rule it breaks, and securefl's own client and server pass them.
+
+Most broken implementations are securefl's own session with one check
+edited out of its source (exactly one occurrence, so a refactoring of the
+reference that moves the check makes the test fail loudly rather than test
+nothing); the others wrap the adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import securefl.protocol.client as client_module
+import securefl.protocol.server as server_module
+from securefl.conformance import adapters
+from securefl.conformance.adapters import (
+    ClientSpec,
+    ClientUnderTest,
+    RoundResult,
+    SecureFLClient,
+    SecureFLServer,
+    ServerSpec,
+    ServerUnderTest,
+)
+from securefl.conformance.cases import Outcome, Target
+from securefl.conformance.runner import all_cases, run
+from securefl.errors import ProtocolError, Rule
+from securefl.hazmat import signing
+from securefl.protocol import derivation
+from securefl.protocol.client import ClientState
+from securefl.protocol.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShares,
+    UnmaskingResponse,
+)
+from securefl.wire import decode, encode
+
+NEW_CASES = ("10.1/17", "10.1/18", "10.2/8", "10.3/10", "10.3/11", "10.3/12", "10.4/4",
+             "10.4/5", "10.4/6", "10.4/7", "10.5/16", "10.5/17", "10.5/18", "10.5/19",
+             "10.5/20", "10.5/21", "10.3/8", "10.3/9")
+
+
+def _edited(module: types.ModuleType, old: str, new: str) -> types.ModuleType:
+    """A copy of ``module`` whose source has ``old`` replaced by ``new``."""
+    path = Path(module.__file__ or "")
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in {path.name}"
+    name = f"{module.__name__}_broken_{abs(hash(old))}"
+    copy = types.ModuleType(name)
+    copy.__file__ = str(path)
+    sys.modules[name] = copy  # dataclasses and typing resolve names through it
+    exec(compile(text.replace(old, new), str(path), "exec"), copy.__dict__)
+    return copy
+
+
+def _client_from(module: types.ModuleType) -> Callable[[ClientSpec], ClientUnderTest]:
+    """A client factory over ``module``'s ClientSession (only the client under
+    test is broken: the runner's reference peers are built with the real one)."""
+    def factory(spec: ClientSpec) -> ClientUnderTest:
+        original = adapters.ClientSession
+        adapters.ClientSession = module.ClientSession  # type: ignore[misc]
+        try:
+            return SecureFLClient(spec)
+        finally:
+            adapters.ClientSession = original  # type: ignore[misc]
+    return factory
+
+
+def _server_from(module: types.ModuleType) -> Callable[[ServerSpec], ServerUnderTest]:
+    """A server factory over ``module``'s ServerSession."""
+    def factory(spec: ServerSpec) -> ServerUnderTest:
+        original = adapters.ServerSession
+        adapters.ServerSession = module.ServerSession  # type: ignore[misc]
+        try:
+            return SecureFLServer(spec)
+        finally:
+            adapters.ServerSession = original  # type: ignore[misc]
+    return factory
+
+
+def _broken_client(old: str, new: str) -> Target:
+    return Target(client=_client_from(_edited(client_module, old, new)))
+
+
+def _broken_server(old: str, new: str) -> Target:
+    return Target(server=_server_from(_edited(server_module, old, new)))
+
+
+# -- broken implementations --------------------------------------------------
+
+
+def roster_without_itself() -> Target:
+    """Checks its own entry only when the roster has one ([R0-6])."""
+    return _broken_client("if own is None or (own.encryption_key",
+                          "if own is not None and (own.encryption_key")
+
+
+def delivery_below_threshold() -> Target:
+    """Masks with however few peers the delivery names ([R2-1])."""
+    return _broken_client("self._fail(Rule.BELOW_THRESHOLD, f\"shares from",
+                          "(lambda *_: None)(Rule.BELOW_THRESHOLD, f\"shares from")
+
+
+def signs_list_without_itself() -> Target:
+    """Signs (and unmasks for) a survivor list that leaves it out ([R3-1], [R4-2])."""
+    return _broken_client("if not bool(_in_sorted(arr, np.array([self.client_id]))[0]):",
+                          "if False:")
+
+
+def counts_outsider_signatures() -> Target:
+    """Counts every valid signature of the list, also a non-survivor's ([R4-6])."""
+    return _broken_client("if signer not in survivor_set:", "if False:")
+
+
+def stranger_in_dropped() -> Target:
+    """Ignores dropped clients outside the roster ([R4-3])."""
+    return _broken_client("strangers = drop_arr[~_in_sorted(self._roster_ids, drop_arr)]",
+                          "strangers = drop_arr[:0]")
+
+
+class _SignsEveryList(SecureFLClient):
+    """Signs every consistency request it gets, also a second one with
+    another survivor list ([R3-1]: at most one list per session)."""
+
+    def __init__(self, spec: ClientSpec) -> None:
+        super().__init__(spec)
+        assert spec.identity_private_key is not None or spec.config.mode.value != "active"
+        self._identity = spec.identity_private_key
+
+    def handle(self, data: bytes) -> bytes:
+        message = decode(data)
+        if isinstance(message, ConsistencyRequest) and self._identity is not None and \
+                self.session.state is ClientState.CONSISTENCY_SIGNED:
+            key = Ed25519PrivateKey.from_private_bytes(self._identity)
+            payload = derivation.consistency_payload(message.session_id, message.survivors)
+            return encode(ConsistencySignature(message.recipient, message.session_id,
+                                               signing.sign(key, payload)))
+        return super().handle(data)
+
+
+class _KeyReuse(SecureFLClient):
+    """Derives its 'randomness' from its id: the same keys and seed in every
+    session ([R0-1])."""
+
+    def __init__(self, spec: ClientSpec) -> None:
+        seed = hashlib.sha256(b"reused" + spec.client_id.to_bytes(4, "big")).digest()
+        super().__init__(dataclasses.replace(spec, random_seed=seed))
+
+
+def key_reuse() -> Target:
+    return Target(client=_KeyReuse)
+
+
+def no_key_check() -> Target:
+    """Checks reconstructed seeds against their commitments, but takes any
+    reconstructed masking key ([R4-11])."""
+    return _broken_server("return matches_public(value, advert.masking_key)", "return True")
+
+
+def ignores_contradiction() -> Target:
+    """Unmasks although a complaint's sender revealed a share of the client it
+    reported ([R4-12])."""
+    return _broken_server("if self._contradicted:", "if False:")
+
+
+def excluded_never_delivered() -> Target:
+    """Accepts a complaint about a client whose shares it never delivered ([R2-3])."""
+    return _broken_server("if strays:", "if False:")
+
+
+def excluded_below_threshold() -> Target:
+    """Accepts a complaint list that leaves fewer than t - 1 peers ([R2-3])."""
+    return _broken_server("if len(peer.delivered) - len(excluded) + 1 < self.config.t:",
+                          "if False:")
+
+
+class _NoComplaintBlame(SecureFLServer):
+    """Removes both ends of a matched complaint but does not report them ([R2-6])."""
+
+    def result(self) -> RoundResult:
+        res = super().result()
+        kept = {b.peer for b in self.session.result.blame if b.rule is not Rule.SHARES_REFUSED}
+        return dataclasses.replace(res, blamed=tuple(sorted(kept)))
+
+
+class _DropsDuplicates(SecureFLServer):
+    """Silently ignores a second share message, consistency signature or
+    unmasking response from one client instead of refusing it."""
+
+    def receive(self, data: bytes) -> None:
+        try:
+            super().receive(data)
+        except ProtocolError as exc:
+            if exc.rule is not Rule.DUPLICATE_MESSAGE or not isinstance(
+                    decode(data), (EncryptedShares, ConsistencySignature, UnmaskingResponse)):
+                raise
+
+
+BROKEN: dict[str, tuple[Callable[[], Target], set[str]]] = {
+    "client accepts a roster without its own entry": (roster_without_itself, {"10.1/17"}),
+    "client reuses keys and seed across sessions": (key_reuse, {"10.1/18"}),
+    "client masks with fewer than t - 1 peers": (delivery_below_threshold, {"10.3/10"}),
+    "client signs a list without itself": (signs_list_without_itself, {"10.4/4"}),
+    "client signs a second list": (lambda: Target(client=_SignsEveryList), {"10.4/6"}),
+    "client ignores a stranger in the dropped list": (stranger_in_dropped, {"10.5/16"}),
+    "client counts a non-survivor's signature": (counts_outsider_signatures, {"10.5/17"}),
+    "server skips the masking-key check": (no_key_check, {"10.5/18", "10.5/19"}),
+    "server ignores a contradicted complaint": (ignores_contradiction, {"10.5/20"}),
+    "server accepts a complaint about an undelivered client": (
+        excluded_never_delivered, {"10.3/11"}),
+    "server accepts a complaint list below t - 1 peers": (
+        excluded_below_threshold, {"10.3/12"}),
+    "server reports no complaint blame": (lambda: Target(server=_NoComplaintBlame),
+                                          {"10.3/8", "10.3/9"}),
+    "server ignores duplicate messages": (lambda: Target(server=_DropsDuplicates),
+                                          {"10.2/8", "10.4/7", "10.5/21"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_the_broken_implementation_fails_the_suite(name: str) -> None:
+    make, expected = BROKEN[name]
+    results = run(all_cases(vectors=False), make(), out=open("/dev/null", "w"))  # noqa: SIM115
+    failed = {r.case.id for r in results if r.outcome is Outcome.FAILED}
+    assert expected <= failed, f"{name}: failed {sorted(failed)}, expected {sorted(expected)}"
+
+
+def test_securefl_passes_the_new_cases() -> None:
+    cases = [c for c in all_cases(vectors=False) if c.id in NEW_CASES]
+    assert {c.id for c in cases} == set(NEW_CASES)
+    results = run(cases, Target(), out=open("/dev/null", "w"))  # noqa: SIM115
+    assert all(r.outcome is Outcome.PASSED for r in results), [
+        (r.case.id, r.detail) for r in results if r.outcome is not Outcome.PASSED]
