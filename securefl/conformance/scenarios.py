@@ -14,6 +14,7 @@ finish with the exact sum of the survivors' inputs.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from securefl.conformance.adapters import (
     ClientSpec,
@@ -33,7 +35,7 @@ from securefl.conformance.adapters import (
 from securefl.conformance.cases import Case, CaseFailedError, Target, expect_refusal
 from securefl.errors import AbortError, ProtocolError, Rule
 from securefl.hazmat import signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.randomness import DeterministicRandom
 from securefl.protocol import derivation
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
@@ -124,11 +126,19 @@ class World(Driver):
         server: ServerUnderTest = (target.server(spec) if server_under_test
                                    else SecureFLServer(spec))
         clients: dict[int, ClientUnderTest] = {}
+        self.seeds = {c: _seed(f"{label}/client/{c}") for c in config.ids}
+        self.client_under_test = client_under_test
+        # a client that draws its randomness as SPEC 14.2 says gets its seed,
+        # so that its own secrets are known and looked for in its refusals
+        self.own_secrets_known = target.client_fixed_randomness
         for c in config.ids:
             cspec = ClientSpec(config, c, self.inputs[c], self.private.get(c), self.pinned,
-                               _seed(f"{label}/client/{c}"))
-            clients[c] = (target.client(dataclasses.replace(cspec, random_seed=None))
-                          if c == client_under_test else SecureFLClient(cspec))
+                               self.seeds[c])
+            if c == client_under_test:
+                clients[c] = target.client(cspec if self.own_secrets_known
+                                           else dataclasses.replace(cspec, random_seed=None))
+            else:
+                clients[c] = SecureFLClient(cspec)
         super().__init__(config, server, clients)
 
     # -- driving ------------------------------------------------------------
@@ -172,11 +182,62 @@ class World(Driver):
             changed = {c: (before.get(c), s) for c, s in after.items() if before.get(c) != s}
             raise CaseFailedError(f"{what}: refused, but client statuses changed: {changed}")
 
+    def secrets(self) -> list[bytes]:
+        """Secret bytes the client under test holds or can compute that the
+        runner knows: its pairwise X25519 agreements with every reference
+        peer (from the peers' seeds and its advertised public keys) and, for
+        a client with fixed randomness, its own private keys and self-mask
+        seed (SPEC 14.2)."""
+        cut = self.client_under_test
+        if cut is None:
+            return []
+        found: list[bytes] = []
+        if self.own_secrets_known:
+            found.extend(_drawn_secrets(self.seeds[cut]))
+        advert = self.sent.get(Round.ADVERTISE_KEYS, {}).get(cut)
+        if advert is None:
+            return found
+        mine = decode(advert)
+        if not isinstance(mine, AdvertiseKeys):
+            return found
+        for peer, seed in self.seeds.items():
+            if peer == cut:
+                continue
+            c, s_, _ = _drawn_secrets(seed)
+            for private, public in ((c, mine.encryption_key), (s_, mine.masking_key)):
+                try:
+                    found.append(X25519PrivateKey.from_private_bytes(private).exchange(
+                        X25519PublicKey.from_public_bytes(public)))
+                except ValueError:  # a low-order key the client advertised
+                    continue
+        return found
+
+    def check_no_secret(self, exc: BaseException, what: str) -> None:
+        """The refusal's text carries none of :meth:`secrets` (hex, in any
+        8-byte window, or Python's bytes repr, or base64)."""
+        text = " ".join((str(exc), repr(exc), str(getattr(exc, "detail", ""))))
+        lowered = text.lower()
+        for secret in self.secrets():
+            h = secret.hex()
+            if (any(h[i:i + 16] in lowered for i in range(0, len(h) - 15, 2))
+                    or repr(secret)[2:-1][:24] in text
+                    or base64.b64encode(secret).decode()[:16] in text):
+                raise CaseFailedError(f"{what}: refused, but the refusal's text carries secret"
+                                      " key material (errors must never carry keys, seeds or"
+                                      " shares)")
+
+    def client_refusal(self, data: bytes, rule: Rule, what: str,
+                       cid: int = UNDER_TEST) -> None:
+        """Client ``cid`` refuses ``data`` with ``rule``, and the refusal
+        carries no secret the runner knows (:meth:`check_no_secret`)."""
+        exc = expect_refusal(lambda: self.clients[cid].handle(data), rule, what)
+        self.check_no_secret(exc, what)
+
     def client_refuses(self, data: bytes, rule: Rule, what: str,
                        cid: int = UNDER_TEST) -> None:
-        """The client under test refuses ``data`` with ``rule``, then never
-        answers again (even the honest message)."""
-        expect_refusal(lambda: self.clients[cid].handle(data), rule, what)
+        """The client under test refuses ``data`` with ``rule`` (carrying no
+        secret), then never answers again (even the honest message)."""
+        self.client_refusal(data, rule, what, cid)
         honest = self.pending.get(cid)
         for again in (data, honest):
             if again is None:
@@ -187,6 +248,13 @@ class World(Driver):
                 continue
             raise CaseFailedError(f"{what}: refused, but answered a later message (an aborted"
                                   " client must never answer again)")
+
+
+def _drawn_secrets(seed: bytes) -> tuple[bytes, bytes, bytes]:
+    """The encryption and masking private keys and the self-mask seed a
+    client draws first from ``seed`` (SPEC 14.2: c_u, s_u clamped, b_u)."""
+    rng = DeterministicRandom(seed)
+    return clamp(rng.token_bytes(32)), clamp(rng.token_bytes(32)), rng.token_bytes(32)
 
 
 def _edit(data: bytes, **changes: Any) -> bytes:
@@ -404,8 +472,8 @@ def c_signs_once(target: Target) -> None:
         raise CaseFailedError("the honest consistency request was not signed")
     other = dataclasses.replace(request, survivors=tuple(
         c for c in request.survivors if c != max(request.survivors)))
-    expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(other)), Rule.WRONG_ROUND,
-                   "a second consistency request with another survivor list")
+    w.client_refusal(encode(other), Rule.WRONG_ROUND,
+                     "a second consistency request with another survivor list")
 
 
 def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
@@ -437,9 +505,8 @@ def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
                 request, recipient=UNDER_TEST,
                 survivors=tuple(sorted({*request.survivors, UNDER_TEST, 3})),
                 dropped=tuple(u for u in request.dropped if u not in (3, UNDER_TEST)))
-            expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(lying)),
-                           Rule.LISTS_CONTRADICT_VIEW,
-                           "a survivor list naming the peer this client excluded")
+            w.client_refusal(encode(lying), Rule.LISTS_CONTRADICT_VIEW,
+                             "a survivor list naming the peer this client excluded")
             w2 = _client_world(target, label="c2")
             w2.run_to(Round.MASKED_INPUT_COLLECTION)
             w2.pending[UNDER_TEST] = edit(w2, decode(w2.pending[UNDER_TEST]))  # type: ignore[arg-type]
@@ -663,9 +730,8 @@ def c_second_request(flip: bool) -> Callable[[Target], None]:
         second = (dataclasses.replace(request, survivors=(1, 3, 4, 5), dropped=(2,))  # type: ignore[arg-type]
                   if flip else dataclasses.replace(request, dropped=()))  # type: ignore[arg-type]
         rule = Rule.BOTH_SHARES_REQUESTED if flip else Rule.SECOND_UNMASK_REQUEST
-        expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(second)), rule,
-                       "a second unmasking request" + (" asking for the other shares" if flip
-                                                       else ""))
+        w.client_refusal(encode(second), rule, "a second unmasking request"
+                         + (" asking for the other shares" if flip else ""))
     return run
 
 
