@@ -2,6 +2,8 @@
 cases of the adversarial review (10.1/17-18, 10.2/8, 10.3/10-12, 10.4/4-7,
 10.5/16-21, the blame check of 10.3/8-9) now fail it, each on the case for
 the SPEC rule it breaks, and securefl's own client and server pass them.
+So do clients whose refusals carry secret key material (every client
+refusal is now searched for the secrets the runner can compute).
 
 Most broken implementations are securefl's own session with one check
 edited out of its source (exactly one occurrence, so a refactoring of the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import sys
 import types
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 import securefl.protocol.client as client_module
 import securefl.protocol.server as server_module
@@ -35,7 +39,7 @@ from securefl.conformance.adapters import (
 )
 from securefl.conformance.cases import Outcome, Target
 from securefl.conformance.runner import all_cases, run
-from securefl.errors import ProtocolError, Rule
+from securefl.errors import ProtocolError, RemoteProtocolError, Rule
 from securefl.hazmat import signing
 from securefl.protocol import derivation
 from securefl.protocol.client import ClientState
@@ -43,6 +47,7 @@ from securefl.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShares,
+    KeyRoster,
     UnmaskingResponse,
 )
 from securefl.wire import decode, encode
@@ -232,7 +237,7 @@ BROKEN: dict[str, tuple[Callable[[], Target], set[str]]] = {
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_the_broken_implementation_fails_the_suite(name: str) -> None:
     make, expected = BROKEN[name]
-    results = run(all_cases(vectors=False), make(), out=open("/dev/null", "w"))  # noqa: SIM115
+    results = run(all_cases(vectors=False), make(), out=io.StringIO())
     failed = {r.case.id for r in results if r.outcome is Outcome.FAILED}
     assert expected <= failed, f"{name}: failed {sorted(failed)}, expected {sorted(expected)}"
 
@@ -240,6 +245,52 @@ def test_the_broken_implementation_fails_the_suite(name: str) -> None:
 def test_securefl_passes_the_new_cases() -> None:
     cases = [c for c in all_cases(vectors=False) if c.id in NEW_CASES]
     assert {c.id for c in cases} == set(NEW_CASES)
-    results = run(cases, Target(), out=open("/dev/null", "w"))  # noqa: SIM115
+    results = run(cases, Target(), out=io.StringIO())
     assert all(r.outcome is Outcome.PASSED for r in results), [
         (r.case.id, r.detail) for r in results if r.outcome is not Outcome.PASSED]
+
+
+class _LeaksOwnKey(SecureFLClient):
+    """Appends its masking private key to every refusal (a 'debugging aid')."""
+
+    def handle(self, data: bytes) -> bytes:
+        key = self.session._s.private_bytes() if hasattr(self.session, "_s") else b""
+        try:
+            return super().handle(data)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(exc.rule, f"{exc.detail} (s_u={key.hex()})",
+                                      peer=exc.peer, round=exc.round) from None
+
+
+def _leaks_own_key(spec: ClientSpec) -> ClientUnderTest:
+    return _LeaksOwnKey(spec)
+
+
+_leaks_own_key.fixed_randomness = True  # type: ignore[attr-defined]
+
+
+class _LeaksPairSecret(SecureFLClient):
+    """Puts its raw X25519 agreement with client 2's masking key, as a bytes
+    repr, into every refusal (it uses its own CSPRNG: no fixed randomness)."""
+
+    _pair = b""
+
+    def handle(self, data: bytes) -> bytes:
+        message = decode(data)
+        if isinstance(message, KeyRoster) and hasattr(self.session, "_s"):
+            key = next(e.masking_key for e in message.entries if e.sender == 2)
+            self._pair = self.session._s.private.exchange(X25519PublicKey.from_public_bytes(key))
+        try:
+            return super().handle(data)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(exc.rule, f"{exc.detail} [{self._pair!r}]",
+                                      peer=exc.peer, round=exc.round) from None
+
+
+@pytest.mark.parametrize("factory", [_leaks_own_key, _LeaksPairSecret])
+def test_a_client_whose_refusals_carry_secrets_fails(
+        factory: Callable[[ClientSpec], ClientUnderTest]) -> None:
+    results = run([c for c in all_cases(vectors=False) if c.id.startswith("10.1/")],
+                  Target(client=factory), out=io.StringIO())
+    leaked = {r.case.id for r in results if "carries secret key material" in r.detail}
+    assert {"10.1/7", "10.1/9", "10.1/17"} <= leaked, sorted(leaked)
