@@ -294,3 +294,18 @@ def test_a_client_whose_refusals_carry_secrets_fails(
                   Target(client=factory), out=io.StringIO())
     leaked = {r.case.id for r in results if "carries secret key material" in r.detail}
     assert {"10.1/7", "10.1/9", "10.1/17"} <= leaked, sorted(leaked)
+
+
+class _EmptyResult(SecureFLServer):
+    """Runs the protocol, then reports no survivors and their (zero) sum."""
+
+    def result(self) -> RoundResult:
+        res = super().result()
+        return dataclasses.replace(res, total=(0,) * len(res.total), survivors=())
+
+
+def test_a_server_reporting_no_survivors_fails_the_whole_round_cases() -> None:
+    cases = [c for c in all_cases(vectors=False) if c.id.startswith(("11/", "10.5/13"))]
+    results = run(cases, Target(server=_EmptyResult), out=io.StringIO())
+    passed = {r.case.id for r in results if r.outcome is Outcome.PASSED}
+    assert passed <= {"11/1", "11/2", "11/6"}, sorted(passed)  # client cases: reference server

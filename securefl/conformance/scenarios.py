@@ -127,6 +127,8 @@ class World(Driver):
                                    else SecureFLServer(spec))
         clients: dict[int, ClientUnderTest] = {}
         self.seeds = {c: _seed(f"{label}/client/{c}") for c in config.ids}
+        self.removed: set[int] = set()
+        """Clients a case expects the server to remove by complaint ([R2-6])."""
         self.client_under_test = client_under_test
         # a client that draws its randomness as SPEC 14.2 says gets its seed,
         # so that its own secrets are known and looked for in its refusals
@@ -160,8 +162,18 @@ class World(Driver):
         self.check_sum()
 
     def check_sum(self) -> None:
-        """The server's result is the exact sum of its survivors' inputs."""
+        """The server's result is the exact sum of its survivors' inputs, and
+        its survivors are exactly the clients whose masked input the runner
+        delivered, less :attr:`removed` (so that a server cannot pass by
+        reporting fewer survivors, or none, with their sum)."""
         res = self.server.result()
+        delivered = self.sent.get(Round.MASKED_INPUT_COLLECTION)
+        if delivered is not None:
+            expected = sorted(set(delivered) - self.removed)
+            if sorted(res.survivors) != expected:
+                raise CaseFailedError(f"survivors {list(res.survivors)}, expected {expected}"
+                                      " (every client whose masked input was delivered and"
+                                      " not removed by a complaint, SPEC [DROP-1], [R2-6])")
         total = [0] * self.config.vector_length
         for c in res.survivors:
             total = [(a + b) & self.config.modulus_mask
@@ -512,6 +524,7 @@ def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
             w2.pending[UNDER_TEST] = edit(w2, decode(w2.pending[UNDER_TEST]))  # type: ignore[arg-type]
             w2.step()
             w = w2
+        w.removed = {UNDER_TEST, 3}  # both ends of the complaint ([R2-6])
         w.finish()
         if 3 in w.server.result().survivors:
             raise CaseFailedError("client 3 is still counted as a survivor")
@@ -993,6 +1006,7 @@ def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
         replies[2] = encode(dataclasses.replace(msg, ciphertexts=cts))
         w.send(replies)
         w.close()
+        w.removed = {2, min(to)}  # both ends of the first complaint ([R2-6])
         w.finish()
         res = w.server.result()
         expected = [c for c in (1, 2, 3, 4, 5) if c not in (2, min(to))]
