@@ -46,6 +46,7 @@ from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedShares,
     KeyRoster,
     MaskedInput,
     ProvenEntry,
@@ -80,6 +81,9 @@ NOISE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
 the sum stays exact: every seed is committed, shared, selected, revealed and
 removed for real."""
 UNDER_TEST = 1
+LOW_ORDER_POINT = bytes.fromhex(
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+"""A point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)."""
 """The id of the client under test in client scenarios."""
 
 
@@ -391,6 +395,29 @@ def _forged(r: KeyRoster) -> KeyRoster:
 def _substituted(r: KeyRoster) -> KeyRoster:
     mine = KeyPair.generate(DeterministicRandom(_seed("server key"))).public_bytes
     return _with_entry(r, 3, masking_key=mine)
+
+
+def _stranger_entry(r: KeyRoster) -> KeyRoster:
+    # the last entry (client 5) relabelled as client 6, outside the configuration
+    return _with_entry(r, len(r.entries) - 1, sender=6)
+
+
+def _low_order_entry(r: KeyRoster) -> KeyRoster:
+    return _with_entry(r, 2, encryption_key=LOW_ORDER_POINT)
+
+
+def _top_bit_entry(r: KeyRoster) -> KeyRoster:
+    key = r.entries[2].masking_key
+    return _with_entry(r, 2, masking_key=key[:31] + bytes([key[31] | 0x80]))
+
+
+def _bitmap_without_self(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    # client 1 is the first invited id: the most significant bit of byte 0
+    return dataclasses.replace(r, id_bitmap=bytes([r.id_bitmap[0] & 0x7F, *r.id_bitmap[1:]]))
+
+
+def _sparse_other_config(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    return dataclasses.replace(r, config_digest=bytes(32))
 
 
 def c_delivery(edit: Callable[[World, ShareDelivery], bytes], rule: Rule,
@@ -718,6 +745,18 @@ def c_outsider_signature(target: Target) -> None:
         "a valid signature of the survivor list by client 5, which is not a survivor")
 
 
+def c_stranger_survivor(target: Target) -> None:
+    """A survivor list naming a client that is not in the roster (it never
+    advertised keys) is refused ([R4-2], ``sender-not-in-roster``)."""
+    w = _client_world(target)
+    w.run_to(Round.UNMASKING, {Round.ADVERTISE_KEYS: {4}, Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 4 not in request.survivors
+    w.client_refuses(encode(dataclasses.replace(
+        request, survivors=tuple(sorted({*request.survivors, 4})))), Rule.UNKNOWN_PEER,
+        "a survivor list naming client 4, which never advertised keys")
+
+
 def c_never_shared(target: Target) -> None:
     """A dropped list naming a client that never shared keys is refused."""
     w = _client_world(target)
@@ -978,8 +1017,7 @@ def s_low_order(target: Target) -> None:
     w = _server_world(target)
     adverts = w.start(skip=w.clients)
     w.send({c: adverts[c] for c in (2, 3, 4, 5)})
-    # a point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)
-    low = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    low = LOW_ORDER_POINT
     w.server_refuses(_edit(adverts[1], masking_key=low), Rule.INVALID_PUBLIC_KEY,
                      "a masking key of order 8")
     w.server_refuses(_edit(adverts[1], encryption_key=bytes(32)), Rule.INVALID_PUBLIC_KEY,
@@ -1112,6 +1150,48 @@ def s_contradicted_complaint(target: Target) -> None:
         return
     raise CaseFailedError("unmasked although client 1 revealed a share of client 5's key after"
                           " reporting it (SPEC [R4-12]: the sum cannot be exact)")
+
+
+def _share_outside_field(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    assert isinstance(msg, UnmaskingResponse)
+    owner = min(msg.self_mask_shares)
+    share = bytearray(msg.self_mask_shares[owner])
+    share[:4] = (2**31 - 1).to_bytes(4, "little")  # p itself: not an element of GF(p)
+    return encode(dataclasses.replace(msg, self_mask_shares={**msg.self_mask_shares,
+                                                             owner: bytes(share)}))
+
+
+def s_complaints_leave_too_few(target: Target) -> None:
+    """Two disjoint complaints (client 2 sends garbage to 1, client 4 to 3)
+    remove four of five clients ([R2-6]): the server must abort, typed
+    ``too-few-left-after-complaint-resolution``, and report no result."""
+    w = _server_world(target, label="too-few")
+    w.run_to(Round.SHARE_KEYS)
+    replies = w.answer(send=False)
+    noise = DeterministicRandom(_seed("too few"))
+    for sender, victim in ((2, 1), (4, 3)):
+        msg = decode(replies[sender])
+        assert isinstance(msg, EncryptedShares)
+        cts = {p: (noise.token_bytes(len(ct)) if p == victim else ct)
+               for p, ct in msg.ciphertexts.items()}
+        replies[sender] = encode(dataclasses.replace(msg, ciphertexts=cts))
+    w.send(replies)
+    w.close()
+    w.answer()
+    try:
+        w.server.close_round()
+    except AbortError as exc:
+        if getattr(exc, "rule", None) != Rule.COMPLAINTS_LEFT_TOO_FEW:
+            raise CaseFailedError(f"aborted, but not with rule"
+                                  f" '{Rule.COMPLAINTS_LEFT_TOO_FEW.value}': {exc}") from None
+    else:
+        raise CaseFailedError("went on after complaints removed 4 of 5 clients (threshold 3)")
+    try:
+        res = w.server.result()
+    except Exception:
+        return
+    raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
 
 
 def s_duplicate_masked(target: Target) -> None:
@@ -1281,6 +1361,10 @@ def scenario_cases() -> list[Case]:
                     "a non-neighbour's genuine entry and proof added")),
         _c("10.1", 25, "client refuses an id bitmap with a bit past the invited ids",
            c_sparse(_padding_bit, R.ROSTER_ID_SET_INVALID, "a padding bit set")),
+        _c("10.1", 27, "client refuses a sparse roster whose id set leaves it out",
+           c_sparse(_bitmap_without_self, R.OWN_KEY_ALTERED, "client 1's bit cleared")),
+        _c("10.1", 28, "client refuses a sparse roster made for another configuration",
+           c_sparse(_sparse_other_config, R.WRONG_CONFIG, "a zero configuration digest")),
         # 10.1: advertise keys and the roster
         _s("10.1", 1, "server refuses an advertisement from an uninvited client",
            s_advert(_unknown_sender, R.UNKNOWN_PEER, "sender 99")),
@@ -1324,6 +1408,13 @@ def scenario_cases() -> list[Case]:
                     R.OWN_KEY_ALTERED, "a roster without client 1's entry")),
         _c("10.1", 18, "client draws fresh keys and a fresh seed for every session",
            c_fresh_keys),
+        _c("10.1", 19, "client refuses a roster naming a client outside the configuration",
+           c_roster(_stranger_entry, R.UNKNOWN_PEER, "an entry from client 6 of 5")),
+        _c("10.1", 20, "client refuses a roster with a low-order encryption key",
+           c_roster(_low_order_entry, R.INVALID_PUBLIC_KEY,
+                    "client 3's encryption key of order 8 (an all-zero agreement)")),
+        _c("10.1", 26, "client refuses a roster with a non-canonical key",
+           c_roster(_top_bit_entry, R.INVALID_PUBLIC_KEY, "a masking key with its top bit set")),
         # 10.2: share keys
         _s("10.2", 1, "server refuses shares not addressed to exactly the neighbours",
            s_round(Round.SHARE_KEYS, _wrong_recipients, R.WRONG_RECIPIENTS,
@@ -1441,6 +1532,10 @@ def scenario_cases() -> list[Case]:
            s_contradicted_complaint),
         _s("10.5", 21, "server refuses a second unmasking response from one client",
            s_duplicate(UNM)),
+        _c("10.5", 22, "client refuses a survivor list naming a client outside the roster",
+           c_stranger_survivor),
+        _s("10.5", 23, "server refuses a share that is not in the field",
+           s_round(UNM, _share_outside_field, R.MALFORMED, "a share limb equal to p")),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",
            c_honest(S)),
@@ -1456,6 +1551,8 @@ def scenario_cases() -> list[Case]:
         _s("11", 7, "SecAgg+ graph: server recovers drops before and after sharing",
            s_honest(HARARY, {Round.SHARE_KEYS: {7}, MIC: {5}})),
         _s("12", 1, "server aborts below threshold and reports no result", s_abort),
+        _s("12", 2, "server aborts, typed, when complaints leave fewer than t",
+           s_complaints_leave_too_few),
         # 16: distributed noise
         _c("16", 1, "noise plan: client under test completes a round with a dropout",
            c_honest(NOISE)),
