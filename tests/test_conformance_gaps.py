@@ -55,7 +55,7 @@ from securefl.wire import decode, encode
 NEW_CASES = ("10.1/17", "10.1/18", "10.2/8", "10.3/10", "10.3/11", "10.3/12", "10.4/4",
              "10.4/5", "10.4/6", "10.4/7", "10.5/16", "10.5/17", "10.5/18", "10.5/19",
              "10.5/20", "10.5/21", "10.3/8", "10.3/9", "10.1/19", "10.1/20", "10.1/26",
-             "10.1/27", "10.1/28", "10.5/22", "10.5/23", "12/2")
+             "10.1/27", "10.1/28", "10.5/22", "10.5/23", "12/2", "12/3")
 
 
 def _edited(module: types.ModuleType, old: str, new: str) -> types.ModuleType:
@@ -197,6 +197,10 @@ EDITED: dict[str, tuple[Callable[[], Target], set[str]]] = {
         lambda: _server_without("AbortError",
                                 '\n                    f"{received} masked inputs'),
         {"12/2"}),
+    "server unmasks with fewer than t holders of a seed": (
+        lambda: _server_without("AbortError",
+                                '\n                f"only {len(holders)} holders answered'),
+        {"12/3"}),
 }
 
 

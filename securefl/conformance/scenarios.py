@@ -1194,6 +1194,34 @@ def s_complaints_leave_too_few(target: Target) -> None:
     raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
 
 
+def s_too_few_holders(target: Target) -> None:
+    """SecAgg+ graph: t clients answer the unmasking request, but fewer than t
+    of them hold shares of some survivor's self-mask seed: the server must
+    abort ([R4-10], [ABORT-1]) and report no result."""
+    w = _server_world(target, HARARY, label="holders")
+    w.run_to(Round.UNMASKING)
+    sid = decode(next(iter(w.pending.values()))).session_id  # type: ignore[union-attr]
+    nmap = neighbour_map(HARARY.graph, tuple(sorted(w.sent[Round.ADVERTISE_KEYS])), sid)
+    u = next(c for c in HARARY.ids if len(set(HARARY.ids) - nmap[c] - {c}) >= 2)
+    outsiders = sorted(set(HARARY.ids) - nmap[u] - {u})
+    responders = {*outsiders[:2], min(nmap[u])}
+    assert len(responders) == HARARY.t and len(responders & (nmap[u] | {u})) < HARARY.t
+    w.answer(skip=set(w.pending) - responders)
+    try:
+        w.server.close_round()
+    except AbortError:
+        pass
+    else:
+        raise CaseFailedError(f"closed the unmasking round although only"
+                              f" {len(responders & nmap[u])} of the {HARARY.t} responders"
+                              f" {sorted(responders)} hold shares of client {u}'s seed")
+    try:
+        res = w.server.result()
+    except Exception:
+        return
+    raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
+
+
 def s_duplicate_masked(target: Target) -> None:
     """A second masked input from the same client is refused; the sum holds."""
     w = _server_world(target)
@@ -1553,6 +1581,8 @@ def scenario_cases() -> list[Case]:
         _s("12", 1, "server aborts below threshold and reports no result", s_abort),
         _s("12", 2, "server aborts, typed, when complaints leave fewer than t",
            s_complaints_leave_too_few),
+        _s("12", 3, "SecAgg+ graph: server aborts when fewer than t holders of a seed answer",
+           s_too_few_holders),
         # 16: distributed noise
         _c("16", 1, "noise plan: client under test completes a round with a dropout",
            c_honest(NOISE)),
