@@ -55,7 +55,8 @@ from securefl.wire import decode, encode
 NEW_CASES = ("10.1/17", "10.1/18", "10.2/8", "10.3/10", "10.3/11", "10.3/12", "10.4/4",
              "10.4/5", "10.4/6", "10.4/7", "10.5/16", "10.5/17", "10.5/18", "10.5/19",
              "10.5/20", "10.5/21", "10.3/8", "10.3/9", "10.1/19", "10.1/20", "10.1/26",
-             "10.1/27", "10.1/28", "10.5/22", "10.5/23", "12/2", "12/3")
+             "10.1/27", "10.1/28", "10.5/22", "10.5/23", "12/2", "12/3",
+             "10.1/29")
 
 
 def _edited(module: types.ModuleType, old: str, new: str) -> types.ModuleType:
@@ -188,6 +189,8 @@ EDITED: dict[str, tuple[Callable[[], Target], set[str]]] = {
         lambda: _client_without('Rule.WRONG_CONFIG, "roster was made for another'
                                 ' configuration", rnd)\n        # exactly bytes'),
         {"10.1/28"}),
+    "client answers a sparse roster addressed to another client": (
+        lambda: _client_without('Rule.MALFORMED, "message addressed to client"'), {"10.1/29"}),
     "client accepts a survivor outside the roster": (
         lambda: _client_without('Rule.UNKNOWN_PEER, "survivor list names a client outside'),
         {"10.5/22"}),

@@ -416,6 +416,10 @@ def _bitmap_without_self(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
     return dataclasses.replace(r, id_bitmap=bytes([r.id_bitmap[0] & 0x7F, *r.id_bitmap[1:]]))
 
 
+def _sparse_misaddressed(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    return dataclasses.replace(r, recipient=2)
+
+
 def _sparse_other_config(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
     return dataclasses.replace(r, config_digest=bytes(32))
 
@@ -1393,6 +1397,8 @@ def scenario_cases() -> list[Case]:
            c_sparse(_bitmap_without_self, R.OWN_KEY_ALTERED, "client 1's bit cleared")),
         _c("10.1", 28, "client refuses a sparse roster made for another configuration",
            c_sparse(_sparse_other_config, R.WRONG_CONFIG, "a zero configuration digest")),
+        _c("10.1", 29, "client refuses a sparse roster addressed to another client",
+           c_sparse(_sparse_misaddressed, R.MALFORMED, "client 2's recipient id")),
         # 10.1: advertise keys and the roster
         _s("10.1", 1, "server refuses an advertisement from an uninvited client",
            s_advert(_unknown_sender, R.UNKNOWN_PEER, "sender 99")),
