@@ -51,12 +51,13 @@ from securefl.protocol.messages import (
     UnmaskingResponse,
 )
 from securefl.wire import decode, encode
+from securefl.wire import secagg_pb2 as pb
 
 NEW_CASES = ("10.1/17", "10.1/18", "10.2/8", "10.3/10", "10.3/11", "10.3/12", "10.4/4",
              "10.4/5", "10.4/6", "10.4/7", "10.5/16", "10.5/17", "10.5/18", "10.5/19",
              "10.5/20", "10.5/21", "10.3/8", "10.3/9", "10.1/19", "10.1/20", "10.1/26",
              "10.1/27", "10.1/28", "10.5/22", "10.5/23", "12/2", "12/3",
-             "10.1/29")
+             "10.1/29", "9.2/7")
 
 
 def _edited(module: types.ModuleType, old: str, new: str) -> types.ModuleType:
@@ -361,3 +362,29 @@ def test_a_server_reporting_no_survivors_fails_the_whole_round_cases() -> None:
     results = run(cases, Target(server=_EmptyResult), out=io.StringIO())
     passed = {r.case.id for r in results if r.outcome is Outcome.PASSED}
     assert passed <= {"11/1", "11/2", "11/6"}, sorted(passed)  # client cases: reference server
+
+
+class _DeduplicatesRoster(SecureFLClient):
+    """Decodes leniently: a roster listing a sender twice is cleaned up
+    (first entry kept) instead of refused ([WIRE-5])."""
+
+    def handle(self, data: bytes) -> bytes:
+        envelope = pb.SecAggMessage.FromString(data)
+        if envelope.WhichOneof("body") == "key_roster":
+            entries = envelope.key_roster.entries
+            seen: dict[int, pb.RosterEntry] = {}
+            for entry in entries:
+                seen.setdefault(entry.sender, pb.RosterEntry.FromString(
+                    entry.SerializeToString()))
+            del entries[:]
+            entries.extend(seen[s] for s in sorted(seen))
+            data = envelope.SerializeToString()
+        return super().handle(data)
+
+
+def test_a_client_accepting_a_roster_with_a_repeated_sender_fails() -> None:
+    cases = [c for c in all_cases(vectors=False) if c.id in ("9.2/7", "11/1")]
+    results = {r.case.id: r for r in run(cases, Target(client=_DeduplicatesRoster),
+                                         out=io.StringIO())}
+    assert results["9.2/7"].outcome is Outcome.FAILED, results["9.2/7"].detail
+    assert results["11/1"].outcome is Outcome.PASSED, results["11/1"].detail

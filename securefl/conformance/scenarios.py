@@ -829,6 +829,14 @@ def _duplicate_sender(data: bytes) -> bytes:
     return env.SerializeToString()
 
 
+def _duplicate_entry(data: bytes) -> bytes:
+    env = _envelope(data)
+    body = _body(env)
+    extra = body.entries.add()
+    extra.CopyFrom(body.entries[len(body.entries) - 2])
+    return env.SerializeToString()
+
+
 def _cut(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
@@ -1363,6 +1371,8 @@ def scenario_cases() -> list[Case]:
            c_wire(_duplicate_sender, MIC, "a delivery with a duplicated sender")),
         _c("9.2", 3, "client refuses an unmasking request listing a survivor twice",
            c_wire(_duplicate_survivor, UNM, "a survivor list with a duplicate")),
+        _c("9.2", 7, "client refuses a roster listing one sender twice",
+           c_wire(_duplicate_entry, Round.SHARE_KEYS, "a roster repeating client 4's entry")),
         _s("9.1", 3, "server refuses bytes that are not a SecAggMessage",
            s_round(Round.SHARE_KEYS, _bytes(_cut), R.MALFORMED, "truncated bytes")),
         _s("9.1", 4, "server refuses an unknown protocol version",
