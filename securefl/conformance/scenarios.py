@@ -7,9 +7,12 @@ runner plays every client (securefl's reference clients) against the
 server under test and tampers with what they send.
 
 Every refusal is checked by :class:`~securefl.errors.Rule`.  After a client
-refuses, it must never answer again (nothing is revealed); after a server
-refuses, its client statuses must be unchanged and the round must still
-finish with the exact sum of the survivors' inputs.
+refuses, it must never answer again (nothing is revealed), and its refusal
+must not carry secret key material the runner can compute
+(:meth:`World.check_no_secret`); after a server refuses, its client statuses
+must be unchanged and the round must still finish with the exact sum of the
+survivors' inputs, the survivors being exactly the clients whose masked input
+was delivered (less the ends of complaints a case expects removed).
 """
 
 from __future__ import annotations
@@ -480,9 +483,10 @@ def c_fresh_keys(target: Target) -> None:
     a, b = adverts
     if a.encryption_key == a.masking_key:
         raise CaseFailedError("the encryption and masking keys of one advertisement are equal")
-    reused = [name for name in ("encryption_key", "masking_key", "seed_commitment")
-              if getattr(a, name) == getattr(b, name)
-              or getattr(a, name) in (b.encryption_key, b.masking_key)]
+    keys_b = (b.encryption_key, b.masking_key)
+    reused = [name for name in ("encryption_key", "masking_key") if getattr(a, name) in keys_b]
+    if a.seed_commitment == b.seed_commitment:
+        reused.append("seed_commitment")
     if reused:
         raise CaseFailedError(f"two sessions advertised the same {', '.join(reused)}: keys and"
                               " seed must be fresh for every session ([R0-1])")
