@@ -36,7 +36,7 @@ from securefl.conformance.adapters import (
     ServerUnderTest,
 )
 from securefl.conformance.cases import Case, CaseFailedError, Target, expect_refusal
-from securefl.errors import AbortError, ProtocolError, Rule
+from securefl.errors import AbortError, ProtocolError, Rule, SecureFLError
 from securefl.hazmat import signing
 from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.randomness import DeterministicRandom
@@ -216,7 +216,10 @@ class World(Driver):
         advert = self.sent.get(Round.ADVERTISE_KEYS, {}).get(cut)
         if advert is None:
             return found
-        mine = decode(advert)
+        try:
+            mine = decode(advert)
+        except SecureFLError:  # its advertisement is refused by other cases
+            return found
         if not isinstance(mine, AdvertiseKeys):
             return found
         for peer, seed in self.seeds.items():
