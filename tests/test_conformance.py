@@ -133,9 +133,9 @@ def test_cli_runs_lists_and_writes_reports(tmp_path: Path,
                    "--junit", str(junit)])
     assert status == 0
     data = json.loads(report.read_text())
-    assert data["summary"]["failed"] == 0 and data["summary"]["tests"] == 21
+    assert data["summary"]["failed"] == 0 and data["summary"]["tests"] == 29
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "21" and suite.get("failures") == "0"
+    assert suite is not None and suite.get("tests") == "29" and suite.get("failures") == "0"
 
 
 def test_a_client_answering_a_second_unmasking_request_is_reported(

@@ -20,8 +20,11 @@ section 12).  A server that cannot continue raises
 A factory may set the attribute ``fixed_randomness = True`` to declare that
 its sessions draw every random byte from ``spec.random_seed`` exactly as
 SPEC.md section 14.2 describes (AES-256-CTR keystream, fixed draw order);
-only then are client transcripts compared byte for byte.  Server outputs
-never depend on randomness and are always compared.
+only then are client transcripts compared byte for byte, and the client
+under test of a scenario is given its seed too, so that its refusals are
+also searched for its own private keys and self-mask seed (without it they
+are searched only for its agreements with the runner's peers).  Server
+outputs never depend on randomness and are always compared.
 """
 
 from __future__ import annotations
@@ -136,7 +139,11 @@ class ServerUnderTest(Protocol):
         message)`` pairs for the next round (empty after the last round).
         Raise ``AbortError`` when fewer than threshold clients remain, and
         ``AbortError`` with ``rule = Rule.COMMITMENT_MISMATCH`` when the
-        revealed shares cannot be decoded to committed secrets (SPEC [R4-11])."""
+        revealed shares cannot be decoded to committed secrets (SPEC [R4-11]),
+        ``Rule.COMPLAINT_CONTRADICTED`` when a complaint's sender revealed a
+        share of the client it reported ([R4-12]), and
+        ``Rule.COMPLAINTS_LEFT_TOO_FEW`` when complaint resolution leaves
+        fewer than needed ([R2-6])."""
         ...
 
     def result(self) -> RoundResult:

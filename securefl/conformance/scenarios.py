@@ -7,13 +7,17 @@ runner plays every client (securefl's reference clients) against the
 server under test and tampers with what they send.
 
 Every refusal is checked by :class:`~securefl.errors.Rule`.  After a client
-refuses, it must never answer again (nothing is revealed); after a server
-refuses, its client statuses must be unchanged and the round must still
-finish with the exact sum of the survivors' inputs.
+refuses, it must never answer again (nothing is revealed), and its refusal
+must not carry secret key material the runner can compute
+(:meth:`World.check_no_secret`); after a server refuses, its client statuses
+must be unchanged and the round must still finish with the exact sum of the
+survivors' inputs, the survivors being exactly the clients whose masked input
+was delivered (less the ends of complaints a case expects removed).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from securefl.conformance.adapters import (
     ClientSpec,
@@ -31,17 +36,20 @@ from securefl.conformance.adapters import (
     ServerUnderTest,
 )
 from securefl.conformance.cases import Case, CaseFailedError, Target, expect_refusal
-from securefl.errors import AbortError, ProtocolError, Rule
+from securefl.errors import AbortError, ProtocolError, Rule, SecureFLError
 from securefl.hazmat import signing
-from securefl.hazmat.agreement import KeyPair
+from securefl.hazmat.agreement import KeyPair, clamp
 from securefl.hazmat.randomness import DeterministicRandom
+from securefl.protocol import derivation
 from securefl.protocol.config import Round, SecAggConfig, SecurityMode
 from securefl.protocol.graphs import neighbour_map
 from securefl.protocol.harary import HararyGraph
 from securefl.protocol.inmemory import Driver
 from securefl.protocol.messages import (
+    AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedShares,
     KeyRoster,
     MaskedInput,
     ProvenEntry,
@@ -76,6 +84,9 @@ NOISE = SecAggConfig(num_clients=5, vector_length=6, bits=16, threshold=3,
 the sum stays exact: every seed is committed, shared, selected, revealed and
 removed for real."""
 UNDER_TEST = 1
+LOW_ORDER_POINT = bytes.fromhex(
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+"""A point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)."""
 """The id of the client under test in client scenarios."""
 
 
@@ -122,11 +133,21 @@ class World(Driver):
         server: ServerUnderTest = (target.server(spec) if server_under_test
                                    else SecureFLServer(spec))
         clients: dict[int, ClientUnderTest] = {}
+        self.seeds = {c: _seed(f"{label}/client/{c}") for c in config.ids}
+        self.removed: set[int] = set()
+        """Clients a case expects the server to remove by complaint ([R2-6])."""
+        self.client_under_test = client_under_test
+        # a client that draws its randomness as SPEC 14.2 says gets its seed,
+        # so that its own secrets are known and looked for in its refusals
+        self.own_secrets_known = target.client_fixed_randomness
         for c in config.ids:
             cspec = ClientSpec(config, c, self.inputs[c], self.private.get(c), self.pinned,
-                               _seed(f"{label}/client/{c}"))
-            clients[c] = (target.client(dataclasses.replace(cspec, random_seed=None))
-                          if c == client_under_test else SecureFLClient(cspec))
+                               self.seeds[c])
+            if c == client_under_test:
+                clients[c] = target.client(cspec if self.own_secrets_known
+                                           else dataclasses.replace(cspec, random_seed=None))
+            else:
+                clients[c] = SecureFLClient(cspec)
         super().__init__(config, server, clients)
 
     # -- driving ------------------------------------------------------------
@@ -148,8 +169,18 @@ class World(Driver):
         self.check_sum()
 
     def check_sum(self) -> None:
-        """The server's result is the exact sum of its survivors' inputs."""
+        """The server's result is the exact sum of its survivors' inputs, and
+        its survivors are exactly the clients whose masked input the runner
+        delivered, less :attr:`removed` (so that a server cannot pass by
+        reporting fewer survivors, or none, with their sum)."""
         res = self.server.result()
+        delivered = self.sent.get(Round.MASKED_INPUT_COLLECTION)
+        if delivered is not None:
+            expected = sorted(set(delivered) - self.removed)
+            if sorted(res.survivors) != expected:
+                raise CaseFailedError(f"survivors {list(res.survivors)}, expected {expected}"
+                                      " (every client whose masked input was delivered and"
+                                      " not removed by a complaint, SPEC [DROP-1], [R2-6])")
         total = [0] * self.config.vector_length
         for c in res.survivors:
             total = [(a + b) & self.config.modulus_mask
@@ -170,11 +201,65 @@ class World(Driver):
             changed = {c: (before.get(c), s) for c, s in after.items() if before.get(c) != s}
             raise CaseFailedError(f"{what}: refused, but client statuses changed: {changed}")
 
+    def secrets(self) -> list[bytes]:
+        """Secret bytes the client under test holds or can compute that the
+        runner knows: its pairwise X25519 agreements with every reference
+        peer (from the peers' seeds and its advertised public keys) and, for
+        a client with fixed randomness, its own private keys and self-mask
+        seed (SPEC 14.2)."""
+        cut = self.client_under_test
+        if cut is None:
+            return []
+        found: list[bytes] = []
+        if self.own_secrets_known:
+            found.extend(_drawn_secrets(self.seeds[cut]))
+        advert = self.sent.get(Round.ADVERTISE_KEYS, {}).get(cut)
+        if advert is None:
+            return found
+        try:
+            mine = decode(advert)
+        except SecureFLError:  # its advertisement is refused by other cases
+            return found
+        if not isinstance(mine, AdvertiseKeys):
+            return found
+        for peer, seed in self.seeds.items():
+            if peer == cut:
+                continue
+            c, s_, _ = _drawn_secrets(seed)
+            for private, public in ((c, mine.encryption_key), (s_, mine.masking_key)):
+                try:
+                    found.append(X25519PrivateKey.from_private_bytes(private).exchange(
+                        X25519PublicKey.from_public_bytes(public)))
+                except ValueError:  # a low-order key the client advertised
+                    continue
+        return found
+
+    def check_no_secret(self, exc: BaseException, what: str) -> None:
+        """The refusal's text carries none of :meth:`secrets` (hex, in any
+        8-byte window, or Python's bytes repr, or base64)."""
+        text = " ".join((str(exc), repr(exc), str(getattr(exc, "detail", ""))))
+        lowered = text.lower()
+        for secret in self.secrets():
+            h = secret.hex()
+            if (any(h[i:i + 16] in lowered for i in range(0, len(h) - 15, 2))
+                    or repr(secret)[2:-1][:24] in text
+                    or base64.b64encode(secret).decode()[:16] in text):
+                raise CaseFailedError(f"{what}: refused, but the refusal's text carries secret"
+                                      " key material (errors must never carry keys, seeds or"
+                                      " shares)")
+
+    def client_refusal(self, data: bytes, rule: Rule, what: str,
+                       cid: int = UNDER_TEST) -> None:
+        """Client ``cid`` refuses ``data`` with ``rule``, and the refusal
+        carries no secret the runner knows (:meth:`check_no_secret`)."""
+        exc = expect_refusal(lambda: self.clients[cid].handle(data), rule, what)
+        self.check_no_secret(exc, what)
+
     def client_refuses(self, data: bytes, rule: Rule, what: str,
                        cid: int = UNDER_TEST) -> None:
-        """The client under test refuses ``data`` with ``rule``, then never
-        answers again (even the honest message)."""
-        expect_refusal(lambda: self.clients[cid].handle(data), rule, what)
+        """The client under test refuses ``data`` with ``rule`` (carrying no
+        secret), then never answers again (even the honest message)."""
+        self.client_refusal(data, rule, what, cid)
         honest = self.pending.get(cid)
         for again in (data, honest):
             if again is None:
@@ -185,6 +270,13 @@ class World(Driver):
                 continue
             raise CaseFailedError(f"{what}: refused, but answered a later message (an aborted"
                                   " client must never answer again)")
+
+
+def _drawn_secrets(seed: bytes) -> tuple[bytes, bytes, bytes]:
+    """The encryption and masking private keys and the self-mask seed a
+    client draws first from ``seed`` (SPEC 14.2: c_u, s_u clamped, b_u)."""
+    rng = DeterministicRandom(seed)
+    return clamp(rng.token_bytes(32)), clamp(rng.token_bytes(32)), rng.token_bytes(32)
 
 
 def _edit(data: bytes, **changes: Any) -> bytes:
@@ -311,6 +403,33 @@ def _substituted(r: KeyRoster) -> KeyRoster:
     return _with_entry(r, 3, masking_key=mine)
 
 
+def _stranger_entry(r: KeyRoster) -> KeyRoster:
+    # the last entry (client 5) relabelled as client 6, outside the configuration
+    return _with_entry(r, len(r.entries) - 1, sender=6)
+
+
+def _low_order_entry(r: KeyRoster) -> KeyRoster:
+    return _with_entry(r, 2, encryption_key=LOW_ORDER_POINT)
+
+
+def _top_bit_entry(r: KeyRoster) -> KeyRoster:
+    key = r.entries[2].masking_key
+    return _with_entry(r, 2, masking_key=key[:31] + bytes([key[31] | 0x80]))
+
+
+def _bitmap_without_self(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    # client 1 is the first invited id: the most significant bit of byte 0
+    return dataclasses.replace(r, id_bitmap=bytes([r.id_bitmap[0] & 0x7F, *r.id_bitmap[1:]]))
+
+
+def _sparse_misaddressed(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    return dataclasses.replace(r, recipient=2)
+
+
+def _sparse_other_config(_: World, r: SparseKeyRoster) -> SparseKeyRoster:
+    return dataclasses.replace(r, config_digest=bytes(32))
+
+
 def c_delivery(edit: Callable[[World, ShareDelivery], bytes], rule: Rule,
                what: str) -> Callable[[Target], None]:
     """A tampered share delivery is refused."""
@@ -342,6 +461,71 @@ def _from_itself(_: World, d: ShareDelivery) -> bytes:
     return encode(dataclasses.replace(d, ciphertexts=cts))
 
 
+def _few_senders(_: World, d: ShareDelivery) -> bytes:
+    first = min(d.ciphertexts)
+    return encode(dataclasses.replace(d, ciphertexts={first: d.ciphertexts[first]}))
+
+
+def c_fresh_keys(target: Target) -> None:
+    """[R0-1]: every session draws fresh key pairs and a fresh seed.  Two
+    sessions of the client under test, given the same specification (its own
+    CSPRNG, ``random_seed=None``), advertise different encryption keys,
+    masking keys and seed commitments (the commitment binds the configuration,
+    the id and the seed, so an equal commitment is a reused seed); within one
+    advertisement the two keys differ ([R0-2])."""
+    config = SEMI
+    inputs = _inputs(config)
+    adverts = []
+    for _ in range(2):
+        client = target.client(ClientSpec(config, UNDER_TEST, inputs[UNDER_TEST]))
+        advert = decode(client.start())
+        if not isinstance(advert, AdvertiseKeys):
+            raise CaseFailedError(f"start() returned a {type(advert).__name__}, expected"
+                                  " AdvertiseKeys")
+        adverts.append(advert)
+    a, b = adverts
+    if a.encryption_key == a.masking_key:
+        raise CaseFailedError("the encryption and masking keys of one advertisement are equal")
+    keys_b = (b.encryption_key, b.masking_key)
+    reused = [name for name in ("encryption_key", "masking_key") if getattr(a, name) in keys_b]
+    if a.seed_commitment == b.seed_commitment:
+        reused.append("seed_commitment")
+    if reused:
+        raise CaseFailedError(f"two sessions advertised the same {', '.join(reused)}: keys and"
+                              " seed must be fresh for every session ([R0-1])")
+
+
+def c_consistency(edit: Callable[[ConsistencyRequest], ConsistencyRequest], rule: Rule,
+                  what: str, drop: dict[Round, set[int]] | None = None,
+                  ) -> Callable[[Target], None]:
+    """Active mode: a consistency request whose survivor list breaks [R4-2]
+    is not signed ([R3-1])."""
+    def run(target: Target) -> None:
+        w = _client_world(target, ACTIVE)
+        w.run_to(Round.CONSISTENCY_CHECK, drop)
+        request = decode(w.pending[UNDER_TEST])
+        assert isinstance(request, ConsistencyRequest)
+        w.client_refuses(encode(edit(request)), rule, what)
+    return run
+
+
+def c_signs_once(target: Target) -> None:
+    """Active mode: a client signs at most one survivor list per session
+    ([R3-1]); a second, different consistency request is refused (the first
+    signature stands, so this is not an abort of the session)."""
+    w = _client_world(target, ACTIVE)
+    w.run_to(Round.CONSISTENCY_CHECK, {Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, ConsistencyRequest)
+    first = decode(w.clients[UNDER_TEST].handle(w.pending[UNDER_TEST]))
+    if not isinstance(first, ConsistencySignature):
+        raise CaseFailedError("the honest consistency request was not signed")
+    other = dataclasses.replace(request, survivors=tuple(
+        c for c in request.survivors if c != max(request.survivors)))
+    w.client_refusal(encode(other), Rule.WRONG_ROUND,
+                     "a second consistency request with another survivor list")
+
+
 def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
                what: str) -> Callable[[Target], None]:
     """A share ciphertext that does not decrypt is not a reason to abort
@@ -371,14 +555,14 @@ def c_excludes(edit: Callable[[World, ShareDelivery], bytes],
                 request, recipient=UNDER_TEST,
                 survivors=tuple(sorted({*request.survivors, UNDER_TEST, 3})),
                 dropped=tuple(u for u in request.dropped if u not in (3, UNDER_TEST)))
-            expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(lying)),
-                           Rule.LISTS_CONTRADICT_VIEW,
-                           "a survivor list naming the peer this client excluded")
+            w.client_refusal(encode(lying), Rule.LISTS_CONTRADICT_VIEW,
+                             "a survivor list naming the peer this client excluded")
             w2 = _client_world(target, label="c2")
             w2.run_to(Round.MASKED_INPUT_COLLECTION)
             w2.pending[UNDER_TEST] = edit(w2, decode(w2.pending[UNDER_TEST]))  # type: ignore[arg-type]
             w2.step()
             w = w2
+        w.removed = {UNDER_TEST, 3}  # both ends of the complaint ([R2-6])
         w.finish()
         if 3 in w.server.result().survivors:
             raise CaseFailedError("client 3 is still counted as a survivor")
@@ -542,6 +726,48 @@ def s_below_quorum(target: Target) -> None:
                           f" signatures, quorum {ACTIVE_HARARY.signature_quorum}")
 
 
+def c_stranger_dropped(target: Target) -> None:
+    """A dropped list naming a client that is not in the roster (it never
+    advertised keys) is refused ([R4-3], ``sender-not-in-roster``)."""
+    w = _client_world(target)
+    w.run_to(Round.UNMASKING, {Round.ADVERTISE_KEYS: {4}, Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 4 not in request.dropped
+    w.client_refuses(encode(dataclasses.replace(request,
+                                                dropped=tuple(sorted({*request.dropped, 4})))),
+                     Rule.UNKNOWN_PEER, "a dropped list naming client 4, which never"
+                     " advertised keys")
+
+
+def c_outsider_signature(target: Target) -> None:
+    """Active mode: a consistency signature from a client that is not on the
+    survivor list is refused ([R4-6], ``signature-invalid``), even when it is a
+    valid signature of that very list by a pinned identity key and the
+    survivors' own signatures reach the quorum."""
+    w = _client_world(target, ACTIVE)
+    w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 5 not in request.survivors
+    outsider = signing.sign(Ed25519PrivateKey.from_private_bytes(w.private[5]),
+                            derivation.consistency_payload(request.session_id,
+                                                           request.survivors))
+    w.client_refuses(encode(dataclasses.replace(
+        request, signatures={**request.signatures, 5: outsider})), Rule.INVALID_SIGNATURE,
+        "a valid signature of the survivor list by client 5, which is not a survivor")
+
+
+def c_stranger_survivor(target: Target) -> None:
+    """A survivor list naming a client that is not in the roster (it never
+    advertised keys) is refused ([R4-2], ``sender-not-in-roster``)."""
+    w = _client_world(target)
+    w.run_to(Round.UNMASKING, {Round.ADVERTISE_KEYS: {4}, Round.MASKED_INPUT_COLLECTION: {5}})
+    request = decode(w.pending[UNDER_TEST])
+    assert isinstance(request, UnmaskingRequest) and 4 not in request.survivors
+    w.client_refuses(encode(dataclasses.replace(
+        request, survivors=tuple(sorted({*request.survivors, 4})))), Rule.UNKNOWN_PEER,
+        "a survivor list naming client 4, which never advertised keys")
+
+
 def c_never_shared(target: Target) -> None:
     """A dropped list naming a client that never shared keys is refused."""
     w = _client_world(target)
@@ -567,9 +793,8 @@ def c_second_request(flip: bool) -> Callable[[Target], None]:
         second = (dataclasses.replace(request, survivors=(1, 3, 4, 5), dropped=(2,))  # type: ignore[arg-type]
                   if flip else dataclasses.replace(request, dropped=()))  # type: ignore[arg-type]
         rule = Rule.BOTH_SHARES_REQUESTED if flip else Rule.SECOND_UNMASK_REQUEST
-        expect_refusal(lambda: w.clients[UNDER_TEST].handle(encode(second)), rule,
-                       "a second unmasking request" + (" asking for the other shares" if flip
-                                                       else ""))
+        w.client_refusal(encode(second), rule, "a second unmasking request"
+                         + (" asking for the other shares" if flip else ""))
     return run
 
 
@@ -608,6 +833,14 @@ def _duplicate_sender(data: bytes) -> bytes:
     body = _body(env)
     extra = body.ciphertexts.add()
     extra.CopyFrom(body.ciphertexts[0])
+    return env.SerializeToString()
+
+
+def _duplicate_entry(data: bytes) -> bytes:
+    env = _envelope(data)
+    body = _body(env)
+    extra = body.entries.add()
+    extra.CopyFrom(body.entries[len(body.entries) - 2])
     return env.SerializeToString()
 
 
@@ -693,18 +926,30 @@ def _unsigned_advert(_: World, a: dict[int, bytes]) -> bytes:
 
 
 def s_round(at: Round, edit: Callable[[World, dict[int, bytes]], bytes], rule: Rule,
-            what: str, config: SecAggConfig = SEMI) -> Callable[[Target], None]:
-    """In round ``at``, a bad client message is refused after the honest
-    replies were computed (but before they are sent); the round completes."""
+            what: str, config: SecAggConfig = SEMI,
+            drop: dict[Round, set[int]] | None = None) -> Callable[[Target], None]:
+    """In round ``at`` (after the dropouts ``drop``), a bad client message is
+    refused after the honest replies were computed (but before they are
+    sent); the round completes."""
     def run(target: Target) -> None:
         w = _server_world(target, config)
-        w.run_to(at)
+        w.run_to(at, drop)
         replies = w.answer(send=False)
         w.server_refuses(edit(w, replies), rule, what)
         w.send(replies)
         w.close()
         w.finish()
     return run
+
+
+def _excluded_never_delivered(w: World, r: dict[int, bytes]) -> bytes:
+    """Client 1 reports client 4, whose shares were never delivered to it."""
+    return _edit(r[1], excluded=(4,), _element_bytes=w.config.wire_element_bytes)
+
+
+def _excluded_too_many(w: World, r: dict[int, bytes]) -> bytes:
+    """Client 1 reports 3 of its 4 peers: fewer than t - 1 = 2 are left."""
+    return _edit(r[1], excluded=(2, 3, 4), _element_bytes=w.config.wire_element_bytes)
 
 
 def _wrong_recipients(_: World, r: dict[int, bytes]) -> bytes:
@@ -791,8 +1036,7 @@ def s_low_order(target: Target) -> None:
     w = _server_world(target)
     adverts = w.start(skip=w.clients)
     w.send({c: adverts[c] for c in (2, 3, 4, 5)})
-    # a point of order 8 on Curve25519 (RFC 7748 section 6.1 / libsodium blocklist)
-    low = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    low = LOW_ORDER_POINT
     w.server_refuses(_edit(adverts[1], masking_key=low), Rule.INVALID_PUBLIC_KEY,
                      "a masking key of order 8")
     w.server_refuses(_edit(adverts[1], encryption_key=bytes(32)), Rule.INVALID_PUBLIC_KEY,
@@ -819,19 +1063,25 @@ def s_garbage_ciphertexts(to: tuple[int, ...]) -> Callable[[Target], None]:
         replies[2] = encode(dataclasses.replace(msg, ciphertexts=cts))
         w.send(replies)
         w.close()
+        w.removed = {2, min(to)}  # both ends of the first complaint ([R2-6])
         w.finish()
         res = w.server.result()
         expected = [c for c in (1, 2, 3, 4, 5) if c not in (2, min(to))]
         if list(res.survivors) != expected:
             raise CaseFailedError(f"survivors {list(res.survivors)}: expected every client"
                                   f" but the garbage sender 2 and its reporter {min(to)}")
+        if tuple(res.blamed) != tuple(sorted((2, min(to)))):
+            raise CaseFailedError(f"blamed {list(res.blamed)}: expected both ends of the"
+                                  f" matched complaint, clients {sorted((2, min(to)))}"
+                                  " (SPEC [R2-6]: the server cannot tell which end lied)")
     return run
 
 
-def _forge_share(data: bytes, owner: int, random: bool) -> bytes:
+def _forge_share(data: bytes, owner: int, random: bool, field: str = "self_mask_shares",
+                 ) -> bytes:
     msg = decode(data)
     assert isinstance(msg, UnmaskingResponse)
-    share = bytearray(msg.self_mask_shares[owner])
+    share = bytearray(getattr(msg, field)[owner])
     if random:
         share = bytearray(DeterministicRandom(_seed("forged")).token_bytes(64))
         for i in range(0, 64, 4):
@@ -839,20 +1089,26 @@ def _forge_share(data: bytes, owner: int, random: bool) -> bytes:
     else:
         limb = int.from_bytes(share[:4], "little")
         share[:4] = ((limb + 1) % (2**31 - 1)).to_bytes(4, "little")
-    shares = {**msg.self_mask_shares, owner: bytes(share)}
-    return encode(dataclasses.replace(msg, self_mask_shares=shares))
+    shares = {**getattr(msg, field), owner: bytes(share)}
+    return encode(dataclasses.replace(msg, **{field: shares}))
 
 
-def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Target], None]:
-    """Client 2 reveals a forged share of client 1's self-mask seed.  With
+def s_forged_share(responders: tuple[int, ...], random: bool,
+                   key: bool = False) -> Callable[[Target], None]:
+    """Client 2 reveals a forged share of client 1's self-mask seed (with
+    ``key``: of the masking key of client 5, dropped after sharing).  With
     exactly t responders the server must abort with rule
     ``reconstruction-fails-commitment`` (never a wrong sum); with more it must
-    finish with the exact sum and blame exactly client 2 (SPEC [R4-11])."""
+    finish with the exact sum and blame exactly client 2 (SPEC [R4-11]: a
+    reconstructed masking key is checked against the advertised public key
+    as a seed is against its commitment)."""
     def run(target: Target) -> None:
-        w = _server_world(target, label=f"forged{len(responders)}")
-        w.run_to(Round.UNMASKING)
+        label = f"forged{'-key' if key else ''}{len(responders)}"
+        w = _server_world(target, label=label)
+        w.run_to(Round.UNMASKING, {Round.MASKED_INPUT_COLLECTION: {5}} if key else None)
         replies = w.answer(skip=set(w.pending) - set(responders), send=False)
-        replies[2] = _forge_share(replies[2], 1, random)
+        replies[2] = (_forge_share(replies[2], 5, random, "key_shares") if key
+                      else _forge_share(replies[2], 1, random))
         w.send(replies)
         if len(responders) == w.config.t:
             try:
@@ -870,6 +1126,119 @@ def s_forged_share(responders: tuple[int, ...], random: bool) -> Callable[[Targe
             raise CaseFailedError(f"blamed {list(w.server.result().blamed)}, expected exactly"
                                   " the forger, client 2")
     return run
+
+
+def s_duplicate(at: Round, config: SecAggConfig = SEMI) -> Callable[[Target], None]:
+    """A second message from one client in round ``at`` (an exact copy of the
+    one accepted) is refused (``duplicate-message-from-peer``), statuses
+    unchanged; the round finishes with the exact sum."""
+    def run(target: Target) -> None:
+        w = _server_world(target, config)
+        w.run_to(at)
+        replies = w.answer()
+        w.server_refuses(replies[2], Rule.DUPLICATE_MESSAGE,
+                         f"client 2's {at.name} message a second time")
+        w.close()
+        w.finish()
+    return run
+
+
+def s_contradicted_complaint(target: Target) -> None:
+    """[R4-12]: client 5 shares its keys, then drops; client 1's masked input
+    is altered in transit to report 5 in ``excluded`` (masked inputs are not
+    signed).  The server, which now removes no mask between 1 and 5, must
+    abort when 1's unmasking response reveals its share of 5's masking key
+    (``complaint-contradicted-by-its-sender``): unmasking anyway gives a
+    wrong sum."""
+    w = _server_world(target, label="contradicted")
+    w.run_to(Round.MASKED_INPUT_COLLECTION)
+    replies = w.answer(skip={5}, send=False)
+    replies[1] = _edit(replies[1], excluded=(5,), _element_bytes=w.config.wire_element_bytes)
+    w.send(replies)
+    w.close()
+    if w.round is not Round.UNMASKING:
+        raise CaseFailedError(f"the round did not proceed to UNMASKING after the complaint"
+                              f" (round {w.round})")
+    w.answer()
+    try:
+        w.server.close_round()
+    except AbortError as exc:
+        if getattr(exc, "rule", None) != Rule.COMPLAINT_CONTRADICTED:
+            raise CaseFailedError(f"aborted, but not with rule"
+                                  f" '{Rule.COMPLAINT_CONTRADICTED.value}': {exc}") from None
+        return
+    raise CaseFailedError("unmasked although client 1 revealed a share of client 5's key after"
+                          " reporting it (SPEC [R4-12]: the sum cannot be exact)")
+
+
+def _share_outside_field(_: World, r: dict[int, bytes]) -> bytes:
+    msg = decode(r[1])
+    assert isinstance(msg, UnmaskingResponse)
+    owner = min(msg.self_mask_shares)
+    share = bytearray(msg.self_mask_shares[owner])
+    share[:4] = (2**31 - 1).to_bytes(4, "little")  # p itself: not an element of GF(p)
+    return encode(dataclasses.replace(msg, self_mask_shares={**msg.self_mask_shares,
+                                                             owner: bytes(share)}))
+
+
+def s_complaints_leave_too_few(target: Target) -> None:
+    """Two disjoint complaints (client 2 sends garbage to 1, client 4 to 3)
+    remove four of five clients ([R2-6]): the server must abort, typed
+    ``too-few-left-after-complaint-resolution``, and report no result."""
+    w = _server_world(target, label="too-few")
+    w.run_to(Round.SHARE_KEYS)
+    replies = w.answer(send=False)
+    noise = DeterministicRandom(_seed("too few"))
+    for sender, victim in ((2, 1), (4, 3)):
+        msg = decode(replies[sender])
+        assert isinstance(msg, EncryptedShares)
+        cts = {p: (noise.token_bytes(len(ct)) if p == victim else ct)
+               for p, ct in msg.ciphertexts.items()}
+        replies[sender] = encode(dataclasses.replace(msg, ciphertexts=cts))
+    w.send(replies)
+    w.close()
+    w.answer()
+    try:
+        w.server.close_round()
+    except AbortError as exc:
+        if getattr(exc, "rule", None) != Rule.COMPLAINTS_LEFT_TOO_FEW:
+            raise CaseFailedError(f"aborted, but not with rule"
+                                  f" '{Rule.COMPLAINTS_LEFT_TOO_FEW.value}': {exc}") from None
+    else:
+        raise CaseFailedError("went on after complaints removed 4 of 5 clients (threshold 3)")
+    try:
+        res = w.server.result()
+    except Exception:
+        return
+    raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
+
+
+def s_too_few_holders(target: Target) -> None:
+    """SecAgg+ graph: t clients answer the unmasking request, but fewer than t
+    of them hold shares of some survivor's self-mask seed: the server must
+    abort ([R4-10], [ABORT-1]) and report no result."""
+    w = _server_world(target, HARARY, label="holders")
+    w.run_to(Round.UNMASKING)
+    sid = decode(next(iter(w.pending.values()))).session_id  # type: ignore[union-attr]
+    nmap = neighbour_map(HARARY.graph, tuple(sorted(w.sent[Round.ADVERTISE_KEYS])), sid)
+    u = next(c for c in HARARY.ids if len(set(HARARY.ids) - nmap[c] - {c}) >= 2)
+    outsiders = sorted(set(HARARY.ids) - nmap[u] - {u})
+    responders = {*outsiders[:2], min(nmap[u])}
+    assert len(responders) == HARARY.t and len(responders & (nmap[u] | {u})) < HARARY.t
+    w.answer(skip=set(w.pending) - responders)
+    try:
+        w.server.close_round()
+    except AbortError:
+        pass
+    else:
+        raise CaseFailedError(f"closed the unmasking round although only"
+                              f" {len(responders & nmap[u])} of the {HARARY.t} responders"
+                              f" {sorted(responders)} hold shares of client {u}'s seed")
+    try:
+        res = w.server.result()
+    except Exception:
+        return
+    raise CaseFailedError(f"an aborted session reported a result ({list(res.survivors)})")
 
 
 def s_duplicate_masked(target: Target) -> None:
@@ -1009,6 +1378,8 @@ def scenario_cases() -> list[Case]:
            c_wire(_duplicate_sender, MIC, "a delivery with a duplicated sender")),
         _c("9.2", 3, "client refuses an unmasking request listing a survivor twice",
            c_wire(_duplicate_survivor, UNM, "a survivor list with a duplicate")),
+        _c("9.2", 7, "client refuses a roster listing one sender twice",
+           c_wire(_duplicate_entry, Round.SHARE_KEYS, "a roster repeating client 4's entry")),
         _s("9.1", 3, "server refuses bytes that are not a SecAggMessage",
            s_round(Round.SHARE_KEYS, _bytes(_cut), R.MALFORMED, "truncated bytes")),
         _s("9.1", 4, "server refuses an unknown protocol version",
@@ -1039,6 +1410,12 @@ def scenario_cases() -> list[Case]:
                     "a non-neighbour's genuine entry and proof added")),
         _c("10.1", 25, "client refuses an id bitmap with a bit past the invited ids",
            c_sparse(_padding_bit, R.ROSTER_ID_SET_INVALID, "a padding bit set")),
+        _c("10.1", 27, "client refuses a sparse roster whose id set leaves it out",
+           c_sparse(_bitmap_without_self, R.OWN_KEY_ALTERED, "client 1's bit cleared")),
+        _c("10.1", 28, "client refuses a sparse roster made for another configuration",
+           c_sparse(_sparse_other_config, R.WRONG_CONFIG, "a zero configuration digest")),
+        _c("10.1", 29, "client refuses a sparse roster addressed to another client",
+           c_sparse(_sparse_misaddressed, R.MALFORMED, "client 2's recipient id")),
         # 10.1: advertise keys and the roster
         _s("10.1", 1, "server refuses an advertisement from an uninvited client",
            s_advert(_unknown_sender, R.UNKNOWN_PEER, "sender 99")),
@@ -1077,6 +1454,18 @@ def scenario_cases() -> list[Case]:
         _c("10.1", 16, "active: client refuses a roster with a substituted seed commitment",
            c_roster(lambda r: _with_entry(r, 3, seed_commitment=bytes(32)),
                     R.INVALID_SIGNATURE, "a server-chosen seed commitment", A)),
+        _c("10.1", 17, "client refuses a roster that leaves out its own entry",
+           c_roster(lambda r: dataclasses.replace(r, entries=r.entries[1:]),
+                    R.OWN_KEY_ALTERED, "a roster without client 1's entry")),
+        _c("10.1", 18, "client draws fresh keys and a fresh seed for every session",
+           c_fresh_keys),
+        _c("10.1", 19, "client refuses a roster naming a client outside the configuration",
+           c_roster(_stranger_entry, R.UNKNOWN_PEER, "an entry from client 6 of 5")),
+        _c("10.1", 20, "client refuses a roster with a low-order encryption key",
+           c_roster(_low_order_entry, R.INVALID_PUBLIC_KEY,
+                    "client 3's encryption key of order 8 (an all-zero agreement)")),
+        _c("10.1", 26, "client refuses a roster with a non-canonical key",
+           c_roster(_top_bit_entry, R.INVALID_PUBLIC_KEY, "a masking key with its top bit set")),
         # 10.2: share keys
         _s("10.2", 1, "server refuses shares not addressed to exactly the neighbours",
            s_round(Round.SHARE_KEYS, _wrong_recipients, R.WRONG_RECIPIENTS,
@@ -1095,6 +1484,8 @@ def scenario_cases() -> list[Case]:
         _c("10.2", 6, "client refuses a delivery from another session",
            c_replay),
         _c("10.2", 7, "client refuses a delivery sent before the roster", c_out_of_order),
+        _s("10.2", 8, "server refuses a second share message from one client",
+           s_duplicate(Round.SHARE_KEYS)),
         # 10.3: masked input collection
         _c("10.3", 1, "client excludes and reports a peer whose ciphertext was tampered with",
            c_excludes(_tampered, "a flipped tag bit")),
@@ -1114,6 +1505,15 @@ def scenario_cases() -> list[Case]:
            s_garbage_ciphertexts((3,))),
         _s("10.3", 9, "garbage ciphertexts to every peer: the others' exact sum",
            s_garbage_ciphertexts((1, 3, 4, 5))),
+        _c("10.3", 10, "client refuses a delivery from fewer than t - 1 senders",
+           c_delivery(_few_senders, R.BELOW_THRESHOLD, "shares from 1 peer, threshold 3")),
+        _s("10.3", 11, "server refuses a complaint about a client whose shares it never"
+           " delivered", s_round(MIC, _excluded_never_delivered, R.MALFORMED,
+                                 "excluded names client 4, which never shared",
+                                 drop={Round.SHARE_KEYS: {4}})),
+        _s("10.3", 12, "server refuses a complaint list leaving fewer than t - 1 peers",
+           s_round(MIC, _excluded_too_many, R.BELOW_THRESHOLD,
+                   "excluded names 3 of the sender's 4 peers")),
         # 10.4: consistency check (active)
         _s("10.4", 1, "active: server refuses a forged consistency signature",
            s_round(Round.CONSISTENCY_CHECK, _forged_consistency, R.INVALID_SIGNATURE,
@@ -1122,6 +1522,18 @@ def scenario_cases() -> list[Case]:
            " signature quorum", c_short_list_unsigned),
         _s("10.4", 3, "active, sparse graph: server aborts with t signatures below the quorum",
            s_below_quorum),
+        _c("10.4", 4, "active: client refuses to sign a survivor list without itself",
+           c_consistency(lambda r: dataclasses.replace(
+               r, survivors=tuple(c for c in r.survivors if c != UNDER_TEST)),
+               R.LISTS_CONTRADICT_VIEW, "a survivor list that leaves out client 1")),
+        _c("10.4", 5, "active: client refuses to sign a list naming a client that never"
+           " shared", c_consistency(lambda r: dataclasses.replace(
+               r, survivors=tuple(sorted({*r.survivors, 4}))), R.LISTS_CONTRADICT_VIEW,
+               "a survivor list naming client 4, which never shared keys",
+               {Round.SHARE_KEYS: {4}})),
+        _c("10.4", 6, "active: client signs at most one survivor list", c_signs_once),
+        _s("10.4", 7, "active: server refuses a second consistency signature from one client",
+           s_duplicate(Round.CONSISTENCY_CHECK, A)),
         # 10.5: unmasking
         _c("10.5", 1, "client refuses a request for both shares of a peer",
            c_unmask(_both, R.OVERLAPPING_LISTS, "client 2 listed as survivor and dropped")),
@@ -1159,6 +1571,22 @@ def scenario_cases() -> list[Case]:
            c_duplicates(A)),
         _c("10.5", 15, "active, sparse graph: client refuses split survivor lists (t"
            " signatures, fewer than the quorum)", c_split_lists),
+        _c("10.5", 16, "client refuses a dropped list naming a client outside the roster",
+           c_stranger_dropped),
+        _c("10.5", 17, "active: client refuses a consistency signature from a non-survivor",
+           c_outsider_signature),
+        _s("10.5", 18, "forged key share among exactly t: the server aborts, typed",
+           s_forged_share((1, 2, 3), False, key=True)),
+        _s("10.5", 19, "forged key share with t+1 responders: exact sum, the forger named",
+           s_forged_share((1, 2, 3, 4), False, key=True)),
+        _s("10.5", 20, "server aborts when a complaint is contradicted by its sender",
+           s_contradicted_complaint),
+        _s("10.5", 21, "server refuses a second unmasking response from one client",
+           s_duplicate(UNM)),
+        _c("10.5", 22, "client refuses a survivor list naming a client outside the roster",
+           c_stranger_survivor),
+        _s("10.5", 23, "server refuses a share that is not in the field",
+           s_round(UNM, _share_outside_field, R.MALFORMED, "a share limb equal to p")),
         # 11/12: dropouts, aborts, whole rounds
         _c("11", 1, "semi-honest: client under test completes a round with a dropout",
            c_honest(S)),
@@ -1174,6 +1602,10 @@ def scenario_cases() -> list[Case]:
         _s("11", 7, "SecAgg+ graph: server recovers drops before and after sharing",
            s_honest(HARARY, {Round.SHARE_KEYS: {7}, MIC: {5}})),
         _s("12", 1, "server aborts below threshold and reports no result", s_abort),
+        _s("12", 2, "server aborts, typed, when complaints leave fewer than t",
+           s_complaints_leave_too_few),
+        _s("12", 3, "SecAgg+ graph: server aborts when fewer than t holders of a seed answer",
+           s_too_few_holders),
         # 16: distributed noise
         _c("16", 1, "noise plan: client under test completes a round with a dropout",
            c_honest(NOISE)),
