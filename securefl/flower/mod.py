@@ -5,7 +5,12 @@ Flower's ``secaggplus_mod``.
 Every securefl message is a Flower ``train`` message whose content holds a
 ConfigRecord named :data:`~securefl.flower.setup.RECORD` with the stage, and
 the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
-Any other message passes through to the ClientApp untouched.
+A ``train`` message without that record is refused (an error reply, rule
+``malformed-message``) and never reaches the ClientApp: its ``train`` would
+answer it with the local model in clear.  Messages of other types
+(``evaluate``, ``query``) pass through to the ClientApp untouched; what their
+replies reveal is the ClientApp's own (the example app answers ``train``
+only).
 
 At the masked-input stage the mod calls the ClientApp's ``train`` function
 (``call_next``) with the message (it carries the global model as an
@@ -260,6 +265,10 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     """Flower mod: answer securefl's secure aggregation messages.
 
     Use it exactly where ``secaggplus_mod`` was: ``ClientApp(mods=[securefl_mod])``.
+    A ``train`` message without the ``securefl`` record gets an error reply
+    (rule ``malformed-message``) and does not reach ``train``: passed through,
+    a server could have the node train outside any session and send back its
+    local model unmasked.  Other message types pass through.
     A setup the node's policy refuses (:class:`SetupRefusedError`) wipes
     any session and becomes a refusal reply (``refused``: the rule); any
     other securefl error (a protocol violation by the server, a malformed
@@ -269,8 +278,15 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     nothing of the message, which stays in the node's log).  Either way the
     server sees this node as a dropout at that round.
     """
-    if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
+    if RECORD not in msg.content.config_records:
+        # a train message outside any session: passed through, the ClientApp's
+        # train would answer it, and its reply (the local model, the encoded
+        # update, an exception's message) would reach the server unmasked
+        return _error_reply(msg, RemoteProtocolError(
+            Rule.MALFORMED, f"a train message without the {RECORD!r} record: this node trains"
+            " only inside a securefl session", peer="server"))
     try:
         return _handle(msg, ctxt, call_next)
     except SetupRefusedError as exc:
