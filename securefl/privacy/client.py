@@ -621,6 +621,10 @@ class PrivateClient:
             self._optimizer.signal_skip_step(do_skip=number < len(chunks) - 1)
             try:
                 self._optimizer.step()
+            except BaseException:
+                # no skip signal of this step may reach the next one
+                self._optimizer._step_skip_queue.clear()
+                raise
             finally:
                 self._optimizer.padding_rows = None
 
