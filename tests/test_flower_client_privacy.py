@@ -75,17 +75,37 @@ def test_a_node_returns_only_public_dp_parameters_by_default(tmp_path: Path) -> 
     assert state.history == [(1.1, 0.5, 4)] and dict(state.generators) == {}
 
 
-def test_weighting_by_examples_sends_the_count_and_insecure_noise_carries_generators(
-        tmp_path: Path) -> None:
+def test_weighting_by_examples_sends_the_count(tmp_path: Path) -> None:
     # weighting by examples makes the epsilon replace-one: 11.5 after one round
     # at sigma 1.1, above the node's default budget (10), so the node raises it
-    replies, context = _train_twice({**RUN, "weighting": "examples",
-                                     "insecure-reproducible-noise": True}, tmp_path,
+    replies, context = _train_twice({**RUN, "weighting": "examples"}, tmp_path,
                                     **{"securefl-max-epsilon": 30.0,
                                        "securefl-allow-weighting-examples": True})
     assert all(set(m) == PUBLIC | {"num-examples"} for m in replies)
     assert replies[0]["num-examples"] > 1
-    assert set(node_store(context).load(3).generators) == {"sampling", "noise"}
+    assert dict(node_store(context).load(3).generators) == {}
+
+
+@pytest.mark.parametrize("where", ["run", "train"])
+def test_train_refuses_insecure_reproducible_noise(tmp_path: Path, where: str) -> None:
+    """``train`` itself refuses noise the server could regenerate (the mod
+    refuses it too, before the session): nothing is trained or charged."""
+    from securefl.flower.policy import PolicyRule, SetupRefusedError
+
+    run = {**RUN, "insecure-reproducible-noise": True} if where == "run" else RUN
+    context = Context(run_id=7, node_id=1000,
+                      node_config={"partition-id": 0, "securefl-state-dir": str(tmp_path)},
+                      state=RecordDict(), run_config=run)
+    with server_task_identity():
+        message = train_message(RUN, 1)
+        if where == "train":
+            message.content.config_records["config"] = ConfigRecord(
+                {"insecure_reproducible_noise": True})
+        with pytest.raises(SetupRefusedError) as info:
+            train_private_client(message, context)
+    assert info.value.rule is PolicyRule.INSECURE_NOISE
+    assert "securefl.node" not in context.state.config_records  # nothing charged
+    assert not list(tmp_path.rglob("client-*.json"))
 
 
 def test_train_refuses_to_run_without_the_mod(tmp_path: Path) -> None:

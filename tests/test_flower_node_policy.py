@@ -30,7 +30,7 @@ from flower_harness import (  # noqa: E402
     recording_app,
     server_task_identity,
 )
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 from securefl.encoding import FixedPointCodec  # noqa: E402
@@ -376,8 +376,7 @@ def _fixed_train_app(delta: float) -> ClientApp:
     def train(msg: Message, context: Any) -> Message:
         arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
         return Message(RecordDict({
-            "arrays": ArrayRecord([a + np.float32(delta) for a in arrays]),
-            "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+            "arrays": ArrayRecord([a + np.float32(delta) for a in arrays])}), reply_to=msg)
 
     return app
 

@@ -22,9 +22,12 @@ white-box, outside any federation, and encodes nothing).  In order:
    rounding stochastically with
    :func:`~securefl.privacy.rounding.rounding_randomness` (the OS CSPRNG,
    never a seed the server or the run configuration knows); plain summation
-   clips and scales it.  An update the encoder refuses (NaN, a wrong shape)
-   is a typed refusal, and its steps stay spent.  A refusal never depends
-   on one record: an example whose gradient is NaN or infinite is zeroed
+   clips and scales it.  A weight (the record count under weighting by
+   examples) above the codec's ``max_weight`` is clamped to it, never
+   refused: the refusal would tell the server that the count exceeds it.
+   An update the encoder refuses (NaN, a wrong shape) is a typed refusal,
+   and its steps stay spent.  An encoding refusal never depends on one
+   (finite) record: an example whose gradient is NaN or infinite is zeroed
    before clipping (:class:`~securefl.privacy.client.PrivateClient`), so a
    NaN update can only come from the global weights or from the optimizer's
    post-processing of the noised gradients.
@@ -165,14 +168,17 @@ def client_update(client: PrivateClient, global_params: Sequence[torch.Tensor],
     if charge is not None:
         charge(admission)
     result = client.train_round(global_params)
+    # a record count beyond the codec's max_weight (which the server announces)
+    # is clamped: refused, it would tell the server the count exceeds it
+    weight = min(max(int(result.weight), 1), codec.max_weight)
     try:
         encoded: EncodedUpdate | PlainUpdate
         if AggregationMode(mode) is AggregationMode.SECURE:
             encoded = codec.encode(result.update,
                                    client.rounding(round_number, codec.num_values),  # type: ignore[arg-type]
-                                   weight=result.weight)
+                                   weight=weight)
         else:
-            encoded = codec.encode_plain(result.update, weight=result.weight)
+            encoded = codec.encode_plain(result.update, weight=weight)
     except EncodingError as exc:
         return ClientUpdate(client_id=client.client_id, round_number=int(round_number),
                             encoded=None, refusal=Participation.ENCODING_ERROR, error=exc,

@@ -30,7 +30,7 @@ from securefl.flower.dpstate import (
     state_dir,
 )
 from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, NODE_RECORD, node_client_id
-from securefl.flower.policy import NodeDPLimits, allow_fresh_state
+from securefl.flower.policy import NodeDPLimits, allow_fresh_state, check_no_insecure_noise
 from securefl.flower.setup import Key, SessionSetup
 from securefl.privacy.accounting import AccountantKind
 from securefl.privacy.client import (
@@ -229,14 +229,14 @@ def train_private_client(msg: Message, context: Context) -> Message:
     :func:`~securefl.federation.client_update.client_update`, with the
     accountant kept on the node's disk (:mod:`securefl.flower.dpstate`).
 
-    In order: the node checks the run's DP parameters against its own
+    In order: the node refuses a run that asks for reproducible (insecure)
+    noise (as the mod does), checks the run's DP parameters against its own
     limits (:class:`~securefl.flower.policy.NodeDPLimits`, node config
     ``securefl-max-epsilon`` ...; :func:`node_dp_config`), loads its
     accountant for this federation (refusing a corrupt or lost one), runs
     the budget guard on it (the node's own budget), writes and fsyncs the
-    in-flight charge, trains (noise and Poisson sampling from ``os.urandom``
-    unless the run config sets ``insecure-reproducible-noise``), encodes the
-    update with the session's codec (rounding from the OS CSPRNG), and
+    in-flight charge, trains (noise and Poisson sampling from ``os.urandom``),
+    encodes the update with the session's codec (rounding from the OS CSPRNG), and
     settles the charge, all before it returns: nothing derived from training
     reaches the mod, let alone the server, before the spend is on disk.
 
@@ -248,6 +248,8 @@ def train_private_client(msg: Message, context: Context) -> Message:
     never returned.
 
     Raises:
+        SetupRefusedError: the run config or the train config sets
+            ``insecure-reproducible-noise``.
         DPLimitRefusedError: the run's DP parameters exceed the node's limits
             (the mod turns it into a refusal naming the rule).
         NodeStateError: the node's on-disk accountant is corrupt or lost.
@@ -260,6 +262,10 @@ def train_private_client(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     setup = _session_setup(msg)
     fl_round = setup.fl_round
+    # the mod refuses these runs before the session starts; checked here too,
+    # so that no path trains with noise the server can regenerate
+    check_no_insecure_noise(context.run_config, msg.content.config_records.get("config"),
+                            fl_round=fl_round)
     v = run_values(context.run_config)
     # the run's DP parameters within the node's own limits, with its own budget,
     # before the node touches its data

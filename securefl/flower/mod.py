@@ -5,7 +5,12 @@ Flower's ``secaggplus_mod``.
 Every securefl message is a Flower ``train`` message whose content holds a
 ConfigRecord named :data:`~securefl.flower.setup.RECORD` with the stage, and
 the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
-Any other message passes through to the ClientApp untouched.
+A ``train`` message without that record is refused (an error reply, rule
+``malformed-message``) and never reaches the ClientApp: its ``train`` would
+answer it with the local model in clear.  Messages of other types
+(``evaluate``, ``query``) pass through to the ClientApp untouched; what their
+replies reveal is the ClientApp's own (the example app answers ``train``
+only).
 
 At the masked-input stage the mod calls the ClientApp's ``train`` function
 (``call_next``) with the message (it carries the global model as an
@@ -17,8 +22,11 @@ encodes its own update through
 simulator runs, and returns it as the ArrayRecord :data:`ENCODED_RECORD`
 (one uint64 vector, checked here for length and range).  Any other ``train``
 returns its local model (one ArrayRecord, same order as the global one) and
-the ``num-examples`` metric (the weight, which enters the secure sum), and
-the mod encodes ``local - global`` with the session's fixed-point codec.
+may return the ``num-examples`` metric (the weight, which enters the secure
+sum; only with the node's consent, node config
+``securefl-allow-weighting-examples``, and clamped to the codec's
+``max_weight``), and the mod encodes ``local - global`` with the session's
+fixed-point codec.
 Either way the rounding is stochastic with randomness from the node's OS
 CSPRNG (:func:`~securefl.privacy.rounding.rounding_randomness`), and only the
 masked vector is sent.  Metrics whose names
@@ -80,6 +88,9 @@ from securefl.errors import (
 )
 from securefl.flower.keys import load_identity_key, load_pinned_keys
 from securefl.flower.policy import (
+    ALLOW_WEIGHTING_EXAMPLES_CONFIG,
+    DPLimitRefusedError,
+    DPLimitRule,
     NodeDPLimits,
     NodePolicy,
     SetupRefusedError,
@@ -260,6 +271,10 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     """Flower mod: answer securefl's secure aggregation messages.
 
     Use it exactly where ``secaggplus_mod`` was: ``ClientApp(mods=[securefl_mod])``.
+    A ``train`` message without the ``securefl`` record gets an error reply
+    (rule ``malformed-message``) and does not reach ``train``: passed through,
+    a server could have the node train outside any session and send back its
+    local model unmasked.  Other message types pass through.
     A setup the node's policy refuses (:class:`SetupRefusedError`) wipes
     any session and becomes a refusal reply (``refused``: the rule); any
     other securefl error (a protocol violation by the server, a malformed
@@ -269,8 +284,15 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     nothing of the message, which stays in the node's log).  Either way the
     server sees this node as a dropout at that round.
     """
-    if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
+    if RECORD not in msg.content.config_records:
+        # a train message outside any session: passed through, the ClientApp's
+        # train would answer it, and its reply (the local model, the encoded
+        # update, an exception's message) would reach the server unmasked
+        return _error_reply(msg, RemoteProtocolError(
+            Rule.MALFORMED, f"a train message without the {RECORD!r} record: this node trains"
+            " only inside a securefl session", peer="server"))
     try:
         return _handle(msg, ctxt, call_next)
     except SetupRefusedError as exc:
@@ -444,7 +466,8 @@ def _train_and_provide(msg: Message, ctxt: Context, call_next: ClientAppCallable
     if ENCODED_RECORD in out.content.array_records:
         vector = _encoded_vector(out.content.array_records[ENCODED_RECORD], codec)
     else:
-        vector = _encode_local_model(out, global_arrays, metrics, setup)
+        vector = _encode_local_model(out, global_arrays, metrics, setup,
+                                     NodeDPLimits.from_node_config(ctxt.node_config))
     session.provide_input(vector)
     # the weight is inside the secure sum; the clipped count and loss stay here
     return MetricRecord({k: v for k, v in metrics.items() if k.startswith(DP_METRIC_PREFIX)})
@@ -466,9 +489,21 @@ def _encoded_vector(record: Any, codec: FixedPointCodec) -> np.ndarray:
 
 
 def _encode_local_model(out: Message, global_arrays: list[np.ndarray],
-                        metrics: dict[str, Any], setup: SessionSetup) -> np.ndarray:
+                        metrics: dict[str, Any], setup: SessionSetup,
+                        limits: NodeDPLimits) -> np.ndarray:
     """Encode ``local - global`` for a ``train`` that returned its local model
-    (any Flower ClientApp), rounding from the OS CSPRNG."""
+    (any Flower ClientApp), rounding from the OS CSPRNG.
+
+    The weight is 1 unless ``train`` returned ``num-examples``, which the
+    node's limits must allow (node config ``securefl-allow-weighting-examples``:
+    the record count enters the sum); a count outside ``1..max_weight`` of the
+    session's codec is clamped into it, so that whether the node answers never
+    depends on its count.
+
+    Raises:
+        DPLimitRefusedError: ``num-examples`` without the node's consent.
+        EncodingError: a malformed local model or ``num-examples`` metric.
+    """
     if len(out.content.array_records) != 1:
         raise EncodingError("train must return the local model as exactly one ArrayRecord")
     local = next(iter(out.content.array_records.values())).to_numpy_ndarrays()
@@ -477,9 +512,17 @@ def _encode_local_model(out: Message, global_arrays: list[np.ndarray],
                             f" {len(global_arrays)}")
     update = [np.subtract(np.asarray(lo), np.asarray(gl).astype(lo.dtype, copy=False))
               for lo, gl in zip(local, global_arrays, strict=True)]
+    codec = setup.codec()
     weight = metrics.get(NUM_EXAMPLES, 1)
     if isinstance(weight, bool) or not isinstance(weight, int):
         raise EncodingError(f"train's {NUM_EXAMPLES} metric must be an integer")
-    codec = setup.codec()
+    if NUM_EXAMPLES in metrics:
+        if not limits.allow_weighting_examples:
+            raise DPLimitRefusedError(
+                DPLimitRule.WEIGHTING,
+                f"train returned a {NUM_EXAMPLES} metric: the node's record count would enter"
+                f" the sum as its weight; set node config {ALLOW_WEIGHTING_EXAMPLES_CONFIG}=true"
+                " to allow it", fl_round=setup.fl_round)
+        weight = min(max(int(weight), 1), codec.max_weight)
     rounding = rounding_randomness(None, setup.fl_round, codec.num_values)
     return codec.encode(update, rounding, weight=int(weight)).vector  # type: ignore[arg-type]

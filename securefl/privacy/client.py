@@ -19,7 +19,12 @@ and every parameter of the mechanism is public and the same for every client:
   not functions of the client's record count ``n``;
 * the update's weight in the secure sum is 1 (uniform weighting) unless the
   federation opts into weighting by ``n``, which then leaves the client: its
-  epsilon is stated for replace-one adjacency (see :func:`adjacency_for`).
+  epsilon is stated for replace-one adjacency (see :func:`adjacency_for`);
+* every forward and backward pass takes exactly :data:`PHYSICAL_BATCH_SIZE`
+  examples (a step's batch in chunks, the last padded), so the memory a step
+  needs does not depend on ``n`` either: a server that chose a model large
+  enough to exhaust a client's memory cannot make only clients with many
+  records drop out.
 
 The training loss is computed on the raw private batches and is never
 returned.
@@ -72,6 +77,7 @@ from securefl.privacy.rounding import RoundingSource, rounding_randomness
 
 __all__ = [
     "DEFAULT_SAMPLE_RATE",
+    "PHYSICAL_BATCH_SIZE",
     "DPConfig",
     "LocalResult",
     "OptimizerFactory",
@@ -88,6 +94,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_SAMPLE_RATE = 0.5
 """The default Poisson sample rate: every record joins each step's batch with
 probability 0.5, so one local epoch is 2 steps, for every client alike."""
+
+PHYSICAL_BATCH_SIZE = 32
+"""How many examples one forward/backward pass of a DP-SGD step takes.  A
+step's Poisson batch (about ``q * n`` examples) is cut into chunks of this
+size and the last one is padded to it with examples that contribute the zero
+vector, so every pass computes exactly this many per-example gradients: the
+memory a step needs (``PHYSICAL_BATCH_SIZE`` times the model's parameters)
+does not depend on the client's record count.  With whole batches, a server
+that chose a model large enough made a step run out of memory, and the
+client drop out, only when the client had many records."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +321,10 @@ class _ClientDPOptimizer(DPOptimizer):
         super().__init__(optimizer, **kwargs)  # type: ignore[arg-type]
         self.randomness = randomness
         self.zeroed_examples = 0
+        self.padding_rows: slice | None = None
+        """The rows of the per-example gradients that pad the pass to its
+        fixed size (after the sampled examples); zeroed before clipping.
+        None: no padding."""
 
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
         self._fill_missing_grad_samples()
@@ -333,11 +353,15 @@ class _ClientDPOptimizer(DPOptimizer):
             bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
             for grad in samples:
                 bad |= ~torch.isfinite(grad.reshape(len(grad), -1)).all(dim=1).to(bad.device)
-            if bool(bad.any()):
+            padding = torch.zeros_like(bad)
+            if self.padding_rows is not None:
+                padding[self.padding_rows] = True
+            self.zeroed_examples += int((bad & ~padding).sum())
+            drop = bad | padding
+            if bool(drop.any()):
                 for p, grad in zip(self.params, samples, strict=True):
-                    rows = bad.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
+                    rows = drop.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
                     p.grad_sample = grad.masked_fill(rows, 0.0)
-                self.zeroed_examples += int(bad.sum())
         super().clip_and_accumulate()
 
     def add_noise(self) -> None:
@@ -431,6 +455,7 @@ class PrivateClient:
             self.randomness = OsRandomness()
         self.sample_rate = float(config.sample_rate)
         self.steps_per_round = config.steps_per_round
+        self.physical_batch_size = PHYSICAL_BATCH_SIZE
         self.noise_multiplier = calibrated_noise_multiplier(config, self.adjacency)
         self._model = copy.deepcopy(model)
         self._module = GradSampleModule(self._model, batch_first=True, loss_reduction="mean")
@@ -569,8 +594,7 @@ class PrivateClient:
             # Poisson sampling, as Opacus's UniformWithReplacementSampler does
             # it, with the client's own randomness.
             chosen = self.randomness.poisson_mask(self.num_examples, self.sample_rate)
-            self._per_example_gradients(chosen.nonzero().reshape(-1))
-            self._optimizer.step()
+            self._step(chosen.nonzero().reshape(-1))
         if self._optimizer.zeroed_examples > zeroed:
             # the client's own log (a Flower node's, or the simulating
             # process's), never a message
@@ -580,9 +604,34 @@ class PrivateClient:
                            self._optimizer.zeroed_examples - zeroed)
         return self.steps_per_round
 
-    def _per_example_gradients(self, index: torch.Tensor) -> None:
-        """The per-example gradients of one step's examples at ``index`` in
-        ``p.grad_sample``, never raising because of a record."""
+    def _step(self, index: torch.Tensor) -> None:
+        """One DP-SGD step over the sampled examples at ``index``: passes of
+        exactly :data:`PHYSICAL_BATCH_SIZE` examples (the last padded with
+        example 0, whose padded rows are zeroed), their clipped gradients
+        summed, the noise added and the weights updated once, after the last
+        pass (Opacus's virtual steps).  A step that sampled nobody still makes
+        one pass, of padding only, so its memory is that of any other."""
+        size = self.physical_batch_size
+        chunks = list(index.split(size)) or [index[:0]]
+        for number, chunk in enumerate(chunks):
+            real = len(chunk)
+            padded = torch.cat([chunk, chunk.new_zeros(size - real)])
+            self._per_example_gradients(padded, real)
+            self._optimizer.padding_rows = slice(real, size)
+            self._optimizer.signal_skip_step(do_skip=number < len(chunks) - 1)
+            try:
+                self._optimizer.step()
+            except BaseException:
+                # no skip signal of this step may reach the next one
+                self._optimizer._step_skip_queue.clear()
+                raise
+            finally:
+                self._optimizer.padding_rows = None
+
+    def _per_example_gradients(self, index: torch.Tensor, real: int | None = None) -> None:
+        """The per-example gradients of one pass's examples at ``index`` in
+        ``p.grad_sample``, never raising because of a record; the rows after
+        the first ``real`` (default: all) are padding."""
         self._optimizer.zero_grad(set_to_none=True)
         try:
             self._backward(index)
@@ -595,7 +644,7 @@ class PrivateClient:
             # is redone one example at a time and every example that raises
             # contributes the zero vector
             self._forget_failed_pass()
-            self._backward_per_example(index, exc)
+            self._backward_per_example(index, exc, real)
 
     def _backward(self, index: torch.Tensor) -> None:
         """Forward the examples at ``index``, the batch-mean loss, backward:
@@ -639,17 +688,21 @@ class PrivateClient:
                 p._forward_counter = 0
         self._optimizer.zero_grad(set_to_none=True)
 
-    def _backward_per_example(self, index: torch.Tensor, first: BaseException) -> None:
+    def _backward_per_example(self, index: torch.Tensor, first: BaseException,
+                              real: int | None = None) -> None:
         """The per-example gradients of the examples at ``index``, computed
         one example at a time, with zero rows for every example whose forward,
         loss or backward raises; left in ``p.grad_sample`` for the optimizer.
         Each example's gradient is the one the batch would give it (DP-SGD's
         layers do not mix examples), so the step is the same mechanism over
-        the examples that did not raise."""
+        the examples that did not raise.  Only the first ``real`` examples
+        (default: all) count as sampled; the rest pad the pass."""
+        if real is None:
+            real = int(index.numel())
         params = self._optimizer.params
         rows: list[list[torch.Tensor]] = [[] for _ in params]
         failed = 0
-        for i in index.reshape(-1, 1):
+        for position, i in enumerate(index.reshape(-1, 1)):
             self._optimizer.zero_grad(set_to_none=True)
             try:
                 self._backward(i)
@@ -658,7 +711,7 @@ class PrivateClient:
                 raise
             except Exception:
                 self._forget_failed_pass()
-                failed += 1
+                failed += int(position < real)
                 grads = [None] * len(params)
             for row, p, g in zip(rows, params, grads, strict=True):
                 row.append(g.detach().clone() if g is not None
@@ -668,7 +721,7 @@ class PrivateClient:
             p.grad_sample = (torch.cat(row) if row
                              else torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device))
         self._optimizer.zeroed_examples += failed
-        if failed and failed == int(index.numel()):
+        if failed and failed == real:
             # every example raised alone too: most likely the model or the loss
             # cannot take this data at all (the step trained on noise only)
             logger.error("client %d: every example of a DP-SGD step raised (%s: %s); check"
@@ -676,7 +729,7 @@ class PrivateClient:
                          " time", self.client_id, type(first).__name__, first)
         logger.warning("client %d: a DP-SGD step raised %s (%s); %d of its %d examples raised"
                        " alone and contributed nothing", self.client_id, type(first).__name__,
-                       first, failed, int(index.numel()))
+                       first, failed, real)
 
 
 class _LossShapeError(ConfigurationError):

@@ -291,7 +291,10 @@ class EmpiricalAuditResult:
 class _CanaryInjector:
     """Appends the sampled canaries' per-sample gradients to a DPOptimizer's
     per-sample gradients right before it clips them (one instance, one
-    optimizer: installed by wrapping that optimizer's ``clip_and_accumulate``).
+    optimizer: installed by wrapping that optimizer's ``clip_and_accumulate``),
+    once per DP-SGD step: a step made of several passes (Opacus's virtual
+    steps, :data:`~securefl.privacy.client.PHYSICAL_BATCH_SIZE`) gets them in
+    its last pass, the one after which the noise is added.
     """
 
     def __init__(self, optimizer: Any, params: Sequence[Any], coordinates: np.ndarray,
@@ -313,7 +316,8 @@ class _CanaryInjector:
         original = optimizer.clip_and_accumulate
 
         def clip_and_accumulate_with_canaries() -> None:
-            self._inject()
+            if not optimizer._check_skip_next_step(pop_next=False):
+                self._inject()
             original()
 
         optimizer.clip_and_accumulate = clip_and_accumulate_with_canaries

@@ -1,0 +1,105 @@
+"""A server that chooses the model's size against a client's memory.
+
+A DP-SGD step keeps one gradient per sampled example (Opacus's
+``grad_sample``: the Poisson batch, about ``q * n`` rows, times the model's
+parameters).  A server that chose a model large enough (the Flower run
+config's ``hidden``, within the node's ``securefl-max-vector-length``) made
+the step run out of memory, so the node raised out of ``client_update`` and
+dropped out of the round, only when it held many records: with a 600 MiB
+memory headroom and a 1.5M-parameter MLP, nodes of 10 to 40 records always
+answered and nodes of 160 or 320 records never did
+(``/tmp/review-leak/leak2_memory_dropout.py`` in the review).  Now every
+forward and backward pass takes exactly ``PHYSICAL_BATCH_SIZE`` examples
+(chunks of the batch, the last padded with examples that contribute the zero
+vector), so the memory of a step does not depend on the record count; the
+mechanism (clipped sum over the sampled examples, noise once per step) is
+unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securefl.federation.model import make_mlp
+from securefl.privacy.client import (
+    PHYSICAL_BATCH_SIZE,
+    DPConfig,
+    PrivateClient,
+    make_private_compatible,
+)
+
+
+def _client(n: int, sample_rate: float, *, seed: int = 5, reproducible: bool = False,
+            hidden: int = 4) -> PrivateClient:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    config = DPConfig(noise_multiplier=1.0, sample_rate=sample_rate, planned_rounds=5,
+                      batch_size=8, insecure_reproducible_noise=reproducible)
+    model = make_private_compatible(make_mlp(6, 3, hidden, seed=1))
+    return PrivateClient(1, model, x, y, config, seed=seed)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 150), sample_rate=st.sampled_from([0.02, 0.3, 0.5, 1.0]))
+def test_every_pass_holds_the_same_number_of_examples_whatever_the_record_count(
+        n: int, sample_rate: float) -> None:
+    client = _client(n, sample_rate)
+    sizes: list[int] = []
+    rows: list[int] = []
+    client._model.register_forward_hook(lambda module, inputs, output:
+                                        sizes.append(int(inputs[0].shape[0])))
+    clip = client._optimizer.clip_and_accumulate
+
+    def counting_clip() -> None:
+        rows.append(len(client._optimizer.params[0].grad_sample))
+        clip()
+
+    client._optimizer.clip_and_accumulate = counting_clip  # type: ignore[method-assign]
+    result = client.train_round([p.detach().clone() for p in client.parameters()])
+    assert sizes and set(sizes) == {PHYSICAL_BATCH_SIZE}
+    assert set(rows) == {PHYSICAL_BATCH_SIZE}  # per-example gradients held at once
+    assert result.steps == client.steps_per_round
+    # the accountant counts logical steps, not passes
+    assert client.history == [(1.0, sample_rate, client.steps_per_round)]
+    assert client.zeroed_examples == 0  # padding is not counted as a zeroed record
+
+
+@pytest.mark.parametrize("n", [1, 40, 97])
+def test_chunked_steps_are_the_same_mechanism(n: int) -> None:
+    """With the same (reproducible) randomness, passes of 3 examples give the
+    update that one pass over the whole batch gives: the clipped per-example
+    gradients are summed over the step's sampled examples and the noise is
+    added once per step."""
+    small, whole = (_client(n, 0.5, reproducible=True) for _ in range(2))
+    small.physical_batch_size = 3
+    whole.physical_batch_size = n  # the whole batch in one pass
+    start = [p.detach().clone() for p in small.parameters()]
+    a = small.train_round(start).update
+    b = whole.train_round(start).update
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert small.history == whole.history
+
+
+def test_a_record_that_raises_is_zeroed_in_a_padded_pass() -> None:
+    """The one-example fallback counts only the sampled examples it zeroed,
+    never the padding."""
+
+    class RaisesOnLabelTwo(torch.nn.CrossEntropyLoss):
+        def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if bool((target == 2).any()):
+                raise IndexError("label 2")
+            return super().forward(output, target)
+
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1])
+    config = DPConfig(noise_multiplier=1.0, sample_rate=1.0, planned_rounds=5, batch_size=8)
+    client = PrivateClient(1, make_private_compatible(make_mlp(6, 3, 4, seed=1)), x, y,
+                           config, loss_fn=RaisesOnLabelTwo())
+    client.train_round([p.detach().clone() for p in client.parameters()])
+    # sample rate 1: every step samples all five records; only the one labelled 2 raised
+    assert client.zeroed_examples == client.steps_per_round
