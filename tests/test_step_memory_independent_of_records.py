@@ -103,3 +103,43 @@ def test_a_record_that_raises_is_zeroed_in_a_padded_pass() -> None:
     client.train_round([p.detach().clone() for p in client.parameters()])
     # sample rate 1: every step samples all five records; only the one labelled 2 raised
     assert client.zeroed_examples == client.steps_per_round
+
+
+class _InterruptedOnSecondPass(torch.nn.Module):
+    """Raises ``KeyboardInterrupt`` (not an ``Exception``: it stops the round)
+    on its second forward while ``armed``: mid-step, after one pass's clipped
+    gradients were accumulated for a later pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.armed = False
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.armed and self.calls == 2:
+            raise KeyboardInterrupt
+        return self.linear(x)
+
+
+def test_a_step_interrupted_mid_way_leaves_nothing_for_the_next_round() -> None:
+    """The passes of a step accumulate their clipped gradients (Opacus's
+    skipped virtual steps); a round interrupted between two passes left them,
+    and the flag that keeps them, for the next call, whose first step then
+    summed a stale partial batch.  The next round now equals a fresh
+    client's."""
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    y = np.arange(200) % 3
+    config = DPConfig(noise_multiplier=0.0, sample_rate=1.0, planned_rounds=10)
+    model = _InterruptedOnSecondPass()
+    weights = [p.detach().clone() for p in model.parameters()]
+    client = PrivateClient(1, model, x, y, config)
+    client._model.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        client.train_round(weights)
+    client._model.armed = False
+    after = client.train_round(weights).update
+    fresh = PrivateClient(1, model, x, y, config).train_round(weights).update
+    for a, b in zip(after, fresh, strict=True):
+        np.testing.assert_array_equal(a, b)

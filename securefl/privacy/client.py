@@ -589,6 +589,11 @@ class PrivateClient:
         # a fresh local optimizer state every round (momentum, Adam moments),
         # as FedAvg clients start each round from the global model
         self._optimizer.original_optimizer.state.clear()
+        # and no clipped sum of a step an exception interrupted in an earlier
+        # call (its passes before the exception were accumulated, skipped)
+        self._optimizer._step_skip_queue.clear()
+        self._optimizer._is_last_step_skipped = False
+        self._optimizer.zero_grad(set_to_none=True)
         zeroed = self._optimizer.zeroed_examples
         for _ in range(self.steps_per_round):
             # Poisson sampling, as Opacus's UniformWithReplacementSampler does
