@@ -35,7 +35,8 @@ Exit status:
      configuration disagrees with its ledger or that cannot be read, a
      recorded epsilon or history that does not recompute)
   2  usage error, or the ledger cannot be read
-  3  verified, but no privacy budget was set: nothing bounds the spend
+  3  verified, but no privacy budget was set for some client (or some
+     user-level row): nothing bounds that spend
 """
 
 from __future__ import annotations
@@ -1042,15 +1043,12 @@ def audit_run(path: Path) -> dict[str, Any]:
             "in_flight": sum(1 for r in rows if r.in_flight),
         })
     clients = []
-    budgets: set[float] = set()
     for cid in sorted(clients_state):
         state = clients_state[cid]
         mine = [r for r in effective if r.client_id == cid]
         last = mine[-1] if mine else state.rows[-1]
         eps = eps_of(last)
         budget = last.epsilon_budget
-        if budget is not None:
-            budgets.add(budget)
         over = [name for name, v in eps.items() if budget is not None and not v <= budget]
         clients.append({
             "client_id": cid,
@@ -1065,18 +1063,33 @@ def audit_run(path: Path) -> dict[str, Any]:
             "epsilon_budget": budget,
             "over_budget_by": over,
         })
-    user_budgets = {u["epsilon_budget"] for u in user_level} - {None}
-    no_budget = (bool(clients) and not budgets) or (bool(user_level) and not user_budgets)
+    # one client (or user-level row) without a budget is enough: the OK
+    # verdict says that every client stayed within its budget
+    unbudgeted = [c for c in clients if c["epsilon_budget"] is None]
+    user_unbudgeted = [u["round"] for u in user_level if u["epsilon_budget"] is None]
+    no_budget = bool(unbudgeted) or bool(user_unbudgeted)
     ok = not violations
     if not ok:
         code, verdict = EXIT_FAIL, f"FAIL: {len(violations)} violation(s)"
     elif no_budget:
         code = EXIT_NO_BUDGET
-        worst = max((c["epsilon_max"] for c in clients if isinstance(c["epsilon_max"], float)),
-                    default=None)
-        verdict = ("NO BUDGET: the ledger verifies, but no client had a privacy budget, so"
-                   f" nothing bounds the spend (max epsilon {_fmt(worst)} by the loosest"
-                   " accountant)")
+        worst = max((c["epsilon_max"] for c in unbudgeted
+                     if isinstance(c["epsilon_max"], float)), default=None)
+        if unbudgeted and len(unbudgeted) == len(clients):
+            who = "no client had a privacy budget"
+        elif unbudgeted:
+            ids = ", ".join(str(c["client_id"]) for c in unbudgeted[:MAX_PRINTED])
+            more = "..." if len(unbudgeted) > MAX_PRINTED else ""
+            who = (f"{len(unbudgeted)} of {len(clients)} clients had no privacy budget"
+                   f" (client(s) {ids}{more})")
+        else:
+            who = "no user-level budget was set"
+        if user_unbudgeted and unbudgeted:
+            who += ", and no user-level budget was set"
+        verdict = f"NO BUDGET: the ledger verifies, but {who}, so nothing bounds the spend"
+        if unbudgeted:
+            verdict += (f" (max epsilon {_fmt(worst)} of a client without a budget, by the"
+                        " loosest accountant)")
     else:
         code = EXIT_OK
         four = all(c["adjacency"] == Adjacency.ADD_REMOVE_ONE.value for c in clients)
