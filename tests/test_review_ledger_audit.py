@@ -65,3 +65,99 @@ def test_uniform_budgets_keep_their_verdicts(tmp_path: Path,
         assert "no client had a privacy budget" in report["verdict"]
     else:
         assert report["exit_code"] == 0, report["verdict"]
+
+
+# -- record-level delta and budget, restated by a consistent rewriter ---------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from securefl.federation.simulation import SimulationConfig, run_simulation
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("rev-ledger") / "run"
+    run_simulation(SimulationConfig(num_clients=3, rounds=2, dropout=0.3,
+                                    noise_multiplier=1.0, epsilon_budget=50.0, seed=0,
+                                    hidden=16), out)
+    return out
+
+
+def _restated(run: Path, tmp_path: Path, **fields: float) -> Path:
+    """A copy of ``run`` whose every record-level row states ``fields``
+    (delta, epsilon_budget), every epsilon recomputed at the row's delta,
+    re-chained with the checkpoint's and metrics' anchors moved and the run
+    store dropped (tests/ledger_tools.py): only metrics.json's configuration
+    is left as it was."""
+    import shutil
+
+    from tests.ledger_tools import records, write_chained
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    recs = records(copy)
+    for rec in recs:
+        if rec.get("type") == "row":
+            rec.update(fields)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                eps = epsilons(rec["history"], rec["delta"])
+            rec.update(epsilon_rdp=eps["opacus-rdp"], epsilon_prv=eps["opacus-prv"],
+                       epsilon_dpa_rdp=eps["dp-accounting-rdp"],
+                       epsilon_dpa_pld=eps["dp-accounting-pld"])
+    write_chained(copy, recs)
+    return copy
+
+
+def test_the_real_run_verifies(run: Path) -> None:
+    report = audit_run(run)
+    assert report["exit_code"] == 0, report["violations"]
+
+
+def test_every_row_restated_at_delta_one_half_fails(run: Path, tmp_path: Path) -> None:
+    """Attack: the rewriter restates every row at delta 0.5.  Every epsilon
+    recomputes (10.33 at the run's 1e-5 becomes 1.99), and the audit said OK;
+    now the cap and metrics.json's configured delta both fail it."""
+    before = max(c["epsilon_max"] for c in audit_run(run)["clients"])
+    report = audit_run(_restated(run, tmp_path, delta=0.5))
+    after = max(c["epsilon_max"] for c in report["clients"])
+    assert after < before / 4  # what the forgery would have bought
+    assert report["exit_code"] == 1
+    assert any("above the record-level cap" in v for v in report["violations"])
+    assert any("metrics.json) gives delta = 1e-05, the row records 0.5" in v
+               for v in report["violations"])
+
+
+@pytest.mark.parametrize("fields", [{"delta": 1e-3}, {"epsilon_budget": 1e9}],
+                         ids=["delta-within-the-cap", "budget"])
+def test_a_row_that_disagrees_with_the_configuration_fails(run: Path, tmp_path: Path,
+                                                           fields: dict[str, float]) -> None:
+    report = audit_run(_restated(run, tmp_path, **fields))
+    assert report["exit_code"] == 1
+    key = next(iter(fields))
+    assert any(f"the run configuration (metrics.json) gives {key}" in v
+               for v in report["violations"]), report["violations"]
+
+
+def test_one_ledger_states_one_delta(tmp_path: Path) -> None:
+    """A ledger file alone (no configuration to compare with): round 2
+    stated at a larger delta than round 1 fails."""
+    import dataclasses
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = PrivacyLedger(path)
+    ledger.begin_round(1, [_row(1, 1, "in-flight", 2.0, 8.0)])
+    ledger.settle_round(1, [_row(1, 1, "included", 2.0, 8.0)])
+    second = _row(2, 1, "in-flight", 2.0, 8.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps = epsilons(second.history, 1e-4)
+    restated = {"delta": 1e-4, "epsilon_rdp": eps["opacus-rdp"],
+                "epsilon_prv": eps["opacus-prv"], "epsilon_dpa_rdp": eps["dp-accounting-rdp"],
+                "epsilon_dpa_pld": eps["dp-accounting-pld"]}
+    ledger.begin_round(2, [dataclasses.replace(second, **restated)])
+    ledger.settle_round(2, [dataclasses.replace(_row(2, 1, "included", 2.0, 8.0), **restated)])
+    report = audit_run(path)
+    assert report["exit_code"] == 1
+    assert any("2 different deltas" in v for v in report["violations"])

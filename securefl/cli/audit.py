@@ -19,10 +19,13 @@ epsilon differs from the recomputed one, an epsilon is infinite or NaN, a
 step was taken without noise, its noise was not drawn from the OS CSPRNG
 (``--insecure-reproducible-noise``: noise_source insecure-seeded), its
 adjacency does not match its weighting, or any accountant exceeds its
-budget.  An in-flight row that no settled row supersedes is charged in
-full.  Prints per round and per client.  With --plot FILE it also draws
-every client's epsilon per round to FILE; no plot is drawn by default, and
-never into RUN_DIR unless FILE is there.
+budget; the ledger fails when its rows state more than one delta or one
+above 1e-3, or a delta, budget, accountant, noise source, adjacency or
+weighting other than metrics.json's run configuration.  An in-flight
+row that no settled row supersedes is charged in full.  Prints per round
+and per client.  With --plot FILE it also draws every client's epsilon per
+round to FILE; no plot is drawn by default, and never into RUN_DIR unless
+FILE is there.
 
 Exit status:
   0  verified: every row recomputes, the chain and the cross-checks hold,
@@ -57,6 +60,7 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    RECORD_LEVEL_DELTA_MAX,
     USER_LEVEL_ACCOUNTANTS,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
@@ -296,6 +300,67 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
             violations.append(f"client {state.rows[0].client_id}: its rows disagree on its"
                               f" budget ({sorted(state.budgets, key=str)})")
     return clients, computed
+
+
+def _record_delta_problems(chain: LedgerChain) -> list[str]:
+    """Why the record-level rows' deltas do not verify (empty when they do):
+    every committed row states the same delta (each epsilon is recomputed at
+    its row's own delta, so rows restated at a larger delta would recompute
+    to a smaller epsilon), and it is at most :data:`RECORD_LEVEL_DELTA_MAX`
+    (an epsilon at a delta near ``1 / records`` means nothing)."""
+    deltas = sorted({row.delta for row in chain.committed if 0.0 < row.delta < 1.0})
+    found = []
+    if len(deltas) > 1:
+        found.append(f"the record-level rows state their epsilons at {len(deltas)} different"
+                     f" deltas ({', '.join(f'{d:g}' for d in deltas[:5])}): one delta for the"
+                     " whole ledger, the run's")
+    for delta in deltas:
+        if delta > RECORD_LEVEL_DELTA_MAX:
+            first = next(r for r in chain.committed if r.delta == delta)
+            found.append(f"round {first.round}, client {first.client_id}: delta {delta:g} is"
+                         f" above the record-level cap {RECORD_LEVEL_DELTA_MAX:g} (an epsilon"
+                         " at a delta near 1 / records permits releasing a record outright)")
+    return found
+
+
+def _record_config_problems(chain: LedgerChain, config: Any, source: str) -> list[str]:
+    """Why the record-level rows disagree with a run configuration
+    (``source`` names where it was read, ``metrics.json``); empty when they
+    agree, when the ledger has no record-level row or ``config`` is not a
+    dict.  A row's delta and budget are what its epsilon is recomputed at
+    and checked against: taken from the rows alone, a ledger rewritten at
+    delta 0.5 (re-chained, the anchors moved) verified with every epsilon
+    about five times smaller.  The expectations are the run store's
+    (:func:`~securefl.federation.round.ledger_expectations`): delta,
+    accountant, budget, noise source, adjacency, weighting."""
+    from dataclasses import fields as dataclass_fields
+
+    from securefl.federation.round import ledger_expectations
+    from securefl.federation.simulation import SimulationConfig
+
+    if not isinstance(config, dict) or not chain.committed:
+        return []
+    known = {f.name for f in dataclass_fields(SimulationConfig)}
+    try:
+        expected = ledger_expectations(SimulationConfig.from_json(
+            {k: v for k, v in config.items() if k in known}))
+    except (SecureFLError, TypeError, ValueError, KeyError) as exc:
+        return [f"the run configuration in {source} cannot be read ({type(exc).__name__}:"
+                f" {exc}): the ledger rows cannot be checked against it"]
+    found = []
+    seen: set[str] = set()
+    for row in chain.committed:
+        for key, value in expected.items():
+            recorded = getattr(row, key)
+            same = recorded == value or (
+                isinstance(recorded, float) and isinstance(value, float)
+                and math.isclose(recorded, value, rel_tol=1e-12))
+            if not same and key not in seen:
+                seen.add(key)
+                found.append(f"round {row.round}, client {row.client_id}: the run"
+                             f" configuration ({source}) gives {key} = {value!r}, the row"
+                             f" records {recorded!r}")
+    return found
 
 
 def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
@@ -954,6 +1019,8 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
         else:
             result["metrics_round"] = metrics_round
             if isinstance(metrics, dict):
+                violations.extend(_record_config_problems(chain, metrics.get("config"),
+                                                          METRICS_NAME))
                 violations.extend(_user_config_problems(chain, metrics.get("config"),
                                                         METRICS_NAME))
                 violations.extend(_user_release_problems(chain, metrics))
@@ -998,6 +1065,7 @@ def audit_run(path: Path) -> dict[str, Any]:
         notes.append("the last line is a torn write (the process was killed mid-write);"
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
+    found.extend(_record_delta_problems(chain))
     user_level = _verify_user_level(chain, found, notes)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,

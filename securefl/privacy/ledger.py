@@ -48,6 +48,7 @@ __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_FORMAT",
     "NOISE_SOURCES",
+    "RECORD_LEVEL_DELTA_MAX",
     "USER_LEVEL_ADJACENCY",
     "USER_LEVEL_DELTA_MAX",
     "USER_LEVEL_MECHANISMS",
@@ -98,6 +99,13 @@ USER_LEVEL_DELTA_MAX = 1e-3
 """The largest user-level delta the planner and the audit accept (a
 delta near or above ``1 / number of clients`` permits releasing some
 client's data outright); a row must also have ``delta < 1 / survivors``."""
+RECORD_LEVEL_DELTA_MAX = USER_LEVEL_DELTA_MAX
+"""The largest record-level delta ``securefl audit`` accepts (the same cap as
+the user level's): a client's record count is private, so the audit cannot
+check ``delta < 1 / records``, but an epsilon at a delta near ``1 /
+records`` permits releasing some record outright (at delta 0.5 the default
+run's epsilon of 10.3 reads 2.0).  Every row of a ledger must also state
+the same delta, the run's configured one."""
 USER_LEVEL_STATUSES = ("in-flight", "released", "round-aborted", "skipped")
 """``status`` values of user-level rows.  ``in-flight``: written in the
 round's in-flight block, before any client's noisy data leaves its control,
