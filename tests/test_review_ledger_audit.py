@@ -161,3 +161,41 @@ def test_one_ledger_states_one_delta(tmp_path: Path) -> None:
     report = audit_run(path)
     assert report["exit_code"] == 1
     assert any("2 different deltas" in v for v in report["violations"])
+
+
+# -- two in-flight rows of one client --------------------------------------------------
+
+
+def _charge(steps: int) -> LedgerEntry:
+    import dataclasses
+
+    row = _row(1, 1, "in-flight", 1.0, 8.0, steps=max(steps, 1))
+    if steps == 0:
+        row = dataclasses.replace(row, local_steps=0, history=[], epsilon_rdp=0.0,
+                                  epsilon_prv=0.0, epsilon_dpa_rdp=0.0, epsilon_dpa_pld=0.0)
+    return row
+
+
+def test_two_in_flight_rows_of_one_client_cannot_erase_a_charge(tmp_path: Path) -> None:
+    """Attack: an in-flight block with the client's 4-step charge and a
+    second in-flight row of 0 steps, then a settled row of 0 steps.  The
+    audit took the last in-flight row as the charge, so the settled row
+    superseded both: the 4 steps charged before training vanished (exit 0,
+    0 steps).  The writer now refuses the block, and the reader flags it."""
+    import dataclasses
+
+    from securefl.errors import LedgerError
+    from securefl.privacy.ledger import encode_block, header_line, load_ledger, record_digest
+
+    with pytest.raises(LedgerError, match="one row per client per block"):
+        PrivacyLedger(tmp_path / "refused.jsonl").begin_round(1, [_charge(4), _charge(0)])
+    header = header_line("00" * 16)
+    flight = encode_block(record_digest(header), 1, "in-flight", [_charge(4), _charge(0)])
+    settled = encode_block(record_digest(flight[-1]), 1, "settled",
+                           [dataclasses.replace(_charge(0), status="dropped")])
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in [header, *flight, *settled]))
+    assert any("two in-flight rows" in p for p in load_ledger(path).problems)
+    report = audit_run(path)
+    assert report["exit_code"] == 1
+    assert any("two in-flight rows in round 1" in v for v in report["violations"])
