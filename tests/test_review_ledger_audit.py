@@ -3,6 +3,7 @@ each test plays one attack that passed before its fix."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -199,3 +200,49 @@ def test_two_in_flight_rows_of_one_client_cannot_erase_a_charge(tmp_path: Path) 
     report = audit_run(path)
     assert report["exit_code"] == 1
     assert any("two in-flight rows in round 1" in v for v in report["violations"])
+
+
+# -- the grid accountants' memory grows with the epsilon, not only the steps --------
+
+
+def test_a_huge_epsilon_is_not_handed_to_the_grid_accountants(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Attack: a ledger row of 1000 steps at sigma 0.5 and sample rate 1 (far
+    below MAX_GRID_STEPS).  Opacus's PRV grid spans the privacy loss: the
+    audit took 8.4 GB and 42 s for it, and 2000 steps at sigma 0.3 more than
+    24 GB (the OOM killer ended the process).  Beyond MAX_GRID_EPSILON by the
+    cheap RDP bound the grid accountants are not run: NaN, which fails."""
+    import opacus.accountants
+    from dp_accounting.pld import PLDAccountant
+
+    from securefl.privacy import accounting
+
+    def refuse(*args: object, **kwargs: object) -> float:
+        raise AssertionError("a grid accountant was run")
+
+    monkeypatch.setattr(opacus.accountants.PRVAccountant, "get_epsilon", refuse)
+    monkeypatch.setattr(PLDAccountant, "get_epsilon", refuse)
+    for history in ([(0.5, 1.0, 1000)], [(0.3, 1.0, 2000)], [(0.05, 0.5, 3)]):
+        values = accounting.epsilons(history, 1e-5)
+        assert values["opacus-rdp"] > accounting.MAX_GRID_EPSILON
+        assert math.isnan(values["opacus-prv"]) and math.isnan(values["dp-accounting-pld"])
+        assert math.isnan(accounting.epsilon_replace_one_pld(history, 1e-5))
+
+    path = tmp_path / "ledger.jsonl"
+    PrivacyLedger(path).begin_round(1, [LedgerEntry(
+        round=1, client_id=1, status="in-flight", entered_sum=False, noise_multiplier=0.5,
+        sample_rate=1.0, local_steps=1000, delta=1e-5, epsilon_rdp=1.0, epsilon_prv=None,
+        accountant="rdp", epsilon_budget=None, survivors=0, history=[[0.5, 1.0, 1000]])])
+    report = audit_run(path)
+    assert report["exit_code"] == 1
+    assert any("opacus-prv cannot bound this history" in v for v in report["violations"])
+
+
+def test_under_the_cap_the_grid_accountants_still_run() -> None:
+    from securefl.privacy import accounting
+
+    values = accounting.epsilons([(1.0, 0.5, 8)], 1e-5)
+    assert all(math.isfinite(v) for v in values.values())
+    assert values["opacus-prv"] <= values["opacus-rdp"]
+    near = accounting.epsilons([(0.1, 1.0, 1)], 1e-5)  # RDP 96: just under the cap
+    assert math.isfinite(near["opacus-prv"]) and math.isfinite(near["dp-accounting-pld"])
