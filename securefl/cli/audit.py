@@ -323,6 +323,32 @@ def _record_delta_problems(chain: LedgerChain) -> list[str]:
     return found
 
 
+def _record_config_expectations(config: dict[str, Any]) -> dict[str, Any]:
+    """Ledger row field -> the value a run configuration (as exported to
+    ``metrics.json``) prescribes, for the keys it has: what
+    :func:`~securefl.federation.round.ledger_expectations` gives the run
+    store's check (the budget is ``epsilon_budget``, else ``target_epsilon``,
+    as :class:`~securefl.privacy.client.DPConfig` defaults it)."""
+    expected: dict[str, Any] = {}
+    if isinstance(config.get("delta"), int | float):
+        expected["delta"] = float(config["delta"])
+    if "epsilon_budget" in config or "target_epsilon" in config:
+        budget = config.get("epsilon_budget")
+        if budget is None:
+            budget = config.get("target_epsilon")
+        expected["epsilon_budget"] = None if budget is None else float(budget)
+    if isinstance(config.get("accountant"), str):
+        expected["accountant"] = config["accountant"]
+    if isinstance(config.get("insecure_reproducible_noise"), bool):
+        expected["noise_source"] = (NoiseSource.INSECURE_SEEDED.value
+                                    if config["insecure_reproducible_noise"]
+                                    else NoiseSource.OS_CSPRNG.value)
+    if config.get("weighting") in WEIGHTINGS:
+        expected["weighting"] = config["weighting"]
+        expected["adjacency"] = adjacency_for(config["weighting"]).value
+    return expected
+
+
 def _record_config_problems(chain: LedgerChain, config: Any, source: str) -> list[str]:
     """Why the record-level rows disagree with a run configuration
     (``source`` names where it was read, ``metrics.json``); empty when they
@@ -330,32 +356,21 @@ def _record_config_problems(chain: LedgerChain, config: Any, source: str) -> lis
     dict.  A row's delta and budget are what its epsilon is recomputed at
     and checked against: taken from the rows alone, a ledger rewritten at
     delta 0.5 (re-chained, the anchors moved) verified with every epsilon
-    about five times smaller.  The expectations are the run store's
-    (:func:`~securefl.federation.round.ledger_expectations`): delta,
-    accountant, budget, noise source, adjacency, weighting."""
-    from dataclasses import fields as dataclass_fields
-
-    from securefl.federation.round import ledger_expectations
-    from securefl.federation.simulation import SimulationConfig
-
+    about five times smaller.  Compared: delta, budget, accountant, noise
+    source, adjacency and weighting (:func:`_record_config_expectations`)."""
     if not isinstance(config, dict) or not chain.committed:
         return []
-    known = {f.name for f in dataclass_fields(SimulationConfig)}
     try:
-        expected = ledger_expectations(SimulationConfig.from_json(
-            {k: v for k, v in config.items() if k in known}))
-    except (SecureFLError, TypeError, ValueError, KeyError) as exc:
-        return [f"the run configuration in {source} cannot be read ({type(exc).__name__}:"
-                f" {exc}): the ledger rows cannot be checked against it"]
+        expected = _record_config_expectations(config)
+    except (TypeError, ValueError, OverflowError):
+        return [f"the run configuration in {source} cannot be read: the ledger rows cannot"
+                " be checked against it"]
     found = []
     seen: set[str] = set()
     for row in chain.committed:
         for key, value in expected.items():
             recorded = getattr(row, key)
-            same = recorded == value or (
-                isinstance(recorded, float) and isinstance(value, float)
-                and math.isclose(recorded, value, rel_tol=1e-12))
-            if not same and key not in seen:
+            if recorded != value and key not in seen:
                 seen.add(key)
                 found.append(f"round {row.round}, client {row.client_id}: the run"
                              f" configuration ({source}) gives {key} = {value!r}, the row"
