@@ -246,3 +246,48 @@ def test_under_the_cap_the_grid_accountants_still_run() -> None:
     assert values["opacus-prv"] <= values["opacus-rdp"]
     near = accounting.epsilons([(0.1, 1.0, 1)], 1e-5)  # RDP 96: just under the cap
     assert math.isfinite(near["opacus-prv"]) and math.isfinite(near["dp-accounting-pld"])
+
+
+# -- per-client sample rates publish record counts ---------------------------------
+
+
+def test_add_remove_one_rows_at_per_client_sample_rates_fail(tmp_path: Path) -> None:
+    """Attack: securefl.federate with DataLoaders and no sample_rate gave
+    each client q = B / n (Opacus's rule), published in the ledger, while
+    its rows stated add/remove-one epsilons (5.38, 4.87, 3.79) and the audit
+    passed.  federate now refuses it under uniform weighting
+    (tests/test_federate.py); a ledger that has such rows fails the audit."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import securefl
+    from securefl.errors import ConfigurationError
+
+    gen = torch.Generator().manual_seed(0)
+    loaders = [DataLoader(TensorDataset(torch.randn(n, 4, generator=gen),
+                                        torch.randint(0, 2, (n,), generator=gen)),
+                          batch_size=10) for n in (20, 40)]
+    with pytest.raises(ConfigurationError, match="publishes its record count"):
+        securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
+                          noise_multiplier=1.0)
+    # a ledger written before the refusal: one client at q 0.5, one at 0.25
+    path = tmp_path / "ledger.jsonl"
+    ledger = PrivacyLedger(path)
+    rows = [_row(1, 1, "in-flight", 2.0, 8.0), _row(1, 2, "in-flight", 2.0, 8.0)]
+    import dataclasses
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps = epsilons([[2.0, 0.25, 4]], 1e-5)
+    quarter = {"sample_rate": 0.25, "history": [[2.0, 0.25, 4]],
+               "epsilon_rdp": eps["opacus-rdp"], "epsilon_prv": eps["opacus-prv"],
+               "epsilon_dpa_rdp": eps["dp-accounting-rdp"],
+               "epsilon_dpa_pld": eps["dp-accounting-pld"]}
+    rows[1] = dataclasses.replace(rows[1], **quarter)
+    ledger.begin_round(1, rows)
+    ledger.settle_round(1, [_row(1, 1, "included", 2.0, 8.0),
+                            dataclasses.replace(_row(1, 2, "included", 2.0, 8.0), **quarter)])
+    report = audit_run(path)
+    assert report["exit_code"] == 1
+    assert any("2 different sample rates" in v for v in report["violations"])

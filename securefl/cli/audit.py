@@ -323,6 +323,27 @@ def _record_delta_problems(chain: LedgerChain) -> list[str]:
     return found
 
 
+def _record_rate_problems(chain: LedgerChain) -> list[str]:
+    """Why the add-or-remove-one rows do not share one public sample rate
+    (empty when they do).  Their epsilons hold only when nothing published
+    depends on a client's record count; a rate per client (a DataLoader's
+    ``batch_size / len(dataset)``) publishes it, and a record added or
+    removed would change it: such rows need replace-one adjacency."""
+    rates: dict[float, LedgerEntry] = {}
+    for row in chain.committed:
+        if row.adjacency == Adjacency.ADD_REMOVE_ONE.value and row.local_steps > 0:
+            rates.setdefault(row.sample_rate, row)
+    if len(rates) < 2:
+        return []
+    shown = ", ".join(f"{q:g} (round {r.round}, client {r.client_id})"
+                      for q, r in list(rates.items())[:5])
+    return [f"the add-or-remove-one rows train at {len(rates)} different sample rates"
+            f" ({shown}): a rate that differs between clients or rounds can publish a"
+            " record count (a DataLoader's batch_size / len(dataset)), and a record added or"
+            " removed would change it; add-or-remove-one epsilons need one public rate"
+            " (otherwise the rows must state replace-one epsilons)"]
+
+
 def _record_config_expectations(config: dict[str, Any]) -> dict[str, Any]:
     """Ledger row field -> the value a run configuration (as exported to
     ``metrics.json``) prescribes, for the keys it has: what
@@ -1081,6 +1102,7 @@ def audit_run(path: Path) -> dict[str, Any]:
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
     found.extend(_record_delta_problems(chain))
+    found.extend(_record_rate_problems(chain))
     user_level = _verify_user_level(chain, found, notes)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,
