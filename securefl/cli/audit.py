@@ -20,7 +20,8 @@ step was taken without noise, its noise was not drawn from the OS CSPRNG
 (``--insecure-reproducible-noise``: noise_source insecure-seeded), its
 adjacency does not match its weighting, or any accountant exceeds its
 budget; the ledger fails when its rows state more than one delta or one
-above 1e-3, or a delta, budget, accountant, noise source, adjacency or
+above 1e-3, add-or-remove-one rows train at more than one sample rate, or
+a row states a delta, budget, accountant, noise source, adjacency or
 weighting other than metrics.json's run configuration.  An in-flight
 row that no settled row supersedes is charged in full.  Prints per round
 and per client.  With --plot FILE it also draws every client's epsilon per
