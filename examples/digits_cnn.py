@@ -10,8 +10,11 @@ As with Opacus's ``DPDataLoader``, each client's loader keeps its data set and
 its batch size, and DP-SGD replaces its sampler: every image joins each
 step's batch independently with probability ``batch_size / len(dataset)``.
 That sample rate differs per client and is public (it is in the ledger), so
-it reveals each client's record count; pass ``sample_rate=`` to
-:func:`securefl.federate` for one public rate that reveals nothing.
+it reveals each client's record count, and only replace-one epsilons (the
+record count fixed) hold: the example weights updates by examples
+(``weighting="examples"``, replace-one accounting), which this rule needs.
+Pass ``sample_rate=`` to :func:`securefl.federate` instead for one public
+rate that reveals nothing (add-or-remove-one epsilons, uniform weighting).
 
     python examples/digits_cnn.py [--rounds N] [--clients N] [--output DIR]
 """
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> securefl.FederationResult:
         lr=0.5,
         test_data=test,                # reported: test loss and accuracy
         dropout=0.1,
+        weighting="examples",          # the loaders' rates publish the record counts
         output_dir=args.output,
         on_round=show,
     )

@@ -113,6 +113,26 @@ def test_a_stale_or_foreign_admission_is_refused() -> None:
                       admission=admission)
 
 
+def test_an_admission_is_stale_once_the_client_trained_even_in_one_history_row() -> None:
+    """Attack (rev-ledger review): Opacus merges rounds at the same sigma and
+    q into ONE history row, so an admission that checked the number of rows
+    was stale-proof only for a client's first round.  An admission of round 2
+    reused for round 3 was accepted: round 3 trained without the budget
+    guard, to epsilon 8.98 over a budget of 8 (a fresh admission refuses)."""
+    client = _client(2, sample_rate=0.5, epsilon_budget=8.0)
+    codec = _codec(client)
+    client_update(client, _global(client), codec, 1, AggregationMode.SECURE)
+    second = admit(client)
+    client_update(client, _global(client), codec, 2, AggregationMode.SECURE, admission=second)
+    assert len(client.history) == len(second.history) == 1  # one merged row
+    with pytest.raises(PrivacyBudgetExceededError):
+        admit(client)
+    with pytest.raises(ConfigurationError, match="admit it again"):
+        client_update(client, _global(client), codec, 3, AggregationMode.SECURE,
+                      admission=second)
+    assert client.history == [(1.0, 0.5, 4)]  # round 3 trained nothing
+
+
 @settings(max_examples=10, deadline=None)
 @given(round_number=st.integers(1, 50))
 def test_the_server_cannot_regenerate_the_rounding(round_number: int) -> None:

@@ -120,9 +120,17 @@ def test_dataloaders_set_each_clients_sample_rate_as_opacus_does(
                                                         dtype=torch.float32),
                                         torch.as_tensor(rng.integers(0, 2, size=n))),
                           batch_size=10, shuffle=True) for n in sizes]
+    # rev-ledger review: under uniform weighting the rows stated add/remove-one
+    # epsilons (5.38, 4.87, 3.79) while q = B / n published n: a record added
+    # or removed changes the published rate, so no such epsilon holds
+    with pytest.raises(ConfigurationError, match="weighting='examples'"):
+        securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
+                          noise_multiplier=1.0, output_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
     with caplog.at_level(logging.WARNING, logger="securefl.federation.api"):
         result = securefl.federate(nn.Linear(4, 2), loaders, nn.CrossEntropyLoss(), rounds=1,
-                                   noise_multiplier=1.0, output_dir=tmp_path / "run")
+                                   noise_multiplier=1.0, weighting="examples",
+                                   output_dir=tmp_path / "run")
     assert "reveal every client's record count" in caplog.text
     rates = {c.client_id: (c.sample_rate, c.config.batch_size, c.steps_per_round)
              for c in result.clients}
@@ -130,6 +138,7 @@ def test_dataloaders_set_each_clients_sample_rate_as_opacus_does(
     rows = [r for r in load_ledger(tmp_path / "run" / "ledger.jsonl").committed
             if not r.in_flight]
     assert {r.client_id: r.sample_rate for r in rows} == {1: 0.5, 2: 0.25, 3: 0.125}
+    assert {r.adjacency for r in rows} == {"replace-one"}  # n is public: n fixed
     from securefl.cli.audit import audit_run
 
     report = audit_run(tmp_path / "run")  # per-client rates verify like any run's

@@ -19,10 +19,14 @@ epsilon differs from the recomputed one, an epsilon is infinite or NaN, a
 step was taken without noise, its noise was not drawn from the OS CSPRNG
 (``--insecure-reproducible-noise``: noise_source insecure-seeded), its
 adjacency does not match its weighting, or any accountant exceeds its
-budget.  An in-flight row that no settled row supersedes is charged in
-full.  Prints per round and per client.  With --plot FILE it also draws
-every client's epsilon per round to FILE; no plot is drawn by default, and
-never into RUN_DIR unless FILE is there.
+budget; the ledger fails when its rows state more than one delta or one
+above 1e-3, add-or-remove-one rows train at more than one sample rate, or
+a row states a delta, budget, accountant, noise source, adjacency or
+weighting other than metrics.json's run configuration.  An in-flight
+row that no settled row supersedes is charged in full.  Prints per round
+and per client.  With --plot FILE it also draws every client's epsilon per
+round to FILE; no plot is drawn by default, and never into RUN_DIR unless
+FILE is there.
 
 Exit status:
   0  verified: every row recomputes, the chain and the cross-checks hold,
@@ -35,7 +39,8 @@ Exit status:
      configuration disagrees with its ledger or that cannot be read, a
      recorded epsilon or history that does not recompute)
   2  usage error, or the ledger cannot be read
-  3  verified, but no privacy budget was set: nothing bounds the spend
+  3  verified, but no privacy budget was set for some client (or some
+     user-level row): nothing bounds that spend
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from securefl.privacy.ledger import (
     ADJACENCIES,
     LEDGER_FILENAME,
     NOISE_SOURCES,
+    RECORD_LEVEL_DELTA_MAX,
     USER_LEVEL_ACCOUNTANTS,
     USER_LEVEL_ADJACENCY,
     USER_LEVEL_DELTA_MAX,
@@ -295,6 +301,103 @@ def _verify_rows(chain: LedgerChain, violations: list[str]) -> tuple[
             violations.append(f"client {state.rows[0].client_id}: its rows disagree on its"
                               f" budget ({sorted(state.budgets, key=str)})")
     return clients, computed
+
+
+def _record_delta_problems(chain: LedgerChain) -> list[str]:
+    """Why the record-level rows' deltas do not verify (empty when they do):
+    every committed row states the same delta (each epsilon is recomputed at
+    its row's own delta, so rows restated at a larger delta would recompute
+    to a smaller epsilon), and it is at most :data:`RECORD_LEVEL_DELTA_MAX`
+    (an epsilon at a delta near ``1 / records`` means nothing)."""
+    deltas = sorted({row.delta for row in chain.committed if 0.0 < row.delta < 1.0})
+    found = []
+    if len(deltas) > 1:
+        found.append(f"the record-level rows state their epsilons at {len(deltas)} different"
+                     f" deltas ({', '.join(f'{d:g}' for d in deltas[:5])}): one delta for the"
+                     " whole ledger, the run's")
+    for delta in deltas:
+        if delta > RECORD_LEVEL_DELTA_MAX:
+            first = next(r for r in chain.committed if r.delta == delta)
+            found.append(f"round {first.round}, client {first.client_id}: delta {delta:g} is"
+                         f" above the record-level cap {RECORD_LEVEL_DELTA_MAX:g} (an epsilon"
+                         " at a delta near 1 / records permits releasing a record outright)")
+    return found
+
+
+def _record_rate_problems(chain: LedgerChain) -> list[str]:
+    """Why the add-or-remove-one rows do not share one public sample rate
+    (empty when they do).  Their epsilons hold only when nothing published
+    depends on a client's record count; a rate per client (a DataLoader's
+    ``batch_size / len(dataset)``) publishes it, and a record added or
+    removed would change it: such rows need replace-one adjacency."""
+    rates: dict[float, LedgerEntry] = {}
+    for row in chain.committed:
+        if row.adjacency == Adjacency.ADD_REMOVE_ONE.value and row.local_steps > 0:
+            rates.setdefault(row.sample_rate, row)
+    if len(rates) < 2:
+        return []
+    shown = ", ".join(f"{q:g} (round {r.round}, client {r.client_id})"
+                      for q, r in list(rates.items())[:5])
+    return [f"the add-or-remove-one rows train at {len(rates)} different sample rates"
+            f" ({shown}): a rate that differs between clients or rounds can publish a"
+            " record count (a DataLoader's batch_size / len(dataset)), and a record added or"
+            " removed would change it; add-or-remove-one epsilons need one public rate"
+            " (otherwise the rows must state replace-one epsilons)"]
+
+
+def _record_config_expectations(config: dict[str, Any]) -> dict[str, Any]:
+    """Ledger row field -> the value a run configuration (as exported to
+    ``metrics.json``) prescribes, for the keys it has: what
+    :func:`~securefl.federation.round.ledger_expectations` gives the run
+    store's check (the budget is ``epsilon_budget``, else ``target_epsilon``,
+    as :class:`~securefl.privacy.client.DPConfig` defaults it)."""
+    expected: dict[str, Any] = {}
+    if isinstance(config.get("delta"), int | float):
+        expected["delta"] = float(config["delta"])
+    if "epsilon_budget" in config or "target_epsilon" in config:
+        budget = config.get("epsilon_budget")
+        if budget is None:
+            budget = config.get("target_epsilon")
+        expected["epsilon_budget"] = None if budget is None else float(budget)
+    if isinstance(config.get("accountant"), str):
+        expected["accountant"] = config["accountant"]
+    if isinstance(config.get("insecure_reproducible_noise"), bool):
+        expected["noise_source"] = (NoiseSource.INSECURE_SEEDED.value
+                                    if config["insecure_reproducible_noise"]
+                                    else NoiseSource.OS_CSPRNG.value)
+    if config.get("weighting") in WEIGHTINGS:
+        expected["weighting"] = config["weighting"]
+        expected["adjacency"] = adjacency_for(config["weighting"]).value
+    return expected
+
+
+def _record_config_problems(chain: LedgerChain, config: Any, source: str) -> list[str]:
+    """Why the record-level rows disagree with a run configuration
+    (``source`` names where it was read, ``metrics.json``); empty when they
+    agree, when the ledger has no record-level row or ``config`` is not a
+    dict.  A row's delta and budget are what its epsilon is recomputed at
+    and checked against: taken from the rows alone, a ledger rewritten at
+    delta 0.5 (re-chained, the anchors moved) verified with every epsilon
+    about five times smaller.  Compared: delta, budget, accountant, noise
+    source, adjacency and weighting (:func:`_record_config_expectations`)."""
+    if not isinstance(config, dict) or not chain.committed:
+        return []
+    try:
+        expected = _record_config_expectations(config)
+    except (TypeError, ValueError, OverflowError):
+        return [f"the run configuration in {source} cannot be read: the ledger rows cannot"
+                " be checked against it"]
+    found = []
+    seen: set[str] = set()
+    for row in chain.committed:
+        for key, value in expected.items():
+            recorded = getattr(row, key)
+            if recorded != value and key not in seen:
+                seen.add(key)
+                found.append(f"round {row.round}, client {row.client_id}: the run"
+                             f" configuration ({source}) gives {key} = {value!r}, the row"
+                             f" records {recorded!r}")
+    return found
 
 
 def _user_row_problems(row: UserLevelEntry, previous: list[list[float]],
@@ -953,6 +1056,8 @@ def _cross_check(chain: LedgerChain, run_dir: Path, violations: list[str],
         else:
             result["metrics_round"] = metrics_round
             if isinstance(metrics, dict):
+                violations.extend(_record_config_problems(chain, metrics.get("config"),
+                                                          METRICS_NAME))
                 violations.extend(_user_config_problems(chain, metrics.get("config"),
                                                         METRICS_NAME))
                 violations.extend(_user_release_problems(chain, metrics))
@@ -997,6 +1102,8 @@ def audit_run(path: Path) -> dict[str, Any]:
         notes.append("the last line is a torn write (the process was killed mid-write);"
                      " it is ignored, and the in-flight rows before it are charged")
     clients_state, computed = _verify_rows(chain, found)
+    found.extend(_record_delta_problems(chain))
+    found.extend(_record_rate_problems(chain))
     user_level = _verify_user_level(chain, found, notes)
     if path.is_dir():
         cross = _cross_check(chain, path, found, notes,
@@ -1042,15 +1149,12 @@ def audit_run(path: Path) -> dict[str, Any]:
             "in_flight": sum(1 for r in rows if r.in_flight),
         })
     clients = []
-    budgets: set[float] = set()
     for cid in sorted(clients_state):
         state = clients_state[cid]
         mine = [r for r in effective if r.client_id == cid]
         last = mine[-1] if mine else state.rows[-1]
         eps = eps_of(last)
         budget = last.epsilon_budget
-        if budget is not None:
-            budgets.add(budget)
         over = [name for name, v in eps.items() if budget is not None and not v <= budget]
         clients.append({
             "client_id": cid,
@@ -1065,18 +1169,33 @@ def audit_run(path: Path) -> dict[str, Any]:
             "epsilon_budget": budget,
             "over_budget_by": over,
         })
-    user_budgets = {u["epsilon_budget"] for u in user_level} - {None}
-    no_budget = (bool(clients) and not budgets) or (bool(user_level) and not user_budgets)
+    # one client (or user-level row) without a budget is enough: the OK
+    # verdict says that every client stayed within its budget
+    unbudgeted = [c for c in clients if c["epsilon_budget"] is None]
+    user_unbudgeted = [u["round"] for u in user_level if u["epsilon_budget"] is None]
+    no_budget = bool(unbudgeted) or bool(user_unbudgeted)
     ok = not violations
     if not ok:
         code, verdict = EXIT_FAIL, f"FAIL: {len(violations)} violation(s)"
     elif no_budget:
         code = EXIT_NO_BUDGET
-        worst = max((c["epsilon_max"] for c in clients if isinstance(c["epsilon_max"], float)),
-                    default=None)
-        verdict = ("NO BUDGET: the ledger verifies, but no client had a privacy budget, so"
-                   f" nothing bounds the spend (max epsilon {_fmt(worst)} by the loosest"
-                   " accountant)")
+        worst = max((c["epsilon_max"] for c in unbudgeted
+                     if isinstance(c["epsilon_max"], float)), default=None)
+        if unbudgeted and len(unbudgeted) == len(clients):
+            who = "no client had a privacy budget"
+        elif unbudgeted:
+            ids = ", ".join(str(c["client_id"]) for c in unbudgeted[:MAX_PRINTED])
+            more = "..." if len(unbudgeted) > MAX_PRINTED else ""
+            who = (f"{len(unbudgeted)} of {len(clients)} clients had no privacy budget"
+                   f" (client(s) {ids}{more})")
+        else:
+            who = "no user-level budget was set"
+        if user_unbudgeted and unbudgeted:
+            who += ", and no user-level budget was set"
+        verdict = f"NO BUDGET: the ledger verifies, but {who}, so nothing bounds the spend"
+        if unbudgeted:
+            verdict += (f" (max epsilon {_fmt(worst)} of a client without a budget, by the"
+                        " loosest accountant)")
     else:
         code = EXIT_OK
         four = all(c["adjacency"] == Adjacency.ADD_REMOVE_ONE.value for c in clients)

@@ -45,8 +45,11 @@ divided by the expected batch size ``B``.  ``q`` and ``B`` are:
   ``q = B / len(dataset)``.  The loader's sampler and shuffling are not used.
   Such a ``q`` is a function of the client's record count ``n`` and is
   public (the server and the ledger know it), so it reveals ``n`` (logged
-  as a warning); the epsilon is then Opacus's, which treats ``n`` as
-  public;
+  as a warning), and only replace-one epsilons hold (``n`` fixed): this
+  rule needs ``weighting="examples"`` (whose ledger rows state replace-one
+  epsilons); with the default uniform weighting, whose rows state
+  add-or-remove-one epsilons, it is refused (a record added or removed
+  would change the published ``q``: no finite add/remove-one epsilon);
 * otherwise ``q`` = :data:`~securefl.privacy.client.DEFAULT_SAMPLE_RATE` and
   ``B`` = ``batch_size`` (default 36).
 """
@@ -75,6 +78,7 @@ from securefl.federation.simulation import RoundReport, SimulationConfig, run_si
 from securefl.federation.validation import DataSpec, check_federation
 from securefl.privacy.client import DEFAULT_SAMPLE_RATE, DPConfig, OptimizerFactory, PrivateClient
 from securefl.privacy.layers import Replacement, prepare_model
+from securefl.privacy.options import Weighting
 
 __all__ = ["FederationResult", "federate", "sample_rates"]
 
@@ -228,7 +232,8 @@ def federate(
         delta: the delta every epsilon is stated at.
         max_grad_norm: the per-example clipping norm.
         sample_rate: one public Poisson sample rate for every client (see
-            the module docstring for the default).
+            the module docstring for the default; DataLoaders without it
+            need ``weighting="examples"``).
         batch_size: the expected batch size dividing each step's noisy
             gradient sum (default: the DataLoaders', else 36).
         local_epochs: local passes per round (``round(1 / q)`` steps each).
@@ -271,7 +276,9 @@ def federate(
             (before anything else).
         DataValidationError: a client's data or the test set is refused,
             naming it and the problem (before any training).
-        ConfigurationError: on invalid options.
+        ConfigurationError: on invalid options, or DataLoaders without
+            ``sample_rate`` under uniform weighting (their per-client rates
+            would publish the record counts).
     """
     unknown = sorted(set(options) - _SIMULATION_FIELDS)
     if unknown:
@@ -282,16 +289,28 @@ def federate(
         model, client_data, loss_fn, test_data,
         replace_incompatible_layers=replace_incompatible_layers)
     rates = sample_rates(prepared, sample_rate=sample_rate, batch_size=batch_size)
-    if sample_rate is None and prepared[0].batch_size is not None:
-        logger.warning(
-            "each client's Poisson sample rate is its DataLoader's batch_size / len(dataset),"
-            " as Opacus's: these rates are public (in the ledger) and reveal every client's"
-            " record count; pass sample_rate= for one rate shared by all")
     config = SimulationConfig(
         num_clients=len(prepared), rounds=rounds, dropout=dropout,
         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
         max_grad_norm=max_grad_norm, sample_rate=rates[0][0], batch_size=rates[0][1],
         local_epochs=local_epochs, lr=lr, secure=secure, seed=seed, **options)
+    if sample_rate is None and prepared[0].batch_size is not None and config.record_level:
+        if config.weighting is not Weighting.EXAMPLES:
+            # q = B / n is published (ledger, messages): under add/remove-one
+            # adjacency the neighbouring data sets (n and n + 1 records) give
+            # different published rates, so no add/remove-one epsilon holds
+            raise ConfigurationError(
+                "each client's Poisson sample rate would be its DataLoader's batch_size /"
+                " len(dataset) (Opacus's rule), which publishes its record count: the"
+                " add-or-remove-one epsilons of weighting='uniform' would not hold (a record"
+                " added or removed changes the published rate). Pass sample_rate= (one"
+                " public rate for every client), or weighting='examples' (record counts"
+                " public, replace-one epsilons)")
+        logger.warning(
+            "each client's Poisson sample rate is its DataLoader's batch_size / len(dataset),"
+            " as Opacus's: these rates are public (in the ledger) and reveal every client's"
+            " record count (weighting='examples': replace-one epsilons); pass sample_rate="
+            " for one rate shared by all")
     dp = config.dp_config()
     clients: list[Any]
     if config.record_level:

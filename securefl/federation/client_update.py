@@ -60,17 +60,25 @@ class Admission:
     Attributes:
         client_id: the client admitted.
         planned: the history rows the round adds (what to charge).
-        history_rows: how many rows the client's history had when admitted:
-            an admission is valid only for that history (a client that trained
-            since must be admitted again).
+        history: the client's accountant history when admitted: an admission
+            is valid only for that history (a client that trained since must
+            be admitted again).  The history itself, not its number of rows:
+            Opacus merges the steps of consecutive rounds at the same noise
+            multiplier and sample rate into one row, so a count of rows
+            stays 1 round after round and would accept a stale admission.
         epsilon_after: the epsilon after the round by the guard's accountants
             (None without a budget).
     """
 
     client_id: int
     planned: tuple[HistoryRow, ...]
-    history_rows: int
+    history: tuple[HistoryRow, ...]
     epsilon_after: float | None
+
+    @property
+    def history_rows(self) -> int:
+        """How many rows :attr:`history` has."""
+        return len(self.history)
 
     def charged_history(self, history: Sequence[HistoryRow]) -> list[HistoryRow]:
         """``history`` with the planned rows composed onto it (what the client
@@ -87,7 +95,12 @@ def admit(client: PrivateClient) -> Admission:
     """
     epsilon_after = client.check_budget()
     return Admission(client_id=client.client_id, planned=tuple(client.planned_round()),
-                     history_rows=len(client.history), epsilon_after=epsilon_after)
+                     history=_frozen(client.history), epsilon_after=epsilon_after)
+
+
+def _frozen(history: Sequence[Sequence[float]]) -> tuple[HistoryRow, ...]:
+    """A history as a tuple of ``(sigma, q, steps)`` tuples (comparable)."""
+    return tuple((float(r[0]), float(r[1]), int(r[2])) for r in history)
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,8 @@ def client_update(client: PrivateClient, global_params: Sequence[torch.Tensor],
 
     Raises:
         ConfigurationError: ``admission`` belongs to another client or to an
-            older history, or ``global_params`` does not match the model.
+            older history (one with fewer steps: it trained since), or
+            ``global_params`` does not match the model.
     """
     if admission is None:
         try:
@@ -161,10 +175,11 @@ def client_update(client: PrivateClient, global_params: Sequence[torch.Tensor],
                                 encoded=None, refusal=Participation.REFUSED_BUDGET, error=exc,
                                 steps=0, result=None)
     elif (admission.client_id != client.client_id
-          or admission.history_rows != len(client.history)):
+          or admission.history != _frozen(client.history)):
         raise ConfigurationError(f"client {client.client_id}: the admission is for client"
-                                 f" {admission.client_id} with {admission.history_rows} history"
-                                 f" rows, not this client's {len(client.history)}")
+                                 f" {admission.client_id} with history"
+                                 f" {list(admission.history)}, not this client's"
+                                 f" {client.history} (admit it again after it trains)")
     if charge is not None:
         charge(admission)
     result = client.train_round(global_params)

@@ -73,12 +73,37 @@ accountants (Opacus PRV, dp-accounting PLD) are asked to compose.  Their
 memory grows with the step count (about 0.7 GB at 10^5 steps, terabytes at
 2^40), so a hostile ledger could otherwise exhaust the auditor's memory;
 beyond the cap they return NaN (unverifiable), which the audit fails.  Real
-runs take thousands of steps; RDP has no cap (it is a product)."""
+runs take thousands of steps; RDP has no cap (it is a product).  Their
+memory also grows with the epsilon: see :data:`MAX_GRID_EPSILON`."""
 
 
-def _beyond_grid(history: History) -> bool:
-    """Whether a history has more steps than the grid accountants compose."""
-    return sum(max(steps, 0) for _, _, steps in history) > MAX_GRID_STEPS
+MAX_GRID_EPSILON = 100.0
+"""The largest add/remove-one epsilon by Opacus's RDP accountant (cheap)
+for which the grid-based accountants are run (the replace-one PLD too: its
+epsilon is larger, about 284 at sigma 0.1, sample rate 1, one step, where
+the RDP epsilon is 96, and takes 1.5 GB; the replace-one RDP bound is too
+loose to decide, 2.5 times the tight value).  Their grid
+spans the privacy loss, so their memory grows with the epsilon as well as
+with the steps: a history of 1000 steps at sigma 0.5 and sample rate 1
+(epsilon in the thousands) took Opacus's PRV accountant 8.4 GB and 42 s,
+2000 steps at sigma 0.3 more than 24 GB (the process was killed), far below
+:data:`MAX_GRID_STEPS`.  Beyond this epsilon they return NaN
+(unverifiable, which the audit fails and the budget guard refuses); no
+meaningful budget is that large (at 100 a record-level epsilon bounds
+nothing), and under it they stay below about 1.5 GB."""
+
+
+def _beyond_grid(history: History, delta: float | None = None) -> bool:
+    """Whether the grid accountants must not compose a history: more steps
+    than :data:`MAX_GRID_STEPS`, or (given ``delta``) an add/remove-one RDP
+    epsilon above :data:`MAX_GRID_EPSILON` (NaN included)."""
+    if sum(max(steps, 0) for _, _, steps in history) > MAX_GRID_STEPS:
+        return True
+    if delta is None:
+        return False
+    with _quiet_opacus():
+        bound = _epsilon_cached(history, delta, AccountantKind.RDP)
+    return not bound <= MAX_GRID_EPSILON
 
 
 def _as_history(history: Sequence[Sequence[float]]) -> History:
@@ -106,22 +131,25 @@ def _noiseless(history: History) -> bool:
     return any(steps > 0 and not sigma > 0 for sigma, _, steps in history)
 
 
-def _trivial(history: History, *, grid: bool = False) -> float | None:
+def _trivial(history: History, *, grid: bool = False,
+             delta: float | None = None) -> float | None:
     """The epsilon every accountant agrees on without computing: 0.0 for no
     steps, ``inf`` for a step without noise, and (``grid``: PRV and PLD)
-    ``nan`` beyond :data:`MAX_GRID_STEPS`; None when it must be computed."""
+    ``nan`` beyond :data:`MAX_GRID_STEPS` or (given ``delta``)
+    :data:`MAX_GRID_EPSILON`; None when it must be computed."""
     if not any(steps > 0 for _, _, steps in history):
         return 0.0
     if _noiseless(history):
         return math.inf
-    if grid and _beyond_grid(history):
+    if grid and _beyond_grid(history, delta):
         return math.nan
     return None
 
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon_cached(history: History, delta: float, kind: AccountantKind) -> float:
-    known = _trivial(history, grid=kind is not AccountantKind.RDP)
+    grid = kind is not AccountantKind.RDP
+    known = _trivial(history, grid=grid, delta=delta if grid else None)
     if known is not None:
         return known
     if kind is AccountantKind.RDP:
@@ -150,8 +178,10 @@ def epsilon(history: Sequence[Sequence[float]], delta: float,
 
     Returns ``0.0`` for an empty history and ``math.nan`` when the PRV
     accountant cannot bound this history (Opacus raises for some extreme
-    parameters, or asks for more memory than exists); RDP always returns a
-    number (possibly ``inf``).
+    parameters, or asks for more memory than exists) or is not run (beyond
+    :data:`MAX_GRID_STEPS` steps or an RDP epsilon of
+    :data:`MAX_GRID_EPSILON`); RDP always returns a number (possibly
+    ``inf``).
 
     Raises:
         ConfigurationError: when ``delta`` is not in (0, 1).
@@ -234,7 +264,7 @@ def epsilon_dp_accounting(history: Sequence[Sequence[float]], delta: float) -> f
 def _pld_cached(history: History, delta: float) -> float:
     import dp_accounting
 
-    known = _trivial(history, grid=True)
+    known = _trivial(history, grid=True, delta=delta)
     if known is not None:
         return known
     accountant = dp_accounting.pld.PLDAccountant(
@@ -246,7 +276,9 @@ def _pld_cached(history: History, delta: float) -> float:
 def epsilon_pld(history: Sequence[Sequence[float]], delta: float) -> float:
     """Epsilon of a history per Google's ``dp_accounting.pld.PLDAccountant``
     (add-or-remove-one, pessimistic estimate, discretization
-    :data:`PLD_DISCRETIZATION`); ``math.nan`` when it cannot bound it.
+    :data:`PLD_DISCRETIZATION`); ``math.nan`` when it cannot bound it or is
+    not run (beyond :data:`MAX_GRID_STEPS` steps or an RDP epsilon of
+    :data:`MAX_GRID_EPSILON`).
 
     Raises:
         ConfigurationError: when ``delta`` is not in (0, 1).
@@ -453,7 +485,7 @@ def epsilon_replace_one_rdp(history: Sequence[Sequence[float]], delta: float) ->
 def _replace_one_pld_cached(history: History, delta: float) -> float:
     import dp_accounting
 
-    known = _trivial(history, grid=True)
+    known = _trivial(history, grid=True, delta=delta)
     if known is not None:
         return known
     accountant = dp_accounting.pld.PLDAccountant(
@@ -467,7 +499,9 @@ def epsilon_replace_one_pld(history: Sequence[Sequence[float]], delta: float) ->
     distribution accountant (``PLDAccountant(neighboring_relation=
     REPLACE_ONE)``, which supports the Poisson-sampled Gaussian): tight up to
     its discretisation, which rounds pessimistically.  ``math.inf`` for a
-    history with a noiseless step, ``math.nan`` when it cannot bound it.
+    history with a noiseless step, ``math.nan`` when it cannot bound it or
+    is not run (beyond :data:`MAX_GRID_STEPS` steps or an add/remove-one
+    RDP epsilon of :data:`MAX_GRID_EPSILON`).
 
     Raises:
         ConfigurationError: when ``delta`` is not in (0, 1).
@@ -479,7 +513,7 @@ def epsilon_replace_one_pld(history: Sequence[Sequence[float]], delta: float) ->
         return 0.0
     try:
         return _replace_one_pld_cached(history, float(delta))
-    except (ValueError, RuntimeError, FloatingPointError, OverflowError):
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError, MemoryError):
         return math.nan
 
 

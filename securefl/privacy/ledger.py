@@ -48,6 +48,7 @@ __all__ = [
     "LEDGER_FILENAME",
     "LEDGER_FORMAT",
     "NOISE_SOURCES",
+    "RECORD_LEVEL_DELTA_MAX",
     "USER_LEVEL_ADJACENCY",
     "USER_LEVEL_DELTA_MAX",
     "USER_LEVEL_MECHANISMS",
@@ -98,6 +99,13 @@ USER_LEVEL_DELTA_MAX = 1e-3
 """The largest user-level delta the planner and the audit accept (a
 delta near or above ``1 / number of clients`` permits releasing some
 client's data outright); a row must also have ``delta < 1 / survivors``."""
+RECORD_LEVEL_DELTA_MAX = USER_LEVEL_DELTA_MAX
+"""The largest record-level delta ``securefl audit`` accepts (the same cap as
+the user level's): a client's record count is private, so the audit cannot
+check ``delta < 1 / records``, but an epsilon at a delta near ``1 /
+records`` permits releasing some record outright (at delta 0.5 the default
+run's epsilon of 10.3 reads 2.0).  Every row of a ledger must also state
+the same delta, the run's configured one."""
 USER_LEVEL_STATUSES = ("in-flight", "released", "round-aborted", "skipped")
 """``status`` values of user-level rows.  ``in-flight``: written in the
 round's in-flight block, before any client's noisy data leaves its control,
@@ -662,7 +670,8 @@ def load_ledger(path: str | os.PathLike[str]) -> LedgerChain:
     record's ``prev`` is the digest of the record before it; every line is
     its record's canonical bytes; every block of rows ends with a commit
     whose ``rows`` and ``round`` match the block; in-flight blocks hold only
-    in-flight rows and settled blocks none; rounds are settled in order
+    in-flight rows and settled blocks none; no block holds two rows of one
+    client; rounds are settled in order
     1, 2, 3... and a round is in flight at most once, before it settles; no
     row follows the last commit.  A last line without a newline is a torn
     write: it and the rows of its block before it are ignored
@@ -784,9 +793,16 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
                         f" {len(block)} precede it (rows removed or added)")
     if any(r.round != commit.round for r in block):
         problems.append(f"{where}: a row of another round inside round {commit.round}'s block")
+    ids = [r.client_id for r in block]
     if commit.stage == "in-flight":
         if any(not r.in_flight for r in block):
             problems.append(f"{where}: a settled row inside an in-flight block")
+        if len(set(ids)) != len(ids):
+            # one settled row supersedes every in-flight row of its client
+            # and round: a second in-flight row (of 0 steps, say) would let a
+            # settled row of 0 steps erase the first one's charge
+            problems.append(f"{where}: a client has two in-flight rows in round"
+                            f" {commit.round}")
         if commit.round != settled_round + 1 or in_flight_round == commit.round:
             problems.append(f"{where}: round {commit.round} in flight after round"
                             f" {settled_round} settled (out of order or repeated)")
@@ -796,7 +812,6 @@ def _check_block(commit: Commit, block: list[LedgerEntry], where: str,
         if commit.round != settled_round + 1:
             problems.append(f"{where}: round {commit.round} settled after round"
                             f" {settled_round} (a round is missing, repeated or reordered)")
-        ids = [r.client_id for r in block]
         if len(set(ids)) != len(ids):
             problems.append(f"{where}: a client has two settled rows in round {commit.round}")
     return problems
@@ -855,6 +870,14 @@ def encode_block(head: str, round_number: int, stage: str,
         commit["user_rows"] = len(user_level)
     lines.append(canonical(commit))
     return lines
+
+
+def _refuse_duplicates(round_number: int, entries: Sequence[LedgerEntry]) -> None:
+    """Raise LedgerError when a client has two rows in one block."""
+    ids = [e.client_id for e in entries]
+    if len(set(ids)) != len(ids):
+        raise LedgerError(f"round {round_number}: one row per client per block (client(s)"
+                          f" {sorted({i for i in ids if ids.count(i) > 1})} repeated)")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -970,13 +993,14 @@ class PrivacyLedger:
 
         Raises:
             LedgerError: a row that is not in flight or of another round,
-                more than one user-level charge, or a ledger that does not
-                verify.
+                two rows of one client, more than one user-level charge, or a
+                ledger that does not verify.
             OSError: when the file cannot be written.
         """
         if any(not e.in_flight or e.round != round_number for e in entries):
             raise LedgerError(f"round {round_number}: begin_round takes in-flight rows of"
                               " that round only")
+        _refuse_duplicates(round_number, entries)
         if len(user_level) > 1 or any(u.round != round_number or not u.in_flight
                                       for u in user_level):
             raise LedgerError(f"round {round_number}: at most one in-flight user-level"
@@ -990,13 +1014,15 @@ class PrivacyLedger:
         commit, fsynced.
 
         Raises:
-            LedgerError: an in-flight row, a row of another round, more than
-                one user-level row, or a ledger that does not verify.
+            LedgerError: an in-flight row, a row of another round, two rows
+                of one client, more than one user-level row, or a ledger that
+                does not verify.
             OSError: when the file cannot be written.
         """
         if any(e.in_flight or e.round != round_number for e in entries):
             raise LedgerError(f"round {round_number}: settle_round takes settled rows of"
                               " that round only")
+        _refuse_duplicates(round_number, entries)
         if len(user_level) > 1 or any(u.round != round_number or u.in_flight
                                       for u in user_level):
             raise LedgerError(f"round {round_number}: at most one settled user-level row, of"
