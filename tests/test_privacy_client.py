@@ -168,6 +168,10 @@ def test_configuration_is_validated() -> None:
         DPConfig(noise_multiplier=1.0, target_epsilon=1.0)
     with pytest.raises(ConfigurationError, match="delta"):
         DPConfig(noise_multiplier=1.0, delta=0.0)
+    # above the cap the audit holds every ledger row to: refused before training
+    with pytest.raises(ConfigurationError, match=r"delta must be in \(0, 0.001\]"):
+        DPConfig(noise_multiplier=1.0, delta=0.5)
+    assert DPConfig(noise_multiplier=1.0, delta=1e-3).delta == 1e-3
     x, y = _data()
     with pytest.raises(ConfigurationError, match="matching non-empty"):
         PrivateClient(1, _model(), x, y[:-1], DPConfig(noise_multiplier=1.0))

@@ -195,7 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dp.add_argument("--epsilon-budget", type=_positive_float, default=None,
                     help="a client refuses any round that would take it past this epsilon"
                          " (default: the target epsilon; none with --noise-multiplier)")
-    dp.add_argument("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)")
+    dp.add_argument("--delta", type=_positive_float, default=1e-5,
+                    help="delta, at most 1e-3 (default 1e-5)")
     dp.add_argument("--accountant", choices=[a.value for a in AccountantKind], default="rdp",
                     help="accountant of the budget guard (default rdp; the ledger records"
                          " both rdp and prv)")

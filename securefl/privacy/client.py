@@ -66,6 +66,7 @@ from securefl.privacy.accounting import (
 from securefl.privacy.batches import ClientBatches, TensorBatches, call_model
 from securefl.privacy.budget import PrivacyBudget
 from securefl.privacy.layers import incompatible_layers, prepare_model
+from securefl.privacy.ledger import RECORD_LEVEL_DELTA_MAX
 from securefl.privacy.noise import (
     ClientRandomness,
     NoiseSource,
@@ -126,7 +127,9 @@ class DPConfig:
         max_grad_norm: per-sample gradient clipping norm C.
         noise_multiplier: sigma (noise std is sigma * C).
         target_epsilon: total epsilon at ``delta`` over ``planned_rounds``.
-        delta: the delta every epsilon is stated at.
+        delta: the delta every epsilon is stated at, in (0, 1e-3] (the cap
+            :data:`~securefl.privacy.ledger.RECORD_LEVEL_DELTA_MAX` that
+            ``securefl audit`` holds every ledger row to).
         planned_rounds: how many rounds the federation plans.
         sample_rate: the Poisson sample rate q: each record joins each step's
             batch independently with this probability.  One local epoch is
@@ -183,8 +186,12 @@ class DPConfig:
             )
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigurationError(f"target epsilon must be > 0, got {self.target_epsilon}")
-        if not 0 < self.delta < 1:
-            raise ConfigurationError(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 < self.delta <= RECORD_LEVEL_DELTA_MAX:
+            # the cap securefl audit holds every ledger row to: a larger delta
+            # buys a smaller epsilon that protects little (delta 0.5 turned an
+            # epsilon of 10.3 into 2.0)
+            raise ConfigurationError(
+                f"delta must be in (0, {RECORD_LEVEL_DELTA_MAX:g}], got {self.delta}")
         if not 0 < self.sample_rate <= 1:
             raise ConfigurationError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if not self.max_grad_norm > 0:
