@@ -15,8 +15,9 @@ categories (``evaluate``, ``query``) pass through to the ClientApp
 untouched; what their replies reveal is the ClientApp's own (the example
 app answers ``train`` only).
 
-At the masked-input stage the mod calls the ClientApp's ``train`` function
-(``call_next``) with the message (it carries the global model as an
+At the masked-input stage (once per session: a repeated masked-input
+message is refused before ``train`` runs) the mod calls the ClientApp's
+``train`` function (``call_next``) with the message (it carries the global model as an
 ArrayRecord and the train config) plus the ConfigRecord
 :data:`ENCODE_RECORD` holding the public session setup.  A securefl
 ``train`` (:func:`~securefl.flower.client_train.train_private_client`)
@@ -423,6 +424,12 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
     message = wire.decode(raw, config=config, expect=expected)
     metrics = None
     if stage is Stage.MASKED_INPUT_COLLECTION:
+        if session.state is not ClientState.SHARES_SENT:
+            # a masked-input message again (the input was already sent): the
+            # session refuses it, so train must not run for it, nor charge the
+            # node's accountant for a round it already trained in
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already"
+                                     " sent", peer=my_id, round=stage.round)
         train_config = msg.content.config_records.get("config")
         check_no_insecure_noise(ctxt.run_config, train_config, fl_round=setup.fl_round)
         metrics = _train_and_provide(msg, ctxt, call_next, setup, session, my_id)
