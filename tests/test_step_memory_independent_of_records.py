@@ -147,8 +147,9 @@ def test_a_step_interrupted_mid_way_leaves_nothing_for_the_next_round() -> None:
 
 
 class _BagOfTokens(torch.nn.Module):
-    """Sums token embeddings: each example's output depends on its own
-    tokens only, whatever the batch's padded length."""
+    """Sums token embeddings, the padding (token 0) masked out: each
+    example's output and per-example gradient depend on its own tokens only,
+    whatever the batch's padded length."""
 
     def __init__(self, vocab: int = 50) -> None:
         super().__init__()
@@ -156,7 +157,8 @@ class _BagOfTokens(torch.nn.Module):
         self.linear = torch.nn.Linear(4, 2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.embedding(tokens).sum(dim=1))
+        mask = (tokens != 0).unsqueeze(-1).to(torch.float32)
+        return self.linear((self.embedding(tokens) * mask).sum(dim=1))
 
 
 @pytest.mark.parametrize("record_zero", ["out-of-vocabulary", "5000 tokens"])
