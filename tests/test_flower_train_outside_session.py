@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from securefl.federation.model import make_mlp
 from securefl.federation.simulation import preflight
 from securefl.flower.federation import simulation_config
-from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, securefl_mod
+from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, is_train_message, securefl_mod
 from securefl.flower.setup import RECORD, Key, SessionSetup
 from securefl.privacy.client import make_private_compatible
 from securefl.protocol.config import SecAggConfig
@@ -131,6 +131,51 @@ def test_no_train_message_without_the_securefl_record_reaches_train(
                                                   MessageType.TRAIN)), context))
     _assert_refused(reply)
     assert calls == []
+
+
+@pytest.mark.parametrize("message_type", ["train.default", "train.finetune"])
+def test_a_train_message_with_an_action_does_not_reach_train(tmp_path: Path,
+                                                              message_type: str) -> None:
+    """Flower routes ``"train.default"`` to the ``@app.train()`` function and
+    ``"train.<action>"`` to ``@app.train("<action>")``.  The mod compared the
+    type with ``"train"`` only, so a server that sent ``"train.default"``
+    without the ``securefl`` record reached the example's ``train``: it
+    trained, charged, and replied with the node's local model and its
+    unmasked encoded update in clear (the secure sum bypassed), as the plain
+    ``"train"`` message did before the mod refused it."""
+    if message_type == "train.default":
+        context = _context(RUN, tmp_path)
+        with server_task_identity():
+            message = Message(RecordDict(_content(RUN)), 1000, message_type)
+            reply = _roundtrip(example_app()(_roundtrip(message), context))
+        _assert_refused(reply)
+        assert not list(tmp_path.rglob("client-*.json"))
+        assert dict(context.state.config_records) == {}
+        return
+    calls: list[Message] = []
+    app = ClientApp(mods=[securefl_mod])
+
+    @app.train("finetune")
+    def finetune(msg: Message, context: Context) -> Message:  # pragma: no cover - must not run
+        calls.append(msg)
+        return Message(RecordDict({"arrays": msg.content.array_records["arrays"],
+                                   "metrics": MetricRecord({"num-examples": 123})}),
+                       reply_to=msg)
+
+    context = Context(run_id=7, node_id=1000, node_config={"partition-id": 0},
+                      state=RecordDict(), run_config=dict(RUN))
+    with server_task_identity():
+        reply = _roundtrip(app(_roundtrip(Message(RecordDict(_content(RUN)), 1000,
+                                                  message_type)), context))
+    _assert_refused(reply)
+    assert calls == []
+
+
+def test_is_train_message() -> None:
+    assert is_train_message("train") and is_train_message("train.default")
+    assert is_train_message("train.finetune")
+    assert not is_train_message("evaluate") and not is_train_message("evaluate.default")
+    assert not is_train_message("query") and not is_train_message("trainer")
 
 
 def test_other_message_types_still_pass_through() -> None:

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securefl.federation.model import make_mlp
+from securefl.privacy.batches import CollatedBatches
 from securefl.privacy.client import (
     PHYSICAL_BATCH_SIZE,
     DPConfig,
@@ -143,3 +144,55 @@ def test_a_step_interrupted_mid_way_leaves_nothing_for_the_next_round() -> None:
     fresh = PrivateClient(1, model, x, y, config).train_round(weights).update
     for a, b in zip(after, fresh, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _BagOfTokens(torch.nn.Module):
+    """Sums token embeddings, the padding (token 0) masked out: each
+    example's output and per-example gradient depend on its own tokens only,
+    whatever the batch's padded length."""
+
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, 4)
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != 0).unsqueeze(-1).to(torch.float32)
+        return self.linear((self.embedding(tokens) * mask).sum(dim=1))
+
+
+@pytest.mark.parametrize("record_zero", ["out-of-vocabulary", "5000 tokens"])
+def test_a_record_that_was_not_sampled_enters_no_pass(record_zero: str) -> None:
+    """The last pass of a step was padded with example 0, sampled or not:
+    a record 0 of 5000 tokens made every pass 5000 tokens long (its memory
+    set by that record every step), and a record 0 the model raised on made
+    every step fall back to one-example passes (33 forwards instead of 1 a
+    step).  The padding now repeats the pass's own sampled examples."""
+    lengths: list[int] = []
+
+    def collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(tokens) for tokens, _ in items)
+        lengths.append(longest)
+        batch = torch.zeros(len(items), longest, dtype=torch.long)
+        for row, (tokens, _) in enumerate(items):
+            batch[row, :len(tokens)] = tokens
+        return batch, torch.tensor([label for _, label in items])
+
+    generator = torch.Generator().manual_seed(0)
+    first = (torch.tensor([49, 50, 3]) if record_zero == "out-of-vocabulary"
+             else torch.randint(1, 50, (5000,), generator=generator))
+    data = [(first, 0)] + [(torch.randint(1, 50, (5,), generator=generator), i % 2)
+                           for i in range(40)]
+    config = DPConfig(noise_multiplier=1.0, sample_rate=0.5, planned_rounds=5)
+    client = PrivateClient(1, _BagOfTokens(), CollatedBatches(data, collate), None, config)
+
+    def without_record_zero(n: int, rate: float) -> torch.Tensor:
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[0] = False  # every other record sampled, never record 0
+        return mask
+
+    client.randomness.poisson_mask = without_record_zero  # type: ignore[method-assign]
+    client.train_round([p.detach().clone() for p in client.parameters()])
+    # 40 sampled examples a step: two passes, neither holding record 0
+    assert lengths == [5] * (2 * client.steps_per_round)
+    assert client.zeroed_examples == 0

@@ -7,13 +7,17 @@ ConfigRecord named :data:`~securefl.flower.setup.RECORD` with the stage, and
 the protocol message as bytes in the v1 wire encoding (:mod:`securefl.wire`).
 A ``train`` message without that record is refused (an error reply, rule
 ``malformed-message``) and never reaches the ClientApp: its ``train`` would
-answer it with the local model in clear.  Messages of other types
-(``evaluate``, ``query``) pass through to the ClientApp untouched; what their
-replies reveal is the ClientApp's own (the example app answers ``train``
-only).
+answer it with the local model in clear.  "``train``" is the category, with
+or without an action: Flower routes ``"train.default"`` to the same
+``@app.train()`` function as ``"train"``, and ``"train.<action>"`` to
+``@app.train("<action>")`` (:func:`is_train_message`).  Messages of other
+categories (``evaluate``, ``query``) pass through to the ClientApp
+untouched; what their replies reveal is the ClientApp's own (the example
+app answers ``train`` only).
 
-At the masked-input stage the mod calls the ClientApp's ``train`` function
-(``call_next``) with the message (it carries the global model as an
+At the masked-input stage (once per session: a repeated masked-input
+message is refused before ``train`` runs) the mod calls the ClientApp's
+``train`` function (``call_next``) with the message (it carries the global model as an
 ArrayRecord and the train config) plus the ConfigRecord
 :data:`ENCODE_RECORD` holding the public session setup.  A securefl
 ``train`` (:func:`~securefl.flower.client_train.train_private_client`)
@@ -126,6 +130,7 @@ __all__ = [
     "IDENTITY_KEY_CONFIG",
     "NODE_RECORD",
     "PINNED_KEYS_CONFIG",
+    "is_train_message",
     "node_client_id",
     "node_policy",
     "public_reason",
@@ -263,6 +268,16 @@ def _error_reply(msg: Message, exc: BaseException) -> Message:
                          reason=public_reason(exc)), reply_to=msg)
 
 
+def is_train_message(message_type: str) -> bool:
+    """Whether a message of ``message_type`` reaches one of the ClientApp's
+    ``train`` functions: ``"train"`` and every ``"train.<action>"`` (Flower
+    routes ``"train"`` to the function registered as ``"train.default"``,
+    ``@app.train()``, and ``"train.<action>"`` to ``@app.train("<action>")``:
+    a ``"train.default"`` message reaches the same ``train`` as ``"train"``)."""
+    category, _, _ = str(message_type).partition(".")
+    return category == MessageType.TRAIN
+
+
 def _wipe(context: Context) -> None:
     context.state.config_records.pop(STATE_RECORD, None)
 
@@ -271,10 +286,11 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     """Flower mod: answer securefl's secure aggregation messages.
 
     Use it exactly where ``secaggplus_mod`` was: ``ClientApp(mods=[securefl_mod])``.
-    A ``train`` message without the ``securefl`` record gets an error reply
-    (rule ``malformed-message``) and does not reach ``train``: passed through,
-    a server could have the node train outside any session and send back its
-    local model unmasked.  Other message types pass through.
+    A ``train`` message (type ``"train"`` or ``"train.<action>"``, see
+    :func:`is_train_message`) without the ``securefl`` record gets an error
+    reply (rule ``malformed-message``) and does not reach ``train``: passed
+    through, a server could have the node train outside any session and send
+    back its local model unmasked.  Other message types pass through.
     A setup the node's policy refuses (:class:`SetupRefusedError`) wipes
     any session and becomes a refusal reply (``refused``: the rule); any
     other securefl error (a protocol violation by the server, a malformed
@@ -284,7 +300,7 @@ def securefl_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> M
     nothing of the message, which stays in the node's log).  Either way the
     server sees this node as a dropout at that round.
     """
-    if msg.metadata.message_type != MessageType.TRAIN:
+    if not is_train_message(msg.metadata.message_type):
         return call_next(msg, ctxt)
     if RECORD not in msg.content.config_records:
         # a train message outside any session: passed through, the ClientApp's
@@ -408,6 +424,12 @@ def _handle(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
     message = wire.decode(raw, config=config, expect=expected)
     metrics = None
     if stage is Stage.MASKED_INPUT_COLLECTION:
+        if session.state is not ClientState.SHARES_SENT:
+            # a masked-input message again (the input was already sent): the
+            # session refuses it, so train must not run for it, nor charge the
+            # node's accountant for a round it already trained in
+            raise LocalProtocolError(Rule.SESSION_FINISHED, "the masked input was already"
+                                     " sent", peer=my_id, round=stage.round)
         train_config = msg.content.config_records.get("config")
         check_no_insecure_noise(ctxt.run_config, train_config, fl_round=setup.fl_round)
         metrics = _train_and_provide(msg, ctxt, call_next, setup, session, my_id)

@@ -99,8 +99,10 @@ probability 0.5, so one local epoch is 2 steps, for every client alike."""
 PHYSICAL_BATCH_SIZE = 32
 """How many examples one forward/backward pass of a DP-SGD step takes.  A
 step's Poisson batch (about ``q * n`` examples) is cut into chunks of this
-size and the last one is padded to it with examples that contribute the zero
-vector, so every pass computes exactly this many per-example gradients: the
+size and the last one is padded to it with repeats of its own sampled
+examples, whose rows contribute the zero vector (a step that sampled nobody:
+example 0, all padding), so every pass computes exactly this many
+per-example gradients: the
 memory a step needs (``PHYSICAL_BATCH_SIZE`` times the model's parameters)
 does not depend on the client's record count.  With whole batches, a server
 that chose a model large enough made a step run out of memory, and the
@@ -619,15 +621,22 @@ class PrivateClient:
     def _step(self, index: torch.Tensor) -> None:
         """One DP-SGD step over the sampled examples at ``index``: passes of
         exactly :data:`PHYSICAL_BATCH_SIZE` examples (the last padded with
-        example 0, whose padded rows are zeroed), their clipped gradients
-        summed, the noise added and the weights updated once, after the last
-        pass (Opacus's virtual steps).  A step that sampled nobody still makes
-        one pass, of padding only, so its memory is that of any other."""
+        repeats of its own sampled examples, whose padded rows are zeroed),
+        their clipped gradients summed, the noise added and the weights
+        updated once, after the last pass (Opacus's virtual steps).  The
+        padding repeats the pass's own examples so that no record that was
+        not sampled enters a pass: padded with a fixed record (example 0),
+        that record's length set every step's padded length and memory, and
+        a record 0 the model raised on made every step fall back to
+        one-example passes, sampled or not.  A step that sampled nobody still
+        makes one pass, of example 0 only (all padding), so its memory is
+        that of any other."""
         size = self.physical_batch_size
         chunks = list(index.split(size)) or [index[:0]]
         for number, chunk in enumerate(chunks):
             real = len(chunk)
-            padded = torch.cat([chunk, chunk.new_zeros(size - real)])
+            padded = (chunk.repeat(-(-size // real))[:size] if real
+                      else chunk.new_zeros(size))
             self._per_example_gradients(padded, real)
             self._optimizer.padding_rows = slice(real, size)
             self._optimizer.signal_skip_step(do_skip=number < len(chunks) - 1)

@@ -14,6 +14,12 @@ breaks this, by module path and class, with the reason and the fix:
 * ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and ``nn.MultiheadAttention``, whose
   implementation Opacus cannot differentiate per example (Opacus has
   drop-in ``DP`` versions);
+* a trainable ``nn.Embedding`` with a ``padding_idx``: Opacus's
+  per-example gradient ignores it (torch's gradient of the padding row is
+  zero, Opacus's is the sum over the example's padding tokens), so an
+  example's gradient, and its clipping factor, depend on how far its batch
+  is padded, which the longest other sampled record decides (no automatic
+  replacement: mask the padding in ``forward`` instead);
 * any other trainable layer with buffers, which Opacus refuses.
 
 :func:`prepare_model` refuses such a model with a
@@ -156,6 +162,16 @@ def _check(path: str, module: nn.Module,
         ), lambda: ModuleValidator.FIXERS[type(module)](module)
     if not trainable:
         return None
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        return IncompatibleLayer(
+            path, name, "Opacus's per-example gradient of an embedding ignores padding_idx:"
+            " every padding token adds to the padding row, so an example's clipped gradient"
+            " depends on how far its batch is padded (the longest other sampled record) and"
+            " the clipping no longer bounds one record's effect on the sum",
+            "build it with padding_idx=None and zero the padding positions' embeddings in"
+            " forward (multiply by a mask: their gradients are then zero), or use"
+            " nn.EmbeddingBag with offsets",
+        ), None
     if type(module) in ModuleValidator.VALIDATORS:
         errors = ModuleValidator.VALIDATORS[type(module)](module)
         if errors:
