@@ -7,8 +7,9 @@ seeds model initialisation and data splits from ``--seed``).  For each draw
 that protects someone (DP-SGD noise, Poisson sampling, the stochastic
 rounding of an update, user-level rounding and Skellam noise inside the
 secure sum, secure-aggregation keys and self-mask seeds, a Flower node's
-session seed) it runs the real path twice in the default (secure) mode with
-every such seed fixed identically, and checks that the outputs differ.
+session seed and training, the simulator's released model) it runs the
+real path twice in the default (secure) mode with every such seed fixed
+identically, and checks that the outputs differ.
 
 Each check has a control that shows it has the power to fail: the part of
 the path that does not protect anyone (model, data, the update with zero
@@ -221,6 +222,42 @@ def test_session_keys_and_self_mask_seeds_differ_under_identical_known_seeds() -
     (a1, s1), (a2, s2) = start(), start()
     assert a1.encryption_key != a2.encryption_key and a1.masking_key != a2.masking_key
     assert s1 != s2
+
+
+# -- the simulator, end to end ----------------------------------------------------------
+
+
+def _simulated_model(where: Path, **options: Any) -> np.ndarray:
+    from securefl.federation.simulation import SimulationConfig, run_simulation
+
+    pin_every_known_seed()
+    config = SimulationConfig(**{"num_clients": 3, "rounds": 1, "dropout": 0.0, "hidden": 8,
+                                 "seed": SEED, **options})
+    result = run_simulation(config, where)
+    return np.concatenate([p.detach().numpy().ravel() for p in result.model.parameters()])
+
+
+@pytest.mark.parametrize("options", [
+    {"noise_multiplier": 1.0},
+    {"privacy": "both", "noise_multiplier": 1.0, "num_clients": 20, "bits": 16,
+     "user_epsilon": 50.0},
+    {"privacy": "user-level", "num_clients": 20, "bits": 16, "user_epsilon": 50.0,
+     "client_sample_rate": 0.5},
+], ids=["record-level", "both", "user-level"])
+def test_two_simulations_with_the_same_seed_release_different_models(
+        tmp_path: Path, options: dict[str, Any]) -> None:
+    """``securefl simulate`` twice with the same ``--seed`` (and the global
+    generators pinned): the released global models differ."""
+    first = _simulated_model(tmp_path / "a", **options)
+    assert not np.array_equal(first, _simulated_model(tmp_path / "b", **options))
+
+
+def test_two_insecure_simulations_with_the_same_seed_are_equal(tmp_path: Path) -> None:
+    """The control: with the INSECURE opt-in the same two runs release the
+    same model bit for bit (so the test above can fail)."""
+    options = {"noise_multiplier": 1.0, "insecure_reproducible_noise": True}
+    assert np.array_equal(_simulated_model(tmp_path / "a", **options),
+                          _simulated_model(tmp_path / "b", **options))
 
 
 # -- the Flower node ---------------------------------------------------------------------
