@@ -37,8 +37,13 @@ class SystemRandom:
 class DeterministicRandom:
     """AES-256-CTR keystream from a 32-byte seed.
 
-    **Only for test vectors and reproducible tests**: every byte a session
-    draws is a function of the seed.  Never use it for real keys.
+    Every byte a session draws is a function of the seed, so the seed is as
+    secret as the keys it yields.  Two uses only: test vectors and
+    reproducible tests (a known seed, never real keys), and the Flower mod
+    (:mod:`securefl.flower.mod`), which seeds it with 32 fresh bytes of
+    ``os.urandom`` kept on the node alone, so that each ClientApp process can
+    rebuild the same session by replay.  Never seed it from anything the
+    server, the run configuration or a checkpoint knows.
     """
 
     def __init__(self, seed: bytes) -> None:
