@@ -29,19 +29,23 @@ RUN = {"num-rounds": 2, "num-clients": 3, "seed": 3, "noise-multiplier": 1.1, "h
 PUBLIC = {"dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-history"}
 
 
-def train_message(run_config: dict[str, Any], fl_round: int) -> Message:
-    """A masked-input message as the securefl mod hands it to ``train``: the
-    global model and the session setup."""
+def train_content(run_config: dict[str, Any], fl_round: int,
+                  context: bytes = b"test") -> dict[str, Any]:
+    """What a masked-input message carries to ``train``: the global model and
+    the session setup."""
     _, codec = preflight(simulation_config(run_config))
     config = SecAggConfig(num_clients=3, vector_length=codec.vector_length, bits=codec.bits,
-                          client_ids=(1, 2, 3), context=b"test")
+                          client_ids=(1, 2, 3), context=context)
     setup = SessionSetup.create(fl_round, config, codec)
     model = make_private_compatible(make_mlp(64, 10, int(run_config["hidden"]),
                                              seed=int(run_config["seed"])))
-    arrays = ArrayRecord([p.detach().numpy() for p in model.parameters()])
-    return Message(RecordDict({"arrays": arrays,
-                               ENCODE_RECORD: ConfigRecord({Key.SETUP: setup.to_bytes()})}),
-                   1000, MessageType.TRAIN)
+    return {"arrays": ArrayRecord([p.detach().numpy() for p in model.parameters()]),
+            ENCODE_RECORD: ConfigRecord({Key.SETUP: setup.to_bytes()})}
+
+
+def train_message(run_config: dict[str, Any], fl_round: int) -> Message:
+    """A masked-input message as the securefl mod hands it to ``train``."""
+    return Message(RecordDict(train_content(run_config, fl_round)), 1000, MessageType.TRAIN)
 
 
 def _train_twice(run_config: dict[str, Any], state_dir: Path, **node: Any

@@ -33,29 +33,18 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_flower_client_privacy import train_content
 
-from securefl.federation.model import make_mlp
-from securefl.federation.simulation import preflight
-from securefl.flower.federation import simulation_config
 from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, is_train_message, securefl_mod
-from securefl.flower.setup import RECORD, Key, SessionSetup
-from securefl.privacy.client import make_private_compatible
-from securefl.protocol.config import SecAggConfig
+from securefl.flower.setup import RECORD
 
 RUN = {"num-rounds": 2, "num-clients": 3, "seed": 3, "noise-multiplier": 1.1, "hidden": 8}
 
 
 def _content(run_config: dict[str, Any], fl_round: int = 1) -> dict[str, Any]:
-    """What a masked-input message carries to ``train``: the global model and
-    a session setup (here the server's own, outside any session)."""
-    _, codec = preflight(simulation_config(run_config))
-    config = SecAggConfig(num_clients=3, vector_length=codec.vector_length, bits=codec.bits,
-                          client_ids=(1, 2, 3), context=b"outside-session")
-    setup = SessionSetup.create(fl_round, config, codec)
-    model = make_private_compatible(make_mlp(64, 10, int(run_config["hidden"]),
-                                             seed=int(run_config["seed"])))
-    return {"arrays": ArrayRecord([p.detach().numpy() for p in model.parameters()]),
-            ENCODE_RECORD: ConfigRecord({Key.SETUP: setup.to_bytes()})}
+    """What a masked-input message carries to ``train`` (here with the
+    server's own setup, outside any session)."""
+    return train_content(run_config, fl_round, context=b"outside-session")
 
 
 def _context(run_config: dict[str, Any], state_dir: Path) -> Context:

@@ -189,6 +189,19 @@ class World(Driver):
             raise CaseFailedError(f"the result is not the exact sum of survivors"
                                   f" {list(res.survivors)}")
 
+    def expect_abort(self, rule: Rule | None, failure: str) -> None:
+        """The server under test aborts when the current round is closed (with
+        ``rule`` when it is given, SPEC 13); ``failure`` says what it did
+        instead if it went on."""
+        try:
+            self.server.close_round()
+        except AbortError as exc:
+            if rule is not None and getattr(exc, "rule", None) != rule:
+                raise CaseFailedError(f"aborted, but not with rule '{rule.value}': {exc}"
+                                      ) from None
+            return
+        raise CaseFailedError(failure)
+
     # -- checks -------------------------------------------------------------
 
     def server_refuses(self, data: bytes, rule: Rule, what: str) -> None:
@@ -718,12 +731,8 @@ def s_below_quorum(target: Target) -> None:
     w = _server_world(target, ACTIVE_HARARY)
     w.run_to(Round.CONSISTENCY_CHECK)
     w.answer(skip=sorted(w.pending)[ACTIVE_HARARY.t:])
-    try:
-        w.server.close_round()
-    except AbortError:
-        return
-    raise CaseFailedError(f"sent unmasking requests with {ACTIVE_HARARY.t} consistency"
-                          f" signatures, quorum {ACTIVE_HARARY.signature_quorum}")
+    w.expect_abort(None, f"sent unmasking requests with {ACTIVE_HARARY.t} consistency"
+                   f" signatures, quorum {ACTIVE_HARARY.signature_quorum}")
 
 
 def c_stranger_dropped(target: Target) -> None:
@@ -877,12 +886,7 @@ def s_abort(target: Target) -> None:
     w = _server_world(target)
     w.run_to(Round.MASKED_INPUT_COLLECTION)
     w.answer(skip={3, 4, 5})
-    try:
-        w.server.close_round()
-    except AbortError:
-        pass
-    else:
-        raise CaseFailedError("closed the masked-input round with 2 of threshold 3 clients")
+    w.expect_abort(None, "closed the masked-input round with 2 of threshold 3 clients")
     try:
         res = w.server.result()
     except Exception:
@@ -1111,15 +1115,9 @@ def s_forged_share(responders: tuple[int, ...], random: bool,
                       else _forge_share(replies[2], 1, random))
         w.send(replies)
         if len(responders) == w.config.t:
-            try:
-                w.server.close_round()
-            except AbortError as exc:
-                if getattr(exc, "rule", None) != Rule.COMMITMENT_MISMATCH:
-                    raise CaseFailedError(f"aborted, but not with rule"
-                                          f" '{Rule.COMMITMENT_MISMATCH.value}': {exc}") from None
-                return
-            raise CaseFailedError("a forged share among exactly t gave a result (it must abort:"
-                                  " the sum would be wrong)")
+            w.expect_abort(Rule.COMMITMENT_MISMATCH, "a forged share among exactly t gave a"
+                           " result (it must abort: the sum would be wrong)")
+            return
         w.close()
         w.check_sum()
         if tuple(w.server.result().blamed) != (2,):
@@ -1160,15 +1158,9 @@ def s_contradicted_complaint(target: Target) -> None:
         raise CaseFailedError(f"the round did not proceed to UNMASKING after the complaint"
                               f" (round {w.round})")
     w.answer()
-    try:
-        w.server.close_round()
-    except AbortError as exc:
-        if getattr(exc, "rule", None) != Rule.COMPLAINT_CONTRADICTED:
-            raise CaseFailedError(f"aborted, but not with rule"
-                                  f" '{Rule.COMPLAINT_CONTRADICTED.value}': {exc}") from None
-        return
-    raise CaseFailedError("unmasked although client 1 revealed a share of client 5's key after"
-                          " reporting it (SPEC [R4-12]: the sum cannot be exact)")
+    w.expect_abort(Rule.COMPLAINT_CONTRADICTED, "unmasked although client 1 revealed a share"
+                   " of client 5's key after reporting it (SPEC [R4-12]: the sum cannot be"
+                   " exact)")
 
 
 def _share_outside_field(_: World, r: dict[int, bytes]) -> bytes:
@@ -1198,14 +1190,8 @@ def s_complaints_leave_too_few(target: Target) -> None:
     w.send(replies)
     w.close()
     w.answer()
-    try:
-        w.server.close_round()
-    except AbortError as exc:
-        if getattr(exc, "rule", None) != Rule.COMPLAINTS_LEFT_TOO_FEW:
-            raise CaseFailedError(f"aborted, but not with rule"
-                                  f" '{Rule.COMPLAINTS_LEFT_TOO_FEW.value}': {exc}") from None
-    else:
-        raise CaseFailedError("went on after complaints removed 4 of 5 clients (threshold 3)")
+    w.expect_abort(Rule.COMPLAINTS_LEFT_TOO_FEW,
+                   "went on after complaints removed 4 of 5 clients (threshold 3)")
     try:
         res = w.server.result()
     except Exception:
@@ -1226,14 +1212,9 @@ def s_too_few_holders(target: Target) -> None:
     responders = {*outsiders[:2], min(nmap[u])}
     assert len(responders) == HARARY.t and len(responders & (nmap[u] | {u})) < HARARY.t
     w.answer(skip=set(w.pending) - responders)
-    try:
-        w.server.close_round()
-    except AbortError:
-        pass
-    else:
-        raise CaseFailedError(f"closed the unmasking round although only"
-                              f" {len(responders & nmap[u])} of the {HARARY.t} responders"
-                              f" {sorted(responders)} hold shares of client {u}'s seed")
+    w.expect_abort(None, f"closed the unmasking round although only"
+                   f" {len(responders & nmap[u])} of the {HARARY.t} responders"
+                   f" {sorted(responders)} hold shares of client {u}'s seed")
     try:
         res = w.server.result()
     except Exception:
