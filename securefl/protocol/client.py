@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import operator
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -45,6 +46,7 @@ from securefl.errors import (
     RemoteProtocolError,
     Rule,
     SignatureError,
+    clear_traceback_locals,
 )
 from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, exchange, is_canonical_encoding
@@ -253,7 +255,21 @@ class ClientSession:
                 raised while the input was being masked: the input is then
                 partly masked in place, so the session is aborted (its
                 working copy cleared and dropped) and sends nothing.
+
+        Whatever it raises leaves with the local variables of the session's
+        frames cleared (:func:`~securefl.errors.clear_traceback_locals`): they
+        held secrets (this client's shares of its keys, pair keys, peers'
+        shares) that a reporter recording locals would otherwise write out.
         """
+        keep = sys.exc_info()[1]
+        try:
+            return self._handle(message)
+        except BaseException as exc:
+            clear_traceback_locals(exc, keep=keep)
+            raise
+
+    def _handle(self, message: Any) -> ClientMessage:
+        """:meth:`handle`, without the clean-up of what it raises."""
         if self.state in (ClientState.ABORTED,):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
                                      peer=self.client_id)
