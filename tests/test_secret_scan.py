@@ -321,3 +321,26 @@ def test_clear_traceback_locals_leaves_the_callers_exception_alone() -> None:
             frames_kept = "in inner" in "".join(traceback.format_exception(exc))
             callers_kept = _shows(own, earlier)  # the caller's exception is left alone
     assert (before, after, frames_kept, callers_kept) == (True, False, True, True)
+
+
+class _BrokenExecutor:
+    """An executor that fails when the client masks its input (after the
+    pair keys and mask keys were derived)."""
+
+    def map(self, fn: Any, *iterables: Any) -> Iterator[Any]:
+        raise RuntimeError("the pool is shut down")
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the pool is shut down")
+
+
+def test_an_executor_failure_while_masking_leaves_no_mask_key(secrets: Secrets) -> None:
+    # enough peers (8 mask keys) that two workers split the keys
+    fed = at_round(SecAggConfig(num_clients=9, vector_length=8, threshold=5), secrets, 1)
+    victim = fed.clients[1]
+    victim._executor, victim._workers = _BrokenExecutor(), 2
+    with pytest.raises(RuntimeError, match="shut down") as info:
+        victim.handle(fed.pending[1])
+    assert any(kind == "mask_key" for kind in secrets.values.values())
+    assert not leaks(secrets, exception_texts(info.value))
+    assert _library_locals(info.value) <= {"self", "message", "keep"}
