@@ -344,3 +344,46 @@ def test_an_executor_failure_while_masking_leaves_no_mask_key(secrets: Secrets) 
     assert any(kind == "mask_key" for kind in secrets.values.values())
     assert not leaks(secrets, exception_texts(info.value))
     assert _library_locals(info.value) <= {"self", "message", "keep"}
+
+
+def _value_texts(values: np.ndarray) -> list[str]:
+    """How a few of ``values`` would be written by numpy's or Python's repr."""
+    flat = np.asarray(values).reshape(-1)[:3]
+    out = [np.array2string(flat, separator=", ")[1:-1]]
+    for v in flat.tolist():
+        text = repr(v)
+        if len(text) >= 6:  # (a short value, like 0 or 1.5, may be anywhere)
+            out.append(text)
+    return out
+
+
+def test_a_clients_update_is_in_no_repr() -> None:
+    pytest.importorskip("torch")
+    from torch import nn
+
+    from securefl.encoding import FixedPointCodec
+    from securefl.federation.client_update import client_update
+    from securefl.federation.server import AggregationMode
+    from securefl.privacy import DPConfig, PrivateClient
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    client = PrivateClient(2, model, x, y, DPConfig(noise_multiplier=1.0, sample_rate=0.25,
+                                                    batch_size=15))
+    shapes = tuple(tuple(p.shape) for p in client.parameters())
+    params = [p.detach().clone() for p in client.parameters()]
+    for mode, max_weight in ((AggregationMode.SECURE, 1000), (AggregationMode.PLAIN, 1000)):
+        codec = FixedPointCodec(shapes=shapes, bits=32, frac_bits=16, clip=0.01,
+                                num_clients=5, max_weight=max_weight)
+        update = client_update(client, params, codec, 1, mode)
+        assert update.result is not None and update.encoded is not None
+        encoded = getattr(update.encoded, "vector", getattr(update.encoded, "values", None))
+        assert encoded is not None and update.encoded.num_clipped > 0
+        secret_texts = [t for a in update.result.update for t in _value_texts(a)]
+        secret_texts += _value_texts(np.asarray(encoded)[:-1])
+        shown = " ".join(f(o) for o in (update, update.result, update.encoded)
+                         for f in (repr, str))
+        assert not [t for t in secret_texts if t in shown], shown
+        assert "num_clipped" not in shown and "weight=" not in shown
