@@ -387,3 +387,20 @@ def test_a_clients_update_is_in_no_repr() -> None:
                          for f in (repr, str))
         assert not [t for t in secret_texts if t in shown], shown
         assert "num_clipped" not in shown and "weight=" not in shown
+
+
+def test_reconstructed_secrets_are_in_no_repr() -> None:
+    from securefl.hazmat.randomness import SystemRandom
+
+    values = [os.urandom(32), os.urandom(32)]
+    values[0] = values[0][:31] + bytes([values[0][31] & 0x3F])  # below the field's bound
+    values[1] = values[1][:31] + bytes([values[1][31] & 0x3F])
+    holders = [1, 2, 3, 4]
+    shares = shamir.split(values, holders, 3, SystemRandom())
+    found = shamir.Reconstructor(holders, 3).reconstruct_verified(
+        shares, lambda index, secret: secret == values[index], SystemRandom())
+    assert found.secrets == values
+    secrets = Secrets()
+    for value in values:
+        secrets.note(value, "reconstructed secret")
+    assert not leaks(secrets, [repr(found), str(found)])
