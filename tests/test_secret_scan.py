@@ -36,10 +36,15 @@ from securefl.errors import RemoteProtocolError, SecureFLError, clear_traceback_
 from securefl.hazmat import shamir
 from securefl.protocol import client as client_module
 from securefl.protocol import derivation as d
+from securefl.protocol.harary import HararyGraph
+from securefl.protocol.messages import ProvenEntry
 from tests.protocol_harness import Federation
 
 SEMI = SecAggConfig(num_clients=5, vector_length=8, threshold=3)
 ACTIVE = SecAggConfig(num_clients=5, vector_length=8, threshold=3, mode=SecurityMode.ACTIVE)
+# a sparse graph with per-client Merkle rosters (the other roster handler)
+SPARSE = SecAggConfig(num_clients=12, vector_length=8, threshold=3, graph=HararyGraph(4),
+                      roster_delivery="merkle", mode=SecurityMode.ACTIVE)
 
 
 class Secrets:
@@ -205,7 +210,12 @@ def malicious(message: Any) -> Iterator[Any]:
             for key in ("encryption_key", "masking_key"):
                 for low_order in (bytes(32), b"\x01" + bytes(31)):
                     bad = list(entries)
-                    bad[-1] = dataclasses.replace(bad[-1], **{key: low_order})
+                    last = bad[-1]
+                    if isinstance(last, ProvenEntry):  # a Merkle roster's entry
+                        bad[-1] = dataclasses.replace(last, entry=dataclasses.replace(
+                            last.entry, **{key: low_order}))
+                    else:
+                        bad[-1] = dataclasses.replace(last, **{key: low_order})
                     yield dataclasses.replace(message, entries=tuple(bad))
 
 
@@ -213,7 +223,8 @@ def stages(config: SecAggConfig) -> int:
     return 4 if config.mode is SecurityMode.ACTIVE else 3
 
 
-@pytest.mark.parametrize("config", [SEMI, ACTIVE], ids=["semi-honest", "active"])
+@pytest.mark.parametrize("config", [SEMI, ACTIVE, SPARSE],
+                         ids=["semi-honest", "active", "active-sparse-merkle"])
 def test_no_secret_in_what_malicious_messages_leave_behind(
         config: SecAggConfig, secrets: Secrets, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
