@@ -335,7 +335,13 @@ class ClientSession:
                            " repeats", rnd)
             clean = _columns_clean(columns, self.config.id_array, self._components)
         else:
-            ids = [getattr(e, "sender", None) for e in entries]
+            try:
+                ids = [getattr(e, "sender", None) for e in entries]
+            except TypeError:
+                # not iterable (the decoder builds a tuple; an in-process
+                # caller may pass anything)
+                self._fail(Rule.MALFORMED, "roster entries must be a sequence of"
+                           " advertisements", rnd)
             if not all(map(is_client_id, ids)):
                 # an int subclass's own __hash__/__eq__ would run in the checks below
                 self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
@@ -809,7 +815,11 @@ class ClientSession:
             # the caller's buffer may be writable, and the caller's code runs
             # again (a signature map's items) between the checks and the reveal
             return array.astype(np.int64)
-        items = tuple(values)
+        try:
+            items = tuple(values)
+        except TypeError:
+            # not iterable (the decoder builds a tuple or an IdTuple)
+            self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
         try:
