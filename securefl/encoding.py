@@ -147,23 +147,28 @@ class EncodedUpdate:
             clipped.
         num_values: how many values the update had.
         weight: the integer weight carried in the last slot.
+
+    Its ``repr`` shows ``num_values`` only: the vector (the client's unmasked
+    update), the clip count and the weight (a record count under weighting
+    by examples) stay on the client.
     """
 
-    vector: np.ndarray
-    num_clipped: int
+    vector: np.ndarray = field(repr=False)
+    num_clipped: int = field(repr=False)
     num_values: int
-    weight: int
+    weight: int = field(repr=False)
 
 
 @dataclass(frozen=True)
 class PlainUpdate:
     """The float counterpart of :class:`EncodedUpdate` (clipped and scaled by
-    ``weight / max_weight``, not rounded), used by plain summation."""
+    ``weight / max_weight``, not rounded), used by plain summation.  Its
+    ``repr`` shows ``num_values`` only, as :class:`EncodedUpdate`'s."""
 
-    values: np.ndarray
-    num_clipped: int
+    values: np.ndarray = field(repr=False)
+    num_clipped: int = field(repr=False)
     num_values: int
-    weight: int
+    weight: int = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,43 @@ carries key material, shares or plaintext.
 from __future__ import annotations
 
 import enum
+import traceback
 from typing import Any
 
 
 class SecureFLError(Exception):
     """Root of every exception raised by securefl."""
+
+
+def clear_traceback_locals(exc: BaseException, *, keep: BaseException | None = None) -> None:
+    """Drop the local variables of every finished frame in the traceback of
+    ``exc`` and of every exception it chains to (``__cause__``,
+    ``__context__``, the members of an exception group), stopping at ``keep``
+    (the caller's exception that was already being handled, which is left
+    alone).
+
+    A session's frames hold secrets while it works (a client's own Shamir
+    shares of its keys, pairwise agreements and derived keys, peers'
+    decrypted shares, mask keys); an exception keeps its frames, and so those
+    locals, alive after the session wiped its state, and any reporter that
+    records locals (``traceback.TracebackException(capture_locals=True)``,
+    error trackers, ``loguru``'s ``diagnose``) would write them out.  The
+    traceback keeps its file names, line numbers and code; the frame still
+    executing (the caller's) cannot be cleared and is skipped.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or current is keep or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        stack += [current.__cause__, current.__context__]
+        # an exception group (Python 3.11+) chains to its members too
+        members = getattr(current, "exceptions", ())
+        if isinstance(members, tuple):
+            stack += [m for m in members if isinstance(m, BaseException)]
 
 
 class ConfigurationError(SecureFLError, ValueError):

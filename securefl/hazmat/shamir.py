@@ -461,9 +461,12 @@ class VerifiedSecrets:
         excluded: secret index -> the holders whose shares of it were left
             out (their shares are not on the polynomial of the verified
             secret); absent for secrets whose shares were all good.
+
+    The repr shows only ``excluded``, never the secrets (as
+    :class:`~securefl.protocol.unmasking.MaskSumTask`'s).
     """
 
-    secrets: list[bytes]
+    secrets: list[bytes] = field(repr=False)
     excluded: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
 

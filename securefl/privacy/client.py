@@ -37,7 +37,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -298,10 +298,14 @@ class LocalResult:
             record count (weighting by examples, replace-one adjacency).
         steps: DP-SGD steps taken this round (public: ``steps_per_round``).
         noise_multiplier, sample_rate: this round's DP-SGD parameters (public).
+
+    Its ``repr`` shows the public parameters only: the update (before secure
+    aggregation) and the weight (a record count under weighting by examples)
+    stay on the client.
     """
 
-    update: list[np.ndarray]
-    weight: int
+    update: list[np.ndarray] = field(repr=False)
+    weight: int = field(repr=False)
     steps: int
     noise_multiplier: float
     sample_rate: float

@@ -179,8 +179,8 @@ class RotatedUpdate:
     """
 
     vector: np.ndarray = field(repr=False)
-    clipped: bool
-    attempts: int
+    clipped: bool = field(repr=False)  # stays on the client: not in the repr either
+    attempts: int = field(repr=False)
 
 
 @dataclass(frozen=True)

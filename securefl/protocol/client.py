@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import operator
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -45,6 +46,7 @@ from securefl.errors import (
     RemoteProtocolError,
     Rule,
     SignatureError,
+    clear_traceback_locals,
 )
 from securefl.hazmat import noise, shamir, signing
 from securefl.hazmat.agreement import KeyPair, exchange, is_canonical_encoding
@@ -253,7 +255,21 @@ class ClientSession:
                 raised while the input was being masked: the input is then
                 partly masked in place, so the session is aborted (its
                 working copy cleared and dropped) and sends nothing.
+
+        Whatever it raises leaves with the local variables of the session's
+        frames cleared (:func:`~securefl.errors.clear_traceback_locals`): they
+        held secrets (this client's shares of its keys, pair keys, peers'
+        shares) that a reporter recording locals would otherwise write out.
         """
+        keep = sys.exc_info()[1]
+        try:
+            return self._handle(message)
+        except BaseException as exc:
+            clear_traceback_locals(exc, keep=keep)
+            raise
+
+    def _handle(self, message: Any) -> ClientMessage:
+        """:meth:`handle`, without the clean-up of what it raises."""
         if self.state in (ClientState.ABORTED,):
             raise LocalProtocolError(Rule.SESSION_FINISHED, "this session was aborted",
                                      peer=self.client_id)
@@ -319,7 +335,13 @@ class ClientSession:
                            " repeats", rnd)
             clean = _columns_clean(columns, self.config.id_array, self._components)
         else:
-            ids = [getattr(e, "sender", None) for e in entries]
+            try:
+                ids = [getattr(e, "sender", None) for e in entries]
+            except TypeError:
+                # not iterable (the decoder builds a tuple; an in-process
+                # caller may pass anything)
+                self._fail(Rule.MALFORMED, "roster entries must be a sequence of"
+                           " advertisements", rnd)
             if not all(map(is_client_id, ids)):
                 # an int subclass's own __hash__/__eq__ would run in the checks below
                 self._fail(Rule.MALFORMED, "roster senders must be client ids", rnd)
@@ -793,7 +815,11 @@ class ClientSession:
             # the caller's buffer may be writable, and the caller's code runs
             # again (a signature map's items) between the checks and the reveal
             return array.astype(np.int64)
-        items = tuple(values)
+        try:
+            items = tuple(values)
+        except TypeError:
+            # not iterable (the decoder builds a tuple or an IdTuple)
+            self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
         if not all(type(u) is int for u in items):
             self._fail(Rule.MALFORMED, f"{what} list must hold client ids (ints)", rnd)
         try:

@@ -20,6 +20,15 @@ def _frozen_map(m: Mapping[int, bytes]) -> Mapping[int, bytes]:
     return MappingProxyType(dict(sorted(m.items())))
 
 
+def _head(value: object) -> str:
+    """The first 6 bytes of a public binary field in hex, for a ``repr``;
+    the type name when it is not bytes (a malformed message a client
+    refuses must still have a ``repr``, e.g. in a traceback or a log)."""
+    if isinstance(value, bytes | bytearray):
+        return f"{bytes(value[:6]).hex()}…"
+    return f"<{type(value).__name__}>"
+
+
 @dataclass(frozen=True)
 class AdvertiseKeys:
     """R0, client -> server: fresh X25519 public keys, the hash commitment
@@ -44,9 +53,9 @@ class AdvertiseKeys:
 
     def __repr__(self) -> str:
         return (f"AdvertiseKeys(sender={self.sender},"
-                f" encryption_key={self.encryption_key.hex()[:12]}…,"
-                f" masking_key={self.masking_key.hex()[:12]}…,"
-                f" seed_commitment={self.seed_commitment.hex()[:12]}…,"
+                f" encryption_key={_head(self.encryption_key)},"
+                f" masking_key={_head(self.masking_key)},"
+                f" seed_commitment={_head(self.seed_commitment)},"
                 + (f" noise_commitments={len(self.noise_commitments)},"
                    if self.noise_commitments else "") +
                 f" signed={self.signature is not None})")
@@ -94,8 +103,9 @@ class SparseKeyRoster:
         object.__setattr__(self, "entries", tuple(self.entries))
 
     def __repr__(self) -> str:
-        return (f"SparseKeyRoster(recipient={self.recipient}, entries for"
-                f" {[e.entry.sender for e in self.entries][:10]}, root={self.root.hex()[:12]}…)")
+        senders = [getattr(getattr(e, "entry", None), "sender", "?") for e in self.entries[:10]]
+        return (f"SparseKeyRoster(recipient={self.recipient}, entries for {senders},"
+                f" root={_head(self.root)})")
 
 
 @dataclass(frozen=True)
