@@ -267,15 +267,12 @@ def test_a_flower_node_session_seed_and_training_differ_under_identical_known_se
         tmp_path: Path) -> None:
     pytest.importorskip("flwr", reason="flwr is not installed")
     from flower_harness import InProcessGrid, example_app, server_task_identity
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from test_flower_client_privacy import train_content
 
-    from securefl.federation.model import make_mlp
-    from securefl.federation.simulation import preflight
     from securefl.flower.client_train import train_private_client
-    from securefl.flower.federation import simulation_config
-    from securefl.flower.mod import ENCODE_RECORD, ENCODED_RECORD, RECORD, STATE_RECORD
+    from securefl.flower.mod import ENCODED_RECORD, RECORD, STATE_RECORD
     from securefl.flower.setup import Key, SessionSetup, Stage
-    from securefl.privacy.client import make_private_compatible
     from securefl.protocol.messages import AdvertiseKeys
     from securefl.wire import codec as wire
 
@@ -307,15 +304,8 @@ def test_a_flower_node_session_seed_and_training_differ_under_identical_known_se
 
     def train_message() -> Message:
         # the masked-input message as the mod hands it to train: global model and setup
-        _, run_codec = preflight(simulation_config(run))
-        secagg = SecAggConfig(num_clients=3, vector_length=run_codec.vector_length,
-                              bits=run_codec.bits, client_ids=(1, 2, 3), context=b"known")
-        model = make_private_compatible(make_mlp(64, 10, 8, seed=3))
-        return Message(RecordDict({
-            "arrays": ArrayRecord([p.detach().numpy() for p in model.parameters()]),
-            ENCODE_RECORD: ConfigRecord(
-                {Key.SETUP: SessionSetup.create(1, secagg, run_codec).to_bytes()})}),
-            1000, MessageType.TRAIN)
+        return Message(RecordDict(train_content(run, 1, context=b"known")), 1000,
+                       MessageType.TRAIN)
 
     def train(where: str) -> np.ndarray:
         context = Context(run_id=7, node_id=1000,
@@ -371,8 +361,10 @@ def run(insecure):
     if insecure:
         return out
     pin()
-    out["user-level"] = digest(RotatedCodec(num_values=8, clip=1.0, gamma=100.0, bits=32)
-                               .encode(np.linspace(-0.1, 0.1, 8), b"\x07" * 32).vector)
+    # 64 values: with 8, whose scaled coordinates sit near integers, the
+    # stochastic rounding itself gave the same vector 3 times in 4
+    out["user-level"] = digest(RotatedCodec(num_values=64, clip=1.0, gamma=100.0, bits=32)
+                               .encode(np.linspace(-0.1, 0.1, 64), b"\x07" * 32).vector)
     pin()
     out["skellam"] = digest(skellam_fresh(100.0, 64))
     pin()
