@@ -381,6 +381,12 @@ class FixedPointCodec:
             )
         return values
 
+    def clamp_weight(self, count: int) -> int:
+        """A client's record count as a weight this codec encodes: clamped into
+        ``1..max_weight``, never refused (``max_weight`` is the server's, and
+        a refusal would tell it that the count exceeds it)."""
+        return min(max(int(count), 1), self.max_weight)
+
     def _check_weight(self, weight: int) -> int:
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)):
             raise EncodingError(f"weight must be an integer, got {weight!r}")

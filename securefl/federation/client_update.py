@@ -183,9 +183,7 @@ def client_update(client: PrivateClient, global_params: Sequence[torch.Tensor],
     if charge is not None:
         charge(admission)
     result = client.train_round(global_params)
-    # a record count beyond the codec's max_weight (which the server announces)
-    # is clamped: refused, it would tell the server the count exceeds it
-    weight = min(max(int(result.weight), 1), codec.max_weight)
+    weight = codec.clamp_weight(result.weight)
     try:
         encoded: EncodedUpdate | PlainUpdate
         if AggregationMode(mode) is AggregationMode.SECURE:

@@ -545,6 +545,6 @@ def _encode_local_model(out: Message, global_arrays: list[np.ndarray],
                 f"train returned a {NUM_EXAMPLES} metric: the node's record count would enter"
                 f" the sum as its weight; set node config {ALLOW_WEIGHTING_EXAMPLES_CONFIG}=true"
                 " to allow it", fl_round=setup.fl_round)
-        weight = min(max(int(weight), 1), codec.max_weight)
+        weight = codec.clamp_weight(weight)
     rounding = rounding_randomness(None, setup.fl_round, codec.num_values)
     return codec.encode(update, rounding, weight=int(weight)).vector  # type: ignore[arg-type]
