@@ -646,11 +646,9 @@ class PrivateClient:
             self._optimizer.signal_skip_step(do_skip=number < len(chunks) - 1)
             try:
                 self._optimizer.step()
-            except BaseException:
-                # no skip signal of this step may reach the next one
-                self._optimizer._step_skip_queue.clear()
-                raise
             finally:
+                # a step an exception interrupts leaves skip signals and a
+                # partial clipped sum: _run_steps forgets them when it starts
                 self._optimizer.padding_rows = None
 
     def _per_example_gradients(self, index: torch.Tensor, real: int | None = None) -> None:
